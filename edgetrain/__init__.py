@@ -1,0 +1,1 @@
+"""edgetrain: on-device training for microcontrollers, embedded boards and phones."""
