@@ -1,1 +1,16 @@
+"""Plain-data IR of a training step. Imports no torch."""
 
+from edgetrain.ir._graph import (
+    SCHEMA_VERSION,
+    Graph,
+    Lifetime,
+    Node,
+    OpKind,
+    Param,
+    Tensor,
+    TensorRole,
+    itemsize,
+)
+
+__all__ = ["SCHEMA_VERSION", "Graph", "Lifetime", "Node", "OpKind", "Param", "Tensor",
+           "TensorRole", "itemsize"]

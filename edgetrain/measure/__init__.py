@@ -1,1 +1,19 @@
+"""Measured memory: peak bytes from the CPU allocator's own events (see NOTE in _meter)."""
 
+from edgetrain.measure._meter import (
+    MeasuredStep,
+    MemoryMeter,
+    MemoryTrace,
+    measure_training_step,
+    saved_activation_bytes,
+    storage_bytes,
+)
+
+__all__ = [
+    "MeasuredStep",
+    "MemoryMeter",
+    "MemoryTrace",
+    "measure_training_step",
+    "saved_activation_bytes",
+    "storage_bytes",
+]
