@@ -128,8 +128,6 @@ class Node:
     flops_backward_params: int = 0  # grads w.r.t. parameters
     vector_ops_forward: int = 0
     vector_ops_backward: int = 0
-    workspace_bytes_forward: int = 0
-    workspace_bytes_backward: int = 0
     attrs: tuple[tuple[str, Any], ...] = ()
 
     def attr(self, key: str, default: Any = None) -> Any:

@@ -1,0 +1,79 @@
+"""Transient workspaces of PyTorch's CPU kernels: the bytes a kernel allocates and frees inside
+one call, beyond its outputs.
+
+NOTE [ Kernel workspaces on PyTorch CPU (torch 2.13) ]
+    Convolution is the only kernel family of the reference models whose transients matter.
+    ATen picks its backend in `_select_conv_backend` (aten/src/ATen/native/Convolution.cpp):
+    oneDNN ("mkldnn") when `ConvParams::use_mkldnn` holds, i.e. for float32 input
+        (strided or dilated or N >= 16 or kernel != 1x1 or threads > 1)
+        and (groups > 1 or kernel > 3x3 in both dims or N > 1 or N*C*H*W > 20480),
+    else the im2col kernel `_slow_conv2d_*`.
+      - im2col forward and backward each unfold a `columns` buffer of
+        C_in/groups * kh * kw * H_out * W_out floats (none for a 1x1, stride-1, unpadded conv);
+      - oneDNN forward reorders input and weight into its own buffers and computes into its
+        own output before copying out: max(input + weight, output) bytes beyond the output;
+      - oneDNN backward holds reordered copies of grad_output and input (or the weight, when it
+        is larger) while it computes: max(input + output, weight) bytes beyond the gradients.
+    These formulas were fitted to the allocator events of torch 2.13.0 on x86-64 (oneDNN 3.x);
+    `tests/test_cost.py` checks the resulting peaks against the meter on every reference model.
+    Other kernels allocate only their outputs (within a few hundred bytes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgetrain.ir import Graph, Node, OpKind
+
+
+@dataclass(frozen=True, slots=True)
+class KernelLibrary:
+    """Which kernel implementations run the step (decides transient workspaces).
+
+    `pytorch_cpu_threads` is the intra-op thread count of the PyTorch CPU build; it changes
+    oneDNN's eligibility for 1x1 convolutions. `None` models a library without workspaces
+    (the generated C code, which convolves directly into its output).
+    """
+
+    pytorch_cpu_threads: int | None = 1
+
+    @property
+    def has_workspaces(self) -> bool:
+        return self.pytorch_cpu_threads is not None
+
+
+def _conv_uses_onednn(graph: Graph, node: Node, threads: int) -> bool:
+    x = graph.tensor(node.inputs[0])
+    n, c, h, w = x.shape
+    kh, kw = node.attr("kernel")
+    strided = any(s != 1 for s in node.attr("stride"))
+    dilated = any(d != 1 for d in node.attr("dilation"))
+    first = strided or dilated or n >= 16 or (kh, kw) != (1, 1) or threads > 1
+    second = node.attr("groups") > 1 or (kh > 3 and kw > 3) or n > 1 or n * c * h * w > 20480
+    return x.dtype == "float32" and first and second
+
+
+def _columns_bytes(graph: Graph, node: Node) -> int:
+    kh, kw = node.attr("kernel")
+    if (kh, kw) == (1, 1) and all(s == 1 for s in node.attr("stride")) and \
+            all(p == 0 for p in node.attr("padding")):
+        return 0
+    x = graph.tensor(node.inputs[0])
+    out = graph.tensor(node.output)
+    cin_g = x.shape[1] // node.attr("groups")
+    return cin_g * kh * kw * out.shape[2] * out.shape[3] * 4
+
+
+def workspace_bytes(graph: Graph, node: Node, kernels: KernelLibrary,
+                    input_grad: bool) -> tuple[int, int]:
+    """(forward, backward) transient bytes of `node` beyond its outputs and gradients."""
+    if not kernels.has_workspaces or node.op is not OpKind.CONV2D:
+        return 0, 0
+    assert kernels.pytorch_cpu_threads is not None
+    x = graph.tensor(node.inputs[0]).nbytes
+    w = graph.tensor(node.inputs[1]).nbytes
+    out = graph.tensor(node.output).nbytes
+    if _conv_uses_onednn(graph, node, kernels.pytorch_cpu_threads):
+        return max(x + w, out), max(x + out, w)
+    cols = _columns_bytes(graph, node)
+    return cols, cols
