@@ -379,20 +379,22 @@ def capture(model: torch.nn.Module, example_input: torch.Tensor, *, batch_size: 
             f"example_input must have batch size 1 (first dimension), got shape "
             f"{tuple(example_input.shape)}; pass example_input[:1]")
     was_training = model.training
-    model.train()
     x = example_input.expand(batch_size, *example_input.shape[1:]).contiguous()
-    with torch.no_grad():
-        logits = model(x)
-    if logits.dim() != 2:
-        raise UnsupportedOpError(
-            f"model output has shape {tuple(logits.shape)}; edgetrain trains classifiers whose "
-            "output is (batch, classes) — add a pooling + linear head")
-    classes = num_classes or int(logits.shape[1])
-    y = torch.arange(batch_size, dtype=torch.long) % classes
-    # Export must not change BN running stats or num_batches_tracked: snapshot and restore.
+    # Capturing must not change BN running stats or num_batches_tracked: snapshot and restore.
     state = {k: v.clone() for k, v in model.state_dict(keep_vars=False).items()}
     try:
+        model.train()
+        with torch.no_grad():
+            logits = model(x)
+        if logits.dim() != 2:
+            raise UnsupportedOpError(
+                f"model output has shape {tuple(logits.shape)}; edgetrain trains classifiers "
+                "whose output is (batch, classes) — add a pooling + linear head")
+        classes = num_classes or int(logits.shape[1])
+        y = torch.arange(batch_size, dtype=torch.long) % classes
         ep = torch.export.export(_WithLoss(model), (x, y))
+    except UnsupportedOpError:
+        raise
     except Exception as e:  # torch.export has many failure types; re-raise with guidance
         raise UnsupportedOpError(
             f"torch.export could not capture the model: {type(e).__name__}: {str(e)[:500]}. "

@@ -1,0 +1,99 @@
+"""`edgetrain.profile`: capture + cost model (+ optional measurement) for one model and device."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from edgetrain.capture import capture
+from edgetrain.cost import Device, KernelLibrary, Optimizer, TrainingCost, load_device, training_cost
+from edgetrain.errors import InvalidArgumentError
+from edgetrain.ir import Graph
+from edgetrain.measure import MeasuredStep, measure_training_step
+
+
+def torch_optimizer(opt: Optimizer, params, lr: float = 0.01) -> torch.optim.Optimizer:
+    """The PyTorch optimizer the cost model's `Optimizer` stands for."""
+    if opt is Optimizer.SGD:
+        return torch.optim.SGD(params, lr=lr)
+    if opt is Optimizer.MOMENTUM:
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    return torch.optim.Adam(params, lr=lr)
+
+
+def host_kernels() -> KernelLibrary:
+    """The kernel library plain PyTorch uses on this host (see NOTE [ Kernel workspaces ])."""
+    return KernelLibrary(pytorch_cpu_threads=torch.get_num_threads())
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A training-cost profile, with the measurement of one real step when requested."""
+
+    cost: TrainingCost
+    graph: Graph
+    device: Device
+    measured: MeasuredStep | None = None
+    kernels: KernelLibrary = KernelLibrary()
+
+    def to_dict(self) -> dict:
+        c = self.cost
+        d = {
+            "model": c.model, "device": c.device, "batch_size": c.batch_size,
+            "optimizer": c.optimizer,
+            "params_bytes": c.params_bytes, "buffers_bytes": c.buffers_bytes,
+            "grads_bytes": c.grads_bytes, "optimizer_bytes": c.optimizer_bytes,
+            "activation_bytes": c.activation_bytes, "batch_bytes": c.batch_bytes,
+            "peak_bytes": c.peak_bytes, "memory_budget_bytes": c.memory_budget_bytes,
+            "flops_forward": c.flops_forward, "flops_backward": c.flops_backward,
+            "vector_ops": c.vector_ops, "latency_s": c.latency_s, "energy_j": c.energy_j,
+            "fits": c.fits, "peak_phase": c.peak_phase, "peak_node": c.peak_node,
+            "layers": [
+                {"name": l.name, "op": l.op, "module": l.module,
+                 "output_shape": list(l.output_shape), "params_bytes": l.params_bytes,
+                 "grads_bytes": l.grads_bytes, "optimizer_bytes": l.optimizer_bytes,
+                 "activation_bytes": l.activation_bytes, "flops": l.flops,
+                 "flops_backward": l.flops_backward}
+                for l in c.layers],
+        }
+        if self.measured is not None:
+            d["measured_activation_bytes"] = self.measured.activation_bytes
+            d["measured_peak_bytes"] = self.measured.peak_bytes
+        return d
+
+
+def profile(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf52840",
+            batch_size: int = 1, optimizer: "Optimizer | str" = "sgd", measure: bool = False,
+            name: str = "model") -> Profile:
+    """Profile plain full training of `model` on `device` (catalog name, file or Device).
+
+    With `measure=True` one real step runs in PyTorch on a copy of the model and the allocator's
+    peak and autograd's saved bytes are added (the model itself is not changed).
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+        raise InvalidArgumentError(
+            f"batch size must be a positive integer, got {batch_size!r}; use e.g. --batch-size 1")
+    opt = Optimizer.parse(optimizer)
+    dev = load_device(device)
+    graph = capture(model, example_input, batch_size=batch_size, name=name)
+    kernels = host_kernels()
+    cost = training_cost(graph, dev, optimizer=opt, kernels=kernels)
+    measured = None
+    if measure:
+        measured = measure_step(model, example_input, batch_size, opt)
+    return Profile(cost, graph, dev, measured, kernels)
+
+
+def measure_step(model: torch.nn.Module, example_input: torch.Tensor, batch_size: int,
+                 optimizer: "Optimizer | str" = "sgd") -> MeasuredStep:
+    """Measure one real step of plain training on a copy of `model` (allocator events)."""
+    opt = Optimizer.parse(optimizer)
+    m = copy.deepcopy(model)
+    x = example_input.expand(batch_size, *example_input.shape[1:]).contiguous()
+    with torch.no_grad():
+        classes = int(m(x[:1]).shape[1])
+    y = torch.arange(batch_size, dtype=torch.long) % classes
+    params = [p for p in m.parameters() if p.requires_grad]
+    return measure_training_step(m, x, y, torch_optimizer(opt, params))

@@ -1,0 +1,165 @@
+"""Capture -> IR: every operator rule against what eager autograd really saves."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edgetrain.capture import capture
+from edgetrain.errors import InvalidArgumentError, UnsupportedOpError
+from edgetrain.ir import Graph, OpKind, TensorRole
+from edgetrain.measure import saved_activation_bytes
+
+
+class Attention(nn.Module):
+    def __init__(self, vocab=50, d=16, heads=2):
+        super().__init__()
+        self.e, self.q, self.k, self.v = nn.Embedding(vocab, d), nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.ln, self.head, self.h = nn.LayerNorm(d), nn.Linear(d, 3), heads
+
+    def forward(self, t):
+        x = self.e(t)
+        b, n, c = x.shape
+        q = self.q(x).view(b, n, self.h, c // self.h).transpose(1, 2)
+        k = self.k(x).view(b, n, self.h, c // self.h).transpose(1, 2)
+        v = self.v(x).view(b, n, self.h, c // self.h).transpose(1, 2)
+        a = ((q @ k.transpose(-2, -1)) / 4.0).softmax(-1)
+        o = (a @ v).transpose(1, 2).reshape(b, n, c)
+        o = self.ln(F.gelu(o) * 0.5 + x)
+        return self.head(torch.tanh(o.mean(1)))
+
+
+class Residual(nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.c2 = nn.Conv2d(c, c, 3, padding=1, groups=c)
+
+    def forward(self, x):
+        return F.relu(x + self.c2(F.relu(self.b1(self.c1(x)))))
+
+
+CASES = {
+    "conv-bn-relu6-maxpool": (lambda: nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(8 * 4 * 4, 10)), (1, 1, 8, 8)),
+    "depthwise-hardswish-avgpool": (lambda: nn.Sequential(
+        nn.Conv2d(3, 6, 1), nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6), nn.Hardswish(),
+        nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)), (1, 3, 12, 12)),
+    "adaptive-pool-2x2": (lambda: nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 4)),
+        (1, 3, 9, 9)),
+    "residual": (lambda: nn.Sequential(Residual(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                       nn.Linear(8, 5)), (1, 8, 6, 6)),
+    "first-layer-maxpool-no-grad": (lambda: nn.Sequential(
+        nn.MaxPool2d(2), nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 2 * 2, 3)), (1, 2, 8, 8)),
+}
+
+
+def _input(shape):
+    torch.manual_seed(0)
+    return torch.randn(*shape)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("case", sorted(CASES) + ["attention"])
+def test_predicted_saved_bytes_equal_autograd(case, batch):
+    # Prepare
+    torch.manual_seed(0)
+    if case == "attention":
+        model, x = Attention(), torch.randint(0, 50, (1, 6))
+    else:
+        factory, shape = CASES[case]
+        model, x = factory(), _input(shape)
+    # Execute
+    graph = capture(model, x, batch_size=batch)
+    xb = x.expand(batch, *x.shape[1:]).contiguous()
+    y = torch.arange(batch) % 3
+    measured, _ = saved_activation_bytes(model, lambda: F.cross_entropy(model(xb), y))
+    # Assert: exact, byte for byte
+    assert graph.activation_bytes == measured
+
+
+def test_views_share_storage_and_copies_do_not():
+    g = capture(Attention(), torch.randint(0, 50, (1, 6)), batch_size=2)
+    by_op = {}
+    for n in g.nodes:
+        by_op.setdefault(n.op, []).append(n)
+    for n in by_op[OpKind.VIEW]:
+        assert g.tensor(n.output).storage == g.tensor(n.inputs[0]).storage
+    # reshape after transpose must copy; batched matmul saves 3-D copies of transposed operands
+    assert any(n.aten == "aten.reshape.default" for n in by_op[OpKind.COPY])
+    assert any(n.aux_outputs for n in by_op[OpKind.MATMUL])
+
+
+def test_ir_is_plain_data_and_round_trips_json():
+    g = capture(CASES["residual"][0](), _input(CASES["residual"][1]), batch_size=2)
+    text = g.to_json()
+    g2 = Graph.from_json(text)
+    assert g2.to_dict() == json.loads(text)
+    assert g2.activation_bytes == g.activation_bytes
+    assert {p.name for p in g.params} == {"0.c1.weight", "0.b1.weight", "0.b1.bias", "0.c2.weight",
+                                          "0.c2.bias", "3.weight", "3.bias"}
+    assert all(t.role is not TensorRole.ACTIVATION or t.producer for t in g.tensors)
+
+
+def test_capture_does_not_change_model_state():
+    model = CASES["conv-bn-relu6-maxpool"][0]()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    capture(model, _input((1, 1, 8, 8)), batch_size=4)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_frozen_parameters_are_recorded():
+    model = CASES["residual"][0]()
+    model[0].c1.weight.requires_grad_(False)
+    g = capture(model, _input((1, 8, 6, 6)))
+    frozen = [p.name for p in g.params if not p.trainable]
+    assert frozen == ["0.c1.weight"]
+
+
+def test_flops_match_torch_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, x = Attention(), torch.randint(0, 50, (1, 6))
+    g = capture(model, x, batch_size=2)
+    with FlopCounterMode(display=False) as fc:
+        model(x.expand(2, -1).contiguous())
+    assert sum(n.flops_forward for n in g.nodes) == fc.get_total_flops()
+
+
+def test_unsupported_op_names_op_node_and_fix():
+    class Sorts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.cumsum(self.l(x), dim=1)
+
+    with pytest.raises(UnsupportedOpError) as e:
+        capture(Sorts(), torch.randn(1, 4))
+    msg = str(e.value)
+    assert "cumsum" in msg and "node" in msg and "Supported" in msg
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True])
+def test_bad_batch_size(bad):
+    with pytest.raises(InvalidArgumentError, match="batch size"):
+        capture(nn.Linear(2, 2), torch.randn(1, 2), batch_size=bad)
+
+
+def test_example_input_must_have_batch_one():
+    with pytest.raises(InvalidArgumentError, match="batch size 1"):
+        capture(nn.Linear(2, 2), torch.randn(4, 2))
+
+
+def test_ir_cost_and_plan_layers_import_no_torch():
+    code = ("import sys, edgetrain.ir, edgetrain.cost; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
