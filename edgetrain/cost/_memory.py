@@ -134,48 +134,160 @@ class _Live:
             self.peak_breakdown = comp
 
 
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """How a step is executed, as far as memory is concerned (plain data; the planner's Plan
+    lowers to this).
+
+    `trainable`: names of the parameters that train (None: the graph's own flags).
+    `recompute_segments`: [start, stop) node-index ranges run under non-reentrant
+    checkpointing: their internal saved tensors are dropped in forward and recomputed when
+    backward reaches the segment; the segment's inputs stay live until then.
+    `paged_nodes`: indices of nodes whose saved activations go to storage in forward and are
+    read back for their backward.
+    `in_place_update`: each parameter is updated as soon as its gradient is accumulated
+    (post-accumulate-grad hook), so its gradient buffer dies at once (TTE's reordering).
+    `accumulation_steps`: micro-batches per optimizer step (the graph is captured at the
+    micro-batch size; the whole batch stays in memory).
+    """
+
+    trainable: frozenset[str] | None = None
+    recompute_segments: tuple[tuple[int, int], ...] = ()
+    paged_nodes: frozenset[int] = frozenset()
+    in_place_update: bool = False
+    accumulation_steps: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class StepTraffic:
+    """Extra work a schedule causes: recomputed FLOPs and storage traffic per micro-batch."""
+
+    recompute_flops: int
+    recompute_vector_ops: int
+    storage_bytes_written: int
+    storage_bytes_read: int
+    storage_transfers: int
+
+
 def simulate_step(graph: Graph, optimizer: "Optimizer | str" = Optimizer.SGD,
-                  kernels: KernelLibrary = KernelLibrary()) -> MemorySimulation:
+                  kernels: KernelLibrary = KernelLibrary(),
+                  schedule: Schedule = Schedule()) -> MemorySimulation:
     """Simulate one training step of `graph` (see NOTE [ What counts toward peak memory ])."""
-    opt = Optimizer.parse(optimizer)
-    rg = graph.requires_grad
+    first = _simulate(graph, Optimizer.parse(optimizer), kernels, schedule, grads_at_start=False)
+    if schedule.accumulation_steps <= 1 or schedule.in_place_update:
+        return first
+    later = _simulate(graph, Optimizer.parse(optimizer), kernels, schedule, grads_at_start=True)
+    return later if later.peak_bytes > first.peak_bytes else first
+
+
+def schedule_traffic(graph: Graph, schedule: Schedule) -> StepTraffic:
+    """Recomputation and paging traffic of one micro-batch under `schedule`."""
+    plan = _SavedPlan(graph, schedule)
+    rflops = rvec = 0
+    for a, b in schedule.recompute_segments:
+        for n in graph.nodes[a:b]:
+            rflops += n.flops_forward
+            rvec += n.vector_ops_forward
+    written = sum(plan.storage_bytes[s] for s in plan.paged_storages)
+    read = sum(plan.storage_bytes[s] for reads in plan.page_reads.values() for s in reads)
+    transfers = len(plan.paged_storages) + sum(len(r) for r in plan.page_reads.values())
+    return StepTraffic(rflops, rvec, written, read, transfers)
+
+
+class _SavedPlan:
+    """Where each saved storage lives between forward and backward under a schedule."""
+
+    def __init__(self, graph: Graph, schedule: Schedule) -> None:
+        nodes = graph.nodes
+        trainable = schedule.trainable
+        self.rg = graph.requires_grad if trainable is None else graph.requires_grad_for(trainable)
+        self.persistent = {t.storage for t in graph.tensors if t.role in (
+            TensorRole.PARAMETER, TensorRole.BUFFER, TensorRole.INPUT, TensorRole.TARGET,
+            TensorRole.LOSS)}
+        self.storage_bytes = {t.storage: t.storage_bytes for t in graph.tensors}
+        self.has_grad_fn = [n.output in self.rg and n.op is not OpKind.BUFFER_UPDATE
+                            for n in nodes]
+        segment_of: dict[int, int] = {}
+        for k, (a, b) in enumerate(schedule.recompute_segments):
+            for i in range(a, b):
+                segment_of[i] = k
+        produced_in: dict[str, int] = {}
+        for i, n in enumerate(nodes):
+            for name in (n.output, *n.aux_outputs):
+                produced_in.setdefault(graph.tensor(name).storage, i)
+        self.kept_first: dict[str, int] = {}  # storage -> smallest index of a keeping saver
+        self.recomputed: dict[int, dict[str, int]] = {}  # segment -> storage -> first saver
+        self.paged_storages: dict[str, int] = {}  # storage -> node that writes it
+        self.page_reads: dict[int, list[str]] = {}
+        for i, n in enumerate(nodes):
+            if not self.has_grad_fn[i]:
+                continue
+            for name in dict.fromkeys(n.saved):
+                s = graph.tensor(name).storage
+                if s in self.persistent:
+                    continue
+                seg = segment_of.get(i)
+                if seg is not None and segment_of.get(produced_in.get(s, -1)) == seg:
+                    self.recomputed.setdefault(seg, {}).setdefault(s, i)
+                elif i in schedule.paged_nodes:
+                    self.paged_storages.setdefault(s, i)
+                    self.page_reads.setdefault(i, [])
+                    if s not in self.page_reads[i]:
+                        self.page_reads[i].append(s)
+                else:
+                    self.kept_first.setdefault(s, i)
+        # checkpoint keeps each segment's inputs until its backward has run
+        self.segment_inputs: dict[int, list[str]] = {}
+        for k, (a, b) in enumerate(schedule.recompute_segments):
+            ins = []
+            for n in nodes[a:b]:
+                for name in n.inputs:
+                    s = graph.tensor(name).storage
+                    if s not in self.persistent and produced_in.get(s, -1) < a and s not in ins:
+                        ins.append(s)
+            self.segment_inputs[k] = ins
+        self.segment_of = segment_of
+
+
+def _simulate(graph: Graph, opt: Optimizer, kernels: KernelLibrary, schedule: Schedule,
+              grads_at_start: bool) -> MemorySimulation:
+    plan = _SavedPlan(graph, schedule)
+    rg = plan.rg
     nodes = graph.nodes
     live = _Live()
+    persistent = plan.persistent
 
     # -- live throughout ---------------------------------------------------------------------
-    trainable = [p for p in graph.params if p.trainable]
+    trainable_names = ({p.name for p in graph.params if p.trainable}
+                       if schedule.trainable is None else set(schedule.trainable))
+    trainable = [p for p in graph.params if p.name in trainable_names]
     for t in graph.tensors:
         if t.role is TensorRole.PARAMETER:
             live.alloc(t.storage, t.storage_bytes, "params")
         elif t.role is TensorRole.BUFFER and t.producer is None:
             live.alloc(t.storage, t.storage_bytes, "buffers")
         elif t.role in (TensorRole.INPUT, TensorRole.TARGET):
-            live.alloc(t.storage, t.storage_bytes, "batch")
+            live.alloc(t.storage, t.storage_bytes * max(1, schedule.accumulation_steps), "batch")
     live.alloc("optimizer-state", opt.state_bytes(sum(p.nbytes for p in trainable),
                                                   len(trainable)), "optimizer")
-    persistent = {t.storage for t in graph.tensors
-                  if t.role in (TensorRole.PARAMETER, TensorRole.BUFFER, TensorRole.INPUT,
-                                TensorRole.TARGET, TensorRole.LOSS)}
+    if grads_at_start:  # later micro-batches: .grad holds the sum so far
+        for p in trainable:
+            live.alloc(f"grad:{p.name}", p.nbytes, "grads")
 
     # -- storage lifetimes -------------------------------------------------------------------
-    has_grad_fn = [n.output in rg and n.op is not OpKind.BUFFER_UPDATE for n in nodes]
+    has_grad_fn = plan.has_grad_fn
     last_fwd_use: dict[str, int] = {}
     for i, n in enumerate(nodes):
         for name in (n.output, *n.aux_outputs, *n.inputs):
             last_fwd_use[graph.tensor(name).storage] = i
-    first_saver: dict[str, int] = {}  # storage -> smallest forward index of a node saving it
-    for i, n in enumerate(nodes):
-        if not has_grad_fn[i]:
-            continue
-        for name in n.saved:
-            s = graph.tensor(name).storage
-            first_saver.setdefault(s, i)
-    saved_component = {s for s in first_saver if s not in persistent}
+    held = set(plan.kept_first)
+    for ins in plan.segment_inputs.values():
+        held.update(ins)
 
     # -- forward -----------------------------------------------------------------------------
     frees_after: dict[int, list[str]] = {}
     for s, i in last_fwd_use.items():
-        if s not in persistent and s not in first_saver:
+        if s not in persistent and s not in held:
             frees_after.setdefault(i, []).append(s)
     for i, n in enumerate(nodes):
         outs = [n.output, *n.aux_outputs]
@@ -183,7 +295,7 @@ def simulate_step(graph: Graph, optimizer: "Optimizer | str" = Optimizer.SGD,
             outs = [n.output]  # without grad, max_pool2d computes no indices
         for name in outs:
             t = graph.tensor(name)
-            comp = "saved" if t.storage in saved_component else (
+            comp = "saved" if t.storage in plan.kept_first else (
                 "loss" if t.role is TensorRole.LOSS else "other")
             live.alloc(t.storage, t.storage_bytes, comp)
         ws_fwd, _ = workspace_bytes(graph, n, kernels, input_grad=False)
@@ -232,22 +344,40 @@ def simulate_step(graph: Graph, optimizer: "Optimizer | str" = Optimizer.SGD,
     deliver(graph.loss, new_grad(loss_t.nbytes))  # ones_like(loss)
     param_grad_keys: dict[str, str] = {}
     release_after: dict[int, list[str]] = {}
-    for s, i in first_saver.items():
-        if s not in persistent:
-            release_after.setdefault(i, []).append(s)
+    for s, i in plan.kept_first.items():
+        release_after.setdefault(i, []).append(s)
+    for k, (a, _) in enumerate(schedule.recompute_segments):
+        release_after.setdefault(a, []).extend(plan.segment_inputs[k])
+    recompute_release: dict[int, list[str]] = {}
+    for seg, storages in plan.recomputed.items():
+        for s, i in storages.items():
+            recompute_release.setdefault(i, []).append(s)
+    recomputed_done: set[int] = set()
 
     for i in range(len(nodes) - 1, -1, -1):
         n = nodes[i]
+        seg = plan.segment_of.get(i)
         if not has_grad_fn[i]:
-            continue
-        g_out = grad_of.pop(n.output, None)
-        if g_out is None:  # no gradient reached this node's output
             for s in release_after.get(i, ()):
                 live.free(s)
             continue
+        g_out = grad_of.pop(n.output, None)
+        if g_out is None:  # no gradient reached this node's output
+            for s in (*release_after.get(i, ()), *recompute_release.get(i, ())):
+                live.free(s)
+            continue
+        if seg is not None and seg not in recomputed_done and seg in plan.recomputed:
+            # first unpack inside the segment: checkpoint re-runs its forward
+            recomputed_done.add(seg)
+            for s in plan.recomputed[seg]:
+                live.alloc(s, plan.storage_bytes[s], "saved")
+            live.mark(Phase.BACKWARD, f"recompute:{n.name}")
+        for s in plan.page_reads.get(i, ()):  # unpack reads the tensor back from storage
+            live.alloc(f"page:{i}:{s}", plan.storage_bytes[s], "saved")
         # 1. the node computes the gradients of its inputs
         outgoing: list[tuple[str, str]] = []
-        accumulated_params: list[str] = []
+        param_keys: list[str] = []
+        transient_params: list[str] = []
         seen: set[str] = set()
         for name in n.inputs:
             if name in seen or name not in rg:
@@ -255,32 +385,39 @@ def simulate_step(graph: Graph, optimizer: "Optimizer | str" = Optimizer.SGD,
             seen.add(name)
             t = graph.tensor(name)
             if t.role is TensorRole.PARAMETER:
-                if name in param_grad_keys:  # weight tying: added in place into .grad
-                    accumulated_params.append(new_grad(t.nbytes))
+                if name in param_grad_keys or grads_at_start or schedule.in_place_update:
+                    # added in place into .grad (or applied to the weight at once)
+                    transient_params.append(new_grad(t.nbytes))
+                    param_grad_keys.setdefault(name, "")
                 else:  # AccumulateGrad steals the fresh buffer: it becomes .grad
                     param_grad_keys[name] = new_grad(t.nbytes, "grads")
+                    param_keys.append(param_grad_keys[name])
             elif n.op in (OpKind.VIEW, OpKind.ADD):
                 outgoing.append((name, g_out))  # pass-through, no copy
             else:
                 outgoing.append((name, new_grad(t.nbytes)))
         _, ws_bwd = workspace_bytes(graph, n, kernels, input_grad=n.inputs[0] in rg)
         live.mark(Phase.BACKWARD, n.name, ws_bwd)
-        for k in accumulated_params:
+        for k in transient_params:
             live.free(k)
         # 2. the engine hands the new gradients on, then drops the incoming one and the
         #    node's saved tensors (release_variables)
         for name, key in outgoing:
             refs[key] += 1  # held while in flight
         release(g_out)  # the node's own reference
-        for s in release_after.get(i, ()):
+        for s in (*release_after.get(i, ()), *recompute_release.get(i, ())):
             live.free(s)
+        for s in plan.page_reads.get(i, ()):
+            live.free(f"page:{i}:{s}")
         # 3. ... and accumulates them into the next nodes' input buffers
         for name, key in outgoing:
             deliver(name, key)
             release(key)
 
     # -- optimizer step ----------------------------------------------------------------------
-    if opt is Optimizer.ADAM and trainable:
+    if schedule.in_place_update:
+        live.mark(Phase.OPTIMIZER, "applied in backward")
+    elif opt is Optimizer.ADAM and trainable:
         largest = max(p.nbytes for p in trainable)
         live.mark(Phase.OPTIMIZER, "adam.denom", 2 * largest)
     else:

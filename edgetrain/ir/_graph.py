@@ -202,7 +202,11 @@ class Graph:
     @cached_property
     def requires_grad(self) -> frozenset[str]:
         """Tensors that require grad when every parameter marked trainable is trained."""
-        rg = {p.tensor for p in self.params if p.trainable}
+        return self.requires_grad_for(frozenset(p.name for p in self.params if p.trainable))
+
+    def requires_grad_for(self, trainable: "frozenset[str] | set[str]") -> frozenset[str]:
+        """Tensors that require grad when exactly the parameters named in `trainable` train."""
+        rg = {p.tensor for p in self.params if p.name in trainable}
         for n in self.nodes:
             if n.op is not OpKind.BUFFER_UPDATE and any(t in rg for t in n.inputs):
                 rg.add(n.output)
