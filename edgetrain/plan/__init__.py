@@ -1,0 +1,17 @@
+"""Planning: the frozen, JSON-serialisable Plan and the solvers that produce it. No torch."""
+
+from edgetrain.plan._plan import (
+    PLAN_SCHEMA_VERSION,
+    ActivationDecision,
+    Objective,
+    ParamDecision,
+    ParamPlan,
+    Plan,
+    Prediction,
+    StagePlan,
+    Strategy,
+    TimelineSample,
+)
+
+__all__ = ["PLAN_SCHEMA_VERSION", "ActivationDecision", "Objective", "ParamDecision", "ParamPlan",
+           "Plan", "Prediction", "StagePlan", "Strategy", "TimelineSample"]

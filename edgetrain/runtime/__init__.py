@@ -1,0 +1,6 @@
+"""The training stage: execute a Plan on PyTorch through its hooks."""
+
+from edgetrain.runtime._paging import PagingStore
+from edgetrain.runtime._trainer import NonFiniteLossError, Trainer
+
+__all__ = ["NonFiniteLossError", "PagingStore", "Trainer"]

@@ -1,0 +1,230 @@
+"""The training stage: execute a Plan on a PyTorch model through PyTorch's own extension points.
+
+    requires_grad / post-accumulate-grad masks   sparse, bias-only and partial-channel updates
+    non-reentrant torch.utils.checkpoint          recomputation of a stage
+    saved_tensors_hooks + a file-backed store     paging a stage's saved tensors to storage
+    post-accumulate-grad hooks                    in-place updates during backward
+    gradient accumulation                         micro-batching
+
+Every hook has a removable handle; `Trainer` is a context manager and restores the model (its
+forwards, `requires_grad` flags and hooks) on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from edgetrain.errors import EdgetrainError, InvalidArgumentError
+from edgetrain.plan import ActivationDecision, ParamDecision, Plan
+from edgetrain.runtime._paging import PagingStore
+
+
+class NonFiniteLossError(EdgetrainError, FloatingPointError):
+    """Training produced non-finite losses too many times in a row."""
+
+
+_BN = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+
+
+class Trainer:
+    """`with Trainer(model, plan, lr=0.01) as t: loss = t.step(x, y)`."""
+
+    def __init__(self, model: torch.nn.Module, plan: Plan, *, lr: float = 0.01,
+                 loss_fn=F.cross_entropy, max_nonfinite: int = 3,
+                 paging_dir: str | None = None) -> None:
+        if lr <= 0 or not math.isfinite(lr):
+            raise InvalidArgumentError(f"learning rate must be a positive number, got {lr}")
+        self.model, self.plan, self.lr, self.loss_fn = model, plan, lr, loss_fn
+        self.max_nonfinite = max_nonfinite
+        self.nonfinite_in_a_row = 0
+        self.skipped_steps = 0
+        self.paging_dir = paging_dir
+        self._handles: list = []
+        self._restore: list = []
+        self.store: PagingStore | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._per_param_opt: dict[torch.nn.Parameter, torch.optim.Optimizer] = {}
+        self._entered = False
+
+    # -- set-up and tear-down ----------------------------------------------------------------
+    def __enter__(self) -> "Trainer":
+        named = dict(self.model.named_parameters())
+        modules = dict(self.model.named_modules())
+        unknown = [p.name for p in self.plan.params if p.name not in named]
+        if unknown:
+            raise InvalidArgumentError(
+                f"the plan names parameters the model does not have: {unknown[:5]}; was the plan "
+                f"made for model {self.plan.model!r}?")
+        # 1. what trains
+        trainable: list[torch.nn.Parameter] = []
+        for pp in self.plan.params:
+            p = named[pp.name]
+            self._restore.append(functools.partial(p.requires_grad_, p.requires_grad))
+            train = pp.decision in (ParamDecision.TRAINABLE, ParamDecision.CHANNELS)
+            p.requires_grad_(train)
+            if train:
+                trainable.append(p)
+            if pp.decision is ParamDecision.CHANNELS:
+                k = max(1, int(round(pp.channel_ratio * p.shape[0])))
+                self._handles.append(p.register_post_accumulate_grad_hook(
+                    functools.partial(_mask_rows, k=k)))
+        # 2. frozen batch norm (exact micro-batching needs batch statistics out of the step)
+        if self.plan.freeze_batch_norm:
+            for m in self.model.modules():
+                if isinstance(m, _BN):
+                    self._restore.append(functools.partial(m.train, m.training))
+                    m.eval()
+        # 3. activation decisions per stage
+        for stage in self.plan.stages:
+            if stage.decision is ActivationDecision.KEEP:
+                continue
+            for path in stage.modules:
+                if path not in modules:
+                    raise InvalidArgumentError(
+                        f"plan stage {stage.name!r} names module {path!r}, which the model lacks")
+                mod = modules[path]
+                original = mod.forward
+                if stage.decision is ActivationDecision.RECOMPUTE:
+                    mod.forward = functools.partial(_checkpointed, original)
+                else:
+                    if self.store is None:
+                        self.store = PagingStore(self.paging_dir)
+                        self.store.keep_ptrs = {t.untyped_storage().data_ptr() for t in
+                                                (*self.model.parameters(), *self.model.buffers())}
+                    mod.forward = functools.partial(_paged, original, self.store)
+                self._restore.append(functools.partial(_restore_forward, mod, original))
+        # 4. the optimizer: one step per batch, or per parameter inside backward
+        if self.plan.in_place_update:
+            for p in trainable:
+                opt = _make_optimizer(self.plan.optimizer, [p], self.lr)
+                self._per_param_opt[p] = opt
+                self._handles.append(p.register_post_accumulate_grad_hook(self._apply_in_place))
+        else:
+            self.optimizer = _make_optimizer(self.plan.optimizer, trainable, self.lr)
+        self._entered = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for fn in reversed(self._restore):
+            fn()
+        self._restore.clear()
+        if self.store is not None:
+            self.store.close()
+        self._entered = False
+
+    # -- hooks -------------------------------------------------------------------------------
+    def _apply_in_place(self, p: torch.nn.Parameter) -> None:
+        if self._skip_update:
+            p.grad = None
+            return
+        self._per_param_opt[p].step()
+        p.grad = None  # the gradient buffer dies at once
+
+    # -- one optimizer step ------------------------------------------------------------------
+    _skip_update = False
+
+    @property
+    def storage_bytes_written(self) -> int:
+        return self.store.bytes_written if self.store else 0
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One optimizer step over one batch of the plan's batch size; returns the mean loss."""
+        if not self._entered:
+            raise InvalidArgumentError("Trainer.step() outside `with Trainer(...) as t:`")
+        if x.shape[0] != self.plan.batch_size or y.shape[0] != x.shape[0]:
+            raise InvalidArgumentError(
+                f"batch of {x.shape[0]} samples (targets {y.shape[0]}); the plan trains batches "
+                f"of {self.plan.batch_size}: re-plan with --batch-size {x.shape[0]}")
+        self.model.train()
+        if self.plan.freeze_batch_norm:
+            for m in self.model.modules():
+                if isinstance(m, _BN):
+                    m.eval()
+        mb = self.plan.micro_batch_size
+        n = x.shape[0]
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+        # In-place updates apply inside backward, so a non-finite loss must be caught before
+        # backward runs: check each micro-batch's loss first.
+        total = 0.0
+        finite = True
+        self._skip_update = False
+        for i in range(0, n, mb):
+            loss = self.loss_fn(self.model(x[i:i + mb]), y[i:i + mb]) * (min(mb, n - i) / n)
+            if not torch.isfinite(loss):
+                finite = False
+                self._skip_update = True
+                del loss
+                break
+            total += float(loss.detach())
+            if self.store is not None:
+                self.store.reset()
+            loss.backward()
+            del loss
+        if not finite:
+            if self.optimizer is not None:
+                self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.nonfinite_in_a_row += 1
+            warnings.warn(f"non-finite loss: step skipped, weights unchanged "
+                          f"({self.nonfinite_in_a_row} in a row)", RuntimeWarning, stacklevel=2)
+            if self.nonfinite_in_a_row >= self.max_nonfinite:
+                raise NonFiniteLossError(
+                    f"{self.nonfinite_in_a_row} non-finite losses in a row; lower the learning "
+                    f"rate (now {self.lr}) or check the data for NaN/inf")
+            return float("nan")
+        self.nonfinite_in_a_row = 0
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+
+def _mask_rows(p: torch.Tensor, k: int) -> None:
+    if p.grad is not None:
+        p.grad[k:].zero_()
+
+
+def _checkpointed(forward, *args, **kwargs):
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
+def _paged(forward, store: PagingStore, *args, **kwargs):
+    with store.hooks():
+        return forward(*args, **kwargs)
+
+
+def _restore_forward(mod: torch.nn.Module, original) -> None:
+    if mod.forward is not original:
+        # instance attribute set by us: removing it restores the class's forward
+        try:
+            del mod.forward
+        except AttributeError:
+            mod.forward = original
+
+
+def _make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    if not params:
+        raise InvalidArgumentError("the plan trains no parameter; choose a trainable set")
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    raise InvalidArgumentError(f"unknown optimizer {name!r}; choose sgd, momentum or adam")
+
+
+@contextlib.contextmanager
+def _nothing():
+    yield
