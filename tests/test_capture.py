@@ -160,6 +160,6 @@ def test_example_input_must_have_batch_one():
 
 
 def test_ir_cost_and_plan_layers_import_no_torch():
-    code = ("import sys, edgetrain.ir, edgetrain.cost; "
+    code = ("import sys, edgetrain.ir, edgetrain.cost, edgetrain.planner; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from edgetrain.errors import EdgetrainError, InvalidArgumentError
-from edgetrain.plan import ActivationDecision, ParamDecision, Plan
+from edgetrain.planner import ActivationDecision, ParamDecision, Plan
 from edgetrain.runtime._paging import PagingStore
 
 

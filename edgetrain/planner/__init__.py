@@ -1,6 +1,6 @@
 """Planning: the frozen, JSON-serialisable Plan and the solvers that produce it. No torch."""
 
-from edgetrain.plan._plan import (
+from edgetrain.planner._plan import (
     PLAN_SCHEMA_VERSION,
     ActivationDecision,
     Objective,
