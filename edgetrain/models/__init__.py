@@ -1,1 +1,22 @@
+"""Reference models in plain PyTorch and the model registry.
 
+    >>> from edgetrain.models import build_model, model_names
+    >>> model, example = build_model("mcu-cnn")          # train mode, example batch size 1
+    >>> model, example = build_model("my_net.py:make")   # make() -> (model, example_input)
+
+Built-in models (input with batch 1; default classes):
+    mcu-cnn           (1, 1, 28, 28)   10   tiny CNN for microcontrollers, 2.4 k params
+    mbv2-w0.35        (1, 3, 128, 128) 10   MobileNetV2 width 0.35
+    mcunet            (1, 3, 128, 128) 10   MCUNet 'mcunet-5fps' (mcunet-in1) blocks
+    resnet18          (1, 3, 224, 224) 10   ImageNet ResNet-18
+    resnet18-cifar    (1, 3, 32, 32)   10   ResNet-18, 3x3 stem, no max-pool
+    transformer-tiny  (1, 32) int64    10   2-layer encoder, d_model 64
+    minilm            (1, 128) int64   2    pretrained MiniLM-L6 (all-MiniLM-L6-v2) + head
+
+Every model uses only the operators the capture and cost stages support (no dropout, fused
+attention, in-place ops or concatenation).
+"""
+
+from edgetrain.models._registry import build_model, model_names
+
+__all__ = ["build_model", "model_names"]
