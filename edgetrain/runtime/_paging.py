@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +34,9 @@ class PagingStore:
         fd, self.path = tempfile.mkstemp(prefix="edgetrain-page-", suffix=".bin", dir=directory)
         self._f = os.fdopen(fd, "r+b", buffering=0)
         self._end = 0
-        self._by_storage: dict[int, tuple[int, int]] = {}  # data_ptr -> (offset, nbytes)
+        # data_ptr -> (offset, nbytes, weak reference to a tensor on that storage): an address
+        # is only trusted while that tensor lives, since a freed storage's address is reused
+        self._by_storage: dict[int, tuple[int, int, weakref.ref]] = {}
         self.bytes_written = 0
         self.bytes_read = 0
         self.transfers = 0
@@ -48,16 +51,17 @@ class PagingStore:
         ptr = st.data_ptr()
         if ptr in self.keep_ptrs or t.device.type != "cpu" or st.nbytes() == 0:
             return t
-        if ptr not in self._by_storage:  # a storage saved twice is written once
+        known = self._by_storage.get(ptr)
+        if known is None or known[2]() is None:  # a live storage saved twice is written once
             raw = torch.empty(0, dtype=torch.uint8).set_(st)  # a byte view, no copy
             n = st.nbytes()
             self._f.seek(self._end)
             self._f.write(raw.numpy().data)
-            self._by_storage[ptr] = (self._end, n)
+            self._by_storage[ptr] = (self._end, n, weakref.ref(t))
             self._end += n
             self.bytes_written += n
             self.transfers += 1
-        off, n = self._by_storage[ptr]
+        off, n, _ = self._by_storage[ptr]
         return _Handle(off, n, tuple(t.shape), tuple(t.stride()), t.storage_offset(),
                        n // t.element_size(), t.dtype)
 

@@ -1,0 +1,226 @@
+"""`edgetrain.plan`: the preparation stage's planner, from a PyTorch model to a `Plan`.
+
+Captures the model at each candidate micro-batch size, and for each trainable set, micro-batch
+size and in-place choice solves the activation decisions (keep / recompute / page per stage)
+with the chosen solver; the cheapest feasible candidate becomes the plan.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from edgetrain._profile import host_kernels
+from edgetrain.capture import capture
+from edgetrain.cost import Optimizer, Schedule, load_device, simulate_step
+from edgetrain.errors import InvalidArgumentError
+from edgetrain.ir import Graph
+from edgetrain.planner import (
+    ActivationDecision,
+    Objective,
+    ParamDecision,
+    ParamPlan,
+    Plan,
+    Prediction,
+    StagePlan,
+    Strategy,
+    TimelineSample,
+)
+from edgetrain.planner._problem import Evaluation, Problem
+from edgetrain.planner._solvers import SOLVERS, PlanInfeasibleError
+
+_BN = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+
+
+def trainable_policy(graph: Graph, policy: str) -> frozenset[str]:
+    """Parameter names a sparse-update policy trains: `all`, `bias-only`, `last:k` (the last k
+    modules that own parameters), or a comma-separated list of parameter names / prefixes."""
+    names = [p.name for p in graph.params]
+    if policy in ("all", "full"):
+        return frozenset(names)
+    if policy == "bias-only":
+        return frozenset(n for n in names if n.endswith(".bias"))
+    if policy.startswith("last:"):
+        try:
+            k = int(policy[5:])
+        except ValueError:
+            raise InvalidArgumentError(f"bad policy {policy!r}: expected last:K with K an integer") from None
+        if k <= 0:
+            raise InvalidArgumentError(f"bad policy {policy!r}: K must be positive")
+        modules = list(dict.fromkeys(p.module for p in graph.params))
+        keep = set(modules[-k:])
+        return frozenset(p.name for p in graph.params if p.module in keep)
+    wanted = [w.strip() for w in policy.split(",") if w.strip()]
+    chosen = frozenset(n for n in names if any(n == w or n.startswith(w + ".") for w in wanted))
+    if not chosen:
+        raise InvalidArgumentError(
+            f"policy {policy!r} selects no parameter; use all, bias-only, last:K or names such as "
+            f"{', '.join(names[:3])}")
+    return chosen
+
+
+def _sparse_policies(graph: Graph) -> list[str]:
+    n_mod = len(dict.fromkeys(p.module for p in graph.params))
+    ks = sorted({max(1, n_mod * f // 8) for f in (4, 2, 1)} | {1}, reverse=True)
+    return [f"last:{k}" for k in ks if k < n_mod] + ["bias-only"]
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(n, 0, -1) if n % d == 0]
+
+
+def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf52840",
+         budget_bytes: int | None = None, batch_size: int = 1, objective: str = "time",
+         strategy: str = "auto", optimizer: str = "sgd", deadline_s: float | None = None,
+         allow_paging: bool = True, policy: str | None = None, name: str = "model",
+         freeze_batch_norm: bool | None = None) -> Plan:
+    """Plan training of `model` on `device` within `budget_bytes` (default: the device's memory).
+
+    `strategy`: `exact` (changes no mathematics), `auto` (may also train a sparse subset),
+    or a baseline solver (`keep-all`, `sqrt`, `greedy`) at the full batch.
+    """
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise InvalidArgumentError(f"batch size must be a positive integer, got {batch_size!r}")
+    try:
+        strat = Strategy(strategy)
+    except ValueError:
+        raise InvalidArgumentError(
+            f"unknown strategy {strategy!r}; choose one of {', '.join(s.value for s in Strategy)}"
+        ) from None
+    try:
+        obj = Objective(objective)
+    except ValueError:
+        raise InvalidArgumentError(f"unknown objective {objective!r}; choose time or energy") from None
+    opt = Optimizer.parse(optimizer)
+    dev = load_device(device)
+    budget = int(budget_bytes if budget_bytes is not None else dev.ram_bytes)
+    if budget <= 0:
+        raise InvalidArgumentError(f"memory budget must be positive, got {budget} bytes")
+    has_bn = any(isinstance(m, _BN) for m in model.modules())
+    freeze_bn = has_bn if freeze_batch_norm is None else freeze_batch_norm
+    kernels = host_kernels()
+
+    # candidate (trainable policy, micro-batch, in-place) triples, most faithful first
+    if strat in (Strategy.KEEP_ALL, Strategy.SQRT, Strategy.GREEDY):
+        policies, micro_sizes, in_place_opts = [policy or "all"], [batch_size], [False]
+        solver = SOLVERS[strat.value]
+    else:
+        solver = SOLVERS["dp"]
+        if strat is Strategy.EXACT and policy not in (None, "all", "full"):
+            raise InvalidArgumentError(
+                f"strategy exact trains every parameter; policy {policy!r} needs --strategy auto")
+        policies = [policy or "all"]
+        # micro-batching changes batch statistics unless BN is frozen (or absent)
+        micro_sizes = _divisors(batch_size) if (not has_bn or freeze_bn) else [batch_size]
+        in_place_opts = [False, True]
+
+    graphs: dict[int, Graph] = {}
+
+    def graph_at(b: int) -> Graph:
+        if b not in graphs:
+            was = [(m, m.training) for m in model.modules()]
+            if freeze_bn:
+                for m in model.modules():
+                    if isinstance(m, _BN):
+                        m.eval()
+            try:
+                graphs[b] = capture(model, example_input, batch_size=b, name=name)
+            finally:
+                for m, t in was:
+                    m.train(t)
+        return graphs[b]
+
+    best: tuple[Evaluation, Problem, str, int, bool] | None = None
+    smallest: tuple[int, Problem | None] = (1 << 62, None)
+    tried_policies = list(policies)
+    if strat is Strategy.AUTO and policy is None:
+        tried_policies += _sparse_policies(graph_at(batch_size))
+    for pol in tried_policies:
+        for mb in micro_sizes:
+            g = graph_at(mb)
+            trainable = trainable_policy(g, pol)
+            for in_place in in_place_opts:
+                if in_place and mb != batch_size:
+                    continue  # updating inside backward would change the maths of accumulation
+                prob = Problem(g, dev, budget, optimizer=opt, objective=obj,
+                               deadline_s=deadline_s, allow_paging=allow_paging,
+                               trainable=trainable, in_place_update=in_place,
+                               accumulation_steps=batch_size // mb, kernels=kernels)
+                try:
+                    ev = solver(prob)
+                except PlanInfeasibleError:
+                    low = _lowest_peak(prob)
+                    if low < smallest[0]:
+                        smallest = (low, prob)
+                    continue
+                score = ev.objective(obj)
+                if best is None or score < best[0].objective(obj):
+                    best = (ev, prob, pol, mb, in_place)
+        if best is not None:
+            break  # the most faithful trainable set that fits wins
+    if best is None:
+        raise _infeasible(budget, smallest, strat, allow_paging, dev)
+    ev, prob, pol, mb, in_place = best
+    return _to_plan(ev, prob, name, dev.name, strat, obj, budget, batch_size, mb, opt, in_place,
+                    deadline_s, freeze_bn and has_bn, pol)
+
+
+def _lowest_peak(p: Problem) -> int:
+    dec = tuple(ActivationDecision.PAGE if ActivationDecision.PAGE in c else (
+        ActivationDecision.RECOMPUTE if ActivationDecision.RECOMPUTE in c else
+        ActivationDecision.KEEP) for c in p.choices)
+    return min(p.evaluate(dec).peak_bytes,
+               p.evaluate(tuple(ActivationDecision.RECOMPUTE if ActivationDecision.RECOMPUTE in c
+                                else ActivationDecision.KEEP for c in p.choices)).peak_bytes)
+
+
+def _infeasible(budget: int, smallest, strat: Strategy, allow_paging: bool, dev) -> PlanInfeasibleError:
+    low, prob = smallest
+    hints = []
+    if prob is not None:
+        sim = simulate_step(prob.graph, prob.optimizer, prob.kernels, prob.schedule(
+            tuple(ActivationDecision.RECOMPUTE if ActivationDecision.RECOMPUTE in c else
+                  ActivationDecision.KEEP for c in prob.choices)))
+        b = sim.at_peak
+        parts = {"weights": b.params_bytes, "gradients": b.grads_bytes,
+                 "optimizer state": b.optimizer_bytes, "saved activations": b.saved_activation_bytes,
+                 "input batch": b.batch_bytes, "gradients in flight and workspaces": b.other_bytes}
+        top = max(parts, key=parts.get)
+        hints.append(f"the peak is dominated by {top} ({parts[top]:,} bytes)")
+    if strat is Strategy.EXACT:
+        hints.append("allow sparse update (--strategy auto)")
+    if not allow_paging:
+        hints.append("allow paging to storage")
+    hints.append("use a smaller batch size or a larger budget")
+    return PlanInfeasibleError(
+        f"no plan fits {budget:,} bytes on {dev.name}: the smallest achievable peak is "
+        f"{low:,} bytes ({low / budget:.2f}x the budget); " + "; ".join(hints))
+
+
+def _to_plan(ev: Evaluation, prob: Problem, model: str, device: str, strat: Strategy,
+             obj: Objective, budget: int, batch: int, mb: int, opt: Optimizer, in_place: bool,
+             deadline_s, freeze_bn: bool, policy: str) -> Plan:
+    g = prob.graph
+    trainable = prob.trainable if prob.trainable is not None else frozenset(p.name for p in g.params)
+    bias_owners = {p.module for p in g.params if p.name in trainable and p.name.endswith(".bias")}
+    params = []
+    for p in g.params:
+        if p.name in trainable:
+            d = ParamDecision.TRAINABLE
+        elif p.module in bias_owners and p.name.endswith(".weight"):
+            d = ParamDecision.BIAS_ONLY
+        else:
+            d = ParamDecision.FROZEN
+        params.append(ParamPlan(p.name, d))
+    stages = tuple(StagePlan(s.name, (s.name,), d) for s, d in zip(prob.stages, ev.decisions)
+                   if s.wrappable)
+    sim = simulate_step(g, prob.optimizer, prob.kernels, prob.schedule(ev.decisions))
+    step = max(1, len(sim.timeline) // 200)
+    timeline = tuple(TimelineSample(f"{t.phase.value}:{t.node}", t.live_bytes)
+                     for t in sim.timeline[::step])
+    return Plan(model=model, device=device, strategy=strat, objective=obj, budget_bytes=budget,
+                batch_size=batch, micro_batch_size=mb, optimizer=opt.value,
+                in_place_update=in_place, params=tuple(params), stages=stages,
+                predicted=Prediction(ev.peak_bytes, ev.storage_bytes_written, ev.latency_s,
+                                     ev.energy_j, timeline),
+                deadline_s=deadline_s, freeze_batch_norm=freeze_bn,
+                notes=(f"trainable policy: {policy}",))
