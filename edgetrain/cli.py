@@ -26,22 +26,19 @@ def _kib(n: float) -> str:
 
 def _cmd_devices(args: argparse.Namespace) -> int:
     from edgetrain.cost import catalog
+    from edgetrain.cost._device import DEVICE_TABLE_HEADER, format_device_table
 
     devices = catalog()
     if args.json:
         print(json.dumps([d.to_dict() for d in devices], indent=2))
         return 0
     t = Table(title="edgetrain device catalog")
-    for col in ("name", "class", "RAM", "flash", "paging storage", "fp32 GFLOP/s",
-                "int8 GOP/s", "power W", "accelerator"):
-        t.add_column(col)
-    for d in devices:
-        t.add_row(d.name, d.memory_class.value, _kib(d.ram_bytes), _kib(d.flash_bytes),
-                  f"{d.storage.kind} {_kib(d.storage.capacity_bytes)}",
-                  f"{d.compute.fp32_flops_per_s / 1e9:.4g}", f"{d.compute.int8_ops_per_s / 1e9:.4g}",
-                  f"{d.compute.active_power_w:.3g}",
-                  d.accelerator.name if d.accelerator else "-")
-    console.print(t)
+    for col in DEVICE_TABLE_HEADER:
+        t.add_column(col, no_wrap=True)
+    for row in format_device_table(devices):
+        *rest, acc = row
+        t.add_row(*rest, acc.split(" (")[0].split(":")[0])
+    Console(width=max(console.width, 180)).print(t)
     return 0
 
 
