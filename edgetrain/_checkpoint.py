@@ -37,8 +37,10 @@ def load_tensors(path: "str | os.PathLike") -> dict[str, torch.Tensor]:
 
 
 def write_json_atomic(obj, path: "str | os.PathLike") -> Path:
-    text = json.dumps(obj, indent=2)
+    return write_text_atomic(json.dumps(obj, indent=2), path)
 
+
+def write_text_atomic(text: str, path: "str | os.PathLike") -> Path:
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
             f.write(text)

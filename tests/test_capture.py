@@ -163,3 +163,18 @@ def test_ir_cost_and_plan_layers_import_no_torch():
     code = ("import sys, edgetrain.ir, edgetrain.cost, edgetrain.planner; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_graph_cache_hit_equals_fresh_capture_and_tracks_trainable_flags():
+    # Prepare
+    model = CASES["residual"][0]()
+    x = _input((1, 8, 6, 6))
+    # Execute
+    fresh = capture(model, x, batch_size=2, cache=False)
+    first = capture(model, x, batch_size=2)
+    hit = capture(model, x, batch_size=2)
+    model[0].c1.weight.requires_grad_(False)
+    after_freeze = capture(model, x, batch_size=2)
+    # Assert
+    assert first.to_dict() == fresh.to_dict() == hit.to_dict()
+    assert [p.trainable for p in after_freeze.params] != [p.trainable for p in hit.params]

@@ -30,16 +30,22 @@ NOTE [ What autograd saves ]
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import math
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from edgetrain._checkpoint import cache_dir, write_text_atomic
 from edgetrain.errors import InvalidArgumentError, UnsupportedOpError
-from edgetrain.ir import Graph, Node, OpKind, Param, Tensor, TensorRole
+from edgetrain.ir import SCHEMA_VERSION, Graph, Node, OpKind, Param, Tensor, TensorRole
+
+_SOURCE_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 aten = torch.ops.aten
 
@@ -360,12 +366,37 @@ def _module_path(fx: torch.fx.Node) -> str:
     return path.removeprefix("model.").removeprefix("model")
 
 
+def _fingerprint(model: torch.nn.Module, example_input: torch.Tensor, batch_size: int,
+                 num_classes: int | None, name: str) -> str:
+    """What the captured graph depends on: structure, forward code, shapes, flags, versions."""
+    h = hashlib.sha256()
+    for part in (torch.__version__, str(SCHEMA_VERSION), _SOURCE_HASH, name, str(batch_size),
+                 str(num_classes), str(tuple(example_input.shape)), str(example_input.dtype),
+                 repr(model)):
+        h.update(part.encode())
+        h.update(b"\0")
+    for n, p in model.named_parameters():
+        h.update(f"{n}{tuple(p.shape)}{p.dtype}{p.requires_grad}".encode())
+    for n, b in model.named_buffers():
+        h.update(f"{n}{tuple(b.shape)}{b.dtype}".encode())
+    for m in model.modules():
+        h.update(f"{type(m).__module__}.{type(m).__qualname__}{m.training}".encode())
+        try:
+            h.update(inspect.getsource(type(m).forward).encode())
+        except (OSError, TypeError):
+            h.update(b"<no source>")
+    return h.hexdigest()[:32]
+
+
 def capture(model: torch.nn.Module, example_input: torch.Tensor, *, batch_size: int = 1,
-            num_classes: int | None = None, name: str = "model") -> Graph:
+            num_classes: int | None = None, name: str = "model", cache: bool = True) -> Graph:
     """Export `model` with a cross-entropy loss at `batch_size` and return its IR graph.
 
     `example_input` has batch size 1 (its first dimension); it is repeated to `batch_size`.
-    The model is captured in training mode; its state is not changed.
+    The model is captured in training mode; its state is not changed. With `cache`, the IR is
+    kept as JSON under the cache directory (`EDGETRAIN_CACHE_DIR`), keyed by a fingerprint of
+    the model's structure, forward code, shapes, trainable flags and the torch version, so a
+    second capture of the same model skips torch.export (whose first import alone takes ~2.5 s).
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
         raise InvalidArgumentError(
@@ -378,6 +409,23 @@ def capture(model: torch.nn.Module, example_input: torch.Tensor, *, batch_size: 
         raise InvalidArgumentError(
             f"example_input must have batch size 1 (first dimension), got shape "
             f"{tuple(example_input.shape)}; pass example_input[:1]")
+    path = None
+    if cache:
+        key = _fingerprint(model, example_input, batch_size, num_classes, name)
+        path = cache_dir() / "graphs" / f"{key}.json"
+        if path.exists():
+            try:
+                return Graph.from_json(path.read_text())
+            except (ValueError, KeyError, TypeError):
+                pass  # a stale or torn entry: capture again and overwrite it
+    graph = _capture(model, example_input, batch_size, num_classes, name)
+    if path is not None:
+        write_text_atomic(graph.to_json(), path)
+    return graph
+
+
+def _capture(model: torch.nn.Module, example_input: torch.Tensor, batch_size: int,
+             num_classes: int | None, name: str) -> Graph:
     was_training = model.training
     x = example_input.expand(batch_size, *example_input.shape[1:]).contiguous()
     # Capturing must not change BN running stats or num_batches_tracked: snapshot and restore.

@@ -65,6 +65,28 @@ class MemoryTrace:
         return out
 
 
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Silence file descriptor 2 (C++ logging) for the duration; Python's stderr is flushed."""
+    import os
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (e.g. captured): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _walk(nodes: Iterable) -> Iterator:
     for n in nodes:
         yield n
@@ -97,12 +119,14 @@ class MemoryMeter:
         # frees are by design outside our region (see NOTE above), so the noise is dropped.
         self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True,
                              record_shapes=False, with_stack=False)
-        self._prof.__enter__()
+        with _stderr_silenced():  # kineto prints a line at every start and stop
+            self._prof.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         assert self._prof is not None
-        self._prof.__exit__(*exc)
+        with _stderr_silenced():
+            self._prof.__exit__(*exc)
         deltas = _allocation_deltas(self._prof)
         run = peak = 0
         for d in deltas:
