@@ -96,72 +96,77 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
     if budget <= 0:
         raise InvalidArgumentError(f"memory budget must be positive, got {budget} bytes")
     has_bn = any(isinstance(m, _BN) for m in model.modules())
-    freeze_bn = has_bn if freeze_batch_norm is None else freeze_batch_norm
     kernels = host_kernels()
-
-    # candidate (trainable policy, micro-batch, in-place) triples, most faithful first
-    if strat in (Strategy.KEEP_ALL, Strategy.SQRT, Strategy.GREEDY):
-        policies, micro_sizes, in_place_opts = [policy or "all"], [batch_size], [False]
-        solver = SOLVERS[strat.value]
+    baseline = strat in (Strategy.KEEP_ALL, Strategy.SQRT, Strategy.GREEDY)
+    if strat is Strategy.EXACT and policy not in (None, "all", "full"):
+        raise InvalidArgumentError(
+            f"strategy exact trains every parameter; policy {policy!r} needs --strategy auto")
+    solver = SOLVERS[strat.value] if baseline else SOLVERS["dp"]
+    # Micro-batching changes batch statistics, so with batch norm it needs BN frozen (running
+    # statistics, which also slows learning): try BN live at the full batch first.
+    if freeze_batch_norm is not None:
+        bn_modes = [freeze_batch_norm]
+    elif has_bn and not baseline:
+        bn_modes = [False, True]
     else:
-        solver = SOLVERS["dp"]
-        if strat is Strategy.EXACT and policy not in (None, "all", "full"):
-            raise InvalidArgumentError(
-                f"strategy exact trains every parameter; policy {policy!r} needs --strategy auto")
-        policies = [policy or "all"]
-        # micro-batching changes batch statistics unless BN is frozen (or absent)
-        micro_sizes = _divisors(batch_size) if (not has_bn or freeze_bn) else [batch_size]
-        in_place_opts = [False, True]
+        bn_modes = [False]
 
-    graphs: dict[int, Graph] = {}
+    graphs: dict[tuple[int, bool], Graph] = {}
 
-    def graph_at(b: int) -> Graph:
-        if b not in graphs:
+    def graph_at(b: int, freeze: bool) -> Graph:
+        if (b, freeze) not in graphs:
             was = [(m, m.training) for m in model.modules()]
-            if freeze_bn:
+            if freeze:
                 for m in model.modules():
                     if isinstance(m, _BN):
                         m.eval()
             try:
-                graphs[b] = capture(model, example_input, batch_size=b, name=name)
+                graphs[b, freeze] = capture(model, example_input, batch_size=b, name=name)
             finally:
                 for m, t in was:
                     m.train(t)
-        return graphs[b]
+        return graphs[b, freeze]
 
-    best: tuple[Evaluation, Problem, str, int, bool] | None = None
-    smallest: tuple[int, Problem | None] = (1 << 62, None)
-    tried_policies = list(policies)
+    policies = [policy or "all"]
     if strat is Strategy.AUTO and policy is None:
-        tried_policies += _sparse_policies(graph_at(batch_size))
-    for pol in tried_policies:
-        for mb in micro_sizes:
-            g = graph_at(mb)
-            trainable = trainable_policy(g, pol)
-            for in_place in in_place_opts:
-                if in_place and mb != batch_size:
-                    continue  # updating inside backward would change the maths of accumulation
-                prob = Problem(g, dev, budget, optimizer=opt, objective=obj,
-                               deadline_s=deadline_s, allow_paging=allow_paging,
-                               trainable=trainable, in_place_update=in_place,
-                               accumulation_steps=batch_size // mb, kernels=kernels)
-                try:
-                    ev = solver(prob)
-                except PlanInfeasibleError:
-                    low = _lowest_peak(prob)
-                    if low < smallest[0]:
-                        smallest = (low, prob)
-                    continue
-                score = ev.objective(obj)
-                if best is None or score < best[0].objective(obj):
-                    best = (ev, prob, pol, mb, in_place)
+        policies += _sparse_policies(graph_at(batch_size, False))
+    best: tuple[Evaluation, Problem, str, int, bool, bool] | None = None
+    smallest: tuple[int, Problem | None] = (1 << 62, None)
+    for pol in policies:  # the most faithful trainable set that fits wins
+        for freeze in bn_modes:
+            if baseline:
+                micro_sizes, in_place_opts = [batch_size], [False]
+            else:
+                micro_sizes = _divisors(batch_size) if (not has_bn or freeze) else [batch_size]
+                in_place_opts = [False, True]
+            for mb in micro_sizes:
+                g = graph_at(mb, freeze)
+                trainable = trainable_policy(g, pol)
+                for in_place in in_place_opts:
+                    if in_place and mb != batch_size:
+                        continue  # updating inside backward would change accumulation's maths
+                    prob = Problem(g, dev, budget, optimizer=opt, objective=obj,
+                                   deadline_s=deadline_s, allow_paging=allow_paging,
+                                   trainable=trainable, in_place_update=in_place,
+                                   accumulation_steps=batch_size // mb, kernels=kernels)
+                    try:
+                        ev = solver(prob)
+                    except PlanInfeasibleError:
+                        low = _lowest_peak(prob)
+                        if low < smallest[0]:
+                            smallest = (low, prob)
+                        continue
+                    if best is None or ev.objective(obj) < best[0].objective(obj):
+                        best = (ev, prob, pol, mb, in_place, freeze)
+            if best is not None:
+                break  # BN live is preferred whenever it fits
         if best is not None:
-            break  # the most faithful trainable set that fits wins
+            break
     if best is None:
         raise _infeasible(budget, smallest, strat, allow_paging, dev)
-    ev, prob, pol, mb, in_place = best
+    ev, prob, pol, mb, in_place, freeze = best
     return _to_plan(ev, prob, name, dev.name, strat, obj, budget, batch_size, mb, opt, in_place,
-                    deadline_s, freeze_bn and has_bn, pol)
+                    deadline_s, freeze and has_bn, pol)
 
 
 def _lowest_peak(p: Problem) -> int:

@@ -10,7 +10,11 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from edgetrain.errors import EdgetrainError
+from edgetrain.errors import EdgetrainError, InvalidArgumentError
+
+
+class InvalidPlanFile(InvalidArgumentError):
+    """A plan file could not be read."""
 
 console = Console(stderr=False)
 errc = Console(stderr=True)
@@ -99,6 +103,99 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024 ** 2, "mb": 1024 ** 2,
+          "mib": 1024 ** 2, "g": 1024 ** 3, "gb": 1024 ** 3, "gib": 1024 ** 3}
+
+
+def parse_size(text: str) -> int:
+    """`256KB`, `1.5MiB`, `300000` -> bytes (K/KB/KiB are all 1024: the embedded convention)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise argparse.ArgumentTypeError(
+            f"bad size {text!r}: use a number of bytes or a unit, e.g. 256KB, 1.5MB, 2GiB")
+    v = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return v
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from edgetrain._planning import plan
+    from edgetrain._checkpoint import write_text_atomic
+    from edgetrain.models import build_model
+
+    model, example = build_model(args.model)
+    p = plan(model, example, device=args.device, budget_bytes=args.budget,
+             batch_size=args.batch_size, objective=args.objective, strategy=args.strategy,
+             optimizer=args.optimizer, deadline_s=args.deadline_s, policy=args.policy,
+             allow_paging=not args.no_paging, name=args.model)
+    if args.output:
+        write_text_atomic(p.to_json(), args.output)
+    if args.json:
+        d = p.to_dict()
+        d["predicted_peak_bytes"] = p.predicted_peak_bytes
+        d["predicted"]["timeline"] = d["predicted"]["timeline"][:0]  # kept in the plan file
+        print(json.dumps(d))
+        return 0
+    console.print(f"[bold]{p.model}[/] on [bold]{p.device}[/]: strategy {p.strategy.value}, "
+                  f"objective {p.objective.value}")
+    console.print(f"  budget {_kib(p.budget_bytes)}  predicted peak {_kib(p.predicted_peak_bytes)}"
+                  f"  storage written/step {_kib(p.predicted.storage_bytes_written)}")
+    console.print(f"  batch {p.batch_size} = {p.accumulation_steps} x {p.micro_batch_size}, "
+                  f"optimizer {p.optimizer}, in-place update {p.in_place_update}")
+    n_train = sum(1 for q in p.params if q.decision.value != "frozen")
+    console.print(f"  trains {n_train}/{len(p.params)} parameter tensors ({p.notes[0]})")
+    dec = " ".join(f"{s.name}:{s.decision.value}" for s in p.stages
+                   if s.decision.value != "keep") or "keep everything"
+    console.print(f"  activations: {dec}")
+    console.print(f"  modelled step: {p.predicted.latency_s:.4g} s, {p.predicted.energy_j:.4g} J")
+    if args.output:
+        console.print(f"plan written to {args.output}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edgetrain._demo import accuracy
+    from edgetrain.data import load_dataset, resize_for
+    from edgetrain.models import build_model
+    from edgetrain.planner import Plan
+    from edgetrain.runtime._loop import train_loop
+    from edgetrain._checkpoint import load_tensors
+
+    try:
+        text = Path(args.plan).read_text()
+    except OSError as e:
+        raise InvalidPlanFile(f"cannot read plan file {args.plan!r}: {e.strerror}; "
+                              "make one with `edgetrain plan ... -o plan.json`") from None
+    p = Plan.from_json(text)
+    model, example = build_model(p.model)
+    if args.weights:
+        model.load_state_dict(load_tensors(args.weights))
+    train = load_dataset(args.data, split="train")
+    test = load_dataset(args.data, split="test")
+    xt, yt = resize_for(train.x, tuple(example.shape)), train.y
+    xe, ye = resize_for(test.x, tuple(example.shape)), test.y
+    before = accuracy(model, xe, ye)
+    res = train_loop(model, p, xt, yt, steps=args.steps, lr=args.lr,
+                     checkpoint_dir=args.resume, checkpoint_every=args.checkpoint_every,
+                     show_progress=not args.json)
+    res.accuracy_before = before
+    res.accuracy_after = accuracy(model, xe, ye)
+    if args.json:
+        print(json.dumps(res.to_dict()))
+    else:
+        console.print(f"trained {res.steps} steps on {args.data}: accuracy "
+                      f"{100 * before:.1f} % -> {100 * res.accuracy_after:.1f} %")
+        console.print(f"memory: measured peak {_kib(res.measured_peak_bytes)}, predicted "
+                      f"{_kib(res.predicted_peak_bytes)}, budget {_kib(res.budget_bytes)}; "
+                      f"storage written {_kib(res.storage_bytes_written)}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from edgetrain._demo import run_demo
 
@@ -137,6 +234,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="draw where the memory goes")
     p.set_defaults(fn=_cmd_profile)
+
+    pl = sub.add_parser("plan", help="plan training within a memory budget")
+    pl.add_argument("--model", required=True, help="built-in model name or path/to/file.py:factory")
+    pl.add_argument("--device", required=True, help="catalog name or path/to/board.toml")
+    pl.add_argument("--budget", type=parse_size, default=None,
+                    help="memory budget, e.g. 256KB (default: the device's memory)")
+    pl.add_argument("--batch-size", type=_positive_int, default=1)
+    pl.add_argument("--objective", choices=["time", "energy"], default="time")
+    pl.add_argument("--deadline-s", type=float, default=None)
+    pl.add_argument("--strategy", choices=["exact", "auto", "keep-all", "sqrt", "greedy"],
+                    default="auto")
+    pl.add_argument("--policy", default=None,
+                    help="what trains: all, bias-only, last:K or parameter names")
+    pl.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd")
+    pl.add_argument("--no-paging", action="store_true", help="never page to storage")
+    pl.add_argument("-o", "--output", help="write the plan as JSON to this file")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(fn=_cmd_plan)
+
+    tr = sub.add_parser("train", help="execute a plan on real data")
+    tr.add_argument("--plan", required=True)
+    tr.add_argument("--data", default="fashion-mnist:5-9")
+    tr.add_argument("--steps", type=_positive_int, default=100)
+    tr.add_argument("--lr", type=float, default=0.01)
+    tr.add_argument("--weights", help="start from these weights (.safetensors)")
+    tr.add_argument("--resume", metavar="DIR", help="checkpoint folder: resume from it and "
+                    "checkpoint into it")
+    tr.add_argument("--checkpoint-every", type=_positive_int, default=10)
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(fn=_cmd_train)
 
     m = sub.add_parser("demo", help="the two-stage story on the built-in default")
     m.add_argument("--out", default="results/demo", help="folder for the report and plots")
