@@ -23,11 +23,6 @@ def torch_optimizer(opt: Optimizer, params, lr: float = 0.01) -> torch.optim.Opt
     return torch.optim.Adam(params, lr=lr)
 
 
-def host_kernels() -> KernelLibrary:
-    """The kernel library plain PyTorch uses on this host (see NOTE [ Kernel workspaces ])."""
-    return KernelLibrary(pytorch_cpu_threads=torch.get_num_threads())
-
-
 @dataclass(frozen=True)
 class Profile:
     """A training-cost profile, with the measurement of one real step when requested."""
@@ -78,7 +73,7 @@ def profile(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5
     opt = Optimizer.parse(optimizer)
     dev = load_device(device)
     graph = capture(model, example_input, batch_size=batch_size, name=name)
-    kernels = host_kernels()
+    kernels = host_kernels(graph)
     cost = training_cost(graph, dev, optimizer=opt, kernels=kernels)
     measured = None
     if measure:
@@ -97,3 +92,51 @@ def measure_step(model: torch.nn.Module, example_input: torch.Tensor, batch_size
     y = torch.arange(batch_size, dtype=torch.long) % classes
     params = [p for p in m.parameters() if p.requires_grad]
     return measure_training_step(m, x, y, torch_optimizer(opt, params))
+
+
+_KERNEL_TABLE: dict[tuple[str, int], tuple[int, int]] = {}
+
+
+def _measure_conv(graph: Graph, node, input_grad: bool) -> tuple[int, int]:
+    """Forward and backward transients of one convolution, read from the allocator."""
+    from edgetrain.measure import MemoryMeter
+
+    x_t, w_t = graph.tensor(node.inputs[0]), graph.tensor(node.inputs[1])
+    conv = torch.nn.Conv2d(x_t.shape[1], w_t.shape[0], tuple(w_t.shape[2:]),
+                           stride=tuple(node.attr("stride")), padding=tuple(node.attr("padding")),
+                           dilation=tuple(node.attr("dilation")), groups=node.attr("groups"),
+                           bias=node.attr("bias"))
+    x = torch.randn(*x_t.shape, requires_grad=input_grad)
+    with MemoryMeter() as m:
+        out = conv(x)
+    fwd = max(0, m.trace.peak_delta_bytes - out.untyped_storage().nbytes())
+    g = torch.ones_like(out)
+    grads = x.numel() * 4 * input_grad + sum(p.numel() * 4 for p in conv.parameters())
+    with MemoryMeter() as m:
+        out.backward(g)
+    bwd = max(0, m.trace.peak_delta_bytes - grads)
+    return fwd, bwd
+
+
+def host_kernels(graph: Graph | None = None) -> KernelLibrary:
+    """The kernel library plain PyTorch uses on this host, profiled for `graph`'s convolutions.
+
+    Each distinct convolution is run once (forward and backward, with and without an input
+    gradient) under the allocator meter; results are memoised per process.
+    """
+    from edgetrain.cost._workspace import conv_signature
+    from edgetrain.ir import OpKind
+
+    threads = torch.get_num_threads()
+    measured = []
+    if graph is not None:
+        for n in graph.nodes:
+            if n.op is not OpKind.CONV2D:
+                continue
+            for ig in (False, True):
+                sig = conv_signature(graph, n, ig)
+                key = (sig, threads)
+                if key not in _KERNEL_TABLE:
+                    _KERNEL_TABLE[key] = _measure_conv(graph, n, ig)
+                measured.append((sig, *_KERNEL_TABLE[key]))
+    return KernelLibrary(pytorch_cpu_threads=threads, measured=tuple(dict.fromkeys(measured)))

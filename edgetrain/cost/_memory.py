@@ -371,7 +371,15 @@ def _simulate(graph: Graph, opt: Optimizer, kernels: KernelLibrary, schedule: Sc
             recomputed_done.add(seg)
             for s in plan.recomputed[seg]:
                 live.alloc(s, plan.storage_bytes[s], "saved")
-            live.mark(Phase.BACKWARD, f"recompute:{n.name}")
+            # the re-run forward also allocates what it does not keep (outputs nobody saves)
+            # and its kernels' workspaces, transiently
+            a, b = schedule.recompute_segments[seg]
+            unsaved = {graph.tensor(o).storage: graph.tensor(o).storage_bytes
+                       for m in nodes[a:b] for o in (m.output, *m.aux_outputs)
+                       if graph.tensor(o).storage not in plan.recomputed[seg]}
+            ws = max((workspace_bytes(graph, m, kernels, input_grad=False)[0]
+                      for m in nodes[a:b]), default=0)
+            live.mark(Phase.BACKWARD, f"recompute:{n.name}", sum(unsaved.values()) + ws)
         for s in plan.page_reads.get(i, ()):  # unpack reads the tensor back from storage
             live.alloc(f"page:{i}:{s}", plan.storage_bytes[s], "saved")
         # 1. the node computes the gradients of its inputs

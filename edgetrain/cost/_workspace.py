@@ -14,9 +14,13 @@ NOTE [ Kernel workspaces on PyTorch CPU (torch 2.13) ]
         own output before copying out: max(input + weight, output) bytes beyond the output;
       - oneDNN backward holds reordered copies of grad_output and input (or the weight, when it
         is larger) while it computes: max(input + output, weight) bytes beyond the gradients.
-    These formulas were fitted to the allocator events of torch 2.13.0 on x86-64 (oneDNN 3.x);
-    `tests/test_cost.py` checks the resulting peaks against the meter on every reference model.
-    Other kernels allocate only their outputs (within a few hundred bytes).
+    These formulas were fitted to the allocator events of torch 2.13.0 on x86-64 (oneDNN 3.x)
+    and hold for wide layers; for narrow ones oneDNN's blocked layouts pad channels and its
+    backward scratch grows several-fold. So, as in the survey's preparation stage, the host is
+    profiled: `edgetrain._profile.host_kernels(graph)` runs each distinct convolution of the
+    graph once under the allocator meter and records its transients in `measured`, which take
+    precedence over the formulas. Other kernels allocate only their outputs (within a few
+    hundred bytes).
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ class KernelLibrary:
     """
 
     pytorch_cpu_threads: int | None = 1
+    measured: tuple[tuple[str, int, int], ...] = ()  # (conv_signature, forward, backward)
+
+    @property
+    def table(self) -> dict[str, tuple[int, int]]:
+        return {k: (f, b) for k, f, b in self.measured}
 
     @property
     def has_workspaces(self) -> bool:
@@ -64,12 +73,25 @@ def _columns_bytes(graph: Graph, node: Node) -> int:
     return cin_g * kh * kw * out.shape[2] * out.shape[3] * 4
 
 
+def conv_signature(graph: Graph, node: Node, input_grad: bool) -> str:
+    """What a convolution's workspace depends on: shapes, hyper-parameters, input grad."""
+    x = graph.tensor(node.inputs[0])
+    w = graph.tensor(node.inputs[1])
+    return (f"conv:{'x'.join(map(str, x.shape))}:{'x'.join(map(str, w.shape))}:"
+            f"s{node.attr('stride')}:p{node.attr('padding')}:d{node.attr('dilation')}:"
+            f"g{node.attr('groups')}:ig{int(input_grad)}").replace(" ", "")
+
+
 def workspace_bytes(graph: Graph, node: Node, kernels: KernelLibrary,
                     input_grad: bool) -> tuple[int, int]:
     """(forward, backward) transient bytes of `node` beyond its outputs and gradients."""
     if not kernels.has_workspaces or node.op is not OpKind.CONV2D:
         return 0, 0
     assert kernels.pytorch_cpu_threads is not None
+    if kernels.measured:
+        hit = kernels.table.get(conv_signature(graph, node, input_grad))
+        if hit is not None:
+            return hit
     x = graph.tensor(node.inputs[0]).nbytes
     w = graph.tensor(node.inputs[1]).nbytes
     out = graph.tensor(node.output).nbytes

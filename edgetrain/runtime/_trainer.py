@@ -122,6 +122,13 @@ class Trainer:
             self.store.close()
         self._entered = False
 
+    @property
+    def _recomputes(self) -> bool:
+        return any(st.decision is ActivationDecision.RECOMPUTE for st in self.plan.stages)
+
+    def _live_bn(self):
+        return [m for m in self.model.modules() if isinstance(m, _BN) and m.training]
+
     # -- hooks -------------------------------------------------------------------------------
     def _apply_in_place(self, p: torch.nn.Parameter) -> None:
         if self._skip_update:
@@ -169,8 +176,15 @@ class Trainer:
             total += float(loss.detach())
             if self.store is not None:
                 self.store.reset()
+            # Recomputation re-runs forward, which would update BN running statistics a second
+            # time: keep the values forward produced and put them back after backward.
+            bn_state = ([(b, b.clone()) for m in self._live_bn() for b in m.buffers()]
+                        if self._recomputes else [])
             loss.backward()
             del loss
+            with torch.no_grad():
+                for b, v in bn_state:
+                    b.copy_(v)
         if not finite:
             if self.optimizer is not None:
                 self.optimizer.zero_grad(set_to_none=True)
@@ -196,7 +210,9 @@ def _mask_rows(p: torch.Tensor, k: int) -> None:
 
 
 def _checkpointed(forward, *args, **kwargs):
-    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    # No RNG state is stashed: captured graphs hold no random operators (capture rejects
+    # dropout), and the 5 KB CPU generator state per stage would matter on an MCU budget.
+    return checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=False, **kwargs)
 
 
 def _paged(forward, store: PagingStore, *args, **kwargs):

@@ -1,0 +1,233 @@
+"""The runtime against plain PyTorch (same parameters) and the allocator (measured peak)."""
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgetrain._planning import _to_plan, plan
+from edgetrain._profile import host_kernels
+from edgetrain.capture import capture
+from edgetrain.cost import Optimizer, load_device
+from edgetrain.measure import MemoryMeter, storage_bytes
+from edgetrain.models import build_model
+from edgetrain.planner import ActivationDecision, Objective, Plan, Strategy
+from edgetrain.planner._problem import Problem
+from edgetrain.runtime import NonFiniteLossError, Trainer
+
+K, R, P = ActivationDecision.KEEP, ActivationDecision.RECOMPUTE, ActivationDecision.PAGE
+BN = torch.nn.BatchNorm2d
+
+
+def forced_plan(model, x, name, batch, micro, pattern, *, in_place=False, freeze_bn=False,
+                optimizer="sgd"):
+    """A plan with chosen activation decisions: `pattern` cycles over the wrappable stages."""
+    if freeze_bn:
+        model.eval()
+        model.train()
+        for m in model.modules():
+            if isinstance(m, BN):
+                m.eval()
+    g = capture(model, x, batch_size=micro, name=name)
+    model.train()
+    prob = Problem(g, load_device("rpi4"), 1 << 40, optimizer=Optimizer.parse(optimizer),
+                   in_place_update=in_place, accumulation_steps=batch // micro,
+                   kernels=host_kernels(g))
+    dec, k = [], 0
+    for stage, allowed in zip(prob.stages, prob.choices):
+        d = pattern[k % len(pattern)] if stage.wrappable else K
+        k += stage.wrappable
+        dec.append(d if d in allowed else K)
+    ev = prob.evaluate(tuple(dec))
+    return _to_plan(ev, prob, name, "rpi4", Strategy.EXACT, Objective.TIME, ev.peak_bytes, batch,
+                    micro, Optimizer.parse(optimizer), in_place, None, freeze_bn, "all")
+
+
+def plain_steps(model, xs, ys, lr, freeze_bn, optimizer="sgd"):
+    opt = {"sgd": lambda: torch.optim.SGD(model.parameters(), lr=lr),
+           "momentum": lambda: torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)}[optimizer]()
+    for xb, yb in zip(xs, ys):
+        model.train()
+        if freeze_bn:
+            for m in model.modules():
+                if isinstance(m, BN):
+                    m.eval()
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(xb), yb).backward()
+        opt.step()
+
+
+def batches(x, batch, steps, classes=10):
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(batch, *x.shape[1:], generator=g) if x.dtype.is_floating_point else
+          torch.randint(0, 1000, (batch, *x.shape[1:]), generator=g) for _ in range(steps)]
+    ys = [torch.randint(0, classes, (batch,), generator=g) for _ in range(steps)]
+    return xs, ys
+
+
+EXACT_CASES = [
+    # model, batch, micro, pattern, in_place, freeze_bn
+    ("transformer-tiny", 4, 4, [R], False, False),
+    ("transformer-tiny", 4, 2, [P, R, K], False, False),
+    ("transformer-tiny", 4, 4, [P], True, False),
+    ("mcu-cnn", 4, 4, [R, P], True, False),
+    ("mcu-cnn", 4, 1, [P, R], False, True),
+    ("mbv2-w0.35", 2, 1, [R, K, P], False, True),
+]
+
+
+@pytest.mark.parametrize("name,batch,micro,pattern,in_place,freeze_bn", EXACT_CASES)
+def test_exact_plans_give_plain_pytorch_parameters(name, batch, micro, pattern, in_place,
+                                                   freeze_bn):
+    # Prepare
+    torch.manual_seed(0)
+    model, x = build_model(name, pretrained=False)
+    ref = copy.deepcopy(model)
+    p = forced_plan(model, x, name, batch, micro, pattern, in_place=in_place, freeze_bn=freeze_bn)
+    assert any(s.decision is not K for s in p.stages)
+    xs, ys = batches(x, batch, 3)
+    # Execute
+    with Trainer(model, p, lr=0.05) as t:
+        for xb, yb in zip(xs, ys):
+            t.step(xb, yb)
+    plain_steps(ref, xs, ys, 0.05, freeze_bn)
+    # Assert
+    for (n, a), b in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, msg=n)
+    for (n, a), b in zip(model.named_buffers(), ref.buffers()):
+        torch.testing.assert_close(a, b, msg=n)
+
+
+def test_trainer_restores_the_model_on_exit():
+    torch.manual_seed(0)
+    model, x = build_model("mcu-cnn", pretrained=False)
+    p = forced_plan(model, x, "mcu-cnn", 2, 2, [R, P])
+    frozen = next(model.parameters())
+    frozen.requires_grad_(False)
+    forwards = {n: m.forward for n, m in model.named_modules()}
+    with Trainer(model, p, lr=0.01) as t:
+        t.step(*[b[0] for b in batches(x, 2, 1)])
+        assert frozen.requires_grad  # the plan trains it
+    assert not frozen.requires_grad
+    assert all("forward" not in vars(m) for m in model.modules())
+    assert {n: m.forward.__func__ for n, m in model.named_modules()} == {
+        n: f.__func__ for n, f in forwards.items()}
+
+
+def _measure_plan(model, p, xs, ys):
+    peaks = []
+    with Trainer(model, p, lr=0.01) as t:
+        for xb, yb in zip(xs, ys):
+            opt_state = [v for o in ([t.optimizer] if t.optimizer else t._per_param_opt.values())
+                         for st in o.state.values() for v in st.values()
+                         if isinstance(v, torch.Tensor)]
+            state = list(model.parameters()) + list(model.buffers()) + opt_state
+            with MemoryMeter(storage_bytes(state + [xb, yb])) as m:
+                t.step(xb, yb)
+            peaks.append(m.trace.peak_bytes)
+    return max(peaks)
+
+
+MEMORY_CASES = [(m, b, f) for m in ("mcu-cnn", "transformer-tiny", "mbv2-w0.35", "mcunet")
+                for b in (1, 8) for f in (1.0, 0.5, 0.25)]
+SLOW = {"mbv2-w0.35", "mcunet"}
+
+
+@pytest.mark.parametrize("name,batch,frac", [
+    pytest.param(*c, marks=pytest.mark.slow) if c[0] in SLOW and c[1] == 8 else c
+    for c in MEMORY_CASES])
+def test_measured_peak_within_budget_and_prediction(name, batch, frac):
+    # Prepare: budget = keep-all peak minus (1 - frac) of the keep-all activation bytes
+    torch.manual_seed(0)
+    model, x = build_model(name, pretrained=False)
+    from edgetrain._profile import profile
+
+    prof = profile(model, x, device="rpi4", batch_size=batch, name=name)
+    budget = prof.cost.peak_bytes - int((1 - frac) * prof.cost.activation_bytes)
+    try:
+        p = plan(model, x, device="rpi4", budget_bytes=budget, batch_size=batch,
+                 strategy="exact", name=name)
+    except Exception as e:  # infeasible budgets are allowed, but must say so with a typed error
+        assert type(e).__name__ == "PlanInfeasibleError"
+        pytest.skip(f"infeasible: {e}")
+    xs, ys = batches(x, batch, 2)
+    # Execute
+    measured = _measure_plan(model, p, xs, ys)
+    # Assert
+    assert measured <= budget
+    assert measured <= 1.10 * p.predicted_peak_bytes
+
+
+def test_non_finite_loss_never_reaches_the_weights():
+    torch.manual_seed(0)
+    model, x = build_model("mcu-cnn", pretrained=False)
+    p = forced_plan(model, x, "mcu-cnn", 2, 2, [K], in_place=True)
+    before = [q.detach().clone() for q in model.parameters()]
+    bad = torch.full((2, *x.shape[1:]), float("nan"))
+    y = torch.zeros(2, dtype=torch.long)
+    with Trainer(model, p, lr=0.1, max_nonfinite=2) as t:
+        with pytest.warns(RuntimeWarning, match="non-finite"):
+            t.step(bad, y)
+        for a, b in zip(model.parameters(), before):
+            assert torch.equal(a, b)
+        with pytest.raises(NonFiniteLossError, match="lower the learning rate"):
+            with pytest.warns(RuntimeWarning):
+                t.step(bad, y)
+
+
+def test_plan_json_round_trip():
+    torch.manual_seed(0)
+    model, x = build_model("mcu-cnn", pretrained=False)
+    p = forced_plan(model, x, "mcu-cnn", 4, 2, [R, P], freeze_bn=True)
+    assert Plan.from_json(p.to_json()) == p
+
+
+def _train_cmd(plan_path, ckdir, steps):
+    return [sys.executable, "-m", "edgetrain.cli", "train", "--plan", str(plan_path), "--data",
+            "digits:0-4", "--steps", str(steps), "--resume", str(ckdir), "--checkpoint-every",
+            "1", "--json"]
+
+
+def test_kill_dash_nine_then_resume_matches_uninterrupted(tmp_path):
+    # Prepare: a plan on disk
+    torch.manual_seed(0)
+    model, x = build_model("mcu-cnn", pretrained=False)
+    p = forced_plan(model, x, "mcu-cnn", 8, 8, [R, P], freeze_bn=False, optimizer="momentum")
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(p.to_json())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    steps = 12
+    # Execute: uninterrupted run
+    full = subprocess.run(_train_cmd(plan_path, tmp_path / "a", steps), capture_output=True,
+                          text=True, env=env, check=True)
+    # ... and a run killed with SIGKILL mid-training, then resumed
+    proc = subprocess.Popen(_train_cmd(plan_path, tmp_path / "b", steps), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    prog = tmp_path / "b" / "progress.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if prog.exists() and json.loads(prog.read_text() or "{}").get("step", 0) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(prog.read_text())["step"]
+    resumed = subprocess.run(_train_cmd(plan_path, tmp_path / "b", steps), capture_output=True,
+                             text=True, env=env, check=True)
+    # Assert
+    assert 3 <= killed_at < steps
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "a" / "state.safetensors"))
+    b = load_file(str(tmp_path / "b" / "state.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert json.loads(full.stdout)["losses"] == json.loads(resumed.stdout)["losses"]
