@@ -122,14 +122,27 @@ def host_kernels(graph: Graph | None = None) -> KernelLibrary:
     """The kernel library plain PyTorch uses on this host, profiled for `graph`'s convolutions.
 
     Each distinct convolution is run once (forward and backward, with and without an input
-    gradient) under the allocator meter; results are memoised per process.
+    gradient) under the allocator meter; results are kept per process and in the cache
+    directory, keyed by torch version and thread count.
     """
     from edgetrain.cost._workspace import conv_signature
     from edgetrain.ir import OpKind
 
+    import json
+
+    from edgetrain._checkpoint import cache_dir, write_text_atomic
+
     threads = torch.get_num_threads()
     measured = []
     if graph is not None:
+        path = cache_dir() / "kernels" / f"torch-{torch.__version__}-threads-{threads}.json"
+        if not _KERNEL_TABLE and path.exists():  # measured on this host before
+            try:
+                for sig, f, b in json.loads(path.read_text()):
+                    _KERNEL_TABLE[sig, threads] = (f, b)
+            except (ValueError, TypeError):
+                pass
+        new = False
         for n in graph.nodes:
             if n.op is not OpKind.CONV2D:
                 continue
@@ -138,5 +151,9 @@ def host_kernels(graph: Graph | None = None) -> KernelLibrary:
                 key = (sig, threads)
                 if key not in _KERNEL_TABLE:
                     _KERNEL_TABLE[key] = _measure_conv(graph, n, ig)
+                    new = True
                 measured.append((sig, *_KERNEL_TABLE[key]))
+        if new:
+            write_text_atomic(json.dumps([[k[0], *v] for k, v in _KERNEL_TABLE.items()
+                                          if k[1] == threads]), path)
     return KernelLibrary(pytorch_cpu_threads=threads, measured=tuple(dict.fromkeys(measured)))
