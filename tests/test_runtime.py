@@ -231,3 +231,18 @@ def test_kill_dash_nine_then_resume_matches_uninterrupted(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     assert json.loads(full.stdout)["losses"] == json.loads(resumed.stdout)["losses"]
+
+
+def test_public_api_plan_then_train_within_budget():
+    import edgetrain
+
+    torch.manual_seed(0)
+    model, x = build_model("mcu-cnn", pretrained=False)
+    p = edgetrain.plan(model, x, device="nrf52840", budget_bytes=200 * 1024, batch_size=4)
+    assert isinstance(p, edgetrain.Plan)
+    assert p.budget_bytes == 200 * 1024 and p.predicted_peak_bytes <= p.budget_bytes
+    assert edgetrain.Plan.from_json(p.to_json()) == p
+    xs, ys = batches(x, 4, 2)
+    assert _measure_plan(model, p, xs, ys) <= p.budget_bytes
+    with pytest.raises(edgetrain.PlanInfeasibleError, match="smallest achievable peak"):
+        edgetrain.plan(model, x, device="nrf52840", budget_bytes=4096, batch_size=4)
