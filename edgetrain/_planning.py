@@ -158,7 +158,7 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
                                    deadline_s=deadline_s, allow_paging=allow_paging,
                                    trainable=trainable, in_place_update=in_place,
                                    accumulation_steps=batch_size // mb,
-                                   kernels=host_kernels(g))
+                                   kernels=host_kernels(g, g.requires_grad_for(trainable)))
                     try:
                         ev = solver(prob)
                     except PlanInfeasibleError:

@@ -118,11 +118,12 @@ def _measure_conv(graph: Graph, node, input_grad: bool) -> tuple[int, int]:
     return fwd, bwd
 
 
-def host_kernels(graph: Graph | None = None) -> KernelLibrary:
+def host_kernels(graph: Graph | None = None,
+                 requires_grad: frozenset[str] | None = None) -> KernelLibrary:
     """The kernel library plain PyTorch uses on this host, profiled for `graph`'s convolutions.
 
-    Each distinct convolution is run once (forward and backward, with and without an input
-    gradient) under the allocator meter; results are kept per process and in the cache
+    Each distinct convolution is run once (forward and backward, with an input gradient where
+    `requires_grad` — default: full training — asks for one) under the allocator meter; results are kept per process and in the cache
     directory, keyed by torch version and thread count.
     """
     from edgetrain.cost._workspace import conv_signature
@@ -143,10 +144,11 @@ def host_kernels(graph: Graph | None = None) -> KernelLibrary:
             except (ValueError, TypeError):
                 pass
         new = False
+        rg = graph.requires_grad if requires_grad is None else requires_grad
         for n in graph.nodes:
             if n.op is not OpKind.CONV2D:
                 continue
-            for ig in (False, True):
+            for ig in {n.inputs[0] in rg}:
                 sig = conv_signature(graph, n, ig)
                 key = (sig, threads)
                 if key not in _KERNEL_TABLE:

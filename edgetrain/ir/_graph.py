@@ -233,15 +233,7 @@ class Graph:
 
     # -- serialisation -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        def enc(obj: Any) -> Any:
-            if isinstance(obj, enum.Enum):
-                return obj.value
-            if isinstance(obj, dict):
-                return {k: enc(v) for k, v in obj.items()}
-            if isinstance(obj, (list, tuple)):
-                return [enc(v) for v in obj]
-            return obj
-
+        enc = to_plain
         return {
             "schema_version": self.schema_version,
             "model": self.model,
@@ -277,6 +269,17 @@ class Graph:
     @classmethod
     def from_json(cls, text: str) -> "Graph":
         return cls.from_dict(json.loads(text))
+
+
+def to_plain(obj: Any) -> Any:
+    """Enums to their values, tuples to lists, recursively: JSON-ready plain data."""
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    return obj
 
 
 def _tuplify(v: Any) -> Any:

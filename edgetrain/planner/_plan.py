@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from edgetrain.errors import InvalidArgumentError
+from edgetrain.ir._graph import to_plain
 
 PLAN_SCHEMA_VERSION = 1
 
@@ -117,16 +118,7 @@ class Plan:
         return tuple(p.name for p in self.params if p.decision is not ParamDecision.FROZEN)
 
     def to_dict(self) -> dict[str, Any]:
-        def enc(o: Any) -> Any:
-            if isinstance(o, enum.Enum):
-                return o.value
-            if isinstance(o, dict):
-                return {k: enc(v) for k, v in o.items()}
-            if isinstance(o, (list, tuple)):
-                return [enc(v) for v in o]
-            return o
-
-        return enc(asdict(self))
+        return to_plain(asdict(self))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -12,7 +12,6 @@ forwards, `requires_grad` flags and hooks) on exit.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import warnings
@@ -240,7 +239,3 @@ def _make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr)
     raise InvalidArgumentError(f"unknown optimizer {name!r}; choose sgd, momentum or adam")
 
-
-@contextlib.contextmanager
-def _nothing():
-    yield
