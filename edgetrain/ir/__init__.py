@@ -3,7 +3,6 @@
 from edgetrain.ir._graph import (
     SCHEMA_VERSION,
     Graph,
-    Lifetime,
     Node,
     OpKind,
     Param,
@@ -12,5 +11,5 @@ from edgetrain.ir._graph import (
     itemsize,
 )
 
-__all__ = ["SCHEMA_VERSION", "Graph", "Lifetime", "Node", "OpKind", "Param", "Tensor",
+__all__ = ["SCHEMA_VERSION", "Graph", "Node", "OpKind", "Param", "Tensor",
            "TensorRole", "itemsize"]

@@ -137,17 +137,6 @@ class Node:
         return default
 
 
-@dataclass(frozen=True, slots=True)
-class Lifetime:
-    """When a storage is live, on the step clock of `Graph.step_clock` (inclusive bounds)."""
-
-    storage: str
-    nbytes: int
-    alloc_step: int
-    free_step: int  # the step after which it is freed; `end` if it outlives the step
-    role: TensorRole
-
-
 SCHEMA_VERSION = 1
 
 
