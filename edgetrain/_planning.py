@@ -75,7 +75,8 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
          budget_bytes: int | None = None, batch_size: int = 1, objective: str = "time",
          strategy: str = "auto", optimizer: str = "sgd", deadline_s: float | None = None,
          allow_paging: bool = True, policy: str | None = None, name: str = "model",
-         freeze_batch_norm: bool | None = None, safety_margin: float = SAFETY_MARGIN) -> Plan:
+         freeze_batch_norm: bool | None = None, safety_margin: float = SAFETY_MARGIN,
+         calibration: "tuple[torch.Tensor, torch.Tensor] | None" = None) -> Plan:
     """Plan training of `model` on `device` within `budget_bytes` (default: the device's memory).
 
     NOTE [ Safety margin ]
@@ -87,6 +88,11 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
 
     `strategy`: `exact` (changes no mathematics), `auto` (may also train a sparse subset),
     or a baseline solver (`keep-all`, `sqrt`, `greedy`) at the full batch.
+
+    `policy`: what trains — `all`, `bias-only`, `last:K`, parameter names, or `fisher` (layers
+    ranked by Fisher information per byte on `calibration`, a few local samples `(x, y)`; see
+    `edgetrain._sparse`). With `strategy="auto"` and no policy, `calibration` switches the
+    sparse candidates from `last:K` to the Fisher ranking.
     """
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise InvalidArgumentError(f"batch size must be a positive integer, got {batch_size!r}")
@@ -136,12 +142,33 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
                     m.train(t)
         return graphs[b, freeze]
 
-    policies = [policy or "all"]
-    if strat is Strategy.AUTO and policy is None:
-        policies += _sparse_policies(graph_at(batch_size, False))
+    if policy == "fisher" and calibration is None:
+        raise InvalidArgumentError(
+            "policy fisher scores layers on local samples: pass calibration=(x, y) "
+            "(CLI: --calibration DATA, e.g. fashion-mnist:5-9)")
+    if policy == "fisher" and strat is not Strategy.AUTO:
+        raise InvalidArgumentError(
+            f"policy fisher chooses a sparse trainable set; it needs --strategy auto, not {strat.value}")
+    # Candidate trainable sets, the most faithful first: (label, policy string or parameter set).
+    policies: list[tuple[str, str | frozenset[str]]] = []
+    if calibration is not None and strat is Strategy.AUTO and policy in (None, "fisher"):
+        from edgetrain._sparse import fisher_candidates, score_layers
+
+        g0 = graph_at(batch_size, False)
+        scores = score_layers(model, g0, calibration, device=dev, optimizer=opt)
+        n_layers = len(scores)
+        policies = [("all" if len(c) == len(g0.params) else
+                     f"fisher:top-{sum(1 for s in scores if set(s.params) <= c)}/{n_layers}", c)
+                    for c in fisher_candidates(scores)]
+        if policy is None and policies[0][0] != "all":
+            policies.insert(0, ("all", "all"))
+    else:
+        policies = [(policy or "all", policy or "all")]
+        if strat is Strategy.AUTO and policy is None:
+            policies += [(q, q) for q in _sparse_policies(graph_at(batch_size, False))]
     best: tuple[Evaluation, Problem, str, int, bool, bool] | None = None
     smallest: tuple[int, Problem | None] = (1 << 62, None)
-    for pol in policies:  # the most faithful trainable set that fits wins
+    for pol, chosen in policies:  # the most faithful trainable set that fits wins
         for freeze in bn_modes:
             if baseline:
                 micro_sizes, in_place_opts = [batch_size], [False]
@@ -150,7 +177,7 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
                 in_place_opts = [False, True]
             for mb in micro_sizes:
                 g = graph_at(mb, freeze)
-                trainable = trainable_policy(g, pol)
+                trainable = chosen if isinstance(chosen, frozenset) else trainable_policy(g, chosen)
                 for in_place in in_place_opts:
                     if in_place and mb != batch_size:
                         continue  # updating inside backward would change accumulation's maths

@@ -127,10 +127,16 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from edgetrain.models import build_model
 
     model, example = build_model(args.model)
+    calibration = None
+    if args.calibration:
+        from edgetrain.data import load_dataset, resize_for
+
+        cal = load_dataset(args.calibration, split="train", limit=args.calibration_samples)
+        calibration = (resize_for(cal.x, tuple(example.shape)), cal.y)
     p = plan(model, example, device=args.device, budget_bytes=args.budget,
              batch_size=args.batch_size, objective=args.objective, strategy=args.strategy,
              optimizer=args.optimizer, deadline_s=args.deadline_s, policy=args.policy,
-             allow_paging=not args.no_paging, name=args.model)
+             allow_paging=not args.no_paging, name=args.model, calibration=calibration)
     if args.output:
         write_text_atomic(p.to_json(), args.output)
     if args.json:
@@ -246,7 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--strategy", choices=["exact", "auto", "keep-all", "sqrt", "greedy"],
                     default="auto")
     pl.add_argument("--policy", default=None,
-                    help="what trains: all, bias-only, last:K or parameter names")
+                    help="what trains: all, bias-only, last:K, parameter names, or fisher "
+                         "(needs --calibration)")
+    pl.add_argument("--calibration", metavar="DATA", default=None,
+                    help="a few local samples (e.g. fashion-mnist:5-9) to rank layers by Fisher "
+                         "information per byte for the sparse update (strategy auto)")
+    pl.add_argument("--calibration-samples", type=_positive_int, default=16)
     pl.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd")
     pl.add_argument("--no-paging", action="store_true", help="never page to storage")
     pl.add_argument("-o", "--output", help="write the plan as JSON to this file")
