@@ -3,7 +3,10 @@
 The store is a real file on disk standing in for the device's flash / SD card: `pack` writes a
 saved tensor's bytes and returns a handle, so the tensor's RAM can be freed once forward no
 longer needs it; `unpack` reads it back for backward. Bytes written are counted for flash wear.
-Parameters and buffers are never paged (they live in RAM anyway).
+Storages that stay in RAM for the whole step anyway are never paged (`resident`): parameters and
+buffers, and the step's input batch and targets (a micro-batch is a view of the batch, so paging
+its storage would write the whole batch and read a second copy of it back into RAM: the cost model
+counts the batch as live throughout, see NOTE [ What counts toward peak memory ]).
 """
 
 from __future__ import annotations
@@ -40,16 +43,29 @@ class PagingStore:
         self.bytes_written = 0
         self.bytes_read = 0
         self.transfers = 0
-        self.keep_ptrs: set[int] = set()
+        self._resident: set[int] = set()  # data_ptrs of storages RAM holds all along
+        self._step_resident: set[int] = set()  # ... and of this step's batch
+
+    def keep_resident(self, tensors) -> None:
+        """Never page these tensors' storages (parameters, buffers): they stay in RAM anyway."""
+        self._resident |= _ptrs(tensors)
+
+    def begin_step(self, batch) -> None:
+        """A new optimizer step over `batch` (inputs, targets): they stay in RAM all step, so
+        their storages are not paged; the previous step's batch addresses are forgotten."""
+        self._step_resident = _ptrs(batch)
+        self.reset()
 
     def reset(self) -> None:
+        """A new micro-batch: rewind the file (the previous backward has read everything)."""
         self._end = 0
         self._by_storage.clear()
 
     def pack(self, t: torch.Tensor):
         st = t.untyped_storage()
         ptr = st.data_ptr()
-        if ptr in self.keep_ptrs or t.device.type != "cpu" or st.nbytes() == 0:
+        if (ptr in self._resident or ptr in self._step_resident or t.device.type != "cpu"
+                or st.nbytes() == 0):
             return t
         known = self._by_storage.get(ptr)
         if known is None or known[2]() is None:  # a live storage saved twice is written once
@@ -84,3 +100,8 @@ class PagingStore:
         finally:
             if os.path.exists(self.path):
                 os.unlink(self.path)
+
+
+def _ptrs(tensors) -> set[int]:
+    return {t.untyped_storage().data_ptr() for t in tensors
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu"}

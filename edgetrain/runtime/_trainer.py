@@ -95,8 +95,8 @@ class Trainer:
                 else:
                     if self.store is None:
                         self.store = PagingStore(self.paging_dir)
-                        self.store.keep_ptrs = {t.untyped_storage().data_ptr() for t in
-                                                (*self.model.parameters(), *self.model.buffers())}
+                        self.store.keep_resident((*self.model.parameters(),
+                                                  *self.model.buffers()))
                     mod.forward = functools.partial(_paged, original, self.store)
                 self._restore.append(functools.partial(_restore_forward, mod, original))
         # 4. the optimizer: one step per batch, or per parameter inside backward
@@ -165,7 +165,11 @@ class Trainer:
         total = 0.0
         finite = True
         self._skip_update = False
+        if self.store is not None:
+            self.store.begin_step((x, y))
         for i in range(0, n, mb):
+            if self.store is not None:
+                self.store.reset()
             loss = self.loss_fn(self.model(x[i:i + mb]), y[i:i + mb]) * (min(mb, n - i) / n)
             if not torch.isfinite(loss):
                 finite = False
@@ -173,8 +177,6 @@ class Trainer:
                 del loss
                 break
             total += float(loss.detach())
-            if self.store is not None:
-                self.store.reset()
             # Recomputation re-runs forward, which would update BN running statistics a second
             # time: keep the values forward produced and put them back after backward.
             bn_state = ([(b, b.clone()) for m in self._live_bn() for b in m.buffers()]
