@@ -1,0 +1,161 @@
+"""The Flower `ServerApp`: runs `PartialFedAvg`, evaluates the global model on the held-out test
+set after every round, records what each round cost, and checkpoints atomically (safetensors
+weights + a JSON state) so that a crashed federation resumes at the next round."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgetrain._checkpoint import load_tensors, save_tensors_atomic, write_json_atomic
+from edgetrain.errors import InvalidArgumentError
+from edgetrain.federated._config import FederationConfig
+
+log = logging.getLogger("edgetrain.federated")
+
+STATE_FILE = "state.json"
+
+
+class CheckpointMismatchError(InvalidArgumentError):
+    """The checkpoint folder belongs to a federation with other settings."""
+
+
+def checkpoint_dir(out_dir: "str | Path") -> Path:
+    return Path(out_dir) / "checkpoint"
+
+
+def load_checkpoint(config: FederationConfig, out_dir: "str | Path"):
+    """(round, state dict as numpy, history) of the last completed round, or None."""
+    ck = checkpoint_dir(out_dir)
+    try:
+        state = json.loads((ck / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    if state.get("fingerprint") != config.fingerprint():
+        raise CheckpointMismatchError(
+            f"{ck} holds a federation with other settings (fingerprint {state.get('fingerprint')}, "
+            f"this run {config.fingerprint()}); use another --out folder or delete {ck}")
+    weights = {k: v.numpy() for k, v in load_tensors(ck / state["weights"]).items()}
+    return int(state["round"]), weights, state
+
+
+def save_checkpoint(config: FederationConfig, out_dir: "str | Path", rnd: int,
+                    weights: dict[str, np.ndarray], state: dict) -> None:
+    ck = checkpoint_dir(out_dir)
+    name = f"global-r{rnd:04d}.safetensors"
+    save_tensors_atomic({k: torch.from_numpy(np.array(v)) for k, v in weights.items()}, ck / name,
+                        metadata={"round": str(rnd), "fingerprint": config.fingerprint()})
+    state = dict(state, round=rnd, weights=name, fingerprint=config.fingerprint())
+    write_json_atomic(state, ck / STATE_FILE)  # the commit point: names the new weights
+    for old in ck.glob("global-r*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def initial_state(config: FederationConfig) -> dict[str, np.ndarray]:
+    from edgetrain.models import build_model
+
+    model, _ = build_model(config.model)
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def evaluate_global(config: FederationConfig, weights: dict[str, np.ndarray]) -> float:
+    from edgetrain.federated._client import accuracy, build_client_model, global_test_set
+
+    x, y = global_test_set(config)
+    return accuracy(build_client_model(config, weights), x, y)
+
+
+def make_server_app(config: FederationConfig | None, out_dir: "str | Path | None",
+                    message_sink=None):
+    """The Flower `ServerApp`. With `config=None` (deployment) it reads the config file and the
+    output folder from the run config keys `config-path` and `out-dir`."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+    from flwr.serverapp import Grid, ServerApp
+
+    from edgetrain.federated._strategy import PartialFedAvg
+
+    app = ServerApp()
+
+    @app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        if config is None:
+            from edgetrain.federated._client import _read_config
+
+            cfg = _read_config(str(context.run_config["config-path"]))
+            out = Path(str(context.run_config["out-dir"]))
+        else:
+            cfg, out = config, Path(out_dir)
+        torch.set_num_threads(1)
+        clients = cfg.clients()
+        resumed = load_checkpoint(cfg, out)
+        if resumed is None:
+            start, weights = 0, initial_state(cfg)
+            state = {"history": [], "initial_accuracy": evaluate_global(cfg, weights),
+                     "resumed_at": []}
+        else:
+            start, weights, state = resumed
+            state = dict(state, resumed_at=[*state.get("resumed_at", []), start])
+            log.warning("resuming the federation from the checkpoint of round %d in %s", start, out)
+        if start >= cfg.rounds:
+            return
+        strategy = PartialFedAvg(num_clients=len(clients), round_offset=start,
+                                 reject_norm_factor=cfg.reject_norm_factor,
+                                 reject_relative_norm=cfg.reject_relative_norm,
+                                 message_sink=message_sink)
+
+        def on_round_end(server_round: int, arrays: ArrayRecord):
+            if server_round == 0:
+                return None
+            rnd = server_round + start
+            w = {k: v.numpy() for k, v in arrays.items()}
+            acc = evaluate_global(cfg, w)
+            state["history"].append(_round_record(cfg, rnd, acc, strategy.logs.get(rnd)))
+            save_checkpoint(cfg, out, rnd, w, state)
+            log.info("round %d: global accuracy %.4f", rnd, acc)
+            from flwr.app import MetricRecord
+
+            return MetricRecord({"accuracy": acc})
+
+        strategy.start(grid=grid, initial_arrays=ArrayRecord({k: Array(np.ascontiguousarray(v))
+                                                              for k, v in weights.items()}),
+                       num_rounds=cfg.rounds - start, timeout=cfg.round_timeout_s,
+                       train_config=ConfigRecord(), evaluate_fn=on_round_end)
+
+    return app
+
+
+def _round_record(cfg: FederationConfig, rnd: int, acc: float, rl) -> dict:
+    clients = cfg.clients()
+    if rl is None:
+        from edgetrain.federated._strategy import RoundLog
+
+        rl = RoundLog()
+    name = {c.client_id: c.name for c in clients}
+    kind = {c.client_id: c.kind for c in clients}
+    node_name = {n: name[c] for n, c in rl.node_client.items()}
+    by_kind: dict[str, list[float]] = {}
+    for cid, m in sorted(rl.eval_metrics.items()):
+        by_kind.setdefault(kind[cid], [0.0, 0.0])
+        by_kind[kind[cid]][0] += float(m["accuracy"]) * int(m["num-examples"])
+        by_kind[kind[cid]][1] += int(m["num-examples"])
+    return {
+        "round": rnd,
+        "accuracy": acc,
+        "accuracy_by_kind": {k: v[0] / v[1] for k, v in by_kind.items() if v[1] > 0},
+        "bytes_up": {name[c]: b for c, b in sorted(rl.bytes_up.items())},
+        "bytes_down": {node_name.get(n, f"node-{n}"): b for n, b in rl.bytes_down.items()},
+        "participants": [name[c] for c in sorted(rl.bytes_up)],
+        "accepted": [name[c] for c in rl.accepted],
+        "rejected": [dict(r, client=name.get(r.get("client_id"), None)) for r in rl.rejected],
+        "failed": [node_name.get(n, f"node-{n}") for n in rl.failed_nodes],
+        "failure_reasons": rl.failures,
+        "train_loss": {name[c]: float(m["train-loss"]) for c, m in sorted(rl.metrics.items())},
+        "device_time_s": {name[c]: float(m["device-time-s"]) for c, m in sorted(rl.metrics.items())},
+        "device_energy_j": {name[c]: float(m["device-energy-j"])
+                            for c, m in sorted(rl.metrics.items())},
+    }
