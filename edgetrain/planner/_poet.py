@@ -1,0 +1,742 @@
+"""The Checkmate / POET node-level MILP for general graphs, on HiGHS (`scipy.optimize.milp`).
+
+Checkmate (Jain et al., MLSys 2020, §4) schedules a training graph's operators over T = N
+*stages*: stage t evaluates node t for the first time (its "frontier-advancing" order) and may
+recompute any earlier node; binaries say what is computed and what stays resident, and a
+per-stage walk over the nodes accounts for memory. POET (Patil et al., ICML 2022, §3) adds
+paging: a value may also be written to storage and read back later. POET's MILP leaves out what
+an MCU cannot: parameters, gradients and optimizer state are not in its RAM constraint, paging
+time is not in its deadline, and neither storage capacity nor bytes written appear. This module
+keeps all four.
+
+Legend (t: stage, i / k: nodes of the node graph, both 0..N-1; T = N):
+    R[t,i]      {0,1}  node i is (re)computed in stage t                      (Checkmate R)
+    S_RAM[t,i]  {0,1}  i's output is resident in RAM at the start of stage t  (Checkmate S)
+    S_SD[t,i]   {0,1}  i's output is resident in storage at the start of t    (POET S^SD)
+    M_in[t,i]   {0,1}  i's output is paged in (read) at the start of stage t  (POET M^in)
+    M_out[t,i]  {0,1}  i's output is paged out (written) during stage t      (POET M^out)
+    FREE[t,i,k] {0,1}  i's output is freed right after node k runs in stage t (Checkmate FREE)
+    U[t,k]      bytes  RAM in use right after node k runs in stage t         (Checkmate U)
+                       (U[t,-1]: at the start of stage t, after paging in)
+Constants (bytes, joules or seconds; the units are in the names of `PoetNode`'s fields):
+    mem_i          bytes of i's output (and the tensors the op keeps for its own backward)
+    ws_i           transient kernel workspace while i runs
+    grad_i         parameter-gradient bytes backward node i allocates; they stay to the end
+    static_t       parameters, buffers, optimizer state, the batch, and the parameter
+                   gradients of the backward nodes before t        (POET leaves all these out)
+    c_i, w_i, r_i  objective cost of recomputing i, writing it, reading it (energy: J, time: s)
+
+Modelling choices (each keeps the node schedule executable by eager PyTorch):
+    - Forward nodes are the IR's operators that allocate a new storage; views alias their base
+      and are contracted into its producer. Backward nodes are the operators' gradient
+      functions, in eager autograd's reverse order; `add` and views pass their incoming
+      gradient on without a copy (as `cost.simulate_step` models), so they are contracted too.
+    - Backward nodes run exactly once, in their own stage (autograd never re-runs one; doing so
+      would accumulate parameter gradients twice), and their outputs are never paged.
+    - Only forward activations are paged; each is written at most once (flash wear).
+    - A value is needed until `last_need`: the latest stage any node that reads it can run in.
+      Variables past it are fixed to 0 (Checkmate's own pruning); this loses no schedule.
+
+The schedule the MILP returns is replayed by `validate_node_schedule`, which shares no code
+with the constraints. The runtime executes stages (modules), so `poet_solve` projects the node
+schedule onto stage decisions (a stage recomputes if any of its nodes is recomputed, else
+pages if any is paged) and scores that exactly with `Problem.evaluate`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import coo_matrix
+
+from edgetrain.cost._workspace import workspace_bytes
+from edgetrain.errors import EdgetrainError, InvalidArgumentError
+from edgetrain.ir import OpKind, TensorRole
+from edgetrain.planner._plan import ActivationDecision, Objective
+from edgetrain.planner._problem import Evaluation, Problem
+
+KEEP, RECOMPUTE, PAGE = ActivationDecision.KEEP, ActivationDecision.RECOMPUTE, ActivationDecision.PAGE
+_PERSISTENT = (TensorRole.PARAMETER, TensorRole.BUFFER, TensorRole.INPUT, TensorRole.TARGET)
+_PASS_THROUGH = (OpKind.VIEW, OpKind.ADD)  # backward hands the incoming gradient on, no copy
+
+
+class NodeScheduleError(EdgetrainError, ValueError):
+    """A node-level schedule breaks a rule: a value used before it exists in RAM, memory over
+    the budget, storage over capacity, or an impossible residency. Names stage, node, bytes."""
+
+
+class NodeKind(enum.Enum):
+    FORWARD = "forward"
+    BACKWARD = "backward"
+
+
+class MilpStatus(enum.Enum):
+    OPTIMAL = "optimal"  # HiGHS proved optimality (within mip_rel_gap)
+    FEASIBLE = "feasible"  # time limit reached with an incumbent; see the gap
+    NO_SOLUTION = "no-solution"  # time limit reached before any incumbent
+    INFEASIBLE = "infeasible"  # HiGHS proved no schedule fits
+
+
+# -- the node graph ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PoetNode:
+    name: str
+    kind: NodeKind
+    ir_index: int  # index of the IR node (the operator) it computes or differentiates
+    mem_bytes: int  # output bytes (mem_i)
+    workspace_bytes: int  # transient while it runs (ws_i); includes transient param grads
+    param_grad_bytes: int  # parameter gradients it allocates that stay to the end (grad_i)
+    flops: int  # FLOPs + element-wise ops of one evaluation
+    deps: tuple[int, ...]  # node indices whose outputs must be in RAM while it runs
+    pageable: bool  # a forward activation that may go to storage
+
+
+@dataclass(frozen=True)
+class NodeGraph:
+    """The joint forward + backward graph of one step, in eager execution order (topological).
+
+    `static_bytes[t]` is what is live throughout stage t besides node outputs (`static_t`).
+    `recompute_cost[i]`, `write_cost[i]`, `read_cost[i]` are the objective's c_i, w_i, r_i;
+    `*_time_s` the same in seconds, for the deadline. `base_cost` / `base_time_s`: the exact
+    cost of plain training (`Problem.evaluate` of keep-all), which every schedule pays.
+    """
+
+    nodes: tuple[PoetNode, ...]
+    static_bytes: tuple[int, ...]
+    recompute_cost: tuple[float, ...]
+    write_cost: tuple[float, ...]
+    read_cost: tuple[float, ...]
+    recompute_time_s: tuple[float, ...]
+    write_time_s: tuple[float, ...]
+    read_time_s: tuple[float, ...]
+    base_cost: float
+    base_time_s: float
+    objective: Objective
+
+    @property
+    def n(self) -> int:
+        return len(self.nodes)
+
+    def users(self) -> tuple[tuple[int, ...], ...]:
+        out: list[list[int]] = [[] for _ in self.nodes]
+        for k, node in enumerate(self.nodes):
+            for i in node.deps:
+                out[i].append(k)
+        return tuple(tuple(u) for u in out)
+
+    def last_need(self) -> tuple[int, ...]:
+        """Latest stage in which a node reading i's output can run (i itself if none)."""
+        users = self.users()
+        last = [0] * self.n
+        for i in range(self.n - 1, -1, -1):
+            last[i] = i
+            for u in users[i]:
+                last[i] = max(last[i], u if self.nodes[u].kind is NodeKind.BACKWARD else last[u])
+        return tuple(last)
+
+
+def build_node_graph(p: Problem) -> NodeGraph:
+    """The node graph of `p.graph` with its costs on `p.device` (see the module's legend)."""
+    g = p.graph
+    rg = g.requires_grad if p.trainable is None else g.requires_grad_for(p.trainable)
+    storage = {t.name: t.storage for t in g.tensors}
+    sbytes = {t.storage: t.storage_bytes for t in g.tensors}
+    persistent = {t.storage for t in g.tensors if t.role in _PERSISTENT}
+    has_grad_fn = [n.output in rg and n.op is not OpKind.BUFFER_UPDATE for n in g.nodes]
+    persist_grads = not p.in_place_update and p.accumulation_steps <= 1
+
+    nodes: list[PoetNode] = []
+    owner: dict[str, int] = {}  # storage -> forward node that allocates it
+    for j, n in enumerate(g.nodes):
+        if n.op is OpKind.BUFFER_UPDATE:
+            continue
+        deps = tuple(sorted({owner[storage[x]] for x in n.inputs if storage[x] in owner}))
+        cost = n.flops_forward + n.vector_ops_forward
+        ws = workspace_bytes(g, n, p.kernels, input_grad=False)[0]
+        # The output and the tensors the op keeps for its own backward (BN's statistics,
+        # pooling indices) are two values: the output often dies in forward, the aux lives on.
+        # Both come from running the op, so each carries the op's cost.
+        for suffix, names in (("", (n.output,)), (":aux", n.aux_outputs)):
+            new = [s for s in dict.fromkeys(storage[o] for o in names)
+                   if s not in persistent and s not in owner]
+            if not new:
+                continue  # a view (its output aliases another node's storage), or no aux
+            for s in new:
+                owner[s] = len(nodes)
+            nodes.append(PoetNode(n.name + suffix, NodeKind.FORWARD, j,
+                                  sum(sbytes[s] for s in new), ws, 0, cost, deps,
+                                  pageable=p.allow_paging))
+
+    bwd_of: dict[int, int] = {}  # IR index -> backward node
+    sources: dict[str, frozenset[int]] = {}
+
+    def grad_sources(tensor: str) -> frozenset[int]:
+        """Backward nodes whose outputs hold (part of) the gradient of `tensor`."""
+        if tensor not in sources:
+            out: set[int] = set()
+            for c in g.consumers.get(tensor, ()):
+                if not has_grad_fn[c]:
+                    continue
+                if g.nodes[c].op in _PASS_THROUGH:
+                    out |= grad_sources(g.nodes[c].output)
+                elif c in bwd_of:
+                    out.add(bwd_of[c])
+            sources[tensor] = frozenset(out)
+        return sources[tensor]
+
+    for j in range(len(g.nodes) - 1, -1, -1):
+        n = g.nodes[j]
+        if not has_grad_fn[j] or n.op in _PASS_THROUGH:
+            continue
+        srcs = grad_sources(n.output)
+        if not srcs and n.output != g.loss:
+            continue  # no gradient reaches this operator
+        saved = {owner[storage[s]] for s in n.saved if storage[s] in owner}
+        act_in = {x: g.tensor(x).nbytes for x in n.inputs
+                  if x in rg and x not in g.param_by_tensor}
+        pgrad = sum(g.param_by_tensor[x].nbytes for x in dict.fromkeys(n.inputs)
+                    if x in rg and x in g.param_by_tensor)
+        ws = workspace_bytes(g, n, p.kernels, input_grad=n.inputs[0] in rg)[1]
+        bwd_of[j] = len(nodes)
+        nodes.append(PoetNode(
+            f"{n.name}.backward", NodeKind.BACKWARD, j, sum(act_in.values()),
+            ws + (0 if persist_grads else pgrad), pgrad if persist_grads else 0,
+            n.flops_backward_input + n.flops_backward_params + n.vector_ops_backward,
+            tuple(sorted(saved | srcs)), pageable=False))
+
+    # static_t: live throughout (as `cost.simulate_step` allocates it) + earlier param grads
+    trainable = ({q.name for q in g.params if q.trainable} if p.trainable is None
+                 else set(p.trainable))
+    tparams = [q for q in g.params if q.name in trainable]
+    base = (sum(t.storage_bytes for t in g.tensors if t.role is TensorRole.PARAMETER)
+            + sum(t.storage_bytes for t in g.tensors
+                  if t.role is TensorRole.BUFFER and t.producer is None)
+            + sum(t.storage_bytes for t in g.tensors
+                  if t.role in (TensorRole.INPUT, TensorRole.TARGET)) * max(1, p.accumulation_steps)
+            + p.optimizer.state_bytes(sum(q.nbytes for q in tparams), len(tparams)))
+    if p.accumulation_steps > 1 and not p.in_place_update:
+        base += sum(q.nbytes for q in tparams)  # later micro-batches: .grad holds the sum
+    static, acc = [], base
+    for node in nodes:
+        static.append(acc)
+        acc += node.param_grad_bytes
+
+    # costs (Problem.evaluate's model, per accumulation step k)
+    dev, st, k = p.device, p.device.storage, max(1, p.accumulation_steps)
+    rate, power = dev.compute.fp32_flops_per_s, dev.compute.active_power_w
+    rec_t = tuple(k * x.flops / rate if x.kind is NodeKind.FORWARD else 0.0 for x in nodes)
+    wr_t = tuple(k * (st.transfer_latency_s + x.mem_bytes / st.write_bandwidth_bytes_per_s)
+                 for x in nodes)
+    rd_t = tuple(k * (st.transfer_latency_s + x.mem_bytes / st.read_bandwidth_bytes_per_s)
+                 for x in nodes)
+    keep = p.evaluate(tuple(KEEP for _ in p.stages))
+    if p.objective is Objective.ENERGY:
+        rec_c = tuple(t * power for t in rec_t)
+        wr_c = tuple(k * x.mem_bytes * st.write_energy_j_per_byte for x in nodes)
+        rd_c = tuple(k * x.mem_bytes * st.read_energy_j_per_byte for x in nodes)
+    else:
+        rec_c, wr_c, rd_c = rec_t, wr_t, rd_t
+    return NodeGraph(tuple(nodes), tuple(static), rec_c, wr_c, rd_c, rec_t, wr_t, rd_t,
+                     keep.objective(p.objective), keep.latency_s, p.objective)
+
+
+# -- the node-level schedule and its independent validator ------------------------------------
+@dataclass(frozen=True)
+class NodeSchedule:
+    """What happens in each stage t: the nodes computed (in order), the values resident in RAM
+    and in storage at its start, the values paged in at its start and paged out during it."""
+
+    compute: tuple[tuple[int, ...], ...]
+    ram: tuple[frozenset[int], ...]
+    storage: tuple[frozenset[int], ...]
+    page_in: tuple[frozenset[int], ...]
+    page_out: tuple[frozenset[int], ...]
+
+    def recomputed(self) -> frozenset[int]:
+        return frozenset(i for t, c in enumerate(self.compute) for i in c if i != t)
+
+    def paged(self) -> frozenset[int]:
+        return frozenset(i for po in self.page_out for i in po)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleReport:
+    """What replaying a node schedule found (the node model's view of it)."""
+
+    peak_bytes: int
+    peak_stage: int
+    storage_bytes_written: int
+    storage_bytes_read: int
+    storage_transfers: int
+    recompute_flops: int
+    cost: float  # objective: base cost + recomputation + paging (J or s)
+    latency_s: float
+
+
+def validate_node_schedule(ng: NodeGraph, s: NodeSchedule, budget_bytes: int,
+                           capacity_bytes: int) -> ScheduleReport:
+    """Replay `s` value by value; raise `NodeScheduleError` at the first broken rule.
+
+    Independent of the MILP's constraints: it keeps the set of values in RAM, allocates a value
+    when it is computed or paged in, and frees it after its last use in the stage unless the
+    next stage keeps it. Checked: every node runs in its own stage (frontier), backward nodes
+    run only there, nothing is used before it is in RAM, nothing is kept, paged out or paged in
+    that is not where the rule says, RAM <= budget at every step, storage <= capacity.
+    """
+    n = ng.n
+    if not (len(s.compute) == len(s.ram) == len(s.storage) == len(s.page_in)
+            == len(s.page_out) == n):
+        raise NodeScheduleError(f"a schedule over {n} nodes needs {n} stages; got "
+                                f"{len(s.compute)} compute lists")
+    name = [x.name for x in ng.nodes]
+    in_ram_end: set[int] = set()
+    in_storage: set[int] = set()
+    written = read = transfers = rflops = 0
+    cost, lat = ng.base_cost, ng.base_time_s
+    peak, peak_stage = -1, 0
+
+    def fail(t: int, msg: str) -> None:
+        raise NodeScheduleError(f"stage {t} ({name[t]}): {msg}")
+
+    for t in range(n):
+        comp, ram, pin, pout = s.compute[t], set(s.ram[t]), set(s.page_in[t]), set(s.page_out[t])
+        keep_next = set(s.ram[t + 1]) if t + 1 < n else set()
+        if t not in comp:
+            fail(t, "does not compute its own node (Checkmate's frontier: stage t computes t)")
+        if list(comp) != sorted(set(comp)):
+            fail(t, f"computes {list(comp)}, not in topological order or twice")
+        for k in comp:
+            if k > t:
+                fail(t, f"computes {name[k]} before its own stage {k}")
+            if ng.nodes[k].kind is NodeKind.BACKWARD and k != t:
+                fail(t, f"re-runs backward node {name[k]} (backward nodes run once)")
+        if bad := ram - in_ram_end:
+            fail(t, f"keeps {sorted(name[i] for i in bad)} in RAM but they were not in RAM at "
+                    "the end of the previous stage")
+        if bad := set(s.storage[t]) - in_storage:
+            fail(t, f"has {sorted(name[i] for i in bad)} in storage but they were never written")
+        if bad := pin - in_storage:
+            fail(t, f"pages in {sorted(name[i] for i in bad)}, which are not in storage")
+        if bad := pin & ram:
+            fail(t, f"pages in {sorted(name[i] for i in bad)}, already in RAM")
+        live_vals = ram | pin
+        if bad := live_vals & set(comp):
+            fail(t, f"recomputes {sorted(name[i] for i in bad)}, already in RAM")
+        if bad := pout - live_vals - set(comp):
+            fail(t, f"pages out {sorted(name[i] for i in bad)}, which are not in RAM")
+        if bad := pout & (in_storage | set(s.storage[t])):
+            fail(t, f"writes {sorted(name[i] for i in bad)} a second time")
+        for i in pin:
+            read += ng.nodes[i].mem_bytes
+            cost += ng.read_cost[i]
+            lat += ng.read_time_s[i]
+        for i in pout:
+            written += ng.nodes[i].mem_bytes
+            cost += ng.write_cost[i]
+            lat += ng.write_time_s[i]
+        transfers += len(pin) + len(pout)
+        live = ng.static_bytes[t] + sum(ng.nodes[i].mem_bytes for i in live_vals)
+
+        def check(at: str, nbytes: int) -> None:
+            nonlocal peak, peak_stage
+            if nbytes > peak:
+                peak, peak_stage = nbytes, t
+            if nbytes > budget_bytes:
+                fail(t, f"{at}: {nbytes:,} bytes in RAM exceed the budget of "
+                        f"{budget_bytes:,} bytes by {nbytes - budget_bytes:,}")
+
+        def drop_dead(rest: tuple[int, ...]) -> int:
+            needed = {d for k in rest for d in ng.nodes[k].deps} | keep_next
+            dead = [v for v in live_vals if v not in needed]
+            for v in dead:
+                live_vals.discard(v)
+            return sum(ng.nodes[v].mem_bytes for v in dead)
+
+        check("after paging in", live)
+        live -= drop_dead(comp)
+        for pos, k in enumerate(comp):
+            node = ng.nodes[k]
+            if missing := [d for d in node.deps if d not in live_vals]:
+                fail(t, f"{name[k]} uses {sorted(name[d] for d in missing)} before they "
+                        "exist in RAM")
+            check(f"while {name[k]} runs",
+                  live + node.mem_bytes + node.workspace_bytes + node.param_grad_bytes)
+            live_vals.add(k)
+            live += node.mem_bytes + node.param_grad_bytes
+            if k != t:
+                rflops += node.flops
+                cost += ng.recompute_cost[k]
+                lat += ng.recompute_time_s[k]
+            live -= drop_dead(comp[pos + 1:])
+        in_ram_end = live_vals
+        in_storage |= pout
+    if written > capacity_bytes:
+        raise NodeScheduleError(f"the schedule writes {written:,} bytes to storage, more than "
+                                f"its capacity of {capacity_bytes:,} bytes")
+    return ScheduleReport(peak, peak_stage, written, read, transfers, rflops, cost, lat)
+
+
+def lift_stage_decisions(ng: NodeGraph, p: Problem,
+                         decisions: tuple[ActivationDecision, ...]) -> NodeSchedule:
+    """The node schedule that executes stage decisions the way the runtime does: a RECOMPUTE
+    stage re-runs all its forward nodes in the stage of the first backward node that needs one
+    of them (non-reentrant checkpoint), a PAGE stage writes its activations that backward reads
+    right after computing them and reads each back when backward first needs it."""
+    n = ng.n
+    stage_of_ir = {i: k for k, st in enumerate(p.stages) for i in range(st.start, st.stop)}
+    dec_of = [decisions[stage_of_ir[x.ir_index]] for x in ng.nodes]
+    users = ng.users()
+    compute: list[set[int]] = [{t} for t in range(n)]
+    for k, d in enumerate(decisions):
+        if d is not RECOMPUTE:
+            continue
+        members = [i for i, x in enumerate(ng.nodes)
+                   if x.kind is NodeKind.FORWARD and stage_of_ir[x.ir_index] == k]
+        bwd = [u for i in members for u in users[i] if ng.nodes[u].kind is NodeKind.BACKWARD]
+        if bwd:
+            compute[min(bwd)].update(members)
+    page_in: list[set[int]] = [set() for _ in range(n)]
+    page_out: list[set[int]] = [set() for _ in range(n)]
+    for i, x in enumerate(ng.nodes):
+        if x.kind is NodeKind.FORWARD and dec_of[i] is PAGE and x.pageable:
+            bwd = [u for u in users[i] if ng.nodes[u].kind is NodeKind.BACKWARD]
+            if bwd:
+                page_out[i].add(i)
+                page_in[min(bwd)].add(i)
+    # residency: from the latest source (compute or page-in) up to each use
+    ram: list[set[int]] = [set() for _ in range(n)]
+    for v in range(n):
+        srcs = sorted([t for t in range(n) if v in compute[t]]
+                      + [t for t in range(n) if v in page_in[t]])
+        uses = sorted({t for t in range(n) for k in compute[t] if v in ng.nodes[k].deps})
+        for u in uses:
+            src = max(x for x in srcs if x <= u)
+            for t in range(src + 1, u + 1):
+                ram[t].add(v)
+    for t in range(n):  # a value already in RAM is not recomputed
+        compute[t] -= ram[t] - {t}
+    storage = [set() for _ in range(n)]
+    for v in range(n):
+        for t0 in range(n):
+            if v in page_out[t0]:
+                for t in range(t0 + 1, n):
+                    storage[t].add(v)
+    return NodeSchedule(tuple(tuple(sorted(c)) for c in compute),
+                        tuple(frozenset(r) for r in ram), tuple(frozenset(x) for x in storage),
+                        tuple(frozenset(x) for x in page_in), tuple(frozenset(x) for x in page_out))
+
+
+class _One:
+    """The constant 1 (a fixed variable: R[t,t] = 1, Checkmate's frontier)."""
+
+    def __repr__(self) -> str:
+        return "1"
+
+
+_ONE = _One()
+
+
+# -- the MILP ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class MilpSolution:
+    """One HiGHS run on the node-level model."""
+
+    status: MilpStatus
+    schedule: NodeSchedule | None
+    objective: float | None  # base cost + the MILP's extra cost (J or s), None: no incumbent
+    dual_bound: float | None  # HiGHS's lower bound on the same quantity
+    mip_gap: float | None  # (objective - bound) / objective, HiGHS's definition on the extra
+    solve_time_s: float
+    build_time_s: float
+    n_binaries: int
+    n_continuous: int
+    n_constraints: int
+    model_budget_bytes: int
+
+
+class _Model:
+    """Column / row book-keeping for scipy.optimize.milp (sparse)."""
+
+    def __init__(self) -> None:
+        self.col: dict[tuple, int] = {}
+        self.cost: list[float] = []
+        self.lb: list[float] = []
+        self.ub: list[float] = []
+        self.integral: list[int] = []
+        self.ri: list[int] = []
+        self.ci: list[int] = []
+        self.vals: list[float] = []
+        self.rlo: list[float] = []
+        self.rhi: list[float] = []
+
+    def var(self, key: tuple, cost: float = 0.0, lb: float = 0.0, ub: float = 1.0,
+            integral: bool = True) -> int:
+        self.col[key] = len(self.cost)
+        self.cost.append(cost)
+        self.lb.append(lb)
+        self.ub.append(ub)
+        self.integral.append(1 if integral else 0)
+        return self.col[key]
+
+    def row(self, terms: dict[int, float], lo: float, hi: float) -> None:
+        r = len(self.rlo)
+        for c, v in terms.items():
+            if v != 0.0:
+                self.ri.append(r)
+                self.ci.append(c)
+                self.vals.append(v)
+        self.rlo.append(lo)
+        self.rhi.append(hi)
+
+
+def solve_node_milp(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
+                    deadline_s: float | None = None, *,
+                    time_limit_s: float = 60.0, mip_rel_gap: float = 1e-6) -> MilpSolution:
+    """Build and solve the POET/Checkmate MILP of the module's legend on HiGHS."""
+    if time_limit_s <= 0:
+        raise InvalidArgumentError(f"time_limit_s = {time_limit_s} must be > 0 seconds")
+    t0 = time.perf_counter()
+    n, nodes = ng.n, ng.nodes
+    users, last = ng.users(), ng.last_need()
+    fwd = [x.kind is NodeKind.FORWARD for x in nodes]
+    mem = [x.mem_bytes for x in nodes]
+    unit = float(max(1, budget_bytes))  # memory rows in units of the budget: numerically ~1
+    scale = max(ng.base_cost, 1e-30)  # objective in units of plain training's cost
+    budget = 1.0 - 1e-7  # HiGHS's feasibility tolerance is 1e-7: stay strictly inside
+    m = _Model()
+
+    # ---- variables ------------------------------------------------------------------------
+    # R[t,i]: forward nodes from their own stage (fixed 1) to last_need; backward: own stage.
+    def Rv(t: int, i: int):  # column, the constant 1 (frontier: R[t,t] = 1), or None (0)
+        return _ONE if t == i else m.col.get(("R", t, i))
+
+    def S(t: int, i: int):
+        return m.col.get(("S", t, i))
+
+    for i in range(n):
+        for t in range(i + 1, last[i] + 1):
+            if fwd[i]:
+                m.var(("R", t, i), ng.recompute_cost[i] / scale)
+            m.var(("S", t, i))
+            if nodes[i].pageable and mem[i] > 0:
+                m.var(("SD", t, i))
+                m.var(("Min", t, i), ng.read_cost[i] / scale)
+        if nodes[i].pageable and mem[i] > 0:
+            for t in range(i, last[i]):
+                m.var(("Mout", t, i), ng.write_cost[i] / scale)
+
+    def terms(*pairs) -> tuple[dict[int, float], float]:
+        """Sum of coef * variable: the fixed 1 goes to the constant, missing (0) are dropped."""
+        out: dict[int, float] = {}
+        const = 0.0
+        for coef, v in pairs:
+            if v is None:
+                continue
+            if v is _ONE:
+                const += coef
+            else:
+                out[v] = out.get(v, 0.0) + coef
+        return out, const
+
+    # ---- (1) dependencies (Checkmate: R[t,k] <= R[t,i] + S[t,i]; POET: + M_in[t,i]) --------
+    for t in range(n):
+        for k in range(t + 1):
+            if Rv(t, k) is None:
+                continue
+            for i in nodes[k].deps:
+                row, c = terms((1.0, Rv(t, k)), (-1.0, Rv(t, i)), (-1.0, S(t, i)),
+                               (-1.0, m.col.get(("Min", t, i))))
+                m.row(row, -np.inf, -c)
+
+    # ---- (2) RAM residency: S[t+1,i] <= S[t,i] + R[t,i] + M_in[t,i] -------------------------
+    # ---- (3) storage residency (POET): S_SD[t+1,i] <= S_SD[t,i] + M_out[t,i] ---------------
+    # ---- (4) page out only what is in RAM, page in only what is in storage -----------------
+    # ---- (5) one source per stage: S + R + M_in <= 1; (6) each value written at most once ---
+    for i in range(n):
+        for t in range(i + 1, last[i] + 1):
+            row, c = terms((1.0, S(t, i)), (-1.0, S(t - 1, i)), (-1.0, Rv(t - 1, i)),
+                           (-1.0, m.col.get(("Min", t - 1, i))))
+            m.row(row, -np.inf, -c)
+            if ("SD", t, i) in m.col:
+                row, c = terms((1.0, m.col[("SD", t, i)]), (-1.0, m.col.get(("SD", t - 1, i))),
+                               (-1.0, m.col.get(("Mout", t - 1, i))))
+                m.row(row, -np.inf, -c)
+                m.row({m.col[("Min", t, i)]: 1.0, m.col[("SD", t, i)]: -1.0}, -np.inf, 0.0)
+            row, c = terms((1.0, S(t, i)), (1.0, Rv(t, i)), (1.0, m.col.get(("Min", t, i))))
+            m.row(row, -np.inf, 1.0 - c)
+        outs = [m.col[("Mout", t, i)] for t in range(i, last[i]) if ("Mout", t, i) in m.col]
+        for t in range(i, last[i]):
+            if ("Mout", t, i) in m.col:
+                row, c = terms((1.0, m.col[("Mout", t, i)]), (-1.0, S(t, i)), (-1.0, Rv(t, i)))
+                m.row(row, -np.inf, -c)
+        if outs:
+            m.row({o: 1.0 for o in outs}, -np.inf, 1.0)
+
+    # ---- (7) memory accounting (Checkmate's U, plus static_t, grad_k and ws_k) -------------
+    #   U[t,-1] = static_t + sum_i mem_i (S[t,i] + M_in[t,i])
+    #   U[t,k]  = U[t,prev] + R[t,k] (mem_k + grad_k) - sum_{i in deps(k)+{k}} mem_i FREE[t,i,k]
+    #   U[t,prev] + R[t,k] (mem_k + ws_k + grad_k) <= budget;  0 <= U <= budget
+    # ---- (8) FREE linearised (Checkmate): with hazards = (1 - R[t,k]) + S[t+1,i]
+    #          + sum_{j in users(i), j > k} R[t,j]:  1 - FREE <= hazards <= kappa (1 - FREE)
+    for t in range(n):
+        u_prev = m.var(("U", t, -1), lb=0.0, ub=budget, integral=False)
+        row = {u_prev: 1.0}
+        for i in range(t):
+            for v in (S(t, i), m.col.get(("Min", t, i))):
+                if v is not None:
+                    row[v] = row.get(v, 0.0) - mem[i] / unit
+        m.row(row, ng.static_bytes[t] / unit, ng.static_bytes[t] / unit)
+        for k in range(t + 1):
+            rk = Rv(t, k)
+            if rk is None:
+                continue
+            x = nodes[k]
+            run = (x.mem_bytes + x.workspace_bytes + x.param_grad_bytes) / unit
+            row, c = terms((1.0, u_prev), (run, rk))
+            m.row(row, -np.inf, budget - c)
+            u = m.var(("U", t, k), lb=0.0, ub=budget, integral=False)
+            row, c = terms((1.0, u), (-1.0, u_prev), (-(x.mem_bytes + x.param_grad_bytes) / unit, rk))
+            for i in (*x.deps, k):
+                if mem[i] == 0:
+                    continue
+                f = m.var(("FREE", t, i, k))
+                row[f] = row.get(f, 0.0) + mem[i] / unit
+                later = [Rv(t, j) for j in users[i] if j > k and j <= t]
+                later = [r for r in later if r is not None]
+                nxt = S(t + 1, i) if t + 1 < n else None
+                haz = [(-1.0, rk), (1.0, nxt), *((1.0, r) for r in later)]
+                kappa = 2 + len(later)
+                hrow, hc = terms(*haz)  # hazards = 1 + hrow + hc
+                lo_row = dict(hrow)
+                lo_row[f] = lo_row.get(f, 0.0) + 1.0
+                m.row(lo_row, -hc, np.inf)  # FREE + hazards >= 1
+                hi_row = dict(hrow)
+                hi_row[f] = hi_row.get(f, 0.0) + kappa
+                m.row(hi_row, -np.inf, kappa - 1.0 - hc)  # hazards + kappa FREE <= kappa
+            m.row(row, c, c)
+            u_prev = u
+
+    # ---- (9) storage capacity and (10) deadline, paging time included (POET leaves out) -----
+    outs = {c: mem[key[2]] / unit for key, c in m.col.items() if key[0] == "Mout"}
+    if outs:
+        m.row(outs, -np.inf, capacity_bytes / unit)
+    if deadline_s is not None:
+        row = {}
+        for key, c in m.col.items():
+            if key[0] == "R":
+                row[c] = ng.recompute_time_s[key[2]]
+            elif key[0] == "Min":
+                row[c] = ng.read_time_s[key[2]]
+            elif key[0] == "Mout":
+                row[c] = ng.write_time_s[key[2]]
+        m.row(row, -np.inf, deadline_s - ng.base_time_s)
+
+    nv = len(m.cost)
+    a = coo_matrix((m.vals, (m.ri, m.ci)), shape=(len(m.rlo), nv)).tocsr()
+    build_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    res = milp(np.array(m.cost), constraints=LinearConstraint(a, m.rlo, m.rhi),
+               integrality=np.array(m.integral), bounds=Bounds(m.lb, m.ub),
+               options={"time_limit": time_limit_s, "disp": False, "mip_rel_gap": mip_rel_gap})
+    solve_s = time.perf_counter() - t1
+    nbin = int(sum(m.integral))
+    stats = dict(solve_time_s=solve_s, build_time_s=build_s, n_binaries=nbin,
+                 n_continuous=nv - nbin, n_constraints=len(m.rlo), model_budget_bytes=budget_bytes)
+    bound = getattr(res, "mip_dual_bound", None)
+    bound = None if bound is None or not math.isfinite(bound) else ng.base_cost + bound * scale
+    if res.x is None:
+        status = MilpStatus.INFEASIBLE if res.status == 2 else MilpStatus.NO_SOLUTION
+        return MilpSolution(status, None, None, bound, None, **stats)
+    x = np.round(res.x).astype(int)
+
+    def on(key) -> bool:
+        c = m.col.get(key)
+        return c is not None and x[c] == 1
+
+    sched = NodeSchedule(
+        tuple(tuple(k for k in range(t + 1) if k == t or on(("R", t, k))) for t in range(n)),
+        tuple(frozenset(i for i in range(t) if on(("S", t, i))) for t in range(n)),
+        tuple(frozenset(i for i in range(t) if on(("SD", t, i))) for t in range(n)),
+        tuple(frozenset(i for i in range(t) if on(("Min", t, i))) for t in range(n)),
+        tuple(frozenset(i for i in range(t + 1) if on(("Mout", t, i))) for t in range(n)))
+    status = MilpStatus.OPTIMAL if res.status == 0 else MilpStatus.FEASIBLE
+    gap = getattr(res, "mip_gap", None)
+    return MilpSolution(status, sched, ng.base_cost + float(res.fun) * scale, bound,
+                        None if gap is None or not math.isfinite(gap) else float(gap), **stats)
+
+
+
+
+# -- the solver ---------------------------------------------------------------------------------
+def project_to_stages(p: Problem, ng: NodeGraph,
+                      s: NodeSchedule) -> tuple[ActivationDecision, ...]:
+    """Stage decisions for the runtime: RECOMPUTE if any of the stage's nodes is recomputed,
+    else PAGE if any is paged out, else KEEP (within what the stage allows)."""
+    stage_of_ir = {i: k for k, st in enumerate(p.stages) for i in range(st.start, st.stop)}
+    rec = {stage_of_ir[ng.nodes[i].ir_index] for i in s.recomputed()}
+    pag = {stage_of_ir[ng.nodes[i].ir_index] for i in s.paged()}
+    out = []
+    for k, allowed in enumerate(p.choices):
+        d = RECOMPUTE if k in rec else PAGE if k in pag else KEEP
+        if d not in allowed:
+            d = RECOMPUTE if RECOMPUTE in allowed and d is PAGE else KEEP
+        out.append(d)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class PoetResult:
+    """The exact evaluation of the projected plan, with the node schedule behind it."""
+
+    evaluation: Evaluation
+    node_graph: NodeGraph
+    solution: MilpSolution  # the last HiGHS run (its schedule is `schedule`)
+    schedule: NodeSchedule
+    report: ScheduleReport  # the validator's replay of `schedule`
+    rounds: int  # budget tightenings until the exact simulation agreed
+
+
+def poet_solve(p: Problem, *, time_limit_s: float = 60.0, max_rounds: int = 4) -> PoetResult:
+    """Solve the node-level MILP, validate its schedule, project it onto stages and evaluate
+    exactly; tighten the model's budget by the exact overshoot and re-solve if needed."""
+    from edgetrain.planner._solvers import PlanInfeasibleError  # _solvers imports this module
+
+    ng = build_node_graph(p)
+    capacity = p.device.storage.capacity_bytes
+    model_budget = p.budget_bytes
+    best: Evaluation | None = None
+    for rnd in range(1, max_rounds + 1):
+        sol = solve_node_milp(ng, model_budget, capacity, p.deadline_s, time_limit_s=time_limit_s)
+        if sol.schedule is None:
+            why = ("HiGHS proved the node-level model infeasible"
+                   if sol.status is MilpStatus.INFEASIBLE else
+                   f"HiGHS reached its time limit of {time_limit_s:g} s before any schedule "
+                   f"({sol.n_binaries:,} binaries, {sol.n_constraints:,} rows); raise "
+                   "time_limit_s or use the 'dp' solver")
+            ref = best or p.evaluate(tuple(RECOMPUTE if RECOMPUTE in c else KEEP
+                                           for c in p.choices))
+            raise PlanInfeasibleError(
+                f"poet: {why} at a model budget of {model_budget:,} bytes; no schedule fits "
+                f"{p.budget_bytes:,} bytes; the smallest peak found is {ref.peak_bytes:,} bytes "
+                f"({ref.peak_bytes / max(1, p.budget_bytes):.2f}x the budget)")
+        report = validate_node_schedule(ng, sol.schedule, model_budget, capacity)
+        ev = p.evaluate(project_to_stages(p, ng, sol.schedule))
+        if p.feasible(ev):
+            return PoetResult(ev, ng, sol, sol.schedule, report, rnd)
+        best = ev if best is None or ev.peak_bytes < best.peak_bytes else best
+        model_budget -= max(ev.peak_bytes - p.budget_bytes, p.budget_bytes // 1000, 1)
+    assert best is not None
+    raise PlanInfeasibleError(
+        f"poet: after {max_rounds} budget tightenings the projected stage plan still does not "
+        f"fit {p.budget_bytes:,} bytes; the smallest peak found is {best.peak_bytes:,} bytes "
+        f"({best.peak_bytes / max(1, p.budget_bytes):.2f}x the budget); use the 'dp' solver")
+
+
+def poet_milp(p: Problem, *, time_limit_s: float = 60.0) -> Evaluation:
+    """The POET/Checkmate node-level MILP as a solver (`solver(problem) -> Evaluation`)."""
+    return poet_solve(p, time_limit_s=time_limit_s).evaluation
