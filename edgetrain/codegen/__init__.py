@@ -1,0 +1,44 @@
+"""`edgetrain compile`: C99 training code for microcontrollers, from a Plan and the IR.
+
+    >>> from edgetrain.codegen import render, TrainingSpec, SampleSet
+    >>> files = render(plan, graph, weights, "cortex-m4", spec,
+    ...                device_sram_bytes=262144, device_flash_bytes=1048576)
+
+`render` is pure (plan, graph, weights, target, data -> {path: C text}); `compile_project`
+does capture and file writing around it; `mcu_run` builds, runs (host binary or QEMU) and
+parses the result.
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "render": "edgetrain.codegen._render",
+    "SampleSet": "edgetrain.codegen._render",
+    "TrainingSpec": "edgetrain.codegen._render",
+    "Target": "edgetrain.codegen._targets",
+    "TARGETS": "edgetrain.codegen._targets",
+    "get_target": "edgetrain.codegen._targets",
+    "lower": "edgetrain.codegen._lower",
+    "compile_project": "edgetrain.codegen._compile",
+    "samples_of": "edgetrain.codegen._compile",
+    "weights_of": "edgetrain.codegen._compile",
+    "mcu_run": "edgetrain.codegen._run",
+    "build_project": "edgetrain.codegen._run",
+    "McuRunResult": "edgetrain.codegen._run",
+    "CodegenError": "edgetrain.codegen._errors",
+    "UnsupportedPlanError": "edgetrain.codegen._errors",
+    "UnsupportedKernelError": "edgetrain.codegen._errors",
+    "ToolchainMissingError": "edgetrain.codegen._errors",
+    "BuildError": "edgetrain.codegen._errors",
+    "McuRunError": "edgetrain.codegen._errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'edgetrain.codegen' has no attribute {name!r}")

@@ -1,0 +1,74 @@
+"""The torch-facing side of `edgetrain compile`: model + plan + data -> files on disk.
+
+Captures the graph at the plan's batch size, reads the weights from the model's state_dict,
+turns a `LabeledData` set back into uint8 pixels for flash, calls the pure renderer and writes
+the project atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgetrain._checkpoint import write_text_atomic
+from edgetrain.codegen._errors import UnsupportedKernelError, UnsupportedPlanError
+from edgetrain.codegen._render import SampleSet, TrainingSpec, render
+from edgetrain.codegen._targets import TargetKind, get_target
+from edgetrain.ir import OpKind
+from edgetrain.planner import Plan
+
+
+def weights_of(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def samples_of(x: torch.Tensor, y: torch.Tensor, dataset: str = "fashion-mnist") -> SampleSet:
+    """Normalised images of `edgetrain.data` -> the uint8 pixels they came from."""
+    from edgetrain.data._api import NORMALIZATION
+    mean, std = NORMALIZATION[dataset]
+    px = torch.round((x.double() * std + mean) * 255.0)
+    if float((px - (x.double() * std + mean) * 255.0).abs().max()) > 1e-2:
+        raise UnsupportedPlanError(
+            f"images are not {dataset} pixels normalised with mean {mean}, std {std}; the C "
+            "driver bakes uint8 pixels into flash")
+    return SampleSet(px.clamp(0, 255).to(torch.uint8).numpy(), y.numpy().astype(np.int64),
+                     mean, std)
+
+
+def normalised(s: SampleSet) -> torch.Tensor:
+    """What the C driver computes from the flash pixels, in float32 as it does."""
+    px = torch.from_numpy(s.pixels.astype(np.float32))
+    return (px / 255.0 - np.float32(s.mean)) / np.float32(s.std)
+
+
+def compile_project(plan: Plan, model: torch.nn.Module, example: torch.Tensor, target: str,
+                    spec: TrainingSpec, out_dir: "str | Path", *,
+                    device: "str | None" = None) -> Path:
+    """Render and write the C project for `plan` into `out_dir`; returns the directory."""
+    from edgetrain.capture import capture
+    from edgetrain.cost import load_device
+
+    tgt = get_target(target)
+    graph = capture(model, example, batch_size=plan.micro_batch_size, name=plan.model)
+    modules = dict(model.named_modules())
+    for n in graph.nodes:
+        if n.op is OpKind.HARDTANH:
+            m = modules.get(n.module)
+            lo, hi = getattr(m, "min_val", None), getattr(m, "max_val", None)
+            if (lo, hi) != (0.0, 6.0):
+                raise UnsupportedKernelError(
+                    f"node {n.name} ({n.module}): hardtanh({lo}, {hi}); the C kernel is ReLU6 "
+                    "(hardtanh 0..6)")
+    sram = flash = 0
+    if tgt.kind is TargetKind.CORTEX_M:
+        dev = load_device(device or plan.device)
+        sram, flash = dev.ram_bytes, dev.flash_bytes
+    files = render(plan, graph, weights_of(model), tgt, spec, device_sram_bytes=sram,
+                   device_flash_bytes=flash)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        write_text_atomic(text, out / name)
+    return out
