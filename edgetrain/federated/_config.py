@@ -94,7 +94,7 @@ class FederationConfig:
     data: str = "fashion-mnist"
     partition: Partition = Partition(PartitionKind.DIRICHLET, 0.5)
     local_steps: int = 20
-    lr: float = 0.05
+    lr: float = 0.1
     seed: int = 0
     train_samples: int = 12000
     test_samples: int = 2000

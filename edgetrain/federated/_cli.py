@@ -1,0 +1,123 @@
+"""`edgetrain federate`: federated training across a heterogeneous fleet, on Flower."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _probability(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability, got {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"dropout must be in [0, 1), got {v}; e.g. --dropout 0.3")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {v}")
+    return v
+
+
+def register(subparsers) -> None:
+    """Add `federate` to the `edgetrain` command's subparsers."""
+    f = subparsers.add_parser("federate", help="federated on-device training across a fleet (Flower)")
+    f.add_argument("--model", required=True, help="built-in model name or path/to/file.py:factory")
+    f.add_argument("--fleet", required=True, metavar="FLEET.toml",
+                   help="[[device]] tables with kind and count (see examples/fleet.toml)")
+    f.add_argument("--rounds", type=_positive_int, required=True)
+    f.add_argument("--data", default="fashion-mnist", help="dataset spec (default fashion-mnist)")
+    f.add_argument("--partition", default="dirichlet:0.5", help="dirichlet:ALPHA or iid")
+    f.add_argument("--local-steps", type=_positive_int, default=20,
+                   help="optimizer steps per client per round")
+    f.add_argument("--lr", type=_positive_float, default=0.1)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--train-samples", type=_positive_int, default=12000,
+                   help="training samples split over the clients")
+    f.add_argument("--test-samples", type=_positive_int, default=2000,
+                   help="held-out test samples (global test set and local test splits)")
+    f.add_argument("--dropout", type=_probability, default=0.0,
+                   help="probability a client drops out of a round (robustness drill)")
+    f.add_argument("--clip-norm", type=_positive_float, default=None,
+                   help="clip each client's update to this L2 norm (differential privacy)")
+    f.add_argument("--noise-multiplier", type=_positive_float, default=0.0,
+                   help="Gaussian noise std = multiplier x clip norm, added on the client")
+    f.add_argument("--round-timeout-s", type=_positive_float, default=600.0)
+    f.add_argument("--deployment", action="store_true",
+                   help="real Flower SuperLink and SuperNode processes on loopback")
+    f.add_argument("--no-baselines", action="store_true", help="skip local-only training")
+    f.add_argument("--out", default="results/federate",
+                   help="folder for the checkpoint (resumed if present), report and plot")
+    f.add_argument("--verbose", action="store_true", help="show Flower's log")
+    f.add_argument("--json", action="store_true", help="print one JSON object")
+    f.set_defaults(fn=_cmd_federate, func=_cmd_federate)
+
+
+def _cmd_federate(args: argparse.Namespace) -> int:
+    from edgetrain.federated import FederationConfig, Partition, federate, load_fleet
+
+    cfg = FederationConfig(model=args.model, fleet=load_fleet(args.fleet), rounds=args.rounds,
+                           data=args.data, partition=Partition.parse(args.partition),
+                           local_steps=args.local_steps, lr=args.lr, seed=args.seed,
+                           train_samples=args.train_samples, test_samples=args.test_samples,
+                           dropout=args.dropout, clip_norm=args.clip_norm,
+                           noise_multiplier=args.noise_multiplier,
+                           round_timeout_s=args.round_timeout_s)
+    if not args.json:
+        console.print(f"federating [bold]{args.model}[/] over {len(cfg.clients())} clients "
+                      f"({', '.join(f'{g.count} x {g.kind}' for g in cfg.fleet.groups)}), "
+                      f"{args.rounds} rounds, {cfg.partition}, "
+                      f"{'deployment (loopback)' if args.deployment else 'simulation'}")
+    r = federate(cfg, out_dir=args.out, deployment=args.deployment,
+                 baselines=not args.no_baselines, verbose=args.verbose)
+    if args.json:
+        print(json.dumps(r.to_dict()))
+        return 0
+    t = Table(title="federated training per round")
+    for col in ("round", "accuracy", *sorted(r.plans), "bytes up", "bytes down", "failed",
+                "rejected"):
+        t.add_column(col, justify="right")
+    for rd in r.rounds:
+        t.add_row(str(rd["round"]), f"{100 * rd['accuracy']:.1f} %",
+                  *[f"{100 * rd['accuracy_by_kind'][k]:.1f} %" if k in rd["accuracy_by_kind"] else "-"
+                    for k in sorted(r.plans)],
+                  f"{sum(rd['bytes_up'].values()):,}", f"{sum(rd['bytes_down'].values()):,}",
+                  str(len(rd["failed"])), str(len(rd["rejected"])))
+    console.print(t)
+    for k, p in sorted(r.plans.items()):
+        lo = r.local_only_accuracy_by_kind.get(k)
+        console.print(f"  {k}: trains {p['trainable_tensors']}/{p['tensors']} tensors "
+                      f"({p['policy']}), peak {p['predicted_peak_bytes']:,} of "
+                      f"{p['budget_bytes']:,} bytes"
+                      + (f"; local-only accuracy {100 * lo:.1f} %" if lo is not None else ""))
+    console.print(f"global model: {100 * r.final_accuracy:.1f} % on the held-out test set "
+                  f"(from {100 * r.initial_accuracy:.1f} %)"
+                  + (f"; DP noise multiplier {r.noise_multiplier:g}, clip {r.clip_norm:g}"
+                     if r.clip_norm is not None else ""))
+    if r.resumed_at:
+        console.print(f"resumed from the checkpoint of round(s) {r.resumed_at}")
+    console.print(f"report {r.out_dir}/report.json, plot {r.plot}")
+    return 0

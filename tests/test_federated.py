@@ -1,0 +1,328 @@
+"""Federated training on Flower (issue 6): fleet files, the non-IID split, partial-update
+aggregation against a numpy oracle, screening of bad updates, what a client uploads, and a
+small federation on Flower's simulation engine through the CLI handler, with resume."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from edgetrain.data import load_dataset
+from edgetrain.federated import (FaultKind, FederationConfig, FleetFileError, Partition,
+                                 PartialFedAvg, load_fleet, make_client_app, parse_fleet)
+from edgetrain.federated._client import (client_train, local_data, trained_ranges,
+                                         build_client_model)
+from edgetrain.federated._config import split_indices
+from edgetrain.federated._server import initial_state
+from edgetrain.federated._strategy import message_bytes
+from edgetrain.planner import Plan
+
+flwr_app = pytest.importorskip("flwr.app")
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.common.serde import message_to_proto  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+FLEET = {"device": [{"kind": "nrf52840", "count": 2}, {"kind": "rpi4", "count": 1}]}
+
+
+@pytest.fixture(scope="module")
+def config():
+    from edgetrain.federated import prepare_plans
+
+    cfg = FederationConfig(model="mcu-cnn", fleet=parse_fleet(FLEET), rounds=2, local_steps=5,
+                           train_samples=2000, test_samples=500)
+    return dataclasses.replace(cfg, plans=prepare_plans(cfg.model, cfg))
+
+
+@pytest.fixture
+def identity():
+    """Flower stamps messages with the process's task identity; give this process one."""
+    old = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
+
+
+def _train_msg(state, rnd, node_id):
+    TaskIdentity.node_id = 0
+    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+    return Message(content=RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": rnd})}),
+                   message_type="train", dst_node_id=node_id)
+
+
+def _reply(request, node_id, arrays, ranges, n, cid):
+    TaskIdentity.node_id = node_id
+    content = RecordDict({
+        "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),
+        "trained": ConfigRecord({k: [a, b] for k, (a, b) in ranges.items()}),
+        "metrics": MetricRecord({"num-examples": n, "client-id": cid, "train-loss": 1.0,
+                                 "local-steps": 1, "device-time-s": 0.1, "device-energy-j": 0.1})})
+    return Message(content=content, reply_to=request)
+
+
+def _strategy(state, n_clients):
+    s = PartialFedAvg(num_clients=n_clients)
+
+    class _Grid:  # configure_train asks the grid which nodes are connected
+        def get_node_ids(self):
+            return list(range(1, n_clients + 1))
+
+    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+    s.configure_train(1, arrays, ConfigRecord(), _Grid())
+    return s
+
+
+# -- fleet file -----------------------------------------------------------------------------------
+def test_example_fleet_file_loads():
+    fleet = load_fleet("examples/fleet.toml")
+    assert [(g.kind, g.count) for g in fleet.groups] == [("nrf52840", 6), ("rpi4", 3),
+                                                          ("snapdragon-865", 1)]
+    assert [c.name for c in fleet.clients()][:2] == ["nrf52840-0", "nrf52840-1"]
+    assert len(fleet.clients()) == 10
+
+
+@pytest.mark.parametrize("text, field", [
+    ('[[device]]\nkind = "nrf52840"\ncount = 0\n', "count"),
+    ('[[device]]\nkind = "nrf52840"\ncount = "six"\n', "count"),
+    ('[[device]]\nkind = "no-such-board"\ncount = 1\n', "kind"),
+    ('[[device]]\ncount = 2\n', "kind"),
+    ('[[device]]\nkind = "rpi4"\ncount = 1\ncolour = "red"\n', "colour"),
+    ('[[device]]\nkind = "rpi4"\ncount = 1\nfault = "scale:x"\n', "fault"),
+    ('[[device]]\nkind = "rpi4"\ncount = 1\nbatch_size = 0\n', "batch_size"),
+    ('kind = "rpi4"\n', "device"),
+    ('[[device]\n', "TOML"),
+])
+def test_bad_fleet_files_name_the_field(tmp_path, text, field):
+    # Prepare
+    p = tmp_path / "fleet.toml"
+    p.write_text(text)
+    # Execute / Assert
+    with pytest.raises(FleetFileError) as e:
+        load_fleet(p)
+    assert field in str(e.value)
+
+
+def test_missing_fleet_file_says_how_to_fix(tmp_path):
+    with pytest.raises(FleetFileError, match="examples/fleet.toml"):
+        load_fleet(tmp_path / "absent.toml")
+
+
+# -- data split -----------------------------------------------------------------------------------
+def test_dirichlet_split_is_seeded_disjoint_and_skewed():
+    # Prepare
+    y = load_dataset("fashion-mnist", limit=3000).y.numpy()
+    part = Partition.parse("dirichlet:0.3")
+    # Execute
+    a, props = split_indices(y, 6, part, seed=4, min_size=8)
+    b, _ = split_indices(y, 6, part, seed=4, min_size=8)
+    iid, _ = split_indices(y, 6, Partition.parse("iid"), seed=4)
+    # Assert: deterministic, a partition of all samples, every client >= min_size
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    allidx = np.concatenate(a)
+    assert len(allidx) == len(y) and len(np.unique(allidx)) == len(y)
+    assert min(len(p) for p in a) >= 8
+    # non-IID: the largest class share of a client is far above the IID split's (~0.1)
+    top = [np.bincount(y[p], minlength=10).max() / len(p) for p in a]
+    top_iid = [np.bincount(y[p], minlength=10).max() / len(p) for p in iid]
+    assert np.mean(top) > 2 * np.mean(top_iid)
+
+
+@pytest.mark.parametrize("text", ["dirichlet:0", "dirichlet:-1", "dirichlet:x", "zipf:2"])
+def test_bad_partition_is_rejected(text):
+    from edgetrain.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="dirichlet:ALPHA"):
+        Partition.parse(text)
+
+
+# -- aggregation ----------------------------------------------------------------------------------
+def test_partial_updates_average_only_over_their_trainers(identity):
+    # Prepare: a global model of two tensors; client 0 trains all of `w` and rows [0, 2) of `b`,
+    # client 1 trains only `w`, client 2 trains rows [0, 1) of `b` only.
+    rng = np.random.default_rng(0)
+    g = {"w": rng.normal(size=(3, 2)).astype(np.float32), "b": rng.normal(size=(4,)).astype(np.float32),
+         "u": rng.normal(size=(2,)).astype(np.float32)}
+    s = _strategy(g, 3)
+    w0, w1 = rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=(3, 2)).astype(np.float32)
+    b0, b2 = rng.normal(size=(2,)).astype(np.float32), rng.normal(size=(1,)).astype(np.float32)
+    reqs = [_train_msg(g, 1, n) for n in (1, 2, 3)]
+    replies = [_reply(reqs[0], 1, {"w": w0, "b": b0}, {"w": (0, 3), "b": (0, 2)}, 10, 0),
+               _reply(reqs[1], 2, {"w": w1}, {"w": (0, 3)}, 30, 1),
+               _reply(reqs[2], 3, {"b": b2}, {"b": (0, 1)}, 20, 2)]
+    # Execute
+    arrays, _ = s.aggregate_train(1, replies)
+    out = {k: v.numpy() for k, v in arrays.items()}
+    # Assert against the hand-written weighted average
+    np.testing.assert_allclose(out["w"], (10 * w0 + 30 * w1) / 40, rtol=1e-6)
+    np.testing.assert_allclose(out["b"][0], (10 * b0[0] + 20 * b2[0]) / 30, rtol=1e-6)
+    np.testing.assert_allclose(out["b"][1], b0[1], rtol=1e-6)
+    np.testing.assert_array_equal(out["b"][2:], g["b"][2:])  # nobody trained these rows
+    np.testing.assert_array_equal(out["u"], g["u"])           # nobody trained this tensor
+
+
+def test_nan_and_huge_updates_leave_the_global_model_unchanged(config, identity):
+    # Prepare: real client rounds of an honest rpi4 client, a NaN client and a x1e6 client
+    state = initial_state(config)
+    honest = config.clients()[2]
+    up, ranges, m = client_train(config, honest, state, 1)
+    bad_nan = dataclasses.replace(config.clients()[0], fault=FaultKind.NAN)
+    bad_big = dataclasses.replace(config.clients()[1], fault=FaultKind.SCALE, fault_scale=1e6)
+    up_nan, r_nan, m_nan = client_train(config, bad_nan, state, 1)
+    up_big, r_big, m_big = client_train(config, bad_big, state, 1)
+    assert all(np.isnan(v).all() for v in up_nan.values())
+
+    def run(which):
+        s = _strategy(state, 3)
+        reqs = {n: _train_msg(state, 1, n) for n in (1, 2, 3)}
+        replies = [_reply(reqs[n], n, u, r, mm["num-examples"], mm["client-id"])
+                   for n, (u, r, mm) in which]
+        arrays, _ = s.aggregate_train(1, replies)
+        return {k: v.numpy() for k, v in arrays.items()}, s.logs[1]
+
+    # Execute
+    alone, _ = run([(3, (up, ranges, m))])
+    mixed, log = run([(1, (up_nan, r_nan, m_nan)), (2, (up_big, r_big, m_big)), (3, (up, ranges, m))])
+    only_bad, _ = run([(1, (up_nan, r_nan, m_nan)), (2, (up_big, r_big, m_big))])
+    # Assert: the bad clients change nothing; alone they leave the global model bit-identical
+    for k in state:
+        np.testing.assert_array_equal(mixed[k], alone[k])
+        np.testing.assert_array_equal(only_bad[k], state[k])
+    reasons = {r["client_id"]: r["reason"] for r in log.rejected}
+    assert "non-finite" in reasons[0] and "norm" in reasons[1]
+    assert log.accepted == [2]
+
+
+# -- what a client sends --------------------------------------------------------------------------
+def test_sparse_client_uploads_only_what_its_plan_trains(config, identity):
+    # Prepare: the real Flower ClientApp, called as a SuperNode would call it
+    app = make_client_app(config)
+    state = initial_state(config)
+    sizes, keys = {}, {}
+    for cid in (0, 2):  # nrf52840-0 (sparse plan), rpi4-0 (trains everything)
+        req = _train_msg(state, 1, 10 + cid)
+        ctx = Context(run_id=1, node_id=10 + cid, node_config={"partition-id": cid},
+                      state=RecordDict(), run_config={})
+        # Execute
+        TaskIdentity.node_id = 10 + cid
+        reply = app(req, ctx)
+        sizes[cid] = message_bytes(reply)
+        keys[cid] = set(reply.content["arrays"].keys())
+        payload = sum(len(a.data) for a in reply.content["arrays"].values())
+        plan = Plan.from_json(config.plans[config.clients()[cid].kind])
+        model = build_client_model(config, state)
+        expect = trained_ranges(model, plan)
+        # Assert: exactly the plan's trained tensors travel, and the message is their bytes
+        # plus a small envelope
+        assert keys[cid] == set(expect)
+        expect_bytes = sum(4 * (b - a) * int(np.prod(state[k].shape[1:])) for k, (a, b) in expect.items())
+        assert expect_bytes <= payload <= expect_bytes + 200 * len(expect)
+        assert payload <= sizes[cid] <= payload + 2000 + 100 * len(expect)
+    full = {k for k in state if not k.endswith("num_batches_tracked")}
+    assert keys[2] == full
+    assert keys[0] < full
+    assert sizes[0] < 0.5 * sizes[2]
+
+
+def test_no_raw_sample_leaves_a_client(config, identity):
+    # Prepare: the client's own training images and labels, as float32 and as raw bytes
+    app = make_client_app(config)
+    state = initial_state(config)
+    cid = 2
+    data = local_data(config, cid)
+    req = _train_msg(state, 1, 7)
+    ctx = Context(run_id=1, node_id=7, node_config={"partition-id": cid}, state=RecordDict(),
+                  run_config={})
+    # Execute
+    TaskIdentity.node_id = 7
+    reply = app(req, ctx)
+    wire = message_to_proto(reply).SerializeToString()
+    # Assert: only parameter tensors (named as in the model, shaped as in the model) and the
+    # allowed scalars are in the reply...
+    from edgetrain.federated._client import TRAIN_METRIC_KEYS
+
+    c = reply.content
+    assert set(c.array_records) == {"arrays"} and set(c.metric_records) == {"metrics"}
+    assert set(c.config_records) == {"trained"}
+    for k, a in c["arrays"].items():
+        assert k in state and tuple(a.shape)[1:] == state[k].shape[1:]
+    assert set(c["metrics"]) <= set(TRAIN_METRIC_KEYS)
+    assert all(isinstance(v, (int, float)) for v in c["metrics"].values())
+    # ...and no training image appears in the serialised message, in any encoding
+    for i in range(0, len(data.y_train), max(1, len(data.y_train) // 50)):
+        img = data.x_train[i].numpy().astype(np.float32)
+        row = img.reshape(-1)[img.size // 2: img.size // 2 + 16]
+        assert row.tobytes() not in wire
+        raw = np.clip(np.round((img * 0.3530 + 0.2860) * 255), 0, 255).astype(np.uint8)
+        assert raw.reshape(-1)[300:332].tobytes() not in wire
+    assert data.y_train.numpy().astype(np.int64).tobytes()[:64] not in wire
+
+
+def test_dp_clips_the_update_and_adds_noise(config):
+    # Prepare
+    state = initial_state(config)
+    c = config.clients()[2]
+    plain = client_train(config, c, state, 1)[0]
+    clipped_cfg = dataclasses.replace(config, clip_norm=0.01)
+    noisy_cfg = dataclasses.replace(config, clip_norm=0.01, noise_multiplier=1.0)
+    # Execute
+    clipped = client_train(clipped_cfg, c, state, 1)[0]
+    noisy = client_train(noisy_cfg, c, state, 1)[0]
+
+    def norm(up):
+        return math.sqrt(sum(float(((up[k].astype(np.float64) - state[k]) ** 2).sum()) for k in up))
+
+    # Assert: the clipped update has norm <= C; noise of std C per coordinate makes it larger
+    assert norm(plain) > 0.01
+    assert norm(clipped) == pytest.approx(0.01, rel=1e-3)
+    n = sum(v.size for v in noisy.values())
+    assert norm(noisy) == pytest.approx(0.01 * math.sqrt(n), rel=0.2)
+
+
+# -- a small federation on Flower's simulation engine, through the CLI --------------------------
+def _cli(argv):
+    from edgetrain.federated._cli import register
+
+    ap = argparse.ArgumentParser()
+    register(ap.add_subparsers(dest="command"))
+    args = ap.parse_args(argv)
+    return args.func(args)
+
+
+def test_small_federation_runs_checkpoints_and_resumes(tmp_path, capsys):
+    # Prepare: 2 x nrf52840 + 1 x rpi4, one client dropping out at random
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text('[[device]]\nkind = "nrf52840"\ncount = 2\n\n'
+                     '[[device]]\nkind = "rpi4"\ncount = 1\n')
+    out = tmp_path / "run"
+    common = ["federate", "--model", "mcu-cnn", "--fleet", str(fleet), "--data", "fashion-mnist",
+              "--partition", "dirichlet:0.5", "--local-steps", "10", "--train-samples", "2000",
+              "--test-samples", "500", "--out", str(out), "--json"]
+    # Execute: 2 rounds, then the same command asked for 3 resumes at round 3
+    assert _cli(common + ["--rounds", "2", "--dropout", "0.3"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert _cli(common + ["--rounds", "3", "--dropout", "0.3", "--no-baselines"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    # Assert: the required keys, per round
+    assert [r["round"] for r in first["rounds"]] == [1, 2]
+    for r in first["rounds"]:
+        assert 0.0 <= r["accuracy"] <= 1.0
+        assert set(r["accuracy_by_kind"]) <= {"nrf52840", "rpi4"}
+        assert set(r["participants"]) | set(r["failed"]) == {"nrf52840-0", "nrf52840-1", "rpi4-0"}
+        assert set(r["bytes_down"]) == {"nrf52840-0", "nrf52840-1", "rpi4-0"}
+        for name, b in r["bytes_up"].items():
+            assert b < (0.5 if name.startswith("nrf") else 2) * r["bytes_down"][name]
+    assert set(first["local_only_accuracy_by_kind"]) == {"nrf52840", "rpi4"}
+    assert first["final_accuracy"] == first["rounds"][-1]["accuracy"]
+    assert first["plans"]["nrf52840"]["trainable_tensors"] < first["plans"]["rpi4"]["trainable_tensors"]
+    # the resumed run kept rounds 1-2 and ran only round 3
+    assert second["resumed_at"] == [2]
+    assert second["rounds"][:2] == first["rounds"]
+    assert [r["round"] for r in second["rounds"]] == [1, 2, 3]
+    assert (out / "checkpoint" / "global-r0003.safetensors").exists()
+    assert (out / "accuracy.png").stat().st_size > 1000
