@@ -29,7 +29,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from edgetrain._checkpoint import load_tensors
     from edgetrain.codegen._compile import compile_project, samples_of
     from edgetrain.codegen._render import TrainingSpec
-    from edgetrain.data import load_dataset, parse_spec, resize_for
+    from edgetrain.data import load_dataset, resize_for
+    from edgetrain.data._api import parse_spec
     from edgetrain.models import build_model
     from edgetrain.planner import Plan
 

@@ -409,6 +409,8 @@ float et_eval_batch(int *correct) {{ return forward(correct); }}
 
 float et_train_step(float lr) {{
     const float loss = forward(0);
+    /* a non-finite loss skips the update (weights untouched), as edgetrain's Trainer does */
+    if (!(loss - loss == 0.0f)) return loss;
 {chr(10).join(bwd)}
     return loss;
 }}
