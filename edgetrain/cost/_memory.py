@@ -184,8 +184,8 @@ def schedule_traffic(graph: Graph, schedule: Schedule) -> StepTraffic:
     """Recomputation and paging traffic of one micro-batch under `schedule`."""
     plan = _SavedPlan(graph, schedule)
     rflops = rvec = 0
-    for a, b in schedule.recompute_segments:
-        for n in graph.nodes[a:b]:
+    for k, (a, _) in enumerate(schedule.recompute_segments):
+        for n in graph.nodes[a:plan.rerun_stop.get(k, a - 1) + 1]:
             rflops += n.flops_forward
             rvec += n.vector_ops_forward
     written = sum(plan.storage_bytes[s] for s in plan.paged_storages)
@@ -247,6 +247,61 @@ class _SavedPlan:
                         ins.append(s)
             self.segment_inputs[k] = ins
         self.segment_of = segment_of
+        # Non-reentrant checkpoint re-runs a segment's forward at the first unpack of anything
+        # it saved (parameters and segment inputs included) and stops right after the last
+        # save (early stop): the re-run covers [start, rerun_stop[segment]].
+        self.rerun_stop: dict[int, int] = {}
+        for k, (a, b) in enumerate(schedule.recompute_segments):
+            savers = [i for i in range(a, b) if self.has_grad_fn[i] and nodes[i].saved]
+            if savers:
+                self.rerun_stop[k] = savers[-1]
+
+
+def _rerun_forward(graph: Graph, plan: _SavedPlan, kernels: KernelLibrary, live: _Live,
+                   seg: int, start: int) -> None:
+    """Checkpoint's re-run of segment `seg` inside backward (NOTE [ Recomputation ]).
+
+    NOTE [ Recomputation ]
+        Non-reentrant `torch.utils.checkpoint` (torch/utils/checkpoint.py, `_checkpoint_hook`)
+        re-runs the segment's forward, with grad enabled, at the first unpack of any tensor the
+        segment saved, and stops right after the last save (`_StopRecomputationError`, early
+        stop): nodes after the last saving node do not run again. The re-run is an ordinary
+        forward: each node allocates its outputs and its kernel's forward workspace, and a
+        storage nobody in the segment saved dies after its last use in the re-run. The saved
+        ones are held in the frame's `recomputed` WeakKeyDictionary, keyed by a handle that
+        unpack drops, so each dies after the backward of its last unpacking node (its first
+        saver in forward order), exactly like a kept tensor.
+    """
+    stop = plan.rerun_stop[seg]
+    keep = plan.recomputed.get(seg, {})
+    nodes = graph.nodes
+    last_use: dict[str, int] = {}
+    for j in range(start, stop + 1):
+        m = nodes[j]
+        for name in (m.output, *m.aux_outputs, *m.inputs):
+            last_use[graph.tensor(name).storage] = j
+    temporaries: list[str] = []
+    for j in range(start, stop + 1):
+        m = nodes[j]
+        outs = [m.output, *m.aux_outputs]
+        if m.op is OpKind.MAX_POOL2D and not plan.has_grad_fn[j]:
+            outs = [m.output]
+        for name in outs:
+            st = graph.tensor(name).storage
+            if st in plan.persistent:
+                continue
+            if st in keep:
+                live.alloc(st, plan.storage_bytes[st], "saved")
+            elif f"rerun:{st}" not in live.by_key:
+                live.alloc(f"rerun:{st}", plan.storage_bytes[st], "other")
+                temporaries.append(st)
+        ws_fwd, _ = workspace_bytes(graph, m, kernels, input_grad=False)
+        live.mark(Phase.BACKWARD, f"recompute:{m.name}", ws_fwd)
+        for st in temporaries:
+            if last_use.get(st, stop) <= j:
+                live.free(f"rerun:{st}")
+    for st in temporaries:  # the output of the last node, when unsaved, dies with the re-run
+        live.free(f"rerun:{st}")
 
 
 def _simulate(graph: Graph, opt: Optimizer, kernels: KernelLibrary, schedule: Schedule,
@@ -366,20 +421,10 @@ def _simulate(graph: Graph, opt: Optimizer, kernels: KernelLibrary, schedule: Sc
             for s in (*release_after.get(i, ()), *recompute_release.get(i, ())):
                 live.free(s)
             continue
-        if seg is not None and seg not in recomputed_done and seg in plan.recomputed:
+        if seg is not None and seg not in recomputed_done and i <= plan.rerun_stop.get(seg, -1):
             # first unpack inside the segment: checkpoint re-runs its forward
             recomputed_done.add(seg)
-            for s in plan.recomputed[seg]:
-                live.alloc(s, plan.storage_bytes[s], "saved")
-            # the re-run forward also allocates what it does not keep (outputs nobody saves)
-            # and its kernels' workspaces, transiently
-            a, b = schedule.recompute_segments[seg]
-            unsaved = {graph.tensor(o).storage: graph.tensor(o).storage_bytes
-                       for m in nodes[a:b] for o in (m.output, *m.aux_outputs)
-                       if graph.tensor(o).storage not in plan.recomputed[seg]}
-            ws = max((workspace_bytes(graph, m, kernels, input_grad=False)[0]
-                      for m in nodes[a:b]), default=0)
-            live.mark(Phase.BACKWARD, f"recompute:{n.name}", sum(unsaved.values()) + ws)
+            _rerun_forward(graph, plan, kernels, live, seg, schedule.recompute_segments[seg][0])
         for s in plan.page_reads.get(i, ()):  # unpack reads the tensor back from storage
             live.alloc(f"page:{i}:{s}", plan.storage_bytes[s], "saved")
         # 1. the node computes the gradients of its inputs

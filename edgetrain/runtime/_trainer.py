@@ -12,6 +12,7 @@ forwards, `requires_grad` flags and hooks) on exit.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
@@ -91,7 +92,8 @@ class Trainer:
                 mod = modules[path]
                 original = mod.forward
                 if stage.decision is ActivationDecision.RECOMPUTE:
-                    mod.forward = functools.partial(_checkpointed, original)
+                    bns = tuple(m for m in mod.modules() if isinstance(m, _BN))
+                    mod.forward = functools.partial(_checkpointed, original, bns)
                 else:
                     if self.store is None:
                         self.store = PagingStore(self.paging_dir)
@@ -120,13 +122,6 @@ class Trainer:
         if self.store is not None:
             self.store.close()
         self._entered = False
-
-    @property
-    def _recomputes(self) -> bool:
-        return any(st.decision is ActivationDecision.RECOMPUTE for st in self.plan.stages)
-
-    def _live_bn(self):
-        return [m for m in self.model.modules() if isinstance(m, _BN) and m.training]
 
     # -- hooks -------------------------------------------------------------------------------
     def _apply_in_place(self, p: torch.nn.Parameter) -> None:
@@ -177,15 +172,8 @@ class Trainer:
                 del loss
                 break
             total += float(loss.detach())
-            # Recomputation re-runs forward, which would update BN running statistics a second
-            # time: keep the values forward produced and put them back after backward.
-            bn_state = ([(b, b.clone()) for m in self._live_bn() for b in m.buffers()]
-                        if self._recomputes else [])
             loss.backward()
             del loss
-            with torch.no_grad():
-                for b, v in bn_state:
-                    b.copy_(v)
         if not finite:
             if self.optimizer is not None:
                 self.optimizer.zero_grad(set_to_none=True)
@@ -210,10 +198,42 @@ def _mask_rows(p: torch.Tensor, k: int) -> None:
         p.grad[k:].zero_()
 
 
-def _checkpointed(forward, *args, **kwargs):
+def _checkpointed(forward, batch_norms, *args, **kwargs):
     # No RNG state is stashed: captured graphs hold no random operators (capture rejects
     # dropout), and the 5 KB CPU generator state per stage would matter on an MCU budget.
-    return checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=False, **kwargs)
+    return checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=False,
+                      context_fn=functools.partial(_recompute_contexts, batch_norms), **kwargs)
+
+
+def _recompute_contexts(batch_norms):
+    return contextlib.nullcontext(), _RunningStatsFrozen(batch_norms)
+
+
+class _RunningStatsFrozen:
+    """Checkpoint's re-run of a stage must not update BN running statistics a second time.
+
+    While the re-run runs, each BN's momentum is 0 (running = 0 * batch + 1 * running, exact
+    for finite statistics) and `num_batches_tracked` is put back afterwards; nothing is copied,
+    so recomputation costs no memory for it (cloning the buffers would hold a copy of every
+    BN buffer through backward, which the cost model does not and should not count).
+    """
+
+    def __init__(self, batch_norms) -> None:
+        self.batch_norms = tuple(m for m in batch_norms if m.training and m.track_running_stats)
+        self._saved: list = []
+
+    def __enter__(self) -> None:
+        for m in self.batch_norms:
+            tracked = None if m.num_batches_tracked is None else int(m.num_batches_tracked)
+            self._saved.append((m, m.momentum, tracked))
+            m.momentum = 0.0
+
+    def __exit__(self, *exc) -> None:
+        for m, momentum, tracked in self._saved:
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.fill_(tracked)
+        self._saved.clear()
 
 
 def _paged(forward, store: PagingStore, *args, **kwargs):
