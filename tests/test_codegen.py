@@ -1,0 +1,234 @@
+"""edgetrain.codegen: generated C training code against PyTorch (the oracle), on the host and
+on an emulated Cortex-M4 (QEMU); memory limits enforced at link time; typed errors."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import edgetrain
+from edgetrain.codegen import (
+    BuildError,
+    SampleSet,
+    ToolchainMissingError,
+    TrainingSpec,
+    UnsupportedPlanError,
+    compile_project,
+    lower,
+    mcu_run,
+    render,
+    weights_of,
+)
+from edgetrain.codegen._compile import normalised
+from edgetrain.models import build_model
+from edgetrain.planner import ActivationDecision
+from edgetrain.runtime import Trainer
+
+HAS_ARM = all(shutil.which(t) for t in ("arm-none-eabi-gcc", "arm-none-eabi-size",
+                                        "qemu-system-arm"))
+needs_arm = pytest.mark.skipif(
+    not HAS_ARM, reason="Arm toolchain/QEMU absent: apt-get install -y gcc-arm-none-eabi "
+    "libnewlib-arm-none-eabi qemu-system-arm (scripts/setup.sh does it)")
+needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="no host C compiler (cc)")
+
+
+def _model(name: str, size: int | None = None):
+    m, x = build_model(name)
+    if size is not None:
+        x = x[..., :size, :size].contiguous()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # non-trivial running statistics, so folding BN is really tested
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.copy_(torch.rand(mod.num_features, generator=g) * 0.4 - 0.2)
+                mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
+    return m, x
+
+
+def _plan(m, x, policy: str, batch: int = 1, name: str = "mcu-cnn"):
+    return edgetrain.plan(m, x, device="stm32h743", strategy="keep-all", policy=policy,
+                          batch_size=batch, freeze_batch_norm=True, name=name,
+                          budget_bytes=1 << 40)
+
+
+def _samples(n: int, shape, seed: int = 0) -> SampleSet:
+    g = np.random.default_rng(seed)
+    return SampleSet(g.integers(0, 256, (n, *shape), dtype=np.uint8),
+                     g.integers(0, 10, n), 0.2860, 0.3530)
+
+
+def _torch_reference(m, plan, samples: SampleSet, steps: int, lr: float) -> list[float]:
+    xs, ys = normalised(samples), torch.from_numpy(samples.labels)
+    b, n = plan.batch_size, len(ys)
+    losses = []
+    with Trainer(m, plan, lr=lr) as t:
+        for s in range(steps):
+            idx = [(s * b + k) % n for k in range(b)]
+            losses.append(t.step(xs[idx], ys[idx]))
+    return losses
+
+
+def _check_against_torch(tmp_path, name, policy, batch, steps, size=None, target="host"):
+    # Prepare: a model, a sparse plan with frozen BN, samples, and the same start for both sides.
+    m, x = _model(name, size)
+    plan = _plan(m, x, policy, batch, name)
+    samples = _samples(4 * batch, tuple(x.shape[1:]))
+    spec = TrainingSpec(samples, samples, steps=steps, lr=0.05, dump_params=True)
+    before = {k: v.detach().clone() for k, v in m.named_parameters()}
+    # Execute: the generated C program, then PyTorch's Trainer from the same weights.
+    res = mcu_run(compile_project(plan, m, x, target, spec, tmp_path / "c"))
+    ref_losses = _torch_reference(m, plan, samples, steps, 0.05)
+    # Assert: the same losses, and every trained parameter agrees after N SGD steps.
+    named = dict(m.named_parameters())
+    assert set(res.params) == set(plan.trainable())
+    for pname, values in res.params.items():
+        got = torch.tensor(values, dtype=torch.float32)
+        want = named[pname].detach().reshape(-1)
+        assert not torch.equal(want, before[pname].reshape(-1)), f"{pname} did not train"
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=pname)
+    torch.testing.assert_close(torch.tensor(res.losses), torch.tensor(ref_losses),
+                               rtol=1e-4, atol=1e-5)
+    return res, plan
+
+
+@needs_cc
+def test_host_c_matches_pytorch_mcu_cnn_sparse_update(tmp_path):
+    res, _ = _check_against_torch(tmp_path, "mcu-cnn", "last:2", batch=1, steps=6)
+    assert res.step_time_s is not None and res.step_time_s > 0
+
+
+@needs_cc
+def test_host_c_matches_pytorch_mcu_cnn_full_training_batch2(tmp_path):
+    _check_against_torch(tmp_path, "mcu-cnn", "all", batch=2, steps=5)
+
+
+@needs_cc
+def test_host_c_matches_pytorch_mbv2_residual_blocks(tmp_path):
+    # last:20 trains the last residual blocks: ReLU6, residual add and depthwise backward.
+    _check_against_torch(tmp_path, "mbv2-w0.35", "last:20", batch=1, steps=3, size=64)
+
+
+@needs_arm
+def test_cortex_m4_trains_within_device_limits_and_matches_pytorch(tmp_path):
+    res, plan = _check_against_torch(tmp_path, "mcu-cnn", "last:2", batch=1, steps=8,
+                                     target="cortex-m4")
+    assert res.sram_limit_bytes == 1024 * 1024  # stm32h743's SRAM from its device file
+    assert 0 < res.stack_peak_bytes < 4096
+    assert res.peak_sram_bytes == res.static_sram_bytes + res.stack_peak_bytes
+    assert res.static_sram_bytes >= res.arena_bytes
+    assert res.peak_sram_bytes <= res.sram_limit_bytes
+    assert 0 < res.flash_bytes <= res.flash_limit_bytes
+    assert 1e5 < res.instructions_per_step < 1e8
+
+
+@needs_arm
+def test_program_larger_than_device_sram_fails_to_link(tmp_path):
+    # Prepare: render for a device with only 16 KiB SRAM (the arena alone needs more).
+    m, x = _model("mcu-cnn")
+    plan = _plan(m, x, "all")
+    from edgetrain.capture import capture
+    graph = capture(m, x, name="mcu-cnn")
+    s = _samples(2, tuple(x.shape[1:]))
+    files = render(plan, graph, weights_of(m), "cortex-m4", TrainingSpec(s, s, steps=1, lr=0.01),
+                   device_sram_bytes=16 * 1024, device_flash_bytes=1 << 20)
+    out = tmp_path / "small"
+    out.mkdir()
+    for k, v in files.items():
+        (out / k).write_text(v)
+    # Execute / Assert: the linker refuses, and the error names the limits and the fixes.
+    with pytest.raises(BuildError, match="16,384 B") as e:
+        mcu_run(out)
+    assert "overflow" in str(e.value) or "edgetrain:" in str(e.value)
+
+
+def test_arena_buffers_with_overlapping_lifetimes_never_share_bytes():
+    # Prepare
+    m, x = _model("mbv2-w0.35", 64)
+    plan = _plan(m, x, "last:20", name="mbv2-w0.35")
+    from edgetrain.capture import capture
+    low = lower(plan, capture(m, x, name="mbv2-w0.35"), weights_of(m))
+    # Assert: a valid packing, smaller than giving every buffer its own bytes
+    bufs = low.buffers
+    for i, a in enumerate(bufs):
+        assert a.offset % 8 == 0
+        for b in bufs[i + 1:]:
+            if a.first <= b.last and b.first <= a.last:
+                assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset, (a, b)
+    assert low.arena_bytes == max(b.offset + b.nbytes for b in bufs)
+    assert low.arena_bytes < 0.5 * sum(b.nbytes for b in bufs)
+    # frozen prefix: every frozen conv+BN pair before the trained blocks is folded
+    assert len(low.folded) > 20
+
+
+def test_plans_the_c_trainer_cannot_execute_raise_typed_errors():
+    m, x = _model("mcu-cnn")
+    from edgetrain.capture import capture
+    g = capture(m, x, name="mcu-cnn")
+    w = weights_of(m)
+    live_bn = edgetrain.plan(m, x, device="stm32h743", strategy="keep-all", policy="all",
+                             freeze_batch_norm=False, name="mcu-cnn")
+    with pytest.raises(UnsupportedPlanError, match="freeze_batch_norm=True"):
+        lower(live_bn, g, w)
+    frozen = _plan(m, x, "all")
+    with pytest.raises(UnsupportedPlanError, match="--optimizer sgd"):
+        lower(dataclasses.replace(frozen, optimizer="adam"), g, w)
+    recompute = dataclasses.replace(frozen, stages=tuple(
+        dataclasses.replace(s, decision=ActivationDecision.RECOMPUTE) for s in frozen.stages))
+    with pytest.raises(UnsupportedPlanError, match="recompute or page"):
+        lower(recompute, g, w)
+    with pytest.raises(UnsupportedPlanError, match="no weights"):
+        lower(frozen, g, {})
+
+
+def test_missing_toolchain_names_the_apt_get_line(tmp_path, monkeypatch):
+    m, x = _model("mcu-cnn")
+    plan = _plan(m, x, "last:2")
+    s = _samples(2, tuple(x.shape[1:]))
+    out = compile_project(plan, m, x, "cortex-m4", TrainingSpec(s, s, steps=1, lr=0.01),
+                          tmp_path / "p")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(ToolchainMissingError,
+                       match="apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi"):
+        mcu_run(out)
+
+
+@needs_cc
+def test_cli_compile_and_mcu_run_json(tmp_path, capsys):
+    pytest.importorskip("edgetrain.data")
+    from edgetrain.codegen._cli import register
+    from edgetrain.data import load_dataset
+    from edgetrain.errors import DatasetMissingError
+    try:
+        load_dataset("fashion-mnist:5-9", split="test", limit=4)
+    except DatasetMissingError:
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    # Prepare: a plan file and the two subcommands on a fresh parser
+    m, x = build_model("mcu-cnn")
+    plan = edgetrain.plan(m, x, device="nrf52840", policy="last:2", freeze_batch_norm=True,
+                          name="mcu-cnn")
+    (tmp_path / "plan.json").write_text(plan.to_json())
+    ap = argparse.ArgumentParser()
+    register(ap.add_subparsers(dest="command", required=True))
+    out = tmp_path / "proj"
+    # Execute
+    a = ap.parse_args(["compile", "--plan", str(tmp_path / "plan.json"), "--target", "host",
+                       "-o", str(out), "--steps", "20", "--train-samples", "20",
+                       "--test-samples", "10", "--log-every", "1", "--json"])
+    assert a.fn(a) == 0
+    compiled = json.loads(capsys.readouterr().out)
+    a = ap.parse_args(["mcu-run", str(out), "--json"])
+    assert a.fn(a) == 0
+    ran = json.loads(capsys.readouterr().out)
+    # Assert
+    assert compiled["trainable_params"] == list(plan.trainable())
+    assert len(ran["losses"]) == 20 and all(np.isfinite(ran["losses"]))
+    for k in ("static_sram_bytes", "stack_peak_bytes", "peak_sram_bytes", "flash_bytes",
+              "sram_limit_bytes", "instructions_per_step", "accuracy_before", "accuracy_after"):
+        assert k in ran
+    assert ran["test_samples"] == 10
