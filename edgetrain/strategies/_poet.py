@@ -26,7 +26,7 @@ from edgetrain.capture import capture
 from edgetrain.cost import Optimizer, load_device
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.planner import ActivationDecision, Objective, Strategy
-from edgetrain.planner._problem import Problem
+from edgetrain.planner._problem import Evaluation, Problem
 from edgetrain.planner._solvers import milp_solver
 from edgetrain.strategies._common import Prepared, System, SystemName, train_planned
 
@@ -57,7 +57,7 @@ def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5
     if deadline_s <= 0:
         raise InvalidArgumentError(f"deadline must be positive, got {deadline_s} s")
     prob = problem(deadline_s)
-    ev = milp_solver(prob)  # raises PlanInfeasibleError naming the smallest peak
+    ev = _prefer_keep(prob, milp_solver(prob))  # raises PlanInfeasibleError if nothing fits
     p = _to_plan(ev, prob, name, dev.name, Strategy.EXACT, Objective.ENERGY, budget, batch_size,
                  batch_size, Optimizer.SGD, False, deadline_s, False, "all")
     n_rec = sum(s.decision is ActivationDecision.RECOMPUTE for s in p.stages)
@@ -65,6 +65,20 @@ def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5
     return Prepared(SystemName.POET, model, example_input, p, dev, p.predicted_peak_bytes,
                     (f"MILP (HiGHS), minimum energy, deadline {deadline_s * 1e3:.1f} ms: "
                      f"{n_rec} stages recomputed, {n_page} paged",))
+
+
+def _prefer_keep(prob: Problem, ev: Evaluation) -> Evaluation:
+    """Among equal-energy optima, keep what costs nothing to keep: a stage whose recompute or
+    page saves no memory (e.g. one that saves no tensor) goes back to KEEP when the schedule
+    stays feasible and its energy does not rise."""
+    dec = list(ev.decisions)
+    for k, d in enumerate(dec):
+        if d is ActivationDecision.KEEP:
+            continue
+        trial = prob.evaluate(tuple(dec[:k] + [ActivationDecision.KEEP] + dec[k + 1:]))
+        if prob.feasible(trial) and trial.energy_j <= ev.energy_j:
+            dec[k], ev = ActivationDecision.KEEP, trial
+    return ev
 
 
 SYSTEM = System(SystemName.POET, "Patil et al., POET, ICML 2022", prepare, train_planned)

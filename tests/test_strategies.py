@@ -1,0 +1,283 @@
+"""Each surveyed system's defining mechanism, checked against plain PyTorch and the allocator.
+
+Oracles: a plain PyTorch SGD loop (full), the pretrained model's own outputs and weights
+(tinytl, tinyol), the allocator's events via edgetrain.measure (every measured peak), and
+hand-computed arena layouts (melon's pool).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgetrain.models import build_model
+from edgetrain.planner import ActivationDecision, Objective
+from edgetrain.planner._solvers import PlanInfeasibleError
+from edgetrain.strategies import SystemName, UnknownSystemError, get_system, system_names
+from edgetrain.strategies import _arena, _melon, _poet, _sage, _tinyol, _tinytl
+from edgetrain.strategies._arena import Block
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    """mcu-cnn pretrained on Fashion-MNIST classes 0-4 (the demo's quick recipe)."""
+    from edgetrain._demo import pretrain
+
+    model, example, _ = pretrain("mcu-cnn", samples=6000, epochs=1)
+    return model, example
+
+
+@pytest.fixture(scope="module")
+def new_classes():
+    from edgetrain.data import load_dataset
+
+    train = load_dataset("fashion-mnist:5-9", split="train", limit=600)
+    test = load_dataset("fashion-mnist:5-9", split="test", limit=500)
+    return train, test
+
+
+def _accuracy(model, x, y):
+    model.eval()
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+# -- registry ---------------------------------------------------------------------------------
+def test_registry_lists_every_system_and_rejects_unknown_names():
+    # Prepare / Execute
+    names = system_names()
+    # Assert
+    assert set(names) == {s.value for s in SystemName}
+    assert get_system("POET").name is SystemName.POET
+    with pytest.raises(UnknownSystemError, match="choose one of full, auto, poet"):
+        get_system("checkmate")
+
+
+# -- full: the reference equals plain PyTorch -------------------------------------------------
+def test_full_trains_exactly_like_plain_pytorch_sgd():
+    # Prepare
+    model, example = build_model("mcu-cnn")
+    oracle = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 1, 28, 28, generator=g), torch.randint(0, 10, (16,), generator=g)
+    prepared = get_system("full").prepare(model, example, device="rpi4", batch_size=4)
+    # Execute
+    report = get_system("full").train(prepared, x, y, samples=16, lr=0.05, seed=3)
+    opt = torch.optim.SGD(oracle.parameters(), lr=0.05)
+    order = torch.randperm(16, generator=torch.Generator().manual_seed(3))
+    oracle.train()
+    for s in range(4):
+        idx = order[s * 4:(s + 1) * 4]
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(oracle(x[idx]), y[idx]).backward()
+        opt.step()
+    # Assert
+    assert report.steps == 4 and report.samples == 16
+    for (n, a), (_, b) in zip(model.state_dict().items(), oracle.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
+    assert abs(report.measured_peak_bytes - prepared.predicted_peak_bytes) <= 0.01 * report.measured_peak_bytes
+
+
+def test_full_that_does_not_fit_raises_a_typed_error_with_the_numbers():
+    model, example = build_model("mcu-cnn")
+    with pytest.raises(PlanInfeasibleError, match=r"no plan fits 60,000 bytes.*smallest achievable peak"):
+        get_system("full").prepare(model, example, device="nrf52840", budget_bytes=60_000,
+                                   batch_size=4)
+
+
+# -- poet: recompute and page, minimum energy under a deadline --------------------------------
+def test_poet_plans_recompute_and_page_under_a_tight_budget_and_the_step_stays_within_it():
+    # Prepare: the SAMD21's slow core makes recomputation cost energy, so paging pays off too
+    model, example = build_model("mcu-cnn")
+    full_peak = get_system("full").prepare(model, example, device="rpi4",
+                                           batch_size=4).predicted_peak_bytes
+    budget = int(0.85 * full_peak)
+    # Execute
+    prepared = _poet.prepare(model, example, device="samd21", budget_bytes=budget, batch_size=4,
+                             deadline_s=100.0)
+    x, y = torch.randn(12, 1, 28, 28), torch.randint(0, 10, (12,))
+    report = _poet.SYSTEM.train(prepared, x, y, samples=12, measure_steps=2)
+    # Assert
+    decisions = {s.decision for s in prepared.plan.stages}
+    assert ActivationDecision.RECOMPUTE in decisions and ActivationDecision.PAGE in decisions
+    assert prepared.plan.objective is Objective.ENERGY
+    assert prepared.plan.predicted.latency_s <= 100.0
+    assert prepared.predicted_peak_bytes <= budget
+    assert report.storage_bytes_written > 0  # pages really went to storage
+    assert report.measured_peak_bytes <= budget
+
+
+def test_poet_rejects_a_deadline_it_cannot_meet():
+    model, example = build_model("mcu-cnn")
+    with pytest.raises(PlanInfeasibleError):
+        _poet.prepare(model, example, device="samd21", batch_size=4, deadline_s=1e-6)
+
+
+# -- tinyol: batch-1 stream, frozen backbone, a growing head ----------------------------------
+def test_tinyol_learns_from_a_batch_1_stream_and_adds_the_new_classes(pretrained, new_classes):
+    # Prepare
+    model, example = pretrained
+    train, test = new_classes
+    backbone_before = {k: v.clone() for k, v in model.state_dict().items()
+                       if not k.startswith("classifier")}
+    prepared = _tinyol.prepare(copy.deepcopy(model), example, device="nrf52840",
+                               known_classes=range(5))
+    tol = prepared.model
+    acc_before = _accuracy(tol, test.x, test.y)
+    # Execute: one pass, one sample at a time
+    report = _tinyol.train(prepared, train.x, train.y, samples=600, lr=0.05, seed=0)
+    # Assert
+    assert tol.head.weight.shape[0] == 10 and sorted(tol.head.labels) == list(range(10))
+    assert len([n for n in report.notes if n.startswith("class")]) == 5
+    assert acc_before == 0.0  # the head knew none of classes 5-9
+    tol.eval()
+    with torch.no_grad():
+        predicted = set(tol(test.x).argmax(1).tolist())
+    assert set(range(5, 10)) <= predicted  # every new class gets predicted
+    assert _accuracy(tol, test.x, test.y) > 0.4  # chance is 0.2
+    for k, v in tol.backbone.state_dict().items():
+        assert torch.equal(v, backbone_before[k]), k  # backbone frozen (BN statistics too)
+    assert report.steps == 600
+    assert abs(report.measured_peak_bytes - prepared.predicted_peak_bytes) <= 0.03 * prepared.predicted_peak_bytes
+
+
+def test_tinyol_rejects_batches_larger_than_one():
+    model, example = build_model("mcu-cnn")
+    with pytest.raises(Exception, match="batch size must be 1"):
+        _tinyol.prepare(model, example, batch_size=4)
+
+
+# -- tinytl: frozen weights; biases, lite residuals and the head train ------------------------
+def test_tinytl_trains_only_biases_lite_residuals_and_the_head(pretrained, new_classes):
+    # Prepare
+    model, example = pretrained
+    train, _ = new_classes
+    prepared = _tinytl.prepare(copy.deepcopy(model), example, device="rpi4", batch_size=8)
+    tl = prepared.model
+    before = {k: v.clone() for k, v in tl.named_parameters()}
+    model.eval(), tl.eval()
+    with torch.no_grad():  # lite residuals start at zero: the pretrained function is unchanged
+        torch.testing.assert_close(tl(train.x[:32]), model(train.x[:32]))
+    model.train(), tl.train()
+    # Execute
+    report = _tinytl.SYSTEM.train(prepared, train.x, train.y, samples=80, lr=0.05)
+    # Assert
+    changed = {k for k, v in tl.named_parameters() if not torch.equal(v, before[k])}
+    allowed = set(_tinytl.trainable_names(tl))
+    assert changed <= allowed
+    assert any(".lite." in k for k in changed) and any(k.endswith(".bias") for k in changed)
+    frozen_weights = [k for k in before if k.endswith(".weight") and ".lite." not in k
+                      and not k.startswith("classifier")]
+    assert frozen_weights and not (set(frozen_weights) & changed)
+    assert sum(isinstance(m, _tinytl.LiteResidual) for m in tl.modules()) == 4
+    assert abs(report.measured_peak_bytes - prepared.predicted_peak_bytes) <= 0.01 * report.measured_peak_bytes
+
+
+def test_tinytl_reports_its_memory_against_full_fine_tuning():
+    model, example = build_model("mcu-cnn")
+    saving = _tinytl.memory_saving(model, example, batch_size=4)
+    assert saving["saving"] == pytest.approx(saving["full_peak_bytes"] / saving["tinytl_peak_bytes"])
+
+
+# -- melon: recompute + micro-batch, a lifetime-aware pool -----------------------------------
+def test_arena_layouts_on_a_hand_computed_trace():
+    # Prepare: A lives [0,2), B [1,5), C [2,4) -- C can reuse A's slot only if it fits
+    blocks = (Block(128, 0, 2), Block(64, 1, 5), Block(192, 2, 4))
+    # Execute
+    ff = _arena.first_fit_layout(blocks)
+    la = _arena.lifetime_aware_layout(blocks)
+    # Assert: most live at once is B + C = 256; first fit puts C above B (A's 128 hole is too
+    # small) -> 128 + 64 + 192 = 384; largest-first puts C at 0, B at 192, A at 192+64? A and C
+    # do not overlap in time, so A goes to 0 -> arena 256
+    assert ff.max_live_bytes == la.max_live_bytes == 256
+    assert ff.offsets_bytes == (0, 128, 192) and ff.arena_bytes == 384
+    assert la.offsets_bytes == (0, 192, 0) and la.arena_bytes == 256
+    assert la.fragmentation_bytes == 0 and ff.fragmentation_bytes == 128
+
+
+def test_melon_counts_its_pool_in_the_peak_and_adapts_when_the_budget_drops():
+    # Prepare
+    model, example = build_model("mcu-cnn")
+    x, y = torch.randn(24, 1, 28, 28), torch.randint(0, 10, (24,))
+    # Execute
+    roomy = _melon.prepare(model, example, device="nrf52840", batch_size=8)
+    tight = _melon.replan(roomy, 150_000)
+    report = _melon.SYSTEM.train(tight, x, y, samples=24, measure_steps=2)
+    # Assert
+    for p in (roomy, tight):
+        st = _melon.pool_stats(p)
+        assert st["max_live_bytes"] <= st["pool_bytes"] <= st["first_fit_pool_bytes"]
+        assert p.predicted_peak_bytes == st["outside_bytes"] + st["pool_bytes"]
+        assert p.predicted_peak_bytes <= p.plan.budget_bytes
+    assert tight.plan.budget_bytes == 150_000
+    assert tight.plan.micro_batch_size < roomy.plan.micro_batch_size
+    assert report.measured_peak_bytes <= tight.predicted_peak_bytes <= 150_000
+
+
+# -- sage: re-plans at run time when the budget drops -----------------------------------------
+def test_sage_replans_after_a_budget_drop_and_its_measured_peak_stays_under_the_new_budget():
+    # Prepare
+    model, example = build_model("mcu-cnn")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 1, 28, 28, generator=g), torch.randint(0, 10, (96,), generator=g)
+    prepared = _sage.prepare(model, example, device="rpi4", batch_size=8)
+    first = prepared.plan
+    dropped = int(0.45 * first.predicted_peak_bytes)
+    # Execute: the budget falls to 45 % of the first plan's peak after 4 steps
+    report = _sage.train(prepared, x, y, samples=96, measure_steps=3,
+                         budget_schedule=lambda s: first.budget_bytes if s < 4 else dropped)
+    # Assert
+    assert len(report.notes) == 2
+    after = report.notes[1]
+    measured_after = int(after.rsplit("measured ", 1)[1])
+    planned_after = int(after.split("plan ", 1)[1].split(" ")[0])
+    assert planned_after <= dropped < first.predicted_peak_bytes
+    assert 0 < measured_after <= dropped
+    assert "(1 x 8)" not in after  # micro-batched after the drop
+    assert all(torch.isfinite(torch.tensor(report.losses)))
+
+
+# -- the bench and its CLI ---------------------------------------------------------------------
+def test_bench_cli_writes_json_markdown_and_plots(tmp_path, capsys):
+    from edgetrain.strategies._cli import register
+
+    # Prepare
+    ap = argparse.ArgumentParser()
+    register(ap.add_subparsers(dest="command"))
+    args = ap.parse_args(["bench", "--quick", "--out", str(tmp_path), "--strategies", "full",
+                          "tinyol", "auto", "--devices", "nrf52840", "rpi4", "--samples", "48",
+                          "--json"])
+    # Execute
+    rc = args.fn(args)
+    out = json.loads(capsys.readouterr().out)
+    # Assert
+    assert rc == 0
+    assert {p.rsplit("/", 1)[-1] for p in out["plots"]} == {
+        "accuracy_vs_peak.png", "accuracy_vs_energy.png", "energy.png"}
+    for f in ("bench.json", "bench.md", "accuracy_vs_peak.png", "energy.png"):
+        assert (tmp_path / f).stat().st_size > 0
+    rows = out["rows"]
+    assert len(rows) == 6
+    assert json.loads((tmp_path / "bench.json").read_text())["rows"] == rows
+    full_mcu = next(r for r in rows if r["system"] == "full" and r["device"] == "nrf52840")
+    assert not full_mcu["fits"]  # batch 8 of plain fine-tuning exceeds the nRF52840's 256 KB
+    for r in rows:
+        if r["fits"]:
+            assert r["measured_peak_bytes"] > 0 and r["accuracy_after"] is not None
+            assert abs(r["measured_peak_bytes"] - r["predicted_peak_bytes"]) <= 0.05 * r["predicted_peak_bytes"]
+    assert (tmp_path / "bench.md").read_text().count("| mcu-cnn |") == 6
+    assert len(out["auto_pareto"]) == 2
+
+
+def test_bench_rejects_unknown_strategies_and_models():
+    from edgetrain.strategies._bench import config_from_args
+
+    with pytest.raises(UnknownSystemError):
+        config_from_args(True, systems=["checkmate"])
+    with pytest.raises(Exception, match="the bench runs models"):
+        config_from_args(True, models=["resnet18"])
