@@ -121,13 +121,7 @@ def mcu_run(out_dir: "str | Path", *, timeout_s: float = 600.0) -> McuRunResult:
     meta = _meta(out)
     tgt = get_target(meta["target"])
     exe = build_project(out)
-    if tgt.kind is TargetKind.HOST:
-        cmd = [str(exe)]
-    else:
-        qemu = _need("qemu-system-arm", "qemu-system-arm")
-        cmd = [qemu, "-M", tgt.qemu_machine, "-cpu", tgt.name, "-icount", "shift=0",
-               "-semihosting-config", "enable=on,target=native", "-nographic",
-               "-monitor", "none", "-serial", "none", "-kernel", str(exe)]
+    cmd = run_command(tgt, exe)
     try:
         # QEMU writes semihosting output to stderr: read both streams as one
         r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -140,6 +134,17 @@ def mcu_run(out_dir: "str | Path", *, timeout_s: float = 600.0) -> McuRunResult:
         raise McuRunError(f"the program did not finish cleanly (exit {r.returncode}):\n"
                           f"{text[-3000:]}")
     return _parse(text, meta, tgt, exe)
+
+
+def run_command(tgt, exe: Path) -> list[str]:
+    """The host binary, or QEMU with one instruction per virtual nanosecond (-icount shift=0)
+    and semihosting."""
+    if tgt.kind is TargetKind.HOST:
+        return [str(exe)]
+    qemu = _need("qemu-system-arm", "qemu-system-arm")
+    return [qemu, "-M", tgt.qemu_machine, "-cpu", tgt.name, "-icount", "shift=0",
+            "-semihosting-config", "enable=on,target=native", "-nographic",
+            "-monitor", "none", "-serial", "none", "-kernel", str(exe)]
 
 
 def _f32(h: str) -> float:
