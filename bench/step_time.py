@@ -155,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and models")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="intra-op threads (default 1: on a shared host, multi-threaded kernels "
+                         "stall when another process holds a core, which swamps the ratios)")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     reps = 5 if args.quick else 15
     over_cases = [("mcu-cnn", 8), ("transformer-tiny", 8), ("mbv2-w0.35", 8), ("resnet18-cifar", 8)]
     sweep_cases = [("mbv2-w0.35", 8), ("resnet18-cifar", 8)]

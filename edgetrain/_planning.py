@@ -193,7 +193,9 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
                         if low < smallest[0]:
                             smallest = (low, prob)
                         continue
-                    if best is None or ev.objective(obj) < best[0].objective(obj):
+                    # Ties (equal work up to float rounding) go to the earlier candidate: the
+                    # larger micro-batch, and no in-place update.
+                    if best is None or ev.objective(obj) < best[0].objective(obj) * (1 - 1e-9):
                         best = (ev, prob, pol, mb, in_place, freeze)
             if best is not None:
                 break  # BN live is preferred whenever it fits
