@@ -75,6 +75,14 @@ class NodeKind(enum.Enum):
     BACKWARD = "backward"
 
 
+class Granularity(enum.Enum):
+    """What the MILP may decide. NODE: POET's formulation, any node on its own. STAGE: every
+    forward node of a stage is recomputed (or paged) together, as the runtime executes it."""
+
+    NODE = "node"
+    STAGE = "stage"
+
+
 class MilpStatus(enum.Enum):
     OPTIMAL = "optimal"  # HiGHS proved optimality (within mip_rel_gap)
     FEASIBLE = "feasible"  # time limit reached with an incumbent; see the gap
@@ -88,6 +96,7 @@ class PoetNode:
     name: str
     kind: NodeKind
     ir_index: int  # index of the IR node (the operator) it computes or differentiates
+    stage: int  # index of the Problem's stage (module) the operator belongs to
     mem_bytes: int  # output bytes (mem_i)
     workspace_bytes: int  # transient while it runs (ws_i); includes transient param grads
     param_grad_bytes: int  # parameter gradients it allocates that stay to the end (grad_i)
@@ -117,6 +126,7 @@ class NodeGraph:
     base_cost: float
     base_time_s: float
     objective: Objective
+    stage_choices: tuple[tuple[ActivationDecision, ...], ...]  # allowed decisions per stage
 
     @property
     def n(self) -> int:
@@ -149,6 +159,7 @@ def build_node_graph(p: Problem) -> NodeGraph:
     persistent = {t.storage for t in g.tensors if t.role in _PERSISTENT}
     has_grad_fn = [n.output in rg and n.op is not OpKind.BUFFER_UPDATE for n in g.nodes]
     persist_grads = not p.in_place_update and p.accumulation_steps <= 1
+    stage_of_ir = {i: k for k, st in enumerate(p.stages) for i in range(st.start, st.stop)}
 
     nodes: list[PoetNode] = []
     owner: dict[str, int] = {}  # storage -> forward node that allocates it
@@ -168,46 +179,53 @@ def build_node_graph(p: Problem) -> NodeGraph:
                 continue  # a view (its output aliases another node's storage), or no aux
             for s in new:
                 owner[s] = len(nodes)
-            nodes.append(PoetNode(n.name + suffix, NodeKind.FORWARD, j,
+            nodes.append(PoetNode(n.name + suffix, NodeKind.FORWARD, j, stage_of_ir[j],
                                   sum(sbytes[s] for s in new), ws, 0, cost, deps,
                                   pageable=p.allow_paging))
 
+    # Gradients accumulate in one buffer per tensor (autograd's InputBuffer): the first
+    # backward node to deliver a gradient for tensor X (the consumer of X latest in forward)
+    # allocates X's slot; later contributors add into it in place (a transient), and X's
+    # producer reads it. `add` and views hand their slot on, so they have no node of their own.
     bwd_of: dict[int, int] = {}  # IR index -> backward node
-    sources: dict[str, frozenset[int]] = {}
+    slots: dict[str, int | None] = {}
 
-    def grad_sources(tensor: str) -> frozenset[int]:
-        """Backward nodes whose outputs hold (part of) the gradient of `tensor`."""
-        if tensor not in sources:
-            out: set[int] = set()
-            for c in g.consumers.get(tensor, ()):
+    def slot(tensor: str) -> int | None:
+        """The backward node whose output holds `tensor`'s gradient (None: none reaches it)."""
+        if tensor not in slots:
+            found = None
+            for c in sorted(g.consumers.get(tensor, ()), reverse=True):
                 if not has_grad_fn[c]:
                     continue
-                if g.nodes[c].op in _PASS_THROUGH:
-                    out |= grad_sources(g.nodes[c].output)
-                elif c in bwd_of:
-                    out.add(bwd_of[c])
-            sources[tensor] = frozenset(out)
-        return sources[tensor]
+                found = slot(g.nodes[c].output) if g.nodes[c].op in _PASS_THROUGH \
+                    else bwd_of.get(c)
+                if found is not None:
+                    break
+            slots[tensor] = found
+        return slots[tensor]
 
     for j in range(len(g.nodes) - 1, -1, -1):
         n = g.nodes[j]
         if not has_grad_fn[j] or n.op in _PASS_THROUGH:
             continue
-        srcs = grad_sources(n.output)
-        if not srcs and n.output != g.loss:
+        incoming = slot(n.output)
+        if incoming is None and n.output != g.loss:
             continue  # no gradient reaches this operator
+        me = bwd_of[j] = len(nodes)
         saved = {owner[storage[s]] for s in n.saved if storage[s] in owner}
-        act_in = {x: g.tensor(x).nbytes for x in n.inputs
-                  if x in rg and x not in g.param_by_tensor}
+        act_in = [x for x in dict.fromkeys(n.inputs) if x in rg and x not in g.param_by_tensor]
+        own = sum(g.tensor(x).nbytes for x in act_in if slot(x) == me)
+        into = {slot(x) for x in act_in if slot(x) != me}  # accumulate into existing slots
+        transient = sum(g.tensor(x).nbytes for x in act_in if slot(x) != me)
         pgrad = sum(g.param_by_tensor[x].nbytes for x in dict.fromkeys(n.inputs)
                     if x in rg and x in g.param_by_tensor)
-        ws = workspace_bytes(g, n, p.kernels, input_grad=n.inputs[0] in rg)[1]
-        bwd_of[j] = len(nodes)
+        ws = workspace_bytes(g, n, p.kernels, input_grad=n.inputs[0] in rg)[1] + transient
+        deps = saved | into | ({incoming} if incoming is not None else set())
         nodes.append(PoetNode(
-            f"{n.name}.backward", NodeKind.BACKWARD, j, sum(act_in.values()),
+            f"{n.name}.backward", NodeKind.BACKWARD, j, stage_of_ir[j], own,
             ws + (0 if persist_grads else pgrad), pgrad if persist_grads else 0,
             n.flops_backward_input + n.flops_backward_params + n.vector_ops_backward,
-            tuple(sorted(saved | srcs)), pageable=False))
+            tuple(sorted(deps)), pageable=False))
 
     # static_t: live throughout (as `cost.simulate_step` allocates it) + earlier param grads
     trainable = ({q.name for q in g.params if q.trainable} if p.trainable is None
@@ -242,7 +260,7 @@ def build_node_graph(p: Problem) -> NodeGraph:
     else:
         rec_c, wr_c, rd_c = rec_t, wr_t, rd_t
     return NodeGraph(tuple(nodes), tuple(static), rec_c, wr_c, rd_c, rec_t, wr_t, rd_t,
-                     keep.objective(p.objective), keep.latency_s, p.objective)
+                     keep.objective(p.objective), keep.latency_s, p.objective, p.choices)
 
 
 # -- the node-level schedule and its independent validator ------------------------------------
@@ -381,30 +399,35 @@ def validate_node_schedule(ng: NodeGraph, s: NodeSchedule, budget_bytes: int,
     return ScheduleReport(peak, peak_stage, written, read, transfers, rflops, cost, lat)
 
 
-def lift_stage_decisions(ng: NodeGraph, p: Problem,
+def lift_stage_decisions(ng: NodeGraph,
                          decisions: tuple[ActivationDecision, ...]) -> NodeSchedule:
     """The node schedule that executes stage decisions the way the runtime does: a RECOMPUTE
-    stage re-runs all its forward nodes in the stage of the first backward node that needs one
-    of them (non-reentrant checkpoint), a PAGE stage writes its activations that backward reads
-    right after computing them and reads each back when backward first needs it."""
+    stage re-runs all its forward nodes in the stage of its own first backward node
+    (non-reentrant checkpoint), a PAGE stage writes the activations its own backward nodes
+    read right after computing them and reads each back when the first of those needs it."""
     n = ng.n
-    stage_of_ir = {i: k for k, st in enumerate(p.stages) for i in range(st.start, st.stop)}
-    dec_of = [decisions[stage_of_ir[x.ir_index]] for x in ng.nodes]
+    if len(decisions) != len(ng.stage_choices):
+        raise InvalidArgumentError(f"{len(decisions)} stage decisions for a problem with "
+                                   f"{len(ng.stage_choices)} stages")
+    dec_of = [decisions[x.stage] for x in ng.nodes]
     users = ng.users()
     compute: list[set[int]] = [{t} for t in range(n)]
     for k, d in enumerate(decisions):
         if d is not RECOMPUTE:
             continue
         members = [i for i, x in enumerate(ng.nodes)
-                   if x.kind is NodeKind.FORWARD and stage_of_ir[x.ir_index] == k]
-        bwd = [u for i in members for u in users[i] if ng.nodes[u].kind is NodeKind.BACKWARD]
+                   if x.kind is NodeKind.FORWARD and x.stage == k]
+        # checkpoint re-runs the segment when backward first unpacks inside it
+        bwd = [u for i in members for u in users[i] if ng.nodes[u].kind is NodeKind.BACKWARD
+               and ng.nodes[u].stage == k]
         if bwd:
             compute[min(bwd)].update(members)
     page_in: list[set[int]] = [set() for _ in range(n)]
     page_out: list[set[int]] = [set() for _ in range(n)]
     for i, x in enumerate(ng.nodes):
         if x.kind is NodeKind.FORWARD and dec_of[i] is PAGE and x.pageable:
-            bwd = [u for u in users[i] if ng.nodes[u].kind is NodeKind.BACKWARD]
+            bwd = [u for u in users[i]
+                   if ng.nodes[u].kind is NodeKind.BACKWARD and ng.nodes[u].stage == x.stage]
             if bwd:
                 page_out[i].add(i)
                 page_in[min(bwd)].add(i)
@@ -420,11 +443,12 @@ def lift_stage_decisions(ng: NodeGraph, p: Problem,
                 ram[t].add(v)
     for t in range(n):  # a value already in RAM is not recomputed
         compute[t] -= ram[t] - {t}
-    storage = [set() for _ in range(n)]
+    storage: list[set[int]] = [set() for _ in range(n)]
+    last = ng.last_need()
     for v in range(n):
         for t0 in range(n):
             if v in page_out[t0]:
-                for t in range(t0 + 1, n):
+                for t in range(t0 + 1, last[v] + 1):
                     storage[t].add(v)
     return NodeSchedule(tuple(tuple(sorted(c)) for c in compute),
                         tuple(frozenset(r) for r in ram), tuple(frozenset(x) for x in storage),
@@ -473,6 +497,9 @@ class _Model:
         self.vals: list[float] = []
         self.rlo: list[float] = []
         self.rhi: list[float] = []
+        self.family = ""  # the constraint family rows are added to (for `milp_admits`)
+        self.families: list[str] = []
+        self.unit = self.scale = 1.0
 
     def var(self, key: tuple, cost: float = 0.0, lb: float = 0.0, ub: float = 1.0,
             integral: bool = True) -> int:
@@ -492,15 +519,68 @@ class _Model:
                 self.vals.append(v)
         self.rlo.append(lo)
         self.rhi.append(hi)
+        self.families.append(self.family)
 
 
 def solve_node_milp(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
                     deadline_s: float | None = None, *,
-                    time_limit_s: float = 60.0, mip_rel_gap: float = 1e-6) -> MilpSolution:
-    """Build and solve the POET/Checkmate MILP of the module's legend on HiGHS."""
+                    granularity: Granularity = Granularity.NODE, time_limit_s: float = 60.0,
+                    mip_rel_gap: float = 1e-6, shortcut: bool = True) -> MilpSolution:
+    """Build and solve the POET/Checkmate MILP of the module's legend on HiGHS.
+
+    `shortcut`: if plain training (keep everything) fits, it is optimal — every term of the
+    objective is a non-negative extra cost — and HiGHS is not called (`solve_time_s` 0).
+    """
     if time_limit_s <= 0:
         raise InvalidArgumentError(f"time_limit_s = {time_limit_s} must be > 0 seconds")
     t0 = time.perf_counter()
+    if shortcut:
+        keep = lift_stage_decisions(ng, tuple(KEEP for _ in ng.stage_choices))
+        try:
+            rep = validate_node_schedule(ng, keep, budget_bytes, capacity_bytes)
+        except NodeScheduleError:
+            rep = None
+        if rep is not None and (deadline_s is None or rep.latency_s <= deadline_s):
+            return MilpSolution(MilpStatus.OPTIMAL, keep, rep.cost, rep.cost, 0.0, 0.0,
+                                time.perf_counter() - t0, 0, 0, 0, budget_bytes)
+    m = _build_model(ng, budget_bytes, capacity_bytes, deadline_s, granularity)
+    n, scale = ng.n, m.scale
+    nv = len(m.cost)
+    a = coo_matrix((m.vals, (m.ri, m.ci)), shape=(len(m.rlo), nv)).tocsr()
+    build_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    res = milp(np.array(m.cost), constraints=LinearConstraint(a, m.rlo, m.rhi),
+               integrality=np.array(m.integral), bounds=Bounds(m.lb, m.ub),
+               options={"time_limit": time_limit_s, "disp": False, "mip_rel_gap": mip_rel_gap})
+    solve_s = time.perf_counter() - t1
+    nbin = int(sum(m.integral))
+    stats = dict(solve_time_s=solve_s, build_time_s=build_s, n_binaries=nbin,
+                 n_continuous=nv - nbin, n_constraints=len(m.rlo), model_budget_bytes=budget_bytes)
+    bound = getattr(res, "mip_dual_bound", None)
+    bound = None if bound is None or not math.isfinite(bound) else ng.base_cost + bound * scale
+    if res.x is None:
+        status = MilpStatus.INFEASIBLE if res.status == 2 else MilpStatus.NO_SOLUTION
+        return MilpSolution(status, None, None, bound, None, **stats)
+    x = np.round(res.x).astype(int)
+
+    def on(key) -> bool:
+        c = m.col.get(key)
+        return c is not None and x[c] == 1
+
+    sched = NodeSchedule(
+        tuple(tuple(k for k in range(t + 1) if k == t or on(("R", t, k))) for t in range(n)),
+        tuple(frozenset(i for i in range(t) if on(("S", t, i))) for t in range(n)),
+        tuple(frozenset(i for i in range(t) if on(("SD", t, i))) for t in range(n)),
+        tuple(frozenset(i for i in range(t) if on(("Min", t, i))) for t in range(n)),
+        tuple(frozenset(i for i in range(t + 1) if on(("Mout", t, i))) for t in range(n)))
+    status = MilpStatus.OPTIMAL if res.status == 0 else MilpStatus.FEASIBLE
+    gap = getattr(res, "mip_gap", None)
+    return MilpSolution(status, sched, ng.base_cost + float(res.fun) * scale, bound,
+                        None if gap is None or not math.isfinite(gap) else float(gap), **stats)
+
+
+def _build_model(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
+                 deadline_s: float | None, granularity: Granularity) -> _Model:
     n, nodes = ng.n, ng.nodes
     users, last = ng.users(), ng.last_need()
     fwd = [x.kind is NodeKind.FORWARD for x in nodes]
@@ -509,6 +589,7 @@ def solve_node_milp(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
     scale = max(ng.base_cost, 1e-30)  # objective in units of plain training's cost
     budget = 1.0 - 1e-7  # HiGHS's feasibility tolerance is 1e-7: stay strictly inside
     m = _Model()
+    m.unit, m.scale = unit, scale
 
     # ---- variables ------------------------------------------------------------------------
     # R[t,i]: forward nodes from their own stage (fixed 1) to last_need; backward: own stage.
@@ -544,6 +625,7 @@ def solve_node_milp(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
         return out, const
 
     # ---- (1) dependencies (Checkmate: R[t,k] <= R[t,i] + S[t,i]; POET: + M_in[t,i]) --------
+    m.family = "(1) dependencies"
     for t in range(n):
         for k in range(t + 1):
             if Rv(t, k) is None:
@@ -557,6 +639,7 @@ def solve_node_milp(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
     # ---- (3) storage residency (POET): S_SD[t+1,i] <= S_SD[t,i] + M_out[t,i] ---------------
     # ---- (4) page out only what is in RAM, page in only what is in storage -----------------
     # ---- (5) one source per stage: S + R + M_in <= 1; (6) each value written at most once ---
+    m.family = "(2-6) residency and paging"
     for i in range(n):
         for t in range(i + 1, last[i] + 1):
             row, c = terms((1.0, S(t, i)), (-1.0, S(t - 1, i)), (-1.0, Rv(t - 1, i)),
@@ -583,6 +666,7 @@ def solve_node_milp(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
     #   U[t,prev] + R[t,k] (mem_k + ws_k + grad_k) <= budget;  0 <= U <= budget
     # ---- (8) FREE linearised (Checkmate): with hazards = (1 - R[t,k]) + S[t+1,i]
     #          + sum_{j in users(i), j > k} R[t,j]:  1 - FREE <= hazards <= kappa (1 - FREE)
+    m.family = "(7-8) memory and FREE"
     for t in range(n):
         u_prev = m.var(("U", t, -1), lb=0.0, ub=budget, integral=False)
         row = {u_prev: 1.0}
@@ -618,10 +702,52 @@ def solve_node_milp(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
                 hi_row = dict(hrow)
                 hi_row[f] = hi_row.get(f, 0.0) + kappa
                 m.row(hi_row, -np.inf, kappa - 1.0 - hc)  # hazards + kappa FREE <= kappa
-            m.row(row, c, c)
+            m.row(row, -c, -c)
             u_prev = u
 
+    # ---- (S) stage granularity: what the runtime executes (non-reentrant checkpoint) -------
+    #   rec_s, page_s in {0,1}, rec_s + page_s <= 1, each only where the stage allows it.
+    #   A recomputed stage re-runs its forward nodes once, in the stage r_s of its own first
+    #   backward node: R[r_s,i] = rec_s, R[t,i] = 0 for other t != i; the values only its own
+    #   nodes read are dropped after their last forward use f_i: S[t,i] <= 1 - rec_s for
+    #   f_i < t <= r_s.
+    #   A paged stage writes each value its own backward reads right after computing it:
+    #   M_out[i,i] = page_s, M_out[t,i] = 0 for t != i.
+    m.family = "(S) stage granularity"
+    if granularity is Granularity.STAGE:
+        for st, allowed in enumerate(ng.stage_choices):
+            members = [i for i in range(n) if fwd[i] and nodes[i].stage == st]
+            own_bwd = [u for i in members for u in users[i]
+                       if nodes[u].kind is NodeKind.BACKWARD and nodes[u].stage == st]
+            r_s = min(own_bwd) if own_bwd else None
+            rec = m.var(("rec", st), ub=1.0 if RECOMPUTE in allowed and r_s else 0.0)
+            pag = m.var(("page", st), ub=1.0 if PAGE in allowed else 0.0)
+            m.row({rec: 1.0, pag: 1.0}, -np.inf, 1.0)
+            for i in members:
+                for t in range(i + 1, last[i] + 1):
+                    c = m.col[("R", t, i)]
+                    if t == r_s:
+                        m.row({c: 1.0, rec: -1.0}, 0.0, 0.0)
+                    else:
+                        m.ub[c] = 0.0
+                internal = all(nodes[u].stage == st for u in users[i])
+                fwd_done = max([u for u in users[i] if fwd[u]], default=i)
+                if r_s is not None and internal:
+                    for t in range(fwd_done + 1, min(r_s, last[i]) + 1):
+                        m.row({m.col[("S", t, i)]: 1.0, rec: 1.0}, -np.inf, 1.0)
+                reads = any(nodes[u].kind is NodeKind.BACKWARD and nodes[u].stage == st
+                            for u in users[i])
+                for t in range(i, last[i]):
+                    c = m.col.get(("Mout", t, i))
+                    if c is None:
+                        continue
+                    if t == i and reads:
+                        m.row({c: 1.0, pag: -1.0}, 0.0, 0.0)
+                    else:
+                        m.ub[c] = 0.0
+
     # ---- (9) storage capacity and (10) deadline, paging time included (POET leaves out) -----
+    m.family = "(9-10) capacity and deadline"
     outs = {c: mem[key[2]] / unit for key, c in m.col.items() if key[0] == "Mout"}
     if outs:
         m.row(outs, -np.inf, capacity_bytes / unit)
@@ -635,41 +761,70 @@ def solve_node_milp(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
             elif key[0] == "Mout":
                 row[c] = ng.write_time_s[key[2]]
         m.row(row, -np.inf, deadline_s - ng.base_time_s)
-
-    nv = len(m.cost)
-    a = coo_matrix((m.vals, (m.ri, m.ci)), shape=(len(m.rlo), nv)).tocsr()
-    build_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    res = milp(np.array(m.cost), constraints=LinearConstraint(a, m.rlo, m.rhi),
-               integrality=np.array(m.integral), bounds=Bounds(m.lb, m.ub),
-               options={"time_limit": time_limit_s, "disp": False, "mip_rel_gap": mip_rel_gap})
-    solve_s = time.perf_counter() - t1
-    nbin = int(sum(m.integral))
-    stats = dict(solve_time_s=solve_s, build_time_s=build_s, n_binaries=nbin,
-                 n_continuous=nv - nbin, n_constraints=len(m.rlo), model_budget_bytes=budget_bytes)
-    bound = getattr(res, "mip_dual_bound", None)
-    bound = None if bound is None or not math.isfinite(bound) else ng.base_cost + bound * scale
-    if res.x is None:
-        status = MilpStatus.INFEASIBLE if res.status == 2 else MilpStatus.NO_SOLUTION
-        return MilpSolution(status, None, None, bound, None, **stats)
-    x = np.round(res.x).astype(int)
-
-    def on(key) -> bool:
-        c = m.col.get(key)
-        return c is not None and x[c] == 1
-
-    sched = NodeSchedule(
-        tuple(tuple(k for k in range(t + 1) if k == t or on(("R", t, k))) for t in range(n)),
-        tuple(frozenset(i for i in range(t) if on(("S", t, i))) for t in range(n)),
-        tuple(frozenset(i for i in range(t) if on(("SD", t, i))) for t in range(n)),
-        tuple(frozenset(i for i in range(t) if on(("Min", t, i))) for t in range(n)),
-        tuple(frozenset(i for i in range(t + 1) if on(("Mout", t, i))) for t in range(n)))
-    status = MilpStatus.OPTIMAL if res.status == 0 else MilpStatus.FEASIBLE
-    gap = getattr(res, "mip_gap", None)
-    return MilpSolution(status, sched, ng.base_cost + float(res.fun) * scale, bound,
-                        None if gap is None or not math.isfinite(gap) else float(gap), **stats)
+    return m
 
 
+def milp_admits(ng: NodeGraph, s: NodeSchedule, budget_bytes: int, capacity_bytes: int,
+                deadline_s: float | None = None,
+                granularity: Granularity = Granularity.NODE) -> list[str]:
+    """The constraint families of the MILP that the schedule `s` violates (empty: the MILP
+    admits it, so its optimum is at most `s`'s cost). FREE and U follow from `s` by
+    Checkmate's definitions; a schedule decision the model has no variable for is reported."""
+    m = _build_model(ng, budget_bytes, capacity_bytes, deadline_s, granularity)
+    users, nodes = ng.users(), ng.nodes
+    x = np.zeros(len(m.cost))
+    bad: list[str] = []
+
+    def put(key, on: bool) -> None:
+        if on:
+            c = m.col.get(key)
+            if c is None:
+                bad.append(f"no variable {key}")
+            else:
+                x[c] = 1.0
+
+    for t in range(ng.n):
+        for i in s.compute[t]:
+            if i != t:
+                put(("R", t, i), True)
+        for i in s.ram[t]:
+            put(("S", t, i), True)
+        for i in s.storage[t]:
+            put(("SD", t, i), True)
+        for i in s.page_in[t]:
+            put(("Min", t, i), True)
+        for i in s.page_out[t]:
+            put(("Mout", t, i), True)
+    rec, pag = ({nodes[i].stage for i in s.recomputed()}, {nodes[i].stage for i in s.paged()})
+    for st in range(len(ng.stage_choices)):
+        put(("rec", st), st in rec and granularity is Granularity.STAGE)
+        put(("page", st), st in pag and granularity is Granularity.STAGE)
+    for t in range(ng.n):
+        comp = set(s.compute[t])
+        nxt = s.ram[t + 1] if t + 1 < ng.n else frozenset()
+        u = (ng.static_bytes[t] + sum(nodes[i].mem_bytes for i in s.ram[t] | s.page_in[t]))
+        x[m.col[("U", t, -1)]] = u / m.unit
+        for k in range(t + 1):
+            if ("U", t, k) not in m.col:
+                continue
+            if k in comp:
+                u += nodes[k].mem_bytes + nodes[k].param_grad_bytes
+                for i in (*nodes[k].deps, k):
+                    if ("FREE", t, i, k) in m.col and i not in nxt and not any(
+                            k < j <= t and j in comp for j in users[i]):
+                        x[m.col[("FREE", t, i, k)]] = 1.0
+                        u -= nodes[i].mem_bytes
+            x[m.col[("U", t, k)]] = u / m.unit
+    a = coo_matrix((m.vals, (m.ri, m.ci)), shape=(len(m.rlo), len(m.cost))).tocsr()
+    ax = a @ x
+    tol = 1e-9
+    for r in np.nonzero((ax < np.array(m.rlo) - tol) | (ax > np.array(m.rhi) + tol))[0]:
+        bad.append(f"{m.families[r]}: row {r} = {ax[r]:.9g} outside "
+                   f"[{m.rlo[r]:.9g}, {m.rhi[r]:.9g}]")
+    for c in np.nonzero((x < np.array(m.lb) - tol) | (x > np.array(m.ub) + tol))[0]:
+        key = next(k for k, v in m.col.items() if v == c)
+        bad.append(f"bounds: {key} = {x[c]:.9g} outside [{m.lb[c]:.9g}, {m.ub[c]:.9g}]")
+    return bad
 
 
 # -- the solver ---------------------------------------------------------------------------------
@@ -677,9 +832,8 @@ def project_to_stages(p: Problem, ng: NodeGraph,
                       s: NodeSchedule) -> tuple[ActivationDecision, ...]:
     """Stage decisions for the runtime: RECOMPUTE if any of the stage's nodes is recomputed,
     else PAGE if any is paged out, else KEEP (within what the stage allows)."""
-    stage_of_ir = {i: k for k, st in enumerate(p.stages) for i in range(st.start, st.stop)}
-    rec = {stage_of_ir[ng.nodes[i].ir_index] for i in s.recomputed()}
-    pag = {stage_of_ir[ng.nodes[i].ir_index] for i in s.paged()}
+    rec = {ng.nodes[i].stage for i in s.recomputed()}
+    pag = {ng.nodes[i].stage for i in s.paged()}
     out = []
     for k, allowed in enumerate(p.choices):
         d = RECOMPUTE if k in rec else PAGE if k in pag else KEEP
@@ -701,7 +855,8 @@ class PoetResult:
     rounds: int  # budget tightenings until the exact simulation agreed
 
 
-def poet_solve(p: Problem, *, time_limit_s: float = 60.0, max_rounds: int = 4) -> PoetResult:
+def poet_solve(p: Problem, *, time_limit_s: float = 60.0,
+               granularity: Granularity = Granularity.NODE, max_rounds: int = 4) -> PoetResult:
     """Solve the node-level MILP, validate its schedule, project it onto stages and evaluate
     exactly; tighten the model's budget by the exact overshoot and re-solve if needed."""
     from edgetrain.planner._solvers import PlanInfeasibleError  # _solvers imports this module
@@ -711,19 +866,22 @@ def poet_solve(p: Problem, *, time_limit_s: float = 60.0, max_rounds: int = 4) -
     model_budget = p.budget_bytes
     best: Evaluation | None = None
     for rnd in range(1, max_rounds + 1):
-        sol = solve_node_milp(ng, model_budget, capacity, p.deadline_s, time_limit_s=time_limit_s)
+        sol = solve_node_milp(ng, model_budget, capacity, p.deadline_s, granularity=granularity,
+                              time_limit_s=time_limit_s)
         if sol.schedule is None:
-            why = ("HiGHS proved the node-level model infeasible"
-                   if sol.status is MilpStatus.INFEASIBLE else
-                   f"HiGHS reached its time limit of {time_limit_s:g} s before any schedule "
-                   f"({sol.n_binaries:,} binaries, {sol.n_constraints:,} rows); raise "
-                   "time_limit_s or use the 'dp' solver")
             ref = best or p.evaluate(tuple(RECOMPUTE if RECOMPUTE in c else KEEP
                                            for c in p.choices))
+            peak = (f"the smallest peak found is {ref.peak_bytes:,} bytes "
+                    f"({ref.peak_bytes / max(1, p.budget_bytes):.2f}x the budget)")
+            if sol.status is MilpStatus.INFEASIBLE:
+                raise PlanInfeasibleError(
+                    f"poet: HiGHS proved the node-level model infeasible: no schedule fits "
+                    f"{p.budget_bytes:,} bytes (model budget {model_budget:,}); {peak}")
             raise PlanInfeasibleError(
-                f"poet: {why} at a model budget of {model_budget:,} bytes; no schedule fits "
-                f"{p.budget_bytes:,} bytes; the smallest peak found is {ref.peak_bytes:,} bytes "
-                f"({ref.peak_bytes / max(1, p.budget_bytes):.2f}x the budget)")
+                f"poet: HiGHS reached its time limit of {time_limit_s:g} s before finding any "
+                f"schedule for {p.budget_bytes:,} bytes ({sol.n_binaries:,} binaries, "
+                f"{sol.n_constraints:,} rows); {peak}; raise time_limit_s or use the 'dp' "
+                "solver")
         report = validate_node_schedule(ng, sol.schedule, model_budget, capacity)
         ev = p.evaluate(project_to_stages(p, ng, sol.schedule))
         if p.feasible(ev):
@@ -737,6 +895,7 @@ def poet_solve(p: Problem, *, time_limit_s: float = 60.0, max_rounds: int = 4) -
         f"({best.peak_bytes / max(1, p.budget_bytes):.2f}x the budget); use the 'dp' solver")
 
 
-def poet_milp(p: Problem, *, time_limit_s: float = 60.0) -> Evaluation:
+def poet_milp(p: Problem, *, time_limit_s: float = 60.0,
+              granularity: Granularity = Granularity.NODE) -> Evaluation:
     """The POET/Checkmate node-level MILP as a solver (`solver(problem) -> Evaluation`)."""
-    return poet_solve(p, time_limit_s=time_limit_s).evaluation
+    return poet_solve(p, time_limit_s=time_limit_s, granularity=granularity).evaluation
