@@ -177,7 +177,7 @@ def client_train(config: FederationConfig, client: ClientSpec, state: dict[str, 
     model = build_client_model(config, state)
     data = local_data(config, client.client_id)
     loss = local_train(model, plan, data.x_train, data.y_train, steps=config.local_steps,
-                       lr=config.lr, seed=config.seed * 100_003 + server_round * 1009 + client.client_id)
+                       lr=config.round_lr(server_round), seed=config.seed * 100_003 + server_round * 1009 + client.client_id)
     ranges = trained_ranges(model, plan)
     new = model.state_dict()
     deltas = {k: new[k][a:b].detach().double().numpy() - state[k][a:b].astype(np.float64)

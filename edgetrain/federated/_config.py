@@ -95,6 +95,7 @@ class FederationConfig:
     partition: Partition = Partition(PartitionKind.DIRICHLET, 0.5)
     local_steps: int = 20
     lr: float = 0.1
+    lr_decay: float = 1.0  # the local learning rate of round r is lr * lr_decay ** (r - 1)
     seed: int = 0
     train_samples: int = 12000
     test_samples: int = 2000
@@ -117,6 +118,8 @@ class FederationConfig:
             bad("seed", self.seed, "must be an integer >= 0")
         if not (math.isfinite(self.lr) and self.lr > 0):
             bad("lr", self.lr, "must be a positive number (e.g. 0.05)")
+        if not (math.isfinite(self.lr_decay) and 0 < self.lr_decay <= 1):
+            bad("lr_decay", self.lr_decay, "must be in (0, 1] (e.g. 0.97 per round)")
         if not 0.0 <= self.dropout < 1.0:
             bad("dropout", self.dropout, "must be a probability in [0, 1) (e.g. 0.3)")
         if self.clip_norm is not None and not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
@@ -135,6 +138,9 @@ class FederationConfig:
 
     def clients(self) -> tuple[ClientSpec, ...]:
         return self.fleet.clients()
+
+    def round_lr(self, server_round: int) -> float:
+        return self.lr * self.lr_decay ** (server_round - 1)
 
     def to_json(self) -> str:
         d = asdict(self)

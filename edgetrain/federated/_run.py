@@ -94,7 +94,7 @@ def plan_summary(plan_json: str) -> dict:
 
 def local_only(config: FederationConfig) -> tuple[dict[str, float], dict[str, float]]:
     """Each client trains alone from the same initial model for rounds x local_steps steps
-    under its plan. Returns the mean per kind of (held-out global test accuracy, accuracy on the
+    under its plan, with the federation's per-round learning rates and batch draws. Returns the mean per kind of (held-out global test accuracy, accuracy on the
     client's own local test split)."""
     import torch
 
@@ -111,8 +111,9 @@ def local_only(config: FederationConfig) -> tuple[dict[str, float], dict[str, fl
         model = build_client_model(config, init)
         d = local_data(config, c.client_id)
         with torch.random.fork_rng():
-            local_train(model, plan, d.x_train, d.y_train, steps=config.rounds * config.local_steps,
-                        lr=config.lr, seed=config.seed * 100_003 + c.client_id)
+            for r in range(1, config.rounds + 1):  # the federation's steps and lr schedule
+                local_train(model, plan, d.x_train, d.y_train, steps=config.local_steps,
+                            lr=config.round_lr(r), seed=config.seed * 100_003 + r * 1009 + c.client_id)
         glob.setdefault(c.kind, []).append(accuracy(model, xg, yg))
         loc.setdefault(c.kind, []).append(accuracy(model, d.x_test, d.y_test))
     mean = lambda v: sum(v) / len(v)  # noqa: E731
@@ -121,10 +122,12 @@ def local_only(config: FederationConfig) -> tuple[dict[str, float], dict[str, fl
 
 @contextlib.contextmanager
 def _quiet_flower(verbose: bool):
+    # Flower logs every failed client reply with a full traceback at ERROR level; the rounds'
+    # records carry each failure's reason, so without --verbose Flower's log is silenced.
     flwr_log = logging.getLogger("flwr")
     old = flwr_log.level
     if not verbose:
-        flwr_log.setLevel(logging.WARNING)
+        flwr_log.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
