@@ -368,3 +368,26 @@ def test_resumed_federation_equals_the_uninterrupted_one(tmp_path):
     for k in wb:
         assert torch.equal(wa[k], wb[k]), k
     assert resumed.final_accuracy == straight.final_accuracy
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("rounds", 0, "positive integer"), ("dropout", 1.0, "[0, 1)"), ("lr", -0.1, "positive"),
+    ("lr_decay", 1.5, "(0, 1]"), ("noise_multiplier", 1.0, "clip_norm"),
+    ("clip_norm", 0.0, "positive L2 norm"),
+])
+def test_bad_federation_settings_are_rejected(field, value, words):
+    from edgetrain.errors import InvalidArgumentError
+
+    kwargs = {"model": "mcu-cnn", "fleet": parse_fleet(FLEET), "rounds": 2, field: value}
+    with pytest.raises(InvalidArgumentError) as e:
+        FederationConfig(**kwargs)
+    assert field in str(e.value) and words in str(e.value)
+
+
+def test_infeasible_device_in_the_fleet_names_the_kind():
+    from edgetrain.federated import prepare_plans
+
+    cfg = FederationConfig(model="mcu-cnn", rounds=1,
+                           fleet=parse_fleet({"device": [{"kind": "samd21", "count": 1}]}))
+    with pytest.raises(FleetFileError, match="samd21.*batch_size = 8"):
+        prepare_plans(cfg.model, cfg)

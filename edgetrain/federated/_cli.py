@@ -53,7 +53,9 @@ def register(subparsers) -> None:
     f.add_argument("--partition", default="dirichlet:0.5", help="dirichlet:ALPHA or iid")
     f.add_argument("--local-steps", type=_positive_int, default=20,
                    help="optimizer steps per client per round")
-    f.add_argument("--lr", type=_positive_float, default=0.1)
+    f.add_argument("--lr", type=_positive_float, default=0.1, help="local SGD learning rate")
+    f.add_argument("--lr-decay", type=_positive_float, default=1.0,
+                   help="per-round factor on the learning rate (round r uses lr * decay^(r-1))")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--train-samples", type=_positive_int, default=12000,
                    help="training samples split over the clients")
@@ -81,7 +83,8 @@ def _cmd_federate(args: argparse.Namespace) -> int:
 
     cfg = FederationConfig(model=args.model, fleet=load_fleet(args.fleet), rounds=args.rounds,
                            data=args.data, partition=Partition.parse(args.partition),
-                           local_steps=args.local_steps, lr=args.lr, seed=args.seed,
+                           local_steps=args.local_steps, lr=args.lr, lr_decay=args.lr_decay,
+                           seed=args.seed,
                            train_samples=args.train_samples, test_samples=args.test_samples,
                            dropout=args.dropout, clip_norm=args.clip_norm,
                            noise_multiplier=args.noise_multiplier,
