@@ -17,6 +17,14 @@ PRELUDE = r"""
 #include <stdint.h>
 
 static void k_zero(float *p, int n) { for (int i = 0; i < n; i++) p[i] = 0.0f; }
+/* valid kernel taps for output row/column o: [lo, hi) with 0 <= o*s - p + k < n */
+static inline int k_lo(int o, int s, int p) { int v = p - o * s; return v > 0 ? v : 0; }
+static inline int k_hi(int o, int s, int p, int n, int K) { int v = n + p - o * s; return v < K ? v : K; }
+/* output positions o in [lo, hi) whose tap k reads inside the input: 0 <= o*s - p + k < n */
+static inline int o_lo(int k, int s, int p) { int v = p - k; return v > 0 ? (v + s - 1) / s : 0; }
+static inline int o_hi(int k, int s, int p, int n, int O) {
+    int v = n - 1 + p - k; if (v < 0) return 0; v = v / s + 1; return v < O ? v : O;
+}
 """
 
 KERNELS: dict[str, str] = {
@@ -30,25 +38,27 @@ static void conv2d_fwd(const float *x, const float *w, const float *b, float *y,
     for (int oc = 0; oc < Co; oc++) {
         const int g = oc / cog;
         const float *wo = w + (size_t)oc * cig * KH * KW;
+        const float *xg = x + ((size_t)n * Ci + g * cig) * H * W;
         float *yo = y + ((size_t)n * Co + oc) * Ho * Wo;
         const float bias = b ? b[oc] : 0.0f;
-        for (int oh = 0; oh < Ho; oh++)
-        for (int ow = 0; ow < Wo; ow++) {
-            float acc = 0.0f;
-            for (int ic = 0; ic < cig; ic++) {
-                const float *xc = x + ((size_t)n * Ci + g * cig + ic) * H * W;
-                const float *wc = wo + ic * KH * KW;
-                for (int kh = 0; kh < KH; kh++) {
-                    const int ih = oh * sh - ph + kh;
-                    if (ih < 0 || ih >= H) continue;
-                    for (int kw = 0; kw < KW; kw++) {
-                        const int iw = ow * sw - pw + kw;
-                        if (iw < 0 || iw >= W) continue;
-                        acc += xc[ih * W + iw] * wc[kh * KW + kw];
+        for (int oh = 0; oh < Ho; oh++) {
+            const int kh0 = k_lo(oh, sh, ph), kh1 = k_hi(oh, sh, ph, H, KH);
+            const int ih0 = oh * sh - ph;
+            for (int ow = 0; ow < Wo; ow++) {
+                const int kw0 = k_lo(ow, sw, pw), kw1 = k_hi(ow, sw, pw, W, KW);
+                const int iw0 = ow * sw - pw;
+                float acc = 0.0f;
+                for (int ic = 0; ic < cig; ic++) {
+                    const float *xc = xg + (size_t)ic * H * W;
+                    const float *wc = wo + ic * KH * KW;
+                    for (int kh = kh0; kh < kh1; kh++) {
+                        const float *xr = xc + (ih0 + kh) * W + iw0;
+                        const float *wr = wc + kh * KW;
+                        for (int kw = kw0; kw < kw1; kw++) acc += xr[kw] * wr[kw];
                     }
                 }
+                yo[oh * Wo + ow] = acc + bias;
             }
-            yo[oh * Wo + ow] = acc + bias;
         }
     }
 }
@@ -81,19 +91,21 @@ static void conv2d_bwd_input(const float *dy, const float *w, float *dx, int acc
         const int g = oc / cog;
         const float *wo = w + (size_t)oc * cig * KH * KW;
         const float *dyo = dy + ((size_t)n * Co + oc) * Ho * Wo;
-        for (int oh = 0; oh < Ho; oh++)
-        for (int ow = 0; ow < Wo; ow++) {
-            const float d = dyo[oh * Wo + ow];
-            for (int ic = 0; ic < cig; ic++) {
-                float *dxc = dx + ((size_t)n * Ci + g * cig + ic) * H * W;
-                const float *wc = wo + ic * KH * KW;
-                for (int kh = 0; kh < KH; kh++) {
-                    const int ih = oh * sh - ph + kh;
-                    if (ih < 0 || ih >= H) continue;
-                    for (int kw = 0; kw < KW; kw++) {
-                        const int iw = ow * sw - pw + kw;
-                        if (iw < 0 || iw >= W) continue;
-                        dxc[ih * W + iw] += d * wc[kh * KW + kw];
+        float *dxg = dx + ((size_t)n * Ci + g * cig) * H * W;
+        for (int oh = 0; oh < Ho; oh++) {
+            const int kh0 = k_lo(oh, sh, ph), kh1 = k_hi(oh, sh, ph, H, KH);
+            const int ih0 = oh * sh - ph;
+            for (int ow = 0; ow < Wo; ow++) {
+                const int kw0 = k_lo(ow, sw, pw), kw1 = k_hi(ow, sw, pw, W, KW);
+                const int iw0 = ow * sw - pw;
+                const float d = dyo[oh * Wo + ow];
+                for (int ic = 0; ic < cig; ic++) {
+                    float *dxc = dxg + (size_t)ic * H * W;
+                    const float *wc = wo + ic * KH * KW;
+                    for (int kh = kh0; kh < kh1; kh++) {
+                        float *dr = dxc + (ih0 + kh) * W + iw0;
+                        const float *wr = wc + kh * KW;
+                        for (int kw = kw0; kw < kw1; kw++) dr[kw] += d * wr[kw];
                     }
                 }
             }
@@ -124,23 +136,22 @@ static void conv2d_bwd_weight_sgd(const float *dy, const float *x, float *w, flo
     for (int oc = 0; oc < rows; oc++) {
         const int g = oc / cog;
         if (w) for (int ic = 0; ic < cig; ic++)
-        for (int kh = 0; kh < KH; kh++)
-        for (int kw = 0; kw < KW; kw++) {
-            float acc = 0.0f;
-            for (int n = 0; n < B; n++) {
-                const float *dyo = dy + ((size_t)n * Co + oc) * Ho * Wo;
-                const float *xc = x + ((size_t)n * Ci + g * cig + ic) * H * W;
-                for (int oh = 0; oh < Ho; oh++) {
-                    const int ih = oh * sh - ph + kh;
-                    if (ih < 0 || ih >= H) continue;
-                    for (int ow = 0; ow < Wo; ow++) {
-                        const int iw = ow * sw - pw + kw;
-                        if (iw < 0 || iw >= W) continue;
-                        acc += dyo[oh * Wo + ow] * xc[ih * W + iw];
+        for (int kh = 0; kh < KH; kh++) {
+            const int oh0 = o_lo(kh, sh, ph), oh1 = o_hi(kh, sh, ph, H, Ho);
+            for (int kw = 0; kw < KW; kw++) {
+                const int ow0 = o_lo(kw, sw, pw), ow1 = o_hi(kw, sw, pw, W, Wo);
+                float acc = 0.0f;
+                for (int n = 0; n < B; n++) {
+                    const float *dyo = dy + ((size_t)n * Co + oc) * Ho * Wo;
+                    const float *xc = x + ((size_t)n * Ci + g * cig + ic) * H * W;
+                    for (int oh = oh0; oh < oh1; oh++) {
+                        const float *dr = dyo + oh * Wo;
+                        const float *xr = xc + (oh * sh - ph + kh) * W - pw + kw;
+                        for (int ow = ow0; ow < ow1; ow++) acc += dr[ow] * xr[ow * sw];
                     }
                 }
+                w[(((size_t)oc * cig + ic) * KH + kh) * KW + kw] -= lr * acc;
             }
-            w[(((size_t)oc * cig + ic) * KH + kh) * KW + kw] -= lr * acc;
         }
         if (b) {
             float acc = 0.0f;
