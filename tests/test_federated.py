@@ -14,6 +14,9 @@ import pytest
 import torch
 
 from edgetrain.data import load_dataset
+
+flwr_app = pytest.importorskip("flwr.app")
+
 from edgetrain.federated import (FaultKind, FederationConfig, FleetFileError, Partition,
                                  PartialFedAvg, load_fleet, make_client_app, parse_fleet)
 from edgetrain.federated._client import (client_train, local_data, trained_ranges,
@@ -23,7 +26,6 @@ from edgetrain.federated._server import initial_state
 from edgetrain.federated._strategy import message_bytes
 from edgetrain.planner import Plan
 
-flwr_app = pytest.importorskip("flwr.app")
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.common.serde import message_to_proto  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
