@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgetrain._planning import _to_plan, plan
+from edgetrain._planning import SAFETY_MARGIN, _to_plan, plan
 from edgetrain._profile import host_kernels
 from edgetrain.capture import capture
 from edgetrain.cost import Optimizer, load_device
@@ -20,6 +21,7 @@ from edgetrain.measure import MemoryMeter, storage_bytes
 from edgetrain.models import build_model
 from edgetrain.planner import ActivationDecision, Objective, Plan, Strategy
 from edgetrain.planner._problem import Problem
+from edgetrain.planner._solvers import PlanInfeasibleError
 from edgetrain.runtime import NonFiniteLossError, Trainer
 
 K, R, P = ActivationDecision.KEEP, ActivationDecision.RECOMPUTE, ActivationDecision.PAGE
@@ -135,39 +137,108 @@ def _measure_plan(model, p, xs, ys):
     return max(peaks)
 
 
-MEMORY_CASES = [(m, b, f) for m in ("mcu-cnn", "transformer-tiny", "mbv2-w0.35", "mcunet")
-                for b in (1, 8) for f in (1.0, 0.5, 0.25)]
-SLOW = {"mbv2-w0.35", "mcunet"}
-
-
-KNOWN_GAP = pytest.mark.xfail(
-    reason="known gap (README, Status): with recompute/paging at batch 8, mbv2-w0.35 and mcunet "
-           "measure up to 12 % above the predicted peak", strict=False)
+MODELS = ("mcu-cnn", "mbv2-w0.35", "mcunet", "resnet18", "resnet18-cifar", "transformer-tiny",
+          "minilm")
+# The default run keeps the small cases (about 30 s on 2 cores); the rest is `slow`
+# (EDGETRAIN_SLOW=1, `make test-all`): the large models take 5 s to 2 min per case, mostly
+# planning over every micro-batch size.
+FAST = {("mcu-cnn", 1), ("mcu-cnn", 8), ("transformer-tiny", 1), ("transformer-tiny", 8),
+        ("mbv2-w0.35", 1), ("mcunet", 1)}
+MEMORY_CASES = [(m, b, f) for m in MODELS for b in (1, 8) for f in (1.0, 0.5, 0.25)]
 
 
 @pytest.mark.parametrize("name,batch,frac", [
-    pytest.param(*c, marks=[pytest.mark.slow, KNOWN_GAP]) if c[0] in SLOW and c[1] == 8 else c
-    for c in MEMORY_CASES])
+    c if (c[0], c[1]) in FAST else pytest.param(*c, marks=pytest.mark.slow) for c in MEMORY_CASES])
 def test_measured_peak_within_budget_and_prediction(name, batch, frac):
+    """Acceptance: every reference model x budgets of 100 / 50 / 25 % of the keep-all
+    activation memory x batch 1 and 8: measured peak <= budget and <= 1.10 x predicted, or a
+    PlanInfeasibleError that states a smallest achievable peak above the budget."""
     # Prepare: budget = keep-all peak minus (1 - frac) of the keep-all activation bytes
-    torch.manual_seed(0)
-    model, x = build_model(name, pretrained=False)
     from edgetrain._profile import profile
 
+    torch.manual_seed(0)
+    model, x = build_model(name, pretrained=False, num_classes=10)
     prof = profile(model, x, device="rpi4", batch_size=batch, name=name)
     budget = prof.cost.peak_bytes - int((1 - frac) * prof.cost.activation_bytes)
     try:
         p = plan(model, x, device="rpi4", budget_bytes=budget, batch_size=batch,
                  strategy="exact", name=name)
-    except Exception as e:  # infeasible budgets are allowed, but must say so with a typed error
-        assert type(e).__name__ == "PlanInfeasibleError"
-        pytest.skip(f"infeasible: {e}")
+    except PlanInfeasibleError as e:  # allowed, if the error says why with its numbers
+        smallest = int(re.search(r"smallest achievable peak is ([\d,]+) bytes", str(e))
+                       .group(1).replace(",", ""))
+        assert smallest > budget * (1 - SAFETY_MARGIN), str(e)
+        return
     xs, ys = batches(x, batch, 2)
     # Execute
     measured = _measure_plan(model, p, xs, ys)
     # Assert
     assert measured <= budget
     assert measured <= 1.10 * p.predicted_peak_bytes
+
+
+# Forced schedules that exercise each mechanism of the lifetime simulation against the
+# allocator: paging (the batch is never paged; batch norm's backward transient), checkpoint's
+# re-run forward with early stop, BN running statistics frozen during the re-run (no buffer
+# copies), micro-batch accumulation.
+SCHEDULE_CASES = [
+    # model, batch, micro, pattern, freeze_bn
+    ("mcu-cnn", 1, 1, [R], False),
+    ("mcu-cnn", 8, 8, [R, K], False),
+    ("mcu-cnn", 8, 2, [P, K, K, K, K, K], True),
+    ("mcu-cnn", 8, 4, [R, P, K], True),
+    ("transformer-tiny", 8, 8, [R, P], False),
+    ("mbv2-w0.35", 1, 1, [P], False),
+    ("mbv2-w0.35", 1, 1, [R], False),
+    ("mcunet", 2, 2, [P, R, K], False),
+]
+
+
+@pytest.mark.parametrize("name,batch,micro,pattern,freeze_bn", SCHEDULE_CASES)
+def test_forced_schedules_peak_matches_allocator(name, batch, micro, pattern, freeze_bn):
+    # Prepare
+    torch.manual_seed(0)
+    model, x = build_model(name, pretrained=False)
+    p = forced_plan(model, x, name, batch, micro, pattern, freeze_bn=freeze_bn)
+    assert any(s.decision is not K for s in p.stages)
+    xs, ys = batches(x, batch, 2)
+    # Execute
+    measured = _measure_plan(model, p, xs, ys)
+    # Assert: within 0.5 % (a few hundred bytes of small-tensor slack on the smallest model)
+    assert abs(measured - p.predicted_peak_bytes) <= 0.005 * measured, (
+        measured, p.predicted_peak_bytes)
+
+
+def test_paging_store_writes_what_the_plan_predicts_never_the_batch():
+    # Prepare: micro-batches are views of the batch; the first stage (which saves the input)
+    # is paged
+    torch.manual_seed(0)
+    model, x = build_model("mcu-cnn", pretrained=False)
+    p = forced_plan(model, x, "mcu-cnn", 8, 2, [P, K, K, K, K, K], freeze_bn=True)
+    xs, ys = batches(x, 8, 1)
+    # Execute
+    with Trainer(model, p, lr=0.01) as t:
+        t.step(xs[0], ys[0])
+        written, read = t.store.bytes_written, t.store.bytes_read
+    # Assert: autograd's saved storages of the paged stage, excluding the batch (oracle)
+    paged = model.features[0]
+    per_micro: dict[int, int] = {}
+    keep = {q.untyped_storage().data_ptr() for q in (*model.parameters(), *model.buffers())}
+
+    def pack(tensor):
+        st = tensor.untyped_storage()
+        if st.data_ptr() not in keep | {xb.untyped_storage().data_ptr()}:
+            per_micro[st.data_ptr()] = st.nbytes()
+        return tensor
+
+    xb = xs[0][:2].clone()
+    for m in paged.modules():  # as the plan runs it: batch norm frozen
+        if isinstance(m, BN):
+            m.eval()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        paged(xb)
+    expected = 4 * sum(per_micro.values())
+    assert written == read == expected
+    assert abs(p.predicted.storage_bytes_written - expected) <= 0.01 * expected
 
 
 def test_non_finite_loss_never_reaches_the_weights():
