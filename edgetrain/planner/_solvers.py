@@ -15,6 +15,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from edgetrain.errors import EdgetrainError
 from edgetrain.planner._plan import ActivationDecision
+from edgetrain.planner._poet import poet_milp
 from edgetrain.planner._problem import ChainModel, Evaluation, Problem
 
 KEEP, RECOMPUTE, PAGE = ActivationDecision.KEEP, ActivationDecision.RECOMPUTE, ActivationDecision.PAGE
@@ -209,5 +210,6 @@ SOLVERS: dict[str, Solver] = {
     "greedy": greedy,
     "dp": dp,
     "milp": milp_solver,
+    "poet": poet_milp,
 }
 BASELINES = ("keep-all", "recompute-all", "sqrt", "greedy")
