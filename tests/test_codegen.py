@@ -125,6 +125,9 @@ def test_cortex_m4_trains_within_device_limits_and_matches_pytorch(tmp_path):
     assert res.peak_sram_bytes <= res.sram_limit_bytes
     assert 0 < res.flash_bytes <= res.flash_limit_bytes
     assert 1e5 < res.instructions_per_step < 1e8
+    # the generator's own prediction (arena + trainable + labels + runtime reserve), made
+    # before building, against the linked and run program
+    assert abs(res.peak_sram_bytes / res.codegen_predicted_peak_sram_bytes - 1) < 0.05
 
 
 @needs_arm

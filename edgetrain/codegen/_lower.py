@@ -241,6 +241,10 @@ def lower(plan: Plan, graph: Graph, weights: "dict[str, np.ndarray]") -> Lowered
         raise UnsupportedKernelError("the graph does not end in cross_entropy; edgetrain's C "
                                      "trainer trains classifiers with softmax cross-entropy")
 
+    referenced = {s for op in ops for s in (op.weight, op.bias, op.extra.get("mean"),
+                                             op.extra.get("invstd")) if s}
+    arrays = {k: a for k, a in arrays.items() if k in referenced}  # folded originals go
+
     # -- what needs a gradient (the pruned backward) ---------------------------------------
     rg: set[str] = set()
     for op in ops:

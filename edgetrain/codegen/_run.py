@@ -36,6 +36,7 @@ class McuRunResult:
     flash_limit_bytes: int | None
     arena_bytes: int
     planner_predicted_peak_bytes: int
+    codegen_predicted_peak_sram_bytes: int
     instructions_per_step: float | None
     step_time_s: float | None  # host target only (wall clock of the training steps)
     steps: int
@@ -186,6 +187,7 @@ def _parse(text: str, meta: dict, tgt, exe: Path) -> McuRunResult:
         sram_limit_bytes=meta["sram_limit_bytes"] or None,
         flash_limit_bytes=meta["flash_limit_bytes"] or None, arena_bytes=meta["arena_bytes"],
         planner_predicted_peak_bytes=meta["planner_predicted_peak_bytes"],
+        codegen_predicted_peak_sram_bytes=meta["codegen_predicted_peak_sram_bytes"],
         instructions_per_step=ips, step_time_s=step_s, steps=steps, losses=tuple(losses),
         accuracy_before=before / max(1, n_test), accuracy_after=after / max(1, n_test),
         test_samples=n_test, params=params)
