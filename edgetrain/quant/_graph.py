@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -473,10 +473,13 @@ def _qparams(lo: float, hi: float) -> tuple[float, int]:
     return scale, max(QMIN, min(QMAX, zp))
 
 
-def _weight_quant(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _weight_quant(w: torch.Tensor, headroom: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     w = w.detach().double()
     amax = w.reshape(w.shape[0], -1).abs().amax(dim=1)
-    scale = torch.where(amax > 0, amax / WMAX, torch.ones_like(amax))
+    # An all-zero channel (e.g. a freshly added class) takes the median scale of the layer's
+    # other channels, so it can learn at the same resolution (1.0 if the whole layer is zero).
+    fill = amax[amax > 0].median() / WMAX if bool((amax > 0).any()) else torch.tensor(1.0)
+    scale = torch.where(amax > 0, amax / WMAX, fill.to(amax.dtype)) * headroom
     q = round_half_away(w / scale.view(-1, *([1] * (w.ndim - 1)))).clamp(-WMAX, WMAX)
     return q.to(torch.int8), scale
 
@@ -507,13 +510,24 @@ def _conv_kind(conv: nn.Conv2d) -> ConvKind:
     return ConvKind.STANDARD
 
 
-def quantize(model: nn.Module, calibration: torch.Tensor, *, name: str = "model") -> QuantGraph:
+def quantize(model: nn.Module, calibration: torch.Tensor, *, name: str = "model",
+             weight_headroom: Mapping[str, float] | None = None) -> QuantGraph:
     """Convert a trained float model (or a `FoldedNet`) into a real int8 `QuantGraph`.
 
     BatchNorms are folded with their running statistics; weights become per-channel symmetric
     int8, biases int32; each activation's scale and zero point come from its min/max over
     `calibration` (float images, N >= 1), the range always including 0.
+
+    `weight_headroom` maps layer names (conv module paths, "classifier") to a factor h >= 1:
+    that layer's weight scales become h * max|w[c]| / 127, so its weights can grow h-fold in
+    on-device training before they saturate at +-127 (scales stay fixed while training), at the
+    price of log2(h) bits of resolution. Layers not named keep h = 1.
     """
+    headroom = dict(weight_headroom or {})
+    for k, h in headroom.items():
+        if isinstance(h, bool) or not (isinstance(h, (int, float)) and math.isfinite(h) and h >= 1):
+            raise InvalidArgumentError(
+                f"weight_headroom[{k!r}] must be a finite number >= 1, got {h!r}")
     if not isinstance(calibration, torch.Tensor) or calibration.ndim != 4 or len(calibration) < 1:
         raise InvalidArgumentError(
             f"calibration must be a float tensor (N, C, H, W) with N >= 1 images, got "
@@ -565,7 +579,7 @@ def quantize(model: nn.Module, calibration: torch.Tensor, *, name: str = "model"
     def add_conv(c: FoldedConv, src: str) -> str:
         sx, _ = qp[src]
         sy, zy = qp[c.name]
-        wq, ws = _weight_quant(c.conv.weight)
+        wq, ws = _weight_quant(c.conv.weight, headroom.get(c.name, 1.0))
         bq = _bias_quant(c.conv.bias, sx * ws)
         m0, sh = _multipliers(sx * ws / sy)
         lo, hi = _act_bounds(c.act, sy, zy)
@@ -600,11 +614,16 @@ def quantize(model: nn.Module, calibration: torch.Tensor, *, name: str = "model"
     cls = net.classifier
     sx = src[0]
     sy, zy = qp[net.classifier_name]
-    wq, ws = _weight_quant(cls.weight)
+    wq, ws = _weight_quant(cls.weight, headroom.get(net.classifier_name, 1.0))
     bq = _bias_quant(cls.bias, sx * ws)
     m0, sh = _multipliers(sx * ws / sy)
     tensors.append(QTensor(net.classifier_name, (cls.out_features,), sy, zy))
     ops.append(QLinear(net.classifier_name, pool_name, net.classifier_name, wq, bq, ws, m0, sh))
+    unknown = sorted(set(headroom) - {op.name for op in ops})
+    if unknown:
+        raise InvalidArgumentError(
+            f"weight_headroom names layers {unknown} that are not in the model; its layers: "
+            f"{', '.join(op.name for op in ops if isinstance(op, (QConv2d, QLinear)))}")
     return QuantGraph(name, "input", net.classifier_name, tuple(tensors), tuple(ops))
 
 

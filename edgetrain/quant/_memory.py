@@ -154,13 +154,14 @@ class Int8GraphFileError(InvalidArgumentError):
 
 
 def load_graph(path: "str | Path") -> QuantGraph:
-    from safetensors import safe_open
+    """Read a graph `save_graph` wrote; anything else raises `Int8GraphFileError`."""
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("edgetrain.quant")
         tensors = load_tensors(path)
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise Int8GraphFileError(f"cannot read int8 graph file {path}: {e}") from e
     if raw is None:
         raise Int8GraphFileError(
