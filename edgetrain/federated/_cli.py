@@ -94,11 +94,24 @@ def _cmd_federate(args: argparse.Namespace) -> int:
                       f"({', '.join(f'{g.count} x {g.kind}' for g in cfg.fleet.groups)}), "
                       f"{args.rounds} rounds, {cfg.partition}, "
                       f"{'deployment (loopback)' if args.deployment else 'simulation'}")
-    r = federate(cfg, out_dir=args.out, deployment=args.deployment,
-                 baselines=not args.no_baselines, verbose=args.verbose)
     if args.json:
+        r = federate(cfg, out_dir=args.out, deployment=args.deployment,
+                     baselines=not args.no_baselines, verbose=args.verbose)
         print(json.dumps(r.to_dict()))
         return 0
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("rounds", total=args.rounds)
+
+        def on_round(rec: dict) -> None:
+            progress.update(task, completed=rec["round"],
+                            description=f"round {rec['round']}: {100 * rec['accuracy']:.1f} %")
+
+        r = federate(cfg, out_dir=args.out, deployment=args.deployment,
+                     baselines=not args.no_baselines, verbose=args.verbose, on_round=on_round)
+        progress.update(task, completed=args.rounds)
     t = Table(title="federated training per round")
     for col in ("round", "accuracy", *sorted(r.plans), "bytes up", "bytes down", "failed",
                 "rejected"):

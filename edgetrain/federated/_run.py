@@ -142,7 +142,7 @@ def ray_backend_config(num_cpus: int | None = None) -> dict:
 
 
 def run_simulation(config: FederationConfig, out_dir: Path, *, message_sink=None,
-                   verbose: bool = False) -> None:
+                   verbose: bool = False, on_round=None) -> None:
     """The federation on Flower's simulation engine (Ray), one virtual SuperNode per client."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -155,7 +155,7 @@ def run_simulation(config: FederationConfig, out_dir: Path, *, message_sink=None
 
     with _quiet_flower(verbose), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        flwr_run_simulation(server_app=make_server_app(config, out_dir, message_sink),
+        flwr_run_simulation(server_app=make_server_app(config, out_dir, message_sink, on_round),
                             client_app=make_client_app(config),
                             num_supernodes=len(config.clients()),
                             backend_config=ray_backend_config(), verbose_logging=verbose)
@@ -163,8 +163,9 @@ def run_simulation(config: FederationConfig, out_dir: Path, *, message_sink=None
 
 def federate(config: FederationConfig, *, out_dir: "str | os.PathLike | None" = None,
              deployment: bool = False, baselines: bool = True, plot: bool = True,
-             message_sink=None, verbose: bool = False) -> FederationResult:
-    """Run a federation end to end; see the package docstring."""
+             message_sink=None, verbose: bool = False, on_round=None) -> FederationResult:
+    """Run a federation end to end; see the package docstring. `on_round(record)` is called
+    after each completed round of an in-process (simulation) run."""
     t0 = time.perf_counter()
     if not config.plans:
         config = dataclasses.replace(config, plans=prepare_plans(config.model, config))
@@ -180,7 +181,8 @@ def federate(config: FederationConfig, *, out_dir: "str | os.PathLike | None" = 
 
             run_deployment(config, out, verbose=verbose)
         else:
-            run_simulation(config, out, message_sink=message_sink, verbose=verbose)
+            run_simulation(config, out, message_sink=message_sink, verbose=verbose,
+                           on_round=on_round)
         from edgetrain.federated._server import CheckpointMismatchError, checkpoint_dir
 
         try:

@@ -71,9 +71,10 @@ def evaluate_global(config: FederationConfig, weights: dict[str, np.ndarray]) ->
 
 
 def make_server_app(config: FederationConfig | None, out_dir: "str | Path | None",
-                    message_sink=None):
+                    message_sink=None, on_round=None):
     """The Flower `ServerApp`. With `config=None` (deployment) it reads the config file and the
-    output folder from the run config keys `config-path` and `out-dir`."""
+    output folder from the run config keys `config-path` and `out-dir`. `on_round(record)` is
+    called after each round's checkpoint (in-process runs: progress display)."""
     from flwr.app import Array, ArrayRecord, ConfigRecord, Context
     from flwr.serverapp import Grid, ServerApp
 
@@ -116,6 +117,8 @@ def make_server_app(config: FederationConfig | None, out_dir: "str | Path | None
             acc = evaluate_global(cfg, w)
             state["history"].append(_round_record(cfg, rnd, acc, strategy.logs.get(rnd)))
             save_checkpoint(cfg, out, rnd, w, state)
+            if on_round is not None:
+                on_round(state["history"][-1])
             log.info("round %d: global accuracy %.4f", rnd, acc)
             from flwr.app import MetricRecord
 
