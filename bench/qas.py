@@ -83,16 +83,21 @@ def main() -> None:
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lrs", default="0.02,0.05,0.1")
+    ap.add_argument("--lrs", default="0.05,0.1,0.2,0.5")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--headroom", type=float, default=8.0)
+    ap.add_argument("--noqas-multipliers", default="100,1000,10000,100000",
+                    help="no-QAS runs at fp32's best lr times these factors")
     ap.add_argument("--settings", default="last2,all")
+    ap.add_argument("--name", default=None, help="output file stem (default qas, qas_quick)")
     ap.add_argument("--quick", action="store_true",
                     help="200 steps, lr 0.05, one seed, last2 only, 1,000 test images")
     args = ap.parse_args()
     if args.quick:
         args.steps, args.lrs, args.seeds, args.settings = 200, "0.05", "0", "last2"
+        args.noqas_multipliers = "10000"
     lrs = [float(v) for v in args.lrs.split(",")]
+    mults = [float(v) for v in args.noqas_multipliers.split(",")]
     seeds = [int(v) for v in args.seeds.split(",")]
     settings = args.settings.split(",")
     torch.set_num_threads(1)
@@ -161,7 +166,7 @@ def main() -> None:
             for seed in seeds:
                 extra.append((s, lr, seed, "int8+QAS, int8 storage", (True, WeightStorage.INT8),
                               None, None))
-                for mult in (100.0, 10000.0):
+                for mult in mults:
                     extra.append((s, lr * mult, seed, "int8 no QAS", (False,
                                   WeightStorage.FP32_MASTER), None, None))
             if s == "last2" and not args.quick:
@@ -175,20 +180,26 @@ def main() -> None:
             run(s, lr, seed, m, spec, g, h)
             bar.advance(task2)
 
+    def best_of(setting, method):
+        lrs_m = sorted({r["lr"] for r in rows if r["setting"] == setting
+                        and r["method"] == method and r["headroom"] == args.headroom})
+        scored = [(mean_acc(setting, method, v), v) for v in lrs_m]
+        scored = [(a, v) for a, v in scored if not math.isnan(a)]
+        return max(scored) if scored else (float("nan"), None)
+
     summary = {}
     for s in settings:
         lr = best[s]
         f32, qas, noq = (mean_acc(s, m, lr) for m in ("fp32", "int8+QAS", "int8 no QAS"))
-        noq_all = [r for r in rows if r["setting"] == s and r["method"] == "int8 no QAS"]
-        noq_lrs = sorted({r["lr"] for r in noq_all})
-        noq_best = max((mean_acc(s, "int8 no QAS", v) for v in noq_lrs),
-                       key=lambda a: -1 if math.isnan(a) else a)
-        summary[s] = {"lr": lr, "fp32": f32, "int8_qas": qas, "int8_no_qas_same_lr": noq,
-                      "int8_no_qas_best_lr": noq_best,
-                      "int8_qas_int8_storage": mean_acc(s, "int8+QAS, int8 storage", lr),
-                      "qas_minus_fp32_points": 100 * (qas - f32),
-                      "qas_within_1_point": abs(qas - f32) <= 0.01,
-                      "no_qas_worse_by_points": 100 * (qas - max(noq, noq_best))}
+        summary[s] = {
+            "lr": lr, "fp32": f32, "int8_qas": qas, "int8_no_qas": noq,
+            "int8_qas_int8_storage": mean_acc(s, "int8+QAS, int8 storage", lr),
+            "qas_minus_fp32_points": 100 * (qas - f32),
+            "qas_within_1_point_of_fp32": abs(qas - f32) <= 0.01,
+            "no_qas_minus_qas_points": 100 * (noq - qas),
+            "best_over_lrs": {m: {"accuracy": a, "lr": v} for m in
+                              ("fp32", "int8+QAS", "int8 no QAS") for a, v in [best_of(s, m)]},
+            "no_qas_lr_sweep": {f"{m:g}": mean_acc(s, "int8 no QAS", lr * m) for m in mults}}
     result = {"task": "mcu-cnn pretrained on fashion-mnist:0-4, learns fashion-mnist:5-9",
               "steps": args.steps, "batch_size": args.batch_size, "lrs": lrs, "seeds": seeds,
               "schedule": "cosine", "headroom": args.headroom, "quick": args.quick,
@@ -196,7 +207,7 @@ def main() -> None:
               "summary": summary, "rows": rows, "torch": torch.__version__,
               "elapsed_s": time.perf_counter() - t0}
     out = Path(args.out)
-    name = "qas_quick" if args.quick else "qas"
+    name = args.name or ("qas_quick" if args.quick else "qas")
     write_json_atomic(result, out / f"{name}.json")
     write_text_atomic(render(result), out / f"{name}.md")
     print(render(result))
@@ -232,12 +243,23 @@ def render(r: dict) -> str:
             lines.append(f"| {lr:g} | {_pct(acc['fp32'])} | {_pct(acc['int8+QAS'])} | "
                          f"{_pct(acc['int8 no QAS'])} | {d} |")
         lines.append("")
-        lines.append(f"At lr {summ['lr']:g} (fp32's best): int8 + QAS with int8 storage (no "
-                     f"master copy) {_pct(summ['int8_qas_int8_storage'])} %; int8 without QAS at "
-                     f"lr x100 / x10,000: " + ", ".join(
-                         f"{_pct(x['accuracy']) if x['accuracy'] is not None else x['note']}"
-                         for x in r["rows"] if x["setting"] == s and x["method"] == "int8 no QAS"
-                         and x["lr"] > max(r["lrs"]) and x["seed"] == seeds[0]) + f" (seed {seeds[0]}).")
+        lr = summ["lr"]
+        lines.append(f"At lr {lr:g} (fp32's best): fp32 {_pct(summ['fp32'])} %, int8 + QAS "
+                     f"{_pct(summ['int8_qas'])} % ({summ['qas_minus_fp32_points']:+.1f} points), "
+                     f"int8 without QAS {_pct(summ['int8_no_qas'])} %; int8 + QAS with int8 "
+                     f"storage (no master copy, re-rounded every step) "
+                     f"{_pct(summ['int8_qas_int8_storage'])} %.")
+        sweep = []
+        for m, a in summ["no_qas_lr_sweep"].items():
+            notes = {x["note"] for x in r["rows"] if x["setting"] == s and x["note"]
+                     and x["method"] == "int8 no QAS" and abs(x["lr"] - lr * float(m)) < 1e-9 * lr * float(m)}
+            sweep.append(f"lr {lr * float(m):g}: {_pct(a)}" + (" (int32 overflow)" if notes else ""))
+        lines.append("int8 without QAS at larger learning rates (unscaled integer gradients are "
+                     "s^2 times smaller): " + ", ".join(sweep) + ".")
+        b = summ["best_over_lrs"]
+        lines.append("Best over the learning rates tried: " + ", ".join(
+            f"{m} {_pct(v['accuracy'])} % (lr {v['lr']:g})" for m, v in b.items()
+            if v["lr"] is not None) + ".")
         hr = [x for x in r["rows"] if x["setting"] == s and x["method"] == "int8+QAS"
               and x["headroom"] != r["headroom"]]
         if hr:
