@@ -21,9 +21,10 @@ Weight storage (`WeightStorage`):
 - `FP32_MASTER` (default): each TRAINABLE layer keeps a float copy of its int8-valued weights and
   int32-valued biases (in integer units); the forward pass rounds it (round half away from zero,
   clamped to [-127, 127] / int32) with a straight-through gradient, so updates smaller than one
-  quantisation step accumulate. Frozen layers hold only their int8 weights. This is what TTE's
-  PyTorch training simulation does (its quantised ops keep the int8 values as float parameters).
-  The simulation stores the copy in float64; the memory accounting counts it as fp32.
+  quantisation step accumulate. Frozen layers hold only their int8 weights. To our reading of
+  TTE's released PyTorch training code (not re-checked for this module), its quantised ops also
+  keep the int8 values as float parameters that SGD updates without re-rounding. The simulation
+  stores the copy in float64; the memory accounting (`tensor_sizes`) counts it as fp32.
 - `INT8`: no float copy anywhere: after every SGD step the trainable weights and biases are
   re-rounded to int8 / int32 (round half away from zero), so an update below half a step is lost.
 """
