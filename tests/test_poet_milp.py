@@ -183,6 +183,27 @@ def test_milp_never_worse_than_any_feasible_baseline(frac):
     assert compared >= 1
 
 
+def test_node_milp_pages_when_storage_is_cheap():
+    # Prepare: the nRF52840 with its SD card's energy per byte cut 1000x: paging a value now
+    # costs less than recomputing it
+    dev = load_device("nrf52840")
+    st = dev.storage
+    cheap = dataclasses.replace(dev, storage=dataclasses.replace(
+        st, write_energy_j_per_byte=st.write_energy_j_per_byte * 1e-3,
+        read_energy_j_per_byte=st.read_energy_j_per_byte * 1e-3))
+    p = _problem("mcu-cnn", 1, 0.7, device=cheap)
+    ng = build_node_graph(p)
+    # Execute
+    sol = solve_node_milp(ng, p.budget_bytes, _capacity(p), time_limit_s=60)
+    # Assert: it pages instead of recomputing, and the replay agrees on bytes and cost
+    assert sol.status is MilpStatus.OPTIMAL
+    report = validate_node_schedule(ng, sol.schedule, p.budget_bytes, _capacity(p))
+    assert report.storage_bytes_written > 0 and report.recompute_flops == 0
+    assert report.storage_bytes_read >= report.storage_bytes_written
+    assert report.cost == pytest.approx(sol.objective, rel=1e-6)
+    assert milp_admits(ng, sol.schedule, p.budget_bytes, _capacity(p)) == []
+
+
 def test_milp_respects_storage_capacity_and_deadline():
     # Prepare: transformer-tiny at batch 4 pages at half the activation memory (stage MILP:
     # optimal in about a second); then the same with too little storage, and with a deadline

@@ -1,10 +1,11 @@
 """The Checkmate / POET node-level MILP for general graphs, on HiGHS (`scipy.optimize.milp`).
 
-Checkmate (Jain et al., MLSys 2020, §4) schedules a training graph's operators over T = N
+Checkmate (Jain et al., MLSys 2020; its ILP, `checkmate/core/solvers/gurobi_solver.py` in its
+repository) schedules a training graph's operators over T = N
 *stages*: stage t evaluates node t for the first time (its "frontier-advancing" order) and may
 recompute any earlier node; binaries say what is computed and what stays resident, and a
-per-stage walk over the nodes accounts for memory. POET (Patil et al., ICML 2022, §3) adds
-paging: a value may also be written to storage and read back later. POET's MILP leaves out what
+per-stage walk over the nodes accounts for memory. POET (Patil et al., ICML 2022; its MILP
+extends Checkmate's) adds paging: a value may also be written to storage and read back later. POET's MILP leaves out what
 an MCU cannot: parameters, gradients and optimizer state are not in its RAM constraint, paging
 time is not in its deadline, and neither storage capacity nor bytes written appear. This module
 keeps all four.
@@ -28,9 +29,14 @@ Constants (bytes, joules or seconds; the units are in the names of `PoetNode`'s 
 
 Modelling choices (each keeps the node schedule executable by eager PyTorch):
     - Forward nodes are the IR's operators that allocate a new storage; views alias their base
-      and are contracted into its producer. Backward nodes are the operators' gradient
-      functions, in eager autograd's reverse order; `add` and views pass their incoming
-      gradient on without a copy (as `cost.simulate_step` models), so they are contracted too.
+      and are contracted into its producer. An operator's output and the tensors it allocates
+      only for its own backward (BN's statistics, pooling indices) are two nodes ("name" and
+      "name:aux"): the output often dies in forward while the aux lives on; both carry the
+      operator's cost, as either comes back only by re-running it.
+    - Backward nodes are the operators' gradient functions, in eager autograd's reverse order.
+      `add` and views pass their incoming gradient on without a copy (as `cost.simulate_step`
+      models), so they are contracted. Gradients accumulate in one buffer per tensor: the
+      first backward node to deliver one allocates it, later ones add into it (a transient).
     - Backward nodes run exactly once, in their own stage (autograd never re-runs one; doing so
       would accumulate parameter gradients twice), and their outputs are never paged.
     - Only forward activations are paged; each is written at most once (flash wear).
@@ -38,9 +44,12 @@ Modelling choices (each keeps the node schedule executable by eager PyTorch):
       Variables past it are fixed to 0 (Checkmate's own pruning); this loses no schedule.
 
 The schedule the MILP returns is replayed by `validate_node_schedule`, which shares no code
-with the constraints. The runtime executes stages (modules), so `poet_solve` projects the node
-schedule onto stage decisions (a stage recomputes if any of its nodes is recomputed, else
-pages if any is paged) and scores that exactly with `Problem.evaluate`.
+with the constraints; `milp_admits` checks the other direction (a schedule the validator accepts
+satisfies every row of the MILP). The runtime executes stages (modules), so `poet_solve`
+projects the node schedule onto stage decisions (a stage recomputes if any of its nodes is
+recomputed, else pages if any is paged) and scores that exactly with `Problem.evaluate`.
+`Granularity.STAGE` adds the constraints that make the MILP decide whole stages, when and as
+the runtime's checkpoint and paging hooks execute them (block (S)).
 """
 
 from __future__ import annotations
