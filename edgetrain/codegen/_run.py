@@ -163,6 +163,9 @@ def _parse(text: str, meta: dict, tgt, exe: Path) -> McuRunResult:
             losses.append(_f32(f[2]))
         elif f[0] == "PARAM":
             params[f[1]] = [_f32(h) for h in f[3:]]
+        elif f[0] == "QPARAM":  # int8 weights | int32 biases
+            cut = f.index("|")
+            params[f[1]] = ([int(v) for v in f[2:cut]], [int(v) for v in f[cut + 1:]])
         else:
             kv[f[0]] = f[1:]
     try:

@@ -1,0 +1,601 @@
+"""int8 (QAS) training code: the renderer for `edgetrain.quant`'s integer graphs.
+
+The forward pass is the integer graph, bit for bit as NOTE [ int8 arithmetic, bit for bit ]
+(edgetrain/quant/_graph.py) specifies it; the backward pass of the trainable ops is the float
+surrogate of NOTE [ Training the int8 graph ] (edgetrain/quant/_train.py): a requantised
+conv/linear passes `dy * M` where its output was not clamped and 0 where it was, add passes
+`dy * s_in / s_out` likewise, average pooling `dy / (H*W)`; gradients w.r.t. the integer
+weights are scaled by QAS (`s_W^-2`, biases `(s_x s_W)^-2`) and applied by SGD, then the
+weights are re-rounded to int8 / int32 (round half away from zero; `WeightStorage.INT8`: no
+float copy anywhere). Gradients are `double` on the host (to match the float64 simulation) and
+`float` on Cortex-M (`ET_REAL`).
+
+Memory: int8 activations (1 byte per element), a 1-byte "not clamped" mask per output element
+of every op on the backward path, real-valued gradients only on that path, frozen int8 weights
+and int32 biases in flash, trainable ones in SRAM; one arena as NOTE [ Arena assignment ].
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgetrain.codegen._errors import UnsupportedPlanError
+from edgetrain.codegen._lower import _assign
+from edgetrain.codegen._platform import render_platform
+from edgetrain.codegen._render import MIN_STACK_BYTES, RUNTIME_RESERVE_BYTES, _bytes
+from edgetrain.codegen._targets import Target, TargetKind, get_target
+
+
+@dataclass(frozen=True)
+class Int8Spec:
+    """Quantised images (int8, N x C x H x W, from `QuantGraph.quantize_input`) and labels."""
+
+    train_q: np.ndarray
+    train_y: np.ndarray
+    test_q: np.ndarray
+    test_y: np.ndarray
+    steps: int
+    lr: float
+    batch_size: int = 1
+    qas: bool = True
+    log_every: int = 1
+    dump_params: bool = False
+
+
+INT8_KERNELS = r"""
+#include <math.h>
+#include <string.h>
+#include <stdint.h>
+
+static inline int64_t rq(int64_t acc, int32_t m0, int32_t shift) {
+    const int n = 31 - shift;
+    return (acc * (int64_t)m0 + ((int64_t)1 << (n - 1))) >> n;
+}
+static inline int8_t clamp8(int64_t v, int lo, int hi) {
+    return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+}
+static inline ET_REAL round_half_away(ET_REAL v) {
+    return v >= 0 ? floor(v + 0.5) : -floor(-v + 0.5);
+}
+static inline int k_lo(int o, int s, int p) { int v = p - o * s; return v > 0 ? v : 0; }
+static inline int k_hi(int o, int s, int p, int n, int K) { int v = n + p - o * s; return v < K ? v : K; }
+
+/* conv2d (standard / depthwise / pointwise), bias, requantisation, fused clamp; mask[i] = 1
+   where the output was not clamped (the surrogate's slope is M there) */
+static void qconv_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
+                      const int32_t *m0, const int32_t *sh, int zy, int lo, int hi,
+                      int8_t *y, uint8_t *mask, int B, int Ci, int H, int W, int Co, int Ho,
+                      int Wo, int K, int s, int p, int G) {
+    const int cig = Ci / G, cog = Co / G;
+    for (int n = 0; n < B; n++)
+    for (int oc = 0; oc < Co; oc++) {
+        const int g = oc / cog;
+        const int8_t *wo = w + (size_t)oc * cig * K * K;
+        const int8_t *xg = x + ((size_t)n * Ci + g * cig) * H * W;
+        const size_t yo = ((size_t)n * Co + oc) * Ho * Wo;
+        for (int oh = 0; oh < Ho; oh++) {
+            const int kh0 = k_lo(oh, s, p), kh1 = k_hi(oh, s, p, H, K), ih0 = oh * s - p;
+            for (int ow = 0; ow < Wo; ow++) {
+                const int kw0 = k_lo(ow, s, p), kw1 = k_hi(ow, s, p, W, K), iw0 = ow * s - p;
+                int32_t acc = b[oc];
+                for (int ic = 0; ic < cig; ic++) {
+                    const int8_t *xc = xg + (size_t)ic * H * W;
+                    const int8_t *wc = wo + ic * K * K;
+                    for (int kh = kh0; kh < kh1; kh++) {
+                        const int8_t *xr = xc + (ih0 + kh) * W + iw0;
+                        const int8_t *wr = wc + kh * K;
+                        for (int kw = kw0; kw < kw1; kw++) acc += (xr[kw] - zx) * wr[kw];
+                    }
+                }
+                const int64_t pre = rq(acc, m0[oc], sh[oc]) + zy;
+                y[yo + oh * Wo + ow] = clamp8(pre, lo, hi);
+                if (mask) mask[yo + oh * Wo + ow] = (uint8_t)(pre >= lo && pre <= hi);
+            }
+        }
+    }
+}
+
+static void qlinear_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
+                        const int32_t *m0, const int32_t *sh, int zy, int lo, int hi,
+                        int8_t *y, uint8_t *mask, int B, int I, int O) {
+    for (int n = 0; n < B; n++)
+    for (int o = 0; o < O; o++) {
+        int32_t acc = b[o];
+        for (int i = 0; i < I; i++) acc += (x[(size_t)n * I + i] - zx) * w[(size_t)o * I + i];
+        const int64_t pre = rq(acc, m0[o], sh[o]) + zy;
+        y[(size_t)n * O + o] = clamp8(pre, lo, hi);
+        if (mask) mask[(size_t)n * O + o] = (uint8_t)(pre >= lo && pre <= hi);
+    }
+}
+
+static void qadd_fwd(const int8_t *a, int za, const int8_t *b, int zb, int zy,
+                     int32_t ma, int32_t sa, int32_t mb, int32_t sb, int32_t mo, int32_t so,
+                     int ls, int8_t *y, uint8_t *mask, int n) {
+    for (int i = 0; i < n; i++) {
+        const int64_t va = rq((int64_t)(a[i] - za) << ls, ma, sa);
+        const int64_t vb = rq((int64_t)(b[i] - zb) << ls, mb, sb);
+        const int64_t pre = rq(va + vb, mo, so) + zy;
+        y[i] = clamp8(pre, -128, 127);
+        if (mask) mask[i] = (uint8_t)(pre >= -128 && pre <= 127);
+    }
+}
+
+static void qgap_fwd(const int8_t *x, int8_t *y, int BC, int P) {
+    for (int i = 0; i < BC; i++) {
+        int32_t s = 0;
+        for (int p = 0; p < P; p++) s += x[(size_t)i * P + p];
+        const int32_t avg = s >= 0 ? (s + P / 2) / P : (s - P / 2) / P;
+        y[i] = clamp8(avg, -128, 127);
+    }
+}
+
+/* ---- backward (the float surrogate), ET_REAL ---- */
+static void qacc_grad(const ET_REAL *dy, const uint8_t *mask, const ET_REAL *M, ET_REAL *dacc,
+                      int B, int C, int P) {
+    for (int n = 0; n < B; n++)
+    for (int c = 0; c < C; c++)
+    for (int p = 0; p < P; p++) {
+        const size_t i = ((size_t)n * C + c) * P + p;
+        dacc[i] = dy[i] * (mask[i] ? M[c] : (ET_REAL)0);
+    }
+}
+
+static void qconv_bwd_input(const ET_REAL *dacc, const int8_t *w, ET_REAL *dx, int acc,
+                            int B, int Ci, int H, int W, int Co, int Ho, int Wo, int K, int s,
+                            int p, int G) {
+    const int cig = Ci / G, cog = Co / G;
+    if (!acc) for (size_t i = 0; i < (size_t)B * Ci * H * W; i++) dx[i] = 0;
+    for (int n = 0; n < B; n++)
+    for (int oc = 0; oc < Co; oc++) {
+        const int g = oc / cog;
+        const int8_t *wo = w + (size_t)oc * cig * K * K;
+        const ET_REAL *dyo = dacc + ((size_t)n * Co + oc) * Ho * Wo;
+        ET_REAL *dxg = dx + ((size_t)n * Ci + g * cig) * H * W;
+        for (int oh = 0; oh < Ho; oh++) {
+            const int kh0 = k_lo(oh, s, p), kh1 = k_hi(oh, s, p, H, K), ih0 = oh * s - p;
+            for (int ow = 0; ow < Wo; ow++) {
+                const int kw0 = k_lo(ow, s, p), kw1 = k_hi(ow, s, p, W, K), iw0 = ow * s - p;
+                const ET_REAL d = dyo[oh * Wo + ow];
+                for (int ic = 0; ic < cig; ic++) {
+                    ET_REAL *dr0 = dxg + (size_t)ic * H * W;
+                    const int8_t *wc = wo + ic * K * K;
+                    for (int kh = kh0; kh < kh1; kh++) {
+                        ET_REAL *dr = dr0 + (ih0 + kh) * W + iw0;
+                        for (int kw = kw0; kw < kw1; kw++) dr[kw] += d * (ET_REAL)wc[kh * K + kw];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* G_W = sum dacc * (x - zx); QAS-scaled SGD on the integer weights, then re-rounding */
+static void qconv_update(const ET_REAL *dacc, const int8_t *x, int zx, int8_t *w, int32_t *b,
+                         const ET_REAL *inv_w, const ET_REAL *inv_b, ET_REAL lr,
+                         int B, int Ci, int H, int W, int Co, int Ho, int Wo, int K, int s,
+                         int p, int G) {
+    const int cig = Ci / G, cog = Co / G;
+    for (int oc = 0; oc < Co; oc++) {
+        const int g = oc / cog;
+        for (int ic = 0; ic < cig; ic++)
+        for (int kh = 0; kh < K; kh++)
+        for (int kw = 0; kw < K; kw++) {
+            ET_REAL acc = 0;
+            for (int n = 0; n < B; n++) {
+                const ET_REAL *dyo = dacc + ((size_t)n * Co + oc) * Ho * Wo;
+                const int8_t *xc = x + ((size_t)n * Ci + g * cig + ic) * H * W;
+                for (int oh = 0; oh < Ho; oh++) {
+                    const int ih = oh * s - p + kh;
+                    if (ih < 0 || ih >= H) continue;
+                    for (int ow = 0; ow < Wo; ow++) {
+                        const int iw = ow * s - p + kw;
+                        if (iw < 0 || iw >= W) continue;
+                        acc += dyo[oh * Wo + ow] * (ET_REAL)(xc[ih * W + iw] - zx);
+                    }
+                }
+            }
+            const size_t i = (((size_t)oc * cig + ic) * K + kh) * K + kw;
+            ET_REAL v = round_half_away((ET_REAL)w[i] + (-lr) * (acc * inv_w[oc]));
+            w[i] = (int8_t)(v < -127 ? -127 : (v > 127 ? 127 : v));
+        }
+        ET_REAL acc = 0;
+        for (int n = 0; n < B; n++)
+            for (int q = 0; q < Ho * Wo; q++) acc += dacc[((size_t)n * Co + oc) * Ho * Wo + q];
+        ET_REAL v = round_half_away((ET_REAL)b[oc] + (-lr) * (acc * inv_b[oc]));
+        b[oc] = (int32_t)(v < -2147483648.0 ? -2147483648.0 : (v > 2147483647.0 ? 2147483647.0 : v));
+    }
+}
+
+static void qlinear_bwd_input(const ET_REAL *dacc, const int8_t *w, ET_REAL *dx, int acc,
+                              int B, int I, int O) {
+    for (int n = 0; n < B; n++)
+    for (int i = 0; i < I; i++) {
+        ET_REAL s = 0;
+        for (int o = 0; o < O; o++) s += dacc[(size_t)n * O + o] * (ET_REAL)w[(size_t)o * I + i];
+        if (acc) dx[(size_t)n * I + i] += s; else dx[(size_t)n * I + i] = s;
+    }
+}
+
+static void qlinear_update(const ET_REAL *dacc, const int8_t *x, int zx, int8_t *w, int32_t *b,
+                           const ET_REAL *inv_w, const ET_REAL *inv_b, ET_REAL lr,
+                           int B, int I, int O) {
+    for (int o = 0; o < O; o++) {
+        for (int i = 0; i < I; i++) {
+            ET_REAL s = 0;
+            for (int n = 0; n < B; n++)
+                s += dacc[(size_t)n * O + o] * (ET_REAL)(x[(size_t)n * I + i] - zx);
+            ET_REAL v = round_half_away((ET_REAL)w[(size_t)o * I + i] + (-lr) * (s * inv_w[o]));
+            w[(size_t)o * I + i] = (int8_t)(v < -127 ? -127 : (v > 127 ? 127 : v));
+        }
+        ET_REAL s = 0;
+        for (int n = 0; n < B; n++) s += dacc[(size_t)n * O + o];
+        ET_REAL v = round_half_away((ET_REAL)b[o] + (-lr) * (s * inv_b[o]));
+        b[o] = (int32_t)(v < -2147483648.0 ? -2147483648.0 : (v > 2147483647.0 ? 2147483647.0 : v));
+    }
+}
+
+static void qadd_bwd(const ET_REAL *dy, const uint8_t *mask, ET_REAL slope, ET_REAL *dx,
+                     int acc, int n) {
+    for (int i = 0; i < n; i++) {
+        const ET_REAL v = dy[i] * (mask[i] ? slope : (ET_REAL)0);
+        if (acc) dx[i] += v; else dx[i] = v;
+    }
+}
+
+static void qgap_bwd(const ET_REAL *dy, ET_REAL *dx, int acc, int BC, int P) {
+    for (int i = 0; i < BC; i++) {
+        const ET_REAL d = dy[i] / (ET_REAL)P;
+        for (int p = 0; p < P; p++) {
+            if (acc) dx[(size_t)i * P + p] += d; else dx[(size_t)i * P + p] = d;
+        }
+    }
+}
+
+/* logits = (q - z) * s; mean softmax cross-entropy; d q = (softmax - onehot) / B * s */
+static ET_REAL qxent(const int8_t *q, int z, ET_REAL s, const int32_t *y, ET_REAL *dq,
+                     int B, int K, int *correct) {
+    ET_REAL loss = 0;
+    for (int n = 0; n < B; n++) {
+        ET_REAL zl[64];
+        int arg = 0;
+        for (int k = 0; k < K; k++) {
+            zl[k] = ((ET_REAL)q[(size_t)n * K + k] - z) * s;
+            if (q[(size_t)n * K + k] > q[(size_t)n * K + arg]) arg = k;
+        }
+        ET_REAL m = zl[0];
+        for (int k = 1; k < K; k++) if (zl[k] > m) m = zl[k];
+        ET_REAL se = 0;
+        for (int k = 0; k < K; k++) se += exp(zl[k] - m);
+        const ET_REAL lse = log(se);
+        loss += -((zl[y[n]] - m) - lse);
+        if (dq) for (int k = 0; k < K; k++)
+            dq[(size_t)n * K + k] = (exp((zl[k] - m) - lse) * ((ET_REAL)1 / B)
+                                     - (k == y[n] ? (ET_REAL)1 / B : 0)) * s;
+        if (correct && arg == y[n]) (*correct)++;
+    }
+    return loss / B;
+}
+"""
+
+
+def _hexd(x: float) -> str:
+    return float(x).hex()
+
+
+def _ints(v: np.ndarray) -> str:
+    vals = [str(int(x)) for x in np.asarray(v).reshape(-1).tolist()]
+    return ",\n".join(",".join(vals[i:i + 32]) for i in range(0, len(vals), 32))
+
+
+def _reals(v) -> str:
+    return ", ".join(_hexd(x) for x in np.asarray(v, dtype=np.float64).reshape(-1).tolist())
+
+
+def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: Int8Spec, *,
+                device_sram_bytes: int = 0, device_flash_bytes: int = 0) -> dict[str, str]:
+    """Render int8 QAS training of `graph` (an `edgetrain.quant.QuantGraph`; read, not
+    changed) with the conv/linear ops named in `trainable` updated on the device."""
+    tgt = get_target(target)
+    kinds = {type(op).__name__ for op in graph.ops}
+    if not kinds <= {"QConv2d", "QLinear", "QAdd", "QGlobalAvgPool"}:
+        raise UnsupportedPlanError(f"int8 graph ops {sorted(kinds)}: the C generator knows "
+                                   "QConv2d, QLinear, QAdd, QGlobalAvgPool")
+    names = [op.name for op in graph.weighted_ops]
+    bad = [t for t in trainable if t not in names]
+    if bad or not trainable:
+        raise UnsupportedPlanError(f"trainable int8 layers {list(trainable)}: choose among "
+                                   f"{', '.join(names)}")
+    if spec.steps <= 0 or not spec.lr > 0 or spec.batch_size <= 0:
+        raise UnsupportedPlanError(f"steps {spec.steps}, lr {spec.lr} and batch size "
+                                   f"{spec.batch_size} must be positive")
+    if tgt.kind is TargetKind.CORTEX_M and (device_sram_bytes <= 0 or device_flash_bytes <= 0):
+        raise UnsupportedPlanError("a Cortex-M target needs the device's SRAM and flash sizes")
+    B = spec.batch_size
+    T = {t.name: t for t in graph.tensors}
+    numel = {k: B * int(np.prod(t.shape)) for k, t in T.items()}
+    rg: set[str] = set()
+    for op in graph.ops:
+        ins = [op.a, op.b] if hasattr(op, "a") else [op.input]
+        if getattr(op, "name", None) in trainable or any(i in rg for i in ins):
+            rg.add(op.output)
+    bwd_ops = [op for op in reversed(graph.ops) if op.output in rg]
+    consumers: dict[str, int] = {}
+    for op in graph.ops:
+        for i in ([op.a, op.b] if hasattr(op, "a") else [op.input]):
+            consumers[i] = consumers.get(i, 0) + 1
+    real = 8 if tgt.kind is TargetKind.HOST else 4
+    sizes: dict[str, int] = {}
+    span: dict[str, list[int]] = {}
+
+    def use(key: str, step: int, nbytes: int) -> None:
+        sizes[key] = max(sizes.get(key, 0), nbytes)
+        s = span.setdefault(key, [step, step])
+        s[0], s[1] = min(s[0], step), max(s[1], step)
+
+    use("a:" + graph.input, 0, numel[graph.input])
+    for i, op in enumerate(graph.ops):
+        ins = [op.a, op.b] if hasattr(op, "a") else [op.input]
+        for t in ins:
+            use("a:" + t, i, numel[t])
+        use("a:" + op.output, i, numel[op.output])
+        if op.output in rg and type(op).__name__ != "QGlobalAvgPool":
+            use("m:" + op.output, i, numel[op.output])
+    nf = len(graph.ops)
+    K = graph.tensor(graph.output).shape[-1]
+    use("g:" + graph.output, nf, numel[graph.output] * real)
+    for k, op in enumerate(bwd_ops):
+        s = nf + 1 + k
+        use("g:" + op.output, s, numel[op.output] * real)
+        kind = type(op).__name__
+        if kind in ("QConv2d", "QLinear"):
+            use("m:" + op.output, s, numel[op.output])
+            use("d:" + op.output, s, numel[op.output] * real)  # dacc scratch
+            if op.name in trainable:
+                use("a:" + op.input, s, numel[op.input])
+            if op.input in rg:
+                use("g:" + op.input, s, numel[op.input] * real)
+        elif kind == "QAdd":
+            use("m:" + op.output, s, numel[op.output])
+            for t in (op.a, op.b):
+                if t in rg:
+                    use("g:" + t, s, numel[t] * real)
+        else:
+            if op.input in rg:
+                use("g:" + op.input, s, numel[op.input] * real)
+    bufs = _assign(sizes, span)
+    off = {b.name: b.offset for b in bufs}
+    arena = max(b.offset + b.nbytes for b in bufs)
+
+    def A(key: str, ctype: str) -> str:
+        return f"(({ctype} *)(et_arena + {off[key]}))"
+
+    arrays, fwd, bwd = [], [], []
+    info: dict[str, tuple] = {}
+    trainable_bytes = const_bytes = 0
+    dumps = []
+    for op in graph.ops:
+        kind = type(op).__name__
+        y = A("a:" + op.output, "int8_t")
+        mask = A("m:" + op.output, "uint8_t") if ("m:" + op.output) in off and \
+            op.output in rg else "0"
+        zy = T[op.output].zero_point
+        if kind in ("QConv2d", "QLinear"):
+            sym = "q_" + "".join(c if c.isalnum() else "_" for c in op.name)
+            tr = op.name in trainable
+            q = "" if tr else "const "
+            w, b = np.asarray(op.weight), np.asarray(op.bias)
+            arrays.append(f"static {q}int8_t {sym}_w[{w.size}] = {{\n{_ints(w)}\n}};")
+            arrays.append(f"static {q}int32_t {sym}_b[{b.size}] = {{ {_ints(b)} }};")
+            arrays.append(f"static const int32_t {sym}_m0[{b.size}] = {{ {_ints(op.multiplier)} }};")
+            arrays.append(f"static const int32_t {sym}_sh[{b.size}] = {{ {_ints(op.shift)} }};")
+            if tr:
+                trainable_bytes += w.size + 4 * b.size
+                dumps.append(f'    dump("{op.name}", {sym}_w, {w.size}, {sym}_b, {b.size});')
+            else:
+                const_bytes += w.size + 4 * b.size
+            zx = T[op.input].zero_point
+            x = A("a:" + op.input, "int8_t")
+            if kind == "QConv2d":
+                ci, h, wd = T[op.input].shape
+                co, ho, wo = T[op.output].shape
+                k = w.shape[-1]
+                dims = f"{B}, {ci}, {h}, {wd}, {co}, {ho}, {wo}, {k}, {op.stride}, {op.padding}, {op.groups}"
+                fwd.append(f"qconv_fwd({x}, {zx}, {sym}_w, {sym}_b, {sym}_m0, {sym}_sh, {zy}, "
+                           f"{op.act_min}, {op.act_max}, {y}, {mask}, {dims});")
+                P, C = ho * wo, co
+            else:
+                i_, o_ = w.shape[1], w.shape[0]
+                dims = f"{B}, {i_}, {o_}"
+                fwd.append(f"qlinear_fwd({x}, {zx}, {sym}_w, {sym}_b, {sym}_m0, {sym}_sh, {zy}, "
+                           f"{op.act_min}, {op.act_max}, {y}, {mask}, {dims});")
+                P, C = 1, o_
+            info[op.name] = (sym, dims, P, C, x, zx, tr)
+        elif kind == "QAdd":
+            a, b_ = A("a:" + op.a, "int8_t"), A("a:" + op.b, "int8_t")
+            fwd.append(f"qadd_fwd({a}, {T[op.a].zero_point}, {b_}, {T[op.b].zero_point}, {zy}, "
+                       f"{op.multiplier_a}, {op.shift_a}, {op.multiplier_b}, {op.shift_b}, "
+                       f"{op.multiplier_out}, {op.shift_out}, {op.left_shift}, {y}, {mask}, "
+                       f"{numel[op.output]});")
+        else:
+            c, h, wd = T[op.input].shape
+            fwd.append(f"qgap_fwd({A('a:' + op.input, 'int8_t')}, {y}, {B * c}, {h * wd});")
+    written: set[str] = set()
+
+    def gx(t: str) -> tuple[str, int]:
+        acc = 1 if t in written else 0
+        written.add(t)
+        return A("g:" + t, "ET_REAL"), acc
+
+    for op in bwd_ops:
+        kind = type(op).__name__
+        dy = A("g:" + op.output, "ET_REAL")
+        if kind in ("QConv2d", "QLinear"):
+            sym, dims, P, C, x, zx, tr = info[op.name]
+            mvals = np.asarray(op.multiplier, dtype=np.float64) * np.power(
+                2.0, np.asarray(op.shift, dtype=np.float64) - 31)
+            sx = float(T[op.input].scale)
+            ws = np.asarray(op.weight_scale, dtype=np.float64)
+            inv_w = 1.0 / ws ** 2 if spec.qas else np.ones_like(ws)
+            inv_b = 1.0 / (sx * ws) ** 2 if spec.qas else np.ones_like(ws)
+            arrays.append(f"static const ET_REAL {sym}_M[{C}] = {{ {_reals(mvals)} }};")
+            arrays.append(f"static const ET_REAL {sym}_iw[{C}] = {{ {_reals(inv_w)} }};")
+            arrays.append(f"static const ET_REAL {sym}_ib[{C}] = {{ {_reals(inv_b)} }};")
+            d = A("d:" + op.output, "ET_REAL")
+            bwd.append(f"qacc_grad({dy}, {A('m:' + op.output, 'uint8_t')}, {sym}_M, {d}, {B}, "
+                       f"{C}, {P});")
+            pre = "qconv" if kind == "QConv2d" else "qlinear"
+            if op.input in rg:
+                g, acc = gx(op.input)
+                bwd.append(f"{pre}_bwd_input({d}, {sym}_w, {g}, {acc}, {dims});")
+            if tr:
+                bwd.append(f"{pre}_update({d}, {x}, {zx}, {sym}_w, {sym}_b, {sym}_iw, {sym}_ib, "
+                           f"lr, {dims});")
+        elif kind == "QAdd":
+            m = A("m:" + op.output, "uint8_t")
+            sy = float(T[op.output].scale)
+            for t in (op.a, op.b):
+                if t in rg:
+                    g, acc = gx(t)
+                    # the simulation's slope is `inside * (s_in / s_out)`, a bool tensor times a
+                    # Python float: float32 in PyTorch; mirrored here to stay bit-exact
+                    slope = float(np.float32(float(T[t].scale) / sy))
+                    bwd.append(f"qadd_bwd({dy}, {m}, {_hexd(slope)}, {g}, "
+                               f"{acc}, {numel[op.output]});")
+        else:
+            if op.input in rg:
+                c, h, wd = T[op.input].shape
+                g, acc = gx(op.input)
+                bwd.append(f"qgap_bwd({dy}, {g}, {acc}, {B * c}, {h * wd});")
+    out_t = T[graph.output]
+    D = int(np.prod(T[graph.input].shape))
+    real_t = "double" if tgt.kind is TargetKind.HOST else "float"
+    model_c = f"""/* generated by edgetrain.codegen (int8 QAS training) for {tgt.name}: do not edit */
+#include "et_model.h"
+#define ET_REAL {real_t}
+{INT8_KERNELS}
+{chr(10).join(arrays)}
+
+static uint8_t et_arena[{arena}] __attribute__((aligned(8)));
+static int32_t et_labels[ET_BATCH];
+
+void et_load(const uint8_t *pixels, const uint8_t *labels, int n, int first) {{
+    int8_t *x = {A('a:' + graph.input, 'int8_t')};
+    for (int b = 0; b < ET_BATCH; b++) {{
+        const int i = (first + b) % n;
+        memcpy(x + (size_t)b * {D}, pixels + (size_t)i * {D}, {D});
+        et_labels[b] = labels[i];
+    }}
+}}
+
+static void forward(void) {{
+{chr(10).join('    ' + s for s in fwd)}
+}}
+
+float et_eval_batch(int *correct) {{
+    forward();
+    return (float)qxent({A('a:' + graph.output, 'int8_t')}, {out_t.zero_point}, {_hexd(out_t.scale)}, et_labels, 0, {B}, {K}, correct);
+}}
+
+float et_train_step(float lr_f) {{
+    const ET_REAL lr = {_hexd(spec.lr)};
+    (void)lr_f;
+    forward();
+    const ET_REAL loss = qxent({A('a:' + graph.output, 'int8_t')}, {out_t.zero_point}, {_hexd(out_t.scale)}, et_labels, {A('g:' + graph.output, 'ET_REAL')}, {B}, {K}, 0);
+{chr(10).join('    ' + s for s in bwd)}
+    return (float)loss;
+}}
+
+static void put_i32(int32_t v) {{
+    if (v < 0) {{ et_puts("-"); et_put_u32((uint32_t)(-(int64_t)v)); }} else et_put_u32((uint32_t)v);
+}}
+
+static void dump(const char *name, const int8_t *w, int nw, const int32_t *b, int nb) {{
+    et_puts("QPARAM "); et_puts(name); et_puts(" ");
+    for (int i = 0; i < nw; i++) {{ et_puts(" "); put_i32(w[i]); }}
+    et_puts(" |");
+    for (int i = 0; i < nb; i++) {{ et_puts(" "); put_i32(b[i]); }}
+    et_puts("\\n");
+}}
+
+void et_dump_params(void) {{
+{chr(10).join(dumps)}
+}}
+"""
+    from edgetrain.codegen._render import _main_c, _makefile
+    hdr = _header_int8(B, K, D, arena, spec)
+    files = {
+        "et_model.h": hdr,
+        "et_model.c": model_c,
+        "et_data.c": _data_int8(spec),
+        "main.c": _main_c(None, None, tgt),
+        "Makefile": _makefile(tgt),
+    }
+    files.update(render_platform(tgt, device_sram_bytes, device_flash_bytes, MIN_STACK_BYTES))
+    meta = {
+        "target": tgt.name, "model": graph.model, "device": "", "precision": "int8-qas",
+        "batch_size": B, "steps": spec.steps, "lr": spec.lr, "arena_bytes": arena,
+        "trainable_bytes": trainable_bytes, "const_weight_bytes": const_bytes,
+        "trainable_params": list(trainable), "folded": [],
+        "planner_predicted_peak_bytes": 0,
+        "codegen_predicted_peak_sram_bytes": arena + trainable_bytes + 4 * B
+        + RUNTIME_RESERVE_BYTES,
+        "sram_limit_bytes": device_sram_bytes, "flash_limit_bytes": device_flash_bytes,
+        "counter_hz": tgt.counter_hz, "qemu_machine": tgt.qemu_machine,
+        "buffers": [{"name": b.name, "bytes": b.nbytes, "offset": b.offset,
+                     "first_step": b.first, "last_step": b.last} for b in bufs],
+    }
+    files["edgetrain_build.json"] = json.dumps(meta, indent=1)
+    return files
+
+
+def _header_int8(B: int, K: int, D: int, arena: int, spec: Int8Spec) -> str:
+    from edgetrain.codegen._render import _cfloat
+    return f"""/* generated by edgetrain.codegen: do not edit */
+#ifndef ET_MODEL_H
+#define ET_MODEL_H
+#include <stdint.h>
+#define ET_BATCH {B}
+#define ET_CLASSES {K}
+#define ET_SAMPLE_BYTES {D}
+#define ET_ARENA_BYTES {arena}
+#define ET_STEPS {spec.steps}
+#define ET_LOG_EVERY {spec.log_every}
+#define ET_LR {_cfloat(spec.lr)}
+#define ET_DUMP_PARAMS {int(spec.dump_params)}
+extern const uint8_t et_train_x[], et_train_y[], et_test_x[], et_test_y[];
+extern const int et_train_n, et_test_n;
+void et_load(const uint8_t *pixels, const uint8_t *labels, int n, int first);
+float et_train_step(float lr);
+float et_eval_batch(int *correct);
+void et_dump_params(void);
+void et_puts(const char *s);
+void et_put_u32(uint32_t v);
+void et_put_hex(uint32_t v);
+uint64_t et_ticks(void);
+uint32_t et_stack_peak_bytes(void);
+void et_platform_init(void);
+void et_exit(int code);
+#endif
+"""
+
+
+def _data_int8(spec: Int8Spec) -> str:
+    def u8(a: np.ndarray) -> np.ndarray:
+        return np.asarray(a, dtype=np.int8).view(np.uint8)
+    return f"""/* generated by edgetrain.codegen: quantised samples (int8 stored as bytes, flash) */
+#include "et_model.h"
+const int et_train_n = {len(spec.train_y)};
+const int et_test_n = {len(spec.test_y)};
+const uint8_t et_train_x[] = {{
+{_bytes(u8(spec.train_q))}
+}};
+const uint8_t et_train_y[] = {{ {_bytes(np.asarray(spec.train_y).astype(np.uint8))} }};
+const uint8_t et_test_x[] = {{
+{_bytes(u8(spec.test_q))}
+}};
+const uint8_t et_test_y[] = {{ {_bytes(np.asarray(spec.test_y).astype(np.uint8))} }};
+"""
