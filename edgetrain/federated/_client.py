@@ -9,6 +9,7 @@ update (new - global) is clipped to an L2 norm and Gaussian noise of std
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -172,7 +173,6 @@ def client_train(config: FederationConfig, client: ClientSpec, state: dict[str, 
                                  f"(simulated dropout, p = {config.dropout})")
     if client.fault is FaultKind.CRASH:
         raise ClientFaultError(f"client {client.name} crashed on purpose (fault = crash)")
-    torch.set_num_threads(1)
     plan = Plan.from_json(config.plans[client.kind])
     model = build_client_model(config, state)
     data = local_data(config, client.client_id)
@@ -205,7 +205,6 @@ def client_train(config: FederationConfig, client: ClientSpec, state: dict[str, 
 
 def client_evaluate(config: FederationConfig, client: ClientSpec, state: dict[str, np.ndarray]):
     """The global model's accuracy on this client's local test split (metrics only)."""
-    torch.set_num_threads(1)
     model = build_client_model(config, state)
     data = local_data(config, client.client_id)
     return {"num-examples": int(len(data.y_test)), "client-id": client.client_id,
@@ -213,6 +212,18 @@ def client_evaluate(config: FederationConfig, client: ClientSpec, state: dict[st
 
 
 # -- the Flower ClientApp ------------------------------------------------------------------------
+@contextlib.contextmanager
+def one_thread():
+    """One intra-op thread while a client works (restored after): a device has one core, and
+    on a shared 2-core host mcu-cnn's tiny kernels run 40-100x slower with two OpenMP threads."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def make_client_app(config: FederationConfig | None = None):
     """The Flower `ClientApp`. With `config=None` (deployment) it reads the federation's
     config file from the run config key `config-path` and its client id from the node config
@@ -233,7 +244,8 @@ def make_client_app(config: FederationConfig | None = None):
     def _train(msg: Message, context: Context) -> Message:
         cfg, client, state = _setup(msg, context)
         rnd = int(msg.content["config"]["server-round"])
-        upload, ranges, metrics = client_train(cfg, client, state, rnd)
+        with one_thread():
+            upload, ranges, metrics = client_train(cfg, client, state, rnd)
         content = RecordDict({
             "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in upload.items()}),
             "trained": ConfigRecord({k: [int(a), int(b)] for k, (a, b) in ranges.items()}),
@@ -244,8 +256,9 @@ def make_client_app(config: FederationConfig | None = None):
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
         cfg, client, state = _setup(msg, context)
-        return Message(content=RecordDict({"metrics": MetricRecord(client_evaluate(cfg, client, state))}),
-                       reply_to=msg)
+        with one_thread():
+            metrics = client_evaluate(cfg, client, state)
+        return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
     return app
 

@@ -96,21 +96,15 @@ def local_only(config: FederationConfig) -> tuple[dict[str, float], dict[str, fl
     """Each client trains alone from the same initial model for rounds x local_steps steps
     under its plan, with the federation's per-round learning rates and batch draws. Returns the mean per kind of (held-out global test accuracy, accuracy on the
     client's own local test split)."""
-    import torch
-
-    from edgetrain.federated._client import global_test_set
+    from edgetrain.federated._client import global_test_set, one_thread
     from edgetrain.federated._server import initial_state
 
     init = initial_state(config)
     xg, yg = global_test_set(config)
-    threads = torch.get_num_threads()
-    # One intra-op thread, as on the clients: mcu-cnn's tiny kernels run 40-100x slower with
-    # two OpenMP threads on a loaded 2-core host (measured: 1.5 vs 62 ms per nRF52840 step).
-    torch.set_num_threads(1)
-    try:
+    # One intra-op thread, as on the clients (measured on a loaded 2-core host: 1.5 ms per
+    # nRF52840 step with one thread, 62 ms with two).
+    with one_thread():
         return _local_only(config, init, xg, yg)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _local_only(config, init, xg, yg):

@@ -75,10 +75,8 @@ def make_server_app(config: FederationConfig | None, out_dir: "str | Path | None
     """The Flower `ServerApp`. With `config=None` (deployment) it reads the config file and the
     output folder from the run config keys `config-path` and `out-dir`. `on_round(record)` is
     called after each round's checkpoint (in-process runs: progress display)."""
-    from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+    from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
-
-    from edgetrain.federated._strategy import PartialFedAvg
 
     app = ServerApp()
 
@@ -91,45 +89,54 @@ def make_server_app(config: FederationConfig | None, out_dir: "str | Path | None
             out = Path(str(context.run_config["out-dir"]))
         else:
             cfg, out = config, Path(out_dir)
-        torch.set_num_threads(1)
-        clients = cfg.clients()
-        resumed = load_checkpoint(cfg, out)
-        if resumed is None:
-            start, weights = 0, initial_state(cfg)
-            state = {"history": [], "initial_accuracy": evaluate_global(cfg, weights),
-                     "resumed_at": []}
-        else:
-            start, weights, state = resumed
-            state = dict(state, resumed_at=[*state.get("resumed_at", []), start])
-            log.warning("resuming the federation from the checkpoint of round %d in %s", start, out)
-        if start >= cfg.rounds:
-            return
-        strategy = PartialFedAvg(num_clients=len(clients), round_offset=start,
-                                 reject_norm_factor=cfg.reject_norm_factor,
-                                 reject_relative_norm=cfg.reject_relative_norm,
-                                 message_sink=message_sink)
+        from edgetrain.federated._client import one_thread
 
-        def on_round_end(server_round: int, arrays: ArrayRecord):
-            if server_round == 0:
-                return None
-            rnd = server_round + start
-            w = {k: v.numpy() for k, v in arrays.items()}
-            acc = evaluate_global(cfg, w)
-            state["history"].append(_round_record(cfg, rnd, acc, strategy.logs.get(rnd)))
-            save_checkpoint(cfg, out, rnd, w, state)
-            if on_round is not None:
-                on_round(state["history"][-1])
-            log.info("round %d: global accuracy %.4f", rnd, acc)
-            from flwr.app import MetricRecord
-
-            return MetricRecord({"accuracy": acc})
-
-        strategy.start(grid=grid, initial_arrays=ArrayRecord({k: Array(np.ascontiguousarray(v))
-                                                              for k, v in weights.items()}),
-                       num_rounds=cfg.rounds - start, timeout=cfg.round_timeout_s,
-                       train_config=ConfigRecord(), evaluate_fn=on_round_end)
+        with one_thread():
+            _serve(cfg, out, grid, message_sink, on_round)
 
     return app
+
+
+def _serve(cfg: FederationConfig, out: Path, grid, message_sink, on_round) -> None:
+    """The server's federation: resume or start, run the strategy, record and checkpoint."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+
+    from edgetrain.federated._strategy import PartialFedAvg
+
+    clients = cfg.clients()
+    resumed = load_checkpoint(cfg, out)
+    if resumed is None:
+        start, weights = 0, initial_state(cfg)
+        state = {"history": [], "initial_accuracy": evaluate_global(cfg, weights),
+                 "resumed_at": []}
+    else:
+        start, weights, state = resumed
+        state = dict(state, resumed_at=[*state.get("resumed_at", []), start])
+        log.warning("resuming the federation from the checkpoint of round %d in %s", start, out)
+    if start >= cfg.rounds:
+        return
+    strategy = PartialFedAvg(num_clients=len(clients), round_offset=start,
+                             reject_norm_factor=cfg.reject_norm_factor,
+                             reject_relative_norm=cfg.reject_relative_norm,
+                             message_sink=message_sink)
+
+    def on_round_end(server_round: int, arrays: ArrayRecord):
+        if server_round == 0:
+            return None
+        rnd = server_round + start
+        w = {k: v.numpy() for k, v in arrays.items()}
+        acc = evaluate_global(cfg, w)
+        state["history"].append(_round_record(cfg, rnd, acc, strategy.logs.get(rnd)))
+        save_checkpoint(cfg, out, rnd, w, state)
+        if on_round is not None:
+            on_round(state["history"][-1])
+        log.info("round %d: global accuracy %.4f", rnd, acc)
+        return MetricRecord({"accuracy": acc})
+
+    strategy.start(grid=grid, initial_arrays=ArrayRecord({k: Array(np.ascontiguousarray(v))
+                                                          for k, v in weights.items()}),
+                   num_rounds=cfg.rounds - start, timeout=cfg.round_timeout_s,
+                   train_config=ConfigRecord(), evaluate_fn=on_round_end)
 
 
 def _round_record(cfg: FederationConfig, rnd: int, acc: float, rl) -> dict:
