@@ -167,10 +167,13 @@ def test_measured_peak_within_budget_and_prediction(name, batch, frac):
         smallest = int(re.search(r"smallest achievable peak is ([\d,]+) bytes", str(e))
                        .group(1).replace(",", ""))
         assert smallest > budget * (1 - SAFETY_MARGIN), str(e)
+        print(f"\nMEMORY-ROW {name} {batch} {frac} {budget} infeasible {smallest}")
         return
     xs, ys = batches(x, batch, 2)
     # Execute
     measured = _measure_plan(model, p, xs, ys)
+    print(f"\nMEMORY-ROW {name} {batch} {frac} {budget} {p.predicted_peak_bytes} {measured} "
+          f"{p.micro_batch_size} {''.join(st.decision.value[0] for st in p.stages)}")
     # Assert
     assert measured <= budget
     assert measured <= 1.10 * p.predicted_peak_bytes

@@ -18,7 +18,20 @@ NOTE [ What counts toward peak memory ]
         single-tensor update allocates two parameter-sized temporaries for `denom`
         (torch/optim/adam.py, `_single_tensor_adam`).
     Transient workspaces of individual kernels are added at their node (see NOTE [ Kernel
-    workspaces on PyTorch CPU (torch 2.13) ]).
+    workspaces on PyTorch CPU (torch 2.13) ]; batch norm's backward holds one input-sized
+    transient).
+    Under a `Schedule`:
+      - recomputation: a checkpointed segment keeps only its inputs through forward; backward
+        re-runs its forward node by node (NOTE [ Recomputation ]);
+      - paging: a paged storage dies after its last forward use; its node's backward reads a
+        fresh copy back (per saving node) and frees it when that node is done. Storages
+        that stay in RAM anyway (parameters, buffers, the input batch and targets, of which a
+        micro-batch is a view) are never paged;
+      - micro-batching: the whole batch is live throughout; from the second micro-batch on,
+        every trainable parameter's `.grad` is live and new gradients are added into it.
+    These rules were checked node by node against the allocator's events (predicted and
+    measured peaks agree to within a few bytes for every reference model and schedule kind
+    in tests/test_runtime.py).
 """
 
 from __future__ import annotations
@@ -141,8 +154,9 @@ class Schedule:
 
     `trainable`: names of the parameters that train (None: the graph's own flags).
     `recompute_segments`: [start, stop) node-index ranges run under non-reentrant
-    checkpointing: their internal saved tensors are dropped in forward and recomputed when
-    backward reaches the segment; the segment's inputs stay live until then.
+    checkpointing: their internal saved tensors are dropped in forward and recomputed at the
+    first unpack in backward, by re-running the segment up to its last saving node; the
+    segment's inputs stay live until the segment's backward is done.
     `paged_nodes`: indices of nodes whose saved activations go to storage in forward and are
     read back for their backward.
     `in_place_update`: each parameter is updated as soon as its gradient is accumulated

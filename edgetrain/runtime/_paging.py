@@ -31,7 +31,7 @@ class _Handle:
 
 
 class PagingStore:
-    """An append-only file of paged tensors; reset between steps."""
+    """An append-only file of paged tensors, rewound at every micro-batch (`reset`)."""
 
     def __init__(self, directory: "str | os.PathLike | None" = None) -> None:
         fd, self.path = tempfile.mkstemp(prefix="edgetrain-page-", suffix=".bin", dir=directory)
