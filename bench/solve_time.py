@@ -44,7 +44,6 @@ from edgetrain.planner._plan import ActivationDecision, Objective
 from edgetrain.planner._poet import (
     Granularity,
     build_node_graph,
-    lift_stage_decisions,
     project_to_stages,
     solve_node_milp,
     validate_node_schedule,
@@ -93,7 +92,8 @@ def _poet(make, granularity: Granularity, time_limit_s: float) -> dict:
            "highs_gap_on_extra": sol.mip_gap,
            "gap_on_total": (None if sol.objective is None or sol.dual_bound is None
                             else (sol.objective - sol.dual_bound) / sol.objective),
-           "proven_optimal": sol.status.value == "optimal", "plain_training_j": ng.base_cost}
+           "proven_optimal": sol.status.value == "optimal", "used_highs": sol.used_highs,
+           "plain_training_j": ng.base_cost}
     if sol.schedule is None:
         row["feasible"] = False
         return row

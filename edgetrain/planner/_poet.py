@@ -5,8 +5,8 @@ repository) schedules a training graph's operators over T = N
 *stages*: stage t evaluates node t for the first time (its "frontier-advancing" order) and may
 recompute any earlier node; binaries say what is computed and what stays resident, and a
 per-stage walk over the nodes accounts for memory. POET (Patil et al., ICML 2022; its MILP
-extends Checkmate's) adds paging: a value may also be written to storage and read back later. POET's MILP leaves out what
-an MCU cannot: parameters, gradients and optimizer state are not in its RAM constraint, paging
+extends Checkmate's) adds paging: a value may also be written to storage and read back later.
+POET's MILP leaves out what an MCU cannot: parameters, gradients and optimizer state are not in its RAM constraint, paging
 time is not in its deadline, and neither storage capacity nor bytes written appear. This module
 keeps all four.
 
@@ -483,7 +483,8 @@ class MilpSolution:
     schedule: NodeSchedule | None
     objective: float | None  # base cost + the MILP's extra cost (J or s), None: no incumbent
     dual_bound: float | None  # HiGHS's lower bound on the same quantity
-    mip_gap: float | None  # (objective - bound) / objective, HiGHS's definition on the extra
+    mip_gap: float | None  # HiGHS's relative gap, on the MILP's objective: the extra cost only
+    used_highs: bool  # False: plain training fits, so it is optimal without a solve
     solve_time_s: float
     build_time_s: float
     n_binaries: int
@@ -540,8 +541,12 @@ def solve_node_milp(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
     `shortcut`: if plain training (keep everything) fits, it is optimal — every term of the
     objective is a non-negative extra cost — and HiGHS is not called (`solve_time_s` 0).
     """
-    if time_limit_s <= 0:
-        raise InvalidArgumentError(f"time_limit_s = {time_limit_s} must be > 0 seconds")
+    if not time_limit_s > 0:
+        raise InvalidArgumentError(f"time_limit_s = {time_limit_s} must be > 0 seconds; "
+                                   "POET's own runs used 180-300 s")
+    if budget_bytes <= 0 or capacity_bytes < 0:
+        raise InvalidArgumentError(f"budget_bytes = {budget_bytes:,} must be > 0 and "
+                                   f"capacity_bytes = {capacity_bytes:,} >= 0")
     t0 = time.perf_counter()
     if shortcut:
         keep = lift_stage_decisions(ng, tuple(KEEP for _ in ng.stage_choices))
@@ -550,7 +555,7 @@ def solve_node_milp(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
         except NodeScheduleError:
             rep = None
         if rep is not None and (deadline_s is None or rep.latency_s <= deadline_s):
-            return MilpSolution(MilpStatus.OPTIMAL, keep, rep.cost, rep.cost, 0.0, 0.0,
+            return MilpSolution(MilpStatus.OPTIMAL, keep, rep.cost, rep.cost, 0.0, False, 0.0,
                                 time.perf_counter() - t0, 0, 0, 0, budget_bytes)
     m = _build_model(ng, budget_bytes, capacity_bytes, deadline_s, granularity)
     n, scale = ng.n, m.scale
@@ -569,7 +574,7 @@ def solve_node_milp(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
     bound = None if bound is None or not math.isfinite(bound) else ng.base_cost + bound * scale
     if res.x is None:
         status = MilpStatus.INFEASIBLE if res.status == 2 else MilpStatus.NO_SOLUTION
-        return MilpSolution(status, None, None, bound, None, **stats)
+        return MilpSolution(status, None, None, bound, None, True, **stats)
     x = np.round(res.x).astype(int)
 
     def on(key) -> bool:
@@ -585,7 +590,8 @@ def solve_node_milp(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
     status = MilpStatus.OPTIMAL if res.status == 0 else MilpStatus.FEASIBLE
     gap = getattr(res, "mip_gap", None)
     return MilpSolution(status, sched, ng.base_cost + float(res.fun) * scale, bound,
-                        None if gap is None or not math.isfinite(gap) else float(gap), **stats)
+                        None if gap is None or not math.isfinite(gap) else float(gap), True,
+                        **stats)
 
 
 def _build_model(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
@@ -693,7 +699,8 @@ def _build_model(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
             row, c = terms((1.0, u_prev), (run, rk))
             m.row(row, -np.inf, budget - c)
             u = m.var(("U", t, k), lb=0.0, ub=budget, integral=False)
-            row, c = terms((1.0, u), (-1.0, u_prev), (-(x.mem_bytes + x.param_grad_bytes) / unit, rk))
+            grows = (x.mem_bytes + x.param_grad_bytes) / unit
+            row, c = terms((1.0, u), (-1.0, u_prev), (-grows, rk))
             for i in (*x.deps, k):
                 if mem[i] == 0:
                     continue
