@@ -271,3 +271,78 @@ def test_instruction_counter_counts_a_known_loop(tmp_path, target):
     ticks = int(r.stdout.split("TICKS")[1].split()[0])
     # Assert: ticks x (1e9 / counter_hz) is the instruction count, to one tick
     assert abs(ticks * 1e9 / tgt.counter_hz - 2_000_000) <= 1e9 / tgt.counter_hz
+
+
+# ------------------------------------------------------------------------------ int8 (QAS)
+
+def _int8_case(name: str, size: int | None, trainable: list[str], steps: int, lr: float,
+               big_head: bool, target: str, tmp_path):
+    from edgetrain.codegen._int8 import Int8Spec, render_int8
+    from edgetrain.quant import QuantModel, QuantSGD, WeightStorage, quantize
+    import torch.nn.functional as F
+    # Prepare: an int8 graph (edgetrain.quant), samples, and the C project for it
+    m, x = build_model(name)
+    if size:
+        x = x[..., :size, :size].contiguous()
+    m.eval()
+    g = torch.Generator().manual_seed(0)
+    if big_head:  # logits that are not all one int8 level, so gradients reach the weights
+        with torch.no_grad():
+            m.classifier.weight.normal_(0, 0.3, generator=g)
+    qg = quantize(m, torch.randn(8, *x.shape[1:], generator=g), name=name)
+    xs, ys = torch.randn(6, *x.shape[1:], generator=g), torch.randint(0, 10, (6,), generator=g)
+    q = qg.quantize_input(xs).numpy()
+    files = render_int8(qg, trainable, target,
+                        Int8Spec(q, ys.numpy(), q, ys.numpy(), steps=steps, lr=lr,
+                                 dump_params=True),
+                        device_sram_bytes=1 << 20, device_flash_bytes=2 << 20)
+    out = tmp_path / "int8"
+    out.mkdir()
+    for k, v in files.items():
+        (out / k).write_text(v)
+    # Execute: C, then the PyTorch int8 simulation (WeightStorage.INT8, QAS)
+    res = mcu_run(out)
+    qm = QuantModel(qg, trainable=trainable, storage=WeightStorage.INT8)
+    opt = QuantSGD(qm, lr=lr, qas=True)
+    for s in range(steps):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(qm(xs[[s % 6]]), ys[[s % 6]]).backward()
+        opt.step()
+    return res, qm, qg
+
+
+@needs_cc
+@pytest.mark.parametrize("case", ["mcu-cnn", "mbv2-residual"])
+def test_host_int8_training_is_bit_exact_with_the_pytorch_int8_simulation(tmp_path, case):
+    if case == "mcu-cnn":
+        res, qm, qg = _int8_case("mcu-cnn", None, ["features.3.0", "classifier"], 6, 0.05,
+                                 False, "host", tmp_path)
+    else:  # the gradient crosses two residual adds, depthwise and ReLU6 clamps
+        res, qm, qg = _int8_case(
+            "mbv2-w0.35", 32, ["features.15.conv.0.0", "features.15.conv.1.0",
+                               "features.15.conv.2.0", "features.16.conv.1.0",
+                               "features.16.conv.2.0", "features.18.0", "classifier"],
+            3, 0.001, True, "host", tmp_path)
+    # Assert: every trained int8 weight and int32 bias equals the simulation's, and training
+    # changed some of them
+    want = qm.integer_weights()
+    init = {op.name: op for op in qg.weighted_ops}
+    changed = 0
+    for name, (w, b) in res.params.items():
+        assert torch.equal(torch.tensor(w, dtype=torch.int8), want[name][0].reshape(-1)), name
+        assert torch.equal(torch.tensor(b, dtype=torch.int32), want[name][1].reshape(-1)), name
+        changed += int((want[name][0] != init[name].weight).sum())
+        changed += int((want[name][1] != init[name].bias).sum())
+    assert changed > 0
+
+
+@needs_arm
+def test_cortex_m4_int8_training_runs_and_reports_memory(tmp_path):
+    res, qm, _ = _int8_case("mcu-cnn", None, ["classifier"], 4, 0.05, False, "cortex-m4",
+                            tmp_path)
+    assert res.peak_sram_bytes == res.static_sram_bytes + res.stack_peak_bytes
+    assert abs(res.peak_sram_bytes / res.codegen_predicted_peak_sram_bytes - 1) < 0.05
+    # float gradients on the MCU: the int8 weights match the float64 simulation closely
+    w, b = res.params["classifier"]
+    want_w = qm.integer_weights()["classifier"][0].reshape(-1).to(torch.int64)
+    assert (torch.tensor(w) - want_w).abs().max() <= 1

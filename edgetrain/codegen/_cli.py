@@ -50,11 +50,18 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     exact = shape[1:] == tuple(tr.x.shape[1:])
     train = samples_of(resize_for(tr.x, shape), tr.y, name, exact=exact)
     test = samples_of(resize_for(te.x, shape), te.y, name, exact=exact)
-    spec = TrainingSpec(train, test, steps=args.steps, lr=args.lr, log_every=args.log_every,
-                        dump_params=args.dump_params)
-    with torch.no_grad():
-        out = compile_project(plan, model, example, args.target, spec, args.output,
-                              device=args.device)
+    if args.precision == "int8":
+        from edgetrain.codegen._compile import compile_int8_project
+        out, _, _ = compile_int8_project(plan, model, train, test, args.target, args.output,
+                                         steps=args.steps, lr=args.lr, device=args.device,
+                                         log_every=args.log_every,
+                                         dump_params=args.dump_params)
+    else:
+        spec = TrainingSpec(train, test, steps=args.steps, lr=args.lr,
+                            log_every=args.log_every, dump_params=args.dump_params)
+        with torch.no_grad():
+            out = compile_project(plan, model, example, args.target, spec, args.output,
+                                  device=args.device)
     meta = json.loads((out / "edgetrain_build.json").read_text())
     if args.json:
         print(json.dumps({k: v for k, v in meta.items() if k != "buffers"}))
@@ -81,8 +88,11 @@ def _cmd_mcu_run(args: argparse.Namespace) -> int:
         console.print(f"  SRAM: static {r.static_sram_bytes:,} B + stack {r.stack_peak_bytes:,} B "
                       f"= peak {r.peak_sram_bytes:,} B of {r.sram_limit_bytes:,} B; flash "
                       f"{r.flash_bytes:,} B of {r.flash_limit_bytes:,} B")
+        planned = (f"{r.planner_predicted_peak_bytes:,} B" if r.planner_predicted_peak_bytes
+                   else "n/a (int8)")
         console.print(f"  {r.instructions_per_step:,.0f} instructions per training step (QEMU "
-                      f"-icount); planner's predicted peak {r.planner_predicted_peak_bytes:,} B")
+                      f"-icount); predicted peak: generator {r.codegen_predicted_peak_sram_bytes:,}"
+                      f" B, planner {planned}")
     else:
         console.print(f"  {r.step_time_s * 1e6:,.1f} µs per training step on this host")
     return 0
@@ -95,6 +105,9 @@ def register(subparsers) -> None:
     c.add_argument("--target", choices=["host", "cortex-m4", "cortex-m7"], default="host")
     c.add_argument("-o", "--output", required=True, help="folder for the C project")
     c.add_argument("--weights", help="start from these weights (.safetensors)")
+    c.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                   help="fp32, or int8 with QAS (edgetrain.quant; calibrated on the training "
+                        "samples; the ops whose parameters the plan trains are updated)")
     c.add_argument("--device", default=None,
                    help="device whose SRAM/flash bound the linker script (default: the plan's)")
     c.add_argument("--data", default="fashion-mnist:5-9")

@@ -77,3 +77,55 @@ def compile_project(plan: Plan, model: torch.nn.Module, example: torch.Tensor, t
     for name, text in files.items():
         write_text_atomic(text, out / name)
     return out
+
+
+def int8_trainable_ops(plan: Plan, graph) -> tuple[str, ...]:
+    """The int8 graph's conv/linear ops a plan trains: an op trains when the plan trains a
+    parameter of its module or of the batch norm folded into it (the next module of the same
+    parent, as in conv -> BN -> act)."""
+    mods = set()
+    for p in plan.params:
+        if p.name in plan.trainable():
+            m = p.name.rsplit(".", 1)[0]
+            mods.add(m)
+            head, _, last = m.rpartition(".")
+            if last.isdigit() and int(last) > 0:
+                mods.add(f"{head}.{int(last) - 1}" if head else str(int(last) - 1))
+    return tuple(op.name for op in graph.weighted_ops if op.name in mods)
+
+
+def compile_int8_project(plan: Plan, model: torch.nn.Module, train: SampleSet, test: SampleSet,
+                         target: str, out_dir: "str | Path", *, steps: int, lr: float,
+                         calibration: torch.Tensor | None = None, device: "str | None" = None,
+                         log_every: int = 1, dump_params: bool = False):
+    """Quantise `model` (edgetrain.quant, calibrated on `calibration` or the training images),
+    render int8 QAS training of what `plan` trains, write it; returns (out_dir, QuantGraph,
+    trainable op names)."""
+    from edgetrain.codegen._int8 import Int8Spec, render_int8
+    from edgetrain.cost import load_device
+    from edgetrain.quant import quantize
+
+    tgt = get_target(target)
+    was = model.training
+    model.eval()
+    try:
+        calib = calibration if calibration is not None else normalised(train)
+        qg = quantize(model, calib, name=plan.model)
+    finally:
+        model.train(was)
+    trainable = int8_trainable_ops(plan, qg)
+    spec = Int8Spec(qg.quantize_input(normalised(train)).numpy(), train.labels,
+                    qg.quantize_input(normalised(test)).numpy(), test.labels, steps=steps,
+                    lr=lr, batch_size=plan.batch_size, log_every=log_every,
+                    dump_params=dump_params)
+    sram = flash = 0
+    if tgt.kind is TargetKind.CORTEX_M:
+        dev = load_device(device or plan.device)
+        sram, flash = dev.ram_bytes, dev.flash_bytes
+    files = render_int8(qg, trainable, tgt, spec, device_sram_bytes=sram,
+                        device_flash_bytes=flash)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        write_text_atomic(text, out / name)
+    return out, qg, trainable

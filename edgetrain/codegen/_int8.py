@@ -540,7 +540,7 @@ void et_dump_params(void) {{
         "batch_size": B, "steps": spec.steps, "lr": spec.lr, "arena_bytes": arena,
         "trainable_bytes": trainable_bytes, "const_weight_bytes": const_bytes,
         "trainable_params": list(trainable), "folded": [],
-        "planner_predicted_peak_bytes": 0,
+        "planner_predicted_peak_bytes": None,  # the planner has no int8 model of this program
         "codegen_predicted_peak_sram_bytes": arena + trainable_bytes + 4 * B
         + RUNTIME_RESERVE_BYTES,
         "sram_limit_bytes": device_sram_bytes, "flash_limit_bytes": device_flash_bytes,

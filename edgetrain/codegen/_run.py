@@ -35,7 +35,7 @@ class McuRunResult:
     sram_limit_bytes: int | None
     flash_limit_bytes: int | None
     arena_bytes: int
-    planner_predicted_peak_bytes: int
+    planner_predicted_peak_bytes: int | None
     codegen_predicted_peak_sram_bytes: int
     instructions_per_step: float | None
     step_time_s: float | None  # host target only (wall clock of the training steps)
