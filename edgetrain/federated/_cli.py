@@ -133,6 +133,8 @@ def _cmd_federate(args: argparse.Namespace) -> int:
                   f"(from {100 * r.initial_accuracy:.1f} %)"
                   + (f"; DP noise multiplier {r.noise_multiplier:g}, clip {r.clip_norm:g}"
                      if r.clip_norm is not None else ""))
+    for note in r.notes[1:]:
+        console.print(f"[yellow]warning:[/] {note}")
     if r.resumed_at:
         console.print(f"resumed from the checkpoint of round(s) {r.resumed_at}")
     console.print(f"report {r.out_dir}/report.json, plot {r.plot}")

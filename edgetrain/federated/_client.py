@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,6 +174,8 @@ def client_train(config: FederationConfig, client: ClientSpec, state: dict[str, 
                                  f"(simulated dropout, p = {config.dropout})")
     if client.fault is FaultKind.CRASH:
         raise ClientFaultError(f"client {client.name} crashed on purpose (fault = crash)")
+    if client.fault is FaultKind.SLOW:
+        time.sleep(client.fault_delay_s)
     plan = Plan.from_json(config.plans[client.kind])
     model = build_client_model(config, state)
     data = local_data(config, client.client_id)

@@ -145,7 +145,8 @@ class FederationConfig:
     def to_json(self) -> str:
         d = asdict(self)
         d["fleet"] = [{"kind": g.kind, "count": g.count, "batch_size": g.batch_size,
-                       "fault": g.fault.value, "fault_scale": g.fault_scale}
+                       "fault": g.fault.value, "fault_scale": g.fault_scale,
+                       "fault_delay_s": g.fault_delay_s}
                       for g in self.fleet.groups]
         d["partition"] = str(self.partition)
         return json.dumps(d)
@@ -154,7 +155,8 @@ class FederationConfig:
     def from_json(cls, text: str) -> "FederationConfig":
         d = json.loads(text)
         d["fleet"] = Fleet(tuple(DeviceGroup(g["kind"], g["count"], g["batch_size"],
-                                             FaultKind(g["fault"]), g["fault_scale"])
+                                             FaultKind(g["fault"]), g["fault_scale"],
+                                             g.get("fault_delay_s", 0.0))
                                  for g in d["fleet"]))
         d["partition"] = Partition.parse(d["partition"])
         return cls(**d)

@@ -4,7 +4,8 @@
     kind = "nrf52840"      # a catalog name (`edgetrain devices`) or path/to/board.toml
     count = 6
     batch_size = 8         # optional, default 8: the local batch the device's plan trains
-    fault = "nan"          # optional fault injection for robustness drills: nan | scale:F | crash
+    fault = "nan"          # optional fault injection for robustness drills:
+                           #   nan | scale:F | crash | slow:S (replies S seconds late)
 
 Every field is checked; a bad file raises `FleetFileError` naming the table, the field, the
 value and the fix.
@@ -36,6 +37,7 @@ class FaultKind(enum.Enum):
     NAN = "nan"          # every uploaded value is NaN
     SCALE = "scale"      # the update (new - global) is multiplied by `fault_scale`
     CRASH = "crash"      # the client raises before replying
+    SLOW = "slow"        # the client replies `fault_delay_s` seconds late (a straggler)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,7 @@ class DeviceGroup:
     batch_size: int = DEFAULT_BATCH_SIZE
     fault: FaultKind = FaultKind.NONE
     fault_scale: float = 1.0
+    fault_delay_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,7 @@ class ClientSpec:
     batch_size: int
     fault: FaultKind = FaultKind.NONE
     fault_scale: float = 1.0
+    fault_delay_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +82,7 @@ class Fleet:
                 i = seen.get(g.kind, 0)
                 seen[g.kind] = i + 1
                 out.append(ClientSpec(len(out), f"{g.kind}-{i}", g.kind, g.batch_size, g.fault,
-                                      g.fault_scale))
+                                      g.fault_scale, g.fault_delay_s))
         return tuple(out)
 
     def to_dict(self) -> dict:
@@ -87,15 +91,20 @@ class Fleet:
 
 
 def _fault_text(g: DeviceGroup) -> str:
-    return f"scale:{g.fault_scale:g}" if g.fault is FaultKind.SCALE else g.fault.value
+    if g.fault is FaultKind.SCALE:
+        return f"scale:{g.fault_scale:g}"
+    if g.fault is FaultKind.SLOW:
+        return f"slow:{g.fault_delay_s:g}"
+    return g.fault.value
 
 
 def _err(where: str, field: str, value, why: str, fix: str) -> FleetFileError:
     return FleetFileError(f"{where}: field {field!r} = {value!r} {why}; {fix}")
 
 
-def _parse_fault(where: str, value) -> tuple[FaultKind, float]:
-    fix = "use one of none, nan, crash or scale:F with F a finite number (e.g. scale:1e6)"
+def _parse_fault(where: str, value) -> tuple[FaultKind, float, float]:
+    fix = ("use one of none, nan, crash, scale:F with F a finite number (e.g. scale:1e6) or "
+           "slow:S with S seconds >= 0 (e.g. slow:30)")
     if not isinstance(value, str):
         raise _err(where, "fault", value, "is not a string", fix)
     text = value.strip().lower()
@@ -106,14 +115,22 @@ def _parse_fault(where: str, value) -> tuple[FaultKind, float]:
             raise _err(where, "fault", value, "has no number after scale:", fix) from None
         if f != f or f in (float("inf"), float("-inf")):
             raise _err(where, "fault", value, "is not finite", fix)
-        return FaultKind.SCALE, f
+        return FaultKind.SCALE, f, 0.0
+    if text.startswith("slow:"):
+        try:
+            d = float(text[5:])
+        except ValueError:
+            raise _err(where, "fault", value, "has no number after slow:", fix) from None
+        if not (0 <= d < float("inf")):
+            raise _err(where, "fault", value, "is not a delay in seconds >= 0", fix)
+        return FaultKind.SLOW, 1.0, d
     try:
         kind = FaultKind(text)
     except ValueError:
         raise _err(where, "fault", value, "is not a known fault", fix) from None
-    if kind is FaultKind.SCALE:
-        raise _err(where, "fault", value, "needs a factor", fix)
-    return kind, 1.0
+    if kind in (FaultKind.SCALE, FaultKind.SLOW):
+        raise _err(where, "fault", value, "needs a number", fix)
+    return kind, 1.0, 0.0
 
 
 def parse_fleet(data: dict, source: str = "fleet") -> Fleet:
@@ -160,8 +177,8 @@ def parse_fleet(data: dict, source: str = "fleet") -> Fleet:
         if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 4096:
             raise _err(where, "batch_size", batch, "is out of range",
                        "use an integer local batch size from 1 to 4096 (samples per step)")
-        fault, scale = _parse_fault(where, t.get("fault", "none"))
-        groups.append(DeviceGroup(kind, count, batch, fault, scale))
+        fault, scale, delay = _parse_fault(where, t.get("fault", "none"))
+        groups.append(DeviceGroup(kind, count, batch, fault, scale, delay))
         total += count
     if total > MAX_CLIENTS:
         raise FleetFileError(f"{source}: {total} clients in all, more than {MAX_CLIENTS}; "

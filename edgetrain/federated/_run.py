@@ -207,6 +207,11 @@ def federate(config: FederationConfig, *, out_dir: "str | os.PathLike | None" = 
                 f"the federation stopped after round {state['round']} of {config.rounds}; rerun "
                 f"the same command to resume from {checkpoint_dir(out)}")
         hist = tuple(state["history"])
+        idle = [r["round"] for r in hist if not r["accepted"]]
+        warnings_ = ((f"no client update was accepted in round(s) {idle}: the global model did not "
+                      "change there; see each round's failure_reasons and rejected",) if idle else ())
+        for w in warnings_:
+            log.warning(w)
         lo_g, lo_l = local_only(config) if baselines else ({}, {})
         plot_path = None
         if plot and tmp is None:
@@ -225,7 +230,7 @@ def federate(config: FederationConfig, *, out_dir: "str | os.PathLike | None" = 
             notes=("accuracy: global model on the held-out test set; accuracy_by_kind: global "
                    "model on the local test splits of that kind's clients; local_only_*: each "
                    "client trained alone for rounds x local_steps steps (mean per kind), on the "
-                   "held-out test set and on its own local test split",))
+                   "held-out test set and on its own local test split", *warnings_))
         if tmp is None:
             from edgetrain._checkpoint import write_json_atomic
 

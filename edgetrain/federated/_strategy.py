@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -22,6 +23,15 @@ from flwr.common.serde import message_to_proto
 from flwr.serverapp.strategy import FedAvg
 
 log = logging.getLogger("edgetrain.federated")
+
+
+def _short_reason(reason: str) -> str:
+    """The client's own error message out of Flower's (and Ray's) wrapped traceback."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(reason))
+    if "Message: " in text:
+        text = text.rsplit("Message: ", 1)[1]
+    text = " ".join(text.split()).rstrip("'>")
+    return text[:300]
 
 
 def message_bytes(msg: Message) -> int:
@@ -81,7 +91,7 @@ class PartialFedAvg(FedAvg):
         valid, errors = self._check_and_log_replies(list(replies), is_train=True, validate=False)
         for m in errors:
             rl.failed_nodes.append(m.metadata.src_node_id)
-            rl.failures.append(f"node {m.metadata.src_node_id}: {m.error.reason}")
+            rl.failures.append(f"node {m.metadata.src_node_id}: {_short_reason(m.error.reason)}")
         parsed = []
         for m in valid:
             try:
