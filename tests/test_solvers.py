@@ -50,6 +50,8 @@ def test_dp_equals_milp_and_beats_every_feasible_baseline(name, batch, frac):
     p = _problem(name, batch, frac, objective="energy")
     results = {}
     for sname, solver in SOLVERS.items():
+        if sname == "poet":
+            continue  # tests/test_poet_milp.py holds it to the baselines; HiGHS needs minutes here
         try:
             ev = solver(p)
         except PlanInfeasibleError as e:
