@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from importlib import import_module
 
 from rich.console import Console
 from rich.table import Table
@@ -219,7 +220,18 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Later stages of the pipeline register their own commands. They are imported only when their
+# command (or the full help) is asked for, so `edgetrain profile` does not pay for Flower's or
+# the code generator's imports.
+_STAGE_COMMANDS = {
+    "compile": "edgetrain.codegen._cli",
+    "mcu-run": "edgetrain.codegen._cli",
+    "bench": "edgetrain.strategies._cli",
+    "federate": "edgetrain.federated._cli",
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="edgetrain",
         description="On-device training: capture a PyTorch model, cost it on a device, plan, train.")
@@ -281,11 +293,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="nrf52840")
     m.add_argument("--quick", action="store_true", help="fewer pretraining samples (CI)")
     m.set_defaults(fn=_cmd_demo)
+
+    args = sys.argv[1:] if argv is None else argv
+    command = next((a for a in args if not a.startswith("-")), None)
+    wanted = ([_STAGE_COMMANDS[command]] if command in _STAGE_COMMANDS else
+              [] if command in sub.choices else list(_STAGE_COMMANDS.values()))
+    for module in dict.fromkeys(wanted):
+        import_module(module).register(sub)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.fn(args)
     except EdgetrainError as e:
