@@ -41,12 +41,14 @@ from edgetrain._checkpoint import cache_dir, load_tensors, save_tensors_atomic, 
 from edgetrain._checkpoint import write_text_atomic
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.planner._solvers import PlanInfeasibleError
+from edgetrain.runtime import NonFiniteLossError
 from edgetrain.strategies._common import SystemName
 from edgetrain.strategies._registry import get_system
 
 NEW_CLASSES = "fashion-mnist:5-9"
 OLD_CLASSES = (0, 1, 2, 3, 4)
 BENCH_DEVICES = ("nrf52840", "rpi4", "snapdragon-865")  # one MCU, one board, one phone
+CALIBRATION_SAMPLES = 256  # int8 strategies quantise with pretraining-data images
 
 
 @dataclass(frozen=True)
@@ -151,8 +153,9 @@ def _data(task: ModelTask, example: torch.Tensor, seed: int):
 
     train = load_dataset(NEW_CLASSES, split="train", limit=task.samples, seed=seed)
     test = load_dataset(NEW_CLASSES, split="test", limit=task.test_limit, seed=seed)
+    calib = load_dataset("fashion-mnist:0-4", split="train", limit=CALIBRATION_SAMPLES, seed=seed)
     return (resize_for(train.x, example.shape), train.y, resize_for(test.x, example.shape),
-            test.y)
+            test.y, resize_for(calib.x, example.shape))
 
 
 def _plan_key(prepared) -> str:
@@ -166,9 +169,11 @@ def _run_one(system: SystemName, task: ModelTask, device: str, base: torch.nn.Mo
              example: torch.Tensor, data, cfg: BenchConfig, cache: dict) -> BenchRow:
     sysm = get_system(system)
     model = copy.deepcopy(base)
+    x, y, tx, ty, calib = data
     kwargs = {"known_classes": OLD_CLASSES} if system is SystemName.TINYOL else {}
+    if system is SystemName.TTE:
+        kwargs = {"calibration": calib, "analysis": (x, y)}
     batch = 1 if system is SystemName.TINYOL else task.batch_size
-    x, y, tx, ty = data
     try:
         prepared = sysm.prepare(model, example, device=device, batch_size=batch, name=task.model,
                                 **kwargs)
@@ -194,14 +199,18 @@ def _run_one(system: SystemName, task: ModelTask, device: str, base: torch.nn.Mo
             after = _accuracy(prepared.model, tx, ty)
             cache[key] = (before, after, rep, None)
         except PlanInfeasibleError as e:  # Sage's re-plan after the drop may not fit
-            cache[key] = (before, None, None, str(e))
+            cache[key] = (before, None, None, f"does not fit after the budget drop: {e}")
+        except NonFiniteLossError as e:  # recorded, not hidden: the run diverged
+            cache[key] = (before, None, None, f"diverged: {e}")
     before, after, rep, err = cache[key]
     n_train = len(p.trainable())
     if rep is None:
-        return BenchRow(system.value, task.model, device, False, p.budget_bytes,
-                        prepared.predicted_peak_bytes, None, None, None, None, None, before,
+        fits = prepared.fits and not err.startswith("does not fit")
+        return BenchRow(system.value, task.model, device, fits, p.budget_bytes,
+                        prepared.predicted_peak_bytes, None, p.predicted.storage_bytes_written,
+                        None, p.predicted.latency_s, p.predicted.energy_j, before,
                         None, 0, None, batch, p.micro_batch_size, n_train,
-                        (*prepared.notes, f"failed during training: {err}"))
+                        (*prepared.notes, f"training failed, {err}"))
     steps = max(1, rep.steps)
     return BenchRow(
         system.value, task.model, device, prepared.fits, p.budget_bytes,

@@ -46,6 +46,7 @@ class SystemName(enum.Enum):
     TINYTL = "tinytl"
     MELON = "melon"
     SAGE = "sage"
+    TTE = "tte"
 
 
 class UnknownSystemError(InvalidArgumentError):
@@ -81,12 +82,13 @@ class Prepared:
 
 @dataclass(frozen=True)
 class TrainReport:
-    """What a training run measured on this host."""
+    """What a training run measured on this host. `measured_peak_bytes` is None where the
+    host's step is a simulation whose allocator peak is not the device's (int8 strategies)."""
 
     samples: int
     steps: int
     losses: tuple[float, ...]
-    measured_peak_bytes: int
+    measured_peak_bytes: int | None
     storage_bytes_written: int
     host_step_s: float
     samples_per_s: float
