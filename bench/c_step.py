@@ -13,8 +13,11 @@
    on-device; peak SRAM, flash, instructions per step, held-out accuracy before/after, and the
    planner's predicted peak beside the measured one. The same on Cortex-M7 (mps2-an500) with
    the STM32F746's 320 KB / 1 MB.
-3. `mbv2-w0.35` at 128x128 (TTE's setup) on the STM32F746 profile, fp32: compiled and linked
-   against the device's limits; the result (or the linker's refusal, with sizes) is recorded.
+3. `mbv2-w0.35` at 128x128 (TTE's setup) on the STM32F746 profile: fp32 (compiled and linked
+   against the device's limits; the linker's refusal, with sizes, is recorded) and int8 with
+   QAS (edgetrain.quant; trains the classifier; 2 steps on Cortex-M7): peak SRAM beside TTE's
+   published 141 KB.
+4. int8 (QAS) on-device learning of `mcu-cnn` on the nRF52840 / Cortex-M4, as in 2.
 
 Writes c_step.json and c_step.md under --out.
 """
@@ -129,13 +132,54 @@ def mbv2_tte(out: Path) -> dict:
            "policy": "last:4", "arena_bytes": meta["arena_bytes"],
            "trainable_bytes": meta["trainable_bytes"],
            "const_weight_bytes": meta["const_weight_bytes"],
-           "tte_published_peak_sram_bytes": 141 * 1024}
+           "tte_published_peak_sram_kb": 141}
     try:
         r = mcu_run(proj)
         row.update(r.to_dict())
     except BuildError as e:
+        row["overflow"] = [ln.split("ld: ")[-1] for ln in str(e).splitlines()
+                           if "overflowed by" in ln]
         row["build_error"] = str(e)[-600:]
     return row
+
+
+def mbv2_int8_tte(out: Path) -> dict:
+    from edgetrain.codegen._compile import compile_int8_project, samples_of
+    from edgetrain.data import load_dataset, resize_for
+
+    m, x = build_model("mbv2-w0.35")
+    plan = edgetrain.plan(m, x, device="stm32f746", strategy="keep-all", policy="last:1",
+                          freeze_batch_norm=True, name="mbv2-w0.35", budget_bytes=1 << 40)
+    tr = load_dataset("fashion-mnist:5-9", split="train", limit=4)
+    te = load_dataset("fashion-mnist:5-9", split="test", limit=4)
+    sh = tuple(x.shape)
+    proj, _, trainable = compile_int8_project(
+        plan, m, samples_of(resize_for(tr.x, sh), tr.y, exact=False),
+        samples_of(resize_for(te.x, sh), te.y, exact=False), "cortex-m7", out / "mbv2-int8",
+        steps=2, lr=1e-3, device="stm32f746")
+    r = mcu_run(proj)
+    return {**r.to_dict(), "model": "mbv2-w0.35", "resolution": 128, "device": "stm32f746",
+            "precision": "int8-qas", "trainable_ops": list(trainable),
+            "tte_published_peak_sram_kb": 141}
+
+
+def mcu_cnn_int8(out: Path) -> dict:
+    from edgetrain._demo import pretrain
+    from edgetrain.codegen._compile import compile_int8_project, samples_of
+    from edgetrain.data import load_dataset
+
+    model, example, _ = pretrain()
+    plan = edgetrain.plan(model, example, device="nrf52840", strategy="keep-all",
+                          policy="last:4", freeze_batch_norm=True, name="mcu-cnn")
+    tr = load_dataset("fashion-mnist:5-9", split="train", limit=400)
+    te = load_dataset("fashion-mnist:5-9", split="test", limit=400)
+    calib = load_dataset("fashion-mnist:0-4", split="train", limit=64).x  # the cloud's data
+    proj, _, trainable = compile_int8_project(
+        plan, model, samples_of(tr.x, tr.y), samples_of(te.x, te.y), "cortex-m4",
+        out / "mcu-cnn-int8", steps=1000, lr=0.01, calibration=calib, log_every=10)
+    r = mcu_run(proj)
+    return {**r.to_dict(), "model": "mcu-cnn", "device": "nrf52840", "precision": "int8-qas",
+            "policy": "last:4", "trainable_ops": list(trainable), "lr": 0.01}
 
 
 def main() -> None:
@@ -150,6 +194,8 @@ def main() -> None:
         if not args.skip_mcu and toolchain_present("cortex-m4"):
             res["mcu"] = mcu_runs(work)
             res["mbv2_tte"] = mbv2_tte(work)
+            res["mbv2_int8_tte"] = mbv2_int8_tte(work)
+            res["mcu_cnn_int8"] = mcu_cnn_int8(work)
     write_json_atomic(res, out / "c_step.json")
     lines = ["| policy | C step (µs) | PyTorch eager (µs, %d threads) | PyTorch 1 thread (µs) | "
              "speed-up | speed-up (1 thread) |" % res["host"][0]["torch_threads"],
@@ -171,8 +217,22 @@ def main() -> None:
         lines.append(f"\nmbv2-w0.35 128x128 fp32 on stm32f746: arena {r['arena_bytes']:,} B, "
                      f"frozen weights {r['const_weight_bytes']:,} B; "
                      + (f"peak SRAM {r['peak_sram_bytes']:,} B" if "peak_sram_bytes" in r
-                        else "does not link: " + r["build_error"].splitlines()[-1][:200])
-                     + f" (TTE int8: {r['tte_published_peak_sram_bytes']:,} B)")
+                        else "does not link: " + "; ".join(r["overflow"]))
+                     + " (TTE, int8: 141 KB)")
+    if "mbv2_int8_tte" in res:
+        r = res["mbv2_int8_tte"]
+        lines.append(f"\nmbv2-w0.35 128x128 int8 (QAS, trains {', '.join(r['trainable_ops'])}) "
+                     f"on stm32f746 / cortex-m7: peak SRAM {r['peak_sram_bytes']:,} B (static "
+                     f"{r['static_sram_bytes']:,} + stack {r['stack_peak_bytes']:,}) of "
+                     f"{r['sram_limit_bytes']:,}; TTE published {r['tte_published_peak_sram_kb']} KB;"
+                     f" flash {r['flash_bytes']:,} of {r['flash_limit_bytes']:,}; "
+                     f"{r['instructions_per_step']:,.0f} instructions/step")
+    if "mcu_cnn_int8" in res:
+        r = res["mcu_cnn_int8"]
+        lines.append(f"\nmcu-cnn int8 (QAS) on nrf52840 / cortex-m4: peak SRAM "
+                     f"{r['peak_sram_bytes']:,} B; flash {r['flash_bytes']:,} B; "
+                     f"{r['instructions_per_step']:,.0f} instructions/step; accuracy "
+                     f"{100 * r['accuracy_before']:.1f} % -> {100 * r['accuracy_after']:.1f} %")
     write_text_atomic("\n".join(lines) + "\n", out / "c_step.md")
     print("\n".join(lines))
 
