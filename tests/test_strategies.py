@@ -326,3 +326,33 @@ def test_tte_trains_the_int8_graph_with_qas_and_beats_unscaled_sgd(pretrained, n
             assert torch.equal(v, dict(qm.named_parameters())[n])
         assert all(op.weight.dtype == torch.int8 for op in qm.to_graph().weighted_ops)
     assert accs[True] > accs[False] + 0.1  # QAS makes int8 SGD learn; unscaled barely moves
+
+
+# -- mandheling: int8 mixed precision, batch splitting, DSP offloading in the cost model --------
+def test_mandheling_offloads_matmuls_to_the_phone_dsp_and_splits_the_batch_to_fit():
+    from edgetrain.strategies import _mandheling
+
+    # Prepare
+    model, example = build_model("mcu-cnn")
+    calib = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    # Execute
+    phone = _mandheling.prepare(model, example, device="snapdragon-865", batch_size=8,
+                                calibration=calib)
+    board = _mandheling.prepare(model, example, device="rpi4", batch_size=8, calibration=calib)
+    tight = _mandheling.prepare(model, example, device="nrf52840", batch_size=8,
+                                budget_bytes=60_000, calibration=calib)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    before = {n: p.clone() for n, p in tight.model.named_parameters()}
+    report = _mandheling.train(tight, x, y, samples=16)
+    # Assert: convolutions and the classifier go to the DSP, element-wise work stays on the CPU
+    where = _mandheling.placement(phone)
+    assert where["conv2d"] == "accelerator" and where["linear"] == "accelerator"
+    assert where["relu"] == "cpu"
+    assert set(_mandheling.placement(board).values()) == {"cpu"}
+    assert phone.plan.predicted.latency_s < board.plan.predicted.latency_s
+    # batch splitting: the 60 KB budget needs micro-batches; the whole-batch step does not fit
+    assert tight.plan.micro_batch_size < 8
+    assert _mandheling.step_bytes(tight.model.graph, 8, 8) > 0.97 * 60_000
+    assert tight.predicted_peak_bytes <= 0.97 * 60_000
+    assert report.steps == 2
+    assert any(not torch.equal(p, before[n]) for n, p in tight.model.named_parameters())

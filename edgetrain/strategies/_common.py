@@ -47,6 +47,7 @@ class SystemName(enum.Enum):
     MELON = "melon"
     SAGE = "sage"
     TTE = "tte"
+    MANDHELING = "mandheling"
 
 
 class UnknownSystemError(InvalidArgumentError):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from edgetrain.strategies import _auto, _full, _melon, _poet, _sage, _tinyol, _tinytl, _tte
+from edgetrain.strategies import (_auto, _full, _mandheling, _melon, _poet, _sage, _tinyol,
+                                  _tinytl, _tte)
 from edgetrain.strategies._common import System, SystemName, UnknownSystemError
 
 SYSTEMS: dict[SystemName, System] = {
     s.name: s for s in (_full.SYSTEM, _auto.SYSTEM, _poet.SYSTEM, _tinyol.SYSTEM,
-                        _tinytl.SYSTEM, _melon.SYSTEM, _sage.SYSTEM, _tte.SYSTEM)
+                        _tinytl.SYSTEM, _melon.SYSTEM, _sage.SYSTEM, _tte.SYSTEM,
+                        _mandheling.SYSTEM)
 }
 
 
