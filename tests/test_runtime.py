@@ -192,7 +192,7 @@ SCHEDULE_CASES = [
     ("transformer-tiny", 8, 8, [R, P], False),
     ("mbv2-w0.35", 1, 1, [P], False),
     ("mbv2-w0.35", 1, 1, [R], False),
-    ("mcunet", 2, 2, [P, R, K], False),
+    pytest.param("mcunet", 2, 2, [P, R, K], False, marks=pytest.mark.slow),
 ]
 
 
