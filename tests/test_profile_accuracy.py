@@ -29,7 +29,9 @@ def test_prediction_matches_measurement(name, batch):
     # Assert
     assert abs(c.activation_bytes - m.activation_bytes) <= 0.01 * m.activation_bytes, (
         c.activation_bytes, m.activation_bytes)
-    assert abs(c.peak_bytes - m.peak_bytes) <= 0.10 * m.peak_bytes, (c.peak_bytes, m.peak_bytes)
+    # within 1 % (the table in the README: within 52 bytes on the reference host); the issue's
+    # acceptance bound is 10 %
+    assert abs(c.peak_bytes - m.peak_bytes) <= 0.01 * m.peak_bytes, (c.peak_bytes, m.peak_bytes)
     # the peak is a simulation, not a sum of parts: it never exceeds the sum, and exceeds
     # the state that is live throughout
     assert c.peak_bytes > c.params_bytes + c.batch_bytes
@@ -54,4 +56,4 @@ def test_optimizer_state_counted_in_peak(optimizer):
                 measure=True, name="mcu-cnn")
     expected_state = p.cost.trainable_params_bytes * (1 if optimizer == "momentum" else 2)
     assert p.cost.optimizer_bytes >= expected_state
-    assert abs(p.cost.peak_bytes - p.measured.peak_bytes) <= 0.10 * p.measured.peak_bytes
+    assert abs(p.cost.peak_bytes - p.measured.peak_bytes) <= 0.01 * p.measured.peak_bytes
