@@ -99,6 +99,40 @@ static void qconv_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b
     }
 }
 
+/* a frozen 1x1 expansion fused with the depthwise conv that reads it: each expanded channel
+   is computed into `scratch` (H*W bytes) and consumed at once, so the expanded tensor never
+   exists in SRAM (the integer results are exactly those of the two ops run one after the
+   other) */
+static void qpwdw_fwd(const int8_t *x, int zx, const int8_t *wa, const int32_t *ba,
+                      const int32_t *m0a, const int32_t *sha, int zm, int loa, int hia,
+                      const int8_t *wb, const int32_t *bb, const int32_t *m0b,
+                      const int32_t *shb, int zy, int lob, int hib, int8_t *y, int8_t *scratch,
+                      int B, int Ci, int H, int W, int Cm, int Ho, int Wo, int K, int s, int p) {
+    for (int n = 0; n < B; n++)
+    for (int c = 0; c < Cm; c++) {
+        for (int q = 0; q < H * W; q++) {
+            int32_t acc = ba[c];
+            for (int ic = 0; ic < Ci; ic++)
+                acc += (x[((size_t)n * Ci + ic) * H * W + q] - zx) * wa[(size_t)c * Ci + ic];
+            scratch[q] = clamp8(rq(acc, m0a[c], sha[c]) + zm, loa, hia);
+        }
+        const int8_t *wc = wb + (size_t)c * K * K;
+        int8_t *yc = y + ((size_t)n * Cm + c) * Ho * Wo;
+        for (int oh = 0; oh < Ho; oh++) {
+            const int kh0 = k_lo(oh, s, p), kh1 = k_hi(oh, s, p, H, K), ih0 = oh * s - p;
+            for (int ow = 0; ow < Wo; ow++) {
+                const int kw0 = k_lo(ow, s, p), kw1 = k_hi(ow, s, p, W, K), iw0 = ow * s - p;
+                int32_t acc = bb[c];
+                for (int kh = kh0; kh < kh1; kh++) {
+                    const int8_t *xr = scratch + (ih0 + kh) * W + iw0;
+                    for (int kw = kw0; kw < kw1; kw++) acc += (xr[kw] - zm) * wc[kh * K + kw];
+                }
+                yc[oh * Wo + ow] = clamp8(rq(acc, m0b[c], shb[c]) + zy, lob, hib);
+            }
+        }
+    }
+}
+
 static void qlinear_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
                         const int32_t *m0, const int32_t *sh, int zy, int lo, int hi,
                         int8_t *y, uint8_t *mask, int B, int I, int O) {
@@ -327,6 +361,18 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
     for op in graph.ops:
         for i in ([op.a, op.b] if hasattr(op, "a") else [op.input]):
             consumers[i] = consumers.get(i, 0) + 1
+    # frozen pointwise -> depthwise pairs whose intermediate nothing else reads: fused
+    fused: dict[str, str] = {}  # depthwise op name -> pointwise op name
+    by_out = {op.output: op for op in graph.ops}
+    for op in graph.ops:
+        if type(op).__name__ != "QConv2d" or op.kind.value != "depthwise" or op.output in rg:
+            continue
+        src = by_out.get(op.input)
+        if (src is not None and type(src).__name__ == "QConv2d"
+                and src.kind.value == "pointwise" and src.output not in rg
+                and consumers.get(src.output, 0) == 1 and B == 1):
+            fused[op.name] = src.name
+    fused_src = set(fused.values())
     real = 8 if tgt.kind is TargetKind.HOST else 4
     sizes: dict[str, int] = {}
     span: dict[str, list[int]] = {}
@@ -337,8 +383,15 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
         s[0], s[1] = min(s[0], step), max(s[1], step)
 
     use("a:" + graph.input, 0, numel[graph.input])
+    srcs = {op.name: op for op in graph.ops if hasattr(op, "name")}
     for i, op in enumerate(graph.ops):
+        if getattr(op, "name", None) in fused_src:
+            continue  # runs inside the depthwise op that reads it
         ins = [op.a, op.b] if hasattr(op, "a") else [op.input]
+        if getattr(op, "name", None) in fused:
+            a = srcs[fused[op.name]]
+            ins = [a.input]
+            use("s:" + op.name, i, numel[op.input] // T[op.input].shape[0])
         for t in ins:
             use("a:" + t, i, numel[t])
         use("a:" + op.output, i, numel[op.output])
@@ -379,7 +432,7 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
     dumps = []
     for op in graph.ops:
         kind = type(op).__name__
-        y = A("a:" + op.output, "int8_t")
+        y = A("a:" + op.output, "int8_t") if ("a:" + op.output) in off else "0"
         mask = A("m:" + op.output, "uint8_t") if ("m:" + op.output) in off and \
             op.output in rg else "0"
         zy = T[op.output].zero_point
@@ -398,14 +451,28 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
             else:
                 const_bytes += w.size + 4 * b.size
             zx = T[op.input].zero_point
-            x = A("a:" + op.input, "int8_t")
+            x = A("a:" + op.input, "int8_t") if ("a:" + op.input) in off else "0"
             if kind == "QConv2d":
                 ci, h, wd = T[op.input].shape
                 co, ho, wo = T[op.output].shape
                 k = w.shape[-1]
                 dims = f"{B}, {ci}, {h}, {wd}, {co}, {ho}, {wo}, {k}, {op.stride}, {op.padding}, {op.groups}"
-                fwd.append(f"qconv_fwd({x}, {zx}, {sym}_w, {sym}_b, {sym}_m0, {sym}_sh, {zy}, "
-                           f"{op.act_min}, {op.act_max}, {y}, {mask}, {dims});")
+                if op.name in fused_src:
+                    pass  # emitted with its depthwise reader
+                elif op.name in fused:
+                    a = srcs[fused[op.name]]
+                    sa = info[a.name][0]
+                    xa = A("a:" + a.input, "int8_t")
+                    cin = T[a.input].shape[0]
+                    fwd.append(
+                        f"qpwdw_fwd({xa}, {T[a.input].zero_point}, {sa}_w, {sa}_b, {sa}_m0, "
+                        f"{sa}_sh, {T[a.output].zero_point}, {a.act_min}, {a.act_max}, {sym}_w, "
+                        f"{sym}_b, {sym}_m0, {sym}_sh, {zy}, {op.act_min}, {op.act_max}, {y}, "
+                        f"{A('s:' + op.name, 'int8_t')}, {B}, {cin}, {h}, {wd}, {co}, {ho}, {wo}, "
+                        f"{k}, {op.stride}, {op.padding});")
+                else:
+                    fwd.append(f"qconv_fwd({x}, {zx}, {sym}_w, {sym}_b, {sym}_m0, {sym}_sh, "
+                               f"{zy}, {op.act_min}, {op.act_max}, {y}, {mask}, {dims});")
                 P, C = ho * wo, co
             else:
                 i_, o_ = w.shape[1], w.shape[0]
