@@ -5,8 +5,12 @@ Every rule below is what `run_int8` computes and what a C kernel must compute to
 
 Tensors. An activation tensor holds int8 values q in [-128, 127] with a float `scale` s and an
 integer `zero_point` z; its real value is s * (q - z). Weights are int8 in [-127, 127],
-symmetric per output channel (zero point 0, scale s_W[c]); a bias is int32 with scale
-s_x * s_W[c] (zero point 0). Layouts are NCHW (activations) and OIHW (weights).
+symmetric per output channel (zero point 0, scale s_W[c] = h * max|w[c]| / 127, h the layer's
+`weight_headroom`, default 1; an all-zero channel takes the median scale of the layer's other
+channels); a bias is int32 with scale s_x * s_W[c] (zero point 0). Activation scales and zero
+points come from min/max calibration: s = (max - min) / 255, z = clamp(round_half_away(-128 -
+min / s), -128, 127), with the range widened to include 0. Layouts are NCHW (activations) and
+OIHW (weights). Every scale, zero point and multiplier is data of the graph (`save_graph`).
 
 Offline rounding (weights, biases, the input image): `round_half_away(v)` =
 sign(v) * floor(|v| + 0.5), e.g. 2.5 -> 3, -2.5 -> -3, then clamped to the type's range.
