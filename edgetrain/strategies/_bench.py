@@ -268,8 +268,8 @@ def _fmt_bytes(n: int | None) -> str:
     return f"{n / 1024 ** 2:,.2f} MiB" if n >= 1024 ** 2 else f"{n / 1024:,.1f} KiB"
 
 
-def _fmt(v, spec: str, scale: float = 1.0) -> str:
-    return "-" if v is None else format(v * scale, spec)
+def _fmt(v, spec: str, scale: float = 1.0, unit: str = "") -> str:
+    return "-" if v is None else format(v * scale, spec) + unit
 
 
 def markdown_table(rows: list[BenchRow]) -> str:
@@ -280,9 +280,9 @@ def markdown_table(rows: list[BenchRow]) -> str:
         lines.append(
             f"| {r.system} | {r.model} | {r.device} | {'yes' if r.fits else 'no'} | "
             f"{_fmt_bytes(r.predicted_peak_bytes)} | {_fmt_bytes(r.measured_peak_bytes)} | "
-            f"{_fmt_bytes(r.storage_bytes_written_per_step)} | {_fmt(r.host_step_s, '.2f', 1e3)} ms | "
-            f"{_fmt(r.device_step_s, ',.1f', 1e3)} ms | {_fmt(r.energy_per_step_j, ',.3f', 1e3)} mJ | "
-            f"{_fmt(r.accuracy_before, '.1f', 100)} % | {_fmt(r.accuracy_after, '.1f', 100)} % | "
+            f"{_fmt_bytes(r.storage_bytes_written_per_step)} | {_fmt(r.host_step_s, '.2f', 1e3, ' ms')} | "
+            f"{_fmt(r.device_step_s, '.3g', 1e3, ' ms')} | {_fmt(r.energy_per_step_j, '.3g', 1e3, ' mJ')} | "
+            f"{_fmt(r.accuracy_before, '.1f', 100, ' %')} | {_fmt(r.accuracy_after, '.1f', 100, ' %')} | "
             f"{_fmt(r.samples_per_s, ',.0f')} |")
     return "\n".join(lines) + "\n"
 

@@ -17,12 +17,14 @@ NOTE [ One signature for every system ]
     stream, Sage's re-planning). Both raise `PlanInfeasibleError` when nothing fits.
 
     The measured peak is the allocator's (edgetrain.measure.MemoryMeter) over the first
-    `measure_steps` steps; the host step time is the mean wall time of the other steps.
+    `measure_steps` steps after one warm-up step; the host step time is the median wall time of
+    the other steps (the median, because the host is shared and busy).
 """
 
 from __future__ import annotations
 
 import enum
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -149,7 +151,8 @@ def train_planned(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, sampl
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     losses: list[float] = []
     peak = 0
-    timed_s, timed = 0.0, 0
+    durations_s: list[float] = []
+    timed = 0
     with Trainer(prepared.model, plan, lr=lr) as t:
         for step in range(steps):
             idx = order[torch.arange(step * plan.batch_size, (step + 1) * plan.batch_size) % len(x)]
@@ -162,11 +165,11 @@ def train_planned(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, sampl
                 t0 = time.perf_counter()
                 loss = t.step(xb, yb)
                 if step >= WARMUP_STEPS:
-                    timed_s += time.perf_counter() - t0
+                    durations_s.append(time.perf_counter() - t0)
                     timed += 1
             losses.append(loss)
         written = t.storage_bytes_written
-    step_s = timed_s / timed if timed else float("nan")
+    step_s = statistics.median(durations_s) if timed else float("nan")  # robust to a busy host
     return TrainReport(samples=steps * plan.batch_size, steps=steps, losses=tuple(losses),
                        measured_peak_bytes=peak, storage_bytes_written=written,
                        host_step_s=step_s, samples_per_s=plan.batch_size / step_s if timed else

@@ -16,6 +16,7 @@ not the operating system's memory pressure.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -67,7 +68,8 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
     model = prepared.model
     losses: list[float] = []
     notes: list[str] = []
-    peak, timed_s, timed, written = 0, 0.0, 0, 0
+    peak, timed, written = 0, 0, 0
+    durations_s: list[float] = []
     step = 0
     first_meter = WARMUP_STEPS if steps > WARMUP_STEPS else 0
     while step < steps:
@@ -91,7 +93,7 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
                     t0 = time.perf_counter()
                     loss = t.step(xb, yb)
                     if step >= WARMUP_STEPS:
-                        timed_s += time.perf_counter() - t0
+                        durations_s.append(time.perf_counter() - t0)
                         timed += 1
                 losses.append(loss)
                 step += 1
@@ -99,7 +101,7 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
         peak = max(peak, seg_peak)
         notes.append(f"step {first_meter}: budget {p.budget_bytes}, plan {p.predicted_peak_bytes}"
                      f" ({p.accumulation_steps} x {p.micro_batch_size}), measured {seg_peak}")
-    step_s = timed_s / timed if timed else float("nan")
+    step_s = statistics.median(durations_s) if timed else float("nan")  # robust to a busy host
     return TrainReport(samples=steps * p.batch_size, steps=steps, losses=tuple(losses),
                        measured_peak_bytes=peak, storage_bytes_written=written,
                        host_step_s=step_s,
