@@ -149,7 +149,7 @@ def parse_fleet(data: dict, source: str = "fleet") -> Fleet:
     groups: list[DeviceGroup] = []
     total = 0
     for i, t in enumerate(tables):
-        where = f"{source}: [[device]] #{i + 1}"
+        where = f"{source}: device table #{i + 1}"
         if not isinstance(t, dict):
             raise FleetFileError(f"{where} is not a table; write it as [[device]] with kind and count")
         extra = [k for k in t if k not in _FIELDS]
