@@ -308,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except EdgetrainError as e:
-        errc.print(f"[bold red]error:[/] {type(e).__name__}: {e}", highlight=False)
+        errc.print(f"[bold red]error:[/] {type(e).__name__}: ", end="", highlight=False)
+        errc.print(str(e), markup=False, highlight=False)
         return 2
 
 
