@@ -71,7 +71,7 @@ def compile_project(plan: Plan, model: torch.nn.Module, example: torch.Tensor, t
         dev = load_device(device or plan.device)
         sram, flash = dev.ram_bytes, dev.flash_bytes
     files = render(plan, graph, weights_of(model), tgt, spec, device_sram_bytes=sram,
-                   device_flash_bytes=flash)
+                   device_flash_bytes=flash, device_name=device or plan.device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
@@ -123,7 +123,7 @@ def compile_int8_project(plan: Plan, model: torch.nn.Module, train: SampleSet, t
         dev = load_device(device or plan.device)
         sram, flash = dev.ram_bytes, dev.flash_bytes
     files = render_int8(qg, trainable, tgt, spec, device_sram_bytes=sram,
-                        device_flash_bytes=flash)
+                        device_flash_bytes=flash, device_name=device or plan.device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():

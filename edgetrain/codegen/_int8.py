@@ -330,7 +330,8 @@ def _reals(v) -> str:
 
 
 def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: Int8Spec, *,
-                device_sram_bytes: int = 0, device_flash_bytes: int = 0) -> dict[str, str]:
+                device_sram_bytes: int = 0, device_flash_bytes: int = 0,
+                device_name: str = "") -> dict[str, str]:
     """Render int8 QAS training of `graph` (an `edgetrain.quant.QuantGraph`; read, not
     changed) with the conv/linear ops named in `trainable` updated on the device."""
     tgt = get_target(target)
@@ -603,7 +604,7 @@ void et_dump_params(void) {{
     }
     files.update(render_platform(tgt, device_sram_bytes, device_flash_bytes, MIN_STACK_BYTES))
     meta = {
-        "target": tgt.name, "model": graph.model, "device": "", "precision": "int8-qas",
+        "target": tgt.name, "model": graph.model, "device": device_name, "precision": "int8-qas",
         "batch_size": B, "steps": spec.steps, "lr": spec.lr, "arena_bytes": arena,
         "trainable_bytes": trainable_bytes, "const_weight_bytes": const_bytes,
         "trainable_params": list(trainable), "folded": [],

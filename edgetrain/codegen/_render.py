@@ -71,7 +71,7 @@ class TrainingSpec:
 
 def render(plan: Plan, graph: Graph, weights: "dict[str, np.ndarray]",
            target: "str | Target", spec: TrainingSpec, *, device_sram_bytes: int = 0,
-           device_flash_bytes: int = 0) -> dict[str, str]:
+           device_flash_bytes: int = 0, device_name: str | None = None) -> dict[str, str]:
     """Render the C project. `device_*_bytes` set the linker script's limits (Cortex-M)."""
     tgt = get_target(target)
     if spec.steps <= 0 or not (spec.lr > 0):
@@ -94,7 +94,7 @@ def render(plan: Plan, graph: Graph, weights: "dict[str, np.ndarray]",
     }
     files.update(render_platform(tgt, device_sram_bytes, device_flash_bytes, MIN_STACK_BYTES))
     meta = {
-        "target": tgt.name, "model": plan.model, "device": plan.device,
+        "target": tgt.name, "model": plan.model, "device": device_name or plan.device,
         "batch_size": low.batch_size, "steps": spec.steps, "lr": spec.lr,
         "arena_bytes": low.arena_bytes,
         "trainable_bytes": sum(a.values.size * 4 for a in low.arrays if a.trainable),
