@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgetrain._planning import SAFETY_MARGIN, _to_plan, plan
+from edgetrain._planning import SAFETY_MARGIN, _to_plan, plan, trainable_policy
 from edgetrain._profile import host_kernels
 from edgetrain.capture import capture
 from edgetrain.cost import Optimizer, load_device
@@ -29,8 +29,9 @@ BN = torch.nn.BatchNorm2d
 
 
 def forced_plan(model, x, name, batch, micro, pattern, *, in_place=False, freeze_bn=False,
-                optimizer="sgd"):
-    """A plan with chosen activation decisions: `pattern` cycles over the wrappable stages."""
+                optimizer="sgd", policy="all"):
+    """A plan with chosen activation decisions: `pattern` cycles over the wrappable stages;
+    `policy` chooses what trains (as `edgetrain plan --policy`)."""
     if freeze_bn:
         model.eval()
         model.train()
@@ -39,17 +40,20 @@ def forced_plan(model, x, name, batch, micro, pattern, *, in_place=False, freeze
                 m.eval()
     g = capture(model, x, batch_size=micro, name=name)
     model.train()
+    trainable = trainable_policy(g, policy)
     prob = Problem(g, load_device("rpi4"), 1 << 40, optimizer=Optimizer.parse(optimizer),
-                   in_place_update=in_place, accumulation_steps=batch // micro,
-                   kernels=host_kernels(g))
+                   trainable=trainable, in_place_update=in_place,
+                   accumulation_steps=batch // micro,
+                   kernels=host_kernels(g, g.requires_grad_for(trainable)))
     dec, k = [], 0
     for stage, allowed in zip(prob.stages, prob.choices):
         d = pattern[k % len(pattern)] if stage.wrappable else K
         k += stage.wrappable
         dec.append(d if d in allowed else K)
     ev = prob.evaluate(tuple(dec))
-    return _to_plan(ev, prob, name, "rpi4", Strategy.EXACT, Objective.TIME, ev.peak_bytes, batch,
-                    micro, Optimizer.parse(optimizer), in_place, None, freeze_bn, "all")
+    strategy = Strategy.EXACT if policy == "all" else Strategy.AUTO
+    return _to_plan(ev, prob, name, "rpi4", strategy, Objective.TIME, ev.peak_bytes, batch,
+                    micro, Optimizer.parse(optimizer), in_place, None, freeze_bn, policy)
 
 
 def plain_steps(model, xs, ys, lr, freeze_bn, optimizer="sgd"):
@@ -194,6 +198,38 @@ SCHEDULE_CASES = [
     ("mbv2-w0.35", 1, 1, [R], False),
     pytest.param("mcunet", 2, 2, [P, R, K], False, marks=pytest.mark.slow),
 ]
+
+
+# Sparse update under recomputation and paging: frozen products save no activation
+# (`saved_for_backward`), a frozen checkpointed stage holds nothing.
+SPARSE_CASES = [
+    # model, batch, pattern, policy
+    ("mcu-cnn", 8, [R, P], "last:2"),
+    ("mcu-cnn", 8, [P, R], "last:3"),
+    ("mcu-cnn", 8, [R], "bias-only"),
+    ("transformer-tiny", 4, [R], "bias-only"),
+    ("transformer-tiny", 8, [K], "bias-only"),
+    # A frozen prefix of a model whose forward holds Python locals (q, k, v, scores, probs in
+    # the attention) keeps them past their last use until the module returns; the graph
+    # cannot see this (measured 1,455,720 vs 1,259,112 predicted, +15.6 %).
+    pytest.param("transformer-tiny", 8, [K], "last:2", marks=pytest.mark.xfail(
+        strict=True, reason="known gap: Python locals in a frozen forward outlive their "
+                            "last use; not in the graph")),
+]
+
+
+@pytest.mark.parametrize("name,batch,pattern,policy", SPARSE_CASES)
+def test_sparse_schedules_peak_matches_allocator(name, batch, pattern, policy):
+    # Prepare
+    torch.manual_seed(0)
+    model, x = build_model(name, pretrained=False)
+    p = forced_plan(model, x, name, batch, batch, pattern, policy=policy)
+    xs, ys = batches(x, batch, 2)
+    # Execute
+    measured = _measure_plan(model, p, xs, ys)
+    # Assert
+    assert abs(measured - p.predicted_peak_bytes) <= 0.005 * measured, (
+        measured, p.predicted_peak_bytes)
 
 
 @pytest.mark.parametrize("name,batch,micro,pattern,freeze_bn", SCHEDULE_CASES)

@@ -208,6 +208,23 @@ def schedule_traffic(graph: Graph, schedule: Schedule) -> StepTraffic:
     return StepTraffic(rflops, rvec, written, read, transfers)
 
 
+def saved_for_backward(node, requires_grad: frozenset[str]) -> tuple[str, ...]:
+    """What autograd really saves for `node` when only `requires_grad` need gradients.
+
+    `Node.saved` is what eager autograd saves in full training. For products, the generated
+    autograd code saves each operand only when the *other* one needs a gradient
+    (derivatives.yaml: `mm`/`addmm`/`bmm`, `mat1` is saved iff `should_compute_output(mat2)`),
+    so under sparse update a frozen linear layer keeps no activation. Other operators save
+    what they save in full training.
+    """
+    if node.op is OpKind.LINEAR or node.op is OpKind.MATMUL:
+        a, b = node.saved[0], node.saved[1]
+        keep_a = node.inputs[1] in requires_grad
+        keep_b = node.inputs[0] in requires_grad
+        return tuple(t for t, k in ((a, keep_a), (b, keep_b)) if k) + tuple(node.saved[2:])
+    return node.saved
+
+
 class _SavedPlan:
     """Where each saved storage lives between forward and backward under a schedule."""
 
@@ -236,7 +253,7 @@ class _SavedPlan:
         for i, n in enumerate(nodes):
             if not self.has_grad_fn[i]:
                 continue
-            for name in dict.fromkeys(n.saved):
+            for name in dict.fromkeys(saved_for_backward(n, self.rg)):
                 s = graph.tensor(name).storage
                 if s in self.persistent:
                     continue
@@ -250,10 +267,23 @@ class _SavedPlan:
                         self.page_reads[i].append(s)
                 else:
                     self.kept_first.setdefault(s, i)
-        # checkpoint keeps each segment's inputs until its backward has run
+        # Non-reentrant checkpoint re-runs a segment's forward at the first unpack of anything
+        # it saved (parameters and segment inputs included) and stops right after the last
+        # save (early stop): the re-run covers [start, rerun_stop[segment]].
+        self.rerun_stop: dict[int, int] = {}
+        for k, (a, b) in enumerate(schedule.recompute_segments):
+            savers = [i for i in range(a, b)
+                      if self.has_grad_fn[i] and saved_for_backward(nodes[i], self.rg)]
+            if savers:
+                self.rerun_stop[k] = savers[-1]
+        # checkpoint keeps each segment's inputs until its backward has run; a segment that
+        # saved nothing (frozen, under sparse update) leaves no frame behind to hold them
         self.segment_inputs: dict[int, list[str]] = {}
         for k, (a, b) in enumerate(schedule.recompute_segments):
             ins = []
+            if k not in self.rerun_stop:
+                self.segment_inputs[k] = ins
+                continue
             for n in nodes[a:b]:
                 for name in n.inputs:
                     s = graph.tensor(name).storage
@@ -261,14 +291,6 @@ class _SavedPlan:
                         ins.append(s)
             self.segment_inputs[k] = ins
         self.segment_of = segment_of
-        # Non-reentrant checkpoint re-runs a segment's forward at the first unpack of anything
-        # it saved (parameters and segment inputs included) and stops right after the last
-        # save (early stop): the re-run covers [start, rerun_stop[segment]].
-        self.rerun_stop: dict[int, int] = {}
-        for k, (a, b) in enumerate(schedule.recompute_segments):
-            savers = [i for i in range(a, b) if self.has_grad_fn[i] and nodes[i].saved]
-            if savers:
-                self.rerun_stop[k] = savers[-1]
 
 
 def _rerun_forward(graph: Graph, plan: _SavedPlan, kernels: KernelLibrary, live: _Live,
