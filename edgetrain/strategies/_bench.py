@@ -292,6 +292,7 @@ def _plots(rows: list[BenchRow], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     from edgetrain._plot import save_figure_atomic
 
@@ -316,12 +317,14 @@ def _plots(rows: list[BenchRow], out: Path) -> list[Path]:
                     ax.annotate(r.system, (getattr(r, cost) * scale, 100 * r.accuracy_after),
                                 fontsize=7, xytext=(3, 3), textcoords="offset points")
                 front = pareto_front(grp, cost)
-                if front:
-                    ax.step([getattr(r, cost) * scale for r in front],
-                            [100 * r.accuracy_after for r in front], where="post",
-                            color="tab:red", lw=1, label="Pareto front")
-                    ax.legend(fontsize=7, loc="lower right")
+                if front:  # hollow red rings joined by a staircase
+                    ax.plot([getattr(r, cost) * scale for r in front],
+                            [100 * r.accuracy_after for r in front], "-o", color="tab:red",
+                            mfc="none", ms=11, lw=1, drawstyle="steps-post",
+                            label="Pareto front")
+                    ax.legend(fontsize=7, loc="best")
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())
                 ax.set_title(f"{m} on {d}", fontsize=9)
                 ax.set_xlabel(label, fontsize=8)
                 ax.set_ylabel("accuracy on classes 5-9 (%)", fontsize=8)
