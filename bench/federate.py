@@ -36,6 +36,8 @@ def main(argv=None) -> int:
     ap.add_argument("--local-steps", type=int, default=20)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--lr-decay", type=float, default=1.0)
+    ap.add_argument("--server-lr", type=float, default=1.0)
+    ap.add_argument("--server-momentum", type=float, default=0.0)
     ap.add_argument("--partition", default="dirichlet:0.5")
     ap.add_argument("--dropout", type=float, default=0.3)
     ap.add_argument("--seeds", default="0,1,2")
@@ -45,7 +47,8 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     base_cfg = FederationConfig(model="mcu-cnn", fleet=load_fleet(args.fleet), rounds=args.rounds,
                                 partition=Partition.parse(args.partition),
-                                local_steps=args.local_steps, lr=args.lr, lr_decay=args.lr_decay)
+                                local_steps=args.local_steps, lr=args.lr, lr_decay=args.lr_decay,
+                                server_lr=args.server_lr, server_momentum=args.server_momentum)
     plans = prepare_plans(base_cfg.model, base_cfg)
     per_seed = []
     for seed in seeds:
@@ -71,7 +74,8 @@ def main(argv=None) -> int:
     last = nd[0]["rounds"][-1]
     summary = {
         "rounds": args.rounds, "local_steps": args.local_steps, "lr": args.lr,
-        "lr_decay": args.lr_decay, "partition": args.partition, "seeds": seeds,
+        "lr_decay": args.lr_decay, "server_lr": args.server_lr,
+        "server_momentum": args.server_momentum, "partition": args.partition, "seeds": seeds,
         "fleet": base_cfg.fleet.to_dict(), "dropout": args.dropout,
         "final_accuracy_mean": final,
         "final_accuracy_with_dropout_mean": final_dropout,

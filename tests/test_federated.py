@@ -68,8 +68,8 @@ def _reply(request, node_id, arrays, ranges, n, cid):
     return Message(content=content, reply_to=request)
 
 
-def _strategy(state, n_clients):
-    s = PartialFedAvg(num_clients=n_clients)
+def _strategy(state, n_clients, **kwargs):
+    s = PartialFedAvg(num_clients=n_clients, **kwargs)
 
     class _Grid:  # configure_train asks the grid which nodes are connected
         def get_node_ids(self):
@@ -166,6 +166,63 @@ def test_partial_updates_average_only_over_their_trainers(identity):
     np.testing.assert_allclose(out["b"][1], b0[1], rtol=1e-6)
     np.testing.assert_array_equal(out["b"][2:], g["b"][2:])  # nobody trained these rows
     np.testing.assert_array_equal(out["u"], g["u"])           # nobody trained this tensor
+
+
+def test_server_momentum_steps_only_the_trained_rows_like_fedavgm(identity):
+    # Prepare: FedAvgM (beta 0.9, eta 0.5) on parameters `w`, `b`; `r` is a BN statistic
+    # (plainly averaged). Round 1: client 0 trains `w` and rows [0, 2) of `b`, client 1 trains
+    # `w` and `r`. Round 2: client 0 trains rows [1, 3) of `b` only.
+    beta, eta = 0.9, 0.5
+    rng = np.random.default_rng(1)
+    f32 = lambda *shape: rng.normal(size=shape).astype(np.float32)  # noqa: E731
+    g = {"w": f32(3, 2), "b": f32(4), "r": f32(2)}
+    s = _strategy(g, 2, server_lr=eta, server_momentum=beta, server_opt_names={"w", "b"})
+    w0, w1, b0, r1, b_2 = f32(3, 2), f32(3, 2), f32(2), f32(2), f32(2)
+    reqs = [_train_msg(g, 1, n) for n in (1, 2)]
+    round1 = [_reply(reqs[0], 1, {"w": w0, "b": b0}, {"w": (0, 3), "b": (0, 2)}, 10, 0),
+              _reply(reqs[1], 2, {"w": w1, "r": r1}, {"w": (0, 3), "r": (0, 2)}, 30, 1)]
+    # Execute round 1, then round 2 from its result
+    out1 = {k: v.numpy() for k, v in s.aggregate_train(1, round1)[0].items()}
+    s.configure_train(2, ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in out1.items()}),
+                      ConfigRecord(), type("G", (), {"get_node_ids": lambda self: [1, 2]})())
+    req2 = _train_msg(out1, 2, 1)
+    out2 = {k: v.numpy() for k, v in
+            s.aggregate_train(2, [_reply(req2, 1, {"b": b_2}, {"b": (1, 3)}, 10, 0)])[0].items()}
+    # Assert against the FedAvgM recursion written out element by element in float64
+    G = {k: v.astype(np.float64) for k, v in g.items()}
+    vw = (G["w"] - (10 * w0 + 30 * w1) / 40)           # v1 = 0.9 * 0 + delta
+    vb = np.zeros(4)
+    vb[:2] = G["b"][:2] - b0
+    w_1, b_1 = G["w"] - eta * vw, G["b"].copy()
+    b_1[:2] -= eta * vb[:2]
+    np.testing.assert_allclose(out1["w"], w_1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out1["b"], b_1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out1["r"], r1, rtol=1e-6)  # a BN statistic: the plain average
+    vb2 = vb.copy()
+    vb2[1:3] = beta * vb[1:3] + (out1["b"][1:3].astype(np.float64) - b_2)
+    b_2_expected = out1["b"].astype(np.float64)
+    b_2_expected[1:3] -= eta * vb2[1:3]
+    np.testing.assert_allclose(out2["b"], b_2_expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out2["w"], out1["w"])  # untrained this round: no momentum step
+    np.testing.assert_allclose(s.momentum["w"], vw, rtol=1e-6)  # and its momentum is kept
+    np.testing.assert_allclose(s.momentum["b"], vb2, rtol=1e-6)
+
+
+def test_plain_settings_are_exactly_fedavg(identity):
+    # Prepare: the same replies through the default strategy and through beta 0, eta 1 spelled out
+    rng = np.random.default_rng(2)
+    g = {"w": rng.normal(size=(3, 2)).astype(np.float32)}
+    w0 = rng.normal(size=(3, 2)).astype(np.float32)
+    outs = []
+    for kwargs in ({}, {"server_lr": 1.0, "server_momentum": 0.0}):
+        s = _strategy(g, 1, **kwargs)
+        req = _train_msg(g, 1, 1)
+        # Execute
+        outs.append(s.aggregate_train(1, [_reply(req, 1, {"w": w0}, {"w": (0, 3)}, 5, 0)])[0])
+    # Assert: the client's weights, bit for bit, and no momentum kept
+    np.testing.assert_array_equal(outs[0]["w"].numpy(), w0)
+    np.testing.assert_array_equal(outs[1]["w"].numpy(), w0)
+    assert s.momentum == {}
 
 
 def test_nan_and_huge_updates_leave_the_global_model_unchanged(config, identity):
@@ -330,6 +387,22 @@ def test_small_federation_runs_checkpoints_and_resumes(tmp_path, capsys):
     assert (out / "accuracy.png").stat().st_size > 1000
 
 
+@pytest.mark.parametrize("flag, value", [("--server-momentum", "1.0"), ("--server-momentum", "-0.1"),
+                                         ("--server-lr", "x")])
+def test_bad_server_optimiser_flags_are_rejected(flag, value, capsys):
+    # Prepare
+    from edgetrain.federated._cli import register
+
+    parser = argparse.ArgumentParser(prog="edgetrain")
+    register(parser.add_subparsers(dest="cmd"))
+    # Execute
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["federate", "--model", "mcu-cnn", "--fleet", "f.toml", "--rounds", "1",
+                           flag, value])
+    # Assert: argparse's usage error names the flag
+    assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_deployment_runs_real_flower_processes_on_loopback(tmp_path):
     # Prepare: the same federation as real SuperLink / SuperNode processes (about 30-60 s)
@@ -352,21 +425,23 @@ def test_deployment_runs_real_flower_processes_on_loopback(tmp_path):
 
 
 @pytest.mark.slow
-def test_resumed_federation_equals_the_uninterrupted_one(tmp_path):
-    # Prepare
+@pytest.mark.parametrize("server", [{}, {"server_momentum": 0.9, "server_lr": 0.1}],
+                         ids=["fedavg", "fedavgm"])
+def test_resumed_federation_equals_the_uninterrupted_one(tmp_path, server):
+    # Prepare (with server momentum, its buffers must be checkpointed for the resume to match)
     from edgetrain._checkpoint import load_tensors
     from edgetrain.federated import federate
 
-    cfg = FederationConfig(model="mcu-cnn", fleet=parse_fleet(FLEET), rounds=2, local_steps=5,
-                           train_samples=2000, test_samples=500)
-    # Execute: 1 round, "crash", resume to 2 rounds; and 2 rounds straight through
-    federate(dataclasses.replace(cfg, rounds=1), out_dir=tmp_path / "a", baselines=False)
+    cfg = FederationConfig(model="mcu-cnn", fleet=parse_fleet(FLEET), rounds=3, local_steps=5,
+                           train_samples=2000, test_samples=500, **server)
+    # Execute: 2 rounds, "crash", resume to 3 rounds; and 3 rounds straight through
+    federate(dataclasses.replace(cfg, rounds=2), out_dir=tmp_path / "a", baselines=False)
     resumed = federate(cfg, out_dir=tmp_path / "a", baselines=False)
     straight = federate(cfg, out_dir=tmp_path / "b", baselines=False)
     # Assert: the same global model, bit for bit, and the same accuracy
-    wa = load_tensors(tmp_path / "a" / "checkpoint" / "global-r0002.safetensors")
-    wb = load_tensors(tmp_path / "b" / "checkpoint" / "global-r0002.safetensors")
-    assert resumed.resumed_at == (1,)
+    wa = load_tensors(tmp_path / "a" / "checkpoint" / "global-r0003.safetensors")
+    wb = load_tensors(tmp_path / "b" / "checkpoint" / "global-r0003.safetensors")
+    assert resumed.resumed_at == (2,)
     for k in wb:
         assert torch.equal(wa[k], wb[k]), k
     assert resumed.final_accuracy == straight.final_accuracy
@@ -375,7 +450,8 @@ def test_resumed_federation_equals_the_uninterrupted_one(tmp_path):
 @pytest.mark.parametrize("field, value, words", [
     ("rounds", 0, "positive integer"), ("dropout", 1.0, "[0, 1)"), ("lr", -0.1, "positive"),
     ("lr_decay", 1.5, "(0, 1]"), ("noise_multiplier", 1.0, "clip_norm"),
-    ("clip_norm", 0.0, "positive L2 norm"),
+    ("clip_norm", 0.0, "positive L2 norm"), ("server_momentum", 1.0, "[0, 1)"),
+    ("server_lr", 0.0, "positive"),
 ])
 def test_bad_federation_settings_are_rejected(field, value, words):
     from edgetrain.errors import InvalidArgumentError

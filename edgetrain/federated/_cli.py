@@ -32,6 +32,17 @@ def _probability(text: str) -> float:
     return v
 
 
+def _momentum(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"server momentum must be in [0, 1), got {v}; "
+                                         "e.g. --server-momentum 0.9 --server-lr 0.1")
+    return v
+
+
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -56,6 +67,10 @@ def register(subparsers) -> None:
     f.add_argument("--lr", type=_positive_float, default=0.1, help="local SGD learning rate")
     f.add_argument("--lr-decay", type=_positive_float, default=1.0,
                    help="per-round factor on the learning rate (round r uses lr * decay^(r-1))")
+    f.add_argument("--server-lr", type=_positive_float, default=1.0,
+                   help="server learning rate on the averaged update (1.0 with momentum 0 is FedAvg)")
+    f.add_argument("--server-momentum", type=_momentum, default=0.0,
+                   help="server momentum on the averaged update (FedAvgM, Hsu et al. 2019)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--train-samples", type=_positive_int, default=12000,
                    help="training samples split over the clients")
@@ -84,7 +99,8 @@ def _cmd_federate(args: argparse.Namespace) -> int:
     cfg = FederationConfig(model=args.model, fleet=load_fleet(args.fleet), rounds=args.rounds,
                            data=args.data, partition=Partition.parse(args.partition),
                            local_steps=args.local_steps, lr=args.lr, lr_decay=args.lr_decay,
-                           seed=args.seed,
+                           seed=args.seed, server_lr=args.server_lr,
+                           server_momentum=args.server_momentum,
                            train_samples=args.train_samples, test_samples=args.test_samples,
                            dropout=args.dropout, clip_norm=args.clip_norm,
                            noise_multiplier=args.noise_multiplier,

@@ -97,6 +97,9 @@ class FederationConfig:
     lr: float = 0.1
     lr_decay: float = 1.0  # the local learning rate of round r is lr * lr_decay ** (r - 1)
     seed: int = 0
+    # the server's optimiser on the averaged update (FedAvgM); 1.0 and 0.0 are plain FedAvg
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
     train_samples: int = 12000
     test_samples: int = 2000
     dropout: float = 0.0
@@ -120,6 +123,11 @@ class FederationConfig:
             bad("lr", self.lr, "must be a positive number (e.g. 0.05)")
         if not (math.isfinite(self.lr_decay) and 0 < self.lr_decay <= 1):
             bad("lr_decay", self.lr_decay, "must be in (0, 1] (e.g. 0.97 per round)")
+        if not (math.isfinite(self.server_lr) and self.server_lr > 0):
+            bad("server_lr", self.server_lr, "must be a positive number (1.0 is plain FedAvg)")
+        if not (math.isfinite(self.server_momentum) and 0 <= self.server_momentum < 1):
+            bad("server_momentum", self.server_momentum,
+                "must be in [0, 1) (0 is plain FedAvg; e.g. 0.9 with server_lr 0.1)")
         if not 0.0 <= self.dropout < 1.0:
             bad("dropout", self.dropout, "must be a probability in [0, 1) (e.g. 0.3)")
         if self.clip_norm is not None and not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
@@ -168,4 +176,7 @@ class FederationConfig:
         d = json.loads(self.to_json())
         d.pop("rounds")
         d.pop("round_timeout_s")
+        for name, plain in (("server_lr", 1.0), ("server_momentum", 0.0)):
+            if d.get(name) == plain:  # plain FedAvg: fingerprints from before these settings hold
+                d.pop(name)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -44,16 +44,43 @@ def load_checkpoint(config: FederationConfig, out_dir: "str | Path"):
 
 
 def save_checkpoint(config: FederationConfig, out_dir: "str | Path", rnd: int,
-                    weights: dict[str, np.ndarray], state: dict) -> None:
+                    weights: dict[str, np.ndarray], state: dict,
+                    momentum: dict[str, np.ndarray] | None = None) -> None:
+    """Weights (and the server's momentum buffers, when it keeps any) as safetensors, then the
+    JSON state that names them: the commit point."""
     ck = checkpoint_dir(out_dir)
+    meta = {"round": str(rnd), "fingerprint": config.fingerprint()}
     name = f"global-r{rnd:04d}.safetensors"
     save_tensors_atomic({k: torch.from_numpy(np.array(v)) for k, v in weights.items()}, ck / name,
-                        metadata={"round": str(rnd), "fingerprint": config.fingerprint()})
+                        metadata=meta)
+    keep = {name}
     state = dict(state, round=rnd, weights=name, fingerprint=config.fingerprint())
+    state.pop("momentum", None)
+    if momentum:
+        mname = f"momentum-r{rnd:04d}.safetensors"
+        save_tensors_atomic({k: torch.from_numpy(np.array(v)) for k, v in momentum.items()},
+                            ck / mname, metadata=meta)
+        state["momentum"] = mname
+        keep.add(mname)
     write_json_atomic(state, ck / STATE_FILE)  # the commit point: names the new weights
-    for old in ck.glob("global-r*.safetensors"):
-        if old.name != name:
+    for old in [*ck.glob("global-r*.safetensors"), *ck.glob("momentum-r*.safetensors")]:
+        if old.name not in keep:
             old.unlink(missing_ok=True)
+
+
+def load_momentum(out_dir: "str | Path", state: dict) -> dict[str, np.ndarray]:
+    """The server's momentum buffers named by a checkpoint's state (empty when it has none)."""
+    if not state.get("momentum"):
+        return {}
+    return {k: v.numpy() for k, v in load_tensors(checkpoint_dir(out_dir) / state["momentum"]).items()}
+
+
+def server_opt_names(config: FederationConfig) -> frozenset[str]:
+    """The model's parameters: the tensors the server's optimiser steps (not BN statistics)."""
+    from edgetrain.models import build_model
+
+    model, _ = build_model(config.model)
+    return frozenset(k for k, _ in model.named_parameters())
 
 
 def initial_state(config: FederationConfig) -> dict[str, np.ndarray]:
@@ -105,6 +132,7 @@ def _serve(cfg: FederationConfig, out: Path, grid, message_sink, on_round) -> No
 
     clients = cfg.clients()
     resumed = load_checkpoint(cfg, out)
+    momentum: dict[str, np.ndarray] = {}
     if resumed is None:
         start, weights = 0, initial_state(cfg)
         state = {"history": [], "initial_accuracy": evaluate_global(cfg, weights),
@@ -112,13 +140,16 @@ def _serve(cfg: FederationConfig, out: Path, grid, message_sink, on_round) -> No
     else:
         start, weights, state = resumed
         state = dict(state, resumed_at=[*state.get("resumed_at", []), start])
+        momentum = load_momentum(out, state)
         log.warning("resuming the federation from the checkpoint of round %d in %s", start, out)
     if start >= cfg.rounds:
         return
     strategy = PartialFedAvg(num_clients=len(clients), round_offset=start,
                              reject_norm_factor=cfg.reject_norm_factor,
                              reject_relative_norm=cfg.reject_relative_norm,
-                             message_sink=message_sink)
+                             message_sink=message_sink, server_lr=cfg.server_lr,
+                             server_momentum=cfg.server_momentum,
+                             server_opt_names=server_opt_names(cfg), momentum_state=momentum)
 
     def on_round_end(server_round: int, arrays: ArrayRecord):
         if server_round == 0:
@@ -127,7 +158,7 @@ def _serve(cfg: FederationConfig, out: Path, grid, message_sink, on_round) -> No
         w = {k: v.numpy() for k, v in arrays.items()}
         acc = evaluate_global(cfg, w)
         state["history"].append(_round_record(cfg, rnd, acc, strategy.logs.get(rnd)))
-        save_checkpoint(cfg, out, rnd, w, state)
+        save_checkpoint(cfg, out, rnd, w, state, strategy.momentum)
         if on_round is not None:
             on_round(state["history"][-1])
         log.info("round %d: global accuracy %.4f", rnd, acc)

@@ -7,6 +7,15 @@ global value. Replies are screened first: a reply whose values are not all finit
 norm exceeds `reject_norm_factor` x the (lower) median update norm of the round, or whose update
 norm exceeds `reject_relative_norm` x the norm of the whole global model is rejected and logged,
 and contributes nothing.
+
+Server-side momentum (FedAvgM, Hsu et al. 2019, "Measuring the effects of non-identical data
+distribution for federated visual classification"): with `server_momentum` beta > 0 or
+`server_lr` eta != 1, the server treats the partial average as a pseudo-gradient
+delta = global - average and steps v <- beta v + delta, global <- global - eta v, per tensor and
+only on the rows some accepted client trained this round; rows nobody trained keep both their
+global value and their momentum. beta = 0, eta = 1 is plain FedAvg. Only the tensors named in
+`server_opt_names` (the model's parameters) take the server step; the others (batch-norm running
+statistics) are plainly averaged.
 """
 
 from __future__ import annotations
@@ -59,7 +68,10 @@ class PartialFedAvg(FedAvg):
 
     def __init__(self, *, num_clients: int, reject_norm_factor: float = 10.0,
                  reject_relative_norm: float = 10.0, round_offset: int = 0,
-                 message_sink: Callable[[int, int, bytes], None] | None = None, **kwargs) -> None:
+                 message_sink: Callable[[int, int, bytes], None] | None = None,
+                 server_lr: float = 1.0, server_momentum: float = 0.0,
+                 server_opt_names: Iterable[str] | None = None,
+                 momentum_state: dict[str, np.ndarray] | None = None, **kwargs) -> None:
         kwargs.setdefault("min_available_nodes", num_clients)
         kwargs.setdefault("min_train_nodes", num_clients)
         kwargs.setdefault("min_evaluate_nodes", num_clients)
@@ -68,6 +80,16 @@ class PartialFedAvg(FedAvg):
         self.reject_relative_norm = reject_relative_norm
         self.round_offset = round_offset
         self.message_sink = message_sink
+        if not (math.isfinite(server_lr) and server_lr > 0):
+            raise ValueError(f"server_lr = {server_lr} must be a positive number (1.0 is FedAvg)")
+        if not (math.isfinite(server_momentum) and 0 <= server_momentum < 1):
+            raise ValueError(f"server_momentum = {server_momentum} must be in [0, 1) (0 is FedAvg)")
+        self.server_lr = float(server_lr)
+        self.server_momentum = float(server_momentum)
+        self.server_opt_names = None if server_opt_names is None else frozenset(server_opt_names)
+        # the server's momentum buffers (float64), one per stepped tensor; checkpointed by the app
+        self.momentum: dict[str, np.ndarray] = {k: np.array(v, np.float64)
+                                                for k, v in (momentum_state or {}).items()}
         self.logs: dict[int, RoundLog] = {}
         self._global: dict[str, np.ndarray] = {}
 
@@ -192,9 +214,27 @@ class PartialFedAvg(FedAvg):
                 acc[a:b] += n * v.astype(np.float64)
                 w[a:b] += n
             wb = w.reshape((-1,) + (1,) * (g.ndim - 1))
-            out = np.where(wb > 0, acc / np.where(wb > 0, wb, 1.0), g.astype(np.float64))
+            g64 = g.astype(np.float64)
+            out = np.where(wb > 0, acc / np.where(wb > 0, wb, 1.0), g64)
+            if self._server_steps(k):
+                out = self._server_step(k, g64, out, wb > 0)
             new[k] = out.astype(g.dtype)
         return new
+
+    def _server_steps(self, name: str) -> bool:
+        if self.server_lr == 1.0 and self.server_momentum == 0.0:
+            return False
+        return self.server_opt_names is None or name in self.server_opt_names
+
+    def _server_step(self, name: str, g: np.ndarray, avg: np.ndarray,
+                     trained: np.ndarray) -> np.ndarray:
+        """FedAvgM on the rows trained this round: v <- beta v + (g - avg); g <- g - eta v."""
+        v = self.momentum.get(name)
+        if v is None or v.shape != g.shape:
+            v = np.zeros(g.shape, np.float64)
+        v_new = np.where(trained, self.server_momentum * v + (g - avg), v)
+        self.momentum[name] = v_new
+        return np.where(trained, g - self.server_lr * v_new, g)
 
     # -- evaluation (each client's global-model accuracy on its local test split) ---------------
     def configure_evaluate(self, server_round, arrays, config, grid):
