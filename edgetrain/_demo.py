@@ -151,6 +151,13 @@ def run_demo(out_dir: "str | Path" = "results/demo", device: str = "nrf52840",
               "train": {**res.to_dict(), "accuracy_before": accuracy_before_new,
                         "accuracy_after": after, "lr": lr, "batch_size": batch},
               "elapsed_s": time.perf_counter() - t0}
+    # Last: the same on-device learning as C code on the emulated MCU, when the toolchain is here.
+    from edgetrain.codegen._mcu_demo import demo_mcu_stage
+
+    mcu = demo_mcu_stage(dev.name, out, quick=quick, console=console)
+    if mcu is not None:
+        report["mcu"] = mcu
+    report["elapsed_s"] = time.perf_counter() - t0
     write_json_atomic(report, out / "report.json")
     console.print(f"plot: {plot}\nreport: {out / 'report.json'}")
     return 0

@@ -393,7 +393,9 @@ def capture(model: torch.nn.Module, example_input: torch.Tensor, *, batch_size: 
     """Export `model` with a cross-entropy loss at `batch_size` and return its IR graph.
 
     `example_input` has batch size 1 (its first dimension); it is repeated to `batch_size`.
-    The model is captured in training mode; its state is not changed. With `cache`, the IR is
+    The model is captured in training mode, except batch-norm layers the caller has put in
+    eval mode (frozen: running statistics, as `plan(freeze_batch_norm=True)` does); its state
+    and modes are not changed. With `cache`, the IR is
     kept as JSON under the cache directory (`EDGETRAIN_CACHE_DIR`), keyed by a fingerprint of
     the model's structure, forward code, shapes, trainable flags and the torch version, so a
     second capture of the same model skips torch.export (whose first import alone takes ~2.5 s).
@@ -426,12 +428,17 @@ def capture(model: torch.nn.Module, example_input: torch.Tensor, *, batch_size: 
 
 def _capture(model: torch.nn.Module, example_input: torch.Tensor, batch_size: int,
              num_classes: int | None, name: str) -> Graph:
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
+    # Batch norm the caller put in eval mode is frozen (running statistics) and stays so.
+    frozen_bn = [m for m in model.modules()
+                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not m.training]
     x = example_input.expand(batch_size, *example_input.shape[1:]).contiguous()
     # Capturing must not change BN running stats or num_batches_tracked: snapshot and restore.
     state = {k: v.clone() for k, v in model.state_dict(keep_vars=False).items()}
     try:
         model.train()
+        for m in frozen_bn:
+            m.eval()
         with torch.no_grad():
             logits = model(x)
         if logits.dim() != 2:
@@ -450,7 +457,8 @@ def _capture(model: torch.nn.Module, example_input: torch.Tensor, batch_size: in
         ) from e
     finally:
         model.load_state_dict(state)
-        model.train(was_training)
+        for m, t in modes:
+            m.training = t
     return _to_ir(ep, model, name, batch_size)
 
 
