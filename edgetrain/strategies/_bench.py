@@ -222,6 +222,28 @@ def _run_one(system: SystemName, task: ModelTask, device: str, base: torch.nn.Mo
          f"storage written on host: {rep.storage_bytes_written // steps:,} B/step"))
 
 
+def _qas_ablation(task: ModelTask, base, example, data, cfg: BenchConfig,
+                  rows: list[BenchRow]) -> dict:
+    """TTE's int8 training with and without QAS, same layers, samples and learning rate, next
+    to fp32 fine-tuning (the `full` row that ran on the host with the same samples)."""
+    from edgetrain.strategies import _tte
+
+    x, y, tx, ty, calib = data
+    out: dict = {"model": task.model, "samples": task.samples, "lr": cfg.lr}
+    budget = 1 << 40  # the same layers on every device: the ablation is about the arithmetic
+    for qas in (True, False):
+        prepared = _tte.prepare(copy.deepcopy(base), example, device=cfg.devices[0],
+                                budget_bytes=budget, batch_size=task.batch_size,
+                                name=task.model, calibration=calib, analysis=(x, y), qas=qas)
+        _tte.train(prepared, x, y, samples=task.samples, lr=cfg.lr, seed=cfg.seed)
+        out["qas_accuracy" if qas else "no_qas_accuracy"] = _accuracy(prepared.model, tx, ty)
+        out["layers"] = prepared.plan.notes[0]
+    full = [r.accuracy_after for r in rows if r.system == "full" and r.model == task.model
+            and r.accuracy_after is not None]
+    out["fp32_full_accuracy"] = full[0] if full else None
+    return out
+
+
 def _finite(v: float) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
@@ -364,6 +386,7 @@ def run_bench(cfg: BenchConfig, out_dir: "str | Path", *, show_progress: bool = 
     out = Path(out_dir)
     t0 = time.perf_counter()
     rows: list[BenchRow] = []
+    ablations: list[dict] = []
     console = console or Console(stderr=True)
     total = len(cfg.tasks) * len(cfg.devices) * len(cfg.systems)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -380,6 +403,9 @@ def run_bench(cfg: BenchConfig, out_dir: "str | Path", *, show_progress: bool = 
                     bar.update(job, description=f"{system.value} / {task.model} / {device}")
                     rows.append(_run_one(system, task, device, base, example, data, cfg, cache))
                     bar.advance(job)
+            if SystemName.TTE in cfg.systems:
+                bar.update(job, description=f"QAS ablation / {task.model}")
+                ablations.append(_qas_ablation(task, base, example, data, cfg, rows))
     result = {
         "task": f"pretrained on fashion-mnist:0-4, learn {NEW_CLASSES} on the device",
         "config": {"tasks": [asdict(t) for t in cfg.tasks], "devices": list(cfg.devices),
@@ -388,6 +414,7 @@ def run_bench(cfg: BenchConfig, out_dir: "str | Path", *, show_progress: bool = 
         "host": {"torch": torch.__version__, "threads": torch.get_num_threads()},
         "rows": [asdict(r) for r in rows],
         "auto_pareto": auto_pareto(rows),
+        "qas_ablation": ablations,
         "elapsed_s": time.perf_counter() - t0,
     }
     write_json_atomic(result, out / "bench.json")
