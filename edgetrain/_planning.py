@@ -16,6 +16,7 @@ from edgetrain.errors import InvalidArgumentError
 from edgetrain.ir import Graph
 from edgetrain.planner import (
     ActivationDecision,
+    Executor,
     Objective,
     ParamDecision,
     ParamPlan,
@@ -76,7 +77,8 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
          strategy: str = "auto", optimizer: str = "sgd", deadline_s: float | None = None,
          allow_paging: bool = True, policy: str | None = None, name: str = "model",
          freeze_batch_norm: bool | None = None, safety_margin: float = SAFETY_MARGIN,
-         calibration: "tuple[torch.Tensor, torch.Tensor] | None" = None) -> Plan:
+         calibration: "tuple[torch.Tensor, torch.Tensor] | None" = None,
+         executor: str = "pytorch") -> Plan:
     """Plan training of `model` on `device` within `budget_bytes` (default: the device's memory).
 
     NOTE [ Safety margin ]
@@ -93,6 +95,10 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
     ranked by Fisher information per byte on `calibration`, a few local samples `(x, y)`; see
     `edgetrain._sparse`). With `strategy="auto"` and no policy, `calibration` switches the
     sparse candidates from `last:K` to the Fisher ranking.
+
+    `executor`: `pytorch` (the `Trainer`; predictions from the lifetime simulation of PyTorch's
+    allocator) or `c` (`edgetrain compile`: the prediction is the compiled program's SRAM, see
+    NOTE [ Planning for the C executor ]).
     """
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise InvalidArgumentError(f"batch size must be a positive integer, got {batch_size!r}")
@@ -107,6 +113,15 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
     except ValueError:
         raise InvalidArgumentError(f"unknown objective {objective!r}; choose time or energy") from None
     opt = Optimizer.parse(optimizer)
+    try:
+        execu = Executor(executor)
+    except ValueError:
+        raise InvalidArgumentError(
+            f"unknown executor {executor!r}; choose pytorch (Trainer) or c (edgetrain compile)"
+        ) from None
+    if execu is Executor.C and opt is not Optimizer.SGD:
+        raise InvalidArgumentError(
+            f"the C executor trains with plain SGD, not {opt.value}; use --optimizer sgd")
     dev = load_device(device)
     budget = int(budget_bytes if budget_bytes is not None else dev.ram_bytes)
     if budget <= 0:
@@ -166,6 +181,9 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
         policies = [(policy or "all", policy or "all")]
         if strat is Strategy.AUTO and policy is None:
             policies += [(q, q) for q in _sparse_policies(graph_at(batch_size, False))]
+    if execu is Executor.C:
+        return _plan_for_c(policies, graph_at, dev, budget, batch_size, opt, obj, strat, name,
+                           deadline_s, has_bn, safety_margin)
     best: tuple[Evaluation, Problem, str, int, bool, bool] | None = None
     smallest: tuple[int, Problem | None] = (1 << 62, None)
     for pol, chosen in policies:  # the most faithful trainable set that fits wins
@@ -206,6 +224,51 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
     ev, prob, pol, mb, in_place, freeze = best
     return _to_plan(ev, prob, name, dev.name, strat, obj, budget, batch_size, mb, opt, in_place,
                     deadline_s, freeze and has_bn, pol)
+
+
+def _plan_for_c(policies, graph_at, dev, budget: int, batch: int, opt: Optimizer, obj: Objective,
+                strat: Strategy, name: str, deadline_s, has_bn: bool, margin: float) -> Plan:
+    """The most faithful trainable set whose compiled C program fits the budget.
+
+    NOTE [ Planning for the C executor ]
+        The C trainer (`edgetrain.codegen`) keeps every activation in one static arena, frozen
+        weights in flash (batch norm folded into them, so BN is frozen), trainable tensors in
+        SRAM, and applies SGD to each weight element as its gradient completes (no gradient
+        buffers): none of PyTorch's recompute, paging or micro-batching applies, and its memory
+        is not PyTorch's. So each candidate's peak is the code generator's own prediction from
+        the lowered program (`predict_peak_sram_bytes`: arena + trainable tensors + labels +
+        runtime reserve), which the compiled program's measured peak is tested against.
+        Latency and energy keep the work-based model of `Problem.evaluate`.
+    """
+    import dataclasses
+
+    from edgetrain.codegen._render import predict_peak_sram_bytes
+
+    if strat not in (Strategy.AUTO, Strategy.EXACT, Strategy.KEEP_ALL):
+        raise InvalidArgumentError(
+            f"the C executor keeps every activation (no recompute or paging); strategy "
+            f"{strat.value} does not apply: use auto, exact or keep-all")
+    g = graph_at(batch, True)
+    smallest = None
+    for label, chosen in policies:
+        trainable = chosen if isinstance(chosen, frozenset) else trainable_policy(g, chosen)
+        prob = Problem(g, dev, 1 << 62, optimizer=opt, objective=obj, allow_paging=False,
+                       trainable=trainable, in_place_update=True,
+                       kernels=host_kernels(g, g.requires_grad_for(trainable)))
+        ev = SOLVERS["keep-all"](prob)
+        p = _to_plan(ev, prob, name, dev.name, strat, obj, budget, batch, batch, opt, True,
+                     deadline_s, has_bn, label)
+        peak = predict_peak_sram_bytes(p, g)
+        if peak <= budget * (1 - margin) and (deadline_s is None or ev.latency_s <= deadline_s):
+            return dataclasses.replace(
+                p, executor=Executor.C,
+                predicted=dataclasses.replace(p.predicted, peak_bytes=peak, timeline=()))
+        smallest = peak if smallest is None else min(smallest, peak)
+    raise PlanInfeasibleError(
+        f"no plan fits {budget:,} bytes on {dev.name} with the C executor: the smallest compiled "
+        f"peak is {smallest:,} bytes ({smallest / budget:.2f}x the budget); allow sparse update "
+        "(--strategy auto), use a smaller batch size, a larger budget, or the PyTorch executor "
+        "(recompute, paging)")
 
 
 def _lowest_peak(p: Problem) -> int:

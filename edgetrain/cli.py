@@ -138,7 +138,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
              batch_size=args.batch_size, objective=args.objective, strategy=args.strategy,
              optimizer=args.optimizer, deadline_s=args.deadline_s, policy=args.policy,
              allow_paging=not args.no_paging, name=args.model, calibration=calibration,
-             freeze_batch_norm=True if args.freeze_batch_norm else None)
+             freeze_batch_norm=True if args.freeze_batch_norm else None,
+             executor=args.executor)
     if args.output:
         write_text_atomic(p.to_json(), args.output)
     if args.json:
@@ -273,6 +274,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     pl.add_argument("--calibration-samples", type=_positive_int, default=16)
     pl.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd")
     pl.add_argument("--no-paging", action="store_true", help="never page to storage")
+    pl.add_argument("--executor", choices=["pytorch", "c"], default="pytorch",
+                    help="what runs the plan: pytorch (edgetrain train) or c (edgetrain compile); "
+                         "the predicted peak is that executor's memory")
     pl.add_argument("--freeze-batch-norm", action="store_true",
                     help="batch norm uses its running statistics (needed by edgetrain compile)")
     pl.add_argument("-o", "--output", help="write the plan as JSON to this file")

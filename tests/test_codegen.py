@@ -346,3 +346,32 @@ def test_cortex_m4_int8_training_runs_and_reports_memory(tmp_path):
     w, b = res.params["classifier"]
     want_w = qm.integer_weights()["classifier"][0].reshape(-1).to(torch.int64)
     assert (torch.tensor(w) - want_w).abs().max() <= 1
+
+
+@needs_arm
+@pytest.mark.parametrize("policy", ["last:2", "all"])
+def test_planner_prediction_for_the_c_executor_matches_the_compiled_program(tmp_path, policy):
+    # Prepare: a plan for the C executor on the nRF52840 (its prediction is made before any C
+    # exists, from shapes only).
+    m, x = _model("mcu-cnn")
+    plan = edgetrain.plan(m, x, device="nrf52840", strategy="auto", policy=policy,
+                          executor="c", name="mcu-cnn")
+    samples = _samples(4, tuple(x.shape[1:]))
+    spec = TrainingSpec(samples, samples, steps=3, lr=0.05)
+    # Execute: compile for the Cortex-M4 with the device's limits and run under QEMU
+    res = mcu_run(compile_project(plan, m, x, "cortex-m4", spec, tmp_path / "c",
+                                  device="nrf52840"))
+    # Assert: the linked program's measured peak (static + painted stack) within 5 %
+    assert plan.executor is edgetrain.planner.Executor.C and plan.freeze_batch_norm
+    assert res.peak_sram_bytes <= plan.budget_bytes
+    assert abs(res.peak_sram_bytes / plan.predicted_peak_bytes - 1) < 0.05
+
+
+def test_c_executor_plans_refuse_what_the_c_trainer_cannot_run():
+    m, x = _model("mcu-cnn")
+    with pytest.raises(edgetrain.errors.InvalidArgumentError, match="plain SGD"):
+        edgetrain.plan(m, x, device="nrf52840", executor="c", optimizer="momentum")
+    with pytest.raises(edgetrain.errors.InvalidArgumentError, match="no recompute or paging"):
+        edgetrain.plan(m, x, device="nrf52840", executor="c", strategy="sqrt")
+    with pytest.raises(edgetrain.PlanInfeasibleError, match="C executor"):
+        edgetrain.plan(m, x, device="nrf52840", executor="c", budget_bytes=4096)

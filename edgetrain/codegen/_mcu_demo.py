@@ -46,7 +46,7 @@ def train_on_mcu(model: torch.nn.Module, example: torch.Tensor, out_dir: "str | 
     from edgetrain.data._api import parse_spec
 
     p = make_plan(model, example, device=device, batch_size=batch_size, strategy="auto",
-                  policy=policy, freeze_batch_norm=True, allow_paging=False, name=name)
+                  policy=policy, name=name, executor="c")
     ds, _ = parse_spec(data)
     tr = load_dataset(data, split="train", limit=train_samples)
     te = load_dataset(data, split="test", limit=test_samples)

@@ -24,7 +24,7 @@ from edgetrain.codegen._kernels import KERNELS, PRELUDE
 from edgetrain.codegen._lower import LKind, LOp, Lowered, lower
 from edgetrain.codegen._platform import render_platform
 from edgetrain.codegen._targets import Target, TargetKind, get_target
-from edgetrain.ir import Graph
+from edgetrain.ir import Graph, TensorRole
 from edgetrain.planner import Plan
 
 MIN_STACK_BYTES = 2048
@@ -102,9 +102,7 @@ def render(plan: Plan, graph: Graph, weights: "dict[str, np.ndarray]",
         "trainable_params": list(low.trainable_params),
         "folded": list(low.folded),
         "planner_predicted_peak_bytes": plan.predicted_peak_bytes,
-        "codegen_predicted_peak_sram_bytes": (
-            low.arena_bytes + sum(a.values.size * 4 for a in low.arrays if a.trainable)
-            + 4 * low.batch_size + RUNTIME_RESERVE_BYTES),
+        "codegen_predicted_peak_sram_bytes": _peak_sram_bytes(low),
         "sram_limit_bytes": device_sram_bytes, "flash_limit_bytes": device_flash_bytes,
         "counter_hz": tgt.counter_hz, "qemu_machine": tgt.qemu_machine,
         "buffers": [{"name": b.name, "bytes": b.nbytes, "offset": b.offset,
@@ -112,6 +110,26 @@ def render(plan: Plan, graph: Graph, weights: "dict[str, np.ndarray]",
     }
     files["edgetrain_build.json"] = json.dumps(meta, indent=1)
     return files
+
+
+def _peak_sram_bytes(low: Lowered) -> int:
+    """SRAM of the compiled program at its peak: the arena, the trainable parameters (SRAM
+    `.data`), the batch's labels and the runtime reserve (see RUNTIME_RESERVE_BYTES)."""
+    return (low.arena_bytes + sum(a.values.size * 4 for a in low.arrays if a.trainable)
+            + 4 * low.batch_size + RUNTIME_RESERVE_BYTES)
+
+
+def predict_peak_sram_bytes(plan: Plan, graph: Graph) -> int:
+    """The peak SRAM the program compiled from `plan` will use, before any weights exist.
+
+    Pure: lowers the plan with zero weights (memory depends on shapes only) and applies the same
+    formula `render` records as `codegen_predicted_peak_sram_bytes`. `edgetrain.plan(...,
+    executor="c")` uses it as the plan's predicted peak.
+    """
+    zeros = {p.name: np.zeros(p.shape, dtype=np.float32) for p in graph.params}
+    zeros.update({t.name: np.zeros(t.shape, dtype=np.float32)
+                  for t in graph.tensors if t.role is TensorRole.BUFFER})
+    return _peak_sram_bytes(lower(plan, graph, zeros))
 
 
 # -- helpers -----------------------------------------------------------------------------------

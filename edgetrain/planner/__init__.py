@@ -3,6 +3,7 @@
 from edgetrain.planner._plan import (
     PLAN_SCHEMA_VERSION,
     ActivationDecision,
+    Executor,
     Objective,
     ParamDecision,
     ParamPlan,
@@ -13,5 +14,5 @@ from edgetrain.planner._plan import (
     TimelineSample,
 )
 
-__all__ = ["PLAN_SCHEMA_VERSION", "ActivationDecision", "Objective", "ParamDecision", "ParamPlan",
+__all__ = ["PLAN_SCHEMA_VERSION", "ActivationDecision", "Executor", "Objective", "ParamDecision", "ParamPlan",
            "Plan", "Prediction", "StagePlan", "Strategy", "TimelineSample"]

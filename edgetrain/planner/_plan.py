@@ -46,6 +46,13 @@ class Objective(enum.Enum):
     ENERGY = "energy"
 
 
+class Executor(enum.Enum):
+    """What runs the plan, and so whose memory the prediction describes."""
+
+    PYTORCH = "pytorch"  # edgetrain.Trainer: the tensor-lifetime simulation of PyTorch's allocator
+    C = "c"  # edgetrain compile: static arena, frozen weights in flash, BN folded, in-place SGD
+
+
 @dataclass(frozen=True, slots=True)
 class ParamPlan:
     name: str
@@ -93,6 +100,7 @@ class Plan:
     predicted: Prediction
     deadline_s: float | None = None
     freeze_batch_norm: bool = False
+    executor: Executor = Executor.PYTORCH
     schema_version: int = PLAN_SCHEMA_VERSION
     notes: tuple[str, ...] = field(default=())
 
@@ -143,6 +151,7 @@ class Plan:
                                  pred["latency_s"], pred["energy_j"],
                                  tuple(TimelineSample(**t) for t in pred["timeline"])),
             deadline_s=d.get("deadline_s"), freeze_batch_norm=d.get("freeze_batch_norm", False),
+            executor=Executor(d.get("executor", Executor.PYTORCH.value)),
             notes=tuple(d.get("notes", ())))
 
     @classmethod
