@@ -356,3 +356,71 @@ def test_mandheling_offloads_matmuls_to_the_phone_dsp_and_splits_the_batch_to_fi
     assert tight.predicted_peak_bytes <= 0.97 * 60_000
     assert report.steps == 2
     assert any(not torch.equal(p, before[n]) for n, p in tight.model.named_parameters())
+
+
+# -- minilearn: int8 -> dequantise -> prune filters to fit -> fp32 retrain -> int8 --------------
+@pytest.mark.skipif(not hasattr(SystemName, "MINILEARN"),
+                    reason="SystemName.MINILEARN not yet in edgetrain/strategies/_common.py")
+def test_minilearn_prunes_to_fit_retrains_and_ends_with_a_smaller_int8_model(pretrained,
+                                                                               new_classes):
+    from edgetrain.quant import QuantModel, quantize, run_int8
+    from edgetrain.strategies import _minilearn
+
+    # Prepare: nrf52840 at batch 8, where the unpruned dequantised network's fp32 training step
+    # does not fit; min_prune_ratio=0 so only the budget forces the pruning
+    model, example = pretrained
+    train, test = new_classes
+    calib = train.x[:64]
+    budget = 256 * 1024
+    original = quantize(model, calib, name="mcu-cnn")
+    system = get_system("minilearn")
+    prepared = system.prepare(model, example, device="nrf52840", batch_size=8, name="mcu-cnn",
+                              calibration=calib, min_prune_ratio=0.0)
+    before = _accuracy(prepared.model, test.x, test.y)
+    # Execute
+    report = system.train(prepared, train.x, train.y, samples=1200, lr=0.2)
+    after = _accuracy(prepared.model, test.x, test.y)
+    # Assert: the unpruned step does not fit, the pruned one does (predicted and allocator)
+    state = dict(prepared.state)
+    assert state["unpruned_peak_bytes"] > 0.97 * budget
+    assert prepared.fits and prepared.predicted_peak_bytes <= 0.97 * budget
+    assert report.measured_peak_bytes <= budget
+    # fewer filters, and the kept ones are each layer's largest by L1 norm of the int8 model
+    graph = prepared.model.to_graph()
+    convs = {op.name: op for op in original.weighted_ops}
+    assert _minilearn.filter_count(graph) < _minilearn.filter_count(original)
+    assert _minilearn.int8_macs(graph) < _minilearn.int8_macs(original)
+    for producer, kept in state["prune"].kept:
+        op = convs[producer]
+        l1 = (op.weight.double().abs().flatten(1).sum(1) * op.weight_scale)
+        assert set(kept) == set(torch.topk(l1, len(kept)).indices.tolist())
+        assert len(kept) < op.weight.shape[0]
+    # it ends as an int8 model: int8 weights, and its forward is the integer graph
+    assert isinstance(prepared.model.int8, QuantModel)
+    assert all(op.weight.dtype == torch.int8 for op in graph.weighted_ops)
+    with torch.no_grad():
+        logits = prepared.model(test.x[:50])
+    ref = graph.dequantize_output(run_int8(graph, graph.quantize_input(test.x[:50])))
+    assert torch.equal(logits, ref)
+    # retraining learnt the new classes the deployed int8 model never predicts
+    assert before < 0.05 and after > 0.3
+
+
+def test_tte_and_mandheling_give_trained_layers_weight_headroom(pretrained):
+    from edgetrain.quant import quantize
+    from edgetrain.strategies import _mandheling, _tte
+
+    # Prepare
+    model, example = pretrained
+    calib = torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    plain = {op.name: op.weight_scale for op in quantize(model, calib, name="m").weighted_ops}
+    # Execute
+    tte = _tte.prepare(model, example, device="nrf52840", budget_bytes=6000, calibration=calib)
+    mand = _mandheling.prepare(model, example, device="rpi4", batch_size=2, calibration=calib)
+    # Assert: trained layers' scales are WEIGHT_HEADROOM x the plain ones, frozen ones unchanged
+    for op in tte.model.graph.weighted_ops:
+        h = _tte.WEIGHT_HEADROOM if op.name in tte.model.trainable else 1.0
+        assert torch.allclose(op.weight_scale, h * plain[op.name])
+    assert "classifier" in tte.model.trainable and len(tte.model.trainable) < len(plain)
+    for op in mand.model.graph.weighted_ops:
+        assert torch.allclose(op.weight_scale, _tte.WEIGHT_HEADROOM * plain[op.name])

@@ -5,7 +5,9 @@ Reproduced:
   - int8 mixed-precision training of the whole network: the forward pass is the real int8
     graph (`edgetrain.quant.QuantModel`), gradients rescaled per layer so int8 SGD moves the
     weights like float SGD (`QuantSGD(qas=True)`, standing in for Mandheling's self-adaptive
-    rescaling), fp32 master copies of the weights (NOTE [ Training the int8 graph ]);
+    rescaling), fp32 master copies of the weights (NOTE [ Training the int8 graph ]); scales
+    stay fixed, so every layer is quantised with a weight-scale headroom of 8 (as `tte`'s
+    trained layers) to let its weights grow without saturating at +-127;
   - batch splitting: the batch is split into the largest micro-batch whose int8 step fits the
     memory budget, with gradients accumulated (all layers' gradients live, no in-place update);
   - DSP offloading in the cost model (batch norm is folded, so it costs nothing): convolutions and linear layers (forward and both
@@ -50,7 +52,7 @@ from edgetrain.strategies._common import (
     TrainReport,
     check_samples,
 )
-from edgetrain.strategies._tte import int8_step_bytes
+from edgetrain.strategies._tte import WEIGHT_HEADROOM, int8_step_bytes
 
 _ON_ACCELERATOR = (OpKind.CONV2D, OpKind.LINEAR, OpKind.MATMUL)
 
@@ -72,8 +74,11 @@ def _divisors(n: int) -> list[int]:
 
 def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="snapdragon-865",
             budget_bytes: int | None = None, batch_size: int = 1, name: str = "model",
-            calibration: torch.Tensor | None = None, analysis: tuple | None = None) -> Prepared:
-    from edgetrain.quant import QuantModel, quantize
+            calibration: torch.Tensor | None = None, analysis: tuple | None = None,
+            weight_headroom: float = WEIGHT_HEADROOM) -> Prepared:
+    """`weight_headroom`: every layer's weight-scale headroom (`_tte.WEIGHT_HEADROOM`, 1 for
+    none): scales stay fixed while training, so the weights need room to grow."""
+    from edgetrain.quant import QuantModel, op_names, quantize
 
     if calibration is None or not isinstance(calibration, torch.Tensor) or len(calibration) == 0:
         raise InvalidArgumentError(
@@ -84,6 +89,9 @@ def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="snap
     dev = load_device(device)
     budget = int(budget_bytes if budget_bytes is not None else dev.ram_bytes)
     graph = quantize(model, calibration, name=name)
+    if weight_headroom != 1:  # every layer trains: each gets room to grow
+        graph = quantize(model, calibration, name=name,
+                         weight_headroom={n: weight_headroom for n in op_names(graph)})
     target = int(budget * (1 - SAFETY_MARGIN))
     mb = next((d for d in _divisors(batch_size) if step_bytes(graph, d, batch_size) <= target),
               None)

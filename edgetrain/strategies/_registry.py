@@ -6,11 +6,14 @@ from edgetrain.strategies import (_auto, _full, _mandheling, _melon, _poet, _sag
                                   _tinytl, _tte)
 from edgetrain.strategies._common import System, SystemName, UnknownSystemError
 
-SYSTEMS: dict[SystemName, System] = {
-    s.name: s for s in (_full.SYSTEM, _auto.SYSTEM, _poet.SYSTEM, _tinyol.SYSTEM,
-                        _tinytl.SYSTEM, _melon.SYSTEM, _sage.SYSTEM, _tte.SYSTEM,
-                        _mandheling.SYSTEM)
-}
+_ALL: list[System] = [_full.SYSTEM, _auto.SYSTEM, _poet.SYSTEM, _tinyol.SYSTEM, _tinytl.SYSTEM,
+                      _melon.SYSTEM, _sage.SYSTEM, _tte.SYSTEM, _mandheling.SYSTEM]
+if hasattr(SystemName, "MINILEARN"):  # registered once `SystemName.MINILEARN` exists
+    from edgetrain.strategies import _minilearn
+
+    _ALL.append(_minilearn.SYSTEM)
+
+SYSTEMS: dict[SystemName, System] = {s.name: s for s in _ALL}
 
 
 def system_names() -> tuple[str, ...]:

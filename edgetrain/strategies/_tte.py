@@ -13,7 +13,11 @@ Reproduced:
     greedily by contribution per byte of SRAM they cost until the int8 step no longer fits; the
     classifier always trains (the new classes live there);
   - in-place update: each layer's gradient is applied as soon as it is computed, so only one
-    layer's gradient is live (counted that way below).
+    layer's gradient is live (counted that way below);
+  - fixed scales while training, as TTE: the trained layers are quantised with a weight-scale
+    headroom (`WEIGHT_HEADROOM` = 8, i.e. scale 8 * max|w| / 127) so weights of the new classes
+    can outgrow the pretrained ones without saturating at +-127 (ours; TTE does not say how it
+    sets the scales of layers it trains).
 
 NOTE [ What the tte prediction counts ]
     The predicted peak is the int8 step as TinyEngine lays it out (sizes from
@@ -64,6 +68,10 @@ from edgetrain.strategies._common import (
 )
 
 ANALYSIS_SAMPLES = 32
+WEIGHT_HEADROOM = 8.0
+"""Weight-scale headroom of the trained layers (`edgetrain.quant.quantize(weight_headroom=)`):
+scales stay fixed while training, so with h = 1 the new classes' weights saturate at +-127 once
+they outgrow the pretrained ones; h = 8 lets them grow 8-fold for 3 bits of resolution."""
 
 
 def int8_step_bytes(graph, trainable: Sequence[str], batch_size: int) -> int:
@@ -145,10 +153,11 @@ def choose_layers(graph, x: torch.Tensor, y: torch.Tensor, budget_bytes: int,
 def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf52840",
             budget_bytes: int | None = None, batch_size: int = 1, name: str = "model",
             calibration: torch.Tensor | None = None, analysis: tuple | None = None,
-            qas: bool = True) -> Prepared:
+            qas: bool = True, weight_headroom: float = WEIGHT_HEADROOM) -> Prepared:
     """`calibration`: images to quantise with (e.g. the pretraining data); `analysis`: (x, y)
     samples of the device's task for the contribution analysis (default: none, so only the
-    classifier and the cheapest layers by size train)."""
+    classifier and the cheapest layers by size train); `weight_headroom`: the trained layers'
+    weight-scale headroom (`WEIGHT_HEADROOM`; 1 for none)."""
     from edgetrain.quant import QuantModel, quantize
 
     if calibration is None or not isinstance(calibration, torch.Tensor) or len(calibration) == 0:
@@ -167,6 +176,9 @@ def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5
     else:
         ax, ay = analysis[0][:ANALYSIS_SAMPLES], analysis[1][:ANALYSIS_SAMPLES]
     layers, scores = choose_layers(graph, ax, ay, int(budget * (1 - SAFETY_MARGIN)), batch_size)
+    if weight_headroom != 1:  # re-quantise: the chosen layers' scales get room to grow
+        graph = quantize(model, calibration, name=name,
+                         weight_headroom={n: weight_headroom for n in layers})
     qm = QuantModel(graph, trainable=layers)
     peak = int8_step_bytes(graph, layers, batch_size)
     # The float plan says what trains and gives the step's work; time and energy at int8 rates.
@@ -179,7 +191,8 @@ def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5
                 notes=(f"int8 sparse update of {', '.join(layers)}",))
     return Prepared(SystemName.TTE, qm, example_input, p, dev, peak,
                     (f"int8 (QAS {'on' if qas else 'off'}), sparse update by contribution: "
-                     f"{len(layers)}/{len(graph.weighted_ops)} layers", ),
+                     f"{len(layers)}/{len(graph.weighted_ops)} layers, weight headroom "
+                     f"{weight_headroom:g}x on them", ),
                     (("qas", qas), ("scores", tuple(sorted(scores.items())))))
 
 
