@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/federate.py [--rounds 40] [--local-steps 20] [--seeds 0,1,2]
                                        [--fleet examples/fleet.toml] [--partition dirichlet:0.5]
+                                       [--server-momentum 0.5] [--server-lr 0.5]
+
+(--server-momentum 0 --server-lr 1 is plain FedAvg, for comparison.)
 
 For every seed (which draws the data split, the batches and the dropouts) the federation runs
 twice on Flower's simulation engine, without dropout and with 30 % of the clients dropping out
@@ -36,8 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--local-steps", type=int, default=20)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--lr-decay", type=float, default=1.0)
-    ap.add_argument("--server-lr", type=float, default=1.0)
-    ap.add_argument("--server-momentum", type=float, default=0.0)
+    ap.add_argument("--server-lr", type=float, default=0.5)
+    ap.add_argument("--server-momentum", type=float, default=0.5)
     ap.add_argument("--partition", default="dirichlet:0.5")
     ap.add_argument("--dropout", type=float, default=0.3)
     ap.add_argument("--seeds", default="0,1,2")

@@ -39,7 +39,7 @@ def _momentum(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not 0.0 <= v < 1.0:
         raise argparse.ArgumentTypeError(f"server momentum must be in [0, 1), got {v}; "
-                                         "e.g. --server-momentum 0.9 --server-lr 0.1")
+                                         "e.g. --server-momentum 0.5 --server-lr 0.5")
     return v
 
 
@@ -67,10 +67,12 @@ def register(subparsers) -> None:
     f.add_argument("--lr", type=_positive_float, default=0.1, help="local SGD learning rate")
     f.add_argument("--lr-decay", type=_positive_float, default=1.0,
                    help="per-round factor on the learning rate (round r uses lr * decay^(r-1))")
-    f.add_argument("--server-lr", type=_positive_float, default=1.0,
-                   help="server learning rate on the averaged update (1.0 with momentum 0 is FedAvg)")
-    f.add_argument("--server-momentum", type=_momentum, default=0.0,
-                   help="server momentum on the averaged update (FedAvgM, Hsu et al. 2019)")
+    f.add_argument("--server-lr", type=_positive_float, default=0.5,
+                   help="server learning rate on the averaged update (default 0.5; 1 with "
+                        "--server-momentum 0 is plain FedAvg)")
+    f.add_argument("--server-momentum", type=_momentum, default=0.5,
+                   help="server momentum on the averaged update (FedAvgM, Hsu et al. 2019; "
+                        "default 0.5)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--train-samples", type=_positive_int, default=12000,
                    help="training samples split over the clients")
