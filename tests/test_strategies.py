@@ -424,3 +424,20 @@ def test_tte_and_mandheling_give_trained_layers_weight_headroom(pretrained):
     assert "classifier" in tte.model.trainable and len(tte.model.trainable) < len(plain)
     for op in mand.model.graph.weighted_ops:
         assert torch.allclose(op.weight_scale, _tte.WEIGHT_HEADROOM * plain[op.name])
+
+
+@pytest.mark.skipif(not hasattr(SystemName, "MINILEARN"),
+                    reason="SystemName.MINILEARN not yet in edgetrain/strategies/_common.py")
+def test_minilearn_rejects_missing_calibration_and_budgets_no_pruning_meets(pretrained):
+    from edgetrain.errors import InvalidArgumentError
+    from edgetrain.strategies import _minilearn
+
+    # Prepare
+    model, example = pretrained
+    calib = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    # Execute / Assert
+    with pytest.raises(InvalidArgumentError, match="calibration="):
+        _minilearn.prepare(model, example, device="nrf52840")
+    with pytest.raises(PlanInfeasibleError, match=r"needs [\d,]+ bytes, over the 10,000-byte"):
+        _minilearn.prepare(model, example, device="nrf52840", budget_bytes=10_000,
+                           batch_size=8, calibration=calib)

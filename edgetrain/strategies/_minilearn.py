@@ -277,7 +277,7 @@ def prepare(model: nn.Module, example_input: torch.Tensor, *, device="nrf52840",
     dense = dequantize(original, fold_batchnorm(model, calibration[:1], name))
     unpruned = plan(dense, example_input, device=dev, budget_bytes=1 << 40,
                     batch_size=batch_size, strategy="keep-all", allow_paging=False, name=name)
-    ratio, chosen, last_peak = float(min_prune_ratio), None, None
+    ratio, chosen, last_peak, last = float(min_prune_ratio), None, None, None
     while ratio < 1:
         pruned, result = prune(dense, ratio)
         try:
@@ -286,6 +286,7 @@ def prepare(model: nn.Module, example_input: torch.Tensor, *, device="nrf52840",
             chosen = (pruned, result, p)
             break
         except PlanInfeasibleError:
+            last = result
             last_peak = plan(pruned, example_input, device=dev, budget_bytes=1 << 40,
                              batch_size=batch_size, strategy="keep-all", allow_paging=False,
                              name=name).predicted_peak_bytes
@@ -294,11 +295,12 @@ def prepare(model: nn.Module, example_input: torch.Tensor, *, device="nrf52840",
         ratio += RATIO_STEP
     if chosen is None:
         raise PlanInfeasibleError(
-            f"minilearn: even pruned to one filter per layer, fp32 training of {name} at batch "
+            f"minilearn: even pruned by {last.ratio:.0%} ({last.filters_before} -> "
+            f"{last.filters_after} filters in prunable layers), fp32 training of {name} at batch "
             f"{batch_size} needs {last_peak:,} bytes, over the {budget:,}-byte budget on "
             f"{dev.name}; use a smaller batch or a larger budget")
     pruned, result, p = chosen
-    macs_before, macs_after = int8_macs(original), None
+    macs_before = int8_macs(original)
     # the pruned network quantised with the same calibration, for its MACs (weights unused)
     macs_after = int8_macs(quantize(pruned, calibration, name=name))
     lat = 2 / dev.compute.int8_ops_per_s
@@ -337,7 +339,7 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
     graph = quantize(wrapped.fp32, x[:RECALIBRATION_SAMPLES], name=wrapped.int8.graph.model)
     wrapped.int8 = QuantModel(graph, trainable=[])
     return replace(rep, notes=(*rep.notes,
-                               f"re-quantised to int8 ({filter_count(graph)} conv filters, "
+                               f"re-quantised to int8 ({filter_count(graph)} conv output channels in all, "
                                f"{int8_macs(graph):,} MACs), scales calibrated on "
                                f"{min(len(x), RECALIBRATION_SAMPLES)} device images"))
 
