@@ -71,7 +71,10 @@ ANALYSIS_SAMPLES = 32
 WEIGHT_HEADROOM = 8.0
 """Weight-scale headroom of the trained layers (`edgetrain.quant.quantize(weight_headroom=)`):
 scales stay fixed while training, so with h = 1 the new classes' weights saturate at +-127 once
-they outgrow the pretrained ones; h = 8 lets them grow 8-fold for 3 bits of resolution."""
+they outgrow the pretrained ones; h = 8 lets them grow 8-fold for 3 bits of resolution.
+Measured on the quick bench (mcu-cnn, 800 samples, lr 0.05, seeds 0-3): it removes the
+saturation (14 % of the trained classifier's weights at +-127 with h = 1, none with h = 8) but
+moves accuracy only within seed noise (tte 36.7 % -> 35.3 % mean over 4 seeds)."""
 
 
 def int8_step_bytes(graph, trainable: Sequence[str], batch_size: int) -> int:
