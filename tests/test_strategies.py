@@ -359,8 +359,6 @@ def test_mandheling_offloads_matmuls_to_the_phone_dsp_and_splits_the_batch_to_fi
 
 
 # -- minilearn: int8 -> dequantise -> prune filters to fit -> fp32 retrain -> int8 --------------
-@pytest.mark.skipif(not hasattr(SystemName, "MINILEARN"),
-                    reason="SystemName.MINILEARN not yet in edgetrain/strategies/_common.py")
 def test_minilearn_prunes_to_fit_retrains_and_ends_with_a_smaller_int8_model(pretrained,
                                                                                new_classes):
     from edgetrain.quant import QuantModel, quantize, run_int8
@@ -426,8 +424,6 @@ def test_tte_and_mandheling_give_trained_layers_weight_headroom(pretrained):
         assert torch.allclose(op.weight_scale, _tte.WEIGHT_HEADROOM * plain[op.name])
 
 
-@pytest.mark.skipif(not hasattr(SystemName, "MINILEARN"),
-                    reason="SystemName.MINILEARN not yet in edgetrain/strategies/_common.py")
 def test_minilearn_rejects_missing_calibration_and_budgets_no_pruning_meets(pretrained):
     from edgetrain.errors import InvalidArgumentError
     from edgetrain.strategies import _minilearn

@@ -171,7 +171,7 @@ def _run_one(system: SystemName, task: ModelTask, device: str, base: torch.nn.Mo
     model = copy.deepcopy(base)
     x, y, tx, ty, calib = data
     kwargs = {"known_classes": OLD_CLASSES} if system is SystemName.TINYOL else {}
-    if system in (SystemName.TTE, SystemName.MANDHELING):
+    if system in (SystemName.TTE, SystemName.MANDHELING, SystemName.MINILEARN):
         kwargs = {"calibration": calib, "analysis": (x, y)}
     batch = 1 if system is SystemName.TINYOL else task.batch_size
     try:

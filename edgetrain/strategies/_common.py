@@ -50,6 +50,7 @@ class SystemName(enum.Enum):
     SAGE = "sage"
     TTE = "tte"
     MANDHELING = "mandheling"
+    MINILEARN = "minilearn"
 
 
 class UnknownSystemError(InvalidArgumentError):

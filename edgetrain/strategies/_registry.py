@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from edgetrain.strategies import (_auto, _full, _mandheling, _melon, _poet, _sage, _tinyol,
-                                  _tinytl, _tte)
+from edgetrain.strategies import (_auto, _full, _mandheling, _melon, _minilearn, _poet, _sage,
+                                  _tinyol, _tinytl, _tte)
 from edgetrain.strategies._common import System, SystemName, UnknownSystemError
 
 _ALL: list[System] = [_full.SYSTEM, _auto.SYSTEM, _poet.SYSTEM, _tinyol.SYSTEM, _tinytl.SYSTEM,
-                      _melon.SYSTEM, _sage.SYSTEM, _tte.SYSTEM, _mandheling.SYSTEM]
-if hasattr(SystemName, "MINILEARN"):  # registered once `SystemName.MINILEARN` exists
-    from edgetrain.strategies import _minilearn
-
-    _ALL.append(_minilearn.SYSTEM)
+                      _melon.SYSTEM, _sage.SYSTEM, _tte.SYSTEM, _mandheling.SYSTEM,
+                      _minilearn.SYSTEM]
 
 SYSTEMS: dict[SystemName, System] = {s.name: s for s in _ALL}
 
