@@ -82,11 +82,11 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
     """Plan training of `model` on `device` within `budget_bytes` (default: the device's memory).
 
     NOTE [ Safety margin ]
-        Solvers plan to `(1 - safety_margin) * budget` (3 % by default): the lifetime
-        simulation matches the allocator to within a few hundred bytes on most steps, but
-        Python-held references and kernel scratch it does not model can add up to ~3 %
-        (measured by tests/test_profile_accuracy.py); the margin keeps the measured peak
-        under the budget the user gave. `Plan.budget_bytes` is the user's budget.
+        Solvers plan to `(1 - safety_margin) * budget` (3 % by default). The lifetime
+        simulation matches the allocator to within a few bytes for every plan kind
+        (tests/test_runtime.py); the margin covers hosts whose kernels differ from the profiled
+        ones and the one known gap (Python locals held by a frozen forward, README), so the
+        measured peak stays under the budget the user gave. `Plan.budget_bytes` is the user's budget.
 
     `strategy`: `exact` (changes no mathematics), `auto` (may also train a sparse subset),
     or a baseline solver (`keep-all`, `sqrt`, `greedy`) at the full batch.

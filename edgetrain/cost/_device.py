@@ -32,6 +32,8 @@ Schema (all fields required unless marked optional)::
     int8_ops_per_s = ...             # sustained int8 rate (1 MAC = 2 ops)
     active_power_w = ...             # power while computing
     idle_power_w = ...               # power while on but idle (<= active_power_w)
+    op_overhead_s = ...              # optional (default 0): fixed cost of running one operator
+                                     # once, forward or backward (dispatch, loop set-up)
     [accelerator]                    # optional: GPU / DSP / NPU; vendor peak rates
     name = "..."
     fp32_flops_per_s = ...           # 0 where it has no fp32 path
@@ -99,6 +101,7 @@ class Compute:
     active_power_w: float
     idle_power_w: float
     cpu: str = ""
+    op_overhead_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +231,7 @@ _COMPUTE: dict[str, _Spec] = {
     "int8_ops_per_s": _Spec("num", "ops/s", 1e3, False, 1e17, hint=_OPS_HINT),
     "active_power_w": _Spec("num", "W", 0, True, 1e4),
     "idle_power_w": _Spec("num", "W", 0, False, 1e4),
+    "op_overhead_s": _Spec("num", "seconds", 0, False, 1.0, required=False, default=0.0),
 }
 _ACCEL: dict[str, _Spec] = {
     "name": _Spec("str"),
@@ -239,7 +243,7 @@ _TABLE_SPECS = {"memory": _MEMORY, "storage": _STORAGE, "compute": _COMPUTE,
                 "accelerator": _ACCEL}
 _STORAGE_FIELDS = tuple(_STORAGE)
 _COMPUTE_FIELDS = ("clock_hz", "fp32_flops_per_s", "int8_ops_per_s", "active_power_w",
-                   "idle_power_w", "cpu")
+                   "idle_power_w", "cpu", "op_overhead_s")
 _ACCEL_FIELDS = tuple(_ACCEL)
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 

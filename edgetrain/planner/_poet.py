@@ -256,7 +256,9 @@ def build_node_graph(p: Problem) -> NodeGraph:
     # costs (Problem.evaluate's model, per accumulation step k)
     dev, st, k = p.device, p.device.storage, max(1, p.accumulation_steps)
     rate, power = dev.compute.fp32_flops_per_s, dev.compute.active_power_w
-    rec_t = tuple(k * x.flops / rate if x.kind is NodeKind.FORWARD else 0.0 for x in nodes)
+    over = dev.compute.op_overhead_s  # one more operator run per recomputed node
+    rec_t = tuple(k * (x.flops / rate + over) if x.kind is NodeKind.FORWARD else 0.0
+                  for x in nodes)
     wr_t = tuple(k * (st.transfer_latency_s + x.mem_bytes / st.write_bandwidth_bytes_per_s)
                  for x in nodes)
     rd_t = tuple(k * (st.transfer_latency_s + x.mem_bytes / st.read_bandwidth_bytes_per_s)

@@ -7,6 +7,9 @@ plan's predicted peak is never a solver's private estimate.
 Time and energy of a schedule (POET, Patil et al. ICML 2022, §4, extended with paging time in
 the deadline):
     time   = (FLOPs + recomputed FLOPs + element-wise ops) / fp32 throughput
+             + operator runs * per-operator overhead (the device's `op_overhead_s`: dispatch
+               and loop set-up; what makes k micro-batches slower than one batch of k times
+               the size, as every runtime measures)
              + transfers * per-transfer latency + bytes written / write bandwidth
              + bytes read / read bandwidth
     energy = compute time * active power + bytes written * write energy per byte
@@ -99,8 +102,13 @@ class Problem:
                 base_vec += n.vector_ops_backward
         k = max(1, self.accumulation_steps)
         dev = self.device
-        compute_s = k * (base_flops + base_vec + traffic.recompute_flops
-                         + traffic.recompute_vector_ops) / dev.compute.fp32_flops_per_s
+        # Operator runs per micro-batch: every forward node, the backward of every node that
+        # needs one, and the nodes recomputation re-runs (see the module docstring).
+        n_ops = (len(self.graph.nodes) + sum(1 for n in self.graph.nodes if n.output in rg)
+                 + sum(b - a for a, b in sched.recompute_segments))
+        compute_s = k * ((base_flops + base_vec + traffic.recompute_flops
+                          + traffic.recompute_vector_ops) / dev.compute.fp32_flops_per_s
+                         + n_ops * dev.compute.op_overhead_s)
         st = dev.storage
         io_s = k * (traffic.storage_transfers * st.transfer_latency_s
                     + traffic.storage_bytes_written / st.write_bandwidth_bytes_per_s
