@@ -78,7 +78,7 @@ class _Plain:
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
 
 def _peak(model, stepper, x, y) -> int:

@@ -165,7 +165,9 @@ class Trainer:
         for i in range(0, n, mb):
             if self.store is not None:
                 self.store.reset()
-            loss = self.loss_fn(self.model(x[i:i + mb]), y[i:i + mb]) * (min(mb, n - i) / n)
+            loss = self.loss_fn(self.model(x[i:i + mb]), y[i:i + mb])
+            if mb < n:  # accumulate the batch mean over micro-batches
+                loss = loss * (min(mb, n - i) / n)
             if not torch.isfinite(loss):
                 finite = False
                 self._skip_update = True
