@@ -94,12 +94,13 @@ def _time(stepper, x, y) -> float:
 
 
 def side_by_side(steppers: dict[str, object], x, y, reps: int) -> dict[str, float]:
-    """Median step seconds of each stepper, alternating them rep by rep after one warm-up."""
+    """Median step seconds of each stepper, alternating them (ABBA) after one warm-up."""
     for s in steppers.values():
         s.step(x, y)
     times: dict[str, list[float]] = {k: [] for k in steppers}
-    for _ in range(reps):
-        for k, s in steppers.items():
+    order = list(steppers.items())
+    for r in range(reps):  # ABBA: neither side always runs right after the other
+        for k, s in (order if r % 2 == 0 else order[::-1]):
             times[k].append(_time(s, x, y))
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                          "stall when another process holds a core, which swamps the ratios)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    reps = 5 if args.quick else 15
+    reps = 5 if args.quick else 31
     over_cases = [("mcu-cnn", 8), ("transformer-tiny", 8), ("mbv2-w0.35", 8), ("resnet18-cifar", 8)]
     sweep_cases = [("mbv2-w0.35", 8), ("resnet18-cifar", 8)]
     if args.quick:

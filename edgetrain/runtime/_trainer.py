@@ -75,7 +75,11 @@ class Trainer:
                 k = max(1, int(round(pp.channel_ratio * p.shape[0])))
                 self._handles.append(p.register_post_accumulate_grad_hook(
                     functools.partial(_mask_rows, k=k)))
-        # 2. frozen batch norm (exact micro-batching needs batch statistics out of the step)
+        # 2. training mode (restored on exit); frozen batch norm (exact micro-batching needs
+        #    batch statistics out of the step)
+        modes = [(m, m.training) for m in self.model.modules()]
+        self._restore.append(functools.partial(_restore_modes, modes))
+        self.model.train()
         if self.plan.freeze_batch_norm:
             for m in self.model.modules():
                 if isinstance(m, _BN):
@@ -146,11 +150,12 @@ class Trainer:
             raise InvalidArgumentError(
                 f"batch of {x.shape[0]} samples (targets {y.shape[0]}); the plan trains batches "
                 f"of {self.plan.batch_size}: re-plan with --batch-size {x.shape[0]}")
-        self.model.train()
-        if self.plan.freeze_batch_norm:
-            for m in self.model.modules():
-                if isinstance(m, _BN):
-                    m.eval()
+        if not self.model.training:  # e.g. evaluated between steps; `train()` walks every module
+            self.model.train()
+            if self.plan.freeze_batch_norm:
+                for m in self.model.modules():
+                    if isinstance(m, _BN):
+                        m.eval()
         mb = self.plan.micro_batch_size
         n = x.shape[0]
         if self.optimizer is not None:
@@ -193,6 +198,11 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return total
+
+
+def _restore_modes(modes) -> None:
+    for m, training in modes:
+        m.training = training
 
 
 def _mask_rows(p: torch.Tensor, k: int) -> None:
