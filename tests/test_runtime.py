@@ -86,6 +86,11 @@ EXACT_CASES = [
     ("mcu-cnn", 4, 4, [R, P], True, False),
     ("mcu-cnn", 4, 1, [P, R], False, True),
     ("mbv2-w0.35", 2, 1, [R, K, P], False, True),
+    # the other reference models (slow: EDGETRAIN_SLOW=1 / make test-all)
+    pytest.param("mcunet", 2, 1, [R, P, K], False, True, marks=pytest.mark.slow),
+    pytest.param("resnet18-cifar", 2, 1, [R, P, K], False, True, marks=pytest.mark.slow),
+    pytest.param("resnet18", 2, 2, [P, R], True, False, marks=pytest.mark.slow),
+    pytest.param("minilm", 2, 1, [R, P], False, False, marks=pytest.mark.slow),
 ]
 
 
@@ -94,7 +99,7 @@ def test_exact_plans_give_plain_pytorch_parameters(name, batch, micro, pattern, 
                                                    freeze_bn):
     # Prepare
     torch.manual_seed(0)
-    model, x = build_model(name, pretrained=False)
+    model, x = build_model(name, pretrained=False, num_classes=10)
     ref = copy.deepcopy(model)
     p = forced_plan(model, x, name, batch, micro, pattern, in_place=in_place, freeze_bn=freeze_bn)
     assert any(s.decision is not K for s in p.stages)
