@@ -11,7 +11,7 @@ import torch
 
 from edgetrain._profile import host_kernels
 from edgetrain.capture import capture
-from edgetrain.cost import Optimizer, Schedule, load_device, simulate_step
+from edgetrain.cost import Optimizer, load_device, simulate_step
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.ir import Graph
 from edgetrain.planner import (

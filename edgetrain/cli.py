@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgetrain.errors import EdgetrainError, InvalidArgumentError
+from edgetrain._argtypes import positive_int
 
 
 class InvalidPlanFile(InvalidArgumentError):
@@ -211,17 +212,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out_dir=args.out, device=args.device, quick=args.quick)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(
-            f"batch size must be a positive integer, got {v}; use e.g. --batch-size 1")
-    return v
-
-
 # Later stages of the pipeline register their own commands. They are imported only when their
 # command (or the full help) is asked for, so `edgetrain profile` does not pay for Flower's or
 # the code generator's imports.
@@ -247,7 +237,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True,
                    help="built-in model name or path/to/file.py:factory")
     p.add_argument("--device", required=True, help="catalog name or path/to/board.toml")
-    p.add_argument("--batch-size", type=_positive_int, default=1)
+    p.add_argument("--batch-size", type=positive_int, default=1)
     p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd")
     p.add_argument("--measure", action="store_true",
                    help="also run one real step in PyTorch and measure it")
@@ -260,7 +250,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     pl.add_argument("--device", required=True, help="catalog name or path/to/board.toml")
     pl.add_argument("--budget", type=parse_size, default=None,
                     help="memory budget, e.g. 256KB (default: the device's memory)")
-    pl.add_argument("--batch-size", type=_positive_int, default=1)
+    pl.add_argument("--batch-size", type=positive_int, default=1)
     pl.add_argument("--objective", choices=["time", "energy"], default="time")
     pl.add_argument("--deadline-s", type=float, default=None)
     pl.add_argument("--strategy", choices=["exact", "auto", "keep-all", "sqrt", "greedy"],
@@ -271,7 +261,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     pl.add_argument("--calibration", metavar="DATA", default=None,
                     help="a few local samples (e.g. fashion-mnist:5-9) to rank layers by Fisher "
                          "information per byte for the sparse update (strategy auto)")
-    pl.add_argument("--calibration-samples", type=_positive_int, default=16)
+    pl.add_argument("--calibration-samples", type=positive_int, default=16)
     pl.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd")
     pl.add_argument("--no-paging", action="store_true", help="never page to storage")
     pl.add_argument("--executor", choices=["pytorch", "c"], default="pytorch",
@@ -286,12 +276,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="execute a plan on real data")
     tr.add_argument("--plan", required=True)
     tr.add_argument("--data", default="fashion-mnist:5-9")
-    tr.add_argument("--steps", type=_positive_int, default=100)
+    tr.add_argument("--steps", type=positive_int, default=100)
     tr.add_argument("--lr", type=float, default=0.01)
     tr.add_argument("--weights", help="start from these weights (.safetensors)")
     tr.add_argument("--resume", metavar="DIR", help="checkpoint folder: resume from it and "
                     "checkpoint into it")
-    tr.add_argument("--checkpoint-every", type=_positive_int, default=10)
+    tr.add_argument("--checkpoint-every", type=positive_int, default=10)
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(fn=_cmd_train)
 

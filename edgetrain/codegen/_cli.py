@@ -9,18 +9,9 @@ from pathlib import Path
 from rich.console import Console
 
 from edgetrain.codegen._errors import UnsupportedPlanError
+from edgetrain._argtypes import positive_int
 
 console = Console()
-
-
-def _pos_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
@@ -111,13 +102,13 @@ def register(subparsers) -> None:
     c.add_argument("--device", default=None,
                    help="device whose SRAM/flash bound the linker script (default: the plan's)")
     c.add_argument("--data", default="fashion-mnist:5-9")
-    c.add_argument("--train-samples", type=_pos_int, default=400,
+    c.add_argument("--train-samples", type=positive_int, default=400,
                    help="training samples baked into flash (cycled through)")
-    c.add_argument("--test-samples", type=_pos_int, default=400,
+    c.add_argument("--test-samples", type=positive_int, default=400,
                    help="held-out samples baked into flash for accuracy")
-    c.add_argument("--steps", type=_pos_int, default=1000)
+    c.add_argument("--steps", type=positive_int, default=1000)
     c.add_argument("--lr", type=float, default=0.05)
-    c.add_argument("--log-every", type=_pos_int, default=10)
+    c.add_argument("--log-every", type=positive_int, default=10)
     c.add_argument("--dump-params", action="store_true",
                    help="print the trained parameters bit-exactly at the end")
     c.add_argument("--json", action="store_true")

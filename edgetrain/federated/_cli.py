@@ -8,18 +8,9 @@ import math
 
 from rich.console import Console
 from rich.table import Table
+from edgetrain._argtypes import positive_int
 
 console = Console()
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
 
 
 def _probability(text: str) -> float:
@@ -59,10 +50,10 @@ def register(subparsers) -> None:
     f.add_argument("--model", required=True, help="built-in model name or path/to/file.py:factory")
     f.add_argument("--fleet", required=True, metavar="FLEET.toml",
                    help="[[device]] tables with kind and count (see examples/fleet.toml)")
-    f.add_argument("--rounds", type=_positive_int, required=True)
+    f.add_argument("--rounds", type=positive_int, required=True)
     f.add_argument("--data", default="fashion-mnist", help="dataset spec (default fashion-mnist)")
     f.add_argument("--partition", default="dirichlet:0.5", help="dirichlet:ALPHA or iid")
-    f.add_argument("--local-steps", type=_positive_int, default=20,
+    f.add_argument("--local-steps", type=positive_int, default=20,
                    help="optimizer steps per client per round")
     f.add_argument("--lr", type=_positive_float, default=0.1, help="local SGD learning rate")
     f.add_argument("--lr-decay", type=_positive_float, default=1.0,
@@ -74,9 +65,9 @@ def register(subparsers) -> None:
                    help="server momentum on the averaged update (FedAvgM, Hsu et al. 2019; "
                         "default 0.5)")
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--train-samples", type=_positive_int, default=12000,
+    f.add_argument("--train-samples", type=positive_int, default=12000,
                    help="training samples split over the clients")
-    f.add_argument("--test-samples", type=_positive_int, default=2000,
+    f.add_argument("--test-samples", type=positive_int, default=2000,
                    help="held-out test samples (global test set and local test splits)")
     f.add_argument("--dropout", type=_probability, default=0.0,
                    help="probability a client drops out of a round (robustness drill)")

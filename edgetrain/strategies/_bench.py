@@ -44,6 +44,7 @@ from edgetrain.planner._solvers import PlanInfeasibleError
 from edgetrain.runtime import NonFiniteLossError
 from edgetrain.strategies._common import SystemName
 from edgetrain.strategies._registry import get_system
+from edgetrain._demo import accuracy
 
 NEW_CLASSES = "fashion-mnist:5-9"
 OLD_CLASSES = (0, 1, 2, 3, 4)
@@ -101,17 +102,6 @@ class BenchRow:
     micro_batch_size: int | None
     trainable_tensors: int | None
     notes: tuple[str, ...] = field(default=())
-
-
-def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
-    was = model.training
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            correct += int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
-    model.train(was)
-    return correct / max(1, len(x))
 
 
 def _pretrained(task: ModelTask, seed: int) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -192,11 +182,11 @@ def _run_one(system: SystemName, task: ModelTask, device: str, base: torch.nn.Mo
         train_kwargs["budget_schedule"] = lambda s, b=p.budget_bytes: b if s < half else drop
         key += (prepared.predicted_peak_bytes,)
     if key not in cache:
-        before = _accuracy(prepared.model, tx, ty)
+        before = accuracy(prepared.model, tx, ty)
         try:
             rep = sysm.train(prepared, x, y, samples=task.samples, lr=cfg.lr, seed=cfg.seed,
                              **train_kwargs)
-            after = _accuracy(prepared.model, tx, ty)
+            after = accuracy(prepared.model, tx, ty)
             cache[key] = (before, after, rep, None)
         except PlanInfeasibleError as e:  # Sage's re-plan after the drop may not fit
             cache[key] = (before, None, None, f"does not fit after the budget drop: {e}")
@@ -236,7 +226,7 @@ def _qas_ablation(task: ModelTask, base, example, data, cfg: BenchConfig,
                                 budget_bytes=budget, batch_size=task.batch_size,
                                 name=task.model, calibration=calib, analysis=(x, y), qas=qas)
         _tte.train(prepared, x, y, samples=task.samples, lr=cfg.lr, seed=cfg.seed)
-        out["qas_accuracy" if qas else "no_qas_accuracy"] = _accuracy(prepared.model, tx, ty)
+        out["qas_accuracy" if qas else "no_qas_accuracy"] = accuracy(prepared.model, tx, ty)
         out["layers"] = prepared.plan.notes[0]
     full = [r.accuracy_after for r in rows if r.system == "full" and r.model == task.model
             and r.accuracy_after is not None]
