@@ -98,6 +98,19 @@ class TrainReport:
     samples_per_s: float
     notes: tuple[str, ...] = ()
 
+    @classmethod
+    def from_timings(cls, durations_s: list[float], *, steps: int, batch_size: int, losses,
+                     measured_peak_bytes: int | None, storage_bytes_written: int = 0,
+                     notes=()) -> "TrainReport":
+        """The report of `steps` steps of `batch_size` samples; host step time is the median
+        of the timed (post-warm-up) steps, robust to a busy host."""
+        step_s = statistics.median(durations_s) if durations_s else float("nan")
+        return cls(samples=steps * batch_size, steps=steps, losses=tuple(losses),
+                   measured_peak_bytes=measured_peak_bytes,
+                   storage_bytes_written=storage_bytes_written, host_step_s=step_s,
+                   samples_per_s=batch_size / step_s if durations_s else float("nan"),
+                   notes=tuple(notes))
+
 
 @dataclass(frozen=True)
 class System:
@@ -153,7 +166,6 @@ def train_planned(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, sampl
     losses: list[float] = []
     peak = 0
     durations_s: list[float] = []
-    timed = 0
     with Trainer(prepared.model, plan, lr=lr) as t:
         for step in range(steps):
             idx = order[torch.arange(step * plan.batch_size, (step + 1) * plan.batch_size) % len(x)]
@@ -167,11 +179,8 @@ def train_planned(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, sampl
                 loss = t.step(xb, yb)
                 if step >= WARMUP_STEPS:
                     durations_s.append(time.perf_counter() - t0)
-                    timed += 1
             losses.append(loss)
         written = t.storage_bytes_written
-    step_s = statistics.median(durations_s) if timed else float("nan")  # robust to a busy host
-    return TrainReport(samples=steps * plan.batch_size, steps=steps, losses=tuple(losses),
-                       measured_peak_bytes=peak, storage_bytes_written=written,
-                       host_step_s=step_s, samples_per_s=plan.batch_size / step_s if timed else
-                       float("nan"))
+    return TrainReport.from_timings(durations_s, steps=steps, batch_size=plan.batch_size,
+                                    losses=losses, measured_peak_bytes=peak,
+                                    storage_bytes_written=written)

@@ -30,7 +30,6 @@ allocator peak is reported only as a note.
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import replace
 
@@ -150,7 +149,7 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
     steps = check_samples(samples, b, len(x))
     opt = QuantSGD(qm, lr=lr, qas=True)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    losses, durations_s, timed = [], [], 0
+    losses, durations_s = [], []
     qm.train()
     for step in range(steps):
         idx = order[torch.arange(step * b, (step + 1) * b) % len(x)]
@@ -165,13 +164,9 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
         opt.step()
         if step >= WARMUP_STEPS:
             durations_s.append(time.perf_counter() - t0)
-            timed += 1
         losses.append(total)
-    step_s = statistics.median(durations_s) if timed else float("nan")  # robust to a busy host
-    return TrainReport(samples=steps * b, steps=steps, losses=tuple(losses),
-                       measured_peak_bytes=None, storage_bytes_written=0, host_step_s=step_s,
-                       samples_per_s=b / step_s if timed else float("nan"),
-                       notes=("int8 step simulated in float64 on the host: no device peak "
+    return TrainReport.from_timings(durations_s, steps=steps, batch_size=b, losses=losses,
+                                    measured_peak_bytes=None, notes=("int8 step simulated in float64 on the host: no device peak "
                               "measured",))
 
 

@@ -16,7 +16,6 @@ not the operating system's memory pressure.
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 
@@ -68,7 +67,7 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
     model = prepared.model
     losses: list[float] = []
     notes: list[str] = []
-    peak, timed, written = 0, 0, 0
+    peak, written = 0, 0
     durations_s: list[float] = []
     step = 0
     first_meter = WARMUP_STEPS if steps > WARMUP_STEPS else 0
@@ -94,19 +93,15 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
                     loss = t.step(xb, yb)
                     if step >= WARMUP_STEPS:
                         durations_s.append(time.perf_counter() - t0)
-                        timed += 1
                 losses.append(loss)
                 step += 1
             written += t.storage_bytes_written
         peak = max(peak, seg_peak)
         notes.append(f"step {first_meter}: budget {p.budget_bytes}, plan {p.predicted_peak_bytes}"
                      f" ({p.accumulation_steps} x {p.micro_batch_size}), measured {seg_peak}")
-    step_s = statistics.median(durations_s) if timed else float("nan")  # robust to a busy host
-    return TrainReport(samples=steps * p.batch_size, steps=steps, losses=tuple(losses),
-                       measured_peak_bytes=peak, storage_bytes_written=written,
-                       host_step_s=step_s,
-                       samples_per_s=p.batch_size / step_s if timed else float("nan"),
-                       notes=tuple(notes))
+    return TrainReport.from_timings(durations_s, steps=steps, batch_size=p.batch_size,
+                                    losses=losses, measured_peak_bytes=peak,
+                                    storage_bytes_written=written, notes=notes)
 
 
 SYSTEM = System(SystemName.SAGE, "Gim, Ko, Sage, MobiSys 2022", prepare, train)

@@ -17,7 +17,6 @@ in PyTorch and its memory is measured from the allocator).
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 from collections.abc import Sequence
 
@@ -151,7 +150,7 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
         raise InvalidArgumentError(
             f"tinyol makes one pass over the stream: {n} samples requested, {len(x)} available")
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
-    losses, peak, durations_s, timed = [], 0, [], 0
+    losses, peak, durations_s = [], 0, []
     grown = []
     for k, i in enumerate(order.tolist()):
         xb, yb = x[i:i + 1].clone(), y[i:i + 1].clone()  # own storage, as a stream sample
@@ -165,15 +164,11 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
             loss = online_step(model, xb, yb, lr)
             if k >= WARMUP_STEPS:
                 durations_s.append(time.perf_counter() - t0)
-                timed += 1
         if len(model.head.labels) > before:
             grown.append((k, model.head.labels[-1]))
         losses.append(loss)
-    step_s = statistics.median(durations_s) if timed else float("nan")  # robust to a busy host
-    return TrainReport(samples=n, steps=n, losses=tuple(losses), measured_peak_bytes=peak,
-                       storage_bytes_written=0, host_step_s=step_s,
-                       samples_per_s=1 / step_s if timed else float("nan"),
-                       notes=tuple(f"class {c} added at sample {k}" for k, c in grown))
+    return TrainReport.from_timings(durations_s, steps=n, batch_size=1, losses=losses,
+                                    measured_peak_bytes=peak, notes=(f"class {c} added at sample {k}" for k, c in grown))
 
 
 SYSTEM = System(SystemName.TINYOL, "Ren, Anicic, Runkler, TinyOL, IJCNN 2021", prepare, train)

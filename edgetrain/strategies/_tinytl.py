@@ -20,7 +20,6 @@ extractor adaptation (searching a sub-network); where a block's output has an od
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F

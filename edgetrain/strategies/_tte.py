@@ -42,7 +42,6 @@ on this host is not the device's and is reported only as a note.
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import replace
 from collections.abc import Sequence
@@ -211,7 +210,7 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
     steps = check_samples(samples, b, len(x))
     opt = QuantSGD(qm, lr=lr, qas=qas)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    losses, sim_peak, durations_s, timed = [], 0, [], 0
+    losses, sim_peak, durations_s = [], 0, []
     qm.train()
     for step in range(steps):
         idx = order[torch.arange(step * b, (step + 1) * b) % len(x)]
@@ -233,13 +232,9 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
             loss = one()
             if step >= WARMUP_STEPS:
                 durations_s.append(time.perf_counter() - t0)
-                timed += 1
         losses.append(loss)
-    step_s = statistics.median(durations_s) if timed else float("nan")  # robust to a busy host
-    return TrainReport(samples=steps * b, steps=steps, losses=tuple(losses),
-                       measured_peak_bytes=None, storage_bytes_written=0, host_step_s=step_s,
-                       samples_per_s=b / step_s if timed else float("nan"),
-                       notes=(f"int8 step simulated in float64 on the host; its allocator peak "
+    return TrainReport.from_timings(durations_s, steps=steps, batch_size=b, losses=losses,
+                                    measured_peak_bytes=None, notes=(f"int8 step simulated in float64 on the host; its allocator peak "
                               f"({sim_peak:,} B) is the simulation's, not the device's",))
 
 
