@@ -323,7 +323,7 @@ def test_kill_dash_nine_then_resume_matches_uninterrupted(tmp_path):
     plan_path = tmp_path / "plan.json"
     plan_path.write_text(p.to_json())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    steps = 12
+    steps = 400  # long enough (fsync per step) that the kill lands mid-run, not after it
     # Execute: uninterrupted run
     full = subprocess.run(_train_cmd(plan_path, tmp_path / "a", steps), capture_output=True,
                           text=True, env=env, check=True)
@@ -335,7 +335,7 @@ def test_kill_dash_nine_then_resume_matches_uninterrupted(tmp_path):
     while time.time() < deadline:
         if prog.exists() and json.loads(prog.read_text() or "{}").get("step", 0) >= 3:
             break
-        time.sleep(0.05)
+        time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = json.loads(prog.read_text())["step"]
@@ -351,6 +351,81 @@ def test_kill_dash_nine_then_resume_matches_uninterrupted(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     assert json.loads(full.stdout)["losses"] == json.loads(resumed.stdout)["losses"]
+
+
+class _Crash(Exception):
+    """Stands in for SIGKILL at one exact instant of a checkpoint write."""
+
+
+def _crash_once_at_step(n, real):
+    def write(obj, path, *a, **k):
+        if isinstance(obj, dict) and obj.get("step") == n:
+            raise _Crash(f"killed after committing step {n}")
+        return real(obj, path, *a, **k)
+    return write
+
+
+@pytest.mark.parametrize("where", ["after-commit", "mid-tensor-write"])
+def test_kill_at_every_checkpoint_instant_resumes_exactly(tmp_path, monkeypatch, where):
+    # Prepare: one plan, one data set, and an uninterrupted reference run
+    from edgetrain import _checkpoint
+    from edgetrain.runtime import _loop
+
+    torch.manual_seed(0)
+    model, x = build_model("mcu-cnn", pretrained=False)
+    p = forced_plan(model, x, "mcu-cnn", 4, 2, [R, P], optimizer="momentum")
+    init = copy.deepcopy(model.state_dict())
+    gen = torch.Generator().manual_seed(1)
+    xs = torch.randn(32, *x.shape[1:], generator=gen)
+    ys = torch.randint(0, 5, (32,), generator=gen)
+    run = dict(steps=6, lr=0.05, checkpoint_every=1, show_progress=False)
+    ref = _loop.train_loop(model, p, xs, ys, checkpoint_dir=tmp_path / "a", **run)
+    ref_state = {k: v.clone() for k, v in model.state_dict().items()}
+    # Execute: a run killed at step 4, either between the commit and the progress mirror, or
+    # while the step-4 tensor file is half written (its rename never happens)
+    model.load_state_dict(init)
+    if where == "after-commit":
+        monkeypatch.setattr(_loop, "write_json_atomic",
+                            _crash_once_at_step(4, _loop.write_json_atomic))
+    else:
+        real_save, calls = _checkpoint.save_file, []
+
+        def torn(data, path, metadata=None):
+            calls.append(metadata["step"])
+            if metadata["step"] == "4":
+                with open(path, "wb") as f:
+                    f.write(b"\x00" * 100)
+                raise _Crash("killed while writing step 4")
+            return real_save(data, path, metadata=metadata)
+        monkeypatch.setattr(_checkpoint, "save_file", torn)
+    with pytest.raises(_Crash):
+        _loop.train_loop(model, p, xs, ys, checkpoint_dir=tmp_path / "b", **run)
+    monkeypatch.undo()
+    model.load_state_dict(init)  # the process died: its memory is gone
+    resumed = _loop.train_loop(model, p, xs, ys, checkpoint_dir=tmp_path / "b", **run)
+    # Assert: nothing lost, nothing torn, bit-identical to the uninterrupted run
+    assert resumed.losses == ref.losses
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, ref_state[k], rtol=0, atol=0, msg=k)
+    assert not list((tmp_path / "b").glob(".tmp-*"))
+
+
+def test_resume_from_a_foreign_file_is_a_typed_error(tmp_path):
+    # Prepare: a safetensors file that is not an edgetrain checkpoint
+    from safetensors.torch import save_file
+
+    from edgetrain.errors import InvalidArgumentError
+    from edgetrain.runtime import _loop
+
+    torch.manual_seed(0)
+    model, x = build_model("mcu-cnn", pretrained=False)
+    p = forced_plan(model, x, "mcu-cnn", 2, 2, [K])
+    (tmp_path / "b").mkdir()
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "b" / "state.safetensors"))
+    # Execute / Assert
+    with pytest.raises(InvalidArgumentError, match="not an edgetrain training checkpoint"):
+        _loop.train_loop(model, p, x.repeat(2, 1, 1, 1), torch.zeros(2, dtype=torch.long),
+                         steps=1, checkpoint_dir=tmp_path / "b", show_progress=False)
 
 
 def test_public_api_plan_then_train_within_budget():

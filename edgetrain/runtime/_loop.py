@@ -1,17 +1,18 @@
 """The training loop of `edgetrain train`: progress bar, atomic checkpoints, resume.
 
 NOTE [ Checkpoints ]
-    A checkpoint is two files written atomically (temp file + fsync + rename): `state.safetensors`
-    (model parameters and buffers, optimizer state tensors) and `progress.json` (step, data
-    cursor, losses, RNG state, and the SHA-256 of the tensor file). progress.json is written
-    last and names the tensor file's hash, so a power loss between the two renames is detected
-    and the previous consistent pair is used: a device that loses power loses at most the steps
-    since the last checkpoint, never the checkpoint itself.
+    A checkpoint is ONE file, `state.safetensors`, written atomically (temp file + fsync +
+    rename): model parameters and buffers, optimizer state tensors and the CPU RNG state as
+    tensors; step, data cursor and losses in the file's safetensors metadata. One rename is the
+    commit point, so a kill or power loss at any instant leaves either the previous checkpoint
+    or the new one, never a mix: a device loses at most the steps since the last checkpoint.
+    `progress.json` is a human-readable mirror written after the commit; resume never reads it.
+    (An earlier design wrote tensors and progress as two files and could be killed between the
+    two renames, leaving a pair that resume refused.)
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from safetensors import safe_open
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from edgetrain._checkpoint import load_tensors, save_tensors_atomic, write_json_atomic
@@ -55,10 +57,6 @@ class TrainResult:
         }
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _opt_tensors(trainer: Trainer) -> dict[str, torch.Tensor]:
     out = {}
     opts = [trainer.optimizer] if trainer.optimizer else list(trainer._per_param_opt.values())
@@ -71,27 +69,39 @@ def _opt_tensors(trainer: Trainer) -> dict[str, torch.Tensor]:
     return out
 
 
+CHECKPOINT_FORMAT = "edgetrain-train-checkpoint/2"
+
+
 def save_checkpoint(directory: Path, trainer: Trainer, step: int, cursor: int,
                     losses: list[float]) -> None:
+    """Commit one checkpoint with a single atomic rename (NOTE [ Checkpoints ])."""
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {f"model/{k}": v for k, v in trainer.model.state_dict().items()}
     tensors.update(_opt_tensors(trainer))
-    tpath = save_tensors_atomic(tensors, directory / "state.safetensors")
-    write_json_atomic({"step": step, "cursor": cursor, "losses": losses,
-                       "rng": torch.get_rng_state().tolist(),
-                       "state_sha256": _sha256(tpath)}, directory / "progress.json")
+    tensors["rng/cpu"] = torch.get_rng_state()
+    meta = {"format": CHECKPOINT_FORMAT, "step": str(step), "cursor": str(cursor),
+            "losses": json.dumps(losses)}
+    save_tensors_atomic(tensors, directory / "state.safetensors", metadata=meta)
+    write_json_atomic({"step": step, "cursor": cursor, "losses": losses},
+                      directory / "progress.json")
 
 
 def load_checkpoint(directory: Path, trainer: Trainer) -> tuple[int, int, list[float]]:
-    prog_path = directory / "progress.json"
+    """(step, cursor, losses) of the committed checkpoint in `directory`; (0, 0, []) if none."""
     tpath = directory / "state.safetensors"
-    if not prog_path.exists() or not tpath.exists():
+    if not tpath.exists():
         return 0, 0, []
-    prog = json.loads(prog_path.read_text())
-    if _sha256(tpath) != prog["state_sha256"]:
+    try:
+        with safe_open(str(tpath), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own SafetensorError for a torn header
         raise InvalidArgumentError(
-            f"checkpoint in {directory} is inconsistent (tensor file hash differs from "
-            "progress.json); delete the folder to start over")
+            f"checkpoint {tpath} cannot be read ({e}); it was not written by edgetrain's atomic "
+            "writer. Delete the folder to start over") from e
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise InvalidArgumentError(
+            f"{tpath} is not an edgetrain training checkpoint (format {meta.get('format')!r}, "
+            f"expected {CHECKPOINT_FORMAT!r}); use another --resume folder or delete it")
     tensors = load_tensors(tpath)
     trainer.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
     params = dict(trainer.model.named_parameters())
@@ -103,15 +113,17 @@ def load_checkpoint(directory: Path, trainer: Trainer) -> tuple[int, int, list[f
         p = params[pname]
         opt = trainer.optimizer or opts[id(p)]
         opt.state[p][key] = v.clone()
-    torch.set_rng_state(torch.tensor(prog["rng"], dtype=torch.uint8))
-    return prog["step"], prog["cursor"], list(prog["losses"])
+    torch.set_rng_state(tensors["rng/cpu"])
+    return int(meta["step"]), int(meta["cursor"]), list(json.loads(meta["losses"]))
 
 
 def train_loop(model: torch.nn.Module, plan: Plan, x: torch.Tensor, y: torch.Tensor, *,
                steps: int, lr: float = 0.01, checkpoint_dir: "str | Path | None" = None,
                checkpoint_every: int = 10, seed: int = 0, show_progress: bool = True,
                measure_steps: int = 2) -> TrainResult:
-    """Train `steps` optimizer steps on batches drawn in a seeded order from (x, y)."""
+    """Train `steps` optimizer steps on batches drawn in a seeded order from (x, y).
+
+    Seeds torch's global RNG with `seed` (or restores it from the checkpoint when resuming)."""
     if steps <= 0:
         raise InvalidArgumentError(f"--steps must be positive, got {steps}")
     if len(x) < plan.batch_size:
@@ -122,6 +134,9 @@ def train_loop(model: torch.nn.Module, plan: Plan, x: torch.Tensor, y: torch.Ten
     ckdir = Path(checkpoint_dir) if checkpoint_dir else None
     measured_peak = 0
     with Trainer(model, plan, lr=lr) as trainer:
+        # The global RNG (dropout, random augmentations) starts from `seed` too, so a run is
+        # reproducible whatever ran before it in the process; a resume restores the saved state.
+        torch.manual_seed(seed)
         start, cursor, losses = (load_checkpoint(ckdir, trainer) if ckdir else (0, 0, []))
         console = Console(stderr=True)
         with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
