@@ -428,6 +428,25 @@ def test_resume_from_a_foreign_file_is_a_typed_error(tmp_path):
                          steps=1, checkpoint_dir=tmp_path / "b", show_progress=False)
 
 
+@pytest.mark.parametrize("policy,frozen_stats", [("last:1", True), (None, False)])
+def test_sparse_plans_freeze_batch_norm_statistics(policy, frozen_stats):
+    # Prepare: mcu-cnn (batch norm throughout), a roomy budget so both BN modes fit
+    torch.manual_seed(0)
+    model, x = build_model("mcu-cnn", pretrained=False)
+    p = plan(model, x, device="rpi4", batch_size=4, strategy="auto", policy=policy)
+    stats = {n: b.clone() for n, b in model.named_buffers() if "running" in n}
+    xs, ys = batches(x, 4, 2)
+    # Execute
+    with Trainer(model, p, lr=0.05) as t:
+        for xb, yb in zip(xs, ys):
+            t.step(xb, yb)
+    # Assert: a sparse update keeps the pretrained statistics (NOTE [ Batch norm under a sparse
+    # update ]); full training keeps BN live and its running statistics move
+    assert p.freeze_batch_norm is frozen_stats
+    moved = [n for n, b in model.named_buffers() if n in stats and not torch.equal(b, stats[n])]
+    assert (moved == []) is frozen_stats
+
+
 def test_public_api_plan_then_train_within_budget():
     import edgetrain
 
