@@ -12,19 +12,56 @@ float copy anywhere). Gradients are `double` on the host (to match the float64 s
 
 Memory: int8 activations (1 byte per element), a 1-byte "not clamped" mask per output element
 of every op on the backward path, real-valued gradients only on that path, frozen int8 weights
-and int32 biases in flash, trainable ones in SRAM; one arena as NOTE [ Arena assignment ].
+and int32 biases in flash, trainable ones in SRAM; one arena as NOTE [ int8 SRAM of the C trainer ].
+
+NOTE [ int8 SRAM of the C trainer ]
+`int8_memory(graph, trainable, batch_size=, target=)` is the C trainer's memory, computed from
+shapes only (no weight is rendered); `render_int8` lays its program out with the very same
+function, so `Int8Memory.predicted_peak_sram_bytes` is exactly the build file's
+`codegen_predicted_peak_sram_bytes`. It counts:
+- the arena (`arena_bytes`): one step is a linear schedule, the forward ops (steps 0..F-1), the
+  loss (step F), then the backward ops of the pruned backward in reverse (steps F+1..). Its
+  buffers, each with a lifetime [first, last] step in which it is written or read:
+  `a:<t>` int8 activations (B x numel bytes; the input batch, every op's output; an activation
+  the backward reads -- the input of a trainable op -- lives until that backward step);
+  `m:<t>` 1-byte "not clamped" masks of the ops on the backward path; `g:<t>` real-valued
+  gradients (8 bytes on the host, 4 on Cortex-M) and `d:<t>` the dacc scratch of each
+  conv/linear on the backward path; `s:<op>` kernel scratch, which is
+  * a frozen pointwise -> depthwise pair whose intermediate nothing else reads: fused, one
+    expanded channel at a time (H x W bytes), the expanded tensor never exists (batch 1);
+  * in-place frozen depthwise (TinyEngine's in-place depthwise): an op off the backward path
+    whose input is read by nothing else (one consumer, not the graph input, not read by the
+    backward) computes each output channel plane into one Ho x Wo plane and copies it over
+    its input; in NCHW plane i = n*C + c lands at i*Ho*Wo, inside input planes <= i, already
+    consumed (any stride, Ho*Wo <= H*W). Output and input share one buffer;
+  * in-place frozen pointwise with Cout <= Cin (stride 1, same conditions): pixel by pixel,
+    the Cin inputs of pixel q go to a Cin-byte temp, the Cout outputs are written at
+    (n*Cout + c)*H*W + q, bytes of pixel q (already read) or of earlier pixels/samples.
+  Buffers are placed as NOTE [ Arena assignment ] (edgetrain/codegen/_lower.py) places them,
+  lowest 8-byte-aligned offset that overlaps no placed buffer of intersecting lifetime, in
+  several orders (largest first, first use, longest lifetime, size x lifetime) and the smallest
+  arena is kept; `peak_live_bytes` (the most bytes live at one step) is its lower bound.
+- `trainable_bytes`: the trainable ops' int8 weights and int32 biases (`static` arrays in
+  .data, updated in place; frozen ones are `const`, in flash);
+- 4 x B bytes of labels and RUNTIME_RESERVE_BYTES (the platform's statics, edgetrain/codegen/
+  _render.py). The stack (a few hundred bytes; the kernels keep no large locals) is what the
+  measured peak (static + painted stack high-water mark, `mcu_run`) adds on top.
+Not counted: the requantisation constants, QAS scales and frozen weights (const, flash), the
+baked samples (flash).
 """
 
 from __future__ import annotations
 
+import enum
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from edgetrain.codegen._errors import UnsupportedPlanError
-from edgetrain.codegen._lower import _assign
+from edgetrain.codegen._lower import ALIGN, Buffer, _assign
 from edgetrain.codegen._platform import render_platform
 from edgetrain.codegen._render import MIN_STACK_BYTES, RUNTIME_RESERVE_BYTES, _bytes
 from edgetrain.codegen._targets import Target, TargetKind, get_target
@@ -129,6 +166,51 @@ static void qpwdw_fwd(const int8_t *x, int zx, const int8_t *wa, const int32_t *
                 }
                 yc[oh * Wo + ow] = clamp8(rq(acc, m0b[c], shb[c]) + zy, lob, hib);
             }
+        }
+    }
+}
+
+/* in-place frozen depthwise (TinyEngine's): output plane i = n*C + c is computed into `plane`
+   (Ho*Wo bytes) and copied to x + i*Ho*Wo, which holds only input planes <= i, all consumed */
+static void qdw_inplace_fwd(int8_t *x, int zx, const int8_t *w, const int32_t *b,
+                            const int32_t *m0, const int32_t *sh, int zy, int lo, int hi,
+                            int8_t *plane, int B, int C, int H, int W, int Ho, int Wo, int K,
+                            int s, int p) {
+    for (int n = 0; n < B; n++)
+    for (int c = 0; c < C; c++) {
+        const size_t i = (size_t)n * C + c;
+        const int8_t *xc = x + i * H * W;
+        const int8_t *wc = w + (size_t)c * K * K;
+        for (int oh = 0; oh < Ho; oh++) {
+            const int kh0 = k_lo(oh, s, p), kh1 = k_hi(oh, s, p, H, K), ih0 = oh * s - p;
+            for (int ow = 0; ow < Wo; ow++) {
+                const int kw0 = k_lo(ow, s, p), kw1 = k_hi(ow, s, p, W, K), iw0 = ow * s - p;
+                int32_t acc = b[c];
+                for (int kh = kh0; kh < kh1; kh++) {
+                    const int8_t *xr = xc + (ih0 + kh) * W + iw0;
+                    const int8_t *wr = wc + kh * K;
+                    for (int kw = kw0; kw < kw1; kw++) acc += (xr[kw] - zx) * wr[kw];
+                }
+                plane[oh * Wo + ow] = clamp8(rq(acc, m0[c], sh[c]) + zy, lo, hi);
+            }
+        }
+        memcpy(x + i * Ho * Wo, plane, (size_t)Ho * Wo);
+    }
+}
+
+/* in-place frozen pointwise, Co <= Ci: the Ci inputs of pixel q go to `tmp`, the Co outputs
+   land at (n*Co + oc)*P + q -- bytes of pixel q (read) or of earlier pixels / samples */
+static void qpw_inplace_fwd(int8_t *x, int zx, const int8_t *w, const int32_t *b,
+                            const int32_t *m0, const int32_t *sh, int zy, int lo, int hi,
+                            int8_t *tmp, int B, int Ci, int Co, int P) {
+    for (int n = 0; n < B; n++)
+    for (int q = 0; q < P; q++) {
+        for (int ic = 0; ic < Ci; ic++) tmp[ic] = x[((size_t)n * Ci + ic) * P + q];
+        for (int oc = 0; oc < Co; oc++) {
+            const int8_t *wo = w + (size_t)oc * Ci;
+            int32_t acc = b[oc];
+            for (int ic = 0; ic < Ci; ic++) acc += (tmp[ic] - zx) * wo[ic];
+            x[((size_t)n * Co + oc) * P + q] = clamp8(rq(acc, m0[oc], sh[oc]) + zy, lo, hi);
         }
     }
 }
@@ -289,12 +371,12 @@ static void qgap_bwd(const ET_REAL *dy, ET_REAL *dx, int acc, int BC, int P) {
     }
 }
 
-/* logits = (q - z) * s; mean softmax cross-entropy; d q = (softmax - onehot) / B * s */
+/* logits = (q - z) * s; mean softmax cross-entropy; d q = (softmax - onehot) / B * s;
+   `zl` is K reals of arena scratch (no stack array) */
 static ET_REAL qxent(const int8_t *q, int z, ET_REAL s, const int32_t *y, ET_REAL *dq,
-                     int B, int K, int *correct) {
+                     ET_REAL *zl, int B, int K, int *correct) {
     ET_REAL loss = 0;
     for (int n = 0; n < B; n++) {
-        ET_REAL zl[64];
         int arg = 0;
         for (int k = 0; k < K; k++) {
             zl[k] = ((ET_REAL)q[(size_t)n * K + k] - z) * s;
@@ -329,12 +411,57 @@ def _reals(v) -> str:
     return ", ".join(_hexd(x) for x in np.asarray(v, dtype=np.float64).reshape(-1).tolist())
 
 
-def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: Int8Spec, *,
-                device_sram_bytes: int = 0, device_flash_bytes: int = 0,
-                device_name: str = "") -> dict[str, str]:
-    """Render int8 QAS training of `graph` (an `edgetrain.quant.QuantGraph`; read, not
-    changed) with the conv/linear ops named in `trainable` updated on the device."""
-    tgt = get_target(target)
+class Int8Kernel(enum.Enum):
+    """How the C trainer runs one forward op (NOTE [ int8 SRAM of the C trainer ])."""
+
+    OUT_OF_PLACE = "out-of-place"  # its own output buffer
+    FUSED_INTO_DEPTHWISE = "fused-into-depthwise"  # a pointwise run inside its depthwise reader
+    FUSED_POINTWISE_DEPTHWISE = "fused-pointwise-depthwise"  # the depthwise running the pair
+    IN_PLACE_DEPTHWISE = "in-place-depthwise"
+    IN_PLACE_POINTWISE = "in-place-pointwise"
+
+
+@dataclass(frozen=True)
+class Int8Memory:
+    """The int8 C trainer's SRAM, from shapes (NOTE [ int8 SRAM of the C trainer ])."""
+
+    target: str
+    batch_size: int
+    arena_bytes: int
+    trainable_bytes: int
+    labels_bytes: int
+    runtime_reserve_bytes: int
+    predicted_peak_sram_bytes: int  # arena + trainable + labels + runtime reserve
+    peak_live_bytes: int  # the most (aligned) buffer bytes live at one step: the arena's bound
+    buffers: tuple[Buffer, ...]  # arena buffers by offset (in-place outputs share their input's)
+    kernels: tuple[tuple[str, Int8Kernel], ...]  # forward op name -> how it runs
+
+    def kernel(self, op_name: str) -> Int8Kernel:
+        for name, k in self.kernels:
+            if name == op_name:
+                return k
+        raise UnsupportedPlanError(f"no op {op_name!r} in this int8 program; its ops: "
+                                   f"{', '.join(n for n, _ in self.kernels)}")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    memory: Int8Memory
+    rg: frozenset  # tensors whose gradient the backward computes
+    bwd_ops: tuple  # ops on the backward path, in backward order
+    fused: dict  # depthwise op name -> the pointwise op name it runs
+    kernels: dict  # op name -> Int8Kernel
+    alias: dict  # buffer key -> the arena buffer it lives in
+    offsets: dict  # arena buffer name -> offset
+    numel: dict  # tensor -> B x elements
+    tensors: dict  # tensor name -> QTensor
+
+
+def _inputs(op) -> list[str]:
+    return [op.a, op.b] if hasattr(op, "a") else [op.input]
+
+
+def _check(graph, trainable: Sequence[str], batch_size: int) -> None:
     kinds = {type(op).__name__ for op in graph.ops}
     if not kinds <= {"QConv2d", "QLinear", "QAdd", "QGlobalAvgPool"}:
         raise UnsupportedPlanError(f"int8 graph ops {sorted(kinds)}: the C generator knows "
@@ -344,24 +471,68 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
     if bad or not trainable:
         raise UnsupportedPlanError(f"trainable int8 layers {list(trainable)}: choose among "
                                    f"{', '.join(names)}")
-    if spec.steps <= 0 or not spec.lr > 0 or spec.batch_size <= 0:
-        raise UnsupportedPlanError(f"steps {spec.steps}, lr {spec.lr} and batch size "
-                                   f"{spec.batch_size} must be positive")
-    if tgt.kind is TargetKind.CORTEX_M and (device_sram_bytes <= 0 or device_flash_bytes <= 0):
-        raise UnsupportedPlanError("a Cortex-M target needs the device's SRAM and flash sizes")
-    B = spec.batch_size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise UnsupportedPlanError(f"batch size {batch_size!r} must be a positive integer")
+
+
+def _place(order: Sequence[str], sizes: dict[str, int], span: dict) -> list[Buffer]:
+    """NOTE [ Arena assignment ]'s placement, in the given order."""
+    placed: list[Buffer] = []
+    for k in order:
+        size = (sizes[k] + ALIGN - 1) // ALIGN * ALIGN
+        f, l = span[k]
+        live = sorted((b for b in placed if not (b.last < f or b.first > l)),
+                      key=lambda b: b.offset)
+        off = 0
+        for b in live:
+            if off + size <= b.offset:
+                break
+            off = max(off, (b.offset + b.nbytes + ALIGN - 1) // ALIGN * ALIGN)
+        placed.append(Buffer(k, sizes[k], f, l, off))
+    return sorted(placed, key=lambda b: b.offset)
+
+
+def _pack(sizes: dict[str, int], span: dict) -> tuple[list[Buffer], int]:
+    """The smallest arena of a few placement orders; returns (buffers, peak live bytes)."""
+    last = max(s[1] for s in span.values())
+    live = [0] * (last + 1)
+    for k, n in sizes.items():
+        for t in range(span[k][0], span[k][1] + 1):
+            live[t] += (n + ALIGN - 1) // ALIGN * ALIGN
+    bound = max(live)
+
+    def arena(bufs: list[Buffer]) -> int:
+        return max(b.offset + b.nbytes for b in bufs)
+
+    best = _assign(sizes, span)  # largest first (TFLite Micro's greedy planner)
+    orders = (
+        lambda k: (span[k][0], -sizes[k], k),  # first use
+        lambda k: (span[k][0] - span[k][1], -sizes[k], k),  # longest lifetime
+        lambda k: (-sizes[k] * (span[k][1] - span[k][0] + 1), k),  # size x lifetime
+    )
+    for key in orders:
+        if arena(best) <= bound:
+            break
+        bufs = _place(sorted(sizes, key=key), sizes, span)
+        if arena(bufs) < arena(best):
+            best = bufs
+    return best, bound
+
+
+def _layout(graph, trainable: Sequence[str], B: int, tgt: Target) -> _Layout:
+    _check(graph, trainable, B)
     T = {t.name: t for t in graph.tensors}
-    numel = {k: B * int(np.prod(t.shape)) for k, t in T.items()}
+    numel = {k: B * math.prod(t.shape) for k, t in T.items()}
     rg: set[str] = set()
     for op in graph.ops:
-        ins = [op.a, op.b] if hasattr(op, "a") else [op.input]
-        if getattr(op, "name", None) in trainable or any(i in rg for i in ins):
+        if getattr(op, "name", None) in trainable or any(i in rg for i in _inputs(op)):
             rg.add(op.output)
-    bwd_ops = [op for op in reversed(graph.ops) if op.output in rg]
+    bwd_ops = tuple(op for op in reversed(graph.ops) if op.output in rg)
     consumers: dict[str, int] = {}
     for op in graph.ops:
-        for i in ([op.a, op.b] if hasattr(op, "a") else [op.input]):
+        for i in _inputs(op):
             consumers[i] = consumers.get(i, 0) + 1
+    bwd_reads = {op.input for op in graph.ops if getattr(op, "name", None) in trainable}
     # frozen pointwise -> depthwise pairs whose intermediate nothing else reads: fused
     fused: dict[str, str] = {}  # depthwise op name -> pointwise op name
     by_out = {op.output: op for op in graph.ops}
@@ -374,25 +545,64 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
                 and consumers.get(src.output, 0) == 1 and B == 1):
             fused[op.name] = src.name
     fused_src = set(fused.values())
+    kernels: dict[str, Int8Kernel] = {}
+    for op in graph.ops:
+        name = op.name
+        kernels[name] = Int8Kernel.OUT_OF_PLACE
+        if name in fused:
+            kernels[name] = Int8Kernel.FUSED_POINTWISE_DEPTHWISE
+            continue
+        if name in fused_src:
+            kernels[name] = Int8Kernel.FUSED_INTO_DEPTHWISE
+            continue
+        if type(op).__name__ != "QConv2d" or op.output in rg:
+            continue
+        x = op.input
+        if x == graph.input or consumers.get(x, 0) != 1 or x in bwd_reads:
+            continue
+        ci, h, w = T[x].shape
+        co, ho, wo = T[op.output].shape
+        if op.kind.value == "depthwise" and ci == co and ho * wo <= h * w:
+            kernels[name] = Int8Kernel.IN_PLACE_DEPTHWISE
+        elif (op.kind.value == "pointwise" and op.groups == 1 and op.stride == 1
+              and op.padding == 0 and op.weight.shape[-1] == 1 and (ho, wo) == (h, w)
+              and co <= ci):
+            kernels[name] = Int8Kernel.IN_PLACE_POINTWISE
+    # in-place outputs live in their input's buffer
+    parent: dict[str, str] = {}
+
+    def root(k: str) -> str:
+        while k in parent:
+            k = parent[k]
+        return k
+
+    for op in graph.ops:
+        if kernels[op.name] in (Int8Kernel.IN_PLACE_DEPTHWISE, Int8Kernel.IN_PLACE_POINTWISE):
+            parent["a:" + op.output] = root("a:" + op.input)
     real = 8 if tgt.kind is TargetKind.HOST else 4
     sizes: dict[str, int] = {}
     span: dict[str, list[int]] = {}
 
     def use(key: str, step: int, nbytes: int) -> None:
+        key = root(key)
         sizes[key] = max(sizes.get(key, 0), nbytes)
         s = span.setdefault(key, [step, step])
         s[0], s[1] = min(s[0], step), max(s[1], step)
 
     use("a:" + graph.input, 0, numel[graph.input])
-    srcs = {op.name: op for op in graph.ops if hasattr(op, "name")}
+    srcs = {op.name: op for op in graph.ops}
     for i, op in enumerate(graph.ops):
-        if getattr(op, "name", None) in fused_src:
+        kind = kernels[op.name]
+        if kind is Int8Kernel.FUSED_INTO_DEPTHWISE:
             continue  # runs inside the depthwise op that reads it
-        ins = [op.a, op.b] if hasattr(op, "a") else [op.input]
-        if getattr(op, "name", None) in fused:
-            a = srcs[fused[op.name]]
-            ins = [a.input]
+        ins = _inputs(op)
+        if kind is Int8Kernel.FUSED_POINTWISE_DEPTHWISE:
+            ins = [srcs[fused[op.name]].input]
             use("s:" + op.name, i, numel[op.input] // T[op.input].shape[0])
+        elif kind is Int8Kernel.IN_PLACE_DEPTHWISE:
+            use("s:" + op.name, i, math.prod(T[op.output].shape[1:]))
+        elif kind is Int8Kernel.IN_PLACE_POINTWISE:
+            use("s:" + op.name, i, T[op.input].shape[0])
         for t in ins:
             use("a:" + t, i, numel[t])
         use("a:" + op.output, i, numel[op.output])
@@ -400,6 +610,8 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
             use("m:" + op.output, i, numel[op.output])
     nf = len(graph.ops)
     K = graph.tensor(graph.output).shape[-1]
+    use("a:" + graph.output, nf, numel[graph.output])  # the loss reads the logits
+    use("z:" + graph.output, nf, K * real)  # the loss's logits scratch
     use("g:" + graph.output, nf, numel[graph.output] * real)
     for k, op in enumerate(bwd_ops):
         s = nf + 1 + k
@@ -420,16 +632,61 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
         else:
             if op.input in rg:
                 use("g:" + op.input, s, numel[op.input] * real)
-    bufs = _assign(sizes, span)
-    off = {b.name: b.offset for b in bufs}
+    bufs, bound = _pack(sizes, span)
     arena = max(b.offset + b.nbytes for b in bufs)
+    trainable_bytes = sum(op.weight.numel() + 4 * op.bias.numel()
+                          for op in graph.weighted_ops if op.name in trainable)
+    mem = Int8Memory(
+        target=tgt.name, batch_size=B, arena_bytes=arena, trainable_bytes=trainable_bytes,
+        labels_bytes=4 * B, runtime_reserve_bytes=RUNTIME_RESERVE_BYTES,
+        predicted_peak_sram_bytes=arena + trainable_bytes + 4 * B + RUNTIME_RESERVE_BYTES,
+        peak_live_bytes=bound, buffers=tuple(bufs),
+        kernels=tuple((op.name, kernels[op.name]) for op in graph.ops))
+    keys = {k for op in graph.ops for t in (*_inputs(op), op.output)
+            for k in ("a:" + t, "g:" + t, "m:" + t, "d:" + t, "z:" + t)}
+    keys |= {"s:" + op.name for op in graph.ops}
+    offsets = {b.name: b.offset for b in bufs}
+    alias = {k: root(k) for k in keys if root(k) in offsets}
+    return _Layout(mem, frozenset(rg), bwd_ops, fused, kernels, alias, offsets, numel, T)
+
+
+def int8_memory(graph, trainable: Sequence[str], *, batch_size: int = 1,
+                target: "str | Target" = "cortex-m7") -> Int8Memory:
+    """The SRAM of the int8 C trainer `render_int8` writes for `graph` (an
+    `edgetrain.quant.QuantGraph`) with the conv/linear ops named in `trainable` updated, from
+    shapes only; NOTE [ int8 SRAM of the C trainer ] says what it counts."""
+    return _layout(graph, list(trainable), batch_size, get_target(target)).memory
+
+
+def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: Int8Spec, *,
+                device_sram_bytes: int = 0, device_flash_bytes: int = 0,
+                device_name: str = "") -> dict[str, str]:
+    """Render int8 QAS training of `graph` (an `edgetrain.quant.QuantGraph`; read, not
+    changed) with the conv/linear ops named in `trainable` updated on the device."""
+    tgt = get_target(target)
+    trainable = list(trainable)
+    _check(graph, trainable, spec.batch_size)
+    if spec.steps <= 0 or not spec.lr > 0:
+        raise UnsupportedPlanError(f"steps {spec.steps}, lr {spec.lr} and batch size "
+                                   f"{spec.batch_size} must be positive")
+    if tgt.kind is TargetKind.CORTEX_M and (device_sram_bytes <= 0 or device_flash_bytes <= 0):
+        raise UnsupportedPlanError("a Cortex-M target needs the device's SRAM and flash sizes")
+    B = spec.batch_size
+    lay = _layout(graph, trainable, B, tgt)
+    mem = lay.memory
+    T, numel, rg, bwd_ops, fused = lay.tensors, lay.numel, lay.rg, lay.bwd_ops, lay.fused
+    srcs = {op.name: op for op in graph.ops}
+    K = graph.tensor(graph.output).shape[-1]
+    bufs = mem.buffers
+    arena = mem.arena_bytes
+    off = {k: lay.offsets[r] for k, r in lay.alias.items()}
 
     def A(key: str, ctype: str) -> str:
         return f"(({ctype} *)(et_arena + {off[key]}))"
 
     arrays, fwd, bwd = [], [], []
     info: dict[str, tuple] = {}
-    trainable_bytes = const_bytes = 0
+    const_bytes = 0
     dumps = []
     for op in graph.ops:
         kind = type(op).__name__
@@ -447,7 +704,6 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
             arrays.append(f"static const int32_t {sym}_m0[{b.size}] = {{ {_ints(op.multiplier)} }};")
             arrays.append(f"static const int32_t {sym}_sh[{b.size}] = {{ {_ints(op.shift)} }};")
             if tr:
-                trainable_bytes += w.size + 4 * b.size
                 dumps.append(f'    dump("{op.name}", {sym}_w, {w.size}, {sym}_b, {b.size});')
             else:
                 const_bytes += w.size + 4 * b.size
@@ -458,9 +714,19 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
                 co, ho, wo = T[op.output].shape
                 k = w.shape[-1]
                 dims = f"{B}, {ci}, {h}, {wd}, {co}, {ho}, {wo}, {k}, {op.stride}, {op.padding}, {op.groups}"
-                if op.name in fused_src:
+                how = lay.kernels[op.name]
+                if how is Int8Kernel.FUSED_INTO_DEPTHWISE:
                     pass  # emitted with its depthwise reader
-                elif op.name in fused:
+                elif how is Int8Kernel.IN_PLACE_DEPTHWISE:
+                    fwd.append(f"qdw_inplace_fwd({x}, {zx}, {sym}_w, {sym}_b, {sym}_m0, "
+                               f"{sym}_sh, {zy}, {op.act_min}, {op.act_max}, "
+                               f"{A('s:' + op.name, 'int8_t')}, {B}, {ci}, {h}, {wd}, {ho}, "
+                               f"{wo}, {k}, {op.stride}, {op.padding});")
+                elif how is Int8Kernel.IN_PLACE_POINTWISE:
+                    fwd.append(f"qpw_inplace_fwd({x}, {zx}, {sym}_w, {sym}_b, {sym}_m0, "
+                               f"{sym}_sh, {zy}, {op.act_min}, {op.act_max}, "
+                               f"{A('s:' + op.name, 'int8_t')}, {B}, {ci}, {co}, {h * wd});")
+                elif how is Int8Kernel.FUSED_POINTWISE_DEPTHWISE:
                     a = srcs[fused[op.name]]
                     sa = info[a.name][0]
                     xa = A("a:" + a.input, "int8_t")
@@ -565,14 +831,14 @@ static void forward(void) {{
 
 float et_eval_batch(int *correct) {{
     forward();
-    return (float)qxent({A('a:' + graph.output, 'int8_t')}, {out_t.zero_point}, {_hexd(out_t.scale)}, et_labels, 0, {B}, {K}, correct);
+    return (float)qxent({A('a:' + graph.output, 'int8_t')}, {out_t.zero_point}, {_hexd(out_t.scale)}, et_labels, 0, {A('z:' + graph.output, 'ET_REAL')}, {B}, {K}, correct);
 }}
 
 float et_train_step(float lr_f) {{
     const ET_REAL lr = {_hexd(spec.lr)};
     (void)lr_f;
     forward();
-    const ET_REAL loss = qxent({A('a:' + graph.output, 'int8_t')}, {out_t.zero_point}, {_hexd(out_t.scale)}, et_labels, {A('g:' + graph.output, 'ET_REAL')}, {B}, {K}, 0);
+    const ET_REAL loss = qxent({A('a:' + graph.output, 'int8_t')}, {out_t.zero_point}, {_hexd(out_t.scale)}, et_labels, {A('g:' + graph.output, 'ET_REAL')}, {A('z:' + graph.output, 'ET_REAL')}, {B}, {K}, 0);
 {chr(10).join('    ' + s for s in bwd)}
     return (float)loss;
 }}
@@ -606,11 +872,10 @@ void et_dump_params(void) {{
     meta = {
         "target": tgt.name, "model": graph.model, "device": device_name, "precision": "int8-qas",
         "batch_size": B, "steps": spec.steps, "lr": spec.lr, "arena_bytes": arena,
-        "trainable_bytes": trainable_bytes, "const_weight_bytes": const_bytes,
+        "trainable_bytes": mem.trainable_bytes, "const_weight_bytes": const_bytes,
         "trainable_params": list(trainable), "folded": [],
         "planner_predicted_peak_bytes": None,  # the planner has no int8 model of this program
-        "codegen_predicted_peak_sram_bytes": arena + trainable_bytes + 4 * B
-        + RUNTIME_RESERVE_BYTES,
+        "codegen_predicted_peak_sram_bytes": mem.predicted_peak_sram_bytes,
         "sram_limit_bytes": device_sram_bytes, "flash_limit_bytes": device_flash_bytes,
         "counter_hz": tgt.counter_hz, "qemu_machine": tgt.qemu_machine,
         "buffers": [{"name": b.name, "bytes": b.nbytes, "offset": b.offset,
