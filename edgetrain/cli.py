@@ -123,6 +123,36 @@ def parse_size(text: str) -> int:
     return v
 
 
+PLANNER_STRATEGIES = ("exact", "auto", "keep-all", "sqrt", "greedy")
+SYSTEM_STRATEGIES = ("full", "tinyol", "tinytl", "minilearn", "poet", "mandheling", "melon",
+                     "sage", "tte")
+"""Surveyed systems `edgetrain plan --strategy` also accepts (edgetrain.strategies; `auto` is
+the planner's own). Listed here, not imported, so `edgetrain profile` stays light."""
+_QUANTISING = ("tte", "mandheling", "minilearn")
+DEFAULT_CALIBRATION = "fashion-mnist"
+
+
+def _plan_with_system(args: argparse.Namespace, model, example, calibration):
+    """`edgetrain plan --strategy SYSTEM`: the system's preparation stage. Returns (plan, the
+    system's predicted peak, its notes)."""
+    from edgetrain.strategies._registry import get_system
+
+    kwargs: dict = {}
+    if args.strategy in _QUANTISING:
+        if calibration is None:  # quantisation needs real images: the default data set's
+            from edgetrain.data import load_dataset, resize_for
+
+            cal = load_dataset(DEFAULT_CALIBRATION, split="train", limit=args.calibration_samples)
+            calibration = (resize_for(cal.x, tuple(example.shape)), cal.y)
+        kwargs = {"calibration": calibration[0], "analysis": calibration}
+    elif args.strategy == "poet":
+        kwargs = {"deadline_s": args.deadline_s}
+    prepared = get_system(args.strategy).prepare(
+        model, example, device=args.device, budget_bytes=args.budget,
+        batch_size=args.batch_size, name=args.model, **kwargs)
+    return prepared.plan, prepared.predicted_peak_bytes, prepared.notes
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     from edgetrain._planning import plan
     from edgetrain._checkpoint import write_text_atomic
@@ -135,23 +165,33 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
         cal = load_dataset(args.calibration, split="train", limit=args.calibration_samples)
         calibration = (resize_for(cal.x, tuple(example.shape)), cal.y)
-    p = plan(model, example, device=args.device, budget_bytes=args.budget,
-             batch_size=args.batch_size, objective=args.objective, strategy=args.strategy,
-             optimizer=args.optimizer, deadline_s=args.deadline_s, policy=args.policy,
-             allow_paging=not args.no_paging, name=args.model, calibration=calibration,
-             freeze_batch_norm=True if args.freeze_batch_norm else None,
-             executor=args.executor)
+    system_notes: tuple[str, ...] = ()
+    if args.strategy in SYSTEM_STRATEGIES:
+        p, peak, system_notes = _plan_with_system(args, model, example, calibration)
+    else:
+        p = plan(model, example, device=args.device, budget_bytes=args.budget,
+                 batch_size=args.batch_size, objective=args.objective, strategy=args.strategy,
+                 optimizer=args.optimizer, deadline_s=args.deadline_s, policy=args.policy,
+                 allow_paging=not args.no_paging, name=args.model, calibration=calibration,
+                 freeze_batch_norm=True if args.freeze_batch_norm else None,
+                 executor=args.executor)
+        peak = p.predicted_peak_bytes
     if args.output:
         write_text_atomic(p.to_json(), args.output)
     if args.json:
         d = p.to_dict()
-        d["predicted_peak_bytes"] = p.predicted_peak_bytes
+        d["predicted_peak_bytes"] = peak
+        d["system"] = args.strategy
+        d["system_notes"] = list(system_notes)
         d["predicted"]["timeline"] = d["predicted"]["timeline"][:0]  # kept in the plan file
         print(json.dumps(d))
         return 0
-    console.print(f"[bold]{p.model}[/] on [bold]{p.device}[/]: strategy {p.strategy.value}, "
+    if system_notes:
+        console.print(f"[bold]{args.strategy}[/]: " + "; ".join(system_notes))
+    label = args.strategy if args.strategy in SYSTEM_STRATEGIES else p.strategy.value
+    console.print(f"[bold]{p.model}[/] on [bold]{p.device}[/]: strategy {label}, "
                   f"objective {p.objective.value}")
-    console.print(f"  budget {_kib(p.budget_bytes)}  predicted peak {_kib(p.predicted_peak_bytes)}"
+    console.print(f"  budget {_kib(p.budget_bytes)}  predicted peak {_kib(peak)}"
                   f"  storage written/step {_kib(p.predicted.storage_bytes_written)}")
     console.print(f"  batch {p.batch_size} = {p.accumulation_steps} x {p.micro_batch_size}, "
                   f"optimizer {p.optimizer}, in-place update {p.in_place_update}")
@@ -253,14 +293,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     pl.add_argument("--batch-size", type=positive_int, default=1)
     pl.add_argument("--objective", choices=["time", "energy"], default="time")
     pl.add_argument("--deadline-s", type=float, default=None)
-    pl.add_argument("--strategy", choices=["exact", "auto", "keep-all", "sqrt", "greedy"],
-                    default="auto")
+    pl.add_argument("--strategy", choices=[*PLANNER_STRATEGIES, *SYSTEM_STRATEGIES],
+                    default="auto",
+                    help="the planner (exact, auto), a baseline (keep-all, sqrt, greedy) or a "
+                         "surveyed system's preparation stage (full, tinyol, tinytl, minilearn, "
+                         "poet, mandheling, melon, sage, tte; see `edgetrain bench`)")
     pl.add_argument("--policy", default=None,
                     help="what trains: all, bias-only, last:K, parameter names, or fisher "
                          "(needs --calibration)")
     pl.add_argument("--calibration", metavar="DATA", default=None,
                     help="a few local samples (e.g. fashion-mnist:5-9) to rank layers by Fisher "
-                         "information per byte for the sparse update (strategy auto)")
+                         "information per byte for the sparse update (strategy auto); for tte, "
+                         "mandheling and minilearn the images they quantise with and analyse "
+                         f"(default: {DEFAULT_CALIBRATION})")
     pl.add_argument("--calibration-samples", type=positive_int, default=16)
     pl.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd")
     pl.add_argument("--no-paging", action="store_true", help="never page to storage")

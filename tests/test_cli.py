@@ -128,3 +128,39 @@ def test_batch_size_must_be_positive(bad):
                         "--device", "rpi4", "--batch-size", bad], capture_output=True, text=True)
     assert r.returncode == 2
     assert "batch" in r.stderr.lower() and bad in r.stderr
+
+
+def test_plan_strategy_names_every_surveyed_system():
+    from edgetrain.cli import PLANNER_STRATEGIES, SYSTEM_STRATEGIES
+    from edgetrain.strategies._registry import system_names
+
+    assert set(SYSTEM_STRATEGIES) | {"auto"} == set(system_names())
+    assert not set(SYSTEM_STRATEGIES) & set(PLANNER_STRATEGIES)
+
+
+@pytest.mark.parametrize("system", ["tinyol", "tte"])
+def test_plan_with_a_system_strategy_is_that_systems_preparation(capsys, system):
+    # Prepare: the system's own preparation stage, called directly (the oracle)
+    import torch
+
+    from edgetrain.data import load_dataset
+    from edgetrain.models import build_model
+    from edgetrain.strategies._registry import get_system
+
+    torch.manual_seed(0)
+    model, x = build_model("mcu-cnn")
+    kw = {}
+    if system == "tte":
+        cal = load_dataset("fashion-mnist", split="train", limit=16)
+        kw = {"calibration": cal.x, "analysis": (cal.x, cal.y)}
+    want = get_system(system).prepare(model, x, device="nrf52840", batch_size=1,
+                                      name="mcu-cnn", **kw)
+    # Execute
+    rc = main(["plan", "--model", "mcu-cnn", "--device", "nrf52840", "--strategy", system,
+               "--json"])
+    d = json.loads(capsys.readouterr().out)
+    # Assert: same prediction, same trainable set, the system named
+    assert rc == 0 and d["system"] == system
+    assert d["predicted_peak_bytes"] == want.predicted_peak_bytes
+    got = {q["name"] for q in d["params"] if q["decision"] != "frozen"}
+    assert got == set(want.plan.trainable())
