@@ -20,7 +20,9 @@ A run whose plan is identical on two devices (same stages, micro-batch, trainabl
 trained once and its measured columns reused; the modelled columns are per device.
 
 `auto_pareto` in the JSON says, per model and device, whether `auto` is dominated by another
-strategy that fits (higher or equal accuracy with lower or equal peak / energy, one strictly).
+strategy that fits (higher or equal accuracy with lower or equal peak / energy per sample, one
+strictly). Energy is compared per sample, not per step: every strategy learns from the same
+sample budget, and a batch-1 step (TinyOL) is not comparable with a batch-8 one.
 """
 
 from __future__ import annotations
@@ -102,6 +104,14 @@ class BenchRow:
     micro_batch_size: int | None
     trainable_tensors: int | None
     notes: tuple[str, ...] = field(default=())
+
+    @property
+    def energy_per_sample_j(self) -> float | None:
+        """Modelled energy per training sample: what the sample budget costs, comparable across
+        strategies whose steps hold different batch sizes (TinyOL's 1 against a batch of 8)."""
+        if self.energy_per_step_j is None:
+            return None
+        return self.energy_per_step_j / self.batch_size
 
 
 def _pretrained(task: ModelTask, seed: int) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -270,7 +280,7 @@ def auto_pareto(rows: list[BenchRow]) -> list[dict]:
                         "on_front_accuracy_vs_peak": a.fits and not dominated(
                             a, grp, "predicted_peak_bytes"),
                         "on_front_accuracy_vs_energy": a.fits and not dominated(
-                            a, grp, "energy_per_step_j")})
+                            a, grp, "energy_per_sample_j")})
     return out
 
 
@@ -286,14 +296,16 @@ def _fmt(v, spec: str, scale: float = 1.0, unit: str = "") -> str:
 
 def markdown_table(rows: list[BenchRow]) -> str:
     head = ("| strategy | model | device | fits | predicted peak | measured peak | storage/step | "
-            "host step | device step | energy/step | acc. before | acc. after | samples/s |")
-    lines = [head, "|" + "---|" * 13]
+            "host step | device step | energy/step | energy/sample | acc. before | acc. after | "
+            "samples/s |")
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         lines.append(
             f"| {r.system} | {r.model} | {r.device} | {'yes' if r.fits else 'no'} | "
             f"{_fmt_bytes(r.predicted_peak_bytes)} | {_fmt_bytes(r.measured_peak_bytes)} | "
             f"{_fmt_bytes(r.storage_bytes_written_per_step)} | {_fmt(r.host_step_s, '.2f', 1e3, ' ms')} | "
             f"{_fmt(r.device_step_s, '.3g', 1e3, ' ms')} | {_fmt(r.energy_per_step_j, '.3g', 1e3, ' mJ')} | "
+            f"{_fmt(r.energy_per_sample_j, '.3g', 1e3, ' mJ')} | "
             f"{_fmt(r.accuracy_before, '.1f', 100, ' %')} | {_fmt(r.accuracy_after, '.1f', 100, ' %')} | "
             f"{_fmt(r.samples_per_s, ',.0f')} |")
     return "\n".join(lines) + "\n"
@@ -313,7 +325,7 @@ def _plots(rows: list[BenchRow], out: Path) -> list[Path]:
     devices = list(dict.fromkeys(r.device for r in rows))
     for cost, label, fname in (("predicted_peak_bytes", "peak memory (KiB, predicted)",
                                 "accuracy_vs_peak"),
-                               ("energy_per_step_j", "energy per step (mJ, modelled)",
+                               ("energy_per_sample_j", "energy per sample (mJ, modelled)",
                                 "accuracy_vs_energy")):
         scale = 1 / 1024 if cost == "predicted_peak_bytes" else 1e3
         fig, axes = plt.subplots(len(models), len(devices), squeeze=False,
@@ -351,12 +363,12 @@ def _plots(rows: list[BenchRow], out: Path) -> list[Path]:
             vals = []
             for s in systems:
                 r = next((r for r in rows if r.model == m and r.device == d and r.system == s), None)
-                vals.append(1e3 * r.energy_per_step_j if r and r.energy_per_step_j else 0.0)
+                vals.append(1e3 * r.energy_per_sample_j if r and r.energy_per_sample_j else 0.0)
             ax.bar([k + j * width for k in range(len(systems))], vals, width, label=d)
         ax.set_xticks([k + width * (len(devices) - 1) / 2 for k in range(len(systems))], systems,
                       fontsize=8)
         ax.set_yscale("log")
-        ax.set_ylabel("energy per step (mJ, modelled)", fontsize=8)
+        ax.set_ylabel("energy per sample (mJ, modelled)", fontsize=8)
         ax.set_title(m, fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -402,7 +414,7 @@ def run_bench(cfg: BenchConfig, out_dir: "str | Path", *, show_progress: bool = 
                    "systems": [s.value for s in cfg.systems], "lr": cfg.lr, "seed": cfg.seed,
                    "sage_budget_drop": cfg.sage_budget_drop},
         "host": {"torch": torch.__version__, "threads": torch.get_num_threads()},
-        "rows": [asdict(r) for r in rows],
+        "rows": [{**asdict(r), "energy_per_sample_j": r.energy_per_sample_j} for r in rows],
         "auto_pareto": auto_pareto(rows),
         "qas_ablation": ablations,
         "elapsed_s": time.perf_counter() - t0,
