@@ -1,0 +1,216 @@
+"""The int8 C trainer's SRAM: in-place frozen depthwise / pointwise kernels (bit-exact against
+the PyTorch int8 simulation), `int8_memory` (the pure sizing `render_int8` itself uses) and the
+measured peak of MobileNetV2-w0.35 at 128x128 on an emulated Cortex-M7."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgetrain.codegen import UnsupportedPlanError, mcu_run
+from edgetrain.codegen._int8 import Int8Kernel, Int8Spec, int8_memory, render_int8
+from edgetrain.codegen._lower import _assign
+from edgetrain.models import build_model
+from edgetrain.quant import QuantModel, QuantSGD, WeightStorage, quantize, run_int8
+
+HAS_ARM = all(shutil.which(t) for t in ("arm-none-eabi-gcc", "arm-none-eabi-size",
+                                        "qemu-system-arm"))
+needs_arm = pytest.mark.skipif(
+    not HAS_ARM, reason="Arm toolchain/QEMU absent: apt-get install -y gcc-arm-none-eabi "
+    "libnewlib-arm-none-eabi qemu-system-arm (scripts/setup.sh does it)")
+needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="no host C compiler (cc)")
+
+TTE_MBV2_128_F746_BYTES = 141_000  # Tiny Training Engine's measured SRAM, mbv2-w0.35 128x128
+
+
+def _mbv2(size: int, varied: bool):
+    m, x = build_model("mbv2-w0.35")
+    x = x[..., :size, :size].contiguous()
+    m.eval()
+    g = torch.Generator().manual_seed(0)
+    if varied:  # BN statistics and a head that make activations and logits vary (random init
+        # gives nearly one int8 level per logit, and then only biases train)
+        with torch.no_grad():
+            for mod in m.modules():
+                if isinstance(mod, torch.nn.BatchNorm2d):
+                    mod.running_mean.copy_(torch.rand(mod.num_features, generator=g) * 0.4 - 0.2)
+                    mod.running_var.copy_(torch.rand(mod.num_features, generator=g) * 0.05
+                                          + 0.01)
+            m.classifier.weight.normal_(0, 0.3, generator=g)
+    qg = quantize(m, torch.randn(8, *x.shape[1:], generator=g), name="mbv2-w0.35")
+    xs = torch.randn(6, *x.shape[1:], generator=g)
+    ys = torch.randint(0, 10, (6,), generator=g)
+    return qg, xs, ys
+
+
+@pytest.fixture(scope="module")
+def mbv2_128():
+    return _mbv2(128, varied=False)
+
+
+def _write(files: dict[str, str], out):
+    out.mkdir()
+    for k, v in files.items():
+        (out / k).write_text(v)
+    return out
+
+
+def _packing_is_valid(bufs) -> None:
+    for i, a in enumerate(bufs):
+        assert a.offset % 8 == 0
+        for b in bufs[i + 1:]:
+            if a.first <= b.last and b.first <= a.last:
+                assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset, (a, b)
+
+
+@needs_cc
+@pytest.mark.parametrize("batch", [1, 2])
+def test_in_place_kernels_train_bit_exactly_like_the_pytorch_int8_simulation(tmp_path, batch):
+    # Prepare: mbv2-w0.35 at 32x32 with the last residual block, the last conv and the
+    # classifier trainable; every earlier op is frozen, so its depthwise / projection convs run
+    # in place (batch 1: next to the fused expansion->depthwise pairs; batch 2: without them).
+    qg, xs, ys = _mbv2(32, varied=True)
+    trainable = ["features.16.conv.0.0", "features.16.conv.1.0", "features.16.conv.2.0",
+                 "features.17.conv.2.0", "features.18.0", "classifier"]
+    steps, lr = 3, 0.0003
+    q = qg.quantize_input(xs).numpy()
+    mem = int8_memory(qg, trainable, batch_size=batch, target="host")
+    kinds = dict(mem.kernels)
+    assert kinds["features.1.conv.0.0"] is Int8Kernel.IN_PLACE_DEPTHWISE
+    assert kinds["features.1.conv.1.0"] is Int8Kernel.IN_PLACE_POINTWISE
+    assert sum(k is Int8Kernel.IN_PLACE_POINTWISE for k in kinds.values()) >= 10
+    if batch == 2:
+        assert sum(k is Int8Kernel.IN_PLACE_DEPTHWISE for k in kinds.values()) >= 10
+    files = render_int8(qg, trainable, "host",
+                        Int8Spec(q, ys.numpy(), q, ys.numpy(), steps=steps, lr=lr,
+                                 batch_size=batch, dump_params=True))
+    assert "qdw_inplace_fwd(((int8_t" in files["et_model.c"]
+    assert "qpw_inplace_fwd(((int8_t" in files["et_model.c"]
+    # Execute: the C program, then the PyTorch int8 simulation (WeightStorage.INT8, QAS) and
+    # the integer reference on the test samples before and after
+    res = mcu_run(_write(files, tmp_path / "int8"))
+    qm = QuantModel(qg, trainable=trainable, storage=WeightStorage.INT8)
+    opt = QuantSGD(qm, lr=lr, qas=True)
+    losses = []
+    for s in range(steps):
+        idx = [(s * batch + k) % 6 for k in range(batch)]
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(qm(xs[idx]), ys[idx])
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    trained = qm.to_graph()
+    # Assert: every trained int8 weight and int32 bias equals the simulation's (and some
+    # changed), the logits give the same losses and the same test accuracy before and after
+    want = qm.integer_weights()
+    init = {op.name: op for op in qg.weighted_ops}
+    assert set(res.params) == set(trainable)
+    changed = 0
+    for name, (w, b) in res.params.items():
+        assert torch.equal(torch.tensor(w, dtype=torch.int8), want[name][0].reshape(-1)), name
+        assert torch.equal(torch.tensor(b, dtype=torch.int32), want[name][1].reshape(-1)), name
+        changed += int((want[name][0] != init[name].weight).sum())
+        changed += int((want[name][1] != init[name].bias).sum())
+    assert changed > 0
+    np.testing.assert_allclose(res.losses, losses, rtol=1e-6)
+    n = res.test_samples
+    assert n == 6 // batch * batch
+    assert round(res.accuracy_before * n) == (
+        (run_int8(qg, qg.quantize_input(xs[:n])).argmax(1) == ys[:n]).sum().item())
+    assert round(res.accuracy_after * n) == (
+        (run_int8(trained, trained.quantize_input(xs[:n])).argmax(1) == ys[:n]).sum().item())
+
+
+@pytest.mark.parametrize("last", [1, 2, 4, 9])
+def test_int8_memory_is_what_the_build_file_predicts(mbv2_128, last):
+    # Prepare
+    qg, xs, ys = mbv2_128
+    trainable = [op.name for op in qg.weighted_ops][-last:]
+    q = qg.quantize_input(xs[:1]).numpy()
+    # Execute: the pure sizing, and the renderer's build file
+    mem = int8_memory(qg, trainable, batch_size=1, target="cortex-m7")
+    meta = json.loads(render_int8(
+        qg, trainable, "cortex-m7", Int8Spec(q, ys[:1].numpy(), q, ys[:1].numpy(), steps=1,
+                                             lr=0.01),
+        device_sram_bytes=327_680, device_flash_bytes=1 << 20)["edgetrain_build.json"])
+    # Assert: one number, one layout
+    assert mem.predicted_peak_sram_bytes == meta["codegen_predicted_peak_sram_bytes"]
+    assert mem.arena_bytes == meta["arena_bytes"]
+    assert mem.trainable_bytes == meta["trainable_bytes"]
+    assert [(b.name, b.nbytes, b.offset, b.first, b.last) for b in mem.buffers] == [
+        (b["name"], b["bytes"], b["offset"], b["first_step"], b["last_step"])
+        for b in meta["buffers"]]
+    assert mem.predicted_peak_sram_bytes == (mem.arena_bytes + mem.trainable_bytes
+                                             + mem.labels_bytes + mem.runtime_reserve_bytes)
+    # trainable bytes: int8 weights + int32 biases of exactly the chosen ops
+    by = {op.name: op for op in qg.weighted_ops}
+    assert mem.trainable_bytes == sum(by[t].weight.numel() + 4 * by[t].bias.numel()
+                                      for t in trainable)
+    # a valid packing, at least the live bytes, never worse than largest-first alone
+    _packing_is_valid(mem.buffers)
+    assert mem.peak_live_bytes <= mem.arena_bytes
+    sizes = {b.name: b.nbytes for b in mem.buffers}
+    span = {b.name: [b.first, b.last] for b in mem.buffers}
+    greedy = _assign(sizes, span)
+    assert mem.arena_bytes <= max(b.offset + b.nbytes for b in greedy)
+
+
+def test_int8_memory_counts_in_place_savings_and_is_cheap(mbv2_128):
+    qg, _, _ = mbv2_128
+    names = [op.name for op in qg.weighted_ops]
+    # Execute: the TTE greedy loop's pattern, ~50 calls
+    t0 = time.perf_counter()
+    mems = [int8_memory(qg, names[-(1 + k % 10):]) for k in range(50)]
+    per_call_s = (time.perf_counter() - t0) / 50
+    # Assert: cheap; classifier-only: the first frozen depthwise runs in place, so its output
+    # has no buffer of its own, and the arena is below input + output of that op
+    assert per_call_s < 0.05
+    mem = mems[0]
+    assert mem.kernel("features.1.conv.0.0") is Int8Kernel.IN_PLACE_DEPTHWISE
+    assert mem.kernel("features.1.conv.1.0") is Int8Kernel.IN_PLACE_POINTWISE
+    assert all(not b.name.startswith("a:features.1.conv") for b in mem.buffers)
+    dw_in_plus_out = 2 * 16 * 64 * 64
+    assert mem.arena_bytes < dw_in_plus_out
+    # more trainable layers never need less SRAM
+    preds = [int8_memory(qg, names[-k:]).predicted_peak_sram_bytes for k in (1, 2, 4, 8)]
+    assert preds == sorted(preds)
+
+
+def test_int8_memory_refuses_bad_arguments_with_typed_errors(mbv2_128):
+    qg, _, _ = mbv2_128
+    with pytest.raises(UnsupportedPlanError, match="choose among"):
+        int8_memory(qg, ["features.99"])
+    with pytest.raises(UnsupportedPlanError, match="choose among"):
+        int8_memory(qg, [])
+    with pytest.raises(UnsupportedPlanError, match="batch size 0"):
+        int8_memory(qg, ["classifier"], batch_size=0)
+    with pytest.raises(UnsupportedPlanError, match="no op"):
+        int8_memory(qg, ["classifier"]).kernel("nope")
+
+
+@needs_arm
+def test_cortex_m7_mbv2_128_classifier_training_fits_tte_sram(tmp_path, mbv2_128):
+    # Prepare: mbv2-w0.35, 3x128x128, batch 1, classifier only, for the STM32F746
+    # (320 KiB SRAM, 1 MiB flash), two training steps
+    qg, xs, ys = mbv2_128
+    q = qg.quantize_input(xs[:2]).numpy()
+    mem = int8_memory(qg, ["classifier"], batch_size=1, target="cortex-m7")
+    files = render_int8(qg, ["classifier"], "cortex-m7",
+                        Int8Spec(q, ys[:2].numpy(), q[:1], ys[:1].numpy(), steps=2, lr=0.01),
+                        device_sram_bytes=327_680, device_flash_bytes=1 << 20,
+                        device_name="stm32f746")
+    # Execute: link and run under QEMU (mps2-an500); static + painted stack high-water mark
+    res = mcu_run(_write(files, tmp_path / "m7"))
+    # Assert: at or below the Tiny Training Engine's measured 141 KB, and the prediction
+    # made from shapes within 5 % of the linked and run program
+    assert res.peak_sram_bytes == res.static_sram_bytes + res.stack_peak_bytes
+    assert res.peak_sram_bytes <= TTE_MBV2_128_F746_BYTES
+    assert abs(res.peak_sram_bytes / mem.predicted_peak_sram_bytes - 1) < 0.05
+    assert res.static_sram_bytes >= mem.arena_bytes + mem.trainable_bytes
+    assert len(res.losses) == 2 and all(np.isfinite(res.losses))
