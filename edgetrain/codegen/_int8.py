@@ -37,10 +37,15 @@ function, so `Int8Memory.predicted_peak_sram_bytes` is exactly the build file's
   * in-place frozen pointwise with Cout <= Cin (stride 1, same conditions): pixel by pixel,
     the Cin inputs of pixel q go to a Cin-byte temp, the Cout outputs are written at
     (n*Cout + c)*H*W + q, bytes of pixel q (already read) or of earlier pixels/samples.
-  Buffers are placed as NOTE [ Arena assignment ] (edgetrain/codegen/_lower.py) places them,
-  lowest 8-byte-aligned offset that overlaps no placed buffer of intersecting lifetime, in
-  several orders (largest first, first use, longest lifetime, size x lifetime) and the smallest
-  arena is kept; `peak_live_bytes` (the most bytes live at one step) is its lower bound.
+  An in-place chain x0 -> x1 -> .. -> xk (in-place outputs never grow) is one placement group
+  at one base offset: xk's [0, size) is the buffer `a:xk`, and each xj's bytes above x(j+1)'s
+  are the buffer `a:xj`, live from x0's first step to xj's last (so a shrinking chain frees its
+  top as it goes; a member with no bytes of its own has no buffer). Groups are placed as
+  NOTE [ Arena assignment ] (edgetrain/codegen/_lower.py) places buffers: the lowest
+  8-byte-aligned base at which none of its buffers overlaps a placed buffer of intersecting
+  lifetime; in four orders (largest first, first use, longest lifetime, size x lifetime),
+  keeping the smallest arena (stopping early at the bound). `peak_live_bytes`, the most
+  (8-byte-rounded) buffer bytes live at one step, is the bound no packing can beat.
 - `trainable_bytes`: the trainable ops' int8 weights and int32 biases (`static` arrays in
   .data, updated in place; frozen ones are `const`, in flash);
 - 4 x B bytes of labels and RUNTIME_RESERVE_BYTES (the platform's statics, edgetrain/codegen/
@@ -61,7 +66,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgetrain.codegen._errors import UnsupportedPlanError
-from edgetrain.codegen._lower import ALIGN, Buffer, _assign
+from edgetrain.codegen._lower import ALIGN, Buffer
 from edgetrain.codegen._platform import render_platform
 from edgetrain.codegen._render import MIN_STACK_BYTES, RUNTIME_RESERVE_BYTES, _bytes
 from edgetrain.codegen._targets import Target, TargetKind, get_target
@@ -475,47 +480,74 @@ def _check(graph, trainable: Sequence[str], batch_size: int) -> None:
         raise UnsupportedPlanError(f"batch size {batch_size!r} must be a positive integer")
 
 
-def _place(order: Sequence[str], sizes: dict[str, int], span: dict) -> list[Buffer]:
-    """NOTE [ Arena assignment ]'s placement, in the given order."""
+def _al(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+@dataclass(frozen=True)
+class _Seg:
+    """A buffer of a placement group: `rel` bytes above the group's base offset."""
+
+    name: str
+    rel: int
+    nbytes: int
+    first: int
+    last: int
+
+
+def _place(groups: Sequence[tuple[_Seg, ...]]) -> list[Buffer]:
+    """NOTE [ Arena assignment ]'s placement, group by group in the given order: the lowest
+    8-byte-aligned base at which no segment overlaps a placed buffer of intersecting lifetime
+    (a group of one segment is one buffer; an in-place chain is several, at one base)."""
     placed: list[Buffer] = []
-    for k in order:
-        size = (sizes[k] + ALIGN - 1) // ALIGN * ALIGN
-        f, l = span[k]
-        live = sorted((b for b in placed if not (b.last < f or b.first > l)),
-                      key=lambda b: b.offset)
-        off = 0
-        for b in live:
-            if off + size <= b.offset:
+    for segs in groups:
+        conf = [[(b.offset, b.offset + _al(b.nbytes)) for b in placed
+                 if not (b.last < g.first or b.first > g.last)] for g in segs]
+        cands = sorted({0} | {hi - g.rel for g, cs in zip(segs, conf) for _, hi in cs
+                              if hi >= g.rel})
+        for base in cands:
+            if all(hi <= base + g.rel or base + g.rel + _al(g.nbytes) <= lo
+                   for g, cs in zip(segs, conf) for lo, hi in cs):
                 break
-            off = max(off, (b.offset + b.nbytes + ALIGN - 1) // ALIGN * ALIGN)
-        placed.append(Buffer(k, sizes[k], f, l, off))
-    return sorted(placed, key=lambda b: b.offset)
+        placed.extend(Buffer(g.name, g.nbytes, g.first, g.last, base + g.rel) for g in segs)
+    return sorted(placed, key=lambda b: (b.offset, b.name))
 
 
-def _pack(sizes: dict[str, int], span: dict) -> tuple[list[Buffer], int]:
+def _pack(groups: Sequence[tuple[_Seg, ...]]) -> tuple[list[Buffer], int]:
     """The smallest arena of a few placement orders; returns (buffers, peak live bytes)."""
-    last = max(s[1] for s in span.values())
+    last = max(g.last for segs in groups for g in segs)
     live = [0] * (last + 1)
-    for k, n in sizes.items():
-        for t in range(span[k][0], span[k][1] + 1):
-            live[t] += (n + ALIGN - 1) // ALIGN * ALIGN
+    for segs in groups:
+        for g in segs:
+            for t in range(g.first, g.last + 1):
+                live[t] += _al(g.nbytes)
     bound = max(live)
 
     def arena(bufs: list[Buffer]) -> int:
         return max(b.offset + b.nbytes for b in bufs)
 
-    best = _assign(sizes, span)  # largest first (TFLite Micro's greedy planner)
+    def size(segs) -> int:
+        return max(g.rel + g.nbytes for g in segs)
+
+    def first(segs) -> int:
+        return min(g.first for g in segs)
+
+    def length(segs) -> int:
+        return max(g.last for g in segs) - first(segs) + 1
+
     orders = (
-        lambda k: (span[k][0], -sizes[k], k),  # first use
-        lambda k: (span[k][0] - span[k][1], -sizes[k], k),  # longest lifetime
-        lambda k: (-sizes[k] * (span[k][1] - span[k][0] + 1), k),  # size x lifetime
+        lambda gs: (-size(gs), first(gs), gs[0].name),  # largest first (TFLite Micro's)
+        lambda gs: (first(gs), -size(gs), gs[0].name),  # first use
+        lambda gs: (-length(gs), -size(gs), gs[0].name),  # longest lifetime
+        lambda gs: (-size(gs) * length(gs), gs[0].name),  # size x lifetime
     )
+    best: list[Buffer] = []
     for key in orders:
+        bufs = _place(sorted(groups, key=key))
+        if not best or arena(bufs) < arena(best):
+            best = bufs
         if arena(best) <= bound:
             break
-        bufs = _place(sorted(sizes, key=key), sizes, span)
-        if arena(bufs) < arena(best):
-            best = bufs
     return best, bound
 
 
@@ -576,15 +608,17 @@ def _layout(graph, trainable: Sequence[str], B: int, tgt: Target) -> _Layout:
             k = parent[k]
         return k
 
+    chains: dict[str, list[str]] = {}  # first tensor's key -> the keys sharing its storage
     for op in graph.ops:
         if kernels[op.name] in (Int8Kernel.IN_PLACE_DEPTHWISE, Int8Kernel.IN_PLACE_POINTWISE):
-            parent["a:" + op.output] = root("a:" + op.input)
+            r = root("a:" + op.input)
+            parent["a:" + op.output] = r
+            chains.setdefault(r, [r]).append("a:" + op.output)
     real = 8 if tgt.kind is TargetKind.HOST else 4
     sizes: dict[str, int] = {}
     span: dict[str, list[int]] = {}
 
     def use(key: str, step: int, nbytes: int) -> None:
-        key = root(key)
         sizes[key] = max(sizes.get(key, 0), nbytes)
         s = span.setdefault(key, [step, step])
         s[0], s[1] = min(s[0], step), max(s[1], step)
@@ -632,7 +666,22 @@ def _layout(graph, trainable: Sequence[str], B: int, tgt: Target) -> _Layout:
         else:
             if op.input in rg:
                 use("g:" + op.input, s, numel[op.input] * real)
-    bufs, bound = _pack(sizes, span)
+    # an in-place chain x0 -> x1 -> .. -> xk (sizes never grow) is one group at one base: xj's
+    # bytes above x(j+1)'s live from x0's first step to xj's last, xk's [0, size) to its last
+    groups: list[tuple[_Seg, ...]] = []
+    members = {k for c in chains.values() for k in c}
+    for key in sizes:
+        if key not in members:
+            groups.append((_Seg(key, 0, sizes[key], span[key][0], span[key][1]),))
+    for c in chains.values():
+        f0 = span[c[0]][0]
+        segs = []
+        for j, key in enumerate(c):
+            lo = _al(sizes[c[j + 1]]) if j + 1 < len(c) else 0
+            if sizes[key] > lo:
+                segs.append(_Seg(key, lo, sizes[key] - lo, f0, span[key][1]))
+        groups.append(tuple(reversed(segs)))
+    bufs, bound = _pack(groups)
     arena = max(b.offset + b.nbytes for b in bufs)
     trainable_bytes = sum(op.weight.numel() + 4 * op.bias.numel()
                           for op in graph.weighted_ops if op.name in trainable)
@@ -646,6 +695,8 @@ def _layout(graph, trainable: Sequence[str], B: int, tgt: Target) -> _Layout:
             for k in ("a:" + t, "g:" + t, "m:" + t, "d:" + t, "z:" + t)}
     keys |= {"s:" + op.name for op in graph.ops}
     offsets = {b.name: b.offset for b in bufs}
+    for c in chains.values():  # every member of a chain starts at the group's base
+        offsets[c[0]] = min(offsets[k] for k in c if k in offsets)
     alias = {k: root(k) for k in keys if root(k) in offsets}
     return _Layout(mem, frozenset(rg), bwd_ops, fused, kernels, alias, offsets, numel, T)
 
