@@ -25,8 +25,9 @@ function, so `Int8Memory.predicted_peak_sram_bytes` is exactly the build file's
   `a:<t>` int8 activations (B x numel bytes; the input batch, every op's output; an activation
   the backward reads -- the input of a trainable op -- lives until that backward step);
   `m:<t>` 1-byte "not clamped" masks of the ops on the backward path; `g:<t>` real-valued
-  gradients (8 bytes on the host, 4 on Cortex-M) and `d:<t>` the dacc scratch of each
-  conv/linear on the backward path; `s:<op>` kernel scratch, which is
+  gradients (8 bytes on the host, 4 on Cortex-M); the dacc of a conv/linear on the backward
+  path (dy x mask x M, element by element) overwrites its dy, which nothing reads after it, so
+  it has no buffer; `s:<op>` kernel scratch, which is
   * a frozen pointwise -> depthwise pair whose intermediate nothing else reads: fused, one
     expanded channel at a time (H x W bytes), the expanded tensor never exists (batch 1);
   * in-place frozen depthwise (TinyEngine's in-place depthwise): an op off the backward path
@@ -653,7 +654,7 @@ def _layout(graph, trainable: Sequence[str], B: int, tgt: Target) -> _Layout:
         kind = type(op).__name__
         if kind in ("QConv2d", "QLinear"):
             use("m:" + op.output, s, numel[op.output])
-            use("d:" + op.output, s, numel[op.output] * real)  # dacc scratch
+            parent["d:" + op.output] = "g:" + op.output  # dacc overwrites dy (element-wise)
             if op.name in trainable:
                 use("a:" + op.input, s, numel[op.input])
             if op.input in rg:
