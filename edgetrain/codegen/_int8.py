@@ -223,6 +223,70 @@ static void qpw_inplace_fwd(int8_t *x, int zx, const int8_t *w, const int32_t *b
     }
 }
 
+/* a line-buffered chain of frozen convs (MCUNetV2's row streaming): op j's output rows exist
+   only as a ring of R rows (Co x Wo bytes each, slot r % R) that op j+1's window reads; the last
+   op's rows are produced in order into the full output y and each pulls, on demand, exactly the
+   rows of the op before it that its window needs (no row is computed twice). Each output
+   element is the same integer sum over the same in-bounds taps as qconv_fwd's. */
+typedef struct {
+    const int8_t *w; const int32_t *b; const int32_t *m0; const int32_t *sh;
+    int zx, zy, lo, hi, Ci, H, W, Co, Ho, Wo, K, s, p, G;
+    int8_t *ring; int R;  /* R rows of this op's output; 0 / 0 for the chain's last op */
+} qlb_op;
+
+static void qlb_row(const qlb_op *o, int j, int r, const int8_t *x, int8_t *y) {
+    const qlb_op *c = &o[j];
+    const int cig = c->Ci / c->G, cog = c->Co / c->G, K = c->K;
+    const int kh0 = k_lo(r, c->s, c->p), kh1 = k_hi(r, c->s, c->p, c->H, K), ih0 = r * c->s - c->p;
+    for (int oc = 0; oc < c->Co; oc++) {
+        const int ch0 = (oc / cog) * cig;
+        const int8_t *wo = c->w + (size_t)oc * cig * K * K;
+        int8_t *yr = c->ring ? c->ring + ((size_t)(r % c->R) * c->Co + oc) * c->Wo
+                             : y + ((size_t)oc * c->Ho + r) * c->Wo;
+        for (int ow = 0; ow < c->Wo; ow++) {
+            const int kw0 = k_lo(ow, c->s, c->p), kw1 = k_hi(ow, c->s, c->p, c->W, K);
+            const int iw0 = ow * c->s - c->p;
+            int32_t acc = c->b[oc];
+            for (int ic = 0; ic < cig; ic++) {
+                const int8_t *wc = wo + ic * K * K;
+                for (int kh = kh0; kh < kh1; kh++) {
+                    const int ih = ih0 + kh;
+                    const int8_t *xr = (j == 0
+                        ? x + ((size_t)(ch0 + ic) * c->H + ih) * c->W
+                        : o[j - 1].ring + ((size_t)(ih % o[j - 1].R) * c->Ci + ch0 + ic) * c->W)
+                        + iw0;
+                    const int8_t *wr = wc + kh * K;
+                    for (int kw = kw0; kw < kw1; kw++) acc += (xr[kw] - c->zx) * wr[kw];
+                }
+            }
+            yr[ow] = clamp8(rq(acc, c->m0[oc], c->sh[oc]) + c->zy, c->lo, c->hi);
+        }
+    }
+}
+
+/* op j produces its rows up to `upto`; each first pulls the rows of op j-1 its window needs */
+static void qlb_pull(const qlb_op *o, int j, int upto, int *done, const int8_t *x, int8_t *y) {
+    const qlb_op *c = &o[j];
+    while (done[j] <= upto) {
+        const int r = done[j];
+        if (j > 0) {
+            const int need = r * c->s - c->p + c->K - 1;
+            qlb_pull(o, j - 1, need < c->H - 1 ? need : c->H - 1, done, x, y);
+        }
+        qlb_row(o, j, r, x, y);
+        done[j]++;
+    }
+}
+
+static void qlb_chain(const qlb_op *o, int L, int *done, const int8_t *x, int8_t *y, int B) {
+    const qlb_op *f = &o[0], *l = &o[L - 1];
+    for (int n = 0; n < B; n++) {
+        for (int j = 0; j < L; j++) done[j] = 0;
+        qlb_pull(o, L - 1, l->Ho - 1, done, x + (size_t)n * f->Ci * f->H * f->W,
+                 y + (size_t)n * l->Co * l->Ho * l->Wo);
+    }
+}
+
 static void qlinear_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
                         const int32_t *m0, const int32_t *sh, int zy, int lo, int hi,
                         int8_t *y, uint8_t *mask, int B, int I, int O) {
@@ -427,6 +491,7 @@ class Int8Kernel(enum.Enum):
     FUSED_POINTWISE_DEPTHWISE = "fused-pointwise-depthwise"  # the depthwise running the pair
     IN_PLACE_DEPTHWISE = "in-place-depthwise"
     IN_PLACE_POINTWISE = "in-place-pointwise"
+    LINE_BUFFERED = "line-buffered"  # in the line-buffered chain of frozen convs at the input
 
 
 @dataclass(frozen=True)
@@ -463,6 +528,8 @@ class _Layout:
     offsets: dict  # arena buffer name -> offset
     numel: dict  # tensor -> B x elements
     tensors: dict  # tensor name -> QTensor
+    chain: tuple  # the line-buffered chain's ops, in order (empty: none)
+    rings: dict  # chain op name (all but the last) -> rows of its output in its ring
 
 
 def _inputs(op) -> list[str]:
@@ -554,28 +621,82 @@ def _pack(groups: Sequence[tuple[_Seg, ...]]) -> tuple[list[Buffer], int]:
     return best, bound
 
 
-def _layout(graph, trainable: Sequence[str], B: int, tgt: Target) -> _Layout:
-    _check(graph, trainable, B)
-    T = {t.name: t for t in graph.tensors}
-    numel = {k: B * math.prod(t.shape) for k, t in T.items()}
+def _grad_and_consumers(graph, trainable: Sequence[str]) -> tuple[set, dict]:
     rg: set[str] = set()
     for op in graph.ops:
         if getattr(op, "name", None) in trainable or any(i in rg for i in _inputs(op)):
             rg.add(op.output)
-    bwd_ops = tuple(op for op in reversed(graph.ops) if op.output in rg)
     consumers: dict[str, int] = {}
     for op in graph.ops:
         for i in _inputs(op):
             consumers[i] = consumers.get(i, 0) + 1
+    return rg, consumers
+
+
+def _max_chain(graph, trainable: Sequence[str]) -> list[str]:
+    """The longest line-bufferable chain (NOTE [ int8 SRAM of the C trainer ]): frozen convs
+    off the backward path from the graph input, each output read only by the next one."""
+    rg, consumers = _grad_and_consumers(graph, trainable)
+
+    def ok(op) -> bool:
+        return type(op).__name__ == "QConv2d" and op.name not in trainable \
+            and op.output not in rg
+
+    readers: dict[str, list] = {}
+    for op in graph.ops:
+        for i in _inputs(op):
+            readers.setdefault(i, []).append(op)
+    first = [op for op in readers.get(graph.input, []) if ok(op)]
+    if not first:
+        return []
+    chain = [first[0]]
+    while True:
+        t = chain[-1].output
+        nxt = readers.get(t, [])
+        if t == graph.output or consumers.get(t, 0) != 1 or len(nxt) != 1 or not ok(nxt[0]):
+            break
+        chain.append(nxt[0])
+    return [op.name for op in chain]
+
+
+def _best_layout(graph, trainable: Sequence[str], B: int, tgt: Target,
+                 line_buffer: bool) -> _Layout:
+    """Without `line_buffer`: the plain layout. With it: the chain length (none, or 2 .. the
+    longest chain) whose arena is smallest (the shortest of equal ones)."""
+    best = _layout(graph, trainable, B, tgt, ())
+    if not line_buffer:
+        return best
+    chain = _max_chain(graph, trainable)
+    for n in range(2, len(chain) + 1):
+        lay = _layout(graph, trainable, B, tgt, tuple(chain[:n]))
+        if lay.memory.arena_bytes < best.memory.arena_bytes:
+            best = lay
+    return best
+
+
+def _layout(graph, trainable: Sequence[str], B: int, tgt: Target,
+            chain: tuple[str, ...]) -> _Layout:
+    _check(graph, trainable, B)
+    T = {t.name: t for t in graph.tensors}
+    numel = {k: B * math.prod(t.shape) for k, t in T.items()}
+    rg, consumers = _grad_and_consumers(graph, trainable)
+    bwd_ops = tuple(op for op in reversed(graph.ops) if op.output in rg)
+    in_chain = set(chain)
+    ops_by_name = {op.name: op for op in graph.ops}
+    rings: dict[str, int] = {}  # chain op -> rows of its output the next op's window spans
+    for a, b in zip(chain, chain[1:]):
+        nb = ops_by_name[b]
+        rings[a] = min(int(nb.weight.shape[-1]), T[nb.input].shape[1])
     bwd_reads = {op.input for op in graph.ops if getattr(op, "name", None) in trainable}
     # frozen pointwise -> depthwise pairs whose intermediate nothing else reads: fused
     fused: dict[str, str] = {}  # depthwise op name -> pointwise op name
     by_out = {op.output: op for op in graph.ops}
     for op in graph.ops:
-        if type(op).__name__ != "QConv2d" or op.kind.value != "depthwise" or op.output in rg:
+        if type(op).__name__ != "QConv2d" or op.kind.value != "depthwise" or op.output in rg \
+                or op.name in in_chain:
             continue
         src = by_out.get(op.input)
-        if (src is not None and type(src).__name__ == "QConv2d"
+        if (src is not None and type(src).__name__ == "QConv2d" and src.name not in in_chain
                 and src.kind.value == "pointwise" and src.output not in rg
                 and consumers.get(src.output, 0) == 1 and B == 1):
             fused[op.name] = src.name
@@ -584,6 +705,9 @@ def _layout(graph, trainable: Sequence[str], B: int, tgt: Target) -> _Layout:
     for op in graph.ops:
         name = op.name
         kernels[name] = Int8Kernel.OUT_OF_PLACE
+        if name in in_chain:
+            kernels[name] = Int8Kernel.LINE_BUFFERED
+            continue
         if name in fused:
             kernels[name] = Int8Kernel.FUSED_POINTWISE_DEPTHWISE
             continue
@@ -632,8 +756,15 @@ def _layout(graph, trainable: Sequence[str], B: int, tgt: Target) -> _Layout:
         kind = kernels[op.name]
         if kind is Int8Kernel.FUSED_INTO_DEPTHWISE:
             continue  # runs inside the depthwise op that reads it
+        if kind is Int8Kernel.LINE_BUFFERED and op.name != chain[-1]:
+            continue  # the whole chain runs at its last op's step
         ins = _inputs(op)
-        if kind is Int8Kernel.FUSED_POINTWISE_DEPTHWISE:
+        if kind is Int8Kernel.LINE_BUFFERED:
+            ins = [graph.input]
+            for a in chain[:-1]:  # one sample's rings (the chain loops over the batch)
+                co, _, wo = T[ops_by_name[a].output].shape
+                use("s:" + a, i, rings[a] * co * wo)
+        elif kind is Int8Kernel.FUSED_POINTWISE_DEPTHWISE:
             ins = [srcs[fused[op.name]].input]
             use("s:" + op.name, i, numel[op.input] // T[op.input].shape[0])
         elif kind is Int8Kernel.IN_PLACE_DEPTHWISE:
@@ -701,22 +832,33 @@ def _layout(graph, trainable: Sequence[str], B: int, tgt: Target) -> _Layout:
     for c in chains.values():  # every member of a chain starts at the group's base
         offsets[c[0]] = min(offsets[k] for k in c if k in offsets)
     alias = {k: root(k) for k in keys if root(k) in offsets}
-    return _Layout(mem, frozenset(rg), bwd_ops, fused, kernels, alias, offsets, numel, T)
+    return _Layout(mem, frozenset(rg), bwd_ops, fused, kernels, alias, offsets, numel, T,
+                   tuple(chain), rings)
+
+
+def _check_flag(line_buffer) -> None:
+    if not isinstance(line_buffer, bool):
+        raise UnsupportedPlanError(f"line_buffer={line_buffer!r} must be True or False")
 
 
 def int8_memory(graph, trainable: Sequence[str], *, batch_size: int = 1,
-                target: "str | Target" = "cortex-m7") -> Int8Memory:
+                target: "str | Target" = "cortex-m7", line_buffer: bool = False) -> Int8Memory:
     """The SRAM of the int8 C trainer `render_int8` writes for `graph` (an
     `edgetrain.quant.QuantGraph`) with the conv/linear ops named in `trainable` updated, from
-    shapes only; NOTE [ int8 SRAM of the C trainer ] says what it counts."""
-    return _layout(graph, list(trainable), batch_size, get_target(target)).memory
+    shapes only; NOTE [ int8 SRAM of the C trainer ] says what it counts. `line_buffer`
+    streams the frozen conv prefix row by row (the chain length that minimises the arena)."""
+    _check_flag(line_buffer)
+    return _best_layout(graph, list(trainable), batch_size, get_target(target),
+                        line_buffer).memory
 
 
 def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: Int8Spec, *,
                 device_sram_bytes: int = 0, device_flash_bytes: int = 0,
-                device_name: str = "") -> dict[str, str]:
+                device_name: str = "", line_buffer: bool = False) -> dict[str, str]:
     """Render int8 QAS training of `graph` (an `edgetrain.quant.QuantGraph`; read, not
-    changed) with the conv/linear ops named in `trainable` updated on the device."""
+    changed) with the conv/linear ops named in `trainable` updated on the device;
+    `line_buffer` as `int8_memory`'s."""
+    _check_flag(line_buffer)
     tgt = get_target(target)
     trainable = list(trainable)
     _check(graph, trainable, spec.batch_size)
@@ -726,7 +868,7 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
     if tgt.kind is TargetKind.CORTEX_M and (device_sram_bytes <= 0 or device_flash_bytes <= 0):
         raise UnsupportedPlanError("a Cortex-M target needs the device's SRAM and flash sizes")
     B = spec.batch_size
-    lay = _layout(graph, trainable, B, tgt)
+    lay = _best_layout(graph, trainable, B, tgt, line_buffer)
     mem = lay.memory
     T, numel, rg, bwd_ops, fused = lay.tensors, lay.numel, lay.rg, lay.bwd_ops, lay.fused
     srcs = {op.name: op for op in graph.ops}
@@ -739,6 +881,7 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
         return f"(({ctype} *)(et_arena + {off[key]}))"
 
     arrays, fwd, bwd = [], [], []
+    descs: list[str] = []  # the line-buffered chain's ops (qlb_op), in order
     info: dict[str, tuple] = {}
     const_bytes = 0
     dumps = []
@@ -771,6 +914,17 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
                 how = lay.kernels[op.name]
                 if how is Int8Kernel.FUSED_INTO_DEPTHWISE:
                     pass  # emitted with its depthwise reader
+                elif how is Int8Kernel.LINE_BUFFERED:
+                    descs.append(
+                        f"{{ {sym}_w, {sym}_b, {sym}_m0, {sym}_sh, {zx}, {zy}, {op.act_min}, "
+                        f"{op.act_max}, {ci}, {h}, {wd}, {co}, {ho}, {wo}, {k}, {op.stride}, "
+                        f"{op.padding}, {op.groups}, "
+                        + (f"{A('s:' + op.name, 'int8_t')}, {lay.rings[op.name]} }}"
+                           if op.name in lay.rings else "0, 0 }"))
+                    if op.name == lay.chain[-1]:
+                        n = len(lay.chain)
+                        fwd.append(f"{{ int done[{n}]; qlb_chain(q_lb, {n}, done, "
+                                   f"{A('a:' + graph.input, 'int8_t')}, {y}, {B}); }}")
                 elif how is Int8Kernel.IN_PLACE_DEPTHWISE:
                     fwd.append(f"qdw_inplace_fwd({x}, {zx}, {sym}_w, {sym}_b, {sym}_m0, "
                                f"{sym}_sh, {zy}, {op.act_min}, {op.act_max}, "
@@ -861,6 +1015,8 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
     out_t = T[graph.output]
     D = int(np.prod(T[graph.input].shape))
     real_t = "double" if tgt.kind is TargetKind.HOST else "float"
+    lb_c = (f"static const qlb_op q_lb[{len(descs)}] = {{\n    "
+            + ",\n    ".join(descs) + "\n};\n") if descs else ""
     model_c = f"""/* generated by edgetrain.codegen (int8 QAS training) for {tgt.name}: do not edit */
 #include "et_model.h"
 #define ET_REAL {real_t}
@@ -869,6 +1025,7 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
 
 static uint8_t et_arena[{arena}] __attribute__((aligned(8)));
 static int32_t et_labels[ET_BATCH];
+{lb_c}
 
 void et_load(const uint8_t *pixels, const uint8_t *labels, int n, int first) {{
     int8_t *x = {A('a:' + graph.input, 'int8_t')};
