@@ -264,26 +264,37 @@ static void qlb_row(const qlb_op *o, int j, int r, const int8_t *x, int8_t *y) {
     }
 }
 
-/* op j produces its rows up to `upto`; each first pulls the rows of op j-1 its window needs */
-static void qlb_pull(const qlb_op *o, int j, int upto, int *done, const int8_t *x, int8_t *y) {
-    const qlb_op *c = &o[j];
-    while (done[j] <= upto) {
-        const int r = done[j];
-        if (j > 0) {
-            const int need = r * c->s - c->p + c->K - 1;
-            qlb_pull(o, j - 1, need < c->H - 1 ? need : c->H - 1, done, x, y);
-        }
-        qlb_row(o, j, r, x, y);
-        done[j]++;
-    }
-}
-
-static void qlb_chain(const qlb_op *o, int L, int *done, const int8_t *x, int8_t *y, int B) {
+/* the last op's rows in order; op j, before computing its next row, pulls the rows of op j-1
+   its window needs (an explicit walk down and up the chain, no recursion: the stack stays
+   flat). `st` holds 2L ints: done[j] (rows op j has produced), want[j] (rows it must reach). */
+static void qlb_chain(const qlb_op *o, int L, int *st, const int8_t *x, int8_t *y, int B) {
+    int *done = st, *want = st + L;
     const qlb_op *f = &o[0], *l = &o[L - 1];
     for (int n = 0; n < B; n++) {
+        const int8_t *xn = x + (size_t)n * f->Ci * f->H * f->W;
+        int8_t *yn = y + (size_t)n * l->Co * l->Ho * l->Wo;
         for (int j = 0; j < L; j++) done[j] = 0;
-        qlb_pull(o, L - 1, l->Ho - 1, done, x + (size_t)n * f->Ci * f->H * f->W,
-                 y + (size_t)n * l->Co * l->Ho * l->Wo);
+        want[L - 1] = l->Ho - 1;
+        int j = L - 1;
+        for (;;) {
+            if (done[j] > want[j]) {  /* op j is as far as its reader needs */
+                if (j == L - 1) break;
+                j++;
+                continue;
+            }
+            if (j > 0) {
+                const qlb_op *c = &o[j];
+                int need = done[j] * c->s - c->p + c->K - 1;
+                if (need > c->H - 1) need = c->H - 1;
+                if (done[j - 1] <= need) {
+                    want[j - 1] = need;
+                    j--;
+                    continue;
+                }
+            }
+            qlb_row(o, j, done[j], xn, yn);
+            done[j]++;
+        }
     }
 }
 
@@ -923,7 +934,7 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
                            if op.name in lay.rings else "0, 0 }"))
                     if op.name == lay.chain[-1]:
                         n = len(lay.chain)
-                        fwd.append(f"{{ int done[{n}]; qlb_chain(q_lb, {n}, done, "
+                        fwd.append(f"{{ int st[{2 * n}]; qlb_chain(q_lb, {n}, st, "
                                    f"{A('a:' + graph.input, 'int8_t')}, {y}, {B}); }}")
                 elif how is Int8Kernel.IN_PLACE_DEPTHWISE:
                     fwd.append(f"qdw_inplace_fwd({x}, {zx}, {sym}_w, {sym}_b, {sym}_m0, "
