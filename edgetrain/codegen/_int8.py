@@ -39,6 +39,8 @@ function, so `Int8Memory.predicted_peak_sram_bytes` is exactly the build file's
   * in-place frozen pointwise with Cout <= Cin (stride 1, same conditions): pixel by pixel,
     the Cin inputs of pixel q go to a Cin-byte temp, the Cout outputs are written at
     (n*Cout + c)*H*W + q, bytes of pixel q (already read) or of earlier pixels/samples.
+  * the rings of the line-buffered chain (`line_buffer=True`, below): `s:<op>` for each chain
+    op but the last, R x Co x Wo bytes (one sample's), live at the chain's step.
   An in-place chain x0 -> x1 -> .. -> xk (in-place outputs never grow) is one placement group
   at one base offset: xk's [0, size) is the buffer `a:xk`, and each xj's bytes above x(j+1)'s
   are the buffer `a:xj`, live from x0's first step to xj's last (so a shrinking chain frees its
@@ -56,6 +58,30 @@ function, so `Int8Memory.predicted_peak_sram_bytes` is exactly the build file's
   stack's high-water mark) is within 0.1 % of the prediction for mbv2-w0.35 at 128x128.
 Not counted: the requantisation constants, QAS scales and frozen weights (const, flash), the
 baked samples (flash).
+
+Line buffering (`line_buffer=True` on `int8_memory` and `render_int8`; off by default, and then
+every number above is unchanged -- the TTE strategy's prediction does not stream rows): MCUNetV2's
+row-streamed execution of the frozen prefix. The line-bufferable chain is the longest run of
+convs (standard / depthwise / pointwise, any stride and padding) c0 -> c1 -> .. starting at a
+reader of the graph input, each frozen and off the backward path, each output but the last read
+by exactly one op, the next conv of the run (so no backward reads it). The chain runs as one
+forward step (at its last op's step; Int8Kernel.LINE_BUFFERED): the graph input and the last
+op's output are materialised in full; op j's output (j < last) exists only as a ring of
+R_j = min(K_(j+1), H_(j+1)) rows (row r in slot r mod R_j, Co x Wo bytes; a pointwise reader
+needs one row), the arena buffer `s:c_j`. The last op produces its rows in order; before op j
+computes its row r it makes op j-1 produce its rows up to min(H-1, r*s - p + K - 1), in order,
+which leaves exactly rows [r*s - p, r*s - p + K - 1] (clipped to [0, H)) in the ring (R_j >= K
+and no row is produced twice). Each output element is the same int32 sum over the same
+in-bounds taps as qconv_fwd's (zero-point padding: out-of-bounds taps are skipped, `x - zx` = 0),
+so the results are the unfused program's bit for bit. Batches loop over samples, reusing the
+rings. The chain is walked with an explicit cursor (2 ints per op on the stack, no recursion).
+Which prefix: every length 2 .. the longest chain (and none) is laid out, and the one with the
+smallest arena is kept (the shortest of equal ones: a chain that does not pay is not used);
+`Int8Memory.kernels` says which ops stream. mbv2-w0.35 at 3x128x128, classifier only, batch 1,
+Cortex-M7: the chain is features.0.0 .. features.2.conv.2.0 (6 convs; rings 3x16x64 + 16x64 +
+8x64 + 3x48x64 + 48x32 B), live at its step: input 49,152 + rings 15,360 + output 8x32x32 =
+8,192 = the arena, 72,704 B (the busiest step; a 3-op chain would leave 86,016 B), predicted peak
+86,060 B, measured under QEMU 86,236 B (off: 114,688 / 128,044 / 128,140 B).
 """
 
 from __future__ import annotations
