@@ -21,6 +21,7 @@ from edgetrain.planner import (
     ParamDecision,
     ParamPlan,
     Plan,
+    Precision,
     Prediction,
     StagePlan,
     Strategy,
@@ -78,7 +79,7 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
          allow_paging: bool = True, policy: str | None = None, name: str = "model",
          freeze_batch_norm: bool | None = None, safety_margin: float = SAFETY_MARGIN,
          calibration: "tuple[torch.Tensor, torch.Tensor] | None" = None,
-         executor: str = "pytorch") -> Plan:
+         executor: str | None = None, precision: str | None = None) -> Plan:
     """Plan training of `model` on `device` within `budget_bytes` (default: the device's memory).
 
     NOTE [ Safety margin ]
@@ -98,7 +99,16 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
 
     `executor`: `pytorch` (the `Trainer`; predictions from the lifetime simulation of PyTorch's
     allocator) or `c` (`edgetrain compile`: the prediction is the compiled program's SRAM, see
-    NOTE [ Planning for the C executor ]).
+    NOTE [ Planning for the C executor ]). `precision`: `fp32` or `int8` (the C executor's
+    int8 QAS trainer, NOTE [ Planning int8 for the C executor ]). Left as None, `strategy="auto"`
+    chooses them too (NOTE [ Executors auto tries ]); other strategies plan fp32 on PyTorch.
+
+    NOTE [ Executors auto tries ]
+        In order, the first that fits wins: PyTorch fp32 (recompute, paging, micro-batching,
+        sparse and in-place updates), then the C trainer in fp32 (one static arena, frozen
+        weights in flash), then the C trainer in int8 with line-buffered frozen layers. Each
+        tries its trainable sets from the most faithful; int8 changes the arithmetic, so it
+        comes last. A device on which none fits gets one error listing each executor's reason.
     """
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise InvalidArgumentError(f"batch size must be a positive integer, got {batch_size!r}")
@@ -114,14 +124,26 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
         raise InvalidArgumentError(f"unknown objective {objective!r}; choose time or energy") from None
     opt = Optimizer.parse(optimizer)
     try:
-        execu = Executor(executor)
+        execu = None if executor is None else Executor(executor)
     except ValueError:
         raise InvalidArgumentError(
             f"unknown executor {executor!r}; choose pytorch (Trainer) or c (edgetrain compile)"
         ) from None
+    try:
+        prec = None if precision is None else Precision(precision)
+    except ValueError:
+        raise InvalidArgumentError(f"unknown precision {precision!r}; choose fp32 or int8") from None
     if execu is Executor.C and opt is not Optimizer.SGD:
         raise InvalidArgumentError(
             f"the C executor trains with plain SGD, not {opt.value}; use --optimizer sgd")
+    if prec is Precision.INT8 and execu is Executor.PYTORCH:
+        raise InvalidArgumentError(
+            "int8 training runs on the C executor (edgetrain compile --precision int8); use "
+            "--executor c, or fp32 for the PyTorch Trainer")
+    if prec is Precision.INT8 and opt is not Optimizer.SGD:
+        raise InvalidArgumentError(
+            f"int8 QAS training uses plain SGD, not {opt.value}; use --optimizer sgd")
+    attempts = _executor_attempts(strat, execu, prec, opt)
     dev = load_device(device)
     budget = int(budget_bytes if budget_bytes is not None else dev.ram_bytes)
     if budget <= 0:
@@ -181,9 +203,50 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
         policies = [(policy or "all", policy or "all")]
         if strat is Strategy.AUTO and policy is None:
             policies += [(q, q) for q in _sparse_policies(graph_at(batch_size, False))]
-    if execu is Executor.C:
-        return _plan_for_c(policies, graph_at, dev, budget, batch_size, opt, obj, strat, name,
-                           deadline_s, has_bn, safety_margin)
+    errors: list[tuple[str, PlanInfeasibleError]] = []
+    for ex, pr in attempts:
+        try:
+            if ex is Executor.PYTORCH:
+                return _plan_for_pytorch(
+                    policies, graph_at, dev, budget, batch_size, opt, obj, strat, name,
+                    deadline_s, has_bn, safety_margin, bn_modes, freeze_batch_norm, baseline,
+                    solver, allow_paging)
+            if pr is Precision.INT8:
+                return _plan_for_c_int8(policies, graph_at, model, example_input, dev, budget,
+                                        batch_size, opt, obj, strat, name, deadline_s, has_bn,
+                                        safety_margin)
+            return _plan_for_c(policies, graph_at, dev, budget, batch_size, opt, obj, strat,
+                               name, deadline_s, has_bn, safety_margin)
+        except PlanInfeasibleError as e:
+            errors.append((f"{ex.value} {pr.value}", e))
+    if len(errors) == 1:
+        raise errors[0][1]
+    raise PlanInfeasibleError(
+        f"no executor fits {budget:,} bytes on {dev.name}: "
+        + " | ".join(f"{label}: {e}" for label, e in errors))
+
+
+def _executor_attempts(strat: Strategy, execu: "Executor | None", prec: "Precision | None",
+                       opt: Optimizer) -> list[tuple[Executor, Precision]]:
+    """The (executor, precision) pairs to try, in order (NOTE [ Executors auto tries ])."""
+    auto = strat is Strategy.AUTO
+    every = [(Executor.PYTORCH, Precision.FP32), (Executor.C, Precision.FP32),
+             (Executor.C, Precision.INT8)]
+    if not auto:  # the other strategies plan what they are asked, fp32 on PyTorch by default
+        every = [(execu or (Executor.C if prec is Precision.INT8 else Executor.PYTORCH),
+                  prec or Precision.FP32)]
+    out = [(e, p) for e, p in every if (execu is None or e is execu) and (prec is None or p is prec)]
+    if execu is None and opt is not Optimizer.SGD:  # the C trainer runs plain SGD only
+        out = [(e, p) for e, p in out if e is Executor.PYTORCH] or out
+    return out
+
+
+def _plan_for_pytorch(policies, graph_at, dev, budget: int, batch_size: int, opt: Optimizer,
+                      obj: Objective, strat: Strategy, name: str, deadline_s, has_bn: bool,
+                      safety_margin: float, bn_modes, freeze_batch_norm, baseline: bool, solver,
+                      allow_paging: bool) -> Plan:
+    """The best PyTorch (Trainer) plan: the most faithful trainable set that fits, and for it
+    the BN mode, micro-batch, in-place update and activation decisions of least cost."""
     best: tuple[Evaluation, Problem, str, int, bool, bool] | None = None
     smallest: tuple[int, Problem | None] = (1 << 62, None)
     for pol, chosen in policies:  # the most faithful trainable set that fits wins
@@ -272,6 +335,11 @@ def _plan_for_c(policies, graph_at, dev, budget: int, batch: int, opt: Optimizer
         p = _to_plan(ev, prob, name, dev.name, strat, obj, budget, batch, batch, opt, True,
                      deadline_s, has_bn, label)
         peak = predict_peak_sram_bytes(p, g)
+        flash = sum(q.nbytes for q in g.params)  # every weight's initial value is in flash
+        if flash > dev.flash_bytes:
+            raise PlanInfeasibleError(
+                f"the fp32 C program's weights ({flash:,} bytes) exceed {dev.name}'s flash "
+                f"({dev.flash_bytes:,} bytes); int8 weights take a quarter (precision int8)")
         if peak <= budget * (1 - margin) and (deadline_s is None or ev.latency_s <= deadline_s):
             return dataclasses.replace(
                 p, executor=Executor.C,
@@ -282,6 +350,76 @@ def _plan_for_c(policies, graph_at, dev, budget: int, batch: int, opt: Optimizer
         f"peak is {smallest:,} bytes ({smallest / budget:.2f}x the budget); allow sparse update "
         "(--strategy auto), use a smaller batch size, a larger budget, or the PyTorch executor "
         "(recompute, paging)")
+
+
+def _plan_for_c_int8(policies, graph_at, model: torch.nn.Module, example_input: torch.Tensor,
+                     dev, budget: int, batch: int, opt: Optimizer, obj: Objective,
+                     strat: Strategy, name: str, deadline_s, has_bn: bool, margin: float) -> Plan:
+    """The most faithful trainable set whose int8 C program fits the budget.
+
+    NOTE [ Planning int8 for the C executor ]
+        The int8 QAS trainer (`edgetrain compile --precision int8`) trains whole conv/linear
+        layers of the quantised graph (BN folded into them), so a candidate trains the layers
+        owning a parameter it names (`codegen.int8_trainable_ops`); bias-only candidates are
+        skipped (the int8 trainer has no bias-only mode). Its SRAM is
+        `codegen.int8_memory(..., line_buffer=True)`: the C trainer's own layout, with the
+        frozen layers at the input streamed row by row (MCUNetV2's line buffering) on top of
+        the in-place depthwise / pointwise kernels TTE uses too. Memory depends on shapes only,
+        so the graph is quantised with the example input; `edgetrain compile` re-quantises with
+        real data. Flash must hold the int8 weights, int32 biases and requantisation constants.
+        Latency and energy are the fp32 work at the device's int8 rate.
+    """
+    import dataclasses
+
+    from edgetrain.codegen._compile import int8_trainable_ops
+    from edgetrain.codegen._int8 import int8_memory
+    from edgetrain.codegen._mcu_demo import target_for_device
+    from edgetrain.quant import quantize
+
+    if strat not in (Strategy.AUTO, Strategy.KEEP_ALL):
+        raise InvalidArgumentError(
+            f"int8 training changes the arithmetic; strategy {strat.value} does not allow it: "
+            "use auto (or keep-all for a fixed trainable set)")
+    was = model.training
+    model.eval()
+    try:
+        qg = quantize(model, example_input, name=name)
+    finally:
+        model.train(was)
+    flash = sum(op.weight.numel() + 12 * op.bias.numel() for op in qg.weighted_ops)
+    if flash > dev.flash_bytes:
+        raise PlanInfeasibleError(
+            f"the int8 program's weights ({flash:,} bytes) exceed {dev.name}'s flash "
+            f"({dev.flash_bytes:,} bytes); use a smaller model")
+    target = target_for_device(dev.name) or "host"
+    rate = dev.compute.fp32_flops_per_s / dev.compute.int8_ops_per_s
+    g = graph_at(batch, True)
+    smallest = None
+    for label, chosen in policies:
+        if label == "bias-only":
+            continue
+        trainable = chosen if isinstance(chosen, frozenset) else trainable_policy(g, chosen)
+        prob = Problem(g, dev, 1 << 62, optimizer=opt, objective=obj, allow_paging=False,
+                       trainable=trainable, in_place_update=True,
+                       kernels=host_kernels(g, g.requires_grad_for(trainable)))
+        ev = SOLVERS["keep-all"](prob)
+        p = _to_plan(ev, prob, name, dev.name, strat, obj, budget, batch, batch, opt, True,
+                     deadline_s, has_bn, label)
+        ops = int8_trainable_ops(p, qg)
+        if not ops:
+            continue
+        peak = int8_memory(qg, ops, batch_size=batch, target=target,
+                           line_buffer=True).predicted_peak_sram_bytes
+        latency = ev.latency_s * rate
+        if peak <= budget * (1 - margin) and (deadline_s is None or latency <= deadline_s):
+            return dataclasses.replace(
+                p, executor=Executor.C, precision=Precision.INT8,
+                predicted=Prediction(peak, 0, latency, latency * dev.compute.active_power_w),
+                notes=(*p.notes, f"int8 layers: {', '.join(ops)}"))
+        smallest = peak if smallest is None else min(smallest, peak)
+    raise PlanInfeasibleError(
+        f"no int8 plan fits {budget:,} bytes on {dev.name}: the smallest int8 program needs "
+        f"{smallest or 0:,} bytes of SRAM; use a smaller batch size or a larger budget")
 
 
 def _lowest_peak(p: Problem) -> int:

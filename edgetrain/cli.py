@@ -174,7 +174,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                  optimizer=args.optimizer, deadline_s=args.deadline_s, policy=args.policy,
                  allow_paging=not args.no_paging, name=args.model, calibration=calibration,
                  freeze_batch_norm=True if args.freeze_batch_norm else None,
-                 executor=args.executor)
+                 executor=args.executor, precision=args.precision)
         peak = p.predicted_peak_bytes
     if args.output:
         write_text_atomic(p.to_json(), args.output)
@@ -193,6 +193,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                   f"objective {p.objective.value}")
     console.print(f"  budget {_kib(p.budget_bytes)}  predicted peak {_kib(peak)}"
                   f"  storage written/step {_kib(p.predicted.storage_bytes_written)}")
+    console.print(f"  executor {p.executor.value}, precision {p.precision.value}"
+                  + ("  (run it: edgetrain compile --plan PLAN.json)"
+                     if p.executor.value == "c" else ""))
     console.print(f"  batch {p.batch_size} = {p.accumulation_steps} x {p.micro_batch_size}, "
                   f"optimizer {p.optimizer}, in-place update {p.in_place_update}")
     n_train = sum(1 for q in p.params if q.decision.value != "frozen")
@@ -309,9 +312,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     pl.add_argument("--calibration-samples", type=positive_int, default=16)
     pl.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd")
     pl.add_argument("--no-paging", action="store_true", help="never page to storage")
-    pl.add_argument("--executor", choices=["pytorch", "c"], default="pytorch",
+    pl.add_argument("--executor", choices=["pytorch", "c"], default=None,
                     help="what runs the plan: pytorch (edgetrain train) or c (edgetrain compile); "
-                         "the predicted peak is that executor's memory")
+                         "the predicted peak is that executor's memory (default: pytorch; "
+                         "strategy auto falls back to c when pytorch does not fit)")
+    pl.add_argument("--precision", choices=["fp32", "int8"], default=None,
+                    help="arithmetic of the step; int8 runs on the C executor (default: fp32; "
+                         "strategy auto falls back to int8 when fp32 does not fit)")
     pl.add_argument("--freeze-batch-norm", action="store_true",
                     help="batch norm uses its running statistics (needed by edgetrain compile)")
     pl.add_argument("-o", "--output", help="write the plan as JSON to this file")

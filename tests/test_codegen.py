@@ -374,4 +374,5 @@ def test_c_executor_plans_refuse_what_the_c_trainer_cannot_run():
     with pytest.raises(edgetrain.errors.InvalidArgumentError, match="no recompute or paging"):
         edgetrain.plan(m, x, device="nrf52840", executor="c", strategy="sqrt")
     with pytest.raises(edgetrain.PlanInfeasibleError, match="C executor"):
-        edgetrain.plan(m, x, device="nrf52840", executor="c", budget_bytes=4096)
+        edgetrain.plan(m, x, device="nrf52840", executor="c", precision="fp32",
+                       budget_bytes=4096)

@@ -41,7 +41,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     exact = shape[1:] == tuple(tr.x.shape[1:])
     train = samples_of(resize_for(tr.x, shape), tr.y, name, exact=exact)
     test = samples_of(resize_for(te.x, shape), te.y, name, exact=exact)
-    if args.precision == "int8":
+    precision = args.precision or plan.precision.value
+    if precision == "int8":
         from edgetrain.codegen._compile import compile_int8_project
         out, _, _ = compile_int8_project(plan, model, train, test, args.target, args.output,
                                          steps=args.steps, lr=args.lr, device=args.device,
@@ -96,9 +97,10 @@ def register(subparsers) -> None:
     c.add_argument("--target", choices=["host", "cortex-m4", "cortex-m7"], default="host")
     c.add_argument("-o", "--output", required=True, help="folder for the C project")
     c.add_argument("--weights", help="start from these weights (.safetensors)")
-    c.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+    c.add_argument("--precision", choices=["fp32", "int8"], default=None,
                    help="fp32, or int8 with QAS (edgetrain.quant; calibrated on the training "
-                        "samples; the ops whose parameters the plan trains are updated)")
+                        "samples; the ops whose parameters the plan trains are updated); "
+                        "default: the plan's precision")
     c.add_argument("--device", default=None,
                    help="device whose SRAM/flash bound the linker script (default: the plan's)")
     c.add_argument("--data", default="fashion-mnist:5-9")

@@ -8,6 +8,7 @@ from edgetrain.planner._plan import (
     ParamDecision,
     ParamPlan,
     Plan,
+    Precision,
     Prediction,
     StagePlan,
     Strategy,
@@ -15,4 +16,4 @@ from edgetrain.planner._plan import (
 )
 
 __all__ = ["PLAN_SCHEMA_VERSION", "ActivationDecision", "Executor", "Objective", "ParamDecision", "ParamPlan",
-           "Plan", "Prediction", "StagePlan", "Strategy", "TimelineSample"]
+           "Plan", "Precision", "Prediction", "StagePlan", "Strategy", "TimelineSample"]

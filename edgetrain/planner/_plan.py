@@ -53,6 +53,13 @@ class Executor(enum.Enum):
     C = "c"  # edgetrain compile: static arena, frozen weights in flash, BN folded, in-place SGD
 
 
+class Precision(enum.Enum):
+    """The arithmetic of the training step."""
+
+    FP32 = "fp32"  # float32 throughout
+    INT8 = "int8"  # edgetrain.quant's integer graph with QAS (C executor: `compile --precision int8`)
+
+
 @dataclass(frozen=True, slots=True)
 class ParamPlan:
     name: str
@@ -101,6 +108,7 @@ class Plan:
     deadline_s: float | None = None
     freeze_batch_norm: bool = False
     executor: Executor = Executor.PYTORCH
+    precision: Precision = Precision.FP32
     schema_version: int = PLAN_SCHEMA_VERSION
     notes: tuple[str, ...] = field(default=())
 
@@ -113,6 +121,10 @@ class Plan:
             raise InvalidArgumentError(
                 f"micro-batch size {self.micro_batch_size} must divide the batch size "
                 f"{self.batch_size}; pick a divisor")
+        if self.precision is Precision.INT8 and self.executor is not Executor.C:
+            raise InvalidArgumentError(
+                "an int8 plan runs on the C executor (edgetrain compile --precision int8), not "
+                f"{self.executor.value}; plan with executor c")
 
     @property
     def accumulation_steps(self) -> int:
@@ -152,6 +164,7 @@ class Plan:
                                  tuple(TimelineSample(**t) for t in pred["timeline"])),
             deadline_s=d.get("deadline_s"), freeze_batch_norm=d.get("freeze_batch_norm", False),
             executor=Executor(d.get("executor", Executor.PYTORCH.value)),
+            precision=Precision(d.get("precision", Precision.FP32.value)),
             notes=tuple(d.get("notes", ())))
 
     @classmethod
