@@ -70,3 +70,31 @@ def test_a_plan_cannot_claim_int8_on_pytorch():
     d["precision"] = "int8"
     with pytest.raises(InvalidArgumentError, match="C executor"):
         Plan.from_dict(d)
+
+
+@pytest.mark.skipif(not __import__("edgetrain.codegen._mcu_demo", fromlist=["x"])
+                    .toolchain_present("cortex-m7"),
+                    reason="Arm toolchain/QEMU absent: apt-get install -y gcc-arm-none-eabi "
+                    "libnewlib-arm-none-eabi qemu-system-arm (scripts/setup.sh does it)")
+def test_auto_int8_plan_compiles_to_the_predicted_sram_on_cortex_m7(tmp_path):
+    # Prepare: auto's plan for mbv2-w0.35 on the STM32F746, and a few real samples
+    from edgetrain.codegen import mcu_run
+    from edgetrain.codegen._compile import compile_int8_project, samples_of
+    from edgetrain.data import load_dataset, resize_for
+
+    model, x = _mbv2()
+    p = edgetrain.plan(model, x, device="stm32f746", batch_size=1, name="mbv2-w0.35")
+    tr = load_dataset("fashion-mnist:5-9", split="train", limit=3)
+    te = load_dataset("fashion-mnist:5-9", split="test", limit=2)
+    shape = tuple(x.shape)
+    train = samples_of(resize_for(tr.x, shape), tr.y, "fashion-mnist", exact=False)
+    test = samples_of(resize_for(te.x, shape), te.y, "fashion-mnist", exact=False)
+    # Execute: compile as `edgetrain compile` does, run under QEMU (Cortex-M7, mps2-an500)
+    out, _, layers = compile_int8_project(p, model, train, test, "cortex-m7", tmp_path / "c",
+                                          steps=2, lr=0.05)
+    res = mcu_run(out)
+    # Assert: the program trains the plan's layer, and the allocator-free program's measured
+    # peak (static SRAM + painted stack high-water mark) is the planner's prediction plus stack
+    assert layers == ("classifier",)
+    assert res.peak_sram_bytes <= 100_000
+    assert p.predicted_peak_bytes <= res.peak_sram_bytes <= 1.01 * p.predicted_peak_bytes

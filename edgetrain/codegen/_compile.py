@@ -7,6 +7,7 @@ the project atomically.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from edgetrain.codegen._errors import UnsupportedKernelError, UnsupportedPlanErr
 from edgetrain.codegen._render import SampleSet, TrainingSpec, render
 from edgetrain.codegen._targets import TargetKind, get_target
 from edgetrain.ir import OpKind
-from edgetrain.planner import Plan
+from edgetrain.planner import Plan, Precision
 
 
 def weights_of(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -122,8 +123,14 @@ def compile_int8_project(plan: Plan, model: torch.nn.Module, train: SampleSet, t
     if tgt.kind is TargetKind.CORTEX_M:
         dev = load_device(device or plan.device)
         sram, flash = dev.ram_bytes, dev.flash_bytes
-    files = render_int8(qg, trainable, tgt, spec, device_sram_bytes=sram,
+    # Always line-buffered: never more SRAM than without (int8_memory picks the best chain,
+    # none included), and bit-identical results (tests/test_codegen_int8_memory.py).
+    files = render_int8(qg, trainable, tgt, spec, device_sram_bytes=sram, line_buffer=True,
                         device_flash_bytes=flash, device_name=device or plan.device)
+    if plan.precision is Precision.INT8:  # the planner predicted this program's SRAM
+        meta = json.loads(files["edgetrain_build.json"])
+        meta["planner_predicted_peak_bytes"] = plan.predicted_peak_bytes
+        files["edgetrain_build.json"] = json.dumps(meta, indent=1)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
