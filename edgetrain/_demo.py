@@ -123,7 +123,7 @@ def run_demo(out_dir: "str | Path" = "results/demo", device: str = "nrf52840",
     plot = plot_profile(p, out / "profile.png")
 
     # Training stage: plan within the device's memory, then learn the new classes on-device.
-    from edgetrain._planning import plan as make_plan
+    from edgetrain._planning import trainer_plan as make_plan
     from edgetrain.runtime._loop import train_loop
 
     batch, steps, lr = 2, (300 if quick else 1000), 0.05

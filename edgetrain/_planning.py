@@ -12,7 +12,7 @@ import torch
 from edgetrain._profile import host_kernels
 from edgetrain.capture import capture
 from edgetrain.cost import Optimizer, load_device, simulate_step
-from edgetrain.errors import InvalidArgumentError
+from edgetrain.errors import EdgetrainError, InvalidArgumentError
 from edgetrain.ir import Graph
 from edgetrain.planner import (
     ActivationDecision,
@@ -219,11 +219,22 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
                                name, deadline_s, has_bn, safety_margin)
         except PlanInfeasibleError as e:
             errors.append((f"{ex.value} {pr.value}", e))
+        except EdgetrainError as e:  # e.g. an operator the C trainer has no kernel for
+            if execu is not None:
+                raise  # the caller asked for this executor: its refusal is the answer
+            errors.append((f"{ex.value} {pr.value}", PlanInfeasibleError(f"cannot run: {e}")))
     if len(errors) == 1:
         raise errors[0][1]
     raise PlanInfeasibleError(
         f"no executor fits {budget:,} bytes on {dev.name}: "
         + " | ".join(f"{label}: {e}" for label, e in errors))
+
+
+def trainer_plan(model: torch.nn.Module, example_input: torch.Tensor, **kwargs) -> Plan:
+    """`plan(...)` pinned to the PyTorch executor in fp32: a plan `edgetrain.Trainer` runs.
+    For callers that train in PyTorch (the strategies, the federated clients), where auto's
+    fallback to the C trainer would hand them a plan they cannot execute."""
+    return plan(model, example_input, executor="pytorch", precision="fp32", **kwargs)
 
 
 def _executor_attempts(strat: Strategy, execu: "Executor | None", prec: "Precision | None",

@@ -98,3 +98,18 @@ def test_auto_int8_plan_compiles_to_the_predicted_sram_on_cortex_m7(tmp_path):
     assert layers == ("classifier",)
     assert res.peak_sram_bytes <= 100_000
     assert p.predicted_peak_bytes <= res.peak_sram_bytes <= 1.01 * p.predicted_peak_bytes
+
+
+def test_the_pytorch_trainer_refuses_an_int8_plan():
+    model, x = build_model("mcu-cnn", pretrained=False)
+    p = edgetrain.plan(model, x, device="nrf52840", precision="int8")
+    with pytest.raises(InvalidArgumentError, match="edgetrain compile"):
+        edgetrain.Trainer(model, p, lr=0.01)
+
+
+def test_auto_skips_an_executor_that_cannot_run_the_model():
+    # Prepare: transformer-tiny has an embedding, which the C trainer has no kernel for
+    model, x = build_model("transformer-tiny", pretrained=False)
+    # Execute / Assert: one typed error naming each executor's reason
+    with pytest.raises(edgetrain.PlanInfeasibleError, match="pytorch fp32: .*c fp32: cannot run"):
+        edgetrain.plan(model, x, device="samd21", budget_bytes=8000)

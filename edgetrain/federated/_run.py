@@ -56,7 +56,7 @@ def prepare_plans(model_spec: str, config: FederationConfig) -> dict[str, str]:
     """The preparation stage, once per (kind, batch size), off the device: `edgetrain.plan`
     with strategy auto and batch norm live (every client's batch statistics stay comparable, so
     a small device trains a sparse subset rather than micro-batching with frozen BN)."""
-    from edgetrain import plan
+    from edgetrain._planning import trainer_plan as plan
     from edgetrain.models import build_model
     from edgetrain.planner._solvers import PlanInfeasibleError
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from edgetrain.errors import EdgetrainError, InvalidArgumentError
-from edgetrain.planner import ActivationDecision, ParamDecision, Plan
+from edgetrain.planner import ActivationDecision, ParamDecision, Plan, Precision
 from edgetrain.runtime._paging import PagingStore
 
 
@@ -41,6 +41,12 @@ class Trainer:
                  paging_dir: str | None = None) -> None:
         if lr <= 0 or not math.isfinite(lr):
             raise InvalidArgumentError(f"learning rate must be a positive number, got {lr}")
+        if plan.precision is Precision.INT8:
+            raise InvalidArgumentError(
+                f"this plan trains {plan.model} in int8 on the C trainer (precision int8, "
+                f"{plan.predicted_peak_bytes:,} B predicted); the PyTorch Trainer runs fp32. "
+                "Run it with `edgetrain compile --plan PLAN.json --target ...`, or plan for "
+                "PyTorch with --executor pytorch --precision fp32")
         self.model, self.plan, self.lr, self.loss_fn = model, plan, lr, loss_fn
         self.max_nonfinite = max_nonfinite
         self.nonfinite_in_a_row = 0

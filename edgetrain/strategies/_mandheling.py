@@ -36,7 +36,8 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from edgetrain._planning import SAFETY_MARGIN, plan
+from edgetrain._planning import SAFETY_MARGIN
+from edgetrain._planning import trainer_plan as plan
 from edgetrain.capture import capture
 from edgetrain.cost import load_device
 from edgetrain.errors import InvalidArgumentError

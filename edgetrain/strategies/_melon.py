@@ -25,7 +25,7 @@ from dataclasses import replace
 
 import torch
 
-from edgetrain._planning import plan
+from edgetrain._planning import trainer_plan as plan
 from edgetrain.cost import load_device
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.planner._solvers import PlanInfeasibleError

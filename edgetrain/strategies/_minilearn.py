@@ -59,7 +59,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from edgetrain._planning import plan
+from edgetrain._planning import trainer_plan as plan
 from edgetrain.cost import load_device
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.planner._solvers import PlanInfeasibleError

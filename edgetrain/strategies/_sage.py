@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from edgetrain._planning import plan
+from edgetrain._planning import trainer_plan as plan
 from edgetrain.cost import load_device
 from edgetrain.measure import MemoryMeter
 from edgetrain.runtime import Trainer

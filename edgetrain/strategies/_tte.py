@@ -51,7 +51,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from edgetrain._planning import SAFETY_MARGIN, plan
+from edgetrain._planning import SAFETY_MARGIN
+from edgetrain._planning import trainer_plan as plan
 from edgetrain.cost import load_device
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.measure import MemoryMeter
