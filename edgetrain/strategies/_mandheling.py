@@ -14,11 +14,13 @@ Reproduced:
     backward products) run on the device's accelerator at its int8 rate and power, element-wise
     work (requantisation, pooling, adds, the loss) on the CPU at its int8 rate; the plan's notes
     and `placement(prepared)` say which op goes where. Step time = DSP time + CPU time (no
-    overlap), energy = each unit's time x its active power. On a device without an int8
-    accelerator everything runs on the CPU.
+    overlap), each with the device's per-operator dispatch overhead (`op_overhead_s`) for
+    every forward and backward op run per micro-batch; energy = each unit's time x its active
+    power. On a device without an int8 accelerator everything runs on the CPU.
 
 NOTE [ What the mandheling prediction counts ]
-    As TTE's (NOTE [ What the tte prediction counts ], `_tte.int8_step_bytes`) with every layer
+    TinyEngine-style analytic count (`_tte.int8_step_bytes`: every frozen layer's input +
+    output, no in-place kernels -- Mandheling runs on a phone's MNN, not the C trainer) with every layer
     trained at the micro-batch size, plus, since updates wait for the last micro-batch, every
     layer's fp32 gradient instead of the largest one, plus the int8 input batch.
 
@@ -119,8 +121,16 @@ def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="snap
         else:
             cpu += work
             placement.append((n.name, "cpu"))
-    acc_s = on_acc / acc.int8_ops_per_s if acc is not None else 0.0
-    cpu_s = cpu / dev.compute.int8_ops_per_s
+    # Operator runs per step (forward + backward of each op, per micro-batch) each pay the
+    # device's dispatch overhead, on whichever unit runs them: without it a step of a small
+    # model on a multi-TOPS DSP would be modelled at a few microseconds. An op split across
+    # units (MACs on the DSP, its element-wise part on the CPU) is dispatched on both.
+    k = batch_size // mb
+    n_acc = sum(1 for _, where in placement if where == "accelerator")
+    n_cpu = len(placement)
+    overhead_s = 2 * k * dev.compute.op_overhead_s
+    acc_s = (on_acc / acc.int8_ops_per_s + n_acc * overhead_s) if acc is not None else 0.0
+    cpu_s = cpu / dev.compute.int8_ops_per_s + n_cpu * overhead_s
     energy = acc_s * (acc.active_power_w if acc is not None else 0.0) \
         + cpu_s * dev.compute.active_power_w
     fp = plan(model, example_input, device=dev, budget_bytes=1 << 40, batch_size=batch_size,
