@@ -460,3 +460,41 @@ def test_public_api_plan_then_train_within_budget():
     assert _measure_plan(model, p, xs, ys) <= p.budget_bytes
     with pytest.raises(edgetrain.PlanInfeasibleError, match="smallest achievable peak"):
         edgetrain.plan(model, x, device="nrf52840", budget_bytes=4096, batch_size=4)
+
+
+def test_planner_searches_the_stage_cut_and_keeps_the_cheapest():
+    # Prepare: mbv2-w0.35 at half its keep-all peak on rpi4 (NOTE [ Stage granularity ])
+    from edgetrain.planner._solvers import SOLVERS
+    from edgetrain.planner._stages import valid_depths
+
+    torch.manual_seed(0)
+    model, x = build_model("mbv2-w0.35", pretrained=False)
+    dev = load_device("rpi4")
+    keep = plan(model, x, device=dev, batch_size=2, strategy="exact", budget_bytes=1 << 40)
+    budget = keep.predicted_peak_bytes // 2
+    # Execute
+    p = plan(model, x, device=dev, batch_size=2, strategy="exact", budget_bytes=budget)
+    # Assert: the oracle is the DP run at every valid cut for the plan's own micro-batch, BN
+    # mode and in-place choice; the plan is the cheapest of them, and the cut matters
+    was = [(m, m.training) for m in model.modules()]
+    if p.freeze_batch_norm:
+        for m in model.modules():
+            if isinstance(m, BN):
+                m.eval()
+    g = capture(model, x, batch_size=p.micro_batch_size, name="mbv2-w0.35")
+    for m, t in was:
+        m.train(t)
+    everything = frozenset(q.name for q in g.params)
+    latency = {}
+    for depth in valid_depths(g):
+        prob = Problem(g, dev, int(budget * (1 - SAFETY_MARGIN)),
+                       accumulation_steps=p.accumulation_steps, in_place_update=p.in_place_update,
+                       trainable=everything, stage_depth=depth,
+                       kernels=host_kernels(g, g.requires_grad_for(everything)))
+        try:
+            latency[depth] = SOLVERS["dp"](prob).latency_s
+        except PlanInfeasibleError:
+            continue
+    assert len(latency) >= 2
+    assert p.predicted.latency_s == pytest.approx(min(latency.values()), rel=1e-9)
+    assert max(latency.values()) > 2 * min(latency.values())

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from edgetrain.cost import KernelLibrary, Optimizer, Schedule, schedule_traffic, simulate_step
+from edgetrain.errors import InvalidArgumentError
 from edgetrain.ir import Graph
 from edgetrain.planner._plan import ActivationDecision, Objective
-from edgetrain.planner._stages import Stage, chain_stages
+from edgetrain.planner._stages import Stage, chain_stages, stages_at, valid_depths
 
 KEEP, RECOMPUTE, PAGE = ActivationDecision.KEEP, ActivationDecision.RECOMPUTE, ActivationDecision.PAGE
 
@@ -60,11 +61,19 @@ class Problem:
     in_place_update: bool = False
     accumulation_steps: int = 1
     kernels: KernelLibrary = KernelLibrary()
+    stage_depth: int | None = None  # None: `chain_stages`' own choice of module depth
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
     def stages(self) -> tuple[Stage, ...]:
-        return chain_stages(self.graph)
+        if self.stage_depth is None:
+            return chain_stages(self.graph)
+        st = stages_at(self.graph, self.stage_depth)
+        if st is None:
+            raise InvalidArgumentError(
+                f"the graph does not cut into a chain at module depth {self.stage_depth}; "
+                f"valid depths: {valid_depths(self.graph)}")
+        return st
 
     @property
     def choices(self) -> tuple[tuple[ActivationDecision, ...], ...]:

@@ -46,6 +46,33 @@ def _group(graph: Graph, depth: int) -> list[Stage] | None:
             for s in stages]
 
 
+STAGE_DEPTHS = (1, 2, 3)
+
+
+def stages_at(graph: Graph, depth: int, max_stages: int = 64) -> tuple[Stage, ...] | None:
+    """The graph cut at module depth `depth`, or None where that cut is not a valid chain
+    (a module whose nodes are not contiguous, or more than `max_stages` wrappable stages)."""
+    st = _group(graph, depth)
+    if st is None or sum(s.wrappable for s in st) > max_stages:
+        return None
+    return tuple(st)
+
+
+def valid_depths(graph: Graph, max_stages: int = 64) -> tuple[int, ...]:
+    """Module depths at which the graph cuts into a valid chain with at least one wrappable
+    stage, distinct cuts only (a shallow model may cut the same way at depths 2 and 3)."""
+    out, seen = [], set()
+    for d in STAGE_DEPTHS:
+        st = stages_at(graph, d, max_stages)
+        if st is None or not any(s.wrappable for s in st):
+            continue
+        key = tuple((s.start, s.stop, s.wrappable) for s in st)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return tuple(out)
+
+
 def chain_stages(graph: Graph, max_stages: int = 64) -> tuple[Stage, ...]:
     """Cut the graph at the module depth (1 to 3) where recomputation can drop the most.
 
@@ -57,9 +84,9 @@ def chain_stages(graph: Graph, max_stages: int = 64) -> tuple[Stage, ...]:
     rg = graph.requires_grad
     best: list[Stage] = [Stage("", 0, len(graph.nodes), False)]
     best_key = (-1, 0)
-    for depth in (1, 2, 3):
-        st = _group(graph, depth)
-        if st is None or sum(s.wrappable for s in st) > max_stages:
+    for depth in STAGE_DEPTHS:
+        st = stages_at(graph, depth, max_stages)
+        if st is None:
             continue
         droppable = sum(stage_saved_bytes(graph, s, rg) for s in st if s.wrappable)
         key = (droppable, sum(s.wrappable for s in st))
