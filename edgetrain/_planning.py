@@ -263,14 +263,14 @@ def _plan_for_pytorch(policies, graph_at, dev, budget: int, batch_size: int, opt
     smallest: tuple[int, Problem | None] = (1 << 62, None)
     for pol, chosen in policies:  # the most faithful trainable set that fits wins
         # NOTE [ Batch norm under a sparse update ]
-        #     With a frozen backbone, batch norm in training mode still normalises by the
-        #     batch's statistics and overwrites the pretrained running statistics, so the
-        #     frozen layers drift away from what the head was trained on. TinyTL and TTE keep
-        #     BN statistics frozen when they update a subset; so do we for every sparse
-        #     candidate (BN live is still tried when frozen does not fit). Measured on the
-        #     quick bench's task (mcu-cnn pretrained on classes 0-4, 800 samples of 5-9, lr 0.05,
-        #     nRF52840), policy last:1: 41.4 -> 45.1 % at batch 8 and 8.4 -> 48.6 % at batch 1,
-        #     where BN statistics of a single sample are meaningless
+        #     With most of the network frozen, batch norm in training mode still normalises by
+        #     each batch's statistics and overwrites the pretrained running statistics, so the
+        #     frozen layers' features drift under what trains. TinyTL and TTE keep BN
+        #     statistics frozen when they update a subset; so do we for every sparse candidate
+        #     (BN live is still tried when frozen does not fit). Measured with the bench's
+        #     data and seeds: mcu-cnn (pretrained on classes 0-4, 800 samples of 5-9, lr 0.05,
+        #     nRF52840) `last:1` 41.4 -> 45.1 % at batch 8 and 8.4 -> 48.6 % at batch 1;
+        #     TinyTL's biases + lite residuals on mbv2-w0.35 (rpi4, 400 samples) 25.2 -> 27.2 %
         #     (tests/test_runtime.py::test_sparse_plans_freeze_batch_norm_statistics).
         sparse = pol not in ("all", "full")
         modes = (sorted(bn_modes, reverse=True) if sparse and freeze_batch_norm is None

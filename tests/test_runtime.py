@@ -428,7 +428,8 @@ def test_resume_from_a_foreign_file_is_a_typed_error(tmp_path):
                          steps=1, checkpoint_dir=tmp_path / "b", show_progress=False)
 
 
-@pytest.mark.parametrize("policy,frozen_stats", [("last:1", True), (None, False)])
+@pytest.mark.parametrize("policy,frozen_stats", [("last:1", True), ("bias-only", True),
+                                                 (None, False)])
 def test_sparse_plans_freeze_batch_norm_statistics(policy, frozen_stats):
     # Prepare: mcu-cnn (batch norm throughout), a roomy budget so both BN modes fit
     torch.manual_seed(0)

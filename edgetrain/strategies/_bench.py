@@ -168,6 +168,9 @@ def _plan_key(prepared) -> str:
 def _run_one(system: SystemName, task: ModelTask, device: str, base: torch.nn.Module,
              example: torch.Tensor, data, cfg: BenchConfig, cache: dict) -> BenchRow:
     sysm = get_system(system)
+    # Every run starts from the same global RNG state, so a strategy's random initialisation
+    # (TinyTL's lite residuals) does not depend on which strategies ran before it.
+    torch.manual_seed(cfg.seed)
     model = copy.deepcopy(base)
     x, y, tx, ty, calib = data
     kwargs = {"known_classes": OLD_CLASSES} if system is SystemName.TINYOL else {}
