@@ -353,13 +353,8 @@ def _plan_for_c(policies, graph_at, dev, budget: int, batch: int, opt: Optimizer
     g = graph_at(batch, True)
     smallest = None
     for label, chosen in policies:
-        trainable = chosen if isinstance(chosen, frozenset) else trainable_policy(g, chosen)
-        prob = Problem(g, dev, 1 << 62, optimizer=opt, objective=obj, allow_paging=False,
-                       trainable=trainable, in_place_update=True,
-                       kernels=host_kernels(g, g.requires_grad_for(trainable)))
-        ev = SOLVERS["keep-all"](prob)
-        p = _to_plan(ev, prob, name, dev.name, strat, obj, budget, batch, batch, opt, True,
-                     deadline_s, has_bn, label)
+        ev, p = _c_candidate(g, chosen, label, dev, opt, obj, strat, name, budget, batch,
+                             deadline_s, has_bn)
         peak = predict_peak_sram_bytes(p, g)
         flash = sum(q.nbytes for q in g.params)  # every weight's initial value is in flash
         if flash > dev.flash_bytes:
@@ -376,6 +371,21 @@ def _plan_for_c(policies, graph_at, dev, budget: int, batch: int, opt: Optimizer
         f"peak is {smallest:,} bytes ({smallest / budget:.2f}x the budget); allow sparse update "
         "(--strategy auto), use a smaller batch size, a larger budget, or the PyTorch executor "
         "(recompute, paging)")
+
+
+def _c_candidate(g: Graph, chosen, label: str, dev, opt: Optimizer, obj: Objective,
+                 strat: Strategy, name: str, budget: int, batch: int, deadline_s, has_bn: bool
+                 ) -> tuple[Evaluation, Plan]:
+    """One trainable set as the C trainer runs it (keep every activation, update in place):
+    its work-based evaluation and the plan; the caller replaces the peak with the C
+    program's own."""
+    trainable = chosen if isinstance(chosen, frozenset) else trainable_policy(g, chosen)
+    prob = Problem(g, dev, 1 << 62, optimizer=opt, objective=obj, allow_paging=False,
+                   trainable=trainable, in_place_update=True,
+                   kernels=host_kernels(g, g.requires_grad_for(trainable)))
+    ev = SOLVERS["keep-all"](prob)
+    return ev, _to_plan(ev, prob, name, dev.name, strat, obj, budget, batch, batch, opt, True,
+                        deadline_s, has_bn, label)
 
 
 def _plan_for_c_int8(policies, graph_at, model: torch.nn.Module, example_input: torch.Tensor,
@@ -424,13 +434,8 @@ def _plan_for_c_int8(policies, graph_at, model: torch.nn.Module, example_input: 
     for label, chosen in policies:
         if label == "bias-only":
             continue
-        trainable = chosen if isinstance(chosen, frozenset) else trainable_policy(g, chosen)
-        prob = Problem(g, dev, 1 << 62, optimizer=opt, objective=obj, allow_paging=False,
-                       trainable=trainable, in_place_update=True,
-                       kernels=host_kernels(g, g.requires_grad_for(trainable)))
-        ev = SOLVERS["keep-all"](prob)
-        p = _to_plan(ev, prob, name, dev.name, strat, obj, budget, batch, batch, opt, True,
-                     deadline_s, has_bn, label)
+        ev, p = _c_candidate(g, chosen, label, dev, opt, obj, strat, name, budget, batch,
+                             deadline_s, has_bn)
         ops = int8_trainable_ops(p, qg)
         if not ops:
             continue

@@ -61,6 +61,29 @@ def _write(files: dict[str, str], out):
     return out
 
 
+def _assert_trained_like_the_simulation(res, qm, qg, trained, trainable, losses, xs, ys) -> int:
+    """Every trained int8 weight and int32 bias of the C run equals the PyTorch int8
+    simulation's (and some changed), the losses match, and the test accuracy before and after
+    is the integer reference's; returns the number of test samples."""
+    want = qm.integer_weights()
+    init = {op.name: op for op in qg.weighted_ops}
+    assert set(res.params) == set(trainable)
+    changed = 0
+    for name, (w, b) in res.params.items():
+        assert torch.equal(torch.tensor(w, dtype=torch.int8), want[name][0].reshape(-1)), name
+        assert torch.equal(torch.tensor(b, dtype=torch.int32), want[name][1].reshape(-1)), name
+        changed += int((want[name][0] != init[name].weight).sum())
+        changed += int((want[name][1] != init[name].bias).sum())
+    assert changed > 0
+    np.testing.assert_allclose(res.losses, losses, rtol=1e-6)
+    n = res.test_samples
+    assert round(res.accuracy_before * n) == (
+        (run_int8(qg, qg.quantize_input(xs[:n])).argmax(1) == ys[:n]).sum().item())
+    assert round(res.accuracy_after * n) == (
+        (run_int8(trained, trained.quantize_input(xs[:n])).argmax(1) == ys[:n]).sum().item())
+    return n
+
+
 def _packing_is_valid(bufs) -> None:
     for i, a in enumerate(bufs):
         assert a.offset % 8 == 0
@@ -108,23 +131,8 @@ def test_in_place_kernels_train_bit_exactly_like_the_pytorch_int8_simulation(tmp
     trained = qm.to_graph()
     # Assert: every trained int8 weight and int32 bias equals the simulation's (and some
     # changed), the logits give the same losses and the same test accuracy before and after
-    want = qm.integer_weights()
-    init = {op.name: op for op in qg.weighted_ops}
-    assert set(res.params) == set(trainable)
-    changed = 0
-    for name, (w, b) in res.params.items():
-        assert torch.equal(torch.tensor(w, dtype=torch.int8), want[name][0].reshape(-1)), name
-        assert torch.equal(torch.tensor(b, dtype=torch.int32), want[name][1].reshape(-1)), name
-        changed += int((want[name][0] != init[name].weight).sum())
-        changed += int((want[name][1] != init[name].bias).sum())
-    assert changed > 0
-    np.testing.assert_allclose(res.losses, losses, rtol=1e-6)
-    n = res.test_samples
+    n = _assert_trained_like_the_simulation(res, qm, qg, trained, trainable, losses, xs, ys)
     assert n == 6 // batch * batch
-    assert round(res.accuracy_before * n) == (
-        (run_int8(qg, qg.quantize_input(xs[:n])).argmax(1) == ys[:n]).sum().item())
-    assert round(res.accuracy_after * n) == (
-        (run_int8(trained, trained.quantize_input(xs[:n])).argmax(1) == ys[:n]).sum().item())
 
 
 @pytest.mark.parametrize("last", [1, 2, 4, 9])
@@ -307,22 +315,7 @@ def test_line_buffered_prefix_trains_bit_exactly_like_the_pytorch_int8_simulatio
     # losses and the test accuracy before and after match
     np.testing.assert_array_equal(logits_on, ref)
     np.testing.assert_array_equal(logits_on, logits_off)
-    want = qm.integer_weights()
-    init = {op.name: op for op in qg.weighted_ops}
-    assert set(res.params) == set(trainable)
-    changed = 0
-    for name, (w, b) in res.params.items():
-        assert torch.equal(torch.tensor(w, dtype=torch.int8), want[name][0].reshape(-1)), name
-        assert torch.equal(torch.tensor(b, dtype=torch.int32), want[name][1].reshape(-1)), name
-        changed += int((want[name][0] != init[name].weight).sum())
-        changed += int((want[name][1] != init[name].bias).sum())
-    assert changed > 0
-    np.testing.assert_allclose(res.losses, losses, rtol=1e-6)
-    n = res.test_samples
-    assert round(res.accuracy_before * n) == (
-        (run_int8(qg, qg.quantize_input(xs[:n])).argmax(1) == ys[:n]).sum().item())
-    assert round(res.accuracy_after * n) == (
-        (run_int8(trained, trained.quantize_input(xs[:n])).argmax(1) == ys[:n]).sum().item())
+    _assert_trained_like_the_simulation(res, qm, qg, trained, trainable, losses, xs, ys)
 
 
 @pytest.mark.parametrize("last", [1, 2])
