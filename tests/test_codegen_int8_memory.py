@@ -61,6 +61,22 @@ def _write(files: dict[str, str], out):
     return out
 
 
+def _simulate(qg, trainable, xs, ys, steps: int, batch: int, lr: float):
+    """The oracle: the PyTorch int8 simulation (WeightStorage.INT8, QAS) trained on the same
+    6 samples in the C driver's order; returns (model, losses, trained QuantGraph)."""
+    qm = QuantModel(qg, trainable=trainable, storage=WeightStorage.INT8)
+    opt = QuantSGD(qm, lr=lr, qas=True)
+    losses = []
+    for s in range(steps):
+        idx = [(s * batch + k) % 6 for k in range(batch)]
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(qm(xs[idx]), ys[idx])
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return qm, losses, qm.to_graph()
+
+
 def _assert_trained_like_the_simulation(res, qm, qg, trained, trainable, losses, xs, ys) -> int:
     """Every trained int8 weight and int32 bias of the C run equals the PyTorch int8
     simulation's (and some changed), the losses match, and the test accuracy before and after
@@ -118,17 +134,7 @@ def test_in_place_kernels_train_bit_exactly_like_the_pytorch_int8_simulation(tmp
     # Execute: the C program, then the PyTorch int8 simulation (WeightStorage.INT8, QAS) and
     # the integer reference on the test samples before and after
     res = mcu_run(_write(files, tmp_path / "int8"))
-    qm = QuantModel(qg, trainable=trainable, storage=WeightStorage.INT8)
-    opt = QuantSGD(qm, lr=lr, qas=True)
-    losses = []
-    for s in range(steps):
-        idx = [(s * batch + k) % 6 for k in range(batch)]
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(qm(xs[idx]), ys[idx])
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    trained = qm.to_graph()
+    qm, losses, trained = _simulate(qg, trainable, xs, ys, steps, batch, lr)
     # Assert: every trained int8 weight and int32 bias equals the simulation's (and some
     # changed), the logits give the same losses and the same test accuracy before and after
     n = _assert_trained_like_the_simulation(res, qm, qg, trained, trainable, losses, xs, ys)
@@ -299,17 +305,7 @@ def test_line_buffered_prefix_trains_bit_exactly_like_the_pytorch_int8_simulatio
     logits_on = _probe_logits(out)
     logits_off = _probe_logits(_write(files_off, tmp_path / "plain"))
     ref = run_int8(qg, qg.quantize_input(xs)).numpy().reshape(len(logits_on), -1)
-    qm = QuantModel(qg, trainable=trainable, storage=WeightStorage.INT8)
-    opt = QuantSGD(qm, lr=lr, qas=True)
-    losses = []
-    for s in range(steps):
-        idx = [(s * batch + k) % 6 for k in range(batch)]
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(qm(xs[idx]), ys[idx])
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    trained = qm.to_graph()
+    qm, losses, trained = _simulate(qg, trainable, xs, ys, steps, batch, lr)
     # Assert: the logits are the integer reference's with line buffering on and off; the
     # trained int8 weights and int32 biases equal the simulation's (and some changed), the
     # losses and the test accuracy before and after match
