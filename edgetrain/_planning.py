@@ -270,7 +270,8 @@ def _plan_for_pytorch(policies, graph_at, dev, budget: int, batch_size: int, opt
         #     (BN live is still tried when frozen does not fit). Measured with the bench's
         #     data and seeds: mcu-cnn (pretrained on classes 0-4, 800 samples of 5-9, lr 0.05,
         #     nRF52840) `last:1` 41.4 -> 45.1 % at batch 8 and 8.4 -> 48.6 % at batch 1;
-        #     TinyTL's biases + lite residuals on mbv2-w0.35 (rpi4, 400 samples) 25.2 -> 27.2 %
+        #     TinyTL's biases + lite residuals on mbv2-w0.35 (rpi4, 400 samples, BN forced
+        #     frozen) 25.2 -> 27.2 %
         #     (tests/test_runtime.py::test_sparse_plans_freeze_batch_norm_statistics).
         sparse = pol not in ("all", "full")
         modes = (sorted(bn_modes, reverse=True) if sparse and freeze_batch_norm is None
