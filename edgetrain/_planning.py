@@ -221,8 +221,8 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
         except PlanInfeasibleError as e:
             errors.append((f"{ex.value} {pr.value}", e))
         except EdgetrainError as e:  # e.g. an operator the C trainer has no kernel for
-            if execu is not None:
-                raise  # the caller asked for this executor: its refusal is the answer
+            if execu is not None or prec is not None:
+                raise  # the caller pinned executor or precision: its refusal is the answer
             errors.append((f"{ex.value} {pr.value}", PlanInfeasibleError(f"cannot run: {e}")))
     if len(errors) == 1:
         raise errors[0][1]

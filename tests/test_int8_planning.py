@@ -113,3 +113,9 @@ def test_auto_skips_an_executor_that_cannot_run_the_model():
     # Execute / Assert: one typed error naming each executor's reason
     with pytest.raises(edgetrain.PlanInfeasibleError, match="pytorch fp32: .*c fp32: cannot run"):
         edgetrain.plan(model, x, device="samd21", budget_bytes=8000)
+
+
+def test_exact_refuses_int8_with_a_typed_error():
+    model, x = build_model("mcu-cnn", pretrained=False)
+    with pytest.raises(InvalidArgumentError, match="strategy exact does not allow it"):
+        edgetrain.plan(model, x, device="nrf52840", strategy="exact", precision="int8")
