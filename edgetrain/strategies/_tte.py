@@ -21,17 +21,19 @@ Reproduced:
     sets the scales of layers it trains).
 
 NOTE [ What the tte prediction counts ]
-    The predicted peak is the SRAM of the int8 program `edgetrain compile --precision int8`
-    generates for the same graph and trainable layers: `edgetrain.codegen.int8_memory`, whose
-    NOTE [ int8 SRAM of the C trainer ] lists every buffer. In short: one arena of int8
+    The predicted peak is the SRAM of our int8 C trainer for the same graph and trainable
+    layers with the kernels TTE describes, i.e. without line buffering:
+    `edgetrain.codegen.int8_memory(..., line_buffer=False)`, whose NOTE [ int8 SRAM of the C
+    trainer ] lists every buffer (`edgetrain compile` of a tte plan also streams the frozen
+    input layers row by row, so the compiled program needs at most this). In short: one arena of int8
     activations, masks and real-valued gradients on the pruned backward path, placed by
     lifetime; TinyEngine's in-place depthwise and in-place pointwise (Cout <= Cin) kernels and
     fused pointwise->depthwise pairs for frozen ops; the trained layers' int8 weights and
     int32 biases (updated in place: no gradient buffer outlives its layer, no fp32 master
     copy); labels and a runtime reserve. Frozen weights, requantisation constants and samples
     live in flash and are not counted; neither is the stack (a few hundred bytes, which the
-    QEMU-measured peak adds). The compiled program's measured peak is tested against this
-    prediction (tests/test_codegen_int8_memory.py).
+    QEMU-measured peak adds). The C program's measured peak is tested against `int8_memory`
+    with and without line buffering (tests/test_codegen_int8_memory.py).
     The earlier analytic count (`int8_step_bytes`, kept for Mandheling's phone model) charged
     every frozen layer input + output and overstated mbv2-w0.35 at 128x128 by 2.3x.
 
@@ -56,7 +58,7 @@ from edgetrain._planning import trainer_plan as plan
 from edgetrain.cost import load_device
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.measure import MemoryMeter
-from edgetrain.planner import Prediction
+from edgetrain.planner import Executor, Precision, Prediction
 from edgetrain.planner._solvers import PlanInfeasibleError
 from edgetrain.strategies._common import (
     WARMUP_STEPS,
@@ -207,7 +209,8 @@ def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5
               strategy="auto", policy=",".join(layers), allow_paging=False, name=name)
     rate = dev.compute.fp32_flops_per_s / dev.compute.int8_ops_per_s
     latency = fp.predicted.latency_s * rate
-    p = replace(fp, budget_bytes=budget, in_place_update=True,
+    p = replace(fp, budget_bytes=budget, in_place_update=True, executor=Executor.C,
+                precision=Precision.INT8, freeze_batch_norm=True,
                 predicted=Prediction(peak, 0, latency, latency * dev.compute.active_power_w),
                 notes=(f"int8 sparse update of {', '.join(layers)}",))
     return Prepared(SystemName.TTE, qm, example_input, p, dev, peak,
