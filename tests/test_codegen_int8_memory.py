@@ -19,6 +19,8 @@ from edgetrain.codegen._int8 import Int8Kernel, Int8Spec, int8_memory, render_in
 from edgetrain.models import build_model
 from edgetrain.quant import QuantModel, QuantSGD, WeightStorage, quantize, run_int8
 
+from _int8_oracle import assert_int8_params_equal_simulation
+
 HAS_ARM = all(shutil.which(t) for t in ("arm-none-eabi-gcc", "arm-none-eabi-size",
                                         "qemu-system-arm"))
 needs_arm = pytest.mark.skipif(
@@ -81,16 +83,8 @@ def _assert_trained_like_the_simulation(res, qm, qg, trained, trainable, losses,
     """Every trained int8 weight and int32 bias of the C run equals the PyTorch int8
     simulation's (and some changed), the losses match, and the test accuracy before and after
     is the integer reference's; returns the number of test samples."""
-    want = qm.integer_weights()
-    init = {op.name: op for op in qg.weighted_ops}
     assert set(res.params) == set(trainable)
-    changed = 0
-    for name, (w, b) in res.params.items():
-        assert torch.equal(torch.tensor(w, dtype=torch.int8), want[name][0].reshape(-1)), name
-        assert torch.equal(torch.tensor(b, dtype=torch.int32), want[name][1].reshape(-1)), name
-        changed += int((want[name][0] != init[name].weight).sum())
-        changed += int((want[name][1] != init[name].bias).sum())
-    assert changed > 0
+    assert_int8_params_equal_simulation(res, qm, qg)
     np.testing.assert_allclose(res.losses, losses, rtol=1e-6)
     n = res.test_samples
     assert round(res.accuracy_before * n) == (

@@ -156,6 +156,21 @@ def metered(step: int, measure_steps: int, total_steps: int) -> bool:
     return first <= step < first + measure_steps
 
 
+def trainer_step(t: Trainer, xb: torch.Tensor, yb: torch.Tensor, *, step: int,
+                 durations_s: list[float], meter: bool) -> tuple[float, int]:
+    """One `Trainer` step, either metered (returns the allocator's peak of the step) or timed
+    (its wall time appended to `durations_s` after the warm-up steps; peak 0)."""
+    if meter:
+        with MemoryMeter(state_bytes(t.model, trainer_optimizers(t), (xb, yb))) as m:
+            loss = t.step(xb, yb)
+        return loss, m.trace.peak_bytes
+    t0 = time.perf_counter()
+    loss = t.step(xb, yb)
+    if step >= WARMUP_STEPS:
+        durations_s.append(time.perf_counter() - t0)
+    return loss, 0
+
+
 def train_planned(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
                   lr: float = 0.05, seed: int = 0, measure_steps: int = 1) -> TrainReport:
     """Run `prepared.plan` with `edgetrain.Trainer` over `samples` samples drawn in a seeded
@@ -170,15 +185,9 @@ def train_planned(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, sampl
         for step in range(steps):
             idx = order[torch.arange(step * plan.batch_size, (step + 1) * plan.batch_size) % len(x)]
             xb, yb = x[idx].contiguous(), y[idx].contiguous()
-            if metered(step, measure_steps, steps):
-                with MemoryMeter(state_bytes(prepared.model, trainer_optimizers(t), (xb, yb))) as m:
-                    loss = t.step(xb, yb)
-                peak = max(peak, m.trace.peak_bytes)
-            else:
-                t0 = time.perf_counter()
-                loss = t.step(xb, yb)
-                if step >= WARMUP_STEPS:
-                    durations_s.append(time.perf_counter() - t0)
+            loss, step_peak = trainer_step(t, xb, yb, step=step, durations_s=durations_s,
+                                           meter=metered(step, measure_steps, steps))
+            peak = max(peak, step_peak)
             losses.append(loss)
         written = t.storage_bytes_written
     return TrainReport.from_timings(durations_s, steps=steps, batch_size=plan.batch_size,

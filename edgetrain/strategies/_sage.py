@@ -16,14 +16,12 @@ not the operating system's memory pressure.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
 
 from edgetrain._planning import trainer_plan as plan
 from edgetrain.cost import load_device
-from edgetrain.measure import MemoryMeter
 from edgetrain.runtime import Trainer
 from edgetrain.strategies._common import (
     WARMUP_STEPS,
@@ -32,8 +30,7 @@ from edgetrain.strategies._common import (
     SystemName,
     TrainReport,
     check_samples,
-    state_bytes,
-    trainer_optimizers,
+    trainer_step,
 )
 
 
@@ -84,15 +81,10 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
                     break
                 idx = order[torch.arange(step * p.batch_size, (step + 1) * p.batch_size) % len(x)]
                 xb, yb = x[idx].contiguous(), y[idx].contiguous()
-                if first_meter <= step < first_meter + measure_steps:
-                    with MemoryMeter(state_bytes(model, trainer_optimizers(t), (xb, yb))) as m:
-                        loss = t.step(xb, yb)
-                    seg_peak = max(seg_peak, m.trace.peak_bytes)
-                else:
-                    t0 = time.perf_counter()
-                    loss = t.step(xb, yb)
-                    if step >= WARMUP_STEPS:
-                        durations_s.append(time.perf_counter() - t0)
+                loss, step_peak = trainer_step(
+                    t, xb, yb, step=step, durations_s=durations_s,
+                    meter=first_meter <= step < first_meter + measure_steps)
+                seg_peak = max(seg_peak, step_peak)
                 losses.append(loss)
                 step += 1
             written += t.storage_bytes_written
