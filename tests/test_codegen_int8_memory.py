@@ -125,6 +125,10 @@ def test_in_place_kernels_train_bit_exactly_like_the_pytorch_int8_simulation(tmp
                                  batch_size=batch, dump_params=True))
     assert "qdw_inplace_fwd(((int8_t" in files["et_model.c"]
     assert "qpw_inplace_fwd(((int8_t" in files["et_model.c"]
+    # features.18.0 feeds only the global average pool: its dacc is never stored
+    assert "const qgap_dacc gd = {" in files["et_model.c"]
+    assert "qgap_bwd(((" not in files["et_model.c"]
+    assert not any(b.name == "g:features.18.0" for b in mem.buffers)
     # Execute: the C program, then the PyTorch int8 simulation (WeightStorage.INT8, QAS) and
     # the integer reference on the test samples before and after
     res = mcu_run(_write(files, tmp_path / "int8"))

@@ -17,24 +17,33 @@ def _mbv2():
 
 
 def test_auto_falls_back_to_int8_c_below_tte_on_stm32f746():
-    # Prepare: TTE's own prediction for the same model, device and batch (the comparison)
+    # Prepare: TTE's own preparation stage for the same model, device and batch, as
+    # `edgetrain plan --strategy tte` runs it (contribution analysis under TTE's 50 KiB update
+    # constraint on local samples)
+    from edgetrain.codegen import int8_memory
     from edgetrain.data import load_dataset, resize_for
+    from edgetrain.quant import quantize
     from edgetrain.strategies._tte import prepare as tte_prepare
 
     model, x = _mbv2()
     cal = load_dataset("fashion-mnist", split="train", limit=8)
     imgs = resize_for(cal.x, tuple(x.shape))
     tte = tte_prepare(model, x, device="stm32f746", batch_size=1, name="mbv2-w0.35",
-                      calibration=imgs, analysis=(imgs, cal.y), update_budget_bytes=0)
+                      calibration=imgs, analysis=(imgs, cal.y))
+    layers = tte.plan.notes[0].removeprefix("int8 sparse update of ").split(", ")
     # Execute
     p = edgetrain.plan(model, x, device="stm32f746", batch_size=1, name="mbv2-w0.35")
     # Assert: fp32 cannot fit 320 KB (PyTorch needs MBs; fp32 weights overflow the 1 MB flash),
-    # so auto plans the int8 C trainer. Training the same layer as TTE's classifier-only
-    # update, TTE's kernels need <= 141 KB (the paper's figure) and auto, which also streams
-    # the frozen input layers row by row, needs <= 100 KB
+    # so auto plans the int8 C trainer. TTE's sparse update reaches past the classifier and
+    # needs <= 141 KB (the paper's measured figure for this model and resolution); auto,
+    # classifier only, needs less, <= 100 KB. TTE's prediction is the C trainer's own layout.
     assert p.executor is Executor.C and p.precision is Precision.INT8
     assert set(p.trainable()) == {"classifier.weight", "classifier.bias"}
+    assert len(layers) > 1 and layers[-1] == "classifier"
     assert tte.predicted_peak_bytes <= 141_000
+    assert tte.predicted_peak_bytes == int8_memory(
+        quantize(model, imgs, name="mbv2-w0.35"), layers, batch_size=1, target="cortex-m7",
+        line_buffer=True).predicted_peak_sram_bytes
     assert p.predicted_peak_bytes <= 100_000 < tte.predicted_peak_bytes
     assert Plan.from_json(p.to_json()) == p
 
@@ -76,28 +85,39 @@ def test_a_plan_cannot_claim_int8_on_pytorch():
                     .toolchain_present("cortex-m7"),
                     reason="Arm toolchain/QEMU absent: apt-get install -y gcc-arm-none-eabi "
                     "libnewlib-arm-none-eabi qemu-system-arm (scripts/setup.sh does it)")
-def test_auto_int8_plan_compiles_to_the_predicted_sram_on_cortex_m7(tmp_path):
-    # Prepare: auto's plan for mbv2-w0.35 on the STM32F746, and a few real samples
+@pytest.mark.parametrize("strategy", ["auto", "tte"])
+def test_int8_plan_compiles_to_the_predicted_sram_on_cortex_m7(tmp_path, strategy):
+    # Prepare: auto's plan (or TTE's, as `edgetrain plan --strategy tte` makes it) for
+    # mbv2-w0.35 on the STM32F746, and a few real samples
     from edgetrain.codegen import mcu_run
     from edgetrain.codegen._compile import compile_int8_project, samples_of
     from edgetrain.data import load_dataset, resize_for
+    from edgetrain.strategies._tte import prepare as tte_prepare
 
     model, x = _mbv2()
-    p = edgetrain.plan(model, x, device="stm32f746", batch_size=1, name="mbv2-w0.35")
+    shape = tuple(x.shape)
+    if strategy == "auto":
+        p = edgetrain.plan(model, x, device="stm32f746", batch_size=1, name="mbv2-w0.35")
+        predicted, limit = p.predicted_peak_bytes, 100_000
+    else:
+        cal = load_dataset("fashion-mnist", split="train", limit=8)
+        imgs = resize_for(cal.x, shape)
+        prepared = tte_prepare(model, x, device="stm32f746", batch_size=1, name="mbv2-w0.35",
+                               calibration=imgs, analysis=(imgs, cal.y))
+        p, predicted, limit = prepared.plan, prepared.predicted_peak_bytes, 141_000
     tr = load_dataset("fashion-mnist:5-9", split="train", limit=3)
     te = load_dataset("fashion-mnist:5-9", split="test", limit=2)
-    shape = tuple(x.shape)
     train = samples_of(resize_for(tr.x, shape), tr.y, "fashion-mnist", exact=False)
     test = samples_of(resize_for(te.x, shape), te.y, "fashion-mnist", exact=False)
     # Execute: compile as `edgetrain compile` does, run under QEMU (Cortex-M7, mps2-an500)
     out, _, layers = compile_int8_project(p, model, train, test, "cortex-m7", tmp_path / "c",
                                           steps=2, lr=0.05)
     res = mcu_run(out)
-    # Assert: the program trains the plan's layer, and the allocator-free program's measured
-    # peak (static SRAM + painted stack high-water mark) is the planner's prediction plus stack
-    assert layers == ("classifier",)
-    assert res.peak_sram_bytes <= 100_000
-    assert p.predicted_peak_bytes <= res.peak_sram_bytes <= 1.01 * p.predicted_peak_bytes
+    # Assert: the program trains the plan's layers, and the allocator-free program's measured
+    # peak (static SRAM + painted stack high-water mark) is the prediction plus stack
+    assert layers[-1] == "classifier" and (len(layers) > 1) == (strategy == "tte")
+    assert res.peak_sram_bytes <= limit
+    assert predicted <= res.peak_sram_bytes <= 1.01 * predicted
 
 
 def test_the_pytorch_trainer_refuses_an_int8_plan():

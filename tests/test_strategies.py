@@ -19,7 +19,7 @@ from edgetrain.models import build_model
 from edgetrain.planner import ActivationDecision, Objective
 from edgetrain.planner._solvers import PlanInfeasibleError
 from edgetrain.strategies import SystemName, UnknownSystemError, get_system, system_names
-from edgetrain.strategies import _arena, _melon, _poet, _sage, _tinyol, _tinytl
+from edgetrain.strategies import _arena, _auto, _melon, _poet, _sage, _tinyol, _tinytl
 from edgetrain.strategies._arena import Block
 
 
@@ -81,6 +81,59 @@ def test_full_trains_exactly_like_plain_pytorch_sgd():
     for (n, a), (_, b) in zip(model.state_dict().items(), oracle.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
     assert abs(report.measured_peak_bytes - prepared.predicted_peak_bytes) <= 0.01 * report.measured_peak_bytes
+
+
+# -- auto: task-adaptive selection by validation (NOTE [ Task-adaptive selection ]) -------------
+def test_auto_chooses_layers_and_batch_by_validation_and_the_choice_reproduces(pretrained,
+                                                                              new_classes):
+    # Prepare: 96 local samples, 72 to train pilots on and 24 to validate on
+    model, example = pretrained
+    train, _ = new_classes
+    x, y = train.x[:96], train.y[:96]
+    start = copy.deepcopy(model.state_dict())
+    # Execute
+    prepared = _auto.prepare(model, example, device="nrf52840", batch_size=4, name="mcu-cnn",
+                             analysis=(x, y), lr=0.05, seed=2)
+    tried = dict(prepared.state)["selection"]
+    # Assert: every layer count at every batch 1, 2, 4 that fits was tried; the winner has the
+    # best validation accuracy (ties: lower peak), and it is what the plan trains
+    assert {c.batch_size for c in tried} == {1, 2, 4}
+    assert len({c.layers for c in tried}) >= 3
+    best = max(tried, key=lambda c: (c.validation_accuracy, -c.predicted_peak_bytes))
+    assert prepared.plan.batch_size == best.batch_size
+    assert prepared.predicted_peak_bytes == best.predicted_peak_bytes
+    assert len({n.rsplit(".", 1)[0] for n in prepared.plan.trainable()
+                if dict(model.named_parameters())[n].dim() >= 2}) == best.layers
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())  # pilots copy
+    # Assert (oracle): plain PyTorch SGD of the same parameters, batch, order and batch-norm
+    # mode on the 72 samples gives the winner's validation accuracy on the other 24
+    oracle = copy.deepcopy(model)
+    trained = set(prepared.plan.trainable())
+    for n, p in oracle.named_parameters():
+        p.requires_grad_(n in trained)
+    opt = torch.optim.SGD([p for p in oracle.parameters() if p.requires_grad], lr=0.05)
+    b = best.batch_size
+    order = torch.randperm(72, generator=torch.Generator().manual_seed(2))
+    oracle.train()
+    if prepared.plan.freeze_batch_norm:
+        for m in oracle.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+    for s in range(72 // b):
+        idx = order[s * b:(s + 1) * b]
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(oracle(x[idx]), y[idx]).backward()
+        opt.step()
+    assert abs(_accuracy(oracle, x[72:], y[72:]) - best.validation_accuracy) <= 1 / 24 + 1e-9
+
+
+def test_auto_without_local_samples_is_the_planners_plan_and_rejects_too_few():
+    model, example = build_model("mcu-cnn")
+    prepared = _auto.prepare(model, example, device="nrf52840", batch_size=4)
+    assert prepared.batch_size == 4 and "selection" not in dict(prepared.state)
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    with pytest.raises(Exception, match="pass at least 7"):
+        _auto.prepare(model, example, device="nrf52840", batch_size=4, analysis=(x, y))
 
 
 def test_full_that_does_not_fit_raises_a_typed_error_with_the_numbers():

@@ -27,7 +27,13 @@ function, so `Int8Memory.predicted_peak_sram_bytes` is exactly the build file's
   `m:<t>` 1-byte "not clamped" masks of the ops on the backward path; `g:<t>` real-valued
   gradients (8 bytes on the host, 4 on Cortex-M); the dacc of a conv/linear on the backward
   path (dy x mask x M, element by element) overwrites its dy, which nothing reads after it, so
-  it has no buffer; `z:<logits>` the loss's K reals of logits (not a stack array); `s:<op>`
+  it has no buffer; a conv whose output only a global average pool reads (mbv2's last 1x1
+  conv, 1280 x 4 x 4 at 128x128) has neither dy nor dacc buffer: its dacc, the pool's dy / P
+  times mask times M, is computed element by element where the conv's backward reads it
+  (`dacc_at`, the same operations in the same order as the stored path, so bit for bit the
+  same), and the pool's dy (B x C reals) lives until that step -- the 81,920 B the stored
+  gradient took would otherwise dominate every update that reaches past mbv2's classifier;
+  `z:<logits>` the loss's K reals of logits (not a stack array); `s:<op>`
   kernel scratch, which is
   * a frozen pointwise -> depthwise pair whose intermediate nothing else reads: fused, one
     expanded channel at a time (H x W bytes), the expanded tensor never exists (batch 1);
@@ -369,7 +375,19 @@ static void qacc_grad(const ET_REAL *dy, const uint8_t *mask, const ET_REAL *M, 
     }
 }
 
-static void qconv_bwd_input(const ET_REAL *dacc, const int8_t *w, ET_REAL *dx, int acc,
+/* dacc of a conv whose output only a global average pool reads, never stored (NOTE [ int8
+   SRAM of the C trainer ], fused pool backward): the pool's dy / P, masked and scaled element
+   by element, exactly as qgap_bwd then qacc_grad would have stored it */
+typedef struct { const ET_REAL *gp; const uint8_t *mask; const ET_REAL *M; int P; } qgap_dacc;
+
+static ET_REAL dacc_at(const ET_REAL *dacc, const qgap_dacc *gd, size_t i, size_t nc, int c) {
+    if (!gd) return dacc[i];
+    const ET_REAL d = gd->gp[nc] / (ET_REAL)gd->P;
+    return d * (gd->mask[i] ? gd->M[c] : (ET_REAL)0);
+}
+
+static void qconv_bwd_input(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t *w,
+                            ET_REAL *dx, int acc,
                             int B, int Ci, int H, int W, int Co, int Ho, int Wo, int K, int s,
                             int p, int G) {
     const int cig = Ci / G, cog = Co / G;
@@ -378,13 +396,13 @@ static void qconv_bwd_input(const ET_REAL *dacc, const int8_t *w, ET_REAL *dx, i
     for (int oc = 0; oc < Co; oc++) {
         const int g = oc / cog;
         const int8_t *wo = w + (size_t)oc * cig * K * K;
-        const ET_REAL *dyo = dacc + ((size_t)n * Co + oc) * Ho * Wo;
+        const size_t o0 = ((size_t)n * Co + oc) * Ho * Wo;
         ET_REAL *dxg = dx + ((size_t)n * Ci + g * cig) * H * W;
         for (int oh = 0; oh < Ho; oh++) {
             const int kh0 = k_lo(oh, s, p), kh1 = k_hi(oh, s, p, H, K), ih0 = oh * s - p;
             for (int ow = 0; ow < Wo; ow++) {
                 const int kw0 = k_lo(ow, s, p), kw1 = k_hi(ow, s, p, W, K), iw0 = ow * s - p;
-                const ET_REAL d = dyo[oh * Wo + ow];
+                const ET_REAL d = dacc_at(dacc, gd, o0 + oh * Wo + ow, (size_t)n * Co + oc, oc);
                 for (int ic = 0; ic < cig; ic++) {
                     ET_REAL *dr0 = dxg + (size_t)ic * H * W;
                     const int8_t *wc = wo + ic * K * K;
@@ -399,7 +417,8 @@ static void qconv_bwd_input(const ET_REAL *dacc, const int8_t *w, ET_REAL *dx, i
 }
 
 /* G_W = sum dacc * (x - zx); QAS-scaled SGD on the integer weights, then re-rounding */
-static void qconv_update(const ET_REAL *dacc, const int8_t *x, int zx, int8_t *w, int32_t *b,
+static void qconv_update(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t *x, int zx,
+                         int8_t *w, int32_t *b,
                          const ET_REAL *inv_w, const ET_REAL *inv_b, ET_REAL lr,
                          int B, int Ci, int H, int W, int Co, int Ho, int Wo, int K, int s,
                          int p, int G) {
@@ -411,7 +430,7 @@ static void qconv_update(const ET_REAL *dacc, const int8_t *x, int zx, int8_t *w
         for (int kw = 0; kw < K; kw++) {
             ET_REAL acc = 0;
             for (int n = 0; n < B; n++) {
-                const ET_REAL *dyo = dacc + ((size_t)n * Co + oc) * Ho * Wo;
+                const size_t o0 = ((size_t)n * Co + oc) * Ho * Wo;
                 const int8_t *xc = x + ((size_t)n * Ci + g * cig + ic) * H * W;
                 for (int oh = 0; oh < Ho; oh++) {
                     const int ih = oh * s - p + kh;
@@ -419,7 +438,8 @@ static void qconv_update(const ET_REAL *dacc, const int8_t *x, int zx, int8_t *w
                     for (int ow = 0; ow < Wo; ow++) {
                         const int iw = ow * s - p + kw;
                         if (iw < 0 || iw >= W) continue;
-                        acc += dyo[oh * Wo + ow] * (ET_REAL)(xc[ih * W + iw] - zx);
+                        acc += dacc_at(dacc, gd, o0 + oh * Wo + ow, (size_t)n * Co + oc, oc)
+                               * (ET_REAL)(xc[ih * W + iw] - zx);
                     }
                 }
             }
@@ -429,7 +449,8 @@ static void qconv_update(const ET_REAL *dacc, const int8_t *x, int zx, int8_t *w
         }
         ET_REAL acc = 0;
         for (int n = 0; n < B; n++)
-            for (int q = 0; q < Ho * Wo; q++) acc += dacc[((size_t)n * Co + oc) * Ho * Wo + q];
+            for (int q = 0; q < Ho * Wo; q++)
+                acc += dacc_at(dacc, gd, ((size_t)n * Co + oc) * Ho * Wo + q, (size_t)n * Co + oc, oc);
         ET_REAL v = round_half_away((ET_REAL)b[oc] + (-lr) * (acc * inv_b[oc]));
         b[oc] = (int32_t)(v < -2147483648.0 ? -2147483648.0 : (v > 2147483647.0 ? 2147483647.0 : v));
     }
@@ -567,6 +588,7 @@ class _Layout:
     tensors: dict  # tensor name -> QTensor
     chain: tuple  # the line-buffered chain's ops, in order (empty: none)
     rings: dict  # chain op name (all but the last) -> rows of its output in its ring
+    gap_of: dict  # conv op name -> the global average pool whose backward it fuses
 
 
 def _inputs(op) -> list[str]:
@@ -670,6 +692,20 @@ def _grad_and_consumers(graph, trainable: Sequence[str]) -> tuple[set, dict]:
     return rg, consumers
 
 
+def _pool_fused(graph, rg, consumers: dict) -> dict:
+    """Convs on the backward path whose output only a global average pool reads: their dacc is
+    computed from the pool's dy where it is used (NOTE [ int8 SRAM of the C trainer ])."""
+    by_out = {op.output: op for op in graph.ops}
+    out = {}
+    for op in graph.ops:
+        if type(op).__name__ != "QGlobalAvgPool" or op.input not in rg:
+            continue
+        src = by_out.get(op.input)
+        if src is not None and type(src).__name__ == "QConv2d" and consumers.get(op.input) == 1:
+            out[src.name] = op
+    return out
+
+
 def _max_chain(graph, trainable: Sequence[str]) -> list[str]:
     """The longest line-bufferable chain (NOTE [ int8 SRAM of the C trainer ]): frozen convs
     off the backward path from the graph input, each output read only by the next one."""
@@ -725,6 +761,7 @@ def _layout(graph, trainable: Sequence[str], B: int, tgt: Target,
         nb = ops_by_name[b]
         rings[a] = min(int(nb.weight.shape[-1]), T[nb.input].shape[1])
     bwd_reads = {op.input for op in graph.ops if getattr(op, "name", None) in trainable}
+    gap_of = _pool_fused(graph, rg, consumers)
     # frozen pointwise -> depthwise pairs whose intermediate nothing else reads: fused
     fused: dict[str, str] = {}  # depthwise op name -> pointwise op name
     by_out = {op.output: op for op in graph.ops}
@@ -818,13 +855,18 @@ def _layout(graph, trainable: Sequence[str], B: int, tgt: Target,
     use("a:" + graph.output, nf, numel[graph.output])  # the loss reads the logits
     use("z:" + graph.output, nf, K * real)  # the loss's logits scratch
     use("g:" + graph.output, nf, numel[graph.output] * real)
+    pooled = {gap.input for gap in gap_of.values()}
     for k, op in enumerate(bwd_ops):
         s = nf + 1 + k
-        use("g:" + op.output, s, numel[op.output] * real)
         kind = type(op).__name__
+        if op.name not in gap_of:
+            use("g:" + op.output, s, numel[op.output] * real)
         if kind in ("QConv2d", "QLinear"):
             use("m:" + op.output, s, numel[op.output])
-            parent["d:" + op.output] = "g:" + op.output  # dacc overwrites dy (element-wise)
+            if op.name in gap_of:  # dacc from the pool's dy, element by element: no buffer
+                use("g:" + gap_of[op.name].output, s, numel[gap_of[op.name].output] * real)
+            else:
+                parent["d:" + op.output] = "g:" + op.output  # dacc overwrites dy (element-wise)
             if op.name in trainable:
                 use("a:" + op.input, s, numel[op.input])
             if op.input in rg:
@@ -835,7 +877,7 @@ def _layout(graph, trainable: Sequence[str], B: int, tgt: Target,
                 if t in rg:
                     use("g:" + t, s, numel[t] * real)
         else:
-            if op.input in rg:
+            if op.input in rg and op.input not in pooled:
                 use("g:" + op.input, s, numel[op.input] * real)
     # an in-place chain x0 -> x1 -> .. -> xk (sizes never grow) is one group at one base: xj's
     # bytes above x(j+1)'s live from x0's first step to xj's last, xk's [0, size) to its last
@@ -870,7 +912,7 @@ def _layout(graph, trainable: Sequence[str], B: int, tgt: Target,
         offsets[c[0]] = min(offsets[k] for k in c if k in offsets)
     alias = {k: root(k) for k in keys if root(k) in offsets}
     return _Layout(mem, frozenset(rg), bwd_ops, fused, kernels, alias, offsets, numel, T,
-                   tuple(chain), rings)
+                   tuple(chain), rings, gap_of)
 
 
 def _check_flag(line_buffer) -> None:
@@ -1011,7 +1053,7 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
 
     for op in bwd_ops:
         kind = type(op).__name__
-        dy = A("g:" + op.output, "ET_REAL")
+        dy = A("g:" + op.output, "ET_REAL") if ("g:" + op.output) in off else "0"
         if kind in ("QConv2d", "QLinear"):
             sym, dims, P, C, x, zx, tr = info[op.name]
             mvals = np.asarray(op.multiplier, dtype=np.float64) * np.power(
@@ -1023,16 +1065,24 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
             arrays.append(f"static const ET_REAL {sym}_M[{C}] = {{ {_reals(mvals)} }};")
             arrays.append(f"static const ET_REAL {sym}_iw[{C}] = {{ {_reals(inv_w)} }};")
             arrays.append(f"static const ET_REAL {sym}_ib[{C}] = {{ {_reals(inv_b)} }};")
-            d = A("d:" + op.output, "ET_REAL")
-            bwd.append(f"qacc_grad({dy}, {A('m:' + op.output, 'uint8_t')}, {sym}_M, {d}, {B}, "
-                       f"{C}, {P});")
+            m = A("m:" + op.output, "uint8_t")
+            if op.name in lay.gap_of:  # dacc from the pool's dy where it is read
+                gp = A("g:" + lay.gap_of[op.name].output, "ET_REAL")
+                bwd.append(f"{{ const qgap_dacc gd = {{ {gp}, {m}, {sym}_M, {P} }};")
+                d, extra, close = "0", ", &gd", "}"
+            else:
+                d = A("d:" + op.output, "ET_REAL")
+                bwd.append(f"qacc_grad({dy}, {m}, {sym}_M, {d}, {B}, {C}, {P});")
+                extra, close = (", 0" if kind == "QConv2d" else ""), ""
             pre = "qconv" if kind == "QConv2d" else "qlinear"
             if op.input in rg:
                 g, acc = gx(op.input)
-                bwd.append(f"{pre}_bwd_input({d}, {sym}_w, {g}, {acc}, {dims});")
+                bwd.append(f"{pre}_bwd_input({d}{extra}, {sym}_w, {g}, {acc}, {dims});")
             if tr:
-                bwd.append(f"{pre}_update({d}, {x}, {zx}, {sym}_w, {sym}_b, {sym}_iw, {sym}_ib, "
-                           f"lr, {dims});")
+                bwd.append(f"{pre}_update({d}{extra}, {x}, {zx}, {sym}_w, {sym}_b, {sym}_iw, "
+                           f"{sym}_ib, lr, {dims});")
+            if close:
+                bwd.append(close)
         elif kind == "QAdd":
             m = A("m:" + op.output, "uint8_t")
             sy = float(T[op.output].scale)
@@ -1045,7 +1095,7 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
                     bwd.append(f"qadd_bwd({dy}, {m}, {_hexd(slope)}, {g}, "
                                f"{acc}, {numel[op.output]});")
         else:
-            if op.input in rg:
+            if op.input in rg and op.name not in {gp.name for gp in lay.gap_of.values()}:
                 c, h, wd = T[op.input].shape
                 g, acc = gx(op.input)
                 bwd.append(f"qgap_bwd({dy}, {g}, {acc}, {B * c}, {h * wd});")

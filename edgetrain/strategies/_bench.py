@@ -176,6 +176,9 @@ def _run_one(system: SystemName, task: ModelTask, device: str, base: torch.nn.Mo
     kwargs = {"known_classes": OLD_CLASSES} if system is SystemName.TINYOL else {}
     if system in (SystemName.TTE, SystemName.MANDHELING, SystemName.MINILEARN):
         kwargs = {"calibration": calib, "analysis": (x, y)}
+    if system is SystemName.AUTO:  # NOTE [ Task-adaptive selection ] (strategies/_auto.py)
+        kwargs = {"analysis": (x, y), "lr": cfg.lr, "seed": cfg.seed,
+                  "pilot_cache": cache.setdefault("auto-pilots", {})}
     batch = 1 if system is SystemName.TINYOL else task.batch_size
     try:
         prepared = sysm.prepare(model, example, device=device, batch_size=batch, name=task.model,
@@ -187,6 +190,7 @@ def _run_one(system: SystemName, task: ModelTask, device: str, base: torch.nn.Mo
                         None, None, None, None, None, None, None, None, 0, None, batch, None,
                         None, (f"does not fit: {e}",))
     p = prepared.plan
+    batch = p.batch_size  # auto chooses its own (up to the task's)
     train_kwargs = {}
     key = (system, task.model, _plan_key(prepared))
     if system is SystemName.SAGE:
@@ -298,13 +302,13 @@ def _fmt(v, spec: str, scale: float = 1.0, unit: str = "") -> str:
 
 
 def markdown_table(rows: list[BenchRow]) -> str:
-    head = ("| strategy | model | device | fits | predicted peak | measured peak | storage/step | "
+    head = ("| strategy | model | device | batch | fits | predicted peak | measured peak | storage/step | "
             "host step | device step | energy/step | energy/sample | acc. before | acc. after | "
             "samples/s |")
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
         lines.append(
-            f"| {r.system} | {r.model} | {r.device} | {'yes' if r.fits else 'no'} | "
+            f"| {r.system} | {r.model} | {r.device} | {r.batch_size} | {'yes' if r.fits else 'no'} | "
             f"{_fmt_bytes(r.predicted_peak_bytes)} | {_fmt_bytes(r.measured_peak_bytes)} | "
             f"{_fmt_bytes(r.storage_bytes_written_per_step)} | {_fmt(r.host_step_s, '.2f', 1e3, ' ms')} | "
             f"{_fmt(r.device_step_s, '.3g', 1e3, ' ms')} | {_fmt(r.energy_per_step_j, '.3g', 1e3, ' mJ')} | "
