@@ -24,8 +24,9 @@ NOTE [ Task-adaptive selection ]
       - choice: the best validation accuracy; ties go to the lower predicted peak, then the
         cheaper step (energy per sample).
     The chosen plan then trains the untouched model on the full sample budget. The pilots' cost
-    is reported, not hidden: `Prepared.state["selection"]` lists every candidate's score and
-    `Prepared.notes` the pilot samples trained. Without `analysis` (e.g. `edgetrain plan`) there
+    is reported, not hidden: `Prepared.state["selection"]` lists every candidate's score,
+    `Prepared.state["preparation_energy_j"]` the pilots' modelled energy on the device (the
+    bench adds it to auto's energy per sample), and `Prepared.notes` the pilot samples trained. Without `analysis` (e.g. `edgetrain plan`) there
     is nothing to validate on, and `auto` is the planner's plan at the requested batch size.
 """
 
@@ -171,7 +172,7 @@ def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5
              f"selection cost: {len(tried)} pilots x {n_fit} samples trained, "
              f"{pilot_energy_j:.3g} J modelled on {dev.name} ({table})")
     return Prepared(SystemName.AUTO, model, example_input, p, dev, p.predicted_peak_bytes, notes,
-                    (("selection", tried),))
+                    (("selection", tried), ("preparation_energy_j", pilot_energy_j)))
 
 
 SYSTEM = System(SystemName.AUTO, "edgetrain joint planner", prepare, train_planned)

@@ -13,7 +13,8 @@ Columns (one row per strategy x model x device):
     storage_written   bytes paged to storage per optimizer step (planned)
     host_step_s       measured mean wall time of a step on this host
     device_step_s     modelled time of a step on the device (the plan's cost model)
-    energy_j          modelled energy of a step on the device
+    energy_j          modelled energy of a step on the device; energy per sample adds any
+                      preparation run on the device (auto's pilots) spread over the samples
     accuracy          held-out accuracy on classes 5-9 before and after the sample budget
     samples_per_s     measured on this host
 A run whose plan is identical on two devices (same stages, micro-batch, trainable set) is
@@ -104,14 +105,17 @@ class BenchRow:
     micro_batch_size: int | None
     trainable_tensors: int | None
     notes: tuple[str, ...] = field(default=())
+    preparation_energy_j: float = 0.0  # on the device before training (auto's pilots)
 
     @property
     def energy_per_sample_j(self) -> float | None:
         """Modelled energy per training sample: what the sample budget costs, comparable across
-        strategies whose steps hold different batch sizes (TinyOL's 1 against a batch of 8)."""
+        strategies whose steps hold different batch sizes (TinyOL's 1 against a batch of 8),
+        with any preparation run on the device (auto's pilots) spread over the samples."""
         if self.energy_per_step_j is None:
             return None
-        return self.energy_per_step_j / self.batch_size
+        prep = self.preparation_energy_j / self.samples if self.samples else 0.0
+        return self.energy_per_step_j / self.batch_size + prep
 
 
 def _pretrained(task: ModelTask, seed: int) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -226,7 +230,8 @@ def _run_one(system: SystemName, task: ModelTask, device: str, base: torch.nn.Mo
         p.predicted.energy_j, before, after, rep.samples, _finite(rep.samples_per_s), batch,
         p.micro_batch_size, n_train,
         (*prepared.notes, *rep.notes,
-         f"storage written on host: {rep.storage_bytes_written // steps:,} B/step"))
+         f"storage written on host: {rep.storage_bytes_written // steps:,} B/step"),
+        dict(prepared.state).get("preparation_energy_j", 0.0))
 
 
 def _qas_ablation(task: ModelTask, base, example, data, cfg: BenchConfig,
