@@ -106,7 +106,8 @@ def test_auto_chooses_layers_and_batch_by_validation_and_the_choice_reproduces(p
                 if dict(model.named_parameters())[n].dim() >= 2}) == best.layers
     assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())  # pilots copy
     # Assert (oracle): plain PyTorch SGD of the same parameters, batch, order and batch-norm
-    # mode on the 72 samples gives the winner's validation accuracy on the other 24
+    # mode, for the 96-sample budget's steps cycling over the 72 samples, gives the winner's
+    # validation accuracy on the other 24
     oracle = copy.deepcopy(model)
     trained = set(prepared.plan.trainable())
     for n, p in oracle.named_parameters():
@@ -119,8 +120,8 @@ def test_auto_chooses_layers_and_batch_by_validation_and_the_choice_reproduces(p
         for m in oracle.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.eval()
-    for s in range(72 // b):
-        idx = order[s * b:(s + 1) * b]
+    for s in range(96 // b):
+        idx = order[torch.arange(s * b, (s + 1) * b) % 72]
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(oracle(x[idx]), y[idx]).backward()
         opt.step()
@@ -325,6 +326,26 @@ def test_bench_cli_writes_json_markdown_and_plots(tmp_path, capsys):
             assert abs(r["measured_peak_bytes"] - r["predicted_peak_bytes"]) <= 0.05 * r["predicted_peak_bytes"]
     assert (tmp_path / "bench.md").read_text().count("| mcu-cnn |") == 6
     assert len(out["auto_pareto"]) == 2
+
+
+def test_quick_bench_puts_auto_on_both_pareto_fronts(tmp_path):
+    # Prepare: the quick bench's task (800 samples of classes 5-9), auto against the
+    # strategies that came closest to it (TinyOL's stream, TTE's int8 sparse update, full)
+    from edgetrain.strategies._bench import config_from_args, run_bench
+
+    cfg = config_from_args(True, systems=["full", "tinyol", "tte", "auto"],
+                           devices=["nrf52840", "rpi4"])
+    # Execute
+    out = run_bench(cfg, tmp_path, show_progress=False)
+    # Assert: on each device no fitting strategy has >= accuracy at <= peak (or <= energy per
+    # sample, with or without the selection's energy), one of them strictly
+    assert [(a["device"], a["on_front_accuracy_vs_peak"], a["on_front_accuracy_vs_energy"],
+             a["on_front_accuracy_vs_energy_with_preparation"]) for a in out["auto_pareto"]] == [
+        ("nrf52840", True, True, True), ("rpi4", True, True, True)]
+    for r in (r for r in out["rows"] if r["samples"]):  # the rows that trained
+        assert (r["preparation_energy_j"] > 0) == (r["system"] == "auto")
+        assert r["energy_per_sample_with_preparation_j"] == pytest.approx(
+            r["energy_per_sample_j"] + r["preparation_energy_j"] / r["samples"])
 
 
 def test_bench_rejects_unknown_strategies_and_models():

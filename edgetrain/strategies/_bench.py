@@ -13,8 +13,9 @@ Columns (one row per strategy x model x device):
     storage_written   bytes paged to storage per optimizer step (planned)
     host_step_s       measured mean wall time of a step on this host
     device_step_s     modelled time of a step on the device (the plan's cost model)
-    energy_j          modelled energy of a step on the device; energy per sample adds any
-                      preparation run on the device (auto's pilots) spread over the samples
+    energy_j          modelled energy of a step on the device (the training stage)
+    prep. energy      modelled energy of preparation run on the device before training
+                      (auto's selection pilots; 0 for the others, whose preparation is offline)
     accuracy          held-out accuracy on classes 5-9 before and after the sample budget
     samples_per_s     measured on this host
 A run whose plan is identical on two devices (same stages, micro-batch, trainable set) is
@@ -23,7 +24,10 @@ trained once and its measured columns reused; the modelled columns are per devic
 `auto_pareto` in the JSON says, per model and device, whether `auto` is dominated by another
 strategy that fits (higher or equal accuracy with lower or equal peak / energy per sample, one
 strictly). Energy is compared per sample, not per step: every strategy learns from the same
-sample budget, and a batch-1 step (TinyOL) is not comparable with a batch-8 one.
+sample budget, and a batch-1 step (TinyOL) is not comparable with a batch-8 one. The energy
+front is the training stage's (the issue's column, energy per step); a second flag,
+`on_front_accuracy_vs_energy_with_preparation`, adds each row's on-device preparation energy
+spread over the samples.
 """
 
 from __future__ import annotations
@@ -109,13 +113,21 @@ class BenchRow:
 
     @property
     def energy_per_sample_j(self) -> float | None:
-        """Modelled energy per training sample: what the sample budget costs, comparable across
-        strategies whose steps hold different batch sizes (TinyOL's 1 against a batch of 8),
-        with any preparation run on the device (auto's pilots) spread over the samples."""
+        """Modelled energy per training sample of the training stage: what the sample budget
+        costs, comparable across strategies whose steps hold different batch sizes (TinyOL's 1
+        against a batch of 8)."""
         if self.energy_per_step_j is None:
             return None
-        prep = self.preparation_energy_j / self.samples if self.samples else 0.0
-        return self.energy_per_step_j / self.batch_size + prep
+        return self.energy_per_step_j / self.batch_size
+
+    @property
+    def energy_per_sample_with_preparation_j(self) -> float | None:
+        """`energy_per_sample_j` plus the preparation run on the device (auto's pilots) spread
+        over the sample budget."""
+        e = self.energy_per_sample_j
+        if e is None:
+            return None
+        return e + (self.preparation_energy_j / self.samples if self.samples else 0.0)
 
 
 def _pretrained(task: ModelTask, seed: int) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -181,7 +193,7 @@ def _run_one(system: SystemName, task: ModelTask, device: str, base: torch.nn.Mo
     if system in (SystemName.TTE, SystemName.MANDHELING, SystemName.MINILEARN):
         kwargs = {"calibration": calib, "analysis": (x, y)}
     if system is SystemName.AUTO:  # NOTE [ Task-adaptive selection ] (strategies/_auto.py)
-        kwargs = {"analysis": (x, y), "lr": cfg.lr, "seed": cfg.seed,
+        kwargs = {"analysis": (x, y), "lr": cfg.lr, "seed": cfg.seed, "samples": task.samples,
                   "pilot_cache": cache.setdefault("auto-pilots", {})}
     batch = 1 if system is SystemName.TINYOL else task.batch_size
     try:
@@ -292,7 +304,9 @@ def auto_pareto(rows: list[BenchRow]) -> list[dict]:
                         "on_front_accuracy_vs_peak": a.fits and not dominated(
                             a, grp, "predicted_peak_bytes"),
                         "on_front_accuracy_vs_energy": a.fits and not dominated(
-                            a, grp, "energy_per_sample_j")})
+                            a, grp, "energy_per_sample_j"),
+                        "on_front_accuracy_vs_energy_with_preparation": a.fits and not dominated(
+                            a, grp, "energy_per_sample_with_preparation_j")})
     return out
 
 
@@ -308,9 +322,9 @@ def _fmt(v, spec: str, scale: float = 1.0, unit: str = "") -> str:
 
 def markdown_table(rows: list[BenchRow]) -> str:
     head = ("| strategy | model | device | batch | fits | predicted peak | measured peak | storage/step | "
-            "host step | device step | energy/step | energy/sample | acc. before | acc. after | "
+            "host step | device step | energy/step | energy/sample | prep. energy | acc. before | acc. after | "
             "samples/s |")
-    lines = [head, "|" + "---|" * 15]
+    lines = [head, "|" + "---|" * 16]
     for r in rows:
         lines.append(
             f"| {r.system} | {r.model} | {r.device} | {r.batch_size} | {'yes' if r.fits else 'no'} | "
@@ -318,6 +332,7 @@ def markdown_table(rows: list[BenchRow]) -> str:
             f"{_fmt_bytes(r.storage_bytes_written_per_step)} | {_fmt(r.host_step_s, '.2f', 1e3, ' ms')} | "
             f"{_fmt(r.device_step_s, '.3g', 1e3, ' ms')} | {_fmt(r.energy_per_step_j, '.3g', 1e3, ' mJ')} | "
             f"{_fmt(r.energy_per_sample_j, '.3g', 1e3, ' mJ')} | "
+            f"{_fmt(r.preparation_energy_j if r.preparation_energy_j else None, '.3g', 1, ' J')} | "
             f"{_fmt(r.accuracy_before, '.1f', 100, ' %')} | {_fmt(r.accuracy_after, '.1f', 100, ' %')} | "
             f"{_fmt(r.samples_per_s, ',.0f')} |")
     return "\n".join(lines) + "\n"
@@ -426,7 +441,9 @@ def run_bench(cfg: BenchConfig, out_dir: "str | Path", *, show_progress: bool = 
                    "systems": [s.value for s in cfg.systems], "lr": cfg.lr, "seed": cfg.seed,
                    "sage_budget_drop": cfg.sage_budget_drop},
         "host": {"torch": torch.__version__, "threads": torch.get_num_threads()},
-        "rows": [{**asdict(r), "energy_per_sample_j": r.energy_per_sample_j} for r in rows],
+        "rows": [{**asdict(r), "energy_per_sample_j": r.energy_per_sample_j,
+                  "energy_per_sample_with_preparation_j": r.energy_per_sample_with_preparation_j}
+                 for r in rows],
         "auto_pareto": auto_pareto(rows),
         "qas_ablation": ablations,
         "elapsed_s": time.perf_counter() - t0,
