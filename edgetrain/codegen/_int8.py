@@ -380,7 +380,7 @@ static void qacc_grad(const ET_REAL *dy, const uint8_t *mask, const ET_REAL *M, 
    by element, exactly as qgap_bwd then qacc_grad would have stored it */
 typedef struct { const ET_REAL *gp; const uint8_t *mask; const ET_REAL *M; int P; } qgap_dacc;
 
-static ET_REAL dacc_at(const ET_REAL *dacc, const qgap_dacc *gd, size_t i, size_t nc, int c) {
+static inline ET_REAL dacc_at(const ET_REAL *dacc, const qgap_dacc *gd, size_t i, size_t nc, int c) {
     if (!gd) return dacc[i];
     const ET_REAL d = gd->gp[nc] / (ET_REAL)gd->P;
     return d * (gd->mask[i] ? gd->M[c] : (ET_REAL)0);
@@ -1095,7 +1095,7 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
                     bwd.append(f"qadd_bwd({dy}, {m}, {_hexd(slope)}, {g}, "
                                f"{acc}, {numel[op.output]});")
         else:
-            if op.input in rg and op.name not in {gp.name for gp in lay.gap_of.values()}:
+            if op.input in rg and op.input not in {gp.input for gp in lay.gap_of.values()}:
                 c, h, wd = T[op.input].shape
                 g, acc = gx(op.input)
                 bwd.append(f"qgap_bwd({dy}, {g}, {acc}, {B * c}, {h * wd});")

@@ -31,8 +31,9 @@ NOTE [ Task-adaptive selection ]
     The chosen plan then trains the untouched model on the full sample budget. The pilots' cost
     is reported, not hidden: `Prepared.state["selection"]` lists every candidate's score,
     `Prepared.state["preparation_energy_j"]` the pilots' modelled energy on the device (the
-    bench's preparation energy), and `Prepared.notes` the pilot samples trained. Without `analysis` (e.g. `edgetrain plan`) there
-    is nothing to validate on, and `auto` is the planner's plan at the requested batch size.
+    bench's preparation energy), and `Prepared.notes` the pilot samples trained. Without
+    `analysis` (e.g. `edgetrain plan`) there is nothing to validate on, and `auto` is the
+    planner's plan at the requested batch size.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 
 import torch
 
+from edgetrain._demo import accuracy
 from edgetrain._planning import trainer_plan as plan
 from edgetrain.cost import load_device
 from edgetrain.errors import InvalidArgumentError
@@ -65,15 +67,6 @@ class Candidate:
     @property
     def label(self) -> str:
         return f"last {self.layers} layers @ batch {self.batch_size}"
-
-
-def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        correct = int((model(x).argmax(1) == y).sum())
-    model.train(was)
-    return correct / max(1, len(x))
 
 
 def layer_policies(model: torch.nn.Module, example_input: torch.Tensor, **plan_kwargs
@@ -106,10 +99,10 @@ def select(model: torch.nn.Module, example_input: torch.Tensor, analysis, *, dev
            samples: int | None = None, pilot_cache: dict | None = None):
     """NOTE [ Task-adaptive selection ]: the winning plan and every candidate's pilot.
 
-    `pilot_cache`: a dict the caller keeps across devices for the same model and samples; a
-    pilot's accuracy depends only on what trains, the batch size and whether batch norm is
-    frozen (recompute, paging and micro-batching do not change the mathematics), so a
-    candidate with the same three is not trained again."""
+    `pilot_cache`: a dict the caller keeps across devices for the same model and samples; with
+    the run's lr, seed and steps fixed, a pilot's accuracy depends only on what trains, the
+    batch size and whether batch norm is frozen (recompute, paging and micro-batching do not
+    change the mathematics), so a candidate with the same three is not trained again."""
     try:
         x, y = analysis
     except (TypeError, ValueError):
@@ -121,7 +114,8 @@ def select(model: torch.nn.Module, example_input: torch.Tensor, analysis, *, dev
         raise InvalidArgumentError(
             f"auto's selection needs local samples to train and validate pilots on: got {len(x)}; "
             f"pass at least {int(batch_size / (1 - HOLDOUT)) + 2} (or no analysis samples)")
-    kw = dict(device=device, budget_bytes=budget_bytes, strategy="auto", objective=objective,
+    dev = load_device(device)
+    kw = dict(device=dev, budget_bytes=budget_bytes, strategy="auto", objective=objective,
               name=name)
     tried: list[tuple[Candidate, object]] = []
     for b in _batch_sizes(batch_size):
@@ -134,11 +128,11 @@ def select(model: torch.nn.Module, example_input: torch.Tensor, analysis, *, dev
             if pilot_cache is None or key not in pilot_cache:
                 pilot = copy.deepcopy(model)
                 torch.manual_seed(seed)
-                prepared = Prepared(SystemName.AUTO, pilot, example_input, p, load_device(device),
+                prepared = Prepared(SystemName.AUTO, pilot, example_input, p, dev,
                                     p.predicted_peak_bytes)
                 train_planned(prepared, x[:n_fit], y[:n_fit], samples=steps_samples, lr=lr,
                               seed=seed)
-                acc = _accuracy(pilot, x[n_fit:], y[n_fit:])
+                acc = accuracy(pilot, x[n_fit:], y[n_fit:])
                 if pilot_cache is not None:
                     pilot_cache[key] = acc
             acc = pilot_cache[key] if pilot_cache is not None else acc
