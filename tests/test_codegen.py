@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -31,13 +30,7 @@ from edgetrain.planner import ActivationDecision
 from edgetrain.runtime import Trainer
 
 from _int8_oracle import assert_int8_params_equal_simulation
-
-HAS_ARM = all(shutil.which(t) for t in ("arm-none-eabi-gcc", "arm-none-eabi-size",
-                                        "qemu-system-arm"))
-needs_arm = pytest.mark.skipif(
-    not HAS_ARM, reason="Arm toolchain/QEMU absent: apt-get install -y gcc-arm-none-eabi "
-    "libnewlib-arm-none-eabi qemu-system-arm (scripts/setup.sh does it)")
-needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="no host C compiler (cc)")
+from _toolchain import needs_arm, needs_cc
 
 
 def _model(name: str, size: int | None = None):

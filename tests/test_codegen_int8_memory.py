@@ -5,7 +5,6 @@ measured peak of MobileNetV2-w0.35 at 128x128 on an emulated Cortex-M7."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 
@@ -20,13 +19,7 @@ from edgetrain.models import build_model
 from edgetrain.quant import QuantModel, QuantSGD, WeightStorage, quantize, run_int8
 
 from _int8_oracle import assert_int8_params_equal_simulation
-
-HAS_ARM = all(shutil.which(t) for t in ("arm-none-eabi-gcc", "arm-none-eabi-size",
-                                        "qemu-system-arm"))
-needs_arm = pytest.mark.skipif(
-    not HAS_ARM, reason="Arm toolchain/QEMU absent: apt-get install -y gcc-arm-none-eabi "
-    "libnewlib-arm-none-eabi qemu-system-arm (scripts/setup.sh does it)")
-needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="no host C compiler (cc)")
+from _toolchain import needs_arm, needs_cc
 
 TTE_MBV2_128_F746_BYTES = 141_000  # Tiny Training Engine's measured SRAM, mbv2-w0.35 128x128
 

@@ -143,6 +143,19 @@ static inline int k_hi(int o, int s, int p, int n, int K) { int v = n + p - o * 
 
 /* conv2d (standard / depthwise / pointwise), bias, requantisation, fused clamp; mask[i] = 1
    where the output was not clamped (the surrogate's slope is M there) */
+/* one output pixel's window of one channel: sum of (x - zx) * w over the in-bounds taps
+   kh0..kh1 x kw0..kw1 (rows of `xc` are W wide; the window's top-left tap is (ih0, iw0)) */
+static inline int32_t qwin(const int8_t *xc, int W, int zx, const int8_t *wc, int K,
+                           int kh0, int kh1, int kw0, int kw1, int ih0, int iw0) {
+    int32_t acc = 0;
+    for (int kh = kh0; kh < kh1; kh++) {
+        const int8_t *xr = xc + (ih0 + kh) * W + iw0;
+        const int8_t *wr = wc + kh * K;
+        for (int kw = kw0; kw < kw1; kw++) acc += (xr[kw] - zx) * wr[kw];
+    }
+    return acc;
+}
+
 static void qconv_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
                       const int32_t *m0, const int32_t *sh, int zy, int lo, int hi,
                       int8_t *y, uint8_t *mask, int B, int Ci, int H, int W, int Co, int Ho,
@@ -159,15 +172,9 @@ static void qconv_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b
             for (int ow = 0; ow < Wo; ow++) {
                 const int kw0 = k_lo(ow, s, p), kw1 = k_hi(ow, s, p, W, K), iw0 = ow * s - p;
                 int32_t acc = b[oc];
-                for (int ic = 0; ic < cig; ic++) {
-                    const int8_t *xc = xg + (size_t)ic * H * W;
-                    const int8_t *wc = wo + ic * K * K;
-                    for (int kh = kh0; kh < kh1; kh++) {
-                        const int8_t *xr = xc + (ih0 + kh) * W + iw0;
-                        const int8_t *wr = wc + kh * K;
-                        for (int kw = kw0; kw < kw1; kw++) acc += (xr[kw] - zx) * wr[kw];
-                    }
-                }
+                for (int ic = 0; ic < cig; ic++)
+                    acc += qwin(xg + (size_t)ic * H * W, W, zx, wo + ic * K * K, K,
+                                kh0, kh1, kw0, kw1, ih0, iw0);
                 const int64_t pre = rq(acc, m0[oc], sh[oc]) + zy;
                 y[yo + oh * Wo + ow] = clamp8(pre, lo, hi);
                 if (mask) mask[yo + oh * Wo + ow] = (uint8_t)(pre >= lo && pre <= hi);
@@ -199,11 +206,8 @@ static void qpwdw_fwd(const int8_t *x, int zx, const int8_t *wa, const int32_t *
             const int kh0 = k_lo(oh, s, p), kh1 = k_hi(oh, s, p, H, K), ih0 = oh * s - p;
             for (int ow = 0; ow < Wo; ow++) {
                 const int kw0 = k_lo(ow, s, p), kw1 = k_hi(ow, s, p, W, K), iw0 = ow * s - p;
-                int32_t acc = bb[c];
-                for (int kh = kh0; kh < kh1; kh++) {
-                    const int8_t *xr = scratch + (ih0 + kh) * W + iw0;
-                    for (int kw = kw0; kw < kw1; kw++) acc += (xr[kw] - zm) * wc[kh * K + kw];
-                }
+                const int32_t acc = bb[c] + qwin(scratch, W, zm, wc, K, kh0, kh1, kw0, kw1,
+                                                 ih0, iw0);
                 yc[oh * Wo + ow] = clamp8(rq(acc, m0b[c], shb[c]) + zy, lob, hib);
             }
         }
@@ -225,12 +229,7 @@ static void qdw_inplace_fwd(int8_t *x, int zx, const int8_t *w, const int32_t *b
             const int kh0 = k_lo(oh, s, p), kh1 = k_hi(oh, s, p, H, K), ih0 = oh * s - p;
             for (int ow = 0; ow < Wo; ow++) {
                 const int kw0 = k_lo(ow, s, p), kw1 = k_hi(ow, s, p, W, K), iw0 = ow * s - p;
-                int32_t acc = b[c];
-                for (int kh = kh0; kh < kh1; kh++) {
-                    const int8_t *xr = xc + (ih0 + kh) * W + iw0;
-                    const int8_t *wr = wc + kh * K;
-                    for (int kw = kw0; kw < kw1; kw++) acc += (xr[kw] - zx) * wr[kw];
-                }
+                const int32_t acc = b[c] + qwin(xc, W, zx, wc, K, kh0, kh1, kw0, kw1, ih0, iw0);
                 plane[oh * Wo + ow] = clamp8(rq(acc, m0[c], sh[c]) + zy, lo, hi);
             }
         }

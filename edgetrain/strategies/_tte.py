@@ -38,7 +38,7 @@ NOTE [ What the tte prediction counts ]
     the QEMU-measured peak adds). The C program's measured peak is tested against `int8_memory`
     with and without line buffering (tests/test_codegen_int8_memory.py), and for the tte plan
     of mbv2-w0.35 on the STM32F746 (tests/test_int8_planning.py): predicted 128,508 B,
-    measured under QEMU 128,760 B, for the depthwise and projection convs of the last block
+    measured under QEMU 128,756 B, for the depthwise and projection convs of the last block
     and the classifier. Without streaming the same layers would need 170,492 B (the
     classifier alone 128,044 B).
     The earlier analytic count (`int8_step_bytes`, kept for Mandheling's phone model) charged
