@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 
 import edgetrain
-from edgetrain._checkpoint import write_json_atomic, write_text_atomic
+from edgetrain.storage import write_json_atomic, write_text_atomic
 from edgetrain.codegen import SampleSet, TrainingSpec, compile_project, mcu_run
-from edgetrain.codegen._compile import normalised
-from edgetrain.codegen._errors import BuildError
-from edgetrain.codegen._mcu_demo import toolchain_present, train_on_mcu
+from edgetrain.codegen import normalised
+from edgetrain.codegen import BuildError
+from edgetrain.demo import toolchain_present, train_on_mcu
 from edgetrain.models import build_model
 
 
@@ -101,7 +101,7 @@ def host_ratio(out: Path, steps: int = 500, rounds: int = 5) -> list[dict]:
 
 
 def mcu_runs(out: Path) -> list[dict]:
-    from edgetrain._demo import pretrain
+    from edgetrain.tasks import pretrain
 
     rows = []
     for target, device in (("cortex-m4", "nrf52840"), ("cortex-m7", "stm32f746")):
@@ -144,7 +144,7 @@ def mbv2_tte(out: Path) -> dict:
 
 
 def mbv2_int8_tte(out: Path) -> dict:
-    from edgetrain.codegen._compile import compile_int8_project, samples_of
+    from edgetrain.codegen import compile_int8_project, samples_of
     from edgetrain.data import load_dataset, resize_for
 
     m, x = build_model("mbv2-w0.35")
@@ -164,8 +164,8 @@ def mbv2_int8_tte(out: Path) -> dict:
 
 
 def mcu_cnn_int8(out: Path) -> dict:
-    from edgetrain._demo import pretrain
-    from edgetrain.codegen._compile import compile_int8_project, samples_of
+    from edgetrain.tasks import pretrain
+    from edgetrain.codegen import compile_int8_project, samples_of
     from edgetrain.data import load_dataset
 
     model, example, _ = pretrain()

@@ -23,9 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from edgetrain._checkpoint import write_json_atomic
+from edgetrain.storage import write_json_atomic
 from edgetrain.federated import FederationConfig, Partition, federate, load_fleet
-from edgetrain.federated._run import prepare_plans
+from edgetrain.federated import prepare_plans
 
 
 def _mean(xs):

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from rich.progress import track
 
-from edgetrain._checkpoint import write_json_atomic, write_text_atomic
-from edgetrain._profile import profile
+from edgetrain.storage import write_json_atomic, write_text_atomic
+from edgetrain.prepare import profile
 from edgetrain.models import build_model
 
 MODELS = ["mcu-cnn", "mbv2-w0.35", "mcunet", "resnet18", "resnet18-cifar", "transformer-tiny",

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from edgetrain._checkpoint import write_json_atomic, write_text_atomic
-from edgetrain._demo import accuracy, pretrain
+from edgetrain.storage import write_json_atomic, write_text_atomic
+from edgetrain.tasks import accuracy, pretrain
 from edgetrain.data import load_dataset
 from edgetrain.quant import (AccumulatorOverflowError, QuantModel, QuantSGD, WeightStorage,
                              accuracy_int8, fold_batchnorm, op_names, quantize)

@@ -35,21 +35,21 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgetrain._checkpoint import write_json_atomic
-from edgetrain._profile import host_kernels
+from edgetrain.storage import write_json_atomic
+from edgetrain.prepare import host_kernels
 from edgetrain.capture import capture
 from edgetrain.cost import load_device
 from edgetrain.models import build_model
-from edgetrain.planner._plan import ActivationDecision, Objective
-from edgetrain.planner._poet import (
+from edgetrain.planner import ActivationDecision, Objective
+from edgetrain.planner import (
     Granularity,
     build_node_graph,
     project_to_stages,
     solve_node_milp,
     validate_node_schedule,
 )
-from edgetrain.planner._problem import Problem
-from edgetrain.planner._solvers import BASELINES, SOLVERS, PlanInfeasibleError
+from edgetrain.planner import Problem
+from edgetrain.planner import BASELINES, SOLVERS, PlanInfeasibleError
 
 MODEL, BATCH, FRAC, DEVICE = "resnet18-cifar", 1, 0.5, "nrf52840"
 

@@ -33,7 +33,7 @@ from rich.progress import track
 from torch.utils.checkpoint import checkpoint_sequential
 
 import edgetrain
-from edgetrain._checkpoint import write_json_atomic, write_text_atomic
+from edgetrain.storage import write_json_atomic, write_text_atomic
 from edgetrain.measure import MemoryMeter, storage_bytes
 from edgetrain.models import build_model
 

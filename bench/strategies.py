@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edgetrain.strategies._cli import register
+from edgetrain.strategies import register
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,11 +9,11 @@ from importlib import import_module
 
 _EXPORTS = {
     "capture": "edgetrain.capture",
-    "profile": "edgetrain._profile",
-    "Profile": "edgetrain._profile",
-    "plan": "edgetrain._planning",
+    "profile": "edgetrain.prepare",
+    "Profile": "edgetrain.prepare",
+    "plan": "edgetrain.prepare",
     "Plan": "edgetrain.planner",
-    "PlanInfeasibleError": "edgetrain.planner._solvers",
+    "PlanInfeasibleError": "edgetrain.errors",
     "Trainer": "edgetrain.runtime",
     "Device": "edgetrain.cost",
     "load_device": "edgetrain.cost",

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgetrain.errors import EdgetrainError, InvalidArgumentError
-from edgetrain._argtypes import positive_int
+from edgetrain.validate import positive_int
 
 
 class InvalidPlanFile(InvalidArgumentError):
@@ -32,7 +32,7 @@ def _kib(n: float) -> str:
 
 def _cmd_devices(args: argparse.Namespace) -> int:
     from edgetrain.cost import catalog
-    from edgetrain.cost._device import DEVICE_TABLE_HEADER, format_device_table
+    from edgetrain.cost import DEVICE_TABLE_HEADER, format_device_table
 
     devices = catalog()
     if args.json:
@@ -80,7 +80,7 @@ def _print_profile(p) -> None:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from edgetrain._profile import profile
+    from edgetrain.prepare import profile
     from edgetrain.models import build_model
 
     t0 = time.perf_counter()
@@ -88,7 +88,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     p = profile(model, example, device=args.device, batch_size=args.batch_size,
                 optimizer=args.optimizer, measure=args.measure, name=args.model)
     if args.plot:
-        from edgetrain._plot import plot_profile
+        from edgetrain.plot import plot_profile
 
         plot_profile(p, args.plot)
     if args.json:
@@ -135,7 +135,7 @@ DEFAULT_CALIBRATION = "fashion-mnist"
 def _plan_with_system(args: argparse.Namespace, model, example, calibration):
     """`edgetrain plan --strategy SYSTEM`: the system's preparation stage. Returns (plan, the
     system's predicted peak, its notes)."""
-    from edgetrain.strategies._registry import get_system
+    from edgetrain.strategies import get_system
 
     kwargs: dict = {}
     if args.strategy in _QUANTISING:
@@ -154,8 +154,8 @@ def _plan_with_system(args: argparse.Namespace, model, example, calibration):
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from edgetrain._planning import plan
-    from edgetrain._checkpoint import write_text_atomic
+    from edgetrain.prepare import plan
+    from edgetrain.storage import write_text_atomic
     from edgetrain.models import build_model
 
     model, example = build_model(args.model)
@@ -212,12 +212,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from edgetrain._demo import accuracy
+    from edgetrain.tasks import accuracy
     from edgetrain.data import load_dataset, resize_for
     from edgetrain.models import build_model
     from edgetrain.planner import Plan
-    from edgetrain.runtime._loop import train_loop
-    from edgetrain._checkpoint import load_tensors
+    from edgetrain.runtime import train_loop
+    from edgetrain.storage import load_tensors
 
     try:
         text = Path(args.plan).read_text()
@@ -250,7 +250,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from edgetrain._demo import run_demo
+    from edgetrain.demo import run_demo
 
     return run_demo(out_dir=args.out, device=args.device, quick=args.quick)
 

@@ -48,3 +48,7 @@ class DatasetCorruptError(EdgetrainError, ValueError):
 
 class ModelLoadError(EdgetrainError, RuntimeError):
     """A model factory or pretrained weights could not be loaded."""
+
+
+class PlanInfeasibleError(EdgetrainError, ValueError):
+    """No schedule fits: says the smallest achievable peak, what dominates it, and what to allow."""

@@ -429,7 +429,7 @@ def test_deployment_runs_real_flower_processes_on_loopback(tmp_path):
                          ids=["fedavg", "fedavgm-default"])
 def test_resumed_federation_equals_the_uninterrupted_one(tmp_path, server):
     # Prepare (with server momentum, its buffers must be checkpointed for the resume to match)
-    from edgetrain._checkpoint import load_tensors
+    from edgetrain.storage import load_tensors
     from edgetrain.federated import federate
 
     cfg = FederationConfig(model="mcu-cnn", fleet=parse_fleet(FLEET), rounds=3, local_steps=5,
@@ -493,7 +493,7 @@ def test_a_straggler_and_a_crashing_client_do_not_stop_the_rounds(tmp_path):
         assert "nrf52840-1" not in x["participants"]
     assert r.rounds[-1]["accepted"] == ["rpi4-0"]
     assert any("crashed on purpose" in f for x in r.rounds for f in x["failure_reasons"])
-    from edgetrain._checkpoint import load_tensors
+    from edgetrain.storage import load_tensors
 
     final = load_tensors(tmp_path / "run" / "checkpoint" / "global-r0003.safetensors")
     init = initial_state(cfg)

@@ -81,7 +81,7 @@ def test_a_plan_cannot_claim_int8_on_pytorch():
         Plan.from_dict(d)
 
 
-@pytest.mark.skipif(not __import__("edgetrain.codegen._mcu_demo", fromlist=["x"])
+@pytest.mark.skipif(not __import__("edgetrain.demo._mcu", fromlist=["x"])
                     .toolchain_present("cortex-m7"),
                     reason="Arm toolchain/QEMU absent: apt-get install -y gcc-arm-none-eabi "
                     "libnewlib-arm-none-eabi qemu-system-arm (scripts/setup.sh does it)")

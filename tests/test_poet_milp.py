@@ -20,7 +20,7 @@ import itertools
 import pytest
 import torch
 
-from edgetrain._profile import host_kernels
+from edgetrain.prepare._profile import host_kernels
 from edgetrain.capture import capture
 from edgetrain.cost import load_device
 from edgetrain.errors import InvalidArgumentError

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from edgetrain._profile import profile
+from edgetrain.prepare._profile import profile
 from edgetrain.models import build_model, model_names
 
 MODELS = ["mcu-cnn", "mbv2-w0.35", "mcunet", "resnet18", "resnet18-cifar", "transformer-tiny",

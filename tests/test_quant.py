@@ -81,7 +81,7 @@ def np_run(graph, q_input: np.ndarray) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def pretrained():
     """mcu-cnn pretrained on 6,000 samples of classes 0-4 (one epoch, cached in the test cache)."""
-    from edgetrain._demo import pretrain
+    from edgetrain.tasks import pretrain
     from edgetrain.data import load_dataset
 
     model, example, _ = pretrain(samples=6000, epochs=1)
@@ -174,7 +174,7 @@ def test_mobilenet_blocks_int8_graph_matches_numpy_reference(name, size):
 
 def test_int8_inference_accuracy_close_to_fp32(pretrained):
     # Prepare
-    from edgetrain._demo import accuracy
+    from edgetrain.tasks import accuracy
     from edgetrain.data import load_dataset
     model, example, graph = pretrained
     test = load_dataset("fashion-mnist:0-4", split="test", limit=400)

@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgetrain._planning import SAFETY_MARGIN, _to_plan, plan, trainable_policy
-from edgetrain._profile import host_kernels
+from edgetrain.prepare._planning import SAFETY_MARGIN, to_plan, plan, trainable_policy
+from edgetrain.prepare._profile import host_kernels
 from edgetrain.capture import capture
 from edgetrain.cost import Optimizer, load_device
 from edgetrain.measure import MemoryMeter, storage_bytes
@@ -52,7 +52,7 @@ def forced_plan(model, x, name, batch, micro, pattern, *, in_place=False, freeze
         dec.append(d if d in allowed else K)
     ev = prob.evaluate(tuple(dec))
     strategy = Strategy.EXACT if policy == "all" else Strategy.AUTO
-    return _to_plan(ev, prob, name, "rpi4", strategy, Objective.TIME, ev.peak_bytes, batch,
+    return to_plan(ev, prob, name, "rpi4", strategy, Objective.TIME, ev.peak_bytes, batch,
                     micro, Optimizer.parse(optimizer), in_place, None, freeze_bn, policy)
 
 
@@ -163,7 +163,7 @@ def test_measured_peak_within_budget_and_prediction(name, batch, frac):
     activation memory x batch 1 and 8: measured peak <= budget and <= 1.10 x predicted, or a
     PlanInfeasibleError that states a smallest achievable peak above the budget."""
     # Prepare: budget = keep-all peak minus (1 - frac) of the keep-all activation bytes
-    from edgetrain._profile import profile
+    from edgetrain.prepare._profile import profile
 
     torch.manual_seed(0)
     model, x = build_model(name, pretrained=False, num_classes=10)

@@ -4,7 +4,7 @@ re-validated."""
 import pytest
 import torch
 
-from edgetrain._profile import host_kernels
+from edgetrain.prepare._profile import host_kernels
 from edgetrain.capture import capture
 from edgetrain.cost import load_device
 from edgetrain.models import build_model

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import edgetrain
-from edgetrain._sparse import fisher_candidates, fisher_information, score_layers
+from edgetrain.prepare._sparse import fisher_candidates, fisher_information, score_layers
 from edgetrain.capture import capture
 from edgetrain.cost import load_device
 from edgetrain.errors import InvalidArgumentError

@@ -26,7 +26,7 @@ from edgetrain.strategies._arena import Block
 @pytest.fixture(scope="module")
 def pretrained():
     """mcu-cnn pretrained on Fashion-MNIST classes 0-4 (the demo's quick recipe)."""
-    from edgetrain._demo import pretrain
+    from edgetrain.tasks import pretrain
 
     model, example, _ = pretrain("mcu-cnn", samples=6000, epochs=1)
     return model, example

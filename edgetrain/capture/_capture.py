@@ -41,7 +41,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from edgetrain._checkpoint import cache_dir, write_text_atomic
+from edgetrain.storage import cache_dir, write_text_atomic
 from edgetrain.errors import InvalidArgumentError, UnsupportedOpError
 from edgetrain.ir import SCHEMA_VERSION, Graph, Node, OpKind, Param, Tensor, TensorRole
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from edgetrain.codegen._errors import UnsupportedPlanError
-from edgetrain._argtypes import positive_int
+from edgetrain.validate import positive_int
 
 console = Console()
 
@@ -17,11 +17,11 @@ console = Console()
 def _cmd_compile(args: argparse.Namespace) -> int:
     import torch
 
-    from edgetrain._checkpoint import load_tensors
+    from edgetrain.storage import load_tensors
     from edgetrain.codegen._compile import compile_project, samples_of
     from edgetrain.codegen._render import TrainingSpec
     from edgetrain.data import load_dataset, resize_for
-    from edgetrain.data._api import parse_spec
+    from edgetrain.data import parse_spec
     from edgetrain.models import build_model
     from edgetrain.planner import Plan
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgetrain._checkpoint import write_text_atomic
+from edgetrain.storage import write_text_atomic
 from edgetrain.codegen._errors import UnsupportedKernelError, UnsupportedPlanError
 from edgetrain.codegen._render import SampleSet, TrainingSpec, render
 from edgetrain.codegen._targets import TargetKind, get_target
@@ -32,7 +32,7 @@ def samples_of(x: torch.Tensor, y: torch.Tensor, dataset: str = "fashion-mnist",
     `exact=False` accepts images that are not whole pixels (e.g. resized with `resize_for`)
     and rounds them to the nearest uint8 level; the C driver and any reference then see the
     rounded images (`normalised(samples)`)."""
-    from edgetrain.data._api import NORMALIZATION
+    from edgetrain.data import NORMALIZATION
     mean, std = NORMALIZATION[dataset]
     px = torch.round((x.double() * std + mean) * 255.0)
     if exact and float((px - (x.double() * std + mean) * 255.0).abs().max()) > 1e-2:

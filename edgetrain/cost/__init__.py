@@ -1,6 +1,7 @@
 """Devices and the training-cost model. Imports no torch."""
 
 from edgetrain.cost._device import (
+    DEVICE_TABLE_HEADER,
     Accelerator,
     Compute,
     Device,
@@ -8,6 +9,7 @@ from edgetrain.cost._device import (
     Storage,
     catalog,
     device_names,
+    format_device_table,
     load_device,
 )
 from edgetrain.cost._memory import (
@@ -22,11 +24,11 @@ from edgetrain.cost._memory import (
     simulate_step,
 )
 from edgetrain.cost._training import LayerCost, TrainingCost, training_cost
-from edgetrain.cost._workspace import KernelLibrary
+from edgetrain.cost._workspace import KernelLibrary, conv_signature, workspace_bytes
 
 __all__ = [
-    "Accelerator", "Compute", "Device", "KernelLibrary", "LayerCost", "MemoryBreakdown",
+    "DEVICE_TABLE_HEADER", "Accelerator", "Compute", "Device", "KernelLibrary", "LayerCost", "MemoryBreakdown",
     "MemoryClass", "MemorySimulation", "Optimizer", "Phase", "Schedule", "StepTraffic", "Storage",
-    "TimelinePoint", "TrainingCost", "catalog", "device_names", "load_device",
-    "schedule_traffic", "simulate_step", "training_cost",
+    "TimelinePoint", "TrainingCost", "catalog", "conv_signature", "device_names", "format_device_table", "load_device",
+    "schedule_traffic", "simulate_step", "training_cost", "workspace_bytes",
 ]

@@ -17,7 +17,7 @@ NOTE [ Kernel workspaces on PyTorch CPU (torch 2.13) ]
     These formulas were fitted to the allocator events of torch 2.13.0 on x86-64 (oneDNN 3.x)
     and hold for wide layers; for narrow ones oneDNN's blocked layouts pad channels and its
     backward scratch grows several-fold. So, as in the survey's preparation stage, the host is
-    profiled: `edgetrain._profile.host_kernels(graph)` runs each distinct convolution of the
+    profiled: `edgetrain.prepare._profile.host_kernels(graph)` runs each distinct convolution of the
     graph once under the allocator meter and records its transients in `measured`, which take
     precedence over the formulas.
     Batch norm's backward (`native_batch_norm_backward`, training and eval alike) allocates the

@@ -8,7 +8,7 @@ import math
 
 from rich.console import Console
 from rich.table import Table
-from edgetrain._argtypes import positive_int
+from edgetrain.validate import positive_int
 
 console = Console()
 

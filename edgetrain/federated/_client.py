@@ -153,7 +153,7 @@ def local_train(model: torch.nn.Module, plan: Plan, x: torch.Tensor, y: torch.Te
 
 
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    from edgetrain._demo import accuracy as _acc
+    from edgetrain.tasks import accuracy as _acc
 
     return _acc(model, x, y)
 

@@ -56,9 +56,9 @@ def prepare_plans(model_spec: str, config: FederationConfig) -> dict[str, str]:
     """The preparation stage, once per (kind, batch size), off the device: `edgetrain.plan`
     with strategy auto and batch norm live (every client's batch statistics stay comparable, so
     a small device trains a sparse subset rather than micro-batching with frozen BN)."""
-    from edgetrain._planning import trainer_plan as plan
+    from edgetrain.prepare import trainer_plan as plan
     from edgetrain.models import build_model
-    from edgetrain.planner._solvers import PlanInfeasibleError
+    from edgetrain.errors import PlanInfeasibleError
 
     plans: dict[str, str] = {}
     for g in config.fleet.groups:
@@ -232,7 +232,7 @@ def federate(config: FederationConfig, *, out_dir: "str | os.PathLike | None" = 
                    "client trained alone for rounds x local_steps steps (mean per kind), on the "
                    "held-out test set and on its own local test split", *warnings_))
         if tmp is None:
-            from edgetrain._checkpoint import write_json_atomic
+            from edgetrain.storage import write_json_atomic
 
             write_json_atomic(result.to_dict(), out / "report.json")
         return result

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgetrain._checkpoint import load_tensors, save_tensors_atomic, write_json_atomic
+from edgetrain.storage import load_tensors, save_tensors_atomic, write_json_atomic
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.federated._config import FederationConfig
 

@@ -9,7 +9,8 @@ from edgetrain.ir._graph import (
     Tensor,
     TensorRole,
     itemsize,
+    to_plain,
 )
 
 __all__ = ["SCHEMA_VERSION", "Graph", "Node", "OpKind", "Param", "Tensor",
-           "TensorRole", "itemsize"]
+           "TensorRole", "itemsize", "to_plain"]

@@ -7,6 +7,8 @@ from edgetrain.measure._meter import (
     measure_training_step,
     saved_activation_bytes,
     storage_bytes,
+    stderr_silenced,
+    walk_events,
 )
 
 __all__ = [
@@ -15,5 +17,7 @@ __all__ = [
     "MemoryTrace",
     "measure_training_step",
     "saved_activation_bytes",
+    "stderr_silenced",
     "storage_bytes",
+    "walk_events",
 ]

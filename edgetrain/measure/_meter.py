@@ -66,7 +66,7 @@ class MemoryTrace:
 
 
 @contextlib.contextmanager
-def _stderr_silenced() -> Iterator[None]:
+def stderr_silenced() -> Iterator[None]:
     """Silence file descriptor 2 (C++ logging) for the duration; Python's stderr is flushed."""
     import os
     import sys
@@ -87,15 +87,15 @@ def _stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
-def _walk(nodes: Iterable) -> Iterator:
+def walk_events(nodes: Iterable) -> Iterator:
     for n in nodes:
         yield n
-        yield from _walk(n.children)
+        yield from walk_events(n.children)
 
 
 def _allocation_deltas(prof: profile) -> list[int]:
     events = []
-    for node in _walk(prof.profiler.kineto_results.experimental_event_tree()):
+    for node in walk_events(prof.profiler.kineto_results.experimental_event_tree()):
         if node.tag != _EventType.Allocation:
             continue
         f = node.extra_fields
@@ -119,13 +119,13 @@ class MemoryMeter:
         # frees are by design outside our region (see NOTE above), so the noise is dropped.
         self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True,
                              record_shapes=False, with_stack=False)
-        with _stderr_silenced():  # kineto prints a line at every start and stop
+        with stderr_silenced():  # kineto prints a line at every start and stop
             self._prof.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         assert self._prof is not None
-        with _stderr_silenced():
+        with stderr_silenced():
             self._prof.__exit__(*exc)
         deltas = _allocation_deltas(self._prof)
         run = peak = 0

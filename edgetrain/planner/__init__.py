@@ -1,5 +1,18 @@
-"""Planning: the frozen, JSON-serialisable Plan and the solvers that produce it. No torch."""
+"""Planning: the frozen, JSON-serialisable Plan and the solvers that produce it. No torch.
 
+`Problem` is one planning problem (a graph on a device under a budget), `SOLVERS` maps each
+solver's name to `solver(problem) -> Evaluation`, and `ExecutorMemory` is how an executor with
+its own memory layout answers the planner (NOTE [ Asking an executor for its memory ]).
+"""
+
+from edgetrain.errors import PlanInfeasibleError
+from edgetrain.planner._executor import (
+    CandidateMemory,
+    CandidateUnsupportedError,
+    ExecutorMemory,
+    MemoryRequest,
+    ProgramMemory,
+)
 from edgetrain.planner._plan import (
     PLAN_SCHEMA_VERSION,
     ActivationDecision,
@@ -14,6 +27,34 @@ from edgetrain.planner._plan import (
     Strategy,
     TimelineSample,
 )
+from edgetrain.planner._problem import Evaluation, Problem
+from edgetrain.planner._solvers import BASELINES, SOLVERS, Solver, milp_solver
+from edgetrain.planner._stages import valid_depths
 
-__all__ = ["PLAN_SCHEMA_VERSION", "ActivationDecision", "Executor", "Objective", "ParamDecision", "ParamPlan",
-           "Plan", "Precision", "Prediction", "StagePlan", "Strategy", "TimelineSample"]
+__all__ = [
+    "BASELINES",
+    "PLAN_SCHEMA_VERSION",
+    "SOLVERS",
+    "ActivationDecision",
+    "CandidateMemory",
+    "CandidateUnsupportedError",
+    "Evaluation",
+    "Executor",
+    "ExecutorMemory",
+    "MemoryRequest",
+    "Objective",
+    "ParamDecision",
+    "ParamPlan",
+    "Plan",
+    "PlanInfeasibleError",
+    "Precision",
+    "Prediction",
+    "Problem",
+    "ProgramMemory",
+    "Solver",
+    "StagePlan",
+    "Strategy",
+    "TimelineSample",
+    "milp_solver",
+    "valid_depths",
+]

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from edgetrain.errors import InvalidArgumentError
-from edgetrain.ir._graph import to_plain
+from edgetrain.ir import to_plain
 
 PLAN_SCHEMA_VERSION = 1
 

@@ -63,8 +63,8 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
-from edgetrain.cost._workspace import workspace_bytes
-from edgetrain.errors import EdgetrainError, InvalidArgumentError
+from edgetrain.cost import workspace_bytes
+from edgetrain.errors import EdgetrainError, InvalidArgumentError, PlanInfeasibleError
 from edgetrain.ir import OpKind, TensorRole
 from edgetrain.planner._plan import ActivationDecision, Objective
 from edgetrain.planner._problem import Evaluation, Problem
@@ -877,7 +877,6 @@ def poet_solve(p: Problem, *, time_limit_s: float = 60.0,
                granularity: Granularity = Granularity.NODE, max_rounds: int = 4) -> PoetResult:
     """Solve the node-level MILP, validate its schedule, project it onto stages and evaluate
     exactly; tighten the model's budget by the exact overshoot and re-solve if needed."""
-    from edgetrain.planner._solvers import PlanInfeasibleError  # _solvers imports this module
 
     ng = build_node_graph(p)
     capacity = p.device.storage.capacity_bytes

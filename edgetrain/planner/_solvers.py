@@ -13,16 +13,12 @@ from collections.abc import Callable
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from edgetrain.errors import EdgetrainError
+from edgetrain.errors import PlanInfeasibleError
 from edgetrain.planner._plan import ActivationDecision
 from edgetrain.planner._poet import poet_milp
 from edgetrain.planner._problem import ChainModel, Evaluation, Problem
 
 KEEP, RECOMPUTE, PAGE = ActivationDecision.KEEP, ActivationDecision.RECOMPUTE, ActivationDecision.PAGE
-
-
-class PlanInfeasibleError(EdgetrainError, ValueError):
-    """No schedule fits: says the smallest achievable peak, what dominates it, and what to allow."""
 
 
 Solver = Callable[[Problem], Evaluation]

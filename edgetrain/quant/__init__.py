@@ -13,7 +13,7 @@ NOTE [ int8 arithmetic, bit for bit ] (`_graph.py`), training in NOTE [ Training
 graph ] (`_train.py`) and tensor sizes in NOTE [ int8 tensor sizes ] (`_memory.py`).
 """
 
-from ._graph import (AccumulatorOverflowError, Activation, ConvKind, FoldedNet, QAdd, QConv2d,
+from ._graph import (AccumulatorOverflowError, Activation, ConvKind, FoldedBlock, FoldedConv, FoldedNet, QAdd, QConv2d,
                      QGlobalAvgPool, QLinear, QTensor, QuantGraph, QuantizationError,
                      UnsupportedModuleError, accuracy_int8, fold_batchnorm, multiplier_value,
                      op_names, quantize, quantize_multiplier, requantize, round_half_away,
@@ -22,7 +22,7 @@ from ._memory import (Int8GraphFileError, Int8Memory, Int8TensorSize, TensorKind
                       memory_summary, save_graph, tensor_sizes)
 from ._train import QuantModel, QuantSGD, WeightStorage
 
-__all__ = ["AccumulatorOverflowError", "Activation", "ConvKind", "FoldedNet", "Int8GraphFileError",
+__all__ = ["AccumulatorOverflowError", "Activation", "ConvKind", "FoldedBlock", "FoldedConv", "FoldedNet", "Int8GraphFileError",
            "Int8Memory", "Int8TensorSize", "QAdd", "QConv2d", "QGlobalAvgPool", "QLinear",
            "QTensor", "QuantGraph", "QuantModel", "QuantSGD", "QuantizationError", "TensorKind",
            "UnsupportedModuleError", "WeightStorage", "accuracy_int8", "fold_batchnorm",

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from edgetrain._checkpoint import load_tensors, save_tensors_atomic
+from edgetrain.storage import load_tensors, save_tensors_atomic
 from edgetrain.errors import InvalidArgumentError
 
 from ._graph import (Activation, ConvKind, QAdd, QConv2d, QGlobalAvgPool, QLinear, QTensor,

@@ -1,6 +1,7 @@
 """The training stage: execute a Plan on PyTorch through its hooks."""
 
+from edgetrain.runtime._loop import TrainResult, train_loop
 from edgetrain.runtime._paging import PagingStore
 from edgetrain.runtime._trainer import NonFiniteLossError, Trainer
 
-__all__ = ["NonFiniteLossError", "PagingStore", "Trainer"]
+__all__ = ["NonFiniteLossError", "PagingStore", "TrainResult", "Trainer", "train_loop"]

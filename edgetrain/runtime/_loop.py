@@ -23,7 +23,7 @@ from rich.console import Console
 from safetensors import safe_open
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from edgetrain._checkpoint import load_tensors, save_tensors_atomic, write_json_atomic
+from edgetrain.storage import load_tensors, save_tensors_atomic, write_json_atomic
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.measure import MemoryMeter, storage_bytes
 from edgetrain.planner import Plan

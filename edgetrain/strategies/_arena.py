@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
-from edgetrain.measure._meter import _stderr_silenced, _walk
+from edgetrain.measure import stderr_silenced, walk_events
 
 ALIGNMENT_BYTES = 64
 
@@ -60,17 +60,17 @@ def record_blocks(fn: Callable[[], object]) -> tuple[Block, ...]:
     old = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with _stderr_silenced():
+        with stderr_silenced():
             prof.__enter__()
         try:
             fn()
         finally:
-            with _stderr_silenced():
+            with stderr_silenced():
                 prof.__exit__(None, None, None)
     finally:
         logger.setLevel(old)
     events = []
-    for node in _walk(prof.profiler.kineto_results.experimental_event_tree()):
+    for node in walk_events(prof.profiler.kineto_results.experimental_event_tree()):
         if node.tag != _EventType.Allocation or node.extra_fields.device.type != "cpu":
             continue
         events.append((node.start_time_ns, node.extra_fields.alloc_size, node.extra_fields.ptr))

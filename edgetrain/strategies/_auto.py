@@ -43,11 +43,11 @@ from dataclasses import dataclass
 
 import torch
 
-from edgetrain._demo import accuracy
-from edgetrain._planning import trainer_plan as plan
+from edgetrain.tasks import accuracy
+from edgetrain.prepare import trainer_plan as plan
 from edgetrain.cost import load_device
 from edgetrain.errors import InvalidArgumentError
-from edgetrain.planner._solvers import PlanInfeasibleError
+from edgetrain.errors import PlanInfeasibleError
 from edgetrain.strategies._common import Prepared, System, SystemName, train_planned
 
 HOLDOUT = 0.25

@@ -1,7 +1,7 @@
 """`edgetrain bench`: every strategy on the same transfer task, models and devices.
 
 Task: Fashion-MNIST new-class transfer. The model is pretrained "in the cloud" on classes 0-4
-(mcu-cnn: the demo's cached pretraining, `edgetrain._demo.pretrain`; mbv2-w0.35: the same recipe
+(mcu-cnn: the demo's cached pretraining, `edgetrain.tasks.pretrain`; mbv2-w0.35: the same recipe
 on images resized to its 3x128x128 input with `edgetrain.data.resize_for`, cached alike), then
 every strategy learns classes 5-9 on the device from the same seeded samples, starting from the
 same pretrained weights, within the device's memory (the plan's budget is the device's RAM).
@@ -44,14 +44,14 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from edgetrain._checkpoint import cache_dir, load_tensors, save_tensors_atomic, write_json_atomic
-from edgetrain._checkpoint import write_text_atomic
+from edgetrain.storage import cache_dir, load_tensors, save_tensors_atomic, write_json_atomic
+from edgetrain.storage import write_text_atomic
 from edgetrain.errors import InvalidArgumentError
-from edgetrain.planner._solvers import PlanInfeasibleError
+from edgetrain.errors import PlanInfeasibleError
 from edgetrain.runtime import NonFiniteLossError
 from edgetrain.strategies._common import SystemName
 from edgetrain.strategies._registry import get_system
-from edgetrain._demo import accuracy
+from edgetrain.tasks import accuracy
 
 NEW_CLASSES = "fashion-mnist:5-9"
 OLD_CLASSES = (0, 1, 2, 3, 4)
@@ -136,7 +136,7 @@ def _pretrained(task: ModelTask, seed: int) -> tuple[torch.nn.Module, torch.Tens
     from edgetrain.models import build_model
 
     if task.model == "mcu-cnn":
-        from edgetrain._demo import pretrain
+        from edgetrain.tasks import pretrain
 
         model, example, _ = pretrain("mcu-cnn", samples=task.pretrain_samples,
                                      epochs=task.pretrain_epochs, seed=seed)
@@ -345,7 +345,7 @@ def _plots(rows: list[BenchRow], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
-    from edgetrain._plot import save_figure_atomic
+    from edgetrain.plot import save_figure_atomic
 
     paths = []
     models = list(dict.fromkeys(r.model for r in rows))

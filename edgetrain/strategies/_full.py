@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from edgetrain._planning import trainer_plan as plan
+from edgetrain.prepare import trainer_plan as plan
 from edgetrain.cost import load_device
 from edgetrain.strategies._common import Prepared, System, SystemName, train_planned
 

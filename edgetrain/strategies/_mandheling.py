@@ -38,14 +38,14 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from edgetrain._planning import SAFETY_MARGIN
-from edgetrain._planning import trainer_plan as plan
+from edgetrain.prepare import SAFETY_MARGIN
+from edgetrain.prepare import trainer_plan as plan
 from edgetrain.capture import capture
 from edgetrain.cost import load_device
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.ir import OpKind
 from edgetrain.planner import Prediction
-from edgetrain.planner._solvers import PlanInfeasibleError
+from edgetrain.errors import PlanInfeasibleError
 from edgetrain.strategies._common import (
     WARMUP_STEPS,
     Prepared,

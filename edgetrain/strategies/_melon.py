@@ -25,10 +25,10 @@ from dataclasses import replace
 
 import torch
 
-from edgetrain._planning import trainer_plan as plan
+from edgetrain.prepare import trainer_plan as plan
 from edgetrain.cost import load_device
 from edgetrain.errors import InvalidArgumentError
-from edgetrain.planner._solvers import PlanInfeasibleError
+from edgetrain.errors import PlanInfeasibleError
 from edgetrain.runtime import Trainer
 from edgetrain.strategies._arena import first_fit_layout, lifetime_aware_layout, record_blocks
 from edgetrain.strategies._common import (

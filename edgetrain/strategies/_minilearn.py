@@ -59,10 +59,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from edgetrain._planning import trainer_plan as plan
+from edgetrain.prepare import trainer_plan as plan
 from edgetrain.cost import load_device
 from edgetrain.errors import InvalidArgumentError
-from edgetrain.planner._solvers import PlanInfeasibleError
+from edgetrain.errors import PlanInfeasibleError
 from edgetrain.strategies._common import Prepared, System, SystemName, TrainReport, train_planned
 
 RATIO_STEP = 1 / 16
@@ -109,7 +109,7 @@ class MiniLearnModel(nn.Module):
 # ---------------------------------------------------------------- dequantise
 
 def _folded_convs(net) -> list:
-    from edgetrain.quant._graph import FoldedBlock, FoldedConv
+    from edgetrain.quant import FoldedBlock, FoldedConv
 
     out = []
     for u in net.units:
@@ -142,7 +142,7 @@ def _is_depthwise(conv: nn.Conv2d) -> bool:
 
 def prune_groups(net) -> list[PruneGroup]:
     """NOTE [ Which filters minilearn can prune ]."""
-    from edgetrain.quant._graph import FoldedBlock
+    from edgetrain.quant import FoldedBlock
 
     convs, tied = [], set()
     for u in net.units:

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import torch
 
-from edgetrain._planning import SAFETY_MARGIN, _to_plan
-from edgetrain._profile import host_kernels
+from edgetrain.prepare import SAFETY_MARGIN, to_plan
+from edgetrain.prepare import host_kernels
 from edgetrain.capture import capture
 from edgetrain.cost import Optimizer, load_device
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.planner import ActivationDecision, Objective, Strategy
-from edgetrain.planner._problem import Evaluation, Problem
-from edgetrain.planner._solvers import milp_solver
+from edgetrain.planner import Evaluation, Problem
+from edgetrain.planner import milp_solver
 from edgetrain.strategies._common import Prepared, System, SystemName, train_planned
 
 DEADLINE_FACTOR = 2.0
@@ -58,7 +58,7 @@ def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5
         raise InvalidArgumentError(f"deadline must be positive, got {deadline_s} s")
     prob = problem(deadline_s)
     ev = _prefer_keep(prob, milp_solver(prob))  # raises PlanInfeasibleError if nothing fits
-    p = _to_plan(ev, prob, name, dev.name, Strategy.EXACT, Objective.ENERGY, budget, batch_size,
+    p = to_plan(ev, prob, name, dev.name, Strategy.EXACT, Objective.ENERGY, budget, batch_size,
                  batch_size, Optimizer.SGD, False, deadline_s, False, "all")
     n_rec = sum(s.decision is ActivationDecision.RECOMPUTE for s in p.stages)
     n_page = sum(s.decision is ActivationDecision.PAGE for s in p.stages)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from edgetrain._planning import trainer_plan as plan
+from edgetrain.prepare import trainer_plan as plan
 from edgetrain.cost import load_device
 from edgetrain.runtime import Trainer
 from edgetrain.strategies._common import (

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgetrain._planning import trainer_plan as plan
+from edgetrain.prepare import trainer_plan as plan
 from edgetrain.cost import load_device
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.measure import MemoryMeter

@@ -60,13 +60,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from edgetrain._planning import SAFETY_MARGIN
-from edgetrain._planning import trainer_plan as plan
+from edgetrain.prepare import SAFETY_MARGIN
+from edgetrain.prepare import trainer_plan as plan
 from edgetrain.cost import load_device
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.measure import MemoryMeter
 from edgetrain.planner import Executor, Precision, Prediction
-from edgetrain.planner._solvers import PlanInfeasibleError
+from edgetrain.errors import PlanInfeasibleError
 from edgetrain.strategies._common import (
     WARMUP_STEPS,
     Prepared,
@@ -123,7 +123,7 @@ def int8_step_bytes(graph, trainable: Sequence[str], batch_size: int) -> int:
 def tte_step_bytes(graph, trainable: Sequence[str], batch_size: int) -> int:
     """Predicted SRAM peak of TTE's int8 step: the int8 C trainer's own memory for this graph
     and trainable set (`edgetrain.codegen.int8_memory`; NOTE [ What the tte prediction counts ])."""
-    from edgetrain.codegen._int8 import int8_memory
+    from edgetrain.codegen import int8_memory
 
     return int8_memory(graph, list(trainable), batch_size=batch_size, target="cortex-m7",
                        line_buffer=True).predicted_peak_sram_bytes

@@ -12,75 +12,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from edgetrain._checkpoint import cache_dir, load_tensors, save_tensors_atomic, write_json_atomic
+from edgetrain.storage import write_json_atomic
+from edgetrain.tasks import DEMO_MODEL, NEW_CLASSES, PRETRAIN_DATA, accuracy, pretrain
 
 console = Console()
 
-DEMO_MODEL = "mcu-cnn"
-PRETRAIN_DATA = "fashion-mnist:0-4"
-NEW_CLASSES = "fashion-mnist:5-9"
-
-
-def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
-    was = model.training
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            correct += int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
-    model.train(was)
-    return correct / max(1, len(x))
-
-
-def pretrain(model_name: str = DEMO_MODEL, *, samples: int | None = None, epochs: int = 2,
-             seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, dict]:
-    """Pretrain on classes 0-4 ("in the cloud"); weights are cached atomically by config."""
-    from edgetrain.data import load_dataset
-    from edgetrain.models import build_model
-
-    torch.manual_seed(seed)
-    model, example = build_model(model_name)
-    key = f"{model_name}-{PRETRAIN_DATA.replace(':', '_')}-n{samples or 'all'}-e{epochs}-s{seed}"
-    path = cache_dir() / "pretrained" / f"{key}.safetensors"
-    test = load_dataset(PRETRAIN_DATA, split="test")
-    if path.exists():
-        model.load_state_dict(load_tensors(path))
-        info = {"cached": str(path)}
-    else:
-        train = load_dataset(PRETRAIN_DATA, split="train", limit=samples)
-        opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-        gen = torch.Generator().manual_seed(seed)
-        bs = 64
-        steps = epochs * ((len(train) + bs - 1) // bs)
-        model.train()
-        with Progress(TextColumn("pretraining on classes 0-4"), BarColumn(),
-                      TextColumn("{task.completed}/{task.total} steps"), TimeRemainingColumn(),
-                      console=console, transient=True) as bar:
-            task = bar.add_task("pretrain", total=steps)
-            for _ in range(epochs):
-                perm = torch.randperm(len(train), generator=gen)
-                for i in range(0, len(train), bs):
-                    idx = perm[i:i + bs]
-                    opt.zero_grad(set_to_none=True)
-                    F.cross_entropy(model(train.x[idx]), train.y[idx]).backward()
-                    opt.step()
-                    bar.advance(task)
-        save_tensors_atomic(model.state_dict(), path)
-        info = {"trained_samples": len(train), "epochs": epochs, "cached": str(path)}
-    info["accuracy_classes_0_4"] = accuracy(model, test.x, test.y)
-    return model, example, info
-
-
 def run_demo(out_dir: "str | Path" = "results/demo", device: str = "nrf52840",
              quick: bool = False) -> int:
-    from edgetrain._plot import plot_profile
-    from edgetrain._profile import profile
+    from edgetrain.plot import plot_profile
+    from edgetrain.prepare import profile
     from edgetrain.cost import load_device
     from edgetrain.data import load_dataset
 
@@ -123,8 +66,8 @@ def run_demo(out_dir: "str | Path" = "results/demo", device: str = "nrf52840",
     plot = plot_profile(p, out / "profile.png")
 
     # Training stage: plan within the device's memory, then learn the new classes on-device.
-    from edgetrain._planning import trainer_plan as make_plan
-    from edgetrain.runtime._loop import train_loop
+    from edgetrain.prepare import trainer_plan as make_plan
+    from edgetrain.runtime import train_loop
 
     batch, steps, lr = 2, (300 if quick else 1000), 0.05
     console.print(f"\nPlanning: batch {batch}, budget {dev.ram_bytes // 1024} KB "
@@ -152,7 +95,7 @@ def run_demo(out_dir: "str | Path" = "results/demo", device: str = "nrf52840",
                         "accuracy_after": after, "lr": lr, "batch_size": batch},
               "elapsed_s": time.perf_counter() - t0}
     # Last: the same on-device learning as C code on the emulated MCU, when the toolchain is here.
-    from edgetrain.codegen._mcu_demo import demo_mcu_stage
+    from edgetrain.demo._mcu import demo_mcu_stage
 
     mcu = demo_mcu_stage(dev.name, out, quick=quick, console=console)
     if mcu is not None:

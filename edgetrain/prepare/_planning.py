@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from edgetrain._profile import host_kernels
+from edgetrain.prepare._profile import host_kernels
 from edgetrain.capture import capture
 from edgetrain.cost import Optimizer, load_device, simulate_step
 from edgetrain.errors import EdgetrainError, InvalidArgumentError
@@ -27,9 +27,9 @@ from edgetrain.planner import (
     Strategy,
     TimelineSample,
 )
-from edgetrain.planner._problem import Evaluation, Problem
-from edgetrain.planner._stages import valid_depths
-from edgetrain.planner._solvers import SOLVERS, PlanInfeasibleError
+from edgetrain.planner import Evaluation, Problem
+from edgetrain.planner import valid_depths
+from edgetrain.planner import SOLVERS, PlanInfeasibleError
 
 _BN = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
 
@@ -95,7 +95,7 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
 
     `policy`: what trains — `all`, `bias-only`, `last:K`, parameter names, or `fisher` (layers
     ranked by Fisher information per byte on `calibration`, a few local samples `(x, y)`; see
-    `edgetrain._sparse`). With `strategy="auto"` and no policy, `calibration` switches the
+    `edgetrain.prepare._sparse`). With `strategy="auto"` and no policy, `calibration` switches the
     sparse candidates from `last:K` to the Fisher ranking.
 
     `executor`: `pytorch` (the `Trainer`; predictions from the lifetime simulation of PyTorch's
@@ -190,7 +190,7 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5284
     # Candidate trainable sets, the most faithful first: (label, policy string or parameter set).
     policies: list[tuple[str, str | frozenset[str]]] = []
     if calibration is not None and strat is Strategy.AUTO and policy in (None, "fisher"):
-        from edgetrain._sparse import fisher_candidates, score_layers
+        from edgetrain.prepare._sparse import fisher_candidates, score_layers
 
         g0 = graph_at(batch_size, False)
         scores = score_layers(model, g0, calibration, device=dev, optimizer=opt)
@@ -325,7 +325,7 @@ def _plan_for_pytorch(policies, graph_at, dev, budget: int, batch_size: int, opt
     if best is None:
         raise _infeasible(budget, smallest, strat, allow_paging, dev)
     ev, prob, pol, mb, in_place, freeze = best
-    return _to_plan(ev, prob, name, dev.name, strat, obj, budget, batch_size, mb, opt, in_place,
+    return to_plan(ev, prob, name, dev.name, strat, obj, budget, batch_size, mb, opt, in_place,
                     deadline_s, freeze and has_bn, pol)
 
 
@@ -345,7 +345,7 @@ def _plan_for_c(policies, graph_at, dev, budget: int, batch: int, opt: Optimizer
     """
     import dataclasses
 
-    from edgetrain.codegen._render import predict_peak_sram_bytes
+    from edgetrain.codegen import predict_peak_sram_bytes
 
     if strat not in (Strategy.AUTO, Strategy.EXACT, Strategy.KEEP_ALL):
         raise InvalidArgumentError(
@@ -385,7 +385,7 @@ def _c_candidate(g: Graph, chosen, label: str, dev, opt: Optimizer, obj: Objecti
                    trainable=trainable, in_place_update=True,
                    kernels=host_kernels(g, g.requires_grad_for(trainable)))
     ev = SOLVERS["keep-all"](prob)
-    return ev, _to_plan(ev, prob, name, dev.name, strat, obj, budget, batch, batch, opt, True,
+    return ev, to_plan(ev, prob, name, dev.name, strat, obj, budget, batch, batch, opt, True,
                         deadline_s, has_bn, label)
 
 
@@ -408,9 +408,9 @@ def _plan_for_c_int8(policies, graph_at, model: torch.nn.Module, example_input: 
     """
     import dataclasses
 
-    from edgetrain.codegen._compile import int8_trainable_ops
-    from edgetrain.codegen._int8 import int8_memory
-    from edgetrain.codegen._mcu_demo import target_for_device
+    from edgetrain.codegen import int8_trainable_ops
+    from edgetrain.codegen import int8_memory
+    from edgetrain.demo import target_for_device
     from edgetrain.quant import quantize
 
     if strat not in (Strategy.AUTO, Strategy.KEEP_ALL):
@@ -486,7 +486,7 @@ def _infeasible(budget: int, smallest, strat: Strategy, allow_paging: bool, dev)
         f"{low:,} bytes ({low / budget:.2f}x the budget); " + "; ".join(hints))
 
 
-def _to_plan(ev: Evaluation, prob: Problem, model: str, device: str, strat: Strategy,
+def to_plan(ev: Evaluation, prob: Problem, model: str, device: str, strat: Strategy,
              obj: Objective, budget: int, batch: int, mb: int, opt: Optimizer, in_place: bool,
              deadline_s, freeze_bn: bool, policy: str) -> Plan:
     g = prob.graph

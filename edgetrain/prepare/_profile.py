@@ -126,12 +126,12 @@ def host_kernels(graph: Graph | None = None,
     `requires_grad` — default: full training — asks for one) under the allocator meter; results are kept per process and in the cache
     directory, keyed by torch version and thread count.
     """
-    from edgetrain.cost._workspace import conv_signature
+    from edgetrain.cost import conv_signature
     from edgetrain.ir import OpKind
 
     import json
 
-    from edgetrain._checkpoint import cache_dir, write_text_atomic
+    from edgetrain.storage import cache_dir, write_text_atomic
 
     threads = torch.get_num_threads()
     measured = []

@@ -94,9 +94,9 @@ def fisher_information(model: torch.nn.Module, calibration, *,
 def score_layers(model: torch.nn.Module, graph: Graph, calibration, *, device,
                  optimizer: Optimizer = Optimizer.SGD, loss_fn=F.cross_entropy) -> tuple[LayerScore, ...]:
     """Layers (modules owning parameters) ranked by Fisher information per byte, best first."""
-    from edgetrain._profile import host_kernels
-    from edgetrain.planner._problem import Problem
-    from edgetrain.planner._plan import ActivationDecision
+    from edgetrain.prepare._profile import host_kernels
+    from edgetrain.planner import Problem
+    from edgetrain.planner import ActivationDecision
 
     fisher = fisher_information(model, calibration, loss_fn=loss_fn)
     sizes = {p.name: p.nbytes for p in graph.params}

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from edgetrain.codegen._compile import compile_project, samples_of
-from edgetrain.codegen._render import TrainingSpec
-from edgetrain.codegen._run import McuRunResult, mcu_run
+from edgetrain.codegen import compile_project, samples_of
+from edgetrain.codegen import TrainingSpec
+from edgetrain.codegen import McuRunResult, mcu_run
 from edgetrain.planner import Plan
 
 
@@ -41,9 +41,9 @@ def train_on_mcu(model: torch.nn.Module, example: torch.Tensor, out_dir: "str | 
                  lr: float = 0.05, policy: str | None = None, train_samples: int = 400,
                  test_samples: int = 400, log_every: int = 10,
                  timeout_s: float = 600.0) -> tuple[Plan, McuRunResult]:
-    from edgetrain._planning import plan as make_plan
+    from edgetrain.prepare import plan as make_plan
     from edgetrain.data import load_dataset, resize_for
-    from edgetrain.data._api import parse_spec
+    from edgetrain.data import parse_spec
 
     p = make_plan(model, example, device=device, batch_size=batch_size, strategy="auto",
                   policy=policy, name=name, executor="c")
@@ -63,7 +63,7 @@ def demo_mcu_stage(device: str, out_dir: "str | Path", *, quick: bool, console) 
     """The end of `edgetrain demo`: compile the on-device-learning plan to C for the device's
     emulated core and train under QEMU. Returns the report entry, or None (with a printed
     reason) when the device has no emulated target or the toolchain is absent."""
-    from edgetrain._demo import pretrain
+    from edgetrain.tasks import pretrain
 
     target = target_for_device(device)
     if target is None:
