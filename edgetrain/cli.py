@@ -11,23 +11,24 @@ from importlib import import_module
 from rich.console import Console
 from rich.table import Table
 
-from edgetrain.errors import EdgetrainError, InvalidArgumentError
-from edgetrain.validate import positive_int
-
-
-class InvalidPlanFile(InvalidArgumentError):
-    """A plan file could not be read."""
+from edgetrain.errors import EdgetrainError
+from edgetrain.strategies._catalog import CATALOG, SystemName, system_info
+from edgetrain.units import format_bytes, parse_size
+from edgetrain.validate import (
+    batch_size,
+    cli_type,
+    learning_rate,
+    positive_float,
+    positive_int,
+    steps,
+)
 
 console = Console(stderr=False)
 errc = Console(stderr=True)
 
 
 def _kib(n: float) -> str:
-    if n >= 1024 ** 3:
-        return f"{n / 1024 ** 3:,.2f} GiB"
-    if n >= 1024 ** 2:
-        return f"{n / 1024 ** 2:,.2f} MiB"
-    return f"{n / 1024:,.1f} KiB"
+    return format_bytes(n)
 
 
 def _cmd_devices(args: argparse.Namespace) -> int:
@@ -105,30 +106,10 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024 ** 2, "mb": 1024 ** 2,
-          "mib": 1024 ** 2, "g": 1024 ** 3, "gb": 1024 ** 3, "gib": 1024 ** 3}
-
-
-def parse_size(text: str) -> int:
-    """`256KB`, `1.5MiB`, `300000` -> bytes (K/KB/KiB are all 1024: the embedded convention)."""
-    import re
-
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-    if not m or m.group(2).lower() not in _UNITS:
-        raise argparse.ArgumentTypeError(
-            f"bad size {text!r}: use a number of bytes or a unit, e.g. 256KB, 1.5MB, 2GiB")
-    v = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return v
-
-
 PLANNER_STRATEGIES = ("exact", "auto", "keep-all", "sqrt", "greedy")
-SYSTEM_STRATEGIES = ("full", "tinyol", "tinytl", "minilearn", "poet", "mandheling", "melon",
-                     "sage", "tte")
-"""Surveyed systems `edgetrain plan --strategy` also accepts (edgetrain.strategies; `auto` is
-the planner's own). Listed here, not imported, so `edgetrain profile` stays light."""
-_QUANTISING = ("tte", "mandheling", "minilearn")
+SYSTEM_STRATEGIES = tuple(n.value for n in CATALOG if n is not SystemName.AUTO)
+"""Surveyed systems `edgetrain plan --strategy` also accepts (from the strategy catalog, which
+imports no torch; `auto` is the planner's own)."""
 DEFAULT_CALIBRATION = "fashion-mnist"
 
 
@@ -138,14 +119,15 @@ def _plan_with_system(args: argparse.Namespace, model, example, calibration):
     from edgetrain.strategies import get_system
 
     kwargs: dict = {}
-    if args.strategy in _QUANTISING:
+    info = system_info(args.strategy)
+    if info.needs_calibration:
         if calibration is None:  # quantisation needs real images: the default data set's
             from edgetrain.data import load_dataset, resize_for
 
             cal = load_dataset(DEFAULT_CALIBRATION, split="train", limit=args.calibration_samples)
             calibration = (resize_for(cal.x, tuple(example.shape)), cal.y)
         kwargs = {"calibration": calibration[0], "analysis": calibration}
-    elif args.strategy == "poet":
+    elif info.takes_deadline:
         kwargs = {"deadline_s": args.deadline_s}
     prepared = get_system(args.strategy).prepare(
         model, example, device=args.device, budget_bytes=args.budget,
@@ -154,7 +136,7 @@ def _plan_with_system(args: argparse.Namespace, model, example, calibration):
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from edgetrain.prepare import plan
+    from edgetrain.prepare import PlanRequest, plan
     from edgetrain.storage import write_text_atomic
     from edgetrain.models import build_model
 
@@ -169,12 +151,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.strategy in SYSTEM_STRATEGIES:
         p, peak, system_notes = _plan_with_system(args, model, example, calibration)
     else:
-        p = plan(model, example, device=args.device, budget_bytes=args.budget,
-                 batch_size=args.batch_size, objective=args.objective, strategy=args.strategy,
-                 optimizer=args.optimizer, deadline_s=args.deadline_s, policy=args.policy,
-                 allow_paging=not args.no_paging, name=args.model, calibration=calibration,
-                 freeze_batch_norm=True if args.freeze_batch_norm else None,
-                 executor=args.executor, precision=args.precision)
+        p = plan(model, example, PlanRequest(
+            device=args.device, budget_bytes=args.budget, batch_size=args.batch_size,
+            objective=args.objective, strategy=args.strategy, optimizer=args.optimizer,
+            deadline_s=args.deadline_s, policy=args.policy, allow_paging=not args.no_paging,
+            name=args.model, calibration=calibration,
+            freeze_batch_norm=True if args.freeze_batch_norm else None,
+            executor=args.executor, precision=args.precision))
         peak = p.predicted_peak_bytes
     if args.output:
         write_text_atomic(p.to_json(), args.output)
@@ -210,8 +193,6 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from edgetrain.tasks import accuracy
     from edgetrain.data import load_dataset, resize_for
     from edgetrain.models import build_model
@@ -219,12 +200,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from edgetrain.runtime import train_loop
     from edgetrain.storage import load_tensors
 
-    try:
-        text = Path(args.plan).read_text()
-    except OSError as e:
-        raise InvalidPlanFile(f"cannot read plan file {args.plan!r}: {e.strerror}; "
-                              "make one with `edgetrain plan ... -o plan.json`") from None
-    p = Plan.from_json(text)
+    p = Plan.load(args.plan)
     model, example = build_model(p.model)
     if args.weights:
         model.load_state_dict(load_tensors(args.weights))
@@ -280,7 +256,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True,
                    help="built-in model name or path/to/file.py:factory")
     p.add_argument("--device", required=True, help="catalog name or path/to/board.toml")
-    p.add_argument("--batch-size", type=positive_int, default=1)
+    p.add_argument("--batch-size", type=cli_type(batch_size), default=1)
     p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd")
     p.add_argument("--measure", action="store_true",
                    help="also run one real step in PyTorch and measure it")
@@ -291,11 +267,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="plan training within a memory budget")
     pl.add_argument("--model", required=True, help="built-in model name or path/to/file.py:factory")
     pl.add_argument("--device", required=True, help="catalog name or path/to/board.toml")
-    pl.add_argument("--budget", type=parse_size, default=None,
+    pl.add_argument("--budget", type=cli_type(parse_size), default=None,
                     help="memory budget, e.g. 256KB (default: the device's memory)")
-    pl.add_argument("--batch-size", type=positive_int, default=1)
+    pl.add_argument("--batch-size", type=cli_type(batch_size), default=1)
     pl.add_argument("--objective", choices=["time", "energy"], default="time")
-    pl.add_argument("--deadline-s", type=float, default=None)
+    pl.add_argument("--deadline-s", type=cli_type(positive_float), default=None)
     pl.add_argument("--strategy", choices=[*PLANNER_STRATEGIES, *SYSTEM_STRATEGIES],
                     default="auto",
                     help="the planner (exact, auto), a baseline (keep-all, sqrt, greedy) or a "
@@ -309,7 +285,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                          "information per byte for the sparse update (strategy auto); for tte, "
                          "mandheling and minilearn the images they quantise with and analyse "
                          f"(default: {DEFAULT_CALIBRATION})")
-    pl.add_argument("--calibration-samples", type=positive_int, default=16)
+    pl.add_argument("--calibration-samples", type=cli_type(positive_int), default=16)
     pl.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd")
     pl.add_argument("--no-paging", action="store_true", help="never page to storage")
     pl.add_argument("--executor", choices=["pytorch", "c"], default=None,
@@ -328,12 +304,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="execute a plan on real data")
     tr.add_argument("--plan", required=True)
     tr.add_argument("--data", default="fashion-mnist:5-9")
-    tr.add_argument("--steps", type=positive_int, default=100)
-    tr.add_argument("--lr", type=float, default=0.01)
+    tr.add_argument("--steps", type=cli_type(steps), default=100)
+    tr.add_argument("--lr", type=cli_type(learning_rate), default=0.01)
     tr.add_argument("--weights", help="start from these weights (.safetensors)")
     tr.add_argument("--resume", metavar="DIR", help="checkpoint folder: resume from it and "
                     "checkpoint into it")
-    tr.add_argument("--checkpoint-every", type=positive_int, default=10)
+    tr.add_argument("--checkpoint-every", type=cli_type(positive_int), default=10)
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(fn=_cmd_train)
 

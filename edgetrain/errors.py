@@ -52,3 +52,7 @@ class ModelLoadError(EdgetrainError, RuntimeError):
 
 class PlanInfeasibleError(EdgetrainError, ValueError):
     """No schedule fits: says the smallest achievable peak, what dominates it, and what to allow."""
+
+
+class PlanFileError(InvalidArgumentError):
+    """A plan file is missing, unreadable or not a valid edgetrain plan."""

@@ -23,7 +23,9 @@ __all__ = [
     "budget_bytes",
     "cli_type",
     "existing_file",
+    "fraction",
     "learning_rate",
+    "non_negative_float",
     "non_negative_int",
     "positive_float",
     "positive_int",
@@ -110,3 +112,29 @@ def cli_type(check: Callable[[object], T]) -> Callable[[str], T]:
 
     parse.__name__ = getattr(check, "__name__", "value")
     return parse
+
+
+def non_negative_float(value: object, what: str = "value") -> float:
+    """A finite number >= 0."""
+    v = _finite(value, what, "a finite number >= 0")
+    if v < 0:
+        raise InvalidArgumentError(f"{what} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def fraction(value: object, what: str = "value") -> float:
+    """A number in [0, 1), e.g. a dropout probability or a momentum."""
+    v = _finite(value, what, "a number in [0, 1)")
+    if not 0.0 <= v < 1.0:
+        raise InvalidArgumentError(f"{what} must be a number in [0, 1), got {value!r}")
+    return v
+
+
+def _finite(value: object, what: str, expected: str) -> float:
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{what} must be {expected}, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(v):
+        raise InvalidArgumentError(f"{what} must be {expected}, got {value!r}")
+    return v

@@ -132,7 +132,7 @@ def test_batch_size_must_be_positive(bad):
 
 def test_plan_strategy_names_every_surveyed_system():
     from edgetrain.cli import PLANNER_STRATEGIES, SYSTEM_STRATEGIES
-    from edgetrain.strategies._registry import system_names
+    from edgetrain.strategies._catalog import system_names
 
     assert set(SYSTEM_STRATEGIES) | {"auto"} == set(system_names())
     assert not set(SYSTEM_STRATEGIES) & set(PLANNER_STRATEGIES)
@@ -145,7 +145,7 @@ def test_plan_with_a_system_strategy_is_that_systems_preparation(capsys, system)
 
     from edgetrain.data import load_dataset
     from edgetrain.models import build_model
-    from edgetrain.strategies._registry import get_system
+    from edgetrain.strategies._catalog import get_system
 
     torch.manual_seed(0)
     model, x = build_model("mcu-cnn")

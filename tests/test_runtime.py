@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgetrain.prepare._planning import SAFETY_MARGIN, to_plan, plan, trainable_policy
+from edgetrain.prepare import SAFETY_MARGIN, PlanRequest, plan, to_plan, trainable_policy
 from edgetrain.prepare._profile import host_kernels
 from edgetrain.capture import capture
 from edgetrain.cost import Optimizer, load_device
@@ -52,8 +52,9 @@ def forced_plan(model, x, name, batch, micro, pattern, *, in_place=False, freeze
         dec.append(d if d in allowed else K)
     ev = prob.evaluate(tuple(dec))
     strategy = Strategy.EXACT if policy == "all" else Strategy.AUTO
-    return to_plan(ev, prob, name, "rpi4", strategy, Objective.TIME, ev.peak_bytes, batch,
-                    micro, Optimizer.parse(optimizer), in_place, None, freeze_bn, policy)
+    request = PlanRequest(device="rpi4", batch_size=batch, strategy=strategy, name=name)
+    return to_plan(ev, prob, request, budget_bytes=ev.peak_bytes, freeze_batch_norm=freeze_bn,
+                   policy=policy)
 
 
 def plain_steps(model, xs, ys, lr, freeze_bn, optimizer="sgd"):
@@ -368,7 +369,7 @@ def _crash_once_at_step(n, real):
 @pytest.mark.parametrize("where", ["after-commit", "mid-tensor-write"])
 def test_kill_at_every_checkpoint_instant_resumes_exactly(tmp_path, monkeypatch, where):
     # Prepare: one plan, one data set, and an uninterrupted reference run
-    from edgetrain import _checkpoint
+    from edgetrain import storage as _checkpoint
     from edgetrain.runtime import _loop
 
     torch.manual_seed(0)

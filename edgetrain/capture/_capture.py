@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from edgetrain.storage import cache_dir, write_text_atomic
+from edgetrain import validate
 from edgetrain.errors import InvalidArgumentError, UnsupportedOpError
 from edgetrain.ir import SCHEMA_VERSION, Graph, Node, OpKind, Param, Tensor, TensorRole
 
@@ -400,9 +401,7 @@ def capture(model: torch.nn.Module, example_input: torch.Tensor, *, batch_size: 
     the model's structure, forward code, shapes, trainable flags and the torch version, so a
     second capture of the same model skips torch.export (whose first import alone takes ~2.5 s).
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
-        raise InvalidArgumentError(
-            f"batch size must be a positive integer, got {batch_size!r}; use e.g. --batch-size 1")
+    batch_size = validate.batch_size(batch_size)
     if not isinstance(example_input, torch.Tensor) or example_input.dim() == 0:
         raise InvalidArgumentError(
             "example_input must be a tensor with a leading batch dimension of 1, got "

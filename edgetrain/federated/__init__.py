@@ -10,17 +10,41 @@ that trained it, weighted by example count.
                            partition=Partition.parse("dirichlet:0.5"))
     result = federate(cfg, out_dir="results/federate")
     result.final_accuracy, result.local_only_accuracy_by_kind
+
+Names are resolved lazily (PEP 562), so `edgetrain --help` does not import Flower or torch.
 """
 
-from edgetrain.federated._client import ClientDropoutError, ClientFaultError, make_client_app
-from edgetrain.federated._config import FederationConfig, Partition, PartitionKind
-from edgetrain.federated._fleet import ClientSpec, DeviceGroup, FaultKind, Fleet, FleetFileError, load_fleet, parse_fleet
-from edgetrain.federated._run import FederationFailedError, FederationResult, federate, prepare_plans
-from edgetrain.federated._server import CheckpointMismatchError, make_server_app
-from edgetrain.federated._strategy import PartialFedAvg
+from importlib import import_module
 
-__all__ = ["CheckpointMismatchError", "ClientDropoutError", "ClientFaultError", "ClientSpec",
-           "DeviceGroup", "FaultKind", "FederationConfig", "FederationFailedError",
-           "FederationResult", "Fleet", "FleetFileError", "PartialFedAvg", "Partition",
-           "PartitionKind", "federate", "load_fleet", "make_client_app", "make_server_app",
-           "parse_fleet", "prepare_plans"]
+_EXPORTS = {
+    "ClientDropoutError": "edgetrain.federated._client",
+    "ClientFaultError": "edgetrain.federated._client",
+    "make_client_app": "edgetrain.federated._client",
+    "FederationConfig": "edgetrain.federated._config",
+    "Partition": "edgetrain.federated._config",
+    "PartitionKind": "edgetrain.federated._config",
+    "ClientSpec": "edgetrain.federated._fleet",
+    "DeviceGroup": "edgetrain.federated._fleet",
+    "FaultKind": "edgetrain.federated._fleet",
+    "Fleet": "edgetrain.federated._fleet",
+    "FleetFileError": "edgetrain.federated._fleet",
+    "load_fleet": "edgetrain.federated._fleet",
+    "parse_fleet": "edgetrain.federated._fleet",
+    "FederationFailedError": "edgetrain.federated._run",
+    "FederationResult": "edgetrain.federated._run",
+    "federate": "edgetrain.federated._run",
+    "prepare_plans": "edgetrain.federated._run",
+    "CheckpointMismatchError": "edgetrain.federated._server",
+    "make_server_app": "edgetrain.federated._server",
+    "PartialFedAvg": "edgetrain.federated._strategy",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'edgetrain.federated' has no attribute {name!r}")

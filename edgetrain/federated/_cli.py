@@ -4,44 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 from rich.console import Console
 from rich.table import Table
-from edgetrain.validate import positive_int
+
+from edgetrain.validate import cli_type, fraction, non_negative_float, positive_float, positive_int
 
 console = Console()
 
 
-def _probability(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability, got {text!r}") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"dropout must be in [0, 1), got {v}; e.g. --dropout 0.3")
-    return v
-
-
-def _momentum(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"server momentum must be in [0, 1), got {v}; "
-                                         "e.g. --server-momentum 0.5 --server-lr 0.5")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {v}")
-    return v
+def _check(check, what: str):
+    """An argparse type from a `validate` check, naming the flag in its error."""
+    return cli_type(lambda v: check(v, what))
 
 
 def register(subparsers) -> None:
@@ -50,32 +24,32 @@ def register(subparsers) -> None:
     f.add_argument("--model", required=True, help="built-in model name or path/to/file.py:factory")
     f.add_argument("--fleet", required=True, metavar="FLEET.toml",
                    help="[[device]] tables with kind and count (see examples/fleet.toml)")
-    f.add_argument("--rounds", type=positive_int, required=True)
+    f.add_argument("--rounds", type=cli_type(positive_int), required=True)
     f.add_argument("--data", default="fashion-mnist", help="dataset spec (default fashion-mnist)")
     f.add_argument("--partition", default="dirichlet:0.5", help="dirichlet:ALPHA or iid")
-    f.add_argument("--local-steps", type=positive_int, default=20,
+    f.add_argument("--local-steps", type=cli_type(positive_int), default=20,
                    help="optimizer steps per client per round")
-    f.add_argument("--lr", type=_positive_float, default=0.1, help="local SGD learning rate")
-    f.add_argument("--lr-decay", type=_positive_float, default=1.0,
+    f.add_argument("--lr", type=_check(positive_float, "learning rate (--lr)"), default=0.1, help="local SGD learning rate")
+    f.add_argument("--lr-decay", type=_check(non_negative_float, "--lr-decay"), default=1.0,
                    help="per-round factor on the learning rate (round r uses lr * decay^(r-1))")
-    f.add_argument("--server-lr", type=_positive_float, default=0.5,
+    f.add_argument("--server-lr", type=_check(non_negative_float, "--server-lr"), default=0.5,
                    help="server learning rate on the averaged update (default 0.5; 1 with "
                         "--server-momentum 0 is plain FedAvg)")
-    f.add_argument("--server-momentum", type=_momentum, default=0.5,
+    f.add_argument("--server-momentum", type=_check(fraction, "server momentum (--server-momentum)"), default=0.5,
                    help="server momentum on the averaged update (FedAvgM, Hsu et al. 2019; "
                         "default 0.5)")
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--train-samples", type=positive_int, default=12000,
+    f.add_argument("--train-samples", type=cli_type(positive_int), default=12000,
                    help="training samples split over the clients")
-    f.add_argument("--test-samples", type=positive_int, default=2000,
+    f.add_argument("--test-samples", type=cli_type(positive_int), default=2000,
                    help="held-out test samples (global test set and local test splits)")
-    f.add_argument("--dropout", type=_probability, default=0.0,
+    f.add_argument("--dropout", type=_check(fraction, "dropout (--dropout)"), default=0.0,
                    help="probability a client drops out of a round (robustness drill)")
-    f.add_argument("--clip-norm", type=_positive_float, default=None,
+    f.add_argument("--clip-norm", type=_check(non_negative_float, "--clip-norm"), default=None,
                    help="clip each client's update to this L2 norm (differential privacy)")
-    f.add_argument("--noise-multiplier", type=_positive_float, default=0.0,
+    f.add_argument("--noise-multiplier", type=_check(non_negative_float, "--noise-multiplier"), default=0.0,
                    help="Gaussian noise std = multiplier x clip norm, added on the client")
-    f.add_argument("--round-timeout-s", type=_positive_float, default=600.0)
+    f.add_argument("--round-timeout-s", type=_check(non_negative_float, "--round-timeout-s"), default=600.0)
     f.add_argument("--deployment", action="store_true",
                    help="real Flower SuperLink and SuperNode processes on loopback")
     f.add_argument("--no-baselines", action="store_true", help="skip local-only training")

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import enum
 import json
+import os
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edgetrain.errors import InvalidArgumentError
+from edgetrain.errors import InvalidArgumentError, PlanFileError
 from edgetrain.ir import to_plain
 
 PLAN_SCHEMA_VERSION = 1
@@ -166,6 +168,21 @@ class Plan:
             executor=Executor(d.get("executor", Executor.PYTORCH.value)),
             precision=Precision(d.get("precision", Precision.FP32.value)),
             notes=tuple(d.get("notes", ())))
+
+    @classmethod
+    def load(cls, path: "str | os.PathLike[str]") -> "Plan":
+        """The plan in a JSON file (`edgetrain plan -o FILE`); `PlanFileError` says why not."""
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise PlanFileError(
+                f"cannot read plan file {str(path)!r}: {why}; make one with "
+                "`edgetrain plan ... -o plan.json`") from None
+        try:
+            return cls.from_json(text)
+        except InvalidArgumentError as e:
+            raise PlanFileError(f"plan file {str(path)!r}: {e}") from None
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":

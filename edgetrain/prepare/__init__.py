@@ -11,19 +11,17 @@ trainable sets, micro-batches, in-place updates and stage cuts with the planner'
 for a sparse update from a few local samples.
 """
 
-from edgetrain.prepare._planning import (
-    SAFETY_MARGIN,
-    plan,
-    to_plan,
-    trainable_policy,
-    trainer_plan,
-)
+from edgetrain.prepare._planning import executor_memory, plan, trainer_plan
 from edgetrain.prepare._profile import Profile, host_kernels, profile, torch_optimizer
+from edgetrain.prepare._request import SAFETY_MARGIN, PlanRequest
+from edgetrain.prepare._search import to_plan, trainable_policy
 from edgetrain.prepare._sparse import fisher_candidates, fisher_information, score_layers
 
 __all__ = [
     "SAFETY_MARGIN",
+    "PlanRequest",
     "Profile",
+    "executor_memory",
     "fisher_candidates",
     "fisher_information",
     "host_kernels",

@@ -9,7 +9,7 @@ import torch
 
 from edgetrain.capture import capture
 from edgetrain.cost import Device, KernelLibrary, Optimizer, TrainingCost, load_device, training_cost
-from edgetrain.errors import InvalidArgumentError
+from edgetrain import validate
 from edgetrain.ir import Graph
 from edgetrain.measure import MeasuredStep, measure_training_step
 
@@ -67,9 +67,7 @@ def profile(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5
     With `measure=True` one real step runs in PyTorch on a copy of the model and the allocator's
     peak and autograd's saved bytes are added (the model itself is not changed).
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
-        raise InvalidArgumentError(
-            f"batch size must be a positive integer, got {batch_size!r}; use e.g. --batch-size 1")
+    batch_size = validate.batch_size(batch_size)
     opt = Optimizer.parse(optimizer)
     dev = load_device(device)
     graph = capture(model, example_input, batch_size=batch_size, name=name)

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from edgetrain.storage import load_tensors, save_tensors_atomic
+from edgetrain import validate
 from edgetrain.errors import InvalidArgumentError
 
 from ._graph import (Activation, ConvKind, QAdd, QConv2d, QGlobalAvgPool, QLinear, QTensor,
@@ -80,8 +81,7 @@ def tensor_sizes(graph: QuantGraph, *, batch_size: int = 1, trainable: Sequence[
 
     `trainable`: op names that train (None: all; the default `()`: inference only).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    batch_size = validate.batch_size(batch_size)
     names = [op.name for op in graph.weighted_ops]
     train = set(names if trainable is None else trainable)
     unknown = sorted(train - set(names))

@@ -23,6 +23,7 @@ from rich.console import Console
 from safetensors import safe_open
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from edgetrain import validate
 from edgetrain.storage import load_tensors, save_tensors_atomic, write_json_atomic
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.measure import MemoryMeter, storage_bytes
@@ -124,8 +125,7 @@ def train_loop(model: torch.nn.Module, plan: Plan, x: torch.Tensor, y: torch.Ten
     """Train `steps` optimizer steps on batches drawn in a seeded order from (x, y).
 
     Seeds torch's global RNG with `seed` (or restores it from the checkpoint when resuming)."""
-    if steps <= 0:
-        raise InvalidArgumentError(f"--steps must be positive, got {steps}")
+    steps = validate.steps(steps)
     if len(x) < plan.batch_size:
         raise InvalidArgumentError(
             f"{len(x)} samples cannot fill one batch of {plan.batch_size}")

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from edgetrain import validate
 from edgetrain.errors import EdgetrainError, InvalidArgumentError
 from edgetrain.planner import ActivationDecision, ParamDecision, Plan, Precision
 from edgetrain.runtime._paging import PagingStore
@@ -39,8 +39,7 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, plan: Plan, *, lr: float = 0.01,
                  loss_fn=F.cross_entropy, max_nonfinite: int = 3,
                  paging_dir: str | None = None) -> None:
-        if lr <= 0 or not math.isfinite(lr):
-            raise InvalidArgumentError(f"learning rate must be a positive number, got {lr}")
+        lr = validate.learning_rate(lr)
         if plan.precision is Precision.INT8:
             raise InvalidArgumentError(
                 f"this plan trains {plan.model} in int8 on the C trainer (precision int8, "

@@ -7,11 +7,34 @@ and `edgetrain bench`, which runs them all on the same task, models and devices.
     report = poet.train(prepared, x, y, samples=2000)
 
 See NOTE [ One signature for every system ] in `_common.py`; each `_<name>.py` module's
-docstring names the paper, what is reproduced and what is not.
+docstring names the paper, what is reproduced and what is not. `CATALOG` (torch-free) says what
+each strategy needs; names are resolved lazily (PEP 562) so that reading it imports no torch.
 """
 
-from edgetrain.strategies._common import Prepared, System, SystemName, TrainReport, UnknownSystemError
-from edgetrain.strategies._registry import SYSTEMS, get_system, system_names
+from importlib import import_module
 
-__all__ = ["SYSTEMS", "Prepared", "System", "SystemName", "TrainReport", "UnknownSystemError",
-           "get_system", "system_names"]
+_EXPORTS = {
+    "CATALOG": "edgetrain.strategies._catalog",
+    "SystemInfo": "edgetrain.strategies._catalog",
+    "SystemName": "edgetrain.strategies._catalog",
+    "UnknownSystemError": "edgetrain.strategies._catalog",
+    "get_system": "edgetrain.strategies._catalog",
+    "system_info": "edgetrain.strategies._catalog",
+    "system_names": "edgetrain.strategies._catalog",
+    "Prepared": "edgetrain.strategies._common",
+    "System": "edgetrain.strategies._common",
+    "TrainReport": "edgetrain.strategies._common",
+    "BenchConfig": "edgetrain.strategies._bench",
+    "config_from_args": "edgetrain.strategies._bench",
+    "run_bench": "edgetrain.strategies._bench",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'edgetrain.strategies' has no attribute {name!r}")

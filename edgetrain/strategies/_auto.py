@@ -179,4 +179,4 @@ def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5
                     (("selection", tried), ("preparation_energy_j", pilot_energy_j)))
 
 
-SYSTEM = System(SystemName.AUTO, "edgetrain joint planner", prepare, train_planned)
+SYSTEM = System(SystemName.AUTO, prepare, train_planned)

@@ -44,13 +44,15 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from edgetrain import validate
+from edgetrain.units import format_bytes
 from edgetrain.storage import cache_dir, load_tensors, save_tensors_atomic, write_json_atomic
 from edgetrain.storage import write_text_atomic
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.errors import PlanInfeasibleError
 from edgetrain.runtime import NonFiniteLossError
-from edgetrain.strategies._common import SystemName
-from edgetrain.strategies._registry import get_system
+from edgetrain.strategies._catalog import SystemName
+from edgetrain.strategies._catalog import get_system
 from edgetrain.tasks import accuracy
 
 NEW_CLASSES = "fashion-mnist:5-9"
@@ -310,12 +312,6 @@ def auto_pareto(rows: list[BenchRow]) -> list[dict]:
     return out
 
 
-def _fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    return f"{n / 1024 ** 2:,.2f} MiB" if n >= 1024 ** 2 else f"{n / 1024:,.1f} KiB"
-
-
 def _fmt(v, spec: str, scale: float = 1.0, unit: str = "") -> str:
     return "-" if v is None else format(v * scale, spec) + unit
 
@@ -328,8 +324,8 @@ def markdown_table(rows: list[BenchRow]) -> str:
     for r in rows:
         lines.append(
             f"| {r.system} | {r.model} | {r.device} | {r.batch_size} | {'yes' if r.fits else 'no'} | "
-            f"{_fmt_bytes(r.predicted_peak_bytes)} | {_fmt_bytes(r.measured_peak_bytes)} | "
-            f"{_fmt_bytes(r.storage_bytes_written_per_step)} | {_fmt(r.host_step_s, '.2f', 1e3, ' ms')} | "
+            f"{format_bytes(r.predicted_peak_bytes)} | {format_bytes(r.measured_peak_bytes)} | "
+            f"{format_bytes(r.storage_bytes_written_per_step)} | {_fmt(r.host_step_s, '.2f', 1e3, ' ms')} | "
             f"{_fmt(r.device_step_s, '.3g', 1e3, ' ms')} | {_fmt(r.energy_per_step_j, '.3g', 1e3, ' mJ')} | "
             f"{_fmt(r.energy_per_sample_j, '.3g', 1e3, ' mJ')} | "
             f"{_fmt(r.preparation_energy_j if r.preparation_energy_j else None, '.3g', 1, ' J')} | "
@@ -471,7 +467,6 @@ def config_from_args(quick: bool, systems: "list[str] | None" = None,
         cfg = replace(cfg, tasks=tuple(next((t for t in cfg.tasks if t.model == m), known[m])
                                        for m in models))
     if samples is not None:
-        if samples <= 0:
-            raise InvalidArgumentError(f"--samples must be positive, got {samples}")
+        samples = validate.positive_int(samples, "samples per strategy (--samples)")
         cfg = replace(cfg, tasks=tuple(replace(t, samples=samples) for t in cfg.tasks))
     return cfg

@@ -8,6 +8,8 @@ import json
 from rich.console import Console
 from rich.table import Table
 
+from edgetrain.units import format_bytes
+
 console = Console()
 
 
@@ -25,15 +27,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 "energy/step", "acc. before", "acc. after", "samples/s"):
         t.add_column(col, justify="left" if col in ("strategy", "model", "device") else "right")
 
-    def kib(v):
-        return "-" if v is None else f"{v / 1024:,.1f} KiB"
-
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f} %"
 
     for r in res["rows"]:
         t.add_row(r["system"], r["model"], r["device"], "yes" if r["fits"] else "[red]no[/]",
-                  kib(r["predicted_peak_bytes"]), kib(r["measured_peak_bytes"]),
+                  format_bytes(r["predicted_peak_bytes"]), format_bytes(r["measured_peak_bytes"]),
                   "-" if r["energy_per_step_j"] is None else f"{1e3 * r['energy_per_step_j']:,.3f} mJ",
                   pct(r["accuracy_before"]), pct(r["accuracy_after"]),
                   "-" if r["samples_per_s"] is None else f"{r['samples_per_s']:,.0f}")
@@ -49,7 +48,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add `edgetrain bench` to the `edgetrain` command's subparsers."""
-    from edgetrain.strategies._registry import system_names
+    from edgetrain.strategies._catalog import system_names
 
     b = subparsers.add_parser(
         "bench", help="every strategy on Fashion-MNIST new-class transfer, across devices")

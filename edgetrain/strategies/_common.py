@@ -23,7 +23,6 @@ NOTE [ One signature for every system ]
 
 from __future__ import annotations
 
-import enum
 import statistics
 import time
 from collections.abc import Callable
@@ -36,25 +35,7 @@ from edgetrain.errors import InvalidArgumentError
 from edgetrain.measure import MemoryMeter, storage_bytes
 from edgetrain.planner import Plan
 from edgetrain.runtime import Trainer
-
-
-class SystemName(enum.Enum):
-    """The surveyed on-device training systems edgetrain runs as strategies."""
-
-    FULL = "full"
-    AUTO = "auto"
-    POET = "poet"
-    TINYOL = "tinyol"
-    TINYTL = "tinytl"
-    MELON = "melon"
-    SAGE = "sage"
-    TTE = "tte"
-    MANDHELING = "mandheling"
-    MINILEARN = "minilearn"
-
-
-class UnknownSystemError(InvalidArgumentError):
-    """A strategy name names no surveyed system."""
+from edgetrain.strategies._catalog import CATALOG, SystemName
 
 
 @dataclass(frozen=True)
@@ -115,9 +96,12 @@ class TrainReport:
 @dataclass(frozen=True)
 class System:
     name: SystemName
-    paper: str
     prepare: Callable[..., Prepared]
     train: Callable[..., TrainReport]
+
+    @property
+    def paper(self) -> str:
+        return CATALOG[self.name].paper
 
 
 def check_samples(samples: int, batch_size: int, available: int) -> int:

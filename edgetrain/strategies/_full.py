@@ -25,4 +25,4 @@ def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5
                     ("every parameter trains; every activation kept",))
 
 
-SYSTEM = System(SystemName.FULL, "plain fine-tuning (reference)", prepare, train_planned)
+SYSTEM = System(SystemName.FULL, prepare, train_planned)

@@ -42,6 +42,7 @@ from edgetrain.prepare import SAFETY_MARGIN
 from edgetrain.prepare import trainer_plan as plan
 from edgetrain.capture import capture
 from edgetrain.cost import load_device
+from edgetrain import validate
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.ir import OpKind
 from edgetrain.planner import Prediction
@@ -86,8 +87,7 @@ def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="snap
         raise InvalidArgumentError(
             "mandheling quantises the model before training: pass calibration=<a tensor of "
             "real input images> (e.g. 256 samples of the pretraining data)")
-    if not isinstance(batch_size, int) or batch_size <= 0:
-        raise InvalidArgumentError(f"batch size must be a positive integer, got {batch_size!r}")
+    batch_size = validate.batch_size(batch_size)
     dev = load_device(device)
     budget = int(budget_bytes if budget_bytes is not None else dev.ram_bytes)
     graph = quantize(model, calibration, name=name)
@@ -181,4 +181,4 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
                               "measured",))
 
 
-SYSTEM = System(SystemName.MANDHELING, "Xu et al., Mandheling, MobiCom 2022", prepare, train)
+SYSTEM = System(SystemName.MANDHELING, prepare, train)

@@ -27,6 +27,7 @@ import torch
 
 from edgetrain.prepare import trainer_plan as plan
 from edgetrain.cost import load_device
+from edgetrain import validate
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.errors import PlanInfeasibleError
 from edgetrain.runtime import Trainer
@@ -65,9 +66,7 @@ def profile_pool(model: torch.nn.Module, example_input: torch.Tensor, the_plan) 
 def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf52840",
             budget_bytes: int | None = None, batch_size: int = 1, name: str = "model") -> Prepared:
     dev = load_device(device)
-    budget = int(budget_bytes if budget_bytes is not None else dev.ram_bytes)
-    if budget <= 0:
-        raise InvalidArgumentError(f"memory budget must be positive, got {budget} bytes")
+    budget = validate.budget_bytes(budget_bytes if budget_bytes is not None else dev.ram_bytes)
     target = budget
     for _ in range(MAX_REPLANS):
         p = plan(model, example_input, device=dev, budget_bytes=target, batch_size=batch_size,
@@ -104,4 +103,4 @@ def pool_stats(prepared: Prepared) -> dict[str, int]:
     return dict(prepared.state)
 
 
-SYSTEM = System(SystemName.MELON, "Wang et al., Melon, MobiSys 2022", prepare, train_planned)
+SYSTEM = System(SystemName.MELON, prepare, train_planned)

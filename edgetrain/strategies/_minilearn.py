@@ -61,6 +61,7 @@ from torch import nn
 
 from edgetrain.prepare import trainer_plan as plan
 from edgetrain.cost import load_device
+from edgetrain import validate
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.errors import PlanInfeasibleError
 from edgetrain.strategies._common import Prepared, System, SystemName, TrainReport, train_planned
@@ -267,12 +268,9 @@ def prepare(model: nn.Module, example_input: torch.Tensor, *, device="nrf52840",
     if not (isinstance(min_prune_ratio, (int, float)) and 0 <= min_prune_ratio < 1):
         raise InvalidArgumentError(
             f"min_prune_ratio must lie in [0, 1), got {min_prune_ratio!r}")
-    if not isinstance(batch_size, int) or batch_size <= 0:
-        raise InvalidArgumentError(f"batch size must be a positive integer, got {batch_size!r}")
+    batch_size = validate.batch_size(batch_size)
     dev = load_device(device)
-    budget = int(budget_bytes if budget_bytes is not None else dev.ram_bytes)
-    if budget <= 0:
-        raise InvalidArgumentError(f"memory budget must be positive, got {budget} bytes")
+    budget = validate.budget_bytes(budget_bytes if budget_bytes is not None else dev.ram_bytes)
     original = quantize(model, calibration, name=name)
     dense = dequantize(original, fold_batchnorm(model, calibration[:1], name))
     unpruned = plan(dense, example_input, device=dev, budget_bytes=1 << 40,
@@ -344,5 +342,4 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
                                f"{min(len(x), RECALIBRATION_SAMPLES)} device images"))
 
 
-SYSTEM = System(SystemName.MINILEARN, "Profentzas, Almgren, Landsiedel, MiniLearn, EWSN 2022",
-                prepare, train)
+SYSTEM = System(SystemName.MINILEARN, prepare, train)

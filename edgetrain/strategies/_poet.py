@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import torch
 
-from edgetrain.prepare import SAFETY_MARGIN, to_plan
+from edgetrain.prepare import SAFETY_MARGIN, PlanRequest, to_plan
 from edgetrain.prepare import host_kernels
 from edgetrain.capture import capture
 from edgetrain.cost import Optimizer, load_device
-from edgetrain.errors import InvalidArgumentError
+from edgetrain import validate
 from edgetrain.planner import ActivationDecision, Objective, Strategy
 from edgetrain.planner import Evaluation, Problem
 from edgetrain.planner import milp_solver
@@ -36,12 +36,9 @@ DEADLINE_FACTOR = 2.0
 def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf52840",
             budget_bytes: int | None = None, batch_size: int = 1, name: str = "model",
             deadline_s: float | None = None) -> Prepared:
-    if not isinstance(batch_size, int) or batch_size <= 0:
-        raise InvalidArgumentError(f"batch size must be a positive integer, got {batch_size!r}")
+    batch_size = validate.batch_size(batch_size)
     dev = load_device(device)
-    budget = int(budget_bytes if budget_bytes is not None else dev.ram_bytes)
-    if budget <= 0:
-        raise InvalidArgumentError(f"memory budget must be positive, got {budget} bytes")
+    budget = validate.budget_bytes(budget_bytes if budget_bytes is not None else dev.ram_bytes)
     g = capture(model, example_input, batch_size=batch_size, name=name)
     trainable = frozenset(p.name for p in g.params)
     kernels = host_kernels(g, g.requires_grad_for(trainable))
@@ -54,12 +51,12 @@ def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5
     if deadline_s is None:
         plain = problem(None).evaluate(tuple(ActivationDecision.KEEP for _ in problem(None).stages))
         deadline_s = DEADLINE_FACTOR * plain.latency_s
-    if deadline_s <= 0:
-        raise InvalidArgumentError(f"deadline must be positive, got {deadline_s} s")
+    deadline_s = validate.positive_float(deadline_s, "deadline (--deadline-s)")
     prob = problem(deadline_s)
     ev = _prefer_keep(prob, milp_solver(prob))  # raises PlanInfeasibleError if nothing fits
-    p = to_plan(ev, prob, name, dev.name, Strategy.EXACT, Objective.ENERGY, budget, batch_size,
-                 batch_size, Optimizer.SGD, False, deadline_s, False, "all")
+    request = PlanRequest(device=dev, batch_size=batch_size, strategy=Strategy.EXACT,
+                          objective=Objective.ENERGY, deadline_s=deadline_s, name=name)
+    p = to_plan(ev, prob, request, budget_bytes=budget, freeze_batch_norm=False, policy="all")
     n_rec = sum(s.decision is ActivationDecision.RECOMPUTE for s in p.stages)
     n_page = sum(s.decision is ActivationDecision.PAGE for s in p.stages)
     return Prepared(SystemName.POET, model, example_input, p, dev, p.predicted_peak_bytes,
@@ -81,4 +78,4 @@ def _prefer_keep(prob: Problem, ev: Evaluation) -> Evaluation:
     return ev
 
 
-SYSTEM = System(SystemName.POET, "Patil et al., POET, ICML 2022", prepare, train_planned)
+SYSTEM = System(SystemName.POET, prepare, train_planned)

@@ -96,4 +96,4 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
                                     storage_bytes_written=written, notes=notes)
 
 
-SYSTEM = System(SystemName.SAGE, "Gim, Ko, Sage, MobiSys 2022", prepare, train)
+SYSTEM = System(SystemName.SAGE, prepare, train)

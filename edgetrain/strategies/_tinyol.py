@@ -171,4 +171,4 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
                                     measured_peak_bytes=peak, notes=(f"class {c} added at sample {k}" for k, c in grown))
 
 
-SYSTEM = System(SystemName.TINYOL, "Ren, Anicic, Runkler, TinyOL, IJCNN 2021", prepare, train)
+SYSTEM = System(SystemName.TINYOL, prepare, train)

@@ -140,5 +140,4 @@ def memory_saving(model: nn.Module, example_input: torch.Tensor, *, batch_size: 
             "saving": full.predicted_peak_bytes / tl.predicted_peak_bytes}
 
 
-SYSTEM = System(SystemName.TINYTL, "Cai, Gan, Zhu, Han, TinyTL, NeurIPS 2020", prepare,
-                train_planned)
+SYSTEM = System(SystemName.TINYTL, prepare, train_planned)

@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from edgetrain.prepare import SAFETY_MARGIN
 from edgetrain.prepare import trainer_plan as plan
 from edgetrain.cost import load_device
+from edgetrain import validate
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.measure import MemoryMeter
 from edgetrain.planner import Executor, Precision, Prediction
@@ -194,9 +195,7 @@ def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5
             "tte quantises the model before training: pass calibration=<a tensor of real "
             "input images> (e.g. 256 samples of the pretraining data)")
     dev = load_device(device)
-    budget = int(budget_bytes if budget_bytes is not None else dev.ram_bytes)
-    if budget <= 0:
-        raise InvalidArgumentError(f"memory budget must be positive, got {budget} bytes")
+    budget = validate.budget_bytes(budget_bytes if budget_bytes is not None else dev.ram_bytes)
     graph = quantize(model, calibration, name=name)
     if analysis is None:
         ax, ay = calibration[:ANALYSIS_SAMPLES], None
@@ -267,4 +266,4 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
                               f"({sim_peak:,} B) is the simulation's, not the device's",))
 
 
-SYSTEM = System(SystemName.TTE, "Lin et al., Tiny Training Engine, NeurIPS 2022", prepare, train)
+SYSTEM = System(SystemName.TTE, prepare, train)

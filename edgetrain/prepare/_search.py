@@ -1,0 +1,365 @@
+"""The searches behind `plan()`: one over PyTorch plans (trainable set, batch-norm mode,
+micro-batch, in-place update, stage cut, activation decisions) and one over the plans of an
+executor that answers for its own memory (NOTE [ Asking an executor for its memory ])."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from edgetrain.capture import capture
+from edgetrain.cost import Device, simulate_step
+from edgetrain.errors import InvalidArgumentError, PlanInfeasibleError
+from edgetrain.ir import Graph
+from edgetrain.planner import (
+    SOLVERS,
+    ActivationDecision,
+    Evaluation,
+    Executor,
+    ExecutorMemory,
+    MemoryRequest,
+    CandidateUnsupportedError,
+    ParamDecision,
+    ParamPlan,
+    Plan,
+    Precision,
+    Prediction,
+    Problem,
+    StagePlan,
+    Strategy,
+    TimelineSample,
+    valid_depths,
+)
+from edgetrain.prepare._profile import host_kernels
+from edgetrain.prepare._request import PlanRequest
+
+_BN = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+
+Policies = list[tuple[str, "str | frozenset[str]"]]
+
+
+def trainable_policy(graph: Graph, policy: str) -> frozenset[str]:
+    """Parameter names a sparse-update policy trains: `all`, `bias-only`, `last:k` (the last k
+    modules that own parameters), or a comma-separated list of parameter names / prefixes."""
+    names = [p.name for p in graph.params]
+    if policy in ("all", "full"):
+        return frozenset(names)
+    if policy == "bias-only":
+        return frozenset(n for n in names if n.endswith(".bias"))
+    if policy.startswith("last:"):
+        try:
+            k = int(policy[5:])
+        except ValueError:
+            raise InvalidArgumentError(
+                f"bad policy {policy!r}: expected last:K with K an integer") from None
+        if k <= 0:
+            raise InvalidArgumentError(f"bad policy {policy!r}: K must be positive")
+        modules = list(dict.fromkeys(p.module for p in graph.params))
+        keep = set(modules[-k:])
+        return frozenset(p.name for p in graph.params if p.module in keep)
+    wanted = [w.strip() for w in policy.split(",") if w.strip()]
+    chosen = frozenset(n for n in names if any(n == w or n.startswith(w + ".") for w in wanted))
+    if not chosen:
+        raise InvalidArgumentError(
+            f"policy {policy!r} selects no parameter; use all, bias-only, last:K or names such "
+            f"as {', '.join(names[:3])}")
+    return chosen
+
+
+@dataclass
+class Search:
+    """One planning run: the request, its device and budget, and the captures made so far."""
+
+    model: torch.nn.Module
+    example_input: torch.Tensor
+    request: PlanRequest
+    device: Device
+    budget_bytes: int
+    has_bn: bool
+    _graphs: dict[tuple[int, bool], Graph] = field(default_factory=dict)
+
+    def graph_at(self, batch: int, freeze_bn: bool) -> Graph:
+        """The capture at `batch` samples, batch norm frozen (running statistics) or live."""
+        if (batch, freeze_bn) not in self._graphs:
+            was = [(m, m.training) for m in self.model.modules()]
+            if freeze_bn:
+                for m in self.model.modules():
+                    if isinstance(m, _BN):
+                        m.eval()
+            try:
+                self._graphs[batch, freeze_bn] = capture(
+                    self.model, self.example_input, batch_size=batch, name=self.request.name)
+            finally:
+                for m, t in was:
+                    m.train(t)
+        return self._graphs[batch, freeze_bn]
+
+    def trainable(self, graph: Graph, chosen: "str | frozenset[str]") -> frozenset[str]:
+        return chosen if isinstance(chosen, frozenset) else trainable_policy(graph, chosen)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(n, 0, -1) if n % d == 0]
+
+
+@dataclass
+class _Best:
+    """The cheapest feasible PyTorch candidate so far, and the smallest infeasible peak."""
+
+    found: tuple[Evaluation, Problem, str, bool] | None = None
+    smallest: tuple[int, Problem | None] = (1 << 62, None)
+
+    def offer(self, ev: Evaluation, prob: Problem, policy: str, freeze: bool) -> None:
+        obj = prob.objective
+        # Ties (equal work up to float rounding) go to the earlier candidate: the larger
+        # micro-batch, no in-place update, the shallower cut.
+        if self.found is None or ev.objective(obj) < self.found[0].objective(obj) * (1 - 1e-9):
+            self.found = (ev, prob, policy, freeze)
+
+    def refuse(self, prob: Problem) -> None:
+        low = lowest_peak(prob)
+        if low < self.smallest[0]:
+            self.smallest = (low, prob)
+
+
+def plan_for_pytorch(search: Search, policies: Policies) -> Plan:
+    """The best PyTorch (Trainer) plan: the most faithful trainable set that fits, and for it
+    the BN mode, micro-batch, in-place update and activation decisions of least cost."""
+    req = search.request
+    best = _Best()
+    for pol, chosen in policies:  # the most faithful trainable set that fits wins
+        # NOTE [ Batch norm under a sparse update ]
+        #     With most of the network frozen, batch norm in training mode still normalises by
+        #     each batch's statistics and overwrites the pretrained running statistics, so the
+        #     frozen layers' features drift under what trains. TinyTL and TTE keep BN
+        #     statistics frozen when they update a subset; so do we for every sparse candidate
+        #     (BN live is still tried when frozen does not fit). Measured with the bench's
+        #     data and seeds: mcu-cnn (pretrained on classes 0-4, 800 samples of 5-9, lr 0.05,
+        #     nRF52840) `last:1` 41.4 -> 45.1 % at batch 8 and 8.4 -> 48.6 % at batch 1;
+        #     TinyTL's biases + lite residuals on mbv2-w0.35 (rpi4, 400 samples, BN forced
+        #     frozen) 25.2 -> 27.2 %
+        #     (tests/test_runtime.py::test_sparse_plans_freeze_batch_norm_statistics).
+        sparse = pol not in ("all", "full")
+        modes = _bn_modes(search)
+        if sparse and req.freeze_batch_norm is None:
+            modes = sorted(modes, reverse=True)
+        for freeze in modes:
+            for prob in _pytorch_problems(search, chosen, freeze):
+                try:
+                    best.offer(_solver(req)(prob), prob, pol, freeze)
+                except PlanInfeasibleError:
+                    best.refuse(prob)
+            if best.found is not None:
+                break  # the preferred BN mode (live for full training) wins whenever it fits
+        if best.found is not None:
+            break
+    if best.found is None:
+        raise infeasible(search, *best.smallest)
+    ev, prob, pol, freeze = best.found
+    return to_plan(ev, prob, req, budget_bytes=search.budget_bytes,
+                   freeze_batch_norm=freeze and search.has_bn, policy=pol)
+
+
+def _solver(req: PlanRequest):
+    return SOLVERS[req.strategy.value] if req.is_baseline else SOLVERS["dp"]
+
+
+def _bn_modes(search: Search) -> list[bool]:
+    """Batch-norm modes to try. Micro-batching changes batch statistics, so with batch norm it
+    needs BN frozen (running statistics, which also slows learning): BN live first."""
+    req = search.request
+    if req.freeze_batch_norm is not None:
+        return [req.freeze_batch_norm]
+    if search.has_bn and not req.is_baseline:
+        return [False, True]
+    return [False]
+
+
+def _pytorch_problems(search: Search, chosen, freeze: bool):
+    """Every (micro-batch, in-place update, stage cut) problem for one trainable set."""
+    req = search.request
+    batch = req.batch_size
+    if req.is_baseline:
+        micro_sizes, in_place_opts = [batch], [False]
+    else:
+        micro_sizes = _divisors(batch) if (not search.has_bn or freeze) else [batch]
+        in_place_opts = [False, True]
+    for mb in micro_sizes:
+        g = search.graph_at(mb, freeze)
+        trainable = search.trainable(g, chosen)
+        kernels = host_kernels(g, g.requires_grad_for(trainable))
+        # NOTE [ Stage granularity ]
+        #     Where a stage boundary falls decides what recomputation and paging can do: one
+        #     coarse stage (MobileNetV2's whole `features`) can drop every activation inside it
+        #     but can only be recomputed or paged whole; per-block stages trade memory for time
+        #     block by block. The DP and the baselines' stage MILP see one cut, so the search
+        #     tries every valid module depth (`valid_depths`) and keeps the cheapest plan: on
+        #     rpi4 at batch 8 and half the keep-all budget, mbv2-w0.35's modelled step goes from
+        #     5.56 s (page `features` whole) to 0.13 s (per-block decisions). Baselines keep the
+        #     default cut (`chain_stages`) so they stay the published heuristics.
+        depths = [None] if req.is_baseline else list(valid_depths(g)) or [None]
+        for in_place in in_place_opts:
+            if in_place and mb != batch:
+                continue  # updating inside backward would change accumulation's maths
+            for depth in depths:
+                yield Problem(g, search.device,
+                              int(search.budget_bytes * (1 - req.safety_margin)),
+                              optimizer=req.optimizer, objective=req.objective,
+                              deadline_s=req.deadline_s, allow_paging=req.allow_paging,
+                              trainable=trainable, in_place_update=in_place,
+                              accumulation_steps=batch // mb, kernels=kernels,
+                              stage_depth=depth)
+
+
+def plan_for_executor(search: Search, policies: Policies, memory: ExecutorMemory) -> Plan:
+    """The most faithful trainable set whose program, on an executor that keeps its own
+    layout, fits the budget.
+
+    NOTE [ Planning for the C executor ]
+        The C trainer (`edgetrain.codegen`) keeps every activation in one static arena, frozen
+        weights in flash (batch norm folded into them, so BN is frozen), trainable tensors in
+        SRAM, and applies SGD to each weight element as its gradient completes (no gradient
+        buffers): none of PyTorch's recompute, paging or micro-batching applies, and its memory
+        is not PyTorch's. So each candidate keeps every activation and updates in place, and
+        its peak is the executor's own prediction (`ProgramMemory.candidate`), which the
+        compiled program's measured peak is tested against. Latency and energy keep the
+        work-based model of `Problem.evaluate`, at the device's int8 rate for int8 programs.
+    """
+    req, dev = search.request, search.device
+    what = f"the {_executor_name(memory.executor)} executor in {memory.precision.value}"
+    allowed = ((Strategy.AUTO, Strategy.KEEP_ALL) if memory.precision is Precision.INT8 else
+               (Strategy.AUTO, Strategy.EXACT, Strategy.KEEP_ALL))
+    if req.strategy not in allowed:
+        raise InvalidArgumentError(
+            f"{what} keeps every activation (no recompute or paging) and its arithmetic is fixed; strategy "
+            f"{req.strategy.value} does not apply: use {', '.join(s.value for s in allowed)}")
+    g = search.graph_at(req.batch_size, True)
+    program = memory.for_model(MemoryRequest(search.model, search.example_input, g, dev,
+                                             req.batch_size))
+    rate = (dev.compute.fp32_flops_per_s / dev.compute.int8_ops_per_s
+            if memory.precision is Precision.INT8 else 1.0)
+    smallest = None
+    for label, chosen in policies:
+        ev, p = _keep_all_candidate(search, g, chosen, label)
+        try:
+            answer = program.candidate(p)
+        except CandidateUnsupportedError:
+            continue
+        latency = ev.latency_s * rate
+        energy = (latency * dev.compute.active_power_w
+                  if memory.precision is Precision.INT8 else ev.energy_j)
+        peak = answer.peak_sram_bytes
+        if peak <= search.budget_bytes * (1 - req.safety_margin) and (
+                req.deadline_s is None or latency <= req.deadline_s):
+            return with_executor(p, memory.executor, memory.precision, peak, latency, energy,
+                                 answer.notes)
+        smallest = peak if smallest is None else min(smallest, peak)
+    raise PlanInfeasibleError(
+        f"no plan fits {search.budget_bytes:,} bytes on {dev.name} with {what}: the smallest "
+        f"program "
+        f"needs {smallest or 0:,} bytes of SRAM"
+        + (f" ({smallest / search.budget_bytes:.2f}x the budget)" if smallest else "")
+        + "; allow sparse update (--strategy auto), use a smaller batch size, a larger budget, "
+        "or the PyTorch executor (recompute, paging)")
+
+
+def _executor_name(executor: Executor) -> str:
+    return "C" if executor is Executor.C else executor.value
+
+
+def _keep_all_candidate(search: Search, g: Graph, chosen, label: str
+                        ) -> tuple[Evaluation, Plan]:
+    """One trainable set as the C trainer runs it (keep every activation, update in place):
+    its work-based evaluation and the plan; the caller replaces the peak with the
+    executor's own."""
+    req = search.request
+    trainable = search.trainable(g, chosen)
+    prob = Problem(g, search.device, 1 << 62, optimizer=req.optimizer, objective=req.objective,
+                   allow_paging=False, trainable=trainable, in_place_update=True,
+                   kernels=host_kernels(g, g.requires_grad_for(trainable)))
+    ev = SOLVERS["keep-all"](prob)
+    return ev, to_plan(ev, prob, req, budget_bytes=search.budget_bytes,
+                       freeze_batch_norm=search.has_bn, policy=label)
+
+
+def lowest_peak(p: Problem) -> int:
+    """The least peak any decision gives: everything paged (or recomputed) where allowed."""
+    dec = tuple(ActivationDecision.PAGE if ActivationDecision.PAGE in c else (
+        ActivationDecision.RECOMPUTE if ActivationDecision.RECOMPUTE in c else
+        ActivationDecision.KEEP) for c in p.choices)
+    return min(p.evaluate(dec).peak_bytes, p.evaluate(_recompute_all(p)).peak_bytes)
+
+
+def _recompute_all(p: Problem) -> tuple[ActivationDecision, ...]:
+    return tuple(ActivationDecision.RECOMPUTE if ActivationDecision.RECOMPUTE in c
+                 else ActivationDecision.KEEP for c in p.choices)
+
+
+def infeasible(search: Search, low: int, prob: Problem | None) -> PlanInfeasibleError:
+    """Nothing fits: the smallest achievable peak, what dominates it, and what to allow."""
+    req, budget = search.request, search.budget_bytes
+    hints = []
+    if prob is not None:
+        sim = simulate_step(prob.graph, prob.optimizer, prob.kernels,
+                            prob.schedule(_recompute_all(prob)))
+        b = sim.at_peak
+        parts = {"weights": b.params_bytes, "gradients": b.grads_bytes,
+                 "optimizer state": b.optimizer_bytes,
+                 "saved activations": b.saved_activation_bytes, "input batch": b.batch_bytes,
+                 "gradients in flight and workspaces": b.other_bytes}
+        top = max(parts, key=parts.get)
+        hints.append(f"the peak is dominated by {top} ({parts[top]:,} bytes)")
+    if req.strategy is Strategy.EXACT:
+        hints.append("allow sparse update (--strategy auto)")
+    if not req.allow_paging:
+        hints.append("allow paging to storage")
+    hints.append("use a smaller batch size or a larger budget")
+    return PlanInfeasibleError(
+        f"no plan fits {budget:,} bytes on {search.device.name}: the smallest achievable peak "
+        f"is {low:,} bytes ({low / budget:.2f}x the budget); " + "; ".join(hints))
+
+
+def to_plan(ev: Evaluation, prob: Problem, request: PlanRequest, *, budget_bytes: int,
+            freeze_batch_norm: bool, policy: str) -> Plan:
+    """The `Plan` of one evaluated candidate: `prob`'s trainable set, micro-batch and in-place
+    choice, `ev`'s activation decisions and prediction, `request`'s name, strategy and batch."""
+    g = prob.graph
+    trainable = (prob.trainable if prob.trainable is not None
+                 else frozenset(p.name for p in g.params))
+    bias_owners = {p.module for p in g.params if p.name in trainable and p.name.endswith(".bias")}
+    params = []
+    for p in g.params:
+        if p.name in trainable:
+            d = ParamDecision.TRAINABLE
+        elif p.module in bias_owners and p.name.endswith(".weight"):
+            d = ParamDecision.BIAS_ONLY
+        else:
+            d = ParamDecision.FROZEN
+        params.append(ParamPlan(p.name, d))
+    stages = tuple(StagePlan(s.name, (s.name,), d) for s, d in zip(prob.stages, ev.decisions)
+                   if s.wrappable)
+    sim = simulate_step(g, prob.optimizer, prob.kernels, prob.schedule(ev.decisions))
+    step = max(1, len(sim.timeline) // 200)
+    timeline = tuple(TimelineSample(f"{t.phase.value}:{t.node}", t.live_bytes)
+                     for t in sim.timeline[::step])
+    batch = request.batch_size
+    return Plan(model=request.name, device=prob.device.name, strategy=request.strategy,
+                objective=prob.objective, budget_bytes=budget_bytes, batch_size=batch,
+                micro_batch_size=batch // prob.accumulation_steps,
+                optimizer=prob.optimizer.value, in_place_update=prob.in_place_update,
+                params=tuple(params), stages=stages,
+                predicted=Prediction(ev.peak_bytes, ev.storage_bytes_written, ev.latency_s,
+                                     ev.energy_j, timeline),
+                deadline_s=request.deadline_s, freeze_batch_norm=freeze_batch_norm,
+                notes=(f"trainable policy: {policy}",))
+
+
+def with_executor(p: Plan, executor: Executor, precision: Precision, peak_bytes: int,
+                  latency_s: float, energy_j: float, notes: tuple[str, ...]) -> Plan:
+    """`p` as run by another executor: its peak and modelled step replace the prediction."""
+    return dataclasses.replace(
+        p, executor=executor, precision=precision,
+        predicted=Prediction(peak_bytes, 0, latency_s, energy_j),
+        notes=(*p.notes, *notes))
