@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgetrain.errors import EdgetrainError
-from edgetrain.strategies._catalog import CATALOG, SystemName, system_info
+from edgetrain.strategies import CATALOG, SystemName, system_info
 from edgetrain.units import format_bytes, parse_size
 from edgetrain.validate import (
     batch_size,
