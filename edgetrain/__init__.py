@@ -5,7 +5,7 @@ Names are resolved lazily (PEP 562) so that the torch-free layers (`edgetrain.ir
 `edgetrain.cost`, `edgetrain.planner`) can be imported without importing torch.
 """
 
-from importlib import import_module
+from edgetrain.lazy import lazy_exports
 
 _EXPORTS = {
     "capture": "edgetrain.capture",
@@ -22,10 +22,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'edgetrain' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -37,37 +37,29 @@ T = TypeVar("T")
 
 def positive_int(value: object, what: str = "value") -> int:
     """An integer > 0 (a bool, float or string is refused, never truncated)."""
-    if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            raise InvalidArgumentError(
-                f"{what} must be a positive integer, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidArgumentError(f"{what} must be a positive integer, got {value!r}")
-    return value
+    return _integer(value, what, 1, "a positive integer")
 
 
 def non_negative_int(value: object, what: str = "value") -> int:
     """An integer >= 0."""
+    return _integer(value, what, 0, "an integer >= 0")
+
+
+def _integer(value: object, what: str, minimum: int, expected: str) -> int:
     if isinstance(value, str):
         try:
             value = int(value.strip())
         except ValueError:
-            raise InvalidArgumentError(
-                f"{what} must be an integer >= 0, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidArgumentError(f"{what} must be an integer >= 0, got {value!r}")
+            raise InvalidArgumentError(f"{what} must be {expected}, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidArgumentError(f"{what} must be {expected}, got {value!r}")
     return value
 
 
 def positive_float(value: object, what: str = "value") -> float:
     """A finite number > 0 (NaN and infinity refused)."""
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"{what} must be a positive number, got {value!r}") from None
-    if isinstance(value, bool) or not math.isfinite(v) or v <= 0:
+    v = _finite(value, what, "a positive finite number")
+    if v <= 0:
         raise InvalidArgumentError(f"{what} must be a positive finite number, got {value!r}")
     return v
 

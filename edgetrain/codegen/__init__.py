@@ -9,7 +9,7 @@ does capture and file writing around it; `mcu_run` builds, runs (host binary or 
 parses the result.
 """
 
-from importlib import import_module
+from edgetrain.lazy import lazy_exports
 
 _EXPORTS = {
     "render": "edgetrain.codegen._render",
@@ -19,17 +19,24 @@ _EXPORTS = {
     "TARGETS": "edgetrain.codegen._targets",
     "get_target": "edgetrain.codegen._targets",
     "lower": "edgetrain.codegen._lower",
-    "int8_memory": "edgetrain.codegen._int8",
-    "Int8Memory": "edgetrain.codegen._int8",
-    "Int8Kernel": "edgetrain.codegen._int8",
-    "render_int8": "edgetrain.codegen._int8",
-    "Int8Spec": "edgetrain.codegen._int8",
+    "int8_layout": "edgetrain.codegen._int8_layout",
+    "int8_memory": "edgetrain.codegen._int8_layout",  # the old name of int8_layout
+    "Int8ArenaLayout": "edgetrain.codegen._int8_layout",
+    "Int8Kernel": "edgetrain.codegen._int8_layout",
+    "int8_trainable_ops": "edgetrain.codegen._int8_layout",
+    "render_int8": "edgetrain.codegen._int8_render",
+    "Int8Spec": "edgetrain.codegen._int8_render",
+    "FORWARD_KERNELS": "edgetrain.codegen._int8_kernels",
+    "BACKWARD_KERNELS": "edgetrain.codegen._int8_kernels",
+    "target_for_device": "edgetrain.codegen._targets",
+    "toolchain_present": "edgetrain.codegen._targets",
+    "C_FP32_MEMORY": "edgetrain.codegen._memory_model",
+    "C_INT8_MEMORY": "edgetrain.codegen._memory_model",
     "compile_project": "edgetrain.codegen._compile",
     "samples_of": "edgetrain.codegen._compile",
     "weights_of": "edgetrain.codegen._compile",
     "normalised": "edgetrain.codegen._compile",
     "compile_int8_project": "edgetrain.codegen._compile",
-    "int8_trainable_ops": "edgetrain.codegen._compile",
     "predict_peak_sram_bytes": "edgetrain.codegen._render",
     "mcu_run": "edgetrain.codegen._run",
     "build_project": "edgetrain.codegen._run",
@@ -44,10 +51,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'edgetrain.codegen' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

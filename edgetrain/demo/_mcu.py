@@ -9,30 +9,15 @@ from pathlib import Path
 
 import torch
 
-from edgetrain.codegen import compile_project, samples_of
+from edgetrain.codegen import (
+    compile_project,
+    samples_of,
+    target_for_device,
+    toolchain_present,
+)
 from edgetrain.codegen import TrainingSpec
 from edgetrain.codegen import McuRunResult, mcu_run
 from edgetrain.planner import Plan
-
-
-def toolchain_present(target: str = "cortex-m4") -> bool:
-    import shutil
-    if target == "host":
-        return shutil.which("cc") is not None
-    return all(shutil.which(t) for t in ("arm-none-eabi-gcc", "arm-none-eabi-size",
-                                         "qemu-system-arm"))
-
-
-def target_for_device(device: str) -> str | None:
-    """The emulated target for a catalog device: its CPU string names Cortex-M4 or -M7
-    (nrf52840 -> cortex-m4, stm32f746 / stm32h743 -> cortex-m7); None when no emulated target
-    matches (Cortex-M0+, Xtensa, boards and phones)."""
-    from edgetrain.cost import load_device
-    cpu = load_device(device).compute.cpu
-    for t in ("cortex-m4", "cortex-m7"):
-        if t in cpu.lower().replace(" ", "-"):
-            return t
-    return None
 
 
 def train_on_mcu(model: torch.nn.Module, example: torch.Tensor, out_dir: "str | Path", *,

@@ -14,7 +14,7 @@ that trained it, weighted by example count.
 Names are resolved lazily (PEP 562), so `edgetrain --help` does not import Flower or torch.
 """
 
-from importlib import import_module
+from edgetrain.lazy import lazy_exports
 
 _EXPORTS = {
     "ClientDropoutError": "edgetrain.federated._client",
@@ -41,10 +41,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'edgetrain.federated' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -11,7 +11,7 @@ docstring names the paper, what is reproduced and what is not. `CATALOG` (torch-
 each strategy needs; names are resolved lazily (PEP 562) so that reading it imports no torch.
 """
 
-from importlib import import_module
+from edgetrain.lazy import lazy_exports
 
 _EXPORTS = {
     "CATALOG": "edgetrain.strategies._catalog",
@@ -31,10 +31,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'edgetrain.strategies' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
