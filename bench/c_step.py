@@ -39,7 +39,8 @@ from edgetrain.storage import write_json_atomic, write_text_atomic
 from edgetrain.codegen import SampleSet, TrainingSpec, compile_project, mcu_run
 from edgetrain.codegen import normalised
 from edgetrain.codegen import BuildError
-from edgetrain.demo import toolchain_present, train_on_mcu
+from edgetrain.codegen import toolchain_present
+from edgetrain.demo import train_on_mcu
 from edgetrain.models import build_model
 
 

@@ -6,6 +6,6 @@ the same learning to C and runs it under QEMU (`train_on_mcu`).
 """
 
 from edgetrain.demo._demo import run_demo
-from edgetrain.demo._mcu import demo_mcu_stage, toolchain_present, train_on_mcu
+from edgetrain.demo._mcu import demo_mcu_stage, train_on_mcu
 
-__all__ = ["demo_mcu_stage", "run_demo", "toolchain_present", "train_on_mcu"]
+__all__ = ["demo_mcu_stage", "run_demo", "train_on_mcu"]
