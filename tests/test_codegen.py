@@ -10,6 +10,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from _int8_oracle import assert_int8_params_equal_simulation
+from _toolchain import needs_arm, needs_cc
 
 import edgetrain
 from edgetrain.codegen import (
@@ -21,16 +23,13 @@ from edgetrain.codegen import (
     compile_project,
     lower,
     mcu_run,
+    normalised,
     render,
     weights_of,
 )
-from edgetrain.codegen._compile import normalised
 from edgetrain.models import build_model
 from edgetrain.planner import ActivationDecision
 from edgetrain.runtime import Trainer
-
-from _int8_oracle import assert_int8_params_equal_simulation
-from _toolchain import needs_arm, needs_cc
 
 
 def _model(name: str, size: int | None = None):
@@ -272,9 +271,10 @@ def test_instruction_counter_counts_a_known_loop(tmp_path, target):
 
 def _int8_case(name: str, size: int | None, trainable: list[str], steps: int, lr: float,
                big_head: bool, target: str, tmp_path):
-    from edgetrain.codegen._int8 import Int8Spec, render_int8
-    from edgetrain.quant import QuantModel, QuantSGD, WeightStorage, quantize
     import torch.nn.functional as F
+
+    from edgetrain.codegen import Int8Spec, render_int8
+    from edgetrain.quant import QuantModel, QuantSGD, WeightStorage, quantize
     # Prepare: an int8 graph (edgetrain.quant), samples, and the C project for it
     m, x = build_model(name)
     if size:

@@ -1,5 +1,5 @@
 """The int8 C trainer's SRAM: in-place frozen depthwise / pointwise kernels (bit-exact against
-the PyTorch int8 simulation), `int8_memory` (the pure sizing `render_int8` itself uses) and the
+the PyTorch int8 simulation), `int8_layout` (the pure sizing `render_int8` itself uses) and the
 measured peak of MobileNetV2-w0.35 at 128x128 on an emulated Cortex-M7."""
 
 from __future__ import annotations
@@ -12,14 +12,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from edgetrain.codegen import UnsupportedPlanError, mcu_run
-from edgetrain.codegen._int8 import Int8Kernel, Int8Spec, int8_memory, render_int8
-from edgetrain.models import build_model
-from edgetrain.quant import QuantModel, QuantSGD, WeightStorage, quantize, run_int8
-
 from _int8_oracle import assert_int8_params_equal_simulation
 from _toolchain import needs_arm, needs_cc
+
+from edgetrain.codegen import (
+    Int8Kernel,
+    Int8Spec,
+    UnsupportedPlanError,
+    int8_layout,
+    mcu_run,
+    render_int8,
+)
+from edgetrain.models import build_model
+from edgetrain.quant import QuantModel, QuantSGD, WeightStorage, quantize, run_int8
 
 TTE_MBV2_128_F746_BYTES = 141_000  # Tiny Training Engine's measured SRAM, mbv2-w0.35 128x128
 
@@ -106,7 +111,7 @@ def test_in_place_kernels_train_bit_exactly_like_the_pytorch_int8_simulation(tmp
                  "features.17.conv.2.0", "features.18.0", "classifier"]
     steps, lr = 3, 0.0003
     q = qg.quantize_input(xs).numpy()
-    mem = int8_memory(qg, trainable, batch_size=batch, target="host")
+    mem = int8_layout(qg, trainable, batch_size=batch, target="host")
     kinds = dict(mem.kernels)
     assert kinds["features.1.conv.0.0"] is Int8Kernel.IN_PLACE_DEPTHWISE
     assert kinds["features.1.conv.1.0"] is Int8Kernel.IN_PLACE_POINTWISE
@@ -133,13 +138,13 @@ def test_in_place_kernels_train_bit_exactly_like_the_pytorch_int8_simulation(tmp
 
 
 @pytest.mark.parametrize("last", [1, 2, 4, 9])
-def test_int8_memory_is_what_the_build_file_predicts(mbv2_128, last):
+def test_int8_layout_is_what_the_build_file_predicts(mbv2_128, last):
     # Prepare
     qg, xs, ys = mbv2_128
     trainable = [op.name for op in qg.weighted_ops][-last:]
     q = qg.quantize_input(xs[:1]).numpy()
     # Execute: the pure sizing, and the renderer's build file
-    mem = int8_memory(qg, trainable, batch_size=1, target="cortex-m7")
+    mem = int8_layout(qg, trainable, batch_size=1, target="cortex-m7")
     meta = json.loads(render_int8(
         qg, trainable, "cortex-m7", Int8Spec(q, ys[:1].numpy(), q, ys[:1].numpy(), steps=1,
                                              lr=0.01),
@@ -176,12 +181,12 @@ def test_int8_memory_is_what_the_build_file_predicts(mbv2_128, last):
     assert "a:features.0.0" not in buf
 
 
-def test_int8_memory_counts_in_place_savings_and_is_cheap(mbv2_128):
+def test_int8_layout_counts_in_place_savings_and_is_cheap(mbv2_128):
     qg, _, _ = mbv2_128
     names = [op.name for op in qg.weighted_ops]
     # Execute: the TTE greedy loop's pattern, ~50 calls
     t0 = time.perf_counter()
-    mems = [int8_memory(qg, names[-(1 + k % 10):]) for k in range(50)]
+    mems = [int8_layout(qg, names[-(1 + k % 10):]) for k in range(50)]
     per_call_s = (time.perf_counter() - t0) / 50
     # Assert: cheap; classifier-only: the first frozen depthwise runs in place, so its output
     # has no buffer of its own, and the arena is below input + output of that op
@@ -194,20 +199,20 @@ def test_int8_memory_counts_in_place_savings_and_is_cheap(mbv2_128):
     # what is left is the first (standard) conv's input + output, and the packing reaches it
     assert mem.arena_bytes == mem.peak_live_bytes == 3 * 128 * 128 + 16 * 64 * 64
     # more trainable layers never need less SRAM
-    preds = [int8_memory(qg, names[-k:]).predicted_peak_sram_bytes for k in (1, 2, 4, 8)]
+    preds = [int8_layout(qg, names[-k:]).predicted_peak_sram_bytes for k in (1, 2, 4, 8)]
     assert preds == sorted(preds)
 
 
-def test_int8_memory_refuses_bad_arguments_with_typed_errors(mbv2_128):
+def test_int8_layout_refuses_bad_arguments_with_typed_errors(mbv2_128):
     qg, _, _ = mbv2_128
     with pytest.raises(UnsupportedPlanError, match="choose among"):
-        int8_memory(qg, ["features.99"])
+        int8_layout(qg, ["features.99"])
     with pytest.raises(UnsupportedPlanError, match="choose among"):
-        int8_memory(qg, [])
+        int8_layout(qg, [])
     with pytest.raises(UnsupportedPlanError, match="batch size 0"):
-        int8_memory(qg, ["classifier"], batch_size=0)
+        int8_layout(qg, ["classifier"], batch_size=0)
     with pytest.raises(UnsupportedPlanError, match="no op"):
-        int8_memory(qg, ["classifier"]).kernel("nope")
+        int8_layout(qg, ["classifier"]).kernel("nope")
 
 
 @needs_arm
@@ -216,7 +221,7 @@ def test_cortex_m7_mbv2_128_classifier_training_fits_tte_sram(tmp_path, mbv2_128
     # (320 KiB SRAM, 1 MiB flash), two training steps
     qg, xs, ys = mbv2_128
     q = qg.quantize_input(xs[:2]).numpy()
-    mem = int8_memory(qg, ["classifier"], batch_size=1, target="cortex-m7")
+    mem = int8_layout(qg, ["classifier"], batch_size=1, target="cortex-m7")
     files = render_int8(qg, ["classifier"], "cortex-m7",
                         Int8Spec(q, ys[:2].numpy(), q[:1], ys[:1].numpy(), steps=2, lr=0.01),
                         device_sram_bytes=327_680, device_flash_bytes=1 << 20,
@@ -232,7 +237,7 @@ def test_cortex_m7_mbv2_128_classifier_training_fits_tte_sram(tmp_path, mbv2_128
     assert len(res.losses) == 2 and all(np.isfinite(res.losses))
 
 
-# ---- line buffering (NOTE [ int8 SRAM of the C trainer ], `line_buffer=True`)
+# ---- line buffering (NOTE [ Line-buffered frozen prefix ], `line_buffer=True`)
 
 PROBE_C = r"""#include <stdio.h>
 #include "et_model.c"
@@ -274,8 +279,8 @@ def test_line_buffered_prefix_trains_bit_exactly_like_the_pytorch_int8_simulatio
     trainable = ["classifier"]
     steps, lr = 3, 0.0003
     q = qg.quantize_input(xs).numpy()
-    mem = int8_memory(qg, trainable, batch_size=batch, target="host", line_buffer=True)
-    off = int8_memory(qg, trainable, batch_size=batch, target="host")
+    mem = int8_layout(qg, trainable, batch_size=batch, target="host", line_buffer=True)
+    off = int8_layout(qg, trainable, batch_size=batch, target="host")
     streamed = [n for n, k in mem.kernels if k is Int8Kernel.LINE_BUFFERED]
     want_chain = ["features.0.0", "features.1.conv.0.0", "features.1.conv.1.0"]
     if batch == 2:
@@ -306,14 +311,14 @@ def test_line_buffered_prefix_trains_bit_exactly_like_the_pytorch_int8_simulatio
 
 
 @pytest.mark.parametrize("last", [1, 2])
-def test_line_buffered_int8_memory_is_what_the_build_file_predicts(mbv2_128, last):
+def test_line_buffered_int8_layout_is_what_the_build_file_predicts(mbv2_128, last):
     # Prepare
     qg, xs, ys = mbv2_128
     trainable = [op.name for op in qg.weighted_ops][-last:]
     q = qg.quantize_input(xs[:1]).numpy()
     # Execute: the pure sizing with and without line buffering, and the renderer's build file
-    mem = int8_memory(qg, trainable, batch_size=1, target="cortex-m7", line_buffer=True)
-    off = int8_memory(qg, trainable, batch_size=1, target="cortex-m7")
+    mem = int8_layout(qg, trainable, batch_size=1, target="cortex-m7", line_buffer=True)
+    off = int8_layout(qg, trainable, batch_size=1, target="cortex-m7")
     meta = json.loads(render_int8(
         qg, trainable, "cortex-m7", Int8Spec(q, ys[:1].numpy(), q, ys[:1].numpy(), steps=1,
                                              lr=0.01),
@@ -359,7 +364,7 @@ def test_line_buffer_refuses_a_non_boolean(mbv2_128):
     qg, xs, ys = mbv2_128
     q = qg.quantize_input(xs[:1]).numpy()
     with pytest.raises(UnsupportedPlanError, match="line_buffer='yes' must be True or False"):
-        int8_memory(qg, ["classifier"], line_buffer="yes")
+        int8_layout(qg, ["classifier"], line_buffer="yes")
     with pytest.raises(UnsupportedPlanError, match="must be True or False"):
         render_int8(qg, ["classifier"], "host",
                     Int8Spec(q, ys[:1].numpy(), q, ys[:1].numpy(), steps=1, lr=0.01),
@@ -375,7 +380,7 @@ def test_cortex_m7_mbv2_128_line_buffered_classifier_training_under_100_kb(tmp_p
     q = qg.quantize_input(xs[:2]).numpy()
     spec = Int8Spec(q, ys[:2].numpy(), q[:1], ys[:1].numpy(), steps=2, lr=0.01,
                     dump_params=True)
-    mem = int8_memory(qg, ["classifier"], batch_size=1, target="cortex-m7", line_buffer=True)
+    mem = int8_layout(qg, ["classifier"], batch_size=1, target="cortex-m7", line_buffer=True)
     runs = {}
     # Execute: link and run both under QEMU (mps2-an500); static + painted stack high-water
     for lb in (True, False):

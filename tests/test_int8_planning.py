@@ -1,6 +1,6 @@
 """The planner's int8 C path: `auto` falls back to the int8 C trainer, and its prediction is the
-compiled program's memory (NOTE [ Planning int8 for the C executor ], NOTE [ Executors auto
-tries ])."""
+compiled program's memory (NOTE [ The C trainer's memory, for the planner ],
+edgetrain/codegen/_memory_model.py; NOTE [ Executors auto tries ])."""
 
 import pytest
 import torch
@@ -20,7 +20,7 @@ def test_auto_falls_back_to_int8_c_below_tte_on_stm32f746():
     # Prepare: TTE's own preparation stage for the same model, device and batch, as
     # `edgetrain plan --strategy tte` runs it (contribution analysis under TTE's 50 KiB update
     # constraint on local samples)
-    from edgetrain.codegen import int8_memory
+    from edgetrain.codegen import int8_layout
     from edgetrain.data import load_dataset, resize_for
     from edgetrain.quant import quantize
     from edgetrain.strategies._tte import prepare as tte_prepare
@@ -41,7 +41,7 @@ def test_auto_falls_back_to_int8_c_below_tte_on_stm32f746():
     assert set(p.trainable()) == {"classifier.weight", "classifier.bias"}
     assert len(layers) > 1 and layers[-1] == "classifier"
     assert tte.predicted_peak_bytes <= 141_000
-    assert tte.predicted_peak_bytes == int8_memory(
+    assert tte.predicted_peak_bytes == int8_layout(
         quantize(model, imgs, name="mbv2-w0.35"), layers, batch_size=1, target="cortex-m7",
         line_buffer=True).predicted_peak_sram_bytes
     assert p.predicted_peak_bytes <= 100_000 < tte.predicted_peak_bytes
@@ -89,8 +89,7 @@ def test_a_plan_cannot_claim_int8_on_pytorch():
 def test_int8_plan_compiles_to_the_predicted_sram_on_cortex_m7(tmp_path, strategy):
     # Prepare: auto's plan (or TTE's, as `edgetrain plan --strategy tte` makes it) for
     # mbv2-w0.35 on the STM32F746, and a few real samples
-    from edgetrain.codegen import mcu_run
-    from edgetrain.codegen._compile import compile_int8_project, samples_of
+    from edgetrain.codegen import compile_int8_project, mcu_run, samples_of
     from edgetrain.data import load_dataset, resize_for
     from edgetrain.strategies._tte import prepare as tte_prepare
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from edgetrain.codegen._errors import UnsupportedPlanError
-from edgetrain.validate import positive_int
+from edgetrain.validate import cli_type, learning_rate, positive_float, positive_int, steps
 
 console = Console()
 
@@ -17,13 +17,12 @@ console = Console()
 def _cmd_compile(args: argparse.Namespace) -> int:
     import torch
 
-    from edgetrain.storage import load_tensors
     from edgetrain.codegen._compile import compile_project, samples_of
     from edgetrain.codegen._render import TrainingSpec
-    from edgetrain.data import load_dataset, resize_for
-    from edgetrain.data import parse_spec
+    from edgetrain.data import load_dataset, parse_spec, resize_for
     from edgetrain.models import build_model
     from edgetrain.planner import Plan
+    from edgetrain.storage import load_tensors
 
     try:
         text = Path(args.plan).read_text()
@@ -104,13 +103,13 @@ def register(subparsers) -> None:
     c.add_argument("--device", default=None,
                    help="device whose SRAM/flash bound the linker script (default: the plan's)")
     c.add_argument("--data", default="fashion-mnist:5-9")
-    c.add_argument("--train-samples", type=positive_int, default=400,
+    c.add_argument("--train-samples", type=cli_type(positive_int), default=400,
                    help="training samples baked into flash (cycled through)")
-    c.add_argument("--test-samples", type=positive_int, default=400,
+    c.add_argument("--test-samples", type=cli_type(positive_int), default=400,
                    help="held-out samples baked into flash for accuracy")
-    c.add_argument("--steps", type=positive_int, default=1000)
-    c.add_argument("--lr", type=float, default=0.05)
-    c.add_argument("--log-every", type=positive_int, default=10)
+    c.add_argument("--steps", type=cli_type(steps), default=1000)
+    c.add_argument("--lr", type=cli_type(learning_rate), default=0.05)
+    c.add_argument("--log-every", type=cli_type(positive_int), default=10)
     c.add_argument("--dump-params", action="store_true",
                    help="print the trained parameters bit-exactly at the end")
     c.add_argument("--json", action="store_true")
@@ -118,6 +117,6 @@ def register(subparsers) -> None:
 
     r = subparsers.add_parser("mcu-run", help="build and run a compiled project (host or QEMU)")
     r.add_argument("outdir")
-    r.add_argument("--timeout-s", type=float, default=600.0)
+    r.add_argument("--timeout-s", type=cli_type(positive_float), default=600.0)
     r.add_argument("--json", action="store_true")
     r.set_defaults(fn=_cmd_mcu_run)

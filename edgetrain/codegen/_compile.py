@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgetrain.storage import write_text_atomic
 from edgetrain.codegen._errors import UnsupportedKernelError, UnsupportedPlanError
+from edgetrain.codegen._int8_layout import int8_trainable_ops
 from edgetrain.codegen._render import SampleSet, TrainingSpec, render
 from edgetrain.codegen._targets import TargetKind, get_target
 from edgetrain.ir import OpKind
 from edgetrain.planner import Plan, Precision
+from edgetrain.storage import write_text_atomic
 
 
 def weights_of(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -80,21 +81,6 @@ def compile_project(plan: Plan, model: torch.nn.Module, example: torch.Tensor, t
     return out
 
 
-def int8_trainable_ops(plan: Plan, graph) -> tuple[str, ...]:
-    """The int8 graph's conv/linear ops a plan trains: an op trains when the plan trains a
-    parameter of its module or of the batch norm folded into it (the next module of the same
-    parent, as in conv -> BN -> act)."""
-    mods = set()
-    for p in plan.params:
-        if p.name in plan.trainable():
-            m = p.name.rsplit(".", 1)[0]
-            mods.add(m)
-            head, _, last = m.rpartition(".")
-            if last.isdigit() and int(last) > 0:
-                mods.add(f"{head}.{int(last) - 1}" if head else str(int(last) - 1))
-    return tuple(op.name for op in graph.weighted_ops if op.name in mods)
-
-
 def compile_int8_project(plan: Plan, model: torch.nn.Module, train: SampleSet, test: SampleSet,
                          target: str, out_dir: "str | Path", *, steps: int, lr: float,
                          calibration: torch.Tensor | None = None, device: "str | None" = None,
@@ -102,7 +88,7 @@ def compile_int8_project(plan: Plan, model: torch.nn.Module, train: SampleSet, t
     """Quantise `model` (edgetrain.quant, calibrated on `calibration` or the training images),
     render int8 QAS training of what `plan` trains, write it; returns (out_dir, QuantGraph,
     trainable op names)."""
-    from edgetrain.codegen._int8 import Int8Spec, render_int8
+    from edgetrain.codegen._int8_render import Int8Spec, render_int8
     from edgetrain.cost import load_device
     from edgetrain.quant import quantize
 
@@ -123,7 +109,7 @@ def compile_int8_project(plan: Plan, model: torch.nn.Module, train: SampleSet, t
     if tgt.kind is TargetKind.CORTEX_M:
         dev = load_device(device or plan.device)
         sram, flash = dev.ram_bytes, dev.flash_bytes
-    # Always line-buffered: never more SRAM than without (int8_memory picks the best chain,
+    # Always line-buffered: never more SRAM than without (int8_layout picks the best chain,
     # none included), and bit-identical results (tests/test_codegen_int8_memory.py).
     files = render_int8(qg, trainable, tgt, spec, device_sram_bytes=sram, line_buffer=True,
                         device_flash_bytes=flash, device_name=device or plan.device)

@@ -19,15 +19,18 @@ NOTE [ Arena assignment ]
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgetrain.codegen._arena import ALIGN, Buffer, arena_bytes, place_largest_first
 from edgetrain.codegen._errors import UnsupportedKernelError, UnsupportedPlanError
 from edgetrain.ir import Graph, OpKind
 from edgetrain.planner import ActivationDecision, ParamDecision, Plan
 
-ALIGN = 8
+__all__ = ["ALIGN", "Array", "Buffer", "LKind", "LOp", "Lowered", "SUPPORTED", "lower"]
+
 SUPPORTED = ("conv2d (incl. depthwise / grouped / pointwise)", "batch_norm (frozen statistics)",
              "relu", "relu6 (hardtanh 0..6)", "add", "adaptive_avg_pool2d to 1x1",
              "flatten / view", "linear", "cross_entropy")
@@ -69,15 +72,6 @@ class LOp:
 
 
 @dataclass(frozen=True)
-class Buffer:
-    name: str
-    nbytes: int
-    first: int
-    last: int
-    offset: int
-
-
-@dataclass(frozen=True)
 class Lowered:
     ops: tuple[LOp, ...]
     arrays: tuple[Array, ...]
@@ -97,240 +91,350 @@ def _sym(prefix: str, name: str) -> str:
     return prefix + "".join(c if c.isalnum() else "_" for c in name)
 
 
+@dataclass
+class _Lowering:
+    """One lowering in progress: the plan's decisions, the graph's shapes, and the arrays,
+    operators and folds produced so far."""
+
+    plan: Plan
+    graph: Graph
+    weights: dict
+    decisions: dict = field(init=False)
+    shape: dict = field(init=False)
+    pby: dict = field(init=False)
+    arrays: dict[str, Array] = field(default_factory=dict)
+    ops: list[LOp] = field(default_factory=list)
+    producer: dict[str, LOp] = field(default_factory=dict)
+    folded: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.decisions = {p.name: p for p in self.plan.params}
+        self.shape = {t.name: t.shape for t in self.graph.tensors}
+        self.pby = self.graph.param_by_tensor
+
+    def trains(self, pname: str) -> bool:
+        d = self.decisions.get(pname)
+        return d is not None and d.decision in (ParamDecision.TRAINABLE, ParamDecision.CHANNELS)
+
+    def rows(self, pname: str, full: int) -> int:
+        d = self.decisions.get(pname)
+        if d is not None and d.decision is ParamDecision.CHANNELS:
+            return max(1, int(round(d.channel_ratio * full)))
+        return full
+
+    def array_for(self, pname: str) -> str:
+        v = np.ascontiguousarray(np.asarray(self.weights[pname], dtype=np.float32)).reshape(-1)
+        t = self.trains(pname)
+        sym = _sym("p_" if t else "c_", pname)
+        self.arrays[sym] = Array(sym, v, t, pname if t else None)
+        return sym
+
+    def const(self, sym: str, v: np.ndarray) -> str:
+        self.arrays[sym] = Array(sym, np.ascontiguousarray(v, dtype=np.float32).reshape(-1),
+                                 False)
+        return sym
+
+    def params_of(self, n) -> list[str]:
+        return [self.pby[t].name for t in n.inputs if t in self.pby]
+
+    def op(self, kind: LKind, n, acts: tuple[str, ...], **kw) -> LOp:
+        return LOp(kind, n.name, acts, n.output, tuple(self.shape[t] for t in acts),
+                   self.shape[n.output], **kw)
+
+
+# -- one node -> one C operator, by operator kind ----------------------------------------------
+def _unsupported(n) -> UnsupportedKernelError:
+    return UnsupportedKernelError(
+        f"node {n.name} ({n.module or 'functional'}): operator {n.op.value} ({n.aten}) "
+        f"has no C kernel. Supported: {', '.join(SUPPORTED)}")
+
+
+def _lower_conv(lw: _Lowering, n, acts) -> LOp:
+    pw = lw.params_of(n)
+    kh, kw = n.attr("kernel")
+    if tuple(n.attr("dilation", (1, 1))) != (1, 1):
+        raise UnsupportedKernelError(
+            f"node {n.name} ({n.module}): dilated convolution {n.attr('dilation')} has no "
+            "C kernel; supported: dilation 1")
+    return lw.op(LKind.CONV, n, acts,
+                 extra={"kernel": (kh, kw), "stride": tuple(n.attr("stride")),
+                        "padding": tuple(n.attr("padding")), "groups": n.attr("groups", 1),
+                        "w_param": pw[0], "b_param": pw[1] if len(pw) > 1 else None})
+
+
+def _fold_bn(lw: _Lowering, n, src: LOp, gname: str, bname: str, mean, invstd) -> None:
+    """A frozen batch norm after a frozen convolution only it reads becomes the convolution's
+    weights and bias (float64, then float32): w' = w * g / sigma, b' = be + (b - mu) g / sigma."""
+    w = lw.weights
+    scale = np.asarray(w[gname], dtype=np.float64) * invstd.astype(np.float64)
+    wc = np.asarray(w[src.extra["w_param"]], dtype=np.float64)
+    bc = (np.asarray(w[src.extra["b_param"]], dtype=np.float64)
+          if src.extra["b_param"] else np.zeros_like(scale))
+    wf = wc * scale.reshape(-1, *([1] * (wc.ndim - 1)))
+    bf = np.asarray(w[bname], dtype=np.float64) + (bc - mean.astype(np.float64)) * scale
+    src.weight = lw.const(_sym("f_", src.extra["w_param"]), wf)
+    src.bias = lw.const(_sym("f_", src.extra["w_param"] + ".bias"), bf)
+    src.extra["folded"] = True
+    src.extra["w_param"] = src.extra["b_param"] = None
+    del lw.producer[src.output]
+    src.output = n.output
+    src.shape_out = lw.shape[n.output]
+    lw.producer[n.output] = src
+    lw.folded.append(f"{src.name}+{n.name}")
+
+
+def _lower_bn(lw: _Lowering, n, acts) -> LOp | None:
+    if n.attr("training", False) and not lw.plan.freeze_batch_norm:
+        raise UnsupportedPlanError(
+            f"node {n.name} ({n.module}) is batch norm with batch statistics; the C "
+            "trainer runs frozen BN (running statistics). Re-plan with "
+            "freeze_batch_norm=True (edgetrain.plan(..., freeze_batch_norm=True))")
+    g = lw.graph
+    gname, bname = lw.pby[n.inputs[1]].name, lw.pby[n.inputs[2]].name
+    mean = np.asarray(lw.weights[_buffer_name(g, n.inputs[3])], dtype=np.float32)
+    var = np.asarray(lw.weights[_buffer_name(g, n.inputs[4])], dtype=np.float32)
+    eps = np.float32(n.attr("eps", 1e-5))
+    invstd = (np.float32(1.0) / np.sqrt(var + eps)).astype(np.float32)
+    src = lw.producer.get(acts[0])
+    if (src is not None and src.kind is LKind.CONV
+            and len(g.consumers.get(acts[0], ())) == 1
+            and not lw.trains(src.extra["w_param"])
+            and not (src.extra["b_param"] and lw.trains(src.extra["b_param"]))
+            and not lw.trains(gname) and not lw.trains(bname)):
+        _fold_bn(lw, n, src, gname, bname, mean, invstd)
+        return None
+    return lw.op(LKind.BN, n, acts, weight=lw.array_for(gname), bias=lw.array_for(bname),
+                 extra={"mean": lw.const(_sym("c_", n.module + ".mean"), mean),
+                        "invstd": lw.const(_sym("c_", n.module + ".invstd"), invstd),
+                        "w_param": gname, "b_param": bname})
+
+
+def _lower_relu(lw: _Lowering, n, acts) -> LOp:
+    return lw.op(LKind.RELU, n, acts)
+
+
+def _lower_hardtanh(lw: _Lowering, n, acts) -> LOp:
+    return lw.op(LKind.RELU6, n, acts, extra={"lo": 0.0, "hi": 6.0})
+
+
+def _lower_add(lw: _Lowering, n, acts) -> LOp:
+    sin = tuple(lw.shape[t] for t in acts)
+    if len(acts) != 2 or sin[0] != sin[1]:
+        raise UnsupportedKernelError(
+            f"node {n.name}: add of shapes {sin} has no C kernel; supported: two "
+            "tensors of the same shape (residual)")
+    return lw.op(LKind.ADD, n, acts)
+
+
+def _lower_adaptive_pool(lw: _Lowering, n, acts) -> LOp:
+    if tuple(n.attr("output_size")) != (1, 1):
+        raise UnsupportedKernelError(
+            f"node {n.name}: adaptive_avg_pool2d to {n.attr('output_size')} has no C "
+            "kernel; supported: output size (1, 1) (global average pooling)")
+    return lw.op(LKind.GAP, n, acts)
+
+
+def _lower_mean(lw: _Lowering, n, acts) -> LOp:
+    if lw.shape[n.output][2:] not in ((1, 1), ()):
+        raise _unsupported(n)  # only a mean over the whole spatial extent has a kernel
+    return lw.op(LKind.GAP, n, acts)
+
+
+_VIEWS = ("aten.flatten.using_ints", "aten.view.default", "aten.reshape.default",
+          "aten._unsafe_view.default")
+
+
+def _lower_view(lw: _Lowering, n, acts) -> LOp:
+    if n.aten not in _VIEWS:
+        raise UnsupportedKernelError(
+            f"node {n.name}: view {n.aten} is not a contiguous reshape; supported "
+            "views: flatten, view, reshape")
+    return lw.op(LKind.VIEW, n, acts)
+
+
+def _lower_linear(lw: _Lowering, n, acts) -> LOp:
+    pw = lw.params_of(n)
+    return lw.op(LKind.LINEAR, n, acts,
+                 extra={"w_param": pw[0], "b_param": pw[1] if len(pw) > 1 else None})
+
+
+def _lower_xent(lw: _Lowering, n, acts) -> LOp:
+    return lw.op(LKind.XENT, n, acts)
+
+
+_LOWER: dict[OpKind, Callable[[_Lowering, object, tuple[str, ...]], "LOp | None"]] = {
+    OpKind.CONV2D: _lower_conv,
+    OpKind.BATCH_NORM: _lower_bn,  # None: folded into the convolution before it
+    OpKind.RELU: _lower_relu,
+    OpKind.HARDTANH: _lower_hardtanh,
+    OpKind.ADD: _lower_add,
+    OpKind.ADAPTIVE_AVG_POOL2D: _lower_adaptive_pool,
+    OpKind.MEAN: _lower_mean,
+    OpKind.VIEW: _lower_view,
+    OpKind.LINEAR: _lower_linear,
+    OpKind.CROSS_ENTROPY: _lower_xent,
+}
+"""How each IR operator becomes a C operator (`SUPPORTED` in words)."""
+_SKIPPED = frozenset({OpKind.BUFFER_UPDATE})  # BN running-statistics updates: frozen in C
+
+
+def _lower_nodes(lw: _Lowering) -> None:
+    g = lw.graph
+    for n in g.nodes:
+        if n.op in _SKIPPED:
+            continue
+        acts = tuple(t for t in n.inputs if t not in lw.pby and lw.shape.get(t) is not None
+                     and t != g.target and not _is_buffer(g, t))
+        lower_node = _LOWER.get(n.op)
+        if lower_node is None:
+            raise _unsupported(n)
+        op = lower_node(lw, n, acts)
+        if op is None:
+            continue
+        if op.kind in (LKind.CONV, LKind.LINEAR):
+            op.weight = lw.array_for(op.extra["w_param"])
+            op.bias = lw.array_for(op.extra["b_param"]) if op.extra["b_param"] else None
+        lw.ops.append(op)
+        lw.producer[op.output] = op
+    for op in lw.ops:  # rows of partial-channel updates
+        if op.kind in (LKind.CONV, LKind.LINEAR) and op.extra.get("w_param"):
+            op.extra["rows"] = lw.rows(op.extra["w_param"], op.shape_out[1])
+    if lw.ops[-1].kind is not LKind.XENT:
+        raise UnsupportedKernelError("the graph does not end in cross_entropy; edgetrain's C "
+                                     "trainer trains classifiers with softmax cross-entropy")
+
+
 def lower(plan: Plan, graph: Graph, weights: "dict[str, np.ndarray]") -> Lowered:
     _check_plan(plan, graph)
-    decisions = {p.name: p for p in plan.params}
     missing = [p.name for p in graph.params if p.name not in weights]
     if missing:
         raise UnsupportedPlanError(
             f"{len(missing)} parameters of the graph have no weights: {missing[:4]}; pass the "
             "model's state_dict (parameters and buffers) as `weights`")
-
-    def trains(pname: str) -> bool:
-        d = decisions.get(pname)
-        return d is not None and d.decision in (ParamDecision.TRAINABLE, ParamDecision.CHANNELS)
-
-    def rows(pname: str, full: int) -> int:
-        d = decisions.get(pname)
-        if d is not None and d.decision is ParamDecision.CHANNELS:
-            return max(1, int(round(d.channel_ratio * full)))
-        return full
-
-    arrays: dict[str, Array] = {}
-
-    def array_for(pname: str) -> str:
-        v = np.ascontiguousarray(np.asarray(weights[pname], dtype=np.float32)).reshape(-1)
-        t = trains(pname)
-        sym = _sym("p_" if t else "c_", pname)
-        arrays[sym] = Array(sym, v, t, pname if t else None)
-        return sym
-
-    def const(sym: str, v: np.ndarray) -> str:
-        arrays[sym] = Array(sym, np.ascontiguousarray(v, dtype=np.float32).reshape(-1), False)
-        return sym
-
-    shape = {t.name: t.shape for t in graph.tensors}
-    pby = graph.param_by_tensor
-    ops: list[LOp] = []
-    producer: dict[str, LOp] = {}
-    folded: list[str] = []
-    for n in graph.nodes:
-        if n.op is OpKind.BUFFER_UPDATE:
-            continue
-        acts = tuple(t for t in n.inputs if t not in pby and shape.get(t) is not None
-                     and t != graph.target and not _is_buffer(graph, t))
-        sin = tuple(shape[t] for t in acts)
-        if n.op is OpKind.CONV2D:
-            pw = [pby[t].name for t in n.inputs if t in pby]
-            w = pw[0]
-            b = pw[1] if len(pw) > 1 else None
-            kh, kw = n.attr("kernel")
-            if tuple(n.attr("dilation", (1, 1))) != (1, 1):
-                raise UnsupportedKernelError(
-                    f"node {n.name} ({n.module}): dilated convolution {n.attr('dilation')} has no "
-                    "C kernel; supported: dilation 1")
-            op = LOp(LKind.CONV, n.name, acts, n.output, sin, shape[n.output],
-                     extra={"kernel": (kh, kw), "stride": tuple(n.attr("stride")),
-                            "padding": tuple(n.attr("padding")), "groups": n.attr("groups", 1),
-                            "w_param": w, "b_param": b})
-        elif n.op is OpKind.BATCH_NORM:
-            if n.attr("training", False) and not plan.freeze_batch_norm:
-                raise UnsupportedPlanError(
-                    f"node {n.name} ({n.module}) is batch norm with batch statistics; the C "
-                    "trainer runs frozen BN (running statistics). Re-plan with "
-                    "freeze_batch_norm=True (edgetrain.plan(..., freeze_batch_norm=True))")
-            gname, bname = pby[n.inputs[1]].name, pby[n.inputs[2]].name
-            mean = np.asarray(weights[_buffer_name(graph, n.inputs[3])], dtype=np.float32)
-            var = np.asarray(weights[_buffer_name(graph, n.inputs[4])], dtype=np.float32)
-            eps = np.float32(n.attr("eps", 1e-5))
-            invstd = (np.float32(1.0) / np.sqrt(var + eps)).astype(np.float32)
-            src = producer.get(acts[0])
-            foldable = (src is not None and src.kind is LKind.CONV
-                        and len(graph.consumers.get(acts[0], ())) == 1
-                        and not trains(src.extra["w_param"])
-                        and not (src.extra["b_param"] and trains(src.extra["b_param"]))
-                        and not trains(gname) and not trains(bname))
-            if foldable:
-                g = np.asarray(weights[gname], dtype=np.float64)
-                be = np.asarray(weights[bname], dtype=np.float64)
-                scale = g * invstd.astype(np.float64)
-                wc = np.asarray(weights[src.extra["w_param"]], dtype=np.float64)
-                bc = (np.asarray(weights[src.extra["b_param"]], dtype=np.float64)
-                      if src.extra["b_param"] else np.zeros_like(scale))
-                wf = wc * scale.reshape(-1, *([1] * (wc.ndim - 1)))
-                bf = be + (bc - mean.astype(np.float64)) * scale
-                src.weight = const(_sym("f_", src.extra["w_param"]), wf)
-                src.bias = const(_sym("f_", src.extra["w_param"] + ".bias"), bf)
-                src.extra["folded"] = True
-                src.extra["w_param"] = src.extra["b_param"] = None
-                del producer[src.output]
-                src.output = n.output
-                src.shape_out = shape[n.output]
-                producer[n.output] = src
-                folded.append(f"{src.name}+{n.name}")
-                continue
-            op = LOp(LKind.BN, n.name, acts, n.output, sin, shape[n.output],
-                     weight=array_for(gname), bias=array_for(bname),
-                     extra={"mean": const(_sym("c_", n.module + ".mean"), mean),
-                            "invstd": const(_sym("c_", n.module + ".invstd"), invstd),
-                            "w_param": gname, "b_param": bname})
-        elif n.op is OpKind.RELU:
-            op = LOp(LKind.RELU, n.name, acts, n.output, sin, shape[n.output])
-        elif n.op is OpKind.HARDTANH:
-            op = LOp(LKind.RELU6, n.name, acts, n.output, sin, shape[n.output],
-                     extra={"lo": 0.0, "hi": 6.0})
-        elif n.op is OpKind.ADD:
-            if len(acts) != 2 or sin[0] != sin[1]:
-                raise UnsupportedKernelError(
-                    f"node {n.name}: add of shapes {sin} has no C kernel; supported: two "
-                    "tensors of the same shape (residual)")
-            op = LOp(LKind.ADD, n.name, acts, n.output, sin, shape[n.output])
-        elif n.op is OpKind.ADAPTIVE_AVG_POOL2D or (n.op is OpKind.MEAN and
-                                                   shape[n.output][2:] in ((1, 1), ())):
-            if n.op is OpKind.ADAPTIVE_AVG_POOL2D and tuple(n.attr("output_size")) != (1, 1):
-                raise UnsupportedKernelError(
-                    f"node {n.name}: adaptive_avg_pool2d to {n.attr('output_size')} has no C "
-                    "kernel; supported: output size (1, 1) (global average pooling)")
-            op = LOp(LKind.GAP, n.name, acts, n.output, sin, shape[n.output])
-        elif n.op is OpKind.VIEW:
-            if n.aten not in ("aten.flatten.using_ints", "aten.view.default",
-                              "aten.reshape.default", "aten._unsafe_view.default"):
-                raise UnsupportedKernelError(
-                    f"node {n.name}: view {n.aten} is not a contiguous reshape; supported "
-                    "views: flatten, view, reshape")
-            op = LOp(LKind.VIEW, n.name, acts, n.output, sin, shape[n.output])
-        elif n.op is OpKind.LINEAR:
-            pw = [pby[t].name for t in n.inputs if t in pby]
-            op = LOp(LKind.LINEAR, n.name, acts, n.output, sin, shape[n.output],
-                     extra={"w_param": pw[0], "b_param": pw[1] if len(pw) > 1 else None})
-        elif n.op is OpKind.CROSS_ENTROPY:
-            op = LOp(LKind.XENT, n.name, acts, n.output, sin, shape[n.output])
-        else:
-            raise UnsupportedKernelError(
-                f"node {n.name} ({n.module or 'functional'}): operator {n.op.value} ({n.aten}) "
-                f"has no C kernel. Supported: {', '.join(SUPPORTED)}")
-        if op.kind in (LKind.CONV, LKind.LINEAR):
-            op.weight = array_for(op.extra["w_param"])
-            op.bias = array_for(op.extra["b_param"]) if op.extra["b_param"] else None
-        ops.append(op)
-        producer[op.output] = op
-    for op in ops:  # rows of partial-channel updates
-        if op.kind in (LKind.CONV, LKind.LINEAR) and op.extra.get("w_param"):
-            op.extra["rows"] = rows(op.extra["w_param"], op.shape_out[1])
-    if ops[-1].kind is not LKind.XENT:
-        raise UnsupportedKernelError("the graph does not end in cross_entropy; edgetrain's C "
-                                     "trainer trains classifiers with softmax cross-entropy")
-
+    lw = _Lowering(plan, graph, weights)
+    _lower_nodes(lw)
+    ops = lw.ops
     referenced = {s for op in ops for s in (op.weight, op.bias, op.extra.get("mean"),
                                              op.extra.get("invstd")) if s}
-    arrays = {k: a for k, a in arrays.items() if k in referenced}  # folded originals go
-
-    # -- what needs a gradient (the pruned backward) ---------------------------------------
-    rg: set[str] = set()
-    for op in ops:
-        own = any(arrays[s].trainable for s in (op.weight, op.bias) if s)
-        if own or any(t in rg for t in op.inputs):
-            rg.add(op.output)
+    arrays = {k: a for k, a in lw.arrays.items() if k in referenced}  # folded originals go
+    rg = _requires_grad(ops, arrays)
     trainable_syms = [a for a in arrays.values() if a.trainable]
     if not trainable_syms:
         raise UnsupportedPlanError("the plan trains no parameter; choose a trainable set "
                                    "(e.g. --policy last:2)")
-
     consumers: dict[str, list[LOp]] = {}
     for op in ops:
         for t in op.inputs:
             consumers.setdefault(t, []).append(op)
     input_tensor = graph.inputs[0]
+    bwd_reads = _bwd_reads(ops, arrays, rg)
+    uf = _aliases(ops, rg, consumers, bwd_reads, input_tensor)
+    sizes, span = _lifetimes(ops, rg, bwd_reads, lw.shape, input_tensor, uf)
+    buffers = place_largest_first(sizes, span)
+    keys = {k for op in ops for t in (*op.inputs, op.output) for k in ("a:" + t, "g:" + t)}
+    keys.add("a:" + ops[-1].output + ".prob")
+    alias = {k: uf.root(k) for k in keys if uf.root(k) in sizes}
+    shape = lw.shape
+    return Lowered(tuple(ops), tuple(arrays.values()), frozenset(rg), tuple(buffers), alias,
+                   arena_bytes(buffers), input_tensor, tuple(shape[input_tensor]),
+                   int(ops[-1].shape_in[0][1]), int(shape[input_tensor][0]),
+                   tuple(a.param for a in trainable_syms), tuple(lw.folded))
 
-    # -- aliases -----------------------------------------------------------------------------
-    parent: dict[str, str] = {}
 
-    def root(k: str) -> str:
-        while k in parent:
-            k = parent[k]
-        return k
+# -- the pruned backward, aliases and lifetimes (NOTE [ Arena assignment ]) -------------------
+def _requires_grad(ops: list[LOp], arrays: dict[str, Array]) -> set[str]:
+    """Activations whose gradient the pruned backward computes."""
+    rg: set[str] = set()
+    for op in ops:
+        own = any(arrays[s].trainable for s in (op.weight, op.bias) if s)
+        if own or any(t in rg for t in op.inputs):
+            rg.add(op.output)
+    return rg
 
-    def union(child: str, to: str) -> None:
-        rc, rt = root(child), root(to)
-        if rc != rt:
-            parent[rc] = rt
 
-    # backward reads of forward activations (decides what may be overwritten in place)
-    bwd_reads: set[str] = set()
+_READS_INPUT_WHEN_TRAINED = (LKind.CONV, LKind.BN, LKind.LINEAR)  # for the weight gradient
+_READS_OUTPUT = (LKind.RELU, LKind.RELU6, LKind.XENT)  # the derivative from the output
+
+
+def _bwd_reads(ops: list[LOp], arrays: dict[str, Array], rg: set[str]) -> set[str]:
+    """Forward activations the backward reads (they may not be overwritten in place)."""
+    reads: set[str] = set()
     for op in ops:
         if op.output not in rg:
             continue
-        x = op.inputs[0] if op.inputs else None
-        if op.kind is LKind.CONV and op.weight and arrays[op.weight].trainable:
-            bwd_reads.add(x)
-        if op.kind is LKind.BN and arrays[op.weight].trainable:
-            bwd_reads.add(x)
-        if op.kind is LKind.LINEAR and arrays[op.weight].trainable:
-            bwd_reads.add(x)
-        if op.kind in (LKind.RELU, LKind.RELU6, LKind.XENT):
-            bwd_reads.add(op.output)
+        if op.kind in _READS_INPUT_WHEN_TRAINED and op.weight and arrays[op.weight].trainable:
+            reads.add(op.inputs[0] if op.inputs else None)
+        if op.kind in _READS_OUTPUT:
+            reads.add(op.output)
+    return reads
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def root(self, k: str) -> str:
+        while k in self.parent:
+            k = self.parent[k]
+        return k
+
+    def union(self, child: str, to: str) -> None:
+        rc, rt = self.root(child), self.root(to)
+        if rc != rt:
+            self.parent[rc] = rt
+
+
+def _aliases(ops: list[LOp], rg: set[str], consumers: dict, bwd_reads: set[str],
+             input_tensor: str) -> _UnionFind:
+    """Keys that share a buffer: views, in-place ReLU/ReLU6, and input gradients written
+    into the output gradient's buffer."""
+    uf = _UnionFind()
     for op in ops:
         if op.kind is LKind.VIEW:
-            union("a:" + op.output, "a:" + op.inputs[0])
+            uf.union("a:" + op.output, "a:" + op.inputs[0])
     for op in ops:
         x = op.inputs[0] if op.inputs else None
         if op.kind in (LKind.RELU, LKind.RELU6) and x != input_tensor and \
                 len(consumers[x]) == 1:
-            rx = root("a:" + x)
-            if not any(root("a:" + t) == rx for t in bwd_reads):
-                union("a:" + op.output, "a:" + x)
+            rx = uf.root("a:" + x)
+            if not any(uf.root("a:" + t) == rx for t in bwd_reads):
+                uf.union("a:" + op.output, "a:" + x)
     for op in reversed(ops):
         if op.output not in rg:
             continue
         if op.kind is LKind.VIEW and op.inputs[0] in rg:
-            union("g:" + op.inputs[0], "g:" + op.output)
+            uf.union("g:" + op.inputs[0], "g:" + op.output)
         elif op.kind in (LKind.RELU, LKind.RELU6, LKind.BN) and op.inputs[0] in rg and \
                 len(consumers[op.inputs[0]]) == 1:
-            union("g:" + op.inputs[0], "g:" + op.output)
+            uf.union("g:" + op.inputs[0], "g:" + op.output)
         elif op.kind is LKind.ADD:
             for t in op.inputs:
                 if t in rg and len(consumers[t]) == 1 and op.inputs[0] != op.inputs[1]:
-                    union("g:" + t, "g:" + op.output)
+                    uf.union("g:" + t, "g:" + op.output)
                     break
     for op in ops:
         if op.kind is LKind.VIEW and op.inputs[0] in rg and len(consumers[op.inputs[0]]) != 1:
             raise UnsupportedKernelError(
                 f"node {op.name}: a view whose input has {len(consumers[op.inputs[0]])} readers "
                 "needs a gradient copy, which the C generator does not emit")
+    return uf
 
-    # -- schedule and lifetimes --------------------------------------------------------------
+
+def _lifetimes(ops: list[LOp], rg: set[str], bwd_reads: set[str], shape: dict,
+               input_tensor: str, uf: _UnionFind) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """Every buffer's size (fp32 bytes) and [first, last] step: the forward operators, then
+    the pruned backward in reverse."""
     sizes: dict[str, int] = {}
     span: dict[str, list[int]] = {}
 
     def use(key: str, step: int, numel: int) -> None:
-        r = root(key)
+        r = uf.root(key)
         sizes[r] = max(sizes.get(r, 0), numel * 4)
         s = span.setdefault(r, [step, step])
         s[0], s[1] = min(s[0], step), max(s[1], step)
 
     numel = {t: int(np.prod(s)) for t, s in shape.items()}
     use("a:" + input_tensor, 0, numel[input_tensor])
-    step = 0
     for step, op in enumerate(ops):
         for t in op.inputs:
             use("a:" + t, step, numel[t])
@@ -339,8 +443,7 @@ def lower(plan: Plan, graph: Graph, weights: "dict[str, np.ndarray]") -> Lowered
         else:
             use("a:" + op.output, step, numel[op.output])
     nf = len(ops)
-    bwd = [op for op in reversed(ops) if op.output in rg]
-    for k, op in enumerate(bwd):
+    for k, op in enumerate(op for op in reversed(ops) if op.output in rg):
         s = nf + k
         x = op.inputs[0] if op.inputs else None
         if op.kind is LKind.XENT:
@@ -351,39 +454,11 @@ def lower(plan: Plan, graph: Graph, weights: "dict[str, np.ndarray]") -> Lowered
         for t in op.inputs:
             if t in rg:
                 use("g:" + t, s, numel[t])
-        if x in bwd_reads and op.kind in (LKind.CONV, LKind.BN, LKind.LINEAR):
+        if x in bwd_reads and op.kind in _READS_INPUT_WHEN_TRAINED:
             use("a:" + x, s, numel[x])
         if op.kind in (LKind.RELU, LKind.RELU6):
             use("a:" + op.output, s, numel[op.output])
-    buffers = _assign(sizes, span)
-    alias = {}
-    keys = {k for op in ops for t in (*op.inputs, op.output) for k in ("a:" + t, "g:" + t)}
-    keys.add("a:" + ops[-1].output + ".prob")
-    for k in keys:
-        if root(k) in sizes:
-            alias[k] = root(k)
-    arena = max((b.offset + b.nbytes for b in buffers), default=0)
-    return Lowered(tuple(ops), tuple(arrays.values()), frozenset(rg), tuple(buffers), alias,
-                   arena, input_tensor, tuple(shape[input_tensor]),
-                   int(ops[-1].shape_in[0][1]), int(shape[input_tensor][0]),
-                   tuple(a.param for a in trainable_syms), tuple(folded))
-
-
-def _assign(sizes: dict[str, int], span: dict[str, list[int]]) -> list[Buffer]:
-    order = sorted(sizes, key=lambda k: (-sizes[k], span[k][0], k))
-    placed: list[Buffer] = []
-    for k in order:
-        size = (sizes[k] + ALIGN - 1) // ALIGN * ALIGN
-        f, l = span[k]
-        live = sorted((b for b in placed if not (b.last < f or b.first > l)),
-                      key=lambda b: b.offset)
-        off = 0
-        for b in live:
-            if off + size <= b.offset:
-                break
-            off = max(off, (b.offset + b.nbytes + ALIGN - 1) // ALIGN * ALIGN)
-        placed.append(Buffer(k, sizes[k], f, l, off))
-    return sorted(placed, key=lambda b: b.offset)
+    return sizes, span
 
 
 def _is_buffer(graph: Graph, t: str) -> bool:

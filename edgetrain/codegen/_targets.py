@@ -73,3 +73,25 @@ def get_target(name: "str | Target") -> Target:
     except KeyError:
         raise InvalidArgumentError(
             f"unknown target {name!r}; choose one of {', '.join(TARGETS)}") from None
+
+
+def toolchain_present(target: str = "cortex-m4") -> bool:
+    """Whether the tools that build and run `target` are installed: `cc` for the host; the Arm
+    GNU toolchain (gcc, size) and `qemu-system-arm` for a Cortex-M target."""
+    import shutil
+    if target == "host":
+        return shutil.which("cc") is not None
+    return all(shutil.which(t) for t in ("arm-none-eabi-gcc", "arm-none-eabi-size",
+                                         "qemu-system-arm"))
+
+
+def target_for_device(device: str) -> str | None:
+    """The emulated target for a catalog device: its CPU string names Cortex-M4 or -M7
+    (nrf52840 -> cortex-m4, stm32f746 / stm32h743 -> cortex-m7); None when no emulated target
+    matches (Cortex-M0+, Xtensa, boards and phones)."""
+    from edgetrain.cost import load_device
+    cpu = load_device(device).compute.cpu
+    for t in ("cortex-m4", "cortex-m7"):
+        if t in cpu.lower().replace(" ", "-"):
+            return t
+    return None
