@@ -10,7 +10,8 @@ NOTE [ Arena assignment ]
     reader or, if the pruned backward reads it, until that backward step. Buffers are placed
     greedy-by-size (largest first) at the lowest offset, 8-byte aligned, that does not overlap
     any already placed buffer whose lifetime intersects its own (the offline planner of
-    TensorFlow Lite Micro's `GreedyMemoryPlanner`). The arena is `max(offset + size)`.
+    TensorFlow Lite Micro's `GreedyMemoryPlanner`; `place_largest_first` in
+    edgetrain/codegen/_arena.py). The arena is `max(offset + size)`.
     Aliases cost nothing: flatten, ReLU/ReLU6 computed in place when nothing else reads their
     input, and input gradients written into the output gradient's buffer for element-wise
     operators whose input has no other reader.
@@ -26,10 +27,11 @@ import numpy as np
 
 from edgetrain.codegen._arena import ALIGN, Buffer, arena_bytes, place_largest_first
 from edgetrain.codegen._errors import UnsupportedKernelError, UnsupportedPlanError
-from edgetrain.ir import Graph, OpKind
+from edgetrain.ir import Graph, OpKind, TensorRole
 from edgetrain.planner import ActivationDecision, ParamDecision, Plan
 
-__all__ = ["ALIGN", "Array", "Buffer", "LKind", "LOp", "Lowered", "SUPPORTED", "lower"]
+__all__ = ["ALIGN", "SUPPORTED", "Array", "Buffer", "LKind", "LOp", "Lowered", "check_kernels",
+           "lower", "zero_weights"]
 
 SUPPORTED = ("conv2d (incl. depthwise / grouped / pointwise)", "batch_norm (frozen statistics)",
              "relu", "relu6 (hardtanh 0..6)", "add", "adaptive_avg_pool2d to 1x1",
@@ -96,10 +98,10 @@ class _Lowering:
     """One lowering in progress: the plan's decisions, the graph's shapes, and the arrays,
     operators and folds produced so far."""
 
-    plan: Plan
     graph: Graph
     weights: dict
-    decisions: dict = field(init=False)
+    decisions: dict  # parameter name -> ParamPlan (absent: frozen)
+    freeze_batch_norm: bool
     shape: dict = field(init=False)
     pby: dict = field(init=False)
     arrays: dict[str, Array] = field(default_factory=dict)
@@ -108,7 +110,6 @@ class _Lowering:
     folded: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.decisions = {p.name: p for p in self.plan.params}
         self.shape = {t.name: t.shape for t in self.graph.tensors}
         self.pby = self.graph.param_by_tensor
 
@@ -184,7 +185,7 @@ def _fold_bn(lw: _Lowering, n, src: LOp, gname: str, bname: str, mean, invstd) -
 
 
 def _lower_bn(lw: _Lowering, n, acts) -> LOp | None:
-    if n.attr("training", False) and not lw.plan.freeze_batch_norm:
+    if n.attr("training", False) and not lw.freeze_batch_norm:
         raise UnsupportedPlanError(
             f"node {n.name} ({n.module}) is batch norm with batch statistics; the C "
             "trainer runs frozen BN (running statistics). Re-plan with "
@@ -311,7 +312,7 @@ def lower(plan: Plan, graph: Graph, weights: "dict[str, np.ndarray]") -> Lowered
         raise UnsupportedPlanError(
             f"{len(missing)} parameters of the graph have no weights: {missing[:4]}; pass the "
             "model's state_dict (parameters and buffers) as `weights`")
-    lw = _Lowering(plan, graph, weights)
+    lw = _Lowering(graph, weights, {p.name: p for p in plan.params}, plan.freeze_batch_norm)
     _lower_nodes(lw)
     ops = lw.ops
     referenced = {s for op in ops for s in (op.weight, op.bias, op.extra.get("mean"),
@@ -339,6 +340,21 @@ def lower(plan: Plan, graph: Graph, weights: "dict[str, np.ndarray]") -> Lowered
                    arena_bytes(buffers), input_tensor, tuple(shape[input_tensor]),
                    int(ops[-1].shape_in[0][1]), int(shape[input_tensor][0]),
                    tuple(a.param for a in trainable_syms), tuple(lw.folded))
+
+
+def zero_weights(graph: Graph) -> dict[str, np.ndarray]:
+    """Zeros for every parameter and buffer of `graph`: lowering for shapes only (memory does
+    not depend on the values)."""
+    zeros = {p.name: np.zeros(p.shape, dtype=np.float32) for p in graph.params}
+    zeros.update({t.name: np.zeros(t.shape, dtype=np.float32)
+                  for t in graph.tensors if t.role is TensorRole.BUFFER})
+    return zeros
+
+
+def check_kernels(graph: Graph) -> None:
+    """Raise `UnsupportedKernelError` for the first operator of `graph` (captured with batch
+    norm frozen) that has no C kernel, whatever the plan trains."""
+    _lower_nodes(_Lowering(graph, zero_weights(graph), {}, freeze_batch_norm=True))
 
 
 # -- the pruned backward, aliases and lifetimes (NOTE [ Arena assignment ]) -------------------
@@ -462,7 +478,6 @@ def _lifetimes(ops: list[LOp], rg: set[str], bwd_reads: set[str], shape: dict,
 
 
 def _is_buffer(graph: Graph, t: str) -> bool:
-    from edgetrain.ir import TensorRole
     return graph.tensor(t).role is TensorRole.BUFFER
 
 

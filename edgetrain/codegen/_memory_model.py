@@ -10,7 +10,9 @@ NOTE [ The C trainer's memory, for the planner ]
     own prediction from shapes, the very number the build file records as
     `codegen_predicted_peak_sram_bytes` and `mcu_run` measures the compiled program against:
     - fp32: `predict_peak_sram_bytes` (the plan lowered with zero weights: arena + trainable
-      tensors + labels + runtime reserve). Flash must hold every fp32 weight.
+      tensors + labels + runtime reserve). Every operator must have a C kernel
+      (`UnsupportedKernelError` otherwise, before any candidate), and flash must hold every
+      fp32 weight.
     - int8: the int8 QAS trainer trains whole conv/linear layers of the quantised graph (BN
       folded into them), so a candidate trains the layers owning a parameter it names
       (`int8_trainable_ops`); it has no bias-only mode, and a candidate that names no layer
@@ -60,6 +62,9 @@ class CFp32Memory:
     precision: Precision = Precision.FP32
 
     def for_model(self, request: MemoryRequest) -> _Fp32Program:
+        from edgetrain.codegen._lower import check_kernels
+
+        check_kernels(request.graph)  # UnsupportedKernelError: an operator with no C kernel
         dev = request.device
         flash = sum(q.nbytes for q in request.graph.params)  # every weight's initial value
         if flash > dev.flash_bytes:

@@ -23,11 +23,11 @@ import numpy as np
 from edgetrain.codegen._arena import MIN_STACK_BYTES, RUNTIME_RESERVE_BYTES
 from edgetrain.codegen._errors import UnsupportedPlanError
 from edgetrain.codegen._kernels import KERNELS, PRELUDE
-from edgetrain.codegen._lower import LKind, LOp, Lowered, lower
+from edgetrain.codegen._lower import LKind, LOp, Lowered, lower, zero_weights
 from edgetrain.codegen._platform import render_platform
 from edgetrain.codegen._project import c_bytes, cfloat, header_text, main_c, makefile
 from edgetrain.codegen._targets import Target, TargetKind, get_target
-from edgetrain.ir import Graph, TensorRole
+from edgetrain.ir import Graph
 from edgetrain.planner import Plan
 
 
@@ -122,10 +122,7 @@ def predict_peak_sram_bytes(plan: Plan, graph: Graph) -> int:
     formula `render` records as `codegen_predicted_peak_sram_bytes`. `edgetrain.plan(...,
     executor="c")` uses it as the plan's predicted peak.
     """
-    zeros = {p.name: np.zeros(p.shape, dtype=np.float32) for p in graph.params}
-    zeros.update({t.name: np.zeros(t.shape, dtype=np.float32)
-                  for t in graph.tensors if t.role is TensorRole.BUFFER})
-    return _peak_sram_bytes(lower(plan, graph, zeros))
+    return _peak_sram_bytes(lower(plan, graph, zero_weights(graph)))
 
 
 # -- helpers -----------------------------------------------------------------------------------
