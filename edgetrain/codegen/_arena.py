@@ -46,8 +46,9 @@ def place_largest_first(sizes: dict[str, int], span: dict[str, list[int]]) -> li
     for k in order:
         size = aligned(sizes[k])
         first, last = span[k]
-        live = sorted((b for b in placed if not (b.last < first or b.first > last)),
-                      key=lambda b: b.offset)
+        live = sorted(
+            (b for b in placed if not (b.last < first or b.first > last)), key=lambda b: b.offset
+        )
         off = 0
         for b in live:
             if off + size <= b.offset:
@@ -74,13 +75,23 @@ def place_groups(groups: Sequence[tuple[Segment, ...]]) -> list[Buffer]:
     (a group of one segment is one buffer; an in-place chain is several, at one base)."""
     placed: list[Buffer] = []
     for segs in groups:
-        conf = [[(b.offset, b.offset + aligned(b.nbytes)) for b in placed
-                 if not (b.last < g.first or b.first > g.last)] for g in segs]
-        cands = sorted({0} | {hi - g.rel for g, cs in zip(segs, conf) for _, hi in cs
-                              if hi >= g.rel})
+        conf = [
+            [
+                (b.offset, b.offset + aligned(b.nbytes))
+                for b in placed
+                if not (b.last < g.first or b.first > g.last)
+            ]
+            for g in segs
+        ]
+        cands = sorted(
+            {0} | {hi - g.rel for g, cs in zip(segs, conf) for _, hi in cs if hi >= g.rel}
+        )
         for base in cands:
-            if all(hi <= base + g.rel or base + g.rel + aligned(g.nbytes) <= lo
-                   for g, cs in zip(segs, conf) for lo, hi in cs):
+            if all(
+                hi <= base + g.rel or base + g.rel + aligned(g.nbytes) <= lo
+                for g, cs in zip(segs, conf)
+                for lo, hi in cs
+            ):
                 break
         placed.extend(Buffer(g.name, g.nbytes, g.first, g.last, base + g.rel) for g in segs)
     return sorted(placed, key=lambda b: (b.offset, b.name))

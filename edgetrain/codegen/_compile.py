@@ -26,22 +26,26 @@ def weights_of(model: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
 
-def samples_of(x: torch.Tensor, y: torch.Tensor, dataset: str = "fashion-mnist", *,
-               exact: bool = True) -> SampleSet:
+def samples_of(
+    x: torch.Tensor, y: torch.Tensor, dataset: str = "fashion-mnist", *, exact: bool = True
+) -> SampleSet:
     """Normalised images of `edgetrain.data` -> the uint8 pixels they came from.
 
     `exact=False` accepts images that are not whole pixels (e.g. resized with `resize_for`)
     and rounds them to the nearest uint8 level; the C driver and any reference then see the
     rounded images (`normalised(samples)`)."""
     from edgetrain.data import NORMALIZATION
+
     mean, std = NORMALIZATION[dataset]
     px = torch.round((x.double() * std + mean) * 255.0)
     if exact and float((px - (x.double() * std + mean) * 255.0).abs().max()) > 1e-2:
         raise UnsupportedPlanError(
             f"images are not {dataset} pixels normalised with mean {mean}, std {std}; the C "
-            "driver bakes uint8 pixels into flash")
-    return SampleSet(px.clamp(0, 255).to(torch.uint8).numpy(), y.numpy().astype(np.int64),
-                     mean, std)
+            "driver bakes uint8 pixels into flash"
+        )
+    return SampleSet(
+        px.clamp(0, 255).to(torch.uint8).numpy(), y.numpy().astype(np.int64), mean, std
+    )
 
 
 def normalised(s: SampleSet) -> torch.Tensor:
@@ -50,9 +54,16 @@ def normalised(s: SampleSet) -> torch.Tensor:
     return (px / 255.0 - np.float32(s.mean)) / np.float32(s.std)
 
 
-def compile_project(plan: Plan, model: torch.nn.Module, example: torch.Tensor, target: str,
-                    spec: TrainingSpec, out_dir: "str | Path", *,
-                    device: "str | None" = None) -> Path:
+def compile_project(
+    plan: Plan,
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    target: str,
+    spec: TrainingSpec,
+    out_dir: "str | Path",
+    *,
+    device: "str | None" = None,
+) -> Path:
     """Render and write the C project for `plan` into `out_dir`; returns the directory."""
     from edgetrain.capture import capture
     from edgetrain.cost import load_device
@@ -67,13 +78,22 @@ def compile_project(plan: Plan, model: torch.nn.Module, example: torch.Tensor, t
             if (lo, hi) != (0.0, 6.0):
                 raise UnsupportedKernelError(
                     f"node {n.name} ({n.module}): hardtanh({lo}, {hi}); the C kernel is ReLU6 "
-                    "(hardtanh 0..6)")
+                    "(hardtanh 0..6)"
+                )
     sram = flash = 0
     if tgt.kind is TargetKind.CORTEX_M:
         dev = load_device(device or plan.device)
         sram, flash = dev.ram_bytes, dev.flash_bytes
-    files = render(plan, graph, weights_of(model), tgt, spec, device_sram_bytes=sram,
-                   device_flash_bytes=flash, device_name=device or plan.device)
+    files = render(
+        plan,
+        graph,
+        weights_of(model),
+        tgt,
+        spec,
+        device_sram_bytes=sram,
+        device_flash_bytes=flash,
+        device_name=device or plan.device,
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
@@ -81,10 +101,21 @@ def compile_project(plan: Plan, model: torch.nn.Module, example: torch.Tensor, t
     return out
 
 
-def compile_int8_project(plan: Plan, model: torch.nn.Module, train: SampleSet, test: SampleSet,
-                         target: str, out_dir: "str | Path", *, steps: int, lr: float,
-                         calibration: torch.Tensor | None = None, device: "str | None" = None,
-                         log_every: int = 1, dump_params: bool = False):
+def compile_int8_project(
+    plan: Plan,
+    model: torch.nn.Module,
+    train: SampleSet,
+    test: SampleSet,
+    target: str,
+    out_dir: "str | Path",
+    *,
+    steps: int,
+    lr: float,
+    calibration: torch.Tensor | None = None,
+    device: "str | None" = None,
+    log_every: int = 1,
+    dump_params: bool = False,
+):
     """Quantise `model` (edgetrain.quant, calibrated on `calibration` or the training images),
     render int8 QAS training of what `plan` trains, write it; returns (out_dir, QuantGraph,
     trainable op names)."""
@@ -101,18 +132,33 @@ def compile_int8_project(plan: Plan, model: torch.nn.Module, train: SampleSet, t
     finally:
         model.train(was)
     trainable = int8_trainable_ops(plan, qg)
-    spec = Int8Spec(qg.quantize_input(normalised(train)).numpy(), train.labels,
-                    qg.quantize_input(normalised(test)).numpy(), test.labels, steps=steps,
-                    lr=lr, batch_size=plan.batch_size, log_every=log_every,
-                    dump_params=dump_params)
+    spec = Int8Spec(
+        qg.quantize_input(normalised(train)).numpy(),
+        train.labels,
+        qg.quantize_input(normalised(test)).numpy(),
+        test.labels,
+        steps=steps,
+        lr=lr,
+        batch_size=plan.batch_size,
+        log_every=log_every,
+        dump_params=dump_params,
+    )
     sram = flash = 0
     if tgt.kind is TargetKind.CORTEX_M:
         dev = load_device(device or plan.device)
         sram, flash = dev.ram_bytes, dev.flash_bytes
     # Always line-buffered: never more SRAM than without (int8_layout picks the best chain,
     # none included), and bit-identical results (tests/test_codegen_int8_memory.py).
-    files = render_int8(qg, trainable, tgt, spec, device_sram_bytes=sram, line_buffer=True,
-                        device_flash_bytes=flash, device_name=device or plan.device)
+    files = render_int8(
+        qg,
+        trainable,
+        tgt,
+        spec,
+        device_sram_bytes=sram,
+        line_buffer=True,
+        device_flash_bytes=flash,
+        device_name=device or plan.device,
+    )
     if plan.precision is Precision.INT8:  # the planner predicted this program's SRAM
         meta = json.loads(files["edgetrain_build.json"])
         meta["planner_predicted_peak_bytes"] = plan.predicted_peak_bytes

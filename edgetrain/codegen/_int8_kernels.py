@@ -23,8 +23,11 @@ from edgetrain.codegen._int8_layout import INT8_OPS, WEIGHTED_OPS, Int8Kernel, I
 @functools.cache
 def int8_runtime_source() -> str:
     """The int8 runtime's C source (edgetrain/codegen/c/int8_runtime.c)."""
-    return resources.files("edgetrain.codegen").joinpath("c", "int8_runtime.c").read_text(
-        encoding="utf-8")
+    return (
+        resources.files("edgetrain.codegen")
+        .joinpath("c", "int8_runtime.c")
+        .read_text(encoding="utf-8")
+    )
 
 
 def hexd(x: float) -> str:
@@ -34,7 +37,7 @@ def hexd(x: float) -> str:
 
 def ints(v: np.ndarray) -> str:
     vals = [str(int(x)) for x in np.asarray(v).reshape(-1).tolist()]
-    return ",\n".join(",".join(vals[i:i + 32]) for i in range(0, len(vals), 32))
+    return ",\n".join(",".join(vals[i : i + 32]) for i in range(0, len(vals), 32))
 
 
 def reals(v) -> str:
@@ -95,8 +98,11 @@ class Int8Emitter:
         """An op's output, its "not clamped" mask (0 when off the backward path) and zero
         point."""
         y = self.A_or_0("a:" + op.output, "int8_t")
-        mask = self.A("m:" + op.output, "uint8_t") if ("m:" + op.output) in self.lay.alias \
-            and op.output in self.lay.rg else "0"
+        mask = (
+            self.A("m:" + op.output, "uint8_t")
+            if ("m:" + op.output) in self.lay.alias and op.output in self.lay.rg
+            else "0"
+        )
         return y, mask, self.T[op.output].zero_point
 
 
@@ -104,8 +110,12 @@ class Int8Emitter:
 def _conv_shape(em: Int8Emitter, op, w: np.ndarray) -> tuple[str, int, int]:
     ci, h, wd = em.T[op.input].shape
     co, ho, wo = em.T[op.output].shape
-    return (f"{em.batch}, {ci}, {h}, {wd}, {co}, {ho}, {wo}, {w.shape[-1]}, {op.stride}, "
-            f"{op.padding}, {op.groups}", ho * wo, co)
+    return (
+        f"{em.batch}, {ci}, {h}, {wd}, {co}, {ho}, {wo}, {w.shape[-1]}, {op.stride}, "
+        f"{op.padding}, {op.groups}",
+        ho * wo,
+        co,
+    )
 
 
 def _linear_shape(em: Int8Emitter, op, w: np.ndarray) -> tuple[str, int, int]:
@@ -131,8 +141,9 @@ def declare_weighted(em: Int8Emitter, op) -> _Weighted:
     else:
         em.const_bytes += w.size + 4 * b.size
     dims, P, C = _SHAPE_ARGS[type(op).__name__](em, op, w)
-    info = _Weighted(sym, dims, P, C, em.A_or_0("a:" + op.input, "int8_t"),
-                     em.T[op.input].zero_point, tr)
+    info = _Weighted(
+        sym, dims, P, C, em.A_or_0("a:" + op.input, "int8_t"), em.T[op.input].zero_point, tr
+    )
     em.weighted[op.name] = info
     return info
 
@@ -141,8 +152,10 @@ def declare_weighted(em: Int8Emitter, op) -> _Weighted:
 def _qconv_fwd(em: Int8Emitter, op) -> list[str]:
     i = em.weighted[op.name]
     y, mask, zy = em.out(op)
-    return [f"qconv_fwd({i.x}, {i.zx}, {i.sym}_w, {i.sym}_b, {i.sym}_m0, {i.sym}_sh, "
-            f"{zy}, {op.act_min}, {op.act_max}, {y}, {mask}, {i.dims});"]
+    return [
+        f"qconv_fwd({i.x}, {i.zx}, {i.sym}_w, {i.sym}_b, {i.sym}_m0, {i.sym}_sh, "
+        f"{zy}, {op.act_min}, {op.act_max}, {y}, {mask}, {i.dims});"
+    ]
 
 
 def _inside_reader(em: Int8Emitter, op) -> list[str]:
@@ -157,11 +170,13 @@ def _qpwdw_fwd(em: Int8Emitter, op) -> list[str]:
     _, h, wd = T[op.input].shape
     co, ho, wo = T[op.output].shape
     sym = i.sym
-    return [f"qpwdw_fwd({em.A('a:' + a.input, 'int8_t')}, {T[a.input].zero_point}, {sa}_w, "
-            f"{sa}_b, {sa}_m0, {sa}_sh, {T[a.output].zero_point}, {a.act_min}, {a.act_max}, "
-            f"{sym}_w, {sym}_b, {sym}_m0, {sym}_sh, {zy}, {op.act_min}, {op.act_max}, {y}, "
-            f"{em.A('s:' + op.name, 'int8_t')}, {em.batch}, {T[a.input].shape[0]}, {h}, {wd}, "
-            f"{co}, {ho}, {wo}, {op.weight.shape[-1]}, {op.stride}, {op.padding});"]
+    return [
+        f"qpwdw_fwd({em.A('a:' + a.input, 'int8_t')}, {T[a.input].zero_point}, {sa}_w, "
+        f"{sa}_b, {sa}_m0, {sa}_sh, {T[a.output].zero_point}, {a.act_min}, {a.act_max}, "
+        f"{sym}_w, {sym}_b, {sym}_m0, {sym}_sh, {zy}, {op.act_min}, {op.act_max}, {y}, "
+        f"{em.A('s:' + op.name, 'int8_t')}, {em.batch}, {T[a.input].shape[0]}, {h}, {wd}, "
+        f"{co}, {ho}, {wo}, {op.weight.shape[-1]}, {op.stride}, {op.padding});"
+    ]
 
 
 def _qdw_inplace_fwd(em: Int8Emitter, op) -> list[str]:
@@ -169,10 +184,12 @@ def _qdw_inplace_fwd(em: Int8Emitter, op) -> list[str]:
     _, _, zy = em.out(op)
     ci, h, wd = em.T[op.input].shape
     _, ho, wo = em.T[op.output].shape
-    return [f"qdw_inplace_fwd({i.x}, {i.zx}, {i.sym}_w, {i.sym}_b, {i.sym}_m0, "
-            f"{i.sym}_sh, {zy}, {op.act_min}, {op.act_max}, "
-            f"{em.A('s:' + op.name, 'int8_t')}, {em.batch}, {ci}, {h}, {wd}, {ho}, "
-            f"{wo}, {op.weight.shape[-1]}, {op.stride}, {op.padding});"]
+    return [
+        f"qdw_inplace_fwd({i.x}, {i.zx}, {i.sym}_w, {i.sym}_b, {i.sym}_m0, "
+        f"{i.sym}_sh, {zy}, {op.act_min}, {op.act_max}, "
+        f"{em.A('s:' + op.name, 'int8_t')}, {em.batch}, {ci}, {h}, {wd}, {ho}, "
+        f"{wo}, {op.weight.shape[-1]}, {op.stride}, {op.padding});"
+    ]
 
 
 def _qpw_inplace_fwd(em: Int8Emitter, op) -> list[str]:
@@ -180,9 +197,11 @@ def _qpw_inplace_fwd(em: Int8Emitter, op) -> list[str]:
     _, _, zy = em.out(op)
     ci, h, wd = em.T[op.input].shape
     co = em.T[op.output].shape[0]
-    return [f"qpw_inplace_fwd({i.x}, {i.zx}, {i.sym}_w, {i.sym}_b, {i.sym}_m0, "
-            f"{i.sym}_sh, {zy}, {op.act_min}, {op.act_max}, "
-            f"{em.A('s:' + op.name, 'int8_t')}, {em.batch}, {ci}, {co}, {h * wd});"]
+    return [
+        f"qpw_inplace_fwd({i.x}, {i.zx}, {i.sym}_w, {i.sym}_b, {i.sym}_m0, "
+        f"{i.sym}_sh, {zy}, {op.act_min}, {op.act_max}, "
+        f"{em.A('s:' + op.name, 'int8_t')}, {em.batch}, {ci}, {co}, {h * wd});"
+    ]
 
 
 def _qlb_chain(em: Int8Emitter, op) -> list[str]:
@@ -192,34 +211,44 @@ def _qlb_chain(em: Int8Emitter, op) -> list[str]:
     y, _, zy = em.out(op)
     ci, h, wd = em.T[op.input].shape
     co, ho, wo = em.T[op.output].shape
-    ring = (f"{em.A('s:' + op.name, 'int8_t')}, {lay.rings[op.name]} }}"
-            if op.name in lay.rings else "0, 0 }")
+    ring = (
+        f"{em.A('s:' + op.name, 'int8_t')}, {lay.rings[op.name]} }}"
+        if op.name in lay.rings
+        else "0, 0 }"
+    )
     em.descs.append(
         f"{{ {i.sym}_w, {i.sym}_b, {i.sym}_m0, {i.sym}_sh, {i.zx}, {zy}, {op.act_min}, "
         f"{op.act_max}, {ci}, {h}, {wd}, {co}, {ho}, {wo}, {op.weight.shape[-1]}, "
-        f"{op.stride}, {op.padding}, {op.groups}, " + ring)
+        f"{op.stride}, {op.padding}, {op.groups}, " + ring
+    )
     if op.name != lay.chain[-1]:
         return []
     n = len(lay.chain)
-    return [f"{{ int st[{2 * n}]; qlb_chain(q_lb, {n}, st, "
-            f"{em.A('a:' + em.graph.input, 'int8_t')}, {y}, {em.batch}); }}"]
+    return [
+        f"{{ int st[{2 * n}]; qlb_chain(q_lb, {n}, st, "
+        f"{em.A('a:' + em.graph.input, 'int8_t')}, {y}, {em.batch}); }}"
+    ]
 
 
 def _qlinear_fwd(em: Int8Emitter, op) -> list[str]:
     i = em.weighted[op.name]
     y, mask, zy = em.out(op)
-    return [f"qlinear_fwd({i.x}, {i.zx}, {i.sym}_w, {i.sym}_b, {i.sym}_m0, {i.sym}_sh, {zy}, "
-            f"{op.act_min}, {op.act_max}, {y}, {mask}, {i.dims});"]
+    return [
+        f"qlinear_fwd({i.x}, {i.zx}, {i.sym}_w, {i.sym}_b, {i.sym}_m0, {i.sym}_sh, {zy}, "
+        f"{op.act_min}, {op.act_max}, {y}, {mask}, {i.dims});"
+    ]
 
 
 def _qadd_fwd(em: Int8Emitter, op) -> list[str]:
     T = em.T
     y, mask, zy = em.out(op)
     a, b = em.A("a:" + op.a, "int8_t"), em.A("a:" + op.b, "int8_t")
-    return [f"qadd_fwd({a}, {T[op.a].zero_point}, {b}, {T[op.b].zero_point}, {zy}, "
-            f"{op.multiplier_a}, {op.shift_a}, {op.multiplier_b}, {op.shift_b}, "
-            f"{op.multiplier_out}, {op.shift_out}, {op.left_shift}, {y}, {mask}, "
-            f"{em.lay.numel[op.output]});"]
+    return [
+        f"qadd_fwd({a}, {T[op.a].zero_point}, {b}, {T[op.b].zero_point}, {zy}, "
+        f"{op.multiplier_a}, {op.shift_a}, {op.multiplier_b}, {op.shift_b}, "
+        f"{op.multiplier_out}, {op.shift_out}, {op.left_shift}, {y}, {mask}, "
+        f"{em.lay.numel[op.output]});"
+    ]
 
 
 def _qgap_fwd(em: Int8Emitter, op) -> list[str]:
@@ -234,10 +263,11 @@ def _weighted_bwd(em: Int8Emitter, op, *, prefix: str, no_pool: str) -> list[str
     pool is the only reader), then the input gradient and the QAS-scaled SGD update."""
     i, T, lay = em.weighted[op.name], em.T, em.lay
     mvals = np.asarray(op.multiplier, dtype=np.float64) * np.power(
-        2.0, np.asarray(op.shift, dtype=np.float64) - 31)
+        2.0, np.asarray(op.shift, dtype=np.float64) - 31
+    )
     sx = float(T[op.input].scale)
     ws = np.asarray(op.weight_scale, dtype=np.float64)
-    inv_w = 1.0 / ws ** 2 if em.qas else np.ones_like(ws)
+    inv_w = 1.0 / ws**2 if em.qas else np.ones_like(ws)
     inv_b = 1.0 / (sx * ws) ** 2 if em.qas else np.ones_like(ws)
     em.arrays.append(f"static const ET_REAL {i.sym}_M[{i.C}] = {{ {reals(mvals)} }};")
     em.arrays.append(f"static const ET_REAL {i.sym}_iw[{i.C}] = {{ {reals(inv_w)} }};")
@@ -257,8 +287,10 @@ def _weighted_bwd(em: Int8Emitter, op, *, prefix: str, no_pool: str) -> list[str
         g, acc = em.dx(op.input)
         out.append(f"{prefix}_bwd_input({d}{extra}, {i.sym}_w, {g}, {acc}, {i.dims});")
     if i.trainable:
-        out.append(f"{prefix}_update({d}{extra}, {i.x}, {i.zx}, {i.sym}_w, {i.sym}_b, "
-                   f"{i.sym}_iw, {i.sym}_ib, lr, {i.dims});")
+        out.append(
+            f"{prefix}_update({d}{extra}, {i.x}, {i.zx}, {i.sym}_w, {i.sym}_b, "
+            f"{i.sym}_iw, {i.sym}_ib, lr, {i.dims});"
+        )
     return out + ([close] if close else [])
 
 
@@ -273,8 +305,9 @@ def _qadd_bwd(em: Int8Emitter, op) -> list[str]:
             # the simulation's slope is `inside * (s_in / s_out)`, a bool tensor times a
             # Python float: float32 in PyTorch; mirrored here to stay bit-exact
             slope = float(np.float32(float(em.T[t].scale) / sy))
-            out.append(f"qadd_bwd({dy}, {m}, {hexd(slope)}, {g}, "
-                       f"{acc}, {em.lay.numel[op.output]});")
+            out.append(
+                f"qadd_bwd({dy}, {m}, {hexd(slope)}, {g}, {acc}, {em.lay.numel[op.output]});"
+            )
     return out
 
 
@@ -305,10 +338,8 @@ FORWARD_KERNELS: dict[tuple[str, Int8Kernel], Int8KernelRecord] = {
     ("QConv2d", _K.OUT_OF_PLACE): Int8KernelRecord(("qconv_fwd",), _qconv_fwd),
     ("QConv2d", _K.FUSED_INTO_DEPTHWISE): Int8KernelRecord((), _inside_reader),
     ("QConv2d", _K.FUSED_POINTWISE_DEPTHWISE): Int8KernelRecord(("qpwdw_fwd",), _qpwdw_fwd),
-    ("QConv2d", _K.IN_PLACE_DEPTHWISE): Int8KernelRecord(("qdw_inplace_fwd",),
-                                                         _qdw_inplace_fwd),
-    ("QConv2d", _K.IN_PLACE_POINTWISE): Int8KernelRecord(("qpw_inplace_fwd",),
-                                                         _qpw_inplace_fwd),
+    ("QConv2d", _K.IN_PLACE_DEPTHWISE): Int8KernelRecord(("qdw_inplace_fwd",), _qdw_inplace_fwd),
+    ("QConv2d", _K.IN_PLACE_POINTWISE): Int8KernelRecord(("qpw_inplace_fwd",), _qpw_inplace_fwd),
     ("QConv2d", _K.LINE_BUFFERED): Int8KernelRecord(("qlb_chain", "qlb_row"), _qlb_chain),
     ("QLinear", _K.OUT_OF_PLACE): Int8KernelRecord(("qlinear_fwd",), _qlinear_fwd),
     ("QAdd", _K.OUT_OF_PLACE): Int8KernelRecord(("qadd_fwd",), _qadd_fwd),
@@ -319,10 +350,12 @@ FORWARD_KERNELS: dict[tuple[str, Int8Kernel], Int8KernelRecord] = {
 BACKWARD_KERNELS: dict[str, Int8KernelRecord] = {
     "QConv2d": Int8KernelRecord(
         ("qacc_grad", "qconv_bwd_input", "qconv_update"),
-        functools.partial(_weighted_bwd, prefix="qconv", no_pool=", 0")),
+        functools.partial(_weighted_bwd, prefix="qconv", no_pool=", 0"),
+    ),
     "QLinear": Int8KernelRecord(
         ("qacc_grad", "qlinear_bwd_input", "qlinear_update"),
-        functools.partial(_weighted_bwd, prefix="qlinear", no_pool="")),
+        functools.partial(_weighted_bwd, prefix="qlinear", no_pool=""),
+    ),
     "QAdd": Int8KernelRecord(("qadd_bwd",), _qadd_bwd),
     "QGlobalAvgPool": Int8KernelRecord(("qgap_bwd",), _qgap_bwd),
 }

@@ -113,8 +113,10 @@ class Int8ArenaLayout:
         for name, k in self.kernels:
             if name == op_name:
                 return k
-        raise UnsupportedPlanError(f"no op {op_name!r} in this int8 program; its ops: "
-                                   f"{', '.join(n for n, _ in self.kernels)}")
+        raise UnsupportedPlanError(
+            f"no op {op_name!r} in this int8 program; its ops: "
+            f"{', '.join(n for n, _ in self.kernels)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -140,16 +142,20 @@ class Int8Placement:
 
 
 # -- the public entry points -------------------------------------------------------------------
-def int8_layout(graph, trainable: Sequence[str], *, batch_size: int = 1,
-                target: "str | Target" = "cortex-m7", line_buffer: bool = False
-                ) -> Int8ArenaLayout:
+def int8_layout(
+    graph,
+    trainable: Sequence[str],
+    *,
+    batch_size: int = 1,
+    target: "str | Target" = "cortex-m7",
+    line_buffer: bool = False,
+) -> Int8ArenaLayout:
     """The SRAM of the int8 C trainer `render_int8` writes for `graph` (an
     `edgetrain.quant.QuantGraph`) with the conv/linear ops named in `trainable` updated, from
     shapes only; NOTE [ int8 SRAM of the C trainer ] says what it counts. `line_buffer`
     streams the frozen conv prefix row by row (the chain length that minimises the arena)."""
     check_line_buffer(line_buffer)
-    return place_int8(graph, list(trainable), batch_size, get_target(target),
-                      line_buffer).layout
+    return place_int8(graph, list(trainable), batch_size, get_target(target), line_buffer).layout
 
 
 int8_memory = int8_layout  # its earlier name, which edgetrain.strategies (TTE) imports
@@ -179,13 +185,15 @@ def check_program(graph, trainable: Sequence[str], batch_size: int) -> None:
     """Typed refusals of what the int8 C trainer does not run."""
     kinds = {type(op).__name__ for op in graph.ops}
     if not kinds <= set(INT8_OPS):
-        raise UnsupportedPlanError(f"int8 graph ops {sorted(kinds)}: the C generator knows "
-                                   f"{', '.join(INT8_OPS)}")
+        raise UnsupportedPlanError(
+            f"int8 graph ops {sorted(kinds)}: the C generator knows {', '.join(INT8_OPS)}"
+        )
     names = [op.name for op in graph.weighted_ops]
     bad = [t for t in trainable if t not in names]
     if bad or not trainable:
-        raise UnsupportedPlanError(f"trainable int8 layers {list(trainable)}: choose among "
-                                   f"{', '.join(names)}")
+        raise UnsupportedPlanError(
+            f"trainable int8 layers {list(trainable)}: choose among {', '.join(names)}"
+        )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise UnsupportedPlanError(f"batch size {batch_size!r} must be a positive integer")
 
@@ -222,8 +230,9 @@ def inputs_of(op) -> list[str]:
 #     49,152 + rings 15,360 + output 8x32x32 = 8,192 = the arena, 72,704 B (the busiest step;
 #     a 3-op chain would leave 86,016 B), predicted peak 86,060 B, measured under QEMU
 #     86,236 B (off: 114,688 / 128,044 / 128,140 B).
-def place_int8(graph, trainable: Sequence[str], B: int, tgt: Target,
-               line_buffer: bool) -> Int8Placement:
+def place_int8(
+    graph, trainable: Sequence[str], B: int, tgt: Target, line_buffer: bool
+) -> Int8Placement:
     """Without `line_buffer`: the plain layout. With it: the chain length (none, or 2 .. the
     longest chain) whose arena is smallest (the shortest of equal ones)."""
     best = _place(graph, trainable, B, tgt, ())
@@ -243,8 +252,7 @@ def _max_chain(graph, trainable: Sequence[str]) -> list[str]:
     rg, consumers = _grad_and_consumers(graph, trainable)
 
     def ok(op) -> bool:
-        return type(op).__name__ == "QConv2d" and op.name not in trainable \
-            and op.output not in rg
+        return type(op).__name__ == "QConv2d" and op.name not in trainable and op.output not in rg
 
     readers: dict[str, list] = {}
     for op in graph.ops:
@@ -317,13 +325,23 @@ def _fused_pairs(graph, rg, consumers: dict, in_chain: set, B: int) -> dict[str,
     fused: dict[str, str] = {}
     by_out = {op.output: op for op in graph.ops}
     for op in graph.ops:
-        if type(op).__name__ != "QConv2d" or op.kind.value != "depthwise" or op.output in rg \
-                or op.name in in_chain:
+        if (
+            type(op).__name__ != "QConv2d"
+            or op.kind.value != "depthwise"
+            or op.output in rg
+            or op.name in in_chain
+        ):
             continue
         src = by_out.get(op.input)
-        if (src is not None and type(src).__name__ == "QConv2d" and src.name not in in_chain
-                and src.kind.value == "pointwise" and src.output not in rg
-                and consumers.get(src.output, 0) == 1 and B == 1):
+        if (
+            src is not None
+            and type(src).__name__ == "QConv2d"
+            and src.name not in in_chain
+            and src.kind.value == "pointwise"
+            and src.output not in rg
+            and consumers.get(src.output, 0) == 1
+            and B == 1
+        ):
             fused[op.name] = src.name
     return fused
 
@@ -340,9 +358,15 @@ def _in_place_kernel(op, graph, consumers: dict, bwd_reads: set, rg, T: dict) ->
     co, ho, wo = T[op.output].shape
     if op.kind.value == "depthwise" and ci == co and ho * wo <= h * w:
         return Int8Kernel.IN_PLACE_DEPTHWISE
-    if (op.kind.value == "pointwise" and op.groups == 1 and op.stride == 1
-            and op.padding == 0 and op.weight.shape[-1] == 1 and (ho, wo) == (h, w)
-            and co <= ci):
+    if (
+        op.kind.value == "pointwise"
+        and op.groups == 1
+        and op.stride == 1
+        and op.padding == 0
+        and op.weight.shape[-1] == 1
+        and (ho, wo) == (h, w)
+        and co <= ci
+    ):
         return Int8Kernel.IN_PLACE_POINTWISE
     return Int8Kernel.OUT_OF_PLACE
 
@@ -363,8 +387,9 @@ def _kernels(graph, trainable, rg, consumers, chain, fused, T) -> dict[str, Int8
     return kernels
 
 
-def _program(graph, trainable: Sequence[str], B: int, tgt: Target,
-             chain: tuple[str, ...]) -> _Program:
+def _program(
+    graph, trainable: Sequence[str], B: int, tgt: Target, chain: tuple[str, ...]
+) -> _Program:
     check_program(graph, trainable, B)
     T = {t.name: t for t in graph.tensors}
     numel = {k: B * math.prod(t.shape) for k, t in T.items()}
@@ -377,11 +402,22 @@ def _program(graph, trainable: Sequence[str], B: int, tgt: Target,
     fused = _fused_pairs(graph, rg, consumers, set(chain), B)
     kernels = _kernels(graph, trainable, rg, consumers, set(chain), fused, T)
     return _Program(
-        graph=graph, trainable=tuple(trainable), B=B,
-        real=8 if tgt.kind is TargetKind.HOST else 4, T=T, numel=numel, rg=frozenset(rg),
-        consumers=consumers, bwd_ops=tuple(op for op in reversed(graph.ops) if op.output in rg),
-        chain=tuple(chain), rings=rings, gap_of=_pool_fused(graph, rg, consumers),
-        fused=fused, kernels=kernels, ops_by_name=ops_by_name)
+        graph=graph,
+        trainable=tuple(trainable),
+        B=B,
+        real=8 if tgt.kind is TargetKind.HOST else 4,
+        T=T,
+        numel=numel,
+        rg=frozenset(rg),
+        consumers=consumers,
+        bwd_ops=tuple(op for op in reversed(graph.ops) if op.output in rg),
+        chain=tuple(chain),
+        rings=rings,
+        gap_of=_pool_fused(graph, rg, consumers),
+        fused=fused,
+        kernels=kernels,
+        ops_by_name=ops_by_name,
+    )
 
 
 # -- buffers and lifetimes ---------------------------------------------------------------------
@@ -545,29 +581,52 @@ def _groups(use: _Uses, chains: dict[str, list[str]]) -> list[tuple[Segment, ...
     return groups
 
 
-def _place(graph, trainable: Sequence[str], B: int, tgt: Target,
-           chain: tuple[str, ...]) -> Int8Placement:
+def _place(
+    graph, trainable: Sequence[str], B: int, tgt: Target, chain: tuple[str, ...]
+) -> Int8Placement:
     p = _program(graph, trainable, B, tgt, chain)
     use = _Uses()
     chains = _forward_uses(p, use)
     _backward_uses(p, use)
     bufs, bound = pack_groups(_groups(use, chains))
     arena = arena_bytes(bufs)
-    trainable_bytes = sum(op.weight.numel() + 4 * op.bias.numel()
-                          for op in graph.weighted_ops if op.name in trainable)
+    trainable_bytes = sum(
+        op.weight.numel() + 4 * op.bias.numel() for op in graph.weighted_ops if op.name in trainable
+    )
     layout = Int8ArenaLayout(
-        target=tgt.name, batch_size=B, arena_bytes=arena, trainable_bytes=trainable_bytes,
-        labels_bytes=4 * B, runtime_reserve_bytes=RUNTIME_RESERVE_BYTES,
+        target=tgt.name,
+        batch_size=B,
+        arena_bytes=arena,
+        trainable_bytes=trainable_bytes,
+        labels_bytes=4 * B,
+        runtime_reserve_bytes=RUNTIME_RESERVE_BYTES,
         predicted_peak_sram_bytes=arena + trainable_bytes + 4 * B + RUNTIME_RESERVE_BYTES,
-        peak_live_bytes=bound, buffers=tuple(bufs),
-        kernels=tuple((op.name, p.kernels[op.name]) for op in graph.ops))
-    keys = {k for op in graph.ops for t in (*inputs_of(op), op.output)
-            for k in ("a:" + t, "g:" + t, "m:" + t, "d:" + t, "z:" + t)}
+        peak_live_bytes=bound,
+        buffers=tuple(bufs),
+        kernels=tuple((op.name, p.kernels[op.name]) for op in graph.ops),
+    )
+    keys = {
+        k
+        for op in graph.ops
+        for t in (*inputs_of(op), op.output)
+        for k in ("a:" + t, "g:" + t, "m:" + t, "d:" + t, "z:" + t)
+    }
     keys |= {"s:" + op.name for op in graph.ops}
     offsets = {b.name: b.offset for b in bufs}
     for c in chains.values():  # every member of a chain starts at the group's base
         offsets[c[0]] = min(offsets[k] for k in c if k in offsets)
     alias = {k: use.root(k) for k in keys if use.root(k) in offsets}
-    return Int8Placement(layout, p.rg, p.bwd_ops, p.fused, p.kernels, alias, offsets, p.numel,
-                         p.T, p.chain, p.rings, p.gap_of)
-
+    return Int8Placement(
+        layout,
+        p.rg,
+        p.bwd_ops,
+        p.fused,
+        p.kernels,
+        alias,
+        offsets,
+        p.numel,
+        p.T,
+        p.chain,
+        p.rings,
+        p.gap_of,
+    )

@@ -55,9 +55,17 @@ class Int8Spec:
     dump_params: bool = False
 
 
-def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: Int8Spec, *,
-                device_sram_bytes: int = 0, device_flash_bytes: int = 0,
-                device_name: str = "", line_buffer: bool = False) -> dict[str, str]:
+def render_int8(
+    graph,
+    trainable: Sequence[str],
+    target: "str | Target",
+    spec: Int8Spec,
+    *,
+    device_sram_bytes: int = 0,
+    device_flash_bytes: int = 0,
+    device_name: str = "",
+    line_buffer: bool = False,
+) -> dict[str, str]:
     """Render int8 QAS training of `graph` (an `edgetrain.quant.QuantGraph`; read, not
     changed) with the conv/linear ops named in `trainable` updated on the device;
     `line_buffer` as `int8_layout`'s."""
@@ -66,8 +74,9 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
     trainable = list(trainable)
     check_program(graph, trainable, spec.batch_size)
     if spec.steps <= 0 or not spec.lr > 0:
-        raise UnsupportedPlanError(f"steps {spec.steps}, lr {spec.lr} and batch size "
-                                   f"{spec.batch_size} must be positive")
+        raise UnsupportedPlanError(
+            f"steps {spec.steps}, lr {spec.lr} and batch size {spec.batch_size} must be positive"
+        )
     if tgt.kind is TargetKind.CORTEX_M and (device_sram_bytes <= 0 or device_flash_bytes <= 0):
         raise UnsupportedPlanError("a Cortex-M target needs the device's SRAM and flash sizes")
     B = spec.batch_size
@@ -89,16 +98,34 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
     }
     files.update(render_platform(tgt, device_sram_bytes, device_flash_bytes, MIN_STACK_BYTES))
     meta = {
-        "target": tgt.name, "model": graph.model, "device": device_name, "precision": "int8-qas",
-        "batch_size": B, "steps": spec.steps, "lr": spec.lr, "arena_bytes": mem.arena_bytes,
-        "trainable_bytes": mem.trainable_bytes, "const_weight_bytes": em.const_bytes,
-        "trainable_params": list(trainable), "folded": [],
+        "target": tgt.name,
+        "model": graph.model,
+        "device": device_name,
+        "precision": "int8-qas",
+        "batch_size": B,
+        "steps": spec.steps,
+        "lr": spec.lr,
+        "arena_bytes": mem.arena_bytes,
+        "trainable_bytes": mem.trainable_bytes,
+        "const_weight_bytes": em.const_bytes,
+        "trainable_params": list(trainable),
+        "folded": [],
         "planner_predicted_peak_bytes": None,  # the planner has no int8 model of this program
         "codegen_predicted_peak_sram_bytes": mem.predicted_peak_sram_bytes,
-        "sram_limit_bytes": device_sram_bytes, "flash_limit_bytes": device_flash_bytes,
-        "counter_hz": tgt.counter_hz, "qemu_machine": tgt.qemu_machine,
-        "buffers": [{"name": b.name, "bytes": b.nbytes, "offset": b.offset,
-                     "first_step": b.first, "last_step": b.last} for b in mem.buffers],
+        "sram_limit_bytes": device_sram_bytes,
+        "flash_limit_bytes": device_flash_bytes,
+        "counter_hz": tgt.counter_hz,
+        "qemu_machine": tgt.qemu_machine,
+        "buffers": [
+            {
+                "name": b.name,
+                "bytes": b.nbytes,
+                "offset": b.offset,
+                "first_step": b.first,
+                "last_step": b.last,
+            }
+            for b in mem.buffers
+        ],
     }
     files["edgetrain_build.json"] = json.dumps(meta, indent=1)
     return files
@@ -107,19 +134,37 @@ def render_int8(graph, trainable: Sequence[str], target: "str | Target", spec: I
 def _model_c(em: Int8Emitter, spec: Int8Spec, tgt: Target) -> str:
     g, B = em.graph, em.batch
     out_t = em.T[g.output]
-    lb_c = (f"static const qlb_op q_lb[{len(em.descs)}] = {{\n    "
-            + ",\n    ".join(em.descs) + "\n};\n") if em.descs else ""
+    lb_c = (
+        (
+            f"static const qlb_op q_lb[{len(em.descs)}] = {{\n    "
+            + ",\n    ".join(em.descs)
+            + "\n};\n"
+        )
+        if em.descs
+        else ""
+    )
     logits = em.A("a:" + g.output, "int8_t")
     scratch = em.A("z:" + g.output, "ET_REAL")
     return _MODEL_C.format(
-        target=tgt.name, real="double" if tgt.kind is TargetKind.HOST else "float",
-        runtime=int8_runtime_source(), arrays="\n".join(em.arrays),
-        arena=em.lay.layout.arena_bytes, lb=lb_c, input=em.A("a:" + g.input, "int8_t"),
-        D=int(np.prod(em.T[g.input].shape)), fwd="\n".join("    " + s for s in em.fwd),
-        bwd="\n".join("    " + s for s in em.bwd), dumps="\n".join(em.dumps),
-        lr=hexd(spec.lr), zero=out_t.zero_point, scale=hexd(out_t.scale),
-        loss_args=f"{B}, {g.tensor(g.output).shape[-1]}", logits=logits, scratch=scratch,
-        dlogits=em.A("g:" + g.output, "ET_REAL"))
+        target=tgt.name,
+        real="double" if tgt.kind is TargetKind.HOST else "float",
+        runtime=int8_runtime_source(),
+        arrays="\n".join(em.arrays),
+        arena=em.lay.layout.arena_bytes,
+        lb=lb_c,
+        input=em.A("a:" + g.input, "int8_t"),
+        D=int(np.prod(em.T[g.input].shape)),
+        fwd="\n".join("    " + s for s in em.fwd),
+        bwd="\n".join("    " + s for s in em.bwd),
+        dumps="\n".join(em.dumps),
+        lr=hexd(spec.lr),
+        zero=out_t.zero_point,
+        scale=hexd(out_t.scale),
+        loss_args=f"{B}, {g.tensor(g.output).shape[-1]}",
+        logits=logits,
+        scratch=scratch,
+        dlogits=em.A("g:" + g.output, "ET_REAL"),
+    )
 
 
 _MODEL_C = """/* generated by edgetrain.codegen (int8 QAS training) for {target}: do not edit */
@@ -181,6 +226,7 @@ void et_dump_params(void) {{
 def _data_c(spec: Int8Spec) -> str:
     def u8(a: np.ndarray) -> np.ndarray:
         return np.asarray(a, dtype=np.int8).view(np.uint8)
+
     return f"""/* generated by edgetrain.codegen: quantised samples (int8 stored as bytes, flash) */
 #include "et_model.h"
 const int et_train_n = {len(spec.train_y)};

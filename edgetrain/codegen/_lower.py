@@ -30,12 +30,30 @@ from edgetrain.codegen._errors import UnsupportedKernelError, UnsupportedPlanErr
 from edgetrain.ir import Graph, OpKind, TensorRole
 from edgetrain.planner import ActivationDecision, ParamDecision, Plan
 
-__all__ = ["ALIGN", "SUPPORTED", "Array", "Buffer", "LKind", "LOp", "Lowered", "check_kernels",
-           "lower", "zero_weights"]
+__all__ = [
+    "ALIGN",
+    "SUPPORTED",
+    "Array",
+    "Buffer",
+    "LKind",
+    "LOp",
+    "Lowered",
+    "check_kernels",
+    "lower",
+    "zero_weights",
+]
 
-SUPPORTED = ("conv2d (incl. depthwise / grouped / pointwise)", "batch_norm (frozen statistics)",
-             "relu", "relu6 (hardtanh 0..6)", "add", "adaptive_avg_pool2d to 1x1",
-             "flatten / view", "linear", "cross_entropy")
+SUPPORTED = (
+    "conv2d (incl. depthwise / grouped / pointwise)",
+    "batch_norm (frozen statistics)",
+    "relu",
+    "relu6 (hardtanh 0..6)",
+    "add",
+    "adaptive_avg_pool2d to 1x1",
+    "flatten / view",
+    "linear",
+    "cross_entropy",
+)
 
 
 class LKind(enum.Enum):
@@ -131,23 +149,30 @@ class _Lowering:
         return sym
 
     def const(self, sym: str, v: np.ndarray) -> str:
-        self.arrays[sym] = Array(sym, np.ascontiguousarray(v, dtype=np.float32).reshape(-1),
-                                 False)
+        self.arrays[sym] = Array(sym, np.ascontiguousarray(v, dtype=np.float32).reshape(-1), False)
         return sym
 
     def params_of(self, n) -> list[str]:
         return [self.pby[t].name for t in n.inputs if t in self.pby]
 
     def op(self, kind: LKind, n, acts: tuple[str, ...], **kw) -> LOp:
-        return LOp(kind, n.name, acts, n.output, tuple(self.shape[t] for t in acts),
-                   self.shape[n.output], **kw)
+        return LOp(
+            kind,
+            n.name,
+            acts,
+            n.output,
+            tuple(self.shape[t] for t in acts),
+            self.shape[n.output],
+            **kw,
+        )
 
 
 # -- one node -> one C operator, by operator kind ----------------------------------------------
 def _unsupported(n) -> UnsupportedKernelError:
     return UnsupportedKernelError(
         f"node {n.name} ({n.module or 'functional'}): operator {n.op.value} ({n.aten}) "
-        f"has no C kernel. Supported: {', '.join(SUPPORTED)}")
+        f"has no C kernel. Supported: {', '.join(SUPPORTED)}"
+    )
 
 
 def _lower_conv(lw: _Lowering, n, acts) -> LOp:
@@ -156,11 +181,21 @@ def _lower_conv(lw: _Lowering, n, acts) -> LOp:
     if tuple(n.attr("dilation", (1, 1))) != (1, 1):
         raise UnsupportedKernelError(
             f"node {n.name} ({n.module}): dilated convolution {n.attr('dilation')} has no "
-            "C kernel; supported: dilation 1")
-    return lw.op(LKind.CONV, n, acts,
-                 extra={"kernel": (kh, kw), "stride": tuple(n.attr("stride")),
-                        "padding": tuple(n.attr("padding")), "groups": n.attr("groups", 1),
-                        "w_param": pw[0], "b_param": pw[1] if len(pw) > 1 else None})
+            "C kernel; supported: dilation 1"
+        )
+    return lw.op(
+        LKind.CONV,
+        n,
+        acts,
+        extra={
+            "kernel": (kh, kw),
+            "stride": tuple(n.attr("stride")),
+            "padding": tuple(n.attr("padding")),
+            "groups": n.attr("groups", 1),
+            "w_param": pw[0],
+            "b_param": pw[1] if len(pw) > 1 else None,
+        },
+    )
 
 
 def _fold_bn(lw: _Lowering, n, src: LOp, gname: str, bname: str, mean, invstd) -> None:
@@ -169,8 +204,11 @@ def _fold_bn(lw: _Lowering, n, src: LOp, gname: str, bname: str, mean, invstd) -
     w = lw.weights
     scale = np.asarray(w[gname], dtype=np.float64) * invstd.astype(np.float64)
     wc = np.asarray(w[src.extra["w_param"]], dtype=np.float64)
-    bc = (np.asarray(w[src.extra["b_param"]], dtype=np.float64)
-          if src.extra["b_param"] else np.zeros_like(scale))
+    bc = (
+        np.asarray(w[src.extra["b_param"]], dtype=np.float64)
+        if src.extra["b_param"]
+        else np.zeros_like(scale)
+    )
     wf = wc * scale.reshape(-1, *([1] * (wc.ndim - 1)))
     bf = np.asarray(w[bname], dtype=np.float64) + (bc - mean.astype(np.float64)) * scale
     src.weight = lw.const(_sym("f_", src.extra["w_param"]), wf)
@@ -189,7 +227,8 @@ def _lower_bn(lw: _Lowering, n, acts) -> LOp | None:
         raise UnsupportedPlanError(
             f"node {n.name} ({n.module}) is batch norm with batch statistics; the C "
             "trainer runs frozen BN (running statistics). Re-plan with "
-            "freeze_batch_norm=True (edgetrain.plan(..., freeze_batch_norm=True))")
+            "freeze_batch_norm=True (edgetrain.plan(..., freeze_batch_norm=True))"
+        )
     g = lw.graph
     gname, bname = lw.pby[n.inputs[1]].name, lw.pby[n.inputs[2]].name
     mean = np.asarray(lw.weights[_buffer_name(g, n.inputs[3])], dtype=np.float32)
@@ -197,17 +236,30 @@ def _lower_bn(lw: _Lowering, n, acts) -> LOp | None:
     eps = np.float32(n.attr("eps", 1e-5))
     invstd = (np.float32(1.0) / np.sqrt(var + eps)).astype(np.float32)
     src = lw.producer.get(acts[0])
-    if (src is not None and src.kind is LKind.CONV
-            and len(g.consumers.get(acts[0], ())) == 1
-            and not lw.trains(src.extra["w_param"])
-            and not (src.extra["b_param"] and lw.trains(src.extra["b_param"]))
-            and not lw.trains(gname) and not lw.trains(bname)):
+    if (
+        src is not None
+        and src.kind is LKind.CONV
+        and len(g.consumers.get(acts[0], ())) == 1
+        and not lw.trains(src.extra["w_param"])
+        and not (src.extra["b_param"] and lw.trains(src.extra["b_param"]))
+        and not lw.trains(gname)
+        and not lw.trains(bname)
+    ):
         _fold_bn(lw, n, src, gname, bname, mean, invstd)
         return None
-    return lw.op(LKind.BN, n, acts, weight=lw.array_for(gname), bias=lw.array_for(bname),
-                 extra={"mean": lw.const(_sym("c_", n.module + ".mean"), mean),
-                        "invstd": lw.const(_sym("c_", n.module + ".invstd"), invstd),
-                        "w_param": gname, "b_param": bname})
+    return lw.op(
+        LKind.BN,
+        n,
+        acts,
+        weight=lw.array_for(gname),
+        bias=lw.array_for(bname),
+        extra={
+            "mean": lw.const(_sym("c_", n.module + ".mean"), mean),
+            "invstd": lw.const(_sym("c_", n.module + ".invstd"), invstd),
+            "w_param": gname,
+            "b_param": bname,
+        },
+    )
 
 
 def _lower_relu(lw: _Lowering, n, acts) -> LOp:
@@ -223,7 +275,8 @@ def _lower_add(lw: _Lowering, n, acts) -> LOp:
     if len(acts) != 2 or sin[0] != sin[1]:
         raise UnsupportedKernelError(
             f"node {n.name}: add of shapes {sin} has no C kernel; supported: two "
-            "tensors of the same shape (residual)")
+            "tensors of the same shape (residual)"
+        )
     return lw.op(LKind.ADD, n, acts)
 
 
@@ -231,7 +284,8 @@ def _lower_adaptive_pool(lw: _Lowering, n, acts) -> LOp:
     if tuple(n.attr("output_size")) != (1, 1):
         raise UnsupportedKernelError(
             f"node {n.name}: adaptive_avg_pool2d to {n.attr('output_size')} has no C "
-            "kernel; supported: output size (1, 1) (global average pooling)")
+            "kernel; supported: output size (1, 1) (global average pooling)"
+        )
     return lw.op(LKind.GAP, n, acts)
 
 
@@ -241,22 +295,28 @@ def _lower_mean(lw: _Lowering, n, acts) -> LOp:
     return lw.op(LKind.GAP, n, acts)
 
 
-_VIEWS = ("aten.flatten.using_ints", "aten.view.default", "aten.reshape.default",
-          "aten._unsafe_view.default")
+_VIEWS = (
+    "aten.flatten.using_ints",
+    "aten.view.default",
+    "aten.reshape.default",
+    "aten._unsafe_view.default",
+)
 
 
 def _lower_view(lw: _Lowering, n, acts) -> LOp:
     if n.aten not in _VIEWS:
         raise UnsupportedKernelError(
             f"node {n.name}: view {n.aten} is not a contiguous reshape; supported "
-            "views: flatten, view, reshape")
+            "views: flatten, view, reshape"
+        )
     return lw.op(LKind.VIEW, n, acts)
 
 
 def _lower_linear(lw: _Lowering, n, acts) -> LOp:
     pw = lw.params_of(n)
-    return lw.op(LKind.LINEAR, n, acts,
-                 extra={"w_param": pw[0], "b_param": pw[1] if len(pw) > 1 else None})
+    return lw.op(
+        LKind.LINEAR, n, acts, extra={"w_param": pw[0], "b_param": pw[1] if len(pw) > 1 else None}
+    )
 
 
 def _lower_xent(lw: _Lowering, n, acts) -> LOp:
@@ -284,8 +344,14 @@ def _lower_nodes(lw: _Lowering) -> None:
     for n in g.nodes:
         if n.op in _SKIPPED:
             continue
-        acts = tuple(t for t in n.inputs if t not in lw.pby and lw.shape.get(t) is not None
-                     and t != g.target and not _is_buffer(g, t))
+        acts = tuple(
+            t
+            for t in n.inputs
+            if t not in lw.pby
+            and lw.shape.get(t) is not None
+            and t != g.target
+            and not _is_buffer(g, t)
+        )
         lower_node = _LOWER.get(n.op)
         if lower_node is None:
             raise _unsupported(n)
@@ -301,8 +367,10 @@ def _lower_nodes(lw: _Lowering) -> None:
         if op.kind in (LKind.CONV, LKind.LINEAR) and op.extra.get("w_param"):
             op.extra["rows"] = lw.rows(op.extra["w_param"], op.shape_out[1])
     if lw.ops[-1].kind is not LKind.XENT:
-        raise UnsupportedKernelError("the graph does not end in cross_entropy; edgetrain's C "
-                                     "trainer trains classifiers with softmax cross-entropy")
+        raise UnsupportedKernelError(
+            "the graph does not end in cross_entropy; edgetrain's C "
+            "trainer trains classifiers with softmax cross-entropy"
+        )
 
 
 def lower(plan: Plan, graph: Graph, weights: "dict[str, np.ndarray]") -> Lowered:
@@ -311,18 +379,24 @@ def lower(plan: Plan, graph: Graph, weights: "dict[str, np.ndarray]") -> Lowered
     if missing:
         raise UnsupportedPlanError(
             f"{len(missing)} parameters of the graph have no weights: {missing[:4]}; pass the "
-            "model's state_dict (parameters and buffers) as `weights`")
+            "model's state_dict (parameters and buffers) as `weights`"
+        )
     lw = _Lowering(graph, weights, {p.name: p for p in plan.params}, plan.freeze_batch_norm)
     _lower_nodes(lw)
     ops = lw.ops
-    referenced = {s for op in ops for s in (op.weight, op.bias, op.extra.get("mean"),
-                                             op.extra.get("invstd")) if s}
+    referenced = {
+        s
+        for op in ops
+        for s in (op.weight, op.bias, op.extra.get("mean"), op.extra.get("invstd"))
+        if s
+    }
     arrays = {k: a for k, a in lw.arrays.items() if k in referenced}  # folded originals go
     rg = _requires_grad(ops, arrays)
     trainable_syms = [a for a in arrays.values() if a.trainable]
     if not trainable_syms:
-        raise UnsupportedPlanError("the plan trains no parameter; choose a trainable set "
-                                   "(e.g. --policy last:2)")
+        raise UnsupportedPlanError(
+            "the plan trains no parameter; choose a trainable set (e.g. --policy last:2)"
+        )
     consumers: dict[str, list[LOp]] = {}
     for op in ops:
         for t in op.inputs:
@@ -336,18 +410,33 @@ def lower(plan: Plan, graph: Graph, weights: "dict[str, np.ndarray]") -> Lowered
     keys.add("a:" + ops[-1].output + ".prob")
     alias = {k: uf.root(k) for k in keys if uf.root(k) in sizes}
     shape = lw.shape
-    return Lowered(tuple(ops), tuple(arrays.values()), frozenset(rg), tuple(buffers), alias,
-                   arena_bytes(buffers), input_tensor, tuple(shape[input_tensor]),
-                   int(ops[-1].shape_in[0][1]), int(shape[input_tensor][0]),
-                   tuple(a.param for a in trainable_syms), tuple(lw.folded))
+    return Lowered(
+        tuple(ops),
+        tuple(arrays.values()),
+        frozenset(rg),
+        tuple(buffers),
+        alias,
+        arena_bytes(buffers),
+        input_tensor,
+        tuple(shape[input_tensor]),
+        int(ops[-1].shape_in[0][1]),
+        int(shape[input_tensor][0]),
+        tuple(a.param for a in trainable_syms),
+        tuple(lw.folded),
+    )
 
 
 def zero_weights(graph: Graph) -> dict[str, np.ndarray]:
     """Zeros for every parameter and buffer of `graph`: lowering for shapes only (memory does
     not depend on the values)."""
     zeros = {p.name: np.zeros(p.shape, dtype=np.float32) for p in graph.params}
-    zeros.update({t.name: np.zeros(t.shape, dtype=np.float32)
-                  for t in graph.tensors if t.role is TensorRole.BUFFER})
+    zeros.update(
+        {
+            t.name: np.zeros(t.shape, dtype=np.float32)
+            for t in graph.tensors
+            if t.role is TensorRole.BUFFER
+        }
+    )
     return zeros
 
 
@@ -400,8 +489,9 @@ class _UnionFind:
             self.parent[rc] = rt
 
 
-def _aliases(ops: list[LOp], rg: set[str], consumers: dict, bwd_reads: set[str],
-             input_tensor: str) -> _UnionFind:
+def _aliases(
+    ops: list[LOp], rg: set[str], consumers: dict, bwd_reads: set[str], input_tensor: str
+) -> _UnionFind:
     """Keys that share a buffer: views, in-place ReLU/ReLU6, and input gradients written
     into the output gradient's buffer."""
     uf = _UnionFind()
@@ -410,8 +500,7 @@ def _aliases(ops: list[LOp], rg: set[str], consumers: dict, bwd_reads: set[str],
             uf.union("a:" + op.output, "a:" + op.inputs[0])
     for op in ops:
         x = op.inputs[0] if op.inputs else None
-        if op.kind in (LKind.RELU, LKind.RELU6) and x != input_tensor and \
-                len(consumers[x]) == 1:
+        if op.kind in (LKind.RELU, LKind.RELU6) and x != input_tensor and len(consumers[x]) == 1:
             rx = uf.root("a:" + x)
             if not any(uf.root("a:" + t) == rx for t in bwd_reads):
                 uf.union("a:" + op.output, "a:" + x)
@@ -420,8 +509,11 @@ def _aliases(ops: list[LOp], rg: set[str], consumers: dict, bwd_reads: set[str],
             continue
         if op.kind is LKind.VIEW and op.inputs[0] in rg:
             uf.union("g:" + op.inputs[0], "g:" + op.output)
-        elif op.kind in (LKind.RELU, LKind.RELU6, LKind.BN) and op.inputs[0] in rg and \
-                len(consumers[op.inputs[0]]) == 1:
+        elif (
+            op.kind in (LKind.RELU, LKind.RELU6, LKind.BN)
+            and op.inputs[0] in rg
+            and len(consumers[op.inputs[0]]) == 1
+        ):
             uf.union("g:" + op.inputs[0], "g:" + op.output)
         elif op.kind is LKind.ADD:
             for t in op.inputs:
@@ -432,12 +524,19 @@ def _aliases(ops: list[LOp], rg: set[str], consumers: dict, bwd_reads: set[str],
         if op.kind is LKind.VIEW and op.inputs[0] in rg and len(consumers[op.inputs[0]]) != 1:
             raise UnsupportedKernelError(
                 f"node {op.name}: a view whose input has {len(consumers[op.inputs[0]])} readers "
-                "needs a gradient copy, which the C generator does not emit")
+                "needs a gradient copy, which the C generator does not emit"
+            )
     return uf
 
 
-def _lifetimes(ops: list[LOp], rg: set[str], bwd_reads: set[str], shape: dict,
-               input_tensor: str, uf: _UnionFind) -> tuple[dict[str, int], dict[str, list[int]]]:
+def _lifetimes(
+    ops: list[LOp],
+    rg: set[str],
+    bwd_reads: set[str],
+    shape: dict,
+    input_tensor: str,
+    uf: _UnionFind,
+) -> tuple[dict[str, int], dict[str, list[int]]]:
     """Every buffer's size (fp32 bytes) and [first, last] step: the forward operators, then
     the pruned backward in reverse."""
     sizes: dict[str, int] = {}
@@ -489,25 +588,30 @@ def _check_plan(plan: Plan, graph: Graph) -> None:
     if plan.optimizer != "sgd":
         raise UnsupportedPlanError(
             f"the plan's optimizer is {plan.optimizer!r}; the C trainer runs plain SGD. "
-            "Re-plan with --optimizer sgd")
+            "Re-plan with --optimizer sgd"
+        )
     if plan.micro_batch_size != plan.batch_size:
         raise UnsupportedPlanError(
             f"the plan accumulates {plan.accumulation_steps} micro-batches of "
             f"{plan.micro_batch_size}; the C trainer runs one batch per step. Re-plan with "
-            f"--batch-size {plan.micro_batch_size} or a budget that fits batch {plan.batch_size}")
+            f"--batch-size {plan.micro_batch_size} or a budget that fits batch {plan.batch_size}"
+        )
     if graph.batch_size != plan.micro_batch_size:
         raise UnsupportedPlanError(
             f"the graph was captured at batch {graph.batch_size} but the plan runs batches of "
-            f"{plan.micro_batch_size}; capture with batch_size={plan.micro_batch_size}")
+            f"{plan.micro_batch_size}; capture with batch_size={plan.micro_batch_size}"
+        )
     odd = [s.name for s in plan.stages if s.decision is not ActivationDecision.KEEP]
     if odd:
         raise UnsupportedPlanError(
             f"stages {odd[:4]} are planned to recompute or page; the C trainer keeps what its "
             "pruned backward needs and does not recompute or page yet. Re-plan with "
-            "--strategy keep-all or a larger --budget")
+            "--strategy keep-all or a larger --budget"
+        )
     names = {p.name for p in graph.params}
     extra = [p.name for p in plan.params if p.name not in names]
     if extra:
         raise UnsupportedPlanError(
             f"the plan names parameters the graph lacks: {extra[:4]}; was the plan made for "
-            f"model {plan.model!r}?")
+            f"model {plan.model!r}?"
+        )

@@ -70,7 +70,8 @@ class CFp32Memory:
         if flash > dev.flash_bytes:
             raise PlanInfeasibleError(
                 f"the fp32 C program's weights ({flash:,} bytes) exceed {dev.name}'s flash "
-                f"({dev.flash_bytes:,} bytes); int8 weights take a quarter (precision int8)")
+                f"({dev.flash_bytes:,} bytes); int8 weights take a quarter (precision int8)"
+            )
         return _Fp32Program(request.graph)
 
 
@@ -88,9 +89,11 @@ class _Int8Program:
         ops = int8_trainable_ops(plan, self.graph)
         if not ops:
             raise CandidateUnsupportedError(
-                "the plan trains no conv/linear layer of the int8 graph")
-        peak = int8_layout(self.graph, ops, batch_size=self.batch_size, target=self.target,
-                           line_buffer=True).predicted_peak_sram_bytes
+                "the plan trains no conv/linear layer of the int8 graph"
+            )
+        peak = int8_layout(
+            self.graph, ops, batch_size=self.batch_size, target=self.target, line_buffer=True
+        ).predicted_peak_sram_bytes
         return CandidateMemory(peak, (f"int8 layers: {', '.join(ops)}",))
 
 
@@ -116,7 +119,8 @@ class CInt8Memory:
         if flash > dev.flash_bytes:
             raise PlanInfeasibleError(
                 f"the int8 program's weights ({flash:,} bytes) exceed {dev.name}'s flash "
-                f"({dev.flash_bytes:,} bytes); use a smaller model")
+                f"({dev.flash_bytes:,} bytes); use a smaller model"
+            )
         return _Int8Program(qg, request.batch_size, target_for_device(dev.name) or "host")
 
 

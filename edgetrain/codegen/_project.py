@@ -25,7 +25,7 @@ def cfloat(x: float) -> str:
 def c_bytes(v: np.ndarray) -> str:
     """Integers as a C initialiser list, 32 a line."""
     vals = [str(x) for x in v.reshape(-1).tolist()]
-    return ",\n".join(",".join(vals[i:i + 32]) for i in range(0, len(vals), 32))
+    return ",\n".join(",".join(vals[i : i + 32]) for i in range(0, len(vals), 32))
 
 
 def header_text(batch: int, classes: int, sample_bytes: int, arena_bytes: int, spec) -> str:
@@ -112,11 +112,15 @@ def makefile(tgt: Target) -> str:
     """The `Makefile` that builds (and, `make run`, runs) the project for `tgt`."""
     srcs = "main.c et_model.c et_data.c et_platform.c"
     if tgt.kind is TargetKind.HOST:
-        return (f"CC ?= {tgt.cc}\nCFLAGS ?= {' '.join(tgt.cflags)}\n\n"
-                f"et_train: {srcs} et_model.h\n\t$(CC) $(CFLAGS) -o $@ {srcs} "
-                f"{' '.join(tgt.ldflags)}\n\nrun: et_train\n\t./et_train\n")
-    return (f"CC = {tgt.cc}\nCFLAGS = {' '.join(tgt.cflags)}\n\n"
-            f"et_train.elf: {srcs} et_model.h link.ld\n\t$(CC) $(CFLAGS) -o $@ {srcs} "
-            f"{' '.join(tgt.ldflags)} -Wl,-Map,et_train.map\n\n"
-            f"run: et_train.elf\n\tqemu-system-arm -M {tgt.qemu_machine} -cpu {tgt.name} "
-            "-icount shift=0 -semihosting -nographic -kernel et_train.elf\n")
+        return (
+            f"CC ?= {tgt.cc}\nCFLAGS ?= {' '.join(tgt.cflags)}\n\n"
+            f"et_train: {srcs} et_model.h\n\t$(CC) $(CFLAGS) -o $@ {srcs} "
+            f"{' '.join(tgt.ldflags)}\n\nrun: et_train\n\t./et_train\n"
+        )
+    return (
+        f"CC = {tgt.cc}\nCFLAGS = {' '.join(tgt.cflags)}\n\n"
+        f"et_train.elf: {srcs} et_model.h link.ld\n\t$(CC) $(CFLAGS) -o $@ {srcs} "
+        f"{' '.join(tgt.ldflags)} -Wl,-Map,et_train.map\n\n"
+        f"run: et_train.elf\n\tqemu-system-arm -M {tgt.qemu_machine} -cpu {tgt.name} "
+        "-icount shift=0 -semihosting -nographic -kernel et_train.elf\n"
+    )

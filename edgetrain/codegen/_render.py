@@ -45,11 +45,13 @@ class SampleSet:
         if self.pixels.dtype != np.uint8 or self.pixels.ndim != 4:
             raise UnsupportedPlanError(
                 f"sample pixels must be uint8 (N, C, H, W), got {self.pixels.dtype} "
-                f"{self.pixels.shape}")
+                f"{self.pixels.shape}"
+            )
         if len(self.labels) != len(self.pixels) or len(self.pixels) == 0:
             raise UnsupportedPlanError(
                 f"{len(self.pixels)} images and {len(self.labels)} labels; need the same "
-                "positive number")
+                "positive number"
+            )
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,17 @@ class TrainingSpec:
     dump_params: bool = False  # print the trained parameters bit-exactly (hex) at the end
 
 
-def render(plan: Plan, graph: Graph, weights: "dict[str, np.ndarray]",
-           target: "str | Target", spec: TrainingSpec, *, device_sram_bytes: int = 0,
-           device_flash_bytes: int = 0, device_name: str | None = None) -> dict[str, str]:
+def render(
+    plan: Plan,
+    graph: Graph,
+    weights: "dict[str, np.ndarray]",
+    target: "str | Target",
+    spec: TrainingSpec,
+    *,
+    device_sram_bytes: int = 0,
+    device_flash_bytes: int = 0,
+    device_name: str | None = None,
+) -> dict[str, str]:
     """Render the C project. `device_*_bytes` set the linker script's limits (Cortex-M)."""
     tgt = get_target(target)
     if spec.steps <= 0 or not (spec.lr > 0):
@@ -76,11 +86,13 @@ def render(plan: Plan, graph: Graph, weights: "dict[str, np.ndarray]",
     if spec.train.pixels.shape[1:] != low.input_shape[1:]:
         raise UnsupportedPlanError(
             f"samples have shape {spec.train.pixels.shape[1:]} but the model takes "
-            f"{low.input_shape[1:]}; resize them first (edgetrain.data.resize_for)")
+            f"{low.input_shape[1:]}; resize them first (edgetrain.data.resize_for)"
+        )
     if tgt.kind is TargetKind.CORTEX_M and (device_sram_bytes <= 0 or device_flash_bytes <= 0):
         raise UnsupportedPlanError(
             "a Cortex-M target needs the device's SRAM and flash sizes for its linker script "
-            f"(got {device_sram_bytes} and {device_flash_bytes} bytes)")
+            f"(got {device_sram_bytes} and {device_flash_bytes} bytes)"
+        )
     files = {
         "et_model.h": _header(low, spec),
         "et_model.c": _model_c(low, spec, tgt),
@@ -90,8 +102,12 @@ def render(plan: Plan, graph: Graph, weights: "dict[str, np.ndarray]",
     }
     files.update(render_platform(tgt, device_sram_bytes, device_flash_bytes, MIN_STACK_BYTES))
     meta = {
-        "target": tgt.name, "model": plan.model, "device": device_name or plan.device,
-        "batch_size": low.batch_size, "steps": spec.steps, "lr": spec.lr,
+        "target": tgt.name,
+        "model": plan.model,
+        "device": device_name or plan.device,
+        "batch_size": low.batch_size,
+        "steps": spec.steps,
+        "lr": spec.lr,
         "arena_bytes": low.arena_bytes,
         "trainable_bytes": sum(a.values.size * 4 for a in low.arrays if a.trainable),
         "const_weight_bytes": sum(a.values.size * 4 for a in low.arrays if not a.trainable),
@@ -99,10 +115,20 @@ def render(plan: Plan, graph: Graph, weights: "dict[str, np.ndarray]",
         "folded": list(low.folded),
         "planner_predicted_peak_bytes": plan.predicted_peak_bytes,
         "codegen_predicted_peak_sram_bytes": _peak_sram_bytes(low),
-        "sram_limit_bytes": device_sram_bytes, "flash_limit_bytes": device_flash_bytes,
-        "counter_hz": tgt.counter_hz, "qemu_machine": tgt.qemu_machine,
-        "buffers": [{"name": b.name, "bytes": b.nbytes, "offset": b.offset,
-                     "first_step": b.first, "last_step": b.last} for b in low.buffers],
+        "sram_limit_bytes": device_sram_bytes,
+        "flash_limit_bytes": device_flash_bytes,
+        "counter_hz": tgt.counter_hz,
+        "qemu_machine": tgt.qemu_machine,
+        "buffers": [
+            {
+                "name": b.name,
+                "bytes": b.nbytes,
+                "offset": b.offset,
+                "first_step": b.first,
+                "last_step": b.last,
+            }
+            for b in low.buffers
+        ],
     }
     files["edgetrain_build.json"] = json.dumps(meta, indent=1)
     return files
@@ -111,8 +137,12 @@ def render(plan: Plan, graph: Graph, weights: "dict[str, np.ndarray]",
 def _peak_sram_bytes(low: Lowered) -> int:
     """SRAM of the compiled program at its peak: the arena, the trainable parameters (SRAM
     `.data`), the batch's labels and the runtime reserve (see RUNTIME_RESERVE_BYTES)."""
-    return (low.arena_bytes + sum(a.values.size * 4 for a in low.arrays if a.trainable)
-            + 4 * low.batch_size + RUNTIME_RESERVE_BYTES)
+    return (
+        low.arena_bytes
+        + sum(a.values.size * 4 for a in low.arrays if a.trainable)
+        + 4 * low.batch_size
+        + RUNTIME_RESERVE_BYTES
+    )
 
 
 def predict_peak_sram_bytes(plan: Plan, graph: Graph) -> int:
@@ -130,7 +160,7 @@ def _floats(v: np.ndarray) -> str:
     if not np.isfinite(v).all():
         raise UnsupportedPlanError("the weights hold NaN or inf; train or load finite weights")
     vals = [cfloat(x) for x in v.astype(np.float32).tolist()]
-    return ",\n".join(",".join(vals[i:i + 8]) for i in range(0, len(vals), 8))
+    return ",\n".join(",".join(vals[i : i + 8]) for i in range(0, len(vals), 8))
 
 
 def _numel(s) -> int:
@@ -153,8 +183,9 @@ class _Names:
 
 
 def _header(low: Lowered, spec: TrainingSpec) -> str:
-    return header_text(low.batch_size, low.num_classes, _numel(low.input_shape[1:]),
-                       low.arena_bytes, spec)
+    return header_text(
+        low.batch_size, low.num_classes, _numel(low.input_shape[1:]), low.arena_bytes, spec
+    )
 
 
 def _conv_dims(op: LOp) -> tuple[int, ...]:
@@ -167,8 +198,12 @@ def _conv_dims(op: LOp) -> tuple[int, ...]:
 
 
 def _is_pw(op: LOp) -> bool:
-    return (tuple(op.extra["kernel"]) == (1, 1) and tuple(op.extra["stride"]) == (1, 1)
-            and tuple(op.extra["padding"]) == (0, 0) and op.extra["groups"] == 1)
+    return (
+        tuple(op.extra["kernel"]) == (1, 1)
+        and tuple(op.extra["stride"]) == (1, 1)
+        and tuple(op.extra["padding"]) == (0, 0)
+        and op.extra["groups"] == 1
+    )
 
 
 # -- forward: one call per operator, by kind (KERNELS names the C functions) ------------------
@@ -177,19 +212,26 @@ def _conv_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     b = op.bias or "0"
     if _is_pw(op):
         used.add("conv2d_pw_fwd")
-        return (f"conv2d_pw_fwd({nm.a(op.inputs[0])}, {op.weight}, {b}, {nm.a(op.output)}, "
-                f"{d[0]}, {d[1]}, {d[4]}, {d[2] * d[3]});")
+        return (
+            f"conv2d_pw_fwd({nm.a(op.inputs[0])}, {op.weight}, {b}, {nm.a(op.output)}, "
+            f"{d[0]}, {d[1]}, {d[4]}, {d[2] * d[3]});"
+        )
     used.add("conv2d_fwd")
-    return (f"conv2d_fwd({nm.a(op.inputs[0])}, {op.weight}, {b}, {nm.a(op.output)}, "
-            + ", ".join(map(str, d)) + ");")
+    return (
+        f"conv2d_fwd({nm.a(op.inputs[0])}, {op.weight}, {b}, {nm.a(op.output)}, "
+        + ", ".join(map(str, d))
+        + ");"
+    )
 
 
 def _bn_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     used.add("bn_fwd")
     b, c = op.shape_in[0][:2]
-    return (f"bn_fwd({nm.a(op.inputs[0])}, {op.extra['mean']}, {op.extra['invstd']}, "
-            f"{op.weight}, {op.bias}, {nm.a(op.output)}, {b}, {c}, "
-            f"{_numel(op.shape_in[0][2:])});")
+    return (
+        f"bn_fwd({nm.a(op.inputs[0])}, {op.extra['mean']}, {op.extra['invstd']}, "
+        f"{op.weight}, {op.bias}, {nm.a(op.output)}, {b}, {c}, "
+        f"{_numel(op.shape_in[0][2:])});"
+    )
 
 
 def _relu_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
@@ -199,21 +241,26 @@ def _relu_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
 
 def _relu6_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     used.add("hardtanh_fwd")
-    return (f"hardtanh_fwd({nm.a(op.inputs[0])}, {nm.a(op.output)}, "
-            f"{_numel(op.shape_out)}, {op.extra['lo']}f, {op.extra['hi']}f);")
+    return (
+        f"hardtanh_fwd({nm.a(op.inputs[0])}, {nm.a(op.output)}, "
+        f"{_numel(op.shape_out)}, {op.extra['lo']}f, {op.extra['hi']}f);"
+    )
 
 
 def _add_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     used.add("add_fwd")
-    return (f"add_fwd({nm.a(op.inputs[0])}, {nm.a(op.inputs[1])}, {nm.a(op.output)}, "
-            f"{_numel(op.shape_out)});")
+    return (
+        f"add_fwd({nm.a(op.inputs[0])}, {nm.a(op.inputs[1])}, {nm.a(op.output)}, "
+        f"{_numel(op.shape_out)});"
+    )
 
 
 def _gap_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     used.add("gap_fwd")
     b, c = op.shape_in[0][:2]
-    return (f"gap_fwd({nm.a(op.inputs[0])}, {nm.a(op.output)}, {b * c}, "
-            f"{_numel(op.shape_in[0][2:])});")
+    return (
+        f"gap_fwd({nm.a(op.inputs[0])}, {nm.a(op.output)}, {b * c}, {_numel(op.shape_in[0][2:])});"
+    )
 
 
 def _view_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
@@ -223,21 +270,31 @@ def _view_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
 def _linear_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     used.add("linear_fwd")
     b, i = op.shape_in[0]
-    return (f"linear_fwd({nm.a(op.inputs[0])}, {op.weight}, {op.bias or '0'}, "
-            f"{nm.a(op.output)}, {b}, {i}, {op.shape_out[1]});")
+    return (
+        f"linear_fwd({nm.a(op.inputs[0])}, {op.weight}, {op.bias or '0'}, "
+        f"{nm.a(op.output)}, {b}, {i}, {op.shape_out[1]});"
+    )
 
 
 def _xent_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     used.add("xent_fwd")
     b, kk = op.shape_in[0]
-    return (f"loss = xent_fwd({nm.a(op.inputs[0])}, et_labels, {nm.prob(op.output)}, {b}, "
-            f"{kk}, correct);")
+    return (
+        f"loss = xent_fwd({nm.a(op.inputs[0])}, et_labels, {nm.prob(op.output)}, {b}, "
+        f"{kk}, correct);"
+    )
 
 
 _FWD: dict[LKind, Callable[[LOp, _Names, set[str]], str]] = {
-    LKind.CONV: _conv_fwd, LKind.BN: _bn_fwd, LKind.RELU: _relu_fwd, LKind.RELU6: _relu6_fwd,
-    LKind.ADD: _add_fwd, LKind.GAP: _gap_fwd, LKind.VIEW: _view_fwd,
-    LKind.LINEAR: _linear_fwd, LKind.XENT: _xent_fwd,
+    LKind.CONV: _conv_fwd,
+    LKind.BN: _bn_fwd,
+    LKind.RELU: _relu_fwd,
+    LKind.RELU6: _relu6_fwd,
+    LKind.ADD: _add_fwd,
+    LKind.GAP: _gap_fwd,
+    LKind.VIEW: _view_fwd,
+    LKind.LINEAR: _linear_fwd,
+    LKind.XENT: _xent_fwd,
 }
 
 
@@ -298,24 +355,39 @@ def _bn_bwd(op: LOp, bw: _Bwd) -> list[str]:
     if (op.weight in bw.trainable) != (op.bias in bw.trainable):
         raise UnsupportedPlanError(
             f"batch norm {op.name}: the plan trains only one of its weight and bias; the C "
-            "trainer trains both or neither")
+            "trainer trains both or neither"
+        )
     g, acc = bw.dx(x) if x in bw.rg else ("0", 0)
     xa = bw.nm.a(x) if tr else "0"
-    return [bw.call("bn_bwd", f"{dy}, {xa}, {op.extra['mean']}, {op.extra['invstd']}, "
-                    f"(float *){op.weight}, (float *){op.bias}, {g}, {acc}, lr, {int(tr)}, "
-                    f"{b}, {c}, {_numel(op.shape_in[0][2:])}")]
+    return [
+        bw.call(
+            "bn_bwd",
+            f"{dy}, {xa}, {op.extra['mean']}, {op.extra['invstd']}, "
+            f"(float *){op.weight}, (float *){op.bias}, {g}, {acc}, lr, {int(tr)}, "
+            f"{b}, {c}, {_numel(op.shape_in[0][2:])}",
+        )
+    ]
 
 
 def _relu_bwd(op: LOp, bw: _Bwd) -> list[str]:
     g, acc = bw.dx(op.inputs[0])
-    return [bw.call("relu_bwd", f"{bw.nm.a(op.output)}, {bw.nm.g(op.output)}, {g}, {acc}, "
-                    f"{_numel(op.shape_out)}")]
+    return [
+        bw.call(
+            "relu_bwd",
+            f"{bw.nm.a(op.output)}, {bw.nm.g(op.output)}, {g}, {acc}, {_numel(op.shape_out)}",
+        )
+    ]
 
 
 def _relu6_bwd(op: LOp, bw: _Bwd) -> list[str]:
     g, acc = bw.dx(op.inputs[0])
-    return [bw.call("hardtanh_bwd", f"{bw.nm.a(op.output)}, {bw.nm.g(op.output)}, {g}, {acc}, "
-                    f"{_numel(op.shape_out)}, {op.extra['lo']}f, {op.extra['hi']}f")]
+    return [
+        bw.call(
+            "hardtanh_bwd",
+            f"{bw.nm.a(op.output)}, {bw.nm.g(op.output)}, {g}, {acc}, "
+            f"{_numel(op.shape_out)}, {op.extra['lo']}f, {op.extra['hi']}f",
+        )
+    ]
 
 
 def _add_bwd(op: LOp, bw: _Bwd) -> list[str]:
@@ -324,16 +396,20 @@ def _add_bwd(op: LOp, bw: _Bwd) -> list[str]:
     for t in op.inputs:
         if t in bw.rg:
             g, acc = bw.dx(t)
-            out.append(bw.call("grad_pass", f"{bw.nm.g(op.output)}, {g}, {acc}, "
-                               f"{_numel(op.shape_out)}"))
+            out.append(
+                bw.call("grad_pass", f"{bw.nm.g(op.output)}, {g}, {acc}, {_numel(op.shape_out)}")
+            )
     return out
 
 
 def _gap_bwd(op: LOp, bw: _Bwd) -> list[str]:
     g, acc = bw.dx(op.inputs[0])
     b, c = op.shape_in[0][:2]
-    return [bw.call("gap_bwd", f"{bw.nm.g(op.output)}, {g}, {acc}, {b * c}, "
-                    f"{_numel(op.shape_in[0][2:])}")]
+    return [
+        bw.call(
+            "gap_bwd", f"{bw.nm.g(op.output)}, {g}, {acc}, {b * c}, {_numel(op.shape_in[0][2:])}"
+        )
+    ]
 
 
 def _view_bwd(op: LOp, bw: _Bwd) -> list[str]:
@@ -351,16 +427,26 @@ def _linear_bwd(op: LOp, bw: _Bwd) -> list[str]:
     wt = op.weight in bw.trainable
     bt = op.bias is not None and op.bias in bw.trainable
     if wt or bt:
-        out.append(bw.call("linear_bwd_weight_sgd",
-                           f"{dy}, {bw.nm.a(x) if wt else '0'}, {op.weight if wt else '0'}, "
-                           f"{op.bias if bt else '0'}, lr, {op.extra.get('rows', o)}, {b}, {i}, "
-                           f"{o}"))
+        out.append(
+            bw.call(
+                "linear_bwd_weight_sgd",
+                f"{dy}, {bw.nm.a(x) if wt else '0'}, {op.weight if wt else '0'}, "
+                f"{op.bias if bt else '0'}, lr, {op.extra.get('rows', o)}, {b}, {i}, "
+                f"{o}",
+            )
+        )
     return out
 
 
 _BWD: dict[LKind, Callable[[LOp, _Bwd], list[str]]] = {
-    LKind.XENT: _xent_bwd, LKind.CONV: _conv_bwd, LKind.BN: _bn_bwd, LKind.RELU: _relu_bwd,
-    LKind.RELU6: _relu6_bwd, LKind.ADD: _add_bwd, LKind.GAP: _gap_bwd, LKind.VIEW: _view_bwd,
+    LKind.XENT: _xent_bwd,
+    LKind.CONV: _conv_bwd,
+    LKind.BN: _bn_bwd,
+    LKind.RELU: _relu_bwd,
+    LKind.RELU6: _relu6_bwd,
+    LKind.ADD: _add_bwd,
+    LKind.GAP: _gap_bwd,
+    LKind.VIEW: _view_bwd,
     LKind.LINEAR: _linear_bwd,
 }
 
@@ -378,8 +464,10 @@ def _arrays_c(low: Lowered, referenced: set[str]) -> list[str]:
             continue
         q = "" if a.trainable else "const "
         where = "SRAM, trained" if a.trainable else "flash"
-        arrays.append(f"/* {a.param or a.symbol} ({where}) */\n"
-                      f"static {q}float {a.symbol}[{a.values.size}] = {{\n{_floats(a.values)}\n}};")
+        arrays.append(
+            f"/* {a.param or a.symbol} ({where}) */\n"
+            f"static {q}float {a.symbol}[{a.values.size}] = {{\n{_floats(a.values)}\n}};"
+        )
     return arrays
 
 
@@ -394,17 +482,31 @@ def _model_c(low: Lowered, spec: TrainingSpec, tgt: Target) -> str:
             bwd += [f"    {s}  /* {op.name} */" for s in _bwd(op, nm, low, written, used)]
     body = "\n".join(fwd + bwd)
     referenced = {a.symbol for a in low.arrays if a.symbol in body}
-    dumps = [f'    dump("{a.param}", {a.symbol}, {a.values.size});' for a in low.arrays
-             if a.trainable and a.symbol in referenced]
+    dumps = [
+        f'    dump("{a.param}", {a.symbol}, {a.values.size});'
+        for a in low.arrays
+        if a.trainable and a.symbol in referenced
+    ]
     kernels = "\n".join(KERNELS[k] for k in KERNELS if k in used)
     return _MODEL_C.format(
-        target=tgt.name, first=low.ops[0].name, last=low.ops[-1].name,
-        arena=low.arena_bytes, fpu=int(tgt.has_fpu), dsp=int(tgt.has_dsp), prelude=PRELUDE,
-        kernels=kernels, arrays="\n".join(_arrays_c(low, referenced)),
-        arena_floats=max(1, (low.arena_bytes + 3) // 4), in_buf=nm.a(low.input_tensor),
-        d=_numel(low.input_shape[1:]), mean=cfloat(spec.train.mean),
-        std=cfloat(spec.train.std), fwd="\n".join(fwd), bwd="\n".join(bwd),
-        dumps="\n".join(dumps))
+        target=tgt.name,
+        first=low.ops[0].name,
+        last=low.ops[-1].name,
+        arena=low.arena_bytes,
+        fpu=int(tgt.has_fpu),
+        dsp=int(tgt.has_dsp),
+        prelude=PRELUDE,
+        kernels=kernels,
+        arrays="\n".join(_arrays_c(low, referenced)),
+        arena_floats=max(1, (low.arena_bytes + 3) // 4),
+        in_buf=nm.a(low.input_tensor),
+        d=_numel(low.input_shape[1:]),
+        mean=cfloat(spec.train.mean),
+        std=cfloat(spec.train.std),
+        fwd="\n".join(fwd),
+        bwd="\n".join(bwd),
+        dumps="\n".join(dumps),
+    )
 
 
 _MODEL_C = """/* generated by edgetrain.codegen for target {target}: do not edit.
@@ -479,5 +581,3 @@ const uint8_t et_test_x[] = {{
 }};
 const uint8_t et_test_y[] = {{ {c_bytes(te.labels.astype(np.uint8))} }};
 """
-
-

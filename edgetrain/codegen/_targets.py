@@ -38,30 +38,69 @@ class Target:
     apt_packages: tuple[str, ...] = ()
 
 
-_ARM_COMMON = ("-std=c99", "-O2", "-mthumb", "-ffunction-sections", "-fdata-sections",
-               "-ffp-contract=off", "-Wall", "-Wno-unused-function")
-_ARM_LD = ("--specs=nano.specs", "--specs=rdimon.specs", "-nostartfiles", "-Wl,--gc-sections",
-           "-Wl,-T,link.ld", "-lm")
+_ARM_COMMON = (
+    "-std=c99",
+    "-O2",
+    "-mthumb",
+    "-ffunction-sections",
+    "-fdata-sections",
+    "-ffp-contract=off",
+    "-Wall",
+    "-Wno-unused-function",
+)
+_ARM_LD = (
+    "--specs=nano.specs",
+    "--specs=rdimon.specs",
+    "-nostartfiles",
+    "-Wl,--gc-sections",
+    "-Wl,-T,link.ld",
+    "-lm",
+)
 _ARM_APT = ("gcc-arm-none-eabi", "libnewlib-arm-none-eabi", "qemu-system-arm")
 
 TARGETS: dict[str, Target] = {
-    "host": Target("host", TargetKind.HOST, "cc",
-                   ("-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wno-unused-function"),
-                   ("-lm",), has_fpu=True, has_dsp=False, apt_packages=("gcc",)),
+    "host": Target(
+        "host",
+        TargetKind.HOST,
+        "cc",
+        ("-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wno-unused-function"),
+        ("-lm",),
+        has_fpu=True,
+        has_dsp=False,
+        apt_packages=("gcc",),
+    ),
     "cortex-m4": Target(
-        "cortex-m4", TargetKind.CORTEX_M, "arm-none-eabi-gcc",
-        ("-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard", *_ARM_COMMON), _ARM_LD,
-        has_fpu=True, has_dsp=True, qemu_machine="mps2-an386",
-        board_flash_origin=0x0000_0000, board_flash_bytes=4 << 20,
-        board_ram_origin=0x2000_0000, board_ram_bytes=4 << 20, counter_hz=25_000_000,
-        apt_packages=_ARM_APT),
+        "cortex-m4",
+        TargetKind.CORTEX_M,
+        "arm-none-eabi-gcc",
+        ("-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard", *_ARM_COMMON),
+        _ARM_LD,
+        has_fpu=True,
+        has_dsp=True,
+        qemu_machine="mps2-an386",
+        board_flash_origin=0x0000_0000,
+        board_flash_bytes=4 << 20,
+        board_ram_origin=0x2000_0000,
+        board_ram_bytes=4 << 20,
+        counter_hz=25_000_000,
+        apt_packages=_ARM_APT,
+    ),
     "cortex-m7": Target(
-        "cortex-m7", TargetKind.CORTEX_M, "arm-none-eabi-gcc",
-        ("-mcpu=cortex-m7", "-mfpu=fpv5-sp-d16", "-mfloat-abi=hard", *_ARM_COMMON), _ARM_LD,
-        has_fpu=True, has_dsp=True, qemu_machine="mps2-an500",
-        board_flash_origin=0x0000_0000, board_flash_bytes=4 << 20,
-        board_ram_origin=0x2000_0000, board_ram_bytes=4 << 20, counter_hz=25_000_000,
-        apt_packages=_ARM_APT),
+        "cortex-m7",
+        TargetKind.CORTEX_M,
+        "arm-none-eabi-gcc",
+        ("-mcpu=cortex-m7", "-mfpu=fpv5-sp-d16", "-mfloat-abi=hard", *_ARM_COMMON),
+        _ARM_LD,
+        has_fpu=True,
+        has_dsp=True,
+        qemu_machine="mps2-an500",
+        board_flash_origin=0x0000_0000,
+        board_flash_bytes=4 << 20,
+        board_ram_origin=0x2000_0000,
+        board_ram_bytes=4 << 20,
+        counter_hz=25_000_000,
+        apt_packages=_ARM_APT,
+    ),
 }
 
 
@@ -72,17 +111,20 @@ def get_target(name: "str | Target") -> Target:
         return TARGETS[name]
     except KeyError:
         raise InvalidArgumentError(
-            f"unknown target {name!r}; choose one of {', '.join(TARGETS)}") from None
+            f"unknown target {name!r}; choose one of {', '.join(TARGETS)}"
+        ) from None
 
 
 def toolchain_present(target: str = "cortex-m4") -> bool:
     """Whether the tools that build and run `target` are installed: `cc` for the host; the Arm
     GNU toolchain (gcc, size) and `qemu-system-arm` for a Cortex-M target."""
     import shutil
+
     if target == "host":
         return shutil.which("cc") is not None
-    return all(shutil.which(t) for t in ("arm-none-eabi-gcc", "arm-none-eabi-size",
-                                         "qemu-system-arm"))
+    return all(
+        shutil.which(t) for t in ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm")
+    )
 
 
 def target_for_device(device: str) -> str | None:
@@ -90,6 +132,7 @@ def target_for_device(device: str) -> str | None:
     (nrf52840 -> cortex-m4, stm32f746 / stm32h743 -> cortex-m7); None when no emulated target
     matches (Cortex-M0+, Xtensa, boards and phones)."""
     from edgetrain.cost import load_device
+
     cpu = load_device(device).compute.cpu
     for t in ("cortex-m4", "cortex-m7"):
         if t in cpu.lower().replace(" ", "-"):
