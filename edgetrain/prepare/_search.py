@@ -232,9 +232,12 @@ def plan_for_executor(search: Search, policies: Policies, memory: ExecutorMemory
     allowed = ((Strategy.AUTO, Strategy.KEEP_ALL) if memory.precision is Precision.INT8 else
                (Strategy.AUTO, Strategy.EXACT, Strategy.KEEP_ALL))
     if req.strategy not in allowed:
+        why = ("changes the arithmetic; strategy {} does not allow it"
+               if memory.precision is Precision.INT8 else
+               "keeps every activation (no recompute or paging); strategy {} does not apply")
         raise InvalidArgumentError(
-            f"{what} keeps every activation (no recompute or paging) and its arithmetic is fixed; strategy "
-            f"{req.strategy.value} does not apply: use {', '.join(s.value for s in allowed)}")
+            f"{what} {why.format(req.strategy.value)}: use "
+            f"{', '.join(s.value for s in allowed)}")
     g = search.graph_at(req.batch_size, True)
     program = memory.for_model(MemoryRequest(search.model, search.example_input, g, dev,
                                              req.batch_size))
