@@ -36,13 +36,26 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
 
 def pretrain(model_name: str = DEMO_MODEL, *, samples: int | None = None, epochs: int = 2,
              seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, dict]:
-    """Pretrain on classes 0-4 ("in the cloud"); weights are cached atomically by config."""
+    """Pretrain on classes 0-4 ("in the cloud"); weights are cached atomically by config.
+
+    NOTE [ The task's numbers depend on the host's kernels ]
+        The same code, seed and data give different weights on hosts whose CPU kernels differ
+        (oneDNN / ATen pick AVX2 or AVX-512 code paths with different rounding orders, and the
+        thread count changes reduction order too). Fine-tuning at batch 2 with batch norm live
+        amplifies it: the demo's new-class accuracy measured 80.6 % on an AVX2 host and 67.8 %
+        on an AVX-512 host for one plan (docs/results.md, "The demo"), and the peak moves with
+        oneDNN's ISA-dependent scratch (133.9 vs 138.4 KiB, each predicted exactly). So the
+        cache key names the kernel capability: weights pretrained with another host's kernels
+        are never reused silently, and one run cannot compare two revisions across hosts.
+    """
     from edgetrain.data import load_dataset
     from edgetrain.models import build_model
 
     torch.manual_seed(seed)
     model, example = build_model(model_name)
-    key = f"{model_name}-{PRETRAIN_DATA.replace(':', '_')}-n{samples or 'all'}-e{epochs}-s{seed}"
+    isa = torch.backends.cpu.get_cpu_capability().lower()
+    key = (f"{model_name}-{PRETRAIN_DATA.replace(':', '_')}-n{samples or 'all'}-e{epochs}"
+           f"-s{seed}-{isa}")
     path = cache_dir() / "pretrained" / f"{key}.safetensors"
     test = load_dataset(PRETRAIN_DATA, split="test")
     if path.exists():
