@@ -23,9 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from edgetrain.federated import FederationConfig, Partition, federate, load_fleet, prepare_plans
 from edgetrain.storage import write_json_atomic
-from edgetrain.federated import FederationConfig, Partition, federate, load_fleet
-from edgetrain.federated import prepare_plans
 
 
 def _mean(xs):
@@ -48,23 +47,36 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     seeds = [int(s) for s in args.seeds.split(",")]
-    base_cfg = FederationConfig(model="mcu-cnn", fleet=load_fleet(args.fleet), rounds=args.rounds,
-                                partition=Partition.parse(args.partition),
-                                local_steps=args.local_steps, lr=args.lr, lr_decay=args.lr_decay,
-                                server_lr=args.server_lr, server_momentum=args.server_momentum)
+    base_cfg = FederationConfig(
+        model="mcu-cnn",
+        fleet=load_fleet(args.fleet),
+        rounds=args.rounds,
+        partition=Partition.parse(args.partition),
+        local_steps=args.local_steps,
+        lr=args.lr,
+        lr_decay=args.lr_decay,
+        server_lr=args.server_lr,
+        server_momentum=args.server_momentum,
+    )
     plans = prepare_plans(base_cfg.model, base_cfg)
     per_seed = []
     for seed in seeds:
         cfg = dataclasses.replace(base_cfg, seed=seed, plans=plans)
         runs = {}
-        for name, c in (("no_dropout", cfg), ("dropout", dataclasses.replace(cfg, dropout=args.dropout))):
+        for name, c in (
+            ("no_dropout", cfg),
+            ("dropout", dataclasses.replace(cfg, dropout=args.dropout)),
+        ):
             d = out / f"federate-seed{seed}-{name}"
             shutil.rmtree(d, ignore_errors=True)
             t0 = time.perf_counter()
             r = federate(c, out_dir=d, baselines=(name == "no_dropout"))
             runs[name] = dict(r.to_dict(), wall_s=time.perf_counter() - t0)
-            print(f"seed {seed} {name}: final accuracy {100 * r.final_accuracy:.2f} % after "
-                  f"{args.rounds} rounds ({runs[name]['wall_s']:.0f} s)", flush=True)
+            print(
+                f"seed {seed} {name}: final accuracy {100 * r.final_accuracy:.2f} % after "
+                f"{args.rounds} rounds ({runs[name]['wall_s']:.0f} s)",
+                flush=True,
+            )
         per_seed.append(runs)
     kinds = list(per_seed[0]["no_dropout"]["local_only_accuracy_by_kind"])
     nd = [r["no_dropout"] for r in per_seed]
@@ -76,10 +88,16 @@ def main(argv=None) -> int:
     glob_own = {k: _mean([r["accuracy_by_kind"][k] for r in nd]) for k in kinds}
     last = nd[0]["rounds"][-1]
     summary = {
-        "rounds": args.rounds, "local_steps": args.local_steps, "lr": args.lr,
-        "lr_decay": args.lr_decay, "server_lr": args.server_lr,
-        "server_momentum": args.server_momentum, "partition": args.partition, "seeds": seeds,
-        "fleet": base_cfg.fleet.to_dict(), "dropout": args.dropout,
+        "rounds": args.rounds,
+        "local_steps": args.local_steps,
+        "lr": args.lr,
+        "lr_decay": args.lr_decay,
+        "server_lr": args.server_lr,
+        "server_momentum": args.server_momentum,
+        "partition": args.partition,
+        "seeds": seeds,
+        "fleet": base_cfg.fleet.to_dict(),
+        "dropout": args.dropout,
         "final_accuracy_mean": final,
         "final_accuracy_with_dropout_mean": final_dropout,
         "dropout_gap_points_mean": 100 * (final - final_dropout),
@@ -89,7 +107,8 @@ def main(argv=None) -> int:
         "local_only_accuracy_by_kind_mean": lo,
         "local_only_local_accuracy_by_kind_mean": lol,
         "global_beats_every_local_only_every_seed": all(
-            r["final_accuracy"] > v for r in nd for v in r["local_only_accuracy_by_kind"].values()),
+            r["final_accuracy"] > v for r in nd for v in r["local_only_accuracy_by_kind"].values()
+        ),
         "bytes_up_last_round_seed0": last["bytes_up"],
         "bytes_down_last_round_seed0": last["bytes_down"],
         "device_time_s_last_round_seed0": last["device_time_s"],
@@ -99,12 +118,16 @@ def main(argv=None) -> int:
     }
     write_json_atomic(summary, out / "federate.json")
     print(f"mean over seeds {seeds}:")
-    print(f"{'kind':16} {'local-only (held-out)':>22} {'local-only (own data)':>22} "
-          f"{'global (own data)':>18}")
+    print(
+        f"{'kind':16} {'local-only (held-out)':>22} {'local-only (own data)':>22} "
+        f"{'global (own data)':>18}"
+    )
     for k in kinds:
         print(f"{k:16} {100 * lo[k]:21.2f}% {100 * lol[k]:21.2f}% {100 * glob_own[k]:17.2f}%")
-    print(f"global model (held-out test set): {100 * final:.2f} %; with {100 * args.dropout:.0f} % "
-          f"dropout: {100 * final_dropout:.2f} % (gap {summary['dropout_gap_points_mean']:.2f} points)")
+    print(
+        f"global model (held-out test set): {100 * final:.2f} %; with {100 * args.dropout:.0f} % "
+        f"dropout: {100 * final_dropout:.2f} % (gap {summary['dropout_gap_points_mean']:.2f} points)"
+    )
     print(f"wrote {out / 'federate.json'}")
     return 0
 

@@ -33,9 +33,9 @@ from rich.progress import track
 from torch.utils.checkpoint import checkpoint_sequential
 
 import edgetrain
-from edgetrain.storage import write_json_atomic, write_text_atomic
 from edgetrain.measure import MemoryMeter, storage_bytes
 from edgetrain.models import build_model
+from edgetrain.storage import write_json_atomic, write_text_atomic
 
 console = Console()
 
@@ -72,8 +72,11 @@ class _Plain:
         self.opt = torch.optim.SGD(model.parameters(), lr=lr)
 
     def step(self, x, y) -> float:
-        out = (checkpoint_sequential(self.seq, self.segments, x, use_reentrant=False)
-               if self.segments else self.model(x))
+        out = (
+            checkpoint_sequential(self.seq, self.segments, x, use_reentrant=False)
+            if self.segments
+            else self.model(x)
+        )
         loss = F.cross_entropy(out, y)
         loss.backward()
         self.opt.step()
@@ -100,7 +103,7 @@ def side_by_side(steppers: dict[str, object], x, y, reps: int) -> dict[str, floa
     times: dict[str, list[float]] = {k: [] for k in steppers}
     order = list(steppers.items())
     for r in range(reps):  # ABBA: neither side always runs right after the other
-        for k, s in (order if r % 2 == 0 else order[::-1]):
+        for k, s in order if r % 2 == 0 else order[::-1]:
             times[k].append(_time(s, x, y))
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -113,9 +116,15 @@ def overhead(name: str, batch: int, reps: int) -> dict:
     x, y = _batch(ex, batch, 0)
     with edgetrain.Trainer(model, p, lr=1e-3) as t:
         med = side_by_side({"edgetrain": t, "pytorch": _Plain(model, 1e-3)}, x, y, reps)
-    return {"model": name, "batch_size": batch, "plan_stages": [s.decision.value for s in p.stages],
-            "in_place_update": p.in_place_update, "edgetrain_step_s": med["edgetrain"],
-            "pytorch_step_s": med["pytorch"], "ratio": med["edgetrain"] / med["pytorch"]}
+    return {
+        "model": name,
+        "batch_size": batch,
+        "plan_stages": [s.decision.value for s in p.stages],
+        "in_place_update": p.in_place_update,
+        "edgetrain_step_s": med["edgetrain"],
+        "pytorch_step_s": med["pytorch"],
+        "ratio": med["edgetrain"] / med["pytorch"],
+    }
 
 
 def budget_sweep(name: str, batch: int, reps: int) -> list[dict]:
@@ -131,24 +140,45 @@ def budget_sweep(name: str, batch: int, reps: int) -> list[dict]:
         base.step(x, y)  # warm-up (kernel caches, oneDNN primitives)
         base_peak = _peak(model, base, x, y)
         try:
-            p = edgetrain.plan(model, ex, device="rpi4", budget_bytes=base_peak, batch_size=batch,
-                               strategy="exact", name=name)
+            p = edgetrain.plan(
+                model,
+                ex,
+                device="rpi4",
+                budget_bytes=base_peak,
+                batch_size=batch,
+                strategy="exact",
+                name=name,
+            )
         except edgetrain.PlanInfeasibleError as e:
-            rows.append({"model": name, "segments": k, "baseline_peak_bytes": base_peak,
-                         "infeasible": str(e)})
+            rows.append(
+                {
+                    "model": name,
+                    "segments": k,
+                    "baseline_peak_bytes": base_peak,
+                    "infeasible": str(e),
+                }
+            )
             continue
         with edgetrain.Trainer(model, p, lr=1e-3) as t:
             t.step(x, y)
             ours_peak = _peak(model, t, x, y)
             med = side_by_side({"edgetrain": t, "checkpoint_sequential": base}, x, y, reps)
-        rows.append({
-            "model": name, "batch_size": batch, "segments": k, "sqrt_n": k == round(math.sqrt(n)),
-            "baseline_peak_bytes": base_peak, "edgetrain_peak_bytes": ours_peak,
-            "edgetrain_predicted_peak_bytes": p.predicted_peak_bytes,
-            "plan": "".join(s.decision.value[0].upper() for s in p.stages),
-            "micro_batch_size": p.micro_batch_size,
-            "baseline_step_s": med["checkpoint_sequential"], "edgetrain_step_s": med["edgetrain"],
-            "speedup": med["checkpoint_sequential"] / med["edgetrain"]})
+        rows.append(
+            {
+                "model": name,
+                "batch_size": batch,
+                "segments": k,
+                "sqrt_n": k == round(math.sqrt(n)),
+                "baseline_peak_bytes": base_peak,
+                "edgetrain_peak_bytes": ours_peak,
+                "edgetrain_predicted_peak_bytes": p.predicted_peak_bytes,
+                "plan": "".join(s.decision.value[0].upper() for s in p.stages),
+                "micro_batch_size": p.micro_batch_size,
+                "baseline_step_s": med["checkpoint_sequential"],
+                "edgetrain_step_s": med["edgetrain"],
+                "speedup": med["checkpoint_sequential"] / med["edgetrain"],
+            }
+        )
     return rows
 
 
@@ -156,9 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and models")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="intra-op threads (default 1: on a shared host, multi-threaded kernels "
-                         "stall when another process holds a core, which swamps the ratios)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads (default 1: on a shared host, multi-threaded kernels "
+        "stall when another process holds a core, which swamps the ratios)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     reps = 5 if args.quick else 31
@@ -167,25 +201,46 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         over_cases, sweep_cases = over_cases[:2], sweep_cases[1:]
     a = [overhead(m, b, reps) for m, b in track(over_cases, description="(a) overhead")]
-    b = [r for m, bs in track(sweep_cases, description="(b) budget sweep")
-         for r in budget_sweep(m, bs, reps)]
+    b = [
+        r
+        for m, bs in track(sweep_cases, description="(b) budget sweep")
+        for r in budget_sweep(m, bs, reps)
+    ]
     out = Path(args.out)
-    write_json_atomic({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                       "overhead": a, "budget_sweep": b}, out / "step_time.json")
+    write_json_atomic(
+        {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "overhead": a,
+            "budget_sweep": b,
+        },
+        out / "step_time.json",
+    )
     md = ["| model | batch | edgetrain step s | PyTorch step s | ratio |", "|---|---|---|---|---|"]
-    md += [f"| {r['model']} | {r['batch_size']} | {r['edgetrain_step_s']:.4f} | "
-           f"{r['pytorch_step_s']:.4f} | {r['ratio']:.3f} |" for r in a]
-    md += ["", "| model | segments | checkpoint_sequential peak | its step s | edgetrain peak "
-           "(measured) | plan | edgetrain step s | speed-up |", "|---|---|---|---|---|---|---|---|"]
+    md += [
+        f"| {r['model']} | {r['batch_size']} | {r['edgetrain_step_s']:.4f} | "
+        f"{r['pytorch_step_s']:.4f} | {r['ratio']:.3f} |"
+        for r in a
+    ]
+    md += [
+        "",
+        "| model | segments | checkpoint_sequential peak | its step s | edgetrain peak "
+        "(measured) | plan | edgetrain step s | speed-up |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in b:
         if "infeasible" in r:
-            md.append(f"| {r['model']} | {r['segments']} | {r['baseline_peak_bytes']:,} | | "
-                      f"infeasible | | | |")
+            md.append(
+                f"| {r['model']} | {r['segments']} | {r['baseline_peak_bytes']:,} | | "
+                f"infeasible | | | |"
+            )
             continue
-        md.append(f"| {r['model']} | {r['segments']}{' (sqrt n)' if r['sqrt_n'] else ''} | "
-                  f"{r['baseline_peak_bytes']:,} | {r['baseline_step_s']:.4f} | "
-                  f"{r['edgetrain_peak_bytes']:,} | {r['plan']} mb{r['micro_batch_size']} | "
-                  f"{r['edgetrain_step_s']:.4f} | {r['speedup']:.2f}x |")
+        md.append(
+            f"| {r['model']} | {r['segments']}{' (sqrt n)' if r['sqrt_n'] else ''} | "
+            f"{r['baseline_peak_bytes']:,} | {r['baseline_step_s']:.4f} | "
+            f"{r['edgetrain_peak_bytes']:,} | {r['plan']} mb{r['micro_batch_size']} | "
+            f"{r['edgetrain_step_s']:.4f} | {r['speedup']:.2f}x |"
+        )
     write_text_atomic("\n".join(md) + "\n", out / "step_time.md")
     console.print("\n".join(md))
     return 0

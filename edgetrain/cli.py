@@ -32,8 +32,7 @@ def _kib(n: float) -> str:
 
 
 def _cmd_devices(args: argparse.Namespace) -> int:
-    from edgetrain.cost import catalog
-    from edgetrain.cost import DEVICE_TABLE_HEADER, format_device_table
+    from edgetrain.cost import DEVICE_TABLE_HEADER, catalog, format_device_table
 
     devices = catalog()
     if args.json:
@@ -51,43 +50,62 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 
 def _print_profile(p) -> None:
     c = p.cost
-    console.print(f"[bold]{c.model}[/] on [bold]{c.device}[/] — batch {c.batch_size}, "
-                  f"optimizer {c.optimizer}")
+    console.print(
+        f"[bold]{c.model}[/] on [bold]{c.device}[/] — batch {c.batch_size}, optimizer {c.optimizer}"
+    )
     t = Table(show_header=True)
     t.add_column("component")
     t.add_column("bytes", justify="right")
     t.add_column("", justify="right")
-    rows = [("weights", c.params_bytes), ("buffers", c.buffers_bytes),
-            ("gradients", c.grads_bytes), ("optimizer state", c.optimizer_bytes),
-            ("saved activations (incl. batch)", c.activation_bytes)]
+    rows = [
+        ("weights", c.params_bytes),
+        ("buffers", c.buffers_bytes),
+        ("gradients", c.grads_bytes),
+        ("optimizer state", c.optimizer_bytes),
+        ("saved activations (incl. batch)", c.activation_bytes),
+    ]
     for name, v in rows:
         t.add_row(name, f"{v:,}", _kib(v))
-    t.add_row("[bold]peak (lifetime simulation)[/]", f"[bold]{c.peak_bytes:,}[/]",
-              _kib(c.peak_bytes))
+    t.add_row(
+        "[bold]peak (lifetime simulation)[/]", f"[bold]{c.peak_bytes:,}[/]", _kib(c.peak_bytes)
+    )
     if p.measured is not None:
         m = p.measured
         t.add_row("measured saved activations", f"{m.activation_bytes:,}", _kib(m.activation_bytes))
-        t.add_row("measured peak (allocator)", f"{m.peak_bytes:,}",
-                  f"{_kib(m.peak_bytes)}  (pred/meas {c.peak_bytes / m.peak_bytes:.3f})")
+        t.add_row(
+            "measured peak (allocator)",
+            f"{m.peak_bytes:,}",
+            f"{_kib(m.peak_bytes)}  (pred/meas {c.peak_bytes / m.peak_bytes:.3f})",
+        )
     t.add_row("device memory", f"{c.memory_budget_bytes:,}", _kib(c.memory_budget_bytes))
     console.print(t)
     verdict = "[green]fits[/]" if c.fits else "[red]does NOT fit[/]"
     console.print(
         f"peak at {c.peak_phase} of {c.peak_node}: {verdict} "
-        f"({100 * c.peak_bytes / c.memory_budget_bytes:.1f} % of {c.device}'s memory)")
-    console.print(f"FLOPs forward {c.flops_forward:,}  backward {c.flops_backward:,}  "
-                  f"element-wise {c.vector_ops:,}")
+        f"({100 * c.peak_bytes / c.memory_budget_bytes:.1f} % of {c.device}'s memory)"
+    )
+    console.print(
+        f"FLOPs forward {c.flops_forward:,}  backward {c.flops_backward:,}  "
+        f"element-wise {c.vector_ops:,}"
+    )
     console.print(f"modelled step on {c.device}: {c.latency_s:.4g} s, {c.energy_j:.4g} J")
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from edgetrain.prepare import profile
     from edgetrain.models import build_model
+    from edgetrain.prepare import profile
 
     t0 = time.perf_counter()
     model, example = build_model(args.model)
-    p = profile(model, example, device=args.device, batch_size=args.batch_size,
-                optimizer=args.optimizer, measure=args.measure, name=args.model)
+    p = profile(
+        model,
+        example,
+        device=args.device,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        measure=args.measure,
+        name=args.model,
+    )
     if args.plot:
         from edgetrain.plot import plot_profile
 
@@ -130,15 +148,21 @@ def _plan_with_system(args: argparse.Namespace, model, example, calibration):
     elif info.takes_deadline:
         kwargs = {"deadline_s": args.deadline_s}
     prepared = get_system(args.strategy).prepare(
-        model, example, device=args.device, budget_bytes=args.budget,
-        batch_size=args.batch_size, name=args.model, **kwargs)
+        model,
+        example,
+        device=args.device,
+        budget_bytes=args.budget,
+        batch_size=args.batch_size,
+        name=args.model,
+        **kwargs,
+    )
     return prepared.plan, prepared.predicted_peak_bytes, prepared.notes
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    from edgetrain.models import build_model
     from edgetrain.prepare import PlanRequest, plan
     from edgetrain.storage import write_text_atomic
-    from edgetrain.models import build_model
 
     model, example = build_model(args.model)
     calibration = None
@@ -151,13 +175,26 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.strategy in SYSTEM_STRATEGIES:
         p, peak, system_notes = _plan_with_system(args, model, example, calibration)
     else:
-        p = plan(model, example, PlanRequest(
-            device=args.device, budget_bytes=args.budget, batch_size=args.batch_size,
-            objective=args.objective, strategy=args.strategy, optimizer=args.optimizer,
-            deadline_s=args.deadline_s, policy=args.policy, allow_paging=not args.no_paging,
-            name=args.model, calibration=calibration,
-            freeze_batch_norm=True if args.freeze_batch_norm else None,
-            executor=args.executor, precision=args.precision))
+        p = plan(
+            model,
+            example,
+            PlanRequest(
+                device=args.device,
+                budget_bytes=args.budget,
+                batch_size=args.batch_size,
+                objective=args.objective,
+                strategy=args.strategy,
+                optimizer=args.optimizer,
+                deadline_s=args.deadline_s,
+                policy=args.policy,
+                allow_paging=not args.no_paging,
+                name=args.model,
+                calibration=calibration,
+                freeze_batch_norm=True if args.freeze_batch_norm else None,
+                executor=args.executor,
+                precision=args.precision,
+            ),
+        )
         peak = p.predicted_peak_bytes
     if args.output:
         write_text_atomic(p.to_json(), args.output)
@@ -172,19 +209,28 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if system_notes:
         console.print(f"[bold]{args.strategy}[/]: " + "; ".join(system_notes))
     label = args.strategy if args.strategy in SYSTEM_STRATEGIES else p.strategy.value
-    console.print(f"[bold]{p.model}[/] on [bold]{p.device}[/]: strategy {label}, "
-                  f"objective {p.objective.value}")
-    console.print(f"  budget {_kib(p.budget_bytes)}  predicted peak {_kib(peak)}"
-                  f"  storage written/step {_kib(p.predicted.storage_bytes_written)}")
-    console.print(f"  executor {p.executor.value}, precision {p.precision.value}"
-                  + ("  (run it: edgetrain compile --plan PLAN.json)"
-                     if p.executor.value == "c" else ""))
-    console.print(f"  batch {p.batch_size} = {p.accumulation_steps} x {p.micro_batch_size}, "
-                  f"optimizer {p.optimizer}, in-place update {p.in_place_update}")
+    console.print(
+        f"[bold]{p.model}[/] on [bold]{p.device}[/]: strategy {label}, "
+        f"objective {p.objective.value}"
+    )
+    console.print(
+        f"  budget {_kib(p.budget_bytes)}  predicted peak {_kib(peak)}"
+        f"  storage written/step {_kib(p.predicted.storage_bytes_written)}"
+    )
+    console.print(
+        f"  executor {p.executor.value}, precision {p.precision.value}"
+        + ("  (run it: edgetrain compile --plan PLAN.json)" if p.executor.value == "c" else "")
+    )
+    console.print(
+        f"  batch {p.batch_size} = {p.accumulation_steps} x {p.micro_batch_size}, "
+        f"optimizer {p.optimizer}, in-place update {p.in_place_update}"
+    )
     n_train = sum(1 for q in p.params if q.decision.value != "frozen")
     console.print(f"  trains {n_train}/{len(p.params)} parameter tensors ({p.notes[0]})")
-    dec = " ".join(f"{s.name}:{s.decision.value}" for s in p.stages
-                   if s.decision.value != "keep") or "keep everything"
+    dec = (
+        " ".join(f"{s.name}:{s.decision.value}" for s in p.stages if s.decision.value != "keep")
+        or "keep everything"
+    )
     console.print(f"  activations: {dec}")
     console.print(f"  modelled step: {p.predicted.latency_s:.4g} s, {p.predicted.energy_j:.4g} J")
     if args.output:
@@ -193,12 +239,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from edgetrain.tasks import accuracy
     from edgetrain.data import load_dataset, resize_for
     from edgetrain.models import build_model
     from edgetrain.planner import Plan
     from edgetrain.runtime import train_loop
     from edgetrain.storage import load_tensors
+    from edgetrain.tasks import accuracy
 
     p = Plan.load(args.plan)
     model, example = build_model(p.model)
@@ -209,19 +255,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
     xt, yt = resize_for(train.x, tuple(example.shape)), train.y
     xe, ye = resize_for(test.x, tuple(example.shape)), test.y
     before = accuracy(model, xe, ye)
-    res = train_loop(model, p, xt, yt, steps=args.steps, lr=args.lr,
-                     checkpoint_dir=args.resume, checkpoint_every=args.checkpoint_every,
-                     show_progress=not args.json)
+    res = train_loop(
+        model,
+        p,
+        xt,
+        yt,
+        steps=args.steps,
+        lr=args.lr,
+        checkpoint_dir=args.resume,
+        checkpoint_every=args.checkpoint_every,
+        show_progress=not args.json,
+    )
     res.accuracy_before = before
     res.accuracy_after = accuracy(model, xe, ye)
     if args.json:
         print(json.dumps(res.to_dict()))
     else:
-        console.print(f"trained {res.steps} steps on {args.data}: accuracy "
-                      f"{100 * before:.1f} % -> {100 * res.accuracy_after:.1f} %")
-        console.print(f"memory: measured peak {_kib(res.measured_peak_bytes)}, predicted "
-                      f"{_kib(res.predicted_peak_bytes)}, budget {_kib(res.budget_bytes)}; "
-                      f"storage written {_kib(res.storage_bytes_written)}")
+        console.print(
+            f"trained {res.steps} steps on {args.data}: accuracy "
+            f"{100 * before:.1f} % -> {100 * res.accuracy_after:.1f} %"
+        )
+        console.print(
+            f"memory: measured peak {_kib(res.measured_peak_bytes)}, predicted "
+            f"{_kib(res.predicted_peak_bytes)}, budget {_kib(res.budget_bytes)}; "
+            f"storage written {_kib(res.storage_bytes_written)}"
+        )
     return 0
 
 
@@ -245,7 +303,8 @@ _STAGE_COMMANDS = {
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="edgetrain",
-        description="On-device training: capture a PyTorch model, cost it on a device, plan, train.")
+        description="On-device training: capture a PyTorch model, cost it on a device, plan, train.",
+    )
     sub = ap.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("devices", help="list the device catalog")
@@ -253,13 +312,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     d.set_defaults(fn=_cmd_devices)
 
     p = sub.add_parser("profile", help="what plain training of a model costs on a device")
-    p.add_argument("--model", required=True,
-                   help="built-in model name or path/to/file.py:factory")
+    p.add_argument("--model", required=True, help="built-in model name or path/to/file.py:factory")
     p.add_argument("--device", required=True, help="catalog name or path/to/board.toml")
     p.add_argument("--batch-size", type=cli_type(batch_size), default=1)
     p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd")
-    p.add_argument("--measure", action="store_true",
-                   help="also run one real step in PyTorch and measure it")
+    p.add_argument(
+        "--measure", action="store_true", help="also run one real step in PyTorch and measure it"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="draw where the memory goes")
     p.set_defaults(fn=_cmd_profile)
@@ -267,36 +326,61 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="plan training within a memory budget")
     pl.add_argument("--model", required=True, help="built-in model name or path/to/file.py:factory")
     pl.add_argument("--device", required=True, help="catalog name or path/to/board.toml")
-    pl.add_argument("--budget", type=cli_type(parse_size), default=None,
-                    help="memory budget, e.g. 256KB (default: the device's memory)")
+    pl.add_argument(
+        "--budget",
+        type=cli_type(parse_size),
+        default=None,
+        help="memory budget, e.g. 256KB (default: the device's memory)",
+    )
     pl.add_argument("--batch-size", type=cli_type(batch_size), default=1)
     pl.add_argument("--objective", choices=["time", "energy"], default="time")
     pl.add_argument("--deadline-s", type=cli_type(positive_float), default=None)
-    pl.add_argument("--strategy", choices=[*PLANNER_STRATEGIES, *SYSTEM_STRATEGIES],
-                    default="auto",
-                    help="the planner (exact, auto), a baseline (keep-all, sqrt, greedy) or a "
-                         "surveyed system's preparation stage (full, tinyol, tinytl, minilearn, "
-                         "poet, mandheling, melon, sage, tte; see `edgetrain bench`)")
-    pl.add_argument("--policy", default=None,
-                    help="what trains: all, bias-only, last:K, parameter names, or fisher "
-                         "(needs --calibration)")
-    pl.add_argument("--calibration", metavar="DATA", default=None,
-                    help="a few local samples (e.g. fashion-mnist:5-9) to rank layers by Fisher "
-                         "information per byte for the sparse update (strategy auto); for tte, "
-                         "mandheling and minilearn the images they quantise with and analyse "
-                         f"(default: {DEFAULT_CALIBRATION})")
+    pl.add_argument(
+        "--strategy",
+        choices=[*PLANNER_STRATEGIES, *SYSTEM_STRATEGIES],
+        default="auto",
+        help="the planner (exact, auto), a baseline (keep-all, sqrt, greedy) or a "
+        "surveyed system's preparation stage (full, tinyol, tinytl, minilearn, "
+        "poet, mandheling, melon, sage, tte; see `edgetrain bench`)",
+    )
+    pl.add_argument(
+        "--policy",
+        default=None,
+        help="what trains: all, bias-only, last:K, parameter names, or fisher "
+        "(needs --calibration)",
+    )
+    pl.add_argument(
+        "--calibration",
+        metavar="DATA",
+        default=None,
+        help="a few local samples (e.g. fashion-mnist:5-9) to rank layers by Fisher "
+        "information per byte for the sparse update (strategy auto); for tte, "
+        "mandheling and minilearn the images they quantise with and analyse "
+        f"(default: {DEFAULT_CALIBRATION})",
+    )
     pl.add_argument("--calibration-samples", type=cli_type(positive_int), default=16)
     pl.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd")
     pl.add_argument("--no-paging", action="store_true", help="never page to storage")
-    pl.add_argument("--executor", choices=["pytorch", "c"], default=None,
-                    help="what runs the plan: pytorch (edgetrain train) or c (edgetrain compile); "
-                         "the predicted peak is that executor's memory (default: pytorch; "
-                         "strategy auto falls back to c when pytorch does not fit)")
-    pl.add_argument("--precision", choices=["fp32", "int8"], default=None,
-                    help="arithmetic of the step; int8 runs on the C executor (default: fp32; "
-                         "strategy auto falls back to int8 when fp32 does not fit)")
-    pl.add_argument("--freeze-batch-norm", action="store_true",
-                    help="batch norm uses its running statistics (needed by edgetrain compile)")
+    pl.add_argument(
+        "--executor",
+        choices=["pytorch", "c"],
+        default=None,
+        help="what runs the plan: pytorch (edgetrain train) or c (edgetrain compile); "
+        "the predicted peak is that executor's memory (default: pytorch; "
+        "strategy auto falls back to c when pytorch does not fit)",
+    )
+    pl.add_argument(
+        "--precision",
+        choices=["fp32", "int8"],
+        default=None,
+        help="arithmetic of the step; int8 runs on the C executor (default: fp32; "
+        "strategy auto falls back to int8 when fp32 does not fit)",
+    )
+    pl.add_argument(
+        "--freeze-batch-norm",
+        action="store_true",
+        help="batch norm uses its running statistics (needed by edgetrain compile)",
+    )
     pl.add_argument("-o", "--output", help="write the plan as JSON to this file")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(fn=_cmd_plan)
@@ -307,8 +391,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     tr.add_argument("--steps", type=cli_type(steps), default=100)
     tr.add_argument("--lr", type=cli_type(learning_rate), default=0.01)
     tr.add_argument("--weights", help="start from these weights (.safetensors)")
-    tr.add_argument("--resume", metavar="DIR", help="checkpoint folder: resume from it and "
-                    "checkpoint into it")
+    tr.add_argument(
+        "--resume", metavar="DIR", help="checkpoint folder: resume from it and checkpoint into it"
+    )
     tr.add_argument("--checkpoint-every", type=cli_type(positive_int), default=10)
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(fn=_cmd_train)
@@ -321,8 +406,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     args = sys.argv[1:] if argv is None else argv
     command = next((a for a in args if not a.startswith("-")), None)
-    wanted = ([_STAGE_COMMANDS[command]] if command in _STAGE_COMMANDS else
-              [] if command in sub.choices else list(_STAGE_COMMANDS.values()))
+    wanted = (
+        [_STAGE_COMMANDS[command]]
+        if command in _STAGE_COMMANDS
+        else []
+        if command in sub.choices
+        else list(_STAGE_COMMANDS.values())
+    )
     for module in dict.fromkeys(wanted):
         import_module(module).register(sub)
     return ap

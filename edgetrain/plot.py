@@ -36,16 +36,17 @@ def save_figure_atomic(fig, path: "str | os.PathLike") -> Path:
 def plot_profile(prof, path: "str | os.PathLike") -> Path:
     """Two panels: memory by component per layer, and live memory over the step."""
     c = prof.cost
-    layers = [l for l in c.layers if l.params_bytes or l.activation_bytes]
-    names = [l.module or l.name for l in layers]
+    layers = [ly for ly in c.layers if ly.params_bytes or ly.activation_bytes]
+    names = [ly.module or ly.name for ly in layers]
     comps = [
-        ("weights", [l.params_bytes for l in layers], "#4C72B0"),
-        ("gradients", [l.grads_bytes for l in layers], "#DD8452"),
-        ("optimizer state", [l.optimizer_bytes for l in layers], "#937860"),
-        ("saved activations", [l.activation_bytes for l in layers], "#55A868"),
+        ("weights", [ly.params_bytes for ly in layers], "#4C72B0"),
+        ("gradients", [ly.grads_bytes for ly in layers], "#DD8452"),
+        ("optimizer state", [ly.optimizer_bytes for ly in layers], "#937860"),
+        ("saved activations", [ly.activation_bytes for ly in layers], "#55A868"),
     ]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8, 0.22 * len(layers) + 3), 8),
-                                   gridspec_kw={"height_ratios": [3, 2]})
+    fig, (ax1, ax2) = plt.subplots(
+        2, 1, figsize=(max(8, 0.22 * len(layers) + 3), 8), gridspec_kw={"height_ratios": [3, 2]}
+    )
     bottom = [0.0] * len(layers)
     x = range(len(layers))
     for label, vals, color in comps:
@@ -56,8 +57,9 @@ def plot_profile(prof, path: "str | os.PathLike") -> Path:
     ax1.set_xticks(list(x))
     ax1.set_xticklabels(names, rotation=90, fontsize=7)
     ax1.set_ylabel("KiB")
-    ax1.set_title(f"{c.model} on {c.device}: training memory by layer "
-                  f"(batch {c.batch_size}, {c.optimizer})")
+    ax1.set_title(
+        f"{c.model} on {c.device}: training memory by layer (batch {c.batch_size}, {c.optimizer})"
+    )
     ax1.legend(loc="upper right", fontsize=8)
 
     sim = simulate_step(prof.graph, c.optimizer, prof.kernels)
@@ -65,17 +67,27 @@ def plot_profile(prof, path: "str | os.PathLike") -> Path:
     n_fwd = sum(1 for p in sim.timeline if p.phase.value == "forward")
     ax2.plot(live, color="#333333", lw=1.2, label="predicted live memory")
     ax2.axvspan(0, n_fwd, color="#4C72B0", alpha=0.08, label="forward")
-    ax2.axhline(_kb(c.memory_budget_bytes), color="#C44E52", ls="--",
-                label=f"{c.device} memory ({_kb(c.memory_budget_bytes):,.0f} KiB)")
+    ax2.axhline(
+        _kb(c.memory_budget_bytes),
+        color="#C44E52",
+        ls="--",
+        label=f"{c.device} memory ({_kb(c.memory_budget_bytes):,.0f} KiB)",
+    )
     if prof.measured is not None:
-        ax2.axhline(_kb(prof.measured.peak_bytes), color="#8172B3", ls=":",
-                    label=f"measured peak ({_kb(prof.measured.peak_bytes):,.0f} KiB)")
+        ax2.axhline(
+            _kb(prof.measured.peak_bytes),
+            color="#8172B3",
+            ls=":",
+            label=f"measured peak ({_kb(prof.measured.peak_bytes):,.0f} KiB)",
+        )
     ax2.set_xlabel("event of the training step (forward, backward, optimizer)")
     ax2.set_ylabel("KiB live")
     top = max(max(live), _kb(c.peak_bytes))
     ax2.set_ylim(0, top * 1.25 if c.memory_budget_bytes > 4 * c.peak_bytes else None)
-    ax2.set_title(f"peak {_kb(c.peak_bytes):,.1f} KiB at {c.peak_phase} of {c.peak_node} — "
-                  f"{'fits' if c.fits else 'does NOT fit'}")
+    ax2.set_title(
+        f"peak {_kb(c.peak_bytes):,.1f} KiB at {c.peak_phase} of {c.peak_node} — "
+        f"{'fits' if c.fits else 'does NOT fit'}"
+    )
     ax2.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     return save_figure_atomic(fig, path)

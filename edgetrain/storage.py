@@ -26,8 +26,11 @@ def _atomic(path: Path, write) -> Path:
     return path
 
 
-def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: "str | os.PathLike",
-                        metadata: dict[str, str] | None = None) -> Path:
+def save_tensors_atomic(
+    tensors: dict[str, torch.Tensor],
+    path: "str | os.PathLike",
+    metadata: dict[str, str] | None = None,
+) -> Path:
     data = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
     return _atomic(Path(path), lambda tmp: save_file(data, tmp, metadata=metadata))
 
@@ -50,5 +53,6 @@ def write_text_atomic(text: str, path: "str | os.PathLike") -> Path:
 
 def cache_dir() -> Path:
     root = os.environ.get("EDGETRAIN_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgetrain")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgetrain"
+    )
     return Path(root)

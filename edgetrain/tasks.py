@@ -29,13 +29,14 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
     correct = 0
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            correct += int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
+            correct += int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum())
     model.train(was)
     return correct / max(1, len(x))
 
 
-def pretrain(model_name: str = DEMO_MODEL, *, samples: int | None = None, epochs: int = 2,
-             seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, dict]:
+def pretrain(
+    model_name: str = DEMO_MODEL, *, samples: int | None = None, epochs: int = 2, seed: int = 0
+) -> tuple[torch.nn.Module, torch.Tensor, dict]:
     """Pretrain on classes 0-4 ("in the cloud"); weights are cached atomically by config.
 
     NOTE [ The task's numbers depend on the host's kernels ]
@@ -54,8 +55,10 @@ def pretrain(model_name: str = DEMO_MODEL, *, samples: int | None = None, epochs
     torch.manual_seed(seed)
     model, example = build_model(model_name)
     isa = torch.backends.cpu.get_cpu_capability().lower()
-    key = (f"{model_name}-{PRETRAIN_DATA.replace(':', '_')}-n{samples or 'all'}-e{epochs}"
-           f"-s{seed}-{isa}")
+    key = (
+        f"{model_name}-{PRETRAIN_DATA.replace(':', '_')}-n{samples or 'all'}-e{epochs}"
+        f"-s{seed}-{isa}"
+    )
     path = cache_dir() / "pretrained" / f"{key}.safetensors"
     test = load_dataset(PRETRAIN_DATA, split="test")
     if path.exists():
@@ -68,14 +71,19 @@ def pretrain(model_name: str = DEMO_MODEL, *, samples: int | None = None, epochs
         bs = 64
         steps = epochs * ((len(train) + bs - 1) // bs)
         model.train()
-        with Progress(TextColumn("pretraining on classes 0-4"), BarColumn(),
-                      TextColumn("{task.completed}/{task.total} steps"), TimeRemainingColumn(),
-                      console=console, transient=True) as bar:
+        with Progress(
+            TextColumn("pretraining on classes 0-4"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} steps"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
             task = bar.add_task("pretrain", total=steps)
             for _ in range(epochs):
                 perm = torch.randperm(len(train), generator=gen)
                 for i in range(0, len(train), bs):
-                    idx = perm[i:i + bs]
+                    idx = perm[i : i + bs]
                     opt.zero_grad(set_to_none=True)
                     F.cross_entropy(model(train.x[idx]), train.y[idx]).backward()
                     opt.step()

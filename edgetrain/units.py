@@ -12,8 +12,19 @@ from edgetrain.errors import InvalidArgumentError
 
 __all__ = ["format_bytes", "parse_size"]
 
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
-          "mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gib": 1024**3}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+    "gib": 1024**3,
+}
 
 
 def format_bytes(n: "int | float | None", *, exact: bool = False) -> str:
@@ -36,7 +47,8 @@ def parse_size(text: str) -> int:
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     if not m or m.group(2).lower() not in _UNITS:
         raise InvalidArgumentError(
-            f"bad size {text!r}: use a number of bytes or a unit, e.g. 256KB, 1.5MB, 2GiB")
+            f"bad size {text!r}: use a number of bytes or a unit, e.g. 256KB, 1.5MB, 2GiB"
+        )
     v = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
     if v <= 0:
         raise InvalidArgumentError(f"size must be positive, got {text!r}")

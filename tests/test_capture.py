@@ -18,7 +18,12 @@ from edgetrain.measure import saved_activation_bytes
 class Attention(nn.Module):
     def __init__(self, vocab=50, d=16, heads=2):
         super().__init__()
-        self.e, self.q, self.k, self.v = nn.Embedding(vocab, d), nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.e, self.q, self.k, self.v = (
+            nn.Embedding(vocab, d),
+            nn.Linear(d, d),
+            nn.Linear(d, d),
+            nn.Linear(d, d),
+        )
         self.ln, self.head, self.h = nn.LayerNorm(d), nn.Linear(d, 3), heads
 
     def forward(self, t):
@@ -44,19 +49,45 @@ class Residual(nn.Module):
 
 
 CASES = {
-    "conv-bn-relu6-maxpool": (lambda: nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(8 * 4 * 4, 10)), (1, 1, 8, 8)),
-    "depthwise-hardswish-avgpool": (lambda: nn.Sequential(
-        nn.Conv2d(3, 6, 1), nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6), nn.Hardswish(),
-        nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)), (1, 3, 12, 12)),
-    "adaptive-pool-2x2": (lambda: nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 4)),
-        (1, 3, 9, 9)),
-    "residual": (lambda: nn.Sequential(Residual(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                       nn.Linear(8, 5)), (1, 8, 6, 6)),
-    "first-layer-maxpool-no-grad": (lambda: nn.Sequential(
-        nn.MaxPool2d(2), nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 2 * 2, 3)), (1, 2, 8, 8)),
+    "conv-bn-relu6-maxpool": (
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU6(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(8 * 4 * 4, 10),
+        ),
+        (1, 1, 8, 8),
+    ),
+    "depthwise-hardswish-avgpool": (
+        lambda: nn.Sequential(
+            nn.Conv2d(3, 6, 1),
+            nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6),
+            nn.Hardswish(),
+            nn.AvgPool2d(2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(6, 4),
+        ),
+        (1, 3, 12, 12),
+    ),
+    "adaptive-pool-2x2": (
+        lambda: nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 4)
+        ),
+        (1, 3, 9, 9),
+    ),
+    "residual": (
+        lambda: nn.Sequential(Residual(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)),
+        (1, 8, 6, 6),
+    ),
+    "first-layer-maxpool-no-grad": (
+        lambda: nn.Sequential(
+            nn.MaxPool2d(2), nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 2 * 2, 3)
+        ),
+        (1, 2, 8, 8),
+    ),
 }
 
 
@@ -102,8 +133,15 @@ def test_ir_is_plain_data_and_round_trips_json():
     g2 = Graph.from_json(text)
     assert g2.to_dict() == json.loads(text)
     assert g2.activation_bytes == g.activation_bytes
-    assert {p.name for p in g.params} == {"0.c1.weight", "0.b1.weight", "0.b1.bias", "0.c2.weight",
-                                          "0.c2.bias", "3.weight", "3.bias"}
+    assert {p.name for p in g.params} == {
+        "0.c1.weight",
+        "0.b1.weight",
+        "0.b1.bias",
+        "0.c2.weight",
+        "0.c2.bias",
+        "3.weight",
+        "3.bias",
+    }
     assert all(t.role is not TensorRole.ACTIVATION or t.producer for t in g.tensors)
 
 
@@ -160,8 +198,10 @@ def test_example_input_must_have_batch_one():
 
 
 def test_ir_cost_and_plan_layers_import_no_torch():
-    code = ("import sys, edgetrain.ir, edgetrain.cost, edgetrain.planner; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, edgetrain.ir, edgetrain.cost, edgetrain.planner; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -9,9 +9,22 @@ import pytest
 
 from edgetrain.cli import main
 
-REQUIRED_KEYS = {"model", "device", "batch_size", "params_bytes", "grads_bytes", "optimizer_bytes",
-                 "activation_bytes", "peak_bytes", "flops_forward", "flops_backward", "latency_s",
-                 "energy_j", "fits", "layers"}
+REQUIRED_KEYS = {
+    "model",
+    "device",
+    "batch_size",
+    "params_bytes",
+    "grads_bytes",
+    "optimizer_bytes",
+    "activation_bytes",
+    "peak_bytes",
+    "flops_forward",
+    "flops_backward",
+    "latency_s",
+    "energy_j",
+    "fits",
+    "layers",
+}
 LAYER_KEYS = {"name", "op", "output_shape", "params_bytes", "activation_bytes", "flops"}
 
 
@@ -25,8 +38,18 @@ def test_devices_json_lists_the_catalog(capsys):
     code, out, _ = run(capsys, "devices", "--json")
     names = {d["name"] for d in json.loads(out)}
     assert code == 0
-    assert {"samd21", "nrf52840", "stm32f746", "esp32", "stm32h743", "rpi-zero-2w", "rpi4",
-            "jetson-nano", "jetson-tx2", "snapdragon-865"} <= names
+    assert {
+        "samd21",
+        "nrf52840",
+        "stm32f746",
+        "esp32",
+        "stm32h743",
+        "rpi-zero-2w",
+        "rpi4",
+        "jetson-nano",
+        "jetson-tx2",
+        "snapdragon-865",
+    } <= names
 
 
 def test_devices_table(capsys):
@@ -35,8 +58,18 @@ def test_devices_table(capsys):
 
 
 def test_profile_json_has_the_documented_keys(capsys):
-    code, out, _ = run(capsys, "profile", "--model", "mcu-cnn", "--device", "nrf52840",
-                       "--batch-size", "2", "--measure", "--json")
+    code, out, _ = run(
+        capsys,
+        "profile",
+        "--model",
+        "mcu-cnn",
+        "--device",
+        "nrf52840",
+        "--batch-size",
+        "2",
+        "--measure",
+        "--json",
+    )
     d = json.loads(out)
     assert code == 0
     assert REQUIRED_KEYS <= set(d)
@@ -49,8 +82,9 @@ def test_profile_json_has_the_documented_keys(capsys):
 
 def test_profile_plot_writes_png(capsys, tmp_path):
     png = tmp_path / "mem.png"
-    code, _, _ = run(capsys, "profile", "--model", "mcu-cnn", "--device", "stm32f746",
-                     "--plot", str(png))
+    code, _, _ = run(
+        capsys, "profile", "--model", "mcu-cnn", "--device", "stm32f746", "--plot", str(png)
+    )
     assert code == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -81,8 +115,9 @@ USER_MODEL = textwrap.dedent("""
 def test_user_model_file_profiles_unchanged(capsys, tmp_path):
     f = tmp_path / "my_model.py"
     f.write_text(USER_MODEL)
-    code, out, _ = run(capsys, "profile", "--model", f"{f}:factory", "--device", "esp32",
-                       "--measure", "--json")
+    code, out, _ = run(
+        capsys, "profile", "--model", f"{f}:factory", "--device", "esp32", "--measure", "--json"
+    )
     d = json.loads(out)
     assert code == 0
     assert d["params_bytes"] == (4 * 2 * 9 + 4 + 3 * 4 + 3) * 4
@@ -124,8 +159,22 @@ def test_unsupported_op_names_the_op(capsys, tmp_path):
 
 @pytest.mark.parametrize("bad", ["0", "-3", "x"])
 def test_batch_size_must_be_positive(bad):
-    r = subprocess.run([sys.executable, "-m", "edgetrain.cli", "profile", "--model", "mcu-cnn",
-                        "--device", "rpi4", "--batch-size", bad], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgetrain.cli",
+            "profile",
+            "--model",
+            "mcu-cnn",
+            "--device",
+            "rpi4",
+            "--batch-size",
+            bad,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     assert "batch" in r.stderr.lower() and bad in r.stderr
 
@@ -153,11 +202,13 @@ def test_plan_with_a_system_strategy_is_that_systems_preparation(capsys, system)
     if system == "tte":
         cal = load_dataset("fashion-mnist", split="train", limit=16)
         kw = {"calibration": cal.x, "analysis": (cal.x, cal.y)}
-    want = get_system(system).prepare(model, x, device="nrf52840", batch_size=1,
-                                      name="mcu-cnn", **kw)
+    want = get_system(system).prepare(
+        model, x, device="nrf52840", batch_size=1, name="mcu-cnn", **kw
+    )
     # Execute
-    rc = main(["plan", "--model", "mcu-cnn", "--device", "nrf52840", "--strategy", system,
-               "--json"])
+    rc = main(
+        ["plan", "--model", "mcu-cnn", "--device", "nrf52840", "--strategy", system, "--json"]
+    )
     d = json.loads(capsys.readouterr().out)
     # Assert: same prediction, same trainable set, the system named
     assert rc == 0 and d["system"] == system

@@ -46,15 +46,24 @@ def _model(name: str, size: int | None = None):
 
 
 def _plan(m, x, policy: str, batch: int = 1, name: str = "mcu-cnn"):
-    return edgetrain.plan(m, x, device="stm32h743", strategy="keep-all", policy=policy,
-                          batch_size=batch, freeze_batch_norm=True, name=name,
-                          budget_bytes=1 << 40)
+    return edgetrain.plan(
+        m,
+        x,
+        device="stm32h743",
+        strategy="keep-all",
+        policy=policy,
+        batch_size=batch,
+        freeze_batch_norm=True,
+        name=name,
+        budget_bytes=1 << 40,
+    )
 
 
 def _samples(n: int, shape, seed: int = 0) -> SampleSet:
     g = np.random.default_rng(seed)
-    return SampleSet(g.integers(0, 256, (n, *shape), dtype=np.uint8),
-                     g.integers(0, 10, n), 0.2860, 0.3530)
+    return SampleSet(
+        g.integers(0, 256, (n, *shape), dtype=np.uint8), g.integers(0, 10, n), 0.2860, 0.3530
+    )
 
 
 def _torch_reference(m, plan, samples: SampleSet, steps: int, lr: float) -> list[float]:
@@ -86,8 +95,9 @@ def _check_against_torch(tmp_path, name, policy, batch, steps, size=None, target
         want = named[pname].detach().reshape(-1)
         assert not torch.equal(want, before[pname].reshape(-1)), f"{pname} did not train"
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=pname)
-    torch.testing.assert_close(torch.tensor(res.losses), torch.tensor(ref_losses),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(res.losses), torch.tensor(ref_losses), rtol=1e-4, atol=1e-5
+    )
     return res, plan
 
 
@@ -110,8 +120,9 @@ def test_host_c_matches_pytorch_mbv2_residual_blocks(tmp_path):
 
 @needs_arm
 def test_cortex_m4_trains_within_device_limits_and_matches_pytorch(tmp_path):
-    res, plan = _check_against_torch(tmp_path, "mcu-cnn", "last:2", batch=1, steps=8,
-                                     target="cortex-m4")
+    res, plan = _check_against_torch(
+        tmp_path, "mcu-cnn", "last:2", batch=1, steps=8, target="cortex-m4"
+    )
     assert res.sram_limit_bytes == 1024 * 1024  # stm32h743's SRAM from its device file
     assert 0 < res.stack_peak_bytes < 4096
     assert res.peak_sram_bytes == res.static_sram_bytes + res.stack_peak_bytes
@@ -130,10 +141,18 @@ def test_program_larger_than_device_sram_fails_to_link(tmp_path):
     m, x = _model("mcu-cnn")
     plan = _plan(m, x, "all")
     from edgetrain.capture import capture
+
     graph = capture(m, x, name="mcu-cnn")
     s = _samples(2, tuple(x.shape[1:]))
-    files = render(plan, graph, weights_of(m), "cortex-m4", TrainingSpec(s, s, steps=1, lr=0.01),
-                   device_sram_bytes=16 * 1024, device_flash_bytes=1 << 20)
+    files = render(
+        plan,
+        graph,
+        weights_of(m),
+        "cortex-m4",
+        TrainingSpec(s, s, steps=1, lr=0.01),
+        device_sram_bytes=16 * 1024,
+        device_flash_bytes=1 << 20,
+    )
     out = tmp_path / "small"
     out.mkdir()
     for k, v in files.items():
@@ -149,12 +168,13 @@ def test_arena_buffers_with_overlapping_lifetimes_never_share_bytes():
     m, x = _model("mbv2-w0.35", 64)
     plan = _plan(m, x, "last:20", name="mbv2-w0.35")
     from edgetrain.capture import capture
+
     low = lower(plan, capture(m, x, name="mbv2-w0.35"), weights_of(m))
     # Assert: a valid packing, smaller than giving every buffer its own bytes
     bufs = low.buffers
     for i, a in enumerate(bufs):
         assert a.offset % 8 == 0
-        for b in bufs[i + 1:]:
+        for b in bufs[i + 1 :]:
             if a.first <= b.last and b.first <= a.last:
                 assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset, (a, b)
     assert low.arena_bytes == max(b.offset + b.nbytes for b in bufs)
@@ -166,17 +186,29 @@ def test_arena_buffers_with_overlapping_lifetimes_never_share_bytes():
 def test_plans_the_c_trainer_cannot_execute_raise_typed_errors():
     m, x = _model("mcu-cnn")
     from edgetrain.capture import capture
+
     g = capture(m, x, name="mcu-cnn")
     w = weights_of(m)
-    live_bn = edgetrain.plan(m, x, device="stm32h743", strategy="keep-all", policy="all",
-                             freeze_batch_norm=False, name="mcu-cnn")
+    live_bn = edgetrain.plan(
+        m,
+        x,
+        device="stm32h743",
+        strategy="keep-all",
+        policy="all",
+        freeze_batch_norm=False,
+        name="mcu-cnn",
+    )
     with pytest.raises(UnsupportedPlanError, match="freeze_batch_norm=True"):
         lower(live_bn, g, w)
     frozen = _plan(m, x, "all")
     with pytest.raises(UnsupportedPlanError, match="--optimizer sgd"):
         lower(dataclasses.replace(frozen, optimizer="adam"), g, w)
-    recompute = dataclasses.replace(frozen, stages=tuple(
-        dataclasses.replace(s, decision=ActivationDecision.RECOMPUTE) for s in frozen.stages))
+    recompute = dataclasses.replace(
+        frozen,
+        stages=tuple(
+            dataclasses.replace(s, decision=ActivationDecision.RECOMPUTE) for s in frozen.stages
+        ),
+    )
     with pytest.raises(UnsupportedPlanError, match="recompute or page"):
         lower(recompute, g, w)
     with pytest.raises(UnsupportedPlanError, match="no weights"):
@@ -187,11 +219,13 @@ def test_missing_toolchain_names_the_apt_get_line(tmp_path, monkeypatch):
     m, x = _model("mcu-cnn")
     plan = _plan(m, x, "last:2")
     s = _samples(2, tuple(x.shape[1:]))
-    out = compile_project(plan, m, x, "cortex-m4", TrainingSpec(s, s, steps=1, lr=0.01),
-                          tmp_path / "p")
+    out = compile_project(
+        plan, m, x, "cortex-m4", TrainingSpec(s, s, steps=1, lr=0.01), tmp_path / "p"
+    )
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    with pytest.raises(ToolchainMissingError,
-                       match="apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi"):
+    with pytest.raises(
+        ToolchainMissingError, match="apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi"
+    ):
         mcu_run(out)
 
 
@@ -201,22 +235,41 @@ def test_cli_compile_and_mcu_run_json(tmp_path, capsys):
     from edgetrain.codegen._cli import register
     from edgetrain.data import load_dataset
     from edgetrain.errors import DatasetMissingError
+
     try:
         load_dataset("fashion-mnist:5-9", split="test", limit=4)
     except DatasetMissingError:
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
     # Prepare: a plan file and the two subcommands on a fresh parser
     m, x = build_model("mcu-cnn")
-    plan = edgetrain.plan(m, x, device="nrf52840", policy="last:2", freeze_batch_norm=True,
-                          name="mcu-cnn")
+    plan = edgetrain.plan(
+        m, x, device="nrf52840", policy="last:2", freeze_batch_norm=True, name="mcu-cnn"
+    )
     (tmp_path / "plan.json").write_text(plan.to_json())
     ap = argparse.ArgumentParser()
     register(ap.add_subparsers(dest="command", required=True))
     out = tmp_path / "proj"
     # Execute
-    a = ap.parse_args(["compile", "--plan", str(tmp_path / "plan.json"), "--target", "host",
-                       "-o", str(out), "--steps", "20", "--train-samples", "20",
-                       "--test-samples", "10", "--log-every", "1", "--json"])
+    a = ap.parse_args(
+        [
+            "compile",
+            "--plan",
+            str(tmp_path / "plan.json"),
+            "--target",
+            "host",
+            "-o",
+            str(out),
+            "--steps",
+            "20",
+            "--train-samples",
+            "20",
+            "--test-samples",
+            "10",
+            "--log-every",
+            "1",
+            "--json",
+        ]
+    )
     assert a.fn(a) == 0
     compiled = json.loads(capsys.readouterr().out)
     a = ap.parse_args(["mcu-run", str(out), "--json"])
@@ -225,8 +278,16 @@ def test_cli_compile_and_mcu_run_json(tmp_path, capsys):
     # Assert
     assert compiled["trainable_params"] == list(plan.trainable())
     assert len(ran["losses"]) == 20 and all(np.isfinite(ran["losses"]))
-    for k in ("static_sram_bytes", "stack_peak_bytes", "peak_sram_bytes", "flash_bytes",
-              "sram_limit_bytes", "instructions_per_step", "accuracy_before", "accuracy_after"):
+    for k in (
+        "static_sram_bytes",
+        "stack_peak_bytes",
+        "peak_sram_bytes",
+        "flash_bytes",
+        "sram_limit_bytes",
+        "instructions_per_step",
+        "accuracy_before",
+        "accuracy_after",
+    ):
         assert k in ran
     assert ran["test_samples"] == 10
 
@@ -253,15 +314,22 @@ def test_instruction_counter_counts_a_known_loop(tmp_path, target):
 
     from edgetrain.codegen._run import build_project, run_command
     from edgetrain.codegen._targets import get_target
+
     m, x = _model("mcu-cnn")
     s = _samples(2, tuple(x.shape[1:]))
-    out = compile_project(_plan(m, x, "last:2"), m, x, target,
-                          TrainingSpec(s, s, steps=1, lr=0.01), tmp_path / "cal")
+    out = compile_project(
+        _plan(m, x, "last:2"), m, x, target, TrainingSpec(s, s, steps=1, lr=0.01), tmp_path / "cal"
+    )
     (out / "main.c").write_text(CALIBRATION_MAIN)
     tgt = get_target(target)
     # Execute
-    r = subprocess.run(run_command(tgt, build_project(out)), stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True, timeout=60)
+    r = subprocess.run(
+        run_command(tgt, build_project(out)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=60,
+    )
     ticks = int(r.stdout.split("TICKS")[1].split()[0])
     # Assert: ticks x (1e9 / counter_hz) is the instruction count, to one tick
     assert abs(ticks * 1e9 / tgt.counter_hz - 2_000_000) <= 1e9 / tgt.counter_hz
@@ -269,12 +337,22 @@ def test_instruction_counter_counts_a_known_loop(tmp_path, target):
 
 # ------------------------------------------------------------------------------ int8 (QAS)
 
-def _int8_case(name: str, size: int | None, trainable: list[str], steps: int, lr: float,
-               big_head: bool, target: str, tmp_path):
+
+def _int8_case(
+    name: str,
+    size: int | None,
+    trainable: list[str],
+    steps: int,
+    lr: float,
+    big_head: bool,
+    target: str,
+    tmp_path,
+):
     import torch.nn.functional as F
 
     from edgetrain.codegen import Int8Spec, render_int8
     from edgetrain.quant import QuantModel, QuantSGD, WeightStorage, quantize
+
     # Prepare: an int8 graph (edgetrain.quant), samples, and the C project for it
     m, x = build_model(name)
     if size:
@@ -287,10 +365,14 @@ def _int8_case(name: str, size: int | None, trainable: list[str], steps: int, lr
     qg = quantize(m, torch.randn(8, *x.shape[1:], generator=g), name=name)
     xs, ys = torch.randn(6, *x.shape[1:], generator=g), torch.randint(0, 10, (6,), generator=g)
     q = qg.quantize_input(xs).numpy()
-    files = render_int8(qg, trainable, target,
-                        Int8Spec(q, ys.numpy(), q, ys.numpy(), steps=steps, lr=lr,
-                                 dump_params=True),
-                        device_sram_bytes=1 << 20, device_flash_bytes=2 << 20)
+    files = render_int8(
+        qg,
+        trainable,
+        target,
+        Int8Spec(q, ys.numpy(), q, ys.numpy(), steps=steps, lr=lr, dump_params=True),
+        device_sram_bytes=1 << 20,
+        device_flash_bytes=2 << 20,
+    )
     out = tmp_path / "int8"
     out.mkdir()
     for k, v in files.items():
@@ -310,14 +392,28 @@ def _int8_case(name: str, size: int | None, trainable: list[str], steps: int, lr
 @pytest.mark.parametrize("case", ["mcu-cnn", "mbv2-residual"])
 def test_host_int8_training_is_bit_exact_with_the_pytorch_int8_simulation(tmp_path, case):
     if case == "mcu-cnn":
-        res, qm, qg = _int8_case("mcu-cnn", None, ["features.3.0", "classifier"], 6, 0.05,
-                                 False, "host", tmp_path)
+        res, qm, qg = _int8_case(
+            "mcu-cnn", None, ["features.3.0", "classifier"], 6, 0.05, False, "host", tmp_path
+        )
     else:  # the gradient crosses two residual adds, depthwise and ReLU6 clamps
         res, qm, qg = _int8_case(
-            "mbv2-w0.35", 32, ["features.15.conv.0.0", "features.15.conv.1.0",
-                               "features.15.conv.2.0", "features.16.conv.1.0",
-                               "features.16.conv.2.0", "features.18.0", "classifier"],
-            3, 0.001, True, "host", tmp_path)
+            "mbv2-w0.35",
+            32,
+            [
+                "features.15.conv.0.0",
+                "features.15.conv.1.0",
+                "features.15.conv.2.0",
+                "features.16.conv.1.0",
+                "features.16.conv.2.0",
+                "features.18.0",
+                "classifier",
+            ],
+            3,
+            0.001,
+            True,
+            "host",
+            tmp_path,
+        )
     # Assert: every trained int8 weight and int32 bias equals the simulation's, and training
     # changed some of them
     assert_int8_params_equal_simulation(res, qm, qg)
@@ -325,8 +421,7 @@ def test_host_int8_training_is_bit_exact_with_the_pytorch_int8_simulation(tmp_pa
 
 @needs_arm
 def test_cortex_m4_int8_training_runs_and_reports_memory(tmp_path):
-    res, qm, _ = _int8_case("mcu-cnn", None, ["classifier"], 4, 0.05, False, "cortex-m4",
-                            tmp_path)
+    res, qm, _ = _int8_case("mcu-cnn", None, ["classifier"], 4, 0.05, False, "cortex-m4", tmp_path)
     assert res.peak_sram_bytes == res.static_sram_bytes + res.stack_peak_bytes
     assert abs(res.peak_sram_bytes / res.codegen_predicted_peak_sram_bytes - 1) < 0.05
     # float gradients on the MCU: the int8 weights match the float64 simulation closely
@@ -341,13 +436,13 @@ def test_planner_prediction_for_the_c_executor_matches_the_compiled_program(tmp_
     # Prepare: a plan for the C executor on the nRF52840 (its prediction is made before any C
     # exists, from shapes only).
     m, x = _model("mcu-cnn")
-    plan = edgetrain.plan(m, x, device="nrf52840", strategy="auto", policy=policy,
-                          executor="c", name="mcu-cnn")
+    plan = edgetrain.plan(
+        m, x, device="nrf52840", strategy="auto", policy=policy, executor="c", name="mcu-cnn"
+    )
     samples = _samples(4, tuple(x.shape[1:]))
     spec = TrainingSpec(samples, samples, steps=3, lr=0.05)
     # Execute: compile for the Cortex-M4 with the device's limits and run under QEMU
-    res = mcu_run(compile_project(plan, m, x, "cortex-m4", spec, tmp_path / "c",
-                                  device="nrf52840"))
+    res = mcu_run(compile_project(plan, m, x, "cortex-m4", spec, tmp_path / "c", device="nrf52840"))
     # Assert: the linked program's measured peak (static + painted stack) within 5 %
     assert plan.executor is edgetrain.planner.Executor.C and plan.freeze_batch_norm
     assert res.peak_sram_bytes <= plan.budget_bytes
@@ -361,5 +456,4 @@ def test_c_executor_plans_refuse_what_the_c_trainer_cannot_run():
     with pytest.raises(edgetrain.errors.InvalidArgumentError, match="no recompute or paging"):
         edgetrain.plan(m, x, device="nrf52840", executor="c", strategy="sqrt")
     with pytest.raises(edgetrain.PlanInfeasibleError, match="C executor"):
-        edgetrain.plan(m, x, device="nrf52840", executor="c", precision="fp32",
-                       budget_bytes=4096)
+        edgetrain.plan(m, x, device="nrf52840", executor="c", precision="fp32", budget_bytes=4096)

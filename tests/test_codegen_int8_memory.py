@@ -40,8 +40,7 @@ def _mbv2(size: int, varied: bool):
             for mod in m.modules():
                 if isinstance(mod, torch.nn.BatchNorm2d):
                     mod.running_mean.copy_(torch.rand(mod.num_features, generator=g) * 0.4 - 0.2)
-                    mod.running_var.copy_(torch.rand(mod.num_features, generator=g) * 0.05
-                                          + 0.01)
+                    mod.running_var.copy_(torch.rand(mod.num_features, generator=g) * 0.05 + 0.01)
             m.classifier.weight.normal_(0, 0.3, generator=g)
     qg = quantize(m, torch.randn(8, *x.shape[1:], generator=g), name="mbv2-w0.35")
     xs = torch.randn(6, *x.shape[1:], generator=g)
@@ -86,16 +85,18 @@ def _assert_trained_like_the_simulation(res, qm, qg, trained, trainable, losses,
     np.testing.assert_allclose(res.losses, losses, rtol=1e-6)
     n = res.test_samples
     assert round(res.accuracy_before * n) == (
-        (run_int8(qg, qg.quantize_input(xs[:n])).argmax(1) == ys[:n]).sum().item())
+        (run_int8(qg, qg.quantize_input(xs[:n])).argmax(1) == ys[:n]).sum().item()
+    )
     assert round(res.accuracy_after * n) == (
-        (run_int8(trained, trained.quantize_input(xs[:n])).argmax(1) == ys[:n]).sum().item())
+        (run_int8(trained, trained.quantize_input(xs[:n])).argmax(1) == ys[:n]).sum().item()
+    )
     return n
 
 
 def _packing_is_valid(bufs) -> None:
     for i, a in enumerate(bufs):
         assert a.offset % 8 == 0
-        for b in bufs[i + 1:]:
+        for b in bufs[i + 1 :]:
             if a.first <= b.last and b.first <= a.last:
                 assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset, (a, b)
 
@@ -107,8 +108,14 @@ def test_in_place_kernels_train_bit_exactly_like_the_pytorch_int8_simulation(tmp
     # classifier trainable; every earlier op is frozen, so its depthwise / projection convs run
     # in place (batch 1: next to the fused expansion->depthwise pairs; batch 2: without them).
     qg, xs, ys = _mbv2(32, varied=True)
-    trainable = ["features.16.conv.0.0", "features.16.conv.1.0", "features.16.conv.2.0",
-                 "features.17.conv.2.0", "features.18.0", "classifier"]
+    trainable = [
+        "features.16.conv.0.0",
+        "features.16.conv.1.0",
+        "features.16.conv.2.0",
+        "features.17.conv.2.0",
+        "features.18.0",
+        "classifier",
+    ]
     steps, lr = 3, 0.0003
     q = qg.quantize_input(xs).numpy()
     mem = int8_layout(qg, trainable, batch_size=batch, target="host")
@@ -118,9 +125,14 @@ def test_in_place_kernels_train_bit_exactly_like_the_pytorch_int8_simulation(tmp
     assert sum(k is Int8Kernel.IN_PLACE_POINTWISE for k in kinds.values()) >= 10
     if batch == 2:
         assert sum(k is Int8Kernel.IN_PLACE_DEPTHWISE for k in kinds.values()) >= 10
-    files = render_int8(qg, trainable, "host",
-                        Int8Spec(q, ys.numpy(), q, ys.numpy(), steps=steps, lr=lr,
-                                 batch_size=batch, dump_params=True))
+    files = render_int8(
+        qg,
+        trainable,
+        "host",
+        Int8Spec(
+            q, ys.numpy(), q, ys.numpy(), steps=steps, lr=lr, batch_size=batch, dump_params=True
+        ),
+    )
     assert "qdw_inplace_fwd(((int8_t" in files["et_model.c"]
     assert "qpw_inplace_fwd(((int8_t" in files["et_model.c"]
     # features.18.0 feeds only the global average pool: its dacc is never stored
@@ -145,29 +157,40 @@ def test_int8_layout_is_what_the_build_file_predicts(mbv2_128, last):
     q = qg.quantize_input(xs[:1]).numpy()
     # Execute: the pure sizing, and the renderer's build file
     mem = int8_layout(qg, trainable, batch_size=1, target="cortex-m7")
-    meta = json.loads(render_int8(
-        qg, trainable, "cortex-m7", Int8Spec(q, ys[:1].numpy(), q, ys[:1].numpy(), steps=1,
-                                             lr=0.01),
-        device_sram_bytes=327_680, device_flash_bytes=1 << 20)["edgetrain_build.json"])
+    meta = json.loads(
+        render_int8(
+            qg,
+            trainable,
+            "cortex-m7",
+            Int8Spec(q, ys[:1].numpy(), q, ys[:1].numpy(), steps=1, lr=0.01),
+            device_sram_bytes=327_680,
+            device_flash_bytes=1 << 20,
+        )["edgetrain_build.json"]
+    )
     # Assert: one number, one layout
     assert mem.predicted_peak_sram_bytes == meta["codegen_predicted_peak_sram_bytes"]
     assert mem.arena_bytes == meta["arena_bytes"]
     assert mem.trainable_bytes == meta["trainable_bytes"]
     assert [(b.name, b.nbytes, b.offset, b.first, b.last) for b in mem.buffers] == [
         (b["name"], b["bytes"], b["offset"], b["first_step"], b["last_step"])
-        for b in meta["buffers"]]
-    assert mem.predicted_peak_sram_bytes == (mem.arena_bytes + mem.trainable_bytes
-                                             + mem.labels_bytes + mem.runtime_reserve_bytes)
+        for b in meta["buffers"]
+    ]
+    assert mem.predicted_peak_sram_bytes == (
+        mem.arena_bytes + mem.trainable_bytes + mem.labels_bytes + mem.runtime_reserve_bytes
+    )
     # trainable bytes: int8 weights + int32 biases of exactly the chosen ops
     by = {op.name: op for op in qg.weighted_ops}
-    assert mem.trainable_bytes == sum(by[t].weight.numel() + 4 * by[t].bias.numel()
-                                      for t in trainable)
+    assert mem.trainable_bytes == sum(
+        by[t].weight.numel() + 4 * by[t].bias.numel() for t in trainable
+    )
     # a valid packing of at least the bytes live at the busiest step, and the live bytes
     # recomputed here from the buffers
     _packing_is_valid(mem.buffers)
     steps = max(b.last for b in mem.buffers) + 1
-    live = max(sum((b.nbytes + 7) // 8 * 8 for b in mem.buffers if b.first <= t <= b.last)
-               for t in range(steps))
+    live = max(
+        sum((b.nbytes + 7) // 8 * 8 for b in mem.buffers if b.first <= t <= b.last)
+        for t in range(steps)
+    )
     assert live == mem.peak_live_bytes <= mem.arena_bytes
     # the in-place chain features.0.0 -> features.1.conv.0.0 (depthwise, 16x64x64) ->
     # features.1.conv.1.0 (pointwise 16 -> 8): the pointwise output's 8x64x64 bytes at the
@@ -186,7 +209,7 @@ def test_int8_layout_counts_in_place_savings_and_is_cheap(mbv2_128):
     names = [op.name for op in qg.weighted_ops]
     # Execute: the TTE greedy loop's pattern, ~50 calls
     t0 = time.perf_counter()
-    mems = [int8_layout(qg, names[-(1 + k % 10):]) for k in range(50)]
+    mems = [int8_layout(qg, names[-(1 + k % 10) :]) for k in range(50)]
     per_call_s = (time.perf_counter() - t0) / 50
     # Assert: cheap; classifier-only: the first frozen depthwise runs in place, so its output
     # has no buffer of its own, and the arena is below input + output of that op
@@ -222,10 +245,15 @@ def test_cortex_m7_mbv2_128_classifier_training_fits_tte_sram(tmp_path, mbv2_128
     qg, xs, ys = mbv2_128
     q = qg.quantize_input(xs[:2]).numpy()
     mem = int8_layout(qg, ["classifier"], batch_size=1, target="cortex-m7")
-    files = render_int8(qg, ["classifier"], "cortex-m7",
-                        Int8Spec(q, ys[:2].numpy(), q[:1], ys[:1].numpy(), steps=2, lr=0.01),
-                        device_sram_bytes=327_680, device_flash_bytes=1 << 20,
-                        device_name="stm32f746")
+    files = render_int8(
+        qg,
+        ["classifier"],
+        "cortex-m7",
+        Int8Spec(q, ys[:2].numpy(), q[:1], ys[:1].numpy(), steps=2, lr=0.01),
+        device_sram_bytes=327_680,
+        device_flash_bytes=1 << 20,
+        device_name="stm32f746",
+    )
     # Execute: link and run under QEMU (mps2-an500); static + painted stack high-water mark
     res = mcu_run(_write(files, tmp_path / "m7"))
     # Assert: at or below the Tiny Training Engine's measured 141 KB, and the prediction
@@ -261,16 +289,29 @@ def _probe_logits(out) -> np.ndarray:
     off = next(b["offset"] for b in meta["buffers"] if b["name"] == "a:classifier")
     (out / "probe.c").write_text(PROBE_C.replace("LOGITS_OFFSET", str(off)))
     exe = out / "probe"
-    subprocess.run(["cc", "-std=c99", "-O2", "-I", str(out), "-o", str(exe), str(out / "probe.c"),
-                    str(out / "et_data.c"), str(out / "et_platform.c"), "-lm"], check=True)
+    subprocess.run(
+        [
+            "cc",
+            "-std=c99",
+            "-O2",
+            "-I",
+            str(out),
+            "-o",
+            str(exe),
+            str(out / "probe.c"),
+            str(out / "et_data.c"),
+            str(out / "et_platform.c"),
+            "-lm",
+        ],
+        check=True,
+    )
     text = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
     return np.array([[int(v) for v in line.split()] for line in text.splitlines()])
 
 
 @needs_cc
 @pytest.mark.parametrize("batch", [1, 2])
-def test_line_buffered_prefix_trains_bit_exactly_like_the_pytorch_int8_simulation(tmp_path,
-                                                                                  batch):
+def test_line_buffered_prefix_trains_bit_exactly_like_the_pytorch_int8_simulation(tmp_path, batch):
     # Prepare: mbv2-w0.35 at 32x32, classifier only; with line_buffer the frozen prefix from
     # the input streams row by row: the strided standard conv, the depthwise and the
     # pointwise (batch 1), and also the next block's expansion, strided depthwise and
@@ -288,8 +329,9 @@ def test_line_buffered_prefix_trains_bit_exactly_like_the_pytorch_int8_simulatio
     assert streamed == want_chain
     assert not any(k is Int8Kernel.LINE_BUFFERED for _, k in off.kernels)
     assert mem.arena_bytes < off.arena_bytes
-    spec = Int8Spec(q, ys.numpy(), q, ys.numpy(), steps=steps, lr=lr, batch_size=batch,
-                    dump_params=True)
+    spec = Int8Spec(
+        q, ys.numpy(), q, ys.numpy(), steps=steps, lr=lr, batch_size=batch, dump_params=True
+    )
     files = render_int8(qg, trainable, "host", spec, line_buffer=True)
     files_off = render_int8(qg, trainable, "host", spec)
     assert "qlb_chain(q_lb, " in files["et_model.c"]
@@ -319,21 +361,30 @@ def test_line_buffered_int8_layout_is_what_the_build_file_predicts(mbv2_128, las
     # Execute: the pure sizing with and without line buffering, and the renderer's build file
     mem = int8_layout(qg, trainable, batch_size=1, target="cortex-m7", line_buffer=True)
     off = int8_layout(qg, trainable, batch_size=1, target="cortex-m7")
-    meta = json.loads(render_int8(
-        qg, trainable, "cortex-m7", Int8Spec(q, ys[:1].numpy(), q, ys[:1].numpy(), steps=1,
-                                             lr=0.01),
-        device_sram_bytes=327_680, device_flash_bytes=1 << 20,
-        line_buffer=True)["edgetrain_build.json"])
+    meta = json.loads(
+        render_int8(
+            qg,
+            trainable,
+            "cortex-m7",
+            Int8Spec(q, ys[:1].numpy(), q, ys[:1].numpy(), steps=1, lr=0.01),
+            device_sram_bytes=327_680,
+            device_flash_bytes=1 << 20,
+            line_buffer=True,
+        )["edgetrain_build.json"]
+    )
     # Assert: one number, one layout, a valid packing of at least the live bytes
     assert mem.predicted_peak_sram_bytes == meta["codegen_predicted_peak_sram_bytes"]
     assert mem.arena_bytes == meta["arena_bytes"]
     assert [(b.name, b.nbytes, b.offset, b.first, b.last) for b in mem.buffers] == [
         (b["name"], b["bytes"], b["offset"], b["first_step"], b["last_step"])
-        for b in meta["buffers"]]
+        for b in meta["buffers"]
+    ]
     _packing_is_valid(mem.buffers)
     steps = max(b.last for b in mem.buffers) + 1
-    live = max(sum((b.nbytes + 7) // 8 * 8 for b in mem.buffers if b.first <= t <= b.last)
-               for t in range(steps))
+    live = max(
+        sum((b.nbytes + 7) // 8 * 8 for b in mem.buffers if b.first <= t <= b.last)
+        for t in range(steps)
+    )
     assert live == mem.peak_live_bytes <= mem.arena_bytes
     # never more than without, and the same trainable bytes
     assert mem.arena_bytes <= off.arena_bytes
@@ -366,9 +417,13 @@ def test_line_buffer_refuses_a_non_boolean(mbv2_128):
     with pytest.raises(UnsupportedPlanError, match="line_buffer='yes' must be True or False"):
         int8_layout(qg, ["classifier"], line_buffer="yes")
     with pytest.raises(UnsupportedPlanError, match="must be True or False"):
-        render_int8(qg, ["classifier"], "host",
-                    Int8Spec(q, ys[:1].numpy(), q, ys[:1].numpy(), steps=1, lr=0.01),
-                    line_buffer=1)
+        render_int8(
+            qg,
+            ["classifier"],
+            "host",
+            Int8Spec(q, ys[:1].numpy(), q, ys[:1].numpy(), steps=1, lr=0.01),
+            line_buffer=1,
+        )
 
 
 @needs_arm
@@ -378,15 +433,21 @@ def test_cortex_m7_mbv2_128_line_buffered_classifier_training_under_100_kb(tmp_p
     # sizes, two steps, with and without line buffering (same samples)
     qg, xs, ys = _mbv2(128, varied=True)
     q = qg.quantize_input(xs[:2]).numpy()
-    spec = Int8Spec(q, ys[:2].numpy(), q[:1], ys[:1].numpy(), steps=2, lr=0.01,
-                    dump_params=True)
+    spec = Int8Spec(q, ys[:2].numpy(), q[:1], ys[:1].numpy(), steps=2, lr=0.01, dump_params=True)
     mem = int8_layout(qg, ["classifier"], batch_size=1, target="cortex-m7", line_buffer=True)
     runs = {}
     # Execute: link and run both under QEMU (mps2-an500); static + painted stack high-water
     for lb in (True, False):
-        files = render_int8(qg, ["classifier"], "cortex-m7", spec, device_sram_bytes=327_680,
-                            device_flash_bytes=1 << 20, device_name="stm32f746",
-                            line_buffer=lb)
+        files = render_int8(
+            qg,
+            ["classifier"],
+            "cortex-m7",
+            spec,
+            device_sram_bytes=327_680,
+            device_flash_bytes=1 << 20,
+            device_name="stm32f746",
+            line_buffer=lb,
+        )
         runs[lb] = mcu_run(_write(files, tmp_path / f"m7-{lb}"))
     res = runs[True]
     # Assert: at most 100,000 B measured, the prediction from shapes within 5 % of it, well

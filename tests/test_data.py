@@ -7,8 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgetrain.data import (NORMALIZATION, LabeledData, dataset_names, load_dataset, resize_for,
-                            stream)
+from edgetrain.data import (
+    NORMALIZATION,
+    LabeledData,
+    dataset_names,
+    load_dataset,
+    resize_for,
+    stream,
+)
 from edgetrain.errors import DatasetCorruptError, DatasetMissingError, InvalidArgumentError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -42,6 +48,7 @@ def rewrite_gz(path: Path, edit) -> None:
 
 # --- Fashion-MNIST -------------------------------------------------------------------------------
 
+
 def test_fashion_train_shapes_counts_and_histogram(fashion_train):
     d = fashion_train
 
@@ -49,8 +56,12 @@ def test_fashion_train_shapes_counts_and_histogram(fashion_train):
     assert d.y.shape == (60000,) and d.y.dtype == torch.int64
     assert d.class_counts() == {c: 6000 for c in range(10)}
     assert torch.bincount(d.y).tolist() == [6000] * 10
-    assert (d.name, d.split, d.classes, d.spec) == ("fashion-mnist", "train", tuple(range(10)),
-                                                    "fashion-mnist")
+    assert (d.name, d.split, d.classes, d.spec) == (
+        "fashion-mnist",
+        "train",
+        tuple(range(10)),
+        "fashion-mnist",
+    )
     # Standardised with the documented training-set constants: mean 0, std 1.
     assert abs(float(d.x.mean())) < 1e-3 and abs(float(d.x.std()) - 1) < 1e-3
     mean, std = NORMALIZATION["fashion-mnist"]
@@ -108,6 +119,7 @@ def test_loaded_tensors_are_fresh_copies():
 
 # --- streaming view -----------------------------------------------------------------------------
 
+
 def test_stream_yields_single_samples_in_a_seeded_order():
     data = load_dataset("fashion-mnist:5-9", split="test", limit=40)
 
@@ -116,8 +128,9 @@ def test_stream_yields_single_samples_in_a_seeded_order():
     s3 = list(stream("fashion-mnist:5-9", split="test", limit=40, seed=8))
 
     assert len(s1) == 40
-    assert all(x.shape == (1, 1, 28, 28) and y.shape == (1,) and y.dtype == torch.int64
-               for x, y in s1)
+    assert all(
+        x.shape == (1, 1, 28, 28) and y.shape == (1,) and y.dtype == torch.int64 for x, y in s1
+    )
     assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(s1, s2))
     assert [int(y) for _, y in s1] != [int(y) for _, y in s3]
     # One pass visits every sample exactly once.
@@ -147,8 +160,10 @@ def test_stream_resumes_from_a_cursor():
 
 # --- digits -------------------------------------------------------------------------------------
 
+
 def test_digits_shapes_and_split():
     from sklearn.datasets import load_digits
+
     expected = torch.bincount(torch.from_numpy(load_digits().target))
 
     train = load_dataset("digits", split="train")
@@ -164,6 +179,7 @@ def test_digits_shapes_and_split():
 
 
 # --- integrity ----------------------------------------------------------------------------------
+
 
 def test_flipped_byte_is_a_corrupt_error_naming_the_file(test_copy):
     path = test_copy / "t10k-images-idx3-ubyte.gz"
@@ -244,8 +260,19 @@ def test_env_var_selects_the_directory(test_copy, monkeypatch, fashion_test):
 
 # --- argument checking --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec", ["mnist", "fashion-mnist:", "fashion-mnist:4-2",
-                                  "fashion-mnist:10", "digits:a", "fashion-mnist:1;2", 42])
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "mnist",
+        "fashion-mnist:",
+        "fashion-mnist:4-2",
+        "fashion-mnist:10",
+        "digits:a",
+        "fashion-mnist:1;2",
+        42,
+    ],
+)
 def test_bad_spec_lists_the_valid_forms(spec):
     with pytest.raises(InvalidArgumentError) as err:
         load_dataset(spec)
@@ -253,12 +280,15 @@ def test_bad_spec_lists_the_valid_forms(spec):
     assert "fashion-mnist:0-4" in str(err.value) and "digits" in str(err.value)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"split": "validation"}, "split must be one of train, test"),
-    ({"limit": 0}, "limit must be an integer >= 1"),
-    ({"seed": -1}, "seed must be an integer >= 0"),
-    ({"root": "/tmp"}, "root= applies only to fashion-mnist"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"split": "validation"}, "split must be one of train, test"),
+        ({"limit": 0}, "limit must be an integer >= 1"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"root": "/tmp"}, "root= applies only to fashion-mnist"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(InvalidArgumentError, match=match):
         load_dataset("digits", **kwargs)
@@ -270,6 +300,7 @@ def test_dataset_names():
 
 
 # --- batches and resizing -----------------------------------------------------------------------
+
 
 def test_batches_cover_the_data_once_in_a_seeded_order():
     d = load_dataset("digits:0-2", split="test")

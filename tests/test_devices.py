@@ -23,8 +23,18 @@ from edgetrain.cost._device import (
 from edgetrain.errors import DeviceFileError, UnknownDeviceError
 
 DEVICES_DIR = Path(__file__).resolve().parents[1] / "edgetrain" / "cost" / "devices"
-REQUIRED = ["samd21", "nrf52840", "stm32f746", "esp32", "stm32h743", "rpi-zero-2w", "rpi4",
-            "jetson-nano", "jetson-tx2", "snapdragon-865"]
+REQUIRED = [
+    "samd21",
+    "nrf52840",
+    "stm32f746",
+    "esp32",
+    "stm32h743",
+    "rpi-zero-2w",
+    "rpi4",
+    "jetson-nano",
+    "jetson-tx2",
+    "snapdragon-865",
+]
 
 GOOD = """\
 name = "my-board"
@@ -112,7 +122,7 @@ def test_memory_classes_are_populated_and_separated_by_ram():
     by_class = {c: [d for d in catalog() if d.memory_class is c] for c in MemoryClass}
     # Assert: every class has a device; MCUs have < 2 MB, boards and phones far more
     assert all(by_class[c] for c in MemoryClass)
-    assert all(d.ram_bytes < 2 * 1024 ** 2 for d in by_class[MemoryClass.MCU])
+    assert all(d.ram_bytes < 2 * 1024**2 for d in by_class[MemoryClass.MCU])
     largest_mcu = max(d.ram_bytes for d in by_class[MemoryClass.MCU])
     for c in (MemoryClass.EMBEDDED, MemoryClass.PHONE):
         assert all(d.ram_bytes >= 100 * largest_mcu for d in by_class[c])
@@ -123,26 +133,31 @@ def test_catalog_numbers_match_their_datasheets():
     d = {name: load_device(name) for name in REQUIRED}
     # Assert: memory sizes given in the brief / datasheets
     assert d["samd21"].ram_bytes == 32 * 1024 and d["samd21"].flash_bytes == 256 * 1024
-    assert d["nrf52840"].ram_bytes == 256 * 1024 and d["nrf52840"].flash_bytes == 1024 ** 2
+    assert d["nrf52840"].ram_bytes == 256 * 1024 and d["nrf52840"].flash_bytes == 1024**2
     assert d["nrf52840"].compute.clock_hz == 64e6
     assert d["stm32f746"].ram_bytes == 320 * 1024 and d["stm32f746"].compute.clock_hz == 216e6
     assert d["esp32"].ram_bytes == 520 * 1024
-    assert d["stm32h743"].ram_bytes == 1024 ** 2 and d["stm32h743"].flash_bytes == 2 * 1024 ** 2
+    assert d["stm32h743"].ram_bytes == 1024**2 and d["stm32h743"].flash_bytes == 2 * 1024**2
     assert d["stm32h743"].compute.clock_hz == 480e6
     # POET's measured rates (after unit checks) and storage energy = power / bandwidth
     assert d["samd21"].compute.fp32_flops_per_s == pytest.approx(2000 / 0.012, rel=1e-3)
     assert d["nrf52840"].compute.fp32_flops_per_s == pytest.approx(6.37e6, rel=1e-3)
     for name in ("samd21", "nrf52840", "esp32", "stm32f746", "stm32h743"):
         st = d[name].storage
-        assert st.read_energy_j_per_byte == pytest.approx(0.33 / st.read_bandwidth_bytes_per_s,
-                                                          rel=2e-3)
+        assert st.read_energy_j_per_byte == pytest.approx(
+            0.33 / st.read_bandwidth_bytes_per_s, rel=2e-3
+        )
         assert st.write_energy_j_per_byte == pytest.approx(
-            0.33 / st.write_bandwidth_bytes_per_s, rel=2e-3)
+            0.33 / st.write_bandwidth_bytes_per_s, rel=2e-3
+        )
     assert d["rpi4"].storage.read_bandwidth_bytes_per_s == 45.5e6
     assert d["jetson-tx2"].storage.write_bandwidth_bytes_per_s == 94.37e6
     # faster classes compute faster; the phone's accelerator is the Hexagon DSP
-    assert d["samd21"].compute.fp32_flops_per_s < d["rpi4"].compute.fp32_flops_per_s \
+    assert (
+        d["samd21"].compute.fp32_flops_per_s
+        < d["rpi4"].compute.fp32_flops_per_s
         < d["snapdragon-865"].compute.fp32_flops_per_s
+    )
     acc = d["snapdragon-865"].accelerator
     assert isinstance(acc, Accelerator) and "Hexagon 698" in acc.name
     assert acc.int8_ops_per_s > 1e12 and acc.fp32_flops_per_s == 0
@@ -206,7 +221,8 @@ def test_user_file_with_accelerator_and_integral_float_bytes(tmp_path):
     # Prepare: 131072.0 is a whole number, so it is accepted as bytes
     text = GOOD.replace("ram_bytes = 131072", "ram_bytes = 131072.0") + (
         '\n[accelerator]\nname = "NPU"\nfp32_flops_per_s = 0\nint8_ops_per_s = 1e11\n'
-        "active_power_w = 0.5\n")
+        "active_power_w = 0.5\n"
+    )
     # Execute
     dev = load_device(_write(tmp_path, text))
     # Assert
@@ -224,27 +240,55 @@ def test_user_file_without_toml_suffix_loads_when_it_exists(tmp_path):
 # -- bad files: each message names the file, the field, the value and the unit --------------
 
 
-@pytest.mark.parametrize("old,new,field,value,unit", [
-    # wrong type: a string where a number belongs
-    ("write_bandwidth_bytes_per_s = 0.8e6", 'write_bandwidth_bytes_per_s = "4.4 MB/s"',
-     "storage.write_bandwidth_bytes_per_s", "'4.4 MB/s'", "bytes/s"),
-    # a boolean is not a number
-    ("clock_hz = 100e6", "clock_hz = true", "compute.clock_hz", "True", "Hz"),
-    # non-positive / out of range
-    ("active_power_w = 0.05", "active_power_w = -1.0", "compute.active_power_w", "-1.0", "W"),
-    ("active_power_w = 0.05", "active_power_w = 0", "compute.active_power_w", "0", "W"),
-    ("transfer_latency_s = 1.0e-4", "transfer_latency_s = 110.0", "storage.transfer_latency_s",
-     "110.0", "seconds"),
-    ("read_bandwidth_bytes_per_s = 1.0e6", "read_bandwidth_bytes_per_s = 2e13",
-     "storage.read_bandwidth_bytes_per_s", "20000000000000.0", "bytes/s"),
-    # unit slip: MB/s given where bytes/s belong
-    ("read_bandwidth_bytes_per_s = 1.0e6", "read_bandwidth_bytes_per_s = 4.62",
-     "storage.read_bandwidth_bytes_per_s", "4.62", "bytes/s"),
-    # an integer field given a fraction
-    ("write_endurance_cycles = 1000", "write_endurance_cycles = 1000.5",
-     "storage.write_endurance_cycles", "1000.5", "program/erase cycles"),
-    ("ram_bytes = 131072", "ram_bytes = 0", "memory.ram_bytes", "0", "bytes"),
-])
+@pytest.mark.parametrize(
+    "old,new,field,value,unit",
+    [
+        # wrong type: a string where a number belongs
+        (
+            "write_bandwidth_bytes_per_s = 0.8e6",
+            'write_bandwidth_bytes_per_s = "4.4 MB/s"',
+            "storage.write_bandwidth_bytes_per_s",
+            "'4.4 MB/s'",
+            "bytes/s",
+        ),
+        # a boolean is not a number
+        ("clock_hz = 100e6", "clock_hz = true", "compute.clock_hz", "True", "Hz"),
+        # non-positive / out of range
+        ("active_power_w = 0.05", "active_power_w = -1.0", "compute.active_power_w", "-1.0", "W"),
+        ("active_power_w = 0.05", "active_power_w = 0", "compute.active_power_w", "0", "W"),
+        (
+            "transfer_latency_s = 1.0e-4",
+            "transfer_latency_s = 110.0",
+            "storage.transfer_latency_s",
+            "110.0",
+            "seconds",
+        ),
+        (
+            "read_bandwidth_bytes_per_s = 1.0e6",
+            "read_bandwidth_bytes_per_s = 2e13",
+            "storage.read_bandwidth_bytes_per_s",
+            "20000000000000.0",
+            "bytes/s",
+        ),
+        # unit slip: MB/s given where bytes/s belong
+        (
+            "read_bandwidth_bytes_per_s = 1.0e6",
+            "read_bandwidth_bytes_per_s = 4.62",
+            "storage.read_bandwidth_bytes_per_s",
+            "4.62",
+            "bytes/s",
+        ),
+        # an integer field given a fraction
+        (
+            "write_endurance_cycles = 1000",
+            "write_endurance_cycles = 1000.5",
+            "storage.write_endurance_cycles",
+            "1000.5",
+            "program/erase cycles",
+        ),
+        ("ram_bytes = 131072", "ram_bytes = 0", "memory.ram_bytes", "0", "bytes"),
+    ],
+)
 def test_bad_value_names_field_value_unit(tmp_path, old, new, field, value, unit):
     # Execute
     msg = _bad_file_error(tmp_path, old, new)
@@ -256,14 +300,16 @@ def test_bad_value_names_field_value_unit(tmp_path, old, new, field, value, unit
 
 
 def test_bad_value_message_states_the_range(tmp_path):
-    msg = _bad_file_error(tmp_path, "write_bandwidth_bytes_per_s = 0.8e6",
-                          "write_bandwidth_bytes_per_s = -5")
+    msg = _bad_file_error(
+        tmp_path, "write_bandwidth_bytes_per_s = 0.8e6", "write_bandwidth_bytes_per_s = -5"
+    )
     assert "must be a number in bytes/s, ≥ 1000 and ≤ 1e12" in msg
 
 
 def test_unit_slip_gets_a_hint(tmp_path):
-    msg = _bad_file_error(tmp_path, "read_bandwidth_bytes_per_s = 1.0e6",
-                          "read_bandwidth_bytes_per_s = 4.62")
+    msg = _bad_file_error(
+        tmp_path, "read_bandwidth_bytes_per_s = 1.0e6", "read_bandwidth_bytes_per_s = 4.62"
+    )
     assert "MB/s" in msg and "give bytes/s" in msg
 
 
@@ -320,8 +366,11 @@ def test_missing_memory_table_and_table_given_as_value(tmp_path):
     without = GOOD[:start] + GOOD[end:]
     # Execute
     msg = _bad_file_error(tmp_path, GOOD[start:end], "")
-    path = _write(tmp_path, without.replace('source = "my own measurements, 2024"',
-                                            'source = "x"\nmemory = 5'), name="as_value.toml")
+    path = _write(
+        tmp_path,
+        without.replace('source = "my own measurements, 2024"', 'source = "x"\nmemory = 5'),
+        name="as_value.toml",
+    )
     with pytest.raises(DeviceFileError) as info:
         load_device(path)
     # Assert
@@ -336,8 +385,10 @@ def test_idle_power_above_active_power(tmp_path):
 
 
 def test_accelerator_without_any_rate(tmp_path):
-    text = GOOD + ('\n[accelerator]\nname = "NPU"\nfp32_flops_per_s = 0\nint8_ops_per_s = 0\n'
-                   "active_power_w = 0.5\n")
+    text = GOOD + (
+        '\n[accelerator]\nname = "NPU"\nfp32_flops_per_s = 0\nint8_ops_per_s = 0\n'
+        "active_power_w = 0.5\n"
+    )
     path = _write(tmp_path, text)
     with pytest.raises(DeviceFileError, match=r"accelerator\.int8_ops_per_s.*ops/s"):
         load_device(path)
@@ -346,7 +397,8 @@ def test_accelerator_without_any_rate(tmp_path):
 def test_every_problem_is_reported_at_once(tmp_path):
     # Prepare
     text = GOOD.replace("clock_hz = 100e6", 'clock_hz = "fast"').replace(
-        'memory_class = "mcu"', 'memory_class = "tiny"')
+        'memory_class = "mcu"', 'memory_class = "tiny"'
+    )
     # Execute
     with pytest.raises(DeviceFileError) as info:
         load_device(_write(tmp_path, text))
@@ -421,8 +473,10 @@ def test_format_device_table_has_one_row_per_device():
 
 
 def test_device_module_imports_no_torch():
-    code = ("import sys\nimport edgetrain.cost._device as d\n"
-            "assert d.load_device('nrf52840').ram_bytes == 262144\n"
-            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)\n")
+    code = (
+        "import sys\nimport edgetrain.cost._device as d\n"
+        "assert d.load_device('nrf52840').ram_bytes == 262144\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)\n"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

@@ -17,18 +17,25 @@ from edgetrain.data import load_dataset
 
 flwr_app = pytest.importorskip("flwr.app")
 
-from edgetrain.federated import (FaultKind, FederationConfig, FleetFileError, Partition,
-                                 PartialFedAvg, load_fleet, make_client_app, parse_fleet)
-from edgetrain.federated._client import (client_train, local_data, trained_ranges,
-                                         build_client_model)
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.common.serde import message_to_proto  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+from edgetrain.federated import (
+    FaultKind,
+    FederationConfig,
+    FleetFileError,
+    PartialFedAvg,
+    Partition,
+    load_fleet,
+    make_client_app,
+    parse_fleet,
+)
+from edgetrain.federated._client import build_client_model, client_train, local_data, trained_ranges
 from edgetrain.federated._config import split_indices
 from edgetrain.federated._server import initial_state
 from edgetrain.federated._strategy import message_bytes
 from edgetrain.planner import Plan
-
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
-from flwr.common.serde import message_to_proto  # noqa: E402
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 FLEET = {"device": [{"kind": "nrf52840", "count": 2}, {"kind": "rpi4", "count": 1}]}
 
@@ -37,8 +44,14 @@ FLEET = {"device": [{"kind": "nrf52840", "count": 2}, {"kind": "rpi4", "count": 
 def config():
     from edgetrain.federated import prepare_plans
 
-    cfg = FederationConfig(model="mcu-cnn", fleet=parse_fleet(FLEET), rounds=2, local_steps=5,
-                           train_samples=2000, test_samples=500)
+    cfg = FederationConfig(
+        model="mcu-cnn",
+        fleet=parse_fleet(FLEET),
+        rounds=2,
+        local_steps=5,
+        train_samples=2000,
+        test_samples=500,
+    )
     return dataclasses.replace(cfg, plans=prepare_plans(cfg.model, cfg))
 
 
@@ -54,17 +67,31 @@ def identity():
 def _train_msg(state, rnd, node_id):
     TaskIdentity.node_id = 0
     arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
-    return Message(content=RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": rnd})}),
-                   message_type="train", dst_node_id=node_id)
+    return Message(
+        content=RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": rnd})}),
+        message_type="train",
+        dst_node_id=node_id,
+    )
 
 
 def _reply(request, node_id, arrays, ranges, n, cid):
     TaskIdentity.node_id = node_id
-    content = RecordDict({
-        "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),
-        "trained": ConfigRecord({k: [a, b] for k, (a, b) in ranges.items()}),
-        "metrics": MetricRecord({"num-examples": n, "client-id": cid, "train-loss": 1.0,
-                                 "local-steps": 1, "device-time-s": 0.1, "device-energy-j": 0.1})})
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),
+            "trained": ConfigRecord({k: [a, b] for k, (a, b) in ranges.items()}),
+            "metrics": MetricRecord(
+                {
+                    "num-examples": n,
+                    "client-id": cid,
+                    "train-loss": 1.0,
+                    "local-steps": 1,
+                    "device-time-s": 0.1,
+                    "device-energy-j": 0.1,
+                }
+            ),
+        }
+    )
     return Message(content=content, reply_to=request)
 
 
@@ -83,23 +110,29 @@ def _strategy(state, n_clients, **kwargs):
 # -- fleet file -----------------------------------------------------------------------------------
 def test_example_fleet_file_loads():
     fleet = load_fleet("examples/fleet.toml")
-    assert [(g.kind, g.count) for g in fleet.groups] == [("nrf52840", 6), ("rpi4", 3),
-                                                          ("snapdragon-865", 1)]
+    assert [(g.kind, g.count) for g in fleet.groups] == [
+        ("nrf52840", 6),
+        ("rpi4", 3),
+        ("snapdragon-865", 1),
+    ]
     assert [c.name for c in fleet.clients()][:2] == ["nrf52840-0", "nrf52840-1"]
     assert len(fleet.clients()) == 10
 
 
-@pytest.mark.parametrize("text, field", [
-    ('[[device]]\nkind = "nrf52840"\ncount = 0\n', "count"),
-    ('[[device]]\nkind = "nrf52840"\ncount = "six"\n', "count"),
-    ('[[device]]\nkind = "no-such-board"\ncount = 1\n', "kind"),
-    ('[[device]]\ncount = 2\n', "kind"),
-    ('[[device]]\nkind = "rpi4"\ncount = 1\ncolour = "red"\n', "colour"),
-    ('[[device]]\nkind = "rpi4"\ncount = 1\nfault = "scale:x"\n', "fault"),
-    ('[[device]]\nkind = "rpi4"\ncount = 1\nbatch_size = 0\n', "batch_size"),
-    ('kind = "rpi4"\n', "device"),
-    ('[[device]\n', "TOML"),
-])
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ('[[device]]\nkind = "nrf52840"\ncount = 0\n', "count"),
+        ('[[device]]\nkind = "nrf52840"\ncount = "six"\n', "count"),
+        ('[[device]]\nkind = "no-such-board"\ncount = 1\n', "kind"),
+        ("[[device]]\ncount = 2\n", "kind"),
+        ('[[device]]\nkind = "rpi4"\ncount = 1\ncolour = "red"\n', "colour"),
+        ('[[device]]\nkind = "rpi4"\ncount = 1\nfault = "scale:x"\n', "fault"),
+        ('[[device]]\nkind = "rpi4"\ncount = 1\nbatch_size = 0\n', "batch_size"),
+        ('kind = "rpi4"\n', "device"),
+        ("[[device]\n", "TOML"),
+    ],
+)
 def test_bad_fleet_files_name_the_field(tmp_path, text, field):
     # Prepare
     p = tmp_path / "fleet.toml"
@@ -148,15 +181,20 @@ def test_partial_updates_average_only_over_their_trainers(identity):
     # Prepare: a global model of two tensors; client 0 trains all of `w` and rows [0, 2) of `b`,
     # client 1 trains only `w`, client 2 trains rows [0, 1) of `b` only.
     rng = np.random.default_rng(0)
-    g = {"w": rng.normal(size=(3, 2)).astype(np.float32), "b": rng.normal(size=(4,)).astype(np.float32),
-         "u": rng.normal(size=(2,)).astype(np.float32)}
+    g = {
+        "w": rng.normal(size=(3, 2)).astype(np.float32),
+        "b": rng.normal(size=(4,)).astype(np.float32),
+        "u": rng.normal(size=(2,)).astype(np.float32),
+    }
     s = _strategy(g, 3)
     w0, w1 = rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=(3, 2)).astype(np.float32)
     b0, b2 = rng.normal(size=(2,)).astype(np.float32), rng.normal(size=(1,)).astype(np.float32)
     reqs = [_train_msg(g, 1, n) for n in (1, 2, 3)]
-    replies = [_reply(reqs[0], 1, {"w": w0, "b": b0}, {"w": (0, 3), "b": (0, 2)}, 10, 0),
-               _reply(reqs[1], 2, {"w": w1}, {"w": (0, 3)}, 30, 1),
-               _reply(reqs[2], 3, {"b": b2}, {"b": (0, 1)}, 20, 2)]
+    replies = [
+        _reply(reqs[0], 1, {"w": w0, "b": b0}, {"w": (0, 3), "b": (0, 2)}, 10, 0),
+        _reply(reqs[1], 2, {"w": w1}, {"w": (0, 3)}, 30, 1),
+        _reply(reqs[2], 3, {"b": b2}, {"b": (0, 1)}, 20, 2),
+    ]
     # Execute
     arrays, _ = s.aggregate_train(1, replies)
     out = {k: v.numpy() for k, v in arrays.items()}
@@ -165,7 +203,7 @@ def test_partial_updates_average_only_over_their_trainers(identity):
     np.testing.assert_allclose(out["b"][0], (10 * b0[0] + 20 * b2[0]) / 30, rtol=1e-6)
     np.testing.assert_allclose(out["b"][1], b0[1], rtol=1e-6)
     np.testing.assert_array_equal(out["b"][2:], g["b"][2:])  # nobody trained these rows
-    np.testing.assert_array_equal(out["u"], g["u"])           # nobody trained this tensor
+    np.testing.assert_array_equal(out["u"], g["u"])  # nobody trained this tensor
 
 
 def test_server_momentum_steps_only_the_trained_rows_like_fedavgm(identity):
@@ -179,18 +217,28 @@ def test_server_momentum_steps_only_the_trained_rows_like_fedavgm(identity):
     s = _strategy(g, 2, server_lr=eta, server_momentum=beta, server_opt_names={"w", "b"})
     w0, w1, b0, r1, b_2 = f32(3, 2), f32(3, 2), f32(2), f32(2), f32(2)
     reqs = [_train_msg(g, 1, n) for n in (1, 2)]
-    round1 = [_reply(reqs[0], 1, {"w": w0, "b": b0}, {"w": (0, 3), "b": (0, 2)}, 10, 0),
-              _reply(reqs[1], 2, {"w": w1, "r": r1}, {"w": (0, 3), "r": (0, 2)}, 30, 1)]
+    round1 = [
+        _reply(reqs[0], 1, {"w": w0, "b": b0}, {"w": (0, 3), "b": (0, 2)}, 10, 0),
+        _reply(reqs[1], 2, {"w": w1, "r": r1}, {"w": (0, 3), "r": (0, 2)}, 30, 1),
+    ]
     # Execute round 1, then round 2 from its result
     out1 = {k: v.numpy() for k, v in s.aggregate_train(1, round1)[0].items()}
-    s.configure_train(2, ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in out1.items()}),
-                      ConfigRecord(), type("G", (), {"get_node_ids": lambda self: [1, 2]})())
+    s.configure_train(
+        2,
+        ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in out1.items()}),
+        ConfigRecord(),
+        type("G", (), {"get_node_ids": lambda self: [1, 2]})(),
+    )
     req2 = _train_msg(out1, 2, 1)
-    out2 = {k: v.numpy() for k, v in
-            s.aggregate_train(2, [_reply(req2, 1, {"b": b_2}, {"b": (1, 3)}, 10, 0)])[0].items()}
+    out2 = {
+        k: v.numpy()
+        for k, v in s.aggregate_train(2, [_reply(req2, 1, {"b": b_2}, {"b": (1, 3)}, 10, 0)])[
+            0
+        ].items()
+    }
     # Assert against the FedAvgM recursion written out element by element in float64
     G = {k: v.astype(np.float64) for k, v in g.items()}
-    vw = (G["w"] - (10 * w0 + 30 * w1) / 40)           # v1 = 0.9 * 0 + delta
+    vw = G["w"] - (10 * w0 + 30 * w1) / 40  # v1 = 0.9 * 0 + delta
     vb = np.zeros(4)
     vb[:2] = G["b"][:2] - b0
     w_1, b_1 = G["w"] - eta * vw, G["b"].copy()
@@ -239,14 +287,17 @@ def test_nan_and_huge_updates_leave_the_global_model_unchanged(config, identity)
     def run(which):
         s = _strategy(state, 3)
         reqs = {n: _train_msg(state, 1, n) for n in (1, 2, 3)}
-        replies = [_reply(reqs[n], n, u, r, mm["num-examples"], mm["client-id"])
-                   for n, (u, r, mm) in which]
+        replies = [
+            _reply(reqs[n], n, u, r, mm["num-examples"], mm["client-id"]) for n, (u, r, mm) in which
+        ]
         arrays, _ = s.aggregate_train(1, replies)
         return {k: v.numpy() for k, v in arrays.items()}, s.logs[1]
 
     # Execute
     alone, _ = run([(3, (up, ranges, m))])
-    mixed, log = run([(1, (up_nan, r_nan, m_nan)), (2, (up_big, r_big, m_big)), (3, (up, ranges, m))])
+    mixed, log = run(
+        [(1, (up_nan, r_nan, m_nan)), (2, (up_big, r_big, m_big)), (3, (up, ranges, m))]
+    )
     only_bad, _ = run([(1, (up_nan, r_nan, m_nan)), (2, (up_big, r_big, m_big))])
     # Assert: the bad clients change nothing; alone they leave the global model bit-identical
     for k in state:
@@ -265,8 +316,13 @@ def test_sparse_client_uploads_only_what_its_plan_trains(config, identity):
     sizes, keys = {}, {}
     for cid in (0, 2):  # nrf52840-0 (sparse plan), rpi4-0 (trains everything)
         req = _train_msg(state, 1, 10 + cid)
-        ctx = Context(run_id=1, node_id=10 + cid, node_config={"partition-id": cid},
-                      state=RecordDict(), run_config={})
+        ctx = Context(
+            run_id=1,
+            node_id=10 + cid,
+            node_config={"partition-id": cid},
+            state=RecordDict(),
+            run_config={},
+        )
         # Execute
         TaskIdentity.node_id = 10 + cid
         reply = app(req, ctx)
@@ -279,7 +335,9 @@ def test_sparse_client_uploads_only_what_its_plan_trains(config, identity):
         # Assert: exactly the plan's trained tensors travel, and the message is their bytes
         # plus a small envelope
         assert keys[cid] == set(expect)
-        expect_bytes = sum(4 * (b - a) * int(np.prod(state[k].shape[1:])) for k, (a, b) in expect.items())
+        expect_bytes = sum(
+            4 * (b - a) * int(np.prod(state[k].shape[1:])) for k, (a, b) in expect.items()
+        )
         assert expect_bytes <= payload <= expect_bytes + 200 * len(expect)
         assert payload <= sizes[cid] <= payload + 2000 + 100 * len(expect)
     full = {k for k in state if not k.endswith("num_batches_tracked")}
@@ -295,8 +353,9 @@ def test_no_raw_sample_leaves_a_client(config, identity):
     cid = 2
     data = local_data(config, cid)
     req = _train_msg(state, 1, 7)
-    ctx = Context(run_id=1, node_id=7, node_config={"partition-id": cid}, state=RecordDict(),
-                  run_config={})
+    ctx = Context(
+        run_id=1, node_id=7, node_config={"partition-id": cid}, state=RecordDict(), run_config={}
+    )
     # Execute
     TaskIdentity.node_id = 7
     reply = app(req, ctx)
@@ -315,7 +374,7 @@ def test_no_raw_sample_leaves_a_client(config, identity):
     # ...and no training image appears in the serialised message, in any encoding
     for i in range(0, len(data.y_train), max(1, len(data.y_train) // 50)):
         img = data.x_train[i].numpy().astype(np.float32)
-        row = img.reshape(-1)[img.size // 2: img.size // 2 + 16]
+        row = img.reshape(-1)[img.size // 2 : img.size // 2 + 16]
         assert row.tobytes() not in wire
         raw = np.clip(np.round((img * 0.3530 + 0.2860) * 255), 0, 255).astype(np.uint8)
         assert raw.reshape(-1)[300:332].tobytes() not in wire
@@ -356,12 +415,30 @@ def _cli(argv):
 def test_small_federation_runs_checkpoints_and_resumes(tmp_path, capsys):
     # Prepare: 2 x nrf52840 + 1 x rpi4, one client dropping out at random
     fleet = tmp_path / "fleet.toml"
-    fleet.write_text('[[device]]\nkind = "nrf52840"\ncount = 2\n\n'
-                     '[[device]]\nkind = "rpi4"\ncount = 1\n')
+    fleet.write_text(
+        '[[device]]\nkind = "nrf52840"\ncount = 2\n\n[[device]]\nkind = "rpi4"\ncount = 1\n'
+    )
     out = tmp_path / "run"
-    common = ["federate", "--model", "mcu-cnn", "--fleet", str(fleet), "--data", "fashion-mnist",
-              "--partition", "dirichlet:0.5", "--local-steps", "10", "--train-samples", "2000",
-              "--test-samples", "500", "--out", str(out), "--json"]
+    common = [
+        "federate",
+        "--model",
+        "mcu-cnn",
+        "--fleet",
+        str(fleet),
+        "--data",
+        "fashion-mnist",
+        "--partition",
+        "dirichlet:0.5",
+        "--local-steps",
+        "10",
+        "--train-samples",
+        "2000",
+        "--test-samples",
+        "500",
+        "--out",
+        str(out),
+        "--json",
+    ]
     # Execute: 2 rounds, then the same command asked for 3 resumes at round 3
     assert _cli(common + ["--rounds", "2", "--dropout", "0.3"]) == 0
     first = json.loads(capsys.readouterr().out)
@@ -378,7 +455,10 @@ def test_small_federation_runs_checkpoints_and_resumes(tmp_path, capsys):
             assert b < (0.5 if name.startswith("nrf") else 2) * r["bytes_down"][name]
     assert set(first["local_only_accuracy_by_kind"]) == {"nrf52840", "rpi4"}
     assert first["final_accuracy"] == first["rounds"][-1]["accuracy"]
-    assert first["plans"]["nrf52840"]["trainable_tensors"] < first["plans"]["rpi4"]["trainable_tensors"]
+    assert (
+        first["plans"]["nrf52840"]["trainable_tensors"]
+        < first["plans"]["rpi4"]["trainable_tensors"]
+    )
     # the resumed run kept rounds 1-2 and ran only round 3
     assert second["resumed_at"] == [2]
     assert second["rounds"][:2] == first["rounds"]
@@ -387,8 +467,10 @@ def test_small_federation_runs_checkpoints_and_resumes(tmp_path, capsys):
     assert (out / "accuracy.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("flag, value", [("--server-momentum", "1.0"), ("--server-momentum", "-0.1"),
-                                         ("--server-lr", "x")])
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--server-momentum", "1.0"), ("--server-momentum", "-0.1"), ("--server-lr", "x")],
+)
 def test_bad_server_optimiser_flags_are_rejected(flag, value, capsys):
     # Prepare
     from edgetrain.federated._cli import register
@@ -397,8 +479,9 @@ def test_bad_server_optimiser_flags_are_rejected(flag, value, capsys):
     register(parser.add_subparsers(dest="cmd"))
     # Execute
     with pytest.raises(SystemExit) as e:
-        parser.parse_args(["federate", "--model", "mcu-cnn", "--fleet", "f.toml", "--rounds", "1",
-                           flag, value])
+        parser.parse_args(
+            ["federate", "--model", "mcu-cnn", "--fleet", "f.toml", "--rounds", "1", flag, value]
+        )
     # Assert: argparse's usage error names the flag
     assert e.value.code == 2 and flag in capsys.readouterr().err
 
@@ -408,9 +491,16 @@ def test_deployment_runs_real_flower_processes_on_loopback(tmp_path):
     # Prepare: the same federation as real SuperLink / SuperNode processes (about 30-60 s)
     from edgetrain.federated import federate
 
-    cfg = FederationConfig(model="mcu-cnn", fleet=parse_fleet(
-        {"device": [{"kind": "nrf52840", "count": 1}, {"kind": "rpi4", "count": 1}]}),
-        rounds=2, local_steps=5, train_samples=2000, test_samples=500)
+    cfg = FederationConfig(
+        model="mcu-cnn",
+        fleet=parse_fleet(
+            {"device": [{"kind": "nrf52840", "count": 1}, {"kind": "rpi4", "count": 1}]}
+        ),
+        rounds=2,
+        local_steps=5,
+        train_samples=2000,
+        test_samples=500,
+    )
     # Execute
     r = federate(cfg, out_dir=tmp_path / "dep", deployment=True, baselines=False)
     # Assert: both rounds ran through Flower's processes, each client uploaded its own tensors
@@ -420,20 +510,30 @@ def test_deployment_runs_real_flower_processes_on_loopback(tmp_path):
     assert last["bytes_up"]["nrf52840-0"] < 0.5 * last["bytes_up"]["rpi4-0"]
     logs = sorted(p.name for p in (tmp_path / "dep" / "deployment").glob("*.log"))
     assert logs == ["flwr-run.log", "superlink.log", "supernode-0.log", "supernode-1.log"]
-    assert "Received 2 results and 0 failures" in (tmp_path / "dep" / "deployment" /
-                                                   "flwr-run.log").read_text()
+    assert (
+        "Received 2 results and 0 failures"
+        in (tmp_path / "dep" / "deployment" / "flwr-run.log").read_text()
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("server", [{"server_momentum": 0.0, "server_lr": 1.0}, {}],
-                         ids=["fedavg", "fedavgm-default"])
+@pytest.mark.parametrize(
+    "server", [{"server_momentum": 0.0, "server_lr": 1.0}, {}], ids=["fedavg", "fedavgm-default"]
+)
 def test_resumed_federation_equals_the_uninterrupted_one(tmp_path, server):
     # Prepare (with server momentum, its buffers must be checkpointed for the resume to match)
-    from edgetrain.storage import load_tensors
     from edgetrain.federated import federate
+    from edgetrain.storage import load_tensors
 
-    cfg = FederationConfig(model="mcu-cnn", fleet=parse_fleet(FLEET), rounds=3, local_steps=5,
-                           train_samples=2000, test_samples=500, **server)
+    cfg = FederationConfig(
+        model="mcu-cnn",
+        fleet=parse_fleet(FLEET),
+        rounds=3,
+        local_steps=5,
+        train_samples=2000,
+        test_samples=500,
+        **server,
+    )
     # Execute: 2 rounds, "crash", resume to 3 rounds; and 3 rounds straight through
     federate(dataclasses.replace(cfg, rounds=2), out_dir=tmp_path / "a", baselines=False)
     resumed = federate(cfg, out_dir=tmp_path / "a", baselines=False)
@@ -447,12 +547,19 @@ def test_resumed_federation_equals_the_uninterrupted_one(tmp_path, server):
     assert resumed.final_accuracy == straight.final_accuracy
 
 
-@pytest.mark.parametrize("field, value, words", [
-    ("rounds", 0, "positive integer"), ("dropout", 1.0, "[0, 1)"), ("lr", -0.1, "positive"),
-    ("lr_decay", 1.5, "(0, 1]"), ("noise_multiplier", 1.0, "clip_norm"),
-    ("clip_norm", 0.0, "positive L2 norm"), ("server_momentum", 1.0, "[0, 1)"),
-    ("server_lr", 0.0, "positive"),
-])
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("rounds", 0, "positive integer"),
+        ("dropout", 1.0, "[0, 1)"),
+        ("lr", -0.1, "positive"),
+        ("lr_decay", 1.5, "(0, 1]"),
+        ("noise_multiplier", 1.0, "clip_norm"),
+        ("clip_norm", 0.0, "positive L2 norm"),
+        ("server_momentum", 1.0, "[0, 1)"),
+        ("server_lr", 0.0, "positive"),
+    ],
+)
 def test_bad_federation_settings_are_rejected(field, value, words):
     from edgetrain.errors import InvalidArgumentError
 
@@ -465,8 +572,9 @@ def test_bad_federation_settings_are_rejected(field, value, words):
 def test_infeasible_device_in_the_fleet_names_the_kind():
     from edgetrain.federated import prepare_plans
 
-    cfg = FederationConfig(model="mcu-cnn", rounds=1,
-                           fleet=parse_fleet({"device": [{"kind": "samd21", "count": 1}]}))
+    cfg = FederationConfig(
+        model="mcu-cnn", rounds=1, fleet=parse_fleet({"device": [{"kind": "samd21", "count": 1}]})
+    )
     with pytest.raises(FleetFileError, match="samd21.*batch_size = 8"):
         prepare_plans(cfg.model, cfg)
 
@@ -477,12 +585,25 @@ def test_a_straggler_and_a_crashing_client_do_not_stop_the_rounds(tmp_path):
     # while a round times out after 15 s (about 70 s in all)
     from edgetrain.federated import federate
 
-    fleet = parse_fleet({"device": [{"kind": "rpi4", "count": 1},
-                                    {"kind": "nrf52840", "count": 1, "fault": "crash"},
-                                    {"kind": "nrf52840", "count": 1, "fault": "slow:45"}]})
+    fleet = parse_fleet(
+        {
+            "device": [
+                {"kind": "rpi4", "count": 1},
+                {"kind": "nrf52840", "count": 1, "fault": "crash"},
+                {"kind": "nrf52840", "count": 1, "fault": "slow:45"},
+            ]
+        }
+    )
     assert [c.name for c in fleet.clients()] == ["rpi4-0", "nrf52840-0", "nrf52840-1"]
-    cfg = FederationConfig(model="mcu-cnn", fleet=fleet, rounds=3, local_steps=5,
-                           train_samples=2000, test_samples=500, round_timeout_s=15.0)
+    cfg = FederationConfig(
+        model="mcu-cnn",
+        fleet=fleet,
+        rounds=3,
+        local_steps=5,
+        train_samples=2000,
+        test_samples=500,
+        round_timeout_s=15.0,
+    )
     # Execute
     r = federate(cfg, out_dir=tmp_path / "run", baselines=False)
     # Assert: every round completed; only the honest client's update was ever used (round 1

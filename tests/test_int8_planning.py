@@ -28,8 +28,15 @@ def test_auto_falls_back_to_int8_c_below_tte_on_stm32f746():
     model, x = _mbv2()
     cal = load_dataset("fashion-mnist", split="train", limit=8)
     imgs = resize_for(cal.x, tuple(x.shape))
-    tte = tte_prepare(model, x, device="stm32f746", batch_size=1, name="mbv2-w0.35",
-                      calibration=imgs, analysis=(imgs, cal.y))
+    tte = tte_prepare(
+        model,
+        x,
+        device="stm32f746",
+        batch_size=1,
+        name="mbv2-w0.35",
+        calibration=imgs,
+        analysis=(imgs, cal.y),
+    )
     layers = tte.plan.notes[0].removeprefix("int8 sparse update of ").split(", ")
     # Execute
     p = edgetrain.plan(model, x, device="stm32f746", batch_size=1, name="mbv2-w0.35")
@@ -41,9 +48,16 @@ def test_auto_falls_back_to_int8_c_below_tte_on_stm32f746():
     assert set(p.trainable()) == {"classifier.weight", "classifier.bias"}
     assert len(layers) > 1 and layers[-1] == "classifier"
     assert tte.predicted_peak_bytes <= 141_000
-    assert tte.predicted_peak_bytes == int8_layout(
-        quantize(model, imgs, name="mbv2-w0.35"), layers, batch_size=1, target="cortex-m7",
-        line_buffer=True).predicted_peak_sram_bytes
+    assert (
+        tte.predicted_peak_bytes
+        == int8_layout(
+            quantize(model, imgs, name="mbv2-w0.35"),
+            layers,
+            batch_size=1,
+            target="cortex-m7",
+            line_buffer=True,
+        ).predicted_peak_sram_bytes
+    )
     assert p.predicted_peak_bytes <= 100_000 < tte.predicted_peak_bytes
     assert Plan.from_json(p.to_json()) == p
 
@@ -81,10 +95,11 @@ def test_a_plan_cannot_claim_int8_on_pytorch():
         Plan.from_dict(d)
 
 
-@pytest.mark.skipif(not __import__("edgetrain.demo._mcu", fromlist=["x"])
-                    .toolchain_present("cortex-m7"),
-                    reason="Arm toolchain/QEMU absent: apt-get install -y gcc-arm-none-eabi "
-                    "libnewlib-arm-none-eabi qemu-system-arm (scripts/setup.sh does it)")
+@pytest.mark.skipif(
+    not __import__("edgetrain.demo._mcu", fromlist=["x"]).toolchain_present("cortex-m7"),
+    reason="Arm toolchain/QEMU absent: apt-get install -y gcc-arm-none-eabi "
+    "libnewlib-arm-none-eabi qemu-system-arm (scripts/setup.sh does it)",
+)
 @pytest.mark.parametrize("strategy", ["auto", "tte"])
 def test_int8_plan_compiles_to_the_predicted_sram_on_cortex_m7(tmp_path, strategy):
     # Prepare: auto's plan (or TTE's, as `edgetrain plan --strategy tte` makes it) for
@@ -101,16 +116,24 @@ def test_int8_plan_compiles_to_the_predicted_sram_on_cortex_m7(tmp_path, strateg
     else:
         cal = load_dataset("fashion-mnist", split="train", limit=8)
         imgs = resize_for(cal.x, shape)
-        prepared = tte_prepare(model, x, device="stm32f746", batch_size=1, name="mbv2-w0.35",
-                               calibration=imgs, analysis=(imgs, cal.y))
+        prepared = tte_prepare(
+            model,
+            x,
+            device="stm32f746",
+            batch_size=1,
+            name="mbv2-w0.35",
+            calibration=imgs,
+            analysis=(imgs, cal.y),
+        )
         p, predicted, limit = prepared.plan, prepared.predicted_peak_bytes, 141_000
     tr = load_dataset("fashion-mnist:5-9", split="train", limit=3)
     te = load_dataset("fashion-mnist:5-9", split="test", limit=2)
     train = samples_of(resize_for(tr.x, shape), tr.y, "fashion-mnist", exact=False)
     test = samples_of(resize_for(te.x, shape), te.y, "fashion-mnist", exact=False)
     # Execute: compile as `edgetrain compile` does, run under QEMU (Cortex-M7, mps2-an500)
-    out, _, layers = compile_int8_project(p, model, train, test, "cortex-m7", tmp_path / "c",
-                                          steps=2, lr=0.05)
+    out, _, layers = compile_int8_project(
+        p, model, train, test, "cortex-m7", tmp_path / "c", steps=2, lr=0.05
+    )
     res = mcu_run(out)
     # Assert: the program trains the plan's layers, and the allocator-free program's measured
     # peak (static SRAM + painted stack high-water mark) is the prediction plus stack

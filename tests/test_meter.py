@@ -58,8 +58,7 @@ def test_saved_activation_bytes_matches_grad_fn_saved_tensors():
     net = torch.nn.Sequential(torch.nn.Linear(100, 200), torch.nn.ReLU(), torch.nn.Linear(200, 10))
     x, y = torch.randn(8, 100), torch.randint(0, 10, (8,))
     # Execute
-    nbytes, loss = saved_activation_bytes(
-        net, lambda: torch.nn.functional.cross_entropy(net(x), y))
+    nbytes, loss = saved_activation_bytes(net, lambda: torch.nn.functional.cross_entropy(net(x), y))
     # Assert: x, relu's output, log-softmax, target and nll's total_weight (derivatives.yaml)
     expected = x.numel() * 4 + 8 * 200 * 4 + 8 * 10 * 4 + 8 * 8 + 4
     assert nbytes == expected

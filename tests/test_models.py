@@ -23,14 +23,34 @@ MODELS = {
 
 # The operators the capture / cost stages support; every built-in model must stay inside.
 ALLOWED_OPS = {
-    "aten.conv2d.default", "aten.batch_norm.default", "aten.relu.default",
-    "aten.hardtanh.default", "aten.hardswish.default", "aten.gelu.default", "aten.add.Tensor",
-    "aten.mul.Tensor", "aten.mul.Scalar", "aten.div.Scalar", "aten.div.Tensor",
-    "aten.max_pool2d.default", "aten.avg_pool2d.default", "aten.adaptive_avg_pool2d.default",
-    "aten.mean.dim", "aten.linear.default", "aten.flatten.using_ints", "aten.view.default",
-    "aten.reshape.default", "aten.permute.default", "aten.transpose.int",
-    "aten.contiguous.default", "aten.clone.default", "aten.matmul.default", "aten.softmax.int",
-    "aten.layer_norm.default", "aten.embedding.default", "aten.tanh.default",
+    "aten.conv2d.default",
+    "aten.batch_norm.default",
+    "aten.relu.default",
+    "aten.hardtanh.default",
+    "aten.hardswish.default",
+    "aten.gelu.default",
+    "aten.add.Tensor",
+    "aten.mul.Tensor",
+    "aten.mul.Scalar",
+    "aten.div.Scalar",
+    "aten.div.Tensor",
+    "aten.max_pool2d.default",
+    "aten.avg_pool2d.default",
+    "aten.adaptive_avg_pool2d.default",
+    "aten.mean.dim",
+    "aten.linear.default",
+    "aten.flatten.using_ints",
+    "aten.view.default",
+    "aten.reshape.default",
+    "aten.permute.default",
+    "aten.transpose.int",
+    "aten.contiguous.default",
+    "aten.clone.default",
+    "aten.matmul.default",
+    "aten.softmax.int",
+    "aten.layer_norm.default",
+    "aten.embedding.default",
+    "aten.tanh.default",
     "aten.add_.Tensor",  # BatchNorm's own num_batches_tracked += 1
 }
 
@@ -79,18 +99,21 @@ def test_num_classes_must_be_positive_int(bad):
         build_model("mcu-cnn", num_classes=bad)
 
 
-@pytest.mark.parametrize("name,classes,expected", [
-    ("mcu-cnn", 10, 2_354),
-    ("mbv2-w0.35", 1000, 1_677_128),  # torchvision mobilenet_v2(width_mult=0.35) size, ~1.7 M
-    ("mbv2-w0.35", 10, 408_938),
-    ("mcunet", 1000, 636_232),  # MCUNet model zoo: mcunet-5fps 0.64 M
-    ("mcunet", 10, 476_842),
-    ("resnet18", 1000, 11_689_512),  # torchvision resnet18: 11,689,512
-    ("resnet18", 10, 11_181_642),
-    ("resnet18-cifar", 10, 11_173_962),
-    ("transformer-tiny", 10, 166_794),
-    ("minilm", 2, 22_566_146),  # all-MiniLM-L6-v2 22,713,216 - pooler 147,840 + head 770
-])
+@pytest.mark.parametrize(
+    "name,classes,expected",
+    [
+        ("mcu-cnn", 10, 2_354),
+        ("mbv2-w0.35", 1000, 1_677_128),  # torchvision mobilenet_v2(width_mult=0.35) size, ~1.7 M
+        ("mbv2-w0.35", 10, 408_938),
+        ("mcunet", 1000, 636_232),  # MCUNet model zoo: mcunet-5fps 0.64 M
+        ("mcunet", 10, 476_842),
+        ("resnet18", 1000, 11_689_512),  # torchvision resnet18: 11,689,512
+        ("resnet18", 10, 11_181_642),
+        ("resnet18-cifar", 10, 11_173_962),
+        ("transformer-tiny", 10, 166_794),
+        ("minilm", 2, 22_566_146),  # all-MiniLM-L6-v2 22,713,216 - pooler 147,840 + head 770
+    ],
+)
 def test_parameter_counts(name, classes, expected):
     model, _ = build_model(name, pretrained=False, num_classes=classes)
     assert _n_params(model) == expected
@@ -100,8 +123,11 @@ def test_mcu_cnn_fits_a_microcontroller():
     # Prepare: record every module output at batch 1
     model, example = build_model("mcu-cnn")
     sizes = []
-    hooks = [m.register_forward_hook(lambda _m, _i, o: sizes.append(o.numel() * o.element_size()))
-             for m in model.modules() if not list(m.children())]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, o: sizes.append(o.numel() * o.element_size()))
+        for m in model.modules()
+        if not list(m.children())
+    ]
     # Execute
     model(example)
     for h in hooks:
@@ -152,8 +178,7 @@ def test_build_is_deterministic_and_leaves_global_rng_alone(name):
 def test_pretrained_flag_is_ignored_without_pretrained_weights():
     a, _ = build_model("mcu-cnn", pretrained=True)
     b, _ = build_model("mcu-cnn", pretrained=False)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
-                                                   b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 # --- path/to/file.py:factory -------------------------------------------------------------------
@@ -202,14 +227,17 @@ def test_file_factory(model_file):
     assert model(example).shape == (1, 5)
 
 
-@pytest.mark.parametrize("suffix,needle", [
-    (":nope", "no factory 'nope'"),
-    (":wrong", "must return (torch.nn.Module, torch.Tensor)"),
-    (":batch4", "batch size 1"),
-    (":boom", "kaputt"),
-    (":NOT_A_FUNCTION", "not a function"),
-    ("", "no factory"),
-])
+@pytest.mark.parametrize(
+    "suffix,needle",
+    [
+        (":nope", "no factory 'nope'"),
+        (":wrong", "must return (torch.nn.Module, torch.Tensor)"),
+        (":batch4", "batch size 1"),
+        (":boom", "kaputt"),
+        (":NOT_A_FUNCTION", "not a function"),
+        ("", "no factory"),
+    ],
+)
 def test_file_factory_errors(model_file, suffix, needle):
     with pytest.raises(ModelLoadError) as e:
         build_model(f"{model_file}{suffix}")
@@ -266,12 +294,16 @@ def test_minilm_loads_every_pretrained_tensor():
     random, _ = build_model("minilm", pretrained=False)
     # Assert: every tensor of the file is in the model, bar the unused pooler and position ids
     own = model.bert.state_dict()
-    assert set(file) - set(own) == {"embeddings.position_ids", "pooler.dense.weight",
-                                    "pooler.dense.bias"}
+    assert set(file) - set(own) == {
+        "embeddings.position_ids",
+        "pooler.dense.weight",
+        "pooler.dense.bias",
+    }
     assert set(own) <= set(file)
     assert all(torch.equal(own[k], file[k]) for k in own)
-    assert not torch.equal(random.bert.embeddings.word_embeddings.weight,
-                           own["embeddings.word_embeddings.weight"])
+    assert not torch.equal(
+        random.bert.embeddings.word_embeddings.weight, own["embeddings.word_embeddings.weight"]
+    )
 
 
 def test_minilm_matches_hugging_face():

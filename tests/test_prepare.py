@@ -27,18 +27,21 @@ def test_executors_with_their_own_memory_are_registered_entry_points():
         assert executor_memory(memory.executor, memory.precision) is memory
 
 
-@pytest.mark.parametrize("fields, words", [
-    ({"batch_size": 0}, "batch size"),
-    ({"batch_size": True}, "batch size"),
-    ({"budget_bytes": -5}, "memory budget"),
-    ({"deadline_s": float("nan")}, "deadline"),
-    ({"strategy": "fastest"}, "unknown strategy"),
-    ({"executor": "tpu"}, "unknown executor"),
-    ({"precision": "int8", "executor": "pytorch"}, "C executor"),
-    ({"executor": "c", "optimizer": "adam"}, "plain SGD"),
-    ({"strategy": "exact", "policy": "last:2"}, "strategy auto"),
-    ({"policy": "fisher"}, "calibration"),
-])
+@pytest.mark.parametrize(
+    "fields, words",
+    [
+        ({"batch_size": 0}, "batch size"),
+        ({"batch_size": True}, "batch size"),
+        ({"budget_bytes": -5}, "memory budget"),
+        ({"deadline_s": float("nan")}, "deadline"),
+        ({"strategy": "fastest"}, "unknown strategy"),
+        ({"executor": "tpu"}, "unknown executor"),
+        ({"precision": "int8", "executor": "pytorch"}, "C executor"),
+        ({"executor": "c", "optimizer": "adam"}, "plain SGD"),
+        ({"strategy": "exact", "policy": "last:2"}, "strategy auto"),
+        ({"policy": "fisher"}, "calibration"),
+    ],
+)
 def test_plan_request_refuses_bad_fields_with_one_typed_error(fields, words):
     with pytest.raises(InvalidArgumentError, match=words):
         PlanRequest(**fields)
@@ -59,8 +62,15 @@ def test_a_c_plan_carries_the_executors_own_peak():
     # Prepare: a budget only the C trainer meets (its arena, frozen weights in flash)
     model, x = build_model("mcu-cnn")
     # Execute
-    p = edgetrain.plan(model, x, device="nrf52840", batch_size=1, budget_bytes=30_000,
-                       executor="c", precision="fp32")
+    p = edgetrain.plan(
+        model,
+        x,
+        device="nrf52840",
+        batch_size=1,
+        budget_bytes=30_000,
+        executor="c",
+        precision="fp32",
+    )
     # Assert: the oracle is the C executor's memory model asked directly
     from edgetrain.capture import capture
     from edgetrain.cost import load_device

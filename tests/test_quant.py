@@ -8,15 +8,34 @@ import torch.nn.functional as F
 
 from edgetrain.errors import InvalidArgumentError, UnsupportedOpError
 from edgetrain.models import build_model
-from edgetrain.quant import (AccumulatorOverflowError, Activation, ConvKind, Int8GraphFileError, QAdd,
-                             QConv2d, QLinear, QuantizationError, QuantModel,
-                             QuantSGD, TensorKind, UnsupportedModuleError, WeightStorage,
-                             accuracy_int8, fold_batchnorm, load_graph, memory_summary,
-                             quantize, quantize_multiplier, requantize,
-                             run_int8, save_graph, tensor_sizes)
-
+from edgetrain.quant import (
+    AccumulatorOverflowError,
+    Activation,
+    ConvKind,
+    Int8GraphFileError,
+    QAdd,
+    QConv2d,
+    QLinear,
+    QuantizationError,
+    QuantModel,
+    QuantSGD,
+    TensorKind,
+    UnsupportedModuleError,
+    WeightStorage,
+    accuracy_int8,
+    fold_batchnorm,
+    load_graph,
+    memory_summary,
+    quantize,
+    quantize_multiplier,
+    requantize,
+    run_int8,
+    save_graph,
+    tensor_sizes,
+)
 
 # ---------------------------------------------------------------- an independent numpy oracle
+
 
 def np_requant(acc: np.ndarray, m0: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """Requantisation written from the spec with numpy int64 (single rounding, half up)."""
@@ -33,11 +52,16 @@ def np_conv(x, w, b, stride, pad, groups):
     out = np.zeros((n, o, ho, wo), dtype=np.int64)
     og = o // groups
     for g in range(groups):
-        wg = w[g * og:(g + 1) * og]
+        wg = w[g * og : (g + 1) * og]
         for kh in range(k):
             for kw in range(k):
-                win = xp[:, g * ig:(g + 1) * ig, kh:kh + stride * ho:stride, kw:kw + stride * wo:stride]
-                out[:, g * og:(g + 1) * og] += np.einsum("oi,nihw->nohw", wg[:, :, kh, kw], win)
+                win = xp[
+                    :,
+                    g * ig : (g + 1) * ig,
+                    kh : kh + stride * ho : stride,
+                    kw : kw + stride * wo : stride,
+                ]
+                out[:, g * og : (g + 1) * og] += np.einsum("oi,nihw->nohw", wg[:, :, kh, kw], win)
     return out + b[None, :, None, None]
 
 
@@ -46,11 +70,23 @@ def np_run(graph, q_input: np.ndarray) -> dict[str, np.ndarray]:
     for op in graph.ops:
         if isinstance(op, QConv2d):
             zx, zy = graph.tensor(op.input).zero_point, graph.tensor(op.output).zero_point
-            acc = np_conv(env[op.input] - zx, op.weight.numpy().astype(np.int64),
-                          op.bias.numpy().astype(np.int64), op.stride, op.padding, op.groups)
-            assert np.abs(acc).max() < 2 ** 31
-            y = np_requant(acc, op.multiplier.numpy()[None, :, None, None],
-                           op.shift.numpy()[None, :, None, None]) + zy
+            acc = np_conv(
+                env[op.input] - zx,
+                op.weight.numpy().astype(np.int64),
+                op.bias.numpy().astype(np.int64),
+                op.stride,
+                op.padding,
+                op.groups,
+            )
+            assert np.abs(acc).max() < 2**31
+            y = (
+                np_requant(
+                    acc,
+                    op.multiplier.numpy()[None, :, None, None],
+                    op.shift.numpy()[None, :, None, None],
+                )
+                + zy
+            )
             env[op.output] = np.clip(y, op.act_min, op.act_max)
         elif isinstance(op, QLinear):
             zx, zy = graph.tensor(op.input).zero_point, graph.tensor(op.output).zero_point
@@ -60,10 +96,16 @@ def np_run(graph, q_input: np.ndarray) -> dict[str, np.ndarray]:
         elif isinstance(op, QAdd):
             ta, tb, ty = (graph.tensor(t) for t in (op.a, op.b, op.output))
             one = np.ones((), dtype=np.int64)
-            a = np_requant((env[op.a] - ta.zero_point) * (1 << op.left_shift),
-                           one * op.multiplier_a, one * op.shift_a)
-            b = np_requant((env[op.b] - tb.zero_point) * (1 << op.left_shift),
-                           one * op.multiplier_b, one * op.shift_b)
+            a = np_requant(
+                (env[op.a] - ta.zero_point) * (1 << op.left_shift),
+                one * op.multiplier_a,
+                one * op.shift_a,
+            )
+            b = np_requant(
+                (env[op.b] - tb.zero_point) * (1 << op.left_shift),
+                one * op.multiplier_b,
+                one * op.shift_b,
+            )
             y = np_requant(a + b, one * op.multiplier_out, one * op.shift_out) + ty.zero_point
             env[op.output] = np.clip(y, -128, 127)
         else:
@@ -71,18 +113,20 @@ def np_run(graph, q_input: np.ndarray) -> dict[str, np.ndarray]:
             count = x.shape[2] * x.shape[3]
             s = x.sum(axis=(2, 3))
             # C semantics: (s +/- count/2) / count with truncating division
-            env[op.output] = np.trunc((s + np.where(s >= 0, count // 2, -(count // 2))) / count
-                                      ).astype(np.int64)
+            env[op.output] = np.trunc(
+                (s + np.where(s >= 0, count // 2, -(count // 2))) / count
+            ).astype(np.int64)
     return env
 
 
 # ---------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="module")
 def pretrained():
     """mcu-cnn pretrained on 6,000 samples of classes 0-4 (one epoch, cached in the test cache)."""
-    from edgetrain.tasks import pretrain
     from edgetrain.data import load_dataset
+    from edgetrain.tasks import pretrain
 
     model, example, _ = pretrain(samples=6000, epochs=1)
     model.eval()
@@ -105,43 +149,47 @@ def random_bn_model(name: str, size: int):
 
 # ---------------------------------------------------------------- fixed-point arithmetic
 
+
 def test_requantize_rounds_half_up_and_matches_python_integers():
     # Prepare: multiplier 0.5 is exactly m0 = 2**30, shift 0; random multipliers and accumulators
     m0, shift = quantize_multiplier(0.5)
     g = torch.Generator().manual_seed(0)
     reals = torch.rand(200, generator=g, dtype=torch.float64) * 2.0 ** torch.randint(
-        -20, 2, (200,), generator=g)
-    acc = torch.randint(-2 ** 31, 2 ** 31, (200,), generator=g)
+        -20, 2, (200,), generator=g
+    )
+    acc = torch.randint(-(2**31), 2**31, (200,), generator=g)
     # Execute
     halves = requantize(torch.tensor([3, -3, 5, -5, 1, -1]), torch.tensor(m0), torch.tensor(shift))
     pairs = [quantize_multiplier(float(r)) for r in reals]
     got = requantize(acc, torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs]))
     # Assert: 1.5 -> 2, -1.5 -> -1, 2.5 -> 3, -2.5 -> -2, 0.5 -> 1, -0.5 -> 0 (half towards +inf)
-    assert (m0, shift) == (2 ** 30, 0)
+    assert (m0, shift) == (2**30, 0)
     assert halves.tolist() == [2, -1, 3, -2, 1, 0]
     for r, (m, s), a, y in zip(reals.tolist(), pairs, acc.tolist(), got.tolist()):
-        assert 2 ** 30 <= m < 2 ** 31
-        assert abs(m * 2.0 ** (s - 31) - r) <= r * 2.0 ** -30  # the pair represents r
+        assert 2**30 <= m < 2**31
+        assert abs(m * 2.0 ** (s - 31) - r) <= r * 2.0**-30  # the pair represents r
         n = 31 - s
         assert y == (a * m + (1 << (n - 1))) >> n  # Python's exact integers
-        assert abs(y - a * m / 2 ** n) <= 0.5
+        assert abs(y - a * m / 2**n) <= 0.5
 
 
 def test_requantize_rejects_int32_overflow_and_bad_multipliers():
     # Prepare / Execute / Assert
     with pytest.raises(AccumulatorOverflowError, match="int32"):
-        requantize(torch.tensor([2 ** 31]), torch.tensor(2 ** 30), torch.tensor(0))
-    for bad in (0.0, -1.0, float("nan"), 2.0 ** 40):
+        requantize(torch.tensor([2**31]), torch.tensor(2**30), torch.tensor(0))
+    for bad in (0.0, -1.0, float("nan"), 2.0**40):
         with pytest.raises(QuantizationError):
             quantize_multiplier(bad)
 
 
 # ---------------------------------------------------------------- the int8 graph, bit for bit
 
+
 def test_mcu_cnn_int8_graph_matches_numpy_int64_reference(pretrained):
     # Prepare
     model, example, graph = pretrained
     from edgetrain.data import load_dataset
+
     x = load_dataset("fashion-mnist:5-9", split="test", limit=16).x
     q_in = graph.quantize_input(x)
     # Execute
@@ -174,16 +222,24 @@ def test_mobilenet_blocks_int8_graph_matches_numpy_reference(name, size):
 
 def test_int8_inference_accuracy_close_to_fp32(pretrained):
     # Prepare
-    from edgetrain.tasks import accuracy
     from edgetrain.data import load_dataset
+    from edgetrain.tasks import accuracy
+
     model, example, graph = pretrained
     test = load_dataset("fashion-mnist:0-4", split="test", limit=400)
     # Execute
     acc32 = accuracy(model, test.x, test.y)
     acc8 = accuracy_int8(graph, test.x, test.y)
     with torch.no_grad():
-        agree = (run_int8(graph, graph.quantize_input(test.x)).long().argmax(1)
-                 == model(test.x).argmax(1)).float().mean().item()
+        agree = (
+            (
+                run_int8(graph, graph.quantize_input(test.x)).long().argmax(1)
+                == model(test.x).argmax(1)
+            )
+            .float()
+            .mean()
+            .item()
+        )
     # Assert
     assert acc32 > 0.5  # 5 classes: chance is 0.2
     assert abs(acc8 - acc32) <= 0.02, (acc8, acc32)
@@ -218,20 +274,24 @@ def test_training_forward_is_the_integer_graph(pretrained, storage):
     logits = qm(x).detach()
     ref = np_run(trained, trained.quantize_input(x).numpy())[trained.output]
     # Assert: the weights changed and the training forward equals the numpy integer reference
-    assert any(not torch.equal(a.weight, b.weight)
-               for a, b in zip(trained.weighted_ops, graph.weighted_ops))
+    assert any(
+        not torch.equal(a.weight, b.weight)
+        for a, b in zip(trained.weighted_ops, graph.weighted_ops)
+    )
     out = trained.tensor(trained.output)
-    assert np.array_equal(np.round(logits.numpy() / out.scale + out.zero_point).astype(np.int64),
-                          ref)
+    assert np.array_equal(
+        np.round(logits.numpy() / out.scale + out.zero_point).astype(np.int64), ref
+    )
     if storage is WeightStorage.INT8:
         for p in qm.parameters():
             assert torch.equal(p, p.round())
-            assert float(p.detach().abs().max()) <= 2 ** 31
+            assert float(p.detach().abs().max()) <= 2**31
         for w in qm.weights.values():
             assert float(w.detach().abs().max()) <= 127
 
 
 # ---------------------------------------------------------------- QAS against autograd
+
 
 def test_qas_gradients_follow_the_inverse_square_scale_of_autograd(pretrained):
     # Prepare: the classifier is the only trainable layer; the oracle is plain autograd on the
@@ -255,8 +315,14 @@ def test_qas_gradients_follow_the_inverse_square_scale_of_autograd(pretrained):
     feats = torch.tensor(env[cls.input], dtype=torch.float64)
     q_logits = torch.tensor(env[graph.output], dtype=torch.float64)
     acc = env[cls.input] - zx
-    pre = np_requant(acc @ cls.weight.numpy().astype(np.int64).T + cls.bias.numpy(),
-                     cls.multiplier.numpy()[None], cls.shift.numpy()[None]) + out_t.zero_point
+    pre = (
+        np_requant(
+            acc @ cls.weight.numpy().astype(np.int64).T + cls.bias.numpy(),
+            cls.multiplier.numpy()[None],
+            cls.shift.numpy()[None],
+        )
+        + out_t.zero_point
+    )
     inside = torch.tensor((pre >= -128) & (pre <= 127))  # saturated logits pass no gradient
     w_real = (cls.weight.double() * sw.view(-1, 1)).requires_grad_()
     b_real = (cls.bias.double() * sx * sw).requires_grad_()
@@ -297,6 +363,7 @@ def test_sparse_update_trains_only_the_chosen_layers(pretrained):
 def test_short_training_run_qas_loss_decreases_and_beats_no_qas(pretrained):
     # Prepare: learn the new classes 5-9 from the 0-4 model, same samples and lr for both
     from edgetrain.data import load_dataset
+
     _, _, graph = pretrained
     train = load_dataset("fashion-mnist:5-9", split="train", limit=960, seed=0)
     batches = list(train.batches(16, seed=0))
@@ -323,11 +390,15 @@ def test_short_training_run_qas_loss_decreases_and_beats_no_qas(pretrained):
 
 # ---------------------------------------------------------------- sizes, files, errors
 
+
 def test_int8_tensor_sizes_are_real_sizes(pretrained):
     # Prepare
     model, example, graph = pretrained
-    conv_params = sum(m.weight.numel() for m in model.modules()
-                      if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    conv_params = sum(
+        m.weight.numel()
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    )
     # Execute
     sizes = tensor_sizes(graph, batch_size=2, trainable=["classifier"])
     mem = memory_summary(sizes)
@@ -339,7 +410,12 @@ def test_int8_tensor_sizes_are_real_sizes(pretrained):
     assert mem.largest_activation_bytes == first.nbytes
     assert mem.master_bytes == mem.gradient_bytes == 4 * (10 * 32 + 10)
     assert {s.module for s in sizes if s.kind is TensorKind.WEIGHT} == {
-        "features.0.0", "features.1.0", "features.2.0", "features.3.0", "classifier"}
+        "features.0.0",
+        "features.1.0",
+        "features.2.0",
+        "features.3.0",
+        "classifier",
+    }
 
 
 def test_save_and_load_graph_round_trip(pretrained, tmp_path):
@@ -350,7 +426,9 @@ def test_save_and_load_graph_round_trip(pretrained, tmp_path):
     path = save_graph(graph, tmp_path / "g.safetensors")
     back = load_graph(path)
     # Assert
-    assert torch.equal(run_int8(back, back.quantize_input(x)), run_int8(graph, graph.quantize_input(x)))
+    assert torch.equal(
+        run_int8(back, back.quantize_input(x)), run_int8(graph, graph.quantize_input(x))
+    )
     assert [type(o) for o in back.ops] == [type(o) for o in graph.ops]
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
     with pytest.raises(Int8GraphFileError):
@@ -383,6 +461,7 @@ def test_weight_headroom_widens_the_scale_and_is_validated(pretrained):
     # Prepare
     model, example, graph = pretrained
     from edgetrain.data import load_dataset
+
     cal = load_dataset("fashion-mnist:0-4", split="train", limit=128, seed=3)
     # Execute
     wide = quantize(model, cal.x, name="mcu-cnn", weight_headroom={"classifier": 4.0})

@@ -13,23 +13,34 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgetrain.prepare import SAFETY_MARGIN, PlanRequest, plan, to_plan, trainable_policy
-from edgetrain.prepare._profile import host_kernels
 from edgetrain.capture import capture
 from edgetrain.cost import Optimizer, load_device
 from edgetrain.measure import MemoryMeter, storage_bytes
 from edgetrain.models import build_model
-from edgetrain.planner import ActivationDecision, Objective, Plan, Strategy
+from edgetrain.planner import ActivationDecision, Plan, Strategy
 from edgetrain.planner._problem import Problem
 from edgetrain.planner._solvers import PlanInfeasibleError
+from edgetrain.prepare import SAFETY_MARGIN, PlanRequest, plan, to_plan, trainable_policy
+from edgetrain.prepare._profile import host_kernels
 from edgetrain.runtime import NonFiniteLossError, Trainer
 
 K, R, P = ActivationDecision.KEEP, ActivationDecision.RECOMPUTE, ActivationDecision.PAGE
 BN = torch.nn.BatchNorm2d
 
 
-def forced_plan(model, x, name, batch, micro, pattern, *, in_place=False, freeze_bn=False,
-                optimizer="sgd", policy="all"):
+def forced_plan(
+    model,
+    x,
+    name,
+    batch,
+    micro,
+    pattern,
+    *,
+    in_place=False,
+    freeze_bn=False,
+    optimizer="sgd",
+    policy="all",
+):
     """A plan with chosen activation decisions: `pattern` cycles over the wrappable stages;
     `policy` chooses what trains (as `edgetrain plan --policy`)."""
     if freeze_bn:
@@ -41,10 +52,16 @@ def forced_plan(model, x, name, batch, micro, pattern, *, in_place=False, freeze
     g = capture(model, x, batch_size=micro, name=name)
     model.train()
     trainable = trainable_policy(g, policy)
-    prob = Problem(g, load_device("rpi4"), 1 << 40, optimizer=Optimizer.parse(optimizer),
-                   trainable=trainable, in_place_update=in_place,
-                   accumulation_steps=batch // micro,
-                   kernels=host_kernels(g, g.requires_grad_for(trainable)))
+    prob = Problem(
+        g,
+        load_device("rpi4"),
+        1 << 40,
+        optimizer=Optimizer.parse(optimizer),
+        trainable=trainable,
+        in_place_update=in_place,
+        accumulation_steps=batch // micro,
+        kernels=host_kernels(g, g.requires_grad_for(trainable)),
+    )
     dec, k = [], 0
     for stage, allowed in zip(prob.stages, prob.choices):
         d = pattern[k % len(pattern)] if stage.wrappable else K
@@ -53,13 +70,16 @@ def forced_plan(model, x, name, batch, micro, pattern, *, in_place=False, freeze
     ev = prob.evaluate(tuple(dec))
     strategy = Strategy.EXACT if policy == "all" else Strategy.AUTO
     request = PlanRequest(device="rpi4", batch_size=batch, strategy=strategy, name=name)
-    return to_plan(ev, prob, request, budget_bytes=ev.peak_bytes, freeze_batch_norm=freeze_bn,
-                   policy=policy)
+    return to_plan(
+        ev, prob, request, budget_bytes=ev.peak_bytes, freeze_batch_norm=freeze_bn, policy=policy
+    )
 
 
 def plain_steps(model, xs, ys, lr, freeze_bn, optimizer="sgd"):
-    opt = {"sgd": lambda: torch.optim.SGD(model.parameters(), lr=lr),
-           "momentum": lambda: torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)}[optimizer]()
+    opt = {
+        "sgd": lambda: torch.optim.SGD(model.parameters(), lr=lr),
+        "momentum": lambda: torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
+    }[optimizer]()
     for xb, yb in zip(xs, ys):
         model.train()
         if freeze_bn:
@@ -73,8 +93,12 @@ def plain_steps(model, xs, ys, lr, freeze_bn, optimizer="sgd"):
 
 def batches(x, batch, steps, classes=10):
     g = torch.Generator().manual_seed(1)
-    xs = [torch.randn(batch, *x.shape[1:], generator=g) if x.dtype.is_floating_point else
-          torch.randint(0, 1000, (batch, *x.shape[1:]), generator=g) for _ in range(steps)]
+    xs = [
+        torch.randn(batch, *x.shape[1:], generator=g)
+        if x.dtype.is_floating_point
+        else torch.randint(0, 1000, (batch, *x.shape[1:]), generator=g)
+        for _ in range(steps)
+    ]
     ys = [torch.randint(0, classes, (batch,), generator=g) for _ in range(steps)]
     return xs, ys
 
@@ -96,8 +120,9 @@ EXACT_CASES = [
 
 
 @pytest.mark.parametrize("name,batch,micro,pattern,in_place,freeze_bn", EXACT_CASES)
-def test_exact_plans_give_plain_pytorch_parameters(name, batch, micro, pattern, in_place,
-                                                   freeze_bn):
+def test_exact_plans_give_plain_pytorch_parameters(
+    name, batch, micro, pattern, in_place, freeze_bn
+):
     # Prepare
     torch.manual_seed(0)
     model, x = build_model(name, pretrained=False, num_classes=10)
@@ -130,16 +155,21 @@ def test_trainer_restores_the_model_on_exit():
     assert not frozen.requires_grad
     assert all("forward" not in vars(m) for m in model.modules())
     assert {n: m.forward.__func__ for n, m in model.named_modules()} == {
-        n: f.__func__ for n, f in forwards.items()}
+        n: f.__func__ for n, f in forwards.items()
+    }
 
 
 def _measure_plan(model, p, xs, ys):
     peaks = []
     with Trainer(model, p, lr=0.01) as t:
         for xb, yb in zip(xs, ys):
-            opt_state = [v for o in ([t.optimizer] if t.optimizer else t._per_param_opt.values())
-                         for st in o.state.values() for v in st.values()
-                         if isinstance(v, torch.Tensor)]
+            opt_state = [
+                v
+                for o in ([t.optimizer] if t.optimizer else t._per_param_opt.values())
+                for st in o.state.values()
+                for v in st.values()
+                if isinstance(v, torch.Tensor)
+            ]
             state = list(model.parameters()) + list(model.buffers()) + opt_state
             with MemoryMeter(storage_bytes(state + [xb, yb])) as m:
                 t.step(xb, yb)
@@ -147,18 +177,33 @@ def _measure_plan(model, p, xs, ys):
     return max(peaks)
 
 
-MODELS = ("mcu-cnn", "mbv2-w0.35", "mcunet", "resnet18", "resnet18-cifar", "transformer-tiny",
-          "minilm")
+MODELS = (
+    "mcu-cnn",
+    "mbv2-w0.35",
+    "mcunet",
+    "resnet18",
+    "resnet18-cifar",
+    "transformer-tiny",
+    "minilm",
+)
 # The default run keeps the small cases (about 30 s on 2 cores); the rest is `slow`
 # (EDGETRAIN_SLOW=1, `make test-all`): the large models take 5 s to 2 min per case, mostly
 # planning over every micro-batch size.
-FAST = {("mcu-cnn", 1), ("mcu-cnn", 8), ("transformer-tiny", 1), ("transformer-tiny", 8),
-        ("mbv2-w0.35", 1), ("mcunet", 1)}
+FAST = {
+    ("mcu-cnn", 1),
+    ("mcu-cnn", 8),
+    ("transformer-tiny", 1),
+    ("transformer-tiny", 8),
+    ("mbv2-w0.35", 1),
+    ("mcunet", 1),
+}
 MEMORY_CASES = [(m, b, f) for m in MODELS for b in (1, 8) for f in (1.0, 0.5, 0.25)]
 
 
-@pytest.mark.parametrize("name,batch,frac", [
-    c if (c[0], c[1]) in FAST else pytest.param(*c, marks=pytest.mark.slow) for c in MEMORY_CASES])
+@pytest.mark.parametrize(
+    "name,batch,frac",
+    [c if (c[0], c[1]) in FAST else pytest.param(*c, marks=pytest.mark.slow) for c in MEMORY_CASES],
+)
 def test_measured_peak_within_budget_and_prediction(name, batch, frac):
     """Acceptance: every reference model x budgets of 100 / 50 / 25 % of the keep-all
     activation memory x batch 1 and 8: measured peak <= budget and <= 1.10 x predicted, or a
@@ -171,19 +216,31 @@ def test_measured_peak_within_budget_and_prediction(name, batch, frac):
     prof = profile(model, x, device="rpi4", batch_size=batch, name=name)
     budget = prof.cost.peak_bytes - int((1 - frac) * prof.cost.activation_bytes)
     try:
-        p = plan(model, x, device="rpi4", budget_bytes=budget, batch_size=batch,
-                 strategy="exact", name=name)
+        p = plan(
+            model,
+            x,
+            device="rpi4",
+            budget_bytes=budget,
+            batch_size=batch,
+            strategy="exact",
+            name=name,
+        )
     except PlanInfeasibleError as e:  # allowed, if the error says why with its numbers
-        smallest = int(re.search(r"smallest achievable peak is ([\d,]+) bytes", str(e))
-                       .group(1).replace(",", ""))
+        smallest = int(
+            re.search(r"smallest achievable peak is ([\d,]+) bytes", str(e))
+            .group(1)
+            .replace(",", "")
+        )
         assert smallest > budget * (1 - SAFETY_MARGIN), str(e)
         print(f"\nMEMORY-ROW {name} {batch} {frac} {budget} infeasible {smallest}")
         return
     xs, ys = batches(x, batch, 2)
     # Execute
     measured = _measure_plan(model, p, xs, ys)
-    print(f"\nMEMORY-ROW {name} {batch} {frac} {budget} {p.predicted_peak_bytes} {measured} "
-          f"{p.micro_batch_size} {''.join(st.decision.value[0] for st in p.stages)}")
+    print(
+        f"\nMEMORY-ROW {name} {batch} {frac} {budget} {p.predicted_peak_bytes} {measured} "
+        f"{p.micro_batch_size} {''.join(st.decision.value[0] for st in p.stages)}"
+    )
     # Assert
     assert measured <= budget
     assert measured <= 1.10 * p.predicted_peak_bytes
@@ -218,9 +275,17 @@ SPARSE_CASES = [
     # A frozen prefix of a model whose forward holds Python locals (q, k, v, scores, probs in
     # the attention) keeps them past their last use until the module returns; the graph
     # cannot see this (measured 1,455,720 vs 1,259,112 predicted, +15.6 %).
-    pytest.param("transformer-tiny", 8, [K], "last:2", marks=pytest.mark.xfail(
-        strict=True, reason="known gap: Python locals in a frozen forward outlive their "
-                            "last use; not in the graph")),
+    pytest.param(
+        "transformer-tiny",
+        8,
+        [K],
+        "last:2",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="known gap: Python locals in a frozen forward outlive their "
+            "last use; not in the graph",
+        ),
+    ),
 ]
 
 
@@ -235,7 +300,9 @@ def test_sparse_schedules_peak_matches_allocator(name, batch, pattern, policy):
     measured = _measure_plan(model, p, xs, ys)
     # Assert
     assert abs(measured - p.predicted_peak_bytes) <= 0.005 * measured, (
-        measured, p.predicted_peak_bytes)
+        measured,
+        p.predicted_peak_bytes,
+    )
 
 
 @pytest.mark.parametrize("name,batch,micro,pattern,freeze_bn", SCHEDULE_CASES)
@@ -250,7 +317,9 @@ def test_forced_schedules_peak_matches_allocator(name, batch, micro, pattern, fr
     measured = _measure_plan(model, p, xs, ys)
     # Assert: within 0.5 % (a few hundred bytes of small-tensor slack on the smallest model)
     assert abs(measured - p.predicted_peak_bytes) <= 0.005 * measured, (
-        measured, p.predicted_peak_bytes)
+        measured,
+        p.predicted_peak_bytes,
+    )
 
 
 def test_paging_store_writes_what_the_plan_predicts_never_the_batch():
@@ -311,9 +380,23 @@ def test_plan_json_round_trip():
 
 
 def _train_cmd(plan_path, ckdir, steps):
-    return [sys.executable, "-m", "edgetrain.cli", "train", "--plan", str(plan_path), "--data",
-            "digits:0-4", "--steps", str(steps), "--resume", str(ckdir), "--checkpoint-every",
-            "1", "--json"]
+    return [
+        sys.executable,
+        "-m",
+        "edgetrain.cli",
+        "train",
+        "--plan",
+        str(plan_path),
+        "--data",
+        "digits:0-4",
+        "--steps",
+        str(steps),
+        "--resume",
+        str(ckdir),
+        "--checkpoint-every",
+        "1",
+        "--json",
+    ]
 
 
 def test_kill_dash_nine_then_resume_matches_uninterrupted(tmp_path):
@@ -326,11 +409,20 @@ def test_kill_dash_nine_then_resume_matches_uninterrupted(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     steps = 400  # long enough (fsync per step) that the kill lands mid-run, not after it
     # Execute: uninterrupted run
-    full = subprocess.run(_train_cmd(plan_path, tmp_path / "a", steps), capture_output=True,
-                          text=True, env=env, check=True)
+    full = subprocess.run(
+        _train_cmd(plan_path, tmp_path / "a", steps),
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     # ... and a run killed with SIGKILL mid-training, then resumed
-    proc = subprocess.Popen(_train_cmd(plan_path, tmp_path / "b", steps), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _train_cmd(plan_path, tmp_path / "b", steps),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     prog = tmp_path / "b" / "progress.json"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -340,8 +432,13 @@ def test_kill_dash_nine_then_resume_matches_uninterrupted(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = json.loads(prog.read_text())["step"]
-    resumed = subprocess.run(_train_cmd(plan_path, tmp_path / "b", steps), capture_output=True,
-                             text=True, env=env, check=True)
+    resumed = subprocess.run(
+        _train_cmd(plan_path, tmp_path / "b", steps),
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     # Assert
     assert 3 <= killed_at < steps
     from safetensors.torch import load_file
@@ -363,6 +460,7 @@ def _crash_once_at_step(n, real):
         if isinstance(obj, dict) and obj.get("step") == n:
             raise _Crash(f"killed after committing step {n}")
         return real(obj, path, *a, **k)
+
     return write
 
 
@@ -386,8 +484,9 @@ def test_kill_at_every_checkpoint_instant_resumes_exactly(tmp_path, monkeypatch,
     # while the step-4 tensor file is half written (its rename never happens)
     model.load_state_dict(init)
     if where == "after-commit":
-        monkeypatch.setattr(_loop, "write_json_atomic",
-                            _crash_once_at_step(4, _loop.write_json_atomic))
+        monkeypatch.setattr(
+            _loop, "write_json_atomic", _crash_once_at_step(4, _loop.write_json_atomic)
+        )
     else:
         real_save, calls = _checkpoint.save_file, []
 
@@ -398,6 +497,7 @@ def test_kill_at_every_checkpoint_instant_resumes_exactly(tmp_path, monkeypatch,
                     f.write(b"\x00" * 100)
                 raise _Crash("killed while writing step 4")
             return real_save(data, path, metadata=metadata)
+
         monkeypatch.setattr(_checkpoint, "save_file", torn)
     with pytest.raises(_Crash):
         _loop.train_loop(model, p, xs, ys, checkpoint_dir=tmp_path / "b", **run)
@@ -425,12 +525,20 @@ def test_resume_from_a_foreign_file_is_a_typed_error(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "b" / "state.safetensors"))
     # Execute / Assert
     with pytest.raises(InvalidArgumentError, match="not an edgetrain training checkpoint"):
-        _loop.train_loop(model, p, x.repeat(2, 1, 1, 1), torch.zeros(2, dtype=torch.long),
-                         steps=1, checkpoint_dir=tmp_path / "b", show_progress=False)
+        _loop.train_loop(
+            model,
+            p,
+            x.repeat(2, 1, 1, 1),
+            torch.zeros(2, dtype=torch.long),
+            steps=1,
+            checkpoint_dir=tmp_path / "b",
+            show_progress=False,
+        )
 
 
-@pytest.mark.parametrize("policy,frozen_stats", [("last:1", True), ("bias-only", True),
-                                                 (None, False)])
+@pytest.mark.parametrize(
+    "policy,frozen_stats", [("last:1", True), ("bias-only", True), (None, False)]
+)
 def test_sparse_plans_freeze_batch_norm_statistics(policy, frozen_stats):
     # Prepare: mcu-cnn (batch norm throughout), a roomy budget so both BN modes fit
     torch.manual_seed(0)
@@ -489,10 +597,16 @@ def test_planner_searches_the_stage_cut_and_keeps_the_cheapest():
     everything = frozenset(q.name for q in g.params)
     latency = {}
     for depth in valid_depths(g):
-        prob = Problem(g, dev, int(budget * (1 - SAFETY_MARGIN)),
-                       accumulation_steps=p.accumulation_steps, in_place_update=p.in_place_update,
-                       trainable=everything, stage_depth=depth,
-                       kernels=host_kernels(g, g.requires_grad_for(everything)))
+        prob = Problem(
+            g,
+            dev,
+            int(budget * (1 - SAFETY_MARGIN)),
+            accumulation_steps=p.accumulation_steps,
+            in_place_update=p.in_place_update,
+            trainable=everything,
+            stage_depth=depth,
+            kernels=host_kernels(g, g.requires_grad_for(everything)),
+        )
         try:
             latency[depth] = SOLVERS["dp"](prob).latency_s
         except PlanInfeasibleError:

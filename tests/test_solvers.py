@@ -4,13 +4,13 @@ re-validated."""
 import pytest
 import torch
 
-from edgetrain.prepare._profile import host_kernels
 from edgetrain.capture import capture
 from edgetrain.cost import load_device
 from edgetrain.models import build_model
 from edgetrain.planner import ActivationDecision
 from edgetrain.planner._problem import Problem
 from edgetrain.planner._solvers import BASELINES, SOLVERS, PlanInfeasibleError
+from edgetrain.prepare._profile import host_kernels
 
 INSTANCES = [("mbv2-w0.35", 1), ("resnet18-cifar", 1), ("transformer-tiny", 4)]
 
@@ -25,8 +25,9 @@ def _problem(name, batch, frac, objective="time"):
     keep = base.evaluate(tuple(ActivationDecision.KEEP for _ in base.stages))
     act = g.activation_bytes
     budget = keep.peak_bytes - int((1 - frac) * act)
-    return Problem(g, load_device("nrf52840"), budget, objective=Objective(objective),
-                   kernels=host_kernels(g))
+    return Problem(
+        g, load_device("nrf52840"), budget, objective=Objective(objective), kernels=host_kernels(g)
+    )
 
 
 def _validate(p: Problem, ev) -> None:

@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 
 import edgetrain
-from edgetrain.prepare._sparse import fisher_candidates, fisher_information, score_layers
 from edgetrain.capture import capture
 from edgetrain.cost import load_device
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.models import build_model
+from edgetrain.prepare._sparse import fisher_candidates, fisher_information, score_layers
 
 
 def _samples(x, n, seed=0):
@@ -77,12 +77,28 @@ def test_auto_with_calibration_trains_the_largest_fisher_prefix_that_fits():
     torch.manual_seed(0)
     model, x = build_model("mcu-cnn", pretrained=False)
     cal = _samples(x, 8)
-    full = edgetrain.plan(model, x, device="nrf52840", batch_size=8, strategy="keep-all",
-                          budget_bytes=1 << 30, name="mcu-cnn")
+    full = edgetrain.plan(
+        model,
+        x,
+        device="nrf52840",
+        batch_size=8,
+        strategy="keep-all",
+        budget_bytes=1 << 30,
+        name="mcu-cnn",
+    )
     budget = int(full.predicted_peak_bytes * 0.15)  # full training needs >= 20 % of it
     # Execute
-    p = edgetrain.plan(model, x, device="nrf52840", batch_size=8, budget_bytes=budget,
-                       strategy="auto", policy="fisher", calibration=cal, name="mcu-cnn")
+    p = edgetrain.plan(
+        model,
+        x,
+        device="nrf52840",
+        batch_size=8,
+        budget_bytes=budget,
+        strategy="auto",
+        policy="fisher",
+        calibration=cal,
+        name="mcu-cnn",
+    )
     # Assert: fits, trains a Fisher prefix, and the next larger prefix could not be planned
     assert p.predicted_peak_bytes <= budget
     assert p.notes[0].startswith("trainable policy: fisher:top-")
@@ -92,8 +108,16 @@ def test_auto_with_calibration_trains_the_largest_fisher_prefix_that_fits():
     assert chosen in cands
     larger = cands[cands.index(chosen) - 1]
     with pytest.raises(edgetrain.PlanInfeasibleError):
-        edgetrain.plan(model, x, device="nrf52840", batch_size=8, budget_bytes=budget,
-                       strategy="auto", policy=",".join(sorted(larger)), name="mcu-cnn")
+        edgetrain.plan(
+            model,
+            x,
+            device="nrf52840",
+            batch_size=8,
+            budget_bytes=budget,
+            strategy="auto",
+            policy=",".join(sorted(larger)),
+            name="mcu-cnn",
+        )
 
 
 def test_fisher_policy_errors_say_what_to_pass():
@@ -101,7 +125,13 @@ def test_fisher_policy_errors_say_what_to_pass():
     with pytest.raises(InvalidArgumentError, match="calibration"):
         edgetrain.plan(model, x, device="nrf52840", policy="fisher")
     with pytest.raises(InvalidArgumentError, match="strategy auto"):
-        edgetrain.plan(model, x, device="nrf52840", policy="fisher", strategy="sqrt",
-                       calibration=_samples(x, 2))
+        edgetrain.plan(
+            model,
+            x,
+            device="nrf52840",
+            policy="fisher",
+            strategy="sqrt",
+            calibration=_samples(x, 2),
+        )
     with pytest.raises(InvalidArgumentError, match="same number of samples"):
         fisher_information(model, (torch.zeros(3, 1, 28, 28), torch.zeros(2, dtype=torch.long)))

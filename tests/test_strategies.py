@@ -18,8 +18,19 @@ import torch.nn.functional as F
 from edgetrain.models import build_model
 from edgetrain.planner import ActivationDecision, Objective
 from edgetrain.planner._solvers import PlanInfeasibleError
-from edgetrain.strategies import SystemName, UnknownSystemError, get_system, system_names
-from edgetrain.strategies import _arena, _auto, _melon, _poet, _sage, _tinyol, _tinytl
+from edgetrain.strategies import (
+    SystemName,
+    UnknownSystemError,
+    _arena,
+    _auto,
+    _melon,
+    _poet,
+    _sage,
+    _tinyol,
+    _tinytl,
+    get_system,
+    system_names,
+)
 from edgetrain.strategies._arena import Block
 
 
@@ -72,7 +83,7 @@ def test_full_trains_exactly_like_plain_pytorch_sgd():
     order = torch.randperm(16, generator=torch.Generator().manual_seed(3))
     oracle.train()
     for s in range(4):
-        idx = order[s * 4:(s + 1) * 4]
+        idx = order[s * 4 : (s + 1) * 4]
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(oracle(x[idx]), y[idx]).backward()
         opt.step()
@@ -80,20 +91,32 @@ def test_full_trains_exactly_like_plain_pytorch_sgd():
     assert report.steps == 4 and report.samples == 16
     for (n, a), (_, b) in zip(model.state_dict().items(), oracle.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
-    assert abs(report.measured_peak_bytes - prepared.predicted_peak_bytes) <= 0.01 * report.measured_peak_bytes
+    assert (
+        abs(report.measured_peak_bytes - prepared.predicted_peak_bytes)
+        <= 0.01 * report.measured_peak_bytes
+    )
 
 
 # -- auto: task-adaptive selection by validation (NOTE [ Task-adaptive selection ]) -------------
-def test_auto_chooses_layers_and_batch_by_validation_and_the_choice_reproduces(pretrained,
-                                                                              new_classes):
+def test_auto_chooses_layers_and_batch_by_validation_and_the_choice_reproduces(
+    pretrained, new_classes
+):
     # Prepare: 96 local samples, 72 to train pilots on and 24 to validate on
     model, example = pretrained
     train, _ = new_classes
     x, y = train.x[:96], train.y[:96]
     start = copy.deepcopy(model.state_dict())
     # Execute
-    prepared = _auto.prepare(model, example, device="nrf52840", batch_size=4, name="mcu-cnn",
-                             analysis=(x, y), lr=0.05, seed=2)
+    prepared = _auto.prepare(
+        model,
+        example,
+        device="nrf52840",
+        batch_size=4,
+        name="mcu-cnn",
+        analysis=(x, y),
+        lr=0.05,
+        seed=2,
+    )
     tried = dict(prepared.state)["selection"]
     # Assert: every layer count at every batch 1, 2, 4 that fits was tried; the winner has the
     # best validation accuracy (ties: lower peak), and it is what the plan trains
@@ -102,8 +125,16 @@ def test_auto_chooses_layers_and_batch_by_validation_and_the_choice_reproduces(p
     best = max(tried, key=lambda c: (c.validation_accuracy, -c.predicted_peak_bytes))
     assert prepared.plan.batch_size == best.batch_size
     assert prepared.predicted_peak_bytes == best.predicted_peak_bytes
-    assert len({n.rsplit(".", 1)[0] for n in prepared.plan.trainable()
-                if dict(model.named_parameters())[n].dim() >= 2}) == best.layers
+    assert (
+        len(
+            {
+                n.rsplit(".", 1)[0]
+                for n in prepared.plan.trainable()
+                if dict(model.named_parameters())[n].dim() >= 2
+            }
+        )
+        == best.layers
+    )
     assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())  # pilots copy
     # Assert (oracle): plain PyTorch SGD of the same parameters, batch, order and batch-norm
     # mode, for the 96-sample budget's steps cycling over the 72 samples, gives the winner's
@@ -139,21 +170,26 @@ def test_auto_without_local_samples_is_the_planners_plan_and_rejects_too_few():
 
 def test_full_that_does_not_fit_raises_a_typed_error_with_the_numbers():
     model, example = build_model("mcu-cnn")
-    with pytest.raises(PlanInfeasibleError, match=r"no plan fits 60,000 bytes.*smallest achievable peak"):
-        get_system("full").prepare(model, example, device="nrf52840", budget_bytes=60_000,
-                                   batch_size=4)
+    with pytest.raises(
+        PlanInfeasibleError, match=r"no plan fits 60,000 bytes.*smallest achievable peak"
+    ):
+        get_system("full").prepare(
+            model, example, device="nrf52840", budget_bytes=60_000, batch_size=4
+        )
 
 
 # -- poet: recompute and page, minimum energy under a deadline --------------------------------
 def test_poet_plans_recompute_and_page_under_a_tight_budget_and_the_step_stays_within_it():
     # Prepare: the SAMD21's slow core makes recomputation cost energy, so paging pays off too
     model, example = build_model("mcu-cnn")
-    full_peak = get_system("full").prepare(model, example, device="rpi4",
-                                           batch_size=4).predicted_peak_bytes
+    full_peak = (
+        get_system("full").prepare(model, example, device="rpi4", batch_size=4).predicted_peak_bytes
+    )
     budget = int(0.85 * full_peak)
     # Execute
-    prepared = _poet.prepare(model, example, device="samd21", budget_bytes=budget, batch_size=4,
-                             deadline_s=100.0)
+    prepared = _poet.prepare(
+        model, example, device="samd21", budget_bytes=budget, batch_size=4, deadline_s=100.0
+    )
     x, y = torch.randn(12, 1, 28, 28), torch.randint(0, 10, (12,))
     report = _poet.SYSTEM.train(prepared, x, y, samples=12, measure_steps=2)
     # Assert
@@ -177,10 +213,12 @@ def test_tinyol_learns_from_a_batch_1_stream_and_adds_the_new_classes(pretrained
     # Prepare
     model, example = pretrained
     train, test = new_classes
-    backbone_before = {k: v.clone() for k, v in model.state_dict().items()
-                       if not k.startswith("classifier")}
-    prepared = _tinyol.prepare(copy.deepcopy(model), example, device="nrf52840",
-                               known_classes=range(5))
+    backbone_before = {
+        k: v.clone() for k, v in model.state_dict().items() if not k.startswith("classifier")
+    }
+    prepared = _tinyol.prepare(
+        copy.deepcopy(model), example, device="nrf52840", known_classes=range(5)
+    )
     tol = prepared.model
     acc_before = _accuracy(tol, test.x, test.y)
     # Execute: one pass, one sample at a time
@@ -197,7 +235,10 @@ def test_tinyol_learns_from_a_batch_1_stream_and_adds_the_new_classes(pretrained
     for k, v in tol.backbone.state_dict().items():
         assert torch.equal(v, backbone_before[k]), k  # backbone frozen (BN statistics too)
     assert report.steps == 400
-    assert abs(report.measured_peak_bytes - prepared.predicted_peak_bytes) <= 0.03 * prepared.predicted_peak_bytes
+    assert (
+        abs(report.measured_peak_bytes - prepared.predicted_peak_bytes)
+        <= 0.03 * prepared.predicted_peak_bytes
+    )
 
 
 def test_tinyol_rejects_batches_larger_than_one():
@@ -225,17 +266,25 @@ def test_tinytl_trains_only_biases_lite_residuals_and_the_head(pretrained, new_c
     allowed = set(_tinytl.trainable_names(tl))
     assert changed <= allowed
     assert any(".lite." in k for k in changed) and any(k.endswith(".bias") for k in changed)
-    frozen_weights = [k for k in before if k.endswith(".weight") and ".lite." not in k
-                      and not k.startswith("classifier")]
+    frozen_weights = [
+        k
+        for k in before
+        if k.endswith(".weight") and ".lite." not in k and not k.startswith("classifier")
+    ]
     assert frozen_weights and not (set(frozen_weights) & changed)
     assert sum(isinstance(m, _tinytl.LiteResidual) for m in tl.modules()) == 4
-    assert abs(report.measured_peak_bytes - prepared.predicted_peak_bytes) <= 0.01 * report.measured_peak_bytes
+    assert (
+        abs(report.measured_peak_bytes - prepared.predicted_peak_bytes)
+        <= 0.01 * report.measured_peak_bytes
+    )
 
 
 def test_tinytl_reports_its_memory_against_full_fine_tuning():
     model, example = build_model("mcu-cnn")
     saving = _tinytl.memory_saving(model, example, batch_size=4)
-    assert saving["saving"] == pytest.approx(saving["full_peak_bytes"] / saving["tinytl_peak_bytes"])
+    assert saving["saving"] == pytest.approx(
+        saving["full_peak_bytes"] / saving["tinytl_peak_bytes"]
+    )
 
 
 # -- melon: recompute + micro-batch, a lifetime-aware pool -----------------------------------
@@ -283,8 +332,14 @@ def test_sage_replans_after_a_budget_drop_and_its_measured_peak_stays_under_the_
     first = prepared.plan
     dropped = int(0.45 * first.predicted_peak_bytes)
     # Execute: the budget falls to 45 % of the first plan's peak after 4 steps
-    report = _sage.train(prepared, x, y, samples=96, measure_steps=3,
-                         budget_schedule=lambda s: first.budget_bytes if s < 4 else dropped)
+    report = _sage.train(
+        prepared,
+        x,
+        y,
+        samples=96,
+        measure_steps=3,
+        budget_schedule=lambda s: first.budget_bytes if s < 4 else dropped,
+    )
     # Assert
     assert len(report.notes) == 2
     after = report.notes[1]
@@ -303,16 +358,34 @@ def test_bench_cli_writes_json_markdown_and_plots(tmp_path, capsys):
     # Prepare
     ap = argparse.ArgumentParser()
     register(ap.add_subparsers(dest="command"))
-    args = ap.parse_args(["bench", "--quick", "--out", str(tmp_path), "--strategies", "full",
-                          "tinyol", "auto", "--devices", "nrf52840", "rpi4", "--samples", "48",
-                          "--json"])
+    args = ap.parse_args(
+        [
+            "bench",
+            "--quick",
+            "--out",
+            str(tmp_path),
+            "--strategies",
+            "full",
+            "tinyol",
+            "auto",
+            "--devices",
+            "nrf52840",
+            "rpi4",
+            "--samples",
+            "48",
+            "--json",
+        ]
+    )
     # Execute
     rc = args.fn(args)
     out = json.loads(capsys.readouterr().out)
     # Assert
     assert rc == 0
     assert {p.rsplit("/", 1)[-1] for p in out["plots"]} == {
-        "accuracy_vs_peak.png", "accuracy_vs_energy.png", "energy.png"}
+        "accuracy_vs_peak.png",
+        "accuracy_vs_energy.png",
+        "energy.png",
+    }
     for f in ("bench.json", "bench.md", "accuracy_vs_peak.png", "energy.png"):
         assert (tmp_path / f).stat().st_size > 0
     rows = out["rows"]
@@ -323,7 +396,10 @@ def test_bench_cli_writes_json_markdown_and_plots(tmp_path, capsys):
     for r in rows:
         if r["fits"]:
             assert r["measured_peak_bytes"] > 0 and r["accuracy_after"] is not None
-            assert abs(r["measured_peak_bytes"] - r["predicted_peak_bytes"]) <= 0.05 * r["predicted_peak_bytes"]
+            assert (
+                abs(r["measured_peak_bytes"] - r["predicted_peak_bytes"])
+                <= 0.05 * r["predicted_peak_bytes"]
+            )
     assert (tmp_path / "bench.md").read_text().count("| mcu-cnn |") == 6
     assert len(out["auto_pareto"]) == 2
 
@@ -333,19 +409,27 @@ def test_quick_bench_puts_auto_on_both_pareto_fronts(tmp_path):
     # strategies that came closest to it (TinyOL's stream, TTE's int8 sparse update, full)
     from edgetrain.strategies._bench import config_from_args, run_bench
 
-    cfg = config_from_args(True, systems=["full", "tinyol", "tte", "auto"],
-                           devices=["nrf52840", "rpi4"])
+    cfg = config_from_args(
+        True, systems=["full", "tinyol", "tte", "auto"], devices=["nrf52840", "rpi4"]
+    )
     # Execute
     out = run_bench(cfg, tmp_path, show_progress=False)
     # Assert: on each device no fitting strategy has >= accuracy at <= peak (or <= energy per
     # sample, with or without the selection's energy), one of them strictly
-    assert [(a["device"], a["on_front_accuracy_vs_peak"], a["on_front_accuracy_vs_energy"],
-             a["on_front_accuracy_vs_energy_with_preparation"]) for a in out["auto_pareto"]] == [
-        ("nrf52840", True, True, True), ("rpi4", True, True, True)]
+    assert [
+        (
+            a["device"],
+            a["on_front_accuracy_vs_peak"],
+            a["on_front_accuracy_vs_energy"],
+            a["on_front_accuracy_vs_energy_with_preparation"],
+        )
+        for a in out["auto_pareto"]
+    ] == [("nrf52840", True, True, True), ("rpi4", True, True, True)]
     for r in (r for r in out["rows"] if r["samples"]):  # the rows that trained
         assert (r["preparation_energy_j"] > 0) == (r["system"] == "auto")
         assert r["energy_per_sample_with_preparation_j"] == pytest.approx(
-            r["energy_per_sample_j"] + r["preparation_energy_j"] / r["samples"])
+            r["energy_per_sample_j"] + r["preparation_energy_j"] / r["samples"]
+        )
 
 
 def test_bench_rejects_unknown_strategies_and_models():
@@ -385,8 +469,15 @@ def test_tte_trains_the_int8_graph_with_qas_and_beats_unscaled_sgd(pretrained, n
     calib = train.x[:64]
     accs = {}
     for qas in (True, False):
-        prepared = _tte.prepare(copy.deepcopy(model), example, device="nrf52840", batch_size=4,
-                                calibration=calib, analysis=(train.x, train.y), qas=qas)
+        prepared = _tte.prepare(
+            copy.deepcopy(model),
+            example,
+            device="nrf52840",
+            batch_size=4,
+            calibration=calib,
+            analysis=(train.x, train.y),
+            qas=qas,
+        )
         qm = prepared.model
         frozen = {n: p.clone() for n, p in qm.named_parameters() if not p.requires_grad}
         # Execute
@@ -410,11 +501,13 @@ def test_mandheling_offloads_matmuls_to_the_phone_dsp_and_splits_the_batch_to_fi
     model, example = build_model("mcu-cnn")
     calib = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     # Execute
-    phone = _mandheling.prepare(model, example, device="snapdragon-865", batch_size=8,
-                                calibration=calib)
+    phone = _mandheling.prepare(
+        model, example, device="snapdragon-865", batch_size=8, calibration=calib
+    )
     board = _mandheling.prepare(model, example, device="rpi4", batch_size=8, calibration=calib)
-    tight = _mandheling.prepare(model, example, device="nrf52840", batch_size=8,
-                                budget_bytes=60_000, calibration=calib)
+    tight = _mandheling.prepare(
+        model, example, device="nrf52840", batch_size=8, budget_bytes=60_000, calibration=calib
+    )
     x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
     before = {n: p.clone() for n, p in tight.model.named_parameters()}
     report = _mandheling.train(tight, x, y, samples=16)
@@ -433,8 +526,9 @@ def test_mandheling_offloads_matmuls_to_the_phone_dsp_and_splits_the_batch_to_fi
 
 
 # -- minilearn: int8 -> dequantise -> prune filters to fit -> fp32 retrain -> int8 --------------
-def test_minilearn_prunes_to_fit_retrains_and_ends_with_a_smaller_int8_model(pretrained,
-                                                                               new_classes):
+def test_minilearn_prunes_to_fit_retrains_and_ends_with_a_smaller_int8_model(
+    pretrained, new_classes
+):
     from edgetrain.quant import QuantModel, quantize, run_int8
     from edgetrain.strategies import _minilearn
 
@@ -446,8 +540,15 @@ def test_minilearn_prunes_to_fit_retrains_and_ends_with_a_smaller_int8_model(pre
     budget = 256 * 1024
     original = quantize(model, calib, name="mcu-cnn")
     system = get_system("minilearn")
-    prepared = system.prepare(model, example, device="nrf52840", batch_size=8, name="mcu-cnn",
-                              calibration=calib, min_prune_ratio=0.0)
+    prepared = system.prepare(
+        model,
+        example,
+        device="nrf52840",
+        batch_size=8,
+        name="mcu-cnn",
+        calibration=calib,
+        min_prune_ratio=0.0,
+    )
     before = _accuracy(prepared.model, test.x, test.y)
     # Execute
     report = system.train(prepared, train.x, train.y, samples=1200, lr=0.2)
@@ -464,7 +565,7 @@ def test_minilearn_prunes_to_fit_retrains_and_ends_with_a_smaller_int8_model(pre
     assert _minilearn.int8_macs(graph) < _minilearn.int8_macs(original)
     for producer, kept in state["prune"].kept:
         op = convs[producer]
-        l1 = (op.weight.double().abs().flatten(1).sum(1) * op.weight_scale)
+        l1 = op.weight.double().abs().flatten(1).sum(1) * op.weight_scale
         assert set(kept) == set(torch.topk(l1, len(kept)).indices.tolist())
         assert len(kept) < op.weight.shape[0]
     # it ends as an int8 model: int8 weights, and its forward is the integer graph
@@ -509,5 +610,6 @@ def test_minilearn_rejects_missing_calibration_and_budgets_no_pruning_meets(pret
     with pytest.raises(InvalidArgumentError, match="calibration="):
         _minilearn.prepare(model, example, device="nrf52840")
     with pytest.raises(PlanInfeasibleError, match=r"needs [\d,]+ bytes, over the 10,000-byte"):
-        _minilearn.prepare(model, example, device="nrf52840", budget_bytes=10_000,
-                           batch_size=8, calibration=calib)
+        _minilearn.prepare(
+            model, example, device="nrf52840", budget_bytes=10_000, batch_size=8, calibration=calib
+        )

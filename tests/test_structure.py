@@ -29,8 +29,9 @@ def _layer_of() -> dict[str, int]:
     """Each package or module of the layers contract -> its layer (0 = the top)."""
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
     (layers,) = [c for c in cfg["contracts"] if c["type"] == "layers"]
-    return {name.strip(): i for i, layer in enumerate(layers["layers"])
-            for name in layer.split("|")}
+    return {
+        name.strip(): i for i, layer in enumerate(layers["layers"]) for name in layer.split("|")
+    }
 
 
 def _layers() -> list[str]:
@@ -70,9 +71,12 @@ def _functions(path: Path):
 
 
 def test_no_function_is_longer_than_the_limit():
-    too_long = [f"{p.relative_to(ROOT)}:{line} {name} ({n} lines)"
-                for p in sorted((ROOT / "edgetrain").rglob("*.py"))
-                for name, line, n in _functions(p) if n > MAX_FUNCTION_LINES]
+    too_long = [
+        f"{p.relative_to(ROOT)}:{line} {name} ({n} lines)"
+        for p in sorted((ROOT / "edgetrain").rglob("*.py"))
+        for name, line, n in _functions(p)
+        if n > MAX_FUNCTION_LINES
+    ]
     assert not too_long, "split along natural seams: " + "; ".join(too_long)
 
 
@@ -100,16 +104,24 @@ print("TORCH" if "torch" in sys.modules else "NO-TORCH", rc)
 """
 
 
-@pytest.mark.parametrize("argv, rc", [
-    (["--help"], 0),
-    (["plan", "--help"], 0),
-    (["devices"], 0),
-    (["plan", "--model", "mcu-cnn", "--device", "rpi4", "--batch-size", "0"], 2),
-    (["train", "--plan", "p.json", "--lr", "nan"], 2),
-])
+@pytest.mark.parametrize(
+    "argv, rc",
+    [
+        (["--help"], 0),
+        (["plan", "--help"], 0),
+        (["devices"], 0),
+        (["plan", "--model", "mcu-cnn", "--device", "rpi4", "--batch-size", "0"], 2),
+        (["train", "--plan", "p.json", "--lr", "nan"], 2),
+    ],
+)
 def test_cli_answers_help_devices_and_argument_errors_without_torch(argv, rc):
-    r = subprocess.run([sys.executable, "-c", _NO_TORCH.format(argv=argv)], capture_output=True,
-                       text=True, timeout=120, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH.format(argv=argv)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert r.stdout.strip().splitlines()[-1] == f"NO-TORCH {rc}", r.stdout[-2000:] + r.stderr
     assert "Traceback" not in r.stderr
 

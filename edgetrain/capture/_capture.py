@@ -34,17 +34,17 @@ import hashlib
 import inspect
 import math
 from collections.abc import Callable
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from edgetrain.storage import cache_dir, write_text_atomic
 from edgetrain import validate
 from edgetrain.errors import InvalidArgumentError, UnsupportedOpError
 from edgetrain.ir import SCHEMA_VERSION, Graph, Node, OpKind, Param, Tensor, TensorRole
+from edgetrain.storage import cache_dir, write_text_atomic
 
 _SOURCE_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
@@ -83,11 +83,18 @@ class _Builder:
             self.storages[key] = f"s{len(self.storages)}"
         return self.storages[key]
 
-    def add_tensor(self, name: str, val: torch.Tensor, role: TensorRole,
-                   producer: str | None) -> Tensor:
-        t = Tensor(name=name, shape=tuple(int(d) for d in val.shape), dtype=_dtype(val),
-                   role=role, storage=self.storage_id(val),
-                   storage_bytes=int(val.untyped_storage().nbytes()), producer=producer)
+    def add_tensor(
+        self, name: str, val: torch.Tensor, role: TensorRole, producer: str | None
+    ) -> Tensor:
+        t = Tensor(
+            name=name,
+            shape=tuple(int(d) for d in val.shape),
+            dtype=_dtype(val),
+            role=role,
+            storage=self.storage_id(val),
+            storage_bytes=int(val.untyped_storage().nbytes()),
+            producer=producer,
+        )
         self.tensors[name] = t
         return t
 
@@ -97,8 +104,9 @@ class _Builder:
         nbytes = _numel(shape) * {"float32": 4, "float64": 8, "int64": 8}[dtype]
         sid = f"s{len(self.storages)}"
         self.storages[-len(self.storages) - 1] = sid  # reserve a unique id
-        self.tensors[name] = Tensor(name, tuple(int(d) for d in shape), dtype, TensorRole.AUX,
-                                    sid, nbytes, node)
+        self.tensors[name] = Tensor(
+            name, tuple(int(d) for d in shape), dtype, TensorRole.AUX, sid, nbytes, node
+        )
         return name
 
 
@@ -138,15 +146,28 @@ def _conv2d(c: _Ctx) -> _Rule:
     if isinstance(padding, str):
         raise UnsupportedOpError(
             f"node {c.name!r}: conv2d with padding={padding!r} is not supported; "
-            "use integer padding (e.g. padding=k//2)")
+            "use integer padding (e.g. padding=k//2)"
+        )
     dilation = tuple(a[5] or (1, 1))
     groups = int(a[6] or 1)
     cout, cin_g, kh, kw = (int(d) for d in w.shape)
     macs = _numel(c.out.shape) * cin_g * kh * kw
-    return _Rule(OpKind.CONV2D, saved=[c.t(0), c.t(1)], flops=2 * macs, flops_in=2 * macs,
-                 flops_param=2 * macs, vec=_numel(c.out.shape) if a[2] else 0,
-                 attrs={"stride": stride, "padding": tuple(padding), "dilation": dilation,
-                        "groups": groups, "kernel": (kh, kw), "bias": a[2] is not None})
+    return _Rule(
+        OpKind.CONV2D,
+        saved=[c.t(0), c.t(1)],
+        flops=2 * macs,
+        flops_in=2 * macs,
+        flops_param=2 * macs,
+        vec=_numel(c.out.shape) if a[2] else 0,
+        attrs={
+            "stride": stride,
+            "padding": tuple(padding),
+            "dilation": dilation,
+            "groups": groups,
+            "kernel": (kh, kw),
+            "bias": a[2] is not None,
+        },
+    )
 
 
 def _linear(c: _Ctx) -> _Rule:
@@ -155,8 +176,15 @@ def _linear(c: _Ctx) -> _Rule:
     m = _numel(x.shape) // k
     macs = m * n_out * k
     bias = len(c.args) > 2 and c.args[2] is not None
-    return _Rule(OpKind.LINEAR, saved=[c.t(0), c.t(1)], flops=2 * macs, flops_in=2 * macs,
-                 flops_param=2 * macs, vec=m * n_out if bias else 0, attrs={"bias": bias})
+    return _Rule(
+        OpKind.LINEAR,
+        saved=[c.t(0), c.t(1)],
+        flops=2 * macs,
+        flops_in=2 * macs,
+        flops_param=2 * macs,
+        vec=m * n_out if bias else 0,
+        attrs={"bias": bias},
+    )
 
 
 def _batch_norm(c: _Ctx) -> _Rule:
@@ -166,8 +194,14 @@ def _batch_norm(c: _Ctx) -> _Rule:
     m2 = c.b.add_aux(c.name, "save_invstd", (ch,) if training else (0,), "float32")
     saved = [c.t(0)] + [c.args[i] for i in (1, 3, 4) if isinstance(c.args[i], str)] + [m1, m2]
     n = _numel(c.out.shape)
-    return _Rule(OpKind.BATCH_NORM, saved=saved, aux=[m1, m2], vec=(7 if training else 2) * n,
-                 vec_bwd=8 * n, attrs={"training": training, "eps": float(c.args[7])})
+    return _Rule(
+        OpKind.BATCH_NORM,
+        saved=saved,
+        aux=[m1, m2],
+        vec=(7 if training else 2) * n,
+        vec_bwd=8 * n,
+        attrs={"training": training, "eps": float(c.args[7])},
+    )
 
 
 def _layer_norm(c: _Ctx) -> _Rule:
@@ -178,14 +212,21 @@ def _layer_norm(c: _Ctx) -> _Rule:
     m2 = c.b.add_aux(c.name, "rstd", stat, "float32")
     saved = [c.t(0)] + [a for a in c.args[2:4] if isinstance(a, str)] + [m1, m2]
     n = _numel(shape)
-    return _Rule(OpKind.LAYER_NORM, saved=saved, aux=[m1, m2], vec=8 * n, vec_bwd=10 * n,
-                 attrs={"normalized_ndim": nd})
+    return _Rule(
+        OpKind.LAYER_NORM,
+        saved=saved,
+        aux=[m1, m2],
+        vec=8 * n,
+        vec_bwd=10 * n,
+        attrs={"normalized_ndim": nd},
+    )
 
 
 def _unary(op: OpKind, save_result: bool, cost: int = 1) -> Callable[[_Ctx], _Rule]:
     def rule(c: _Ctx) -> _Rule:
         n = _numel(c.out.shape)
         return _Rule(op, saved=["<out>" if save_result else c.t(0)], vec=cost * n, vec_bwd=n)
+
     return rule
 
 
@@ -199,6 +240,7 @@ def _binary(op: OpKind) -> Callable[[_Ctx], _Rule]:
             return _Rule(op, saved=[c.t(1), c.t(0)], vec=n, vec_bwd=2 * n)
         # By a Python number: autograd keeps the number itself, no tensor storage.
         return _Rule(op, vec=n, vec_bwd=n, attrs={"scalar": float(other)})
+
     return rule
 
 
@@ -207,27 +249,43 @@ def _max_pool2d(c: _Ctx) -> _Rule:
     a = list(c.args) + [None] * (6 - len(c.args))
     k = tuple(a[1]) if isinstance(a[1], (list, tuple)) else (a[1], a[1])
     n = _numel(c.out.shape)
-    return _Rule(OpKind.MAX_POOL2D, saved=[c.t(0), idx], aux=[idx], vec=n * k[0] * k[1],
-                 vec_bwd=n, attrs={"kernel": k, "stride": tuple(a[2] or k),
-                                   "padding": tuple(a[3] or (0, 0))})
+    return _Rule(
+        OpKind.MAX_POOL2D,
+        saved=[c.t(0), idx],
+        aux=[idx],
+        vec=n * k[0] * k[1],
+        vec_bwd=n,
+        attrs={"kernel": k, "stride": tuple(a[2] or k), "padding": tuple(a[3] or (0, 0))},
+    )
 
 
 def _avg_pool2d(c: _Ctx) -> _Rule:
     a = list(c.args) + [None] * (4 - len(c.args))
     k = tuple(a[1]) if isinstance(a[1], (list, tuple)) else (a[1], a[1])
     n = _numel(c.out.shape)
-    return _Rule(OpKind.AVG_POOL2D, saved=[c.t(0)], vec=n * k[0] * k[1], vec_bwd=n * k[0] * k[1],
-                 attrs={"kernel": k, "stride": tuple(a[2] or k), "padding": tuple(a[3] or (0, 0))})
+    return _Rule(
+        OpKind.AVG_POOL2D,
+        saved=[c.t(0)],
+        vec=n * k[0] * k[1],
+        vec_bwd=n * k[0] * k[1],
+        attrs={"kernel": k, "stride": tuple(a[2] or k), "padding": tuple(a[3] or (0, 0))},
+    )
 
 
 def _adaptive_avg_pool2d(c: _Ctx) -> _Rule:
     out_hw = tuple(int(v) for v in c.args[1])
     n_in = _numel(c.vals[0].shape)
     if out_hw == (1, 1):  # eager lowers this to mean(-1, -2): only sizes are saved
-        return _Rule(OpKind.ADAPTIVE_AVG_POOL2D, vec=n_in, vec_bwd=n_in,
-                     attrs={"output_size": out_hw})
-    return _Rule(OpKind.ADAPTIVE_AVG_POOL2D, saved=[c.t(0)], vec=n_in, vec_bwd=n_in,
-                 attrs={"output_size": out_hw})
+        return _Rule(
+            OpKind.ADAPTIVE_AVG_POOL2D, vec=n_in, vec_bwd=n_in, attrs={"output_size": out_hw}
+        )
+    return _Rule(
+        OpKind.ADAPTIVE_AVG_POOL2D,
+        saved=[c.t(0)],
+        vec=n_in,
+        vec_bwd=n_in,
+        attrs={"output_size": out_hw},
+    )
 
 
 def _mean(c: _Ctx) -> _Rule:
@@ -259,37 +317,53 @@ def _matmul(c: _Ctx) -> _Rule:
     if a.dim() < 2 or b.dim() < 2:
         raise UnsupportedOpError(
             f"node {c.name!r}: matmul with a 1-D operand ({tuple(a.shape)} @ {tuple(b.shape)}) "
-            "is not supported; unsqueeze the vector to 2-D")
+            "is not supported; unsqueeze the vector to 2-D"
+        )
     if b.dim() == 2:  # folds to mm on a (view of) 2-D a; b is usually a parameter
         m, k = _numel(a.shape[:-1]), int(a.shape[-1])
         n = int(b.shape[-1])
         macs = m * k * n
-        return _Rule(OpKind.MATMUL, saved=[c.t(0), c.t(1)], flops=2 * macs, flops_in=4 * macs,
-                     attrs={"batched": False})
+        return _Rule(
+            OpKind.MATMUL,
+            saved=[c.t(0), c.t(1)],
+            flops=2 * macs,
+            flops_in=4 * macs,
+            attrs={"batched": False},
+        )
     if tuple(a.shape[:-2]) != tuple(b.shape[:-2]):
         raise UnsupportedOpError(
             f"node {c.name!r}: matmul with broadcast batch dims {tuple(a.shape)} @ "
-            f"{tuple(b.shape)} is not supported; expand the operands explicitly")
+            f"{tuple(b.shape)} is not supported; expand the operands explicitly"
+        )
     batch = _numel(a.shape[:-2])
     m, k, n = int(a.shape[-2]), int(a.shape[-1]), int(b.shape[-1])
     a3 = _as_3d(c, 0, (batch, m, k))
     b3 = _as_3d(c, 1, (batch, k, n))
     aux = [t for t in (a3, b3) if t not in c.args]
     macs = batch * m * k * n
-    return _Rule(OpKind.MATMUL, saved=[a3, b3], aux=aux, flops=2 * macs, flops_in=4 * macs,
-                 vec=sum(_numel(c.b.tensors[t].shape) for t in aux), attrs={"batched": True})
+    return _Rule(
+        OpKind.MATMUL,
+        saved=[a3, b3],
+        aux=aux,
+        flops=2 * macs,
+        flops_in=4 * macs,
+        vec=sum(_numel(c.b.tensors[t].shape) for t in aux),
+        attrs={"batched": True},
+    )
 
 
 def _softmax(op: OpKind) -> Callable[[_Ctx], _Rule]:
     def rule(c: _Ctx) -> _Rule:
         n = _numel(c.out.shape)
         return _Rule(op, saved=["<out>"], vec=4 * n, vec_bwd=3 * n, attrs={"dim": int(c.args[1])})
+
     return rule
 
 
 def _embedding(c: _Ctx) -> _Rule:
-    return _Rule(OpKind.EMBEDDING, saved=[c.t(1)], vec=_numel(c.out.shape),
-                 vec_bwd=_numel(c.out.shape))
+    return _Rule(
+        OpKind.EMBEDDING, saved=[c.t(1)], vec=_numel(c.out.shape), vec_bwd=_numel(c.out.shape)
+    )
 
 
 def _cross_entropy(c: _Ctx) -> _Rule:
@@ -297,12 +371,14 @@ def _cross_entropy(c: _Ctx) -> _Rule:
     if logits.dim() != 2:
         raise UnsupportedOpError(
             f"node {c.name!r}: cross-entropy over logits of shape {tuple(logits.shape)}; "
-            "edgetrain trains classifiers whose output is (batch, classes)")
+            "edgetrain trains classifiers whose output is (batch, classes)"
+        )
     lsm = c.b.add_aux(c.name, "log_probs", tuple(logits.shape), _dtype(logits))
     tw = c.b.add_aux(c.name, "total_weight", (), "float32")
     n = _numel(logits.shape)
-    return _Rule(OpKind.CROSS_ENTROPY, saved=[lsm, c.t(1), tw], aux=[lsm, tw], vec=5 * n,
-                 vec_bwd=3 * n)
+    return _Rule(
+        OpKind.CROSS_ENTROPY, saved=[lsm, c.t(1), tw], aux=[lsm, tw], vec=5 * n, vec_bwd=3 * n
+    )
 
 
 def _buffer_update(c: _Ctx) -> _Rule:
@@ -336,9 +412,21 @@ _RULES: dict[Any, Callable[[_Ctx], _Rule]] = {
     aten.contiguous.default: _copy,
     aten.clone.default: _copy,
 }
-for _v in ("view.default", "reshape.default", "flatten.using_ints", "permute.default",
-           "transpose.int", "t.default", "unsqueeze.default", "squeeze.dim", "expand.default",
-           "select.int", "slice.Tensor", "_unsafe_view.default", "alias.default"):
+for _v in (
+    "view.default",
+    "reshape.default",
+    "flatten.using_ints",
+    "permute.default",
+    "transpose.int",
+    "t.default",
+    "unsqueeze.default",
+    "squeeze.dim",
+    "expand.default",
+    "select.int",
+    "slice.Tensor",
+    "_unsafe_view.default",
+    "alias.default",
+):
     _pkt, _ovl = _v.split(".")
     _RULES[getattr(getattr(aten, _pkt), _ovl)] = _view
 
@@ -367,13 +455,26 @@ def _module_path(fx: torch.fx.Node) -> str:
     return path.removeprefix("model.").removeprefix("model")
 
 
-def _fingerprint(model: torch.nn.Module, example_input: torch.Tensor, batch_size: int,
-                 num_classes: int | None, name: str) -> str:
+def _fingerprint(
+    model: torch.nn.Module,
+    example_input: torch.Tensor,
+    batch_size: int,
+    num_classes: int | None,
+    name: str,
+) -> str:
     """What the captured graph depends on: structure, forward code, shapes, flags, versions."""
     h = hashlib.sha256()
-    for part in (torch.__version__, str(SCHEMA_VERSION), _SOURCE_HASH, name, str(batch_size),
-                 str(num_classes), str(tuple(example_input.shape)), str(example_input.dtype),
-                 repr(model)):
+    for part in (
+        torch.__version__,
+        str(SCHEMA_VERSION),
+        _SOURCE_HASH,
+        name,
+        str(batch_size),
+        str(num_classes),
+        str(tuple(example_input.shape)),
+        str(example_input.dtype),
+        repr(model),
+    ):
         h.update(part.encode())
         h.update(b"\0")
     for n, p in model.named_parameters():
@@ -389,8 +490,15 @@ def _fingerprint(model: torch.nn.Module, example_input: torch.Tensor, batch_size
     return h.hexdigest()[:32]
 
 
-def capture(model: torch.nn.Module, example_input: torch.Tensor, *, batch_size: int = 1,
-            num_classes: int | None = None, name: str = "model", cache: bool = True) -> Graph:
+def capture(
+    model: torch.nn.Module,
+    example_input: torch.Tensor,
+    *,
+    batch_size: int = 1,
+    num_classes: int | None = None,
+    name: str = "model",
+    cache: bool = True,
+) -> Graph:
     """Export `model` with a cross-entropy loss at `batch_size` and return its IR graph.
 
     `example_input` has batch size 1 (its first dimension); it is repeated to `batch_size`.
@@ -405,11 +513,13 @@ def capture(model: torch.nn.Module, example_input: torch.Tensor, *, batch_size: 
     if not isinstance(example_input, torch.Tensor) or example_input.dim() == 0:
         raise InvalidArgumentError(
             "example_input must be a tensor with a leading batch dimension of 1, got "
-            f"{type(example_input).__name__} {getattr(example_input, 'shape', '')}")
+            f"{type(example_input).__name__} {getattr(example_input, 'shape', '')}"
+        )
     if example_input.shape[0] != 1:
         raise InvalidArgumentError(
             f"example_input must have batch size 1 (first dimension), got shape "
-            f"{tuple(example_input.shape)}; pass example_input[:1]")
+            f"{tuple(example_input.shape)}; pass example_input[:1]"
+        )
     path = None
     if cache:
         key = _fingerprint(model, example_input, batch_size, num_classes, name)
@@ -425,12 +535,20 @@ def capture(model: torch.nn.Module, example_input: torch.Tensor, *, batch_size: 
     return graph
 
 
-def _capture(model: torch.nn.Module, example_input: torch.Tensor, batch_size: int,
-             num_classes: int | None, name: str) -> Graph:
+def _capture(
+    model: torch.nn.Module,
+    example_input: torch.Tensor,
+    batch_size: int,
+    num_classes: int | None,
+    name: str,
+) -> Graph:
     modes = [(m, m.training) for m in model.modules()]
     # Batch norm the caller put in eval mode is frozen (running statistics) and stays so.
-    frozen_bn = [m for m in model.modules()
-                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not m.training]
+    frozen_bn = [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not m.training
+    ]
     x = example_input.expand(batch_size, *example_input.shape[1:]).contiguous()
     # Capturing must not change BN running stats or num_batches_tracked: snapshot and restore.
     state = {k: v.clone() for k, v in model.state_dict(keep_vars=False).items()}
@@ -443,7 +561,8 @@ def _capture(model: torch.nn.Module, example_input: torch.Tensor, batch_size: in
         if logits.dim() != 2:
             raise UnsupportedOpError(
                 f"model output has shape {tuple(logits.shape)}; edgetrain trains classifiers "
-                "whose output is (batch, classes) — add a pooling + linear head")
+                "whose output is (batch, classes) — add a pooling + linear head"
+            )
         classes = num_classes or int(logits.shape[1])
         y = torch.arange(batch_size, dtype=torch.long) % classes
         ep = torch.export.export(_WithLoss(model), (x, y))
@@ -476,8 +595,17 @@ def _to_ir(ep, model: torch.nn.Module, name: str, batch_size: int) -> Graph:
             if fx.name in to_param:
                 fqn = to_param[fx.name]
                 t = b.add_tensor(fqn, val, TensorRole.PARAMETER, None)
-                params.append(Param(fqn, t.name, t.shape, t.dtype, t.nbytes,
-                                    bool(named[fqn].requires_grad), fqn.rpartition(".")[0]))
+                params.append(
+                    Param(
+                        fqn,
+                        t.name,
+                        t.shape,
+                        t.dtype,
+                        t.nbytes,
+                        bool(named[fqn].requires_grad),
+                        fqn.rpartition(".")[0],
+                    )
+                )
             elif fx.name in to_buffer:
                 t = b.add_tensor(to_buffer[fx.name], val, TensorRole.BUFFER, None)
             else:
@@ -499,30 +627,53 @@ def _to_ir(ep, model: torch.nn.Module, name: str, batch_size: int) -> Graph:
                 "depthwise), batch_norm, relu, relu6/hardtanh, hardswish, gelu, tanh, add, mul/div, "
                 "max/avg/adaptive-avg pooling, mean, linear, flatten/view/reshape/permute/"
                 "transpose, matmul, softmax, layer_norm, embedding, cross_entropy. Rewrite the "
-                "module with these ops, or file an issue naming the op.")
+                "module with these ops, or file an issue naming the op."
+            )
         out = fx.meta.get("val")
         if not isinstance(out, torch.Tensor):
             raise UnsupportedOpError(
                 f"operator {fx.target} at node {fx.name!r} returns {type(out).__name__}, not one "
-                "tensor; edgetrain supports single-output operators")
+                "tensor; edgetrain supports single-output operators"
+            )
         args, vals = _resolve_args(fx, b)
         ctx = _Ctx(fx.name, fx, b, out, args, vals)
         rule = rule_fn(ctx)
         is_loss = rule.op is OpKind.CROSS_ENTROPY
-        role = TensorRole.LOSS if is_loss else (
-            TensorRole.BUFFER if rule.op is OpKind.BUFFER_UPDATE else TensorRole.ACTIVATION)
+        role = (
+            TensorRole.LOSS
+            if is_loss
+            else (TensorRole.BUFFER if rule.op is OpKind.BUFFER_UPDATE else TensorRole.ACTIVATION)
+        )
         t = b.add_tensor(fx.name, out, role, fx.name)
         b.fx_to_tensor[fx.name] = t.name
         saved = tuple(t.name if s == "<out>" else s for s in rule.saved)
         inputs = tuple(a for a in args if isinstance(a, str) and a in b.tensors)
-        b.nodes.append(Node(
-            name=fx.name, op=rule.op, aten=str(fx.target), inputs=inputs, output=t.name,
-            aux_outputs=tuple(rule.aux), saved=saved, module=_module_path(fx),
-            flops_forward=rule.flops, flops_backward_input=rule.flops_in,
-            flops_backward_params=rule.flops_param, vector_ops_forward=rule.vec,
-            vector_ops_backward=rule.vec_bwd,
-            attrs=tuple(sorted((k, v) for k, v in rule.attrs.items()))))
+        b.nodes.append(
+            Node(
+                name=fx.name,
+                op=rule.op,
+                aten=str(fx.target),
+                inputs=inputs,
+                output=t.name,
+                aux_outputs=tuple(rule.aux),
+                saved=saved,
+                module=_module_path(fx),
+                flops_forward=rule.flops,
+                flops_backward_input=rule.flops_in,
+                flops_backward_params=rule.flops_param,
+                vector_ops_forward=rule.vec,
+                vector_ops_backward=rule.vec_bwd,
+                attrs=tuple(sorted((k, v) for k, v in rule.attrs.items())),
+            )
+        )
     assert loss_name is not None
-    return Graph(model=name, batch_size=batch_size, nodes=tuple(b.nodes),
-                 tensors=tuple(b.tensors.values()), params=tuple(params),
-                 inputs=(user_inputs[0],), target=user_inputs[1], loss=loss_name)
+    return Graph(
+        model=name,
+        batch_size=batch_size,
+        nodes=tuple(b.nodes),
+        tensors=tuple(b.tensors.values()),
+        params=tuple(params),
+        inputs=(user_inputs[0],),
+        target=user_inputs[1],
+        loss=loss_name,
+    )

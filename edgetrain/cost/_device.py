@@ -61,17 +61,25 @@ from typing import Any, Iterable, Mapping
 from edgetrain.errors import DeviceFileError, UnknownDeviceError
 
 __all__ = [
-    "Accelerator", "Compute", "DEVICE_TABLE_HEADER", "Device", "MemoryClass", "Storage",
-    "catalog", "device_names", "format_device_table", "load_device",
+    "Accelerator",
+    "Compute",
+    "DEVICE_TABLE_HEADER",
+    "Device",
+    "MemoryClass",
+    "Storage",
+    "catalog",
+    "device_names",
+    "format_device_table",
+    "load_device",
 ]
 
 
 class MemoryClass(enum.Enum):
     """How constrained a device is (survey terminology: low / middle / high constraint)."""
 
-    MCU = "mcu"            # microcontrollers: KB-to-MB of SRAM, no OS
+    MCU = "mcu"  # microcontrollers: KB-to-MB of SRAM, no OS
     EMBEDDED = "embedded"  # single-board computers / modules: hundreds of MB to GB, Linux
-    PHONE = "phone"        # smartphones: GB of RAM shared with the OS and other apps
+    PHONE = "phone"  # smartphones: GB of RAM shared with the OS and other apps
 
 
 _CLASS_ORDER = {MemoryClass.MCU: 0, MemoryClass.EMBEDDED: 1, MemoryClass.PHONE: 2}
@@ -159,21 +167,23 @@ class Device:
 class _Spec:
     """How one field is checked: type, unit and range."""
 
-    kind: str                      # "int", "num", "str", "name", "class"
+    kind: str  # "int", "num", "str", "name", "class"
     unit: str = ""
     lo: float | None = None
-    lo_open: bool = False          # True: value must be > lo (else >= lo)
+    lo_open: bool = False  # True: value must be > lo (else >= lo)
     hi: float | None = None
     required: bool = True
     default: Any = None
-    hint: str = ""                 # appended when the value is below `lo` (unit slips)
+    hint: str = ""  # appended when the value is below `lo` (unit slips)
 
     def describe(self) -> str:
         if self.kind == "str":
             return "a non-empty string"
         if self.kind == "name":
-            return ("a lowercase name of letters, digits, '.', '_' or '-' "
-                    "(at most 64 characters, starting with a letter or digit)")
+            return (
+                "a lowercase name of letters, digits, '.', '_' or '-' "
+                "(at most 64 characters, starting with a letter or digit)"
+            )
         if self.kind == "class":
             return "one of " + ", ".join(repr(c.value) for c in MemoryClass)
         what = "an integer number" if self.kind == "int" else "a number"
@@ -239,19 +249,31 @@ _ACCEL: dict[str, _Spec] = {
     "int8_ops_per_s": _Spec("num", "ops/s", 0, False, 1e18),
     "active_power_w": _Spec("num", "W", 0, True, 1e4),
 }
-_TABLE_SPECS = {"memory": _MEMORY, "storage": _STORAGE, "compute": _COMPUTE,
-                "accelerator": _ACCEL}
+_TABLE_SPECS = {"memory": _MEMORY, "storage": _STORAGE, "compute": _COMPUTE, "accelerator": _ACCEL}
 _STORAGE_FIELDS = tuple(_STORAGE)
-_COMPUTE_FIELDS = ("clock_hz", "fp32_flops_per_s", "int8_ops_per_s", "active_power_w",
-                   "idle_power_w", "cpu", "op_overhead_s")
+_COMPUTE_FIELDS = (
+    "clock_hz",
+    "fp32_flops_per_s",
+    "int8_ops_per_s",
+    "active_power_w",
+    "idle_power_w",
+    "cpu",
+    "op_overhead_s",
+)
 _ACCEL_FIELDS = tuple(_ACCEL)
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 def _show(v: Any) -> str:
     """The value as given, with its TOML-ish type, for error messages."""
-    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-             list: "an array", dict: "a table"}
+    kinds = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }
     kind = next((k for t, k in kinds.items() if type(v) is t), type(v).__name__)
     text = repr(v)
     if len(text) > 60:
@@ -286,9 +308,11 @@ class _Checker:
                 try:
                     return MemoryClass(v)
                 except ValueError:
-                    self.bad(f"field '{path}' = {_show(v)}: unknown memory class; {need} "
-                             "(mcu: microcontroller, embedded: Linux board/module, "
-                             "phone: smartphone)")
+                    self.bad(
+                        f"field '{path}' = {_show(v)}: unknown memory class; {need} "
+                        "(mcu: microcontroller, embedded: Linux board/module, "
+                        "phone: smartphone)"
+                    )
                     return None
             return v
         # numbers: bool is an int subclass in Python but never a number here
@@ -319,8 +343,10 @@ class _Checker:
         """Check every field of a table: missing, unknown (typos) and each value."""
         where = f"[{prefix}]" if prefix else "the top level"
         if not isinstance(data, Mapping):
-            self.bad(f"field '{prefix}' = {_show(data)}: must be a table ([{prefix}] section) "
-                     f"with fields {', '.join(specs)}")
+            self.bad(
+                f"field '{prefix}' = {_show(data)}: must be a table ([{prefix}] section) "
+                f"with fields {', '.join(specs)}"
+            )
             return None
         out: dict[str, Any] = {}
         allowed = list(specs) if prefix else list(specs) + list(_TABLES)
@@ -330,8 +356,10 @@ class _Checker:
             path = f"{prefix}.{key}" if prefix else str(key)
             close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
             guess = f" (did you mean '{close[0]}'?)" if close else ""
-            self.bad(f"unknown field '{path}' = {_show(data[key])}{guess}; allowed fields in "
-                     f"{where}: {', '.join(allowed)}")
+            self.bad(
+                f"unknown field '{path}' = {_show(data[key])}{guess}; allowed fields in "
+                f"{where}: {', '.join(allowed)}"
+            )
         for key, spec in specs.items():
             path = f"{prefix}.{key}" if prefix else key
             if key not in data:
@@ -361,29 +389,41 @@ def _build_device(data: Mapping[str, Any], origin: str) -> Device:
     for t in _TABLES:
         if t not in data:
             if t != "accelerator":
-                c.bad(f"missing required table '[{t}]' with fields "
-                      f"{', '.join(_TABLE_SPECS[t])}")
+                c.bad(f"missing required table '[{t}]' with fields {', '.join(_TABLE_SPECS[t])}")
             tables[t] = None
             continue
         tables[t] = c.table(t, data[t], _TABLE_SPECS[t])
     comp = tables["compute"]
-    if comp and comp.get("active_power_w") is not None and comp.get("idle_power_w") is not None \
-            and comp["idle_power_w"] > comp["active_power_w"]:
-        c.bad(f"field 'compute.idle_power_w' = {_show(comp['idle_power_w'])} exceeds "
-              f"'compute.active_power_w' = {_show(comp['active_power_w'])}: idle power in W "
-              "must be ≤ active power")
+    if (
+        comp
+        and comp.get("active_power_w") is not None
+        and comp.get("idle_power_w") is not None
+        and comp["idle_power_w"] > comp["active_power_w"]
+    ):
+        c.bad(
+            f"field 'compute.idle_power_w' = {_show(comp['idle_power_w'])} exceeds "
+            f"'compute.active_power_w' = {_show(comp['active_power_w'])}: idle power in W "
+            "must be ≤ active power"
+        )
     acc = tables["accelerator"]
     if acc and acc.get("fp32_flops_per_s") == 0 and acc.get("int8_ops_per_s") == 0:
-        c.bad("fields 'accelerator.fp32_flops_per_s' = 0 and 'accelerator.int8_ops_per_s' = 0: "
-              "an accelerator needs at least one rate > 0 (FLOP/s or ops/s); "
-              "remove the [accelerator] table if there is none")
+        c.bad(
+            "fields 'accelerator.fp32_flops_per_s' = 0 and 'accelerator.int8_ops_per_s' = 0: "
+            "an accelerator needs at least one rate > 0 (FLOP/s or ops/s); "
+            "remove the [accelerator] table if there is none"
+        )
     c.raise_if_bad()
     mem, st = tables["memory"], tables["storage"]
     assert mem is not None and st is not None and comp is not None
     return Device(
-        name=top["name"], display_name=top["display_name"], memory_class=top["memory_class"],
-        source=top["source"], ram_bytes=mem["ram_bytes"], flash_bytes=mem["flash_bytes"],
-        storage=Storage(**st), compute=Compute(**comp),
+        name=top["name"],
+        display_name=top["display_name"],
+        memory_class=top["memory_class"],
+        source=top["source"],
+        ram_bytes=mem["ram_bytes"],
+        flash_bytes=mem["flash_bytes"],
+        storage=Storage(**st),
+        compute=Compute(**comp),
         accelerator=Accelerator(**acc) if acc is not None else None,
     )
 
@@ -425,8 +465,10 @@ def _catalog() -> tuple[Device, ...]:
         dev = _parse_toml(entry.read_text(encoding="utf-8"), origin)
         stem = entry.name[: -len(".toml")]
         if dev.name != stem:
-            raise DeviceFileError(f"{origin}: field 'name' = {_show(dev.name)} must equal the "
-                                  f"file name {stem!r} for a catalog device")
+            raise DeviceFileError(
+                f"{origin}: field 'name' = {_show(dev.name)} must equal the "
+                f"file name {stem!r} for a catalog device"
+            )
         devices.append(dev)
     devices.sort(key=lambda d: (_CLASS_ORDER[d.memory_class], d.ram_bytes, d.name))
     return tuple(devices)
@@ -450,7 +492,8 @@ def _unknown(spec: str, why: str) -> UnknownDeviceError:
         f"{why}.{guess} Catalog devices: {', '.join(names)} (list them with `edgetrain devices`). "
         "For your own board, pass the path to a TOML device file, e.g. "
         "`--device path/to/board.toml` (start from a copy of a catalog file such as "
-        f"{_catalog_dir().joinpath('nrf52840.toml')}).")
+        f"{_catalog_dir().joinpath('nrf52840.toml')})."
+    )
 
 
 def load_device(spec: str | os.PathLike[str] | Device) -> Device:
@@ -468,8 +511,10 @@ def load_device(spec: str | os.PathLike[str] | Device) -> Device:
             raise _unknown(str(path), f"device file '{path}' does not exist")
         return _load_file(path)
     if not isinstance(spec, str):
-        raise _unknown(repr(spec), f"a device is a catalog name, a path to a .toml file or a "
-                       f"Device, not {_show(spec)}")
+        raise _unknown(
+            repr(spec),
+            f"a device is a catalog name, a path to a .toml file or a Device, not {_show(spec)}",
+        )
     by_name = {d.name: d for d in _catalog()}
     key = spec.strip().lower()
     for k in (key, key.replace("_", "-")):
@@ -486,13 +531,21 @@ def load_device(spec: str | os.PathLike[str] | Device) -> Device:
 # -- display -------------------------------------------------------------------------------
 
 DEVICE_TABLE_HEADER: tuple[str, ...] = (
-    "name", "class", "RAM", "flash", "paging storage", "fp32 GFLOP/s", "int8 GOP/s",
-    "power W", "accelerator")
+    "name",
+    "class",
+    "RAM",
+    "flash",
+    "paging storage",
+    "fp32 GFLOP/s",
+    "int8 GOP/s",
+    "power W",
+    "accelerator",
+)
 
 
 def _size(n: float) -> str:
     """Memory sizes in binary units (RAM, flash)."""
-    for unit, scale in (("GiB", 1024 ** 3), ("MiB", 1024 ** 2), ("KiB", 1024)):
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if n >= scale:
             return f"{_g(n / scale)} {unit}"
     return f"{int(n)} B"
@@ -531,12 +584,19 @@ def format_device_table(devices: Iterable[Device] | None = None) -> list[tuple[s
             if acc.int8_ops_per_s:
                 parts.append(f"{_rate(acc.int8_ops_per_s)} GOP/s int8")
             accel = f"{acc.name}: {', '.join(parts)}, {_g(acc.active_power_w)} W"
-        rows.append((
-            d.name, d.memory_class.value, _size(d.ram_bytes), _size(d.flash_bytes),
-            f"{st.kind} {_dsize(st.capacity_bytes)}, "
-            f"r {_g(st.read_bandwidth_bytes_per_s / 1e6)} / w "
-            f"{_g(st.write_bandwidth_bytes_per_s / 1e6)} MB/s",
-            _rate(cp.fp32_flops_per_s), _rate(cp.int8_ops_per_s),
-            _g(cp.active_power_w), accel,
-        ))
+        rows.append(
+            (
+                d.name,
+                d.memory_class.value,
+                _size(d.ram_bytes),
+                _size(d.flash_bytes),
+                f"{st.kind} {_dsize(st.capacity_bytes)}, "
+                f"r {_g(st.read_bandwidth_bytes_per_s / 1e6)} / w "
+                f"{_g(st.write_bandwidth_bytes_per_s / 1e6)} MB/s",
+                _rate(cp.fp32_flops_per_s),
+                _rate(cp.int8_ops_per_s),
+                _g(cp.active_power_w),
+                accel,
+            )
+        )
     return rows

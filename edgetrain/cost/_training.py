@@ -64,7 +64,8 @@ class TrainingCost:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["layers"] = [
-            {**asdict(l), "output_shape": list(l.output_shape)} for l in self.layers]
+            {**asdict(layer), "output_shape": list(layer.output_shape)} for layer in self.layers
+        ]
         return d
 
 
@@ -72,13 +73,19 @@ def _trainable_inputs(graph: Graph, names) -> list[str]:
     return [t for t in dict.fromkeys(names) if t in graph.param_by_tensor]
 
 
-def training_cost(graph: Graph, device, *, optimizer: "Optimizer | str" = Optimizer.SGD,
-                  kernels: KernelLibrary = KernelLibrary()) -> TrainingCost:
+def training_cost(
+    graph: Graph,
+    device,
+    *,
+    optimizer: "Optimizer | str" = Optimizer.SGD,
+    kernels: KernelLibrary | None = None,
+) -> TrainingCost:
     """Cost of one step of plain training of `graph` (all trainable params, everything kept).
 
     `device` is an `edgetrain.cost.Device` (catalog entry or user file).
     """
     opt = Optimizer.parse(optimizer)
+    kernels = kernels if kernels is not None else KernelLibrary()
     sim: MemorySimulation = simulate_step(graph, opt, kernels)
     rg = graph.requires_grad
     trainable = [p for p in graph.params if p.trainable]
@@ -104,8 +111,9 @@ def training_cost(graph: Graph, device, *, optimizer: "Optimizer | str" = Optimi
         saved_by_first[n.name] = act
         pnames = _trainable_inputs(graph, n.inputs)
         p_bytes = sum(graph.param_by_tensor[p].nbytes for p in pnames)
-        g_bytes = sum(graph.param_by_tensor[p].nbytes for p in pnames
-                      if graph.param_by_tensor[p].trainable)
+        g_bytes = sum(
+            graph.param_by_tensor[p].nbytes for p in pnames if graph.param_by_tensor[p].trainable
+        )
         n_tensors = sum(1 for p in pnames if graph.param_by_tensor[p].trainable)
         b_flops = 0
         if grad_fn:
@@ -116,24 +124,47 @@ def training_cost(graph: Graph, device, *, optimizer: "Optimizer | str" = Optimi
         fwd += n.flops_forward
         bwd += b_flops
         vec += n.vector_ops_forward + (n.vector_ops_backward if grad_fn else 0)
-        layers.append(LayerCost(
-            name=n.name, op=n.op.value, module=n.module,
-            output_shape=graph.tensor(n.output).shape, params_bytes=p_bytes,
-            grads_bytes=g_bytes, optimizer_bytes=opt.state_bytes(g_bytes, n_tensors),
-            activation_bytes=act, flops=n.flops_forward, flops_backward=b_flops))
+        layers.append(
+            LayerCost(
+                name=n.name,
+                op=n.op.value,
+                module=n.module,
+                output_shape=graph.tensor(n.output).shape,
+                params_bytes=p_bytes,
+                grads_bytes=g_bytes,
+                optimizer_bytes=opt.state_bytes(g_bytes, n_tensors),
+                activation_bytes=act,
+                flops=n.flops_forward,
+                flops_backward=b_flops,
+            )
+        )
 
     flops_per_s = device.compute.fp32_flops_per_s
     latency = (fwd + bwd + vec) / flops_per_s
     energy = latency * device.compute.active_power_w
     batch_bytes = sum(graph.tensor(t).storage_bytes for t in (*graph.inputs, graph.target))
     return TrainingCost(
-        model=graph.model, device=device.name, batch_size=graph.batch_size,
-        optimizer=opt.value, params_bytes=graph.params_bytes,
-        trainable_params_bytes=trainable_bytes, buffers_bytes=graph.buffers_bytes,
-        grads_bytes=trainable_bytes, optimizer_bytes=opt_bytes,
-        activation_bytes=graph.activation_bytes, batch_bytes=batch_bytes,
-        peak_bytes=sim.peak_bytes, memory_budget_bytes=device.ram_bytes,
-        flops_forward=fwd, flops_backward=bwd, vector_ops=vec, latency_s=latency,
-        energy_j=energy, fits=sim.peak_bytes <= device.ram_bytes,
-        peak_phase=sim.peak_phase.value, peak_node=sim.peak_node, at_peak=sim.at_peak,
-        layers=tuple(layers))
+        model=graph.model,
+        device=device.name,
+        batch_size=graph.batch_size,
+        optimizer=opt.value,
+        params_bytes=graph.params_bytes,
+        trainable_params_bytes=trainable_bytes,
+        buffers_bytes=graph.buffers_bytes,
+        grads_bytes=trainable_bytes,
+        optimizer_bytes=opt_bytes,
+        activation_bytes=graph.activation_bytes,
+        batch_bytes=batch_bytes,
+        peak_bytes=sim.peak_bytes,
+        memory_budget_bytes=device.ram_bytes,
+        flops_forward=fwd,
+        flops_backward=bwd,
+        vector_ops=vec,
+        latency_s=latency,
+        energy_j=energy,
+        fits=sim.peak_bytes <= device.ram_bytes,
+        peak_phase=sim.peak_phase.value,
+        peak_node=sim.peak_node,
+        at_peak=sim.at_peak,
+        layers=tuple(layers),
+    )

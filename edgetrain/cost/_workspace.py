@@ -70,8 +70,11 @@ def _conv_uses_onednn(graph: Graph, node: Node, threads: int) -> bool:
 
 def _columns_bytes(graph: Graph, node: Node) -> int:
     kh, kw = node.attr("kernel")
-    if (kh, kw) == (1, 1) and all(s == 1 for s in node.attr("stride")) and \
-            all(p == 0 for p in node.attr("padding")):
+    if (
+        (kh, kw) == (1, 1)
+        and all(s == 1 for s in node.attr("stride"))
+        and all(p == 0 for p in node.attr("padding"))
+    ):
         return 0
     x = graph.tensor(node.inputs[0])
     out = graph.tensor(node.output)
@@ -83,13 +86,16 @@ def conv_signature(graph: Graph, node: Node, input_grad: bool) -> str:
     """What a convolution's workspace depends on: shapes, hyper-parameters, input grad."""
     x = graph.tensor(node.inputs[0])
     w = graph.tensor(node.inputs[1])
-    return (f"conv:{'x'.join(map(str, x.shape))}:{'x'.join(map(str, w.shape))}:"
-            f"s{node.attr('stride')}:p{node.attr('padding')}:d{node.attr('dilation')}:"
-            f"g{node.attr('groups')}:ig{int(input_grad)}").replace(" ", "")
+    return (
+        f"conv:{'x'.join(map(str, x.shape))}:{'x'.join(map(str, w.shape))}:"
+        f"s{node.attr('stride')}:p{node.attr('padding')}:d{node.attr('dilation')}:"
+        f"g{node.attr('groups')}:ig{int(input_grad)}"
+    ).replace(" ", "")
 
 
-def workspace_bytes(graph: Graph, node: Node, kernels: KernelLibrary,
-                    input_grad: bool) -> tuple[int, int]:
+def workspace_bytes(
+    graph: Graph, node: Node, kernels: KernelLibrary, input_grad: bool
+) -> tuple[int, int]:
     """(forward, backward) transient bytes of `node` beyond its outputs and gradients."""
     if not kernels.has_workspaces:
         return 0, 0

@@ -17,7 +17,24 @@ Images are float32, scaled to [0, 1] and standardised as ``(x - mean) / std`` wi
 (0.3051, 0.3249).
 """
 
-from ._api import NORMALIZATION, LabeledData, Stream, dataset_names, load_dataset, parse_spec, resize_for, stream
+from ._api import (
+    NORMALIZATION,
+    LabeledData,
+    Stream,
+    dataset_names,
+    load_dataset,
+    parse_spec,
+    resize_for,
+    stream,
+)
 
-__all__ = ["NORMALIZATION", "LabeledData", "Stream", "dataset_names", "load_dataset", "parse_spec", "resize_for",
-           "stream"]
+__all__ = [
+    "NORMALIZATION",
+    "LabeledData",
+    "Stream",
+    "dataset_names",
+    "load_dataset",
+    "parse_spec",
+    "resize_for",
+    "stream",
+]

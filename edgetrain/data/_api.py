@@ -21,13 +21,21 @@ NUM_CLASSES = 10
 
 # Per-dataset (mean, std) of the training split's pixels after scaling to [0, 1] (for digits:
 # after upsampling to 28x28), rounded to 4 digits. Images are returned as (pixel - mean) / std.
-NORMALIZATION: "MappingProxyType[str, tuple[float, float]]" = MappingProxyType({
-    "fashion-mnist": (0.2860, 0.3530),
-    "digits": (0.3051, 0.3249),
-})
+NORMALIZATION: "MappingProxyType[str, tuple[float, float]]" = MappingProxyType(
+    {
+        "fashion-mnist": (0.2860, 0.3530),
+        "digits": (0.3051, 0.3249),
+    }
+)
 
-VALID_SPECS = ("fashion-mnist", "fashion-mnist:0-4", "fashion-mnist:5-9", "fashion-mnist:3,7,9",
-               "digits", "digits:0-4")
+VALID_SPECS = (
+    "fashion-mnist",
+    "fashion-mnist:0-4",
+    "fashion-mnist:5-9",
+    "fashion-mnist:3,7,9",
+    "digits",
+    "digits:0-4",
+)
 
 
 def dataset_names() -> tuple[str, ...]:
@@ -39,7 +47,8 @@ def _spec_error(spec: object, why: str) -> InvalidArgumentError:
     return InvalidArgumentError(
         f"invalid dataset spec {spec!r}: {why}. Valid forms: NAME or NAME:CLASSES with NAME one "
         f"of {', '.join(dataset_names())} and CLASSES a comma-separated list of class ids "
-        f"0-{NUM_CLASSES - 1} or inclusive ranges, e.g. {', '.join(VALID_SPECS)}")
+        f"0-{NUM_CLASSES - 1} or inclusive ranges, e.g. {', '.join(VALID_SPECS)}"
+    )
 
 
 _ITEM = re.compile(r"^(\d+)(?:-(\d+))?$")
@@ -98,8 +107,9 @@ def _check_split(split: Any) -> str:
     return split
 
 
-def _select(labels: torch.Tensor, classes: Sequence[int], limit: int | None, seed: int,
-            what: str) -> torch.Tensor:
+def _select(
+    labels: torch.Tensor, classes: Sequence[int], limit: int | None, seed: int, what: str
+) -> torch.Tensor:
     """Sorted indices of the samples whose label is in `classes`, cut to `limit` if given.
 
     With a limit, each class's samples are shuffled with a generator seeded by ``16 * seed +
@@ -113,8 +123,7 @@ def _select(labels: torch.Tensor, classes: Sequence[int], limit: int | None, see
     if limit is None:
         return idx
     if limit > len(idx):
-        raise InvalidArgumentError(
-            f"limit={limit} exceeds the {len(idx)} samples of {what}")
+        raise InvalidArgumentError(f"limit={limit} exceeds the {len(idx)} samples of {what}")
     sub = labels[idx]
     key = torch.empty(len(idx), dtype=torch.int64)
     for c in classes:
@@ -147,7 +156,8 @@ class LabeledData:
         if self.x.ndim != 4 or self.y.ndim != 1 or len(self.x) != len(self.y):
             raise InvalidArgumentError(
                 f"LabeledData needs x of shape (N, C, H, W) and y of shape (N,), got "
-                f"{tuple(self.x.shape)} and {tuple(self.y.shape)}")
+                f"{tuple(self.x.shape)} and {tuple(self.y.shape)}"
+            )
 
     @property
     def spec(self) -> str:
@@ -157,52 +167,62 @@ class LabeledData:
         return len(self.y)
 
     def __repr__(self) -> str:
-        return (f"LabeledData(spec={self.spec!r}, split={self.split!r}, n={len(self)}, "
-                f"x={tuple(self.x.shape)} {self.x.dtype}, y={self.y.dtype})")
+        return (
+            f"LabeledData(spec={self.spec!r}, split={self.split!r}, n={len(self)}, "
+            f"x={tuple(self.x.shape)} {self.x.dtype}, y={self.y.dtype})"
+        )
 
     def class_counts(self) -> dict[int, int]:
         """Samples per kept class, e.g. ``{0: 6000, 1: 6000, ...}``."""
         counts = torch.bincount(self.y, minlength=self.num_classes)
         return {c: int(counts[c]) for c in self.classes}
 
-    def batches(self, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, batch_size: int, *, shuffle: bool = True, seed: int = 0, drop_last: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(x, y)`` mini-batches; with `shuffle`, in ``torch.randperm`` order seeded by
         `seed` (the same seed gives the same batches). The last batch may be smaller unless
         `drop_last`."""
         _check_int(batch_size, "batch_size", 1)
         _check_int(seed, "seed", 0)
         n = len(self)
-        order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-                 if shuffle else None)
+        order = (
+            torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else None
+        )
         stop = n - n % batch_size if drop_last else n
         for i in range(0, stop, batch_size):
             if order is None:
-                yield self.x[i:i + batch_size], self.y[i:i + batch_size]
+                yield self.x[i : i + batch_size], self.y[i : i + batch_size]
             else:
-                idx = order[i:i + batch_size]
+                idx = order[i : i + batch_size]
                 yield self.x[idx], self.y[idx]
 
-    def subset(self, *, classes: Sequence[int] | None = None, limit: int | None = None,
-               seed: int = 0) -> "LabeledData":
+    def subset(
+        self, *, classes: Sequence[int] | None = None, limit: int | None = None, seed: int = 0
+    ) -> "LabeledData":
         """Keep only `classes` (original ids) and then at most `limit` samples picked by the same
         class-balanced seeded rule as `load_dataset`'s `limit`."""
         keep = tuple(sorted(set(self.classes if classes is None else classes)))
         unknown = [c for c in keep if c not in self.classes]
         if unknown:
             raise InvalidArgumentError(
-                f"classes {unknown} are not in {self.spec} (it holds {list(self.classes)})")
+                f"classes {unknown} are not in {self.spec} (it holds {list(self.classes)})"
+            )
         if limit is not None:
             _check_int(limit, "limit", 1)
         _check_int(seed, "seed", 0)
-        idx = _select(self.y, keep, limit, seed,
-                      f"{format_spec(self.name, keep)} ({self.split})")
-        return LabeledData(self.x[idx], self.y[idx], self.name, keep, self.split,
-                           self.num_classes)
+        idx = _select(self.y, keep, limit, seed, f"{format_spec(self.name, keep)} ({self.split})")
+        return LabeledData(self.x[idx], self.y[idx], self.name, keep, self.split, self.num_classes)
 
 
-def load_dataset(spec: str, *, split: str = "train", limit: int | None = None,
-                 root: "str | os.PathLike | None" = None, seed: int = 0) -> LabeledData:
+def load_dataset(
+    spec: str,
+    *,
+    split: str = "train",
+    limit: int | None = None,
+    root: "str | os.PathLike | None" = None,
+    seed: int = 0,
+) -> LabeledData:
     """Load a dataset view as tensors.
 
     `spec`: ``fashion-mnist``, ``digits``, or either followed by ``:CLASSES`` to keep only those
@@ -236,7 +256,8 @@ def load_dataset(spec: str, *, split: str = "train", limit: int | None = None,
     else:
         if root is not None:
             raise InvalidArgumentError(
-                f"root= applies only to fashion-mnist; {name} comes with scikit-learn")
+                f"root= applies only to fashion-mnist; {name} comes with scikit-learn"
+            )
         x01, labels = _digits.load_split(split)
         idx = _select(labels, classes, limit, seed, what)
         x = x01[idx].sub_(mean).div_(std)
@@ -253,8 +274,15 @@ class Stream:
     would have yielded from that cursor on.
     """
 
-    def __init__(self, data: LabeledData, *, seed: int, start: int, limit: int | None,
-                 root: "str | os.PathLike | None") -> None:
+    def __init__(
+        self,
+        data: LabeledData,
+        *,
+        seed: int,
+        start: int,
+        limit: int | None,
+        root: "str | os.PathLike | None",
+    ) -> None:
         self.data = data
         self.seed = seed
         self.limit = limit
@@ -263,7 +291,8 @@ class Stream:
         if start > len(data):
             raise InvalidArgumentError(
                 f"start={start} is past the end of the stream ({len(data)} samples of "
-                f"{data.spec} ({data.split}))")
+                f"{data.spec} ({data.split}))"
+            )
         self.cursor = start
 
     @property
@@ -283,16 +312,29 @@ class Stream:
             raise StopIteration
         i = int(self.order[self.cursor])
         self.cursor += 1
-        return self.data.x[i:i + 1].clone(), self.data.y[i:i + 1].clone()
+        return self.data.x[i : i + 1].clone(), self.data.y[i : i + 1].clone()
 
     def state_dict(self) -> dict[str, Any]:
         """Plain, JSON-able arguments to `stream` that resume at the current cursor."""
-        return {"spec": self.data.spec, "split": self.data.split, "seed": self.seed,
-                "limit": self.limit, "start": self.cursor, "root": self._root}
+        return {
+            "spec": self.data.spec,
+            "split": self.data.split,
+            "seed": self.seed,
+            "limit": self.limit,
+            "start": self.cursor,
+            "root": self._root,
+        }
 
 
-def stream(spec: str, *, split: str = "train", seed: int = 0, limit: int | None = None,
-           start: int = 0, root: "str | os.PathLike | None" = None) -> Stream:
+def stream(
+    spec: str,
+    *,
+    split: str = "train",
+    seed: int = 0,
+    limit: int | None = None,
+    start: int = 0,
+    root: "str | os.PathLike | None" = None,
+) -> Stream:
     """The streaming view for online learning: an iterator of single samples.
 
     Yields the samples of ``load_dataset(spec, split=split, limit=limit, root=root)`` (so `limit`
@@ -318,18 +360,22 @@ def resize_for(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         raise InvalidArgumentError(
             f"resize_for needs a float tensor of shape (N, C, H, W) or (C, H, W), got "
             f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))} "
-            f"{getattr(x, 'dtype', '')}".rstrip())
+            f"{getattr(x, 'dtype', '')}".rstrip()
+        )
     dims = tuple(shape)
-    if len(dims) not in (3, 4) or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
-                                      for d in dims):
+    if len(dims) not in (3, 4) or any(
+        isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims
+    ):
         raise InvalidArgumentError(
-            f"shape must be (C, H, W) or (N, C, H, W) of positive integers, got {shape!r}")
+            f"shape must be (C, H, W) or (N, C, H, W) of positive integers, got {shape!r}"
+        )
     c, h, w = dims[-3:]
     batched = x if x.ndim == 4 else x.unsqueeze(0)
     c_in = batched.shape[1]
     if c_in != c and c_in != 1:
         raise InvalidArgumentError(
-            f"cannot adapt {c_in} channels to {c}: only a single grey channel can be repeated")
+            f"cannot adapt {c_in} channels to {c}: only a single grey channel can be repeated"
+        )
     out = batched
     if tuple(out.shape[2:]) != (h, w):
         out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)

@@ -32,24 +32,28 @@ def _load_all() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     except ImportError as e:
         raise DatasetMissingError(
             f"the digits dataset comes with scikit-learn, which cannot be imported ({e}); "
-            f"install it with `pip install scikit-learn`") from e
+            f"install it with `pip install scikit-learn`"
+        ) from e
     try:
         bunch = load_digits()
     except OSError as e:
         raise DatasetMissingError(
             f"scikit-learn's bundled digits data cannot be read ({e}); reinstall it with "
-            f"`pip install --force-reinstall scikit-learn`") from e
+            f"`pip install --force-reinstall scikit-learn`"
+        ) from e
     images = np.asarray(bunch.images)
     labels = np.asarray(bunch.target)
     where = "sklearn.datasets.load_digits()"
     if images.shape != (N_SAMPLES, 8, 8) or labels.shape != (N_SAMPLES,):
         raise DatasetCorruptError(
             f"{where}: images {images.shape} and labels {labels.shape}, expected "
-            f"({N_SAMPLES}, 8, 8) and ({N_SAMPLES},); reinstall scikit-learn")
+            f"({N_SAMPLES}, 8, 8) and ({N_SAMPLES},); reinstall scikit-learn"
+        )
     if images.min() < 0 or images.max() > 16 or not np.all(images == np.round(images)):
         raise DatasetCorruptError(
             f"{where}: pixel values span {images.min()}..{images.max()}, expected integers "
-            f"0..16; reinstall scikit-learn")
+            f"0..16; reinstall scikit-learn"
+        )
     if labels.min() < 0:
         raise DatasetCorruptError(f"{where}: negative label {labels.min()}")
     check_labels(labels, name=where, num_classes=NUM_CLASSES)
@@ -58,7 +62,7 @@ def _load_all() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     y = torch.from_numpy(labels.astype(np.int64))
     test = np.zeros(N_SAMPLES, dtype=bool)
     for c in range(NUM_CLASSES):
-        test[np.flatnonzero(labels == c)[TEST_EVERY - 1::TEST_EVERY]] = True
+        test[np.flatnonzero(labels == c)[TEST_EVERY - 1 :: TEST_EVERY]] = True
     return x, y, test
 
 

@@ -35,13 +35,23 @@ DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = "apt-get install dataset-fashion-mnist"
 REINSTALL_HINT = "apt-get install --reinstall dataset-fashion-mnist"
 NUM_CLASSES = 10
-CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-               "Sneaker", "Bag", "Ankle boot")
+CLASS_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 @dataclass(frozen=True)
 class _Pin:
-    gz_sha256: str   # SHA-256 of the .gz file as shipped by dataset-fashion-mnist
+    gz_sha256: str  # SHA-256 of the .gz file as shipped by dataset-fashion-mnist
     idx_sha256: str  # SHA-256 of the decompressed IDX content (independent of gzip settings)
     magic: int
     shape: tuple[int, ...]
@@ -51,23 +61,33 @@ PINS: dict[str, _Pin] = {
     "train-images-idx3-ubyte.gz": _Pin(
         "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
         "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-        IMAGES_MAGIC, (60000, 28, 28)),
+        IMAGES_MAGIC,
+        (60000, 28, 28),
+    ),
     "train-labels-idx1-ubyte.gz": _Pin(
         "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
         "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-        LABELS_MAGIC, (60000,)),
+        LABELS_MAGIC,
+        (60000,),
+    ),
     "t10k-images-idx3-ubyte.gz": _Pin(
         "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
         "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-        IMAGES_MAGIC, (10000, 28, 28)),
+        IMAGES_MAGIC,
+        (10000, 28, 28),
+    ),
     "t10k-labels-idx1-ubyte.gz": _Pin(
         "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
         "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-        LABELS_MAGIC, (10000,)),
+        LABELS_MAGIC,
+        (10000,),
+    ),
 }
 
-FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-         "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
 
 _MEMO: dict[str, np.ndarray] = {}
 
@@ -86,7 +106,8 @@ def _missing(path: Path, root: Path, origin: str, what: str) -> DatasetMissingEr
     return DatasetMissingError(
         f"Fashion-MNIST file {path} {what} (directory {root}, from {origin}). Install the "
         f"dataset with `{INSTALL_HINT}`, or set {ENV_VAR} (or pass root=) to a directory "
-        f"holding {', '.join(sorted(PINS))}.")
+        f"holding {', '.join(sorted(PINS))}."
+    )
 
 
 def _diagnose(raw: bytes, name: str, pin: _Pin) -> str:
@@ -103,8 +124,9 @@ def _read_verified(path: Path, root: Path, origin: str) -> np.ndarray:
     name = path.name
     pin = PINS[name]
     if not path.is_file():
-        raise _missing(path, root, origin,
-                       "is missing" if not path.exists() else "is not a regular file")
+        raise _missing(
+            path, root, origin, "is missing" if not path.exists() else "is not a regular file"
+        )
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -116,7 +138,8 @@ def _read_verified(path: Path, root: Path, origin: str) -> np.ndarray:
     def corrupt(detail: str) -> DatasetCorruptError:
         return DatasetCorruptError(
             f"Fashion-MNIST file {path} is corrupt: SHA-256 expected {pin.gz_sha256}, got "
-            f"{gz_hash}; {detail}. Reinstall it with `{REINSTALL_HINT}`.")
+            f"{gz_hash}; {detail}. Reinstall it with `{REINSTALL_HINT}`."
+        )
 
     try:
         raw = gzip.decompress(data)
@@ -125,8 +148,10 @@ def _read_verified(path: Path, root: Path, origin: str) -> np.ndarray:
     if gz_hash != pin.gz_sha256:
         idx_hash = hashlib.sha256(raw).hexdigest()
         if idx_hash != pin.idx_sha256:
-            raise corrupt(f"its decompressed content hashes to {idx_hash}, expected "
-                          f"{pin.idx_sha256}; {_diagnose(raw, name, pin)}")
+            raise corrupt(
+                f"its decompressed content hashes to {idx_hash}, expected "
+                f"{pin.idx_sha256}; {_diagnose(raw, name, pin)}"
+            )
     # Content verified; the structural checks below only guard against wrong pins.
     arr = parse_idx(raw, name=str(path), magic=pin.magic, shape=pin.shape)
     if pin.magic == LABELS_MAGIC:
@@ -135,15 +160,21 @@ def _read_verified(path: Path, root: Path, origin: str) -> np.ndarray:
     return arr
 
 
-def load_arrays(split: str, root: "str | os.PathLike | None" = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+def load_arrays(
+    split: str, root: "str | os.PathLike | None" = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Verified read-only uint8 arrays: images (N, 28, 28) and labels (N,) of `split`."""
     base, origin = resolve_root(root)
     if not base.is_dir():
         first = base / FILES[split][0]
-        raise _missing(first, base, origin,
-                       "was not found because the directory does not exist" if not base.exists()
-                       else "was not found because that path is not a directory")
+        raise _missing(
+            first,
+            base,
+            origin,
+            "was not found because the directory does not exist"
+            if not base.exists()
+            else "was not found because that path is not a directory",
+        )
     images_file, labels_file = FILES[split]
     images = _read_verified(base / images_file, base, origin)
     labels = _read_verified(base / labels_file, base, origin)

@@ -26,22 +26,26 @@ def parse_idx(raw: bytes, *, name: str, magic: int, shape: tuple[int, ...]) -> n
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DatasetCorruptError(
-            f"{name}: truncated IDX header: {len(raw)} bytes, need at least {header}")
+            f"{name}: truncated IDX header: {len(raw)} bytes, need at least {header}"
+        )
     got_magic = int.from_bytes(raw[0:4], "big")
     if got_magic != magic:
         raise DatasetCorruptError(
             f"{name}: bad IDX magic number {got_magic} (0x{got_magic:08x}), expected {magic} "
-            f"(0x{magic:08x})")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+            f"(0x{magic:08x})"
+        )
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if dims != shape:
         raise DatasetCorruptError(
             f"{name}: IDX dimensions {'x'.join(map(str, dims))} in the header, expected "
-            f"{'x'.join(map(str, shape))}")
+            f"{'x'.join(map(str, shape))}"
+        )
     want = header + math.prod(shape)
     if len(raw) != want:
         raise DatasetCorruptError(
             f"{name}: {len(raw)} bytes after decompression, but the header "
-            f"({'x'.join(map(str, dims))} uint8) implies {want}")
+            f"({'x'.join(map(str, dims))} uint8) implies {want}"
+        )
     arr = np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
     arr.flags.writeable = False
     return arr
@@ -54,4 +58,5 @@ def check_labels(labels: np.ndarray, *, name: str, num_classes: int) -> None:
         i = int(bad[0])
         raise DatasetCorruptError(
             f"{name}: label {int(labels[i])} at index {i} is outside 0..{num_classes - 1} "
-            f"({bad.size} such labels)")
+            f"({bad.size} such labels)"
+        )

@@ -27,8 +27,14 @@ _BN = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
 
 # Scalar keys a client's reply may carry besides parameter tensors: the privacy test checks
 # every reply against these lists.
-TRAIN_METRIC_KEYS = ("num-examples", "client-id", "train-loss", "local-steps", "device-time-s",
-                     "device-energy-j")
+TRAIN_METRIC_KEYS = (
+    "num-examples",
+    "client-id",
+    "train-loss",
+    "local-steps",
+    "device-time-s",
+    "device-energy-j",
+)
 EVAL_METRIC_KEYS = ("num-examples", "client-id", "accuracy")
 
 
@@ -49,8 +55,15 @@ class LocalData:
 
 
 @functools.lru_cache(maxsize=2)
-def _split(data: str, train_samples: int, test_samples: int, n_clients: int, partition: str,
-           seed: int, min_size: int):
+def _split(
+    data: str,
+    train_samples: int,
+    test_samples: int,
+    n_clients: int,
+    partition: str,
+    seed: int,
+    min_size: int,
+):
     from edgetrain.data import load_dataset
     from edgetrain.federated._config import Partition
 
@@ -70,8 +83,15 @@ def global_test_set(config: FederationConfig) -> tuple[torch.Tensor, torch.Tenso
 
 def _data_split(config: FederationConfig):
     min_size = max(c.batch_size for c in config.clients())
-    return _split(config.data, config.train_samples, config.test_samples, len(config.clients()),
-                  str(config.partition), config.seed, min_size)
+    return _split(
+        config.data,
+        config.train_samples,
+        config.test_samples,
+        len(config.clients()),
+        str(config.partition),
+        config.seed,
+        min_size,
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -91,8 +111,9 @@ def local_data(config: FederationConfig, client_id: int) -> LocalData:
     """Client `client_id`'s own training data and local test split (seeded, deterministic)."""
     train, test, tr, te = _data_split(config)
     i, j = torch.from_numpy(tr[client_id]), torch.from_numpy(te[client_id])
-    return LocalData(_fit_input(config, train.x[i]), train.y[i], _fit_input(config, test.x[j]),
-                     test.y[j])
+    return LocalData(
+        _fit_input(config, train.x[i]), train.y[i], _fit_input(config, test.x[j]), test.y[j]
+    )
 
 
 def trained_ranges(model: torch.nn.Module, plan: Plan) -> dict[str, tuple[int, int]]:
@@ -130,8 +151,16 @@ def build_client_model(config: FederationConfig, state: dict[str, np.ndarray]):
     return model
 
 
-def local_train(model: torch.nn.Module, plan: Plan, x: torch.Tensor, y: torch.Tensor, *,
-                steps: int, lr: float, seed: int) -> float:
+def local_train(
+    model: torch.nn.Module,
+    plan: Plan,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    seed: int,
+) -> float:
     """`steps` optimizer steps of the plan's batch size through `edgetrain.Trainer`, batches
     drawn by a seeded permutation cycling over the local data; returns the mean loss."""
     from edgetrain.runtime import Trainer
@@ -144,7 +173,7 @@ def local_train(model: torch.nn.Module, plan: Plan, x: torch.Tensor, y: torch.Te
         for _ in range(steps):
             if pos + b > len(order):
                 order, pos = torch.randperm(len(y), generator=gen), 0
-            idx = order[pos:pos + b]
+            idx = order[pos : pos + b]
             pos += b
             loss = t.step(x[idx], y[idx])
             if math.isfinite(loss):
@@ -162,16 +191,22 @@ def _round_rng(config: FederationConfig, server_round: int, client_id: int, salt
     return np.random.default_rng([config.seed, server_round, client_id, salt])
 
 
-def client_train(config: FederationConfig, client: ClientSpec, state: dict[str, np.ndarray],
-                 server_round: int):
+def client_train(
+    config: FederationConfig, client: ClientSpec, state: dict[str, np.ndarray], server_round: int
+):
     """One client's round: returns (upload arrays, trained ranges, metrics).
 
     Raises `ClientDropoutError` when the seeded dropout draw takes it offline this round and
     `ClientFaultError` for a `crash` fault.
     """
-    if config.dropout > 0 and _round_rng(config, server_round, client.client_id, 1).random() < config.dropout:
-        raise ClientDropoutError(f"client {client.name} is offline in round {server_round} "
-                                 f"(simulated dropout, p = {config.dropout})")
+    if (
+        config.dropout > 0
+        and _round_rng(config, server_round, client.client_id, 1).random() < config.dropout
+    ):
+        raise ClientDropoutError(
+            f"client {client.name} is offline in round {server_round} "
+            f"(simulated dropout, p = {config.dropout})"
+        )
     if client.fault is FaultKind.CRASH:
         raise ClientFaultError(f"client {client.name} crashed on purpose (fault = crash)")
     if client.fault is FaultKind.SLOW:
@@ -179,30 +214,46 @@ def client_train(config: FederationConfig, client: ClientSpec, state: dict[str, 
     plan = Plan.from_json(config.plans[client.kind])
     model = build_client_model(config, state)
     data = local_data(config, client.client_id)
-    loss = local_train(model, plan, data.x_train, data.y_train, steps=config.local_steps,
-                       lr=config.round_lr(server_round), seed=config.seed * 100_003 + server_round * 1009 + client.client_id)
+    loss = local_train(
+        model,
+        plan,
+        data.x_train,
+        data.y_train,
+        steps=config.local_steps,
+        lr=config.round_lr(server_round),
+        seed=config.seed * 100_003 + server_round * 1009 + client.client_id,
+    )
     ranges = trained_ranges(model, plan)
     new = model.state_dict()
-    deltas = {k: new[k][a:b].detach().double().numpy() - state[k][a:b].astype(np.float64)
-              for k, (a, b) in ranges.items()}
+    deltas = {
+        k: new[k][a:b].detach().double().numpy() - state[k][a:b].astype(np.float64)
+        for k, (a, b) in ranges.items()
+    }
     if config.clip_norm is not None:
         norm = math.sqrt(sum(float((d * d).sum()) for d in deltas.values()))
         scale = min(1.0, config.clip_norm / norm) if norm > 0 else 1.0
         gen = _round_rng(config, server_round, client.client_id, 2)
         sigma = config.noise_multiplier * config.clip_norm
-        deltas = {k: d * scale + (gen.normal(0.0, sigma, d.shape) if sigma > 0 else 0.0)
-                  for k, d in deltas.items()}
+        deltas = {
+            k: d * scale + (gen.normal(0.0, sigma, d.shape) if sigma > 0 else 0.0)
+            for k, d in deltas.items()
+        }
     if client.fault is FaultKind.SCALE:
         deltas = {k: d * client.fault_scale for k, d in deltas.items()}
-    upload = {k: (state[k][a:b].astype(np.float64) + deltas[k]).astype(state[k].dtype)
-              for k, (a, b) in ranges.items()}
+    upload = {
+        k: (state[k][a:b].astype(np.float64) + deltas[k]).astype(state[k].dtype)
+        for k, (a, b) in ranges.items()
+    }
     if client.fault is FaultKind.NAN:
         upload = {k: np.full_like(v, np.nan) for k, v in upload.items()}
-    metrics = {"num-examples": int(len(data.y_train)), "client-id": client.client_id,
-               "train-loss": loss if math.isfinite(loss) else -1.0,
-               "local-steps": config.local_steps,
-               "device-time-s": plan.predicted.latency_s * config.local_steps,
-               "device-energy-j": plan.predicted.energy_j * config.local_steps}
+    metrics = {
+        "num-examples": int(len(data.y_train)),
+        "client-id": client.client_id,
+        "train-loss": loss if math.isfinite(loss) else -1.0,
+        "local-steps": config.local_steps,
+        "device-time-s": plan.predicted.latency_s * config.local_steps,
+        "device-energy-j": plan.predicted.energy_j * config.local_steps,
+    }
     return upload, ranges, metrics
 
 
@@ -210,8 +261,11 @@ def client_evaluate(config: FederationConfig, client: ClientSpec, state: dict[st
     """The global model's accuracy on this client's local test split (metrics only)."""
     model = build_client_model(config, state)
     data = local_data(config, client.client_id)
-    return {"num-examples": int(len(data.y_test)), "client-id": client.client_id,
-            "accuracy": accuracy(model, data.x_test, data.y_test)}
+    return {
+        "num-examples": int(len(data.y_test)),
+        "client-id": client.client_id,
+        "accuracy": accuracy(model, data.x_test, data.y_test),
+    }
 
 
 # -- the Flower ClientApp ------------------------------------------------------------------------
@@ -231,7 +285,15 @@ def make_client_app(config: FederationConfig | None = None):
     """The Flower `ClientApp`. With `config=None` (deployment) it reads the federation's
     config file from the run config key `config-path` and its client id from the node config
     key `partition-id`."""
-    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app import (
+        Array,
+        ArrayRecord,
+        ConfigRecord,
+        Context,
+        Message,
+        MetricRecord,
+        RecordDict,
+    )
     from flwr.clientapp import ClientApp
 
     app = ClientApp()
@@ -249,11 +311,15 @@ def make_client_app(config: FederationConfig | None = None):
         rnd = int(msg.content["config"]["server-round"])
         with one_thread():
             upload, ranges, metrics = client_train(cfg, client, state, rnd)
-        content = RecordDict({
-            "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in upload.items()}),
-            "trained": ConfigRecord({k: [int(a), int(b)] for k, (a, b) in ranges.items()}),
-            "metrics": MetricRecord(metrics),
-        })
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord(
+                    {k: Array(np.ascontiguousarray(v)) for k, v in upload.items()}
+                ),
+                "trained": ConfigRecord({k: [int(a), int(b)] for k, (a, b) in ranges.items()}),
+                "metrics": MetricRecord(metrics),
+            }
+        )
         return Message(content=content, reply_to=msg)
 
     @app.evaluate()

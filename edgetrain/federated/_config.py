@@ -27,7 +27,9 @@ class Partition:
 
     @classmethod
     def parse(cls, text: str) -> "Partition":
-        fix = "use iid or dirichlet:ALPHA with ALPHA > 0 (e.g. dirichlet:0.5; smaller is more skewed)"
+        fix = (
+            "use iid or dirichlet:ALPHA with ALPHA > 0 (e.g. dirichlet:0.5; smaller is more skewed)"
+        )
         t = str(text).strip().lower()
         if t == "iid":
             return cls(PartitionKind.IID)
@@ -35,11 +37,13 @@ class Partition:
             try:
                 a = float(t.split(":", 1)[1])
             except ValueError:
-                raise InvalidArgumentError(f"bad partition {text!r}: no number after dirichlet:; "
-                                           f"{fix}") from None
+                raise InvalidArgumentError(
+                    f"bad partition {text!r}: no number after dirichlet:; {fix}"
+                ) from None
             if not math.isfinite(a) or a <= 0:
-                raise InvalidArgumentError(f"bad partition {text!r}: alpha = {a} must be a "
-                                           f"positive finite number; {fix}")
+                raise InvalidArgumentError(
+                    f"bad partition {text!r}: alpha = {a} must be a positive finite number; {fix}"
+                )
             return cls(PartitionKind.DIRICHLET, a)
         raise InvalidArgumentError(f"bad partition {text!r}; {fix}")
 
@@ -47,9 +51,14 @@ class Partition:
         return "iid" if self.kind is PartitionKind.IID else f"dirichlet:{self.alpha:g}"
 
 
-def split_indices(labels: np.ndarray, n_clients: int, partition: Partition, seed: int,
-                  min_size: int = 1, proportions: np.ndarray | None = None
-                  ) -> tuple[list[np.ndarray], np.ndarray]:
+def split_indices(
+    labels: np.ndarray,
+    n_clients: int,
+    partition: Partition,
+    seed: int,
+    min_size: int = 1,
+    proportions: np.ndarray | None = None,
+) -> tuple[list[np.ndarray], np.ndarray]:
     """Split sample indices over clients; returns (indices per client, class proportions).
 
     Dirichlet: for every class c, the share of its samples each client gets is drawn from
@@ -81,7 +90,8 @@ def split_indices(labels: np.ndarray, n_clients: int, partition: Partition, seed
             return out, props
     raise InvalidArgumentError(
         f"could not give each of {n_clients} clients {min_size} samples from {len(labels)} with "
-        f"{partition}; use a larger alpha, fewer clients or more --train-samples")
+        f"{partition}; use a larger alpha, fewer clients or more --train-samples"
+    )
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,7 @@ class FederationConfig:
     def __post_init__(self) -> None:
         def bad(name, value, rule):
             raise InvalidArgumentError(f"{name} = {value!r} {rule}")
+
         for name in ("rounds", "local_steps", "train_samples", "test_samples"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -128,17 +139,25 @@ class FederationConfig:
         if not (math.isfinite(self.server_lr) and self.server_lr > 0):
             bad("server_lr", self.server_lr, "must be a positive number (1.0 is plain FedAvg)")
         if not (math.isfinite(self.server_momentum) and 0 <= self.server_momentum < 1):
-            bad("server_momentum", self.server_momentum,
-                "must be in [0, 1) (0 is plain FedAvg; e.g. 0.5 with server_lr 0.5)")
+            bad(
+                "server_momentum",
+                self.server_momentum,
+                "must be in [0, 1) (0 is plain FedAvg; e.g. 0.5 with server_lr 0.5)",
+            )
         if not 0.0 <= self.dropout < 1.0:
             bad("dropout", self.dropout, "must be a probability in [0, 1) (e.g. 0.3)")
-        if self.clip_norm is not None and not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
+        if self.clip_norm is not None and not (
+            math.isfinite(self.clip_norm) and self.clip_norm > 0
+        ):
             bad("clip_norm", self.clip_norm, "must be a positive L2 norm (e.g. 1.0) or unset")
         if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
             bad("noise_multiplier", self.noise_multiplier, "must be >= 0")
         if self.noise_multiplier > 0 and self.clip_norm is None:
-            bad("noise_multiplier", self.noise_multiplier,
-                "needs clip_norm: Gaussian noise is scaled to the clipping norm (--clip-norm C)")
+            bad(
+                "noise_multiplier",
+                self.noise_multiplier,
+                "needs clip_norm: Gaussian noise is scaled to the clipping norm (--clip-norm C)",
+            )
         for name in ("reject_norm_factor", "reject_relative_norm"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 1):
@@ -154,20 +173,36 @@ class FederationConfig:
 
     def to_json(self) -> str:
         d = asdict(self)
-        d["fleet"] = [{"kind": g.kind, "count": g.count, "batch_size": g.batch_size,
-                       "fault": g.fault.value, "fault_scale": g.fault_scale,
-                       "fault_delay_s": g.fault_delay_s}
-                      for g in self.fleet.groups]
+        d["fleet"] = [
+            {
+                "kind": g.kind,
+                "count": g.count,
+                "batch_size": g.batch_size,
+                "fault": g.fault.value,
+                "fault_scale": g.fault_scale,
+                "fault_delay_s": g.fault_delay_s,
+            }
+            for g in self.fleet.groups
+        ]
         d["partition"] = str(self.partition)
         return json.dumps(d)
 
     @classmethod
     def from_json(cls, text: str) -> "FederationConfig":
         d = json.loads(text)
-        d["fleet"] = Fleet(tuple(DeviceGroup(g["kind"], g["count"], g["batch_size"],
-                                             FaultKind(g["fault"]), g["fault_scale"],
-                                             g.get("fault_delay_s", 0.0))
-                                 for g in d["fleet"]))
+        d["fleet"] = Fleet(
+            tuple(
+                DeviceGroup(
+                    g["kind"],
+                    g["count"],
+                    g["batch_size"],
+                    FaultKind(g["fault"]),
+                    g["fault_scale"],
+                    g.get("fault_delay_s", 0.0),
+                )
+                for g in d["fleet"]
+            )
+        )
         d["partition"] = Partition.parse(d["partition"])
         return cls(**d)
 

@@ -40,8 +40,10 @@ def _bin(name: str) -> str:
         return str(exe)
     found = shutil.which(name)
     if found is None:
-        raise DeploymentError(f"{name} is not installed next to {sys.executable} nor on PATH; "
-                              "install flwr (pip install 'flwr[simulation]==1.42.0')")
+        raise DeploymentError(
+            f"{name} is not installed next to {sys.executable} nor on PATH; "
+            "install flwr (pip install 'flwr[simulation]==1.42.0')"
+        )
     return found
 
 
@@ -54,8 +56,9 @@ def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout_s: float = 
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.2)
-    raise DeploymentError(f"the SuperLink did not listen on 127.0.0.1:{port} within {timeout_s:g} s; "
-                          f"see {log}")
+    raise DeploymentError(
+        f"the SuperLink did not listen on 127.0.0.1:{port} within {timeout_s:g} s; see {log}"
+    )
 
 
 _PYPROJECT = """[build-system]
@@ -92,8 +95,9 @@ serverapp = make_server_app(None, None)
 '''
 
 
-def run_deployment(config: FederationConfig, out: Path, *, verbose: bool = False,
-                   timeout_s: float | None = None) -> None:
+def run_deployment(
+    config: FederationConfig, out: Path, *, verbose: bool = False, timeout_s: float | None = None
+) -> None:
     """Run the federation as real Flower processes on 127.0.0.1; results land in `out`."""
     out = out.resolve()
     work = out / "deployment"
@@ -107,45 +111,81 @@ def run_deployment(config: FederationConfig, out: Path, *, verbose: bool = False
     port = _free_port()
     (work / "home" / "config.toml").write_text(
         f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{port}"\n'
-        'insecure = true\n')
+        "insecure = true\n"
+    )
     # Flower's processes start helpers (flower-superexec, flwr-serverapp, flwr-clientapp) by
     # name: this environment's scripts folder goes first on PATH.
-    env = dict(os.environ, FLWR_HOME=str(work / "home"), FLWR_TELEMETRY_ENABLED="0",
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-               PYTHONPATH=os.pathsep.join([str(work / "app"), *sys.path]))
+    env = dict(
+        os.environ,
+        FLWR_HOME=str(work / "home"),
+        FLWR_TELEMETRY_ENABLED="0",
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        PYTHONPATH=os.pathsep.join([str(work / "app"), *sys.path]),
+    )
     procs: list[subprocess.Popen] = []
     logs = []
 
     def start(cmd, name):
         log = open(work / f"{name}.log", "w")
         logs.append(log)
-        p = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work,
-                             start_new_session=True)
+        p = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work, start_new_session=True
+        )
         procs.append(p)
         return p
 
     try:
-        link = start([_bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port",
-                      str(port), "--disable-runtime-dependency-installation"], "superlink")
+        link = start(
+            [
+                _bin("flower-superlink"),
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--disable-runtime-dependency-installation",
+            ],
+            "superlink",
+        )
         _wait_port(port, link, work / "superlink.log")
         n = len(config.clients())
         for c in config.clients():
-            start([_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-                   "--host", "127.0.0.1", "--port", str(_free_port()),
-                   "--node-config", f"partition-id={c.client_id} num-partitions={n}"],
-                  f"supernode-{c.client_id}")
+            start(
+                [
+                    _bin("flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{port}",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(_free_port()),
+                    "--node-config",
+                    f"partition-id={c.client_id} num-partitions={n}",
+                ],
+                f"supernode-{c.client_id}",
+            )
         limit = timeout_s or (120 + config.rounds * (config.round_timeout_s + 60))
-        run = subprocess.run([_bin("flwr"), "run", str(work / "app"), "local", "--stream"],
-                             env=env, cwd=work, capture_output=True, text=True, timeout=limit)
+        run = subprocess.run(
+            [_bin("flwr"), "run", str(work / "app"), "local", "--stream"],
+            env=env,
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=limit,
+        )
         (work / "flwr-run.log").write_text(run.stdout + run.stderr)
         if verbose:
             sys.stderr.write(run.stdout + run.stderr)
         if run.returncode != 0:
-            raise DeploymentError(f"`flwr run` exited with code {run.returncode}; see "
-                                  f"{work / 'flwr-run.log'} and the process logs in {work}")
+            raise DeploymentError(
+                f"`flwr run` exited with code {run.returncode}; see "
+                f"{work / 'flwr-run.log'} and the process logs in {work}"
+            )
     except subprocess.TimeoutExpired:
-        raise DeploymentError(f"the deployment did not finish within {limit:g} s; see the logs "
-                              f"in {work}") from None
+        raise DeploymentError(
+            f"the deployment did not finish within {limit:g} s; see the logs in {work}"
+        ) from None
     finally:
         for p in reversed(procs):
             if p.poll() is None:

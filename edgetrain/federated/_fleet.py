@@ -34,10 +34,10 @@ class FaultKind(enum.Enum):
     """A fault a client injects on purpose (robustness drills): its upload, or its whole reply."""
 
     NONE = "none"
-    NAN = "nan"          # every uploaded value is NaN
-    SCALE = "scale"      # the update (new - global) is multiplied by `fault_scale`
-    CRASH = "crash"      # the client raises before replying
-    SLOW = "slow"        # the client replies `fault_delay_s` seconds late (a straggler)
+    NAN = "nan"  # every uploaded value is NaN
+    SCALE = "scale"  # the update (new - global) is multiplied by `fault_scale`
+    CRASH = "crash"  # the client raises before replying
+    SLOW = "slow"  # the client replies `fault_delay_s` seconds late (a straggler)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +81,31 @@ class Fleet:
             for _ in range(g.count):
                 i = seen.get(g.kind, 0)
                 seen[g.kind] = i + 1
-                out.append(ClientSpec(len(out), f"{g.kind}-{i}", g.kind, g.batch_size, g.fault,
-                                      g.fault_scale, g.fault_delay_s))
+                out.append(
+                    ClientSpec(
+                        len(out),
+                        f"{g.kind}-{i}",
+                        g.kind,
+                        g.batch_size,
+                        g.fault,
+                        g.fault_scale,
+                        g.fault_delay_s,
+                    )
+                )
         return tuple(out)
 
     def to_dict(self) -> dict:
-        return {"device": [{"kind": g.kind, "count": g.count, "batch_size": g.batch_size,
-                            "fault": _fault_text(g)} for g in self.groups]}
+        return {
+            "device": [
+                {
+                    "kind": g.kind,
+                    "count": g.count,
+                    "batch_size": g.batch_size,
+                    "fault": _fault_text(g),
+                }
+                for g in self.groups
+            ]
+        }
 
 
 def _fault_text(g: DeviceGroup) -> str:
@@ -103,8 +121,10 @@ def _err(where: str, field: str, value, why: str, fix: str) -> FleetFileError:
 
 
 def _parse_fault(where: str, value) -> tuple[FaultKind, float, float]:
-    fix = ("use one of none, nan, crash, scale:F with F a finite number (e.g. scale:1e6) or "
-           "slow:S with S seconds >= 0 (e.g. slow:30)")
+    fix = (
+        "use one of none, nan, crash, scale:F with F a finite number (e.g. scale:1e6) or "
+        "slow:S with S seconds >= 0 (e.g. slow:30)"
+    )
     if not isinstance(value, str):
         raise _err(where, "fault", value, "is not a string", fix)
     text = value.strip().lower()
@@ -140,49 +160,77 @@ def parse_fleet(data: dict, source: str = "fleet") -> Fleet:
 
     unknown_top = [k for k in data if k != "device"]
     if unknown_top:
-        raise FleetFileError(f"{source}: unknown top-level key(s) {unknown_top}; a fleet file holds "
-                             "only [[device]] tables with kind and count")
+        raise FleetFileError(
+            f"{source}: unknown top-level key(s) {unknown_top}; a fleet file holds "
+            "only [[device]] tables with kind and count"
+        )
     tables = data.get("device")
     if not isinstance(tables, list) or not tables:
-        raise FleetFileError(f"{source}: no [[device]] table; add one per device kind, e.g.\n"
-                             "[[device]]\nkind = \"nrf52840\"\ncount = 6")
+        raise FleetFileError(
+            f"{source}: no [[device]] table; add one per device kind, e.g.\n"
+            '[[device]]\nkind = "nrf52840"\ncount = 6'
+        )
     groups: list[DeviceGroup] = []
     total = 0
     for i, t in enumerate(tables):
         where = f"{source}: device table #{i + 1}"
         if not isinstance(t, dict):
-            raise FleetFileError(f"{where} is not a table; write it as [[device]] with kind and count")
+            raise FleetFileError(
+                f"{where} is not a table; write it as [[device]] with kind and count"
+            )
         extra = [k for k in t if k not in _FIELDS]
         if extra:
-            raise FleetFileError(f"{where}: unknown field(s) {extra}; allowed: {', '.join(_FIELDS)}")
+            raise FleetFileError(
+                f"{where}: unknown field(s) {extra}; allowed: {', '.join(_FIELDS)}"
+            )
         if "kind" not in t:
-            raise FleetFileError(f"{where}: field 'kind' is missing; give a catalog name "
-                                 "(`edgetrain devices`) or a device file path/to/board.toml")
+            raise FleetFileError(
+                f"{where}: field 'kind' is missing; give a catalog name "
+                "(`edgetrain devices`) or a device file path/to/board.toml"
+            )
         kind = t["kind"]
         if not isinstance(kind, str) or not kind.strip():
-            raise _err(where, "kind", kind, "is not a device name",
-                       "give a catalog name (`edgetrain devices`) or path/to/board.toml")
+            raise _err(
+                where,
+                "kind",
+                kind,
+                "is not a device name",
+                "give a catalog name (`edgetrain devices`) or path/to/board.toml",
+            )
         try:
             load_device(kind)
         except (UnknownDeviceError, DeviceFileError) as e:
             raise _err(where, "kind", kind, "is not a usable device", str(e)) from None
         if "count" not in t:
-            raise FleetFileError(f"{where}: field 'count' is missing; give the number of "
-                                 f"{kind} clients, an integer from 1 to {MAX_CLIENTS}")
+            raise FleetFileError(
+                f"{where}: field 'count' is missing; give the number of "
+                f"{kind} clients, an integer from 1 to {MAX_CLIENTS}"
+            )
         count = t["count"]
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_CLIENTS:
-            raise _err(where, "count", count, "is out of range",
-                       f"use an integer number of clients from 1 to {MAX_CLIENTS}")
+            raise _err(
+                where,
+                "count",
+                count,
+                "is out of range",
+                f"use an integer number of clients from 1 to {MAX_CLIENTS}",
+            )
         batch = t.get("batch_size", DEFAULT_BATCH_SIZE)
         if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 4096:
-            raise _err(where, "batch_size", batch, "is out of range",
-                       "use an integer local batch size from 1 to 4096 (samples per step)")
+            raise _err(
+                where,
+                "batch_size",
+                batch,
+                "is out of range",
+                "use an integer local batch size from 1 to 4096 (samples per step)",
+            )
         fault, scale, delay = _parse_fault(where, t.get("fault", "none"))
         groups.append(DeviceGroup(kind, count, batch, fault, scale, delay))
         total += count
     if total > MAX_CLIENTS:
-        raise FleetFileError(f"{source}: {total} clients in all, more than {MAX_CLIENTS}; "
-                             "lower the counts")
+        raise FleetFileError(
+            f"{source}: {total} clients in all, more than {MAX_CLIENTS}; lower the counts"
+        )
     return Fleet(tuple(groups))
 
 
@@ -192,11 +240,15 @@ def load_fleet(path: "str | os.PathLike") -> Fleet:
     try:
         text = p.read_text()
     except OSError as e:
-        raise FleetFileError(f"cannot read fleet file {str(p)!r}: {e.strerror}; pass --fleet with "
-                             "a TOML file of [[device]] tables (see examples/fleet.toml)") from None
+        raise FleetFileError(
+            f"cannot read fleet file {str(p)!r}: {e.strerror}; pass --fleet with "
+            "a TOML file of [[device]] tables (see examples/fleet.toml)"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise FleetFileError(f"fleet file {str(p)!r} is not valid TOML: {e}; fix the syntax "
-                             "(see examples/fleet.toml)") from None
+        raise FleetFileError(
+            f"fleet file {str(p)!r} is not valid TOML: {e}; fix the syntax "
+            "(see examples/fleet.toml)"
+        ) from None
     return parse_fleet(data, str(p))

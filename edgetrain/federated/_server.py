@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgetrain.storage import load_tensors, save_tensors_atomic, write_json_atomic
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.federated._config import FederationConfig
+from edgetrain.storage import load_tensors, save_tensors_atomic, write_json_atomic
 
 log = logging.getLogger("edgetrain.federated")
 
@@ -38,28 +38,38 @@ def load_checkpoint(config: FederationConfig, out_dir: "str | Path"):
     if state.get("fingerprint") != config.fingerprint():
         raise CheckpointMismatchError(
             f"{ck} holds a federation with other settings (fingerprint {state.get('fingerprint')}, "
-            f"this run {config.fingerprint()}); use another --out folder or delete {ck}")
+            f"this run {config.fingerprint()}); use another --out folder or delete {ck}"
+        )
     weights = {k: v.numpy() for k, v in load_tensors(ck / state["weights"]).items()}
     return int(state["round"]), weights, state
 
 
-def save_checkpoint(config: FederationConfig, out_dir: "str | Path", rnd: int,
-                    weights: dict[str, np.ndarray], state: dict,
-                    momentum: dict[str, np.ndarray] | None = None) -> None:
+def save_checkpoint(
+    config: FederationConfig,
+    out_dir: "str | Path",
+    rnd: int,
+    weights: dict[str, np.ndarray],
+    state: dict,
+    momentum: dict[str, np.ndarray] | None = None,
+) -> None:
     """Weights (and the server's momentum buffers, when it keeps any) as safetensors, then the
     JSON state that names them: the commit point."""
     ck = checkpoint_dir(out_dir)
     meta = {"round": str(rnd), "fingerprint": config.fingerprint()}
     name = f"global-r{rnd:04d}.safetensors"
-    save_tensors_atomic({k: torch.from_numpy(np.array(v)) for k, v in weights.items()}, ck / name,
-                        metadata=meta)
+    save_tensors_atomic(
+        {k: torch.from_numpy(np.array(v)) for k, v in weights.items()}, ck / name, metadata=meta
+    )
     keep = {name}
     state = dict(state, round=rnd, weights=name, fingerprint=config.fingerprint())
     state.pop("momentum", None)
     if momentum:
         mname = f"momentum-r{rnd:04d}.safetensors"
-        save_tensors_atomic({k: torch.from_numpy(np.array(v)) for k, v in momentum.items()},
-                            ck / mname, metadata=meta)
+        save_tensors_atomic(
+            {k: torch.from_numpy(np.array(v)) for k, v in momentum.items()},
+            ck / mname,
+            metadata=meta,
+        )
         state["momentum"] = mname
         keep.add(mname)
     write_json_atomic(state, ck / STATE_FILE)  # the commit point: names the new weights
@@ -72,7 +82,9 @@ def load_momentum(out_dir: "str | Path", state: dict) -> dict[str, np.ndarray]:
     """The server's momentum buffers named by a checkpoint's state (empty when it has none)."""
     if not state.get("momentum"):
         return {}
-    return {k: v.numpy() for k, v in load_tensors(checkpoint_dir(out_dir) / state["momentum"]).items()}
+    return {
+        k: v.numpy() for k, v in load_tensors(checkpoint_dir(out_dir) / state["momentum"]).items()
+    }
 
 
 def server_opt_names(config: FederationConfig) -> frozenset[str]:
@@ -97,8 +109,9 @@ def evaluate_global(config: FederationConfig, weights: dict[str, np.ndarray]) ->
     return accuracy(build_client_model(config, weights), x, y)
 
 
-def make_server_app(config: FederationConfig | None, out_dir: "str | Path | None",
-                    message_sink=None, on_round=None):
+def make_server_app(
+    config: FederationConfig | None, out_dir: "str | Path | None", message_sink=None, on_round=None
+):
     """The Flower `ServerApp`. With `config=None` (deployment) it reads the config file and the
     output folder from the run config keys `config-path` and `out-dir`. `on_round(record)` is
     called after each round's checkpoint (in-process runs: progress display)."""
@@ -135,8 +148,7 @@ def _serve(cfg: FederationConfig, out: Path, grid, message_sink, on_round) -> No
     momentum: dict[str, np.ndarray] = {}
     if resumed is None:
         start, weights = 0, initial_state(cfg)
-        state = {"history": [], "initial_accuracy": evaluate_global(cfg, weights),
-                 "resumed_at": []}
+        state = {"history": [], "initial_accuracy": evaluate_global(cfg, weights), "resumed_at": []}
     else:
         start, weights, state = resumed
         state = dict(state, resumed_at=[*state.get("resumed_at", []), start])
@@ -144,12 +156,17 @@ def _serve(cfg: FederationConfig, out: Path, grid, message_sink, on_round) -> No
         log.warning("resuming the federation from the checkpoint of round %d in %s", start, out)
     if start >= cfg.rounds:
         return
-    strategy = PartialFedAvg(num_clients=len(clients), round_offset=start,
-                             reject_norm_factor=cfg.reject_norm_factor,
-                             reject_relative_norm=cfg.reject_relative_norm,
-                             message_sink=message_sink, server_lr=cfg.server_lr,
-                             server_momentum=cfg.server_momentum,
-                             server_opt_names=server_opt_names(cfg), momentum_state=momentum)
+    strategy = PartialFedAvg(
+        num_clients=len(clients),
+        round_offset=start,
+        reject_norm_factor=cfg.reject_norm_factor,
+        reject_relative_norm=cfg.reject_relative_norm,
+        message_sink=message_sink,
+        server_lr=cfg.server_lr,
+        server_momentum=cfg.server_momentum,
+        server_opt_names=server_opt_names(cfg),
+        momentum_state=momentum,
+    )
 
     def on_round_end(server_round: int, arrays: ArrayRecord):
         if server_round == 0:
@@ -164,10 +181,14 @@ def _serve(cfg: FederationConfig, out: Path, grid, message_sink, on_round) -> No
         log.info("round %d: global accuracy %.4f", rnd, acc)
         return MetricRecord({"accuracy": acc})
 
-    strategy.start(grid=grid, initial_arrays=ArrayRecord({k: Array(np.ascontiguousarray(v))
-                                                          for k, v in weights.items()}),
-                   num_rounds=cfg.rounds - start, timeout=cfg.round_timeout_s,
-                   train_config=ConfigRecord(), evaluate_fn=on_round_end)
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()}),
+        num_rounds=cfg.rounds - start,
+        timeout=cfg.round_timeout_s,
+        train_config=ConfigRecord(),
+        evaluate_fn=on_round_end,
+    )
 
 
 def _round_record(cfg: FederationConfig, rnd: int, acc: float, rl) -> dict:
@@ -196,7 +217,10 @@ def _round_record(cfg: FederationConfig, rnd: int, acc: float, rl) -> dict:
         "failed": [node_name.get(n, f"node-{n}") for n in rl.failed_nodes],
         "failure_reasons": rl.failures,
         "train_loss": {name[c]: float(m["train-loss"]) for c, m in sorted(rl.metrics.items())},
-        "device_time_s": {name[c]: float(m["device-time-s"]) for c, m in sorted(rl.metrics.items())},
-        "device_energy_j": {name[c]: float(m["device-energy-j"])
-                            for c, m in sorted(rl.metrics.items())},
+        "device_time_s": {
+            name[c]: float(m["device-time-s"]) for c, m in sorted(rl.metrics.items())
+        },
+        "device_energy_j": {
+            name[c]: float(m["device-energy-j"]) for c, m in sorted(rl.metrics.items())
+        },
     }

@@ -52,26 +52,34 @@ def message_bytes(msg: Message) -> int:
 class RoundLog:
     """What the strategy saw in one round (node ids; names are resolved by the server app)."""
 
-    bytes_down: dict[int, int] = field(default_factory=dict)        # node id -> bytes
-    bytes_up: dict[int, int] = field(default_factory=dict)          # client id -> bytes
-    node_client: dict[int, int] = field(default_factory=dict)       # node id -> client id
-    accepted: list[int] = field(default_factory=list)               # client ids
-    rejected: list[dict] = field(default_factory=list)              # {client_id, reason}
-    failed_nodes: list[int] = field(default_factory=list)           # node ids
+    bytes_down: dict[int, int] = field(default_factory=dict)  # node id -> bytes
+    bytes_up: dict[int, int] = field(default_factory=dict)  # client id -> bytes
+    node_client: dict[int, int] = field(default_factory=dict)  # node id -> client id
+    accepted: list[int] = field(default_factory=list)  # client ids
+    rejected: list[dict] = field(default_factory=list)  # {client_id, reason}
+    failed_nodes: list[int] = field(default_factory=list)  # node ids
     failures: list[str] = field(default_factory=list)
-    metrics: dict[int, dict] = field(default_factory=dict)          # client id -> train metrics
-    eval_metrics: dict[int, dict] = field(default_factory=dict)     # client id -> eval metrics
+    metrics: dict[int, dict] = field(default_factory=dict)  # client id -> train metrics
+    eval_metrics: dict[int, dict] = field(default_factory=dict)  # client id -> eval metrics
 
 
 class PartialFedAvg(FedAvg):
     """FedAvg over partial updates, with screening of non-finite and absurd-norm updates."""
 
-    def __init__(self, *, num_clients: int, reject_norm_factor: float = 10.0,
-                 reject_relative_norm: float = 10.0, round_offset: int = 0,
-                 message_sink: Callable[[int, int, bytes], None] | None = None,
-                 server_lr: float = 1.0, server_momentum: float = 0.0,
-                 server_opt_names: Iterable[str] | None = None,
-                 momentum_state: dict[str, np.ndarray] | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        *,
+        num_clients: int,
+        reject_norm_factor: float = 10.0,
+        reject_relative_norm: float = 10.0,
+        round_offset: int = 0,
+        message_sink: Callable[[int, int, bytes], None] | None = None,
+        server_lr: float = 1.0,
+        server_momentum: float = 0.0,
+        server_opt_names: Iterable[str] | None = None,
+        momentum_state: dict[str, np.ndarray] | None = None,
+        **kwargs,
+    ) -> None:
         kwargs.setdefault("min_available_nodes", num_clients)
         kwargs.setdefault("min_train_nodes", num_clients)
         kwargs.setdefault("min_evaluate_nodes", num_clients)
@@ -88,8 +96,9 @@ class PartialFedAvg(FedAvg):
         self.server_momentum = float(server_momentum)
         self.server_opt_names = None if server_opt_names is None else frozenset(server_opt_names)
         # the server's momentum buffers (float64), one per stepped tensor; checkpointed by the app
-        self.momentum: dict[str, np.ndarray] = {k: np.array(v, np.float64)
-                                                for k, v in (momentum_state or {}).items()}
+        self.momentum: dict[str, np.ndarray] = {
+            k: np.array(v, np.float64) for k, v in (momentum_state or {}).items()
+        }
         self.logs: dict[int, RoundLog] = {}
         self._global: dict[str, np.ndarray] = {}
 
@@ -99,9 +108,13 @@ class PartialFedAvg(FedAvg):
     # -- training ------------------------------------------------------------------------------
     def configure_train(self, server_round, arrays: ArrayRecord, config: ConfigRecord, grid):
         self._global = {k: v.numpy() for k, v in arrays.items()}
-        self._global_norm = math.sqrt(sum(float((v.astype(np.float64) ** 2).sum())
-                                          for v in self._global.values()
-                                          if np.issubdtype(v.dtype, np.floating)))
+        self._global_norm = math.sqrt(
+            sum(
+                float((v.astype(np.float64) ** 2).sum())
+                for v in self._global.values()
+                if np.issubdtype(v.dtype, np.floating)
+            )
+        )
         msgs = list(super().configure_train(server_round + self.round_offset, arrays, config, grid))
         rl = self._log(server_round)
         for m in msgs:
@@ -119,17 +132,23 @@ class PartialFedAvg(FedAvg):
             try:
                 cid, n, ranges, arrays, metrics = self._parse(m)
             except ValueError as e:
-                log.warning("round %d: reply from node %d rejected: %s",
-                            server_round + self.round_offset, m.metadata.src_node_id, e)
-                rl.rejected.append({"client_id": None, "node_id": m.metadata.src_node_id,
-                                    "reason": str(e)})
+                log.warning(
+                    "round %d: reply from node %d rejected: %s",
+                    server_round + self.round_offset,
+                    m.metadata.src_node_id,
+                    e,
+                )
+                rl.rejected.append(
+                    {"client_id": None, "node_id": m.metadata.src_node_id, "reason": str(e)}
+                )
                 continue
             rl.node_client[m.metadata.src_node_id] = cid
             rl.bytes_up[cid] = message_bytes(m)
             rl.metrics[cid] = metrics
             if self.message_sink is not None:
-                self.message_sink(server_round + self.round_offset, cid,
-                                  message_to_proto(m).SerializeToString())
+                self.message_sink(
+                    server_round + self.round_offset, cid, message_to_proto(m).SerializeToString()
+                )
             parsed.append((cid, n, ranges, arrays))
         parsed.sort(key=lambda p: p[0])  # a fixed order: the average does not depend on arrival
         accepted = self._screen(server_round + self.round_offset, parsed, rl)
@@ -137,14 +156,23 @@ class PartialFedAvg(FedAvg):
         rl.accepted = [p[0] for p in accepted]
         out = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in new.items()})
         total = sum(p[1] for p in accepted)
-        metrics = MetricRecord({"num-examples": int(total), "accepted": len(accepted),
-                                "rejected": len(rl.rejected), "failed": len(errors)})
+        metrics = MetricRecord(
+            {
+                "num-examples": int(total),
+                "accepted": len(accepted),
+                "rejected": len(rl.rejected),
+                "failed": len(errors),
+            }
+        )
         return out, metrics
 
     def _parse(self, m: Message):
         c = m.content
-        if "arrays" not in c.array_records or "metrics" not in c.metric_records \
-                or "trained" not in c.config_records:
+        if (
+            "arrays" not in c.array_records
+            or "metrics" not in c.metric_records
+            or "trained" not in c.config_records
+        ):
             raise ValueError("reply lacks its arrays, trained or metrics record")
         metrics = dict(c["metrics"])
         cid, n = int(metrics["client-id"]), int(metrics["num-examples"])
@@ -160,13 +188,15 @@ class PartialFedAvg(FedAvg):
             a, b = ranges[k]
             g = self._global[k]
             if not (0 <= a < b <= g.shape[0]) or v.shape != (b - a, *g.shape[1:]):
-                raise ValueError(f"tensor {k!r}: rows [{a}, {b}) and shape {v.shape} do not fit "
-                                 f"the global shape {g.shape}")
+                raise ValueError(
+                    f"tensor {k!r}: rows [{a}, {b}) and shape {v.shape} do not fit "
+                    f"the global shape {g.shape}"
+                )
         return cid, n, ranges, arrays, metrics
 
     def _screen(self, rnd: int, parsed, rl: RoundLog):
         norms, finite = [], []
-        for cid, _n, ranges, arrays in parsed:
+        for _cid, _n, ranges, arrays in parsed:
             ok = all(np.isfinite(v).all() for v in arrays.values())
             finite.append(ok)
             if not ok:
@@ -189,11 +219,15 @@ class PartialFedAvg(FedAvg):
             if not ok:
                 reason = "non-finite values (NaN or inf) in the update"
             elif norm < 0:
-                reason = (f"update norm {-norm:.4g} exceeds {self.reject_relative_norm:g} x the norm "
-                          f"of the global model ({self._global_norm:.4g})")
+                reason = (
+                    f"update norm {-norm:.4g} exceeds {self.reject_relative_norm:g} x the norm "
+                    f"of the global model ({self._global_norm:.4g})"
+                )
             elif norm > self.reject_norm_factor * median and len(good) > 1:
-                reason = (f"update norm {norm:.4g} exceeds {self.reject_norm_factor:g} x the "
-                          f"median update norm {median:.4g}")
+                reason = (
+                    f"update norm {norm:.4g} exceeds {self.reject_norm_factor:g} x the "
+                    f"median update norm {median:.4g}"
+                )
             if reason is None:
                 accepted.append(p)
             else:
@@ -204,7 +238,9 @@ class PartialFedAvg(FedAvg):
     def _average(self, accepted) -> dict[str, np.ndarray]:
         new = {}
         for k, g in self._global.items():
-            contrib = [(n, ranges[k], arrays[k]) for _c, n, ranges, arrays in accepted if k in arrays]
+            contrib = [
+                (n, ranges[k], arrays[k]) for _c, n, ranges, arrays in accepted if k in arrays
+            ]
             if not contrib or not np.issubdtype(g.dtype, np.floating):
                 new[k] = g.copy()
                 continue
@@ -226,8 +262,9 @@ class PartialFedAvg(FedAvg):
             return False
         return self.server_opt_names is None or name in self.server_opt_names
 
-    def _server_step(self, name: str, g: np.ndarray, avg: np.ndarray,
-                     trained: np.ndarray) -> np.ndarray:
+    def _server_step(
+        self, name: str, g: np.ndarray, avg: np.ndarray, trained: np.ndarray
+    ) -> np.ndarray:
         """FedAvgM on the rows trained this round: v <- beta v + (g - avg); g <- g - eta v."""
         v = self.momentum.get(name)
         if v is None or v.shape != g.shape:

@@ -12,5 +12,14 @@ from edgetrain.ir._graph import (
     to_plain,
 )
 
-__all__ = ["SCHEMA_VERSION", "Graph", "Node", "OpKind", "Param", "Tensor",
-           "TensorRole", "itemsize", "to_plain"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Graph",
+    "Node",
+    "OpKind",
+    "Param",
+    "Tensor",
+    "TensorRole",
+    "itemsize",
+    "to_plain",
+]

@@ -56,8 +56,18 @@ class TensorRole(enum.Enum):
     LOSS = "loss"
 
 
-_ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4,
-             "int16": 2, "int8": 1, "uint8": 1, "bool": 1}
+_ITEMSIZE = {
+    "float32": 4,
+    "float64": 8,
+    "float16": 2,
+    "bfloat16": 2,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint8": 1,
+    "bool": 1,
+}
 
 
 def itemsize(dtype: str) -> int:
@@ -65,7 +75,8 @@ def itemsize(dtype: str) -> int:
         return _ITEMSIZE[dtype]
     except KeyError:
         raise InvalidArgumentError(
-            f"dtype {dtype!r} has no known size; known: {sorted(_ITEMSIZE)}") from None
+            f"dtype {dtype!r} has no known size; known: {sorted(_ITEMSIZE)}"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,17 +254,36 @@ class Graph:
         if d.get("schema_version") != SCHEMA_VERSION:
             raise InvalidArgumentError(
                 f"graph schema_version {d.get('schema_version')!r} is not {SCHEMA_VERSION}; "
-                "re-capture the model with this edgetrain version")
+                "re-capture the model with this edgetrain version"
+            )
         nodes = tuple(
-            Node(**{**n, "op": OpKind(n["op"]), "inputs": tuple(n["inputs"]),
-                    "aux_outputs": tuple(n["aux_outputs"]), "saved": tuple(n["saved"]),
-                    "attrs": tuple((k, _tuplify(v)) for k, v in n["attrs"])})
-            for n in d["nodes"])
-        tensors = tuple(Tensor(**{**t, "shape": tuple(t["shape"]), "role": TensorRole(t["role"])})
-                        for t in d["tensors"])
+            Node(
+                **{
+                    **n,
+                    "op": OpKind(n["op"]),
+                    "inputs": tuple(n["inputs"]),
+                    "aux_outputs": tuple(n["aux_outputs"]),
+                    "saved": tuple(n["saved"]),
+                    "attrs": tuple((k, _tuplify(v)) for k, v in n["attrs"]),
+                }
+            )
+            for n in d["nodes"]
+        )
+        tensors = tuple(
+            Tensor(**{**t, "shape": tuple(t["shape"]), "role": TensorRole(t["role"])})
+            for t in d["tensors"]
+        )
         params = tuple(Param(**{**p, "shape": tuple(p["shape"])}) for p in d["params"])
-        return cls(d["model"], d["batch_size"], nodes, tensors, params, tuple(d["inputs"]),
-                   d["target"], d["loss"])
+        return cls(
+            d["model"],
+            d["batch_size"],
+            nodes,
+            tensors,
+            params,
+            tuple(d["inputs"]),
+            d["target"],
+            d["loss"],
+        )
 
     @classmethod
     def from_json(cls, text: str) -> "Graph":

@@ -6,8 +6,8 @@ from edgetrain.measure._meter import (
     MemoryTrace,
     measure_training_step,
     saved_activation_bytes,
-    storage_bytes,
     stderr_silenced,
+    storage_bytes,
     walk_events,
 )
 

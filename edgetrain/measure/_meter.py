@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -117,8 +117,12 @@ class MemoryMeter:
     def __enter__(self) -> "MemoryMeter":
         # The CPU allocator logs a warning for every free of a block born before profiling; those
         # frees are by design outside our region (see NOTE above), so the noise is dropped.
-        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True,
-                             record_shapes=False, with_stack=False)
+        self._prof = profile(
+            activities=[ProfilerActivity.CPU],
+            profile_memory=True,
+            record_shapes=False,
+            with_stack=False,
+        )
         with stderr_silenced():  # kineto prints a line at every start and stop
             self._prof.__enter__()
         return self
@@ -244,5 +248,12 @@ def measure_training_step(
         del loss
     optimizer.zero_grad(set_to_none=True)
     assert meter.trace is not None
-    return MeasuredStep(meter.trace.peak_bytes, act_bytes, baseline, state_bytes, batch_bytes,
-                        loss_value, meter.trace)
+    return MeasuredStep(
+        meter.trace.peak_bytes,
+        act_bytes,
+        baseline,
+        state_bytes,
+        batch_bytes,
+        loss_value,
+        meter.trace,
+    )

@@ -81,11 +81,19 @@ def init_bert(model: nn.Module, std: float = 0.02) -> None:
 class ConvBNAct(nn.Sequential):
     """Conv2d (no bias, 'same' padding for odd kernels) -> BatchNorm2d -> optional activation."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1,
-                 act: type[nn.Module] | None = nn.ReLU) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        act: type[nn.Module] | None = nn.ReLU,
+    ) -> None:
         layers: list[nn.Module] = [
-            nn.Conv2d(cin, cout, kernel, stride, padding=(kernel - 1) // 2, groups=groups,
-                      bias=False),
+            nn.Conv2d(
+                cin, cout, kernel, stride, padding=(kernel - 1) // 2, groups=groups, bias=False
+            ),
             nn.BatchNorm2d(cout),
         ]
         if act is not None:

@@ -76,8 +76,9 @@ _MODELS: dict[str, _Entry] = {
     "mbv2-w0.35": _Entry(_cnn(lambda n: V.MobileNetV2(n, width=0.35)), (1, 3, 128, 128), 10),
     "mcunet": _Entry(_cnn(V.MCUNet), (1, 3, 128, 128), 10),
     "resnet18": _Entry(_cnn(V.ResNet18, linear_std=None), (1, 3, 224, 224), 10),
-    "resnet18-cifar": _Entry(_cnn(lambda n: V.ResNet18(n, cifar=True), linear_std=None),
-                             (1, 3, 32, 32), 10),
+    "resnet18-cifar": _Entry(
+        _cnn(lambda n: V.ResNet18(n, cifar=True), linear_std=None), (1, 3, 32, 32), 10
+    ),
     "transformer-tiny": _Entry(_tiny_transformer, (1, 32), 10, tokens=1000),
     # ids 999..30521 skip [PAD]/[unused*]/[CLS]/[SEP]/[MASK] of the BERT uncased vocabulary
     "minilm": _Entry(_minilm, (1, MINILM_SEQ_LEN), 2, tokens=30522, low=999),
@@ -97,12 +98,15 @@ def _example(e: _Entry) -> torch.Tensor:
 
 
 def _forms() -> str:
-    return (f"built-in models: {', '.join(_MODELS)}; or a Python file as "
-            "'path/to/file.py:factory' whose factory() returns (model, example_input)")
+    return (
+        f"built-in models: {', '.join(_MODELS)}; or a Python file as "
+        "'path/to/file.py:factory' whose factory() returns (model, example_input)"
+    )
 
 
-def build_model(spec: str, *, pretrained: bool = True,
-                num_classes: int | None = None) -> tuple[nn.Module, torch.Tensor]:
+def build_model(
+    spec: str, *, pretrained: bool = True, num_classes: int | None = None
+) -> tuple[nn.Module, torch.Tensor]:
     """Build a model and an example input with batch size 1; the model is in train mode.
 
     `spec` is a built-in name (`model_names()`) or `path/to/file.py:factory`, a function of no
@@ -121,8 +125,9 @@ def build_model(spec: str, *, pretrained: bool = True,
     """
     if not isinstance(spec, str):
         raise InvalidArgumentError(f"model spec must be a string, got {type(spec).__name__}")
-    if num_classes is not None and (isinstance(num_classes, bool) or
-                                    not isinstance(num_classes, int) or num_classes < 1):
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
         raise InvalidArgumentError(f"num_classes must be a positive integer, got {num_classes!r}")
     entry = _MODELS.get(spec)
     if entry is None:
@@ -144,16 +149,22 @@ def build_model(spec: str, *, pretrained: bool = True,
 def _from_file(spec: str, num_classes: int | None) -> tuple[nn.Module, torch.Tensor]:
     path_s, sep, name = spec.rpartition(":")
     if not sep or not path_s.endswith(".py"):
-        raise ModelLoadError(f"model spec {spec!r} names a Python file but no factory; "
-                             f"write it as '{spec}:factory' (factory() returns "
-                             "(model, example_input))")
+        raise ModelLoadError(
+            f"model spec {spec!r} names a Python file but no factory; "
+            f"write it as '{spec}:factory' (factory() returns "
+            "(model, example_input))"
+        )
     if not name.isidentifier():
-        raise ModelLoadError(f"factory name {name!r} in {spec!r} is not a Python identifier; "
-                             "write the spec as 'path/to/file.py:factory'")
+        raise ModelLoadError(
+            f"factory name {name!r} in {spec!r} is not a Python identifier; "
+            "write the spec as 'path/to/file.py:factory'"
+        )
     path = Path(path_s).expanduser()
     if not path.is_file():
-        raise ModelLoadError(f"model file {str(path)!r} does not exist (from spec {spec!r}; "
-                             f"resolved to {path.resolve()})")
+        raise ModelLoadError(
+            f"model file {str(path)!r} does not exist (from spec {spec!r}; "
+            f"resolved to {path.resolve()})"
+        )
     path = path.resolve()
     mod_name = "edgetrain_user_model_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
     loader_spec = importlib.util.spec_from_file_location(mod_name, path)
@@ -168,26 +179,40 @@ def _from_file(spec: str, num_classes: int | None) -> tuple[nn.Module, torch.Ten
         raise ModelLoadError(f"importing {path} failed: {type(e).__name__}: {e}") from e
     factory = getattr(module, name, None)
     if factory is None:
-        found = sorted(k for k, v in vars(module).items()
-                       if callable(v) and not k.startswith("_") and
-                       getattr(v, "__module__", None) == mod_name)
-        raise ModelLoadError(f"{path} has no factory {name!r}; functions defined there: "
-                             f"{', '.join(found) or 'none'}")
+        found = sorted(
+            k
+            for k, v in vars(module).items()
+            if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == mod_name
+        )
+        raise ModelLoadError(
+            f"{path} has no factory {name!r}; functions defined there: {', '.join(found) or 'none'}"
+        )
     if not callable(factory):
         raise ModelLoadError(f"{path}:{name} is a {type(factory).__name__}, not a function")
     try:
         result = factory() if num_classes is None else factory(num_classes=num_classes)
     except Exception as e:
         raise ModelLoadError(f"{path}:{name}() raised {type(e).__name__}: {e}") from e
-    if not (isinstance(result, tuple) and len(result) == 2 and
-            isinstance(result[0], nn.Module) and isinstance(result[1], torch.Tensor)):
-        got = (f"a tuple of ({', '.join(type(r).__name__ for r in result)})"
-               if isinstance(result, tuple) else f"a {type(result).__name__}")
-        raise ModelLoadError(f"{path}:{name}() must return (torch.nn.Module, torch.Tensor) "
-                             f"= (model, example_input), got {got}")
+    if not (
+        isinstance(result, tuple)
+        and len(result) == 2
+        and isinstance(result[0], nn.Module)
+        and isinstance(result[1], torch.Tensor)
+    ):
+        got = (
+            f"a tuple of ({', '.join(type(r).__name__ for r in result)})"
+            if isinstance(result, tuple)
+            else f"a {type(result).__name__}"
+        )
+        raise ModelLoadError(
+            f"{path}:{name}() must return (torch.nn.Module, torch.Tensor) "
+            f"= (model, example_input), got {got}"
+        )
     model, example = result
     if example.dim() == 0 or example.shape[0] != 1:
-        raise ModelLoadError(f"{path}:{name}() returned an example input of shape "
-                             f"{tuple(example.shape)}; it must have batch size 1 (shape "
-                             "(1, ...))")
+        raise ModelLoadError(
+            f"{path}:{name}() returned an example input of shape "
+            f"{tuple(example.shape)}; it must have batch size 1 (shape "
+            "(1, ...))"
+        )
     return model, example

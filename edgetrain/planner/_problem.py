@@ -27,7 +27,11 @@ from edgetrain.ir import Graph
 from edgetrain.planner._plan import ActivationDecision, Objective
 from edgetrain.planner._stages import Stage, chain_stages, stages_at, valid_depths
 
-KEEP, RECOMPUTE, PAGE = ActivationDecision.KEEP, ActivationDecision.RECOMPUTE, ActivationDecision.PAGE
+KEEP, RECOMPUTE, PAGE = (
+    ActivationDecision.KEEP,
+    ActivationDecision.RECOMPUTE,
+    ActivationDecision.PAGE,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +76,8 @@ class Problem:
         if st is None:
             raise InvalidArgumentError(
                 f"the graph does not cut into a chain at module depth {self.stage_depth}; "
-                f"valid depths: {valid_depths(self.graph)}")
+                f"valid depths: {valid_depths(self.graph)}"
+            )
         return st
 
     @property
@@ -83,11 +88,16 @@ class Problem:
 
     def schedule(self, decisions: tuple[ActivationDecision, ...]) -> Schedule:
         rec = tuple((s.start, s.stop) for s, d in zip(self.stages, decisions) if d is RECOMPUTE)
-        paged = frozenset(i for s, d in zip(self.stages, decisions) if d is PAGE
-                          for i in range(s.start, s.stop))
-        return Schedule(trainable=self.trainable, recompute_segments=rec, paged_nodes=paged,
-                        in_place_update=self.in_place_update,
-                        accumulation_steps=self.accumulation_steps)
+        paged = frozenset(
+            i for s, d in zip(self.stages, decisions) if d is PAGE for i in range(s.start, s.stop)
+        )
+        return Schedule(
+            trainable=self.trainable,
+            recompute_segments=rec,
+            paged_nodes=paged,
+            in_place_update=self.in_place_update,
+            accumulation_steps=self.accumulation_steps,
+        )
 
     def evaluate(self, decisions: tuple[ActivationDecision, ...]) -> Evaluation:
         decisions = tuple(decisions)
@@ -97,8 +107,11 @@ class Problem:
         sched = self.schedule(decisions)
         sim = simulate_step(self.graph, self.optimizer, self.kernels, sched)
         traffic = schedule_traffic(self.graph, sched)
-        rg = (self.graph.requires_grad if self.trainable is None
-              else self.graph.requires_grad_for(self.trainable))
+        rg = (
+            self.graph.requires_grad
+            if self.trainable is None
+            else self.graph.requires_grad_for(self.trainable)
+        )
         base_flops = base_vec = 0
         for n in self.graph.nodes:
             base_flops += n.flops_forward
@@ -107,27 +120,43 @@ class Problem:
                 ins = any(i in rg and i not in self.graph.param_by_tensor for i in n.inputs)
                 ps = any(i in rg and i in self.graph.param_by_tensor for i in n.inputs)
                 base_flops += (n.flops_backward_input if ins else 0) + (
-                    n.flops_backward_params if ps else 0)
+                    n.flops_backward_params if ps else 0
+                )
                 base_vec += n.vector_ops_backward
         k = max(1, self.accumulation_steps)
         dev = self.device
         # Operator runs per micro-batch: every forward node, the backward of every node that
         # needs one, and the nodes recomputation re-runs (see the module docstring).
-        n_ops = (len(self.graph.nodes) + sum(1 for n in self.graph.nodes if n.output in rg)
-                 + sum(b - a for a, b in sched.recompute_segments))
-        compute_s = k * ((base_flops + base_vec + traffic.recompute_flops
-                          + traffic.recompute_vector_ops) / dev.compute.fp32_flops_per_s
-                         + n_ops * dev.compute.op_overhead_s)
+        n_ops = (
+            len(self.graph.nodes)
+            + sum(1 for n in self.graph.nodes if n.output in rg)
+            + sum(b - a for a, b in sched.recompute_segments)
+        )
+        compute_s = k * (
+            (base_flops + base_vec + traffic.recompute_flops + traffic.recompute_vector_ops)
+            / dev.compute.fp32_flops_per_s
+            + n_ops * dev.compute.op_overhead_s
+        )
         st = dev.storage
-        io_s = k * (traffic.storage_transfers * st.transfer_latency_s
-                    + traffic.storage_bytes_written / st.write_bandwidth_bytes_per_s
-                    + traffic.storage_bytes_read / st.read_bandwidth_bytes_per_s)
-        energy = (compute_s * dev.compute.active_power_w
-                  + k * traffic.storage_bytes_written * st.write_energy_j_per_byte
-                  + k * traffic.storage_bytes_read * st.read_energy_j_per_byte)
-        ev = Evaluation(decisions, sim.peak_bytes, compute_s + io_s, energy,
-                        k * traffic.storage_bytes_written, k * traffic.storage_bytes_read,
-                        k * traffic.recompute_flops)
+        io_s = k * (
+            traffic.storage_transfers * st.transfer_latency_s
+            + traffic.storage_bytes_written / st.write_bandwidth_bytes_per_s
+            + traffic.storage_bytes_read / st.read_bandwidth_bytes_per_s
+        )
+        energy = (
+            compute_s * dev.compute.active_power_w
+            + k * traffic.storage_bytes_written * st.write_energy_j_per_byte
+            + k * traffic.storage_bytes_read * st.read_energy_j_per_byte
+        )
+        ev = Evaluation(
+            decisions,
+            sim.peak_bytes,
+            compute_s + io_s,
+            energy,
+            k * traffic.storage_bytes_written,
+            k * traffic.storage_bytes_read,
+            k * traffic.recompute_flops,
+        )
         self._cache[decisions] = ev
         return ev
 
@@ -181,6 +210,7 @@ class ChainModel:
         for k, s in enumerate(p.stages):
             for i in range(s.start, s.stop):
                 node_stage[p.graph.nodes[i].name] = k
+
         def peaks(sim_x) -> tuple[int, list[int]]:
             fwd = 0
             bwd = [0] * len(p.stages)
@@ -212,9 +242,17 @@ class ChainModel:
             own.append(d_own)
             cost.append(d_cost)
             written.append(d_w)
-        return cls(len(p.stages), p.choices, tuple(drop), tuple(own), tuple(cost), tuple(written),
-                   fwd_peak,
-                   tuple(bwd_peak), base.objective(obj))
+        return cls(
+            len(p.stages),
+            p.choices,
+            tuple(drop),
+            tuple(own),
+            tuple(cost),
+            tuple(written),
+            fwd_peak,
+            tuple(bwd_peak),
+            base.objective(obj),
+        )
 
 
 def _end_of_forward(sim) -> int:

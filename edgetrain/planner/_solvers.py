@@ -18,7 +18,11 @@ from edgetrain.planner._plan import ActivationDecision
 from edgetrain.planner._poet import poet_milp
 from edgetrain.planner._problem import ChainModel, Evaluation, Problem
 
-KEEP, RECOMPUTE, PAGE = ActivationDecision.KEEP, ActivationDecision.RECOMPUTE, ActivationDecision.PAGE
+KEEP, RECOMPUTE, PAGE = (
+    ActivationDecision.KEEP,
+    ActivationDecision.RECOMPUTE,
+    ActivationDecision.PAGE,
+)
 
 
 Solver = Callable[[Problem], Evaluation]
@@ -27,7 +31,8 @@ Solver = Callable[[Problem], Evaluation]
 def _raise_infeasible(p: Problem, best: Evaluation, what: str) -> None:
     raise PlanInfeasibleError(
         f"{what}: no schedule fits {p.budget_bytes:,} bytes; the smallest peak found is "
-        f"{best.peak_bytes:,} bytes ({best.peak_bytes / max(1, p.budget_bytes):.2f}x the budget)")
+        f"{best.peak_bytes:,} bytes ({best.peak_bytes / max(1, p.budget_bytes):.2f}x the budget)"
+    )
 
 
 def _checked(p: Problem, ev: Evaluation, what: str) -> Evaluation:
@@ -53,9 +58,10 @@ def sqrt_checkpoint(p: Problem) -> Evaluation:
     recompute the others."""
     wrappable = [k for k, c in enumerate(p.choices) if RECOMPUTE in c]
     step = max(1, math.ceil(math.sqrt(len(wrappable))))
-    keep = set(wrappable[step - 1::step])
-    dec = tuple(RECOMPUTE if (k in wrappable and k not in keep) else KEEP
-                for k in range(len(p.stages)))
+    keep = set(wrappable[step - 1 :: step])
+    dec = tuple(
+        RECOMPUTE if (k in wrappable and k not in keep) else KEEP for k in range(len(p.stages))
+    )
     return _checked(p, p.evaluate(dec), "sqrt")
 
 
@@ -118,8 +124,9 @@ def _dp(model: ChainModel, budget: float, capacity: float) -> tuple[ActivationDe
     return min(final, key=lambda s: s[2])[3]
 
 
-def _milp(model: ChainModel, budget: float, capacity: float,
-          time_limit_s: float = 60.0) -> tuple[ActivationDecision, ...] | None:
+def _milp(
+    model: ChainModel, budget: float, capacity: float, time_limit_s: float = 60.0
+) -> tuple[ActivationDecision, ...] | None:
     """The same chain model as a MILP (HiGHS through scipy.optimize.milp).
 
     Legend:
@@ -159,9 +166,13 @@ def _milp(model: ChainModel, budget: float, capacity: float,
     for i, d in idx:
         r[col[i, d]] = model.written[i][d]
     rows.append(r), lo.append(-np.inf), hi.append(capacity)
-    res = milp(c, constraints=LinearConstraint(np.array(rows), lo, hi),
-               integrality=np.ones(nv), bounds=Bounds(0, 1),
-               options={"time_limit": time_limit_s, "disp": False})
+    res = milp(
+        c,
+        constraints=LinearConstraint(np.array(rows), lo, hi),
+        integrality=np.ones(nv),
+        bounds=Bounds(0, 1),
+        options={"time_limit": time_limit_s, "disp": False},
+    )
     if res.x is None or res.status not in (0,):
         return None
     x = np.round(res.x).astype(int)
@@ -183,8 +194,9 @@ def _solve_chain(p: Problem, inner, name: str) -> Evaluation:
         best_seen = ev if best_seen is None or ev.peak_bytes < best_seen.peak_bytes else best_seen
         overshoot = ev.peak_bytes - p.budget_bytes
         budget -= max(overshoot, 0.001 * p.budget_bytes)
-    fallback = best_seen or p.evaluate(tuple(
-        RECOMPUTE if RECOMPUTE in c else KEEP for c in p.choices))
+    fallback = best_seen or p.evaluate(
+        tuple(RECOMPUTE if RECOMPUTE in c else KEEP for c in p.choices)
+    )
     _raise_infeasible(p, fallback, name)
     raise AssertionError  # unreachable
 

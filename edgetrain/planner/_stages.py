@@ -41,9 +41,15 @@ def _group(graph: Graph, depth: int) -> list[Stage] | None:
     # Wrapping a module also wraps its sub-modules: only leaves of the stage tree are wrappable
     # (a block's own `add` node, whose sub-modules are stages themselves, stays fixed).
     names = [s.name for s in stages]
-    return [Stage(s.name, s.start, s.stop,
-                  s.wrappable and not any(o.startswith(s.name + ".") for o in names))
-            for s in stages]
+    return [
+        Stage(
+            s.name,
+            s.start,
+            s.stop,
+            s.wrappable and not any(o.startswith(s.name + ".") for o in names),
+        )
+        for s in stages
+    ]
 
 
 STAGE_DEPTHS = (1, 2, 3)
@@ -98,11 +104,11 @@ def chain_stages(graph: Graph, max_stages: int = 64) -> tuple[Stage, ...]:
 def stage_saved_bytes(graph: Graph, stage: Stage, requires_grad: frozenset[str]) -> int:
     """Bytes of activation storages produced inside `stage` and saved by its own nodes."""
     produced = set()
-    for n in graph.nodes[stage.start:stage.stop]:
+    for n in graph.nodes[stage.start : stage.stop]:
         for name in (n.output, *n.aux_outputs):
             produced.add(graph.tensor(name).storage)
     out: dict[str, int] = {}
-    for n in graph.nodes[stage.start:stage.stop]:
+    for n in graph.nodes[stage.start : stage.stop]:
         if n.output not in requires_grad:
             continue
         for name in n.saved:

@@ -37,8 +37,13 @@ _BN = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
 __all__ = ["SAFETY_MARGIN", "plan", "to_plan", "trainable_policy", "trainer_plan"]
 
 
-def plan(model: torch.nn.Module, example_input: torch.Tensor,
-         request: PlanRequest | None = None, /, **options) -> Plan:
+def plan(
+    model: torch.nn.Module,
+    example_input: torch.Tensor,
+    request: PlanRequest | None = None,
+    /,
+    **options,
+) -> Plan:
     """Plan training of `model` on a device within a memory budget (default: its memory).
 
     Pass a `PlanRequest`, or its fields as keyword arguments (`device`, `budget_bytes`,
@@ -62,9 +67,14 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor,
     """
     req = request.replace(**options) if request is not None else PlanRequest(**options)
     dev = load_device(req.device)
-    search = Search(model, example_input, req, dev,
-                    int(req.budget_bytes if req.budget_bytes is not None else dev.ram_bytes),
-                    any(isinstance(m, _BN) for m in model.modules()))
+    search = Search(
+        model,
+        example_input,
+        req,
+        dev,
+        int(req.budget_bytes if req.budget_bytes is not None else dev.ram_bytes),
+        any(isinstance(m, _BN) for m in model.modules()),
+    )
     policies = _candidate_policies(search)
     errors: list[tuple[str, PlanInfeasibleError]] = []
     for ex, pr in _executor_attempts(req):
@@ -82,11 +92,17 @@ def plan(model: torch.nn.Module, example_input: torch.Tensor,
         raise errors[0][1]
     raise PlanInfeasibleError(
         f"no executor fits {search.budget_bytes:,} bytes on {dev.name}: "
-        + " | ".join(f"{label}: {e}" for label, e in errors))
+        + " | ".join(f"{label}: {e}" for label, e in errors)
+    )
 
 
-def trainer_plan(model: torch.nn.Module, example_input: torch.Tensor,
-                 request: PlanRequest | None = None, /, **options) -> Plan:
+def trainer_plan(
+    model: torch.nn.Module,
+    example_input: torch.Tensor,
+    request: PlanRequest | None = None,
+    /,
+    **options,
+) -> Plan:
     """`plan(...)` pinned to the PyTorch executor in fp32: a plan `edgetrain.Trainer` runs.
     For callers that train in PyTorch (the strategies, the federated clients), where auto's
     fallback to the C trainer would hand them a plan they cannot execute."""
@@ -102,24 +118,34 @@ def executor_memory(executor: Executor, precision: Precision) -> ExecutorMemory:
             return memory
     raise InvalidArgumentError(
         f"no {executor.value} {precision.value} executor is registered (entry-point group "
-        "edgetrain.executors); reinstall edgetrain with `make setup` or `pip install -e .`")
+        "edgetrain.executors); reinstall edgetrain with `make setup` or `pip install -e .`"
+    )
 
 
 def _candidate_policies(search: Search) -> list[tuple[str, "str | frozenset[str]"]]:
     """Candidate trainable sets, the most faithful first: (label, policy string or names)."""
     req = search.request
-    if req.calibration is not None and req.strategy is Strategy.AUTO and req.policy in (
-            None, "fisher"):
+    if (
+        req.calibration is not None
+        and req.strategy is Strategy.AUTO
+        and req.policy in (None, "fisher")
+    ):
         from edgetrain.prepare._sparse import fisher_candidates, score_layers
 
         g0 = search.graph_at(req.batch_size, False)
-        scores = score_layers(search.model, g0, req.calibration, device=search.device,
-                              optimizer=req.optimizer)
+        scores = score_layers(
+            search.model, g0, req.calibration, device=search.device, optimizer=req.optimizer
+        )
         n_layers = len(scores)
         policies: list[tuple[str, str | frozenset[str]]] = [
-            ("all" if len(c) == len(g0.params) else
-             f"fisher:top-{sum(1 for s in scores if set(s.params) <= c)}/{n_layers}", c)
-            for c in fisher_candidates(scores)]
+            (
+                "all"
+                if len(c) == len(g0.params)
+                else f"fisher:top-{sum(1 for s in scores if set(s.params) <= c)}/{n_layers}",
+                c,
+            )
+            for c in fisher_candidates(scores)
+        ]
         if req.policy is None and policies[0][0] != "all":
             policies.insert(0, ("all", "all"))
         return policies
@@ -138,15 +164,21 @@ def _sparse_policies(graph: Graph) -> list[str]:
 def _executor_attempts(req: PlanRequest) -> list[tuple[Executor, Precision]]:
     """The (executor, precision) pairs to try, in order (NOTE [ Executors auto tries ])."""
     execu, prec = req.executor, req.precision
-    every = [(Executor.PYTORCH, Precision.FP32), (Executor.C, Precision.FP32),
-             (Executor.C, Precision.INT8)]
+    every = [
+        (Executor.PYTORCH, Precision.FP32),
+        (Executor.C, Precision.FP32),
+        (Executor.C, Precision.INT8),
+    ]
     if req.strategy is not Strategy.AUTO:  # the others plan what they are asked (fp32 PyTorch)
-        every = [(execu or (Executor.C if prec is Precision.INT8 else Executor.PYTORCH),
-                  prec or Precision.FP32)]
-    out = [(e, p) for e, p in every
-           if (execu is None or e is execu) and (prec is None or p is prec)]
+        every = [
+            (
+                execu or (Executor.C if prec is Precision.INT8 else Executor.PYTORCH),
+                prec or Precision.FP32,
+            )
+        ]
+    out = [
+        (e, p) for e, p in every if (execu is None or e is execu) and (prec is None or p is prec)
+    ]
     if execu is None and req.optimizer is not Optimizer.SGD:  # the C trainer runs SGD only
         out = [(e, p) for e, p in out if e is Executor.PYTORCH] or out
     return out
-
-

@@ -7,9 +7,16 @@ from dataclasses import dataclass
 
 import torch
 
-from edgetrain.capture import capture
-from edgetrain.cost import Device, KernelLibrary, Optimizer, TrainingCost, load_device, training_cost
 from edgetrain import validate
+from edgetrain.capture import capture
+from edgetrain.cost import (
+    Device,
+    KernelLibrary,
+    Optimizer,
+    TrainingCost,
+    load_device,
+    training_cost,
+)
 from edgetrain.ir import Graph
 from edgetrain.measure import MeasuredStep, measure_training_step
 
@@ -36,22 +43,41 @@ class Profile:
     def to_dict(self) -> dict:
         c = self.cost
         d = {
-            "model": c.model, "device": c.device, "batch_size": c.batch_size,
+            "model": c.model,
+            "device": c.device,
+            "batch_size": c.batch_size,
             "optimizer": c.optimizer,
-            "params_bytes": c.params_bytes, "buffers_bytes": c.buffers_bytes,
-            "grads_bytes": c.grads_bytes, "optimizer_bytes": c.optimizer_bytes,
-            "activation_bytes": c.activation_bytes, "batch_bytes": c.batch_bytes,
-            "peak_bytes": c.peak_bytes, "memory_budget_bytes": c.memory_budget_bytes,
-            "flops_forward": c.flops_forward, "flops_backward": c.flops_backward,
-            "vector_ops": c.vector_ops, "latency_s": c.latency_s, "energy_j": c.energy_j,
-            "fits": c.fits, "peak_phase": c.peak_phase, "peak_node": c.peak_node,
+            "params_bytes": c.params_bytes,
+            "buffers_bytes": c.buffers_bytes,
+            "grads_bytes": c.grads_bytes,
+            "optimizer_bytes": c.optimizer_bytes,
+            "activation_bytes": c.activation_bytes,
+            "batch_bytes": c.batch_bytes,
+            "peak_bytes": c.peak_bytes,
+            "memory_budget_bytes": c.memory_budget_bytes,
+            "flops_forward": c.flops_forward,
+            "flops_backward": c.flops_backward,
+            "vector_ops": c.vector_ops,
+            "latency_s": c.latency_s,
+            "energy_j": c.energy_j,
+            "fits": c.fits,
+            "peak_phase": c.peak_phase,
+            "peak_node": c.peak_node,
             "layers": [
-                {"name": l.name, "op": l.op, "module": l.module,
-                 "output_shape": list(l.output_shape), "params_bytes": l.params_bytes,
-                 "grads_bytes": l.grads_bytes, "optimizer_bytes": l.optimizer_bytes,
-                 "activation_bytes": l.activation_bytes, "flops": l.flops,
-                 "flops_backward": l.flops_backward}
-                for l in c.layers],
+                {
+                    "name": ly.name,
+                    "op": ly.op,
+                    "module": ly.module,
+                    "output_shape": list(ly.output_shape),
+                    "params_bytes": ly.params_bytes,
+                    "grads_bytes": ly.grads_bytes,
+                    "optimizer_bytes": ly.optimizer_bytes,
+                    "activation_bytes": ly.activation_bytes,
+                    "flops": ly.flops,
+                    "flops_backward": ly.flops_backward,
+                }
+                for ly in c.layers
+            ],
         }
         if self.measured is not None:
             d["measured_activation_bytes"] = self.measured.activation_bytes
@@ -59,9 +85,16 @@ class Profile:
         return d
 
 
-def profile(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf52840",
-            batch_size: int = 1, optimizer: "Optimizer | str" = "sgd", measure: bool = False,
-            name: str = "model") -> Profile:
+def profile(
+    model: torch.nn.Module,
+    example_input: torch.Tensor,
+    *,
+    device="nrf52840",
+    batch_size: int = 1,
+    optimizer: "Optimizer | str" = "sgd",
+    measure: bool = False,
+    name: str = "model",
+) -> Profile:
     """Profile plain full training of `model` on `device` (catalog name, file or Device).
 
     With `measure=True` one real step runs in PyTorch on a copy of the model and the allocator's
@@ -79,8 +112,12 @@ def profile(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5
     return Profile(cost, graph, dev, measured, kernels)
 
 
-def measure_step(model: torch.nn.Module, example_input: torch.Tensor, batch_size: int,
-                 optimizer: "Optimizer | str" = "sgd") -> MeasuredStep:
+def measure_step(
+    model: torch.nn.Module,
+    example_input: torch.Tensor,
+    batch_size: int,
+    optimizer: "Optimizer | str" = "sgd",
+) -> MeasuredStep:
     """Measure one real step of plain training on a copy of `model` (allocator events)."""
     opt = Optimizer.parse(optimizer)
     m = copy.deepcopy(model)
@@ -100,10 +137,16 @@ def _measure_conv(graph: Graph, node, input_grad: bool) -> tuple[int, int]:
     from edgetrain.measure import MemoryMeter
 
     x_t, w_t = graph.tensor(node.inputs[0]), graph.tensor(node.inputs[1])
-    conv = torch.nn.Conv2d(x_t.shape[1], w_t.shape[0], tuple(w_t.shape[2:]),
-                           stride=tuple(node.attr("stride")), padding=tuple(node.attr("padding")),
-                           dilation=tuple(node.attr("dilation")), groups=node.attr("groups"),
-                           bias=node.attr("bias"))
+    conv = torch.nn.Conv2d(
+        x_t.shape[1],
+        w_t.shape[0],
+        tuple(w_t.shape[2:]),
+        stride=tuple(node.attr("stride")),
+        padding=tuple(node.attr("padding")),
+        dilation=tuple(node.attr("dilation")),
+        groups=node.attr("groups"),
+        bias=node.attr("bias"),
+    )
     x = torch.randn(*x_t.shape, requires_grad=input_grad)
     with MemoryMeter() as m:
         out = conv(x)
@@ -116,19 +159,19 @@ def _measure_conv(graph: Graph, node, input_grad: bool) -> tuple[int, int]:
     return fwd, bwd
 
 
-def host_kernels(graph: Graph | None = None,
-                 requires_grad: frozenset[str] | None = None) -> KernelLibrary:
+def host_kernels(
+    graph: Graph | None = None, requires_grad: frozenset[str] | None = None
+) -> KernelLibrary:
     """The kernel library plain PyTorch uses on this host, profiled for `graph`'s convolutions.
 
     Each distinct convolution is run once (forward and backward, with an input gradient where
     `requires_grad` — default: full training — asks for one) under the allocator meter; results are kept per process and in the cache
     directory, keyed by torch version and thread count.
     """
-    from edgetrain.cost import conv_signature
-    from edgetrain.ir import OpKind
-
     import json
 
+    from edgetrain.cost import conv_signature
+    from edgetrain.ir import OpKind
     from edgetrain.storage import cache_dir, write_text_atomic
 
     threads = torch.get_num_threads()
@@ -154,6 +197,7 @@ def host_kernels(graph: Graph | None = None,
                     new = True
                 measured.append((sig, *_KERNEL_TABLE[key]))
         if new:
-            write_text_atomic(json.dumps([[k[0], *v] for k, v in _KERNEL_TABLE.items()
-                                          if k[1] == threads]), path)
+            write_text_atomic(
+                json.dumps([[k[0], *v] for k, v in _KERNEL_TABLE.items() if k[1] == threads]), path
+            )
     return KernelLibrary(pytorch_cpu_threads=threads, measured=tuple(dict.fromkeys(measured)))

@@ -68,7 +68,8 @@ class PlanRequest:
             put("deadline_s", validate.positive_float(self.deadline_s, "deadline (--deadline-s)"))
         if not 0 <= self.safety_margin < 1:
             raise InvalidArgumentError(
-                f"safety margin must be in [0, 1), got {self.safety_margin!r} (default 0.03)")
+                f"safety margin must be in [0, 1), got {self.safety_margin!r} (default 0.03)"
+            )
         put("strategy", _enum(Strategy, self.strategy, "strategy"))
         put("objective", _enum(Objective, self.objective, "objective"))
         put("executor", _enum(Executor, self.executor, "executor"))
@@ -80,26 +81,32 @@ class PlanRequest:
         opt, execu, prec, strat = self.optimizer, self.executor, self.precision, self.strategy
         if execu is Executor.C and opt is not Optimizer.SGD:
             raise InvalidArgumentError(
-                f"the C executor trains with plain SGD, not {opt.value}; use --optimizer sgd")
+                f"the C executor trains with plain SGD, not {opt.value}; use --optimizer sgd"
+            )
         if prec is Precision.INT8 and execu is Executor.PYTORCH:
             raise InvalidArgumentError(
                 "int8 training runs on the C executor (edgetrain compile --precision int8); use "
-                "--executor c, or fp32 for the PyTorch Trainer")
+                "--executor c, or fp32 for the PyTorch Trainer"
+            )
         if prec is Precision.INT8 and opt is not Optimizer.SGD:
             raise InvalidArgumentError(
-                f"int8 QAS training uses plain SGD, not {opt.value}; use --optimizer sgd")
+                f"int8 QAS training uses plain SGD, not {opt.value}; use --optimizer sgd"
+            )
         if strat is Strategy.EXACT and self.policy not in (None, "all", "full"):
             raise InvalidArgumentError(
                 f"strategy exact trains every parameter; policy {self.policy!r} needs "
-                "--strategy auto")
+                "--strategy auto"
+            )
         if self.policy == "fisher" and self.calibration is None:
             raise InvalidArgumentError(
                 "policy fisher scores layers on local samples: pass calibration=(x, y) "
-                "(CLI: --calibration DATA, e.g. fashion-mnist:5-9)")
+                "(CLI: --calibration DATA, e.g. fashion-mnist:5-9)"
+            )
         if self.policy == "fisher" and strat is not Strategy.AUTO:
             raise InvalidArgumentError(
                 f"policy fisher chooses a sparse trainable set; it needs --strategy auto, not "
-                f"{strat.value}")
+                f"{strat.value}"
+            )
 
     @property
     def is_baseline(self) -> bool:

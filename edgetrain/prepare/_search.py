@@ -16,11 +16,11 @@ from edgetrain.ir import Graph
 from edgetrain.planner import (
     SOLVERS,
     ActivationDecision,
+    CandidateUnsupportedError,
     Evaluation,
     Executor,
     ExecutorMemory,
     MemoryRequest,
-    CandidateUnsupportedError,
     ParamDecision,
     ParamPlan,
     Plan,
@@ -53,7 +53,8 @@ def trainable_policy(graph: Graph, policy: str) -> frozenset[str]:
             k = int(policy[5:])
         except ValueError:
             raise InvalidArgumentError(
-                f"bad policy {policy!r}: expected last:K with K an integer") from None
+                f"bad policy {policy!r}: expected last:K with K an integer"
+            ) from None
         if k <= 0:
             raise InvalidArgumentError(f"bad policy {policy!r}: K must be positive")
         modules = list(dict.fromkeys(p.module for p in graph.params))
@@ -64,7 +65,8 @@ def trainable_policy(graph: Graph, policy: str) -> frozenset[str]:
     if not chosen:
         raise InvalidArgumentError(
             f"policy {policy!r} selects no parameter; use all, bias-only, last:K or names such "
-            f"as {', '.join(names[:3])}")
+            f"as {', '.join(names[:3])}"
+        )
     return chosen
 
 
@@ -90,7 +92,8 @@ class Search:
                         m.eval()
             try:
                 self._graphs[batch, freeze_bn] = capture(
-                    self.model, self.example_input, batch_size=batch, name=self.request.name)
+                    self.model, self.example_input, batch_size=batch, name=self.request.name
+                )
             finally:
                 for m, t in was:
                     m.train(t)
@@ -158,8 +161,14 @@ def plan_for_pytorch(search: Search, policies: Policies) -> Plan:
     if best.found is None:
         raise infeasible(search, *best.smallest)
     ev, prob, pol, freeze = best.found
-    return to_plan(ev, prob, req, budget_bytes=search.budget_bytes,
-                   freeze_batch_norm=freeze and search.has_bn, policy=pol)
+    return to_plan(
+        ev,
+        prob,
+        req,
+        budget_bytes=search.budget_bytes,
+        freeze_batch_norm=freeze and search.has_bn,
+        policy=pol,
+    )
 
 
 def _solver(req: PlanRequest):
@@ -204,13 +213,20 @@ def _pytorch_problems(search: Search, chosen, freeze: bool):
             if in_place and mb != batch:
                 continue  # updating inside backward would change accumulation's maths
             for depth in depths:
-                yield Problem(g, search.device,
-                              int(search.budget_bytes * (1 - req.safety_margin)),
-                              optimizer=req.optimizer, objective=req.objective,
-                              deadline_s=req.deadline_s, allow_paging=req.allow_paging,
-                              trainable=trainable, in_place_update=in_place,
-                              accumulation_steps=batch // mb, kernels=kernels,
-                              stage_depth=depth)
+                yield Problem(
+                    g,
+                    search.device,
+                    int(search.budget_bytes * (1 - req.safety_margin)),
+                    optimizer=req.optimizer,
+                    objective=req.objective,
+                    deadline_s=req.deadline_s,
+                    allow_paging=req.allow_paging,
+                    trainable=trainable,
+                    in_place_update=in_place,
+                    accumulation_steps=batch // mb,
+                    kernels=kernels,
+                    stage_depth=depth,
+                )
 
 
 def plan_for_executor(search: Search, policies: Policies, memory: ExecutorMemory) -> Plan:
@@ -229,20 +245,29 @@ def plan_for_executor(search: Search, policies: Policies, memory: ExecutorMemory
     """
     req, dev = search.request, search.device
     what = f"the {_executor_name(memory.executor)} executor in {memory.precision.value}"
-    allowed = ((Strategy.AUTO, Strategy.KEEP_ALL) if memory.precision is Precision.INT8 else
-               (Strategy.AUTO, Strategy.EXACT, Strategy.KEEP_ALL))
+    allowed = (
+        (Strategy.AUTO, Strategy.KEEP_ALL)
+        if memory.precision is Precision.INT8
+        else (Strategy.AUTO, Strategy.EXACT, Strategy.KEEP_ALL)
+    )
     if req.strategy not in allowed:
-        why = ("changes the arithmetic; strategy {} does not allow it"
-               if memory.precision is Precision.INT8 else
-               "keeps every activation (no recompute or paging); strategy {} does not apply")
+        why = (
+            "changes the arithmetic; strategy {} does not allow it"
+            if memory.precision is Precision.INT8
+            else "keeps every activation (no recompute or paging); strategy {} does not apply"
+        )
         raise InvalidArgumentError(
-            f"{what} {why.format(req.strategy.value)}: use "
-            f"{', '.join(s.value for s in allowed)}")
+            f"{what} {why.format(req.strategy.value)}: use {', '.join(s.value for s in allowed)}"
+        )
     g = search.graph_at(req.batch_size, True)
-    program = memory.for_model(MemoryRequest(search.model, search.example_input, g, dev,
-                                             req.batch_size))
-    rate = (dev.compute.fp32_flops_per_s / dev.compute.int8_ops_per_s
-            if memory.precision is Precision.INT8 else 1.0)
+    program = memory.for_model(
+        MemoryRequest(search.model, search.example_input, g, dev, req.batch_size)
+    )
+    rate = (
+        dev.compute.fp32_flops_per_s / dev.compute.int8_ops_per_s
+        if memory.precision is Precision.INT8
+        else 1.0
+    )
     smallest = None
     for label, chosen in policies:
         ev, p = _keep_all_candidate(search, g, chosen, label)
@@ -251,13 +276,18 @@ def plan_for_executor(search: Search, policies: Policies, memory: ExecutorMemory
         except CandidateUnsupportedError:
             continue
         latency = ev.latency_s * rate
-        energy = (latency * dev.compute.active_power_w
-                  if memory.precision is Precision.INT8 else ev.energy_j)
+        energy = (
+            latency * dev.compute.active_power_w
+            if memory.precision is Precision.INT8
+            else ev.energy_j
+        )
         peak = answer.peak_sram_bytes
         if peak <= search.budget_bytes * (1 - req.safety_margin) and (
-                req.deadline_s is None or latency <= req.deadline_s):
-            return with_executor(p, memory.executor, memory.precision, peak, latency, energy,
-                                 answer.notes)
+            req.deadline_s is None or latency <= req.deadline_s
+        ):
+            return with_executor(
+                p, memory.executor, memory.precision, peak, latency, energy, answer.notes
+            )
         smallest = peak if smallest is None else min(smallest, peak)
     raise PlanInfeasibleError(
         f"no plan fits {search.budget_bytes:,} bytes on {dev.name} with {what}: the smallest "
@@ -265,39 +295,64 @@ def plan_for_executor(search: Search, policies: Policies, memory: ExecutorMemory
         f"needs {smallest or 0:,} bytes of SRAM"
         + (f" ({smallest / search.budget_bytes:.2f}x the budget)" if smallest else "")
         + "; allow sparse update (--strategy auto), use a smaller batch size, a larger budget, "
-        "or the PyTorch executor (recompute, paging)")
+        "or the PyTorch executor (recompute, paging)"
+    )
 
 
 def _executor_name(executor: Executor) -> str:
     return "C" if executor is Executor.C else executor.value
 
 
-def _keep_all_candidate(search: Search, g: Graph, chosen, label: str
-                        ) -> tuple[Evaluation, Plan]:
+def _keep_all_candidate(search: Search, g: Graph, chosen, label: str) -> tuple[Evaluation, Plan]:
     """One trainable set as the C trainer runs it (keep every activation, update in place):
     its work-based evaluation and the plan; the caller replaces the peak with the
     executor's own."""
     req = search.request
     trainable = search.trainable(g, chosen)
-    prob = Problem(g, search.device, 1 << 62, optimizer=req.optimizer, objective=req.objective,
-                   allow_paging=False, trainable=trainable, in_place_update=True,
-                   kernels=host_kernels(g, g.requires_grad_for(trainable)))
+    prob = Problem(
+        g,
+        search.device,
+        1 << 62,
+        optimizer=req.optimizer,
+        objective=req.objective,
+        allow_paging=False,
+        trainable=trainable,
+        in_place_update=True,
+        kernels=host_kernels(g, g.requires_grad_for(trainable)),
+    )
     ev = SOLVERS["keep-all"](prob)
-    return ev, to_plan(ev, prob, req, budget_bytes=search.budget_bytes,
-                       freeze_batch_norm=search.has_bn, policy=label)
+    return ev, to_plan(
+        ev,
+        prob,
+        req,
+        budget_bytes=search.budget_bytes,
+        freeze_batch_norm=search.has_bn,
+        policy=label,
+    )
 
 
 def lowest_peak(p: Problem) -> int:
     """The least peak any decision gives: everything paged (or recomputed) where allowed."""
-    dec = tuple(ActivationDecision.PAGE if ActivationDecision.PAGE in c else (
-        ActivationDecision.RECOMPUTE if ActivationDecision.RECOMPUTE in c else
-        ActivationDecision.KEEP) for c in p.choices)
+    dec = tuple(
+        ActivationDecision.PAGE
+        if ActivationDecision.PAGE in c
+        else (
+            ActivationDecision.RECOMPUTE
+            if ActivationDecision.RECOMPUTE in c
+            else ActivationDecision.KEEP
+        )
+        for c in p.choices
+    )
     return min(p.evaluate(dec).peak_bytes, p.evaluate(_recompute_all(p)).peak_bytes)
 
 
 def _recompute_all(p: Problem) -> tuple[ActivationDecision, ...]:
-    return tuple(ActivationDecision.RECOMPUTE if ActivationDecision.RECOMPUTE in c
-                 else ActivationDecision.KEEP for c in p.choices)
+    return tuple(
+        ActivationDecision.RECOMPUTE
+        if ActivationDecision.RECOMPUTE in c
+        else ActivationDecision.KEEP
+        for c in p.choices
+    )
 
 
 def infeasible(search: Search, low: int, prob: Problem | None) -> PlanInfeasibleError:
@@ -305,13 +360,18 @@ def infeasible(search: Search, low: int, prob: Problem | None) -> PlanInfeasible
     req, budget = search.request, search.budget_bytes
     hints = []
     if prob is not None:
-        sim = simulate_step(prob.graph, prob.optimizer, prob.kernels,
-                            prob.schedule(_recompute_all(prob)))
+        sim = simulate_step(
+            prob.graph, prob.optimizer, prob.kernels, prob.schedule(_recompute_all(prob))
+        )
         b = sim.at_peak
-        parts = {"weights": b.params_bytes, "gradients": b.grads_bytes,
-                 "optimizer state": b.optimizer_bytes,
-                 "saved activations": b.saved_activation_bytes, "input batch": b.batch_bytes,
-                 "gradients in flight and workspaces": b.other_bytes}
+        parts = {
+            "weights": b.params_bytes,
+            "gradients": b.grads_bytes,
+            "optimizer state": b.optimizer_bytes,
+            "saved activations": b.saved_activation_bytes,
+            "input batch": b.batch_bytes,
+            "gradients in flight and workspaces": b.other_bytes,
+        }
         top = max(parts, key=parts.get)
         hints.append(f"the peak is dominated by {top} ({parts[top]:,} bytes)")
     if req.strategy is Strategy.EXACT:
@@ -321,16 +381,25 @@ def infeasible(search: Search, low: int, prob: Problem | None) -> PlanInfeasible
     hints.append("use a smaller batch size or a larger budget")
     return PlanInfeasibleError(
         f"no plan fits {budget:,} bytes on {search.device.name}: the smallest achievable peak "
-        f"is {low:,} bytes ({low / budget:.2f}x the budget); " + "; ".join(hints))
+        f"is {low:,} bytes ({low / budget:.2f}x the budget); " + "; ".join(hints)
+    )
 
 
-def to_plan(ev: Evaluation, prob: Problem, request: PlanRequest, *, budget_bytes: int,
-            freeze_batch_norm: bool, policy: str) -> Plan:
+def to_plan(
+    ev: Evaluation,
+    prob: Problem,
+    request: PlanRequest,
+    *,
+    budget_bytes: int,
+    freeze_batch_norm: bool,
+    policy: str,
+) -> Plan:
     """The `Plan` of one evaluated candidate: `prob`'s trainable set, micro-batch and in-place
     choice, `ev`'s activation decisions and prediction, `request`'s name, strategy and batch."""
     g = prob.graph
-    trainable = (prob.trainable if prob.trainable is not None
-                 else frozenset(p.name for p in g.params))
+    trainable = (
+        prob.trainable if prob.trainable is not None else frozenset(p.name for p in g.params)
+    )
     bias_owners = {p.module for p in g.params if p.name in trainable and p.name.endswith(".bias")}
     params = []
     for p in g.params:
@@ -341,28 +410,50 @@ def to_plan(ev: Evaluation, prob: Problem, request: PlanRequest, *, budget_bytes
         else:
             d = ParamDecision.FROZEN
         params.append(ParamPlan(p.name, d))
-    stages = tuple(StagePlan(s.name, (s.name,), d) for s, d in zip(prob.stages, ev.decisions)
-                   if s.wrappable)
+    stages = tuple(
+        StagePlan(s.name, (s.name,), d) for s, d in zip(prob.stages, ev.decisions) if s.wrappable
+    )
     sim = simulate_step(g, prob.optimizer, prob.kernels, prob.schedule(ev.decisions))
     step = max(1, len(sim.timeline) // 200)
-    timeline = tuple(TimelineSample(f"{t.phase.value}:{t.node}", t.live_bytes)
-                     for t in sim.timeline[::step])
+    timeline = tuple(
+        TimelineSample(f"{t.phase.value}:{t.node}", t.live_bytes) for t in sim.timeline[::step]
+    )
     batch = request.batch_size
-    return Plan(model=request.name, device=prob.device.name, strategy=request.strategy,
-                objective=prob.objective, budget_bytes=budget_bytes, batch_size=batch,
-                micro_batch_size=batch // prob.accumulation_steps,
-                optimizer=prob.optimizer.value, in_place_update=prob.in_place_update,
-                params=tuple(params), stages=stages,
-                predicted=Prediction(ev.peak_bytes, ev.storage_bytes_written, ev.latency_s,
-                                     ev.energy_j, timeline),
-                deadline_s=request.deadline_s, freeze_batch_norm=freeze_batch_norm,
-                notes=(f"trainable policy: {policy}",))
+    return Plan(
+        model=request.name,
+        device=prob.device.name,
+        strategy=request.strategy,
+        objective=prob.objective,
+        budget_bytes=budget_bytes,
+        batch_size=batch,
+        micro_batch_size=batch // prob.accumulation_steps,
+        optimizer=prob.optimizer.value,
+        in_place_update=prob.in_place_update,
+        params=tuple(params),
+        stages=stages,
+        predicted=Prediction(
+            ev.peak_bytes, ev.storage_bytes_written, ev.latency_s, ev.energy_j, timeline
+        ),
+        deadline_s=request.deadline_s,
+        freeze_batch_norm=freeze_batch_norm,
+        notes=(f"trainable policy: {policy}",),
+    )
 
 
-def with_executor(p: Plan, executor: Executor, precision: Precision, peak_bytes: int,
-                  latency_s: float, energy_j: float, notes: tuple[str, ...]) -> Plan:
+def with_executor(
+    p: Plan,
+    executor: Executor,
+    precision: Precision,
+    peak_bytes: int,
+    latency_s: float,
+    energy_j: float,
+    notes: tuple[str, ...],
+) -> Plan:
     """`p` as run by another executor: its peak and modelled step replace the prediction."""
     return dataclasses.replace(
-        p, executor=executor, precision=precision,
+        p,
+        executor=executor,
+        precision=precision,
         predicted=Prediction(peak_bytes, 0, latency_s, energy_j),
-        notes=(*p.notes, *notes))
+        notes=(*p.notes, *notes),
+    )

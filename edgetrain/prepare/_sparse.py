@@ -50,18 +50,25 @@ def _check_calibration(model: torch.nn.Module, calibration) -> tuple[torch.Tenso
     except (TypeError, ValueError):
         raise InvalidArgumentError(
             "calibration must be a pair (x, y) of a few local samples and their labels, e.g. "
-            "16 samples of the device's data") from None
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.shape[0] != y.shape[0]:
+            "16 samples of the device's data"
+        ) from None
+    if (
+        not isinstance(x, torch.Tensor)
+        or not isinstance(y, torch.Tensor)
+        or x.shape[0] != y.shape[0]
+    ):
         raise InvalidArgumentError(
             f"calibration x and y must be tensors with the same number of samples, got "
-            f"{getattr(x, 'shape', type(x))} and {getattr(y, 'shape', type(y))}")
+            f"{getattr(x, 'shape', type(x))} and {getattr(y, 'shape', type(y))}"
+        )
     if x.shape[0] == 0:
         raise InvalidArgumentError("calibration holds 0 samples; pass at least 1 (8-32 is typical)")
     return x, y
 
 
-def fisher_information(model: torch.nn.Module, calibration, *,
-                       loss_fn=F.cross_entropy) -> dict[str, float]:
+def fisher_information(
+    model: torch.nn.Module, calibration, *, loss_fn=F.cross_entropy
+) -> dict[str, float]:
     """Empirical Fisher trace per parameter tensor: mean over samples of its squared gradient norm.
 
     Runs one sample at a time (the Fisher of a batch mean would under-count), in the model's
@@ -78,7 +85,7 @@ def fisher_information(model: torch.nn.Module, calibration, *,
             p.requires_grad_(True)
             p.grad = None
         for i in range(x.shape[0]):
-            loss = loss_fn(model(x[i:i + 1]), y[i:i + 1])
+            loss = loss_fn(model(x[i : i + 1]), y[i : i + 1])
             gs = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
             for n, g in zip(params, gs):
                 if g is not None:
@@ -91,12 +98,18 @@ def fisher_information(model: torch.nn.Module, calibration, *,
     return {n: v / x.shape[0] for n, v in fisher.items()}
 
 
-def score_layers(model: torch.nn.Module, graph: Graph, calibration, *, device,
-                 optimizer: Optimizer = Optimizer.SGD, loss_fn=F.cross_entropy) -> tuple[LayerScore, ...]:
+def score_layers(
+    model: torch.nn.Module,
+    graph: Graph,
+    calibration,
+    *,
+    device,
+    optimizer: Optimizer = Optimizer.SGD,
+    loss_fn=F.cross_entropy,
+) -> tuple[LayerScore, ...]:
     """Layers (modules owning parameters) ranked by Fisher information per byte, best first."""
+    from edgetrain.planner import ActivationDecision, Problem
     from edgetrain.prepare._profile import host_kernels
-    from edgetrain.planner import Problem
-    from edgetrain.planner import ActivationDecision
 
     fisher = fisher_information(model, calibration, loss_fn=loss_fn)
     sizes = {p.name: p.nbytes for p in graph.params}
@@ -105,8 +118,14 @@ def score_layers(model: torch.nn.Module, graph: Graph, calibration, *, device,
         by_module.setdefault(p.module, []).append(p.name)
 
     def peak(trainable: frozenset[str]) -> int:
-        prob = Problem(graph, device, 1 << 62, optimizer=optimizer, trainable=trainable,
-                       kernels=host_kernels(graph, graph.requires_grad_for(trainable)))
+        prob = Problem(
+            graph,
+            device,
+            1 << 62,
+            optimizer=optimizer,
+            trainable=trainable,
+            kernels=host_kernels(graph, graph.requires_grad_for(trainable)),
+        )
         return prob.evaluate(tuple(ActivationDecision.KEEP for _ in prob.stages)).peak_bytes
 
     frozen_peak = peak(frozenset())
@@ -124,6 +143,7 @@ def fisher_candidates(scores: tuple[LayerScore, ...]) -> list[frozenset[str]]:
     """Trainable sets to try, largest first: the k best-scored layers for k = n, 3n/4, n/2, ...,
     2, 1 (k = n, every layer, is full training)."""
     n = len(scores)
-    ks = sorted({n, 3 * n // 4, n // 2, 3 * n // 8, n // 4, n // 8, n // 16, 2, 1} - {0},
-                reverse=True)
+    ks = sorted(
+        {n, 3 * n // 4, n // 2, 3 * n // 8, n // 4, n // 8, n // 16, 2, 1} - {0}, reverse=True
+    )
     return [frozenset(p for s in scores[:k] for p in s.params) for k in ks if k <= n]

@@ -24,12 +24,20 @@ from pathlib import Path
 
 import torch
 
-from edgetrain.storage import load_tensors, save_tensors_atomic
 from edgetrain import validate
 from edgetrain.errors import InvalidArgumentError
+from edgetrain.storage import load_tensors, save_tensors_atomic
 
-from ._graph import (Activation, ConvKind, QAdd, QConv2d, QGlobalAvgPool, QLinear, QTensor,
-                     QuantGraph)
+from ._graph import (
+    Activation,
+    ConvKind,
+    QAdd,
+    QConv2d,
+    QGlobalAvgPool,
+    QLinear,
+    QTensor,
+    QuantGraph,
+)
 from ._train import WeightStorage
 
 
@@ -74,9 +82,14 @@ class Int8Memory:
         return asdict(self)
 
 
-def tensor_sizes(graph: QuantGraph, *, batch_size: int = 1, trainable: Sequence[str] | None = (),
-                 storage: WeightStorage = WeightStorage.FP32_MASTER,
-                 grad_bytes_per_element: int = 4) -> tuple[Int8TensorSize, ...]:
+def tensor_sizes(
+    graph: QuantGraph,
+    *,
+    batch_size: int = 1,
+    trainable: Sequence[str] | None = (),
+    storage: WeightStorage = WeightStorage.FP32_MASTER,
+    grad_bytes_per_element: int = 4,
+) -> tuple[Int8TensorSize, ...]:
     """Every tensor of the int8 graph at its real size (NOTE [ int8 tensor sizes ]).
 
     `trainable`: op names that train (None: all; the default `()`: inference only).
@@ -87,26 +100,52 @@ def tensor_sizes(graph: QuantGraph, *, batch_size: int = 1, trainable: Sequence[
     unknown = sorted(train - set(names))
     if unknown:
         raise InvalidArgumentError(
-            f"trainable layers {unknown} are not in the int8 graph; its layers: {', '.join(names)}")
-    out = [Int8TensorSize(t.name, t.name, TensorKind.ACTIVATION, "int8",
-                          (batch_size, *t.shape), batch_size * t.bytes_per_sample)
-           for t in graph.tensors]
+            f"trainable layers {unknown} are not in the int8 graph; its layers: {', '.join(names)}"
+        )
+    out = [
+        Int8TensorSize(
+            t.name,
+            t.name,
+            TensorKind.ACTIVATION,
+            "int8",
+            (batch_size, *t.shape),
+            batch_size * t.bytes_per_sample,
+        )
+        for t in graph.tensors
+    ]
     for op in graph.weighted_ops:
         w, cout = op.weight, op.weight.shape[0]
-        out.append(Int8TensorSize(f"{op.name}.weight", op.name, TensorKind.WEIGHT, "int8",
-                                  tuple(w.shape), w.numel()))
-        out.append(Int8TensorSize(f"{op.name}.bias", op.name, TensorKind.BIAS, "int32",
-                                  (cout,), 4 * cout))
-        out.append(Int8TensorSize(f"{op.name}.requant", op.name, TensorKind.REQUANT, "int32",
-                                  (2, cout), 8 * cout))
+        out.append(
+            Int8TensorSize(
+                f"{op.name}.weight", op.name, TensorKind.WEIGHT, "int8", tuple(w.shape), w.numel()
+            )
+        )
+        out.append(
+            Int8TensorSize(f"{op.name}.bias", op.name, TensorKind.BIAS, "int32", (cout,), 4 * cout)
+        )
+        out.append(
+            Int8TensorSize(
+                f"{op.name}.requant", op.name, TensorKind.REQUANT, "int32", (2, cout), 8 * cout
+            )
+        )
         if op.name in train:
             n = w.numel() + cout
             if storage is WeightStorage.FP32_MASTER:
-                out.append(Int8TensorSize(f"{op.name}.master", op.name, TensorKind.MASTER,
-                                          "float32", (n,), 4 * n))
-            out.append(Int8TensorSize(f"{op.name}.grad", op.name, TensorKind.GRADIENT,
-                                      f"{8 * grad_bytes_per_element}-bit", (n,),
-                                      grad_bytes_per_element * n))
+                out.append(
+                    Int8TensorSize(
+                        f"{op.name}.master", op.name, TensorKind.MASTER, "float32", (n,), 4 * n
+                    )
+                )
+            out.append(
+                Int8TensorSize(
+                    f"{op.name}.grad",
+                    op.name,
+                    TensorKind.GRADIENT,
+                    f"{8 * grad_bytes_per_element}-bit",
+                    (n,),
+                    grad_bytes_per_element * n,
+                )
+            )
     return tuple(out)
 
 
@@ -115,9 +154,15 @@ def memory_summary(sizes: Sequence[Int8TensorSize]) -> Int8Memory:
         return sum(s.nbytes for s in sizes if s.kind is kind)
 
     acts = [s.nbytes for s in sizes if s.kind is TensorKind.ACTIVATION]
-    return Int8Memory(total(TensorKind.WEIGHT), total(TensorKind.BIAS),
-                      total(TensorKind.REQUANT), total(TensorKind.ACTIVATION),
-                      max(acts, default=0), total(TensorKind.MASTER), total(TensorKind.GRADIENT))
+    return Int8Memory(
+        total(TensorKind.WEIGHT),
+        total(TensorKind.BIAS),
+        total(TensorKind.REQUANT),
+        total(TensorKind.ACTIVATION),
+        max(acts, default=0),
+        total(TensorKind.MASTER),
+        total(TensorKind.GRADIENT),
+    )
 
 
 # ---------------------------------------------------------------- file format
@@ -143,9 +188,14 @@ def save_graph(graph: QuantGraph, path: "str | Path") -> Path:
     for op in graph.weighted_ops:
         for f in ("weight", "bias", "multiplier", "shift", "weight_scale"):
             tensors[f"{op.name}.{f}"] = getattr(op, f)
-    meta = {"version": FORMAT_VERSION, "model": graph.model, "input": graph.input,
-            "output": graph.output, "tensors": [asdict(t) for t in graph.tensors],
-            "ops": [_op_meta(op) for op in graph.ops]}
+    meta = {
+        "version": FORMAT_VERSION,
+        "model": graph.model,
+        "input": graph.input,
+        "output": graph.output,
+        "tensors": [asdict(t) for t in graph.tensors],
+        "ops": [_op_meta(op) for op in graph.ops],
+    }
     return save_tensors_atomic(tensors, path, metadata={"edgetrain.quant": json.dumps(meta)})
 
 
@@ -165,12 +215,14 @@ def load_graph(path: "str | Path") -> QuantGraph:
         raise Int8GraphFileError(f"cannot read int8 graph file {path}: {e}") from e
     if raw is None:
         raise Int8GraphFileError(
-            f"{path} has no 'edgetrain.quant' metadata: not an int8 graph written by save_graph")
+            f"{path} has no 'edgetrain.quant' metadata: not an int8 graph written by save_graph"
+        )
     meta = json.loads(raw)
     if meta.get("version") != FORMAT_VERSION:
         raise Int8GraphFileError(
             f"{path}: format version {meta.get('version')!r}, this edgetrain reads "
-            f"{FORMAT_VERSION}; re-export the graph with save_graph")
+            f"{FORMAT_VERSION}; re-export the graph with save_graph"
+        )
     ops = []
     for m in meta["ops"]:
         kind = m.pop("type")
@@ -189,7 +241,7 @@ def load_graph(path: "str | Path") -> QuantGraph:
             ops.append(QGlobalAvgPool(**m))
         else:
             raise Int8GraphFileError(f"{path}: unknown op type {kind!r}")
-    qt = tuple(QTensor(t["name"], tuple(t["shape"]), t["scale"], t["zero_point"])
-               for t in meta["tensors"])
+    qt = tuple(
+        QTensor(t["name"], tuple(t["shape"]), t["scale"], t["zero_point"]) for t in meta["tensors"]
+    )
     return QuantGraph(meta["model"], meta["input"], meta["output"], qt, tuple(ops))
-

@@ -40,9 +40,24 @@ from torch import nn
 
 from edgetrain.errors import InvalidArgumentError
 
-from ._graph import (INT32_MAX, INT32_MIN, QMAX, QMIN, WMAX, QAdd, QConv2d, QGlobalAvgPool,
-                     QLinear, QuantGraph, _add_raw, _avgpool_int, multiplier_value, requantize,
-                     round_half_away, with_weights)
+from ._graph import (
+    INT32_MAX,
+    INT32_MIN,
+    QMAX,
+    QMIN,
+    WMAX,
+    QAdd,
+    QConv2d,
+    QGlobalAvgPool,
+    QLinear,
+    QuantGraph,
+    _add_raw,
+    _avgpool_int,
+    multiplier_value,
+    requantize,
+    round_half_away,
+    with_weights,
+)
 
 
 class WeightStorage(enum.Enum):
@@ -101,20 +116,27 @@ class QuantModel(nn.Module):
     logits s_y * (q_y - z_y) in float64.
     """
 
-    def __init__(self, graph: QuantGraph, *, trainable: Sequence[str] | None = None,
-                 storage: WeightStorage = WeightStorage.FP32_MASTER) -> None:
+    def __init__(
+        self,
+        graph: QuantGraph,
+        *,
+        trainable: Sequence[str] | None = None,
+        storage: WeightStorage = WeightStorage.FP32_MASTER,
+    ) -> None:
         super().__init__()
         if not isinstance(storage, WeightStorage):
             raise InvalidArgumentError(
                 f"storage must be a WeightStorage ({', '.join(s.name for s in WeightStorage)}), "
-                f"got {storage!r}")
+                f"got {storage!r}"
+            )
         names = [op.name for op in graph.weighted_ops]
         chosen = list(names) if trainable is None else list(trainable)
         unknown = [n for n in chosen if n not in names]
         if unknown:
             raise InvalidArgumentError(
                 f"trainable layers {unknown} are not in the int8 graph of {graph.model}; "
-                f"its conv/linear layers are: {', '.join(names)}")
+                f"its conv/linear layers are: {', '.join(names)}"
+            )
         self.graph = graph
         self.storage = storage
         self.trainable = tuple(n for n in names if n in chosen)
@@ -122,10 +144,12 @@ class QuantModel(nn.Module):
         self.biases = nn.ParameterDict()
         for op in graph.weighted_ops:
             train = op.name in self.trainable
-            self.weights[_key(op.name)] = nn.Parameter(op.weight.to(torch.float64),
-                                                       requires_grad=train)
-            self.biases[_key(op.name)] = nn.Parameter(op.bias.to(torch.float64),
-                                                      requires_grad=train)
+            self.weights[_key(op.name)] = nn.Parameter(
+                op.weight.to(torch.float64), requires_grad=train
+            )
+            self.biases[_key(op.name)] = nn.Parameter(
+                op.bias.to(torch.float64), requires_grad=train
+            )
 
     # ------------------------------------------------------------ parameters and scales
     def parameter_scales(self) -> list[tuple[nn.Parameter, torch.Tensor, bool]]:
@@ -156,8 +180,10 @@ class QuantModel(nn.Module):
         out = {}
         for op in self.graph.weighted_ops:
             w, b = self.weights[_key(op.name)].detach(), self.biases[_key(op.name)].detach()
-            out[op.name] = (round_half_away(w).clamp(-WMAX, WMAX).to(torch.int8),
-                            round_half_away(b).clamp(INT32_MIN, INT32_MAX).to(torch.int32))
+            out[op.name] = (
+                round_half_away(w).clamp(-WMAX, WMAX).to(torch.int8),
+                round_half_away(b).clamp(INT32_MIN, INT32_MAX).to(torch.int32),
+            )
         return out
 
     def to_graph(self) -> QuantGraph:
@@ -165,12 +191,19 @@ class QuantModel(nn.Module):
         return with_weights(self.graph, self.integer_weights())
 
     # ------------------------------------------------------------ forward
-    def _requant_out(self, acc: torch.Tensor, op: QConv2d | QLinear, shape: Sequence[int]
-                     ) -> torch.Tensor:
+    def _requant_out(
+        self, acc: torch.Tensor, op: QConv2d | QLinear, shape: Sequence[int]
+    ) -> torch.Tensor:
         zy = self.graph.tensor(op.output).zero_point
         with torch.no_grad():
-            pre = requantize(acc.detach().round().to(torch.int64), op.multiplier.view(*shape),
-                             op.shift.view(*shape)) + zy
+            pre = (
+                requantize(
+                    acc.detach().round().to(torch.int64),
+                    op.multiplier.view(*shape),
+                    op.shift.view(*shape),
+                )
+                + zy
+            )
             q = pre.clamp(op.act_min, op.act_max).to(torch.float64)
             inside = (pre >= op.act_min) & (pre <= op.act_max)
             slope = multiplier_value(op.multiplier, op.shift).view(*shape) * inside
@@ -198,8 +231,9 @@ class QuantModel(nn.Module):
                     pre = _add_raw(ai, bi, op, ta.zero_point, tb.zero_point, ty.zero_point)
                     inside = (pre >= QMIN) & (pre <= QMAX)
                     val = pre.clamp(QMIN, QMAX).to(torch.float64)
-                env[op.output] = _Replace2.apply(a, b, val, inside * (ta.scale / ty.scale),
-                                                 inside * (tb.scale / ty.scale))
+                env[op.output] = _Replace2.apply(
+                    a, b, val, inside * (ta.scale / ty.scale), inside * (tb.scale / ty.scale)
+                )
             elif isinstance(op, QGlobalAvgPool):
                 xin = env[op.input]
                 with torch.no_grad():
@@ -223,8 +257,13 @@ class QuantSGD(torch.optim.Optimizer):
             raise InvalidArgumentError(f"lr must be a positive number, got {lr!r}")
         groups = []
         for p, scale, is_weight in model.parameter_scales():
-            groups.append({"params": [p], "inv_scale2": 1.0 / scale.to(torch.float64) ** 2,
-                           "bounds": (-WMAX, WMAX) if is_weight else (INT32_MIN, INT32_MAX)})
+            groups.append(
+                {
+                    "params": [p],
+                    "inv_scale2": 1.0 / scale.to(torch.float64) ** 2,
+                    "bounds": (-WMAX, WMAX) if is_weight else (INT32_MIN, INT32_MAX),
+                }
+            )
         if not groups:
             raise InvalidArgumentError("the QuantModel has no trainable layers; pass trainable=")
         super().__init__(groups, {"lr": float(lr)})
@@ -247,4 +286,3 @@ class QuantSGD(torch.optim.Optimizer):
                 lo, hi = group["bounds"]
                 p.copy_(round_half_away(p).clamp(lo, hi))
         return loss
-

@@ -64,8 +64,12 @@ class PagingStore:
     def pack(self, t: torch.Tensor):
         st = t.untyped_storage()
         ptr = st.data_ptr()
-        if (ptr in self._resident or ptr in self._step_resident or t.device.type != "cpu"
-                or st.nbytes() == 0):
+        if (
+            ptr in self._resident
+            or ptr in self._step_resident
+            or t.device.type != "cpu"
+            or st.nbytes() == 0
+        ):
             return t
         known = self._by_storage.get(ptr)
         if known is None or known[2]() is None:  # a live storage saved twice is written once
@@ -78,8 +82,15 @@ class PagingStore:
             self.bytes_written += n
             self.transfers += 1
         off, n, _ = self._by_storage[ptr]
-        return _Handle(off, n, tuple(t.shape), tuple(t.stride()), t.storage_offset(),
-                       n // t.element_size(), t.dtype)
+        return _Handle(
+            off,
+            n,
+            tuple(t.shape),
+            tuple(t.stride()),
+            t.storage_offset(),
+            n // t.element_size(),
+            t.dtype,
+        )
 
     def unpack(self, h):
         if isinstance(h, torch.Tensor):
@@ -103,5 +114,8 @@ class PagingStore:
 
 
 def _ptrs(tensors) -> set[int]:
-    return {t.untyped_storage().data_ptr() for t in tensors
-            if isinstance(t, torch.Tensor) and t.device.type == "cpu"}
+    return {
+        t.untyped_storage().data_ptr()
+        for t in tensors
+        if isinstance(t, torch.Tensor) and t.device.type == "cpu"
+    }

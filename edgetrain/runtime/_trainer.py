@@ -36,16 +36,24 @@ _BN = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
 class Trainer:
     """`with Trainer(model, plan, lr=0.01) as t: loss = t.step(x, y)`."""
 
-    def __init__(self, model: torch.nn.Module, plan: Plan, *, lr: float = 0.01,
-                 loss_fn=F.cross_entropy, max_nonfinite: int = 3,
-                 paging_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        plan: Plan,
+        *,
+        lr: float = 0.01,
+        loss_fn=F.cross_entropy,
+        max_nonfinite: int = 3,
+        paging_dir: str | None = None,
+    ) -> None:
         lr = validate.learning_rate(lr)
         if plan.precision is Precision.INT8:
             raise InvalidArgumentError(
                 f"this plan trains {plan.model} in int8 on the C trainer (precision int8, "
                 f"{plan.predicted_peak_bytes:,} B predicted); the PyTorch Trainer runs fp32. "
                 "Run it with `edgetrain compile --plan PLAN.json --target ...`, or plan for "
-                "PyTorch with --executor pytorch --precision fp32")
+                "PyTorch with --executor pytorch --precision fp32"
+            )
         self.model, self.plan, self.lr, self.loss_fn = model, plan, lr, loss_fn
         self.max_nonfinite = max_nonfinite
         self.nonfinite_in_a_row = 0
@@ -66,7 +74,8 @@ class Trainer:
         if unknown:
             raise InvalidArgumentError(
                 f"the plan names parameters the model does not have: {unknown[:5]}; was the plan "
-                f"made for model {self.plan.model!r}?")
+                f"made for model {self.plan.model!r}?"
+            )
         # 1. what trains
         trainable: list[torch.nn.Parameter] = []
         for pp in self.plan.params:
@@ -78,8 +87,9 @@ class Trainer:
                 trainable.append(p)
             if pp.decision is ParamDecision.CHANNELS:
                 k = max(1, int(round(pp.channel_ratio * p.shape[0])))
-                self._handles.append(p.register_post_accumulate_grad_hook(
-                    functools.partial(_mask_rows, k=k)))
+                self._handles.append(
+                    p.register_post_accumulate_grad_hook(functools.partial(_mask_rows, k=k))
+                )
         # 2. training mode (restored on exit); frozen batch norm (exact micro-batching needs
         #    batch statistics out of the step)
         modes = [(m, m.training) for m in self.model.modules()]
@@ -97,7 +107,8 @@ class Trainer:
             for path in stage.modules:
                 if path not in modules:
                     raise InvalidArgumentError(
-                        f"plan stage {stage.name!r} names module {path!r}, which the model lacks")
+                        f"plan stage {stage.name!r} names module {path!r}, which the model lacks"
+                    )
                 mod = modules[path]
                 original = mod.forward
                 if stage.decision is ActivationDecision.RECOMPUTE:
@@ -106,8 +117,7 @@ class Trainer:
                 else:
                     if self.store is None:
                         self.store = PagingStore(self.paging_dir)
-                        self.store.keep_resident((*self.model.parameters(),
-                                                  *self.model.buffers()))
+                        self.store.keep_resident((*self.model.parameters(), *self.model.buffers()))
                     mod.forward = functools.partial(_paged, original, self.store)
                 self._restore.append(functools.partial(_restore_forward, mod, original))
         # 4. the optimizer: one step per batch, or per parameter inside backward
@@ -154,7 +164,8 @@ class Trainer:
         if x.shape[0] != self.plan.batch_size or y.shape[0] != x.shape[0]:
             raise InvalidArgumentError(
                 f"batch of {x.shape[0]} samples (targets {y.shape[0]}); the plan trains batches "
-                f"of {self.plan.batch_size}: re-plan with --batch-size {x.shape[0]}")
+                f"of {self.plan.batch_size}: re-plan with --batch-size {x.shape[0]}"
+            )
         if not self.model.training:  # e.g. evaluated between steps; `train()` walks every module
             self.model.train()
             if self.plan.freeze_batch_norm:
@@ -175,7 +186,7 @@ class Trainer:
         for i in range(0, n, mb):
             if self.store is not None:
                 self.store.reset()
-            loss = self.loss_fn(self.model(x[i:i + mb]), y[i:i + mb])
+            loss = self.loss_fn(self.model(x[i : i + mb]), y[i : i + mb])
             if mb < n:  # accumulate the batch mean over micro-batches
                 loss = loss * (min(mb, n - i) / n)
             if not torch.isfinite(loss):
@@ -191,12 +202,17 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
             self.skipped_steps += 1
             self.nonfinite_in_a_row += 1
-            warnings.warn(f"non-finite loss: step skipped, weights unchanged "
-                          f"({self.nonfinite_in_a_row} in a row)", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"non-finite loss: step skipped, weights unchanged "
+                f"({self.nonfinite_in_a_row} in a row)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             if self.nonfinite_in_a_row >= self.max_nonfinite:
                 raise NonFiniteLossError(
                     f"{self.nonfinite_in_a_row} non-finite losses in a row; lower the learning "
-                    f"rate (now {self.lr}) or check the data for NaN/inf")
+                    f"rate (now {self.lr}) or check the data for NaN/inf"
+                )
             return float("nan")
         self.nonfinite_in_a_row = 0
         if self.optimizer is not None:
@@ -218,8 +234,14 @@ def _mask_rows(p: torch.Tensor, k: int) -> None:
 def _checkpointed(forward, batch_norms, *args, **kwargs):
     # No RNG state is stashed: captured graphs hold no random operators (capture rejects
     # dropout), and the 5 KB CPU generator state per stage would matter on an MCU budget.
-    return checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=False,
-                      context_fn=functools.partial(_recompute_contexts, batch_norms), **kwargs)
+    return checkpoint(
+        forward,
+        *args,
+        use_reentrant=False,
+        preserve_rng_state=False,
+        context_fn=functools.partial(_recompute_contexts, batch_norms),
+        **kwargs,
+    )
 
 
 def _recompute_contexts(batch_norms):
@@ -277,4 +299,3 @@ def _make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     if name == "adam":
         return torch.optim.Adam(params, lr=lr)
     raise InvalidArgumentError(f"unknown optimizer {name!r}; choose sgd, momentum or adam")
-

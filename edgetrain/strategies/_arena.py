@@ -54,8 +54,12 @@ def _aligned(n: int) -> int:
 
 def record_blocks(fn: Callable[[], object]) -> tuple[Block, ...]:
     """Run `fn()` under the allocator profiler; return the blocks it allocated (CPU)."""
-    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False,
-                   with_stack=False)
+    prof = profile(
+        activities=[ProfilerActivity.CPU],
+        profile_memory=True,
+        record_shapes=False,
+        with_stack=False,
+    )
     logger = logging.getLogger("torch")
     old = logger.level
     logger.setLevel(logging.ERROR)
@@ -89,9 +93,11 @@ def record_blocks(fn: Callable[[], object]) -> tuple[Block, ...]:
 
 
 def max_live_bytes(blocks: tuple[Block, ...]) -> int:
-    deltas = sorted([(b.start, _aligned(b.size_bytes)) for b in blocks]
-                    + [(b.end, -_aligned(b.size_bytes)) for b in blocks],
-                    key=lambda e: (e[0], e[1]))  # a free at the same index comes first
+    deltas = sorted(
+        [(b.start, _aligned(b.size_bytes)) for b in blocks]
+        + [(b.end, -_aligned(b.size_bytes)) for b in blocks],
+        key=lambda e: (e[0], e[1]),
+    )  # a free at the same index comes first
     run = peak = 0
     for _, d in deltas:
         run += d
@@ -132,17 +138,25 @@ def first_fit_layout(blocks: tuple[Block, ...]) -> Layout:
 def lifetime_aware_layout(blocks: tuple[Block, ...]) -> Layout:
     """Melon's pool: largest first (longest-lived on ties), each at the lowest offset free for
     its whole lifetime."""
-    order = sorted(range(len(blocks)), key=lambda i: (-_aligned(blocks[i].size_bytes),
-                                                      -(blocks[i].end - blocks[i].start),
-                                                      blocks[i].start))
+    order = sorted(
+        range(len(blocks)),
+        key=lambda i: (
+            -_aligned(blocks[i].size_bytes),
+            -(blocks[i].end - blocks[i].start),
+            blocks[i].start,
+        ),
+    )
     placed: list[int] = []
     offsets = [0] * len(blocks)
     arena = 0
     for i in order:
         b = blocks[i]
         size = _aligned(b.size_bytes)
-        overlapping = [(offsets[j], _aligned(blocks[j].size_bytes)) for j in placed
-                       if blocks[j].start < b.end and b.start < blocks[j].end]
+        overlapping = [
+            (offsets[j], _aligned(blocks[j].size_bytes))
+            for j in placed
+            if blocks[j].start < b.end and b.start < blocks[j].end
+        ]
         offsets[i] = _lowest_gap(overlapping, size)
         placed.append(i)
         arena = max(arena, offsets[i] + size)

@@ -43,12 +43,11 @@ from dataclasses import dataclass
 
 import torch
 
-from edgetrain.tasks import accuracy
-from edgetrain.prepare import trainer_plan as plan
 from edgetrain.cost import load_device
-from edgetrain.errors import InvalidArgumentError
-from edgetrain.errors import PlanInfeasibleError
+from edgetrain.errors import InvalidArgumentError, PlanInfeasibleError
+from edgetrain.prepare import trainer_plan as plan
 from edgetrain.strategies._common import Prepared, System, SystemName, train_planned
+from edgetrain.tasks import accuracy
 
 HOLDOUT = 0.25
 """Share of the local samples the pilots validate on (the rest is what they train on)."""
@@ -69,8 +68,9 @@ class Candidate:
         return f"last {self.layers} layers @ batch {self.batch_size}"
 
 
-def layer_policies(model: torch.nn.Module, example_input: torch.Tensor, **plan_kwargs
-                   ) -> list[tuple[int, str]]:
+def layer_policies(
+    model: torch.nn.Module, example_input: torch.Tensor, **plan_kwargs
+) -> list[tuple[int, str]]:
     """(n, policy) for the last n weighted layers, n = 1, 2, 4, ... and all: the policy names
     every parameter from the n-th last conv / linear weight on, in the captured graph's order."""
     names = [p.name for p in plan(model, example_input, policy="all", **plan_kwargs).params]
@@ -80,7 +80,7 @@ def layer_policies(model: torch.nn.Module, example_input: torch.Tensor, **plan_k
         return [(0, "all")]
     out, n = [], 1
     while n < len(weighted):
-        out.append((n, ",".join(names[weighted[-n]:])))
+        out.append((n, ",".join(names[weighted[-n] :])))
         n *= 2
     out.append((len(weighted), "all"))
     return out
@@ -94,9 +94,21 @@ def _batch_sizes(batch_size: int) -> list[int]:
     return [*out, batch_size]
 
 
-def select(model: torch.nn.Module, example_input: torch.Tensor, analysis, *, device, budget_bytes,
-           batch_size: int, name: str, objective: str, lr: float, seed: int,
-           samples: int | None = None, pilot_cache: dict | None = None):
+def select(
+    model: torch.nn.Module,
+    example_input: torch.Tensor,
+    analysis,
+    *,
+    device,
+    budget_bytes,
+    batch_size: int,
+    name: str,
+    objective: str,
+    lr: float,
+    seed: int,
+    samples: int | None = None,
+    pilot_cache: dict | None = None,
+):
     """NOTE [ Task-adaptive selection ]: the winning plan and every candidate's pilot.
 
     `pilot_cache`: a dict the caller keeps across devices for the same model and samples; with
@@ -106,17 +118,21 @@ def select(model: torch.nn.Module, example_input: torch.Tensor, analysis, *, dev
     try:
         x, y = analysis
     except (TypeError, ValueError):
-        raise InvalidArgumentError("analysis must be a pair (x, y) of local samples and labels")
+        raise InvalidArgumentError(
+            "analysis must be a pair (x, y) of local samples and labels"
+        ) from None
     n_val = int(len(x) * HOLDOUT)
     n_fit = len(x) - n_val
     steps_samples = len(x) if samples is None else samples
     if n_val < 1 or n_fit < batch_size:
         raise InvalidArgumentError(
             f"auto's selection needs local samples to train and validate pilots on: got {len(x)}; "
-            f"pass at least {int(batch_size / (1 - HOLDOUT)) + 2} (or no analysis samples)")
+            f"pass at least {int(batch_size / (1 - HOLDOUT)) + 2} (or no analysis samples)"
+        )
     dev = load_device(device)
-    kw = dict(device=dev, budget_bytes=budget_bytes, strategy="auto", objective=objective,
-              name=name)
+    kw = dict(
+        device=dev, budget_bytes=budget_bytes, strategy="auto", objective=objective, name=name
+    )
     tried: list[tuple[Candidate, object]] = []
     for b in _batch_sizes(batch_size):
         for layers, policy in layer_policies(model, example_input, batch_size=b, **kw):
@@ -128,10 +144,12 @@ def select(model: torch.nn.Module, example_input: torch.Tensor, analysis, *, dev
             if pilot_cache is None or key not in pilot_cache:
                 pilot = copy.deepcopy(model)
                 torch.manual_seed(seed)
-                prepared = Prepared(SystemName.AUTO, pilot, example_input, p, dev,
-                                    p.predicted_peak_bytes)
-                train_planned(prepared, x[:n_fit], y[:n_fit], samples=steps_samples, lr=lr,
-                              seed=seed)
+                prepared = Prepared(
+                    SystemName.AUTO, pilot, example_input, p, dev, p.predicted_peak_bytes
+                )
+                train_planned(
+                    prepared, x[:n_fit], y[:n_fit], samples=steps_samples, lr=lr, seed=seed
+                )
                 acc = accuracy(pilot, x[n_fit:], y[n_fit:])
                 if pilot_cache is not None:
                     pilot_cache[key] = acc
@@ -141,42 +159,87 @@ def select(model: torch.nn.Module, example_input: torch.Tensor, analysis, *, dev
     if not tried:
         raise PlanInfeasibleError(
             f"auto: no trainable set fits the budget at batch sizes {_batch_sizes(batch_size)}; "
-            f"edgetrain.plan explains the smallest peak")
-    best, best_plan = min(tried, key=lambda cp: (-cp[0].validation_accuracy,
-                                                  cp[0].predicted_peak_bytes,
-                                                  cp[0].energy_per_sample_j))
+            f"edgetrain.plan explains the smallest peak"
+        )
+    best, best_plan = min(
+        tried,
+        key=lambda cp: (
+            -cp[0].validation_accuracy,
+            cp[0].predicted_peak_bytes,
+            cp[0].energy_per_sample_j,
+        ),
+    )
     return best, best_plan, tuple(c for c, _ in tried), steps_samples
 
 
-def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf52840",
-            budget_bytes: int | None = None, batch_size: int = 1, name: str = "model",
-            objective: str = "time", analysis: tuple | None = None, lr: float = 0.05,
-            seed: int = 0, samples: int | None = None, pilot_cache: dict | None = None
-            ) -> Prepared:
+def prepare(
+    model: torch.nn.Module,
+    example_input: torch.Tensor,
+    *,
+    device="nrf52840",
+    budget_bytes: int | None = None,
+    batch_size: int = 1,
+    name: str = "model",
+    objective: str = "time",
+    analysis: tuple | None = None,
+    lr: float = 0.05,
+    seed: int = 0,
+    samples: int | None = None,
+    pilot_cache: dict | None = None,
+) -> Prepared:
     """The planner's plan; with `analysis=(x, y)` local samples, the trainable set and batch
     size (up to `batch_size`) chosen by validation (NOTE [ Task-adaptive selection ]); `lr`,
     `seed` and `samples` (the sample budget; default: the analysis samples) are the pilots'
     (pass the training run's)."""
     dev = load_device(device)
     if analysis is None:
-        p = plan(model, example_input, device=dev, budget_bytes=budget_bytes,
-                 batch_size=batch_size, strategy="auto", objective=objective, name=name)
-        return Prepared(SystemName.AUTO, model, example_input, p, dev, p.predicted_peak_bytes,
-                        p.notes)
-    best, p, tried, n_pilot = select(model, example_input, analysis, device=device,
-                                     budget_bytes=budget_bytes, batch_size=batch_size, name=name,
-                                     objective=objective, lr=lr, seed=seed, samples=samples,
-                                     pilot_cache=pilot_cache)
+        p = plan(
+            model,
+            example_input,
+            device=dev,
+            budget_bytes=budget_bytes,
+            batch_size=batch_size,
+            strategy="auto",
+            objective=objective,
+            name=name,
+        )
+        return Prepared(
+            SystemName.AUTO, model, example_input, p, dev, p.predicted_peak_bytes, p.notes
+        )
+    best, p, tried, n_pilot = select(
+        model,
+        example_input,
+        analysis,
+        device=device,
+        budget_bytes=budget_bytes,
+        batch_size=batch_size,
+        name=name,
+        objective=objective,
+        lr=lr,
+        seed=seed,
+        samples=samples,
+        pilot_cache=pilot_cache,
+    )
     n_val = int(len(analysis[0]) * HOLDOUT)
     pilot_energy_j = sum(c.energy_per_sample_j * n_pilot for c in tried)
     table = "; ".join(f"{c.label}: {100 * c.validation_accuracy:.1f} %" for c in tried)
-    notes = (*p.notes,
-             f"task-adaptive selection: {best.label} (validation {100 * best.validation_accuracy:.1f} %"
-             f" on {n_val} held-out local samples)",
-             f"selection cost: {len(tried)} pilots x {n_pilot} samples trained, "
-             f"{pilot_energy_j:.3g} J modelled on {dev.name} ({table})")
-    return Prepared(SystemName.AUTO, model, example_input, p, dev, p.predicted_peak_bytes, notes,
-                    (("selection", tried), ("preparation_energy_j", pilot_energy_j)))
+    notes = (
+        *p.notes,
+        f"task-adaptive selection: {best.label} (validation {100 * best.validation_accuracy:.1f} %"
+        f" on {n_val} held-out local samples)",
+        f"selection cost: {len(tried)} pilots x {n_pilot} samples trained, "
+        f"{pilot_energy_j:.3g} J modelled on {dev.name} ({table})",
+    )
+    return Prepared(
+        SystemName.AUTO,
+        model,
+        example_input,
+        p,
+        dev,
+        p.predicted_peak_bytes,
+        notes,
+        (("selection", tried), ("preparation_energy_j", pilot_energy_j)),
+    )
 
 
 SYSTEM = System(SystemName.AUTO, prepare, train_planned)

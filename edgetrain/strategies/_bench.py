@@ -45,15 +45,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from edgetrain import validate
-from edgetrain.units import format_bytes
-from edgetrain.storage import cache_dir, load_tensors, save_tensors_atomic, write_json_atomic
-from edgetrain.storage import write_text_atomic
-from edgetrain.errors import InvalidArgumentError
-from edgetrain.errors import PlanInfeasibleError
+from edgetrain.errors import InvalidArgumentError, PlanInfeasibleError
 from edgetrain.runtime import NonFiniteLossError
-from edgetrain.strategies._catalog import SystemName
-from edgetrain.strategies._catalog import get_system
+from edgetrain.storage import (
+    cache_dir,
+    load_tensors,
+    save_tensors_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from edgetrain.strategies._catalog import SystemName, get_system
 from edgetrain.tasks import accuracy
+from edgetrain.units import format_bytes
 
 NEW_CLASSES = "fashion-mnist:5-9"
 OLD_CLASSES = (0, 1, 2, 3, 4)
@@ -86,8 +89,12 @@ class BenchConfig:
 
     @classmethod
     def full(cls) -> "BenchConfig":
-        return cls(tasks=(ModelTask("mcu-cnn", 8, 4000, None, None, 2),
-                          ModelTask("mbv2-w0.35", 8, 400, 500, 3000, 1)))
+        return cls(
+            tasks=(
+                ModelTask("mcu-cnn", 8, 4000, None, None, 2),
+                ModelTask("mbv2-w0.35", 8, 400, 500, 3000, 1),
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -140,13 +147,16 @@ def _pretrained(task: ModelTask, seed: int) -> tuple[torch.nn.Module, torch.Tens
     if task.model == "mcu-cnn":
         from edgetrain.tasks import pretrain
 
-        model, example, _ = pretrain("mcu-cnn", samples=task.pretrain_samples,
-                                     epochs=task.pretrain_epochs, seed=seed)
+        model, example, _ = pretrain(
+            "mcu-cnn", samples=task.pretrain_samples, epochs=task.pretrain_epochs, seed=seed
+        )
         return model, example
     torch.manual_seed(seed)
     model, example = build_model(task.model)
-    key = (f"{task.model}-fashion-mnist_0-4-resized-n{task.pretrain_samples or 'all'}"
-           f"-e{task.pretrain_epochs}-s{seed}")
+    key = (
+        f"{task.model}-fashion-mnist_0-4-resized-n{task.pretrain_samples or 'all'}"
+        f"-e{task.pretrain_epochs}-s{seed}"
+    )
     path = cache_dir() / "pretrained" / f"{key}.safetensors"
     if path.exists():
         model.load_state_dict(load_tensors(path))
@@ -158,7 +168,7 @@ def _pretrained(task: ModelTask, seed: int) -> tuple[torch.nn.Module, torch.Tens
     for _ in range(task.pretrain_epochs):
         perm = torch.randperm(len(train), generator=gen)
         for i in range(0, len(train), 32):
-            idx = perm[i:i + 32]
+            idx = perm[i : i + 32]
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(resize_for(train.x[idx], example.shape)), train.y[idx]).backward()
             opt.step()
@@ -172,8 +182,13 @@ def _data(task: ModelTask, example: torch.Tensor, seed: int):
     train = load_dataset(NEW_CLASSES, split="train", limit=task.samples, seed=seed)
     test = load_dataset(NEW_CLASSES, split="test", limit=task.test_limit, seed=seed)
     calib = load_dataset("fashion-mnist:0-4", split="train", limit=CALIBRATION_SAMPLES, seed=seed)
-    return (resize_for(train.x, example.shape), train.y, resize_for(test.x, example.shape),
-            test.y, resize_for(calib.x, example.shape))
+    return (
+        resize_for(train.x, example.shape),
+        train.y,
+        resize_for(test.x, example.shape),
+        test.y,
+        resize_for(calib.x, example.shape),
+    )
 
 
 def _plan_key(prepared) -> str:
@@ -183,8 +198,16 @@ def _plan_key(prepared) -> str:
     return json.dumps(d, sort_keys=True)
 
 
-def _run_one(system: SystemName, task: ModelTask, device: str, base: torch.nn.Module,
-             example: torch.Tensor, data, cfg: BenchConfig, cache: dict) -> BenchRow:
+def _run_one(
+    system: SystemName,
+    task: ModelTask,
+    device: str,
+    base: torch.nn.Module,
+    example: torch.Tensor,
+    data,
+    cfg: BenchConfig,
+    cache: dict,
+) -> BenchRow:
     sysm = get_system(system)
     # Every run starts from the same global RNG state, so a strategy's random initialisation
     # (TinyTL's lite residuals) does not depend on which strategies ran before it.
@@ -195,18 +218,42 @@ def _run_one(system: SystemName, task: ModelTask, device: str, base: torch.nn.Mo
     if system in (SystemName.TTE, SystemName.MANDHELING, SystemName.MINILEARN):
         kwargs = {"calibration": calib, "analysis": (x, y)}
     if system is SystemName.AUTO:  # NOTE [ Task-adaptive selection ] (strategies/_auto.py)
-        kwargs = {"analysis": (x, y), "lr": cfg.lr, "seed": cfg.seed, "samples": task.samples,
-                  "pilot_cache": cache.setdefault("auto-pilots", {})}
+        kwargs = {
+            "analysis": (x, y),
+            "lr": cfg.lr,
+            "seed": cfg.seed,
+            "samples": task.samples,
+            "pilot_cache": cache.setdefault("auto-pilots", {}),
+        }
     batch = 1 if system is SystemName.TINYOL else task.batch_size
     try:
-        prepared = sysm.prepare(model, example, device=device, batch_size=batch, name=task.model,
-                                **kwargs)
+        prepared = sysm.prepare(
+            model, example, device=device, batch_size=batch, name=task.model, **kwargs
+        )
     except PlanInfeasibleError as e:
         from edgetrain.cost import load_device
 
-        return BenchRow(system.value, task.model, device, False, load_device(device).ram_bytes,
-                        None, None, None, None, None, None, None, None, 0, None, batch, None,
-                        None, (f"does not fit: {e}",))
+        return BenchRow(
+            system.value,
+            task.model,
+            device,
+            False,
+            load_device(device).ram_bytes,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            0,
+            None,
+            batch,
+            None,
+            None,
+            (f"does not fit: {e}",),
+        )
     p = prepared.plan
     batch = p.batch_size  # auto chooses its own (up to the task's)
     train_kwargs = {}
@@ -219,8 +266,9 @@ def _run_one(system: SystemName, task: ModelTask, device: str, base: torch.nn.Mo
     if key not in cache:
         before = accuracy(prepared.model, tx, ty)
         try:
-            rep = sysm.train(prepared, x, y, samples=task.samples, lr=cfg.lr, seed=cfg.seed,
-                             **train_kwargs)
+            rep = sysm.train(
+                prepared, x, y, samples=task.samples, lr=cfg.lr, seed=cfg.seed, **train_kwargs
+            )
             after = accuracy(prepared.model, tx, ty)
             cache[key] = (before, after, rep, None)
         except PlanInfeasibleError as e:  # Sage's re-plan after the drop may not fit
@@ -231,25 +279,59 @@ def _run_one(system: SystemName, task: ModelTask, device: str, base: torch.nn.Mo
     n_train = len(p.trainable())
     if rep is None:
         fits = prepared.fits and not err.startswith("does not fit")
-        return BenchRow(system.value, task.model, device, fits, p.budget_bytes,
-                        prepared.predicted_peak_bytes, None, p.predicted.storage_bytes_written,
-                        None, p.predicted.latency_s, p.predicted.energy_j, before,
-                        None, 0, None, batch, p.micro_batch_size, n_train,
-                        (*prepared.notes, f"training failed, {err}"))
+        return BenchRow(
+            system.value,
+            task.model,
+            device,
+            fits,
+            p.budget_bytes,
+            prepared.predicted_peak_bytes,
+            None,
+            p.predicted.storage_bytes_written,
+            None,
+            p.predicted.latency_s,
+            p.predicted.energy_j,
+            before,
+            None,
+            0,
+            None,
+            batch,
+            p.micro_batch_size,
+            n_train,
+            (*prepared.notes, f"training failed, {err}"),
+        )
     steps = max(1, rep.steps)
     return BenchRow(
-        system.value, task.model, device, prepared.fits, p.budget_bytes,
-        prepared.predicted_peak_bytes, rep.measured_peak_bytes,
-        p.predicted.storage_bytes_written, _finite(rep.host_step_s), p.predicted.latency_s,
-        p.predicted.energy_j, before, after, rep.samples, _finite(rep.samples_per_s), batch,
-        p.micro_batch_size, n_train,
-        (*prepared.notes, *rep.notes,
-         f"storage written on host: {rep.storage_bytes_written // steps:,} B/step"),
-        dict(prepared.state).get("preparation_energy_j", 0.0))
+        system.value,
+        task.model,
+        device,
+        prepared.fits,
+        p.budget_bytes,
+        prepared.predicted_peak_bytes,
+        rep.measured_peak_bytes,
+        p.predicted.storage_bytes_written,
+        _finite(rep.host_step_s),
+        p.predicted.latency_s,
+        p.predicted.energy_j,
+        before,
+        after,
+        rep.samples,
+        _finite(rep.samples_per_s),
+        batch,
+        p.micro_batch_size,
+        n_train,
+        (
+            *prepared.notes,
+            *rep.notes,
+            f"storage written on host: {rep.storage_bytes_written // steps:,} B/step",
+        ),
+        dict(prepared.state).get("preparation_energy_j", 0.0),
+    )
 
 
-def _qas_ablation(task: ModelTask, base, example, data, cfg: BenchConfig,
-                  rows: list[BenchRow]) -> dict:
+def _qas_ablation(
+    task: ModelTask, base, example, data, cfg: BenchConfig, rows: list[BenchRow]
+) -> dict:
     """TTE's int8 training with and without QAS, same layers, samples and learning rate, next
     to fp32 fine-tuning (the `full` row that ran on the host with the same samples)."""
     from edgetrain.strategies import _tte
@@ -258,14 +340,25 @@ def _qas_ablation(task: ModelTask, base, example, data, cfg: BenchConfig,
     out: dict = {"model": task.model, "samples": task.samples, "lr": cfg.lr}
     budget = 1 << 40  # the same layers on every device: the ablation is about the arithmetic
     for qas in (True, False):
-        prepared = _tte.prepare(copy.deepcopy(base), example, device=cfg.devices[0],
-                                budget_bytes=budget, batch_size=task.batch_size,
-                                name=task.model, calibration=calib, analysis=(x, y), qas=qas)
+        prepared = _tte.prepare(
+            copy.deepcopy(base),
+            example,
+            device=cfg.devices[0],
+            budget_bytes=budget,
+            batch_size=task.batch_size,
+            name=task.model,
+            calibration=calib,
+            analysis=(x, y),
+            qas=qas,
+        )
         _tte.train(prepared, x, y, samples=task.samples, lr=cfg.lr, seed=cfg.seed)
         out["qas_accuracy" if qas else "no_qas_accuracy"] = accuracy(prepared.model, tx, ty)
         out["layers"] = prepared.plan.notes[0]
-    full = [r.accuracy_after for r in rows if r.system == "full" and r.model == task.model
-            and r.accuracy_after is not None]
+    full = [
+        r.accuracy_after
+        for r in rows
+        if r.system == "full" and r.model == task.model and r.accuracy_after is not None
+    ]
     out["fp32_full_accuracy"] = full[0] if full else None
     return out
 
@@ -289,7 +382,9 @@ def dominated(row: BenchRow, others: list[BenchRow], cost: str) -> bool:
 
 
 def pareto_front(rows: list[BenchRow], cost: str) -> list[BenchRow]:
-    ok = [r for r in rows if r.fits and r.accuracy_after is not None and getattr(r, cost) is not None]
+    ok = [
+        r for r in rows if r.fits and r.accuracy_after is not None and getattr(r, cost) is not None
+    ]
     return sorted([r for r in ok if not dominated(r, ok, cost)], key=lambda r: getattr(r, cost))
 
 
@@ -302,13 +397,19 @@ def auto_pareto(rows: list[BenchRow]) -> list[dict]:
             if not auto:
                 continue
             a = auto[0]
-            out.append({"model": m, "device": d, "auto_fits": a.fits,
-                        "on_front_accuracy_vs_peak": a.fits and not dominated(
-                            a, grp, "predicted_peak_bytes"),
-                        "on_front_accuracy_vs_energy": a.fits and not dominated(
-                            a, grp, "energy_per_sample_j"),
-                        "on_front_accuracy_vs_energy_with_preparation": a.fits and not dominated(
-                            a, grp, "energy_per_sample_with_preparation_j")})
+            out.append(
+                {
+                    "model": m,
+                    "device": d,
+                    "auto_fits": a.fits,
+                    "on_front_accuracy_vs_peak": a.fits
+                    and not dominated(a, grp, "predicted_peak_bytes"),
+                    "on_front_accuracy_vs_energy": a.fits
+                    and not dominated(a, grp, "energy_per_sample_j"),
+                    "on_front_accuracy_vs_energy_with_preparation": a.fits
+                    and not dominated(a, grp, "energy_per_sample_with_preparation_j"),
+                }
+            )
     return out
 
 
@@ -317,9 +418,11 @@ def _fmt(v, spec: str, scale: float = 1.0, unit: str = "") -> str:
 
 
 def markdown_table(rows: list[BenchRow]) -> str:
-    head = ("| strategy | model | device | batch | fits | predicted peak | measured peak | storage/step | "
-            "host step | device step | energy/step | energy/sample | prep. energy | acc. before | acc. after | "
-            "samples/s |")
+    head = (
+        "| strategy | model | device | batch | fits | predicted peak | measured peak | storage/step | "
+        "host step | device step | energy/step | energy/sample | prep. energy | acc. before | acc. after | "
+        "samples/s |"
+    )
     lines = [head, "|" + "---|" * 16]
     for r in rows:
         lines.append(
@@ -330,7 +433,8 @@ def markdown_table(rows: list[BenchRow]) -> str:
             f"{_fmt(r.energy_per_sample_j, '.3g', 1e3, ' mJ')} | "
             f"{_fmt(r.preparation_energy_j if r.preparation_energy_j else None, '.3g', 1, ' J')} | "
             f"{_fmt(r.accuracy_before, '.1f', 100, ' %')} | {_fmt(r.accuracy_after, '.1f', 100, ' %')} | "
-            f"{_fmt(r.samples_per_s, ',.0f')} |")
+            f"{_fmt(r.samples_per_s, ',.0f')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -346,29 +450,55 @@ def _plots(rows: list[BenchRow], out: Path) -> list[Path]:
     paths = []
     models = list(dict.fromkeys(r.model for r in rows))
     devices = list(dict.fromkeys(r.device for r in rows))
-    for cost, label, fname in (("predicted_peak_bytes", "peak memory (KiB, predicted)",
-                                "accuracy_vs_peak"),
-                               ("energy_per_sample_j", "energy per sample (mJ, modelled)",
-                                "accuracy_vs_energy")):
+    for cost, label, fname in (
+        ("predicted_peak_bytes", "peak memory (KiB, predicted)", "accuracy_vs_peak"),
+        ("energy_per_sample_j", "energy per sample (mJ, modelled)", "accuracy_vs_energy"),
+    ):
         scale = 1 / 1024 if cost == "predicted_peak_bytes" else 1e3
-        fig, axes = plt.subplots(len(models), len(devices), squeeze=False,
-                                 figsize=(4.5 * len(devices), 3.6 * len(models)))
+        fig, axes = plt.subplots(
+            len(models),
+            len(devices),
+            squeeze=False,
+            figsize=(4.5 * len(devices), 3.6 * len(models)),
+        )
         for i, m in enumerate(models):
             for j, d in enumerate(devices):
                 ax = axes[i][j]
-                grp = [r for r in rows if r.model == m and r.device == d
-                       and r.accuracy_after is not None and getattr(r, cost) is not None]
+                grp = [
+                    r
+                    for r in rows
+                    if r.model == m
+                    and r.device == d
+                    and r.accuracy_after is not None
+                    and getattr(r, cost) is not None
+                ]
                 for r in grp:
-                    ax.scatter(getattr(r, cost) * scale, 100 * r.accuracy_after,
-                               marker="o" if r.fits else "x", s=36)
-                    ax.annotate(r.system, (getattr(r, cost) * scale, 100 * r.accuracy_after),
-                                fontsize=7, xytext=(3, 3), textcoords="offset points")
+                    ax.scatter(
+                        getattr(r, cost) * scale,
+                        100 * r.accuracy_after,
+                        marker="o" if r.fits else "x",
+                        s=36,
+                    )
+                    ax.annotate(
+                        r.system,
+                        (getattr(r, cost) * scale, 100 * r.accuracy_after),
+                        fontsize=7,
+                        xytext=(3, 3),
+                        textcoords="offset points",
+                    )
                 front = pareto_front(grp, cost)
                 if front:  # hollow red rings joined by a staircase
-                    ax.plot([getattr(r, cost) * scale for r in front],
-                            [100 * r.accuracy_after for r in front], "-o", color="tab:red",
-                            mfc="none", ms=11, lw=1, drawstyle="steps-post",
-                            label="Pareto front")
+                    ax.plot(
+                        [getattr(r, cost) * scale for r in front],
+                        [100 * r.accuracy_after for r in front],
+                        "-o",
+                        color="tab:red",
+                        mfc="none",
+                        ms=11,
+                        lw=1,
+                        drawstyle="steps-post",
+                        label="Pareto front",
+                    )
                     ax.legend(fontsize=7, loc="best")
                 ax.set_xscale("log")
                 ax.xaxis.set_minor_formatter(NullFormatter())
@@ -385,11 +515,14 @@ def _plots(rows: list[BenchRow], out: Path) -> list[Path]:
         for j, d in enumerate(devices):
             vals = []
             for s in systems:
-                r = next((r for r in rows if r.model == m and r.device == d and r.system == s), None)
+                r = next(
+                    (r for r in rows if r.model == m and r.device == d and r.system == s), None
+                )
                 vals.append(1e3 * r.energy_per_sample_j if r and r.energy_per_sample_j else 0.0)
             ax.bar([k + j * width for k in range(len(systems))], vals, width, label=d)
-        ax.set_xticks([k + width * (len(devices) - 1) / 2 for k in range(len(systems))], systems,
-                      fontsize=8)
+        ax.set_xticks(
+            [k + width * (len(devices) - 1) / 2 for k in range(len(systems))], systems, fontsize=8
+        )
         ax.set_yscale("log")
         ax.set_ylabel("energy per sample (mJ, modelled)", fontsize=8)
         ax.set_title(m, fontsize=9)
@@ -399,8 +532,13 @@ def _plots(rows: list[BenchRow], out: Path) -> list[Path]:
     return paths
 
 
-def run_bench(cfg: BenchConfig, out_dir: "str | Path", *, show_progress: bool = True,
-              console: Console | None = None) -> dict:
+def run_bench(
+    cfg: BenchConfig,
+    out_dir: "str | Path",
+    *,
+    show_progress: bool = True,
+    console: Console | None = None,
+) -> dict:
     """Run the bench, write `bench.json`, `bench.md` and the plots into `out_dir`."""
     if not cfg.tasks or not cfg.devices or not cfg.systems:
         raise InvalidArgumentError("the bench needs at least one model, device and strategy")
@@ -414,9 +552,15 @@ def run_bench(cfg: BenchConfig, out_dir: "str | Path", *, show_progress: bool = 
     ablations: list[dict] = []
     console = console or Console(stderr=True)
     total = len(cfg.tasks) * len(cfg.devices) * len(cfg.systems)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, disable=not show_progress,
-                  transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not show_progress,
+        transient=True,
+    ) as bar:
         job = bar.add_task("bench", total=total)
         for task in cfg.tasks:
             bar.update(job, description=f"pretraining {task.model} on classes 0-4")
@@ -433,13 +577,23 @@ def run_bench(cfg: BenchConfig, out_dir: "str | Path", *, show_progress: bool = 
                 ablations.append(_qas_ablation(task, base, example, data, cfg, rows))
     result = {
         "task": f"pretrained on fashion-mnist:0-4, learn {NEW_CLASSES} on the device",
-        "config": {"tasks": [asdict(t) for t in cfg.tasks], "devices": list(cfg.devices),
-                   "systems": [s.value for s in cfg.systems], "lr": cfg.lr, "seed": cfg.seed,
-                   "sage_budget_drop": cfg.sage_budget_drop},
+        "config": {
+            "tasks": [asdict(t) for t in cfg.tasks],
+            "devices": list(cfg.devices),
+            "systems": [s.value for s in cfg.systems],
+            "lr": cfg.lr,
+            "seed": cfg.seed,
+            "sage_budget_drop": cfg.sage_budget_drop,
+        },
         "host": {"torch": torch.__version__, "threads": torch.get_num_threads()},
-        "rows": [{**asdict(r), "energy_per_sample_j": r.energy_per_sample_j,
-                  "energy_per_sample_with_preparation_j": r.energy_per_sample_with_preparation_j}
-                 for r in rows],
+        "rows": [
+            {
+                **asdict(r),
+                "energy_per_sample_j": r.energy_per_sample_j,
+                "energy_per_sample_with_preparation_j": r.energy_per_sample_with_preparation_j,
+            }
+            for r in rows
+        ],
         "auto_pareto": auto_pareto(rows),
         "qas_ablation": ablations,
         "elapsed_s": time.perf_counter() - t0,
@@ -450,9 +604,13 @@ def run_bench(cfg: BenchConfig, out_dir: "str | Path", *, show_progress: bool = 
     return result
 
 
-def config_from_args(quick: bool, systems: "list[str] | None" = None,
-                     devices: "list[str] | None" = None, models: "list[str] | None" = None,
-                     samples: int | None = None) -> BenchConfig:
+def config_from_args(
+    quick: bool,
+    systems: "list[str] | None" = None,
+    devices: "list[str] | None" = None,
+    models: "list[str] | None" = None,
+    samples: int | None = None,
+) -> BenchConfig:
     cfg = BenchConfig.quick() if quick else BenchConfig.full()
     if systems:
         cfg = replace(cfg, systems=tuple(get_system(s).name for s in systems))
@@ -463,9 +621,11 @@ def config_from_args(quick: bool, systems: "list[str] | None" = None,
         bad = [m for m in models if m not in known]
         if bad:
             raise InvalidArgumentError(
-                f"the bench runs models {', '.join(sorted(known))}; {bad} is not one of them")
-        cfg = replace(cfg, tasks=tuple(next((t for t in cfg.tasks if t.model == m), known[m])
-                                       for m in models))
+                f"the bench runs models {', '.join(sorted(known))}; {bad} is not one of them"
+            )
+        cfg = replace(
+            cfg, tasks=tuple(next((t for t in cfg.tasks if t.model == m), known[m]) for m in models)
+        )
     if samples is not None:
         samples = validate.positive_int(samples, "samples per strategy (--samples)")
         cfg = replace(cfg, tasks=tuple(replace(t, samples=samples) for t in cfg.tasks))

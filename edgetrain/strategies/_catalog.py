@@ -51,20 +51,27 @@ def _info(name: SystemName, paper: str, **needs: bool) -> SystemInfo:
     return SystemInfo(name, paper, f"edgetrain.strategies._{name.value}", **needs)
 
 
-CATALOG: dict[SystemName, SystemInfo] = {i.name: i for i in (
-    _info(SystemName.FULL, "plain fine-tuning (reference)"),
-    _info(SystemName.AUTO, "edgetrain joint planner"),
-    _info(SystemName.POET, "Patil et al., POET, ICML 2022", takes_deadline=True),
-    _info(SystemName.TINYOL, "Ren, Anicic, Runkler, TinyOL, IJCNN 2021"),
-    _info(SystemName.TINYTL, "Cai, Gan, Zhu, Han, TinyTL, NeurIPS 2020"),
-    _info(SystemName.MELON, "Wang et al., Melon, MobiSys 2022"),
-    _info(SystemName.SAGE, "Gim, Ko, Sage, MobiSys 2022"),
-    _info(SystemName.TTE, "Lin et al., Tiny Training Engine, NeurIPS 2022",
-          needs_calibration=True),
-    _info(SystemName.MANDHELING, "Xu et al., Mandheling, MobiCom 2022", needs_calibration=True),
-    _info(SystemName.MINILEARN, "Profentzas, Almgren, Landsiedel, MiniLearn, EWSN 2022",
-          needs_calibration=True),
-)}
+CATALOG: dict[SystemName, SystemInfo] = {
+    i.name: i
+    for i in (
+        _info(SystemName.FULL, "plain fine-tuning (reference)"),
+        _info(SystemName.AUTO, "edgetrain joint planner"),
+        _info(SystemName.POET, "Patil et al., POET, ICML 2022", takes_deadline=True),
+        _info(SystemName.TINYOL, "Ren, Anicic, Runkler, TinyOL, IJCNN 2021"),
+        _info(SystemName.TINYTL, "Cai, Gan, Zhu, Han, TinyTL, NeurIPS 2020"),
+        _info(SystemName.MELON, "Wang et al., Melon, MobiSys 2022"),
+        _info(SystemName.SAGE, "Gim, Ko, Sage, MobiSys 2022"),
+        _info(
+            SystemName.TTE, "Lin et al., Tiny Training Engine, NeurIPS 2022", needs_calibration=True
+        ),
+        _info(SystemName.MANDHELING, "Xu et al., Mandheling, MobiCom 2022", needs_calibration=True),
+        _info(
+            SystemName.MINILEARN,
+            "Profentzas, Almgren, Landsiedel, MiniLearn, EWSN 2022",
+            needs_calibration=True,
+        ),
+    )
+}
 
 
 def system_names() -> tuple[str, ...]:
@@ -78,7 +85,8 @@ def system_info(name: "str | SystemName") -> SystemInfo:
         return CATALOG[key]
     except (ValueError, KeyError):
         raise UnknownSystemError(
-            f"unknown strategy {name!r}; choose one of {', '.join(system_names())}") from None
+            f"unknown strategy {name!r}; choose one of {', '.join(system_names())}"
+        ) from None
 
 
 def get_system(name: "str | SystemName") -> System:

@@ -16,33 +16,59 @@ console = Console()
 def _cmd_bench(args: argparse.Namespace) -> int:
     from edgetrain.strategies._bench import config_from_args, run_bench
 
-    cfg = config_from_args(args.quick, systems=args.strategies, devices=args.devices,
-                           models=args.models, samples=args.samples)
+    cfg = config_from_args(
+        args.quick,
+        systems=args.strategies,
+        devices=args.devices,
+        models=args.models,
+        samples=args.samples,
+    )
     res = run_bench(cfg, args.out, show_progress=not args.json)
     if args.json:
         print(json.dumps(res))
         return 0
     t = Table(title=f"edgetrain bench — {res['task']}")
-    for col in ("strategy", "model", "device", "fits", "peak pred.", "peak meas.",
-                "energy/step", "acc. before", "acc. after", "samples/s"):
+    for col in (
+        "strategy",
+        "model",
+        "device",
+        "fits",
+        "peak pred.",
+        "peak meas.",
+        "energy/step",
+        "acc. before",
+        "acc. after",
+        "samples/s",
+    ):
         t.add_column(col, justify="left" if col in ("strategy", "model", "device") else "right")
 
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f} %"
 
     for r in res["rows"]:
-        t.add_row(r["system"], r["model"], r["device"], "yes" if r["fits"] else "[red]no[/]",
-                  format_bytes(r["predicted_peak_bytes"]), format_bytes(r["measured_peak_bytes"]),
-                  "-" if r["energy_per_step_j"] is None else f"{1e3 * r['energy_per_step_j']:,.3f} mJ",
-                  pct(r["accuracy_before"]), pct(r["accuracy_after"]),
-                  "-" if r["samples_per_s"] is None else f"{r['samples_per_s']:,.0f}")
+        t.add_row(
+            r["system"],
+            r["model"],
+            r["device"],
+            "yes" if r["fits"] else "[red]no[/]",
+            format_bytes(r["predicted_peak_bytes"]),
+            format_bytes(r["measured_peak_bytes"]),
+            "-" if r["energy_per_step_j"] is None else f"{1e3 * r['energy_per_step_j']:,.3f} mJ",
+            pct(r["accuracy_before"]),
+            pct(r["accuracy_after"]),
+            "-" if r["samples_per_s"] is None else f"{r['samples_per_s']:,.0f}",
+        )
     console.print(t)
     for a in res["auto_pareto"]:
-        console.print(f"auto on {a['model']} / {a['device']}: on the accuracy-vs-peak front "
-                      f"{a['on_front_accuracy_vs_peak']}, accuracy-vs-energy front "
-                      f"{a['on_front_accuracy_vs_energy']}")
-    console.print(f"results: {args.out}/bench.json, bench.md, " +
-                  ", ".join(p.rsplit('/', 1)[-1] for p in res["plots"]))
+        console.print(
+            f"auto on {a['model']} / {a['device']}: on the accuracy-vs-peak front "
+            f"{a['on_front_accuracy_vs_peak']}, accuracy-vs-energy front "
+            f"{a['on_front_accuracy_vs_energy']}"
+        )
+    console.print(
+        f"results: {args.out}/bench.json, bench.md, "
+        + ", ".join(p.rsplit("/", 1)[-1] for p in res["plots"])
+    )
     return 0
 
 
@@ -51,14 +77,23 @@ def register(subparsers) -> None:
     from edgetrain.strategies._catalog import system_names
 
     b = subparsers.add_parser(
-        "bench", help="every strategy on Fashion-MNIST new-class transfer, across devices")
-    b.add_argument("--quick", action="store_true",
-                   help="mcu-cnn only, fewer samples (a few minutes on 2 cores)")
+        "bench", help="every strategy on Fashion-MNIST new-class transfer, across devices"
+    )
+    b.add_argument(
+        "--quick",
+        action="store_true",
+        help="mcu-cnn only, fewer samples (a few minutes on 2 cores)",
+    )
     b.add_argument("--out", default="results/bench-strategies", help="results folder")
-    b.add_argument("--strategies", nargs="+", metavar="NAME",
-                   help=f"subset of: {' '.join(system_names())}")
-    b.add_argument("--devices", nargs="+", metavar="DEV",
-                   help="devices (default: nrf52840 rpi4 snapdragon-865)")
+    b.add_argument(
+        "--strategies", nargs="+", metavar="NAME", help=f"subset of: {' '.join(system_names())}"
+    )
+    b.add_argument(
+        "--devices",
+        nargs="+",
+        metavar="DEV",
+        help="devices (default: nrf52840 rpi4 snapdragon-865)",
+    )
     b.add_argument("--models", nargs="+", metavar="MODEL", help="mcu-cnn and/or mbv2-w0.35")
     b.add_argument("--samples", type=int, help="on-device sample budget per strategy")
     b.add_argument("--json", action="store_true", help="print one JSON object")

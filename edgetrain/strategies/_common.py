@@ -80,17 +80,30 @@ class TrainReport:
     notes: tuple[str, ...] = ()
 
     @classmethod
-    def from_timings(cls, durations_s: list[float], *, steps: int, batch_size: int, losses,
-                     measured_peak_bytes: int | None, storage_bytes_written: int = 0,
-                     notes=()) -> "TrainReport":
+    def from_timings(
+        cls,
+        durations_s: list[float],
+        *,
+        steps: int,
+        batch_size: int,
+        losses,
+        measured_peak_bytes: int | None,
+        storage_bytes_written: int = 0,
+        notes=(),
+    ) -> "TrainReport":
         """The report of `steps` steps of `batch_size` samples; host step time is the median
         of the timed (post-warm-up) steps, robust to a busy host."""
         step_s = statistics.median(durations_s) if durations_s else float("nan")
-        return cls(samples=steps * batch_size, steps=steps, losses=tuple(losses),
-                   measured_peak_bytes=measured_peak_bytes,
-                   storage_bytes_written=storage_bytes_written, host_step_s=step_s,
-                   samples_per_s=batch_size / step_s if durations_s else float("nan"),
-                   notes=tuple(notes))
+        return cls(
+            samples=steps * batch_size,
+            steps=steps,
+            losses=tuple(losses),
+            measured_peak_bytes=measured_peak_bytes,
+            storage_bytes_written=storage_bytes_written,
+            host_step_s=step_s,
+            samples_per_s=batch_size / step_s if durations_s else float("nan"),
+            notes=tuple(notes),
+        )
 
 
 @dataclass(frozen=True)
@@ -108,10 +121,12 @@ def check_samples(samples: int, batch_size: int, available: int) -> int:
     if not isinstance(samples, int) or samples < batch_size:
         raise InvalidArgumentError(
             f"sample budget {samples!r} cannot fill one batch of {batch_size}; pass "
-            f"samples >= {batch_size}")
+            f"samples >= {batch_size}"
+        )
     if available < batch_size:
         raise InvalidArgumentError(
-            f"{available} training samples cannot fill one batch of {batch_size}")
+            f"{available} training samples cannot fill one batch of {batch_size}"
+        )
     return samples // batch_size
 
 
@@ -140,8 +155,15 @@ def metered(step: int, measure_steps: int, total_steps: int) -> bool:
     return first <= step < first + measure_steps
 
 
-def trainer_step(t: Trainer, xb: torch.Tensor, yb: torch.Tensor, *, step: int,
-                 durations_s: list[float], meter: bool) -> tuple[float, int]:
+def trainer_step(
+    t: Trainer,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    *,
+    step: int,
+    durations_s: list[float],
+    meter: bool,
+) -> tuple[float, int]:
     """One `Trainer` step, either metered (returns the allocator's peak of the step) or timed
     (its wall time appended to `durations_s` after the warm-up steps; peak 0)."""
     if meter:
@@ -155,8 +177,16 @@ def trainer_step(t: Trainer, xb: torch.Tensor, yb: torch.Tensor, *, step: int,
     return loss, 0
 
 
-def train_planned(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
-                  lr: float = 0.05, seed: int = 0, measure_steps: int = 1) -> TrainReport:
+def train_planned(
+    prepared: Prepared,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    samples: int,
+    lr: float = 0.05,
+    seed: int = 0,
+    measure_steps: int = 1,
+) -> TrainReport:
     """Run `prepared.plan` with `edgetrain.Trainer` over `samples` samples drawn in a seeded
     order; meter `measure_steps` steps after the warm-up step and time the others."""
     plan = prepared.plan
@@ -169,11 +199,22 @@ def train_planned(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, sampl
         for step in range(steps):
             idx = order[torch.arange(step * plan.batch_size, (step + 1) * plan.batch_size) % len(x)]
             xb, yb = x[idx].contiguous(), y[idx].contiguous()
-            loss, step_peak = trainer_step(t, xb, yb, step=step, durations_s=durations_s,
-                                           meter=metered(step, measure_steps, steps))
+            loss, step_peak = trainer_step(
+                t,
+                xb,
+                yb,
+                step=step,
+                durations_s=durations_s,
+                meter=metered(step, measure_steps, steps),
+            )
             peak = max(peak, step_peak)
             losses.append(loss)
         written = t.storage_bytes_written
-    return TrainReport.from_timings(durations_s, steps=steps, batch_size=plan.batch_size,
-                                    losses=losses, measured_peak_bytes=peak,
-                                    storage_bytes_written=written)
+    return TrainReport.from_timings(
+        durations_s,
+        steps=steps,
+        batch_size=plan.batch_size,
+        losses=losses,
+        measured_peak_bytes=peak,
+        storage_bytes_written=written,
+    )

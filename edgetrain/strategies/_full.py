@@ -11,18 +11,40 @@ from __future__ import annotations
 
 import torch
 
-from edgetrain.prepare import trainer_plan as plan
 from edgetrain.cost import load_device
+from edgetrain.prepare import trainer_plan as plan
 from edgetrain.strategies._common import Prepared, System, SystemName, train_planned
 
 
-def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf52840",
-            budget_bytes: int | None = None, batch_size: int = 1, name: str = "model") -> Prepared:
+def prepare(
+    model: torch.nn.Module,
+    example_input: torch.Tensor,
+    *,
+    device="nrf52840",
+    budget_bytes: int | None = None,
+    batch_size: int = 1,
+    name: str = "model",
+) -> Prepared:
     dev = load_device(device)
-    p = plan(model, example_input, device=dev, budget_bytes=budget_bytes, batch_size=batch_size,
-             strategy="keep-all", allow_paging=False, name=name)
-    return Prepared(SystemName.FULL, model, example_input, p, dev, p.predicted_peak_bytes,
-                    ("every parameter trains; every activation kept",))
+    p = plan(
+        model,
+        example_input,
+        device=dev,
+        budget_bytes=budget_bytes,
+        batch_size=batch_size,
+        strategy="keep-all",
+        allow_paging=False,
+        name=name,
+    )
+    return Prepared(
+        SystemName.FULL,
+        model,
+        example_input,
+        p,
+        dev,
+        p.predicted_peak_bytes,
+        ("every parameter trains; every activation kept",),
+    )
 
 
 SYSTEM = System(SystemName.FULL, prepare, train_planned)

@@ -38,15 +38,14 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from edgetrain.prepare import SAFETY_MARGIN
-from edgetrain.prepare import trainer_plan as plan
+from edgetrain import validate
 from edgetrain.capture import capture
 from edgetrain.cost import load_device
-from edgetrain import validate
-from edgetrain.errors import InvalidArgumentError
+from edgetrain.errors import InvalidArgumentError, PlanInfeasibleError
 from edgetrain.ir import OpKind
 from edgetrain.planner import Prediction
-from edgetrain.errors import PlanInfeasibleError
+from edgetrain.prepare import SAFETY_MARGIN
+from edgetrain.prepare import trainer_plan as plan
 from edgetrain.strategies._common import (
     WARMUP_STEPS,
     Prepared,
@@ -75,10 +74,18 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(n, 0, -1) if n % d == 0]
 
 
-def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="snapdragon-865",
-            budget_bytes: int | None = None, batch_size: int = 1, name: str = "model",
-            calibration: torch.Tensor | None = None, analysis: tuple | None = None,
-            weight_headroom: float = WEIGHT_HEADROOM) -> Prepared:
+def prepare(
+    model: torch.nn.Module,
+    example_input: torch.Tensor,
+    *,
+    device="snapdragon-865",
+    budget_bytes: int | None = None,
+    batch_size: int = 1,
+    name: str = "model",
+    calibration: torch.Tensor | None = None,
+    analysis: tuple | None = None,
+    weight_headroom: float = WEIGHT_HEADROOM,
+) -> Prepared:
     """`weight_headroom`: every layer's weight-scale headroom (`_tte.WEIGHT_HEADROOM`, 1 for
     none): scales stay fixed while training, so the weights need room to grow."""
     from edgetrain.quant import QuantModel, op_names, quantize
@@ -86,34 +93,49 @@ def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="snap
     if calibration is None or not isinstance(calibration, torch.Tensor) or len(calibration) == 0:
         raise InvalidArgumentError(
             "mandheling quantises the model before training: pass calibration=<a tensor of "
-            "real input images> (e.g. 256 samples of the pretraining data)")
+            "real input images> (e.g. 256 samples of the pretraining data)"
+        )
     batch_size = validate.batch_size(batch_size)
     dev = load_device(device)
     budget = int(budget_bytes if budget_bytes is not None else dev.ram_bytes)
     graph = quantize(model, calibration, name=name)
     if weight_headroom != 1:  # every layer trains: each gets room to grow
-        graph = quantize(model, calibration, name=name,
-                         weight_headroom={n: weight_headroom for n in op_names(graph)})
+        graph = quantize(
+            model,
+            calibration,
+            name=name,
+            weight_headroom={n: weight_headroom for n in op_names(graph)},
+        )
     target = int(budget * (1 - SAFETY_MARGIN))
-    mb = next((d for d in _divisors(batch_size) if step_bytes(graph, d, batch_size) <= target),
-              None)
+    mb = next(
+        (d for d in _divisors(batch_size) if step_bytes(graph, d, batch_size) <= target), None
+    )
     if mb is None:
         need = step_bytes(graph, 1, batch_size)
         raise PlanInfeasibleError(
             f"mandheling: even micro-batches of 1 need {need:,} bytes, over {budget:,} bytes "
-            f"({need / budget:.2f}x) on {dev.name}; use a smaller batch or a larger budget")
+            f"({need / budget:.2f}x) on {dev.name}; use a smaller batch or a larger budget"
+        )
     peak = step_bytes(graph, mb, batch_size)
     # Work per op from the captured float graph (the int8 graph does the same MACs).
     g = capture(model, example_input, batch_size=batch_size, name=name)
-    acc = dev.accelerator if dev.accelerator is not None and dev.accelerator.int8_ops_per_s > 0 \
+    acc = (
+        dev.accelerator
+        if dev.accelerator is not None and dev.accelerator.int8_ops_per_s > 0
         else None
+    )
     on_acc = cpu = 0
     placement = []
     for n in g.nodes:
         if n.op in (OpKind.BATCH_NORM, OpKind.BUFFER_UPDATE):
             continue  # folded into the int8 convolutions
-        work = n.flops_forward + n.flops_backward_input + n.flops_backward_params \
-            + n.vector_ops_forward + n.vector_ops_backward
+        work = (
+            n.flops_forward
+            + n.flops_backward_input
+            + n.flops_backward_params
+            + n.vector_ops_forward
+            + n.vector_ops_backward
+        )
         if acc is not None and n.op in _ON_ACCELERATOR:
             on_acc += n.flops_forward + n.flops_backward_input + n.flops_backward_params
             cpu += n.vector_ops_forward + n.vector_ops_backward
@@ -131,17 +153,42 @@ def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="snap
     overhead_s = 2 * k * dev.compute.op_overhead_s
     acc_s = (on_acc / acc.int8_ops_per_s + n_acc * overhead_s) if acc is not None else 0.0
     cpu_s = cpu / dev.compute.int8_ops_per_s + n_cpu * overhead_s
-    energy = acc_s * (acc.active_power_w if acc is not None else 0.0) \
+    energy = (
+        acc_s * (acc.active_power_w if acc is not None else 0.0)
         + cpu_s * dev.compute.active_power_w
-    fp = plan(model, example_input, device=dev, budget_bytes=1 << 40, batch_size=batch_size,
-              strategy="exact", allow_paging=False, name=name)
-    where = f"{sum(p == 'accelerator' for _, p in placement)} ops on {acc.name}" if acc else \
-        "no int8 accelerator: every op on the CPU"
-    p = replace(fp, budget_bytes=budget, micro_batch_size=mb,
-                predicted=Prediction(peak, 0, acc_s + cpu_s, energy),
-                notes=(f"int8 mixed precision, {batch_size // mb} x {mb} micro-batches; {where}",))
-    return Prepared(SystemName.MANDHELING, QuantModel(graph), example_input, p, dev, peak,
-                    p.notes, (("placement", tuple(placement)),))
+    )
+    fp = plan(
+        model,
+        example_input,
+        device=dev,
+        budget_bytes=1 << 40,
+        batch_size=batch_size,
+        strategy="exact",
+        allow_paging=False,
+        name=name,
+    )
+    where = (
+        f"{sum(p == 'accelerator' for _, p in placement)} ops on {acc.name}"
+        if acc
+        else "no int8 accelerator: every op on the CPU"
+    )
+    p = replace(
+        fp,
+        budget_bytes=budget,
+        micro_batch_size=mb,
+        predicted=Prediction(peak, 0, acc_s + cpu_s, energy),
+        notes=(f"int8 mixed precision, {batch_size // mb} x {mb} micro-batches; {where}",),
+    )
+    return Prepared(
+        SystemName.MANDHELING,
+        QuantModel(graph),
+        example_input,
+        p,
+        dev,
+        peak,
+        p.notes,
+        (("placement", tuple(placement)),),
+    )
 
 
 def placement(prepared: Prepared) -> dict[str, str]:
@@ -149,8 +196,16 @@ def placement(prepared: Prepared) -> dict[str, str]:
     return dict(dict(prepared.state)["placement"])
 
 
-def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
-          lr: float = 0.05, seed: int = 0, measure_steps: int = 1) -> TrainReport:
+def train(
+    prepared: Prepared,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    samples: int,
+    lr: float = 0.05,
+    seed: int = 0,
+    measure_steps: int = 1,
+) -> TrainReport:
     from edgetrain.quant import QuantModel, QuantSGD
 
     qm = prepared.model
@@ -169,16 +224,21 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for i in range(0, b, mb):  # batch splitting with gradient accumulation
-            loss = F.cross_entropy(qm(xb[i:i + mb]), yb[i:i + mb]) * (mb / b)
+            loss = F.cross_entropy(qm(xb[i : i + mb]), yb[i : i + mb]) * (mb / b)
             loss.backward()
             total += float(loss.detach())
         opt.step()
         if step >= WARMUP_STEPS:
             durations_s.append(time.perf_counter() - t0)
         losses.append(total)
-    return TrainReport.from_timings(durations_s, steps=steps, batch_size=b, losses=losses,
-                                    measured_peak_bytes=None, notes=("int8 step simulated in float64 on the host: no device peak "
-                              "measured",))
+    return TrainReport.from_timings(
+        durations_s,
+        steps=steps,
+        batch_size=b,
+        losses=losses,
+        measured_peak_bytes=None,
+        notes=("int8 step simulated in float64 on the host: no device peak measured",),
+    )
 
 
 SYSTEM = System(SystemName.MANDHELING, prepare, train)

@@ -25,11 +25,10 @@ from dataclasses import replace
 
 import torch
 
-from edgetrain.prepare import trainer_plan as plan
-from edgetrain.cost import load_device
 from edgetrain import validate
-from edgetrain.errors import InvalidArgumentError
-from edgetrain.errors import PlanInfeasibleError
+from edgetrain.cost import load_device
+from edgetrain.errors import InvalidArgumentError, PlanInfeasibleError
+from edgetrain.prepare import trainer_plan as plan
 from edgetrain.runtime import Trainer
 from edgetrain.strategies._arena import first_fit_layout, lifetime_aware_layout, record_blocks
 from edgetrain.strategies._common import (
@@ -57,46 +56,80 @@ def profile_pool(model: torch.nn.Module, example_input: torch.Tensor, the_plan) 
         blocks = record_blocks(lambda: t.step(x, y))
     pool = lifetime_aware_layout(blocks)
     naive = first_fit_layout(blocks)
-    return {"outside_bytes": outside, "pool_bytes": pool.arena_bytes,
-            "max_live_bytes": pool.max_live_bytes,
-            "fragmentation_bytes": pool.fragmentation_bytes,
-            "first_fit_pool_bytes": naive.arena_bytes, "blocks": len(blocks)}
+    return {
+        "outside_bytes": outside,
+        "pool_bytes": pool.arena_bytes,
+        "max_live_bytes": pool.max_live_bytes,
+        "fragmentation_bytes": pool.fragmentation_bytes,
+        "first_fit_pool_bytes": naive.arena_bytes,
+        "blocks": len(blocks),
+    }
 
 
-def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf52840",
-            budget_bytes: int | None = None, batch_size: int = 1, name: str = "model") -> Prepared:
+def prepare(
+    model: torch.nn.Module,
+    example_input: torch.Tensor,
+    *,
+    device="nrf52840",
+    budget_bytes: int | None = None,
+    batch_size: int = 1,
+    name: str = "model",
+) -> Prepared:
     dev = load_device(device)
     budget = validate.budget_bytes(budget_bytes if budget_bytes is not None else dev.ram_bytes)
     target = budget
     for _ in range(MAX_REPLANS):
-        p = plan(model, example_input, device=dev, budget_bytes=target, batch_size=batch_size,
-                 strategy="exact", allow_paging=False, name=name)
+        p = plan(
+            model,
+            example_input,
+            device=dev,
+            budget_bytes=target,
+            batch_size=batch_size,
+            strategy="exact",
+            allow_paging=False,
+            name=name,
+        )
         pool = profile_pool(model, example_input, p)
         peak = pool["outside_bytes"] + pool["pool_bytes"]
         if peak <= budget:
             p = replace(p, budget_bytes=budget)
-            return Prepared(SystemName.MELON, model, example_input, p, dev, peak,
-                            (f"pool {pool['pool_bytes']:,} B (fragmentation "
-                             f"{pool['fragmentation_bytes']:,} B; time-ordered first fit would "
-                             f"need {pool['first_fit_pool_bytes']:,} B); "
-                             f"{p.accumulation_steps} x {p.micro_batch_size} micro-batches",),
-                            tuple(sorted(pool.items())))
+            return Prepared(
+                SystemName.MELON,
+                model,
+                example_input,
+                p,
+                dev,
+                peak,
+                (
+                    f"pool {pool['pool_bytes']:,} B (fragmentation "
+                    f"{pool['fragmentation_bytes']:,} B; time-ordered first fit would "
+                    f"need {pool['first_fit_pool_bytes']:,} B); "
+                    f"{p.accumulation_steps} x {p.micro_batch_size} micro-batches",
+                ),
+                tuple(sorted(pool.items())),
+            )
         target -= max(peak - budget, budget // 100)
         if target <= 0:
             break
     raise PlanInfeasibleError(
         f"melon: no plan whose memory pool fits {budget:,} bytes on {dev.name}: the last plan "
         f"needs {peak:,} bytes (pool {pool['pool_bytes']:,} + {pool['outside_bytes']:,} outside "
-        f"it); use a smaller batch size or a larger budget")
+        f"it); use a smaller batch size or a larger budget"
+    )
 
 
 def replan(prepared: Prepared, budget_bytes: int) -> Prepared:
     """Adapt to a new memory budget (Melon re-plans when the budget changes)."""
     if prepared.system is not SystemName.MELON:
         raise InvalidArgumentError(f"melon.replan needs a melon plan, got {prepared.system.value}")
-    return prepare(prepared.model, prepared.example_input, device=prepared.device,
-                   budget_bytes=budget_bytes, batch_size=prepared.batch_size,
-                   name=prepared.plan.model)
+    return prepare(
+        prepared.model,
+        prepared.example_input,
+        device=prepared.device,
+        budget_bytes=budget_bytes,
+        batch_size=prepared.batch_size,
+        name=prepared.plan.model,
+    )
 
 
 def pool_stats(prepared: Prepared) -> dict[str, int]:

@@ -59,11 +59,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from edgetrain.prepare import trainer_plan as plan
-from edgetrain.cost import load_device
 from edgetrain import validate
-from edgetrain.errors import InvalidArgumentError
-from edgetrain.errors import PlanInfeasibleError
+from edgetrain.cost import load_device
+from edgetrain.errors import InvalidArgumentError, PlanInfeasibleError
+from edgetrain.prepare import trainer_plan as plan
 from edgetrain.strategies._common import Prepared, System, SystemName, TrainReport, train_planned
 
 RATIO_STEP = 1 / 16
@@ -109,6 +108,7 @@ class MiniLearnModel(nn.Module):
 
 # ---------------------------------------------------------------- dequantise
 
+
 def _folded_convs(net) -> list:
     from edgetrain.quant import FoldedBlock, FoldedConv
 
@@ -136,6 +136,7 @@ def dequantize(graph, template) -> nn.Module:
 
 
 # ---------------------------------------------------------------- prune
+
 
 def _is_depthwise(conv: nn.Conv2d) -> bool:
     return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
@@ -168,8 +169,11 @@ def prune_groups(net) -> list[PruneGroup]:
         consumer = convs[j] if j < len(convs) else None
         if consumer is not None and consumer.conv.groups != 1:
             continue
-        groups.append(PruneGroup(c.name, tuple(dws),
-                                 consumer.name if consumer is not None else net.classifier_name))
+        groups.append(
+            PruneGroup(
+                c.name, tuple(dws), consumer.name if consumer is not None else net.classifier_name
+            )
+        )
     return groups
 
 
@@ -203,12 +207,18 @@ def prune(net, ratio: float) -> tuple[nn.Module, PruneResult]:
             o = out_keep.get(c.name, torch.arange(old.out_channels))
             i = in_keep.get(c.name, torch.arange(old.in_channels))
             if _is_depthwise(old):
-                new = nn.Conv2d(len(o), len(o), old.kernel_size, old.stride, old.padding,
-                                groups=len(o), bias=True)
+                new = nn.Conv2d(
+                    len(o),
+                    len(o),
+                    old.kernel_size,
+                    old.stride,
+                    old.padding,
+                    groups=len(o),
+                    bias=True,
+                )
                 new.weight.copy_(old.weight[o])
             else:
-                new = nn.Conv2d(len(i), len(o), old.kernel_size, old.stride, old.padding,
-                                bias=True)
+                new = nn.Conv2d(len(i), len(o), old.kernel_size, old.stride, old.padding, bias=True)
                 new.weight.copy_(old.weight[o][:, i])
             new.bias.copy_(old.bias[o])
             c.conv = new
@@ -220,12 +230,16 @@ def prune(net, ratio: float) -> tuple[nn.Module, PruneResult]:
         small.classifier = new_cls
     before = sum(convs[g.producer].conv.out_channels for g in groups)
     after = sum(len(out_keep[g.producer]) for g in groups)
-    return small, PruneResult(float(ratio), before, after,
-                              tuple((g.producer, tuple(int(k) for k in out_keep[g.producer]))
-                                    for g in groups))
+    return small, PruneResult(
+        float(ratio),
+        before,
+        after,
+        tuple((g.producer, tuple(int(k) for k in out_keep[g.producer])) for g in groups),
+    )
 
 
 # ---------------------------------------------------------------- inference cost
+
 
 def int8_macs(graph) -> int:
     """Multiply-accumulates of one int8 inference of `graph` at batch 1."""
@@ -250,10 +264,19 @@ def filter_count(graph) -> int:
 
 # ---------------------------------------------------------------- the system
 
-def prepare(model: nn.Module, example_input: torch.Tensor, *, device="nrf52840",
-            budget_bytes: int | None = None, batch_size: int = 1, name: str = "model",
-            calibration: torch.Tensor | None = None, analysis: tuple | None = None,
-            min_prune_ratio: float = DEFAULT_MIN_PRUNE_RATIO) -> Prepared:
+
+def prepare(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    device="nrf52840",
+    budget_bytes: int | None = None,
+    batch_size: int = 1,
+    name: str = "model",
+    calibration: torch.Tensor | None = None,
+    analysis: tuple | None = None,
+    min_prune_ratio: float = DEFAULT_MIN_PRUNE_RATIO,
+) -> Prepared:
     """`calibration`: images to quantise the starting int8 model with (e.g. the pretraining
     data). `analysis` is accepted for the int8 strategies' common call and unused.
     `min_prune_ratio`: the smallest share of filters pruned even when the unpruned network's
@@ -264,30 +287,53 @@ def prepare(model: nn.Module, example_input: torch.Tensor, *, device="nrf52840",
     if calibration is None or not isinstance(calibration, torch.Tensor) or len(calibration) == 0:
         raise InvalidArgumentError(
             "minilearn starts from an int8 model: pass calibration=<a tensor of real input "
-            "images> (e.g. 256 samples of the pretraining data) to quantise it")
+            "images> (e.g. 256 samples of the pretraining data) to quantise it"
+        )
     if not (isinstance(min_prune_ratio, (int, float)) and 0 <= min_prune_ratio < 1):
-        raise InvalidArgumentError(
-            f"min_prune_ratio must lie in [0, 1), got {min_prune_ratio!r}")
+        raise InvalidArgumentError(f"min_prune_ratio must lie in [0, 1), got {min_prune_ratio!r}")
     batch_size = validate.batch_size(batch_size)
     dev = load_device(device)
     budget = validate.budget_bytes(budget_bytes if budget_bytes is not None else dev.ram_bytes)
     original = quantize(model, calibration, name=name)
     dense = dequantize(original, fold_batchnorm(model, calibration[:1], name))
-    unpruned = plan(dense, example_input, device=dev, budget_bytes=1 << 40,
-                    batch_size=batch_size, strategy="keep-all", allow_paging=False, name=name)
+    unpruned = plan(
+        dense,
+        example_input,
+        device=dev,
+        budget_bytes=1 << 40,
+        batch_size=batch_size,
+        strategy="keep-all",
+        allow_paging=False,
+        name=name,
+    )
     ratio, chosen, last_peak, last = float(min_prune_ratio), None, None, None
     while ratio < 1:
         pruned, result = prune(dense, ratio)
         try:
-            p = plan(pruned, example_input, device=dev, budget_bytes=budget,
-                     batch_size=batch_size, strategy="keep-all", allow_paging=False, name=name)
+            p = plan(
+                pruned,
+                example_input,
+                device=dev,
+                budget_bytes=budget,
+                batch_size=batch_size,
+                strategy="keep-all",
+                allow_paging=False,
+                name=name,
+            )
             chosen = (pruned, result, p)
             break
         except PlanInfeasibleError:
             last = result
-            last_peak = plan(pruned, example_input, device=dev, budget_bytes=1 << 40,
-                             batch_size=batch_size, strategy="keep-all", allow_paging=False,
-                             name=name).predicted_peak_bytes
+            last_peak = plan(
+                pruned,
+                example_input,
+                device=dev,
+                budget_bytes=1 << 40,
+                batch_size=batch_size,
+                strategy="keep-all",
+                allow_paging=False,
+                name=name,
+            ).predicted_peak_bytes
         if result.filters_after == len(result.kept):  # one filter per layer left
             break
         ratio += RATIO_STEP
@@ -296,7 +342,8 @@ def prepare(model: nn.Module, example_input: torch.Tensor, *, device="nrf52840",
             f"minilearn: even pruned by {last.ratio:.0%} ({last.filters_before} -> "
             f"{last.filters_after} filters in prunable layers), fp32 training of {name} at batch "
             f"{batch_size} needs {last_peak:,} bytes, over the {budget:,}-byte budget on "
-            f"{dev.name}; use a smaller batch or a larger budget")
+            f"{dev.name}; use a smaller batch or a larger budget"
+        )
     pruned, result, p = chosen
     macs_before = int8_macs(original)
     # the pruned network quantised with the same calibration, for its MACs (weights unused)
@@ -315,15 +362,35 @@ def prepare(model: nn.Module, example_input: torch.Tensor, *, device="nrf52840",
     )
     plan_ = replace(p, notes=(*p.notes, notes[0]))
     wrapped = MiniLearnModel(pruned, QuantModel(original, trainable=[]))
-    state = (("prune", result), ("unpruned_peak_bytes", unpruned.predicted_peak_bytes),
-             ("macs_before", macs_before), ("macs_after", macs_after),
-             ("filters_before", filter_count(original)))
-    return Prepared(SystemName.MINILEARN, wrapped, example_input, plan_, dev,
-                    p.predicted_peak_bytes, notes, state)
+    state = (
+        ("prune", result),
+        ("unpruned_peak_bytes", unpruned.predicted_peak_bytes),
+        ("macs_before", macs_before),
+        ("macs_after", macs_after),
+        ("filters_before", filter_count(original)),
+    )
+    return Prepared(
+        SystemName.MINILEARN,
+        wrapped,
+        example_input,
+        plan_,
+        dev,
+        p.predicted_peak_bytes,
+        notes,
+        state,
+    )
 
 
-def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
-          lr: float = 0.05, seed: int = 0, measure_steps: int = 1) -> TrainReport:
+def train(
+    prepared: Prepared,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    samples: int,
+    lr: float = 0.05,
+    seed: int = 0,
+    measure_steps: int = 1,
+) -> TrainReport:
     """Retrain the pruned network in fp32 on `prepared.plan`, then re-quantise it to int8
     (scales calibrated on the first `RECALIBRATION_SAMPLES` of `x`)."""
     from edgetrain.quant import QuantModel, quantize
@@ -331,15 +398,27 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
     wrapped = prepared.model
     if not isinstance(wrapped, MiniLearnModel):
         raise InvalidArgumentError("minilearn.train needs the model minilearn.prepare returned")
-    rep = train_planned(replace(prepared, model=wrapped.fp32), x, y, samples=samples, lr=lr,
-                        seed=seed, measure_steps=measure_steps)
+    rep = train_planned(
+        replace(prepared, model=wrapped.fp32),
+        x,
+        y,
+        samples=samples,
+        lr=lr,
+        seed=seed,
+        measure_steps=measure_steps,
+    )
     wrapped.fp32.eval()
     graph = quantize(wrapped.fp32, x[:RECALIBRATION_SAMPLES], name=wrapped.int8.graph.model)
     wrapped.int8 = QuantModel(graph, trainable=[])
-    return replace(rep, notes=(*rep.notes,
-                               f"re-quantised to int8 ({filter_count(graph)} conv output channels in all, "
-                               f"{int8_macs(graph):,} MACs), scales calibrated on "
-                               f"{min(len(x), RECALIBRATION_SAMPLES)} device images"))
+    return replace(
+        rep,
+        notes=(
+            *rep.notes,
+            f"re-quantised to int8 ({filter_count(graph)} conv output channels in all, "
+            f"{int8_macs(graph):,} MACs), scales calibrated on "
+            f"{min(len(x), RECALIBRATION_SAMPLES)} device images",
+        ),
+    )
 
 
 SYSTEM = System(SystemName.MINILEARN, prepare, train)

@@ -20,22 +20,33 @@ from __future__ import annotations
 
 import torch
 
-from edgetrain.prepare import SAFETY_MARGIN, PlanRequest, to_plan
-from edgetrain.prepare import host_kernels
+from edgetrain import validate
 from edgetrain.capture import capture
 from edgetrain.cost import Optimizer, load_device
-from edgetrain import validate
-from edgetrain.planner import ActivationDecision, Objective, Strategy
-from edgetrain.planner import Evaluation, Problem
-from edgetrain.planner import milp_solver
+from edgetrain.planner import (
+    ActivationDecision,
+    Evaluation,
+    Objective,
+    Problem,
+    Strategy,
+    milp_solver,
+)
+from edgetrain.prepare import SAFETY_MARGIN, PlanRequest, host_kernels, to_plan
 from edgetrain.strategies._common import Prepared, System, SystemName, train_planned
 
 DEADLINE_FACTOR = 2.0
 
 
-def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf52840",
-            budget_bytes: int | None = None, batch_size: int = 1, name: str = "model",
-            deadline_s: float | None = None) -> Prepared:
+def prepare(
+    model: torch.nn.Module,
+    example_input: torch.Tensor,
+    *,
+    device="nrf52840",
+    budget_bytes: int | None = None,
+    batch_size: int = 1,
+    name: str = "model",
+    deadline_s: float | None = None,
+) -> Prepared:
     batch_size = validate.batch_size(batch_size)
     dev = load_device(device)
     budget = validate.budget_bytes(budget_bytes if budget_bytes is not None else dev.ram_bytes)
@@ -44,9 +55,17 @@ def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5
     kernels = host_kernels(g, g.requires_grad_for(trainable))
 
     def problem(deadline):
-        return Problem(g, dev, int(budget * (1 - SAFETY_MARGIN)), optimizer=Optimizer.SGD,
-                       objective=Objective.ENERGY, deadline_s=deadline, allow_paging=True,
-                       trainable=trainable, kernels=kernels)
+        return Problem(
+            g,
+            dev,
+            int(budget * (1 - SAFETY_MARGIN)),
+            optimizer=Optimizer.SGD,
+            objective=Objective.ENERGY,
+            deadline_s=deadline,
+            allow_paging=True,
+            trainable=trainable,
+            kernels=kernels,
+        )
 
     if deadline_s is None:
         plain = problem(None).evaluate(tuple(ActivationDecision.KEEP for _ in problem(None).stages))
@@ -54,14 +73,29 @@ def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5
     deadline_s = validate.positive_float(deadline_s, "deadline (--deadline-s)")
     prob = problem(deadline_s)
     ev = _prefer_keep(prob, milp_solver(prob))  # raises PlanInfeasibleError if nothing fits
-    request = PlanRequest(device=dev, batch_size=batch_size, strategy=Strategy.EXACT,
-                          objective=Objective.ENERGY, deadline_s=deadline_s, name=name)
+    request = PlanRequest(
+        device=dev,
+        batch_size=batch_size,
+        strategy=Strategy.EXACT,
+        objective=Objective.ENERGY,
+        deadline_s=deadline_s,
+        name=name,
+    )
     p = to_plan(ev, prob, request, budget_bytes=budget, freeze_batch_norm=False, policy="all")
     n_rec = sum(s.decision is ActivationDecision.RECOMPUTE for s in p.stages)
     n_page = sum(s.decision is ActivationDecision.PAGE for s in p.stages)
-    return Prepared(SystemName.POET, model, example_input, p, dev, p.predicted_peak_bytes,
-                    (f"MILP (HiGHS), minimum energy, deadline {deadline_s * 1e3:.1f} ms: "
-                     f"{n_rec} stages recomputed, {n_page} paged",))
+    return Prepared(
+        SystemName.POET,
+        model,
+        example_input,
+        p,
+        dev,
+        p.predicted_peak_bytes,
+        (
+            f"MILP (HiGHS), minimum energy, deadline {deadline_s * 1e3:.1f} ms: "
+            f"{n_rec} stages recomputed, {n_page} paged",
+        ),
+    )
 
 
 def _prefer_keep(prob: Problem, ev: Evaluation) -> Evaluation:
@@ -72,7 +106,7 @@ def _prefer_keep(prob: Problem, ev: Evaluation) -> Evaluation:
     for k, d in enumerate(dec):
         if d is ActivationDecision.KEEP:
             continue
-        trial = prob.evaluate(tuple(dec[:k] + [ActivationDecision.KEEP] + dec[k + 1:]))
+        trial = prob.evaluate(tuple(dec[:k] + [ActivationDecision.KEEP] + dec[k + 1 :]))
         if prob.feasible(trial) and trial.energy_j <= ev.energy_j:
             dec[k], ev = ActivationDecision.KEEP, trial
     return ev

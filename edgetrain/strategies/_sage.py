@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import torch
 
-from edgetrain.prepare import trainer_plan as plan
 from edgetrain.cost import load_device
+from edgetrain.prepare import trainer_plan as plan
 from edgetrain.runtime import Trainer
 from edgetrain.strategies._common import (
     WARMUP_STEPS,
@@ -35,23 +35,55 @@ from edgetrain.strategies._common import (
 
 
 def _plan_for(model, example_input, device, budget_bytes, batch_size, name):
-    return plan(model, example_input, device=device, budget_bytes=budget_bytes,
-                batch_size=batch_size, strategy="exact", allow_paging=False, name=name)
+    return plan(
+        model,
+        example_input,
+        device=device,
+        budget_bytes=budget_bytes,
+        batch_size=batch_size,
+        strategy="exact",
+        allow_paging=False,
+        name=name,
+    )
 
 
-def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf52840",
-            budget_bytes: int | None = None, batch_size: int = 1, name: str = "model") -> Prepared:
+def prepare(
+    model: torch.nn.Module,
+    example_input: torch.Tensor,
+    *,
+    device="nrf52840",
+    budget_bytes: int | None = None,
+    batch_size: int = 1,
+    name: str = "model",
+) -> Prepared:
     dev = load_device(device)
     p = _plan_for(model, example_input, dev, budget_bytes, batch_size, name)
-    return Prepared(SystemName.SAGE, model, example_input, p, dev, p.predicted_peak_bytes,
-                    (f"{p.accumulation_steps} x {p.micro_batch_size} micro-batches, "
-                     f"{sum(s.decision.value == 'recompute' for s in p.stages)} stages "
-                     "recomputed; re-planned at run time when the budget changes",))
+    return Prepared(
+        SystemName.SAGE,
+        model,
+        example_input,
+        p,
+        dev,
+        p.predicted_peak_bytes,
+        (
+            f"{p.accumulation_steps} x {p.micro_batch_size} micro-batches, "
+            f"{sum(s.decision.value == 'recompute' for s in p.stages)} stages "
+            "recomputed; re-planned at run time when the budget changes",
+        ),
+    )
 
 
-def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
-          lr: float = 0.05, seed: int = 0, measure_steps: int = 1,
-          budget_schedule: Callable[[int], int] | None = None) -> TrainReport:
+def train(
+    prepared: Prepared,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    samples: int,
+    lr: float = 0.05,
+    seed: int = 0,
+    measure_steps: int = 1,
+    budget_schedule: Callable[[int], int] | None = None,
+) -> TrainReport:
     """Train, re-planning whenever `budget_schedule(step)` (bytes available now) changes.
 
     The `measure_steps` steps after the warm-up and the first `measure_steps` steps after every
@@ -71,8 +103,9 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
     while step < steps:
         budget = budget_schedule(step) if budget_schedule is not None else p.budget_bytes
         if budget != p.budget_bytes:
-            p = _plan_for(model, prepared.example_input, prepared.device, budget, p.batch_size,
-                          p.model)
+            p = _plan_for(
+                model, prepared.example_input, prepared.device, budget, p.batch_size, p.model
+            )
             first_meter = step
         seg_peak = 0
         with Trainer(model, p, lr=lr) as t:
@@ -82,18 +115,31 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
                 idx = order[torch.arange(step * p.batch_size, (step + 1) * p.batch_size) % len(x)]
                 xb, yb = x[idx].contiguous(), y[idx].contiguous()
                 loss, step_peak = trainer_step(
-                    t, xb, yb, step=step, durations_s=durations_s,
-                    meter=first_meter <= step < first_meter + measure_steps)
+                    t,
+                    xb,
+                    yb,
+                    step=step,
+                    durations_s=durations_s,
+                    meter=first_meter <= step < first_meter + measure_steps,
+                )
                 seg_peak = max(seg_peak, step_peak)
                 losses.append(loss)
                 step += 1
             written += t.storage_bytes_written
         peak = max(peak, seg_peak)
-        notes.append(f"step {first_meter}: budget {p.budget_bytes}, plan {p.predicted_peak_bytes}"
-                     f" ({p.accumulation_steps} x {p.micro_batch_size}), measured {seg_peak}")
-    return TrainReport.from_timings(durations_s, steps=steps, batch_size=p.batch_size,
-                                    losses=losses, measured_peak_bytes=peak,
-                                    storage_bytes_written=written, notes=notes)
+        notes.append(
+            f"step {first_meter}: budget {p.budget_bytes}, plan {p.predicted_peak_bytes}"
+            f" ({p.accumulation_steps} x {p.micro_batch_size}), measured {seg_peak}"
+        )
+    return TrainReport.from_timings(
+        durations_s,
+        steps=steps,
+        batch_size=p.batch_size,
+        losses=losses,
+        measured_peak_bytes=peak,
+        storage_bytes_written=written,
+        notes=notes,
+    )
 
 
 SYSTEM = System(SystemName.SAGE, prepare, train)

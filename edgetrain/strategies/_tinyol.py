@@ -24,16 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgetrain.prepare import trainer_plan as plan
 from edgetrain.cost import load_device
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.measure import MemoryMeter
+from edgetrain.prepare import trainer_plan as plan
 from edgetrain.strategies._common import (
+    WARMUP_STEPS,
     Prepared,
     System,
     SystemName,
     TrainReport,
-    WARMUP_STEPS,
     check_samples,
     metered,
     state_bytes,
@@ -45,15 +45,17 @@ def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
     if not found:
         raise InvalidArgumentError(
             f"tinyol needs a model whose last layer is nn.Linear (the head it grows); "
-            f"{type(model).__name__} has none")
+            f"{type(model).__name__} has none"
+        )
     return found[-1]
 
 
 class GrowingHead(nn.Module):
     """A linear head over a growing set of class labels (the TinyOL layer)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, labels: Sequence[int],
-                 label_space: int) -> None:
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor, labels: Sequence[int], label_space: int
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight.detach().clone())
         self.bias = nn.Parameter(bias.detach().clone())
@@ -63,7 +65,9 @@ class GrowingHead(nn.Module):
     def add_class(self, label: int) -> None:
         """Add one output neuron for `label` (zero weights and bias)."""
         with torch.no_grad():
-            self.weight = nn.Parameter(torch.cat([self.weight, self.weight.new_zeros(1, self.weight.shape[1])]))
+            self.weight = nn.Parameter(
+                torch.cat([self.weight, self.weight.new_zeros(1, self.weight.shape[1])])
+            )
             self.bias = nn.Parameter(torch.cat([self.bias, self.bias.new_zeros(1)]))
         self.labels.append(int(label))
         self.label_space = max(self.label_space, int(label) + 1)
@@ -93,13 +97,21 @@ class TinyOLModel(nn.Module):
         return out
 
 
-def prepare(model: nn.Module, example_input: torch.Tensor, *, device="nrf52840",
-            budget_bytes: int | None = None, batch_size: int = 1, name: str = "model",
-            known_classes: Sequence[int] | None = None) -> Prepared:
+def prepare(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    device="nrf52840",
+    budget_bytes: int | None = None,
+    batch_size: int = 1,
+    name: str = "model",
+    known_classes: Sequence[int] | None = None,
+) -> Prepared:
     if batch_size != 1:
         raise InvalidArgumentError(
             f"tinyol learns from a stream one sample at a time; batch size must be 1, got "
-            f"{batch_size}")
+            f"{batch_size}"
+        )
     dev = load_device(device)
     head_name, lin = _last_linear(model)
     n_out = lin.out_features
@@ -107,21 +119,41 @@ def prepare(model: nn.Module, example_input: torch.Tensor, *, device="nrf52840",
     bad = [c for c in known if not 0 <= c < n_out]
     if bad or len(set(known)) != len(known):
         raise InvalidArgumentError(
-            f"known_classes {known} must be distinct label ids of the head's {n_out} outputs")
-    p = plan(model, example_input, device=dev, budget_bytes=budget_bytes, batch_size=1,
-             strategy="auto", policy=head_name, allow_paging=False, name=name)
+            f"known_classes {known} must be distinct label ids of the head's {n_out} outputs"
+        )
+    p = plan(
+        model,
+        example_input,
+        device=dev,
+        budget_bytes=budget_bytes,
+        batch_size=1,
+        strategy="auto",
+        policy=head_name,
+        allow_paging=False,
+        name=name,
+    )
     backbone = copy.deepcopy(model)
     parent, _, leaf = head_name.rpartition(".")
     setattr(backbone.get_submodule(parent) if parent else backbone, leaf, nn.Identity())
     for q in backbone.parameters():
         q.requires_grad_(False)
     idx = torch.tensor(known, dtype=torch.long)
-    head = GrowingHead(lin.weight[idx], lin.bias[idx] if lin.bias is not None else
-                       lin.weight.new_zeros(len(known)), known, n_out)
+    head = GrowingHead(
+        lin.weight[idx],
+        lin.bias[idx] if lin.bias is not None else lin.weight.new_zeros(len(known)),
+        known,
+        n_out,
+    )
     tol = TinyOLModel(backbone, head)
-    return Prepared(SystemName.TINYOL, tol, example_input, p, dev, p.predicted_peak_bytes,
-                    (f"frozen backbone, head {head_name!r} in RAM, starts with "
-                     f"{len(known)} classes",))
+    return Prepared(
+        SystemName.TINYOL,
+        tol,
+        example_input,
+        p,
+        dev,
+        p.predicted_peak_bytes,
+        (f"frozen backbone, head {head_name!r} in RAM, starts with {len(known)} classes",),
+    )
 
 
 def online_step(model: TinyOLModel, x: torch.Tensor, y: torch.Tensor, lr: float) -> float:
@@ -139,8 +171,16 @@ def online_step(model: TinyOLModel, x: torch.Tensor, y: torch.Tensor, lr: float)
     return float(loss.detach())
 
 
-def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
-          lr: float = 0.05, seed: int = 0, measure_steps: int = 1) -> TrainReport:
+def train(
+    prepared: Prepared,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    samples: int,
+    lr: float = 0.05,
+    seed: int = 0,
+    measure_steps: int = 1,
+) -> TrainReport:
     """One pass over a seeded stream of `samples` samples, one update each."""
     model = prepared.model
     if not isinstance(model, TinyOLModel):
@@ -148,12 +188,13 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
     n = check_samples(samples, 1, len(x))
     if n > len(x):
         raise InvalidArgumentError(
-            f"tinyol makes one pass over the stream: {n} samples requested, {len(x)} available")
+            f"tinyol makes one pass over the stream: {n} samples requested, {len(x)} available"
+        )
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
     losses, peak, durations_s = [], 0, []
     grown = []
     for k, i in enumerate(order.tolist()):
-        xb, yb = x[i:i + 1].clone(), y[i:i + 1].clone()  # own storage, as a stream sample
+        xb, yb = x[i : i + 1].clone(), y[i : i + 1].clone()  # own storage, as a stream sample
         before = len(model.head.labels)
         if metered(k, measure_steps, n):
             with MemoryMeter(state_bytes(model, (), (xb, yb))) as m:
@@ -167,8 +208,14 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
         if len(model.head.labels) > before:
             grown.append((k, model.head.labels[-1]))
         losses.append(loss)
-    return TrainReport.from_timings(durations_s, steps=n, batch_size=1, losses=losses,
-                                    measured_peak_bytes=peak, notes=(f"class {c} added at sample {k}" for k, c in grown))
+    return TrainReport.from_timings(
+        durations_s,
+        steps=n,
+        batch_size=1,
+        losses=losses,
+        measured_peak_bytes=peak,
+        notes=(f"class {c} added at sample {k}" for k, c in grown),
+    )
 
 
 SYSTEM = System(SystemName.TINYOL, prepare, train)

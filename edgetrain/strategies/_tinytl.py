@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgetrain.prepare import trainer_plan as plan
 from edgetrain.cost import load_device
 from edgetrain.errors import InvalidArgumentError
+from edgetrain.prepare import trainer_plan as plan
 from edgetrain.strategies._common import Prepared, System, SystemName, train_planned
 
 GROUP_WIDTH = 8
@@ -41,8 +41,7 @@ class LiteResidual(nn.Module):
     def __init__(self, cin: int, cout: int, pool: int, up: int) -> None:
         super().__init__()
         self.pool, self.up = pool, up
-        self.conv = nn.Conv2d(cin, cin, 3, padding=1, groups=max(1, cin // GROUP_WIDTH),
-                              bias=False)
+        self.conv = nn.Conv2d(cin, cin, 3, padding=1, groups=max(1, cin // GROUP_WIDTH), bias=False)
         self.act = nn.ReLU()
         self.project = nn.Conv2d(cin, cout, 1, bias=False)
         nn.init.zeros_(self.project.weight)
@@ -53,8 +52,11 @@ class LiteResidual(nn.Module):
         z = self.project(self.act(self.conv(x)))
         if self.up > 1:
             b, c, h, w = z.shape
-            z = z.reshape(b, c, h, 1, w, 1).expand(b, c, h, self.up, w, self.up).reshape(
-                b, c, h * self.up, w * self.up)
+            z = (
+                z.reshape(b, c, h, 1, w, 1)
+                .expand(b, c, h, self.up, w, self.up)
+                .reshape(b, c, h * self.up, w * self.up)
+            )
         return z
 
 
@@ -74,11 +76,13 @@ def add_lite_residuals(model: nn.Module, example_input: torch.Tensor) -> nn.Modu
     if not isinstance(feats, nn.Sequential):
         raise InvalidArgumentError(
             f"tinytl adds lite residuals to the blocks of `model.features` (nn.Sequential); "
-            f"{type(model).__name__} has no such attribute")
+            f"{type(model).__name__} has no such attribute"
+        )
     shapes: dict[int, tuple] = {}
-    hooks = [blk.register_forward_hook(
-        lambda m, a, o, i=i: shapes.__setitem__(i, (a[0].shape, o.shape)))
-        for i, blk in enumerate(feats)]
+    hooks = [
+        blk.register_forward_hook(lambda m, a, o, i=i: shapes.__setitem__(i, (a[0].shape, o.shape)))
+        for i, blk in enumerate(feats)
+    ]
     was = model.training
     model.eval()
     try:
@@ -113,31 +117,65 @@ def trainable_names(model: nn.Module) -> list[str]:
     return names
 
 
-def prepare(model: nn.Module, example_input: torch.Tensor, *, device="nrf52840",
-            budget_bytes: int | None = None, batch_size: int = 1, name: str = "model") -> Prepared:
+def prepare(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    device="nrf52840",
+    budget_bytes: int | None = None,
+    batch_size: int = 1,
+    name: str = "model",
+) -> Prepared:
     dev = load_device(device)
     tl = add_lite_residuals(model, example_input)
     names = trainable_names(tl)
-    p = plan(tl, example_input, device=dev, budget_bytes=budget_bytes, batch_size=batch_size,
-             strategy="auto", policy=",".join(names), allow_paging=False, name=name,
-             freeze_batch_norm=False)
+    p = plan(
+        tl,
+        example_input,
+        device=dev,
+        budget_bytes=budget_bytes,
+        batch_size=batch_size,
+        strategy="auto",
+        policy=",".join(names),
+        allow_paging=False,
+        name=name,
+        freeze_batch_norm=False,
+    )
     n_lite = sum(1 for m in tl.modules() if isinstance(m, LiteResidual))
-    return Prepared(SystemName.TINYTL, tl, example_input, p, dev, p.predicted_peak_bytes,
-                    (f"weights frozen; biases, {n_lite} lite residuals and the head train",))
+    return Prepared(
+        SystemName.TINYTL,
+        tl,
+        example_input,
+        p,
+        dev,
+        p.predicted_peak_bytes,
+        (f"weights frozen; biases, {n_lite} lite residuals and the head train",),
+    )
 
 
-def memory_saving(model: nn.Module, example_input: torch.Tensor, *, batch_size: int,
-                  device="rpi4", name: str = "model") -> dict[str, float]:
+def memory_saving(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    batch_size: int,
+    device="rpi4",
+    name: str = "model",
+) -> dict[str, float]:
     """Predicted peak of full fine-tuning over TinyTL's (same batch, everything kept)."""
     from edgetrain.strategies._full import prepare as full_prepare
 
     budget = 1 << 40
-    full = full_prepare(model, example_input, device=device, budget_bytes=budget,
-                        batch_size=batch_size, name=name)
-    tl = prepare(model, example_input, device=device, budget_bytes=budget,
-                 batch_size=batch_size, name=name)
-    return {"full_peak_bytes": full.predicted_peak_bytes, "tinytl_peak_bytes": tl.predicted_peak_bytes,
-            "saving": full.predicted_peak_bytes / tl.predicted_peak_bytes}
+    full = full_prepare(
+        model, example_input, device=device, budget_bytes=budget, batch_size=batch_size, name=name
+    )
+    tl = prepare(
+        model, example_input, device=device, budget_bytes=budget, batch_size=batch_size, name=name
+    )
+    return {
+        "full_peak_bytes": full.predicted_peak_bytes,
+        "tinytl_peak_bytes": tl.predicted_peak_bytes,
+        "saving": full.predicted_peak_bytes / tl.predicted_peak_bytes,
+    }
 
 
 SYSTEM = System(SystemName.TINYTL, prepare, train_planned)

@@ -54,20 +54,19 @@ on this host is not the device's and is reported only as a note.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
-from edgetrain.prepare import SAFETY_MARGIN
-from edgetrain.prepare import trainer_plan as plan
-from edgetrain.cost import load_device
 from edgetrain import validate
-from edgetrain.errors import InvalidArgumentError
+from edgetrain.cost import load_device
+from edgetrain.errors import InvalidArgumentError, PlanInfeasibleError
 from edgetrain.measure import MemoryMeter
 from edgetrain.planner import Executor, Precision, Prediction
-from edgetrain.errors import PlanInfeasibleError
+from edgetrain.prepare import SAFETY_MARGIN
+from edgetrain.prepare import trainer_plan as plan
 from edgetrain.strategies._common import (
     WARMUP_STEPS,
     Prepared,
@@ -102,8 +101,12 @@ def int8_step_bytes(graph, trainable: Sequence[str], batch_size: int) -> int:
     train = set(trainable)
     sizes = tensor_sizes(graph, batch_size=batch_size, trainable=sorted(train))
     act = {s.name: s.nbytes for s in sizes if s.kind is TensorKind.ACTIVATION}
-    persistent = sum(s.nbytes for s in sizes if s.module in train and s.kind in (
-        TensorKind.WEIGHT, TensorKind.BIAS, TensorKind.REQUANT, TensorKind.MASTER))
+    persistent = sum(
+        s.nbytes
+        for s in sizes
+        if s.module in train
+        and s.kind in (TensorKind.WEIGHT, TensorKind.BIAS, TensorKind.REQUANT, TensorKind.MASTER)
+    )
     grads = [s.nbytes for s in sizes if s.kind is TensorKind.GRADIENT]
     ops = list(graph.ops)
     first = min((k for k, op in enumerate(ops) if op.name in train), default=len(ops))
@@ -126,8 +129,9 @@ def tte_step_bytes(graph, trainable: Sequence[str], batch_size: int) -> int:
     and trainable set (`edgetrain.codegen.int8_memory`; NOTE [ What the tte prediction counts ])."""
     from edgetrain.codegen import int8_memory
 
-    return int8_memory(graph, list(trainable), batch_size=batch_size, target="cortex-m7",
-                       line_buffer=True).predicted_peak_sram_bytes
+    return int8_memory(
+        graph, list(trainable), batch_size=batch_size, target="cortex-m7", line_buffer=True
+    ).predicted_peak_sram_bytes
 
 
 def contribution(qm, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -147,9 +151,14 @@ def _head(graph) -> str:
     return graph.weighted_ops[-1].name
 
 
-def choose_layers(graph, x: torch.Tensor, y: torch.Tensor, budget_bytes: int,
-                  batch_size: int, update_budget_bytes: int | None = UPDATE_BUDGET_BYTES
-                  ) -> tuple[list[str], dict[str, float]]:
+def choose_layers(
+    graph,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    budget_bytes: int,
+    batch_size: int,
+    update_budget_bytes: int | None = UPDATE_BUDGET_BYTES,
+) -> tuple[list[str], dict[str, float]]:
     """TTE's sparse update: the classifier, then layers by contribution per SRAM byte while the
     int8 step fits `budget_bytes` and costs at most `update_budget_bytes` more than training
     the classifier alone (TTE's memory constraint on the update; None: no such constraint)."""
@@ -162,9 +171,13 @@ def choose_layers(graph, x: torch.Tensor, y: torch.Tensor, budget_bytes: int,
     if base > budget_bytes:
         raise PlanInfeasibleError(
             f"tte: even training only the classifier needs {base:,} bytes of SRAM, over the "
-            f"{budget_bytes:,}-byte budget; use batch size 1 or a larger budget")
-    limit = budget_bytes if update_budget_bytes is None else min(
-        budget_bytes, base + update_budget_bytes)
+            f"{budget_bytes:,}-byte budget; use batch size 1 or a larger budget"
+        )
+    limit = (
+        budget_bytes
+        if update_budget_bytes is None
+        else min(budget_bytes, base + update_budget_bytes)
+    )
     rest = [op.name for op in graph.weighted_ops if op.name != head]
     while rest:
         now = tte_step_bytes(graph, chosen, batch_size)
@@ -179,11 +192,20 @@ def choose_layers(graph, x: torch.Tensor, y: torch.Tensor, budget_bytes: int,
     return sorted(chosen, key=order.index), scores
 
 
-def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf52840",
-            budget_bytes: int | None = None, batch_size: int = 1, name: str = "model",
-            calibration: torch.Tensor | None = None, analysis: tuple | None = None,
-            qas: bool = True, weight_headroom: float = WEIGHT_HEADROOM,
-            update_budget_bytes: int | None = UPDATE_BUDGET_BYTES) -> Prepared:
+def prepare(
+    model: torch.nn.Module,
+    example_input: torch.Tensor,
+    *,
+    device="nrf52840",
+    budget_bytes: int | None = None,
+    batch_size: int = 1,
+    name: str = "model",
+    calibration: torch.Tensor | None = None,
+    analysis: tuple | None = None,
+    qas: bool = True,
+    weight_headroom: float = WEIGHT_HEADROOM,
+    update_budget_bytes: int | None = UPDATE_BUDGET_BYTES,
+) -> Prepared:
     """`calibration`: images to quantise with (e.g. the pretraining data); `analysis`: (x, y)
     samples of the device's task for the contribution analysis (default: none, so only the
     classifier and the cheapest layers by size train); `weight_headroom`: the trained layers'
@@ -193,7 +215,8 @@ def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5
     if calibration is None or not isinstance(calibration, torch.Tensor) or len(calibration) == 0:
         raise InvalidArgumentError(
             "tte quantises the model before training: pass calibration=<a tensor of real "
-            "input images> (e.g. 256 samples of the pretraining data)")
+            "input images> (e.g. 256 samples of the pretraining data)"
+        )
     dev = load_device(device)
     budget = validate.budget_bytes(budget_bytes if budget_bytes is not None else dev.ram_bytes)
     graph = quantize(model, calibration, name=name)
@@ -203,31 +226,65 @@ def prepare(model: torch.nn.Module, example_input: torch.Tensor, *, device="nrf5
             ay = QuantModel(graph)(ax).argmax(1)
     else:
         ax, ay = analysis[0][:ANALYSIS_SAMPLES], analysis[1][:ANALYSIS_SAMPLES]
-    layers, scores = choose_layers(graph, ax, ay, int(budget * (1 - SAFETY_MARGIN)), batch_size,
-                                   update_budget_bytes)
+    layers, scores = choose_layers(
+        graph, ax, ay, int(budget * (1 - SAFETY_MARGIN)), batch_size, update_budget_bytes
+    )
     if weight_headroom != 1:  # re-quantise: the chosen layers' scales get room to grow
-        graph = quantize(model, calibration, name=name,
-                         weight_headroom={n: weight_headroom for n in layers})
+        graph = quantize(
+            model, calibration, name=name, weight_headroom={n: weight_headroom for n in layers}
+        )
     qm = QuantModel(graph, trainable=layers)
     peak = tte_step_bytes(graph, layers, batch_size)
     # The float plan says what trains and gives the step's work; time and energy at int8 rates.
-    fp = plan(model, example_input, device=dev, budget_bytes=1 << 40, batch_size=batch_size,
-              strategy="auto", policy=",".join(layers), allow_paging=False, name=name)
+    fp = plan(
+        model,
+        example_input,
+        device=dev,
+        budget_bytes=1 << 40,
+        batch_size=batch_size,
+        strategy="auto",
+        policy=",".join(layers),
+        allow_paging=False,
+        name=name,
+    )
     rate = dev.compute.fp32_flops_per_s / dev.compute.int8_ops_per_s
     latency = fp.predicted.latency_s * rate
-    p = replace(fp, budget_bytes=budget, in_place_update=True, executor=Executor.C,
-                precision=Precision.INT8, freeze_batch_norm=True,
-                predicted=Prediction(peak, 0, latency, latency * dev.compute.active_power_w),
-                notes=(f"int8 sparse update of {', '.join(layers)}",))
-    return Prepared(SystemName.TTE, qm, example_input, p, dev, peak,
-                    (f"int8 (QAS {'on' if qas else 'off'}), sparse update by contribution: "
-                     f"{len(layers)}/{len(graph.weighted_ops)} layers, weight headroom "
-                     f"{weight_headroom:g}x on them", ),
-                    (("qas", qas), ("scores", tuple(sorted(scores.items())))))
+    p = replace(
+        fp,
+        budget_bytes=budget,
+        in_place_update=True,
+        executor=Executor.C,
+        precision=Precision.INT8,
+        freeze_batch_norm=True,
+        predicted=Prediction(peak, 0, latency, latency * dev.compute.active_power_w),
+        notes=(f"int8 sparse update of {', '.join(layers)}",),
+    )
+    return Prepared(
+        SystemName.TTE,
+        qm,
+        example_input,
+        p,
+        dev,
+        peak,
+        (
+            f"int8 (QAS {'on' if qas else 'off'}), sparse update by contribution: "
+            f"{len(layers)}/{len(graph.weighted_ops)} layers, weight headroom "
+            f"{weight_headroom:g}x on them",
+        ),
+        (("qas", qas), ("scores", tuple(sorted(scores.items())))),
+    )
 
 
-def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
-          lr: float = 0.05, seed: int = 0, measure_steps: int = 1) -> TrainReport:
+def train(
+    prepared: Prepared,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    samples: int,
+    lr: float = 0.05,
+    seed: int = 0,
+    measure_steps: int = 1,
+) -> TrainReport:
     from edgetrain.quant import QuantModel, QuantSGD
 
     qm = prepared.model
@@ -244,7 +301,7 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
         idx = order[torch.arange(step * b, (step + 1) * b) % len(x)]
         xb, yb = x[idx].contiguous(), y[idx].contiguous()
 
-        def one() -> float:
+        def one(xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> float:
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(qm(xb), yb)
             loss.backward()
@@ -261,9 +318,17 @@ def train(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, *, samples: int,
             if step >= WARMUP_STEPS:
                 durations_s.append(time.perf_counter() - t0)
         losses.append(loss)
-    return TrainReport.from_timings(durations_s, steps=steps, batch_size=b, losses=losses,
-                                    measured_peak_bytes=None, notes=(f"int8 step simulated in float64 on the host; its allocator peak "
-                              f"({sim_peak:,} B) is the simulation's, not the device's",))
+    return TrainReport.from_timings(
+        durations_s,
+        steps=steps,
+        batch_size=b,
+        losses=losses,
+        measured_peak_bytes=None,
+        notes=(
+            f"int8 step simulated in float64 on the host; its allocator peak "
+            f"({sim_peak:,} B) is the simulation's, not the device's",
+        ),
+    )
 
 
 SYSTEM = System(SystemName.TTE, prepare, train)
