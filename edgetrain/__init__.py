@@ -1,23 +1,31 @@
 """edgetrain: on-device training for microcontrollers, embedded boards and phones.
 
 The two-stage workflow: `capture` / `profile` / `plan` (preparation), then `Trainer` (training).
-Names are resolved lazily (PEP 562) so that the torch-free layers (`edgetrain.ir`,
-`edgetrain.cost`, `edgetrain.planner`) can be imported without importing torch.
+Every public error is importable from here (`edgetrain.PlanInfeasibleError`, ...); they all
+live in `edgetrain.errors`. Other names are resolved lazily (PEP 562) so that the torch-free
+layers (`edgetrain.ir`, `edgetrain.cost`, `edgetrain.planner`) import without torch.
 """
 
+from edgetrain import errors as _errors
 from edgetrain.lazy import lazy_exports
+
+_ERRORS = {
+    name: "edgetrain.errors"
+    for name, value in vars(_errors).items()
+    if isinstance(value, type) and issubclass(value, Exception)
+}
 
 _EXPORTS = {
     "capture": "edgetrain.capture",
     "profile": "edgetrain.prepare",
     "Profile": "edgetrain.prepare",
     "plan": "edgetrain.prepare",
+    "PlanRequest": "edgetrain.prepare",
     "Plan": "edgetrain.planner",
-    "PlanInfeasibleError": "edgetrain.errors",
     "Trainer": "edgetrain.runtime",
     "Device": "edgetrain.cost",
     "load_device": "edgetrain.cost",
-    "EdgetrainError": "edgetrain.errors",
+    **_ERRORS,
 }
 
 __all__ = sorted(_EXPORTS)

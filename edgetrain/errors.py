@@ -56,3 +56,74 @@ class PlanInfeasibleError(EdgetrainError, ValueError):
 
 class PlanFileError(InvalidArgumentError):
     """A plan file is missing, unreadable or not a valid edgetrain plan."""
+
+
+# -- the code generator (edgetrain.codegen)
+
+
+class CodegenError(EdgetrainError):
+    """Base class of the code generator's errors."""
+
+
+class UnsupportedPlanError(CodegenError, InvalidArgumentError):
+    """The plan asks for something the C code generator does not execute (yet)."""
+
+
+class UnsupportedKernelError(CodegenError, UnsupportedOpError):
+    """The graph holds an operator (or operator variant) with no C kernel."""
+
+
+class ToolchainMissingError(CodegenError, FileNotFoundError):
+    """A compiler or emulator is not installed; names the exact `apt-get install` line."""
+
+
+class BuildError(CodegenError, RuntimeError):
+    """Compiling or linking failed (for Cortex-M targets: e.g. the program overflows the
+    device's SRAM or flash)."""
+
+
+class McuRunError(CodegenError, RuntimeError):
+    """The compiled program failed, timed out, or printed output that cannot be parsed."""
+
+
+# -- other stages
+
+
+class NonFiniteLossError(EdgetrainError, FloatingPointError):
+    """Training produced non-finite losses too many times in a row."""
+
+
+class CandidateUnsupportedError(EdgetrainError):
+    """This executor cannot train the candidate's trainable set; the planner tries the next."""
+
+
+class UnknownSystemError(InvalidArgumentError):
+    """A strategy name names no surveyed system."""
+
+
+class ClientDropoutError(EdgetrainError, ConnectionError):
+    """A simulated client went offline for this round (the --dropout drill)."""
+
+
+class ClientFaultError(EdgetrainError, RuntimeError):
+    """A client injected a crash on purpose (fleet file `fault = "crash"`)."""
+
+
+class FleetFileError(InvalidArgumentError):
+    """A fleet file (TOML) is missing, unreadable or malformed: names the field, value and fix."""
+
+
+class DeploymentError(EdgetrainError, RuntimeError):
+    """The loopback Flower deployment could not start or did not finish."""
+
+
+class CheckpointMismatchError(InvalidArgumentError):
+    """The checkpoint folder belongs to a federation with other settings."""
+
+
+class FederationFailedError(InvalidArgumentError):
+    """The federation did not complete its rounds (the Flower run stopped early)."""
+
+
+class Int8GraphFileError(InvalidArgumentError):
+    """An int8 graph file is not one `save_graph` wrote."""

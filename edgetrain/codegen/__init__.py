@@ -41,12 +41,12 @@ _EXPORTS = {
     "mcu_run": "edgetrain.codegen._run",
     "build_project": "edgetrain.codegen._run",
     "McuRunResult": "edgetrain.codegen._run",
-    "CodegenError": "edgetrain.codegen._errors",
-    "UnsupportedPlanError": "edgetrain.codegen._errors",
-    "UnsupportedKernelError": "edgetrain.codegen._errors",
-    "ToolchainMissingError": "edgetrain.codegen._errors",
-    "BuildError": "edgetrain.codegen._errors",
-    "McuRunError": "edgetrain.codegen._errors",
+    "CodegenError": "edgetrain.errors",
+    "UnsupportedPlanError": "edgetrain.errors",
+    "UnsupportedKernelError": "edgetrain.errors",
+    "ToolchainMissingError": "edgetrain.errors",
+    "BuildError": "edgetrain.errors",
+    "McuRunError": "edgetrain.errors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from edgetrain.codegen._errors import UnsupportedPlanError
+from edgetrain.errors import UnsupportedPlanError
 from edgetrain.validate import cli_type, learning_rate, positive_float, positive_int, steps
 
 console = Console()

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgetrain.codegen._errors import UnsupportedKernelError, UnsupportedPlanError
 from edgetrain.codegen._int8_layout import int8_trainable_ops
 from edgetrain.codegen._render import SampleSet, TrainingSpec, render
 from edgetrain.codegen._targets import TargetKind, get_target
+from edgetrain.errors import UnsupportedKernelError, UnsupportedPlanError
 from edgetrain.ir import OpKind
 from edgetrain.planner import Plan, Precision
 from edgetrain.storage import write_text_atomic

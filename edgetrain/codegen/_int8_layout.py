@@ -76,8 +76,8 @@ from edgetrain.codegen._arena import (
     arena_bytes,
     pack_groups,
 )
-from edgetrain.codegen._errors import UnsupportedPlanError
 from edgetrain.codegen._targets import Target, TargetKind, get_target
+from edgetrain.errors import UnsupportedPlanError
 
 INT8_OPS = ("QConv2d", "QLinear", "QAdd", "QGlobalAvgPool")  # the ops of a QuantGraph it runs
 WEIGHTED_OPS = ("QConv2d", "QLinear")

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgetrain.codegen._arena import MIN_STACK_BYTES
-from edgetrain.codegen._errors import UnsupportedPlanError
 from edgetrain.codegen._int8_kernels import (
     Int8Emitter,
     emit_backward,
@@ -37,6 +36,7 @@ from edgetrain.codegen._int8_layout import check_line_buffer, check_program, pla
 from edgetrain.codegen._platform import render_platform
 from edgetrain.codegen._project import c_bytes, header_text, main_c, makefile
 from edgetrain.codegen._targets import Target, TargetKind, get_target
+from edgetrain.errors import UnsupportedPlanError
 
 
 @dataclass(frozen=True)

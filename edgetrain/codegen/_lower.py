@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgetrain.codegen._arena import ALIGN, Buffer, arena_bytes, place_largest_first
-from edgetrain.codegen._errors import UnsupportedKernelError, UnsupportedPlanError
+from edgetrain.errors import UnsupportedKernelError, UnsupportedPlanError
 from edgetrain.ir import Graph, OpKind, TensorRole
 from edgetrain.planner import ActivationDecision, ParamDecision, Plan
 

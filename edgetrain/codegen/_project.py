@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgetrain.codegen._errors import UnsupportedPlanError
 from edgetrain.codegen._targets import Target, TargetKind
+from edgetrain.errors import UnsupportedPlanError
 
 
 def cfloat(x: float) -> str:

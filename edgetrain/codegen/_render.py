@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgetrain.codegen._arena import MIN_STACK_BYTES, RUNTIME_RESERVE_BYTES
-from edgetrain.codegen._errors import UnsupportedPlanError
 from edgetrain.codegen._kernels import KERNELS, PRELUDE
 from edgetrain.codegen._lower import LKind, LOp, Lowered, lower, zero_weights
 from edgetrain.codegen._platform import render_platform
 from edgetrain.codegen._project import c_bytes, cfloat, header_text, main_c, makefile
 from edgetrain.codegen._targets import Target, TargetKind, get_target
+from edgetrain.errors import UnsupportedPlanError
 from edgetrain.ir import Graph
 from edgetrain.planner import Plan
 

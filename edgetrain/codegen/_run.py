@@ -19,8 +19,8 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edgetrain.codegen._errors import BuildError, McuRunError, ToolchainMissingError
 from edgetrain.codegen._targets import TargetKind, get_target
+from edgetrain.errors import BuildError, McuRunError, ToolchainMissingError
 
 _APT = "apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
 

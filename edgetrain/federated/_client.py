@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edgetrain.errors import EdgetrainError
+from edgetrain.errors import ClientDropoutError, ClientFaultError
 from edgetrain.federated._config import FederationConfig, split_indices
 from edgetrain.federated._fleet import ClientSpec, FaultKind
 from edgetrain.planner import ParamDecision, Plan
@@ -36,14 +36,6 @@ TRAIN_METRIC_KEYS = (
     "device-energy-j",
 )
 EVAL_METRIC_KEYS = ("num-examples", "client-id", "accuracy")
-
-
-class ClientDropoutError(EdgetrainError, ConnectionError):
-    """A simulated client went offline for this round (the --dropout drill)."""
-
-
-class ClientFaultError(EdgetrainError, RuntimeError):
-    """A client injected a crash on purpose (fleet file `fault = "crash"`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,12 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from edgetrain.errors import EdgetrainError
+from edgetrain.errors import DeploymentError
 from edgetrain.federated._config import FederationConfig
-
-
-class DeploymentError(EdgetrainError, RuntimeError):
-    """The loopback Flower deployment could not start or did not finish."""
 
 
 def _free_port() -> int:

@@ -19,15 +19,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgetrain.errors import InvalidArgumentError
+from edgetrain.errors import FleetFileError
 
 DEFAULT_BATCH_SIZE = 8
 MAX_CLIENTS = 1000
 _FIELDS = ("kind", "count", "batch_size", "fault")
-
-
-class FleetFileError(InvalidArgumentError):
-    """A fleet file (TOML) is missing, unreadable or malformed: names the field, value and fix."""
 
 
 class FaultKind(enum.Enum):

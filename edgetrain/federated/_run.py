@@ -14,15 +14,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgetrain.errors import InvalidArgumentError
+from edgetrain.errors import FederationFailedError
 from edgetrain.federated._config import FederationConfig
 from edgetrain.federated._fleet import FleetFileError
 
 log = logging.getLogger("edgetrain.federated")
-
-
-class FederationFailedError(InvalidArgumentError):
-    """The federation did not complete its rounds (the Flower run stopped early)."""
 
 
 @dataclass(frozen=True)

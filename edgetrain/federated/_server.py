@@ -11,17 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgetrain.errors import InvalidArgumentError
+from edgetrain.errors import CheckpointMismatchError
 from edgetrain.federated._config import FederationConfig
 from edgetrain.storage import load_tensors, save_tensors_atomic, write_json_atomic
 
 log = logging.getLogger("edgetrain.federated")
 
 STATE_FILE = "state.json"
-
-
-class CheckpointMismatchError(InvalidArgumentError):
-    """The checkpoint folder belongs to a federation with other settings."""
 
 
 def checkpoint_dir(out_dir: "str | Path") -> Path:

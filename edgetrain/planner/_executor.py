@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from edgetrain.cost import Device
-from edgetrain.errors import EdgetrainError
+from edgetrain.errors import CandidateUnsupportedError
 from edgetrain.ir import Graph
 from edgetrain.planner._plan import Executor, Plan, Precision
 
@@ -35,10 +35,6 @@ __all__ = [
     "MemoryRequest",
     "ProgramMemory",
 ]
-
-
-class CandidateUnsupportedError(EdgetrainError):
-    """This executor cannot train the candidate's trainable set; the planner tries the next."""
 
 
 @dataclass(frozen=True)

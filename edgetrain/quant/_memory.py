@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from edgetrain import validate
-from edgetrain.errors import InvalidArgumentError
+from edgetrain.errors import Int8GraphFileError, InvalidArgumentError
 from edgetrain.storage import load_tensors, save_tensors_atomic
 
 from ._graph import (
@@ -197,10 +197,6 @@ def save_graph(graph: QuantGraph, path: "str | Path") -> Path:
         "ops": [_op_meta(op) for op in graph.ops],
     }
     return save_tensors_atomic(tensors, path, metadata={"edgetrain.quant": json.dumps(meta)})
-
-
-class Int8GraphFileError(InvalidArgumentError):
-    """An int8 graph file is not one `save_graph` wrote."""
 
 
 def load_graph(path: "str | Path") -> QuantGraph:

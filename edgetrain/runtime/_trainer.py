@@ -21,14 +21,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from edgetrain import validate
-from edgetrain.errors import EdgetrainError, InvalidArgumentError
+from edgetrain.errors import InvalidArgumentError, NonFiniteLossError
 from edgetrain.planner import ActivationDecision, ParamDecision, Plan, Precision
 from edgetrain.runtime._paging import PagingStore
-
-
-class NonFiniteLossError(EdgetrainError, FloatingPointError):
-    """Training produced non-finite losses too many times in a row."""
-
 
 _BN = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from edgetrain.errors import InvalidArgumentError
+from edgetrain.errors import UnknownSystemError
 
 if TYPE_CHECKING:
     from edgetrain.strategies._common import System
@@ -30,10 +30,6 @@ class SystemName(enum.Enum):
     TTE = "tte"
     MANDHELING = "mandheling"
     MINILEARN = "minilearn"
-
-
-class UnknownSystemError(InvalidArgumentError):
-    """A strategy name names no surveyed system."""
 
 
 @dataclass(frozen=True)
