@@ -118,7 +118,8 @@ class DeploymentError(EdgetrainError, RuntimeError):
 
 
 class CheckpointMismatchError(InvalidArgumentError):
-    """The checkpoint folder belongs to a federation with other settings."""
+    """A checkpoint belongs to another run (other plan, model, data, optimizer or settings):
+    names what differs and the fix."""
 
 
 class FederationFailedError(InvalidArgumentError):
@@ -127,3 +128,39 @@ class FederationFailedError(InvalidArgumentError):
 
 class Int8GraphFileError(InvalidArgumentError):
     """An int8 graph file is not one `save_graph` wrote."""
+
+
+# -- reliability: checkpoints, plans and files from elsewhere
+
+
+class CheckpointCorruptError(EdgetrainError, ValueError):
+    """A checkpoint (or a federation's state file) fails its checksums or its metadata is
+    missing or invalid: names the file, the field or tensor, and the fix."""
+
+
+class CheckpointLockedError(EdgetrainError, RuntimeError):
+    """Another live process holds the checkpoint directory's lock (names its PID)."""
+
+
+class UntrustedPlanError(PlanFileError):
+    """A plan names model code to import; it runs only when the user names the model
+    (`--model`) or trusts the plan (`--trust-plan`), and the model's hash matches."""
+
+
+class WeightsFileError(InvalidArgumentError):
+    """A weights file is missing, truncated, not safetensors, or does not match the model."""
+
+
+class OutputPathError(InvalidArgumentError):
+    """An output path is a directory where a file is wanted (or the reverse), is not
+    writable, or would overwrite a user's files without `--force`."""
+
+
+class DeviceLimitError(InvalidArgumentError):
+    """An argument exceeds what the device can hold (e.g. a budget above its memory): names
+    the device, the numbers and the flag that forces it."""
+
+
+class ClientReplyError(InvalidArgumentError):
+    """A federated client's reply fails the server's schema: the client is rejected, with the
+    reason in the round's report."""
