@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 from edgetrain.cost._workspace import KernelLibrary, workspace_bytes
 from edgetrain.errors import InvalidArgumentError
-from edgetrain.ir import Graph, OpKind, TensorRole
+from edgetrain.ir import Graph, OpKind, Param, TensorRole
 
 
 class Optimizer(enum.Enum):
@@ -346,168 +346,25 @@ def _rerun_forward(graph: Graph, plan: _SavedPlan, kernels: KernelLibrary, live:
         live.free(f"rerun:{st}")
 
 
+@dataclass(frozen=True)
+class _Step:
+    """What the phases of `_simulate` share: the step being simulated and its live set."""
+
+    graph: Graph
+    kernels: KernelLibrary
+    schedule: Schedule
+    plan: _SavedPlan
+    live: _Live
+    grads_at_start: bool
+
+
 def _simulate(graph: Graph, opt: Optimizer, kernels: KernelLibrary, schedule: Schedule,
               grads_at_start: bool) -> MemorySimulation:
-    plan = _SavedPlan(graph, schedule)
-    rg = plan.rg
-    nodes = graph.nodes
-    live = _Live()
-    persistent = plan.persistent
-
-    # -- live throughout ---------------------------------------------------------------------
-    trainable_names = ({p.name for p in graph.params if p.trainable}
-                       if schedule.trainable is None else set(schedule.trainable))
-    trainable = [p for p in graph.params if p.name in trainable_names]
-    for t in graph.tensors:
-        if t.role is TensorRole.PARAMETER:
-            live.alloc(t.storage, t.storage_bytes, "params")
-        elif t.role is TensorRole.BUFFER and t.producer is None:
-            live.alloc(t.storage, t.storage_bytes, "buffers")
-        elif t.role in (TensorRole.INPUT, TensorRole.TARGET):
-            live.alloc(t.storage, t.storage_bytes * max(1, schedule.accumulation_steps), "batch")
-    live.alloc("optimizer-state", opt.state_bytes(sum(p.nbytes for p in trainable),
-                                                  len(trainable)), "optimizer")
-    if grads_at_start:  # later micro-batches: .grad holds the sum so far
-        for p in trainable:
-            live.alloc(f"grad:{p.name}", p.nbytes, "grads")
-
-    # -- storage lifetimes -------------------------------------------------------------------
-    has_grad_fn = plan.has_grad_fn
-    last_fwd_use: dict[str, int] = {}
-    for i, n in enumerate(nodes):
-        for name in (n.output, *n.aux_outputs, *n.inputs):
-            last_fwd_use[graph.tensor(name).storage] = i
-    held = set(plan.kept_first)
-    for ins in plan.segment_inputs.values():
-        held.update(ins)
-
-    # -- forward -----------------------------------------------------------------------------
-    frees_after: dict[int, list[str]] = {}
-    for s, i in last_fwd_use.items():
-        if s not in persistent and s not in held:
-            frees_after.setdefault(i, []).append(s)
-    for i, n in enumerate(nodes):
-        outs = [n.output, *n.aux_outputs]
-        if n.op is OpKind.MAX_POOL2D and not has_grad_fn[i]:
-            outs = [n.output]  # without grad, max_pool2d computes no indices
-        for name in outs:
-            t = graph.tensor(name)
-            comp = "saved" if t.storage in plan.kept_first else (
-                "loss" if t.role is TensorRole.LOSS else "other")
-            live.alloc(t.storage, t.storage_bytes, comp)
-        ws_fwd, _ = workspace_bytes(graph, n, kernels, input_grad=False)
-        live.mark(Phase.FORWARD, n.name, ws_fwd)
-        for s in frees_after.get(i, ()):
-            live.free(s)
-
-    # -- backward ----------------------------------------------------------------------------
-    # Gradient buffers are reference-counted: views and add hand the same buffer on.
-    grad_of: dict[str, str] = {}  # tensor name -> gradient buffer key
-    refs: dict[str, int] = {}
-    counter = 0
-
-    def new_grad(nbytes: int, component: str = "other") -> str:
-        nonlocal counter
-        counter += 1
-        key = f"grad#{counter}"
-        live.alloc(key, max(nbytes, 1), component)
-        refs[key] = 0
-        return key
-
-    def release(key: str) -> None:
-        refs[key] -= 1
-        if refs[key] <= 0:
-            live.free(key)
-
-    def deliver(tensor: str, key: str) -> None:
-        """Route a gradient buffer to `tensor`'s slot (autograd's InputBuffer::accumulate)."""
-        refs[key] += 1
-        old = grad_of.get(tensor)
-        if old is None:
-            grad_of[tensor] = key
-        elif refs[old] == 1:  # sole owner: old.add_(new) in place, then drop new
-            release(key)
-        else:  # shared buffer: old + new out of place
-            nbytes = live.by_key[old][0]
-            summed = new_grad(nbytes)
-            live.mark(Phase.BACKWARD, f"accumulate:{tensor}")
-            refs[summed] += 1
-            grad_of[tensor] = summed
-            release(old)
-            release(key)
-
-    loss_t = graph.tensor(graph.loss)
-    live.alloc(loss_t.storage, loss_t.storage_bytes, "loss")
-    deliver(graph.loss, new_grad(loss_t.nbytes))  # ones_like(loss)
-    param_grad_keys: dict[str, str] = {}
-    release_after: dict[int, list[str]] = {}
-    for s, i in plan.kept_first.items():
-        release_after.setdefault(i, []).append(s)
-    for k, (a, _) in enumerate(schedule.recompute_segments):
-        release_after.setdefault(a, []).extend(plan.segment_inputs[k])
-    recompute_release: dict[int, list[str]] = {}
-    for seg, storages in plan.recomputed.items():
-        for s, i in storages.items():
-            recompute_release.setdefault(i, []).append(s)
-    recomputed_done: set[int] = set()
-
-    for i in range(len(nodes) - 1, -1, -1):
-        n = nodes[i]
-        seg = plan.segment_of.get(i)
-        if not has_grad_fn[i]:
-            for s in release_after.get(i, ()):
-                live.free(s)
-            continue
-        g_out = grad_of.pop(n.output, None)
-        if g_out is None:  # no gradient reached this node's output
-            for s in (*release_after.get(i, ()), *recompute_release.get(i, ())):
-                live.free(s)
-            continue
-        if seg is not None and seg not in recomputed_done and i <= plan.rerun_stop.get(seg, -1):
-            # first unpack inside the segment: checkpoint re-runs its forward
-            recomputed_done.add(seg)
-            _rerun_forward(graph, plan, kernels, live, seg, schedule.recompute_segments[seg][0])
-        for s in plan.page_reads.get(i, ()):  # unpack reads the tensor back from storage
-            live.alloc(f"page:{i}:{s}", plan.storage_bytes[s], "saved")
-        # 1. the node computes the gradients of its inputs
-        outgoing: list[tuple[str, str]] = []
-        param_keys: list[str] = []
-        transient_params: list[str] = []
-        seen: set[str] = set()
-        for name in n.inputs:
-            if name in seen or name not in rg:
-                continue
-            seen.add(name)
-            t = graph.tensor(name)
-            if t.role is TensorRole.PARAMETER:
-                if name in param_grad_keys or grads_at_start or schedule.in_place_update:
-                    # added in place into .grad (or applied to the weight at once)
-                    transient_params.append(new_grad(t.nbytes))
-                    param_grad_keys.setdefault(name, "")
-                else:  # AccumulateGrad steals the fresh buffer: it becomes .grad
-                    param_grad_keys[name] = new_grad(t.nbytes, "grads")
-                    param_keys.append(param_grad_keys[name])
-            elif n.op in (OpKind.VIEW, OpKind.ADD):
-                outgoing.append((name, g_out))  # pass-through, no copy
-            else:
-                outgoing.append((name, new_grad(t.nbytes)))
-        _, ws_bwd = workspace_bytes(graph, n, kernels, input_grad=n.inputs[0] in rg)
-        live.mark(Phase.BACKWARD, n.name, ws_bwd)
-        for k in transient_params:
-            live.free(k)
-        # 2. the engine hands the new gradients on, then drops the incoming one and the
-        #    node's saved tensors (release_variables)
-        for name, key in outgoing:
-            refs[key] += 1  # held while in flight
-        release(g_out)  # the node's own reference
-        for s in (*release_after.get(i, ()), *recompute_release.get(i, ())):
-            live.free(s)
-        for s in plan.page_reads.get(i, ()):
-            live.free(f"page:{i}:{s}")
-        # 3. ... and accumulates them into the next nodes' input buffers
-        for name, key in outgoing:
-            deliver(name, key)
-            release(key)
+    step = _Step(graph, kernels, schedule, _SavedPlan(graph, schedule), _Live(), grads_at_start)
+    trainable = _alloc_live_throughout(step, opt)
+    _simulate_forward(step)
+    _simulate_backward(step)
+    live = step.live
 
     # -- optimizer step ----------------------------------------------------------------------
     if schedule.in_place_update:
@@ -526,3 +383,186 @@ def _simulate(graph: Graph, opt: Optimizer, kernels: KernelLibrary, schedule: Sc
         other_bytes=b.get("other", 0) + b.get("loss", 0))
     return MemorySimulation(live.peak, live.peak_where[0], live.peak_where[1], breakdown,
                             tuple(live.timeline))
+
+
+def _alloc_live_throughout(step: _Step, opt: Optimizer) -> list[Param]:
+    """Allocate what is live throughout the step; the trainable parameters."""
+    # -- live throughout ---------------------------------------------------------------------
+    graph, schedule, live = step.graph, step.schedule, step.live
+    trainable_names = ({p.name for p in graph.params if p.trainable}
+                       if schedule.trainable is None else set(schedule.trainable))
+    trainable = [p for p in graph.params if p.name in trainable_names]
+    for t in graph.tensors:
+        if t.role is TensorRole.PARAMETER:
+            live.alloc(t.storage, t.storage_bytes, "params")
+        elif t.role is TensorRole.BUFFER and t.producer is None:
+            live.alloc(t.storage, t.storage_bytes, "buffers")
+        elif t.role in (TensorRole.INPUT, TensorRole.TARGET):
+            live.alloc(t.storage, t.storage_bytes * max(1, schedule.accumulation_steps), "batch")
+    live.alloc("optimizer-state", opt.state_bytes(sum(p.nbytes for p in trainable),
+                                                  len(trainable)), "optimizer")
+    if step.grads_at_start:  # later micro-batches: .grad holds the sum so far
+        for p in trainable:
+            live.alloc(f"grad:{p.name}", p.nbytes, "grads")
+    return trainable
+
+
+def _simulate_forward(step: _Step) -> None:
+    graph, plan, live = step.graph, step.plan, step.live
+    nodes = graph.nodes
+    # -- storage lifetimes -------------------------------------------------------------------
+    last_fwd_use: dict[str, int] = {}
+    for i, n in enumerate(nodes):
+        for name in (n.output, *n.aux_outputs, *n.inputs):
+            last_fwd_use[graph.tensor(name).storage] = i
+    held = set(plan.kept_first)
+    for ins in plan.segment_inputs.values():
+        held.update(ins)
+
+    # -- forward -----------------------------------------------------------------------------
+    frees_after: dict[int, list[str]] = {}
+    for s, i in last_fwd_use.items():
+        if s not in plan.persistent and s not in held:
+            frees_after.setdefault(i, []).append(s)
+    for i, n in enumerate(nodes):
+        outs = [n.output, *n.aux_outputs]
+        if n.op is OpKind.MAX_POOL2D and not plan.has_grad_fn[i]:
+            outs = [n.output]  # without grad, max_pool2d computes no indices
+        for name in outs:
+            t = graph.tensor(name)
+            comp = "saved" if t.storage in plan.kept_first else (
+                "loss" if t.role is TensorRole.LOSS else "other")
+            live.alloc(t.storage, t.storage_bytes, comp)
+        ws_fwd, _ = workspace_bytes(graph, n, step.kernels, input_grad=False)
+        live.mark(Phase.FORWARD, n.name, ws_fwd)
+        for s in frees_after.get(i, ()):
+            live.free(s)
+
+
+class _GradBuffers:
+    """Gradient buffers in backward. They are reference-counted: views and add hand the same
+    buffer on."""
+
+    def __init__(self, live: _Live) -> None:
+        self.live = live
+        self.grad_of: dict[str, str] = {}  # tensor name -> gradient buffer key
+        self.refs: dict[str, int] = {}
+        self.counter = 0
+
+    def new(self, nbytes: int, component: str = "other") -> str:
+        self.counter += 1
+        key = f"grad#{self.counter}"
+        self.live.alloc(key, max(nbytes, 1), component)
+        self.refs[key] = 0
+        return key
+
+    def release(self, key: str) -> None:
+        self.refs[key] -= 1
+        if self.refs[key] <= 0:
+            self.live.free(key)
+
+    def deliver(self, tensor: str, key: str) -> None:
+        """Route a gradient buffer to `tensor`'s slot (autograd's InputBuffer::accumulate)."""
+        refs = self.refs
+        refs[key] += 1
+        old = self.grad_of.get(tensor)
+        if old is None:
+            self.grad_of[tensor] = key
+        elif refs[old] == 1:  # sole owner: old.add_(new) in place, then drop new
+            self.release(key)
+        else:  # shared buffer: old + new out of place
+            nbytes = self.live.by_key[old][0]
+            summed = self.new(nbytes)
+            self.live.mark(Phase.BACKWARD, f"accumulate:{tensor}")
+            refs[summed] += 1
+            self.grad_of[tensor] = summed
+            self.release(old)
+            self.release(key)
+
+
+def _simulate_backward(step: _Step) -> None:
+    # -- backward ----------------------------------------------------------------------------
+    graph, schedule, plan, live = step.graph, step.schedule, step.plan, step.live
+    nodes = graph.nodes
+    grads = _GradBuffers(live)
+    loss_t = graph.tensor(graph.loss)
+    live.alloc(loss_t.storage, loss_t.storage_bytes, "loss")
+    grads.deliver(graph.loss, grads.new(loss_t.nbytes))  # ones_like(loss)
+    param_grad_keys: dict[str, str] = {}
+    release_after: dict[int, list[str]] = {}
+    for s, i in plan.kept_first.items():
+        release_after.setdefault(i, []).append(s)
+    for k, (a, _) in enumerate(schedule.recompute_segments):
+        release_after.setdefault(a, []).extend(plan.segment_inputs[k])
+    recompute_release: dict[int, list[str]] = {}
+    for storages in plan.recomputed.values():
+        for s, i in storages.items():
+            recompute_release.setdefault(i, []).append(s)
+    recomputed_done: set[int] = set()
+
+    for i in range(len(nodes) - 1, -1, -1):
+        n = nodes[i]
+        seg = plan.segment_of.get(i)
+        if not plan.has_grad_fn[i]:
+            for s in release_after.get(i, ()):
+                live.free(s)
+            continue
+        g_out = grads.grad_of.pop(n.output, None)
+        if g_out is None:  # no gradient reached this node's output
+            for s in (*release_after.get(i, ()), *recompute_release.get(i, ())):
+                live.free(s)
+            continue
+        if seg is not None and seg not in recomputed_done and i <= plan.rerun_stop.get(seg, -1):
+            # first unpack inside the segment: checkpoint re-runs its forward
+            recomputed_done.add(seg)
+            _rerun_forward(graph, plan, step.kernels, live, seg,
+                           schedule.recompute_segments[seg][0])
+        for s in plan.page_reads.get(i, ()):  # unpack reads the tensor back from storage
+            live.alloc(f"page:{i}:{s}", plan.storage_bytes[s], "saved")
+        # 1. the node computes the gradients of its inputs
+        outgoing = _input_gradients(step, grads, i, g_out, param_grad_keys)
+        # 2. the engine hands the new gradients on, then drops the incoming one and the
+        #    node's saved tensors (release_variables)
+        for _name, key in outgoing:
+            grads.refs[key] += 1  # held while in flight
+        grads.release(g_out)  # the node's own reference
+        for s in (*release_after.get(i, ()), *recompute_release.get(i, ())):
+            live.free(s)
+        for s in plan.page_reads.get(i, ()):
+            live.free(f"page:{i}:{s}")
+        # 3. ... and accumulates them into the next nodes' input buffers
+        for name, key in outgoing:
+            grads.deliver(name, key)
+            grads.release(key)
+
+
+def _input_gradients(step: _Step, grads: _GradBuffers, i: int, g_out: str,
+                     param_grad_keys: dict[str, str]) -> list[tuple[str, str]]:
+    """Node i's backward: allocate the gradients of its inputs and mark its workspace; the
+    (input, gradient buffer) pairs it hands on. Parameter gradients go to `param_grad_keys`."""
+    graph, schedule, rg = step.graph, step.schedule, step.plan.rg
+    n = graph.nodes[i]
+    outgoing: list[tuple[str, str]] = []
+    transient_params: list[str] = []
+    seen: set[str] = set()
+    for name in n.inputs:
+        if name in seen or name not in rg:
+            continue
+        seen.add(name)
+        t = graph.tensor(name)
+        if t.role is TensorRole.PARAMETER:
+            if name in param_grad_keys or step.grads_at_start or schedule.in_place_update:
+                # added in place into .grad (or applied to the weight at once)
+                transient_params.append(grads.new(t.nbytes))
+                param_grad_keys.setdefault(name, "")
+            else:  # AccumulateGrad steals the fresh buffer: it becomes .grad
+                param_grad_keys[name] = grads.new(t.nbytes, "grads")
+        elif n.op in (OpKind.VIEW, OpKind.ADD):
+            outgoing.append((name, g_out))  # pass-through, no copy
+        else:
+            outgoing.append((name, grads.new(t.nbytes)))
+    _, ws_bwd = workspace_bytes(graph, n, step.kernels, input_grad=n.inputs[0] in rg)
+    step.live.mark(Phase.BACKWARD, n.name, ws_bwd)
+    for k in transient_params:
+        step.live.free(k)
+    return outgoing

@@ -58,6 +58,7 @@ import enum
 import math
 import time
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -159,17 +160,43 @@ class NodeGraph:
         return tuple(last)
 
 
-def build_node_graph(p: Problem) -> NodeGraph:
-    """The node graph of `p.graph` with its costs on `p.device` (see the module's legend)."""
+@dataclass(frozen=True)
+class _GraphFacts:
+    """What building the node graph reads about `p.graph` under the problem's settings."""
+
+    rg: frozenset[str]  # tensors that require grad
+    storage: dict[str, str]  # tensor -> its storage
+    sbytes: dict[str, int]  # storage -> bytes
+    persistent: frozenset[str]  # storages live throughout (parameters, buffers, the batch)
+    has_grad_fn: tuple[bool, ...]  # per IR node
+    stage_of_ir: dict[int, int]  # IR node -> stage
+
+
+def _graph_facts(p: Problem) -> _GraphFacts:
     g = p.graph
     rg = g.requires_grad if p.trainable is None else g.requires_grad_for(p.trainable)
-    storage = {t.name: t.storage for t in g.tensors}
-    sbytes = {t.storage: t.storage_bytes for t in g.tensors}
-    persistent = {t.storage for t in g.tensors if t.role in _PERSISTENT}
-    has_grad_fn = [n.output in rg and n.op is not OpKind.BUFFER_UPDATE for n in g.nodes]
-    persist_grads = not p.in_place_update and p.accumulation_steps <= 1
-    stage_of_ir = {i: k for k, st in enumerate(p.stages) for i in range(st.start, st.stop)}
+    return _GraphFacts(
+        rg, {t.name: t.storage for t in g.tensors}, {t.storage: t.storage_bytes for t in g.tensors},
+        frozenset(t.storage for t in g.tensors if t.role in _PERSISTENT),
+        tuple(n.output in rg and n.op is not OpKind.BUFFER_UPDATE for n in g.nodes),
+        {i: k for k, st in enumerate(p.stages) for i in range(st.start, st.stop)})
 
+
+def build_node_graph(p: Problem) -> NodeGraph:
+    """The node graph of `p.graph` with its costs on `p.device` (see the module's legend)."""
+    facts = _graph_facts(p)
+    nodes, owner = _forward_nodes(p, facts)
+    _add_backward_nodes(p, facts, nodes, owner)
+    static = _static_bytes(p, nodes)
+    rec_c, wr_c, rd_c, rec_t, wr_t, rd_t = _node_costs(p, nodes)
+    keep = p.evaluate(tuple(KEEP for _ in p.stages))
+    return NodeGraph(tuple(nodes), tuple(static), rec_c, wr_c, rd_c, rec_t, wr_t, rd_t,
+                     keep.objective(p.objective), keep.latency_s, p.objective, p.choices)
+
+
+def _forward_nodes(p: Problem, facts: _GraphFacts) -> tuple[list[PoetNode], dict[str, int]]:
+    """The forward nodes, and the forward node that allocates each storage (its owner)."""
+    g, storage = p.graph, facts.storage
     nodes: list[PoetNode] = []
     owner: dict[str, int] = {}  # storage -> forward node that allocates it
     for j, n in enumerate(g.nodes):
@@ -183,19 +210,26 @@ def build_node_graph(p: Problem) -> NodeGraph:
         # Both come from running the op, so each carries the op's cost.
         for suffix, names in (("", (n.output,)), (":aux", n.aux_outputs)):
             new = [s for s in dict.fromkeys(storage[o] for o in names)
-                   if s not in persistent and s not in owner]
+                   if s not in facts.persistent and s not in owner]
             if not new:
                 continue  # a view (its output aliases another node's storage), or no aux
             for s in new:
                 owner[s] = len(nodes)
-            nodes.append(PoetNode(n.name + suffix, NodeKind.FORWARD, j, stage_of_ir[j],
-                                  sum(sbytes[s] for s in new), ws, 0, cost, deps,
+            nodes.append(PoetNode(n.name + suffix, NodeKind.FORWARD, j, facts.stage_of_ir[j],
+                                  sum(facts.sbytes[s] for s in new), ws, 0, cost, deps,
                                   pageable=p.allow_paging))
+    return nodes, owner
 
+
+def _add_backward_nodes(p: Problem, facts: _GraphFacts, nodes: list[PoetNode],
+                        owner: dict[str, int]) -> None:
+    """Append the backward nodes to `nodes`, in eager autograd's reverse order."""
     # Gradients accumulate in one buffer per tensor (autograd's InputBuffer): the first
     # backward node to deliver a gradient for tensor X (the consumer of X latest in forward)
     # allocates X's slot; later contributors add into it in place (a transient), and X's
     # producer reads it. `add` and views hand their slot on, so they have no node of their own.
+    g, rg, storage, has_grad_fn = p.graph, facts.rg, facts.storage, facts.has_grad_fn
+    persist_grads = not p.in_place_update and p.accumulation_steps <= 1
     bwd_of: dict[int, int] = {}  # IR index -> backward node
     slots: dict[str, int | None] = {}
 
@@ -231,12 +265,16 @@ def build_node_graph(p: Problem) -> NodeGraph:
         ws = workspace_bytes(g, n, p.kernels, input_grad=n.inputs[0] in rg)[1] + transient
         deps = saved | into | ({incoming} if incoming is not None else set())
         nodes.append(PoetNode(
-            f"{n.name}.backward", NodeKind.BACKWARD, j, stage_of_ir[j], own,
+            f"{n.name}.backward", NodeKind.BACKWARD, j, facts.stage_of_ir[j], own,
             ws + (0 if persist_grads else pgrad), pgrad if persist_grads else 0,
             n.flops_backward_input + n.flops_backward_params + n.vector_ops_backward,
             tuple(sorted(deps)), pageable=False))
 
-    # static_t: live throughout (as `cost.simulate_step` allocates it) + earlier param grads
+
+def _static_bytes(p: Problem, nodes: list[PoetNode]) -> list[int]:
+    """static_t per node: live throughout (as `cost.simulate_step` allocates it) + earlier
+    param grads."""
+    g = p.graph
     trainable = ({q.name for q in g.params if q.trainable} if p.trainable is None
                  else set(p.trainable))
     tparams = [q for q in g.params if q.name in trainable]
@@ -252,7 +290,11 @@ def build_node_graph(p: Problem) -> NodeGraph:
     for node in nodes:
         static.append(acc)
         acc += node.param_grad_bytes
+    return static
 
+
+def _node_costs(p: Problem, nodes: list[PoetNode]) -> tuple[tuple[float, ...], ...]:
+    """(c_i, w_i, r_i) in the objective's unit, then the same in seconds."""
     # costs (Problem.evaluate's model, per accumulation step k)
     dev, st, k = p.device, p.device.storage, max(1, p.accumulation_steps)
     rate, power = dev.compute.fp32_flops_per_s, dev.compute.active_power_w
@@ -263,15 +305,13 @@ def build_node_graph(p: Problem) -> NodeGraph:
                  for x in nodes)
     rd_t = tuple(k * (st.transfer_latency_s + x.mem_bytes / st.read_bandwidth_bytes_per_s)
                  for x in nodes)
-    keep = p.evaluate(tuple(KEEP for _ in p.stages))
     if p.objective is Objective.ENERGY:
         rec_c = tuple(t * power for t in rec_t)
         wr_c = tuple(k * x.mem_bytes * st.write_energy_j_per_byte for x in nodes)
         rd_c = tuple(k * x.mem_bytes * st.read_energy_j_per_byte for x in nodes)
     else:
         rec_c, wr_c, rd_c = rec_t, wr_t, rd_t
-    return NodeGraph(tuple(nodes), tuple(static), rec_c, wr_c, rd_c, rec_t, wr_t, rd_t,
-                     keep.objective(p.objective), keep.latency_s, p.objective, p.choices)
+    return rec_c, wr_c, rd_c, rec_t, wr_t, rd_t
 
 
 # -- the node-level schedule and its independent validator ------------------------------------
@@ -307,6 +347,28 @@ class ScheduleReport:
     latency_s: float
 
 
+@dataclass(slots=True)
+class _Replay:
+    """What `validate_node_schedule` accumulates while it replays the stages (mutable)."""
+
+    cost: float
+    latency_s: float
+    written: int = 0
+    read: int = 0
+    transfers: int = 0
+    rflops: int = 0
+    peak: int = -1
+    peak_stage: int = 0
+
+
+def _fail(ng: NodeGraph, t: int, msg: str) -> NoReturn:
+    raise NodeScheduleError(f"stage {t} ({ng.nodes[t].name}): {msg}")
+
+
+def _names(ng: NodeGraph, ids) -> list[str]:
+    return sorted(ng.nodes[i].name for i in ids)
+
+
 def validate_node_schedule(ng: NodeGraph, s: NodeSchedule, budget_bytes: int,
                            capacity_bytes: int) -> ScheduleReport:
     """Replay `s` value by value; raise `NodeScheduleError` at the first broken rule.
@@ -322,92 +384,100 @@ def validate_node_schedule(ng: NodeGraph, s: NodeSchedule, budget_bytes: int,
             == len(s.page_out) == n):
         raise NodeScheduleError(f"a schedule over {n} nodes needs {n} stages; got "
                                 f"{len(s.compute)} compute lists")
-    name = [x.name for x in ng.nodes]
     in_ram_end: set[int] = set()
     in_storage: set[int] = set()
-    written = read = transfers = rflops = 0
-    cost, lat = ng.base_cost, ng.base_time_s
-    peak, peak_stage = -1, 0
-
-    def fail(t: int, msg: str) -> None:
-        raise NodeScheduleError(f"stage {t} ({name[t]}): {msg}")
-
+    r = _Replay(ng.base_cost, ng.base_time_s)
     for t in range(n):
-        comp, ram, pin, pout = s.compute[t], set(s.ram[t]), set(s.page_in[t]), set(s.page_out[t])
-        keep_next = set(s.ram[t + 1]) if t + 1 < n else set()
-        if t not in comp:
-            fail(t, "does not compute its own node (Checkmate's frontier: stage t computes t)")
-        if list(comp) != sorted(set(comp)):
-            fail(t, f"computes {list(comp)}, not in topological order or twice")
-        for k in comp:
-            if k > t:
-                fail(t, f"computes {name[k]} before its own stage {k}")
-            if ng.nodes[k].kind is NodeKind.BACKWARD and k != t:
-                fail(t, f"re-runs backward node {name[k]} (backward nodes run once)")
-        if bad := ram - in_ram_end:
-            fail(t, f"keeps {sorted(name[i] for i in bad)} in RAM but they were not in RAM at "
-                    "the end of the previous stage")
-        if bad := set(s.storage[t]) - in_storage:
-            fail(t, f"has {sorted(name[i] for i in bad)} in storage but they were never written")
-        if bad := pin - in_storage:
-            fail(t, f"pages in {sorted(name[i] for i in bad)}, which are not in storage")
-        if bad := pin & ram:
-            fail(t, f"pages in {sorted(name[i] for i in bad)}, already in RAM")
-        live_vals = ram | pin
-        if bad := live_vals & set(comp):
-            fail(t, f"recomputes {sorted(name[i] for i in bad)}, already in RAM")
-        if bad := pout - live_vals - set(comp):
-            fail(t, f"pages out {sorted(name[i] for i in bad)}, which are not in RAM")
-        if bad := pout & (in_storage | set(s.storage[t])):
-            fail(t, f"writes {sorted(name[i] for i in bad)} a second time")
+        _check_stage_rules(ng, s, t, in_ram_end, in_storage)
+        pin, pout = set(s.page_in[t]), set(s.page_out[t])
         for i in pin:
-            read += ng.nodes[i].mem_bytes
-            cost += ng.read_cost[i]
-            lat += ng.read_time_s[i]
+            r.read += ng.nodes[i].mem_bytes
+            r.cost += ng.read_cost[i]
+            r.latency_s += ng.read_time_s[i]
         for i in pout:
-            written += ng.nodes[i].mem_bytes
-            cost += ng.write_cost[i]
-            lat += ng.write_time_s[i]
-        transfers += len(pin) + len(pout)
-        live = ng.static_bytes[t] + sum(ng.nodes[i].mem_bytes for i in live_vals)
-
-        def check(at: str, nbytes: int) -> None:
-            nonlocal peak, peak_stage
-            if nbytes > peak:
-                peak, peak_stage = nbytes, t
-            if nbytes > budget_bytes:
-                fail(t, f"{at}: {nbytes:,} bytes in RAM exceed the budget of "
-                        f"{budget_bytes:,} bytes by {nbytes - budget_bytes:,}")
-
-        def drop_dead(rest: tuple[int, ...]) -> int:
-            needed = {d for k in rest for d in ng.nodes[k].deps} | keep_next
-            dead = [v for v in live_vals if v not in needed]
-            for v in dead:
-                live_vals.discard(v)
-            return sum(ng.nodes[v].mem_bytes for v in dead)
-
-        check("after paging in", live)
-        live -= drop_dead(comp)
-        for pos, k in enumerate(comp):
-            node = ng.nodes[k]
-            if missing := [d for d in node.deps if d not in live_vals]:
-                fail(t, f"{name[k]} uses {sorted(name[d] for d in missing)} before they "
-                        "exist in RAM")
-            check(f"while {name[k]} runs",
-                  live + node.mem_bytes + node.workspace_bytes + node.param_grad_bytes)
-            live_vals.add(k)
-            live += node.mem_bytes + node.param_grad_bytes
-            if k != t:
-                rflops += node.flops
-                cost += ng.recompute_cost[k]
-                lat += ng.recompute_time_s[k]
-            live -= drop_dead(comp[pos + 1:])
-        in_ram_end = live_vals
+            r.written += ng.nodes[i].mem_bytes
+            r.cost += ng.write_cost[i]
+            r.latency_s += ng.write_time_s[i]
+        r.transfers += len(pin) + len(pout)
+        in_ram_end = _replay_stage_memory(ng, s, t, budget_bytes, r)
         in_storage |= pout
-    if written > capacity_bytes:
-        raise NodeScheduleError(f"the schedule writes {written:,} bytes to storage, more than "
-                                f"its capacity of {capacity_bytes:,} bytes")
-    return ScheduleReport(peak, peak_stage, written, read, transfers, rflops, cost, lat)
+    if r.written > capacity_bytes:
+        raise NodeScheduleError(f"the schedule writes {r.written:,} bytes to storage, more "
+                                f"than its capacity of {capacity_bytes:,} bytes")
+    return ScheduleReport(r.peak, r.peak_stage, r.written, r.read, r.transfers, r.rflops,
+                          r.cost, r.latency_s)
+
+
+def _check_stage_rules(ng: NodeGraph, s: NodeSchedule, t: int, in_ram_end: set[int],
+                       in_storage: set[int]) -> None:
+    """Stage t's frontier, order, residency and paging rules (not its memory)."""
+    comp, ram, pin, pout = s.compute[t], set(s.ram[t]), set(s.page_in[t]), set(s.page_out[t])
+    if t not in comp:
+        _fail(ng, t, "does not compute its own node (Checkmate's frontier: stage t computes t)")
+    if list(comp) != sorted(set(comp)):
+        _fail(ng, t, f"computes {list(comp)}, not in topological order or twice")
+    for k in comp:
+        if k > t:
+            _fail(ng, t, f"computes {ng.nodes[k].name} before its own stage {k}")
+        if ng.nodes[k].kind is NodeKind.BACKWARD and k != t:
+            _fail(ng, t, f"re-runs backward node {ng.nodes[k].name} (backward nodes run once)")
+    if bad := ram - in_ram_end:
+        _fail(ng, t, f"keeps {_names(ng, bad)} in RAM but they were not in RAM at the end of "
+                     "the previous stage")
+    if bad := set(s.storage[t]) - in_storage:
+        _fail(ng, t, f"has {_names(ng, bad)} in storage but they were never written")
+    if bad := pin - in_storage:
+        _fail(ng, t, f"pages in {_names(ng, bad)}, which are not in storage")
+    if bad := pin & ram:
+        _fail(ng, t, f"pages in {_names(ng, bad)}, already in RAM")
+    live_vals = ram | pin
+    if bad := live_vals & set(comp):
+        _fail(ng, t, f"recomputes {_names(ng, bad)}, already in RAM")
+    if bad := pout - live_vals - set(comp):
+        _fail(ng, t, f"pages out {_names(ng, bad)}, which are not in RAM")
+    if bad := pout & (in_storage | set(s.storage[t])):
+        _fail(ng, t, f"writes {_names(ng, bad)} a second time")
+
+
+def _replay_stage_memory(ng: NodeGraph, s: NodeSchedule, t: int, budget_bytes: int,
+                         r: _Replay) -> set[int]:
+    """Run stage t's nodes against the budget; the values in RAM at its end."""
+    comp = s.compute[t]
+    live_vals = set(s.ram[t]) | set(s.page_in[t])
+    keep_next = set(s.ram[t + 1]) if t + 1 < ng.n else set()
+    live = ng.static_bytes[t] + sum(ng.nodes[i].mem_bytes for i in live_vals)
+
+    def check(at: str, nbytes: int) -> None:
+        if nbytes > r.peak:
+            r.peak, r.peak_stage = nbytes, t
+        if nbytes > budget_bytes:
+            _fail(ng, t, f"{at}: {nbytes:,} bytes in RAM exceed the budget of "
+                         f"{budget_bytes:,} bytes by {nbytes - budget_bytes:,}")
+
+    def drop_dead(rest: tuple[int, ...]) -> int:
+        needed = {d for k in rest for d in ng.nodes[k].deps} | keep_next
+        dead = [v for v in live_vals if v not in needed]
+        for v in dead:
+            live_vals.discard(v)
+        return sum(ng.nodes[v].mem_bytes for v in dead)
+
+    check("after paging in", live)
+    live -= drop_dead(comp)
+    for pos, k in enumerate(comp):
+        node = ng.nodes[k]
+        if missing := [d for d in node.deps if d not in live_vals]:
+            _fail(ng, t, f"{node.name} uses {_names(ng, missing)} before "
+                         "they exist in RAM")
+        check(f"while {node.name} runs",
+              live + node.mem_bytes + node.workspace_bytes + node.param_grad_bytes)
+        live_vals.add(k)
+        live += node.mem_bytes + node.param_grad_bytes
+        if k != t:
+            r.rflops += node.flops
+            r.cost += ng.recompute_cost[k]
+            r.latency_s += ng.recompute_time_s[k]
+        live -= drop_dead(comp[pos + 1:])
+    return live_vals
 
 
 def lift_stage_decisions(ng: NodeGraph,
@@ -596,133 +666,188 @@ def solve_node_milp(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
                         **stats)
 
 
+@dataclass(frozen=True)
+class _ModelContext:
+    """What every constraint family of `_build_model` reads: the node graph, the model being
+    built and the per-node facts derived from it (memory rows are in units of the budget)."""
+
+    ng: NodeGraph
+    m: _Model
+    users: tuple[tuple[int, ...], ...]
+    last: tuple[int, ...]
+    fwd: tuple[bool, ...]
+    mem: tuple[int, ...]
+    budget: float
+
+    @property
+    def n(self) -> int:
+        return self.ng.n
+
+    @property
+    def nodes(self) -> tuple[PoetNode, ...]:
+        return self.ng.nodes
+
+    def R(self, t: int, i: int):  # column, the constant 1 (frontier: R[t,t] = 1), or None (0)
+        return _ONE if t == i else self.m.col.get(("R", t, i))
+
+    def S(self, t: int, i: int):
+        return self.m.col.get(("S", t, i))
+
+
+def _terms(*pairs) -> tuple[dict[int, float], float]:
+    """Sum of coef * variable: the fixed 1 goes to the constant, missing (0) are dropped."""
+    out: dict[int, float] = {}
+    const = 0.0
+    for coef, v in pairs:
+        if v is None:
+            continue
+        if v is _ONE:
+            const += coef
+        else:
+            out[v] = out.get(v, 0.0) + coef
+    return out, const
+
+
 def _build_model(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
                  deadline_s: float | None, granularity: Granularity) -> _Model:
-    n, nodes = ng.n, ng.nodes
-    users, last = ng.users(), ng.last_need()
-    fwd = [x.kind is NodeKind.FORWARD for x in nodes]
-    mem = [x.mem_bytes for x in nodes]
-    unit = float(max(1, budget_bytes))  # memory rows in units of the budget: numerically ~1
-    scale = max(ng.base_cost, 1e-30)  # objective in units of plain training's cost
-    budget = 1.0 - 1e-7  # HiGHS's feasibility tolerance is 1e-7: stay strictly inside
     m = _Model()
-    m.unit, m.scale = unit, scale
+    m.unit = float(max(1, budget_bytes))  # memory rows in units of the budget: numerically ~1
+    m.scale = max(ng.base_cost, 1e-30)  # objective in units of plain training's cost
+    c = _ModelContext(
+        ng, m, ng.users(), ng.last_need(), tuple(x.kind is NodeKind.FORWARD for x in ng.nodes),
+        tuple(x.mem_bytes for x in ng.nodes),
+        budget=1.0 - 1e-7)  # HiGHS's feasibility tolerance is 1e-7: stay strictly inside
+    _add_variables(c)
+    _add_dependency_rows(c)
+    _add_residency_rows(c)
+    _add_memory_rows(c)
+    m.family = "(S) stage granularity"
+    if granularity is Granularity.STAGE:
+        _add_stage_rows(c)
+    _add_capacity_and_deadline_rows(c, capacity_bytes, deadline_s)
+    return m
 
+
+def _add_variables(c: _ModelContext) -> None:
     # ---- variables ------------------------------------------------------------------------
     # R[t,i]: forward nodes from their own stage (fixed 1) to last_need; backward: own stage.
-    def Rv(t: int, i: int):  # column, the constant 1 (frontier: R[t,t] = 1), or None (0)
-        return _ONE if t == i else m.col.get(("R", t, i))
-
-    def S(t: int, i: int):
-        return m.col.get(("S", t, i))
-
-    for i in range(n):
-        for t in range(i + 1, last[i] + 1):
-            if fwd[i]:
+    m, ng, mem, scale = c.m, c.ng, c.mem, c.m.scale
+    for i in range(c.n):
+        for t in range(i + 1, c.last[i] + 1):
+            if c.fwd[i]:
                 m.var(("R", t, i), ng.recompute_cost[i] / scale)
             m.var(("S", t, i))
-            if nodes[i].pageable and mem[i] > 0:
+            if c.nodes[i].pageable and mem[i] > 0:
                 m.var(("SD", t, i))
                 m.var(("Min", t, i), ng.read_cost[i] / scale)
-        if nodes[i].pageable and mem[i] > 0:
-            for t in range(i, last[i]):
+        if c.nodes[i].pageable and mem[i] > 0:
+            for t in range(i, c.last[i]):
                 m.var(("Mout", t, i), ng.write_cost[i] / scale)
 
-    def terms(*pairs) -> tuple[dict[int, float], float]:
-        """Sum of coef * variable: the fixed 1 goes to the constant, missing (0) are dropped."""
-        out: dict[int, float] = {}
-        const = 0.0
-        for coef, v in pairs:
-            if v is None:
-                continue
-            if v is _ONE:
-                const += coef
-            else:
-                out[v] = out.get(v, 0.0) + coef
-        return out, const
 
+def _add_dependency_rows(c: _ModelContext) -> None:
     # ---- (1) dependencies (Checkmate: R[t,k] <= R[t,i] + S[t,i]; POET: + M_in[t,i]) --------
+    m = c.m
     m.family = "(1) dependencies"
-    for t in range(n):
+    for t in range(c.n):
         for k in range(t + 1):
-            if Rv(t, k) is None:
+            if c.R(t, k) is None:
                 continue
-            for i in nodes[k].deps:
-                row, c = terms((1.0, Rv(t, k)), (-1.0, Rv(t, i)), (-1.0, S(t, i)),
-                               (-1.0, m.col.get(("Min", t, i))))
-                m.row(row, -np.inf, -c)
+            for i in c.nodes[k].deps:
+                row, const = _terms((1.0, c.R(t, k)), (-1.0, c.R(t, i)), (-1.0, c.S(t, i)),
+                                    (-1.0, m.col.get(("Min", t, i))))
+                m.row(row, -np.inf, -const)
 
+
+def _add_residency_rows(c: _ModelContext) -> None:
     # ---- (2) RAM residency: S[t+1,i] <= S[t,i] + R[t,i] + M_in[t,i] -------------------------
     # ---- (3) storage residency (POET): S_SD[t+1,i] <= S_SD[t,i] + M_out[t,i] ---------------
     # ---- (4) page out only what is in RAM, page in only what is in storage -----------------
     # ---- (5) one source per stage: S + R + M_in <= 1; (6) each value written at most once ---
+    m, R, S, last = c.m, c.R, c.S, c.last
     m.family = "(2-6) residency and paging"
-    for i in range(n):
+    for i in range(c.n):
         for t in range(i + 1, last[i] + 1):
-            row, c = terms((1.0, S(t, i)), (-1.0, S(t - 1, i)), (-1.0, Rv(t - 1, i)),
-                           (-1.0, m.col.get(("Min", t - 1, i))))
-            m.row(row, -np.inf, -c)
+            row, const = _terms((1.0, S(t, i)), (-1.0, S(t - 1, i)), (-1.0, R(t - 1, i)),
+                                (-1.0, m.col.get(("Min", t - 1, i))))
+            m.row(row, -np.inf, -const)
             if ("SD", t, i) in m.col:
-                row, c = terms((1.0, m.col[("SD", t, i)]), (-1.0, m.col.get(("SD", t - 1, i))),
-                               (-1.0, m.col.get(("Mout", t - 1, i))))
-                m.row(row, -np.inf, -c)
+                row, const = _terms((1.0, m.col[("SD", t, i)]),
+                                    (-1.0, m.col.get(("SD", t - 1, i))),
+                                    (-1.0, m.col.get(("Mout", t - 1, i))))
+                m.row(row, -np.inf, -const)
                 m.row({m.col[("Min", t, i)]: 1.0, m.col[("SD", t, i)]: -1.0}, -np.inf, 0.0)
-            row, c = terms((1.0, S(t, i)), (1.0, Rv(t, i)), (1.0, m.col.get(("Min", t, i))))
-            m.row(row, -np.inf, 1.0 - c)
+            row, const = _terms((1.0, S(t, i)), (1.0, R(t, i)), (1.0, m.col.get(("Min", t, i))))
+            m.row(row, -np.inf, 1.0 - const)
         outs = [m.col[("Mout", t, i)] for t in range(i, last[i]) if ("Mout", t, i) in m.col]
         for t in range(i, last[i]):
             if ("Mout", t, i) in m.col:
-                row, c = terms((1.0, m.col[("Mout", t, i)]), (-1.0, S(t, i)), (-1.0, Rv(t, i)))
-                m.row(row, -np.inf, -c)
+                row, const = _terms((1.0, m.col[("Mout", t, i)]), (-1.0, S(t, i)),
+                                    (-1.0, R(t, i)))
+                m.row(row, -np.inf, -const)
         if outs:
             m.row({o: 1.0 for o in outs}, -np.inf, 1.0)
 
+
+def _add_memory_rows(c: _ModelContext) -> None:
     # ---- (7) memory accounting (Checkmate's U, plus static_t, grad_k and ws_k) -------------
     #   U[t,-1] = static_t + sum_i mem_i (S[t,i] + M_in[t,i])
     #   U[t,k]  = U[t,prev] + R[t,k] (mem_k + grad_k) - sum_{i in deps(k)+{k}} mem_i FREE[t,i,k]
     #   U[t,prev] + R[t,k] (mem_k + ws_k + grad_k) <= budget;  0 <= U <= budget
-    # ---- (8) FREE linearised (Checkmate): with hazards = (1 - R[t,k]) + S[t+1,i]
-    #          + sum_{j in users(i), j > k} R[t,j]:  1 - FREE <= hazards <= kappa (1 - FREE)
+    # ---- (8) FREE linearised (Checkmate): see `_add_free_rows`
+    m, budget, unit = c.m, c.budget, c.m.unit
     m.family = "(7-8) memory and FREE"
-    for t in range(n):
+    for t in range(c.n):
         u_prev = m.var(("U", t, -1), lb=0.0, ub=budget, integral=False)
         row = {u_prev: 1.0}
         for i in range(t):
-            for v in (S(t, i), m.col.get(("Min", t, i))):
+            for v in (c.S(t, i), m.col.get(("Min", t, i))):
                 if v is not None:
-                    row[v] = row.get(v, 0.0) - mem[i] / unit
-        m.row(row, ng.static_bytes[t] / unit, ng.static_bytes[t] / unit)
+                    row[v] = row.get(v, 0.0) - c.mem[i] / unit
+        m.row(row, c.ng.static_bytes[t] / unit, c.ng.static_bytes[t] / unit)
         for k in range(t + 1):
-            rk = Rv(t, k)
+            rk = c.R(t, k)
             if rk is None:
                 continue
-            x = nodes[k]
+            x = c.nodes[k]
             run = (x.mem_bytes + x.workspace_bytes + x.param_grad_bytes) / unit
-            row, c = terms((1.0, u_prev), (run, rk))
-            m.row(row, -np.inf, budget - c)
+            row, const = _terms((1.0, u_prev), (run, rk))
+            m.row(row, -np.inf, budget - const)
             u = m.var(("U", t, k), lb=0.0, ub=budget, integral=False)
             grows = (x.mem_bytes + x.param_grad_bytes) / unit
-            row, c = terms((1.0, u), (-1.0, u_prev), (-grows, rk))
-            for i in (*x.deps, k):
-                if mem[i] == 0:
-                    continue
-                f = m.var(("FREE", t, i, k))
-                row[f] = row.get(f, 0.0) + mem[i] / unit
-                later = [Rv(t, j) for j in users[i] if j > k and j <= t]
-                later = [r for r in later if r is not None]
-                nxt = S(t + 1, i) if t + 1 < n else None
-                haz = [(-1.0, rk), (1.0, nxt), *((1.0, r) for r in later)]
-                kappa = 2 + len(later)
-                hrow, hc = terms(*haz)  # hazards = 1 + hrow + hc
-                lo_row = dict(hrow)
-                lo_row[f] = lo_row.get(f, 0.0) + 1.0
-                m.row(lo_row, -hc, np.inf)  # FREE + hazards >= 1
-                hi_row = dict(hrow)
-                hi_row[f] = hi_row.get(f, 0.0) + kappa
-                m.row(hi_row, -np.inf, kappa - 1.0 - hc)  # hazards + kappa FREE <= kappa
-            m.row(row, -c, -c)
+            row, const = _terms((1.0, u), (-1.0, u_prev), (-grows, rk))
+            _add_free_rows(c, t, k, rk, row)
+            m.row(row, -const, -const)
             u_prev = u
 
+
+def _add_free_rows(c: _ModelContext, t: int, k: int, rk, u_row: dict[int, float]) -> None:
+    """FREE[t,i,k] for k and its dependencies: its term in U[t,k]'s row `u_row`, and its rows.
+
+    (8) FREE linearised (Checkmate): with hazards = (1 - R[t,k]) + S[t+1,i]
+         + sum_{j in users(i), j > k} R[t,j]:  1 - FREE <= hazards <= kappa (1 - FREE)
+    """
+    m = c.m
+    for i in (*c.nodes[k].deps, k):
+        if c.mem[i] == 0:
+            continue
+        f = m.var(("FREE", t, i, k))
+        u_row[f] = u_row.get(f, 0.0) + c.mem[i] / m.unit
+        later = [c.R(t, j) for j in c.users[i] if j > k and j <= t]
+        later = [r for r in later if r is not None]
+        nxt = c.S(t + 1, i) if t + 1 < c.n else None
+        haz = [(-1.0, rk), (1.0, nxt), *((1.0, r) for r in later)]
+        kappa = 2 + len(later)
+        hrow, hc = _terms(*haz)  # hazards = 1 + hrow + hc
+        lo_row = dict(hrow)
+        lo_row[f] = lo_row.get(f, 0.0) + 1.0
+        m.row(lo_row, -hc, np.inf)  # FREE + hazards >= 1
+        hi_row = dict(hrow)
+        hi_row[f] = hi_row.get(f, 0.0) + kappa
+        m.row(hi_row, -np.inf, kappa - 1.0 - hc)  # hazards + kappa FREE <= kappa
+
+
+def _add_stage_rows(c: _ModelContext) -> None:
     # ---- (S) stage granularity: what the runtime executes (non-reentrant checkpoint) -------
     #   rec_s, page_s in {0,1}, rec_s + page_s <= 1, each only where the stage allows it.
     #   A recomputed stage re-runs its forward nodes once, in the stage r_s of its own first
@@ -731,55 +856,57 @@ def _build_model(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
     #   f_i < t <= r_s.
     #   A paged stage writes each value its own backward reads right after computing it:
     #   M_out[i,i] = page_s, M_out[t,i] = 0 for t != i.
-    m.family = "(S) stage granularity"
-    if granularity is Granularity.STAGE:
-        for st, allowed in enumerate(ng.stage_choices):
-            members = [i for i in range(n) if fwd[i] and nodes[i].stage == st]
-            own_bwd = [u for i in members for u in users[i]
-                       if nodes[u].kind is NodeKind.BACKWARD and nodes[u].stage == st]
-            r_s = min(own_bwd) if own_bwd else None
-            rec = m.var(("rec", st), ub=1.0 if RECOMPUTE in allowed and r_s else 0.0)
-            pag = m.var(("page", st), ub=1.0 if PAGE in allowed else 0.0)
-            m.row({rec: 1.0, pag: 1.0}, -np.inf, 1.0)
-            for i in members:
-                for t in range(i + 1, last[i] + 1):
-                    c = m.col[("R", t, i)]
-                    if t == r_s:
-                        m.row({c: 1.0, rec: -1.0}, 0.0, 0.0)
-                    else:
-                        m.ub[c] = 0.0
-                internal = all(nodes[u].stage == st for u in users[i])
-                fwd_done = max([u for u in users[i] if fwd[u]], default=i)
-                if r_s is not None and internal:
-                    for t in range(fwd_done + 1, min(r_s, last[i]) + 1):
-                        m.row({m.col[("S", t, i)]: 1.0, rec: 1.0}, -np.inf, 1.0)
-                reads = any(nodes[u].kind is NodeKind.BACKWARD and nodes[u].stage == st
-                            for u in users[i])
-                for t in range(i, last[i]):
-                    c = m.col.get(("Mout", t, i))
-                    if c is None:
-                        continue
-                    if t == i and reads:
-                        m.row({c: 1.0, pag: -1.0}, 0.0, 0.0)
-                    else:
-                        m.ub[c] = 0.0
+    m, nodes, users, last, fwd = c.m, c.nodes, c.users, c.last, c.fwd
+    for st, allowed in enumerate(c.ng.stage_choices):
+        members = [i for i in range(c.n) if fwd[i] and nodes[i].stage == st]
+        own_bwd = [u for i in members for u in users[i]
+                   if nodes[u].kind is NodeKind.BACKWARD and nodes[u].stage == st]
+        r_s = min(own_bwd) if own_bwd else None
+        rec = m.var(("rec", st), ub=1.0 if RECOMPUTE in allowed and r_s else 0.0)
+        pag = m.var(("page", st), ub=1.0 if PAGE in allowed else 0.0)
+        m.row({rec: 1.0, pag: 1.0}, -np.inf, 1.0)
+        for i in members:
+            for t in range(i + 1, last[i] + 1):
+                col = m.col[("R", t, i)]
+                if t == r_s:
+                    m.row({col: 1.0, rec: -1.0}, 0.0, 0.0)
+                else:
+                    m.ub[col] = 0.0
+            internal = all(nodes[u].stage == st for u in users[i])
+            fwd_done = max([u for u in users[i] if fwd[u]], default=i)
+            if r_s is not None and internal:
+                for t in range(fwd_done + 1, min(r_s, last[i]) + 1):
+                    m.row({m.col[("S", t, i)]: 1.0, rec: 1.0}, -np.inf, 1.0)
+            reads = any(nodes[u].kind is NodeKind.BACKWARD and nodes[u].stage == st
+                        for u in users[i])
+            for t in range(i, last[i]):
+                col = m.col.get(("Mout", t, i))
+                if col is None:
+                    continue
+                if t == i and reads:
+                    m.row({col: 1.0, pag: -1.0}, 0.0, 0.0)
+                else:
+                    m.ub[col] = 0.0
 
+
+def _add_capacity_and_deadline_rows(c: _ModelContext, capacity_bytes: int,
+                                    deadline_s: float | None) -> None:
     # ---- (9) storage capacity and (10) deadline, paging time included (POET leaves out) -----
+    m, ng = c.m, c.ng
     m.family = "(9-10) capacity and deadline"
-    outs = {c: mem[key[2]] / unit for key, c in m.col.items() if key[0] == "Mout"}
+    outs = {col: c.mem[key[2]] / m.unit for key, col in m.col.items() if key[0] == "Mout"}
     if outs:
-        m.row(outs, -np.inf, capacity_bytes / unit)
+        m.row(outs, -np.inf, capacity_bytes / m.unit)
     if deadline_s is not None:
         row = {}
-        for key, c in m.col.items():
+        for key, col in m.col.items():
             if key[0] == "R":
-                row[c] = ng.recompute_time_s[key[2]]
+                row[col] = ng.recompute_time_s[key[2]]
             elif key[0] == "Min":
-                row[c] = ng.read_time_s[key[2]]
+                row[col] = ng.read_time_s[key[2]]
             elif key[0] == "Mout":
-                row[c] = ng.write_time_s[key[2]]
+                row[col] = ng.write_time_s[key[2]]
         m.row(row, -np.inf, deadline_s - ng.base_time_s)
-    return m
 
 
 def milp_admits(ng: NodeGraph, s: NodeSchedule, budget_bytes: int, capacity_bytes: int,

@@ -514,19 +514,9 @@ def _conv_kind(conv: nn.Conv2d) -> ConvKind:
     return ConvKind.STANDARD
 
 
-def quantize(model: nn.Module, calibration: torch.Tensor, *, name: str = "model",
-             weight_headroom: Mapping[str, float] | None = None) -> QuantGraph:
-    """Convert a trained float model (or a `FoldedNet`) into a real int8 `QuantGraph`.
-
-    BatchNorms are folded with their running statistics; weights become per-channel symmetric
-    int8, biases int32; each activation's scale and zero point come from its min/max over
-    `calibration` (float images, N >= 1), the range always including 0.
-
-    `weight_headroom` maps layer names (conv module paths, "classifier") to a factor h >= 1:
-    that layer's weight scales become h * max|w[c]| / 127, so its weights can grow h-fold in
-    on-device training before they saturate at +-127 (scales stay fixed while training), at the
-    price of log2(h) bits of resolution. Layers not named keep h = 1.
-    """
+def _check_quantize_args(calibration: torch.Tensor,
+                         weight_headroom: Mapping[str, float] | None) -> dict[str, float]:
+    """The headroom by layer name, after checking it and the calibration batch."""
     headroom = dict(weight_headroom or {})
     for k, h in headroom.items():
         if isinstance(h, bool) or not (isinstance(h, (int, float)) and math.isfinite(h) and h >= 1):
@@ -536,8 +526,12 @@ def quantize(model: nn.Module, calibration: torch.Tensor, *, name: str = "model"
         raise InvalidArgumentError(
             f"calibration must be a float tensor (N, C, H, W) with N >= 1 images, got "
             f"{getattr(calibration, 'shape', type(calibration).__name__)}")
-    net = model if isinstance(model, FoldedNet) else fold_batchnorm(model, calibration[:1], name)
-    name = net.model_name if isinstance(model, FoldedNet) else name
+    return headroom
+
+
+def _calibration_ranges(net: FoldedNet, calibration: torch.Tensor
+                        ) -> dict[str, tuple[float, float]]:
+    """(min, max) of every activation of `net` over the calibration images, by tensor name."""
     ranges: dict[str, tuple[float, float]] = {}
 
     def note(key: str, t: torch.Tensor) -> None:
@@ -561,8 +555,11 @@ def quantize(model: nn.Module, calibration: torch.Tensor, *, name: str = "model"
                 note(u.name, x)
         pooled = x.mean(dim=(2, 3))
         note(net.classifier_name, net.classifier(pooled))
+    return ranges
 
-    qp = {k: _qparams(*v) for k, v in ranges.items()}
+
+def _activation_shapes(net: FoldedNet, calibration: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Per-sample shape of every activation of `net` (one calibration image), by tensor name."""
     shapes: dict[str, tuple[int, ...]] = {}
     with torch.no_grad():
         x = calibration[:1].float()
@@ -577,58 +574,101 @@ def quantize(model: nn.Module, calibration: torch.Tensor, *, name: str = "model"
                 y = x + y
                 shapes[f"{u.name}.add"] = tuple(y.shape[1:])
             x = y
-    tensors = [QTensor("input", shapes["input"], *qp["input"])]
-    ops: list[QOp] = []
+    return shapes
 
-    def add_conv(c: FoldedConv, src: str) -> str:
-        sx, _ = qp[src]
-        sy, zy = qp[c.name]
-        wq, ws = _weight_quant(c.conv.weight, headroom.get(c.name, 1.0))
-        bq = _bias_quant(c.conv.bias, sx * ws)
-        m0, sh = _multipliers(sx * ws / sy)
-        lo, hi = _act_bounds(c.act, sy, zy)
-        tensors.append(QTensor(c.name, shapes[c.name], sy, zy))
-        ops.append(QConv2d(c.name, src, c.name, _conv_kind(c.conv), wq, bq, ws, m0, sh,
-                           c.conv.stride[0], c.conv.padding[0], c.conv.groups, c.act, lo, hi))
-        return c.name
 
+@dataclass(frozen=True)
+class _Conversion:
+    """What converting each layer reads (scale and zero point, shape and weight headroom, by
+    tensor / layer name), and the tensors and ops converted so far (appended to)."""
+
+    qp: dict[str, tuple[float, int]]
+    shapes: dict[str, tuple[int, ...]]
+    headroom: dict[str, float]
+    tensors: list[QTensor]
+    ops: list[QOp]
+
+
+def quantize(model: nn.Module, calibration: torch.Tensor, *, name: str = "model",
+             weight_headroom: Mapping[str, float] | None = None) -> QuantGraph:
+    """Convert a trained float model (or a `FoldedNet`) into a real int8 `QuantGraph`.
+
+    BatchNorms are folded with their running statistics; weights become per-channel symmetric
+    int8, biases int32; each activation's scale and zero point come from its min/max over
+    `calibration` (float images, N >= 1), the range always including 0.
+
+    `weight_headroom` maps layer names (conv module paths, "classifier") to a factor h >= 1:
+    that layer's weight scales become h * max|w[c]| / 127, so its weights can grow h-fold in
+    on-device training before they saturate at +-127 (scales stay fixed while training), at the
+    price of log2(h) bits of resolution. Layers not named keep h = 1.
+    """
+    headroom = _check_quantize_args(calibration, weight_headroom)
+    net = model if isinstance(model, FoldedNet) else fold_batchnorm(model, calibration[:1], name)
+    name = net.model_name if isinstance(model, FoldedNet) else name
+    qp = {k: _qparams(*v) for k, v in _calibration_ranges(net, calibration).items()}
+    shapes = _activation_shapes(net, calibration)
+    cv = _Conversion(qp, shapes, headroom, [QTensor("input", shapes["input"], *qp["input"])], [])
     cur = "input"
     for u in net.units:
         if isinstance(u, FoldedBlock):
             block_in = cur
             for c in u.convs:
-                cur = add_conv(c, cur)
+                cur = _convert_conv(cv, c, cur)
             if u.residual:
-                sa, sb = qp[block_in][0], qp[cur][0]
-                sy, zy = qp[f"{u.name}.add"]
-                twice = 2 * max(sa, sb)
-                ma, sha = quantize_multiplier(sa / twice)
-                mb, shb = quantize_multiplier(sb / twice)
-                mo, sho = quantize_multiplier(twice / ((1 << ADD_LEFT_SHIFT) * sy))
-                out = f"{u.name}.add"
-                tensors.append(QTensor(out, shapes[out], sy, zy))
-                ops.append(QAdd(out, block_in, cur, out, ma, sha, mb, shb, mo, sho))
-                cur = out
+                cur = _convert_add(cv, f"{u.name}.add", block_in, cur)
         else:
-            cur = add_conv(u, cur)
-    src = qp[cur]
-    pool_name = "pool"
-    tensors.append(QTensor(pool_name, (shapes[cur][0],), *src))
-    ops.append(QGlobalAvgPool(pool_name, cur, pool_name))
-    cls = net.classifier
-    sx = src[0]
-    sy, zy = qp[net.classifier_name]
-    wq, ws = _weight_quant(cls.weight, headroom.get(net.classifier_name, 1.0))
-    bq = _bias_quant(cls.bias, sx * ws)
-    m0, sh = _multipliers(sx * ws / sy)
-    tensors.append(QTensor(net.classifier_name, (cls.out_features,), sy, zy))
-    ops.append(QLinear(net.classifier_name, pool_name, net.classifier_name, wq, bq, ws, m0, sh))
+            cur = _convert_conv(cv, u, cur)
+    _convert_head(cv, net, cur)
+    ops = cv.ops
     unknown = sorted(set(headroom) - {op.name for op in ops})
     if unknown:
         raise InvalidArgumentError(
             f"weight_headroom names layers {unknown} that are not in the model; its layers: "
             f"{', '.join(op.name for op in ops if isinstance(op, (QConv2d, QLinear)))}")
-    return QuantGraph(name, "input", net.classifier_name, tuple(tensors), tuple(ops))
+    return QuantGraph(name, "input", net.classifier_name, tuple(cv.tensors), tuple(ops))
+
+
+def _convert_conv(cv: _Conversion, c: FoldedConv, src: str) -> str:
+    sx, _ = cv.qp[src]
+    sy, zy = cv.qp[c.name]
+    wq, ws = _weight_quant(c.conv.weight, cv.headroom.get(c.name, 1.0))
+    bq = _bias_quant(c.conv.bias, sx * ws)
+    m0, sh = _multipliers(sx * ws / sy)
+    lo, hi = _act_bounds(c.act, sy, zy)
+    cv.tensors.append(QTensor(c.name, cv.shapes[c.name], sy, zy))
+    cv.ops.append(QConv2d(c.name, src, c.name, _conv_kind(c.conv), wq, bq, ws, m0, sh,
+                          c.conv.stride[0], c.conv.padding[0], c.conv.groups, c.act, lo, hi))
+    return c.name
+
+
+def _convert_add(cv: _Conversion, out: str, a: str, b: str) -> str:
+    """The residual add `out` = `a` + `b` (TFLite's scheme, see the module's NOTE)."""
+    sa, sb = cv.qp[a][0], cv.qp[b][0]
+    sy, zy = cv.qp[out]
+    twice = 2 * max(sa, sb)
+    ma, sha = quantize_multiplier(sa / twice)
+    mb, shb = quantize_multiplier(sb / twice)
+    mo, sho = quantize_multiplier(twice / ((1 << ADD_LEFT_SHIFT) * sy))
+    cv.tensors.append(QTensor(out, cv.shapes[out], sy, zy))
+    cv.ops.append(QAdd(out, a, b, out, ma, sha, mb, shb, mo, sho))
+    return out
+
+
+def _convert_head(cv: _Conversion, net: FoldedNet, cur: str) -> None:
+    """The global average pool over `cur` and the classifier."""
+    src = cv.qp[cur]
+    pool_name = "pool"
+    cv.tensors.append(QTensor(pool_name, (cv.shapes[cur][0],), *src))
+    cv.ops.append(QGlobalAvgPool(pool_name, cur, pool_name))
+    cls = net.classifier
+    sx = src[0]
+    sy, zy = cv.qp[net.classifier_name]
+    wq, ws = _weight_quant(cls.weight, cv.headroom.get(net.classifier_name, 1.0))
+    bq = _bias_quant(cls.bias, sx * ws)
+    m0, sh = _multipliers(sx * ws / sy)
+    cv.tensors.append(QTensor(net.classifier_name, (cls.out_features,), sy, zy))
+    cv.ops.append(QLinear(net.classifier_name, pool_name, net.classifier_name, wq, bq, ws, m0,
+                          sh))
 
 
 def with_weights(graph: QuantGraph, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]
