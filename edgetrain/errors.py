@@ -130,6 +130,23 @@ class Int8GraphFileError(InvalidArgumentError):
     """An int8 graph file is not one `save_graph` wrote."""
 
 
+class QuantizationError(InvalidArgumentError):
+    """A value cannot be represented in the int8 scheme (scale, multiplier, accumulator)."""
+
+
+class AccumulatorOverflowError(QuantizationError):
+    """An int32 accumulator of the integer graph overflowed."""
+
+
+class UnsupportedModuleError(UnsupportedOpError):
+    """The model holds a module the int8 converter does not know."""
+
+
+class NodeScheduleError(EdgetrainError, ValueError):
+    """A node-level schedule breaks a rule: a value used before it exists in RAM, memory over
+    the budget, storage over capacity, or an impossible residency. Names stage, node, bytes."""
+
+
 # -- reliability: checkpoints, plans and files from elsewhere
 
 

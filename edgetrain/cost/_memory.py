@@ -63,8 +63,8 @@ class Optimizer(enum.Enum):
             return cls(str(value).lower())
         except ValueError:
             raise InvalidArgumentError(
-                f"unknown optimizer {value!r}; choose one of "
-                f"{', '.join(o.value for o in cls)}") from None
+                f"unknown optimizer {value!r}; choose one of {', '.join(o.value for o in cls)}"
+            ) from None
 
     def state_bytes(self, trainable_param_bytes: int, n_trainable_tensors: int) -> int:
         """Persistent optimizer state (steady state, after the first step created it)."""
@@ -105,8 +105,15 @@ class MemoryBreakdown:
 
     @property
     def total_bytes(self) -> int:
-        return (self.params_bytes + self.buffers_bytes + self.optimizer_bytes + self.batch_bytes
-                + self.grads_bytes + self.saved_activation_bytes + self.other_bytes)
+        return (
+            self.params_bytes
+            + self.buffers_bytes
+            + self.optimizer_bytes
+            + self.batch_bytes
+            + self.grads_bytes
+            + self.saved_activation_bytes
+            + self.other_bytes
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,10 +196,14 @@ class StepTraffic:
     storage_transfers: int
 
 
-def simulate_step(graph: Graph, optimizer: "Optimizer | str" = Optimizer.SGD,
-                  kernels: KernelLibrary = KernelLibrary(),
-                  schedule: Schedule = Schedule()) -> MemorySimulation:
+def simulate_step(
+    graph: Graph,
+    optimizer: "Optimizer | str" = Optimizer.SGD,
+    kernels: KernelLibrary | None = None,
+    schedule: Schedule = Schedule(),
+) -> MemorySimulation:
     """Simulate one training step of `graph` (see NOTE [ What counts toward peak memory ])."""
+    kernels = kernels if kernels is not None else KernelLibrary()
     first = _simulate(graph, Optimizer.parse(optimizer), kernels, schedule, grads_at_start=False)
     if schedule.accumulation_steps <= 1 or schedule.in_place_update:
         return first
@@ -205,7 +216,7 @@ def schedule_traffic(graph: Graph, schedule: Schedule) -> StepTraffic:
     plan = _SavedPlan(graph, schedule)
     rflops = rvec = 0
     for k, (a, _) in enumerate(schedule.recompute_segments):
-        for n in graph.nodes[a:plan.rerun_stop.get(k, a - 1) + 1]:
+        for n in graph.nodes[a : plan.rerun_stop.get(k, a - 1) + 1]:
             rflops += n.flops_forward
             rvec += n.vector_ops_forward
     written = sum(plan.storage_bytes[s] for s in plan.paged_storages)
@@ -238,12 +249,20 @@ class _SavedPlan:
         nodes = graph.nodes
         trainable = schedule.trainable
         self.rg = graph.requires_grad if trainable is None else graph.requires_grad_for(trainable)
-        self.persistent = {t.storage for t in graph.tensors if t.role in (
-            TensorRole.PARAMETER, TensorRole.BUFFER, TensorRole.INPUT, TensorRole.TARGET,
-            TensorRole.LOSS)}
+        self.persistent = {
+            t.storage
+            for t in graph.tensors
+            if t.role
+            in (
+                TensorRole.PARAMETER,
+                TensorRole.BUFFER,
+                TensorRole.INPUT,
+                TensorRole.TARGET,
+                TensorRole.LOSS,
+            )
+        }
         self.storage_bytes = {t.storage: t.storage_bytes for t in graph.tensors}
-        self.has_grad_fn = [n.output in self.rg and n.op is not OpKind.BUFFER_UPDATE
-                            for n in nodes]
+        self.has_grad_fn = [n.output in self.rg and n.op is not OpKind.BUFFER_UPDATE for n in nodes]
         segment_of: dict[int, int] = {}
         for k, (a, b) in enumerate(schedule.recompute_segments):
             for i in range(a, b):
@@ -278,8 +297,11 @@ class _SavedPlan:
         # save (early stop): the re-run covers [start, rerun_stop[segment]].
         self.rerun_stop: dict[int, int] = {}
         for k, (a, b) in enumerate(schedule.recompute_segments):
-            savers = [i for i in range(a, b)
-                      if self.has_grad_fn[i] and saved_for_backward(nodes[i], self.rg)]
+            savers = [
+                i
+                for i in range(a, b)
+                if self.has_grad_fn[i] and saved_for_backward(nodes[i], self.rg)
+            ]
             if savers:
                 self.rerun_stop[k] = savers[-1]
         # checkpoint keeps each segment's inputs until its backward has run; a segment that
@@ -299,8 +321,9 @@ class _SavedPlan:
         self.segment_of = segment_of
 
 
-def _rerun_forward(graph: Graph, plan: _SavedPlan, kernels: KernelLibrary, live: _Live,
-                   seg: int, start: int) -> None:
+def _rerun_forward(
+    graph: Graph, plan: _SavedPlan, kernels: KernelLibrary, live: _Live, seg: int, start: int
+) -> None:
     """Checkpoint's re-run of segment `seg` inside backward (NOTE [ Recomputation ]).
 
     NOTE [ Recomputation ]
@@ -358,8 +381,9 @@ class _Step:
     grads_at_start: bool
 
 
-def _simulate(graph: Graph, opt: Optimizer, kernels: KernelLibrary, schedule: Schedule,
-              grads_at_start: bool) -> MemorySimulation:
+def _simulate(
+    graph: Graph, opt: Optimizer, kernels: KernelLibrary, schedule: Schedule, grads_at_start: bool
+) -> MemorySimulation:
     step = _Step(graph, kernels, schedule, _SavedPlan(graph, schedule), _Live(), grads_at_start)
     trainable = _alloc_live_throughout(step, opt)
     _simulate_forward(step)
@@ -377,20 +401,28 @@ def _simulate(graph: Graph, opt: Optimizer, kernels: KernelLibrary, schedule: Sc
 
     b = live.peak_breakdown
     breakdown = MemoryBreakdown(
-        params_bytes=b.get("params", 0), buffers_bytes=b.get("buffers", 0),
-        optimizer_bytes=b.get("optimizer", 0), batch_bytes=b.get("batch", 0),
-        grads_bytes=b.get("grads", 0), saved_activation_bytes=b.get("saved", 0),
-        other_bytes=b.get("other", 0) + b.get("loss", 0))
-    return MemorySimulation(live.peak, live.peak_where[0], live.peak_where[1], breakdown,
-                            tuple(live.timeline))
+        params_bytes=b.get("params", 0),
+        buffers_bytes=b.get("buffers", 0),
+        optimizer_bytes=b.get("optimizer", 0),
+        batch_bytes=b.get("batch", 0),
+        grads_bytes=b.get("grads", 0),
+        saved_activation_bytes=b.get("saved", 0),
+        other_bytes=b.get("other", 0) + b.get("loss", 0),
+    )
+    return MemorySimulation(
+        live.peak, live.peak_where[0], live.peak_where[1], breakdown, tuple(live.timeline)
+    )
 
 
 def _alloc_live_throughout(step: _Step, opt: Optimizer) -> list[Param]:
     """Allocate what is live throughout the step; the trainable parameters."""
     # -- live throughout ---------------------------------------------------------------------
     graph, schedule, live = step.graph, step.schedule, step.live
-    trainable_names = ({p.name for p in graph.params if p.trainable}
-                       if schedule.trainable is None else set(schedule.trainable))
+    trainable_names = (
+        {p.name for p in graph.params if p.trainable}
+        if schedule.trainable is None
+        else set(schedule.trainable)
+    )
     trainable = [p for p in graph.params if p.name in trainable_names]
     for t in graph.tensors:
         if t.role is TensorRole.PARAMETER:
@@ -399,8 +431,11 @@ def _alloc_live_throughout(step: _Step, opt: Optimizer) -> list[Param]:
             live.alloc(t.storage, t.storage_bytes, "buffers")
         elif t.role in (TensorRole.INPUT, TensorRole.TARGET):
             live.alloc(t.storage, t.storage_bytes * max(1, schedule.accumulation_steps), "batch")
-    live.alloc("optimizer-state", opt.state_bytes(sum(p.nbytes for p in trainable),
-                                                  len(trainable)), "optimizer")
+    live.alloc(
+        "optimizer-state",
+        opt.state_bytes(sum(p.nbytes for p in trainable), len(trainable)),
+        "optimizer",
+    )
     if step.grads_at_start:  # later micro-batches: .grad holds the sum so far
         for p in trainable:
             live.alloc(f"grad:{p.name}", p.nbytes, "grads")
@@ -430,8 +465,11 @@ def _simulate_forward(step: _Step) -> None:
             outs = [n.output]  # without grad, max_pool2d computes no indices
         for name in outs:
             t = graph.tensor(name)
-            comp = "saved" if t.storage in plan.kept_first else (
-                "loss" if t.role is TensorRole.LOSS else "other")
+            comp = (
+                "saved"
+                if t.storage in plan.kept_first
+                else ("loss" if t.role is TensorRole.LOSS else "other")
+            )
             live.alloc(t.storage, t.storage_bytes, comp)
         ws_fwd, _ = workspace_bytes(graph, n, step.kernels, input_grad=False)
         live.mark(Phase.FORWARD, n.name, ws_fwd)
@@ -515,8 +553,9 @@ def _simulate_backward(step: _Step) -> None:
         if seg is not None and seg not in recomputed_done and i <= plan.rerun_stop.get(seg, -1):
             # first unpack inside the segment: checkpoint re-runs its forward
             recomputed_done.add(seg)
-            _rerun_forward(graph, plan, step.kernels, live, seg,
-                           schedule.recompute_segments[seg][0])
+            _rerun_forward(
+                graph, plan, step.kernels, live, seg, schedule.recompute_segments[seg][0]
+            )
         for s in plan.page_reads.get(i, ()):  # unpack reads the tensor back from storage
             live.alloc(f"page:{i}:{s}", plan.storage_bytes[s], "saved")
         # 1. the node computes the gradients of its inputs
@@ -536,8 +575,9 @@ def _simulate_backward(step: _Step) -> None:
             grads.release(key)
 
 
-def _input_gradients(step: _Step, grads: _GradBuffers, i: int, g_out: str,
-                     param_grad_keys: dict[str, str]) -> list[tuple[str, str]]:
+def _input_gradients(
+    step: _Step, grads: _GradBuffers, i: int, g_out: str, param_grad_keys: dict[str, str]
+) -> list[tuple[str, str]]:
     """Node i's backward: allocate the gradients of its inputs and mark its workspace; the
     (input, gradient buffer) pairs it hands on. Parameter gradients go to `param_grad_keys`."""
     graph, schedule, rg = step.graph, step.schedule, step.plan.rg

@@ -65,19 +65,22 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
 from edgetrain.cost import workspace_bytes
-from edgetrain.errors import EdgetrainError, InvalidArgumentError, PlanInfeasibleError
+from edgetrain.errors import (
+    InvalidArgumentError,
+    NodeScheduleError,
+    PlanInfeasibleError,
+)
 from edgetrain.ir import OpKind, TensorRole
 from edgetrain.planner._plan import ActivationDecision, Objective
 from edgetrain.planner._problem import Evaluation, Problem
 
-KEEP, RECOMPUTE, PAGE = ActivationDecision.KEEP, ActivationDecision.RECOMPUTE, ActivationDecision.PAGE
+KEEP, RECOMPUTE, PAGE = (
+    ActivationDecision.KEEP,
+    ActivationDecision.RECOMPUTE,
+    ActivationDecision.PAGE,
+)
 _PERSISTENT = (TensorRole.PARAMETER, TensorRole.BUFFER, TensorRole.INPUT, TensorRole.TARGET)
 _PASS_THROUGH = (OpKind.VIEW, OpKind.ADD)  # backward hands the incoming gradient on, no copy
-
-
-class NodeScheduleError(EdgetrainError, ValueError):
-    """A node-level schedule breaks a rule: a value used before it exists in RAM, memory over
-    the budget, storage over capacity, or an impossible residency. Names stage, node, bytes."""
 
 
 class NodeKind(enum.Enum):
@@ -176,10 +179,13 @@ def _graph_facts(p: Problem) -> _GraphFacts:
     g = p.graph
     rg = g.requires_grad if p.trainable is None else g.requires_grad_for(p.trainable)
     return _GraphFacts(
-        rg, {t.name: t.storage for t in g.tensors}, {t.storage: t.storage_bytes for t in g.tensors},
+        rg,
+        {t.name: t.storage for t in g.tensors},
+        {t.storage: t.storage_bytes for t in g.tensors},
         frozenset(t.storage for t in g.tensors if t.role in _PERSISTENT),
         tuple(n.output in rg and n.op is not OpKind.BUFFER_UPDATE for n in g.nodes),
-        {i: k for k, st in enumerate(p.stages) for i in range(st.start, st.stop)})
+        {i: k for k, st in enumerate(p.stages) for i in range(st.start, st.stop)},
+    )
 
 
 def build_node_graph(p: Problem) -> NodeGraph:
@@ -190,8 +196,20 @@ def build_node_graph(p: Problem) -> NodeGraph:
     static = _static_bytes(p, nodes)
     rec_c, wr_c, rd_c, rec_t, wr_t, rd_t = _node_costs(p, nodes)
     keep = p.evaluate(tuple(KEEP for _ in p.stages))
-    return NodeGraph(tuple(nodes), tuple(static), rec_c, wr_c, rd_c, rec_t, wr_t, rd_t,
-                     keep.objective(p.objective), keep.latency_s, p.objective, p.choices)
+    return NodeGraph(
+        tuple(nodes),
+        tuple(static),
+        rec_c,
+        wr_c,
+        rd_c,
+        rec_t,
+        wr_t,
+        rd_t,
+        keep.objective(p.objective),
+        keep.latency_s,
+        p.objective,
+        p.choices,
+    )
 
 
 def _forward_nodes(p: Problem, facts: _GraphFacts) -> tuple[list[PoetNode], dict[str, int]]:
@@ -209,20 +227,35 @@ def _forward_nodes(p: Problem, facts: _GraphFacts) -> tuple[list[PoetNode], dict
         # pooling indices) are two values: the output often dies in forward, the aux lives on.
         # Both come from running the op, so each carries the op's cost.
         for suffix, names in (("", (n.output,)), (":aux", n.aux_outputs)):
-            new = [s for s in dict.fromkeys(storage[o] for o in names)
-                   if s not in facts.persistent and s not in owner]
+            new = [
+                s
+                for s in dict.fromkeys(storage[o] for o in names)
+                if s not in facts.persistent and s not in owner
+            ]
             if not new:
                 continue  # a view (its output aliases another node's storage), or no aux
             for s in new:
                 owner[s] = len(nodes)
-            nodes.append(PoetNode(n.name + suffix, NodeKind.FORWARD, j, facts.stage_of_ir[j],
-                                  sum(facts.sbytes[s] for s in new), ws, 0, cost, deps,
-                                  pageable=p.allow_paging))
+            nodes.append(
+                PoetNode(
+                    n.name + suffix,
+                    NodeKind.FORWARD,
+                    j,
+                    facts.stage_of_ir[j],
+                    sum(facts.sbytes[s] for s in new),
+                    ws,
+                    0,
+                    cost,
+                    deps,
+                    pageable=p.allow_paging,
+                )
+            )
     return nodes, owner
 
 
-def _add_backward_nodes(p: Problem, facts: _GraphFacts, nodes: list[PoetNode],
-                        owner: dict[str, int]) -> None:
+def _add_backward_nodes(
+    p: Problem, facts: _GraphFacts, nodes: list[PoetNode], owner: dict[str, int]
+) -> None:
     """Append the backward nodes to `nodes`, in eager autograd's reverse order."""
     # Gradients accumulate in one buffer per tensor (autograd's InputBuffer): the first
     # backward node to deliver a gradient for tensor X (the consumer of X latest in forward)
@@ -240,8 +273,7 @@ def _add_backward_nodes(p: Problem, facts: _GraphFacts, nodes: list[PoetNode],
             for c in sorted(g.consumers.get(tensor, ()), reverse=True):
                 if not has_grad_fn[c]:
                     continue
-                found = slot(g.nodes[c].output) if g.nodes[c].op in _PASS_THROUGH \
-                    else bwd_of.get(c)
+                found = slot(g.nodes[c].output) if g.nodes[c].op in _PASS_THROUGH else bwd_of.get(c)
                 if found is not None:
                     break
             slots[tensor] = found
@@ -260,30 +292,46 @@ def _add_backward_nodes(p: Problem, facts: _GraphFacts, nodes: list[PoetNode],
         own = sum(g.tensor(x).nbytes for x in act_in if slot(x) == me)
         into = {slot(x) for x in act_in if slot(x) != me}  # accumulate into existing slots
         transient = sum(g.tensor(x).nbytes for x in act_in if slot(x) != me)
-        pgrad = sum(g.param_by_tensor[x].nbytes for x in dict.fromkeys(n.inputs)
-                    if x in rg and x in g.param_by_tensor)
+        pgrad = sum(
+            g.param_by_tensor[x].nbytes
+            for x in dict.fromkeys(n.inputs)
+            if x in rg and x in g.param_by_tensor
+        )
         ws = workspace_bytes(g, n, p.kernels, input_grad=n.inputs[0] in rg)[1] + transient
         deps = saved | into | ({incoming} if incoming is not None else set())
-        nodes.append(PoetNode(
-            f"{n.name}.backward", NodeKind.BACKWARD, j, facts.stage_of_ir[j], own,
-            ws + (0 if persist_grads else pgrad), pgrad if persist_grads else 0,
-            n.flops_backward_input + n.flops_backward_params + n.vector_ops_backward,
-            tuple(sorted(deps)), pageable=False))
+        nodes.append(
+            PoetNode(
+                f"{n.name}.backward",
+                NodeKind.BACKWARD,
+                j,
+                facts.stage_of_ir[j],
+                own,
+                ws + (0 if persist_grads else pgrad),
+                pgrad if persist_grads else 0,
+                n.flops_backward_input + n.flops_backward_params + n.vector_ops_backward,
+                tuple(sorted(deps)),
+                pageable=False,
+            )
+        )
 
 
 def _static_bytes(p: Problem, nodes: list[PoetNode]) -> list[int]:
     """static_t per node: live throughout (as `cost.simulate_step` allocates it) + earlier
     param grads."""
     g = p.graph
-    trainable = ({q.name for q in g.params if q.trainable} if p.trainable is None
-                 else set(p.trainable))
+    trainable = (
+        {q.name for q in g.params if q.trainable} if p.trainable is None else set(p.trainable)
+    )
     tparams = [q for q in g.params if q.name in trainable]
-    base = (sum(t.storage_bytes for t in g.tensors if t.role is TensorRole.PARAMETER)
-            + sum(t.storage_bytes for t in g.tensors
-                  if t.role is TensorRole.BUFFER and t.producer is None)
-            + sum(t.storage_bytes for t in g.tensors
-                  if t.role in (TensorRole.INPUT, TensorRole.TARGET)) * max(1, p.accumulation_steps)
-            + p.optimizer.state_bytes(sum(q.nbytes for q in tparams), len(tparams)))
+    base = (
+        sum(t.storage_bytes for t in g.tensors if t.role is TensorRole.PARAMETER)
+        + sum(
+            t.storage_bytes for t in g.tensors if t.role is TensorRole.BUFFER and t.producer is None
+        )
+        + sum(t.storage_bytes for t in g.tensors if t.role in (TensorRole.INPUT, TensorRole.TARGET))
+        * max(1, p.accumulation_steps)
+        + p.optimizer.state_bytes(sum(q.nbytes for q in tparams), len(tparams))
+    )
     if p.accumulation_steps > 1 and not p.in_place_update:
         base += sum(q.nbytes for q in tparams)  # later micro-batches: .grad holds the sum
     static, acc = [], base
@@ -299,12 +347,13 @@ def _node_costs(p: Problem, nodes: list[PoetNode]) -> tuple[tuple[float, ...], .
     dev, st, k = p.device, p.device.storage, max(1, p.accumulation_steps)
     rate, power = dev.compute.fp32_flops_per_s, dev.compute.active_power_w
     over = dev.compute.op_overhead_s  # one more operator run per recomputed node
-    rec_t = tuple(k * (x.flops / rate + over) if x.kind is NodeKind.FORWARD else 0.0
-                  for x in nodes)
-    wr_t = tuple(k * (st.transfer_latency_s + x.mem_bytes / st.write_bandwidth_bytes_per_s)
-                 for x in nodes)
-    rd_t = tuple(k * (st.transfer_latency_s + x.mem_bytes / st.read_bandwidth_bytes_per_s)
-                 for x in nodes)
+    rec_t = tuple(k * (x.flops / rate + over) if x.kind is NodeKind.FORWARD else 0.0 for x in nodes)
+    wr_t = tuple(
+        k * (st.transfer_latency_s + x.mem_bytes / st.write_bandwidth_bytes_per_s) for x in nodes
+    )
+    rd_t = tuple(
+        k * (st.transfer_latency_s + x.mem_bytes / st.read_bandwidth_bytes_per_s) for x in nodes
+    )
     if p.objective is Objective.ENERGY:
         rec_c = tuple(t * power for t in rec_t)
         wr_c = tuple(k * x.mem_bytes * st.write_energy_j_per_byte for x in nodes)
@@ -369,8 +418,9 @@ def _names(ng: NodeGraph, ids) -> list[str]:
     return sorted(ng.nodes[i].name for i in ids)
 
 
-def validate_node_schedule(ng: NodeGraph, s: NodeSchedule, budget_bytes: int,
-                           capacity_bytes: int) -> ScheduleReport:
+def validate_node_schedule(
+    ng: NodeGraph, s: NodeSchedule, budget_bytes: int, capacity_bytes: int
+) -> ScheduleReport:
     """Replay `s` value by value; raise `NodeScheduleError` at the first broken rule.
 
     Independent of the MILP's constraints: it keeps the set of values in RAM, allocates a value
@@ -380,10 +430,12 @@ def validate_node_schedule(ng: NodeGraph, s: NodeSchedule, budget_bytes: int,
     that is not where the rule says, RAM <= budget at every step, storage <= capacity.
     """
     n = ng.n
-    if not (len(s.compute) == len(s.ram) == len(s.storage) == len(s.page_in)
-            == len(s.page_out) == n):
-        raise NodeScheduleError(f"a schedule over {n} nodes needs {n} stages; got "
-                                f"{len(s.compute)} compute lists")
+    if not (
+        len(s.compute) == len(s.ram) == len(s.storage) == len(s.page_in) == len(s.page_out) == n
+    ):
+        raise NodeScheduleError(
+            f"a schedule over {n} nodes needs {n} stages; got {len(s.compute)} compute lists"
+        )
     in_ram_end: set[int] = set()
     in_storage: set[int] = set()
     r = _Replay(ng.base_cost, ng.base_time_s)
@@ -402,14 +454,18 @@ def validate_node_schedule(ng: NodeGraph, s: NodeSchedule, budget_bytes: int,
         in_ram_end = _replay_stage_memory(ng, s, t, budget_bytes, r)
         in_storage |= pout
     if r.written > capacity_bytes:
-        raise NodeScheduleError(f"the schedule writes {r.written:,} bytes to storage, more "
-                                f"than its capacity of {capacity_bytes:,} bytes")
-    return ScheduleReport(r.peak, r.peak_stage, r.written, r.read, r.transfers, r.rflops,
-                          r.cost, r.latency_s)
+        raise NodeScheduleError(
+            f"the schedule writes {r.written:,} bytes to storage, more "
+            f"than its capacity of {capacity_bytes:,} bytes"
+        )
+    return ScheduleReport(
+        r.peak, r.peak_stage, r.written, r.read, r.transfers, r.rflops, r.cost, r.latency_s
+    )
 
 
-def _check_stage_rules(ng: NodeGraph, s: NodeSchedule, t: int, in_ram_end: set[int],
-                       in_storage: set[int]) -> None:
+def _check_stage_rules(
+    ng: NodeGraph, s: NodeSchedule, t: int, in_ram_end: set[int], in_storage: set[int]
+) -> None:
     """Stage t's frontier, order, residency and paging rules (not its memory)."""
     comp, ram, pin, pout = s.compute[t], set(s.ram[t]), set(s.page_in[t]), set(s.page_out[t])
     if t not in comp:
@@ -422,8 +478,12 @@ def _check_stage_rules(ng: NodeGraph, s: NodeSchedule, t: int, in_ram_end: set[i
         if ng.nodes[k].kind is NodeKind.BACKWARD and k != t:
             _fail(ng, t, f"re-runs backward node {ng.nodes[k].name} (backward nodes run once)")
     if bad := ram - in_ram_end:
-        _fail(ng, t, f"keeps {_names(ng, bad)} in RAM but they were not in RAM at the end of "
-                     "the previous stage")
+        _fail(
+            ng,
+            t,
+            f"keeps {_names(ng, bad)} in RAM but they were not in RAM at the end of "
+            "the previous stage",
+        )
     if bad := set(s.storage[t]) - in_storage:
         _fail(ng, t, f"has {_names(ng, bad)} in storage but they were never written")
     if bad := pin - in_storage:
@@ -439,8 +499,9 @@ def _check_stage_rules(ng: NodeGraph, s: NodeSchedule, t: int, in_ram_end: set[i
         _fail(ng, t, f"writes {_names(ng, bad)} a second time")
 
 
-def _replay_stage_memory(ng: NodeGraph, s: NodeSchedule, t: int, budget_bytes: int,
-                         r: _Replay) -> set[int]:
+def _replay_stage_memory(
+    ng: NodeGraph, s: NodeSchedule, t: int, budget_bytes: int, r: _Replay
+) -> set[int]:
     """Run stage t's nodes against the budget; the values in RAM at its end."""
     comp = s.compute[t]
     live_vals = set(s.ram[t]) | set(s.page_in[t])
@@ -451,8 +512,12 @@ def _replay_stage_memory(ng: NodeGraph, s: NodeSchedule, t: int, budget_bytes: i
         if nbytes > r.peak:
             r.peak, r.peak_stage = nbytes, t
         if nbytes > budget_bytes:
-            _fail(ng, t, f"{at}: {nbytes:,} bytes in RAM exceed the budget of "
-                         f"{budget_bytes:,} bytes by {nbytes - budget_bytes:,}")
+            _fail(
+                ng,
+                t,
+                f"{at}: {nbytes:,} bytes in RAM exceed the budget of "
+                f"{budget_bytes:,} bytes by {nbytes - budget_bytes:,}",
+            )
 
     def drop_dead(rest: tuple[int, ...]) -> int:
         needed = {d for k in rest for d in ng.nodes[k].deps} | keep_next
@@ -466,57 +531,65 @@ def _replay_stage_memory(ng: NodeGraph, s: NodeSchedule, t: int, budget_bytes: i
     for pos, k in enumerate(comp):
         node = ng.nodes[k]
         if missing := [d for d in node.deps if d not in live_vals]:
-            _fail(ng, t, f"{node.name} uses {_names(ng, missing)} before "
-                         "they exist in RAM")
-        check(f"while {node.name} runs",
-              live + node.mem_bytes + node.workspace_bytes + node.param_grad_bytes)
+            _fail(ng, t, f"{node.name} uses {_names(ng, missing)} before they exist in RAM")
+        check(
+            f"while {node.name} runs",
+            live + node.mem_bytes + node.workspace_bytes + node.param_grad_bytes,
+        )
         live_vals.add(k)
         live += node.mem_bytes + node.param_grad_bytes
         if k != t:
             r.rflops += node.flops
             r.cost += ng.recompute_cost[k]
             r.latency_s += ng.recompute_time_s[k]
-        live -= drop_dead(comp[pos + 1:])
+        live -= drop_dead(comp[pos + 1 :])
     return live_vals
 
 
-def lift_stage_decisions(ng: NodeGraph,
-                         decisions: tuple[ActivationDecision, ...]) -> NodeSchedule:
+def lift_stage_decisions(ng: NodeGraph, decisions: tuple[ActivationDecision, ...]) -> NodeSchedule:
     """The node schedule that executes stage decisions the way the runtime does: a RECOMPUTE
     stage re-runs all its forward nodes in the stage of its own first backward node
     (non-reentrant checkpoint), a PAGE stage writes the activations its own backward nodes
     read right after computing them and reads each back when the first of those needs it."""
     n = ng.n
     if len(decisions) != len(ng.stage_choices):
-        raise InvalidArgumentError(f"{len(decisions)} stage decisions for a problem with "
-                                   f"{len(ng.stage_choices)} stages")
+        raise InvalidArgumentError(
+            f"{len(decisions)} stage decisions for a problem with {len(ng.stage_choices)} stages"
+        )
     dec_of = [decisions[x.stage] for x in ng.nodes]
     users = ng.users()
     compute: list[set[int]] = [{t} for t in range(n)]
     for k, d in enumerate(decisions):
         if d is not RECOMPUTE:
             continue
-        members = [i for i, x in enumerate(ng.nodes)
-                   if x.kind is NodeKind.FORWARD and x.stage == k]
+        members = [i for i, x in enumerate(ng.nodes) if x.kind is NodeKind.FORWARD and x.stage == k]
         # checkpoint re-runs the segment when backward first unpacks inside it
-        bwd = [u for i in members for u in users[i] if ng.nodes[u].kind is NodeKind.BACKWARD
-               and ng.nodes[u].stage == k]
+        bwd = [
+            u
+            for i in members
+            for u in users[i]
+            if ng.nodes[u].kind is NodeKind.BACKWARD and ng.nodes[u].stage == k
+        ]
         if bwd:
             compute[min(bwd)].update(members)
     page_in: list[set[int]] = [set() for _ in range(n)]
     page_out: list[set[int]] = [set() for _ in range(n)]
     for i, x in enumerate(ng.nodes):
         if x.kind is NodeKind.FORWARD and dec_of[i] is PAGE and x.pageable:
-            bwd = [u for u in users[i]
-                   if ng.nodes[u].kind is NodeKind.BACKWARD and ng.nodes[u].stage == x.stage]
+            bwd = [
+                u
+                for u in users[i]
+                if ng.nodes[u].kind is NodeKind.BACKWARD and ng.nodes[u].stage == x.stage
+            ]
             if bwd:
                 page_out[i].add(i)
                 page_in[min(bwd)].add(i)
     # residency: from the latest source (compute or page-in) up to each use
     ram: list[set[int]] = [set() for _ in range(n)]
     for v in range(n):
-        srcs = sorted([t for t in range(n) if v in compute[t]]
-                      + [t for t in range(n) if v in page_in[t]])
+        srcs = sorted(
+            [t for t in range(n) if v in compute[t]] + [t for t in range(n) if v in page_in[t]]
+        )
         uses = sorted({t for t in range(n) for k in compute[t] if v in ng.nodes[k].deps})
         for u in uses:
             src = max(x for x in srcs if x <= u)
@@ -531,9 +604,13 @@ def lift_stage_decisions(ng: NodeGraph,
             if v in page_out[t0]:
                 for t in range(t0 + 1, last[v] + 1):
                     storage[t].add(v)
-    return NodeSchedule(tuple(tuple(sorted(c)) for c in compute),
-                        tuple(frozenset(r) for r in ram), tuple(frozenset(x) for x in storage),
-                        tuple(frozenset(x) for x in page_in), tuple(frozenset(x) for x in page_out))
+    return NodeSchedule(
+        tuple(tuple(sorted(c)) for c in compute),
+        tuple(frozenset(r) for r in ram),
+        tuple(frozenset(x) for x in storage),
+        tuple(frozenset(x) for x in page_in),
+        tuple(frozenset(x) for x in page_out),
+    )
 
 
 class _One:
@@ -583,8 +660,9 @@ class _Model:
         self.families: list[str] = []
         self.unit = self.scale = 1.0
 
-    def var(self, key: tuple, cost: float = 0.0, lb: float = 0.0, ub: float = 1.0,
-            integral: bool = True) -> int:
+    def var(
+        self, key: tuple, cost: float = 0.0, lb: float = 0.0, ub: float = 1.0, integral: bool = True
+    ) -> int:
         self.col[key] = len(self.cost)
         self.cost.append(cost)
         self.lb.append(lb)
@@ -604,21 +682,31 @@ class _Model:
         self.families.append(self.family)
 
 
-def solve_node_milp(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
-                    deadline_s: float | None = None, *,
-                    granularity: Granularity = Granularity.NODE, time_limit_s: float = 60.0,
-                    mip_rel_gap: float = 1e-6, shortcut: bool = True) -> MilpSolution:
+def solve_node_milp(
+    ng: NodeGraph,
+    budget_bytes: int,
+    capacity_bytes: int,
+    deadline_s: float | None = None,
+    *,
+    granularity: Granularity = Granularity.NODE,
+    time_limit_s: float = 60.0,
+    mip_rel_gap: float = 1e-6,
+    shortcut: bool = True,
+) -> MilpSolution:
     """Build and solve the POET/Checkmate MILP of the module's legend on HiGHS.
 
     `shortcut`: if plain training (keep everything) fits, it is optimal — every term of the
     objective is a non-negative extra cost — and HiGHS is not called (`solve_time_s` 0).
     """
     if not time_limit_s > 0:
-        raise InvalidArgumentError(f"time_limit_s = {time_limit_s} must be > 0 seconds; "
-                                   "POET's own runs used 180-300 s")
+        raise InvalidArgumentError(
+            f"time_limit_s = {time_limit_s} must be > 0 seconds; POET's own runs used 180-300 s"
+        )
     if budget_bytes <= 0 or capacity_bytes < 0:
-        raise InvalidArgumentError(f"budget_bytes = {budget_bytes:,} must be > 0 and "
-                                   f"capacity_bytes = {capacity_bytes:,} >= 0")
+        raise InvalidArgumentError(
+            f"budget_bytes = {budget_bytes:,} must be > 0 and "
+            f"capacity_bytes = {capacity_bytes:,} >= 0"
+        )
     t0 = time.perf_counter()
     if shortcut:
         keep = lift_stage_decisions(ng, tuple(KEEP for _ in ng.stage_choices))
@@ -627,21 +715,43 @@ def solve_node_milp(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
         except NodeScheduleError:
             rep = None
         if rep is not None and (deadline_s is None or rep.latency_s <= deadline_s):
-            return MilpSolution(MilpStatus.OPTIMAL, keep, rep.cost, rep.cost, 0.0, False, 0.0,
-                                time.perf_counter() - t0, 0, 0, 0, budget_bytes)
+            return MilpSolution(
+                MilpStatus.OPTIMAL,
+                keep,
+                rep.cost,
+                rep.cost,
+                0.0,
+                False,
+                0.0,
+                time.perf_counter() - t0,
+                0,
+                0,
+                0,
+                budget_bytes,
+            )
     m = _build_model(ng, budget_bytes, capacity_bytes, deadline_s, granularity)
     n, scale = ng.n, m.scale
     nv = len(m.cost)
     a = coo_matrix((m.vals, (m.ri, m.ci)), shape=(len(m.rlo), nv)).tocsr()
     build_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    res = milp(np.array(m.cost), constraints=LinearConstraint(a, m.rlo, m.rhi),
-               integrality=np.array(m.integral), bounds=Bounds(m.lb, m.ub),
-               options={"time_limit": time_limit_s, "disp": False, "mip_rel_gap": mip_rel_gap})
+    res = milp(
+        np.array(m.cost),
+        constraints=LinearConstraint(a, m.rlo, m.rhi),
+        integrality=np.array(m.integral),
+        bounds=Bounds(m.lb, m.ub),
+        options={"time_limit": time_limit_s, "disp": False, "mip_rel_gap": mip_rel_gap},
+    )
     solve_s = time.perf_counter() - t1
     nbin = int(sum(m.integral))
-    stats = dict(solve_time_s=solve_s, build_time_s=build_s, n_binaries=nbin,
-                 n_continuous=nv - nbin, n_constraints=len(m.rlo), model_budget_bytes=budget_bytes)
+    stats = dict(
+        solve_time_s=solve_s,
+        build_time_s=build_s,
+        n_binaries=nbin,
+        n_continuous=nv - nbin,
+        n_constraints=len(m.rlo),
+        model_budget_bytes=budget_bytes,
+    )
     bound = getattr(res, "mip_dual_bound", None)
     bound = None if bound is None or not math.isfinite(bound) else ng.base_cost + bound * scale
     if res.x is None:
@@ -658,12 +768,19 @@ def solve_node_milp(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
         tuple(frozenset(i for i in range(t) if on(("S", t, i))) for t in range(n)),
         tuple(frozenset(i for i in range(t) if on(("SD", t, i))) for t in range(n)),
         tuple(frozenset(i for i in range(t) if on(("Min", t, i))) for t in range(n)),
-        tuple(frozenset(i for i in range(t + 1) if on(("Mout", t, i))) for t in range(n)))
+        tuple(frozenset(i for i in range(t + 1) if on(("Mout", t, i))) for t in range(n)),
+    )
     status = MilpStatus.OPTIMAL if res.status == 0 else MilpStatus.FEASIBLE
     gap = getattr(res, "mip_gap", None)
-    return MilpSolution(status, sched, ng.base_cost + float(res.fun) * scale, bound,
-                        None if gap is None or not math.isfinite(gap) else float(gap), True,
-                        **stats)
+    return MilpSolution(
+        status,
+        sched,
+        ng.base_cost + float(res.fun) * scale,
+        bound,
+        None if gap is None or not math.isfinite(gap) else float(gap),
+        True,
+        **stats,
+    )
 
 
 @dataclass(frozen=True)
@@ -708,15 +825,25 @@ def _terms(*pairs) -> tuple[dict[int, float], float]:
     return out, const
 
 
-def _build_model(ng: NodeGraph, budget_bytes: int, capacity_bytes: int,
-                 deadline_s: float | None, granularity: Granularity) -> _Model:
+def _build_model(
+    ng: NodeGraph,
+    budget_bytes: int,
+    capacity_bytes: int,
+    deadline_s: float | None,
+    granularity: Granularity,
+) -> _Model:
     m = _Model()
     m.unit = float(max(1, budget_bytes))  # memory rows in units of the budget: numerically ~1
     m.scale = max(ng.base_cost, 1e-30)  # objective in units of plain training's cost
     c = _ModelContext(
-        ng, m, ng.users(), ng.last_need(), tuple(x.kind is NodeKind.FORWARD for x in ng.nodes),
+        ng,
+        m,
+        ng.users(),
+        ng.last_need(),
+        tuple(x.kind is NodeKind.FORWARD for x in ng.nodes),
         tuple(x.mem_bytes for x in ng.nodes),
-        budget=1.0 - 1e-7)  # HiGHS's feasibility tolerance is 1e-7: stay strictly inside
+        budget=1.0 - 1e-7,
+    )  # HiGHS's feasibility tolerance is 1e-7: stay strictly inside
     _add_variables(c)
     _add_dependency_rows(c)
     _add_residency_rows(c)
@@ -754,8 +881,12 @@ def _add_dependency_rows(c: _ModelContext) -> None:
             if c.R(t, k) is None:
                 continue
             for i in c.nodes[k].deps:
-                row, const = _terms((1.0, c.R(t, k)), (-1.0, c.R(t, i)), (-1.0, c.S(t, i)),
-                                    (-1.0, m.col.get(("Min", t, i))))
+                row, const = _terms(
+                    (1.0, c.R(t, k)),
+                    (-1.0, c.R(t, i)),
+                    (-1.0, c.S(t, i)),
+                    (-1.0, m.col.get(("Min", t, i))),
+                )
                 m.row(row, -np.inf, -const)
 
 
@@ -768,13 +899,19 @@ def _add_residency_rows(c: _ModelContext) -> None:
     m.family = "(2-6) residency and paging"
     for i in range(c.n):
         for t in range(i + 1, last[i] + 1):
-            row, const = _terms((1.0, S(t, i)), (-1.0, S(t - 1, i)), (-1.0, R(t - 1, i)),
-                                (-1.0, m.col.get(("Min", t - 1, i))))
+            row, const = _terms(
+                (1.0, S(t, i)),
+                (-1.0, S(t - 1, i)),
+                (-1.0, R(t - 1, i)),
+                (-1.0, m.col.get(("Min", t - 1, i))),
+            )
             m.row(row, -np.inf, -const)
             if ("SD", t, i) in m.col:
-                row, const = _terms((1.0, m.col[("SD", t, i)]),
-                                    (-1.0, m.col.get(("SD", t - 1, i))),
-                                    (-1.0, m.col.get(("Mout", t - 1, i))))
+                row, const = _terms(
+                    (1.0, m.col[("SD", t, i)]),
+                    (-1.0, m.col.get(("SD", t - 1, i))),
+                    (-1.0, m.col.get(("Mout", t - 1, i))),
+                )
                 m.row(row, -np.inf, -const)
                 m.row({m.col[("Min", t, i)]: 1.0, m.col[("SD", t, i)]: -1.0}, -np.inf, 0.0)
             row, const = _terms((1.0, S(t, i)), (1.0, R(t, i)), (1.0, m.col.get(("Min", t, i))))
@@ -782,8 +919,7 @@ def _add_residency_rows(c: _ModelContext) -> None:
         outs = [m.col[("Mout", t, i)] for t in range(i, last[i]) if ("Mout", t, i) in m.col]
         for t in range(i, last[i]):
             if ("Mout", t, i) in m.col:
-                row, const = _terms((1.0, m.col[("Mout", t, i)]), (-1.0, S(t, i)),
-                                    (-1.0, R(t, i)))
+                row, const = _terms((1.0, m.col[("Mout", t, i)]), (-1.0, S(t, i)), (-1.0, R(t, i)))
                 m.row(row, -np.inf, -const)
         if outs:
             m.row({o: 1.0 for o in outs}, -np.inf, 1.0)
@@ -859,8 +995,12 @@ def _add_stage_rows(c: _ModelContext) -> None:
     m, nodes, users, last, fwd = c.m, c.nodes, c.users, c.last, c.fwd
     for st, allowed in enumerate(c.ng.stage_choices):
         members = [i for i in range(c.n) if fwd[i] and nodes[i].stage == st]
-        own_bwd = [u for i in members for u in users[i]
-                   if nodes[u].kind is NodeKind.BACKWARD and nodes[u].stage == st]
+        own_bwd = [
+            u
+            for i in members
+            for u in users[i]
+            if nodes[u].kind is NodeKind.BACKWARD and nodes[u].stage == st
+        ]
         r_s = min(own_bwd) if own_bwd else None
         rec = m.var(("rec", st), ub=1.0 if RECOMPUTE in allowed and r_s else 0.0)
         pag = m.var(("page", st), ub=1.0 if PAGE in allowed else 0.0)
@@ -877,8 +1017,9 @@ def _add_stage_rows(c: _ModelContext) -> None:
             if r_s is not None and internal:
                 for t in range(fwd_done + 1, min(r_s, last[i]) + 1):
                     m.row({m.col[("S", t, i)]: 1.0, rec: 1.0}, -np.inf, 1.0)
-            reads = any(nodes[u].kind is NodeKind.BACKWARD and nodes[u].stage == st
-                        for u in users[i])
+            reads = any(
+                nodes[u].kind is NodeKind.BACKWARD and nodes[u].stage == st for u in users[i]
+            )
             for t in range(i, last[i]):
                 col = m.col.get(("Mout", t, i))
                 if col is None:
@@ -889,8 +1030,9 @@ def _add_stage_rows(c: _ModelContext) -> None:
                     m.ub[col] = 0.0
 
 
-def _add_capacity_and_deadline_rows(c: _ModelContext, capacity_bytes: int,
-                                    deadline_s: float | None) -> None:
+def _add_capacity_and_deadline_rows(
+    c: _ModelContext, capacity_bytes: int, deadline_s: float | None
+) -> None:
     # ---- (9) storage capacity and (10) deadline, paging time included (POET leaves out) -----
     m, ng = c.m, c.ng
     m.family = "(9-10) capacity and deadline"
@@ -909,9 +1051,14 @@ def _add_capacity_and_deadline_rows(c: _ModelContext, capacity_bytes: int,
         m.row(row, -np.inf, deadline_s - ng.base_time_s)
 
 
-def milp_admits(ng: NodeGraph, s: NodeSchedule, budget_bytes: int, capacity_bytes: int,
-                deadline_s: float | None = None,
-                granularity: Granularity = Granularity.NODE) -> list[str]:
+def milp_admits(
+    ng: NodeGraph,
+    s: NodeSchedule,
+    budget_bytes: int,
+    capacity_bytes: int,
+    deadline_s: float | None = None,
+    granularity: Granularity = Granularity.NODE,
+) -> list[str]:
     """The constraint families of the MILP that the schedule `s` violates (empty: the MILP
     admits it, so its optimum is at most `s`'s cost). FREE and U follow from `s` by
     Checkmate's definitions; a schedule decision the model has no variable for is reported."""
@@ -947,7 +1094,7 @@ def milp_admits(ng: NodeGraph, s: NodeSchedule, budget_bytes: int, capacity_byte
     for t in range(ng.n):
         comp = set(s.compute[t])
         nxt = s.ram[t + 1] if t + 1 < ng.n else frozenset()
-        u = (ng.static_bytes[t] + sum(nodes[i].mem_bytes for i in s.ram[t] | s.page_in[t]))
+        u = ng.static_bytes[t] + sum(nodes[i].mem_bytes for i in s.ram[t] | s.page_in[t])
         x[m.col[("U", t, -1)]] = u / m.unit
         for k in range(t + 1):
             if ("U", t, k) not in m.col:
@@ -955,8 +1102,11 @@ def milp_admits(ng: NodeGraph, s: NodeSchedule, budget_bytes: int, capacity_byte
             if k in comp:
                 u += nodes[k].mem_bytes + nodes[k].param_grad_bytes
                 for i in (*nodes[k].deps, k):
-                    if ("FREE", t, i, k) in m.col and i not in nxt and not any(
-                            k < j <= t and j in comp for j in users[i]):
+                    if (
+                        ("FREE", t, i, k) in m.col
+                        and i not in nxt
+                        and not any(k < j <= t and j in comp for j in users[i])
+                    ):
                         x[m.col[("FREE", t, i, k)]] = 1.0
                         u -= nodes[i].mem_bytes
             x[m.col[("U", t, k)]] = u / m.unit
@@ -964,8 +1114,9 @@ def milp_admits(ng: NodeGraph, s: NodeSchedule, budget_bytes: int, capacity_byte
     ax = a @ x
     tol = 1e-9
     for r in np.nonzero((ax < np.array(m.rlo) - tol) | (ax > np.array(m.rhi) + tol))[0]:
-        bad.append(f"{m.families[r]}: row {r} = {ax[r]:.9g} outside "
-                   f"[{m.rlo[r]:.9g}, {m.rhi[r]:.9g}]")
+        bad.append(
+            f"{m.families[r]}: row {r} = {ax[r]:.9g} outside [{m.rlo[r]:.9g}, {m.rhi[r]:.9g}]"
+        )
     for c in np.nonzero((x < np.array(m.lb) - tol) | (x > np.array(m.ub) + tol))[0]:
         key = next(k for k, v in m.col.items() if v == c)
         bad.append(f"bounds: {key} = {x[c]:.9g} outside [{m.lb[c]:.9g}, {m.ub[c]:.9g}]")
@@ -973,8 +1124,7 @@ def milp_admits(ng: NodeGraph, s: NodeSchedule, budget_bytes: int, capacity_byte
 
 
 # -- the solver ---------------------------------------------------------------------------------
-def project_to_stages(p: Problem, ng: NodeGraph,
-                      s: NodeSchedule) -> tuple[ActivationDecision, ...]:
+def project_to_stages(p: Problem, ng: NodeGraph, s: NodeSchedule) -> tuple[ActivationDecision, ...]:
     """Stage decisions for the runtime: RECOMPUTE if any of the stage's nodes is recomputed,
     else PAGE if any is paged out, else KEEP (within what the stage allows)."""
     rec = {ng.nodes[i].stage for i in s.recomputed()}
@@ -1000,8 +1150,13 @@ class PoetResult:
     rounds: int  # budget tightenings until the exact simulation agreed
 
 
-def poet_solve(p: Problem, *, time_limit_s: float = 60.0,
-               granularity: Granularity = Granularity.NODE, max_rounds: int = 4) -> PoetResult:
+def poet_solve(
+    p: Problem,
+    *,
+    time_limit_s: float = 60.0,
+    granularity: Granularity = Granularity.NODE,
+    max_rounds: int = 4,
+) -> PoetResult:
     """Solve the node-level MILP, validate its schedule, project it onto stages and evaluate
     exactly; tighten the model's budget by the exact overshoot and re-solve if needed."""
 
@@ -1010,22 +1165,33 @@ def poet_solve(p: Problem, *, time_limit_s: float = 60.0,
     model_budget = p.budget_bytes
     best: Evaluation | None = None
     for rnd in range(1, max_rounds + 1):
-        sol = solve_node_milp(ng, model_budget, capacity, p.deadline_s, granularity=granularity,
-                              time_limit_s=time_limit_s)
+        sol = solve_node_milp(
+            ng,
+            model_budget,
+            capacity,
+            p.deadline_s,
+            granularity=granularity,
+            time_limit_s=time_limit_s,
+        )
         if sol.schedule is None:
-            ref = best or p.evaluate(tuple(RECOMPUTE if RECOMPUTE in c else KEEP
-                                           for c in p.choices))
-            peak = (f"the smallest peak found is {ref.peak_bytes:,} bytes "
-                    f"({ref.peak_bytes / max(1, p.budget_bytes):.2f}x the budget)")
+            ref = best or p.evaluate(
+                tuple(RECOMPUTE if RECOMPUTE in c else KEEP for c in p.choices)
+            )
+            peak = (
+                f"the smallest peak found is {ref.peak_bytes:,} bytes "
+                f"({ref.peak_bytes / max(1, p.budget_bytes):.2f}x the budget)"
+            )
             if sol.status is MilpStatus.INFEASIBLE:
                 raise PlanInfeasibleError(
                     f"poet: HiGHS proved the node-level model infeasible: no schedule fits "
-                    f"{p.budget_bytes:,} bytes (model budget {model_budget:,}); {peak}")
+                    f"{p.budget_bytes:,} bytes (model budget {model_budget:,}); {peak}"
+                )
             raise PlanInfeasibleError(
                 f"poet: HiGHS reached its time limit of {time_limit_s:g} s before finding any "
                 f"schedule for {p.budget_bytes:,} bytes ({sol.n_binaries:,} binaries, "
                 f"{sol.n_constraints:,} rows); {peak}; raise time_limit_s or use the 'dp' "
-                "solver")
+                "solver"
+            )
         report = validate_node_schedule(ng, sol.schedule, model_budget, capacity)
         ev = p.evaluate(project_to_stages(p, ng, sol.schedule))
         if p.feasible(ev):
@@ -1036,10 +1202,12 @@ def poet_solve(p: Problem, *, time_limit_s: float = 60.0,
     raise PlanInfeasibleError(
         f"poet: after {max_rounds} budget tightenings the projected stage plan still does not "
         f"fit {p.budget_bytes:,} bytes; the smallest peak found is {best.peak_bytes:,} bytes "
-        f"({best.peak_bytes / max(1, p.budget_bytes):.2f}x the budget); use the 'dp' solver")
+        f"({best.peak_bytes / max(1, p.budget_bytes):.2f}x the budget); use the 'dp' solver"
+    )
 
 
-def poet_milp(p: Problem, *, time_limit_s: float = 60.0,
-              granularity: Granularity = Granularity.NODE) -> Evaluation:
+def poet_milp(
+    p: Problem, *, time_limit_s: float = 60.0, granularity: Granularity = Granularity.NODE
+) -> Evaluation:
     """The POET/Checkmate node-level MILP as a solver (`solver(problem) -> Evaluation`)."""
     return poet_solve(p, time_limit_s=time_limit_s, granularity=granularity).evaluation

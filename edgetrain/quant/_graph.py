@@ -57,24 +57,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgetrain.errors import InvalidArgumentError, UnsupportedOpError
+from edgetrain.errors import (
+    AccumulatorOverflowError,
+    InvalidArgumentError,
+    QuantizationError,
+    UnsupportedModuleError,
+)
 
 QMIN, QMAX = -128, 127
 WMAX = 127
-INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 ADD_LEFT_SHIFT = 20
-
-
-class QuantizationError(InvalidArgumentError):
-    """A value cannot be represented in the int8 scheme (scale, multiplier, accumulator)."""
-
-
-class AccumulatorOverflowError(QuantizationError):
-    """An int32 accumulator of the integer graph overflowed."""
-
-
-class UnsupportedModuleError(UnsupportedOpError):
-    """The model holds a module the int8 converter does not know."""
 
 
 class Activation(enum.Enum):
@@ -91,6 +84,7 @@ class ConvKind(enum.Enum):
 
 # ---------------------------------------------------------------- fixed-point primitives
 
+
 def round_half_away(v: torch.Tensor) -> torch.Tensor:
     """sign(v) * floor(|v| + 0.5): the offline rounding of weights, biases and the input."""
     return torch.sign(v) * torch.floor(v.abs() + 0.5)
@@ -101,7 +95,8 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     if not (math.isfinite(real) and real > 0):
         raise QuantizationError(
             f"a requantisation multiplier must be a finite positive number, got {real!r}; "
-            f"check that every scale is positive (calibrate on inputs with a non-zero range)")
+            f"check that every scale is positive (calibrate on inputs with a non-zero range)"
+        )
     mant, exp = math.frexp(real)
     m0 = round(mant * (1 << 31))
     if m0 == 1 << 31:
@@ -110,7 +105,8 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     if not 1 <= n <= 62:
         raise QuantizationError(
             f"multiplier {real:.6g} needs a right shift of {n}, outside 1..62; the scales "
-            f"around this layer differ by more than 2**31 -- recalibrate with more samples")
+            f"around this layer differ by more than 2**31 -- recalibrate with more samples"
+        )
     return m0, exp
 
 
@@ -129,7 +125,8 @@ def requantize(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor) -> torc
         raise AccumulatorOverflowError(
             f"an int32 accumulator holds {lo if lo < INT32_MIN else hi:,}, outside "
             f"[{INT32_MIN:,}, {INT32_MAX:,}]; the layer's weights or bias grew too large "
-            f"(lower the learning rate) or its input range is too wide")
+            f"(lower the learning rate) or its input range is too wide"
+        )
     n = 31 - shift.to(torch.int64)
     return (acc * m0.to(torch.int64) + (torch.ones_like(n) << (n - 1))) >> n
 
@@ -144,6 +141,7 @@ def _act_bounds(act: Activation, scale: float, zp: int) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- graph data
+
 
 @dataclass(frozen=True)
 class QTensor:
@@ -245,7 +243,8 @@ class QuantGraph:
         if tuple(x.shape[1:]) != t.shape:
             raise InvalidArgumentError(
                 f"{self.model}'s int8 graph takes inputs of shape (N, {', '.join(map(str, t.shape))}),"
-                f" got {tuple(x.shape)}; resize the images (edgetrain.data.resize_for)")
+                f" got {tuple(x.shape)}; resize the images (edgetrain.data.resize_for)"
+            )
         q = round_half_away(x.to(torch.float64) / t.scale) + t.zero_point
         return q.clamp(QMIN, QMAX).to(torch.int8)
 
@@ -255,6 +254,7 @@ class QuantGraph:
 
 
 # ---------------------------------------------------------------- integer reference
+
 
 def _conv_int(x: torch.Tensor, op: QConv2d, zx: int, zy: int) -> torch.Tensor:
     n = x.shape[0]
@@ -279,9 +279,9 @@ def _linear_int(x: torch.Tensor, op: QLinear, zx: int, zy: int) -> torch.Tensor:
     return y.clamp(op.act_min, op.act_max).to(torch.int8)
 
 
-def _add_raw(a: torch.Tensor, b: torch.Tensor, op: QAdd, za: int, zb: int, zy: int
-             ) -> torch.Tensor:
+def _add_raw(a: torch.Tensor, b: torch.Tensor, op: QAdd, za: int, zb: int, zy: int) -> torch.Tensor:
     """The add's int64 result before the final clamp to int8."""
+
     def rq(v: torch.Tensor, m: int, s: int) -> torch.Tensor:
         return requantize(v, torch.tensor(m), torch.tensor(s))
 
@@ -311,25 +311,40 @@ def run_int8(graph: QuantGraph, q_input: torch.Tensor) -> torch.Tensor:
     if q_input.dtype != torch.int8:
         raise InvalidArgumentError(
             f"run_int8 takes an int8 input tensor, got {q_input.dtype}; quantise float images "
-            f"with graph.quantize_input(x)")
+            f"with graph.quantize_input(x)"
+        )
     env = {graph.input: q_input}
     for op in graph.ops:
         if isinstance(op, QConv2d):
-            env[op.output] = _conv_int(env[op.input], op, graph.tensor(op.input).zero_point,
-                                       graph.tensor(op.output).zero_point)
+            env[op.output] = _conv_int(
+                env[op.input],
+                op,
+                graph.tensor(op.input).zero_point,
+                graph.tensor(op.output).zero_point,
+            )
         elif isinstance(op, QLinear):
-            env[op.output] = _linear_int(env[op.input], op, graph.tensor(op.input).zero_point,
-                                         graph.tensor(op.output).zero_point)
+            env[op.output] = _linear_int(
+                env[op.input],
+                op,
+                graph.tensor(op.input).zero_point,
+                graph.tensor(op.output).zero_point,
+            )
         elif isinstance(op, QAdd):
-            env[op.output] = _add_int(env[op.a], env[op.b], op, graph.tensor(op.a).zero_point,
-                                      graph.tensor(op.b).zero_point,
-                                      graph.tensor(op.output).zero_point)
+            env[op.output] = _add_int(
+                env[op.a],
+                env[op.b],
+                op,
+                graph.tensor(op.a).zero_point,
+                graph.tensor(op.b).zero_point,
+                graph.tensor(op.output).zero_point,
+            )
         else:
             env[op.output] = _avgpool_int(env[op.input])
     return env[graph.output]
 
 
 # ---------------------------------------------------------------- BN folding (float)
+
 
 class FoldedConv(nn.Module):
     """Conv2d with the BatchNorm folded into weight and bias, then the activation."""
@@ -342,8 +357,15 @@ class FoldedConv(nn.Module):
         w = conv.weight.detach().double() * (gamma / std).view(-1, 1, 1, 1)
         b0 = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(std)
         b = beta + (b0 - bn.running_mean.detach().double()) * gamma / std
-        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
-                              conv.stride, conv.padding, groups=conv.groups, bias=True)
+        self.conv = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            groups=conv.groups,
+            bias=True,
+        )
         with torch.no_grad():
             self.conv.weight.copy_(w.float())
             self.conv.bias.copy_(b.float())
@@ -377,8 +399,14 @@ class FoldedNet(nn.Module):
     """The float32 model with every BatchNorm folded: the graph `quantize` converts, and the
     fp32 reference trained with the same parameters (conv weights and biases, classifier)."""
 
-    def __init__(self, units: list[nn.Module], classifier: nn.Linear, input_shape: tuple[int, ...],
-                 name: str, classifier_name: str) -> None:
+    def __init__(
+        self,
+        units: list[nn.Module],
+        classifier: nn.Linear,
+        input_shape: tuple[int, ...],
+        name: str,
+        classifier_name: str,
+    ) -> None:
         super().__init__()
         self.units = nn.ModuleList(units)
         self.classifier = nn.Linear(classifier.in_features, classifier.out_features)
@@ -404,27 +432,38 @@ class FoldedNet(nn.Module):
         return out
 
 
-SUPPORTED = ("Sequential(Conv2d, BatchNorm2d[, ReLU | ReLU6]) (ConvBNAct)",
-             "inverted residual blocks with a `.conv` Sequential of those and `use_residual`",
-             "a final AdaptiveAvgPool2d(1) `pool` and Linear `classifier`")
+SUPPORTED = (
+    "Sequential(Conv2d, BatchNorm2d[, ReLU | ReLU6]) (ConvBNAct)",
+    "inverted residual blocks with a `.conv` Sequential of those and `use_residual`",
+    "a final AdaptiveAvgPool2d(1) `pool` and Linear `classifier`",
+)
 
 
 def _unsupported(path: str, m: nn.Module, why: str) -> UnsupportedModuleError:
     return UnsupportedModuleError(
         f"int8 conversion: module {path!r} ({type(m).__name__}) is not supported: {why}. "
         f"Supported: a model with `features` (nn.Sequential), `pool` and `classifier` built from "
-        f"{'; '.join(SUPPORTED)} -- e.g. mcu-cnn, mbv2-w0.35, mcunet")
+        f"{'; '.join(SUPPORTED)} -- e.g. mcu-cnn, mbv2-w0.35, mcunet"
+    )
 
 
 def _fold_convbnact(seq: nn.Module, path: str) -> FoldedConv:
     mods = list(seq.children()) if isinstance(seq, nn.Sequential) else []
-    if len(mods) not in (2, 3) or not isinstance(mods[0], nn.Conv2d) \
-            or not isinstance(mods[1], nn.BatchNorm2d):
+    if (
+        len(mods) not in (2, 3)
+        or not isinstance(mods[0], nn.Conv2d)
+        or not isinstance(mods[1], nn.BatchNorm2d)
+    ):
         raise _unsupported(path, seq, "expected Conv2d -> BatchNorm2d -> optional ReLU/ReLU6")
     conv = mods[0]
     k = conv.kernel_size
-    if k[0] != k[1] or conv.stride[0] != conv.stride[1] or conv.padding[0] != conv.padding[1] \
-            or conv.dilation != (1, 1) or isinstance(conv.padding, str):
+    if (
+        k[0] != k[1]
+        or conv.stride[0] != conv.stride[1]
+        or conv.padding[0] != conv.padding[1]
+        or conv.dilation != (1, 1)
+        or isinstance(conv.padding, str)
+    ):
         raise _unsupported(path, conv, "only square kernels, strides and paddings, dilation 1")
     act = Activation.NONE
     if len(mods) == 3:
@@ -446,14 +485,23 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, name: str = "model")
     pool = getattr(model, "pool", None)
     cls = getattr(model, "classifier", None)
     if not isinstance(feats, nn.Sequential):
-        raise _unsupported("features", feats if isinstance(feats, nn.Module) else model,
-                           "the model needs a `features` nn.Sequential")
+        raise _unsupported(
+            "features",
+            feats if isinstance(feats, nn.Module) else model,
+            "the model needs a `features` nn.Sequential",
+        )
     if not (isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (1, (1, 1))):
-        raise _unsupported("pool", pool if isinstance(pool, nn.Module) else model,
-                           "the model needs `pool = nn.AdaptiveAvgPool2d(1)`")
+        raise _unsupported(
+            "pool",
+            pool if isinstance(pool, nn.Module) else model,
+            "the model needs `pool = nn.AdaptiveAvgPool2d(1)`",
+        )
     if not isinstance(cls, nn.Linear):
-        raise _unsupported("classifier", cls if isinstance(cls, nn.Module) else model,
-                           "the model needs a `classifier` nn.Linear")
+        raise _unsupported(
+            "classifier",
+            cls if isinstance(cls, nn.Module) else model,
+            "the model needs a `classifier` nn.Linear",
+        )
     units: list[nn.Module] = []
     for i, child in enumerate(feats.children()):
         path = f"features.{i}"
@@ -467,6 +515,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, name: str = "model")
 
 
 # ---------------------------------------------------------------- calibration and conversion
+
 
 def _qparams(lo: float, hi: float) -> tuple[float, int]:
     lo, hi = min(lo, 0.0), max(hi, 0.0)
@@ -492,14 +541,17 @@ def _bias_quant(b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     q = round_half_away(b.detach().double() / scale)
     if float(q.abs().max()) > INT32_MAX:
         raise QuantizationError(
-            f"a bias of {float(b.abs().max()):.4g} at scale {float(scale.min()):.3g} exceeds int32")
+            f"a bias of {float(b.abs().max()):.4g} at scale {float(scale.min()):.3g} exceeds int32"
+        )
     return q.to(torch.int32)
 
 
 def _multipliers(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     pairs = [quantize_multiplier(float(r)) for r in real]
-    return (torch.tensor([p[0] for p in pairs], dtype=torch.int32),
-            torch.tensor([p[1] for p in pairs], dtype=torch.int32))
+    return (
+        torch.tensor([p[0] for p in pairs], dtype=torch.int32),
+        torch.tensor([p[1] for p in pairs], dtype=torch.int32),
+    )
 
 
 def _conv_kind(conv: nn.Conv2d) -> ConvKind:
@@ -510,27 +562,32 @@ def _conv_kind(conv: nn.Conv2d) -> ConvKind:
     if conv.groups != 1:
         raise UnsupportedModuleError(
             f"int8 conversion: grouped conv with {conv.groups} groups over {conv.in_channels} "
-            f"channels is not supported (only standard, depthwise and pointwise)")
+            f"channels is not supported (only standard, depthwise and pointwise)"
+        )
     return ConvKind.STANDARD
 
 
-def _check_quantize_args(calibration: torch.Tensor,
-                         weight_headroom: Mapping[str, float] | None) -> dict[str, float]:
+def _check_quantize_args(
+    calibration: torch.Tensor, weight_headroom: Mapping[str, float] | None
+) -> dict[str, float]:
     """The headroom by layer name, after checking it and the calibration batch."""
     headroom = dict(weight_headroom or {})
     for k, h in headroom.items():
         if isinstance(h, bool) or not (isinstance(h, (int, float)) and math.isfinite(h) and h >= 1):
             raise InvalidArgumentError(
-                f"weight_headroom[{k!r}] must be a finite number >= 1, got {h!r}")
+                f"weight_headroom[{k!r}] must be a finite number >= 1, got {h!r}"
+            )
     if not isinstance(calibration, torch.Tensor) or calibration.ndim != 4 or len(calibration) < 1:
         raise InvalidArgumentError(
             f"calibration must be a float tensor (N, C, H, W) with N >= 1 images, got "
-            f"{getattr(calibration, 'shape', type(calibration).__name__)}")
+            f"{getattr(calibration, 'shape', type(calibration).__name__)}"
+        )
     return headroom
 
 
-def _calibration_ranges(net: FoldedNet, calibration: torch.Tensor
-                        ) -> dict[str, tuple[float, float]]:
+def _calibration_ranges(
+    net: FoldedNet, calibration: torch.Tensor
+) -> dict[str, tuple[float, float]]:
     """(min, max) of every activation of `net` over the calibration images, by tensor name."""
     ranges: dict[str, tuple[float, float]] = {}
 
@@ -589,8 +646,13 @@ class _Conversion:
     ops: list[QOp]
 
 
-def quantize(model: nn.Module, calibration: torch.Tensor, *, name: str = "model",
-             weight_headroom: Mapping[str, float] | None = None) -> QuantGraph:
+def quantize(
+    model: nn.Module,
+    calibration: torch.Tensor,
+    *,
+    name: str = "model",
+    weight_headroom: Mapping[str, float] | None = None,
+) -> QuantGraph:
     """Convert a trained float model (or a `FoldedNet`) into a real int8 `QuantGraph`.
 
     BatchNorms are folded with their running statistics; weights become per-channel symmetric
@@ -624,7 +686,8 @@ def quantize(model: nn.Module, calibration: torch.Tensor, *, name: str = "model"
     if unknown:
         raise InvalidArgumentError(
             f"weight_headroom names layers {unknown} that are not in the model; its layers: "
-            f"{', '.join(op.name for op in ops if isinstance(op, (QConv2d, QLinear)))}")
+            f"{', '.join(op.name for op in ops if isinstance(op, (QConv2d, QLinear)))}"
+        )
     return QuantGraph(name, "input", net.classifier_name, tuple(cv.tensors), tuple(ops))
 
 
@@ -636,8 +699,25 @@ def _convert_conv(cv: _Conversion, c: FoldedConv, src: str) -> str:
     m0, sh = _multipliers(sx * ws / sy)
     lo, hi = _act_bounds(c.act, sy, zy)
     cv.tensors.append(QTensor(c.name, cv.shapes[c.name], sy, zy))
-    cv.ops.append(QConv2d(c.name, src, c.name, _conv_kind(c.conv), wq, bq, ws, m0, sh,
-                          c.conv.stride[0], c.conv.padding[0], c.conv.groups, c.act, lo, hi))
+    cv.ops.append(
+        QConv2d(
+            c.name,
+            src,
+            c.name,
+            _conv_kind(c.conv),
+            wq,
+            bq,
+            ws,
+            m0,
+            sh,
+            c.conv.stride[0],
+            c.conv.padding[0],
+            c.conv.groups,
+            c.act,
+            lo,
+            hi,
+        )
+    )
     return c.name
 
 
@@ -667,12 +747,12 @@ def _convert_head(cv: _Conversion, net: FoldedNet, cur: str) -> None:
     bq = _bias_quant(cls.bias, sx * ws)
     m0, sh = _multipliers(sx * ws / sy)
     cv.tensors.append(QTensor(net.classifier_name, (cls.out_features,), sy, zy))
-    cv.ops.append(QLinear(net.classifier_name, pool_name, net.classifier_name, wq, bq, ws, m0,
-                          sh))
+    cv.ops.append(QLinear(net.classifier_name, pool_name, net.classifier_name, wq, bq, ws, m0, sh))
 
 
-def with_weights(graph: QuantGraph, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]
-                 ) -> QuantGraph:
+def with_weights(
+    graph: QuantGraph, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]
+) -> QuantGraph:
     """A copy of `graph` whose conv/linear ops take new int8 weights and int32 biases (by op
     name); scales, multipliers and zero points are unchanged (they stay fixed in training)."""
     ops: list[QOp] = []
@@ -682,7 +762,8 @@ def with_weights(graph: QuantGraph, weights: dict[str, tuple[torch.Tensor, torch
             if w.shape != op.weight.shape or b.shape != op.bias.shape:
                 raise InvalidArgumentError(
                     f"weights for {op.name}: shapes {tuple(w.shape)}/{tuple(b.shape)}, expected "
-                    f"{tuple(op.weight.shape)}/{tuple(op.bias.shape)}")
+                    f"{tuple(op.weight.shape)}/{tuple(op.bias.shape)}"
+                )
             kw = {f: getattr(op, f) for f in op.__dataclass_fields__}
             kw["weight"], kw["bias"] = w.to(torch.int8), b.to(torch.int32)
             ops.append(type(op)(**kw))
@@ -695,8 +776,8 @@ def accuracy_int8(graph: QuantGraph, x: torch.Tensor, y: torch.Tensor, batch: in
     """Top-1 accuracy of the integer graph (argmax of the int8 logits; ties -> lowest index)."""
     correct = 0
     for i in range(0, len(x), batch):
-        q = run_int8(graph, graph.quantize_input(x[i:i + batch]))
-        correct += int((q.to(torch.int64).argmax(1) == y[i:i + batch]).sum())
+        q = run_int8(graph, graph.quantize_input(x[i : i + batch]))
+        correct += int((q.to(torch.int64).argmax(1) == y[i : i + batch]).sum())
     return correct / max(1, len(x))
 
 
