@@ -198,6 +198,24 @@ def _plan_key(prepared) -> str:
     return json.dumps(d, sort_keys=True)
 
 
+def _prepare_kwargs(system: SystemName, task: ModelTask, data, cfg: BenchConfig, cache: dict):
+    """What each strategy's preparation stage takes beyond the common arguments."""
+    x, y, _, _, calib = data
+    if system is SystemName.TINYOL:
+        return {"known_classes": OLD_CLASSES}
+    if system in (SystemName.TTE, SystemName.MANDHELING, SystemName.MINILEARN):
+        return {"calibration": calib, "analysis": (x, y)}
+    if system is SystemName.AUTO:  # NOTE [ Task-adaptive selection ] (strategies/_auto.py)
+        return {
+            "analysis": (x, y),
+            "lr": cfg.lr,
+            "seed": cfg.seed,
+            "samples": task.samples,
+            "pilot_cache": cache.setdefault("auto-pilots", {}),
+        }
+    return {}
+
+
 def _run_one(
     system: SystemName,
     task: ModelTask,
@@ -213,54 +231,93 @@ def _run_one(
     # (TinyTL's lite residuals) does not depend on which strategies ran before it.
     torch.manual_seed(cfg.seed)
     model = copy.deepcopy(base)
-    x, y, tx, ty, calib = data
-    kwargs = {"known_classes": OLD_CLASSES} if system is SystemName.TINYOL else {}
-    if system in (SystemName.TTE, SystemName.MANDHELING, SystemName.MINILEARN):
-        kwargs = {"calibration": calib, "analysis": (x, y)}
-    if system is SystemName.AUTO:  # NOTE [ Task-adaptive selection ] (strategies/_auto.py)
-        kwargs = {
-            "analysis": (x, y),
-            "lr": cfg.lr,
-            "seed": cfg.seed,
-            "samples": task.samples,
-            "pilot_cache": cache.setdefault("auto-pilots", {}),
-        }
     batch = 1 if system is SystemName.TINYOL else task.batch_size
+    common = {"system": system.value, "model": task.model, "device": device}
     try:
         prepared = sysm.prepare(
-            model, example, device=device, batch_size=batch, name=task.model, **kwargs
+            model,
+            example,
+            device=device,
+            batch_size=batch,
+            name=task.model,
+            **_prepare_kwargs(system, task, data, cfg, cache),
         )
     except PlanInfeasibleError as e:
         from edgetrain.cost import load_device
 
         return BenchRow(
-            system.value,
-            task.model,
-            device,
-            False,
-            load_device(device).ram_bytes,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            0,
-            None,
-            batch,
-            None,
-            None,
-            (f"does not fit: {e}",),
+            **common,
+            fits=False,
+            budget_bytes=load_device(device).ram_bytes,
+            predicted_peak_bytes=None,
+            measured_peak_bytes=None,
+            storage_bytes_written_per_step=None,
+            host_step_s=None,
+            device_step_s=None,
+            energy_per_step_j=None,
+            accuracy_before=None,
+            accuracy_after=None,
+            samples=0,
+            samples_per_s=None,
+            batch_size=batch,
+            micro_batch_size=None,
+            trainable_tensors=None,
+            notes=(f"does not fit: {e}",),
         )
+    before, after, rep, err = _train_cached(system, task, sysm, prepared, data, cfg, cache)
     p = prepared.plan
-    batch = p.batch_size  # auto chooses its own (up to the task's)
+    planned = {
+        "budget_bytes": p.budget_bytes,
+        "predicted_peak_bytes": prepared.predicted_peak_bytes,
+        "storage_bytes_written_per_step": p.predicted.storage_bytes_written,
+        "device_step_s": p.predicted.latency_s,
+        "energy_per_step_j": p.predicted.energy_j,
+        "accuracy_before": before,
+        "batch_size": p.batch_size,  # auto chooses its own (up to the task's)
+        "micro_batch_size": p.micro_batch_size,
+        "trainable_tensors": len(p.trainable()),
+    }
+    if rep is None:
+        return BenchRow(
+            **common,
+            **planned,
+            fits=prepared.fits and not err.startswith("does not fit"),
+            measured_peak_bytes=None,
+            host_step_s=None,
+            accuracy_after=None,
+            samples=0,
+            samples_per_s=None,
+            notes=(*prepared.notes, f"training failed, {err}"),
+        )
+    steps = max(1, rep.steps)
+    return BenchRow(
+        **common,
+        **planned,
+        fits=prepared.fits,
+        measured_peak_bytes=rep.measured_peak_bytes,
+        host_step_s=_finite(rep.host_step_s),
+        accuracy_after=after,
+        samples=rep.samples,
+        samples_per_s=_finite(rep.samples_per_s),
+        notes=(
+            *prepared.notes,
+            *rep.notes,
+            f"storage written on host: {rep.storage_bytes_written // steps:,} B/step",
+        ),
+        preparation_energy_j=dict(prepared.state).get("preparation_energy_j", 0.0),
+    )
+
+
+def _train_cached(system: SystemName, task: ModelTask, sysm, prepared, data, cfg, cache):
+    """(accuracy before, after, report, error) of training `prepared`; a plan already trained
+    for this model (same decisions on another device) is not trained again."""
+    x, y, tx, ty, _ = data
+    p = prepared.plan
     train_kwargs = {}
     key = (system, task.model, _plan_key(prepared))
     if system is SystemName.SAGE:
         drop = int(cfg.sage_budget_drop * prepared.predicted_peak_bytes)
-        half = max(1, task.samples // batch // 2)
+        half = max(1, task.samples // p.batch_size // 2)
         train_kwargs["budget_schedule"] = lambda s, b=p.budget_bytes: b if s < half else drop
         key += (prepared.predicted_peak_bytes,)
     if key not in cache:
@@ -269,64 +326,12 @@ def _run_one(
             rep = sysm.train(
                 prepared, x, y, samples=task.samples, lr=cfg.lr, seed=cfg.seed, **train_kwargs
             )
-            after = accuracy(prepared.model, tx, ty)
-            cache[key] = (before, after, rep, None)
+            cache[key] = (before, accuracy(prepared.model, tx, ty), rep, None)
         except PlanInfeasibleError as e:  # Sage's re-plan after the drop may not fit
             cache[key] = (before, None, None, f"does not fit after the budget drop: {e}")
         except NonFiniteLossError as e:  # recorded, not hidden: the run diverged
             cache[key] = (before, None, None, f"diverged: {e}")
-    before, after, rep, err = cache[key]
-    n_train = len(p.trainable())
-    if rep is None:
-        fits = prepared.fits and not err.startswith("does not fit")
-        return BenchRow(
-            system.value,
-            task.model,
-            device,
-            fits,
-            p.budget_bytes,
-            prepared.predicted_peak_bytes,
-            None,
-            p.predicted.storage_bytes_written,
-            None,
-            p.predicted.latency_s,
-            p.predicted.energy_j,
-            before,
-            None,
-            0,
-            None,
-            batch,
-            p.micro_batch_size,
-            n_train,
-            (*prepared.notes, f"training failed, {err}"),
-        )
-    steps = max(1, rep.steps)
-    return BenchRow(
-        system.value,
-        task.model,
-        device,
-        prepared.fits,
-        p.budget_bytes,
-        prepared.predicted_peak_bytes,
-        rep.measured_peak_bytes,
-        p.predicted.storage_bytes_written,
-        _finite(rep.host_step_s),
-        p.predicted.latency_s,
-        p.predicted.energy_j,
-        before,
-        after,
-        rep.samples,
-        _finite(rep.samples_per_s),
-        batch,
-        p.micro_batch_size,
-        n_train,
-        (
-            *prepared.notes,
-            *rep.notes,
-            f"storage written on host: {rep.storage_bytes_written // steps:,} B/step",
-        ),
-        dict(prepared.state).get("preparation_energy_j", 0.0),
-    )
+    return cache[key]
 
 
 def _qas_ablation(
