@@ -181,3 +181,13 @@ class DeviceLimitError(InvalidArgumentError):
 class ClientReplyError(InvalidArgumentError):
     """A federated client's reply fails the server's schema: the client is rejected, with the
     reason in the round's report."""
+
+
+class PlanPredictionError(UnsupportedPlanError):
+    """A C plan's predicted peak is not what the code generator's own layout predicts for the
+    plan as given: the plan was edited by hand, or made for another executor or version."""
+
+
+class BuildFileError(CodegenError, InvalidArgumentError):
+    """A compiled project's `edgetrain_build.json` is missing, truncated or malformed: names
+    the file and how to regenerate it."""

@@ -81,6 +81,13 @@ def _check_against_torch(tmp_path, name, policy, batch, steps, size=None, target
     # Prepare: a model, a sparse plan with frozen BN, samples, and the same start for both sides.
     m, x = _model(name, size)
     plan = _plan(m, x, policy, batch, name)
+    return check_model_against_torch(tmp_path, m, x, plan, steps, target)
+
+
+def check_model_against_torch(tmp_path, m, x, plan, steps, target="host"):
+    """Compile `plan` for `m`, run it, train PyTorch's Trainer from the same weights on the
+    same samples, and assert the same losses and trained parameters (by name)."""
+    batch = plan.batch_size
     samples = _samples(4 * batch, tuple(x.shape[1:]))
     spec = TrainingSpec(samples, samples, steps=steps, lr=0.05, dump_params=True)
     before = {k: v.detach().clone() for k, v in m.named_parameters()}
@@ -242,9 +249,7 @@ def test_cli_compile_and_mcu_run_json(tmp_path, capsys):
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
     # Prepare: a plan file and the two subcommands on a fresh parser
     m, x = build_model("mcu-cnn")
-    plan = edgetrain.plan(
-        m, x, device="nrf52840", policy="last:2", freeze_batch_norm=True, name="mcu-cnn"
-    )
+    plan = edgetrain.plan(m, x, device="nrf52840", policy="last:2", executor="c", name="mcu-cnn")
     (tmp_path / "plan.json").write_text(plan.to_json())
     ap = argparse.ArgumentParser()
     register(ap.add_subparsers(dest="command", required=True))

@@ -47,6 +47,8 @@ _EXPORTS = {
     "ToolchainMissingError": "edgetrain.errors",
     "BuildError": "edgetrain.errors",
     "McuRunError": "edgetrain.errors",
+    "PlanPredictionError": "edgetrain.errors",
+    "BuildFileError": "edgetrain.errors",
 }
 
 __all__ = sorted(_EXPORTS)

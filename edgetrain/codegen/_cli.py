@@ -4,37 +4,69 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from rich.console import Console
 
-from edgetrain.errors import UnsupportedPlanError
+from edgetrain.errors import PlanPredictionError
 from edgetrain.validate import cli_type, learning_rate, positive_float, positive_int, steps
 
 console = Console()
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
+    from edgetrain.codegen._files import check_output_dir, check_weights_file
+    from edgetrain.planner import Plan
+
+    # every file argument, before any work: the output directory, the plan, the weights
+    check_output_dir(args.output, force=args.force)
+    plan = Plan.load(args.plan)
+    precision = args.precision or plan.precision.value
+    _check_executor(plan, args.plan)
+    weights = check_weights_file(args.weights) if args.weights else None
+    out, train, test = _compile(args, plan, precision, weights)
+    meta = json.loads((out / "edgetrain_build.json").read_text())
+    if args.json:
+        print(json.dumps({k: v for k, v in meta.items() if k != "buffers"}))
+    else:
+        console.print(
+            f"[bold]{plan.model}[/] -> C99 for [bold]{args.target}[/] in {out}: arena "
+            f"{meta['arena_bytes']:,} B, trainable {meta['trainable_bytes']:,} B "
+            f"(SRAM), frozen weights {meta['const_weight_bytes']:,} B (flash), "
+            f"{len(train.labels)} training / {len(test.labels)} test samples baked in"
+        )
+        console.print(f"run it: edgetrain mcu-run {out}")
+    return 0
+
+
+def _check_executor(plan, path: str) -> None:
+    """A plan for the PyTorch executor predicts PyTorch's allocator, not the C program, so
+    compile cannot check its prediction against its own layout (`check_prediction`): refused,
+    with the command that makes a C plan. (The Python API compiles such plans unchecked: the
+    caller made them in-process.)"""
+    from edgetrain.planner import Executor
+
+    if plan.executor is not Executor.C:
+        raise PlanPredictionError(
+            f"plan file {path!r} was made for the {plan.executor.value} executor: its "
+            f"predicted peak ({plan.predicted_peak_bytes:,} B) is PyTorch's, not the C "
+            "program's, so compile cannot check it. Make a plan for this compiler: edgetrain "
+            f"plan --model {plan.model} --device {plan.device} --batch-size {plan.batch_size} "
+            "--executor c -o plan.json"
+        )
+
+
+def _compile(args: argparse.Namespace, plan, precision: str, weights):
     import torch
 
     from edgetrain.codegen._compile import compile_project, samples_of
+    from edgetrain.codegen._files import load_weights
     from edgetrain.codegen._render import TrainingSpec
     from edgetrain.data import load_dataset, parse_spec, resize_for
     from edgetrain.models import build_model
-    from edgetrain.planner import Plan
-    from edgetrain.storage import load_tensors
 
-    try:
-        text = Path(args.plan).read_text()
-    except OSError as e:
-        raise UnsupportedPlanError(
-            f"cannot read plan file {args.plan!r}: {e.strerror}; make one "
-            "with `edgetrain plan ... -o plan.json`"
-        ) from None
-    plan = Plan.from_json(text)
     model, example = build_model(plan.model)
-    if args.weights:
-        model.load_state_dict(load_tensors(args.weights))
+    if weights is not None:
+        load_weights(model, weights)
     name, _ = parse_spec(args.data)
     tr = load_dataset(args.data, split="train", limit=args.train_samples)
     te = load_dataset(args.data, split="test", limit=args.test_samples)
@@ -42,7 +74,6 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     exact = shape[1:] == tuple(tr.x.shape[1:])
     train = samples_of(resize_for(tr.x, shape), tr.y, name, exact=exact)
     test = samples_of(resize_for(te.x, shape), te.y, name, exact=exact)
-    precision = args.precision or plan.precision.value
     if precision == "int8":
         from edgetrain.codegen._compile import compile_int8_project
 
@@ -58,6 +89,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             device=args.device,
             log_every=args.log_every,
             dump_params=args.dump_params,
+            force=args.force,
         )
     else:
         spec = TrainingSpec(
@@ -70,20 +102,16 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         )
         with torch.no_grad():
             out = compile_project(
-                plan, model, example, args.target, spec, args.output, device=args.device
+                plan,
+                model,
+                example,
+                args.target,
+                spec,
+                args.output,
+                device=args.device,
+                force=args.force,
             )
-    meta = json.loads((out / "edgetrain_build.json").read_text())
-    if args.json:
-        print(json.dumps({k: v for k, v in meta.items() if k != "buffers"}))
-    else:
-        console.print(
-            f"[bold]{plan.model}[/] -> C99 for [bold]{args.target}[/] in {out}: arena "
-            f"{meta['arena_bytes']:,} B, trainable {meta['trainable_bytes']:,} B "
-            f"(SRAM), frozen weights {meta['const_weight_bytes']:,} B (flash), "
-            f"{len(train.labels)} training / {len(test.labels)} test samples baked in"
-        )
-        console.print(f"run it: edgetrain mcu-run {out}")
-    return 0
+    return out, train, test
 
 
 def _cmd_mcu_run(args: argparse.Namespace) -> int:
@@ -124,10 +152,22 @@ def register(subparsers) -> None:
     c.add_argument(
         "--plan",
         required=True,
-        help="plan.json from `edgetrain plan` (frozen BN, sgd, keep-all stages)",
+        help="plan.json from `edgetrain plan --executor c` (its predicted peak is checked "
+        "against the compiler's own layout)",
     )
     c.add_argument("--target", choices=["host", "cortex-m4", "cortex-m7"], default="host")
-    c.add_argument("-o", "--output", required=True, help="folder for the C project")
+    c.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="folder for the C project: new, empty or one compile wrote before",
+    )
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty output folder compile did not create (its files named "
+        "like the project's are overwritten)",
+    )
     c.add_argument("--weights", help="start from these weights (.safetensors)")
     c.add_argument(
         "--precision",

@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgetrain.codegen._int8_layout import int8_trainable_ops
+from edgetrain.codegen._files import check_output_dir, write_project
+from edgetrain.codegen._int8_layout import int8_layout, int8_trainable_ops
+from edgetrain.codegen._project import check_prediction
 from edgetrain.codegen._render import SampleSet, TrainingSpec, render
 from edgetrain.codegen._targets import TargetKind, get_target
-from edgetrain.errors import UnsupportedKernelError, UnsupportedPlanError
+from edgetrain.errors import PlanPredictionError, UnsupportedKernelError, UnsupportedPlanError
 from edgetrain.ir import OpKind
-from edgetrain.planner import Plan, Precision
-from edgetrain.storage import write_text_atomic
+from edgetrain.planner import Executor, Plan, Precision
 
 
 def weights_of(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -63,11 +64,16 @@ def compile_project(
     out_dir: "str | Path",
     *,
     device: "str | None" = None,
+    force: bool = False,
 ) -> Path:
-    """Render and write the C project for `plan` into `out_dir`; returns the directory."""
+    """Render and write the C project for `plan` into `out_dir`; returns the directory.
+    `out_dir` must be new, empty or compile's own unless `force` (NOTE [ compile's output
+    directory ], `OutputPathError`); a C plan's prediction must be the layout's
+    (`PlanPredictionError`)."""
     from edgetrain.capture import capture
     from edgetrain.cost import load_device
 
+    check_output_dir(out_dir, force=force)
     tgt = get_target(target)
     graph = capture(model, example, batch_size=plan.micro_batch_size, name=plan.model)
     modules = dict(model.named_modules())
@@ -94,11 +100,7 @@ def compile_project(
         device_flash_bytes=flash,
         device_name=device or plan.device,
     )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        write_text_atomic(text, out / name)
-    return out
+    return write_project(out_dir, files, force=force)
 
 
 def compile_int8_project(
@@ -115,14 +117,17 @@ def compile_int8_project(
     device: "str | None" = None,
     log_every: int = 1,
     dump_params: bool = False,
+    force: bool = False,
 ):
     """Quantise `model` (edgetrain.quant, calibrated on `calibration` or the training images),
     render int8 QAS training of what `plan` trains, write it; returns (out_dir, QuantGraph,
-    trainable op names)."""
+    trainable op names). `out_dir` and `force` as `compile_project`'s; an int8 C plan's
+    prediction must be the layout's (`PlanPredictionError`)."""
     from edgetrain.codegen._int8_render import Int8Spec, render_int8
     from edgetrain.cost import load_device
     from edgetrain.quant import quantize
 
+    check_output_dir(out_dir, force=force)
     tgt = get_target(target)
     was = model.training
     model.eval()
@@ -132,6 +137,8 @@ def compile_int8_project(
     finally:
         model.train(was)
     trainable = int8_trainable_ops(plan, qg)
+    if plan.executor is Executor.C and plan.precision is Precision.INT8:
+        _check_int8_prediction(plan, qg, trainable)
     spec = Int8Spec(
         qg.quantize_input(normalised(train)).numpy(),
         train.labels,
@@ -163,8 +170,27 @@ def compile_int8_project(
         meta = json.loads(files["edgetrain_build.json"])
         meta["planner_predicted_peak_bytes"] = plan.predicted_peak_bytes
         files["edgetrain_build.json"] = json.dumps(meta, indent=1)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        write_text_atomic(text, out / name)
-    return out, qg, trainable
+    return write_project(out_dir, files, force=force), qg, trainable
+
+
+def _check_int8_prediction(plan: Plan, qg, trainable: list[str]) -> None:
+    """The int8 plan's predicted peak against `int8_layout` of the plan as given, for the
+    target the planner sized it for (the device's emulated core, else the host: NOTE [ The C
+    trainer's memory, for the planner ]). The layout differs between the host (double
+    gradients) and Cortex-M (float), so a prediction made for either kind is accepted."""
+    from edgetrain.codegen._targets import target_for_device
+
+    first = target_for_device(plan.device) or "host"
+    preds = [
+        int8_layout(
+            qg, trainable, batch_size=plan.batch_size, target=t, line_buffer=True
+        ).predicted_peak_sram_bytes
+        for t in dict.fromkeys((first, "cortex-m7" if first == "host" else "host"))
+    ]
+    for p in preds[1:]:
+        try:
+            check_prediction(plan, p, "executor c, int8")
+            return
+        except PlanPredictionError:
+            pass
+    check_prediction(plan, preds[0], "executor c, int8")

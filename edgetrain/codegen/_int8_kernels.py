@@ -18,6 +18,9 @@ from importlib import resources
 import numpy as np
 
 from edgetrain.codegen._int8_layout import INT8_OPS, WEIGHTED_OPS, Int8Kernel, Int8Placement
+from edgetrain.codegen._names import Identifiers, c_string, identifiers_in, wire_name
+from edgetrain.codegen._platform import fixed_sources as platform_sources
+from edgetrain.codegen._project import fixed_sources as project_sources
 
 
 @functools.cache
@@ -42,6 +45,12 @@ def ints(v: np.ndarray) -> str:
 
 def reals(v) -> str:
     return ", ".join(hexd(x) for x in np.asarray(v, dtype=np.float64).reshape(-1).tolist())
+
+
+@functools.cache
+def _fixed_identifiers() -> frozenset[str]:
+    """The identifiers of the fixed C every int8 program holds: runtime, driver, platform."""
+    return identifiers_in(int8_runtime_source(), *platform_sources(), *project_sources())
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,11 @@ class Int8Emitter:
     const_bytes: int = 0
     weighted: dict[str, _Weighted] = field(default_factory=dict)
     written: set[str] = field(default_factory=set)
+    reserved: frozenset[str] = frozenset()  # identifiers of the renderer's fixed C text
+    ids: Identifiers = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ids = Identifiers(_fixed_identifiers() | self.reserved)
 
     @property
     def T(self) -> dict:
@@ -122,13 +136,16 @@ def _linear_shape(em: Int8Emitter, op, w: np.ndarray) -> tuple[str, int, int]:
     return f"{em.batch}, {w.shape[1]}, {w.shape[0]}", 1, w.shape[0]
 
 
+# the arrays of one conv/linear: <sym>_w, _b, _m0, _sh (forward), _M, _iw, _ib (backward)
+_ARRAY_SUFFIXES = ("_w", "_b", "_m0", "_sh", "_M", "_iw", "_ib")
+
 _SHAPE_ARGS = {"QConv2d": _conv_shape, "QLinear": _linear_shape}
 
 
 def declare_weighted(em: Int8Emitter, op) -> _Weighted:
     """A conv/linear's weights, bias and requantisation constants: `static` in SRAM when it
     trains (and dumped at the end), `const` in flash when frozen."""
-    sym = "q_" + "".join(c if c.isalnum() else "_" for c in op.name)
+    sym = em.ids.get(("layer", op.name), "q_" + op.name, _ARRAY_SUFFIXES)
     tr = op.name in em.trainable
     q = "" if tr else "const "
     w, b = np.asarray(op.weight), np.asarray(op.bias)
@@ -137,7 +154,9 @@ def declare_weighted(em: Int8Emitter, op) -> _Weighted:
     em.arrays.append(f"static const int32_t {sym}_m0[{b.size}] = {{ {ints(op.multiplier)} }};")
     em.arrays.append(f"static const int32_t {sym}_sh[{b.size}] = {{ {ints(op.shift)} }};")
     if tr:
-        em.dumps.append(f'    dump("{op.name}", {sym}_w, {w.size}, {sym}_b, {b.size});')
+        em.dumps.append(
+            f"    dump({c_string(wire_name(op.name))}, {sym}_w, {w.size}, {sym}_b, {b.size});"
+        )
     else:
         em.const_bytes += w.size + 4 * b.size
     dims, P, C = _SHAPE_ARGS[type(op).__name__](em, op, w)

@@ -33,8 +33,16 @@ from edgetrain.codegen._int8_kernels import (
     int8_runtime_source,
 )
 from edgetrain.codegen._int8_layout import check_line_buffer, check_program, place_int8
+from edgetrain.codegen._names import identifiers_in
 from edgetrain.codegen._platform import render_platform
-from edgetrain.codegen._project import c_bytes, header_text, main_c, makefile
+from edgetrain.codegen._project import (
+    c_bytes,
+    check_flash,
+    check_labels,
+    header_text,
+    main_c,
+    makefile,
+)
 from edgetrain.codegen._targets import Target, TargetKind, get_target
 from edgetrain.errors import UnsupportedPlanError
 
@@ -79,15 +87,24 @@ def render_int8(
         )
     if tgt.kind is TargetKind.CORTEX_M and (device_sram_bytes <= 0 or device_flash_bytes <= 0):
         raise UnsupportedPlanError("a Cortex-M target needs the device's SRAM and flash sizes")
+    K = graph.tensor(graph.output).shape[-1]
+    check_labels(spec.train_y, K, "training")
+    check_labels(spec.test_y, K, "test")
+    samples = sum(
+        np.asarray(a).size for a in (spec.train_q, spec.train_y, spec.test_q, spec.test_y)
+    )
+    weights = sum(op.weight.numel() + 12 * op.bias.numel() for op in graph.weighted_ops)
+    check_flash(device_flash_bytes, device_name, samples, weights)
     B = spec.batch_size
     lay = place_int8(graph, trainable, B, tgt, line_buffer)
-    em = Int8Emitter(graph, lay, B, frozenset(trainable), spec.qas)
+    # `q_lb`: the line-buffered chain's descriptors (_model_c)
+    reserved = identifiers_in(_MODEL_C, "q_lb")
+    em = Int8Emitter(graph, lay, B, frozenset(trainable), spec.qas, reserved=reserved)
     for op in graph.ops:
         emit_forward(em, op)
     for op in lay.bwd_ops:
         emit_backward(em, op)
     mem = lay.layout
-    K = graph.tensor(graph.output).shape[-1]
     D = int(np.prod(lay.tensors[graph.input].shape))
     files = {
         "et_model.h": header_text(B, K, D, mem.arena_bytes, spec),

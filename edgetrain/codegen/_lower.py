@@ -20,12 +20,17 @@ NOTE [ Arena assignment ]
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from edgetrain.codegen._arena import ALIGN, Buffer, arena_bytes, place_largest_first
+from edgetrain.codegen._kernels import KERNELS, PRELUDE
+from edgetrain.codegen._names import Identifiers, identifiers_in
+from edgetrain.codegen._platform import fixed_sources as platform_sources
+from edgetrain.codegen._project import fixed_sources as project_sources
 from edgetrain.errors import UnsupportedKernelError, UnsupportedPlanError
 from edgetrain.ir import Graph, OpKind, TensorRole
 from edgetrain.planner import ActivationDecision, ParamDecision, Plan
@@ -107,8 +112,26 @@ class Lowered:
     folded: tuple[str, ...]  # 'conv+bn' pairs folded into one constant convolution
 
 
-def _sym(prefix: str, name: str) -> str:
-    return prefix + "".join(c if c.isalnum() else "_" for c in name)
+# The arrays' roles and the prefix / suffix of their identifiers (NOTE [ Names in generated C ])
+_ROLES = {
+    "trained": ("p_", ""),  # a trainable parameter (SRAM)
+    "frozen": ("c_", ""),  # a frozen parameter (flash)
+    "folded": ("f_", ""),  # a convolution's weight with the batch norm after it folded in
+    "folded-bias": ("f_", ".bias"),  # ... and its bias
+    "bn-mean": ("c_", ".mean"),  # a frozen batch norm's running mean (by module)
+    "bn-invstd": ("c_", ".invstd"),  # ... and 1 / sqrt(var + eps)
+}
+
+
+@functools.cache
+def _fixed_identifiers() -> frozenset[str]:
+    """The identifiers of the fixed C every fp32 program holds: kernels, driver, platform."""
+    return identifiers_in(PRELUDE, *KERNELS.values(), *platform_sources(), *project_sources())
+
+
+def _sym(ids: Identifiers, role: str, name: str) -> str:
+    prefix, suffix = _ROLES[role]
+    return ids.get((role, name), prefix + name + suffix)
 
 
 @dataclass
@@ -120,14 +143,17 @@ class _Lowering:
     weights: dict
     decisions: dict  # parameter name -> ParamPlan (absent: frozen)
     freeze_batch_norm: bool
+    reserved: frozenset[str] = frozenset()  # identifiers the program's fixed text uses
     shape: dict = field(init=False)
     pby: dict = field(init=False)
     arrays: dict[str, Array] = field(default_factory=dict)
     ops: list[LOp] = field(default_factory=list)
     producer: dict[str, LOp] = field(default_factory=dict)
     folded: list[str] = field(default_factory=list)
+    ids: Identifiers = field(init=False)
 
     def __post_init__(self) -> None:
+        self.ids = Identifiers(_fixed_identifiers() | self.reserved)
         self.shape = {t.name: t.shape for t in self.graph.tensors}
         self.pby = self.graph.param_by_tensor
 
@@ -144,7 +170,7 @@ class _Lowering:
     def array_for(self, pname: str) -> str:
         v = np.ascontiguousarray(np.asarray(self.weights[pname], dtype=np.float32)).reshape(-1)
         t = self.trains(pname)
-        sym = _sym("p_" if t else "c_", pname)
+        sym = _sym(self.ids, "trained" if t else "frozen", pname)
         self.arrays[sym] = Array(sym, v, t, pname if t else None)
         return sym
 
@@ -211,8 +237,8 @@ def _fold_bn(lw: _Lowering, n, src: LOp, gname: str, bname: str, mean, invstd) -
     )
     wf = wc * scale.reshape(-1, *([1] * (wc.ndim - 1)))
     bf = np.asarray(w[bname], dtype=np.float64) + (bc - mean.astype(np.float64)) * scale
-    src.weight = lw.const(_sym("f_", src.extra["w_param"]), wf)
-    src.bias = lw.const(_sym("f_", src.extra["w_param"] + ".bias"), bf)
+    src.weight = lw.const(_sym(lw.ids, "folded", src.extra["w_param"]), wf)
+    src.bias = lw.const(_sym(lw.ids, "folded-bias", src.extra["w_param"]), bf)
     src.extra["folded"] = True
     src.extra["w_param"] = src.extra["b_param"] = None
     del lw.producer[src.output]
@@ -254,8 +280,8 @@ def _lower_bn(lw: _Lowering, n, acts) -> LOp | None:
         weight=lw.array_for(gname),
         bias=lw.array_for(bname),
         extra={
-            "mean": lw.const(_sym("c_", n.module + ".mean"), mean),
-            "invstd": lw.const(_sym("c_", n.module + ".invstd"), invstd),
+            "mean": lw.const(_sym(lw.ids, "bn-mean", n.module), mean),
+            "invstd": lw.const(_sym(lw.ids, "bn-invstd", n.module), invstd),
             "w_param": gname,
             "b_param": bname,
         },
@@ -373,7 +399,15 @@ def _lower_nodes(lw: _Lowering) -> None:
         )
 
 
-def lower(plan: Plan, graph: Graph, weights: "dict[str, np.ndarray]") -> Lowered:
+def lower(
+    plan: Plan,
+    graph: Graph,
+    weights: "dict[str, np.ndarray]",
+    *,
+    reserved: frozenset[str] = frozenset(),
+) -> Lowered:
+    """Lower `plan` over `graph`; array identifiers avoid `reserved` (the caller's fixed C
+    text) besides the kernels' and driver's (NOTE [ Names in generated C ])."""
     _check_plan(plan, graph)
     missing = [p.name for p in graph.params if p.name not in weights]
     if missing:
@@ -381,7 +415,9 @@ def lower(plan: Plan, graph: Graph, weights: "dict[str, np.ndarray]") -> Lowered
             f"{len(missing)} parameters of the graph have no weights: {missing[:4]}; pass the "
             "model's state_dict (parameters and buffers) as `weights`"
         )
-    lw = _Lowering(graph, weights, {p.name: p for p in plan.params}, plan.freeze_batch_norm)
+    lw = _Lowering(
+        graph, weights, {p.name: p for p in plan.params}, plan.freeze_batch_norm, reserved
+    )
     _lower_nodes(lw)
     ops = lw.ops
     referenced = {

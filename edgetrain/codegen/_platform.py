@@ -150,3 +150,8 @@ def render_platform(tgt: Target, sram: int, flash: int, min_stack: int) -> dict[
     if tgt.kind is TargetKind.HOST:
         return {"et_platform.c": _HOST}
     return {"et_platform.c": _CM, "link.ld": _linker_script(tgt, sram, flash, min_stack)}
+
+
+def fixed_sources() -> tuple[str, ...]:
+    """The platform layers' fixed C text (for `_names.fixed_source_identifiers`)."""
+    return (_HOST, _CM)

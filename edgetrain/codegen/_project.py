@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from edgetrain.codegen._targets import Target, TargetKind
-from edgetrain.errors import UnsupportedPlanError
+from edgetrain.errors import DeviceLimitError, PlanPredictionError, UnsupportedPlanError
+
+PREDICTION_TOLERANCE = 0.01  # a plan's predicted peak may differ from the layout's by 1 %
 
 
 def cfloat(x: float) -> str:
@@ -26,6 +28,50 @@ def c_bytes(v: np.ndarray) -> str:
     """Integers as a C initialiser list, 32 a line."""
     vals = [str(x) for x in v.reshape(-1).tolist()]
     return ",\n".join(",".join(vals[i : i + 32]) for i in range(0, len(vals), 32))
+
+
+def check_labels(labels: np.ndarray, classes: int, what: str) -> None:
+    """Labels are class indices 0..classes-1: the C loss indexes the logits with them (a label
+    out of range would read past the logits) and the driver stores them as bytes."""
+    v = np.asarray(labels)
+    if v.dtype.kind not in "iu":
+        raise UnsupportedPlanError(f"{what} labels are {v.dtype}, not integers; give class indices")
+    bad = np.flatnonzero((v < 0) | (v >= classes))
+    if bad.size:
+        raise UnsupportedPlanError(
+            f"{what} label {int(v[bad[0]])} (sample {int(bad[0])}, {bad.size} such) is not a class "
+            f"of the model's {classes} outputs (0..{classes - 1}); relabel the data or use a "
+            f"model with more outputs"
+        )
+
+
+def check_flash(flash_bytes: int, device: str | None, samples_bytes: int, weights_bytes: int):
+    """The baked-in samples and the weights' initial values fit the device's flash (0: the
+    host, no limit); checked before the C is written, the linker checks the rest (code)."""
+    need = samples_bytes + weights_bytes
+    if flash_bytes > 0 and need > flash_bytes:
+        raise DeviceLimitError(
+            f"the baked-in samples ({samples_bytes:,} B) and the weights ({weights_bytes:,} B) "
+            f"need {need:,} B of flash, more than {device or 'the device'}'s {flash_bytes:,} B; "
+            "bake fewer samples (--train-samples / --test-samples) or use a device with more "
+            "flash"
+        )
+
+
+def check_prediction(plan, predicted_bytes: int, what: str) -> None:
+    """A C plan's predicted peak is this compiler's own prediction for the plan as given
+    (within `PREDICTION_TOLERANCE`); otherwise the plan was edited or made elsewhere."""
+    claimed = plan.predicted_peak_bytes
+    if abs(claimed - predicted_bytes) <= PREDICTION_TOLERANCE * max(predicted_bytes, 1):
+        return
+    raise PlanPredictionError(
+        f"the plan for {plan.model} on {plan.device} ({what}, batch {plan.batch_size}, "
+        f"{len(plan.trainable())} trainable tensors) predicts a peak of {claimed:,} B, but "
+        f"this compiler's layout of that plan needs {predicted_bytes:,} B: the plan was edited "
+        "by hand, or made for another executor or by another edgetrain version. Re-plan for "
+        f"the C executor: edgetrain plan --model {plan.model} --device {plan.device} "
+        f"--batch-size {plan.batch_size} --executor c -o plan.json"
+    )
 
 
 def header_text(batch: int, classes: int, sample_bytes: int, arena_bytes: int, spec) -> str:
@@ -124,3 +170,13 @@ def makefile(tgt: Target) -> str:
         f"run: et_train.elf\n\tqemu-system-arm -M {tgt.qemu_machine} -cpu {tgt.name} "
         "-icount shift=0 -semihosting -nographic -kernel et_train.elf\n"
     )
+
+
+def fixed_sources() -> tuple[str, ...]:
+    """The driver's and header's fixed C text (for `_names.fixed_source_identifiers`)."""
+    from types import SimpleNamespace
+
+    from edgetrain.codegen._targets import TARGETS
+
+    spec = SimpleNamespace(steps=1, log_every=1, lr=1.0, dump_params=False)
+    return (header_text(1, 1, 1, 1, spec), *(main_c(t) for t in TARGETS.values()))

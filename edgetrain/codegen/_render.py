@@ -15,6 +15,7 @@ Memory classes of the generated program:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,12 +24,22 @@ import numpy as np
 from edgetrain.codegen._arena import MIN_STACK_BYTES, RUNTIME_RESERVE_BYTES
 from edgetrain.codegen._kernels import KERNELS, PRELUDE
 from edgetrain.codegen._lower import LKind, LOp, Lowered, lower, zero_weights
+from edgetrain.codegen._names import c_comment, c_string, identifiers_in, wire_name
 from edgetrain.codegen._platform import render_platform
-from edgetrain.codegen._project import c_bytes, cfloat, header_text, main_c, makefile
+from edgetrain.codegen._project import (
+    c_bytes,
+    cfloat,
+    check_flash,
+    check_labels,
+    check_prediction,
+    header_text,
+    main_c,
+    makefile,
+)
 from edgetrain.codegen._targets import Target, TargetKind, get_target
 from edgetrain.errors import UnsupportedPlanError
 from edgetrain.ir import Graph
-from edgetrain.planner import Plan
+from edgetrain.planner import Executor, Plan, Precision
 
 
 @dataclass(frozen=True)
@@ -82,7 +93,7 @@ def render(
     tgt = get_target(target)
     if spec.steps <= 0 or not (spec.lr > 0):
         raise UnsupportedPlanError(f"steps {spec.steps} and lr {spec.lr} must be positive")
-    low = lower(plan, graph, weights)
+    low = lower(plan, graph, weights, reserved=identifiers_in(_MODEL_C))
     if spec.train.pixels.shape[1:] != low.input_shape[1:]:
         raise UnsupportedPlanError(
             f"samples have shape {spec.train.pixels.shape[1:]} but the model takes "
@@ -93,6 +104,7 @@ def render(
             "a Cortex-M target needs the device's SRAM and flash sizes for its linker script "
             f"(got {device_sram_bytes} and {device_flash_bytes} bytes)"
         )
+    _check_inputs(plan, low, spec, device_flash_bytes, device_name or plan.device)
     files = {
         "et_model.h": _header(low, spec),
         "et_model.c": _model_c(low, spec, tgt),
@@ -132,6 +144,16 @@ def render(
     }
     files["edgetrain_build.json"] = json.dumps(meta, indent=1)
     return files
+
+
+def _check_inputs(plan: Plan, low: Lowered, spec: TrainingSpec, flash: int, device: str) -> None:
+    """What the plan claims and what the data holds, checked before any C is written."""
+    if plan.executor is Executor.C and plan.precision is Precision.FP32:
+        check_prediction(plan, _peak_sram_bytes(low), "executor c, fp32")
+    check_labels(spec.train.labels, low.num_classes, "training")
+    check_labels(spec.test.labels, low.num_classes, "test")
+    samples = sum(s.pixels.size + s.labels.size for s in (spec.train, spec.test))
+    check_flash(flash, device, samples, sum(a.values.size * 4 for a in low.arrays))
 
 
 def _peak_sram_bytes(low: Lowered) -> int:
@@ -264,7 +286,7 @@ def _gap_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
 
 
 def _view_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
-    return f"/* {op.name}: view (alias) */"
+    return f"/* {c_comment(op.name)}: view (alias) */"
 
 
 def _linear_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
@@ -414,7 +436,7 @@ def _gap_bwd(op: LOp, bw: _Bwd) -> list[str]:
 
 def _view_bwd(op: LOp, bw: _Bwd) -> list[str]:
     bw.dx(op.inputs[0])  # the gradient buffer is shared (alias): mark it written
-    return [f"/* {op.name}: view, gradient aliased */"]
+    return [f"/* {c_comment(op.name)}: view, gradient aliased */"]
 
 
 def _linear_bwd(op: LOp, bw: _Bwd) -> list[str]:
@@ -465,7 +487,7 @@ def _arrays_c(low: Lowered, referenced: set[str]) -> list[str]:
         q = "" if a.trainable else "const "
         where = "SRAM, trained" if a.trainable else "flash"
         arrays.append(
-            f"/* {a.param or a.symbol} ({where}) */\n"
+            f"/* {c_comment(a.param or a.symbol)} ({where}) */\n"
             f"static {q}float {a.symbol}[{a.values.size}] = {{\n{_floats(a.values)}\n}};"
         )
     return arrays
@@ -474,24 +496,26 @@ def _arrays_c(low: Lowered, referenced: set[str]) -> list[str]:
 def _model_c(low: Lowered, spec: TrainingSpec, tgt: Target) -> str:
     nm = _Names(low)
     used: set[str] = set()
-    fwd = [f"    {_fwd(op, nm, used)}  /* {op.name} */" for op in low.ops]
+    fwd = [f"    {_fwd(op, nm, used)}  /* {c_comment(op.name)} */" for op in low.ops]
     written: set[str] = set()
     bwd = []
     for op in reversed(low.ops):
         if op.output in low.requires_grad:
-            bwd += [f"    {s}  /* {op.name} */" for s in _bwd(op, nm, low, written, used)]
+            bwd += [
+                f"    {s}  /* {c_comment(op.name)} */" for s in _bwd(op, nm, low, written, used)
+            ]
     body = "\n".join(fwd + bwd)
-    referenced = {a.symbol for a in low.arrays if a.symbol in body}
+    referenced = {a.symbol for a in low.arrays} & set(re.findall(r"\b\w+\b", body))
     dumps = [
-        f'    dump("{a.param}", {a.symbol}, {a.values.size});'
+        f"    dump({c_string(wire_name(a.param))}, {a.symbol}, {a.values.size});"
         for a in low.arrays
         if a.trainable and a.symbol in referenced
     ]
     kernels = "\n".join(KERNELS[k] for k in KERNELS if k in used)
     return _MODEL_C.format(
         target=tgt.name,
-        first=low.ops[0].name,
-        last=low.ops[-1].name,
+        first=c_comment(low.ops[0].name),
+        last=c_comment(low.ops[-1].name),
         arena=low.arena_bytes,
         fpu=int(tgt.has_fpu),
         dsp=int(tgt.has_dsp),
