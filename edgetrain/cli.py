@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from importlib import import_module
@@ -11,13 +12,16 @@ from importlib import import_module
 from rich.console import Console
 from rich.table import Table
 
-from edgetrain.errors import EdgetrainError
+from edgetrain import validate
+from edgetrain.errors import EdgetrainError, PlanFileError, WeightsFileError
 from edgetrain.strategies import CATALOG, SystemName, system_info
 from edgetrain.units import format_bytes, parse_size
 from edgetrain.validate import (
     batch_size,
     cli_type,
     learning_rate,
+    output_dir,
+    output_file,
     positive_float,
     positive_int,
     steps,
@@ -91,16 +95,30 @@ def _print_profile(p) -> None:
     console.print(f"modelled step on {c.device}: {c.latency_s:.4g} s, {c.energy_j:.4g} J")
 
 
+def _sample_bytes(example) -> int:
+    """Bytes of one input sample (the example input has batch size 1)."""
+    return example.numel() * example.element_size()
+
+
 def _cmd_profile(args: argparse.Namespace) -> int:
+    from edgetrain.cost import load_device
     from edgetrain.models import build_model
     from edgetrain.prepare import profile
 
     t0 = time.perf_counter()
+    dev = load_device(args.device)
     model, example = build_model(args.model)
+    validate.batch_fits(
+        args.batch_size,
+        sample_bytes=_sample_bytes(example),
+        limit_bytes=dev.ram_bytes,
+        device=dev.name,
+        limit="memory",
+    )
     p = profile(
         model,
         example,
-        device=args.device,
+        device=dev,
         batch_size=args.batch_size,
         optimizer=args.optimizer,
         measure=args.measure,
@@ -150,7 +168,7 @@ def _plan_with_system(args: argparse.Namespace, model, example, calibration):
     prepared = get_system(args.strategy).prepare(
         model,
         example,
-        device=args.device,
+        device=args.device_record,
         budget_bytes=args.budget,
         batch_size=args.batch_size,
         name=args.model,
@@ -160,11 +178,27 @@ def _plan_with_system(args: argparse.Namespace, model, example, calibration):
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    from edgetrain.cost import load_device
     from edgetrain.models import build_model
+    from edgetrain.planner import Plan
     from edgetrain.prepare import PlanRequest, plan
     from edgetrain.storage import write_text_atomic
 
+    # NOTE [ CLI inputs are checked before work starts ]
+    #     Argument types (`validate`, via `cli_type`) are checked while parsing; what needs the
+    #     device or the model is checked here, before any capture: the budget against the
+    #     device's memory (unless --force-budget) and the batch against the budget (every plan
+    #     holds the whole input batch, so a batch whose inputs alone exceed it never fits).
+    dev = args.device_record = load_device(args.device)
+    budget = dev.ram_bytes
+    if args.budget is not None:
+        budget = validate.budget_within_device(
+            args.budget, device=dev.name, ram_bytes=dev.ram_bytes, force=args.force_budget
+        )
     model, example = build_model(args.model)
+    validate.batch_fits(
+        args.batch_size, sample_bytes=_sample_bytes(example), limit_bytes=budget, device=dev.name
+    )
     calibration = None
     if args.calibration:
         from edgetrain.data import load_dataset, resize_for
@@ -179,7 +213,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             model,
             example,
             PlanRequest(
-                device=args.device,
+                device=dev,
                 budget_bytes=args.budget,
                 batch_size=args.batch_size,
                 objective=args.objective,
@@ -196,6 +230,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             ),
         )
         peak = p.predicted_peak_bytes
+    # What is written must load: the file goes through the same checks as any plan from
+    # elsewhere (NOTE [ Plans are data ]).
+    Plan.from_dict(p.to_dict(), device=dev)
     if args.output:
         write_text_atomic(p.to_json(), args.output)
     if args.json:
@@ -238,18 +275,79 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_weights(model, path: str) -> None:
+    """Load a safetensors file into `model`, refusing anything that is not exactly its
+    state (NOTE [ Weights files are untrusted ])."""
+    # NOTE [ Weights files are untrusted ]
+    #     `--weights` is read with safetensors only, never unpickled: a PyTorch pickle
+    #     (`torch.save`, a zip or a raw pickle) is refused by its first bytes, before any parser
+    #     sees it. The file must hold exactly the model's state-dict keys, each of its shape
+    #     and kind (floating or integer), with finite floating values; anything else is a
+    #     `WeightsFileError` saying what differs, never a traceback or a partial load.
+    import torch
+
+    from edgetrain.storage import load_tensors
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        raise WeightsFileError(
+            f"weights file {path!r} is a Python pickle (torch.save), which edgetrain never "
+            "loads (unpickling runs code); save the weights with "
+            "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')"
+        )
+    try:
+        tensors = load_tensors(path)
+    except Exception as e:  # safetensors' SafetensorError for truncated or foreign files
+        raise WeightsFileError(
+            f"weights file {path!r} is not a readable safetensors file "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}); "
+            "is it truncated? save it again with safetensors.torch.save_file"
+        ) from None
+    want = model.state_dict()
+    missing = [k for k in want if k not in tensors]
+    unknown = [k for k in tensors if k not in want]
+    if missing or unknown:
+        raise WeightsFileError(
+            f"weights file {path!r} does not hold this model's state: "
+            + "; ".join(
+                part
+                for part in (
+                    f"missing {len(missing)} ({', '.join(missing[:3])})" if missing else "",
+                    f"{len(unknown)} unknown ({', '.join(unknown[:3])})" if unknown else "",
+                )
+                if part
+            )
+            + "; were they saved from the plan's model?"
+        )
+    for k, t in tensors.items():
+        w = want[k]
+        if tuple(t.shape) != tuple(w.shape) or t.is_floating_point() != w.is_floating_point():
+            raise WeightsFileError(
+                f"weights file {path!r}: tensor {k!r} is {tuple(t.shape)} {t.dtype}, the model's "
+                f"is {tuple(w.shape)} {w.dtype}; were they saved from the plan's model?"
+            )
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise WeightsFileError(
+                f"weights file {path!r}: tensor {k!r} holds NaN or infinite values; "
+                "retrain or re-export the weights"
+            )
+    model.load_state_dict(tensors)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from edgetrain.data import load_dataset, resize_for
+    from edgetrain.data import load_dataset, parse_spec, resize_for
     from edgetrain.models import build_model
     from edgetrain.planner import Plan
     from edgetrain.runtime import train_loop
-    from edgetrain.storage import load_tensors
     from edgetrain.tasks import accuracy
 
-    p = Plan.load(args.plan)
-    model, example = build_model(p.model)
+    parse_spec(args.data)  # a bad data spec fails before any work
+    p = Plan.load(args.plan, device=args.device)  # NOTE [ Plans are data ]
+    model, example = build_model(p.model_to_build(args.model, trust_plan=args.trust_plan))
+    p.check_matches_model(model)
     if args.weights:
-        model.load_state_dict(load_tensors(args.weights))
+        _load_weights(model, str(args.weights))
     train = load_dataset(args.data, split="train")
     test = load_dataset(args.data, split="test")
     xt, yt = resize_for(train.x, tuple(example.shape)), train.y
@@ -284,9 +382,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from edgetrain.cost import load_device
     from edgetrain.demo import run_demo
 
-    return run_demo(out_dir=args.out, device=args.device, quick=args.quick)
+    load_device(args.device)  # a bad device fails before any work
+    return run_demo(out_dir=str(args.out), device=args.device, quick=args.quick)
 
 
 # Later stages of the pipeline register their own commands. They are imported only when their
@@ -300,8 +400,24 @@ _STAGE_COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors read like every other error: one line,
+    `error: TypeName: ...`, exit code 2 (subcommands' parsers are of this class too)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        m = re.match(r"(argument [^:]+: )(\w+Error): (.*)", message, re.DOTALL)
+        kind, text = ("InvalidArgumentError", message) if m is None else (m[2], m[1] + m[3])
+        _report(kind, f"{self.prog}: {text} (see `{self.prog} --help`)")
+        self.exit(2)
+
+
+def _report(kind: str, message: str) -> None:
+    errc.print(f"[bold red]error:[/] {kind}: ", end="", highlight=False, soft_wrap=True)
+    errc.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="edgetrain",
         description="On-device training: capture a PyTorch model, cost it on a device, plan, train.",
     )
@@ -320,7 +436,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "--measure", action="store_true", help="also run one real step in PyTorch and measure it"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--plot", metavar="FILE.png", help="draw where the memory goes")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        type=cli_type(output_file),
+        help="draw where the memory goes",
+    )
     p.set_defaults(fn=_cmd_profile)
 
     pl = sub.add_parser("plan", help="plan training within a memory budget")
@@ -330,7 +451,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "--budget",
         type=cli_type(parse_size),
         default=None,
-        help="memory budget, e.g. 256KB (default: the device's memory)",
+        help="memory budget, e.g. 256KB (default: the device's memory; more than the "
+        "device's memory needs --force-budget)",
+    )
+    pl.add_argument(
+        "--force-budget",
+        action="store_true",
+        help="allow a --budget above the device's memory (the plan records that it was forced)",
     )
     pl.add_argument("--batch-size", type=cli_type(batch_size), default=1)
     pl.add_argument("--objective", choices=["time", "energy"], default="time")
@@ -345,6 +472,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     pl.add_argument(
         "--policy",
+        type=cli_type(validate.policy),
         default=None,
         help="what trains: all, bias-only, last:K, parameter names, or fisher "
         "(needs --calibration)",
@@ -381,25 +509,64 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="batch norm uses its running statistics (needed by edgetrain compile)",
     )
-    pl.add_argument("-o", "--output", help="write the plan as JSON to this file")
+    pl.add_argument(
+        "-o", "--output", type=cli_type(output_file), help="write the plan as JSON to this file"
+    )
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(fn=_cmd_plan)
 
     tr = sub.add_parser("train", help="execute a plan on real data")
-    tr.add_argument("--plan", required=True)
+    tr.add_argument(
+        "--plan",
+        required=True,
+        type=cli_type(lambda v: validate.existing_file(v, "plan file (--plan)", PlanFileError)),
+        help="plan.json from `edgetrain plan` (checked before use: NOTE [ Plans are data ])",
+    )
+    tr.add_argument(
+        "--model",
+        default=None,
+        help="the plan's model, named by you: needed when the plan's model is a Python file "
+        "(path/to/file.py:factory), which must be the file the plan was made for (SHA-256)",
+    )
+    tr.add_argument(
+        "--trust-plan",
+        action="store_true",
+        help="import the model file the plan names without --model (its SHA-256 must still "
+        "match the plan's)",
+    )
+    tr.add_argument(
+        "--device",
+        default=None,
+        help="the device file the plan was made for, when it is not in the catalog "
+        "(path/to/board.toml)",
+    )
     tr.add_argument("--data", default="fashion-mnist:5-9")
     tr.add_argument("--steps", type=cli_type(steps), default=100)
     tr.add_argument("--lr", type=cli_type(learning_rate), default=0.01)
-    tr.add_argument("--weights", help="start from these weights (.safetensors)")
     tr.add_argument(
-        "--resume", metavar="DIR", help="checkpoint folder: resume from it and checkpoint into it"
+        "--weights",
+        type=cli_type(
+            lambda v: validate.existing_file(v, "weights file (--weights)", WeightsFileError)
+        ),
+        help="start from these weights (.safetensors)",
+    )
+    tr.add_argument(
+        "--resume",
+        metavar="DIR",
+        type=cli_type(lambda v: output_dir(v, "checkpoint folder (--resume)")),
+        help="checkpoint folder: resume from it and checkpoint into it",
     )
     tr.add_argument("--checkpoint-every", type=cli_type(positive_int), default=10)
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(fn=_cmd_train)
 
     m = sub.add_parser("demo", help="the two-stage story on the built-in default")
-    m.add_argument("--out", default="results/demo", help="folder for the report and plots")
+    m.add_argument(
+        "--out",
+        default="results/demo",
+        type=cli_type(lambda v: output_dir(v, "demo folder (--out)")),
+        help="folder for the report and plots",
+    )
     m.add_argument("--device", default="nrf52840")
     m.add_argument("--quick", action="store_true", help="fewer pretraining samples (CI)")
     m.set_defaults(fn=_cmd_demo)
@@ -419,13 +586,27 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every failure is one `error: TypeName: message` on stderr and exit
+    code 2, never a traceback: edgetrain's own errors, and the OS's and Python's value errors
+    a handler did not anticipate (a file vanishing, a disk filling, the host running out of
+    memory)."""
     args = build_parser(argv).parse_args(argv)
     try:
         return args.fn(args)
     except EdgetrainError as e:
-        errc.print(f"[bold red]error:[/] {type(e).__name__}: ", end="", highlight=False)
-        errc.print(str(e), markup=False, highlight=False)
-        return 2
+        _report(type(e).__name__, str(e))
+    except (OSError, ValueError, MemoryError) as e:
+        _report(type(e).__name__, str(e) or repr(e))
+    except RuntimeError as e:
+        text = str(e)
+        if "can't allocate memory" not in text and "out of memory" not in text.lower():
+            raise
+        _report(
+            "MemoryError",
+            f"this host ran out of memory ({text.splitlines()[0]}); use a smaller batch size "
+            "or model",
+        )
+    return 2
 
 
 if __name__ == "__main__":

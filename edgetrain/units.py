@@ -10,7 +10,9 @@ import re
 
 from edgetrain.errors import InvalidArgumentError
 
-__all__ = ["format_bytes", "parse_size"]
+__all__ = ["MAX_SIZE_BYTES", "format_bytes", "parse_size"]
+
+MAX_SIZE_BYTES = 1 << 63
 
 _UNITS = {
     "": 1,
@@ -49,7 +51,15 @@ def parse_size(text: str) -> int:
         raise InvalidArgumentError(
             f"bad size {text!r}: use a number of bytes or a unit, e.g. 256KB, 1.5MB, 2GiB"
         )
-    v = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    number = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not number < MAX_SIZE_BYTES:  # also catches inf from a number too long for a float
+        raise InvalidArgumentError(
+            f"size {text!r} is too large: it must be below 8 EiB ({MAX_SIZE_BYTES:,} bytes); "
+            "give e.g. 256KB, 1.5MB or 2GiB"
+        )
+    v = int(number)
     if v <= 0:
-        raise InvalidArgumentError(f"size must be positive, got {text!r}")
+        raise InvalidArgumentError(
+            f"size must be at least 1 byte, got {text!r}; give e.g. 256KB, 1.5MB or 2GiB"
+        )
     return v

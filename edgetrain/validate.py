@@ -11,22 +11,32 @@ without importing torch.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
+import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from edgetrain.errors import InvalidArgumentError
+from edgetrain.errors import DeviceLimitError, InvalidArgumentError, OutputPathError
 
 __all__ = [
+    "batch_fits",
     "batch_size",
     "budget_bytes",
+    "budget_within_device",
     "cli_type",
     "existing_file",
+    "file_sha256",
     "fraction",
     "learning_rate",
+    "model_spec_file",
     "non_negative_float",
     "non_negative_int",
+    "output_dir",
+    "output_file",
+    "policy",
     "positive_float",
     "positive_int",
     "steps",
@@ -84,23 +94,86 @@ def budget_bytes(value: object) -> int:
     return positive_int(value, "memory budget in bytes (--budget)")
 
 
-def existing_file(value: object, what: str = "file") -> Path:
-    """A path naming a readable regular file."""
-    p = Path(str(value))
+def existing_file(
+    value: object, what: str = "file", error: type[InvalidArgumentError] = InvalidArgumentError
+) -> Path:
+    """A path naming a readable regular file (`error` is the class raised when it is not)."""
+    p = Path(str(value)).expanduser()
+    if not str(value):
+        raise error(f"{what} is empty; give the path of a file")
     if not p.is_file():
         why = "is a directory" if p.is_dir() else "does not exist"
-        raise InvalidArgumentError(f"{what} {str(value)!r} {why}; give the path of a file")
+        raise error(f"{what} {str(value)!r} {why}; give the path of a file")
+    if not os.access(p, os.R_OK):
+        raise error(f"{what} {str(value)!r} is not readable; check its permissions")
+    return p
+
+
+# NOTE [ Output paths are checked before work starts ]
+#     Every command that writes checks its output paths when its arguments are parsed, before
+#     any model is built or planned: a file wanted where a directory is (or the reverse), a
+#     parent that is a file, or a folder this user may not write is an `OutputPathError` then,
+#     not a traceback after minutes of work. Folders that do not exist yet are created later
+#     (the first existing ancestor must be a writable directory).
+
+
+def _writable_ancestor(p: Path, value: object, what: str) -> None:
+    for parent in p.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputPathError(
+                    f"{what} {str(value)!r} cannot be created: {str(parent)!r} is a file, not a "
+                    "directory; choose another path"
+                )
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputPathError(
+                    f"{what} {str(value)!r} cannot be written: directory {str(parent)!r} is not "
+                    "writable; choose a folder you can write to"
+                )
+            return
+
+
+def output_file(value: object, what: str = "output file") -> Path:
+    """A path a file may be written to: not a directory, its folder writable (or creatable)."""
+    if not str(value):
+        raise OutputPathError(f"{what} is empty; give the path of a file to write")
+    p = Path(str(value)).expanduser()
+    if p.is_dir():
+        raise OutputPathError(
+            f"{what} {str(value)!r} is a directory; give a file name, e.g. {str(p / 'out')!r}"
+        )
+    if p.exists() and not os.access(p, os.W_OK):
+        raise OutputPathError(f"{what} {str(value)!r} is not writable; check its permissions")
+    _writable_ancestor(p, value, what)
+    return p
+
+
+def output_dir(value: object, what: str = "output folder") -> Path:
+    """A folder that exists and is writable, or that can be created."""
+    if not str(value):
+        raise OutputPathError(f"{what} is empty; give the path of a folder")
+    p = Path(str(value)).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise OutputPathError(
+                f"{what} {str(value)!r} is a file, not a folder; give a folder path"
+            )
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise OutputPathError(f"{what} {str(value)!r} is not writable; check its permissions")
+        return p
+    _writable_ancestor(p, value, what)
     return p
 
 
 def cli_type(check: Callable[[object], T]) -> Callable[[str], T]:
-    """An argparse `type=` callable from a check: its error becomes argparse's usage error."""
+    """An argparse `type=` callable from a check: its error becomes argparse's usage error,
+    prefixed with the error's class name (the CLI prints it as `error: TypeName: ...`)."""
 
     def parse(text: str) -> T:
         try:
             return check(text)
         except InvalidArgumentError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
+            raise argparse.ArgumentTypeError(f"{type(e).__name__}: {e}") from None
 
     parse.__name__ = getattr(check, "__name__", "value")
     return parse
@@ -130,3 +203,97 @@ def _finite(value: object, what: str, expected: str) -> float:
     if isinstance(value, bool) or not math.isfinite(v):
         raise InvalidArgumentError(f"{what} must be {expected}, got {value!r}")
     return v
+
+
+_POLICY_WORDS = ("all", "full", "bias-only", "fisher")
+_LAST = re.compile(r"last:(.*)", re.DOTALL)
+
+
+def policy(value: object) -> str:
+    """What trains (`--policy`): all, bias-only, fisher, last:K (K a positive integer), or a
+    comma-separated list of parameter names or module prefixes. Checks the form only; whether
+    the names exist is known once the model is captured."""
+    what = "policy (--policy)"
+    forms = "use all, bias-only, fisher, last:K with K a positive integer, or parameter names"
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{what} must be a string, got {value!r}; {forms}")
+    text = value.strip()
+    if text in _POLICY_WORDS:
+        return text
+    m = _LAST.fullmatch(text)
+    if m:
+        k = m.group(1).strip()
+        if not re.fullmatch(r"[+-]?[0-9]{1,9}", k):
+            raise InvalidArgumentError(
+                f"bad {what} {value!r}: expected last:K with K a positive integer (the last K "
+                "modules that own parameters train), e.g. last:2"
+            )
+        if int(k) <= 0:
+            raise InvalidArgumentError(
+                f"bad {what} {value!r}: K must be positive (K = {int(k)}); last:K trains the "
+                "last K modules that own parameters, e.g. last:1"
+            )
+        return f"last:{int(k)}"
+    names = [w.strip() for w in text.split(",")]
+    if not text or any(not w for w in names):
+        raise InvalidArgumentError(f"bad {what} {value!r}: an empty name; {forms}")
+    if any(not w.isprintable() or " " in w for w in names):
+        raise InvalidArgumentError(
+            f"bad {what} {value!r}: parameter names hold no spaces or control characters; {forms}"
+        )
+    return ",".join(names)
+
+
+def budget_within_device(
+    budget: int, *, device: str, ram_bytes: int, force: bool, flag: str = "--force-budget"
+) -> int:
+    """A budget no larger than the device's memory, unless the caller forces it (`flag`):
+    `DeviceLimitError` names the device, both numbers and the flag."""
+    budget = budget_bytes(budget)
+    if budget > ram_bytes and not force:
+        raise DeviceLimitError(
+            f"memory budget {budget:,} bytes is more than {device}'s memory ({ram_bytes:,} "
+            f"bytes, {budget / ram_bytes:.3g}x); use a budget <= {ram_bytes:,} bytes (or leave "
+            f"it out: the default is the device's memory), or pass {flag} to plan for more "
+            "memory than the device has"
+        )
+    return budget
+
+
+def batch_fits(
+    batch: int, *, sample_bytes: int, limit_bytes: int, device: str, limit: str = "budget"
+) -> int:
+    """A batch whose input samples alone fit in `limit_bytes`; a larger batch can never fit
+    (every plan holds the whole input batch) and is a `DeviceLimitError` naming the largest
+    batch that could."""
+    batch = batch_size(batch)
+    need = batch * max(1, int(sample_bytes))
+    if need > limit_bytes:
+        most = limit_bytes // max(1, int(sample_bytes))
+        raise DeviceLimitError(
+            f"batch size {batch:,}: its input samples alone take {need:,} bytes "
+            f"({sample_bytes:,} bytes each), more than the {limit} of {limit_bytes:,} bytes on "
+            f"{device}; no plan can fit it. Use --batch-size {max(1, most):,} or less"
+            + ("" if most >= 1 else " (even one sample does not fit: use a larger device)")
+        )
+    return batch
+
+
+def model_spec_file(spec: str) -> Path | None:
+    """The Python file a model spec names (`path/to/file.py:factory`), or None for a built-in
+    model name (which imports no code of the user's). Mirrors `edgetrain.models.build_model`."""
+    path, sep, _factory = spec.rpartition(":")
+    if sep and path.endswith(".py"):
+        return Path(path).expanduser()
+    if spec.endswith(".py"):
+        return Path(spec).expanduser()
+    return None
+
+
+def file_sha256(path: "str | os.PathLike[str]") -> str:
+    """The SHA-256 of a file's bytes, as 64 lowercase hex digits."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -66,6 +66,8 @@ class PlanRequest:
             put("budget_bytes", validate.budget_bytes(self.budget_bytes))
         if self.deadline_s is not None:
             put("deadline_s", validate.positive_float(self.deadline_s, "deadline (--deadline-s)"))
+        if self.policy is not None:
+            put("policy", validate.policy(self.policy))
         if not 0 <= self.safety_margin < 1:
             raise InvalidArgumentError(
                 f"safety margin must be in [0, 1), got {self.safety_margin!r} (default 0.03)"

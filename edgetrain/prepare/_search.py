@@ -5,10 +5,12 @@ executor that answers for its own memory (NOTE [ Asking an executor for its memo
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
 
+from edgetrain import validate
 from edgetrain.capture import capture
 from edgetrain.cost import Device, simulate_step
 from edgetrain.errors import InvalidArgumentError, PlanInfeasibleError
@@ -21,6 +23,7 @@ from edgetrain.planner import (
     Executor,
     ExecutorMemory,
     MemoryRequest,
+    Objective,
     ParamDecision,
     ParamPlan,
     Plan,
@@ -82,6 +85,27 @@ class Search:
     has_bn: bool
     _graphs: dict[tuple[int, bool], Graph] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Every plan holds the whole input batch (cost: the batch is allocated at the micro-batch
+        # times the accumulation steps), so a batch whose inputs alone exceed the budget never
+        # fits: refuse it before capturing (and allocating) anything. The CLI refuses it as an
+        # argument (`validate.batch_fits`) before it gets here.
+        x = self.example_input
+        sample = max(1, x.numel() * x.element_size())
+        need, budget = self.request.batch_size * sample, self.budget_bytes
+        if need > budget:
+            most = budget // sample
+            raise PlanInfeasibleError(
+                f"no plan fits {budget:,} bytes on {self.device.name}: the smallest achievable "
+                f"peak is more than the input batch alone, {need:,} bytes ({need / budget:.3g}x "
+                f"the budget, {sample:,} bytes per sample); "
+                + (
+                    f"use a batch size of at most {most:,} or a larger budget"
+                    if most
+                    else "even one sample does not fit: use a larger budget or device"
+                )
+            )
+
     def graph_at(self, batch: int, freeze_bn: bool) -> Graph:
         """The capture at `batch` samples, batch norm frozen (running statistics) or live."""
         if (batch, freeze_bn) not in self._graphs:
@@ -104,7 +128,9 @@ class Search:
 
 
 def _divisors(n: int) -> list[int]:
-    return [d for d in range(n, 0, -1) if n % d == 0]
+    """The divisors of `n`, largest first (O(sqrt n))."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted({*small, *(n // d for d in small)}, reverse=True)
 
 
 @dataclass
@@ -113,6 +139,7 @@ class _Best:
 
     found: tuple[Evaluation, Problem, str, bool] | None = None
     smallest: tuple[int, Problem | None] = (1 << 62, None)
+    fastest_s: float | None = None  # with a deadline: the quickest step that fits the memory
 
     def offer(self, ev: Evaluation, prob: Problem, policy: str, freeze: bool) -> None:
         obj = prob.objective
@@ -121,10 +148,20 @@ class _Best:
         if self.found is None or ev.objective(obj) < self.found[0].objective(obj) * (1 - 1e-9):
             self.found = (ev, prob, policy, freeze)
 
-    def refuse(self, prob: Problem) -> None:
+    def refuse(self, prob: Problem, solver) -> None:
         low = lowest_peak(prob)
         if low < self.smallest[0]:
             self.smallest = (low, prob)
+        if prob.deadline_s is not None and low <= prob.budget_bytes:
+            # NOTE [ A missed deadline is reported as one ]
+            #     Memory allows a schedule, so the deadline refused it: solve again without the
+            #     deadline, for time, to say how fast a step that fits can be.
+            try:
+                ev = solver(dataclasses.replace(prob, deadline_s=None, objective=Objective.TIME))
+            except PlanInfeasibleError:
+                return
+            if self.fastest_s is None or ev.latency_s < self.fastest_s:
+                self.fastest_s = ev.latency_s
 
 
 def plan_for_pytorch(search: Search, policies: Policies) -> Plan:
@@ -153,12 +190,14 @@ def plan_for_pytorch(search: Search, policies: Policies) -> Plan:
                 try:
                     best.offer(_solver(req)(prob), prob, pol, freeze)
                 except PlanInfeasibleError:
-                    best.refuse(prob)
+                    best.refuse(prob, _solver(req))
             if best.found is not None:
                 break  # the preferred BN mode (live for full training) wins whenever it fits
         if best.found is not None:
             break
     if best.found is None:
+        if best.fastest_s is not None:
+            raise missed_deadline(search, best.fastest_s, "the PyTorch executor in fp32")
         raise infeasible(search, *best.smallest)
     ev, prob, pol, freeze = best.found
     return to_plan(
@@ -268,7 +307,7 @@ def plan_for_executor(search: Search, policies: Policies, memory: ExecutorMemory
         if memory.precision is Precision.INT8
         else 1.0
     )
-    smallest = None
+    smallest = fastest = None
     for label, chosen in policies:
         ev, p = _keep_all_candidate(search, g, chosen, label)
         try:
@@ -282,13 +321,16 @@ def plan_for_executor(search: Search, policies: Policies, memory: ExecutorMemory
             else ev.energy_j
         )
         peak = answer.peak_sram_bytes
-        if peak <= search.budget_bytes * (1 - req.safety_margin) and (
-            req.deadline_s is None or latency <= req.deadline_s
-        ):
+        fits = peak <= search.budget_bytes * (1 - req.safety_margin)
+        if fits and (req.deadline_s is None or latency <= req.deadline_s):
             return with_executor(
                 p, memory.executor, memory.precision, peak, latency, energy, answer.notes
             )
+        if fits:  # NOTE [ A missed deadline is reported as one ]
+            fastest = latency if fastest is None else min(fastest, latency)
         smallest = peak if smallest is None else min(smallest, peak)
+    if fastest is not None:
+        raise missed_deadline(search, fastest, what)
     raise PlanInfeasibleError(
         f"no plan fits {search.budget_bytes:,} bytes on {dev.name} with {what}: the smallest "
         f"program "
@@ -385,6 +427,31 @@ def infeasible(search: Search, low: int, prob: Problem | None) -> PlanInfeasible
     )
 
 
+def missed_deadline(search: Search, fastest_s: float, what: str) -> PlanInfeasibleError:
+    """Memory allows a plan but none is fast enough: the deadline, the fastest step, the fix."""
+    req = search.request
+    return PlanInfeasibleError(
+        f"no plan meets the deadline of {req.deadline_s:.4g} s per step on "
+        f"{search.device.name} with {what}: the fastest plan that fits "
+        f"{search.budget_bytes:,} bytes takes {fastest_s:.4g} s "
+        f"({fastest_s / req.deadline_s:.3g}x the deadline); allow at least --deadline-s "
+        f"{fastest_s:.4g}, or use a smaller batch size"
+        + (" or sparse update (--strategy auto)" if req.strategy is Strategy.EXACT else "")
+    )
+
+
+def _model_sha256(spec: str) -> str | None:
+    """The SHA-256 of the model file a spec names, or None (a built-in model, or a name that
+    is not a readable file). NOTE [ Plans are data ]."""
+    path = validate.model_spec_file(spec)
+    if path is None or not path.is_file():
+        return None
+    try:
+        return validate.file_sha256(path)
+    except OSError:
+        return None
+
+
 def to_plan(
     ev: Evaluation,
     prob: Problem,
@@ -437,6 +504,8 @@ def to_plan(
         deadline_s=request.deadline_s,
         freeze_batch_norm=freeze_batch_norm,
         notes=(f"trainable policy: {policy}",),
+        budget_forced=budget_bytes > prob.device.ram_bytes,
+        model_sha256=_model_sha256(request.name),
     )
 
 
