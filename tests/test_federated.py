@@ -214,7 +214,14 @@ def test_server_momentum_steps_only_the_trained_rows_like_fedavgm(identity):
     rng = np.random.default_rng(1)
     f32 = lambda *shape: rng.normal(size=shape).astype(np.float32)  # noqa: E731
     g = {"w": f32(3, 2), "b": f32(4), "r": f32(2)}
-    s = _strategy(g, 2, server_lr=eta, server_momentum=beta, server_opt_names={"w", "b"})
+    s = _strategy(
+        g,
+        2,
+        server_lr=eta,
+        server_momentum=beta,
+        server_opt_names={"w", "b"},
+        max_client_weight_fraction=1.0,  # the weights 10 : 30 as claimed (no share cap)
+    )
     w0, w1, b0, r1, b_2 = f32(3, 2), f32(3, 2), f32(2), f32(2), f32(2)
     reqs = [_train_msg(g, 1, n) for n in (1, 2)]
     round1 = [

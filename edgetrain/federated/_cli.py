@@ -6,8 +6,10 @@ import argparse
 import json
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from edgetrain.errors import InvalidArgumentError
 from edgetrain.validate import cli_type, fraction, non_negative_float, positive_float, positive_int
 
 console = Console()
@@ -16,6 +18,15 @@ console = Console()
 def _check(check, what: str):
     """An argparse type from a `validate` check, naming the flag in its error."""
     return cli_type(lambda v: check(v, what))
+
+
+def _weight_fraction(value: object) -> float:
+    """`--max-client-weight`: a share of a round's weight in (0, 1]."""
+    what = "largest share of a round's weight per client (--max-client-weight)"
+    v = positive_float(value, what)
+    if v > 1:
+        raise InvalidArgumentError(f"{what} must be in (0, 1] (e.g. 0.5), got {value!r}")
+    return v
 
 
 def register(subparsers) -> None:
@@ -53,7 +64,7 @@ def register(subparsers) -> None:
     )
     f.add_argument(
         "--server-lr",
-        type=_check(non_negative_float, "--server-lr"),
+        type=_check(positive_float, "--server-lr"),
         default=0.5,
         help="server learning rate on the averaged update (default 0.5; 1 with "
         "--server-momentum 0 is plain FedAvg)",
@@ -85,7 +96,7 @@ def register(subparsers) -> None:
     )
     f.add_argument(
         "--clip-norm",
-        type=_check(non_negative_float, "--clip-norm"),
+        type=_check(positive_float, "--clip-norm"),
         default=None,
         help="clip each client's update to this L2 norm (differential privacy)",
     )
@@ -96,12 +107,27 @@ def register(subparsers) -> None:
         help="Gaussian noise std = multiplier x clip norm, added on the client",
     )
     f.add_argument(
-        "--round-timeout-s", type=_check(non_negative_float, "--round-timeout-s"), default=600.0
+        "--round-timeout-s", type=_check(positive_float, "--round-timeout-s"), default=600.0
+    )
+    f.add_argument(
+        "--max-client-weight",
+        type=cli_type(_weight_fraction),
+        default=0.5,
+        metavar="FRACTION",
+        help="the largest share of a round's aggregation weight one client may take, in (0, 1] "
+        "(default 0.5); each client's claimed example count is also capped at local steps x "
+        "its plan's batch size",
     )
     f.add_argument(
         "--deployment",
         action="store_true",
         help="real Flower SuperLink and SuperNode processes on loopback",
+    )
+    f.add_argument(
+        "--force",
+        action="store_true",
+        help="with --deployment: use OUT/deployment even if it holds files edgetrain did not "
+        "write (only edgetrain's own files there are replaced)",
     )
     f.add_argument("--no-baselines", action="store_true", help="skip local-only training")
     f.add_argument(
@@ -135,6 +161,7 @@ def _cmd_federate(args: argparse.Namespace) -> int:
         clip_norm=args.clip_norm,
         noise_multiplier=args.noise_multiplier,
         round_timeout_s=args.round_timeout_s,
+        max_client_weight_fraction=args.max_client_weight,
     )
     if not args.json:
         console.print(
@@ -150,6 +177,7 @@ def _cmd_federate(args: argparse.Namespace) -> int:
             deployment=args.deployment,
             baselines=not args.no_baselines,
             verbose=args.verbose,
+            force=args.force,
         )
         print(json.dumps(r.to_dict()))
         return 0
@@ -178,6 +206,7 @@ def _cmd_federate(args: argparse.Namespace) -> int:
             baselines=not args.no_baselines,
             verbose=args.verbose,
             on_round=on_round,
+            force=args.force,
         )
         progress.update(task, completed=args.rounds)
     t = Table(title="federated training per round")
@@ -222,6 +251,15 @@ def _cmd_federate(args: argparse.Namespace) -> int:
             else ""
         )
     )
+    for rej in r.rejections[:20]:
+        who = rej.get("client") or f"node {rej.get('node_id')}"
+        console.print(
+            f"[yellow]rejected[/] round {rej['round']} {rej.get('phase', 'train')} reply of "
+            f"{escape(str(who))}: {escape(str(rej['reason']))}",
+            highlight=False,
+        )
+    if len(r.rejections) > 20:
+        console.print(f"... and {len(r.rejections) - 20} more rejections in report.json")
     for note in r.notes[1:]:
         console.print(f"[yellow]warning:[/] {note}")
     if r.resumed_at:

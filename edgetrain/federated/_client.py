@@ -21,21 +21,24 @@ import torch
 from edgetrain.errors import ClientDropoutError, ClientFaultError
 from edgetrain.federated._config import FederationConfig, split_indices
 from edgetrain.federated._fleet import ClientSpec, FaultKind
+from edgetrain.federated._replies import EVAL_METRIC_KEYS, TRAIN_METRIC_KEYS  # noqa: F401
 from edgetrain.planner import ParamDecision, Plan
 
 _BN = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
 
-# Scalar keys a client's reply may carry besides parameter tensors: the privacy test checks
-# every reply against these lists.
-TRAIN_METRIC_KEYS = (
-    "num-examples",
-    "client-id",
-    "train-loss",
-    "local-steps",
-    "device-time-s",
-    "device-energy-j",
+# The forged replies of a `forge` client (fleet file), one per round in this order, cycling:
+# each breaks the server's reply schema in one way ("none": its plain, possibly inflated reply).
+FORGERIES = (
+    "none",
+    "missing-client-id",
+    "scalar-range",
+    "unicode-array",
+    "unknown-client-id",
+    "duplicate-client-id",
+    "missing-num-examples",
+    "foreign-tensor",
+    "float-num-examples",
 )
-EVAL_METRIC_KEYS = ("num-examples", "client-id", "accuracy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +242,7 @@ def client_train(
     if client.fault is FaultKind.NAN:
         upload = {k: np.full_like(v, np.nan) for k, v in upload.items()}
     metrics = {
-        "num-examples": int(len(data.y_train)),
+        "num-examples": client.fault_claim_examples or int(len(data.y_train)),
         "client-id": client.client_id,
         "train-loss": loss if math.isfinite(loss) else -1.0,
         "local-steps": config.local_steps,
@@ -247,6 +250,43 @@ def client_train(
         "device-energy-j": plan.predicted.energy_j * config.local_steps,
     }
     return upload, ranges, metrics
+
+
+def forge_reply(
+    config: FederationConfig,
+    client: ClientSpec,
+    state: dict[str, np.ndarray],
+    server_round: int,
+    upload: dict[str, np.ndarray],
+    ranges: dict[str, tuple[int, int]],
+    metrics: dict,
+) -> tuple[str, dict, dict, dict]:
+    """A `forge` client's reply of this round: (forgery name, arrays, trained, metrics), the
+    honest parts changed as `FORGERIES[(round - 1) % len]` says."""
+    kind = FORGERIES[(server_round - 1) % len(FORGERIES)]
+    arrays, metrics = dict(upload), dict(metrics)
+    trained: dict = {k: [int(a), int(b)] for k, (a, b) in ranges.items()}
+    first = sorted(arrays)[0]
+    if kind == "missing-client-id":
+        del metrics["client-id"]
+    elif kind == "missing-num-examples":
+        del metrics["num-examples"]
+    elif kind == "scalar-range":
+        trained = {k: int(b) for k, (_a, b) in ranges.items()}
+    elif kind == "unicode-array":
+        arrays[first] = np.array(["x"] * arrays[first].shape[0])
+    elif kind == "unknown-client-id":
+        metrics["client-id"] = len(config.clients()) + 7
+    elif kind == "duplicate-client-id":
+        metrics["client-id"] = (client.client_id + 1) % len(config.clients())
+    elif kind == "foreign-tensor":
+        other = [k for k, v in state.items() if k not in ranges and v.dtype.kind == "f"]
+        name = other[0] if other else "not.a.tensor"
+        arrays[name] = np.asarray(state.get(name, np.zeros(1, np.float32)), np.float32)
+        trained[name] = [0, int(arrays[name].shape[0])]
+    elif kind == "float-num-examples":
+        metrics["num-examples"] = float(metrics["num-examples"]) + 0.5
+    return kind, arrays, trained, metrics
 
 
 def client_evaluate(config: FederationConfig, client: ClientSpec, state: dict[str, np.ndarray]):
@@ -303,12 +343,17 @@ def make_client_app(config: FederationConfig | None = None):
         rnd = int(msg.content["config"]["server-round"])
         with one_thread():
             upload, ranges, metrics = client_train(cfg, client, state, rnd)
+        trained = {k: [int(a), int(b)] for k, (a, b) in ranges.items()}
+        if client.fault_forge:
+            _, upload, trained, metrics = forge_reply(
+                cfg, client, state, rnd, upload, ranges, metrics
+            )
         content = RecordDict(
             {
                 "arrays": ArrayRecord(
                     {k: Array(np.ascontiguousarray(v)) for k, v in upload.items()}
                 ),
-                "trained": ConfigRecord({k: [int(a), int(b)] for k, (a, b) in ranges.items()}),
+                "trained": ConfigRecord(trained),
                 "metrics": MetricRecord(metrics),
             }
         )

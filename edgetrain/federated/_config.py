@@ -119,6 +119,10 @@ class FederationConfig:
     noise_multiplier: float = 0.0
     reject_norm_factor: float = 10.0
     reject_relative_norm: float = 10.0
+    # the largest share of a round's aggregation weight one client may take (after each
+    # client's claimed example count is capped at local_steps x its plan's batch size);
+    # 1.0 caps nothing beyond the plan. See _strategy.capped_weights.
+    max_client_weight_fraction: float = 0.5
     round_timeout_s: float = 600.0
     plans: dict[str, str] = field(default_factory=dict)  # kind -> Plan JSON, made off-device
 
@@ -162,6 +166,14 @@ class FederationConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 1):
                 bad(name, v, "must be a finite factor > 1")
+        f = self.max_client_weight_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+            bad(
+                "max_client_weight_fraction",
+                f,
+                "must be in (0, 1]: the largest share of a round's weight one client may take "
+                "(e.g. 0.5; 1 caps nothing beyond the plan)",
+            )
         if not (math.isfinite(self.round_timeout_s) and self.round_timeout_s > 0):
             bad("round_timeout_s", self.round_timeout_s, "must be a positive number of seconds")
 
@@ -181,6 +193,8 @@ class FederationConfig:
                 "fault": g.fault.value,
                 "fault_scale": g.fault_scale,
                 "fault_delay_s": g.fault_delay_s,
+                "fault_claim_examples": g.fault_claim_examples,
+                "fault_forge": g.fault_forge,
             }
             for g in self.fleet.groups
         ]
@@ -199,6 +213,8 @@ class FederationConfig:
                     FaultKind(g["fault"]),
                     g["fault_scale"],
                     g.get("fault_delay_s", 0.0),
+                    int(g.get("fault_claim_examples", 0)),
+                    bool(g.get("fault_forge", False)),
                 )
                 for g in d["fleet"]
             )

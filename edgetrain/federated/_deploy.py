@@ -7,6 +7,10 @@ The app folder is generated: a `pyproject.toml` naming the components
 `edgetrain.federated._deploy:serverapp` / `:clientapp` and the run config (`config-path`,
 `out-dir`), and `FLWR_HOME` is a private folder whose Flower configuration names the loopback
 SuperLink. Every process is ended (by its own pid) when the run finishes or fails.
+
+The work folder `OUT/deployment` is edgetrain's: it carries a marker file. A non-empty folder
+without the marker (a user's) is refused with `OutputPathError` unless `force`; and even then
+only the files edgetrain writes there are replaced, nothing else is removed.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from edgetrain.errors import DeploymentError
+from edgetrain.errors import DeploymentError, OutputPathError
 from edgetrain.federated._config import FederationConfig
 
 
@@ -91,14 +95,64 @@ serverapp = make_server_app(None, None)
 '''
 
 
+MARKER = ".edgetrain-deployment"
+_OWN_DIRS = ("app", "home")
+_OWN_FILES = ("federation.json", "flwr-run.log", "superlink.log")
+
+
+def check_workdir(out: Path, *, force: bool = False) -> Path:
+    """`out/deployment`, checked before any work starts: refused (`OutputPathError`) when it
+    is not a folder, or holds entries and no marker (edgetrain did not create it) unless
+    `force`."""
+    work = Path(out) / "deployment"
+    if work.is_symlink() or (work.exists() and not work.is_dir()):
+        raise OutputPathError(
+            f"{work} is not a folder; the deployment writes its app and logs there: move it "
+            "away or use another --out"
+        )
+    if work.is_dir() and not (work / MARKER).is_file() and not force:
+        entries = sorted(p.name for p in work.iterdir())
+        if entries:
+            raise OutputPathError(
+                f"{work} holds {len(entries)} entries edgetrain did not write (e.g. "
+                f"{entries[:3]}; no {MARKER} marker): move them away, use another --out, or "
+                "pass --force to let edgetrain replace its own files there (nothing else is "
+                "removed)"
+            )
+    return work
+
+
+def _prepare_workdir(out: Path, force: bool) -> Path:
+    """Check, then clear only edgetrain's own files from a previous deployment and mark."""
+    work = check_workdir(out, force=force)
+    work.mkdir(parents=True, exist_ok=True)
+    for name in _OWN_DIRS:
+        p = work / name
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+        elif p.is_dir():
+            shutil.rmtree(p)
+    for p in [*(work / n for n in _OWN_FILES), *work.glob("supernode-*.log")]:
+        if p.is_file() or p.is_symlink():
+            p.unlink()
+    (work / MARKER).write_text(
+        "created by `edgetrain federate --deployment`; it replaces its own files here\n"
+    )
+    return work
+
+
 def run_deployment(
-    config: FederationConfig, out: Path, *, verbose: bool = False, timeout_s: float | None = None
+    config: FederationConfig,
+    out: Path,
+    *,
+    verbose: bool = False,
+    timeout_s: float | None = None,
+    force: bool = False,
 ) -> None:
     """Run the federation as real Flower processes on 127.0.0.1; results land in `out`."""
     out = out.resolve()
-    work = out / "deployment"
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "app").mkdir(parents=True)
+    work = _prepare_workdir(out, force)
+    (work / "app").mkdir()
     (work / "home").mkdir()
     cfg_path = work / "federation.json"
     cfg_path.write_text(config.to_json())

@@ -6,6 +6,8 @@
     batch_size = 8         # optional, default 8: the local batch the device's plan trains
     fault = "nan"          # optional fault injection for robustness drills:
                            #   nan | scale:F | crash | slow:S (replies S seconds late)
+                           #   inflate:N (claims N examples) | forge (crafted replies)
+                           #   parts combine with "+", e.g. "scale:9+inflate:1e9+forge"
 
 Every field is checked; a bad file raises `FleetFileError` naming the table, the field, the
 value and the fix.
@@ -24,6 +26,7 @@ from edgetrain.errors import FleetFileError
 DEFAULT_BATCH_SIZE = 8
 MAX_CLIENTS = 1000
 _FIELDS = ("kind", "count", "batch_size", "fault")
+MAX_CLAIMED_EXAMPLES = 2**53  # `inflate:N`: any count a float64 holds exactly
 
 
 class FaultKind(enum.Enum):
@@ -46,6 +49,8 @@ class DeviceGroup:
     fault: FaultKind = FaultKind.NONE
     fault_scale: float = 1.0
     fault_delay_s: float = 0.0
+    fault_claim_examples: int = 0  # `inflate:N`: the client claims N examples (0: honest)
+    fault_forge: bool = False  # `forge`: the client crafts malformed replies (see _client)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,8 @@ class ClientSpec:
     fault: FaultKind = FaultKind.NONE
     fault_scale: float = 1.0
     fault_delay_s: float = 0.0
+    fault_claim_examples: int = 0
+    fault_forge: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +93,8 @@ class Fleet:
                         g.fault,
                         g.fault_scale,
                         g.fault_delay_s,
+                        g.fault_claim_examples,
+                        g.fault_forge,
                     )
                 )
         return tuple(out)
@@ -105,48 +114,82 @@ class Fleet:
 
 
 def _fault_text(g: DeviceGroup) -> str:
+    parts = []
     if g.fault is FaultKind.SCALE:
-        return f"scale:{g.fault_scale:g}"
-    if g.fault is FaultKind.SLOW:
-        return f"slow:{g.fault_delay_s:g}"
-    return g.fault.value
+        parts.append(f"scale:{g.fault_scale:g}")
+    elif g.fault is FaultKind.SLOW:
+        parts.append(f"slow:{g.fault_delay_s:g}")
+    elif g.fault is not FaultKind.NONE:
+        parts.append(g.fault.value)
+    if g.fault_claim_examples:
+        parts.append(f"inflate:{g.fault_claim_examples}")
+    if g.fault_forge:
+        parts.append("forge")
+    return "+".join(parts) or "none"
 
 
 def _err(where: str, field: str, value, why: str, fix: str) -> FleetFileError:
     return FleetFileError(f"{where}: field {field!r} = {value!r} {why}; {fix}")
 
 
-def _parse_fault(where: str, value) -> tuple[FaultKind, float, float]:
-    fix = (
-        "use one of none, nan, crash, scale:F with F a finite number (e.g. scale:1e6) or "
-        "slow:S with S seconds >= 0 (e.g. slow:30)"
-    )
-    if not isinstance(value, str):
-        raise _err(where, "fault", value, "is not a string", fix)
-    text = value.strip().lower()
-    if text.startswith("scale:"):
-        try:
-            f = float(text[6:])
-        except ValueError:
-            raise _err(where, "fault", value, "has no number after scale:", fix) from None
-        if f != f or f in (float("inf"), float("-inf")):
-            raise _err(where, "fault", value, "is not finite", fix)
-        return FaultKind.SCALE, f, 0.0
-    if text.startswith("slow:"):
-        try:
-            d = float(text[5:])
-        except ValueError:
-            raise _err(where, "fault", value, "has no number after slow:", fix) from None
-        if not (0 <= d < float("inf")):
-            raise _err(where, "fault", value, "is not a delay in seconds >= 0", fix)
-        return FaultKind.SLOW, 1.0, d
+_FAULT_FIX = (
+    "use none, or parts joined by '+': one of nan, crash, scale:F (F a finite number, e.g. "
+    "scale:1e6) or slow:S (S seconds >= 0, e.g. slow:30); inflate:N (claims N examples, "
+    f"1 <= N <= {MAX_CLAIMED_EXAMPLES}, e.g. inflate:1e9); forge (crafted replies)"
+)
+
+
+def _number(where: str, value, text: str, prefix: str) -> float:
     try:
-        kind = FaultKind(text)
+        x = float(text[len(prefix) :])
     except ValueError:
-        raise _err(where, "fault", value, "is not a known fault", fix) from None
-    if kind in (FaultKind.SCALE, FaultKind.SLOW):
-        raise _err(where, "fault", value, "needs a number", fix)
-    return kind, 1.0, 0.0
+        raise _err(where, "fault", value, f"has no number after {prefix}", _FAULT_FIX) from None
+    if x != x or x in (float("inf"), float("-inf")):
+        raise _err(where, "fault", value, "is not finite", _FAULT_FIX)
+    return x
+
+
+def _parse_fault_part(where: str, value, text: str, out: dict) -> None:
+    """One '+'-separated part of a fault into `out` (kind, scale, delay, claim, forge)."""
+    if text.startswith("inflate:"):
+        n = _number(where, value, text, "inflate:")
+        if not (n == int(n) and 1 <= n <= MAX_CLAIMED_EXAMPLES):
+            raise _err(where, "fault", value, "claims no whole number of examples", _FAULT_FIX)
+        key, val = "claim", int(n)
+    elif text == "forge":
+        key, val = "forge", True
+    elif text.startswith("scale:"):
+        key, val = "kind", (FaultKind.SCALE, _number(where, value, text, "scale:"), 0.0)
+    elif text.startswith("slow:"):
+        d = _number(where, value, text, "slow:")
+        if d < 0:
+            raise _err(where, "fault", value, "is not a delay in seconds >= 0", _FAULT_FIX)
+        key, val = "kind", (FaultKind.SLOW, 1.0, d)
+    else:
+        try:
+            kind = FaultKind(text)
+        except ValueError:
+            raise _err(where, "fault", value, "is not a known fault", _FAULT_FIX) from None
+        if kind in (FaultKind.SCALE, FaultKind.SLOW):
+            raise _err(where, "fault", value, "needs a number", _FAULT_FIX)
+        key, val = "kind", (kind, 1.0, 0.0)
+    if key in out:
+        raise _err(where, "fault", value, f"names more than one {key} fault", _FAULT_FIX)
+    out[key] = val
+
+
+def _parse_fault(where: str, value) -> tuple[FaultKind, float, float, int, bool]:
+    """(kind, scale, delay_s, claimed examples, forge) of a `fault` field."""
+    if not isinstance(value, str):
+        raise _err(where, "fault", value, "is not a string", _FAULT_FIX)
+    text = value.strip().lower()
+    if text in ("", "none"):
+        return FaultKind.NONE, 1.0, 0.0, 0, False
+    out: dict = {}
+    for part in text.split("+"):
+        _parse_fault_part(where, value, part.strip(), out)
+    kind, scale, delay = out.get("kind", (FaultKind.NONE, 1.0, 0.0))
+    return kind, scale, delay, out.get("claim", 0), out.get("forge", False)
 
 
 def parse_fleet(data: dict, source: str = "fleet") -> Fleet:
@@ -154,6 +197,11 @@ def parse_fleet(data: dict, source: str = "fleet") -> Fleet:
     from edgetrain.cost import load_device
     from edgetrain.errors import DeviceFileError, UnknownDeviceError
 
+    if not isinstance(data, dict):
+        raise FleetFileError(
+            f"{source}: a fleet is a table of [[device]] tables, not {type(data).__name__}; "
+            "see examples/fleet.toml"
+        )
     unknown_top = [k for k in data if k != "device"]
     if unknown_top:
         raise FleetFileError(
@@ -197,6 +245,14 @@ def parse_fleet(data: dict, source: str = "fleet") -> Fleet:
             load_device(kind)
         except (UnknownDeviceError, DeviceFileError) as e:
             raise _err(where, "kind", kind, "is not a usable device", str(e)) from None
+        except (OSError, RuntimeError, ValueError) as e:  # e.g. a name too long for a path
+            raise _err(
+                where,
+                "kind",
+                kind,
+                f"is not a usable device ({type(e).__name__}: {str(e)[:120]})",
+                "give a catalog name (`edgetrain devices`) or path/to/board.toml",
+            ) from None
         if "count" not in t:
             raise FleetFileError(
                 f"{where}: field 'count' is missing; give the number of "
@@ -220,8 +276,8 @@ def parse_fleet(data: dict, source: str = "fleet") -> Fleet:
                 "is out of range",
                 "use an integer local batch size from 1 to 4096 (samples per step)",
             )
-        fault, scale, delay = _parse_fault(where, t.get("fault", "none"))
-        groups.append(DeviceGroup(kind, count, batch, fault, scale, delay))
+        fault, scale, delay, claim, forge = _parse_fault(where, t.get("fault", "none"))
+        groups.append(DeviceGroup(kind, count, batch, fault, scale, delay, claim, forge))
         total += count
     if total > MAX_CLIENTS:
         raise FleetFileError(
@@ -239,6 +295,11 @@ def load_fleet(path: "str | os.PathLike") -> Fleet:
         raise FleetFileError(
             f"cannot read fleet file {str(p)!r}: {e.strerror}; pass --fleet with "
             "a TOML file of [[device]] tables (see examples/fleet.toml)"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise FleetFileError(
+            f"fleet file {str(p)!r} is not UTF-8 text (byte {e.start}); a fleet file is TOML "
+            "(see examples/fleet.toml)"
         ) from None
     try:
         data = tomllib.loads(text)

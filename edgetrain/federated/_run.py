@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import tempfile
@@ -39,12 +38,15 @@ class FederationResult:
     plot: str | None = None
     wall_s: float = 0.0
     notes: tuple[str, ...] = field(default=())
+    # every reply the server rejected, over all rounds: {round, phase, client, node_id, reason}
+    rejections: tuple[dict, ...] = field(default=())
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["rounds"] = list(self.rounds)
         d["resumed_at"] = list(self.resumed_at)
         d["notes"] = list(self.notes)
+        d["rejections"] = list(self.rejections)
         return d
 
 
@@ -216,13 +218,22 @@ def federate(
     message_sink=None,
     verbose: bool = False,
     on_round=None,
+    force: bool = False,
 ) -> FederationResult:
     """Run a federation end to end; see the package docstring. `on_round(record)` is called
-    after each completed round of an in-process (simulation) run."""
+    after each completed round of an in-process (simulation) run. With `deployment`, a
+    non-empty `OUT/deployment` that edgetrain did not create is refused (`OutputPathError`)
+    unless `force`."""
     t0 = time.perf_counter()
+    tmp = None
+    if out_dir is not None:
+        _check_out_dir(Path(out_dir))
+        if deployment:
+            from edgetrain.federated._deploy import check_workdir
+
+            check_workdir(Path(out_dir), force=force)
     if not config.plans:
         config = dataclasses.replace(config, plans=prepare_plans(config.model, config))
-    tmp = None
     if out_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="edgetrain-federate-")
         out_dir = tmp.name
@@ -232,22 +243,20 @@ def federate(
         if deployment:
             from edgetrain.federated._deploy import run_deployment
 
-            run_deployment(config, out, verbose=verbose)
+            run_deployment(config, out, verbose=verbose, force=force)
         else:
             run_simulation(
                 config, out, message_sink=message_sink, verbose=verbose, on_round=on_round
             )
-        from edgetrain.federated._server import CheckpointMismatchError, checkpoint_dir
+        from edgetrain.federated._checkpoint import checkpoint_dir, load_checkpoint
 
-        try:
-            state = json.loads((checkpoint_dir(out) / "state.json").read_text())
-        except FileNotFoundError:
+        cp = load_checkpoint(config, out)
+        if cp is None:
             raise FederationFailedError(
                 f"the federation wrote no checkpoint in {out}: no round completed; rerun with "
                 "--verbose to see Flower's log"
-            ) from None
-        if state.get("fingerprint") != config.fingerprint():
-            raise CheckpointMismatchError(f"{out} holds another federation's checkpoint")
+            )
+        state = cp.state
         if int(state["round"]) < config.rounds:
             raise FederationFailedError(
                 f"the federation stopped after round {state['round']} of {config.rounds}; rerun "
@@ -293,6 +302,9 @@ def federate(
                 "held-out test set and on its own local test split",
                 *warnings_,
             ),
+            rejections=tuple(
+                dict(r, round=rec["round"]) for rec in hist for r in rec.get("rejected", ())
+            ),
         )
         if tmp is None:
             from edgetrain.storage import write_json_atomic
@@ -302,6 +314,16 @@ def federate(
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+def _check_out_dir(out: Path) -> None:
+    from edgetrain.errors import OutputPathError
+
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(
+            f"--out {str(out)!r} is a file; the federation needs a folder (checkpoint, report, "
+            "plot): give another path"
+        )
 
 
 def plot_accuracy(rounds, initial: float, local_only_by_kind: dict[str, float], path: str) -> None:

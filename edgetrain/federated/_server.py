@@ -1,86 +1,61 @@
 """The Flower `ServerApp`: runs `PartialFedAvg`, evaluates the global model on the held-out test
-set after every round, records what each round cost, and checkpoints atomically (safetensors
-weights + a JSON state) so that a crashed federation resumes at the next round."""
+set after every round, records what each round cost (and every reply it rejected, with the
+reason), and checkpoints each round (`_checkpoint`: checksummed, FAT-safe) so that a crashed
+federation resumes at the next round."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from edgetrain.errors import CheckpointMismatchError
+from edgetrain.errors import CheckpointMismatchError, InvalidArgumentError
+from edgetrain.federated._checkpoint import (
+    Checkpoint,
+    checkpoint_dir,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from edgetrain.federated._config import FederationConfig
-from edgetrain.storage import load_tensors, save_tensors_atomic, write_json_atomic
 
 log = logging.getLogger("edgetrain.federated")
 
-STATE_FILE = "state.json"
+__all__ = [
+    "Checkpoint",
+    "CheckpointMismatchError",
+    "checkpoint_dir",
+    "client_limits",
+    "load_checkpoint",
+    "make_server_app",
+    "read_checkpoint",
+    "save_checkpoint",
+]
 
 
-def checkpoint_dir(out_dir: "str | Path") -> Path:
-    return Path(out_dir) / "checkpoint"
+def client_limits(config: FederationConfig):
+    """Client id -> `ClientLimits` from its kind's plan: the rows of each tensor it trains and
+    the examples it can train in a round (local_steps x the plan's batch size)."""
+    from edgetrain.federated._client import trained_ranges
+    from edgetrain.federated._replies import ClientLimits
+    from edgetrain.models import build_model
+    from edgetrain.planner import Plan
 
-
-def load_checkpoint(config: FederationConfig, out_dir: "str | Path"):
-    """(round, state dict as numpy, history) of the last completed round, or None."""
-    ck = checkpoint_dir(out_dir)
-    try:
-        state = json.loads((ck / STATE_FILE).read_text())
-    except FileNotFoundError:
-        return None
-    if state.get("fingerprint") != config.fingerprint():
-        raise CheckpointMismatchError(
-            f"{ck} holds a federation with other settings (fingerprint {state.get('fingerprint')}, "
-            f"this run {config.fingerprint()}); use another --out folder or delete {ck}"
+    missing = sorted({c.kind for c in config.clients()} - set(config.plans))
+    if missing:
+        raise InvalidArgumentError(
+            f"the federation has no plan for device kind(s) {missing}; run federate() (it "
+            "prepares one per kind) or pass plans from prepare_plans()"
         )
-    weights = {k: v.numpy() for k, v in load_tensors(ck / state["weights"]).items()}
-    return int(state["round"]), weights, state
-
-
-def save_checkpoint(
-    config: FederationConfig,
-    out_dir: "str | Path",
-    rnd: int,
-    weights: dict[str, np.ndarray],
-    state: dict,
-    momentum: dict[str, np.ndarray] | None = None,
-) -> None:
-    """Weights (and the server's momentum buffers, when it keeps any) as safetensors, then the
-    JSON state that names them: the commit point."""
-    ck = checkpoint_dir(out_dir)
-    meta = {"round": str(rnd), "fingerprint": config.fingerprint()}
-    name = f"global-r{rnd:04d}.safetensors"
-    save_tensors_atomic(
-        {k: torch.from_numpy(np.array(v)) for k, v in weights.items()}, ck / name, metadata=meta
-    )
-    keep = {name}
-    state = dict(state, round=rnd, weights=name, fingerprint=config.fingerprint())
-    state.pop("momentum", None)
-    if momentum:
-        mname = f"momentum-r{rnd:04d}.safetensors"
-        save_tensors_atomic(
-            {k: torch.from_numpy(np.array(v)) for k, v in momentum.items()},
-            ck / mname,
-            metadata=meta,
+    model, _ = build_model(config.model)
+    per_kind = {}
+    for kind, text in config.plans.items():
+        plan = Plan.from_json(text)
+        per_kind[kind] = ClientLimits(
+            trained_ranges(model, plan), config.local_steps * plan.batch_size
         )
-        state["momentum"] = mname
-        keep.add(mname)
-    write_json_atomic(state, ck / STATE_FILE)  # the commit point: names the new weights
-    for old in [*ck.glob("global-r*.safetensors"), *ck.glob("momentum-r*.safetensors")]:
-        if old.name not in keep:
-            old.unlink(missing_ok=True)
-
-
-def load_momentum(out_dir: "str | Path", state: dict) -> dict[str, np.ndarray]:
-    """The server's momentum buffers named by a checkpoint's state (empty when it has none)."""
-    if not state.get("momentum"):
-        return {}
-    return {
-        k: v.numpy() for k, v in load_tensors(checkpoint_dir(out_dir) / state["momentum"]).items()
-    }
+    return {c.client_id: per_kind[c.kind] for c in config.clients()}
 
 
 def server_opt_names(config: FederationConfig) -> frozenset[str]:
@@ -146,9 +121,9 @@ def _serve(cfg: FederationConfig, out: Path, grid, message_sink, on_round) -> No
         start, weights = 0, initial_state(cfg)
         state = {"history": [], "initial_accuracy": evaluate_global(cfg, weights), "resumed_at": []}
     else:
-        start, weights, state = resumed
-        state = dict(state, resumed_at=[*state.get("resumed_at", []), start])
-        momentum = load_momentum(out, state)
+        start, weights, momentum = resumed.round, resumed.weights, resumed.momentum
+        _check_weights(cfg, out, weights)
+        state = dict(resumed.state, resumed_at=[*resumed.state.get("resumed_at", []), start])
         log.warning("resuming the federation from the checkpoint of round %d in %s", start, out)
     if start >= cfg.rounds:
         return
@@ -162,6 +137,9 @@ def _serve(cfg: FederationConfig, out: Path, grid, message_sink, on_round) -> No
         server_momentum=cfg.server_momentum,
         server_opt_names=server_opt_names(cfg),
         momentum_state=momentum,
+        client_limits=client_limits(cfg),
+        max_client_weight_fraction=cfg.max_client_weight_fraction,
+        max_eval_examples=cfg.test_samples,
     )
 
     def on_round_end(server_round: int, arrays: ArrayRecord):
@@ -179,12 +157,26 @@ def _serve(cfg: FederationConfig, out: Path, grid, message_sink, on_round) -> No
 
     strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()}),
+        initial_arrays=ArrayRecord(
+            {k: Array(np.require(v, requirements="C")) for k, v in weights.items()}
+        ),
         num_rounds=cfg.rounds - start,
         timeout=cfg.round_timeout_s,
         train_config=ConfigRecord(),
         evaluate_fn=on_round_end,
     )
+
+
+def _check_weights(cfg: FederationConfig, out: Path, weights: dict[str, np.ndarray]) -> None:
+    """A resumed checkpoint holds exactly the model's tensors (names, shapes, dtypes)."""
+    want = {k: (v.shape, v.dtype) for k, v in initial_state(cfg).items()}
+    have = {k: (v.shape, v.dtype) for k, v in weights.items()}
+    if have != want:
+        diff = sorted(set(want) ^ set(have)) or sorted(k for k in want if want[k] != have[k])
+        raise CheckpointMismatchError(
+            f"{checkpoint_dir(out)} holds weights that do not fit {cfg.model} (e.g. {diff[:3]}); "
+            f"use another --out folder or delete {checkpoint_dir(out)}"
+        )
 
 
 def _round_record(cfg: FederationConfig, rnd: int, acc: float, rl) -> dict:
@@ -196,6 +188,7 @@ def _round_record(cfg: FederationConfig, rnd: int, acc: float, rl) -> dict:
     name = {c.client_id: c.name for c in clients}
     kind = {c.client_id: c.kind for c in clients}
     node_name = {n: name[c] for n, c in rl.node_client.items()}
+    total_w = sum(rl.weights.values())
     by_kind: dict[str, list[float]] = {}
     for cid, m in sorted(rl.eval_metrics.items()):
         by_kind.setdefault(kind[cid], [0.0, 0.0])
@@ -210,6 +203,10 @@ def _round_record(cfg: FederationConfig, rnd: int, acc: float, rl) -> dict:
         "participants": [name[c] for c in sorted(rl.bytes_up)],
         "accepted": [name[c] for c in rl.accepted],
         "rejected": [dict(r, client=name.get(r.get("client_id"), None)) for r in rl.rejected],
+        "claimed_examples": {name[c]: n for c, n in sorted(rl.claimed_examples.items())},
+        "weight_share": {
+            name[c]: w / total_w for c, w in sorted(rl.weights.items()) if total_w > 0
+        },
         "failed": [node_name.get(n, f"node-{n}") for n in rl.failed_nodes],
         "failure_reasons": rl.failures,
         "train_loss": {name[c]: float(m["train-loss"]) for c, m in sorted(rl.metrics.items())},

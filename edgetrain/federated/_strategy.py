@@ -16,6 +16,23 @@ only on the rows some accepted client trained this round; rows nobody trained ke
 global value and their momentum. beta = 0, eta = 1 is plain FedAvg. Only the tensors named in
 `server_opt_names` (the model's parameters) take the server step; the others (batch-norm running
 statistics) are plainly averaged.
+
+NOTE [ a client's reply is untrusted ]
+Nothing a client sends is used before it passes, in this order:
+1. the schema (`_replies.parse_train_reply`): records, metric keys and types, a known
+   `client-id`, a positive integer `num-examples`, tensor names within the client's plan, float32
+   arrays of the global shape, well-formed row ranges within the plan's rows;
+2. the identity rules here: each `client-id` at most once per round, and only from the node that
+   first used it in this run (and a node answers as one client only). Before an id is pinned, a
+   round in which two nodes claim it uses neither;
+3. the screening (non-finite values, update norm against the median and the global model);
+4. the weight cap (`_replies.capped_weights`): `num-examples` bounded by local steps x the
+   batch size of the client's plan, and no client above `max_client_weight_fraction` of the
+   round's total weight.
+A reply failing 1-3 is rejected: the client contributes nothing this round, and the reason is in
+the round's `RoundLog.rejected` (and the report). Nothing in a reply can make the server raise:
+an unexpected exception while parsing is itself a rejection. The pins are per run (a resumed
+run, with new node ids, pins again).
 """
 
 from __future__ import annotations
@@ -23,13 +40,21 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.serde import message_to_proto
 from flwr.serverapp.strategy import FedAvg
+
+from edgetrain.errors import ClientReplyError
+from edgetrain.federated._replies import (
+    ClientLimits,
+    capped_weights,
+    parse_eval_reply,
+    parse_train_reply,
+)
 
 log = logging.getLogger("edgetrain.federated")
 
@@ -56,7 +81,10 @@ class RoundLog:
     bytes_up: dict[int, int] = field(default_factory=dict)  # client id -> bytes
     node_client: dict[int, int] = field(default_factory=dict)  # node id -> client id
     accepted: list[int] = field(default_factory=list)  # client ids
-    rejected: list[dict] = field(default_factory=list)  # {client_id, reason}
+    # {client_id (None when the reply named no valid one), node_id, phase, reason}
+    rejected: list[dict] = field(default_factory=list)
+    claimed_examples: dict[int, int] = field(default_factory=dict)  # client id -> num-examples
+    weights: dict[int, float] = field(default_factory=dict)  # client id -> weight used
     failed_nodes: list[int] = field(default_factory=list)  # node ids
     failures: list[str] = field(default_factory=list)
     metrics: dict[int, dict] = field(default_factory=dict)  # client id -> train metrics
@@ -78,6 +106,9 @@ class PartialFedAvg(FedAvg):
         server_momentum: float = 0.0,
         server_opt_names: Iterable[str] | None = None,
         momentum_state: dict[str, np.ndarray] | None = None,
+        client_limits: Mapping[int, ClientLimits] | None = None,
+        max_client_weight_fraction: float = 0.5,
+        max_eval_examples: int | None = None,
         **kwargs,
     ) -> None:
         kwargs.setdefault("min_available_nodes", num_clients)
@@ -92,6 +123,15 @@ class PartialFedAvg(FedAvg):
             raise ValueError(f"server_lr = {server_lr} must be a positive number (1.0 is FedAvg)")
         if not (math.isfinite(server_momentum) and 0 <= server_momentum < 1):
             raise ValueError(f"server_momentum = {server_momentum} must be in [0, 1) (0 is FedAvg)")
+        f = max_client_weight_fraction
+        if not (math.isfinite(f) and 0 < f <= 1):
+            raise ValueError(f"max_client_weight_fraction = {f} must be in (0, 1]")
+        self.num_clients = num_clients
+        self.client_limits = None if client_limits is None else dict(client_limits)
+        self.max_client_weight_fraction = float(f)
+        self.max_eval_examples = max_eval_examples
+        self._node_of_client: dict[int, int] = {}  # the identity pins (NOTE above)
+        self._client_of_node: dict[int, int] = {}
         self.server_lr = float(server_lr)
         self.server_momentum = float(server_momentum)
         self.server_opt_names = None if server_opt_names is None else frozenset(server_opt_names)
@@ -122,43 +162,39 @@ class PartialFedAvg(FedAvg):
         return msgs
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        rnd = server_round + self.round_offset
         rl = self._log(server_round)
         valid, errors = self._check_and_log_replies(list(replies), is_train=True, validate=False)
         for m in errors:
             rl.failed_nodes.append(m.metadata.src_node_id)
             rl.failures.append(f"node {m.metadata.src_node_id}: {_short_reason(m.error.reason)}")
         parsed = []
-        for m in valid:
+        for node, m, r in self._admit(rnd, valid, rl, "train", self._parse_train):
             try:
-                cid, n, ranges, arrays, metrics = self._parse(m)
-            except ValueError as e:
-                log.warning(
-                    "round %d: reply from node %d rejected: %s",
-                    server_round + self.round_offset,
-                    m.metadata.src_node_id,
-                    e,
-                )
-                rl.rejected.append(
-                    {"client_id": None, "node_id": m.metadata.src_node_id, "reason": str(e)}
-                )
+                wire = message_to_proto(m).SerializeToString()
+            except Exception as e:  # e.g. an integer too large for the wire format
+                self._reject(rnd, rl, "train", r.client_id, node, f"unserialisable reply: {e}")
                 continue
-            rl.node_client[m.metadata.src_node_id] = cid
-            rl.bytes_up[cid] = message_bytes(m)
-            rl.metrics[cid] = metrics
+            rl.node_client[node] = r.client_id
+            rl.bytes_up[r.client_id] = len(wire)
+            rl.metrics[r.client_id] = r.metrics
+            rl.claimed_examples[r.client_id] = r.num_examples
             if self.message_sink is not None:
-                self.message_sink(
-                    server_round + self.round_offset, cid, message_to_proto(m).SerializeToString()
-                )
-            parsed.append((cid, n, ranges, arrays))
+                self.message_sink(rnd, r.client_id, wire)
+            parsed.append((r.client_id, r.num_examples, r.ranges, r.arrays))
         parsed.sort(key=lambda p: p[0])  # a fixed order: the average does not depend on arrival
-        accepted = self._screen(server_round + self.round_offset, parsed, rl)
-        new = self._average(accepted)
+        accepted = self._screen(rnd, parsed, rl)
+        caps = {c: lim.max_examples_per_round for c, lim in (self.client_limits or {}).items()}
+        weights = capped_weights(
+            {p[0]: p[1] for p in accepted}, caps, self.max_client_weight_fraction
+        )
+        rl.weights = weights
+        new = self._average([(c, weights[c], ranges, arrays) for c, _n, ranges, arrays in accepted])
         rl.accepted = [p[0] for p in accepted]
-        out = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in new.items()})
-        total = sum(p[1] for p in accepted)
+        out = ArrayRecord({k: Array(np.require(v, requirements="C")) for k, v in new.items()})
         metrics = MetricRecord(
             {
-                "num-examples": int(total),
+                "num-examples": int(round(sum(weights.values()))),
                 "accepted": len(accepted),
                 "rejected": len(rl.rejected),
                 "failed": len(errors),
@@ -166,33 +202,57 @@ class PartialFedAvg(FedAvg):
         )
         return out, metrics
 
-    def _parse(self, m: Message):
-        c = m.content
-        if (
-            "arrays" not in c.array_records
-            or "metrics" not in c.metric_records
-            or "trained" not in c.config_records
-        ):
-            raise ValueError("reply lacks its arrays, trained or metrics record")
-        metrics = dict(c["metrics"])
-        cid, n = int(metrics["client-id"]), int(metrics["num-examples"])
-        if n <= 0:
-            raise ValueError(f"num-examples = {n} must be positive")
-        ranges = {k: (int(v[0]), int(v[1])) for k, v in c["trained"].items()}
-        arrays = {k: v.numpy() for k, v in c["arrays"].items()}
-        if set(ranges) != set(arrays):
-            raise ValueError("the trained record and the uploaded arrays name different tensors")
-        for k, v in arrays.items():
-            if k not in self._global:
-                raise ValueError(f"tensor {k!r} is not in the global model")
-            a, b = ranges[k]
-            g = self._global[k]
-            if not (0 <= a < b <= g.shape[0]) or v.shape != (b - a, *g.shape[1:]):
-                raise ValueError(
-                    f"tensor {k!r}: rows [{a}, {b}) and shape {v.shape} do not fit "
-                    f"the global shape {g.shape}"
+    def _parse_train(self, content):
+        return parse_train_reply(content, self._global, self.num_clients, self.client_limits)
+
+    def _parse_eval(self, content):
+        return parse_eval_reply(
+            content, self.num_clients, self.client_limits, self.max_eval_examples
+        )
+
+    def _reject(self, rnd: int, rl: RoundLog, phase: str, cid, node, reason: str) -> None:
+        """Log a rejection. Without a trusted id in the reply, the client is the one the node
+        proved to be by an earlier admitted reply (None if it never did)."""
+        if cid is None:
+            cid = self._client_of_node.get(node)
+        log.warning("round %d: %s reply from node %s rejected: %s", rnd, phase, node, reason)
+        rl.rejected.append({"client_id": cid, "node_id": node, "phase": phase, "reason": reason})
+
+    def _admit(self, rnd: int, msgs: list[Message], rl: RoundLog, phase: str, parse):
+        """The replies that pass the schema and the identity rules, as (node, message, parsed);
+        the others are rejected with their reason (see the NOTE in the module docstring)."""
+        ok: dict[int, list] = {}
+        for m in msgs:
+            node = m.metadata.src_node_id
+            try:
+                r = parse(m.content)
+            except ClientReplyError as e:
+                self._reject(rnd, rl, phase, None, node, str(e))
+                continue
+            except Exception as e:  # a reply never makes the server raise
+                self._reject(
+                    rnd, rl, phase, None, node, f"malformed reply ({type(e).__name__}: {e})"[:300]
                 )
-        return cid, n, ranges, arrays, metrics
+                continue
+            ok.setdefault(r.client_id, []).append((node, m, r))
+        out = []
+        for cid, claims in sorted(ok.items()):
+            pinned = self._node_of_client.get(cid)
+            for node, m, r in claims:
+                reason = None
+                if self._client_of_node.get(node, cid) != cid:
+                    reason = f"node {node} answered as client {self._client_of_node[node]} before"
+                elif pinned is not None and node != pinned:
+                    reason = f"client-id {cid} belongs to node {pinned} (its first reply)"
+                elif pinned is None and len(claims) > 1:
+                    nodes = sorted(n for n, _m, _r in claims)
+                    reason = f"client-id {cid} claimed by {len(claims)} nodes {nodes} this round"
+                if reason is not None:
+                    self._reject(rnd, rl, phase, None, node, reason)
+                    continue
+                self._node_of_client[cid], self._client_of_node[node] = node, cid
+                out.append((node, m, r))
+        return out
 
     def _screen(self, rnd: int, parsed, rl: RoundLog):
         norms, finite = [], []
@@ -231,8 +291,8 @@ class PartialFedAvg(FedAvg):
             if reason is None:
                 accepted.append(p)
             else:
-                log.warning("round %d: update from client %d rejected: %s", rnd, p[0], reason)
-                rl.rejected.append({"client_id": p[0], "reason": reason})
+                node = next((n for n, c in rl.node_client.items() if c == p[0]), None)
+                self._reject(rnd, rl, "train", p[0], node, reason)
         return accepted
 
     def _average(self, accepted) -> dict[str, np.ndarray]:
@@ -278,14 +338,14 @@ class PartialFedAvg(FedAvg):
         return super().configure_evaluate(server_round + self.round_offset, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        rnd = server_round + self.round_offset
         rl = self._log(server_round)
         valid, _errors = self._check_and_log_replies(list(replies), is_train=False, validate=False)
-        for m in valid:
-            metrics = dict(m.content["metrics"])
-            cid = int(metrics["client-id"])
-            rl.node_client[m.metadata.src_node_id] = cid
-            rl.eval_metrics[cid] = metrics
-        if not valid:
+        admitted = self._admit(rnd, valid, rl, "evaluate", self._parse_eval)
+        for node, _m, r in admitted:
+            rl.node_client[node] = r.client_id
+            rl.eval_metrics[r.client_id] = r.metrics
+        if not admitted:
             return None
         n = sum(int(r["num-examples"]) for r in rl.eval_metrics.values())
         acc = sum(float(r["accuracy"]) * int(r["num-examples"]) for r in rl.eval_metrics.values())
