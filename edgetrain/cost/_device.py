@@ -145,7 +145,12 @@ class Device:
             "source": self.source,
             "memory": {"ram_bytes": self.ram_bytes, "flash_bytes": self.flash_bytes},
             "storage": {f: getattr(self.storage, f) for f in _STORAGE_FIELDS},
-            "compute": {f: getattr(self.compute, f) for f in _COMPUTE_FIELDS},
+            # an absent optional `cpu` is "" here; written back it must stay absent
+            "compute": {
+                f: getattr(self.compute, f)
+                for f in _COMPUTE_FIELDS
+                if f != "cpu" or self.compute.cpu
+            },
         }
         if self.accelerator is not None:
             d["accelerator"] = {f: getattr(self.accelerator, f) for f in _ACCEL_FIELDS}

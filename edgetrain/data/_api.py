@@ -44,14 +44,17 @@ def dataset_names() -> tuple[str, ...]:
 
 
 def _spec_error(spec: object, why: str) -> InvalidArgumentError:
+    shown = repr(spec) if len(repr(spec)) <= 80 else repr(spec)[:77] + "..."
     return InvalidArgumentError(
-        f"invalid dataset spec {spec!r}: {why}. Valid forms: NAME or NAME:CLASSES with NAME one "
+        f"invalid dataset spec {shown}: {why}. Valid forms: NAME or NAME:CLASSES with NAME one "
         f"of {', '.join(dataset_names())} and CLASSES a comma-separated list of class ids "
         f"0-{NUM_CLASSES - 1} or inclusive ranges, e.g. {', '.join(VALID_SPECS)}"
     )
 
 
-_ITEM = re.compile(r"^(\d+)(?:-(\d+))?$")
+# ASCII digits only (`\d` would take other scripts' digits), at most 9 of them (Python refuses
+# to parse integers of thousands of digits with a ValueError of its own).
+_ITEM = re.compile(r"([0-9]{1,9})(?:-([0-9]{1,9}))?")
 
 
 def parse_spec(spec: str) -> tuple[str, tuple[int, ...]]:
@@ -66,9 +69,10 @@ def parse_spec(spec: str) -> tuple[str, tuple[int, ...]]:
         return name, tuple(range(NUM_CLASSES))
     classes: set[int] = set()
     for item in rest.split(","):
-        m = _ITEM.match(item.strip())
+        m = _ITEM.fullmatch(item.strip())
         if not m:
-            raise _spec_error(spec, f"cannot read the class list item {item.strip()!r}")
+            shown = item.strip() if len(item.strip()) <= 40 else item.strip()[:37] + "..."
+            raise _spec_error(spec, f"cannot read the class list item {shown!r}")
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) is not None else lo
         if hi < lo:

@@ -159,13 +159,18 @@ def _from_file(spec: str, num_classes: int | None) -> tuple[nn.Module, torch.Ten
             f"factory name {name!r} in {spec!r} is not a Python identifier; "
             "write the spec as 'path/to/file.py:factory'"
         )
-    path = Path(path_s).expanduser()
-    if not path.is_file():
+    try:
+        path = Path(path_s).expanduser()
+        found, is_dir = path.is_file(), path.is_dir()
+        if found:
+            path = path.resolve()
+    except (OSError, ValueError) as e:  # a NUL byte, a name too long for the file system
+        raise ModelLoadError(f"model spec {spec[:80]!r} is not a usable file path: {e}") from None
+    if not found:
+        why = "is a directory, not a Python file" if is_dir else "does not exist"
         raise ModelLoadError(
-            f"model file {str(path)!r} does not exist (from spec {spec!r}; "
-            f"resolved to {path.resolve()})"
+            f"model file {str(path)!r} {why} (from spec {spec!r}; resolved to {path.absolute()})"
         )
-    path = path.resolve()
     mod_name = "edgetrain_user_model_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
     loader_spec = importlib.util.spec_from_file_location(mod_name, path)
     if loader_spec is None or loader_spec.loader is None:
@@ -174,7 +179,7 @@ def _from_file(spec: str, num_classes: int | None) -> tuple[nn.Module, torch.Ten
     sys.modules[mod_name] = module  # lets dataclasses / pickling inside the file resolve it
     try:
         loader_spec.loader.exec_module(module)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a file that exits on import must not end edgetrain
         sys.modules.pop(mod_name, None)
         raise ModelLoadError(f"importing {path} failed: {type(e).__name__}: {e}") from e
     factory = getattr(module, name, None)
@@ -191,7 +196,7 @@ def _from_file(spec: str, num_classes: int | None) -> tuple[nn.Module, torch.Ten
         raise ModelLoadError(f"{path}:{name} is a {type(factory).__name__}, not a function")
     try:
         result = factory() if num_classes is None else factory(num_classes=num_classes)
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         raise ModelLoadError(f"{path}:{name}() raised {type(e).__name__}: {e}") from e
     if not (
         isinstance(result, tuple)

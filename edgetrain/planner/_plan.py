@@ -500,20 +500,14 @@ def _check_consistency(plan: Plan, dev: Device) -> None:
     peak, budget = plan.predicted.peak_bytes, plan.budget_bytes
     if peak > budget:
         raise PlanFileError(
-            f"the plan predicts a peak of {peak:,} bytes, more than its budget of {budget:,} "
-            f"bytes: it does not fit; {_FIX}"
+            f"field 'predicted.peak_bytes' = {peak:,} is more than field 'budget_bytes' = "
+            f"{budget:,}: the plan does not fit its own budget; {_FIX}"
         )
     if budget > dev.ram_bytes and not plan.budget_forced:
         raise PlanFileError(
             f"field 'budget_bytes' = {budget:,} is more than {dev.name}'s memory "
             f"({dev.ram_bytes:,} bytes) and the plan does not say it was forced "
             f"(budget_forced false); {_FIX} (with --force-budget to mean it)"
-        )
-    if plan.in_place_update and plan.micro_batch_size != plan.batch_size:
-        raise PlanFileError(
-            f"the plan updates in place during backward but accumulates "
-            f"{plan.accumulation_steps} micro-batches (batch {plan.batch_size}, micro-batch "
-            f"{plan.micro_batch_size}): in-place updates need one micro-batch per batch; {_FIX}"
         )
     if plan.executor is Executor.C:
         what = []
@@ -531,6 +525,12 @@ def _check_consistency(plan: Plan, dev: Device) -> None:
                 "the C executor keeps every activation and applies plain SGD in place, one "
                 f"batch at a time; this plan asks for {', '.join(what)}; {_FIX}"
             )
+    if plan.in_place_update and plan.micro_batch_size != plan.batch_size:
+        raise PlanFileError(
+            f"the plan updates in place during backward but accumulates "
+            f"{plan.accumulation_steps} micro-batches (batch {plan.batch_size}, micro-batch "
+            f"{plan.micro_batch_size}): in-place updates need one micro-batch per batch; {_FIX}"
+        )
     if plan.deadline_s is not None and plan.predicted.latency_s > plan.deadline_s * (1 + 1e-9):
         raise PlanFileError(
             f"the plan predicts a step of {plan.predicted.latency_s:.4g} s, longer than its "
@@ -613,9 +613,10 @@ def _check_model_hash(plan: Plan, path: Path, spec: str) -> None:
         )
     try:
         digest = file_sha256(path)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # missing, a directory, a NUL byte in the name
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise PlanFileError(
-            f"cannot read model file {str(path)!r} (from {spec!r}): {e.strerror or e}"
+            f"cannot read model file {str(path)!r} (from {spec!r}): {why}"
         ) from None
     if digest != plan.model_sha256:
         raise UntrustedPlanError(

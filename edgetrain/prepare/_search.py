@@ -444,11 +444,9 @@ def _model_sha256(spec: str) -> str | None:
     """The SHA-256 of the model file a spec names, or None (a built-in model, or a name that
     is not a readable file). NOTE [ Plans are data ]."""
     path = validate.model_spec_file(spec)
-    if path is None or not path.is_file():
-        return None
     try:
-        return validate.file_sha256(path)
-    except OSError:
+        return validate.file_sha256(path) if path is not None and path.is_file() else None
+    except (OSError, ValueError):
         return None
 
 

@@ -9,13 +9,17 @@ from rich.console import Console
 from rich.table import Table
 
 from edgetrain.units import format_bytes
+from edgetrain.validate import cli_type, output_dir, positive_int
 
 console = Console()
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from edgetrain.cost import load_device
     from edgetrain.strategies._bench import config_from_args, run_bench
 
+    for d in args.devices or ():
+        load_device(d)  # an unknown device fails before any work
     cfg = config_from_args(
         args.quick,
         systems=args.strategies,
@@ -23,7 +27,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         models=args.models,
         samples=args.samples,
     )
-    res = run_bench(cfg, args.out, show_progress=not args.json)
+    res = run_bench(cfg, str(args.out), show_progress=not args.json)
     if args.json:
         print(json.dumps(res))
         return 0
@@ -84,9 +88,18 @@ def register(subparsers) -> None:
         action="store_true",
         help="mcu-cnn only, fewer samples (a few minutes on 2 cores)",
     )
-    b.add_argument("--out", default="results/bench-strategies", help="results folder")
     b.add_argument(
-        "--strategies", nargs="+", metavar="NAME", help=f"subset of: {' '.join(system_names())}"
+        "--out",
+        default="results/bench-strategies",
+        type=cli_type(lambda v: output_dir(v, "bench results folder (--out)")),
+        help="results folder",
+    )
+    b.add_argument(
+        "--strategies",
+        nargs="+",
+        metavar="NAME",
+        choices=system_names(),
+        help=f"subset of: {' '.join(system_names())}",
     )
     b.add_argument(
         "--devices",
@@ -95,6 +108,10 @@ def register(subparsers) -> None:
         help="devices (default: nrf52840 rpi4 snapdragon-865)",
     )
     b.add_argument("--models", nargs="+", metavar="MODEL", help="mcu-cnn and/or mbv2-w0.35")
-    b.add_argument("--samples", type=int, help="on-device sample budget per strategy")
+    b.add_argument(
+        "--samples",
+        type=cli_type(lambda v: positive_int(v, "samples per strategy (--samples)")),
+        help="on-device sample budget per strategy",
+    )
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(fn=_cmd_bench, func=_cmd_bench)
