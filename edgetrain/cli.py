@@ -102,11 +102,12 @@ def _sample_bytes(example) -> int:
 
 def _cmd_profile(args: argparse.Namespace) -> int:
     from edgetrain.cost import load_device
+
+    t0 = time.perf_counter()
+    dev = load_device(args.device)  # torch-free: a bad device answers at once
     from edgetrain.models import build_model
     from edgetrain.prepare import profile
 
-    t0 = time.perf_counter()
-    dev = load_device(args.device)
     model, example = build_model(args.model)
     validate.batch_fits(
         args.batch_size,
@@ -179,10 +180,7 @@ def _plan_with_system(args: argparse.Namespace, model, example, calibration):
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from edgetrain.cost import load_device
-    from edgetrain.models import build_model
     from edgetrain.planner import Plan
-    from edgetrain.prepare import PlanRequest, plan
-    from edgetrain.storage import write_text_atomic
 
     # NOTE [ CLI inputs are checked before work starts ]
     #     Argument types (`validate`, via `cli_type`) are checked while parsing; what needs the
@@ -195,6 +193,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         budget = validate.budget_within_device(
             args.budget, device=dev.name, ram_bytes=dev.ram_bytes, force=args.force_budget
         )
+    from edgetrain.models import build_model  # torch from here on
+    from edgetrain.prepare import PlanRequest, plan
+    from edgetrain.storage import write_text_atomic
+
     model, example = build_model(args.model)
     validate.batch_fits(
         args.batch_size, sample_bytes=_sample_bytes(example), limit_bytes=budget, device=dev.name
@@ -336,15 +338,18 @@ def _load_weights(model, path: str) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from edgetrain.planner import Plan
+
+    # The plan is checked (and its model's trust decided) before torch is even imported.
+    p = Plan.load(args.plan, device=args.device)  # NOTE [ Plans are data ]
+    spec = p.model_to_build(args.model, trust_plan=args.trust_plan)
     from edgetrain.data import load_dataset, parse_spec, resize_for
     from edgetrain.models import build_model
-    from edgetrain.planner import Plan
     from edgetrain.runtime import train_loop
     from edgetrain.tasks import accuracy
 
     parse_spec(args.data)  # a bad data spec fails before any work
-    p = Plan.load(args.plan, device=args.device)  # NOTE [ Plans are data ]
-    model, example = build_model(p.model_to_build(args.model, trust_plan=args.trust_plan))
+    model, example = build_model(spec)
     p.check_matches_model(model)
     if args.weights:
         _load_weights(model, str(args.weights))

@@ -367,6 +367,13 @@ def test_policy_last_zero_says_k_must_be_positive(capsys):
     assert code == 2 and "K must be positive" in err and "no executor fits" not in err
 
 
+def test_a_policy_naming_no_parameter_is_an_argument_error_not_a_fit():
+    model, x = build_model("mcu-cnn", pretrained=False)
+    with pytest.raises(InvalidArgumentError, match="'nothing.here' names no parameter") as e:
+        edgetrain.plan(model, x, device="nrf52840", policy="features.0.0,nothing.here")
+    assert not isinstance(e.value, edgetrain.PlanInfeasibleError)
+
+
 @pytest.mark.parametrize("policy", ["last:0", "last:-1", "last:x", "", "a,,b"])
 def test_plan_request_checks_the_policy(policy):
     with pytest.raises(InvalidArgumentError, match="policy"):

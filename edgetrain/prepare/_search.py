@@ -105,6 +105,7 @@ class Search:
                     else "even one sample does not fit: use a larger budget or device"
                 )
             )
+        _check_policy_names(self.request.policy, [n for n, _ in self.model.named_parameters()])
 
     def graph_at(self, batch: int, freeze_bn: bool) -> Graph:
         """The capture at `batch` samples, batch norm frozen (running statistics) or live."""
@@ -125,6 +126,29 @@ class Search:
 
     def trainable(self, graph: Graph, chosen: "str | frozenset[str]") -> frozenset[str]:
         return chosen if isinstance(chosen, frozenset) else trainable_policy(graph, chosen)
+
+
+def _check_policy_names(policy: str | None, names: list[str]) -> None:
+    """A policy that selects no parameter of the model is the caller's error, found before any
+    capture (and not reported per executor as if it did not fit). Same rule as
+    `trainable_policy`."""
+    if policy is None or policy in ("all", "full", "fisher") or policy.startswith("last:"):
+        return
+    if policy == "bias-only":
+        if not any(n.endswith(".bias") for n in names):
+            raise InvalidArgumentError(
+                "policy 'bias-only' selects no parameter: the model has no biases; use all, "
+                "last:K or parameter names"
+            )
+        return
+    wanted = [w.strip() for w in policy.split(",") if w.strip()]
+    absent = [w for w in wanted if not any(n == w or n.startswith(w + ".") for n in names)]
+    if absent:
+        raise InvalidArgumentError(
+            f"policy {policy!r}: {', '.join(repr(w) for w in absent[:3])} names no parameter or "
+            f"module of the model; use all, bias-only, last:K or names such as "
+            f"{', '.join(names[:3])}"
+        )
 
 
 def _divisors(n: int) -> list[int]:
