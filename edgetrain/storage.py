@@ -1,7 +1,20 @@
-"""Atomic writes: a power loss mid-write leaves the previous file intact, never a torn one."""
+"""Atomic writes: a power loss mid-write leaves the previous file intact, never a torn one.
+
+Also a strict reader for tensor files that come from elsewhere (`read_tensor_file`): a file
+that is truncated, bit-flipped or hand-edited is refused with a typed error naming the file and
+what is wrong, never a parser's traceback.
+
+NOTE [ Atomic replace ]
+    `_atomic` writes a temporary `.tmp-*` file beside the target, fsyncs it, renames it over the
+    target, then fsyncs the directory: the rename is durable once `_atomic` returns, so a power
+    loss afterwards cannot bring the previous file back. A process killed before the rename
+    leaves a `.tmp-*` file and the target untouched; `remove_temp_files` clears such leftovers
+    (only the directory's one writer may call it: see the checkpoint lock in runtime).
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -10,20 +23,74 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from edgetrain.errors import InvalidArgumentError
+
+TEMP_PREFIX = ".tmp-"
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+
+# safetensors dtype names -> torch dtypes (those torch has)
+_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def fsync_dir(directory: "str | os.PathLike") -> None:
+    """Make renames and unlinks in `directory` durable (a no-op where directories cannot be
+    opened, e.g. on Windows, or the file system does not support it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES):
+            raise
+    finally:
+        os.close(fd)
+
 
 def _atomic(path: Path, write) -> Path:
+    """NOTE [ Atomic replace ]."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=path.suffix)
     os.close(fd)
     try:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def remove_temp_files(directory: "str | os.PathLike") -> list[Path]:
+    """Delete the `.tmp-*` leftovers of writes killed before their rename; returns them."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    gone = []
+    for p in d.glob(TEMP_PREFIX + "*"):
+        try:
+            p.unlink()
+            gone.append(p)
+        except FileNotFoundError:
+            pass
+    if gone:
+        fsync_dir(d)
+    return gone
 
 
 def save_tensors_atomic(
@@ -37,6 +104,89 @@ def save_tensors_atomic(
 
 def load_tensors(path: "str | os.PathLike") -> dict[str, torch.Tensor]:
     return load_file(str(path))
+
+
+def read_tensor_file(
+    path: "str | os.PathLike", *, error: type[Exception] = InvalidArgumentError
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file, parsed strictly by this module.
+
+    Every structural fault (short file, header length beyond the file, header not JSON, an
+    unknown dtype, a shape or offsets that do not match, gaps, overlaps or trailing bytes) raises
+    `error` naming the file and the fault; the contents are NOT authenticated (callers check
+    their own checksums)."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise error(f"cannot read {p}: {e.strerror or e}") from None
+
+    def bad(why: str) -> Exception:
+        return error(f"{p} is not a valid tensor file: {why}")
+
+    if len(raw) < 8:
+        raise bad(f"it is {len(raw)} bytes, shorter than the 8-byte header length")
+    n = int.from_bytes(raw[:8], "little")
+    if n > min(len(raw) - 8, MAX_HEADER_BYTES):
+        raise bad(f"header length {n:,} B exceeds the file ({len(raw):,} B) or the 100 MiB limit")
+    try:
+        header = json.loads(raw[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise bad(f"header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise bad(f"header is a JSON {type(header).__name__}, not an object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise bad("__metadata__ is not an object of strings")
+    data = memoryview(raw)[8 + n :]
+    spans = sorted(
+        ((_span(name, entry, bad), name) for name, entry in header.items()),
+        key=lambda s: (s[0][0], s[0][1], s[1]),
+    )
+    end = 0
+    tensors = {}
+    for (begin, stop, dtype, shape), name in spans:
+        if begin != end:
+            raise bad(f"tensor {name!r} starts at byte {begin}, expected {end} (gap or overlap)")
+        chunk = bytearray(data[begin:stop])
+        if len(chunk) != stop - begin:
+            raise bad(f"tensor {name!r} ends at byte {stop}, past the data ({len(data)} B)")
+        t = torch.frombuffer(chunk, dtype=dtype) if chunk else torch.empty(0, dtype=dtype)
+        tensors[name] = t.reshape(shape)
+        end = stop
+    if end != len(data):
+        raise bad(f"{len(data) - end} trailing bytes after the last tensor")
+    return tensors, dict(metadata)
+
+
+def _span(name, entry, bad) -> tuple[int, int, torch.dtype, tuple[int, ...]]:
+    if not isinstance(entry, dict):
+        raise bad(f"entry {name!r} is not an object")
+    code = entry.get("dtype")
+    dtype = _DTYPES.get(code) if isinstance(code, str) else None
+    if dtype is None:
+        raise bad(f"tensor {name!r} has dtype {code!r}; known: {sorted(_DTYPES)}")
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise bad(f"tensor {name!r} has shape {shape!r}, not a list of integers >= 0")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))):
+        raise bad(f"tensor {name!r} has data_offsets {offsets!r}, not [begin, end]")
+    numel = 1
+    for d in shape:
+        numel *= d
+    begin, stop = offsets
+    if stop - begin != numel * dtype.itemsize:
+        raise bad(
+            f"tensor {name!r}: offsets {offsets} span {stop - begin} B but shape {shape} of "
+            f"{entry['dtype']} needs {numel * dtype.itemsize} B"
+        )
+    return begin, stop, dtype, tuple(shape)
+
+
+def _is_count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def write_json_atomic(obj, path: "str | os.PathLike") -> Path:

@@ -1,34 +1,34 @@
-"""The training loop of `edgetrain train`: progress bar, atomic checkpoints, resume.
+"""The training loop of `edgetrain train`: progress bar, verified checkpoints, resume.
 
-NOTE [ Checkpoints ]
-    A checkpoint is ONE file, `state.safetensors`, written atomically (temp file + fsync +
-    rename): model parameters and buffers, optimizer state tensors and the CPU RNG state as
-    tensors; step, data cursor and losses in the file's safetensors metadata. One rename is the
-    commit point, so a kill or power loss at any instant leaves either the previous checkpoint
-    or the new one, never a mix: a device loses at most the steps since the last checkpoint.
-    `progress.json` is a human-readable mirror written after the commit; resume never reads it.
-    (An earlier design wrote tensors and progress as two files and could be killed between the
-    two renames, leaving a pair that resume refused.)
+Checkpoints, their crash consistency and how a resume trusts them: NOTE [ Checkpoints ] in
+`_checkpoint.py`; the loss history's log: NOTE [ Loss log ]; the directory's lock: NOTE
+[ Checkpoint lock ].
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from safetensors import safe_open
 
 from edgetrain import validate
-from edgetrain.errors import InvalidArgumentError
+from edgetrain.errors import CheckpointMismatchError, InvalidArgumentError
 from edgetrain.measure import MemoryMeter, storage_bytes
 from edgetrain.planner import Plan
+from edgetrain.runtime._checkpoint import (
+    LOSS_HISTORY_KEPT,
+    CheckpointDir,
+    Resumed,
+    opt_tensors,
+    run_fingerprint,
+)
 from edgetrain.runtime._trainer import Trainer
-from edgetrain.storage import load_tensors, save_tensors_atomic, write_json_atomic
 
 
 @dataclass
@@ -44,11 +44,15 @@ class TrainResult:
     accuracy_after: float | None = None
     elapsed_s: float = 0.0
     extra: dict = field(default_factory=dict)
+    # losses[i] is the loss of step losses_from_step + i + 1: a long run keeps (and a resumed
+    # one reads back) only its last LOSS_HISTORY_KEPT losses (NOTE [ Loss log ])
+    losses_from_step: int = 0
 
     def to_dict(self) -> dict:
         return {
             "steps": self.steps,
             "losses": self.losses,
+            "losses_from_step": self.losses_from_step,
             "measured_peak_bytes": self.measured_peak_bytes,
             "predicted_peak_bytes": self.predicted_peak_bytes,
             "budget_bytes": self.budget_bytes,
@@ -59,74 +63,6 @@ class TrainResult:
             "elapsed_s": self.elapsed_s,
             **self.extra,
         }
-
-
-def _opt_tensors(trainer: Trainer) -> dict[str, torch.Tensor]:
-    out = {}
-    opts = [trainer.optimizer] if trainer.optimizer else list(trainer._per_param_opt.values())
-    names = {id(p): n for n, p in trainer.model.named_parameters()}
-    for opt in opts:
-        for p, st in opt.state.items():
-            for k, v in st.items():
-                if isinstance(v, torch.Tensor):
-                    out[f"optim/{names[id(p)]}/{k}"] = v
-    return out
-
-
-CHECKPOINT_FORMAT = "edgetrain-train-checkpoint/2"
-
-
-def save_checkpoint(
-    directory: Path, trainer: Trainer, step: int, cursor: int, losses: list[float]
-) -> None:
-    """Commit one checkpoint with a single atomic rename (NOTE [ Checkpoints ])."""
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model/{k}": v for k, v in trainer.model.state_dict().items()}
-    tensors.update(_opt_tensors(trainer))
-    tensors["rng/cpu"] = torch.get_rng_state()
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "step": str(step),
-        "cursor": str(cursor),
-        "losses": json.dumps(losses),
-    }
-    save_tensors_atomic(tensors, directory / "state.safetensors", metadata=meta)
-    write_json_atomic(
-        {"step": step, "cursor": cursor, "losses": losses}, directory / "progress.json"
-    )
-
-
-def load_checkpoint(directory: Path, trainer: Trainer) -> tuple[int, int, list[float]]:
-    """(step, cursor, losses) of the committed checkpoint in `directory`; (0, 0, []) if none."""
-    tpath = directory / "state.safetensors"
-    if not tpath.exists():
-        return 0, 0, []
-    try:
-        with safe_open(str(tpath), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own SafetensorError for a torn header
-        raise InvalidArgumentError(
-            f"checkpoint {tpath} cannot be read ({e}); it was not written by edgetrain's atomic "
-            "writer. Delete the folder to start over"
-        ) from e
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise InvalidArgumentError(
-            f"{tpath} is not an edgetrain training checkpoint (format {meta.get('format')!r}, "
-            f"expected {CHECKPOINT_FORMAT!r}); use another --resume folder or delete it"
-        )
-    tensors = load_tensors(tpath)
-    trainer.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
-    params = dict(trainer.model.named_parameters())
-    opts = {id(p): o for p, o in trainer._per_param_opt.items()}
-    for k, v in tensors.items():
-        if not k.startswith("optim/"):
-            continue
-        pname, key = k[6:].rsplit("/", 1)
-        p = params[pname]
-        opt = trainer.optimizer or opts[id(p)]
-        opt.state[p][key] = v.clone()
-    torch.set_rng_state(tensors["rng/cpu"])
-    return int(meta["step"]), int(meta["cursor"]), list(json.loads(meta["losses"]))
 
 
 def train_loop(
@@ -142,62 +78,102 @@ def train_loop(
     seed: int = 0,
     show_progress: bool = True,
     measure_steps: int = 2,
+    data_spec: str | None = None,
+    resume_anyway: bool = False,
 ) -> TrainResult:
     """Train `steps` optimizer steps on batches drawn in a seeded order from (x, y).
 
-    Seeds torch's global RNG with `seed` (or restores it from the checkpoint when resuming)."""
+    Seeds torch's global RNG with `seed` (or restores it from the checkpoint when resuming).
+    With `checkpoint_dir`, resumes from the checkpoint there (verified: NOTE [ Checkpoints ])
+    and commits one every `checkpoint_every` steps; `data_spec` names the data in the run's
+    fingerprint (the CLI's --data) and `resume_anyway` accepts a checkpoint written with
+    another lr, data, seed or edgetrain version (never another plan, model or optimizer)."""
     steps = validate.steps(steps)
+    checkpoint_every = validate.positive_int(checkpoint_every, "checkpoint interval")
     if len(x) < plan.batch_size:
         raise InvalidArgumentError(f"{len(x)} samples cannot fill one batch of {plan.batch_size}")
     t0 = time.perf_counter()
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    ckdir = Path(checkpoint_dir) if checkpoint_dir else None
-    measured_peak = 0
-    with Trainer(model, plan, lr=lr) as trainer:
+    with contextlib.ExitStack() as stack:
+        ck = None
+        if checkpoint_dir:
+            fp = run_fingerprint(model, plan, x, y, lr=lr, seed=seed, data_spec=data_spec)
+            ck = stack.enter_context(CheckpointDir(checkpoint_dir, fp, resume_anyway=resume_anyway))
+        trainer = stack.enter_context(Trainer(model, plan, lr=lr))
         # The global RNG (dropout, random augmentations) starts from `seed` too, so a run is
         # reproducible whatever ran before it in the process; a resume restores the saved state.
         torch.manual_seed(seed)
-        start, cursor, losses = load_checkpoint(ckdir, trainer) if ckdir else (0, 0, [])
-        console = Console(stderr=True)
+        resumed = ck.resume(trainer) if ck else Resumed(0, 0, deque(maxlen=LOSS_HISTORY_KEPT))
+        if resumed.step > steps:
+            raise CheckpointMismatchError(
+                f"checkpoint {ck.state_path} is at step {resumed.step}, past --steps {steps}: "
+                f"that run is done. Pass --steps above {resumed.step} to train further"
+            )
+        run = _Run(trainer, ck, order, x, y, measure_steps, checkpoint_every)
+        run.steps(resumed, steps, show_progress)
+        written, skipped = trainer.storage_bytes_written, trainer.skipped_steps
+    end = max(steps, resumed.step)
+    return TrainResult(
+        steps=steps,
+        losses=list(resumed.losses),
+        measured_peak_bytes=run.measured_peak,
+        predicted_peak_bytes=plan.predicted_peak_bytes,
+        budget_bytes=plan.budget_bytes,
+        storage_bytes_written=written,
+        skipped_steps=skipped,
+        elapsed_s=time.perf_counter() - t0,
+        losses_from_step=end - len(resumed.losses),
+    )
+
+
+@dataclass
+class _Run:
+    trainer: Trainer
+    ck: CheckpointDir | None
+    order: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    measure_steps: int
+    checkpoint_every: int
+    measured_peak: int = 0
+
+    def steps(self, resumed: Resumed, steps: int, show_progress: bool) -> None:
+        """Steps resumed.step+1 .. steps; appends each loss to resumed.losses."""
+        start, cursor, batch = resumed.step, resumed.cursor, self.trainer.plan.batch_size
         with Progress(
             TextColumn("training"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"),
             TimeRemainingColumn(),
-            console=console,
+            console=Console(stderr=True),
             disable=not show_progress,
             transient=True,
         ) as bar:
             task = bar.add_task("train", total=steps, completed=start, loss="-")
+            n = len(self.x)
             for step in range(start, steps):
-                idx = torch.tensor([order[(cursor + i) % len(x)] for i in range(plan.batch_size)])
-                cursor += plan.batch_size
-                xb, yb = x[idx].contiguous(), y[idx].contiguous()
-                if step - start < measure_steps:
-                    state = (
-                        list(model.parameters())
-                        + list(model.buffers())
-                        + list(_opt_tensors(trainer).values())
-                    )
-                    with MemoryMeter(storage_bytes(state + [xb, yb])) as meter:
-                        loss = trainer.step(xb, yb)
-                    measured_peak = max(measured_peak, meter.trace.peak_bytes)
-                else:
-                    loss = trainer.step(xb, yb)
-                losses.append(loss)
+                idx = torch.tensor([self.order[(cursor + i) % n] for i in range(batch)])
+                cursor += batch
+                xb, yb = self.x[idx].contiguous(), self.y[idx].contiguous()
+                loss = self._step(xb, yb, measure=step - start < self.measure_steps)
+                resumed.losses.append(loss)
                 bar.update(task, advance=1, loss=f"{loss:.4f}")
-                if ckdir and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
-                    save_checkpoint(ckdir, trainer, step + 1, cursor, losses)
-        written = trainer.storage_bytes_written
-        skipped = trainer.skipped_steps
-    return TrainResult(
-        steps=steps,
-        losses=losses,
-        measured_peak_bytes=measured_peak,
-        predicted_peak_bytes=plan.predicted_peak_bytes,
-        budget_bytes=plan.budget_bytes,
-        storage_bytes_written=written,
-        skipped_steps=skipped,
-        elapsed_s=time.perf_counter() - t0,
-    )
+                if self.ck is not None:
+                    self.ck.record(step + 1, loss)
+                    if (step + 1) % self.checkpoint_every == 0 or step + 1 == steps:
+                        self.ck.commit(self.trainer, step + 1, cursor)
+
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor, *, measure: bool) -> float:
+        if not measure:
+            return self.trainer.step(xb, yb)
+        model = self.trainer.model
+        state = (
+            list(model.parameters())
+            + list(model.buffers())
+            + list(opt_tensors(self.trainer).values())
+        )
+        with MemoryMeter(storage_bytes(state + [xb, yb])) as meter:
+            loss = self.trainer.step(xb, yb)
+        self.measured_peak = max(self.measured_peak, meter.trace.peak_bytes)
+        return loss

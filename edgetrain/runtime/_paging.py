@@ -7,16 +7,28 @@ Storages that stay in RAM for the whole step anyway are never paged (`resident`)
 buffers, and the step's input batch and targets (a micro-batch is a view of the batch, so paging
 its storage would write the whole batch and read a second copy of it back into RAM: the cost model
 counts the batch as live throughout, see NOTE [ What counts toward peak memory ]).
+
+NOTE [ Paging files ]
+    The file is `edgetrain-page-<pid>-*.bin` in the paging folder (the system's temp folder by
+    default). On POSIX it is unlinked as soon as it is opened: the open descriptor keeps it
+    usable and the OS frees it when the process ends however it ends, `kill -9` included, so no
+    paging file is ever left behind. Where an open file cannot be unlinked (Windows) it is
+    removed on close, and every new store removes the leftovers of dead processes (their PID in
+    the name, or none: files of older versions) from its folder.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from edgetrain.runtime._lock import pid_alive
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +46,13 @@ class PagingStore:
     """An append-only file of paged tensors, rewound at every micro-batch (`reset`)."""
 
     def __init__(self, directory: "str | os.PathLike | None" = None) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="edgetrain-page-", suffix=".bin", dir=directory)
+        remove_stale_paging_files(directory)
+        fd, self.path = tempfile.mkstemp(
+            prefix=f"{PAGE_PREFIX}{os.getpid()}-", suffix=".bin", dir=directory
+        )
         self._f = os.fdopen(fd, "r+b", buffering=0)
+        if os.name == "posix":  # NOTE [ Paging files ]
+            os.unlink(self.path)
         self._end = 0
         # data_ptr -> (offset, nbytes, weak reference to a tensor on that storage): an address
         # is only trusted while that tensor lives, since a freed storage's address is reused
@@ -111,6 +128,30 @@ class PagingStore:
         finally:
             if os.path.exists(self.path):
                 os.unlink(self.path)
+
+
+PAGE_PREFIX = "edgetrain-page-"
+_PAGE_NAME = re.compile(re.escape(PAGE_PREFIX) + r"(?:(\d+)-)?.*\.bin")
+
+
+def remove_stale_paging_files(directory: "str | os.PathLike | None" = None) -> list[Path]:
+    """Delete paging files of processes no longer running (NOTE [ Paging files ])."""
+    folder = Path(directory) if directory is not None else Path(tempfile.gettempdir())
+    gone = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return gone
+    for p in entries:
+        m = _PAGE_NAME.fullmatch(p.name)
+        if m is None or (m.group(1) is not None and pid_alive(int(m.group(1)))):
+            continue
+        try:
+            p.unlink()
+            gone.append(p)
+        except OSError:
+            pass
+    return gone
 
 
 def _ptrs(tensors) -> set[int]:
