@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgetrain.capture import capture
+from edgetrain.capture import capture, loss_function
 from edgetrain.errors import InvalidArgumentError, UnsupportedOpError
 from edgetrain.ir import Graph, OpKind, TensorRole
 from edgetrain.measure import saved_activation_bytes
@@ -218,3 +218,151 @@ def test_graph_cache_hit_equals_fresh_capture_and_tracks_trainable_flags():
     # Assert
     assert first.to_dict() == fresh.to_dict() == hit.to_dict()
     assert [p.trainable for p in after_freeze.params] != [p.trainable for p in hit.params]
+
+
+# -- op categories on their own: what capture predicts against what eager autograd saves ------
+class _Cat(nn.Module):
+    def __init__(self, body, head_in, classes=3):
+        super().__init__()
+        self.body, self.head = body, nn.Linear(head_in, classes)
+
+    def forward(self, x):
+        return self.head(self.body(x).flatten(1))
+
+
+class _Fn(nn.Module):
+    def __init__(self, fn, ch=4):
+        super().__init__()
+        self.fn, self.lin = fn, nn.Linear(ch, ch)
+
+    def forward(self, x):
+        return self.fn(self.lin(x))
+
+
+CATEGORY_CASES = {
+    "convolution-1d-dilated": (
+        lambda: _Cat(nn.Conv1d(2, 4, 3, dilation=2, padding=2), 4 * 8),
+        (1, 2, 8),
+    ),
+    "pooling-1d-max-avg": (
+        lambda: _Cat(nn.Sequential(nn.Conv1d(2, 4, 3), nn.MaxPool1d(2), nn.AvgPool1d(3)), 4),
+        (1, 2, 8),
+    ),
+    "normalisation-batchnorm1d": (
+        lambda: _Cat(nn.Sequential(nn.Conv1d(2, 4, 1), nn.BatchNorm1d(4)), 4 * 5),
+        (1, 2, 5),
+    ),
+    "random-dropout": (lambda: _Cat(nn.Sequential(nn.Linear(6, 6), nn.Dropout(0.3)), 6), (1, 6)),
+    "elementwise-sigmoid-rsub-relu6": (
+        lambda: _Fn(lambda h: F.relu6(1 - torch.sigmoid(h)) * torch.exp(h)),
+        (1, 4),
+    ),
+    "reduction-sum-amax": (
+        lambda: _Fn(lambda h: h.unsqueeze(1).expand(-1, 3, -1).sum(1) + h.amax(1, keepdim=True)),
+        (1, 4),
+    ),
+    "views-chunk-unbind-unflatten": (
+        lambda: _Fn(
+            lambda h: torch.cat(
+                torch.stack(h.unflatten(1, (2, 2)).unbind(1), 1).chunk(2, dim=2), 1
+            ).flatten(1)
+        ),
+        (1, 4),
+    ),
+    "index-cat-pad-gather": (
+        lambda: _Fn(
+            lambda h: torch.cat([F.pad(h, (1, 1)), h], 1).gather(
+                1, torch.tensor([[0, 3, 5, 7]]).expand(h.shape[0], -1)
+            )
+        ),
+        (1, 4),
+    ),
+    "factory-zeros-full": (
+        lambda: _Fn(lambda h: h + torch.zeros(4) + torch.full((4,), 2.0)),
+        (1, 4),
+    ),
+    "matmul-like-sdpa": (
+        lambda: _Fn(
+            lambda h: F.scaled_dot_product_attention(
+                h.view(-1, 1, 2, 2), h.view(-1, 1, 2, 2), h.view(-1, 1, 2, 2)
+            ).flatten(1)
+        ),
+        (1, 4),
+    ),
+    "recurrent-gru": (lambda: _RNN(nn.GRU(3, 4, batch_first=True)), (1, 5, 3)),
+    "recurrent-lstm": (lambda: _RNN(nn.LSTM(3, 4, batch_first=True)), (1, 5, 3)),
+    "upsample-nearest": (
+        lambda: _Cat(nn.Sequential(nn.Conv2d(1, 2, 1), nn.Upsample(scale_factor=2)), 2 * 16),
+        (1, 1, 2, 2),
+    ),
+}
+
+
+class _RNN(nn.Module):
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn, self.fc = rnn, nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.rnn(x)[0][:, -1])
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("case", sorted(CATEGORY_CASES))
+def test_category_saved_bytes_equal_eager_autograd(case, batch):
+    # Prepare
+    torch.manual_seed(0)
+    factory, shape = CATEGORY_CASES[case]
+    model, x = factory(), _input(shape)
+    # Execute
+    graph = capture(model, x, batch_size=batch, cache=False)
+    xb = x.expand(batch, *x.shape[1:]).contiguous()
+    y = torch.arange(batch) % 3
+    measured, _ = saved_activation_bytes(model, lambda: F.cross_entropy(model(xb), y))
+    # Assert: exact, byte for byte, against an independent eager run
+    assert graph.activation_bytes == measured
+
+
+@pytest.mark.parametrize("loss", ["mse", "l1", "smooth-l1", "bce", "callable"])
+def test_losses_are_captured_with_their_saved_tensors(loss):
+    # Prepare
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5)), torch.randn(1, 4)
+    fn = (lambda o, t: ((o - t) ** 2).sum()) if loss == "callable" else loss
+    # Execute
+    graph = capture(model, x, batch_size=2, loss=fn, cache=False)
+    loss_fn = loss_function(fn)
+    target = (torch.arange(10) % 2).float().reshape(2, 5)
+    xb = x.expand(2, 4).contiguous()
+    measured, _ = saved_activation_bytes(model, lambda: loss_fn(model(xb), target))
+    # Assert: the loss is in the graph (its own node, the step's output) and costed exactly
+    last = graph.nodes[-1]
+    assert graph.tensor(graph.loss).role is TensorRole.LOSS and last.output == graph.loss
+    assert last.op is not OpKind.CROSS_ENTROPY
+    assert graph.activation_bytes == measured
+    assert graph.tensor(graph.target).shape == (2, 5)
+
+
+def test_unknown_loss_and_cross_entropy_on_non_class_output_are_refused():
+    with pytest.raises(InvalidArgumentError, match="unknown loss"):
+        capture(nn.Linear(2, 2), torch.randn(1, 2), loss="hinge")
+    with pytest.raises(UnsupportedOpError, match="loss='mse'"):
+        capture(nn.Conv2d(1, 1, 1), torch.randn(1, 1, 2, 2), cache=False)
+
+
+def test_unsupported_model_gets_one_error_listing_every_op_with_module_and_line():
+    class TwoMissing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = torch.cumsum(self.l(x), dim=1)
+            return torch.cumprod(h, dim=1)
+
+    with pytest.raises(UnsupportedOpError) as e:
+        capture(TwoMissing(), torch.randn(1, 4), cache=False)
+    msg = str(e.value)
+    assert "cumsum" in msg and "cumprod" in msg
+    assert "test_capture.py:" in msg and "torch.cumprod(h, dim=1)" in msg
+    assert "module 'l'" not in msg and "node 'cumsum'" in msg and "Supported" in msg

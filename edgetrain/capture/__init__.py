@@ -1,5 +1,13 @@
-"""Capture a PyTorch model into edgetrain's IR with torch.export."""
+"""Capture a PyTorch model and its loss into edgetrain's IR with torch.export."""
 
-from edgetrain.capture._capture import SUPPORTED_OPS, capture
+from edgetrain.capture._capture import SUPPORTED_CATEGORIES, SUPPORTED_OPS, capture
+from edgetrain.capture._losses import LOSSES, example_target, loss_function
 
-__all__ = ["SUPPORTED_OPS", "capture"]
+__all__ = [
+    "LOSSES",
+    "SUPPORTED_CATEGORIES",
+    "SUPPORTED_OPS",
+    "capture",
+    "example_target",
+    "loss_function",
+]

@@ -1,450 +1,88 @@
-"""Capture: a PyTorch model and example input -> the plain-data IR (`edgetrain.ir.Graph`).
+"""Capture: a PyTorch model, its loss and an example input -> the plain-data IR
+(`edgetrain.ir.Graph`).
 
-The model is wrapped with its loss (cross-entropy) and exported with `torch.export.export`,
-which yields ATen operators at the level eager PyTorch dispatches them (`aten.conv2d`,
-`aten.batch_norm`, `aten.linear`, ...). For each operator we record what eager autograd saves
-for backward.
-
-NOTE [ What autograd saves ]
-    The rules in `_RULES` follow the `derivatives.yaml` formulas of PyTorch 2.13 for the eager
-    kernels these composite ops dispatch to on CPU:
-      conv2d -> convolution            saves input, weight
-      linear -> addmm / mm (2-D view)   saves input (a view of it), weight.t()
-      batch_norm -> native_batch_norm   saves input, weight, running stats, save_mean, save_invstd
-      layer_norm -> native_layer_norm   saves input, weight, bias, mean, rstd
-      relu, tanh, softmax, log_softmax  save their result
-      hardtanh, hardswish, gelu         save their input
-      max_pool2d -> max_pool2d_with_indices  saves input and int64 indices
-      avg_pool2d, adaptive_avg_pool2d (non-1x1)  save input; adaptive 1x1 -> mean: saves nothing
-      mul / div by a Python number      saves no tensor (the wrapped number is not stored)
-      matmul (batched) -> bmm           saves both operands reshaped to 3-D (a copy when the
-                                         reshape cannot be a view, e.g. after a transpose)
-      embedding                         saves the int64 indices
-      cross_entropy -> log_softmax + nll_loss  saves log-probabilities, target, total_weight
-      add, mean, views, clone           save nothing
-    Autograd records nothing for an op none of whose inputs requires grad. Storages are
-    identified through the fake tensors of the exported graph, so views share their base's
-    storage exactly as in eager mode. `tests/test_capture.py` checks every rule against the
-    storages autograd really saves.
+The model is wrapped with its loss and exported with `torch.export.export`, which yields ATen
+operators at the level eager PyTorch dispatches them (`aten.conv2d`, `aten.batch_norm`,
+`aten.linear`, `aten.gru.input`, ...). An operator with a legacy rule becomes one IR node
+(NOTE [ What autograd saves ] in `_rules.py`); any other is lowered to primitives (NOTE
+[ Capture op set ] in `_decompose.py`) whose saved tensors come from eager autograd (NOTE
+[ Saved tensors from eager autograd ] in `_eager.py`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
-import math
-from collections.abc import Callable
+import operator
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+import torch.utils._pytree as pytree
 
 from edgetrain import validate
+from edgetrain.capture._decompose import lower
+from edgetrain.capture._eager import EagerSaves, eager_saves
+from edgetrain.capture._losses import example_target, loss_function, loss_key
+from edgetrain.capture._rules import (
+    LEGACY_RULES,
+    _Builder,
+    _Ctx,
+    _Rule,
+    category_rule,
+)
 from edgetrain.errors import InvalidArgumentError, UnsupportedOpError
-from edgetrain.ir import SCHEMA_VERSION, Graph, Node, OpKind, Param, Tensor, TensorRole
+from edgetrain.ir import SCHEMA_VERSION, Graph, Node, OpKind, Param, TensorRole
 from edgetrain.storage import cache_dir, write_text_atomic
 
-_SOURCE_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+_SOURCE_HASH = hashlib.sha256(
+    b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py")))
+).hexdigest()[:16]
 
 aten = torch.ops.aten
+_IGNORED = {aten._assert_tensor_metadata.default, aten.sym_size.int, aten.copy_.default}
+_NON_DIFF = {OpKind.BUFFER_UPDATE, OpKind.RANDOM, OpKind.FACTORY}
+_FLOATS = {"float32", "float64", "float16", "bfloat16"}
+
+SUPPORTED_OPS: tuple[str, ...] = tuple(sorted(str(k) for k in LEGACY_RULES))
+SUPPORTED_CATEGORIES = (
+    "convolution (1-D, 2-D, grouped/depthwise, dilated)",
+    "linear and matmul-like (mm, bmm, addmm, baddbmm, matmul)",
+    "normalisation (batch norm, layer norm)",
+    "pooling (max/avg 1-D and 2-D, adaptive average)",
+    "element-wise (activations, arithmetic, comparisons, where, clamp)",
+    "reductions (mean, sum, amax, var)",
+    "views/aliases (view, reshape, permute, transpose, chunk, split, unbind, unflatten)",
+    "indexing/scatter/cat/stack/pad/upsample, embedding",
+    "random (dropout masks), factories (zeros, full, arange)",
+    "softmax, log-softmax, losses (cross-entropy, mse, l1, smooth-l1, bce)",
+    "composites made of these (relu6, GRU, LSTM, multi-head and scaled-dot-product attention)",
+)
 
 
 class _WithLoss(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, loss_fn) -> None:
         super().__init__()
         self.model = model
+        self.loss_fn = loss_fn
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.model(x), y)
+        return self.loss_fn(self.model(x), y)
 
 
-def _dtype(t: torch.Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
-
-
-def _numel(shape) -> int:
-    return math.prod(int(d) for d in shape)
-
-
-@dataclass
-class _Builder:
-    """Mutable state while walking the exported graph."""
-
-    tensors: dict[str, Tensor] = field(default_factory=dict)
-    nodes: list[Node] = field(default_factory=list)
-    storages: dict[int, str] = field(default_factory=dict)
-    fx_to_tensor: dict[str, str] = field(default_factory=dict)
-
-    def storage_id(self, val: torch.Tensor) -> str:
-        key = val.untyped_storage()._cdata
-        if key not in self.storages:
-            self.storages[key] = f"s{len(self.storages)}"
-        return self.storages[key]
-
-    def add_tensor(
-        self, name: str, val: torch.Tensor, role: TensorRole, producer: str | None
-    ) -> Tensor:
-        t = Tensor(
-            name=name,
-            shape=tuple(int(d) for d in val.shape),
-            dtype=_dtype(val),
-            role=role,
-            storage=self.storage_id(val),
-            storage_bytes=int(val.untyped_storage().nbytes()),
-            producer=producer,
-        )
-        self.tensors[name] = t
-        return t
-
-    def add_aux(self, node: str, suffix: str, shape, dtype: str) -> str:
-        """A fresh storage allocated by `node` for its own backward."""
-        name = f"{node}.{suffix}"
-        nbytes = _numel(shape) * {"float32": 4, "float64": 8, "int64": 8}[dtype]
-        sid = f"s{len(self.storages)}"
-        self.storages[-len(self.storages) - 1] = sid  # reserve a unique id
-        self.tensors[name] = Tensor(
-            name, tuple(int(d) for d in shape), dtype, TensorRole.AUX, sid, nbytes, node
-        )
-        return name
-
-
-@dataclass
-class _Ctx:
-    """What a rule sees of one exported node."""
-
-    name: str
-    fx: torch.fx.Node
-    b: _Builder
-    out: torch.Tensor
-    args: list[Any]  # tensor args replaced by IR tensor names; others as-is
-    vals: list[Any]  # tensor args as fake tensors
-
-    def t(self, i: int) -> str:
-        return self.args[i]
-
-
-@dataclass
-class _Rule:
-    op: OpKind
-    saved: list[str] = field(default_factory=list)
-    aux: list[str] = field(default_factory=list)
-    flops: int = 0
-    flops_in: int = 0
-    flops_param: int = 0
-    vec: int = 0
-    vec_bwd: int = 0
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-
-def _conv2d(c: _Ctx) -> _Rule:
-    w = c.vals[1]
-    a = list(c.args) + [None] * (7 - len(c.args))
-    stride = tuple(a[3] or (1, 1))
-    padding = a[4] if a[4] is not None else (0, 0)
-    if isinstance(padding, str):
-        raise UnsupportedOpError(
-            f"node {c.name!r}: conv2d with padding={padding!r} is not supported; "
-            "use integer padding (e.g. padding=k//2)"
-        )
-    dilation = tuple(a[5] or (1, 1))
-    groups = int(a[6] or 1)
-    cout, cin_g, kh, kw = (int(d) for d in w.shape)
-    macs = _numel(c.out.shape) * cin_g * kh * kw
-    return _Rule(
-        OpKind.CONV2D,
-        saved=[c.t(0), c.t(1)],
-        flops=2 * macs,
-        flops_in=2 * macs,
-        flops_param=2 * macs,
-        vec=_numel(c.out.shape) if a[2] else 0,
-        attrs={
-            "stride": stride,
-            "padding": tuple(padding),
-            "dilation": dilation,
-            "groups": groups,
-            "kernel": (kh, kw),
-            "bias": a[2] is not None,
-        },
-    )
-
-
-def _linear(c: _Ctx) -> _Rule:
-    x, w = c.vals[0], c.vals[1]
-    n_out, k = (int(d) for d in w.shape)
-    m = _numel(x.shape) // k
-    macs = m * n_out * k
-    bias = len(c.args) > 2 and c.args[2] is not None
-    return _Rule(
-        OpKind.LINEAR,
-        saved=[c.t(0), c.t(1)],
-        flops=2 * macs,
-        flops_in=2 * macs,
-        flops_param=2 * macs,
-        vec=m * n_out if bias else 0,
-        attrs={"bias": bias},
-    )
-
-
-def _batch_norm(c: _Ctx) -> _Rule:
-    training = bool(c.args[5])
-    ch = int(c.vals[0].shape[1])
-    m1 = c.b.add_aux(c.name, "save_mean", (ch,) if training else (0,), "float32")
-    m2 = c.b.add_aux(c.name, "save_invstd", (ch,) if training else (0,), "float32")
-    saved = [c.t(0)] + [c.args[i] for i in (1, 3, 4) if isinstance(c.args[i], str)] + [m1, m2]
-    n = _numel(c.out.shape)
-    return _Rule(
-        OpKind.BATCH_NORM,
-        saved=saved,
-        aux=[m1, m2],
-        vec=(7 if training else 2) * n,
-        vec_bwd=8 * n,
-        attrs={"training": training, "eps": float(c.args[7])},
-    )
-
-
-def _layer_norm(c: _Ctx) -> _Rule:
-    shape = tuple(c.vals[0].shape)
-    nd = len(c.args[1])
-    stat = shape[: len(shape) - nd] + (1,) * nd
-    m1 = c.b.add_aux(c.name, "mean", stat, "float32")
-    m2 = c.b.add_aux(c.name, "rstd", stat, "float32")
-    saved = [c.t(0)] + [a for a in c.args[2:4] if isinstance(a, str)] + [m1, m2]
-    n = _numel(shape)
-    return _Rule(
-        OpKind.LAYER_NORM,
-        saved=saved,
-        aux=[m1, m2],
-        vec=8 * n,
-        vec_bwd=10 * n,
-        attrs={"normalized_ndim": nd},
-    )
-
-
-def _unary(op: OpKind, save_result: bool, cost: int = 1) -> Callable[[_Ctx], _Rule]:
-    def rule(c: _Ctx) -> _Rule:
-        n = _numel(c.out.shape)
-        return _Rule(op, saved=["<out>" if save_result else c.t(0)], vec=cost * n, vec_bwd=n)
-
-    return rule
-
-
-def _binary(op: OpKind) -> Callable[[_Ctx], _Rule]:
-    def rule(c: _Ctx) -> _Rule:
-        n = _numel(c.out.shape)
-        if op is OpKind.ADD:
-            return _Rule(op, vec=n, vec_bwd=0)
-        other = c.args[1]
-        if isinstance(other, str):  # tensor * tensor: each operand saved for the other's grad
-            return _Rule(op, saved=[c.t(1), c.t(0)], vec=n, vec_bwd=2 * n)
-        # By a Python number: autograd keeps the number itself, no tensor storage.
-        return _Rule(op, vec=n, vec_bwd=n, attrs={"scalar": float(other)})
-
-    return rule
-
-
-def _max_pool2d(c: _Ctx) -> _Rule:
-    idx = c.b.add_aux(c.name, "indices", tuple(c.out.shape), "int64")
-    a = list(c.args) + [None] * (6 - len(c.args))
-    k = tuple(a[1]) if isinstance(a[1], (list, tuple)) else (a[1], a[1])
-    n = _numel(c.out.shape)
-    return _Rule(
-        OpKind.MAX_POOL2D,
-        saved=[c.t(0), idx],
-        aux=[idx],
-        vec=n * k[0] * k[1],
-        vec_bwd=n,
-        attrs={"kernel": k, "stride": tuple(a[2] or k), "padding": tuple(a[3] or (0, 0))},
-    )
-
-
-def _avg_pool2d(c: _Ctx) -> _Rule:
-    a = list(c.args) + [None] * (4 - len(c.args))
-    k = tuple(a[1]) if isinstance(a[1], (list, tuple)) else (a[1], a[1])
-    n = _numel(c.out.shape)
-    return _Rule(
-        OpKind.AVG_POOL2D,
-        saved=[c.t(0)],
-        vec=n * k[0] * k[1],
-        vec_bwd=n * k[0] * k[1],
-        attrs={"kernel": k, "stride": tuple(a[2] or k), "padding": tuple(a[3] or (0, 0))},
-    )
-
-
-def _adaptive_avg_pool2d(c: _Ctx) -> _Rule:
-    out_hw = tuple(int(v) for v in c.args[1])
-    n_in = _numel(c.vals[0].shape)
-    if out_hw == (1, 1):  # eager lowers this to mean(-1, -2): only sizes are saved
-        return _Rule(
-            OpKind.ADAPTIVE_AVG_POOL2D, vec=n_in, vec_bwd=n_in, attrs={"output_size": out_hw}
-        )
-    return _Rule(
-        OpKind.ADAPTIVE_AVG_POOL2D,
-        saved=[c.t(0)],
-        vec=n_in,
-        vec_bwd=n_in,
-        attrs={"output_size": out_hw},
-    )
-
-
-def _mean(c: _Ctx) -> _Rule:
-    n_in = _numel(c.vals[0].shape)
-    return _Rule(OpKind.MEAN, vec=n_in, vec_bwd=n_in, attrs={"dims": tuple(c.args[1])})
-
-
-def _view(c: _Ctx) -> _Rule:
-    if c.b.storage_id(c.out) != c.b.storage_id(c.vals[0]):
-        return _Rule(OpKind.COPY, vec=_numel(c.out.shape))  # reshape that had to copy
-    return _Rule(OpKind.VIEW)
-
-
-def _copy(c: _Ctx) -> _Rule:
-    return _Rule(OpKind.COPY, vec=_numel(c.out.shape))
-
-
-def _as_3d(c: _Ctx, i: int, shape3: tuple[int, int, int]) -> str:
-    """matmul reshapes a batched operand to 3-D: a view when possible, else a saved copy."""
-    v = c.vals[i]
-    probe = torch.empty_strided(tuple(v.shape), tuple(v.stride()), device="meta")
-    if probe.reshape(shape3)._base is not None or probe.is_contiguous():
-        return c.t(i)
-    return c.b.add_aux(c.name, f"operand{i}_3d", shape3, _dtype(v))
-
-
-def _matmul(c: _Ctx) -> _Rule:
-    a, b = c.vals[0], c.vals[1]
-    if a.dim() < 2 or b.dim() < 2:
-        raise UnsupportedOpError(
-            f"node {c.name!r}: matmul with a 1-D operand ({tuple(a.shape)} @ {tuple(b.shape)}) "
-            "is not supported; unsqueeze the vector to 2-D"
-        )
-    if b.dim() == 2:  # folds to mm on a (view of) 2-D a; b is usually a parameter
-        m, k = _numel(a.shape[:-1]), int(a.shape[-1])
-        n = int(b.shape[-1])
-        macs = m * k * n
-        return _Rule(
-            OpKind.MATMUL,
-            saved=[c.t(0), c.t(1)],
-            flops=2 * macs,
-            flops_in=4 * macs,
-            attrs={"batched": False},
-        )
-    if tuple(a.shape[:-2]) != tuple(b.shape[:-2]):
-        raise UnsupportedOpError(
-            f"node {c.name!r}: matmul with broadcast batch dims {tuple(a.shape)} @ "
-            f"{tuple(b.shape)} is not supported; expand the operands explicitly"
-        )
-    batch = _numel(a.shape[:-2])
-    m, k, n = int(a.shape[-2]), int(a.shape[-1]), int(b.shape[-1])
-    a3 = _as_3d(c, 0, (batch, m, k))
-    b3 = _as_3d(c, 1, (batch, k, n))
-    aux = [t for t in (a3, b3) if t not in c.args]
-    macs = batch * m * k * n
-    return _Rule(
-        OpKind.MATMUL,
-        saved=[a3, b3],
-        aux=aux,
-        flops=2 * macs,
-        flops_in=4 * macs,
-        vec=sum(_numel(c.b.tensors[t].shape) for t in aux),
-        attrs={"batched": True},
-    )
-
-
-def _softmax(op: OpKind) -> Callable[[_Ctx], _Rule]:
-    def rule(c: _Ctx) -> _Rule:
-        n = _numel(c.out.shape)
-        return _Rule(op, saved=["<out>"], vec=4 * n, vec_bwd=3 * n, attrs={"dim": int(c.args[1])})
-
-    return rule
-
-
-def _embedding(c: _Ctx) -> _Rule:
-    return _Rule(
-        OpKind.EMBEDDING, saved=[c.t(1)], vec=_numel(c.out.shape), vec_bwd=_numel(c.out.shape)
-    )
-
-
-def _cross_entropy(c: _Ctx) -> _Rule:
-    logits = c.vals[0]
-    if logits.dim() != 2:
-        raise UnsupportedOpError(
-            f"node {c.name!r}: cross-entropy over logits of shape {tuple(logits.shape)}; "
-            "edgetrain trains classifiers whose output is (batch, classes)"
-        )
-    lsm = c.b.add_aux(c.name, "log_probs", tuple(logits.shape), _dtype(logits))
-    tw = c.b.add_aux(c.name, "total_weight", (), "float32")
-    n = _numel(logits.shape)
-    return _Rule(
-        OpKind.CROSS_ENTROPY, saved=[lsm, c.t(1), tw], aux=[lsm, tw], vec=5 * n, vec_bwd=3 * n
-    )
-
-
-def _buffer_update(c: _Ctx) -> _Rule:
-    return _Rule(OpKind.BUFFER_UPDATE)
-
-
-_RULES: dict[Any, Callable[[_Ctx], _Rule]] = {
-    aten.conv2d.default: _conv2d,
-    aten.linear.default: _linear,
-    aten.batch_norm.default: _batch_norm,
-    aten.layer_norm.default: _layer_norm,
-    aten.relu.default: _unary(OpKind.RELU, save_result=True),
-    aten.hardtanh.default: _unary(OpKind.HARDTANH, save_result=False),
-    aten.hardswish.default: _unary(OpKind.HARDSWISH, save_result=False, cost=4),
-    aten.gelu.default: _unary(OpKind.GELU, save_result=False, cost=8),
-    aten.tanh.default: _unary(OpKind.TANH, save_result=True, cost=4),
-    aten.add.Tensor: _binary(OpKind.ADD),
-    aten.mul.Tensor: _binary(OpKind.MUL),
-    aten.div.Tensor: _binary(OpKind.DIV),
-    aten.max_pool2d.default: _max_pool2d,
-    aten.avg_pool2d.default: _avg_pool2d,
-    aten.adaptive_avg_pool2d.default: _adaptive_avg_pool2d,
-    aten.mean.dim: _mean,
-    aten.matmul.default: _matmul,
-    aten.softmax.int: _softmax(OpKind.SOFTMAX),
-    aten._softmax.default: _softmax(OpKind.SOFTMAX),
-    aten.log_softmax.int: _softmax(OpKind.LOG_SOFTMAX),
-    aten.embedding.default: _embedding,
-    aten.cross_entropy_loss.default: _cross_entropy,
-    aten.add_.Tensor: _buffer_update,
-    aten.contiguous.default: _copy,
-    aten.clone.default: _copy,
-}
-for _v in (
-    "view.default",
-    "reshape.default",
-    "flatten.using_ints",
-    "permute.default",
-    "transpose.int",
-    "t.default",
-    "unsqueeze.default",
-    "squeeze.dim",
-    "expand.default",
-    "select.int",
-    "slice.Tensor",
-    "_unsafe_view.default",
-    "alias.default",
-):
-    _pkt, _ovl = _v.split(".")
-    _RULES[getattr(getattr(aten, _pkt), _ovl)] = _view
-
-_IGNORED = {aten._assert_tensor_metadata.default, aten.sym_size.int}
-
-SUPPORTED_OPS: tuple[str, ...] = tuple(sorted(str(k) for k in _RULES))
-
-
-def _resolve_args(fx: torch.fx.Node, b: _Builder) -> tuple[list[Any], list[Any]]:
-    names, vals = [], []
-    for a in fx.args:
-        if isinstance(a, torch.fx.Node):
-            names.append(b.fx_to_tensor.get(a.name))
-            vals.append(a.meta.get("val"))
-        else:
-            names.append(a)
-            vals.append(a)
-    return names, vals
+def _source_line(fx: torch.fx.Node) -> str:
+    """The innermost frame of the user's code in the node's stack trace (file:line: code)."""
+    trace = fx.meta.get("stack_trace") or ""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in \S+\n\s*(.*)', trace)
+    torch_dir = str(Path(torch.__file__).parent)
+    user = [f for f in frames if not f[0].startswith(torch_dir)]
+    if not user:
+        return "<unknown line>"
+    path, line, code = user[-1]
+    return f"{path}:{line}: {code.strip()}"
 
 
 def _module_path(fx: torch.fx.Node) -> str:
@@ -453,6 +91,363 @@ def _module_path(fx: torch.fx.Node) -> str:
         return ""
     path = list(stack.values())[-1][0]
     return path.removeprefix("model.").removeprefix("model")
+
+
+def _tensor_names(obj: Any) -> list[str]:
+    return [a for a in pytree.tree_leaves(obj) if isinstance(a, str)]
+
+
+@dataclass
+class _Walk:
+    """State of the walk over the exported program."""
+
+    b: _Builder
+    eager: EagerSaves | None
+    rg: set[str] = field(default_factory=set)  # IR tensors that require grad (full training)
+    outs: dict[str, list[str | None]] = field(default_factory=dict)  # fx node -> IR outputs
+    split_views: dict[str, str] = field(default_factory=dict)  # multi-output view -> its base
+    by_ptr: dict[int, str] = field(default_factory=dict)  # eager storage address -> IR tensor
+    missing: list[str] = field(default_factory=list)
+
+    def resolve(self, fx: torch.fx.Node, mapping: dict[str, str]) -> tuple[list, list]:
+        """fx args with nodes replaced by IR tensor names, and by their fake values."""
+        names = torch.fx.node.map_arg(list(fx.args), lambda n: mapping.get(n.name))
+        vals = torch.fx.node.map_arg(list(fx.args), lambda n: n.meta.get("val"))
+        return list(names), list(vals)
+
+
+def _emit(
+    w: _Walk, fx: torch.fx.Node, name: str, module: str, mapping: dict[str, str], rule_fn
+) -> Node | None:
+    """One IR node for `fx` (an exported or a lowered node) through `rule_fn`."""
+    b = w.b
+    args, vals = w.resolve(fx, mapping)
+    out = fx.meta.get("val")
+    extra: list[Any] = []
+    if isinstance(out, (list, tuple)):
+        mapping[f"<multi>{fx.name}"] = name
+        if isinstance(fx.target, torch._ops.OpOverload) and fx.target.is_view:
+            w.split_views[name] = _tensor_names(args)[0]  # getitems become views of the base
+            return None
+        out, extra = out[0], list(out[1:])
+    if not isinstance(out, torch.Tensor):
+        return None
+    rule: _Rule = rule_fn(_Ctx(name, fx, b, out, args, vals))
+    t = b.add_tensor(name, out, TensorRole.ACTIVATION, name)
+    mapping[fx.name] = t.name
+    aux = list(rule.aux)
+    outs: list[str | None] = [t.name]
+    for k, v in enumerate(extra):
+        if isinstance(v, torch.Tensor):
+            aux.append(b.add_tensor(f"{name}.out{k + 1}", v, TensorRole.AUX, name).name)
+            outs.append(aux[-1])
+        else:
+            outs.append(None)
+    w.outs[name] = outs
+    inputs = tuple(dict.fromkeys(a for a in _tensor_names(args) if a in b.tensors))
+    if rule.op not in _NON_DIFF and t.dtype in _FLOATS and any(i in w.rg for i in inputs):
+        w.rg.add(t.name)
+    node = Node(
+        name=name,
+        op=rule.op,
+        aten=str(fx.target),
+        inputs=inputs,
+        output=t.name,
+        aux_outputs=tuple(aux),
+        saved=tuple(t.name if s == "<out>" else s for s in rule.saved),
+        module=module,
+        flops_forward=rule.flops,
+        flops_backward_input=rule.flops_in,
+        flops_backward_params=rule.flops_param,
+        vector_ops_forward=rule.vec,
+        vector_ops_backward=rule.vec_bwd,
+        attrs=tuple(sorted((k, v) for k, v in rule.attrs.items())),
+    )
+    b.nodes.append(node)
+    return node
+
+
+def _getitem(w: _Walk, fx: torch.fx.Node, name: str, module: str, mapping: dict[str, str]):
+    """`out[i]` of a multi-output op: its IR output, or a view of a split's base."""
+    src, idx = fx.args[0].name, int(fx.args[1])
+    src_ir = mapping.get(f"<multi>{src}", src)
+    if src_ir in w.split_views:
+        base = w.split_views[src_ir]
+        val = fx.meta["val"]
+        t = w.b.add_tensor(name, val, TensorRole.ACTIVATION, name)
+        mapping[fx.name] = t.name
+        if base in w.rg and val.is_floating_point():
+            w.rg.add(t.name)
+        w.b.nodes.append(Node(name, OpKind.VIEW, "aten.getitem", (base,), t.name, module=module))
+        return
+    outs = w.outs.get(src_ir, [])
+    got = outs[idx] if idx < len(outs) else None  # None: its producer is reported missing
+    if got is not None:
+        mapping[fx.name] = got
+
+
+def _rule_for(target: Any):
+    """A lowered primitive's rule. In-place point-wise ops (eager GRU's `sigmoid_`, `add_`)
+    are point-wise ops whose output shares its input's storage (as in eager mode)."""
+    if isinstance(target, torch._ops.OpOverload) and torch.Tag.inplace in target.tags:
+        return category_rule(target)
+    return LEGACY_RULES.get(target) or category_rule(target)
+
+
+def _where(fx: torch.fx.Node) -> str:
+    return f"node {fx.name!r} (module {_module_path(fx) or '<top>'!r}, {_source_line(fx)})"
+
+
+def _lower_exported(w: _Walk, fx: torch.fx.Node) -> list[int]:
+    """Lower one exported node to primitives; returns the indices of the IR nodes made."""
+    b = w.b
+    module = _module_path(fx)
+    first = len(b.nodes)
+    rule_fn = category_rule(fx.target)
+    if rule_fn is not None:  # a primitive already: one node
+        try:
+            _emit(w, fx, fx.name, module, b.fx_to_tensor, rule_fn)
+        except UnsupportedOpError as e:
+            w.missing.append(f"{fx.target} at {_where(fx)}: {e}")
+        return list(range(first, len(b.nodes)))
+    leaves = [a for a in pytree.tree_leaves((fx.args, fx.kwargs)) if isinstance(a, torch.fx.Node)]
+    names = [b.fx_to_tensor.get(a.name) for a in leaves]
+    vals = [a.meta.get("val") for a in leaves]
+    args = torch.fx.node.map_arg(fx.args, lambda n: n.meta.get("val"))
+    kwargs = torch.fx.node.map_arg(fx.kwargs, lambda n: n.meta.get("val"))
+    try:
+        gm = lower(fx.target, args, kwargs, vals, [n in w.rg for n in names])
+    except Exception as e:  # make_fx raises many types; report with the node
+        w.missing.append(
+            f"{fx.target} at {_where(fx)}: could not be lowered ({type(e).__name__}: "
+            f"{str(e)[:200]})"
+        )
+        return []
+    local: dict[str, str] = {}
+    b.local = {}
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for ph, name in zip(placeholders, names):
+        local[ph.name] = name
+        if name is not None and isinstance(ph.meta.get("val"), torch.Tensor):
+            b.local[ph.meta["val"].untyped_storage()._cdata] = b.tensors[name].storage
+    try:
+        for sub in gm.graph.nodes:
+            if sub.op == "output":
+                flat = pytree.tree_leaves(sub.args[0])
+                w.outs[fx.name] = [
+                    local.get(n.name) if isinstance(n, torch.fx.Node) else None for n in flat
+                ]
+                b.fx_to_tensor[f"<multi>{fx.name}"] = fx.name
+                if w.outs[fx.name] and w.outs[fx.name][0] is not None:
+                    b.fx_to_tensor[fx.name] = w.outs[fx.name][0]
+            elif sub.op == "get_attr":
+                val = getattr(gm, sub.target)
+                t = b.add_tensor(f"{fx.name}.{sub.name}", val, TensorRole.BUFFER, None)
+                local[sub.name] = t.name
+            elif sub.op == "call_function":
+                _lower_one(w, fx, sub, module, local)
+    finally:
+        b.local = None
+    # later exported nodes see this node's output through the exported program's fake tensors:
+    # their storage is the storage of the lowering's output (views of it stay views)
+    val = fx.meta.get("val")
+    for v, t in zip(val if isinstance(val, (list, tuple)) else [val], w.outs.get(fx.name, [])):
+        if isinstance(v, torch.Tensor) and t is not None:
+            b.storages.setdefault(v.untyped_storage()._cdata, b.tensors[t].storage)
+    return list(range(first, len(b.nodes)))
+
+
+def _lower_one(w: _Walk, fx: torch.fx.Node, sub: torch.fx.Node, module: str, local) -> None:
+    name = f"{fx.name}.{sub.name}"
+    if sub.target is operator.getitem:
+        _getitem(w, sub, name, module, local)
+        return
+    if sub.target in _IGNORED or sub.meta.get("val") is None:
+        return
+    rule_fn = _rule_for(sub.target)
+    if rule_fn is None:
+        w.missing.append(f"{sub.target} (lowered from {fx.target}) at {_where(fx)}")
+        return
+    try:
+        _emit(w, sub, name, module, local, rule_fn)
+    except UnsupportedOpError as e:
+        w.missing.append(f"{sub.target} (lowered from {fx.target}) at {_where(fx)}: {e}")
+
+
+def _attribute(w: _Walk, fx: torch.fx.Node, made: list[int]) -> None:
+    """Saved tensors of a lowered exported node from eager autograd (NOTE in `_eager.py`)."""
+    b, rec = w.b, w.eager
+    assert rec is not None
+    for i in made:  # the lowering's own guesses are replaced by what eager saved
+        b.nodes[i] = dataclasses.replace(
+            b.nodes[i], saved=(), attrs=_with_attr(b.nodes[i].attrs, "saved_by", "eager")
+        )
+    rg_nodes = [i for i in made if b.nodes[i].output in w.rg]
+    if not rg_nodes:
+        return  # autograd recorded nothing
+    before = {t.storage for n in b.nodes[: made[0]] for t in map(b.tensors.get, n.inputs) if t}
+    fresh: dict[str, tuple[str, int]] = {}  # storage first made by the lowering -> tensor, node
+    for i in made:
+        for t in (b.nodes[i].output, *b.nodes[i].aux_outputs):
+            sid = b.tensors[t].storage
+            if sid not in before:
+                fresh.setdefault(sid, (t, i))
+    own = dict(zip(rec.outputs.get(fx.name, []), w.outs.get(fx.name) or [None]))
+    taken: set[str] = set()
+    for r in {r.ptr: r for r in rec.saved.get(fx.name, [])}.values():
+        name = w.by_ptr.get(r.ptr) or own.get(r.ptr)
+        if name is None:
+            name = next(
+                (
+                    t
+                    for sid, (t, _) in fresh.items()
+                    if sid not in taken
+                    and b.tensors[t].storage_bytes == r.nbytes
+                    and b.tensors[t].dtype == r.dtype
+                ),
+                None,
+            )
+        if name is None:
+            i = rg_nodes[0]
+            name = b.add_aux(b.nodes[i].name, f"saved{len(taken)}", (r.numel,), r.dtype)
+            b.nodes[i] = dataclasses.replace(
+                b.nodes[i], aux_outputs=b.nodes[i].aux_outputs + (name,)
+            )
+            fresh[b.tensors[name].storage] = (name, i)
+        sid = b.tensors[name].storage
+        taken.add(sid)
+        i = fresh[sid][1] if sid in fresh else rg_nodes[0]
+        i = i if i in rg_nodes else rg_nodes[0]
+        b.nodes[i] = dataclasses.replace(b.nodes[i], saved=b.nodes[i].saved + (name,))
+
+
+def _with_attr(attrs: tuple, key: str, value: Any) -> tuple:
+    d = dict(attrs)
+    d[key] = value
+    return tuple(sorted(d.items()))
+
+
+def _register_outputs(w: _Walk, fx: torch.fx.Node) -> None:
+    """Eager storage addresses of `fx`'s outputs -> their IR tensors (first producer wins)."""
+    if w.eager is None:
+        return
+    ptrs = w.eager.outputs.get(fx.name, [])
+    names = w.outs.get(fx.name) or [w.b.fx_to_tensor.get(fx.name)]
+    for p, name in zip(ptrs, names):
+        if p is not None and name is not None:
+            w.by_ptr.setdefault(p, name)
+
+
+def _placeholder(w: _Walk, fx: torch.fx.Node, sig, named: dict, params: list, users: list) -> None:
+    b = w.b
+    val = fx.meta["val"]
+    if fx.name in sig["param"]:
+        fqn = sig["param"][fx.name]
+        t = b.add_tensor(fqn, val, TensorRole.PARAMETER, None)
+        trainable = bool(named[fqn].requires_grad)
+        params.append(
+            Param(fqn, t.name, t.shape, t.dtype, t.nbytes, trainable, fqn.rpartition(".")[0])
+        )
+        if trainable:
+            w.rg.add(t.name)
+    elif fx.name in sig["buffer"]:
+        t = b.add_tensor(sig["buffer"][fx.name], val, TensorRole.BUFFER, None)
+    elif fx.name in sig["constant"]:
+        t = b.add_tensor(sig["constant"][fx.name], val, TensorRole.BUFFER, None)
+    else:
+        role = TensorRole.INPUT if not users else TensorRole.TARGET
+        t = b.add_tensor(fx.name if role is TensorRole.INPUT else "target", val, role, None)
+        users.append(t.name)
+    b.fx_to_tensor[fx.name] = t.name
+    if w.eager is not None and fx.name in w.eager.placeholders:
+        w.by_ptr.setdefault(w.eager.placeholders[fx.name], t.name)
+
+
+def _signature(ep) -> dict[str, dict[str, str]]:
+    sig = ep.graph_signature
+
+    def strip(d):
+        return {k: v.removeprefix("model.") for k, v in d.items()}
+
+    return {
+        "param": strip(sig.inputs_to_parameters),
+        "buffer": strip(sig.inputs_to_buffers),
+        "constant": dict(getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {}),
+    }
+
+
+def needs_lowering(ep) -> bool:
+    """Whether any exported operator lacks a legacy rule (then eager autograd is consulted)."""
+    return any(
+        fx.op == "call_function"
+        and fx.target not in LEGACY_RULES
+        and fx.target not in _IGNORED
+        and fx.target is not operator.getitem
+        for fx in ep.graph.nodes
+    )
+
+
+def _legacy(w: _Walk, fx: torch.fx.Node) -> None:
+    try:
+        _emit(w, fx, fx.name, _module_path(fx), w.b.fx_to_tensor, LEGACY_RULES[fx.target])
+    except UnsupportedOpError as e:
+        w.missing.append(f"{fx.target} at {_where(fx)}: {e}")
+
+
+def _to_ir(ep, model: torch.nn.Module, name: str, batch_size: int, eager) -> Graph:
+    sig = _signature(ep)
+    named = dict(model.named_parameters())
+    w = _Walk(_Builder(), eager)
+    params: list[Param] = []
+    user_inputs: list[str] = []
+    loss_name = None
+    for fx in ep.graph.nodes:
+        if fx.op == "placeholder":
+            _placeholder(w, fx, sig, named, params, user_inputs)
+        elif fx.op == "output":
+            loss_name = w.b.fx_to_tensor.get(fx.args[0][0].name)
+        elif fx.op != "call_function" or fx.target in _IGNORED:
+            continue
+        elif fx.target is operator.getitem:
+            _getitem(w, fx, fx.name, _module_path(fx), w.b.fx_to_tensor)
+        elif fx.target in LEGACY_RULES:
+            _legacy(w, fx)
+            _register_outputs(w, fx)
+        else:
+            made = _lower_exported(w, fx)
+            if w.eager is not None and made:
+                _attribute(w, fx, made)
+            _register_outputs(w, fx)
+    _raise_missing(w.missing)
+    assert loss_name is not None
+    b = w.b
+    for n in b.nodes:  # the step's output is the loss; a buffer update is state
+        role = TensorRole.LOSS if n.output == loss_name else None
+        role = TensorRole.BUFFER if n.op is OpKind.BUFFER_UPDATE else role
+        if role is not None:
+            b.tensors[n.output] = dataclasses.replace(b.tensors[n.output], role=role)
+    return Graph(
+        model=name,
+        batch_size=batch_size,
+        nodes=tuple(b.nodes),
+        tensors=tuple(b.tensors.values()),
+        params=tuple(params),
+        inputs=(user_inputs[0],),
+        target=user_inputs[1],
+        loss=loss_name,
+    )
+
+
+def _raise_missing(missing: list[str]) -> None:
+    if not missing:
+        return
+    lines = "\n".join(f"  - {m}" for m in dict.fromkeys(missing))
+    raise UnsupportedOpError(
+        f"{len(missing)} operator(s) of the model have no cost rule in edgetrain:\n{lines}\n"
+        f"Supported: {'; '.join(SUPPORTED_CATEGORIES)}. Rewrite the module at the line shown "
+        "with supported operations (or a composite of them), or file an issue naming the "
+        "operator; everything above is reported at once."
+    )
 
 
 def _fingerprint(
@@ -498,18 +493,27 @@ def capture(
     num_classes: int | None = None,
     name: str = "model",
     cache: bool = True,
+    loss="cross-entropy",
+    target_example: torch.Tensor | None = None,
 ) -> Graph:
-    """Export `model` with a cross-entropy loss at `batch_size` and return its IR graph.
+    """Export `model` with its loss at `batch_size` and return its IR graph.
 
     `example_input` has batch size 1 (its first dimension); it is repeated to `batch_size`.
+    `loss` is "cross-entropy" (class indices as targets; the output must be (batch, classes)),
+    "mse", "bce" (with logits), "l1", "smooth-l1" (targets of the output's shape) or a callable
+    `loss_fn(output, target)` (its target: `target_example`, batch size 1, or by default a
+    float tensor of the output's shape). The loss is captured with the model, so its saved
+    tensors and FLOPs are costed.
     The model is captured in training mode, except batch-norm layers the caller has put in
     eval mode (frozen: running statistics, as `plan(freeze_batch_norm=True)` does); its state
     and modes are not changed. With `cache`, the IR is
     kept as JSON under the cache directory (`EDGETRAIN_CACHE_DIR`), keyed by a fingerprint of
-    the model's structure, forward code, shapes, trainable flags and the torch version, so a
-    second capture of the same model skips torch.export (whose first import alone takes ~2.5 s).
+    the model's structure, forward code, shapes, trainable flags, loss and the torch version,
+    so a second capture of the same model skips torch.export (whose first import alone takes
+    ~2.5 s).
     """
     batch_size = validate.batch_size(batch_size)
+    loss_function(loss)  # an unknown loss name fails before any work
     if not isinstance(example_input, torch.Tensor) or example_input.dim() == 0:
         raise InvalidArgumentError(
             "example_input must be a tensor with a leading batch dimension of 1, got "
@@ -523,13 +527,17 @@ def capture(
     path = None
     if cache:
         key = _fingerprint(model, example_input, batch_size, num_classes, name)
+        if not (isinstance(loss, str) and loss.lower() == "cross-entropy"):
+            t = target_example
+            extra = f"{loss_key(loss)}|{None if t is None else (tuple(t.shape), t.dtype)}"
+            key = hashlib.sha256(f"{key}|{extra}".encode()).hexdigest()[:32]
         path = cache_dir() / "graphs" / f"{key}.json"
         if path.exists():
             try:
                 return Graph.from_json(path.read_text())
             except (ValueError, KeyError, TypeError):
                 pass  # a stale or torn entry: capture again and overwrite it
-    graph = _capture(model, example_input, batch_size, num_classes, name)
+    graph = _capture(model, example_input, batch_size, num_classes, name, loss, target_example)
     if path is not None:
         write_text_atomic(graph.to_json(), path)
     return graph
@@ -541,6 +549,8 @@ def _capture(
     batch_size: int,
     num_classes: int | None,
     name: str,
+    loss="cross-entropy",
+    target_example: torch.Tensor | None = None,
 ) -> Graph:
     modes = [(m, m.training) for m in model.modules()]
     # Batch norm the caller put in eval mode is frozen (running statistics) and stays so.
@@ -552,21 +562,24 @@ def _capture(
     x = example_input.expand(batch_size, *example_input.shape[1:]).contiguous()
     # Capturing must not change BN running stats or num_batches_tracked: snapshot and restore.
     state = {k: v.clone() for k, v in model.state_dict(keep_vars=False).items()}
+    eager = None
     try:
         model.train()
         for m in frozen_bn:
             m.eval()
         with torch.no_grad():
-            logits = model(x)
-        if logits.dim() != 2:
+            out = model(x)
+        if not isinstance(out, torch.Tensor):
             raise UnsupportedOpError(
-                f"model output has shape {tuple(logits.shape)}; edgetrain trains classifiers "
-                "whose output is (batch, classes) — add a pooling + linear head"
+                f"model output is {type(out).__name__}, not one tensor; return the tensor the "
+                "loss is computed on"
             )
-        classes = num_classes or int(logits.shape[1])
-        y = torch.arange(batch_size, dtype=torch.long) % classes
-        ep = torch.export.export(_WithLoss(model), (x, y))
-    except UnsupportedOpError:
+        y = example_target(loss, out, num_classes, target_example)
+        wrapped = _WithLoss(model, loss_function(loss))
+        ep = torch.export.export(wrapped, (x, y))
+        if needs_lowering(ep):
+            eager = eager_saves(ep, _eager_inputs(ep, wrapped, x, y))
+    except (UnsupportedOpError, InvalidArgumentError):
         raise
     except Exception as e:  # torch.export has many failure types; re-raise with guidance
         raise UnsupportedOpError(
@@ -577,103 +590,27 @@ def _capture(
         model.load_state_dict(state)
         for m, t in modes:
             m.training = t
-    return _to_ir(ep, model, name, batch_size)
+    return _to_ir(ep, model, name, batch_size, eager)
 
 
-def _to_ir(ep, model: torch.nn.Module, name: str, batch_size: int) -> Graph:
+def _eager_inputs(ep, wrapped: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[Any]:
+    """The exported program's placeholders as real tensors: the model's own parameters, copies
+    of its buffers (the run must not move running statistics), constants, then x and y."""
     sig = ep.graph_signature
-    to_param = {k: v.removeprefix("model.") for k, v in sig.inputs_to_parameters.items()}
-    to_buffer = {k: v.removeprefix("model.") for k, v in sig.inputs_to_buffers.items()}
-    named = dict(model.named_parameters())
-    b = _Builder()
-    params: list[Param] = []
-    user_inputs: list[str] = []
-    loss_name = None
+    params = dict(wrapped.named_parameters())
+    buffers = dict(wrapped.named_buffers())
+    consts = getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {}
+    user = iter((x, y))
+    out: list[Any] = []
     for fx in ep.graph.nodes:
-        if fx.op == "placeholder":
-            val = fx.meta["val"]
-            if fx.name in to_param:
-                fqn = to_param[fx.name]
-                t = b.add_tensor(fqn, val, TensorRole.PARAMETER, None)
-                params.append(
-                    Param(
-                        fqn,
-                        t.name,
-                        t.shape,
-                        t.dtype,
-                        t.nbytes,
-                        bool(named[fqn].requires_grad),
-                        fqn.rpartition(".")[0],
-                    )
-                )
-            elif fx.name in to_buffer:
-                t = b.add_tensor(to_buffer[fx.name], val, TensorRole.BUFFER, None)
-            else:
-                role = TensorRole.INPUT if not user_inputs else TensorRole.TARGET
-                t = b.add_tensor(fx.name if role is TensorRole.INPUT else "target", val, role, None)
-                user_inputs.append(t.name)
-            b.fx_to_tensor[fx.name] = t.name
+        if fx.op != "placeholder":
             continue
-        if fx.op == "output":
-            loss_name = b.fx_to_tensor[fx.args[0][0].name]
-            continue
-        if fx.op != "call_function" or fx.target in _IGNORED:
-            continue
-        rule_fn = _RULES.get(fx.target)
-        if rule_fn is None:
-            raise UnsupportedOpError(
-                f"operator {fx.target} at node {fx.name!r} (module {_module_path(fx) or '<top>'!r}) "
-                "is not supported by edgetrain's cost model. Supported: conv2d (incl. grouped/"
-                "depthwise), batch_norm, relu, relu6/hardtanh, hardswish, gelu, tanh, add, mul/div, "
-                "max/avg/adaptive-avg pooling, mean, linear, flatten/view/reshape/permute/"
-                "transpose, matmul, softmax, layer_norm, embedding, cross_entropy. Rewrite the "
-                "module with these ops, or file an issue naming the op."
-            )
-        out = fx.meta.get("val")
-        if not isinstance(out, torch.Tensor):
-            raise UnsupportedOpError(
-                f"operator {fx.target} at node {fx.name!r} returns {type(out).__name__}, not one "
-                "tensor; edgetrain supports single-output operators"
-            )
-        args, vals = _resolve_args(fx, b)
-        ctx = _Ctx(fx.name, fx, b, out, args, vals)
-        rule = rule_fn(ctx)
-        is_loss = rule.op is OpKind.CROSS_ENTROPY
-        role = (
-            TensorRole.LOSS
-            if is_loss
-            else (TensorRole.BUFFER if rule.op is OpKind.BUFFER_UPDATE else TensorRole.ACTIVATION)
-        )
-        t = b.add_tensor(fx.name, out, role, fx.name)
-        b.fx_to_tensor[fx.name] = t.name
-        saved = tuple(t.name if s == "<out>" else s for s in rule.saved)
-        inputs = tuple(a for a in args if isinstance(a, str) and a in b.tensors)
-        b.nodes.append(
-            Node(
-                name=fx.name,
-                op=rule.op,
-                aten=str(fx.target),
-                inputs=inputs,
-                output=t.name,
-                aux_outputs=tuple(rule.aux),
-                saved=saved,
-                module=_module_path(fx),
-                flops_forward=rule.flops,
-                flops_backward_input=rule.flops_in,
-                flops_backward_params=rule.flops_param,
-                vector_ops_forward=rule.vec,
-                vector_ops_backward=rule.vec_bwd,
-                attrs=tuple(sorted((k, v) for k, v in rule.attrs.items())),
-            )
-        )
-    assert loss_name is not None
-    return Graph(
-        model=name,
-        batch_size=batch_size,
-        nodes=tuple(b.nodes),
-        tensors=tuple(b.tensors.values()),
-        params=tuple(params),
-        inputs=(user_inputs[0],),
-        target=user_inputs[1],
-        loss=loss_name,
-    )
+        if fx.name in sig.inputs_to_parameters:
+            out.append(params[sig.inputs_to_parameters[fx.name]])
+        elif fx.name in sig.inputs_to_buffers:
+            out.append(buffers[sig.inputs_to_buffers[fx.name]].clone())
+        elif fx.name in consts:
+            out.append(ep.constants[consts[fx.name]])
+        else:
+            out.append(next(user))
+    return out

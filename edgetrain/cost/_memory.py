@@ -232,8 +232,12 @@ def saved_for_backward(node, requires_grad: frozenset[str]) -> tuple[str, ...]:
     autograd code saves each operand only when the *other* one needs a gradient
     (derivatives.yaml: `mm`/`addmm`/`bmm`, `mat1` is saved iff `should_compute_output(mat2)`),
     so under sparse update a frozen linear layer keeps no activation. Other operators save
-    what they save in full training.
+    what they save in full training, and so does a node whose saved tensors were read from
+    eager autograd at capture (`attrs["saved_by"] == "eager"`: a lowered composite, whose
+    saved list is not laid out operand by operand).
     """
+    if node.attr("saved_by") == "eager":
+        return node.saved
     if node.op is OpKind.LINEAR or node.op is OpKind.MATMUL:
         a, b = node.saved[0], node.saved[1]
         keep_a = node.inputs[1] in requires_grad

@@ -20,6 +20,8 @@ NOTE [ Kernel workspaces on PyTorch CPU (torch 2.13) ]
     profiled: `edgetrain.prepare._profile.host_kernels(graph)` runs each distinct convolution of the
     graph once under the allocator meter and records its transients in `measured`, which take
     precedence over the formulas.
+    A 1-D convolution (`OpKind.CONV1D`) runs as a 2-D one over a (1, L) plane with a (1, k)
+    kernel, and gets the same formulas.
     Batch norm's backward (`native_batch_norm_backward`, training and eval alike) allocates the
     input gradient twice, an `empty_like(input)` it then replaces by a contiguous one, so while
     it runs one input-sized transient sits beside the gradient (none without an input
@@ -57,10 +59,20 @@ class KernelLibrary:
         return self.pytorch_cpu_threads is not None
 
 
+def _kernel_2d(node: Node) -> tuple[int, int]:
+    """A 1-D convolution runs as a 2-D one over a (1, L) plane with a (1, k) kernel."""
+    k = tuple(node.attr("kernel"))
+    return (1, k[0]) if len(k) == 1 else (k[0], k[1])
+
+
+def _as_2d(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (shape[0], shape[1], 1, shape[2]) if len(shape) == 3 else shape
+
+
 def _conv_uses_onednn(graph: Graph, node: Node, threads: int) -> bool:
     x = graph.tensor(node.inputs[0])
-    n, c, h, w = x.shape
-    kh, kw = node.attr("kernel")
+    n, c, h, w = _as_2d(x.shape)
+    kh, kw = _kernel_2d(node)
     strided = any(s != 1 for s in node.attr("stride"))
     dilated = any(d != 1 for d in node.attr("dilation"))
     first = strided or dilated or n >= 16 or (kh, kw) != (1, 1) or threads > 1
@@ -69,7 +81,7 @@ def _conv_uses_onednn(graph: Graph, node: Node, threads: int) -> bool:
 
 
 def _columns_bytes(graph: Graph, node: Node) -> int:
-    kh, kw = node.attr("kernel")
+    kh, kw = _kernel_2d(node)
     if (
         (kh, kw) == (1, 1)
         and all(s == 1 for s in node.attr("stride"))
@@ -77,9 +89,9 @@ def _columns_bytes(graph: Graph, node: Node) -> int:
     ):
         return 0
     x = graph.tensor(node.inputs[0])
-    out = graph.tensor(node.output)
+    out = _as_2d(graph.tensor(node.output).shape)
     cin_g = x.shape[1] // node.attr("groups")
-    return cin_g * kh * kw * out.shape[2] * out.shape[3] * 4
+    return cin_g * kh * kw * out[2] * out[3] * 4
 
 
 def conv_signature(graph: Graph, node: Node, input_grad: bool) -> str:
@@ -101,7 +113,7 @@ def workspace_bytes(
         return 0, 0
     if node.op is OpKind.BATCH_NORM:
         return 0, graph.tensor(node.inputs[0]).nbytes if input_grad else 0
-    if node.op is not OpKind.CONV2D:
+    if node.op is not OpKind.CONV2D and node.op is not OpKind.CONV1D:
         return 0, 0
     assert kernels.pytorch_cpu_threads is not None
     if kernels.measured:

@@ -44,6 +44,20 @@ class OpKind(enum.Enum):
     EMBEDDING = "embedding"
     CROSS_ENTROPY = "cross_entropy"
     BUFFER_UPDATE = "buffer_update"  # BN's num_batches_tracked += 1
+    # Categories of the primitives other models reach edgetrain as (NOTE [ Capture op set ] in
+    # edgetrain/capture/_ops.py); `attrs["fn"]` names the ATen operator inside the category.
+    CONV1D = "conv1d"  # convolution over one spatial dimension (nn.Conv1d, dilated TCNs)
+    ELEMENTWISE = "elementwise"  # other point-wise ops: sigmoid, sub, exp, where, clamp, ...
+    REDUCTION = "reduction"  # sum / amax / var / mean over all dims, ...
+    INDEX = "index"  # gather / index / scatter / cat / stack / pad / upsample
+    RANDOM = "random"  # bernoulli / rand: dropout masks (no gradient)
+    FACTORY = "factory"  # zeros / full / arange / empty: no tensor input, no gradient
+    LOSS = "loss"  # mse / l1 / smooth-l1 / bce-with-logits / nll
+
+
+# Kinds whose outputs never require grad, whatever their inputs (random masks, new tensors).
+NON_DIFFERENTIABLE = frozenset({OpKind.BUFFER_UPDATE, OpKind.RANDOM, OpKind.FACTORY})
+_FLOAT_DTYPES = frozenset({"float32", "float64", "float16", "bfloat16"})
 
 
 class TensorRole(enum.Enum):
@@ -208,7 +222,9 @@ class Graph:
         """Tensors that require grad when exactly the parameters named in `trainable` train."""
         rg = {p.tensor for p in self.params if p.name in trainable}
         for n in self.nodes:
-            if n.op is not OpKind.BUFFER_UPDATE and any(t in rg for t in n.inputs):
+            if n.op in NON_DIFFERENTIABLE or self.tensor(n.output).dtype not in _FLOAT_DTYPES:
+                continue  # autograd tracks floating results of differentiable ops only
+            if any(t in rg for t in n.inputs):
                 rg.add(n.output)
         return frozenset(rg)
 

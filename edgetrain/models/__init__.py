@@ -15,8 +15,13 @@ Built-in models (input with batch 1; default classes):
 
 Every model uses only the operators the capture and cost stages support (no dropout, fused
 attention, in-place ops or concatenation).
+
+The model zoo (`ZOO`: name -> `ZooEntry`, factory, loss and source note) holds the models
+on-device-training users bring, written as they write them (GRU, LSTM, MultiheadAttention,
+Conv1d, dropout, F.relu6, concatenation, ...).
 """
 
 from edgetrain.models._registry import build_model, model_names
+from edgetrain.models._zoo import ZOO, ZooEntry
 
-__all__ = ["build_model", "model_names"]
+__all__ = ["ZOO", "ZooEntry", "build_model", "model_names"]
