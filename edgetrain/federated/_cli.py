@@ -209,6 +209,12 @@ def _cmd_federate(args: argparse.Namespace) -> int:
             force=args.force,
         )
         progress.update(task, completed=args.rounds)
+    _print_result(r)
+    return 0
+
+
+def _print_result(r) -> None:
+    """The per-round table, each kind's plan, the outcome and every rejection."""
     t = Table(title="federated training per round")
     for col in (
         "round",
@@ -265,4 +271,3 @@ def _cmd_federate(args: argparse.Namespace) -> int:
     if r.resumed_at:
         console.print(f"resumed from the checkpoint of round(s) {r.resumed_at}")
     console.print(f"report {r.out_dir}/report.json, plot {r.plot}")
-    return 0

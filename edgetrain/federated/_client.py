@@ -233,8 +233,9 @@ def client_train(
             k: d * scale + (gen.normal(0.0, sigma, d.shape) if sigma > 0 else 0.0)
             for k, d in deltas.items()
         }
-    if client.fault is FaultKind.SCALE:
-        deltas = {k: d * client.fault_scale for k, d in deltas.items()}
+    if client.fault is FaultKind.SCALE:  # the parameters' update; BN statistics stay valid
+        stats = ("running_mean", "running_var")
+        deltas = {k: d if k.endswith(stats) else d * client.fault_scale for k, d in deltas.items()}
     upload = {
         k: (state[k][a:b].astype(np.float64) + deltas[k]).astype(state[k].dtype)
         for k, (a, b) in ranges.items()
@@ -277,8 +278,10 @@ def forge_reply(
         arrays[first] = np.array(["x"] * arrays[first].shape[0])
     elif kind == "unknown-client-id":
         metrics["client-id"] = len(config.clients()) + 7
-    elif kind == "duplicate-client-id":
-        metrics["client-id"] = (client.client_id + 1) % len(config.clients())
+    elif kind == "duplicate-client-id":  # another client of its kind, if there is one
+        peers = [c.client_id for c in config.clients() if c.client_id != client.client_id]
+        same = [c.client_id for c in config.clients() if c.kind == client.kind]
+        metrics["client-id"] = next((c for c in same if c != client.client_id), peers[0])
     elif kind == "foreign-tensor":
         other = [k for k, v in state.items() if k not in ranges and v.dtype.kind == "f"]
         name = other[0] if other else "not.a.tensor"

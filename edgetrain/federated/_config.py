@@ -123,6 +123,12 @@ class FederationConfig:
     # client's claimed example count is capped at local_steps x its plan's batch size);
     # 1.0 caps nothing beyond the plan. See _strategy.capped_weights.
     max_client_weight_fraction: float = 0.5
+    # norm bounding: the part of an accepted update (parameters, BN statistics) longer than
+    # this factor x that group's median update norm over the round is scaled down to that
+    # length (None: off). Honest parameter updates measured within 1.4 x of the median (mcu-cnn,
+    # examples/fleet.toml, dirichlet:0.5; one client at 1.2-1.25 x the bound with
+    # dirichlet:0.1); an update 9 x the median, under reject_norm_factor, counts as 3 x.
+    bound_norm_factor: float | None = 3.0
     round_timeout_s: float = 600.0
     plans: dict[str, str] = field(default_factory=dict)  # kind -> Plan JSON, made off-device
 
@@ -174,6 +180,9 @@ class FederationConfig:
                 "must be in (0, 1]: the largest share of a round's weight one client may take "
                 "(e.g. 0.5; 1 caps nothing beyond the plan)",
             )
+        b = self.bound_norm_factor
+        if b is not None and not (isinstance(b, (int, float)) and math.isfinite(b) and b >= 1):
+            bad("bound_norm_factor", b, "must be a finite factor >= 1 (e.g. 2.0) or None (off)")
         if not (math.isfinite(self.round_timeout_s) and self.round_timeout_s > 0):
             bad("round_timeout_s", self.round_timeout_s, "must be a positive number of seconds")
 

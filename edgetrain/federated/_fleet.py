@@ -34,7 +34,9 @@ class FaultKind(enum.Enum):
 
     NONE = "none"
     NAN = "nan"  # every uploaded value is NaN
-    SCALE = "scale"  # the update (new - global) is multiplied by `fault_scale`
+    # the parameters' update (new - global) is multiplied by `fault_scale`; batch-norm running
+    # statistics are sent as trained (an attacker that passes the server's schema)
+    SCALE = "scale"
     CRASH = "crash"  # the client raises before replying
     SLOW = "slow"  # the client replies `fault_delay_s` seconds late (a straggler)
 

@@ -12,7 +12,8 @@ A train reply holds exactly three records:
   `0 <= start < stop <= rows the client's plan trains` of that tensor; the names a subset of
   what the client's plan trains.
 - `arrays` (ArrayRecord): the same names; each array of the global tensor's float dtype and of
-  shape `(stop - start, *global shape[1:])`.
+  shape `(stop - start, *global shape[1:])`; a batch-norm `running_var` positive (non-finite
+  values are left to the screening, which names them).
 An evaluate reply holds one `metrics` record with exactly `EVAL_METRIC_KEYS`: `client-id` as
 above, `num-examples` an integer >= 1 (at most `max_eval_examples` when given), `accuracy` in
 [0, 1].
@@ -167,6 +168,11 @@ def _array(name: str, arr, global_: np.ndarray, a: int, b: int) -> np.ndarray:
     if v.dtype != global_.dtype or v.shape != want:
         raise ClientReplyError(
             f"tensor {name!r}: decoded as {v.dtype} {v.shape}, declared {global_.dtype.name} {want}"
+        )
+    if name.endswith("running_var") and np.isfinite(v).all() and (v <= 0).any():
+        raise ClientReplyError(
+            f"tensor {name!r}: {int((v <= 0).sum())} batch-norm variances <= 0 (min "
+            f"{float(v.min()):.4g}); a variance is positive"
         )
     return v
 

@@ -140,6 +140,7 @@ def _serve(cfg: FederationConfig, out: Path, grid, message_sink, on_round) -> No
         client_limits=client_limits(cfg),
         max_client_weight_fraction=cfg.max_client_weight_fraction,
         max_eval_examples=cfg.test_samples,
+        bound_norm_factor=cfg.bound_norm_factor,
     )
 
     def on_round_end(server_round: int, arrays: ArrayRecord):
@@ -203,6 +204,7 @@ def _round_record(cfg: FederationConfig, rnd: int, acc: float, rl) -> dict:
         "participants": [name[c] for c in sorted(rl.bytes_up)],
         "accepted": [name[c] for c in rl.accepted],
         "rejected": [dict(r, client=name.get(r.get("client_id"), None)) for r in rl.rejected],
+        "bounded": {name[c]: f for c, f in sorted(rl.bounded.items())},
         "claimed_examples": {name[c]: n for c, n in sorted(rl.claimed_examples.items())},
         "weight_share": {
             name[c]: w / total_w for c, w in sorted(rl.weights.items()) if total_w > 0

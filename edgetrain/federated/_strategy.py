@@ -2,11 +2,15 @@
 
 Each client reports which tensors it trained (and the row range, for partial channels) and
 uploads only those. Each state-dict entry is averaged over the clients that trained it, weighted
-by their example counts, row by row; entries (or rows) no accepted client trained keep the
-global value. Replies are screened first: a reply whose values are not all finite, whose update
-norm exceeds `reject_norm_factor` x the (lower) median update norm of the round, or whose update
-norm exceeds `reject_relative_norm` x the norm of the whole global model is rejected and logged,
-and contributes nothing.
+by their (capped) example counts, row by row; entries (or rows) no accepted client trained keep
+the global value. Replies are screened first: a reply whose values are not all finite, whose
+update norm exceeds `reject_norm_factor` x the (lower) median update norm of the round, or whose
+update norm exceeds `reject_relative_norm` x the norm of the whole global model is rejected and
+logged, and contributes nothing. Norms are taken per group, the model's parameters and its
+batch-norm statistics, each against its own median: the statistics' update is ~10x the
+parameters' (mcu-cnn), so one norm over both would not see a parameter update scaled 9x. An
+accepted update longer than `bound_norm_factor` x its group's median is scaled down to that
+length (norm bounding, Sun et al. 2019, "Can you really backdoor federated learning?").
 
 Server-side momentum (FedAvgM, Hsu et al. 2019, "Measuring the effects of non-identical data
 distribution for federated visual classification"): with `server_momentum` beta > 0 or
@@ -25,7 +29,8 @@ Nothing a client sends is used before it passes, in this order:
 2. the identity rules here: each `client-id` at most once per round, and only from the node that
    first used it in this run (and a node answers as one client only). Before an id is pinned, a
    round in which two nodes claim it uses neither;
-3. the screening (non-finite values, update norm against the median and the global model);
+3. the screening (non-finite values, update norm against the median and the global model),
+   and norm bounding of what passes;
 4. the weight cap (`_replies.capped_weights`): `num-examples` bounded by local steps x the
    batch size of the client's plan, and no client above `max_client_weight_fraction` of the
    round's total weight.
@@ -85,6 +90,7 @@ class RoundLog:
     rejected: list[dict] = field(default_factory=list)
     claimed_examples: dict[int, int] = field(default_factory=dict)  # client id -> num-examples
     weights: dict[int, float] = field(default_factory=dict)  # client id -> weight used
+    bounded: dict[int, float] = field(default_factory=dict)  # client id -> scale on its update
     failed_nodes: list[int] = field(default_factory=list)  # node ids
     failures: list[str] = field(default_factory=list)
     metrics: dict[int, dict] = field(default_factory=dict)  # client id -> train metrics
@@ -109,6 +115,7 @@ class PartialFedAvg(FedAvg):
         client_limits: Mapping[int, ClientLimits] | None = None,
         max_client_weight_fraction: float = 0.5,
         max_eval_examples: int | None = None,
+        bound_norm_factor: float | None = None,
         **kwargs,
     ) -> None:
         kwargs.setdefault("min_available_nodes", num_clients)
@@ -126,6 +133,11 @@ class PartialFedAvg(FedAvg):
         f = max_client_weight_fraction
         if not (math.isfinite(f) and 0 < f <= 1):
             raise ValueError(f"max_client_weight_fraction = {f} must be in (0, 1]")
+        if bound_norm_factor is not None and not (
+            math.isfinite(bound_norm_factor) and bound_norm_factor >= 1
+        ):
+            raise ValueError(f"bound_norm_factor = {bound_norm_factor} must be >= 1 or None")
+        self.bound_norm_factor = bound_norm_factor
         self.num_clients = num_clients
         self.client_limits = None if client_limits is None else dict(client_limits)
         self.max_client_weight_fraction = float(f)
@@ -254,46 +266,84 @@ class PartialFedAvg(FedAvg):
                 out.append((node, m, r))
         return out
 
+    def _group(self, name: str) -> str:
+        """The norm group of a tensor: the model's parameters, or its statistics (BN)."""
+        if self.server_opt_names is None or name in self.server_opt_names:
+            return "parameters"
+        return "statistics"
+
+    def _norms(self, ranges, arrays) -> dict[str, float]:
+        """The update's L2 norm per group (only the groups it has tensors in)."""
+        d2: dict[str, float] = {}
+        for k, v in arrays.items():
+            a, b = ranges[k]
+            g = self._global[k][a:b].astype(np.float64)
+            grp = self._group(k)
+            d2[grp] = d2.get(grp, 0.0) + float(((v.astype(np.float64) - g) ** 2).sum())
+        return {grp: math.sqrt(x) if math.isfinite(x) else math.inf for grp, x in d2.items()}
+
     def _screen(self, rnd: int, parsed, rl: RoundLog):
-        norms, finite = [], []
+        """Reject non-finite updates, updates longer than `reject_relative_norm` x the global
+        model, and updates whose norm in a group (parameters, statistics) exceeds
+        `reject_norm_factor` x that group's (lower) median over the round; bound the rest."""
+        norms, reasons = [], []
         for _cid, _n, ranges, arrays in parsed:
-            ok = all(np.isfinite(v).all() for v in arrays.values())
-            finite.append(ok)
-            if not ok:
-                norms.append(math.inf)
-                continue
-            d2 = 0.0
-            for k, v in arrays.items():
-                a, b = ranges[k]
-                g = self._global[k][a:b].astype(np.float64)
-                d2 += float(((v.astype(np.float64) - g) ** 2).sum())
-            norm = math.sqrt(d2)
-            norms.append(norm if math.isfinite(norm) else math.inf)
-            if norm > self.reject_relative_norm * max(self._global_norm, 1e-12):
-                norms[-1] = -norm  # marked: rejected on the relative rule
-        good = sorted(x for x, f in zip(norms, finite) if f and math.isfinite(x) and x >= 0)
-        median = good[(len(good) - 1) // 2] if good else math.inf
-        accepted = []
-        for p, norm, ok in zip(parsed, norms, finite):
-            reason = None
-            if not ok:
-                reason = "non-finite values (NaN or inf) in the update"
-            elif norm < 0:
-                reason = (
-                    f"update norm {-norm:.4g} exceeds {self.reject_relative_norm:g} x the norm "
+            nm = self._norms(ranges, arrays)
+            total = math.sqrt(sum(x * x for x in nm.values()))
+            norms.append(nm)
+            if not all(np.isfinite(v).all() for v in arrays.values()):
+                reasons.append("non-finite values (NaN or inf) in the update")
+            elif not total <= self.reject_relative_norm * max(self._global_norm, 1e-12):
+                reasons.append(
+                    f"update norm {total:.4g} exceeds {self.reject_relative_norm:g} x the norm "
                     f"of the global model ({self._global_norm:.4g})"
                 )
-            elif norm > self.reject_norm_factor * median and len(good) > 1:
-                reason = (
-                    f"update norm {norm:.4g} exceeds {self.reject_norm_factor:g} x the "
-                    f"median update norm {median:.4g}"
-                )
+            else:
+                reasons.append(None)
+        medians: dict[str, tuple[float, int]] = {}
+        for grp in sorted({g for nm in norms for g in nm}):
+            good = sorted(nm[grp] for nm, r in zip(norms, reasons) if r is None and grp in nm)
+            medians[grp] = (good[(len(good) - 1) // 2] if good else math.inf, len(good))
+        accepted = []
+        for p, nm, reason in zip(parsed, norms, reasons):
+            for grp, x in sorted(nm.items()):
+                med, count = medians[grp]
+                if reason is None and count > 1 and x > self.reject_norm_factor * med:
+                    reason = (
+                        f"update norm of the {grp} {x:.4g} exceeds {self.reject_norm_factor:g} "
+                        f"x the median update norm {med:.4g}"
+                    )
             if reason is None:
-                accepted.append(p)
+                accepted.append(self._bound(p, nm, medians, rl))
             else:
                 node = next((n for n, c in rl.node_client.items() if c == p[0]), None)
                 self._reject(rnd, rl, "train", p[0], node, reason)
         return accepted
+
+    def _bound(self, p, norms: dict[str, float], medians: dict, rl: RoundLog):
+        """Norm bounding: the part of an accepted update (parameters, statistics) longer than
+        `bound_norm_factor` x that group's median update norm is scaled down to that length
+        (its direction kept; a convex mix of global and upload, so a variance stays > 0)."""
+        cid, n, ranges, arrays = p
+        if self.bound_norm_factor is None:
+            return p
+        scale = {}
+        for grp, x in norms.items():
+            med, count = medians[grp]
+            if count > 1 and x > self.bound_norm_factor * med:
+                scale[grp] = self.bound_norm_factor * med / x
+        if not scale:
+            return p
+        out = dict(arrays)
+        for k, v in arrays.items():
+            f = scale.get(self._group(k))
+            if f is not None:
+                a, b = ranges[k]
+                g = self._global[k][a:b].astype(np.float64)
+                out[k] = g + f * (v.astype(np.float64) - g)
+        rl.bounded[cid] = min(scale.values())
+        log.info("round update of client %d scaled by %s (norm bounding)", cid, scale)
+        return cid, n, ranges, out
 
     def _average(self, accepted) -> dict[str, np.ndarray]:
         new = {}
