@@ -3,7 +3,11 @@
 Each client is a device kind from the catalog and trains locally under its own plan (a 256 KiB
 nRF52840 trains a sparse subset, a Raspberry Pi or a phone everything); only the tensors it
 trained travel, and `PartialFedAvg` (a Flower strategy) averages each tensor over the clients
-that trained it, weighted by example count.
+that trained it, weighted by example count. A reply is untrusted: the server checks it against a
+schema, pins each client id to its node, screens and bounds its norm, and caps its weight (at
+what the client's plan trains in a round, and at `max_client_weight_fraction` of the round);
+a rejected reply is logged with its reason in the round's report. The server's checkpoint
+(`_checkpoint`) survives a power loss at any instant, also on FAT.
 
     from edgetrain.federated import FederationConfig, Partition, federate, load_fleet
     cfg = FederationConfig(model="mcu-cnn", fleet=load_fleet("examples/fleet.toml"), rounds=20,
