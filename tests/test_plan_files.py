@@ -725,7 +725,7 @@ SPEC_TEXT = st.one_of(
     st.builds(
         lambda n, rest: f"{n}:{rest}",
         st.sampled_from(["fashion-mnist", "digits", "Digits", "mnist"]),
-        st.text(alphabet="0123456789,- ", max_size=16),
+        st.text(alphabet="0123456789,- ３٣", max_size=16),
     ),
     st.text(max_size=16),
 )
