@@ -421,34 +421,8 @@ def _report(kind: str, message: str) -> None:
     errc.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
-def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    ap = _Parser(
-        prog="edgetrain",
-        description="On-device training: capture a PyTorch model, cost it on a device, plan, train.",
-    )
-    sub = ap.add_subparsers(dest="command", required=True)
-
-    d = sub.add_parser("devices", help="list the device catalog")
-    d.add_argument("--json", action="store_true", help="print the catalog as JSON")
-    d.set_defaults(fn=_cmd_devices)
-
-    p = sub.add_parser("profile", help="what plain training of a model costs on a device")
-    p.add_argument("--model", required=True, help="built-in model name or path/to/file.py:factory")
-    p.add_argument("--device", required=True, help="catalog name or path/to/board.toml")
-    p.add_argument("--batch-size", type=cli_type(batch_size), default=1)
-    p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd")
-    p.add_argument(
-        "--measure", action="store_true", help="also run one real step in PyTorch and measure it"
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument(
-        "--plot",
-        metavar="FILE.png",
-        type=cli_type(output_file),
-        help="draw where the memory goes",
-    )
-    p.set_defaults(fn=_cmd_profile)
-
+def _add_plan_parser(sub) -> None:
+    """`edgetrain plan` and its arguments."""
     pl = sub.add_parser("plan", help="plan training within a memory budget")
     pl.add_argument("--model", required=True, help="built-in model name or path/to/file.py:factory")
     pl.add_argument("--device", required=True, help="catalog name or path/to/board.toml")
@@ -520,6 +494,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(fn=_cmd_plan)
 
+
+def _add_train_parser(sub) -> None:
+    """`edgetrain train` and its arguments."""
     tr = sub.add_parser("train", help="execute a plan on real data")
     tr.add_argument(
         "--plan",
@@ -564,6 +541,39 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     tr.add_argument("--checkpoint-every", type=cli_type(positive_int), default=10)
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(fn=_cmd_train)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    ap = _Parser(
+        prog="edgetrain",
+        description="On-device training: capture a PyTorch model, cost it on a device, plan, train.",
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("devices", help="list the device catalog")
+    d.add_argument("--json", action="store_true", help="print the catalog as JSON")
+    d.set_defaults(fn=_cmd_devices)
+
+    p = sub.add_parser("profile", help="what plain training of a model costs on a device")
+    p.add_argument("--model", required=True, help="built-in model name or path/to/file.py:factory")
+    p.add_argument("--device", required=True, help="catalog name or path/to/board.toml")
+    p.add_argument("--batch-size", type=cli_type(batch_size), default=1)
+    p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd")
+    p.add_argument(
+        "--measure", action="store_true", help="also run one real step in PyTorch and measure it"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        type=cli_type(output_file),
+        help="draw where the memory goes",
+    )
+    p.set_defaults(fn=_cmd_profile)
+
+    _add_plan_parser(sub)
+
+    _add_train_parser(sub)
 
     m = sub.add_parser("demo", help="the two-stage story on the built-in default")
     m.add_argument(
