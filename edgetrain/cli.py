@@ -368,6 +368,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         checkpoint_dir=args.resume,
         checkpoint_every=args.checkpoint_every,
         show_progress=not args.json,
+        data_spec=args.data,
+        resume_anyway=args.resume_anyway,
     )
     res.accuracy_before = before
     res.accuracy_after = accuracy(model, xe, ye)
@@ -537,6 +539,12 @@ def _add_train_parser(sub) -> None:
         metavar="DIR",
         type=cli_type(lambda v: output_dir(v, "checkpoint folder (--resume)")),
         help="checkpoint folder: resume from it and checkpoint into it",
+    )
+    tr.add_argument(
+        "--resume-anyway",
+        action="store_true",
+        help="resume a checkpoint written with another --lr, --data, data order or edgetrain "
+        "version (never another plan, model or optimizer)",
     )
     tr.add_argument("--checkpoint-every", type=cli_type(positive_int), default=10)
     tr.add_argument("--json", action="store_true")

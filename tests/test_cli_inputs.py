@@ -117,12 +117,7 @@ ROWS = [
     ("compile-plan-missing", ["compile", "--plan", "{d}/absent.json", "-o", "{d}/c1"], None),
     ("compile-plan-list", ["compile", "--plan", "{d}/list.json", "-o", "{d}/c2"], "PlanFileError"),
     ("compile-plan-bool-batch", ["compile", "--plan", "{d}/bool-batch.json", "-o", "{d}/c3"], "PlanFileError"),
-    pytest.param(
-        "compile-plan-untrusted-model",
-        ["compile", "--plan", "{d}/evil.json", "-o", "{d}/c4"],
-        "UntrustedPlanError",
-        marks=pytest.mark.xfail(strict=False, reason=f"compile imports plan.model; {OTHERS}"),
-    ),
+    ("compile-plan-untrusted-model", ["compile", "--plan", "{d}/evil.json", "-o", "{d}/c4"], "UntrustedPlanError"),
     ("compile-weights-pickle", ["compile", "--plan", "{d}/plan.json", "-o", "{d}/c5", "--weights", "{d}/pickle.safetensors"], None),
     ("compile-output-is-file", ["compile", "--plan", "{d}/plan.json", "-o", "{d}/afile"], None),
     ("compile-steps-0", ["compile", "--plan", "{d}/plan.json", "-o", "{d}/c6", "--steps", "0"], "InvalidArgumentError"),

@@ -21,9 +21,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     check_output_dir(args.output, force=args.force)
     plan = Plan.load(args.plan)
     precision = args.precision or plan.precision.value
+    spec = plan.model_to_build(args.model, trust_plan=args.trust_plan)  # before any import
     _check_executor(plan, args.plan)
     weights = check_weights_file(args.weights) if args.weights else None
-    out, train, test = _compile(args, plan, precision, weights)
+    out, train, test = _compile(args, plan, spec, precision, weights)
     meta = json.loads((out / "edgetrain_build.json").read_text())
     if args.json:
         print(json.dumps({k: v for k, v in meta.items() if k != "buffers"}))
@@ -55,7 +56,7 @@ def _check_executor(plan, path: str) -> None:
         )
 
 
-def _compile(args: argparse.Namespace, plan, precision: str, weights):
+def _compile(args: argparse.Namespace, plan, spec: str, precision: str, weights):
     import torch
 
     from edgetrain.codegen._compile import compile_project, samples_of
@@ -64,7 +65,8 @@ def _compile(args: argparse.Namespace, plan, precision: str, weights):
     from edgetrain.data import load_dataset, parse_spec, resize_for
     from edgetrain.models import build_model
 
-    model, example = build_model(plan.model)
+    model, example = build_model(spec)
+    plan.check_matches_model(model)
     if weights is not None:
         load_weights(model, weights)
     name, _ = parse_spec(args.data)
@@ -169,6 +171,17 @@ def register(subparsers) -> None:
         "like the project's are overwritten)",
     )
     c.add_argument("--weights", help="start from these weights (.safetensors)")
+    c.add_argument(
+        "--model",
+        default=None,
+        help="the model to build (default: the plan's, "
+        "if built in; a plan's model file is imported only with --trust-plan)",
+    )
+    c.add_argument(
+        "--trust-plan",
+        action="store_true",
+        help="import the model file the plan names (its SHA-256 must match)",
+    )
     c.add_argument(
         "--precision",
         choices=["fp32", "int8"],

@@ -206,7 +206,7 @@ def client_train(
         raise ClientFaultError(f"client {client.name} crashed on purpose (fault = crash)")
     if client.fault is FaultKind.SLOW:
         time.sleep(client.fault_delay_s)
-    plan = Plan.from_json(config.plans[client.kind])
+    plan = Plan.from_json(config.plans[client.kind], device=client.kind)
     model = build_client_model(config, state)
     data = local_data(config, client.client_id)
     loss = local_train(

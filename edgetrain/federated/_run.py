@@ -88,10 +88,10 @@ def prepare_plans(model_spec: str, config: FederationConfig) -> dict[str, str]:
     return plans
 
 
-def plan_summary(plan_json: str) -> dict:
+def plan_summary(plan_json: str, kind: str | None = None) -> dict:
     from edgetrain.planner import Plan
 
-    p = Plan.from_json(plan_json)
+    p = Plan.from_json(plan_json, device=kind)
     return {
         "trainable_tensors": len(p.trainable()),
         "tensors": len(p.params),
@@ -131,7 +131,7 @@ def _local_only(config, init, xg, yg):
     glob: dict[str, list[float]] = {}
     loc: dict[str, list[float]] = {}
     for c in config.clients():
-        plan = Plan.from_json(config.plans[c.kind])
+        plan = Plan.from_json(config.plans[c.kind], device=c.kind)
         model = build_client_model(config, init)
         d = local_data(config, c.client_id)
         with torch.random.fork_rng():
@@ -286,7 +286,7 @@ def federate(
             accuracy_by_kind=hist[-1]["accuracy_by_kind"] if hist else {},
             local_only_accuracy_by_kind=lo_g,
             local_only_local_accuracy_by_kind=lo_l,
-            plans={k: plan_summary(v) for k, v in config.plans.items()},
+            plans={k: plan_summary(v, k) for k, v in config.plans.items()},
             clip_norm=config.clip_norm,
             noise_multiplier=config.noise_multiplier,
             dropout=config.dropout,

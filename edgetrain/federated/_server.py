@@ -51,7 +51,7 @@ def client_limits(config: FederationConfig):
     model, _ = build_model(config.model)
     per_kind = {}
     for kind, text in config.plans.items():
-        plan = Plan.from_json(text)
+        plan = Plan.from_json(text, device=kind)
         per_kind[kind] = ClientLimits(
             trained_ranges(model, plan), config.local_steps * plan.batch_size
         )

@@ -26,6 +26,8 @@ from edgetrain.planner._plan import (
     StagePlan,
     Strategy,
     TimelineSample,
+    check_plan_matches_model,
+    trusted_model_spec,
 )
 from edgetrain.planner._problem import Evaluation, Problem
 from edgetrain.planner._solvers import BASELINES, SOLVERS, Solver, milp_solver
@@ -56,5 +58,7 @@ __all__ = [
     "Strategy",
     "TimelineSample",
     "milp_solver",
+    "check_plan_matches_model",
+    "trusted_model_spec",
     "valid_depths",
 ]

@@ -90,8 +90,9 @@ def plan(
             errors.append((f"{ex.value} {pr.value}", PlanInfeasibleError(f"cannot run: {e}")))
     if len(errors) == 1:
         raise errors[0][1]
+    deadline = f" within the {req.deadline_s:g} s deadline" if req.deadline_s else ""
     raise PlanInfeasibleError(
-        f"no executor fits {search.budget_bytes:,} bytes on {dev.name}: "
+        f"no executor has a plan for {search.budget_bytes:,} bytes on {dev.name}{deadline}: "
         + " | ".join(f"{label}: {e}" for label, e in errors)
     )
 
