@@ -13,7 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 from edgetrain import validate
-from edgetrain.errors import EdgetrainError, PlanFileError, WeightsFileError
+from edgetrain.errors import (
+    EdgetrainError,
+    InvalidArgumentError,
+    PlanFileError,
+    WeightsFileError,
+)
 from edgetrain.strategies import CATALOG, SystemName, system_info
 from edgetrain.units import format_bytes, parse_size
 from edgetrain.validate import (
@@ -55,7 +60,8 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 def _print_profile(p) -> None:
     c = p.cost
     console.print(
-        f"[bold]{c.model}[/] on [bold]{c.device}[/] — batch {c.batch_size}, optimizer {c.optimizer}"
+        f"[bold]{c.model}[/] on [bold]{c.device}[/] — batch {c.batch_size}, optimizer "
+        f"{c.optimizer}, loss {p.loss}"
     )
     t = Table(show_header=True)
     t.add_column("component")
@@ -105,10 +111,11 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     dev = load_device(args.device)  # torch-free: a bad device answers at once
-    from edgetrain.models import build_model
+    from edgetrain.models import build_model, model_loss
     from edgetrain.prepare import profile
 
     model, example = build_model(args.model)
+    loss = args.loss or model_loss(args.model)
     validate.batch_fits(
         args.batch_size,
         sample_bytes=_sample_bytes(example),
@@ -124,6 +131,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         measure=args.measure,
         name=args.model,
+        loss=loss,
     )
     if args.plot:
         from edgetrain.plot import plot_profile
@@ -193,11 +201,17 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         budget = validate.budget_within_device(
             args.budget, device=dev.name, ram_bytes=dev.ram_bytes, force=args.force_budget
         )
-    from edgetrain.models import build_model  # torch from here on
+    from edgetrain.models import build_model, model_loss  # torch from here on
     from edgetrain.prepare import PlanRequest, plan
     from edgetrain.storage import write_text_atomic
 
     model, example = build_model(args.model)
+    loss = args.loss or model_loss(args.model)
+    if args.strategy in SYSTEM_STRATEGIES and loss != "cross-entropy":
+        raise InvalidArgumentError(
+            f"the surveyed systems (--strategy {args.strategy}) train classifiers with "
+            f"cross-entropy, not {loss}; use --strategy auto or exact for this loss"
+        )
     validate.batch_fits(
         args.batch_size, sample_bytes=_sample_bytes(example), limit_bytes=budget, device=dev.name
     )
@@ -229,6 +243,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                 freeze_batch_norm=True if args.freeze_batch_norm else None,
                 executor=args.executor,
                 precision=args.precision,
+                loss=loss,
             ),
         )
         peak = p.predicted_peak_bytes
@@ -250,7 +265,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     label = args.strategy if args.strategy in SYSTEM_STRATEGIES else p.strategy.value
     console.print(
         f"[bold]{p.model}[/] on [bold]{p.device}[/]: strategy {label}, "
-        f"objective {p.objective.value}"
+        f"objective {p.objective.value}, loss {p.loss}"
     )
     console.print(
         f"  budget {_kib(p.budget_bytes)}  predicted peak {_kib(peak)}"
@@ -343,6 +358,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # The plan is checked (and its model's trust decided) before torch is even imported.
     p = Plan.load(args.plan, device=args.device)  # NOTE [ Plans are data ]
     spec = p.model_to_build(args.model, trust_plan=args.trust_plan)
+    validate.loss_for_plan(args.loss, p.loss)
     from edgetrain.data import load_dataset, parse_spec, resize_for
     from edgetrain.models import build_model
     from edgetrain.runtime import train_loop
@@ -357,7 +373,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     test = load_dataset(args.data, split="test")
     xt, yt = resize_for(train.x, tuple(example.shape)), train.y
     xe, ye = resize_for(test.x, tuple(example.shape)), test.y
-    before = accuracy(model, xe, ye)
+    classifies = p.loss == "cross-entropy"  # accuracy is a classifier's measure
+    before = accuracy(model, xe, ye) if classifies else None
     res = train_loop(
         model,
         p,
@@ -372,13 +389,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume_anyway=args.resume_anyway,
     )
     res.accuracy_before = before
-    res.accuracy_after = accuracy(model, xe, ye)
+    res.accuracy_after = accuracy(model, xe, ye) if classifies else None
     if args.json:
         print(json.dumps(res.to_dict()))
     else:
         console.print(
-            f"trained {res.steps} steps on {args.data}: accuracy "
-            f"{100 * before:.1f} % -> {100 * res.accuracy_after:.1f} %"
+            f"trained {res.steps} steps on {args.data}: "
+            + (
+                f"accuracy {100 * before:.1f} % -> {100 * res.accuracy_after:.1f} %"
+                if before is not None and res.accuracy_after is not None
+                else f"loss {res.losses[0]:.4g} -> {res.losses[-1]:.4g}"
+            )
         )
         console.print(
             f"memory: measured peak {_kib(res.measured_peak_bytes)}, predicted "
@@ -469,6 +490,9 @@ def _add_plan_parser(sub) -> None:
     )
     pl.add_argument("--calibration-samples", type=cli_type(positive_int), default=16)
     pl.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd")
+    pl.add_argument(
+        "--loss", type=cli_type(validate.loss_name), default=None, help=validate.LOSS_HELP
+    )
     pl.add_argument("--no-paging", action="store_true", help="never page to storage")
     pl.add_argument(
         "--executor",
@@ -524,6 +548,12 @@ def _add_train_parser(sub) -> None:
         help="the device file the plan was made for, when it is not in the catalog "
         "(path/to/board.toml)",
     )
+    tr.add_argument(
+        "--loss",
+        type=cli_type(validate.loss_name),
+        default=None,
+        help="the plan's loss (recorded in it; the default): a different one is refused",
+    )
     tr.add_argument("--data", default="fashion-mnist:5-9")
     tr.add_argument("--steps", type=cli_type(steps), default=100)
     tr.add_argument("--lr", type=cli_type(learning_rate), default=0.01)
@@ -567,6 +597,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--device", required=True, help="catalog name or path/to/board.toml")
     p.add_argument("--batch-size", type=cli_type(batch_size), default=1)
     p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd")
+    p.add_argument(
+        "--loss", type=cli_type(validate.loss_name), default=None, help=validate.LOSS_HELP
+    )
     p.add_argument(
         "--measure", action="store_true", help="also run one real step in PyTorch and measure it"
     )

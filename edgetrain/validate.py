@@ -31,6 +31,8 @@ __all__ = [
     "file_sha256",
     "fraction",
     "learning_rate",
+    "loss_for_plan",
+    "loss_name",
     "model_spec_file",
     "non_negative_float",
     "non_negative_int",
@@ -203,6 +205,49 @@ def _finite(value: object, what: str, expected: str) -> float:
     if isinstance(value, bool) or not math.isfinite(v):
         raise InvalidArgumentError(f"{what} must be {expected}, got {value!r}")
     return v
+
+
+LOSS_NAMES = ("cross-entropy", "mse", "bce", "l1", "smooth-l1")
+"""Losses edgetrain knows by name (`--loss`); a Python callable `loss_fn(output, target)` is
+recorded in a plan as `custom:<its qualified name>`."""
+CUSTOM_LOSS_PREFIX = "custom:"
+
+
+def loss_name(value: object) -> str:
+    """A loss as a plan records it: one of `LOSS_NAMES` (any case), or `custom:NAME` for a
+    Python callable (NAME printable, at most 200 characters)."""
+    forms = f"choose one of {', '.join(LOSS_NAMES)} (or pass a callable loss_fn from Python)"
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"loss (--loss) must be a string, got {value!r}; {forms}")
+    text = value.strip().lower()
+    if text in LOSS_NAMES:
+        return text
+    custom = value.strip()
+    if custom.startswith(CUSTOM_LOSS_PREFIX):
+        rest = custom[len(CUSTOM_LOSS_PREFIX) :]
+        if rest and len(rest) <= 200 and rest.isprintable():
+            return custom
+    raise InvalidArgumentError(f"unknown loss {value[:80]!r}; {forms}")
+
+
+def loss_for_plan(given: str | None, recorded: str) -> str:
+    """`--loss` where a plan is executed (train, compile): the plan's own loss, which the
+    argument may only confirm — the plan's memory was predicted for it."""
+    if given is None:
+        return recorded
+    given = loss_name(given)
+    if given != recorded:
+        raise InvalidArgumentError(
+            f"--loss {given} but the plan was made for loss {recorded} (its memory and cost "
+            f"were predicted with it); re-plan with `edgetrain plan ... --loss {given}`"
+        )
+    return given
+
+
+LOSS_HELP = (
+    f"the training loss: {', '.join(LOSS_NAMES)} (default: the built-in model's own — mse for "
+    "mlp-autoencoder, bce for unet-tiny — else cross-entropy); costed with the model"
+)
 
 
 _POLICY_WORDS = ("all", "full", "bias-only", "fisher")

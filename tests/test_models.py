@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from edgetrain.errors import ModelLoadError, UnknownModelError
-from edgetrain.models import build_model, model_names
+from edgetrain.models import ZOO, build_model, model_names
 
 # name -> (example input shape, dtype, default classes)
 MODELS = {
@@ -65,7 +65,8 @@ def _n_params(m: nn.Module) -> int:
 
 def test_model_names_lists_every_reference_model():
     names = model_names()
-    assert names == list(MODELS)
+    assert names[: len(MODELS)] == list(MODELS)
+    assert names[len(MODELS) :] == list(ZOO)  # then the zoo, each a built-in --model name
     assert all(isinstance(n, str) for n in names)
 
 

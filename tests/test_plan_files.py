@@ -141,7 +141,9 @@ def test_a_forced_budget_above_the_device_loads(tmp_path, good_plan):
 
 def test_a_written_plan_round_trips_and_records_what_it_is(good_plan):
     assert Plan.from_json(good_plan.to_json()) == good_plan
-    assert good_plan.schema_version == 2 and good_plan.model_sha256 is None  # a built-in model
+    assert good_plan.schema_version == 3 and good_plan.model_sha256 is None  # a built-in model
+    assert good_plan.loss == "cross-entropy"
+    assert good_plan.input_shape == (1, 28, 28) and good_plan.input_dtype == "float32"
     assert not good_plan.budget_forced
 
 
@@ -151,6 +153,30 @@ def test_a_version_1_plan_still_loads(good_plan):
     for k in ("budget_forced", "model_sha256", "executor", "precision", "notes"):
         del d[k]
     assert Plan.from_dict(d).params == good_plan.params
+
+
+def test_a_version_2_plan_loads_with_cross_entropy_and_no_input_check(good_plan):
+    # Prepare: a plan written before schema 3 (no loss, no input record)
+    d = good_plan.to_dict()
+    d["schema_version"] = 2
+    for k in ("loss", "input_shape", "input_dtype"):
+        del d[k]
+    # Execute
+    p = Plan.from_dict(d)
+    # Assert: the loss all plans then used; no sample shape to check data against
+    assert p.loss == "cross-entropy" and p.input_shape is None and p.input_dtype is None
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("loss", "MSE"), ("loss", "hinge"), ("loss", "custom:"), ("input_shape", [0, 28]),
+     ("input_shape", [1.0, 28, 28]), ("input_dtype", "torch.float32"), ("input_dtype", None)],
+)  # fmt: skip
+def test_bad_loss_or_input_record_is_refused(good_plan, field, value):
+    d = good_plan.to_dict()
+    d[field] = value
+    with pytest.raises(PlanFileError, match=f"field '{field}"):
+        Plan.from_dict(d)
 
 
 def test_c_plan_edited_to_another_batch_is_refused(tmp_path, c_plan):
@@ -517,11 +543,33 @@ def _oracle_valid(d) -> bool:
         "model", "device", "strategy", "objective", "budget_bytes", "batch_size",
         "micro_batch_size", "optimizer", "in_place_update", "params", "stages", "predicted",
         "deadline_s", "freeze_batch_norm", "executor", "precision", "schema_version", "notes",
-        "budget_forced", "model_sha256",
+        "budget_forced", "model_sha256", "loss", "input_shape", "input_dtype",
     }  # fmt: skip
-    if not isinstance(d, dict) or not keys - {"deadline_s"} <= set(d) <= keys:
+    optional = {"deadline_s", "loss", "input_shape", "input_dtype"}
+    if not isinstance(d, dict) or not keys - optional <= set(d) <= keys:
         return False
-    if d["schema_version"] != 2 or type(d["schema_version"]) is not int:
+    if d["schema_version"] != 3 or type(d["schema_version"]) is not int:
+        return False
+    loss = d.get("loss", "cross-entropy")
+    if not (
+        loss in ("cross-entropy", "mse", "bce", "l1", "smooth-l1")
+        or (
+            type(loss) is str
+            and loss.startswith("custom:")
+            and 0 < len(loss) - 7 <= 200
+            and loss[7:].isprintable()
+            and loss.strip() == loss
+        )
+    ):
+        return False
+    shape, dtype = d.get("input_shape"), d.get("input_dtype")
+    if (shape, dtype) != (None, None) and not (
+        isinstance(shape, list)
+        and len(shape) <= 8
+        and all(_is_int(n, 1) for n in shape)
+        and type(dtype) is str
+        and re.fullmatch(r"(float|bfloat|int|uint|bool|complex)[0-9]{0,3}", dtype)
+    ):
         return False
     if not all(_one_of(d[k], vals) for k, vals in _ENUMS.items()):
         return False
@@ -617,7 +665,9 @@ def test_mutated_plans_load_only_when_valid(good_plan, data):
     event("accepted")
     # Assert: accepted only what the oracle accepts, and nothing was coerced
     assert _oracle_valid(mutated), f"accepted an invalid plan: {path} {op} {value!r}"
-    assert plan.to_dict() == {"deadline_s": None, **mutated}
+    defaults = {"deadline_s": None, "loss": "cross-entropy"}
+    defaults |= {"input_shape": None, "input_dtype": None}
+    assert plan.to_dict() == {**defaults, **mutated}
 
 
 @settings(

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from edgetrain import validate
 from edgetrain.errors import InvalidArgumentError, UnsupportedOpError
 
 LOSSES: dict[str, Callable] = {
@@ -20,17 +21,35 @@ LOSSES: dict[str, Callable] = {
 }
 
 
+assert tuple(LOSSES) == validate.LOSS_NAMES  # one list of names, torch-free for the CLI
+
+
 def loss_function(loss) -> Callable:
     """The PyTorch function for a loss name, or the user's callable itself."""
     if callable(loss):
         return loss
-    fn = LOSSES.get(str(loss).lower()) if isinstance(loss, str) else None
-    if fn is None:
+    name = validate.loss_name(loss)
+    if name.startswith(validate.CUSTOM_LOSS_PREFIX):
         raise InvalidArgumentError(
-            f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)} or pass a callable "
-            "loss_fn(output, target)"
+            f"loss {name!r} is a Python callable recorded by name; pass the function itself "
+            "(loss_fn=...) — edgetrain never imports code named in a file"
         )
-    return fn
+    return LOSSES[name]
+
+
+def loss_label(loss) -> str:
+    """How a plan records `loss`: its name, or `custom:<module.qualname>` for a callable."""
+    if callable(loss):
+        for name, fn in LOSSES.items():
+            if loss is fn:
+                return name
+        qual = getattr(loss, "__qualname__", None) or type(loss).__qualname__
+        label = f"{getattr(loss, '__module__', None) or '?'}.{qual}"
+        label = "".join(c if c.isprintable() else "?" for c in label)[:200]
+        return validate.CUSTOM_LOSS_PREFIX + label
+    name = validate.loss_name(loss)
+    loss_function(name)  # refuses a custom:... string
+    return name
 
 
 def loss_key(loss) -> str:
@@ -65,7 +84,7 @@ def example_target(
                 f"target_example must have batch size 1, got shape {tuple(target_example.shape)}"
             )
         return target_example.expand(batch, *target_example.shape[1:]).contiguous()
-    if isinstance(loss, str) and loss.lower() == "cross-entropy":
+    if isinstance(loss, str) and loss.strip().lower() == "cross-entropy":
         if output.dim() != 2:
             raise UnsupportedOpError(
                 f"model output has shape {tuple(output.shape)}; cross-entropy trains "

@@ -7,6 +7,7 @@ import json
 
 from rich.console import Console
 
+from edgetrain import validate
 from edgetrain.errors import PlanPredictionError
 from edgetrain.validate import cli_type, learning_rate, positive_float, positive_int, steps
 
@@ -22,6 +23,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     plan = Plan.load(args.plan)
     precision = args.precision or plan.precision.value
     spec = plan.model_to_build(args.model, trust_plan=args.trust_plan)  # before any import
+    validate.loss_for_plan(args.loss, plan.loss)
     _check_executor(plan, args.plan)
     weights = check_weights_file(args.weights) if args.weights else None
     out, train, test = _compile(args, plan, spec, precision, weights)
@@ -194,6 +196,12 @@ def register(subparsers) -> None:
         "--device",
         default=None,
         help="device whose SRAM/flash bound the linker script (default: the plan's)",
+    )
+    c.add_argument(
+        "--loss",
+        type=cli_type(validate.loss_name),
+        default=None,
+        help="the plan's loss (recorded in it; the default; the C trainer runs cross-entropy)",
     )
     c.add_argument("--data", default="fashion-mnist:5-9")
     c.add_argument(

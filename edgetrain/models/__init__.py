@@ -21,7 +21,7 @@ on-device-training users bring, written as they write them (GRU, LSTM, Multihead
 Conv1d, dropout, F.relu6, concatenation, ...).
 """
 
-from edgetrain.models._registry import build_model, model_names
+from edgetrain.models._registry import build_model, model_loss, model_names
 from edgetrain.models._zoo import ZOO, ZooEntry
 
-__all__ = ["ZOO", "ZooEntry", "build_model", "model_names"]
+__all__ = ["ZOO", "ZooEntry", "build_model", "model_loss", "model_names"]

@@ -17,6 +17,7 @@ from edgetrain.errors import InvalidArgumentError, ModelLoadError, UnknownModelE
 from edgetrain.models import _transformer as T
 from edgetrain.models import _vision as V
 from edgetrain.models._common import SEED, example_image, init_bert, init_cnn, seeded
+from edgetrain.models._zoo import ZOO, ZooEntry
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class _Entry:
     default_classes: int
     tokens: int = 0  # > 0: int64 token ids drawn from [low, tokens)
     low: int = 0
+    loss: str = "cross-entropy"  # what the model's task trains with (`validate.LOSS_NAMES`)
+    zoo: ZooEntry | None = None  # a zoo model: built by its own factory, fixed head
 
 
 def _cnn(ctor: Callable[[int], nn.Module], linear_std: float | None = 0.01):
@@ -83,6 +86,16 @@ _MODELS: dict[str, _Entry] = {
     # ids 999..30521 skip [PAD]/[unused*]/[CLS]/[SEP]/[MASK] of the BERT uncased vocabulary
     "minilm": _Entry(_minilm, (1, MINILM_SEQ_LEN), 2, tokens=30522, low=999),
 }
+for _z in ZOO.values():  # the zoo: models as users write them, each with its task's loss
+    _MODELS[_z.name] = _Entry(lambda n, p: nn.Identity(), _z.input_shape, 0, loss=_z.loss, zoo=_z)
+
+
+def model_loss(spec: str) -> str:
+    """The loss a model's task trains with: the built-in model's own (`mse` for the
+    autoencoder, `bce` for the U-Net, ...), cross-entropy for a model from a file (choose
+    another with `--loss` / `loss=`)."""
+    e = _MODELS.get(spec) if isinstance(spec, str) else None
+    return e.loss if e is not None else "cross-entropy"
 
 
 def model_names() -> list[str]:
@@ -138,6 +151,14 @@ def build_model(
             close = difflib.get_close_matches(spec, list(_MODELS), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise UnknownModelError(f"unknown model {spec!r}.{hint} Valid: {_forms()}")
+    elif entry.zoo is not None:
+        if num_classes is not None:
+            raise InvalidArgumentError(
+                f"zoo model {spec!r} has a fixed head ({entry.zoo.note.split('.')[0]}); "
+                "num_classes applies to the reference models — copy the zoo class from "
+                "edgetrain/models/_zoo.py into your own file to change it"
+            )
+        model, example = entry.zoo.factory()
     else:
         n = entry.default_classes if num_classes is None else num_classes
         model = entry.build(n, pretrained)

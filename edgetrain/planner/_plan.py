@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgetrain import validate
 from edgetrain.cost import Device, Optimizer, device_names, load_device
 from edgetrain.errors import (
     DeviceFileError,
@@ -30,7 +31,7 @@ from edgetrain.errors import (
 from edgetrain.ir import to_plain
 from edgetrain.validate import file_sha256, model_spec_file
 
-PLAN_SCHEMA_VERSION = 2
+PLAN_SCHEMA_VERSION = 3
 """2: `budget_forced` and `model_sha256` (NOTE [ Plans are data ]); version 1 files still load,
 as plans whose budget was not forced and whose model file has no recorded hash."""
 
@@ -130,6 +131,11 @@ class Plan:
     notes: tuple[str, ...] = field(default=())
     budget_forced: bool = False  # the budget exceeds the device's memory on purpose
     model_sha256: str | None = None  # SHA-256 of the model file (None: a built-in model)
+    loss: str = "cross-entropy"  # `validate.LOSS_NAMES`, or `custom:NAME` (pass the callable)
+    # one sample of the example input (no batch dimension) and its dtype; None in plans made
+    # before schema 3, which fix no input (NOTE [ Where data meets the plan ])
+    input_shape: tuple[int, ...] | None = None
+    input_dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0 or self.micro_batch_size <= 0:
@@ -254,6 +260,7 @@ def _reject_constant(name: str) -> Any:
 
 _FIX = "re-run `edgetrain plan ... -o plan.json` rather than editing the file"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_DTYPE = re.compile(r"(float|bfloat|int|uint|bool|complex)[0-9]{0,3}")
 _DEVICE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _HINTS = {
     Strategy: "exact, auto, keep-all, sqrt or greedy",
@@ -280,12 +287,14 @@ class _PlanReader:
     _TOP = (
         "model device strategy objective budget_bytes batch_size micro_batch_size optimizer "
         "in_place_update params stages predicted deadline_s freeze_batch_norm executor "
-        "precision schema_version notes budget_forced model_sha256"
+        "precision schema_version notes budget_forced model_sha256 loss input_shape input_dtype"
     ).split()
     # fields a version-1 file may leave out (they had defaults then)
     _V1_OPTIONAL = frozenset(
-        "deadline_s freeze_batch_norm executor precision notes budget_forced model_sha256".split()
+        "deadline_s freeze_batch_norm executor precision notes budget_forced model_sha256 "
+        "loss input_shape input_dtype".split()
     )
+    _V2_OPTIONAL = frozenset({"deadline_s", "loss", "input_shape", "input_dtype"})
 
     def __init__(self, d: Any) -> None:
         if not isinstance(d, Mapping):
@@ -356,12 +365,12 @@ class _PlanReader:
     def plan(self) -> Plan:
         d = self.d
         version = d.get("schema_version")
-        if isinstance(version, bool) or version not in (1, PLAN_SCHEMA_VERSION):
+        if isinstance(version, bool) or version not in (1, 2, PLAN_SCHEMA_VERSION):
             raise PlanFileError(
-                f"plan schema_version {version!r} is not {PLAN_SCHEMA_VERSION} (or 1); re-run "
+                f"plan schema_version {version!r} is not {PLAN_SCHEMA_VERSION} (or 1, 2); re-run "
                 "`edgetrain plan` with this version of edgetrain"
             )
-        optional = self._V1_OPTIONAL if version == 1 else frozenset({"deadline_s"})
+        optional = {1: self._V1_OPTIONAL, 2: self._V2_OPTIONAL}.get(version, {"deadline_s"})
         self.obj(d, "", self._TOP, optional)
         opt = d["optimizer"]
         if not isinstance(opt, str) or opt not in {o.value for o in Optimizer}:
@@ -407,7 +416,30 @@ class _PlanReader:
             notes=tuple(self.str_(n, f"notes[{i}]", empty=True) for i, n in enumerate(notes)),
             budget_forced=self.bool_(d.get("budget_forced", False), "budget_forced"),
             model_sha256=sha,
+            loss=self.loss(d.get("loss", "cross-entropy")),
+            **self.input_spec(d.get("input_shape"), d.get("input_dtype")),
         )
+
+    def loss(self, v: Any) -> str:
+        try:
+            if validate.loss_name(v) == v:  # exactly as written: nothing is coerced
+                return v
+        except InvalidArgumentError:
+            pass
+        raise self.bad(
+            "loss", v, f"must be one of {', '.join(validate.LOSS_NAMES)} or custom:NAME"
+        )
+
+    def input_spec(self, shape: Any, dtype: Any) -> dict[str, Any]:
+        if shape is None and dtype is None:
+            return {"input_shape": None, "input_dtype": None}
+        dims = self.array(shape, "input_shape")
+        if len(dims) > 8:
+            raise self.bad("input_shape", shape, "must have at most 8 dimensions")
+        dims_ = tuple(self.int_(n, f"input_shape[{i}]", 1) for i, n in enumerate(dims))
+        if not (isinstance(dtype, str) and _DTYPE.fullmatch(dtype)):
+            raise self.bad("input_dtype", dtype, "must be a tensor dtype such as float32 or int64")
+        return {"input_shape": dims_, "input_dtype": dtype}
 
     def params(self, v: Any) -> tuple[ParamPlan, ...]:
         items = self.array(v, "params")

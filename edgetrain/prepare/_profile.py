@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from edgetrain import validate
-from edgetrain.capture import capture
+from edgetrain.capture import capture, example_target, loss_function, loss_label
 from edgetrain.cost import (
     Device,
     KernelLibrary,
@@ -39,6 +39,7 @@ class Profile:
     device: Device
     measured: MeasuredStep | None = None
     kernels: KernelLibrary = KernelLibrary()
+    loss: str = "cross-entropy"  # as a plan records it (`capture.loss_label`)
 
     def to_dict(self) -> dict:
         c = self.cost
@@ -47,6 +48,9 @@ class Profile:
             "device": c.device,
             "batch_size": c.batch_size,
             "optimizer": c.optimizer,
+            "loss": self.loss,
+            "input_shape": list(self.graph.tensor(self.graph.inputs[0]).shape[1:]),
+            "input_dtype": self.graph.tensor(self.graph.inputs[0]).dtype,
             "params_bytes": c.params_bytes,
             "buffers_bytes": c.buffers_bytes,
             "grads_bytes": c.grads_bytes,
@@ -94,22 +98,35 @@ def profile(
     optimizer: "Optimizer | str" = "sgd",
     measure: bool = False,
     name: str = "model",
+    loss="cross-entropy",
+    target_example: torch.Tensor | None = None,
 ) -> Profile:
     """Profile plain full training of `model` on `device` (catalog name, file or Device).
 
-    With `measure=True` one real step runs in PyTorch on a copy of the model and the allocator's
-    peak and autograd's saved bytes are added (the model itself is not changed).
+    `loss`: a name (`cross-entropy`, `mse`, `bce`, `l1`, `smooth-l1`) or a callable
+    `loss_fn(output, target)`, captured and costed with the model; `target_example` (batch 1)
+    when the default target does not suit it (`capture.capture`). With `measure=True` one
+    real step with that loss runs in PyTorch on a copy of the model and the allocator's peak
+    and autograd's saved bytes are added (the model itself is not changed).
     """
     batch_size = validate.batch_size(batch_size)
     opt = Optimizer.parse(optimizer)
     dev = load_device(device)
-    graph = capture(model, example_input, batch_size=batch_size, name=name)
+    label = loss_label(loss)
+    graph = capture(
+        model,
+        example_input,
+        batch_size=batch_size,
+        name=name,
+        loss=loss,
+        target_example=target_example,
+    )
     kernels = host_kernels(graph)
     cost = training_cost(graph, dev, optimizer=opt, kernels=kernels)
     measured = None
     if measure:
-        measured = measure_step(model, example_input, batch_size, opt)
-    return Profile(cost, graph, dev, measured, kernels)
+        measured = measure_step(model, example_input, batch_size, opt, loss, target_example)
+    return Profile(cost, graph, dev, measured, kernels, label)
 
 
 def measure_step(
@@ -117,16 +134,20 @@ def measure_step(
     example_input: torch.Tensor,
     batch_size: int,
     optimizer: "Optimizer | str" = "sgd",
+    loss="cross-entropy",
+    target_example: torch.Tensor | None = None,
 ) -> MeasuredStep:
-    """Measure one real step of plain training on a copy of `model` (allocator events)."""
+    """Measure one real step of plain training with `loss` on a copy of `model` (allocator
+    events); the target is the one capture costs (`capture.example_target`)."""
     opt = Optimizer.parse(optimizer)
     m = copy.deepcopy(model)
     x = example_input.expand(batch_size, *example_input.shape[1:]).contiguous()
     with torch.no_grad():
-        classes = int(m(x[:1]).shape[1])
-    y = torch.arange(batch_size, dtype=torch.long) % classes
+        out = m(x)
+    y = example_target(loss, out, None, target_example)
+    del out
     params = [p for p in m.parameters() if p.requires_grad]
-    return measure_training_step(m, x, y, torch_optimizer(opt, params))
+    return measure_training_step(m, x, y, torch_optimizer(opt, params), loss_fn=loss_function(loss))
 
 
 _KERNEL_TABLE: dict[tuple[str, int], tuple[int, int]] = {}

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgetrain import validate
+from edgetrain.capture import loss_label
 from edgetrain.cost import Device, Optimizer
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.planner import Executor, Objective, Precision, Strategy
@@ -41,6 +42,9 @@ class PlanRequest:
     `fisher` (layers ranked on `calibration`, a few local samples `(x, y)`). `executor` /
     `precision`: pinned, or None to let `auto` choose (NOTE [ Executors auto tries ]).
     `budget_bytes` None means the device's memory. `safety_margin`: NOTE [ Safety margin ].
+    `loss`: a name (`cross-entropy`, `mse`, `bce`, `l1`, `smooth-l1`) or a callable
+    `loss_fn(output, target)`, captured and costed with the model and recorded in the plan;
+    `target_example` (batch size 1) when the default target does not suit the loss.
     """
 
     device: "str | Device" = "nrf52840"
@@ -58,6 +62,8 @@ class PlanRequest:
     calibration: Any = field(default=None, compare=False, repr=False)
     executor: Executor | None = None
     precision: Precision | None = None
+    loss: Any = "cross-entropy"
+    target_example: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -77,13 +83,26 @@ class PlanRequest:
         put("executor", _enum(Executor, self.executor, "executor"))
         put("precision", _enum(Precision, self.precision, "precision"))
         put("optimizer", Optimizer.parse(self.optimizer))
+        if not callable(self.loss):
+            put("loss", validate.loss_name(self.loss))
+        loss_label(self.loss)  # a `custom:...` string is refused: pass the callable
         self._check_combination()
+
+    @property
+    def loss_label(self) -> str:
+        """The loss as the plan records it (`capture.loss_label`)."""
+        return loss_label(self.loss)
 
     def _check_combination(self) -> None:
         opt, execu, prec, strat = self.optimizer, self.executor, self.precision, self.strategy
         if execu is Executor.C and opt is not Optimizer.SGD:
             raise InvalidArgumentError(
                 f"the C executor trains with plain SGD, not {opt.value}; use --optimizer sgd"
+            )
+        if execu is Executor.C and self.loss_label != "cross-entropy":
+            raise InvalidArgumentError(
+                f"the C executor trains classifiers with softmax cross-entropy, not loss "
+                f"{self.loss_label!r}; plan for the PyTorch Trainer (--executor pytorch)"
             )
         if prec is Precision.INT8 and execu is Executor.PYTORCH:
             raise InvalidArgumentError(

@@ -117,7 +117,12 @@ class Search:
                         m.eval()
             try:
                 self._graphs[batch, freeze_bn] = capture(
-                    self.model, self.example_input, batch_size=batch, name=self.request.name
+                    self.model,
+                    self.example_input,
+                    batch_size=batch,
+                    name=self.request.name,
+                    loss=self.request.loss,
+                    target_example=self.request.target_example,
                 )
             finally:
                 for m, t in was:
@@ -528,6 +533,9 @@ def to_plan(
         notes=(f"trainable policy: {policy}",),
         budget_forced=budget_bytes > prob.device.ram_bytes,
         model_sha256=_model_sha256(request.name),
+        loss=request.loss_label,
+        input_shape=tuple(g.tensor(g.inputs[0]).shape[1:]),
+        input_dtype=g.tensor(g.inputs[0]).dtype,
     )
 
 

@@ -28,7 +28,7 @@ from edgetrain.runtime._checkpoint import (
     opt_tensors,
     run_fingerprint,
 )
-from edgetrain.runtime._trainer import Trainer
+from edgetrain.runtime._trainer import Trainer, check_batch
 
 
 @dataclass
@@ -80,6 +80,7 @@ def train_loop(
     measure_steps: int = 2,
     data_spec: str | None = None,
     resume_anyway: bool = False,
+    loss_fn=None,
 ) -> TrainResult:
     """Train `steps` optimizer steps on batches drawn in a seeded order from (x, y).
 
@@ -87,9 +88,12 @@ def train_loop(
     With `checkpoint_dir`, resumes from the checkpoint there (verified: NOTE [ Checkpoints ])
     and commits one every `checkpoint_every` steps; `data_spec` names the data in the run's
     fingerprint (the CLI's --data) and `resume_anyway` accepts a checkpoint written with
-    another lr, data, seed or edgetrain version (never another plan, model or optimizer)."""
+    another lr, data, seed or edgetrain version (never another plan, model or optimizer).
+    The loss is the plan's (`loss_fn` overrides it, as in `Trainer`); the data's samples must
+    be those the plan was made for (NOTE [ Where data meets the plan ])."""
     steps = validate.steps(steps)
     checkpoint_every = validate.positive_int(checkpoint_every, "checkpoint interval")
+    check_batch(plan, x)
     if len(x) < plan.batch_size:
         raise InvalidArgumentError(f"{len(x)} samples cannot fill one batch of {plan.batch_size}")
     t0 = time.perf_counter()
@@ -99,7 +103,7 @@ def train_loop(
         if checkpoint_dir:
             fp = run_fingerprint(model, plan, x, y, lr=lr, seed=seed, data_spec=data_spec)
             ck = stack.enter_context(CheckpointDir(checkpoint_dir, fp, resume_anyway=resume_anyway))
-        trainer = stack.enter_context(Trainer(model, plan, lr=lr))
+        trainer = stack.enter_context(Trainer(model, plan, lr=lr, loss_fn=loss_fn))
         # The global RNG (dropout, random augmentations) starts from `seed` too, so a run is
         # reproducible whatever ran before it in the process; a resume restores the saved state.
         torch.manual_seed(seed)

@@ -17,7 +17,6 @@ import functools
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from edgetrain import validate
@@ -37,7 +36,7 @@ class Trainer:
         plan: Plan,
         *,
         lr: float = 0.01,
-        loss_fn=F.cross_entropy,
+        loss_fn=None,
         max_nonfinite: int = 3,
         paging_dir: str | None = None,
     ) -> None:
@@ -49,7 +48,10 @@ class Trainer:
                 "Run it with `edgetrain compile --plan PLAN.json --target ...`, or plan for "
                 "PyTorch with --executor pytorch --precision fp32"
             )
-        self.model, self.plan, self.lr, self.loss_fn = model, plan, lr, loss_fn
+        self.model, self.plan, self.lr = model, plan, lr
+        self.loss_fn = _plan_loss(plan) if loss_fn is None else loss_fn
+        self._loss_checked = False  # an explicit loss_fn is checked on the first batch
+        self._explicit_loss = loss_fn is not None
         self.max_nonfinite = max_nonfinite
         self.nonfinite_in_a_row = 0
         self.skipped_steps = 0
@@ -156,6 +158,7 @@ class Trainer:
         """One optimizer step over one batch of the plan's batch size; returns the mean loss."""
         if not self._entered:
             raise InvalidArgumentError("Trainer.step() outside `with Trainer(...) as t:`")
+        check_batch(self.plan, x)
         if x.shape[0] != self.plan.batch_size or y.shape[0] != x.shape[0]:
             raise InvalidArgumentError(
                 f"batch of {x.shape[0]} samples (targets {y.shape[0]}); the plan trains batches "
@@ -181,7 +184,7 @@ class Trainer:
         for i in range(0, n, mb):
             if self.store is not None:
                 self.store.reset()
-            loss = self.loss_fn(self.model(x[i : i + mb]), y[i : i + mb])
+            loss = self._loss(self.model(x[i : i + mb]), y[i : i + mb])
             if mb < n:  # accumulate the batch mean over micro-batches
                 loss = loss * (min(mb, n - i) / n)
             if not torch.isfinite(loss):
@@ -214,6 +217,61 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return total
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self._loss_checked:
+            return self.loss_fn(out, y)
+        what = "loss_fn" if self._explicit_loss else f"the plan's loss {self.plan.loss!r}"
+        try:
+            loss = self.loss_fn(out, y)
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise InvalidArgumentError(
+                f"{what} cannot compare the model's output {tuple(out.shape)} {out.dtype} with "
+                f"targets {tuple(y.shape)} {y.dtype}: {first}; give targets the loss accepts "
+                "or a loss_fn for this output"
+            ) from None
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
+            got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise InvalidArgumentError(
+                f"{what} must return one differentiable number (a scalar tensor), got {got}; "
+                "reduce it with .mean()"
+            )
+        self._loss_checked = True
+        return loss
+
+
+# NOTE [ Where data meets the plan ]
+#     A plan records one sample's shape and dtype (`Plan.input_shape`, `input_dtype`, from
+#     the example input it was captured with) and the loss it costed. Memory was predicted
+#     for exactly that sample: a larger image, a longer sequence or float64 data would break
+#     the promise silently, so every consumer that feeds data to a plan (the Trainer's step,
+#     `train_loop`, `edgetrain train`) refuses a batch whose samples differ, before any work.
+#     Plans older than schema 3 record no input and are not checked.
+def check_batch(plan: Plan, x: torch.Tensor) -> None:
+    """`InvalidArgumentError` unless `x` is a batch of the samples `plan` was made for."""
+    if plan.input_shape is None:
+        return
+    if not isinstance(x, torch.Tensor):
+        raise InvalidArgumentError(f"a batch must be a tensor, got {type(x).__name__}")
+    sample, dtype = tuple(x.shape[1:]), str(x.dtype).removeprefix("torch.")
+    if sample != plan.input_shape or dtype != plan.input_dtype:
+        raise InvalidArgumentError(
+            f"the batch's samples are {sample} {dtype}; plan for {plan.model!r} was made for "
+            f"samples {plan.input_shape} {plan.input_dtype} (its memory was predicted for "
+            "them): reshape or convert the data, or re-plan with an example of this shape"
+        )
+
+
+def _plan_loss(plan: Plan):
+    from edgetrain.capture import loss_function
+
+    if plan.loss.startswith("custom:"):
+        raise InvalidArgumentError(
+            f"plan for {plan.model!r} was made with a Python loss ({plan.loss}); pass it: "
+            "Trainer(model, plan, loss_fn=...)"
+        )
+    return loss_function(plan.loss)
 
 
 def _restore_modes(modes) -> None:
