@@ -6,10 +6,10 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from _plan_memory import measure_plan
 
 from edgetrain.capture import capture
 from edgetrain.cost import Optimizer, load_device
-from edgetrain.measure import MemoryMeter, storage_bytes
 from edgetrain.models import build_model
 from edgetrain.planner import ActivationDecision, Plan, Strategy
 from edgetrain.planner._problem import Problem
@@ -154,21 +154,7 @@ def test_trainer_restores_the_model_on_exit():
 
 
 def _measure_plan(model, p, xs, ys):
-    peaks = []
-    with Trainer(model, p, lr=0.01) as t:
-        for xb, yb in zip(xs, ys):
-            opt_state = [
-                v
-                for o in ([t.optimizer] if t.optimizer else t._per_param_opt.values())
-                for st in o.state.values()
-                for v in st.values()
-                if isinstance(v, torch.Tensor)
-            ]
-            state = list(model.parameters()) + list(model.buffers()) + opt_state
-            with MemoryMeter(storage_bytes(state + [xb, yb])) as m:
-                t.step(xb, yb)
-            peaks.append(m.trace.peak_bytes)
-    return max(peaks)
+    return measure_plan(model, p, xs, ys)
 
 
 MODELS = (

@@ -23,7 +23,7 @@ from functools import cached_property
 
 from edgetrain.cost import KernelLibrary, Optimizer, Schedule, schedule_traffic, simulate_step
 from edgetrain.errors import InvalidArgumentError
-from edgetrain.ir import Graph
+from edgetrain.ir import Graph, OpKind
 from edgetrain.planner._plan import ActivationDecision, Objective
 from edgetrain.planner._stages import Stage, chain_stages, stages_at, valid_depths
 
@@ -82,9 +82,23 @@ class Problem:
 
     @property
     def choices(self) -> tuple[tuple[ActivationDecision, ...], ...]:
-        """Allowed decisions per stage (fixed stages can only keep)."""
-        opts = (KEEP, RECOMPUTE, PAGE) if self.allow_paging else (KEEP, RECOMPUTE)
-        return tuple(opts if s.wrappable else (KEEP,) for s in self.stages)
+        """Allowed decisions per stage: fixed stages can only keep; a stage that draws random
+        numbers is never recomputed (NOTE [ Random ops are not recomputed ])."""
+        out = []
+        for s in self.stages:
+            random = any(n.op is OpKind.RANDOM for n in self.graph.nodes[s.start : s.stop])
+            opts = (KEEP,) if random else (KEEP, RECOMPUTE)
+            opts += (PAGE,) if self.allow_paging else ()
+            out.append(opts if s.wrappable else (KEEP,))
+        return tuple(out)
+
+    # NOTE [ Random ops are not recomputed ]
+    #     Recomputing a stage that holds a dropout (any RANDOM op) would draw a new mask unless
+    #     the generator's state were stashed with the stage (torch's checkpoint does that with
+    #     `preserve_rng_state=True`: about 5 KB of CPU generator state per stage, allocated in
+    #     forward, and a second draw of every mask). An exact plan must give plain training's
+    #     gradients, so such a stage is kept or paged (paging stores the mask itself); the
+    #     runtime's checkpoint therefore never needs the RNG state.
 
     def schedule(self, decisions: tuple[ActivationDecision, ...]) -> Schedule:
         rec = tuple((s.start, s.stop) for s, d in zip(self.stages, decisions) if d is RECOMPUTE)

@@ -285,8 +285,9 @@ def _mask_rows(p: torch.Tensor, k: int) -> None:
 
 
 def _checkpointed(forward, batch_norms, *args, **kwargs):
-    # No RNG state is stashed: captured graphs hold no random operators (capture rejects
-    # dropout), and the 5 KB CPU generator state per stage would matter on an MCU budget.
+    # No RNG state is stashed: a plan never recomputes a stage that draws random numbers
+    # (NOTE [ Random ops are not recomputed ]), and the 5 KB CPU generator state per stage
+    # would matter on an MCU budget.
     return checkpoint(
         forward,
         *args,
