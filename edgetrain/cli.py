@@ -244,6 +244,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                 executor=args.executor,
                 precision=args.precision,
                 loss=loss,
+                measure=not args.no_check,
             ),
         )
         peak = p.predicted_peak_bytes
@@ -494,6 +495,12 @@ def _add_plan_parser(sub) -> None:
         "--loss", type=cli_type(validate.loss_name), default=None, help=validate.LOSS_HELP
     )
     pl.add_argument("--no-paging", action="store_true", help="never page to storage")
+    pl.add_argument(
+        "--no-check",
+        action="store_true",
+        help="do not run a PyTorch plan on this host before writing it (by default its peak "
+        "is measured and a plan over its simulation is corrected or re-planned)",
+    )
     pl.add_argument(
         "--executor",
         choices=["pytorch", "c"],

@@ -91,17 +91,21 @@ def test_auto_plan_at_half_the_keep_all_peak_on_rpi4(name, batch):
     keep_all = profile(model, x, device="rpi4", batch_size=batch, loss=entry.loss, name=name)
     budget = keep_all.cost.peak_bytes // 2
     # Execute
-    try:
-        p = _auto(model, x, entry, name, batch, device="rpi4", budget_bytes=budget)
-    except PlanInfeasibleError as e:
-        # A model whose weights fill half its keep-all peak (the MLPs) cannot train in it. The
-        # refusal must name a floor that is real: a plan at that floor (plus the safety
-        # margin) exists and measures within it.
-        smallest = _smallest_peak(e)
-        assert smallest > budget * (1 - SAFETY_MARGIN), str(e)
-        budget = int(smallest / (1 - SAFETY_MARGIN)) + 64
-        print(f"\nZOO-PLAN {name} {batch}: 50 % infeasible, floor {smallest}")
-        p = _auto(model, x, entry, name, batch, device="rpi4", budget_bytes=budget)
+    for _ in range(3):
+        try:
+            p = _auto(model, x, entry, name, batch, device="rpi4", budget_bytes=budget)
+            break
+        except PlanInfeasibleError as e:
+            # A model whose weights fill half its keep-all peak (the MLPs) cannot train in it.
+            # The refusal must name a floor above the budget, and a plan must exist near it
+            # (the floor includes what a measured plan needed beyond its simulation, an
+            # estimate for the next candidate: up to three tries).
+            smallest = _smallest_peak(e)
+            assert smallest > budget * (1 - SAFETY_MARGIN), str(e)
+            budget = int(smallest / (1 - SAFETY_MARGIN)) + 64
+            print(f"\nZOO-PLAN {name} {batch}: infeasible, floor {smallest}")
+    else:
+        pytest.fail(f"no plan near the floor the refusals named ({budget} bytes)")
     # Assert
     _check_measured(entry, name, batch, p, budget)
 
@@ -151,17 +155,14 @@ def test_exact_plan_trains_the_parameters_plain_pytorch_trains(name, batch):
         for xb, yb in zip(xs, ys):
             t.step(xb, yb)
     torch.manual_seed(7)
-    if p.freeze_batch_norm:
-        for m in reference.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()
     opt = torch.optim.SGD(reference.parameters(), lr=0.05)
     for xb, yb in zip(xs, ys):
         opt.zero_grad()
         for i in range(0, batch, mb):
             (loss_fn(reference(xb[i : i + mb]), yb[i : i + mb]) * (mb / batch)).backward()
         opt.step()
-    # Assert
+    # Assert: batch norm stays live (freezing it would change the mathematics)
+    assert not p.freeze_batch_norm
     print(f"\nZOO-EXACT {name} mb={p.micro_batch_size} {[s.decision.value for s in p.stages]}")
     got, want = dict(model.named_parameters()), dict(reference.named_parameters())
     for k in want:

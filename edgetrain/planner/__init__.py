@@ -11,7 +11,9 @@ from edgetrain.planner._executor import (
     CandidateUnsupportedError,
     ExecutorMemory,
     MemoryRequest,
+    PlanRunner,
     ProgramMemory,
+    StepRequest,
 )
 from edgetrain.planner._plan import (
     PLAN_SCHEMA_VERSION,
@@ -48,6 +50,7 @@ __all__ = [
     "ParamDecision",
     "ParamPlan",
     "Plan",
+    "PlanRunner",
     "PlanInfeasibleError",
     "Precision",
     "Prediction",
@@ -55,6 +58,7 @@ __all__ = [
     "ProgramMemory",
     "Solver",
     "StagePlan",
+    "StepRequest",
     "Strategy",
     "TimelineSample",
     "milp_solver",

@@ -33,7 +33,9 @@ __all__ = [
     "CandidateUnsupportedError",
     "ExecutorMemory",
     "MemoryRequest",
+    "PlanRunner",
     "ProgramMemory",
+    "StepRequest",
 ]
 
 
@@ -79,4 +81,42 @@ class ExecutorMemory(Protocol):
 
     def for_model(self, request: MemoryRequest) -> ProgramMemory:
         """Checks independent of the trainable set; raises a typed error with the reason."""
+        ...
+
+
+# NOTE [ Plans are checked against the allocator ]
+#     The lifetime simulation sees the graph, not the Python that runs it: a value a model's
+#     forward keeps in a local variable (a U-Net's skip tensor, attention scores) lives until
+#     the function returns even where the graph has no further use for it, and a fused
+#     kernel (oneDNN's LSTM layer) may hold scratch the graph does not name. So before a plan
+#     for the PyTorch executor is returned, preparation runs it: two real steps of a copy of
+#     the model on the example batch, through the executor itself (`PlanRunner`, registered
+#     in the `edgetrain.runners` entry-point group), with the allocator's events as the
+#     measure. A plan whose measured peak exceeds its simulated one carries the measured peak
+#     as its prediction (and says so in its notes); one that measures over the budget is
+#     re-planned with the gap held back, and refused with the numbers if it still does not
+#     fit. The check is on the planning host, like the convolution workspaces
+#     (NOTE [ Kernel workspaces on PyTorch CPU (torch 2.13) ]).
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """Run `plan` on `model` (a copy the runner may change) for `steps` steps of batch `x`,
+    targets `y` (torch objects, typed `object` here: the planner imports no torch)."""
+
+    model: object
+    plan: Plan
+    x: object
+    y: object
+    steps: int = 2
+
+
+@runtime_checkable
+class PlanRunner(Protocol):
+    """An executor that runs a plan on this host and reads its peak from the allocator."""
+
+    executor: Executor
+
+    def measured_peak_bytes(self, request: StepRequest) -> int:
+        """The largest allocator peak over the steps (NOTE [ The measured training step ])."""
         ...

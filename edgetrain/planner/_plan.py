@@ -426,9 +426,7 @@ class _PlanReader:
                 return v
         except InvalidArgumentError:
             pass
-        raise self.bad(
-            "loss", v, f"must be one of {', '.join(validate.LOSS_NAMES)} or custom:NAME"
-        )
+        raise self.bad("loss", v, f"must be one of {', '.join(validate.LOSS_NAMES)} or custom:NAME")
 
     def input_spec(self, shape: Any, dtype: Any) -> dict[str, Any]:
         if shape is None and dtype is None:

@@ -9,10 +9,13 @@ memory layout of their own (the C trainer) are asked through `edgetrain.planner.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from importlib.metadata import entry_points
 
 import torch
 
+from edgetrain.capture import example_target
 from edgetrain.cost import Optimizer, load_device
 from edgetrain.errors import EdgetrainError, InvalidArgumentError, PlanInfeasibleError
 from edgetrain.ir import Graph
@@ -20,7 +23,9 @@ from edgetrain.planner import (
     Executor,
     ExecutorMemory,
     Plan,
+    PlanRunner,
     Precision,
+    StepRequest,
     Strategy,
 )
 from edgetrain.prepare._request import SAFETY_MARGIN, PlanRequest
@@ -80,7 +85,8 @@ def plan(
     for ex, pr in _executor_attempts(req):
         try:
             if ex is Executor.PYTORCH:
-                return plan_for_pytorch(search, policies)
+                found = plan_for_pytorch(search, policies)
+                return checked_on_host(search, policies, found) if req.measure else found
             return plan_for_executor(search, policies, executor_memory(ex, pr))
         except PlanInfeasibleError as e:
             errors.append((f"{ex.value} {pr.value}", e))
@@ -121,6 +127,62 @@ def executor_memory(executor: Executor, precision: Precision) -> ExecutorMemory:
         f"no {executor.value} {precision.value} executor is registered (entry-point group "
         "edgetrain.executors); reinstall edgetrain with `make setup` or `pip install -e .`"
     )
+
+
+def plan_runner(executor: Executor) -> PlanRunner:
+    """The registered runner of an executor (entry-point group `edgetrain.runners`)."""
+    for ep in entry_points(group="edgetrain.runners"):
+        runner = ep.load()
+        if runner.executor is executor:
+            return runner
+    raise InvalidArgumentError(
+        f"no {executor.value} runner is registered (entry-point group edgetrain.runners); "
+        "reinstall edgetrain with `make setup` or `pip install -e .`"
+    )
+
+
+_CHECK_ROUNDS = 3
+
+
+def checked_on_host(search: Search, policies, found: Plan) -> Plan:
+    """`found`, run on this host (NOTE [ Plans are checked against the allocator ]): as it is
+    when it measures within its simulation; with the measured peak as its prediction when that
+    is more but within the budget; otherwise re-planned with the gap held back."""
+    runner = plan_runner(Executor.PYTORCH)
+    x, y = _example_batch(search)
+    for _ in range(_CHECK_ROUNDS):
+        req = StepRequest(copy.deepcopy(search.model), found, x, y)
+        measured, simulated = runner.measured_peak_bytes(req), found.predicted_peak_bytes
+        if measured <= simulated:
+            return found
+        if measured <= search.budget_bytes:
+            note = (
+                f"checked on this host: measured peak {measured:,} B, simulated {simulated:,} B "
+                "(values the model's Python code holds; the prediction is the measured peak)"
+            )
+            return dataclasses.replace(
+                found,
+                predicted=dataclasses.replace(found.predicted, peak_bytes=measured),
+                notes=(*found.notes, note),
+            )
+        search.held_back_bytes += measured - simulated
+        found = plan_for_pytorch(search, policies)
+    raise PlanInfeasibleError(
+        f"no plan fits {search.budget_bytes:,} bytes on {search.device.name}: after "
+        f"{_CHECK_ROUNDS} re-plans the plans still measure above their simulation on this host "
+        f"(the last by {measured - simulated:,} bytes, {measured:,} in all); use a larger "
+        "budget or a sparser --policy"
+    )
+
+
+def _example_batch(search: Search) -> tuple[torch.Tensor, torch.Tensor]:
+    """The example input at the plan's batch size and the target its loss is costed with."""
+    req, ex = search.request, search.example_input
+    x = ex.expand(req.batch_size, *ex.shape[1:]).contiguous()
+    probe = copy.deepcopy(search.model)
+    with torch.no_grad(), torch.random.fork_rng():
+        out = probe(x)
+    return x, example_target(req.loss, out, None, req.target_example)
 
 
 def _candidate_policies(search: Search) -> list[tuple[str, "str | frozenset[str]"]]:

@@ -45,6 +45,8 @@ class PlanRequest:
     `loss`: a name (`cross-entropy`, `mse`, `bce`, `l1`, `smooth-l1`) or a callable
     `loss_fn(output, target)`, captured and costed with the model and recorded in the plan;
     `target_example` (batch size 1) when the default target does not suit the loss.
+    `measure`: run a PyTorch plan on this host before returning it (NOTE [ Plans are checked
+    against the allocator ]); False trusts the simulation alone.
     """
 
     device: "str | Device" = "nrf52840"
@@ -64,6 +66,7 @@ class PlanRequest:
     precision: Precision | None = None
     loss: Any = "cross-entropy"
     target_example: Any = field(default=None, compare=False, repr=False)
+    measure: bool = True
 
     def __post_init__(self) -> None:
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)

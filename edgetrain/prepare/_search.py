@@ -84,6 +84,9 @@ class Search:
     budget_bytes: int
     has_bn: bool
     _graphs: dict[tuple[int, bool], Graph] = field(default_factory=dict)
+    # bytes a measured plan needed beyond its simulation, held back from the solvers' budget
+    # on a re-plan (NOTE [ Plans are checked against the allocator ])
+    held_back_bytes: int = 0
 
     def __post_init__(self) -> None:
         # Every plan holds the whole input batch (cost: the batch is allocated at the micro-batch
@@ -245,11 +248,12 @@ def _solver(req: PlanRequest):
 
 def _bn_modes(search: Search) -> list[bool]:
     """Batch-norm modes to try. Micro-batching changes batch statistics, so with batch norm it
-    needs BN frozen (running statistics, which also slows learning): BN live first."""
+    needs BN frozen (running statistics, which also slows learning): BN live first. Freezing
+    changes the step's mathematics, so only `auto` (or the caller) may choose it."""
     req = search.request
     if req.freeze_batch_norm is not None:
         return [req.freeze_batch_norm]
-    if search.has_bn and not req.is_baseline:
+    if search.has_bn and req.strategy is Strategy.AUTO:  # exact changes no mathematics
         return [False, True]
     return [False]
 
@@ -284,7 +288,7 @@ def _pytorch_problems(search: Search, chosen, freeze: bool):
                 yield Problem(
                     g,
                     search.device,
-                    int(search.budget_bytes * (1 - req.safety_margin)),
+                    int((search.budget_bytes - search.held_back_bytes) * (1 - req.safety_margin)),
                     optimizer=req.optimizer,
                     objective=req.objective,
                     deadline_s=req.deadline_s,
@@ -445,6 +449,12 @@ def infeasible(search: Search, low: int, prob: Problem | None) -> PlanInfeasible
         }
         top = max(parts, key=parts.get)
         hints.append(f"the peak is dominated by {top} ({parts[top]:,} bytes)")
+    if search.held_back_bytes:
+        low += search.held_back_bytes
+        hints.append(
+            f"this includes {search.held_back_bytes:,} bytes that a plan measured on this host "
+            "beyond its simulation (values the model's Python code holds)"
+        )
     if req.strategy is Strategy.EXACT:
         hints.append("allow sparse update (--strategy auto)")
     if not req.allow_paging:

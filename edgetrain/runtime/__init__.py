@@ -2,6 +2,14 @@
 
 from edgetrain.runtime._loop import TrainResult, train_loop
 from edgetrain.runtime._paging import PagingStore
+from edgetrain.runtime._runner import PYTORCH_RUNNER
 from edgetrain.runtime._trainer import NonFiniteLossError, Trainer
 
-__all__ = ["NonFiniteLossError", "PagingStore", "TrainResult", "Trainer", "train_loop"]
+__all__ = [
+    "PYTORCH_RUNNER",
+    "NonFiniteLossError",
+    "PagingStore",
+    "TrainResult",
+    "Trainer",
+    "train_loop",
+]

@@ -8,6 +8,17 @@ buffers, and the step's input batch and targets (a micro-batch is a view of the 
 its storage would write the whole batch and read a second copy of it back into RAM: the cost model
 counts the batch as live throughout, see NOTE [ What counts toward peak memory ]).
 
+NOTE [ A paged storage is written once and read back once ]
+    Autograd often saves several tensors on one storage (attention saves q, k and v, views of
+    one projection; a GRU cell saves chunks of its gate buffer). `pack` writes a storage once
+    and hands out a handle per saved view; `unpack` reads a storage back once and serves every
+    view of it from that copy while any of them lives (a C++ weak reference to the read-back
+    storage, as torch.multiprocessing's storage cache keeps), so RAM holds one copy, as the
+    cost model counts. A storage may change between two saves (eager GRU cells update their
+    gate buffer in place, `unsafe_chunk` views with no shared version counter): its bytes'
+    CRC-32 is kept with the written copy, and a save whose bytes differ writes a new copy, so
+    backward always sees what forward saved.
+
 NOTE [ Paging files ]
     The file is `edgetrain-page-<pid>-*.bin` in the paging folder (the system's temp folder by
     default). On POSIX it is unlinked as soon as it is opened: the open descriptor keeps it
@@ -23,10 +34,12 @@ import os
 import re
 import tempfile
 import weakref
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from edgetrain.runtime._lock import pid_alive
 
@@ -54,9 +67,12 @@ class PagingStore:
         if os.name == "posix":  # NOTE [ Paging files ]
             os.unlink(self.path)
         self._end = 0
-        # data_ptr -> (offset, nbytes, weak reference to a tensor on that storage): an address
-        # is only trusted while that tensor lives, since a freed storage's address is reused
-        self._by_storage: dict[int, tuple[int, int, weakref.ref]] = {}
+        # data_ptr -> (offset, nbytes, weak reference to a tensor on that storage, CRC-32 of the
+        # bytes written): an address is only trusted while that tensor lives, since a freed
+        # storage's address is reused (NOTE [ A paged storage is written once and read back
+        # once ])
+        self._by_storage: dict[int, tuple[int, int, weakref.ref, int]] = {}
+        self._read_back: dict[int, StorageWeakRef] = {}  # file offset -> storage read back
         self.bytes_written = 0
         self.bytes_read = 0
         self.transfers = 0
@@ -77,6 +93,7 @@ class PagingStore:
         """A new micro-batch: rewind the file (the previous backward has read everything)."""
         self._end = 0
         self._by_storage.clear()
+        self._read_back.clear()
 
     def pack(self, t: torch.Tensor):
         st = t.untyped_storage()
@@ -88,17 +105,18 @@ class PagingStore:
             or st.nbytes() == 0
         ):
             return t
+        raw = torch.empty(0, dtype=torch.uint8).set_(st).numpy().data  # a byte view, no copy
+        crc = zlib.crc32(raw)
         known = self._by_storage.get(ptr)
-        if known is None or known[2]() is None:  # a live storage saved twice is written once
-            raw = torch.empty(0, dtype=torch.uint8).set_(st)  # a byte view, no copy
+        if known is None or known[2]() is None or known[3] != crc:
             n = st.nbytes()
             self._f.seek(self._end)
-            self._f.write(raw.numpy().data)
-            self._by_storage[ptr] = (self._end, n, weakref.ref(t))
+            self._f.write(raw)
+            self._by_storage[ptr] = (self._end, n, weakref.ref(t), crc)
             self._end += n
             self.bytes_written += n
             self.transfers += 1
-        off, n, _ = self._by_storage[ptr]
+        off, n, _, _ = self._by_storage[ptr]
         return _Handle(
             off,
             n,
@@ -112,11 +130,19 @@ class PagingStore:
     def unpack(self, h):
         if isinstance(h, torch.Tensor):
             return h
-        flat = torch.empty(h.storage_numel, dtype=h.dtype)  # read straight into the tensor
-        self._f.seek(h.offset)
-        self._f.readinto(flat.view(torch.uint8).numpy().data)
-        self.bytes_read += h.nbytes
-        self.transfers += 1
+        ref = self._read_back.get(h.offset)
+        st = None
+        if ref is not None and not ref.expired():
+            st = torch.UntypedStorage._new_with_weak_ptr(ref.cdata)
+        if st is not None:  # another view of this storage is live: share its copy
+            flat = torch.empty(0, dtype=h.dtype).set_(st, 0, (h.storage_numel,), (1,))
+        else:
+            flat = torch.empty(h.storage_numel, dtype=h.dtype)  # read straight into the tensor
+            self._f.seek(h.offset)
+            self._f.readinto(flat.view(torch.uint8).numpy().data)
+            self.bytes_read += h.nbytes
+            self.transfers += 1
+            self._read_back[h.offset] = StorageWeakRef(flat.untyped_storage())
         return flat.as_strided(h.shape, h.stride, h.storage_offset)
 
     def hooks(self):
@@ -135,7 +161,18 @@ _PAGE_NAME = re.compile(re.escape(PAGE_PREFIX) + r"(?:(\d+)-)?.*\.bin")
 
 
 def remove_stale_paging_files(directory: "str | os.PathLike | None" = None) -> list[Path]:
-    """Delete paging files of processes no longer running (NOTE [ Paging files ])."""
+    """Delete paging files of processes no longer running (NOTE [ A paged storage is written once and read back once ]
+    Autograd often saves several tensors on one storage (attention saves q, k and v, views of
+    one projection; a GRU cell saves chunks of its gate buffer). `pack` writes a storage once
+    and hands out a handle per saved view; `unpack` reads a storage back once and serves every
+    view of it from that copy while any of them lives (a C++ weak reference to the read-back
+    storage, as torch.multiprocessing's storage cache keeps), so RAM holds one copy, as the
+    cost model counts. A storage may change between two saves (eager GRU cells update their
+    gate buffer in place, `unsafe_chunk` views with no shared version counter): its bytes'
+    CRC-32 is kept with the written copy, and a save whose bytes differ writes a new copy, so
+    backward always sees what forward saved.
+
+NOTE [ Paging files ])."""
     folder = Path(directory) if directory is not None else Path(tempfile.gettempdir())
     gone = []
     try:

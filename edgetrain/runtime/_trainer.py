@@ -150,6 +150,17 @@ class Trainer:
     # -- one optimizer step ------------------------------------------------------------------
     _skip_update = False
 
+    def optimizer_state(self) -> list[torch.Tensor]:
+        """The optimizer's state tensors (momentum, Adam moments), per-parameter ones included."""
+        opts = [self.optimizer] if self.optimizer is not None else self._per_param_opt.values()
+        return [
+            v
+            for o in opts
+            for st in o.state.values()
+            for v in st.values()
+            if isinstance(v, torch.Tensor)
+        ]
+
     @property
     def storage_bytes_written(self) -> int:
         return self.store.bytes_written if self.store else 0
