@@ -161,18 +161,7 @@ _PAGE_NAME = re.compile(re.escape(PAGE_PREFIX) + r"(?:(\d+)-)?.*\.bin")
 
 
 def remove_stale_paging_files(directory: "str | os.PathLike | None" = None) -> list[Path]:
-    """Delete paging files of processes no longer running (NOTE [ A paged storage is written once and read back once ]
-    Autograd often saves several tensors on one storage (attention saves q, k and v, views of
-    one projection; a GRU cell saves chunks of its gate buffer). `pack` writes a storage once
-    and hands out a handle per saved view; `unpack` reads a storage back once and serves every
-    view of it from that copy while any of them lives (a C++ weak reference to the read-back
-    storage, as torch.multiprocessing's storage cache keeps), so RAM holds one copy, as the
-    cost model counts. A storage may change between two saves (eager GRU cells update their
-    gate buffer in place, `unsafe_chunk` views with no shared version counter): its bytes'
-    CRC-32 is kept with the written copy, and a save whose bytes differ writes a new copy, so
-    backward always sees what forward saved.
-
-NOTE [ Paging files ])."""
+    """Delete paging files of processes no longer running (NOTE [ Paging files ])."""
     folder = Path(directory) if directory is not None else Path(tempfile.gettempdir())
     gone = []
     try:
