@@ -79,6 +79,19 @@ def _auto(model, x, entry, name, batch, **kw):
     )
 
 
+def _exact(model, x, entry, name, batch, budget):
+    return plan(
+        model,
+        x,
+        device="rpi4",
+        budget_bytes=budget,
+        batch_size=batch,
+        strategy="exact",
+        loss=entry.loss,
+        name=name,
+    )
+
+
 def _smallest_peak(e: PlanInfeasibleError) -> int:
     return int(re.search(r"smallest achievable peak is ([\d,]+) bytes", str(e))[1].replace(",", ""))
 
@@ -91,7 +104,7 @@ def test_auto_plan_at_half_the_keep_all_peak_on_rpi4(name, batch):
     keep_all = profile(model, x, device="rpi4", batch_size=batch, loss=entry.loss, name=name)
     budget = keep_all.cost.peak_bytes // 2
     # Execute
-    for _ in range(3):
+    for _ in range(4):
         try:
             p = _auto(model, x, entry, name, batch, device="rpi4", budget_bytes=budget)
             break
@@ -99,7 +112,7 @@ def test_auto_plan_at_half_the_keep_all_peak_on_rpi4(name, batch):
             # A model whose weights fill half its keep-all peak (the MLPs) cannot train in it.
             # The refusal must name a floor above the budget, and a plan must exist near it
             # (the floor includes what a measured plan needed beyond its simulation, an
-            # estimate for the next candidate: up to three tries).
+            # estimate for the next candidate: up to four tries).
             smallest = _smallest_peak(e)
             assert smallest > budget * (1 - SAFETY_MARGIN), str(e)
             budget = int(smallest / (1 - SAFETY_MARGIN)) + 64
@@ -131,16 +144,11 @@ def test_exact_plan_trains_the_parameters_plain_pytorch_trains(name, batch):
     entry = ZOO[name]
     model, x = entry.factory()
     c = profile(model, x, device="rpi4", batch_size=batch, loss=entry.loss, name=name).cost
-    p = plan(
-        model,
-        x,
-        device="rpi4",
-        budget_bytes=c.peak_bytes - c.activation_bytes * 2 // 5,
-        batch_size=batch,
-        strategy="exact",
-        loss=entry.loss,
-        name=name,
-    )
+    budget = c.peak_bytes - c.activation_bytes * 2 // 5
+    try:
+        p = _exact(model, x, entry, name, batch, budget)
+    except PlanInfeasibleError as e:  # weights or batch norm (kept live) leave too little
+        p = _exact(model, x, entry, name, batch, int(_smallest_peak(e) / (1 - SAFETY_MARGIN)) + 64)
     reference = copy.deepcopy(model)
     # NOTE [ Random ops are not recomputed ]: a dropout mask drawn per micro-batch has plain
     # training's distribution, not the bits of one full-batch draw; for models that draw

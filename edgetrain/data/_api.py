@@ -351,9 +351,24 @@ def stream(
     return Stream(data, seed=seed, start=start, limit=limit, root=root)
 
 
+def _flatten_for(x: torch.Tensor, dims: tuple) -> torch.Tensor:
+    """Images to the flat vectors of a model on (F,) inputs: only when F is C*H*W exactly
+    (nothing is resampled to fit)."""
+    features = dims[-1]
+    per_sample = int(x[0].numel()) if x.ndim == 4 else int(x.numel())
+    if isinstance(features, bool) or not isinstance(features, int) or features != per_sample:
+        raise InvalidArgumentError(
+            f"the model takes vectors of {features!r} values; the images have "
+            f"{tuple(x.shape[-3:])} = {per_sample} values each: use data of that size or a "
+            "model whose input is (C, H, W)"
+        )
+    return x.reshape(x.shape[0], -1) if x.ndim == 4 else x.reshape(-1)
+
+
 def resize_for(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Adapt images to a model's input: ``shape`` is (C, H, W), or (N, C, H, W) whose N is
-    ignored (so a model's example input shape can be passed).
+    ignored (so a model's example input shape can be passed); (F,) or (N, F) flattens each
+    image to F = C*H*W values for a model on vectors (an MLP).
 
     Height/width change by bilinear interpolation (``align_corners=False``); a single grey channel
     is repeated to C channels (e.g. (3, 128, 128) for MobileNetV2). Values keep the dataset's
@@ -367,6 +382,8 @@ def resize_for(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
             f"{getattr(x, 'dtype', '')}".rstrip()
         )
     dims = tuple(shape)
+    if len(dims) in (1, 2) and x.ndim in (3, 4):  # a model on flat vectors (an MLP)
+        return _flatten_for(x, dims)
     if len(dims) not in (3, 4) or any(
         isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims
     ):

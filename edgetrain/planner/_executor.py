@@ -102,13 +102,15 @@ class ExecutorMemory(Protocol):
 @dataclass(frozen=True)
 class StepRequest:
     """Run `plan` on `model` (a copy the runner may change) for `steps` steps of batch `x`,
-    targets `y` (torch objects, typed `object` here: the planner imports no torch)."""
+    targets `y` (torch objects, typed `object` here: the planner imports no torch), with the
+    plan's loss or `loss_fn` (the callable a `custom:` loss names)."""
 
     model: object
     plan: Plan
     x: object
     y: object
     steps: int = 2
+    loss_fn: object = None
 
 
 @runtime_checkable

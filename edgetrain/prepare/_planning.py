@@ -151,7 +151,8 @@ def checked_on_host(search: Search, policies, found: Plan) -> Plan:
     runner = plan_runner(Executor.PYTORCH)
     x, y = _example_batch(search)
     for _ in range(_CHECK_ROUNDS):
-        req = StepRequest(copy.deepcopy(search.model), found, x, y)
+        loss_fn = search.request.loss if callable(search.request.loss) else None
+        req = StepRequest(copy.deepcopy(search.model), found, x, y, loss_fn=loss_fn)
         measured, simulated = runner.measured_peak_bytes(req), found.predicted_peak_bytes
         if measured <= simulated:
             return found
@@ -165,7 +166,8 @@ def checked_on_host(search: Search, policies, found: Plan) -> Plan:
                 predicted=dataclasses.replace(found.predicted, peak_bytes=measured),
                 notes=(*found.notes, note),
             )
-        search.held_back_bytes += measured - simulated
+        # this plan fitted with the last gap held back, so its own gap is larger: hold it back
+        search.held_back_bytes = measured - simulated
         found = plan_for_pytorch(search, policies)
     raise PlanInfeasibleError(
         f"no plan fits {search.budget_bytes:,} bytes on {search.device.name}: after "

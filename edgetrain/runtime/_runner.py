@@ -21,7 +21,10 @@ class _PyTorchRunner:
         assert isinstance(model, torch.nn.Module)
         assert isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)
         peak = 0
-        with torch.random.fork_rng(), Trainer(model, request.plan, lr=1e-3) as t:
+        with (
+            torch.random.fork_rng(),
+            Trainer(model, request.plan, lr=1e-3, loss_fn=request.loss_fn) as t,
+        ):
             for _ in range(request.steps):
                 state = [*model.parameters(), *model.buffers(), *t.optimizer_state()]
                 with MemoryMeter(storage_bytes([*state, x, y])) as m:
