@@ -9,6 +9,7 @@ exist, their sizes), and the 8-byte header length safetensors' format defines.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import os
@@ -278,6 +279,7 @@ def test_resume_with_another_model_is_refused(tmp_path):
     _train(tmp_path, steps=2)
     model, plan, xs, ys = _fresh()
     model.double()
+    plan = dataclasses.replace(plan, input_dtype="float64")  # the data matches; the model not
     # Execute / Assert
     with pytest.raises(CheckpointMismatchError, match=r"model \(parameter names, shapes"):
         train_loop(model, plan, xs.double(), ys, steps=4, checkpoint_dir=tmp_path, **RUN)

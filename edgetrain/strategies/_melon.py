@@ -2,7 +2,7 @@
 Wall for Resource-Efficient On-Device Machine Learning".
 
 Reproduced: the step's memory is cut by recomputation plus micro-batching (`edgetrain.plan(
-strategy="exact", allow_paging=False)` chooses per-stage recompute and the micro-batch size,
+strategy="auto", policy="all", allow_paging=False)` chooses per-stage recompute and the micro-batch size,
 with batch norm frozen whenever micro-batching needs it), and tensors live in a memory pool laid
 out with their lifetimes known in advance: one step of the plan is profiled (the allocator's
 events, paired into blocks) and the pool is laid out largest-first at the lowest offset free
@@ -85,7 +85,10 @@ def prepare(
             device=dev,
             budget_bytes=target,
             batch_size=batch_size,
-            strategy="exact",
+            # every parameter trains; batch norm may freeze so that micro-batching is allowed
+            # (`exact` keeps it live and so never micro-batches a model with batch norm)
+            strategy="auto",
+            policy="all",
             allow_paging=False,
             name=name,
         )

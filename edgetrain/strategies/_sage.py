@@ -3,7 +3,7 @@
 Reproduced: the training step runs with gradient checkpointing plus micro-batching, and both
 are chosen at run time from the memory budget available *now*: `train` asks `budget_schedule(
 step)` before every step and, when the answer differs from the budget the current plan was made
-for, re-plans (`edgetrain.plan(strategy="exact", allow_paging=False)`: recompute per stage, the
+for, re-plans (`edgetrain.plan(strategy="auto", policy="all", allow_paging=False)`: recompute per stage, the
 micro-batch size, batch norm frozen when micro-batching needs it) and continues with the new
 plan from the same weights. Every step after a re-plan is metered (edgetrain.measure) so the
 report shows the measured peak under each budget (`TrainReport.notes`).
@@ -41,7 +41,10 @@ def _plan_for(model, example_input, device, budget_bytes, batch_size, name):
         device=device,
         budget_bytes=budget_bytes,
         batch_size=batch_size,
-        strategy="exact",
+        # every parameter trains; batch norm may freeze so that micro-batching is allowed
+        # (`exact` keeps it live and so never micro-batches a model with batch norm)
+        strategy="auto",
+        policy="all",
         allow_paging=False,
         name=name,
     )
