@@ -147,6 +147,14 @@ def _emit(
     inputs = tuple(dict.fromkeys(a for a in _tensor_names(args) if a in b.tensors))
     if rule.op not in _NON_DIFF and t.dtype in _FLOATS and any(i in w.rg for i in inputs):
         w.rg.add(t.name)
+    # a multi-output op's other float results (an LSTM layer's h_n and c_n) carry gradients
+    # like its first one (`Graph.requires_grad_for` reads them from the "results" attribute)
+    results = tuple(o for o, v in zip(outs[1:], extra) if o is not None and _dtype_of(v) in _FLOATS)
+    attrs = dict(rule.attrs)
+    if results and rule.op not in _NON_DIFF:
+        attrs["results"] = results
+        if t.name in w.rg:
+            w.rg.update(results)
     node = Node(
         name=name,
         op=rule.op,
@@ -161,10 +169,14 @@ def _emit(
         flops_backward_params=rule.flops_param,
         vector_ops_forward=rule.vec,
         vector_ops_backward=rule.vec_bwd,
-        attrs=tuple(sorted((k, v) for k, v in rule.attrs.items())),
+        attrs=tuple(sorted((k, v) for k, v in attrs.items())),
     )
     b.nodes.append(node)
     return node
+
+
+def _dtype_of(v: torch.Tensor) -> str:
+    return str(v.dtype).removeprefix("torch.")
 
 
 def _getitem(w: _Walk, fx: torch.fx.Node, name: str, module: str, mapping: dict[str, str]):

@@ -547,8 +547,19 @@ def _rnn_layer(c: _Ctx) -> _Rule:
         flops_param=2 * macs,
         vec=10 * _numel(c.out.shape),
         vec_bwd=10 * _numel(c.out.shape),
-        attrs={"batched": True, "fn": _fn(c)},
+        # the non-tensor arguments, to run the kernel alone when the host is profiled
+        attrs={"batched": True, "fn": _fn(c), "scalars": _scalars(c.args)},
     )
+
+
+def _scalars(args: tuple) -> tuple:
+    out = []
+    for a in args:
+        if isinstance(a, (bool, int, float)):
+            out.append(a)
+        elif isinstance(a, (list, tuple)) and all(isinstance(v, (bool, int, float)) for v in a):
+            out.append(tuple(a))
+    return tuple(out)
 
 
 def _max_pool_with_indices(c: _Ctx) -> _Rule:

@@ -24,7 +24,13 @@ from edgetrain.cost._memory import (
     simulate_step,
 )
 from edgetrain.cost._training import LayerCost, TrainingCost, training_cost
-from edgetrain.cost._workspace import KernelLibrary, conv_signature, workspace_bytes
+from edgetrain.cost._workspace import (
+    KernelLibrary,
+    conv_signature,
+    is_profiled,
+    kernel_signature,
+    workspace_bytes,
+)
 
 __all__ = [
     "DEVICE_TABLE_HEADER",
@@ -45,6 +51,8 @@ __all__ = [
     "TrainingCost",
     "catalog",
     "conv_signature",
+    "is_profiled",
+    "kernel_signature",
     "device_names",
     "format_device_table",
     "load_device",

@@ -14,7 +14,9 @@ NOTE [ What counts toward peak memory ]
         gradients of its inputs that require grad (views and add pass the incoming gradient
         through without a copy), then releases its incoming gradient and its saved tensors; a
         gradient arriving at a tensor that already has one is added in place; parameter
-        gradients stay live until the end of the step;
+        gradients stay live until the end of the step; a multi-output node (an LSTM layer:
+        output, h_n, c_n) runs when any result got a gradient and fills the others' with
+        zeros while it runs;
       - the optimizer step: SGD (with or without momentum) updates in place; Adam's
         single-tensor update allocates two parameter-sized temporaries for `denom`
         (torch/optim/adam.py, `_single_tensor_adam`).
@@ -594,7 +596,10 @@ def _simulate_backward(step: _Step) -> None:
             for s in release_after.get(i, ()):
                 live.free(s)
             continue
-        g_out = grads.grad_of.pop(n.output, None)
+        # the node runs when a gradient reached any of its results (an LSTM layer's h_n alone)
+        g_all = [grads.grad_of.pop(o, None) for o in (n.output, *n.attr("results", ()))]
+        g_outs = [g for g in g_all if g is not None]
+        g_out = g_outs[0] if g_outs else None
         if g_out is None:  # no gradient reached this node's output
             for s in (*release_after.get(i, ()), *recompute_release.get(i, ())):
                 live.free(s)
@@ -607,17 +612,26 @@ def _simulate_backward(step: _Step) -> None:
             )
         for s in plan.page_reads.get(i, ()):  # unpack reads the tensor back from storage
             live.alloc(f"page:{i}:{s}", plan.storage_bytes[s], "saved")
+        # a multi-output kernel's backward fills the gradients its other results did not get
+        # with zeros (oneDNN's LSTM backward: the sequence output's, when only h_n is used)
+        results = (n.output, *n.attr("results", ()))
+        zeros = [f"zero:{i}:{o}" for o, g in zip(results, g_all) if g is None]
+        for key in zeros:
+            live.alloc(key, graph.tensor(key.split(":", 2)[2]).nbytes, "other")
         # 1. the node computes the gradients of its inputs
         outgoing = _input_gradients(step, grads, i, g_out, param_grad_keys)
         # 2. the engine hands the new gradients on, then drops the incoming one and the
         #    node's saved tensors (release_variables)
         for _name, key in outgoing:
             grads.refs[key] += 1  # held while in flight
-        grads.release(g_out)  # the node's own reference
+        for g in g_outs:
+            grads.release(g)  # the node's own references
         for s in (*release_after.get(i, ()), *recompute_release.get(i, ())):
             live.free(s)
         for s in plan.page_reads.get(i, ()):
             live.free(f"page:{i}:{s}")
+        for key in zeros:
+            live.free(key)
         # 3. ... and accumulates them into the next nodes' input buffers
         for name, key in outgoing:
             grads.deliver(name, key)

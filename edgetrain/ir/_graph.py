@@ -226,6 +226,7 @@ class Graph:
                 continue  # autograd tracks floating results of differentiable ops only
             if any(t in rg for t in n.inputs):
                 rg.add(n.output)
+                rg.update(n.attr("results", ()))  # other results of a multi-output op
         return frozenset(rg)
 
     def saved_storages(self, *, include_state: bool = False) -> dict[str, int]:

@@ -154,11 +154,14 @@ _KERNEL_TABLE: dict[tuple[str, int], tuple[int, int]] = {}
 
 
 def _measure_conv(graph: Graph, node, input_grad: bool) -> tuple[int, int]:
-    """Forward and backward transients of one convolution, read from the allocator."""
+    """Forward and backward transients of one convolution (1-D or 2-D), read from the
+    allocator."""
+    from edgetrain.ir import OpKind
     from edgetrain.measure import MemoryMeter
 
     x_t, w_t = graph.tensor(node.inputs[0]), graph.tensor(node.inputs[1])
-    conv = torch.nn.Conv2d(
+    cls = torch.nn.Conv1d if node.op is OpKind.CONV1D else torch.nn.Conv2d
+    conv = cls(
         x_t.shape[1],
         w_t.shape[0],
         tuple(w_t.shape[2:]),
@@ -180,18 +183,49 @@ def _measure_conv(graph: Graph, node, input_grad: bool) -> tuple[int, int]:
     return fwd, bwd
 
 
+def _measure_fused(graph: Graph, node, input_grad: bool) -> tuple[int, int]:
+    """Forward and backward transients of one fused kernel (NOTE [ Kernel workspaces on
+    PyTorch CPU (torch 2.13) ]): the ATen operator run alone on tensors of the node's shapes,
+    every floating input but the first requiring grad (the first as `input_grad` says)."""
+    from edgetrain.measure import MemoryMeter
+
+    op = getattr(torch.ops.aten, node.attr("fn")).default
+    ins = []
+    for i, name in enumerate(node.inputs):
+        t = graph.tensor(name)
+        v = torch.randn(*t.shape, dtype=getattr(torch, t.dtype)) * 0.1
+        ins.append(v.requires_grad_(v.is_floating_point() and (i > 0 or input_grad)))
+    scalars = [list(a) if isinstance(a, tuple) else a for a in node.attr("scalars")]
+    with MemoryMeter() as m:
+        outs = op(*ins, *scalars)
+    outs = [o for o in outs if isinstance(o, torch.Tensor)]
+    made = sum(
+        o.untyped_storage().nbytes()
+        for o in {o.untyped_storage().data_ptr(): o for o in outs}.values()
+    )
+    fwd = max(0, m.trace.peak_delta_bytes - made)
+    diff = [o for o in outs if o.requires_grad]
+    grads = [torch.ones_like(o) for o in diff]
+    want = sum(v.untyped_storage().nbytes() for v in ins if v.requires_grad)
+    with MemoryMeter() as m:
+        torch.autograd.backward(diff, grads)
+    bwd = max(0, m.trace.peak_delta_bytes - want)
+    return fwd, bwd
+
+
 def host_kernels(
     graph: Graph | None = None, requires_grad: frozenset[str] | None = None
 ) -> KernelLibrary:
-    """The kernel library plain PyTorch uses on this host, profiled for `graph`'s convolutions.
+    """The kernel library plain PyTorch uses on this host, profiled for `graph`'s convolutions
+    and fused layers (`edgetrain.cost.is_profiled`).
 
-    Each distinct convolution is run once (forward and backward, with an input gradient where
+    Each distinct kernel is run once (forward and backward, with an input gradient where
     `requires_grad` — default: full training — asks for one) under the allocator meter; results are kept per process and in the cache
     directory, keyed by torch version and thread count.
     """
     import json
 
-    from edgetrain.cost import conv_signature
+    from edgetrain.cost import is_profiled, kernel_signature
     from edgetrain.ir import OpKind
     from edgetrain.storage import cache_dir, write_text_atomic
 
@@ -208,15 +242,16 @@ def host_kernels(
         new = False
         rg = graph.requires_grad if requires_grad is None else requires_grad
         for n in graph.nodes:
-            if n.op is not OpKind.CONV2D:
+            if not is_profiled(n):
                 continue
-            for ig in {n.inputs[0] in rg}:
-                sig = conv_signature(graph, n, ig)
-                key = (sig, threads)
-                if key not in _KERNEL_TABLE:
-                    _KERNEL_TABLE[key] = _measure_conv(graph, n, ig)
-                    new = True
-                measured.append((sig, *_KERNEL_TABLE[key]))
+            ig = n.inputs[0] in rg
+            sig = kernel_signature(graph, n, ig)
+            key = (sig, threads)
+            if key not in _KERNEL_TABLE:
+                conv = n.op in (OpKind.CONV2D, OpKind.CONV1D)
+                _KERNEL_TABLE[key] = (_measure_conv if conv else _measure_fused)(graph, n, ig)
+                new = True
+            measured.append((sig, *_KERNEL_TABLE[key]))
         if new:
             write_text_atomic(
                 json.dumps([[k[0], *v] for k, v in _KERNEL_TABLE.items() if k[1] == threads]), path
