@@ -17,13 +17,11 @@ from edgetrain.prepare._profile import host_kernels
 _SLOW_CAPTURE = {"gru-seq", "lstm-seq", "text-gru"}
 # Peak predictions outside 5 % (measured on the reference host, torch 2.13 CPU): eager's
 # C++ GRU layer keeps its all-steps input projection and input copy in locals until it
-# returns, past their last use in the lowered graph; squeeze-excite's backward holds a
-# transient. (Plans are run on the host before they are returned, which catches both: NOTE
-# [ Plans are checked against the allocator ].)
+# returns, past their last use in the lowered graph. (Plans are run on the host before they
+# are returned, which catches it: NOTE [ Plans are checked against the allocator ].)
 _PEAK_KNOWN_GAPS = {
     ("gru-seq", 8): "eager GRU keeps its input projection in a C++ local (-11 %)",
     ("text-gru", 8): "eager GRU keeps its input projection in a C++ local (-12 %)",
-    ("mbv3-block", 1): "squeeze-excite backward transient (-5.7 %)",
 }
 
 

@@ -529,7 +529,7 @@ def _attention(c: _Ctx) -> _Rule:
         flops_in=4 * macs,
         vec=5 * _numel(q.shape[:-1]) * int(k.shape[-2]),
         vec_bwd=8 * _numel(q.shape[:-1]) * int(k.shape[-2]),
-        attrs={"batched": True, "fn": _fn(c)},
+        attrs={"batched": True, "fn": _fn(c), "scalars": _scalars(c.args)},
     )
 
 

@@ -23,7 +23,8 @@ NOTE [ Kernel workspaces on PyTorch CPU (torch 2.13) ]
     A 1-D convolution (`OpKind.CONV1D`) runs as a 2-D one over a (1, L) plane with a (1, k)
     kernel, and gets the same formulas (and is profiled on the host the same way).
     Fused layers (`PROFILED_FUSED`: oneDNN's LSTM layer `mkldnn_rnn_layer`, what eager CPU runs
-    `nn.LSTM` as) allocate scratch and reorder buffers inside the kernel in both directions
+    `nn.LSTM` as; the CPU flash-attention kernel of `scaled_dot_product_attention`) allocate
+    scratch and reorder buffers inside the kernel in both directions
     (lstm-seq, 50 steps, hidden 32: 40 % of the step's peak at batch 1). No formula is fitted:
     they are profiled on the host like the convolutions, keyed by `kernel_signature`, and
     without a profile they count nothing.
@@ -99,7 +100,7 @@ def _columns_bytes(graph: Graph, node: Node) -> int:
     return cin_g * kh * kw * out[2] * out[3] * 4
 
 
-PROFILED_FUSED = frozenset({"mkldnn_rnn_layer"})
+PROFILED_FUSED = frozenset({"mkldnn_rnn_layer", "_scaled_dot_product_flash_attention_for_cpu"})
 """Fused kernels (by `attrs["fn"]`) whose transients are profiled on the host."""
 
 
