@@ -57,6 +57,25 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from edgetrain.models import model_info
+
+    infos = model_info()
+    if args.json:
+        print(json.dumps([asdict(i) for i in infos], indent=2))
+        return 0
+    t = Table(title="edgetrain built-in models (--model NAME)")
+    for col in ("model", "input (batch 1)", "loss", "source"):
+        t.add_column(col)
+    for i in infos:
+        shape = "x".join(map(str, i.input_shape)) + ("" if i.input_dtype == "float32" else " int64")
+        t.add_row(i.name, shape, i.loss, i.note.split(". ")[0])
+    Console(width=max(console.width, 160)).print(t)
+    return 0
+
+
 def _print_profile(p) -> None:
     c = p.cost
     console.print(
@@ -598,6 +617,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     d = sub.add_parser("devices", help="list the device catalog")
     d.add_argument("--json", action="store_true", help="print the catalog as JSON")
     d.set_defaults(fn=_cmd_devices)
+
+    mo = sub.add_parser("models", help="list the built-in models, their inputs and losses")
+    mo.add_argument("--json", action="store_true", help="print the list as JSON")
+    mo.set_defaults(fn=_cmd_models)
 
     p = sub.add_parser("profile", help="what plain training of a model costs on a device")
     p.add_argument("--model", required=True, help="built-in model name or path/to/file.py:factory")

@@ -215,3 +215,17 @@ def test_plan_with_a_system_strategy_is_that_systems_preparation(capsys, system)
     assert d["predicted_peak_bytes"] == want.predicted_peak_bytes
     got = {q["name"] for q in d["params"] if q["decision"] != "frozen"}
     assert got == set(want.plan.trainable())
+
+
+def test_models_lists_every_built_in_model_with_its_input_and_loss(capsys):
+    # Execute
+    code, out, _ = run(capsys, "models", "--json")
+    # Assert: the reference models and the zoo, each with what data and loss it takes
+    from edgetrain.models import ZOO, model_names
+
+    listed = {m["name"]: m for m in json.loads(out)}
+    assert code == 0 and list(listed) == model_names()
+    for name, e in ZOO.items():
+        assert listed[name]["loss"] == e.loss and listed[name]["note"]
+        assert tuple(listed[name]["input_shape"]) == e.input_shape
+    assert listed["text-gru"]["input_dtype"] == "int64"

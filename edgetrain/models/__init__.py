@@ -21,7 +21,21 @@ on-device-training users bring, written as they write them (GRU, LSTM, Multihead
 Conv1d, dropout, F.relu6, concatenation, ...).
 """
 
-from edgetrain.models._registry import build_model, model_loss, model_names
+from edgetrain.models._registry import (
+    ModelInfo,
+    build_model,
+    model_info,
+    model_loss,
+    model_names,
+)
 from edgetrain.models._zoo import ZOO, ZooEntry
 
-__all__ = ["ZOO", "ZooEntry", "build_model", "model_loss", "model_names"]
+__all__ = [
+    "ZOO",
+    "ModelInfo",
+    "ZooEntry",
+    "build_model",
+    "model_info",
+    "model_loss",
+    "model_names",
+]

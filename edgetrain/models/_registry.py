@@ -98,6 +98,38 @@ def model_loss(spec: str) -> str:
     return e.loss if e is not None else "cross-entropy"
 
 
+_REFERENCE_NOTES = {
+    "mcu-cnn": "tiny CNN for microcontrollers, 2.4 k parameters (edgetrain's demo model)",
+    "mbv2-w0.35": "MobileNetV2 width 0.35 (Sandler et al., 2018; TinyTL's and TTE's backbone)",
+    "mcunet": "MCUNet 'mcunet-5fps' blocks (Lin et al., 2020)",
+    "resnet18": "ImageNet ResNet-18 (He et al., 2016)",
+    "resnet18-cifar": "ResNet-18 with a 3x3 stem and no max-pool (the CIFAR variant)",
+    "transformer-tiny": "2-layer encoder, d_model 64, over 32 token ids",
+    "minilm": "pretrained MiniLM-L6 (all-MiniLM-L6-v2) + classification head",
+}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One built-in model as `edgetrain models` lists it."""
+
+    name: str
+    input_shape: tuple[int, ...]  # with batch size 1
+    input_dtype: str
+    loss: str
+    note: str
+
+
+def model_info() -> list[ModelInfo]:
+    """Every built-in model: the reference models, then the zoo, with input, loss and source."""
+    out = []
+    for name, e in _MODELS.items():
+        dtype = "int64" if e.tokens or (e.zoo and e.zoo.input_dtype == "int64") else "float32"
+        note = " ".join(e.zoo.note.split()) if e.zoo else _REFERENCE_NOTES[name]
+        out.append(ModelInfo(name, e.input_shape, dtype, e.loss, note))
+    return out
+
+
 def model_names() -> list[str]:
     """Names of the built-in reference models, in registry order."""
     return list(_MODELS)
