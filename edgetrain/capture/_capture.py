@@ -16,6 +16,7 @@ import hashlib
 import inspect
 import operator
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -588,7 +589,11 @@ def _capture(
             )
         y = example_target(loss, out, num_classes, target_example)
         wrapped = _WithLoss(model, loss_function(loss))
-        ep = torch.export.export(wrapped, (x, y))
+        with warnings.catch_warnings():
+            # nn.GRU / nn.LSTM re-assign their `_flat_weights` list on every call; export
+            # warns that they are not buffers, which says nothing about the user's model
+            warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights")
+            ep = torch.export.export(wrapped, (x, y))
         if needs_lowering(ep):
             eager = eager_saves(ep, _eager_inputs(ep, wrapped, x, y))
     except (UnsupportedOpError, InvalidArgumentError):
