@@ -15,14 +15,6 @@ from edgetrain.prepare._profile import host_kernels
 
 # Recurrent models lower to ~1000 primitives: their capture takes ~20 s.
 _SLOW_CAPTURE = {"gru-seq", "lstm-seq", "text-gru"}
-# Peak predictions outside 5 % (measured on the reference host, torch 2.13 CPU): eager's
-# C++ GRU layer keeps its all-steps input projection and input copy in locals until it
-# returns, past their last use in the lowered graph. (Plans are run on the host before they
-# are returned, which catches it: NOTE [ Plans are checked against the allocator ].)
-_PEAK_KNOWN_GAPS = {
-    ("gru-seq", 8): "eager GRU keeps its input projection in a C++ local (-11 %)",
-    ("text-gru", 8): "eager GRU keeps its input projection in a C++ local (-12 %)",
-}
 
 
 def _params(names, batches, slow_if):
@@ -89,8 +81,6 @@ def test_autoencoder_is_costed_with_its_mse_loss_not_cross_entropy():
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "batch"), _params(sorted(ZOO), [1, 8], lambda n, b: False))
 def test_zoo_prediction_within_bounds_of_the_allocator(name, batch):
-    if (name, batch) in _PEAK_KNOWN_GAPS:
-        pytest.xfail(_PEAK_KNOWN_GAPS[name, batch])
     # Prepare
     entry = ZOO[name]
     model, x = entry.factory()

@@ -261,6 +261,10 @@ def _lower_exported(w: _Walk, fx: torch.fx.Node) -> list[int]:
                 _lower_one(w, fx, sub, module, local)
     finally:
         b.local = None
+    for i in range(first, len(b.nodes)):  # NOTE [ A lowered composite's held locals ]
+        b.nodes[i] = dataclasses.replace(
+            b.nodes[i], attrs=_with_attr(b.nodes[i].attrs, "composite", fx.name)
+        )
     # later exported nodes see this node's output through the exported program's fake tensors:
     # their storage is the storage of the lowering's output (views of it stay views)
     val = fx.meta.get("val")
