@@ -158,9 +158,11 @@ def checked_on_host(search: Search, policies, found: Plan) -> Plan:
             return found
         if measured <= search.budget_bytes:
             note = (
-                f"checked on this host: measured peak {measured:,} B, simulated {simulated:,} B "
-                "(values the model's Python code holds; the prediction is the measured peak)"
+                f"checked on this host: measured peak {measured:,} B, simulated {simulated:,} B; "
+                "the prediction is the measured peak"
             )
+            if measured - simulated > 0.01 * simulated:
+                note += " (values the model's Python code holds past their use in the graph)"
             return dataclasses.replace(
                 found,
                 predicted=dataclasses.replace(found.predicted, peak_bytes=measured),

@@ -460,6 +460,8 @@ def infeasible(search: Search, low: int, prob: Problem | None) -> PlanInfeasible
     if not req.allow_paging:
         hints.append("allow paging to storage")
     hints.append("use a smaller batch size or a larger budget")
+    if low <= budget:
+        hints.insert(0, f"plans keep a {req.safety_margin:.0%} safety margin under the budget")
     return PlanInfeasibleError(
         f"no plan fits {budget:,} bytes on {search.device.name}: the smallest achievable peak "
         f"is {low:,} bytes ({low / budget:.2f}x the budget); " + "; ".join(hints)
