@@ -377,7 +377,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     # The plan is checked (and its model's trust decided) before torch is even imported.
     p = Plan.load(args.plan, device=args.device)  # NOTE [ Plans are data ]
-    spec = p.model_to_build(args.model, trust_plan=args.trust_plan)
+    spec = p.model_to_build(args.model, trust_plan=args.trust_plan, plan_path=args.plan)
     validate.loss_for_plan(args.loss, p.loss)
     from edgetrain.data import load_dataset, parse_spec, resize_for
     from edgetrain.models import build_model

@@ -38,6 +38,8 @@ def d(tmp_path_factory) -> Path:
     model, x = build_model("mcu-cnn", pretrained=False)
     plan = edgetrain.plan(model, x, device="nrf52840", name="mcu-cnn").to_dict()
     (root / "plan.json").write_text(json.dumps(plan))
+    c_plan = edgetrain.plan(model, x, device="nrf52840", executor="c", name="mcu-cnn")
+    (root / "c-plan.json").write_text(c_plan.to_json())
     (root / "list.json").write_text("[1, 2, 3]")
     (root / "truncated.json").write_text(json.dumps(plan)[:300])
     (root / "bool-batch.json").write_text(json.dumps({**plan, "batch_size": True}))
@@ -101,6 +103,7 @@ ROWS = [
     ("plan-system-with-mse", ["plan", "--model", "mlp-autoencoder", "--device", "rpi4", "--strategy", "tinytl"], "InvalidArgumentError"),
     ("train-loss-not-the-plan-s", ["train", "--plan", "{d}/plan.json", "--loss", "mse"], "InvalidArgumentError"),
     ("compile-loss-not-the-plan-s", ["compile", "--plan", "{d}/plan.json", "-o", "{d}/c7", "--loss", "l1"], None),
+    ("train-plan-for-c", ["train", "--plan", "{d}/c-plan.json"], "InvalidArgumentError"),
     ("train-plan-missing", ["train", "--plan", "{d}/absent.json"], "PlanFileError"),
     ("train-plan-is-dir", ["train", "--plan", "{d}/adir"], "PlanFileError"),
     ("train-plan-list", ["train", "--plan", "{d}/list.json"], "PlanFileError"),

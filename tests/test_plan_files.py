@@ -285,6 +285,44 @@ def test_train_runs_the_model_the_user_names(capsys, user_plan):
     assert code == 0, err and marker.exists()
 
 
+def test_a_plan_made_with_a_relative_model_spec_trains_from_another_directory(
+    capsys, user_plan, tmp_path, monkeypatch
+):
+    # Prepare: plan `user_model.py:factory` from the model's own directory
+    _, model_file, _, _ = user_plan
+    monkeypatch.chdir(model_file.parent)
+    rel_plan = model_file.parent / "rel-plan.json"
+    code, _, err = run(
+        capsys, "plan", "--model", "user_model.py:factory", "--device", "nrf52840", "-o", rel_plan
+    )
+    assert code == 0, err
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    # Execute
+    code, _, err = _train(capsys, rel_plan, "--trust-plan", "--json")
+    # Assert: the plan recorded the file's absolute path
+    assert code == 0, err
+    assert json.loads(rel_plan.read_text())["model"] == f"{model_file.resolve()}:factory"
+
+
+def test_a_plan_copied_with_its_model_file_finds_it_beside_the_plan(capsys, user_plan, tmp_path):
+    # Prepare: plan and model file moved together to another folder; the original is gone
+    plan_file, model_file, _, _ = user_plan
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "plan.json").write_text(plan_file.read_text())
+    (moved / model_file.name).write_text(model_file.read_text())
+    model_file.unlink()
+    # Execute
+    code, _, err = _train(capsys, moved / "plan.json", "--trust-plan", "--json")
+    # Assert: found beside the plan, its SHA-256 checked
+    assert code == 0, err
+    (moved / model_file.name).write_text(model_file.name and "# edited\n")
+    code, _, err = _train(capsys, moved / "plan.json", "--trust-plan")
+    assert code == 2 and "UntrustedPlanError" in err and "SHA-256" in err
+
+
 def test_trust_plan_still_needs_the_planned_files_hash(capsys, user_plan):
     # Prepare: the model file changed after planning
     plan_file, model_file, spec, marker = user_plan

@@ -11,6 +11,7 @@ from _plan_memory import measure_plan
 
 from edgetrain.capture import capture
 from edgetrain.cost import Optimizer, load_device
+from edgetrain.errors import InvalidArgumentError
 from edgetrain.models import build_model
 from edgetrain.planner import ActivationDecision, Plan, Strategy
 from edgetrain.planner._problem import Problem
@@ -524,3 +525,12 @@ def test_planner_searches_the_stage_cut_and_keeps_the_cheapest():
     assert len(latency) >= 2
     assert p.predicted.latency_s == pytest.approx(min(latency.values()), rel=1e-9)
     assert max(latency.values()) > 2 * min(latency.values())
+
+
+def test_the_trainer_refuses_a_plan_made_for_the_c_executor():
+    # Prepare: what `auto` picks when PyTorch does not fit, or `--executor c`
+    model, x = build_model("mcu-cnn", pretrained=False)
+    p = plan(model, x, device="nrf52840", executor="c", name="mcu-cnn")
+    # Execute / Assert: never a silent run outside the prediction
+    with pytest.raises(InvalidArgumentError, match=r"c executor.*edgetrain compile"):
+        Trainer(model, p)

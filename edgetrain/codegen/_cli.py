@@ -22,7 +22,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     check_output_dir(args.output, force=args.force)
     plan = Plan.load(args.plan)
     precision = args.precision or plan.precision.value
-    spec = plan.model_to_build(args.model, trust_plan=args.trust_plan)  # before any import
+    spec = plan.model_to_build(
+        args.model, trust_plan=args.trust_plan, plan_path=args.plan
+    )  # before any import
     validate.loss_for_plan(args.loss, plan.loss)
     _check_executor(plan, args.plan)
     weights = check_weights_file(args.weights) if args.weights else None

@@ -176,9 +176,15 @@ class Plan:
         (`check_plan_matches_model`)."""
         check_plan_matches_model(self, model)
 
-    def model_to_build(self, model: str | None = None, *, trust_plan: bool = False) -> str:
+    def model_to_build(
+        self,
+        model: str | None = None,
+        *,
+        trust_plan: bool = False,
+        plan_path: "str | os.PathLike[str] | None" = None,
+    ) -> str:
         """The model spec a consumer may build for this plan (`trusted_model_spec`)."""
-        return trusted_model_spec(self, model, trust_plan=trust_plan)
+        return trusted_model_spec(self, model, trust_plan=trust_plan, plan_path=plan_path)
 
     @classmethod
     def from_dict(cls, d: Any, *, device: "str | os.PathLike[str] | Device | None" = None) -> Plan:
@@ -594,7 +600,13 @@ def _few(names: list[str]) -> str:
     return ", ".join(names[:3]) + (f", ... {len(names) - 3} more" if len(names) > 3 else "")
 
 
-def trusted_model_spec(plan: Plan, model: str | None = None, *, trust_plan: bool = False) -> str:
+def trusted_model_spec(
+    plan: Plan,
+    model: str | None = None,
+    *,
+    trust_plan: bool = False,
+    plan_path: "str | os.PathLike[str] | None" = None,
+) -> str:
     """The model spec a consumer may build for `plan`, without running code the user did not
     choose (NOTE [ Plans are data ]).
 
@@ -602,11 +614,24 @@ def trusted_model_spec(plan: Plan, model: str | None = None, *, trust_plan: bool
     allowed when the user names it (`model`, the CLI's `--model`) or trusts the plan
     (`trust_plan`, `--trust-plan`), and only when the file's SHA-256 is the plan's
     `model_sha256`. Raises `UntrustedPlanError` (a model file nobody vouched for, or one whose
-    hash differs) or `PlanFileError` (the named model is not the plan's)."""
+    hash differs) or `PlanFileError` (the named model is not the plan's).
+
+    Plans record a model file by its absolute path; when that path is gone (the plan and the
+    model were copied elsewhere together) the file of the same name beside `plan_path` is
+    used, if its SHA-256 is the plan's."""
     plan_file = model_spec_file(plan.model)
     if model is None:
         if plan_file is None:
             return plan.model
+        if not plan_file.is_file() and plan_path is not None:
+            beside = Path(plan_path).expanduser().resolve().parent / plan_file.name
+            if beside.is_file():
+                factory = plan.model.rpartition(":")[2] if ":" in plan.model else ""
+                spec = f"{beside}:{factory}" if factory else str(beside)
+                if trust_plan:
+                    _check_model_hash(plan, beside, spec)
+                    return spec
+                plan_file = beside
         if not trust_plan:
             raise UntrustedPlanError(
                 f"the plan's model {plan.model!r} is Python code, and a plan file may come from "

@@ -481,6 +481,19 @@ def missed_deadline(search: Search, fastest_s: float, what: str) -> PlanInfeasib
     )
 
 
+def _portable_spec(spec: str) -> str:
+    """A model file's spec with its absolute path, so the plan finds it from any directory
+    (NOTE [ Plans are data ]); a built-in name, or a file that does not exist, as given."""
+    path = validate.model_spec_file(spec)
+    try:
+        if path is None or not path.is_file():
+            return spec
+        factory = spec.rpartition(":")[2] if spec.rpartition(":")[0].endswith(".py") else ""
+        return f"{path.resolve()}:{factory}" if factory else str(path.resolve())
+    except (OSError, ValueError):
+        return spec
+
+
 def _model_sha256(spec: str) -> str | None:
     """The SHA-256 of the model file a spec names, or None (a built-in model, or a name that
     is not a readable file). NOTE [ Plans are data ]."""
@@ -526,7 +539,7 @@ def to_plan(
     )
     batch = request.batch_size
     return Plan(
-        model=request.name,
+        model=_portable_spec(request.name),
         device=prob.device.name,
         strategy=request.strategy,
         objective=prob.objective,

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from edgetrain import validate
 from edgetrain.errors import InvalidArgumentError, NonFiniteLossError
-from edgetrain.planner import ActivationDecision, ParamDecision, Plan, Precision
+from edgetrain.planner import ActivationDecision, Executor, ParamDecision, Plan, Precision
 from edgetrain.runtime._paging import PagingStore
 
 _BN = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
@@ -41,6 +41,15 @@ class Trainer:
         paging_dir: str | None = None,
     ) -> None:
         lr = validate.learning_rate(lr)
+        if plan.executor is not Executor.PYTORCH and plan.precision is not Precision.INT8:
+            raise InvalidArgumentError(
+                f"this plan was made for the {plan.executor.value} executor (edgetrain "
+                f"compile): its predicted peak ({plan.predicted_peak_bytes:,} B) is the C "
+                "program's, not PyTorch's, so running it here would break its memory promise. "
+                "Run it with `edgetrain compile --plan PLAN.json --target ...`, or plan for "
+                f"PyTorch: edgetrain plan --model {plan.model} --device {plan.device} "
+                f"--batch-size {plan.batch_size} --executor pytorch"
+            )
         if plan.precision is Precision.INT8:
             raise InvalidArgumentError(
                 f"this plan trains {plan.model} in int8 on the C trainer (precision int8, "
