@@ -274,7 +274,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         write_text_atomic(p.to_json(), args.output)
     if args.json:
         d = p.to_dict()
-        d["predicted_peak_bytes"] = peak
+        d["system_predicted_peak_bytes"] = peak  # the system's own (a pool, ...)
         d["system"] = args.strategy
         d["system_notes"] = list(system_notes)
         d["predicted"]["timeline"] = d["predicted"]["timeline"][:0]  # kept in the plan file

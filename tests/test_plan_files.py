@@ -152,14 +152,40 @@ def test_a_version_1_plan_still_loads(good_plan):
     d["schema_version"] = 1
     for k in ("budget_forced", "model_sha256", "executor", "precision", "notes"):
         del d[k]
+    del d["predicted_peak_bytes"]
     assert Plan.from_dict(d).params == good_plan.params
+
+
+def test_the_plan_file_and_plan_json_agree_on_their_keys(capsys, tmp_path):
+    # Execute: the same plan written with -o and printed with --json
+    args = ["plan", "--model", "mcu-cnn", "--device", "nrf52840", "--no-check"]
+    code, _, _ = run(capsys, *args, "-o", tmp_path / "p.json")
+    code2, out, _ = run(capsys, *args, "--json")
+    # Assert: every key of the file is printed, with the same top-level predicted peak
+    written, printed = json.loads((tmp_path / "p.json").read_text()), json.loads(out)
+    assert code == code2 == 0 and set(written) <= set(printed)
+    assert written["predicted_peak_bytes"] == printed["predicted_peak_bytes"]
+    assert written["predicted_peak_bytes"] == written["predicted"]["peak_bytes"]
+
+
+def test_profile_fields_are_its_json_keys():
+    model, x = build_model("mcu-cnn", pretrained=False)
+    p = edgetrain.profile(model, x, device="nrf52840", batch_size=2, measure=True)
+    for key, value in p.to_dict().items():
+        if key == "device":  # the attribute is the Device record the key names
+            assert p.device.name == value
+            continue
+        assert getattr(p, key) == value, key
+    assert p.peak_bytes == p.cost.peak_bytes and p.measured_peak_bytes == p.measured.peak_bytes
+    with pytest.raises(AttributeError, match="its fields: .*peak_bytes"):
+        p.peak_byte  # noqa: B018
 
 
 def test_a_version_2_plan_loads_with_cross_entropy_and_no_input_check(good_plan):
     # Prepare: a plan written before schema 3 (no loss, no input record)
     d = good_plan.to_dict()
     d["schema_version"] = 2
-    for k in ("loss", "input_shape", "input_dtype"):
+    for k in ("loss", "input_shape", "input_dtype", "predicted_peak_bytes"):
         del d[k]
     # Execute
     p = Plan.from_dict(d)
@@ -582,8 +608,9 @@ def _oracle_valid(d) -> bool:
         "micro_batch_size", "optimizer", "in_place_update", "params", "stages", "predicted",
         "deadline_s", "freeze_batch_norm", "executor", "precision", "schema_version", "notes",
         "budget_forced", "model_sha256", "loss", "input_shape", "input_dtype",
+        "predicted_peak_bytes",
     }  # fmt: skip
-    optional = {"deadline_s", "loss", "input_shape", "input_dtype"}
+    optional = {"deadline_s", "predicted_peak_bytes"}  # derived, or null by default
     if not isinstance(d, dict) or not keys - optional <= set(d) <= keys:
         return False
     if d["schema_version"] != 3 or type(d["schema_version"]) is not int:
@@ -630,6 +657,10 @@ def _oracle_valid(d) -> bool:
     }:  # fmt: skip
         return False
     if not (_is_int(pr["peak_bytes"], 0) and _is_int(pr["storage_bytes_written"], 0)):
+        return False
+    if "predicted_peak_bytes" in d and not (
+        type(d["predicted_peak_bytes"]) is int and d["predicted_peak_bytes"] == pr["peak_bytes"]
+    ):
         return False
     if not (_is_num(pr["latency_s"]) and _is_num(pr["energy_j"]) and pr["peak_bytes"] <= budget):
         return False
@@ -705,7 +736,8 @@ def test_mutated_plans_load_only_when_valid(good_plan, data):
     assert _oracle_valid(mutated), f"accepted an invalid plan: {path} {op} {value!r}"
     defaults = {"deadline_s": None, "loss": "cross-entropy"}
     defaults |= {"input_shape": None, "input_dtype": None}
-    assert plan.to_dict() == {**defaults, **mutated}
+    derived = {"predicted_peak_bytes": mutated["predicted"]["peak_bytes"]}
+    assert plan.to_dict() == {**defaults, **mutated, **derived}
 
 
 @settings(

@@ -166,7 +166,9 @@ class Plan:
         return tuple(p.name for p in self.params if p.decision is not ParamDecision.FROZEN)
 
     def to_dict(self) -> dict[str, Any]:
-        return to_plain(asdict(self))
+        """The plan as its file holds it; `predicted_peak_bytes` repeats `predicted.peak_bytes`
+        at the top, as `edgetrain plan --json` prints it."""
+        return {**to_plain(asdict(self)), "predicted_peak_bytes": self.predicted.peak_bytes}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -293,14 +295,17 @@ class _PlanReader:
     _TOP = (
         "model device strategy objective budget_bytes batch_size micro_batch_size optimizer "
         "in_place_update params stages predicted deadline_s freeze_batch_norm executor "
-        "precision schema_version notes budget_forced model_sha256 loss input_shape input_dtype"
+        "precision schema_version notes budget_forced model_sha256 loss input_shape input_dtype "
+        "predicted_peak_bytes"
     ).split()
     # fields a version-1 file may leave out (they had defaults then)
     _V1_OPTIONAL = frozenset(
         "deadline_s freeze_batch_norm executor precision notes budget_forced model_sha256 "
-        "loss input_shape input_dtype".split()
+        "loss input_shape input_dtype predicted_peak_bytes".split()
     )
-    _V2_OPTIONAL = frozenset({"deadline_s", "loss", "input_shape", "input_dtype"})
+    _V2_OPTIONAL = frozenset(
+        {"deadline_s", "loss", "input_shape", "input_dtype", "predicted_peak_bytes"}
+    )
 
     def __init__(self, d: Any) -> None:
         if not isinstance(d, Mapping):
@@ -376,7 +381,9 @@ class _PlanReader:
                 f"plan schema_version {version!r} is not {PLAN_SCHEMA_VERSION} (or 1, 2); re-run "
                 "`edgetrain plan` with this version of edgetrain"
             )
-        optional = {1: self._V1_OPTIONAL, 2: self._V2_OPTIONAL}.get(version, {"deadline_s"})
+        optional = {1: self._V1_OPTIONAL, 2: self._V2_OPTIONAL}.get(
+            version, {"deadline_s", "predicted_peak_bytes"}
+        )
         self.obj(d, "", self._TOP, optional)
         opt = d["optimizer"]
         if not isinstance(opt, str) or opt not in {o.value for o in Optimizer}:
@@ -389,6 +396,12 @@ class _PlanReader:
         device = self.str_(d["device"], "device", limit=64)
         if not _DEVICE_NAME.fullmatch(device):
             raise self.bad("device", device, "must be a device name (`edgetrain devices`)")
+        top = d.get("predicted_peak_bytes")
+        inner = d["predicted"].get("peak_bytes") if isinstance(d["predicted"], Mapping) else None
+        if "predicted_peak_bytes" in d and (type(top) is not int or top != inner):
+            raise self.bad(
+                "predicted_peak_bytes", top, f"must repeat predicted.peak_bytes ({inner!r})"
+            )
         try:
             return self._build(d, device, sha, opt)
         except PlanFileError:

@@ -41,6 +41,19 @@ class Profile:
     kernels: KernelLibrary = KernelLibrary()
     loss: str = "cross-entropy"  # as a plan records it (`capture.loss_label`)
 
+    # NOTE [ Profile fields are its JSON keys ]: every key `to_dict` writes (and `edgetrain
+    # profile --json` prints) is an attribute: `p.peak_bytes`, `p.measured_peak_bytes`, ...
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name in ("cost", "graph", "device", "measured", "kernels"):
+            raise AttributeError(name)
+        d = self.to_dict()
+        if name in d:
+            return d[name]
+        raise AttributeError(
+            f"Profile has no field {name!r}; its fields: {', '.join(sorted(d))} (and cost, "
+            "graph, device, measured, kernels)"
+        )
+
     def to_dict(self) -> dict:
         c = self.cost
         d = {
@@ -83,9 +96,9 @@ class Profile:
                 for ly in c.layers
             ],
         }
-        if self.measured is not None:
-            d["measured_activation_bytes"] = self.measured.activation_bytes
-            d["measured_peak_bytes"] = self.measured.peak_bytes
+        m = self.measured
+        d["measured_activation_bytes"] = None if m is None else m.activation_bytes
+        d["measured_peak_bytes"] = None if m is None else m.peak_bytes
         return d
 
 
