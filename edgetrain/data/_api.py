@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -130,23 +130,33 @@ def _select(
         raise InvalidArgumentError(f"limit={limit} exceeds the {len(idx)} samples of {what}")
     sub = labels[idx]
     key = torch.empty(len(idx), dtype=torch.int64)
+    stride = max(16, max(classes, default=0) + 1)  # 16 for the built-ins: the same picks as ever
     for c in classes:
         pos = (sub == c).nonzero().squeeze(1)
         gen = torch.Generator().manual_seed(16 * seed + int(c))
         perm = torch.randperm(len(pos), generator=gen)
-        key[pos[perm]] = torch.arange(len(pos)) * 16 + int(c)
+        key[pos[perm]] = torch.arange(len(pos)) * stride + int(c)
     first = torch.argsort(key)[:limit]
     return idx[first.sort().values]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
 class LabeledData:
-    """Images ``x`` (N, 1, 28, 28) float32, standardised with `NORMALIZATION[name]`, and labels
-    ``y`` (N,) int64 holding the ORIGINAL class ids (0-9) even in a class-split view, so one
-    10-way head serves every view.
+    """Samples ``x`` (N, ...) and targets ``y`` (N, ...).
 
-    `name` is the base dataset name, `classes` the class ids this view keeps, `split` "train" or
-    "test", and `spec` (a property) the canonical spec that reproduces this view.
+    From `load_dataset` (a built-in set): images ``x`` (N, 1, 28, 28) float32, standardised with
+    `NORMALIZATION[name]`, and labels ``y`` (N,) int64 holding the ORIGINAL class ids (0-9) even
+    in a class-split view, so one 10-way head serves every view.
+
+    From `load_data`: ``x`` is (N, *input_shape) in the model's input dtype; ``y`` is (N,) int64
+    class ids for ``task="classification"``, float32 targets for ``"regression"``, and for
+    ``"reconstruction"`` without targets in the source ``y`` IS ``x`` (the same tensor).
+
+    `name` is the base dataset name (for a user's file: the source as given), `classes` the class
+    ids this view keeps (empty for regression/reconstruction), `split` "train", "val" or "test",
+    `task` the training task, `source` the user's source (None for a built-in set),
+    `class_names` the image folder's sub-folder names (else empty), and `spec` (a property) the
+    canonical spec that reproduces this view (for a user's source: the source itself).
     """
 
     x: torch.Tensor
@@ -155,17 +165,20 @@ class LabeledData:
     classes: tuple[int, ...]
     split: str = "train"
     num_classes: int = NUM_CLASSES
+    task: str = "classification"
+    source: str | None = None
+    class_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.x.ndim != 4 or self.y.ndim != 1 or len(self.x) != len(self.y):
+        if self.x.ndim < 2 or self.y.ndim < 1 or len(self.x) != len(self.y):
             raise InvalidArgumentError(
-                f"LabeledData needs x of shape (N, C, H, W) and y of shape (N,), got "
-                f"{tuple(self.x.shape)} and {tuple(self.y.shape)}"
+                f"LabeledData needs x of shape (N, ...sample) and y of shape (N, ...) with the "
+                f"same N, got {tuple(self.x.shape)} and {tuple(self.y.shape)}"
             )
 
     @property
     def spec(self) -> str:
-        return format_spec(self.name, self.classes)
+        return self.source if self.source is not None else format_spec(self.name, self.classes)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -177,7 +190,10 @@ class LabeledData:
         )
 
     def class_counts(self) -> dict[int, int]:
-        """Samples per kept class, e.g. ``{0: 6000, 1: 6000, ...}``."""
+        """Samples per kept class, e.g. ``{0: 6000, 1: 6000, ...}`` (empty unless the task is
+        classification)."""
+        if self.task != "classification":
+            return {}
         counts = torch.bincount(self.y, minlength=self.num_classes)
         return {c: int(counts[c]) for c in self.classes}
 
@@ -216,7 +232,7 @@ class LabeledData:
             _check_int(limit, "limit", 1)
         _check_int(seed, "seed", 0)
         idx = _select(self.y, keep, limit, seed, f"{format_spec(self.name, keep)} ({self.split})")
-        return LabeledData(self.x[idx], self.y[idx], self.name, keep, self.split, self.num_classes)
+        return replace(self, x=self.x[idx], y=self.y[idx], classes=keep)
 
 
 def load_dataset(
