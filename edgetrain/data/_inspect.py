@@ -158,9 +158,11 @@ def _targets_report(
         if req.task == "regression" or y.ndim > 1:
             _attempt(problems, lambda: C.float_targets(y, src.where, raw.rows))
         return (), ()
-    labels = _attempt(problems, lambda: C.class_labels(y, src.where, raw.rows, req.num_classes))
+    labels = _attempt(problems, C.class_labels, y, src.where, raw.rows, None)
     if labels is None:
         return (), ()
+    if req.num_classes is not None:  # reported apart, so the counts still show
+        _attempt(problems, C.class_labels, labels, src.where, raw.rows, req.num_classes)
     values, counts = np.unique(labels, return_counts=True)
     return tuple(int(v) for v in values), tuple((int(v), int(n)) for v, n in zip(values, counts))
 
