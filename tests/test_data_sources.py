@@ -456,3 +456,34 @@ def test_garbage_tables_raise_only_typed_errors(text, label):
         assert "'g.csv'" in str(e)
     else:
         assert table.x.ndim == 2 and len(table.rows) == len(table.x)
+
+
+def test_rgb_images_for_a_model_on_other_channels_are_refused(tmp_path):
+    # Prepare
+    write_pngs(tmp_path / "imgs", {"a": [np.zeros((4, 4, 3), np.uint8)]})
+
+    # Execute / Assert
+    with pytest.raises(
+        InvalidArgumentError, match=r"'.*imgs' have 3 channels but the model takes 2"
+    ):
+        load_data(tmp_path / "imgs", input_shape=(2, 4, 4))
+
+
+def test_python_spec_results_that_are_not_pairs_are_typed(tmp_path):
+    # Prepare
+    (tmp_path / "p.py").write_text(
+        "import torch\n"
+        "def number(): return 3\n"
+        "def bare():\n"
+        "    yield torch.zeros(4, 2)\n"
+        "def boom(): raise RuntimeError('no data today')\n"
+    )
+    spec = str(tmp_path / "p.py")
+
+    # Execute / Assert
+    with pytest.raises(DatasetCorruptError, match=r"returned an object of type int"):
+        load_data(f"{spec}:number", input_shape=(2,))
+    with pytest.raises(DatasetCorruptError, match=r"batch 0 .* not an \(x, y\) pair"):
+        load_data(f"{spec}:bare", input_shape=(2,))
+    with pytest.raises(DatasetCorruptError, match=r"raised RuntimeError: no data today"):
+        load_data(f"{spec}:boom", input_shape=(2,))

@@ -124,8 +124,15 @@ def fit_images(
     differs without `resize` is refused (never resampled silently)."""
     if resize is not None and tuple(x.shape[2:]) != resize:
         x = F.interpolate(x, size=resize, mode="bilinear", align_corners=False)
-    if len(target) == 3 and tuple(x.shape[2:]) == target[1:] and x.shape[1] != target[0]:
-        x = resize_for(x, target)  # repeats a grey channel; refuses other channel counts
+    if len(target) == 3 and x.shape[1] != target[0]:
+        if x.shape[1] != 1:
+            raise InvalidArgumentError(
+                f"the images of {where} have {x.shape[1]} channels but the model takes "
+                f"{target[0]}: images give 1 (grey) or 3 (RGB) channels, and only a grey channel "
+                "is repeated to fit; use a model on 1 or 3 channels"
+            )
+        if tuple(x.shape[2:]) == target[1:]:
+            x = resize_for(x, target)  # repeats the grey channel
     sample = tuple(x.shape[1:])
     if not reshape_ok(sample, target):
         hw = f"{target[-2]},{target[-1]}" if len(target) >= 2 else "H,W"

@@ -22,7 +22,6 @@ import hashlib
 import importlib.util
 import os
 import sys
-import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,7 +143,7 @@ def read_npz(src: Source, x_key: str, y_key: str, need_y: bool) -> Raw:
     _check_not_empty(path, src.where)
     try:
         archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    except Exception as e:  # numpy and zipfile raise many types for a damaged file
         raise DatasetCorruptError(
             f"{src.where} cannot be read as .npz ({type(e).__name__}: {e}): write it with "
             "numpy.savez(path, x=inputs, y=targets)"
@@ -167,7 +166,7 @@ def read_npz(src: Source, x_key: str, y_key: str, need_y: bool) -> Raw:
         try:
             x = archive[x_key]
             y = archive[y_key] if y_key in names else None
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        except Exception as e:  # a truncated member, an unsupported compression, ...
             raise DatasetCorruptError(
                 f"{src.where}: an array cannot be read ({type(e).__name__}: {e}): the file is "
                 "truncated or holds Python objects; save plain numeric arrays"
@@ -195,7 +194,7 @@ def _load_npy(path: Path, where: str, name: str) -> np.ndarray:
             a = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError:  # e.g. an empty array cannot be mapped: read it
             a = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
+    except Exception as e:  # a damaged header raises ValueError, TokenError, ...
         raise DatasetCorruptError(
             f"{where}: {str(path)!r} cannot be read as .npy ({type(e).__name__}: {e}): write it "
             "with numpy.save"
@@ -268,7 +267,7 @@ def _import_function(src: Source) -> Any:
         )
     if not callable(function):
         raise DatasetCorruptError(
-            f"{path}:{src.function} is a {type(function).__name__}, not a function"
+            f"{path}:{src.function} is of type {type(function).__name__}, not a function"
         )
     return function
 
@@ -296,7 +295,7 @@ def _pairs(result: Any, where: str) -> tuple[Iterable[Any], bool]:
     if isinstance(result, Iterable) and not isinstance(result, (str, bytes, torch.Tensor)):
         return result, True
     raise DatasetCorruptError(
-        f"{where} returned a {type(result).__name__}: return a torch.utils.data.Dataset of "
+        f"{where} returned an object of type {type(result).__name__}: return a torch.utils.data.Dataset of "
         "(x, y) samples or an iterable of (x, y) batches"
     )
 
@@ -312,7 +311,7 @@ def read_python(src: Source) -> Raw:
             what = f"{'batch' if batched else 'sample'} {i} of {src.where}()"
             if not isinstance(item, (tuple, list)) or len(item) != 2:
                 raise DatasetCorruptError(
-                    f"{what} is a {type(item).__name__}, not an (x, y) pair: yield (input, "
+                    f"{what} is of type {type(item).__name__}, not an (x, y) pair: yield (input, "
                     "target) pairs (target None for reconstruction)"
                 )
             x = _numpy(item[0], f"x of {what}")
