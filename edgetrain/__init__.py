@@ -23,6 +23,8 @@ _EXPORTS = {
     "PlanRequest": "edgetrain.prepare",
     "Plan": "edgetrain.planner",
     "Trainer": "edgetrain.runtime",
+    "train": "edgetrain.runtime",
+    "TrainReport": "edgetrain.runtime",
     "Device": "edgetrain.cost",
     "load_device": "edgetrain.cost",
     **_ERRORS,

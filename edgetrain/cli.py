@@ -264,6 +264,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                 precision=args.precision,
                 loss=loss,
                 measure=not args.no_check,
+                weight_decay=args.weight_decay,
+                schedule=args.schedule,
             ),
         )
         peak = p.predicted_peak_bytes
@@ -297,7 +299,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     )
     console.print(
         f"  batch {p.batch_size} = {p.accumulation_steps} x {p.micro_batch_size}, "
-        f"optimizer {p.optimizer}, in-place update {p.in_place_update}"
+        f"optimizer {p.optimizer}"
+        + (f" (weight decay {p.weight_decay:g})" if p.weight_decay else "")
+        + f", schedule {p.schedule}, in-place update {p.in_place_update}"
     )
     n_train = sum(1 for q in p.params if q.decision.value != "frozen")
     console.print(f"  trains {n_train}/{len(p.params)} parameter tensors ({p.notes[0]})")
@@ -509,7 +513,20 @@ def _add_plan_parser(sub) -> None:
         f"(default: {DEFAULT_CALIBRATION})",
     )
     pl.add_argument("--calibration-samples", type=cli_type(positive_int), default=16)
-    pl.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd")
+    pl.add_argument("--optimizer", choices=["sgd", "momentum", "adam", "adamw"], default="sgd")
+    pl.add_argument(
+        "--weight-decay",
+        type=cli_type(validate.weight_decay),
+        default=0.0,
+        help="L2 weight decay (decoupled for adamw), recorded in the plan",
+    )
+    pl.add_argument(
+        "--schedule",
+        type=cli_type(validate.lr_schedule),
+        default="constant",
+        help="learning-rate schedule the Trainer follows: constant, cosine, step:N:GAMMA, "
+        "optionally after warmup:N+ (recorded in the plan)",
+    )
     pl.add_argument(
         "--loss", type=cli_type(validate.loss_name), default=None, help=validate.LOSS_HELP
     )
@@ -626,7 +643,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="built-in model name or path/to/file.py:factory")
     p.add_argument("--device", required=True, help="catalog name or path/to/board.toml")
     p.add_argument("--batch-size", type=cli_type(batch_size), default=1)
-    p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd")
+    p.add_argument("--optimizer", choices=["sgd", "momentum", "adam", "adamw"], default="sgd")
     p.add_argument(
         "--loss", type=cli_type(validate.loss_name), default=None, help=validate.LOSS_HELP
     )

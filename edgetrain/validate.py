@@ -16,6 +16,7 @@ import math
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,7 +32,10 @@ __all__ = [
     "file_sha256",
     "fraction",
     "learning_rate",
+    "LRSchedule",
     "loss_for_plan",
+    "lr_schedule",
+    "parse_lr_schedule",
     "loss_name",
     "model_spec_file",
     "non_negative_float",
@@ -42,6 +46,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "steps",
+    "weight_decay",
 ]
 
 T = TypeVar("T")
@@ -228,6 +233,82 @@ def loss_name(value: object) -> str:
         if rest and len(rest) <= 200 and rest.isprintable():
             return custom
     raise InvalidArgumentError(f"unknown loss {value[:80]!r}; {forms}")
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """A learning-rate schedule: `warmup_steps` of linear warm-up, then `kind` (constant,
+    cosine to 0 over the run, or step: times `gamma` every `every` steps)."""
+
+    kind: str = "constant"
+    warmup_steps: int = 0
+    every: int = 0
+    gamma: float = 1.0
+
+    def factor(self, step: int, total_steps: int) -> float:
+        """The multiplier of the base learning rate at optimizer step `step` (0-based)."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        t = step - self.warmup_steps
+        if self.kind == "cosine":
+            span = max(1, total_steps - self.warmup_steps)
+            return 0.5 * (1.0 + math.cos(math.pi * min(t, span) / span))
+        if self.kind == "step":
+            return self.gamma ** (t // self.every)
+        return 1.0
+
+
+_SCHEDULE_FORMS = (
+    "constant, cosine, step:EVERY:GAMMA (e.g. step:100:0.5), each optionally after a linear "
+    "warm-up: warmup:N+cosine, warmup:N (then constant)"
+)
+
+
+def lr_schedule(value: object) -> str:
+    """A learning-rate schedule (`--schedule`) in its normal form (`parse_lr_schedule`)."""
+    s = parse_lr_schedule(value)
+    base = {"constant": "constant", "cosine": "cosine"}.get(s.kind) or f"step:{s.every}:{s.gamma:g}"
+    return f"warmup:{s.warmup_steps}+{base}" if s.warmup_steps else base
+
+
+def parse_lr_schedule(value: object) -> LRSchedule:
+    what = "learning-rate schedule (--schedule)"
+    if not isinstance(value, str) or not value.strip() or len(value) > 100:
+        raise InvalidArgumentError(f"{what} must be a string: {_SCHEDULE_FORMS}; got {value!r}")
+    text = value.strip().lower()
+    warmup = 0
+    head, plus, rest = text.partition("+")
+    if head.startswith("warmup:"):
+        warmup = _integer(head.removeprefix("warmup:"), f"{what} warm-up steps", 1, "an integer")
+        text = rest if plus else "constant"
+    elif plus:
+        raise InvalidArgumentError(f"bad {what} {value!r}: only a warm-up may come first")
+    if text in ("constant", "cosine"):
+        return LRSchedule(text, warmup)
+    m = re.fullmatch(r"step:([0-9]{1,9}):([0-9.eE+-]{1,20})", text)
+    if m is None:
+        raise InvalidArgumentError(f"unknown {what} {value!r}; use {_SCHEDULE_FORMS}")
+    every = _integer(m.group(1), f"{what} step interval", 1, "an integer")
+    try:
+        gamma = float(m.group(2))
+    except ValueError:
+        gamma = float("nan")
+    if not (0 < gamma <= 1):
+        raise InvalidArgumentError(
+            f"bad {what} {value!r}: GAMMA must be in (0, 1] (the factor applied every "
+            f"{every} steps), got {m.group(2)}"
+        )
+    return LRSchedule("step", warmup, every, gamma)
+
+
+def weight_decay(value: object) -> float:
+    """L2 / decoupled weight decay (`--weight-decay`): a finite number in [0, 1)."""
+    v = _finite(value, "weight decay (--weight-decay)", "a number in [0, 1), e.g. 0.01")
+    if not 0 <= v < 1:
+        raise InvalidArgumentError(
+            f"weight decay (--weight-decay) must be in [0, 1), got {value!r}; e.g. 0.01"
+        )
+    return v
 
 
 def loss_for_plan(given: str | None, recorded: str) -> str:

@@ -608,7 +608,7 @@ def _oracle_valid(d) -> bool:
         "micro_batch_size", "optimizer", "in_place_update", "params", "stages", "predicted",
         "deadline_s", "freeze_batch_norm", "executor", "precision", "schema_version", "notes",
         "budget_forced", "model_sha256", "loss", "input_shape", "input_dtype",
-        "predicted_peak_bytes",
+        "predicted_peak_bytes", "weight_decay", "schedule",
     }  # fmt: skip
     optional = {"deadline_s", "predicted_peak_bytes"}  # derived, or null by default
     if not isinstance(d, dict) or not keys - optional <= set(d) <= keys:
@@ -626,6 +626,18 @@ def _oracle_valid(d) -> bool:
             and loss.strip() == loss
         )
     ):
+        return False
+    wd, sched = d["weight_decay"], d["schedule"]
+    if type(wd) not in (int, float) or not (math.isfinite(wd) and 0 <= wd < 1):
+        return False
+    if not (
+        type(sched) is str
+        and re.fullmatch(
+            r"(warmup:[1-9][0-9]*\+)?(constant|cosine|step:[1-9][0-9]*:[0-9.e-]+)", sched
+        )
+    ):
+        return False
+    if d["executor"] == "c" and (wd or sched != "constant"):
         return False
     shape, dtype = d.get("input_shape"), d.get("input_dtype")
     if (shape, dtype) != (None, None) and not (

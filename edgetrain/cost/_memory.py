@@ -81,6 +81,7 @@ class Optimizer(enum.Enum):
     SGD = "sgd"
     MOMENTUM = "momentum"
     ADAM = "adam"
+    ADAMW = "adamw"  # Adam with decoupled weight decay (Loshchilov & Hutter, 2019)
 
     @classmethod
     def parse(cls, value: "str | Optimizer") -> "Optimizer":
@@ -99,8 +100,18 @@ class Optimizer(enum.Enum):
             return 0
         if self is Optimizer.MOMENTUM:
             return trainable_param_bytes  # one momentum buffer per parameter
-        # Adam: exp_avg + exp_avg_sq, plus a float32 0-dim `step` tensor per parameter.
+        # Adam / AdamW: exp_avg + exp_avg_sq, plus a float32 0-dim `step` tensor per parameter.
         return 2 * trainable_param_bytes + 4 * n_trainable_tensors
+
+    def step_transient_bytes(self, largest_param_bytes: int, weight_decay: float) -> int:
+        """Temporaries of `optimizer.step()`'s single-tensor update of the largest parameter
+        (torch/optim/sgd.py, adam.py, torch 2.13, read from the allocator): L2 weight decay
+        adds `grad + wd * param` (one parameter-sized tensor); Adam's `denom` and step take
+        two more; AdamW decays the weight in place."""
+        l2 = largest_param_bytes if weight_decay > 0 and self is not Optimizer.ADAMW else 0
+        if self in (Optimizer.ADAM, Optimizer.ADAMW):
+            return 2 * largest_param_bytes + l2
+        return l2
 
 
 class Phase(enum.Enum):
@@ -210,6 +221,7 @@ class Schedule:
     paged_nodes: frozenset[int] = frozenset()
     in_place_update: bool = False
     accumulation_steps: int = 1
+    weight_decay: float = 0.0  # changes the optimizer step's temporaries, not its state
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,9 +436,9 @@ def _simulate(
     # -- optimizer step ----------------------------------------------------------------------
     if schedule.in_place_update:
         live.mark(Phase.OPTIMIZER, "applied in backward")
-    elif opt is Optimizer.ADAM and trainable:
+    elif trainable:
         largest = max(p.nbytes for p in trainable)
-        live.mark(Phase.OPTIMIZER, "adam.denom", 2 * largest)
+        live.mark(Phase.OPTIMIZER, "step", opt.step_transient_bytes(largest, schedule.weight_decay))
     else:
         live.mark(Phase.OPTIMIZER, "step")
 

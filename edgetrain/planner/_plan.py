@@ -132,6 +132,8 @@ class Plan:
     budget_forced: bool = False  # the budget exceeds the device's memory on purpose
     model_sha256: str | None = None  # SHA-256 of the model file (None: a built-in model)
     loss: str = "cross-entropy"  # `validate.LOSS_NAMES`, or `custom:NAME` (pass the callable)
+    weight_decay: float = 0.0  # L2 (sgd, momentum, adam) or decoupled (adamw)
+    schedule: str = "constant"  # the learning-rate schedule (`validate.lr_schedule`)
     # one sample of the example input (no batch dimension) and its dtype; None in plans made
     # before schema 3, which fix no input (NOTE [ Where data meets the plan ])
     input_shape: tuple[int, ...] | None = None
@@ -296,15 +298,15 @@ class _PlanReader:
         "model device strategy objective budget_bytes batch_size micro_batch_size optimizer "
         "in_place_update params stages predicted deadline_s freeze_batch_norm executor "
         "precision schema_version notes budget_forced model_sha256 loss input_shape input_dtype "
-        "predicted_peak_bytes"
+        "predicted_peak_bytes weight_decay schedule"
     ).split()
     # fields a version-1 file may leave out (they had defaults then)
     _V1_OPTIONAL = frozenset(
         "deadline_s freeze_batch_norm executor precision notes budget_forced model_sha256 "
-        "loss input_shape input_dtype predicted_peak_bytes".split()
+        "loss input_shape input_dtype predicted_peak_bytes weight_decay schedule".split()
     )
     _V2_OPTIONAL = frozenset(
-        {"deadline_s", "loss", "input_shape", "input_dtype", "predicted_peak_bytes"}
+        "deadline_s loss input_shape input_dtype predicted_peak_bytes weight_decay schedule".split()
     )
 
     def __init__(self, d: Any) -> None:
@@ -436,8 +438,24 @@ class _PlanReader:
             budget_forced=self.bool_(d.get("budget_forced", False), "budget_forced"),
             model_sha256=sha,
             loss=self.loss(d.get("loss", "cross-entropy")),
+            weight_decay=self.weight_decay(d.get("weight_decay", 0.0)),
+            schedule=self.schedule(d.get("schedule", "constant")),
             **self.input_spec(d.get("input_shape"), d.get("input_dtype")),
         )
+
+    def weight_decay(self, v: Any) -> float:
+        ok = not isinstance(v, bool) and isinstance(v, (int, float))
+        if not (ok and math.isfinite(v) and 0 <= v < 1):
+            raise self.bad("weight_decay", v, "must be a number in [0, 1)")
+        return float(v)
+
+    def schedule(self, v: Any) -> str:
+        try:
+            if isinstance(v, str) and validate.lr_schedule(v) == v:  # as written, no coercion
+                return v
+        except InvalidArgumentError:
+            pass
+        raise self.bad("schedule", v, "must be constant, cosine, step:N:G or warmup:N+...")
 
     def loss(self, v: Any) -> str:
         try:
@@ -564,6 +582,10 @@ def _check_consistency(plan: Plan, dev: Device) -> None:
             what.append(f"micro-batches ({plan.batch_size} in {plan.micro_batch_size}s)")
         if plan.optimizer != Optimizer.SGD.value:
             what.append(f"optimizer {plan.optimizer}")
+        if plan.weight_decay:
+            what.append(f"weight decay {plan.weight_decay:g}")
+        if plan.schedule != "constant":
+            what.append(f"learning-rate schedule {plan.schedule}")
         if not plan.in_place_update:
             what.append("updates after backward")
         held = [s.name for s in plan.stages if s.decision is not ActivationDecision.KEEP]

@@ -66,6 +66,7 @@ class Problem:
     accumulation_steps: int = 1
     kernels: KernelLibrary = KernelLibrary()
     stage_depth: int | None = None  # None: `chain_stages`' own choice of module depth
+    weight_decay: float = 0.0
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
@@ -111,6 +112,7 @@ class Problem:
             paged_nodes=paged,
             in_place_update=self.in_place_update,
             accumulation_steps=self.accumulation_steps,
+            weight_decay=self.weight_decay,
         )
 
     def evaluate(self, decisions: tuple[ActivationDecision, ...]) -> Evaluation:

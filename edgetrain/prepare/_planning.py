@@ -246,6 +246,9 @@ def _executor_attempts(req: PlanRequest) -> list[tuple[Executor, Precision]]:
     out = [
         (e, p) for e, p in every if (execu is None or e is execu) and (prec is None or p is prec)
     ]
-    if execu is None and req.optimizer is not Optimizer.SGD:  # the C trainer runs SGD only
+    if execu is None and (
+        req.optimizer is not Optimizer.SGD or req.weight_decay > 0 or req.schedule != "constant"
+    ):
+        # the C trainer runs plain SGD only
         out = [(e, p) for e, p in out if e is Executor.PYTORCH] or out
     return out

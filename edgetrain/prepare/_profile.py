@@ -27,6 +27,8 @@ def torch_optimizer(opt: Optimizer, params, lr: float = 0.01) -> torch.optim.Opt
         return torch.optim.SGD(params, lr=lr)
     if opt is Optimizer.MOMENTUM:
         return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if opt is Optimizer.ADAMW:
+        return torch.optim.AdamW(params, lr=lr)
     return torch.optim.Adam(params, lr=lr)
 
 

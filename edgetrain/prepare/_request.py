@@ -46,7 +46,9 @@ class PlanRequest:
     `loss_fn(output, target)`, captured and costed with the model and recorded in the plan;
     `target_example` (batch size 1) when the default target does not suit the loss.
     `measure`: run a PyTorch plan on this host before returning it (NOTE [ Plans are checked
-    against the allocator ]); False trusts the simulation alone.
+    against the allocator ]); False trusts the simulation alone. `weight_decay` (L2 for sgd,
+    momentum and adam; decoupled for adamw) and the learning-rate `schedule`
+    (`validate.lr_schedule`) are recorded in the plan for the Trainer.
     """
 
     device: "str | Device" = "nrf52840"
@@ -67,6 +69,8 @@ class PlanRequest:
     loss: Any = "cross-entropy"
     target_example: Any = field(default=None, compare=False, repr=False)
     measure: bool = True
+    weight_decay: float = 0.0
+    schedule: str = "constant"
 
     def __post_init__(self) -> None:
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -88,6 +92,8 @@ class PlanRequest:
         put("optimizer", Optimizer.parse(self.optimizer))
         if not callable(self.loss):
             put("loss", validate.loss_name(self.loss))
+        put("weight_decay", validate.weight_decay(self.weight_decay))
+        put("schedule", validate.lr_schedule(self.schedule))
         loss_label(self.loss)  # a `custom:...` string is refused: pass the callable
         self._check_combination()
 
@@ -98,6 +104,16 @@ class PlanRequest:
 
     def _check_combination(self) -> None:
         opt, execu, prec, strat = self.optimizer, self.executor, self.precision, self.strategy
+        if execu is Executor.C and self.schedule != "constant":
+            raise InvalidArgumentError(
+                f"the C executor trains at a constant learning rate, not schedule "
+                f"{self.schedule!r}; use --executor pytorch or --schedule constant"
+            )
+        if execu is Executor.C and self.weight_decay > 0:
+            raise InvalidArgumentError(
+                f"the C executor trains with plain SGD, without weight decay (asked "
+                f"{self.weight_decay:g}); use --executor pytorch or --weight-decay 0"
+            )
         if execu is Executor.C and opt is not Optimizer.SGD:
             raise InvalidArgumentError(
                 f"the C executor trains with plain SGD, not {opt.value}; use --optimizer sgd"

@@ -298,6 +298,7 @@ def _pytorch_problems(search: Search, chosen, freeze: bool):
                     accumulation_steps=batch // mb,
                     kernels=kernels,
                     stage_depth=depth,
+                    weight_decay=req.weight_decay,
                 )
 
 
@@ -559,6 +560,8 @@ def to_plan(
         budget_forced=budget_bytes > prob.device.ram_bytes,
         model_sha256=_model_sha256(request.name),
         loss=request.loss_label,
+        weight_decay=request.weight_decay,
+        schedule=request.schedule,
         input_shape=tuple(g.tensor(g.inputs[0]).shape[1:]),
         input_dtype=g.tensor(g.inputs[0]).dtype,
     )

@@ -142,7 +142,7 @@ def run_fingerprint(
         model_sha256=model_sha256(model),
         optimizer=plan.optimizer + (" (in-place update)" if plan.in_place_update else ""),
         lr=float(lr),
-        lr_schedule="constant",
+        lr_schedule=plan.schedule,
         data_spec=data_spec or "",
         data_sha256=data_sha256(x, y),
         order_seed=int(seed),

@@ -42,6 +42,11 @@ class TrainResult:
     skipped_steps: int
     accuracy_before: float | None = None
     accuracy_after: float | None = None
+    # the task's metric on held-out data (`edgetrain.train(eval_data=...)`): accuracy for
+    # cross-entropy, else the mean loss
+    metric_name: str | None = None
+    metric_before: float | None = None
+    metric_after: float | None = None
     elapsed_s: float = 0.0
     extra: dict = field(default_factory=dict)
     # losses[i] is the loss of step losses_from_step + i + 1: a long run keeps (and a resumed
@@ -60,6 +65,9 @@ class TrainResult:
             "skipped_steps": self.skipped_steps,
             "accuracy_before": self.accuracy_before,
             "accuracy_after": self.accuracy_after,
+            "metric": self.metric_name,
+            "metric_before": self.metric_before,
+            "metric_after": self.metric_after,
             "elapsed_s": self.elapsed_s,
             **self.extra,
         }
@@ -81,6 +89,7 @@ def train_loop(
     data_spec: str | None = None,
     resume_anyway: bool = False,
     loss_fn=None,
+    optimizer=None,
 ) -> TrainResult:
     """Train `steps` optimizer steps on batches drawn in a seeded order from (x, y).
 
@@ -103,11 +112,14 @@ def train_loop(
         if checkpoint_dir:
             fp = run_fingerprint(model, plan, x, y, lr=lr, seed=seed, data_spec=data_spec)
             ck = stack.enter_context(CheckpointDir(checkpoint_dir, fp, resume_anyway=resume_anyway))
-        trainer = stack.enter_context(Trainer(model, plan, lr=lr, loss_fn=loss_fn))
+        trainer = stack.enter_context(
+            Trainer(model, plan, lr=lr, loss_fn=loss_fn, optimizer=optimizer, total_steps=steps)
+        )
         # The global RNG (dropout, random augmentations) starts from `seed` too, so a run is
         # reproducible whatever ran before it in the process; a resume restores the saved state.
         torch.manual_seed(seed)
         resumed = ck.resume(trainer) if ck else Resumed(0, 0, deque(maxlen=LOSS_HISTORY_KEPT))
+        trainer.steps_done = resumed.step  # the learning-rate schedule's clock
         if resumed.step > steps:
             raise CheckpointMismatchError(
                 f"checkpoint {ck.state_path} is at step {resumed.step}, past --steps {steps}: "

@@ -23,7 +23,9 @@ class _PyTorchRunner:
         peak = 0
         with (
             torch.random.fork_rng(),
-            Trainer(model, request.plan, lr=1e-3, loss_fn=request.loss_fn) as t,
+            Trainer(
+                model, request.plan, lr=1e-3, loss_fn=request.loss_fn, total_steps=request.steps
+            ) as t,
         ):
             for _ in range(request.steps):
                 state = [*model.parameters(), *model.buffers(), *t.optimizer_state()]

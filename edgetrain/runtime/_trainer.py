@@ -39,6 +39,8 @@ class Trainer:
         loss_fn=None,
         max_nonfinite: int = 3,
         paging_dir: str | None = None,
+        optimizer=None,
+        total_steps: int | None = None,
     ) -> None:
         lr = validate.learning_rate(lr)
         if plan.executor is not Executor.PYTORCH and plan.precision is not Precision.INT8:
@@ -61,6 +63,16 @@ class Trainer:
         self.loss_fn = _plan_loss(plan) if loss_fn is None else loss_fn
         self._loss_checked = False  # an explicit loss_fn is checked on the first batch
         self._explicit_loss = loss_fn is not None
+        self._user_optimizer = _check_user_optimizer(plan, optimizer)
+        self.schedule = validate.parse_lr_schedule(plan.schedule)
+        if self.schedule.kind == "cosine" and total_steps is None:
+            raise InvalidArgumentError(
+                f"plan schedule {plan.schedule!r} decays over the run: pass total_steps= (the "
+                "number of optimizer steps the run will take)"
+            )
+        self.total_steps = total_steps
+        self.steps_done = 0  # optimizer steps taken (the schedule's clock)
+        self._buffer: list[tuple[torch.Tensor, torch.Tensor]] = []  # `feed`'s samples
         self.max_nonfinite = max_nonfinite
         self.nonfinite_in_a_row = 0
         self.skipped_steps = 0
@@ -129,11 +141,20 @@ class Trainer:
         # 4. the optimizer: one step per batch, or per parameter inside backward
         if self.plan.in_place_update:
             for p in trainable:
-                opt = _make_optimizer(self.plan.optimizer, [p], self.lr)
+                opt = _make_optimizer(self.plan.optimizer, [p], self.lr, self.plan.weight_decay)
                 self._per_param_opt[p] = opt
                 self._handles.append(p.register_post_accumulate_grad_hook(self._apply_in_place))
+        elif self._user_optimizer is not None:
+            self.optimizer = self._user_optimizer(trainable)
+            if not isinstance(self.optimizer, torch.optim.Optimizer):
+                raise InvalidArgumentError(
+                    "optimizer= must be a function of the trainable parameters returning a "
+                    f"torch.optim.Optimizer, got {type(self.optimizer).__name__}"
+                )
         else:
-            self.optimizer = _make_optimizer(self.plan.optimizer, trainable, self.lr)
+            self.optimizer = _make_optimizer(
+                self.plan.optimizer, trainable, self.lr, self.plan.weight_decay
+            )
         self._entered = True
         return self
 
@@ -192,6 +213,7 @@ class Trainer:
                         m.eval()
         mb = self.plan.micro_batch_size
         n = x.shape[0]
+        self._apply_schedule()
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
         # In-place updates apply inside backward, so a non-finite loss must be caught before
@@ -236,7 +258,32 @@ class Trainer:
         if self.optimizer is not None:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+        self.steps_done += 1
         return total
+
+    def feed(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
+        """A stream's samples as they arrive (one, or a few, at a time): buffered until they
+        fill one batch of the plan's size, then one optimizer step; returns its loss, or None
+        while the batch is still filling. Samples beyond a full batch start the next one."""
+        check_batch(self.plan, x)
+        if y.shape[0] != x.shape[0]:
+            raise InvalidArgumentError(
+                f"{x.shape[0]} samples but {y.shape[0]} targets: give one target per sample"
+            )
+        self._buffer.extend(zip(x, y))
+        loss = None
+        b = self.plan.batch_size
+        while len(self._buffer) >= b:
+            chunk, self._buffer = self._buffer[:b], self._buffer[b:]
+            loss = self.step(torch.stack([c[0] for c in chunk]), torch.stack([c[1] for c in chunk]))
+        return loss
+
+    def _apply_schedule(self) -> None:
+        f = self.schedule.factor(self.steps_done, self.total_steps or 0)
+        opts = [self.optimizer] if self.optimizer is not None else self._per_param_opt.values()
+        for o in opts:
+            for g in o.param_groups:
+                g["lr"] = g.setdefault("initial_lr", g["lr"]) * f
 
     def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self._loss_checked:
@@ -363,13 +410,44 @@ def _restore_forward(mod: torch.nn.Module, original) -> None:
             mod.forward = original
 
 
-def _make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+def _make_optimizer(
+    name: str, params, lr: float, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
     if not params:
         raise InvalidArgumentError("the plan trains no parameter; choose a trainable set")
+    wd = {"weight_decay": weight_decay}
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr, **wd)
     if name == "momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, **wd)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    raise InvalidArgumentError(f"unknown optimizer {name!r}; choose sgd, momentum or adam")
+        return torch.optim.Adam(params, lr=lr, **wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, **wd)
+    raise InvalidArgumentError(f"unknown optimizer {name!r}; choose sgd, momentum, adam or adamw")
+
+
+def _check_user_optimizer(plan: Plan, optimizer):
+    """A user's optimizer: a function of the trainable parameters returning a
+    `torch.optim.Optimizer`. Its state is the user's: the plan costed `plan.optimizer`'s, and
+    the measured peak of the first steps (`train_loop`, `edgetrain.train`) shows the truth."""
+    if optimizer is None:
+        return None
+    if isinstance(optimizer, torch.optim.Optimizer):
+        raise InvalidArgumentError(
+            "pass optimizer= as a function of the parameters, e.g. "
+            "`optimizer=lambda params: torch.optim.RMSprop(params, lr=1e-3)`: the Trainer "
+            "decides which parameters train (the plan's trainable set)"
+        )
+    if not callable(optimizer):
+        raise InvalidArgumentError(
+            f"optimizer= must be a function of the parameters, got {type(optimizer).__name__}"
+        )
+    if plan.in_place_update:
+        raise InvalidArgumentError(
+            "this plan updates each parameter inside backward (in-place update, so no gradient "
+            "outlives its layer): one optimizer over all parameters cannot run that way. "
+            "Re-plan without in-place updates (a budget that allows holding the gradients) "
+            "or use the plan's own optimizer"
+        )
+    return optimizer
