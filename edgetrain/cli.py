@@ -383,27 +383,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     p = Plan.load(args.plan, device=args.device)  # NOTE [ Plans are data ]
     spec = p.model_to_build(args.model, trust_plan=args.trust_plan, plan_path=args.plan)
     validate.loss_for_plan(args.loss, p.loss)
-    from edgetrain.data import load_dataset, parse_spec, resize_for
     from edgetrain.models import build_model
-    from edgetrain.runtime import train_loop
-    from edgetrain.tasks import accuracy
+    from edgetrain.runtime import evaluate, train_loop
 
-    parse_spec(args.data)  # a bad data spec fails before any work
-    model, example = build_model(spec)
+    with errc.status("building the model"):
+        model, example = build_model(spec)
     p.check_matches_model(model)
     if args.weights:
         _load_weights(model, str(args.weights))
-    train = load_dataset(args.data, split="train")
-    test = load_dataset(args.data, split="test")
-    xt, yt = resize_for(train.x, tuple(example.shape)), train.y
-    xe, ye = resize_for(test.x, tuple(example.shape)), test.y
-    classifies = p.loss == "cross-entropy"  # accuracy is a classifier's measure
-    before = accuracy(model, xe, ye) if classifies else None
+    with errc.status(f"loading {args.data}"):
+        train, held_out = _train_data(args, p, model, example)
+    with errc.status("evaluating before training"):
+        metric, before = evaluate(model, p, (held_out.x, held_out.y))
     res = train_loop(
         model,
         p,
-        xt,
-        yt,
+        train.x,
+        train.y,
         steps=args.steps,
         lr=args.lr,
         checkpoint_dir=args.resume,
@@ -412,25 +408,93 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data_spec=args.data,
         resume_anyway=args.resume_anyway,
     )
-    res.accuracy_before = before
-    res.accuracy_after = accuracy(model, xe, ye) if classifies else None
+    with errc.status("evaluating after training"):
+        res.metric_name, res.metric_before = metric, before
+        res.metric_after = evaluate(model, p, (held_out.x, held_out.y))[1]
+    if metric == "accuracy":
+        res.accuracy_before, res.accuracy_after = res.metric_before, res.metric_after
+    res.extra["held_out_samples"] = len(held_out.x)
     if args.json:
         print(json.dumps(res.to_dict()))
-    else:
-        console.print(
-            f"trained {res.steps} steps on {args.data}: "
-            + (
-                f"accuracy {100 * before:.1f} % -> {100 * res.accuracy_after:.1f} %"
-                if before is not None and res.accuracy_after is not None
-                else f"loss {res.losses[0]:.4g} -> {res.losses[-1]:.4g}"
-            )
-        )
-        console.print(
-            f"memory: measured peak {_kib(res.measured_peak_bytes)}, predicted "
-            f"{_kib(res.predicted_peak_bytes)}, budget {_kib(res.budget_bytes)}; "
-            f"storage written {_kib(res.storage_bytes_written)}"
-        )
+        return 0
+    show = (lambda v: f"{100 * v:.1f} %") if metric == "accuracy" else (lambda v: f"{v:.4g}")
+    console.print(
+        f"trained {res.steps} steps on {args.data} ({len(train.x):,} samples): {metric} on "
+        f"{len(held_out.x):,} held-out samples {show(before)} -> {show(res.metric_after)}"
+    )
+    console.print(
+        f"memory: measured peak {_kib(res.measured_peak_bytes)}, predicted "
+        f"{_kib(res.predicted_peak_bytes)}, budget {_kib(res.budget_bytes)}; "
+        f"storage written {_kib(res.storage_bytes_written)}"
+    )
     return 0
+
+
+def _task_of(loss: str, model, example) -> tuple[str, int | None]:
+    """The task a loss trains, and a classifier's class count (its output width)."""
+    import copy
+
+    import torch
+
+    with torch.no_grad():
+        out = copy.deepcopy(model).eval()(example)
+    if loss == "cross-entropy":
+        return "classification", int(out.shape[1])
+    same = tuple(out.shape) == tuple(example.shape)
+    return ("reconstruction" if same else "regression"), None
+
+
+def _train_data(args: argparse.Namespace, plan, model, example):
+    """The training split and the held-out split (`--test-data`, or the `--val-split` part)."""
+    from edgetrain.data import load_data
+
+    task, classes = _task_of(plan.loss, model, example)
+    kw = dict(
+        input_shape=plan.input_shape or tuple(example.shape[1:]),
+        input_dtype=plan.input_dtype or str(example.dtype).removeprefix("torch."),
+        task=task,
+        num_classes=classes,
+        label=args.label,
+        x_key=args.x_key,
+        y_key=args.y_key,
+        resize=args.resize,
+        val_split=args.val_split,
+    )
+    train = load_data(args.data, split="train", **kw)
+    held_out = (
+        load_data(args.test_data, split="train", **{**kw, "val_split": 0.0})
+        if args.test_data
+        else load_data(args.data, split="test", **kw)
+    )
+    return train, held_out
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from edgetrain.data import inspect_data
+
+    kw: dict = dict(label=args.label, x_key=args.x_key, y_key=args.y_key, resize=args.resize)
+    if args.model:
+        from edgetrain.models import build_model, model_loss
+
+        model, example = build_model(args.model)
+        task, classes = _task_of(model_loss(args.model), model, example)
+        kw |= dict(
+            input_shape=tuple(example.shape[1:]),
+            input_dtype=str(example.dtype).removeprefix("torch."),
+            task=task,
+            num_classes=classes,
+        )
+    with errc.status(f"reading {args.source}"):
+        report = inspect_data(args.source, **kw)
+    d = report.to_dict()
+    if args.json:
+        print(json.dumps(d))
+        return 0
+    t = Table(title=f"data: {args.source}", show_header=False)
+    for k, v in d.items():
+        t.add_row(k, str(v))
+    console.print(t)
+    return 0 if report.fits or not args.model else 1
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -597,7 +661,22 @@ def _add_train_parser(sub) -> None:
         default=None,
         help="the plan's loss (recorded in it; the default): a different one is refused",
     )
-    tr.add_argument("--data", default="fashion-mnist:5-9")
+    tr.add_argument(
+        "--data",
+        default="fashion-mnist:5-9",
+        help="a built-in set (fashion-mnist:5-9, digits), data.npz, x.npy,y.npy, data.csv, a "
+        "folder of class sub-folders of images, or file.py:make_dataset",
+    )
+    _add_data_options(tr)
+    tr.add_argument(
+        "--val-split",
+        type=cli_type(lambda v: validate.fraction(v, "held-out fraction (--val-split)")),
+        default=0.1,
+        help="fraction of the data held out for the metric (default 0.1)",
+    )
+    tr.add_argument(
+        "--test-data", default=None, help="held-out data to report the metric on instead"
+    )
     tr.add_argument("--steps", type=cli_type(steps), default=100)
     tr.add_argument("--lr", type=cli_type(learning_rate), default=0.01)
     tr.add_argument(
@@ -622,6 +701,31 @@ def _add_train_parser(sub) -> None:
     tr.add_argument("--checkpoint-every", type=cli_type(positive_int), default=10)
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(fn=_cmd_train)
+
+
+def _add_data_options(p) -> None:
+    """How a data source is read (`edgetrain.data.load_data`)."""
+    p.add_argument("--label", default=None, help="CSV label column (name or index)")
+    p.add_argument("--x-key", default="x", help="array of the inputs in an .npz (default x)")
+    p.add_argument("--y-key", default="y", help="array of the targets in an .npz (default y)")
+    p.add_argument(
+        "--resize",
+        default=None,
+        metavar="H,W",
+        help="resize images to H,W (never done unless asked)",
+    )
+
+
+def _add_data_parser(sub) -> None:
+    """`edgetrain data inspect`."""
+    da = sub.add_parser("data", help="inspect a data source")
+    dsub = da.add_subparsers(dest="data_command", required=True)
+    ins = dsub.add_parser("inspect", help="what a data source holds and whether it fits a model")
+    ins.add_argument("source", help="a built-in set, .npz, x.npy,y.npy, .csv, image folder, .py")
+    ins.add_argument("--model", default=None, help="check it against this model's input")
+    _add_data_options(ins)
+    ins.add_argument("--json", action="store_true")
+    ins.set_defaults(fn=_cmd_data)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -662,6 +766,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     _add_plan_parser(sub)
 
     _add_train_parser(sub)
+
+    _add_data_parser(sub)
 
     m = sub.add_parser("demo", help="the two-stage story on the built-in default")
     m.add_argument(
