@@ -134,3 +134,33 @@ def test_strategy_catalog_names_the_module_of_each_system():
         system = get_system(name.value)
         assert system.name is name
         assert sys.modules[info.module].SYSTEM is system
+
+
+def test_every_cli_flag_is_documented_in_docs_cli_md():
+    # Prepare: every sub-command's parser, stage commands included
+    import argparse
+
+    from edgetrain.cli import build_parser
+
+    doc = (ROOT / "docs" / "cli.md").read_text()
+    commands = ["devices", "models", "profile", "plan", "train", "data", "demo", "compile",
+                "mcu-run", "bench", "federate"]  # fmt: skip
+    missing = []
+    # Execute: walk the parsers (nested ones too: `data inspect`)
+    for command in commands:
+        top = build_parser([command])
+        stack = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+        while stack:
+            for name, sub in stack.pop().choices.items():
+                for action in sub._actions:
+                    if isinstance(action, argparse._SubParsersAction):
+                        stack.append(action)
+                    flags = [f for f in action.option_strings if f not in ("-h", "--help")]
+                    if flags and not any(_documented(f, doc) for f in flags):
+                        missing.append(f"{name} {flags[-1]}")
+    # Assert
+    assert not sorted(set(missing)), sorted(set(missing))
+
+
+def _documented(flag: str, doc: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", doc) is not None
