@@ -34,6 +34,7 @@ _EXPORTS = {
     "C_INT8_MEMORY": "edgetrain.codegen._memory_model",
     "compile_project": "edgetrain.codegen._compile",
     "samples_of": "edgetrain.codegen._compile",
+    "samples_from": "edgetrain.codegen._compile",
     "weights_of": "edgetrain.codegen._compile",
     "normalised": "edgetrain.codegen._compile",
     "compile_int8_project": "edgetrain.codegen._compile",

@@ -1,8 +1,8 @@
 """The torch-facing side of `edgetrain compile`: model + plan + data -> files on disk.
 
 Captures the graph at the plan's batch size, reads the weights from the model's state_dict,
-turns a `LabeledData` set back into uint8 pixels for flash, calls the pure renderer and writes
-the project atomically.
+turns a `LabeledData` set into flat samples for flash (uint8 pixels of a built-in image set,
+float32 values of anything else), calls the pure renderer and writes the project atomically.
 """
 
 from __future__ import annotations
@@ -30,27 +30,56 @@ def weights_of(model: torch.nn.Module) -> dict[str, np.ndarray]:
 def samples_of(
     x: torch.Tensor, y: torch.Tensor, dataset: str = "fashion-mnist", *, exact: bool = True
 ) -> SampleSet:
-    """Normalised images of `edgetrain.data` -> the uint8 pixels they came from.
+    """Samples of `edgetrain.data`'s built-in `dataset`, normalised with its
+    `NORMALIZATION`, -> the uint8 pixels they came from (any rank).
 
-    `exact=False` accepts images that are not whole pixels (e.g. resized with `resize_for`)
-    and rounds them to the nearest uint8 level; the C driver and any reference then see the
-    rounded images (`normalised(samples)`)."""
+    `exact=False` accepts values that are not whole pixels (e.g. resized images) and rounds
+    them to the nearest uint8 level; the C driver and any reference then see the rounded
+    samples (`normalised(samples)`). For any other data, `samples_from`."""
     from edgetrain.data import NORMALIZATION
 
     mean, std = NORMALIZATION[dataset]
-    px = torch.round((x.double() * std + mean) * 255.0)
-    if exact and float((px - (x.double() * std + mean) * 255.0).abs().max()) > 1e-2:
+    raw = (x.double() * std + mean) * 255.0
+    px = torch.round(raw)
+    if exact and float((px - raw).abs().max()) > 1e-2:
         raise UnsupportedPlanError(
-            f"images are not {dataset} pixels normalised with mean {mean}, std {std}; the C "
-            "driver bakes uint8 pixels into flash"
+            f"samples are not {dataset} pixels normalised with mean {mean}, std {std}; bake "
+            "them as float32 values (samples_from)"
         )
     return SampleSet(
         px.clamp(0, 255).to(torch.uint8).numpy(), y.numpy().astype(np.int64), mean, std
     )
 
 
+def samples_from(x: torch.Tensor, y: torch.Tensor, dataset: str | None = None) -> SampleSet:
+    """A set of `load_data` (any rank, float inputs, class labels) as the C driver bakes it:
+    uint8 pixels when `x` are exactly a built-in `dataset`'s normalised pixels (a quarter of
+    the flash), else float32 values as they are."""
+    from edgetrain.data import NORMALIZATION
+
+    if not x.dtype.is_floating_point:
+        raise UnsupportedPlanError(
+            f"the samples are {str(x.dtype).replace('torch.', '')}; the C trainer takes float "
+            "inputs (a model on token ids or other integers has no C kernels)"
+        )
+    if y.dtype.is_floating_point or y.ndim != 1:
+        raise UnsupportedPlanError(
+            f"the targets are {str(y.dtype).replace('torch.', '')} {tuple(y.shape)}, not class "
+            "ids (N,); the C trainer trains classifiers (task classification)"
+        )
+    if dataset in NORMALIZATION:
+        try:
+            return samples_of(x, y, dataset, exact=True)
+        except UnsupportedPlanError:
+            pass
+    v = x.detach().to(torch.float32).contiguous().numpy()
+    return SampleSet(v, y.numpy().astype(np.int64))
+
+
 def normalised(s: SampleSet) -> torch.Tensor:
-    """What the C driver computes from the flash pixels, in float32 as it does."""
+    """What the C driver computes from the flash samples, in float32 as it does."""
+    if s.is_float:
+        return torch.from_numpy(s.pixels.copy())
     px = torch.from_numpy(s.pixels.astype(np.float32))
     return (px / 255.0 - np.float32(s.mean)) / np.float32(s.std)
 

@@ -90,11 +90,17 @@ def render_int8(
     K = graph.tensor(graph.output).shape[-1]
     check_labels(spec.train_y, K, "training")
     check_labels(spec.test_y, K, "test")
-    samples = sum(
-        np.asarray(a).size for a in (spec.train_q, spec.train_y, spec.test_q, spec.test_y)
-    )
+    train_q = np.asarray(spec.train_q)
     weights = sum(op.weight.numel() + 12 * op.bias.numel() for op in graph.weighted_ops)
-    check_flash(device_flash_bytes, device_name, samples, weights)
+    check_flash(
+        device_flash_bytes,
+        device_name,
+        train_n=len(spec.train_y),
+        test_n=len(spec.test_y),
+        sample_bytes=int(np.prod(train_q.shape[1:])) + 1,
+        weights_bytes=weights,
+        sample=f"{'x'.join(map(str, train_q.shape[1:]))} int8",
+    )
     B = spec.batch_size
     lay = place_int8(graph, trainable, B, tgt, line_buffer)
     # `q_lb`: the line-buffered chain's descriptors (_model_c)

@@ -17,13 +17,20 @@ PRELUDE = r"""
 #include <stdint.h>
 
 static void k_zero(float *p, int n) { for (int i = 0; i < n; i++) p[i] = 0.0f; }
-/* valid kernel taps for output row/column o: [lo, hi) with 0 <= o*s - p + k < n */
-static inline int k_lo(int o, int s, int p) { int v = p - o * s; return v > 0 ? v : 0; }
-static inline int k_hi(int o, int s, int p, int n, int K) { int v = n + p - o * s; return v < K ? v : K; }
-/* output positions o in [lo, hi) whose tap k reads inside the input: 0 <= o*s - p + k < n */
-static inline int o_lo(int k, int s, int p) { int v = p - k; return v > 0 ? (v + s - 1) / s : 0; }
-static inline int o_hi(int k, int s, int p, int n, int O) {
-    int v = n - 1 + p - k; if (v < 0) return 0; v = v / s + 1; return v < O ? v : O;
+/* valid kernel taps for output row/column o (stride s, padding p, dilation d): [lo, hi)
+   with 0 <= o*s - p + k*d < n */
+static inline int k_lo(int o, int s, int p, int d) {
+    int v = p - o * s; return v > 0 ? (v + d - 1) / d : 0;
+}
+static inline int k_hi(int o, int s, int p, int n, int K, int d) {
+    int v = n + p - o * s; if (v <= 0) return 0; v = (v + d - 1) / d; return v < K ? v : K;
+}
+/* output positions o in [lo, hi) whose tap k reads inside the input: 0 <= o*s - p + k*d < n */
+static inline int o_lo(int k, int s, int p, int d) {
+    int v = p - k * d; return v > 0 ? (v + s - 1) / s : 0;
+}
+static inline int o_hi(int k, int s, int p, int n, int O, int d) {
+    int v = n - 1 + p - k * d; if (v < 0) return 0; v = v / s + 1; return v < O ? v : O;
 }
 """
 
@@ -32,7 +39,8 @@ KERNELS: dict[str, str] = {
     "conv2d_fwd": r"""
 static void conv2d_fwd(const float *x, const float *w, const float *b, float *y,
                        int B, int Ci, int H, int W, int Co, int Ho, int Wo,
-                       int KH, int KW, int sh, int sw, int ph, int pw, int G) {
+                       int KH, int KW, int sh, int sw, int ph, int pw,
+                       int dh, int dw, int G) {
     const int cig = Ci / G, cog = Co / G;
     for (int n = 0; n < B; n++)
     for (int oc = 0; oc < Co; oc++) {
@@ -42,19 +50,19 @@ static void conv2d_fwd(const float *x, const float *w, const float *b, float *y,
         float *yo = y + ((size_t)n * Co + oc) * Ho * Wo;
         const float bias = b ? b[oc] : 0.0f;
         for (int oh = 0; oh < Ho; oh++) {
-            const int kh0 = k_lo(oh, sh, ph), kh1 = k_hi(oh, sh, ph, H, KH);
+            const int kh0 = k_lo(oh, sh, ph, dh), kh1 = k_hi(oh, sh, ph, H, KH, dh);
             const int ih0 = oh * sh - ph;
             for (int ow = 0; ow < Wo; ow++) {
-                const int kw0 = k_lo(ow, sw, pw), kw1 = k_hi(ow, sw, pw, W, KW);
+                const int kw0 = k_lo(ow, sw, pw, dw), kw1 = k_hi(ow, sw, pw, W, KW, dw);
                 const int iw0 = ow * sw - pw;
                 float acc = 0.0f;
                 for (int ic = 0; ic < cig; ic++) {
                     const float *xc = xg + (size_t)ic * H * W;
                     const float *wc = wo + ic * KH * KW;
                     for (int kh = kh0; kh < kh1; kh++) {
-                        const float *xr = xc + (ih0 + kh) * W + iw0;
+                        const float *xr = xc + (ih0 + kh * dh) * W + iw0;
                         const float *wr = wc + kh * KW;
-                        for (int kw = kw0; kw < kw1; kw++) acc += xr[kw] * wr[kw];
+                        for (int kw = kw0; kw < kw1; kw++) acc += xr[kw * dw] * wr[kw];
                     }
                 }
                 yo[oh * Wo + ow] = acc + bias;
@@ -83,7 +91,8 @@ static void conv2d_pw_fwd(const float *x, const float *w, const float *b, float 
     "conv2d_bwd_input": r"""
 static void conv2d_bwd_input(const float *dy, const float *w, float *dx, int acc,
                              int B, int Ci, int H, int W, int Co, int Ho, int Wo,
-                             int KH, int KW, int sh, int sw, int ph, int pw, int G) {
+                             int KH, int KW, int sh, int sw, int ph, int pw,
+                             int dh, int dw, int G) {
     const int cig = Ci / G, cog = Co / G;
     if (!acc) k_zero(dx, B * Ci * H * W);
     for (int n = 0; n < B; n++)
@@ -93,19 +102,19 @@ static void conv2d_bwd_input(const float *dy, const float *w, float *dx, int acc
         const float *dyo = dy + ((size_t)n * Co + oc) * Ho * Wo;
         float *dxg = dx + ((size_t)n * Ci + g * cig) * H * W;
         for (int oh = 0; oh < Ho; oh++) {
-            const int kh0 = k_lo(oh, sh, ph), kh1 = k_hi(oh, sh, ph, H, KH);
+            const int kh0 = k_lo(oh, sh, ph, dh), kh1 = k_hi(oh, sh, ph, H, KH, dh);
             const int ih0 = oh * sh - ph;
             for (int ow = 0; ow < Wo; ow++) {
-                const int kw0 = k_lo(ow, sw, pw), kw1 = k_hi(ow, sw, pw, W, KW);
+                const int kw0 = k_lo(ow, sw, pw, dw), kw1 = k_hi(ow, sw, pw, W, KW, dw);
                 const int iw0 = ow * sw - pw;
                 const float d = dyo[oh * Wo + ow];
                 for (int ic = 0; ic < cig; ic++) {
                     float *dxc = dxg + (size_t)ic * H * W;
                     const float *wc = wo + ic * KH * KW;
                     for (int kh = kh0; kh < kh1; kh++) {
-                        float *dr = dxc + (ih0 + kh) * W + iw0;
+                        float *dr = dxc + (ih0 + kh * dh) * W + iw0;
                         const float *wr = wc + kh * KW;
-                        for (int kw = kw0; kw < kw1; kw++) dr[kw] += d * wr[kw];
+                        for (int kw = kw0; kw < kw1; kw++) dr[kw * dw] += d * wr[kw];
                     }
                 }
             }
@@ -131,22 +140,23 @@ static void conv2d_pw_bwd_input(const float *dy, const float *w, float *dx, int 
     "conv2d_bwd_weight_sgd": r"""
 static void conv2d_bwd_weight_sgd(const float *dy, const float *x, float *w, float *b, float lr,
                                   int rows, int B, int Ci, int H, int W, int Co, int Ho, int Wo,
-                                  int KH, int KW, int sh, int sw, int ph, int pw, int G) {
+                                  int KH, int KW, int sh, int sw, int ph, int pw,
+                                  int dh, int dw, int G) {
     const int cig = Ci / G, cog = Co / G;
     for (int oc = 0; oc < rows; oc++) {
         const int g = oc / cog;
         if (w) for (int ic = 0; ic < cig; ic++)
         for (int kh = 0; kh < KH; kh++) {
-            const int oh0 = o_lo(kh, sh, ph), oh1 = o_hi(kh, sh, ph, H, Ho);
+            const int oh0 = o_lo(kh, sh, ph, dh), oh1 = o_hi(kh, sh, ph, H, Ho, dh);
             for (int kw = 0; kw < KW; kw++) {
-                const int ow0 = o_lo(kw, sw, pw), ow1 = o_hi(kw, sw, pw, W, Wo);
+                const int ow0 = o_lo(kw, sw, pw, dw), ow1 = o_hi(kw, sw, pw, W, Wo, dw);
                 float acc = 0.0f;
                 for (int n = 0; n < B; n++) {
                     const float *dyo = dy + ((size_t)n * Co + oc) * Ho * Wo;
                     const float *xc = x + ((size_t)n * Ci + g * cig + ic) * H * W;
                     for (int oh = oh0; oh < oh1; oh++) {
                         const float *dr = dyo + oh * Wo;
-                        const float *xr = xc + (oh * sh - ph + kh) * W - pw + kw;
+                        const float *xr = xc + (oh * sh - ph + kh * dh) * W - pw + kw * dw;
                         for (int ow = ow0; ow < ow1; ow++) acc += dr[ow] * xr[ow * sw];
                     }
                 }
@@ -294,6 +304,93 @@ static void gap_bwd(const float *dy, float *dx, int acc, int BC, int P) {
         float *dxc = dx + (size_t)i * P;
         if (acc) for (int p = 0; p < P; p++) dxc[p] += d;
         else for (int p = 0; p < P; p++) dxc[p] = d;
+    }
+}
+""",
+    "maxpool_fwd": r"""
+/* max pooling over B*C planes of H x W (padding: never the maximum); PyTorch's rule: the
+   first maximum in row-major window order, a NaN wins */
+static void maxpool_fwd(const float *x, float *y, int BC, int H, int W, int Ho, int Wo,
+                        int KH, int KW, int sh, int sw, int ph, int pw) {
+    for (int i = 0; i < BC; i++) {
+        const float *xc = x + (size_t)i * H * W;
+        for (int oh = 0; oh < Ho; oh++)
+        for (int ow = 0; ow < Wo; ow++) {
+            const int h0 = oh * sh - ph, w0 = ow * sw - pw;
+            const int hs = h0 > 0 ? h0 : 0, he = h0 + KH < H ? h0 + KH : H;
+            const int ws = w0 > 0 ? w0 : 0, we = w0 + KW < W ? w0 + KW : W;
+            float m = -INFINITY;
+            for (int h = hs; h < he; h++)
+            for (int w = ws; w < we; w++) {
+                const float v = xc[h * W + w];
+                if (v > m || v != v) m = v;
+            }
+            y[((size_t)i * Ho + oh) * Wo + ow] = m;
+        }
+    }
+}
+""",
+    "maxpool_bwd": r"""
+/* the gradient goes to the window's maximum of the saved input (found again as forward did) */
+static void maxpool_bwd(const float *x, const float *dy, float *dx, int acc, int BC, int H,
+                        int W, int Ho, int Wo, int KH, int KW, int sh, int sw, int ph, int pw) {
+    if (!acc) k_zero(dx, BC * H * W);
+    for (int i = 0; i < BC; i++) {
+        const float *xc = x + (size_t)i * H * W;
+        float *dxc = dx + (size_t)i * H * W;
+        for (int oh = 0; oh < Ho; oh++)
+        for (int ow = 0; ow < Wo; ow++) {
+            const int h0 = oh * sh - ph, w0 = ow * sw - pw;
+            const int hs = h0 > 0 ? h0 : 0, he = h0 + KH < H ? h0 + KH : H;
+            const int ws = w0 > 0 ? w0 : 0, we = w0 + KW < W ? w0 + KW : W;
+            float m = -INFINITY;
+            int arg = hs * W + ws;
+            for (int h = hs; h < he; h++)
+            for (int w = ws; w < we; w++) {
+                const float v = xc[h * W + w];
+                if (v > m || v != v) { m = v; arg = h * W + w; }
+            }
+            dxc[arg] += dy[((size_t)i * Ho + oh) * Wo + ow];
+        }
+    }
+}
+""",
+    "avgpool_fwd": r"""
+/* average pooling over B*C planes; the divisor is KH*KW (zero padding counted) */
+static void avgpool_fwd(const float *x, float *y, int BC, int H, int W, int Ho, int Wo,
+                        int KH, int KW, int sh, int sw, int ph, int pw) {
+    const float div = (float)(KH * KW);
+    for (int i = 0; i < BC; i++) {
+        const float *xc = x + (size_t)i * H * W;
+        for (int oh = 0; oh < Ho; oh++)
+        for (int ow = 0; ow < Wo; ow++) {
+            const int h0 = oh * sh - ph, w0 = ow * sw - pw;
+            const int hs = h0 > 0 ? h0 : 0, he = h0 + KH < H ? h0 + KH : H;
+            const int ws = w0 > 0 ? w0 : 0, we = w0 + KW < W ? w0 + KW : W;
+            float s = 0.0f;
+            for (int h = hs; h < he; h++)
+            for (int w = ws; w < we; w++) s += xc[h * W + w];
+            y[((size_t)i * Ho + oh) * Wo + ow] = s / div;
+        }
+    }
+}
+""",
+    "avgpool_bwd": r"""
+static void avgpool_bwd(const float *dy, float *dx, int acc, int BC, int H, int W, int Ho,
+                        int Wo, int KH, int KW, int sh, int sw, int ph, int pw) {
+    const float div = (float)(KH * KW);
+    if (!acc) k_zero(dx, BC * H * W);
+    for (int i = 0; i < BC; i++) {
+        float *dxc = dx + (size_t)i * H * W;
+        for (int oh = 0; oh < Ho; oh++)
+        for (int ow = 0; ow < Wo; ow++) {
+            const int h0 = oh * sh - ph, w0 = ow * sw - pw;
+            const int hs = h0 > 0 ? h0 : 0, he = h0 + KH < H ? h0 + KH : H;
+            const int ws = w0 > 0 ? w0 : 0, we = w0 + KW < W ? w0 + KW : W;
+            const float g = dy[((size_t)i * Ho + oh) * Wo + ow] / div;
+            for (int h = hs; h < he; h++)
+            for (int w = ws; w < we; w++) dxc[h * W + w] += g;
+        }
     }
 }
 """,

@@ -49,13 +49,16 @@ __all__ = [
 ]
 
 SUPPORTED = (
-    "conv2d (incl. depthwise / grouped / pointwise)",
-    "batch_norm (frozen statistics)",
+    "conv2d (incl. depthwise / grouped / pointwise / dilated)",
+    "conv1d (as conv2d over a 1 x L plane)",
+    "batch_norm 1d/2d (frozen statistics)",
     "relu",
     "relu6 (hardtanh 0..6)",
     "add",
     "adaptive_avg_pool2d to 1x1",
-    "flatten / view",
+    "max_pool 1d/2d (dilation 1)",
+    "avg_pool 1d/2d (floor mode, divisor kernel size)",
+    "flatten / view / squeeze / unsqueeze",
     "linear",
     "cross_entropy",
 )
@@ -68,6 +71,8 @@ class LKind(enum.Enum):
     RELU6 = "relu6"
     ADD = "add"
     GAP = "gap"
+    MAXPOOL = "maxpool"
+    AVGPOOL = "avgpool"
     VIEW = "view"
     LINEAR = "linear"
     XENT = "xent"
@@ -201,27 +206,45 @@ def _unsupported(n) -> UnsupportedKernelError:
     )
 
 
+def _plane(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A 1-D activation (B, C, L) as the 2-D plane (B, C, 1, L) the C kernels run over."""
+    return (shape[0], shape[1], 1, shape[2]) if len(shape) == 3 else tuple(shape)
+
+
+def _pair(v, one: int) -> tuple[int, int]:
+    """A 1-D attribute (k,) as the 2-D (one, k) of a 1 x L plane; 2-D attributes unchanged."""
+    t = tuple(int(x) for x in v)
+    return (one, t[0]) if len(t) == 1 else (t[0], t[1])
+
+
 def _lower_conv(lw: _Lowering, n, acts) -> LOp:
+    """conv2d, and conv1d as conv2d over a (1, L) plane with a (1, k) kernel (NOTE [ 1-D
+    models in C ]): the weight (Co, Ci/G, k) is already the (Co, Ci/G, 1, k) kernel's bytes."""
     pw = lw.params_of(n)
-    kh, kw = n.attr("kernel")
-    if tuple(n.attr("dilation", (1, 1))) != (1, 1):
-        raise UnsupportedKernelError(
-            f"node {n.name} ({n.module}): dilated convolution {n.attr('dilation')} has no "
-            "C kernel; supported: dilation 1"
-        )
-    return lw.op(
+    one_d = n.op is OpKind.CONV1D
+    op = lw.op(
         LKind.CONV,
         n,
         acts,
         extra={
-            "kernel": (kh, kw),
-            "stride": tuple(n.attr("stride")),
-            "padding": tuple(n.attr("padding")),
+            "kernel": _pair(n.attr("kernel"), 1),
+            "stride": _pair(n.attr("stride", (1,) if one_d else (1, 1)), 1),
+            "padding": _pair(n.attr("padding", (0,) if one_d else (0, 0)), 0),
+            "dilation": _pair(n.attr("dilation", (1,) if one_d else (1, 1)), 1),
             "groups": n.attr("groups", 1),
             "w_param": pw[0],
             "b_param": pw[1] if len(pw) > 1 else None,
         },
     )
+    if one_d:
+        op.shape_in = (_plane(op.shape_in[0]),)
+        op.shape_out = _plane(op.shape_out)
+    if len(op.shape_in[0]) != 4 or len(op.shape_out) != 4:
+        raise UnsupportedKernelError(
+            f"node {n.name} ({n.module}): convolution of shape {lw.shape[acts[0]]} -> "
+            f"{lw.shape[n.output]} has no C kernel; supported: (B, C, L) and (B, C, H, W)"
+        )
+    return op
 
 
 def _fold_bn(lw: _Lowering, n, src: LOp, gname: str, bname: str, mean, invstd) -> None:
@@ -243,7 +266,7 @@ def _fold_bn(lw: _Lowering, n, src: LOp, gname: str, bname: str, mean, invstd) -
     src.extra["w_param"] = src.extra["b_param"] = None
     del lw.producer[src.output]
     src.output = n.output
-    src.shape_out = lw.shape[n.output]
+    src.shape_out = _plane(lw.shape[n.output])
     lw.producer[n.output] = src
     lw.folded.append(f"{src.name}+{n.name}")
 
@@ -321,11 +344,47 @@ def _lower_mean(lw: _Lowering, n, acts) -> LOp:
     return lw.op(LKind.GAP, n, acts)
 
 
+def _pool_out(n: int, k: int, s: int, p: int, ceil: bool) -> int:
+    """PyTorch's pooled size (dilation 1); ceil mode drops a window starting in the padding."""
+    if not ceil:
+        return (n + 2 * p - k) // s + 1
+    o = -(-(n + 2 * p - k) // s) + 1
+    return o - 1 if (o - 1) * s >= n + p else o
+
+
+def _lower_pool(lw: _Lowering, n, acts) -> LOp:
+    """max_pool2d / avg_pool2d (1-D pooling reaches the graph as these over an unsqueezed
+    (B, C, 1, L) view). The graph records kernel, stride and padding but not dilation or
+    ceil mode, so the output size must be dilation 1's: floor mode, or (max pooling) ceil
+    mode, whose extra window the kernel clips like padding."""
+    kind = LKind.MAXPOOL if n.op is OpKind.MAX_POOL2D else LKind.AVGPOOL
+    sin, sout = lw.shape[acts[0]], lw.shape[n.output]
+    k = _pair(n.attr("kernel"), 1)
+    st = _pair(n.attr("stride", None) or k, 1)
+    pad = _pair(n.attr("padding", None) or (0, 0), 0)
+    sizes = [
+        tuple(_pool_out(sin[2 + i], k[i], st[i], pad[i], ceil) for i in range(2))
+        for ceil in ((False, True) if kind is LKind.MAXPOOL else (False,))
+    ]
+    if len(sin) != 4 or len(sout) != 4 or tuple(sout[2:]) not in sizes:
+        what = "max pooling with dilation 1" if kind is LKind.MAXPOOL else "floor mode"
+        raise UnsupportedKernelError(
+            f"node {n.name} ({n.module or 'functional'}): {n.op.value} {sin} -> {sout} with "
+            f"kernel {k}, stride {st}, padding {pad} is not {what}; the C kernel pools "
+            f"(B, C, H, W) with dilation 1{', floor mode' if kind is LKind.AVGPOOL else ''}"
+        )
+    return lw.op(kind, n, acts, extra={"kernel": k, "stride": st, "padding": pad})
+
+
 _VIEWS = (
     "aten.flatten.using_ints",
     "aten.view.default",
     "aten.reshape.default",
     "aten._unsafe_view.default",
+    "aten.unsqueeze.default",
+    "aten.squeeze.dim",
+    "aten.squeeze.dims",
+    "aten.squeeze.default",
 )
 
 
@@ -333,7 +392,7 @@ def _lower_view(lw: _Lowering, n, acts) -> LOp:
     if n.aten not in _VIEWS:
         raise UnsupportedKernelError(
             f"node {n.name}: view {n.aten} is not a contiguous reshape; supported "
-            "views: flatten, view, reshape"
+            "views: flatten, view, reshape, squeeze, unsqueeze"
         )
     return lw.op(LKind.VIEW, n, acts)
 
@@ -351,6 +410,9 @@ def _lower_xent(lw: _Lowering, n, acts) -> LOp:
 
 _LOWER: dict[OpKind, Callable[[_Lowering, object, tuple[str, ...]], "LOp | None"]] = {
     OpKind.CONV2D: _lower_conv,
+    OpKind.CONV1D: _lower_conv,
+    OpKind.MAX_POOL2D: _lower_pool,
+    OpKind.AVG_POOL2D: _lower_pool,
     OpKind.BATCH_NORM: _lower_bn,  # None: folded into the convolution before it
     OpKind.RELU: _lower_relu,
     OpKind.HARDTANH: _lower_hardtanh,
@@ -365,10 +427,52 @@ _LOWER: dict[OpKind, Callable[[_Lowering, object, tuple[str, ...]], "LOp | None"
 _SKIPPED = frozenset({OpKind.BUFFER_UPDATE})  # BN running-statistics updates: frozen in C
 
 
+def _dead_aux_view(g: Graph, n) -> bool:
+    """A view of an operator's own saved tensor that nothing reads (1-D max pooling squeezes
+    its int64 indices too): no C; the C kernel finds the maximum again in backward."""
+    return (
+        n.op is OpKind.VIEW
+        and all(g.tensor(t).role is TensorRole.AUX for t in n.inputs)
+        and not g.consumers.get(n.output)
+    )
+
+
+def _refuse_dropout(lw: _Lowering) -> None:
+    """NOTE [ Dropout in C ]: the generated trainer has no random number generator, so a
+    dropout the model runs while training (captured as a random mask: `OpKind.RANDOM`) is
+    refused wherever it is; it is never silently dropped to the identity, which would train
+    another model than PyTorch's. A dropout in eval mode when captured is no operator at all
+    (the identity), so it costs nothing here."""
+    g = lw.graph
+    live: set[str] = set()  # activations downstream of a trained parameter
+    for n in g.nodes:
+        if any(lw.trains(lw.pby[t].name) for t in n.inputs if t in lw.pby) or live & set(n.inputs):
+            live.add(n.output)
+    for n in g.nodes:
+        if n.op is not OpKind.RANDOM:
+            continue
+        group = [
+            m for m in g.nodes if (m.module, m.attr("composite")) == (n.module, n.attr("composite"))
+        ]
+        trained = any(live & set(m.inputs) for m in group)
+        where = (
+            "in the part the plan trains (its mask changes the gradients)"
+            if trained
+            else "before the trained layers (PyTorch's training still drops their inputs)"
+        )
+        raise UnsupportedKernelError(
+            f"node {n.name} ({n.module or 'functional'}): dropout draws a random mask at every "
+            f"training step, {where}; the generated C trainer has no random number generator "
+            "and does not run dropout. Remove it for on-device training (nn.Identity), or "
+            "build the model with that module in eval mode"
+        )
+
+
 def _lower_nodes(lw: _Lowering) -> None:
     g = lw.graph
+    _refuse_dropout(lw)
     for n in g.nodes:
-        if n.op in _SKIPPED:
+        if n.op in _SKIPPED or _dead_aux_view(g, n):
             continue
         acts = tuple(
             t
@@ -495,6 +599,7 @@ def _requires_grad(ops: list[LOp], arrays: dict[str, Array]) -> set[str]:
 
 _READS_INPUT_WHEN_TRAINED = (LKind.CONV, LKind.BN, LKind.LINEAR)  # for the weight gradient
 _READS_OUTPUT = (LKind.RELU, LKind.RELU6, LKind.XENT)  # the derivative from the output
+_READS_INPUT = (LKind.MAXPOOL,)  # always: max pooling finds the window's maximum again
 
 
 def _bwd_reads(ops: list[LOp], arrays: dict[str, Array], rg: set[str]) -> set[str]:
@@ -507,6 +612,8 @@ def _bwd_reads(ops: list[LOp], arrays: dict[str, Array], rg: set[str]) -> set[st
             reads.add(op.inputs[0] if op.inputs else None)
         if op.kind in _READS_OUTPUT:
             reads.add(op.output)
+        if op.kind in _READS_INPUT:
+            reads.add(op.inputs[0])
     return reads
 
 
@@ -605,7 +712,7 @@ def _lifetimes(
         for t in op.inputs:
             if t in rg:
                 use("g:" + t, s, numel[t])
-        if x in bwd_reads and op.kind in _READS_INPUT_WHEN_TRAINED:
+        if x in bwd_reads and op.kind in (*_READS_INPUT_WHEN_TRAINED, *_READS_INPUT):
             use("a:" + x, s, numel[x])
         if op.kind in (LKind.RELU, LKind.RELU6):
             use("a:" + op.output, s, numel[op.output])

@@ -4,7 +4,8 @@ generated code.
 
 Memory classes of the generated program:
     flash (`static const`)  frozen weights (BN folded into frozen convolutions), BN statistics,
-                            the training and test samples (uint8 pixels, normalised on the fly)
+                            the training and test samples (flat, any rank: uint8 pixels
+                            normalised on the fly, or float32 values as they are)
     SRAM .data              trainable parameters (initial values copied from flash at reset)
     SRAM .bss               the arena (activations, activation gradients, the input batch;
                             offsets from tensor lifetimes, see NOTE [ Arena assignment ]) and
@@ -44,25 +45,46 @@ from edgetrain.planner import Executor, Plan, Precision
 
 @dataclass(frozen=True)
 class SampleSet:
-    """Images as uint8 pixels (N, C, H, W) and labels (N,); the model sees
-    `(pixel / 255 - mean) / std`, the normalisation of `edgetrain.data`."""
+    """Samples (N, ...) of any rank (vectors, (C, L) windows, (C, H, W) images) and class
+    labels (N,), baked into flash as flat arrays. `pixels` holds either uint8 pixels, which the
+    model sees as `(pixel / 255 - mean) / std` (the normalisation of `edgetrain.data`'s
+    built-in sets: a quarter of float32's flash), or float32 values the model sees as they are
+    (`mean` 0, `std` 1; what `samples_from` makes of a user's data)."""
 
     pixels: np.ndarray
     labels: np.ndarray
-    mean: float
-    std: float
+    mean: float = 0.0
+    std: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.pixels.dtype != np.uint8 or self.pixels.ndim != 4:
+        v = self.pixels
+        if v.dtype not in (np.uint8, np.float32) or v.ndim < 2:
             raise UnsupportedPlanError(
-                f"sample pixels must be uint8 (N, C, H, W), got {self.pixels.dtype} "
-                f"{self.pixels.shape}"
+                f"samples must be uint8 pixels or float32 values of shape (N, ...), got "
+                f"{v.dtype} {v.shape}"
             )
-        if len(self.labels) != len(self.pixels) or len(self.pixels) == 0:
+        if len(self.labels) != len(v) or len(v) == 0:
             raise UnsupportedPlanError(
-                f"{len(self.pixels)} images and {len(self.labels)} labels; need the same "
-                "positive number"
+                f"{len(v)} samples and {len(self.labels)} labels; need the same positive number"
             )
+        if self.is_float and not np.isfinite(v).all():
+            bad = int(np.flatnonzero(~np.isfinite(v.reshape(len(v), -1)).all(axis=1))[0])
+            raise UnsupportedPlanError(
+                f"sample {bad} holds NaN or inf; the C trainer needs finite inputs"
+            )
+
+    @property
+    def is_float(self) -> bool:
+        return self.pixels.dtype == np.float32
+
+    @property
+    def sample_bytes(self) -> int:
+        """Flash bytes of one sample: its values and its label byte."""
+        return int(np.prod(self.pixels.shape[1:])) * self.pixels.itemsize + 1
+
+    @property
+    def flash_bytes(self) -> int:
+        return len(self.labels) * self.sample_bytes
 
 
 @dataclass(frozen=True)
@@ -94,10 +116,16 @@ def render(
     if spec.steps <= 0 or not (spec.lr > 0):
         raise UnsupportedPlanError(f"steps {spec.steps} and lr {spec.lr} must be positive")
     low = lower(plan, graph, weights, reserved=identifiers_in(_MODEL_C))
-    if spec.train.pixels.shape[1:] != low.input_shape[1:]:
+    for what, s in (("training", spec.train), ("test", spec.test)):
+        if s.pixels.shape[1:] != low.input_shape[1:]:
+            raise UnsupportedPlanError(
+                f"{what} samples have shape {s.pixels.shape[1:]} but the model takes "
+                f"{low.input_shape[1:]}; load them for the model's input (edgetrain.data."
+                "load_data(..., input_shape=...), resize=(H, W) for images: compile --resize)"
+            )
+    if spec.train.is_float != spec.test.is_float:
         raise UnsupportedPlanError(
-            f"samples have shape {spec.train.pixels.shape[1:]} but the model takes "
-            f"{low.input_shape[1:]}; resize them first (edgetrain.data.resize_for)"
+            "the training and test samples must be both uint8 pixels or both float32 values"
         )
     if tgt.kind is TargetKind.CORTEX_M and (device_sram_bytes <= 0 or device_flash_bytes <= 0):
         raise UnsupportedPlanError(
@@ -152,8 +180,16 @@ def _check_inputs(plan: Plan, low: Lowered, spec: TrainingSpec, flash: int, devi
         check_prediction(plan, _peak_sram_bytes(low), "executor c, fp32")
     check_labels(spec.train.labels, low.num_classes, "training")
     check_labels(spec.test.labels, low.num_classes, "test")
-    samples = sum(s.pixels.size + s.labels.size for s in (spec.train, spec.test))
-    check_flash(flash, device, samples, sum(a.values.size * 4 for a in low.arrays))
+    check_flash(
+        flash,
+        device,
+        train_n=len(spec.train.labels),
+        test_n=len(spec.test.labels),
+        sample_bytes=spec.train.sample_bytes,
+        weights_bytes=sum(a.values.size * 4 for a in low.arrays),
+        sample="x".join(map(str, spec.train.pixels.shape[1:]))
+        + (" float32" if spec.train.is_float else " uint8"),
+    )
 
 
 def _peak_sram_bytes(low: Lowered) -> int:
@@ -206,7 +242,12 @@ class _Names:
 
 def _header(low: Lowered, spec: TrainingSpec) -> str:
     return header_text(
-        low.batch_size, low.num_classes, _numel(low.input_shape[1:]), low.arena_bytes, spec
+        low.batch_size,
+        low.num_classes,
+        _numel(low.input_shape[1:]),
+        low.arena_bytes,
+        spec,
+        "float" if spec.train.is_float else "uint8_t",
     )
 
 
@@ -216,7 +257,8 @@ def _conv_dims(op: LOp) -> tuple[int, ...]:
     kh, kw = op.extra["kernel"]
     sh, sw = op.extra["stride"]
     ph, pw = op.extra["padding"]
-    return (b, ci, h, w, co, ho, wo, kh, kw, sh, sw, ph, pw, op.extra["groups"])
+    dh, dw = op.extra.get("dilation", (1, 1))
+    return (b, ci, h, w, co, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, op.extra["groups"])
 
 
 def _is_pw(op: LOp) -> bool:
@@ -285,6 +327,20 @@ def _gap_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     )
 
 
+def _pool_dims(op: LOp) -> str:
+    """B*C, H, W, Ho, Wo, KH, KW, sh, sw, ph, pw of a pooling operator."""
+    b, c, h, w = op.shape_in[0]
+    ho, wo = op.shape_out[2:]
+    d = (b * c, h, w, ho, wo, *op.extra["kernel"], *op.extra["stride"], *op.extra["padding"])
+    return ", ".join(map(str, d))
+
+
+def _pool_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    k = "maxpool_fwd" if op.kind is LKind.MAXPOOL else "avgpool_fwd"
+    used.add(k)
+    return f"{k}({nm.a(op.inputs[0])}, {nm.a(op.output)}, {_pool_dims(op)});"
+
+
 def _view_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     return f"/* {c_comment(op.name)}: view (alias) */"
 
@@ -314,6 +370,8 @@ _FWD: dict[LKind, Callable[[LOp, _Names, set[str]], str]] = {
     LKind.RELU6: _relu6_fwd,
     LKind.ADD: _add_fwd,
     LKind.GAP: _gap_fwd,
+    LKind.MAXPOOL: _pool_fwd,
+    LKind.AVGPOOL: _pool_fwd,
     LKind.VIEW: _view_fwd,
     LKind.LINEAR: _linear_fwd,
     LKind.XENT: _xent_fwd,
@@ -434,6 +492,15 @@ def _gap_bwd(op: LOp, bw: _Bwd) -> list[str]:
     ]
 
 
+def _pool_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    g, acc = bw.dx(op.inputs[0])
+    dy = bw.nm.g(op.output)
+    if op.kind is LKind.MAXPOOL:
+        x = bw.nm.a(op.inputs[0])
+        return [bw.call("maxpool_bwd", f"{x}, {dy}, {g}, {acc}, {_pool_dims(op)}")]
+    return [bw.call("avgpool_bwd", f"{dy}, {g}, {acc}, {_pool_dims(op)}")]
+
+
 def _view_bwd(op: LOp, bw: _Bwd) -> list[str]:
     bw.dx(op.inputs[0])  # the gradient buffer is shared (alias): mark it written
     return [f"/* {c_comment(op.name)}: view, gradient aliased */"]
@@ -468,6 +535,8 @@ _BWD: dict[LKind, Callable[[LOp, _Bwd], list[str]]] = {
     LKind.RELU6: _relu6_bwd,
     LKind.ADD: _add_bwd,
     LKind.GAP: _gap_bwd,
+    LKind.MAXPOOL: _pool_bwd,
+    LKind.AVGPOOL: _pool_bwd,
     LKind.VIEW: _view_bwd,
     LKind.LINEAR: _linear_bwd,
 }
@@ -525,8 +594,7 @@ def _model_c(low: Lowered, spec: TrainingSpec, tgt: Target) -> str:
         arena_floats=max(1, (low.arena_bytes + 3) // 4),
         in_buf=nm.a(low.input_tensor),
         d=_numel(low.input_shape[1:]),
-        mean=cfloat(spec.train.mean),
-        std=cfloat(spec.train.std),
+        load=_load_expr(spec.train),
         fwd="\n".join(fwd),
         bwd="\n".join(bwd),
         dumps="\n".join(dumps),
@@ -548,13 +616,13 @@ static float et_arena[{arena_floats}] __attribute__((aligned(8)));
 #define A(off) (et_arena + (off))
 static int32_t et_labels[ET_BATCH];
 
-void et_load(const uint8_t *pixels, const uint8_t *labels, int n, int first) {{
+void et_load(const et_sample_t *samples, const uint8_t *labels, int n, int first) {{
     float *x = {in_buf};
     for (int b = 0; b < ET_BATCH; b++) {{
         const int i = (first + b) % n;
-        const uint8_t *px = pixels + (size_t)i * {d};
+        const et_sample_t *px = samples + (size_t)i * {d};
         for (int k = 0; k < {d}; k++)
-            x[b * {d} + k] = ((float)px[k] / 255.0f - {mean}) / {std};
+            x[b * {d} + k] = {load};
         et_labels[b] = labels[i];
     }}
 }}
@@ -590,18 +658,30 @@ void et_dump_params(void) {{
 """
 
 
+def _load_expr(s: SampleSet) -> str:
+    """What `et_load` makes of one flash value `px[k]`: float32 as it is, uint8 normalised."""
+    if s.is_float:
+        return "px[k]"
+    return f"((float)px[k] / 255.0f - {cfloat(s.mean)}) / {cfloat(s.std)}"
+
+
+def _samples_c(s: SampleSet) -> str:
+    return _floats(s.pixels.reshape(-1)) if s.is_float else c_bytes(s.pixels)
+
+
 def _data_c(spec: TrainingSpec) -> str:
     tr, te = spec.train, spec.test
+    t = "float" if tr.is_float else "uint8_t"
     return f"""/* generated by edgetrain.codegen: training and test samples (flash) */
 #include "et_model.h"
 const int et_train_n = {len(tr.labels)};
 const int et_test_n = {len(te.labels)};
-const uint8_t et_train_x[] = {{
-{c_bytes(tr.pixels)}
+const {t} et_train_x[] = {{
+{_samples_c(tr)}
 }};
 const uint8_t et_train_y[] = {{ {c_bytes(tr.labels.astype(np.uint8))} }};
-const uint8_t et_test_x[] = {{
-{c_bytes(te.pixels)}
+const {t} et_test_x[] = {{
+{_samples_c(te)}
 }};
 const uint8_t et_test_y[] = {{ {c_bytes(te.labels.astype(np.uint8))} }};
 """
