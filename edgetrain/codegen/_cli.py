@@ -6,6 +6,7 @@ import argparse
 import json
 
 from rich.console import Console
+from rich.markup import escape
 
 from edgetrain import validate
 from edgetrain.errors import PlanPredictionError
@@ -37,7 +38,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             f"[bold]{plan.model}[/] -> C99 for [bold]{args.target}[/] in {out}: arena "
             f"{meta['arena_bytes']:,} B, trainable {meta['trainable_bytes']:,} B "
             f"(SRAM), frozen weights {meta['const_weight_bytes']:,} B (flash), "
-            f"{len(train.labels)} training / {len(test.labels)} test samples baked in"
+            f"{len(train.labels)} training / {len(test.labels)} held-out test samples "
+            f"({'x'.join(map(str, train.pixels.shape[1:]))} "
+            f"{'float32' if train.is_float else 'uint8'}) of {escape(args.data)} baked in"
         )
         console.print(f"run it: edgetrain mcu-run {out}")
     return 0
@@ -60,26 +63,86 @@ def _check_executor(plan, path: str) -> None:
         )
 
 
+def _samples(args: argparse.Namespace, plan, example):
+    """The training split and the held-out split of `--data` for the plan's input (the
+    model's example input for plans without one), baked as `samples_from` does; and what the
+    build file records of them.
+
+    NOTE [ compile's data ]
+        `load_data` reads `--data` for one sample of the plan's `input_shape` / `input_dtype`
+        (any rank; images resized only with `--resize`): the "train" split is trained on, the
+        "test" split (a user's file: its seeded, per-class held-out `--val-split` part; a
+        built-in set: its own test split) is what the accuracy before and after is measured
+        on. `--train-samples` / `--test-samples` bound each (a seeded, class-balanced pick);
+        a smaller split is baked whole. The driver cycles through the training samples in
+        order, so they are shuffled (seed 0) first. Samples are flat arrays in flash: uint8
+        pixels for a built-in image set, float32 values otherwise; `render` checks that they,
+        the weights and the code fit the device's flash before anything is written
+        (`check_flash`: `DeviceLimitError` with the `--train-samples` that fits)."""
+    import torch
+
+    from edgetrain.codegen._compile import samples_from
+    from edgetrain.data import load_data
+
+    kw = dict(
+        input_shape=plan.input_shape or tuple(example.shape[1:]),
+        input_dtype=plan.input_dtype or str(example.dtype).removeprefix("torch."),
+        task="classification",
+        label=args.label,
+        x_key=args.x_key,
+        y_key=args.y_key,
+        resize=args.resize,
+        val_split=args.val_split,
+    )
+    tr = _at_most(load_data, args.data, "train", args.train_samples, kw)
+    te = _at_most(load_data, args.data, "test", args.test_samples, kw)
+    # the driver cycles through the training samples in order: shuffled (seeded) here, as
+    # sources sorted by class would otherwise train one class after the other
+    order = torch.randperm(len(tr.y), generator=torch.Generator().manual_seed(0))
+    train = samples_from(tr.x[order], tr.y[order], tr.name)
+    test = samples_from(te.x, te.y, te.name)
+    data = data_record(args.data, tr.source is None, args.val_split, len(tr.y), len(te.y))
+    return train, test, data
+
+
+def _at_most(load_data, source: str, split: str, limit: int, kw: dict):
+    """The split, or `limit` samples of it (load_data's seeded, class-balanced pick) when it
+    holds more: `--train-samples` / `--test-samples` bound what is baked, a split with fewer
+    samples is baked whole."""
+    data = load_data(source, split=split, **kw)
+    return load_data(source, split=split, limit=limit, **kw) if len(data.y) > limit else data
+
+
+def data_record(source: str, builtin: bool, val_split: float, n_train: int, n_test: int) -> dict:
+    """What the build file says of the baked data (`mcu-run` reports the metric on it)."""
+    held_out = (
+        f"{source}, its test split"
+        if builtin
+        else f"{source}, the held-out {val_split:g} (seeded per class, never trained on)"
+    )
+    return {
+        "source": source,
+        "task": "classification",
+        "metric": "accuracy",
+        "train_samples": n_train,
+        "test_samples": n_test,
+        "evaluated_on": held_out,
+    }
+
+
 def _compile(args: argparse.Namespace, plan, spec: str, precision: str, weights):
     import torch
 
-    from edgetrain.codegen._compile import compile_project, samples_of
+    from edgetrain.codegen._compile import compile_project
     from edgetrain.codegen._files import load_weights
     from edgetrain.codegen._render import TrainingSpec
-    from edgetrain.data import load_dataset, parse_spec, resize_for
     from edgetrain.models import build_model
 
     model, example = build_model(spec)
     plan.check_matches_model(model)
     if weights is not None:
         load_weights(model, weights)
-    name, _ = parse_spec(args.data)
-    tr = load_dataset(args.data, split="train", limit=args.train_samples)
-    te = load_dataset(args.data, split="test", limit=args.test_samples)
-    shape = tuple(example.shape)
-    exact = shape[1:] == tuple(tr.x.shape[1:])
-    train = samples_of(resize_for(tr.x, shape), tr.y, name, exact=exact)
-    test = samples_of(resize_for(te.x, shape), te.y, name, exact=exact)
+    train, test, data = _samples(args, plan, example)
     if precision == "int8":
         from edgetrain.codegen._compile import compile_int8_project
 
@@ -96,6 +159,7 @@ def _compile(args: argparse.Namespace, plan, spec: str, precision: str, weights)
             log_every=args.log_every,
             dump_params=args.dump_params,
             force=args.force,
+            data=data,
         )
     else:
         spec = TrainingSpec(
@@ -105,6 +169,7 @@ def _compile(args: argparse.Namespace, plan, spec: str, precision: str, weights)
             lr=args.lr,
             log_every=args.log_every,
             dump_params=args.dump_params,
+            data=data,
         )
         with torch.no_grad():
             out = compile_project(
@@ -129,8 +194,10 @@ def _cmd_mcu_run(args: argparse.Namespace) -> int:
         return 0
     console.print(
         f"[bold]{r.target}[/]: {r.steps} steps, loss {r.losses[0]:.4f} -> "
-        f"{r.losses[-1]:.4f}; held-out accuracy {100 * r.accuracy_before:.1f} % -> "
-        f"{100 * r.accuracy_after:.1f} % ({r.test_samples} samples)"
+        f"{r.losses[-1]:.4f}; held-out {r.metric} {100 * r.accuracy_before:.1f} % -> "
+        f"{100 * r.accuracy_after:.1f} % ({r.test_samples} samples"
+        f"{f' of {escape(r.evaluated_on)}' if r.evaluated_on else ''})",
+        highlight=False,
     )
     if r.peak_sram_bytes is not None:
         console.print(
@@ -205,18 +272,40 @@ def register(subparsers) -> None:
         default=None,
         help="the plan's loss (recorded in it; the default; the C trainer runs cross-entropy)",
     )
-    c.add_argument("--data", default="fashion-mnist:5-9")
+    c.add_argument(
+        "--data",
+        default="fashion-mnist:5-9",
+        help="the samples baked into flash, for the model's input (any rank): a built-in set "
+        "(fashion-mnist:5-9, digits), data.npz, x.npy,y.npy, data.csv, a folder of class "
+        "sub-folders of images, or file.py:make_dataset",
+    )
+    c.add_argument("--label", default=None, help="CSV label column (name or index)")
+    c.add_argument("--x-key", default="x", help="array of the inputs in an .npz (default x)")
+    c.add_argument("--y-key", default="y", help="array of the labels in an .npz (default y)")
+    c.add_argument(
+        "--resize",
+        default=None,
+        metavar="H,W",
+        help="resize images to H,W (never done unless asked)",
+    )
+    c.add_argument(
+        "--val-split",
+        type=cli_type(lambda v: validate.fraction(v, "held-out fraction (--val-split)")),
+        default=0.1,
+        help="fraction of a user's data held out (seeded, per class) as the test samples the "
+        "accuracy is measured on (default 0.1; built-in sets use their test split)",
+    )
     c.add_argument(
         "--train-samples",
         type=cli_type(positive_int),
         default=400,
-        help="training samples baked into flash (cycled through)",
+        help="at most this many training samples baked into flash (cycled through)",
     )
     c.add_argument(
         "--test-samples",
         type=cli_type(positive_int),
         default=400,
-        help="held-out samples baked into flash for accuracy",
+        help="at most this many held-out samples baked into flash for the accuracy",
     )
     c.add_argument("--steps", type=cli_type(steps), default=1000)
     c.add_argument("--lr", type=cli_type(learning_rate), default=0.05)

@@ -16,7 +16,7 @@ import torch
 from edgetrain.codegen._files import check_output_dir, write_project
 from edgetrain.codegen._int8_layout import int8_layout, int8_trainable_ops
 from edgetrain.codegen._project import check_prediction
-from edgetrain.codegen._render import SampleSet, TrainingSpec, render
+from edgetrain.codegen._render import SampleSet, TrainingSpec, data_summary, render
 from edgetrain.codegen._targets import TargetKind, get_target
 from edgetrain.errors import PlanPredictionError, UnsupportedKernelError, UnsupportedPlanError
 from edgetrain.ir import OpKind
@@ -106,6 +106,7 @@ def compile_project(
     tgt = get_target(target)
     graph = capture(model, example, batch_size=plan.micro_batch_size, name=plan.model)
     modules = dict(model.named_modules())
+    _check_pool_modules(graph, modules)
     for n in graph.nodes:
         if n.op is OpKind.HARDTANH:
             m = modules.get(n.module)
@@ -132,6 +133,30 @@ def compile_project(
     return write_project(out_dir, files, force=force)
 
 
+def _check_pool_modules(graph, modules: dict) -> None:
+    """What the graph does not record of a pooling module and the C kernels do not run
+    (NOTE [ 1-D models in C ]): dilated max pooling, average pooling that excludes the
+    padding from its divisor or overrides it."""
+    for n in graph.nodes:
+        if n.op not in (OpKind.MAX_POOL2D, OpKind.AVG_POOL2D):
+            continue
+        m = modules.get(n.module)
+        dil = getattr(m, "dilation", 1)
+        bad = []
+        if dil not in (1, (1,), (1, 1)):
+            bad.append(f"dilation {dil}")
+        if getattr(m, "divisor_override", None):
+            bad.append(f"divisor_override {m.divisor_override}")
+        pad = getattr(m, "padding", 0)
+        if getattr(m, "count_include_pad", True) is False and pad not in (0, (0,), (0, 0)):
+            bad.append("count_include_pad=False with padding")
+        if bad:
+            raise UnsupportedKernelError(
+                f"node {n.name} ({n.module}): {n.op.value} with {', '.join(bad)} has no C "
+                "kernel; supported: dilation 1, divisor the kernel size (padding counted)"
+            )
+
+
 def compile_int8_project(
     plan: Plan,
     model: torch.nn.Module,
@@ -147,6 +172,7 @@ def compile_int8_project(
     log_every: int = 1,
     dump_params: bool = False,
     force: bool = False,
+    data: dict | None = None,
 ):
     """Quantise `model` (edgetrain.quant, calibrated on `calibration` or the training images),
     render int8 QAS training of what `plan` trains, write it; returns (out_dir, QuantGraph,
@@ -195,10 +221,11 @@ def compile_int8_project(
         device_flash_bytes=flash,
         device_name=device or plan.device,
     )
+    meta = json.loads(files["edgetrain_build.json"])
     if plan.precision is Precision.INT8:  # the planner predicted this program's SRAM
-        meta = json.loads(files["edgetrain_build.json"])
         meta["planner_predicted_peak_bytes"] = plan.predicted_peak_bytes
-        files["edgetrain_build.json"] = json.dumps(meta, indent=1)
+    meta["data"] = data or data_summary(train, test)
+    files["edgetrain_build.json"] = json.dumps(meta, indent=1)
     return write_project(out_dir, files, force=force), qg, trainable
 
 

@@ -15,6 +15,20 @@ NOTE [ Arena assignment ]
     Aliases cost nothing: flatten, ReLU/ReLU6 computed in place when nothing else reads their
     input, and input gradients written into the output gradient's buffer for element-wise
     operators whose input has no other reader.
+
+NOTE [ 1-D models in C ]
+    A (B, C, L) activation is stored exactly as a (B, C, 1, L) plane, so 1-D operators run on
+    the 2-D kernels: conv1d (stride, padding, dilation, groups) is conv2d with a (1, k)
+    kernel, whose weight (Co, Ci/G, k) has the same bytes; BatchNorm1d is batch norm over
+    B x C x L (folded into a frozen convolution before it like BatchNorm2d); max_pool1d and
+    avg_pool1d reach the graph as max_pool2d_with_indices / avg_pool2d over an unsqueezed
+    (B, C, 1, L) view, and squeeze / unsqueeze are aliases. Max pooling keeps no indices: its
+    backward finds each window's maximum again in the saved input (PyTorch's rule: the first
+    maximum, NaN wins), so the input lives until then. The graph does not record pooling's
+    dilation, ceil mode, count_include_pad or divisor_override: output sizes other than
+    dilation 1's are refused, average pooling runs floor mode with divisor kernel size (zero
+    padding counted, PyTorch's default), and `compile_project` refuses modules that set the
+    others. Dropout is refused (NOTE [ Dropout in C ]).
 """
 
 from __future__ import annotations
@@ -439,33 +453,35 @@ def _dead_aux_view(g: Graph, n) -> bool:
 
 def _refuse_dropout(lw: _Lowering) -> None:
     """NOTE [ Dropout in C ]: the generated trainer has no random number generator, so a
-    dropout the model runs while training (captured as a random mask: `OpKind.RANDOM`) is
-    refused wherever it is; it is never silently dropped to the identity, which would train
-    another model than PyTorch's. A dropout in eval mode when captured is no operator at all
-    (the identity), so it costs nothing here."""
+    dropout (captured as a random mask, `OpKind.RANDOM`: capture runs the model in training
+    mode) is refused wherever it is, with where it is when the plan is known. It is never
+    silently made the identity: in the trained part its mask changes the gradients, and
+    before it PyTorch's training still drops the trained layers' inputs, so the C program
+    would train another model than the plan's."""
     g = lw.graph
+    rnd = next((n for n in g.nodes if n.op is OpKind.RANDOM), None)
+    if rnd is None:
+        return
     live: set[str] = set()  # activations downstream of a trained parameter
     for n in g.nodes:
-        if any(lw.trains(lw.pby[t].name) for t in n.inputs if t in lw.pby) or live & set(n.inputs):
+        if live & set(n.inputs) or any(lw.trains(lw.pby[t].name) for t in n.inputs if t in lw.pby):
             live.add(n.output)
-    for n in g.nodes:
-        if n.op is not OpKind.RANDOM:
-            continue
-        group = [
-            m for m in g.nodes if (m.module, m.attr("composite")) == (n.module, n.attr("composite"))
-        ]
-        trained = any(live & set(m.inputs) for m in group)
+    key = (rnd.module, rnd.attr("composite"))
+    group = [m for m in g.nodes if (m.module, m.attr("composite")) == key]
+    if not lw.decisions:  # kernels only (planning): where the plan trains is not known yet
+        where = ""
+    elif any(live & set(m.inputs) for m in group):
+        where = " It is in the part the plan trains: its mask changes the gradients."
+    else:
         where = (
-            "in the part the plan trains (its mask changes the gradients)"
-            if trained
-            else "before the trained layers (PyTorch's training still drops their inputs)"
+            " It is before the layers the plan trains: PyTorch's training still drops their inputs."
         )
-        raise UnsupportedKernelError(
-            f"node {n.name} ({n.module or 'functional'}): dropout draws a random mask at every "
-            f"training step, {where}; the generated C trainer has no random number generator "
-            "and does not run dropout. Remove it for on-device training (nn.Identity), or "
-            "build the model with that module in eval mode"
-        )
+    raise UnsupportedKernelError(
+        f"node {rnd.name} ({rnd.module or 'functional'}): dropout draws a random mask at every "
+        "training step, and the generated C trainer has no random number generator: it does "
+        f"not run dropout, nor silently skips it.{where} Remove the dropout for on-device "
+        "training (e.g. nn.Identity() in its place in the model factory)"
+    )
 
 
 def _lower_nodes(lw: _Lowering) -> None:

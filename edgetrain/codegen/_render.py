@@ -98,6 +98,7 @@ class TrainingSpec:
     lr: float
     log_every: int = 1
     dump_params: bool = False  # print the trained parameters bit-exactly (hex) at the end
+    data: dict | None = None  # what the samples are (`_cli.data_record`), for the build file
 
 
 def render(
@@ -159,6 +160,7 @@ def render(
         "flash_limit_bytes": device_flash_bytes,
         "counter_hz": tgt.counter_hz,
         "qemu_machine": tgt.qemu_machine,
+        "data": spec.data or data_summary(spec.train, spec.test),
         "buffers": [
             {
                 "name": b.name,
@@ -172,6 +174,18 @@ def render(
     }
     files["edgetrain_build.json"] = json.dumps(meta, indent=1)
     return files
+
+
+def data_summary(train: SampleSet, test: SampleSet) -> dict:
+    """The build file's record of samples given through the API (no source known)."""
+    return {
+        "source": None,
+        "task": "classification",
+        "metric": "accuracy",
+        "train_samples": len(train.labels),
+        "test_samples": len(test.labels),
+        "evaluated_on": "the test samples given",
+    }
 
 
 def _check_inputs(plan: Plan, low: Lowered, spec: TrainingSpec, flash: int, device: str) -> None:

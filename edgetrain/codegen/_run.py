@@ -47,6 +47,9 @@ class McuRunResult:
     accuracy_after: float
     test_samples: int
     params: dict  # name -> list of floats, when the project dumps parameters
+    metric: str = "accuracy"  # what accuracy_before / accuracy_after measure
+    evaluated_on: str | None = None  # the held-out samples it is measured on (build file)
+    data_source: str | None = None  # the data the samples came from (`compile --data`)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -307,4 +310,18 @@ def _parse(text: str, meta: dict, tgt, exe: Path) -> McuRunResult:
         accuracy_after=after / max(1, n_test),
         test_samples=n_test,
         params=params,
+        **_data_fields(meta.get("data")),
     )
+
+
+def _data_fields(data) -> dict:
+    """What the build file says of the data (absent in projects of older versions)."""
+    if not isinstance(data, dict):
+        return {}
+    out = {}
+    for key, field in (("metric", "metric"), ("evaluated_on", "evaluated_on")):
+        if isinstance(data.get(key), str):
+            out[field] = data[key]
+    if isinstance(data.get("source"), str):
+        out["data_source"] = data["source"]
+    return out
