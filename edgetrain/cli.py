@@ -667,12 +667,8 @@ def _add_train_parser(sub) -> None:
         help="a built-in set (fashion-mnist:5-9, digits), data.npz, x.npy,y.npy, data.csv, a "
         "folder of class sub-folders of images, or file.py:make_dataset",
     )
-    _add_data_options(tr)
-    tr.add_argument(
-        "--val-split",
-        type=cli_type(lambda v: validate.fraction(v, "held-out fraction (--val-split)")),
-        default=0.1,
-        help="fraction of the data held out for the metric (default 0.1)",
+    validate.add_data_arguments(
+        tr, held_out="fraction of the data held out for the metric (default 0.1)"
     )
     tr.add_argument(
         "--test-data", default=None, help="held-out data to report the metric on instead"
@@ -703,19 +699,6 @@ def _add_train_parser(sub) -> None:
     tr.set_defaults(fn=_cmd_train)
 
 
-def _add_data_options(p) -> None:
-    """How a data source is read (`edgetrain.data.load_data`)."""
-    p.add_argument("--label", default=None, help="CSV label column (name or index)")
-    p.add_argument("--x-key", default="x", help="array of the inputs in an .npz (default x)")
-    p.add_argument("--y-key", default="y", help="array of the targets in an .npz (default y)")
-    p.add_argument(
-        "--resize",
-        default=None,
-        metavar="H,W",
-        help="resize images to H,W (never done unless asked)",
-    )
-
-
 def _add_data_parser(sub) -> None:
     """`edgetrain data inspect`."""
     da = sub.add_parser("data", help="inspect a data source")
@@ -723,7 +706,7 @@ def _add_data_parser(sub) -> None:
     ins = dsub.add_parser("inspect", help="what a data source holds and whether it fits a model")
     ins.add_argument("source", help="a built-in set, .npz, x.npy,y.npy, .csv, image folder, .py")
     ins.add_argument("--model", default=None, help="check it against this model's input")
-    _add_data_options(ins)
+    validate.add_data_arguments(ins)
     ins.add_argument("--json", action="store_true")
     ins.set_defaults(fn=_cmd_data)
 

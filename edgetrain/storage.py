@@ -206,3 +206,55 @@ def cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgetrain"
     )
     return Path(root)
+
+
+def import_user_function(
+    path: Path,
+    name: str,
+    *,
+    what: str,
+    module_prefix: str,
+    missing: type[Exception],
+    broken: type[Exception],
+):
+    """Import the Python file `path` and return its function `name` (a model factory, a
+    dataset maker). A file that raises or exits on import, lacks `name` or defines it as
+    something else raises `broken` naming the file and what it does define; a path that is not
+    a file raises `missing`. `what` names the function in messages ("factory", "function")."""
+    import hashlib
+    import importlib.util
+    import sys
+
+    try:
+        found, is_dir = path.is_file(), path.is_dir()
+        if found:
+            path = path.resolve()
+    except (OSError, ValueError) as e:  # a NUL byte, a name too long for the file system
+        raise missing(f"{str(path)[:80]!r} is not a usable file path: {e}") from None
+    if not found:
+        why = "is a directory, not a Python file" if is_dir else "does not exist"
+        raise missing(f"{str(path)!r} {why} (resolved to {path.absolute()})")
+    mod_name = module_prefix + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    loader_spec = importlib.util.spec_from_file_location(mod_name, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise broken(f"cannot import {path} as a Python module")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[mod_name] = module  # lets dataclasses / pickling inside the file resolve it
+    try:
+        loader_spec.loader.exec_module(module)
+    except (Exception, SystemExit) as e:  # a file that exits on import must not end edgetrain
+        sys.modules.pop(mod_name, None)
+        raise broken(f"importing {path} failed: {type(e).__name__}: {e}") from e
+    function = getattr(module, name, None)
+    if function is None:
+        defined = sorted(
+            k
+            for k, v in vars(module).items()
+            if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == mod_name
+        )
+        raise broken(
+            f"{path} has no {what} {name!r}; functions defined there: {', '.join(defined) or 'none'}"
+        )
+    if not callable(function):
+        raise broken(f"{path}:{name} is a {type(function).__name__}, not a function")
+    return path, function

@@ -26,6 +26,7 @@ __all__ = [
     "batch_fits",
     "batch_size",
     "budget_bytes",
+    "add_data_arguments",
     "budget_within_device",
     "cli_type",
     "existing_file",
@@ -170,6 +171,24 @@ def output_dir(value: object, what: str = "output folder") -> Path:
         return p
     _writable_ancestor(p, value, what)
     return p
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, *, held_out: str | None = None) -> None:
+    """The flags that say how a data source is read (`edgetrain.data.load_data`), shared by
+    `train`, `compile` and `data inspect`; `held_out` (its help text) adds `--val-split`."""
+    parser.add_argument("--label", default=None, help="CSV label column (name or index)")
+    parser.add_argument("--x-key", default="x", help="array of the inputs in an .npz (default x)")
+    parser.add_argument("--y-key", default="y", help="array of the targets in an .npz (default y)")
+    parser.add_argument(
+        "--resize", default=None, metavar="H,W", help="resize images to H,W (never unless asked)"
+    )
+    if held_out is not None:
+        parser.add_argument(
+            "--val-split",
+            type=cli_type(lambda v: fraction(v, "held-out fraction (--val-split)")),
+            default=0.1,
+            help=held_out,
+        )
 
 
 def cli_type(check: Callable[[object], T]) -> Callable[[str], T]:

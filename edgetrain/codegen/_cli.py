@@ -279,21 +279,10 @@ def register(subparsers) -> None:
         "(fashion-mnist:5-9, digits), data.npz, x.npy,y.npy, data.csv, a folder of class "
         "sub-folders of images, or file.py:make_dataset",
     )
-    c.add_argument("--label", default=None, help="CSV label column (name or index)")
-    c.add_argument("--x-key", default="x", help="array of the inputs in an .npz (default x)")
-    c.add_argument("--y-key", default="y", help="array of the labels in an .npz (default y)")
-    c.add_argument(
-        "--resize",
-        default=None,
-        metavar="H,W",
-        help="resize images to H,W (never done unless asked)",
-    )
-    c.add_argument(
-        "--val-split",
-        type=cli_type(lambda v: validate.fraction(v, "held-out fraction (--val-split)")),
-        default=0.1,
-        help="fraction of a user's data held out (seeded, per class) as the test samples the "
-        "accuracy is measured on (default 0.1; built-in sets use their test split)",
+    validate.add_data_arguments(
+        c,
+        held_out="fraction of a user's data held out (seeded, per class) as the test samples "
+        "the accuracy is measured on (default 0.1; built-in sets use their test split)",
     )
     c.add_argument(
         "--train-samples",

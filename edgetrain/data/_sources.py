@@ -18,10 +18,7 @@ naming the file, missing ones `DatasetMissingError`.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import os
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +28,7 @@ import numpy as np
 import torch
 
 from edgetrain.errors import DatasetCorruptError, DatasetMissingError, InvalidArgumentError
+from edgetrain.storage import import_user_function
 
 from ._api import NORMALIZATION
 from ._csv import read_csv
@@ -228,48 +226,14 @@ def read_images(src: Source, channels: int | None, resize: tuple[int, int] | Non
 
 def _import_function(src: Source) -> Any:
     """The user's function, imported as `edgetrain.models` imports a model factory."""
-    path = src.paths[0]
-    try:
-        found, is_dir = path.is_file(), path.is_dir()
-        if found:
-            path = path.resolve()
-    except (OSError, ValueError) as e:
-        raise InvalidArgumentError(
-            f"data source {src.text[:80]!r} is not a usable path: {e}"
-        ) from None
-    if not found:
-        why = "is a directory, not a Python file" if is_dir else "does not exist"
-        raise DatasetMissingError(
-            f"data file {str(path)!r} {why} (from source {src.text!r}; resolved to "
-            f"{path.absolute()})"
-        )
-    mod_name = "edgetrain_user_data_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
-    loader_spec = importlib.util.spec_from_file_location(mod_name, path)
-    if loader_spec is None or loader_spec.loader is None:
-        raise DatasetCorruptError(f"cannot import {path} as a Python module")
-    module = importlib.util.module_from_spec(loader_spec)
-    sys.modules[mod_name] = module
-    try:
-        loader_spec.loader.exec_module(module)
-    except (Exception, SystemExit) as e:  # a file that exits on import must not end edgetrain
-        sys.modules.pop(mod_name, None)
-        raise DatasetCorruptError(f"importing {path} failed: {type(e).__name__}: {e}") from e
-    function = getattr(module, src.function, None)
-    if function is None:
-        defined = sorted(
-            k
-            for k, v in vars(module).items()
-            if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == mod_name
-        )
-        raise DatasetCorruptError(
-            f"{path} has no function {src.function!r}; functions defined there: "
-            f"{', '.join(defined) or 'none'}"
-        )
-    if not callable(function):
-        raise DatasetCorruptError(
-            f"{path}:{src.function} is of type {type(function).__name__}, not a function"
-        )
-    return function
+    return import_user_function(
+        src.paths[0],
+        src.function,
+        what="function",
+        module_prefix="edgetrain_user_data_",
+        missing=DatasetMissingError,
+        broken=DatasetCorruptError,
+    )[1]
 
 
 def _numpy(value: Any, what: str) -> np.ndarray:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import hashlib
-import importlib.util
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +15,7 @@ from edgetrain.models import _transformer as T
 from edgetrain.models import _vision as V
 from edgetrain.models._common import SEED, example_image, init_bert, init_cnn, seeded
 from edgetrain.models._zoo import ZOO, ZooEntry
+from edgetrain.storage import import_user_function
 
 
 @dataclass(frozen=True)
@@ -213,40 +211,16 @@ def _from_file(spec: str, num_classes: int | None) -> tuple[nn.Module, torch.Ten
             "write the spec as 'path/to/file.py:factory'"
         )
     try:
-        path = Path(path_s).expanduser()
-        found, is_dir = path.is_file(), path.is_dir()
-        if found:
-            path = path.resolve()
-    except (OSError, ValueError) as e:  # a NUL byte, a name too long for the file system
-        raise ModelLoadError(f"model spec {spec[:80]!r} is not a usable file path: {e}") from None
-    if not found:
-        why = "is a directory, not a Python file" if is_dir else "does not exist"
-        raise ModelLoadError(
-            f"model file {str(path)!r} {why} (from spec {spec!r}; resolved to {path.absolute()})"
+        path, factory = import_user_function(
+            Path(path_s).expanduser(),
+            name,
+            what="factory",
+            module_prefix="edgetrain_user_model_",
+            missing=ModelLoadError,
+            broken=ModelLoadError,
         )
-    mod_name = "edgetrain_user_model_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
-    loader_spec = importlib.util.spec_from_file_location(mod_name, path)
-    if loader_spec is None or loader_spec.loader is None:
-        raise ModelLoadError(f"cannot import {path} as a Python module")
-    module = importlib.util.module_from_spec(loader_spec)
-    sys.modules[mod_name] = module  # lets dataclasses / pickling inside the file resolve it
-    try:
-        loader_spec.loader.exec_module(module)
-    except (Exception, SystemExit) as e:  # a file that exits on import must not end edgetrain
-        sys.modules.pop(mod_name, None)
-        raise ModelLoadError(f"importing {path} failed: {type(e).__name__}: {e}") from e
-    factory = getattr(module, name, None)
-    if factory is None:
-        found = sorted(
-            k
-            for k, v in vars(module).items()
-            if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == mod_name
-        )
-        raise ModelLoadError(
-            f"{path} has no factory {name!r}; functions defined there: {', '.join(found) or 'none'}"
-        )
-    if not callable(factory):
-        raise ModelLoadError(f"{path}:{name} is a {type(factory).__name__}, not a function")
+    except ModelLoadError as e:
+        raise ModelLoadError(f"model {e} (from spec {spec[:120]!r})") from e.__cause__
     try:
         result = factory() if num_classes is None else factory(num_classes=num_classes)
     except (Exception, SystemExit) as e:
