@@ -25,6 +25,7 @@ _EXPORTS = {
     "Trainer": "edgetrain.runtime",
     "train": "edgetrain.runtime",
     "TrainReport": "edgetrain.runtime",
+    "export": "edgetrain.export",
     "Device": "edgetrain.cost",
     "load_device": "edgetrain.cost",
     **_ERRORS,

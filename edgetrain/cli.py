@@ -513,6 +513,7 @@ _STAGE_COMMANDS = {
     "mcu-run": "edgetrain.codegen._cli",
     "bench": "edgetrain.strategies._cli",
     "federate": "edgetrain.federated._cli",
+    "export": "edgetrain.export._cli",
 }
 
 
@@ -603,9 +604,10 @@ def _add_plan_parser(sub) -> None:
     )
     pl.add_argument(
         "--executor",
-        choices=["pytorch", "c"],
+        choices=["pytorch", "c", "executorch"],
         default=None,
-        help="what runs the plan: pytorch (edgetrain train) or c (edgetrain compile); "
+        help="what runs the plan: pytorch (edgetrain train), c (edgetrain compile) or "
+        "executorch (edgetrain export: every activation kept, SGD or momentum); "
         "the predicted peak is that executor's memory (default: pytorch; "
         "strategy auto falls back to c when pytorch does not fit)",
     )

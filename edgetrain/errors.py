@@ -191,3 +191,9 @@ class PlanPredictionError(UnsupportedPlanError):
 class BuildFileError(CodegenError, InvalidArgumentError):
     """A compiled project's `edgetrain_build.json` is missing, truncated or malformed: names
     the file and how to regenerate it."""
+
+
+class ExportUnsupportedError(InvalidArgumentError):
+    """A plan asks for something an export format cannot express (ExecuTorch: paging,
+    recomputation, micro-batching, batch-statistics batch norm, optimizers other than SGD):
+    names the blocking decision and the `edgetrain plan` flags that avoid it."""

@@ -67,6 +67,7 @@ class Executor(enum.Enum):
 
     PYTORCH = "pytorch"  # edgetrain.Trainer: the tensor-lifetime simulation of PyTorch's allocator
     C = "c"  # edgetrain compile: static arena, frozen weights in flash, BN folded, in-place SGD
+    EXECUTORCH = "executorch"  # edgetrain export: ExecuTorch's joint forward-backward program
 
 
 class Precision(enum.Enum):
@@ -275,7 +276,7 @@ _DEVICE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _HINTS = {
     Strategy: "exact, auto, keep-all, sqrt or greedy",
     Objective: "time or energy",
-    Executor: "pytorch or c",
+    Executor: "pytorch, c or executorch",
     Precision: "fp32 or int8",
     ParamDecision: "frozen, trainable, bias_only or channels",
     ActivationDecision: "keep, recompute or page",
@@ -596,6 +597,8 @@ def _check_consistency(plan: Plan, dev: Device) -> None:
                 "the C executor keeps every activation and applies plain SGD in place, one "
                 f"batch at a time; this plan asks for {', '.join(what)}; {_FIX}"
             )
+    if plan.executor is Executor.EXECUTORCH:
+        _check_executorch(plan)
     if plan.in_place_update and plan.micro_batch_size != plan.batch_size:
         raise PlanFileError(
             f"the plan updates in place during backward but accumulates "
@@ -606,6 +609,24 @@ def _check_consistency(plan: Plan, dev: Device) -> None:
         raise PlanFileError(
             f"the plan predicts a step of {plan.predicted.latency_s:.4g} s, longer than its "
             f"deadline of {plan.deadline_s:.4g} s; {_FIX}"
+        )
+
+
+def _check_executorch(plan: Plan) -> None:
+    """An ExecuTorch plan asks only what its program expresses (NOTE [ What ExecuTorch's
+    training export expresses ], edgetrain/export/_checks.py)."""
+    what = []
+    if plan.micro_batch_size != plan.batch_size:
+        what.append(f"micro-batches ({plan.batch_size} in {plan.micro_batch_size}s)")
+    if plan.optimizer not in (Optimizer.SGD.value, Optimizer.MOMENTUM.value):
+        what.append(f"optimizer {plan.optimizer}")
+    held = [s.name for s in plan.stages if s.decision is not ActivationDecision.KEEP]
+    if held:
+        what.append(f"recompute or paging (stage {held[0]!r})")
+    if what:
+        raise PlanFileError(
+            "the ExecuTorch executor keeps every activation and runs SGD (with momentum) over "
+            f"whole batches; this plan asks for {', '.join(what)}; {_FIX}"
         )
 
 

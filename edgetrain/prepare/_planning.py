@@ -243,6 +243,8 @@ def _executor_attempts(req: PlanRequest) -> list[tuple[Executor, Precision]]:
                 prec or Precision.FP32,
             )
         ]
+    if execu is not None and all(e is not execu for e, _ in every):
+        every = [(execu, prec or Precision.FP32)]  # pinned beyond auto's tries (executorch)
     out = [
         (e, p) for e, p in every if (execu is None or e is execu) and (prec is None or p is prec)
     ]

@@ -1,0 +1,64 @@
+"""Training an exported program with ExecuTorch's Python runtime (the same C++ kernels and
+SGD a phone app links), for checks on the host."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from edgetrain.errors import InvalidArgumentError, OutputPathError
+from edgetrain.export._export import manifest_of
+from edgetrain.export._program import METHOD
+
+__all__ = ["ExecuTorchProgram", "load_program"]
+
+
+class ExecuTorchProgram:
+    """An exported folder loaded into ExecuTorch's runtime: `step(x, y)` runs the method and
+    ExecuTorch's SGD with the manifest's options; `named_parameters()` reads the weights the
+    runtime holds."""
+
+    def __init__(self, out_dir: "str | os.PathLike[str]", *, lr: float | None = None) -> None:
+        from executorch.extension.pybindings.portable_lib import _load_for_executorch
+        from executorch.extension.training import TrainingModule
+
+        out = Path(out_dir)
+        self.manifest = manifest_of(out)
+        pte, ptd = out / "model.pte", out / "model.ptd"
+        for f in (pte, ptd):
+            if not f.is_file():
+                raise OutputPathError(f"{str(f)!r} is missing; run `edgetrain export` again")
+        self.module = TrainingModule(_load_for_executorch(str(pte), str(ptd)))
+        opt = self.manifest["optimizer"]
+        self.lr = opt["lr"] if lr is None else lr
+        self._opt_args = (opt["momentum"], opt["dampening"], opt["weight_decay"], opt["nesterov"])
+        self._optimizer = None
+        x = self.manifest["inputs"][0]
+        self.batch_shape = tuple(x["shape"])
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One forward-backward and one SGD step; returns the loss."""
+        from executorch.extension.training import get_sgd_optimizer
+
+        if tuple(x.shape) != self.batch_shape:
+            raise InvalidArgumentError(
+                f"batch {tuple(x.shape)}; the program was exported for {self.batch_shape}"
+            )
+        loss = self.module.forward_backward(METHOD, (x, y))[0]
+        if self._optimizer is None:  # the runtime names its parameters after the first run
+            self._optimizer = get_sgd_optimizer(
+                self.module.named_parameters(), self.lr, *self._opt_args
+            )
+        self._optimizer.step(self.module.named_gradients())
+        return float(loss.detach())
+
+    def named_parameters(self) -> dict[str, torch.Tensor]:
+        """The trainable tensors as the runtime holds them (after the first step)."""
+        return {k: v.detach().clone() for k, v in self.module.named_parameters().items()}
+
+
+def load_program(out_dir: "str | os.PathLike[str]", *, lr: float | None = None):
+    """The exported folder `out_dir`, loaded for training (`ExecuTorchProgram`)."""
+    return ExecuTorchProgram(out_dir, lr=lr)
