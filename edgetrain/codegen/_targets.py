@@ -44,7 +44,7 @@ _ARM_COMMON = (
     "-mthumb",
     "-ffunction-sections",
     "-fdata-sections",
-    "-ffp-contract=off",
+    "-ffp-contract=fast",
     "-Wall",
     "-Wno-unused-function",
 )
