@@ -258,6 +258,8 @@ def test_cli_compile_and_mcu_run_json(tmp_path, capsys):
     a = ap.parse_args(
         [
             "compile",
+            "--layout",
+            "demo",
             "--plan",
             str(tmp_path / "plan.json"),
             "--target",

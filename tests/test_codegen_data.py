@@ -93,6 +93,8 @@ def _compile_and_run(tmp_path, spec: str, target: str, capsys) -> tuple[dict, di
     compiled = _cli(
         [
             "compile",
+            "--layout",
+            "demo",
             "--plan",
             str(tmp_path / "plan.json"),
             "--model",

@@ -42,7 +42,13 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             f"({'x'.join(map(str, train.pixels.shape[1:]))} "
             f"{'float32' if train.is_float else 'uint8'}) of {escape(args.data)} baked in"
         )
-        console.print(f"run it: edgetrain mcu-run {out}")
+        if meta.get("layout") == "library":
+            console.print(
+                f"the C library: {out / 'src'} (edgetrain_model.h documents the API); an "
+                f"example firmware: make -C {out / 'extras' / 'firmware'} run"
+            )
+        else:
+            console.print(f"run it: edgetrain mcu-run {out}")
     return 0
 
 
@@ -146,6 +152,14 @@ def _compile(args: argparse.Namespace, plan, spec: str, precision: str, weights)
     if precision == "int8":
         from edgetrain.codegen._compile import compile_int8_project
 
+        if args.layout != "demo":
+            from edgetrain.errors import UnsupportedPlanError
+
+            raise UnsupportedPlanError(
+                "the int8 (QAS) trainer has the demo layout only; compile it with --layout "
+                "demo (the C library API is fp32)"
+            )
+
         out, _, _ = compile_int8_project(
             plan,
             model,
@@ -181,6 +195,7 @@ def _compile(args: argparse.Namespace, plan, spec: str, precision: str, weights)
                 args.output,
                 device=args.device,
                 force=args.force,
+                layout=args.layout,
             )
     return out, train, test
 
@@ -240,6 +255,16 @@ def register(subparsers) -> None:
         action="store_true",
         help="write into a non-empty output folder compile did not create (its files named "
         "like the project's are overwritten)",
+    )
+    c.add_argument(
+        "--layout",
+        choices=["library", "demo"],
+        default="library",
+        help="library (default): src/edgetrain_model.h/.c with the C API your firmware calls "
+        "(et_init, et_train_step, et_predict, et_save_weights / et_load_weights), a "
+        "CMakeLists.txt, an Arduino library layout and an example firmware streaming the "
+        "--data samples; demo: a driver that trains on the samples baked into flash and "
+        "prints the report `edgetrain mcu-run` reads",
     )
     c.add_argument("--weights", help="start from these weights (.safetensors)")
     c.add_argument(

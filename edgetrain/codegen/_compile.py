@@ -94,8 +94,11 @@ def compile_project(
     *,
     device: "str | None" = None,
     force: bool = False,
+    layout: str = "demo",
 ) -> Path:
-    """Render and write the C project for `plan` into `out_dir`; returns the directory.
+    """Render and write the C project for `plan` into `out_dir` in `layout` ("demo": the
+    driver `mcu_run` runs; "library": the C API, NOTE [ Project layouts ]); returns the
+    directory.
     `out_dir` must be new, empty or compile's own unless `force` (NOTE [ compile's output
     directory ], `OutputPathError`); a C plan's prediction must be the layout's
     (`PlanPredictionError`)."""
@@ -104,7 +107,14 @@ def compile_project(
 
     check_output_dir(out_dir, force=force)
     tgt = get_target(target)
-    graph = capture(model, example, batch_size=plan.micro_batch_size, name=plan.model)
+    if plan.loss.startswith("custom:"):
+        raise UnsupportedKernelError(
+            f"the plan's loss is {plan.loss}, a Python function; the C trainer has the losses "
+            "cross-entropy, mse, l1 and bce (with logits): re-plan with one of them (--loss)"
+        )
+    graph = capture(
+        model, example, batch_size=plan.micro_batch_size, name=plan.model, loss=plan.loss
+    )
     modules = dict(model.named_modules())
     _check_pool_modules(graph, modules)
     for n in graph.nodes:
@@ -129,8 +139,23 @@ def compile_project(
         device_sram_bytes=sram,
         device_flash_bytes=flash,
         device_name=device or plan.device,
+        layout=layout,
+        hyper=module_attributes(model),
     )
     return write_project(out_dir, files, force=force)
+
+
+_HYPER = ("p", "negative_slope", "approximate")  # what the graph does not record
+
+
+def module_attributes(model: torch.nn.Module) -> dict[str, dict]:
+    """Module name -> the attributes of it the IR does not record and the C kernels need
+    (dropout's p, leaky_relu's negative_slope, GELU's approximate): `render`'s `hyper`."""
+    return {
+        name: {a: getattr(m, a) for a in _HYPER if isinstance(getattr(m, a, None), (float, str))}
+        for name, m in model.named_modules()
+        if any(isinstance(getattr(m, a, None), (float, str)) for a in _HYPER)
+    }
 
 
 def _check_pool_modules(graph, modules: dict) -> None:

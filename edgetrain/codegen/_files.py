@@ -39,8 +39,23 @@ _GENERATED = frozenset(
         "et_train",
         "et_train.elf",
         "et_train.map",
+        # the library layout (NOTE [ Project layouts ]) and its example firmware's build
+        "src/edgetrain_model.h",
+        "src/edgetrain_model.c",
+        "CMakeLists.txt",
+        "library.properties",
+        "examples/StreamTrain/StreamTrain.ino",
+        "extras/firmware/main.c",
+        "extras/firmware/samples.c",
+        "extras/firmware/et_model.h",
+        "extras/firmware/et_platform.c",
+        "extras/firmware/link.ld",
+        "extras/firmware/Makefile",
+        "extras/firmware/firmware",
+        "extras/firmware/firmware.elf",
     }
 )
+_GENERATED_DIRS = frozenset({"src", "examples", "extras"})
 
 
 # -- the output directory ----------------------------------------------------------------------
@@ -76,7 +91,7 @@ def _check_own(out: Path, force: bool) -> None:
     if force or not names or MARKER in names:
         return
     earlier = "edgetrain_build.json" in names and all(
-        n in _GENERATED or n.startswith(".tmp-") for n in names
+        n in _GENERATED or n in _GENERATED_DIRS or n.startswith(".tmp-") for n in names
     )
     if earlier:
         return
@@ -104,6 +119,7 @@ def write_project(out_dir: "str | os.PathLike", files: dict[str, str], *, force:
             marker,
         )
         for name, text in files.items():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(text, out / name)
         for name in before - set(files):
             stale = out / name

@@ -43,6 +43,7 @@ import numpy as np
 from edgetrain.codegen._arena import ALIGN, Buffer, arena_bytes, place_largest_first
 from edgetrain.codegen._kernels import KERNELS, PRELUDE
 from edgetrain.codegen._names import Identifiers, identifiers_in
+from edgetrain.codegen._op_kernels import BINARY, LOSSES, POINTWISE, Reads, op_kernels
 from edgetrain.codegen._platform import fixed_sources as platform_sources
 from edgetrain.codegen._project import fixed_sources as project_sources
 from edgetrain.errors import UnsupportedKernelError, UnsupportedPlanError
@@ -75,6 +76,10 @@ SUPPORTED = (
     "flatten / view / squeeze / unsqueeze",
     "linear",
     "cross_entropy",
+    "point-wise: " + ", ".join(POINTWISE),
+    "binary (same shape): " + ", ".join(BINARY),
+    "losses: " + ", ".join(LOSSES),
+    "dropout (nn.Dropout; an on-device PRNG mask)",
 )
 
 
@@ -90,6 +95,13 @@ class LKind(enum.Enum):
     VIEW = "view"
     LINEAR = "linear"
     XENT = "xent"
+    POINTWISE = "pointwise"  # NOTE [ Op categories in C ] (_op_kernels.py)
+    BINARY = "binary"
+    LOSS = "loss"  # a loss over float targets
+    DROPOUT = "dropout"
+
+
+LOSS_KINDS = (LKind.XENT, LKind.LOSS)
 
 
 @dataclass(frozen=True)
@@ -125,7 +137,7 @@ class Lowered:
     arena_bytes: int
     input_tensor: str
     input_shape: tuple[int, ...]
-    num_classes: int
+    num_classes: int  # 0: a loss over float targets of the output's shape
     batch_size: int
     trainable_params: tuple[str, ...]
     folded: tuple[str, ...]  # 'conv+bn' pairs folded into one constant convolution
@@ -145,7 +157,13 @@ _ROLES = {
 @functools.cache
 def _fixed_identifiers() -> frozenset[str]:
     """The identifiers of the fixed C every fp32 program holds: kernels, driver, platform."""
-    return identifiers_in(PRELUDE, *KERNELS.values(), *platform_sources(), *project_sources())
+    return identifiers_in(
+        PRELUDE,
+        *KERNELS.values(),
+        *op_kernels().values(),
+        *platform_sources(),
+        *project_sources(),
+    )
 
 
 def _sym(ids: Identifiers, role: str, name: str) -> str:
@@ -163,6 +181,10 @@ class _Lowering:
     decisions: dict  # parameter name -> ParamPlan (absent: frozen)
     freeze_batch_norm: bool
     reserved: frozenset[str] = frozenset()  # identifiers the program's fixed text uses
+    hyper: dict = field(default_factory=dict)  # module -> attributes the graph lacks (p, ...)
+    skip: set = field(default_factory=set)  # nodes lowered as part of another (dropout's mask)
+    dropout_of: dict = field(default_factory=dict)  # dropout's final mul node -> p (or None)
+    dropout_masks: set = field(default_factory=set)  # the masks' tensors
     shape: dict = field(init=False)
     pby: dict = field(init=False)
     arrays: dict[str, Array] = field(default_factory=dict)
@@ -422,6 +444,69 @@ def _lower_xent(lw: _Lowering, n, acts) -> LOp:
     return lw.op(LKind.XENT, n, acts)
 
 
+def _module_attr(lw: _Lowering, n, attr: str, what: str):
+    """An attribute of `n`'s module the graph does not record (dropout's p, leaky_relu's
+    slope, GELU's approximation): from `lw.hyper` (compile_project reads the model's modules);
+    None while lowering for shapes only (memory does not depend on it; `render` refuses a
+    None). A functional call has no module to read it from: refused."""
+    if not n.module:
+        raise UnsupportedKernelError(
+            f"node {n.name}: functional {what}; the graph does not record its {attr}, and "
+            f"there is no module to read it from. Use the module form (e.g. nn.{_MODULE_OF[what]})"
+        )
+    return lw.hyper.get(n.module, {}).get(attr)
+
+
+_MODULE_OF = {"gelu": "GELU()", "leaky_relu": "LeakyReLU(slope)", "dropout": "Dropout(p)"}
+
+
+def _lower_pointwise(lw: _Lowering, n, acts, fn: str) -> LOp:
+    a = 0.0
+    if fn == "gelu":
+        approx = _module_attr(lw, n, "approximate", "gelu")
+        fn = "gelu_tanh" if approx == "tanh" else "gelu"
+        a = 0.0 if approx is not None else None
+    elif POINTWISE[fn].param:
+        a = _module_attr(lw, n, POINTWISE[fn].param, fn)
+    return lw.op(LKind.POINTWISE, n, acts[:1], extra={"fn": fn, "a": a})
+
+
+def _lower_binary(lw: _Lowering, n, acts, fn: str) -> LOp:
+    out = lw.shape[n.output]
+    if len(acts) != 2 or any(lw.shape[t] != out for t in acts):
+        raise UnsupportedKernelError(
+            f"node {n.name} ({n.module or 'functional'}): {fn} of "
+            f"{[lw.shape.get(t) for t in n.inputs]} -> {out}; the C kernel takes two "
+            "activations of the output's shape (no broadcasting, no scalar, parameter or "
+            "constant operand)"
+        )
+    return lw.op(LKind.BINARY, n, acts, extra={"fn": fn})
+
+
+def _lower_elementwise(lw: _Lowering, n, acts) -> LOp:
+    """The point-wise and binary categories (NOTE [ Op categories in C ]), by the ATen name
+    inside the category (`attrs["fn"]`) or the kind's own name (tanh, gelu, hardswish, mul)."""
+    fn = n.attr("fn") or n.op.value
+    if fn in BINARY:
+        return _lower_binary(lw, n, acts, fn)
+    if fn in POINTWISE or fn == "gelu":
+        return _lower_pointwise(lw, n, acts, fn)
+    raise _unsupported(n)
+
+
+def _lower_loss(lw: _Lowering, n, acts) -> LOp:
+    fn = n.attr("fn")
+    if fn not in LOSSES:
+        raise _unsupported(n)
+    return lw.op(LKind.LOSS, n, acts[:1], extra={"fn": fn})
+
+
+def _lower_dropout(lw: _Lowering, n, acts) -> LOp:
+    x = next(t for t in n.inputs if t not in lw.dropout_masks)
+    k = sum(op.kind is LKind.DROPOUT for op in lw.ops)
+    return lw.op(LKind.DROPOUT, n, (x,), extra={"p": lw.dropout_of[n.name], "index": k})
+
+
 _LOWER: dict[OpKind, Callable[[_Lowering, object, tuple[str, ...]], "LOp | None"]] = {
     OpKind.CONV2D: _lower_conv,
     OpKind.CONV1D: _lower_conv,
@@ -436,6 +521,12 @@ _LOWER: dict[OpKind, Callable[[_Lowering, object, tuple[str, ...]], "LOp | None"
     OpKind.VIEW: _lower_view,
     OpKind.LINEAR: _lower_linear,
     OpKind.CROSS_ENTROPY: _lower_xent,
+    OpKind.ELEMENTWISE: _lower_elementwise,
+    OpKind.MUL: _lower_elementwise,
+    OpKind.TANH: _lower_elementwise,
+    OpKind.GELU: _lower_elementwise,
+    OpKind.HARDSWISH: _lower_elementwise,
+    OpKind.LOSS: _lower_loss,
 }
 """How each IR operator becomes a C operator (`SUPPORTED` in words)."""
 _SKIPPED = frozenset({OpKind.BUFFER_UPDATE})  # BN running-statistics updates: frozen in C
@@ -451,44 +542,51 @@ def _dead_aux_view(g: Graph, n) -> bool:
     )
 
 
-def _refuse_dropout(lw: _Lowering) -> None:
-    """NOTE [ Dropout in C ]: the generated trainer has no random number generator, so a
-    dropout (captured as a random mask, `OpKind.RANDOM`: capture runs the model in training
-    mode) is refused wherever it is, with where it is when the plan is known. It is never
-    silently made the identity: in the trained part its mask changes the gradients, and
-    before it PyTorch's training still drops the trained layers' inputs, so the C program
-    would train another model than the plan's."""
+def _find_dropouts(lw: _Lowering) -> None:
+    """NOTE [ Dropout in C ]: capture runs the model in training mode, so a dropout reaches
+    the graph as its mask's composite: `empty -> expand -> bernoulli(1 - p) -> div(1 - p)` and
+    `mul(x, mask)`. The C trainer draws the mask from an on-device generator (xorshift32,
+    `_op_kernels.dropout_fwd`): the whole composite is one C operator on x, whose backward
+    draws the same mask again from the generator's saved state (4 bytes, no mask buffer).
+    Evaluation and `et_predict` run it as the identity (PyTorch's eval mode). p is not in the
+    graph: it is read from the module (`nn.Dropout`; a functional dropout is refused). A
+    composite of another shape (Dropout1d/2d's per-channel masks, AlphaDropout) is refused;
+    nothing is silently skipped."""
     g = lw.graph
-    rnd = next((n for n in g.nodes if n.op is OpKind.RANDOM), None)
-    if rnd is None:
-        return
-    live: set[str] = set()  # activations downstream of a trained parameter
-    for n in g.nodes:
-        if live & set(n.inputs) or any(lw.trains(lw.pby[t].name) for t in n.inputs if t in lw.pby):
-            live.add(n.output)
-    key = (rnd.module, rnd.attr("composite"))
-    group = [m for m in g.nodes if (m.module, m.attr("composite")) == key]
-    if not lw.decisions:  # kernels only (planning): where the plan trains is not known yet
-        where = ""
-    elif any(live & set(m.inputs) for m in group):
-        where = " It is in the part the plan trains: its mask changes the gradients."
-    else:
-        where = (
-            " It is before the layers the plan trains: PyTorch's training still drops their inputs."
+    for rnd in (n for n in g.nodes if n.op is OpKind.RANDOM):
+        key = (rnd.module, rnd.attr("composite"))
+        group = [m for m in g.nodes if (m.module, m.attr("composite")) == key]
+        made = {m.output for m in group}
+        muls = [
+            m for m in group if m.op is OpKind.MUL and sum(t not in made for t in m.inputs) == 1
+        ]
+        ok = (
+            rnd.attr("composite")
+            and len(muls) == 1
+            and lw.shape[rnd.output] == lw.shape[muls[0].output]
         )
-    raise UnsupportedKernelError(
-        f"node {rnd.name} ({rnd.module or 'functional'}): dropout draws a random mask at every "
-        "training step, and the generated C trainer has no random number generator: it does "
-        f"not run dropout, nor silently skips it.{where} Remove the dropout for on-device "
-        "training (e.g. nn.Identity() in its place in the model factory)"
-    )
+        if not ok:
+            raise UnsupportedKernelError(
+                f"node {rnd.name} ({rnd.module or 'functional'}): a random mask "
+                f"{lw.shape[rnd.output]} that is not element-wise dropout (nn.Dropout) has no "
+                "C kernel (Dropout1d/2d, AlphaDropout and other random ops are not supported); "
+                "use nn.Dropout, or nn.Identity() in its place for on-device training"
+            )
+        p = _module_attr(lw, rnd, "p", "dropout")
+        if p is not None and not 0.0 <= float(p) < 1.0:
+            raise UnsupportedKernelError(
+                f"node {rnd.name} ({rnd.module}): dropout p={p}; the C kernel needs 0 <= p < 1"
+            )
+        lw.skip |= {m.name for m in group if m is not muls[0]}
+        lw.dropout_masks |= made
+        lw.dropout_of[muls[0].name] = None if p is None else float(p)
 
 
 def _lower_nodes(lw: _Lowering) -> None:
     g = lw.graph
-    _refuse_dropout(lw)
+    _find_dropouts(lw)
     for n in g.nodes:
-        if n.op in _SKIPPED or _dead_aux_view(g, n):
+        if n.op in _SKIPPED or _dead_aux_view(g, n) or n.name in lw.skip:
             continue
         acts = tuple(
             t
@@ -498,7 +596,7 @@ def _lower_nodes(lw: _Lowering) -> None:
             and t != g.target
             and not _is_buffer(g, t)
         )
-        lower_node = _LOWER.get(n.op)
+        lower_node = _lower_dropout if n.name in lw.dropout_of else _LOWER.get(n.op)
         if lower_node is None:
             raise _unsupported(n)
         op = lower_node(lw, n, acts)
@@ -512,10 +610,10 @@ def _lower_nodes(lw: _Lowering) -> None:
     for op in lw.ops:  # rows of partial-channel updates
         if op.kind in (LKind.CONV, LKind.LINEAR) and op.extra.get("w_param"):
             op.extra["rows"] = lw.rows(op.extra["w_param"], op.shape_out[1])
-    if lw.ops[-1].kind is not LKind.XENT:
+    if lw.ops[-1].kind not in LOSS_KINDS:
         raise UnsupportedKernelError(
-            "the graph does not end in cross_entropy; edgetrain's C "
-            "trainer trains classifiers with softmax cross-entropy"
+            "the graph does not end in a loss the C trainer has (cross_entropy, "
+            f"{', '.join(LOSSES)}); capture the model with one of them (plan --loss)"
         )
 
 
@@ -525,9 +623,11 @@ def lower(
     weights: "dict[str, np.ndarray]",
     *,
     reserved: frozenset[str] = frozenset(),
+    hyper: "dict[str, dict] | None" = None,
 ) -> Lowered:
     """Lower `plan` over `graph`; array identifiers avoid `reserved` (the caller's fixed C
-    text) besides the kernels' and driver's (NOTE [ Names in generated C ])."""
+    text) besides the kernels' and driver's (NOTE [ Names in generated C ]). `hyper`: module
+    name -> the attributes of it the graph does not record (`module_attributes`)."""
     _check_plan(plan, graph)
     missing = [p.name for p in graph.params if p.name not in weights]
     if missing:
@@ -536,7 +636,12 @@ def lower(
             "model's state_dict (parameters and buffers) as `weights`"
         )
     lw = _Lowering(
-        graph, weights, {p.name: p for p in plan.params}, plan.freeze_batch_norm, reserved
+        graph,
+        weights,
+        {p.name: p for p in plan.params},
+        plan.freeze_batch_norm,
+        reserved,
+        hyper or {},
     )
     _lower_nodes(lw)
     ops = lw.ops
@@ -560,7 +665,7 @@ def lower(
     input_tensor = graph.inputs[0]
     bwd_reads = _bwd_reads(ops, arrays, rg)
     uf = _aliases(ops, rg, consumers, bwd_reads, input_tensor)
-    sizes, span = _lifetimes(ops, rg, bwd_reads, lw.shape, input_tensor, uf)
+    sizes, span = _lifetimes(ops, arrays, rg, lw.shape, input_tensor, uf)
     buffers = place_largest_first(sizes, span)
     keys = {k for op in ops for t in (*op.inputs, op.output) for k in ("a:" + t, "g:" + t)}
     keys.add("a:" + ops[-1].output + ".prob")
@@ -575,7 +680,7 @@ def lower(
         arena_bytes(buffers),
         input_tensor,
         tuple(shape[input_tensor]),
-        int(ops[-1].shape_in[0][1]),
+        int(ops[-1].shape_in[0][1]) if ops[-1].kind is LKind.XENT else 0,
         int(shape[input_tensor][0]),
         tuple(a.param for a in trainable_syms),
         tuple(lw.folded),
@@ -614,22 +719,36 @@ def _requires_grad(ops: list[LOp], arrays: dict[str, Array]) -> set[str]:
 
 
 _READS_INPUT_WHEN_TRAINED = (LKind.CONV, LKind.BN, LKind.LINEAR)  # for the weight gradient
-_READS_OUTPUT = (LKind.RELU, LKind.RELU6, LKind.XENT)  # the derivative from the output
+_READS_OUTPUT = (LKind.RELU, LKind.RELU6)  # the derivative from the output
 _READS_INPUT = (LKind.MAXPOOL,)  # always: max pooling finds the window's maximum again
+
+
+def saved_for_backward(op: LOp, trainable: set[str], rg: set[str]) -> tuple[str, ...]:
+    """The forward activations the backward of `op` reads (`trainable`: the symbols of the
+    trained arrays; `rg`: the activations whose gradient is computed)."""
+    x = op.inputs[0] if op.inputs else None
+    if op.kind in _READS_INPUT_WHEN_TRAINED:
+        return (x,) if op.weight in trainable else ()
+    if op.kind in _READS_OUTPUT:
+        return (op.output,)
+    if op.kind in _READS_INPUT:
+        return (x,)
+    if op.kind is LKind.POINTWISE:
+        return (x,) if POINTWISE[op.extra["fn"]].reads is Reads.INPUT else (op.output,)
+    if op.kind is LKind.BINARY:
+        grads = BINARY[op.extra["fn"]].grad
+        names = [g for k, g in enumerate(grads) if op.inputs[k] in rg]
+        return tuple(t for t, v in zip(op.inputs, ("a[i]", "b[i]")) if any(v in g for g in names))
+    return ()
 
 
 def _bwd_reads(ops: list[LOp], arrays: dict[str, Array], rg: set[str]) -> set[str]:
     """Forward activations the backward reads (they may not be overwritten in place)."""
+    trainable = {k for k, a in arrays.items() if a.trainable}
     reads: set[str] = set()
     for op in ops:
-        if op.output not in rg:
-            continue
-        if op.kind in _READS_INPUT_WHEN_TRAINED and op.weight and arrays[op.weight].trainable:
-            reads.add(op.inputs[0] if op.inputs else None)
-        if op.kind in _READS_OUTPUT:
-            reads.add(op.output)
-        if op.kind in _READS_INPUT:
-            reads.add(op.inputs[0])
+        if op.output in rg:
+            reads.update(saved_for_backward(op, trainable, rg))
     return reads
 
 
@@ -690,8 +809,8 @@ def _aliases(
 
 def _lifetimes(
     ops: list[LOp],
+    arrays: dict[str, Array],
     rg: set[str],
-    bwd_reads: set[str],
     shape: dict,
     input_tensor: str,
     uf: _UnionFind,
@@ -700,6 +819,7 @@ def _lifetimes(
     the pruned backward in reverse."""
     sizes: dict[str, int] = {}
     span: dict[str, list[int]] = {}
+    trainable = {k for k, a in arrays.items() if a.trainable}
 
     def use(key: str, step: int, numel: int) -> None:
         r = uf.root(key)
@@ -712,7 +832,7 @@ def _lifetimes(
     for step, op in enumerate(ops):
         for t in op.inputs:
             use("a:" + t, step, numel[t])
-        if op.kind is LKind.XENT:
+        if op.kind in LOSS_KINDS:
             use("a:" + op.output + ".prob", step, numel[op.inputs[0]])
         else:
             use("a:" + op.output, step, numel[op.output])
@@ -720,7 +840,7 @@ def _lifetimes(
     for k, op in enumerate(op for op in reversed(ops) if op.output in rg):
         s = nf + k
         x = op.inputs[0] if op.inputs else None
-        if op.kind is LKind.XENT:
+        if op.kind in LOSS_KINDS:
             use("a:" + op.output + ".prob", s, numel[x])
             use("g:" + x, s, numel[x])
             continue
@@ -728,10 +848,8 @@ def _lifetimes(
         for t in op.inputs:
             if t in rg:
                 use("g:" + t, s, numel[t])
-        if x in bwd_reads and op.kind in (*_READS_INPUT_WHEN_TRAINED, *_READS_INPUT):
-            use("a:" + x, s, numel[x])
-        if op.kind in (LKind.RELU, LKind.RELU6):
-            use("a:" + op.output, s, numel[op.output])
+        for t in saved_for_backward(op, trainable, rg):
+            use("a:" + t, s, numel[t])
     return sizes, span
 
 

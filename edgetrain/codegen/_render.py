@@ -23,9 +23,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgetrain.codegen._arena import MIN_STACK_BYTES, RUNTIME_RESERVE_BYTES
-from edgetrain.codegen._kernels import KERNELS, PRELUDE
-from edgetrain.codegen._lower import LKind, LOp, Lowered, lower, zero_weights
+from edgetrain.codegen._kernels import PRELUDE
+from edgetrain.codegen._library import LIBRARY_FIXED_C, Layout, library_files
+from edgetrain.codegen._lower import (
+    LKind,
+    LOp,
+    Lowered,
+    lower,
+    saved_for_backward,
+    zero_weights,
+)
 from edgetrain.codegen._names import c_comment, c_string, identifiers_in, wire_name
+from edgetrain.codegen._op_kernels import kernel_texts
 from edgetrain.codegen._platform import render_platform
 from edgetrain.codegen._project import (
     c_bytes,
@@ -111,12 +120,21 @@ def render(
     device_sram_bytes: int = 0,
     device_flash_bytes: int = 0,
     device_name: str | None = None,
+    layout: "Layout | str" = Layout.DEMO,
+    hyper: "dict[str, dict] | None" = None,
 ) -> dict[str, str]:
-    """Render the C project. `device_*_bytes` set the linker script's limits (Cortex-M)."""
+    """Render the C project in `layout` (NOTE [ Project layouts ]): the library the user's
+    firmware calls, or the demo driver over baked samples; `spec`'s samples are the demo's
+    data and the library example's stream. `device_*_bytes` set the linker script's limits
+    (Cortex-M). `hyper`: the module attributes the graph does not record
+    (`_compile.module_attributes`: dropout's p, leaky_relu's slope, GELU's approximation)."""
     tgt = get_target(target)
+    layout = _layout(layout)
     if spec.steps <= 0 or not (spec.lr > 0):
         raise UnsupportedPlanError(f"steps {spec.steps} and lr {spec.lr} must be positive")
-    low = lower(plan, graph, weights, reserved=identifiers_in(_MODEL_C))
+    low = lower(
+        plan, graph, weights, reserved=identifiers_in(_MODEL_C, LIBRARY_FIXED_C), hyper=hyper
+    )
     for what, s in (("training", spec.train), ("test", spec.test)):
         if s.pixels.shape[1:] != low.input_shape[1:]:
             raise UnsupportedPlanError(
@@ -134,15 +152,30 @@ def render(
             f"(got {device_sram_bytes} and {device_flash_bytes} bytes)"
         )
     _check_inputs(plan, low, spec, device_flash_bytes, device_name or plan.device)
-    files = {
-        "et_model.h": _header(low, spec),
-        "et_model.c": _model_c(low, spec, tgt),
-        "et_data.c": _data_c(spec),
-        "main.c": main_c(tgt),
-        "Makefile": makefile(tgt),
-    }
-    files.update(render_platform(tgt, device_sram_bytes, device_flash_bytes, MIN_STACK_BYTES))
+    platform = render_platform(tgt, device_sram_bytes, device_flash_bytes, MIN_STACK_BYTES)
+    if layout is Layout.LIBRARY:
+        files = library_files(
+            model_parts(low, tgt),
+            spec,
+            tgt,
+            model=plan.model,
+            arena_bytes=low.arena_bytes,
+            has_dropout=_dropouts(low) > 0,
+            seed=RNG_SEED,
+            load_expr=_load_expr(spec.train),
+            platform=platform,
+        )
+    else:
+        files = {
+            "et_model.h": _header(low, spec),
+            "et_model.c": _model_c(low, spec, tgt),
+            "et_data.c": _data_c(spec),
+            "main.c": main_c(tgt),
+            "Makefile": makefile(tgt),
+            **platform,
+        }
     meta = {
+        "layout": layout.value,
         "target": tgt.name,
         "model": plan.model,
         "device": device_name or plan.device,
@@ -176,6 +209,15 @@ def render(
     return files
 
 
+def _layout(v: "Layout | str") -> Layout:
+    try:
+        return Layout(v)
+    except ValueError:
+        raise UnsupportedPlanError(
+            f"layout {v!r} is not one of {', '.join(x.value for x in Layout)}"
+        ) from None
+
+
 def data_summary(train: SampleSet, test: SampleSet) -> dict:
     """The build file's record of samples given through the API (no source known)."""
     return {
@@ -192,8 +234,16 @@ def _check_inputs(plan: Plan, low: Lowered, spec: TrainingSpec, flash: int, devi
     """What the plan claims and what the data holds, checked before any C is written."""
     if plan.executor is Executor.C and plan.precision is Precision.FP32:
         check_prediction(plan, _peak_sram_bytes(low), "executor c, fp32")
-    check_labels(spec.train.labels, low.num_classes, "training")
-    check_labels(spec.test.labels, low.num_classes, "test")
+    if low.num_classes:
+        check_labels(spec.train.labels, low.num_classes, "training")
+        check_labels(spec.test.labels, low.num_classes, "test")
+    elif _numel(low.ops[-1].shape_in[0][1:]) != _numel(low.input_shape[1:]):
+        raise UnsupportedPlanError(
+            f"the model's loss takes float targets of its output's shape "
+            f"{low.ops[-1].shape_in[0][1:]}; the baked samples train a reconstruction (the "
+            f"target is the sample, {low.input_shape[1:]}), which needs the output to have "
+            "the input's size. Use the library layout and pass your targets to et_train_step"
+        )
     check_flash(
         flash,
         device,
@@ -208,11 +258,15 @@ def _check_inputs(plan: Plan, low: Lowered, spec: TrainingSpec, flash: int, devi
 
 def _peak_sram_bytes(low: Lowered) -> int:
     """SRAM of the compiled program at its peak: the arena, the trainable parameters (SRAM
-    `.data`), the batch's labels and the runtime reserve (see RUNTIME_RESERVE_BYTES)."""
+    `.data`), the batch's labels (or float targets), the dropout generator's state and the
+    runtime reserve (see RUNTIME_RESERVE_BYTES)."""
+    k = _dropouts(low)
+    targets = low.batch_size * (1 if low.num_classes else _numel(low.ops[-1].shape_in[0][1:]))
     return (
         low.arena_bytes
         + sum(a.values.size * 4 for a in low.arrays if a.trainable)
-        + 4 * low.batch_size
+        + 4 * targets
+        + (4 * k + 8 if k else 0)  # the dropout generator, saved states, training flag
         + RUNTIME_RESERVE_BYTES
     )
 
@@ -368,6 +422,56 @@ def _linear_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     )
 
 
+def _hyper(op: LOp, key: str, what: str):
+    v = op.extra[key]
+    if v is None:
+        raise UnsupportedPlanError(
+            f"node {op.name}: its module's {what} is unknown to the renderer; pass the model's "
+            "module attributes: render(..., hyper=module_attributes(model)) "
+            "(edgetrain.codegen._compile; compile_project does)"
+        )
+    return v
+
+
+def _pointwise_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    k = f"pw_{op.extra['fn']}_fwd"
+    used.add(k)
+    a = cfloat(_hyper(op, "a", "parameter"))
+    return f"{k}({nm.a(op.inputs[0])}, {nm.a(op.output)}, {_numel(op.shape_out)}, {a});"
+
+
+def _binary_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    k = f"bin_{op.extra['fn']}_fwd"
+    used.add(k)
+    a, b = (nm.a(t) for t in op.inputs)
+    return f"{k}({a}, {b}, {nm.a(op.output)}, {_numel(op.shape_out)});"
+
+
+def _loss_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    k = f"loss_{op.extra['fn']}_fwd"
+    used.add(k)
+    n = _numel(op.shape_in[0])
+    return f"loss = {k}({nm.a(op.inputs[0])}, et_targets, {nm.prob(op.output)}, {n});"
+
+
+def dropout_constants(op: LOp) -> tuple[int, str, str]:
+    """(index, threshold, scale) of a dropout operator: keep where a 32-bit draw >= p * 2^32,
+    scaled by 1 / (1 - p) in float32 (PyTorch's mask / (1 - p))."""
+    p = float(_hyper(op, "p", "dropout probability p"))
+    thr = min(int(round(p * 2.0**32)), 2**32 - 1)
+    scale = cfloat(np.float32(1.0) / np.float32(1.0 - p))
+    return op.extra["index"], f"{thr}u", scale
+
+
+def _dropout_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    used.update(("et_rng_next", "dropout_fwd"))
+    k, thr, scale = dropout_constants(op)
+    return (
+        f"dropout_fwd({nm.a(op.inputs[0])}, {nm.a(op.output)}, {_numel(op.shape_out)}, {thr}, "
+        f"{scale}, &et_rng, &et_drop_state[{k}], et_training);"
+    )
+
+
 def _xent_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     used.add("xent_fwd")
     b, kk = op.shape_in[0]
@@ -389,6 +493,10 @@ _FWD: dict[LKind, Callable[[LOp, _Names, set[str]], str]] = {
     LKind.VIEW: _view_fwd,
     LKind.LINEAR: _linear_fwd,
     LKind.XENT: _xent_fwd,
+    LKind.POINTWISE: _pointwise_fwd,
+    LKind.BINARY: _binary_fwd,
+    LKind.LOSS: _loss_fwd,
+    LKind.DROPOUT: _dropout_fwd,
 }
 
 
@@ -541,6 +649,53 @@ def _linear_bwd(op: LOp, bw: _Bwd) -> list[str]:
     return out
 
 
+def _pointwise_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    saved = saved_for_backward(op, bw.trainable, bw.rg)[0]
+    g, acc = bw.dx(op.inputs[0])
+    a = cfloat(_hyper(op, "a", "parameter"))
+    return [
+        bw.call(
+            f"pw_{op.extra['fn']}_bwd",
+            f"{bw.nm.a(saved)}, {bw.nm.g(op.output)}, {g}, {acc}, {_numel(op.shape_out)}, {a}",
+        )
+    ]
+
+
+def _binary_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    saved = saved_for_backward(op, bw.trainable, bw.rg)
+    a, b = (bw.nm.a(t) if t in saved else "0" for t in op.inputs)
+    out = []
+    for k, t in enumerate(op.inputs):
+        if t in bw.rg:
+            g, acc = bw.dx(t)
+            out.append(
+                bw.call(
+                    f"bin_{op.extra['fn']}_bwd{k}",
+                    f"{a}, {b}, {bw.nm.g(op.output)}, {g}, {acc}, {_numel(op.shape_out)}",
+                )
+            )
+    return out
+
+
+def _loss_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    g, acc = bw.dx(op.inputs[0])
+    n = _numel(op.shape_in[0])
+    return [bw.call("grad_pass", f"{bw.nm.prob(op.output)}, {g}, {acc}, {n}")]
+
+
+def _dropout_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    bw.used.add("et_rng_next")
+    k, thr, scale = dropout_constants(op)
+    g, acc = bw.dx(op.inputs[0])
+    return [
+        bw.call(
+            "dropout_bwd",
+            f"{bw.nm.g(op.output)}, {g}, {acc}, {_numel(op.shape_out)}, {thr}, {scale}, "
+            f"et_drop_state[{k}]",
+        )
+    ]
+
+
 _BWD: dict[LKind, Callable[[LOp, _Bwd], list[str]]] = {
     LKind.XENT: _xent_bwd,
     LKind.CONV: _conv_bwd,
@@ -553,6 +708,10 @@ _BWD: dict[LKind, Callable[[LOp, _Bwd], list[str]]] = {
     LKind.AVGPOOL: _pool_bwd,
     LKind.VIEW: _view_bwd,
     LKind.LINEAR: _linear_bwd,
+    LKind.POINTWISE: _pointwise_bwd,
+    LKind.BINARY: _binary_bwd,
+    LKind.LOSS: _loss_bwd,
+    LKind.DROPOUT: _dropout_bwd,
 }
 
 
@@ -576,7 +735,27 @@ def _arrays_c(low: Lowered, referenced: set[str]) -> list[str]:
     return arrays
 
 
-def _model_c(low: Lowered, spec: TrainingSpec, tgt: Target) -> str:
+@dataclass(frozen=True)
+class ModelParts:
+    """The C of one lowered model both layouts share (NOTE [ Project layouts ]): the kernels,
+    arrays and arena; the forward of the model (`model_fwd`, up to the logits), of its loss
+    (`loss_fwd`, a statement setting `loss`) and the pruned backward (`bwd`)."""
+
+    header: str  # the generated-by comment
+    prelude: str  # includes, kernels, arrays, arena, the batch's targets
+    model_fwd: str
+    loss_fwd: str
+    bwd: str
+    trained: tuple[tuple[str, str, int], ...]  # (symbol, parameter name, floats) referenced
+    in_buf: str  # the input batch's buffer
+    out_buf: str  # the logits' buffer (the loss's input)
+    in_floats: int  # per sample
+    out_floats: int  # per sample
+    classes: int  # 0: the loss takes float targets of the output's shape
+    batch: int
+
+
+def model_parts(low: Lowered, tgt: Target) -> ModelParts:
     nm = _Names(low)
     used: set[str] = set()
     fwd = [f"    {_fwd(op, nm, used)}  /* {c_comment(op.name)} */" for op in low.ops]
@@ -589,46 +768,106 @@ def _model_c(low: Lowered, spec: TrainingSpec, tgt: Target) -> str:
             ]
     body = "\n".join(fwd + bwd)
     referenced = {a.symbol for a in low.arrays} & set(re.findall(r"\b\w+\b", body))
-    dumps = [
-        f"    dump({c_string(wire_name(a.param))}, {a.symbol}, {a.values.size});"
-        for a in low.arrays
-        if a.trainable and a.symbol in referenced
-    ]
-    kernels = "\n".join(KERNELS[k] for k in KERNELS if k in used)
-    return _MODEL_C.format(
-        target=tgt.name,
-        first=c_comment(low.ops[0].name),
-        last=c_comment(low.ops[-1].name),
-        arena=low.arena_bytes,
-        fpu=int(tgt.has_fpu),
-        dsp=int(tgt.has_dsp),
-        prelude=PRELUDE,
-        kernels=kernels,
-        arrays="\n".join(_arrays_c(low, referenced)),
-        arena_floats=max(1, (low.arena_bytes + 3) // 4),
-        in_buf=nm.a(low.input_tensor),
-        d=_numel(low.input_shape[1:]),
-        load=_load_expr(spec.train),
-        fwd="\n".join(fwd),
-        bwd="\n".join(bwd),
-        dumps="\n".join(dumps),
+    kernels = "\n".join(text for k, text in kernel_texts() if k in used)
+    loss_op = low.ops[-1]
+    classes = low.num_classes if loss_op.kind is LKind.XENT else 0
+    logits = loss_op.inputs[0]
+    per_out = _numel(loss_op.shape_in[0][1:])
+    targets = (
+        "static int32_t et_labels[ET_BATCH];"
+        if classes
+        else f"static float et_targets[{low.batch_size * per_out}];"
+    )
+    prelude = "\n".join(
+        (
+            f"#define ET_HAS_FPU {int(tgt.has_fpu)}",
+            f"#define ET_HAS_DSP {int(tgt.has_dsp)}",
+            PRELUDE,
+            kernels,
+            "",
+            "\n".join(_arrays_c(low, referenced)),
+            "",
+            f"static float et_arena[{max(1, (low.arena_bytes + 3) // 4)}] "
+            "__attribute__((aligned(8)));",
+            "#define A(off) (et_arena + (off))",
+            targets,
+            _dropout_state(low),
+        )
+    )
+    header = (
+        f"/* generated by edgetrain.codegen for target {tgt.name}: do not edit.\n"
+        f"   model {c_comment(low.ops[0].name)}..{c_comment(loss_op.name)}; arena "
+        f"{low.arena_bytes} bytes;\n   capabilities: FPU {int(tgt.has_fpu)}, DSP "
+        f"{int(tgt.has_dsp)} */"
+    )
+    return ModelParts(
+        header,
+        prelude,
+        "\n".join(fwd[:-1]),
+        fwd[-1],
+        "\n".join(bwd),
+        tuple(
+            (a.symbol, a.param, a.values.size)
+            for a in low.arrays
+            if a.trainable and a.symbol in referenced
+        ),
+        nm.a(low.input_tensor),
+        nm.a(logits),
+        _numel(low.input_shape[1:]),
+        per_out,
+        classes,
+        low.batch_size,
     )
 
 
-_MODEL_C = """/* generated by edgetrain.codegen for target {target}: do not edit.
-   model {first}..{last}; arena {arena} bytes;
-   capabilities: FPU {fpu}, DSP {dsp} */
+def _dropout_state(low: Lowered) -> str:
+    """The dropout generator's state, each dropout's saved state and the training flag
+    (NOTE [ Dropout in C ]); nothing without dropout."""
+    k = _dropouts(low)
+    if not k:
+        return ""
+    return (
+        f"static uint32_t et_rng = {RNG_SEED}u;\n"
+        f"static uint32_t et_drop_state[{k}];\n"
+        "static int et_training;"
+    )
+
+
+RNG_SEED = 0x9E3779B9  # the dropout generator's state at reset and after et_init()
+
+
+def _dropouts(low: Lowered) -> int:
+    return sum(op.kind is LKind.DROPOUT for op in low.ops)
+
+
+def _model_c(low: Lowered, spec: TrainingSpec, tgt: Target) -> str:
+    """The demo layout's `et_model.c`: the model, `et_load` from the baked samples, and the
+    driver's entry points."""
+    mp = model_parts(low, tgt)
+    dumps = [f"    dump({c_string(wire_name(param))}, {sym}, {n});" for sym, param, n in mp.trained]
+    if mp.classes:
+        load_target = "et_labels[b] = labels[i];"
+    else:  # a reconstruction: the target is the sample (NOTE [ Regression in the demo ])
+        d = mp.in_floats
+        load_target = f"for (int k = 0; k < {d}; k++) et_targets[b * {d} + k] = x[b * {d} + k];"
+    return _MODEL_C.format(
+        header=mp.header,
+        prelude=mp.prelude,
+        in_buf=mp.in_buf,
+        d=mp.in_floats,
+        load=_load_expr(spec.train),
+        load_target=load_target,
+        fwd=mp.model_fwd + "\n" + mp.loss_fwd,
+        bwd=mp.bwd,
+        dumps="\n".join(dumps),
+        eval_mode="et_training = 0; " if _dropouts(low) else "",
+        train_mode="et_training = 1;\n    " if _dropouts(low) else "",
+    )
+
+
+_MODEL_C = """{header}
 #include "et_model.h"
-#define ET_HAS_FPU {fpu}
-#define ET_HAS_DSP {dsp}
 {prelude}
-{kernels}
-
-{arrays}
-
-static float et_arena[{arena_floats}] __attribute__((aligned(8)));
-#define A(off) (et_arena + (off))
-static int32_t et_labels[ET_BATCH];
 
 void et_load(const et_sample_t *samples, const uint8_t *labels, int n, int first) {{
     float *x = {in_buf};
@@ -637,7 +876,7 @@ void et_load(const et_sample_t *samples, const uint8_t *labels, int n, int first
         const et_sample_t *px = samples + (size_t)i * {d};
         for (int k = 0; k < {d}; k++)
             x[b * {d} + k] = {load};
-        et_labels[b] = labels[i];
+        {load_target}
     }}
 }}
 
@@ -647,10 +886,10 @@ static float forward(int *correct) {{
     return loss;
 }}
 
-float et_eval_batch(int *correct) {{ return forward(correct); }}
+float et_eval_batch(int *correct) {{ {eval_mode}return forward(correct); }}
 
 float et_train_step(float lr) {{
-    const float loss = forward(0);
+    {train_mode}const float loss = forward(0);
     /* a non-finite loss skips the update (weights untouched), as edgetrain's Trainer does */
     if (!(loss - loss == 0.0f)) return loss;
 {bwd}

@@ -1,0 +1,231 @@
+"""C kernels of the op categories beyond convolution / pooling / linear, as tables keyed by the
+operator's name inside its category: a new op of a known category is one row, no new code.
+
+NOTE [ Op categories in C ]
+    - Point-wise (`POINTWISE`): y = f(x) element by element; a row is the forward expression of
+      the input value `v` (and the op's scalar parameter `a`), the derivative expression, and
+      whether the derivative reads the input (`v`) or the output (`o`): that tensor lives until
+      the backward (the arena's lifetimes read `Pointwise.reads`).
+    - Binary (`BINARY`): y = f(a, b) over operands of the output's shape (no broadcasting); a
+      row is the forward expression of `a[i]`, `b[i]` and each operand's derivative; an
+      operand's gradient reads the operands its derivative names.
+    - Losses (`LOSSES`): mean reduction over every element of the output, float targets of the
+      output's shape. The forward returns the loss and writes dL/dz into the loss's saved
+      buffer (as cross-entropy keeps its probabilities), which the backward copies out.
+    - Dropout (`dropout_fwd` / `dropout_bwd`, NOTE [ Dropout in C ] in _lower.py).
+    The renderer emits only the kernels a model uses; `kernel_texts()` is every kernel's
+    (name, C text): `_kernels.KERNELS` and these.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from dataclasses import dataclass
+
+from edgetrain.codegen._kernels import KERNELS
+
+
+class Reads(enum.Enum):
+    """What a point-wise derivative reads: the operator's input or its output."""
+
+    INPUT = "input"
+    OUTPUT = "output"
+
+
+@dataclass(frozen=True)
+class Pointwise:
+    fwd: str  # C expression of `v` (the input) and `a` (the parameter)
+    grad: str  # dy/dx, of `v` (Reads.INPUT) or `o` (Reads.OUTPUT), and `a`
+    reads: Reads
+    param: str | None = None  # the module attribute `a` is read from (None: no parameter)
+
+
+_SIG = "(1.0f / (1.0f + expf(-v)))"
+_GELU_K = "0.7978845608f"  # sqrt(2 / pi)
+_GELU_T = f"tanhf({_GELU_K} * (v + 0.044715f * v * v * v))"
+
+POINTWISE: dict[str, Pointwise] = {
+    "sigmoid": Pointwise(_SIG, "o * (1.0f - o)", Reads.OUTPUT),
+    "tanh": Pointwise("tanhf(v)", "1.0f - o * o", Reads.OUTPUT),
+    "exp": Pointwise("expf(v)", "o", Reads.OUTPUT),
+    "neg": Pointwise("-v", "-1.0f", Reads.INPUT),
+    # PyTorch's erf GELU and its backward (cdf + x * pdf)
+    "gelu": Pointwise(
+        "0.5f * v * (1.0f + erff(v * 0.70710678118654752f))",
+        "0.5f * (1.0f + erff(v * 0.70710678118654752f)) + v * 0.39894228040143268f * "
+        "expf(-0.5f * v * v)",
+        Reads.INPUT,
+    ),
+    "gelu_tanh": Pointwise(
+        f"0.5f * v * (1.0f + {_GELU_T})",
+        f"0.5f * (1.0f + {_GELU_T}) + 0.5f * v * (1.0f - {_GELU_T} * {_GELU_T}) * {_GELU_K} "
+        "* (1.0f + 0.134145f * v * v)",
+        Reads.INPUT,
+    ),
+    "silu": Pointwise(f"v * {_SIG}", f"{_SIG} * (1.0f + v * (1.0f - {_SIG}))", Reads.INPUT),
+    # PyTorch's hardswish_backward: 0 below -3, x / 3 + 1/2 up to 3 (inclusive), 1 above
+    "hardswish": Pointwise(
+        "v <= -3.0f ? 0.0f : (v >= 3.0f ? v : v * (v + 3.0f) / 6.0f)",
+        "v < -3.0f ? 0.0f : (v <= 3.0f ? v / 3.0f + 0.5f : 1.0f)",
+        Reads.INPUT,
+    ),
+    "hardsigmoid": Pointwise(
+        "v <= -3.0f ? 0.0f : (v >= 3.0f ? 1.0f : v / 6.0f + 0.5f)",
+        "(v > -3.0f && v < 3.0f) ? (1.0f / 6.0f) : 0.0f",
+        Reads.INPUT,
+    ),
+    "leaky_relu": Pointwise(
+        "v > 0.0f ? v : v * a", "v > 0.0f ? 1.0f : a", Reads.INPUT, "negative_slope"
+    ),
+}
+"""Point-wise operators by ATen name (`gelu_tanh`: GELU with approximate='tanh')."""
+
+
+@dataclass(frozen=True)
+class Binary:
+    fwd: str  # of a[i], b[i]
+    grad: tuple[str, str]  # d y / d a, d y / d b
+
+
+BINARY: dict[str, Binary] = {
+    "sub": Binary("a[i] - b[i]", ("1.0f", "-1.0f")),
+    "mul": Binary("a[i] * b[i]", ("b[i]", "a[i]")),
+}
+"""Binary element-wise operators by ATen name (add is `_kernels`' add_fwd / grad_pass)."""
+
+
+@dataclass(frozen=True)
+class Loss:
+    term: str  # the per-element loss, of z (prediction) and t (target)
+    grad: str  # its derivative in z (times 1/n, the mean, applied by the kernel)
+
+
+LOSSES: dict[str, Loss] = {
+    "mse_loss": Loss("(z - t) * (z - t)", "2.0f * (z - t)"),
+    # PyTorch's l1 backward: sign(z - t), 0 where equal
+    "l1_loss": Loss("fabsf(z - t)", "(z > t ? 1.0f : (z < t ? -1.0f : 0.0f))"),
+    # beta 1 (PyTorch's default)
+    "smooth_l1_loss": Loss(
+        "(fabsf(z - t) < 1.0f ? 0.5f * (z - t) * (z - t) : fabsf(z - t) - 0.5f)",
+        "(fabsf(z - t) < 1.0f ? (z - t) : (z > t ? 1.0f : -1.0f))",
+    ),
+    "binary_cross_entropy_with_logits": Loss(
+        "(z > 0.0f ? z : 0.0f) - z * t + log1pf(expf(-fabsf(z)))",
+        "(1.0f / (1.0f + expf(-z)) - t)",
+    ),
+}
+"""Losses over float targets by ATen name (mean reduction)."""
+
+
+def _pointwise_c(name: str, p: Pointwise) -> dict[str, str]:
+    s = "v" if p.reads is Reads.INPUT else "o"
+    return {
+        f"pw_{name}_fwd": f"""
+static void pw_{name}_fwd(const float *x, float *y, int n, float a) {{
+    (void)a;
+    for (int i = 0; i < n; i++) {{ const float v = x[i]; y[i] = {p.fwd}; }}
+}}
+""",
+        f"pw_{name}_bwd": f"""
+/* dx = dy * f'({s}); {s} is the saved {p.reads.value} */
+static void pw_{name}_bwd(const float *s, const float *dy, float *dx, int acc, int n, float a) {{
+    (void)a;
+    for (int i = 0; i < n; i++) {{
+        const float {s} = s[i];
+        const float d = dy[i] * ({p.grad});
+        if (acc) dx[i] += d; else dx[i] = d;
+    }}
+}}
+""",
+    }
+
+
+def _binary_c(name: str, b: Binary) -> dict[str, str]:
+    out = {
+        f"bin_{name}_fwd": f"""
+static void bin_{name}_fwd(const float *a, const float *b, float *y, int n) {{
+    for (int i = 0; i < n; i++) y[i] = {b.fwd};
+}}
+"""
+    }
+    for k, g in enumerate(b.grad):
+        out[f"bin_{name}_bwd{k}"] = f"""
+static void bin_{name}_bwd{k}(const float *a, const float *b, const float *dy, float *dx,
+                              int acc, int n) {{
+    (void)a; (void)b;
+    for (int i = 0; i < n; i++) {{
+        const float d = dy[i] * ({g});
+        if (acc) dx[i] += d; else dx[i] = d;
+    }}
+}}
+"""
+    return out
+
+
+def _loss_c(name: str, loss: Loss) -> dict[str, str]:
+    return {
+        f"loss_{name}_fwd": f"""
+/* mean over n elements; writes dL/dz into g for the backward */
+static float loss_{name}_fwd(const float *zz, const float *tt, float *g, int n) {{
+    const float inv = 1.0f / (float)n;
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) {{
+        const float z = zz[i], t = tt[i];
+        s += {loss.term};
+        g[i] = ({loss.grad}) * inv;
+    }}
+    return s * inv;
+}}
+"""
+    }
+
+
+_DROPOUT = {
+    "et_rng_next": r"""
+/* xorshift32 (Marsaglia, 2003): the dropout masks' generator; never 0 from a non-zero state */
+static inline uint32_t et_rng_next(uint32_t *s) {
+    uint32_t x = *s; x ^= x << 13; x ^= x >> 17; x ^= x << 5; *s = x; return x;
+}
+""",
+    "dropout_fwd": r"""
+/* training: keep x[i] * scale where the next draw is >= thr (p * 2^32), else 0; the generator's
+   state before the mask is saved so the backward draws the same mask again (no mask buffer).
+   Evaluation: the identity. */
+static void dropout_fwd(const float *x, float *y, int n, uint32_t thr, float scale,
+                        uint32_t *rng, uint32_t *saved, int training) {
+    if (!training) { if (y != x) memcpy(y, x, sizeof(float) * (size_t)n); return; }
+    *saved = *rng;
+    for (int i = 0; i < n; i++) y[i] = et_rng_next(rng) >= thr ? x[i] * scale : 0.0f;
+}
+""",
+    "dropout_bwd": r"""
+static void dropout_bwd(const float *dy, float *dx, int acc, int n, uint32_t thr, float scale,
+                        uint32_t saved) {
+    uint32_t s = saved;
+    for (int i = 0; i < n; i++) {
+        const float d = et_rng_next(&s) >= thr ? dy[i] * scale : 0.0f;
+        if (acc) dx[i] += d; else dx[i] = d;
+    }
+}
+""",
+}
+
+
+@functools.cache
+def op_kernels() -> dict[str, str]:
+    """The C text of every kernel of this module's tables, by kernel name."""
+    out: dict[str, str] = {}
+    for name, p in POINTWISE.items():
+        out.update(_pointwise_c(name, p))
+    for name, b in BINARY.items():
+        out.update(_binary_c(name, b))
+    for name, loss in LOSSES.items():
+        out.update(_loss_c(name, loss))
+    out.update(_DROPOUT)
+    return out
+
+
+def kernel_texts() -> tuple[tuple[str, str], ...]:
+    """Every kernel's (name, C text), in emission order: `_kernels.KERNELS` then these."""
+    return (*KERNELS.items(), *op_kernels().items())
