@@ -1,0 +1,191 @@
+"""The op categories of NOTE [ Op categories in C ] (point-wise, binary, losses over float
+targets, dropout), compiled for the host and trained for a few SGD steps: losses and trained
+parameters against plain PyTorch autograd + SGD from the same weights on the same batches.
+Dropout's mask is the C generator's (xorshift32), replayed in Python and applied in PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import edgetrain
+from edgetrain.codegen import SampleSet, TrainingSpec, compile_project, mcu_run
+from edgetrain.codegen._lower import check_kernels
+from edgetrain.codegen._render import RNG_SEED
+from edgetrain.errors import UnsupportedKernelError
+from tests._toolchain import needs_cc
+
+LR, STEPS, BATCH = 0.05, 4, 2
+
+
+class Pointwise(nn.Module):
+    """Every point-wise and binary kernel on one path."""
+
+    def __init__(self, out: int) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.gelu, self.gelu_t = nn.GELU(), nn.GELU(approximate="tanh")
+        self.leaky = nn.LeakyReLU(0.1)
+        self.b = nn.Linear(8, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        h = torch.sigmoid(h) * torch.tanh(h) - self.gelu(h)
+        h = self.leaky(h) + nn.functional.hardswish(h) * self.gelu_t(h)
+        h = nn.functional.silu(h) - nn.functional.hardsigmoid(h)
+        return self.b(h)
+
+
+class Dropped(nn.Module):
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.a, self.drop, self.b = nn.Linear(8, 16), nn.Dropout(p), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.drop(torch.relu(self.a(x))))
+
+
+_TORCH_LOSS = {
+    "cross-entropy": nn.functional.cross_entropy,
+    "mse": nn.functional.mse_loss,
+    "l1": nn.functional.l1_loss,
+    "smooth-l1": nn.functional.smooth_l1_loss,
+    "bce": nn.functional.binary_cross_entropy_with_logits,
+}
+
+
+def _samples(n: int, classes: int) -> SampleSet:
+    g = np.random.default_rng(0)
+    x = g.normal(size=(n, 8)).astype(np.float32)
+    if classes == 0:  # reconstruction targets in [0, 1] (BCE's range)
+        x = g.uniform(size=(n, 8)).astype(np.float32)
+    return SampleSet(x, g.integers(0, max(classes, 1), n))
+
+
+def _plan(m: nn.Module, loss: str):
+    # the pytorch executor's plan (prepare refuses other losses for executor c; the Python
+    # API compiles such plans without the prediction check), training every parameter
+    return edgetrain.plan(
+        m,
+        torch.zeros(1, 8),
+        device="stm32h743",
+        strategy="keep-all",
+        policy="all",
+        batch_size=BATCH,
+        loss=loss,
+        budget_bytes=1 << 40,
+    )
+
+
+def _reference(m: nn.Module, s: SampleSet, loss: str, masks=None) -> list[float]:
+    """Plain PyTorch: SGD over every parameter, batches as the C driver cycles them."""
+    xs, ys = torch.from_numpy(s.pixels), torch.from_numpy(s.labels)
+    opt = torch.optim.SGD(m.parameters(), lr=LR)
+    out = []
+    for step in range(STEPS):
+        idx = [(step * BATCH + k) % len(ys) for k in range(BATCH)]
+        x = xs[idx]
+        if masks is not None:
+            m.drop.register_forward_hook(lambda mod, i, o, k=step: i[0] * masks[k])
+        z = m(x)
+        target = ys[idx] if loss == "cross-entropy" else x
+        value = _TORCH_LOSS[loss](z, target)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+        m.drop._forward_hooks.clear() if masks is not None else None
+        out.append(value.item())
+    return out
+
+
+def _compile_run(tmp_path, m, plan, s):
+    spec = TrainingSpec(s, s, steps=STEPS, lr=LR, log_every=1, dump_params=True)
+    return mcu_run(compile_project(plan, m, torch.zeros(1, 8), "host", spec, tmp_path / "c"))
+
+
+def _assert_same(res, m, ref):
+    named = dict(m.named_parameters())
+    assert set(res.params) == set(named)
+    for name, values in res.params.items():
+        torch.testing.assert_close(
+            torch.tensor(values), named[name].detach().reshape(-1), rtol=1e-4, atol=1e-5
+        )
+    torch.testing.assert_close(torch.tensor(res.losses), torch.tensor(ref), rtol=1e-4, atol=1e-5)
+
+
+@needs_cc
+@pytest.mark.parametrize("loss", ["cross-entropy", "mse", "l1", "smooth-l1", "bce"])
+def test_pointwise_binary_and_losses_match_pytorch(tmp_path, loss):
+    # Prepare: the same weights for both sides
+    torch.manual_seed(0)
+    classes = 3 if loss == "cross-entropy" else 0
+    m = Pointwise(classes or 8)
+    s = _samples(6, classes)
+    plan = _plan(m, loss)
+    # Execute: the C program, then PyTorch from the compile-time weights
+    res = _compile_run(tmp_path, m, plan, s)
+    ref = _reference(m, s, loss)
+    # Assert
+    _assert_same(res, m, ref)
+
+
+def _xorshift_masks(n: int, p: float) -> list[torch.Tensor]:
+    """The C dropout's masks (`dropout_fwd`): xorshift32 from RNG_SEED, keep where a draw is
+    >= p * 2^32, scaled by 1 / (1 - p) in float32; `n` values a training step."""
+    s, thr = RNG_SEED, min(int(round(p * 2.0**32)), 2**32 - 1)
+    scale = np.float32(1.0) / np.float32(1.0 - p)
+    masks = []
+    for _ in range(STEPS):
+        keep = []
+        for _ in range(n):
+            s ^= (s << 13) & 0xFFFFFFFF
+            s ^= s >> 17
+            s ^= (s << 5) & 0xFFFFFFFF
+            keep.append(s >= thr)
+        masks.append(torch.tensor(np.where(keep, scale, np.float32(0.0)), dtype=torch.float32))
+    return [mk.reshape(BATCH, -1) for mk in masks]
+
+
+@needs_cc
+def test_dropout_mask_from_the_device_generator_matches_pytorch_with_that_mask(tmp_path):
+    # Prepare
+    torch.manual_seed(0)
+    m = Dropped(0.5)
+    s = _samples(6, 3)
+    plan = _plan(m, "cross-entropy")
+    masks = _xorshift_masks(BATCH * 16, 0.5)
+    assert 0.3 < float((masks[0] > 0).float().mean()) < 0.7  # about 1 - p kept
+    # Execute
+    res = _compile_run(tmp_path, m, plan, s)
+    ref = _reference(m, s, "cross-entropy", masks)
+    # Assert: the same losses and weights as PyTorch under the same masks
+    _assert_same(res, m, ref)
+
+
+def test_functional_dropout_and_broadcasting_mul_are_refused_with_the_fix():
+    # Prepare
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a(nn.functional.dropout(x, 0.2, training=True))
+
+    class Broadcast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.w = nn.Linear(8, 3), nn.Parameter(torch.ones(8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a(x * self.w)
+
+    from edgetrain.capture import capture
+
+    for model, words in ((Functional(), "nn.Dropout"), (Broadcast(), "no broadcasting")):
+        g = capture(model, torch.zeros(1, 8), batch_size=2, cache=False)
+        # Execute / Assert
+        with pytest.raises(UnsupportedKernelError, match=words):
+            check_kernels(g)
