@@ -8,6 +8,9 @@ Measured, never estimated:
     instructions_per_step  QEMU with `-icount shift=0` runs one instruction per virtual ns; the
                         program reads the MPS2 FPGA-IO COUNTER (25 MHz of virtual time) around
                         every training step, so instructions = ticks x 1e9 / 25e6 (+-40 per step)
+    macs_per_step       multiply-accumulates of the step's conv / linear kernel calls (forward,
+                        input gradients and weight gradients the program executes), from the
+                        shapes in the generated calls (`count_macs`)
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class McuRunResult:
     metric: str = "accuracy"  # what accuracy_before / accuracy_after measure
     evaluated_on: str | None = None  # the held-out samples it is measured on (build file)
     data_source: str | None = None  # the data the samples came from (`compile --data`)
+    macs_per_step: int | None = None  # conv / linear multiply-accumulates per step
+    instructions_per_mac: float | None = None  # instructions_per_step / macs_per_step
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -291,7 +296,10 @@ def _parse(text: str, meta: dict, tgt, exe: Path) -> McuRunResult:
         static, stack_peak = data + bss, stack
         peak = static + stack_peak
         ips = ticks * (1e9 / tgt.counter_hz) / steps
+    macs = count_macs((exe.parent / "et_model.c").read_text(encoding="utf-8"))
     return McuRunResult(
+        macs_per_step=macs or None,
+        instructions_per_mac=ips / macs if ips is not None and macs else None,
         target=tgt.name,
         static_sram_bytes=static,
         stack_peak_bytes=stack_peak,
@@ -325,3 +333,83 @@ def _data_fields(data) -> dict:
     if isinstance(data.get("source"), str):
         out["data_source"] = data["source"]
     return out
+
+
+# -- multiply-accumulates of one training step ------------------------------------------------
+# kernel -> (index of its first shape argument, index of the weight pointer whose "0" means
+# "not updated" or None, MACs from the shape arguments)
+def _conv_macs(a: list[int]) -> int:  # B, Ci, H, W, Co, Ho, Wo, KH, KW, ..., G (last)
+    return a[0] * a[4] * a[5] * a[6] * (a[1] // a[-1]) * a[7] * a[8]
+
+
+def _qconv_macs(a: list[int]) -> int:  # B, Ci, H, W, Co, Ho, Wo, K, s, p, G
+    return a[0] * a[4] * a[5] * a[6] * (a[1] // a[10]) * a[7] * a[7]
+
+
+def _rows_conv(a: list[int]) -> int:  # rows, then the conv's shape
+    return _conv_macs(a[1:]) * a[0] // a[5]
+
+
+_MAC_KERNELS: dict[str, tuple[int, int | None, object]] = {
+    "conv2d_fwd": (4, None, _conv_macs),
+    "conv2d_bwd_input": (4, None, _conv_macs),
+    "conv2d_bwd_weight_sgd": (5, 2, _rows_conv),
+    "conv2d_pw_fwd": (4, None, lambda a: a[0] * a[1] * a[2] * a[3]),
+    "conv2d_pw_bwd_input": (4, None, lambda a: a[0] * a[1] * a[2] * a[3]),
+    "conv2d_pw_bwd_weight_sgd": (5, 2, lambda a: a[0] * a[1] * a[2] * a[4]),
+    "linear_fwd": (4, None, lambda a: a[0] * a[1] * a[2]),
+    "linear_bwd_input": (4, None, lambda a: a[0] * a[1] * a[2]),
+    "linear_bwd_weight_sgd": (5, 2, lambda a: a[0] * a[1] * a[2]),
+    "qconv_fwd": (11, None, _qconv_macs),
+    "qconv_bwd_input": (5, None, _qconv_macs),
+    "qconv_update": (9, None, _qconv_macs),
+    "qlinear_fwd": (11, None, lambda a: a[0] * a[1] * a[2]),
+    "qlinear_bwd_input": (4, None, lambda a: a[0] * a[1] * a[2]),
+    "qlinear_update": (8, None, lambda a: a[0] * a[1] * a[2]),
+    "qdw_inplace_fwd": (10, None, lambda a: a[0] * a[1] * a[4] * a[5] * a[6] * a[6]),
+    "qpw_inplace_fwd": (10, None, lambda a: a[0] * a[1] * a[2] * a[3]),
+}
+
+
+def _split_args(text: str) -> list[str]:
+    out, depth, cur = [], 0, []
+    for ch in text:
+        if ch == "," and depth == 0:
+            out.append("".join(cur).strip())
+            cur = []
+            continue
+        depth += ch in "({[" and 1 or 0
+        depth -= ch in ")}]" and 1 or 0
+        cur.append(ch)
+    out.append("".join(cur).strip())
+    return out
+
+
+def count_macs(model_c: str) -> int:
+    """Multiply-accumulates of one training step of a generated et_model.c: the conv / linear
+    kernel calls of its forward pass and of `et_train_step` (rows-limited and skipped weight
+    updates as called), from their literal shape arguments. Frozen fused / line-buffered int8
+    prefixes (qpwdw_fwd, qlb_chain) are not counted. 0 when nothing is recognised."""
+    import re
+
+    bodies = []
+    for fn in ("forward", "et_train_step"):
+        m = re.search(rf"\b{fn}\([^)]*\)\s*\{{(.*?)\n\}}", model_c, re.S)
+        if m:
+            bodies.append(m.group(1))
+    total = 0
+    for body in bodies:
+        for m in re.finditer(r"\b([a-z0-9_]+)\((.*?)\);", body):
+            rec = _MAC_KERNELS.get(m.group(1))
+            if rec is None:
+                continue
+            first, wpos, fn = rec
+            args = _split_args(m.group(2))
+            if wpos is not None and args[wpos] == "0":
+                continue
+            try:
+                ints = [int(a) for a in args[first:]]
+            except ValueError:
+                continue
+            total += fn(ints)
+    return total

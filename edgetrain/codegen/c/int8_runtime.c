@@ -11,6 +11,7 @@
 #include <math.h>
 #include <string.h>
 #include <stdint.h>
+#include <stddef.h>
 
 static inline int64_t rq(int64_t acc, int32_t m0, int32_t shift) {
     const int n = 31 - shift;
@@ -19,8 +20,33 @@ static inline int64_t rq(int64_t acc, int32_t m0, int32_t shift) {
 static inline int8_t clamp8(int64_t v, int lo, int hi) {
     return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
 }
+/* ET_REAL is double on the host (bit for bit with the float64 simulation) and float on the
+   MCU, where the float functions keep the FPU busy instead of soft-float double calls */
+static inline ET_REAL et_floor(ET_REAL v) {
+    return sizeof(ET_REAL) == sizeof(float) ? (ET_REAL)floorf((float)v) : (ET_REAL)floor(v);
+}
 static inline ET_REAL round_half_away(ET_REAL v) {
-    return v >= 0 ? floor(v + 0.5) : -floor(-v + 0.5);
+    if (sizeof(ET_REAL) == sizeof(float)) {  /* floor(|v| + 0.5) exactly, without floorf */
+        const float a = v >= 0 ? (float)v : -(float)v;
+        if (!(a < 8388608.0f)) return v;  /* already an integer (or not a number) */
+        const int32_t t = (int32_t)a;
+        const float r = (float)(a - (float)t >= 0.5f ? t + 1 : t);
+        return v >= 0 ? (ET_REAL)r : -(ET_REAL)r;
+    }
+    return v >= 0 ? et_floor(v + (ET_REAL)0.5) : -et_floor(-v + (ET_REAL)0.5);
+}
+static inline int32_t clamp_i32(ET_REAL v) {
+    if (sizeof(ET_REAL) == sizeof(float))
+        return v < (ET_REAL)-2147483648.0 ? INT32_MIN
+             : (v >= (ET_REAL)2147483648.0 ? INT32_MAX : (int32_t)v);
+    return (int32_t)(v < -2147483648.0 ? -2147483648.0 : (v > 2147483647.0 ? 2147483647.0 : v));
+}
+/* outputs o in [*lo, *hi) whose tap k reads inside 0..n-1 (stride s, padding p) */
+static inline void o_range(int k, int s, int p, int n, int O, int *lo, int *hi) {
+    int v = p - k; *lo = v > 0 ? (v + s - 1) / s : 0;
+    v = n - 1 + p - k; *hi = v < 0 ? 0 : v / s + 1;
+    if (*hi > O) *hi = O;
+    if (*lo > *hi) *lo = *hi;
 }
 static inline int k_lo(int o, int s, int p) { int v = p - o * s; return v > 0 ? v : 0; }
 static inline int k_hi(int o, int s, int p, int n, int K) { int v = n + p - o * s; return v < K ? v : K; }
@@ -40,11 +66,57 @@ static inline int32_t qwin(const int8_t *xc, int W, int zx, const int8_t *wc, in
     return acc;
 }
 
+/* requantise, clamp and record the "not clamped" mask of one output */
+static inline void q_out(int32_t acc, int32_t m0, int32_t sh, int zy, int lo, int hi, int8_t *y,
+                         uint8_t *mask, size_t i) {
+    const int64_t pre = rq(acc, m0, sh) + zy;
+    y[i] = clamp8(pre, lo, hi);
+    if (mask) mask[i] = (uint8_t)(pre >= lo && pre <= hi);
+}
+
+/* 1x1 stride-1 conv: sum (x - zx) w = sum x w - zx sum w (exact in int32), 4 pixels at once
+   (each weight loaded once for 4 pixels); the requantisation stays per output */
+static void qpw_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
+                    const int32_t *m0, const int32_t *sh, int zy, int lo, int hi, int8_t *y,
+                    uint8_t *mask, int B, int Ci, int Co, int P) {
+    for (int n = 0; n < B; n++)
+    for (int oc = 0; oc < Co; oc++) {
+        const int8_t *wo = w + (size_t)oc * Ci;
+        const int8_t *xn = x + (size_t)n * Ci * P;
+        const size_t yo = ((size_t)n * Co + oc) * P;
+        int32_t sw = 0;
+        for (int ic = 0; ic < Ci; ic++) sw += wo[ic];
+        const int32_t base = b[oc] - zx * sw;
+        int q = 0;
+        for (; q + 4 <= P; q += 4) {
+            int32_t a0 = base, a1 = base, a2 = base, a3 = base;
+            const int8_t *xc = xn + q;
+            for (int ic = 0; ic < Ci; ic++, xc += P) {
+                const int32_t wv = wo[ic];
+                a0 += xc[0] * wv; a1 += xc[1] * wv; a2 += xc[2] * wv; a3 += xc[3] * wv;
+            }
+            q_out(a0, m0[oc], sh[oc], zy, lo, hi, y, mask, yo + q);
+            q_out(a1, m0[oc], sh[oc], zy, lo, hi, y, mask, yo + q + 1);
+            q_out(a2, m0[oc], sh[oc], zy, lo, hi, y, mask, yo + q + 2);
+            q_out(a3, m0[oc], sh[oc], zy, lo, hi, y, mask, yo + q + 3);
+        }
+        for (; q < P; q++) {
+            int32_t a = base;
+            for (int ic = 0; ic < Ci; ic++) a += xn[(size_t)ic * P + q] * wo[ic];
+            q_out(a, m0[oc], sh[oc], zy, lo, hi, y, mask, yo + q);
+        }
+    }
+}
+
 static void qconv_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
                       const int32_t *m0, const int32_t *sh, int zy, int lo, int hi,
                       int8_t *y, uint8_t *mask, int B, int Ci, int H, int W, int Co, int Ho,
                       int Wo, int K, int s, int p, int G) {
     const int cig = Ci / G, cog = Co / G;
+    if (K == 1 && s == 1 && p == 0 && G == 1) {
+        qpw_fwd(x, zx, w, b, m0, sh, zy, lo, hi, y, mask, B, Ci, Co, H * W);
+        return;
+    }
     for (int n = 0; n < B; n++)
     for (int oc = 0; oc < Co; oc++) {
         const int g = oc / cog;
@@ -213,16 +285,58 @@ static void qlb_chain(const qlb_op *o, int L, int *st, const int8_t *x, int8_t *
     }
 }
 
+/* NOTE [ DSP dual multiply-accumulate ]
+   With the Cortex-M DSP extension (the target's has_dsp flag, rendered as ET_HAS_DSP, and the
+   compiler's __ARM_FEATURE_DSP), 4 int8 values are loaded with one LDR and unpacked by SXTB16
+   (bytes 0, 2) and SXTB16 ROR #8 (bytes 1, 3) into two registers of 16-bit pairs; the input
+   zero point is subtracted from both lanes at once (SSUB16) and SMLAD adds two products per
+   instruction. The sums are the same integers as the portable loop's (int32, exact), so the
+   host (no DSP) and the MCU agree bit for bit. */
+#if defined(ET_HAS_DSP) && ET_HAS_DSP && defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+#define ET_DSP 1
+static inline uint32_t q_ld4(const int8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint32_t q_ror8(uint32_t v) { return (v >> 8) | (v << 24); }
+/* sum (x - zx) * w over n values for two weight rows at once (each input unpacked once) */
+static inline void q_dot2(const int8_t *x, int zx, const int8_t *w0, const int8_t *w1, int n,
+                          int32_t *s0, int32_t *s1) {
+    const int16x2_t zz = (int16x2_t)(((uint32_t)(uint16_t)zx << 16) | (uint16_t)zx);
+    int32_t a0 = 0, a1 = 0;
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const uint32_t xv = q_ld4(x + i), v0 = q_ld4(w0 + i), v1 = q_ld4(w1 + i);
+        const int16x2_t xl = __ssub16(__sxtb16(xv), zz);
+        const int16x2_t xh = __ssub16(__sxtb16(q_ror8(xv)), zz);
+        a0 = __smlad(xl, __sxtb16(v0), a0);
+        a0 = __smlad(xh, __sxtb16(q_ror8(v0)), a0);
+        a1 = __smlad(xl, __sxtb16(v1), a1);
+        a1 = __smlad(xh, __sxtb16(q_ror8(v1)), a1);
+    }
+    for (; i < n; i++) { a0 += (x[i] - zx) * w0[i]; a1 += (x[i] - zx) * w1[i]; }
+    *s0 = a0; *s1 = a1;
+}
+#else
+#define ET_DSP 0
+static inline void q_dot2(const int8_t *x, int zx, const int8_t *w0, const int8_t *w1, int n,
+                          int32_t *s0, int32_t *s1) {
+    int32_t a0 = 0, a1 = 0;
+    for (int i = 0; i < n; i++) { a0 += (x[i] - zx) * w0[i]; a1 += (x[i] - zx) * w1[i]; }
+    *s0 = a0; *s1 = a1;
+}
+#endif
+
 static void qlinear_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
                         const int32_t *m0, const int32_t *sh, int zy, int lo, int hi,
                         int8_t *y, uint8_t *mask, int B, int I, int O) {
-    for (int n = 0; n < B; n++)
-    for (int o = 0; o < O; o++) {
-        int32_t acc = b[o];
-        for (int i = 0; i < I; i++) acc += (x[(size_t)n * I + i] - zx) * w[(size_t)o * I + i];
-        const int64_t pre = rq(acc, m0[o], sh[o]) + zy;
-        y[(size_t)n * O + o] = clamp8(pre, lo, hi);
-        if (mask) mask[(size_t)n * O + o] = (uint8_t)(pre >= lo && pre <= hi);
+    for (int n = 0; n < B; n++) {
+        const int8_t *xn = x + (size_t)n * I;
+        for (int o = 0; o < O; o += 2) {
+            const int o1 = o + 1 < O ? o + 1 : o;  /* an odd last row is computed twice */
+            int32_t s0, s1;
+            q_dot2(xn, zx, w + (size_t)o * I, w + (size_t)o1 * I, I, &s0, &s1);
+            q_out(b[o] + s0, m0[o], sh[o], zy, lo, hi, y, mask, (size_t)n * O + o);
+            if (o1 != o) q_out(b[o1] + s1, m0[o1], sh[o1], zy, lo, hi, y, mask, (size_t)n * O + o1);
+        }
     }
 }
 
@@ -269,6 +383,9 @@ static inline ET_REAL dacc_at(const ET_REAL *dacc, const qgap_dacc *gd, size_t i
     return d * (gd->mask[i] ? gd->M[c] : (ET_REAL)0);
 }
 
+/* dx += w * dacc, loop order (oc, ic, kh, kw, oh, ow): each int8 weight is converted once
+   and multiplies the contiguous run of output gradients whose tap lands inside the input;
+   where a global average pool is the only reader (gd), dacc = mask ? gp / P * M : 0 */
 static void qconv_bwd_input(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t *w,
                             ET_REAL *dx, int acc,
                             int B, int Ci, int H, int W, int Co, int Ho, int Wo, int K, int s,
@@ -280,18 +397,27 @@ static void qconv_bwd_input(const ET_REAL *dacc, const qgap_dacc *gd, const int8
         const int g = oc / cog;
         const int8_t *wo = w + (size_t)oc * cig * K * K;
         const size_t o0 = ((size_t)n * Co + oc) * Ho * Wo;
+        const ET_REAL *dr0 = gd ? 0 : dacc + o0;
+        const uint8_t *mk = gd ? gd->mask + o0 : 0;
+        const ET_REAL dv = gd ? gd->gp[(size_t)n * Co + oc] / (ET_REAL)gd->P * gd->M[oc] : 0;
         ET_REAL *dxg = dx + ((size_t)n * Ci + g * cig) * H * W;
-        for (int oh = 0; oh < Ho; oh++) {
-            const int kh0 = k_lo(oh, s, p), kh1 = k_hi(oh, s, p, H, K), ih0 = oh * s - p;
-            for (int ow = 0; ow < Wo; ow++) {
-                const int kw0 = k_lo(ow, s, p), kw1 = k_hi(ow, s, p, W, K), iw0 = ow * s - p;
-                const ET_REAL d = dacc_at(dacc, gd, o0 + oh * Wo + ow, (size_t)n * Co + oc, oc);
-                for (int ic = 0; ic < cig; ic++) {
-                    ET_REAL *dr0 = dxg + (size_t)ic * H * W;
-                    const int8_t *wc = wo + ic * K * K;
-                    for (int kh = kh0; kh < kh1; kh++) {
-                        ET_REAL *dr = dr0 + (ih0 + kh) * W + iw0;
-                        for (int kw = kw0; kw < kw1; kw++) dr[kw] += d * (ET_REAL)wc[kh * K + kw];
+        for (int ic = 0; ic < cig; ic++)
+        for (int kh = 0; kh < K; kh++) {
+            int oh0, oh1;
+            o_range(kh, s, p, H, Ho, &oh0, &oh1);
+            for (int kw = 0; kw < K; kw++) {
+                int ow0, ow1;
+                o_range(kw, s, p, W, Wo, &ow0, &ow1);
+                const ET_REAL wf = (ET_REAL)wo[(ic * K + kh) * K + kw];
+                for (int oh = oh0; oh < oh1; oh++) {
+                    ET_REAL *dr = dxg + ((ptrdiff_t)ic * H * W + (oh * s - p + kh) * W - p + kw);
+                    if (gd) {
+                        const uint8_t *m = mk + oh * Wo;
+                        for (int ow = ow0; ow < ow1; ow++)
+                            if (m[ow]) dr[ow * s] += dv * wf;
+                    } else {
+                        const ET_REAL *d = dr0 + oh * Wo;
+                        for (int ow = ow0; ow < ow1; ow++) dr[ow * s] += d[ow] * wf;
                     }
                 }
             }
@@ -299,7 +425,8 @@ static void qconv_bwd_input(const ET_REAL *dacc, const qgap_dacc *gd, const int8
     }
 }
 
-/* G_W = sum dacc * (x - zx); QAS-scaled SGD on the integer weights, then re-rounding */
+/* G_W = sum dacc * (x - zx); QAS-scaled SGD on the integer weights, then re-rounding. The
+   sum runs over the outputs whose tap is inside, in the order (n, oh, ow). */
 static void qconv_update(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t *x, int zx,
                          int8_t *w, int32_t *b,
                          const ET_REAL *inv_w, const ET_REAL *inv_b, ET_REAL lr,
@@ -309,33 +436,45 @@ static void qconv_update(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t 
     for (int oc = 0; oc < Co; oc++) {
         const int g = oc / cog;
         for (int ic = 0; ic < cig; ic++)
-        for (int kh = 0; kh < K; kh++)
-        for (int kw = 0; kw < K; kw++) {
-            ET_REAL acc = 0;
-            for (int n = 0; n < B; n++) {
-                const size_t o0 = ((size_t)n * Co + oc) * Ho * Wo;
-                const int8_t *xc = x + ((size_t)n * Ci + g * cig + ic) * H * W;
-                for (int oh = 0; oh < Ho; oh++) {
-                    const int ih = oh * s - p + kh;
-                    if (ih < 0 || ih >= H) continue;
-                    for (int ow = 0; ow < Wo; ow++) {
-                        const int iw = ow * s - p + kw;
-                        if (iw < 0 || iw >= W) continue;
-                        acc += dacc_at(dacc, gd, o0 + oh * Wo + ow, (size_t)n * Co + oc, oc)
-                               * (ET_REAL)(xc[ih * W + iw] - zx);
+        for (int kh = 0; kh < K; kh++) {
+            int oh0, oh1;
+            o_range(kh, s, p, H, Ho, &oh0, &oh1);
+            for (int kw = 0; kw < K; kw++) {
+                int ow0, ow1;
+                o_range(kw, s, p, W, Wo, &ow0, &ow1);
+                ET_REAL acc = 0;
+                for (int n = 0; n < B; n++) {
+                    const size_t o0 = ((size_t)n * Co + oc) * Ho * Wo;
+                    const int8_t *xc = x + ((size_t)n * Ci + g * cig + ic) * H * W;
+                    if (gd) {
+                        const ET_REAL dv = gd->gp[(size_t)n * Co + oc] / (ET_REAL)gd->P
+                                           * gd->M[oc];
+                        for (int oh = oh0; oh < oh1; oh++) {
+                            const uint8_t *m = gd->mask + o0 + oh * Wo;
+                            const int8_t *xr = xc + ((oh * s - p + kh) * W - p + kw);
+                            for (int ow = ow0; ow < ow1; ow++)
+                                if (m[ow]) acc += dv * (ET_REAL)(xr[ow * s] - zx);
+                        }
+                    } else {
+                        for (int oh = oh0; oh < oh1; oh++) {
+                            const ET_REAL *d = dacc + o0 + oh * Wo;
+                            const int8_t *xr = xc + ((oh * s - p + kh) * W - p + kw);
+                            for (int ow = ow0; ow < ow1; ow++)
+                                acc += d[ow] * (ET_REAL)(xr[ow * s] - zx);
+                        }
                     }
                 }
+                const size_t i = (((size_t)oc * cig + ic) * K + kh) * K + kw;
+                ET_REAL v = round_half_away((ET_REAL)w[i] + (-lr) * (acc * inv_w[oc]));
+                w[i] = (int8_t)(v < -127 ? -127 : (v > 127 ? 127 : v));
             }
-            const size_t i = (((size_t)oc * cig + ic) * K + kh) * K + kw;
-            ET_REAL v = round_half_away((ET_REAL)w[i] + (-lr) * (acc * inv_w[oc]));
-            w[i] = (int8_t)(v < -127 ? -127 : (v > 127 ? 127 : v));
         }
         ET_REAL acc = 0;
         for (int n = 0; n < B; n++)
             for (int q = 0; q < Ho * Wo; q++)
                 acc += dacc_at(dacc, gd, ((size_t)n * Co + oc) * Ho * Wo + q, (size_t)n * Co + oc, oc);
         ET_REAL v = round_half_away((ET_REAL)b[oc] + (-lr) * (acc * inv_b[oc]));
-        b[oc] = (int32_t)(v < -2147483648.0 ? -2147483648.0 : (v > 2147483647.0 ? 2147483647.0 : v));
+        b[oc] = clamp_i32(v);
     }
 }
 
@@ -363,7 +502,7 @@ static void qlinear_update(const ET_REAL *dacc, const int8_t *x, int zx, int8_t 
         ET_REAL s = 0;
         for (int n = 0; n < B; n++) s += dacc[(size_t)n * O + o];
         ET_REAL v = round_half_away((ET_REAL)b[o] + (-lr) * (s * inv_b[o]));
-        b[o] = (int32_t)(v < -2147483648.0 ? -2147483648.0 : (v > 2147483647.0 ? 2147483647.0 : v));
+        b[o] = clamp_i32(v);
     }
 }
 
