@@ -254,29 +254,30 @@ def test_a_device_whose_flash_holds_no_samples_says_so(tmp_path):
     assert "tinyboard" in str(e.value) and "8,192 B" in str(e.value)
 
 
-@pytest.mark.parametrize("where", ["before", "inside"])
-def test_dropout_is_refused_with_the_reason(tmp_path, where):
-    # Prepare: dropout before the trained head, or inside the trained part
+@pytest.mark.parametrize("policy", ["last:1", "all"])
+def test_dropout_plans_and_compiles_for_c_with_its_backward_where_trained(tmp_path, policy):
+    # Prepare: dropout before the trained head (last:1), or inside the trained part (all)
     nn = torch.nn
     layers = [nn.Conv1d(3, 8, 5, padding=2), nn.ReLU(), nn.MaxPool1d(4), nn.Flatten()]
     layers += [nn.Dropout(0.2), nn.Linear(8 * 32, 6)]
     m, x = nn.Sequential(*layers), torch.randn(1, 3, 128)
-    # Execute / Assert: planning for C refuses it (no RNG in C) ...
-    with pytest.raises(UnsupportedKernelError, match="no random number generator"):
-        edgetrain.plan(m, x, device="nrf52840", executor="c", policy="last:1", name="d")
-    # ... and so does compiling a plan made for PyTorch, saying where the dropout is
-    policy = "last:1" if where == "before" else "all"
-    plan = edgetrain.plan(
-        m, x, device="nrf52840", policy=policy, name="d", strategy="keep-all", budget_bytes=1 << 40
-    )
     s = SampleSet(np.zeros((2, 3, 128), np.float32), np.zeros(2, np.int64))
-    with pytest.raises(UnsupportedKernelError) as e:
-        compile_project(plan, m, x, "host", TrainingSpec(s, s, 1, 0.01), tmp_path / "o")
-    msg = str(e.value)
-    assert "dropout" in msg and "no random number generator" in msg and "nn.Identity" in msg
-    assert ("before the layers the plan trains" in msg) == (where == "before")
-    assert ("in the part the plan trains" in msg) == (where == "inside")
-    assert not (tmp_path / "o").exists()
+    # Execute: planning for C and compiling (NOTE [ Dropout in C ])
+    plan = edgetrain.plan(m, x, device="nrf52840", executor="c", policy=policy, name="d")
+    out = compile_project(plan, m, x, "host", TrainingSpec(s, s, 1, 0.01), tmp_path / "o")
+    # Assert: the mask is drawn on the device; its backward only where a gradient passes
+    text = (out / "et_model.c").read_text()
+    assert "dropout_fwd(" in text and "et_rng" in text
+    assert ("dropout_bwd(" in text) == (policy == "all")
+
+
+def test_per_channel_dropout_is_refused_with_the_reason():
+    # Prepare: Dropout1d draws one mask value per channel (a broadcast mask)
+    nn = torch.nn
+    m = nn.Sequential(nn.Conv1d(3, 8, 5), nn.Dropout1d(0.2), nn.Flatten(), nn.Linear(8 * 124, 6))
+    # Execute / Assert
+    with pytest.raises(UnsupportedKernelError, match="not element-wise dropout"):
+        edgetrain.plan(m, torch.randn(1, 3, 128), device="nrf52840", executor="c", name="d1")
 
 
 def test_float_samples_of_any_rank_and_uint8_pixels_are_baked_flat(tmp_path):

@@ -38,6 +38,20 @@ class Pointwise(nn.Module):
         return self.b(h)
 
 
+class Normed(nn.Module):
+    """Layer norm over one and over two trailing dimensions, with and without affine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.ln1 = nn.Linear(8, 8), nn.LayerNorm(8, eps=1e-3)
+        self.ln2 = nn.LayerNorm((2, 4), elementwise_affine=False)
+        self.b = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.ln1(self.a(x)))
+        return self.b(self.ln2(h.reshape(-1, 2, 4)).flatten(1))
+
+
 class Dropped(nn.Module):
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -127,6 +141,23 @@ def test_pointwise_binary_and_losses_match_pytorch(tmp_path, loss):
     # Execute: the C program, then PyTorch from the compile-time weights
     res = _compile_run(tmp_path, m, plan, s)
     ref = _reference(m, s, loss)
+    # Assert
+    _assert_same(res, m, ref)
+
+
+@needs_cc
+def test_layer_norm_matches_pytorch(tmp_path):
+    # Prepare
+    torch.manual_seed(0)
+    with torch.no_grad():
+        m = Normed()
+        m.ln1.weight.uniform_(0.5, 1.5)
+        m.ln1.bias.uniform_(-0.5, 0.5)
+    s = _samples(6, 3)
+    plan = _plan(m, "cross-entropy")
+    # Execute
+    res = _compile_run(tmp_path, m, plan, s)
+    ref = _reference(m, s, "cross-entropy")
     # Assert
     _assert_same(res, m, ref)
 

@@ -90,10 +90,11 @@ def _samples(args: argparse.Namespace, plan, example):
     from edgetrain.codegen._compile import samples_from
     from edgetrain.data import load_data
 
+    task = "classification" if plan.loss == "cross-entropy" else "reconstruction"
     kw = dict(
         input_shape=plan.input_shape or tuple(example.shape[1:]),
         input_dtype=plan.input_dtype or str(example.dtype).removeprefix("torch."),
-        task="classification",
+        task=task,
         label=args.label,
         x_key=args.x_key,
         y_key=args.y_key,
@@ -105,9 +106,15 @@ def _samples(args: argparse.Namespace, plan, example):
     # the driver cycles through the training samples in order: shuffled (seeded) here, as
     # sources sorted by class would otherwise train one class after the other
     order = torch.randperm(len(tr.y), generator=torch.Generator().manual_seed(0))
-    train = samples_from(tr.x[order], tr.y[order], tr.name)
-    test = samples_from(te.x, te.y, te.name)
-    data = data_record(args.data, tr.source is None, args.val_split, len(tr.y), len(te.y))
+    if task == "reconstruction":  # the target is the sample (NOTE [ Regression in the demo ])
+        train = samples_from(tr.x[order], torch.zeros(len(order), dtype=torch.long), tr.name)
+        test = samples_from(te.x, torch.zeros(len(te.x), dtype=torch.long), te.name)
+    else:
+        train = samples_from(tr.x[order], tr.y[order], tr.name)
+        test = samples_from(te.x, te.y, te.name)
+    data = data_record(args.data, tr.source is None, args.val_split, len(train.labels), len(te.x))
+    if task == "reconstruction":
+        data.update(task=task, metric="none (reconstruction: the training loss is the measure)")
     return train, test, data
 
 

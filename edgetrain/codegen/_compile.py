@@ -145,12 +145,13 @@ def compile_project(
     return write_project(out_dir, files, force=force)
 
 
-_HYPER = ("p", "negative_slope", "approximate")  # what the graph does not record
+_HYPER = ("p", "negative_slope", "approximate", "eps")  # what the graph does not record
 
 
 def module_attributes(model: torch.nn.Module) -> dict[str, dict]:
     """Module name -> the attributes of it the IR does not record and the C kernels need
-    (dropout's p, leaky_relu's negative_slope, GELU's approximate): `render`'s `hyper`."""
+    (dropout's p, leaky_relu's negative_slope, GELU's approximate, layer norm's eps):
+    `render`'s `hyper`."""
     return {
         name: {a: getattr(m, a) for a in _HYPER if isinstance(getattr(m, a, None), (float, str))}
         for name, m in model.named_modules()

@@ -28,7 +28,7 @@ NOTE [ 1-D models in C ]
     dilation, ceil mode, count_include_pad or divisor_override: output sizes other than
     dilation 1's are refused, average pooling runs floor mode with divisor kernel size (zero
     padding counted, PyTorch's default), and `compile_project` refuses modules that set the
-    others. Dropout is refused (NOTE [ Dropout in C ]).
+    others. Dropout runs with an on-device generator (NOTE [ Dropout in C ]).
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ SUPPORTED = (
     "binary (same shape): " + ", ".join(BINARY),
     "losses: " + ", ".join(LOSSES),
     "dropout (nn.Dropout; an on-device PRNG mask)",
+    "layer_norm (nn.LayerNorm, over the last dimensions)",
 )
 
 
@@ -99,6 +100,7 @@ class LKind(enum.Enum):
     BINARY = "binary"
     LOSS = "loss"  # a loss over float targets
     DROPOUT = "dropout"
+    LAYERNORM = "layernorm"
 
 
 LOSS_KINDS = (LKind.XENT, LKind.LOSS)
@@ -457,7 +459,12 @@ def _module_attr(lw: _Lowering, n, attr: str, what: str):
     return lw.hyper.get(n.module, {}).get(attr)
 
 
-_MODULE_OF = {"gelu": "GELU()", "leaky_relu": "LeakyReLU(slope)", "dropout": "Dropout(p)"}
+_MODULE_OF = {
+    "gelu": "GELU()",
+    "leaky_relu": "LeakyReLU(slope)",
+    "dropout": "Dropout(p)",
+    "layer_norm": "LayerNorm(shape)",
+}
 
 
 def _lower_pointwise(lw: _Lowering, n, acts, fn: str) -> LOp:
@@ -501,6 +508,27 @@ def _lower_loss(lw: _Lowering, n, acts) -> LOp:
     return lw.op(LKind.LOSS, n, acts[:1], extra={"fn": fn})
 
 
+def _lower_layer_norm(lw: _Lowering, n, acts) -> LOp:
+    pw = lw.params_of(n)
+    k = int(n.attr("normalized_ndim", 1))
+    shape = lw.shape[acts[0]]
+    d = int(np.prod(shape[len(shape) - k :]))
+    if len(pw) == 1:  # weight only (bias=False): which one is not recorded apart from its role
+        pw.append(None)
+    return lw.op(
+        LKind.LAYERNORM,
+        n,
+        acts[:1],
+        extra={
+            "w_param": pw[0] if pw else None,
+            "b_param": pw[1] if len(pw) > 1 else None,
+            "nrows": int(np.prod(shape)) // d,
+            "d": d,
+            "eps": _module_attr(lw, n, "eps", "layer_norm"),
+        },
+    )
+
+
 def _lower_dropout(lw: _Lowering, n, acts) -> LOp:
     x = next(t for t in n.inputs if t not in lw.dropout_masks)
     k = sum(op.kind is LKind.DROPOUT for op in lw.ops)
@@ -527,6 +555,7 @@ _LOWER: dict[OpKind, Callable[[_Lowering, object, tuple[str, ...]], "LOp | None"
     OpKind.GELU: _lower_elementwise,
     OpKind.HARDSWISH: _lower_elementwise,
     OpKind.LOSS: _lower_loss,
+    OpKind.LAYER_NORM: _lower_layer_norm,
 }
 """How each IR operator becomes a C operator (`SUPPORTED` in words)."""
 _SKIPPED = frozenset({OpKind.BUFFER_UPDATE})  # BN running-statistics updates: frozen in C
@@ -602,8 +631,9 @@ def _lower_nodes(lw: _Lowering) -> None:
         op = lower_node(lw, n, acts)
         if op is None:
             continue
-        if op.kind in (LKind.CONV, LKind.LINEAR):
-            op.weight = lw.array_for(op.extra["w_param"])
+        if op.kind in (LKind.CONV, LKind.LINEAR, LKind.LAYERNORM):
+            w = op.extra["w_param"]
+            op.weight = lw.array_for(w) if w else None
             op.bias = lw.array_for(op.extra["b_param"]) if op.extra["b_param"] else None
         lw.ops.append(op)
         lw.producer[op.output] = op
@@ -720,7 +750,7 @@ def _requires_grad(ops: list[LOp], arrays: dict[str, Array]) -> set[str]:
 
 _READS_INPUT_WHEN_TRAINED = (LKind.CONV, LKind.BN, LKind.LINEAR)  # for the weight gradient
 _READS_OUTPUT = (LKind.RELU, LKind.RELU6)  # the derivative from the output
-_READS_INPUT = (LKind.MAXPOOL,)  # always: max pooling finds the window's maximum again
+_READS_INPUT = (LKind.MAXPOOL, LKind.LAYERNORM)  # always: the window's maximum / row statistics
 
 
 def saved_for_backward(op: LOp, trainable: set[str], rg: set[str]) -> tuple[str, ...]:

@@ -13,6 +13,9 @@ NOTE [ Op categories in C ]
       output's shape. The forward returns the loss and writes dL/dz into the loss's saved
       buffer (as cross-entropy keeps its probabilities), which the backward copies out.
     - Dropout (`dropout_fwd` / `dropout_bwd`, NOTE [ Dropout in C ] in _lower.py).
+    - Layer norm (`layernorm_fwd` / `layernorm_bwd`): the backward reads the saved input and
+      recomputes each row's mean and 1/std (no saved statistics); the input gradient uses the
+      old gamma, then gamma and beta take their SGD steps row by row (no gradient buffer).
     The renderer emits only the kernels a model uses; `kernel_texts()` is every kernel's
     (name, C text): `_kernels.KERNELS` and these.
 """
@@ -212,6 +215,62 @@ static void dropout_bwd(const float *dy, float *dx, int acc, int n, uint32_t thr
 }
 
 
+_LAYER_NORM = {
+    "layernorm_fwd": r"""
+/* layer norm over the last D values of each of R rows (biased variance, PyTorch's) */
+static void layernorm_fwd(const float *x, const float *g, const float *b, float *y, int R, int D,
+                          float eps) {
+    for (int r = 0; r < R; r++) {
+        const float *xr = x + (size_t)r * D;
+        float *yr = y + (size_t)r * D;
+        float m = 0.0f, v = 0.0f;
+        for (int d = 0; d < D; d++) m += xr[d];
+        m /= (float)D;
+        for (int d = 0; d < D; d++) v += (xr[d] - m) * (xr[d] - m);
+        const float rs = 1.0f / sqrtf(v / (float)D + eps);
+        for (int d = 0; d < D; d++)
+            yr[d] = (xr[d] - m) * rs * (g ? g[d] : 1.0f) + (b ? b[d] : 0.0f);
+    }
+}
+""",
+    "layernorm_bwd": r"""
+/* dx = rs * (g dy - mean(g dy) - xhat mean(g dy xhat)) per row, with the old gamma (if dx);
+   then gamma -= lr * sum dy xhat, beta -= lr * sum dy, row by row (gw / gb: trained or 0) */
+static void layernorm_bwd(const float *x, const float *dy, float *g, float *gw, float *gb,
+                          float *dx, int acc, float lr, int R, int D, float eps) {
+    for (int pass = dx ? 0 : 1; pass < 2; pass++)
+    for (int r = 0; r < R; r++) {
+        const float *xr = x + (size_t)r * D, *dr = dy + (size_t)r * D;
+        float m = 0.0f, v = 0.0f;
+        for (int d = 0; d < D; d++) m += xr[d];
+        m /= (float)D;
+        for (int d = 0; d < D; d++) v += (xr[d] - m) * (xr[d] - m);
+        const float rs = 1.0f / sqrtf(v / (float)D + eps);
+        if (pass == 0) {
+            float s1 = 0.0f, s2 = 0.0f;
+            for (int d = 0; d < D; d++) {
+                const float gd = dr[d] * (g ? g[d] : 1.0f);
+                s1 += gd; s2 += gd * (xr[d] - m) * rs;
+            }
+            s1 /= (float)D; s2 /= (float)D;
+            float *xo = dx + (size_t)r * D;
+            for (int d = 0; d < D; d++) {
+                const float gd = dr[d] * (g ? g[d] : 1.0f);
+                const float v2 = rs * (gd - s1 - (xr[d] - m) * rs * s2);
+                if (acc) xo[d] += v2; else xo[d] = v2;
+            }
+        } else {
+            for (int d = 0; d < D; d++) {
+                if (gw) gw[d] -= lr * dr[d] * ((xr[d] - m) * rs);
+                if (gb) gb[d] -= lr * dr[d];
+            }
+        }
+    }
+}
+""",
+}
+
+
 @functools.cache
 def op_kernels() -> dict[str, str]:
     """The C text of every kernel of this module's tables, by kernel name."""
@@ -223,6 +282,7 @@ def op_kernels() -> dict[str, str]:
     for name, loss in LOSSES.items():
         out.update(_loss_c(name, loss))
     out.update(_DROPOUT)
+    out.update(_LAYER_NORM)
     return out
 
 

@@ -11,6 +11,14 @@ Memory classes of the generated program:
                             offsets from tensor lifetimes, see NOTE [ Arena assignment ]) and
                             the labels of the batch
     SRAM stack              the rest of the device's SRAM
+
+NOTE [ Regression in the demo ]
+    A model whose loss takes float targets of its output's shape (MSE, L1, smooth L1, BCE with
+    logits: `_op_kernels.LOSSES`) trains in the demo layout as a reconstruction: the target is
+    the sample itself (an autoencoder), copied into `et_targets` by `et_load`, so the output
+    must have the input's size (`UnsupportedPlanError` otherwise). The driver's accuracy counts
+    stay 0 (no classes); the loss is the measure. The library layout takes any float targets
+    from the caller (`et_train_step(x, y)`).
 """
 
 from __future__ import annotations
@@ -472,6 +480,15 @@ def _dropout_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     )
 
 
+def _layer_norm_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    used.add("layernorm_fwd")
+    eps = cfloat(_hyper(op, "eps", "eps"))
+    return (
+        f"layernorm_fwd({nm.a(op.inputs[0])}, {op.weight or '0'}, {op.bias or '0'}, "
+        f"{nm.a(op.output)}, {op.extra['nrows']}, {op.extra['d']}, {eps});"
+    )
+
+
 def _xent_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     used.add("xent_fwd")
     b, kk = op.shape_in[0]
@@ -497,6 +514,7 @@ _FWD: dict[LKind, Callable[[LOp, _Names, set[str]], str]] = {
     LKind.BINARY: _binary_fwd,
     LKind.LOSS: _loss_fwd,
     LKind.DROPOUT: _dropout_fwd,
+    LKind.LAYERNORM: _layer_norm_fwd,
 }
 
 
@@ -696,6 +714,22 @@ def _dropout_bwd(op: LOp, bw: _Bwd) -> list[str]:
     ]
 
 
+def _layer_norm_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    x = op.inputs[0]
+    g, acc = bw.dx(x) if x in bw.rg else ("0", 0)
+    gw = op.weight if op.weight in bw.trainable else "0"
+    gb = op.bias if op.bias in bw.trainable else "0"
+    w = f"(float *){op.weight}" if op.weight else "0"
+    eps = cfloat(_hyper(op, "eps", "eps"))
+    return [
+        bw.call(
+            "layernorm_bwd",
+            f"{bw.nm.a(x)}, {bw.nm.g(op.output)}, {w}, {gw}, {gb}, {g}, {acc}, lr, "
+            f"{op.extra['nrows']}, {op.extra['d']}, {eps}",
+        )
+    ]
+
+
 _BWD: dict[LKind, Callable[[LOp, _Bwd], list[str]]] = {
     LKind.XENT: _xent_bwd,
     LKind.CONV: _conv_bwd,
@@ -712,6 +746,7 @@ _BWD: dict[LKind, Callable[[LOp, _Bwd], list[str]]] = {
     LKind.BINARY: _binary_bwd,
     LKind.LOSS: _loss_bwd,
     LKind.DROPOUT: _dropout_bwd,
+    LKind.LAYERNORM: _layer_norm_bwd,
 }
 
 
