@@ -34,8 +34,8 @@ class Pointwise(nn.Module):
         h = self.a(x)
         h = torch.sigmoid(h) * torch.tanh(h) - self.gelu(h)
         h = self.leaky(h) + nn.functional.hardswish(h) * self.gelu_t(h)
-        h = nn.functional.silu(h) - nn.functional.hardsigmoid(h)
-        return self.b(h)
+        h = nn.functional.silu(h) - nn.functional.hardsigmoid(h) * 0.5
+        return self.b(h * h)
 
 
 class Normed(nn.Module):
@@ -50,6 +50,26 @@ class Normed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.tanh(self.ln1(self.a(x)))
         return self.b(self.ln2(h.reshape(-1, 2, 4)).flatten(1))
+
+
+class Excited(nn.Module):
+    """Squeeze-excitation (MobileNetV3's): a channel scale broadcast over the plane, on either
+    side of the product; and a square (one tensor as both operands)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.squeeze, self.excite = nn.Conv2d(4, 2, 1), nn.Conv2d(2, 4, 1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = nn.functional.hardswish(self.conv(x))
+        s = torch.sigmoid(
+            self.excite(torch.relu(self.squeeze(nn.functional.adaptive_avg_pool2d(h, 1))))
+        )
+        h = h * s
+        h = s * h - h * h
+        return self.fc(nn.functional.adaptive_avg_pool2d(h, 1).flatten(1))
 
 
 class Dropped(nn.Module):
@@ -162,6 +182,24 @@ def test_layer_norm_matches_pytorch(tmp_path):
     _assert_same(res, m, ref)
 
 
+@needs_cc
+def test_channel_broadcast_mul_matches_pytorch(tmp_path):
+    # Prepare: image samples (2, 5, 5)
+    torch.manual_seed(0)
+    m = Excited()
+    g = np.random.default_rng(0)
+    s = SampleSet(g.normal(size=(6, 2, 5, 5)).astype(np.float32), g.integers(0, 3, 6))
+    plan = edgetrain.plan(
+        m, torch.zeros(1, 2, 5, 5), device="stm32h743", executor="c", policy="all", batch_size=BATCH
+    )
+    spec = TrainingSpec(s, s, steps=STEPS, lr=LR, log_every=1, dump_params=True)
+    # Execute
+    res = mcu_run(compile_project(plan, m, torch.zeros(1, 2, 5, 5), "host", spec, tmp_path / "c"))
+    ref = _reference(m, s, "cross-entropy")
+    # Assert
+    _assert_same(res, m, ref)
+
+
 def _xorshift_masks(n: int, p: float) -> list[torch.Tensor]:
     """The C dropout's masks (`dropout_fwd`): xorshift32 from RNG_SEED, keep where a draw is
     >= p * 2^32, scaled by 1 / (1 - p) in float32; `n` values a training step."""
@@ -195,7 +233,7 @@ def test_dropout_mask_from_the_device_generator_matches_pytorch_with_that_mask(t
     _assert_same(res, m, ref)
 
 
-def test_functional_dropout_and_broadcasting_mul_are_refused_with_the_fix():
+def test_functional_dropout_and_a_parameter_operand_are_refused_with_the_fix():
     # Prepare
     class Functional(nn.Module):
         def __init__(self) -> None:
@@ -205,7 +243,7 @@ def test_functional_dropout_and_broadcasting_mul_are_refused_with_the_fix():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.a(nn.functional.dropout(x, 0.2, training=True))
 
-    class Broadcast(nn.Module):
+    class ParamOperand(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.a, self.w = nn.Linear(8, 3), nn.Parameter(torch.ones(8))
@@ -215,7 +253,16 @@ def test_functional_dropout_and_broadcasting_mul_are_refused_with_the_fix():
 
     from edgetrain.capture import capture
 
-    for model, words in ((Functional(), "nn.Dropout"), (Broadcast(), "no broadcasting")):
+    class ScalarOperand(nn.Module):  # the IR does not record a sub's scalar
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a(x) - 1.5
+
+    cases = ((Functional(), "nn.Dropout"), (ParamOperand(), "parameter"), (ScalarOperand(), "sub"))
+    for model, words in cases:
         g = capture(model, torch.zeros(1, 8), batch_size=2, cache=False)
         # Execute / Assert
         with pytest.raises(UnsupportedKernelError, match=words):

@@ -77,7 +77,7 @@ SUPPORTED = (
     "linear",
     "cross_entropy",
     "point-wise: " + ", ".join(POINTWISE),
-    "binary (same shape): " + ", ".join(BINARY),
+    "binary (same shape, or the second broadcast over trailing dims): " + ", ".join(BINARY),
     "losses: " + ", ".join(LOSSES),
     "dropout (nn.Dropout; an on-device PRNG mask)",
     "layer_norm (nn.LayerNorm, over the last dimensions)",
@@ -478,22 +478,50 @@ def _lower_pointwise(lw: _Lowering, n, acts, fn: str) -> LOp:
     return lw.op(LKind.POINTWISE, n, acts[:1], extra={"fn": fn, "a": a})
 
 
+def _broadcast_p(small: tuple[int, ...], full: tuple[int, ...]) -> int:
+    """P when `small` is `full` with its trailing dimensions 1 (one value per P values of
+    the full operand), else 0."""
+    if len(small) != len(full):
+        return 0
+    k = len(full)
+    while k > 0 and small[k - 1] == 1:
+        k -= 1
+    if small[:k] != full[:k] or k == len(full):
+        return 0
+    return int(np.prod(full[k:]))
+
+
 def _lower_binary(lw: _Lowering, n, acts, fn: str) -> LOp:
+    """Same-shape operands, or the second broadcast over trailing dimensions (the first, for
+    a commutative op: swapped); NOTE [ Op categories in C ]."""
     out = lw.shape[n.output]
-    if len(acts) != 2 or any(lw.shape[t] != out for t in acts):
+    shapes = [lw.shape[t] for t in acts]
+    if len(acts) == 2 and shapes[0] == shapes[1] == out:
+        return lw.op(LKind.BINARY, n, acts, extra={"fn": fn, "bcast_p": 0})
+    if len(acts) == 2 and BINARY[fn].commutative and shapes[1] == out:
+        acts, shapes = acts[::-1], shapes[::-1]
+    p = _broadcast_p(shapes[1], out) if len(acts) == 2 and shapes[0] == out else 0
+    if not p:
         raise UnsupportedKernelError(
             f"node {n.name} ({n.module or 'functional'}): {fn} of "
             f"{[lw.shape.get(t) for t in n.inputs]} -> {out}; the C kernel takes two "
-            "activations of the output's shape (no broadcasting, no scalar, parameter or "
-            "constant operand)"
+            "activations of the output's shape, or the second with trailing dimensions 1 "
+            "(e.g. (B, C, 1, 1) against (B, C, H, W)); no other broadcasting, no scalar, "
+            "parameter or constant operand"
         )
-    return lw.op(LKind.BINARY, n, acts, extra={"fn": fn})
+    return lw.op(LKind.BINARY, n, acts, extra={"fn": fn, "bcast_p": p})
 
 
 def _lower_elementwise(lw: _Lowering, n, acts) -> LOp:
     """The point-wise and binary categories (NOTE [ Op categories in C ]), by the ATen name
     inside the category (`attrs["fn"]`) or the kind's own name (tanh, gelu, hardswish, mul)."""
     fn = n.attr("fn") or n.op.value
+    scalar = n.attr("scalar")
+    if scalar is not None and f"{fn}_scalar" in POINTWISE and len(acts) == 1:
+        return lw.op(LKind.POINTWISE, n, acts, extra={"fn": f"{fn}_scalar", "a": float(scalar)})
+    if n.op is OpKind.MUL and len(n.inputs) == 1 and len(acts) == 1 and scalar is None:
+        acts = (acts[0], acts[0])  # x * x: the IR lists the one operand once (a MUL node
+        # records a scalar operand as `scalar`; other categories do not: refused below)
     if fn in BINARY:
         return _lower_binary(lw, n, acts, fn)
     if fn in POINTWISE or fn == "gelu":
@@ -766,9 +794,8 @@ def saved_for_backward(op: LOp, trainable: set[str], rg: set[str]) -> tuple[str,
     if op.kind is LKind.POINTWISE:
         return (x,) if POINTWISE[op.extra["fn"]].reads is Reads.INPUT else (op.output,)
     if op.kind is LKind.BINARY:
-        grads = BINARY[op.extra["fn"]].grad
-        names = [g for k, g in enumerate(grads) if op.inputs[k] in rg]
-        return tuple(t for t, v in zip(op.inputs, ("a[i]", "b[i]")) if any(v in g for g in names))
+        reads = BINARY[op.extra["fn"]].operands_read(tuple(t in rg for t in op.inputs))
+        return tuple(dict.fromkeys(t for t, r in zip(op.inputs, reads) if r))
     return ()
 
 

@@ -6,9 +6,13 @@ NOTE [ Op categories in C ]
       the input value `v` (and the op's scalar parameter `a`), the derivative expression, and
       whether the derivative reads the input (`v`) or the output (`o`): that tensor lives until
       the backward (the arena's lifetimes read `Pointwise.reads`).
-    - Binary (`BINARY`): y = f(a, b) over operands of the output's shape (no broadcasting); a
-      row is the forward expression of `a[i]`, `b[i]` and each operand's derivative; an
-      operand's gradient reads the operands its derivative names.
+    - Binary (`BINARY`): y = f(a, b); a row is the forward expression of the operands' values
+      `a`, `b` and each operand's derivative; an operand's gradient reads the operands its
+      derivative names (`operands_read`). Either both operands have the output's shape, or
+      the second is broadcast over trailing dimensions (`b` of shape (B, C, 1, 1) against
+      (B, C, H, W): a squeeze-excitation's channel scale; the `_bc` kernels, P values per `b`
+      value, its gradient summed over them). A commutative op (`Binary.commutative`) takes the
+      broadcast operand first too (swapped).
     - Losses (`LOSSES`): mean reduction over every element of the output, float targets of the
       output's shape. The forward returns the loss and writes dL/dz into the loss's saved
       buffer (as cross-entropy keeps its probabilities), which the backward copies out.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import re
 from dataclasses import dataclass
 
 from edgetrain.codegen._kernels import KERNELS
@@ -78,6 +83,11 @@ POINTWISE: dict[str, Pointwise] = {
         "(v > -3.0f && v < 3.0f) ? (1.0f / 6.0f) : 0.0f",
         Reads.INPUT,
     ),
+    # an operation with a scalar (the node's `scalar` attribute is `a`)
+    "mul_scalar": Pointwise("v * a", "a", Reads.INPUT),
+    "div_scalar": Pointwise("v / a", "1.0f / a", Reads.INPUT),
+    "add_scalar": Pointwise("v + a", "1.0f", Reads.INPUT),
+    "sub_scalar": Pointwise("v - a", "1.0f", Reads.INPUT),
     "leaky_relu": Pointwise(
         "v > 0.0f ? v : v * a", "v > 0.0f ? 1.0f : a", Reads.INPUT, "negative_slope"
     ),
@@ -87,13 +97,19 @@ POINTWISE: dict[str, Pointwise] = {
 
 @dataclass(frozen=True)
 class Binary:
-    fwd: str  # of a[i], b[i]
+    fwd: str  # of the values a, b
     grad: tuple[str, str]  # d y / d a, d y / d b
+    commutative: bool = False
+
+    def operands_read(self, needed: tuple[bool, bool]) -> tuple[bool, bool]:
+        """Which operands the gradients of the `needed` operands read."""
+        used = [g for g, want in zip(self.grad, needed) if want]
+        return tuple(any(re.search(rf"\b{v}\b", g) for g in used) for v in ("a", "b"))
 
 
 BINARY: dict[str, Binary] = {
-    "sub": Binary("a[i] - b[i]", ("1.0f", "-1.0f")),
-    "mul": Binary("a[i] * b[i]", ("b[i]", "a[i]")),
+    "sub": Binary("a - b", ("1.0f", "-1.0f")),
+    "mul": Binary("a * b", ("b", "a"), commutative=True),
 }
 """Binary element-wise operators by ATen name (add is `_kernels`' add_fwd / grad_pass)."""
 
@@ -147,19 +163,53 @@ static void pw_{name}_bwd(const float *s, const float *dy, float *dx, int acc, i
 def _binary_c(name: str, b: Binary) -> dict[str, str]:
     out = {
         f"bin_{name}_fwd": f"""
-static void bin_{name}_fwd(const float *a, const float *b, float *y, int n) {{
-    for (int i = 0; i < n; i++) y[i] = {b.fwd};
+static void bin_{name}_fwd(const float *A, const float *B, float *y, int n) {{
+    for (int i = 0; i < n; i++) {{ const float a = A[i], b = B[i]; y[i] = {b.fwd}; }}
 }}
-"""
+""",
+        f"bin_{name}_fwd_bc": f"""
+/* B broadcast: one value per P consecutive values of A */
+static void bin_{name}_fwd_bc(const float *A, const float *B, float *y, int n, int P) {{
+    for (int i = 0; i < n; i++) {{
+        const float b = B[i];
+        for (int p = 0; p < P; p++) {{ const float a = A[i * P + p]; y[i * P + p] = {b.fwd}; }}
+    }}
+}}
+""",
     }
     for k, g in enumerate(b.grad):
         out[f"bin_{name}_bwd{k}"] = f"""
-static void bin_{name}_bwd{k}(const float *a, const float *b, const float *dy, float *dx,
+static void bin_{name}_bwd{k}(const float *A, const float *B, const float *dy, float *dx,
                               int acc, int n) {{
-    (void)a; (void)b;
     for (int i = 0; i < n; i++) {{
+        const float a = A ? A[i] : 0.0f, b = B ? B[i] : 0.0f;
+        (void)a; (void)b;
         const float d = dy[i] * ({g});
         if (acc) dx[i] += d; else dx[i] = d;
+    }}
+}}
+"""
+        reduce = "s" if k == 1 else None  # the broadcast operand's gradient sums over P
+        body = (
+            "float s = 0.0f;\n"
+            "        for (int p = 0; p < P; p++) {\n"
+            "            const float a = A ? A[i * P + p] : 0.0f; (void)a;\n"
+            f"            s += dy[i * P + p] * ({g});\n"
+            "        }\n"
+            "        if (acc) dx[i] += s; else dx[i] = s;"
+            if reduce
+            else "for (int p = 0; p < P; p++) {\n"
+            "            const float a = A ? A[i * P + p] : 0.0f; (void)a;\n"
+            f"            const float d = dy[i * P + p] * ({g});\n"
+            "            if (acc) dx[i * P + p] += d; else dx[i * P + p] = d;\n"
+            "        }"
+        )
+        out[f"bin_{name}_bwd{k}_bc"] = f"""
+static void bin_{name}_bwd{k}_bc(const float *A, const float *B, const float *dy, float *dx,
+                                 int acc, int n, int P) {{
+    for (int i = 0; i < n; i++) {{
+        const float b = B ? B[i] : 0.0f; (void)b;
+        {body}
     }}
 }}
 """

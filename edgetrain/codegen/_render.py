@@ -448,11 +448,19 @@ def _pointwise_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     return f"{k}({nm.a(op.inputs[0])}, {nm.a(op.output)}, {_numel(op.shape_out)}, {a});"
 
 
+def _binary_n(op: LOp) -> tuple[str, str]:
+    """(kernel suffix, size arguments) of a binary operator: n, or n / P and P broadcast."""
+    p = op.extra["bcast_p"]
+    n = _numel(op.shape_out)
+    return ("_bc", f"{n // p}, {p}") if p else ("", f"{n}")
+
+
 def _binary_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
-    k = f"bin_{op.extra['fn']}_fwd"
+    bc, sizes = _binary_n(op)
+    k = f"bin_{op.extra['fn']}_fwd{bc}"
     used.add(k)
     a, b = (nm.a(t) for t in op.inputs)
-    return f"{k}({a}, {b}, {nm.a(op.output)}, {_numel(op.shape_out)});"
+    return f"{k}({a}, {b}, {nm.a(op.output)}, {sizes});"
 
 
 def _loss_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
@@ -682,14 +690,15 @@ def _pointwise_bwd(op: LOp, bw: _Bwd) -> list[str]:
 def _binary_bwd(op: LOp, bw: _Bwd) -> list[str]:
     saved = saved_for_backward(op, bw.trainable, bw.rg)
     a, b = (bw.nm.a(t) if t in saved else "0" for t in op.inputs)
+    bc, sizes = _binary_n(op)
     out = []
     for k, t in enumerate(op.inputs):
         if t in bw.rg:
             g, acc = bw.dx(t)
             out.append(
                 bw.call(
-                    f"bin_{op.extra['fn']}_bwd{k}",
-                    f"{a}, {b}, {bw.nm.g(op.output)}, {g}, {acc}, {_numel(op.shape_out)}",
+                    f"bin_{op.extra['fn']}_bwd{k}{bc}",
+                    f"{a}, {b}, {bw.nm.g(op.output)}, {g}, {acc}, {sizes}",
                 )
             )
     return out
