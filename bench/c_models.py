@@ -41,17 +41,20 @@ MODELS = {
     "kws-dscnn": ((1, 49, 10), 12, 48, 24, 600, 0.05),
     "har-cnn1d": ((3, 128), 6, 120, 60, 150, 0.01),
     "mlp-784": ((784,), 10, 120, 40, 400, 0.05),  # 784 float32s a sample: flash holds ~160
-    "mlp-autoencoder": ((128,), 0, 200, 100, 300, 0.01),
+    "mlp-autoencoder": ((128,), 0, 200, 100, 3000, 0.05),
 }
 
 
 def make_data(path: Path, shape: tuple[int, ...], classes: int, n: int) -> None:
-    """Seeded class-dependent patterns + noise (classification), or low-rank vectors
+    """Seeded class-dependent patterns + noise (classification; for (C, time, bins) inputs a
+    class's pattern is one profile over the bins, the same at every time step), or low-rank vectors
     (reconstruction), as data.npz with arrays x, y."""
     g = np.random.default_rng(0)
     if classes:
         y = np.arange(n) % classes
         centres = g.normal(size=(classes, *shape)).astype(np.float32)
+        if len(shape) == 3:  # spectrogram-like (C, time, bins): a class is a spectral profile
+            centres = np.broadcast_to(g.normal(size=(classes, 1, 1, shape[2])), centres.shape)
         x = centres[y] + 0.8 * g.normal(size=(n, *shape)).astype(np.float32)
     else:
         basis = g.normal(size=(8, *shape)).astype(np.float32)
