@@ -15,7 +15,7 @@ from edgetrain.codegen import SampleSet, TrainingSpec, compile_project, mcu_run
 from edgetrain.codegen._lower import check_kernels
 from edgetrain.codegen._render import RNG_SEED
 from edgetrain.errors import UnsupportedKernelError
-from tests._toolchain import needs_cc
+from tests._toolchain import needs_arm, needs_cc
 
 LR, STEPS, BATCH = 0.05, 4, 2
 
@@ -267,3 +267,62 @@ def test_functional_dropout_and_a_parameter_operand_are_refused_with_the_fix():
         # Execute / Assert
         with pytest.raises(UnsupportedKernelError, match=words):
             check_kernels(g)
+
+
+@needs_cc
+def test_mbv3_block_with_squeeze_excitation_matches_pytorchs_trainer(tmp_path):
+    # Prepare: the zoo's MobileNetV3 block (hardswish, SE's sigmoid and channel scale), BN
+    # frozen, everything trained, against edgetrain's PyTorch Trainer from the same weights
+    from edgetrain.models import build_model
+    from edgetrain.runtime import Trainer
+
+    m, x = build_model("mbv3-block")
+    plan = edgetrain.plan(
+        m,
+        x,
+        device="stm32h743",
+        strategy="keep-all",
+        policy="all",
+        batch_size=1,
+        freeze_batch_norm=True,
+        budget_bytes=1 << 40,
+        name="mbv3-block",
+    )
+    g = np.random.default_rng(0)
+    k = int(m(x).shape[1])
+    s = SampleSet(g.normal(size=(3, *x.shape[1:])).astype(np.float32), g.integers(0, k, 3))
+    spec = TrainingSpec(s, s, steps=2, lr=LR, log_every=1, dump_params=True)
+    # Execute
+    res = mcu_run(compile_project(plan, m, x, "host", spec, tmp_path / "c"))
+    xs, ys = torch.from_numpy(s.pixels), torch.from_numpy(s.labels)
+    with Trainer(m, plan, lr=LR) as t:
+        ref = [t.step(xs[[i]], ys[[i]]) for i in range(2)]
+    # Assert
+    named = dict(m.named_parameters())
+    for name, values in res.params.items():
+        torch.testing.assert_close(
+            torch.tensor(values), named[name].detach().reshape(-1), rtol=1e-4, atol=1e-5
+        )
+    torch.testing.assert_close(torch.tensor(res.losses), torch.tensor(ref), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@needs_arm
+def test_har_cnn1d_with_dropout_trains_on_the_nrf52840_within_its_plan(tmp_path):
+    # Prepare: the zoo's HAR model (Conv1d, BN1d, MaxPool1d, Dropout) planned for the C
+    # executor on the nRF52840 profile
+    from edgetrain.models import build_model
+
+    m, x = build_model("har-cnn1d")
+    plan = edgetrain.plan(m, x, device="nrf52840", executor="c", batch_size=1, name="har")
+    g = np.random.default_rng(0)
+    y = np.arange(24) % 6
+    centres = g.normal(size=(6, 3, 128)).astype(np.float32)
+    s = SampleSet((centres[y] + 0.5 * g.normal(size=(24, 3, 128))).astype(np.float32), y)
+    spec = TrainingSpec(s, s, steps=40, lr=0.01, log_every=1)
+    # Execute: Cortex-M4 under QEMU
+    res = mcu_run(compile_project(plan, m, x, "cortex-m4", spec, tmp_path / "c", device="nrf52840"))
+    # Assert: measured peak SRAM within 5 % of the plan, under the device's SRAM; loss falls
+    assert abs(res.peak_sram_bytes - plan.predicted_peak_bytes) <= 0.05 * plan.predicted_peak_bytes
+    assert res.peak_sram_bytes <= res.sram_limit_bytes
+    assert np.mean(res.losses[-5:]) < np.mean(res.losses[:5])
