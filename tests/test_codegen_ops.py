@@ -269,41 +269,58 @@ def test_functional_dropout_and_a_parameter_operand_are_refused_with_the_fix():
             check_kernels(g)
 
 
-@needs_cc
-def test_mbv3_block_with_squeeze_excitation_matches_pytorchs_trainer(tmp_path):
-    # Prepare: the zoo's MobileNetV3 block (hardswish, SE's sigmoid and channel scale), BN
-    # frozen, everything trained, against edgetrain's PyTorch Trainer from the same weights
+def _zoo_against_trainer(tmp_path, name: str, policy: str, steps: int) -> None:
+    """The zoo model `name`, BN frozen (non-trivial running statistics), `policy` trained, for
+    `steps` host C steps against edgetrain's PyTorch Trainer from the same weights."""
     from edgetrain.models import build_model
     from edgetrain.runtime import Trainer
 
-    m, x = build_model("mbv3-block")
+    m, x = build_model(name)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.copy_(torch.rand(mod.num_features, generator=g) * 0.4 - 0.2)
+                mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
     plan = edgetrain.plan(
         m,
         x,
         device="stm32h743",
         strategy="keep-all",
-        policy="all",
+        policy=policy,
         batch_size=1,
         freeze_batch_norm=True,
         budget_bytes=1 << 40,
-        name="mbv3-block",
+        name=name,
     )
     g = np.random.default_rng(0)
     k = int(m(x).shape[1])
     s = SampleSet(g.normal(size=(3, *x.shape[1:])).astype(np.float32), g.integers(0, k, 3))
-    spec = TrainingSpec(s, s, steps=2, lr=LR, log_every=1, dump_params=True)
-    # Execute
+    spec = TrainingSpec(s, s, steps=steps, lr=LR, log_every=1, dump_params=True)
     res = mcu_run(compile_project(plan, m, x, "host", spec, tmp_path / "c"))
     xs, ys = torch.from_numpy(s.pixels), torch.from_numpy(s.labels)
     with Trainer(m, plan, lr=LR) as t:
-        ref = [t.step(xs[[i]], ys[[i]]) for i in range(2)]
-    # Assert
+        ref = [t.step(xs[[i % 3]], ys[[i % 3]]) for i in range(steps)]
     named = dict(m.named_parameters())
-    for name, values in res.params.items():
+    assert set(res.params) == set(plan.trainable())
+    for pname, values in res.params.items():
         torch.testing.assert_close(
-            torch.tensor(values), named[name].detach().reshape(-1), rtol=1e-4, atol=1e-5
+            torch.tensor(values), named[pname].detach().reshape(-1), rtol=1e-4, atol=1e-5
         )
     torch.testing.assert_close(torch.tensor(res.losses), torch.tensor(ref), rtol=1e-4, atol=1e-5)
+
+
+@needs_cc
+def test_mbv3_block_with_squeeze_excitation_matches_pytorchs_trainer(tmp_path):
+    # Prepare / Execute / Assert: hardswish, SE's sigmoid and channel scale, all trained
+    _zoo_against_trainer(tmp_path, "mbv3-block", "all", steps=2)
+
+
+@pytest.mark.slow
+@needs_cc
+def test_kws_dscnn_with_its_average_pooling_matches_pytorchs_trainer(tmp_path):
+    # Prepare / Execute / Assert: AvgPool2d((25, 5)) and depthwise-separable blocks, last:4
+    _zoo_against_trainer(tmp_path, "kws-dscnn", "last:4", steps=4)
 
 
 @pytest.mark.slow
