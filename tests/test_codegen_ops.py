@@ -72,6 +72,24 @@ class Excited(nn.Module):
         return self.fc(nn.functional.adaptive_avg_pool2d(h, 1).flatten(1))
 
 
+class TinyUNet(nn.Module):
+    """Down (max pool), up (nearest), skip concatenation; a mask (BCE). 1-D or 2-D."""
+
+    def __init__(self, dims: int) -> None:
+        super().__init__()
+        conv = nn.Conv2d if dims == 2 else nn.Conv1d
+        pool = nn.MaxPool2d if dims == 2 else nn.MaxPool1d
+        ch = 1 if dims == 2 else 2
+        self.enc, self.mid = conv(ch, 3, 3, padding=1), conv(3, 4, 3, padding=1)
+        self.pool, self.up = pool(2), nn.Upsample(scale_factor=2, mode="nearest")
+        self.dec = conv(7, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = torch.relu(self.enc(x))
+        m = torch.relu(self.mid(self.pool(e)))
+        return self.dec(torch.cat([self.up(m), e], 1))
+
+
 class Dropped(nn.Module):
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -98,12 +116,12 @@ def _samples(n: int, classes: int) -> SampleSet:
     return SampleSet(x, g.integers(0, max(classes, 1), n))
 
 
-def _plan(m: nn.Module, loss: str):
+def _plan(m: nn.Module, loss: str, shape=(8,)):
     # the pytorch executor's plan (prepare refuses other losses for executor c; the Python
     # API compiles such plans without the prediction check), training every parameter
     return edgetrain.plan(
         m,
-        torch.zeros(1, 8),
+        torch.zeros(1, *shape),
         device="stm32h743",
         strategy="keep-all",
         policy="all",
@@ -136,7 +154,8 @@ def _reference(m: nn.Module, s: SampleSet, loss: str, masks=None) -> list[float]
 
 def _compile_run(tmp_path, m, plan, s):
     spec = TrainingSpec(s, s, steps=STEPS, lr=LR, log_every=1, dump_params=True)
-    return mcu_run(compile_project(plan, m, torch.zeros(1, 8), "host", spec, tmp_path / "c"))
+    x = torch.zeros(1, *s.pixels.shape[1:])
+    return mcu_run(compile_project(plan, m, x, "host", spec, tmp_path / "c"))
 
 
 def _assert_same(res, m, ref):
@@ -196,6 +215,23 @@ def test_channel_broadcast_mul_matches_pytorch(tmp_path):
     # Execute
     res = mcu_run(compile_project(plan, m, torch.zeros(1, 2, 5, 5), "host", spec, tmp_path / "c"))
     ref = _reference(m, s, "cross-entropy")
+    # Assert
+    _assert_same(res, m, ref)
+
+
+@needs_cc
+@pytest.mark.parametrize("dims", [1, 2])
+def test_upsampling_and_concatenation_match_pytorch(tmp_path, dims):
+    # Prepare: a U-Net trained on its own inputs as masks (BCE with logits)
+    torch.manual_seed(0)
+    m = TinyUNet(dims)
+    shape = (1, 8, 8) if dims == 2 else (2, 8)
+    g = np.random.default_rng(0)
+    s = SampleSet(g.uniform(size=(6, *shape)).astype(np.float32), np.zeros(6, np.int64))
+    plan = _plan(m, "bce", shape)
+    # Execute
+    res = _compile_run(tmp_path, m, plan, s)
+    ref = _reference(m, s, "bce")
     # Assert
     _assert_same(res, m, ref)
 

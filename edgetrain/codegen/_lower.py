@@ -81,6 +81,8 @@ SUPPORTED = (
     "losses: " + ", ".join(LOSSES),
     "dropout (nn.Dropout; an on-device PRNG mask)",
     "layer_norm (nn.LayerNorm, over the last dimensions)",
+    "upsample nearest 1d/2d (integer factors)",
+    "cat (of distinct activations)",
 )
 
 
@@ -101,6 +103,8 @@ class LKind(enum.Enum):
     LOSS = "loss"  # a loss over float targets
     DROPOUT = "dropout"
     LAYERNORM = "layernorm"
+    UPSAMPLE = "upsample"  # nearest, integer factors
+    CAT = "cat"
 
 
 LOSS_KINDS = (LKind.XENT, LKind.LOSS)
@@ -557,6 +561,63 @@ def _lower_layer_norm(lw: _Lowering, n, acts) -> LOp:
     )
 
 
+def _lower_upsample(lw: _Lowering, n, acts) -> LOp:
+    sin, sout = _plane(lw.shape[acts[0]]), _plane(lw.shape[n.output])
+    ok = len(sin) == 4 and len(sout) == 4 and sin[:2] == sout[:2]
+    ok = ok and all(sout[k] % sin[k] == 0 for k in (2, 3))
+    if not ok:
+        raise UnsupportedKernelError(
+            f"node {n.name} ({n.module or 'functional'}): nearest upsampling {lw.shape[acts[0]]}"
+            f" -> {lw.shape[n.output]}; the C kernel upsamples (B, C, L) / (B, C, H, W) by "
+            "integer factors"
+        )
+    op = lw.op(
+        LKind.UPSAMPLE, n, acts[:1], extra={"sh": sout[2] // sin[2], "sw": sout[3] // sin[3]}
+    )
+    op.shape_in, op.shape_out = (sin,), sout
+    return op
+
+
+def _lower_cat(lw: _Lowering, n, acts) -> LOp:
+    """Concatenation along the one dimension where the output's size is the operands' sum."""
+    out = lw.shape[n.output]
+    shapes = [lw.shape[t] for t in acts]
+    dims = [
+        d
+        for d in range(len(out))
+        if all(len(s) == len(out) for s in shapes)
+        and sum(s[d] for s in shapes) == out[d]
+        and all(s[:d] + s[d + 1 :] == out[:d] + out[d + 1 :] for s in shapes)
+    ]
+    if len(acts) != len(n.inputs) or len(dims) != 1 or len(set(acts)) != len(acts):
+        raise UnsupportedKernelError(
+            f"node {n.name} ({n.module or 'functional'}): cat of "
+            f"{[lw.shape.get(t) for t in n.inputs]} -> {out}; the C kernel concatenates "
+            "distinct activations along one dimension (no parameter or constant operand, no "
+            "operand twice)"
+        )
+    d = dims[0]
+    inner = int(np.prod(out[d + 1 :]))
+    chunks = [s[d] * inner for s in shapes]
+    offsets = [sum(chunks[:k]) for k in range(len(chunks))]
+    extra = {"outer": int(np.prod(out[:d])), "chunks": chunks, "offsets": offsets}
+    return lw.op(LKind.CAT, n, acts, extra={**extra, "whole": out[d] * inner})
+
+
+_INDEX_OPS = {
+    "upsample_nearest2d": _lower_upsample,
+    "upsample_nearest1d": _lower_upsample,
+    "cat": _lower_cat,
+}
+
+
+def _lower_index(lw: _Lowering, n, acts) -> LOp:
+    lower_index = _INDEX_OPS.get(n.attr("fn"))
+    if lower_index is None:
+        raise _unsupported(n)
+    return lower_index(lw, n, acts)
+
+
 def _lower_dropout(lw: _Lowering, n, acts) -> LOp:
     x = next(t for t in n.inputs if t not in lw.dropout_masks)
     k = sum(op.kind is LKind.DROPOUT for op in lw.ops)
@@ -584,6 +645,7 @@ _LOWER: dict[OpKind, Callable[[_Lowering, object, tuple[str, ...]], "LOp | None"
     OpKind.HARDSWISH: _lower_elementwise,
     OpKind.LOSS: _lower_loss,
     OpKind.LAYER_NORM: _lower_layer_norm,
+    OpKind.INDEX: _lower_index,
 }
 """How each IR operator becomes a C operator (`SUPPORTED` in words)."""
 _SKIPPED = frozenset({OpKind.BUFFER_UPDATE})  # BN running-statistics updates: frozen in C
@@ -842,8 +904,8 @@ def _aliases(
     for op in reversed(ops):
         if op.output not in rg:
             continue
-        if op.kind is LKind.VIEW and op.inputs[0] in rg:
-            uf.union("g:" + op.inputs[0], "g:" + op.output)
+        if op.kind is LKind.VIEW and op.inputs[0] in rg and len(consumers[op.inputs[0]]) == 1:
+            uf.union("g:" + op.inputs[0], "g:" + op.output)  # else copied (accumulated)
         elif (
             op.kind in (LKind.RELU, LKind.RELU6, LKind.BN)
             and op.inputs[0] in rg
@@ -855,12 +917,6 @@ def _aliases(
                 if t in rg and len(consumers[t]) == 1 and op.inputs[0] != op.inputs[1]:
                     uf.union("g:" + t, "g:" + op.output)
                     break
-    for op in ops:
-        if op.kind is LKind.VIEW and op.inputs[0] in rg and len(consumers[op.inputs[0]]) != 1:
-            raise UnsupportedKernelError(
-                f"node {op.name}: a view whose input has {len(consumers[op.inputs[0]])} readers "
-                "needs a gradient copy, which the C generator does not emit"
-            )
     return uf
 
 

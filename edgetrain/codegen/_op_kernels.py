@@ -17,6 +17,10 @@ NOTE [ Op categories in C ]
       output's shape. The forward returns the loss and writes dL/dz into the loss's saved
       buffer (as cross-entropy keeps its probabilities), which the backward copies out.
     - Dropout (`dropout_fwd` / `dropout_bwd`, NOTE [ Dropout in C ] in _lower.py).
+    - Index maps (`_INDEX`): nearest upsampling by integer factors (read from the shapes) and
+      concatenation (its dimension: the one where the output's size is the operands' sum;
+      operands listed once each, so `cat([a, a])` is refused), both copies with no saved
+      tensor.
     - Layer norm (`layernorm_fwd` / `layernorm_bwd`): the backward reads the saved input and
       recomputes each row's mean and 1/std (no saved statistics); the input gradient uses the
       old gamma, then gamma and beta take their SGD steps row by row (no gradient buffer).
@@ -321,6 +325,57 @@ static void layernorm_bwd(const float *x, const float *dy, float *g, float *gw, 
 }
 
 
+_INDEX = {
+    "upsample_nearest_fwd": r"""
+/* nearest upsampling by integer factors (Ho = sh * H, Wo = sw * W) of B*C planes */
+static void upsample_nearest_fwd(const float *x, float *y, int BC, int H, int W, int sh, int sw) {
+    const int Ho = H * sh, Wo = W * sw;
+    for (int i = 0; i < BC; i++)
+    for (int oh = 0; oh < Ho; oh++) {
+        const float *xr = x + ((size_t)i * H + oh / sh) * W;
+        float *yr = y + ((size_t)i * Ho + oh) * Wo;
+        for (int ow = 0; ow < Wo; ow++) yr[ow] = xr[ow / sw];
+    }
+}
+""",
+    "upsample_nearest_bwd": r"""
+/* each input value's gradient: the sum over its sh x sw block of the output's */
+static void upsample_nearest_bwd(const float *dy, float *dx, int acc, int BC, int H, int W,
+                                 int sh, int sw) {
+    const int Ho = H * sh, Wo = W * sw;
+    for (int i = 0; i < BC; i++)
+    for (int h = 0; h < H; h++)
+    for (int w = 0; w < W; w++) {
+        float s = 0.0f;
+        for (int a = 0; a < sh; a++)
+            for (int b = 0; b < sw; b++) s += dy[((size_t)i * Ho + h * sh + a) * Wo + w * sw + b];
+        float *d = dx + ((size_t)i * H + h) * W + w;
+        if (acc) *d += s; else *d = s;
+    }
+}
+""",
+    "cat_fwd": r"""
+/* one operand of a concatenation: `outer` blocks of `chunk` values into blocks of `whole`
+   at `offset` */
+static void cat_fwd(const float *x, float *y, int outer, int chunk, int whole, int offset) {
+    for (int o = 0; o < outer; o++)
+        memcpy(y + (size_t)o * whole + offset, x + (size_t)o * chunk, sizeof(float) * (size_t)chunk);
+}
+""",
+    "cat_bwd": r"""
+static void cat_bwd(const float *dy, float *dx, int acc, int outer, int chunk, int whole,
+                    int offset) {
+    for (int o = 0; o < outer; o++) {
+        const float *s = dy + (size_t)o * whole + offset;
+        float *d = dx + (size_t)o * chunk;
+        if (acc) { for (int k = 0; k < chunk; k++) d[k] += s[k]; }
+        else memcpy(d, s, sizeof(float) * (size_t)chunk);
+    }
+}
+""",
+}
+
+
 @functools.cache
 def op_kernels() -> dict[str, str]:
     """The C text of every kernel of this module's tables, by kernel name."""
@@ -333,6 +388,7 @@ def op_kernels() -> dict[str, str]:
         out.update(_loss_c(name, loss))
     out.update(_DROPOUT)
     out.update(_LAYER_NORM)
+    out.update(_INDEX)
     return out
 
 

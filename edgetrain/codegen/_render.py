@@ -497,6 +497,25 @@ def _layer_norm_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     )
 
 
+def _upsample_dims(op: LOp) -> str:
+    b, c, h, w = op.shape_in[0]
+    return f"{b * c}, {h}, {w}, {op.extra['sh']}, {op.extra['sw']}"
+
+
+def _upsample_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    used.add("upsample_nearest_fwd")
+    return f"upsample_nearest_fwd({nm.a(op.inputs[0])}, {nm.a(op.output)}, {_upsample_dims(op)});"
+
+
+def _cat_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    used.add("cat_fwd")
+    e = op.extra
+    return " ".join(
+        f"cat_fwd({nm.a(t)}, {nm.a(op.output)}, {e['outer']}, {c}, {e['whole']}, {o});"
+        for t, c, o in zip(op.inputs, e["chunks"], e["offsets"])
+    )
+
+
 def _xent_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     used.add("xent_fwd")
     b, kk = op.shape_in[0]
@@ -523,6 +542,8 @@ _FWD: dict[LKind, Callable[[LOp, _Names, set[str]], str]] = {
     LKind.LOSS: _loss_fwd,
     LKind.DROPOUT: _dropout_fwd,
     LKind.LAYERNORM: _layer_norm_fwd,
+    LKind.UPSAMPLE: _upsample_fwd,
+    LKind.CAT: _cat_fwd,
 }
 
 
@@ -650,8 +671,12 @@ def _pool_bwd(op: LOp, bw: _Bwd) -> list[str]:
 
 
 def _view_bwd(op: LOp, bw: _Bwd) -> list[str]:
-    bw.dx(op.inputs[0])  # the gradient buffer is shared (alias): mark it written
-    return [f"/* {c_comment(op.name)}: view, gradient aliased */"]
+    x, alias = op.inputs[0], bw.low.alias
+    if alias["g:" + x] == alias["g:" + op.output]:
+        bw.dx(x)  # the gradient buffer is shared (alias): mark it written
+        return [f"/* {c_comment(op.name)}: view, gradient aliased */"]
+    g, acc = bw.dx(x)  # the input has other readers: its gradient sums this one in
+    return [bw.call("grad_pass", f"{bw.nm.g(op.output)}, {g}, {acc}, {_numel(op.shape_out)}")]
 
 
 def _linear_bwd(op: LOp, bw: _Bwd) -> list[str]:
@@ -739,6 +764,26 @@ def _layer_norm_bwd(op: LOp, bw: _Bwd) -> list[str]:
     ]
 
 
+def _upsample_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    g, acc = bw.dx(op.inputs[0])
+    dims = _upsample_dims(op)
+    return [bw.call("upsample_nearest_bwd", f"{bw.nm.g(op.output)}, {g}, {acc}, {dims}")]
+
+
+def _cat_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    e, out = op.extra, []
+    for t, c, o in zip(op.inputs, e["chunks"], e["offsets"]):
+        if t in bw.rg:
+            g, acc = bw.dx(t)
+            out.append(
+                bw.call(
+                    "cat_bwd",
+                    f"{bw.nm.g(op.output)}, {g}, {acc}, {e['outer']}, {c}, {e['whole']}, {o}",
+                )
+            )
+    return out
+
+
 _BWD: dict[LKind, Callable[[LOp, _Bwd], list[str]]] = {
     LKind.XENT: _xent_bwd,
     LKind.CONV: _conv_bwd,
@@ -756,6 +801,8 @@ _BWD: dict[LKind, Callable[[LOp, _Bwd], list[str]]] = {
     LKind.LOSS: _loss_bwd,
     LKind.DROPOUT: _dropout_bwd,
     LKind.LAYERNORM: _layer_norm_bwd,
+    LKind.UPSAMPLE: _upsample_bwd,
+    LKind.CAT: _cat_bwd,
 }
 
 
