@@ -5,8 +5,9 @@
     ...                device_sram_bytes=262144, device_flash_bytes=1048576)
 
 `render` is pure (plan, graph, weights, target, data -> {path: C text}); `compile_project`
-does capture and file writing around it; `mcu_run` builds, runs (host binary or QEMU) and
-parses the result.
+does capture and file writing around it, in the library layout (the C API a firmware calls) or
+the demo layout (a driver over baked samples; NOTE [ Project layouts ]); `mcu_run` builds and
+runs a demo project (host binary or QEMU) and parses the result.
 """
 
 from edgetrain.lazy import lazy_exports
@@ -33,6 +34,8 @@ _EXPORTS = {
     "C_FP32_MEMORY": "edgetrain.codegen._memory_model",
     "C_INT8_MEMORY": "edgetrain.codegen._memory_model",
     "compile_project": "edgetrain.codegen._compile",
+    "module_attributes": "edgetrain.codegen._compile",
+    "Layout": "edgetrain.codegen._library",
     "samples_of": "edgetrain.codegen._compile",
     "samples_from": "edgetrain.codegen._compile",
     "weights_of": "edgetrain.codegen._compile",
