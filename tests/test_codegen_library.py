@@ -219,3 +219,63 @@ def test_library_builds_with_cmake_on_the_host(tmp_path):
     # Assert
     assert r.returncode == 0, r.stdout + r.stderr
     assert any(p.name.startswith("libedgetrain_model") for p in b.iterdir())
+
+
+HOST_REGRESSION = r"""
+#include <stdio.h>
+#include "edgetrain_model.h"
+extern const float data_x[]; extern const float data_t[]; extern const int data_n;
+int main(void) {
+    float x[ET_BATCH * ET_INPUT_SIZE], out[ET_BATCH * ET_OUTPUT_SIZE];
+    et_target_t y[ET_BATCH * ET_TARGET_SIZE];
+    et_init();
+    for (int s = 0; s < 200; s++) {
+        for (int b = 0; b < ET_BATCH; b++) {
+            const int i = (s * ET_BATCH + b) % data_n;
+            for (int k = 0; k < ET_INPUT_SIZE; k++) x[b * ET_INPUT_SIZE + k] = data_x[i * ET_INPUT_SIZE + k];
+            for (int k = 0; k < ET_TARGET_SIZE; k++) y[b * ET_TARGET_SIZE + k] = data_t[i * ET_TARGET_SIZE + k];
+        }
+        printf("LOSS %.9g\n", et_train_step(x, y));
+    }
+    et_predict(x, out);
+    printf("PRED %.9g %d\n", out[0], ET_CLASSES);
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no host C compiler (cc)")
+def test_library_takes_float_targets_for_a_regression_loss(tmp_path):
+    # Prepare: y = a fixed linear map of x (2 outputs), MSE; a PyTorch plan (plan --executor c
+    # takes cross-entropy only) compiled through the Python API
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(32, 4, generator=g)
+    t = x @ torch.randn(4, 2, generator=g)
+    plan = edgetrain.plan(m, x[:1], device="nrf52840", batch_size=BATCH, loss="mse")
+    s = samples_from(x, torch.zeros(32, dtype=torch.long))
+    out = compile_project(
+        plan, m, x[:1], "host", TrainingSpec(s, s, 5, 0.05), tmp_path / "lib", layout="library"
+    )
+    first = nn.functional.mse_loss(m(x[:BATCH]), t[:BATCH]).item()
+    xs = ",".join(cfloat(v) for v in x.reshape(-1).tolist())
+    ts = ",".join(cfloat(v) for v in t.reshape(-1).tolist())
+    (tmp_path / "main.c").write_text(
+        HOST_REGRESSION
+        + f"const float data_x[] = {{{xs}}};\nconst float data_t[] = {{{ts}}};\n"
+        + "const int data_n = 32;\n"
+    )
+    exe = tmp_path / "fw"
+    # Execute
+    subprocess.run(
+        ["cc", "-std=c99", "-O2", "-ffp-contract=off", f"-I{out / 'src'}", "-o", str(exe)]
+        + [str(tmp_path / "main.c"), str(out / "src" / "edgetrain_model.c"), "-lm"],
+        check=True,
+    )
+    text = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    # Assert: float targets (ET_CLASSES 0), PyTorch's first loss, and the loss falls
+    losses = [float(v.split()[1]) for v in text.splitlines() if v.startswith("LOSS")]
+    assert text.splitlines()[-1].split()[2] == "0"
+    assert losses[0] == pytest.approx(first, rel=1e-5)
+    assert np.mean(losses[-20:]) < 0.2 * np.mean(losses[:20])

@@ -322,8 +322,14 @@ def _example_samples(parts, spec, load_expr: str) -> str:
     )
     if parts.classes:
         target = "    y[0] = (et_target_t)labels[k];"
-    else:  # a reconstruction: the target is the sample
+    elif parts.out_floats == parts.in_floats:  # a reconstruction: the target is the sample
         target = "    for (int j = 0; j < ET_TARGET_SIZE; j++) y[j] = x[j];"
+    else:  # the baked samples carry no targets of the output's shape
+        target = (
+            "    /* the baked samples have no targets of the output's shape: this example\n"
+            "       trains towards 0; give your sensor's targets here */\n"
+            "    for (int j = 0; j < ET_TARGET_SIZE; j++) y[j] = 0.0f;"
+        )
     return f"""/* The example's samples ({len(tr.labels)} of the --data training split, in flash) and the
    callback that streams them; replace with your sensor driver. */
 #include "edgetrain_model.h"
@@ -377,7 +383,7 @@ def _sketch(parts) -> str:
     target = (
         "    target[0] = 0; /* the class of this sample */"
         if parts.classes
-        else "    for (int j = 0; j < ET_TARGET_SIZE; j++) target[j] = sample[j];"
+        else "    for (int j = 0; j < ET_TARGET_SIZE; j++) target[j] = 0.0f; /* your targets */"
     )
     return f"""/* StreamTrain: train edgetrain_model on samples read in a callback. */
 #include <edgetrain_model.h>

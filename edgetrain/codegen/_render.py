@@ -159,7 +159,7 @@ def render(
             "a Cortex-M target needs the device's SRAM and flash sizes for its linker script "
             f"(got {device_sram_bytes} and {device_flash_bytes} bytes)"
         )
-    _check_inputs(plan, low, spec, device_flash_bytes, device_name or plan.device)
+    _check_inputs(plan, low, spec, device_flash_bytes, device_name or plan.device, layout)
     platform = render_platform(tgt, device_sram_bytes, device_flash_bytes, MIN_STACK_BYTES)
     if layout is Layout.LIBRARY:
         files = library_files(
@@ -238,14 +238,18 @@ def data_summary(train: SampleSet, test: SampleSet) -> dict:
     }
 
 
-def _check_inputs(plan: Plan, low: Lowered, spec: TrainingSpec, flash: int, device: str) -> None:
+def _check_inputs(
+    plan: Plan, low: Lowered, spec: TrainingSpec, flash: int, device: str, layout: Layout
+) -> None:
     """What the plan claims and what the data holds, checked before any C is written."""
     if plan.executor is Executor.C and plan.precision is Precision.FP32:
         check_prediction(plan, _peak_sram_bytes(low), "executor c, fp32")
     if low.num_classes:
         check_labels(spec.train.labels, low.num_classes, "training")
         check_labels(spec.test.labels, low.num_classes, "test")
-    elif _numel(low.ops[-1].shape_in[0][1:]) != _numel(low.input_shape[1:]):
+    elif layout is Layout.DEMO and _numel(low.ops[-1].shape_in[0][1:]) != _numel(
+        low.input_shape[1:]
+    ):
         raise UnsupportedPlanError(
             f"the model's loss takes float targets of its output's shape "
             f"{low.ops[-1].shape_in[0][1:]}; the baked samples train a reconstruction (the "
