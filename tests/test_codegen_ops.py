@@ -379,3 +379,23 @@ def test_har_cnn1d_with_dropout_trains_on_the_nrf52840_within_its_plan(tmp_path)
     assert abs(res.peak_sram_bytes - plan.predicted_peak_bytes) <= 0.05 * plan.predicted_peak_bytes
     assert res.peak_sram_bytes <= res.sram_limit_bytes
     assert np.mean(res.losses[-5:]) < np.mean(res.losses[:5])
+
+
+def test_planning_refuses_what_compile_would_a_module_without_the_attribute():
+    # Prepare: a dropout inside a custom module that has no `p` (F.dropout in its forward)
+    from edgetrain.capture import capture
+    from edgetrain.codegen import module_attributes
+
+    class MyDrop(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.dropout(x, 0.3, training=True)
+
+    m = nn.Sequential(nn.Linear(8, 8), MyDrop(), nn.Linear(8, 3))
+    g = capture(m, torch.zeros(1, 8), batch_size=2, cache=False)
+    # Execute / Assert: shapes alone lower (memory); with the model's attributes, as the
+    # planner's C memory and compile_project pass them, it is refused naming the fix
+    check_kernels(g)
+    with pytest.raises(UnsupportedKernelError, match="no 'p' attribute.*nn.Dropout"):
+        check_kernels(g, module_attributes(m))
+    with pytest.raises(UnsupportedKernelError, match="no 'p' attribute"):
+        edgetrain.plan(m, torch.zeros(1, 8), device="nrf52840", executor="c", name="mydrop")

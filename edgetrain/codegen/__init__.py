@@ -34,7 +34,7 @@ _EXPORTS = {
     "C_FP32_MEMORY": "edgetrain.codegen._memory_model",
     "C_INT8_MEMORY": "edgetrain.codegen._memory_model",
     "compile_project": "edgetrain.codegen._compile",
-    "module_attributes": "edgetrain.codegen._compile",
+    "module_attributes": "edgetrain.codegen._lower",
     "Layout": "edgetrain.codegen._library",
     "samples_of": "edgetrain.codegen._compile",
     "samples_from": "edgetrain.codegen._compile",

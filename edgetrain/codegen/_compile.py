@@ -15,6 +15,7 @@ import torch
 
 from edgetrain.codegen._files import check_output_dir, write_project
 from edgetrain.codegen._int8_layout import int8_layout, int8_trainable_ops
+from edgetrain.codegen._lower import module_attributes
 from edgetrain.codegen._project import check_prediction
 from edgetrain.codegen._render import SampleSet, TrainingSpec, data_summary, render
 from edgetrain.codegen._targets import TargetKind, get_target
@@ -143,20 +144,6 @@ def compile_project(
         hyper=module_attributes(model),
     )
     return write_project(out_dir, files, force=force)
-
-
-_HYPER = ("p", "negative_slope", "approximate", "eps")  # what the graph does not record
-
-
-def module_attributes(model: torch.nn.Module) -> dict[str, dict]:
-    """Module name -> the attributes of it the IR does not record and the C kernels need
-    (dropout's p, leaky_relu's negative_slope, GELU's approximate, layer norm's eps):
-    `render`'s `hyper`."""
-    return {
-        name: {a: getattr(m, a) for a in _HYPER if isinstance(getattr(m, a, None), (float, str))}
-        for name, m in model.named_modules()
-        if any(isinstance(getattr(m, a, None), (float, str)) for a in _HYPER)
-    }
 
 
 def _check_pool_modules(graph, modules: dict) -> None:

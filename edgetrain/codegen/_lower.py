@@ -59,6 +59,7 @@ __all__ = [
     "LOp",
     "Lowered",
     "check_kernels",
+    "module_attributes",
     "lower",
     "zero_weights",
 ]
@@ -187,7 +188,7 @@ class _Lowering:
     decisions: dict  # parameter name -> ParamPlan (absent: frozen)
     freeze_batch_norm: bool
     reserved: frozenset[str] = frozenset()  # identifiers the program's fixed text uses
-    hyper: dict = field(default_factory=dict)  # module -> attributes the graph lacks (p, ...)
+    hyper: "dict | None" = None  # module -> attributes the graph lacks (p, ...); None: unknown
     skip: set = field(default_factory=set)  # nodes lowered as part of another (dropout's mask)
     dropout_of: dict = field(default_factory=dict)  # dropout's final mul node -> p (or None)
     dropout_masks: set = field(default_factory=set)  # the masks' tensors
@@ -452,15 +453,25 @@ def _lower_xent(lw: _Lowering, n, acts) -> LOp:
 
 def _module_attr(lw: _Lowering, n, attr: str, what: str):
     """An attribute of `n`'s module the graph does not record (dropout's p, leaky_relu's
-    slope, GELU's approximation): from `lw.hyper` (compile_project reads the model's modules);
-    None while lowering for shapes only (memory does not depend on it; `render` refuses a
-    None). A functional call has no module to read it from: refused."""
+    slope, GELU's approximation, layer norm's eps): from `lw.hyper` (`module_attributes` of
+    the model: compile_project and the planner's C memory pass it); None while lowering for
+    shapes only (memory does not depend on it; `render` refuses a None). A functional call,
+    or a module without the attribute, has none to read: refused."""
+    fix = f"Use the module form (e.g. nn.{_MODULE_OF[what]})"
     if not n.module:
         raise UnsupportedKernelError(
             f"node {n.name}: functional {what}; the graph does not record its {attr}, and "
-            f"there is no module to read it from. Use the module form (e.g. nn.{_MODULE_OF[what]})"
+            f"there is no module to read it from. {fix}"
         )
-    return lw.hyper.get(n.module, {}).get(attr)
+    if lw.hyper is None:
+        return None
+    v = lw.hyper.get(n.module, {}).get(attr)
+    if v is None:
+        raise UnsupportedKernelError(
+            f"node {n.name} ({n.module}): {what} whose module has no {attr!r} attribute; the "
+            f"graph does not record it. {fix}"
+        )
+    return v
 
 
 _MODULE_OF = {
@@ -761,7 +772,7 @@ def lower(
         {p.name: p for p in plan.params},
         plan.freeze_batch_norm,
         reserved,
-        hyper or {},
+        hyper,
     )
     _lower_nodes(lw)
     ops = lw.ops
@@ -821,10 +832,27 @@ def zero_weights(graph: Graph) -> dict[str, np.ndarray]:
     return zeros
 
 
-def check_kernels(graph: Graph) -> None:
+def check_kernels(graph: Graph, hyper: "dict[str, dict] | None" = None) -> None:
     """Raise `UnsupportedKernelError` for the first operator of `graph` (captured with batch
-    norm frozen) that has no C kernel, whatever the plan trains."""
-    _lower_nodes(_Lowering(graph, zero_weights(graph), {}, freeze_batch_norm=True))
+    norm frozen) that has no C kernel, whatever the plan trains; with `hyper`
+    (`module_attributes(model)`) also for a module attribute the kernels need and lack."""
+    lw = _Lowering(graph, zero_weights(graph), {}, freeze_batch_norm=True, hyper=hyper)
+    _lower_nodes(lw)
+
+
+_HYPER = ("p", "negative_slope", "approximate", "eps")  # what the graph does not record
+
+
+def module_attributes(model) -> dict[str, dict]:
+    """Module name -> the attributes of it the IR does not record and the C kernels need
+    (dropout's p, leaky_relu's negative_slope, GELU's approximate, layer norm's eps), of a
+    `torch.nn.Module` (duck-typed: `named_modules()`): `lower`'s / `render`'s `hyper`."""
+    out = {}
+    for name, m in model.named_modules():
+        found = {a: getattr(m, a) for a in _HYPER if isinstance(getattr(m, a, None), (float, str))}
+        if found:
+            out[name] = found
+    return out
 
 
 # -- the pruned backward, aliases and lifetimes (NOTE [ Arena assignment ]) -------------------

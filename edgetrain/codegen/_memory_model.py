@@ -62,9 +62,11 @@ class CFp32Memory:
     precision: Precision = Precision.FP32
 
     def for_model(self, request: MemoryRequest) -> _Fp32Program:
-        from edgetrain.codegen._lower import check_kernels
+        from edgetrain.codegen._lower import check_kernels, module_attributes
 
-        check_kernels(request.graph)  # UnsupportedKernelError: an operator with no C kernel
+        # UnsupportedKernelError: an operator with no C kernel, or a module attribute its
+        # kernel needs and the model lacks (what compile_project would refuse)
+        check_kernels(request.graph, module_attributes(request.model))
         dev = request.device
         flash = sum(q.nbytes for q in request.graph.params)  # every weight's initial value
         if flash > dev.flash_bytes:
