@@ -90,6 +90,19 @@ class TinyUNet(nn.Module):
         return self.dec(torch.cat([self.up(m), e], 1))
 
 
+class Softmaxed(nn.Module):
+    """Softmax over the last dimension, log-softmax over a middle one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        h = torch.softmax(h, -1) * h
+        return self.b(torch.log_softmax(h.view(-1, 2, 3), 1).flatten(1))
+
+
 class Dropped(nn.Module):
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -232,6 +245,20 @@ def test_upsampling_and_concatenation_match_pytorch(tmp_path, dims):
     # Execute
     res = _compile_run(tmp_path, m, plan, s)
     ref = _reference(m, s, "bce")
+    # Assert
+    _assert_same(res, m, ref)
+
+
+@needs_cc
+def test_softmax_and_log_softmax_match_pytorch(tmp_path):
+    # Prepare
+    torch.manual_seed(0)
+    m = Softmaxed()
+    s = _samples(6, 3)
+    plan = _plan(m, "cross-entropy")
+    # Execute
+    res = _compile_run(tmp_path, m, plan, s)
+    ref = _reference(m, s, "cross-entropy")
     # Assert
     _assert_same(res, m, ref)
 

@@ -84,6 +84,7 @@ SUPPORTED = (
     "layer_norm (nn.LayerNorm, over the last dimensions)",
     "upsample nearest 1d/2d (integer factors)",
     "cat (of distinct activations)",
+    "softmax / log_softmax (any dim)",
 )
 
 
@@ -106,6 +107,7 @@ class LKind(enum.Enum):
     LAYERNORM = "layernorm"
     UPSAMPLE = "upsample"  # nearest, integer factors
     CAT = "cat"
+    SOFTMAX = "softmax"  # and log_softmax (extra["log"])
 
 
 LOSS_KINDS = (LKind.XENT, LKind.LOSS)
@@ -615,6 +617,18 @@ def _lower_cat(lw: _Lowering, n, acts) -> LOp:
     return lw.op(LKind.CAT, n, acts, extra={**extra, "whole": out[d] * inner})
 
 
+def _lower_softmax(lw: _Lowering, n, acts) -> LOp:
+    shape = lw.shape[acts[0]]
+    d = int(n.attr("dim", -1)) % len(shape)
+    extra = {
+        "log": n.op is OpKind.LOG_SOFTMAX,
+        "outer": int(np.prod(shape[:d])),
+        "n": int(shape[d]),
+        "inner": int(np.prod(shape[d + 1 :])),
+    }
+    return lw.op(LKind.SOFTMAX, n, acts[:1], extra=extra)
+
+
 _INDEX_OPS = {
     "upsample_nearest2d": _lower_upsample,
     "upsample_nearest1d": _lower_upsample,
@@ -657,6 +671,8 @@ _LOWER: dict[OpKind, Callable[[_Lowering, object, tuple[str, ...]], "LOp | None"
     OpKind.LOSS: _lower_loss,
     OpKind.LAYER_NORM: _lower_layer_norm,
     OpKind.INDEX: _lower_index,
+    OpKind.SOFTMAX: _lower_softmax,
+    OpKind.LOG_SOFTMAX: _lower_softmax,
 }
 """How each IR operator becomes a C operator (`SUPPORTED` in words)."""
 _SKIPPED = frozenset({OpKind.BUFFER_UPDATE})  # BN running-statistics updates: frozen in C
@@ -867,7 +883,7 @@ def _requires_grad(ops: list[LOp], arrays: dict[str, Array]) -> set[str]:
 
 
 _READS_INPUT_WHEN_TRAINED = (LKind.CONV, LKind.BN, LKind.LINEAR)  # for the weight gradient
-_READS_OUTPUT = (LKind.RELU, LKind.RELU6)  # the derivative from the output
+_READS_OUTPUT = (LKind.RELU, LKind.RELU6, LKind.SOFTMAX)  # the derivative from the output
 _READS_INPUT = (LKind.MAXPOOL, LKind.LAYERNORM)  # always: the window's maximum / row statistics
 
 

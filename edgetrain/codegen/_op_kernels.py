@@ -21,6 +21,8 @@ NOTE [ Op categories in C ]
       concatenation (its dimension: the one where the output's size is the operands' sum;
       operands listed once each, so `cat([a, a])` is refused), both copies with no saved
       tensor.
+    - Softmax / log-softmax along any recorded dimension (`softmax_fwd` / `softmax_bwd`): the
+      backward reads the output.
     - Layer norm (`layernorm_fwd` / `layernorm_bwd`): the backward reads the saved input and
       recomputes each row's mean and 1/std (no saved statistics); the input gradient uses the
       old gamma, then gamma and beta take their SGD steps row by row (no gradient buffer).
@@ -325,6 +327,44 @@ static void layernorm_bwd(const float *x, const float *dy, float *g, float *gw, 
 }
 
 
+_SOFTMAX = {
+    "softmax_fwd": r"""
+/* softmax (log_softmax if lg) along a dimension of n values with stride `inner`, for each of
+   outer * inner positions */
+static void softmax_fwd(const float *x, float *y, int outer, int n, int inner, int lg) {
+    for (int o = 0; o < outer; o++)
+    for (int i = 0; i < inner; i++) {
+        const float *xs = x + (size_t)o * n * inner + i;
+        float *ys = y + (size_t)o * n * inner + i;
+        float m = xs[0], s = 0.0f;
+        for (int k = 1; k < n; k++) if (xs[k * inner] > m) m = xs[k * inner];
+        for (int k = 0; k < n; k++) s += expf(xs[k * inner] - m);
+        const float lse = logf(s);
+        for (int k = 0; k < n; k++)
+            ys[k * inner] = lg ? xs[k * inner] - m - lse : expf(xs[k * inner] - m - lse);
+    }
+}
+""",
+    "softmax_bwd": r"""
+/* from the output: softmax dx = y (dy - sum dy y); log_softmax dx = dy - exp(y) sum dy */
+static void softmax_bwd(const float *y, const float *dy, float *dx, int acc, int outer, int n,
+                        int inner, int lg) {
+    for (int o = 0; o < outer; o++)
+    for (int i = 0; i < inner; i++) {
+        const size_t b = (size_t)o * n * inner + i;
+        float s = 0.0f;
+        for (int k = 0; k < n; k++) s += lg ? dy[b + k * inner] : dy[b + k * inner] * y[b + k * inner];
+        for (int k = 0; k < n; k++) {
+            const float yk = y[b + k * inner], g = dy[b + k * inner];
+            const float d = lg ? g - expf(yk) * s : yk * (g - s);
+            if (acc) dx[b + k * inner] += d; else dx[b + k * inner] = d;
+        }
+    }
+}
+""",
+}
+
+
 _INDEX = {
     "upsample_nearest_fwd": r"""
 /* nearest upsampling by integer factors (Ho = sh * H, Wo = sw * W) of B*C planes */
@@ -389,6 +429,7 @@ def op_kernels() -> dict[str, str]:
     out.update(_DROPOUT)
     out.update(_LAYER_NORM)
     out.update(_INDEX)
+    out.update(_SOFTMAX)
     return out
 
 

@@ -520,6 +520,16 @@ def _cat_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     )
 
 
+def _softmax_args(op: LOp) -> str:
+    e = op.extra
+    return f"{e['outer']}, {e['n']}, {e['inner']}, {int(e['log'])}"
+
+
+def _softmax_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    used.add("softmax_fwd")
+    return f"softmax_fwd({nm.a(op.inputs[0])}, {nm.a(op.output)}, {_softmax_args(op)});"
+
+
 def _xent_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     used.add("xent_fwd")
     b, kk = op.shape_in[0]
@@ -548,6 +558,7 @@ _FWD: dict[LKind, Callable[[LOp, _Names, set[str]], str]] = {
     LKind.LAYERNORM: _layer_norm_fwd,
     LKind.UPSAMPLE: _upsample_fwd,
     LKind.CAT: _cat_fwd,
+    LKind.SOFTMAX: _softmax_fwd,
 }
 
 
@@ -788,6 +799,12 @@ def _cat_bwd(op: LOp, bw: _Bwd) -> list[str]:
     return out
 
 
+def _softmax_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    g, acc = bw.dx(op.inputs[0])
+    y, dy = bw.nm.a(op.output), bw.nm.g(op.output)
+    return [bw.call("softmax_bwd", f"{y}, {dy}, {g}, {acc}, {_softmax_args(op)}")]
+
+
 _BWD: dict[LKind, Callable[[LOp, _Bwd], list[str]]] = {
     LKind.XENT: _xent_bwd,
     LKind.CONV: _conv_bwd,
@@ -807,6 +824,7 @@ _BWD: dict[LKind, Callable[[LOp, _Bwd], list[str]]] = {
     LKind.LAYERNORM: _layer_norm_bwd,
     LKind.UPSAMPLE: _upsample_bwd,
     LKind.CAT: _cat_bwd,
+    LKind.SOFTMAX: _softmax_bwd,
 }
 
 
