@@ -35,6 +35,7 @@ class Pointwise(nn.Module):
         h = torch.sigmoid(h) * torch.tanh(h) - self.gelu(h)
         h = self.leaky(h) + nn.functional.hardswish(h) * self.gelu_t(h)
         h = nn.functional.silu(h) - nn.functional.hardsigmoid(h) * 0.5
+        h = h / 2.0 + h / (torch.sigmoid(h) + torch.exp(h))
         return self.b(h * h)
 
 

@@ -665,6 +665,7 @@ _LOWER: dict[OpKind, Callable[[_Lowering, object, tuple[str, ...]], "LOp | None"
     OpKind.CROSS_ENTROPY: _lower_xent,
     OpKind.ELEMENTWISE: _lower_elementwise,
     OpKind.MUL: _lower_elementwise,
+    OpKind.DIV: _lower_elementwise,
     OpKind.TANH: _lower_elementwise,
     OpKind.GELU: _lower_elementwise,
     OpKind.HARDSWISH: _lower_elementwise,

@@ -116,6 +116,7 @@ class Binary:
 BINARY: dict[str, Binary] = {
     "sub": Binary("a - b", ("1.0f", "-1.0f")),
     "mul": Binary("a * b", ("b", "a"), commutative=True),
+    "div": Binary("a / b", ("1.0f / b", "-a / (b * b)")),
 }
 """Binary element-wise operators by ATen name (add is `_kernels`' add_fwd / grad_pass)."""
 
