@@ -264,6 +264,23 @@ def test_softmax_and_log_softmax_match_pytorch(tmp_path):
     _assert_same(res, m, ref)
 
 
+@needs_cc
+def test_adaptive_average_pooling_to_a_dividing_size_matches_pytorch(tmp_path):
+    # Prepare: (4, 6) pooled to (2, 3): uniform 2x2 windows
+    torch.manual_seed(0)
+    m = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.AdaptiveAvgPool2d((2, 3)), nn.Flatten(), nn.Linear(12, 3)
+    )
+    g = np.random.default_rng(0)
+    s = SampleSet(g.normal(size=(6, 1, 4, 6)).astype(np.float32), g.integers(0, 3, 6))
+    plan = _plan(m, "cross-entropy", (1, 4, 6))
+    # Execute
+    res = _compile_run(tmp_path, m, plan, s)
+    ref = _reference(m, s, "cross-entropy")
+    # Assert
+    _assert_same(res, m, ref)
+
+
 def _xorshift_masks(n: int, p: float) -> list[torch.Tensor]:
     """The C dropout's masks (`dropout_fwd`): xorshift32 from RNG_SEED, keep where a draw is
     >= p * 2^32, scaled by 1 / (1 - p) in float32; `n` values a training step."""

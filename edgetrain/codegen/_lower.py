@@ -71,7 +71,7 @@ SUPPORTED = (
     "relu",
     "relu6 (hardtanh 0..6)",
     "add",
-    "adaptive_avg_pool2d to 1x1",
+    "adaptive_avg_pool2d to 1x1 or to a size dividing the input's",
     "max_pool 1d/2d (dilation 1)",
     "avg_pool 1d/2d (floor mode, divisor kernel size)",
     "flatten / view / squeeze / unsqueeze",
@@ -375,12 +375,24 @@ def _lower_add(lw: _Lowering, n, acts) -> LOp:
 
 
 def _lower_adaptive_pool(lw: _Lowering, n, acts) -> LOp:
-    if tuple(n.attr("output_size")) != (1, 1):
-        raise UnsupportedKernelError(
-            f"node {n.name}: adaptive_avg_pool2d to {n.attr('output_size')} has no C "
-            "kernel; supported: output size (1, 1) (global average pooling)"
-        )
-    return lw.op(LKind.GAP, n, acts)
+    """To 1x1: global average pooling. To an output size that divides the input's: average
+    pooling with kernel = stride = input / output (PyTorch's adaptive windows are then exactly
+    these)."""
+    out = tuple(n.attr("output_size"))
+    if out == (1, 1):
+        return lw.op(LKind.GAP, n, acts)
+    sin = lw.shape[acts[0]]
+    if (
+        len(sin) == 4
+        and len(out) == 2
+        and all(o and sin[2 + k] % o == 0 for k, o in enumerate(out))
+    ):
+        k = (sin[2] // out[0], sin[3] // out[1])
+        return lw.op(LKind.AVGPOOL, n, acts, extra={"kernel": k, "stride": k, "padding": (0, 0)})
+    raise UnsupportedKernelError(
+        f"node {n.name}: adaptive_avg_pool2d of {sin} to {out} has no C kernel; supported: "
+        "output size (1, 1), or one that divides the input's (uniform windows)"
+    )
 
 
 def _lower_mean(lw: _Lowering, n, acts) -> LOp:
