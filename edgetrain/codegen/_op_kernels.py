@@ -159,6 +159,7 @@ static void pw_{name}_bwd(const float *s, const float *dy, float *dx, int acc, i
     (void)a;
     for (int i = 0; i < n; i++) {{
         const float {s} = s[i];
+        (void){s};
         const float d = dy[i] * ({p.grad});
         if (acc) dx[i] += d; else dx[i] = d;
     }}
