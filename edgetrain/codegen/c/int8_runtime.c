@@ -51,6 +51,75 @@ static inline void o_range(int k, int s, int p, int n, int O, int *lo, int *hi) 
 static inline int k_lo(int o, int s, int p) { int v = p - o * s; return v > 0 ? v : 0; }
 static inline int k_hi(int o, int s, int p, int n, int K) { int v = n + p - o * s; return v < K ? v : K; }
 
+/* NOTE [ DSP dual multiply-accumulate ]
+   With the Cortex-M DSP extension (the target's has_dsp flag, rendered as ET_HAS_DSP, and the
+   compiler's __ARM_FEATURE_DSP), 4 int8 values are loaded with one LDR and unpacked by SXTB16
+   (bytes 0, 2) and SXTB16 ROR #8 (bytes 1, 3) into two registers of 16-bit pairs; the input
+   zero point is subtracted from both lanes at once (SSUB16) and SMLAD adds two products per
+   instruction. The sums are the same integers as the portable loop's (int32, exact), so the
+   host (no DSP) and the MCU agree bit for bit. */
+#if defined(ET_HAS_DSP) && ET_HAS_DSP && defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+#define ET_DSP 1
+static inline uint32_t q_ld4(const int8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint32_t q_ror8(uint32_t v) { return (v >> 8) | (v << 24); }
+/* sum (x - zx) * w over n values for two weight rows at once (each input unpacked once) */
+static inline void q_dot2(const int8_t *x, int zx, const int8_t *w0, const int8_t *w1, int n,
+                          int32_t *s0, int32_t *s1) {
+    const int16x2_t zz = (int16x2_t)(((uint32_t)(uint16_t)zx << 16) | (uint16_t)zx);
+    int32_t a0 = 0, a1 = 0;
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const uint32_t xv = q_ld4(x + i), v0 = q_ld4(w0 + i), v1 = q_ld4(w1 + i);
+        const int16x2_t xl = __ssub16(__sxtb16(xv), zz);
+        const int16x2_t xh = __ssub16(__sxtb16(q_ror8(xv)), zz);
+        a0 = __smlad(xl, __sxtb16(v0), a0);
+        a0 = __smlad(xh, __sxtb16(q_ror8(v0)), a0);
+        a1 = __smlad(xl, __sxtb16(v1), a1);
+        a1 = __smlad(xh, __sxtb16(q_ror8(v1)), a1);
+    }
+    for (; i < n; i++) { a0 += (x[i] - zx) * w0[i]; a1 += (x[i] - zx) * w1[i]; }
+    *s0 = a0; *s1 = a1;
+}
+/* 3 bytes (the end of a row or an array: nothing after them is read) */
+static inline uint32_t q_ld3(const int8_t *p) {
+    return (uint32_t)(uint8_t)p[0] | (uint32_t)(uint8_t)p[1] << 8 | (uint32_t)(uint8_t)p[2] << 16;
+}
+/* one 3-tap kernel row: (x0, x2).(w0, w2) by SMLAD, x1 * w1 by SMLABB */
+static inline int32_t q_row3(uint32_t xv, uint32_t wv, int32_t acc) {
+    acc = __smlad(__sxtb16(xv), __sxtb16(wv), acc);
+    return __smlabb(__sxtb16(q_ror8(xv)), __sxtb16(q_ror8(wv)), acc);
+}
+/* sum of x * w (no zero point) over kernel rows [kh0, kh1) of a 3x3 window whose columns are
+   all inside, cig channels; `xoff` is the window's top-left offset for kernel row 0. xtight:
+   the window ends its input row (its 4th byte is not read); wlast: the weights' last row ends
+   the array */
+static inline int32_t q_win3(const int8_t *xg, ptrdiff_t xoff, size_t HW, int W,
+                             const int8_t *wo, int cig, int kh0, int kh1, int xtight,
+                             int wlast) {
+    int32_t acc = 0;
+    for (int ic = 0; ic < cig; ic++) {
+        const int8_t *xr = xg + ((ptrdiff_t)ic * HW + xoff + kh0 * W);
+        const int8_t *wr = wo + ic * 9 + kh0 * 3;
+        const int last = wlast && ic == cig - 1;
+        for (int kh = kh0; kh < kh1; kh++, xr += W, wr += 3) {
+            const uint32_t xv = xtight ? q_ld3(xr) : q_ld4(xr);
+            const uint32_t wv = last && kh == 2 ? q_ld3(wr) : q_ld4(wr);
+            acc = q_row3(xv, wv, acc);
+        }
+    }
+    return acc;
+}
+#else
+#define ET_DSP 0
+static inline void q_dot2(const int8_t *x, int zx, const int8_t *w0, const int8_t *w1, int n,
+                          int32_t *s0, int32_t *s1) {
+    int32_t a0 = 0, a1 = 0;
+    for (int i = 0; i < n; i++) { a0 += (x[i] - zx) * w0[i]; a1 += (x[i] - zx) * w1[i]; }
+    *s0 = a0; *s1 = a1;
+}
+#endif
+
 /* conv2d (standard / depthwise / pointwise), bias, requantisation, fused clamp; mask[i] = 1
    where the output was not clamped (the surrogate's slope is M there) */
 /* one output pixel's window of one channel: sum of (x - zx) * w over the in-bounds taps
@@ -123,11 +192,35 @@ static void qconv_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b
         const int8_t *wo = w + (size_t)oc * cig * K * K;
         const int8_t *xg = x + ((size_t)n * Ci + g * cig) * H * W;
         const size_t yo = ((size_t)n * Co + oc) * Ho * Wo;
+#if ET_DSP
+        int32_t R[3] = {0, 0, 0};  /* the 3x3 weights' row sums: zx * sum w, hoisted */
+        if (K == 3)
+            for (int i = 0; i < cig * 9; i++) R[(i / 3) % 3] += wo[i];
+#endif
         for (int oh = 0; oh < Ho; oh++) {
             const int kh0 = k_lo(oh, s, p), kh1 = k_hi(oh, s, p, H, K), ih0 = oh * s - p;
+#if ET_DSP
+            int32_t zs = 0;
+            if (K == 3) for (int kh = kh0; kh < kh1; kh++) zs += R[kh];
+            zs *= zx;
+#endif
             for (int ow = 0; ow < Wo; ow++) {
                 const int kw0 = k_lo(ow, s, p), kw1 = k_hi(ow, s, p, W, K), iw0 = ow * s - p;
                 int32_t acc = b[oc];
+#if ET_DSP
+                if (K == 3 && iw0 >= 0 && iw0 + 2 < W) {  /* every column inside */
+                    const ptrdiff_t xoff = (ptrdiff_t)ih0 * W + iw0;
+                    const int wl = oc == Co - 1;
+                    acc += (iw0 + 3 < W
+                                ? q_win3(xg, xoff, (size_t)H * W, W, wo, cig, kh0, kh1, 0, wl)
+                                : q_win3(xg, xoff, (size_t)H * W, W, wo, cig, kh0, kh1, 1, wl))
+                           - zs;
+                    const int64_t pre = rq(acc, m0[oc], sh[oc]) + zy;
+                    y[yo + oh * Wo + ow] = clamp8(pre, lo, hi);
+                    if (mask) mask[yo + oh * Wo + ow] = (uint8_t)(pre >= lo && pre <= hi);
+                    continue;
+                }
+#endif
                 for (int ic = 0; ic < cig; ic++)
                     acc += qwin(xg + (size_t)ic * H * W, W, zx, wo + ic * K * K, K,
                                 kh0, kh1, kw0, kw1, ih0, iw0);
@@ -285,46 +378,6 @@ static void qlb_chain(const qlb_op *o, int L, int *st, const int8_t *x, int8_t *
     }
 }
 
-/* NOTE [ DSP dual multiply-accumulate ]
-   With the Cortex-M DSP extension (the target's has_dsp flag, rendered as ET_HAS_DSP, and the
-   compiler's __ARM_FEATURE_DSP), 4 int8 values are loaded with one LDR and unpacked by SXTB16
-   (bytes 0, 2) and SXTB16 ROR #8 (bytes 1, 3) into two registers of 16-bit pairs; the input
-   zero point is subtracted from both lanes at once (SSUB16) and SMLAD adds two products per
-   instruction. The sums are the same integers as the portable loop's (int32, exact), so the
-   host (no DSP) and the MCU agree bit for bit. */
-#if defined(ET_HAS_DSP) && ET_HAS_DSP && defined(__ARM_FEATURE_DSP)
-#include <arm_acle.h>
-#define ET_DSP 1
-static inline uint32_t q_ld4(const int8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-static inline uint32_t q_ror8(uint32_t v) { return (v >> 8) | (v << 24); }
-/* sum (x - zx) * w over n values for two weight rows at once (each input unpacked once) */
-static inline void q_dot2(const int8_t *x, int zx, const int8_t *w0, const int8_t *w1, int n,
-                          int32_t *s0, int32_t *s1) {
-    const int16x2_t zz = (int16x2_t)(((uint32_t)(uint16_t)zx << 16) | (uint16_t)zx);
-    int32_t a0 = 0, a1 = 0;
-    int i = 0;
-    for (; i + 4 <= n; i += 4) {
-        const uint32_t xv = q_ld4(x + i), v0 = q_ld4(w0 + i), v1 = q_ld4(w1 + i);
-        const int16x2_t xl = __ssub16(__sxtb16(xv), zz);
-        const int16x2_t xh = __ssub16(__sxtb16(q_ror8(xv)), zz);
-        a0 = __smlad(xl, __sxtb16(v0), a0);
-        a0 = __smlad(xh, __sxtb16(q_ror8(v0)), a0);
-        a1 = __smlad(xl, __sxtb16(v1), a1);
-        a1 = __smlad(xh, __sxtb16(q_ror8(v1)), a1);
-    }
-    for (; i < n; i++) { a0 += (x[i] - zx) * w0[i]; a1 += (x[i] - zx) * w1[i]; }
-    *s0 = a0; *s1 = a1;
-}
-#else
-#define ET_DSP 0
-static inline void q_dot2(const int8_t *x, int zx, const int8_t *w0, const int8_t *w1, int n,
-                          int32_t *s0, int32_t *s1) {
-    int32_t a0 = 0, a1 = 0;
-    for (int i = 0; i < n; i++) { a0 += (x[i] - zx) * w0[i]; a1 += (x[i] - zx) * w1[i]; }
-    *s0 = a0; *s1 = a1;
-}
-#endif
-
 static void qlinear_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
                         const int32_t *m0, const int32_t *sh, int zy, int lo, int hi,
                         int8_t *y, uint8_t *mask, int B, int I, int O) {
@@ -383,6 +436,299 @@ static inline ET_REAL dacc_at(const ET_REAL *dacc, const qgap_dacc *gd, size_t i
     return d * (gd->mask[i] ? gd->M[c] : (ET_REAL)0);
 }
 
+/* NOTE [ Register-blocked int8 backward ]
+   The backward kernels of the float surrogate (ET_REAL) for the common shapes: a 3x3 conv
+   (stride 1 or 2) keeps its 9 weights converted to ET_REAL in registers for a whole input
+   plane and scatters 4 output gradients per block into the input gradient (each touched
+   element loaded and stored once per kernel row); its weight gradient keeps the 9 taps' sums
+   in registers over the plane; a 1x1 conv is a 4 x 4 register tile. Every input-gradient
+   element and every weight-gradient sum receives its terms in the same order as the plain
+   loops (by output channel, then output row, then column), so the host's double results are
+   those of the plain loops bit for bit; border outputs take the plain per-tap path. */
+#define Q_AI static inline __attribute__((always_inline))
+/* the output gradient dacc[o] (gd: the pool's dy / P * M where not clamped, else 0) */
+Q_AI ET_REAL q_d(const ET_REAL *d, const uint8_t *mk, ET_REAL dv, int o) {
+    return d ? d[o] : (mk[o] ? dv : (ET_REAL)0);
+}
+/* output columns [*a, *b) whose 3 taps are inside 0..W-1 */
+static inline void q_inner3(int Wo, int W, int s, int p, int *a, int *b) {
+    int lo = (p + s - 1) / s, v = W - 3 + p;
+    int hi = v < 0 ? 0 : v / s + 1;
+    if (hi > Wo) hi = Wo;
+    if (lo > hi) lo = hi;
+    *a = lo; *b = hi;
+}
+/* one kernel row of 4 output gradients scattered: dr[j*S + kw] += w_kw * d_j */
+Q_AI void q_sc4(ET_REAL *dr, ET_REAL w0, ET_REAL w1, ET_REAL w2, ET_REAL d0, ET_REAL d1,
+                ET_REAL d2, ET_REAL d3, int S) {
+    if (S == 1) {
+        ET_REAL v0 = dr[0], v1 = dr[1], v2 = dr[2], v3 = dr[3], v4 = dr[4], v5 = dr[5];
+        v0 += d0 * w0;
+        v1 += d0 * w1; v1 += d1 * w0;
+        v2 += d0 * w2; v2 += d1 * w1; v2 += d2 * w0;
+        v3 += d1 * w2; v3 += d2 * w1; v3 += d3 * w0;
+        v4 += d2 * w2; v4 += d3 * w1;
+        v5 += d3 * w2;
+        dr[0] = v0; dr[1] = v1; dr[2] = v2; dr[3] = v3; dr[4] = v4; dr[5] = v5;
+    } else {
+        ET_REAL v0 = dr[0], v1 = dr[1], v2 = dr[2], v3 = dr[3], v4 = dr[4], v5 = dr[5];
+        ET_REAL v6 = dr[6], v7 = dr[7], v8 = dr[8];
+        v0 += d0 * w0; v1 += d0 * w1; v2 += d0 * w2; v2 += d1 * w0;
+        v3 += d1 * w1; v4 += d1 * w2; v4 += d2 * w0; v5 += d2 * w1;
+        v6 += d2 * w2; v6 += d3 * w0; v7 += d3 * w1; v8 += d3 * w2;
+        dr[0] = v0; dr[1] = v1; dr[2] = v2; dr[3] = v3; dr[4] = v4; dr[5] = v5;
+        dr[6] = v6; dr[7] = v7; dr[8] = v8;
+    }
+}
+/* one output gradient over its in-bounds taps (borders) */
+Q_AI void q_sc1(ET_REAL *dxc, const ET_REAL *wf, ET_REAL d, int H, int W, int ih0, int iw0) {
+#pragma GCC unroll 3
+    for (int kh = 0; kh < 3; kh++) {
+        const int r = ih0 + kh;
+        if (r < 0 || r >= H) continue;
+#pragma GCC unroll 3
+        for (int kw = 0; kw < 3; kw++) {
+            const int c = iw0 + kw;
+            if (c >= 0 && c < W) dxc[r * W + c] += d * wf[kh * 3 + kw];
+        }
+    }
+}
+Q_AI void q3_bwd_plane(ET_REAL *dxc, const ET_REAL *wf, const ET_REAL *d, const uint8_t *mk,
+                       ET_REAL dv, int H, int W, int Ho, int Wo, int p, int ca, int cb,
+                       int S) {
+    for (int oh = 0; oh < Ho; oh++) {
+        const int ih0 = oh * S - p, o = oh * Wo;
+        const int r0 = ih0 >= 0, r2 = ih0 + 2 < H;
+        if (!r0 || !r2 || ih0 + 1 >= H) {
+            for (int ow = 0; ow < Wo; ow++)
+                q_sc1(dxc, wf, q_d(d, mk, dv, o + ow), H, W, ih0, ow * S - p);
+            continue;
+        }
+        int ow = 0;
+        for (; ow < ca; ow++) q_sc1(dxc, wf, q_d(d, mk, dv, o + ow), H, W, ih0, ow * S - p);
+        for (; ow + 4 <= cb; ow += 4) {
+            const ET_REAL d0 = q_d(d, mk, dv, o + ow), d1 = q_d(d, mk, dv, o + ow + 1);
+            const ET_REAL d2 = q_d(d, mk, dv, o + ow + 2), d3 = q_d(d, mk, dv, o + ow + 3);
+            ET_REAL *dr = dxc + (ih0 * W + ow * S - p);
+            q_sc4(dr, wf[0], wf[1], wf[2], d0, d1, d2, d3, S);
+            q_sc4(dr + W, wf[3], wf[4], wf[5], d0, d1, d2, d3, S);
+            q_sc4(dr + 2 * W, wf[6], wf[7], wf[8], d0, d1, d2, d3, S);
+        }
+        for (; ow < Wo; ow++) q_sc1(dxc, wf, q_d(d, mk, dv, o + ow), H, W, ih0, ow * S - p);
+    }
+}
+/* dx += w * dacc for a 3x3 conv, stride 1 or 2 (dx already zeroed or accumulating) */
+static void q3_bwd_input(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t *w,
+                         ET_REAL *dx, int B, int Ci, int H, int W, int Co, int Ho, int Wo,
+                         int s, int p, int G) {
+    const int cig = Ci / G, cog = Co / G;
+    int ca, cb;
+    q_inner3(Wo, W, s, p, &ca, &cb);
+    for (int n = 0; n < B; n++)
+    for (int oc = 0; oc < Co; oc++) {
+        const int g = oc / cog;
+        const size_t o0 = ((size_t)n * Co + oc) * Ho * Wo;
+        const ET_REAL *d = gd ? 0 : dacc + o0;
+        const uint8_t *mk = gd ? gd->mask + o0 : 0;
+        const ET_REAL dv = gd ? gd->gp[(size_t)n * Co + oc] / (ET_REAL)gd->P * gd->M[oc] : 0;
+        for (int ic = 0; ic < cig; ic++) {
+            const int8_t *wc = w + ((size_t)oc * cig + ic) * 9;
+            ET_REAL wf[9];
+            for (int t = 0; t < 9; t++) wf[t] = (ET_REAL)wc[t];
+            ET_REAL *dxc = dx + ((size_t)n * Ci + g * cig + ic) * H * W;
+            if (s == 1) q3_bwd_plane(dxc, wf, d, mk, dv, H, W, Ho, Wo, p, ca, cb, 1);
+            else q3_bwd_plane(dxc, wf, d, mk, dv, H, W, Ho, Wo, p, ca, cb, 2);
+        }
+    }
+}
+/* one output's terms of the 9 weight-gradient sums, taps outside skipped (borders) */
+Q_AI void q_wg1(ET_REAL *a, ET_REAL d, const int8_t *xc, int zx, int H, int W, int ih0,
+                int iw0) {
+#pragma GCC unroll 3
+    for (int kh = 0; kh < 3; kh++) {
+        const int r = ih0 + kh;
+        if (r < 0 || r >= H) continue;
+#pragma GCC unroll 3
+        for (int kw = 0; kw < 3; kw++) {
+            const int c = iw0 + kw;
+            if (c >= 0 && c < W) a[kh * 3 + kw] += d * (ET_REAL)(xc[r * W + c] - zx);
+        }
+    }
+}
+/* the 9 sums sum_{oh, ow} dacc * (x - zx) of one (oc, ic) plane pair, in (oh, ow) order */
+Q_AI void q3_wg_plane(ET_REAL *acc, const ET_REAL *d, const uint8_t *mk, ET_REAL dv,
+                      const int8_t *xc, int zx, int H, int W, int Ho, int Wo, int p, int ca,
+                      int cb, int S) {
+    ET_REAL a[9];
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; t++) a[t] = acc[t];
+    for (int oh = 0; oh < Ho; oh++) {
+        const int ih0 = oh * S - p, o = oh * Wo;
+        if (ih0 < 0 || ih0 + 2 >= H) {
+            for (int ow = 0; ow < Wo; ow++) {
+                if (!d && !mk[o + ow]) continue;
+                q_wg1(a, q_d(d, mk, dv, o + ow), xc, zx, H, W, ih0, ow * S - p);
+            }
+            continue;
+        }
+        int ow = 0;
+        for (; ow < ca; ow++)
+            if (d || mk[o + ow]) q_wg1(a, q_d(d, mk, dv, o + ow), xc, zx, H, W, ih0, ow * S - p);
+        const int8_t *x0 = xc + (ih0 * W + ca * S - p), *x1 = x0 + W, *x2 = x1 + W;
+        for (; ow < cb; ow++, x0 += S, x1 += S, x2 += S) {
+            if (!d && !mk[o + ow]) continue;
+            const ET_REAL e = q_d(d, mk, dv, o + ow);
+            a[0] += e * (ET_REAL)(x0[0] - zx); a[1] += e * (ET_REAL)(x0[1] - zx);
+            a[2] += e * (ET_REAL)(x0[2] - zx); a[3] += e * (ET_REAL)(x1[0] - zx);
+            a[4] += e * (ET_REAL)(x1[1] - zx); a[5] += e * (ET_REAL)(x1[2] - zx);
+            a[6] += e * (ET_REAL)(x2[0] - zx); a[7] += e * (ET_REAL)(x2[1] - zx);
+            a[8] += e * (ET_REAL)(x2[2] - zx);
+        }
+        for (; ow < Wo; ow++)
+            if (d || mk[o + ow]) q_wg1(a, q_d(d, mk, dv, o + ow), xc, zx, H, W, ih0, ow * S - p);
+    }
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; t++) acc[t] = a[t];
+}
+/* the 9 weight sums of a 3x3 conv (stride 1 or 2), then the QAS-scaled SGD re-rounding */
+static void q3_update(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t *x, int zx,
+                      int8_t *w, const ET_REAL *inv_w, ET_REAL lr, int B, int Ci, int H, int W,
+                      int Co, int Ho, int Wo, int s, int p, int G) {
+    const int cig = Ci / G, cog = Co / G;
+    int ca, cb;
+    q_inner3(Wo, W, s, p, &ca, &cb);
+    for (int oc = 0; oc < Co; oc++) {
+        const int g = oc / cog;
+        for (int ic = 0; ic < cig; ic++) {
+            ET_REAL acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+            for (int n = 0; n < B; n++) {
+                const size_t o0 = ((size_t)n * Co + oc) * Ho * Wo;
+                const ET_REAL *d = gd ? 0 : dacc + o0;
+                const uint8_t *mk = gd ? gd->mask + o0 : 0;
+                const ET_REAL dv = gd ? gd->gp[(size_t)n * Co + oc] / (ET_REAL)gd->P * gd->M[oc]
+                                      : 0;
+                const int8_t *xc = x + ((size_t)n * Ci + g * cig + ic) * H * W;
+                if (s == 1) q3_wg_plane(acc, d, mk, dv, xc, zx, H, W, Ho, Wo, p, ca, cb, 1);
+                else q3_wg_plane(acc, d, mk, dv, xc, zx, H, W, Ho, Wo, p, ca, cb, 2);
+            }
+            int8_t *wk = w + ((size_t)oc * cig + ic) * 9;
+            for (int t = 0; t < 9; t++) {
+                ET_REAL v = round_half_away((ET_REAL)wk[t] + (-lr) * (acc[t] * inv_w[oc]));
+                wk[t] = (int8_t)(v < -127 ? -127 : (v > 127 ? 127 : v));
+            }
+        }
+    }
+}
+/* 1x1 conv input gradient in 4 x 4 tiles (input channels x pixels) held in registers while
+   every output channel adds its term, in output-channel order */
+static void q1_bwd_input(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t *w,
+                         ET_REAL *dx, int B, int Ci, int Co, int P) {
+    for (int n = 0; n < B; n++) {
+        const size_t d0 = (size_t)n * Co * P;
+        ET_REAL *dxn = dx + (size_t)n * Ci * P;
+        for (int ic = 0; ic < Ci; ic += 4)
+        for (int q = 0; q < P; q += 4) {
+            if (ic + 4 > Ci || q + 4 > P) {  /* a remainder: element by element */
+                for (int i = ic; i < Ci && i < ic + 4; i++)
+                for (int j = q; j < P && j < q + 4; j++) {
+                    ET_REAL t = dxn[(size_t)i * P + j];
+                    for (int oc = 0; oc < Co; oc++) {
+                        const size_t o = d0 + (size_t)oc * P + j;
+                        const ET_REAL e = gd ? (gd->mask[o] ? gd->gp[(size_t)n * Co + oc]
+                                                 / (ET_REAL)gd->P * gd->M[oc] : (ET_REAL)0)
+                                             : dacc[o];
+                        t += e * (ET_REAL)w[(size_t)oc * Ci + i];
+                    }
+                    dxn[(size_t)i * P + j] = t;
+                }
+                continue;
+            }
+            ET_REAL t[4][4];
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++)
+#pragma GCC unroll 4
+                for (int v = 0; v < 4; v++) t[u][v] = dxn[(size_t)(ic + u) * P + q + v];
+            for (int oc = 0; oc < Co; oc++) {
+                const size_t o = d0 + (size_t)oc * P + q;
+                ET_REAL e[4];
+                if (gd) {
+                    const ET_REAL dv = gd->gp[(size_t)n * Co + oc] / (ET_REAL)gd->P * gd->M[oc];
+#pragma GCC unroll 4
+                    for (int v = 0; v < 4; v++) e[v] = gd->mask[o + v] ? dv : (ET_REAL)0;
+                } else {
+#pragma GCC unroll 4
+                    for (int v = 0; v < 4; v++) e[v] = dacc[o + v];
+                }
+                const int8_t *wr = w + (size_t)oc * Ci + ic;
+#pragma GCC unroll 4
+                for (int u = 0; u < 4; u++) {
+                    const ET_REAL wf = (ET_REAL)wr[u];
+#pragma GCC unroll 4
+                    for (int v = 0; v < 4; v++) t[u][v] += e[v] * wf;
+                }
+            }
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++)
+#pragma GCC unroll 4
+                for (int v = 0; v < 4; v++) dxn[(size_t)(ic + u) * P + q + v] = t[u][v];
+        }
+    }
+}
+/* 1x1 conv weight sums in 4 x 4 tiles (output x input channels), over (n, pixel) in order */
+static void q1_update(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t *x, int zx,
+                      int8_t *w, const ET_REAL *inv_w, ET_REAL lr, int B, int Ci, int Co,
+                      int P) {
+    for (int oc = 0; oc < Co; oc += 4)
+    for (int ic = 0; ic < Ci; ic += 4) {
+        const int nu = Co - oc < 4 ? Co - oc : 4, nv = Ci - ic < 4 ? Ci - ic : 4;
+        ET_REAL a[4][4] = {{0}};
+        for (int n = 0; n < B; n++) {
+            const int8_t *xn = x + ((size_t)n * Ci + ic) * P;
+            if (nu == 4 && nv == 4) {
+                ET_REAL dv[4];
+                const ET_REAL *dr[4];
+                const uint8_t *mr[4];
+#pragma GCC unroll 4
+                for (int u = 0; u < 4; u++) {
+                    const size_t o0 = ((size_t)n * Co + oc + u) * P;
+                    dr[u] = gd ? 0 : dacc + o0;
+                    mr[u] = gd ? gd->mask + o0 : 0;
+                    dv[u] = gd ? gd->gp[(size_t)n * Co + oc + u] / (ET_REAL)gd->P * gd->M[oc + u]
+                               : 0;
+                }
+                for (int q = 0; q < P; q++) {
+                    ET_REAL e[4], xf[4];
+#pragma GCC unroll 4
+                    for (int u = 0; u < 4; u++) e[u] = gd ? (mr[u][q] ? dv[u] : 0) : dr[u][q];
+#pragma GCC unroll 4
+                    for (int v = 0; v < 4; v++) xf[v] = (ET_REAL)(xn[(size_t)v * P + q] - zx);
+#pragma GCC unroll 4
+                    for (int u = 0; u < 4; u++)
+#pragma GCC unroll 4
+                        for (int v = 0; v < 4; v++) a[u][v] += e[u] * xf[v];
+                }
+                continue;
+            }
+            for (int u = 0; u < nu; u++)
+            for (int v = 0; v < nv; v++) {
+                const size_t o0 = ((size_t)n * Co + oc + u) * P;
+                for (int q = 0; q < P; q++) {
+                    const ET_REAL e = gd ? (gd->mask[o0 + q] ? gd->gp[(size_t)n * Co + oc + u]
+                                            / (ET_REAL)gd->P * gd->M[oc + u] : 0)
+                                         : dacc[o0 + q];
+                    a[u][v] += e * (ET_REAL)(xn[(size_t)v * P + q] - zx);
+                }
+            }
+        }
+        for (int u = 0; u < nu; u++)
+        for (int v = 0; v < nv; v++) {
+            const size_t i = (size_t)(oc + u) * Ci + ic + v;
+            ET_REAL r = round_half_away((ET_REAL)w[i] + (-lr) * (a[u][v] * inv_w[oc + u]));
+            w[i] = (int8_t)(r < -127 ? -127 : (r > 127 ? 127 : r));
+        }
+    }
+}
+
 /* dx += w * dacc, loop order (oc, ic, kh, kw, oh, ow): each int8 weight is converted once
    and multiplies the contiguous run of output gradients whose tap lands inside the input;
    where a global average pool is the only reader (gd), dacc = mask ? gp / P * M : 0 */
@@ -392,6 +738,14 @@ static void qconv_bwd_input(const ET_REAL *dacc, const qgap_dacc *gd, const int8
                             int p, int G) {
     const int cig = Ci / G, cog = Co / G;
     if (!acc) for (size_t i = 0; i < (size_t)B * Ci * H * W; i++) dx[i] = 0;
+    if (K == 1 && s == 1 && p == 0 && G == 1) {
+        q1_bwd_input(dacc, gd, w, dx, B, Ci, Co, H * W);
+        return;
+    }
+    if (K == 3 && (s == 1 || s == 2)) {
+        q3_bwd_input(dacc, gd, w, dx, B, Ci, H, W, Co, Ho, Wo, s, p, G);
+        return;
+    }
     for (int n = 0; n < B; n++)
     for (int oc = 0; oc < Co; oc++) {
         const int g = oc / cog;
@@ -433,9 +787,12 @@ static void qconv_update(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t 
                          int B, int Ci, int H, int W, int Co, int Ho, int Wo, int K, int s,
                          int p, int G) {
     const int cig = Ci / G, cog = Co / G;
+    const int k1 = K == 1 && s == 1 && p == 0 && G == 1, k3 = K == 3 && (s == 1 || s == 2);
+    if (k1) q1_update(dacc, gd, x, zx, w, inv_w, lr, B, Ci, Co, H * W);
+    if (k3) q3_update(dacc, gd, x, zx, w, inv_w, lr, B, Ci, H, W, Co, Ho, Wo, s, p, G);
     for (int oc = 0; oc < Co; oc++) {
         const int g = oc / cog;
-        for (int ic = 0; ic < cig; ic++)
+        if (!k1 && !k3) for (int ic = 0; ic < cig; ic++)
         for (int kh = 0; kh < K; kh++) {
             int oh0, oh1;
             o_range(kh, s, p, H, Ho, &oh0, &oh1);
