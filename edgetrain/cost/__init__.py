@@ -20,6 +20,7 @@ from edgetrain.cost._memory import (
     Schedule,
     StepTraffic,
     TimelinePoint,
+    plain_activation_sites,
     schedule_traffic,
     simulate_step,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "device_names",
     "format_device_table",
     "load_device",
+    "plain_activation_sites",
     "schedule_traffic",
     "simulate_step",
     "training_cost",

@@ -72,6 +72,7 @@ import enum
 import math
 from dataclasses import dataclass
 
+from edgetrain.cost._lean import LeanSaves, activation_sites, is_masked_activation, lean_saves
 from edgetrain.cost._workspace import KernelLibrary, workspace_bytes
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.ir import Graph, Node, OpKind, Param, TensorRole
@@ -222,6 +223,8 @@ class Schedule:
     in_place_update: bool = False
     accumulation_steps: int = 1
     weight_decay: float = 0.0  # changes the optimizer step's temporaries, not its state
+    lean_backward: bool = False  # NOTE [ Lean saved tensors ] (runtime: NOTE [ Lean backward ])
+    plain_activations: frozenset[str] = frozenset()  # sites that keep plain PyTorch's save
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +265,36 @@ def schedule_traffic(graph: Graph, schedule: Schedule) -> StepTraffic:
     read = sum(plan.storage_bytes[s] for reads in plan.page_reads.values() for s in reads)
     transfers = len(plan.paged_storages) + sum(len(r) for r in plan.page_reads.values())
     return StepTraffic(rflops, rvec, written, read, transfers)
+
+
+def plain_activation_sites(graph: Graph, trainable: frozenset[str]) -> frozenset[str]:
+    """Relu-family sites whose plain save costs nothing under lean backward: the tensor they
+    would save is a parameter, a buffer or the batch, or another node saves it anyway (NOTE
+    [ Lean saved tensors ])."""
+    rg = graph.requires_grad_for(trainable)
+    nodes = graph.nodes
+    active = [n.output in rg and n.op is not OpKind.BUFFER_UPDATE for n in nodes]
+    persistent = {
+        t.storage
+        for t in graph.tensors
+        if t.role in (TensorRole.PARAMETER, TensorRole.BUFFER, TensorRole.INPUT, TensorRole.TARGET)
+    }
+    savers: dict[str, set[int]] = {}
+    for i, n in enumerate(nodes):
+        if not active[i] or is_masked_activation(n):
+            continue
+        rule = lean_saves(graph, n, rg)
+        for name in rule.saved if rule is not None else saved_for_backward(n, rg):
+            savers.setdefault(graph.tensor(name).storage, set()).add(i)
+    plain = set()
+    for i, site in activation_sites(graph).items():
+        if not active[i]:
+            continue
+        for name in saved_for_backward(nodes[i], rg):
+            s = graph.tensor(name).storage
+            if s in persistent or savers.get(s, set()) - {i}:
+                plain.add(site)
+    return frozenset(plain)
 
 
 def saved_for_backward(node, requires_grad: frozenset[str]) -> tuple[str, ...]:
@@ -314,15 +347,30 @@ class _SavedPlan:
         for i, n in enumerate(nodes):
             for name in (n.output, *n.aux_outputs):
                 produced_in.setdefault(graph.tensor(name).storage, i)
+        # lean backward: per node, its lean rule and the packed mask it makes (a storage of
+        # its own, keyed `mask:i`)
+        self.lean: dict[int, LeanSaves] = {}
+        self.masks: dict[int, str] = {}
+        if schedule.lean_backward:
+            sites = activation_sites(graph)
+            for i, n in enumerate(nodes):
+                rule = lean_saves(graph, n, self.rg) if self.has_grad_fn[i] else None
+                if rule is None or sites.get(i) in schedule.plain_activations:
+                    continue
+                self.lean[i] = rule
+                if rule.mask_bytes:
+                    key = f"mask:{i}"
+                    self.masks[i] = key
+                    self.storage_bytes[key] = rule.mask_bytes
+                    produced_in[key] = i
         self.kept_first: dict[str, int] = {}  # storage -> smallest index of a keeping saver
         self.recomputed: dict[int, dict[str, int]] = {}  # segment -> storage -> first saver
         self.paged_storages: dict[str, int] = {}  # storage -> node that writes it
         self.page_reads: dict[int, list[str]] = {}
-        for i, n in enumerate(nodes):
+        for i in range(len(nodes)):
             if not self.has_grad_fn[i]:
                 continue
-            for name in dict.fromkeys(saved_for_backward(n, self.rg)):
-                s = graph.tensor(name).storage
+            for s in self.saved_storages(graph, i):
                 if s in self.persistent:
                     continue
                 seg = segment_of.get(i)
@@ -341,9 +389,7 @@ class _SavedPlan:
         self.rerun_stop: dict[int, int] = {}
         for k, (a, b) in enumerate(schedule.recompute_segments):
             savers = [
-                i
-                for i in range(a, b)
-                if self.has_grad_fn[i] and saved_for_backward(nodes[i], self.rg)
+                i for i in range(a, b) if self.has_grad_fn[i] and self.saved_storages(graph, i)
             ]
             if savers:
                 self.rerun_stop[k] = savers[-1]
@@ -362,6 +408,29 @@ class _SavedPlan:
                         ins.append(s)
             self.segment_inputs[k] = ins
         self.segment_of = segment_of
+
+    def saved_storages(self, graph: Graph, i: int) -> list[str]:
+        """The storages node i saves for its backward (its packed mask included)."""
+        rule = self.lean.get(i)
+        names = rule.saved if rule is not None else saved_for_backward(graph.nodes[i], self.rg)
+        out = list(dict.fromkeys(graph.tensor(name).storage for name in names))
+        if i in self.masks:
+            out.append(self.masks[i])
+        return out
+
+    def workspace(self, graph: Graph, i: int, kernels: KernelLibrary) -> tuple[int, int]:
+        """(forward, backward) transients of node i under this schedule."""
+        n, rule = graph.nodes[i], self.lean.get(i)
+        ig = bool(n.inputs) and n.inputs[0] in self.rg
+        if rule is None:
+            fwd, _ = workspace_bytes(graph, n, kernels, input_grad=False)
+            _, bwd = workspace_bytes(graph, n, kernels, input_grad=ig)
+            return fwd, bwd
+        fwd, _ = workspace_bytes(graph, n, kernels, input_grad=False)
+        _, bwd = workspace_bytes(graph, n, kernels, input_grad=ig, weight_grad=rule.weight_grad)
+        if not kernels.has_workspaces:
+            return fwd, bwd
+        return fwd + rule.forward_workspace_bytes, bwd + rule.backward_workspace_bytes
 
 
 def _rerun_forward(
@@ -388,14 +457,18 @@ def _rerun_forward(
         m = nodes[j]
         for name in (m.output, *m.aux_outputs, *m.inputs):
             last_use[graph.tensor(name).storage] = j
+        if j in plan.masks:
+            last_use[plan.masks[j]] = j
     temporaries: list[str] = []
     for j in range(start, stop + 1):
         m = nodes[j]
         outs = [m.output, *m.aux_outputs]
         if m.op is OpKind.MAX_POOL2D and not plan.has_grad_fn[j]:
             outs = [m.output]
-        for name in outs:
-            st = graph.tensor(name).storage
+        made = [graph.tensor(name).storage for name in outs]
+        if j in plan.masks and plan.has_grad_fn[j]:
+            made.append(plan.masks[j])
+        for st in made:
             if st in plan.persistent:
                 continue
             if st in keep:
@@ -403,7 +476,7 @@ def _rerun_forward(
             elif f"rerun:{st}" not in live.by_key:
                 live.alloc(f"rerun:{st}", plan.storage_bytes[st], "other")
                 temporaries.append(st)
-        ws_fwd, _ = workspace_bytes(graph, m, kernels, input_grad=False)
+        ws_fwd, _ = plan.workspace(graph, j, kernels)
         live.mark(Phase.BACKWARD, f"recompute:{m.name}", ws_fwd)
         for st in temporaries:
             if last_use.get(st, stop) <= j:
@@ -548,6 +621,8 @@ def _simulate_forward(step: _Step) -> None:
     for i, n in enumerate(nodes):
         for name in (n.output, *n.aux_outputs, *n.inputs):
             last_fwd_use[graph.tensor(name).storage] = i
+    for i, key in plan.masks.items():
+        last_fwd_use[key] = i
     for s, i in _held_by_calls(graph, plan.persistent).items():
         last_fwd_use[s] = max(last_fwd_use[s], i)
     held = set(plan.kept_first)
@@ -571,7 +646,10 @@ def _simulate_forward(step: _Step) -> None:
                 else ("loss" if t.role is TensorRole.LOSS else "other")
             )
             live.alloc(t.storage, t.storage_bytes, comp)
-        ws_fwd, _ = workspace_bytes(graph, n, step.kernels, input_grad=False)
+        if i in plan.masks:  # a lean node's packed mask
+            key = plan.masks[i]
+            live.alloc(key, plan.storage_bytes[key], "saved" if key in held else "other")
+        ws_fwd, _ = plan.workspace(graph, i, step.kernels)
         live.mark(Phase.FORWARD, n.name, ws_fwd)
         for s in frees_after.get(i, ()):
             live.free(s)
@@ -737,7 +815,7 @@ def _input_gradients(
             outgoing.append((name, g_out))  # pass-through, no copy
         else:
             outgoing.append((name, grads.new(t.nbytes)))
-    _, ws_bwd = workspace_bytes(graph, n, step.kernels, input_grad=n.inputs[0] in rg)
+    _, ws_bwd = step.plan.workspace(graph, i, step.kernels)
     step.live.mark(Phase.BACKWARD, n.name, ws_bwd + _broadcast_grad_temps(graph, n, rg))
     for k in transient_params:
         step.live.free(k)

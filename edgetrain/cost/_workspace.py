@@ -109,10 +109,11 @@ def is_profiled(node: Node) -> bool:
     return node.op in (OpKind.CONV2D, OpKind.CONV1D) or node.attr("fn") in PROFILED_FUSED
 
 
-def kernel_signature(graph: Graph, node: Node, input_grad: bool) -> str:
-    """What a profiled kernel's transients depend on (`is_profiled`)."""
+def kernel_signature(graph: Graph, node: Node, input_grad: bool, weight_grad: bool = True) -> str:
+    """What a profiled kernel's transients depend on (`is_profiled`); `weight_grad=False`: a
+    lean backward that computes no weight gradient (NOTE [ Lean saved tensors ])."""
     if node.op in (OpKind.CONV2D, OpKind.CONV1D):
-        return conv_signature(graph, node, input_grad)
+        return conv_signature(graph, node, input_grad) + ("" if weight_grad else ":wg0")
     shapes = ",".join(
         "x".join(map(str, graph.tensor(t).shape)) + ":" + graph.tensor(t).dtype for t in node.inputs
     )
@@ -131,7 +132,7 @@ def conv_signature(graph: Graph, node: Node, input_grad: bool) -> str:
 
 
 def workspace_bytes(
-    graph: Graph, node: Node, kernels: KernelLibrary, input_grad: bool
+    graph: Graph, node: Node, kernels: KernelLibrary, input_grad: bool, weight_grad: bool = True
 ) -> tuple[int, int]:
     """(forward, backward) transient bytes of `node` beyond its outputs and gradients."""
     if not kernels.has_workspaces:
@@ -142,7 +143,7 @@ def workspace_bytes(
         return 0, 0
     assert kernels.pytorch_cpu_threads is not None
     if kernels.measured:
-        hit = kernels.table.get(kernel_signature(graph, node, input_grad))
+        hit = kernels.table.get(kernel_signature(graph, node, input_grad, weight_grad))
         if hit is not None:
             return hit
     if node.op is not OpKind.CONV2D and node.op is not OpKind.CONV1D:

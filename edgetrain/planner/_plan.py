@@ -139,6 +139,12 @@ class Plan:
     # before schema 3, which fix no input (NOTE [ Where data meets the plan ])
     input_shape: tuple[int, ...] | None = None
     input_dtype: str | None = None
+    # the PyTorch executor saves only what the trained gradients need (NOTE [ Lean backward ]
+    # in runtime/_lean.py); plans without the field ran, and still run, plain PyTorch
+    lean_backward: bool = False
+    # activation sites (`module#k`) that keep plain PyTorch's saved tensor under lean backward
+    # because another node saves that tensor anyway (NOTE [ Lean saved tensors ])
+    plain_activations: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0 or self.micro_batch_size <= 0:
@@ -299,15 +305,17 @@ class _PlanReader:
         "model device strategy objective budget_bytes batch_size micro_batch_size optimizer "
         "in_place_update params stages predicted deadline_s freeze_batch_norm executor "
         "precision schema_version notes budget_forced model_sha256 loss input_shape input_dtype "
-        "predicted_peak_bytes weight_decay schedule"
+        "predicted_peak_bytes weight_decay schedule lean_backward plain_activations"
     ).split()
     # fields a version-1 file may leave out (they had defaults then)
     _V1_OPTIONAL = frozenset(
         "deadline_s freeze_batch_norm executor precision notes budget_forced model_sha256 "
-        "loss input_shape input_dtype predicted_peak_bytes weight_decay schedule".split()
+        "loss input_shape input_dtype predicted_peak_bytes weight_decay schedule "
+        "lean_backward plain_activations".split()
     )
     _V2_OPTIONAL = frozenset(
-        "deadline_s loss input_shape input_dtype predicted_peak_bytes weight_decay schedule".split()
+        "deadline_s loss input_shape input_dtype predicted_peak_bytes weight_decay schedule "
+        "lean_backward plain_activations".split()
     )
 
     def __init__(self, d: Any) -> None:
@@ -385,7 +393,7 @@ class _PlanReader:
                 "`edgetrain plan` with this version of edgetrain"
             )
         optional = {1: self._V1_OPTIONAL, 2: self._V2_OPTIONAL}.get(
-            version, {"deadline_s", "predicted_peak_bytes"}
+            version, {"deadline_s", "predicted_peak_bytes", "lean_backward", "plain_activations"}
         )
         self.obj(d, "", self._TOP, optional)
         opt = d["optimizer"]
@@ -441,7 +449,16 @@ class _PlanReader:
             loss=self.loss(d.get("loss", "cross-entropy")),
             weight_decay=self.weight_decay(d.get("weight_decay", 0.0)),
             schedule=self.schedule(d.get("schedule", "constant")),
+            lean_backward=self.bool_(d.get("lean_backward", False), "lean_backward"),
+            plain_activations=self.sites(d.get("plain_activations", [])),
             **self.input_spec(d.get("input_shape"), d.get("input_dtype")),
+        )
+
+    def sites(self, v: Any) -> tuple[str, ...]:
+        items = self.array(v, "plain_activations")
+        return tuple(
+            self.str_(s, f"plain_activations[{i}]", empty=True, limit=1024)
+            for i, s in enumerate(items)
         )
 
     def weight_decay(self, v: Any) -> float:

@@ -67,6 +67,8 @@ class Problem:
     kernels: KernelLibrary = KernelLibrary()
     stage_depth: int | None = None  # None: `chain_stages`' own choice of module depth
     weight_decay: float = 0.0
+    lean_backward: bool = False  # NOTE [ Lean saved tensors ] in cost/_lean.py
+    plain_activations: frozenset[str] = frozenset()
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
@@ -113,6 +115,8 @@ class Problem:
             in_place_update=self.in_place_update,
             accumulation_steps=self.accumulation_steps,
             weight_decay=self.weight_decay,
+            lean_backward=self.lean_backward,
+            plain_activations=self.plain_activations,
         )
 
     def evaluate(self, decisions: tuple[ActivationDecision, ...]) -> Evaluation:

@@ -198,6 +198,40 @@ def _measure_conv(graph: Graph, node, input_grad: bool) -> tuple[int, int]:
     return fwd, bwd
 
 
+def _measure_frozen_conv(graph: Graph, node, input_grad: bool) -> tuple[int, int]:
+    """Transients of a convolution whose weight is frozen, run as the lean backward runs it
+    (NOTE [ Lean backward ]): the forward without autograd, the backward as ATen's
+    `convolution_backward` with the weight's gradient masked out and the input given by its
+    sizes."""
+    from edgetrain.measure import MemoryMeter
+
+    x_t, w_t = graph.tensor(node.inputs[0]), graph.tensor(node.inputs[1])
+    x = torch.randn(*x_t.shape)
+    w = torch.randn(*w_t.shape)
+    b = torch.randn(w_t.shape[0]) if node.attr("bias") else None
+    conf = [list(node.attr(k)) for k in ("stride", "padding", "dilation")]
+    nd = w.dim() - 2
+    with torch.no_grad(), MemoryMeter() as m:
+        out = torch.convolution(x, w, b, *conf, False, [0] * nd, node.attr("groups"))
+    fwd = max(0, m.trace.peak_delta_bytes - out.untyped_storage().nbytes())
+    g = torch.ones_like(out)
+    mask = [input_grad, False, b is not None]
+    with MemoryMeter() as m:
+        r = torch.ops.aten.convolution_backward(
+            g,
+            g.new_empty(1).expand(x.shape),
+            w,
+            None if b is None else [w.shape[0]],
+            *conf,
+            False,
+            [0] * nd,
+            node.attr("groups"),
+            mask,
+        )
+    made = sum(t.untyped_storage().nbytes() for t in r if t is not None)
+    return fwd, max(0, m.trace.peak_delta_bytes - made)
+
+
 def _measure_fused(graph: Graph, node, input_grad: bool) -> tuple[int, int]:
     """Forward and backward transients of one fused kernel (NOTE [ Kernel workspaces on
     PyTorch CPU (torch 2.13) ]): the ATen operator run alone on tensors of the node's shapes,
@@ -229,14 +263,18 @@ def _measure_fused(graph: Graph, node, input_grad: bool) -> tuple[int, int]:
 
 
 def host_kernels(
-    graph: Graph | None = None, requires_grad: frozenset[str] | None = None
+    graph: Graph | None = None,
+    requires_grad: frozenset[str] | None = None,
+    lean_backward: bool = False,
 ) -> KernelLibrary:
     """The kernel library plain PyTorch uses on this host, profiled for `graph`'s convolutions
     and fused layers (`edgetrain.cost.is_profiled`).
 
     Each distinct kernel is run once (forward and backward, with an input gradient where
-    `requires_grad` — default: full training — asks for one) under the allocator meter; results are kept per process and in the cache
-    directory, keyed by torch version and thread count.
+    `requires_grad` — default: full training — asks for one) under the allocator meter;
+    with `lean_backward` a convolution whose weight is frozen is run as the lean backward runs
+    it (`kernel_signature(..., weight_grad=False)`). Results are kept per process and in the
+    cache directory, keyed by torch version and thread count.
     """
     import json
 
@@ -260,11 +298,13 @@ def host_kernels(
             if not is_profiled(n):
                 continue
             ig = n.inputs[0] in rg
-            sig = kernel_signature(graph, n, ig)
+            conv = n.op in (OpKind.CONV2D, OpKind.CONV1D)
+            wg = not (lean_backward and conv and n.inputs[1] not in rg)
+            sig = kernel_signature(graph, n, ig, wg)
             key = (sig, threads)
             if key not in _KERNEL_TABLE:
-                conv = n.op in (OpKind.CONV2D, OpKind.CONV1D)
-                _KERNEL_TABLE[key] = (_measure_conv if conv else _measure_fused)(graph, n, ig)
+                measure = _measure_conv if conv else _measure_fused
+                _KERNEL_TABLE[key] = (measure if wg else _measure_frozen_conv)(graph, n, ig)
                 new = True
             measured.append((sig, *_KERNEL_TABLE[key]))
         if new:

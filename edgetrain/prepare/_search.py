@@ -12,7 +12,7 @@ import torch
 
 from edgetrain import validate
 from edgetrain.capture import capture
-from edgetrain.cost import Device, simulate_step
+from edgetrain.cost import Device, plain_activation_sites, simulate_step
 from edgetrain.errors import InvalidArgumentError, PlanInfeasibleError
 from edgetrain.ir import Graph
 from edgetrain.planner import (
@@ -270,7 +270,9 @@ def _pytorch_problems(search: Search, chosen, freeze: bool):
     for mb in micro_sizes:
         g = search.graph_at(mb, freeze)
         trainable = search.trainable(g, chosen)
-        kernels = host_kernels(g, g.requires_grad_for(trainable))
+        lean = lean_backward_for(g, trainable)
+        plain = plain_activation_sites(g, trainable) if lean else frozenset()
+        kernels = host_kernels(g, g.requires_grad_for(trainable), lean)
         # NOTE [ Stage granularity ]
         #     Where a stage boundary falls decides what recomputation and paging can do: one
         #     coarse stage (MobileNetV2's whole `features`) can drop every activation inside it
@@ -299,7 +301,15 @@ def _pytorch_problems(search: Search, chosen, freeze: bool):
                     kernels=kernels,
                     stage_depth=depth,
                     weight_decay=req.weight_decay,
+                    lean_backward=lean,
+                    plain_activations=plain,
                 )
+
+
+def lean_backward_for(graph: Graph, trainable: frozenset[str]) -> bool:
+    """Whether a PyTorch plan runs the lean backward (NOTE [ Lean backward ]): whenever some
+    parameter is frozen. Full training keeps plain PyTorch, whose saves it needs anyway."""
+    return any(p.name not in trainable for p in graph.params)
 
 
 def plan_for_executor(search: Search, policies: Policies, memory: ExecutorMemory) -> Plan:
@@ -564,6 +574,8 @@ def to_plan(
         schedule=request.schedule,
         input_shape=tuple(g.tensor(g.inputs[0]).shape[1:]),
         input_dtype=g.tensor(g.inputs[0]).dtype,
+        lean_backward=prob.lean_backward,
+        plain_activations=tuple(sorted(prob.plain_activations)),
     )
 
 

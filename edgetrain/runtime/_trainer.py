@@ -5,6 +5,7 @@
     saved_tensors_hooks + a file-backed store     paging a stage's saved tensors to storage
     post-accumulate-grad hooks                    in-place updates during backward
     gradient accumulation                         micro-batching
+    a TorchFunctionMode of lean autograd.Functions  lean backward (NOTE [ Lean backward ])
 
 Every hook has a removable handle; `Trainer` is a context manager and restores the model (its
 forwards, `requires_grad` flags and hooks) on exit.
@@ -22,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from edgetrain import validate
 from edgetrain.errors import InvalidArgumentError, NonFiniteLossError
 from edgetrain.planner import ActivationDecision, Executor, ParamDecision, Plan, Precision
+from edgetrain.runtime._lean import LeanBackward
 from edgetrain.runtime._paging import PagingStore
 
 _BN = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
@@ -211,18 +213,27 @@ class Trainer:
                 for m in self.model.modules():
                     if isinstance(m, _BN):
                         m.eval()
-        mb = self.plan.micro_batch_size
-        n = x.shape[0]
         self._apply_schedule()
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
         # In-place updates apply inside backward, so a non-finite loss must be caught before
         # backward runs: check each micro-batch's loss first.
-        total = 0.0
-        finite = True
         self._skip_update = False
         if self.store is not None:
             self.store.begin_step((x, y))
+        lean = (
+            LeanBackward(self.model, self.plan.plain_activations)
+            if self.plan.lean_backward
+            else contextlib.nullcontext()
+        )
+        with lean:
+            total, finite = self._micro_batches(x, y)
+        return self._finish(total, finite)
+
+    def _micro_batches(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, bool]:
+        """Forward and backward of each micro-batch; (summed loss, whether all were finite)."""
+        mb, n = self.plan.micro_batch_size, x.shape[0]
+        total = 0.0
         for i in range(0, n, mb):
             if self.store is not None:
                 self.store.reset()
@@ -230,13 +241,15 @@ class Trainer:
             if mb < n:  # accumulate the batch mean over micro-batches
                 loss = loss * (min(mb, n - i) / n)
             if not torch.isfinite(loss):
-                finite = False
                 self._skip_update = True
                 del loss
-                break
+                return total, False
             total += float(loss.detach())
             loss.backward()
             del loss
+        return total, True
+
+    def _finish(self, total: float, finite: bool) -> float:
         if not finite:
             if self.optimizer is not None:
                 self.optimizer.zero_grad(set_to_none=True)

@@ -10,11 +10,15 @@ the block's output. The projection starts at zero, so the transformed model comp
 what the pretrained one did. The classifier (the new task's head) trains too, as in the paper.
 The memory saving comes from what autograd no longer saves: frozen weights need no input
 activations for their gradients, and the lite residuals work at a quarter of the resolution.
-`memory_saving` reports full fine-tuning's peak over TinyTL's (the paper: up to 6.5x).
-Batch norm stays in training mode (`freeze_batch_norm=False`), unlike the planner's own sparse
-candidates (NOTE [ Batch norm under a sparse update ]): the BN biases are among what TinyTL
-trains. On the bench's mbv2-w0.35 task freezing the statistics instead measured 27.2 % against
-25.2 % (one seed, within run-to-run noise), so the strategy keeps the live default.
+On the PyTorch executor the plan runs the lean backward (NOTE [ Lean backward ] in
+runtime/_lean.py): a convolution with a frozen weight saves nothing, ReLU6 saves a 1-bit mask,
+frozen batch norm saves nothing. `memory_saving` reports full fine-tuning's peak over TinyTL's
+(the paper: up to 6.5x).
+Batch norm statistics are frozen (`freeze_batch_norm=True`, running statistics, as the
+planner's own sparse candidates: NOTE [ Batch norm under a sparse update ]); the BN biases
+still train. Batch-statistics BN needs its input for its input gradient, so a live BN would
+keep every BN input of the backbone. On the bench's mbv2-w0.35 task frozen statistics measured
+27.2 % against 25.2 % live (one seed, at 37ab6a2).
 
 Not reproduced: the paper's group normalisation inside the lite residual and its feature
 extractor adaptation (searching a sub-network); where a block's output has an odd side
@@ -139,7 +143,7 @@ def prepare(
         policy=",".join(names),
         allow_paging=False,
         name=name,
-        freeze_batch_norm=False,
+        freeze_batch_norm=True,
     )
     n_lite = sum(1 for m in tl.modules() if isinstance(m, LiteResidual))
     return Prepared(

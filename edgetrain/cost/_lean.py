@@ -1,0 +1,95 @@
+"""What a node saves under the PyTorch executor's lean backward (no torch).
+
+NOTE [ Lean saved tensors ]
+    Under a schedule with `lean_backward` the runtime routes some calls to lean autograd
+    Functions (NOTE [ Lean backward ] in runtime/_lean.py). The cost model applies the same
+    rules, by operator category, to the node's inputs and to which of them need a gradient:
+      - a convolution whose weight is frozen saves nothing (the weight is resident); its
+        backward computes no weight gradient, so its kernel workspace is the one profiled
+        without it (`weight_grad=False`);
+      - relu / hardtanh (relu6) / leaky_relu save a packed 1-bit mask of ceil(n / 8) bytes
+        instead of a tensor; packing and unpacking work in chunks of `MASK_CHUNK` elements and
+        hold two chunk-sized byte temporaries while they run (read from the allocator);
+      - eval-mode batch norm with a frozen (or no) scale saves nothing;
+      - every other node saves what `saved_for_backward` says (products already save an
+        operand only when the other one needs a gradient).
+    A mask is not always less: where another node saves the very tensor the activation would
+    save (a trainable convolution's input, an average pool's input), plain PyTorch's save costs
+    nothing and the mask adds its bytes. So the plan names such activations
+    (`Plan.plain_activations`, chosen by `plain_activation_sites`) and they run plain. An
+    activation is named by its site, `module#k`: the k-th relu-family call inside a call of
+    the module that runs it (the innermost module of the exported node); the runtime counts
+    the same way, so the two agree for every module that is called once per forward.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from edgetrain.ir import Graph, Node, OpKind, TensorRole
+
+MASK_CHUNK = 1 << 14
+"""Elements the runtime packs per pass (`edgetrain.runtime._lean.MASK_CHUNK`)."""
+
+_MASKED_FNS = frozenset({"relu", "hardtanh", "leaky_relu", "relu6"})
+
+
+@dataclass(frozen=True, slots=True)
+class LeanSaves:
+    """A node's saves under lean backward: the IR tensors it still saves, the bytes of the
+    packed mask it makes for itself, and its kernels' transients beyond the plain ones."""
+
+    saved: tuple[str, ...]
+    mask_bytes: int = 0
+    forward_workspace_bytes: int = 0
+    backward_workspace_bytes: int = 0
+    weight_grad: bool = True
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+def is_masked_activation(node: Node) -> bool:
+    """relu / relu6 / hardtanh / leaky_relu, as a legacy node or a lowered primitive."""
+    if node.op in (OpKind.RELU, OpKind.HARDTANH):
+        return True
+    return node.op is OpKind.ELEMENTWISE and node.attr("fn") in _MASKED_FNS
+
+
+def activation_sites(graph: Graph) -> dict[int, str]:
+    """Node index -> site (`module#k`) of every relu-family node (NOTE above)."""
+    counts: dict[str, int] = {}
+    out: dict[int, str] = {}
+    for i, n in enumerate(graph.nodes):
+        if is_masked_activation(n):
+            k = counts.get(n.module, 0)
+            counts[n.module] = k + 1
+            out[i] = f"{n.module}#{k}"
+    return out
+
+
+def _bn_weight(graph: Graph, node: Node) -> str | None:
+    """The scale of a batch norm (its first parameter of two), None without an affine pair."""
+    params = [i for i in node.inputs[1:] if graph.tensor(i).role is TensorRole.PARAMETER]
+    return params[0] if len(params) == 2 else None
+
+
+def lean_saves(graph: Graph, node: Node, requires_grad: frozenset[str]) -> LeanSaves | None:
+    """The lean rule of `node` (NOTE [ Lean saved tensors ]); None where it runs as plain
+    PyTorch (then `saved_for_backward` applies)."""
+    if node.op in (OpKind.CONV2D, OpKind.CONV1D):
+        if node.inputs[1] in requires_grad:
+            return None
+        return LeanSaves((), weight_grad=False)
+    if is_masked_activation(node):
+        n = _numel(graph.tensor(node.output).shape)
+        chunk = 2 * min(8 * math.ceil(n / 8), MASK_CHUNK)
+        return LeanSaves((), math.ceil(n / 8), chunk, chunk)
+    if node.op is OpKind.BATCH_NORM and node.attr("training") is False:
+        w = _bn_weight(graph, node)
+        if w is not None and w in requires_grad:
+            return None
+        return LeanSaves(())
+    return None

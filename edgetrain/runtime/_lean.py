@@ -1,0 +1,306 @@
+"""Lean backward: each operator saves only what the gradients the plan asks for need.
+
+NOTE [ Lean backward ]
+    PyTorch's convolution saves its input whenever anything downstream needs a gradient, even
+    when its weight is frozen; ReLU-family activations save a float32 tensor where one bit per
+    element decides the gradient; eval-mode batch norm saves its input although its input
+    gradient is a per-channel scale. Under a plan with `lean_backward` the Trainer runs its
+    steps inside `LeanBackward`, a `TorchFunctionMode` (pushed for the step, forward and
+    backward, so checkpoint's re-runs see it too, and popped after) that routes these calls to
+    custom `autograd.Function`s:
+      - `conv1d` / `conv2d` with a frozen weight: saves nothing (the weight is resident); its
+        backward is ATen's own `convolution_backward` with the weight's gradient masked out
+        and the input given by its sizes (as `torch.nn.grad.conv2d_input` does), so the input
+        and bias gradients are plain PyTorch's bit for bit;
+      - `relu`, `relu6`, `hardtanh`, `leaky_relu`: a packed bit mask, 1 bit per element (the
+        one predicate the backward formula of derivatives.yaml tests), made and read in chunks
+        of `MASK_CHUNK` elements so the transient bool tensor stays small;
+      - `batch_norm` in eval mode with a frozen (or no) scale: saves nothing; its backward is
+        ATen's `native_batch_norm_backward` with the incoming gradient standing in for the
+        input, which an eval-mode input or bias gradient never reads.
+    An activation whose saved tensor another node saves anyway keeps plain PyTorch's save: the
+    plan names it by its site, `module#k`, the k-th relu-family call inside one call of the
+    innermost module running it (`Plan.plain_activations`, NOTE [ Lean saved tensors ]);
+    `LeanBackward` tracks the module calls with global forward hooks (removable handles,
+    filtered to the model's modules) while it is active.
+    Linear and matmul need no help: their generated backward already saves an operand only
+    when the other one needs a gradient. Everything else runs as plain PyTorch. The cost model
+    applies the same rules (`edgetrain.cost.lean_saved`, NOTE [ Lean saved tensors ]).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+MASK_CHUNK = 1 << 14
+"""Elements packed (or unpacked) per pass; a multiple of 8 (`edgetrain.cost.MASK_CHUNK`)."""
+
+_BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+
+
+def _pack(flat: torch.Tensor, predicate) -> torch.Tensor:
+    """`predicate(flat)` as a bit mask: ceil(n / 8) bytes, bit j of byte i is element 8i + j."""
+    n = flat.numel()
+    packed = torch.empty((n + 7) // 8, dtype=torch.uint8, device=flat.device)
+    for a in range(0, n, MASK_CHUNK):
+        m = predicate(flat[a : a + MASK_CHUNK])
+        if m.numel() % 8:
+            m = F.pad(m.view(torch.uint8), (0, 8 - m.numel() % 8))
+        bits = m.view(torch.uint8).view(-1, 8) * _BIT_WEIGHTS
+        del m  # at most two chunk-sized temporaries live at once
+        torch.sum(bits, 1, dtype=torch.uint8, out=packed[a // 8 : (a + MASK_CHUNK) // 8])
+        del bits
+    return packed
+
+
+def _unpack(packed: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    """Elements [a, b) of a packed mask as a bool tensor (a is a multiple of 8)."""
+    chunk = packed[a // 8 : (b + 7) // 8]
+    bits = chunk.unsqueeze(1) & _BIT_WEIGHTS
+    return bits.view(-1)[: b - a] != 0
+
+
+class _MaskedActivation(torch.autograd.Function):
+    """relu / relu6 / hardtanh / leaky_relu saving one bit per element."""
+
+    @staticmethod
+    def forward(ctx, x, fn, predicate, negative_slope):
+        out = fn(x)
+        packed = _pack(x.reshape(-1), predicate)
+        ctx.save_for_backward(packed)
+        ctx.negative_slope = negative_slope
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (packed,) = ctx.saved_tensors
+        g = g.contiguous()
+        flat = g.reshape(-1)
+        grad = torch.empty_like(g)
+        out = grad.view(-1)
+        slope = ctx.negative_slope
+        for a in range(0, flat.numel(), MASK_CHUNK):
+            gc, dst = flat[a : a + MASK_CHUNK], out[a : a + MASK_CHUNK]
+            m = _unpack(packed, a, a + gc.numel())
+            if slope is None:
+                torch.where(m, gc, gc.new_zeros(()), out=dst)
+            else:  # leaky_relu_backward: self > 0 ? grad : grad * negval, with no temporary
+                torch.where(m, gc, torch.mul(gc, slope, out=dst), out=dst)
+            del m  # at most two chunk-sized temporaries live at once
+        return grad, None, None, None
+
+
+def _relu_mask(x: torch.Tensor) -> torch.Tensor:
+    return ~(x <= 0)  # threshold_backward: result <= 0 -> 0 (NaN passes)
+
+
+def _hardtanh_mask(lo: float, hi: float):
+    def _inside(x: torch.Tensor) -> torch.Tensor:
+        return ~((x <= lo) | (x >= hi))  # hardtanh_backward
+
+    return _inside
+
+
+def _positive(x: torch.Tensor) -> torch.Tensor:
+    return x > 0  # leaky_relu_backward: self > 0 ? grad : grad * negval
+
+
+def _masked(x, fn, predicate, negative_slope=None, inplace=False):
+    if inplace or not x.requires_grad or not x.is_contiguous() or not x.is_floating_point():
+        return None
+    return _MaskedActivation.apply(x, fn, predicate, negative_slope)
+
+
+def _relu(input, inplace=False):
+    return _masked(input, torch.relu, _relu_mask, inplace=inplace)
+
+
+def _tensor_relu(self):
+    return _relu(self)
+
+
+def _relu6(input, inplace=False):
+    return _masked(input, F.relu6, _hardtanh_mask(0.0, 6.0), inplace=inplace)
+
+
+def _hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False):
+    fn = lambda t: F.hardtanh(t, min_val, max_val)  # noqa: E731
+    return _masked(input, fn, _hardtanh_mask(min_val, max_val), inplace=inplace)
+
+
+def _leaky_relu(input, negative_slope=0.01, inplace=False):
+    fn = lambda t: F.leaky_relu(t, negative_slope)  # noqa: E731
+    return _masked(input, fn, _positive, negative_slope=negative_slope, inplace=inplace)
+
+
+class _FrozenConv(torch.autograd.Function):
+    """A convolution whose weight is frozen: input and bias gradients, nothing saved."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        nd = weight.dim() - 2
+        out = torch.convolution(x, weight, bias, stride, padding, dilation, False, [0] * nd, groups)
+        ctx.save_for_backward(weight)
+        ctx.conf = (tuple(x.shape), stride, padding, dilation, groups)
+        ctx.bias_sizes = None if bias is None else list(bias.shape)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (weight,) = ctx.saved_tensors
+        shape, stride, padding, dilation, groups = ctx.conf
+        need_x, _, need_b = ctx.needs_input_grad[:3]
+        nd = weight.dim() - 2
+        gx, _, gb = torch.ops.aten.convolution_backward(
+            g,
+            g.new_empty(1).expand(shape),  # sizes only: a frozen weight needs no input values
+            weight,
+            ctx.bias_sizes,
+            stride,
+            padding,
+            dilation,
+            False,
+            [0] * nd,
+            groups,
+            [need_x, False, need_b],
+        )
+        return gx, None, gb, None, None, None, None
+
+
+def _expand(v, nd: int) -> list[int]:
+    return [int(v)] * nd if isinstance(v, int) else [int(e) for e in v]
+
+
+def _conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    if weight.requires_grad or isinstance(padding, str):
+        return None  # the weight's gradient needs the input: plain PyTorch
+    if not (input.requires_grad or (bias is not None and bias.requires_grad)):
+        return None
+    nd = weight.dim() - 2
+    args = (_expand(stride, nd), _expand(padding, nd), _expand(dilation, nd), int(groups))
+    return _FrozenConv.apply(input, weight, bias, *args)
+
+
+class _FrozenBatchNorm(torch.autograd.Function):
+    """Eval-mode batch norm with a frozen scale: input and bias gradients, nothing saved."""
+
+    @staticmethod
+    def forward(ctx, x, running_mean, running_var, weight, bias, eps):
+        out = F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps)
+        ctx.save_for_backward(running_mean, running_var, weight)
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        rm, rv, w = ctx.saved_tensors
+        need_x, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[4]
+        g = g.contiguous()
+        # eval mode: neither gradient reads the input; `g` stands in for it (same sizes and
+        # layout, so ATen takes the same path as plain autograd)
+        gx, _, gb = torch.ops.aten.native_batch_norm_backward(
+            g, g, w, rm, rv, None, None, False, ctx.eps, [need_x, False, need_b]
+        )
+        return gx, None, None, None, gb, None
+
+
+def _batch_norm(
+    input,
+    running_mean,
+    running_var,
+    weight=None,
+    bias=None,
+    training=False,
+    momentum=0.1,
+    eps=1e-5,
+):
+    if training or running_mean is None or running_var is None:
+        return None
+    if weight is not None and weight.requires_grad:
+        return None  # the scale's gradient needs the normalised input
+    if not (input.requires_grad or (bias is not None and bias.requires_grad)):
+        return None
+    if not input.is_contiguous():
+        return None
+    return _FrozenBatchNorm.apply(input, running_mean, running_var, weight, bias, eps)
+
+
+_HANDLERS = {
+    torch.conv1d: _conv,
+    torch.conv2d: _conv,
+    F.batch_norm: _batch_norm,
+}
+_ACTIVATIONS = {
+    F.relu: _relu,
+    torch.relu: _relu,
+    torch.Tensor.relu: _tensor_relu,
+    F.relu6: _relu6,
+    F.hardtanh: _hardtanh,
+    F.leaky_relu: _leaky_relu,
+}
+
+
+class LeanBackward(TorchFunctionMode):
+    """Routes the calls of NOTE [ Lean backward ] to their lean `autograd.Function`s while
+    active; every other call (and these, where the rule does not apply, or an activation
+    site in `plain_sites`) runs unchanged. `model`'s module calls are tracked to name sites."""
+
+    def __init__(self, model: torch.nn.Module, plain_sites=()) -> None:
+        super().__init__()
+        self.plain_sites = frozenset(plain_sites)
+        self.paths = {m: name for name, m in model.named_modules()}
+        self.calls: list[list] = []  # [module path, relu-family calls so far] per active call
+        self._handles: list = []
+
+    def __enter__(self):
+        hooks = torch.nn.modules.module
+        self._handles = [
+            hooks.register_module_forward_pre_hook(self._enter_module),
+            hooks.register_module_forward_hook(self._leave_module, always_call=True),
+        ]
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.calls.clear()
+        return super().__exit__(*exc)
+
+    def _enter_module(self, module, args) -> None:
+        path = self.paths.get(module)
+        if path is not None:
+            self.calls.append([path, 0])
+
+    def _leave_module(self, module, args, output) -> None:
+        if module in self.paths and self.calls:
+            self.calls.pop()
+
+    def _site(self) -> str:
+        if not self.calls:
+            return "#"
+        call = self.calls[-1]
+        call[1] += 1
+        return f"{call[0]}#{call[1] - 1}"
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not torch.is_grad_enabled():
+            return func(*args, **kwargs)
+        handler = _HANDLERS.get(func)
+        if handler is None and func in _ACTIVATIONS and self._site() not in self.plain_sites:
+            handler = _ACTIVATIONS[func]
+        if handler is not None:
+            out = handler(*args, **kwargs)
+            if out is not None:
+                return out
+        return func(*args, **kwargs)
+
+
+def mask_bytes(numel: int) -> int:
+    """Bytes of a packed 1-bit mask of `numel` elements."""
+    return math.ceil(numel / 8)

@@ -1,0 +1,212 @@
+"""Lean backward (NOTE [ Lean backward ], NOTE [ Lean saved tensors ]): the same parameters as
+plain PyTorch, autograd's own saved tensors, and predictions against the allocator."""
+
+import contextlib
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import edgetrain
+from edgetrain.models import build_model
+from edgetrain.planner import ParamDecision, Plan, StepRequest
+from edgetrain.runtime import PYTORCH_RUNNER, Trainer
+from edgetrain.runtime._lean import LeanBackward
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+class _Mixed(nn.Module):
+    """Every lean rule: conv1d and conv2d (with and without bias), eval BN, relu as a module,
+    a function and a method, relu6, hardtanh, leaky relu, a trainable linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=True)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.act = nn.ReLU()
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.c3 = nn.Conv1d(8, 16, 3, padding=1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.bn1(self.c1(x)))
+        h = F.relu6(self.bn2(self.c2(h)))
+        h = F.hardtanh(h, -0.5, 2.0).flatten(2)
+        h = F.leaky_relu(self.c3(h), 0.1).relu()
+        return self.head(F.relu(h.mean(2)))
+
+
+def _mixed():
+    torch.manual_seed(0)
+    m = _Mixed()
+    with torch.no_grad():  # non-trivial running statistics
+        for bn in (m.bn1, m.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    return m, torch.randn(1, 3, 16, 16)
+
+
+def _plain_sgd(model, plan, x, y, steps, lr):
+    """The oracle: plain PyTorch SGD on the plan's trainable set, BN frozen as the plan says."""
+    m = copy.deepcopy(model)
+    m.train()
+    if plan.freeze_batch_norm:
+        for mod in m.modules():
+            if isinstance(mod, _BN):
+                mod.eval()
+    trainable = {p.name for p in plan.params if p.decision is ParamDecision.TRAINABLE}
+    params = []
+    for n, p in m.named_parameters():
+        p.requires_grad_(n in trainable)
+        if n in trainable:
+            params.append(p)
+    opt = torch.optim.SGD(params, lr=lr)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+    return m
+
+
+def _plan(model, x, policy, batch, device="rpi4", **kw):
+    return edgetrain.plan(
+        model,
+        x,
+        device=device,
+        batch_size=batch,
+        budget_bytes=1 << 33,
+        strategy="keep-all",
+        policy=policy,
+        freeze_batch_norm=True,
+        measure=False,
+        **kw,
+    )
+
+
+CASES = [("mixed", "bias-only"), ("mixed", "last:2"), ("mcu-cnn", "bias-only")]
+
+
+@pytest.mark.parametrize("name,policy", CASES)
+def test_lean_steps_give_plain_pytorch_parameters(name, policy):
+    # Prepare
+    model, x = _mixed() if name == "mixed" else build_model(name, pretrained=False)
+    plan = _plan(model, x, policy, 4, name=name)
+    g = torch.Generator().manual_seed(1)
+    xb = torch.randn(4, *x.shape[1:], generator=g)
+    yb = torch.randint(0, 10, (4,), generator=g)
+    ours = copy.deepcopy(model)
+    # Execute
+    with Trainer(ours, plan, lr=0.1) as t:
+        for _ in range(3):
+            t.step(xb, yb)
+    oracle = _plain_sgd(model, plan, xb, yb, 3, 0.1)
+    # Assert: the plan ran lean, and every parameter is plain PyTorch's, bit for bit
+    assert plan.lean_backward
+    moved = 0
+    for (n, a), b in zip(ours.named_parameters(), oracle.parameters()):
+        assert torch.equal(a, b), n
+        moved += not torch.equal(a, dict(model.named_parameters())[n])
+    assert moved == sum(p.decision is ParamDecision.TRAINABLE for p in plan.params)
+
+
+def test_frozen_layers_save_only_bit_masks():
+    # Prepare: every weight frozen, the biases train (TinyTL-B); autograd's pack hook is the oracle
+    model, x = _mixed()
+    model.train()
+    for m in model.modules():
+        if isinstance(m, _BN):
+            m.eval()
+    for n, p in model.named_parameters():
+        p.requires_grad_(n.endswith("bias"))
+    state = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    xb = torch.randn(4, *x.shape[1:])
+    saved: dict[str, list[torch.Tensor]] = {"plain": [], "lean": []}
+
+    def run(kind, ctx):
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in state:
+                saved[kind].append(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
+            F.cross_entropy(model(xb), torch.zeros(4, dtype=torch.long)).backward()
+
+    # Execute
+    run("plain", contextlib.nullcontext())
+    run("lean", LeanBackward(model))
+    # Assert: plain saves float activations; lean saves packed uint8 masks (1 bit per element)
+    # and the head's input and the loss's own tensors
+    assert sum(t.dtype == torch.float32 and t.dim() == 4 for t in saved["plain"]) >= 4
+    lean_fp = [t for t in saved["lean"] if t.is_floating_point() and t.numel() > 100]
+    assert not lean_fp, [tuple(t.shape) for t in lean_fp]
+    masks = [t for t in saved["lean"] if t.dtype == torch.uint8]
+    # relu (4x8x8x8), relu6 and hardtanh (4x8x8x8), leaky + .relu() (4x16x64), relu (4x16)
+    expected = [4 * 8 * 8 * 8 // 8] * 3 + [4 * 16 * 64 // 8] * 2 + [4 * 16 // 8]
+    assert sorted(t.numel() for t in masks) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    "name,policy,batch,device",
+    [
+        ("mcu-cnn", "bias-only", 8, "nrf52840"),
+        ("kws-dscnn", "last:2", 8, "rpi4"),
+        ("mbv2-block", "last:3", 8, "rpi4"),
+        ("mixed", "bias-only", 8, "rpi4"),
+    ],
+)
+def test_lean_plans_predict_the_allocator(name, policy, batch, device):
+    # Prepare
+    model, x = _mixed() if name == "mixed" else build_model(name, pretrained=False)
+    lean = _plan(model, x, policy, batch, device, name=name)
+    plain = Plan.from_dict({**lean.to_dict(), "lean_backward": False, "plain_activations": []})
+    xb = x.expand(batch, *x.shape[1:]).contiguous()
+    yb = torch.zeros(batch, dtype=torch.long)
+    # Execute
+    measured = {
+        p.lean_backward: PYTORCH_RUNNER.measured_peak_bytes(
+            StepRequest(copy.deepcopy(model), p, xb, yb)
+        )
+        for p in (lean, plain)
+    }
+    # Assert: the prediction is the allocator's peak, and lean is never above plain PyTorch
+    assert lean.predicted_peak_bytes == pytest.approx(measured[True], rel=0.02)
+    assert measured[True] <= measured[False]
+
+
+def test_trainer_leaves_no_mode_or_hook_behind():
+    # Prepare
+    model, x = _mixed()
+    plan = _plan(model, x, "bias-only", 2, name="mixed")
+    pre = dict(torch.nn.modules.module._global_forward_pre_hooks)
+    post = dict(torch.nn.modules.module._global_forward_hooks)
+    # Execute
+    with Trainer(model, plan) as t:
+        t.step(torch.randn(2, 3, 16, 16), torch.zeros(2, dtype=torch.long))
+        inside = torch.overrides._get_current_function_mode_stack()
+    # Assert: the mode is active only inside a step; global hooks are removed
+    assert inside == []
+    assert torch.overrides._get_current_function_mode_stack() == []
+    assert dict(torch.nn.modules.module._global_forward_pre_hooks) == pre
+    assert dict(torch.nn.modules.module._global_forward_hooks) == post
+
+
+def test_plans_without_lean_fields_load_as_plain_pytorch():
+    # Prepare
+    model, x = _mixed()
+    plan = _plan(model, x, "bias-only", 2, name="mixed")
+    d = json.loads(plan.to_json())
+    # Execute
+    old = {k: v for k, v in d.items() if k not in ("lean_backward", "plain_activations")}
+    loaded = Plan.from_dict(old)
+    again = Plan.from_json(plan.to_json())
+    # Assert
+    assert plan.lean_backward and not loaded.lean_backward
+    assert loaded.plain_activations == ()
+    assert again == plan
+    with pytest.raises(edgetrain.errors.PlanFileError, match="lean_backward"):
+        Plan.from_dict({**d, "lean_backward": "yes"})
