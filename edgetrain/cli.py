@@ -565,8 +565,9 @@ def _add_plan_parser(sub) -> None:
         "--policy",
         type=cli_type(validate.policy),
         default=None,
-        help="what trains: all, bias-only, last:K, parameter names, or fisher "
-        "(needs --calibration)",
+        help="what trains: all, bias-only, last:K, parameter names, fisher "
+        "(needs --calibration), or lora:R[:MODULES] (rank-R adapters on linear and 1x1 "
+        "conv layers, e.g. lora:8:query,key,value)",
     )
     pl.add_argument(
         "--calibration",

@@ -352,6 +352,7 @@ LOSS_HELP = (
 
 _POLICY_WORDS = ("all", "full", "bias-only", "fisher")
 _LAST = re.compile(r"last:(.*)", re.DOTALL)
+_LORA = re.compile(r"lora:([1-9][0-9]{0,3})(:[^\s:]+)?")
 
 
 def policy(value: object) -> str:
@@ -364,6 +365,13 @@ def policy(value: object) -> str:
         raise InvalidArgumentError(f"{what} must be a string, got {value!r}; {forms}")
     text = value.strip()
     if text in _POLICY_WORDS:
+        return text
+    if text.startswith("lora"):
+        if not _LORA.fullmatch(text) or int(text.split(":")[1]) > 4096:
+            raise InvalidArgumentError(
+                f"bad {what} {value!r}: expected lora:R or lora:R:MODULES (R a rank in "
+                "1..4096, MODULES comma-separated module names), e.g. lora:8:query,key,value"
+            )
         return text
     m = _LAST.fullmatch(text)
     if m:

@@ -21,6 +21,7 @@ on-device-training users bring, written as they write them (GRU, LSTM, Multihead
 Conv1d, dropout, F.relu6, concatenation, ...).
 """
 
+from edgetrain.models._lora import LoraSpec, add_lora, lora_targets, merge_lora, parse_lora
 from edgetrain.models._registry import (
     ModelInfo,
     build_model,
@@ -32,9 +33,14 @@ from edgetrain.models._zoo import ZOO, ZooEntry
 
 __all__ = [
     "ZOO",
+    "LoraSpec",
     "ModelInfo",
     "ZooEntry",
+    "add_lora",
     "build_model",
+    "lora_targets",
+    "merge_lora",
+    "parse_lora",
     "model_info",
     "model_loss",
     "model_names",

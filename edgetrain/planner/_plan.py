@@ -145,6 +145,10 @@ class Plan:
     # activation sites (`module#k`) that keep plain PyTorch's saved tensor under lean backward
     # because another node saves that tensor anyway (NOTE [ Lean saved tensors ])
     plain_activations: tuple[str, ...] = ()
+    # LoRA adapters (NOTE [ LoRA adapters ] in models/_lora.py): rank and the adapted module
+    # paths; the Trainer adds them to a model that lacks them and merges them on exit
+    lora_rank: int = 0
+    lora_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0 or self.micro_batch_size <= 0:
@@ -305,17 +309,23 @@ class _PlanReader:
         "model device strategy objective budget_bytes batch_size micro_batch_size optimizer "
         "in_place_update params stages predicted deadline_s freeze_batch_norm executor "
         "precision schema_version notes budget_forced model_sha256 loss input_shape input_dtype "
-        "predicted_peak_bytes weight_decay schedule lean_backward plain_activations"
+        "predicted_peak_bytes weight_decay schedule lean_backward plain_activations lora_rank "
+        "lora_modules"
     ).split()
     # fields a version-1 file may leave out (they had defaults then)
     _V1_OPTIONAL = frozenset(
         "deadline_s freeze_batch_norm executor precision notes budget_forced model_sha256 "
         "loss input_shape input_dtype predicted_peak_bytes weight_decay schedule "
-        "lean_backward plain_activations".split()
+        "lean_backward plain_activations lora_rank lora_modules".split()
     )
     _V2_OPTIONAL = frozenset(
         "deadline_s loss input_shape input_dtype predicted_peak_bytes weight_decay schedule "
-        "lean_backward plain_activations".split()
+        "lean_backward plain_activations lora_rank lora_modules".split()
+    )
+
+    _LATER = frozenset(  # optional in version 3 too: added without a version bump
+        "deadline_s predicted_peak_bytes lean_backward plain_activations lora_rank "
+        "lora_modules".split()
     )
 
     def __init__(self, d: Any) -> None:
@@ -392,9 +402,7 @@ class _PlanReader:
                 f"plan schema_version {version!r} is not {PLAN_SCHEMA_VERSION} (or 1, 2); re-run "
                 "`edgetrain plan` with this version of edgetrain"
             )
-        optional = {1: self._V1_OPTIONAL, 2: self._V2_OPTIONAL}.get(
-            version, {"deadline_s", "predicted_peak_bytes", "lean_backward", "plain_activations"}
-        )
+        optional = {1: self._V1_OPTIONAL, 2: self._V2_OPTIONAL}.get(version, set(self._LATER))
         self.obj(d, "", self._TOP, optional)
         opt = d["optimizer"]
         if not isinstance(opt, str) or opt not in {o.value for o in Optimizer}:
@@ -450,15 +458,16 @@ class _PlanReader:
             weight_decay=self.weight_decay(d.get("weight_decay", 0.0)),
             schedule=self.schedule(d.get("schedule", "constant")),
             lean_backward=self.bool_(d.get("lean_backward", False), "lean_backward"),
-            plain_activations=self.sites(d.get("plain_activations", [])),
+            plain_activations=self.sites(d.get("plain_activations", []), "plain_activations"),
+            lora_rank=self.int_(d.get("lora_rank", 0), "lora_rank", 0),
+            lora_modules=self.sites(d.get("lora_modules", []), "lora_modules"),
             **self.input_spec(d.get("input_shape"), d.get("input_dtype")),
         )
 
-    def sites(self, v: Any) -> tuple[str, ...]:
-        items = self.array(v, "plain_activations")
+    def sites(self, v: Any, where: str) -> tuple[str, ...]:
+        items = self.array(v, where)
         return tuple(
-            self.str_(s, f"plain_activations[{i}]", empty=True, limit=1024)
-            for i, s in enumerate(items)
+            self.str_(s, f"{where}[{i}]", empty=True, limit=1024) for i, s in enumerate(items)
         )
 
     def weight_decay(self, v: Any) -> float:

@@ -71,6 +71,8 @@ def plan(
         comes last. A device on which none fits gets one error listing each executor's reason.
     """
     req = request.replace(**options) if request is not None else PlanRequest(**options)
+    if req.policy is not None and req.policy.startswith("lora"):
+        return _plan_lora(model, example_input, req)
     dev = load_device(req.device)
     search = Search(
         model,
@@ -100,6 +102,39 @@ def plan(
     raise PlanInfeasibleError(
         f"no executor has a plan for {search.budget_bytes:,} bytes on {dev.name}{deadline}: "
         + " | ".join(f"{label}: {e}" for label, e in errors)
+    )
+
+
+def _plan_lora(model: torch.nn.Module, example_input: torch.Tensor, req: PlanRequest) -> Plan:
+    """`policy lora:R[:MODULES]`: a copy of `model` with adapters (NOTE [ LoRA adapters ]) is
+    planned with the adapters and the task's head (the last linear layer, when not adapted)
+    as its trainable set, on the PyTorch executor; the plan records the rank and the adapted
+    modules, so the Trainer adds the same adapters to the user's model."""
+    from edgetrain.models import LoraSpec, add_lora, lora_targets, parse_lora
+
+    if req.executor not in (None, Executor.PYTORCH) or req.precision not in (None, Precision.FP32):
+        raise InvalidArgumentError(
+            f"policy {req.policy!r} trains LoRA adapters on the PyTorch executor in fp32; drop "
+            "--executor/--precision or use another policy for the C executor"
+        )
+    spec: LoraSpec = parse_lora(req.policy or "")
+    adapted = copy.deepcopy(model)
+    targets = lora_targets(adapted, spec)
+    add_lora(adapted, LoraSpec(spec.rank, tuple(targets)))
+    linears = [n for n, m in adapted.named_modules() if isinstance(m, torch.nn.Linear)]
+    head = [linears[-1]] if linears and linears[-1] not in targets else []
+    names = [f"{t}.lora_{k}" for t in targets for k in "ab"] + [
+        n for n, _ in adapted.named_parameters() if any(n.startswith(h + ".") for h in head)
+    ]
+    p = plan(
+        adapted,
+        example_input,
+        req.replace(policy=",".join(names), executor=Executor.PYTORCH, precision=Precision.FP32),
+    )
+    note = f"trainable policy: {req.policy} ({len(targets)} adapters of rank {spec.rank}"
+    note += f", head {head[0]})" if head else ")"
+    return dataclasses.replace(
+        p, lora_rank=spec.rank, lora_modules=tuple(targets), notes=(note, *p.notes[1:])
     )
 
 

@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from edgetrain import validate
 from edgetrain.errors import InvalidArgumentError, NonFiniteLossError
+from edgetrain.models import LoraSpec, add_lora, merge_lora
 from edgetrain.planner import ActivationDecision, Executor, ParamDecision, Plan, Precision
 from edgetrain.runtime._lean import LeanBackward
 from edgetrain.runtime._paging import PagingStore
@@ -88,6 +89,7 @@ class Trainer:
 
     # -- set-up and tear-down ----------------------------------------------------------------
     def __enter__(self) -> "Trainer":
+        self._add_adapters()
         named = dict(self.model.named_parameters())
         modules = dict(self.model.named_modules())
         unknown = [p.name for p in self.plan.params if p.name not in named]
@@ -159,6 +161,24 @@ class Trainer:
             )
         self._entered = True
         return self
+
+    def _add_adapters(self) -> None:
+        """A LoRA plan's adapters (NOTE [ LoRA adapters ]) on a model that lacks them; merged
+        into the weights on exit, so the model leaves the Trainer as a plain trained model."""
+        if not self.plan.lora_rank:
+            return
+        modules = dict(self.model.named_modules())
+        missing = [p for p in self.plan.lora_modules if p not in modules]
+        if missing:
+            raise InvalidArgumentError(
+                f"the plan adapts modules the model lacks: {missing[:3]}; was the plan made for "
+                f"model {self.plan.model!r}?"
+            )
+        todo = [p for p in self.plan.lora_modules if not hasattr(modules[p], "lora_a")]
+        if not todo:
+            return  # the caller's model carries the adapters (and keeps them)
+        handles = add_lora(self.model, LoraSpec(self.plan.lora_rank, tuple(todo)))
+        self._restore.insert(0, functools.partial(merge_lora, self.model, handles))
 
     def __exit__(self, *exc) -> None:
         for h in self._handles:
