@@ -31,7 +31,7 @@ import torch
 from edgetrain.capture import example_target, loss_function
 from edgetrain.errors import ExportUnsupportedError, OutputPathError
 from edgetrain.export._checks import MOMENTUM, check_exportable, trainable_names
-from edgetrain.export._program import METHOD, ProgramMemory, export_program, tensor_specs
+from edgetrain.export._program import METHOD, PREFIX, ProgramMemory, export_program, tensor_specs
 from edgetrain.export._readme import readme
 from edgetrain.planner import Plan
 from edgetrain.storage import TEMP_PREFIX, fsync_dir, write_json_atomic, write_text_atomic
@@ -240,6 +240,7 @@ def _manifest(model, plan: Plan, lr: float, program, memory: ProgramMemory, out:
         "trainable": [
             {
                 "name": n,
+                "program_name": PREFIX + n,  # as the runtime's named_parameters() names it
                 "shape": list(params[n].shape),
                 "dtype": str(params[n].dtype).removeprefix("torch."),
                 "bytes": params[n].numel() * params[n].element_size(),

@@ -23,34 +23,27 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LossModel", "ProgramMemory", "export_program", "tensor_specs"]
+__all__ = ["PREFIX", "LossModel", "ProgramMemory", "export_program", "tensor_specs"]
 
 METHOD = "forward"
 
 
+PREFIX = "model."
+"""What the program's tensor names add to the model's (`LossModel` holds the model as `model`)."""
+
+
 class LossModel(torch.nn.Module):
     """`model` and its loss as one module: `forward(x, y) -> (loss, output.detach())`, the
-    loss first, as ExecuTorch's joint export wants it. The model's submodules, parameters and
-    buffers are registered at the top level, so the program names every tensor exactly as
-    `model.named_parameters()` does (no wrapper prefix)."""
+    loss first, as ExecuTorch's joint export wants it. The program names each tensor
+    `model.<name>` (`PREFIX`); the manifest and `ExecuTorchProgram` give the model's names."""
 
     def __init__(self, model: torch.nn.Module, loss_fn) -> None:
         super().__init__()
-        object.__setattr__(self, "_model", model)  # not a submodule: no name prefix
-        for name, child in model.named_children():
-            self.add_module(name, child)
-        for name, p in model._parameters.items():
-            if p is not None:
-                self.register_parameter(name, p)
-        for name, b in model._buffers.items():
-            if b is not None:
-                self.register_buffer(
-                    name, b, persistent=name not in model._non_persistent_buffers_set
-                )
+        self.model = model
         self._loss_fn = loss_fn
 
     def forward(self, x: torch.Tensor, y: torch.Tensor):
-        out = self._model(x)
+        out = self.model(x)
         return self._loss_fn(out, y), out.detach()
 
 
@@ -63,9 +56,13 @@ def export_program(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Te
     from torch.export.experimental import _export_forward_backward
 
     ep = torch.export.export(LossModel(model, loss_fn), (x, y), strict=False)
+    ep = _unfused(ep)
     ep = _export_forward_backward(ep, joint_loss_index=0)
+    _drop_aliases(ep)
     grads = tuple(
-        o.target for o in ep.graph_signature.output_specs if o.kind.name == "GRADIENT_TO_PARAMETER"
+        o.target.removeprefix(PREFIX)
+        for o in ep.graph_signature.output_specs
+        if o.kind.name == "GRADIENT_TO_PARAMETER"
     )
     # the joint graph holds ops outside the edge dialect's checked set (their gradients)
     edge = to_edge(ep, compile_config=EdgeCompileConfig(_check_ir_validity=False))
@@ -73,6 +70,61 @@ def export_program(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Te
         ExecutorchBackendConfig(external_constants=True, external_mutable_weights=True)
     )
     return manager, grads
+
+
+# NOTE [ Fused kernels are exported as their mathematics ]
+#     A fused operator whose backward has no ExecuTorch kernel (attention: PyTorch picks
+#     `_scaled_dot_product_flash_attention_for_cpu`, whose backward has no out variant) is
+#     decomposed into its reference mathematics before the joint export (PyTorch's own
+#     decomposition table: matmuls and a softmax), so its backward is made of portable
+#     kernels. The result equals the fused kernel's to fp32 rounding (tests/test_export.py
+#     trains a transformer encoder both ways).
+def _fused_ops() -> dict:
+    from torch._decomp import core_aten_decompositions, decomposition_table
+
+    aten = torch.ops.aten
+    core = core_aten_decompositions()
+    return {
+        aten.scaled_dot_product_attention.default: core[aten.scaled_dot_product_attention.default],
+        aten._scaled_dot_product_flash_attention_for_cpu.default: decomposition_table[
+            aten._scaled_dot_product_flash_attention_for_cpu.default
+        ],
+    }
+
+
+def _unfused(ep):
+    """`ep` with its fused operators decomposed (NOTE above); `ep` itself when it has none."""
+    table = _fused_ops()
+    if not any(n.op == "call_function" and n.target in table for n in ep.graph.nodes):
+        return ep
+    return ep.run_decompositions(table)
+
+
+# NOTE [ Aliases in the joint graph ]
+#     The joint forward-backward graph refers to the tensors backward saves through
+#     `aten.alias` nodes (a ReLU's output is aliased twice before `threshold_backward` reads
+#     it). An alias is a view in PyTorch, but the edge dialect turns it into `alias_copy`, which
+#     ExecuTorch runs as a real copy with its own planned buffer: mcu-cnn at batch 8 held each
+#     ReLU output twice more, 150 KB of its 550 KB plan. Nothing in a training graph writes to
+#     these tensors in place (functionalised), so an alias that is not itself a program output
+#     is the tensor it aliases: `_drop_aliases` rewires its users to that tensor before lowering.
+
+
+def _drop_aliases(ep) -> int:
+    """Remove `aten.alias` nodes that are not outputs (NOTE above); returns how many."""
+    graph = ep.graph_module.graph
+    dropped = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not torch.ops.aten.alias.default:
+            continue
+        if any(u.op == "output" for u in node.users):
+            continue
+        node.replace_all_uses_with(node.args[0])
+        graph.erase_node(node)
+        dropped += 1
+    if dropped:
+        ep.graph_module.recompile()
+    return dropped
 
 
 _ELEMENT_BYTES = {"BYTE": 1, "CHAR": 1, "BOOL": 1, "SHORT": 2, "HALF": 2, "BFLOAT16": 2}

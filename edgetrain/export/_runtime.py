@@ -10,7 +10,7 @@ import torch
 
 from edgetrain.errors import InvalidArgumentError, OutputPathError
 from edgetrain.export._export import manifest_of
-from edgetrain.export._program import METHOD
+from edgetrain.export._program import METHOD, PREFIX
 
 __all__ = ["ExecuTorchProgram", "load_program"]
 
@@ -56,7 +56,10 @@ class ExecuTorchProgram:
 
     def named_parameters(self) -> dict[str, torch.Tensor]:
         """The trainable tensors as the runtime holds them (after the first step)."""
-        return {k: v.detach().clone() for k, v in self.module.named_parameters().items()}
+        return {
+            k.removeprefix(PREFIX): v.detach().clone()
+            for k, v in self.module.named_parameters().items()
+        }
 
 
 def load_program(out_dir: "str | os.PathLike[str]", *, lr: float | None = None):
