@@ -27,6 +27,7 @@ _EXPORTS = {
     "BenchConfig": "edgetrain.strategies._bench",
     "config_from_args": "edgetrain.strategies._bench",
     "run_bench": "edgetrain.strategies._bench",
+    "register": "edgetrain.strategies._cli",
 }
 
 __all__ = sorted(_EXPORTS)

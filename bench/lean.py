@@ -1,0 +1,153 @@
+"""Lean backward and LoRA on the PyTorch executor (issue 15): predicted and measured peaks.
+
+    .venv/bin/python bench/lean.py [--quick] [--out results/bench-lean]
+
+Rows (batch 8, strategy keep-all, BN statistics frozen, PyTorch executor, this host):
+  - mbv2-w0.35 at 3x128x128: full fine-tuning, bias-only (TinyTL-B), the `tinytl` strategy
+    (biases + lite residuals + head), and the model's inference peak (eval, no grad: the floor
+    of any exact eager step);
+  - `last:2` on mbv2-w0.35, mcunet, resnet18-cifar, kws-dscnn, vit-tiny: lean and plain;
+  - minilm (seq 128) on rpi4: lora:8 on query/key/value, last:2, full (skipped by --quick).
+Each row: the plan's prediction (no host check) and two real steps' allocator peak
+(`PYTORCH_RUNNER`, NOTE [ The measured training step ]). Writes lean.json and lean.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import edgetrain
+from edgetrain.measure import MemoryMeter, storage_bytes
+from edgetrain.models import build_model
+from edgetrain.planner import Plan, StepRequest
+from edgetrain.runtime import PYTORCH_RUNNER
+from edgetrain.strategies._full import prepare as full_prepare
+from edgetrain.strategies._tinytl import prepare as tinytl_prepare
+
+BATCH = 8
+BIG = 1 << 36
+
+
+def _batch(model, x):
+    xb = x.expand(BATCH, *x.shape[1:]).contiguous()
+    return xb, torch.zeros(BATCH, dtype=torch.long)
+
+
+def _measure(model, plan: Plan, x) -> int:
+    xb, yb = _batch(model, x)
+    return PYTORCH_RUNNER.measured_peak_bytes(StepRequest(copy.deepcopy(model), plan, xb, yb))
+
+
+def _row(name, what, plan: Plan, measured: int) -> dict:
+    p = plan.predicted_peak_bytes
+    return {
+        "model": name,
+        "plan": what,
+        "lean_backward": plan.lean_backward,
+        "predicted_peak_bytes": p,
+        "measured_peak_bytes": measured,
+        "error_pct": round(100 * (p - measured) / measured, 3),
+    }
+
+
+def _plan(model, x, name, policy, device="rpi4"):
+    return edgetrain.plan(
+        model,
+        x,
+        device=device,
+        batch_size=BATCH,
+        budget_bytes=BIG,
+        strategy="keep-all",
+        policy=policy,
+        freeze_batch_norm=True,
+        executor="pytorch",
+        measure=False,
+        name=name,
+    )
+
+
+def _inference_peak(model, x) -> int:
+    m = copy.deepcopy(model).eval()
+    xb, yb = _batch(model, x)
+    with torch.no_grad():
+        m(xb)
+        with MemoryMeter(storage_bytes([*m.parameters(), *m.buffers(), xb, yb])) as meter:
+            out = m(xb)
+            del out
+    assert meter.trace is not None
+    return meter.trace.peak_bytes
+
+
+def tinytl_rows() -> list[dict]:
+    torch.manual_seed(0)
+    model, x = build_model("mbv2-w0.35", pretrained=False)
+    rows = []
+    for what, prep in (("full", full_prepare), ("tinytl", tinytl_prepare)):
+        p = prep(model, x, device="rpi4", budget_bytes=BIG, batch_size=BATCH, name="mbv2-w0.35")
+        plan = dataclasses.replace(p.plan, notes=())
+        rows.append(_row("mbv2-w0.35", what, plan, _measure(p.model, plan, x)))
+    plan = _plan(model, x, "mbv2-w0.35", "bias-only")
+    rows.append(_row("mbv2-w0.35", "bias-only", plan, _measure(model, plan, x)))
+    rows.append(
+        {
+            "model": "mbv2-w0.35",
+            "plan": "inference (eval, no grad)",
+            "measured_peak_bytes": _inference_peak(model, x),
+        }  # fmt: skip
+    )
+    return rows
+
+
+def last_k_rows() -> list[dict]:
+    rows = []
+    for name in ("mbv2-w0.35", "mcunet", "resnet18-cifar", "kws-dscnn", "vit-tiny"):
+        torch.manual_seed(0)
+        model, x = build_model(name, pretrained=False)
+        lean = _plan(model, x, name, "last:2")
+        plain = dataclasses.replace(lean, lean_backward=False, plain_activations=())
+        for p in (lean, plain):
+            rows.append(_row(name, "last:2", p, _measure(model, p, x)))
+    return rows
+
+
+def lora_rows(device: str) -> list[dict]:
+    torch.manual_seed(0)
+    model, x = build_model("minilm", pretrained=False)
+    rows = []
+    for policy in ("lora:8:query,key,value", "last:2", "all"):
+        p = _plan(model, x, "minilm", policy, device)
+        rows.append(_row("minilm", f"{policy} ({device})", p, _measure(model, p, x)))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="skip minilm")
+    ap.add_argument("--out", default="results/bench-lean")
+    args = ap.parse_args(argv)
+    rows = tinytl_rows() + last_k_rows() + ([] if args.quick else lora_rows("rpi4"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lean.json").write_text(json.dumps(rows, indent=2))
+    lines = ["| model | plan | lean | predicted | measured | error |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        pred = r.get("predicted_peak_bytes")
+        lines.append(
+            f"| {r['model']} | {r['plan']} | {r.get('lean_backward', '-')} | "
+            f"{'-' if pred is None else f'{pred:,}'} | {r['measured_peak_bytes']:,} | "
+            f"{r.get('error_pct', '-')} |"
+        )
+    (out / "lean.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
