@@ -24,7 +24,7 @@ import torch
 
 import edgetrain
 from edgetrain.export import load_program
-from edgetrain.models import build_model
+from edgetrain.models import build_model, model_loss
 from edgetrain.planner import Executor
 
 # model, device, batch size, policy, optimizer, lr
@@ -58,7 +58,7 @@ def run_case(name: str, steps: int) -> dict:
     t0 = time.perf_counter()
     plan = edgetrain.plan(
         model, example, device=device, batch_size=batch, policy=policy,
-        optimizer=optimizer, executor="executorch", freeze_batch_norm=True,
+        optimizer=optimizer, executor="executorch", freeze_batch_norm=True, loss=model_loss(name),
     )  # fmt: skip
     t_plan = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as d:
