@@ -116,6 +116,45 @@ ET_AI void k_fwd4_k3(const float *restrict xg, const float *restrict wo, float *
     }
     y[0] = a0 + bias; y[1] = a1 + bias; y[2] = a2 + bias; y[3] = a3 + bias;
 }
+/* 2 outputs of a row, 3x3 (dilation 1), every tap inside horizontally */
+ET_AI void k_fwd2_k3(const float *restrict xg, const float *restrict wo, float *restrict y,
+                     float bias, int cig, int HW, int W, int kh0, int kh1, int xoff, int S) {
+    float a0 = 0.0f, a1 = 0.0f;
+    for (int ic = 0; ic < cig; ic++) {
+        const float *xr = xg + ((ptrdiff_t)ic * HW + xoff + kh0 * W);
+        const float *wr = wo + (ic * 3 + kh0) * 3;
+        for (int kh = kh0; kh < kh1; kh++, xr += W, wr += 3) {
+            const float w0 = wr[0], w1 = wr[1], w2 = wr[2];
+            a0 += xr[0] * w0; a0 += xr[1] * w1; a0 += xr[2] * w2;
+            a1 += xr[S] * w0; a1 += xr[S + 1] * w1; a1 += xr[S + 2] * w2;
+        }
+    }
+    y[0] = a0 + bias; y[1] = a1 + bias;
+}
+/* one border output of a 3x3 kernel (dilation 1) whose taps [KA, KB) are inside */
+ET_AI float k_fwd1_k3p(const float *restrict xg, const float *restrict wo, int cig, int HW,
+                       int W, int kh0, int kh1, int xoff, int KA, int KB) {
+    float a = 0.0f;
+    for (int ic = 0; ic < cig; ic++) {
+        const float *xr = xg + ((ptrdiff_t)ic * HW + xoff + kh0 * W);
+        const float *wr = wo + (ic * 3 + kh0) * 3;
+        for (int kh = kh0; kh < kh1; kh++, xr += W, wr += 3)
+#pragma GCC unroll 3
+            for (int kw = KA; kw < KB; kw++) a += xr[kw] * wr[kw];
+    }
+    return a;
+}
+/* its transpose */
+ET_AI void k_bwd1_k3p(float *restrict dxg, const float *restrict wo, float d, int cig, int HW,
+                      int W, int kh0, int kh1, int xoff, int KA, int KB) {
+    for (int ic = 0; ic < cig; ic++) {
+        float *dr = dxg + ((ptrdiff_t)ic * HW + xoff + kh0 * W);
+        const float *wr = wo + (ic * 3 + kh0) * 3;
+        for (int kh = kh0; kh < kh1; kh++, dr += W, wr += 3)
+#pragma GCC unroll 3
+            for (int kw = KA; kw < KB; kw++) dr[kw] += wr[kw] * d;
+    }
+}
 /* one output whose 3 taps are all inside (3x3, dilation 1) */
 ET_AI float k_fwd1_k3(const float *restrict xg, const float *restrict wo, int cig, int HW,
                       int W, int kh0, int kh1, int xoff) {
@@ -234,13 +273,30 @@ ET_AI void k_wgrad_k3(const float *restrict dyo, const float *restrict xc, float
         for (int ow = 0; ow < c0; ow++) k_wg_px(a, dr[ow], xc, H, W, ih, ow * S - pw);
         const float *x0 = xc + (ih * W + c0 * S - pw);
         const float *x1 = x0 + W, *x2 = x1 + W;
-        for (int ow = c0; ow < c1; ow++, x0 += S, x1 += S, x2 += S) {
+        int ow = c0;
+        for (; ow + 2 <= c1; ow += 2, x0 += 2 * S, x1 += 2 * S, x2 += 2 * S) {
+            /* two outputs: their windows share a column (stride 2) or two (stride 1) */
+            const float d = dr[ow], e = dr[ow + 1];
+            const float p0 = x0[0], p1 = x0[1], p2 = x0[2], p3 = x0[S], p4 = x0[S + 1];
+            const float p5 = x0[S + 2];
+            a[0] += d * p0; a[1] += d * p1; a[2] += d * p2;
+            a[0] += e * p3; a[1] += e * p4; a[2] += e * p5;
+            const float q0 = x1[0], q1 = x1[1], q2 = x1[2], q3 = x1[S], q4 = x1[S + 1];
+            const float q5 = x1[S + 2];
+            a[3] += d * q0; a[4] += d * q1; a[5] += d * q2;
+            a[3] += e * q3; a[4] += e * q4; a[5] += e * q5;
+            const float r0 = x2[0], r1 = x2[1], r2 = x2[2], r3 = x2[S], r4 = x2[S + 1];
+            const float r5 = x2[S + 2];
+            a[6] += d * r0; a[7] += d * r1; a[8] += d * r2;
+            a[6] += e * r3; a[7] += e * r4; a[8] += e * r5;
+        }
+        for (; ow < c1; ow++, x0 += S, x1 += S, x2 += S) {
             const float d = dr[ow];
             a[0] += d * x0[0]; a[1] += d * x0[1]; a[2] += d * x0[2];
             a[3] += d * x1[0]; a[4] += d * x1[1]; a[5] += d * x1[2];
             a[6] += d * x2[0]; a[7] += d * x2[1]; a[8] += d * x2[2];
         }
-        for (int ow = c1; ow < Wo; ow++) k_wg_px(a, dr[ow], xc, H, W, ih, ow * S - pw);
+        for (ow = c1; ow < Wo; ow++) k_wg_px(a, dr[ow], xc, H, W, ih, ow * S - pw);
     }
     for (int t = 0; t < 9; t++) g[t] += a[t];
 }
@@ -358,9 +414,15 @@ static void conv2d_fwd(const float *x, const float *w, const float *b, float *y,
             const int ih0 = oh * sh - ph;
             float *yr = yo + oh * Wo;
             int ow = 0;
-            for (; ow < ca; ow++)
-                yr[ow] = k_px(xg, wo, cig, H, W, KH, KW, kh0, kh1, k_lo(ow, sw, pw, dw),
-                              k_hi(ow, sw, pw, W, KW, dw), ih0, ow * sw - pw, dh, dw) + bias;
+            for (; ow < ca; ow++) {
+                const int kw0 = k_lo(ow, sw, pw, dw), kw1 = k_hi(ow, sw, pw, W, KW, dw);
+                if (k3 && kw0 == 1 && kw1 == 3)
+                    yr[ow] = k_fwd1_k3p(xg, wo, cig, HW, W, kh0, kh1, ih0 * W + ow * sw - pw, 1,
+                                        3) + bias;
+                else
+                    yr[ow] = k_px(xg, wo, cig, H, W, KH, KW, kh0, kh1, kw0, kw1, ih0,
+                                  ow * sw - pw, dh, dw) + bias;
+            }
             if (k3) {
                 for (; ow + 4 <= cb; ow += 4) {
                     if (sw == 1)
@@ -370,6 +432,14 @@ static void conv2d_fwd(const float *x, const float *w, const float *b, float *y,
                         k_fwd4_k3(xg, wo, yr + ow, bias, cig, HW, W, kh0, kh1,
                                   ih0 * W + ow * sw - pw, 2);
                 }
+                for (; ow + 2 <= cb; ow += 2) {
+                    if (sw == 1)
+                        k_fwd2_k3(xg, wo, yr + ow, bias, cig, HW, W, kh0, kh1,
+                                  ih0 * W + ow - pw, 1);
+                    else
+                        k_fwd2_k3(xg, wo, yr + ow, bias, cig, HW, W, kh0, kh1,
+                                  ih0 * W + ow * sw - pw, 2);
+                }
                 for (; ow < cb; ow++)
                     yr[ow] = k_fwd1_k3(xg, wo, cig, HW, W, kh0, kh1, ih0 * W + ow * sw - pw)
                              + bias;
@@ -377,9 +447,15 @@ static void conv2d_fwd(const float *x, const float *w, const float *b, float *y,
                 for (; ow + 4 <= cb; ow += 4)
                     k_fwd4(xg, wo, yr + ow, bias, cig, HW, W, KH, KW, kh0, kh1,
                            ih0 * W + ow * sw - pw, dh, sw, dw);
-            for (; ow < Wo; ow++)
-                yr[ow] = k_px(xg, wo, cig, H, W, KH, KW, kh0, kh1, k_lo(ow, sw, pw, dw),
-                              k_hi(ow, sw, pw, W, KW, dw), ih0, ow * sw - pw, dh, dw) + bias;
+            for (; ow < Wo; ow++) {
+                const int kw0 = k_lo(ow, sw, pw, dw), kw1 = k_hi(ow, sw, pw, W, KW, dw);
+                if (k3 && kw0 == 0 && kw1 == 2)
+                    yr[ow] = k_fwd1_k3p(xg, wo, cig, HW, W, kh0, kh1, ih0 * W + ow * sw - pw, 0,
+                                        2) + bias;
+                else
+                    yr[ow] = k_px(xg, wo, cig, H, W, KH, KW, kh0, kh1, kw0, kw1, ih0,
+                                  ow * sw - pw, dh, dw) + bias;
+            }
         }
     }
 }
@@ -415,9 +491,15 @@ static void conv2d_bwd_input(const float *dy, const float *w, float *dx, int acc
             const int ih0 = oh * sh - ph;
             const float *dr = dyo + oh * Wo;
             int ow = 0;
-            for (; ow < ca; ow++)
-                k_px_bwd(dxg, wo, dr[ow], cig, H, W, KH, KW, kh0, kh1, k_lo(ow, sw, pw, dw),
-                         k_hi(ow, sw, pw, W, KW, dw), ih0, ow * sw - pw, dh, dw);
+            for (; ow < ca; ow++) {
+                const int kw0 = k_lo(ow, sw, pw, dw), kw1 = k_hi(ow, sw, pw, W, KW, dw);
+                if (k3 && kw0 == 1 && kw1 == 3)
+                    k_bwd1_k3p(dxg, wo, dr[ow], cig, HW, W, kh0, kh1, ih0 * W + ow * sw - pw, 1,
+                               3);
+                else
+                    k_px_bwd(dxg, wo, dr[ow], cig, H, W, KH, KW, kh0, kh1, kw0, kw1, ih0,
+                             ow * sw - pw, dh, dw);
+            }
             if (k3 && (sw == 1 || sw == 2)) {
                 for (; ow + 4 <= cb; ow += 4) {
                     if (sw == 1)
@@ -432,9 +514,15 @@ static void conv2d_bwd_input(const float *dy, const float *w, float *dx, int acc
                 for (; ow + 4 <= cb; ow += 4)
                     k_bwd4(dxg, wo, dr + ow, cig, HW, W, KH, KW, kh0, kh1,
                            ih0 * W + ow * sw - pw, dh, sw, dw);
-            for (; ow < Wo; ow++)
-                k_px_bwd(dxg, wo, dr[ow], cig, H, W, KH, KW, kh0, kh1, k_lo(ow, sw, pw, dw),
-                         k_hi(ow, sw, pw, W, KW, dw), ih0, ow * sw - pw, dh, dw);
+            for (; ow < Wo; ow++) {
+                const int kw0 = k_lo(ow, sw, pw, dw), kw1 = k_hi(ow, sw, pw, W, KW, dw);
+                if (k3 && kw0 == 0 && kw1 == 2)
+                    k_bwd1_k3p(dxg, wo, dr[ow], cig, HW, W, kh0, kh1, ih0 * W + ow * sw - pw, 0,
+                               2);
+                else
+                    k_px_bwd(dxg, wo, dr[ow], cig, H, W, KH, KW, kh0, kh1, kw0, kw1, ih0,
+                             ow * sw - pw, dh, dw);
+            }
         }
     }
 }
@@ -534,8 +622,9 @@ static void bn_fwd(const float *x, const float *mean, const float *invstd, const
     for (int c = 0; c < C; c++) {
         const float a = invstd[c] * gamma[c];
         const float s = beta[c] - mean[c] * a;
-        const float *xc = x + ((size_t)n * C + c) * P;
-        float *yc = y + ((size_t)n * C + c) * P;
+        const float *restrict xc = x + ((size_t)n * C + c) * P;
+        float *restrict yc = y + ((size_t)n * C + c) * P;
+#pragma GCC unroll 4
         for (int p = 0; p < P; p++) yc[p] = xc[p] * a + s;
     }
 }
@@ -548,19 +637,33 @@ static void bn_bwd(const float *dy, const float *x, const float *mean, const flo
                    float *gamma, float *beta, float *dx, int acc, float lr, int train,
                    int B, int C, int P) {
     for (int c = 0; c < C; c++) {
-        const float a = invstd[c] * gamma[c];
+        const float mc = mean[c], ic = invstd[c], a = ic * gamma[c];
         float gg = 0.0f, gb = 0.0f;
-        if (train) {
+        if (train && dx && !acc) {  /* one pass: each dy read once, then dx written over it */
             for (int n = 0; n < B; n++) {
                 const float *dyc = dy + ((size_t)n * C + c) * P;
                 const float *xc = x + ((size_t)n * C + c) * P;
+                float *dxc = dx + ((size_t)n * C + c) * P;
+#pragma GCC unroll 2
                 for (int p = 0; p < P; p++) {
-                    gg += dyc[p] * ((xc[p] - mean[c]) * invstd[c]);
-                    gb += dyc[p];
+                    const float d = dyc[p];
+                    gg += d * ((xc[p] - mc) * ic);
+                    gb += d;
+                    dxc[p] = d * a;
+                }
+            }
+        } else if (train) {
+            for (int n = 0; n < B; n++) {
+                const float *restrict dyc = dy + ((size_t)n * C + c) * P;
+                const float *restrict xc = x + ((size_t)n * C + c) * P;
+                for (int p = 0; p < P; p++) {
+                    const float d = dyc[p];
+                    gg += d * ((xc[p] - mc) * ic);
+                    gb += d;
                 }
             }
         }
-        if (dx) {
+        if (dx && !(train && !acc)) {
             for (int n = 0; n < B; n++) {
                 const float *dyc = dy + ((size_t)n * C + c) * P;
                 float *dxc = dx + ((size_t)n * C + c) * P;
@@ -578,14 +681,18 @@ static void bn_bwd(const float *dy, const float *x, const float *mean, const flo
     # ------------------------------------------------------------- element-wise -----------
     "relu_fwd": r"""
 static void relu_fwd(const float *x, float *y, int n) {
-    for (int i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+#pragma GCC unroll 4
+    for (int i = 0; i < n; i++) { const float v = x[i]; y[i] = v > 0.0f ? v : 0.0f; }
 }
 """,
     "relu_bwd": r"""
 /* from the output: y > 0 exactly where x > 0 */
 static void relu_bwd(const float *y, const float *dy, float *dx, int acc, int n) {
     if (acc) { for (int i = 0; i < n; i++) dx[i] += y[i] > 0.0f ? dy[i] : 0.0f; }
-    else for (int i = 0; i < n; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+    else {
+#pragma GCC unroll 4
+        for (int i = 0; i < n; i++) { const float d = dy[i]; dx[i] = y[i] > 0.0f ? d : 0.0f; }
+    }
 }
 """,
     "hardtanh_fwd": r"""

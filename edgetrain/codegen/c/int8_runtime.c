@@ -15,6 +15,11 @@
 
 static inline int64_t rq(int64_t acc, int32_t m0, int32_t shift) {
     const int n = 31 - shift;
+    if (n >= 33 && acc == (int32_t)acc) {  /* the usual case: the same value from the high
+                                              word alone (one SMLAL and one shift on Arm) */
+        const int64_t t = (int64_t)(int32_t)acc * m0 + (int64_t)((uint64_t)(1u << (n - 33)) << 32);
+        return (int32_t)(t >> 32) >> (n - 32);
+    }
     return (acc * (int64_t)m0 + ((int64_t)1 << (n - 1))) >> n;
 }
 static inline int8_t clamp8(int64_t v, int lo, int hi) {
