@@ -248,6 +248,8 @@ def minimum_per_mac(case: KernelCase) -> float:
         return 1.0
     if case.role == "forward":
         return 0.5
+    if dense:  # batch 1: each int8 weight is converted (and, for the update, re-rounded) once
+        return 8.0 if case.role == "weight-gradient" else 3.25
     return 1.0
 
 
@@ -265,4 +267,7 @@ def minimum_per_mac(case: KernelCase) -> float:
 #     multiply-adds and stores each weight (3.0).
 #   int8 forward: 1 SMLAD per 2 MACs, unpacking amortised over outputs: 0.5.
 #   int8 backward (the float surrogate of QAS, float on the MCU): 1 VFMA per MAC, the int8 ->
-#     float conversions (VMOV + VCVT) amortised over reuse: 1.0.
+#     float conversions (VMOV + VCVT) amortised over reuse: 1.0. Dense at batch 1 reuses no
+#     weight: the input gradient converts each (VMOV + VCVT + VFMA, a quarter LDR: 3.25), and
+#     the QAS update re-rounds each one (load, VMOV, VCVT, VFMA, VCVT back, VMOV, saturate,
+#     STRB: 8.0 per weight, which is per MAC at batch 1).
