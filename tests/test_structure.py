@@ -144,7 +144,7 @@ def test_every_cli_flag_is_documented_in_docs_cli_md():
 
     doc = (ROOT / "docs" / "cli.md").read_text()
     commands = ["devices", "models", "profile", "plan", "train", "data", "demo", "compile",
-                "mcu-run", "bench", "federate"]  # fmt: skip
+                "mcu-run", "bench", "federate", "export"]  # fmt: skip
     missing = []
     # Execute: walk the parsers (nested ones too: `data inspect`)
     for command in commands:
