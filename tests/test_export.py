@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -259,3 +260,29 @@ def test_edgetrain_export_is_the_function_and_the_package():
 
     assert callable(edgetrain.export) and callable(package)
     assert package.export is export
+
+
+def test_an_operator_without_an_executorch_kernel_is_refused_and_the_policy_avoids_it(tmp_path):
+    # Prepare: kws-dscnn's AvgPool2d, whose backward has no kernel in ExecuTorch 1.5.1
+    model, example = build_model("kws-dscnn")
+    full, head = (
+        edgetrain.plan(
+            model,
+            example,
+            device="rpi4",
+            batch_size=2,
+            policy=policy,
+            executor="executorch",
+            freeze_batch_norm=True,
+        )
+        for policy in ("all", "last:1")
+    )
+    # Execute / Assert: refused at export (not at the first step on the device), naming it
+    with pytest.raises(ExportUnsupportedError, match="avg_pool2d_backward") as e:
+        export(model, full, tmp_path / "all")
+    assert "--policy" in str(e.value)
+    export(model, head, tmp_path / "head")
+    loss = load_program(tmp_path / "head").step(
+        torch.randn(2, *example.shape[1:]), torch.tensor([0, 1])
+    )
+    assert math.isfinite(loss) and loss > 0

@@ -105,6 +105,7 @@ def export(
             f"trains ({', '.join(missing[:3])}): the loss does not depend on them; re-plan "
             "with a --policy that leaves them frozen"
         )
+    _check_kernels(manager.executorch_program, plan)
     memory = ProgramMemory.of(manager.executorch_program, momentum=plan.optimizer == "momentum")
     out.mkdir(parents=True, exist_ok=True)
     _write_bytes(out / "model.pte", manager.buffer)
@@ -159,6 +160,28 @@ def example_batch(
         out = model(x)
     loss = plan.loss if not plan.loss.startswith("custom:") else None
     return x, example_target(loss, out, None, target_example)
+
+
+def _check_kernels(program, plan: Plan) -> None:
+    """`ExportUnsupportedError` unless ExecuTorch's kernel library (as its runtime registers
+    it) has a kernel for every operator of the program: a missing backward kernel would
+    otherwise fail only on the device, at the first step (error 0x14, operator missing)."""
+    from executorch.extension.pybindings.portable_lib import _get_operator_names
+
+    have = set(_get_operator_names())
+    ops = {
+        f"{o.name}.{o.overload}" if o.overload else o.name
+        for p in program.execution_plan
+        for o in p.operators
+    }
+    missing = sorted(ops - have)
+    if missing:
+        raise ExportUnsupportedError(
+            f"ExecuTorch's kernel library has no kernel for {len(missing)} operator(s) of the "
+            f"training program: {', '.join(missing)}; the layers they differentiate cannot "
+            "be trained through. Re-plan with a --policy whose trainable layers all come after "
+            "them (e.g. --policy last:1), or use a model without that layer"
+        )
 
 
 def _output_dir(path: "str | os.PathLike[str]", force: bool) -> Path:
