@@ -30,6 +30,7 @@ NOTE [ Lean backward ]
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -271,6 +272,18 @@ class LeanBackward(TorchFunctionMode):
         self.calls.clear()
         return super().__exit__(*exc)
 
+    @contextlib.contextmanager
+    def rerun(self, path: str):
+        """Checkpoint's re-run of the stage module `path` (called as a function, without its
+        hooks) inside backward: the mode is on and the stage's call frame is counted."""
+        TorchFunctionMode.__enter__(self)
+        self.calls.append([path, 0])
+        try:
+            yield
+        finally:
+            self.calls.pop()
+            TorchFunctionMode.__exit__(self, None, None, None)
+
     def _enter_module(self, module, args) -> None:
         path = self.paths.get(module)
         if path is not None:
@@ -289,6 +302,17 @@ class LeanBackward(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is torch.Tensor.backward:
+            # the mode is popped while its handler runs; backward re-runs checkpointed stages,
+            # which must save what their forward saved: keep the mode on for the backward
+            tensor, *rest = args
+            if "gradient" in kwargs:
+                kwargs["grad_tensors"] = kwargs.pop("gradient")
+            TorchFunctionMode.__enter__(self)
+            try:  # Tensor.backward's own body, without its torch-function dispatch
+                return torch.autograd.backward(tensor, *rest, **kwargs)
+            finally:
+                TorchFunctionMode.__exit__(self, None, None, None)
         if not torch.is_grad_enabled():
             return func(*args, **kwargs)
         handler = _HANDLERS.get(func)

@@ -135,7 +135,8 @@ class Trainer:
                 original = mod.forward
                 if stage.decision is ActivationDecision.RECOMPUTE:
                     bns = tuple(m for m in mod.modules() if isinstance(m, _BN))
-                    mod.forward = functools.partial(_checkpointed, original, bns)
+                    lean = functools.partial(self._lean_rerun, path)
+                    mod.forward = functools.partial(_checkpointed, original, bns, lean)
                 else:
                     if self.store is None:
                         self.store = PagingStore(self.paging_dir)
@@ -161,6 +162,12 @@ class Trainer:
             )
         self._entered = True
         return self
+
+    _lean: LeanBackward | None = None  # the step's lean mode while a step runs
+
+    def _lean_rerun(self, path: str):
+        """Checkpoint's re-run of stage `path` inside backward runs lean as its forward did."""
+        return self._lean.rerun(path) if self._lean is not None else contextlib.nullcontext()
 
     def _add_adapters(self) -> None:
         """A LoRA plan's adapters (NOTE [ LoRA adapters ]) on a model that lacks them; merged
@@ -241,13 +248,13 @@ class Trainer:
         self._skip_update = False
         if self.store is not None:
             self.store.begin_step((x, y))
-        lean = (
-            LeanBackward(self.model, self.plan.plain_activations)
-            if self.plan.lean_backward
-            else contextlib.nullcontext()
-        )
-        with lean:
-            total, finite = self._micro_batches(x, y)
+        if self.plan.lean_backward:
+            self._lean = LeanBackward(self.model, self.plan.plain_activations)
+        try:
+            with self._lean if self._lean is not None else contextlib.nullcontext():
+                total, finite = self._micro_batches(x, y)
+        finally:
+            self._lean = None
         return self._finish(total, finite)
 
     def _micro_batches(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, bool]:
@@ -384,7 +391,7 @@ def _mask_rows(p: torch.Tensor, k: int) -> None:
         p.grad[k:].zero_()
 
 
-def _checkpointed(forward, batch_norms, *args, **kwargs):
+def _checkpointed(forward, batch_norms, lean_rerun, *args, **kwargs):
     # No RNG state is stashed: a plan never recomputes a stage that draws random numbers
     # (NOTE [ Random ops are not recomputed ]), and the 5 KB CPU generator state per stage
     # would matter on an MCU budget.
@@ -393,13 +400,33 @@ def _checkpointed(forward, batch_norms, *args, **kwargs):
         *args,
         use_reentrant=False,
         preserve_rng_state=False,
-        context_fn=functools.partial(_recompute_contexts, batch_norms),
+        context_fn=functools.partial(_recompute_contexts, batch_norms, lean_rerun),
         **kwargs,
     )
 
 
-def _recompute_contexts(batch_norms):
-    return contextlib.nullcontext(), _RunningStatsFrozen(batch_norms)
+def _recompute_contexts(batch_norms, lean_rerun):
+    return contextlib.nullcontext(), _Rerun(batch_norms, lean_rerun)
+
+
+class _Rerun:
+    """What checkpoint's re-run of a stage runs under: BN statistics frozen, and the step's
+    lean mode (NOTE [ Lean backward ]) when the plan has one. Entered at the re-run only."""
+
+    def __init__(self, batch_norms, lean_rerun) -> None:
+        self.stats = _RunningStatsFrozen(batch_norms)
+        self.lean_rerun = lean_rerun
+        self._stack: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(self.stats)
+        self._stack.enter_context(self.lean_rerun())
+
+    def __exit__(self, *exc) -> None:
+        assert self._stack is not None
+        self._stack.__exit__(*exc)
+        self._stack = None
 
 
 class _RunningStatsFrozen:
