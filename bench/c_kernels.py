@@ -117,7 +117,7 @@ def markdown(res: dict) -> str:
     for r in res["kernels"]:
         lines.append(
             f"| {r['layer']} | {r['precision']} | {r['role']} | `{r['kernel']}` | "
-            f"{r['instructions_per_mac']:.2f} | {r['minimum_per_mac']:.1f} |"
+            f"{r['instructions_per_mac']:.2f} | {r['minimum_per_mac']:.2f} |"
         )
     if res.get("models"):
         lines += [
