@@ -68,8 +68,9 @@ static inline int k_hi(int o, int s, int p, int n, int K) { int v = n + p - o * 
 #define ET_DSP 1
 static inline uint32_t q_ld4(const int8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline uint32_t q_ror8(uint32_t v) { return (v >> 8) | (v << 24); }
-/* sum (x - zx) * w over n values for two weight rows at once (each input unpacked once) */
-static inline void q_dot2(const int8_t *x, int zx, const int8_t *w0, const int8_t *w1, int n,
+/* sum (x - zx) * w over n values for two weight rows at once (each input unpacked once);
+   kept out of line so its register allocation does not depend on the caller */
+static __attribute__((noinline)) void q_dot2(const int8_t *x, int zx, const int8_t *w0, const int8_t *w1, int n,
                           int32_t *s0, int32_t *s1) {
     const int16x2_t zz = (int16x2_t)(((uint32_t)(uint16_t)zx << 16) | (uint16_t)zx);
     int32_t a0 = 0, a1 = 0;
@@ -115,6 +116,28 @@ static inline int32_t q_win3(const int8_t *xg, ptrdiff_t xoff, size_t HW, int W,
     }
     return acc;
 }
+/* q_win3 for two outputs at once (windows `dx` bytes apart, the second one's end tight or
+   not): each kernel row's weights are loaded and unpacked once for both */
+static inline void q_win3x2(const int8_t *xg, ptrdiff_t xoff, int dx, size_t HW, int W,
+                            const int8_t *wo, int cig, int kh0, int kh1, int xtight, int wlast,
+                            int32_t *s0, int32_t *s1) {
+    int32_t a0 = 0, a1 = 0;
+    for (int ic = 0; ic < cig; ic++) {
+        const int8_t *xr = xg + ((ptrdiff_t)ic * HW + xoff + kh0 * W);
+        const int8_t *wr = wo + ic * 9 + kh0 * 3;
+        const int last = wlast && ic == cig - 1;
+        for (int kh = kh0; kh < kh1; kh++, xr += W, wr += 3) {
+            const uint32_t wv = last && kh == 2 ? q_ld3(wr) : q_ld4(wr);
+            const int16x2_t wl = __sxtb16(wv), wh = __sxtb16(q_ror8(wv));
+            const uint32_t xa = q_ld4(xr), xb = xtight ? q_ld3(xr + dx) : q_ld4(xr + dx);
+            a0 = __smlad(__sxtb16(xa), wl, a0);
+            a0 = __smlabb(__sxtb16(q_ror8(xa)), wh, a0);
+            a1 = __smlad(__sxtb16(xb), wl, a1);
+            a1 = __smlabb(__sxtb16(q_ror8(xb)), wh, a1);
+        }
+    }
+    *s0 = a0; *s1 = a1;
+}
 #else
 #define ET_DSP 0
 static inline void q_dot2(const int8_t *x, int zx, const int8_t *w0, const int8_t *w1, int n,
@@ -143,6 +166,15 @@ static inline int32_t qwin(const int8_t *xc, int W, int zx, const int8_t *wc, in
 /* requantise, clamp and record the "not clamped" mask of one output */
 static inline void q_out(int32_t acc, int32_t m0, int32_t sh, int zy, int lo, int hi, int8_t *y,
                          uint8_t *mask, size_t i) {
+    const int n = 31 - sh;
+    if (n >= 33) {  /* rq's fast case: the requantised value fits 32 bits, so do the clamp */
+        const int64_t t = (int64_t)acc * m0 + (int64_t)((uint64_t)(1u << (n - 33)) << 32);
+        const int32_t q = ((int32_t)(t >> 32) >> (n - 32));
+        const int32_t pre = q + zy;  /* |q| < 2^30: no overflow */
+        y[i] = (int8_t)(pre < lo ? lo : (pre > hi ? hi : pre));
+        if (mask) mask[i] = (uint8_t)(pre >= lo && pre <= hi);
+        return;
+    }
     const int64_t pre = rq(acc, m0, sh) + zy;
     y[i] = clamp8(pre, lo, hi);
     if (mask) mask[i] = (uint8_t)(pre >= lo && pre <= hi);
@@ -213,6 +245,23 @@ static void qconv_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b
                 const int kw0 = k_lo(ow, s, p), kw1 = k_hi(ow, s, p, W, K), iw0 = ow * s - p;
                 int32_t acc = b[oc];
 #if ET_DSP
+                if (K == 3 && iw0 >= 0 && ow + 1 < Wo && iw0 + s + 2 < W) {
+                    /* two outputs, every column inside: the first's 4th byte is inside */
+                    const ptrdiff_t xoff = (ptrdiff_t)ih0 * W + iw0;
+                    const int wl = oc == Co - 1;
+                    int32_t s0, s1;
+                    if (iw0 + s + 3 < W)
+                        q_win3x2(xg, xoff, s, (size_t)H * W, W, wo, cig, kh0, kh1, 0, wl, &s0,
+                                 &s1);
+                    else
+                        q_win3x2(xg, xoff, s, (size_t)H * W, W, wo, cig, kh0, kh1, 1, wl, &s0,
+                                 &s1);
+                    q_out(acc + s0 - zs, m0[oc], sh[oc], zy, lo, hi, y, mask, yo + oh * Wo + ow);
+                    q_out(acc + s1 - zs, m0[oc], sh[oc], zy, lo, hi, y, mask,
+                          yo + oh * Wo + ow + 1);
+                    ow++;
+                    continue;
+                }
                 if (K == 3 && iw0 >= 0 && iw0 + 2 < W) {  /* every column inside */
                     const ptrdiff_t xoff = (ptrdiff_t)ih0 * W + iw0;
                     const int wl = oc == Co - 1;
@@ -220,18 +269,14 @@ static void qconv_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b
                                 ? q_win3(xg, xoff, (size_t)H * W, W, wo, cig, kh0, kh1, 0, wl)
                                 : q_win3(xg, xoff, (size_t)H * W, W, wo, cig, kh0, kh1, 1, wl))
                            - zs;
-                    const int64_t pre = rq(acc, m0[oc], sh[oc]) + zy;
-                    y[yo + oh * Wo + ow] = clamp8(pre, lo, hi);
-                    if (mask) mask[yo + oh * Wo + ow] = (uint8_t)(pre >= lo && pre <= hi);
+                    q_out(acc, m0[oc], sh[oc], zy, lo, hi, y, mask, yo + oh * Wo + ow);
                     continue;
                 }
 #endif
                 for (int ic = 0; ic < cig; ic++)
                     acc += qwin(xg + (size_t)ic * H * W, W, zx, wo + ic * K * K, K,
                                 kh0, kh1, kw0, kw1, ih0, iw0);
-                const int64_t pre = rq(acc, m0[oc], sh[oc]) + zy;
-                y[yo + oh * Wo + ow] = clamp8(pre, lo, hi);
-                if (mask) mask[yo + oh * Wo + ow] = (uint8_t)(pre >= lo && pre <= hi);
+                q_out(acc, m0[oc], sh[oc], zy, lo, hi, y, mask, yo + oh * Wo + ow);
             }
         }
     }
