@@ -176,12 +176,25 @@ def _expand(v, nd: int) -> list[int]:
     return [int(v)] * nd if isinstance(v, int) else [int(e) for e in v]
 
 
+def _padding(padding, weight, dilation, nd: int) -> list[int] | None:
+    """Explicit padding; 'same' only where it is symmetric (ATen pads the same way then)."""
+    if padding == "valid":
+        return [0] * nd
+    if padding != "same":
+        return _expand(padding, nd)
+    total = [d * (k - 1) for d, k in zip(_expand(dilation, nd), weight.shape[2:])]
+    return None if any(t % 2 for t in total) else [t // 2 for t in total]
+
+
 def _conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    if weight.requires_grad or isinstance(padding, str):
+    if weight.requires_grad:
         return None  # the weight's gradient needs the input: plain PyTorch
     if not (input.requires_grad or (bias is not None and bias.requires_grad)):
         return None
     nd = weight.dim() - 2
+    padding = _padding(padding, weight, dilation, nd)
+    if padding is None:
+        return None  # asymmetric 'same' padding: plain PyTorch
     args = (_expand(stride, nd), _expand(padding, nd), _expand(dilation, nd), int(groups))
     return _FrozenConv.apply(input, weight, bias, *args)
 
