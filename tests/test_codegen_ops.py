@@ -459,3 +459,37 @@ def test_planning_refuses_what_compile_would_a_module_without_the_attribute():
         check_kernels(g, module_attributes(m))
     with pytest.raises(UnsupportedKernelError, match="no 'p' attribute"):
         edgetrain.plan(m, torch.zeros(1, 8), device="nrf52840", executor="c", name="mydrop")
+
+
+@needs_cc
+def test_an_mse_autoencoder_plans_for_c_and_trains_from_its_data_file(tmp_path):
+    # Prepare: the zoo's MSE autoencoder planned for the C executor on the nRF52840 profile,
+    # and a user's .npz of 128-d vectors (four prototypes plus noise)
+    from edgetrain.cli import main
+
+    g = np.random.default_rng(0)
+    x = g.normal(size=(4, 128))[np.arange(80) % 4] + 0.1 * g.normal(size=(80, 128))
+    np.savez(tmp_path / "vib.npz", x=x.astype(np.float32).reshape(80, 1, 128))
+    plan, out = tmp_path / "p.json", tmp_path / "fw"
+    # Execute: plan, compile --data, run on the host
+    args = ["--model", "mlp-autoencoder", "--device", "nrf52840", "--batch-size", "1"]
+    assert main(["plan", *args, "--executor", "c", "--no-check", "-o", str(plan)]) == 0
+    data = ["--data", str(tmp_path / "vib.npz"), "--steps", "600", "--layout", "demo"]
+    assert main(["compile", "--plan", str(plan), *data, "-o", str(out)]) == 0
+    res = mcu_run(out)
+    # Assert: the plan records the loss; the reconstruction loss falls
+    assert edgetrain.Plan.load(plan).loss == "mse"
+    assert res.losses[-1] < 0.5 * res.losses[0]
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"loss": lambda z, y: (z - y).abs().max()}, "named losses only"),
+        ({"loss": "mse", "precision": "int8"}, "int8 QAS training in C trains classifiers"),
+    ],
+)
+def test_c_plans_refuse_a_loss_without_a_kernel_naming_the_fix(kw, match):
+    m = nn.Sequential(nn.Linear(8, 8))
+    with pytest.raises(edgetrain.errors.InvalidArgumentError, match=match):
+        edgetrain.plan(m, torch.zeros(1, 8), device="nrf52840", executor="c", **kw)

@@ -214,11 +214,16 @@ def _cmd_mcu_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(r.to_dict()))
         return 0
+    held_out = (
+        f"held-out {r.metric} {100 * r.accuracy_before:.1f} % -> "
+        f"{100 * r.accuracy_after:.1f} % ({r.test_samples} samples"
+        f"{f' of {escape(r.evaluated_on)}' if r.evaluated_on else ''})"
+        if r.metric == "accuracy"
+        else f"held-out metric {r.metric}"  # a reconstruction has no accuracy to print
+    )
     console.print(
         f"[bold]{r.target}[/]: {r.steps} steps, loss {r.losses[0]:.4f} -> "
-        f"{r.losses[-1]:.4f}; held-out {r.metric} {100 * r.accuracy_before:.1f} % -> "
-        f"{100 * r.accuracy_after:.1f} % ({r.test_samples} samples"
-        f"{f' of {escape(r.evaluated_on)}' if r.evaluated_on else ''})",
+        f"{r.losses[-1]:.4f}; {held_out}",
         highlight=False,
     )
     if r.peak_sram_bytes is not None:

@@ -118,10 +118,15 @@ class PlanRequest:
             raise InvalidArgumentError(
                 f"the C executor trains with plain SGD, not {opt.value}; use --optimizer sgd"
             )
-        if execu is Executor.C and self.loss_label != "cross-entropy":
+        if execu is Executor.C and self.loss_label.startswith("custom:"):
             raise InvalidArgumentError(
-                f"the C executor trains classifiers with softmax cross-entropy, not loss "
-                f"{self.loss_label!r}; plan for the PyTorch Trainer (--executor pytorch)"
+                f"the C executor has kernels for the named losses only, not {self.loss_label!r}; "
+                "use --loss cross-entropy|mse|l1|smooth-l1|bce, or --executor pytorch"
+            )
+        if prec is Precision.INT8 and self.loss_label != "cross-entropy":
+            raise InvalidArgumentError(
+                f"int8 QAS training in C trains classifiers with softmax cross-entropy, not loss "
+                f"{self.loss_label!r}; use --precision fp32 or --executor pytorch"
             )
         if prec is Precision.INT8 and execu is Executor.PYTORCH:
             raise InvalidArgumentError(
