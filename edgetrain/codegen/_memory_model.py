@@ -60,6 +60,7 @@ class CFp32Memory:
 
     executor: Executor = Executor.C
     precision: Precision = Precision.FP32
+    updates_in_place: bool = True
 
     def for_model(self, request: MemoryRequest) -> _Fp32Program:
         from edgetrain.codegen._lower import check_kernels, module_attributes
@@ -105,6 +106,7 @@ class CInt8Memory:
 
     executor: Executor = Executor.C
     precision: Precision = Precision.INT8
+    updates_in_place: bool = True
 
     def for_model(self, request: MemoryRequest) -> _Int8Program:
         from edgetrain.codegen._targets import target_for_device

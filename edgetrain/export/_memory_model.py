@@ -84,6 +84,7 @@ class ExecuTorchMemory:
 
     executor: Executor = Executor.EXECUTORCH
     precision: Precision = Precision.FP32
+    updates_in_place: bool = False  # ExecuTorch's SGD steps after the method returns
 
     def for_model(self, request: MemoryRequest) -> _Program:
         return _Program(request)

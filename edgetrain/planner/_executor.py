@@ -78,6 +78,7 @@ class ExecutorMemory(Protocol):
 
     executor: Executor
     precision: Precision
+    updates_in_place: bool  # SGD applied to each tensor as its gradient completes (the C trainer)
 
     def for_model(self, request: MemoryRequest) -> ProgramMemory:
         """Checks independent of the trainable set; raises a typed error with the reason."""

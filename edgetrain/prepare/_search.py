@@ -353,7 +353,7 @@ def plan_for_executor(search: Search, policies: Policies, memory: ExecutorMemory
     )
     smallest = fastest = None
     for label, chosen in policies:
-        ev, p = _keep_all_candidate(search, g, chosen, label)
+        ev, p = _keep_all_candidate(search, g, chosen, label, memory.updates_in_place)
         try:
             answer = program.candidate(p)
         except CandidateUnsupportedError:
@@ -389,10 +389,12 @@ def _executor_name(executor: Executor) -> str:
     return "C" if executor is Executor.C else executor.value
 
 
-def _keep_all_candidate(search: Search, g: Graph, chosen, label: str) -> tuple[Evaluation, Plan]:
-    """One trainable set as the C trainer runs it (keep every activation, update in place):
-    its work-based evaluation and the plan; the caller replaces the peak with the
-    executor's own."""
+def _keep_all_candidate(
+    search: Search, g: Graph, chosen, label: str, in_place: bool
+) -> tuple[Evaluation, Plan]:
+    """One trainable set as an executor with its own layout runs it (keep every activation;
+    update in place where the executor does): its work-based evaluation and the plan; the
+    caller replaces the peak with the executor's own."""
     req = search.request
     trainable = search.trainable(g, chosen)
     prob = Problem(
@@ -403,7 +405,7 @@ def _keep_all_candidate(search: Search, g: Graph, chosen, label: str) -> tuple[E
         objective=req.objective,
         allow_paging=False,
         trainable=trainable,
-        in_place_update=True,
+        in_place_update=in_place,
         kernels=host_kernels(g, g.requires_grad_for(trainable)),
     )
     ev = SOLVERS["keep-all"](prob)
