@@ -154,8 +154,9 @@ def test_frozen_layers_save_only_bit_masks():
     "name,policy,batch,device",
     [
         ("mcu-cnn", "bias-only", 8, "nrf52840"),
-        ("kws-dscnn", "last:2", 8, "rpi4"),
-        ("mbv2-block", "last:3", 8, "rpi4"),
+        ("kws-dscnn", "bias-only", 8, "rpi4"),
+        ("mbv2-block", "bias-only", 8, "rpi4"),
+        ("mcu-cnn", "last:2", 4, "rpi4"),
         ("mixed", "bias-only", 8, "rpi4"),
     ],
 )
@@ -176,6 +177,26 @@ def test_lean_plans_predict_the_allocator(name, policy, batch, device):
     # Assert: the prediction is the allocator's peak, and lean is never above plain PyTorch
     assert lean.predicted_peak_bytes == pytest.approx(measured[True], rel=0.02)
     assert measured[True] <= measured[False]
+
+
+@pytest.mark.parametrize("name,policy", [("kws-dscnn", "last:2"), ("mbv2-block", "last:3")])
+def test_a_plan_where_lean_saves_nothing_runs_plain_pytorch(name, policy):
+    # Prepare: last:K whose frozen prefix is off the gradient path and whose trained suffix
+    # saves what its activations would (NOTE [ Lean backward ]: nothing to gain)
+    model, x = build_model(name, pretrained=False)
+    plan = _plan(model, x, policy, 8, name=name)
+    lean = Plan.from_dict({**plan.to_dict(), "lean_backward": True, "plain_activations": []})
+    xb = x.expand(8, *x.shape[1:]).contiguous()
+    yb = torch.zeros(8, dtype=torch.long)
+    # Execute: the allocator's peak of the plan as planned, and forced to run lean
+    measured = [
+        PYTORCH_RUNNER.measured_peak_bytes(StepRequest(copy.deepcopy(model), p, xb, yb))
+        for p in (plan, lean)
+    ]
+    # Assert: the planner chose plain PyTorch, predicted it, and lean would save nothing
+    assert not plan.lean_backward
+    assert plan.predicted_peak_bytes == pytest.approx(measured[0], rel=0.02)
+    assert measured[0] <= measured[1]
 
 
 def test_trainer_leaves_no_mode_or_hook_behind():

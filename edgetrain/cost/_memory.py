@@ -297,6 +297,26 @@ def plain_activation_sites(graph: Graph, trainable: frozenset[str]) -> frozenset
     return frozenset(plain)
 
 
+def lean_saves_anything(graph: Graph, trainable: frozenset[str]) -> bool:
+    """Whether some node on the gradient path saves less under lean backward (NOTE [ Lean
+    saved tensors ]): a frozen-weight convolution, a frozen eval-mode batch norm, or a
+    relu-family site whose tensor no other node saves. Where none does (a `last:K` whose
+    frozen prefix is off the gradient path) plain PyTorch saves the same and runs without
+    the per-op dispatch of the lean mode."""
+    rg = graph.requires_grad_for(trainable)
+    sites = activation_sites(graph)
+    plain = plain_activation_sites(graph, trainable)
+    for i, n in enumerate(graph.nodes):
+        if n.output not in rg or n.op is OpKind.BUFFER_UPDATE:
+            continue
+        if is_masked_activation(n):
+            if sites[i] not in plain:
+                return True
+        elif lean_saves(graph, n, rg) is not None:
+            return True
+    return False
+
+
 def saved_for_backward(node, requires_grad: frozenset[str]) -> tuple[str, ...]:
     """What autograd really saves for `node` when only `requires_grad` need gradients.
 

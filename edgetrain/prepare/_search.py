@@ -12,7 +12,7 @@ import torch
 
 from edgetrain import validate
 from edgetrain.capture import capture
-from edgetrain.cost import Device, plain_activation_sites, simulate_step
+from edgetrain.cost import Device, lean_saves_anything, plain_activation_sites, simulate_step
 from edgetrain.errors import InvalidArgumentError, PlanInfeasibleError
 from edgetrain.ir import Graph
 from edgetrain.planner import (
@@ -307,9 +307,13 @@ def _pytorch_problems(search: Search, chosen, freeze: bool):
 
 
 def lean_backward_for(graph: Graph, trainable: frozenset[str]) -> bool:
-    """Whether a PyTorch plan runs the lean backward (NOTE [ Lean backward ]): whenever some
-    parameter is frozen. Full training keeps plain PyTorch, whose saves it needs anyway."""
-    return any(p.name not in trainable for p in graph.params)
+    """Whether a PyTorch plan runs the lean backward (NOTE [ Lean backward ]): when some
+    parameter is frozen and some node on the gradient path saves less under it
+    (`cost.lean_saves_anything`). Full training keeps plain PyTorch; so does a `last:K` whose
+    frozen prefix has no gradient and whose suffix saves what the lean rules would drop,
+    which then steps without the lean mode's per-op dispatch."""
+    frozen = any(p.name not in trainable for p in graph.params)
+    return frozen and lean_saves_anything(graph, trainable)
 
 
 def plan_for_executor(search: Search, policies: Policies, memory: ExecutorMemory) -> Plan:
