@@ -88,7 +88,12 @@ def _plan(model, x, policy, batch, device="rpi4", **kw):
     )
 
 
-CASES = [("mixed", "bias-only"), ("mixed", "last:2"), ("mcu-cnn", "bias-only")]
+CASES = [
+    ("mixed", "bias-only"),
+    ("mixed", "last:2"),
+    ("mcu-cnn", "bias-only"),
+    ("har-cnn1d", "bias-only"),  # dropout: the same random stream, a bit mask saved
+]
 
 
 @pytest.mark.parametrize("name,policy", CASES)
@@ -98,12 +103,14 @@ def test_lean_steps_give_plain_pytorch_parameters(name, policy):
     plan = _plan(model, x, policy, 4, name=name)
     g = torch.Generator().manual_seed(1)
     xb = torch.randn(4, *x.shape[1:], generator=g)
-    yb = torch.randint(0, 10, (4,), generator=g)
+    yb = torch.randint(0, 6, (4,), generator=g)  # every model here has >= 6 classes
     ours = copy.deepcopy(model)
-    # Execute
+    # Execute (the same seed before each run: dropout draws the same masks)
+    torch.manual_seed(2)
     with Trainer(ours, plan, lr=0.1) as t:
         for _ in range(3):
             t.step(xb, yb)
+    torch.manual_seed(2)
     oracle = _plain_sgd(model, plan, xb, yb, 3, 0.1)
     # Assert: the plan ran lean, and every parameter is plain PyTorch's, bit for bit
     assert plan.lean_backward
@@ -150,9 +157,50 @@ def test_frozen_layers_save_only_bit_masks():
     assert sorted(t.numel() for t in masks) == sorted(expected)
 
 
+def test_dropout_saves_a_bit_mask_and_draws_plain_pytorchs_masks():
+    # Prepare: a trainable layer before dropout; autograd's pack hook is the oracle
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.Dropout(0.3), nn.Linear(64, 4))
+    x = torch.randn(8, 16)
+    params = {t.untyped_storage().data_ptr() for t in model.parameters()}
+    runs = {}
+
+    def run(ctx):
+        saved = []
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in params:
+                saved.append(t)
+            return t
+
+        model.zero_grad()
+        torch.manual_seed(1)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
+            out = model(x)
+            (out * torch.arange(4.0)).sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()], saved
+
+    # Execute
+    runs["plain"] = run(contextlib.nullcontext())
+    runs["lean"] = run(LeanBackward(model))
+    # Assert: the same output and gradients bit for bit; of the 8 x 64 float32 tensors plain
+    # saves the noise and the head's input, lean only the head's input, plus a packed mask of
+    # 8 * 64 / 8 bytes
+    (po, pg, ps), (lo, lg, ls) = runs["plain"], runs["lean"]
+    assert torch.equal(po, lo)
+    assert all(torch.equal(a, b) for a, b in zip(pg, lg))
+
+    def wide(saved):
+        return sum(t.dtype == torch.float32 and t.numel() == 8 * 64 for t in saved)
+
+    assert (wide(ps), wide(ls)) == (2, 1)
+    assert sorted(t.numel() for t in ls if t.dtype == torch.uint8) == [8 * 64 // 8]
+
+
 @pytest.mark.parametrize(
     "name,policy,batch,device",
     [
+        ("har-cnn1d", "bias-only", 32, "rpi4"),
         ("mcu-cnn", "bias-only", 8, "nrf52840"),
         ("kws-dscnn", "bias-only", 8, "rpi4"),
         ("mbv2-block", "bias-only", 8, "rpi4"),

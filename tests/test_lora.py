@@ -171,3 +171,47 @@ def test_lora_policy_parser_takes_only_its_form(text):
     spec = parse_lora(checked)  # whatever the CLI accepts, the planner parses
     assert 1 <= spec.rank <= 4096
     assert all(m and " " not in m for m in spec.modules)
+
+
+def test_lora_plan_under_last_k_peak_combines_micro_batching_and_stays_exact():
+    # Prepare: last:2's measured peak as the budget of a LoRA plan (adapters in every layer,
+    # so its backward crosses the whole network, which last:2's never enters)
+    model, x = _chain()
+    g = torch.Generator().manual_seed(3)
+    xb, yb = torch.randn(8, 3, 4, 4, generator=g), torch.randint(0, 10, (8,), generator=g)
+
+    def plan(policy, budget=1 << 33):
+        return edgetrain.plan(
+            model, x, device="rpi4", batch_size=8, policy=policy, budget_bytes=budget,
+            measure=False, name="chain",
+        )  # fmt: skip
+
+    def measure(p):
+        return PYTORCH_RUNNER.measured_peak_bytes(StepRequest(copy.deepcopy(model), p, xb, yb))
+
+    last_k = measure(plan("last:2"))
+    whole, fitted = plan("lora:2"), plan("lora:2", last_k - 1)
+    # Execute: both LoRA plans train the same adapters from the same initial values
+    trained = {}
+    for key, p in (("whole", whole), ("fitted", fitted)):
+        m = copy.deepcopy(model)
+        torch.manual_seed(5)  # the adapters' initial A
+        with Trainer(m, p, lr=0.5) as t:
+            for _ in range(2):
+                t.step(xb, yb)
+        trained[key] = m
+    peak = measure(fitted)
+    # Assert: whole-batch LoRA needs more than last:2; the planner fits it under last:2 by
+    # micro-batching (the same batch-8 gradient), predicts the allocator, and trains the same
+    # merged weights up to summation order
+    assert measure(whole) > last_k
+    assert fitted.accumulation_steps > 1 and fitted.lora_rank == 2
+    assert peak < last_k
+    assert fitted.predicted_peak_bytes == pytest.approx(peak, rel=0.05)
+    moved = 0
+    for (n, a), b, c in zip(
+        trained["whole"].named_parameters(), trained["fitted"].parameters(), model.parameters()
+    ):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), n
+        moved += not torch.allclose(a, c, rtol=1e-4, atol=1e-6)
+    assert moved == 5  # the three adapted layers' merged weights, the head's weight and bias

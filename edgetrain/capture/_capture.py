@@ -262,9 +262,11 @@ def _lower_exported(w: _Walk, fx: torch.fx.Node) -> list[int]:
     finally:
         b.local = None
     for i in range(first, len(b.nodes)):  # NOTE [ A lowered composite's held locals ]
-        b.nodes[i] = dataclasses.replace(
-            b.nodes[i], attrs=_with_attr(b.nodes[i].attrs, "composite", fx.name)
-        )
+        attrs = _with_attr(b.nodes[i].attrs, "composite", fx.name)
+        # the ATen operator the model called (`aten.dropout.default`): the lean backward's
+        # rules key on it (NOTE [ Lean saved tensors ])
+        attrs = _with_attr(attrs, "composite_op", str(fx.target))
+        b.nodes[i] = dataclasses.replace(b.nodes[i], attrs=attrs)
     # later exported nodes see this node's output through the exported program's fake tensors:
     # their storage is the storage of the lowering's output (views of it stay views)
     val = fx.meta.get("val")

@@ -11,6 +11,9 @@ NOTE [ Lean saved tensors ]
         instead of a tensor; packing and unpacking work in chunks of `MASK_CHUNK` elements and
         hold two chunk-sized byte temporaries while they run (read from the allocator);
       - eval-mode batch norm with a frozen (or no) scale saves nothing;
+      - dropout (the model's `aten.dropout` call, not in place) saves its random mask as the
+        same packed bits instead of the float32 noise tensor (its product node carries the
+        rule; the noise dies with the call);
       - every other node saves what `saved_for_backward` says (products already save an
         operand only when the other one needs a gradient).
     A mask is not always less: where another node saves the very tensor the activation would
@@ -33,6 +36,7 @@ MASK_CHUNK = 1 << 14
 """Elements the runtime packs per pass (`edgetrain.runtime._lean.MASK_CHUNK`)."""
 
 _MASKED_FNS = frozenset({"relu", "hardtanh", "leaky_relu", "relu6"})
+_DROPOUT_OPS = frozenset({"aten.dropout.default"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,12 @@ def is_masked_activation(node: Node) -> bool:
     if node.op in (OpKind.RELU, OpKind.HARDTANH):
         return True
     return node.op is OpKind.ELEMENTWISE and node.attr("fn") in _MASKED_FNS
+
+
+def is_dropout_mask_product(node: Node) -> bool:
+    """The product with the random mask inside the model's call of dropout (`F.dropout`,
+    `nn.Dropout`, not in place): the lean mode saves its mask as bits."""
+    return node.op is OpKind.MUL and node.attr("composite_op") in _DROPOUT_OPS
 
 
 def activation_sites(graph: Graph) -> dict[int, str]:
@@ -83,7 +93,7 @@ def lean_saves(graph: Graph, node: Node, requires_grad: frozenset[str]) -> LeanS
         if node.inputs[1] in requires_grad:
             return None
         return LeanSaves((), weight_grad=False)
-    if is_masked_activation(node):
+    if is_masked_activation(node) or is_dropout_mask_product(node):
         n = _numel(graph.tensor(node.output).shape)
         chunk = 2 * min(8 * math.ceil(n / 8), MASK_CHUNK)
         return LeanSaves((), math.ceil(n / 8), chunk, chunk)

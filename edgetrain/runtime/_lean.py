@@ -17,7 +17,9 @@ NOTE [ Lean backward ]
         of `MASK_CHUNK` elements so the transient bool tensor stays small;
       - `batch_norm` in eval mode with a frozen (or no) scale: saves nothing; its backward is
         ATen's `native_batch_norm_backward` with the incoming gradient standing in for the
-        input, which an eval-mode input or bias gradient never reads.
+        input, which an eval-mode input or bias gradient never reads;
+      - `dropout` in training mode, not in place: the same packed bits of its random mask
+        instead of ATen's float32 noise tensor, drawn by the same calls (`_Dropout`).
     An activation whose saved tensor another node saves anyway keeps plain PyTorch's save: the
     plan names it by its site, `module#k`, the k-th relu-family call inside one call of the
     innermost module running it (`Plan.plain_activations`, NOTE [ Lean saved tensors ]);
@@ -138,6 +140,53 @@ def _leaky_relu(input, negative_slope=0.01, inplace=False):
     return _masked(input, fn, _positive, negative_slope=negative_slope, inplace=inplace)
 
 
+class _Dropout(torch.autograd.Function):
+    """Dropout saving one bit per element (NOTE [ Lean backward ]): the same random stream and
+    arithmetic as ATen's `_dropout_impl` (noise = empty_like(x).bernoulli_(1 - p).div_(1 - p),
+    out = x * noise), so outputs and gradients are plain PyTorch's bit for bit."""
+
+    @staticmethod
+    def forward(ctx, x, p):
+        keep = 1.0 - p
+        # the kept elements' factor, as div_ computes it (before the noise: off the peak)
+        scale = float(torch.ones(1, dtype=x.dtype).div_(keep))
+        noise = torch.empty_like(x).bernoulli_(keep)
+        noise.div_(keep)
+        out = x * noise
+        packed = _pack(noise.reshape(-1), _nonzero)
+        del noise
+        ctx.save_for_backward(packed)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (packed,) = ctx.saved_tensors
+        g = g.contiguous()
+        flat = g.reshape(-1)
+        grad = torch.empty_like(g)
+        out = grad.view(-1)
+        for a in range(0, flat.numel(), MASK_CHUNK):
+            gc, dst = flat[a : a + MASK_CHUNK], out[a : a + MASK_CHUNK]
+            m = _unpack(packed, a, a + gc.numel())
+            torch.mul(gc, ctx.scale, out=dst)  # MulBackward0: grad * noise, noise = scale or 0
+            dst.mul_(m)  # x * 0 keeps the sign of x, as grad * 0.0 does
+            del m
+        return grad, None
+
+
+def _nonzero(x: torch.Tensor) -> torch.Tensor:
+    return x != 0
+
+
+def _dropout(input, p=0.5, training=True, inplace=False):
+    if not training or inplace or not 0.0 < p < 1.0:
+        return None  # identity, in place, or ATen's special cases: plain PyTorch
+    if not input.requires_grad or not input.is_floating_point() or input.numel() == 0:
+        return None
+    return _Dropout.apply(input, float(p))
+
+
 class _FrozenConv(torch.autograd.Function):
     """A convolution whose weight is frozen: input and bias gradients, nothing saved."""
 
@@ -247,6 +296,7 @@ _HANDLERS = {
     torch.conv1d: _conv,
     torch.conv2d: _conv,
     F.batch_norm: _batch_norm,
+    F.dropout: _dropout,
 }
 _ACTIVATIONS = {
     F.relu: _relu,
