@@ -197,10 +197,48 @@ def test_dropout_saves_a_bit_mask_and_draws_plain_pytorchs_masks():
     assert sorted(t.numel() for t in ls if t.dtype == torch.uint8) == [8 * 64 // 8]
 
 
+POOLS = [
+    (nn.MaxPool2d(2), (2, 3, 11, 13)),
+    (nn.MaxPool2d(3, stride=2, padding=1), (3, 9, 10)),
+    (nn.MaxPool2d((2, 3), stride=(1, 2), dilation=(2, 1)), (2, 3, 11, 13)),
+    (nn.MaxPool2d(5, stride=3, padding=2, dilation=2, ceil_mode=True), (2, 3, 11, 13)),
+    (nn.MaxPool1d(2), (2, 3, 50)),
+    (nn.MaxPool1d(4, stride=1, padding=2, dilation=2, ceil_mode=True), (4, 17)),
+]
+
+
+@pytest.mark.parametrize("pool,shape", POOLS, ids=[repr(p) for p, _ in POOLS])
+def test_max_pool_saves_window_offsets_and_keeps_atens_gradients(pool, shape):
+    # Prepare: autograd's pack hook is the oracle for what is saved
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    g = torch.randn_like(pool(x))
+    runs = {}
+
+    def run(ctx):
+        xi = x.clone().requires_grad_()
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            with ctx:
+                out = pool(xi)
+        out.backward(g)
+        return out.detach(), xi.grad, saved
+
+    # Execute
+    runs["plain"] = run(contextlib.nullcontext())
+    runs["lean"] = run(LeanBackward(pool))
+    # Assert: ATen's output and input gradient bit for bit; plain saves the input and int64
+    # indices, lean one byte per output (its offset inside the window)
+    (po, pg, ps), (lo, lg, ls) = runs["plain"], runs["lean"]
+    assert torch.equal(po, lo) and torch.equal(pg, lg) and lg.is_contiguous()
+    assert {t.dtype for t in ps} == {torch.float32, torch.int64}
+    assert [(t.dtype, t.numel()) for t in ls] == [(torch.uint8, po.numel())]
+
+
 @pytest.mark.parametrize(
     "name,policy,batch,device",
     [
-        ("har-cnn1d", "bias-only", 32, "rpi4"),
+        ("har-cnn1d", "bias-only", 32, "rpi4"),  # max-pool offsets, dropout bits
         ("mcu-cnn", "bias-only", 8, "nrf52840"),
         ("kws-dscnn", "bias-only", 8, "rpi4"),
         ("mbv2-block", "bias-only", 8, "rpi4"),

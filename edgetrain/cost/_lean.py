@@ -14,6 +14,9 @@ NOTE [ Lean saved tensors ]
       - dropout (the model's `aten.dropout` call, not in place) saves its random mask as the
         same packed bits instead of the float32 noise tensor (its product node carries the
         rule; the noise dies with the call);
+      - max pooling whose indices the model never reads saves one byte per output (the
+        offset inside its window) instead of its input and int64 indices; its index
+        arithmetic runs in chunks, and the backward rebuilds the int64 indices;
       - every other node saves what `saved_for_backward` says (products already save an
         operand only when the other one needs a gradient).
     A mask is not always less: where another node saves the very tensor the activation would
@@ -37,6 +40,7 @@ MASK_CHUNK = 1 << 14
 
 _MASKED_FNS = frozenset({"relu", "hardtanh", "leaky_relu", "relu6"})
 _DROPOUT_OPS = frozenset({"aten.dropout.default"})
+_POOL_OPS = frozenset({"aten.max_pool1d.default", "aten.max_pool2d.default"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +101,39 @@ def lean_saves(graph: Graph, node: Node, requires_grad: frozenset[str]) -> LeanS
         n = _numel(graph.tensor(node.output).shape)
         chunk = 2 * min(8 * math.ceil(n / 8), MASK_CHUNK)
         return LeanSaves((), math.ceil(n / 8), chunk, chunk)
+    if node.op is OpKind.MAX_POOL2D and _pool_indices_internal(graph, node):
+        return _max_pool_saves(graph, node)
+    if node.op is OpKind.VIEW and node.attr("composite_op") in _POOL_OPS:
+        return LeanSaves(())  # max_pool1d's unsqueezed input: the pool's save, now dropped
     if node.op is OpKind.BATCH_NORM and node.attr("training") is False:
         w = _bn_weight(graph, node)
         if w is not None and w in requires_grad:
             return None
         return LeanSaves(())
     return None
+
+
+def _pool_indices_internal(graph: Graph, node: Node) -> bool:
+    """Whether the model never reads the pool's indices (it called max_pool without
+    `return_indices`, which the lean mode replaces)."""
+    if node.attr("composite_op") is not None:
+        return node.attr("composite_op") in _POOL_OPS
+    aux = set(node.aux_outputs)
+    return not any(aux.intersection(n.inputs) for n in graph.nodes)
+
+
+def _max_pool_saves(graph: Graph, node: Node) -> LeanSaves:
+    """Window offsets of `offset_bytes` each; the forward's and backward's chunked index
+    arithmetic (runtime `_window_offsets` / `_flat_indices`): each output row's and column's
+    base (int64) and two int64 chunks of whole output planes; the backward also holds the
+    rebuilt int64 indices."""
+    shape = graph.tensor(node.output).shape
+    oh, ow = shape[-2:]
+    n = _numel(shape)
+    k = node.attr("kernel") or (1, 1)
+    offset_bytes = 1 if k[0] * k[1] <= 256 else 4
+    plane = oh * ow
+    rows = max(1, MASK_CHUNK // plane)
+    chunk = min(rows, n // plane) * plane
+    work = 8 * (oh + ow) + 2 * 8 * chunk
+    return LeanSaves((), n * offset_bytes, work, 8 * n + work)

@@ -19,7 +19,10 @@ NOTE [ Lean backward ]
         ATen's `native_batch_norm_backward` with the incoming gradient standing in for the
         input, which an eval-mode input or bias gradient never reads;
       - `dropout` in training mode, not in place: the same packed bits of its random mask
-        instead of ATen's float32 noise tensor, drawn by the same calls (`_Dropout`).
+        instead of ATen's float32 noise tensor, drawn by the same calls (`_Dropout`);
+      - `max_pool1d` / `max_pool2d` (without `return_indices`): each output's offset inside
+        its window, one byte (`offset_dtype`), instead of the input and int64 indices; the
+        backward rebuilds the indices and runs ATen's own backward (`_MaxPool`).
     An activation whose saved tensor another node saves anyway keeps plain PyTorch's save: the
     plan names it by its site, `module#k`, the k-th relu-family call inside one call of the
     innermost module running it (`Plan.plain_activations`, NOTE [ Lean saved tensors ]);
@@ -187,6 +190,133 @@ def _dropout(input, p=0.5, training=True, inplace=False):
     return _Dropout.apply(input, float(p))
 
 
+def _pair(v, default=None) -> tuple[int, int]:
+    v = default if v is None or (isinstance(v, (list, tuple)) and not v) else v
+    v = (int(v),) * 2 if isinstance(v, (int, float)) else tuple(int(e) for e in v)
+    return v * 2 if len(v) == 1 else v
+
+
+def offset_dtype(window: int) -> torch.dtype:
+    """The saved window offsets' type: one byte while the window has <= 256 elements."""
+    return torch.uint8 if window <= 256 else torch.int32
+
+
+def _bases(conf, oh: int, ow: int):
+    """Each output row's and column's first input row / column: o * stride - padding."""
+    (_, k, s, p, _, _) = conf
+    bh = (torch.arange(oh) * s[0] - p[0]).view(oh, 1)
+    bw = (torch.arange(ow) * s[1] - p[1]).view(1, ow)
+    return bh, bw
+
+
+def _chunk_rows(oh: int, ow: int) -> int:
+    return max(1, MASK_CHUNK // (oh * ow))
+
+
+def _window_offsets(idx: torch.Tensor, conf) -> torch.Tensor:
+    """max_pool2d's flat input indices (ih * W + iw) as offsets inside each window
+    ((ih - base_h) / dh * kw + (iw - base_w) / dw), chunk by chunk (two int64 chunks live)."""
+    shape, k, _, _, d, _ = conf
+    w_in = shape[-1]
+    oh, ow = idx.shape[-2:]
+    flat = idx.reshape(-1, oh, ow)
+    out = torch.empty(flat.shape, dtype=offset_dtype(k[0] * k[1]))
+    bh, bw = _bases(conf, oh, ow)
+    step = _chunk_rows(oh, ow)
+    for a in range(0, flat.shape[0], step):
+        c = flat[a : a + step]
+        row = torch.div(c, w_in, rounding_mode="floor")
+        col = row * w_in
+        torch.sub(c, col, out=col)
+        row.sub_(bh)
+        col.sub_(bw)
+        if d[0] != 1:
+            row.div_(d[0], rounding_mode="floor")
+        if d[1] != 1:
+            col.div_(d[1], rounding_mode="floor")
+        row.mul_(k[1]).add_(col)
+        out[a : a + step].copy_(row)
+        del row, col  # at most two chunk-sized int64 temporaries live at once
+    return out.view(idx.shape)
+
+
+def _flat_indices(off: torch.Tensor, conf) -> torch.Tensor:
+    """The inverse of `_window_offsets`: int64 flat input indices for the ATen backward."""
+    shape, k, _, _, d, _ = conf
+    w_in = shape[-1]
+    oh, ow = off.shape[-2:]
+    flat = off.reshape(-1, oh, ow)
+    idx = torch.empty(flat.shape, dtype=torch.int64)
+    bh, bw = _bases(conf, oh, ow)
+    step = _chunk_rows(oh, ow)
+    for a in range(0, flat.shape[0], step):
+        row = flat[a : a + step].to(torch.int64)
+        col = torch.remainder(row, k[1])
+        row.div_(k[1], rounding_mode="floor")
+        if d[0] != 1:
+            row.mul_(d[0])
+        if d[1] != 1:
+            col.mul_(d[1])
+        row.add_(bh).mul_(w_in)
+        col.add_(bw)
+        torch.add(row, col, out=idx[a : a + step])
+        del row, col
+    return idx.view(off.shape)
+
+
+class _MaxPool(torch.autograd.Function):
+    """max_pool2d saving each output's offset inside its window (one byte) instead of its
+    input and int64 indices; forward and backward are ATen's own kernels."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding, dilation, ceil_mode):
+        conf = (tuple(x.shape), kernel, stride, padding, dilation, ceil_mode)
+        out, idx = torch.ops.aten.max_pool2d_with_indices(x, *conf[1:])
+        off = _window_offsets(idx, conf)
+        del idx
+        ctx.save_for_backward(off)
+        ctx.conf = conf
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (off,) = ctx.saved_tensors
+        shape, *args = ctx.conf
+        gx = g.new_empty(shape)  # before the indices: the order the cost model counts
+        idx = _flat_indices(off, ctx.conf)
+        # sizes only: the backward scatters g to the indices and never reads the input
+        torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
+            g, g.new_empty(1).expand(shape), *args, idx, grad_input=gx
+        )
+        return gx, None, None, None, None, None
+
+
+def _pool_ok(x, return_indices) -> bool:
+    return not return_indices and x.requires_grad and x.is_floating_point() and x.is_contiguous()
+
+
+def _max_pool2d(
+    input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+):
+    if not _pool_ok(input, return_indices) or input.dim() not in (3, 4):
+        return None
+    k = _pair(kernel_size)
+    conf = (k, _pair(stride, k), _pair(padding), _pair(dilation), bool(ceil_mode))
+    return _MaxPool.apply(input, *conf)
+
+
+def _max_pool1d(
+    input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+):
+    if not _pool_ok(input, return_indices) or input.dim() not in (2, 3):
+        return None
+    k = _pair(kernel_size)[0]
+    s = _pair(stride, k)[0]
+    conf = ((1, k), (1, s), (0, _pair(padding)[0]), (1, _pair(dilation)[0]), bool(ceil_mode))
+    # ATen's max_pool1d_with_indices: the 2-d kernel over an unsqueezed row
+    return _MaxPool.apply(input.unsqueeze(-2), *conf).squeeze(-2)
+
+
 class _FrozenConv(torch.autograd.Function):
     """A convolution whose weight is frozen: input and bias gradients, nothing saved."""
 
@@ -297,6 +427,8 @@ _HANDLERS = {
     torch.conv2d: _conv,
     F.batch_norm: _batch_norm,
     F.dropout: _dropout,
+    F.max_pool2d: _max_pool2d,
+    F.max_pool1d: _max_pool1d,
 }
 _ACTIVATIONS = {
     F.relu: _relu,
