@@ -7,6 +7,8 @@ Rows (batch 8, strategy keep-all, BN statistics frozen, PyTorch executor, this h
     (biases + lite residuals + head), and the model's inference peak (eval, no grad: the floor
     of any exact eager step);
   - `last:2` on mbv2-w0.35, mcunet, resnet18-cifar, kws-dscnn, vit-tiny: lean and plain;
+  - bias-only on har-cnn1d (max-pool 1-d, dropout) and resnet18 (max-pool 2-d): lean and
+    plain (the plain row's prediction is the lean plan's, not re-simulated);
   - minilm (seq 128) on rpi4: lora:8 on query/key/value, last:2, full, and the LoRA plan the
     planner makes under last:2's measured peak (skipped by --quick).
 Each row: the plan's prediction (no host check) and two real steps' allocator peak
@@ -118,6 +120,19 @@ def last_k_rows() -> list[dict]:
     return rows
 
 
+def pool_dropout_rows() -> list[dict]:
+    """bias-only where max pooling and dropout sit on the gradient path: lean and plain."""
+    rows = []
+    for name in ("har-cnn1d", "resnet18"):
+        torch.manual_seed(0)
+        model, x = build_model(name, pretrained=False)
+        lean = _plan(model, x, name, "bias-only")
+        plain = dataclasses.replace(lean, lean_backward=False, plain_activations=())
+        for p in (lean, plain):
+            rows.append(_row(name, "bias-only", p, _measure(model, p, x)))
+    return rows
+
+
 def lora_rows(device: str) -> list[dict]:
     torch.manual_seed(0)
     model, x = build_model("minilm", pretrained=False)
@@ -147,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="skip minilm")
     ap.add_argument("--out", default="results/bench-lean")
     args = ap.parse_args(argv)
-    rows = tinytl_rows() + last_k_rows() + ([] if args.quick else lora_rows("rpi4"))
+    rows = tinytl_rows() + last_k_rows() + pool_dropout_rows()
+    rows += [] if args.quick else lora_rows("rpi4")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "lean.json").write_text(json.dumps(rows, indent=2))
