@@ -108,29 +108,29 @@ def tinytl_rows() -> list[dict]:
     return rows
 
 
-def last_k_rows() -> list[dict]:
+def _lean_and_plain(names: tuple[str, ...], policy: str) -> list[dict]:
+    """`policy` as planned, and the same plan run as plain PyTorch (its prediction is the
+    planned one, not re-simulated)."""
     rows = []
-    for name in ("mbv2-w0.35", "mcunet", "resnet18-cifar", "kws-dscnn", "vit-tiny"):
+    for name in names:
         torch.manual_seed(0)
         model, x = build_model(name, pretrained=False)
-        lean = _plan(model, x, name, "last:2")
+        lean = _plan(model, x, name, policy)
         plain = dataclasses.replace(lean, lean_backward=False, plain_activations=())
         for p in (lean, plain):
-            rows.append(_row(name, "last:2", p, _measure(model, p, x)))
+            rows.append(_row(name, policy, p, _measure(model, p, x)))
     return rows
+
+
+def last_k_rows() -> list[dict]:
+    return _lean_and_plain(
+        ("mbv2-w0.35", "mcunet", "resnet18-cifar", "kws-dscnn", "vit-tiny"), "last:2"
+    )
 
 
 def pool_dropout_rows() -> list[dict]:
     """bias-only where max pooling and dropout sit on the gradient path: lean and plain."""
-    rows = []
-    for name in ("har-cnn1d", "resnet18"):
-        torch.manual_seed(0)
-        model, x = build_model(name, pretrained=False)
-        lean = _plan(model, x, name, "bias-only")
-        plain = dataclasses.replace(lean, lean_backward=False, plain_activations=())
-        for p in (lean, plain):
-            rows.append(_row(name, "bias-only", p, _measure(model, p, x)))
-    return rows
+    return _lean_and_plain(("har-cnn1d", "resnet18"), "bias-only")
 
 
 def lora_rows(device: str) -> list[dict]:

@@ -84,20 +84,29 @@ class _MaskedActivation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (packed,) = ctx.saved_tensors
-        g = g.contiguous()
-        flat = g.reshape(-1)
-        grad = torch.empty_like(g)
-        out = grad.view(-1)
         slope = ctx.negative_slope
-        for a in range(0, flat.numel(), MASK_CHUNK):
-            gc, dst = flat[a : a + MASK_CHUNK], out[a : a + MASK_CHUNK]
-            m = _unpack(packed, a, a + gc.numel())
+
+        def fill(gc, m, dst):
             if slope is None:
                 torch.where(m, gc, gc.new_zeros(()), out=dst)
             else:  # leaky_relu_backward: self > 0 ? grad : grad * negval, with no temporary
                 torch.where(m, gc, torch.mul(gc, slope, out=dst), out=dst)
-            del m  # at most two chunk-sized temporaries live at once
-        return grad, None, None, None
+
+        return _masked_grad(g, packed, fill), None, None, None
+
+
+def _masked_grad(g: torch.Tensor, packed: torch.Tensor, fill) -> torch.Tensor:
+    """A new gradient, chunk by chunk: `fill(g chunk, its unpacked mask, destination)`."""
+    g = g.contiguous()
+    flat = g.reshape(-1)
+    grad = torch.empty_like(g)
+    out = grad.view(-1)
+    for a in range(0, flat.numel(), MASK_CHUNK):
+        gc, dst = flat[a : a + MASK_CHUNK], out[a : a + MASK_CHUNK]
+        m = _unpack(packed, a, a + gc.numel())
+        fill(gc, m, dst)
+        del m  # at most two chunk-sized temporaries live at once
+    return grad
 
 
 def _relu_mask(x: torch.Tensor) -> torch.Tensor:
@@ -165,17 +174,13 @@ class _Dropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (packed,) = ctx.saved_tensors
-        g = g.contiguous()
-        flat = g.reshape(-1)
-        grad = torch.empty_like(g)
-        out = grad.view(-1)
-        for a in range(0, flat.numel(), MASK_CHUNK):
-            gc, dst = flat[a : a + MASK_CHUNK], out[a : a + MASK_CHUNK]
-            m = _unpack(packed, a, a + gc.numel())
-            torch.mul(gc, ctx.scale, out=dst)  # MulBackward0: grad * noise, noise = scale or 0
+        scale = ctx.scale
+
+        def fill(gc, m, dst):
+            torch.mul(gc, scale, out=dst)  # MulBackward0: grad * noise, noise = scale or 0
             dst.mul_(m)  # x * 0 keeps the sign of x, as grad * 0.0 does
-            del m
-        return grad, None
+
+        return _masked_grad(g, packed, fill), None
 
 
 def _nonzero(x: torch.Tensor) -> torch.Tensor:
