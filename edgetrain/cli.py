@@ -303,7 +303,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         + (f" (weight decay {p.weight_decay:g})" if p.weight_decay else "")
         + f", schedule {p.schedule}, in-place update {p.in_place_update}"
     )
-    n_train = sum(1 for q in p.params if q.decision.value != "frozen")
+    # a BIAS_ONLY weight is frozen (its module's bias trains); CHANNELS trains part of one
+    n_train = sum(1 for q in p.params if q.decision.value not in ("frozen", "bias_only"))
     console.print(f"  trains {n_train}/{len(p.params)} parameter tensors ({p.notes[0]})")
     dec = (
         " ".join(f"{s.name}:{s.decision.value}" for s in p.stages if s.decision.value != "keep")
