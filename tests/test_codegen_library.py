@@ -18,8 +18,9 @@ import edgetrain
 from edgetrain.codegen import TrainingSpec, compile_project
 from edgetrain.codegen._compile import samples_from
 from edgetrain.codegen._project import cfloat
-from edgetrain.codegen._run import run_command
+from edgetrain.codegen._run import mcu_run, run_command
 from edgetrain.codegen._targets import get_target
+from edgetrain.errors import BuildFileError
 from tests._toolchain import needs_arm
 
 BATCH, STEPS = 2, 60
@@ -201,6 +202,9 @@ def test_library_layout_files_and_example_firmware(tmp_path):
         line.split("=", 1) for line in (out / "library.properties").read_text().splitlines()
     )
     assert props["includes"] == "edgetrain_model.h" and props["name"].startswith("edgetrain_")
+    # and mcu-run, which runs demo drivers, says what to run instead of a missing main.c
+    with pytest.raises(BuildFileError, match=r"extras/firmware run.*--layout demo"):
+        mcu_run(out)
 
 
 @pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("cc") is None, reason="no cmake")

@@ -107,6 +107,13 @@ def _meta(out: Path) -> dict:
         raise BuildFileError(f"{p} is unreadable or not JSON ({e}); {regen}") from None
     if not isinstance(meta, dict):
         raise BuildFileError(f"{p} holds a {type(meta).__name__}, not a JSON object; {regen}")
+    if meta.get("layout") == "library":
+        raise BuildFileError(
+            f"{out} is a C library (compile --layout library) for your firmware to call, not "
+            f"a program mcu-run can run; run its example firmware with `make -C "
+            f"{out}/extras/firmware run`, or compile the demo driver: edgetrain compile --plan "
+            f"plan.json --layout demo -o DIR, then edgetrain mcu-run DIR"
+        )
     for key, (types, minimum) in _META_FIELDS.items():
         v = meta.get(key)
         if (
