@@ -162,7 +162,7 @@ class Node:
         return default
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: views record their index map (NOTE [ Views as index maps ])
 
 
 @dataclass(frozen=True)
