@@ -309,6 +309,25 @@ class _Names:
     def __init__(self, low: Lowered) -> None:
         self.low = low
         self.off = {b.name: b.offset for b in low.buffers}
+        self.dims: dict[tuple[int, ...], int] = {}  # int sequences -> offset in `et_dims`
+        self.n_dims = 0
+
+    def ints(self, v) -> str:
+        """A kernel's per-dimension argument: a slice of the program's constant `et_dims`
+        table (flash; a compound literal would take stack in the calling function)."""
+        key = tuple(int(x) for x in v)
+        if not key:
+            return "0"
+        if key not in self.dims:
+            self.dims[key] = self.n_dims
+            self.n_dims += len(key)
+        return f"(et_dims + {self.dims[key]})"
+
+    def dims_c(self) -> str:
+        if not self.dims:
+            return ""
+        vals = [x for key in self.dims for x in key]
+        return f"static const int et_dims[{len(vals)}] = {{{', '.join(map(str, vals))}}};"
 
     def a(self, t: str) -> str:
         return f"A({self.off[self.low.alias['a:' + t]] // 4})"
@@ -429,19 +448,14 @@ def _view_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     return f"/* {c_comment(op.name)}: view (alias) */"
 
 
-def _ints(v) -> str:
-    """A C99 compound literal of ints (a kernel's per-dimension argument)."""
-    return "(const int[]){" + ", ".join(str(int(x)) for x in v) + "}" if len(v) else "0"
-
-
-def _gather_args(op: LOp) -> str:
+def _gather_args(op: LOp, nm: _Names) -> str:
     e = op.extra
-    return f"{e['offset']}, {len(e['size'])}, {_ints(e['size'])}, {_ints(e['stride'])}"
+    return f"{e['offset']}, {len(e['size'])}, {nm.ints(e['size'])}, {nm.ints(e['stride'])}"
 
 
 def _gather_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     used.add("view_gather")
-    return f"view_gather({nm.a(op.inputs[0])}, {nm.a(op.output)}, {_gather_args(op)});"
+    return f"view_gather({nm.a(op.inputs[0])}, {nm.a(op.output)}, {_gather_args(op, nm)});"
 
 
 def _fill_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
@@ -794,7 +808,8 @@ def _binary_bwd(op: LOp, bw: _Bwd) -> list[str]:
 def _gather_bwd(op: LOp, bw: _Bwd) -> list[str]:
     g, acc = bw.dx(op.inputs[0])
     nx = _numel(op.shape_in[0])
-    return [bw.call("view_scatter", f"{bw.nm.g(op.output)}, {g}, {acc}, {nx}, {_gather_args(op)}")]
+    args = f"{bw.nm.g(op.output)}, {g}, {acc}, {nx}, {_gather_args(op, bw.nm)}"
+    return [bw.call("view_scatter", args)]
 
 
 def _loss_bwd(op: LOp, bw: _Bwd) -> list[str]:
@@ -960,6 +975,7 @@ def model_parts(low: Lowered, tgt: Target) -> ModelParts:
             kernels,
             "",
             "\n".join(_arrays_c(low, referenced)),
+            nm.dims_c(),
             "",
             f"static float et_arena[{max(1, (low.arena_bytes + 3) // 4)}] "
             "__attribute__((aligned(8)));",
