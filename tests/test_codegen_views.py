@@ -201,17 +201,17 @@ def test_a_read_after_an_in_place_write_is_refused_and_a_fresh_one_lowers():
 
 
 @needs_cc
-def test_gru_classifier_matches_pytorch_on_the_host(tmp_path):
-    # Prepare: the zoo's nn.GRU(9, 32) over 50 x 9 windows, every parameter trained (the
-    # recurrent weights are read at each of the 50 steps: their gradients sum)
+@pytest.mark.parametrize("name", ["gru-seq"])
+def test_recurrent_classifier_matches_pytorch_on_the_host(tmp_path, name):
+    # Prepare: the zoo's nn.GRU(9, 32) over 50 x 9 windows, every parameter trained (the recurrent weights are read at each of the 50 steps: their gradients sum)
     from edgetrain.models import build_model
 
     torch.manual_seed(0)
-    m, _ = build_model("gru-seq")
+    m, _ = build_model(name)
     s = _samples(3, 6, (50, 9))
     # Execute / Assert
     worst = _host_against_pytorch(tmp_path, m, s, 3, 1)
-    print(f"\nGRU host: max parameter difference after 3 steps {worst:.3g}")
+    print(f"\n{name} host: max parameter difference after 3 steps {worst:.3g}")
 
 
 @needs_arm

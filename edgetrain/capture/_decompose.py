@@ -31,7 +31,6 @@ NOTE [ Capture op set ]
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -87,11 +86,6 @@ def lower(op: Any, args: tuple, kwargs: dict, vals: list[Any], grads: list[bool]
 
     examples = [_example(v, g) for v, g in zip(vals, grads)]
     traced = torch.func.functionalize(fn, remove="mutations")
-    # oneDNN's fused recurrent kernel (`mkldnn_rnn_layer`, eager CPU's nn.LSTM) is traced as
-    # the composite it implements (linear + chunk + sigmoid/tanh + mul/add per step, as
-    # nn.GRU is); what it saves still comes from eager autograd (NOTE in `_eager.py`)
-    with warnings.catch_warnings(), torch.backends.mkldnn.flags(enabled=False):
-        warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
-        return make_fx(traced, decomposition_table=decomposition_table(), tracing_mode="fake")(
-            *examples
-        )
+    return make_fx(traced, decomposition_table=decomposition_table(), tracing_mode="fake")(
+        *examples
+    )
