@@ -412,12 +412,14 @@ def test_kws_dscnn_with_its_average_pooling_matches_pytorchs_trainer(tmp_path):
         ("har-cnn1d", 6, 40, 0.01, True),
         ("mlp-784", 10, 200, 0.05, True),
         ("kws-dscnn", 12, 8, 0.01, False),
+        ("tcn-1d", 6, 40, 0.01, True),
     ],
 )
 def test_zoo_model_trains_on_the_nrf52840_within_its_plan(
     tmp_path, name, classes, steps, lr, learns
 ):
-    # Prepare: a zoo model (HAR: Conv1d, BN1d, MaxPool1d, Dropout; KWS: AvgPool2d((25, 5)))
+    # Prepare: a zoo model (HAR: Conv1d, BN1d, MaxPool1d, Dropout; KWS: AvgPool2d((25, 5));
+    # TCN: causal slices)
     # planned for the C executor on the nRF52840 profile, seeded class-dependent samples
     from edgetrain.models import build_model
 

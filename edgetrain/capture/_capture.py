@@ -34,6 +34,7 @@ from edgetrain.capture._rules import (
     _Ctx,
     _Rule,
     category_rule,
+    view_attrs,
 )
 from edgetrain.errors import InvalidArgumentError, UnsupportedOpError
 from edgetrain.ir import SCHEMA_VERSION, Graph, Node, OpKind, Param, TensorRole
@@ -107,6 +108,7 @@ class _Walk:
     rg: set[str] = field(default_factory=set)  # IR tensors that require grad (full training)
     outs: dict[str, list[str | None]] = field(default_factory=dict)  # fx node -> IR outputs
     split_views: dict[str, str] = field(default_factory=dict)  # multi-output view -> its base
+    split_calls: dict[str, tuple] = field(default_factory=dict)  # ... -> (op, args, kwargs)
     by_ptr: dict[int, str] = field(default_factory=dict)  # eager storage address -> IR tensor
     missing: list[str] = field(default_factory=list)
 
@@ -129,6 +131,8 @@ def _emit(
         mapping[f"<multi>{fx.name}"] = name
         if isinstance(fx.target, torch._ops.OpOverload) and fx.target.is_view:
             w.split_views[name] = _tensor_names(args)[0]  # getitems become views of the base
+            kwargs = torch.fx.node.map_arg(dict(fx.kwargs), lambda n: n.meta.get("val"))
+            w.split_calls[name] = (fx.target, vals, kwargs)
             return None
         out, extra = out[0], list(out[1:])
     if not isinstance(out, torch.Tensor):
@@ -191,7 +195,11 @@ def _getitem(w: _Walk, fx: torch.fx.Node, name: str, module: str, mapping: dict[
         mapping[fx.name] = t.name
         if base in w.rg and val.is_floating_point():
             w.rg.add(t.name)
-        w.b.nodes.append(Node(name, OpKind.VIEW, "aten.getitem", (base,), t.name, module=module))
+        target, vals, kwargs = w.split_calls[src_ir]
+        attrs = tuple(sorted(view_attrs(target, vals, kwargs, val, idx).items()))
+        w.b.nodes.append(
+            Node(name, OpKind.VIEW, "aten.getitem", (base,), t.name, module=module, attrs=attrs)
+        )
         return
     outs = w.outs.get(src_ir, [])
     got = outs[idx] if idx < len(outs) else None  # None: its producer is reported missing

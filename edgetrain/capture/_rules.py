@@ -286,14 +286,72 @@ def _mean(c: _Ctx) -> _Rule:
     return _Rule(OpKind.MEAN, vec=n_in, vec_bwd=n_in, attrs={"dims": tuple(c.args[1])})
 
 
+def view_attrs(
+    target: Any, vals: list[Any], kwargs: dict[str, Any], out: torch.Tensor, index: int | None
+) -> dict[str, Any]:
+    """NOTE [ Views as index maps ]
+    Every VIEW node (and a reshape that had to copy) records where its elements come from in
+    its source tensor (the first tensor argument) laid out contiguously in its own logical
+    order: `out[i_0, .., i_k] = src_flat[view_offset + sum_k i_k * view_stride[k]]`, with
+    `view_size` the output's shape. The source's logical layout, not its storage, is the
+    reference: every executor that materialises tensors (the C trainer's arena) stores each
+    one contiguously, whatever strides PyTorch gave it. A contiguous source's map is read off
+    the real (fake) tensors: the output's storage offset relative to the source's, and its
+    strides. A non-contiguous source (a view of a view) is replaced by a contiguous meta
+    tensor of its shape and the operator run again on it (`index`: the item of a multi-output
+    view, unbind / chunk / split), which composes the two maps; a reshape that copies is the
+    contiguous map. So transpose, permute, select, slice (with step), narrow, expand (stride
+    0), squeeze, unsqueeze, the getitems of unbind / chunk / split and any other ATen view
+    need no code of their own. Returns {} when the operator cannot be re-run on a meta tensor
+    (an executor then refuses the node, naming it)."""
+    src = next((v for v in vals if isinstance(v, torch.Tensor)), None)
+    if src is None or not isinstance(out, torch.Tensor):
+        return {}
+    if (
+        src.is_contiguous()
+        and out.untyped_storage()._cdata == src.untyped_storage()._cdata
+        and index is None
+    ):
+        offset, stride = out.storage_offset() - src.storage_offset(), tuple(out.stride())
+    else:
+        probe = torch.empty(tuple(src.shape), dtype=src.dtype, device="meta")
+        args = [probe if v is src else v for v in vals]
+        try:
+            r = target(*args, **kwargs)
+        except Exception:  # an operator that cannot run on meta tensors: no map
+            return {}
+        r = r[index] if index is not None else r
+        if r.untyped_storage()._cdata != probe.untyped_storage()._cdata:
+            offset, stride = 0, _contiguous_strides(tuple(r.shape))  # a reshape that copied
+        else:
+            offset, stride = r.storage_offset(), tuple(r.stride())
+    return {
+        "view_offset": int(offset),
+        "view_size": tuple(int(d) for d in out.shape),
+        "view_stride": tuple(int(s) for s in stride),
+    }
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    out, acc = [], 1
+    for d in reversed(shape):
+        out.append(acc)
+        acc *= int(d)
+    return tuple(reversed(out))
+
+
 def _view(c: _Ctx) -> _Rule:
+    kwargs = torch.fx.node.map_arg(dict(c.fx.kwargs), lambda n: n.meta.get("val"))
+    attrs = view_attrs(c.fx.target, c.vals, kwargs, c.out, None)
     if c.b.storage_id(c.out) != c.b.storage_id(c.vals[0]):
-        return _Rule(OpKind.COPY, vec=_numel(c.out.shape))  # reshape that had to copy
-    return _Rule(OpKind.VIEW)
+        # a reshape that had to copy
+        return _Rule(OpKind.COPY, vec=_numel(c.out.shape), attrs=attrs)
+    return _Rule(OpKind.VIEW, attrs=attrs)
 
 
 def _copy(c: _Ctx) -> _Rule:
-    return _Rule(OpKind.COPY, vec=_numel(c.out.shape))
+    # `fn`: clone / contiguous / detach (no gradient flows through it) / _to_copy / ...
+    return _Rule(OpKind.COPY, vec=_numel(c.out.shape), attrs={"fn": _fn(c)})
 
 
 def _as_3d(c: _Ctx, i: int, shape3: tuple[int, int, int]) -> str:
@@ -446,9 +504,12 @@ def _elementwise(c: _Ctx) -> _Rule:
     n = _numel(c.out.shape)
     fn = _fn(c)
     cost = 4 if fn in _TRANSCENDENTAL else 1
-    return _Rule(
-        OpKind.ELEMENTWISE, vec=cost * n, vec_bwd=cost * n * _float_inputs(c), attrs={"fn": fn}
-    )
+    attrs: dict[str, Any] = {"fn": fn}
+    if isinstance(c.fx.target, torch._ops.OpOverload) and torch.Tag.inplace in c.fx.target.tags:
+        # eager GRU's `sigmoid_`, `add_`: the value of the out-of-place op `fn` without its
+        # trailing underscore, written over its first operand (whose name the IR retires)
+        attrs["inplace"] = True
+    return _Rule(OpKind.ELEMENTWISE, vec=cost * n, vec_bwd=cost * n * _float_inputs(c), attrs=attrs)
 
 
 def _reduction(c: _Ctx) -> _Rule:
@@ -458,7 +519,26 @@ def _reduction(c: _Ctx) -> _Rule:
 
 def _index(c: _Ctx) -> _Rule:
     n = _numel(c.out.shape)
-    return _Rule(OpKind.INDEX, vec=n, vec_bwd=n, attrs={"fn": _fn(c)})
+    attrs: dict[str, Any] = {"fn": _fn(c)}
+    dim = _int_arg(c, "dim")
+    if dim is not None:  # cat / stack / gather / index_select: the dimension, non-negative
+        attrs["dim"] = dim % max(1, c.out.dim())
+    return _Rule(OpKind.INDEX, vec=n, vec_bwd=n, attrs=attrs)
+
+
+def _int_arg(c: _Ctx, name: str) -> int | None:
+    """The operator's integer argument `name` (positional, keyword or its default)."""
+    if not isinstance(c.fx.target, torch._ops.OpOverload):
+        return None
+    for k, a in enumerate(c.fx.target._schema.arguments):
+        if a.name != name or str(a.type) != "int":
+            continue
+        if name in c.fx.kwargs:
+            return int(c.fx.kwargs[name])
+        if k < len(c.fx.args):
+            return int(c.fx.args[k])
+        return int(a.default_value) if a.has_default_value() else None
+    return None
 
 
 def _random(c: _Ctx) -> _Rule:

@@ -83,8 +83,15 @@ SUPPORTED = (
     "dropout (nn.Dropout; an on-device PRNG mask)",
     "layer_norm (nn.LayerNorm, over the last dimensions)",
     "upsample nearest 1d/2d (integer factors)",
-    "cat (of distinct activations)",
+    "cat / stack (of distinct activations)",
     "softmax / log_softmax (any dim)",
+    "any view (transpose, permute, select, slice, narrow, expand, unbind / chunk / split "
+    "items: a strided gather; contiguous reshapes: aliases)",
+    "clone / contiguous / detach (aliases)",
+    "in-place point-wise and binary ops (as their out-of-place kernels)",
+    "zeros / ones factories",
+    "mm / addmm by a transposed parameter (nn.GRU's gates; as linear, weights shared "
+    "across time steps)",
 )
 
 
@@ -108,6 +115,8 @@ class LKind(enum.Enum):
     UPSAMPLE = "upsample"  # nearest, integer factors
     CAT = "cat"
     SOFTMAX = "softmax"  # and log_softmax (extra["log"])
+    GATHER = "gather"  # a view that moves data: a strided gather (NOTE [ Views in C ])
+    FILL = "fill"  # a constant factory (zeros / ones)
 
 
 LOSS_KINDS = (LKind.XENT, LKind.LOSS)
@@ -150,6 +159,7 @@ class Lowered:
     batch_size: int
     trainable_params: tuple[str, ...]
     folded: tuple[str, ...]  # 'conv+bn' pairs folded into one constant convolution
+    shared: dict = field(default_factory=dict)  # trained array read by several ops -> floats
 
 
 # The arrays' roles and the prefix / suffix of their identifiers (NOTE [ Names in generated C ])
@@ -194,6 +204,7 @@ class _Lowering:
     skip: set = field(default_factory=set)  # nodes lowered as part of another (dropout's mask)
     dropout_of: dict = field(default_factory=dict)  # dropout's final mul node -> p (or None)
     dropout_masks: set = field(default_factory=set)  # the masks' tensors
+    param_views: dict = field(default_factory=dict)  # a view of a parameter -> its node
     shape: dict = field(init=False)
     pby: dict = field(init=False)
     arrays: dict[str, Array] = field(default_factory=dict)
@@ -443,15 +454,137 @@ _VIEWS = (
     "aten.squeeze.dims",
     "aten.squeeze.default",
 )
+"""Views that are contiguous reshapes whatever their operands (no index map needed)."""
+MAX_VIEW_DIMS = 8  # the gather kernel's index space after merging (NOTE [ Views in C ])
+
+
+def view_map(n) -> "tuple[int, tuple[int, ...], tuple[int, ...]] | None":
+    """NOTE [ Views in C ]
+    A view's index map (NOTE [ Views as index maps ] in edgetrain/capture/_rules.py:
+    `out[i] = src[view_offset + sum_k i_k view_stride[k]]` over the source's contiguous
+    layout) with its size-1 dimensions dropped and adjacent dimensions that step through the
+    source as one merged: (offset, sizes, strides). A map that is the whole source in order
+    (offset 0, one dimension of stride 1, or none) is a contiguous reshape: the C trainer
+    aliases the output to the source's buffer (no code). Any other map (transpose, permute,
+    select, slice with any step, the getitems of unbind / chunk / split, expand's stride 0)
+    is one strided gather into a buffer of its own (`view_gather`); its backward scatters
+    the output gradient back, adding (`view_scatter`: zero-filled first unless it
+    accumulates), so elements read twice (expand) sum their gradients and elements never read
+    (select, slice) get zero. Copies (clone, contiguous, detach) alias their source: every C
+    operator writes a buffer of its own, so no later in-place write can change a copy's
+    source (detach passes no gradient). None: the node records no map."""
+    off, size, stride = n.attr("view_offset"), n.attr("view_size"), n.attr("view_stride")
+    if off is None or size is None or stride is None:
+        return None
+    merged: list[list[int]] = []
+    for d, st in zip(size, stride):
+        if d == 1:
+            continue
+        if merged and merged[-1][1] == st * d:
+            merged[-1] = [merged[-1][0] * d, st]
+        else:
+            merged.append([int(d), int(st)])
+    return int(off), tuple(d for d, _ in merged), tuple(st for _, st in merged)
+
+
+def _is_reshape(m: tuple[int, tuple[int, ...], tuple[int, ...]], numel_in: int) -> bool:
+    off, size, stride = m
+    return off == 0 and int(np.prod(size)) == numel_in and (not size or stride == (1,))
 
 
 def _lower_view(lw: _Lowering, n, acts) -> LOp:
-    if n.aten not in _VIEWS:
+    m = view_map(n)
+    if m is None:
+        if n.aten not in _VIEWS:
+            raise UnsupportedKernelError(
+                f"node {n.name}: view {n.aten} records no index map (a graph captured by an "
+                "older edgetrain, or an operator that cannot run on meta tensors); re-capture "
+                "the model, or replace the view by reshape / transpose / slicing"
+            )
+        return lw.op(LKind.VIEW, n, acts[:1])
+    if _is_reshape(m, int(np.prod(lw.shape[acts[0]]))):
+        return lw.op(LKind.VIEW, n, acts[:1])
+    off, size, stride = m
+    if len(size) > MAX_VIEW_DIMS:
         raise UnsupportedKernelError(
-            f"node {n.name}: view {n.aten} is not a contiguous reshape; supported "
-            "views: flatten, view, reshape, squeeze, unsqueeze"
+            f"node {n.name}: view {n.aten} {lw.shape[acts[0]]} -> {lw.shape[n.output]} moves "
+            f"data over {len(size)} dimensions; the C gather takes up to {MAX_VIEW_DIMS} (after "
+            "merging contiguous ones): reshape the tensor to fewer dimensions first"
         )
-    return lw.op(LKind.VIEW, n, acts)
+    extra = {"offset": off, "size": size, "stride": stride}
+    return lw.op(LKind.GATHER, n, acts[:1], extra=extra)
+
+
+def _lower_copy(lw: _Lowering, n, acts) -> LOp:
+    """A reshape that had to copy is a view (its map); clone / contiguous / detach /
+    `_to_copy` of a float32 tensor alias their source (NOTE [ Views in C ])."""
+    if n.attr("view_size") is not None:
+        return _lower_view(lw, n, acts)
+    g = lw.graph
+    same = (
+        len(acts) == 1
+        and len(n.inputs) == 1
+        and lw.shape[acts[0]] == lw.shape[n.output]
+        and g.tensor(acts[0]).dtype == g.tensor(n.output).dtype == "float32"
+    )
+    if not same:
+        raise _unsupported(n)
+    return lw.op(LKind.VIEW, n, acts[:1], extra={"detach": n.attr("fn") == "detach"})
+
+
+_FILLS = {"zeros": 0.0, "zeros_like": 0.0, "new_zeros": 0.0}
+_FILLS |= {"ones": 1.0, "ones_like": 1.0, "new_ones": 1.0}
+"""Factories whose value the graph implies (by `attrs["fn"]`); `full` and others are not."""
+
+
+def _lower_factory(lw: _Lowering, n, acts) -> LOp:
+    """A constant tensor (nn.GRU's zero initial state): filled in its arena buffer by each
+    forward (no input, no gradient)."""
+    v = _FILLS.get(n.attr("fn"))
+    if v is None or lw.graph.tensor(n.output).dtype != "float32":
+        raise UnsupportedKernelError(
+            f"node {n.name} ({n.module or 'functional'}): factory {n.attr('fn')} "
+            f"({lw.graph.tensor(n.output).dtype}) has no C kernel; supported: float32 "
+            f"{', '.join(_FILLS)}"
+        )
+    return lw.op(LKind.FILL, n, (), extra={"value": v})
+
+
+def _param_view(lw: _Lowering, t: str) -> "tuple[str, object] | None":
+    """(parameter name, view node) when `t` is a view of a parameter."""
+    n = lw.param_views.get(t)
+    return None if n is None else (lw.pby[n.inputs[0]].name, n)
+
+
+def _lower_matmul(lw: _Lowering, n, acts) -> LOp:
+    """mm / addmm of an activation by the transpose of a 2-D parameter (nn.GRU's and
+    nn.LSTM's decomposed gate products: `addmm(b, x, w.t())`) is a linear layer; other
+    products have no C kernel yet."""
+    fn, ins = n.attr("fn"), n.inputs
+    parts = {"addmm": 3, "mm": 2}
+    pv = _param_view(lw, ins[-1]) if fn in parts and len(ins) == parts[fn] else None
+    ok = pv is not None and ins[-2] in acts and len(lw.shape[ins[-2]]) == 2
+    if ok:
+        pname, v = pv
+        w = lw.shape[v.inputs[0]]
+        ok = (
+            len(w) == 2
+            and tuple(v.attr("view_size", ())) == (w[1], w[0])
+            and v.attr("view_offset") == 0
+            and (w[1] == 1 or w[0] == 1 or tuple(v.attr("view_stride")) == (1, w[1]))
+        )
+    bias = lw.pby.get(ins[0]) if fn == "addmm" else None
+    if ok and fn == "addmm":
+        ok = bias is not None and tuple(bias.shape) == (lw.shape[n.output][1],)
+    if not ok:
+        raise UnsupportedKernelError(
+            f"node {n.name} ({n.module or 'functional'}): {fn or 'matmul'} of "
+            f"{[lw.shape.get(t) for t in ins]}; the C kernel multiplies a 2-D activation by "
+            "the transpose of a 2-D parameter (a linear layer, with a parameter bias for "
+            "addmm); products of two activations (attention) have no C kernel yet"
+        )
+    extra = {"w_param": pname, "b_param": bias.name if bias is not None else None}
+    return lw.op(LKind.LINEAR, n, (ins[-2],), extra=extra)
 
 
 def _lower_linear(lw: _Lowering, n, acts) -> LOp:
@@ -543,8 +676,14 @@ def _lower_binary(lw: _Lowering, n, acts, fn: str) -> LOp:
 
 def _lower_elementwise(lw: _Lowering, n, acts) -> LOp:
     """The point-wise and binary categories (NOTE [ Op categories in C ]), by the ATen name
-    inside the category (`attrs["fn"]`) or the kind's own name (tanh, gelu, hardswish, mul)."""
+    inside the category (`attrs["fn"]`) or the kind's own name (tanh, gelu, hardswish, mul).
+    An in-place op (`add_`, `sigmoid_`: `attrs["inplace"]`) is its out-of-place op writing a
+    buffer of its own (NOTE [ In-place ops in C ])."""
     fn = n.attr("fn") or n.op.value
+    if n.attr("inplace") and fn.endswith("_"):
+        fn = fn[:-1]
+    if fn == "add" and n.op is OpKind.ELEMENTWISE:
+        return _lower_add(lw, n, acts)
     scalar = n.attr("scalar")
     if scalar is not None and f"{fn}_scalar" in POINTWISE and len(acts) == 1:
         return lw.op(LKind.POINTWISE, n, acts, extra={"fn": f"{fn}_scalar", "a": float(scalar)})
@@ -604,15 +743,20 @@ def _lower_upsample(lw: _Lowering, n, acts) -> LOp:
 
 
 def _lower_cat(lw: _Lowering, n, acts) -> LOp:
-    """Concatenation along the one dimension where the output's size is the operands' sum."""
+    """Concatenation along its recorded dimension (else the one where the output's size is
+    the operands' sum); stack is the concatenation of its operands unsqueezed there."""
     out = lw.shape[n.output]
     shapes = [lw.shape[t] for t in acts]
+    at = n.attr("dim")
+    if n.attr("fn") == "stack" and at is not None:
+        shapes = [s[:at] + (1,) + s[at:] for s in shapes]
     dims = [
         d
         for d in range(len(out))
         if all(len(s) == len(out) for s in shapes)
         and sum(s[d] for s in shapes) == out[d]
         and all(s[:d] + s[d + 1 :] == out[:d] + out[d + 1 :] for s in shapes)
+        and at in (None, d)
     ]
     if len(acts) != len(n.inputs) or len(dims) != 1 or len(set(acts)) != len(acts):
         raise UnsupportedKernelError(
@@ -645,6 +789,7 @@ _INDEX_OPS = {
     "upsample_nearest2d": _lower_upsample,
     "upsample_nearest1d": _lower_upsample,
     "cat": _lower_cat,
+    "stack": _lower_cat,
 }
 
 
@@ -673,6 +818,9 @@ _LOWER: dict[OpKind, Callable[[_Lowering, object, tuple[str, ...]], "LOp | None"
     OpKind.ADAPTIVE_AVG_POOL2D: _lower_adaptive_pool,
     OpKind.MEAN: _lower_mean,
     OpKind.VIEW: _lower_view,
+    OpKind.COPY: _lower_copy,
+    OpKind.FACTORY: _lower_factory,
+    OpKind.MATMUL: _lower_matmul,
     OpKind.LINEAR: _lower_linear,
     OpKind.CROSS_ENTROPY: _lower_xent,
     OpKind.ELEMENTWISE: _lower_elementwise,
@@ -691,14 +839,83 @@ _LOWER: dict[OpKind, Callable[[_Lowering, object, tuple[str, ...]], "LOp | None"
 _SKIPPED = frozenset({OpKind.BUFFER_UPDATE})  # BN running-statistics updates: frozen in C
 
 
-def _dead_aux_view(g: Graph, n) -> bool:
-    """A view of an operator's own saved tensor that nothing reads (1-D max pooling squeezes
-    its int64 indices too): no C; the C kernel finds the maximum again in backward."""
-    return (
-        n.op is OpKind.VIEW
-        and all(g.tensor(t).role is TensorRole.AUX for t in n.inputs)
-        and not g.consumers.get(n.output)
-    )
+def _live(g: Graph) -> frozenset[str]:
+    """The nodes the loss depends on (what eager mode computes only for autograd, e.g. nn.GRU's
+    `detach` and `clone` of saved gates, or an output nobody reads, has no C)."""
+    need, live = {g.loss}, set()
+    for n in reversed(g.nodes):
+        outs = (n.output, *n.aux_outputs, *n.attr("results", ()))
+        if any(t in need for t in outs):
+            live.add(n.name)
+            need.update(n.inputs)
+    return frozenset(live)
+
+
+class _Regions:
+    """The storage elements each tensor covers (composed view maps; None: unknown)."""
+
+    def __init__(self, g: Graph) -> None:
+        self.g = g
+        self.memo: dict[str, "np.ndarray | None"] = {}
+
+    def of(self, t: str) -> "np.ndarray | None":
+        if t not in self.memo:
+            self.memo[t] = self._compute(t)
+        return self.memo[t]
+
+    def _compute(self, t: str) -> "np.ndarray | None":
+        g, tt = self.g, self.g.tensor(t)
+        i = g.node_index.get(tt.producer or "")
+        n = g.nodes[i] if i is not None else None
+        if n is None or not n.inputs or g.tensor(n.inputs[0]).storage != tt.storage:
+            return np.arange(tt.numel)  # the tensor that made its storage
+        src = self.of(n.inputs[0])
+        if n.attr("inplace"):
+            return src
+        off, size, stride = (n.attr(k) for k in ("view_offset", "view_size", "view_stride"))
+        if src is None or off is None:
+            return None
+        idx = np.full(tuple(size), off, dtype=np.int64)
+        for k, (d, st) in enumerate(zip(size, stride)):
+            shape = [1] * len(size)
+            shape[k] = d
+            idx = idx + np.arange(d, dtype=np.int64).reshape(shape) * st
+        return src[idx.reshape(-1)]
+
+
+def _check_inplace(g: Graph, live: frozenset[str]) -> None:
+    """NOTE [ In-place ops in C ]
+    Eager decompositions write in place (nn.GRU's gates: `add_`, `sigmoid_`, `mul_`, `tanh_`
+    on chunks of one product). Capture names each write's result anew, and the C trainer runs
+    every op out of place into a buffer of its own, which is eager mode's value exactly when
+    no operator reads a tensor after an in-place write to storage elements it covers (its
+    value then is the written one; in C it would be the one before). Such a stale read is
+    refused (regions from the composed view maps, NOTE [ Views as index maps ]); every other
+    in-place op runs as its out-of-place kernel."""
+    writes: dict[str, list[int]] = {}
+    for i, n in enumerate(g.nodes):
+        if n.attr("inplace") and n.inputs:
+            writes.setdefault(g.tensor(n.inputs[0]).storage, []).append(i)
+    if not writes:
+        return
+    regions = _Regions(g)
+    for q, reader in enumerate(g.nodes):
+        if reader.name not in live:
+            continue
+        for t in reader.inputs:
+            tt = g.tensor(t)
+            made = g.node_index.get(tt.producer or "", -1)
+            for i in writes.get(tt.storage, ()):
+                if not made < i < q:
+                    continue
+                w, rt = regions.of(g.nodes[i].inputs[0]), regions.of(t)
+                if w is None or rt is None or np.intersect1d(w, rt).size:
+                    raise UnsupportedKernelError(
+                        f"node {reader.name} ({reader.module or 'functional'}) reads {t} after "
+                        f"the in-place {g.nodes[i].attr('fn')} of node {g.nodes[i].name} "
+                        "wrote over it; the C trainer runs in-place ops out of place (NOTE "
+                        "[ In-place ops in C ]). Use the op's out-of-place form in the model"
+                    )
 
 
 def _find_dropouts(lw: _Lowering) -> None:
@@ -743,14 +960,30 @@ def _find_dropouts(lw: _Lowering) -> None:
 
 def _lower_nodes(lw: _Lowering) -> None:
     g = lw.graph
+    live = _live(g)
+    _check_inplace(g, live)
     _find_dropouts(lw)
+    lw.param_views = {
+        n.output: n
+        for n in g.nodes
+        if n.op is OpKind.VIEW and n.name in live and n.inputs and n.inputs[0] in lw.pby
+    }
     for n in g.nodes:
-        if n.op in _SKIPPED or _dead_aux_view(g, n) or n.name in lw.skip:
+        if n.op in _SKIPPED or n.name not in live or n.name in lw.skip:
             continue
+        if n.output in lw.param_views:
+            continue  # read by the operator it feeds (a linear's transposed weight)
+        if n.op is not OpKind.MATMUL and any(t in lw.param_views for t in n.inputs):
+            raise UnsupportedKernelError(
+                f"node {n.name} ({n.module or 'functional'}): {n.op.value} reads a view of a "
+                "parameter; the C kernels take parameters as they are (a linear layer's "
+                "transposed weight is the one view they read)"
+            )
         acts = tuple(
             t
             for t in n.inputs
             if t not in lw.pby
+            and t not in lw.param_views
             and lw.shape.get(t) is not None
             and t != g.target
             and not _is_buffer(g, t)
@@ -775,6 +1008,38 @@ def _lower_nodes(lw: _Lowering) -> None:
             "the graph does not end in a loss the C trainer has (cross_entropy, "
             f"{', '.join(LOSSES)}); capture the model with one of them (plan --loss)"
         )
+
+
+def _shared_gradients(ops: list[LOp], arrays: dict[str, Array]) -> dict[str, int]:
+    """NOTE [ Shared weights in C ]
+    A trained array that several operators read (nn.GRU's recurrent weights, one linear per
+    time step) cannot take its SGD step inside each operator's backward as an unshared one
+    does: the earlier operators' input gradients need the old values, and PyTorch steps by the
+    sum of the contributions. Its gradient is summed in an arena buffer instead (`p:<symbol>`,
+    zeroed at the first backward use, live until the last), and the step is applied after the
+    last one (`sgd_apply`). Linear layers only (their weight-gradient kernel sums with lr -1);
+    other operators sharing a trained array are refused. Returns symbol -> floats of its
+    gradient buffer (the rows a partial-channel plan trains)."""
+    users: dict[str, list[LOp]] = {}
+    for op in ops:
+        for sym in dict.fromkeys((op.weight, op.bias)):
+            if sym and arrays[sym].trainable:
+                users.setdefault(sym, []).append(op)
+    out: dict[str, int] = {}
+    for sym, those in users.items():
+        if len(those) < 2:
+            continue
+        bad = [op for op in those if op.kind is not LKind.LINEAR or op.weight == op.bias]
+        if bad:
+            raise UnsupportedKernelError(
+                f"parameter {arrays[sym].param} is trained and read by {len(those)} operators "
+                f"({', '.join(op.name for op in those[:4])}); the C trainer sums the gradients "
+                "of shared weights for linear layers only (NOTE [ Shared weights in C ])"
+            )
+        op = those[0]
+        rows = op.extra.get("rows", op.shape_out[1])
+        out[sym] = rows * (op.shape_in[0][1] if sym == op.weight else 1)
+    return out
 
 
 def lower(
@@ -824,11 +1089,13 @@ def lower(
             consumers.setdefault(t, []).append(op)
     input_tensor = graph.inputs[0]
     bwd_reads = _bwd_reads(ops, arrays, rg)
+    shared = _shared_gradients(ops, arrays)
     uf = _aliases(ops, rg, consumers, bwd_reads, input_tensor)
-    sizes, span = _lifetimes(ops, arrays, rg, lw.shape, input_tensor, uf)
+    sizes, span = _lifetimes(ops, arrays, rg, lw.shape, input_tensor, uf, shared)
     buffers = place_largest_first(sizes, span)
     keys = {k for op in ops for t in (*op.inputs, op.output) for k in ("a:" + t, "g:" + t)}
     keys.add("a:" + ops[-1].output + ".prob")
+    keys.update("p:" + sym for sym in shared)
     alias = {k: uf.root(k) for k in keys if uf.root(k) in sizes}
     shape = lw.shape
     return Lowered(
@@ -844,6 +1111,7 @@ def lower(
         int(shape[input_tensor][0]),
         tuple(a.param for a in trainable_syms),
         tuple(lw.folded),
+        shared,
     )
 
 
@@ -889,6 +1157,8 @@ def _requires_grad(ops: list[LOp], arrays: dict[str, Array]) -> set[str]:
     """Activations whose gradient the pruned backward computes."""
     rg: set[str] = set()
     for op in ops:
+        if op.extra.get("detach"):
+            continue  # no gradient flows through detach
         own = any(arrays[s].trainable for s in (op.weight, op.bias) if s)
         if own or any(t in rg for t in op.inputs):
             rg.add(op.output)
@@ -952,9 +1222,17 @@ def _aliases(
     for op in ops:
         if op.kind is LKind.VIEW:
             uf.union("a:" + op.output, "a:" + op.inputs[0])
+    readers: dict[str, int] = {}  # per buffer: the operators reading it other than aliases
+    for t, those in consumers.items():
+        r = uf.root("a:" + t)
+        readers[r] = readers.get(r, 0) + sum(op.kind is not LKind.VIEW for op in those)
     for op in ops:
         x = op.inputs[0] if op.inputs else None
-        if op.kind in (LKind.RELU, LKind.RELU6) and x != input_tensor and len(consumers[x]) == 1:
+        if (
+            op.kind in (LKind.RELU, LKind.RELU6)
+            and x != input_tensor
+            and readers[uf.root("a:" + x)] == 1
+        ):
             rx = uf.root("a:" + x)
             if not any(uf.root("a:" + t) == rx for t in bwd_reads):
                 uf.union("a:" + op.output, "a:" + x)
@@ -984,9 +1262,11 @@ def _lifetimes(
     shape: dict,
     input_tensor: str,
     uf: _UnionFind,
+    shared: dict[str, int],
 ) -> tuple[dict[str, int], dict[str, list[int]]]:
     """Every buffer's size (fp32 bytes) and [first, last] step: the forward operators, then
-    the pruned backward in reverse."""
+    the pruned backward in reverse (shared weights' gradient sums included: NOTE [ Shared
+    weights in C ])."""
     sizes: dict[str, int] = {}
     span: dict[str, list[int]] = {}
     trainable = {k for k, a in arrays.items() if a.trainable}
@@ -1018,6 +1298,8 @@ def _lifetimes(
         for t in op.inputs:
             if t in rg:
                 use("g:" + t, s, numel[t])
+        for sym in {op.weight, op.bias} & shared.keys():
+            use("p:" + sym, s, shared[sym])
         for t in saved_for_backward(op, trainable, rg):
             use("a:" + t, s, numel[t])
     return sizes, span

@@ -10,9 +10,10 @@ NOTE [ The C trainer's memory, for the planner ]
     own prediction from shapes, the very number the build file records as
     `codegen_predicted_peak_sram_bytes` and `mcu_run` measures the compiled program against:
     - fp32: `predict_peak_sram_bytes` (the plan lowered with zero weights: arena + trainable
-      tensors + labels + runtime reserve). Every operator must have a C kernel
-      (`UnsupportedKernelError` otherwise, before any candidate), and flash must hold every
-      fp32 weight.
+      tensors + labels + runtime reserve; the arena holds the gathered views and the shared
+      weights' gradient sums too: NOTE [ Views in C ], NOTE [ Shared weights in C ]). Every
+      operator must have a C kernel (`UnsupportedKernelError` otherwise, before any
+      candidate), and flash must hold every fp32 weight.
     - int8: the int8 QAS trainer trains whole conv/linear layers of the quantised graph (BN
       folded into them), so a candidate trains the layers owning a parameter it names
       (`int8_trainable_ops`); it has no bias-only mode, and a candidate that names no layer

@@ -21,6 +21,9 @@ NOTE [ Op categories in C ]
       concatenation (its dimension: the one where the output's size is the operands' sum;
       operands listed once each, so `cat([a, a])` is refused), both copies with no saved
       tensor.
+    - Views that move data (`_VIEW`: `view_gather` / `view_scatter`, NOTE [ Views in C ] in
+      _lower.py), constant factories (`fill_fwd`) and a shared weight's SGD step from its
+      summed gradient (`sgd_apply`, NOTE [ Shared weights in C ]).
     - Softmax / log-softmax along any recorded dimension (`softmax_fwd` / `softmax_bwd`): the
       backward reads the output.
     - Layer norm (`layernorm_fwd` / `layernorm_bwd`): the backward reads the saved input and
@@ -418,6 +421,62 @@ static void cat_bwd(const float *dy, float *dx, int acc, int outer, int chunk, i
 }
 
 
+_VIEW = {
+    "view_gather": r"""
+/* a view that moves data (NOTE [ Views in C ]): y[i] = x[off + sum_k i_k * stride[k]] over
+   the index space size[0..nd) in row-major order; the last dimension is the inner loop */
+static void view_gather(const float *x, float *y, int off, int nd, const int *size,
+                        const int *stride) {
+    if (nd == 0) { y[0] = x[off]; return; }
+    int idx[8] = {0}, rows = 1, base = off;
+    for (int k = 0; k < nd - 1; k++) rows *= size[k];
+    const int L = size[nd - 1], s = stride[nd - 1];
+    for (int r = 0; r < rows; r++, y += L) {
+        const float *xs = x + base;
+        if (s == 1) memcpy(y, xs, sizeof(float) * (size_t)L);
+        else for (int j = 0; j < L; j++) y[j] = xs[(ptrdiff_t)j * s];
+        for (int k = nd - 2; k >= 0; k--) {
+            base += stride[k];
+            if (++idx[k] < size[k]) break;
+            base -= stride[k] * size[k]; idx[k] = 0;
+        }
+    }
+}
+""",
+    "view_scatter": r"""
+/* the gather's backward: dx[off + sum_k i_k * stride[k]] += dy[i]; dx (nx values) is zeroed
+   first unless acc, so elements read twice (expand) sum and elements never read get 0 */
+static void view_scatter(const float *dy, float *dx, int acc, int nx, int off, int nd,
+                         const int *size, const int *stride) {
+    if (!acc) k_zero(dx, nx);
+    if (nd == 0) { dx[off] += dy[0]; return; }
+    int idx[8] = {0}, rows = 1, base = off;
+    for (int k = 0; k < nd - 1; k++) rows *= size[k];
+    const int L = size[nd - 1], s = stride[nd - 1];
+    for (int r = 0; r < rows; r++, dy += L) {
+        float *d = dx + base;
+        for (int j = 0; j < L; j++) d[(ptrdiff_t)j * s] += dy[j];
+        for (int k = nd - 2; k >= 0; k--) {
+            base += stride[k];
+            if (++idx[k] < size[k]) break;
+            base -= stride[k] * size[k]; idx[k] = 0;
+        }
+    }
+}
+""",
+    "fill_fwd": r"""
+/* a constant factory (zeros / ones) */
+static void fill_fwd(float *y, int n, float v) { for (int i = 0; i < n; i++) y[i] = v; }
+""",
+    "sgd_apply": r"""
+/* a shared weight's SGD step from its summed gradient (NOTE [ Shared weights in C ]) */
+static void sgd_apply(float *p, const float *g, float lr, int n) {
+    for (int i = 0; i < n; i++) p[i] -= lr * g[i];
+}
+""",
+}
+
+
 @functools.cache
 def op_kernels() -> dict[str, str]:
     """The C text of every kernel of this module's tables, by kernel name."""
@@ -432,6 +491,7 @@ def op_kernels() -> dict[str, str]:
     out.update(_LAYER_NORM)
     out.update(_INDEX)
     out.update(_SOFTMAX)
+    out.update(_VIEW)
     return out
 
 

@@ -309,6 +309,25 @@ class _Names:
     def __init__(self, low: Lowered) -> None:
         self.low = low
         self.off = {b.name: b.offset for b in low.buffers}
+        self.dims: dict[tuple[int, ...], int] = {}  # int sequences -> offset in `et_dims`
+        self.n_dims = 0
+
+    def ints(self, v) -> str:
+        """A kernel's per-dimension argument: a slice of the program's constant `et_dims`
+        table (flash; a compound literal would take stack in the calling function)."""
+        key = tuple(int(x) for x in v)
+        if not key:
+            return "0"
+        if key not in self.dims:
+            self.dims[key] = self.n_dims
+            self.n_dims += len(key)
+        return f"(et_dims + {self.dims[key]})"
+
+    def dims_c(self) -> str:
+        if not self.dims:
+            return ""
+        vals = [x for key in self.dims for x in key]
+        return f"static const int et_dims[{len(vals)}] = {{{', '.join(map(str, vals))}}};"
 
     def a(self, t: str) -> str:
         return f"A({self.off[self.low.alias['a:' + t]] // 4})"
@@ -318,6 +337,10 @@ class _Names:
 
     def prob(self, t: str) -> str:
         return f"A({self.off[self.low.alias['a:' + t + '.prob']] // 4})"
+
+    def p(self, sym: str) -> str:
+        """The gradient sum of a shared trained array (NOTE [ Shared weights in C ])."""
+        return f"A({self.off[self.low.alias['p:' + sym]] // 4})"
 
 
 def _header(low: Lowered, spec: TrainingSpec) -> str:
@@ -423,6 +446,22 @@ def _pool_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
 
 def _view_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     return f"/* {c_comment(op.name)}: view (alias) */"
+
+
+def _gather_args(op: LOp, nm: _Names) -> str:
+    e = op.extra
+    return f"{e['offset']}, {len(e['size'])}, {nm.ints(e['size'])}, {nm.ints(e['stride'])}"
+
+
+def _gather_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    used.add("view_gather")
+    return f"view_gather({nm.a(op.inputs[0])}, {nm.a(op.output)}, {_gather_args(op, nm)});"
+
+
+def _fill_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    used.add("fill_fwd")
+    v = cfloat(op.extra["value"])
+    return f"fill_fwd({nm.a(op.output)}, {_numel(op.shape_out)}, {v});"
 
 
 def _linear_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
@@ -559,6 +598,8 @@ _FWD: dict[LKind, Callable[[LOp, _Names, set[str]], str]] = {
     LKind.UPSAMPLE: _upsample_fwd,
     LKind.CAT: _cat_fwd,
     LKind.SOFTMAX: _softmax_fwd,
+    LKind.GATHER: _gather_fwd,
+    LKind.FILL: _fill_fwd,
 }
 
 
@@ -571,8 +612,11 @@ class _Bwd:
     """What the backward calls of one program share: buffer names, the gradients written so
     far (a second writer accumulates), the kernels used."""
 
-    def __init__(self, nm: _Names, low: Lowered, written: set[str], used: set[str]) -> None:
+    def __init__(
+        self, nm: _Names, low: Lowered, written: set[str], used: set[str], pending: dict
+    ) -> None:
         self.nm, self.low, self.written, self.used = nm, low, written, used
+        self.pending = pending  # shared trained array -> backward uses still to come
         self.rg = low.requires_grad
         self.trainable = {a.symbol for a in low.arrays if a.trainable}
 
@@ -703,16 +747,33 @@ def _linear_bwd(op: LOp, bw: _Bwd) -> list[str]:
         out.append(bw.call("linear_bwd_input", f"{dy}, {op.weight}, {g}, {acc}, {b}, {i}, {o}"))
     wt = op.weight in bw.trainable
     bt = op.bias is not None and op.bias in bw.trainable
-    if wt or bt:
+    rows = op.extra.get("rows", o)
+    # one call per learning rate: an unshared array steps in place (lr); a shared one's
+    # gradient sums into its buffer (lr -1: g -= -1 * grad), stepped after its last use
+    by_lr: dict[str, dict[str, str]] = {}
+    after: list[str] = []
+    for sym, on, role in ((op.weight, wt, "w"), (op.bias, bt, "b")):
+        if not on:
+            continue
+        target, lr = sym, "lr"
+        if sym in bw.low.shared:
+            n, target, lr = bw.low.shared[sym], bw.nm.p(sym), "-1.0f"
+            if "p:" + sym not in bw.written:
+                bw.written.add("p:" + sym)
+                out.append(f"k_zero({target}, {n});")
+            bw.pending[sym] -= 1
+            if bw.pending[sym] == 0:
+                after.append(bw.call("sgd_apply", f"{sym}, {target}, lr, {n}"))
+        by_lr.setdefault(lr, {"w": "0", "b": "0"})[role] = target
+    for lr, d in by_lr.items():
+        xa = bw.nm.a(x) if d["w"] != "0" else "0"
         out.append(
             bw.call(
                 "linear_bwd_weight_sgd",
-                f"{dy}, {bw.nm.a(x) if wt else '0'}, {op.weight if wt else '0'}, "
-                f"{op.bias if bt else '0'}, lr, {op.extra.get('rows', o)}, {b}, {i}, "
-                f"{o}",
+                f"{dy}, {xa}, {d['w']}, {d['b']}, {lr}, {rows}, {b}, {i}, {o}",
             )
         )
-    return out
+    return out + after
 
 
 def _pointwise_bwd(op: LOp, bw: _Bwd) -> list[str]:
@@ -742,6 +803,13 @@ def _binary_bwd(op: LOp, bw: _Bwd) -> list[str]:
                 )
             )
     return out
+
+
+def _gather_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    g, acc = bw.dx(op.inputs[0])
+    nx = _numel(op.shape_in[0])
+    args = f"{bw.nm.g(op.output)}, {g}, {acc}, {nx}, {_gather_args(op, bw.nm)}"
+    return [bw.call("view_scatter", args)]
 
 
 def _loss_bwd(op: LOp, bw: _Bwd) -> list[str]:
@@ -825,11 +893,14 @@ _BWD: dict[LKind, Callable[[LOp, _Bwd], list[str]]] = {
     LKind.UPSAMPLE: _upsample_bwd,
     LKind.CAT: _cat_bwd,
     LKind.SOFTMAX: _softmax_bwd,
+    LKind.GATHER: _gather_bwd,
 }
 
 
-def _bwd(op: LOp, nm: _Names, low: Lowered, written: set[str], used: set[str]) -> list[str]:
-    return _BWD[op.kind](op, _Bwd(nm, low, written, used))
+def _bwd(
+    op: LOp, nm: _Names, low: Lowered, written: set[str], used: set[str], pending: dict
+) -> list[str]:
+    return _BWD[op.kind](op, _Bwd(nm, low, written, used, pending))
 
 
 # -- et_model.c --------------------------------------------------------------------------------
@@ -873,11 +944,16 @@ def model_parts(low: Lowered, tgt: Target) -> ModelParts:
     used: set[str] = set()
     fwd = [f"    {_fwd(op, nm, used)}  /* {c_comment(op.name)} */" for op in low.ops]
     written: set[str] = set()
+    pending = {
+        sym: sum(sym in (op.weight, op.bias) for op in low.ops if op.output in low.requires_grad)
+        for sym in low.shared
+    }
     bwd = []
     for op in reversed(low.ops):
         if op.output in low.requires_grad:
             bwd += [
-                f"    {s}  /* {c_comment(op.name)} */" for s in _bwd(op, nm, low, written, used)
+                f"    {s}  /* {c_comment(op.name)} */"
+                for s in _bwd(op, nm, low, written, used, pending)
             ]
     body = "\n".join(fwd + bwd)
     referenced = {a.symbol for a in low.arrays} & set(re.findall(r"\b\w+\b", body))
@@ -899,6 +975,7 @@ def model_parts(low: Lowered, tgt: Target) -> ModelParts:
             kernels,
             "",
             "\n".join(_arrays_c(low, referenced)),
+            nm.dims_c(),
             "",
             f"static float et_arena[{max(1, (low.arena_bytes + 3) // 4)}] "
             "__attribute__((aligned(8)));",

@@ -135,7 +135,10 @@ class Node:
     """One operator of the forward pass.
 
     `saved` names the tensors autograd keeps for this node's backward (parameters and buffers
-    included; the cost model decides what counts). `aux_outputs` are tensors the op allocates
+    included; the cost model decides what counts). A VIEW node (and a reshape that copied)
+    records its index map into its source's contiguous layout as `view_offset`, `view_size`
+    and `view_stride` attributes (NOTE [ Views as index maps ], edgetrain/capture/_rules.py);
+    an in-place op records `inplace`. `aux_outputs` are tensors the op allocates
     only for its backward (or as an internal copy it saves). FLOPs follow the multiply-accumulate convention (2 per MAC) of
     torch.utils.flop_counter; `vector_ops_*` count element-wise work separately.
     """
@@ -162,7 +165,7 @@ class Node:
         return default
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: views record their index map (NOTE [ Views as index maps ])
 
 
 @dataclass(frozen=True)
