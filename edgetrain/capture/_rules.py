@@ -609,8 +609,20 @@ def _attention(c: _Ctx) -> _Rule:
         flops_in=4 * macs,
         vec=5 * _numel(q.shape[:-1]) * int(k.shape[-2]),
         vec_bwd=8 * _numel(q.shape[:-1]) * int(k.shape[-2]),
-        attrs={"batched": True, "fn": _fn(c), "scalars": _scalars(c.args)},
+        attrs={"batched": True, "fn": _fn(c), "scalars": _scalars(c.args), **_sdpa_kwargs(c)},
     )
+
+
+def _sdpa_kwargs(c: _Ctx) -> dict[str, Any]:
+    """The keyword arguments a C kernel must honour (NOTE [ Attention in C ]): an explicit
+    scale, and whether an attention mask is given (recorded only when set)."""
+    kw = c.fx.kwargs
+    out: dict[str, Any] = {}
+    if isinstance(kw.get("scale"), (int, float)):
+        out["scale"] = float(kw["scale"])
+    if kw.get("attn_mask") is not None:
+        out["masked"] = True
+    return out
 
 
 def _rnn_layer(c: _Ctx) -> _Rule:

@@ -70,7 +70,9 @@ SUPPORTED = (
     "batch_norm 1d/2d (frozen statistics)",
     "relu",
     "relu6 (hardtanh 0..6)",
-    "add",
+    "add (same shapes; or a parameter broadcast over the leading dimensions, trained)",
+    "mean over any run of dimensions",
+    "scaled-dot-product attention (fused SDPA: no mask, no dropout, not causal)",
     "adaptive_avg_pool2d to 1x1 or to a size dividing the input's",
     "max_pool 1d/2d (dilation 1)",
     "avg_pool 1d/2d (floor mode, divisor kernel size)",
@@ -117,6 +119,9 @@ class LKind(enum.Enum):
     SOFTMAX = "softmax"  # and log_softmax (extra["log"])
     GATHER = "gather"  # a view that moves data: a strided gather (NOTE [ Views in C ])
     FILL = "fill"  # a constant factory (zeros / ones)
+    PARAM_ADD = "param_add"  # x + a parameter broadcast over leading dims (a position table)
+    MEAN = "mean"  # mean over a run of middle dimensions (token pooling)
+    ATTENTION = "attention"  # fused scaled-dot-product attention (NOTE [ Attention in C ])
 
 
 LOSS_KINDS = (LKind.XENT, LKind.LOSS)
@@ -377,12 +382,43 @@ def _lower_hardtanh(lw: _Lowering, n, acts) -> LOp:
 
 def _lower_add(lw: _Lowering, n, acts) -> LOp:
     sin = tuple(lw.shape[t] for t in acts)
+    if len(acts) == 1 and len(n.inputs) == 2:
+        op = _lower_param_add(lw, n, acts)
+        if op is not None:
+            return op
     if len(acts) != 2 or sin[0] != sin[1]:
         raise UnsupportedKernelError(
-            f"node {n.name}: add of shapes {sin} has no C kernel; supported: two "
-            "tensors of the same shape (residual)"
+            f"node {n.name} ({n.module or 'functional'}): add of "
+            f"{[lw.shape.get(t) for t in n.inputs]} -> {lw.shape[n.output]} has no C kernel; "
+            "supported: two activations of the same shape (residual), or an activation plus "
+            "a parameter broadcast over its leading dimensions (e.g. (1, T, D) over (B, T, D))"
         )
     return lw.op(LKind.ADD, n, acts)
+
+
+def _lower_param_add(lw: _Lowering, n, acts) -> "LOp | None":
+    """x + p where p is a parameter whose shape is x's trailing dimensions (leading ones 1):
+    a learned position table over the batch. The gradient of p is dy summed over the leading
+    dimensions, its SGD step taken in the backward (no gradient buffer). None: not this form."""
+    par = lw.pby.get(n.inputs[1]) or lw.pby.get(n.inputs[0])
+    out = lw.shape[n.output]
+    if par is None or lw.shape[acts[0]] != out:
+        return None
+    ps = tuple(par.shape)
+    while ps and ps[0] == 1:
+        ps = ps[1:]
+    if len(ps) > len(out) or tuple(out[len(out) - len(ps) :]) != ps:
+        return None
+    d = lw.decisions.get(par.name)
+    if d is not None and d.decision is ParamDecision.CHANNELS:
+        raise UnsupportedPlanError(
+            f"node {n.name}: the plan trains some channels of the broadcast parameter "
+            f"{par.name} {tuple(par.shape)}; the C trainer trains it whole or not at all. "
+            "Re-plan with a policy that trains it whole (e.g. --policy all)"
+        )
+    p = int(np.prod(ps))
+    extra = {"P": p, "outer": int(np.prod(out)) // p, "b_param": par.name}
+    return lw.op(LKind.PARAM_ADD, n, acts, bias=lw.array_for(par.name), extra=extra)
 
 
 def _lower_adaptive_pool(lw: _Lowering, n, acts) -> LOp:
@@ -407,9 +443,25 @@ def _lower_adaptive_pool(lw: _Lowering, n, acts) -> LOp:
 
 
 def _lower_mean(lw: _Lowering, n, acts) -> LOp:
-    if lw.shape[n.output][2:] not in ((1, 1), ()):
-        raise _unsupported(n)  # only a mean over the whole spatial extent has a kernel
-    return lw.op(LKind.GAP, n, acts)
+    """A mean over a run of consecutive dimensions: over all of (B, C, ...)'s trailing ones
+    is global average pooling; over a run of middle ones (tokens of (B, T, D)) `mean_fwd`."""
+    sin = lw.shape[acts[0]]
+    dims = sorted({int(d) % len(sin) for d in (n.attr("dims") or ())})
+    run = bool(dims) and dims == list(range(dims[0], dims[-1] + 1))
+    if run and dims[0] >= 2 and dims[-1] == len(sin) - 1:
+        return lw.op(LKind.GAP, n, acts)
+    if not run or dims[0] == 0 or len(acts) != 1:
+        raise UnsupportedKernelError(
+            f"node {n.name} ({n.module or 'functional'}): mean of {sin} over dims "
+            f"{n.attr('dims')}; the C kernel averages over one run of consecutive dimensions "
+            "after the batch"
+        )
+    extra = {
+        "outer": int(np.prod(sin[: dims[0]])),
+        "n": int(np.prod(sin[dims[0] : dims[-1] + 1])),
+        "inner": int(np.prod(sin[dims[-1] + 1 :])),
+    }
+    return lw.op(LKind.MEAN, n, acts, extra=extra)
 
 
 def _pool_out(n: int, k: int, s: int, p: int, ceil: bool) -> int:
@@ -561,6 +613,8 @@ def _lower_matmul(lw: _Lowering, n, acts) -> LOp:
     nn.LSTM's decomposed gate products: `addmm(b, x, w.t())`) is a linear layer; other
     products have no C kernel yet."""
     fn, ins = n.attr("fn"), n.inputs
+    if fn in _SDPA:
+        return _lower_attention(lw, n, acts)
     parts = {"addmm": 3, "mm": 2}
     pv = _param_view(lw, ins[-1]) if fn in parts and len(ins) == parts[fn] else None
     ok = pv is not None and ins[-2] in acts and len(lw.shape[ins[-2]]) == 2
@@ -588,10 +642,70 @@ def _lower_matmul(lw: _Lowering, n, acts) -> LOp:
 
 
 def _lower_linear(lw: _Lowering, n, acts) -> LOp:
+    """nn.Linear over (..., I): the leading dimensions are the kernel's rows."""
     pw = lw.params_of(n)
-    return lw.op(
+    op = lw.op(
         LKind.LINEAR, n, acts, extra={"w_param": pw[0], "b_param": pw[1] if len(pw) > 1 else None}
     )
+    sin, sout = op.shape_in[0], op.shape_out
+    op.shape_in = ((int(np.prod(sin[:-1])), sin[-1]),)
+    op.shape_out = (int(np.prod(sout[:-1])), sout[-1])
+    return op
+
+
+_SDPA = ("_scaled_dot_product_flash_attention_for_cpu",)
+
+
+def _lower_attention(lw: _Lowering, n, acts) -> LOp:
+    """NOTE [ Attention in C ]
+    Eager CPU runs `F.scaled_dot_product_attention` (nn.MultiheadAttention's core) as one
+    fused flash kernel, and capture keeps it one MATMUL node: the PyTorch executor's cost
+    model prices that node as PyTorch runs it (its saved output and log-sum-exp, no
+    probability matrix), so it is not decomposed at capture. The C trainer runs it as one
+    operator too (`attention_fwd` / `attention_bwd`, _op_kernels.py): per head, each query
+    row's softmax over the keys with a running maximum (flash attention's online softmax), so
+    no L x S score matrix is ever stored; the backward recomputes each row's probabilities
+    from the saved q, k, v (three passes over the keys), so the arena holds q, k, v until the
+    backward and nothing else. No attention mask, no dropout, not causal (refused: the graph
+    records them as positional scalars and `masked`); the scale is the recorded one, else
+    1 / sqrt(E)."""
+    scal = tuple(n.attr("scalars", ()))
+    shapes = [lw.shape.get(t) for t in n.inputs]
+    ok = (
+        n.attr("fn") in _SDPA
+        and len(n.inputs) == 3
+        and len(acts) == 3
+        and not any(scal)
+        and not n.attr("masked")
+    )
+    if ok:
+        q, k, v = shapes
+        ok = (
+            len(q) >= 3
+            and len(q) == len(k) == len(v)
+            and q[:-2] == k[:-2] == v[:-2]
+            and q[-1] == k[-1]
+            and k[-2] == v[-2]
+            and tuple(lw.shape[n.output]) == (*q[:-1], v[-1])
+        )
+    if not ok:
+        raise UnsupportedKernelError(
+            f"node {n.name} ({n.module or 'functional'}): {n.attr('fn')} of {shapes} "
+            f"(scalars {scal}, mask {bool(n.attr('masked'))}); the C kernel runs fused "
+            "scaled-dot-product attention of activations q (.., L, E), k (.., S, E), "
+            "v (.., S, Ev) with no mask, no dropout, not causal"
+        )
+    q, k, v = shapes
+    scale = n.attr("scale")
+    extra = {
+        "bh": int(np.prod(q[:-2])),
+        "L": int(q[-2]),
+        "S": int(k[-2]),
+        "E": int(q[-1]),
+        "Ev": int(v[-1]),
+        "scale": float(scale) if scale is not None else 1.0 / float(np.sqrt(q[-1])),
+    }
+    return lw.op(LKind.ATTENTION, n, tuple(n.inputs), extra=extra)
 
 
 def _lower_xent(lw: _Lowering, n, acts) -> LOp:
@@ -1180,6 +1294,8 @@ def saved_for_backward(op: LOp, trainable: set[str], rg: set[str]) -> tuple[str,
         return (op.output,)
     if op.kind in _READS_INPUT:
         return (x,)
+    if op.kind is LKind.ATTENTION:
+        return tuple(dict.fromkeys(op.inputs))  # each row's probabilities are recomputed
     if op.kind is LKind.POINTWISE:
         return (x,) if POINTWISE[op.extra["fn"]].reads is Reads.INPUT else (op.output,)
     if op.kind is LKind.BINARY:

@@ -477,6 +477,125 @@ static void sgd_apply(float *p, const float *g, float lr, int n) {
 }
 
 
+_ATTENTION = {
+    "param_add_fwd": r"""
+/* y = x + p, p (P values) broadcast over the leading dimensions of x (n = outer * P) */
+static void param_add_fwd(const float *x, const float *p, float *y, int outer, int P) {
+    for (int o = 0; o < outer; o++)
+        for (int i = 0; i < P; i++) y[(size_t)o * P + i] = x[(size_t)o * P + i] + p[i];
+}
+""",
+    "param_add_bwd_sgd": r"""
+/* the broadcast parameter's SGD step: p -= lr * sum over the leading dimensions of dy */
+static void param_add_bwd_sgd(const float *dy, float *p, float lr, int outer, int P) {
+    for (int i = 0; i < P; i++) {
+        float s = 0.0f;
+        for (int o = 0; o < outer; o++) s += dy[(size_t)o * P + i];
+        p[i] -= lr * s;
+    }
+}
+""",
+    "mean_fwd": r"""
+/* mean over a run of n middle dimensions: x (outer, n, inner) -> y (outer, inner) */
+static void mean_fwd(const float *x, float *y, int outer, int n, int inner) {
+    for (int o = 0; o < outer; o++)
+    for (int i = 0; i < inner; i++) {
+        float s = 0.0f;
+        for (int k = 0; k < n; k++) s += x[((size_t)o * n + k) * inner + i];
+        y[(size_t)o * inner + i] = s / (float)n;
+    }
+}
+""",
+    "mean_bwd": r"""
+static void mean_bwd(const float *dy, float *dx, int acc, int outer, int n, int inner) {
+    for (int o = 0; o < outer; o++)
+    for (int k = 0; k < n; k++)
+    for (int i = 0; i < inner; i++) {
+        const float d = dy[(size_t)o * inner + i] / (float)n;
+        float *t = dx + ((size_t)o * n + k) * inner + i;
+        if (acc) *t += d; else *t = d;
+    }
+}
+""",
+    "attention_fwd": r"""
+/* scaled dot-product attention, no mask, no dropout: for each of BH heads,
+   o_i = sum_j softmax_j(scale q_i . k_j) v_j (q: L x E, k: S x E, v: S x Ev, o: L x Ev);
+   one pass per row with a running maximum (the row's scores are not stored) */
+static float att_dot(const float *a, const float *b, int n) {
+    float s = 0.0f;
+    for (int e = 0; e < n; e++) s += a[e] * b[e];
+    return s;
+}
+static void attention_fwd(const float *q, const float *k, const float *v, float *o, int BH,
+                          int L, int S, int E, int Ev, float scale) {
+    for (int h = 0; h < BH; h++) {
+        const float *kh = k + (size_t)h * S * E, *vh = v + (size_t)h * S * Ev;
+        for (int i = 0; i < L; i++) {
+            const float *qi = q + ((size_t)h * L + i) * E;
+            float *oi = o + ((size_t)h * L + i) * Ev;
+            float m = -INFINITY, l = 0.0f;
+            for (int e = 0; e < Ev; e++) oi[e] = 0.0f;
+            for (int j = 0; j < S; j++) {
+                const float s = scale * att_dot(qi, kh + (size_t)j * E, E);
+                if (s > m) {
+                    const float r = expf(m - s);
+                    l *= r;
+                    for (int e = 0; e < Ev; e++) oi[e] *= r;
+                    m = s;
+                }
+                const float p = expf(s - m);
+                l += p;
+                for (int e = 0; e < Ev; e++) oi[e] += p * vh[(size_t)j * Ev + e];
+            }
+            for (int e = 0; e < Ev; e++) oi[e] /= l;
+        }
+    }
+}
+""",
+    "attention_bwd": r"""
+/* its backward from the saved q, k, v: each row's probabilities are recomputed (its
+   log-sum-exp first), D_i = sum_j p_ij dp_ij, then ds_ij = p_ij (dp_ij - D_i) with
+   dp_ij = do_i . v_j: dq_i += scale ds_ij k_j, dk_j += scale ds_ij q_i, dv_j += p_ij do_i.
+   A null gradient is not wanted; acc*: add to it (else it is zeroed first) */
+static void attention_bwd(const float *q, const float *k, const float *v, const float *dout,
+                          float *dq, float *dk, float *dv, int accq, int acck, int accv,
+                          int BH, int L, int S, int E, int Ev, float scale) {
+    if (dq && !accq) k_zero(dq, BH * L * E);
+    if (dk && !acck) k_zero(dk, BH * S * E);
+    if (dv && !accv) k_zero(dv, BH * S * Ev);
+    for (int h = 0; h < BH; h++) {
+        const float *kh = k + (size_t)h * S * E, *vh = v + (size_t)h * S * Ev;
+        for (int i = 0; i < L; i++) {
+            const float *qi = q + ((size_t)h * L + i) * E;
+            const float *doi = dout + ((size_t)h * L + i) * Ev;
+            float m = -INFINITY, l = 0.0f, D = 0.0f;
+            for (int j = 0; j < S; j++) {
+                const float s = scale * att_dot(qi, kh + (size_t)j * E, E);
+                if (s > m) { l *= expf(m - s); m = s; }
+                l += expf(s - m);
+            }
+            const float lse = m + logf(l);
+            for (int j = 0; j < S; j++)
+                D += expf(scale * att_dot(qi, kh + (size_t)j * E, E) - lse)
+                     * att_dot(doi, vh + (size_t)j * Ev, Ev);
+            for (int j = 0; j < S; j++) {
+                const float *kj = kh + (size_t)j * E;
+                const float p = expf(scale * att_dot(qi, kj, E) - lse);
+                const float ds = scale * p * (att_dot(doi, vh + (size_t)j * Ev, Ev) - D);
+                if (dv) { float *t = dv + ((size_t)h * S + j) * Ev;
+                          for (int e = 0; e < Ev; e++) t[e] += p * doi[e]; }
+                if (dq) { float *t = dq + ((size_t)h * L + i) * E;
+                          for (int e = 0; e < E; e++) t[e] += ds * kj[e]; }
+                if (dk) { float *t = dk + ((size_t)h * S + j) * E;
+                          for (int e = 0; e < E; e++) t[e] += ds * qi[e]; }
+            }
+        }
+    }
+}
+""",
+}
+
+
 @functools.cache
 def op_kernels() -> dict[str, str]:
     """The C text of every kernel of this module's tables, by kernel name."""
@@ -492,6 +611,7 @@ def op_kernels() -> dict[str, str]:
     out.update(_INDEX)
     out.update(_SOFTMAX)
     out.update(_VIEW)
+    out.update(_ATTENTION)
     return out
 
 

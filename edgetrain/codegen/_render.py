@@ -603,6 +603,40 @@ _FWD: dict[LKind, Callable[[LOp, _Names, set[str]], str]] = {
 }
 
 
+def _param_add_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    used.add("param_add_fwd")
+    e = op.extra
+    return (
+        f"param_add_fwd({nm.a(op.inputs[0])}, {op.bias}, {nm.a(op.output)}, "
+        f"{e['outer']}, {e['P']});"
+    )
+
+
+def _mean_args(op: LOp) -> str:
+    return f"{op.extra['outer']}, {op.extra['n']}, {op.extra['inner']}"
+
+
+def _mean_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    used.add("mean_fwd")
+    return f"mean_fwd({nm.a(op.inputs[0])}, {nm.a(op.output)}, {_mean_args(op)});"
+
+
+def _attention_args(op: LOp) -> str:
+    e = op.extra
+    return f"{e['bh']}, {e['L']}, {e['S']}, {e['E']}, {e['Ev']}, {cfloat(e['scale'])}"
+
+
+def _attention_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    used.add("attention_fwd")
+    q, k, v = (nm.a(t) for t in op.inputs)
+    return f"attention_fwd({q}, {k}, {v}, {nm.a(op.output)}, {_attention_args(op)});"
+
+
+_FWD[LKind.PARAM_ADD] = _param_add_fwd
+_FWD[LKind.MEAN] = _mean_fwd
+_FWD[LKind.ATTENTION] = _attention_fwd
+
+
 def _fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     return _FWD[op.kind](op, nm, used)
 
@@ -895,6 +929,39 @@ _BWD: dict[LKind, Callable[[LOp, _Bwd], list[str]]] = {
     LKind.SOFTMAX: _softmax_bwd,
     LKind.GATHER: _gather_bwd,
 }
+
+
+def _param_add_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    out = []
+    x, dy, e = op.inputs[0], bw.nm.g(op.output), op.extra
+    if x in bw.rg:
+        g, acc = bw.dx(x)
+        n = e["outer"] * e["P"]
+        out.append(bw.call("grad_pass", f"{dy}, {g}, {acc}, {n}"))
+    if op.bias in bw.trainable:
+        out.append(bw.call("param_add_bwd_sgd", f"{dy}, {op.bias}, lr, {e['outer']}, {e['P']}"))
+    return out
+
+
+def _mean_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    g, acc = bw.dx(op.inputs[0])
+    return [bw.call("mean_bwd", f"{bw.nm.g(op.output)}, {g}, {acc}, {_mean_args(op)}")]
+
+
+def _attention_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    grads, accs = [], []
+    for t in op.inputs:
+        g, acc = bw.dx(t) if t in bw.rg else ("0", 0)
+        grads.append(g)
+        accs.append(str(acc))
+    q, k, v = (bw.nm.a(t) for t in op.inputs)
+    args = f"{q}, {k}, {v}, {bw.nm.g(op.output)}, {', '.join(grads)}, {', '.join(accs)}"
+    return [bw.call("attention_bwd", f"{args}, {_attention_args(op)}")]
+
+
+_BWD[LKind.PARAM_ADD] = _param_add_bwd
+_BWD[LKind.MEAN] = _mean_bwd
+_BWD[LKind.ATTENTION] = _attention_bwd
 
 
 def _bwd(

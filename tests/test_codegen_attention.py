@@ -1,0 +1,128 @@
+"""Attention in C (NOTE [ Attention in C ] in edgetrain/codegen/_lower.py): a parameter
+broadcast over the batch (a learned position table), a mean over tokens, linear layers over
+(B, T, D) and fused scaled-dot-product attention, compiled for the host and trained for a few
+SGD steps against plain PyTorch autograd + SGD from the same weights; the zoo's tiny ViT
+likewise, and on a Cortex-M under QEMU against its plan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import edgetrain
+from edgetrain.capture import capture
+from edgetrain.codegen import SampleSet, TrainingSpec, compile_project, mcu_run
+from edgetrain.codegen._lower import check_kernels
+from edgetrain.errors import UnsupportedKernelError
+from tests._toolchain import needs_arm, needs_cc
+from tests.test_codegen_views import _host_against_pytorch, _samples
+
+
+class Attend(nn.Module):
+    """Tokens + a position table, SDPA over 2 heads of q, k, v from separate projections
+    (equal head sizes: eager CPU's fused flash kernel), token mean, a classifier."""
+
+    def __init__(self, scale: float | None = None) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(0.1 * torch.randn(1, 6, 8))
+        self.q, self.k, self.v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+        self.scale = scale
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"  # the capture cache keys on repr(model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.view(-1, 6, 8) + self.pos
+        b = h.shape[0]
+        q = self.q(h).view(b, 6, 2, 4).transpose(1, 2)
+        k = self.k(h).view(b, 6, 2, 4).transpose(1, 2)
+        v = self.v(h).view(b, 6, 2, 4).transpose(1, 2)
+        o = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.head(o.transpose(1, 2).reshape(b, 6, 8).mean(1))
+
+
+@needs_cc
+@pytest.mark.parametrize("scale", [None, 0.7], ids=["default-scale", "scale-0.7"])
+def test_attention_block_matches_pytorch(tmp_path, scale):
+    # Prepare: the same weights for both sides; batch 2 (the position table broadcasts)
+    torch.manual_seed(0)
+    m = Attend(scale)
+    g = capture(m, torch.zeros(1, 48), batch_size=2, cache=False)
+    assert any(n.attr("fn") == "_scaled_dot_product_flash_attention_for_cpu" for n in g.nodes)
+    # Execute / Assert: losses and every parameter after 4 steps
+    _host_against_pytorch(tmp_path, m, _samples(6, 3, (48,)), 4, 2)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"is_causal": True}, "scaled_dot_product.*no mask, no dropout, not causal"),
+        ({"dropout_p": 0.5}, "random mask .* has no C kernel"),  # eager runs its math path
+    ],
+    ids=["causal", "dropout"],
+)
+def test_attention_the_kernel_does_not_run_is_refused(kw, match):
+    # Prepare: SDPA with an option the C kernel does not implement
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a(x).view(-1, 1, 4, 2)
+            return self.b(F.scaled_dot_product_attention(h, h, h, **kw).flatten(1))
+
+    g = capture(M(), torch.zeros(1, 8), batch_size=2, cache=False)
+    # Execute / Assert: a typed error naming the node and what the kernel runs
+    with pytest.raises(UnsupportedKernelError, match=match):
+        check_kernels(g)
+
+
+@needs_cc
+def test_vit_tiny_matches_pytorch_on_the_host(tmp_path):
+    # Prepare: the zoo's ViT (patch conv, position table, 2 blocks of nn.MultiheadAttention +
+    # MLP, token mean), every parameter trained, batch 2
+    from edgetrain.models import build_model
+
+    torch.manual_seed(0)
+    m, _ = build_model("vit-tiny")
+    with torch.no_grad():
+        m.pos.normal_(0.0, 0.1)  # zero-initialised: make its broadcast matter
+    s = _samples(4, 10, (3, 32, 32))
+    # Execute / Assert
+    worst = _host_against_pytorch(tmp_path, m, s, 3, 2)
+    print(f"\nvit-tiny host: max parameter difference after 3 steps {worst:.3g}")
+
+
+@needs_arm
+def test_vit_tiny_trains_on_the_nrf52840_within_its_plan(tmp_path):
+    # Prepare: planned for the C executor on the nRF52840 profile (the planner's own
+    # trainable set); seeded class-dependent 3 x 32 x 32 images (4 classes)
+    from edgetrain.models import build_model
+
+    torch.manual_seed(0)
+    m, x = build_model("vit-tiny")
+    plan = edgetrain.plan(m, x, device="nrf52840", executor="c", batch_size=1, name="vit-tiny")
+    g = np.random.default_rng(0)
+    y = np.arange(16) % 4
+    centres = g.normal(size=(4, 3, 32, 32)).astype(np.float32)
+    s = SampleSet((centres[y] + 0.5 * g.normal(size=(16, 3, 32, 32))).astype(np.float32), y)
+    spec = TrainingSpec(s, s, steps=24, lr=0.02, log_every=1)
+    # Execute: Cortex-M4 under QEMU
+    out = compile_project(plan, m, x, "cortex-m4", spec, tmp_path / "c", device="nrf52840")
+    res = mcu_run(out)
+    # Assert: measured peak SRAM within 5 % of the plan, under the device's; the loss falls
+    print(
+        f"\nvit-tiny nrf52840: planned {plan.predicted_peak_bytes} measured "
+        f"{res.peak_sram_bytes} flash {res.flash_bytes} instructions/step "
+        f"{res.instructions_per_step} losses {res.losses[0]:.3f}..{res.losses[-1]:.3f} "
+        f"mean first 5 {np.mean(res.losses[:5]):.3f} last 5 {np.mean(res.losses[-5:]):.3f}"
+    )
+    assert abs(res.peak_sram_bytes - plan.predicted_peak_bytes) <= 0.05 * plan.predicted_peak_bytes
+    assert res.peak_sram_bytes <= res.sram_limit_bytes
+    assert np.isfinite(res.losses).all()
+    assert np.mean(res.losses[-5:]) < np.mean(res.losses[:5])
