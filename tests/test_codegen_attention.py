@@ -126,3 +126,100 @@ def test_vit_tiny_trains_on_the_nrf52840_within_its_plan(tmp_path):
     assert res.peak_sram_bytes <= res.sram_limit_bytes
     assert np.isfinite(res.losses).all()
     assert np.mean(res.losses[-5:]) < np.mean(res.losses[:5])
+
+
+def _tokens(n: int, classes: int, length: int, vocab: int) -> SampleSet:
+    """Class-dependent token sequences: each class draws from its own quarter of the
+    vocabulary."""
+    g = np.random.default_rng(0)
+    y = np.arange(n) % classes
+    lo = y[:, None] * (vocab // classes)
+    ids = lo + g.integers(0, vocab // classes, size=(n, length))
+    return SampleSet(ids.astype(np.int32), y)
+
+
+@needs_cc
+def test_text_gru_on_token_ids_matches_pytorch_on_the_host(tmp_path):
+    # Prepare: the zoo's embedding + GRU classifier over int64 token ids, every parameter
+    # trained (the embedding's rows by scatter-add), batch 2 with repeated ids in a batch
+    from edgetrain.models import build_model
+
+    torch.manual_seed(0)
+    m, x = build_model("text-gru")
+    s = _tokens(4, 4, 40, 1000)
+    s = SampleSet(np.concatenate([s.pixels[:, :20], s.pixels[:, :20]], 1), s.labels)
+    plan = edgetrain.plan(
+        m,
+        x,
+        device="stm32h743",
+        strategy="keep-all",
+        policy="all",
+        batch_size=2,
+        budget_bytes=1 << 40,
+    )
+    spec = TrainingSpec(s, s, steps=3, lr=0.05, log_every=1, dump_params=True)
+    # Execute: host C, and plain PyTorch SGD from the same weights
+    res = mcu_run(compile_project(plan, m, x, "host", spec, tmp_path / "c"))
+    xs, ys = torch.from_numpy(s.pixels.astype(np.int64)), torch.from_numpy(s.labels)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    ref = []
+    for step in range(3):
+        idx = [(step * 2 + k) % 4 for k in range(2)]
+        loss = F.cross_entropy(m(xs[idx]), ys[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ref.append(loss.item())
+    # Assert: losses and every parameter (the table's touched rows moved)
+    named = dict(m.named_parameters())
+    worst = 0.0
+    for name, values in res.params.items():
+        want = named[name].detach().reshape(-1)
+        torch.testing.assert_close(torch.tensor(values), want, rtol=1e-4, atol=1e-5)
+        worst = max(worst, float((torch.tensor(values) - want).abs().max()))
+    torch.testing.assert_close(torch.tensor(res.losses), torch.tensor(ref), rtol=1e-4, atol=1e-5)
+    print(f"\ntext-gru host: max parameter difference after 3 steps {worst:.3g}")
+
+
+def test_token_ids_out_of_the_table_and_float_samples_are_refused(tmp_path):
+    # Prepare: text-gru planned for C; ids past the 1000-row table, and float samples
+    from edgetrain.errors import UnsupportedPlanError
+    from edgetrain.models import build_model
+
+    m, x = build_model("text-gru")
+    plan = edgetrain.plan(m, x, device="nrf52840", executor="c", batch_size=1, name="text-gru")
+    bad = _tokens(4, 4, 40, 1000)
+    bad = SampleSet(bad.pixels + 1000, bad.labels)
+    floats = SampleSet(bad.pixels.astype(np.float32), bad.labels)
+    # Execute / Assert: typed errors naming the numbers
+    for s, match in ((bad, "token ids span 1000..1999.*1000 rows"), (floats, "int32 token ids")):
+        with pytest.raises(UnsupportedPlanError, match=match):
+            compile_project(plan, m, x, "host", TrainingSpec(s, s, 1, 0.1), tmp_path / "c")
+
+
+@needs_arm
+def test_text_gru_trains_on_token_ids_on_the_nrf52840_within_its_plan(tmp_path):
+    # Prepare: planned for the C executor on the nRF52840 profile; class-dependent token
+    # sequences baked into flash as int32 ids
+    from edgetrain.models import build_model
+
+    torch.manual_seed(0)
+    m, x = build_model("text-gru")
+    plan = edgetrain.plan(m, x, device="nrf52840", executor="c", batch_size=1, name="text-gru")
+    s = _tokens(16, 4, 40, 1000)
+    spec = TrainingSpec(s, s, steps=40, lr=0.1, log_every=1)
+    # Execute: Cortex-M4 under QEMU
+    out = compile_project(plan, m, x, "cortex-m4", spec, tmp_path / "c", device="nrf52840")
+    assert "typedef int32_t et_sample_t;" in (out / "et_model.h").read_text()
+    res = mcu_run(out)
+    # Assert: measured peak SRAM within 5 % of the plan, under the device's; the loss falls
+    print(
+        f"\ntext-gru nrf52840: planned {plan.predicted_peak_bytes} measured "
+        f"{res.peak_sram_bytes} flash {res.flash_bytes} instructions/step "
+        f"{res.instructions_per_step} losses {res.losses[0]:.3f}..{res.losses[-1]:.3f} "
+        f"mean first 5 {np.mean(res.losses[:5]):.3f} last 5 {np.mean(res.losses[-5:]):.3f}"
+    )
+    assert abs(res.peak_sram_bytes - plan.predicted_peak_bytes) <= 0.05 * plan.predicted_peak_bytes
+    assert res.peak_sram_bytes <= res.sram_limit_bytes
+    assert np.isfinite(res.losses).all()
+    assert np.mean(res.losses[-5:]) < np.mean(res.losses[:5])

@@ -412,8 +412,18 @@ def _softmax(op: OpKind) -> Callable[[_Ctx], _Rule]:
 
 
 def _embedding(c: _Ctx) -> _Rule:
+    """Records the options its backward depends on when they are not the default
+    (`padding_idx`, `scale_grad_by_freq`): the C kernel refuses them."""
+    a = list(c.args) + [-1, False, False][len(c.args) - 2 :]
+    attrs = {"padding_idx": int(a[2])} if int(a[2]) != -1 else {}
+    if a[3]:
+        attrs["scale_grad_by_freq"] = True
     return _Rule(
-        OpKind.EMBEDDING, saved=[c.t(1)], vec=_numel(c.out.shape), vec_bwd=_numel(c.out.shape)
+        OpKind.EMBEDDING,
+        saved=[c.t(1)],
+        vec=_numel(c.out.shape),
+        vec_bwd=_numel(c.out.shape),
+        attrs=attrs,
     )
 
 

@@ -72,6 +72,7 @@ SUPPORTED = (
     "relu6 (hardtanh 0..6)",
     "add (same shapes; or a parameter broadcast over the leading dimensions, trained)",
     "mean over any run of dimensions",
+    "embedding of the model's integer input (token ids; no padding_idx, no max_norm)",
     "scaled-dot-product attention (fused SDPA: no mask, no dropout, not causal)",
     "adaptive_avg_pool2d to 1x1 or to a size dividing the input's",
     "max_pool 1d/2d (dilation 1)",
@@ -122,6 +123,7 @@ class LKind(enum.Enum):
     PARAM_ADD = "param_add"  # x + a parameter broadcast over leading dims (a position table)
     MEAN = "mean"  # mean over a run of middle dimensions (token pooling)
     ATTENTION = "attention"  # fused scaled-dot-product attention (NOTE [ Attention in C ])
+    EMBEDDING = "embedding"  # a row gather by the model's integer input (NOTE [ Tokens in C ])
 
 
 LOSS_KINDS = (LKind.XENT, LKind.LOSS)
@@ -165,6 +167,7 @@ class Lowered:
     trainable_params: tuple[str, ...]
     folded: tuple[str, ...]  # 'conv+bn' pairs folded into one constant convolution
     shared: dict = field(default_factory=dict)  # trained array read by several ops -> floats
+    input_int: bool = False  # the input batch is token ids (NOTE [ Tokens in C ])
 
 
 # The arrays' roles and the prefix / suffix of their identifiers (NOTE [ Names in generated C ])
@@ -653,6 +656,56 @@ def _lower_linear(lw: _Lowering, n, acts) -> LOp:
     return op
 
 
+_MAX_TOKEN_ROWS = 1 << 24  # ids travel as floats in the arena: exact below 2 ** 24
+
+
+def _lower_embedding(lw: _Lowering, n, acts) -> LOp:
+    """NOTE [ Tokens in C ]
+    A model whose input is integer (token ids, int64 in the graph) takes `int32_t` ids in the
+    generated C (`et_sample_t` of the demo's samples, `et_input_t` of the library's API).
+    They are stored in the arena's input buffer as floats (exact: the table has fewer than
+    2 ** 24 rows), so the buffer and the plan's memory are the float input's. The one
+    operator that reads them is `nn.Embedding` on the model's input itself: forward a row
+    gather (`embedding_fwd`; an id outside [0, V) gives a zero row, where PyTorch raises), and
+    for a trained table the backward scatter-adds each token's output gradient into its row
+    as the SGD step (`embedding_bwd_sgd`: rows of repeated ids sum, as PyTorch's dense
+    gradient does; no gradient buffer). No gradient flows to the ids. `padding_idx`,
+    `scale_grad_by_freq`, `max_norm` and ids computed by other operators are refused (typed
+    errors name the node)."""
+    g = lw.graph
+    pw = lw.params_of(n)
+    ids = [t for t in n.inputs if t not in lw.pby]
+    table = lw.shape[n.inputs[0]] if pw else ()
+    odd = [k for k in ("padding_idx", "scale_grad_by_freq") if n.attr(k) is not None]
+    max_norm = None if lw.hyper is None else lw.hyper.get(n.module, {}).get("max_norm")
+    ok = (
+        len(pw) == 1
+        and len(ids) == 1
+        and ids[0] == g.inputs[0]
+        and len(table) == 2
+        and table[0] < _MAX_TOKEN_ROWS
+        and not odd
+        and max_norm is None
+    )
+    if not ok:
+        raise UnsupportedKernelError(
+            f"node {n.name} ({n.module or 'functional'}): embedding of "
+            f"{[lw.shape.get(t) for t in n.inputs]}"
+            f"{' with ' + ', '.join(odd) if odd else ''}"
+            f"{f' with max_norm {max_norm}' if max_norm is not None else ''}; the C kernel "
+            "gathers rows of a 2-D parameter table (under 2 ** 24 rows) by the model's "
+            "integer input, with no padding_idx, scale_grad_by_freq or max_norm"
+        )
+    d = lw.decisions.get(pw[0])
+    if d is not None and d.decision is ParamDecision.CHANNELS:
+        raise UnsupportedPlanError(
+            f"node {n.name}: the plan trains some channels of the embedding table {pw[0]}; "
+            "the C trainer trains it whole or not at all. Re-plan with --policy all or last:K"
+        )
+    extra = {"tokens": int(np.prod(lw.shape[ids[0]])), "V": table[0], "D": table[1]}
+    return lw.op(LKind.EMBEDDING, n, (ids[0],), weight=lw.array_for(pw[0]), extra=extra)
+
+
 _SDPA = ("_scaled_dot_product_flash_attention_for_cpu",)
 
 
@@ -947,6 +1000,7 @@ _LOWER: dict[OpKind, Callable[[_Lowering, object, tuple[str, ...]], "LOp | None"
     OpKind.LAYER_NORM: _lower_layer_norm,
     OpKind.INDEX: _lower_index,
     OpKind.SOFTMAX: _lower_softmax,
+    OpKind.EMBEDDING: _lower_embedding,
     OpKind.LOG_SOFTMAX: _lower_softmax,
 }
 """How each IR operator becomes a C operator (`SUPPORTED` in words)."""
@@ -1226,6 +1280,7 @@ def lower(
         tuple(a.param for a in trainable_syms),
         tuple(lw.folded),
         shared,
+        graph.tensor(input_tensor).dtype not in ("float32", "float"),
     )
 
 
@@ -1251,7 +1306,7 @@ def check_kernels(graph: Graph, hyper: "dict[str, dict] | None" = None) -> None:
     _lower_nodes(lw)
 
 
-_HYPER = ("p", "negative_slope", "approximate", "eps")  # what the graph does not record
+_HYPER = ("p", "negative_slope", "approximate", "eps", "max_norm")  # what the graph does not record
 
 
 def module_attributes(model) -> dict[str, dict]:
@@ -1296,6 +1351,8 @@ def saved_for_backward(op: LOp, trainable: set[str], rg: set[str]) -> tuple[str,
         return (x,)
     if op.kind is LKind.ATTENTION:
         return tuple(dict.fromkeys(op.inputs))  # each row's probabilities are recomputed
+    if op.kind is LKind.EMBEDDING:
+        return (x,) if op.weight in trainable else ()  # the ids of the rows to step
     if op.kind is LKind.POINTWISE:
         return (x,) if POINTWISE[op.extra["fn"]].reads is Reads.INPUT else (op.output,)
     if op.kind is LKind.BINARY:

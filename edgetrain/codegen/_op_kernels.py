@@ -517,6 +517,32 @@ static void mean_bwd(const float *dy, float *dx, int acc, int outer, int n, int 
     }
 }
 """,
+    "embedding_fwd": r"""
+/* rows of a V x D table by token ids (stored as floats, exact below 2^24); an id outside
+   [0, V) gives a zero row */
+static void embedding_fwd(const float *ids, const float *w, float *y, int T, int V, int D) {
+    for (int t = 0; t < T; t++) {
+        const int r = (int)ids[t];
+        float *yt = y + (size_t)t * D;
+        if (r < 0 || r >= V) { for (int d = 0; d < D; d++) yt[d] = 0.0f; continue; }
+        const float *wr = w + (size_t)r * D;
+        for (int d = 0; d < D; d++) yt[d] = wr[d];
+    }
+}
+""",
+    "embedding_bwd_sgd": r"""
+/* the table's SGD step: each token's output gradient scatter-added into its row */
+static void embedding_bwd_sgd(const float *ids, const float *dy, float *w, float lr, int T,
+                              int V, int D) {
+    for (int t = 0; t < T; t++) {
+        const int r = (int)ids[t];
+        if (r < 0 || r >= V) continue;
+        float *wr = w + (size_t)r * D;
+        const float *dt = dy + (size_t)t * D;
+        for (int d = 0; d < D; d++) wr[d] -= lr * dt[d];
+    }
+}
+""",
     "attention_fwd": r"""
 /* scaled dot-product attention, no mask, no dropout: for each of BH heads,
    o_i = sum_j softmax_j(scale q_i . k_j) v_j (q: L x E, k: S x E, v: S x Ev, o: L x Ev);
