@@ -22,37 +22,47 @@ from tests.test_codegen_views import _host_against_pytorch, _samples
 
 
 class Attend(nn.Module):
-    """Tokens + a position table, SDPA over 2 heads of q, k, v from separate projections
-    (equal head sizes: eager CPU's fused flash kernel), token mean, a classifier."""
+    """Tokens + a position table, SDPA over 2 heads of q, k, v from separate projections, token
+    mean, a classifier. Equal head sizes of q and v (`ev` 4) run eager CPU's fused flash
+    kernel; others its math path (bmm, softmax, bmm)."""
 
-    def __init__(self, scale: float | None = None) -> None:
+    def __init__(self, scale: float | None = None, ev: int = 4) -> None:
         super().__init__()
         self.pos = nn.Parameter(0.1 * torch.randn(1, 6, 8))
-        self.q, self.k, self.v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
-        self.head = nn.Linear(8, 3)
-        self.scale = scale
+        self.q, self.k, self.v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2 * ev)
+        self.head = nn.Linear(2 * ev, 3)
+        self.scale, self.ev = scale, ev
 
     def extra_repr(self) -> str:
-        return f"scale={self.scale}"  # the capture cache keys on repr(model)
+        return f"scale={self.scale}, ev={self.ev}"  # the capture cache keys on repr(model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.view(-1, 6, 8) + self.pos
         b = h.shape[0]
         q = self.q(h).view(b, 6, 2, 4).transpose(1, 2)
         k = self.k(h).view(b, 6, 2, 4).transpose(1, 2)
-        v = self.v(h).view(b, 6, 2, 4).transpose(1, 2)
+        v = self.v(h).view(b, 6, 2, self.ev).transpose(1, 2)
         o = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        return self.head(o.transpose(1, 2).reshape(b, 6, 8).mean(1))
+        return self.head(o.transpose(1, 2).reshape(b, 6, 2 * self.ev).mean(1))
 
 
 @needs_cc
-@pytest.mark.parametrize("scale", [None, 0.7], ids=["default-scale", "scale-0.7"])
-def test_attention_block_matches_pytorch(tmp_path, scale):
+@pytest.mark.parametrize(
+    ("scale", "ev", "fn"),
+    [
+        (None, 4, "_scaled_dot_product_flash_attention_for_cpu"),
+        (0.7, 4, "_scaled_dot_product_flash_attention_for_cpu"),
+        (None, 6, "bmm"),  # head sizes differ: eager runs SDPA's math path
+        (0.7, 6, "bmm"),
+    ],
+    ids=["fused", "fused-scale-0.7", "math", "math-scale-0.7"],
+)
+def test_attention_block_matches_pytorch(tmp_path, scale, ev, fn):
     # Prepare: the same weights for both sides; batch 2 (the position table broadcasts)
     torch.manual_seed(0)
-    m = Attend(scale)
+    m = Attend(scale, ev)
     g = capture(m, torch.zeros(1, 48), batch_size=2, cache=False)
-    assert any(n.attr("fn") == "_scaled_dot_product_flash_attention_for_cpu" for n in g.nodes)
+    assert any(n.attr("fn") == fn for n in g.nodes)
     # Execute / Assert: losses and every parameter after 4 steps
     _host_against_pytorch(tmp_path, m, _samples(6, 3, (48,)), 4, 2)
 

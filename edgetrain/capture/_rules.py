@@ -510,6 +510,9 @@ def _float_inputs(c: _Ctx) -> int:
     return sum(1 for v in c.vals if isinstance(v, torch.Tensor) and v.is_floating_point())
 
 
+_SCALAR_FNS = frozenset({"mul", "div", "add", "sub"})  # by a Python number (no alpha)
+
+
 def _elementwise(c: _Ctx) -> _Rule:
     n = _numel(c.out.shape)
     fn = _fn(c)
@@ -519,6 +522,9 @@ def _elementwise(c: _Ctx) -> _Rule:
         # eager GRU's `sigmoid_`, `add_`: the value of the out-of-place op `fn` without its
         # trailing underscore, written over its first operand (whose name the IR retires)
         attrs["inplace"] = True
+    other = c.args[1] if len(c.args) == 2 and not c.fx.kwargs else None
+    if fn in _SCALAR_FNS and isinstance(other, (int, float)) and math.isfinite(other):
+        attrs["scalar"] = float(other)  # `mul.Scalar` (SDPA's math path scales q and k)
     return _Rule(OpKind.ELEMENTWISE, vec=cost * n, vec_bwd=cost * n * _float_inputs(c), attrs=attrs)
 
 

@@ -73,6 +73,8 @@ SUPPORTED = (
     "add (same shapes; or a parameter broadcast over the leading dimensions, trained)",
     "mean over any run of dimensions",
     "embedding of the model's integer input (token ids; no padding_idx, no max_norm)",
+    "bmm / mm of two activations (SDPA's math path: q k^T, p v; softmax with its "
+    "all-masked-row guard)",
     "scaled-dot-product attention (fused SDPA: no mask, no dropout, not causal)",
     "adaptive_avg_pool2d to 1x1 or to a size dividing the input's",
     "max_pool 1d/2d (dilation 1)",
@@ -123,6 +125,7 @@ class LKind(enum.Enum):
     PARAM_ADD = "param_add"  # x + a parameter broadcast over leading dims (a position table)
     MEAN = "mean"  # mean over a run of middle dimensions (token pooling)
     ATTENTION = "attention"  # fused scaled-dot-product attention (NOTE [ Attention in C ])
+    BMM = "bmm"  # a (batched) product of two activations (attention's scores and values)
     EMBEDDING = "embedding"  # a row gather by the model's integer input (NOTE [ Tokens in C ])
 
 
@@ -212,6 +215,7 @@ class _Lowering:
     skip: set = field(default_factory=set)  # nodes lowered as part of another (dropout's mask)
     dropout_of: dict = field(default_factory=dict)  # dropout's final mul node -> p (or None)
     dropout_masks: set = field(default_factory=set)  # the masks' tensors
+    safe_where: dict = field(default_factory=dict)  # softmax's all-masked guard -> softmax
     param_views: dict = field(default_factory=dict)  # a view of a parameter -> its node
     shape: dict = field(init=False)
     pby: dict = field(init=False)
@@ -618,6 +622,8 @@ def _lower_matmul(lw: _Lowering, n, acts) -> LOp:
     fn, ins = n.attr("fn"), n.inputs
     if fn in _SDPA:
         return _lower_attention(lw, n, acts)
+    if fn in ("bmm", "mm") and len(acts) == 2 and acts == tuple(ins):
+        return _lower_bmm(lw, n, acts)
     parts = {"addmm": 3, "mm": 2}
     pv = _param_view(lw, ins[-1]) if fn in parts and len(ins) == parts[fn] else None
     ok = pv is not None and ins[-2] in acts and len(lw.shape[ins[-2]]) == 2
@@ -707,6 +713,47 @@ def _lower_embedding(lw: _Lowering, n, acts) -> LOp:
 
 
 _SDPA = ("_scaled_dot_product_flash_attention_for_cpu",)
+
+
+def _lower_bmm(lw: _Lowering, n, acts) -> LOp:
+    """a (B, M, K) @ b (B, K, N) of two activations (mm: B = 1), both contiguous buffers (a
+    transposed operand is a gather before it, NOTE [ Views in C ]). Backward: da = dy b^T,
+    db = a^T dy; each reads the other operand."""
+    sa, sb = lw.shape[acts[0]], lw.shape[acts[1]]
+    a3, b3 = (sa if len(sa) == 3 else (1, *sa)), (sb if len(sb) == 3 else (1, *sb))
+    if len(a3) != 3 or len(b3) != 3 or a3[0] != b3[0] or a3[2] != b3[1]:
+        raise UnsupportedKernelError(
+            f"node {n.name} ({n.module or 'functional'}): {n.attr('fn')} of {sa} and {sb}; "
+            "the C kernel multiplies (B, M, K) by (B, K, N) activations"
+        )
+    extra = {"B": a3[0], "M": a3[1], "K": a3[2], "N": b3[2]}
+    return lw.op(LKind.BMM, n, acts, extra=extra)
+
+
+def _find_safe_softmax(lw: _Lowering) -> None:
+    """SDPA's math path guards softmax against rows that are all -inf (every key masked):
+    `where(all(eq(x, -inf), -1), zeros_like(s), s)` with `s = softmax(x)`. Without a mask
+    (the only attention the C trainer runs) a row of finite scores is never all -inf, so the
+    guard is its softmax: `where` aliases `s`, and eq / all / zeros_like generate no C."""
+    g = lw.graph
+    made = {n.output: n for n in g.nodes}
+    for w in (n for n in g.nodes if n.attr("fn") == "where" and len(n.inputs) == 3):
+        cond, zeros, s = (made.get(t) for t in w.inputs)
+        eq = made.get(cond.inputs[0]) if cond is not None and cond.inputs else None
+        ok = (
+            cond is not None
+            and cond.attr("fn") == "all"
+            and zeros is not None
+            and zeros.attr("fn") == "zeros_like"
+            and s is not None
+            and s.op is OpKind.SOFTMAX
+            and eq is not None
+            and eq.attr("fn") == "eq"
+            and eq.inputs[:1] == s.inputs[:1]
+        )
+        if ok:
+            lw.skip |= {cond.name, zeros.name, eq.name}
+            lw.safe_where[w.name] = s.output
 
 
 def _lower_attention(lw: _Lowering, n, acts) -> LOp:
@@ -847,6 +894,8 @@ def _lower_elementwise(lw: _Lowering, n, acts) -> LOp:
     An in-place op (`add_`, `sigmoid_`: `attrs["inplace"]`) is its out-of-place op writing a
     buffer of its own (NOTE [ In-place ops in C ])."""
     fn = n.attr("fn") or n.op.value
+    if n.name in lw.safe_where:
+        return lw.op(LKind.VIEW, n, (lw.safe_where[n.name],))
     if n.attr("inplace") and fn.endswith("_"):
         fn = fn[:-1]
     if fn == "add" and n.op is OpKind.ELEMENTWISE:
@@ -1131,6 +1180,7 @@ def _lower_nodes(lw: _Lowering) -> None:
     live = _live(g)
     _check_inplace(g, live)
     _find_dropouts(lw)
+    _find_safe_softmax(lw)
     lw.param_views = {
         n.output: n
         for n in g.nodes
@@ -1353,6 +1403,9 @@ def saved_for_backward(op: LOp, trainable: set[str], rg: set[str]) -> tuple[str,
         return tuple(dict.fromkeys(op.inputs))  # each row's probabilities are recomputed
     if op.kind is LKind.EMBEDDING:
         return (x,) if op.weight in trainable else ()  # the ids of the rows to step
+    if op.kind is LKind.BMM:
+        a, b = op.inputs
+        return tuple(dict.fromkeys([*((b,) if a in rg else ()), *((a,) if b in rg else ())]))
     if op.kind is LKind.POINTWISE:
         return (x,) if POINTWISE[op.extra["fn"]].reads is Reads.INPUT else (op.output,)
     if op.kind is LKind.BINARY:

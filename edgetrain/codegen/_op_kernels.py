@@ -517,6 +517,51 @@ static void mean_bwd(const float *dy, float *dx, int acc, int outer, int n, int 
     }
 }
 """,
+    "bmm_fwd": r"""
+/* y (B, M, N) = a (B, M, K) @ b (B, K, N) */
+static void bmm_fwd(const float *a, const float *b, float *y, int B, int M, int K, int N) {
+    for (int h = 0; h < B; h++)
+    for (int m = 0; m < M; m++) {
+        const float *ar = a + ((size_t)h * M + m) * K;
+        float *yr = y + ((size_t)h * M + m) * N;
+        for (int n = 0; n < N; n++) yr[n] = 0.0f;
+        for (int k = 0; k < K; k++) {
+            const float av = ar[k], *br = b + ((size_t)h * K + k) * N;
+            for (int n = 0; n < N; n++) yr[n] += av * br[n];
+        }
+    }
+}
+""",
+    "bmm_bwd_a": r"""
+/* da (B, M, K) = dy (B, M, N) @ b^T */
+static void bmm_bwd_a(const float *dy, const float *b, float *da, int acc, int B, int M, int K,
+                      int N) {
+    for (int h = 0; h < B; h++)
+    for (int m = 0; m < M; m++)
+    for (int k = 0; k < K; k++) {
+        const float *dr = dy + ((size_t)h * M + m) * N, *br = b + ((size_t)h * K + k) * N;
+        float s = 0.0f;
+        for (int n = 0; n < N; n++) s += dr[n] * br[n];
+        float *t = da + ((size_t)h * M + m) * K + k;
+        if (acc) *t += s; else *t = s;
+    }
+}
+""",
+    "bmm_bwd_b": r"""
+/* db (B, K, N) = a^T @ dy */
+static void bmm_bwd_b(const float *a, const float *dy, float *db, int acc, int B, int M, int K,
+                      int N) {
+    for (int h = 0; h < B; h++)
+    for (int k = 0; k < K; k++) {
+        float *t = db + ((size_t)h * K + k) * N;
+        if (!acc) for (int n = 0; n < N; n++) t[n] = 0.0f;
+        for (int m = 0; m < M; m++) {
+            const float av = a[((size_t)h * M + m) * K + k], *dr = dy + ((size_t)h * M + m) * N;
+            for (int n = 0; n < N; n++) t[n] += av * dr[n];
+        }
+    }
+}
+""",
     "embedding_fwd": r"""
 /* rows of a V x D table by token ids (stored as floats, exact below 2^24); an id outside
    [0, V) gives a zero row */

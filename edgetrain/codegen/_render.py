@@ -678,6 +678,18 @@ def _embedding_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     return f"embedding_fwd({x}, {op.weight}, {nm.a(op.output)}, {_embedding_args(op)});"
 
 
+def _bmm_args(op: LOp) -> str:
+    e = op.extra
+    return f"{e['B']}, {e['M']}, {e['K']}, {e['N']}"
+
+
+def _bmm_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    used.add("bmm_fwd")
+    a, b = (nm.a(t) for t in op.inputs)
+    return f"bmm_fwd({a}, {b}, {nm.a(op.output)}, {_bmm_args(op)});"
+
+
+_FWD[LKind.BMM] = _bmm_fwd
 _FWD[LKind.EMBEDDING] = _embedding_fwd
 _FWD[LKind.PARAM_ADD] = _param_add_fwd
 _FWD[LKind.MEAN] = _mean_fwd
@@ -1013,6 +1025,18 @@ def _embedding_bwd(op: LOp, bw: _Bwd) -> list[str]:
     return [bw.call("embedding_bwd_sgd", f"{args}, {_embedding_args(op)}")]
 
 
+def _bmm_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    (a, b), dy, out = op.inputs, bw.nm.g(op.output), []
+    if a in bw.rg:
+        g, acc = bw.dx(a)
+        out.append(bw.call("bmm_bwd_a", f"{dy}, {bw.nm.a(b)}, {g}, {acc}, {_bmm_args(op)}"))
+    if b in bw.rg:
+        g, acc = bw.dx(b)
+        out.append(bw.call("bmm_bwd_b", f"{bw.nm.a(a)}, {dy}, {g}, {acc}, {_bmm_args(op)}"))
+    return out
+
+
+_BWD[LKind.BMM] = _bmm_bwd
 _BWD[LKind.EMBEDDING] = _embedding_bwd
 _BWD[LKind.PARAM_ADD] = _param_add_bwd
 _BWD[LKind.MEAN] = _mean_bwd
