@@ -394,15 +394,20 @@ def _sketch(parts) -> str:
         if parts.classes
         else "    for (int j = 0; j < ET_TARGET_SIZE; j++) target[j] = 0.0f; /* your targets */"
     )
+    sensor = (
+        "(et_input_t)(analogRead(A0) % 16); /* your token ids */"
+        if parts.in_type == "int32_t"
+        else "analogRead(A0) / 1023.0f;"
+    )
     return f"""/* StreamTrain: train edgetrain_model on samples read in a callback. */
 #include <edgetrain_model.h>
 
-static float x[ET_BATCH * ET_INPUT_SIZE];
+static et_input_t x[ET_BATCH * ET_INPUT_SIZE];
 static et_target_t y[ET_BATCH * ET_TARGET_SIZE];
 
-/* Replace with your sensor: one sample (ET_INPUT_SIZE floats) and its target. */
-static void read_sample(float *sample, et_target_t *target) {{
-    for (int j = 0; j < ET_INPUT_SIZE; j++) sample[j] = analogRead(A0) / 1023.0f;
+/* Replace with your sensor: one sample (ET_INPUT_SIZE et_input_t) and its target. */
+static void read_sample(et_input_t *sample, et_target_t *target) {{
+    for (int j = 0; j < ET_INPUT_SIZE; j++) sample[j] = {sensor}
 {target}
 }}
 
