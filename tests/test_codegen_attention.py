@@ -264,3 +264,22 @@ def test_the_library_takes_int32_token_ids(tmp_path):
         if v.startswith("LOSS ")
     ]
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+class ScalarOperands(nn.Module):
+    """Tensor-by-number ops (capture records the number: `sub.Tensor(x, 1.5)`, `mul.Scalar`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.a(x) - 1.5)
+        return self.b(torch.mul(h, 0.5) + 2.0)
+
+
+@needs_cc
+def test_ops_by_a_number_match_pytorch(tmp_path):
+    # Prepare / Execute / Assert: losses and parameters after 4 steps
+    torch.manual_seed(0)
+    _host_against_pytorch(tmp_path, ScalarOperands(), _samples(6, 3), 4, 2)

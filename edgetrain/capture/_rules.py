@@ -227,7 +227,9 @@ def _binary(op: OpKind) -> Callable[[_Ctx], _Rule]:
     def rule(c: _Ctx) -> _Rule:
         n = _numel(c.out.shape)
         if op is OpKind.ADD:
-            return _Rule(op, vec=n, vec_bwd=0)
+            other = c.args[1] if len(c.args) == 2 and not c.fx.kwargs else None
+            num = isinstance(other, (int, float)) and math.isfinite(other)
+            return _Rule(op, vec=n, vec_bwd=0, attrs={"scalar": float(other)} if num else {})
         other = c.args[1]
         if isinstance(other, str):  # tensor * tensor: each operand saved for the other's grad
             return _Rule(op, saved=[c.t(1), c.t(0)], vec=n, vec_bwd=2 * n)

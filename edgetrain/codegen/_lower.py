@@ -389,6 +389,8 @@ def _lower_hardtanh(lw: _Lowering, n, acts) -> LOp:
 
 def _lower_add(lw: _Lowering, n, acts) -> LOp:
     sin = tuple(lw.shape[t] for t in acts)
+    if len(acts) == 1 and n.attr("scalar") is not None:  # x + a number
+        return lw.op(LKind.POINTWISE, n, acts, extra={"fn": "add_scalar", "a": n.attr("scalar")})
     if len(acts) == 1 and len(n.inputs) == 2:
         op = _lower_param_add(lw, n, acts)
         if op is not None:
