@@ -152,15 +152,21 @@ def _tokens(n: int, classes: int, length: int, vocab: int) -> SampleSet:
 
 
 @needs_cc
-def test_text_gru_on_token_ids_matches_pytorch_on_the_host(tmp_path):
-    # Prepare: the zoo's embedding + GRU classifier over int64 token ids, every parameter
-    # trained (the embedding's rows by scatter-add), batch 2 with repeated ids in a batch
+@pytest.mark.parametrize("name", ["text-gru", "transformer-tiny"])
+def test_token_models_match_pytorch_on_the_host(tmp_path, name):
+    # Prepare: the zoo's embedding + GRU classifier and its tiny transformer (embedding,
+    # position table, hand-written q k^T / softmax / p v attention) over int64 token ids,
+    # every parameter trained (the embedding's rows by scatter-add), batch 2, repeated ids
     from edgetrain.models import build_model
 
     torch.manual_seed(0)
-    m, x = build_model("text-gru")
-    s = _tokens(4, 4, 40, 1000)
-    s = SampleSet(np.concatenate([s.pixels[:, :20], s.pixels[:, :20]], 1), s.labels)
+    m, x = build_model(name)
+    if name == "transformer-tiny":
+        with torch.no_grad():
+            m.pos.normal_(0.0, 0.1)  # zero-initialised: make its broadcast matter
+    half = x.shape[1] // 2
+    s = _tokens(4, 4, half, 1000)
+    s = SampleSet(np.concatenate([s.pixels, s.pixels], 1), s.labels)
     plan = edgetrain.plan(
         m,
         x,
@@ -186,12 +192,12 @@ def test_text_gru_on_token_ids_matches_pytorch_on_the_host(tmp_path):
     # Assert: losses and every parameter (the table's touched rows moved)
     named = dict(m.named_parameters())
     worst = 0.0
-    for name, values in res.params.items():
-        want = named[name].detach().reshape(-1)
+    for pname, values in res.params.items():
+        want = named[pname].detach().reshape(-1)
         torch.testing.assert_close(torch.tensor(values), want, rtol=1e-4, atol=1e-5)
         worst = max(worst, float((torch.tensor(values) - want).abs().max()))
     torch.testing.assert_close(torch.tensor(res.losses), torch.tensor(ref), rtol=1e-4, atol=1e-5)
-    print(f"\ntext-gru host: max parameter difference after 3 steps {worst:.3g}")
+    print(f"\n{name} host: max parameter difference after 3 steps {worst:.3g}")
 
 
 def test_token_ids_out_of_the_table_and_float_samples_are_refused(tmp_path):
@@ -211,15 +217,16 @@ def test_token_ids_out_of_the_table_and_float_samples_are_refused(tmp_path):
 
 
 @needs_arm
-def test_text_gru_trains_on_token_ids_on_the_nrf52840_within_its_plan(tmp_path):
-    # Prepare: planned for the C executor on the nRF52840 profile; class-dependent token
-    # sequences baked into flash as int32 ids
+@pytest.mark.parametrize("name", ["text-gru", "transformer-tiny"])
+def test_token_models_train_on_the_nrf52840_within_their_plan(tmp_path, name):
+    # Prepare: planned for the C executor on the nRF52840 profile (the planner's trainable
+    # set); class-dependent token sequences baked into flash as int32 ids
     from edgetrain.models import build_model
 
     torch.manual_seed(0)
-    m, x = build_model("text-gru")
-    plan = edgetrain.plan(m, x, device="nrf52840", executor="c", batch_size=1, name="text-gru")
-    s = _tokens(16, 4, 40, 1000)
+    m, x = build_model(name)
+    plan = edgetrain.plan(m, x, device="nrf52840", executor="c", batch_size=1, name=name)
+    s = _tokens(16, 4, x.shape[1], 1000)
     spec = TrainingSpec(s, s, steps=40, lr=0.1, log_every=1)
     # Execute: Cortex-M4 under QEMU
     out = compile_project(plan, m, x, "cortex-m4", spec, tmp_path / "c", device="nrf52840")
@@ -227,7 +234,7 @@ def test_text_gru_trains_on_token_ids_on_the_nrf52840_within_its_plan(tmp_path):
     res = mcu_run(out)
     # Assert: measured peak SRAM within 5 % of the plan, under the device's; the loss falls
     print(
-        f"\ntext-gru nrf52840: planned {plan.predicted_peak_bytes} measured "
+        f"\n{name} nrf52840: planned {plan.predicted_peak_bytes} measured "
         f"{res.peak_sram_bytes} flash {res.flash_bytes} instructions/step "
         f"{res.instructions_per_step} losses {res.losses[0]:.3f}..{res.losses[-1]:.3f} "
         f"mean first 5 {np.mean(res.losses[:5]):.3f} last 5 {np.mean(res.losses[-5:]):.3f}"

@@ -624,7 +624,8 @@ def _lower_matmul(lw: _Lowering, n, acts) -> LOp:
     fn, ins = n.attr("fn"), n.inputs
     if fn in _SDPA:
         return _lower_attention(lw, n, acts)
-    if fn in ("bmm", "mm") and len(acts) == 2 and acts == tuple(ins):
+    products = fn in ("bmm", "mm", "matmul") or n.aten == "aten.matmul.default"
+    if products and len(acts) == 2 and acts == tuple(ins):
         return _lower_bmm(lw, n, acts)
     parts = {"addmm": 3, "mm": 2}
     pv = _param_view(lw, ins[-1]) if fn in parts and len(ins) == parts[fn] else None
@@ -718,16 +719,20 @@ _SDPA = ("_scaled_dot_product_flash_attention_for_cpu",)
 
 
 def _lower_bmm(lw: _Lowering, n, acts) -> LOp:
-    """a (B, M, K) @ b (B, K, N) of two activations (mm: B = 1), both contiguous buffers (a
+    """a (..., M, K) @ b (..., K, N) of two activations (mm: no leading dims; matmul: equal
+    leading dims, flattened to B), both contiguous buffers (a
     transposed operand is a gather before it, NOTE [ Views in C ]). Backward: da = dy b^T,
     db = a^T dy; each reads the other operand."""
     sa, sb = lw.shape[acts[0]], lw.shape[acts[1]]
-    a3, b3 = (sa if len(sa) == 3 else (1, *sa)), (sb if len(sb) == 3 else (1, *sb))
-    if len(a3) != 3 or len(b3) != 3 or a3[0] != b3[0] or a3[2] != b3[1]:
+    ok = len(sa) == len(sb) >= 2 and sa[:-2] == sb[:-2] and sa[-1] == sb[-2]
+    if not ok:
         raise UnsupportedKernelError(
             f"node {n.name} ({n.module or 'functional'}): {n.attr('fn')} of {sa} and {sb}; "
-            "the C kernel multiplies (B, M, K) by (B, K, N) activations"
+            "the C kernel multiplies (..., M, K) by (..., K, N) activations with equal "
+            "leading dimensions (no broadcasting)"
         )
+    a3 = (int(np.prod(sa[:-2])), *sa[-2:])
+    b3 = (a3[0], *sb[-2:])
     extra = {"B": a3[0], "M": a3[1], "K": a3[2], "N": b3[2]}
     return lw.op(LKind.BMM, n, acts, extra=extra)
 
