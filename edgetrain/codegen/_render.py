@@ -614,31 +614,6 @@ def _xent_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     )
 
 
-_FWD: dict[LKind, Callable[[LOp, _Names, set[str]], str]] = {
-    LKind.CONV: _conv_fwd,
-    LKind.BN: _bn_fwd,
-    LKind.RELU: _relu_fwd,
-    LKind.RELU6: _relu6_fwd,
-    LKind.ADD: _add_fwd,
-    LKind.GAP: _gap_fwd,
-    LKind.MAXPOOL: _pool_fwd,
-    LKind.AVGPOOL: _pool_fwd,
-    LKind.VIEW: _view_fwd,
-    LKind.LINEAR: _linear_fwd,
-    LKind.XENT: _xent_fwd,
-    LKind.POINTWISE: _pointwise_fwd,
-    LKind.BINARY: _binary_fwd,
-    LKind.LOSS: _loss_fwd,
-    LKind.DROPOUT: _dropout_fwd,
-    LKind.LAYERNORM: _layer_norm_fwd,
-    LKind.UPSAMPLE: _upsample_fwd,
-    LKind.CAT: _cat_fwd,
-    LKind.SOFTMAX: _softmax_fwd,
-    LKind.GATHER: _gather_fwd,
-    LKind.FILL: _fill_fwd,
-}
-
-
 def _param_add_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     used.add("param_add_fwd")
     e = op.extra
@@ -689,11 +664,34 @@ def _bmm_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     return f"bmm_fwd({a}, {b}, {nm.a(op.output)}, {_bmm_args(op)});"
 
 
-_FWD[LKind.BMM] = _bmm_fwd
-_FWD[LKind.EMBEDDING] = _embedding_fwd
-_FWD[LKind.PARAM_ADD] = _param_add_fwd
-_FWD[LKind.MEAN] = _mean_fwd
-_FWD[LKind.ATTENTION] = _attention_fwd
+_FWD: dict[LKind, Callable[[LOp, _Names, set[str]], str]] = {
+    LKind.CONV: _conv_fwd,
+    LKind.BN: _bn_fwd,
+    LKind.RELU: _relu_fwd,
+    LKind.RELU6: _relu6_fwd,
+    LKind.ADD: _add_fwd,
+    LKind.GAP: _gap_fwd,
+    LKind.MAXPOOL: _pool_fwd,
+    LKind.AVGPOOL: _pool_fwd,
+    LKind.VIEW: _view_fwd,
+    LKind.LINEAR: _linear_fwd,
+    LKind.XENT: _xent_fwd,
+    LKind.POINTWISE: _pointwise_fwd,
+    LKind.BINARY: _binary_fwd,
+    LKind.LOSS: _loss_fwd,
+    LKind.DROPOUT: _dropout_fwd,
+    LKind.LAYERNORM: _layer_norm_fwd,
+    LKind.UPSAMPLE: _upsample_fwd,
+    LKind.CAT: _cat_fwd,
+    LKind.SOFTMAX: _softmax_fwd,
+    LKind.GATHER: _gather_fwd,
+    LKind.FILL: _fill_fwd,
+    LKind.BMM: _bmm_fwd,
+    LKind.PARAM_ADD: _param_add_fwd,
+    LKind.ATTENTION: _attention_fwd,
+    LKind.MEAN: _mean_fwd,
+    LKind.EMBEDDING: _embedding_fwd,
+}
 
 
 def _fwd(op: LOp, nm: _Names, used: set[str]) -> str:
@@ -966,30 +964,6 @@ def _softmax_bwd(op: LOp, bw: _Bwd) -> list[str]:
     return [bw.call("softmax_bwd", f"{y}, {dy}, {g}, {acc}, {_softmax_args(op)}")]
 
 
-_BWD: dict[LKind, Callable[[LOp, _Bwd], list[str]]] = {
-    LKind.XENT: _xent_bwd,
-    LKind.CONV: _conv_bwd,
-    LKind.BN: _bn_bwd,
-    LKind.RELU: _relu_bwd,
-    LKind.RELU6: _relu6_bwd,
-    LKind.ADD: _add_bwd,
-    LKind.GAP: _gap_bwd,
-    LKind.MAXPOOL: _pool_bwd,
-    LKind.AVGPOOL: _pool_bwd,
-    LKind.VIEW: _view_bwd,
-    LKind.LINEAR: _linear_bwd,
-    LKind.POINTWISE: _pointwise_bwd,
-    LKind.BINARY: _binary_bwd,
-    LKind.LOSS: _loss_bwd,
-    LKind.DROPOUT: _dropout_bwd,
-    LKind.LAYERNORM: _layer_norm_bwd,
-    LKind.UPSAMPLE: _upsample_bwd,
-    LKind.CAT: _cat_bwd,
-    LKind.SOFTMAX: _softmax_bwd,
-    LKind.GATHER: _gather_bwd,
-}
-
-
 def _param_add_bwd(op: LOp, bw: _Bwd) -> list[str]:
     out = []
     x, dy, e = op.inputs[0], bw.nm.g(op.output), op.extra
@@ -1036,11 +1010,33 @@ def _bmm_bwd(op: LOp, bw: _Bwd) -> list[str]:
     return out
 
 
-_BWD[LKind.BMM] = _bmm_bwd
-_BWD[LKind.EMBEDDING] = _embedding_bwd
-_BWD[LKind.PARAM_ADD] = _param_add_bwd
-_BWD[LKind.MEAN] = _mean_bwd
-_BWD[LKind.ATTENTION] = _attention_bwd
+_BWD: dict[LKind, Callable[[LOp, _Bwd], list[str]]] = {
+    LKind.XENT: _xent_bwd,
+    LKind.CONV: _conv_bwd,
+    LKind.BN: _bn_bwd,
+    LKind.RELU: _relu_bwd,
+    LKind.RELU6: _relu6_bwd,
+    LKind.ADD: _add_bwd,
+    LKind.GAP: _gap_bwd,
+    LKind.MAXPOOL: _pool_bwd,
+    LKind.AVGPOOL: _pool_bwd,
+    LKind.VIEW: _view_bwd,
+    LKind.LINEAR: _linear_bwd,
+    LKind.POINTWISE: _pointwise_bwd,
+    LKind.BINARY: _binary_bwd,
+    LKind.LOSS: _loss_bwd,
+    LKind.DROPOUT: _dropout_bwd,
+    LKind.LAYERNORM: _layer_norm_bwd,
+    LKind.UPSAMPLE: _upsample_bwd,
+    LKind.CAT: _cat_bwd,
+    LKind.SOFTMAX: _softmax_bwd,
+    LKind.GATHER: _gather_bwd,
+    LKind.BMM: _bmm_bwd,
+    LKind.PARAM_ADD: _param_add_bwd,
+    LKind.ATTENTION: _attention_bwd,
+    LKind.MEAN: _mean_bwd,
+    LKind.EMBEDDING: _embedding_bwd,
+}
 
 
 def _bwd(
