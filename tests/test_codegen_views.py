@@ -201,7 +201,7 @@ def test_a_read_after_an_in_place_write_is_refused_and_a_fresh_one_lowers():
 
 
 @needs_cc
-@pytest.mark.parametrize("name", ["gru-seq"])
+@pytest.mark.parametrize("name", ["gru-seq", "lstm-seq"])
 def test_recurrent_classifier_matches_pytorch_on_the_host(tmp_path, name):
     # Prepare: the zoo's nn.GRU(9, 32) over 50 x 9 windows, every parameter trained (the
     # recurrent weights are read at each of the 50 steps: their gradients sum). nn.LSTM

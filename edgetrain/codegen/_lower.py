@@ -72,6 +72,7 @@ SUPPORTED = (
     "relu6 (hardtanh 0..6)",
     "add (same shapes; or a parameter broadcast over the leading dimensions, trained)",
     "mean over any run of dimensions",
+    "nn.LSTM layer (eager CPU's fused mkldnn_rnn_layer; one direction, with biases)",
     "embedding of the model's integer input (token ids; no padding_idx, no max_norm)",
     "bmm / mm of two activations (SDPA's math path: q k^T, p v; softmax with its "
     "all-masked-row guard)",
@@ -126,6 +127,7 @@ class LKind(enum.Enum):
     MEAN = "mean"  # mean over a run of middle dimensions (token pooling)
     ATTENTION = "attention"  # fused scaled-dot-product attention (NOTE [ Attention in C ])
     BMM = "bmm"  # a (batched) product of two activations (attention's scores and values)
+    LSTM = "lstm"  # oneDNN's fused nn.LSTM layer (NOTE [ LSTM in C ])
     EMBEDDING = "embedding"  # a row gather by the model's integer input (NOTE [ Tokens in C ])
 
 
@@ -213,6 +215,7 @@ class _Lowering:
     reserved: frozenset[str] = frozenset()  # identifiers the program's fixed text uses
     hyper: "dict | None" = None  # module -> attributes the graph lacks (p, ...); None: unknown
     skip: set = field(default_factory=set)  # nodes lowered as part of another (dropout's mask)
+    live: frozenset = frozenset()  # the nodes the loss depends on
     dropout_of: dict = field(default_factory=dict)  # dropout's final mul node -> p (or None)
     dropout_masks: set = field(default_factory=set)  # the masks' tensors
     safe_where: dict = field(default_factory=dict)  # softmax's all-masked guard -> softmax
@@ -624,6 +627,8 @@ def _lower_matmul(lw: _Lowering, n, acts) -> LOp:
     fn, ins = n.attr("fn"), n.inputs
     if fn in _SDPA:
         return _lower_attention(lw, n, acts)
+    if fn == "mkldnn_rnn_layer":
+        return _lower_rnn(lw, n, acts)
     products = fn in ("bmm", "mm", "matmul") or n.aten == "aten.matmul.default"
     if products and len(acts) == 2 and acts == tuple(ins):
         return _lower_bmm(lw, n, acts)
@@ -713,6 +718,71 @@ def _lower_embedding(lw: _Lowering, n, acts) -> LOp:
         )
     extra = {"tokens": int(np.prod(lw.shape[ids[0]])), "V": table[0], "D": table[1]}
     return lw.op(LKind.EMBEDDING, n, (ids[0],), weight=lw.array_for(pw[0]), extra=extra)
+
+
+def _lower_rnn(lw: _Lowering, n, acts) -> LOp:
+    """NOTE [ LSTM in C ]
+    Eager CPU runs an `nn.LSTM` layer as oneDNN's fused `mkldnn_rnn_layer`, and capture keeps
+    it one node (the PyTorch executor's cost model prices it as PyTorch runs it). The C trainer
+    runs it as one operator too (`lstm_fwd` / `lstm_bwd`, _op_kernels.py): the forward keeps
+    each step's gates (i, f, g, o after their activations), cell and hidden state in a
+    workspace arena buffer (`a:<output>.ws`, T * B * 6H floats, plus 3 * B * H for the
+    backward's running dh / dc), live from the forward to the backward; the backward runs
+    backpropagation through time, writing each step's gate gradients over its saved gates,
+    then the input gradient and the four arrays' SGD steps summed over time (the old W_hh for
+    every step's dh, as PyTorch; no gradient buffers). Its C output is the one result the
+    model reads: the whole sequence (T, B, H) or the final hidden state (B, H); both, the cell
+    state, reverse / bidirectional layers, projections and gradients into h0 / c0 are refused
+    (typed errors name the node)."""
+    g = lw.graph
+    ins, scal = n.inputs, tuple(n.attr("scalars", ()))
+    live_outs = [
+        t
+        for t in (n.output, *n.attr("results", ()))
+        if any(g.nodes[i].name in lw.live for i in g.consumers.get(t, ()))
+    ]
+    params = [lw.pby[t].name for t in ins[1:5] if t in lw.pby]
+    ok = (
+        len(ins) == 7
+        and len(params) == 4
+        and len(scal) >= 7
+        and scal[0] is False
+        and scal[5] is True
+        and scal[6] is False
+        and len(live_outs) == 1
+        and live_outs[0] in (n.output, *n.attr("results", ())[:1])
+        and all(t in acts for t in (ins[0], ins[5], ins[6]))
+    )
+    x = lw.shape[ins[0]]
+    if ok:
+        t_, b_, i_ = x
+        h = lw.shape[ins[2]][1]
+        ok = (
+            lw.shape[ins[1]] == (4 * h, i_)
+            and lw.shape[ins[2]] == (4 * h, h)
+            and lw.shape[ins[5]] == lw.shape[ins[6]] == (b_, h)
+        )
+    if not ok:
+        raise UnsupportedKernelError(
+            f"node {n.name} ({n.module or 'functional'}): {n.attr('fn')} of "
+            f"{[lw.shape.get(t) for t in ins]} (scalars {scal}, outputs read {live_outs}); "
+            "the C kernel runs one forward, unidirectional nn.LSTM layer with biases over "
+            "(T, B, I), reading either its output sequence or its final hidden state"
+        )
+    for p in params:
+        d = lw.decisions.get(p)
+        if d is not None and d.decision is ParamDecision.CHANNELS:
+            raise UnsupportedPlanError(
+                f"node {n.name}: the plan trains some channels of {p}; the C LSTM trains its "
+                "arrays whole or not at all. Re-plan with --policy all or last:K"
+            )
+    last = live_outs[0] != n.output
+    extra = {"T": t_, "B": b_, "I": i_, "H": h, "last": last, "ws": t_ * b_ * 6 * h + 3 * b_ * h}
+    op = lw.op(LKind.LSTM, n, (ins[0], ins[5], ins[6]), extra=extra)
+    op.output, op.shape_out = live_outs[0], lw.shape[live_outs[0]]
+    op.weight, op.bias = lw.array_for(params[0]), lw.array_for(params[2])
+    op.extra["more"] = (lw.array_for(params[1]), lw.array_for(params[3]))
+    return op
 
 
 _SDPA = ("_scaled_dot_product_flash_attention_for_cpu",)
@@ -1184,7 +1254,7 @@ def _find_dropouts(lw: _Lowering) -> None:
 
 def _lower_nodes(lw: _Lowering) -> None:
     g = lw.graph
-    live = _live(g)
+    live = lw.live = _live(g)
     _check_inplace(g, live)
     _find_dropouts(lw)
     _find_safe_softmax(lw)
@@ -1247,7 +1317,7 @@ def _shared_gradients(ops: list[LOp], arrays: dict[str, Array]) -> dict[str, int
     gradient buffer (the rows a partial-channel plan trains)."""
     users: dict[str, list[LOp]] = {}
     for op in ops:
-        for sym in dict.fromkeys((op.weight, op.bias)):
+        for sym in dict.fromkeys((op.weight, op.bias, *_more(op))):
             if sym and arrays[sym].trainable:
                 users.setdefault(sym, []).append(op)
     out: dict[str, int] = {}
@@ -1298,7 +1368,7 @@ def lower(
     referenced = {
         s
         for op in ops
-        for s in (op.weight, op.bias, op.extra.get("mean"), op.extra.get("invstd"))
+        for s in (op.weight, op.bias, op.extra.get("mean"), op.extra.get("invstd"), *_more(op))
         if s
     }
     arrays = {k: a for k, a in lw.arrays.items() if k in referenced}  # folded originals go
@@ -1320,6 +1390,7 @@ def lower(
     buffers = place_largest_first(sizes, span)
     keys = {k for op in ops for t in (*op.inputs, op.output) for k in ("a:" + t, "g:" + t)}
     keys.add("a:" + ops[-1].output + ".prob")
+    keys.update("a:" + op.output + ".ws" for op in ops if op.extra.get("ws"))
     keys.update("p:" + sym for sym in shared)
     alias = {k: uf.root(k) for k in keys if uf.root(k) in sizes}
     shape = lw.shape
@@ -1379,13 +1450,18 @@ def module_attributes(model) -> dict[str, dict]:
 
 
 # -- the pruned backward, aliases and lifetimes (NOTE [ Arena assignment ]) -------------------
+def _more(op: LOp) -> tuple[str, ...]:
+    """The arrays of an operator beyond its weight and bias (an LSTM's W_hh, b_hh)."""
+    return tuple(op.extra.get("more", ()))
+
+
 def _requires_grad(ops: list[LOp], arrays: dict[str, Array]) -> set[str]:
     """Activations whose gradient the pruned backward computes."""
     rg: set[str] = set()
     for op in ops:
         if op.extra.get("detach"):
             continue  # no gradient flows through detach
-        own = any(arrays[s].trainable for s in (op.weight, op.bias) if s)
+        own = any(arrays[s].trainable for s in (op.weight, op.bias, *_more(op)) if s)
         if own or any(t in rg for t in op.inputs):
             rg.add(op.output)
     return rg
@@ -1410,6 +1486,8 @@ def saved_for_backward(op: LOp, trainable: set[str], rg: set[str]) -> tuple[str,
         return tuple(dict.fromkeys(op.inputs))  # each row's probabilities are recomputed
     if op.kind is LKind.EMBEDDING:
         return (x,) if op.weight in trainable else ()  # the ids of the rows to step
+    if op.kind is LKind.LSTM:
+        return tuple(op.inputs)  # x, h0, c0; each step's h, c and gates: its workspace
     if op.kind is LKind.BMM:
         a, b = op.inputs
         return tuple(dict.fromkeys([*((b,) if a in rg else ()), *((a,) if b in rg else ())]))
@@ -1517,6 +1595,9 @@ def _lifetimes(
             use("a:" + t, step, numel[t])
         if op.kind in LOSS_KINDS:
             use("a:" + op.output + ".prob", step, numel[op.inputs[0]])
+        elif op.extra.get("ws"):
+            use("a:" + op.output + ".ws", step, op.extra["ws"])
+            use("a:" + op.output, step, numel[op.output])
         else:
             use("a:" + op.output, step, numel[op.output])
     nf = len(ops)
@@ -1528,6 +1609,8 @@ def _lifetimes(
             use("g:" + x, s, numel[x])
             continue
         use("g:" + op.output, s, numel[op.output])
+        if op.extra.get("ws"):
+            use("a:" + op.output + ".ws", s, op.extra["ws"])
         for t in op.inputs:
             if t in rg:
                 use("g:" + t, s, numel[t])

@@ -562,6 +562,103 @@ static void bmm_bwd_b(const float *a, const float *dy, float *db, int acc, int B
     }
 }
 """,
+    "lstm_fwd": r"""
+/* one nn.LSTM layer over x (T, B, I) from h0, c0 (B, H); gates i, f, g, o (PyTorch's order).
+   ws per step: the activated gates (B x 4H), c (B x H), h (B x H). y: every h (T, B, H), or
+   the last one (B, H) */
+static float lstm_sig(float v) { return 1.0f / (1.0f + expf(-v)); }
+static void lstm_fwd(const float *x, const float *h0, const float *c0, const float *wih,
+                     const float *whh, const float *bih, const float *bhh, float *y, float *ws,
+                     int T, int B, int I, int H, int last) {
+    const size_t step = (size_t)B * 6 * H;
+    for (int t = 0; t < T; t++) {
+        float *gt = ws + t * step, *ct = gt + (size_t)B * 4 * H, *ht = ct + (size_t)B * H;
+        const float *hp = t ? ws + (t - 1) * step + (size_t)B * 5 * H : h0;
+        const float *cp = t ? ws + (t - 1) * step + (size_t)B * 4 * H : c0;
+        for (int b = 0; b < B; b++) {
+            const float *xb = x + ((size_t)t * B + b) * I, *hb = hp + (size_t)b * H;
+            float *gb = gt + (size_t)b * 4 * H;
+            for (int r = 0; r < 4 * H; r++) {
+                float z = bih[r] + bhh[r];
+                const float *wi = wih + (size_t)r * I, *wh = whh + (size_t)r * H;
+                for (int k = 0; k < I; k++) z += wi[k] * xb[k];
+                for (int k = 0; k < H; k++) z += wh[k] * hb[k];
+                gb[r] = (r >= 2 * H && r < 3 * H) ? tanhf(z) : lstm_sig(z);
+            }
+            for (int j = 0; j < H; j++) {
+                const float c = gb[H + j] * cp[(size_t)b * H + j] + gb[j] * gb[2 * H + j];
+                ct[(size_t)b * H + j] = c;
+                ht[(size_t)b * H + j] = gb[3 * H + j] * tanhf(c);
+            }
+        }
+        if (!last) for (int k = 0; k < B * H; k++) y[(size_t)t * B * H + k] = ht[k];
+        else if (t == T - 1) for (int k = 0; k < B * H; k++) y[k] = ht[k];
+    }
+}
+""",
+    "lstm_bwd": r"""
+/* backpropagation through time from dy; the gate gradients overwrite the saved gates, then
+   dx (old W_ih) and the SGD steps of the trained arrays (a null array is not trained) */
+static void lstm_bwd(const float *x, const float *h0, const float *c0, float *wih, float *whh,
+                     float *bih, float *bhh, const float *dy, float *dx, int acc, float *ws,
+                     float lr, int tw_ih, int tw_hh, int tb_ih, int tb_hh, int T, int B, int I,
+                     int H, int last) {
+    const size_t step = (size_t)B * 6 * H;
+    float *dh = ws + (size_t)T * step, *dc = dh + (size_t)B * H, *dn = dc + (size_t)B * H;
+    for (int k = 0; k < B * H; k++) { dh[k] = last ? dy[k] : 0.0f; dc[k] = 0.0f; }
+    for (int t = T - 1; t >= 0; t--) {
+        float *gt = ws + t * step;
+        const float *ct = gt + (size_t)B * 4 * H;
+        const float *cp = t ? ws + (t - 1) * step + (size_t)B * 4 * H : c0;
+        if (!last) for (int k = 0; k < B * H; k++) dh[k] += dy[(size_t)t * B * H + k];
+        for (int b = 0; b < B; b++) {
+            float *gb = gt + (size_t)b * 4 * H;
+            for (int j = 0; j < H; j++) {
+                const size_t q = (size_t)b * H + j;
+                const float i = gb[j], f = gb[H + j], g = gb[2 * H + j], o = gb[3 * H + j];
+                const float tc = tanhf(ct[q]);
+                const float dct = dc[q] + dh[q] * o * (1.0f - tc * tc);
+                gb[3 * H + j] = dh[q] * tc * o * (1.0f - o);
+                gb[j] = dct * g * i * (1.0f - i);
+                gb[H + j] = dct * cp[q] * f * (1.0f - f);
+                gb[2 * H + j] = dct * i * (1.0f - g * g);
+                dc[q] = dct * f;
+            }
+            for (int k = 0; k < H; k++) {
+                float s = 0.0f;
+                for (int r = 0; r < 4 * H; r++) s += whh[(size_t)r * H + k] * gb[r];
+                dn[(size_t)b * H + k] = s;
+            }
+        }
+        for (int k = 0; k < B * H; k++) dh[k] = dn[k];
+    }
+    if (dx)
+        for (int t = 0; t < T; t++)
+        for (int b = 0; b < B; b++) {
+            const float *gb = ws + t * step + (size_t)b * 4 * H;
+            float *d = dx + ((size_t)t * B + b) * I;
+            for (int k = 0; k < I; k++) {
+                float s = 0.0f;
+                for (int r = 0; r < 4 * H; r++) s += wih[(size_t)r * I + k] * gb[r];
+                if (acc) d[k] += s; else d[k] = s;
+            }
+        }
+    for (int r = 0; r < 4 * H; r++) {
+        float sb = 0.0f;
+        for (int t = 0; t < T; t++)
+        for (int b = 0; b < B; b++) {
+            const float dz = ws[t * step + (size_t)b * 4 * H + r];
+            const float *xb = x + ((size_t)t * B + b) * I;
+            const float *hb = (t ? ws + (t - 1) * step + (size_t)B * 5 * H : h0) + (size_t)b * H;
+            sb += dz;
+            if (tw_ih) for (int k = 0; k < I; k++) wih[(size_t)r * I + k] -= lr * dz * xb[k];
+            if (tw_hh) for (int k = 0; k < H; k++) whh[(size_t)r * H + k] -= lr * dz * hb[k];
+        }
+        if (tb_ih) bih[r] -= lr * sb;
+        if (tb_hh) bhh[r] -= lr * sb;
+    }
+}
+""",
     "embedding_fwd": r"""
 /* rows of a V x D table by token ids (stored as floats, exact below 2^24); an id outside
    [0, V) gives a zero row */

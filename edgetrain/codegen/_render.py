@@ -374,6 +374,10 @@ class _Names:
     def prob(self, t: str) -> str:
         return f"A({self.off[self.low.alias['a:' + t + '.prob']] // 4})"
 
+    def ws(self, t: str) -> str:
+        """An operator's workspace (NOTE [ LSTM in C ])."""
+        return f"A({self.off[self.low.alias['a:' + t + '.ws']] // 4})"
+
     def p(self, sym: str) -> str:
         """The gradient sum of a shared trained array (NOTE [ Shared weights in C ])."""
         return f"A({self.off[self.low.alias['p:' + sym]] // 4})"
@@ -653,6 +657,25 @@ def _embedding_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     return f"embedding_fwd({x}, {op.weight}, {nm.a(op.output)}, {_embedding_args(op)});"
 
 
+def _lstm_args(op: LOp) -> str:
+    e = op.extra
+    return f"{e['T']}, {e['B']}, {e['I']}, {e['H']}, {int(e['last'])}"
+
+
+def _lstm_arrays(op: LOp) -> str:
+    whh, bhh = op.extra["more"]
+    return f"{op.weight}, {whh}, {op.bias}, {bhh}"
+
+
+def _lstm_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    used.add("lstm_fwd")
+    x, h0, c0 = (nm.a(t) for t in op.inputs)
+    return (
+        f"lstm_fwd({x}, {h0}, {c0}, {_lstm_arrays(op)}, {nm.a(op.output)}, "
+        f"{nm.ws(op.output)}, {_lstm_args(op)});"
+    )
+
+
 def _bmm_args(op: LOp) -> str:
     e = op.extra
     return f"{e['B']}, {e['M']}, {e['K']}, {e['N']}"
@@ -687,6 +710,7 @@ _FWD: dict[LKind, Callable[[LOp, _Names, set[str]], str]] = {
     LKind.GATHER: _gather_fwd,
     LKind.FILL: _fill_fwd,
     LKind.BMM: _bmm_fwd,
+    LKind.LSTM: _lstm_fwd,
     LKind.PARAM_ADD: _param_add_fwd,
     LKind.ATTENTION: _attention_fwd,
     LKind.MEAN: _mean_fwd,
@@ -999,6 +1023,25 @@ def _embedding_bwd(op: LOp, bw: _Bwd) -> list[str]:
     return [bw.call("embedding_bwd_sgd", f"{args}, {_embedding_args(op)}")]
 
 
+def _lstm_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    x, h0, c0 = op.inputs
+    if h0 in bw.rg or c0 in bw.rg:
+        raise UnsupportedPlanError(
+            f"node {op.name}: the gradient of its initial state is needed; the C LSTM starts "
+            "from a constant state (no gradient into h0 / c0)"
+        )
+    if op.extra["more"][0] in bw.low.shared or op.weight in bw.low.shared:
+        raise UnsupportedPlanError(f"node {op.name}: an LSTM's arrays are read by other ops")
+    g, acc = bw.dx(x) if x in bw.rg else ("0", 0)
+    whh, bhh = op.extra["more"]
+    flags = ", ".join(str(int(s in bw.trainable)) for s in (op.weight, whh, op.bias, bhh))
+    args = (
+        f"{bw.nm.a(x)}, {bw.nm.a(h0)}, {bw.nm.a(c0)}, {_lstm_arrays(op)}, "
+        f"{bw.nm.g(op.output)}, {g}, {acc}, {bw.nm.ws(op.output)}, lr, {flags}"
+    )
+    return [bw.call("lstm_bwd", f"{args}, {_lstm_args(op)}")]
+
+
 def _bmm_bwd(op: LOp, bw: _Bwd) -> list[str]:
     (a, b), dy, out = op.inputs, bw.nm.g(op.output), []
     if a in bw.rg:
@@ -1032,6 +1075,7 @@ _BWD: dict[LKind, Callable[[LOp, _Bwd], list[str]]] = {
     LKind.SOFTMAX: _softmax_bwd,
     LKind.GATHER: _gather_bwd,
     LKind.BMM: _bmm_bwd,
+    LKind.LSTM: _lstm_bwd,
     LKind.PARAM_ADD: _param_add_bwd,
     LKind.ATTENTION: _attention_bwd,
     LKind.MEAN: _mean_bwd,
