@@ -621,9 +621,10 @@ def _param_view(lw: _Lowering, t: str) -> "tuple[str, object] | None":
 
 
 def _lower_matmul(lw: _Lowering, n, acts) -> LOp:
-    """mm / addmm of an activation by the transpose of a 2-D parameter (nn.GRU's and
-    nn.LSTM's decomposed gate products: `addmm(b, x, w.t())`) is a linear layer; other
-    products have no C kernel yet."""
+    """The MATMUL category: fused attention (NOTE [ Attention in C ]), oneDNN's LSTM layer
+    (NOTE [ LSTM in C ]), products of two activations (`_lower_bmm`), and mm / addmm of an
+    activation by the transpose of a 2-D parameter (nn.GRU's decomposed gate products:
+    `addmm(b, x, w.t())`), a linear layer. Other products are refused."""
     fn, ins = n.attr("fn"), n.inputs
     if fn in _SDPA:
         return _lower_attention(lw, n, acts)
@@ -652,7 +653,8 @@ def _lower_matmul(lw: _Lowering, n, acts) -> LOp:
             f"node {n.name} ({n.module or 'functional'}): {fn or 'matmul'} of "
             f"{[lw.shape.get(t) for t in ins]}; the C kernel multiplies a 2-D activation by "
             "the transpose of a 2-D parameter (a linear layer, with a parameter bias for "
-            "addmm); products of two activations (attention) have no C kernel yet"
+            "addmm), or two activations (..., M, K) @ (..., K, N) with equal leading "
+            "dimensions; fused attention and nn.LSTM layers have kernels of their own"
         )
     extra = {"w_param": pname, "b_param": bias.name if bias is not None else None}
     return lw.op(LKind.LINEAR, n, (ins[-2],), extra=extra)
