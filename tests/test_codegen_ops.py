@@ -334,15 +334,7 @@ def test_functional_dropout_and_a_parameter_operand_are_refused_with_the_fix():
 
     from edgetrain.capture import capture
 
-    class ScalarOperand(nn.Module):  # the IR does not record a sub's scalar
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = nn.Linear(8, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.a(x) - 1.5
-
-    cases = ((Functional(), "nn.Dropout"), (ParamOperand(), "parameter"), (ScalarOperand(), "sub"))
+    cases = ((Functional(), "nn.Dropout"), (ParamOperand(), "parameter"))
     for model, words in cases:
         g = capture(model, torch.zeros(1, 8), batch_size=2, cache=False)
         # Execute / Assert

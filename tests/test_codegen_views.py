@@ -201,7 +201,7 @@ def test_a_read_after_an_in_place_write_is_refused_and_a_fresh_one_lowers():
 
 
 @needs_cc
-@pytest.mark.parametrize("name", ["gru-seq"])
+@pytest.mark.parametrize("name", ["gru-seq", "lstm-seq"])
 def test_recurrent_classifier_matches_pytorch_on_the_host(tmp_path, name):
     # Prepare: the zoo's nn.GRU(9, 32) over 50 x 9 windows, every parameter trained (the
     # recurrent weights are read at each of the 50 steps: their gradients sum). nn.LSTM
@@ -217,14 +217,15 @@ def test_recurrent_classifier_matches_pytorch_on_the_host(tmp_path, name):
 
 
 @needs_arm
-def test_gru_classifier_trains_on_the_nrf52840_within_its_plan(tmp_path):
+@pytest.mark.parametrize("name", ["gru-seq", "lstm-seq"])
+def test_recurrent_classifier_trains_on_the_nrf52840_within_its_plan(tmp_path, name):
     # Prepare: planned for the C executor on the nRF52840 profile; seeded class-dependent
     # windows (6 classes)
     from edgetrain.models import build_model
 
     torch.manual_seed(0)
-    m, x = build_model("gru-seq")
-    plan = edgetrain.plan(m, x, device="nrf52840", executor="c", batch_size=1, name="gru-seq")
+    m, x = build_model(name)
+    plan = edgetrain.plan(m, x, device="nrf52840", executor="c", batch_size=1, name=name)
     g = np.random.default_rng(0)
     y = np.arange(24) % 6
     centres = g.normal(size=(6, 50, 9)).astype(np.float32)
@@ -235,7 +236,7 @@ def test_gru_classifier_trains_on_the_nrf52840_within_its_plan(tmp_path):
     res = mcu_run(out)
     # Assert: measured peak SRAM within 5 % of the plan, under the device's; the loss falls
     print(
-        f"\nGRU nrf52840: planned {plan.predicted_peak_bytes} measured {res.peak_sram_bytes} "
+        f"\n{name} nrf52840: planned {plan.predicted_peak_bytes} measured {res.peak_sram_bytes} "
         f"flash {res.flash_bytes} instructions/step {res.instructions_per_step} losses "
         f"{res.losses[0]:.3f}..{res.losses[-1]:.3f}"
     )

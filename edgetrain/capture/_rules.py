@@ -227,7 +227,9 @@ def _binary(op: OpKind) -> Callable[[_Ctx], _Rule]:
     def rule(c: _Ctx) -> _Rule:
         n = _numel(c.out.shape)
         if op is OpKind.ADD:
-            return _Rule(op, vec=n, vec_bwd=0)
+            other = c.args[1] if len(c.args) == 2 and not c.fx.kwargs else None
+            num = isinstance(other, (int, float)) and math.isfinite(other)
+            return _Rule(op, vec=n, vec_bwd=0, attrs={"scalar": float(other)} if num else {})
         other = c.args[1]
         if isinstance(other, str):  # tensor * tensor: each operand saved for the other's grad
             return _Rule(op, saved=[c.t(1), c.t(0)], vec=n, vec_bwd=2 * n)
@@ -412,8 +414,18 @@ def _softmax(op: OpKind) -> Callable[[_Ctx], _Rule]:
 
 
 def _embedding(c: _Ctx) -> _Rule:
+    """Records the options its backward depends on when they are not the default
+    (`padding_idx`, `scale_grad_by_freq`): the C kernel refuses them."""
+    a = list(c.args) + [-1, False, False][len(c.args) - 2 :]
+    attrs = {"padding_idx": int(a[2])} if int(a[2]) != -1 else {}
+    if a[3]:
+        attrs["scale_grad_by_freq"] = True
     return _Rule(
-        OpKind.EMBEDDING, saved=[c.t(1)], vec=_numel(c.out.shape), vec_bwd=_numel(c.out.shape)
+        OpKind.EMBEDDING,
+        saved=[c.t(1)],
+        vec=_numel(c.out.shape),
+        vec_bwd=_numel(c.out.shape),
+        attrs=attrs,
     )
 
 
@@ -500,6 +512,9 @@ def _float_inputs(c: _Ctx) -> int:
     return sum(1 for v in c.vals if isinstance(v, torch.Tensor) and v.is_floating_point())
 
 
+_SCALAR_FNS = frozenset({"mul", "div", "add", "sub"})  # by a Python number (no alpha)
+
+
 def _elementwise(c: _Ctx) -> _Rule:
     n = _numel(c.out.shape)
     fn = _fn(c)
@@ -509,6 +524,9 @@ def _elementwise(c: _Ctx) -> _Rule:
         # eager GRU's `sigmoid_`, `add_`: the value of the out-of-place op `fn` without its
         # trailing underscore, written over its first operand (whose name the IR retires)
         attrs["inplace"] = True
+    other = c.args[1] if len(c.args) == 2 and not c.fx.kwargs else None
+    if fn in _SCALAR_FNS and isinstance(other, (int, float)) and math.isfinite(other):
+        attrs["scalar"] = float(other)  # `mul.Scalar` (SDPA's math path scales q and k)
     return _Rule(OpKind.ELEMENTWISE, vec=cost * n, vec_bwd=cost * n * _float_inputs(c), attrs=attrs)
 
 
@@ -609,8 +627,20 @@ def _attention(c: _Ctx) -> _Rule:
         flops_in=4 * macs,
         vec=5 * _numel(q.shape[:-1]) * int(k.shape[-2]),
         vec_bwd=8 * _numel(q.shape[:-1]) * int(k.shape[-2]),
-        attrs={"batched": True, "fn": _fn(c), "scalars": _scalars(c.args)},
+        attrs={"batched": True, "fn": _fn(c), "scalars": _scalars(c.args), **_sdpa_kwargs(c)},
     )
+
+
+def _sdpa_kwargs(c: _Ctx) -> dict[str, Any]:
+    """The keyword arguments a C kernel must honour (NOTE [ Attention in C ]): an explicit
+    scale, and whether an attention mask is given (recorded only when set)."""
+    kw = c.fx.kwargs
+    out: dict[str, Any] = {}
+    if isinstance(kw.get("scale"), (int, float)):
+        out["scale"] = float(kw["scale"])
+    if kw.get("attn_mask") is not None:
+        out["masked"] = True
+    return out
 
 
 def _rnn_layer(c: _Ctx) -> _Rule:

@@ -62,6 +62,12 @@ def weights_bytes(parts) -> int:
 
 def _header(parts, model: str, lr: float, arena: int) -> str:
     target_t = "int32_t" if parts.classes else "float"
+    in_type = parts.in_type
+    in_doc = (
+        "int32_t token ids, 0 .. the embedding table's rows - 1 (NOTE [ Tokens in C ])"
+        if in_type == "int32_t"
+        else "float"
+    )
     target_doc = (
         f"class index 0..{parts.classes - 1} (one per sample)"
         if parts.classes
@@ -73,7 +79,8 @@ def _header(parts, model: str, lr: float, arena: int) -> str:
 
    An allocation-free C99 API: every buffer is static (the arena: {arena} B, the trained
    tensors: {trained} B of SRAM; frozen weights in flash). Not reentrant: call it from one
-   context. A batch is ET_BATCH samples, each ET_INPUT_SIZE floats in C order.
+   context. A batch is ET_BATCH samples, each ET_INPUT_SIZE et_input_t values in C order
+   ({in_doc}).
 
      et_init();                                  once, before anything else
      loss = et_train_step(x, y);                 one SGD step on a batch; returns its loss
@@ -90,7 +97,7 @@ extern "C" {{
 #endif
 
 #define ET_BATCH {parts.batch}              /* samples per et_train_step / et_predict */
-#define ET_INPUT_SIZE {parts.in_floats}     /* floats per sample */
+#define ET_INPUT_SIZE {parts.in_floats}     /* et_input_t values per sample */
 #define ET_OUTPUT_SIZE {parts.out_floats}   /* floats et_predict writes per sample */
 #define ET_CLASSES {parts.classes}          /* classes (0: float targets) */
 #define ET_TARGET_SIZE {1 if parts.classes else parts.out_floats}  /* et_target_t per sample */
@@ -99,6 +106,8 @@ extern "C" {{
 #define ET_WEIGHTS_VERSION {WEIGHTS_VERSION}
 #define ET_MODEL_TAG {model_tag(parts):#010x}u
 
+/* an input value: {in_doc} */
+typedef {in_type} et_input_t;
 /* a target: {target_doc} */
 typedef {target_t} et_target_t;
 
@@ -116,13 +125,13 @@ typedef enum {{
 void et_init(void);
 void et_set_learning_rate(float lr);
 
-/* One SGD step on x (ET_BATCH * ET_INPUT_SIZE floats) and y (ET_BATCH * ET_TARGET_SIZE
+/* One SGD step on x (ET_BATCH * ET_INPUT_SIZE et_input_t) and y (ET_BATCH * ET_TARGET_SIZE
    targets); returns the batch's mean loss. A non-finite loss, or a class index out of range
    (then NaN is returned), leaves the weights untouched. */
-float et_train_step(const float *x, const et_target_t *y);
+float et_train_step(const et_input_t *x, const et_target_t *y);
 
 /* The model's output (logits for a classifier) for x: ET_BATCH * ET_OUTPUT_SIZE floats. */
-void et_predict(const float *x, float *out);
+void et_predict(const et_input_t *x, float *out);
 
 /* The weights image: ET_WEIGHTS_SIZE bytes. Both return ET_OK or a negative et_status_t;
    a failed load changes nothing. */
@@ -163,9 +172,9 @@ void et_init(void) {{
 
 void et_set_learning_rate(float lr) {{ et_lr = lr; }}
 
-float et_train_step(const float *x, const et_target_t *y) {{
+float et_train_step(const et_input_t *x, const et_target_t *y) {{
     float *in = {in_buf};
-    for (int i = 0; i < ET_BATCH * ET_INPUT_SIZE; i++) in[i] = x[i];
+    for (int i = 0; i < ET_BATCH * ET_INPUT_SIZE; i++) in[i] = (float)x[i];
 {load_targets}
 {train_mode}    model_fwd();
     const float loss = loss_fwd();
@@ -175,9 +184,9 @@ float et_train_step(const float *x, const et_target_t *y) {{
     return loss;
 }}
 
-void et_predict(const float *x, float *out) {{
+void et_predict(const et_input_t *x, float *out) {{
     float *in = {in_buf};
-    for (int i = 0; i < ET_BATCH * ET_INPUT_SIZE; i++) in[i] = x[i];
+    for (int i = 0; i < ET_BATCH * ET_INPUT_SIZE; i++) in[i] = (float)x[i];
 {eval_mode}    model_fwd();
     const float *z = {out_buf};
     for (int i = 0; i < ET_BATCH * ET_OUTPUT_SIZE; i++) out[i] = z[i];
@@ -280,9 +289,9 @@ def _example_main(parts, steps: int, log_every: int) -> str:
 #include "edgetrain_model.h"
 #include "et_model.h" /* this example's platform layer: et_puts, et_put_u32, et_exit, ... */
 
-void next_sample(int i, float *x, et_target_t *y); /* samples.c */
+void next_sample(int i, et_input_t *x, et_target_t *y); /* samples.c */
 
-static float x[ET_BATCH * ET_INPUT_SIZE];
+static et_input_t x[ET_BATCH * ET_INPUT_SIZE];
 static et_target_t y[ET_BATCH * ET_TARGET_SIZE];
 static uint8_t saved[ET_WEIGHTS_SIZE]; /* on a device: a flash page */
 
@@ -312,14 +321,14 @@ int main(void) {{
 
 def _example_samples(parts, spec, load_expr: str) -> str:
     tr = spec.train
-    t = "float" if tr.is_float else "uint8_t"
-    vals = (
-        ",\n".join(
-            ",".join(cfloat(v) for v in row) for row in tr.pixels.reshape(len(tr.labels), -1)
-        )
-        if tr.is_float
-        else c_bytes(tr.pixels)
-    )
+    t = tr.c_type
+    rows = tr.pixels.reshape(len(tr.labels), -1)
+    if tr.is_float:
+        vals = ",\n".join(",".join(cfloat(v) for v in row) for row in rows)
+    elif tr.is_tokens:
+        vals = ",\n".join(",".join(str(int(v)) for v in row) for row in rows)
+    else:
+        vals = c_bytes(tr.pixels)
     if parts.classes:
         target = "    y[0] = (et_target_t)labels[k];"
     elif parts.out_floats == parts.in_floats:  # a reconstruction: the target is the sample
@@ -338,7 +347,7 @@ static const {t} samples[] = {{
 }};
 static const uint8_t labels[] = {{ {c_bytes(tr.labels.astype("uint8"))} }};
 
-void next_sample(int i, float *x, et_target_t *y) {{
+void next_sample(int i, et_input_t *x, et_target_t *y) {{
     const int k = i % {len(tr.labels)};
     const {t} *px = samples + (long)k * ET_INPUT_SIZE;
     for (int j = 0; j < ET_INPUT_SIZE; j++) x[j] = {load_expr.replace("px[k]", "px[j]")};
@@ -385,15 +394,20 @@ def _sketch(parts) -> str:
         if parts.classes
         else "    for (int j = 0; j < ET_TARGET_SIZE; j++) target[j] = 0.0f; /* your targets */"
     )
+    sensor = (
+        "(et_input_t)(analogRead(A0) % 16); /* your token ids */"
+        if parts.in_type == "int32_t"
+        else "analogRead(A0) / 1023.0f;"
+    )
     return f"""/* StreamTrain: train edgetrain_model on samples read in a callback. */
 #include <edgetrain_model.h>
 
-static float x[ET_BATCH * ET_INPUT_SIZE];
+static et_input_t x[ET_BATCH * ET_INPUT_SIZE];
 static et_target_t y[ET_BATCH * ET_TARGET_SIZE];
 
-/* Replace with your sensor: one sample (ET_INPUT_SIZE floats) and its target. */
-static void read_sample(float *sample, et_target_t *target) {{
-    for (int j = 0; j < ET_INPUT_SIZE; j++) sample[j] = analogRead(A0) / 1023.0f;
+/* Replace with your sensor: one sample (ET_INPUT_SIZE et_input_t) and its target. */
+static void read_sample(et_input_t *sample, et_target_t *target) {{
+    for (int j = 0; j < ET_INPUT_SIZE; j++) sample[j] = {sensor}
 {target}
 }}
 

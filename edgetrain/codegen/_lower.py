@@ -70,7 +70,13 @@ SUPPORTED = (
     "batch_norm 1d/2d (frozen statistics)",
     "relu",
     "relu6 (hardtanh 0..6)",
-    "add",
+    "add (same shapes; or a parameter broadcast over the leading dimensions, trained)",
+    "mean over any run of dimensions",
+    "nn.LSTM layer (eager CPU's fused mkldnn_rnn_layer; one direction, with biases)",
+    "embedding of the model's integer input (token ids; no padding_idx, no max_norm)",
+    "bmm / mm of two activations (SDPA's math path: q k^T, p v; softmax with its "
+    "all-masked-row guard)",
+    "scaled-dot-product attention (fused SDPA: no mask, no dropout, not causal)",
     "adaptive_avg_pool2d to 1x1 or to a size dividing the input's",
     "max_pool 1d/2d (dilation 1)",
     "avg_pool 1d/2d (floor mode, divisor kernel size)",
@@ -117,6 +123,12 @@ class LKind(enum.Enum):
     SOFTMAX = "softmax"  # and log_softmax (extra["log"])
     GATHER = "gather"  # a view that moves data: a strided gather (NOTE [ Views in C ])
     FILL = "fill"  # a constant factory (zeros / ones)
+    PARAM_ADD = "param_add"  # x + a parameter broadcast over leading dims (a position table)
+    MEAN = "mean"  # mean over a run of middle dimensions (token pooling)
+    ATTENTION = "attention"  # fused scaled-dot-product attention (NOTE [ Attention in C ])
+    BMM = "bmm"  # a (batched) product of two activations (attention's scores and values)
+    LSTM = "lstm"  # oneDNN's fused nn.LSTM layer (NOTE [ LSTM in C ])
+    EMBEDDING = "embedding"  # a row gather by the model's integer input (NOTE [ Tokens in C ])
 
 
 LOSS_KINDS = (LKind.XENT, LKind.LOSS)
@@ -160,6 +172,7 @@ class Lowered:
     trainable_params: tuple[str, ...]
     folded: tuple[str, ...]  # 'conv+bn' pairs folded into one constant convolution
     shared: dict = field(default_factory=dict)  # trained array read by several ops -> floats
+    input_int: bool = False  # the input batch is token ids (NOTE [ Tokens in C ])
 
 
 # The arrays' roles and the prefix / suffix of their identifiers (NOTE [ Names in generated C ])
@@ -202,8 +215,10 @@ class _Lowering:
     reserved: frozenset[str] = frozenset()  # identifiers the program's fixed text uses
     hyper: "dict | None" = None  # module -> attributes the graph lacks (p, ...); None: unknown
     skip: set = field(default_factory=set)  # nodes lowered as part of another (dropout's mask)
+    live: frozenset = frozenset()  # the nodes the loss depends on
     dropout_of: dict = field(default_factory=dict)  # dropout's final mul node -> p (or None)
     dropout_masks: set = field(default_factory=set)  # the masks' tensors
+    safe_where: dict = field(default_factory=dict)  # softmax's all-masked guard -> softmax
     param_views: dict = field(default_factory=dict)  # a view of a parameter -> its node
     shape: dict = field(init=False)
     pby: dict = field(init=False)
@@ -377,12 +392,45 @@ def _lower_hardtanh(lw: _Lowering, n, acts) -> LOp:
 
 def _lower_add(lw: _Lowering, n, acts) -> LOp:
     sin = tuple(lw.shape[t] for t in acts)
+    if len(acts) == 1 and n.attr("scalar") is not None:  # x + a number
+        return lw.op(LKind.POINTWISE, n, acts, extra={"fn": "add_scalar", "a": n.attr("scalar")})
+    if len(acts) == 1 and len(n.inputs) == 2:
+        op = _lower_param_add(lw, n, acts)
+        if op is not None:
+            return op
     if len(acts) != 2 or sin[0] != sin[1]:
         raise UnsupportedKernelError(
-            f"node {n.name}: add of shapes {sin} has no C kernel; supported: two "
-            "tensors of the same shape (residual)"
+            f"node {n.name} ({n.module or 'functional'}): add of "
+            f"{[lw.shape.get(t) for t in n.inputs]} -> {lw.shape[n.output]} has no C kernel; "
+            "supported: two activations of the same shape (residual), or an activation plus "
+            "a parameter broadcast over its leading dimensions (e.g. (1, T, D) over (B, T, D))"
         )
     return lw.op(LKind.ADD, n, acts)
+
+
+def _lower_param_add(lw: _Lowering, n, acts) -> "LOp | None":
+    """x + p where p is a parameter whose shape is x's trailing dimensions (leading ones 1):
+    a learned position table over the batch. The gradient of p is dy summed over the leading
+    dimensions, its SGD step taken in the backward (no gradient buffer). None: not this form."""
+    par = lw.pby.get(n.inputs[1]) or lw.pby.get(n.inputs[0])
+    out = lw.shape[n.output]
+    if par is None or lw.shape[acts[0]] != out:
+        return None
+    ps = tuple(par.shape)
+    while ps and ps[0] == 1:
+        ps = ps[1:]
+    if len(ps) > len(out) or tuple(out[len(out) - len(ps) :]) != ps:
+        return None
+    d = lw.decisions.get(par.name)
+    if d is not None and d.decision is ParamDecision.CHANNELS:
+        raise UnsupportedPlanError(
+            f"node {n.name}: the plan trains some channels of the broadcast parameter "
+            f"{par.name} {tuple(par.shape)}; the C trainer trains it whole or not at all. "
+            "Re-plan with a policy that trains it whole (e.g. --policy all)"
+        )
+    p = int(np.prod(ps))
+    extra = {"P": p, "outer": int(np.prod(out)) // p, "b_param": par.name}
+    return lw.op(LKind.PARAM_ADD, n, acts, bias=lw.array_for(par.name), extra=extra)
 
 
 def _lower_adaptive_pool(lw: _Lowering, n, acts) -> LOp:
@@ -407,9 +455,25 @@ def _lower_adaptive_pool(lw: _Lowering, n, acts) -> LOp:
 
 
 def _lower_mean(lw: _Lowering, n, acts) -> LOp:
-    if lw.shape[n.output][2:] not in ((1, 1), ()):
-        raise _unsupported(n)  # only a mean over the whole spatial extent has a kernel
-    return lw.op(LKind.GAP, n, acts)
+    """A mean over a run of consecutive dimensions: over all of (B, C, ...)'s trailing ones
+    is global average pooling; over a run of middle ones (tokens of (B, T, D)) `mean_fwd`."""
+    sin = lw.shape[acts[0]]
+    dims = sorted({int(d) % len(sin) for d in (n.attr("dims") or ())})
+    run = bool(dims) and dims == list(range(dims[0], dims[-1] + 1))
+    if run and dims[0] >= 2 and dims[-1] == len(sin) - 1:
+        return lw.op(LKind.GAP, n, acts)
+    if not run or dims[0] == 0 or len(acts) != 1:
+        raise UnsupportedKernelError(
+            f"node {n.name} ({n.module or 'functional'}): mean of {sin} over dims "
+            f"{n.attr('dims')}; the C kernel averages over one run of consecutive dimensions "
+            "after the batch"
+        )
+    extra = {
+        "outer": int(np.prod(sin[: dims[0]])),
+        "n": int(np.prod(sin[dims[0] : dims[-1] + 1])),
+        "inner": int(np.prod(sin[dims[-1] + 1 :])),
+    }
+    return lw.op(LKind.MEAN, n, acts, extra=extra)
 
 
 def _pool_out(n: int, k: int, s: int, p: int, ceil: bool) -> int:
@@ -557,10 +621,18 @@ def _param_view(lw: _Lowering, t: str) -> "tuple[str, object] | None":
 
 
 def _lower_matmul(lw: _Lowering, n, acts) -> LOp:
-    """mm / addmm of an activation by the transpose of a 2-D parameter (nn.GRU's and
-    nn.LSTM's decomposed gate products: `addmm(b, x, w.t())`) is a linear layer; other
-    products have no C kernel yet."""
+    """The MATMUL category: fused attention (NOTE [ Attention in C ]), oneDNN's LSTM layer
+    (NOTE [ LSTM in C ]), products of two activations (`_lower_bmm`), and mm / addmm of an
+    activation by the transpose of a 2-D parameter (nn.GRU's decomposed gate products:
+    `addmm(b, x, w.t())`), a linear layer. Other products are refused."""
     fn, ins = n.attr("fn"), n.inputs
+    if fn in _SDPA:
+        return _lower_attention(lw, n, acts)
+    if fn == "mkldnn_rnn_layer":
+        return _lower_rnn(lw, n, acts)
+    products = fn in ("bmm", "mm", "matmul") or n.aten == "aten.matmul.default"
+    if products and len(acts) == 2 and acts == tuple(ins):
+        return _lower_bmm(lw, n, acts)
     parts = {"addmm": 3, "mm": 2}
     pv = _param_view(lw, ins[-1]) if fn in parts and len(ins) == parts[fn] else None
     ok = pv is not None and ins[-2] in acts and len(lw.shape[ins[-2]]) == 2
@@ -581,17 +653,238 @@ def _lower_matmul(lw: _Lowering, n, acts) -> LOp:
             f"node {n.name} ({n.module or 'functional'}): {fn or 'matmul'} of "
             f"{[lw.shape.get(t) for t in ins]}; the C kernel multiplies a 2-D activation by "
             "the transpose of a 2-D parameter (a linear layer, with a parameter bias for "
-            "addmm); products of two activations (attention) have no C kernel yet"
+            "addmm), or two activations (..., M, K) @ (..., K, N) with equal leading "
+            "dimensions; fused attention and nn.LSTM layers have kernels of their own"
         )
     extra = {"w_param": pname, "b_param": bias.name if bias is not None else None}
     return lw.op(LKind.LINEAR, n, (ins[-2],), extra=extra)
 
 
 def _lower_linear(lw: _Lowering, n, acts) -> LOp:
+    """nn.Linear over (..., I): the leading dimensions are the kernel's rows."""
     pw = lw.params_of(n)
-    return lw.op(
+    op = lw.op(
         LKind.LINEAR, n, acts, extra={"w_param": pw[0], "b_param": pw[1] if len(pw) > 1 else None}
     )
+    sin, sout = op.shape_in[0], op.shape_out
+    op.shape_in = ((int(np.prod(sin[:-1])), sin[-1]),)
+    op.shape_out = (int(np.prod(sout[:-1])), sout[-1])
+    return op
+
+
+_MAX_TOKEN_ROWS = 1 << 24  # ids travel as floats in the arena: exact below 2 ** 24
+
+
+def _lower_embedding(lw: _Lowering, n, acts) -> LOp:
+    """NOTE [ Tokens in C ]
+    A model whose input is integer (token ids, int64 in the graph) takes `int32_t` ids in the
+    generated C (`et_sample_t` of the demo's samples, `et_input_t` of the library's API).
+    They are stored in the arena's input buffer as floats (exact: the table has fewer than
+    2 ** 24 rows), so the buffer and the plan's memory are the float input's. The one
+    operator that reads them is `nn.Embedding` on the model's input itself: forward a row
+    gather (`embedding_fwd`; an id outside [0, V) gives a zero row, where PyTorch raises), and
+    for a trained table the backward scatter-adds each token's output gradient into its row
+    as the SGD step (`embedding_bwd_sgd`: rows of repeated ids sum, as PyTorch's dense
+    gradient does; no gradient buffer). No gradient flows to the ids. `padding_idx`,
+    `scale_grad_by_freq`, `max_norm` and ids computed by other operators are refused (typed
+    errors name the node)."""
+    g = lw.graph
+    pw = lw.params_of(n)
+    ids = [t for t in n.inputs if t not in lw.pby]
+    table = lw.shape[n.inputs[0]] if pw else ()
+    odd = [k for k in ("padding_idx", "scale_grad_by_freq") if n.attr(k) is not None]
+    max_norm = None if lw.hyper is None else lw.hyper.get(n.module, {}).get("max_norm")
+    ok = (
+        len(pw) == 1
+        and len(ids) == 1
+        and ids[0] == g.inputs[0]
+        and len(table) == 2
+        and table[0] < _MAX_TOKEN_ROWS
+        and not odd
+        and max_norm is None
+    )
+    if not ok:
+        raise UnsupportedKernelError(
+            f"node {n.name} ({n.module or 'functional'}): embedding of "
+            f"{[lw.shape.get(t) for t in n.inputs]}"
+            f"{' with ' + ', '.join(odd) if odd else ''}"
+            f"{f' with max_norm {max_norm}' if max_norm is not None else ''}; the C kernel "
+            "gathers rows of a 2-D parameter table (under 2 ** 24 rows) by the model's "
+            "integer input, with no padding_idx, scale_grad_by_freq or max_norm"
+        )
+    d = lw.decisions.get(pw[0])
+    if d is not None and d.decision is ParamDecision.CHANNELS:
+        raise UnsupportedPlanError(
+            f"node {n.name}: the plan trains some channels of the embedding table {pw[0]}; "
+            "the C trainer trains it whole or not at all. Re-plan with --policy all or last:K"
+        )
+    extra = {"tokens": int(np.prod(lw.shape[ids[0]])), "V": table[0], "D": table[1]}
+    return lw.op(LKind.EMBEDDING, n, (ids[0],), weight=lw.array_for(pw[0]), extra=extra)
+
+
+def _lower_rnn(lw: _Lowering, n, acts) -> LOp:
+    """NOTE [ LSTM in C ]
+    Eager CPU runs an `nn.LSTM` layer as oneDNN's fused `mkldnn_rnn_layer`, and capture keeps
+    it one node (the PyTorch executor's cost model prices it as PyTorch runs it). The C trainer
+    runs it as one operator too (`lstm_fwd` / `lstm_bwd`, _op_kernels.py): the forward keeps
+    each step's gates (i, f, g, o after their activations), cell and hidden state in a
+    workspace arena buffer (`a:<output>.ws`, T * B * 6H floats, plus 3 * B * H for the
+    backward's running dh / dc), live from the forward to the backward; the backward runs
+    backpropagation through time, writing each step's gate gradients over its saved gates,
+    then the input gradient and the four arrays' SGD steps summed over time (the old W_hh for
+    every step's dh, as PyTorch; no gradient buffers). Its C output is the one result the
+    model reads: the whole sequence (T, B, H) or the final hidden state (B, H); both, the cell
+    state, reverse / bidirectional layers, projections and gradients into h0 / c0 are refused
+    (typed errors name the node)."""
+    g = lw.graph
+    ins, scal = n.inputs, tuple(n.attr("scalars", ()))
+    live_outs = [
+        t
+        for t in (n.output, *n.attr("results", ()))
+        if any(g.nodes[i].name in lw.live for i in g.consumers.get(t, ()))
+    ]
+    params = [lw.pby[t].name for t in ins[1:5] if t in lw.pby]
+    ok = (
+        len(ins) == 7
+        and len(params) == 4
+        and len(scal) >= 7
+        and scal[0] is False
+        and scal[5] is True
+        and scal[6] is False
+        and len(live_outs) == 1
+        and live_outs[0] in (n.output, *n.attr("results", ())[:1])
+        and all(t in acts for t in (ins[0], ins[5], ins[6]))
+    )
+    x = lw.shape[ins[0]]
+    if ok:
+        t_, b_, i_ = x
+        h = lw.shape[ins[2]][1]
+        ok = (
+            lw.shape[ins[1]] == (4 * h, i_)
+            and lw.shape[ins[2]] == (4 * h, h)
+            and lw.shape[ins[5]] == lw.shape[ins[6]] == (b_, h)
+        )
+    if not ok:
+        raise UnsupportedKernelError(
+            f"node {n.name} ({n.module or 'functional'}): {n.attr('fn')} of "
+            f"{[lw.shape.get(t) for t in ins]} (scalars {scal}, outputs read {live_outs}); "
+            "the C kernel runs one forward, unidirectional nn.LSTM layer with biases over "
+            "(T, B, I), reading either its output sequence or its final hidden state"
+        )
+    for p in params:
+        d = lw.decisions.get(p)
+        if d is not None and d.decision is ParamDecision.CHANNELS:
+            raise UnsupportedPlanError(
+                f"node {n.name}: the plan trains some channels of {p}; the C LSTM trains its "
+                "arrays whole or not at all. Re-plan with --policy all or last:K"
+            )
+    last = live_outs[0] != n.output
+    extra = {"T": t_, "B": b_, "I": i_, "H": h, "last": last, "ws": t_ * b_ * 6 * h + 3 * b_ * h}
+    op = lw.op(LKind.LSTM, n, (ins[0], ins[5], ins[6]), extra=extra)
+    op.output, op.shape_out = live_outs[0], lw.shape[live_outs[0]]
+    op.weight, op.bias = lw.array_for(params[0]), lw.array_for(params[2])
+    op.extra["more"] = (lw.array_for(params[1]), lw.array_for(params[3]))
+    return op
+
+
+_SDPA = ("_scaled_dot_product_flash_attention_for_cpu",)
+
+
+def _lower_bmm(lw: _Lowering, n, acts) -> LOp:
+    """a (..., M, K) @ b (..., K, N) of two activations (mm: no leading dims; matmul: equal
+    leading dims, flattened to B), both contiguous buffers (a
+    transposed operand is a gather before it, NOTE [ Views in C ]). Backward: da = dy b^T,
+    db = a^T dy; each reads the other operand."""
+    sa, sb = lw.shape[acts[0]], lw.shape[acts[1]]
+    ok = len(sa) == len(sb) >= 2 and sa[:-2] == sb[:-2] and sa[-1] == sb[-2]
+    if not ok:
+        raise UnsupportedKernelError(
+            f"node {n.name} ({n.module or 'functional'}): {n.attr('fn')} of {sa} and {sb}; "
+            "the C kernel multiplies (..., M, K) by (..., K, N) activations with equal "
+            "leading dimensions (no broadcasting)"
+        )
+    a3 = (int(np.prod(sa[:-2])), *sa[-2:])
+    b3 = (a3[0], *sb[-2:])
+    extra = {"B": a3[0], "M": a3[1], "K": a3[2], "N": b3[2]}
+    return lw.op(LKind.BMM, n, acts, extra=extra)
+
+
+def _find_safe_softmax(lw: _Lowering) -> None:
+    """SDPA's math path guards softmax against rows that are all -inf (every key masked):
+    `where(all(eq(x, -inf), -1), zeros_like(s), s)` with `s = softmax(x)`. Without a mask
+    (the only attention the C trainer runs) a row of finite scores is never all -inf, so the
+    guard is its softmax: `where` aliases `s`, and eq / all / zeros_like generate no C."""
+    g = lw.graph
+    made = {n.output: n for n in g.nodes}
+    for w in (n for n in g.nodes if n.attr("fn") == "where" and len(n.inputs) == 3):
+        cond, zeros, s = (made.get(t) for t in w.inputs)
+        eq = made.get(cond.inputs[0]) if cond is not None and cond.inputs else None
+        ok = (
+            cond is not None
+            and cond.attr("fn") == "all"
+            and zeros is not None
+            and zeros.attr("fn") == "zeros_like"
+            and s is not None
+            and s.op is OpKind.SOFTMAX
+            and eq is not None
+            and eq.attr("fn") == "eq"
+            and eq.inputs[:1] == s.inputs[:1]
+        )
+        if ok:
+            lw.skip |= {cond.name, zeros.name, eq.name}
+            lw.safe_where[w.name] = s.output
+
+
+def _lower_attention(lw: _Lowering, n, acts) -> LOp:
+    """NOTE [ Attention in C ]
+    Eager CPU runs `F.scaled_dot_product_attention` (nn.MultiheadAttention's core) as one
+    fused flash kernel, and capture keeps it one MATMUL node: the PyTorch executor's cost
+    model prices that node as PyTorch runs it (its saved output and log-sum-exp, no
+    probability matrix), so it is not decomposed at capture. The C trainer runs it as one
+    operator too (`attention_fwd` / `attention_bwd`, _op_kernels.py): per head, each query
+    row's softmax over the keys with a running maximum (flash attention's online softmax), so
+    no L x S score matrix is ever stored; the backward recomputes each row's probabilities
+    from the saved q, k, v (three passes over the keys), so the arena holds q, k, v until the
+    backward and nothing else. No attention mask, no dropout, not causal (refused: the graph
+    records them as positional scalars and `masked`); the scale is the recorded one, else
+    1 / sqrt(E)."""
+    scal = tuple(n.attr("scalars", ()))
+    shapes = [lw.shape.get(t) for t in n.inputs]
+    ok = (
+        n.attr("fn") in _SDPA
+        and len(n.inputs) == 3
+        and len(acts) == 3
+        and not any(scal)
+        and not n.attr("masked")
+    )
+    if ok:
+        q, k, v = shapes
+        ok = (
+            len(q) >= 3
+            and len(q) == len(k) == len(v)
+            and q[:-2] == k[:-2] == v[:-2]
+            and q[-1] == k[-1]
+            and k[-2] == v[-2]
+            and tuple(lw.shape[n.output]) == (*q[:-1], v[-1])
+        )
+    if not ok:
+        raise UnsupportedKernelError(
+            f"node {n.name} ({n.module or 'functional'}): {n.attr('fn')} of {shapes} "
+            f"(scalars {scal}, mask {bool(n.attr('masked'))}); the C kernel runs fused "
+            "scaled-dot-product attention of activations q (.., L, E), k (.., S, E), "
+            "v (.., S, Ev) with no mask, no dropout, not causal"
+        )
+    q, k, v = shapes
+    scale = n.attr("scale")
+    extra = {
+        "bh": int(np.prod(q[:-2])),
+        "L": int(q[-2]),
+        "S": int(k[-2]),
+        "E": int(q[-1]),
+        "Ev": int(v[-1]),
+        "scale": float(scale) if scale is not None else 1.0 / float(np.sqrt(q[-1])),
+    }
+    return lw.op(LKind.ATTENTION, n, tuple(n.inputs), extra=extra)
 
 
 def _lower_xent(lw: _Lowering, n, acts) -> LOp:
@@ -680,6 +973,8 @@ def _lower_elementwise(lw: _Lowering, n, acts) -> LOp:
     An in-place op (`add_`, `sigmoid_`: `attrs["inplace"]`) is its out-of-place op writing a
     buffer of its own (NOTE [ In-place ops in C ])."""
     fn = n.attr("fn") or n.op.value
+    if n.name in lw.safe_where:
+        return lw.op(LKind.VIEW, n, (lw.safe_where[n.name],))
     if n.attr("inplace") and fn.endswith("_"):
         fn = fn[:-1]
     if fn == "add" and n.op is OpKind.ELEMENTWISE:
@@ -833,6 +1128,7 @@ _LOWER: dict[OpKind, Callable[[_Lowering, object, tuple[str, ...]], "LOp | None"
     OpKind.LAYER_NORM: _lower_layer_norm,
     OpKind.INDEX: _lower_index,
     OpKind.SOFTMAX: _lower_softmax,
+    OpKind.EMBEDDING: _lower_embedding,
     OpKind.LOG_SOFTMAX: _lower_softmax,
 }
 """How each IR operator becomes a C operator (`SUPPORTED` in words)."""
@@ -960,9 +1256,10 @@ def _find_dropouts(lw: _Lowering) -> None:
 
 def _lower_nodes(lw: _Lowering) -> None:
     g = lw.graph
-    live = _live(g)
+    live = lw.live = _live(g)
     _check_inplace(g, live)
     _find_dropouts(lw)
+    _find_safe_softmax(lw)
     lw.param_views = {
         n.output: n
         for n in g.nodes
@@ -1022,7 +1319,7 @@ def _shared_gradients(ops: list[LOp], arrays: dict[str, Array]) -> dict[str, int
     gradient buffer (the rows a partial-channel plan trains)."""
     users: dict[str, list[LOp]] = {}
     for op in ops:
-        for sym in dict.fromkeys((op.weight, op.bias)):
+        for sym in dict.fromkeys((op.weight, op.bias, *_more(op))):
             if sym and arrays[sym].trainable:
                 users.setdefault(sym, []).append(op)
     out: dict[str, int] = {}
@@ -1073,7 +1370,7 @@ def lower(
     referenced = {
         s
         for op in ops
-        for s in (op.weight, op.bias, op.extra.get("mean"), op.extra.get("invstd"))
+        for s in (op.weight, op.bias, op.extra.get("mean"), op.extra.get("invstd"), *_more(op))
         if s
     }
     arrays = {k: a for k, a in lw.arrays.items() if k in referenced}  # folded originals go
@@ -1095,6 +1392,7 @@ def lower(
     buffers = place_largest_first(sizes, span)
     keys = {k for op in ops for t in (*op.inputs, op.output) for k in ("a:" + t, "g:" + t)}
     keys.add("a:" + ops[-1].output + ".prob")
+    keys.update("a:" + op.output + ".ws" for op in ops if op.extra.get("ws"))
     keys.update("p:" + sym for sym in shared)
     alias = {k: uf.root(k) for k in keys if uf.root(k) in sizes}
     shape = lw.shape
@@ -1112,6 +1410,7 @@ def lower(
         tuple(a.param for a in trainable_syms),
         tuple(lw.folded),
         shared,
+        graph.tensor(input_tensor).dtype not in ("float32", "float"),
     )
 
 
@@ -1137,7 +1436,7 @@ def check_kernels(graph: Graph, hyper: "dict[str, dict] | None" = None) -> None:
     _lower_nodes(lw)
 
 
-_HYPER = ("p", "negative_slope", "approximate", "eps")  # what the graph does not record
+_HYPER = ("p", "negative_slope", "approximate", "eps", "max_norm")  # what the graph does not record
 
 
 def module_attributes(model) -> dict[str, dict]:
@@ -1153,13 +1452,18 @@ def module_attributes(model) -> dict[str, dict]:
 
 
 # -- the pruned backward, aliases and lifetimes (NOTE [ Arena assignment ]) -------------------
+def _more(op: LOp) -> tuple[str, ...]:
+    """The arrays of an operator beyond its weight and bias (an LSTM's W_hh, b_hh)."""
+    return tuple(op.extra.get("more", ()))
+
+
 def _requires_grad(ops: list[LOp], arrays: dict[str, Array]) -> set[str]:
     """Activations whose gradient the pruned backward computes."""
     rg: set[str] = set()
     for op in ops:
         if op.extra.get("detach"):
             continue  # no gradient flows through detach
-        own = any(arrays[s].trainable for s in (op.weight, op.bias) if s)
+        own = any(arrays[s].trainable for s in (op.weight, op.bias, *_more(op)) if s)
         if own or any(t in rg for t in op.inputs):
             rg.add(op.output)
     return rg
@@ -1180,6 +1484,15 @@ def saved_for_backward(op: LOp, trainable: set[str], rg: set[str]) -> tuple[str,
         return (op.output,)
     if op.kind in _READS_INPUT:
         return (x,)
+    if op.kind is LKind.ATTENTION:
+        return tuple(dict.fromkeys(op.inputs))  # each row's probabilities are recomputed
+    if op.kind is LKind.EMBEDDING:
+        return (x,) if op.weight in trainable else ()  # the ids of the rows to step
+    if op.kind is LKind.LSTM:
+        return tuple(op.inputs)  # x, h0, c0; each step's h, c and gates: its workspace
+    if op.kind is LKind.BMM:
+        a, b = op.inputs
+        return tuple(dict.fromkeys([*((b,) if a in rg else ()), *((a,) if b in rg else ())]))
     if op.kind is LKind.POINTWISE:
         return (x,) if POINTWISE[op.extra["fn"]].reads is Reads.INPUT else (op.output,)
     if op.kind is LKind.BINARY:
@@ -1284,6 +1597,9 @@ def _lifetimes(
             use("a:" + t, step, numel[t])
         if op.kind in LOSS_KINDS:
             use("a:" + op.output + ".prob", step, numel[op.inputs[0]])
+        elif op.extra.get("ws"):
+            use("a:" + op.output + ".ws", step, op.extra["ws"])
+            use("a:" + op.output, step, numel[op.output])
         else:
             use("a:" + op.output, step, numel[op.output])
     nf = len(ops)
@@ -1295,6 +1611,8 @@ def _lifetimes(
             use("g:" + x, s, numel[x])
             continue
         use("g:" + op.output, s, numel[op.output])
+        if op.extra.get("ws"):
+            use("a:" + op.output + ".ws", s, op.extra["ws"])
         for t in op.inputs:
             if t in rg:
                 use("g:" + t, s, numel[t])

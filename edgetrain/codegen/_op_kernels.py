@@ -477,6 +477,293 @@ static void sgd_apply(float *p, const float *g, float lr, int n) {
 }
 
 
+_ATTENTION = {
+    "param_add_fwd": r"""
+/* y = x + p, p (P values) broadcast over the leading dimensions of x (n = outer * P) */
+static void param_add_fwd(const float *x, const float *p, float *y, int outer, int P) {
+    for (int o = 0; o < outer; o++)
+        for (int i = 0; i < P; i++) y[(size_t)o * P + i] = x[(size_t)o * P + i] + p[i];
+}
+""",
+    "param_add_bwd_sgd": r"""
+/* the broadcast parameter's SGD step: p -= lr * sum over the leading dimensions of dy */
+static void param_add_bwd_sgd(const float *dy, float *p, float lr, int outer, int P) {
+    for (int i = 0; i < P; i++) {
+        float s = 0.0f;
+        for (int o = 0; o < outer; o++) s += dy[(size_t)o * P + i];
+        p[i] -= lr * s;
+    }
+}
+""",
+    "mean_fwd": r"""
+/* mean over a run of n middle dimensions: x (outer, n, inner) -> y (outer, inner) */
+static void mean_fwd(const float *x, float *y, int outer, int n, int inner) {
+    for (int o = 0; o < outer; o++)
+    for (int i = 0; i < inner; i++) {
+        float s = 0.0f;
+        for (int k = 0; k < n; k++) s += x[((size_t)o * n + k) * inner + i];
+        y[(size_t)o * inner + i] = s / (float)n;
+    }
+}
+""",
+    "mean_bwd": r"""
+static void mean_bwd(const float *dy, float *dx, int acc, int outer, int n, int inner) {
+    for (int o = 0; o < outer; o++)
+    for (int k = 0; k < n; k++)
+    for (int i = 0; i < inner; i++) {
+        const float d = dy[(size_t)o * inner + i] / (float)n;
+        float *t = dx + ((size_t)o * n + k) * inner + i;
+        if (acc) *t += d; else *t = d;
+    }
+}
+""",
+    "bmm_fwd": r"""
+/* y (B, M, N) = a (B, M, K) @ b (B, K, N) */
+static void bmm_fwd(const float *a, const float *b, float *y, int B, int M, int K, int N) {
+    for (int h = 0; h < B; h++)
+    for (int m = 0; m < M; m++) {
+        const float *ar = a + ((size_t)h * M + m) * K;
+        float *yr = y + ((size_t)h * M + m) * N;
+        for (int n = 0; n < N; n++) yr[n] = 0.0f;
+        for (int k = 0; k < K; k++) {
+            const float av = ar[k], *br = b + ((size_t)h * K + k) * N;
+            for (int n = 0; n < N; n++) yr[n] += av * br[n];
+        }
+    }
+}
+""",
+    "bmm_bwd_a": r"""
+/* da (B, M, K) = dy (B, M, N) @ b^T */
+static void bmm_bwd_a(const float *dy, const float *b, float *da, int acc, int B, int M, int K,
+                      int N) {
+    for (int h = 0; h < B; h++)
+    for (int m = 0; m < M; m++)
+    for (int k = 0; k < K; k++) {
+        const float *dr = dy + ((size_t)h * M + m) * N, *br = b + ((size_t)h * K + k) * N;
+        float s = 0.0f;
+        for (int n = 0; n < N; n++) s += dr[n] * br[n];
+        float *t = da + ((size_t)h * M + m) * K + k;
+        if (acc) *t += s; else *t = s;
+    }
+}
+""",
+    "bmm_bwd_b": r"""
+/* db (B, K, N) = a^T @ dy */
+static void bmm_bwd_b(const float *a, const float *dy, float *db, int acc, int B, int M, int K,
+                      int N) {
+    for (int h = 0; h < B; h++)
+    for (int k = 0; k < K; k++) {
+        float *t = db + ((size_t)h * K + k) * N;
+        if (!acc) for (int n = 0; n < N; n++) t[n] = 0.0f;
+        for (int m = 0; m < M; m++) {
+            const float av = a[((size_t)h * M + m) * K + k], *dr = dy + ((size_t)h * M + m) * N;
+            for (int n = 0; n < N; n++) t[n] += av * dr[n];
+        }
+    }
+}
+""",
+    "lstm_fwd": r"""
+/* one nn.LSTM layer over x (T, B, I) from h0, c0 (B, H); gates i, f, g, o (PyTorch's order).
+   ws per step: the activated gates (B x 4H), c (B x H), h (B x H). y: every h (T, B, H), or
+   the last one (B, H) */
+static float lstm_sig(float v) { return 1.0f / (1.0f + expf(-v)); }
+static void lstm_fwd(const float *x, const float *h0, const float *c0, const float *wih,
+                     const float *whh, const float *bih, const float *bhh, float *y, float *ws,
+                     int T, int B, int I, int H, int last) {
+    const size_t step = (size_t)B * 6 * H;
+    for (int t = 0; t < T; t++) {
+        float *gt = ws + t * step, *ct = gt + (size_t)B * 4 * H, *ht = ct + (size_t)B * H;
+        const float *hp = t ? ws + (t - 1) * step + (size_t)B * 5 * H : h0;
+        const float *cp = t ? ws + (t - 1) * step + (size_t)B * 4 * H : c0;
+        for (int b = 0; b < B; b++) {
+            const float *xb = x + ((size_t)t * B + b) * I, *hb = hp + (size_t)b * H;
+            float *gb = gt + (size_t)b * 4 * H;
+            for (int r = 0; r < 4 * H; r++) {
+                float z = bih[r] + bhh[r];
+                const float *wi = wih + (size_t)r * I, *wh = whh + (size_t)r * H;
+                for (int k = 0; k < I; k++) z += wi[k] * xb[k];
+                for (int k = 0; k < H; k++) z += wh[k] * hb[k];
+                gb[r] = (r >= 2 * H && r < 3 * H) ? tanhf(z) : lstm_sig(z);
+            }
+            for (int j = 0; j < H; j++) {
+                const float c = gb[H + j] * cp[(size_t)b * H + j] + gb[j] * gb[2 * H + j];
+                ct[(size_t)b * H + j] = c;
+                ht[(size_t)b * H + j] = gb[3 * H + j] * tanhf(c);
+            }
+        }
+        if (!last) for (int k = 0; k < B * H; k++) y[(size_t)t * B * H + k] = ht[k];
+        else if (t == T - 1) for (int k = 0; k < B * H; k++) y[k] = ht[k];
+    }
+}
+""",
+    "lstm_bwd": r"""
+/* backpropagation through time from dy; the gate gradients overwrite the saved gates, then
+   dx (old W_ih) and the SGD steps of the trained arrays (a null array is not trained) */
+static void lstm_bwd(const float *x, const float *h0, const float *c0, float *wih, float *whh,
+                     float *bih, float *bhh, const float *dy, float *dx, int acc, float *ws,
+                     float lr, int tw_ih, int tw_hh, int tb_ih, int tb_hh, int T, int B, int I,
+                     int H, int last) {
+    const size_t step = (size_t)B * 6 * H;
+    float *dh = ws + (size_t)T * step, *dc = dh + (size_t)B * H, *dn = dc + (size_t)B * H;
+    for (int k = 0; k < B * H; k++) { dh[k] = last ? dy[k] : 0.0f; dc[k] = 0.0f; }
+    for (int t = T - 1; t >= 0; t--) {
+        float *gt = ws + t * step;
+        const float *ct = gt + (size_t)B * 4 * H;
+        const float *cp = t ? ws + (t - 1) * step + (size_t)B * 4 * H : c0;
+        if (!last) for (int k = 0; k < B * H; k++) dh[k] += dy[(size_t)t * B * H + k];
+        for (int b = 0; b < B; b++) {
+            float *gb = gt + (size_t)b * 4 * H;
+            for (int j = 0; j < H; j++) {
+                const size_t q = (size_t)b * H + j;
+                const float i = gb[j], f = gb[H + j], g = gb[2 * H + j], o = gb[3 * H + j];
+                const float tc = tanhf(ct[q]);
+                const float dct = dc[q] + dh[q] * o * (1.0f - tc * tc);
+                gb[3 * H + j] = dh[q] * tc * o * (1.0f - o);
+                gb[j] = dct * g * i * (1.0f - i);
+                gb[H + j] = dct * cp[q] * f * (1.0f - f);
+                gb[2 * H + j] = dct * i * (1.0f - g * g);
+                dc[q] = dct * f;
+            }
+            for (int k = 0; k < H; k++) {
+                float s = 0.0f;
+                for (int r = 0; r < 4 * H; r++) s += whh[(size_t)r * H + k] * gb[r];
+                dn[(size_t)b * H + k] = s;
+            }
+        }
+        for (int k = 0; k < B * H; k++) dh[k] = dn[k];
+    }
+    if (dx)
+        for (int t = 0; t < T; t++)
+        for (int b = 0; b < B; b++) {
+            const float *gb = ws + t * step + (size_t)b * 4 * H;
+            float *d = dx + ((size_t)t * B + b) * I;
+            for (int k = 0; k < I; k++) {
+                float s = 0.0f;
+                for (int r = 0; r < 4 * H; r++) s += wih[(size_t)r * I + k] * gb[r];
+                if (acc) d[k] += s; else d[k] = s;
+            }
+        }
+    for (int r = 0; r < 4 * H; r++) {
+        float sb = 0.0f;
+        for (int t = 0; t < T; t++)
+        for (int b = 0; b < B; b++) {
+            const float dz = ws[t * step + (size_t)b * 4 * H + r];
+            const float *xb = x + ((size_t)t * B + b) * I;
+            const float *hb = (t ? ws + (t - 1) * step + (size_t)B * 5 * H : h0) + (size_t)b * H;
+            sb += dz;
+            if (tw_ih) for (int k = 0; k < I; k++) wih[(size_t)r * I + k] -= lr * dz * xb[k];
+            if (tw_hh) for (int k = 0; k < H; k++) whh[(size_t)r * H + k] -= lr * dz * hb[k];
+        }
+        if (tb_ih) bih[r] -= lr * sb;
+        if (tb_hh) bhh[r] -= lr * sb;
+    }
+}
+""",
+    "embedding_fwd": r"""
+/* rows of a V x D table by token ids (stored as floats, exact below 2^24); an id outside
+   [0, V) gives a zero row */
+static void embedding_fwd(const float *ids, const float *w, float *y, int T, int V, int D) {
+    for (int t = 0; t < T; t++) {
+        const int r = (int)ids[t];
+        float *yt = y + (size_t)t * D;
+        if (r < 0 || r >= V) { for (int d = 0; d < D; d++) yt[d] = 0.0f; continue; }
+        const float *wr = w + (size_t)r * D;
+        for (int d = 0; d < D; d++) yt[d] = wr[d];
+    }
+}
+""",
+    "embedding_bwd_sgd": r"""
+/* the table's SGD step: each token's output gradient scatter-added into its row */
+static void embedding_bwd_sgd(const float *ids, const float *dy, float *w, float lr, int T,
+                              int V, int D) {
+    for (int t = 0; t < T; t++) {
+        const int r = (int)ids[t];
+        if (r < 0 || r >= V) continue;
+        float *wr = w + (size_t)r * D;
+        const float *dt = dy + (size_t)t * D;
+        for (int d = 0; d < D; d++) wr[d] -= lr * dt[d];
+    }
+}
+""",
+    "attention_fwd": r"""
+/* scaled dot-product attention, no mask, no dropout: for each of BH heads,
+   o_i = sum_j softmax_j(scale q_i . k_j) v_j (q: L x E, k: S x E, v: S x Ev, o: L x Ev);
+   one pass per row with a running maximum (the row's scores are not stored) */
+static float att_dot(const float *a, const float *b, int n) {
+    float s = 0.0f;
+    for (int e = 0; e < n; e++) s += a[e] * b[e];
+    return s;
+}
+static void attention_fwd(const float *q, const float *k, const float *v, float *o, int BH,
+                          int L, int S, int E, int Ev, float scale) {
+    for (int h = 0; h < BH; h++) {
+        const float *kh = k + (size_t)h * S * E, *vh = v + (size_t)h * S * Ev;
+        for (int i = 0; i < L; i++) {
+            const float *qi = q + ((size_t)h * L + i) * E;
+            float *oi = o + ((size_t)h * L + i) * Ev;
+            float m = -INFINITY, l = 0.0f;
+            for (int e = 0; e < Ev; e++) oi[e] = 0.0f;
+            for (int j = 0; j < S; j++) {
+                const float s = scale * att_dot(qi, kh + (size_t)j * E, E);
+                if (s > m) {
+                    const float r = expf(m - s);
+                    l *= r;
+                    for (int e = 0; e < Ev; e++) oi[e] *= r;
+                    m = s;
+                }
+                const float p = expf(s - m);
+                l += p;
+                for (int e = 0; e < Ev; e++) oi[e] += p * vh[(size_t)j * Ev + e];
+            }
+            for (int e = 0; e < Ev; e++) oi[e] /= l;
+        }
+    }
+}
+""",
+    "attention_bwd": r"""
+/* its backward from the saved q, k, v: each row's probabilities are recomputed (its
+   log-sum-exp first), D_i = sum_j p_ij dp_ij, then ds_ij = p_ij (dp_ij - D_i) with
+   dp_ij = do_i . v_j: dq_i += scale ds_ij k_j, dk_j += scale ds_ij q_i, dv_j += p_ij do_i.
+   A null gradient is not wanted; acc*: add to it (else it is zeroed first) */
+static void attention_bwd(const float *q, const float *k, const float *v, const float *dout,
+                          float *dq, float *dk, float *dv, int accq, int acck, int accv,
+                          int BH, int L, int S, int E, int Ev, float scale) {
+    if (dq && !accq) k_zero(dq, BH * L * E);
+    if (dk && !acck) k_zero(dk, BH * S * E);
+    if (dv && !accv) k_zero(dv, BH * S * Ev);
+    for (int h = 0; h < BH; h++) {
+        const float *kh = k + (size_t)h * S * E, *vh = v + (size_t)h * S * Ev;
+        for (int i = 0; i < L; i++) {
+            const float *qi = q + ((size_t)h * L + i) * E;
+            const float *doi = dout + ((size_t)h * L + i) * Ev;
+            float m = -INFINITY, l = 0.0f, D = 0.0f;
+            for (int j = 0; j < S; j++) {
+                const float s = scale * att_dot(qi, kh + (size_t)j * E, E);
+                if (s > m) { l *= expf(m - s); m = s; }
+                l += expf(s - m);
+            }
+            const float lse = m + logf(l);
+            for (int j = 0; j < S; j++)
+                D += expf(scale * att_dot(qi, kh + (size_t)j * E, E) - lse)
+                     * att_dot(doi, vh + (size_t)j * Ev, Ev);
+            for (int j = 0; j < S; j++) {
+                const float *kj = kh + (size_t)j * E;
+                const float p = expf(scale * att_dot(qi, kj, E) - lse);
+                const float ds = scale * p * (att_dot(doi, vh + (size_t)j * Ev, Ev) - D);
+                if (dv) { float *t = dv + ((size_t)h * S + j) * Ev;
+                          for (int e = 0; e < Ev; e++) t[e] += p * doi[e]; }
+                if (dq) { float *t = dq + ((size_t)h * L + i) * E;
+                          for (int e = 0; e < E; e++) t[e] += ds * kj[e]; }
+                if (dk) { float *t = dk + ((size_t)h * S + j) * E;
+                          for (int e = 0; e < E; e++) t[e] += ds * qi[e]; }
+            }
+        }
+    }
+}
+""",
+}
+
+
 @functools.cache
 def op_kernels() -> dict[str, str]:
     """The C text of every kernel of this module's tables, by kernel name."""
@@ -492,6 +779,7 @@ def op_kernels() -> dict[str, str]:
     out.update(_INDEX)
     out.update(_SOFTMAX)
     out.update(_VIEW)
+    out.update(_ATTENTION)
     return out
 
 

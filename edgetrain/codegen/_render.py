@@ -59,6 +59,13 @@ from edgetrain.errors import UnsupportedPlanError
 from edgetrain.ir import Graph
 from edgetrain.planner import Executor, Plan, Precision
 
+_C_TYPES = {
+    np.dtype(np.uint8): "uint8_t",
+    np.dtype(np.float32): "float",
+    np.dtype(np.int32): "int32_t",
+}
+"""The sample types the C driver takes: pixels, values, token ids."""
+
 
 @dataclass(frozen=True)
 class SampleSet:
@@ -66,7 +73,8 @@ class SampleSet:
     labels (N,), baked into flash as flat arrays. `pixels` holds either uint8 pixels, which the
     model sees as `(pixel / 255 - mean) / std` (the normalisation of `edgetrain.data`'s
     built-in sets: a quarter of float32's flash), or float32 values the model sees as they are
-    (`mean` 0, `std` 1; what `samples_from` makes of a user's data)."""
+    (`mean` 0, `std` 1; what `samples_from` makes of a user's data), or int32 token ids for a
+    model whose input is integer (NOTE [ Tokens in C ] in _lower.py)."""
 
     pixels: np.ndarray
     labels: np.ndarray
@@ -75,10 +83,10 @@ class SampleSet:
 
     def __post_init__(self) -> None:
         v = self.pixels
-        if v.dtype not in (np.uint8, np.float32) or v.ndim < 2:
+        if v.dtype not in _C_TYPES or v.ndim < 2:
             raise UnsupportedPlanError(
-                f"samples must be uint8 pixels or float32 values of shape (N, ...), got "
-                f"{v.dtype} {v.shape}"
+                f"samples must be uint8 pixels, float32 values or int32 token ids of shape "
+                f"(N, ...), got {v.dtype} {v.shape}"
             )
         if len(self.labels) != len(v) or len(v) == 0:
             raise UnsupportedPlanError(
@@ -93,6 +101,15 @@ class SampleSet:
     @property
     def is_float(self) -> bool:
         return self.pixels.dtype == np.float32
+
+    @property
+    def is_tokens(self) -> bool:
+        return self.pixels.dtype == np.int32
+
+    @property
+    def c_type(self) -> str:
+        """The C type of one value in flash."""
+        return _C_TYPES[self.pixels.dtype]
 
     @property
     def sample_bytes(self) -> int:
@@ -150,10 +167,12 @@ def render(
                 f"{low.input_shape[1:]}; load them for the model's input (edgetrain.data."
                 "load_data(..., input_shape=...), resize=(H, W) for images: compile --resize)"
             )
-    if spec.train.is_float != spec.test.is_float:
+    if spec.train.pixels.dtype != spec.test.pixels.dtype:
         raise UnsupportedPlanError(
-            "the training and test samples must be both uint8 pixels or both float32 values"
+            "the training and test samples must be of one type (uint8 pixels, float32 values "
+            f"or int32 token ids), got {spec.train.pixels.dtype} and {spec.test.pixels.dtype}"
         )
+    _check_tokens(low, spec)
     if tgt.kind is TargetKind.CORTEX_M and (device_sram_bytes <= 0 or device_flash_bytes <= 0):
         raise UnsupportedPlanError(
             "a Cortex-M target needs the device's SRAM and flash sizes for its linker script "
@@ -263,9 +282,26 @@ def _check_inputs(
         test_n=len(spec.test.labels),
         sample_bytes=spec.train.sample_bytes,
         weights_bytes=sum(a.values.size * 4 for a in low.arrays),
-        sample="x".join(map(str, spec.train.pixels.shape[1:]))
-        + (" float32" if spec.train.is_float else " uint8"),
+        sample="x".join(map(str, spec.train.pixels.shape[1:])) + f" {spec.train.pixels.dtype}",
     )
+
+
+def _check_tokens(low: Lowered, spec: TrainingSpec) -> None:
+    """Token ids for a model whose input is integer, in range of its embedding table (NOTE
+    [ Tokens in C ]); values for any other model."""
+    if low.input_int != spec.train.is_tokens:
+        want = "int32 token ids" if low.input_int else "uint8 pixels or float32 values"
+        raise UnsupportedPlanError(
+            f"the model's input {low.input_tensor} takes {want}, but the samples are "
+            f"{spec.train.pixels.dtype}; pass {want}"
+        )
+    rows = [op.extra["V"] for op in low.ops if op.kind is LKind.EMBEDDING]
+    for what, s in (("training", spec.train), ("test", spec.test)):
+        if rows and (s.pixels.min() < 0 or s.pixels.max() >= min(rows)):
+            raise UnsupportedPlanError(
+                f"the {what} token ids span {s.pixels.min()}..{s.pixels.max()}; the embedding "
+                f"table has {min(rows)} rows (ids 0..{min(rows) - 1})"
+            )
 
 
 def _peak_sram_bytes(low: Lowered) -> int:
@@ -338,6 +374,10 @@ class _Names:
     def prob(self, t: str) -> str:
         return f"A({self.off[self.low.alias['a:' + t + '.prob']] // 4})"
 
+    def ws(self, t: str) -> str:
+        """An operator's workspace (NOTE [ LSTM in C ])."""
+        return f"A({self.off[self.low.alias['a:' + t + '.ws']] // 4})"
+
     def p(self, sym: str) -> str:
         """The gradient sum of a shared trained array (NOTE [ Shared weights in C ])."""
         return f"A({self.off[self.low.alias['p:' + sym]] // 4})"
@@ -350,7 +390,7 @@ def _header(low: Lowered, spec: TrainingSpec) -> str:
         _numel(low.input_shape[1:]),
         low.arena_bytes,
         spec,
-        "float" if spec.train.is_float else "uint8_t",
+        spec.train.c_type,
     )
 
 
@@ -578,6 +618,75 @@ def _xent_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
     )
 
 
+def _param_add_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    used.add("param_add_fwd")
+    e = op.extra
+    return (
+        f"param_add_fwd({nm.a(op.inputs[0])}, {op.bias}, {nm.a(op.output)}, "
+        f"{e['outer']}, {e['P']});"
+    )
+
+
+def _mean_args(op: LOp) -> str:
+    return f"{op.extra['outer']}, {op.extra['n']}, {op.extra['inner']}"
+
+
+def _mean_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    used.add("mean_fwd")
+    return f"mean_fwd({nm.a(op.inputs[0])}, {nm.a(op.output)}, {_mean_args(op)});"
+
+
+def _attention_args(op: LOp) -> str:
+    e = op.extra
+    return f"{e['bh']}, {e['L']}, {e['S']}, {e['E']}, {e['Ev']}, {cfloat(e['scale'])}"
+
+
+def _attention_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    used.add("attention_fwd")
+    q, k, v = (nm.a(t) for t in op.inputs)
+    return f"attention_fwd({q}, {k}, {v}, {nm.a(op.output)}, {_attention_args(op)});"
+
+
+def _embedding_args(op: LOp) -> str:
+    return f"{op.extra['tokens']}, {op.extra['V']}, {op.extra['D']}"
+
+
+def _embedding_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    used.add("embedding_fwd")
+    x = nm.a(op.inputs[0])
+    return f"embedding_fwd({x}, {op.weight}, {nm.a(op.output)}, {_embedding_args(op)});"
+
+
+def _lstm_args(op: LOp) -> str:
+    e = op.extra
+    return f"{e['T']}, {e['B']}, {e['I']}, {e['H']}, {int(e['last'])}"
+
+
+def _lstm_arrays(op: LOp) -> str:
+    whh, bhh = op.extra["more"]
+    return f"{op.weight}, {whh}, {op.bias}, {bhh}"
+
+
+def _lstm_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    used.add("lstm_fwd")
+    x, h0, c0 = (nm.a(t) for t in op.inputs)
+    return (
+        f"lstm_fwd({x}, {h0}, {c0}, {_lstm_arrays(op)}, {nm.a(op.output)}, "
+        f"{nm.ws(op.output)}, {_lstm_args(op)});"
+    )
+
+
+def _bmm_args(op: LOp) -> str:
+    e = op.extra
+    return f"{e['B']}, {e['M']}, {e['K']}, {e['N']}"
+
+
+def _bmm_fwd(op: LOp, nm: _Names, used: set[str]) -> str:
+    used.add("bmm_fwd")
+    a, b = (nm.a(t) for t in op.inputs)
+    return f"bmm_fwd({a}, {b}, {nm.a(op.output)}, {_bmm_args(op)});"
+
+
 _FWD: dict[LKind, Callable[[LOp, _Names, set[str]], str]] = {
     LKind.CONV: _conv_fwd,
     LKind.BN: _bn_fwd,
@@ -600,6 +709,12 @@ _FWD: dict[LKind, Callable[[LOp, _Names, set[str]], str]] = {
     LKind.SOFTMAX: _softmax_fwd,
     LKind.GATHER: _gather_fwd,
     LKind.FILL: _fill_fwd,
+    LKind.BMM: _bmm_fwd,
+    LKind.LSTM: _lstm_fwd,
+    LKind.PARAM_ADD: _param_add_fwd,
+    LKind.ATTENTION: _attention_fwd,
+    LKind.MEAN: _mean_fwd,
+    LKind.EMBEDDING: _embedding_fwd,
 }
 
 
@@ -873,6 +988,71 @@ def _softmax_bwd(op: LOp, bw: _Bwd) -> list[str]:
     return [bw.call("softmax_bwd", f"{y}, {dy}, {g}, {acc}, {_softmax_args(op)}")]
 
 
+def _param_add_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    out = []
+    x, dy, e = op.inputs[0], bw.nm.g(op.output), op.extra
+    if x in bw.rg:
+        g, acc = bw.dx(x)
+        n = e["outer"] * e["P"]
+        out.append(bw.call("grad_pass", f"{dy}, {g}, {acc}, {n}"))
+    if op.bias in bw.trainable:
+        out.append(bw.call("param_add_bwd_sgd", f"{dy}, {op.bias}, lr, {e['outer']}, {e['P']}"))
+    return out
+
+
+def _mean_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    g, acc = bw.dx(op.inputs[0])
+    return [bw.call("mean_bwd", f"{bw.nm.g(op.output)}, {g}, {acc}, {_mean_args(op)}")]
+
+
+def _attention_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    grads, accs = [], []
+    for t in op.inputs:
+        g, acc = bw.dx(t) if t in bw.rg else ("0", 0)
+        grads.append(g)
+        accs.append(str(acc))
+    q, k, v = (bw.nm.a(t) for t in op.inputs)
+    args = f"{q}, {k}, {v}, {bw.nm.g(op.output)}, {', '.join(grads)}, {', '.join(accs)}"
+    return [bw.call("attention_bwd", f"{args}, {_attention_args(op)}")]
+
+
+def _embedding_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    if op.weight not in bw.trainable:
+        return []
+    args = f"{bw.nm.a(op.inputs[0])}, {bw.nm.g(op.output)}, {op.weight}, lr"
+    return [bw.call("embedding_bwd_sgd", f"{args}, {_embedding_args(op)}")]
+
+
+def _lstm_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    x, h0, c0 = op.inputs
+    if h0 in bw.rg or c0 in bw.rg:
+        raise UnsupportedPlanError(
+            f"node {op.name}: the gradient of its initial state is needed; the C LSTM starts "
+            "from a constant state (no gradient into h0 / c0)"
+        )
+    if op.extra["more"][0] in bw.low.shared or op.weight in bw.low.shared:
+        raise UnsupportedPlanError(f"node {op.name}: an LSTM's arrays are read by other ops")
+    g, acc = bw.dx(x) if x in bw.rg else ("0", 0)
+    whh, bhh = op.extra["more"]
+    flags = ", ".join(str(int(s in bw.trainable)) for s in (op.weight, whh, op.bias, bhh))
+    args = (
+        f"{bw.nm.a(x)}, {bw.nm.a(h0)}, {bw.nm.a(c0)}, {_lstm_arrays(op)}, "
+        f"{bw.nm.g(op.output)}, {g}, {acc}, {bw.nm.ws(op.output)}, lr, {flags}"
+    )
+    return [bw.call("lstm_bwd", f"{args}, {_lstm_args(op)}")]
+
+
+def _bmm_bwd(op: LOp, bw: _Bwd) -> list[str]:
+    (a, b), dy, out = op.inputs, bw.nm.g(op.output), []
+    if a in bw.rg:
+        g, acc = bw.dx(a)
+        out.append(bw.call("bmm_bwd_a", f"{dy}, {bw.nm.a(b)}, {g}, {acc}, {_bmm_args(op)}"))
+    if b in bw.rg:
+        g, acc = bw.dx(b)
+        out.append(bw.call("bmm_bwd_b", f"{bw.nm.a(a)}, {dy}, {g}, {acc}, {_bmm_args(op)}"))
+    return out
+
+
 _BWD: dict[LKind, Callable[[LOp, _Bwd], list[str]]] = {
     LKind.XENT: _xent_bwd,
     LKind.CONV: _conv_bwd,
@@ -894,6 +1074,12 @@ _BWD: dict[LKind, Callable[[LOp, _Bwd], list[str]]] = {
     LKind.CAT: _cat_bwd,
     LKind.SOFTMAX: _softmax_bwd,
     LKind.GATHER: _gather_bwd,
+    LKind.BMM: _bmm_bwd,
+    LKind.LSTM: _lstm_bwd,
+    LKind.PARAM_ADD: _param_add_bwd,
+    LKind.ATTENTION: _attention_bwd,
+    LKind.MEAN: _mean_bwd,
+    LKind.EMBEDDING: _embedding_bwd,
 }
 
 
@@ -937,6 +1123,7 @@ class ModelParts:
     out_floats: int  # per sample
     classes: int  # 0: the loss takes float targets of the output's shape
     batch: int
+    in_type: str = "float"  # the C type of an input value ("int32_t": token ids)
 
 
 def model_parts(low: Lowered, tgt: Target) -> ModelParts:
@@ -1007,6 +1194,7 @@ def model_parts(low: Lowered, tgt: Target) -> ModelParts:
         per_out,
         classes,
         low.batch_size,
+        "int32_t" if low.input_int else "float",
     )
 
 
@@ -1103,18 +1291,21 @@ void et_dump_params(void) {{
 
 def _load_expr(s: SampleSet) -> str:
     """What `et_load` makes of one flash value `px[k]`: float32 as it is, uint8 normalised."""
-    if s.is_float:
+    if s.is_float or s.is_tokens:  # ids: converted to floats in the arena (exact)
         return "px[k]"
     return f"((float)px[k] / 255.0f - {cfloat(s.mean)}) / {cfloat(s.std)}"
 
 
 def _samples_c(s: SampleSet) -> str:
+    if s.is_tokens:
+        v = s.pixels.reshape(-1).tolist()
+        return ",\n".join(",".join(map(str, v[i : i + 16])) for i in range(0, len(v), 16))
     return _floats(s.pixels.reshape(-1)) if s.is_float else c_bytes(s.pixels)
 
 
 def _data_c(spec: TrainingSpec) -> str:
     tr, te = spec.train, spec.test
-    t = "float" if tr.is_float else "uint8_t"
+    t = tr.c_type
     return f"""/* generated by edgetrain.codegen: training and test samples (flash) */
 #include "et_model.h"
 const int et_train_n = {len(tr.labels)};
