@@ -4,9 +4,9 @@
    et_model.c, after `#define ET_REAL` (double on the host, to match the float64 simulation;
    float on Cortex-M); the generated code calls the kernels the table of
    edgetrain/codegen/_int8_kernels.py names for each op. Forward: the integer graph, bit for bit
-   (NOTE [ int8 arithmetic, bit for bit ], edgetrain/quant/_graph.py); backward: the float
-   surrogate of NOTE [ Training the int8 graph ] (edgetrain/quant/_train.py), as NOTE [ The int8
-   training program ] (edgetrain/codegen/_int8_render.py) summarises. Buffers and scratch are
+   (NOTE [ int8 arithmetic, bit for bit ], edgetrain/quant/_graph.py); backward: NOTE [ int8
+   integer backward ] (edgetrain/quant/_train.py), int8 output gradients and exact int32 sums,
+   as NOTE [ The int8 training program ] (edgetrain/codegen/_int8_render.py) summarises. Buffers and scratch are
    laid out by edgetrain/codegen/_int8_layout.py (NOTE [ int8 SRAM of the C trainer ]). */
 #include <math.h>
 #include <string.h>
@@ -464,42 +464,77 @@ static void qgap_fwd(const int8_t *x, int8_t *y, int BC, int P) {
     }
 }
 
-/* ---- backward (the float surrogate), ET_REAL ---- */
-static void qacc_grad(const ET_REAL *dy, const uint8_t *mask, const ET_REAL *M, ET_REAL *dacc,
-                      int B, int C, int P) {
+/* ---- backward: NOTE [ int8 integer backward ] (edgetrain/quant/_train.py) ----
+   Per conv/linear on the backward path: qacc_quant turns the surrogate's dacc = dy x mask x M
+   into the int8 dq (written over the op's mask, which nothing reads after it) and returns s_g;
+   the input gradient is s_g x (exact int32 sums of W_q x dq), the weight gradient s_g x (exact
+   int32 sums of dq x (x - zx)), applied per weight by the QAS-scaled SGD re-rounding. */
+
+/* where a global average pool is the only reader of a conv's output, the conv's dy is the
+   pool's dy / P, never stored (NOTE [ int8 SRAM of the C trainer ]) */
+typedef struct { const ET_REAL *gp; int P; } qgap_dacc;
+
+static inline ET_REAL et_abs(ET_REAL v) { return v < 0 ? -v : v; }
+
+/* s_g = max|dacc| / 127 and dq = clamp(round_half_away(dacc / s_g), -127, 127) over the whole
+   B x C x P output, dq written over `mask` (each byte read before its dq is written); returns
+   s_g, or 0 when every dacc is 0 (then nothing is written: the op's gradients are all 0) */
+static ET_REAL qacc_quant(const ET_REAL *dy, const qgap_dacc *gd, uint8_t *mask,
+                          const ET_REAL *M, int B, int C, int P) {
+    ET_REAL mx = 0;
     for (int n = 0; n < B; n++)
-    for (int c = 0; c < C; c++)
-    for (int p = 0; p < P; p++) {
-        const size_t i = ((size_t)n * C + c) * P + p;
-        dacc[i] = dy[i] * (mask[i] ? M[c] : (ET_REAL)0);
+    for (int c = 0; c < C; c++) {
+        const size_t o = ((size_t)n * C + c) * P;
+        const ET_REAL d = gd ? gd->gp[(size_t)n * C + c] / (ET_REAL)gd->P : 0;
+        for (int p = 0; p < P; p++) {
+            const ET_REAL v = (gd ? d : dy[o + p]) * (mask[o + p] ? M[c] : (ET_REAL)0);
+            const ET_REAL a = et_abs(v);
+            if (a > mx) mx = a;
+        }
     }
+    if (!(mx > 0)) return 0;
+    const ET_REAL s = mx / (ET_REAL)127;
+    int8_t *dq = (int8_t *)mask;
+    for (int n = 0; n < B; n++)
+    for (int c = 0; c < C; c++) {
+        const size_t o = ((size_t)n * C + c) * P;
+        const ET_REAL d = gd ? gd->gp[(size_t)n * C + c] / (ET_REAL)gd->P : 0;
+        for (int p = 0; p < P; p++) {
+            const ET_REAL v = (gd ? d : dy[o + p]) * (mask[o + p] ? M[c] : (ET_REAL)0);
+            const ET_REAL r = round_half_away(v / s);
+            dq[o + p] = (int8_t)(r < -127 ? -127 : (r > 127 ? 127 : r));
+        }
+    }
+    return s;
 }
 
-/* dacc of a conv whose output only a global average pool reads, never stored (NOTE [ int8
-   SRAM of the C trainer ], fused pool backward): the pool's dy / P, masked and scaled element
-   by element, exactly as qgap_bwd then qacc_grad would have stored it */
-typedef struct { const ET_REAL *gp; const uint8_t *mask; const ET_REAL *M; int P; } qgap_dacc;
-
-static inline ET_REAL dacc_at(const ET_REAL *dacc, const qgap_dacc *gd, size_t i, size_t nc, int c) {
-    if (!gd) return dacc[i];
-    const ET_REAL d = gd->gp[nc] / (ET_REAL)gd->P;
-    return d * (gd->mask[i] ? gd->M[c] : (ET_REAL)0);
+#define Q_AI static inline __attribute__((always_inline))
+/* the QAS-scaled SGD step of one int8 weight / int32 bias from its integer gradient sum g:
+   round_half_away(w - lr * (s_g * g) * inv), saturated */
+Q_AI int8_t q_wstep(int8_t w, int32_t g, ET_REAL s, ET_REAL inv, ET_REAL lr) {
+    const ET_REAL v = round_half_away((ET_REAL)w + (-lr) * ((s * (ET_REAL)g) * inv));
+    return (int8_t)(v < -127 ? -127 : (v > 127 ? 127 : v));
+}
+static inline int32_t q_bstep(int32_t b, int32_t g, ET_REAL s, ET_REAL inv, ET_REAL lr) {
+    return clamp_i32(round_half_away((ET_REAL)b + (-lr) * ((s * (ET_REAL)g) * inv)));
+}
+/* dx = s_g * dx_int (or dx += it) */
+Q_AI void q_put(ET_REAL *dx, int32_t v, ET_REAL s, int acc) {
+    const ET_REAL r = s * (ET_REAL)v;
+    if (acc) *dx += r; else *dx = r;
+}
+static void q_zero(ET_REAL *dx, int acc, size_t n) {
+    if (!acc) for (size_t i = 0; i < n; i++) dx[i] = 0;
 }
 
 /* NOTE [ Register-blocked int8 backward ]
-   The backward kernels of the float surrogate (ET_REAL) for the common shapes: a 3x3 conv
-   (stride 1 or 2) keeps its 9 weights converted to ET_REAL in registers for a whole input
-   plane and scatters 4 output gradients per block into the input gradient (each touched
-   element loaded and stored once per kernel row); its weight gradient keeps the 9 taps' sums
-   in registers over the plane; a 1x1 conv is a 4 x 4 register tile. Every input-gradient
-   element and every weight-gradient sum receives its terms in the same order as the plain
-   loops (by output channel, then output row, then column), so the host's double results are
-   those of the plain loops bit for bit; border outputs take the plain per-tap path. */
-#define Q_AI static inline __attribute__((always_inline))
-/* the output gradient dacc[o] (gd: the pool's dy / P * M where not clamped, else 0) */
-Q_AI ET_REAL q_d(const ET_REAL *d, const uint8_t *mk, ET_REAL dv, int o) {
-    return d ? d[o] : (mk[o] ? dv : (ET_REAL)0);
-}
+   The integer sums are exact, so any order gives the same result: the kernels pick the order
+   the Cortex-M4 runs fastest. With the DSP extension (ET_DSP, NOTE [ DSP dual
+   multiply-accumulate ]) dq and x are loaded 4 bytes at a time, unpacked by SXTB16 into 16-bit
+   pairs and summed by SMLAD (two MACs per instruction); x's zero point is taken out once per
+   sum (sum dq (x - zx) = sum dq x - zx sum dq, exact in int32 by the bounds of NOTE [ int8
+   integer backward ]). Without it the same sums are plain int32 multiply-adds. */
+
 /* output columns [*a, *b) whose 3 taps are inside 0..W-1 */
 static inline void q_inner3(int Wo, int W, int s, int p, int *a, int *b) {
     int lo = (p + s - 1) / s, v = W - 3 + p;
@@ -508,92 +543,10 @@ static inline void q_inner3(int Wo, int W, int s, int p, int *a, int *b) {
     if (lo > hi) lo = hi;
     *a = lo; *b = hi;
 }
-/* one kernel row of 4 output gradients scattered: dr[j*S + kw] += w_kw * d_j */
-Q_AI void q_sc4(ET_REAL *dr, ET_REAL w0, ET_REAL w1, ET_REAL w2, ET_REAL d0, ET_REAL d1,
-                ET_REAL d2, ET_REAL d3, int S) {
-    if (S == 1) {
-        ET_REAL v0 = dr[0], v1 = dr[1], v2 = dr[2], v3 = dr[3], v4 = dr[4], v5 = dr[5];
-        v0 += d0 * w0;
-        v1 += d0 * w1; v1 += d1 * w0;
-        v2 += d0 * w2; v2 += d1 * w1; v2 += d2 * w0;
-        v3 += d1 * w2; v3 += d2 * w1; v3 += d3 * w0;
-        v4 += d2 * w2; v4 += d3 * w1;
-        v5 += d3 * w2;
-        dr[0] = v0; dr[1] = v1; dr[2] = v2; dr[3] = v3; dr[4] = v4; dr[5] = v5;
-    } else {
-        ET_REAL v0 = dr[0], v1 = dr[1], v2 = dr[2], v3 = dr[3], v4 = dr[4], v5 = dr[5];
-        ET_REAL v6 = dr[6], v7 = dr[7], v8 = dr[8];
-        v0 += d0 * w0; v1 += d0 * w1; v2 += d0 * w2; v2 += d1 * w0;
-        v3 += d1 * w1; v4 += d1 * w2; v4 += d2 * w0; v5 += d2 * w1;
-        v6 += d2 * w2; v6 += d3 * w0; v7 += d3 * w1; v8 += d3 * w2;
-        dr[0] = v0; dr[1] = v1; dr[2] = v2; dr[3] = v3; dr[4] = v4; dr[5] = v5;
-        dr[6] = v6; dr[7] = v7; dr[8] = v8;
-    }
-}
-/* one output gradient over its in-bounds taps (borders) */
-Q_AI void q_sc1(ET_REAL *dxc, const ET_REAL *wf, ET_REAL d, int H, int W, int ih0, int iw0) {
-#pragma GCC unroll 3
-    for (int kh = 0; kh < 3; kh++) {
-        const int r = ih0 + kh;
-        if (r < 0 || r >= H) continue;
-#pragma GCC unroll 3
-        for (int kw = 0; kw < 3; kw++) {
-            const int c = iw0 + kw;
-            if (c >= 0 && c < W) dxc[r * W + c] += d * wf[kh * 3 + kw];
-        }
-    }
-}
-Q_AI void q3_bwd_plane(ET_REAL *dxc, const ET_REAL *wf, const ET_REAL *d, const uint8_t *mk,
-                       ET_REAL dv, int H, int W, int Ho, int Wo, int p, int ca, int cb,
-                       int S) {
-    for (int oh = 0; oh < Ho; oh++) {
-        const int ih0 = oh * S - p, o = oh * Wo;
-        const int r0 = ih0 >= 0, r2 = ih0 + 2 < H;
-        if (!r0 || !r2 || ih0 + 1 >= H) {
-            for (int ow = 0; ow < Wo; ow++)
-                q_sc1(dxc, wf, q_d(d, mk, dv, o + ow), H, W, ih0, ow * S - p);
-            continue;
-        }
-        int ow = 0;
-        for (; ow < ca; ow++) q_sc1(dxc, wf, q_d(d, mk, dv, o + ow), H, W, ih0, ow * S - p);
-        for (; ow + 4 <= cb; ow += 4) {
-            const ET_REAL d0 = q_d(d, mk, dv, o + ow), d1 = q_d(d, mk, dv, o + ow + 1);
-            const ET_REAL d2 = q_d(d, mk, dv, o + ow + 2), d3 = q_d(d, mk, dv, o + ow + 3);
-            ET_REAL *dr = dxc + (ih0 * W + ow * S - p);
-            q_sc4(dr, wf[0], wf[1], wf[2], d0, d1, d2, d3, S);
-            q_sc4(dr + W, wf[3], wf[4], wf[5], d0, d1, d2, d3, S);
-            q_sc4(dr + 2 * W, wf[6], wf[7], wf[8], d0, d1, d2, d3, S);
-        }
-        for (; ow < Wo; ow++) q_sc1(dxc, wf, q_d(d, mk, dv, o + ow), H, W, ih0, ow * S - p);
-    }
-}
-/* dx += w * dacc for a 3x3 conv, stride 1 or 2 (dx already zeroed or accumulating) */
-static void q3_bwd_input(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t *w,
-                         ET_REAL *dx, int B, int Ci, int H, int W, int Co, int Ho, int Wo,
-                         int s, int p, int G) {
-    const int cig = Ci / G, cog = Co / G;
-    int ca, cb;
-    q_inner3(Wo, W, s, p, &ca, &cb);
-    for (int n = 0; n < B; n++)
-    for (int oc = 0; oc < Co; oc++) {
-        const int g = oc / cog;
-        const size_t o0 = ((size_t)n * Co + oc) * Ho * Wo;
-        const ET_REAL *d = gd ? 0 : dacc + o0;
-        const uint8_t *mk = gd ? gd->mask + o0 : 0;
-        const ET_REAL dv = gd ? gd->gp[(size_t)n * Co + oc] / (ET_REAL)gd->P * gd->M[oc] : 0;
-        for (int ic = 0; ic < cig; ic++) {
-            const int8_t *wc = w + ((size_t)oc * cig + ic) * 9;
-            ET_REAL wf[9];
-            for (int t = 0; t < 9; t++) wf[t] = (ET_REAL)wc[t];
-            ET_REAL *dxc = dx + ((size_t)n * Ci + g * cig + ic) * H * W;
-            if (s == 1) q3_bwd_plane(dxc, wf, d, mk, dv, H, W, Ho, Wo, p, ca, cb, 1);
-            else q3_bwd_plane(dxc, wf, d, mk, dv, H, W, Ho, Wo, p, ca, cb, 2);
-        }
-    }
-}
 /* one output's terms of the 9 weight-gradient sums, taps outside skipped (borders) */
-Q_AI void q_wg1(ET_REAL *a, ET_REAL d, const int8_t *xc, int zx, int H, int W, int ih0,
+Q_AI void q_wg1(int32_t *a, int32_t d, const int8_t *xc, int zx, int H, int W, int ih0,
                 int iw0) {
+    if (!d) return;
 #pragma GCC unroll 3
     for (int kh = 0; kh < 3; kh++) {
         const int r = ih0 + kh;
@@ -601,315 +554,434 @@ Q_AI void q_wg1(ET_REAL *a, ET_REAL d, const int8_t *xc, int zx, int H, int W, i
 #pragma GCC unroll 3
         for (int kw = 0; kw < 3; kw++) {
             const int c = iw0 + kw;
-            if (c >= 0 && c < W) a[kh * 3 + kw] += d * (ET_REAL)(xc[r * W + c] - zx);
+            if (c >= 0 && c < W) a[kh * 3 + kw] += d * (xc[r * W + c] - zx);
         }
     }
 }
-/* the 9 sums sum_{oh, ow} dacc * (x - zx) of one (oc, ic) plane pair, in (oh, ow) order */
-Q_AI void q3_wg_plane(ET_REAL *acc, const ET_REAL *d, const uint8_t *mk, ET_REAL dv,
-                      const int8_t *xc, int zx, int H, int W, int Ho, int Wo, int p, int ca,
-                      int cb, int S) {
-    ET_REAL a[9];
-#pragma GCC unroll 9
-    for (int t = 0; t < 9; t++) a[t] = acc[t];
+#if ET_DSP
+/* interior outputs [ca, cb) of one row, stride 1: 4 outputs at a time, dq (e0..e3) as pairs
+   (e0, e2), (e1, e3) against x pairs at the same lanes; returns the sum of their dq */
+Q_AI int32_t q3_wg_row_s1(int32_t *a, const int8_t *d, const int8_t *x0, int W, int n) {
+    int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], a4 = a[4], a5 = a[5], a6 = a[6],
+            a7 = a[7], a8 = a[8], se = 0;
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const uint32_t dv = q_ld4(d + i);
+        const int16x2_t E = __sxtb16(dv), O = __sxtb16(q_ror8(dv));
+        se = __smlad(E, 0x00010001, se);
+        se = __smlad(O, 0x00010001, se);
+        const int8_t *xr = x0 + i;
+#define Q_ROW(A0, A1, A2)                                                             \
+        {                                                                             \
+            const uint32_t u = q_ld4(xr), v = q_ld4(xr + 2);                          \
+            const int16x2_t ue = __sxtb16(u), uo = __sxtb16(q_ror8(u));                \
+            const int16x2_t ve = __sxtb16(v), vo = __sxtb16(q_ror8(v));                \
+            A0 = __smlad(E, ue, A0); A0 = __smlad(O, uo, A0);                          \
+            A1 = __smlad(E, uo, A1); A1 = __smlad(O, ve, A1);                          \
+            A2 = __smlad(E, ve, A2); A2 = __smlad(O, vo, A2);                          \
+        }
+        Q_ROW(a0, a1, a2)
+        xr += W;
+        Q_ROW(a3, a4, a5)
+        xr += W;
+        Q_ROW(a6, a7, a8)
+#undef Q_ROW
+    }
+    for (; i < n; i++) {
+        const int32_t e = d[i];
+        const int8_t *xr = x0 + i;
+        se += e;
+        a0 += e * xr[0]; a1 += e * xr[1]; a2 += e * xr[2];
+        a3 += e * xr[W]; a4 += e * xr[W + 1]; a5 += e * xr[W + 2];
+        a6 += e * xr[2 * W]; a7 += e * xr[2 * W + 1]; a8 += e * xr[2 * W + 2];
+    }
+    a[0] = a0; a[1] = a1; a[2] = a2; a[3] = a3; a[4] = a4; a[5] = a5; a[6] = a6; a[7] = a7;
+    a[8] = a8;
+    return se;
+}
+/* the same for stride 2: outputs (ow, ow+1) read x columns (2ow + c, 2ow + 2 + c), the even
+   lanes of the word at 2ow (+1: the odd lanes; +2: the even lanes of the word at 2ow + 2) */
+Q_AI int32_t q3_wg_row_s2(int32_t *a, const int8_t *d, const int8_t *x0, int W, int n) {
+    int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], a4 = a[4], a5 = a[5], a6 = a[6],
+            a7 = a[7], a8 = a[8], se = 0;
+    int i = 0;
+    for (; i + 2 <= n; i += 2) {
+        const int16x2_t D = (int16x2_t)(((uint32_t)(uint16_t)d[i + 1] << 16) |
+                                        (uint16_t)d[i]);
+        se += d[i] + d[i + 1];
+        const int8_t *xr = x0 + 2 * i;
+#define Q_ROW(A0, A1, A2)                                                             \
+        {                                                                             \
+            const uint32_t u = q_ld4(xr), v = q_ld4(xr + 2);                          \
+            A0 = __smlad(D, __sxtb16(u), A0);                                          \
+            A1 = __smlad(D, __sxtb16(q_ror8(u)), A1);                                  \
+            A2 = __smlad(D, __sxtb16(v), A2);                                          \
+        }
+        Q_ROW(a0, a1, a2)
+        xr += W;
+        Q_ROW(a3, a4, a5)
+        xr += W;
+        Q_ROW(a6, a7, a8)
+#undef Q_ROW
+    }
+    for (; i < n; i++) {
+        const int32_t e = d[i];
+        const int8_t *xr = x0 + 2 * i;
+        se += e;
+        a0 += e * xr[0]; a1 += e * xr[1]; a2 += e * xr[2];
+        a3 += e * xr[W]; a4 += e * xr[W + 1]; a5 += e * xr[W + 2];
+        a6 += e * xr[2 * W]; a7 += e * xr[2 * W + 1]; a8 += e * xr[2 * W + 2];
+    }
+    a[0] = a0; a[1] = a1; a[2] = a2; a[3] = a3; a[4] = a4; a[5] = a5; a[6] = a6; a[7] = a7;
+    a[8] = a8;
+    return se;
+}
+#endif
+/* interior outputs of one row without DSP: sum dq x (no zero point), and the sum of dq */
+Q_AI int32_t q3_wg_row(int32_t *a, const int8_t *d, const int8_t *x0, int W, int n, int S) {
+#if ET_DSP
+    /* the 4-byte loads read at most one byte past the row's last interior tap, into a lane
+       SXTB16 drops (stride 2) */
+    return S == 1 ? q3_wg_row_s1(a, d, x0, W, n) : q3_wg_row_s2(a, d, x0, W, n);
+#endif
+    int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], a4 = a[4], a5 = a[5], a6 = a[6],
+            a7 = a[7], a8 = a[8], se = 0;
+    for (int i = 0; i < n; i++) {
+        const int32_t e = d[i];
+        const int8_t *xr = x0 + S * i;
+        se += e;
+        a0 += e * xr[0]; a1 += e * xr[1]; a2 += e * xr[2];
+        a3 += e * xr[W]; a4 += e * xr[W + 1]; a5 += e * xr[W + 2];
+        a6 += e * xr[2 * W]; a7 += e * xr[2 * W + 1]; a8 += e * xr[2 * W + 2];
+    }
+    a[0] = a0; a[1] = a1; a[2] = a2; a[3] = a3; a[4] = a4; a[5] = a5; a[6] = a6; a[7] = a7;
+    a[8] = a8;
+    return se;
+}
+/* the 9 sums sum dq * (x - zx) of one (dq plane, x plane) pair of a 3x3 conv, added to acc */
+static void q3_wg_plane(int32_t *acc, const int8_t *d, const int8_t *xc, int zx, int H, int W,
+                        int Ho, int Wo, int p, int ca, int cb, int S) {
+    int32_t a[9], se = 0;
+    for (int t = 0; t < 9; t++) a[t] = 0;
     for (int oh = 0; oh < Ho; oh++) {
         const int ih0 = oh * S - p, o = oh * Wo;
         if (ih0 < 0 || ih0 + 2 >= H) {
-            for (int ow = 0; ow < Wo; ow++) {
-                if (!d && !mk[o + ow]) continue;
-                q_wg1(a, q_d(d, mk, dv, o + ow), xc, zx, H, W, ih0, ow * S - p);
-            }
+            for (int ow = 0; ow < Wo; ow++) q_wg1(acc, d[o + ow], xc, zx, H, W, ih0, ow * S - p);
             continue;
         }
-        int ow = 0;
-        for (; ow < ca; ow++)
-            if (d || mk[o + ow]) q_wg1(a, q_d(d, mk, dv, o + ow), xc, zx, H, W, ih0, ow * S - p);
-        const int8_t *x0 = xc + (ih0 * W + ca * S - p), *x1 = x0 + W, *x2 = x1 + W;
-        for (; ow < cb; ow++, x0 += S, x1 += S, x2 += S) {
-            if (!d && !mk[o + ow]) continue;
-            const ET_REAL e = q_d(d, mk, dv, o + ow);
-            a[0] += e * (ET_REAL)(x0[0] - zx); a[1] += e * (ET_REAL)(x0[1] - zx);
-            a[2] += e * (ET_REAL)(x0[2] - zx); a[3] += e * (ET_REAL)(x1[0] - zx);
-            a[4] += e * (ET_REAL)(x1[1] - zx); a[5] += e * (ET_REAL)(x1[2] - zx);
-            a[6] += e * (ET_REAL)(x2[0] - zx); a[7] += e * (ET_REAL)(x2[1] - zx);
-            a[8] += e * (ET_REAL)(x2[2] - zx);
-        }
-        for (; ow < Wo; ow++)
-            if (d || mk[o + ow]) q_wg1(a, q_d(d, mk, dv, o + ow), xc, zx, H, W, ih0, ow * S - p);
+        for (int ow = 0; ow < ca; ow++) q_wg1(acc, d[o + ow], xc, zx, H, W, ih0, ow * S - p);
+        se += q3_wg_row(a, d + o + ca, xc + (ih0 * W + ca * S - p), W, cb - ca, S);
+        for (int ow = cb; ow < Wo; ow++) q_wg1(acc, d[o + ow], xc, zx, H, W, ih0, ow * S - p);
     }
-#pragma GCC unroll 9
-    for (int t = 0; t < 9; t++) acc[t] = a[t];
+    for (int t = 0; t < 9; t++) acc[t] += a[t] - zx * se;
 }
 /* the 9 weight sums of a 3x3 conv (stride 1 or 2), then the QAS-scaled SGD re-rounding */
-static void q3_update(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t *x, int zx,
-                      int8_t *w, const ET_REAL *inv_w, ET_REAL lr, int B, int Ci, int H, int W,
-                      int Co, int Ho, int Wo, int s, int p, int G) {
+static void q3_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
+                      const ET_REAL *inv_w, ET_REAL lr, int B, int Ci, int H, int W, int Co,
+                      int Ho, int Wo, int st, int p, int G) {
     const int cig = Ci / G, cog = Co / G;
     int ca, cb;
-    q_inner3(Wo, W, s, p, &ca, &cb);
+    q_inner3(Wo, W, st, p, &ca, &cb);
     for (int oc = 0; oc < Co; oc++) {
         const int g = oc / cog;
         for (int ic = 0; ic < cig; ic++) {
-            ET_REAL acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
-            for (int n = 0; n < B; n++) {
-                const size_t o0 = ((size_t)n * Co + oc) * Ho * Wo;
-                const ET_REAL *d = gd ? 0 : dacc + o0;
-                const uint8_t *mk = gd ? gd->mask + o0 : 0;
-                const ET_REAL dv = gd ? gd->gp[(size_t)n * Co + oc] / (ET_REAL)gd->P * gd->M[oc]
-                                      : 0;
-                const int8_t *xc = x + ((size_t)n * Ci + g * cig + ic) * H * W;
-                if (s == 1) q3_wg_plane(acc, d, mk, dv, xc, zx, H, W, Ho, Wo, p, ca, cb, 1);
-                else q3_wg_plane(acc, d, mk, dv, xc, zx, H, W, Ho, Wo, p, ca, cb, 2);
-            }
+            int32_t acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+            for (int n = 0; n < B; n++)
+                q3_wg_plane(acc, dq + ((size_t)n * Co + oc) * Ho * Wo,
+                            x + ((size_t)n * Ci + g * cig + ic) * H * W, zx, H, W, Ho, Wo, p,
+                            ca, cb, st);
             int8_t *wk = w + ((size_t)oc * cig + ic) * 9;
-            for (int t = 0; t < 9; t++) {
-                ET_REAL v = round_half_away((ET_REAL)wk[t] + (-lr) * (acc[t] * inv_w[oc]));
-                wk[t] = (int8_t)(v < -127 ? -127 : (v > 127 ? 127 : v));
-            }
-        }
-    }
-}
-/* 1x1 conv input gradient in 4 x 4 tiles (input channels x pixels) held in registers while
-   every output channel adds its term, in output-channel order */
-static void q1_bwd_input(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t *w,
-                         ET_REAL *dx, int B, int Ci, int Co, int P) {
-    for (int n = 0; n < B; n++) {
-        const size_t d0 = (size_t)n * Co * P;
-        ET_REAL *dxn = dx + (size_t)n * Ci * P;
-        for (int ic = 0; ic < Ci; ic += 4)
-        for (int q = 0; q < P; q += 4) {
-            if (ic + 4 > Ci || q + 4 > P) {  /* a remainder: element by element */
-                for (int i = ic; i < Ci && i < ic + 4; i++)
-                for (int j = q; j < P && j < q + 4; j++) {
-                    ET_REAL t = dxn[(size_t)i * P + j];
-                    for (int oc = 0; oc < Co; oc++) {
-                        const size_t o = d0 + (size_t)oc * P + j;
-                        const ET_REAL e = gd ? (gd->mask[o] ? gd->gp[(size_t)n * Co + oc]
-                                                 / (ET_REAL)gd->P * gd->M[oc] : (ET_REAL)0)
-                                             : dacc[o];
-                        t += e * (ET_REAL)w[(size_t)oc * Ci + i];
-                    }
-                    dxn[(size_t)i * P + j] = t;
-                }
-                continue;
-            }
-            ET_REAL t[4][4];
-#pragma GCC unroll 4
-            for (int u = 0; u < 4; u++)
-#pragma GCC unroll 4
-                for (int v = 0; v < 4; v++) t[u][v] = dxn[(size_t)(ic + u) * P + q + v];
-            for (int oc = 0; oc < Co; oc++) {
-                const size_t o = d0 + (size_t)oc * P + q;
-                ET_REAL e[4];
-                if (gd) {
-                    const ET_REAL dv = gd->gp[(size_t)n * Co + oc] / (ET_REAL)gd->P * gd->M[oc];
-#pragma GCC unroll 4
-                    for (int v = 0; v < 4; v++) e[v] = gd->mask[o + v] ? dv : (ET_REAL)0;
-                } else {
-#pragma GCC unroll 4
-                    for (int v = 0; v < 4; v++) e[v] = dacc[o + v];
-                }
-                const int8_t *wr = w + (size_t)oc * Ci + ic;
-#pragma GCC unroll 4
-                for (int u = 0; u < 4; u++) {
-                    const ET_REAL wf = (ET_REAL)wr[u];
-#pragma GCC unroll 4
-                    for (int v = 0; v < 4; v++) t[u][v] += e[v] * wf;
-                }
-            }
-#pragma GCC unroll 4
-            for (int u = 0; u < 4; u++)
-#pragma GCC unroll 4
-                for (int v = 0; v < 4; v++) dxn[(size_t)(ic + u) * P + q + v] = t[u][v];
-        }
-    }
-}
-/* 1x1 conv weight sums in 4 x 4 tiles (output x input channels), over (n, pixel) in order */
-static void q1_update(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t *x, int zx,
-                      int8_t *w, const ET_REAL *inv_w, ET_REAL lr, int B, int Ci, int Co,
-                      int P) {
-    for (int oc = 0; oc < Co; oc += 4)
-    for (int ic = 0; ic < Ci; ic += 4) {
-        const int nu = Co - oc < 4 ? Co - oc : 4, nv = Ci - ic < 4 ? Ci - ic : 4;
-        ET_REAL a[4][4] = {{0}};
-        for (int n = 0; n < B; n++) {
-            const int8_t *xn = x + ((size_t)n * Ci + ic) * P;
-            if (nu == 4 && nv == 4) {
-                ET_REAL dv[4];
-                const ET_REAL *dr[4];
-                const uint8_t *mr[4];
-#pragma GCC unroll 4
-                for (int u = 0; u < 4; u++) {
-                    const size_t o0 = ((size_t)n * Co + oc + u) * P;
-                    dr[u] = gd ? 0 : dacc + o0;
-                    mr[u] = gd ? gd->mask + o0 : 0;
-                    dv[u] = gd ? gd->gp[(size_t)n * Co + oc + u] / (ET_REAL)gd->P * gd->M[oc + u]
-                               : 0;
-                }
-                for (int q = 0; q < P; q++) {
-                    ET_REAL e[4], xf[4];
-#pragma GCC unroll 4
-                    for (int u = 0; u < 4; u++) e[u] = gd ? (mr[u][q] ? dv[u] : 0) : dr[u][q];
-#pragma GCC unroll 4
-                    for (int v = 0; v < 4; v++) xf[v] = (ET_REAL)(xn[(size_t)v * P + q] - zx);
-#pragma GCC unroll 4
-                    for (int u = 0; u < 4; u++)
-#pragma GCC unroll 4
-                        for (int v = 0; v < 4; v++) a[u][v] += e[u] * xf[v];
-                }
-                continue;
-            }
-            for (int u = 0; u < nu; u++)
-            for (int v = 0; v < nv; v++) {
-                const size_t o0 = ((size_t)n * Co + oc + u) * P;
-                for (int q = 0; q < P; q++) {
-                    const ET_REAL e = gd ? (gd->mask[o0 + q] ? gd->gp[(size_t)n * Co + oc + u]
-                                            / (ET_REAL)gd->P * gd->M[oc + u] : 0)
-                                         : dacc[o0 + q];
-                    a[u][v] += e * (ET_REAL)(xn[(size_t)v * P + q] - zx);
-                }
-            }
-        }
-        for (int u = 0; u < nu; u++)
-        for (int v = 0; v < nv; v++) {
-            const size_t i = (size_t)(oc + u) * Ci + ic + v;
-            ET_REAL r = round_half_away((ET_REAL)w[i] + (-lr) * (a[u][v] * inv_w[oc + u]));
-            w[i] = (int8_t)(r < -127 ? -127 : (r > 127 ? 127 : r));
+            for (int t = 0; t < 9; t++) wk[t] = q_wstep(wk[t], acc[t], s, inv_w[oc], lr);
         }
     }
 }
 
-/* dx += w * dacc, loop order (oc, ic, kh, kw, oh, ow): each int8 weight is converted once
-   and multiplies the contiguous run of output gradients whose tap lands inside the input;
-   where a global average pool is the only reader (gd), dacc = mask ? gp / P * M : 0 */
-static void qconv_bwd_input(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t *w,
-                            ET_REAL *dx, int acc,
-                            int B, int Ci, int H, int W, int Co, int Ho, int Wo, int K, int s,
+/* sum_i a[i] * b[i] over n int8 values (the DSP's dual MAC where it has one) */
+Q_AI int32_t q_dot(const int8_t *a, const int8_t *b, int n) {
+    int32_t acc = 0;
+    int i = 0;
+#if ET_DSP
+    for (; i + 4 <= n; i += 4) {
+        const uint32_t u = q_ld4(a + i), v = q_ld4(b + i);
+        acc = __smlad(__sxtb16(u), __sxtb16(v), acc);
+        acc = __smlad(__sxtb16(q_ror8(u)), __sxtb16(q_ror8(v)), acc);
+    }
+#endif
+    for (; i < n; i++) acc += a[i] * b[i];
+    return acc;
+}
+/* two rows a0, a1 against two rows b0, b1 (each loaded and unpacked once for two sums) */
+static void q_dot2x2(const int8_t *a0, const int8_t *a1, const int8_t *b0, const int8_t *b1,
+                     int n, int32_t *s) {
+    int32_t s00 = 0, s01 = 0, s10 = 0, s11 = 0;
+    int i = 0;
+#if ET_DSP
+    for (; i + 4 <= n; i += 4) {
+        const uint32_t u0 = q_ld4(a0 + i), u1 = q_ld4(a1 + i);
+        const int16x2_t e0 = __sxtb16(u0), o0 = __sxtb16(q_ror8(u0));
+        const int16x2_t e1 = __sxtb16(u1), o1 = __sxtb16(q_ror8(u1));
+        uint32_t v = q_ld4(b0 + i);
+        int16x2_t ev = __sxtb16(v), ov = __sxtb16(q_ror8(v));
+        s00 = __smlad(e0, ev, s00); s00 = __smlad(o0, ov, s00);
+        s10 = __smlad(e1, ev, s10); s10 = __smlad(o1, ov, s10);
+        v = q_ld4(b1 + i);
+        ev = __sxtb16(v); ov = __sxtb16(q_ror8(v));
+        s01 = __smlad(e0, ev, s01); s01 = __smlad(o0, ov, s01);
+        s11 = __smlad(e1, ev, s11); s11 = __smlad(o1, ov, s11);
+    }
+#endif
+    for (; i < n; i++) {
+        s00 += a0[i] * b0[i]; s01 += a0[i] * b1[i];
+        s10 += a1[i] * b0[i]; s11 += a1[i] * b1[i];
+    }
+    s[0] = s00; s[1] = s01; s[2] = s10; s[3] = s11;
+}
+/* sum of n int8 values */
+Q_AI int32_t q_sum(const int8_t *a, int n) {
+    int32_t acc = 0;
+    for (int i = 0; i < n; i++) acc += a[i];
+    return acc;
+}
+
+/* 1x1 conv: GW[oc][ic] = sum_(n, q) dq[oc][q] x[ic][q] - zx sum dq[oc] (2 x 2 tiles of
+   contiguous rows), then the re-rounding */
+static void q1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
+                      const ET_REAL *inv_w, ET_REAL lr, int B, int Ci, int Co, int P) {
+    for (int oc = 0; oc < Co; oc += 2) {
+        const int o1 = oc + 1 < Co ? oc + 1 : oc;
+        int32_t sd0 = 0, sd1 = 0;
+        for (int n = 0; n < B; n++) {
+            sd0 += q_sum(dq + ((size_t)n * Co + oc) * P, P);
+            sd1 += q_sum(dq + ((size_t)n * Co + o1) * P, P);
+        }
+        for (int ic = 0; ic < Ci; ic += 2) {
+            const int i1 = ic + 1 < Ci ? ic + 1 : ic;
+            int32_t t[4] = {0, 0, 0, 0};
+            for (int n = 0; n < B; n++) {
+                int32_t u[4];
+                q_dot2x2(dq + ((size_t)n * Co + oc) * P, dq + ((size_t)n * Co + o1) * P,
+                         x + ((size_t)n * Ci + ic) * P, x + ((size_t)n * Ci + i1) * P, P, u);
+                t[0] += u[0]; t[1] += u[1]; t[2] += u[2]; t[3] += u[3];
+            }
+            /* an odd last row / column is computed twice and stored once */
+            w[(size_t)oc * Ci + ic] = q_wstep(w[(size_t)oc * Ci + ic], t[0] - zx * sd0, s,
+                                              inv_w[oc], lr);
+            if (i1 != ic)
+                w[(size_t)oc * Ci + i1] = q_wstep(w[(size_t)oc * Ci + i1], t[1] - zx * sd0, s,
+                                                  inv_w[oc], lr);
+            if (o1 != oc) {
+                w[(size_t)o1 * Ci + ic] = q_wstep(w[(size_t)o1 * Ci + ic], t[2] - zx * sd1, s,
+                                                  inv_w[o1], lr);
+                if (i1 != ic)
+                    w[(size_t)o1 * Ci + i1] = q_wstep(w[(size_t)o1 * Ci + i1], t[3] - zx * sd1,
+                                                      s, inv_w[o1], lr);
+            }
+        }
+    }
+}
+/* 1x1 conv input gradient: dx[ic][q] = s_g sum_oc w[oc][ic] dq[oc][q], in 2 x 4 tiles (input
+   channels x pixels) of int32 register sums */
+static void q1_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx, int acc,
+                         int B, int Ci, int Co, int P) {
+    for (int n = 0; n < B; n++) {
+        const int8_t *dn = dq + (size_t)n * Co * P;
+        ET_REAL *dxn = dx + (size_t)n * Ci * P;
+        for (int ic = 0; ic < Ci; ic += 2) {
+            const int i1 = ic + 1 < Ci ? ic + 1 : ic;
+            int q = 0;
+            for (; q + 4 <= P; q += 4) {
+                int32_t t0 = 0, t1 = 0, t2 = 0, t3 = 0, u0 = 0, u1 = 0, u2 = 0, u3 = 0;
+                const int8_t *dr = dn + q;
+                for (int oc = 0; oc < Co; oc++, dr += P) {
+                    const int32_t wa = w[(size_t)oc * Ci + ic], wb = w[(size_t)oc * Ci + i1];
+                    const int32_t e0 = dr[0], e1 = dr[1], e2 = dr[2], e3 = dr[3];
+                    t0 += wa * e0; t1 += wa * e1; t2 += wa * e2; t3 += wa * e3;
+                    u0 += wb * e0; u1 += wb * e1; u2 += wb * e2; u3 += wb * e3;
+                }
+                ET_REAL *r = dxn + (size_t)ic * P + q;
+                q_put(r, t0, s, acc); q_put(r + 1, t1, s, acc);
+                q_put(r + 2, t2, s, acc); q_put(r + 3, t3, s, acc);
+                if (i1 != ic) {
+                    r = dxn + (size_t)i1 * P + q;
+                    q_put(r, u0, s, acc); q_put(r + 1, u1, s, acc);
+                    q_put(r + 2, u2, s, acc); q_put(r + 3, u3, s, acc);
+                }
+            }
+            for (; q < P; q++)
+                for (int i = ic; i <= i1; i++) {
+                    int32_t t = 0;
+                    for (int oc = 0; oc < Co; oc++)
+                        t += w[(size_t)oc * Ci + i] * dn[(size_t)oc * P + q];
+                    q_put(dxn + (size_t)i * P + q, t, s, acc);
+                }
+        }
+    }
+}
+
+/* 3x3 conv input gradient, one input row at a time: the output rows whose taps land on it
+   scatter W x dq into a row of int32 sums (on the stack, Q_ROWMAX + 4 wide), then dx = s_g x sum.
+   Wider rows take the generic path. */
+#define Q_ROWMAX 64
+static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx, int acc,
+                         int B, int Ci, int H, int W, int Co, int Ho, int Wo, int st, int p,
+                         int G) {
+    const int cig = Ci / G, cog = Co / G;
+    int32_t row[Q_ROWMAX + 4];
+    for (int n = 0; n < B; n++)
+    for (int ci = 0; ci < Ci; ci++) {
+        const int g = ci / cig, ic = ci % cig;
+        for (int ih = 0; ih < H; ih++) {
+            for (int j = 0; j < W + 4; j++) row[j] = 0;
+            int32_t *r = row + 2;  /* r[-2 .. W+1]: taps outside the row land in the margin */
+            for (int kh = 0; kh < 3; kh++) {
+                const int t = ih + p - kh;  /* = oh * st */
+                if (t < 0 || t % st) continue;
+                const int oh = t / st;
+                if (oh >= Ho) continue;
+                for (int oc = g * cog; oc < (g + 1) * cog; oc++) {
+                    const int8_t *wk = w + (((size_t)oc * cig + ic) * 3 + kh) * 3;
+                    const int32_t w0 = wk[0], w1 = wk[1], w2 = wk[2];
+                    const int8_t *d = dq + (((size_t)n * Co + oc) * Ho + oh) * Wo;
+                    int32_t *rr = r - p;
+                    if (st == 1) {
+                        int ow = 0;
+                        for (; ow + 2 <= Wo; ow += 2, rr += 2) {
+                            const int32_t e0 = d[ow], e1 = d[ow + 1];
+                            rr[0] += w0 * e0;
+                            rr[1] += w1 * e0 + w0 * e1;
+                            rr[2] += w2 * e0 + w1 * e1;
+                            rr[3] += w2 * e1;
+                        }
+                        for (; ow < Wo; ow++, rr++) {
+                            const int32_t e = d[ow];
+                            rr[0] += w0 * e; rr[1] += w1 * e; rr[2] += w2 * e;
+                        }
+                    } else {
+                        for (int ow = 0; ow < Wo; ow++, rr += st) {
+                            const int32_t e = d[ow];
+                            rr[0] += w0 * e; rr[1] += w1 * e; rr[2] += w2 * e;
+                        }
+                    }
+                }
+            }
+            ET_REAL *dr = dx + (((size_t)n * Ci + ci) * H + ih) * W;
+            for (int j = 0; j < W; j++) q_put(dr + j, r[j], s, acc);
+        }
+    }
+}
+
+/* dx = s_g * sum w * dq for any conv, gathered per input element (exact int32 sums) */
+static void qconv_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx, int acc,
+                            int B, int Ci, int H, int W, int Co, int Ho, int Wo, int K, int st,
                             int p, int G) {
     const int cig = Ci / G, cog = Co / G;
-    if (!acc) for (size_t i = 0; i < (size_t)B * Ci * H * W; i++) dx[i] = 0;
-    if (K == 1 && s == 1 && p == 0 && G == 1) {
-        q1_bwd_input(dacc, gd, w, dx, B, Ci, Co, H * W);
+    if (s == 0) { q_zero(dx, acc, (size_t)B * Ci * H * W); return; }
+    if (K == 1 && st == 1 && p == 0 && G == 1) {
+        q1_bwd_input(dq, s, w, dx, acc, B, Ci, Co, H * W);
         return;
     }
-    if (K == 3 && (s == 1 || s == 2)) {
-        q3_bwd_input(dacc, gd, w, dx, B, Ci, H, W, Co, Ho, Wo, s, p, G);
+    if (K == 3 && (st == 1 || st == 2) && p <= 2 && W + 2 <= Q_ROWMAX && Wo * st <= W + 2) {
+        q3_bwd_input(dq, s, w, dx, acc, B, Ci, H, W, Co, Ho, Wo, st, p, G);
         return;
     }
     for (int n = 0; n < B; n++)
-    for (int oc = 0; oc < Co; oc++) {
-        const int g = oc / cog;
-        const int8_t *wo = w + (size_t)oc * cig * K * K;
-        const size_t o0 = ((size_t)n * Co + oc) * Ho * Wo;
-        const ET_REAL *dr0 = gd ? 0 : dacc + o0;
-        const uint8_t *mk = gd ? gd->mask + o0 : 0;
-        const ET_REAL dv = gd ? gd->gp[(size_t)n * Co + oc] / (ET_REAL)gd->P * gd->M[oc] : 0;
-        ET_REAL *dxg = dx + ((size_t)n * Ci + g * cig) * H * W;
-        for (int ic = 0; ic < cig; ic++)
-        for (int kh = 0; kh < K; kh++) {
-            int oh0, oh1;
-            o_range(kh, s, p, H, Ho, &oh0, &oh1);
-            for (int kw = 0; kw < K; kw++) {
-                int ow0, ow1;
-                o_range(kw, s, p, W, Wo, &ow0, &ow1);
-                const ET_REAL wf = (ET_REAL)wo[(ic * K + kh) * K + kw];
-                for (int oh = oh0; oh < oh1; oh++) {
-                    ET_REAL *dr = dxg + ((ptrdiff_t)ic * H * W + (oh * s - p + kh) * W - p + kw);
-                    if (gd) {
-                        const uint8_t *m = mk + oh * Wo;
-                        for (int ow = ow0; ow < ow1; ow++)
-                            if (m[ow]) dr[ow * s] += dv * wf;
-                    } else {
-                        const ET_REAL *d = dr0 + oh * Wo;
-                        for (int ow = ow0; ow < ow1; ow++) dr[ow * s] += d[ow] * wf;
-                    }
+    for (int ci = 0; ci < Ci; ci++) {
+        const int g = ci / cig, ic = ci % cig;
+        for (int ih = 0; ih < H; ih++)
+        for (int iw = 0; iw < W; iw++) {
+            int32_t t = 0;
+            for (int kh = 0; kh < K; kh++) {
+                const int a = ih + p - kh;
+                if (a < 0 || a % st || a / st >= Ho) continue;
+                for (int kw = 0; kw < K; kw++) {
+                    const int b = iw + p - kw;
+                    if (b < 0 || b % st || b / st >= Wo) continue;
+                    for (int oc = g * cog; oc < (g + 1) * cog; oc++)
+                        t += w[(((size_t)oc * cig + ic) * K + kh) * K + kw]
+                             * dq[(((size_t)n * Co + oc) * Ho + a / st) * Wo + b / st];
                 }
             }
+            q_put(dx + (((size_t)n * Ci + ci) * H + ih) * W + iw, t, s, acc);
         }
     }
 }
 
-/* G_W = sum dacc * (x - zx); QAS-scaled SGD on the integer weights, then re-rounding. The
-   sum runs over the outputs whose tap is inside, in the order (n, oh, ow). */
-static void qconv_update(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t *x, int zx,
-                         int8_t *w, int32_t *b,
-                         const ET_REAL *inv_w, const ET_REAL *inv_b, ET_REAL lr,
-                         int B, int Ci, int H, int W, int Co, int Ho, int Wo, int K, int s,
+/* G_W = s_g * sum dq * (x - zx) over the outputs whose tap is inside; the QAS-scaled SGD on
+   the integer weights and bias, re-rounded */
+static void qconv_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
+                         int32_t *b, const ET_REAL *inv_w, const ET_REAL *inv_b, ET_REAL lr,
+                         int B, int Ci, int H, int W, int Co, int Ho, int Wo, int K, int st,
                          int p, int G) {
     const int cig = Ci / G, cog = Co / G;
-    const int k1 = K == 1 && s == 1 && p == 0 && G == 1, k3 = K == 3 && (s == 1 || s == 2);
-    if (k1) q1_update(dacc, gd, x, zx, w, inv_w, lr, B, Ci, Co, H * W);
-    if (k3) q3_update(dacc, gd, x, zx, w, inv_w, lr, B, Ci, H, W, Co, Ho, Wo, s, p, G);
+    if (s == 0) return;  /* every gradient is 0: the step leaves every weight as it is */
+    const int k1 = K == 1 && st == 1 && p == 0 && G == 1, k3 = K == 3 && (st == 1 || st == 2);
+    if (k1) q1_update(dq, s, x, zx, w, inv_w, lr, B, Ci, Co, H * W);
+    if (k3) q3_update(dq, s, x, zx, w, inv_w, lr, B, Ci, H, W, Co, Ho, Wo, st, p, G);
     for (int oc = 0; oc < Co; oc++) {
         const int g = oc / cog;
         if (!k1 && !k3) for (int ic = 0; ic < cig; ic++)
         for (int kh = 0; kh < K; kh++) {
             int oh0, oh1;
-            o_range(kh, s, p, H, Ho, &oh0, &oh1);
+            o_range(kh, st, p, H, Ho, &oh0, &oh1);
             for (int kw = 0; kw < K; kw++) {
                 int ow0, ow1;
-                o_range(kw, s, p, W, Wo, &ow0, &ow1);
-                ET_REAL acc = 0;
+                o_range(kw, st, p, W, Wo, &ow0, &ow1);
+                int32_t a = 0;
                 for (int n = 0; n < B; n++) {
-                    const size_t o0 = ((size_t)n * Co + oc) * Ho * Wo;
                     const int8_t *xc = x + ((size_t)n * Ci + g * cig + ic) * H * W;
-                    if (gd) {
-                        const ET_REAL dv = gd->gp[(size_t)n * Co + oc] / (ET_REAL)gd->P
-                                           * gd->M[oc];
-                        for (int oh = oh0; oh < oh1; oh++) {
-                            const uint8_t *m = gd->mask + o0 + oh * Wo;
-                            const int8_t *xr = xc + ((oh * s - p + kh) * W - p + kw);
-                            for (int ow = ow0; ow < ow1; ow++)
-                                if (m[ow]) acc += dv * (ET_REAL)(xr[ow * s] - zx);
-                        }
-                    } else {
-                        for (int oh = oh0; oh < oh1; oh++) {
-                            const ET_REAL *d = dacc + o0 + oh * Wo;
-                            const int8_t *xr = xc + ((oh * s - p + kh) * W - p + kw);
-                            for (int ow = ow0; ow < ow1; ow++)
-                                acc += d[ow] * (ET_REAL)(xr[ow * s] - zx);
-                        }
+                    for (int oh = oh0; oh < oh1; oh++) {
+                        const int8_t *d = dq + (((size_t)n * Co + oc) * Ho + oh) * Wo;
+                        const int8_t *xr = xc + ((oh * st - p + kh) * W - p + kw);
+                        for (int ow = ow0; ow < ow1; ow++) a += d[ow] * (xr[ow * st] - zx);
                     }
                 }
                 const size_t i = (((size_t)oc * cig + ic) * K + kh) * K + kw;
-                ET_REAL v = round_half_away((ET_REAL)w[i] + (-lr) * (acc * inv_w[oc]));
-                w[i] = (int8_t)(v < -127 ? -127 : (v > 127 ? 127 : v));
+                w[i] = q_wstep(w[i], a, s, inv_w[oc], lr);
             }
         }
-        ET_REAL acc = 0;
-        for (int n = 0; n < B; n++)
-            for (int q = 0; q < Ho * Wo; q++)
-                acc += dacc_at(dacc, gd, ((size_t)n * Co + oc) * Ho * Wo + q, (size_t)n * Co + oc, oc);
-        ET_REAL v = round_half_away((ET_REAL)b[oc] + (-lr) * (acc * inv_b[oc]));
-        b[oc] = clamp_i32(v);
+        int32_t sb = 0;
+        for (int n = 0; n < B; n++) sb += q_sum(dq + ((size_t)n * Co + oc) * Ho * Wo, Ho * Wo);
+        b[oc] = q_bstep(b[oc], sb, s, inv_b[oc], lr);
     }
 }
 
-static void qlinear_bwd_input(const ET_REAL *dacc, const int8_t *w, ET_REAL *dx, int acc,
-                              int B, int I, int O) {
-    for (int n = 0; n < B; n++)
-    for (int i = 0; i < I; i++) {
-        ET_REAL s = 0;
-        for (int o = 0; o < O; o++) s += dacc[(size_t)n * O + o] * (ET_REAL)w[(size_t)o * I + i];
-        if (acc) dx[(size_t)n * I + i] += s; else dx[(size_t)n * I + i] = s;
-    }
-}
-
-static void qlinear_update(const ET_REAL *dacc, const int8_t *x, int zx, int8_t *w, int32_t *b,
-                           const ET_REAL *inv_w, const ET_REAL *inv_b, ET_REAL lr,
-                           int B, int I, int O) {
-    for (int o = 0; o < O; o++) {
-        for (int i = 0; i < I; i++) {
-            ET_REAL s = 0;
-            for (int n = 0; n < B; n++)
-                s += dacc[(size_t)n * O + o] * (ET_REAL)(x[(size_t)n * I + i] - zx);
-            ET_REAL v = round_half_away((ET_REAL)w[(size_t)o * I + i] + (-lr) * (s * inv_w[o]));
-            w[(size_t)o * I + i] = (int8_t)(v < -127 ? -127 : (v > 127 ? 127 : v));
+/* dx[i] = s_g sum_o w[o][i] dq[o], two input features at a time */
+static void qlinear_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx,
+                              int acc, int B, int I, int O) {
+    if (s == 0) { q_zero(dx, acc, (size_t)B * I); return; }
+    for (int n = 0; n < B; n++) {
+        const int8_t *d = dq + (size_t)n * O;
+        for (int i = 0; i < I; i += 2) {
+            const int i1 = i + 1 < I ? i + 1 : i;
+            int32_t t0 = 0, t1 = 0;
+            for (int o = 0; o < O; o++) {
+                const int32_t e = d[o];
+                t0 += w[(size_t)o * I + i] * e;
+                t1 += w[(size_t)o * I + i1] * e;
+            }
+            q_put(dx + (size_t)n * I + i, t0, s, acc);
+            if (i1 != i) q_put(dx + (size_t)n * I + i1, t1, s, acc);
         }
-        ET_REAL s = 0;
-        for (int n = 0; n < B; n++) s += dacc[(size_t)n * O + o];
-        ET_REAL v = round_half_away((ET_REAL)b[o] + (-lr) * (s * inv_b[o]));
-        b[o] = clamp_i32(v);
+    }
+}
+
+/* G_W[o][i] = s_g sum_n dq[n][o] (x[n][i] - zx); at batch 1 each weight's step reads one dq */
+static void qlinear_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
+                           int32_t *b, const ET_REAL *inv_w, const ET_REAL *inv_b, ET_REAL lr,
+                           int B, int I, int O) {
+    if (s == 0) return;
+    for (int o = 0; o < O; o++) {
+        int32_t sd = 0;
+        for (int n = 0; n < B; n++) sd += dq[(size_t)n * O + o];
+        if (sd == 0 && B == 1) continue;  /* dq = 0: no weight or bias of this row moves */
+        int8_t *wr = w + (size_t)o * I;
+        for (int i = 0; i < I; i++) {
+            int32_t a = 0;
+            for (int n = 0; n < B; n++)
+                a += dq[(size_t)n * O + o] * (x[(size_t)n * I + i] - zx);
+            wr[i] = q_wstep(wr[i], a, s, inv_w[o], lr);
+        }
+        b[o] = q_bstep(b[o], sd, s, inv_b[o], lr);
     }
 }
 
