@@ -511,12 +511,18 @@ static ET_REAL qacc_quant(const ET_REAL *dy, const qgap_dacc *gd, uint8_t *mask,
 #define Q_AI static inline __attribute__((always_inline))
 /* the QAS-scaled SGD step of one int8 weight / int32 bias from its integer gradient sum g:
    round_half_away(w - lr * (s_g * g) * inv), saturated */
-Q_AI int8_t q_wstep(int8_t w, int32_t g, ET_REAL s, ET_REAL inv, ET_REAL lr) {
-    const ET_REAL v = round_half_away((ET_REAL)w + (-lr) * ((s * (ET_REAL)g) * inv));
-    return (int8_t)(v < -127 ? -127 : (v > 127 ? 127 : v));
+/* ET_GRAD_PROBE(address, g): a hook a kernel test defines to read each integer sum */
+#ifndef ET_GRAD_PROBE
+#define ET_GRAD_PROBE(p, g) ((void)0)
+#endif
+Q_AI void q_wstep(int8_t *w, int32_t g, ET_REAL s, ET_REAL inv, ET_REAL lr) {
+    ET_GRAD_PROBE(w, g);
+    const ET_REAL v = round_half_away((ET_REAL)*w + (-lr) * ((s * (ET_REAL)g) * inv));
+    *w = (int8_t)(v < -127 ? -127 : (v > 127 ? 127 : v));
 }
-static inline int32_t q_bstep(int32_t b, int32_t g, ET_REAL s, ET_REAL inv, ET_REAL lr) {
-    return clamp_i32(round_half_away((ET_REAL)b + (-lr) * ((s * (ET_REAL)g) * inv)));
+static inline void q_bstep(int32_t *b, int32_t g, ET_REAL s, ET_REAL inv, ET_REAL lr) {
+    ET_GRAD_PROBE(b, g);
+    *b = clamp_i32(round_half_away((ET_REAL)*b + (-lr) * ((s * (ET_REAL)g) * inv)));
 }
 /* dx = s_g * dx_int (or dx += it) */
 Q_AI void q_put(ET_REAL *dx, int32_t v, ET_REAL s, int acc) {
@@ -691,7 +697,7 @@ static void q3_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
                             x + ((size_t)n * Ci + g * cig + ic) * H * W, zx, H, W, Ho, Wo, p,
                             ca, cb, st);
             int8_t *wk = w + ((size_t)oc * cig + ic) * 9;
-            for (int t = 0; t < 9; t++) wk[t] = q_wstep(wk[t], acc[t], s, inv_w[oc], lr);
+            for (int t = 0; t < 9; t++) q_wstep(&wk[t], acc[t], s, inv_w[oc], lr);
         }
     }
 }
@@ -764,16 +770,16 @@ static void q1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
                 t[0] += u[0]; t[1] += u[1]; t[2] += u[2]; t[3] += u[3];
             }
             /* an odd last row / column is computed twice and stored once */
-            w[(size_t)oc * Ci + ic] = q_wstep(w[(size_t)oc * Ci + ic], t[0] - zx * sd0, s,
+            q_wstep(&w[(size_t)oc * Ci + ic], t[0] - zx * sd0, s,
                                               inv_w[oc], lr);
             if (i1 != ic)
-                w[(size_t)oc * Ci + i1] = q_wstep(w[(size_t)oc * Ci + i1], t[1] - zx * sd0, s,
+                q_wstep(&w[(size_t)oc * Ci + i1], t[1] - zx * sd0, s,
                                                   inv_w[oc], lr);
             if (o1 != oc) {
-                w[(size_t)o1 * Ci + ic] = q_wstep(w[(size_t)o1 * Ci + ic], t[2] - zx * sd1, s,
+                q_wstep(&w[(size_t)o1 * Ci + ic], t[2] - zx * sd1, s,
                                                   inv_w[o1], lr);
                 if (i1 != ic)
-                    w[(size_t)o1 * Ci + i1] = q_wstep(w[(size_t)o1 * Ci + i1], t[3] - zx * sd1,
+                    q_wstep(&w[(size_t)o1 * Ci + i1], t[3] - zx * sd1,
                                                       s, inv_w[o1], lr);
             }
         }
@@ -936,12 +942,12 @@ static void qconv_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, i
                     }
                 }
                 const size_t i = (((size_t)oc * cig + ic) * K + kh) * K + kw;
-                w[i] = q_wstep(w[i], a, s, inv_w[oc], lr);
+                q_wstep(&w[i], a, s, inv_w[oc], lr);
             }
         }
         int32_t sb = 0;
         for (int n = 0; n < B; n++) sb += q_sum(dq + ((size_t)n * Co + oc) * Ho * Wo, Ho * Wo);
-        b[oc] = q_bstep(b[oc], sb, s, inv_b[oc], lr);
+        q_bstep(&b[oc], sb, s, inv_b[oc], lr);
     }
 }
 
@@ -979,9 +985,9 @@ static void qlinear_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx,
             int32_t a = 0;
             for (int n = 0; n < B; n++)
                 a += dq[(size_t)n * O + o] * (x[(size_t)n * I + i] - zx);
-            wr[i] = q_wstep(wr[i], a, s, inv_w[o], lr);
+            q_wstep(&wr[i], a, s, inv_w[o], lr);
         }
-        b[o] = q_bstep(b[o], sd, s, inv_b[o], lr);
+        q_bstep(&b[o], sd, s, inv_b[o], lr);
     }
 }
 
