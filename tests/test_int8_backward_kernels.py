@@ -94,6 +94,7 @@ static void probe_on(const int8_t *w, int nw, const int32_t *b, int nb) {
     for (int i = 0; i < nw; i++) probe_w[i] = 0;
     for (int i = 0; i < nb; i++) probe_b[i] = 0;
 }
+static int8_t pad[32 * 32 + 4];
 int main(void) {
     static const ET_REAL one[64] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
         1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
@@ -125,7 +126,7 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         qconv_bwd_input(dq, (ET_REAL)1, w, dx, 0, {dims});
         et_i32("dx{i}", 0, dx, {x.size});
         probe_on(w, {w.size}, b, {co});
-        qconv_update(dq, (ET_REAL)1, x, {zx}, w, b, one, one, (ET_REAL)1e-3, {dims});
+        qconv_update(dq, (ET_REAL)1, x, {zx}, w, b, one, one, (ET_REAL)1e-3, pad, {dims});
         et_i32("gw{i}", probe_w, 0, {w.size});
         et_i32("gb{i}", probe_b, 0, {co});
     }}""")

@@ -309,9 +309,10 @@ def _weighted_bwd(em: Int8Emitter, op, *, prefix: str) -> list[str]:
         g, acc = em.dx(op.input)
         out.append(f"{prefix}_bwd_input({dq}, s_g, {i.sym}_w, {g}, {acc}, {i.dims});")
     if i.trainable:
+        pad = f"{em.A_or_0('p:' + op.name, 'int8_t')}, " if prefix == "qconv" else ""
         out.append(
             f"{prefix}_update({dq}, s_g, {i.x}, {i.zx}, {i.sym}_w, {i.sym}_b, "
-            f"{i.sym}_iw, {i.sym}_ib, lr, {i.dims});"
+            f"{i.sym}_iw, {i.sym}_ib, lr, {pad}{i.dims});"
         )
     return out + ["}"]
 

@@ -26,7 +26,12 @@ NOTE [ int8 SRAM of the C trainer ]
       order as the stored path, so bit for bit the same), and the pool's dy (B x C reals)
       lives until that step -- the 81,920 B the stored gradient took would otherwise dominate
       every update that reaches past mbv2's classifier; `z:<logits>` the loss's K reals of
-      logits (not a stack array); `s:<op>` kernel scratch, which is
+      logits (not a stack array); `p:<op>` the weight-gradient scratch of a trainable 3x3
+      conv (stride 1 or 2): one input plane padded with the input's zero point, (H + 2p) x
+      (W + 2p) bytes + 4 (`pad_plane_bytes`), live at the op's backward step, so every output
+      takes the same DSP loop (no border cases); the dq of a conv/linear (NOTE [ int8 integer
+      backward ]) is written over its mask, so it has no buffer; `s:<op>` kernel scratch,
+      which is
       * a frozen pointwise -> depthwise pair whose intermediate nothing else reads: fused, one
         expanded channel at a time (H x W bytes), the expanded tensor never exists (batch 1);
       * in-place frozen depthwise (TinyEngine's in-place depthwise): an op off the backward
@@ -520,8 +525,24 @@ def _weighted_bwd_uses(p: _Program, op, s: int, use: _Uses) -> None:
         use.parent["d:" + op.output] = "g:" + op.output  # dacc overwrites dy (element-wise)
     if op.name in p.trainable:
         use("a:" + op.input, s, p.numel[op.input])
+        pb = pad_plane_bytes(op, p.T[op.input].shape)
+        if pb:
+            use("p:" + op.name, s, pb)
     if op.input in p.rg:
         use("g:" + op.input, s, p.numel[op.input] * p.real)
+
+
+PAD_SLACK_BYTES = 4  # Q_PAD_SLACK in int8_runtime.c: bytes its 4-byte loads read past a plane
+
+
+def pad_plane_bytes(op, in_shape) -> int:
+    """The weight-gradient scratch of a trainable 3x3 conv (stride 1 or 2): one input plane
+    with its zero-point padding, (H + 2p) x (W + 2p) bytes and the loads' slack; 0 for other
+    ops (NOTE [ int8 SRAM of the C trainer ])."""
+    if type(op).__name__ != "QConv2d" or op.weight.shape[-1] != 3 or op.stride not in (1, 2):
+        return 0
+    _, h, w = in_shape
+    return (h + 2 * op.padding) * (w + 2 * op.padding) + PAD_SLACK_BYTES
 
 
 def _add_bwd_uses(p: _Program, op, s: int, use: _Uses) -> None:
@@ -611,7 +632,7 @@ def _place(
         for t in (*inputs_of(op), op.output)
         for k in ("a:" + t, "g:" + t, "m:" + t, "d:" + t, "z:" + t)
     }
-    keys |= {"s:" + op.name for op in graph.ops}
+    keys |= {k + op.name for op in graph.ops for k in ("s:", "p:")}
     offsets = {b.name: b.offset for b in bufs}
     for c in chains.values():  # every member of a chain starts at the group's base
         offsets[c[0]] = min(offsets[k] for k in c if k in offsets)

@@ -362,10 +362,10 @@ _MAC_KERNELS: dict[str, tuple[int, int | None, object]] = {
     "linear_bwd_weight_sgd": (5, 2, lambda a: a[0] * a[1] * a[2]),
     "qconv_fwd": (11, None, _qconv_macs),
     "qconv_bwd_input": (5, None, _qconv_macs),
-    "qconv_update": (9, None, _qconv_macs),
+    "qconv_update": (10, None, _qconv_macs),
     "qlinear_fwd": (11, None, lambda a: a[0] * a[1] * a[2]),
-    "qlinear_bwd_input": (4, None, lambda a: a[0] * a[1] * a[2]),
-    "qlinear_update": (8, None, lambda a: a[0] * a[1] * a[2]),
+    "qlinear_bwd_input": (5, None, lambda a: a[0] * a[1] * a[2]),
+    "qlinear_update": (9, None, lambda a: a[0] * a[1] * a[2]),
     "qdw_inplace_fwd": (10, None, lambda a: a[0] * a[1] * a[4] * a[5] * a[6] * a[6]),
     "qpw_inplace_fwd": (10, None, lambda a: a[0] * a[1] * a[2] * a[3]),
 }

@@ -495,6 +495,23 @@ static ET_REAL qacc_quant(const ET_REAL *dy, const qgap_dacc *gd, uint8_t *mask,
     if (!(mx > 0)) return 0;
     const ET_REAL s = mx / (ET_REAL)127;
     int8_t *dq = (int8_t *)mask;
+    if (sizeof(ET_REAL) == sizeof(float)) {
+        /* Cortex-M (float, not bit for bit with the float64 simulation in any case): times
+           127 / max instead of a division per element, rounding by truncating v +- 0.5 */
+        const float r = 127.0f / (float)mx;
+        for (int n = 0; n < B; n++)
+        for (int c = 0; c < C; c++) {
+            const size_t o = ((size_t)n * C + c) * P;
+            const float Mr = (float)M[c] * r;
+            const float d = gd ? (float)(gd->gp[(size_t)n * C + c] / (ET_REAL)gd->P) * Mr : 0;
+            for (int p = 0; p < P; p++) {
+                float v = mask[o + p] ? (gd ? d : (float)dy[o + p] * Mr) : 0.0f;
+                v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+                dq[o + p] = (int8_t)(int32_t)(v + (v >= 0 ? 0.5f : -0.5f));
+            }
+        }
+        return s;
+    }
     for (int n = 0; n < B; n++)
     for (int c = 0; c < C; c++) {
         const size_t o = ((size_t)n * C + c) * P;
@@ -517,6 +534,15 @@ static ET_REAL qacc_quant(const ET_REAL *dy, const qgap_dacc *gd, uint8_t *mask,
 #endif
 Q_AI void q_wstep(int8_t *w, int32_t g, ET_REAL s, ET_REAL inv, ET_REAL lr) {
     ET_GRAD_PROBE(w, g);
+    if (sizeof(ET_REAL) == sizeof(float)) {
+        /* Cortex-M (float: not bit for bit with the float64 simulation in any case): one
+           multiply-add by the factor -lr * s_g * inv, which the compiler hoists out of a
+           channel's loop; round half away from zero by truncating v +- 0.5; saturate */
+        float v = (float)*w + (float)g * ((-(float)lr) * ((float)s * (float)inv));
+        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+        *w = (int8_t)(int32_t)(v + (v >= 0 ? 0.5f : -0.5f));
+        return;
+    }
     const ET_REAL v = round_half_away((ET_REAL)*w + (-lr) * ((s * (ET_REAL)g) * inv));
     *w = (int8_t)(v < -127 ? -127 : (v > 127 ? 127 : v));
 }
@@ -541,38 +567,18 @@ static void q_zero(ET_REAL *dx, int acc, size_t n) {
    sum (sum dq (x - zx) = sum dq x - zx sum dq, exact in int32 by the bounds of NOTE [ int8
    integer backward ]). Without it the same sums are plain int32 multiply-adds. */
 
-/* output columns [*a, *b) whose 3 taps are inside 0..W-1 */
-static inline void q_inner3(int Wo, int W, int s, int p, int *a, int *b) {
-    int lo = (p + s - 1) / s, v = W - 3 + p;
-    int hi = v < 0 ? 0 : v / s + 1;
-    if (hi > Wo) hi = Wo;
-    if (lo > hi) lo = hi;
-    *a = lo; *b = hi;
-}
-/* one output's terms of the 9 weight-gradient sums, taps outside skipped (borders) */
-Q_AI void q_wg1(int32_t *a, int32_t d, const int8_t *xc, int zx, int H, int W, int ih0,
-                int iw0) {
-    if (!d) return;
-#pragma GCC unroll 3
-    for (int kh = 0; kh < 3; kh++) {
-        const int r = ih0 + kh;
-        if (r < 0 || r >= H) continue;
-#pragma GCC unroll 3
-        for (int kw = 0; kw < 3; kw++) {
-            const int c = iw0 + kw;
-            if (c >= 0 && c < W) a[kh * 3 + kw] += d * (xc[r * W + c] - zx);
-        }
-    }
-}
 #if ET_DSP
-/* interior outputs [ca, cb) of one row, stride 1: 4 outputs at a time, dq (e0..e3) as pairs
-   (e0, e2), (e1, e3) against x pairs at the same lanes; returns the sum of their dq */
-Q_AI int32_t q3_wg_row_s1(int32_t *a, const int8_t *d, const int8_t *x0, int W, int n) {
+/* one output row of a 3x3, stride-1 weight gradient against 3 rows of the zx-padded input
+   plane (Wp apart): 4 outputs at a time, dq (e0..e3) as 16-bit pairs (e0, e2), (e1, e3)
+   against x pairs in the same lanes (SXTB16 of the words at the window's column 0 and 2); a
+   last group of fewer than 4 masks its missing dq lanes to 0 (the bytes it reads past the
+   row are multiplied by 0). Adds sum dq * x to a[0..8]; returns the row's sum of dq. */
+Q_AI int32_t q3_wg_row_s1(int32_t *a, const int8_t *d, const int8_t *x0, int Wp, int n) {
     int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], a4 = a[4], a5 = a[5], a6 = a[6],
             a7 = a[7], a8 = a[8], se = 0;
-    int i = 0;
-    for (; i + 4 <= n; i += 4) {
-        const uint32_t dv = q_ld4(d + i);
+    for (int i = 0; i < n; i += 4) {
+        uint32_t dv = q_ld4(d + i);
+        if (i + 4 > n) dv &= 0xFFFFFFFFu >> (8 * (i + 4 - n));
         const int16x2_t E = __sxtb16(dv), O = __sxtb16(q_ror8(dv));
         se = __smlad(E, 0x00010001, se);
         se = __smlad(O, 0x00010001, se);
@@ -580,41 +586,32 @@ Q_AI int32_t q3_wg_row_s1(int32_t *a, const int8_t *d, const int8_t *x0, int W, 
 #define Q_ROW(A0, A1, A2)                                                             \
         {                                                                             \
             const uint32_t u = q_ld4(xr), v = q_ld4(xr + 2);                          \
-            const int16x2_t ue = __sxtb16(u), uo = __sxtb16(q_ror8(u));                \
-            const int16x2_t ve = __sxtb16(v), vo = __sxtb16(q_ror8(v));                \
-            A0 = __smlad(E, ue, A0); A0 = __smlad(O, uo, A0);                          \
+            const int16x2_t uo = __sxtb16(q_ror8(u)), ve = __sxtb16(v);                \
+            A0 = __smlad(E, __sxtb16(u), A0); A0 = __smlad(O, uo, A0);                 \
             A1 = __smlad(E, uo, A1); A1 = __smlad(O, ve, A1);                          \
-            A2 = __smlad(E, ve, A2); A2 = __smlad(O, vo, A2);                          \
+            A2 = __smlad(E, ve, A2); A2 = __smlad(O, __sxtb16(q_ror8(v)), A2);         \
         }
         Q_ROW(a0, a1, a2)
-        xr += W;
+        xr += Wp;
         Q_ROW(a3, a4, a5)
-        xr += W;
+        xr += Wp;
         Q_ROW(a6, a7, a8)
 #undef Q_ROW
-    }
-    for (; i < n; i++) {
-        const int32_t e = d[i];
-        const int8_t *xr = x0 + i;
-        se += e;
-        a0 += e * xr[0]; a1 += e * xr[1]; a2 += e * xr[2];
-        a3 += e * xr[W]; a4 += e * xr[W + 1]; a5 += e * xr[W + 2];
-        a6 += e * xr[2 * W]; a7 += e * xr[2 * W + 1]; a8 += e * xr[2 * W + 2];
     }
     a[0] = a0; a[1] = a1; a[2] = a2; a[3] = a3; a[4] = a4; a[5] = a5; a[6] = a6; a[7] = a7;
     a[8] = a8;
     return se;
 }
-/* the same for stride 2: outputs (ow, ow+1) read x columns (2ow + c, 2ow + 2 + c), the even
-   lanes of the word at 2ow (+1: the odd lanes; +2: the even lanes of the word at 2ow + 2) */
-Q_AI int32_t q3_wg_row_s2(int32_t *a, const int8_t *d, const int8_t *x0, int W, int n) {
+/* the same for stride 2: outputs (ow, ow+1) read x columns (2ow + c, 2ow + 2 + c): the even
+   lanes of the word at 2ow (c = 0), its odd lanes (c = 1), the even lanes of the word at
+   2ow + 2 (c = 2); dq as the pair (e_ow, e_ow+1), the second 0 past the row's end */
+Q_AI int32_t q3_wg_row_s2(int32_t *a, const int8_t *d, const int8_t *x0, int Wp, int n) {
     int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], a4 = a[4], a5 = a[5], a6 = a[6],
             a7 = a[7], a8 = a[8], se = 0;
-    int i = 0;
-    for (; i + 2 <= n; i += 2) {
-        const int16x2_t D = (int16x2_t)(((uint32_t)(uint16_t)d[i + 1] << 16) |
-                                        (uint16_t)d[i]);
-        se += d[i] + d[i + 1];
+    for (int i = 0; i < n; i += 2) {
+        const int32_t e0 = d[i], e1 = i + 1 < n ? d[i + 1] : 0;
+        const int16x2_t D = (int16x2_t)(((uint32_t)e1 << 16) | (uint16_t)e0);  /* PKHBT */
+        se += e0 + e1;
         const int8_t *xr = x0 + 2 * i;
 #define Q_ROW(A0, A1, A2)                                                             \
         {                                                                             \
@@ -624,31 +621,22 @@ Q_AI int32_t q3_wg_row_s2(int32_t *a, const int8_t *d, const int8_t *x0, int W, 
             A2 = __smlad(D, __sxtb16(v), A2);                                          \
         }
         Q_ROW(a0, a1, a2)
-        xr += W;
+        xr += Wp;
         Q_ROW(a3, a4, a5)
-        xr += W;
+        xr += Wp;
         Q_ROW(a6, a7, a8)
 #undef Q_ROW
-    }
-    for (; i < n; i++) {
-        const int32_t e = d[i];
-        const int8_t *xr = x0 + 2 * i;
-        se += e;
-        a0 += e * xr[0]; a1 += e * xr[1]; a2 += e * xr[2];
-        a3 += e * xr[W]; a4 += e * xr[W + 1]; a5 += e * xr[W + 2];
-        a6 += e * xr[2 * W]; a7 += e * xr[2 * W + 1]; a8 += e * xr[2 * W + 2];
     }
     a[0] = a0; a[1] = a1; a[2] = a2; a[3] = a3; a[4] = a4; a[5] = a5; a[6] = a6; a[7] = a7;
     a[8] = a8;
     return se;
 }
 #endif
-/* interior outputs of one row without DSP: sum dq x (no zero point), and the sum of dq */
-Q_AI int32_t q3_wg_row(int32_t *a, const int8_t *d, const int8_t *x0, int W, int n, int S) {
+/* one output row without DSP: sum dq * x (x rows Wp apart, columns S apart) into a[0..8];
+   returns the row's sum of dq */
+Q_AI int32_t q3_wg_row(int32_t *a, const int8_t *d, const int8_t *x0, int Wp, int n, int S) {
 #if ET_DSP
-    /* the 4-byte loads read at most one byte past the row's last interior tap, into a lane
-       SXTB16 drops (stride 2) */
-    return S == 1 ? q3_wg_row_s1(a, d, x0, W, n) : q3_wg_row_s2(a, d, x0, W, n);
+    return S == 1 ? q3_wg_row_s1(a, d, x0, Wp, n) : q3_wg_row_s2(a, d, x0, Wp, n);
 #endif
     int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], a4 = a[4], a5 = a[5], a6 = a[6],
             a7 = a[7], a8 = a[8], se = 0;
@@ -657,47 +645,56 @@ Q_AI int32_t q3_wg_row(int32_t *a, const int8_t *d, const int8_t *x0, int W, int
         const int8_t *xr = x0 + S * i;
         se += e;
         a0 += e * xr[0]; a1 += e * xr[1]; a2 += e * xr[2];
-        a3 += e * xr[W]; a4 += e * xr[W + 1]; a5 += e * xr[W + 2];
-        a6 += e * xr[2 * W]; a7 += e * xr[2 * W + 1]; a8 += e * xr[2 * W + 2];
+        a3 += e * xr[Wp]; a4 += e * xr[Wp + 1]; a5 += e * xr[Wp + 2];
+        a6 += e * xr[2 * Wp]; a7 += e * xr[2 * Wp + 1]; a8 += e * xr[2 * Wp + 2];
     }
     a[0] = a0; a[1] = a1; a[2] = a2; a[3] = a3; a[4] = a4; a[5] = a5; a[6] = a6; a[7] = a7;
     a[8] = a8;
     return se;
 }
-/* the 9 sums sum dq * (x - zx) of one (dq plane, x plane) pair of a 3x3 conv, added to acc */
-static void q3_wg_plane(int32_t *acc, const int8_t *d, const int8_t *xc, int zx, int H, int W,
-                        int Ho, int Wo, int p, int ca, int cb, int S) {
-    int32_t a[9], se = 0;
-    for (int t = 0; t < 9; t++) a[t] = 0;
-    for (int oh = 0; oh < Ho; oh++) {
-        const int ih0 = oh * S - p, o = oh * Wo;
-        if (ih0 < 0 || ih0 + 2 >= H) {
-            for (int ow = 0; ow < Wo; ow++) q_wg1(acc, d[o + ow], xc, zx, H, W, ih0, ow * S - p);
-            continue;
-        }
-        for (int ow = 0; ow < ca; ow++) q_wg1(acc, d[o + ow], xc, zx, H, W, ih0, ow * S - p);
-        se += q3_wg_row(a, d + o + ca, xc + (ih0 * W + ca * S - p), W, cb - ca, S);
-        for (int ow = cb; ow < Wo; ow++) q_wg1(acc, d[o + ow], xc, zx, H, W, ih0, ow * S - p);
+/* the H x W plane xc with p rows / columns of zx around it: (H + 2p) x (W + 2p) bytes at
+   `pad` (and Q_PAD_SLACK bytes after it that the 4-byte loads may read); zx - zx = 0, so the
+   padded taps add nothing */
+#define Q_PAD_SLACK 4
+static void q_pad(int8_t *pad, const int8_t *xc, int zx, int H, int W, int p) {
+    const int Wp = W + 2 * p;
+    memset(pad, zx, (size_t)p * Wp);
+    for (int r = 0; r < H; r++) {
+        int8_t *o = pad + (size_t)(p + r) * Wp;
+        memset(o, zx, (size_t)p);
+        memcpy(o + p, xc + (size_t)r * W, (size_t)W);
+        memset(o + p + W, zx, (size_t)p);
     }
-    for (int t = 0; t < 9; t++) acc[t] += a[t] - zx * se;
+    memset(pad + (size_t)(p + H) * Wp, zx, (size_t)p * Wp + Q_PAD_SLACK);
 }
-/* the 9 weight sums of a 3x3 conv (stride 1 or 2), then the QAS-scaled SGD re-rounding */
+/* the 9 sums sum dq * x of one (dq plane, padded x plane) pair; returns the plane's sum of
+   dq (the zero point's term is zx times it, for every tap) */
+static int32_t q3_wg_plane(int32_t *a, const int8_t *d, const int8_t *xp, int Wp, int Ho,
+                           int Wo, int S) {
+    int32_t se = 0;
+    for (int oh = 0; oh < Ho; oh++)
+        se += q3_wg_row(a, d + (size_t)oh * Wo, xp + (size_t)oh * S * Wp, Wp, Wo, S);
+    return se;
+}
+/* the 9 weight sums of a 3x3 conv (stride 1 or 2) from zx-padded input planes in `pad`
+   ((H + 2p) x (W + 2p) + Q_PAD_SLACK bytes of scratch), then the QAS-scaled SGD re-rounding.
+   Batch 1: each input plane is padded once for every output channel that reads it. */
 static void q3_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
                       const ET_REAL *inv_w, ET_REAL lr, int B, int Ci, int H, int W, int Co,
-                      int Ho, int Wo, int st, int p, int G) {
-    const int cig = Ci / G, cog = Co / G;
-    int ca, cb;
-    q_inner3(Wo, W, st, p, &ca, &cb);
-    for (int oc = 0; oc < Co; oc++) {
-        const int g = oc / cog;
-        for (int ic = 0; ic < cig; ic++) {
-            int32_t acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
-            for (int n = 0; n < B; n++)
-                q3_wg_plane(acc, dq + ((size_t)n * Co + oc) * Ho * Wo,
-                            x + ((size_t)n * Ci + g * cig + ic) * H * W, zx, H, W, Ho, Wo, p,
-                            ca, cb, st);
+                      int Ho, int Wo, int st, int p, int G, int8_t *pad) {
+    const int cig = Ci / G, cog = Co / G, Wp = W + 2 * p;
+    for (int ci = 0; ci < Ci; ci++) {
+        const int g = ci / cig, ic = ci % cig;
+        if (B == 1) q_pad(pad, x + (size_t)ci * H * W, zx, H, W, p);
+        for (int oc = g * cog; oc < (g + 1) * cog; oc++) {
+            int32_t a[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0}, se = 0;
+            for (int n = 0; n < B; n++) {
+                if (B > 1) q_pad(pad, x + ((size_t)n * Ci + ci) * H * W, zx, H, W, p);
+                se += q3_wg_plane(a, dq + ((size_t)n * Co + oc) * Ho * Wo, pad, Wp, Ho, Wo, st);
+            }
             int8_t *wk = w + ((size_t)oc * cig + ic) * 9;
-            for (int t = 0; t < 9; t++) q_wstep(&wk[t], acc[t], s, inv_w[oc], lr);
+            const ET_REAL iv = inv_w[oc];
+            for (int t = 0; t < 9; t++) q_wstep(&wk[t], a[t] - zx * se, s, iv, lr);
         }
     }
 }
@@ -913,16 +910,19 @@ static void qconv_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REA
 }
 
 /* G_W = s_g * sum dq * (x - zx) over the outputs whose tap is inside; the QAS-scaled SGD on
-   the integer weights and bias, re-rounded */
+   the integer weights and bias, re-rounded. `pad`: scratch for one zx-padded input plane
+   ((H + 2p) x (W + 2p) + Q_PAD_SLACK bytes; NOTE [ int8 SRAM of the C trainer ]) that a 3x3
+   conv's fast path needs, 0 for none. */
 static void qconv_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
                          int32_t *b, const ET_REAL *inv_w, const ET_REAL *inv_b, ET_REAL lr,
-                         int B, int Ci, int H, int W, int Co, int Ho, int Wo, int K, int st,
-                         int p, int G) {
+                         int8_t *pad, int B, int Ci, int H, int W, int Co, int Ho, int Wo, int K,
+                         int st, int p, int G) {
     const int cig = Ci / G, cog = Co / G;
     if (s == 0) return;  /* every gradient is 0: the step leaves every weight as it is */
-    const int k1 = K == 1 && st == 1 && p == 0 && G == 1, k3 = K == 3 && (st == 1 || st == 2);
+    const int k1 = K == 1 && st == 1 && p == 0 && G == 1;
+    const int k3 = K == 3 && (st == 1 || st == 2) && pad;
     if (k1) q1_update(dq, s, x, zx, w, inv_w, lr, B, Ci, Co, H * W);
-    if (k3) q3_update(dq, s, x, zx, w, inv_w, lr, B, Ci, H, W, Co, Ho, Wo, st, p, G);
+    if (k3) q3_update(dq, s, x, zx, w, inv_w, lr, B, Ci, H, W, Co, Ho, Wo, st, p, G, pad);
     for (int oc = 0; oc < Co; oc++) {
         const int g = oc / cog;
         if (!k1 && !k3) for (int ic = 0; ic < cig; ic++)
@@ -981,12 +981,17 @@ static void qlinear_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx,
         for (int n = 0; n < B; n++) sd += dq[(size_t)n * O + o];
         if (sd == 0 && B == 1) continue;  /* dq = 0: no weight or bias of this row moves */
         int8_t *wr = w + (size_t)o * I;
-        for (int i = 0; i < I; i++) {
-            int32_t a = 0;
-            for (int n = 0; n < B; n++)
-                a += dq[(size_t)n * O + o] * (x[(size_t)n * I + i] - zx);
-            q_wstep(&wr[i], a, s, inv_w[o], lr);
-        }
+        const ET_REAL iv = inv_w[o];
+        if (B == 1) {
+            const int32_t e = dq[o];
+            for (int i = 0; i < I; i++) q_wstep(&wr[i], e * (x[i] - zx), s, iv, lr);
+        } else
+            for (int i = 0; i < I; i++) {
+                int32_t a = 0;
+                for (int n = 0; n < B; n++)
+                    a += dq[(size_t)n * O + o] * (x[(size_t)n * I + i] - zx);
+                q_wstep(&wr[i], a, s, iv, lr);
+            }
         q_bstep(&b[o], sd, s, inv_b[o], lr);
     }
 }
