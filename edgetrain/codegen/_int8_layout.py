@@ -28,7 +28,7 @@ NOTE [ int8 SRAM of the C trainer ]
       every update that reaches past mbv2's classifier; `z:<logits>` the loss's K reals of
       logits (not a stack array); `p:<op>` the weight-gradient scratch of a trainable 3x3
       conv (stride 1 or 2): one input plane padded with the input's zero point, (H + 2p) x
-      (W + 2p) bytes + 4 (`pad_plane_bytes`), live at the op's backward step, so every output
+      (W + 2p) bytes + 8 (`pad_plane_bytes`), live at the op's backward step, so every output
       takes the same DSP loop (no border cases); the dq of a conv/linear (NOTE [ int8 integer
       backward ]) is written over its mask, so it has no buffer; `s:<op>` kernel scratch,
       which is
@@ -532,7 +532,7 @@ def _weighted_bwd_uses(p: _Program, op, s: int, use: _Uses) -> None:
         use("g:" + op.input, s, p.numel[op.input] * p.real)
 
 
-PAD_SLACK_BYTES = 4  # Q_PAD_SLACK in int8_runtime.c: bytes its 4-byte loads read past a plane
+PAD_SLACK_BYTES = 8  # Q_PAD_SLACK in int8_runtime.c: bytes its 4-byte loads read past a plane
 
 
 def pad_plane_bytes(op, in_shape) -> int:

@@ -30,6 +30,13 @@ static inline int8_t clamp8(int64_t v, int lo, int hi) {
 static inline ET_REAL et_floor(ET_REAL v) {
     return sizeof(ET_REAL) == sizeof(float) ? (ET_REAL)floorf((float)v) : (ET_REAL)floor(v);
 }
+/* float exp / log on the MCU (the double ones are soft-float calls there) */
+static inline ET_REAL et_exp(ET_REAL v) {
+    return sizeof(ET_REAL) == sizeof(float) ? (ET_REAL)expf((float)v) : (ET_REAL)exp(v);
+}
+static inline ET_REAL et_log(ET_REAL v) {
+    return sizeof(ET_REAL) == sizeof(float) ? (ET_REAL)logf((float)v) : (ET_REAL)log(v);
+}
 static inline ET_REAL round_half_away(ET_REAL v) {
     if (sizeof(ET_REAL) == sizeof(float)) {  /* floor(|v| + 0.5) exactly, without floorf */
         const float a = v >= 0 ? (float)v : -(float)v;
@@ -68,6 +75,24 @@ static inline int k_hi(int o, int s, int p, int n, int K) { int v = n + p - o * 
 #define ET_DSP 1
 static inline uint32_t q_ld4(const int8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline uint32_t q_ror8(uint32_t v) { return (v >> 8) | (v << 24); }
+/* SXTB16 of v rotated right by 8 (bytes 1 and 3), one instruction (ACLE's __sxtb16 has no
+   rotation, and the compiler does not fold a separate ROR into it) */
+static inline int16x2_t q_sxtb16r8(uint32_t v) {
+    uint32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+    return (int16x2_t)r;
+}
+/* (bottom of a, bottom of b) and (top of a, top of b) as 16-bit pairs: PKHBT / PKHTB */
+static inline int16x2_t q_pkhbt(int16x2_t a, int16x2_t b) {
+    uint32_t r;
+    __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
+    return (int16x2_t)r;
+}
+static inline int16x2_t q_pkhtb(int16x2_t a, int16x2_t b) {
+    uint32_t r;
+    __asm__("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(a), "r"(b));
+    return (int16x2_t)r;
+}
 /* sum (x - zx) * w over n values for two weight rows at once (each input unpacked once);
    kept out of line so its register allocation does not depend on the caller */
 static __attribute__((noinline)) void q_dot2(const int8_t *x, int zx, const int8_t *w0, const int8_t *w1, int n,
@@ -78,11 +103,11 @@ static __attribute__((noinline)) void q_dot2(const int8_t *x, int zx, const int8
     for (; i + 4 <= n; i += 4) {
         const uint32_t xv = q_ld4(x + i), v0 = q_ld4(w0 + i), v1 = q_ld4(w1 + i);
         const int16x2_t xl = __ssub16(__sxtb16(xv), zz);
-        const int16x2_t xh = __ssub16(__sxtb16(q_ror8(xv)), zz);
+        const int16x2_t xh = __ssub16(q_sxtb16r8(xv), zz);
         a0 = __smlad(xl, __sxtb16(v0), a0);
-        a0 = __smlad(xh, __sxtb16(q_ror8(v0)), a0);
+        a0 = __smlad(xh, q_sxtb16r8(v0), a0);
         a1 = __smlad(xl, __sxtb16(v1), a1);
-        a1 = __smlad(xh, __sxtb16(q_ror8(v1)), a1);
+        a1 = __smlad(xh, q_sxtb16r8(v1), a1);
     }
     for (; i < n; i++) { a0 += (x[i] - zx) * w0[i]; a1 += (x[i] - zx) * w1[i]; }
     *s0 = a0; *s1 = a1;
@@ -94,7 +119,7 @@ static inline uint32_t q_ld3(const int8_t *p) {
 /* one 3-tap kernel row: (x0, x2).(w0, w2) by SMLAD, x1 * w1 by SMLABB */
 static inline int32_t q_row3(uint32_t xv, uint32_t wv, int32_t acc) {
     acc = __smlad(__sxtb16(xv), __sxtb16(wv), acc);
-    return __smlabb(__sxtb16(q_ror8(xv)), __sxtb16(q_ror8(wv)), acc);
+    return __smlabb(q_sxtb16r8(xv), q_sxtb16r8(wv), acc);
 }
 /* sum of x * w (no zero point) over kernel rows [kh0, kh1) of a 3x3 window whose columns are
    all inside, cig channels; `xoff` is the window's top-left offset for kernel row 0. xtight:
@@ -128,12 +153,12 @@ static inline void q_win3x2(const int8_t *xg, ptrdiff_t xoff, int dx, size_t HW,
         const int last = wlast && ic == cig - 1;
         for (int kh = kh0; kh < kh1; kh++, xr += W, wr += 3) {
             const uint32_t wv = last && kh == 2 ? q_ld3(wr) : q_ld4(wr);
-            const int16x2_t wl = __sxtb16(wv), wh = __sxtb16(q_ror8(wv));
+            const int16x2_t wl = __sxtb16(wv), wh = q_sxtb16r8(wv);
             const uint32_t xa = q_ld4(xr), xb = xtight ? q_ld3(xr + dx) : q_ld4(xr + dx);
             a0 = __smlad(__sxtb16(xa), wl, a0);
-            a0 = __smlabb(__sxtb16(q_ror8(xa)), wh, a0);
+            a0 = __smlabb(q_sxtb16r8(xa), wh, a0);
             a1 = __smlad(__sxtb16(xb), wl, a1);
-            a1 = __smlabb(__sxtb16(q_ror8(xb)), wh, a1);
+            a1 = __smlabb(q_sxtb16r8(xb), wh, a1);
         }
     }
     *s0 = a0; *s1 = a1;
@@ -479,8 +504,64 @@ static inline ET_REAL et_abs(ET_REAL v) { return v < 0 ? -v : v; }
 /* s_g = max|dacc| / 127 and dq = clamp(round_half_away(dacc / s_g), -127, 127) over the whole
    B x C x P output, dq written over `mask` (each byte read before its dq is written); returns
    s_g, or 0 when every dacc is 0 (then nothing is written: the op's gradients are all 0) */
+/* Cortex-M (float; the simulation's float64 results are not reproduced bit for bit there in
+   any case): per channel, the largest |dy| where not clamped (positive floats order as their
+   bit patterns) times M, which rounds to the largest |dy * M|; dq by one multiply by
+   127 / max and a rounding by the adder (+ 1.5 * 2^23: to nearest, ties to even, where the
+   simulation rounds ties away from zero); the pool's dy is one value per channel */
+static float qacc_quant_f(const float *dy, const qgap_dacc *gd, uint8_t *mask, const float *M,
+                          int B, int C, int P) {
+    float mx = 0;
+    for (int n = 0; n < B; n++)
+    for (int c = 0; c < C; c++) {
+        const size_t o = ((size_t)n * C + c) * P;
+        float m = 0;
+        if (gd) {
+            uint32_t any = 0;
+            for (int p = 0; p < P; p++) any |= mask[o + p];
+            const float d = (float)gd->gp[(size_t)n * C + c] / (float)gd->P;
+            m = any ? (d < 0 ? -d : d) : 0.0f;
+        } else {
+            uint32_t mb = 0;
+            for (int p = 0; p < P; p++) {
+                uint32_t u;
+                memcpy(&u, dy + o + p, 4);
+                u &= 0x7FFFFFFFu & -(uint32_t)mask[o + p];
+                mb = u > mb ? u : mb;
+            }
+            memcpy(&m, &mb, 4);
+        }
+        const float a = m * (float)M[c];
+        if (a > mx) mx = a;
+    }
+    if (!(mx > 0)) return 0;
+    const float r = 127.0f / mx;
+    int8_t *dq = (int8_t *)mask;
+    for (int n = 0; n < B; n++)
+    for (int c = 0; c < C; c++) {
+        const size_t o = ((size_t)n * C + c) * P;
+        const float Mr = (float)M[c] * r;
+        if (gd) {
+            const float v = (float)gd->gp[(size_t)n * C + c] / (float)gd->P * Mr + 12582912.0f;
+            uint32_t u;
+            memcpy(&u, &v, 4);
+            const int32_t q = (int32_t)(u - 0x4B400000u);
+            for (int p = 0; p < P; p++) dq[o + p] = (int8_t)(q & -(int32_t)mask[o + p]);
+        } else
+            for (int p = 0; p < P; p++) {
+                const float v = dy[o + p] * Mr + 12582912.0f;
+                uint32_t u;
+                memcpy(&u, &v, 4);
+                dq[o + p] = (int8_t)((int32_t)(u - 0x4B400000u) & -(int32_t)mask[o + p]);
+            }
+    }
+    return mx / 127.0f;
+}
 static ET_REAL qacc_quant(const ET_REAL *dy, const qgap_dacc *gd, uint8_t *mask,
                           const ET_REAL *M, int B, int C, int P) {
+    if (sizeof(ET_REAL) == sizeof(float))
+        return (ET_REAL)qacc_quant_f((const float *)(const void *)dy, gd, mask,
+                                     (const float *)(const void *)M, B, C, P);
     ET_REAL mx = 0;
     for (int n = 0; n < B; n++)
     for (int c = 0; c < C; c++) {
@@ -495,23 +576,6 @@ static ET_REAL qacc_quant(const ET_REAL *dy, const qgap_dacc *gd, uint8_t *mask,
     if (!(mx > 0)) return 0;
     const ET_REAL s = mx / (ET_REAL)127;
     int8_t *dq = (int8_t *)mask;
-    if (sizeof(ET_REAL) == sizeof(float)) {
-        /* Cortex-M (float, not bit for bit with the float64 simulation in any case): times
-           127 / max instead of a division per element, rounding by truncating v +- 0.5 */
-        const float r = 127.0f / (float)mx;
-        for (int n = 0; n < B; n++)
-        for (int c = 0; c < C; c++) {
-            const size_t o = ((size_t)n * C + c) * P;
-            const float Mr = (float)M[c] * r;
-            const float d = gd ? (float)(gd->gp[(size_t)n * C + c] / (ET_REAL)gd->P) * Mr : 0;
-            for (int p = 0; p < P; p++) {
-                float v = mask[o + p] ? (gd ? d : (float)dy[o + p] * Mr) : 0.0f;
-                v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-                dq[o + p] = (int8_t)(int32_t)(v + (v >= 0 ? 0.5f : -0.5f));
-            }
-        }
-        return s;
-    }
     for (int n = 0; n < B; n++)
     for (int c = 0; c < C; c++) {
         const size_t o = ((size_t)n * C + c) * P;
@@ -568,94 +632,89 @@ static void q_zero(ET_REAL *dx, int acc, size_t n) {
    integer backward ]). Without it the same sums are plain int32 multiply-adds. */
 
 #if ET_DSP
-/* one output row of a 3x3, stride-1 weight gradient against 3 rows of the zx-padded input
-   plane (Wp apart): 4 outputs at a time, dq (e0..e3) as 16-bit pairs (e0, e2), (e1, e3)
-   against x pairs in the same lanes (SXTB16 of the words at the window's column 0 and 2); a
-   last group of fewer than 4 masks its missing dq lanes to 0 (the bytes it reads past the
-   row are multiplied by 0). Adds sum dq * x to a[0..8]; returns the row's sum of dq. */
-Q_AI int32_t q3_wg_row_s1(int32_t *a, const int8_t *d, const int8_t *x0, int Wp, int n) {
-    int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], a4 = a[4], a5 = a[5], a6 = a[6],
-            a7 = a[7], a8 = a[8], se = 0;
-    for (int i = 0; i < n; i += 4) {
-        uint32_t dv = q_ld4(d + i);
-        if (i + 4 > n) dv &= 0xFFFFFFFFu >> (8 * (i + 4 - n));
-        const int16x2_t E = __sxtb16(dv), O = __sxtb16(q_ror8(dv));
-        se = __smlad(E, 0x00010001, se);
-        se = __smlad(O, 0x00010001, se);
-        const int8_t *xr = x0 + i;
-#define Q_ROW(A0, A1, A2)                                                             \
-        {                                                                             \
-            const uint32_t u = q_ld4(xr), v = q_ld4(xr + 2);                          \
-            const int16x2_t uo = __sxtb16(q_ror8(u)), ve = __sxtb16(v);                \
-            A0 = __smlad(E, __sxtb16(u), A0); A0 = __smlad(O, uo, A0);                 \
-            A1 = __smlad(E, uo, A1); A1 = __smlad(O, ve, A1);                          \
-            A2 = __smlad(E, ve, A2); A2 = __smlad(O, __sxtb16(q_ror8(v)), A2);         \
+/* one kernel row (kh) of a 3x3, stride-1 weight gradient over a whole zx-padded input plane:
+   the 3 taps' sums in registers across the output rows; 4 outputs at a time, dq (e0..e3) as
+   16-bit pairs (e0, e2), (e1, e3) against x pairs in the same lanes (the words at the
+   window's column 0 and 2), the row's last outputs one by one. With `se`, also returns the
+   plane's sum of dq. */
+Q_AI int32_t q3_wg_k_s1(int32_t *A, const int8_t *d, const int8_t *x0, int Wp, int Ho, int Wo,
+                        int se_on) {
+    int32_t a0 = A[0], a1 = A[1], a2 = A[2], se = 0;
+    for (int oh = 0; oh < Ho; oh++, d += Wo, x0 += Wp) {
+        int i = 0;
+        for (; i + 4 <= Wo; i += 4) {
+            const uint32_t dv = q_ld4(d + i);
+            const int16x2_t E = __sxtb16(dv), O = q_sxtb16r8(dv);
+            if (se_on) { se = __smlad(E, 0x00010001, se); se = __smlad(O, 0x00010001, se); }
+            const uint32_t u = q_ld4(x0 + i), v = q_ld4(x0 + i + 2);
+            const int16x2_t uo = q_sxtb16r8(u), ve = __sxtb16(v);
+            a0 = __smlad(E, __sxtb16(u), a0); a0 = __smlad(O, uo, a0);
+            a1 = __smlad(E, uo, a1); a1 = __smlad(O, ve, a1);
+            a2 = __smlad(E, ve, a2); a2 = __smlad(O, q_sxtb16r8(v), a2);
         }
-        Q_ROW(a0, a1, a2)
-        xr += Wp;
-        Q_ROW(a3, a4, a5)
-        xr += Wp;
-        Q_ROW(a6, a7, a8)
-#undef Q_ROW
+        for (; i < Wo; i++) {  /* the row's last outputs one by one */
+            const int32_t e = d[i];
+            const int8_t *x = x0 + i;
+            se += e;
+            a0 += e * x[0]; a1 += e * x[1]; a2 += e * x[2];
+        }
     }
-    a[0] = a0; a[1] = a1; a[2] = a2; a[3] = a3; a[4] = a4; a[5] = a5; a[6] = a6; a[7] = a7;
-    a[8] = a8;
+    A[0] = a0; A[1] = a1; A[2] = a2;
     return se;
 }
-/* the same for stride 2: outputs (ow, ow+1) read x columns (2ow + c, 2ow + 2 + c): the even
-   lanes of the word at 2ow (c = 0), its odd lanes (c = 1), the even lanes of the word at
-   2ow + 2 (c = 2); dq as the pair (e_ow, e_ow+1), the second 0 past the row's end */
-Q_AI int32_t q3_wg_row_s2(int32_t *a, const int8_t *d, const int8_t *x0, int Wp, int n) {
-    int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], a4 = a[4], a5 = a[5], a6 = a[6],
-            a7 = a[7], a8 = a[8], se = 0;
-    for (int i = 0; i < n; i += 2) {
-        const int32_t e0 = d[i], e1 = i + 1 < n ? d[i + 1] : 0;
-        const int16x2_t D = (int16x2_t)(((uint32_t)e1 << 16) | (uint16_t)e0);  /* PKHBT */
-        se += e0 + e1;
-        const int8_t *xr = x0 + 2 * i;
-#define Q_ROW(A0, A1, A2)                                                             \
-        {                                                                             \
-            const uint32_t u = q_ld4(xr), v = q_ld4(xr + 2);                          \
-            A0 = __smlad(D, __sxtb16(u), A0);                                          \
-            A1 = __smlad(D, __sxtb16(q_ror8(u)), A1);                                  \
-            A2 = __smlad(D, __sxtb16(v), A2);                                          \
+/* the same for stride 2: outputs (ow, ow+1) read x columns (2ow + c, 2ow + 2 + c), the even
+   lanes of the word at 2ow (c = 0), its odd lanes (c = 1) and the even lanes of the word at
+   2ow + 2 (c = 2), against dq as the pair (e_ow, e_ow+1) */
+Q_AI int32_t q3_wg_k_s2(int32_t *A, const int8_t *d, const int8_t *x0, int Wp, int Ho, int Wo,
+                        int se_on) {
+    int32_t a0 = A[0], a1 = A[1], a2 = A[2], se = 0;
+    for (int oh = 0; oh < Ho; oh++, d += Wo, x0 += 2 * Wp) {
+        int i = 0;
+        for (; i + 4 <= Wo; i += 4) {
+            const uint32_t dv = q_ld4(d + i);
+            const int16x2_t E = __sxtb16(dv), O = q_sxtb16r8(dv);
+            if (se_on) { se = __smlad(E, 0x00010001, se); se = __smlad(O, 0x00010001, se); }
+            const int16x2_t D01 = q_pkhbt(E, O), D23 = q_pkhtb(O, E);
+            const int8_t *x = x0 + 2 * i;
+            const uint32_t u = q_ld4(x), v = q_ld4(x + 2), u2 = q_ld4(x + 4), v2 = q_ld4(x + 6);
+            a0 = __smlad(D01, __sxtb16(u), a0); a1 = __smlad(D01, q_sxtb16r8(u), a1);
+            a2 = __smlad(D01, __sxtb16(v), a2);
+            a0 = __smlad(D23, __sxtb16(u2), a0); a1 = __smlad(D23, q_sxtb16r8(u2), a1);
+            a2 = __smlad(D23, __sxtb16(v2), a2);
         }
-        Q_ROW(a0, a1, a2)
-        xr += Wp;
-        Q_ROW(a3, a4, a5)
-        xr += Wp;
-        Q_ROW(a6, a7, a8)
-#undef Q_ROW
+        for (; i < Wo; i++) {  /* the row's last outputs one by one */
+            const int32_t e = d[i];
+            const int8_t *x = x0 + 2 * i;
+            se += e;
+            a0 += e * x[0]; a1 += e * x[1]; a2 += e * x[2];
+        }
     }
-    a[0] = a0; a[1] = a1; a[2] = a2; a[3] = a3; a[4] = a4; a[5] = a5; a[6] = a6; a[7] = a7;
-    a[8] = a8;
+    A[0] = a0; A[1] = a1; A[2] = a2;
     return se;
 }
 #endif
-/* one output row without DSP: sum dq * x (x rows Wp apart, columns S apart) into a[0..8];
-   returns the row's sum of dq */
-Q_AI int32_t q3_wg_row(int32_t *a, const int8_t *d, const int8_t *x0, int Wp, int n, int S) {
+/* one kernel row without DSP */
+Q_AI int32_t q3_wg_k(int32_t *A, const int8_t *d, const int8_t *x0, int Wp, int Ho, int Wo,
+                     int S, int se_on) {
 #if ET_DSP
-    return S == 1 ? q3_wg_row_s1(a, d, x0, Wp, n) : q3_wg_row_s2(a, d, x0, Wp, n);
+    return S == 1 ? q3_wg_k_s1(A, d, x0, Wp, Ho, Wo, se_on)
+                  : q3_wg_k_s2(A, d, x0, Wp, Ho, Wo, se_on);
 #endif
-    int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], a4 = a[4], a5 = a[5], a6 = a[6],
-            a7 = a[7], a8 = a[8], se = 0;
-    for (int i = 0; i < n; i++) {
-        const int32_t e = d[i];
-        const int8_t *xr = x0 + S * i;
-        se += e;
-        a0 += e * xr[0]; a1 += e * xr[1]; a2 += e * xr[2];
-        a3 += e * xr[Wp]; a4 += e * xr[Wp + 1]; a5 += e * xr[Wp + 2];
-        a6 += e * xr[2 * Wp]; a7 += e * xr[2 * Wp + 1]; a8 += e * xr[2 * Wp + 2];
-    }
-    a[0] = a0; a[1] = a1; a[2] = a2; a[3] = a3; a[4] = a4; a[5] = a5; a[6] = a6; a[7] = a7;
-    a[8] = a8;
+    int32_t a0 = A[0], a1 = A[1], a2 = A[2], se = 0;
+    for (int oh = 0; oh < Ho; oh++, d += Wo, x0 += S * Wp)
+        for (int i = 0; i < Wo; i++) {
+            const int32_t e = d[i];
+            const int8_t *x = x0 + S * i;
+            se += e;
+            a0 += e * x[0]; a1 += e * x[1]; a2 += e * x[2];
+        }
+    A[0] = a0; A[1] = a1; A[2] = a2;
     return se;
 }
 /* the H x W plane xc with p rows / columns of zx around it: (H + 2p) x (W + 2p) bytes at
    `pad` (and Q_PAD_SLACK bytes after it that the 4-byte loads may read); zx - zx = 0, so the
    padded taps add nothing */
-#define Q_PAD_SLACK 4
+#define Q_PAD_SLACK 8
 static void q_pad(int8_t *pad, const int8_t *xc, int zx, int H, int W, int p) {
     const int Wp = W + 2 * p;
     memset(pad, zx, (size_t)p * Wp);
@@ -667,13 +726,13 @@ static void q_pad(int8_t *pad, const int8_t *xc, int zx, int H, int W, int p) {
     }
     memset(pad + (size_t)(p + H) * Wp, zx, (size_t)p * Wp + Q_PAD_SLACK);
 }
-/* the 9 sums sum dq * x of one (dq plane, padded x plane) pair; returns the plane's sum of
-   dq (the zero point's term is zx times it, for every tap) */
+/* the 9 sums sum dq * x of one (dq plane, padded x plane) pair, one kernel row at a time;
+   returns the plane's sum of dq (the zero point's term is zx times it, for every tap) */
 static int32_t q3_wg_plane(int32_t *a, const int8_t *d, const int8_t *xp, int Wp, int Ho,
                            int Wo, int S) {
-    int32_t se = 0;
-    for (int oh = 0; oh < Ho; oh++)
-        se += q3_wg_row(a, d + (size_t)oh * Wo, xp + (size_t)oh * S * Wp, Wp, Wo, S);
+    const int32_t se = q3_wg_k(a, d, xp, Wp, Ho, Wo, S, 1);
+    (void)q3_wg_k(a + 3, d, xp + Wp, Wp, Ho, Wo, S, 0);
+    (void)q3_wg_k(a + 6, d, xp + 2 * Wp, Wp, Ho, Wo, S, 0);
     return se;
 }
 /* the 9 weight sums of a 3x3 conv (stride 1 or 2) from zx-padded input planes in `pad`
@@ -707,7 +766,7 @@ Q_AI int32_t q_dot(const int8_t *a, const int8_t *b, int n) {
     for (; i + 4 <= n; i += 4) {
         const uint32_t u = q_ld4(a + i), v = q_ld4(b + i);
         acc = __smlad(__sxtb16(u), __sxtb16(v), acc);
-        acc = __smlad(__sxtb16(q_ror8(u)), __sxtb16(q_ror8(v)), acc);
+        acc = __smlad(q_sxtb16r8(u), q_sxtb16r8(v), acc);
     }
 #endif
     for (; i < n; i++) acc += a[i] * b[i];
@@ -721,14 +780,14 @@ static void q_dot2x2(const int8_t *a0, const int8_t *a1, const int8_t *b0, const
 #if ET_DSP
     for (; i + 4 <= n; i += 4) {
         const uint32_t u0 = q_ld4(a0 + i), u1 = q_ld4(a1 + i);
-        const int16x2_t e0 = __sxtb16(u0), o0 = __sxtb16(q_ror8(u0));
-        const int16x2_t e1 = __sxtb16(u1), o1 = __sxtb16(q_ror8(u1));
+        const int16x2_t e0 = __sxtb16(u0), o0 = q_sxtb16r8(u0);
+        const int16x2_t e1 = __sxtb16(u1), o1 = q_sxtb16r8(u1);
         uint32_t v = q_ld4(b0 + i);
-        int16x2_t ev = __sxtb16(v), ov = __sxtb16(q_ror8(v));
+        int16x2_t ev = __sxtb16(v), ov = q_sxtb16r8(v);
         s00 = __smlad(e0, ev, s00); s00 = __smlad(o0, ov, s00);
         s10 = __smlad(e1, ev, s10); s10 = __smlad(o1, ov, s10);
         v = q_ld4(b1 + i);
-        ev = __sxtb16(v); ov = __sxtb16(q_ror8(v));
+        ev = __sxtb16(v); ov = q_sxtb16r8(v);
         s01 = __smlad(e0, ev, s01); s01 = __smlad(o0, ov, s01);
         s11 = __smlad(e1, ev, s11); s11 = __smlad(o1, ov, s11);
     }
@@ -784,8 +843,56 @@ static void q1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
 }
 /* 1x1 conv input gradient: dx[ic][q] = s_g sum_oc w[oc][ic] dq[oc][q], in 2 x 4 tiles (input
    channels x pixels) of int32 register sums */
+#if ET_DSP
+/* input channels (ic, ic + 2) (h = 0; h = 1: ic + 1, ic + 3) x 4 pixels q..q+3: per output
+   channel one word of 4 weights (SXTB16: the pair (w_ic, w_ic+2)) and one of 4 dq (pairs (e0,
+   e2), (e1, e3)), 8 halfword multiply-accumulates (SMLABB / SMLABT / SMLATB / SMLATT) */
+Q_AI void q1_bi_tile(const int8_t *dn, const int8_t *w, int Ci, int Co, int P, int ic, int q,
+                     int h, int32_t *t) {
+    int32_t t0 = 0, t1 = 0, t2 = 0, t3 = 0, u0 = 0, u1 = 0, u2 = 0, u3 = 0;
+    const int8_t *dr = dn + q, *wr = w + ic;
+    for (int oc = 0; oc < Co; oc++, dr += P, wr += Ci) {
+        const uint32_t wv = q_ld4(wr), dv = q_ld4(dr);
+        const int16x2_t W = h ? q_sxtb16r8(wv) : __sxtb16(wv);
+        const int16x2_t E = __sxtb16(dv), O = q_sxtb16r8(dv);
+        t0 = __smlabb(W, E, t0); t2 = __smlabt(W, E, t2);
+        t1 = __smlabb(W, O, t1); t3 = __smlabt(W, O, t3);
+        u0 = __smlatb(W, E, u0); u2 = __smlatt(W, E, u2);
+        u1 = __smlatb(W, O, u1); u3 = __smlatt(W, O, u3);
+    }
+    t[0] = t0; t[1] = t1; t[2] = t2; t[3] = t3; t[4] = u0; t[5] = u1; t[6] = u2; t[7] = u3;
+}
+#endif
 static void q1_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx, int acc,
                          int B, int Ci, int Co, int P) {
+#if ET_DSP
+    if (Ci % 4 == 0) {  /* pixels past the last group of 4: one at a time */
+        for (int n = 0; n < B; n++) {
+            const int8_t *dn = dq + (size_t)n * Co * P;
+            ET_REAL *dxn = dx + (size_t)n * Ci * P;
+            for (int ic = 0; ic < Ci; ic += 4) {
+                for (int h = 0; h < 2; h++)
+                for (int q = 0; q + 4 <= P; q += 4) {
+                    int32_t t[8];
+                    q1_bi_tile(dn, w, Ci, Co, P, ic, q, h, t);
+                    ET_REAL *r = dxn + (size_t)(ic + h) * P + q, *r2 = r + 2 * (size_t)P;
+                    for (int j = 0; j < 4; j++) {
+                        q_put(r + j, t[j], s, acc);
+                        q_put(r2 + j, t[4 + j], s, acc);
+                    }
+                }
+                for (int q = P / 4 * 4; q < P; q++)
+                    for (int i = ic; i < ic + 4; i++) {
+                        int32_t t = 0;
+                        for (int oc = 0; oc < Co; oc++)
+                            t += w[(size_t)oc * Ci + i] * dn[(size_t)oc * P + q];
+                        q_put(dxn + (size_t)i * P + q, t, s, acc);
+                    }
+            }
+        }
+        return;
+    }
+#endif
     for (int n = 0; n < B; n++) {
         const int8_t *dn = dq + (size_t)n * Co * P;
         ET_REAL *dxn = dx + (size_t)n * Ci * P;
@@ -1027,11 +1134,11 @@ static ET_REAL qxent(const int8_t *q, int z, ET_REAL s, const int32_t *y, ET_REA
         ET_REAL m = zl[0];
         for (int k = 1; k < K; k++) if (zl[k] > m) m = zl[k];
         ET_REAL se = 0;
-        for (int k = 0; k < K; k++) se += exp(zl[k] - m);
-        const ET_REAL lse = log(se);
+        for (int k = 0; k < K; k++) se += et_exp(zl[k] - m);
+        const ET_REAL lse = et_log(se);
         loss += -((zl[y[n]] - m) - lse);
         if (dq) for (int k = 0; k < K; k++)
-            dq[(size_t)n * K + k] = (exp((zl[k] - m) - lse) * ((ET_REAL)1 / B)
+            dq[(size_t)n * K + k] = (et_exp((zl[k] - m) - lse) * ((ET_REAL)1 / B)
                                      - (k == y[n] ? (ET_REAL)1 / B : 0)) * s;
         if (correct && arg == y[n]) (*correct)++;
     }
