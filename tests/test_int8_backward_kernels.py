@@ -1,5 +1,5 @@
-"""The int8 C trainer's backward kernels (NOTE [ int8 integer backward ]) against integer sums
-in numpy: every weight-gradient and bias sum (read through the runtime's ET_GRAD_PROBE hook)
+"""The int8 C trainer's backward kernels (NOTE [ int8 integer backward ]) and the padded 3x3
+forward (NOTE [ Padded 3x3 forward ]) against integer sums in numpy: every weight-gradient and bias sum (read through the runtime's ET_GRAD_PROBE hook)
 and every input-gradient element, on the host (portable C) and on the Cortex-M4 under QEMU
 (the DSP's SMLAD paths), for 3x3 standard and depthwise convs at stride 1 and 2, 1x1 convs,
 a 5x5 conv (the generic path) and linear layers, at batch 1 and 2."""
@@ -33,6 +33,27 @@ LINEARS = [(1, 37, 5), (2, 32, 10), (1, 784, 3)]  # (B, I, O)
 
 def _ints(a) -> str:
     return ", ".join(str(int(v)) for v in np.asarray(a).reshape(-1))
+
+
+def _forward_oracle(x, zx, w, bias, s, p, groups):
+    """acc = bias + sum over in-bounds taps of (x - zx) * w, in int64."""
+    b, ci, h, wd = x.shape
+    co, cig, k, _ = w.shape
+    og = co // groups
+    xp = np.zeros((b, ci, h + 2 * p, wd + 2 * p), np.int64)
+    xp[:, :, p : p + h, p : p + wd] = x.astype(np.int64) - zx
+    ho, wo = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
+    acc = np.zeros((b, co, ho, wo), np.int64) + bias[None, :, None, None]
+    for kh in range(k):
+        for kw in range(k):
+            win = xp[..., kh : kh + s * ho : s, kw : kw + s * wo : s]
+            for g in range(groups):
+                acc[:, g * og : (g + 1) * og] += np.einsum(
+                    "oi,nihw->nohw",
+                    w[g * og : (g + 1) * og, :, kh, kw].astype(np.int64),
+                    win[:, g * cig : (g + 1) * cig],
+                )
+    return acc
 
 
 def _conv_oracle(x, zx, w, dq, s, p, groups):
@@ -95,6 +116,7 @@ static void probe_on(const int8_t *w, int nw, const int32_t *b, int nb) {
     for (int i = 0; i < nb; i++) probe_b[i] = 0;
 }
 static int8_t pad[32 * 32 + 8];
+static int8_t fscratch[32 * 32 + 8 + 4 * 28 * 28] __attribute__((aligned(8)));
 int main(void) {
     static const ET_REAL one[64] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
         1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
@@ -129,6 +151,33 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         qconv_update(dq, (ET_REAL)1, x, {zx}, w, b, one, one, (ET_REAL)1e-3, pad, {dims});
         et_i32("gw{i}", probe_w, 0, {w.size});
         et_i32("gb{i}", probe_b, 0, {co});
+    }}""")
+    for i, (b, ci, h, wd, co, k, s, p, gr) in enumerate(CONVS):
+        if k != 3:
+            continue
+        ho, wo = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
+        x = rng.integers(-128, 128, (b, ci, h, wd))
+        w = rng.integers(-127, 128, (co, ci // gr, k, k))
+        bias = rng.integers(-5000, 5000, co)
+        zx = int(rng.integers(-128, 128))
+        acc = _forward_oracle(x, zx, w, bias, s, p, gr)
+        # m0 = 2^30, shift 0: rq(acc) = round(acc / 2); zy 3; clamp to int8
+        pre = ((acc * (1 << 30) + (1 << 30)) >> 31) + 3
+        want[f"fy{i}"] = np.clip(pre, -128, 127)
+        want[f"fm{i}"] = ((pre >= -128) & (pre <= 127)).astype(np.int64)
+        dims = f"{b}, {ci}, {h}, {wd}, {co}, {ho}, {wo}, {k}, {s}, {p}, {gr}"
+        blocks.append(f"""
+    {{
+        static const int8_t x[] = {{{_ints(x)}}}, w[] = {{{_ints(w)}}};
+        static const int32_t bias[] = {{{_ints(bias)}}};
+        static int32_t m0[{co}], sh[{co}], yi[{acc.size}], mi[{acc.size}];
+        static int8_t y[{acc.size}];
+        static uint8_t mask[{acc.size}];
+        for (int c = 0; c < {co}; c++) {{ m0[c] = 1 << 30; sh[c] = 0; }}
+        qconv3_fwd(x, {zx}, w, bias, m0, sh, 3, -128, 127, y, mask, fscratch, {dims});
+        for (int j = 0; j < {acc.size}; j++) {{ yi[j] = y[j]; mi[j] = mask[j]; }}
+        et_i32("fy{i}", yi, 0, {acc.size});
+        et_i32("fm{i}", mi, 0, {acc.size});
     }}""")
     for i, (b, n_in, n_out) in enumerate(LINEARS):
         x = rng.integers(-128, 128, (b, n_in))

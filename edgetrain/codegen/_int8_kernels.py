@@ -171,6 +171,12 @@ def declare_weighted(em: Int8Emitter, op) -> _Weighted:
 def _qconv_fwd(em: Int8Emitter, op) -> list[str]:
     i = em.weighted[op.name]
     y, mask, zy = em.out(op)
+    if ("f:" + op.name) in em.lay.alias:  # NOTE [ Padded 3x3 forward ] (int8_runtime.c)
+        return [
+            f"qconv3_fwd({i.x}, {i.zx}, {i.sym}_w, {i.sym}_b, {i.sym}_m0, {i.sym}_sh, "
+            f"{zy}, {op.act_min}, {op.act_max}, {y}, {mask}, "
+            f"{em.A('f:' + op.name, 'int8_t')}, {i.dims});"
+        ]
     return [
         f"qconv_fwd({i.x}, {i.zx}, {i.sym}_w, {i.sym}_b, {i.sym}_m0, {i.sym}_sh, "
         f"{zy}, {op.act_min}, {op.act_max}, {y}, {mask}, {i.dims});"
@@ -358,7 +364,7 @@ class Int8KernelRecord:
 
 _K = Int8Kernel
 FORWARD_KERNELS: dict[tuple[str, Int8Kernel], Int8KernelRecord] = {
-    ("QConv2d", _K.OUT_OF_PLACE): Int8KernelRecord(("qconv_fwd",), _qconv_fwd),
+    ("QConv2d", _K.OUT_OF_PLACE): Int8KernelRecord(("qconv_fwd", "qconv3_fwd"), _qconv_fwd),
     ("QConv2d", _K.FUSED_INTO_DEPTHWISE): Int8KernelRecord((), _inside_reader),
     ("QConv2d", _K.FUSED_POINTWISE_DEPTHWISE): Int8KernelRecord(("qpwdw_fwd",), _qpwdw_fwd),
     ("QConv2d", _K.IN_PLACE_DEPTHWISE): Int8KernelRecord(("qdw_inplace_fwd",), _qdw_inplace_fwd),

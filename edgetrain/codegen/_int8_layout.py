@@ -29,7 +29,10 @@ NOTE [ int8 SRAM of the C trainer ]
       logits (not a stack array); `p:<op>` the weight-gradient scratch of a trainable 3x3
       conv (stride 1 or 2): one input plane padded with the input's zero point, (H + 2p) x
       (W + 2p) bytes + 8 (`pad_plane_bytes`), live at the op's backward step, so every output
-      takes the same DSP loop (no border cases); the dq of a conv/linear (NOTE [ int8 integer
+      takes the same DSP loop (no border cases); `f:<op>` the forward scratch of a trainable
+      3x3 conv (stride 1 or 2): the same padded plane and Ho x Wo int32 sums
+      (`forward_scratch_bytes`, NOTE [ Padded 3x3 forward ] in int8_runtime.c), live at its
+      forward step; the dq of a conv/linear (NOTE [ int8 integer
       backward ]) is written over its mask, so it has no buffer; `s:<op>` kernel scratch,
       which is
       * a frozen pointwise -> depthwise pair whose intermediate nothing else reads: fused, one
@@ -510,6 +513,10 @@ def _forward_uses(p: _Program, use: _Uses) -> dict[str, list[str]]:
             continue
         for t in ins:
             use("a:" + t, i, p.numel[t])
+        if op.name in p.trainable and p.kernels[op.name] is Int8Kernel.OUT_OF_PLACE:
+            fb = forward_scratch_bytes(op, p.T[op.input].shape, p.T[op.output].shape)
+            if fb:
+                use("f:" + op.name, i, fb)
         use("a:" + op.output, i, p.numel[op.output])
         if op.output in p.rg and type(op).__name__ != "QGlobalAvgPool":
             use("m:" + op.output, i, p.numel[op.output])
@@ -533,6 +540,13 @@ def _weighted_bwd_uses(p: _Program, op, s: int, use: _Uses) -> None:
 
 
 PAD_SLACK_BYTES = 8  # Q_PAD_SLACK in int8_runtime.c: bytes its 4-byte loads read past a plane
+
+
+def forward_scratch_bytes(op, in_shape, out_shape) -> int:
+    """The forward scratch of a trainable 3x3 conv (NOTE [ Padded 3x3 forward ],
+    int8_runtime.c): its padded input plane (4-byte aligned) and Ho x Wo int32 sums."""
+    pb = pad_plane_bytes(op, in_shape)
+    return (pb + 3) // 4 * 4 + 4 * out_shape[1] * out_shape[2] if pb else 0
 
 
 def pad_plane_bytes(op, in_shape) -> int:
@@ -632,7 +646,7 @@ def _place(
         for t in (*inputs_of(op), op.output)
         for k in ("a:" + t, "g:" + t, "m:" + t, "d:" + t, "z:" + t)
     }
-    keys |= {k + op.name for op in graph.ops for k in ("s:", "p:")}
+    keys |= {k + op.name for op in graph.ops for k in ("s:", "p:", "f:")}
     offsets = {b.name: b.offset for b in bufs}
     for c in chains.values():  # every member of a chain starts at the group's base
         offsets[c[0]] = min(offsets[k] for k in c if k in offsets)

@@ -27,7 +27,7 @@ REPEAT = 4
 @dataclass(frozen=True)
 class KernelCase:
     """One timed kernel call. `call` names the buffers X, W, B, Y, D, DX (fp32: float;
-    int8: QX, QW, QD (the int8 output gradient) int8, QB, M0, SH int32, MASK uint8, GDX, IW,
+    int8: QX, QW, QD (the int8 output gradient), QS (scratch) int8, QB, M0, SH int32, MASK uint8, GDX, IW,
     IB real); `macs` is the
     multiply-accumulates the call performs (padding taps included, as the IR counts them)."""
 
@@ -53,7 +53,7 @@ void et_exit(int code);
 _BUFFERS = r"""
 #define NB {n}
 static float X[NB], W[NB], B[NB], Y[NB], D[NB], DX[NB];
-static int8_t QX[NB], QW[NB], QY[NB], QD[NB];
+static int8_t QX[NB], QW[NB], QY[NB], QD[NB], QS[NB] __attribute__((aligned(8)));
 static int32_t QB[NB], M0[NB], SH[NB];
 static uint8_t MASK[NB];
 static ET_REAL DACC[NB], GDX[NB], IW[NB], IB[NB];
@@ -201,7 +201,11 @@ def _fp32_conv(c: ConvShape) -> list[KernelCase]:
 def _int8_conv(c: ConvShape) -> list[KernelCase]:
     d = f"1, {c.ci}, {c.h}, {c.h}, {c.co}, {c.ho}, {c.ho}, {c.k}, {c.s}, {c.p}, {c.g}"
     roles = (
-        ("forward", "qconv_fwd", f"QX, -3, QW, QB, M0, SH, 5, -128, 127, QY, MASK, {d}"),
+        (
+            ("forward", "qconv3_fwd", f"QX, -3, QW, QB, M0, SH, 5, -128, 127, QY, MASK, QS, {d}")
+            if c.k == 3
+            else ("forward", "qconv_fwd", f"QX, -3, QW, QB, M0, SH, 5, -128, 127, QY, MASK, {d}")
+        ),
         ("weight-gradient", "qconv_update", f"QD, 1e-3f, QX, -3, QW, QB, IW, IB, 0.01f, QY, {d}"),
         ("input-gradient", "qconv_bwd_input", f"QD, 1e-3f, QW, GDX, 0, {d}"),
     )

@@ -22,6 +22,7 @@ static inline int64_t rq(int64_t acc, int32_t m0, int32_t shift) {
     }
     return (acc * (int64_t)m0 + ((int64_t)1 << (n - 1))) >> n;
 }
+#define Q_AI static inline __attribute__((always_inline))
 static inline int8_t clamp8(int64_t v, int lo, int hi) {
     return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
 }
@@ -307,6 +308,107 @@ static void qconv_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b
     }
 }
 
+/* the H x W plane xc with p rows / columns of zx around it: (H + 2p) x (W + 2p) bytes at
+   `pad` (and Q_PAD_SLACK bytes after it that the 4-byte loads may read); zx - zx = 0, so the
+   padded taps add nothing */
+#define Q_PAD_SLACK 8
+static void q_pad(int8_t *pad, const int8_t *xc, int zx, int H, int W, int p) {
+    const int Wp = W + 2 * p;
+    memset(pad, zx, (size_t)p * Wp);
+    for (int r = 0; r < H; r++) {
+        int8_t *o = pad + (size_t)(p + r) * Wp;
+        memset(o, zx, (size_t)p);
+        memcpy(o + p, xc + (size_t)r * W, (size_t)W);
+        memset(o + p + W, zx, (size_t)p);
+    }
+    memset(pad + (size_t)(p + H) * Wp, zx, (size_t)p * Wp + Q_PAD_SLACK);
+}
+/* NOTE [ Padded 3x3 forward ]
+   A trainable 3x3 conv (stride 1 or 2) runs its forward from zero-point-padded input planes
+   in arena scratch (`f:<op>`, NOTE [ int8 SRAM of the C trainer ]): (H + 2p) x (W + 2p) +
+   Q_PAD_SLACK bytes, then, when a group has several input channels, Ho x Wo int32 sums. The
+   padded taps hold zx, so every output sums all 9 taps, sum (x - zx) w = sum x w - zx sum w,
+   with no border cases. With the DSP, two outputs (ow, ow + 1) per kernel row: the pair
+   (w0, w2) against SXTB16 lanes (x0, x2) and w1 by a halfword MAC (stride 1: one word,
+   7 instructions for 6 MACs; stride 2: two words, 9). The integer sums are qconv_fwd's, so
+   without the DSP it is qconv_fwd. */
+#if ET_DSP
+Q_AI int16x2_t q_w02(const int8_t *w) {
+    return (int16x2_t)(((uint32_t)w[2] << 16) | (uint16_t)w[0]);
+}
+/* sum x * w over the 3 x 3 window of outputs (ow, ow + 1) of one padded plane row block */
+Q_AI void q3_pair(const int8_t *xr, int Wp, int S, int16x2_t A0, int16x2_t A1, int16x2_t A2,
+                  int32_t w10, int32_t w11, int32_t w12, int32_t *s0, int32_t *s1) {
+    int32_t a0 = *s0, a1 = *s1;
+#define Q_KROW(A, W1)                                                                 \
+    {                                                                                 \
+        const uint32_t u = q_ld4(xr);                                                 \
+        const int16x2_t E = __sxtb16(u), O = q_sxtb16r8(u);                           \
+        a0 = __smlad(A, E, a0); a0 = __smlabb(W1, O, a0);                             \
+        if (S == 1) { a1 = __smlad(A, O, a1); a1 = __smlabt(W1, E, a1); }             \
+        else { a1 = __smlad(A, __sxtb16(q_ld4(xr + 2)), a1); a1 = __smlabt(W1, O, a1); } \
+        xr += Wp;                                                                     \
+    }
+    Q_KROW(A0, w10)
+    Q_KROW(A1, w11)
+    Q_KROW(A2, w12)
+#undef Q_KROW
+    *s0 = a0; *s1 = a1;
+}
+/* sums[oh * Wo + ow] += sum x * w over every output of one (padded plane, 3x3 weights) pair */
+Q_AI void q3_plane_fwd(int32_t *sums, const int8_t *xp, int Wp, const int8_t *wk, int Ho,
+                       int Wo, int S, int32_t init, int add) {
+    const int16x2_t A0 = q_w02(wk), A1 = q_w02(wk + 3), A2 = q_w02(wk + 6);
+    const int32_t w10 = wk[1], w11 = wk[4], w12 = wk[7];
+    for (int oh = 0; oh < Ho; oh++) {
+        const int8_t *xr = xp + (size_t)oh * S * Wp;
+        int32_t *so = sums + (size_t)oh * Wo;
+        for (int ow = 0; ow < Wo; ow += 2) {
+            int32_t s0 = add ? so[ow] : init, s1 = add && ow + 1 < Wo ? so[ow + 1] : init;
+            if (S == 1) q3_pair(xr + ow, Wp, 1, A0, A1, A2, w10, w11, w12, &s0, &s1);
+            else q3_pair(xr + 2 * ow, Wp, 2, A0, A1, A2, w10, w11, w12, &s0, &s1);
+            so[ow] = s0;
+            if (ow + 1 < Wo) so[ow + 1] = s1;  /* an odd last pair's second is past the row */
+        }
+    }
+}
+#endif
+static void qconv3_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
+                       const int32_t *m0, const int32_t *sh, int zy, int lo, int hi, int8_t *y,
+                       uint8_t *mask, int8_t *scratch, int B, int Ci, int H, int W, int Co,
+                       int Ho, int Wo, int K, int s, int p, int G) {
+#if ET_DSP
+    const int cig = Ci / G, cog = Co / G, Wp = W + 2 * p;
+    if (K == 3 && (s == 1 || s == 2) && scratch) {
+        const size_t pb = ((size_t)(H + 2 * p) * Wp + Q_PAD_SLACK + 3) / 4 * 4;
+        int32_t *sums = (int32_t *)(void *)(scratch + pb);
+        long padded = -1;  /* the plane now in the scratch (n * Ci + ci) */
+        for (int n = 0; n < B; n++)
+        for (int oc = 0; oc < Co; oc++) {
+            const int g = oc / cog;
+            const int8_t *wo = w + (size_t)oc * cig * 9;
+            int32_t ws = 0;
+            for (int i = 0; i < cig * 9; i++) ws += wo[i];
+            const int32_t init = b[oc] - zx * ws;
+            for (int ic = 0; ic < cig; ic++) {
+                const long pl = (long)n * Ci + g * cig + ic;
+                if (pl != padded) {
+                    q_pad(scratch, x + (size_t)pl * H * W, zx, H, W, p);
+                    padded = pl;
+                }
+                q3_plane_fwd(sums, scratch, Wp, wo + ic * 9, Ho, Wo, s, init, ic > 0);
+            }
+            const size_t yo = ((size_t)n * Co + oc) * Ho * Wo;
+            for (int q = 0; q < Ho * Wo; q++)
+                q_out(sums[q], m0[oc], sh[oc], zy, lo, hi, y, mask, yo + q);
+        }
+        return;
+    }
+#endif
+    (void)scratch;
+    qconv_fwd(x, zx, w, b, m0, sh, zy, lo, hi, y, mask, B, Ci, H, W, Co, Ho, Wo, K, s, p, G);
+}
+
 /* a frozen 1x1 expansion fused with the depthwise conv that reads it: each expanded channel
    is computed into `scratch` (H*W bytes) and consumed at once, so the expanded tensor never
    exists in SRAM (the integer results are exactly those of the two ops run one after the
@@ -589,7 +691,6 @@ static ET_REAL qacc_quant(const ET_REAL *dy, const qgap_dacc *gd, uint8_t *mask,
     return s;
 }
 
-#define Q_AI static inline __attribute__((always_inline))
 /* the QAS-scaled SGD step of one int8 weight / int32 bias from its integer gradient sum g:
    round_half_away(w - lr * (s_g * g) * inv), saturated */
 /* ET_GRAD_PROBE(address, g): a hook a kernel test defines to read each integer sum */
@@ -710,21 +811,6 @@ Q_AI int32_t q3_wg_k(int32_t *A, const int8_t *d, const int8_t *x0, int Wp, int 
         }
     A[0] = a0; A[1] = a1; A[2] = a2;
     return se;
-}
-/* the H x W plane xc with p rows / columns of zx around it: (H + 2p) x (W + 2p) bytes at
-   `pad` (and Q_PAD_SLACK bytes after it that the 4-byte loads may read); zx - zx = 0, so the
-   padded taps add nothing */
-#define Q_PAD_SLACK 8
-static void q_pad(int8_t *pad, const int8_t *xc, int zx, int H, int W, int p) {
-    const int Wp = W + 2 * p;
-    memset(pad, zx, (size_t)p * Wp);
-    for (int r = 0; r < H; r++) {
-        int8_t *o = pad + (size_t)(p + r) * Wp;
-        memset(o, zx, (size_t)p);
-        memcpy(o + p, xc + (size_t)r * W, (size_t)W);
-        memset(o + p + W, zx, (size_t)p);
-    }
-    memset(pad + (size_t)(p + H) * Wp, zx, (size_t)p * Wp + Q_PAD_SLACK);
 }
 /* the 9 sums sum dq * x of one (dq plane, padded x plane) pair, one kernel row at a time;
    returns the plane's sum of dq (the zero point's term is zx times it, for every tap) */
