@@ -697,18 +697,39 @@ static ET_REAL qacc_quant(const ET_REAL *dy, const qgap_dacc *gd, uint8_t *mask,
 #ifndef ET_GRAD_PROBE
 #define ET_GRAD_PROBE(p, g) ((void)0)
 #endif
-Q_AI void q_wstep(int8_t *w, int32_t g, ET_REAL s, ET_REAL inv, ET_REAL lr) {
+/* one channel's step factor: s_g, inv and lr, and on Cortex-M the factor k = -lr * s_g * inv
+   as kq * 2^-sh (kq: 24 significant bits in 30; sh in 32..62, else 0: the float path) */
+typedef struct { ET_REAL s, inv, lr; int32_t kq; int sh; } q_step;
+static inline q_step q_stepper(ET_REAL s, ET_REAL inv, ET_REAL lr) {
+    q_step st = {s, inv, lr, 0, 0};
+    if (sizeof(ET_REAL) == sizeof(float)) {
+        int e;
+        const float m = frexpf((-(float)lr) * ((float)s * (float)inv), &e);
+        if (m != 0 && 30 - e >= 32 && 30 - e <= 62) {
+            st.kq = (int32_t)(m * 1073741824.0f);
+            st.sh = 30 - e;
+        }
+    }
+    return st;
+}
+Q_AI void q_wstep(int8_t *w, int32_t g, q_step st) {
     ET_GRAD_PROBE(w, g);
     if (sizeof(ET_REAL) == sizeof(float)) {
-        /* Cortex-M (float: not bit for bit with the float64 simulation in any case): one
-           multiply-add by the factor -lr * s_g * inv, which the compiler hoists out of a
-           channel's loop; round half away from zero by truncating v +- 0.5; saturate */
-        float v = (float)*w + (float)g * ((-(float)lr) * ((float)s * (float)inv));
+        /* Cortex-M (float: not bit for bit with the float64 simulation in any case): w plus
+           g * k rounded half up, in fixed point (SMLAL, ASR), saturated; the float path
+           (round half away) where k does not fit */
+        if (st.sh) {
+            const int64_t t = (int64_t)g * st.kq + ((int64_t)1 << (st.sh - 1));
+            const int32_t v = *w + ((int32_t)(t >> 32) >> (st.sh - 32));
+            *w = (int8_t)(v < -127 ? -127 : (v > 127 ? 127 : v));
+            return;
+        }
+        float v = (float)*w + (float)g * ((-(float)st.lr) * ((float)st.s * (float)st.inv));
         v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
         *w = (int8_t)(int32_t)(v + (v >= 0 ? 0.5f : -0.5f));
         return;
     }
-    const ET_REAL v = round_half_away((ET_REAL)*w + (-lr) * ((s * (ET_REAL)g) * inv));
+    const ET_REAL v = round_half_away((ET_REAL)*w + (-st.lr) * ((st.s * (ET_REAL)g) * st.inv));
     *w = (int8_t)(v < -127 ? -127 : (v > 127 ? 127 : v));
 }
 static inline void q_bstep(int32_t *b, int32_t g, ET_REAL s, ET_REAL inv, ET_REAL lr) {
@@ -838,8 +859,8 @@ static void q3_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
                 se += q3_wg_plane(a, dq + ((size_t)n * Co + oc) * Ho * Wo, pad, Wp, Ho, Wo, st);
             }
             int8_t *wk = w + ((size_t)oc * cig + ic) * 9;
-            const ET_REAL iv = inv_w[oc];
-            for (int t = 0; t < 9; t++) q_wstep(&wk[t], a[t] - zx * se, s, iv, lr);
+            const q_step st = q_stepper(s, inv_w[oc], lr);
+            for (int t = 0; t < 9; t++) q_wstep(&wk[t], a[t] - zx * se, st);
         }
     }
 }
@@ -902,6 +923,7 @@ static void q1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
             sd0 += q_sum(dq + ((size_t)n * Co + oc) * P, P);
             sd1 += q_sum(dq + ((size_t)n * Co + o1) * P, P);
         }
+        const q_step st0 = q_stepper(s, inv_w[oc], lr), st1 = q_stepper(s, inv_w[o1], lr);
         for (int ic = 0; ic < Ci; ic += 2) {
             const int i1 = ic + 1 < Ci ? ic + 1 : ic;
             int32_t t[4] = {0, 0, 0, 0};
@@ -912,17 +934,13 @@ static void q1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
                 t[0] += u[0]; t[1] += u[1]; t[2] += u[2]; t[3] += u[3];
             }
             /* an odd last row / column is computed twice and stored once */
-            q_wstep(&w[(size_t)oc * Ci + ic], t[0] - zx * sd0, s,
-                                              inv_w[oc], lr);
+            q_wstep(&w[(size_t)oc * Ci + ic], t[0] - zx * sd0, st0);
             if (i1 != ic)
-                q_wstep(&w[(size_t)oc * Ci + i1], t[1] - zx * sd0, s,
-                                                  inv_w[oc], lr);
+                q_wstep(&w[(size_t)oc * Ci + i1], t[1] - zx * sd0, st0);
             if (o1 != oc) {
-                q_wstep(&w[(size_t)o1 * Ci + ic], t[2] - zx * sd1, s,
-                                                  inv_w[o1], lr);
+                q_wstep(&w[(size_t)o1 * Ci + ic], t[2] - zx * sd1, st1);
                 if (i1 != ic)
-                    q_wstep(&w[(size_t)o1 * Ci + i1], t[3] - zx * sd1,
-                                                      s, inv_w[o1], lr);
+                    q_wstep(&w[(size_t)o1 * Ci + i1], t[3] - zx * sd1, st1);
             }
         }
     }
@@ -1135,7 +1153,7 @@ static void qconv_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, i
                     }
                 }
                 const size_t i = (((size_t)oc * cig + ic) * K + kh) * K + kw;
-                q_wstep(&w[i], a, s, inv_w[oc], lr);
+                q_wstep(&w[i], a, q_stepper(s, inv_w[oc], lr));
             }
         }
         int32_t sb = 0;
@@ -1174,16 +1192,16 @@ static void qlinear_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx,
         for (int n = 0; n < B; n++) sd += dq[(size_t)n * O + o];
         if (sd == 0 && B == 1) continue;  /* dq = 0: no weight or bias of this row moves */
         int8_t *wr = w + (size_t)o * I;
-        const ET_REAL iv = inv_w[o];
+        const q_step st = q_stepper(s, inv_w[o], lr);
         if (B == 1) {
             const int32_t e = dq[o];
-            for (int i = 0; i < I; i++) q_wstep(&wr[i], e * (x[i] - zx), s, iv, lr);
+            for (int i = 0; i < I; i++) q_wstep(&wr[i], e * (x[i] - zx), st);
         } else
             for (int i = 0; i < I; i++) {
                 int32_t a = 0;
                 for (int n = 0; n < B; n++)
                     a += dq[(size_t)n * O + o] * (x[(size_t)n * I + i] - zx);
-                q_wstep(&wr[i], a, s, iv, lr);
+                q_wstep(&wr[i], a, st);
             }
         q_bstep(&b[o], sd, s, inv_b[o], lr);
     }
