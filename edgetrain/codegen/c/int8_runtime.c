@@ -985,13 +985,25 @@ static void q1_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
                         q_put(r2 + j, t[4 + j], s, acc);
                     }
                 }
-                for (int q = P / 4 * 4; q < P; q++)
-                    for (int i = ic; i < ic + 4; i++) {
-                        int32_t t = 0;
-                        for (int oc = 0; oc < Co; oc++)
-                            t += w[(size_t)oc * Ci + i] * dn[(size_t)oc * P + q];
-                        q_put(dxn + (size_t)i * P + q, t, s, acc);
+                if (P % 4 && P >= 4)  /* the last pixels: the tile ending at P, stored past q0 */
+                    for (int h = 0; h < 2; h++) {
+                        int32_t t[8];
+                        const int q = P - 4, q0 = P / 4 * 4 - q;
+                        q1_bi_tile(dn, w, Ci, Co, P, ic, q, h, t);
+                        ET_REAL *r = dxn + (size_t)(ic + h) * P + q, *r2 = r + 2 * (size_t)P;
+                        for (int j = q0; j < 4; j++) {
+                            q_put(r + j, t[j], s, acc);
+                            q_put(r2 + j, t[4 + j], s, acc);
+                        }
                     }
+                else
+                    for (int q = P / 4 * 4; q < P; q++)
+                        for (int i = ic; i < ic + 4; i++) {
+                            int32_t t = 0;
+                            for (int oc = 0; oc < Co; oc++)
+                                t += w[(size_t)oc * Ci + i] * dn[(size_t)oc * P + q];
+                            q_put(dxn + (size_t)i * P + q, t, s, acc);
+                        }
             }
         }
         return;
