@@ -12,6 +12,7 @@ from edgetrain.quant import (
     AccumulatorOverflowError,
     Activation,
     ConvKind,
+    Int8Backward,
     Int8GraphFileError,
     QAdd,
     QConv2d,
@@ -23,6 +24,7 @@ from edgetrain.quant import (
     UnsupportedModuleError,
     WeightStorage,
     accuracy_int8,
+    check_integer_backward,
     fold_batchnorm,
     load_graph,
     memory_summary,
@@ -299,7 +301,7 @@ def test_qas_gradients_follow_the_inverse_square_scale_of_autograd(pretrained):
     _, _, graph = pretrained
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(6, 1, 28, 28, generator=g), torch.randint(0, 10, (6,), generator=g)
-    qm = QuantModel(graph, trainable=["classifier"])
+    qm = QuantModel(graph, trainable=["classifier"], backward=Int8Backward.FLOAT_SURROGATE)
     cls = graph.weighted_ops[-1]
     sx = graph.tensor(cls.input).scale
     zx = graph.tensor(cls.input).zero_point
@@ -341,6 +343,75 @@ def test_qas_gradients_follow_the_inverse_square_scale_of_autograd(pretrained):
     torch.testing.assert_close(gb_q, sx * sw * b_real.grad, rtol=1e-9, atol=1e-14)
     torch.testing.assert_close(dw, -lr * w_real.grad, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(db, -lr * b_real.grad, rtol=1e-9, atol=1e-12)
+
+
+def _np_round_half_away(v: np.ndarray) -> np.ndarray:
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+
+
+def test_integer_backward_is_int8_gradients_with_exact_integer_sums(pretrained):
+    # Prepare: the last two layers train (the 1x1 conv features.3.0 through the pool, and the
+    # classifier); the oracle is the float surrogate's own accumulator gradients (autograd
+    # hooks on a FLOAT_SURROGATE model) quantised and summed with numpy int64, written from
+    # NOTE [ int8 integer backward ]
+    _, _, graph = pretrained
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 1, 28, 28, generator=g), torch.randint(0, 10, (6,), generator=g)
+    layers = ["features.3.0", "classifier"]
+    qi = QuantModel(graph, trainable=layers)
+    qf = QuantModel(graph, trainable=layers, backward=Int8Backward.FLOAT_SURROGATE)
+    cls = graph.weighted_ops[-1]
+    zx = graph.tensor(cls.input).zero_point
+    env = np_run(graph, graph.quantize_input(x).numpy())
+    feats = env[cls.input] - zx
+    # Execute: both models' raw gradients, and the float one's dacc at the classifier
+    F.cross_entropy(qi(x), y).backward()
+    logits = qf(x)
+    logits.retain_grad()
+    F.cross_entropy(logits, y).backward()
+    out_t = graph.tensor(graph.output)
+    pre = (
+        np_requant(
+            feats @ cls.weight.numpy().astype(np.int64).T + cls.bias.numpy(),
+            cls.multiplier.numpy()[None],
+            cls.shift.numpy()[None],
+        )
+        + out_t.zero_point
+    )
+    m = cls.multiplier.numpy() * 2.0 ** (cls.shift.numpy().astype(np.float64) - 31)
+    dy = logits.grad.numpy() * out_t.scale  # d loss / d q_logits
+    dacc = dy * (m[None] * ((pre >= -128) & (pre <= 127)))
+    s_g = np.abs(dacc).max() / 127
+    dq = np.clip(_np_round_half_away(dacc / s_g), -127, 127).astype(np.int64)
+    want_gw = s_g * (dq.T @ feats).astype(np.float64)
+    want_gb = s_g * dq.sum(0).astype(np.float64)
+    gw_i = qi.weights["classifier"].grad.numpy()
+    gb_i = qi.biases["classifier"].grad.numpy()
+    gw_f = qf.weights["classifier"].grad.numpy()
+    # Assert: bit for bit the numpy oracle; within half a gradient step per product of the
+    # float surrogate; the conv before the pool trains too, and its gradient points the same
+    # way as the float surrogate's
+    assert s_g > 0 and np.abs(dq).max() == 127
+    np.testing.assert_array_equal(gw_i, want_gw)
+    np.testing.assert_array_equal(gb_i, want_gb)
+    bound = s_g / 2 * np.abs(feats).sum(0)[None, :] * (1 + 1e-9)
+    assert (np.abs(gw_i - gw_f) <= bound).all()
+    a = qi.weights["features__3__0"].grad.flatten()
+    b = qf.weights["features__3__0"].grad.flatten()
+    assert float(a.norm()) > 0
+    assert float(torch.dot(a, b) / (a.norm() * b.norm())) > 0.9
+
+
+def test_integer_backward_refuses_sums_that_could_overflow_int32(pretrained):
+    # Prepare: mcu-cnn's first conv has 14 x 14 output positions: 127 * 255 * 196 * B
+    # overflows int32 from B = 339 on
+    _, _, graph = pretrained
+    # Execute / Assert
+    check_integer_backward(graph, 338)
+    with pytest.raises(AccumulatorOverflowError, match="features.0.0.*lower the batch size"):
+        check_integer_backward(graph, 339)
+    with pytest.raises(InvalidArgumentError, match="Int8Backward"):
+        QuantModel(graph, backward="integer")
 
 
 def test_sparse_update_trains_only_the_chosen_layers(pretrained):

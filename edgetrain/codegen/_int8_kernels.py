@@ -171,6 +171,12 @@ def declare_weighted(em: Int8Emitter, op) -> _Weighted:
 def _qconv_fwd(em: Int8Emitter, op) -> list[str]:
     i = em.weighted[op.name]
     y, mask, zy = em.out(op)
+    if ("f:" + op.name) in em.lay.alias:  # NOTE [ Padded 3x3 forward ] (int8_runtime.c)
+        return [
+            f"qconv3_fwd({i.x}, {i.zx}, {i.sym}_w, {i.sym}_b, {i.sym}_m0, {i.sym}_sh, "
+            f"{zy}, {op.act_min}, {op.act_max}, {y}, {mask}, "
+            f"{em.A('f:' + op.name, 'int8_t')}, {i.dims});"
+        ]
     return [
         f"qconv_fwd({i.x}, {i.zx}, {i.sym}_w, {i.sym}_b, {i.sym}_m0, {i.sym}_sh, "
         f"{zy}, {op.act_min}, {op.act_max}, {y}, {mask}, {i.dims});"
@@ -277,9 +283,10 @@ def _qgap_fwd(em: Int8Emitter, op) -> list[str]:
 
 
 # -- backward kernels --------------------------------------------------------------------------
-def _weighted_bwd(em: Int8Emitter, op, *, prefix: str, no_pool: str) -> list[str]:
-    """dacc = dy x mask x M (stored over dy, or read from the pool's dy where a global average
-    pool is the only reader), then the input gradient and the QAS-scaled SGD update."""
+def _weighted_bwd(em: Int8Emitter, op, *, prefix: str) -> list[str]:
+    """NOTE [ int8 integer backward ]: dacc = dy x mask x M (dy read from the pool's dy where a
+    global average pool is the only reader) quantised to the int8 dq over the mask, then the
+    input gradient and the QAS-scaled SGD update from exact integer sums."""
     i, T, lay = em.weighted[op.name], em.T, em.lay
     mvals = np.asarray(op.multiplier, dtype=np.float64) * np.power(
         2.0, np.asarray(op.shift, dtype=np.float64) - 31
@@ -292,25 +299,28 @@ def _weighted_bwd(em: Int8Emitter, op, *, prefix: str, no_pool: str) -> list[str
     em.arrays.append(f"static const ET_REAL {i.sym}_iw[{i.C}] = {{ {reals(inv_w)} }};")
     em.arrays.append(f"static const ET_REAL {i.sym}_ib[{i.C}] = {{ {reals(inv_b)} }};")
     m = em.A("m:" + op.output, "uint8_t")
+    dq = em.A("m:" + op.output, "const int8_t")
     out: list[str] = []
-    if op.name in lay.gap_of:  # dacc from the pool's dy where it is read
+    if op.name in lay.gap_of:  # dy from the pool's dy where it is read
         gp = em.A("g:" + lay.gap_of[op.name].output, "ET_REAL")
-        out.append(f"{{ const qgap_dacc gd = {{ {gp}, {m}, {i.sym}_M, {i.P} }};")
-        d, extra, close = "0", ", &gd", "}"
+        out.append(f"{{ const qgap_dacc gd = {{ {gp}, {i.P} }};")
+        dy, gd = "0", "&gd"
     else:
-        dy = em.A_or_0("g:" + op.output, "ET_REAL")
-        d = em.A("d:" + op.output, "ET_REAL")
-        out.append(f"qacc_grad({dy}, {m}, {i.sym}_M, {d}, {em.batch}, {i.C}, {i.P});")
-        extra, close = no_pool, ""
+        out.append("{")
+        dy, gd = em.A_or_0("g:" + op.output, "ET_REAL"), "0"
+    out.append(
+        f"const ET_REAL s_g = qacc_quant({dy}, {gd}, {m}, {i.sym}_M, {em.batch}, {i.C}, {i.P});"
+    )
     if op.input in lay.rg:
         g, acc = em.dx(op.input)
-        out.append(f"{prefix}_bwd_input({d}{extra}, {i.sym}_w, {g}, {acc}, {i.dims});")
+        out.append(f"{prefix}_bwd_input({dq}, s_g, {i.sym}_w, {g}, {acc}, {i.dims});")
     if i.trainable:
+        pad = f"{em.A_or_0('p:' + op.name, 'int8_t')}, " if prefix == "qconv" else ""
         out.append(
-            f"{prefix}_update({d}{extra}, {i.x}, {i.zx}, {i.sym}_w, {i.sym}_b, "
-            f"{i.sym}_iw, {i.sym}_ib, lr, {i.dims});"
+            f"{prefix}_update({dq}, s_g, {i.x}, {i.zx}, {i.sym}_w, {i.sym}_b, "
+            f"{i.sym}_iw, {i.sym}_ib, lr, {pad}{i.dims});"
         )
-    return out + ([close] if close else [])
+    return out + ["}"]
 
 
 def _qadd_bwd(em: Int8Emitter, op) -> list[str]:
@@ -354,7 +364,7 @@ class Int8KernelRecord:
 
 _K = Int8Kernel
 FORWARD_KERNELS: dict[tuple[str, Int8Kernel], Int8KernelRecord] = {
-    ("QConv2d", _K.OUT_OF_PLACE): Int8KernelRecord(("qconv_fwd",), _qconv_fwd),
+    ("QConv2d", _K.OUT_OF_PLACE): Int8KernelRecord(("qconv_fwd", "qconv3_fwd"), _qconv_fwd),
     ("QConv2d", _K.FUSED_INTO_DEPTHWISE): Int8KernelRecord((), _inside_reader),
     ("QConv2d", _K.FUSED_POINTWISE_DEPTHWISE): Int8KernelRecord(("qpwdw_fwd",), _qpwdw_fwd),
     ("QConv2d", _K.IN_PLACE_DEPTHWISE): Int8KernelRecord(("qdw_inplace_fwd",), _qdw_inplace_fwd),
@@ -368,12 +378,12 @@ FORWARD_KERNELS: dict[tuple[str, Int8Kernel], Int8KernelRecord] = {
 
 BACKWARD_KERNELS: dict[str, Int8KernelRecord] = {
     "QConv2d": Int8KernelRecord(
-        ("qacc_grad", "qconv_bwd_input", "qconv_update"),
-        functools.partial(_weighted_bwd, prefix="qconv", no_pool=", 0"),
+        ("qacc_quant", "qconv_bwd_input", "qconv_update"),
+        functools.partial(_weighted_bwd, prefix="qconv"),
     ),
     "QLinear": Int8KernelRecord(
-        ("qacc_grad", "qlinear_bwd_input", "qlinear_update"),
-        functools.partial(_weighted_bwd, prefix="qlinear", no_pool=""),
+        ("qacc_quant", "qlinear_bwd_input", "qlinear_update"),
+        functools.partial(_weighted_bwd, prefix="qlinear"),
     ),
     "QAdd": Int8KernelRecord(("qadd_bwd",), _qadd_bwd),
     "QGlobalAvgPool": Int8KernelRecord(("qgap_bwd",), _qgap_bwd),

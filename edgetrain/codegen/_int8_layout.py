@@ -17,16 +17,23 @@ NOTE [ int8 SRAM of the C trainer ]
       written or read: `a:<t>` int8 activations (B x numel bytes; the input batch, every op's
       output; an activation the backward reads -- the input of a trainable op -- lives until
       that backward step); `m:<t>` 1-byte "not clamped" masks of the ops on the backward
-      path; `g:<t>` real-valued gradients (8 bytes on the host, 4 on Cortex-M); the dacc of a
-      conv/linear on the backward path (dy x mask x M, element by element) overwrites its dy,
-      which nothing reads after it, so it has no buffer; a conv whose output only a global
-      average pool reads (mbv2's last 1x1 conv, 1280 x 4 x 4 at 128x128) has neither dy nor
-      dacc buffer: its dacc, the pool's dy / P times mask times M, is computed element by
-      element where the conv's backward reads it (`dacc_at`, the same operations in the same
-      order as the stored path, so bit for bit the same), and the pool's dy (B x C reals)
-      lives until that step -- the 81,920 B the stored gradient took would otherwise dominate
-      every update that reaches past mbv2's classifier; `z:<logits>` the loss's K reals of
-      logits (not a stack array); `s:<op>` kernel scratch, which is
+      path; `g:<t>` real-valued gradients (8 bytes on the host, 4 on Cortex-M); the int8 dq of
+      a conv/linear on the backward path (NOTE [ int8 integer backward ], edgetrain/quant/
+      _train.py: dy x mask x M quantised per tensor) is written over its mask, which nothing
+      reads after it, so it has no buffer of its own; a conv whose output only a global
+      average pool reads (mbv2's last 1x1 conv, 1280 x 4 x 4 at 128x128) has no dy buffer:
+      its dy is the pool's dy / P, read where the dq is computed (`qacc_quant` with a
+      `qgap_dacc`, the same operations as the stored path, so bit for bit the same), and the
+      pool's dy (B x C reals) lives until that step -- the 81,920 B the stored gradient took
+      would otherwise dominate every update that reaches past mbv2's classifier; `z:<logits>`
+      the loss's K reals of logits (not a stack array); `p:<op>` the weight-gradient scratch
+      of a trainable 3x3
+      conv (stride 1 or 2): one input plane padded with the input's zero point, (H + 2p) x
+      (W + 2p) bytes + 8 (`pad_plane_bytes`), live at the op's backward step, so every output
+      takes the same DSP loop (no border cases); `f:<op>` the forward scratch of a trainable
+      3x3 conv (stride 1 or 2): the same padded plane and Ho x Wo int32 sums
+      (`forward_scratch_bytes`, NOTE [ Padded 3x3 forward ] in int8_runtime.c), live at its
+      forward step; `s:<op>` kernel scratch, which is
       * a frozen pointwise -> depthwise pair whose intermediate nothing else reads: fused, one
         expanded channel at a time (H x W bytes), the expanded tensor never exists (batch 1);
       * in-place frozen depthwise (TinyEngine's in-place depthwise): an op off the backward
@@ -424,7 +431,7 @@ def _program(
 @dataclass
 class _Uses:
     """Buffer keys with their sizes and lifetimes, and the keys that live in another's buffer
-    (`parent`: an in-place output in its input's, a dacc in its dy's)."""
+    (`parent`: an in-place output in its input's)."""
 
     sizes: dict[str, int] = field(default_factory=dict)
     span: dict[str, list[int]] = field(default_factory=dict)
@@ -505,6 +512,10 @@ def _forward_uses(p: _Program, use: _Uses) -> dict[str, list[str]]:
             continue
         for t in ins:
             use("a:" + t, i, p.numel[t])
+        if op.name in p.trainable and p.kernels[op.name] is Int8Kernel.OUT_OF_PLACE:
+            fb = forward_scratch_bytes(op, p.T[op.input].shape, p.T[op.output].shape)
+            if fb:
+                use("f:" + op.name, i, fb)
         use("a:" + op.output, i, p.numel[op.output])
         if op.output in p.rg and type(op).__name__ != "QGlobalAvgPool":
             use("m:" + op.output, i, p.numel[op.output])
@@ -513,15 +524,36 @@ def _forward_uses(p: _Program, use: _Uses) -> dict[str, list[str]]:
 
 def _weighted_bwd_uses(p: _Program, op, s: int, use: _Uses) -> None:
     use("m:" + op.output, s, p.numel[op.output])
-    if op.name in p.gap_of:  # dacc from the pool's dy, element by element: no buffer
+    if op.name in p.gap_of:  # dy is the pool's dy / P, read where dq is computed: no buffer
         gap = p.gap_of[op.name]
         use("g:" + gap.output, s, p.numel[gap.output] * p.real)
-    else:
-        use.parent["d:" + op.output] = "g:" + op.output  # dacc overwrites dy (element-wise)
     if op.name in p.trainable:
         use("a:" + op.input, s, p.numel[op.input])
+        pb = pad_plane_bytes(op, p.T[op.input].shape)
+        if pb:
+            use("p:" + op.name, s, pb)
     if op.input in p.rg:
         use("g:" + op.input, s, p.numel[op.input] * p.real)
+
+
+PAD_SLACK_BYTES = 8  # Q_PAD_SLACK in int8_runtime.c: bytes its 4-byte loads read past a plane
+
+
+def forward_scratch_bytes(op, in_shape, out_shape) -> int:
+    """The forward scratch of a trainable 3x3 conv (NOTE [ Padded 3x3 forward ],
+    int8_runtime.c): its padded input plane (4-byte aligned) and Ho x Wo int32 sums."""
+    pb = pad_plane_bytes(op, in_shape)
+    return (pb + 3) // 4 * 4 + 4 * out_shape[1] * out_shape[2] if pb else 0
+
+
+def pad_plane_bytes(op, in_shape) -> int:
+    """The weight-gradient scratch of a trainable 3x3 conv (stride 1 or 2): one input plane
+    with its zero-point padding, (H + 2p) x (W + 2p) bytes and the loads' slack; 0 for other
+    ops (NOTE [ int8 SRAM of the C trainer ])."""
+    if type(op).__name__ != "QConv2d" or op.weight.shape[-1] != 3 or op.stride not in (1, 2):
+        return 0
+    _, h, w = in_shape
+    return (h + 2 * op.padding) * (w + 2 * op.padding) + PAD_SLACK_BYTES
 
 
 def _add_bwd_uses(p: _Program, op, s: int, use: _Uses) -> None:
@@ -609,9 +641,9 @@ def _place(
         k
         for op in graph.ops
         for t in (*inputs_of(op), op.output)
-        for k in ("a:" + t, "g:" + t, "m:" + t, "d:" + t, "z:" + t)
+        for k in ("a:" + t, "g:" + t, "m:" + t, "z:" + t)
     }
-    keys |= {"s:" + op.name for op in graph.ops}
+    keys |= {k + op.name for op in graph.ops for k in ("s:", "p:", "f:")}
     offsets = {b.name: b.offset for b in bufs}
     for c in chains.values():  # every member of a chain starts at the group's base
         offsets[c[0]] = min(offsets[k] for k in c if k in offsets)

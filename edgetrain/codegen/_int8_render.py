@@ -5,14 +5,17 @@ project. The layout is `_int8_layout.py`'s, the calls are the kernel table's
 
 NOTE [ The int8 training program ]
     The forward pass is the integer graph, bit for bit as NOTE [ int8 arithmetic, bit for bit ]
-    (edgetrain/quant/_graph.py) specifies it; the backward pass of the trainable ops is the
-    float surrogate of NOTE [ Training the int8 graph ] (edgetrain/quant/_train.py): a
-    requantised conv/linear passes `dy * M` where its output was not clamped and 0 where it
-    was, add passes `dy * s_in / s_out` likewise, average pooling `dy / (H*W)`; gradients
-    w.r.t. the integer weights are scaled by QAS (`s_W^-2`, biases `(s_x s_W)^-2`) and applied
-    by SGD, then the weights are re-rounded to int8 / int32 (round half away from zero;
-    `WeightStorage.INT8`: no float copy anywhere). Gradients are `double` on the host (to
-    match the float64 simulation) and `float` on Cortex-M (`ET_REAL`). Memory: NOTE [ int8
+    (edgetrain/quant/_graph.py) specifies it; the backward pass is NOTE [ int8 integer
+    backward ] (edgetrain/quant/_train.py, `Int8Backward.INTEGER`): a requantised
+    conv/linear's accumulator gradient `dy * M` (where its output was not clamped, 0 where it
+    was) is quantised per tensor to int8 (`qacc_quant`, written over the op's mask) and the
+    weight and input gradients are exact int32 sums times that scale; add passes
+    `dy * s_in / s_out` where not clamped, average pooling `dy / (H*W)`; gradients w.r.t. the
+    integer weights are scaled by QAS (`s_W^-2`, biases `(s_x s_W)^-2`) and applied by SGD,
+    then the weights are re-rounded to int8 / int32 (round half away from zero;
+    `WeightStorage.INT8`: no float copy anywhere). Real-valued gradients (dy between ops, the
+    scales) are `double` on the host (to match the float64 simulation) and `float` on
+    Cortex-M (`ET_REAL`). Memory: NOTE [ int8
     SRAM of the C trainer ] (edgetrain/codegen/_int8_layout.py).
 """
 
@@ -45,6 +48,7 @@ from edgetrain.codegen._project import (
 )
 from edgetrain.codegen._targets import Target, TargetKind, get_target
 from edgetrain.errors import UnsupportedPlanError
+from edgetrain.quant import check_integer_backward
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ def render_int8(
     tgt = get_target(target)
     trainable = list(trainable)
     check_program(graph, trainable, spec.batch_size)
+    check_integer_backward(graph, spec.batch_size)
     if spec.steps <= 0 or not spec.lr > 0:
         raise UnsupportedPlanError(
             f"steps {spec.steps}, lr {spec.lr} and batch size {spec.batch_size} must be positive"

@@ -27,7 +27,8 @@ REPEAT = 4
 @dataclass(frozen=True)
 class KernelCase:
     """One timed kernel call. `call` names the buffers X, W, B, Y, D, DX (fp32: float;
-    int8: QX, QW int8, QB, M0, SH int32, MASK uint8, DACC, GDX, IW, IB real); `macs` is the
+    int8: QX, QW, QD (the int8 output gradient), QS (scratch) int8, QB, M0, SH int32, MASK uint8, GDX, IW,
+    IB real); `macs` is the
     multiply-accumulates the call performs (padding taps included, as the IR counts them)."""
 
     layer: str
@@ -52,7 +53,7 @@ void et_exit(int code);
 _BUFFERS = r"""
 #define NB {n}
 static float X[NB], W[NB], B[NB], Y[NB], D[NB], DX[NB];
-static int8_t QX[NB], QW[NB], QY[NB];
+static int8_t QX[NB], QW[NB], QY[NB], QD[NB], QS[NB] __attribute__((aligned(8)));
 static int32_t QB[NB], M0[NB], SH[NB];
 static uint8_t MASK[NB];
 static ET_REAL DACC[NB], GDX[NB], IW[NB], IB[NB];
@@ -63,6 +64,7 @@ static void fill(void) {{
         X[i] = (float)(rnd() % 2001) / 1000.0f - 1.0f; W[i] = (float)(rnd() % 2001) / 4000.0f - 0.25f;
         B[i] = 0.01f; Y[i] = 0.0f; D[i] = (float)(rnd() % 2001) / 1000.0f - 1.0f; DX[i] = 0.0f;
         QX[i] = (int8_t)(rnd() % 256 - 128); QW[i] = (int8_t)(rnd() % 255 - 127);
+        QD[i] = (int8_t)(rnd() % 255 - 127);
         QB[i] = (int32_t)(rnd() % 2001) - 1000; M0[i] = 1518500250; SH[i] = -9;
         MASK[i] = (uint8_t)(rnd() % 4 != 0); DACC[i] = (ET_REAL)D[i] * (ET_REAL)1e-3;
         GDX[i] = 0; IW[i] = 1; IB[i] = 1;
@@ -199,9 +201,13 @@ def _fp32_conv(c: ConvShape) -> list[KernelCase]:
 def _int8_conv(c: ConvShape) -> list[KernelCase]:
     d = f"1, {c.ci}, {c.h}, {c.h}, {c.co}, {c.ho}, {c.ho}, {c.k}, {c.s}, {c.p}, {c.g}"
     roles = (
-        ("forward", "qconv_fwd", f"QX, -3, QW, QB, M0, SH, 5, -128, 127, QY, MASK, {d}"),
-        ("weight-gradient", "qconv_update", f"DACC, 0, QX, -3, QW, QB, IW, IB, 0.01f, {d}"),
-        ("input-gradient", "qconv_bwd_input", f"DACC, 0, QW, GDX, 0, {d}"),
+        (
+            ("forward", "qconv3_fwd", f"QX, -3, QW, QB, M0, SH, 5, -128, 127, QY, MASK, QS, {d}")
+            if c.k == 3
+            else ("forward", "qconv_fwd", f"QX, -3, QW, QB, M0, SH, 5, -128, 127, QY, MASK, {d}")
+        ),
+        ("weight-gradient", "qconv_update", f"QD, 1e-3f, QX, -3, QW, QB, IW, IB, 0.01f, QY, {d}"),
+        ("input-gradient", "qconv_bwd_input", f"QD, 1e-3f, QW, GDX, 0, {d}"),
     )
     return [KernelCase(c.name, "int8", r, k, a, c.macs) for r, k, a in roles]
 
@@ -221,9 +227,11 @@ def _dense(name: str, i: int, o: int) -> list[KernelCase]:
         ),
         KernelCase(
             name, "int8", "weight-gradient", "qlinear_update",
-            f"DACC, QX, -3, QW, QB, IW, IB, 0.01f, {d}", m,
+            f"QD, 1e-3f, QX, -3, QW, QB, IW, IB, 0.01f, {d}", m,
         ),
-        KernelCase(name, "int8", "input-gradient", "qlinear_bwd_input", f"DACC, QW, GDX, 0, {d}", m),
+        KernelCase(
+            name, "int8", "input-gradient", "qlinear_bwd_input", f"QD, 1e-3f, QW, GDX, 0, {d}", m
+        ),
     ]  # fmt: skip
 
 
@@ -248,9 +256,9 @@ def minimum_per_mac(case: KernelCase) -> float:
         return 1.0
     if case.role == "forward":
         return 0.5
-    if dense:  # batch 1: each int8 weight is converted (and, for the update, re-rounded) once
-        return 8.0 if case.role == "weight-gradient" else 3.25
-    return 1.0
+    if dense:  # batch 1: each int8 weight is re-rounded once by the update
+        return 8.0 if case.role == "weight-gradient" else 1.0
+    return 0.5
 
 
 # NOTE [ The Cortex-M4's minimum instructions per MAC ]
@@ -266,8 +274,9 @@ def minimum_per_mac(case: KernelCase) -> float:
 #     need 1 VLDR + 1 VFMA per MAC (2.0) and the in-place SGD weight gradient loads,
 #     multiply-adds and stores each weight (3.0).
 #   int8 forward: 1 SMLAD per 2 MACs, unpacking amortised over outputs: 0.5.
-#   int8 backward (the float surrogate of QAS, float on the MCU): 1 VFMA per MAC, the int8 ->
-#     float conversions (VMOV + VCVT) amortised over reuse: 1.0. Dense at batch 1 reuses no
-#     weight: the input gradient converts each (VMOV + VCVT + VFMA, a quarter LDR: 3.25), and
-#     the QAS update re-rounds each one (load, VMOV, VCVT, VFMA, VCVT back, VMOV, saturate,
-#     STRB: 8.0 per weight, which is per MAC at batch 1).
+#   int8 backward (NOTE [ int8 integer backward ]: int8 output gradient dq, exact int32 sums):
+#     1 SMLAD per 2 MACs where dq and x (or W) pair up in 16-bit lanes, unpacking amortised:
+#     0.5. Dense at batch 1 reuses no weight: the input gradient loads each weight (a quarter
+#     LDR, two SXTB16 and an SMLAD per 4 MACs: ~1.0), and the QAS update re-rounds each one
+#     (load, integer-to-float, scale, add, round, saturate, store: ~8.0 per weight, which is
+#     per MAC at batch 1).

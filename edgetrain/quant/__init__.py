@@ -10,7 +10,8 @@
 
 The integer arithmetic (rounding, multipliers, requantisation, add, pooling) is specified in
 NOTE [ int8 arithmetic, bit for bit ] (`_graph.py`), training in NOTE [ Training the int8
-graph ] (`_train.py`) and tensor sizes in NOTE [ int8 tensor sizes ] (`_memory.py`).
+graph ] and NOTE [ int8 integer backward ] (`_train.py`) and tensor sizes in NOTE [ int8 tensor
+sizes ] (`_memory.py`).
 """
 
 from ._graph import (
@@ -49,7 +50,7 @@ from ._memory import (
     save_graph,
     tensor_sizes,
 )
-from ._train import QuantModel, QuantSGD, WeightStorage
+from ._train import Int8Backward, QuantModel, QuantSGD, WeightStorage, check_integer_backward
 
 __all__ = [
     "AccumulatorOverflowError",
@@ -58,6 +59,7 @@ __all__ = [
     "FoldedBlock",
     "FoldedConv",
     "FoldedNet",
+    "Int8Backward",
     "Int8GraphFileError",
     "Int8Memory",
     "Int8TensorSize",
@@ -74,6 +76,7 @@ __all__ = [
     "UnsupportedModuleError",
     "WeightStorage",
     "accuracy_int8",
+    "check_integer_backward",
     "fold_batchnorm",
     "load_graph",
     "memory_summary",

@@ -4,9 +4,9 @@
    et_model.c, after `#define ET_REAL` (double on the host, to match the float64 simulation;
    float on Cortex-M); the generated code calls the kernels the table of
    edgetrain/codegen/_int8_kernels.py names for each op. Forward: the integer graph, bit for bit
-   (NOTE [ int8 arithmetic, bit for bit ], edgetrain/quant/_graph.py); backward: the float
-   surrogate of NOTE [ Training the int8 graph ] (edgetrain/quant/_train.py), as NOTE [ The int8
-   training program ] (edgetrain/codegen/_int8_render.py) summarises. Buffers and scratch are
+   (NOTE [ int8 arithmetic, bit for bit ], edgetrain/quant/_graph.py); backward: NOTE [ int8
+   integer backward ] (edgetrain/quant/_train.py), int8 output gradients and exact int32 sums,
+   as NOTE [ The int8 training program ] (edgetrain/codegen/_int8_render.py) summarises. Buffers and scratch are
    laid out by edgetrain/codegen/_int8_layout.py (NOTE [ int8 SRAM of the C trainer ]). */
 #include <math.h>
 #include <string.h>
@@ -22,6 +22,7 @@ static inline int64_t rq(int64_t acc, int32_t m0, int32_t shift) {
     }
     return (acc * (int64_t)m0 + ((int64_t)1 << (n - 1))) >> n;
 }
+#define Q_AI static inline __attribute__((always_inline))
 static inline int8_t clamp8(int64_t v, int lo, int hi) {
     return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
 }
@@ -29,6 +30,13 @@ static inline int8_t clamp8(int64_t v, int lo, int hi) {
    MCU, where the float functions keep the FPU busy instead of soft-float double calls */
 static inline ET_REAL et_floor(ET_REAL v) {
     return sizeof(ET_REAL) == sizeof(float) ? (ET_REAL)floorf((float)v) : (ET_REAL)floor(v);
+}
+/* float exp / log on the MCU (the double ones are soft-float calls there) */
+static inline ET_REAL et_exp(ET_REAL v) {
+    return sizeof(ET_REAL) == sizeof(float) ? (ET_REAL)expf((float)v) : (ET_REAL)exp(v);
+}
+static inline ET_REAL et_log(ET_REAL v) {
+    return sizeof(ET_REAL) == sizeof(float) ? (ET_REAL)logf((float)v) : (ET_REAL)log(v);
 }
 static inline ET_REAL round_half_away(ET_REAL v) {
     if (sizeof(ET_REAL) == sizeof(float)) {  /* floor(|v| + 0.5) exactly, without floorf */
@@ -68,6 +76,24 @@ static inline int k_hi(int o, int s, int p, int n, int K) { int v = n + p - o * 
 #define ET_DSP 1
 static inline uint32_t q_ld4(const int8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline uint32_t q_ror8(uint32_t v) { return (v >> 8) | (v << 24); }
+/* SXTB16 of v rotated right by 8 (bytes 1 and 3), one instruction (ACLE's __sxtb16 has no
+   rotation, and the compiler does not fold a separate ROR into it) */
+static inline int16x2_t q_sxtb16r8(uint32_t v) {
+    uint32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+    return (int16x2_t)r;
+}
+/* (bottom of a, bottom of b) and (top of a, top of b) as 16-bit pairs: PKHBT / PKHTB */
+static inline int16x2_t q_pkhbt(int16x2_t a, int16x2_t b) {
+    uint32_t r;
+    __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
+    return (int16x2_t)r;
+}
+static inline int16x2_t q_pkhtb(int16x2_t a, int16x2_t b) {
+    uint32_t r;
+    __asm__("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(a), "r"(b));
+    return (int16x2_t)r;
+}
 /* sum (x - zx) * w over n values for two weight rows at once (each input unpacked once);
    kept out of line so its register allocation does not depend on the caller */
 static __attribute__((noinline)) void q_dot2(const int8_t *x, int zx, const int8_t *w0, const int8_t *w1, int n,
@@ -78,11 +104,11 @@ static __attribute__((noinline)) void q_dot2(const int8_t *x, int zx, const int8
     for (; i + 4 <= n; i += 4) {
         const uint32_t xv = q_ld4(x + i), v0 = q_ld4(w0 + i), v1 = q_ld4(w1 + i);
         const int16x2_t xl = __ssub16(__sxtb16(xv), zz);
-        const int16x2_t xh = __ssub16(__sxtb16(q_ror8(xv)), zz);
+        const int16x2_t xh = __ssub16(q_sxtb16r8(xv), zz);
         a0 = __smlad(xl, __sxtb16(v0), a0);
-        a0 = __smlad(xh, __sxtb16(q_ror8(v0)), a0);
+        a0 = __smlad(xh, q_sxtb16r8(v0), a0);
         a1 = __smlad(xl, __sxtb16(v1), a1);
-        a1 = __smlad(xh, __sxtb16(q_ror8(v1)), a1);
+        a1 = __smlad(xh, q_sxtb16r8(v1), a1);
     }
     for (; i < n; i++) { a0 += (x[i] - zx) * w0[i]; a1 += (x[i] - zx) * w1[i]; }
     *s0 = a0; *s1 = a1;
@@ -94,7 +120,7 @@ static inline uint32_t q_ld3(const int8_t *p) {
 /* one 3-tap kernel row: (x0, x2).(w0, w2) by SMLAD, x1 * w1 by SMLABB */
 static inline int32_t q_row3(uint32_t xv, uint32_t wv, int32_t acc) {
     acc = __smlad(__sxtb16(xv), __sxtb16(wv), acc);
-    return __smlabb(__sxtb16(q_ror8(xv)), __sxtb16(q_ror8(wv)), acc);
+    return __smlabb(q_sxtb16r8(xv), q_sxtb16r8(wv), acc);
 }
 /* sum of x * w (no zero point) over kernel rows [kh0, kh1) of a 3x3 window whose columns are
    all inside, cig channels; `xoff` is the window's top-left offset for kernel row 0. xtight:
@@ -128,12 +154,12 @@ static inline void q_win3x2(const int8_t *xg, ptrdiff_t xoff, int dx, size_t HW,
         const int last = wlast && ic == cig - 1;
         for (int kh = kh0; kh < kh1; kh++, xr += W, wr += 3) {
             const uint32_t wv = last && kh == 2 ? q_ld3(wr) : q_ld4(wr);
-            const int16x2_t wl = __sxtb16(wv), wh = __sxtb16(q_ror8(wv));
+            const int16x2_t wl = __sxtb16(wv), wh = q_sxtb16r8(wv);
             const uint32_t xa = q_ld4(xr), xb = xtight ? q_ld3(xr + dx) : q_ld4(xr + dx);
             a0 = __smlad(__sxtb16(xa), wl, a0);
-            a0 = __smlabb(__sxtb16(q_ror8(xa)), wh, a0);
+            a0 = __smlabb(q_sxtb16r8(xa), wh, a0);
             a1 = __smlad(__sxtb16(xb), wl, a1);
-            a1 = __smlabb(__sxtb16(q_ror8(xb)), wh, a1);
+            a1 = __smlabb(q_sxtb16r8(xb), wh, a1);
         }
     }
     *s0 = a0; *s1 = a1;
@@ -280,6 +306,107 @@ static void qconv_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b
             }
         }
     }
+}
+
+/* the H x W plane xc with p rows / columns of zx around it: (H + 2p) x (W + 2p) bytes at
+   `pad` (and Q_PAD_SLACK bytes after it that the 4-byte loads may read); zx - zx = 0, so the
+   padded taps add nothing */
+#define Q_PAD_SLACK 8
+static void q_pad(int8_t *pad, const int8_t *xc, int zx, int H, int W, int p) {
+    const int Wp = W + 2 * p;
+    memset(pad, zx, (size_t)p * Wp);
+    for (int r = 0; r < H; r++) {
+        int8_t *o = pad + (size_t)(p + r) * Wp;
+        memset(o, zx, (size_t)p);
+        memcpy(o + p, xc + (size_t)r * W, (size_t)W);
+        memset(o + p + W, zx, (size_t)p);
+    }
+    memset(pad + (size_t)(p + H) * Wp, zx, (size_t)p * Wp + Q_PAD_SLACK);
+}
+/* NOTE [ Padded 3x3 forward ]
+   A trainable 3x3 conv (stride 1 or 2) runs its forward from zero-point-padded input planes
+   in arena scratch (`f:<op>`, NOTE [ int8 SRAM of the C trainer ]): (H + 2p) x (W + 2p) +
+   Q_PAD_SLACK bytes, then, when a group has several input channels, Ho x Wo int32 sums. The
+   padded taps hold zx, so every output sums all 9 taps, sum (x - zx) w = sum x w - zx sum w,
+   with no border cases. With the DSP, two outputs (ow, ow + 1) per kernel row: the pair
+   (w0, w2) against SXTB16 lanes (x0, x2) and w1 by a halfword MAC (stride 1: one word,
+   7 instructions for 6 MACs; stride 2: two words, 9). The integer sums are qconv_fwd's, so
+   without the DSP it is qconv_fwd. */
+#if ET_DSP
+Q_AI int16x2_t q_w02(const int8_t *w) {
+    return (int16x2_t)(((uint32_t)w[2] << 16) | (uint16_t)w[0]);
+}
+/* sum x * w over the 3 x 3 window of outputs (ow, ow + 1) of one padded plane row block */
+Q_AI void q3_pair(const int8_t *xr, int Wp, int S, int16x2_t A0, int16x2_t A1, int16x2_t A2,
+                  int32_t w10, int32_t w11, int32_t w12, int32_t *s0, int32_t *s1) {
+    int32_t a0 = *s0, a1 = *s1;
+#define Q_KROW(A, W1)                                                                 \
+    {                                                                                 \
+        const uint32_t u = q_ld4(xr);                                                 \
+        const int16x2_t E = __sxtb16(u), O = q_sxtb16r8(u);                           \
+        a0 = __smlad(A, E, a0); a0 = __smlabb(W1, O, a0);                             \
+        if (S == 1) { a1 = __smlad(A, O, a1); a1 = __smlabt(W1, E, a1); }             \
+        else { a1 = __smlad(A, __sxtb16(q_ld4(xr + 2)), a1); a1 = __smlabt(W1, O, a1); } \
+        xr += Wp;                                                                     \
+    }
+    Q_KROW(A0, w10)
+    Q_KROW(A1, w11)
+    Q_KROW(A2, w12)
+#undef Q_KROW
+    *s0 = a0; *s1 = a1;
+}
+/* sums[oh * Wo + ow] += sum x * w over every output of one (padded plane, 3x3 weights) pair */
+Q_AI void q3_plane_fwd(int32_t *sums, const int8_t *xp, int Wp, const int8_t *wk, int Ho,
+                       int Wo, int S, int32_t init, int add) {
+    const int16x2_t A0 = q_w02(wk), A1 = q_w02(wk + 3), A2 = q_w02(wk + 6);
+    const int32_t w10 = wk[1], w11 = wk[4], w12 = wk[7];
+    for (int oh = 0; oh < Ho; oh++) {
+        const int8_t *xr = xp + (size_t)oh * S * Wp;
+        int32_t *so = sums + (size_t)oh * Wo;
+        for (int ow = 0; ow < Wo; ow += 2) {
+            int32_t s0 = add ? so[ow] : init, s1 = add && ow + 1 < Wo ? so[ow + 1] : init;
+            if (S == 1) q3_pair(xr + ow, Wp, 1, A0, A1, A2, w10, w11, w12, &s0, &s1);
+            else q3_pair(xr + 2 * ow, Wp, 2, A0, A1, A2, w10, w11, w12, &s0, &s1);
+            so[ow] = s0;
+            if (ow + 1 < Wo) so[ow + 1] = s1;  /* an odd last pair's second is past the row */
+        }
+    }
+}
+#endif
+static void qconv3_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
+                       const int32_t *m0, const int32_t *sh, int zy, int lo, int hi, int8_t *y,
+                       uint8_t *mask, int8_t *scratch, int B, int Ci, int H, int W, int Co,
+                       int Ho, int Wo, int K, int s, int p, int G) {
+#if ET_DSP
+    const int cig = Ci / G, cog = Co / G, Wp = W + 2 * p;
+    if (K == 3 && (s == 1 || s == 2) && scratch) {
+        const size_t pb = ((size_t)(H + 2 * p) * Wp + Q_PAD_SLACK + 3) / 4 * 4;
+        int32_t *sums = (int32_t *)(void *)(scratch + pb);
+        long padded = -1;  /* the plane now in the scratch (n * Ci + ci) */
+        for (int n = 0; n < B; n++)
+        for (int oc = 0; oc < Co; oc++) {
+            const int g = oc / cog;
+            const int8_t *wo = w + (size_t)oc * cig * 9;
+            int32_t ws = 0;
+            for (int i = 0; i < cig * 9; i++) ws += wo[i];
+            const int32_t init = b[oc] - zx * ws;
+            for (int ic = 0; ic < cig; ic++) {
+                const long pl = (long)n * Ci + g * cig + ic;
+                if (pl != padded) {
+                    q_pad(scratch, x + (size_t)pl * H * W, zx, H, W, p);
+                    padded = pl;
+                }
+                q3_plane_fwd(sums, scratch, Wp, wo + ic * 9, Ho, Wo, s, init, ic > 0);
+            }
+            const size_t yo = ((size_t)n * Co + oc) * Ho * Wo;
+            for (int q = 0; q < Ho * Wo; q++)
+                q_out(sums[q], m0[oc], sh[oc], zy, lo, hi, y, mask, yo + q);
+        }
+        return;
+    }
+#endif
+    (void)scratch;
+    qconv_fwd(x, zx, w, b, m0, sh, zy, lo, hi, y, mask, B, Ci, H, W, Co, Ho, Wo, K, s, p, G);
 }
 
 /* a frozen 1x1 expansion fused with the depthwise conv that reads it: each expanded channel
@@ -464,452 +591,631 @@ static void qgap_fwd(const int8_t *x, int8_t *y, int BC, int P) {
     }
 }
 
-/* ---- backward (the float surrogate), ET_REAL ---- */
-static void qacc_grad(const ET_REAL *dy, const uint8_t *mask, const ET_REAL *M, ET_REAL *dacc,
-                      int B, int C, int P) {
+/* ---- backward: NOTE [ int8 integer backward ] (edgetrain/quant/_train.py) ----
+   Per conv/linear on the backward path: qacc_quant turns the surrogate's dacc = dy x mask x M
+   into the int8 dq (written over the op's mask, which nothing reads after it) and returns s_g;
+   the input gradient is s_g x (exact int32 sums of W_q x dq), the weight gradient s_g x (exact
+   int32 sums of dq x (x - zx)), applied per weight by the QAS-scaled SGD re-rounding. */
+
+/* where a global average pool is the only reader of a conv's output, the conv's dy is the
+   pool's dy / P, never stored (NOTE [ int8 SRAM of the C trainer ]) */
+typedef struct { const ET_REAL *gp; int P; } qgap_dacc;
+
+static inline ET_REAL et_abs(ET_REAL v) { return v < 0 ? -v : v; }
+
+/* s_g = max|dacc| / 127 and dq = clamp(round_half_away(dacc / s_g), -127, 127) over the whole
+   B x C x P output, dq written over `mask` (each byte read before its dq is written); returns
+   s_g, or 0 when every dacc is 0 (then nothing is written: the op's gradients are all 0) */
+/* Cortex-M (float; the simulation's float64 results are not reproduced bit for bit there in
+   any case): per channel, the largest |dy| where not clamped (positive floats order as their
+   bit patterns) times M, which rounds to the largest |dy * M|; dq by one multiply by
+   127 / max and a rounding by the adder (+ 1.5 * 2^23: to nearest, ties to even, where the
+   simulation rounds ties away from zero); the pool's dy is one value per channel */
+static float qacc_quant_f(const float *dy, const qgap_dacc *gd, uint8_t *mask, const float *M,
+                          int B, int C, int P) {
+    float mx = 0;
     for (int n = 0; n < B; n++)
-    for (int c = 0; c < C; c++)
-    for (int p = 0; p < P; p++) {
-        const size_t i = ((size_t)n * C + c) * P + p;
-        dacc[i] = dy[i] * (mask[i] ? M[c] : (ET_REAL)0);
+    for (int c = 0; c < C; c++) {
+        const size_t o = ((size_t)n * C + c) * P;
+        float m = 0;
+        if (gd) {
+            uint32_t any = 0;
+            for (int p = 0; p < P; p++) any |= mask[o + p];
+            const float d = (float)gd->gp[(size_t)n * C + c] / (float)gd->P;
+            m = any ? (d < 0 ? -d : d) : 0.0f;
+        } else {
+            uint32_t mb = 0;
+            for (int p = 0; p < P; p++) {
+                uint32_t u;
+                memcpy(&u, dy + o + p, 4);
+                u &= 0x7FFFFFFFu & -(uint32_t)mask[o + p];
+                mb = u > mb ? u : mb;
+            }
+            memcpy(&m, &mb, 4);
+        }
+        const float a = m * (float)M[c];
+        if (a > mx) mx = a;
     }
+    if (!(mx > 0)) return 0;
+    const float r = 127.0f / mx;
+    int8_t *dq = (int8_t *)mask;
+    for (int n = 0; n < B; n++)
+    for (int c = 0; c < C; c++) {
+        const size_t o = ((size_t)n * C + c) * P;
+        const float Mr = (float)M[c] * r;
+        if (gd) {
+            const float v = (float)gd->gp[(size_t)n * C + c] / (float)gd->P * Mr + 12582912.0f;
+            uint32_t u;
+            memcpy(&u, &v, 4);
+            const int32_t q = (int32_t)(u - 0x4B400000u);
+            for (int p = 0; p < P; p++) dq[o + p] = (int8_t)(q & -(int32_t)mask[o + p]);
+        } else
+            for (int p = 0; p < P; p++) {
+                const float v = dy[o + p] * Mr + 12582912.0f;
+                uint32_t u;
+                memcpy(&u, &v, 4);
+                dq[o + p] = (int8_t)((int32_t)(u - 0x4B400000u) & -(int32_t)mask[o + p]);
+            }
+    }
+    return mx / 127.0f;
+}
+static ET_REAL qacc_quant(const ET_REAL *dy, const qgap_dacc *gd, uint8_t *mask,
+                          const ET_REAL *M, int B, int C, int P) {
+    if (sizeof(ET_REAL) == sizeof(float))
+        return (ET_REAL)qacc_quant_f((const float *)(const void *)dy, gd, mask,
+                                     (const float *)(const void *)M, B, C, P);
+    ET_REAL mx = 0;
+    for (int n = 0; n < B; n++)
+    for (int c = 0; c < C; c++) {
+        const size_t o = ((size_t)n * C + c) * P;
+        const ET_REAL d = gd ? gd->gp[(size_t)n * C + c] / (ET_REAL)gd->P : 0;
+        for (int p = 0; p < P; p++) {
+            const ET_REAL v = (gd ? d : dy[o + p]) * (mask[o + p] ? M[c] : (ET_REAL)0);
+            const ET_REAL a = et_abs(v);
+            if (a > mx) mx = a;
+        }
+    }
+    if (!(mx > 0)) return 0;
+    const ET_REAL s = mx / (ET_REAL)127;
+    int8_t *dq = (int8_t *)mask;
+    for (int n = 0; n < B; n++)
+    for (int c = 0; c < C; c++) {
+        const size_t o = ((size_t)n * C + c) * P;
+        const ET_REAL d = gd ? gd->gp[(size_t)n * C + c] / (ET_REAL)gd->P : 0;
+        for (int p = 0; p < P; p++) {
+            const ET_REAL v = (gd ? d : dy[o + p]) * (mask[o + p] ? M[c] : (ET_REAL)0);
+            const ET_REAL r = round_half_away(v / s);
+            dq[o + p] = (int8_t)(r < -127 ? -127 : (r > 127 ? 127 : r));
+        }
+    }
+    return s;
 }
 
-/* dacc of a conv whose output only a global average pool reads, never stored (NOTE [ int8
-   SRAM of the C trainer ], fused pool backward): the pool's dy / P, masked and scaled element
-   by element, exactly as qgap_bwd then qacc_grad would have stored it */
-typedef struct { const ET_REAL *gp; const uint8_t *mask; const ET_REAL *M; int P; } qgap_dacc;
-
-static inline ET_REAL dacc_at(const ET_REAL *dacc, const qgap_dacc *gd, size_t i, size_t nc, int c) {
-    if (!gd) return dacc[i];
-    const ET_REAL d = gd->gp[nc] / (ET_REAL)gd->P;
-    return d * (gd->mask[i] ? gd->M[c] : (ET_REAL)0);
+/* the QAS-scaled SGD step of one int8 weight / int32 bias from its integer gradient sum g:
+   round_half_away(w - lr * (s_g * g) * inv), saturated */
+/* ET_GRAD_PROBE(address, g): a hook a kernel test defines to read each integer sum */
+#ifndef ET_GRAD_PROBE
+#define ET_GRAD_PROBE(p, g) ((void)0)
+#endif
+/* one channel's step factor: s_g, inv and lr, and on Cortex-M the factor k = -lr * s_g * inv
+   as kq * 2^-sh (kq: 24 significant bits in 30; sh in 32..62, else 0: the float path) */
+typedef struct { ET_REAL s, inv, lr; int32_t kq; int sh; } q_step;
+static inline q_step q_stepper(ET_REAL s, ET_REAL inv, ET_REAL lr) {
+    q_step st = {s, inv, lr, 0, 0};
+    if (sizeof(ET_REAL) == sizeof(float)) {
+        int e;
+        const float m = frexpf((-(float)lr) * ((float)s * (float)inv), &e);
+        if (m != 0 && 30 - e >= 32 && 30 - e <= 62) {
+            st.kq = (int32_t)(m * 1073741824.0f);
+            st.sh = 30 - e;
+        }
+    }
+    return st;
+}
+Q_AI void q_wstep(int8_t *w, int32_t g, q_step st) {
+    ET_GRAD_PROBE(w, g);
+    if (sizeof(ET_REAL) == sizeof(float)) {
+        /* Cortex-M (float: not bit for bit with the float64 simulation in any case): w plus
+           g * k rounded half up, in fixed point (SMLAL, ASR), saturated; the float path
+           (round half away) where k does not fit */
+        if (st.sh) {
+            const int64_t t = (int64_t)g * st.kq + ((int64_t)1 << (st.sh - 1));
+            const int32_t v = *w + ((int32_t)(t >> 32) >> (st.sh - 32));
+            *w = (int8_t)(v < -127 ? -127 : (v > 127 ? 127 : v));
+            return;
+        }
+        float v = (float)*w + (float)g * ((-(float)st.lr) * ((float)st.s * (float)st.inv));
+        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+        *w = (int8_t)(int32_t)(v + (v >= 0 ? 0.5f : -0.5f));
+        return;
+    }
+    const ET_REAL v = round_half_away((ET_REAL)*w + (-st.lr) * ((st.s * (ET_REAL)g) * st.inv));
+    *w = (int8_t)(v < -127 ? -127 : (v > 127 ? 127 : v));
+}
+static inline void q_bstep(int32_t *b, int32_t g, ET_REAL s, ET_REAL inv, ET_REAL lr) {
+    ET_GRAD_PROBE(b, g);
+    *b = clamp_i32(round_half_away((ET_REAL)*b + (-lr) * ((s * (ET_REAL)g) * inv)));
+}
+/* dx = s_g * dx_int (or dx += it) */
+Q_AI void q_put(ET_REAL *dx, int32_t v, ET_REAL s, int acc) {
+    const ET_REAL r = s * (ET_REAL)v;
+    if (acc) *dx += r; else *dx = r;
+}
+static void q_zero(ET_REAL *dx, int acc, size_t n) {
+    if (!acc) for (size_t i = 0; i < n; i++) dx[i] = 0;
 }
 
 /* NOTE [ Register-blocked int8 backward ]
-   The backward kernels of the float surrogate (ET_REAL) for the common shapes: a 3x3 conv
-   (stride 1 or 2) keeps its 9 weights converted to ET_REAL in registers for a whole input
-   plane and scatters 4 output gradients per block into the input gradient (each touched
-   element loaded and stored once per kernel row); its weight gradient keeps the 9 taps' sums
-   in registers over the plane; a 1x1 conv is a 4 x 4 register tile. Every input-gradient
-   element and every weight-gradient sum receives its terms in the same order as the plain
-   loops (by output channel, then output row, then column), so the host's double results are
-   those of the plain loops bit for bit; border outputs take the plain per-tap path. */
-#define Q_AI static inline __attribute__((always_inline))
-/* the output gradient dacc[o] (gd: the pool's dy / P * M where not clamped, else 0) */
-Q_AI ET_REAL q_d(const ET_REAL *d, const uint8_t *mk, ET_REAL dv, int o) {
-    return d ? d[o] : (mk[o] ? dv : (ET_REAL)0);
-}
-/* output columns [*a, *b) whose 3 taps are inside 0..W-1 */
-static inline void q_inner3(int Wo, int W, int s, int p, int *a, int *b) {
-    int lo = (p + s - 1) / s, v = W - 3 + p;
-    int hi = v < 0 ? 0 : v / s + 1;
-    if (hi > Wo) hi = Wo;
-    if (lo > hi) lo = hi;
-    *a = lo; *b = hi;
-}
-/* one kernel row of 4 output gradients scattered: dr[j*S + kw] += w_kw * d_j */
-Q_AI void q_sc4(ET_REAL *dr, ET_REAL w0, ET_REAL w1, ET_REAL w2, ET_REAL d0, ET_REAL d1,
-                ET_REAL d2, ET_REAL d3, int S) {
-    if (S == 1) {
-        ET_REAL v0 = dr[0], v1 = dr[1], v2 = dr[2], v3 = dr[3], v4 = dr[4], v5 = dr[5];
-        v0 += d0 * w0;
-        v1 += d0 * w1; v1 += d1 * w0;
-        v2 += d0 * w2; v2 += d1 * w1; v2 += d2 * w0;
-        v3 += d1 * w2; v3 += d2 * w1; v3 += d3 * w0;
-        v4 += d2 * w2; v4 += d3 * w1;
-        v5 += d3 * w2;
-        dr[0] = v0; dr[1] = v1; dr[2] = v2; dr[3] = v3; dr[4] = v4; dr[5] = v5;
-    } else {
-        ET_REAL v0 = dr[0], v1 = dr[1], v2 = dr[2], v3 = dr[3], v4 = dr[4], v5 = dr[5];
-        ET_REAL v6 = dr[6], v7 = dr[7], v8 = dr[8];
-        v0 += d0 * w0; v1 += d0 * w1; v2 += d0 * w2; v2 += d1 * w0;
-        v3 += d1 * w1; v4 += d1 * w2; v4 += d2 * w0; v5 += d2 * w1;
-        v6 += d2 * w2; v6 += d3 * w0; v7 += d3 * w1; v8 += d3 * w2;
-        dr[0] = v0; dr[1] = v1; dr[2] = v2; dr[3] = v3; dr[4] = v4; dr[5] = v5;
-        dr[6] = v6; dr[7] = v7; dr[8] = v8;
-    }
-}
-/* one output gradient over its in-bounds taps (borders) */
-Q_AI void q_sc1(ET_REAL *dxc, const ET_REAL *wf, ET_REAL d, int H, int W, int ih0, int iw0) {
-#pragma GCC unroll 3
-    for (int kh = 0; kh < 3; kh++) {
-        const int r = ih0 + kh;
-        if (r < 0 || r >= H) continue;
-#pragma GCC unroll 3
-        for (int kw = 0; kw < 3; kw++) {
-            const int c = iw0 + kw;
-            if (c >= 0 && c < W) dxc[r * W + c] += d * wf[kh * 3 + kw];
+   The integer sums are exact, so any order gives the same result: the kernels pick the order
+   the Cortex-M4 runs fastest. With the DSP extension (ET_DSP, NOTE [ DSP dual
+   multiply-accumulate ]) dq and x are loaded 4 bytes at a time, unpacked by SXTB16 into 16-bit
+   pairs and summed by SMLAD (two MACs per instruction); x's zero point is taken out once per
+   sum (sum dq (x - zx) = sum dq x - zx sum dq, exact in int32 by the bounds of NOTE [ int8
+   integer backward ]). Without it the same sums are plain int32 multiply-adds. */
+
+#if ET_DSP
+/* one kernel row (kh) of a 3x3, stride-1 weight gradient over a whole zx-padded input plane:
+   the 3 taps' sums in registers across the output rows; 4 outputs at a time, dq (e0..e3) as
+   16-bit pairs (e0, e2), (e1, e3) against x pairs in the same lanes (the words at the
+   window's column 0 and 2), the row's last outputs one by one. With `se`, also returns the
+   plane's sum of dq. */
+Q_AI int32_t q3_wg_k_s1(int32_t *A, const int8_t *d, const int8_t *x0, int Wp, int Ho, int Wo,
+                        int se_on) {
+    int32_t a0 = A[0], a1 = A[1], a2 = A[2], se = 0;
+    for (int oh = 0; oh < Ho; oh++, d += Wo, x0 += Wp) {
+        int i = 0;
+        for (; i + 4 <= Wo; i += 4) {
+            const uint32_t dv = q_ld4(d + i);
+            const int16x2_t E = __sxtb16(dv), O = q_sxtb16r8(dv);
+            if (se_on) { se = __smlad(E, 0x00010001, se); se = __smlad(O, 0x00010001, se); }
+            const uint32_t u = q_ld4(x0 + i), v = q_ld4(x0 + i + 2);
+            const int16x2_t uo = q_sxtb16r8(u), ve = __sxtb16(v);
+            a0 = __smlad(E, __sxtb16(u), a0); a0 = __smlad(O, uo, a0);
+            a1 = __smlad(E, uo, a1); a1 = __smlad(O, ve, a1);
+            a2 = __smlad(E, ve, a2); a2 = __smlad(O, q_sxtb16r8(v), a2);
+        }
+        for (; i < Wo; i++) {  /* the row's last outputs one by one */
+            const int32_t e = d[i];
+            const int8_t *x = x0 + i;
+            se += e;
+            a0 += e * x[0]; a1 += e * x[1]; a2 += e * x[2];
         }
     }
+    A[0] = a0; A[1] = a1; A[2] = a2;
+    return se;
 }
-Q_AI void q3_bwd_plane(ET_REAL *dxc, const ET_REAL *wf, const ET_REAL *d, const uint8_t *mk,
-                       ET_REAL dv, int H, int W, int Ho, int Wo, int p, int ca, int cb,
-                       int S) {
-    for (int oh = 0; oh < Ho; oh++) {
-        const int ih0 = oh * S - p, o = oh * Wo;
-        const int r0 = ih0 >= 0, r2 = ih0 + 2 < H;
-        if (!r0 || !r2 || ih0 + 1 >= H) {
-            for (int ow = 0; ow < Wo; ow++)
-                q_sc1(dxc, wf, q_d(d, mk, dv, o + ow), H, W, ih0, ow * S - p);
-            continue;
+/* the same for stride 2: outputs (ow, ow+1) read x columns (2ow + c, 2ow + 2 + c), the even
+   lanes of the word at 2ow (c = 0), its odd lanes (c = 1) and the even lanes of the word at
+   2ow + 2 (c = 2), against dq as the pair (e_ow, e_ow+1) */
+Q_AI int32_t q3_wg_k_s2(int32_t *A, const int8_t *d, const int8_t *x0, int Wp, int Ho, int Wo,
+                        int se_on) {
+    int32_t a0 = A[0], a1 = A[1], a2 = A[2], se = 0;
+    for (int oh = 0; oh < Ho; oh++, d += Wo, x0 += 2 * Wp) {
+        int i = 0;
+        for (; i + 4 <= Wo; i += 4) {
+            const uint32_t dv = q_ld4(d + i);
+            const int16x2_t E = __sxtb16(dv), O = q_sxtb16r8(dv);
+            if (se_on) { se = __smlad(E, 0x00010001, se); se = __smlad(O, 0x00010001, se); }
+            const int16x2_t D01 = q_pkhbt(E, O), D23 = q_pkhtb(O, E);
+            const int8_t *x = x0 + 2 * i;
+            const uint32_t u = q_ld4(x), v = q_ld4(x + 2), u2 = q_ld4(x + 4), v2 = q_ld4(x + 6);
+            a0 = __smlad(D01, __sxtb16(u), a0); a1 = __smlad(D01, q_sxtb16r8(u), a1);
+            a2 = __smlad(D01, __sxtb16(v), a2);
+            a0 = __smlad(D23, __sxtb16(u2), a0); a1 = __smlad(D23, q_sxtb16r8(u2), a1);
+            a2 = __smlad(D23, __sxtb16(v2), a2);
         }
-        int ow = 0;
-        for (; ow < ca; ow++) q_sc1(dxc, wf, q_d(d, mk, dv, o + ow), H, W, ih0, ow * S - p);
-        for (; ow + 4 <= cb; ow += 4) {
-            const ET_REAL d0 = q_d(d, mk, dv, o + ow), d1 = q_d(d, mk, dv, o + ow + 1);
-            const ET_REAL d2 = q_d(d, mk, dv, o + ow + 2), d3 = q_d(d, mk, dv, o + ow + 3);
-            ET_REAL *dr = dxc + (ih0 * W + ow * S - p);
-            q_sc4(dr, wf[0], wf[1], wf[2], d0, d1, d2, d3, S);
-            q_sc4(dr + W, wf[3], wf[4], wf[5], d0, d1, d2, d3, S);
-            q_sc4(dr + 2 * W, wf[6], wf[7], wf[8], d0, d1, d2, d3, S);
-        }
-        for (; ow < Wo; ow++) q_sc1(dxc, wf, q_d(d, mk, dv, o + ow), H, W, ih0, ow * S - p);
-    }
-}
-/* dx += w * dacc for a 3x3 conv, stride 1 or 2 (dx already zeroed or accumulating) */
-static void q3_bwd_input(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t *w,
-                         ET_REAL *dx, int B, int Ci, int H, int W, int Co, int Ho, int Wo,
-                         int s, int p, int G) {
-    const int cig = Ci / G, cog = Co / G;
-    int ca, cb;
-    q_inner3(Wo, W, s, p, &ca, &cb);
-    for (int n = 0; n < B; n++)
-    for (int oc = 0; oc < Co; oc++) {
-        const int g = oc / cog;
-        const size_t o0 = ((size_t)n * Co + oc) * Ho * Wo;
-        const ET_REAL *d = gd ? 0 : dacc + o0;
-        const uint8_t *mk = gd ? gd->mask + o0 : 0;
-        const ET_REAL dv = gd ? gd->gp[(size_t)n * Co + oc] / (ET_REAL)gd->P * gd->M[oc] : 0;
-        for (int ic = 0; ic < cig; ic++) {
-            const int8_t *wc = w + ((size_t)oc * cig + ic) * 9;
-            ET_REAL wf[9];
-            for (int t = 0; t < 9; t++) wf[t] = (ET_REAL)wc[t];
-            ET_REAL *dxc = dx + ((size_t)n * Ci + g * cig + ic) * H * W;
-            if (s == 1) q3_bwd_plane(dxc, wf, d, mk, dv, H, W, Ho, Wo, p, ca, cb, 1);
-            else q3_bwd_plane(dxc, wf, d, mk, dv, H, W, Ho, Wo, p, ca, cb, 2);
+        for (; i < Wo; i++) {  /* the row's last outputs one by one */
+            const int32_t e = d[i];
+            const int8_t *x = x0 + 2 * i;
+            se += e;
+            a0 += e * x[0]; a1 += e * x[1]; a2 += e * x[2];
         }
     }
+    A[0] = a0; A[1] = a1; A[2] = a2;
+    return se;
 }
-/* one output's terms of the 9 weight-gradient sums, taps outside skipped (borders) */
-Q_AI void q_wg1(ET_REAL *a, ET_REAL d, const int8_t *xc, int zx, int H, int W, int ih0,
-                int iw0) {
-#pragma GCC unroll 3
-    for (int kh = 0; kh < 3; kh++) {
-        const int r = ih0 + kh;
-        if (r < 0 || r >= H) continue;
-#pragma GCC unroll 3
-        for (int kw = 0; kw < 3; kw++) {
-            const int c = iw0 + kw;
-            if (c >= 0 && c < W) a[kh * 3 + kw] += d * (ET_REAL)(xc[r * W + c] - zx);
+#endif
+/* one kernel row without DSP */
+Q_AI int32_t q3_wg_k(int32_t *A, const int8_t *d, const int8_t *x0, int Wp, int Ho, int Wo,
+                     int S, int se_on) {
+#if ET_DSP
+    return S == 1 ? q3_wg_k_s1(A, d, x0, Wp, Ho, Wo, se_on)
+                  : q3_wg_k_s2(A, d, x0, Wp, Ho, Wo, se_on);
+#endif
+    int32_t a0 = A[0], a1 = A[1], a2 = A[2], se = 0;
+    for (int oh = 0; oh < Ho; oh++, d += Wo, x0 += S * Wp)
+        for (int i = 0; i < Wo; i++) {
+            const int32_t e = d[i];
+            const int8_t *x = x0 + S * i;
+            se += e;
+            a0 += e * x[0]; a1 += e * x[1]; a2 += e * x[2];
         }
-    }
+    A[0] = a0; A[1] = a1; A[2] = a2;
+    return se;
 }
-/* the 9 sums sum_{oh, ow} dacc * (x - zx) of one (oc, ic) plane pair, in (oh, ow) order */
-Q_AI void q3_wg_plane(ET_REAL *acc, const ET_REAL *d, const uint8_t *mk, ET_REAL dv,
-                      const int8_t *xc, int zx, int H, int W, int Ho, int Wo, int p, int ca,
-                      int cb, int S) {
-    ET_REAL a[9];
-#pragma GCC unroll 9
-    for (int t = 0; t < 9; t++) a[t] = acc[t];
-    for (int oh = 0; oh < Ho; oh++) {
-        const int ih0 = oh * S - p, o = oh * Wo;
-        if (ih0 < 0 || ih0 + 2 >= H) {
-            for (int ow = 0; ow < Wo; ow++) {
-                if (!d && !mk[o + ow]) continue;
-                q_wg1(a, q_d(d, mk, dv, o + ow), xc, zx, H, W, ih0, ow * S - p);
-            }
-            continue;
-        }
-        int ow = 0;
-        for (; ow < ca; ow++)
-            if (d || mk[o + ow]) q_wg1(a, q_d(d, mk, dv, o + ow), xc, zx, H, W, ih0, ow * S - p);
-        const int8_t *x0 = xc + (ih0 * W + ca * S - p), *x1 = x0 + W, *x2 = x1 + W;
-        for (; ow < cb; ow++, x0 += S, x1 += S, x2 += S) {
-            if (!d && !mk[o + ow]) continue;
-            const ET_REAL e = q_d(d, mk, dv, o + ow);
-            a[0] += e * (ET_REAL)(x0[0] - zx); a[1] += e * (ET_REAL)(x0[1] - zx);
-            a[2] += e * (ET_REAL)(x0[2] - zx); a[3] += e * (ET_REAL)(x1[0] - zx);
-            a[4] += e * (ET_REAL)(x1[1] - zx); a[5] += e * (ET_REAL)(x1[2] - zx);
-            a[6] += e * (ET_REAL)(x2[0] - zx); a[7] += e * (ET_REAL)(x2[1] - zx);
-            a[8] += e * (ET_REAL)(x2[2] - zx);
-        }
-        for (; ow < Wo; ow++)
-            if (d || mk[o + ow]) q_wg1(a, q_d(d, mk, dv, o + ow), xc, zx, H, W, ih0, ow * S - p);
-    }
-#pragma GCC unroll 9
-    for (int t = 0; t < 9; t++) acc[t] = a[t];
+/* the 9 sums sum dq * x of one (dq plane, padded x plane) pair, one kernel row at a time;
+   returns the plane's sum of dq (the zero point's term is zx times it, for every tap) */
+static int32_t q3_wg_plane(int32_t *a, const int8_t *d, const int8_t *xp, int Wp, int Ho,
+                           int Wo, int S) {
+    const int32_t se = q3_wg_k(a, d, xp, Wp, Ho, Wo, S, 1);
+    (void)q3_wg_k(a + 3, d, xp + Wp, Wp, Ho, Wo, S, 0);
+    (void)q3_wg_k(a + 6, d, xp + 2 * Wp, Wp, Ho, Wo, S, 0);
+    return se;
 }
-/* the 9 weight sums of a 3x3 conv (stride 1 or 2), then the QAS-scaled SGD re-rounding */
-static void q3_update(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t *x, int zx,
-                      int8_t *w, const ET_REAL *inv_w, ET_REAL lr, int B, int Ci, int H, int W,
-                      int Co, int Ho, int Wo, int s, int p, int G) {
-    const int cig = Ci / G, cog = Co / G;
-    int ca, cb;
-    q_inner3(Wo, W, s, p, &ca, &cb);
-    for (int oc = 0; oc < Co; oc++) {
-        const int g = oc / cog;
-        for (int ic = 0; ic < cig; ic++) {
-            ET_REAL acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+/* the 9 weight sums of a 3x3 conv (stride 1 or 2) from zx-padded input planes in `pad`
+   ((H + 2p) x (W + 2p) + Q_PAD_SLACK bytes of scratch), then the QAS-scaled SGD re-rounding.
+   Batch 1: each input plane is padded once for every output channel that reads it. */
+static void q3_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
+                      const ET_REAL *inv_w, ET_REAL lr, int B, int Ci, int H, int W, int Co,
+                      int Ho, int Wo, int st, int p, int G, int8_t *pad) {
+    const int cig = Ci / G, cog = Co / G, Wp = W + 2 * p;
+    for (int ci = 0; ci < Ci; ci++) {
+        const int g = ci / cig, ic = ci % cig;
+        if (B == 1) q_pad(pad, x + (size_t)ci * H * W, zx, H, W, p);
+        for (int oc = g * cog; oc < (g + 1) * cog; oc++) {
+            int32_t a[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0}, se = 0;
             for (int n = 0; n < B; n++) {
-                const size_t o0 = ((size_t)n * Co + oc) * Ho * Wo;
-                const ET_REAL *d = gd ? 0 : dacc + o0;
-                const uint8_t *mk = gd ? gd->mask + o0 : 0;
-                const ET_REAL dv = gd ? gd->gp[(size_t)n * Co + oc] / (ET_REAL)gd->P * gd->M[oc]
-                                      : 0;
-                const int8_t *xc = x + ((size_t)n * Ci + g * cig + ic) * H * W;
-                if (s == 1) q3_wg_plane(acc, d, mk, dv, xc, zx, H, W, Ho, Wo, p, ca, cb, 1);
-                else q3_wg_plane(acc, d, mk, dv, xc, zx, H, W, Ho, Wo, p, ca, cb, 2);
+                if (B > 1) q_pad(pad, x + ((size_t)n * Ci + ci) * H * W, zx, H, W, p);
+                se += q3_wg_plane(a, dq + ((size_t)n * Co + oc) * Ho * Wo, pad, Wp, Ho, Wo, st);
             }
             int8_t *wk = w + ((size_t)oc * cig + ic) * 9;
-            for (int t = 0; t < 9; t++) {
-                ET_REAL v = round_half_away((ET_REAL)wk[t] + (-lr) * (acc[t] * inv_w[oc]));
-                wk[t] = (int8_t)(v < -127 ? -127 : (v > 127 ? 127 : v));
-            }
-        }
-    }
-}
-/* 1x1 conv input gradient in 4 x 4 tiles (input channels x pixels) held in registers while
-   every output channel adds its term, in output-channel order */
-static void q1_bwd_input(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t *w,
-                         ET_REAL *dx, int B, int Ci, int Co, int P) {
-    for (int n = 0; n < B; n++) {
-        const size_t d0 = (size_t)n * Co * P;
-        ET_REAL *dxn = dx + (size_t)n * Ci * P;
-        for (int ic = 0; ic < Ci; ic += 4)
-        for (int q = 0; q < P; q += 4) {
-            if (ic + 4 > Ci || q + 4 > P) {  /* a remainder: element by element */
-                for (int i = ic; i < Ci && i < ic + 4; i++)
-                for (int j = q; j < P && j < q + 4; j++) {
-                    ET_REAL t = dxn[(size_t)i * P + j];
-                    for (int oc = 0; oc < Co; oc++) {
-                        const size_t o = d0 + (size_t)oc * P + j;
-                        const ET_REAL e = gd ? (gd->mask[o] ? gd->gp[(size_t)n * Co + oc]
-                                                 / (ET_REAL)gd->P * gd->M[oc] : (ET_REAL)0)
-                                             : dacc[o];
-                        t += e * (ET_REAL)w[(size_t)oc * Ci + i];
-                    }
-                    dxn[(size_t)i * P + j] = t;
-                }
-                continue;
-            }
-            ET_REAL t[4][4];
-#pragma GCC unroll 4
-            for (int u = 0; u < 4; u++)
-#pragma GCC unroll 4
-                for (int v = 0; v < 4; v++) t[u][v] = dxn[(size_t)(ic + u) * P + q + v];
-            for (int oc = 0; oc < Co; oc++) {
-                const size_t o = d0 + (size_t)oc * P + q;
-                ET_REAL e[4];
-                if (gd) {
-                    const ET_REAL dv = gd->gp[(size_t)n * Co + oc] / (ET_REAL)gd->P * gd->M[oc];
-#pragma GCC unroll 4
-                    for (int v = 0; v < 4; v++) e[v] = gd->mask[o + v] ? dv : (ET_REAL)0;
-                } else {
-#pragma GCC unroll 4
-                    for (int v = 0; v < 4; v++) e[v] = dacc[o + v];
-                }
-                const int8_t *wr = w + (size_t)oc * Ci + ic;
-#pragma GCC unroll 4
-                for (int u = 0; u < 4; u++) {
-                    const ET_REAL wf = (ET_REAL)wr[u];
-#pragma GCC unroll 4
-                    for (int v = 0; v < 4; v++) t[u][v] += e[v] * wf;
-                }
-            }
-#pragma GCC unroll 4
-            for (int u = 0; u < 4; u++)
-#pragma GCC unroll 4
-                for (int v = 0; v < 4; v++) dxn[(size_t)(ic + u) * P + q + v] = t[u][v];
-        }
-    }
-}
-/* 1x1 conv weight sums in 4 x 4 tiles (output x input channels), over (n, pixel) in order */
-static void q1_update(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t *x, int zx,
-                      int8_t *w, const ET_REAL *inv_w, ET_REAL lr, int B, int Ci, int Co,
-                      int P) {
-    for (int oc = 0; oc < Co; oc += 4)
-    for (int ic = 0; ic < Ci; ic += 4) {
-        const int nu = Co - oc < 4 ? Co - oc : 4, nv = Ci - ic < 4 ? Ci - ic : 4;
-        ET_REAL a[4][4] = {{0}};
-        for (int n = 0; n < B; n++) {
-            const int8_t *xn = x + ((size_t)n * Ci + ic) * P;
-            if (nu == 4 && nv == 4) {
-                ET_REAL dv[4];
-                const ET_REAL *dr[4];
-                const uint8_t *mr[4];
-#pragma GCC unroll 4
-                for (int u = 0; u < 4; u++) {
-                    const size_t o0 = ((size_t)n * Co + oc + u) * P;
-                    dr[u] = gd ? 0 : dacc + o0;
-                    mr[u] = gd ? gd->mask + o0 : 0;
-                    dv[u] = gd ? gd->gp[(size_t)n * Co + oc + u] / (ET_REAL)gd->P * gd->M[oc + u]
-                               : 0;
-                }
-                for (int q = 0; q < P; q++) {
-                    ET_REAL e[4], xf[4];
-#pragma GCC unroll 4
-                    for (int u = 0; u < 4; u++) e[u] = gd ? (mr[u][q] ? dv[u] : 0) : dr[u][q];
-#pragma GCC unroll 4
-                    for (int v = 0; v < 4; v++) xf[v] = (ET_REAL)(xn[(size_t)v * P + q] - zx);
-#pragma GCC unroll 4
-                    for (int u = 0; u < 4; u++)
-#pragma GCC unroll 4
-                        for (int v = 0; v < 4; v++) a[u][v] += e[u] * xf[v];
-                }
-                continue;
-            }
-            for (int u = 0; u < nu; u++)
-            for (int v = 0; v < nv; v++) {
-                const size_t o0 = ((size_t)n * Co + oc + u) * P;
-                for (int q = 0; q < P; q++) {
-                    const ET_REAL e = gd ? (gd->mask[o0 + q] ? gd->gp[(size_t)n * Co + oc + u]
-                                            / (ET_REAL)gd->P * gd->M[oc + u] : 0)
-                                         : dacc[o0 + q];
-                    a[u][v] += e * (ET_REAL)(xn[(size_t)v * P + q] - zx);
-                }
-            }
-        }
-        for (int u = 0; u < nu; u++)
-        for (int v = 0; v < nv; v++) {
-            const size_t i = (size_t)(oc + u) * Ci + ic + v;
-            ET_REAL r = round_half_away((ET_REAL)w[i] + (-lr) * (a[u][v] * inv_w[oc + u]));
-            w[i] = (int8_t)(r < -127 ? -127 : (r > 127 ? 127 : r));
+            const q_step st = q_stepper(s, inv_w[oc], lr);
+            for (int t = 0; t < 9; t++) q_wstep(&wk[t], a[t] - zx * se, st);
         }
     }
 }
 
-/* dx += w * dacc, loop order (oc, ic, kh, kw, oh, ow): each int8 weight is converted once
-   and multiplies the contiguous run of output gradients whose tap lands inside the input;
-   where a global average pool is the only reader (gd), dacc = mask ? gp / P * M : 0 */
-static void qconv_bwd_input(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t *w,
-                            ET_REAL *dx, int acc,
-                            int B, int Ci, int H, int W, int Co, int Ho, int Wo, int K, int s,
-                            int p, int G) {
-    const int cig = Ci / G, cog = Co / G;
-    if (!acc) for (size_t i = 0; i < (size_t)B * Ci * H * W; i++) dx[i] = 0;
-    if (K == 1 && s == 1 && p == 0 && G == 1) {
-        q1_bwd_input(dacc, gd, w, dx, B, Ci, Co, H * W);
+/* sum_i a[i] * b[i] over n int8 values (the DSP's dual MAC where it has one) */
+Q_AI int32_t q_dot(const int8_t *a, const int8_t *b, int n) {
+    int32_t acc = 0;
+    int i = 0;
+#if ET_DSP
+    for (; i + 4 <= n; i += 4) {
+        const uint32_t u = q_ld4(a + i), v = q_ld4(b + i);
+        acc = __smlad(__sxtb16(u), __sxtb16(v), acc);
+        acc = __smlad(q_sxtb16r8(u), q_sxtb16r8(v), acc);
+    }
+#endif
+    for (; i < n; i++) acc += a[i] * b[i];
+    return acc;
+}
+/* two rows a0, a1 against two rows b0, b1 (each loaded and unpacked once for two sums) */
+static void q_dot2x2(const int8_t *a0, const int8_t *a1, const int8_t *b0, const int8_t *b1,
+                     int n, int32_t *s) {
+    int32_t s00 = 0, s01 = 0, s10 = 0, s11 = 0;
+    int i = 0;
+#if ET_DSP
+    for (; i + 4 <= n; i += 4) {
+        const uint32_t u0 = q_ld4(a0 + i), u1 = q_ld4(a1 + i);
+        const int16x2_t e0 = __sxtb16(u0), o0 = q_sxtb16r8(u0);
+        const int16x2_t e1 = __sxtb16(u1), o1 = q_sxtb16r8(u1);
+        uint32_t v = q_ld4(b0 + i);
+        int16x2_t ev = __sxtb16(v), ov = q_sxtb16r8(v);
+        s00 = __smlad(e0, ev, s00); s00 = __smlad(o0, ov, s00);
+        s10 = __smlad(e1, ev, s10); s10 = __smlad(o1, ov, s10);
+        v = q_ld4(b1 + i);
+        ev = __sxtb16(v); ov = q_sxtb16r8(v);
+        s01 = __smlad(e0, ev, s01); s01 = __smlad(o0, ov, s01);
+        s11 = __smlad(e1, ev, s11); s11 = __smlad(o1, ov, s11);
+    }
+#endif
+    for (; i < n; i++) {
+        s00 += a0[i] * b0[i]; s01 += a0[i] * b1[i];
+        s10 += a1[i] * b0[i]; s11 += a1[i] * b1[i];
+    }
+    s[0] = s00; s[1] = s01; s[2] = s10; s[3] = s11;
+}
+/* sum of n int8 values */
+Q_AI int32_t q_sum(const int8_t *a, int n) {
+    int32_t acc = 0;
+    for (int i = 0; i < n; i++) acc += a[i];
+    return acc;
+}
+
+/* 1x1 conv: GW[oc][ic] = sum_(n, q) dq[oc][q] x[ic][q] - zx sum dq[oc] (2 x 2 tiles of
+   contiguous rows), then the re-rounding */
+static void q1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
+                      const ET_REAL *inv_w, ET_REAL lr, int B, int Ci, int Co, int P) {
+    for (int oc = 0; oc < Co; oc += 2) {
+        const int o1 = oc + 1 < Co ? oc + 1 : oc;
+        int32_t sd0 = 0, sd1 = 0;
+        for (int n = 0; n < B; n++) {
+            sd0 += q_sum(dq + ((size_t)n * Co + oc) * P, P);
+            sd1 += q_sum(dq + ((size_t)n * Co + o1) * P, P);
+        }
+        const q_step st0 = q_stepper(s, inv_w[oc], lr), st1 = q_stepper(s, inv_w[o1], lr);
+        for (int ic = 0; ic < Ci; ic += 2) {
+            const int i1 = ic + 1 < Ci ? ic + 1 : ic;
+            int32_t t[4] = {0, 0, 0, 0};
+            for (int n = 0; n < B; n++) {
+                int32_t u[4];
+                q_dot2x2(dq + ((size_t)n * Co + oc) * P, dq + ((size_t)n * Co + o1) * P,
+                         x + ((size_t)n * Ci + ic) * P, x + ((size_t)n * Ci + i1) * P, P, u);
+                t[0] += u[0]; t[1] += u[1]; t[2] += u[2]; t[3] += u[3];
+            }
+            /* an odd last row / column is computed twice and stored once */
+            q_wstep(&w[(size_t)oc * Ci + ic], t[0] - zx * sd0, st0);
+            if (i1 != ic)
+                q_wstep(&w[(size_t)oc * Ci + i1], t[1] - zx * sd0, st0);
+            if (o1 != oc) {
+                q_wstep(&w[(size_t)o1 * Ci + ic], t[2] - zx * sd1, st1);
+                if (i1 != ic)
+                    q_wstep(&w[(size_t)o1 * Ci + i1], t[3] - zx * sd1, st1);
+            }
+        }
+    }
+}
+/* 1x1 conv input gradient: dx[ic][q] = s_g sum_oc w[oc][ic] dq[oc][q], in 2 x 4 tiles (input
+   channels x pixels) of int32 register sums */
+#if ET_DSP
+/* input channels (ic, ic + 2) (h = 0; h = 1: ic + 1, ic + 3) x 4 pixels q..q+3: per output
+   channel one word of 4 weights (SXTB16: the pair (w_ic, w_ic+2)) and one of 4 dq (pairs (e0,
+   e2), (e1, e3)), 8 halfword multiply-accumulates (SMLABB / SMLABT / SMLATB / SMLATT) */
+Q_AI void q1_bi_tile(const int8_t *dn, const int8_t *w, int Ci, int Co, int P, int ic, int q,
+                     int h, int32_t *t) {
+    int32_t t0 = 0, t1 = 0, t2 = 0, t3 = 0, u0 = 0, u1 = 0, u2 = 0, u3 = 0;
+    const int8_t *dr = dn + q, *wr = w + ic;
+    for (int oc = 0; oc < Co; oc++, dr += P, wr += Ci) {
+        const uint32_t wv = q_ld4(wr), dv = q_ld4(dr);
+        const int16x2_t W = h ? q_sxtb16r8(wv) : __sxtb16(wv);
+        const int16x2_t E = __sxtb16(dv), O = q_sxtb16r8(dv);
+        t0 = __smlabb(W, E, t0); t2 = __smlabt(W, E, t2);
+        t1 = __smlabb(W, O, t1); t3 = __smlabt(W, O, t3);
+        u0 = __smlatb(W, E, u0); u2 = __smlatt(W, E, u2);
+        u1 = __smlatb(W, O, u1); u3 = __smlatt(W, O, u3);
+    }
+    t[0] = t0; t[1] = t1; t[2] = t2; t[3] = t3; t[4] = u0; t[5] = u1; t[6] = u2; t[7] = u3;
+}
+#endif
+static void q1_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx, int acc,
+                         int B, int Ci, int Co, int P) {
+#if ET_DSP
+    if (Ci % 4 == 0) {  /* pixels past the last group of 4: one at a time */
+        for (int n = 0; n < B; n++) {
+            const int8_t *dn = dq + (size_t)n * Co * P;
+            ET_REAL *dxn = dx + (size_t)n * Ci * P;
+            for (int ic = 0; ic < Ci; ic += 4) {
+                for (int h = 0; h < 2; h++)
+                for (int q = 0; q + 4 <= P; q += 4) {
+                    int32_t t[8];
+                    q1_bi_tile(dn, w, Ci, Co, P, ic, q, h, t);
+                    ET_REAL *r = dxn + (size_t)(ic + h) * P + q, *r2 = r + 2 * (size_t)P;
+                    for (int j = 0; j < 4; j++) {
+                        q_put(r + j, t[j], s, acc);
+                        q_put(r2 + j, t[4 + j], s, acc);
+                    }
+                }
+                if (P % 4 && P >= 4)  /* the last pixels: the tile ending at P, stored past q0 */
+                    for (int h = 0; h < 2; h++) {
+                        int32_t t[8];
+                        const int q = P - 4, q0 = P / 4 * 4 - q;
+                        q1_bi_tile(dn, w, Ci, Co, P, ic, q, h, t);
+                        ET_REAL *r = dxn + (size_t)(ic + h) * P + q, *r2 = r + 2 * (size_t)P;
+                        for (int j = q0; j < 4; j++) {
+                            q_put(r + j, t[j], s, acc);
+                            q_put(r2 + j, t[4 + j], s, acc);
+                        }
+                    }
+                else
+                    for (int q = P / 4 * 4; q < P; q++)
+                        for (int i = ic; i < ic + 4; i++) {
+                            int32_t t = 0;
+                            for (int oc = 0; oc < Co; oc++)
+                                t += w[(size_t)oc * Ci + i] * dn[(size_t)oc * P + q];
+                            q_put(dxn + (size_t)i * P + q, t, s, acc);
+                        }
+            }
+        }
         return;
     }
-    if (K == 3 && (s == 1 || s == 2)) {
-        q3_bwd_input(dacc, gd, w, dx, B, Ci, H, W, Co, Ho, Wo, s, p, G);
+#endif
+    for (int n = 0; n < B; n++) {
+        const int8_t *dn = dq + (size_t)n * Co * P;
+        ET_REAL *dxn = dx + (size_t)n * Ci * P;
+        for (int ic = 0; ic < Ci; ic += 2) {
+            const int i1 = ic + 1 < Ci ? ic + 1 : ic;
+            int q = 0;
+            for (; q + 4 <= P; q += 4) {
+                int32_t t0 = 0, t1 = 0, t2 = 0, t3 = 0, u0 = 0, u1 = 0, u2 = 0, u3 = 0;
+                const int8_t *dr = dn + q;
+                for (int oc = 0; oc < Co; oc++, dr += P) {
+                    const int32_t wa = w[(size_t)oc * Ci + ic], wb = w[(size_t)oc * Ci + i1];
+                    const int32_t e0 = dr[0], e1 = dr[1], e2 = dr[2], e3 = dr[3];
+                    t0 += wa * e0; t1 += wa * e1; t2 += wa * e2; t3 += wa * e3;
+                    u0 += wb * e0; u1 += wb * e1; u2 += wb * e2; u3 += wb * e3;
+                }
+                ET_REAL *r = dxn + (size_t)ic * P + q;
+                q_put(r, t0, s, acc); q_put(r + 1, t1, s, acc);
+                q_put(r + 2, t2, s, acc); q_put(r + 3, t3, s, acc);
+                if (i1 != ic) {
+                    r = dxn + (size_t)i1 * P + q;
+                    q_put(r, u0, s, acc); q_put(r + 1, u1, s, acc);
+                    q_put(r + 2, u2, s, acc); q_put(r + 3, u3, s, acc);
+                }
+            }
+            for (; q < P; q++)
+                for (int i = ic; i <= i1; i++) {
+                    int32_t t = 0;
+                    for (int oc = 0; oc < Co; oc++)
+                        t += w[(size_t)oc * Ci + i] * dn[(size_t)oc * P + q];
+                    q_put(dxn + (size_t)i * P + q, t, s, acc);
+                }
+        }
+    }
+}
+
+/* 3x3 conv input gradient, one input row at a time: the output rows whose taps land on it
+   scatter W x dq into a row of int32 sums (on the stack, Q_ROWMAX + 4 wide), then dx = s_g x sum.
+   Wider rows take the generic path. */
+#define Q_ROWMAX 64
+static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx, int acc,
+                         int B, int Ci, int H, int W, int Co, int Ho, int Wo, int st, int p,
+                         int G) {
+    const int cig = Ci / G, cog = Co / G;
+    int32_t row[Q_ROWMAX + 4];
+    for (int n = 0; n < B; n++)
+    for (int ci = 0; ci < Ci; ci++) {
+        const int g = ci / cig, ic = ci % cig;
+        for (int ih = 0; ih < H; ih++) {
+            for (int j = 0; j < W + 4; j++) row[j] = 0;
+            int32_t *r = row + 2;  /* r[-2 .. W+1]: taps outside the row land in the margin */
+            for (int kh = 0; kh < 3; kh++) {
+                const int t = ih + p - kh;  /* = oh * st */
+                if (t < 0 || t % st) continue;
+                const int oh = t / st;
+                if (oh >= Ho) continue;
+                for (int oc = g * cog; oc < (g + 1) * cog; oc++) {
+                    const int8_t *wk = w + (((size_t)oc * cig + ic) * 3 + kh) * 3;
+                    const int32_t w0 = wk[0], w1 = wk[1], w2 = wk[2];
+                    const int8_t *d = dq + (((size_t)n * Co + oc) * Ho + oh) * Wo;
+                    int32_t *rr = r - p;
+                    if (st == 1) {
+                        int ow = 0;
+                        for (; ow + 2 <= Wo; ow += 2, rr += 2) {
+                            const int32_t e0 = d[ow], e1 = d[ow + 1];
+                            rr[0] += w0 * e0;
+                            rr[1] += w1 * e0 + w0 * e1;
+                            rr[2] += w2 * e0 + w1 * e1;
+                            rr[3] += w2 * e1;
+                        }
+                        for (; ow < Wo; ow++, rr++) {
+                            const int32_t e = d[ow];
+                            rr[0] += w0 * e; rr[1] += w1 * e; rr[2] += w2 * e;
+                        }
+                    } else {
+                        for (int ow = 0; ow < Wo; ow++, rr += st) {
+                            const int32_t e = d[ow];
+                            rr[0] += w0 * e; rr[1] += w1 * e; rr[2] += w2 * e;
+                        }
+                    }
+                }
+            }
+            ET_REAL *dr = dx + (((size_t)n * Ci + ci) * H + ih) * W;
+            for (int j = 0; j < W; j++) q_put(dr + j, r[j], s, acc);
+        }
+    }
+}
+
+/* dx = s_g * sum w * dq for any conv, gathered per input element (exact int32 sums) */
+static void qconv_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx, int acc,
+                            int B, int Ci, int H, int W, int Co, int Ho, int Wo, int K, int st,
+                            int p, int G) {
+    const int cig = Ci / G, cog = Co / G;
+    if (s == 0) { q_zero(dx, acc, (size_t)B * Ci * H * W); return; }
+    if (K == 1 && st == 1 && p == 0 && G == 1) {
+        q1_bwd_input(dq, s, w, dx, acc, B, Ci, Co, H * W);
+        return;
+    }
+    if (K == 3 && (st == 1 || st == 2) && p <= 2 && W + 2 <= Q_ROWMAX && Wo * st <= W + 2) {
+        q3_bwd_input(dq, s, w, dx, acc, B, Ci, H, W, Co, Ho, Wo, st, p, G);
         return;
     }
     for (int n = 0; n < B; n++)
-    for (int oc = 0; oc < Co; oc++) {
-        const int g = oc / cog;
-        const int8_t *wo = w + (size_t)oc * cig * K * K;
-        const size_t o0 = ((size_t)n * Co + oc) * Ho * Wo;
-        const ET_REAL *dr0 = gd ? 0 : dacc + o0;
-        const uint8_t *mk = gd ? gd->mask + o0 : 0;
-        const ET_REAL dv = gd ? gd->gp[(size_t)n * Co + oc] / (ET_REAL)gd->P * gd->M[oc] : 0;
-        ET_REAL *dxg = dx + ((size_t)n * Ci + g * cig) * H * W;
-        for (int ic = 0; ic < cig; ic++)
-        for (int kh = 0; kh < K; kh++) {
-            int oh0, oh1;
-            o_range(kh, s, p, H, Ho, &oh0, &oh1);
-            for (int kw = 0; kw < K; kw++) {
-                int ow0, ow1;
-                o_range(kw, s, p, W, Wo, &ow0, &ow1);
-                const ET_REAL wf = (ET_REAL)wo[(ic * K + kh) * K + kw];
-                for (int oh = oh0; oh < oh1; oh++) {
-                    ET_REAL *dr = dxg + ((ptrdiff_t)ic * H * W + (oh * s - p + kh) * W - p + kw);
-                    if (gd) {
-                        const uint8_t *m = mk + oh * Wo;
-                        for (int ow = ow0; ow < ow1; ow++)
-                            if (m[ow]) dr[ow * s] += dv * wf;
-                    } else {
-                        const ET_REAL *d = dr0 + oh * Wo;
-                        for (int ow = ow0; ow < ow1; ow++) dr[ow * s] += d[ow] * wf;
-                    }
+    for (int ci = 0; ci < Ci; ci++) {
+        const int g = ci / cig, ic = ci % cig;
+        for (int ih = 0; ih < H; ih++)
+        for (int iw = 0; iw < W; iw++) {
+            int32_t t = 0;
+            for (int kh = 0; kh < K; kh++) {
+                const int a = ih + p - kh;
+                if (a < 0 || a % st || a / st >= Ho) continue;
+                for (int kw = 0; kw < K; kw++) {
+                    const int b = iw + p - kw;
+                    if (b < 0 || b % st || b / st >= Wo) continue;
+                    for (int oc = g * cog; oc < (g + 1) * cog; oc++)
+                        t += w[(((size_t)oc * cig + ic) * K + kh) * K + kw]
+                             * dq[(((size_t)n * Co + oc) * Ho + a / st) * Wo + b / st];
                 }
             }
+            q_put(dx + (((size_t)n * Ci + ci) * H + ih) * W + iw, t, s, acc);
         }
     }
 }
 
-/* G_W = sum dacc * (x - zx); QAS-scaled SGD on the integer weights, then re-rounding. The
-   sum runs over the outputs whose tap is inside, in the order (n, oh, ow). */
-static void qconv_update(const ET_REAL *dacc, const qgap_dacc *gd, const int8_t *x, int zx,
-                         int8_t *w, int32_t *b,
-                         const ET_REAL *inv_w, const ET_REAL *inv_b, ET_REAL lr,
-                         int B, int Ci, int H, int W, int Co, int Ho, int Wo, int K, int s,
-                         int p, int G) {
+/* G_W = s_g * sum dq * (x - zx) over the outputs whose tap is inside; the QAS-scaled SGD on
+   the integer weights and bias, re-rounded. `pad`: scratch for one zx-padded input plane
+   ((H + 2p) x (W + 2p) + Q_PAD_SLACK bytes; NOTE [ int8 SRAM of the C trainer ]) that a 3x3
+   conv's fast path needs, 0 for none. */
+static void qconv_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
+                         int32_t *b, const ET_REAL *inv_w, const ET_REAL *inv_b, ET_REAL lr,
+                         int8_t *pad, int B, int Ci, int H, int W, int Co, int Ho, int Wo, int K,
+                         int st, int p, int G) {
     const int cig = Ci / G, cog = Co / G;
-    const int k1 = K == 1 && s == 1 && p == 0 && G == 1, k3 = K == 3 && (s == 1 || s == 2);
-    if (k1) q1_update(dacc, gd, x, zx, w, inv_w, lr, B, Ci, Co, H * W);
-    if (k3) q3_update(dacc, gd, x, zx, w, inv_w, lr, B, Ci, H, W, Co, Ho, Wo, s, p, G);
+    if (s == 0) return;  /* every gradient is 0: the step leaves every weight as it is */
+    const int k1 = K == 1 && st == 1 && p == 0 && G == 1;
+    const int k3 = K == 3 && (st == 1 || st == 2) && pad;
+    if (k1) q1_update(dq, s, x, zx, w, inv_w, lr, B, Ci, Co, H * W);
+    if (k3) q3_update(dq, s, x, zx, w, inv_w, lr, B, Ci, H, W, Co, Ho, Wo, st, p, G, pad);
     for (int oc = 0; oc < Co; oc++) {
         const int g = oc / cog;
         if (!k1 && !k3) for (int ic = 0; ic < cig; ic++)
         for (int kh = 0; kh < K; kh++) {
             int oh0, oh1;
-            o_range(kh, s, p, H, Ho, &oh0, &oh1);
+            o_range(kh, st, p, H, Ho, &oh0, &oh1);
             for (int kw = 0; kw < K; kw++) {
                 int ow0, ow1;
-                o_range(kw, s, p, W, Wo, &ow0, &ow1);
-                ET_REAL acc = 0;
+                o_range(kw, st, p, W, Wo, &ow0, &ow1);
+                int32_t a = 0;
                 for (int n = 0; n < B; n++) {
-                    const size_t o0 = ((size_t)n * Co + oc) * Ho * Wo;
                     const int8_t *xc = x + ((size_t)n * Ci + g * cig + ic) * H * W;
-                    if (gd) {
-                        const ET_REAL dv = gd->gp[(size_t)n * Co + oc] / (ET_REAL)gd->P
-                                           * gd->M[oc];
-                        for (int oh = oh0; oh < oh1; oh++) {
-                            const uint8_t *m = gd->mask + o0 + oh * Wo;
-                            const int8_t *xr = xc + ((oh * s - p + kh) * W - p + kw);
-                            for (int ow = ow0; ow < ow1; ow++)
-                                if (m[ow]) acc += dv * (ET_REAL)(xr[ow * s] - zx);
-                        }
-                    } else {
-                        for (int oh = oh0; oh < oh1; oh++) {
-                            const ET_REAL *d = dacc + o0 + oh * Wo;
-                            const int8_t *xr = xc + ((oh * s - p + kh) * W - p + kw);
-                            for (int ow = ow0; ow < ow1; ow++)
-                                acc += d[ow] * (ET_REAL)(xr[ow * s] - zx);
-                        }
+                    for (int oh = oh0; oh < oh1; oh++) {
+                        const int8_t *d = dq + (((size_t)n * Co + oc) * Ho + oh) * Wo;
+                        const int8_t *xr = xc + ((oh * st - p + kh) * W - p + kw);
+                        for (int ow = ow0; ow < ow1; ow++) a += d[ow] * (xr[ow * st] - zx);
                     }
                 }
                 const size_t i = (((size_t)oc * cig + ic) * K + kh) * K + kw;
-                ET_REAL v = round_half_away((ET_REAL)w[i] + (-lr) * (acc * inv_w[oc]));
-                w[i] = (int8_t)(v < -127 ? -127 : (v > 127 ? 127 : v));
+                q_wstep(&w[i], a, q_stepper(s, inv_w[oc], lr));
             }
         }
-        ET_REAL acc = 0;
-        for (int n = 0; n < B; n++)
-            for (int q = 0; q < Ho * Wo; q++)
-                acc += dacc_at(dacc, gd, ((size_t)n * Co + oc) * Ho * Wo + q, (size_t)n * Co + oc, oc);
-        ET_REAL v = round_half_away((ET_REAL)b[oc] + (-lr) * (acc * inv_b[oc]));
-        b[oc] = clamp_i32(v);
+        int32_t sb = 0;
+        for (int n = 0; n < B; n++) sb += q_sum(dq + ((size_t)n * Co + oc) * Ho * Wo, Ho * Wo);
+        q_bstep(&b[oc], sb, s, inv_b[oc], lr);
     }
 }
 
-static void qlinear_bwd_input(const ET_REAL *dacc, const int8_t *w, ET_REAL *dx, int acc,
-                              int B, int I, int O) {
-    for (int n = 0; n < B; n++)
-    for (int i = 0; i < I; i++) {
-        ET_REAL s = 0;
-        for (int o = 0; o < O; o++) s += dacc[(size_t)n * O + o] * (ET_REAL)w[(size_t)o * I + i];
-        if (acc) dx[(size_t)n * I + i] += s; else dx[(size_t)n * I + i] = s;
-    }
-}
-
-static void qlinear_update(const ET_REAL *dacc, const int8_t *x, int zx, int8_t *w, int32_t *b,
-                           const ET_REAL *inv_w, const ET_REAL *inv_b, ET_REAL lr,
-                           int B, int I, int O) {
-    for (int o = 0; o < O; o++) {
-        for (int i = 0; i < I; i++) {
-            ET_REAL s = 0;
-            for (int n = 0; n < B; n++)
-                s += dacc[(size_t)n * O + o] * (ET_REAL)(x[(size_t)n * I + i] - zx);
-            ET_REAL v = round_half_away((ET_REAL)w[(size_t)o * I + i] + (-lr) * (s * inv_w[o]));
-            w[(size_t)o * I + i] = (int8_t)(v < -127 ? -127 : (v > 127 ? 127 : v));
+/* dx[i] = s_g sum_o w[o][i] dq[o], two input features at a time */
+static void qlinear_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx,
+                              int acc, int B, int I, int O) {
+    if (s == 0) { q_zero(dx, acc, (size_t)B * I); return; }
+    for (int n = 0; n < B; n++) {
+        const int8_t *d = dq + (size_t)n * O;
+        for (int i = 0; i < I; i += 2) {
+            const int i1 = i + 1 < I ? i + 1 : i;
+            int32_t t0 = 0, t1 = 0;
+            for (int o = 0; o < O; o++) {
+                const int32_t e = d[o];
+                t0 += w[(size_t)o * I + i] * e;
+                t1 += w[(size_t)o * I + i1] * e;
+            }
+            q_put(dx + (size_t)n * I + i, t0, s, acc);
+            if (i1 != i) q_put(dx + (size_t)n * I + i1, t1, s, acc);
         }
-        ET_REAL s = 0;
-        for (int n = 0; n < B; n++) s += dacc[(size_t)n * O + o];
-        ET_REAL v = round_half_away((ET_REAL)b[o] + (-lr) * (s * inv_b[o]));
-        b[o] = clamp_i32(v);
+    }
+}
+
+/* G_W[o][i] = s_g sum_n dq[n][o] (x[n][i] - zx); at batch 1 each weight's step reads one dq */
+static void qlinear_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
+                           int32_t *b, const ET_REAL *inv_w, const ET_REAL *inv_b, ET_REAL lr,
+                           int B, int I, int O) {
+    if (s == 0) return;
+    for (int o = 0; o < O; o++) {
+        int32_t sd = 0;
+        for (int n = 0; n < B; n++) sd += dq[(size_t)n * O + o];
+        if (sd == 0 && B == 1) continue;  /* dq = 0: no weight or bias of this row moves */
+        int8_t *wr = w + (size_t)o * I;
+        const q_step st = q_stepper(s, inv_w[o], lr);
+        if (B == 1) {
+            const int32_t e = dq[o];
+            for (int i = 0; i < I; i++) q_wstep(&wr[i], e * (x[i] - zx), st);
+        } else
+            for (int i = 0; i < I; i++) {
+                int32_t a = 0;
+                for (int n = 0; n < B; n++)
+                    a += dq[(size_t)n * O + o] * (x[(size_t)n * I + i] - zx);
+                q_wstep(&wr[i], a, st);
+            }
+        q_bstep(&b[o], sd, s, inv_b[o], lr);
     }
 }
 
@@ -944,11 +1250,11 @@ static ET_REAL qxent(const int8_t *q, int z, ET_REAL s, const int32_t *y, ET_REA
         ET_REAL m = zl[0];
         for (int k = 1; k < K; k++) if (zl[k] > m) m = zl[k];
         ET_REAL se = 0;
-        for (int k = 0; k < K; k++) se += exp(zl[k] - m);
-        const ET_REAL lse = log(se);
+        for (int k = 0; k < K; k++) se += et_exp(zl[k] - m);
+        const ET_REAL lse = et_log(se);
         loss += -((zl[y[n]] - m) - lse);
         if (dq) for (int k = 0; k < K; k++)
-            dq[(size_t)n * K + k] = (exp((zl[k] - m) - lse) * ((ET_REAL)1 / B)
+            dq[(size_t)n * K + k] = (et_exp((zl[k] - m) - lse) * ((ET_REAL)1 / B)
                                      - (k == y[n] ? (ET_REAL)1 / B : 0)) * s;
         if (correct && arg == y[n]) (*correct)++;
     }

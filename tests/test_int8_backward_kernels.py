@@ -1,0 +1,267 @@
+"""The int8 C trainer's backward kernels (NOTE [ int8 integer backward ]) and the padded 3x3
+forward (NOTE [ Padded 3x3 forward ]) against integer sums in numpy: every weight-gradient and bias sum (read through the runtime's ET_GRAD_PROBE hook)
+and every input-gradient element, on the host (portable C) and on the Cortex-M4 under QEMU
+(the DSP's SMLAD paths), for 3x3 standard and depthwise convs at stride 1 and 2, 1x1 convs,
+a 5x5 conv (the generic path) and linear layers, at batch 1 and 2."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+from _toolchain import needs_arm, needs_cc
+
+from edgetrain.codegen._int8_kernels import int8_runtime_source
+
+# (B, Ci, H, W, Co, K, stride, padding, groups): rows that end on the row's last byte, odd and
+# even widths, mcu-cnn's four conv shapes, a 1x1 with a pixel remainder, a 5x5 (generic path)
+CONVS = [
+    (1, 3, 9, 11, 5, 3, 1, 1, 1),
+    (1, 2, 14, 13, 4, 3, 2, 1, 1),
+    (2, 4, 7, 7, 4, 3, 1, 1, 4),
+    (1, 3, 8, 9, 3, 3, 1, 0, 1),
+    (1, 6, 9, 10, 6, 3, 2, 1, 6),
+    (2, 5, 5, 7, 6, 1, 1, 0, 1),
+    (1, 1, 28, 28, 8, 3, 2, 1, 1),
+    (1, 8, 14, 14, 16, 3, 2, 1, 1),
+    (1, 16, 7, 7, 16, 3, 1, 1, 16),
+    (1, 16, 7, 7, 32, 1, 1, 0, 1),
+    (1, 2, 9, 9, 3, 5, 2, 2, 1),
+]
+LINEARS = [(1, 37, 5), (2, 32, 10), (1, 784, 3)]  # (B, I, O)
+
+
+def _ints(a) -> str:
+    return ", ".join(str(int(v)) for v in np.asarray(a).reshape(-1))
+
+
+def _forward_oracle(x, zx, w, bias, s, p, groups):
+    """acc = bias + sum over in-bounds taps of (x - zx) * w, in int64."""
+    b, ci, h, wd = x.shape
+    co, cig, k, _ = w.shape
+    og = co // groups
+    xp = np.zeros((b, ci, h + 2 * p, wd + 2 * p), np.int64)
+    xp[:, :, p : p + h, p : p + wd] = x.astype(np.int64) - zx
+    ho, wo = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
+    acc = np.zeros((b, co, ho, wo), np.int64) + bias[None, :, None, None]
+    for kh in range(k):
+        for kw in range(k):
+            win = xp[..., kh : kh + s * ho : s, kw : kw + s * wo : s]
+            for g in range(groups):
+                acc[:, g * og : (g + 1) * og] += np.einsum(
+                    "oi,nihw->nohw",
+                    w[g * og : (g + 1) * og, :, kh, kw].astype(np.int64),
+                    win[:, g * cig : (g + 1) * cig],
+                )
+    return acc
+
+
+def _conv_oracle(x, zx, w, dq, s, p, groups):
+    """(GW_int, Gb_int, dx_int) of NOTE [ int8 integer backward ] in int64."""
+    b, ci, h, wd = x.shape
+    co, cig, k, _ = w.shape
+    _, _, ho, wo = dq.shape
+    og = co // groups
+    xp = np.zeros((b, ci, h + 2 * p, wd + 2 * p), np.int64)
+    xp[:, :, p : p + h, p : p + wd] = x.astype(np.int64) - zx  # padding contributes nothing
+    dxp = np.zeros_like(xp)
+    gw = np.zeros(w.shape, np.int64)
+    for kh in range(k):
+        for kw in range(k):
+            sl = (slice(kh, kh + s * ho, s), slice(kw, kw + s * wo, s))
+            for g in range(groups):
+                cs, os_ = slice(g * cig, (g + 1) * cig), slice(g * og, (g + 1) * og)
+                win = xp[:, cs][..., sl[0], sl[1]]
+                gw[os_, :, kh, kw] = np.einsum("nohw,nihw->oi", dq[:, os_], win)
+                dxp[:, cs, sl[0], sl[1]] += np.einsum(
+                    "oi,nohw->nihw", w[os_, :, kh, kw].astype(np.int64), dq[:, os_]
+                )
+    return gw, dq.sum(axis=(0, 2, 3)), dxp[:, :, p : p + h, p : p + wd]
+
+
+_PRELUDE = r"""#include <stdint.h>
+#include <stddef.h>
+static int32_t probe_w[8192], probe_b[64];
+static const void *pw0, *pb0;
+static int pnw, pnb;
+static void et_probe(const void *p, int32_t g) {
+    const char *c = (const char *)p;
+    if (c >= (const char *)pw0 && c < (const char *)pw0 + pnw) probe_w[c - (const char *)pw0] = g;
+    else if (c >= (const char *)pb0 && c < (const char *)pb0 + 4 * pnb)
+        probe_b[(c - (const char *)pb0) / 4] = g;
+}
+#define ET_GRAD_PROBE(p, g) et_probe((p), (g))
+"""
+
+_MAIN = r"""
+static void et_i32(const char *name, const int32_t *y, const ET_REAL *r, int n) {
+    char buf[24];
+    et_puts("OUT "); et_puts(name);
+    for (int i = 0; i < n; i++) {
+        long v = y ? (long)y[i] : (long)r[i];
+        int k = 23;
+        buf[k] = 0;
+        const int neg = v < 0;
+        if (neg) v = -v;
+        do { buf[--k] = (char)('0' + v % 10); v /= 10; } while (v);
+        if (neg) buf[--k] = '-';
+        buf[--k] = ' ';
+        et_puts(buf + k);
+    }
+    et_puts("\n");
+}
+static void probe_on(const int8_t *w, int nw, const int32_t *b, int nb) {
+    pw0 = w; pnw = nw; pb0 = b; pnb = nb;
+    for (int i = 0; i < nw; i++) probe_w[i] = 0;
+    for (int i = 0; i < nb; i++) probe_b[i] = 0;
+}
+static int8_t pad[32 * 32 + 8];
+static int8_t fscratch[32 * 32 + 8 + 4 * 28 * 28] __attribute__((aligned(8)));
+int main(void) {
+    static const ET_REAL one[64] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+@CALLS@
+    et_puts("ET_END\n");
+    return 0;
+}
+"""
+
+
+def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
+    blocks, want = [], {}
+    for i, (b, ci, h, wd, co, k, s, p, gr) in enumerate(CONVS):
+        ho, wo = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
+        x = rng.integers(-128, 128, (b, ci, h, wd))
+        w = rng.integers(-127, 128, (co, ci // gr, k, k))
+        dq = rng.integers(-127, 128, (b, co, ho, wo)) * (rng.random((b, co, ho, wo)) < 0.8)
+        zx = int(rng.integers(-128, 128))
+        gw, gb, dx = _conv_oracle(x, zx, w, dq, s, p, gr)
+        want[f"gw{i}"], want[f"gb{i}"], want[f"dx{i}"] = gw, gb, dx
+        dims = f"{b}, {ci}, {h}, {wd}, {co}, {ho}, {wo}, {k}, {s}, {p}, {gr}"
+        blocks.append(f"""
+    {{
+        static const int8_t x[] = {{{_ints(x)}}}, dq[] = {{{_ints(dq)}}};
+        static int8_t w[] = {{{_ints(w)}}};
+        static int32_t b[{co}];
+        static ET_REAL dx[{x.size}];
+        qconv_bwd_input(dq, (ET_REAL)1, w, dx, 0, {dims});
+        et_i32("dx{i}", 0, dx, {x.size});
+        probe_on(w, {w.size}, b, {co});
+        qconv_update(dq, (ET_REAL)1, x, {zx}, w, b, one, one, (ET_REAL)1e-3, pad, {dims});
+        et_i32("gw{i}", probe_w, 0, {w.size});
+        et_i32("gb{i}", probe_b, 0, {co});
+    }}""")
+    for i, (b, ci, h, wd, co, k, s, p, gr) in enumerate(CONVS):
+        if k != 3:
+            continue
+        ho, wo = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
+        x = rng.integers(-128, 128, (b, ci, h, wd))
+        w = rng.integers(-127, 128, (co, ci // gr, k, k))
+        bias = rng.integers(-5000, 5000, co)
+        zx = int(rng.integers(-128, 128))
+        acc = _forward_oracle(x, zx, w, bias, s, p, gr)
+        # m0 = 2^30, shift 0: rq(acc) = round(acc / 2); zy 3; clamp to int8
+        pre = ((acc * (1 << 30) + (1 << 30)) >> 31) + 3
+        want[f"fy{i}"] = np.clip(pre, -128, 127)
+        want[f"fm{i}"] = ((pre >= -128) & (pre <= 127)).astype(np.int64)
+        dims = f"{b}, {ci}, {h}, {wd}, {co}, {ho}, {wo}, {k}, {s}, {p}, {gr}"
+        blocks.append(f"""
+    {{
+        static const int8_t x[] = {{{_ints(x)}}}, w[] = {{{_ints(w)}}};
+        static const int32_t bias[] = {{{_ints(bias)}}};
+        static int32_t m0[{co}], sh[{co}], yi[{acc.size}], mi[{acc.size}];
+        static int8_t y[{acc.size}];
+        static uint8_t mask[{acc.size}];
+        for (int c = 0; c < {co}; c++) {{ m0[c] = 1 << 30; sh[c] = 0; }}
+        qconv3_fwd(x, {zx}, w, bias, m0, sh, 3, -128, 127, y, mask, fscratch, {dims});
+        for (int j = 0; j < {acc.size}; j++) {{ yi[j] = y[j]; mi[j] = mask[j]; }}
+        et_i32("fy{i}", yi, 0, {acc.size});
+        et_i32("fm{i}", mi, 0, {acc.size});
+    }}""")
+    for i, (b, n_in, n_out) in enumerate(LINEARS):
+        x = rng.integers(-128, 128, (b, n_in))
+        w = rng.integers(-127, 128, (n_out, n_in))
+        dq = rng.integers(-127, 128, (b, n_out)) * (rng.random((b, n_out)) < 0.8)
+        zx = int(rng.integers(-128, 128))
+        want[f"lgw{i}"] = dq.T @ (x - zx)
+        want[f"lgb{i}"] = dq.sum(0)
+        want[f"ldx{i}"] = dq @ w
+        dims = f"{b}, {n_in}, {n_out}"
+        blocks.append(f"""
+    {{
+        static const int8_t x[] = {{{_ints(x)}}}, dq[] = {{{_ints(dq)}}};
+        static int8_t w[] = {{{_ints(w)}}};
+        static int32_t b[{n_out}];
+        static ET_REAL dx[{x.size}];
+        qlinear_bwd_input(dq, (ET_REAL)1, w, dx, 0, {dims});
+        et_i32("ldx{i}", 0, dx, {x.size});
+        probe_on(w, {w.size}, b, {n_out});
+        qlinear_update(dq, (ET_REAL)1, x, {zx}, w, b, one, one, (ET_REAL)1e-3, {dims});
+        et_i32("lgw{i}", probe_w, 0, {w.size});
+        et_i32("lgb{i}", probe_b, 0, {n_out});
+    }}""")
+    return "".join(blocks), want
+
+
+def _outputs(tmp_path, target: str, calls: str) -> dict[str, np.ndarray]:
+    from edgetrain.codegen._microbench import _HEADER
+    from edgetrain.codegen._platform import render_platform
+    from edgetrain.codegen._run import run_command
+    from edgetrain.codegen._targets import get_target
+
+    tgt = get_target(target)
+    d = tmp_path / target
+    d.mkdir()
+    files = render_platform(tgt, 1 << 20, 1 << 20, 1024)
+    files["et_model.h"] = _HEADER
+    dsp = 1 if tgt.has_dsp else 0
+    real = "double" if target == "host" else "float"
+    files["main.c"] = (
+        _PRELUDE
+        + f'#include "et_model.h"\n#define ET_REAL {real}\n#define ET_HAS_DSP {dsp}\n'
+        + int8_runtime_source()
+        + _MAIN.replace("@CALLS@", calls)
+    )
+    for k, v in files.items():
+        (d / k).write_text(v)
+    exe = d / "k.elf"
+    ld = [f if f != "-Wl,-T,link.ld" else f"-Wl,-T,{d / 'link.ld'}" for f in tgt.ldflags]
+    srcs = [str(d / "main.c"), str(d / "et_platform.c")]
+    subprocess.run([tgt.cc, *tgt.cflags, "-o", str(exe), *srcs, *ld], check=True)
+    out = subprocess.run(
+        run_command(tgt, exe), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        timeout=300,
+    ).stdout  # fmt: skip
+    assert "ET_END" in out, out[-2000:]
+    return {
+        f[1]: np.array([int(v) for v in f[2:]], dtype=np.int64)
+        for f in (ln.split() for ln in out.splitlines())
+        if f and f[0] == "OUT"
+    }
+
+
+def _check(got: dict, want: dict) -> None:
+    assert set(got) == set(want)
+    for name, ref in want.items():
+        np.testing.assert_array_equal(got[name], np.asarray(ref).reshape(-1), err_msg=name)
+
+
+@needs_cc
+def test_int8_backward_kernels_portable_paths_are_the_integer_sums(tmp_path):
+    # Prepare: int8 inputs, weights and output gradients (a fifth of them 0), a zero point
+    calls, want = _program(np.random.default_rng(0))
+    # Execute: the portable kernels (no DSP, double) on the host; s_g = 1, so dx = dx_int
+    got = _outputs(tmp_path, "host", calls)
+    # Assert: every weight, bias and input-gradient sum equal to numpy's
+    _check(got, want)
+
+
+@needs_arm
+def test_int8_backward_kernels_dsp_paths_are_the_integer_sums_on_cortex_m4(tmp_path):
+    # Prepare: the same cases; on the Cortex-M4 the 3x3, 1x1 and dense sums take SMLAD
+    calls, want = _program(np.random.default_rng(0))
+    # Execute
+    got = _outputs(tmp_path, "cortex-m4", calls)
+    # Assert: bit for bit the integers numpy computes (|dx_int| < 2^24: exact in float)
+    _check(got, want)
