@@ -290,3 +290,20 @@ def test_float_samples_of_any_rank_and_uint8_pixels_are_baked_flat(tmp_path):
     assert not px.is_float and px.pixels.dtype == np.uint8 and px.sample_bytes == 17
     with pytest.raises(Exception, match="class"):
         samples_from(torch.randn(3, 4), torch.randn(3))
+
+
+def test_integer_samples_bake_as_int32_token_ids_and_bad_ids_are_refused():
+    # Prepare: token ids as a user's .npz holds them (int64), and ids int32 cannot hold
+    from edgetrain.codegen._compile import normalised, samples_from
+    from edgetrain.errors import UnsupportedPlanError
+
+    x = torch.tensor([[3, 999, 0], [7, 1, 2]], dtype=torch.int64)
+    y = torch.tensor([1, 0])
+    # Execute
+    s = samples_from(x, y)
+    # Assert: the flash holds int32 ids; the host reference embeds the same ids
+    assert s.is_tokens and s.pixels.dtype == np.int32
+    assert torch.equal(normalised(s), x)
+    for bad in (x - 5, x + 2**31):
+        with pytest.raises(UnsupportedPlanError, match="token ids as int32"):
+            samples_from(bad, y)

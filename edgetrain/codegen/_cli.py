@@ -40,7 +40,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             f"(SRAM), frozen weights {meta['const_weight_bytes']:,} B (flash), "
             f"{len(train.labels)} training / {len(test.labels)} held-out test samples "
             f"({'x'.join(map(str, train.pixels.shape[1:]))} "
-            f"{'float32' if train.is_float else 'uint8'}) of {escape(args.data)} baked in"
+            f"{train.pixels.dtype}) of {escape(args.data)} baked in"
         )
         if meta.get("layout") == "library":
             console.print(

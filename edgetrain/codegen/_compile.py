@@ -53,20 +53,30 @@ def samples_of(
 
 
 def samples_from(x: torch.Tensor, y: torch.Tensor, dataset: str | None = None) -> SampleSet:
-    """A set of `load_data` (any rank, float inputs, class labels) as the C driver bakes it:
-    uint8 pixels when `x` are exactly a built-in `dataset`'s normalised pixels (a quarter of
-    the flash), else float32 values as they are."""
+    """A set of `load_data` (any rank, float inputs or integer token ids, class labels) as the
+    C driver bakes it: int32 token ids; uint8 pixels when `x` are exactly a built-in
+    `dataset`'s normalised pixels (a quarter of the flash); else float32 values as they are."""
     from edgetrain.data import NORMALIZATION
 
-    if not x.dtype.is_floating_point:
+    tokens = not x.dtype.is_floating_point and x.dtype is not torch.bool
+    if tokens and x.numel() and (x.min() < 0 or x.max() > np.iinfo(np.int32).max):
+        raise UnsupportedPlanError(
+            f"the integer samples range over [{int(x.min())}, {int(x.max())}]; the C trainer "
+            "takes token ids as int32 in [0, 2**31 - 1]"
+        )
+    if not tokens and not x.dtype.is_floating_point:
         raise UnsupportedPlanError(
             f"the samples are {str(x.dtype).replace('torch.', '')}; the C trainer takes float "
-            "inputs (a model on token ids or other integers has no C kernels)"
+            "values or integer token ids"
         )
     if y.dtype.is_floating_point or y.ndim != 1:
         raise UnsupportedPlanError(
             f"the targets are {str(y.dtype).replace('torch.', '')} {tuple(y.shape)}, not class "
             "ids (N,); the C trainer trains classifiers (task classification)"
+        )
+    if tokens:  # token ids for an embedding: int32 in flash, as the generated C reads them
+        return SampleSet(
+            x.detach().to(torch.int32).contiguous().numpy(), y.numpy().astype(np.int64)
         )
     if dataset in NORMALIZATION:
         try:
@@ -81,6 +91,8 @@ def normalised(s: SampleSet) -> torch.Tensor:
     """What the C driver computes from the flash samples, in float32 as it does."""
     if s.is_float:
         return torch.from_numpy(s.pixels.copy())
+    if s.is_tokens:  # ids the model embeds (the host reference runs them as int64)
+        return torch.from_numpy(s.pixels.astype(np.int64))
     px = torch.from_numpy(s.pixels.astype(np.float32))
     return (px / 255.0 - np.float32(s.mean)) / np.float32(s.std)
 
