@@ -136,7 +136,6 @@ def test_manifest_memory_is_the_runtimes_memory_plan_and_near_the_prediction(tmp
     # Assert: the manifest is the written program's memory plan; within 10 % of edgetrain's
     mem = result.memory
     assert mem["executorch"]["planned_buffer_bytes"] == list(on_file)
-    assert mem["predicted_peak_bytes"] == plan.predicted_peak_bytes
     assert abs(mem["difference_ratio"]) <= 0.10, mem
     assert not plan.in_place_update  # ExecuTorch's SGD steps after the method returns
     on_disk = json.loads((tmp_path / "et" / "manifest.json").read_text())

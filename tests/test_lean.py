@@ -291,12 +291,18 @@ def test_trainer_leaves_no_mode_or_hook_behind():
     plan = _plan(model, x, "bias-only", 2, name="mixed")
     pre = dict(torch.nn.modules.module._global_forward_pre_hooks)
     post = dict(torch.nn.modules.module._global_forward_hooks)
+    during: list = []
+    h = model.head.register_forward_hook(
+        lambda *a: during.extend(torch.overrides._get_current_function_mode_stack())
+    )
     # Execute
     with Trainer(model, plan) as t:
         t.step(torch.randn(2, 3, 16, 16), torch.zeros(2, dtype=torch.long))
-        inside = torch.overrides._get_current_function_mode_stack()
-    # Assert: the mode is active only inside a step; global hooks are removed
-    assert inside == []
+        between = torch.overrides._get_current_function_mode_stack()
+    h.remove()
+    # Assert: the mode is active during a step only; global hooks are removed
+    assert [type(m) for m in during] == [LeanBackward]
+    assert between == []
     assert torch.overrides._get_current_function_mode_stack() == []
     assert dict(torch.nn.modules.module._global_forward_pre_hooks) == pre
     assert dict(torch.nn.modules.module._global_forward_hooks) == post

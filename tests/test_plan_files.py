@@ -601,6 +601,16 @@ def _is_num(v, lo=0.0, positive=False):
     return type(v) in (int, float) and math.isfinite(v) and (v > lo if positive else v >= lo)
 
 
+def _has_nul(v) -> bool:
+    if isinstance(v, str):
+        return "\0" in v
+    if isinstance(v, dict):
+        return any(_has_nul(k) or _has_nul(x) for k, x in v.items())
+    if isinstance(v, list):
+        return any(_has_nul(x) for x in v)
+    return False
+
+
 def _oracle_valid(d) -> bool:
     """Independent statement of a valid plan (the issue's rules), for plans on the nRF52840."""
     keys = {
@@ -613,6 +623,8 @@ def _oracle_valid(d) -> bool:
     }  # fmt: skip
     optional = {"deadline_s", "predicted_peak_bytes", "lean_backward", "plain_activations"}
     optional |= {"lora_rank", "lora_modules"}
+    if _has_nul(d):  # every string of a plan file is read without NUL characters
+        return False
     if not isinstance(d, dict) or not keys - optional <= set(d) <= keys:
         return False
     if type(d.get("lean_backward", False)) is not bool:
@@ -623,7 +635,8 @@ def _oracle_valid(d) -> bool:
             type(v) is str and len(v) <= 1024 and "\0" not in v for v in sites
         ):
             return False
-    if not _is_int(d.get("lora_rank", 0), 0):
+    rank = d.get("lora_rank", 0)
+    if not _is_int(rank, 0) or rank > 4096 or (rank > 0) != bool(d.get("lora_modules", [])):
         return False
     if d["schema_version"] != 3 or type(d["schema_version"]) is not int:
         return False
@@ -666,7 +679,10 @@ def _oracle_valid(d) -> bool:
         type(d[k]) is bool for k in ("in_place_update", "freeze_batch_norm", "budget_forced")
     ):
         return False
-    if not (type(d["model"]) is str and d["model"] and d["device"] == "nrf52840"):
+    model = d["model"]
+    if not (type(model) is str and model and "\0" not in model and len(model) <= 4096):
+        return False
+    if d["device"] != "nrf52840":
         return False
     if d["model_sha256"] is not None:
         return False  # only a 64-hex-digit string would do; mutations never make one

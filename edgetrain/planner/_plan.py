@@ -459,10 +459,24 @@ class _PlanReader:
             schedule=self.schedule(d.get("schedule", "constant")),
             lean_backward=self.bool_(d.get("lean_backward", False), "lean_backward"),
             plain_activations=self.sites(d.get("plain_activations", []), "plain_activations"),
-            lora_rank=self.int_(d.get("lora_rank", 0), "lora_rank", 0),
-            lora_modules=self.sites(d.get("lora_modules", []), "lora_modules"),
+            **self.lora(d.get("lora_rank", 0), d.get("lora_modules", [])),
             **self.input_spec(d.get("input_shape"), d.get("input_dtype")),
         )
+
+    def lora(self, rank: Any, modules: Any) -> dict[str, Any]:
+        """Rank 0 with no modules (no adapters), or 1..4096 (`models.parse_lora`'s range) with
+        the adapted modules named: a file's rank must not make the Trainer allocate blindly."""
+        r = self.int_(rank, "lora_rank", 0)
+        if r > 4096:
+            raise self.bad("lora_rank", rank, "must be in 0..4096")
+        names = self.sites(modules, "lora_modules")
+        if bool(r) != bool(names):
+            raise self.bad(
+                "lora_modules",
+                list(names),
+                f"must name the adapted modules iff lora_rank > 0 ({r})",
+            )
+        return {"lora_rank": r, "lora_modules": names}
 
     def sites(self, v: Any, where: str) -> tuple[str, ...]:
         items = self.array(v, where)
