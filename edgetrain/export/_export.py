@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from edgetrain.capture import example_target, loss_function
-from edgetrain.errors import ExportUnsupportedError, OutputPathError
+from edgetrain.errors import DeviceLimitError, ExportUnsupportedError, OutputPathError
 from edgetrain.export._checks import MOMENTUM, check_exportable, trainable_names
 from edgetrain.export._program import METHOD, PREFIX, ProgramMemory, export_program, tensor_specs
 from edgetrain.export._readme import readme
@@ -83,7 +83,8 @@ def export(
 
     Raises `ExportUnsupportedError` for plans ExecuTorch cannot express (NOTE [ What
     ExecuTorch's training export expresses ]), `PlanFileError` for a plan of another model,
-    `OutputPathError` for a folder it may not write."""
+    `OutputPathError` for a folder it may not write; `DeviceLimitError` when ExecuTorch's own
+    memory plan exceeds the plan's budget (unless the plan was made with `--force-budget`)."""
     from edgetrain import validate
 
     lr = validate.learning_rate(lr)
@@ -107,6 +108,15 @@ def export(
         )
     _check_kernels(manager.executorch_program, plan)
     memory = ProgramMemory.of(manager.executorch_program, momentum=plan.optimizer == "momentum")
+    if memory.total_bytes > plan.budget_bytes and not plan.budget_forced:
+        raise DeviceLimitError(
+            f"ExecuTorch's own memory plan for this program needs {memory.total_bytes:,} bytes "
+            f"(buffers, weights and optimizer state), over the plan's budget of "
+            f"{plan.budget_bytes:,} bytes on {plan.device} (edgetrain predicted "
+            f"{plan.predicted_peak_bytes:,}; see docs/results.md, Export to ExecuTorch, for why "
+            "they differ); re-plan with a smaller --budget, --batch-size or a --policy that "
+            "trains less, or --force-budget at plan time to export anyway"
+        )
     out.mkdir(parents=True, exist_ok=True)
     _write_bytes(out / "model.pte", manager.buffer)
     _write_data(manager, out)
