@@ -20,7 +20,7 @@ from edgetrain.capture import capture
 from edgetrain.codegen import SampleSet, TrainingSpec, compile_project, mcu_run
 from edgetrain.codegen._lower import check_kernels
 from edgetrain.errors import UnsupportedKernelError
-from tests._toolchain import needs_arm, needs_cc
+from tests._toolchain import assert_trains_within_plan, needs_arm, needs_cc
 from tests.test_codegen_views import _host_against_pytorch, _samples
 
 
@@ -129,16 +129,7 @@ def test_vit_tiny_trains_on_the_nrf52840_within_its_plan(tmp_path):
     out = compile_project(plan, m, x, "cortex-m4", spec, tmp_path / "c", device="nrf52840")
     res = mcu_run(out)
     # Assert: measured peak SRAM within 5 % of the plan, under the device's; the loss falls
-    print(
-        f"\nvit-tiny nrf52840: planned {plan.predicted_peak_bytes} measured "
-        f"{res.peak_sram_bytes} flash {res.flash_bytes} instructions/step "
-        f"{res.instructions_per_step} losses {res.losses[0]:.3f}..{res.losses[-1]:.3f} "
-        f"mean first 5 {np.mean(res.losses[:5]):.3f} last 5 {np.mean(res.losses[-5:]):.3f}"
-    )
-    assert abs(res.peak_sram_bytes - plan.predicted_peak_bytes) <= 0.05 * plan.predicted_peak_bytes
-    assert res.peak_sram_bytes <= res.sram_limit_bytes
-    assert np.isfinite(res.losses).all()
-    assert np.mean(res.losses[-5:]) < np.mean(res.losses[:5])
+    assert_trains_within_plan("vit-tiny nrf52840", plan, res)
 
 
 def _tokens(n: int, classes: int, length: int, vocab: int) -> SampleSet:
@@ -233,16 +224,7 @@ def test_token_models_train_on_the_nrf52840_within_their_plan(tmp_path, name):
     assert "typedef int32_t et_sample_t;" in (out / "et_model.h").read_text()
     res = mcu_run(out)
     # Assert: measured peak SRAM within 5 % of the plan, under the device's; the loss falls
-    print(
-        f"\n{name} nrf52840: planned {plan.predicted_peak_bytes} measured "
-        f"{res.peak_sram_bytes} flash {res.flash_bytes} instructions/step "
-        f"{res.instructions_per_step} losses {res.losses[0]:.3f}..{res.losses[-1]:.3f} "
-        f"mean first 5 {np.mean(res.losses[:5]):.3f} last 5 {np.mean(res.losses[-5:]):.3f}"
-    )
-    assert abs(res.peak_sram_bytes - plan.predicted_peak_bytes) <= 0.05 * plan.predicted_peak_bytes
-    assert res.peak_sram_bytes <= res.sram_limit_bytes
-    assert np.isfinite(res.losses).all()
-    assert np.mean(res.losses[-5:]) < np.mean(res.losses[:5])
+    assert_trains_within_plan(f"{name} nrf52840", plan, res)
 
 
 @needs_cc

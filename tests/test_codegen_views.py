@@ -19,7 +19,7 @@ from edgetrain.codegen import SampleSet, TrainingSpec, compile_project, mcu_run
 from edgetrain.codegen._lower import check_kernels, view_map
 from edgetrain.errors import UnsupportedKernelError
 from edgetrain.ir import Graph
-from tests._toolchain import needs_arm, needs_cc
+from tests._toolchain import assert_trains_within_plan, needs_arm, needs_cc
 
 LR, STEPS, BATCH = 0.05, 4, 2
 
@@ -235,12 +235,4 @@ def test_recurrent_classifier_trains_on_the_nrf52840_within_its_plan(tmp_path, n
     out = compile_project(plan, m, x, "cortex-m4", spec, tmp_path / "c", device="nrf52840")
     res = mcu_run(out)
     # Assert: measured peak SRAM within 5 % of the plan, under the device's; the loss falls
-    print(
-        f"\n{name} nrf52840: planned {plan.predicted_peak_bytes} measured {res.peak_sram_bytes} "
-        f"flash {res.flash_bytes} instructions/step {res.instructions_per_step} losses "
-        f"{res.losses[0]:.3f}..{res.losses[-1]:.3f}"
-    )
-    assert abs(res.peak_sram_bytes - plan.predicted_peak_bytes) <= 0.05 * plan.predicted_peak_bytes
-    assert res.peak_sram_bytes <= res.sram_limit_bytes
-    assert np.isfinite(res.losses).all()
-    assert np.mean(res.losses[-5:]) < np.mean(res.losses[:5])
+    assert_trains_within_plan(f"{name} nrf52840", plan, res)

@@ -6,10 +6,8 @@ a 5x5 conv (the generic path) and linear layers, at batch 1 and 2."""
 
 from __future__ import annotations
 
-import subprocess
-
 import numpy as np
-from _toolchain import needs_arm, needs_cc
+from _toolchain import int8_kernel_outputs, needs_arm, needs_cc
 
 from edgetrain.codegen._int8_kernels import int8_runtime_source
 
@@ -205,40 +203,9 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
 
 
 def _outputs(tmp_path, target: str, calls: str) -> dict[str, np.ndarray]:
-    from edgetrain.codegen._microbench import _HEADER
-    from edgetrain.codegen._platform import render_platform
-    from edgetrain.codegen._run import run_command
-    from edgetrain.codegen._targets import get_target
-
-    tgt = get_target(target)
-    d = tmp_path / target
-    d.mkdir()
-    files = render_platform(tgt, 1 << 20, 1 << 20, 1024)
-    files["et_model.h"] = _HEADER
-    dsp = 1 if tgt.has_dsp else 0
-    real = "double" if target == "host" else "float"
-    files["main.c"] = (
-        _PRELUDE
-        + f'#include "et_model.h"\n#define ET_REAL {real}\n#define ET_HAS_DSP {dsp}\n'
-        + int8_runtime_source()
-        + _MAIN.replace("@CALLS@", calls)
+    return int8_kernel_outputs(
+        tmp_path, target, _PRELUDE + int8_runtime_source() + _MAIN.replace("@CALLS@", calls), 300
     )
-    for k, v in files.items():
-        (d / k).write_text(v)
-    exe = d / "k.elf"
-    ld = [f if f != "-Wl,-T,link.ld" else f"-Wl,-T,{d / 'link.ld'}" for f in tgt.ldflags]
-    srcs = [str(d / "main.c"), str(d / "et_platform.c")]
-    subprocess.run([tgt.cc, *tgt.cflags, "-o", str(exe), *srcs, *ld], check=True)
-    out = subprocess.run(
-        run_command(tgt, exe), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        timeout=300,
-    ).stdout  # fmt: skip
-    assert "ET_END" in out, out[-2000:]
-    return {
-        f[1]: np.array([int(v) for v in f[2:]], dtype=np.int64)
-        for f in (ln.split() for ln in out.splitlines())
-        if f and f[0] == "OUT"
-    }
 
 
 def _check(got: dict, want: dict) -> None:
