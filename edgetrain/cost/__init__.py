@@ -12,6 +12,7 @@ from edgetrain.cost._device import (
     format_device_table,
     load_device,
 )
+from edgetrain.cost._lean import CHUNK_BYTES, conv_chunk, frozen_conv_chunk
 from edgetrain.cost._memory import (
     MemoryBreakdown,
     MemorySimulation,
@@ -35,6 +36,7 @@ from edgetrain.cost._workspace import (
 )
 
 __all__ = [
+    "CHUNK_BYTES",
     "DEVICE_TABLE_HEADER",
     "Accelerator",
     "Compute",
@@ -52,11 +54,13 @@ __all__ = [
     "TimelinePoint",
     "TrainingCost",
     "catalog",
+    "conv_chunk",
     "conv_signature",
     "is_profiled",
     "kernel_signature",
     "device_names",
     "format_device_table",
+    "frozen_conv_chunk",
     "load_device",
     "lean_saves_anything",
     "plain_activation_sites",

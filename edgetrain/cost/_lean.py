@@ -6,7 +6,11 @@ NOTE [ Lean saved tensors ]
     rules, by operator category, to the node's inputs and to which of them need a gradient:
       - a convolution whose weight is frozen saves nothing (the weight is resident); its
         backward computes no weight gradient, so its kernel workspace is the one profiled
-        without it (`weight_grad=False`);
+        without it (`weight_grad=False`). Where one sample's input or output exceeds
+        `CHUNK_BYTES` / batch, forward and input gradient run `frozen_conv_chunk` samples at a
+        time into one whole-batch result (ATen materialises the backward's stand-in input and
+        keeps a reordered copy of a depthwise gradient: a whole-batch call holds both); the
+        profiled transients are one chunk's kernel plus its result before the copy;
       - relu / hardtanh (relu6) / leaky_relu save a packed 1-bit mask of ceil(n / 8) bytes
         instead of a tensor; packing and unpacking work in chunks of `MASK_CHUNK` elements and
         hold two chunk-sized byte temporaries while they run (read from the allocator);
@@ -26,6 +30,17 @@ NOTE [ Lean saved tensors ]
     activation is named by its site, `module#k`: the k-th relu-family call inside a call of
     the module that runs it (the innermost module of the exported node); the runtime counts
     the same way, so the two agree for every module that is called once per forward.
+
+NOTE [ Lean in-place gradients ]
+    A gradient that only this backward holds may be overwritten: autograd hands a node its
+    incoming gradient, and where no other node, view or saved tensor shares it (the runtime's
+    `owned`: one reference to the tensor and to its storage), nothing can read it after the
+    node. relu / relu6 / hardtanh masks and dropout's mask then multiply the gradient in
+    place, and frozen eval-mode batch norm (its bias gradient, a sum, read first) scales it in
+    place, `frozen_conv_chunk` samples at a time. A gradient an add hands to both its operands
+    is shared until the first of them is done; one a view hands on keeps its base alive. The
+    cost model follows the same rule with its reference-counted gradient buffers (a buffer
+    that passed through a view is never owned), so predictions stay exact.
 """
 
 from __future__ import annotations
@@ -38,9 +53,14 @@ from edgetrain.ir import Graph, Node, OpKind, TensorRole
 MASK_CHUNK = 1 << 14
 """Elements the runtime packs per pass (`edgetrain.runtime._lean.MASK_CHUNK`)."""
 
+CHUNK_BYTES = 1 << 20
+"""Bytes of one sample's conv input (or output) above which a frozen convolution runs in
+batch chunks (NOTE above)."""
+
 _MASKED_FNS = frozenset({"relu", "hardtanh", "leaky_relu", "relu6"})
 _DROPOUT_OPS = frozenset({"aten.dropout.default"})
 _POOL_OPS = frozenset({"aten.max_pool1d.default", "aten.max_pool2d.default"})
+_POOL1D_OPS = frozenset({"aten.max_pool1d.default", "aten.avg_pool1d.default"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +73,31 @@ class LeanSaves:
     forward_workspace_bytes: int = 0
     backward_workspace_bytes: int = 0
     weight_grad: bool = True
+    in_place_grad_workspace_bytes: int | None = None
+    """Set where the input gradient may be written over an owned incoming gradient (NOTE
+    [ Lean in-place gradients ]): the backward's transients then, instead of the plain ones."""
 
 
 def _numel(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
+
+
+def frozen_conv_chunk(batch: int, sample_bytes: int) -> int:
+    """Samples per chunk of a frozen convolution whose largest per-sample tensor (input or
+    output) has `sample_bytes`: the whole batch while it stays within `CHUNK_BYTES`, else as
+    many samples as fit (at least one). The runtime and the cost model both call this."""
+    if batch <= 1 or sample_bytes * batch <= CHUNK_BYTES:
+        return max(1, batch)
+    return max(1, CHUNK_BYTES // max(1, sample_bytes))
+
+
+def conv_chunk(graph: Graph, node: Node) -> int:
+    """`frozen_conv_chunk` for a convolution node (its batch: the input's first dimension,
+    1 for an unbatched input)."""
+    x, out = graph.tensor(node.inputs[0]), graph.tensor(node.output)
+    nd = len(graph.tensor(node.inputs[1]).shape) - 2
+    batch = x.shape[0] if len(x.shape) == nd + 2 else 1
+    return frozen_conv_chunk(batch, max(x.nbytes, out.nbytes) // max(1, batch))
 
 
 def is_masked_activation(node: Node) -> bool:
@@ -100,16 +141,27 @@ def lean_saves(graph: Graph, node: Node, requires_grad: frozenset[str]) -> LeanS
     if is_masked_activation(node) or is_dropout_mask_product(node):
         n = _numel(graph.tensor(node.output).shape)
         chunk = 2 * min(8 * math.ceil(n / 8), MASK_CHUNK)
-        return LeanSaves((), math.ceil(n / 8), chunk, chunk)
+        # leaky_relu's formula reads the gradient after writing its product: never in place
+        leaky = node.attr("fn") == "leaky_relu"
+        return LeanSaves((), math.ceil(n / 8), chunk, chunk, True, None if leaky else chunk)
     if node.op is OpKind.MAX_POOL2D and _pool_indices_internal(graph, node):
         return _max_pool_saves(graph, node)
-    if node.op is OpKind.VIEW and node.attr("composite_op") in _POOL_OPS:
-        return LeanSaves(())  # max_pool1d's unsqueezed input: the pool's save, now dropped
+    if node.op is OpKind.AVG_POOL2D:
+        return LeanSaves(())  # its backward reads only the input's sizes
+    if node.op is OpKind.VIEW and node.attr("composite_op") in _POOL1D_OPS:
+        return LeanSaves(())  # a 1-d pool's unsqueezed input: the pool's save, now dropped
     if node.op is OpKind.BATCH_NORM and node.attr("training") is False:
         w = _bn_weight(graph, node)
         if w is not None and w in requires_grad:
             return None
-        return LeanSaves(())
+        x = graph.tensor(node.inputs[0])
+        if len(x.shape) < 2:
+            return LeanSaves(())
+        sample = x.nbytes // x.shape[0]
+        # in place: one chunk's gradient and ATen's temporary of its size
+        return LeanSaves(
+            (), in_place_grad_workspace_bytes=2 * sample * frozen_conv_chunk(x.shape[0], sample)
+        )
     return None
 
 

@@ -267,11 +267,9 @@ def schedule_traffic(graph: Graph, schedule: Schedule) -> StepTraffic:
     return StepTraffic(rflops, rvec, written, read, transfers)
 
 
-def plain_activation_sites(graph: Graph, trainable: frozenset[str]) -> frozenset[str]:
-    """Relu-family sites whose plain save costs nothing under lean backward: the tensor they
-    would save is a parameter, a buffer or the batch, or another node saves it anyway (NOTE
-    [ Lean saved tensors ])."""
-    rg = graph.requires_grad_for(trainable)
+def _plain_savers(graph: Graph, rg: frozenset[str]) -> tuple[list[bool], set[str], dict]:
+    """Per node whether it runs backward; the storages no step frees (parameters, buffers,
+    the batch); and for each storage the non-activation nodes that save it under lean."""
     nodes = graph.nodes
     active = [n.output in rg and n.op is not OpKind.BUFFER_UPDATE for n in nodes]
     persistent = {
@@ -286,34 +284,46 @@ def plain_activation_sites(graph: Graph, trainable: frozenset[str]) -> frozenset
         rule = lean_saves(graph, n, rg)
         for name in rule.saved if rule is not None else saved_for_backward(n, rg):
             savers.setdefault(graph.tensor(name).storage, set()).add(i)
-    plain = set()
-    for i, site in activation_sites(graph).items():
-        if not active[i]:
-            continue
-        for name in saved_for_backward(nodes[i], rg):
-            s = graph.tensor(name).storage
-            if s in persistent or savers.get(s, set()) - {i}:
-                plain.add(site)
-    return frozenset(plain)
+    return active, persistent, savers
+
+
+def _saved_anyway(graph: Graph, i: int, rg, persistent, savers) -> bool:
+    """Whether every tensor node i saves in plain PyTorch stays alive without its save."""
+    for name in saved_for_backward(graph.nodes[i], rg):
+        s = graph.tensor(name).storage
+        if not (s in persistent or savers.get(s, set()) - {i}):
+            return False
+    return True
+
+
+def plain_activation_sites(graph: Graph, trainable: frozenset[str]) -> frozenset[str]:
+    """Relu-family sites whose plain save costs nothing under lean backward: the tensor they
+    would save is a parameter, a buffer or the batch, or another node saves it anyway (NOTE
+    [ Lean saved tensors ])."""
+    rg = graph.requires_grad_for(trainable)
+    active, persistent, savers = _plain_savers(graph, rg)
+    return frozenset(
+        site
+        for i, site in activation_sites(graph).items()
+        if active[i] and _saved_anyway(graph, i, rg, persistent, savers)
+    )
 
 
 def lean_saves_anything(graph: Graph, trainable: frozenset[str]) -> bool:
     """Whether some node on the gradient path saves less under lean backward (NOTE [ Lean
     saved tensors ]): a frozen-weight convolution, a frozen eval-mode batch norm, or a
-    relu-family site whose tensor no other node saves. Where none does (a `last:K` whose
-    frozen prefix is off the gradient path) plain PyTorch saves the same and runs without
-    the per-op dispatch of the lean mode."""
+    relu-family site or an average pool whose tensor no other node saves. Where none does (a
+    `last:K` whose frozen prefix is off the gradient path) plain PyTorch saves the same and
+    runs without the per-op dispatch of the lean mode."""
     rg = graph.requires_grad_for(trainable)
-    sites = activation_sites(graph)
-    plain = plain_activation_sites(graph, trainable)
+    active, persistent, savers = _plain_savers(graph, rg)
     for i, n in enumerate(graph.nodes):
-        if n.output not in rg or n.op is OpKind.BUFFER_UPDATE:
+        if not active[i] or lean_saves(graph, n, rg) is None:
             continue
-        if is_masked_activation(n):
-            if sites[i] not in plain:
-                return True
-        elif lean_saves(graph, n, rg) is not None:
-            return True
+        pool = n.op is OpKind.AVG_POOL2D or n.op is OpKind.VIEW
+        if (is_masked_activation(n) or pool) and _saved_anyway(graph, i, rg, persistent, savers):
+            continue
+        return True
     return False
 
 
@@ -446,8 +456,11 @@ class _SavedPlan:
             fwd, _ = workspace_bytes(graph, n, kernels, input_grad=False)
             _, bwd = workspace_bytes(graph, n, kernels, input_grad=ig)
             return fwd, bwd
-        fwd, _ = workspace_bytes(graph, n, kernels, input_grad=False)
-        _, bwd = workspace_bytes(graph, n, kernels, input_grad=ig, weight_grad=rule.weight_grad)
+        if rule.weight_grad:
+            fwd, _ = workspace_bytes(graph, n, kernels, input_grad=False)
+            _, bwd = workspace_bytes(graph, n, kernels, input_grad=ig)
+        else:  # a frozen convolution: both passes as the lean mode runs them (in chunks)
+            fwd, bwd = workspace_bytes(graph, n, kernels, input_grad=ig, weight_grad=False)
         if not kernels.has_workspaces:
             return fwd, bwd
         return fwd + rule.forward_workspace_bytes, bwd + rule.backward_workspace_bytes
@@ -683,7 +696,13 @@ class _GradBuffers:
         self.live = live
         self.grad_of: dict[str, str] = {}  # tensor name -> gradient buffer key
         self.refs: dict[str, int] = {}
+        self.viewed: set[str] = set()  # buffers a view handed on: their base stays alive
         self.counter = 0
+
+    def owned(self, key: str) -> bool:
+        """Whether only the running node holds buffer `key` (NOTE [ Lean in-place
+        gradients ]): its one reference is the node's input slot."""
+        return self.refs[key] == 1 and key not in self.viewed
 
     def new(self, nbytes: int, component: str = "other") -> str:
         self.counter += 1
@@ -818,6 +837,14 @@ def _input_gradients(
     n = graph.nodes[i]
     outgoing: list[tuple[str, str]] = []
     transient_params: list[str] = []
+    rule = step.plan.lean.get(i)
+    in_place = (
+        rule is not None
+        and rule.in_place_grad_workspace_bytes is not None
+        and bool(n.inputs)
+        and n.inputs[0] in rg
+        and grads.owned(g_out)
+    )
     seen: set[str] = set()
     for name in n.inputs:
         if name in seen or name not in rg:
@@ -833,9 +860,15 @@ def _input_gradients(
                 param_grad_keys[name] = grads.new(t.nbytes, "grads")
         elif n.op in (OpKind.VIEW, OpKind.ADD):
             outgoing.append((name, g_out))  # pass-through, no copy
+            if n.op is OpKind.VIEW:
+                grads.viewed.add(g_out)
+        elif in_place and name == n.inputs[0]:
+            outgoing.append((name, g_out))  # written over the incoming gradient
         else:
             outgoing.append((name, grads.new(t.nbytes)))
     _, ws_bwd = step.plan.workspace(graph, i, step.kernels)
+    if in_place:
+        ws_bwd = rule.in_place_grad_workspace_bytes if step.kernels.has_workspaces else 0
     step.live.mark(Phase.BACKWARD, n.name, ws_bwd + _broadcast_grad_temps(graph, n, rg))
     for k in transient_params:
         step.live.free(k)

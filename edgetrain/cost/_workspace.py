@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgetrain.cost._lean import conv_chunk
 from edgetrain.ir import Graph, Node, OpKind
 
 
@@ -113,7 +114,9 @@ def kernel_signature(graph: Graph, node: Node, input_grad: bool, weight_grad: bo
     """What a profiled kernel's transients depend on (`is_profiled`); `weight_grad=False`: a
     lean backward that computes no weight gradient (NOTE [ Lean saved tensors ])."""
     if node.op in (OpKind.CONV2D, OpKind.CONV1D):
-        return conv_signature(graph, node, input_grad) + ("" if weight_grad else ":wg0")
+        if weight_grad:
+            return conv_signature(graph, node, input_grad)
+        return conv_signature(graph, node, input_grad) + f":wg0:c{conv_chunk(graph, node)}"
     shapes = ",".join(
         "x".join(map(str, graph.tensor(t).shape)) + ":" + graph.tensor(t).dtype for t in node.inputs
     )

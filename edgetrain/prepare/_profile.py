@@ -202,18 +202,24 @@ def _measure_frozen_conv(graph: Graph, node, input_grad: bool) -> tuple[int, int
     """Transients of a convolution whose weight is frozen, run as the lean backward runs it
     (NOTE [ Lean backward ]): the forward without autograd, the backward as ATen's
     `convolution_backward` with the weight's gradient masked out and the input given by its
-    sizes."""
+    sizes, both on one batch chunk (`edgetrain.cost.conv_chunk`, NOTE [ Lean saved tensors ]);
+    where the batch is chunked, the chunk's result lives beside the whole one until copied."""
+    from edgetrain.cost import conv_chunk
     from edgetrain.measure import MemoryMeter
 
     x_t, w_t = graph.tensor(node.inputs[0]), graph.tensor(node.inputs[1])
-    x = torch.randn(*x_t.shape)
     w = torch.randn(*w_t.shape)
+    nd = w.dim() - 2
+    batched = len(x_t.shape) == nd + 2
+    chunk = conv_chunk(graph, node)
+    chunked = batched and chunk < x_t.shape[0]
+    x = torch.randn(*((chunk, *x_t.shape[1:]) if chunked else x_t.shape))
     b = torch.randn(w_t.shape[0]) if node.attr("bias") else None
     conf = [list(node.attr(k)) for k in ("stride", "padding", "dilation")]
-    nd = w.dim() - 2
     with torch.no_grad(), MemoryMeter() as m:
         out = torch.convolution(x, w, b, *conf, False, [0] * nd, node.attr("groups"))
-    fwd = max(0, m.trace.peak_delta_bytes - out.untyped_storage().nbytes())
+    made = 0 if chunked else out.untyped_storage().nbytes()
+    fwd = max(0, m.trace.peak_delta_bytes - made)
     g = torch.ones_like(out)
     mask = [input_grad, False, b is not None]
     with MemoryMeter() as m:
@@ -228,7 +234,7 @@ def _measure_frozen_conv(graph: Graph, node, input_grad: bool) -> tuple[int, int
             node.attr("groups"),
             mask,
         )
-    made = sum(t.untyped_storage().nbytes() for t in r if t is not None)
+    made = 0 if chunked else sum(t.untyped_storage().nbytes() for t in r if t is not None)
     return fwd, max(0, m.trace.peak_delta_bytes - made)
 
 

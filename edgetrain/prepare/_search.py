@@ -12,7 +12,13 @@ import torch
 
 from edgetrain import validate
 from edgetrain.capture import capture
-from edgetrain.cost import Device, lean_saves_anything, plain_activation_sites, simulate_step
+from edgetrain.cost import (
+    Device,
+    Schedule,
+    lean_saves_anything,
+    plain_activation_sites,
+    simulate_step,
+)
 from edgetrain.errors import InvalidArgumentError, PlanInfeasibleError
 from edgetrain.ir import Graph
 from edgetrain.planner import (
@@ -270,9 +276,7 @@ def _pytorch_problems(search: Search, chosen, freeze: bool):
     for mb in micro_sizes:
         g = search.graph_at(mb, freeze)
         trainable = search.trainable(g, chosen)
-        lean = lean_backward_for(g, trainable)
-        plain = plain_activation_sites(g, trainable) if lean else frozenset()
-        kernels = host_kernels(g, g.requires_grad_for(trainable), lean)
+        lean, plain, kernels = _lean_choice(g, trainable, req.optimizer, batch // mb)
         # NOTE [ Stage granularity ]
         #     Where a stage boundary falls decides what recomputation and paging can do: one
         #     coarse stage (MobileNetV2's whole `features`) can drop every activation inside it
@@ -304,6 +308,29 @@ def _pytorch_problems(search: Search, chosen, freeze: bool):
                     lean_backward=lean,
                     plain_activations=plain,
                 )
+
+
+def _lean_choice(g: Graph, trainable: frozenset[str], optimizer, accumulation: int):
+    """(lean backward?, its plain activation sites, the kernel library) for one trainable
+    set: lean where `lean_backward_for` says it saves something and keeping every
+    activation it predicts a lower peak than plain PyTorch (its mask transients can cost more
+    than it saves where the peak is the forward pass)."""
+    rg = g.requires_grad_for(trainable)
+    if not lean_backward_for(g, trainable):
+        return False, frozenset(), host_kernels(g, rg, False)
+    plain_sites = plain_activation_sites(g, trainable)
+    peaks = {}
+    for lean in (True, False):
+        kernels = host_kernels(g, rg, lean)
+        sched = Schedule(
+            trainable=trainable,
+            accumulation_steps=accumulation,
+            lean_backward=lean,
+            plain_activations=plain_sites if lean else frozenset(),
+        )
+        peaks[lean] = (simulate_step(g, optimizer, kernels, sched).peak_bytes, kernels)
+    lean = peaks[True][0] < peaks[False][0]
+    return lean, plain_sites if lean else frozenset(), peaks[lean][1]
 
 
 def lean_backward_for(graph: Graph, trainable: frozenset[str]) -> bool:

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from edgetrain.cost import frozen_conv_chunk
+
 MASK_CHUNK = 1 << 14
 """Elements packed (or unpacked) per pass; a multiple of 8 (`edgetrain.cost.MASK_CHUNK`)."""
 
@@ -92,14 +94,28 @@ class _MaskedActivation(torch.autograd.Function):
             else:  # leaky_relu_backward: self > 0 ? grad : grad * negval, with no temporary
                 torch.where(m, gc, torch.mul(gc, slope, out=dst), out=dst)
 
-        return _masked_grad(g, packed, fill), None, None, None
+        # leaky_relu's formula reads the gradient after writing its product: never in place
+        return _masked_grad(g, packed, fill, in_place=slope is None), None, None, None
 
 
-def _masked_grad(g: torch.Tensor, packed: torch.Tensor, fill) -> torch.Tensor:
-    """A new gradient, chunk by chunk: `fill(g chunk, its unpacked mask, destination)`."""
+def owned(g: torch.Tensor) -> bool:
+    """Whether the incoming gradient `g` is held by this backward alone, so that it may be
+    overwritten (NOTE [ Lean in-place gradients ]): no other tensor shares its TensorImpl or
+    its storage (the count of 2 is `g`'s impl and the storage object asked here), and it is
+    contiguous."""
+    return (
+        g._use_count() == 1
+        and torch._C._storage_Use_Count(g.untyped_storage()._cdata) == 2
+        and g.is_contiguous()
+    )
+
+
+def _masked_grad(g: torch.Tensor, packed: torch.Tensor, fill, in_place: bool) -> torch.Tensor:
+    """The gradient, chunk by chunk: `fill(g chunk, its unpacked mask, destination)`; the
+    destination is `g` itself where `in_place` allows it and `g` is `owned`."""
     g = g.contiguous()
+    grad = g if in_place and owned(g) else torch.empty_like(g)  # before any view of g
     flat = g.reshape(-1)
-    grad = torch.empty_like(g)
     out = grad.view(-1)
     for a in range(0, flat.numel(), MASK_CHUNK):
         gc, dst = flat[a : a + MASK_CHUNK], out[a : a + MASK_CHUNK]
@@ -180,7 +196,7 @@ class _Dropout(torch.autograd.Function):
             torch.mul(gc, scale, out=dst)  # MulBackward0: grad * noise, noise = scale or 0
             dst.mul_(m)  # x * 0 keeps the sign of x, as grad * 0.0 does
 
-        return _masked_grad(g, packed, fill), None
+        return _masked_grad(g, packed, fill, in_place=True), None
 
 
 def _nonzero(x: torch.Tensor) -> torch.Tensor:
@@ -322,38 +338,134 @@ def _max_pool1d(
     return _MaxPool.apply(input.unsqueeze(-2), *conf).squeeze(-2)
 
 
+class _AvgPool(torch.autograd.Function):
+    """avg_pool2d saving nothing: its backward reads only the input's sizes (ATen's
+    `avg_pool2d_backward` gets a stand-in of those sizes)."""
+
+    @staticmethod
+    def forward(ctx, x, *conf):
+        ctx.conf = (tuple(x.shape), *conf)
+        return torch.ops.aten.avg_pool2d(x, *conf)
+
+    @staticmethod
+    def backward(ctx, g):
+        shape, *conf = ctx.conf
+        gx = torch.ops.aten.avg_pool2d_backward(g, g.new_empty(1).expand(shape), *conf)
+        return (gx, *[None] * len(conf))
+
+
+def _avg_pool2d(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+):
+    if not _pool_ok(input, False) or input.dim() not in (3, 4):
+        return None
+    k = list(_pair(kernel_size))
+    conf = (k, list(_pair(stride, k)), list(_pair(padding)), bool(ceil_mode))
+    return _AvgPool.apply(input, *conf, bool(count_include_pad), divisor_override)
+
+
+def _avg_pool1d(
+    input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True
+):
+    if not _pool_ok(input, False) or input.dim() not in (2, 3):
+        return None
+    k = _pair(kernel_size)[0]
+    conf = ([1, k], [1, _pair(stride, k)[0]], [0, _pair(padding)[0]], bool(ceil_mode))
+    # ATen's avg_pool1d: the 2-d kernel over an unsqueezed row
+    return _AvgPool.apply(input.unsqueeze(-2), *conf, bool(count_include_pad), None).squeeze(-2)
+
+
+def _in_chunks(n: int, chunk: int, fn) -> torch.Tensor:
+    """`fn(a, b)` over the batch slices [a, b), written into one whole-batch tensor; a single
+    call when `chunk` covers the batch. One chunk's result lives beside the whole at a time."""
+    if chunk >= n:
+        return fn(0, n)
+    first = fn(0, chunk)
+    out = first.new_empty((n, *first.shape[1:]))
+    out[:chunk].copy_(first)
+    del first
+    for a in range(chunk, n, chunk):
+        out[a : a + chunk].copy_(fn(a, min(n, a + chunk)))
+    return out
+
+
 class _FrozenConv(torch.autograd.Function):
-    """A convolution whose weight is frozen: input and bias gradients, nothing saved."""
+    """A convolution whose weight is frozen: input and bias gradients, nothing saved; large
+    samples run in batch chunks (`edgetrain.cost.frozen_conv_chunk`, NOTE [ Lean saved
+    tensors ])."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
         nd = weight.dim() - 2
-        out = torch.convolution(x, weight, bias, stride, padding, dilation, False, [0] * nd, groups)
+        batched = x.dim() == nd + 2
+        n = x.shape[0] if batched else 1
+        conf = (stride, padding, dilation, False, [0] * nd, groups)
+        out_sample = x.element_size() * _out_numel(x, weight, conf) // n
+        chunk = frozen_conv_chunk(n, max(x[0].nbytes if batched else x.nbytes, out_sample))
+        ctx.chunk = chunk if batched else n
+        out = (
+            _in_chunks(n, ctx.chunk, lambda a, b: torch.convolution(x[a:b], weight, bias, *conf))
+            if batched
+            else torch.convolution(x, weight, bias, *conf)
+        )
         ctx.save_for_backward(weight)
-        ctx.conf = (tuple(x.shape), stride, padding, dilation, groups)
+        ctx.conf = (tuple(x.shape), conf)
         ctx.bias_sizes = None if bias is None else list(bias.shape)
         return out
 
     @staticmethod
     def backward(ctx, g):
         (weight,) = ctx.saved_tensors
-        shape, stride, padding, dilation, groups = ctx.conf
+        shape, conf = ctx.conf
         need_x, _, need_b = ctx.needs_input_grad[:3]
-        nd = weight.dim() - 2
-        gx, _, gb = torch.ops.aten.convolution_backward(
-            g,
-            g.new_empty(1).expand(shape),  # sizes only: a frozen weight needs no input values
-            weight,
-            ctx.bias_sizes,
-            stride,
-            padding,
-            dilation,
-            False,
-            [0] * nd,
-            groups,
-            [need_x, False, need_b],
-        )
+
+        def grads(gc: torch.Tensor, sizes):
+            # sizes only: a frozen weight needs no input values
+            stand_in = g.new_empty(1).expand(sizes)
+            mask = [need_x, False, need_b]
+            return torch.ops.aten.convolution_backward(
+                gc, stand_in, weight, ctx.bias_sizes, *conf, mask
+            )
+
+        n = shape[0]
+        if len(shape) != weight.dim() or ctx.chunk >= n:
+            gx, _, gb = grads(g, shape)
+            return gx, None, gb, None, None, None, None
+        gbs: list[torch.Tensor] = []
+
+        def chunk_grads(a: int, b: int) -> torch.Tensor | None:
+            gx_c, _, gb_c = grads(g[a:b], (b - a, *shape[1:]))
+            if gb_c is not None:
+                gbs.append(gb_c)
+            return gx_c
+
+        gx = None
+        if need_x:
+            gx = _in_chunks(n, ctx.chunk, chunk_grads)
+        else:  # the bias gradient alone
+            for a in range(0, n, ctx.chunk):
+                chunk_grads(a, min(n, a + ctx.chunk))
+        gb = torch.stack(gbs).sum(0) if gbs else None
         return gx, None, gb, None, None, None, None
+
+
+def _out_numel(x: torch.Tensor, weight: torch.Tensor, conf) -> int:
+    """Elements of a convolution's output (the shape arithmetic of ATen's conv_output_size)."""
+    stride, padding, dilation = conf[:3]
+    spatial = [
+        (i + 2 * p - d * (k - 1) - 1) // s + 1
+        for i, k, s, p, d in zip(
+            x.shape[-len(stride) :], weight.shape[2:], stride, padding, dilation
+        )
+    ]
+    n = x.shape[0] if x.dim() == weight.dim() else 1
+    return n * weight.shape[0] * math.prod(spatial)
 
 
 def _expand(v, nd: int) -> list[int]:
@@ -397,13 +509,31 @@ class _FrozenBatchNorm(torch.autograd.Function):
     def backward(ctx, g):
         rm, rv, w = ctx.saved_tensors
         need_x, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[4]
-        g = g.contiguous()
-        # eval mode: neither gradient reads the input; `g` stands in for it (same sizes and
-        # layout, so ATen takes the same path as plain autograd)
-        gx, _, gb = torch.ops.aten.native_batch_norm_backward(
-            g, g, w, rm, rv, None, None, False, ctx.eps, [need_x, False, need_b]
-        )
+        stats = (w, rm, rv, ctx.eps)
+        if need_x and g.dim() > 1 and owned(g):
+            # the bias gradient first (a sum that reads `g`), then the input's over it
+            gb = _bn_grad(g, stats, [False, False, True])[2] if need_b else None
+            return _bn_grad_in_place(g, stats), None, None, None, gb, None
+        gx, _, gb = _bn_grad(g.contiguous(), stats, [need_x, False, need_b])
         return gx, None, None, None, gb, None
+
+
+def _bn_grad(g: torch.Tensor, stats, mask):
+    """ATen's eval-mode batch-norm backward; it reads no input, so `g` stands in for it (same
+    sizes and layout, so ATen takes the same path as plain autograd)."""
+    w, rm, rv, eps = stats
+    return torch.ops.aten.native_batch_norm_backward(g, g, w, rm, rv, None, None, False, eps, mask)
+
+
+def _bn_grad_in_place(g: torch.Tensor, stats) -> torch.Tensor:
+    """The input gradient written over `g`, `frozen_conv_chunk` samples at a time (an
+    element-wise scale: each chunk's values are the whole call's)."""
+    n = g.shape[0]
+    chunk = frozen_conv_chunk(n, g[0].nbytes)
+    for a in range(0, n, chunk):
+        gc = g[a : a + chunk]
+        gc.copy_(_bn_grad(gc, stats, [True, False, False])[0])
+    return g
 
 
 def _batch_norm(
@@ -434,6 +564,8 @@ _HANDLERS = {
     F.dropout: _dropout,
     F.max_pool2d: _max_pool2d,
     F.max_pool1d: _max_pool1d,
+    F.avg_pool2d: _avg_pool2d,
+    F.avg_pool1d: _avg_pool1d,
 }
 _ACTIVATIONS = {
     F.relu: _relu,
