@@ -372,18 +372,28 @@ def test_recomputed_stages_rerun_lean_and_stay_exact():
     assert plan.predicted_peak_bytes == pytest.approx(measured, rel=0.01)
 
 
-class _Fork(nn.Module):
+class _Branches(nn.Module):
     """An add that hands one gradient to two branches: relu, and BN then relu6."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return F.relu(y) + F.relu6(self.bn2(y))
+
+
+class _Fork(nn.Module):
+    """conv -> BN (in place over the conv's result) -> `_Branches`."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.c1 = nn.Conv2d(3, channels, 3, padding=1)
         self.bn1 = nn.BatchNorm2d(channels)
-        self.bn2 = nn.BatchNorm2d(channels)
+        self.branches = _Branches(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.bn1(self.c1(x))
-        return F.relu(y) + F.relu6(self.bn2(y))
+        return self.branches(self.bn1(self.c1(x)))
 
 
 class _Shared(nn.Module):
@@ -448,6 +458,15 @@ def test_in_place_and_chunked_gradients_match_plain_pytorch_and_the_allocator(
     # it to both branches); parameters equal plain PyTorch's (bit for bit unless chunked:
     # then the bias sums run per chunk); the prediction is the allocator's peak
     assert plan.lean_backward and True in calls and False in calls
+    # in place in forward: BN over a frozen conv's result, an activation over a BN's result
+    # read by nothing else; not relu(y) (bn2 reads y too), not bn2 (over a BN), not the relu
+    # after the flatten (over a view)
+    assert set(plan.in_place_activations) == {
+        "fork.bn1#bn0",
+        "fork.branches#1",
+        "tail.1#bn0",
+        "tail.2#0",
+    }
     assert (channels * side * side * 4 >= CHUNK_BYTES) is not exact
     for (n, a), b in zip(ours.named_parameters(), oracle.parameters()):
         if exact:

@@ -93,7 +93,6 @@ def test_lora_plan_trains_adapters_and_head_then_merges():
     # Assert: the plan names the adapters; the model leaves as a plain model whose merged
     # weights compute what the adapted one did
     assert plan.lora_rank == 4 and plan.lora_modules == ("query", "key", "value")
-    assert plan.lean_backward
     trained = {p.name for p in plan.params if p.decision.value == "trainable"}
     assert trained == {f"{m}.lora_{k}" for m in ("query", "key", "value") for k in "ab"} | {
         "head.weight",

@@ -41,6 +41,18 @@ NOTE [ Lean in-place gradients ]
     is shared until the first of them is done; one a view hands on keeps its base alive. The
     cost model follows the same rule with its reference-counted gradient buffers (a buffer
     that passed through a view is never owned), so predictions stay exact.
+
+NOTE [ Lean in-place activations ]
+    A relu-family activation may also overwrite its input in forward (`Plan.in_place_
+    activations`, chosen by `in_place_activation_sites`): where every call of its site reads
+    a tensor that a lean frozen convolution or eval-mode batch norm made (neither backward
+    reads its result), that no other node reads and no view shares, the runtime packs the
+    mask first and then clamps the tensor in place (`torch.relu_`, `clamp_`, `leaky_relu_`:
+    the same values). Eval-mode batch norm does the same over a lean frozen convolution's
+    result (site `module#bnK`), `frozen_conv_chunk` samples at a time (an element-wise map:
+    each chunk's values are the whole call's). So a conv -> BN -> ReLU6 chain holds one
+    tensor instead of three. The cost model gives such a node's result its input's storage
+    (`_alias_in_place`).
 """
 
 from __future__ import annotations
@@ -76,6 +88,9 @@ class LeanSaves:
     in_place_grad_workspace_bytes: int | None = None
     """Set where the input gradient may be written over an owned incoming gradient (NOTE
     [ Lean in-place gradients ]): the backward's transients then, instead of the plain ones."""
+    in_place_forward_workspace_bytes: int = 0
+    """The forward's transients where the node overwrites its input (NOTE [ Lean in-place
+    activations ]) beyond `forward_workspace_bytes`."""
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -125,6 +140,19 @@ def activation_sites(graph: Graph) -> dict[int, str]:
     return out
 
 
+def batch_norm_sites(graph: Graph) -> dict[int, str]:
+    """Node index -> site (`module#bnK`: the K-th batch norm inside one call of the module that
+    runs it) of every batch-norm node (NOTE [ Lean in-place activations ])."""
+    counts: dict[str, int] = {}
+    out: dict[int, str] = {}
+    for i, n in enumerate(graph.nodes):
+        if n.op is OpKind.BATCH_NORM:
+            k = counts.get(n.module, 0)
+            counts[n.module] = k + 1
+            out[i] = f"{n.module}#bn{k}"
+    return out
+
+
 def _bn_weight(graph: Graph, node: Node) -> str | None:
     """The scale of a batch norm (its first parameter of two), None without an affine pair."""
     params = [i for i in node.inputs[1:] if graph.tensor(i).role is TensorRole.PARAMETER]
@@ -157,10 +185,11 @@ def lean_saves(graph: Graph, node: Node, requires_grad: frozenset[str]) -> LeanS
         x = graph.tensor(node.inputs[0])
         if len(x.shape) < 2:
             return LeanSaves(())
-        sample = x.nbytes // x.shape[0]
-        # in place: one chunk's gradient and ATen's temporary of its size
+        chunk = x.nbytes // x.shape[0] * frozen_conv_chunk(x.shape[0], x.nbytes // x.shape[0])
+        # in place: one chunk's gradient and ATen's temporary of its size; in forward, one
+        # chunk's result before it is copied over the input
         return LeanSaves(
-            (), in_place_grad_workspace_bytes=2 * sample * frozen_conv_chunk(x.shape[0], sample)
+            (), in_place_grad_workspace_bytes=2 * chunk, in_place_forward_workspace_bytes=chunk
         )
     return None
 

@@ -68,11 +68,18 @@ NOTE [ A lowered composite's held locals ]
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from dataclasses import dataclass
 
-from edgetrain.cost._lean import LeanSaves, activation_sites, is_masked_activation, lean_saves
+from edgetrain.cost._lean import (
+    LeanSaves,
+    activation_sites,
+    batch_norm_sites,
+    is_masked_activation,
+    lean_saves,
+)
 from edgetrain.cost._workspace import KernelLibrary, workspace_bytes
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.ir import Graph, Node, OpKind, Param, TensorRole
@@ -225,6 +232,7 @@ class Schedule:
     weight_decay: float = 0.0  # changes the optimizer step's temporaries, not its state
     lean_backward: bool = False  # NOTE [ Lean saved tensors ] (runtime: NOTE [ Lean backward ])
     plain_activations: frozenset[str] = frozenset()  # sites that keep plain PyTorch's save
+    in_place_activations: frozenset[str] = frozenset()  # NOTE [ Lean in-place activations ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +254,8 @@ def simulate_step(
 ) -> MemorySimulation:
     """Simulate one training step of `graph` (see NOTE [ What counts toward peak memory ])."""
     kernels = kernels if kernels is not None else KernelLibrary()
+    if schedule.lean_backward and schedule.in_place_activations:
+        graph = _alias_in_place(graph, schedule.in_place_activations)
     first = _simulate(graph, Optimizer.parse(optimizer), kernels, schedule, grads_at_start=False)
     if schedule.accumulation_steps <= 1 or schedule.in_place_update:
         return first
@@ -307,6 +317,70 @@ def plain_activation_sites(graph: Graph, trainable: frozenset[str]) -> frozenset
         for i, site in activation_sites(graph).items()
         if active[i] and _saved_anyway(graph, i, rg, persistent, savers)
     )
+
+
+_CONVS = (OpKind.CONV1D, OpKind.CONV2D)
+
+
+def _overwrite_sites(graph: Graph) -> dict[int, str]:
+    """Node index -> site of every node that may overwrite its input: relu-family activations
+    and batch norms (NOTE [ Lean in-place activations ])."""
+    return {**activation_sites(graph), **batch_norm_sites(graph)}
+
+
+def in_place_activation_sites(
+    graph: Graph, trainable: frozenset[str], plain_sites: frozenset[str]
+) -> frozenset[str]:
+    """Lean relu-family and batch-norm sites that may overwrite their input (NOTE [ Lean
+    in-place activations ]): every call of the site reads a tensor that a lean frozen
+    convolution (or, for an activation, batch norm) made, whose backward never reads it, and
+    that no other node reads and no view shares."""
+    rg = graph.requires_grad_for(trainable)
+    per_storage: dict[str, int] = {}
+    for t in graph.tensors:
+        per_storage[t.storage] = per_storage.get(t.storage, 0) + 1
+    ok: dict[str, bool] = {}
+    for i, site in _overwrite_sites(graph).items():
+        n = graph.nodes[i]
+        t = graph.tensor(n.inputs[0])
+        j = graph.node_index.get(t.producer or "")
+        producers = _CONVS if n.op is OpKind.BATCH_NORM else (*_CONVS, OpKind.BATCH_NORM)
+        good = (
+            site not in plain_sites
+            and n.output in rg
+            and not n.attr("inplace")
+            and lean_saves(graph, n, rg) is not None
+            and j is not None
+            and graph.nodes[j].op in producers
+            and lean_saves(graph, graph.nodes[j], rg) is not None
+            and graph.consumers.get(t.name, ()) == (i,)
+            and per_storage[t.storage] == 1
+            and t.role is TensorRole.ACTIVATION
+        )
+        ok[site] = ok.get(site, True) and good
+    return frozenset(site for site, good in ok.items() if good)
+
+
+def in_place_nodes(graph: Graph, sites: frozenset[str]) -> frozenset[int]:
+    """The nodes of `sites` (`in_place_activation_sites`)."""
+    return frozenset(i for i, site in _overwrite_sites(graph).items() if site in sites)
+
+
+def _alias_in_place(graph: Graph, sites: frozenset[str]) -> Graph:
+    """`graph` with each in-place node's result (and its views) in its input's storage."""
+    alias: dict[str, tuple[str, int]] = {}
+    for i in sorted(in_place_nodes(graph, sites)):
+        n = graph.nodes[i]
+        src = graph.tensor(n.inputs[0])
+        root = alias.get(src.storage, (src.storage, src.storage_bytes))
+        alias[graph.tensor(n.output).storage] = root
+    tensors = tuple(
+        dataclasses.replace(t, storage=alias[t.storage][0], storage_bytes=alias[t.storage][1])
+        if t.storage in alias
+        else t
+        for t in graph.tensors
+    )
+    return dataclasses.replace(graph, tensors=tensors)
 
 
 def lean_saves_anything(graph: Graph, trainable: frozenset[str]) -> bool:
@@ -381,7 +455,9 @@ class _SavedPlan:
         # its own, keyed `mask:i`)
         self.lean: dict[int, LeanSaves] = {}
         self.masks: dict[int, str] = {}
+        self.overwrites: frozenset[int] = frozenset()
         if schedule.lean_backward:
+            self.overwrites = in_place_nodes(graph, schedule.in_place_activations)
             sites = activation_sites(graph)
             for i, n in enumerate(nodes):
                 rule = lean_saves(graph, n, self.rg) if self.has_grad_fn[i] else None
@@ -463,7 +539,10 @@ class _SavedPlan:
             fwd, bwd = workspace_bytes(graph, n, kernels, input_grad=ig, weight_grad=False)
         if not kernels.has_workspaces:
             return fwd, bwd
-        return fwd + rule.forward_workspace_bytes, bwd + rule.backward_workspace_bytes
+        fwd += rule.forward_workspace_bytes
+        if i in self.overwrites:
+            fwd += rule.in_place_forward_workspace_bytes
+        return fwd, bwd + rule.backward_workspace_bytes
 
 
 def _rerun_forward(

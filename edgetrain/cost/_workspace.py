@@ -116,7 +116,8 @@ def kernel_signature(graph: Graph, node: Node, input_grad: bool, weight_grad: bo
     if node.op in (OpKind.CONV2D, OpKind.CONV1D):
         if weight_grad:
             return conv_signature(graph, node, input_grad)
-        return conv_signature(graph, node, input_grad) + f":wg0:c{conv_chunk(graph, node)}"
+        # the chunk and how its input is stood in for (NOTE [ Lean saved tensors ])
+        return conv_signature(graph, node, input_grad) + f":wg0:c{conv_chunk(graph, node)}:slot"
     shapes = ",".join(
         "x".join(map(str, graph.tensor(t).shape)) + ":" + graph.tensor(t).dtype for t in node.inputs
     )

@@ -145,6 +145,7 @@ class Plan:
     # activation sites (`module#k`) that keep plain PyTorch's saved tensor under lean backward
     # because another node saves that tensor anyway (NOTE [ Lean saved tensors ])
     plain_activations: tuple[str, ...] = ()
+    in_place_activations: tuple[str, ...] = ()  # NOTE [ Lean in-place activations ]
     # LoRA adapters (NOTE [ LoRA adapters ] in models/_lora.py): rank and the adapted module
     # paths; the Trainer adds them to a model that lacks them and merges them on exit
     lora_rank: int = 0
@@ -310,22 +311,22 @@ class _PlanReader:
         "in_place_update params stages predicted deadline_s freeze_batch_norm executor "
         "precision schema_version notes budget_forced model_sha256 loss input_shape input_dtype "
         "predicted_peak_bytes weight_decay schedule lean_backward plain_activations lora_rank "
-        "lora_modules"
+        "lora_modules in_place_activations"
     ).split()
     # fields a version-1 file may leave out (they had defaults then)
     _V1_OPTIONAL = frozenset(
         "deadline_s freeze_batch_norm executor precision notes budget_forced model_sha256 "
         "loss input_shape input_dtype predicted_peak_bytes weight_decay schedule "
-        "lean_backward plain_activations lora_rank lora_modules".split()
+        "lean_backward plain_activations lora_rank lora_modules in_place_activations".split()
     )
     _V2_OPTIONAL = frozenset(
         "deadline_s loss input_shape input_dtype predicted_peak_bytes weight_decay schedule "
-        "lean_backward plain_activations lora_rank lora_modules".split()
+        "lean_backward plain_activations lora_rank lora_modules in_place_activations".split()
     )
 
     _LATER = frozenset(  # optional in version 3 too: added without a version bump
         "deadline_s predicted_peak_bytes lean_backward plain_activations lora_rank "
-        "lora_modules".split()
+        "lora_modules in_place_activations".split()
     )
 
     def __init__(self, d: Any) -> None:
@@ -459,6 +460,9 @@ class _PlanReader:
             schedule=self.schedule(d.get("schedule", "constant")),
             lean_backward=self.bool_(d.get("lean_backward", False), "lean_backward"),
             plain_activations=self.sites(d.get("plain_activations", []), "plain_activations"),
+            in_place_activations=self.sites(
+                d.get("in_place_activations", []), "in_place_activations"
+            ),
             **self.lora(d.get("lora_rank", 0), d.get("lora_modules", [])),
             **self.input_spec(d.get("input_shape"), d.get("input_dtype")),
         )

@@ -69,6 +69,7 @@ class Problem:
     weight_decay: float = 0.0
     lean_backward: bool = False  # NOTE [ Lean saved tensors ] in cost/_lean.py
     plain_activations: frozenset[str] = frozenset()
+    in_place_activations: frozenset[str] = frozenset()  # NOTE [ Lean in-place activations ]
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
@@ -117,6 +118,7 @@ class Problem:
             weight_decay=self.weight_decay,
             lean_backward=self.lean_backward,
             plain_activations=self.plain_activations,
+            in_place_activations=self.in_place_activations,
         )
 
     def evaluate(self, decisions: tuple[ActivationDecision, ...]) -> Evaluation:

@@ -203,7 +203,8 @@ def _measure_frozen_conv(graph: Graph, node, input_grad: bool) -> tuple[int, int
     (NOTE [ Lean backward ]): the forward without autograd, the backward as ATen's
     `convolution_backward` with the weight's gradient masked out and the input given by its
     sizes, both on one batch chunk (`edgetrain.cost.conv_chunk`, NOTE [ Lean saved tensors ]);
-    where the batch is chunked, the chunk's result lives beside the whole one until copied."""
+    where the batch is chunked, the chunk's result lives beside the whole one until copied,
+    and the input gradient's slot for the chunk stands in for its input."""
     from edgetrain.cost import conv_chunk
     from edgetrain.measure import MemoryMeter
 
@@ -222,10 +223,12 @@ def _measure_frozen_conv(graph: Graph, node, input_grad: bool) -> tuple[int, int
     fwd = max(0, m.trace.peak_delta_bytes - made)
     g = torch.ones_like(out)
     mask = [input_grad, False, b is not None]
+    # chunked, the input gradient's chunk slot (allocated already) stands in for the input
+    stand_in = torch.empty(x.shape) if chunked and input_grad else g.new_empty(1).expand(x.shape)
     with MemoryMeter() as m:
         r = torch.ops.aten.convolution_backward(
             g,
-            g.new_empty(1).expand(x.shape),
+            stand_in,
             w,
             None if b is None else [w.shape[0]],
             *conf,

@@ -15,6 +15,7 @@ from edgetrain.capture import capture
 from edgetrain.cost import (
     Device,
     Schedule,
+    in_place_activation_sites,
     lean_saves_anything,
     plain_activation_sites,
     simulate_step,
@@ -276,7 +277,7 @@ def _pytorch_problems(search: Search, chosen, freeze: bool):
     for mb in micro_sizes:
         g = search.graph_at(mb, freeze)
         trainable = search.trainable(g, chosen)
-        lean, plain, kernels = _lean_choice(g, trainable, req.optimizer, batch // mb)
+        lean, plain, overwrite, kernels = _lean_choice(g, trainable, req.optimizer, batch // mb)
         # NOTE [ Stage granularity ]
         #     Where a stage boundary falls decides what recomputation and paging can do: one
         #     coarse stage (MobileNetV2's whole `features`) can drop every activation inside it
@@ -307,18 +308,21 @@ def _pytorch_problems(search: Search, chosen, freeze: bool):
                     weight_decay=req.weight_decay,
                     lean_backward=lean,
                     plain_activations=plain,
+                    in_place_activations=overwrite,
                 )
 
 
 def _lean_choice(g: Graph, trainable: frozenset[str], optimizer, accumulation: int):
-    """(lean backward?, its plain activation sites, the kernel library) for one trainable
-    set: lean where `lean_backward_for` says it saves something and keeping every
-    activation it predicts a lower peak than plain PyTorch (its mask transients can cost more
-    than it saves where the peak is the forward pass)."""
+    """(lean backward?, its plain activation sites, its in-place activation sites, the kernel
+    library) for one trainable set: lean where `lean_backward_for` says it saves something and,
+    keeping every activation, it predicts a lower peak than plain PyTorch (its mask transients
+    can cost more than it saves where the peak is the forward pass)."""
     rg = g.requires_grad_for(trainable)
+    none: frozenset[str] = frozenset()
     if not lean_backward_for(g, trainable):
-        return False, frozenset(), host_kernels(g, rg, False)
+        return False, none, none, host_kernels(g, rg, False)
     plain_sites = plain_activation_sites(g, trainable)
+    in_place = in_place_activation_sites(g, trainable, plain_sites)
     peaks = {}
     for lean in (True, False):
         kernels = host_kernels(g, rg, lean)
@@ -326,11 +330,13 @@ def _lean_choice(g: Graph, trainable: frozenset[str], optimizer, accumulation: i
             trainable=trainable,
             accumulation_steps=accumulation,
             lean_backward=lean,
-            plain_activations=plain_sites if lean else frozenset(),
+            plain_activations=plain_sites if lean else none,
+            in_place_activations=in_place if lean else none,
         )
         peaks[lean] = (simulate_step(g, optimizer, kernels, sched).peak_bytes, kernels)
-    lean = peaks[True][0] < peaks[False][0]
-    return lean, plain_sites if lean else frozenset(), peaks[lean][1]
+    if peaks[True][0] < peaks[False][0]:
+        return True, plain_sites, in_place, peaks[True][1]
+    return False, none, none, peaks[False][1]
 
 
 def lean_backward_for(graph: Graph, trainable: frozenset[str]) -> bool:
@@ -609,6 +615,7 @@ def to_plan(
         input_dtype=g.tensor(g.inputs[0]).dtype,
         lean_backward=prob.lean_backward,
         plain_activations=tuple(sorted(prob.plain_activations)),
+        in_place_activations=tuple(sorted(prob.in_place_activations)),
     )
 
 

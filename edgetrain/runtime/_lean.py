@@ -125,6 +125,53 @@ def _masked_grad(g: torch.Tensor, packed: torch.Tensor, fill, in_place: bool) ->
     return grad
 
 
+class _MaskedActivationInPlace(_MaskedActivation):
+    """The same activation written over its input (NOTE [ Lean in-place activations ]): the
+    mask is packed from the input first, then `fn_` clamps it in place."""
+
+    @staticmethod
+    def forward(ctx, x, fn_, predicate, negative_slope):
+        packed = _pack(x.reshape(-1), predicate)
+        fn_(x)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(packed)
+        ctx.negative_slope = negative_slope
+        return x
+
+
+def _overwrite(x, fn_, predicate, negative_slope=None, inplace=False):
+    """The in-place lean activation where `x` is a lean frozen convolution's or batch norm's
+    result (their backward never reads it); None otherwise."""
+    if inplace or not x.requires_grad or not x.is_contiguous() or not x.is_floating_point():
+        return None
+    if type(x.grad_fn) not in _LEAN_RESULTS:
+        return None
+    return _MaskedActivationInPlace.apply(x, fn_, predicate, negative_slope)
+
+
+def _relu_over(input, inplace=False):
+    return _overwrite(input, torch.relu_, _relu_mask, inplace=inplace)
+
+
+def _tensor_relu_over(self):
+    return _relu_over(self)
+
+
+def _relu6_over(input, inplace=False):
+    fn_ = lambda t: F.hardtanh_(t, 0.0, 6.0)  # noqa: E731
+    return _overwrite(input, fn_, _hardtanh_mask(0.0, 6.0), inplace=inplace)
+
+
+def _hardtanh_over(input, min_val=-1.0, max_val=1.0, inplace=False):
+    fn_ = lambda t: F.hardtanh_(t, min_val, max_val)  # noqa: E731
+    return _overwrite(input, fn_, _hardtanh_mask(min_val, max_val), inplace=inplace)
+
+
+def _leaky_relu_over(input, negative_slope=0.01, inplace=False):
+    fn_ = lambda t: F.leaky_relu_(t, negative_slope)  # noqa: E731
+    return _overwrite(input, fn_, _positive, negative_slope=negative_slope, inplace=inplace)
+
+
 def _relu_mask(x: torch.Tensor) -> torch.Tensor:
     return ~(x <= 0)  # threshold_backward: result <= 0 -> 0 (NaN passes)
 
@@ -437,20 +484,21 @@ class _FrozenConv(torch.autograd.Function):
         if len(shape) != weight.dim() or ctx.chunk >= n:
             gx, _, gb = grads(g, shape)
             return gx, None, gb, None, None, None, None
+        # in chunks: each chunk's slot of the input gradient stands in for its input (it has
+        # the sizes and layout, and a frozen weight's backward reads no input values)
+        gx = g.new_empty(shape) if need_x else None
         gbs: list[torch.Tensor] = []
-
-        def chunk_grads(a: int, b: int) -> torch.Tensor | None:
-            gx_c, _, gb_c = grads(g[a:b], (b - a, *shape[1:]))
+        for a in range(0, n, ctx.chunk):
+            b = min(n, a + ctx.chunk)
+            stand_in = gx[a:b] if gx is not None else g.new_empty(1).expand(b - a, *shape[1:])
+            gx_c, _, gb_c = torch.ops.aten.convolution_backward(
+                g[a:b], stand_in, weight, ctx.bias_sizes, *conf, [need_x, False, need_b]
+            )
+            if gx is not None:
+                gx[a:b].copy_(gx_c)
+            del gx_c
             if gb_c is not None:
                 gbs.append(gb_c)
-            return gx_c
-
-        gx = None
-        if need_x:
-            gx = _in_chunks(n, ctx.chunk, chunk_grads)
-        else:  # the bias gradient alone
-            for a in range(0, n, ctx.chunk):
-                chunk_grads(a, min(n, a + ctx.chunk))
         gb = torch.stack(gbs).sum(0) if gbs else None
         return gx, None, gb, None, None, None, None
 
@@ -518,6 +566,23 @@ class _FrozenBatchNorm(torch.autograd.Function):
         return gx, None, None, None, gb, None
 
 
+class _FrozenBatchNormInPlace(_FrozenBatchNorm):
+    """The same batch norm written over its input, `frozen_conv_chunk` samples at a time (NOTE
+    [ Lean in-place activations ]); the backward is `_FrozenBatchNorm`'s."""
+
+    @staticmethod
+    def forward(ctx, x, running_mean, running_var, weight, bias, eps):
+        n = x.shape[0]
+        chunk = frozen_conv_chunk(n, x[0].nbytes)
+        for a in range(0, n, chunk):
+            xc = x[a : a + chunk]
+            xc.copy_(F.batch_norm(xc, running_mean, running_var, weight, bias, False, 0.0, eps))
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(running_mean, running_var, weight)
+        ctx.eps = eps
+        return x
+
+
 def _bn_grad(g: torch.Tensor, stats, mask):
     """ATen's eval-mode batch-norm backward; it reads no input, so `g` stands in for it (same
     sizes and layout, so ATen takes the same path as plain autograd)."""
@@ -536,6 +601,17 @@ def _bn_grad_in_place(g: torch.Tensor, stats) -> torch.Tensor:
     return g
 
 
+def _bn_lean(input, running_mean, running_var, weight, bias, training) -> bool:
+    """Whether eval-mode batch norm runs lean (NOTE [ Lean backward ])."""
+    if training or running_mean is None or running_var is None:
+        return False
+    if weight is not None and weight.requires_grad:
+        return False  # the scale's gradient needs the normalised input
+    if not (input.requires_grad or (bias is not None and bias.requires_grad)):
+        return False
+    return input.is_contiguous()
+
+
 def _batch_norm(
     input,
     running_mean,
@@ -546,15 +622,28 @@ def _batch_norm(
     momentum=0.1,
     eps=1e-5,
 ):
-    if training or running_mean is None or running_var is None:
-        return None
-    if weight is not None and weight.requires_grad:
-        return None  # the scale's gradient needs the normalised input
-    if not (input.requires_grad or (bias is not None and bias.requires_grad)):
-        return None
-    if not input.is_contiguous():
+    if not _bn_lean(input, running_mean, running_var, weight, bias, training):
         return None
     return _FrozenBatchNorm.apply(input, running_mean, running_var, weight, bias, eps)
+
+
+def _batch_norm_over(
+    input,
+    running_mean,
+    running_var,
+    weight=None,
+    bias=None,
+    training=False,
+    momentum=0.1,
+    eps=1e-5,
+):
+    """The in-place batch norm where `input` is a lean frozen convolution's result (NOTE
+    [ Lean in-place activations ]); None otherwise."""
+    if type(input.grad_fn) is not _FrozenConv._backward_cls or input.dim() < 2:
+        return None
+    if not _bn_lean(input, running_mean, running_var, weight, bias, training):
+        return None
+    return _FrozenBatchNormInPlace.apply(input, running_mean, running_var, weight, bias, eps)
 
 
 _HANDLERS = {
@@ -575,18 +664,33 @@ _ACTIVATIONS = {
     F.hardtanh: _hardtanh,
     F.leaky_relu: _leaky_relu,
 }
+_LEAN_RESULTS = (
+    _FrozenConv._backward_cls,
+    _FrozenBatchNorm._backward_cls,
+    _FrozenBatchNormInPlace._backward_cls,
+)
+_IN_PLACE = {
+    F.relu: _relu_over,
+    torch.relu: _relu_over,
+    torch.Tensor.relu: _tensor_relu_over,
+    F.relu6: _relu6_over,
+    F.hardtanh: _hardtanh_over,
+    F.leaky_relu: _leaky_relu_over,
+}
 
 
 class LeanBackward(TorchFunctionMode):
     """Routes the calls of NOTE [ Lean backward ] to their lean `autograd.Function`s while
     active; every other call (and these, where the rule does not apply, or an activation
-    site in `plain_sites`) runs unchanged. `model`'s module calls are tracked to name sites."""
+    site in `plain_sites`) runs unchanged. An activation site in `in_place_sites` overwrites
+    its input where NOTE [ Lean in-place activations ] allows it. `model`'s module calls are tracked to name sites."""
 
-    def __init__(self, model: torch.nn.Module, plain_sites=()) -> None:
+    def __init__(self, model: torch.nn.Module, plain_sites=(), in_place_sites=()) -> None:
         super().__init__()
         self.plain_sites = frozenset(plain_sites)
+        self.in_place_sites = frozenset(in_place_sites)
         self.paths = {m: name for name, m in model.named_modules()}
-        self.calls: list[list] = []  # [module path, relu-family calls so far] per active call
+        self.calls: list[list] = []  # [module path, relu-family, batch-norm calls] per call
         self._handles: list = []
 
     def __enter__(self):
@@ -609,7 +713,7 @@ class LeanBackward(TorchFunctionMode):
         """Checkpoint's re-run of the stage module `path` (called as a function, without its
         hooks) inside backward: the mode is on and the stage's call frame is counted."""
         TorchFunctionMode.__enter__(self)
-        self.calls.append([path, 0])
+        self.calls.append([path, 0, 0])
         try:
             yield
         finally:
@@ -619,18 +723,20 @@ class LeanBackward(TorchFunctionMode):
     def _enter_module(self, module, args) -> None:
         path = self.paths.get(module)
         if path is not None:
-            self.calls.append([path, 0])
+            self.calls.append([path, 0, 0])
 
     def _leave_module(self, module, args, output) -> None:
         if module in self.paths and self.calls:
             self.calls.pop()
 
-    def _site(self) -> str:
+    def _site(self, kind: int) -> str:
+        """The next site of `kind` (1: relu family, `module#k`; 2: batch norm, `module#bnk`)
+        in the innermost module call."""
         if not self.calls:
-            return "#"
+            return "#" if kind == 1 else "#bn"
         call = self.calls[-1]
-        call[1] += 1
-        return f"{call[0]}#{call[1] - 1}"
+        call[kind] += 1
+        return f"{call[0]}#{'bn' if kind == 2 else ''}{call[kind] - 1}"
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -647,11 +753,17 @@ class LeanBackward(TorchFunctionMode):
                 TorchFunctionMode.__exit__(self, None, None, None)
         if not torch.is_grad_enabled():
             return func(*args, **kwargs)
-        handler = _HANDLERS.get(func)
-        if handler is None and func in _ACTIVATIONS and self._site() not in self.plain_sites:
-            handler = _ACTIVATIONS[func]
-        if handler is not None:
-            out = handler(*args, **kwargs)
+        handlers = [_HANDLERS.get(func)]
+        if func is F.batch_norm and self._site(2) in self.in_place_sites:
+            handlers = [_batch_norm_over, _batch_norm]
+        if func in _ACTIVATIONS:
+            site = self._site(1)
+            if site in self.in_place_sites:
+                handlers = [_IN_PLACE[func], _ACTIVATIONS[func]]
+            elif site not in self.plain_sites:
+                handlers = [_ACTIVATIONS[func]]
+        for handler in handlers:
+            out = None if handler is None else handler(*args, **kwargs)
             if out is not None:
                 return out
         return func(*args, **kwargs)

@@ -249,7 +249,9 @@ class Trainer:
         if self.store is not None:
             self.store.begin_step((x, y))
         if self.plan.lean_backward:
-            self._lean = LeanBackward(self.model, self.plan.plain_activations)
+            self._lean = LeanBackward(
+                self.model, self.plan.plain_activations, self.plan.in_place_activations
+            )
         try:
             with self._lean if self._lean is not None else contextlib.nullcontext():
                 total, finite = self._micro_batches(x, y)
