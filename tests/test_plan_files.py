@@ -619,17 +619,17 @@ def _oracle_valid(d) -> bool:
         "deadline_s", "freeze_batch_norm", "executor", "precision", "schema_version", "notes",
         "budget_forced", "model_sha256", "loss", "input_shape", "input_dtype",
         "predicted_peak_bytes", "weight_decay", "schedule", "lean_backward",
-        "plain_activations", "lora_rank", "lora_modules",
+        "plain_activations", "lora_rank", "lora_modules", "in_place_activations",
     }  # fmt: skip
     optional = {"deadline_s", "predicted_peak_bytes", "lean_backward", "plain_activations"}
-    optional |= {"lora_rank", "lora_modules"}
+    optional |= {"lora_rank", "lora_modules", "in_place_activations"}
     if _has_nul(d):  # every string of a plan file is read without NUL characters
         return False
     if not isinstance(d, dict) or not keys - optional <= set(d) <= keys:
         return False
     if type(d.get("lean_backward", False)) is not bool:
         return False
-    for key in ("plain_activations", "lora_modules"):
+    for key in ("plain_activations", "lora_modules", "in_place_activations"):
         sites = d.get(key, [])
         if not isinstance(sites, list) or not all(
             type(v) is str and len(v) <= 1024 and "\0" not in v for v in sites
@@ -776,7 +776,7 @@ def test_mutated_plans_load_only_when_valid(good_plan, data):
     assert _oracle_valid(mutated), f"accepted an invalid plan: {path} {op} {value!r}"
     defaults = {"deadline_s": None, "loss": "cross-entropy", "lean_backward": False}
     defaults |= {"plain_activations": [], "lora_rank": 0, "lora_modules": []}
-    defaults |= {"input_shape": None, "input_dtype": None}
+    defaults |= {"input_shape": None, "input_dtype": None, "in_place_activations": []}
     derived = {"predicted_peak_bytes": mutated["predicted"]["peak_bytes"]}
     assert plan.to_dict() == {**defaults, **mutated, **derived}
 

@@ -21,6 +21,8 @@ NOTE [ Lean saved tensors ]
       - max pooling whose indices the model never reads saves one byte per output (the
         offset inside its window) instead of its input and int64 indices; its index
         arithmetic runs in chunks, and the backward rebuilds the int64 indices;
+      - average pooling (1-d and 2-d) saves nothing: its backward reads only the input's
+        sizes;
       - every other node saves what `saved_for_backward` says (products already save an
         operand only when the other one needs a gradient).
     A mask is not always less: where another node saves the very tensor the activation would

@@ -22,7 +22,13 @@ NOTE [ Lean backward ]
         instead of ATen's float32 noise tensor, drawn by the same calls (`_Dropout`);
       - `max_pool1d` / `max_pool2d` (without `return_indices`): each output's offset inside
         its window, one byte (`offset_dtype`), instead of the input and int64 indices; the
-        backward rebuilds the indices and runs ATen's own backward (`_MaxPool`).
+        backward rebuilds the indices and runs ATen's own backward (`_MaxPool`);
+      - `avg_pool1d` / `avg_pool2d`: nothing (`_AvgPool`; ATen's backward gets a stand-in of
+        the input's sizes).
+    A frozen convolution with large samples runs in batch chunks, and a gradient or forward
+    result that nothing else holds is overwritten in place (NOTE [ Lean in-place gradients ],
+    NOTE [ Lean in-place activations ] in cost/_lean.py); the chunked calls sum bias
+    gradients per chunk, so those equal plain PyTorch's up to summation order.
     An activation whose saved tensor another node saves anyway keeps plain PyTorch's save: the
     plan names it by its site, `module#k`, the k-th relu-family call inside one call of the
     innermost module running it (`Plan.plain_activations`, NOTE [ Lean saved tensors ]);
