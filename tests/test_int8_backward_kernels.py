@@ -1,5 +1,6 @@
 """The int8 C trainer's backward kernels (NOTE [ int8 integer backward ]) and the padded 3x3
-forward (NOTE [ Padded 3x3 forward ]) against integer sums in numpy: every weight-gradient and bias sum (read through the runtime's ET_GRAD_PROBE hook)
+forward (NOTE [ Padded 3x3 forward ]) and the mat-mult forward (NOTE [ int8 mat-mult forward ])
+against integer sums in numpy: every weight-gradient and bias sum (read through the runtime's ET_GRAD_PROBE hook)
 and every input-gradient element, on the host (portable C) and on the Cortex-M4 under QEMU
 (the DSP's SMLAD paths), for 3x3 standard and depthwise convs at stride 1 and 2, 1x1 convs,
 a 5x5 conv (the generic path) and linear layers, at batch 1 and 2."""
@@ -151,7 +152,7 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         et_i32("gb{i}", probe_b, 0, {co});
     }}""")
     for i, (b, ci, h, wd, co, k, s, p, gr) in enumerate(CONVS):
-        if k != 3:
+        if k not in (1, 3):
             continue
         ho, wo = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
         x = rng.integers(-128, 128, (b, ci, h, wd))
@@ -176,7 +177,13 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         for (int j = 0; j < {acc.size}; j++) {{ yi[j] = y[j]; mi[j] = mask[j]; }}
         et_i32("fy{i}", yi, 0, {acc.size});
         et_i32("fm{i}", mi, 0, {acc.size});
+        for (int j = 0; j < {acc.size}; j++) {{ y[j] = 0; mask[j] = 2; }}
+        qconv_mm_fwd(x, {zx}, w, bias, m0, sh, 3, -128, 127, y, mask, fscratch, {dims});
+        for (int j = 0; j < {acc.size}; j++) {{ yi[j] = y[j]; mi[j] = mask[j]; }}
+        et_i32("gy{i}", yi, 0, {acc.size});
+        et_i32("gm{i}", mi, 0, {acc.size});
     }}""")
+        want[f"gy{i}"], want[f"gm{i}"] = want[f"fy{i}"], want[f"fm{i}"]
     for i, (b, n_in, n_out) in enumerate(LINEARS):
         x = rng.integers(-128, 128, (b, n_in))
         w = rng.integers(-127, 128, (n_out, n_in))

@@ -409,6 +409,150 @@ static void qconv3_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *
     qconv_fwd(x, zx, w, b, m0, sh, zy, lo, hi, y, mask, B, Ci, H, W, Co, Ho, Wo, K, s, p, G);
 }
 
+/* NOTE [ int8 mat-mult forward ]
+   A trainable conv with one group (G = 1) of at least 2 input channels that is a 3x3
+   (stride 1 or 2) or a 1x1 (stride 1, no padding) runs its forward as a matrix product
+   (CMSIS-NN's technique: im2col into 16-bit columns, then a 2 output channel x 2 column
+   dual-MAC kernel): b + sum (x - zx) w over the Kt = Ci K^2 taps of a window, with taps in the
+   padding 0 (= zx - zx). The int8 weights are read 4 at a time and unpacked by SXTB16 into the
+   pairs (w0, w2), (w1, w3); the columns are gathered in the same lane order, per 4 taps the
+   words (t0, t2) and (t1, t3) of column 0 and of column 1 interleaved (the last Kt mod 4 taps
+   as (column 0, column 1) words, summed one by one). Per 4 taps: two weight loads, 4 SXTB16,
+   4 column loads and 8 SMLADs for 16 MACs. Arena scratch `f:<op>` (NOTE [ int8 SRAM of the C
+   trainer ], `forward_scratch_bytes` in _int8_layout.py): Kt int32 tap offsets (in that lane
+   order) and the two columns, Kt words: 8 Kt bytes. The integer sums are qconv_fwd's, so
+   without the DSP it is qconv_fwd. */
+#if ET_DSP
+Q_AI uint32_t q_pack2(int32_t a, int32_t b) { return (uint32_t)q_pkhbt((int16x2_t)a, (int16x2_t)b); }
+/* the four sums (oc0, c0), (oc0, c1), (oc1, c0), (oc1, c1) over the Kt taps: per 4 taps
+   one LDR of each weight row, two LDRDs of column words, 4 SXTB16 and 8 SMLADs, in 13
+   registers (written out: the compiler's allocation spilled inside the loop) */
+Q_AI void q_mm2x2(const int8_t *w0, const int8_t *w1, const uint32_t *c, int Kt, int32_t *a) {
+    int32_t a00 = a[0], a01 = a[1], a10 = a[2], a11 = a[3];
+    const int K4 = Kt / 4 * 4;
+    if (K4) {
+        const int8_t *end = w0 + K4;
+        uint32_t u, v, e, c0, c1;
+        __asm__ volatile(
+            "1:\n\t"
+            "ldr %[u], [%[w0]], #4\n\t"
+            "ldr %[v], [%[w1]], #4\n\t"
+            "ldrd %[c0], %[c1], [%[c]], #8\n\t"
+            "sxtb16 %[e], %[u]\n\t"
+            "smlad %[a00], %[e], %[c0], %[a00]\n\t"
+            "smlad %[a01], %[e], %[c1], %[a01]\n\t"
+            "sxtb16 %[e], %[v]\n\t"
+            "smlad %[a10], %[e], %[c0], %[a10]\n\t"
+            "smlad %[a11], %[e], %[c1], %[a11]\n\t"
+            "ldrd %[c0], %[c1], [%[c]], #8\n\t"
+            "sxtb16 %[e], %[u], ror #8\n\t"
+            "smlad %[a00], %[e], %[c0], %[a00]\n\t"
+            "smlad %[a01], %[e], %[c1], %[a01]\n\t"
+            "sxtb16 %[e], %[v], ror #8\n\t"
+            "smlad %[a10], %[e], %[c0], %[a10]\n\t"
+            "smlad %[a11], %[e], %[c1], %[a11]\n\t"
+            "cmp %[w0], %[end]\n\t"
+            "bne 1b\n\t"
+            : [a00] "+&r"(a00), [a01] "+&r"(a01), [a10] "+&r"(a10), [a11] "+&r"(a11),
+              [w0] "+&r"(w0), [w1] "+&r"(w1), [c] "+&r"(c), [u] "=&r"(u), [v] "=&r"(v),
+              [e] "=&r"(e), [c0] "=&r"(c0), [c1] "=&r"(c1)
+            : [end] "r"(end)
+            : "cc", "memory");
+    }
+    for (int k = K4; k < Kt; k++, c++, w0++, w1++) {
+        const int32_t x0 = (int16_t)c[0], x1 = (int32_t)c[0] >> 16, u = *w0, v = *w1;
+        a00 += u * x0; a01 += u * x1; a10 += v * x0; a11 += v * x1;
+    }
+    a[0] = a00; a[1] = a01; a[2] = a10; a[3] = a11;
+}
+/* the int16 position of tap k of column j (0, 1) in the column words */
+Q_AI int q_mm_slot(int k, int K4, int j) {
+    if (k >= K4) return 2 * k + j;
+    const int r = k & 3;
+    return (k >> 2) * 8 + (r & 1) * 4 + (r >> 1) + 2 * j;
+}
+/* one window's taps, x - zx inside the input and 0 in the padding, as column j */
+static void q_mm_col(uint32_t *col, int j, const int8_t *src, int zx, int H, int W, int Ci,
+                     int K, int ih0, int iw0, int K4) {
+    int16_t *c = (int16_t *)(void *)col;
+    int k = 0;
+    for (int ic = 0; ic < Ci; ic++)
+        for (int kh = 0; kh < K; kh++)
+            for (int kw = 0; kw < K; kw++, k++) {
+                const int ih = ih0 + kh, iw = iw0 + kw;
+                c[q_mm_slot(k, K4, j)] =
+                    (int16_t)(ih >= 0 && ih < H && iw >= 0 && iw < W
+                                  ? src[((size_t)ic * H + ih) * W + iw] - zx
+                                  : 0);
+            }
+}
+/* the mat-mult forward (DSP) */
+static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
+                     const int32_t *m0, const int32_t *sh, int zy, int lo, int hi, int8_t *y,
+                     uint8_t *mask, int8_t *scratch, int B, int Ci, int H, int W, int Co, int Ho,
+                     int Wo, int K, int s, int p) {
+    const int Kt = Ci * K * K, K4 = Kt / 4 * 4, P = Ho * Wo;
+    const int16x2_t zz = (int16x2_t)(((uint32_t)(uint16_t)zx << 16) | (uint16_t)zx);
+    int32_t *off = (int32_t *)(void *)scratch;
+    uint32_t *col = (uint32_t *)(void *)(off + Kt);
+    for (int ic = 0, k = 0; ic < Ci; ic++)  /* each tap's offset from its window's first byte */
+        for (int kh = 0; kh < K; kh++)
+            for (int kw = 0; kw < K; kw++, k++) {
+                const int r = k & 3, t = k < K4 ? (k & ~3) + (r & 1) * 2 + (r >> 1) : k;
+                off[t] = (ic * H + kh) * W + kw;
+            }
+    for (int n = 0; n < B; n++) {
+        const int8_t *src = x + (size_t)n * Ci * H * W;
+        for (int q = 0; q < P; q += 2) {
+            const int q1 = q + 1 < P ? q + 1 : q;
+            const int ih0 = (q / Wo) * s - p, iw0 = (q % Wo) * s - p;
+            const int ih1 = (q1 / Wo) * s - p, iw1 = (q1 % Wo) * s - p;
+            if (ih0 >= 0 && iw0 >= 0 && ih0 + K <= H && iw0 + K <= W && ih1 >= 0 && iw1 >= 0 &&
+                ih1 + K <= H && iw1 + K <= W) {
+                const int8_t *x0 = src + (ih0 * W + iw0), *x1 = src + (ih1 * W + iw1);
+                int k = 0;
+                for (; k < K4; k += 2) {
+                    const int32_t o0 = off[k], o1 = off[k + 1];
+                    col[k] = (uint32_t)__ssub16((int16x2_t)q_pack2(x0[o0], x0[o1]), zz);
+                    col[k + 1] = (uint32_t)__ssub16((int16x2_t)q_pack2(x1[o0], x1[o1]), zz);
+                }
+                for (; k < Kt; k++)
+                    col[k] = (uint32_t)__ssub16((int16x2_t)q_pack2(x0[off[k]], x1[off[k]]), zz);
+            } else {
+                q_mm_col(col, 0, src, zx, H, W, Ci, K, ih0, iw0, K4);
+                q_mm_col(col, 1, src, zx, H, W, Ci, K, ih1, iw1, K4);
+            }
+            for (int oc = 0; oc < Co; oc += 2) {
+                const int oc1 = oc + 1 < Co ? oc + 1 : oc;
+                int32_t a[4] = {b[oc], b[oc], b[oc1], b[oc1]};
+                q_mm2x2(w + (size_t)oc * Kt, w + (size_t)oc1 * Kt, col, Kt, a);
+                const size_t y0 = ((size_t)n * Co + oc) * P + q, y1 = ((size_t)n * Co + oc1) * P + q;
+                q_out(a[0], m0[oc], sh[oc], zy, lo, hi, y, mask, y0);
+                if (q1 != q) q_out(a[1], m0[oc], sh[oc], zy, lo, hi, y, mask, y0 + 1);
+                if (oc1 != oc) {
+                    q_out(a[2], m0[oc1], sh[oc1], zy, lo, hi, y, mask, y1);
+                    if (q1 != q) q_out(a[3], m0[oc1], sh[oc1], zy, lo, hi, y, mask, y1 + 1);
+                }
+            }
+        }
+    }
+}
+#endif
+static void qconv_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
+                         const int32_t *m0, const int32_t *sh, int zy, int lo, int hi,
+                         int8_t *y, uint8_t *mask, int8_t *scratch, int B, int Ci, int H, int W,
+                         int Co, int Ho, int Wo, int K, int s, int p, int G) {
+#if ET_DSP
+    if (G == 1 && Ci >= 2 && ((K == 3 && (s == 1 || s == 2)) || (K == 1 && s == 1 && p == 0))) {
+        q_mm_fwd(x, zx, w, b, m0, sh, zy, lo, hi, y, mask, scratch, B, Ci, H, W, Co, Ho, Wo, K,
+                 s, p);
+        return;
+    }
+#endif
+    (void)scratch;
+    qconv_fwd(x, zx, w, b, m0, sh, zy, lo, hi, y, mask, B, Ci, H, W, Co, Ho, Wo, K, s, p, G);
+}
+
 /* a frozen 1x1 expansion fused with the depthwise conv that reads it: each expanded channel
    is computed into `scratch` (H*W bytes) and consumed at once, so the expanded tensor never
    exists in SRAM (the integer results are exactly those of the two ops run one after the
