@@ -114,7 +114,7 @@ static void probe_on(const int8_t *w, int nw, const int32_t *b, int nb) {
     for (int i = 0; i < nw; i++) probe_w[i] = 0;
     for (int i = 0; i < nb; i++) probe_b[i] = 0;
 }
-static int8_t pad[32 * 32 + 8];
+static int8_t pad[4096] __attribute__((aligned(8)));
 static int8_t fscratch[32 * 32 + 8 + 4 * 28 * 28] __attribute__((aligned(8)));
 int main(void) {
     static const ET_REAL one[64] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,

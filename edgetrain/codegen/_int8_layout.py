@@ -30,7 +30,10 @@ NOTE [ int8 SRAM of the C trainer ]
       of a trainable 3x3
       conv (stride 1 or 2): one input plane padded with the input's zero point, (H + 2p) x
       (W + 2p) bytes + 8 (`pad_plane_bytes`), live at the op's backward step, so every output
-      takes the same DSP loop (no border cases); `f:<op>` the forward scratch of a trainable
+      takes the same DSP loop (no border cases), and for a one-group 3x3 of at least 2 input
+      channels also Ho x Wo int32 window offsets, 2 int32 per output channel and Ho x Wo words
+      of a tap pair's rows (`weight_grad_scratch_bytes`, NOTE [ int8 mat-mult weight
+      gradient ] in int8_runtime.c); `f:<op>` the forward scratch of a trainable
       conv, live at its forward step (`forward_scratch_bytes`): for a one-group 3x3 (stride 1
       or 2) or 1x1 the mat-mult kernel's tap offsets and two columns, 8 Ci K^2 bytes (NOTE
       [ int8 mat-mult forward ] in int8_runtime.c), for another 3x3 the padded plane and
@@ -530,7 +533,7 @@ def _weighted_bwd_uses(p: _Program, op, s: int, use: _Uses) -> None:
         use("g:" + gap.output, s, p.numel[gap.output] * p.real)
     if op.name in p.trainable:
         use("a:" + op.input, s, p.numel[op.input])
-        pb = pad_plane_bytes(op, p.T[op.input].shape)
+        pb = weight_grad_scratch_bytes(op, p.T[op.input].shape, p.T[op.output].shape)
         if pb:
             use("p:" + op.name, s, pb)
     if op.input in p.rg:
@@ -569,6 +572,17 @@ def pad_plane_bytes(op, in_shape) -> int:
         return 0
     _, h, w = in_shape
     return (h + 2 * op.padding) * (w + 2 * op.padding) + PAD_SLACK_BYTES
+
+
+def weight_grad_scratch_bytes(op, in_shape, out_shape) -> int:
+    """The backward scratch `p:<op>` of a trainable conv: for a 3x3 that `runs_mat_mult_forward`
+    (NOTE [ int8 mat-mult weight gradient ], int8_runtime.c) the padded plane (4-byte
+    aligned), Ho x Wo int32 window offsets, 2 int32 per output channel and Ho x Wo words of a
+    tap pair's rows; for another 3x3 the padded plane (`pad_plane_bytes`); 0 for other ops."""
+    pb = pad_plane_bytes(op, in_shape)
+    if not pb or not runs_mat_mult_forward(op):
+        return pb
+    return (pb + 3) // 4 * 4 + 8 * out_shape[1] * out_shape[2] + 8 * out_shape[0]
 
 
 def _add_bwd_uses(p: _Program, op, s: int, use: _Uses) -> None:

@@ -1009,6 +1009,113 @@ static void q3_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
     }
 }
 
+/* NOTE [ int8 mat-mult weight gradient ]
+   A 3x3 conv of NOTE [ int8 mat-mult forward ] at batch 1 with the DSP: G_W[oc][k] = sum_q
+   dq[oc][q] (x_k[q] - zx) over the P = Ho x Wo outputs q (x_k[q]: tap k of q's window, zx in
+   the padding) is a matrix product over q, flattened across output rows (no row tails). Per
+   input channel its plane is padded with zx once (`p:<op>`, the plane q3_update pads), then
+   per tap pair (k0, k1) of that channel (the 9th tap paired with itself, stored once) the
+   pair's rows x_k - zx are gathered as 16-bit words in dq's SXTB16 lane order: per 4 outputs
+   (k0: q0, q2), (k0: q1, q3), (k1: q0, q2), (k1: q1, q3), the last P mod 4 outputs as (k0, k1)
+   words. Every output channel pair reads its int8 dq rows 4 at a time against them: two
+   LDRs, 4 SXTB16, two LDRDs and 8 SMLADs per 16 MACs. Scratch after the plane: P int32
+   window offsets, 2 x Co int32 (each channel's step factor, q_stepper's, computed once) and
+   P words of rows. */
+#if ET_DSP
+/* sums (oc0, k0), (oc0, k1), (oc1, k0), (oc1, k1) of a tap pair's rows over the P outputs,
+   in 14 registers (written out: the compiler's allocation spills inside such loops) */
+Q_AI void q_mmg2x2(const int8_t *d0, const int8_t *d1, const uint32_t *xr, int P, int32_t *a) {
+    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+    const int P4 = P / 4 * 4;
+    if (P4) {
+        const int8_t *end = d0 + P4;
+        uint32_t u, v, uo, vo, x0, x1;
+        __asm__ volatile(
+            "1:\n\t"
+            "ldr %[u], [%[d0]], #4\n\t"
+            "ldr %[v], [%[d1]], #4\n\t"
+            "sxtb16 %[uo], %[u], ror #8\n\t"
+            "sxtb16 %[u], %[u]\n\t"
+            "sxtb16 %[vo], %[v], ror #8\n\t"
+            "sxtb16 %[v], %[v]\n\t"
+            "ldrd %[x0], %[x1], [%[xr]], #8\n\t"
+            "smlad %[a00], %[u], %[x0], %[a00]\n\t"
+            "smlad %[a00], %[uo], %[x1], %[a00]\n\t"
+            "smlad %[a10], %[v], %[x0], %[a10]\n\t"
+            "smlad %[a10], %[vo], %[x1], %[a10]\n\t"
+            "ldrd %[x0], %[x1], [%[xr]], #8\n\t"
+            "smlad %[a01], %[u], %[x0], %[a01]\n\t"
+            "smlad %[a01], %[uo], %[x1], %[a01]\n\t"
+            "smlad %[a11], %[v], %[x0], %[a11]\n\t"
+            "smlad %[a11], %[vo], %[x1], %[a11]\n\t"
+            "cmp %[d0], %[end]\n\t"
+            "bne 1b\n\t"
+            : [a00] "+&r"(a00), [a01] "+&r"(a01), [a10] "+&r"(a10), [a11] "+&r"(a11),
+              [d0] "+&r"(d0), [d1] "+&r"(d1), [xr] "+&r"(xr), [u] "=&r"(u), [v] "=&r"(v),
+              [uo] "=&r"(uo), [vo] "=&r"(vo), [x0] "=&r"(x0), [x1] "=&r"(x1)
+            : [end] "r"(end)
+            : "cc", "memory");
+    }
+    for (int q = P4; q < P; q++, xr++) {
+        const int32_t e0 = *d0++, e1 = *d1++, x0 = (int16_t)xr[0], x1 = (int32_t)xr[0] >> 16;
+        a00 += e0 * x0; a01 += e0 * x1; a10 += e1 * x0; a11 += e1 * x1;
+    }
+    a[0] = a00; a[1] = a01; a[2] = a10; a[3] = a11;
+}
+/* rows x_k - zx of taps (o0, o1) (offsets in the padded plane) in q_mmg2x2's order */
+static void q_mmg_rows(uint32_t *xr, const int8_t *pad, const int32_t *base, int P, int32_t o0,
+                       int32_t o1, int zx) {
+    const int16x2_t zz = (int16x2_t)(((uint32_t)(uint16_t)zx << 16) | (uint16_t)zx);
+    const int P4 = P / 4 * 4;
+    for (int q = 0; q < P4; q += 4, xr += 4) {
+        const int8_t *b0 = pad + base[q], *b1 = pad + base[q + 1];
+        const int8_t *b2 = pad + base[q + 2], *b3 = pad + base[q + 3];
+        xr[0] = (uint32_t)__ssub16((int16x2_t)q_pack2(b0[o0], b2[o0]), zz);
+        xr[1] = (uint32_t)__ssub16((int16x2_t)q_pack2(b1[o0], b3[o0]), zz);
+        xr[2] = (uint32_t)__ssub16((int16x2_t)q_pack2(b0[o1], b2[o1]), zz);
+        xr[3] = (uint32_t)__ssub16((int16x2_t)q_pack2(b1[o1], b3[o1]), zz);
+    }
+    for (int q = P4; q < P; q++, xr++)
+        xr[0] = (uint32_t)__ssub16((int16x2_t)q_pack2(pad[base[q] + o0], pad[base[q] + o1]), zz);
+}
+static void q_mm_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
+                        const ET_REAL *inv_w, ET_REAL lr, int8_t *scratch, int Ci, int H, int W,
+                        int Co, int Ho, int Wo, int st, int p) {
+    const int P = Ho * Wo, Wp = W + 2 * p;
+    int8_t *pad = scratch;
+    int32_t *base = (int32_t *)(void *)(scratch + ((size_t)(H + 2 * p) * Wp + Q_PAD_SLACK + 3) /
+                                                      4 * 4);
+    int32_t *fk = base + P;  /* per channel kq, sh */
+    uint32_t *xr = (uint32_t *)(fk + 2 * Co);
+    for (int q = 0; q < P; q++) base[q] = (q / Wo) * st * Wp + (q % Wo) * st;
+    for (int oc = 0; oc < Co; oc++) {
+        const q_step t = q_stepper(s, inv_w[oc], lr);
+        fk[2 * oc] = t.kq; fk[2 * oc + 1] = t.sh;
+    }
+    for (int ic = 0; ic < Ci; ic++) {
+        q_pad(pad, x + (size_t)ic * H * W, zx, H, W, p);
+        for (int k = 0; k < 9; k += 2) {
+            const int k1 = k + 1 < 9 ? k + 1 : k;
+            q_mmg_rows(xr, pad, base, P, (k / 3) * Wp + k % 3, (k1 / 3) * Wp + k1 % 3, zx);
+            for (int oc = 0; oc < Co; oc += 2) {
+                const int c1 = oc + 1 < Co ? oc + 1 : oc;
+                int32_t a[4];
+                q_mmg2x2(dq + (size_t)oc * P, dq + (size_t)c1 * P, xr, P, a);
+                int8_t *w0 = w + ((size_t)oc * Ci + ic) * 9, *w1 = w + ((size_t)c1 * Ci + ic) * 9;
+                const q_step s0 = {s, inv_w[oc], lr, fk[2 * oc], fk[2 * oc + 1]};
+                q_wstep(&w0[k], a[0], s0);
+                if (k1 != k) q_wstep(&w0[k1], a[1], s0);
+                if (c1 != oc) {
+                    const q_step s1 = {s, inv_w[c1], lr, fk[2 * c1], fk[2 * c1 + 1]};
+                    q_wstep(&w1[k], a[2], s1);
+                    if (k1 != k) q_wstep(&w1[k1], a[3], s1);
+                }
+            }
+        }
+    }
+}
+#endif
+
 /* sum_i a[i] * b[i] over n int8 values (the DSP's dual MAC where it has one) */
 Q_AI int32_t q_dot(const int8_t *a, const int8_t *b, int n) {
     int32_t acc = 0;
@@ -1288,8 +1395,13 @@ static void qconv_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, i
     if (s == 0) return;  /* every gradient is 0: the step leaves every weight as it is */
     const int k1 = K == 1 && st == 1 && p == 0 && G == 1;
     const int k3 = K == 3 && (st == 1 || st == 2) && pad;
+    int mm = 0;  /* NOTE [ int8 mat-mult weight gradient ] */
+#if ET_DSP
+    mm = k3 && G == 1 && Ci >= 2 && B == 1;
+    if (mm) q_mm_update(dq, s, x, zx, w, inv_w, lr, pad, Ci, H, W, Co, Ho, Wo, st, p);
+#endif
     if (k1) q1_update(dq, s, x, zx, w, inv_w, lr, B, Ci, Co, H * W);
-    if (k3) q3_update(dq, s, x, zx, w, inv_w, lr, B, Ci, H, W, Co, Ho, Wo, st, p, G, pad);
+    if (k3 && !mm) q3_update(dq, s, x, zx, w, inv_w, lr, B, Ci, H, W, Co, Ho, Wo, st, p, G, pad);
     for (int oc = 0; oc < Co; oc++) {
         const int g = oc / cog;
         if (!k1 && !k3) for (int ic = 0; ic < cig; ic++)
