@@ -1295,6 +1295,12 @@ static void q1_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
     }
 }
 
+/* NOTE [ Paired stride-2 3x3 input gradient ]
+   At stride 2 an output column ow adds w0 e_ow to input column 2ow - p, w1 e_ow to 2ow + 1 - p
+   and w2 e_ow to 2ow + 2 - p: each even column (from 2ow - p) takes w0 e_ow + w2 e_(ow-1) and
+   each odd one w1 e_ow. With the DSP two output channels run in one pass over the row of
+   sums, their weights and dq as 16-bit pairs (channel oc, oc + 1): three SMLADs per output
+   column for 6 MACs, and each sum loaded and stored once for both channels. */
 /* 3x3 conv input gradient, one input row at a time: the output rows whose taps land on it
    scatter W x dq into a row of int32 sums (on the stack, Q_ROWMAX + 4 wide), then dx = s_g x sum.
    Wider rows take the generic path. */
@@ -1315,7 +1321,30 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
                 if (t < 0 || t % st) continue;
                 const int oh = t / st;
                 if (oh >= Ho) continue;
-                for (int oc = g * cog; oc < (g + 1) * cog; oc++) {
+                int oc = g * cog;
+#if ET_DSP
+                if (st == 2)  /* two output channels per pass (NOTE [ Paired stride-2 3x3 input
+                                 gradient ]) */
+                    for (; oc + 2 <= (g + 1) * cog; oc += 2) {
+                        const int8_t *k0 = w + (((size_t)oc * cig + ic) * 3 + kh) * 3;
+                        const int8_t *k1 = k0 + (size_t)cig * 9;
+                        const int16x2_t W0 = (int16x2_t)q_pack2(k0[0], k1[0]);
+                        const int16x2_t W1 = (int16x2_t)q_pack2(k0[1], k1[1]);
+                        const int16x2_t W2 = (int16x2_t)q_pack2(k0[2], k1[2]);
+                        const int8_t *d0 = dq + (((size_t)n * Co + oc) * Ho + oh) * Wo;
+                        const int8_t *d1 = d0 + (size_t)Ho * Wo;
+                        int32_t *rr = r - p;
+                        int16x2_t Ep = 0;  /* (dq[oc][ow - 1], dq[oc + 1][ow - 1]) */
+                        for (int ow = 0; ow < Wo; ow++, rr += 2) {
+                            const int16x2_t E = (int16x2_t)q_pack2(d0[ow], d1[ow]);
+                            rr[0] = __smlad(W2, Ep, __smlad(W0, E, rr[0]));
+                            rr[1] = __smlad(W1, E, rr[1]);
+                            Ep = E;
+                        }
+                        rr[0] = __smlad(W2, Ep, rr[0]);
+                    }
+#endif
+                for (; oc < (g + 1) * cog; oc++) {
                     const int8_t *wk = w + (((size_t)oc * cig + ic) * 3 + kh) * 3;
                     const int32_t w0 = wk[0], w1 = wk[1], w2 = wk[2];
                     const int8_t *d = dq + (((size_t)n * Co + oc) * Ho + oh) * Wo;
