@@ -13,7 +13,8 @@ from _toolchain import int8_kernel_outputs, needs_arm, needs_cc
 from edgetrain.codegen._int8_kernels import int8_runtime_source
 
 # (B, Ci, H, W, Co, K, stride, padding, groups): rows that end on the row's last byte, odd and
-# even widths, mcu-cnn's four conv shapes, a 1x1 with a pixel remainder, a 5x5 (generic path)
+# even widths, mcu-cnn's four conv shapes, 1x1s with a pixel remainder (batch 2; batch 1 with
+# odd channel counts), a 5x5 (generic path)
 CONVS = [
     (1, 3, 9, 11, 5, 3, 1, 1, 1),
     (1, 2, 14, 13, 4, 3, 2, 1, 1),
@@ -21,6 +22,7 @@ CONVS = [
     (1, 3, 8, 9, 3, 3, 1, 0, 1),
     (1, 6, 9, 10, 6, 3, 2, 1, 6),
     (2, 5, 5, 7, 6, 1, 1, 0, 1),
+    (1, 5, 5, 7, 3, 1, 1, 0, 1),
     (1, 1, 28, 28, 8, 3, 2, 1, 1),
     (1, 8, 14, 14, 16, 3, 2, 1, 1),
     (1, 16, 7, 7, 16, 3, 1, 1, 16),

@@ -33,10 +33,12 @@ NOTE [ int8 SRAM of the C trainer ]
       takes the same DSP loop (no border cases), and for a one-group 3x3 of at least 2 input
       channels also Ho x Wo int32 window offsets, 2 int32 per output channel and Ho x Wo words
       of a tap pair's rows (`weight_grad_scratch_bytes`, NOTE [ int8 mat-mult weight
-      gradient ] in int8_runtime.c); `f:<op>` the forward scratch of a trainable
-      conv, live at its forward step (`forward_scratch_bytes`): for a one-group 3x3 (stride 1
-      or 2) or 1x1 the mat-mult kernel's tap offsets and two columns, 8 Ci K^2 bytes (NOTE
-      [ int8 mat-mult forward ] in int8_runtime.c), for another 3x3 the padded plane and
+      gradient ] in int8_runtime.c); a trainable one-group 1x1 (stride 1, at least 2 input
+      channels) has `p:<op>` too: Ho x Wo words of an input channel pair's rows; `f:<op>` the
+      forward scratch of a trainable conv, live at its forward step (`forward_scratch_bytes`):
+      for a one-group 3x3 (stride 1 or 2) or 1x1 the mat-mult kernel's tap offsets and two
+      columns, 8 Ci K^2 bytes (NOTE [ int8 mat-mult forward ] in int8_runtime.c), for another
+      3x3 the padded plane and
       Ho x Wo int32 sums (NOTE [ Padded 3x3 forward ]); `s:<op>` kernel scratch, which is
       * a frozen pointwise -> depthwise pair whose intermediate nothing else reads: fused, one
         expanded channel at a time (H x W bytes), the expanded tensor never exists (batch 1);
@@ -578,7 +580,10 @@ def weight_grad_scratch_bytes(op, in_shape, out_shape) -> int:
     """The backward scratch `p:<op>` of a trainable conv: for a 3x3 that `runs_mat_mult_forward`
     (NOTE [ int8 mat-mult weight gradient ], int8_runtime.c) the padded plane (4-byte
     aligned), Ho x Wo int32 window offsets, 2 int32 per output channel and Ho x Wo words of a
-    tap pair's rows; for another 3x3 the padded plane (`pad_plane_bytes`); 0 for other ops."""
+    tap pair's rows; for a 1x1 of `runs_mat_mult_forward` the Ho x Wo words of an input channel
+    pair's rows; for another 3x3 the padded plane (`pad_plane_bytes`); 0 for other ops."""
+    if runs_mat_mult_forward(op) and op.weight.shape[-1] == 1:
+        return 4 * out_shape[1] * out_shape[2]
     pb = pad_plane_bytes(op, in_shape)
     if not pb or not runs_mat_mult_forward(op):
         return pb

@@ -423,7 +423,9 @@ static void qconv3_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *
    order) and the two columns, Kt words: 8 Kt bytes. The integer sums are qconv_fwd's, so
    without the DSP it is qconv_fwd. */
 #if ET_DSP
-Q_AI uint32_t q_pack2(int32_t a, int32_t b) { return (uint32_t)q_pkhbt((int16x2_t)a, (int16x2_t)b); }
+Q_AI uint32_t q_pack2(int32_t a, int32_t b) {
+    return (uint32_t)q_pkhbt((int16x2_t)a, (int16x2_t)b);
+}
 /* the four sums (oc0, c0), (oc0, c1), (oc1, c0), (oc1, c1) over the Kt taps: per 4 taps
    one LDR of each weight row, two LDRDs of column words, 4 SXTB16 and 8 SMLADs, in 13
    registers (written out: the compiler's allocation spilled inside the loop) */
@@ -526,7 +528,8 @@ static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
                 const int oc1 = oc + 1 < Co ? oc + 1 : oc;
                 int32_t a[4] = {b[oc], b[oc], b[oc1], b[oc1]};
                 q_mm2x2(w + (size_t)oc * Kt, w + (size_t)oc1 * Kt, col, Kt, a);
-                const size_t y0 = ((size_t)n * Co + oc) * P + q, y1 = ((size_t)n * Co + oc1) * P + q;
+                const size_t y0 = ((size_t)n * Co + oc) * P + q;
+                const size_t y1 = ((size_t)n * Co + oc1) * P + q;
                 q_out(a[0], m0[oc], sh[oc], zy, lo, hi, y, mask, y0);
                 if (q1 != q) q_out(a[1], m0[oc], sh[oc], zy, lo, hi, y, mask, y0 + 1);
                 if (oc1 != oc) {
@@ -847,8 +850,21 @@ typedef struct { ET_REAL s, inv, lr; int32_t kq; int sh; } q_step;
 static inline q_step q_stepper(ET_REAL s, ET_REAL inv, ET_REAL lr) {
     q_step st = {s, inv, lr, 0, 0};
     if (sizeof(ET_REAL) == sizeof(float)) {
+        const float k = (-(float)lr) * ((float)s * (float)inv);
+        uint32_t u;
+        memcpy(&u, &k, 4);
+        const int E = (int)((u >> 23) & 0xFFu);
+        if (E != 0 && E != 255) {  /* a normal k: frexpf's m * 2^30 and e from its bits */
+            const int32_t mag = (int32_t)(((u & 0x7FFFFFu) | 0x800000u) << 6);
+            const int e = E - 126;
+            if (30 - e >= 32 && 30 - e <= 62) {
+                st.kq = u >> 31 ? -mag : mag;
+                st.sh = 30 - e;
+            }
+            return st;
+        }
         int e;
-        const float m = frexpf((-(float)lr) * ((float)s * (float)inv), &e);
+        const float m = frexpf(k, &e);
         if (m != 0 && 30 - e >= 32 && 30 - e <= 62) {
             st.kq = (int32_t)(m * 1073741824.0f);
             st.sh = 30 - e;
@@ -1163,6 +1179,43 @@ Q_AI int32_t q_sum(const int8_t *a, int n) {
     return acc;
 }
 
+/* the 1x1 conv's weight gradient at batch 1 with the DSP (NOTE [ int8 mat-mult weight
+   gradient ], the input channels as the taps): per input channel pair the rows x - zx in
+   q_mmg2x2's order (`xr`, P words of arena scratch `p:<op>`), against every output channel
+   pair's dq rows */
+#if ET_DSP
+static void q_mm1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
+                         const ET_REAL *inv_w, ET_REAL lr, uint32_t *xr, int Ci, int Co, int P) {
+    const int16x2_t zz = (int16x2_t)(((uint32_t)(uint16_t)zx << 16) | (uint16_t)zx);
+    const int P4 = P / 4 * 4;
+    for (int ic = 0; ic < Ci; ic += 2) {
+        const int i1 = ic + 1 < Ci ? ic + 1 : ic;  /* an odd last channel: summed twice */
+        const int8_t *b0 = x + (size_t)ic * P, *b1 = x + (size_t)i1 * P;
+        uint32_t *o = xr;
+        for (int q = 0; q < P4; q += 4, o += 4) {
+            o[0] = (uint32_t)__ssub16((int16x2_t)q_pack2(b0[q], b0[q + 2]), zz);
+            o[1] = (uint32_t)__ssub16((int16x2_t)q_pack2(b0[q + 1], b0[q + 3]), zz);
+            o[2] = (uint32_t)__ssub16((int16x2_t)q_pack2(b1[q], b1[q + 2]), zz);
+            o[3] = (uint32_t)__ssub16((int16x2_t)q_pack2(b1[q + 1], b1[q + 3]), zz);
+        }
+        for (int q = P4; q < P; q++, o++)
+            o[0] = (uint32_t)__ssub16((int16x2_t)q_pack2(b0[q], b1[q]), zz);
+        for (int oc = 0; oc < Co; oc += 2) {
+            const int c1 = oc + 1 < Co ? oc + 1 : oc;
+            int32_t a[4];
+            q_mmg2x2(dq + (size_t)oc * P, dq + (size_t)c1 * P, xr, P, a);
+            const q_step s0 = q_stepper(s, inv_w[oc], lr);
+            q_wstep(&w[(size_t)oc * Ci + ic], a[0], s0);
+            if (i1 != ic) q_wstep(&w[(size_t)oc * Ci + i1], a[1], s0);
+            if (c1 != oc) {
+                const q_step s1 = q_stepper(s, inv_w[c1], lr);
+                q_wstep(&w[(size_t)c1 * Ci + ic], a[2], s1);
+                if (i1 != ic) q_wstep(&w[(size_t)c1 * Ci + i1], a[3], s1);
+            }
+        }
+    }
+}
+#endif
 /* 1x1 conv: GW[oc][ic] = sum_(n, q) dq[oc][q] x[ic][q] - zx sum dq[oc] (2 x 2 tiles of
    contiguous rows), then the re-rounding */
 static void q1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
@@ -1429,7 +1482,12 @@ static void qconv_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, i
     mm = k3 && G == 1 && Ci >= 2 && B == 1;
     if (mm) q_mm_update(dq, s, x, zx, w, inv_w, lr, pad, Ci, H, W, Co, Ho, Wo, st, p);
 #endif
-    if (k1) q1_update(dq, s, x, zx, w, inv_w, lr, B, Ci, Co, H * W);
+    int mm1 = 0;
+#if ET_DSP
+    mm1 = k1 && B == 1 && pad;
+    if (mm1) q_mm1_update(dq, s, x, zx, w, inv_w, lr, (uint32_t *)(void *)pad, Ci, Co, H * W);
+#endif
+    if (k1 && !mm1) q1_update(dq, s, x, zx, w, inv_w, lr, B, Ci, Co, H * W);
     if (k3 && !mm) q3_update(dq, s, x, zx, w, inv_w, lr, B, Ci, H, W, Co, Ho, Wo, st, p, G, pad);
     for (int oc = 0; oc < Co; oc++) {
         const int g = oc / cog;
