@@ -30,8 +30,8 @@ NOTE [ int8 SRAM of the C trainer ]
       of a trainable 3x3
       conv (stride 1 or 2): one input plane padded with the input's zero point, (H + 2p) x
       (W + 2p) bytes + 8 (`pad_plane_bytes`), live at the op's backward step, so every output
-      takes the same DSP loop (no border cases), and for a one-group 3x3 of at least 2 input
-      channels also Ho x Wo int32 window offsets, 2 int32 per output channel and Ho x Wo words
+      takes the same DSP loop (no border cases), and for a one-group 3x3 also Ho x Wo int32
+      window offsets, 2 int32 per output channel and Ho x Wo words
       of a tap pair's rows (`weight_grad_scratch_bytes`, NOTE [ int8 mat-mult weight
       gradient ] in int8_runtime.c); a trainable one-group 1x1 (stride 1, at least 2 input
       channels) has `p:<op>` too: Ho x Wo words of an input channel pair's rows; `f:<op>` the
@@ -577,7 +577,7 @@ def pad_plane_bytes(op, in_shape) -> int:
 
 
 def weight_grad_scratch_bytes(op, in_shape, out_shape) -> int:
-    """The backward scratch `p:<op>` of a trainable conv: for a 3x3 that `runs_mat_mult_forward`
+    """The backward scratch `p:<op>` of a trainable conv: for a one-group 3x3 at stride 1 or 2
     (NOTE [ int8 mat-mult weight gradient ], int8_runtime.c) the padded plane (4-byte
     aligned), Ho x Wo int32 window offsets, 2 int32 per output channel and Ho x Wo words of a
     tap pair's rows; for a 1x1 of `runs_mat_mult_forward` the Ho x Wo words of an input channel
@@ -585,7 +585,7 @@ def weight_grad_scratch_bytes(op, in_shape, out_shape) -> int:
     if runs_mat_mult_forward(op) and op.weight.shape[-1] == 1:
         return 4 * out_shape[1] * out_shape[2]
     pb = pad_plane_bytes(op, in_shape)
-    if not pb or not runs_mat_mult_forward(op):
+    if not pb or op.groups != 1:
         return pb
     return (pb + 3) // 4 * 4 + 8 * out_shape[1] * out_shape[2] + 8 * out_shape[0]
 

@@ -1026,7 +1026,7 @@ static void q3_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
 }
 
 /* NOTE [ int8 mat-mult weight gradient ]
-   A 3x3 conv of NOTE [ int8 mat-mult forward ] at batch 1 with the DSP: G_W[oc][k] = sum_q
+   A one-group 3x3 conv (stride 1 or 2) at batch 1 with the DSP: G_W[oc][k] = sum_q
    dq[oc][q] (x_k[q] - zx) over the P = Ho x Wo outputs q (x_k[q]: tap k of q's window, zx in
    the padding) is a matrix product over q, flattened across output rows (no row tails). Per
    input channel its plane is padded with zx once (`p:<op>`, the plane q3_update pads), then
@@ -1036,7 +1036,7 @@ static void q3_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
    words. Every output channel pair reads its int8 dq rows 4 at a time against them: two
    LDRs, 4 SXTB16, two LDRDs and 8 SMLADs per 16 MACs. Scratch after the plane: P int32
    window offsets, 2 x Co int32 (each channel's step factor, q_stepper's, computed once) and
-   P words of rows. */
+   P words of rows. Inlined into each conv's update, so its loops see that conv's shape. */
 #if ET_DSP
 /* sums (oc0, k0), (oc0, k1), (oc1, k0), (oc1, k1) of a tap pair's rows over the P outputs,
    in 14 registers (written out: the compiler's allocation spills inside such loops) */
@@ -1094,7 +1094,7 @@ static void q_mmg_rows(uint32_t *xr, const int8_t *pad, const int32_t *base, int
     for (int q = P4; q < P; q++, xr++)
         xr[0] = (uint32_t)__ssub16((int16x2_t)q_pack2(pad[base[q] + o0], pad[base[q] + o1]), zz);
 }
-static void q_mm_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
+Q_AI void q_mm_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
                         const ET_REAL *inv_w, ET_REAL lr, int8_t *scratch, int Ci, int H, int W,
                         int Co, int Ho, int Wo, int st, int p) {
     const int P = Ho * Wo, Wp = W + 2 * p;
@@ -1479,7 +1479,7 @@ static void qconv_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, i
     const int k3 = K == 3 && (st == 1 || st == 2) && pad;
     int mm = 0;  /* NOTE [ int8 mat-mult weight gradient ] */
 #if ET_DSP
-    mm = k3 && G == 1 && Ci >= 2 && B == 1;
+    mm = k3 && G == 1 && B == 1;
     if (mm) q_mm_update(dq, s, x, zx, w, inv_w, lr, pad, Ci, H, W, Co, Ho, Wo, st, p);
 #endif
     int mm1 = 0;
