@@ -1028,15 +1028,18 @@ static void q3_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
 /* NOTE [ int8 mat-mult weight gradient ]
    A one-group 3x3 conv (stride 1 or 2) at batch 1 with the DSP: G_W[oc][k] = sum_q
    dq[oc][q] (x_k[q] - zx) over the P = Ho x Wo outputs q (x_k[q]: tap k of q's window, zx in
-   the padding) is a matrix product over q, flattened across output rows (no row tails). Per
-   input channel its plane is padded with zx once (`p:<op>`, the plane q3_update pads), then
-   per tap pair (k0, k1) of that channel (the 9th tap paired with itself, stored once) the
-   pair's rows x_k - zx are gathered as 16-bit words in dq's SXTB16 lane order: per 4 outputs
-   (k0: q0, q2), (k0: q1, q3), (k1: q0, q2), (k1: q1, q3), the last P mod 4 outputs as (k0, k1)
-   words. Every output channel pair reads its int8 dq rows 4 at a time against them: two
-   LDRs, 4 SXTB16, two LDRDs and 8 SMLADs per 16 MACs. Scratch after the plane: P int32
-   window offsets, 2 x Co int32 (each channel's step factor, q_stepper's, computed once) and
-   P words of rows. Inlined into each conv's update, so its loops see that conv's shape. */
+   the padding) is a matrix product over q, flattened across output rows (no row tails). The
+   Ci x 9 taps k = ic * 9 + kh * 3 + kw run in pairs (k0, k1) (an odd last tap paired with
+   itself, stored once); each input plane is padded with zx once, into one of two plane
+   buffers (a pair may span two channels). The pair's rows x_k - zx are gathered as 16-bit
+   words in dq's SXTB16 lane order: per 4 outputs (k0: q0, q2), (k0: q1, q3), (k1: q0, q2),
+   (k1: q1, q3), the last P mod 4 outputs as (k0, k1) words. Every output channel pair reads
+   its int8 dq rows 4 at a time against them: two LDRs, 4 SXTB16, two LDRDs and 8 SMLADs per
+   16 MACs. Scratch `p:<op>` (`weight_grad_scratch_bytes` in _int8_layout.py): the two padded
+   planes ((H + 2p) x (W + 2p) + Q_PAD_SLACK bytes each, 4-byte aligned; one for one input
+   channel; the first is what q3_update pads at other batch sizes), P int32 window offsets,
+   2 x Co int32 (each channel's step factor, q_stepper's, computed once) and P words of rows.
+   Inlined into each conv's update, so its loops see that conv's shape. */
 #if ET_DSP
 /* sums (oc0, k0), (oc0, k1), (oc1, k0), (oc1, k1) of a tap pair's rows over the P outputs,
    in 14 registers (written out: the compiler's allocation spills inside such loops) */
@@ -1078,29 +1081,29 @@ Q_AI void q_mmg2x2(const int8_t *d0, const int8_t *d1, const uint32_t *xr, int P
     }
     a[0] = a00; a[1] = a01; a[2] = a10; a[3] = a11;
 }
-/* rows x_k - zx of taps (o0, o1) (offsets in the padded plane) in q_mmg2x2's order */
-static void q_mmg_rows(uint32_t *xr, const int8_t *pad, const int32_t *base, int P, int32_t o0,
-                       int32_t o1, int zx) {
+/* rows x_k - zx of taps k0, k1 (from their padded planes, at the window offsets `base`) in
+   q_mmg2x2's order */
+static void q_mmg_rows(uint32_t *xr, const int8_t *s0, const int8_t *s1, const int32_t *base,
+                       int P, int zx) {
     const int16x2_t zz = (int16x2_t)(((uint32_t)(uint16_t)zx << 16) | (uint16_t)zx);
     const int P4 = P / 4 * 4;
     for (int q = 0; q < P4; q += 4, xr += 4) {
-        const int8_t *b0 = pad + base[q], *b1 = pad + base[q + 1];
-        const int8_t *b2 = pad + base[q + 2], *b3 = pad + base[q + 3];
-        xr[0] = (uint32_t)__ssub16((int16x2_t)q_pack2(b0[o0], b2[o0]), zz);
-        xr[1] = (uint32_t)__ssub16((int16x2_t)q_pack2(b1[o0], b3[o0]), zz);
-        xr[2] = (uint32_t)__ssub16((int16x2_t)q_pack2(b0[o1], b2[o1]), zz);
-        xr[3] = (uint32_t)__ssub16((int16x2_t)q_pack2(b1[o1], b3[o1]), zz);
+        const int32_t b0 = base[q], b1 = base[q + 1], b2 = base[q + 2], b3 = base[q + 3];
+        xr[0] = (uint32_t)__ssub16((int16x2_t)q_pack2(s0[b0], s0[b2]), zz);
+        xr[1] = (uint32_t)__ssub16((int16x2_t)q_pack2(s0[b1], s0[b3]), zz);
+        xr[2] = (uint32_t)__ssub16((int16x2_t)q_pack2(s1[b0], s1[b2]), zz);
+        xr[3] = (uint32_t)__ssub16((int16x2_t)q_pack2(s1[b1], s1[b3]), zz);
     }
     for (int q = P4; q < P; q++, xr++)
-        xr[0] = (uint32_t)__ssub16((int16x2_t)q_pack2(pad[base[q] + o0], pad[base[q] + o1]), zz);
+        xr[0] = (uint32_t)__ssub16((int16x2_t)q_pack2(s0[base[q]], s1[base[q]]), zz);
 }
 Q_AI void q_mm_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
-                        const ET_REAL *inv_w, ET_REAL lr, int8_t *scratch, int Ci, int H, int W,
-                        int Co, int Ho, int Wo, int st, int p) {
-    const int P = Ho * Wo, Wp = W + 2 * p;
-    int8_t *pad = scratch;
-    int32_t *base = (int32_t *)(void *)(scratch + ((size_t)(H + 2 * p) * Wp + Q_PAD_SLACK + 3) /
-                                                      4 * 4);
+                      const ET_REAL *inv_w, ET_REAL lr, int8_t *scratch, int Ci, int H, int W,
+                      int Co, int Ho, int Wo, int st, int p) {
+    const int P = Ho * Wo, Wp = W + 2 * p, Kt = 9 * Ci;
+    const size_t pb = ((size_t)(H + 2 * p) * Wp + Q_PAD_SLACK + 3) / 4 * 4;
+    int8_t *pads[2] = {scratch, scratch + (Ci > 1 ? pb : 0)};  /* planes ic even / odd */
+    int32_t *base = (int32_t *)(void *)(scratch + (Ci > 1 ? 2 : 1) * pb);
     int32_t *fk = base + P;  /* per channel kq, sh */
     uint32_t *xr = (uint32_t *)(fk + 2 * Co);
     for (int q = 0; q < P; q++) base[q] = (q / Wo) * st * Wp + (q % Wo) * st;
@@ -1108,24 +1111,26 @@ Q_AI void q_mm_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
         const q_step t = q_stepper(s, inv_w[oc], lr);
         fk[2 * oc] = t.kq; fk[2 * oc + 1] = t.sh;
     }
-    for (int ic = 0; ic < Ci; ic++) {
-        q_pad(pad, x + (size_t)ic * H * W, zx, H, W, p);
-        for (int k = 0; k < 9; k += 2) {
-            const int k1 = k + 1 < 9 ? k + 1 : k;
-            q_mmg_rows(xr, pad, base, P, (k / 3) * Wp + k % 3, (k1 / 3) * Wp + k1 % 3, zx);
-            for (int oc = 0; oc < Co; oc += 2) {
-                const int c1 = oc + 1 < Co ? oc + 1 : oc;
-                int32_t a[4];
-                q_mmg2x2(dq + (size_t)oc * P, dq + (size_t)c1 * P, xr, P, a);
-                int8_t *w0 = w + ((size_t)oc * Ci + ic) * 9, *w1 = w + ((size_t)c1 * Ci + ic) * 9;
-                const q_step s0 = {s, inv_w[oc], lr, fk[2 * oc], fk[2 * oc + 1]};
-                q_wstep(&w0[k], a[0], s0);
-                if (k1 != k) q_wstep(&w0[k1], a[1], s0);
-                if (c1 != oc) {
-                    const q_step s1 = {s, inv_w[c1], lr, fk[2 * c1], fk[2 * c1 + 1]};
-                    q_wstep(&w1[k], a[2], s1);
-                    if (k1 != k) q_wstep(&w1[k1], a[3], s1);
-                }
+    int padded = -1;  /* the last input channel padded */
+    for (int k = 0; k < Kt; k += 2) {  /* taps k = ic * 9 + kh * 3 + kw, in pairs */
+        const int k1 = k + 1 < Kt ? k + 1 : k;  /* an odd last tap: summed twice, stored once */
+        for (; padded < k1 / 9; padded++)
+            q_pad(pads[(padded + 1) & 1], x + (size_t)(padded + 1) * H * W, zx, H, W, p);
+        const int t0 = k % 9, t1 = k1 % 9;
+        q_mmg_rows(xr, pads[(k / 9) & 1] + (t0 / 3) * Wp + t0 % 3,
+                   pads[(k1 / 9) & 1] + (t1 / 3) * Wp + t1 % 3, base, P, zx);
+        for (int oc = 0; oc < Co; oc += 2) {
+            const int c1 = oc + 1 < Co ? oc + 1 : oc;
+            int32_t a[4];
+            q_mmg2x2(dq + (size_t)oc * P, dq + (size_t)c1 * P, xr, P, a);
+            int8_t *w0 = w + (size_t)oc * Kt, *w1 = w + (size_t)c1 * Kt;
+            const q_step s0 = {s, inv_w[oc], lr, fk[2 * oc], fk[2 * oc + 1]};
+            q_wstep(&w0[k], a[0], s0);
+            if (k1 != k) q_wstep(&w0[k1], a[1], s0);
+            if (c1 != oc) {
+                const q_step s1 = {s, inv_w[c1], lr, fk[2 * c1], fk[2 * c1 + 1]};
+                q_wstep(&w1[k], a[2], s1);
+                if (k1 != k) q_wstep(&w1[k1], a[3], s1);
             }
         }
     }
