@@ -13,11 +13,13 @@ from _toolchain import int8_kernel_outputs, needs_arm, needs_cc
 from edgetrain.codegen._int8_kernels import int8_runtime_source
 
 # (B, Ci, H, W, Co, K, stride, padding, groups): rows that end on the row's last byte, odd and
-# even widths, mcu-cnn's four conv shapes, 1x1s with a pixel remainder (batch 2; batch 1 with
-# odd channel counts), a 5x5 (generic path)
+# even widths, 7 output channels at stride 2 (4 + 2 + 1 per input-gradient pass), mcu-cnn's
+# four conv shapes, 1x1s with a pixel remainder (batch 2; batch 1 with odd channel counts), a
+# 5x5 (generic path)
 CONVS = [
     (1, 3, 9, 11, 5, 3, 1, 1, 1),
     (1, 2, 14, 13, 4, 3, 2, 1, 1),
+    (1, 3, 9, 9, 7, 3, 2, 1, 1),
     (2, 4, 7, 7, 4, 3, 1, 1, 4),
     (1, 3, 8, 9, 3, 3, 1, 0, 1),
     (1, 6, 9, 10, 6, 3, 2, 1, 6),

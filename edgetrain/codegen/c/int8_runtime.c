@@ -1356,9 +1356,9 @@ static void q1_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
 /* NOTE [ Paired stride-2 3x3 input gradient ]
    At stride 2 an output column ow adds w0 e_ow to input column 2ow - p, w1 e_ow to 2ow + 1 - p
    and w2 e_ow to 2ow + 2 - p: each even column (from 2ow - p) takes w0 e_ow + w2 e_(ow-1) and
-   each odd one w1 e_ow. With the DSP two output channels run in one pass over the row of
-   sums, their weights and dq as 16-bit pairs (channel oc, oc + 1): three SMLADs per output
-   column for 6 MACs, and each sum loaded and stored once for both channels. */
+   each odd one w1 e_ow. With the DSP four (then two) output channels run in one pass over
+   the row of sums, their weights and dq as 16-bit pairs (channels oc, oc + 1): three SMLADs
+   per pair and output column for 6 MACs, and each sum loaded and stored once per pass. */
 /* 3x3 conv input gradient, one input row at a time: the output rows whose taps land on it
    scatter W x dq into a row of int32 sums (on the stack, Q_ROWMAX + 4 wide), then dx = s_g x sum.
    Wider rows take the generic path. */
@@ -1381,8 +1381,34 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
                 if (oh >= Ho) continue;
                 int oc = g * cog;
 #if ET_DSP
-                if (st == 2)  /* two output channels per pass (NOTE [ Paired stride-2 3x3 input
-                                 gradient ]) */
+                if (st == 2)  /* four, then two output channels per pass (NOTE [ Paired
+                                 stride-2 3x3 input gradient ]) */
+                    for (; oc + 4 <= (g + 1) * cog; oc += 4) {
+                        const int8_t *k0 = w + (((size_t)oc * cig + ic) * 3 + kh) * 3;
+                        const int8_t *k1 = k0 + (size_t)cig * 9, *k2 = k1 + (size_t)cig * 9;
+                        const int8_t *k3 = k2 + (size_t)cig * 9;
+                        const int16x2_t A0 = (int16x2_t)q_pack2(k0[0], k1[0]);
+                        const int16x2_t A1 = (int16x2_t)q_pack2(k0[1], k1[1]);
+                        const int16x2_t A2 = (int16x2_t)q_pack2(k0[2], k1[2]);
+                        const int16x2_t B0 = (int16x2_t)q_pack2(k2[0], k3[0]);
+                        const int16x2_t B1 = (int16x2_t)q_pack2(k2[1], k3[1]);
+                        const int16x2_t B2 = (int16x2_t)q_pack2(k2[2], k3[2]);
+                        const size_t HWo = (size_t)Ho * Wo;
+                        const int8_t *d0 = dq + (((size_t)n * Co + oc) * Ho + oh) * Wo;
+                        int32_t *rr = r - p;
+                        int16x2_t Ea = 0, Eb = 0;  /* the previous column's channel pairs */
+                        for (int ow = 0; ow < Wo; ow++, rr += 2) {
+                            const int16x2_t Fa = (int16x2_t)q_pack2(d0[ow], d0[HWo + ow]);
+                            const int16x2_t Fb =
+                                (int16x2_t)q_pack2(d0[2 * HWo + ow], d0[3 * HWo + ow]);
+                            rr[0] = __smlad(B2, Eb, __smlad(B0, Fb, __smlad(A2, Ea,
+                                                                          __smlad(A0, Fa, rr[0]))));
+                            rr[1] = __smlad(B1, Fb, __smlad(A1, Fa, rr[1]));
+                            Ea = Fa; Eb = Fb;
+                        }
+                        rr[0] = __smlad(B2, Eb, __smlad(A2, Ea, rr[0]));
+                    }
+                if (st == 2)
                     for (; oc + 2 <= (g + 1) * cog; oc += 2) {
                         const int8_t *k0 = w + (((size_t)oc * cig + ic) * 3 + kh) * 3;
                         const int8_t *k1 = k0 + (size_t)cig * 9;
