@@ -1,5 +1,6 @@
 """The int8 C trainer's backward kernels (NOTE [ int8 integer backward ]) and the padded 3x3
-forward (NOTE [ Padded 3x3 forward ]) against integer sums in numpy: every weight-gradient and bias sum (read through the runtime's ET_GRAD_PROBE hook)
+forward (NOTE [ Padded 3x3 forward ]) and the mat-mult forward (NOTE [ int8 mat-mult forward ])
+against integer sums in numpy: every weight-gradient and bias sum (read through the runtime's ET_GRAD_PROBE hook)
 and every input-gradient element, on the host (portable C) and on the Cortex-M4 under QEMU
 (the DSP's SMLAD paths), for 3x3 standard and depthwise convs at stride 1 and 2, 1x1 convs,
 a 5x5 conv (the generic path) and linear layers, at batch 1 and 2."""
@@ -12,14 +13,18 @@ from _toolchain import int8_kernel_outputs, needs_arm, needs_cc
 from edgetrain.codegen._int8_kernels import int8_runtime_source
 
 # (B, Ci, H, W, Co, K, stride, padding, groups): rows that end on the row's last byte, odd and
-# even widths, mcu-cnn's four conv shapes, a 1x1 with a pixel remainder, a 5x5 (generic path)
+# even widths, 7 output channels at stride 2 (4 + 2 + 1 per input-gradient pass), mcu-cnn's
+# four conv shapes, 1x1s with a pixel remainder (batch 2; batch 1 with odd channel counts), a
+# 5x5 (generic path)
 CONVS = [
     (1, 3, 9, 11, 5, 3, 1, 1, 1),
     (1, 2, 14, 13, 4, 3, 2, 1, 1),
+    (1, 3, 9, 9, 7, 3, 2, 1, 1),
     (2, 4, 7, 7, 4, 3, 1, 1, 4),
     (1, 3, 8, 9, 3, 3, 1, 0, 1),
     (1, 6, 9, 10, 6, 3, 2, 1, 6),
     (2, 5, 5, 7, 6, 1, 1, 0, 1),
+    (1, 5, 5, 7, 3, 1, 1, 0, 1),
     (1, 1, 28, 28, 8, 3, 2, 1, 1),
     (1, 8, 14, 14, 16, 3, 2, 1, 1),
     (1, 16, 7, 7, 16, 3, 1, 1, 16),
@@ -113,7 +118,7 @@ static void probe_on(const int8_t *w, int nw, const int32_t *b, int nb) {
     for (int i = 0; i < nw; i++) probe_w[i] = 0;
     for (int i = 0; i < nb; i++) probe_b[i] = 0;
 }
-static int8_t pad[32 * 32 + 8];
+static int8_t pad[4096] __attribute__((aligned(8)));
 static int8_t fscratch[32 * 32 + 8 + 4 * 28 * 28] __attribute__((aligned(8)));
 int main(void) {
     static const ET_REAL one[64] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
@@ -151,7 +156,7 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         et_i32("gb{i}", probe_b, 0, {co});
     }}""")
     for i, (b, ci, h, wd, co, k, s, p, gr) in enumerate(CONVS):
-        if k != 3:
+        if k not in (1, 3):
             continue
         ho, wo = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
         x = rng.integers(-128, 128, (b, ci, h, wd))
@@ -176,7 +181,13 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         for (int j = 0; j < {acc.size}; j++) {{ yi[j] = y[j]; mi[j] = mask[j]; }}
         et_i32("fy{i}", yi, 0, {acc.size});
         et_i32("fm{i}", mi, 0, {acc.size});
+        for (int j = 0; j < {acc.size}; j++) {{ y[j] = 0; mask[j] = 2; }}
+        qconv_mm_fwd(x, {zx}, w, bias, m0, sh, 3, -128, 127, y, mask, fscratch, {dims});
+        for (int j = 0; j < {acc.size}; j++) {{ yi[j] = y[j]; mi[j] = mask[j]; }}
+        et_i32("gy{i}", yi, 0, {acc.size});
+        et_i32("gm{i}", mi, 0, {acc.size});
     }}""")
+        want[f"gy{i}"], want[f"gm{i}"] = want[f"fy{i}"], want[f"fm{i}"]
     for i, (b, n_in, n_out) in enumerate(LINEARS):
         x = rng.integers(-128, 128, (b, n_in))
         w = rng.integers(-127, 128, (n_out, n_in))

@@ -17,7 +17,13 @@ from importlib import resources
 
 import numpy as np
 
-from edgetrain.codegen._int8_layout import INT8_OPS, WEIGHTED_OPS, Int8Kernel, Int8Placement
+from edgetrain.codegen._int8_layout import (
+    INT8_OPS,
+    WEIGHTED_OPS,
+    Int8Kernel,
+    Int8Placement,
+    runs_mat_mult_forward,
+)
 from edgetrain.codegen._names import Identifiers, c_string, identifiers_in, wire_name
 from edgetrain.codegen._platform import fixed_sources as platform_sources
 from edgetrain.codegen._project import fixed_sources as project_sources
@@ -172,8 +178,9 @@ def _qconv_fwd(em: Int8Emitter, op) -> list[str]:
     i = em.weighted[op.name]
     y, mask, zy = em.out(op)
     if ("f:" + op.name) in em.lay.alias:  # NOTE [ Padded 3x3 forward ] (int8_runtime.c)
+        fn = "qconv_mm_fwd" if runs_mat_mult_forward(op) else "qconv3_fwd"
         return [
-            f"qconv3_fwd({i.x}, {i.zx}, {i.sym}_w, {i.sym}_b, {i.sym}_m0, {i.sym}_sh, "
+            f"{fn}({i.x}, {i.zx}, {i.sym}_w, {i.sym}_b, {i.sym}_m0, {i.sym}_sh, "
             f"{zy}, {op.act_min}, {op.act_max}, {y}, {mask}, "
             f"{em.A('f:' + op.name, 'int8_t')}, {i.dims});"
         ]
@@ -364,7 +371,9 @@ class Int8KernelRecord:
 
 _K = Int8Kernel
 FORWARD_KERNELS: dict[tuple[str, Int8Kernel], Int8KernelRecord] = {
-    ("QConv2d", _K.OUT_OF_PLACE): Int8KernelRecord(("qconv_fwd", "qconv3_fwd"), _qconv_fwd),
+    ("QConv2d", _K.OUT_OF_PLACE): Int8KernelRecord(
+        ("qconv_fwd", "qconv3_fwd", "qconv_mm_fwd"), _qconv_fwd
+    ),
     ("QConv2d", _K.FUSED_INTO_DEPTHWISE): Int8KernelRecord((), _inside_reader),
     ("QConv2d", _K.FUSED_POINTWISE_DEPTHWISE): Int8KernelRecord(("qpwdw_fwd",), _qpwdw_fwd),
     ("QConv2d", _K.IN_PLACE_DEPTHWISE): Int8KernelRecord(("qdw_inplace_fwd",), _qdw_inplace_fwd),

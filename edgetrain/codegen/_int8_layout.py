@@ -30,10 +30,16 @@ NOTE [ int8 SRAM of the C trainer ]
       of a trainable 3x3
       conv (stride 1 or 2): one input plane padded with the input's zero point, (H + 2p) x
       (W + 2p) bytes + 8 (`pad_plane_bytes`), live at the op's backward step, so every output
-      takes the same DSP loop (no border cases); `f:<op>` the forward scratch of a trainable
-      3x3 conv (stride 1 or 2): the same padded plane and Ho x Wo int32 sums
-      (`forward_scratch_bytes`, NOTE [ Padded 3x3 forward ] in int8_runtime.c), live at its
-      forward step; `s:<op>` kernel scratch, which is
+      takes the same DSP loop (no border cases), and for a one-group 3x3 a second plane (with
+      at least 2 input channels), Ho x Wo int32 window offsets, 2 int32 per output channel
+      and Ho x Wo words of a tap pair's rows (`weight_grad_scratch_bytes`, NOTE [ int8
+      mat-mult weight gradient ] in int8_runtime.c); a trainable one-group 1x1 (stride 1, at
+      least 2 input channels) has `p:<op>` too: Ho x Wo words of an input channel pair's rows;
+      `f:<op>` the forward scratch of a trainable conv, live at its forward step
+      (`forward_scratch_bytes`): for a one-group 3x3 (stride 1 or 2) or 1x1 the mat-mult
+      kernel's tap offsets and two columns, 8 Ci K^2 bytes (NOTE [ int8 mat-mult forward ] in
+      int8_runtime.c), for another 3x3 the padded plane and Ho x Wo int32 sums (NOTE [ Padded
+      3x3 forward ]); `s:<op>` kernel scratch, which is
       * a frozen pointwise -> depthwise pair whose intermediate nothing else reads: fused, one
         expanded channel at a time (H x W bytes), the expanded tensor never exists (batch 1);
       * in-place frozen depthwise (TinyEngine's in-place depthwise): an op off the backward
@@ -529,7 +535,7 @@ def _weighted_bwd_uses(p: _Program, op, s: int, use: _Uses) -> None:
         use("g:" + gap.output, s, p.numel[gap.output] * p.real)
     if op.name in p.trainable:
         use("a:" + op.input, s, p.numel[op.input])
-        pb = pad_plane_bytes(op, p.T[op.input].shape)
+        pb = weight_grad_scratch_bytes(op, p.T[op.input].shape, p.T[op.output].shape)
         if pb:
             use("p:" + op.name, s, pb)
     if op.input in p.rg:
@@ -539,9 +545,23 @@ def _weighted_bwd_uses(p: _Program, op, s: int, use: _Uses) -> None:
 PAD_SLACK_BYTES = 8  # Q_PAD_SLACK in int8_runtime.c: bytes its 4-byte loads read past a plane
 
 
+def runs_mat_mult_forward(op) -> bool:
+    """A trainable conv whose forward is the mat-mult kernel (NOTE [ int8 mat-mult forward ],
+    int8_runtime.c): one group of at least 2 input channels, a 3x3 at stride 1 or 2 or a 1x1
+    at stride 1 without padding (one input channel: a 3x3 takes the padded 3x3 forward)."""
+    if type(op).__name__ != "QConv2d" or op.groups != 1 or op.weight.shape[1] < 2:
+        return False
+    k = op.weight.shape[-1]
+    return (k == 3 and op.stride in (1, 2)) or (k == 1 and op.stride == 1 and op.padding == 0)
+
+
 def forward_scratch_bytes(op, in_shape, out_shape) -> int:
-    """The forward scratch of a trainable 3x3 conv (NOTE [ Padded 3x3 forward ],
-    int8_runtime.c): its padded input plane (4-byte aligned) and Ho x Wo int32 sums."""
+    """The forward scratch of a trainable conv: for the mat-mult forward (NOTE [ int8 mat-mult
+    forward ], int8_runtime.c) Ci K^2 int32 tap offsets and two columns of as many int16
+    taps; for another 3x3 (NOTE [ Padded 3x3 forward ]) its padded input plane (4-byte
+    aligned) and Ho x Wo int32 sums."""
+    if runs_mat_mult_forward(op):
+        return 8 * in_shape[0] * op.weight.shape[-1] ** 2
     pb = pad_plane_bytes(op, in_shape)
     return (pb + 3) // 4 * 4 + 4 * out_shape[1] * out_shape[2] if pb else 0
 
@@ -554,6 +574,22 @@ def pad_plane_bytes(op, in_shape) -> int:
         return 0
     _, h, w = in_shape
     return (h + 2 * op.padding) * (w + 2 * op.padding) + PAD_SLACK_BYTES
+
+
+def weight_grad_scratch_bytes(op, in_shape, out_shape) -> int:
+    """The backward scratch `p:<op>` of a trainable conv: for a one-group 3x3 at stride 1 or 2
+    (NOTE [ int8 mat-mult weight gradient ], int8_runtime.c) two padded planes (4-byte
+    aligned; one for one input channel), Ho x Wo int32 window offsets, 2 int32 per output
+    channel and Ho x Wo words of a tap pair's rows; for a 1x1 of `runs_mat_mult_forward` the
+    Ho x Wo words of an input channel pair's rows; for another 3x3 the padded plane
+    (`pad_plane_bytes`); 0 for other ops."""
+    if runs_mat_mult_forward(op) and op.weight.shape[-1] == 1:
+        return 4 * out_shape[1] * out_shape[2]
+    pb = pad_plane_bytes(op, in_shape)
+    if not pb or op.groups != 1:
+        return pb
+    planes = (2 if in_shape[0] > 1 else 1) * ((pb + 3) // 4 * 4)
+    return planes + 8 * out_shape[1] * out_shape[2] + 8 * out_shape[0]
 
 
 def _add_bwd_uses(p: _Program, op, s: int, use: _Uses) -> None:

@@ -200,12 +200,9 @@ def _fp32_conv(c: ConvShape) -> list[KernelCase]:
 
 def _int8_conv(c: ConvShape) -> list[KernelCase]:
     d = f"1, {c.ci}, {c.h}, {c.h}, {c.co}, {c.ho}, {c.ho}, {c.k}, {c.s}, {c.p}, {c.g}"
+    fwd = "qconv_mm_fwd" if c.g == 1 and c.ci >= 2 else "qconv3_fwd"  # runs_mat_mult_forward
     roles = (
-        (
-            ("forward", "qconv3_fwd", f"QX, -3, QW, QB, M0, SH, 5, -128, 127, QY, MASK, QS, {d}")
-            if c.k == 3
-            else ("forward", "qconv_fwd", f"QX, -3, QW, QB, M0, SH, 5, -128, 127, QY, MASK, {d}")
-        ),
+        ("forward", fwd, f"QX, -3, QW, QB, M0, SH, 5, -128, 127, QY, MASK, QS, {d}"),
         ("weight-gradient", "qconv_update", f"QD, 1e-3f, QX, -3, QW, QB, IW, IB, 0.01f, QY, {d}"),
         ("input-gradient", "qconv_bwd_input", f"QD, 1e-3f, QW, GDX, 0, {d}"),
     )

@@ -409,6 +409,153 @@ static void qconv3_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *
     qconv_fwd(x, zx, w, b, m0, sh, zy, lo, hi, y, mask, B, Ci, H, W, Co, Ho, Wo, K, s, p, G);
 }
 
+/* NOTE [ int8 mat-mult forward ]
+   A trainable conv with one group (G = 1) of at least 2 input channels that is a 3x3
+   (stride 1 or 2) or a 1x1 (stride 1, no padding) runs its forward as a matrix product
+   (CMSIS-NN's technique: im2col into 16-bit columns, then a 2 output channel x 2 column
+   dual-MAC kernel): b + sum (x - zx) w over the Kt = Ci K^2 taps of a window, with taps in the
+   padding 0 (= zx - zx). The int8 weights are read 4 at a time and unpacked by SXTB16 into the
+   pairs (w0, w2), (w1, w3); the columns are gathered in the same lane order, per 4 taps the
+   words (t0, t2) and (t1, t3) of column 0 and of column 1 interleaved (the last Kt mod 4 taps
+   as (column 0, column 1) words, summed one by one). Per 4 taps: two weight loads, 4 SXTB16,
+   4 column loads and 8 SMLADs for 16 MACs. Arena scratch `f:<op>` (NOTE [ int8 SRAM of the C
+   trainer ], `forward_scratch_bytes` in _int8_layout.py): Kt int32 tap offsets (in that lane
+   order) and the two columns, Kt words: 8 Kt bytes. The integer sums are qconv_fwd's, so
+   without the DSP it is qconv_fwd. */
+#if ET_DSP
+Q_AI uint32_t q_pack2(int32_t a, int32_t b) {
+    return (uint32_t)q_pkhbt((int16x2_t)a, (int16x2_t)b);
+}
+/* the four sums (oc0, c0), (oc0, c1), (oc1, c0), (oc1, c1) over the Kt taps: per 4 taps
+   one LDR of each weight row, two LDRDs of column words, 4 SXTB16 and 8 SMLADs, in 13
+   registers (written out: the compiler's allocation spilled inside the loop) */
+Q_AI void q_mm2x2(const int8_t *w0, const int8_t *w1, const uint32_t *c, int Kt, int32_t *a) {
+    int32_t a00 = a[0], a01 = a[1], a10 = a[2], a11 = a[3];
+    const int K4 = Kt / 4 * 4;
+    if (K4) {
+        const int8_t *end = w0 + K4;
+        uint32_t u, v, e, c0, c1;
+        __asm__ volatile(
+            "1:\n\t"
+            "ldr %[u], [%[w0]], #4\n\t"
+            "ldr %[v], [%[w1]], #4\n\t"
+            "ldrd %[c0], %[c1], [%[c]], #8\n\t"
+            "sxtb16 %[e], %[u]\n\t"
+            "smlad %[a00], %[e], %[c0], %[a00]\n\t"
+            "smlad %[a01], %[e], %[c1], %[a01]\n\t"
+            "sxtb16 %[e], %[v]\n\t"
+            "smlad %[a10], %[e], %[c0], %[a10]\n\t"
+            "smlad %[a11], %[e], %[c1], %[a11]\n\t"
+            "ldrd %[c0], %[c1], [%[c]], #8\n\t"
+            "sxtb16 %[e], %[u], ror #8\n\t"
+            "smlad %[a00], %[e], %[c0], %[a00]\n\t"
+            "smlad %[a01], %[e], %[c1], %[a01]\n\t"
+            "sxtb16 %[e], %[v], ror #8\n\t"
+            "smlad %[a10], %[e], %[c0], %[a10]\n\t"
+            "smlad %[a11], %[e], %[c1], %[a11]\n\t"
+            "cmp %[w0], %[end]\n\t"
+            "bne 1b\n\t"
+            : [a00] "+&r"(a00), [a01] "+&r"(a01), [a10] "+&r"(a10), [a11] "+&r"(a11),
+              [w0] "+&r"(w0), [w1] "+&r"(w1), [c] "+&r"(c), [u] "=&r"(u), [v] "=&r"(v),
+              [e] "=&r"(e), [c0] "=&r"(c0), [c1] "=&r"(c1)
+            : [end] "r"(end)
+            : "cc", "memory");
+    }
+    for (int k = K4; k < Kt; k++, c++, w0++, w1++) {
+        const int32_t x0 = (int16_t)c[0], x1 = (int32_t)c[0] >> 16, u = *w0, v = *w1;
+        a00 += u * x0; a01 += u * x1; a10 += v * x0; a11 += v * x1;
+    }
+    a[0] = a00; a[1] = a01; a[2] = a10; a[3] = a11;
+}
+/* the int16 position of tap k of column j (0, 1) in the column words */
+Q_AI int q_mm_slot(int k, int K4, int j) {
+    if (k >= K4) return 2 * k + j;
+    const int r = k & 3;
+    return (k >> 2) * 8 + (r & 1) * 4 + (r >> 1) + 2 * j;
+}
+/* one window's taps, x - zx inside the input and 0 in the padding, as column j */
+static void q_mm_col(uint32_t *col, int j, const int8_t *src, int zx, int H, int W, int Ci,
+                     int K, int ih0, int iw0, int K4) {
+    int16_t *c = (int16_t *)(void *)col;
+    int k = 0;
+    for (int ic = 0; ic < Ci; ic++)
+        for (int kh = 0; kh < K; kh++)
+            for (int kw = 0; kw < K; kw++, k++) {
+                const int ih = ih0 + kh, iw = iw0 + kw;
+                c[q_mm_slot(k, K4, j)] =
+                    (int16_t)(ih >= 0 && ih < H && iw >= 0 && iw < W
+                                  ? src[((size_t)ic * H + ih) * W + iw] - zx
+                                  : 0);
+            }
+}
+/* the mat-mult forward (DSP) */
+static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
+                     const int32_t *m0, const int32_t *sh, int zy, int lo, int hi, int8_t *y,
+                     uint8_t *mask, int8_t *scratch, int B, int Ci, int H, int W, int Co, int Ho,
+                     int Wo, int K, int s, int p) {
+    const int Kt = Ci * K * K, K4 = Kt / 4 * 4, P = Ho * Wo;
+    const int16x2_t zz = (int16x2_t)(((uint32_t)(uint16_t)zx << 16) | (uint16_t)zx);
+    int32_t *off = (int32_t *)(void *)scratch;
+    uint32_t *col = (uint32_t *)(void *)(off + Kt);
+    for (int ic = 0, k = 0; ic < Ci; ic++)  /* each tap's offset from its window's first byte */
+        for (int kh = 0; kh < K; kh++)
+            for (int kw = 0; kw < K; kw++, k++) {
+                const int r = k & 3, t = k < K4 ? (k & ~3) + (r & 1) * 2 + (r >> 1) : k;
+                off[t] = (ic * H + kh) * W + kw;
+            }
+    for (int n = 0; n < B; n++) {
+        const int8_t *src = x + (size_t)n * Ci * H * W;
+        for (int q = 0; q < P; q += 2) {
+            const int q1 = q + 1 < P ? q + 1 : q;
+            const int ih0 = (q / Wo) * s - p, iw0 = (q % Wo) * s - p;
+            const int ih1 = (q1 / Wo) * s - p, iw1 = (q1 % Wo) * s - p;
+            if (ih0 >= 0 && iw0 >= 0 && ih0 + K <= H && iw0 + K <= W && ih1 >= 0 && iw1 >= 0 &&
+                ih1 + K <= H && iw1 + K <= W) {
+                const int8_t *x0 = src + (ih0 * W + iw0), *x1 = src + (ih1 * W + iw1);
+                int k = 0;
+                for (; k < K4; k += 2) {
+                    const int32_t o0 = off[k], o1 = off[k + 1];
+                    col[k] = (uint32_t)__ssub16((int16x2_t)q_pack2(x0[o0], x0[o1]), zz);
+                    col[k + 1] = (uint32_t)__ssub16((int16x2_t)q_pack2(x1[o0], x1[o1]), zz);
+                }
+                for (; k < Kt; k++)
+                    col[k] = (uint32_t)__ssub16((int16x2_t)q_pack2(x0[off[k]], x1[off[k]]), zz);
+            } else {
+                q_mm_col(col, 0, src, zx, H, W, Ci, K, ih0, iw0, K4);
+                q_mm_col(col, 1, src, zx, H, W, Ci, K, ih1, iw1, K4);
+            }
+            for (int oc = 0; oc < Co; oc += 2) {
+                const int oc1 = oc + 1 < Co ? oc + 1 : oc;
+                int32_t a[4] = {b[oc], b[oc], b[oc1], b[oc1]};
+                q_mm2x2(w + (size_t)oc * Kt, w + (size_t)oc1 * Kt, col, Kt, a);
+                const size_t y0 = ((size_t)n * Co + oc) * P + q;
+                const size_t y1 = ((size_t)n * Co + oc1) * P + q;
+                q_out(a[0], m0[oc], sh[oc], zy, lo, hi, y, mask, y0);
+                if (q1 != q) q_out(a[1], m0[oc], sh[oc], zy, lo, hi, y, mask, y0 + 1);
+                if (oc1 != oc) {
+                    q_out(a[2], m0[oc1], sh[oc1], zy, lo, hi, y, mask, y1);
+                    if (q1 != q) q_out(a[3], m0[oc1], sh[oc1], zy, lo, hi, y, mask, y1 + 1);
+                }
+            }
+        }
+    }
+}
+#endif
+static void qconv_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
+                         const int32_t *m0, const int32_t *sh, int zy, int lo, int hi,
+                         int8_t *y, uint8_t *mask, int8_t *scratch, int B, int Ci, int H, int W,
+                         int Co, int Ho, int Wo, int K, int s, int p, int G) {
+#if ET_DSP
+    if (G == 1 && Ci >= 2 && ((K == 3 && (s == 1 || s == 2)) || (K == 1 && s == 1 && p == 0))) {
+        q_mm_fwd(x, zx, w, b, m0, sh, zy, lo, hi, y, mask, scratch, B, Ci, H, W, Co, Ho, Wo, K,
+                 s, p);
+        return;
+    }
+#endif
+    (void)scratch;
+    qconv_fwd(x, zx, w, b, m0, sh, zy, lo, hi, y, mask, B, Ci, H, W, Co, Ho, Wo, K, s, p, G);
+}
+
 /* a frozen 1x1 expansion fused with the depthwise conv that reads it: each expanded channel
    is computed into `scratch` (H*W bytes) and consumed at once, so the expanded tensor never
    exists in SRAM (the integer results are exactly those of the two ops run one after the
@@ -703,8 +850,21 @@ typedef struct { ET_REAL s, inv, lr; int32_t kq; int sh; } q_step;
 static inline q_step q_stepper(ET_REAL s, ET_REAL inv, ET_REAL lr) {
     q_step st = {s, inv, lr, 0, 0};
     if (sizeof(ET_REAL) == sizeof(float)) {
+        const float k = (-(float)lr) * ((float)s * (float)inv);
+        uint32_t u;
+        memcpy(&u, &k, 4);
+        const int E = (int)((u >> 23) & 0xFFu);
+        if (E != 0 && E != 255) {  /* a normal k: frexpf's m * 2^30 and e from its bits */
+            const int32_t mag = (int32_t)(((u & 0x7FFFFFu) | 0x800000u) << 6);
+            const int e = E - 126;
+            if (30 - e >= 32 && 30 - e <= 62) {
+                st.kq = u >> 31 ? -mag : mag;
+                st.sh = 30 - e;
+            }
+            return st;
+        }
         int e;
-        const float m = frexpf((-(float)lr) * ((float)s * (float)inv), &e);
+        const float m = frexpf(k, &e);
         if (m != 0 && 30 - e >= 32 && 30 - e <= 62) {
             st.kq = (int32_t)(m * 1073741824.0f);
             st.sh = 30 - e;
@@ -865,6 +1025,118 @@ static void q3_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
     }
 }
 
+/* NOTE [ int8 mat-mult weight gradient ]
+   A one-group 3x3 conv (stride 1 or 2) at batch 1 with the DSP: G_W[oc][k] = sum_q
+   dq[oc][q] (x_k[q] - zx) over the P = Ho x Wo outputs q (x_k[q]: tap k of q's window, zx in
+   the padding) is a matrix product over q, flattened across output rows (no row tails). The
+   Ci x 9 taps k = ic * 9 + kh * 3 + kw run in pairs (k0, k1) (an odd last tap paired with
+   itself, stored once); each input plane is padded with zx once, into one of two plane
+   buffers (a pair may span two channels). The pair's rows x_k - zx are gathered as 16-bit
+   words in dq's SXTB16 lane order: per 4 outputs (k0: q0, q2), (k0: q1, q3), (k1: q0, q2),
+   (k1: q1, q3), the last P mod 4 outputs as (k0, k1) words. Every output channel pair reads
+   its int8 dq rows 4 at a time against them: two LDRs, 4 SXTB16, two LDRDs and 8 SMLADs per
+   16 MACs. Scratch `p:<op>` (`weight_grad_scratch_bytes` in _int8_layout.py): the two padded
+   planes ((H + 2p) x (W + 2p) + Q_PAD_SLACK bytes each, 4-byte aligned; one for one input
+   channel; the first is what q3_update pads at other batch sizes), P int32 window offsets,
+   2 x Co int32 (each channel's step factor, q_stepper's, computed once) and P words of rows.
+   Inlined into each conv's update, so its loops see that conv's shape. */
+#if ET_DSP
+/* sums (oc0, k0), (oc0, k1), (oc1, k0), (oc1, k1) of a tap pair's rows over the P outputs,
+   in 14 registers (written out: the compiler's allocation spills inside such loops) */
+Q_AI void q_mmg2x2(const int8_t *d0, const int8_t *d1, const uint32_t *xr, int P, int32_t *a) {
+    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+    const int P4 = P / 4 * 4;
+    if (P4) {
+        const int8_t *end = d0 + P4;
+        uint32_t u, v, uo, vo, x0, x1;
+        __asm__ volatile(
+            "1:\n\t"
+            "ldr %[u], [%[d0]], #4\n\t"
+            "ldr %[v], [%[d1]], #4\n\t"
+            "sxtb16 %[uo], %[u], ror #8\n\t"
+            "sxtb16 %[u], %[u]\n\t"
+            "sxtb16 %[vo], %[v], ror #8\n\t"
+            "sxtb16 %[v], %[v]\n\t"
+            "ldrd %[x0], %[x1], [%[xr]], #8\n\t"
+            "smlad %[a00], %[u], %[x0], %[a00]\n\t"
+            "smlad %[a00], %[uo], %[x1], %[a00]\n\t"
+            "smlad %[a10], %[v], %[x0], %[a10]\n\t"
+            "smlad %[a10], %[vo], %[x1], %[a10]\n\t"
+            "ldrd %[x0], %[x1], [%[xr]], #8\n\t"
+            "smlad %[a01], %[u], %[x0], %[a01]\n\t"
+            "smlad %[a01], %[uo], %[x1], %[a01]\n\t"
+            "smlad %[a11], %[v], %[x0], %[a11]\n\t"
+            "smlad %[a11], %[vo], %[x1], %[a11]\n\t"
+            "cmp %[d0], %[end]\n\t"
+            "bne 1b\n\t"
+            : [a00] "+&r"(a00), [a01] "+&r"(a01), [a10] "+&r"(a10), [a11] "+&r"(a11),
+              [d0] "+&r"(d0), [d1] "+&r"(d1), [xr] "+&r"(xr), [u] "=&r"(u), [v] "=&r"(v),
+              [uo] "=&r"(uo), [vo] "=&r"(vo), [x0] "=&r"(x0), [x1] "=&r"(x1)
+            : [end] "r"(end)
+            : "cc", "memory");
+    }
+    for (int q = P4; q < P; q++, xr++) {
+        const int32_t e0 = *d0++, e1 = *d1++, x0 = (int16_t)xr[0], x1 = (int32_t)xr[0] >> 16;
+        a00 += e0 * x0; a01 += e0 * x1; a10 += e1 * x0; a11 += e1 * x1;
+    }
+    a[0] = a00; a[1] = a01; a[2] = a10; a[3] = a11;
+}
+/* rows x_k - zx of taps k0, k1 (from their padded planes, at the window offsets `base`) in
+   q_mmg2x2's order */
+static void q_mmg_rows(uint32_t *xr, const int8_t *s0, const int8_t *s1, const int32_t *base,
+                       int P, int zx) {
+    const int16x2_t zz = (int16x2_t)(((uint32_t)(uint16_t)zx << 16) | (uint16_t)zx);
+    const int P4 = P / 4 * 4;
+    for (int q = 0; q < P4; q += 4, xr += 4) {
+        const int32_t b0 = base[q], b1 = base[q + 1], b2 = base[q + 2], b3 = base[q + 3];
+        xr[0] = (uint32_t)__ssub16((int16x2_t)q_pack2(s0[b0], s0[b2]), zz);
+        xr[1] = (uint32_t)__ssub16((int16x2_t)q_pack2(s0[b1], s0[b3]), zz);
+        xr[2] = (uint32_t)__ssub16((int16x2_t)q_pack2(s1[b0], s1[b2]), zz);
+        xr[3] = (uint32_t)__ssub16((int16x2_t)q_pack2(s1[b1], s1[b3]), zz);
+    }
+    for (int q = P4; q < P; q++, xr++)
+        xr[0] = (uint32_t)__ssub16((int16x2_t)q_pack2(s0[base[q]], s1[base[q]]), zz);
+}
+Q_AI void q_mm_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
+                      const ET_REAL *inv_w, ET_REAL lr, int8_t *scratch, int Ci, int H, int W,
+                      int Co, int Ho, int Wo, int st, int p) {
+    const int P = Ho * Wo, Wp = W + 2 * p, Kt = 9 * Ci;
+    const size_t pb = ((size_t)(H + 2 * p) * Wp + Q_PAD_SLACK + 3) / 4 * 4;
+    int8_t *pads[2] = {scratch, scratch + (Ci > 1 ? pb : 0)};  /* planes ic even / odd */
+    int32_t *base = (int32_t *)(void *)(scratch + (Ci > 1 ? 2 : 1) * pb);
+    int32_t *fk = base + P;  /* per channel kq, sh */
+    uint32_t *xr = (uint32_t *)(fk + 2 * Co);
+    for (int q = 0; q < P; q++) base[q] = (q / Wo) * st * Wp + (q % Wo) * st;
+    for (int oc = 0; oc < Co; oc++) {
+        const q_step t = q_stepper(s, inv_w[oc], lr);
+        fk[2 * oc] = t.kq; fk[2 * oc + 1] = t.sh;
+    }
+    int padded = -1;  /* the last input channel padded */
+    for (int k = 0; k < Kt; k += 2) {  /* taps k = ic * 9 + kh * 3 + kw, in pairs */
+        const int k1 = k + 1 < Kt ? k + 1 : k;  /* an odd last tap: summed twice, stored once */
+        for (; padded < k1 / 9; padded++)
+            q_pad(pads[(padded + 1) & 1], x + (size_t)(padded + 1) * H * W, zx, H, W, p);
+        const int t0 = k % 9, t1 = k1 % 9;
+        q_mmg_rows(xr, pads[(k / 9) & 1] + (t0 / 3) * Wp + t0 % 3,
+                   pads[(k1 / 9) & 1] + (t1 / 3) * Wp + t1 % 3, base, P, zx);
+        for (int oc = 0; oc < Co; oc += 2) {
+            const int c1 = oc + 1 < Co ? oc + 1 : oc;
+            int32_t a[4];
+            q_mmg2x2(dq + (size_t)oc * P, dq + (size_t)c1 * P, xr, P, a);
+            int8_t *w0 = w + (size_t)oc * Kt, *w1 = w + (size_t)c1 * Kt;
+            const q_step s0 = {s, inv_w[oc], lr, fk[2 * oc], fk[2 * oc + 1]};
+            q_wstep(&w0[k], a[0], s0);
+            if (k1 != k) q_wstep(&w0[k1], a[1], s0);
+            if (c1 != oc) {
+                const q_step s1 = {s, inv_w[c1], lr, fk[2 * c1], fk[2 * c1 + 1]};
+                q_wstep(&w1[k], a[2], s1);
+                if (k1 != k) q_wstep(&w1[k1], a[3], s1);
+            }
+        }
+    }
+}
+#endif
+
 /* sum_i a[i] * b[i] over n int8 values (the DSP's dual MAC where it has one) */
 Q_AI int32_t q_dot(const int8_t *a, const int8_t *b, int n) {
     int32_t acc = 0;
@@ -912,6 +1184,43 @@ Q_AI int32_t q_sum(const int8_t *a, int n) {
     return acc;
 }
 
+/* the 1x1 conv's weight gradient at batch 1 with the DSP (NOTE [ int8 mat-mult weight
+   gradient ], the input channels as the taps): per input channel pair the rows x - zx in
+   q_mmg2x2's order (`xr`, P words of arena scratch `p:<op>`), against every output channel
+   pair's dq rows */
+#if ET_DSP
+static void q_mm1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
+                         const ET_REAL *inv_w, ET_REAL lr, uint32_t *xr, int Ci, int Co, int P) {
+    const int16x2_t zz = (int16x2_t)(((uint32_t)(uint16_t)zx << 16) | (uint16_t)zx);
+    const int P4 = P / 4 * 4;
+    for (int ic = 0; ic < Ci; ic += 2) {
+        const int i1 = ic + 1 < Ci ? ic + 1 : ic;  /* an odd last channel: summed twice */
+        const int8_t *b0 = x + (size_t)ic * P, *b1 = x + (size_t)i1 * P;
+        uint32_t *o = xr;
+        for (int q = 0; q < P4; q += 4, o += 4) {
+            o[0] = (uint32_t)__ssub16((int16x2_t)q_pack2(b0[q], b0[q + 2]), zz);
+            o[1] = (uint32_t)__ssub16((int16x2_t)q_pack2(b0[q + 1], b0[q + 3]), zz);
+            o[2] = (uint32_t)__ssub16((int16x2_t)q_pack2(b1[q], b1[q + 2]), zz);
+            o[3] = (uint32_t)__ssub16((int16x2_t)q_pack2(b1[q + 1], b1[q + 3]), zz);
+        }
+        for (int q = P4; q < P; q++, o++)
+            o[0] = (uint32_t)__ssub16((int16x2_t)q_pack2(b0[q], b1[q]), zz);
+        for (int oc = 0; oc < Co; oc += 2) {
+            const int c1 = oc + 1 < Co ? oc + 1 : oc;
+            int32_t a[4];
+            q_mmg2x2(dq + (size_t)oc * P, dq + (size_t)c1 * P, xr, P, a);
+            const q_step s0 = q_stepper(s, inv_w[oc], lr);
+            q_wstep(&w[(size_t)oc * Ci + ic], a[0], s0);
+            if (i1 != ic) q_wstep(&w[(size_t)oc * Ci + i1], a[1], s0);
+            if (c1 != oc) {
+                const q_step s1 = q_stepper(s, inv_w[c1], lr);
+                q_wstep(&w[(size_t)c1 * Ci + ic], a[2], s1);
+                if (i1 != ic) q_wstep(&w[(size_t)c1 * Ci + i1], a[3], s1);
+            }
+        }
+    }
+}
+#endif
 /* 1x1 conv: GW[oc][ic] = sum_(n, q) dq[oc][q] x[ic][q] - zx sum dq[oc] (2 x 2 tiles of
    contiguous rows), then the re-rounding */
 static void q1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
@@ -1044,6 +1353,12 @@ static void q1_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
     }
 }
 
+/* NOTE [ Paired stride-2 3x3 input gradient ]
+   At stride 2 an output column ow adds w0 e_ow to input column 2ow - p, w1 e_ow to 2ow + 1 - p
+   and w2 e_ow to 2ow + 2 - p: each even column (from 2ow - p) takes w0 e_ow + w2 e_(ow-1) and
+   each odd one w1 e_ow. With the DSP four (then two) output channels run in one pass over
+   the row of sums, their weights and dq as 16-bit pairs (channels oc, oc + 1): three SMLADs
+   per pair and output column for 6 MACs, and each sum loaded and stored once per pass. */
 /* 3x3 conv input gradient, one input row at a time: the output rows whose taps land on it
    scatter W x dq into a row of int32 sums (on the stack, Q_ROWMAX + 4 wide), then dx = s_g x sum.
    Wider rows take the generic path. */
@@ -1064,7 +1379,56 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
                 if (t < 0 || t % st) continue;
                 const int oh = t / st;
                 if (oh >= Ho) continue;
-                for (int oc = g * cog; oc < (g + 1) * cog; oc++) {
+                int oc = g * cog;
+#if ET_DSP
+                if (st == 2)  /* four, then two output channels per pass (NOTE [ Paired
+                                 stride-2 3x3 input gradient ]) */
+                    for (; oc + 4 <= (g + 1) * cog; oc += 4) {
+                        const int8_t *k0 = w + (((size_t)oc * cig + ic) * 3 + kh) * 3;
+                        const int8_t *k1 = k0 + (size_t)cig * 9, *k2 = k1 + (size_t)cig * 9;
+                        const int8_t *k3 = k2 + (size_t)cig * 9;
+                        const int16x2_t A0 = (int16x2_t)q_pack2(k0[0], k1[0]);
+                        const int16x2_t A1 = (int16x2_t)q_pack2(k0[1], k1[1]);
+                        const int16x2_t A2 = (int16x2_t)q_pack2(k0[2], k1[2]);
+                        const int16x2_t B0 = (int16x2_t)q_pack2(k2[0], k3[0]);
+                        const int16x2_t B1 = (int16x2_t)q_pack2(k2[1], k3[1]);
+                        const int16x2_t B2 = (int16x2_t)q_pack2(k2[2], k3[2]);
+                        const size_t HWo = (size_t)Ho * Wo;
+                        const int8_t *d0 = dq + (((size_t)n * Co + oc) * Ho + oh) * Wo;
+                        int32_t *rr = r - p;
+                        int16x2_t Ea = 0, Eb = 0;  /* the previous column's channel pairs */
+                        for (int ow = 0; ow < Wo; ow++, rr += 2) {
+                            const int16x2_t Fa = (int16x2_t)q_pack2(d0[ow], d0[HWo + ow]);
+                            const int16x2_t Fb =
+                                (int16x2_t)q_pack2(d0[2 * HWo + ow], d0[3 * HWo + ow]);
+                            rr[0] = __smlad(B2, Eb, __smlad(B0, Fb, __smlad(A2, Ea,
+                                                                          __smlad(A0, Fa, rr[0]))));
+                            rr[1] = __smlad(B1, Fb, __smlad(A1, Fa, rr[1]));
+                            Ea = Fa; Eb = Fb;
+                        }
+                        rr[0] = __smlad(B2, Eb, __smlad(A2, Ea, rr[0]));
+                    }
+                if (st == 2)
+                    for (; oc + 2 <= (g + 1) * cog; oc += 2) {
+                        const int8_t *k0 = w + (((size_t)oc * cig + ic) * 3 + kh) * 3;
+                        const int8_t *k1 = k0 + (size_t)cig * 9;
+                        const int16x2_t W0 = (int16x2_t)q_pack2(k0[0], k1[0]);
+                        const int16x2_t W1 = (int16x2_t)q_pack2(k0[1], k1[1]);
+                        const int16x2_t W2 = (int16x2_t)q_pack2(k0[2], k1[2]);
+                        const int8_t *d0 = dq + (((size_t)n * Co + oc) * Ho + oh) * Wo;
+                        const int8_t *d1 = d0 + (size_t)Ho * Wo;
+                        int32_t *rr = r - p;
+                        int16x2_t Ep = 0;  /* (dq[oc][ow - 1], dq[oc + 1][ow - 1]) */
+                        for (int ow = 0; ow < Wo; ow++, rr += 2) {
+                            const int16x2_t E = (int16x2_t)q_pack2(d0[ow], d1[ow]);
+                            rr[0] = __smlad(W2, Ep, __smlad(W0, E, rr[0]));
+                            rr[1] = __smlad(W1, E, rr[1]);
+                            Ep = E;
+                        }
+                        rr[0] = __smlad(W2, Ep, rr[0]);
+                    }
+#endif
+                for (; oc < (g + 1) * cog; oc++) {
                     const int8_t *wk = w + (((size_t)oc * cig + ic) * 3 + kh) * 3;
                     const int32_t w0 = wk[0], w1 = wk[1], w2 = wk[2];
                     const int8_t *d = dq + (((size_t)n * Co + oc) * Ho + oh) * Wo;
@@ -1144,8 +1508,18 @@ static void qconv_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, i
     if (s == 0) return;  /* every gradient is 0: the step leaves every weight as it is */
     const int k1 = K == 1 && st == 1 && p == 0 && G == 1;
     const int k3 = K == 3 && (st == 1 || st == 2) && pad;
-    if (k1) q1_update(dq, s, x, zx, w, inv_w, lr, B, Ci, Co, H * W);
-    if (k3) q3_update(dq, s, x, zx, w, inv_w, lr, B, Ci, H, W, Co, Ho, Wo, st, p, G, pad);
+    int mm = 0;  /* NOTE [ int8 mat-mult weight gradient ] */
+#if ET_DSP
+    mm = k3 && G == 1 && B == 1;
+    if (mm) q_mm_update(dq, s, x, zx, w, inv_w, lr, pad, Ci, H, W, Co, Ho, Wo, st, p);
+#endif
+    int mm1 = 0;
+#if ET_DSP
+    mm1 = k1 && B == 1 && pad;
+    if (mm1) q_mm1_update(dq, s, x, zx, w, inv_w, lr, (uint32_t *)(void *)pad, Ci, Co, H * W);
+#endif
+    if (k1 && !mm1) q1_update(dq, s, x, zx, w, inv_w, lr, B, Ci, Co, H * W);
+    if (k3 && !mm) q3_update(dq, s, x, zx, w, inv_w, lr, B, Ci, H, W, Co, Ho, Wo, st, p, G, pad);
     for (int oc = 0; oc < Co; oc++) {
         const int g = oc / cog;
         if (!k1 && !k3) for (int ic = 0; ic < cig; ic++)
