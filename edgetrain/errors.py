@@ -197,3 +197,9 @@ class ExportUnsupportedError(InvalidArgumentError):
     """A plan asks for something an export format cannot express (ExecuTorch: paging,
     recomputation, micro-batching, batch-statistics batch norm, optimizers other than SGD):
     names the blocking decision and the `edgetrain plan` flags that avoid it."""
+
+
+class ExportManifestError(InvalidArgumentError):
+    """An exported folder's `manifest.json` is malformed, or a program file does not match
+    the size and SHA-256 the manifest records: names the file and field, and says to export
+    again."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 
@@ -307,3 +308,31 @@ def test_a_program_over_the_plans_budget_is_refused_and_nothing_written(tmp_path
     with pytest.raises(DeviceLimitError, match=f"over the plan's budget of {budget:,}"):
         export(model, plan, tmp_path / "et")
     assert not (tmp_path / "et").exists()
+
+
+def test_a_changed_or_foreign_program_file_is_refused_before_the_first_step(tmp_path):
+    # Prepare: a real export, then (a) one byte of model.pte changed, (b) model.pte replaced
+    # by bytes that are not a program, with the manifest rewritten to match them
+    from edgetrain.errors import ExportManifestError
+
+    model, example = build_model("mcu-cnn")
+    plan = edgetrain.plan(
+        model, example, device="snapdragon-865", batch_size=2, policy="last:1",
+        executor="executorch", freeze_batch_norm=True,
+    )  # fmt: skip
+    out = tmp_path / "et"
+    export(copy.deepcopy(model), plan, out)
+    pte = out / "model.pte"
+    good = pte.read_bytes()
+    pte.write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])
+    # Execute / Assert (a)
+    with pytest.raises(ExportManifestError, match="model.pte.*changed or truncated"):
+        load_program(out)
+    # Execute / Assert (b)
+    junk = b"not a program" * 10
+    pte.write_bytes(junk)
+    m = json.loads((out / "manifest.json").read_text())
+    m["files"]["model.pte"] = {"bytes": len(junk), "sha256": hashlib.sha256(junk).hexdigest()}
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ExportManifestError, match="could not load"):
+        load_program(out)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import torch
 from edgetrain.capture import example_target, loss_function
 from edgetrain.errors import DeviceLimitError, ExportUnsupportedError, OutputPathError
 from edgetrain.export._checks import MOMENTUM, check_exportable, trainable_names
+from edgetrain.export._manifest import read_manifest
 from edgetrain.export._program import METHOD, PREFIX, ProgramMemory, export_program, tensor_specs
 from edgetrain.export._readme import readme
 from edgetrain.planner import Plan
@@ -311,11 +311,6 @@ def _memory_record(memory: ProgramMemory, predicted: int) -> dict:
 
 
 def manifest_of(out_dir: "str | os.PathLike[str]") -> dict:
-    """The manifest an export wrote (`OutputPathError` when the folder holds none)."""
-    path = Path(out_dir) / "manifest.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise OutputPathError(
-            f"{str(path)!r} is not an export manifest ({e}); run `edgetrain export` first"
-        ) from None
+    """The manifest an export wrote, checked (`OutputPathError` when the folder holds none,
+    `ExportManifestError` when it is malformed: NOTE [ An exported folder is untrusted input ])."""
+    return read_manifest(out_dir)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
-from edgetrain.errors import InvalidArgumentError, OutputPathError
+from edgetrain.errors import ExportManifestError, InvalidArgumentError
 from edgetrain.export._export import manifest_of
+from edgetrain.export._manifest import verify_files
 from edgetrain.export._program import METHOD, PREFIX
 
 __all__ = ["ExecuTorchProgram", "load_program"]
@@ -26,11 +27,22 @@ class ExecuTorchProgram:
 
         out = Path(out_dir)
         self.manifest = manifest_of(out)
+        verify_files(out, self.manifest)
         pte, ptd = out / "model.pte", out / "model.ptd"
-        for f in (pte, ptd):
-            if not f.is_file():
-                raise OutputPathError(f"{str(f)!r} is missing; run `edgetrain export` again")
-        self.module = TrainingModule(_load_for_executorch(str(pte), str(ptd)))
+        try:  # ExecuTorch parses lazily: asking for the methods parses the program now
+            program = _load_for_executorch(str(pte), str(ptd))
+            methods = set(program.method_names())
+        except RuntimeError as e:  # files as recorded, but not a program this runtime runs
+            raise ExportManifestError(
+                f"ExecuTorch {self.manifest.get('executorch_version', '?')!s} could not load "
+                f"{str(pte)!r}: {str(e)[:300]}; export again with this ExecuTorch"
+            ) from None
+        if METHOD not in methods:
+            raise ExportManifestError(
+                f"{str(pte)!r} has the methods {sorted(methods)}, not {METHOD!r}: not a "
+                "program `edgetrain export` wrote; export again"
+            )
+        self.module = TrainingModule(program)
         opt = self.manifest["optimizer"]
         self.lr = opt["lr"] if lr is None else lr
         self._opt_args = (opt["momentum"], opt["dampening"], opt["weight_decay"], opt["nesterov"])
