@@ -526,14 +526,22 @@ def _expand(v, nd: int) -> list[int]:
     return [int(v)] * nd if isinstance(v, int) else [int(e) for e in v]
 
 
-def _padding(padding, weight, dilation, nd: int) -> list[int] | None:
-    """Explicit padding; 'same' only where it is symmetric (ATen pads the same way then)."""
+def _padding(padding, weight, dilation, nd: int) -> tuple[list[int], list[int]]:
+    """Explicit padding, and the extra right-side padding an asymmetric 'same' needs (as
+    `constant_pad_nd`'s argument; empty when symmetric). ATen's `_convolution_mode` pads the
+    same way: each side gets total // 2 and the right side the remainder, by one
+    `constant_pad_nd` before the convolution, which is also what the capture records."""
     if padding == "valid":
-        return [0] * nd
+        return [0] * nd, []
     if padding != "same":
-        return _expand(padding, nd)
+        return _expand(padding, nd), []
     total = [d * (k - 1) for d, k in zip(_expand(dilation, nd), weight.shape[2:])]
-    return None if any(t % 2 for t in total) else [t // 2 for t in total]
+    if not any(t % 2 for t in total):
+        return [t // 2 for t in total], []
+    extra: list[int] = []
+    for t in reversed(total):  # constant_pad_nd lists the last dimension first
+        extra += [0, t - t // 2 - t // 2]
+    return [t // 2 for t in total], extra
 
 
 def _conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -542,9 +550,9 @@ def _conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if not (input.requires_grad or (bias is not None and bias.requires_grad)):
         return None
     nd = weight.dim() - 2
-    padding = _padding(padding, weight, dilation, nd)
-    if padding is None:
-        return None  # asymmetric 'same' padding: plain PyTorch
+    padding, extra = _padding(padding, weight, dilation, nd)
+    if extra:
+        input = torch.constant_pad_nd(input, extra, 0.0)
     args = (_expand(stride, nd), _expand(padding, nd), _expand(dilation, nd), int(groups))
     return _FrozenConv.apply(input, weight, bias, *args)
 
