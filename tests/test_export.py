@@ -21,6 +21,7 @@ from edgetrain.cli import main
 from edgetrain.errors import (
     DeviceLimitError,
     ExportUnsupportedError,
+    InvalidArgumentError,
     OutputPathError,
     PlanFileError,
 )
@@ -322,6 +323,19 @@ def test_a_changed_or_foreign_program_file_is_refused_before_the_first_step(tmp_
     )  # fmt: skip
     out = tmp_path / "et"
     export(copy.deepcopy(model), plan, out)
+    # a batch, targets or a learning rate the program does not take: typed, before ExecuTorch
+    program = load_program(out)
+    x, y = torch.randn(2, *plan.input_shape), torch.zeros(2, dtype=torch.long)
+    for bad_x, bad_y, what in (
+        (x[:1], y, "batch has shape"),
+        (x, y.float(), "targets is float32"),
+        (x, y[:1], "targets has shape"),
+    ):
+        with pytest.raises(InvalidArgumentError, match=what):
+            program.step(bad_x, bad_y)
+    assert math.isfinite(program.step(x, y))
+    with pytest.raises(InvalidArgumentError, match="learning rate"):
+        load_program(out, lr=-1.0)
     pte = out / "model.pte"
     good = pte.read_bytes()
     pte.write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])

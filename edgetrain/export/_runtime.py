@@ -8,12 +8,26 @@ from pathlib import Path
 
 import torch
 
+from edgetrain import validate
 from edgetrain.errors import ExportManifestError, InvalidArgumentError
 from edgetrain.export._export import manifest_of
 from edgetrain.export._manifest import verify_files
 from edgetrain.export._program import METHOD, PREFIX
 
 __all__ = ["ExecuTorchProgram", "load_program"]
+
+_ET_DTYPES = {  # torch dtype -> ExecuTorch's scalar type name, as the manifest records it
+    torch.float32: "float",
+    torch.float64: "double",
+    torch.float16: "half",
+    torch.bfloat16: "bfloat16",
+    torch.int64: "long",
+    torch.int32: "int",
+    torch.int16: "short",
+    torch.int8: "char",
+    torch.uint8: "byte",
+    torch.bool: "bool",
+}
 
 
 class ExecuTorchProgram:
@@ -44,7 +58,7 @@ class ExecuTorchProgram:
             )
         self.module = TrainingModule(program)
         opt = self.manifest["optimizer"]
-        self.lr = opt["lr"] if lr is None else lr
+        self.lr = opt["lr"] if lr is None else validate.learning_rate(lr)
         self._opt_args = (opt["momentum"], opt["dampening"], opt["weight_decay"], opt["nesterov"])
         self._optimizer = None
         x = self.manifest["inputs"][0]
@@ -54,10 +68,7 @@ class ExecuTorchProgram:
         """One forward-backward and one SGD step; returns the loss."""
         from executorch.extension.training import get_sgd_optimizer
 
-        if tuple(x.shape) != self.batch_shape:
-            raise InvalidArgumentError(
-                f"batch {tuple(x.shape)}; the program was exported for {self.batch_shape}"
-            )
+        self._check_inputs(x, y)
         loss = self.module.forward_backward(METHOD, (x, y))[0]
         if self._optimizer is None:  # the runtime names its parameters after the first run
             self._optimizer = get_sgd_optimizer(
@@ -65,6 +76,24 @@ class ExecuTorchProgram:
             )
         self._optimizer.step(self.module.named_gradients())
         return float(loss.detach())
+
+    def _check_inputs(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """x and y as the program declares them (the manifest's `inputs`): ExecuTorch would
+        otherwise fail inside the method with a bare error."""
+        for name, t, spec in zip(("batch", "targets"), (x, y), self.manifest["inputs"]):
+            if not isinstance(t, torch.Tensor):
+                raise InvalidArgumentError(f"the {name} is {type(t).__name__}, not a tensor")
+            want = tuple(spec["shape"])
+            if tuple(t.shape) != want:
+                raise InvalidArgumentError(
+                    f"the {name} has shape {tuple(t.shape)}; the program was exported for {want}"
+                )
+            dtype = _ET_DTYPES.get(t.dtype)
+            if "dtype" in spec and dtype != spec["dtype"]:
+                raise InvalidArgumentError(
+                    f"the {name} is {str(t.dtype).removeprefix('torch.')}; the program takes "
+                    f"{spec['dtype']} (ExecuTorch's name): convert it with .to(...)"
+                )
 
     def named_parameters(self) -> dict[str, torch.Tensor]:
         """The trainable tensors as the runtime holds them (after the first step)."""
