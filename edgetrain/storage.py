@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from edgetrain.errors import InvalidArgumentError
+from edgetrain.errors import InvalidArgumentError, WeightsFileError
 
 TEMP_PREFIX = ".tmp-"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
@@ -258,3 +258,59 @@ def import_user_function(
     if not callable(function):
         raise broken(f"{path}:{name} is a {type(function).__name__}, not a function")
     return path, function
+
+
+def load_weights_file(model, path: str) -> None:
+    """Load a safetensors file into `model`, refusing anything that is not exactly its
+    state (NOTE [ Weights files are untrusted ])."""
+    # NOTE [ Weights files are untrusted ]
+    #     `--weights` is read with safetensors only, never unpickled: a PyTorch pickle
+    #     (`torch.save`, a zip or a raw pickle) is refused by its first bytes, before any parser
+    #     sees it. The file must hold exactly the model's state-dict keys, each of its shape
+    #     and kind (floating or integer), with finite floating values; anything else is a
+    #     `WeightsFileError` saying what differs, never a traceback or a partial load.
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        raise WeightsFileError(
+            f"weights file {path!r} is a Python pickle (torch.save), which edgetrain never "
+            "loads (unpickling runs code); save the weights with "
+            "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')"
+        )
+    try:
+        tensors = load_tensors(path)
+    except Exception as e:  # safetensors' SafetensorError for truncated or foreign files
+        raise WeightsFileError(
+            f"weights file {path!r} is not a readable safetensors file "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}); "
+            "is it truncated? save it again with safetensors.torch.save_file"
+        ) from None
+    want = model.state_dict()
+    missing = [k for k in want if k not in tensors]
+    unknown = [k for k in tensors if k not in want]
+    if missing or unknown:
+        raise WeightsFileError(
+            f"weights file {path!r} does not hold this model's state: "
+            + "; ".join(
+                part
+                for part in (
+                    f"missing {len(missing)} ({', '.join(missing[:3])})" if missing else "",
+                    f"{len(unknown)} unknown ({', '.join(unknown[:3])})" if unknown else "",
+                )
+                if part
+            )
+            + "; were they saved from the plan's model?"
+        )
+    for k, t in tensors.items():
+        w = want[k]
+        if tuple(t.shape) != tuple(w.shape) or t.is_floating_point() != w.is_floating_point():
+            raise WeightsFileError(
+                f"weights file {path!r}: tensor {k!r} is {tuple(t.shape)} {t.dtype}, the model's "
+                f"is {tuple(w.shape)} {w.dtype}; were they saved from the plan's model?"
+            )
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise WeightsFileError(
+                f"weights file {path!r}: tensor {k!r} holds NaN or infinite values; "
+                "retrain or re-export the weights"
+            )
+    model.load_state_dict(tensors)

@@ -60,6 +60,9 @@ def d(tmp_path_factory) -> Path:
     save_file(state, str(root / "whole.safetensors"))
     (root / "truncated.safetensors").write_bytes((root / "whole.safetensors").read_bytes()[:300])
     save_file({"foo": torch.zeros(2)}, str(root / "wrong-keys.safetensors"))
+    nan = {k: v.clone() for k, v in state.items()}
+    next(v for v in nan.values() if v.is_floating_point())[0] = float("nan")
+    save_file(nan, str(root / "nan.safetensors"))
     (root / "afile").write_text("not a folder")
     (root / "adir").mkdir()
     src = Path(cost.__file__).parent / "devices" / "nrf52840.toml"
@@ -121,6 +124,9 @@ ROWS = [
     ("train-weights-pickle", ["train", "--plan", "{d}/plan.json", "--weights", "{d}/pickle.safetensors"], "WeightsFileError"),
     ("train-weights-truncated", ["train", "--plan", "{d}/plan.json", "--weights", "{d}/truncated.safetensors"], "WeightsFileError"),
     ("train-weights-wrong-keys", ["train", "--plan", "{d}/plan.json", "--weights", "{d}/wrong-keys.safetensors"], "WeightsFileError"),
+    ("train-weights-nan", ["train", "--plan", "{d}/plan.json", "--weights", "{d}/nan.safetensors"], "WeightsFileError"),
+    ("export-weights-nan", ["export", "--plan", "{d}/plan.json", "-o", "{d}/e1", "--weights", "{d}/nan.safetensors"], "WeightsFileError"),
+    ("export-weights-pickle", ["export", "--plan", "{d}/plan.json", "-o", "{d}/e2", "--weights", "{d}/pickle.safetensors"], "WeightsFileError"),
     ("train-data-unknown", ["train", "--plan", "{d}/plan.json", "--data", "mnist-9000"], "InvalidArgumentError"),
     ("train-steps-0", ["train", "--plan", "{d}/plan.json", "--steps", "0"], "InvalidArgumentError"),
     ("train-lr-nan", ["train", "--plan", "{d}/plan.json", "--lr", "nan"], "InvalidArgumentError"),

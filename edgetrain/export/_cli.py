@@ -21,10 +21,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     spec = plan.model_to_build(args.model, trust_plan=args.trust_plan, plan_path=args.plan)
     from edgetrain.export._export import export
     from edgetrain.models import build_model
+    from edgetrain.storage import load_weights_file
 
     model, example = build_model(spec)
     if args.weights:
-        _load_weights(model, args.weights)
+        load_weights_file(model, args.weights)
     result = export(model, plan, args.output, lr=args.lr, example_input=example, force=args.force)
     m = result.manifest
     if args.json:
@@ -46,22 +47,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
         highlight=False,
     )
     return 0
-
-
-def _load_weights(model, path: str) -> None:
-    """`--weights`: a safetensors file with exactly the model's state (`WeightsFileError`)."""
-    from edgetrain.errors import WeightsFileError
-    from edgetrain.storage import read_tensor_file
-
-    tensors, _ = read_tensor_file(path, error=WeightsFileError)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise WeightsFileError(
-            f"weights file {path!r} does not match the plan's model: {first}; save the "
-            "model's own state_dict (safetensors)"
-        ) from None
 
 
 def register(subparsers) -> None:
