@@ -5,6 +5,8 @@ the predictions bit-exactly, and damaged images are refused without touching the
 
 from __future__ import annotations
 
+import copy
+import re
 import shutil
 import struct
 import subprocess
@@ -283,3 +285,31 @@ def test_library_takes_float_targets_for_a_regression_loss(tmp_path):
     assert text.splitlines()[-1].split()[2] == "0"
     assert losses[0] == pytest.approx(first, rel=1e-5)
     assert np.mean(losses[-20:]) < 0.2 * np.mean(losses[:20])
+
+
+def test_the_weights_tag_tells_builds_with_other_frozen_weights_apart(tmp_path):
+    # Prepare: a last-layer plan (the first Linear in flash), compiled for the same model
+    # twice and for a copy whose frozen layer holds other weights
+    m, (x, y) = _model(), _data()
+    plan = edgetrain.plan(
+        m, x[:1], device="nrf52840", batch_size=BATCH, executor="c", policy="last:1"
+    )
+    other = copy.deepcopy(m)
+    with torch.no_grad():
+        other[0].weight.add_(0.01)
+    s = samples_from(x, y)
+
+    def tag(model, name: str) -> str:
+        out = compile_project(
+            plan, model, x[:1], "cortex-m4", TrainingSpec(s, s, steps=STEPS, lr=0.05),
+            tmp_path / name, device="nrf52840", layout="library",
+        )  # fmt: skip
+        header = (out / "src" / "edgetrain_model.h").read_text()
+        return re.search(r"#define ET_MODEL_TAG (0x[0-9a-f]+)u", header).group(1)
+
+    # Execute
+    tags = [tag(m, "a"), tag(m, "b"), tag(other, "c")]
+    # Assert: the same build gives the same tag; other frozen weights give another one, so
+    # et_load_weights refuses an image saved by that firmware (ET_ERR_MODEL)
+    assert tags[0] == tags[1]
+    assert tags[2] != tags[0]

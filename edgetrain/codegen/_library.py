@@ -20,7 +20,9 @@ NOTE [ Project layouts ]
 NOTE [ Weights image ]
     `et_save_weights` writes, little-endian: magic "ETW1", format version, the model tag (CRC-32
     of the trained tensors' names and sizes, the input and output sizes: another model or
-    another plan's trainable set gives another tag), the number of floats, the floats (each
+    another plan's trainable set gives another tag; so does a build with other frozen weights
+    in flash: the tag includes the CRC-32 of every frozen array the program reads), the number
+    of floats, the floats (each
     trained tensor in the order `edgetrain_build.json` lists `trainable_params`), and the
     FNV-1a 32 of the float bytes. `et_load_weights` checks all of it before copying, and
     returns a negative `et_status_t` (never a partial load).
@@ -53,6 +55,7 @@ def model_tag(parts) -> int:
     """The weights image's model tag (NOTE [ Weights image ])."""
     text = ";".join(f"{param}:{n}" for _, param, n in parts.trained)
     text += f";in:{parts.in_floats};out:{parts.out_floats};classes:{parts.classes}"
+    text += f";frozen:{parts.frozen_crc:08x}"
     return zlib.crc32(text.encode("utf-8"))
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -1124,6 +1125,7 @@ class ModelParts:
     classes: int  # 0: the loss takes float targets of the output's shape
     batch: int
     in_type: str = "float"  # the C type of an input value ("int32_t": token ids)
+    frozen_crc: int = 0  # CRC-32 of the referenced frozen arrays' float32 bytes (flash)
 
 
 def model_parts(low: Lowered, tgt: Target) -> ModelParts:
@@ -1195,7 +1197,17 @@ def model_parts(low: Lowered, tgt: Target) -> ModelParts:
         classes,
         low.batch_size,
         "int32_t" if low.input_int else "float",
+        _frozen_crc(low, referenced),
     )
+
+
+def _frozen_crc(low: Lowered, referenced: set[str]) -> int:
+    """CRC-32 of the frozen arrays the program reads, in order (NOTE [ Weights image ])."""
+    crc = 0
+    for a in low.arrays:
+        if not a.trainable and a.symbol in referenced:
+            crc = zlib.crc32(np.ascontiguousarray(a.values, dtype=np.float32).tobytes(), crc)
+    return crc
 
 
 def _dropout_state(low: Lowered) -> str:
