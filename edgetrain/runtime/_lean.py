@@ -108,7 +108,8 @@ def owned(g: torch.Tensor) -> bool:
     """Whether the incoming gradient `g` is held by this backward alone, so that it may be
     overwritten (NOTE [ Lean in-place gradients ]): no other tensor shares its TensorImpl or
     its storage (the count of 2 is `g`'s impl and the storage object asked here), and it is
-    contiguous."""
+    contiguous. `Tensor._use_count` and `torch._C._storage_Use_Count` are private APIs, pinned
+    with torch==2.13.0; tests/test_lean.py checks that both outcomes occur where they must."""
     return (
         g._use_count() == 1
         and torch._C._storage_Use_Count(g.untyped_storage()._cdata) == 2
