@@ -25,6 +25,7 @@ CONVS = [
     (1, 6, 9, 10, 6, 3, 2, 1, 6),
     (2, 5, 5, 7, 6, 1, 1, 0, 1),
     (1, 5, 5, 7, 3, 1, 1, 0, 1),
+    (2, 4, 4, 5, 6, 1, 1, 0, 1),
     (1, 1, 28, 28, 8, 3, 2, 1, 1),
     (1, 8, 14, 14, 16, 3, 2, 1, 1),
     (1, 16, 7, 7, 16, 3, 1, 1, 16),
@@ -148,7 +149,7 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         static int8_t w[] = {{{_ints(w)}}};
         static int32_t b[{co}];
         static ET_REAL dx[{x.size}];
-        qconv_bwd_input(dq, (ET_REAL)1, w, dx, 0, {dims});
+        qconv_bwd_input(dq, (ET_REAL)1, w, dx, 0, pad, {dims});
         et_i32("dx{i}", 0, dx, {x.size});
         probe_on(w, {w.size}, b, {co});
         qconv_update(dq, (ET_REAL)1, x, {zx}, w, b, one, one, (ET_REAL)1e-3, pad, {dims});

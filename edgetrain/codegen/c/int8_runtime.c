@@ -1276,8 +1276,64 @@ Q_AI void q1_bi_tile(const int8_t *dn, const int8_t *w, int Ci, int Co, int P, i
     t[0] = t0; t[1] = t1; t[2] = t2; t[3] = t3; t[4] = u0; t[5] = u1; t[6] = u2; t[7] = u3;
 }
 #endif
+#if ET_DSP
+/* NOTE [ Paired 1x1 input gradient ]
+   dx[ic][q] = s_g sum_oc w[oc][ic] dq[oc][q] with SMLAD over output-channel pairs (batch any,
+   Ci and Co even, P >= 2): per input-channel pair the weights (w[oc][ic], w[oc+1][ic]) and
+   (w[oc][ic+1], w[oc+1][ic+1]) are gathered once as 16-bit pairs into `wp` (4 Co bytes of the
+   op's backward scratch `p:`, `backward_scratch_bytes` in _int8_layout.py); per pixel pair and
+   output-channel pair two halfword loads of dq rows oc and oc + 1 give (dq[oc][q],
+   dq[oc+1][q]) and (dq[oc][q+1], dq[oc+1][q+1]) by SXTB16 and SXTB16 ROR 8; 4 SMLAD sum the
+   2 x 2 tile. An odd P ends with the pair (P - 2, P - 1), stored at P - 1 only. Same exact
+   int32 sums as the portable loop. */
+static void q1_bwd_input_mm(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx,
+                            int acc, int B, int Ci, int Co, int P, uint32_t *wp) {
+    for (int ic = 0; ic < Ci; ic += 2) {
+        for (int oc = 0; oc < Co; oc += 2) {
+            uint16_t a, b;
+            memcpy(&a, w + (size_t)oc * Ci + ic, 2);
+            memcpy(&b, w + (size_t)(oc + 1) * Ci + ic, 2);
+            const uint32_t v = a | (uint32_t)b << 16;
+            wp[oc] = (uint32_t)__sxtb16(v);
+            wp[oc + 1] = (uint32_t)q_sxtb16r8(v);
+        }
+        for (int n = 0; n < B; n++) {
+            const int8_t *dn = dq + (size_t)n * Co * P;
+            ET_REAL *r0 = dx + ((size_t)n * Ci + ic) * P, *r1 = r0 + P;
+            for (int q = 0; q < P; q += 2) {
+                const int qq = q + 2 <= P ? q : P - 2;
+                int32_t t00 = 0, t01 = 0, t10 = 0, t11 = 0;
+                const int8_t *d = dn + qq;
+                const uint32_t *wq = wp, *we = wp + Co;
+                for (; wq < we; wq += 2, d += 2 * (size_t)P) {
+                    uint16_t a, b;
+                    memcpy(&a, d, 2);
+                    memcpy(&b, d + P, 2);
+                    const uint32_t v = a | (uint32_t)b << 16;
+                    const int16x2_t E0 = __sxtb16(v), E1 = q_sxtb16r8(v);
+                    const int16x2_t W0 = (int16x2_t)wq[0], W1 = (int16x2_t)wq[1];
+                    t00 = __smlad(W0, E0, t00); t01 = __smlad(W0, E1, t01);
+                    t10 = __smlad(W1, E0, t10); t11 = __smlad(W1, E1, t11);
+                }
+                if (qq == q) { q_put(r0 + q, t00, s, acc); q_put(r1 + q, t10, s, acc); }
+                q_put(r0 + qq + 1, t01, s, acc);
+                q_put(r1 + qq + 1, t11, s, acc);
+            }
+        }
+    }
+}
+#endif
+/* `wp`: 4 Co bytes of scratch for the paired path (NOTE [ Paired 1x1 input gradient ]), or 0 */
 static void q1_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx, int acc,
-                         int B, int Ci, int Co, int P) {
+                         int B, int Ci, int Co, int P, uint32_t *wp) {
+#if ET_DSP
+    if (wp && Ci % 2 == 0 && Co % 2 == 0 && P >= 2) {
+        q1_bwd_input_mm(dq, s, w, dx, acc, B, Ci, Co, P, wp);
+        return;
+    }
+#else
+    (void)wp;
+#endif
 #if ET_DSP
     if (Ci % 4 == 0) {  /* pixels past the last group of 4: one at a time */
         for (int n = 0; n < B; n++) {
@@ -1461,13 +1517,14 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
 }
 
 /* dx = s_g * sum w * dq for any conv, gathered per input element (exact int32 sums) */
+/* `pad`: the op's backward scratch (`backward_scratch_bytes`), 0 for none */
 static void qconv_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx, int acc,
-                            int B, int Ci, int H, int W, int Co, int Ho, int Wo, int K, int st,
-                            int p, int G) {
+                            int8_t *pad, int B, int Ci, int H, int W, int Co, int Ho, int Wo,
+                            int K, int st, int p, int G) {
     const int cig = Ci / G, cog = Co / G;
     if (s == 0) { q_zero(dx, acc, (size_t)B * Ci * H * W); return; }
     if (K == 1 && st == 1 && p == 0 && G == 1) {
-        q1_bwd_input(dq, s, w, dx, acc, B, Ci, Co, H * W);
+        q1_bwd_input(dq, s, w, dx, acc, B, Ci, Co, H * W, (uint32_t *)(void *)pad);
         return;
     }
     if (K == 3 && (st == 1 || st == 2) && p <= 2 && W + 2 <= Q_ROWMAX && Wo * st <= W + 2) {
