@@ -758,8 +758,11 @@ static inline ET_REAL et_abs(ET_REAL v) { return v < 0 ? -v : v; }
    bit patterns) times M, which rounds to the largest |dy * M|; dq by one multiply by
    127 / max and a rounding by the adder (+ 1.5 * 2^23: to nearest, ties to even, where the
    simulation rounds ties away from zero); the pool's dy is one value per channel */
+static inline uint32_t q_mk4(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static float qacc_quant_f(const float *dy, const qgap_dacc *gd, uint8_t *mask, const float *M,
                           int B, int C, int P) {
+    /* 4 mask / dq bytes per word where the bytes lie in a word's order (little-endian) */
+    const int P4 = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? P / 4 * 4 : 0;
     float mx = 0;
     for (int n = 0; n < B; n++)
     for (int c = 0; c < C; c++) {
@@ -767,17 +770,30 @@ static float qacc_quant_f(const float *dy, const qgap_dacc *gd, uint8_t *mask, c
         float m = 0;
         if (gd) {
             uint32_t any = 0;
-            for (int p = 0; p < P; p++) any |= mask[o + p];
+            int p = 0;
+            for (; p < P4; p += 4) any |= q_mk4(mask + o + p);
+            for (; p < P; p++) any |= mask[o + p];
             const float d = (float)gd->gp[(size_t)n * C + c] / (float)gd->P;
             m = any ? (d < 0 ? -d : d) : 0.0f;
         } else {
-            uint32_t mb = 0;
-            for (int p = 0; p < P; p++) {
+            uint32_t mb = 0;  /* the largest |dy| bits shifted left by 1 (no sign bit) */
+            int p = 0;
+            for (; p < P4; p += 4) {
+                const uint32_t m4 = q_mk4(mask + o + p);
+                for (int j = 0; j < 4; j++) {
+                    uint32_t u;
+                    memcpy(&u, dy + o + p + j, 4);
+                    u = (u << 1) & (uint32_t)((int32_t)(m4 << (31 - 8 * j)) >> 31);
+                    mb = u > mb ? u : mb;
+                }
+            }
+            for (; p < P; p++) {
                 uint32_t u;
                 memcpy(&u, dy + o + p, 4);
-                u &= 0x7FFFFFFFu & -(uint32_t)mask[o + p];
+                u = (u << 1) & -(uint32_t)mask[o + p];
                 mb = u > mb ? u : mb;
             }
+            mb >>= 1;
             memcpy(&m, &mb, 4);
         }
         const float a = m * (float)M[c];
@@ -790,19 +806,38 @@ static float qacc_quant_f(const float *dy, const qgap_dacc *gd, uint8_t *mask, c
     for (int c = 0; c < C; c++) {
         const size_t o = ((size_t)n * C + c) * P;
         const float Mr = (float)M[c] * r;
+        int p = 0;
         if (gd) {
             const float v = (float)gd->gp[(size_t)n * C + c] / (float)gd->P * Mr + 12582912.0f;
             uint32_t u;
             memcpy(&u, &v, 4);
             const int32_t q = (int32_t)(u - 0x4B400000u);
-            for (int p = 0; p < P; p++) dq[o + p] = (int8_t)(q & -(int32_t)mask[o + p]);
-        } else
-            for (int p = 0; p < P; p++) {
+            const uint32_t q4 = (uint32_t)(q & 0xFF) * 0x01010101u;
+            for (; p < P4; p += 4) {  /* 4 mask bytes of 0 / 1 -> 4 byte masks */
+                uint32_t m4 = q_mk4(mask + o + p);
+                m4 = q4 & (m4 * 0xFFu);
+                memcpy(dq + o + p, &m4, 4);
+            }
+            for (; p < P; p++) dq[o + p] = (int8_t)(q & -(int32_t)mask[o + p]);
+        } else {
+            /* the low byte of u is dq's (0x4B400000 has a zero low byte): 4 packed at a time */
+            for (; p < P4; p += 4) {
+                uint32_t u[4], m4 = q_mk4(mask + o + p);
+                for (int j = 0; j < 4; j++) {
+                    const float v = dy[o + p + j] * Mr + 12582912.0f;
+                    memcpy(&u[j], &v, 4);
+                }
+                m4 = ((u[0] & 0xFFu) | (u[1] & 0xFFu) << 8 | (u[2] & 0xFFu) << 16 | u[3] << 24)
+                     & (m4 * 0xFFu);
+                memcpy(dq + o + p, &m4, 4);
+            }
+            for (; p < P; p++) {
                 const float v = dy[o + p] * Mr + 12582912.0f;
                 uint32_t u;
                 memcpy(&u, &v, 4);
                 dq[o + p] = (int8_t)((int32_t)(u - 0x4B400000u) & -(int32_t)mask[o + p]);
             }
+        }
     }
     return mx / 127.0f;
 }
