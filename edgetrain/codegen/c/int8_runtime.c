@@ -520,9 +520,23 @@ static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
                 }
                 for (; k < Kt; k++)
                     col[k] = (uint32_t)__ssub16((int16x2_t)q_pack2(x0[off[k]], x1[off[k]]), zz);
-            } else {
-                q_mm_col(col, 0, src, zx, H, W, Ci, K, ih0, iw0, K4);
-                q_mm_col(col, 1, src, zx, H, W, Ci, K, ih1, iw1, K4);
+            } else {  /* a window in the padding: that column tap by tap, the other fast */
+                const int in0 = ih0 >= 0 && iw0 >= 0 && ih0 + K <= H && iw0 + K <= W;
+                const int in1 = ih1 >= 0 && iw1 >= 0 && ih1 + K <= H && iw1 + K <= W;
+                if (in0 || in1) {
+                    const int8_t *xi = src + (in0 ? ih0 * W + iw0 : ih1 * W + iw1);
+                    uint32_t *ci = col + (in0 ? 0 : 1);
+                    int k = 0;
+                    for (; k < K4; k += 2)
+                        ci[k] = (uint32_t)__ssub16(
+                            (int16x2_t)q_pack2(xi[off[k]], xi[off[k + 1]]), zz);
+                    for (; k < Kt; k++) {
+                        int16_t *c = (int16_t *)(void *)(col + k);
+                        c[in0 ? 0 : 1] = (int16_t)(xi[off[k]] - zx);
+                    }
+                }
+                if (!in0) q_mm_col(col, 0, src, zx, H, W, Ci, K, ih0, iw0, K4);
+                if (!in1) q_mm_col(col, 1, src, zx, H, W, Ci, K, ih1, iw1, K4);
             }
             for (int oc = 0; oc < Co; oc += 2) {
                 const int oc1 = oc + 1 < Co ? oc + 1 : oc;
