@@ -843,8 +843,15 @@ static __attribute__((noinline)) float qacc_quant_f(const float *dy, const qgap_
                     const float v = dy[o + p + j] * Mr + 12582912.0f;
                     memcpy(&u[j], &v, 4);
                 }
+#if ET_DSP
+                uint32_t pk = u[0];  /* bytes 1..3 inserted by BFI */
+                __asm__("bfi %0, %1, #8, #8\n\tbfi %0, %2, #16, #8\n\tbfi %0, %3, #24, #8"
+                        : "+r"(pk) : "r"(u[1]), "r"(u[2]), "r"(u[3]));
+                m4 = pk & (m4 * 0xFFu);
+#else
                 m4 = ((u[0] & 0xFFu) | (u[1] & 0xFFu) << 8 | (u[2] & 0xFFu) << 16 | u[3] << 24)
                      & (m4 * 0xFFu);
+#endif
                 memcpy(dq + o + p, &m4, 4);
             }
             for (; p < P; p++) {
