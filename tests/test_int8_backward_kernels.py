@@ -3,7 +3,8 @@ forward (NOTE [ Padded 3x3 forward ]) and the mat-mult forward (NOTE [ int8 mat-
 against integer sums in numpy: every weight-gradient and bias sum (read through the runtime's ET_GRAD_PROBE hook)
 and every input-gradient element, on the host (portable C) and on the Cortex-M4 under QEMU
 (the DSP's SMLAD paths), for 3x3 standard and depthwise convs at stride 1 and 2, 1x1 convs,
-a 5x5 conv (the generic path) and linear layers, at batch 1 and 2."""
+a 5x5 conv (the generic path) and linear layers, at batch 1 and 2; and qacc_quant's int8
+dq (float path on the Cortex-M4, 4 bytes per word) on values it quantises exactly."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ CONVS = [
     (1, 6, 9, 10, 6, 3, 2, 1, 6),
     (2, 5, 5, 7, 6, 1, 1, 0, 1),
     (1, 5, 5, 7, 3, 1, 1, 0, 1),
+    (2, 4, 4, 5, 6, 1, 1, 0, 1),
     (1, 1, 28, 28, 8, 3, 2, 1, 1),
     (1, 8, 14, 14, 16, 3, 2, 1, 1),
     (1, 16, 7, 7, 16, 3, 1, 1, 16),
@@ -32,10 +34,16 @@ CONVS = [
     (1, 2, 9, 9, 3, 5, 2, 2, 1),
 ]
 LINEARS = [(1, 37, 5), (2, 32, 10), (1, 784, 3)]  # (B, I, O)
+# qacc_quant (B, C, P, dy from a global average pool): P with and without a remainder of 4
+QACC = [(1, 3, 7, False), (2, 2, 49, False), (1, 2, 8, False), (1, 3, 9, True), (2, 2, 8, True)]
 
 
 def _ints(a) -> str:
     return ", ".join(str(int(v)) for v in np.asarray(a).reshape(-1))
+
+
+def _reals(a) -> str:
+    return ", ".join(repr(float(v)) for v in np.asarray(a).reshape(-1))
 
 
 def _forward_oracle(x, zx, w, bias, s, p, groups):
@@ -148,7 +156,7 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         static int8_t w[] = {{{_ints(w)}}};
         static int32_t b[{co}];
         static ET_REAL dx[{x.size}];
-        qconv_bwd_input(dq, (ET_REAL)1, w, dx, 0, {dims});
+        qconv_bwd_input(dq, (ET_REAL)1, w, dx, 0, pad, {dims});
         et_i32("dx{i}", 0, dx, {x.size});
         probe_on(w, {w.size}, b, {co});
         qconv_update(dq, (ET_REAL)1, x, {zx}, w, b, one, one, (ET_REAL)1e-3, pad, {dims});
@@ -210,7 +218,40 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         et_i32("lgw{i}", probe_w, 0, {w.size});
         et_i32("lgb{i}", probe_b, 0, {n_out});
     }}""")
+    for i, (b, c, p, pooled) in enumerate(QACC):
+        blocks.append(_qacc_block(rng, i, b, c, p, pooled, want))
     return "".join(blocks), want
+
+
+def _qacc_block(rng, i: int, b: int, c: int, p: int, pooled: bool, want: dict) -> str:
+    """qacc_quant on dy (or a pool's dy) of k / 16 where not clamped (|k| <= 127, one 127: s_g
+    = 1 / 16, dq = k exactly, no ties) and of large values where clamped (they must be 0)."""
+    mask = (rng.random((b, c, p)) < 0.8).astype(np.int64)
+    k = rng.integers(-127, 128, (b, c) if pooled else (b, c, p))
+    k.reshape(-1)[0] = 127
+    mask[0, 0, 0] = 1
+    want[f"qd{i}"] = (k[..., None] if pooled else k) * mask
+    want[f"qs{i}"] = [127]
+    if pooled:
+        src = f"static const ET_REAL gp[] = {{{_reals(k * p / 16)}}}; const qgap_dacc gd = {{gp, {p}}};"
+        dy, gd = "0", "&gd"
+    else:
+        big = rng.choice([-1, 1], k.shape) * rng.integers(200, 5000, k.shape)
+        src = f"static const ET_REAL dy[] = {{{_reals(np.where(mask == 1, k / 16, big))}}};"
+        dy, gd = "dy", "0"
+    n = b * c * p
+    return f"""
+    {{
+        {src}
+        static uint8_t mask[] = {{{_ints(mask)}}};
+        static const ET_REAL M[] = {{{_reals(np.ones(c))}}};
+        static int32_t qi[{n}];
+        const ET_REAL s = qacc_quant({dy}, {gd}, mask, M, {b}, {c}, {p});
+        for (int j = 0; j < {n}; j++) qi[j] = ((const int8_t *)mask)[j];
+        et_i32("qd{i}", qi, 0, {n});
+        const int32_t sv = (int32_t)(s * 127 * 16 + (ET_REAL)0.5);
+        et_i32("qs{i}", &sv, 0, 1);
+    }}"""
 
 
 def _outputs(tmp_path, target: str, calls: str) -> dict[str, np.ndarray]:

@@ -320,7 +320,8 @@ def _weighted_bwd(em: Int8Emitter, op, *, prefix: str) -> list[str]:
     )
     if op.input in lay.rg:
         g, acc = em.dx(op.input)
-        out.append(f"{prefix}_bwd_input({dq}, s_g, {i.sym}_w, {g}, {acc}, {i.dims});")
+        pad = f"{em.A_or_0('p:' + op.name, 'int8_t')}, " if prefix == "qconv" else ""
+        out.append(f"{prefix}_bwd_input({dq}, s_g, {i.sym}_w, {g}, {acc}, {pad}{i.dims});")
     if i.trainable:
         pad = f"{em.A_or_0('p:' + op.name, 'int8_t')}, " if prefix == "qconv" else ""
         out.append(

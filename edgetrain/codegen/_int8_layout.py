@@ -35,6 +35,10 @@ NOTE [ int8 SRAM of the C trainer ]
       and Ho x Wo words of a tap pair's rows (`weight_grad_scratch_bytes`, NOTE [ int8
       mat-mult weight gradient ] in int8_runtime.c); a trainable one-group 1x1 (stride 1, at
       least 2 input channels) has `p:<op>` too: Ho x Wo words of an input channel pair's rows;
+      a one-group 1x1 (stride 1, no padding) whose input gradient runs has a `p:<op>` of at
+      least its weights' 16-bit output-channel pairs for a group of input channels
+      (`input_grad_scratch_bytes`, NOTE [ Paired 1x1 input gradient ]): the input gradient
+      and the weight gradient run one after the other, so they share it (the larger size);
       `f:<op>` the forward scratch of a trainable conv, live at its forward step
       (`forward_scratch_bytes`): for a one-group 3x3 (stride 1 or 2) or 1x1 the mat-mult
       kernel's tap offsets and two columns, 8 Ci K^2 bytes (NOTE [ int8 mat-mult forward ] in
@@ -535,9 +539,11 @@ def _weighted_bwd_uses(p: _Program, op, s: int, use: _Uses) -> None:
         use("g:" + gap.output, s, p.numel[gap.output] * p.real)
     if op.name in p.trainable:
         use("a:" + op.input, s, p.numel[op.input])
-        pb = weight_grad_scratch_bytes(op, p.T[op.input].shape, p.T[op.output].shape)
-        if pb:
-            use("p:" + op.name, s, pb)
+    pb = backward_scratch_bytes(
+        op, p.T[op.input].shape, p.T[op.output].shape, op.name in p.trainable, op.input in p.rg
+    )
+    if pb:
+        use("p:" + op.name, s, pb)
     if op.input in p.rg:
         use("g:" + op.input, s, p.numel[op.input] * p.real)
 
@@ -590,6 +596,23 @@ def weight_grad_scratch_bytes(op, in_shape, out_shape) -> int:
         return pb
     planes = (2 if in_shape[0] > 1 else 1) * ((pb + 3) // 4 * 4)
     return planes + 8 * out_shape[1] * out_shape[2] + 8 * out_shape[0]
+
+
+def input_grad_scratch_bytes(op, out_shape) -> int:
+    """The input-gradient scratch of a 1x1 conv (one group, stride 1, no padding): its weights
+    as 16-bit output-channel pairs for one input-channel pair, 4 Co bytes (NOTE [ Paired 1x1
+    input gradient ], int8_runtime.c); 0 for other ops."""
+    if type(op).__name__ != "QConv2d" or op.weight.shape[-1] != 1 or op.groups != 1:
+        return 0
+    return 4 * out_shape[0] if op.stride == 1 and op.padding == 0 else 0
+
+
+def backward_scratch_bytes(op, in_shape, out_shape, trainable: bool, input_grad: bool) -> int:
+    """The backward scratch `p:<op>`, shared by the input gradient and the weight gradient
+    that run one after the other: the larger of the two that run."""
+    wb = weight_grad_scratch_bytes(op, in_shape, out_shape) if trainable else 0
+    ib = input_grad_scratch_bytes(op, out_shape) if input_grad else 0
+    return max(wb, ib)
 
 
 def _add_bwd_uses(p: _Program, op, s: int, use: _Uses) -> None:

@@ -204,7 +204,7 @@ def _int8_conv(c: ConvShape) -> list[KernelCase]:
     roles = (
         ("forward", fwd, f"QX, -3, QW, QB, M0, SH, 5, -128, 127, QY, MASK, QS, {d}"),
         ("weight-gradient", "qconv_update", f"QD, 1e-3f, QX, -3, QW, QB, IW, IB, 0.01f, QY, {d}"),
-        ("input-gradient", "qconv_bwd_input", f"QD, 1e-3f, QW, GDX, 0, {d}"),
+        ("input-gradient", "qconv_bwd_input", f"QD, 1e-3f, QW, GDX, 0, QY, {d}"),
     )
     return [KernelCase(c.name, "int8", r, k, a, c.macs) for r, k, a in roles]
 

@@ -370,7 +370,7 @@ _MAC_KERNELS: dict[str, tuple[int, int | None, object]] = {
     "qconv_fwd": (11, None, _qconv_macs),
     "qconv3_fwd": (12, None, _qconv_macs),
     "qconv_mm_fwd": (12, None, _qconv_macs),
-    "qconv_bwd_input": (5, None, _qconv_macs),
+    "qconv_bwd_input": (6, None, _qconv_macs),
     "qconv_update": (10, None, _qconv_macs),
     "qlinear_fwd": (11, None, lambda a: a[0] * a[1] * a[2]),
     "qlinear_bwd_input": (5, None, lambda a: a[0] * a[1] * a[2]),

@@ -520,9 +520,23 @@ static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
                 }
                 for (; k < Kt; k++)
                     col[k] = (uint32_t)__ssub16((int16x2_t)q_pack2(x0[off[k]], x1[off[k]]), zz);
-            } else {
-                q_mm_col(col, 0, src, zx, H, W, Ci, K, ih0, iw0, K4);
-                q_mm_col(col, 1, src, zx, H, W, Ci, K, ih1, iw1, K4);
+            } else {  /* a window in the padding: that column tap by tap, the other fast */
+                const int in0 = ih0 >= 0 && iw0 >= 0 && ih0 + K <= H && iw0 + K <= W;
+                const int in1 = ih1 >= 0 && iw1 >= 0 && ih1 + K <= H && iw1 + K <= W;
+                if (in0 || in1) {
+                    const int8_t *xi = src + (in0 ? ih0 * W + iw0 : ih1 * W + iw1);
+                    uint32_t *ci = col + (in0 ? 0 : 1);
+                    int k = 0;
+                    for (; k < K4; k += 2)
+                        ci[k] = (uint32_t)__ssub16(
+                            (int16x2_t)q_pack2(xi[off[k]], xi[off[k + 1]]), zz);
+                    for (; k < Kt; k++) {
+                        int16_t *c = (int16_t *)(void *)(col + k);
+                        c[in0 ? 0 : 1] = (int16_t)(xi[off[k]] - zx);
+                    }
+                }
+                if (!in0) q_mm_col(col, 0, src, zx, H, W, Ci, K, ih0, iw0, K4);
+                if (!in1) q_mm_col(col, 1, src, zx, H, W, Ci, K, ih1, iw1, K4);
             }
             for (int oc = 0; oc < Co; oc += 2) {
                 const int oc1 = oc + 1 < Co ? oc + 1 : oc;
@@ -758,8 +772,13 @@ static inline ET_REAL et_abs(ET_REAL v) { return v < 0 ? -v : v; }
    bit patterns) times M, which rounds to the largest |dy * M|; dq by one multiply by
    127 / max and a rounding by the adder (+ 1.5 * 2^23: to nearest, ties to even, where the
    simulation rounds ties away from zero); the pool's dy is one value per channel */
-static float qacc_quant_f(const float *dy, const qgap_dacc *gd, uint8_t *mask, const float *M,
-                          int B, int C, int P) {
+static inline uint32_t q_mk4(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+/* out of line: inlined into the step, its loops spilled (measured: 1.9 k more per step) */
+static __attribute__((noinline)) float qacc_quant_f(const float *dy, const qgap_dacc *gd,
+                                                    uint8_t *mask, const float *M, int B,
+                                                    int C, int P) {
+    /* 4 mask / dq bytes per word where the bytes lie in a word's order (little-endian) */
+    const int P4 = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? P / 4 * 4 : 0;
     float mx = 0;
     for (int n = 0; n < B; n++)
     for (int c = 0; c < C; c++) {
@@ -767,17 +786,30 @@ static float qacc_quant_f(const float *dy, const qgap_dacc *gd, uint8_t *mask, c
         float m = 0;
         if (gd) {
             uint32_t any = 0;
-            for (int p = 0; p < P; p++) any |= mask[o + p];
+            int p = 0;
+            for (; p < P4; p += 4) any |= q_mk4(mask + o + p);
+            for (; p < P; p++) any |= mask[o + p];
             const float d = (float)gd->gp[(size_t)n * C + c] / (float)gd->P;
             m = any ? (d < 0 ? -d : d) : 0.0f;
         } else {
-            uint32_t mb = 0;
-            for (int p = 0; p < P; p++) {
+            uint32_t mb = 0;  /* the largest |dy| bits shifted left by 1 (no sign bit) */
+            int p = 0;
+            for (; p < P4; p += 4) {
+                const uint32_t m4 = q_mk4(mask + o + p);
+                for (int j = 0; j < 4; j++) {
+                    uint32_t u;
+                    memcpy(&u, dy + o + p + j, 4);
+                    u = (u << 1) & (uint32_t)((int32_t)(m4 << (31 - 8 * j)) >> 31);
+                    mb = u > mb ? u : mb;
+                }
+            }
+            for (; p < P; p++) {
                 uint32_t u;
                 memcpy(&u, dy + o + p, 4);
-                u &= 0x7FFFFFFFu & -(uint32_t)mask[o + p];
+                u = (u << 1) & -(uint32_t)mask[o + p];
                 mb = u > mb ? u : mb;
             }
+            mb >>= 1;
             memcpy(&m, &mb, 4);
         }
         const float a = m * (float)M[c];
@@ -790,19 +822,45 @@ static float qacc_quant_f(const float *dy, const qgap_dacc *gd, uint8_t *mask, c
     for (int c = 0; c < C; c++) {
         const size_t o = ((size_t)n * C + c) * P;
         const float Mr = (float)M[c] * r;
+        int p = 0;
         if (gd) {
             const float v = (float)gd->gp[(size_t)n * C + c] / (float)gd->P * Mr + 12582912.0f;
             uint32_t u;
             memcpy(&u, &v, 4);
             const int32_t q = (int32_t)(u - 0x4B400000u);
-            for (int p = 0; p < P; p++) dq[o + p] = (int8_t)(q & -(int32_t)mask[o + p]);
-        } else
-            for (int p = 0; p < P; p++) {
+            const uint32_t q4 = (uint32_t)(q & 0xFF) * 0x01010101u;
+            for (; p < P4; p += 4) {  /* 4 mask bytes of 0 / 1 -> 4 byte masks */
+                uint32_t m4 = q_mk4(mask + o + p);
+                m4 = q4 & (m4 * 0xFFu);
+                memcpy(dq + o + p, &m4, 4);
+            }
+            for (; p < P; p++) dq[o + p] = (int8_t)(q & -(int32_t)mask[o + p]);
+        } else {
+            /* the low byte of u is dq's (0x4B400000 has a zero low byte): 4 packed at a time */
+            for (; p < P4; p += 4) {
+                uint32_t u[4], m4 = q_mk4(mask + o + p);
+                for (int j = 0; j < 4; j++) {
+                    const float v = dy[o + p + j] * Mr + 12582912.0f;
+                    memcpy(&u[j], &v, 4);
+                }
+#if ET_DSP
+                uint32_t pk = u[0];  /* bytes 1..3 inserted by BFI */
+                __asm__("bfi %0, %1, #8, #8\n\tbfi %0, %2, #16, #8\n\tbfi %0, %3, #24, #8"
+                        : "+r"(pk) : "r"(u[1]), "r"(u[2]), "r"(u[3]));
+                m4 = pk & (m4 * 0xFFu);
+#else
+                m4 = ((u[0] & 0xFFu) | (u[1] & 0xFFu) << 8 | (u[2] & 0xFFu) << 16 | u[3] << 24)
+                     & (m4 * 0xFFu);
+#endif
+                memcpy(dq + o + p, &m4, 4);
+            }
+            for (; p < P; p++) {
                 const float v = dy[o + p] * Mr + 12582912.0f;
                 uint32_t u;
                 memcpy(&u, &v, 4);
                 dq[o + p] = (int8_t)((int32_t)(u - 0x4B400000u) & -(int32_t)mask[o + p]);
             }
+        }
     }
     return mx / 127.0f;
 }
@@ -1276,8 +1334,64 @@ Q_AI void q1_bi_tile(const int8_t *dn, const int8_t *w, int Ci, int Co, int P, i
     t[0] = t0; t[1] = t1; t[2] = t2; t[3] = t3; t[4] = u0; t[5] = u1; t[6] = u2; t[7] = u3;
 }
 #endif
+#if ET_DSP
+/* NOTE [ Paired 1x1 input gradient ]
+   dx[ic][q] = s_g sum_oc w[oc][ic] dq[oc][q] with SMLAD over output-channel pairs (batch any,
+   Ci and Co even, P >= 2): per input-channel pair the weights (w[oc][ic], w[oc+1][ic]) and
+   (w[oc][ic+1], w[oc+1][ic+1]) are gathered once as 16-bit pairs into `wp` (4 Co bytes of the
+   op's backward scratch `p:`, `backward_scratch_bytes` in _int8_layout.py); per pixel pair and
+   output-channel pair two halfword loads of dq rows oc and oc + 1 give (dq[oc][q],
+   dq[oc+1][q]) and (dq[oc][q+1], dq[oc+1][q+1]) by SXTB16 and SXTB16 ROR 8; 4 SMLAD sum the
+   2 x 2 tile. An odd P ends with the pair (P - 2, P - 1), stored at P - 1 only. Same exact
+   int32 sums as the portable loop. */
+static void q1_bwd_input_mm(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx,
+                            int acc, int B, int Ci, int Co, int P, uint32_t *wp) {
+    for (int ic = 0; ic < Ci; ic += 2) {
+        for (int oc = 0; oc < Co; oc += 2) {
+            uint16_t a, b;
+            memcpy(&a, w + (size_t)oc * Ci + ic, 2);
+            memcpy(&b, w + (size_t)(oc + 1) * Ci + ic, 2);
+            const uint32_t v = a | (uint32_t)b << 16;
+            wp[oc] = (uint32_t)__sxtb16(v);
+            wp[oc + 1] = (uint32_t)q_sxtb16r8(v);
+        }
+        for (int n = 0; n < B; n++) {
+            const int8_t *dn = dq + (size_t)n * Co * P;
+            ET_REAL *r0 = dx + ((size_t)n * Ci + ic) * P, *r1 = r0 + P;
+            for (int q = 0; q < P; q += 2) {
+                const int qq = q + 2 <= P ? q : P - 2;
+                int32_t t00 = 0, t01 = 0, t10 = 0, t11 = 0;
+                const int8_t *d = dn + qq;
+                const uint32_t *wq = wp, *we = wp + Co;
+                for (; wq < we; wq += 2, d += 2 * (size_t)P) {
+                    uint16_t a, b;
+                    memcpy(&a, d, 2);
+                    memcpy(&b, d + P, 2);
+                    const uint32_t v = a | (uint32_t)b << 16;
+                    const int16x2_t E0 = __sxtb16(v), E1 = q_sxtb16r8(v);
+                    const int16x2_t W0 = (int16x2_t)wq[0], W1 = (int16x2_t)wq[1];
+                    t00 = __smlad(W0, E0, t00); t01 = __smlad(W0, E1, t01);
+                    t10 = __smlad(W1, E0, t10); t11 = __smlad(W1, E1, t11);
+                }
+                if (qq == q) { q_put(r0 + q, t00, s, acc); q_put(r1 + q, t10, s, acc); }
+                q_put(r0 + qq + 1, t01, s, acc);
+                q_put(r1 + qq + 1, t11, s, acc);
+            }
+        }
+    }
+}
+#endif
+/* `wp`: 4 Co bytes of scratch for the paired path (NOTE [ Paired 1x1 input gradient ]), or 0 */
 static void q1_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx, int acc,
-                         int B, int Ci, int Co, int P) {
+                         int B, int Ci, int Co, int P, uint32_t *wp) {
+#if ET_DSP
+    if (wp && Ci % 2 == 0 && Co % 2 == 0 && P >= 2) {
+        q1_bwd_input_mm(dq, s, w, dx, acc, B, Ci, Co, P, wp);
+        return;
+    }
+#else
+    (void)wp;
+#endif
 #if ET_DSP
     if (Ci % 4 == 0) {  /* pixels past the last group of 4: one at a time */
         for (int n = 0; n < B; n++) {
@@ -1461,13 +1575,14 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
 }
 
 /* dx = s_g * sum w * dq for any conv, gathered per input element (exact int32 sums) */
+/* `pad`: the op's backward scratch (`backward_scratch_bytes`), 0 for none */
 static void qconv_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx, int acc,
-                            int B, int Ci, int H, int W, int Co, int Ho, int Wo, int K, int st,
-                            int p, int G) {
+                            int8_t *pad, int B, int Ci, int H, int W, int Co, int Ho, int Wo,
+                            int K, int st, int p, int G) {
     const int cig = Ci / G, cog = Co / G;
     if (s == 0) { q_zero(dx, acc, (size_t)B * Ci * H * W); return; }
     if (K == 1 && st == 1 && p == 0 && G == 1) {
-        q1_bwd_input(dq, s, w, dx, acc, B, Ci, Co, H * W);
+        q1_bwd_input(dq, s, w, dx, acc, B, Ci, Co, H * W, (uint32_t *)(void *)pad);
         return;
     }
     if (K == 3 && (st == 1 || st == 2) && p <= 2 && W + 2 <= Q_ROWMAX && Wo * st <= W + 2) {
