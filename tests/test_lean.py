@@ -74,6 +74,16 @@ def _plain_sgd(model, plan, x, y, steps, lr):
     return m
 
 
+def _trained_and_oracle(model, plan, xb, yb, steps: int):
+    """A copy of `model` after `steps` Trainer steps of `plan` (lr 0.1), and the plain
+    PyTorch SGD oracle's copy after the same steps."""
+    ours = copy.deepcopy(model)
+    with Trainer(ours, plan, lr=0.1) as t:
+        for _ in range(steps):
+            t.step(xb, yb)
+    return ours, _plain_sgd(model, plan, xb, yb, steps, 0.1)
+
+
 def _plan(model, x, policy, batch, device="rpi4", **kw):
     return edgetrain.plan(
         model,
@@ -405,12 +415,8 @@ def test_recomputed_stages_rerun_lean_and_stay_exact():
     )  # fmt: skip
     g = torch.Generator().manual_seed(1)
     xb, yb = torch.randn(8, *x.shape[1:], generator=g), torch.randint(0, 10, (8,), generator=g)
-    ours = copy.deepcopy(model)
     # Execute
-    with Trainer(ours, plan, lr=0.1) as t:
-        for _ in range(2):
-            t.step(xb, yb)
-    oracle = _plain_sgd(model, plan, xb, yb, 2, 0.1)
+    ours, oracle = _trained_and_oracle(model, plan, xb, yb, steps=2)
     measured = PYTORCH_RUNNER.measured_peak_bytes(StepRequest(copy.deepcopy(model), plan, xb, yb))
     # Assert
     assert plan.lean_backward and any(s.decision.value == "recompute" for s in plan.stages)
@@ -487,12 +493,8 @@ def test_in_place_and_chunked_gradients_match_plain_pytorch_and_the_allocator(
     calls: list[bool] = []
     real_owned = lean_mod.owned
     monkeypatch.setattr(lean_mod, "owned", lambda t: calls.append(real_owned(t)) or calls[-1])
-    ours = copy.deepcopy(model)
     # Execute
-    with Trainer(ours, plan, lr=0.1) as t:
-        for _ in range(2):
-            t.step(xb, yb)
-    oracle = _plain_sgd(model, plan, xb, yb, 2, 0.1)
+    ours, oracle = _trained_and_oracle(model, plan, xb, yb, steps=2)
     plain = Plan.from_dict({**plan.to_dict(), "lean_backward": False, "plain_activations": []})
     measured = {
         p.lean_backward: PYTORCH_RUNNER.measured_peak_bytes(
@@ -535,12 +537,8 @@ def test_even_kernel_same_padding_runs_lean_as_captured():
     plan = _plan(model, x, "bias-only", 8, name="even-same")
     g = torch.Generator().manual_seed(1)
     xb, yb = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 4, (8,), generator=g)
-    ours = copy.deepcopy(model)
     # Execute
-    with Trainer(ours, plan, lr=0.1) as t:
-        for _ in range(2):
-            t.step(xb, yb)
-    oracle = _plain_sgd(model, plan, xb, yb, 2, 0.1)
+    ours, oracle = _trained_and_oracle(model, plan, xb, yb, steps=2)
     measured = PYTORCH_RUNNER.measured_peak_bytes(StepRequest(copy.deepcopy(model), plan, xb, yb))
     # Assert: lean, plain PyTorch's parameters bit for bit, and the allocator's peak
     assert plan.lean_backward

@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -146,39 +148,6 @@ class _MaskedActivationInPlace(_MaskedActivation):
         return x
 
 
-def _overwrite(x, fn_, predicate, negative_slope=None, inplace=False):
-    """The in-place lean activation where `x` is a lean frozen convolution's or batch norm's
-    result (their backward never reads it); None otherwise."""
-    if inplace or not x.requires_grad or not x.is_contiguous() or not x.is_floating_point():
-        return None
-    if type(x.grad_fn) not in _LEAN_RESULTS:
-        return None
-    return _MaskedActivationInPlace.apply(x, fn_, predicate, negative_slope)
-
-
-def _relu_over(input, inplace=False):
-    return _overwrite(input, torch.relu_, _relu_mask, inplace=inplace)
-
-
-def _tensor_relu_over(self):
-    return _relu_over(self)
-
-
-def _relu6_over(input, inplace=False):
-    fn_ = lambda t: F.hardtanh_(t, 0.0, 6.0)  # noqa: E731
-    return _overwrite(input, fn_, _hardtanh_mask(0.0, 6.0), inplace=inplace)
-
-
-def _hardtanh_over(input, min_val=-1.0, max_val=1.0, inplace=False):
-    fn_ = lambda t: F.hardtanh_(t, min_val, max_val)  # noqa: E731
-    return _overwrite(input, fn_, _hardtanh_mask(min_val, max_val), inplace=inplace)
-
-
-def _leaky_relu_over(input, negative_slope=0.01, inplace=False):
-    fn_ = lambda t: F.leaky_relu_(t, negative_slope)  # noqa: E731
-    return _overwrite(input, fn_, _positive, negative_slope=negative_slope, inplace=inplace)
-
-
 def _relu_mask(x: torch.Tensor) -> torch.Tensor:
     return ~(x <= 0)  # threshold_backward: result <= 0 -> 0 (NaN passes)
 
@@ -194,32 +163,57 @@ def _positive(x: torch.Tensor) -> torch.Tensor:
     return x > 0  # leaky_relu_backward: self > 0 ? grad : grad * negval
 
 
-def _masked(x, fn, predicate, negative_slope=None, inplace=False):
-    if inplace or not x.requires_grad or not x.is_contiguous() or not x.is_floating_point():
-        return None
-    return _MaskedActivation.apply(x, fn, predicate, negative_slope)
+class _Activation(NamedTuple):
+    """One relu-family call: its input, the out-of-place and in-place functions, the
+    predicate its backward tests, leaky_relu's slope, and the model's own `inplace` flag."""
+
+    x: torch.Tensor
+    fn: Callable
+    fn_: Callable
+    predicate: Callable
+    negative_slope: float | None = None
+    inplace: bool = False
 
 
-def _relu(input, inplace=False):
-    return _masked(input, torch.relu, _relu_mask, inplace=inplace)
+def _relu_call(input, inplace=False) -> _Activation:
+    return _Activation(input, torch.relu, torch.relu_, _relu_mask, inplace=inplace)
 
 
-def _tensor_relu(self):
-    return _relu(self)
+def _relu6_call(input, inplace=False) -> _Activation:
+    fn_ = lambda t: F.hardtanh_(t, 0.0, 6.0)  # noqa: E731
+    return _Activation(input, F.relu6, fn_, _hardtanh_mask(0.0, 6.0), inplace=inplace)
 
 
-def _relu6(input, inplace=False):
-    return _masked(input, F.relu6, _hardtanh_mask(0.0, 6.0), inplace=inplace)
-
-
-def _hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False):
+def _hardtanh_call(input, min_val=-1.0, max_val=1.0, inplace=False) -> _Activation:
     fn = lambda t: F.hardtanh(t, min_val, max_val)  # noqa: E731
-    return _masked(input, fn, _hardtanh_mask(min_val, max_val), inplace=inplace)
+    fn_ = lambda t: F.hardtanh_(t, min_val, max_val)  # noqa: E731
+    return _Activation(input, fn, fn_, _hardtanh_mask(min_val, max_val), inplace=inplace)
 
 
-def _leaky_relu(input, negative_slope=0.01, inplace=False):
+def _leaky_relu_call(input, negative_slope=0.01, inplace=False) -> _Activation:
     fn = lambda t: F.leaky_relu(t, negative_slope)  # noqa: E731
-    return _masked(input, fn, _positive, negative_slope=negative_slope, inplace=inplace)
+    fn_ = lambda t: F.leaky_relu_(t, negative_slope)  # noqa: E731
+    return _Activation(input, fn, fn_, _positive, negative_slope, inplace)
+
+
+def _activation_handler(call, overwrite: bool):
+    """The lean handler of one relu-family function (`call` reads its arguments): a packed
+    mask, and with `overwrite` the in-place variant where the input is a lean frozen
+    convolution's or batch norm's result (NOTE [ Lean in-place activations ]); None where
+    the rule does not apply."""
+
+    def handler(*args, **kwargs):
+        a = call(*args, **kwargs)
+        x = a.x
+        if a.inplace or not x.requires_grad or not x.is_contiguous() or not x.is_floating_point():
+            return None
+        if not overwrite:
+            return _MaskedActivation.apply(x, a.fn, a.predicate, a.negative_slope)
+        if type(x.grad_fn) not in _LEAN_RESULTS:
+            return None
+        return _MaskedActivationInPlace.apply(x, a.fn_, a.predicate, a.negative_slope)
+
+    return handler
 
 
 class _Dropout(torch.autograd.Function):
@@ -671,27 +665,21 @@ _HANDLERS = {
     F.avg_pool2d: _avg_pool2d,
     F.avg_pool1d: _avg_pool1d,
 }
-_ACTIVATIONS = {
-    F.relu: _relu,
-    torch.relu: _relu,
-    torch.Tensor.relu: _tensor_relu,
-    F.relu6: _relu6,
-    F.hardtanh: _hardtanh,
-    F.leaky_relu: _leaky_relu,
+_ACTIVATION_CALLS = {
+    F.relu: _relu_call,
+    torch.relu: _relu_call,
+    torch.Tensor.relu: _relu_call,
+    F.relu6: _relu6_call,
+    F.hardtanh: _hardtanh_call,
+    F.leaky_relu: _leaky_relu_call,
 }
+_ACTIVATIONS = {f: _activation_handler(c, False) for f, c in _ACTIVATION_CALLS.items()}
 _LEAN_RESULTS = (
     _FrozenConv._backward_cls,
     _FrozenBatchNorm._backward_cls,
     _FrozenBatchNormInPlace._backward_cls,
 )
-_IN_PLACE = {
-    F.relu: _relu_over,
-    torch.relu: _relu_over,
-    torch.Tensor.relu: _tensor_relu_over,
-    F.relu6: _relu6_over,
-    F.hardtanh: _hardtanh_over,
-    F.leaky_relu: _leaky_relu_over,
-}
+_IN_PLACE = {f: _activation_handler(c, True) for f, c in _ACTIVATION_CALLS.items()}
 
 
 class LeanBackward(TorchFunctionMode):
