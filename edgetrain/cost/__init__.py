@@ -12,6 +12,7 @@ from edgetrain.cost._device import (
     format_device_table,
     load_device,
 )
+from edgetrain.cost._chunk import chunk_graph, chunkable_segments, segment_ranges
 from edgetrain.cost._lean import CHUNK_BYTES, conv_chunk, frozen_conv_chunk
 from edgetrain.cost._memory import (
     MemoryBreakdown,
@@ -55,6 +56,8 @@ __all__ = [
     "TimelinePoint",
     "TrainingCost",
     "catalog",
+    "chunk_graph",
+    "chunkable_segments",
     "conv_chunk",
     "conv_signature",
     "is_profiled",
@@ -67,6 +70,7 @@ __all__ = [
     "lean_saves_anything",
     "plain_activation_sites",
     "schedule_traffic",
+    "segment_ranges",
     "simulate_step",
     "training_cost",
     "workspace_bytes",

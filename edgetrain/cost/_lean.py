@@ -130,14 +130,21 @@ def is_dropout_mask_product(node: Node) -> bool:
     return node.op is OpKind.MUL and node.attr("composite_op") in _DROPOUT_OPS
 
 
+def site_key(node: Node) -> str:
+    """The module call a node's site counts in: its module, per chunk inside a chunked
+    segment (NOTE [ Sample-chunked frozen segments ] in cost/_chunk.py)."""
+    chunk = node.attr("chunk")
+    return node.module if chunk is None else f"{node.module}@{chunk[1]}"
+
+
 def activation_sites(graph: Graph) -> dict[int, str]:
     """Node index -> site (`module#k`) of every relu-family node (NOTE above)."""
     counts: dict[str, int] = {}
     out: dict[int, str] = {}
     for i, n in enumerate(graph.nodes):
         if is_masked_activation(n):
-            k = counts.get(n.module, 0)
-            counts[n.module] = k + 1
+            k = counts.get(site_key(n), 0)
+            counts[site_key(n)] = k + 1
             out[i] = f"{n.module}#{k}"
     return out
 
@@ -149,8 +156,8 @@ def batch_norm_sites(graph: Graph) -> dict[int, str]:
     out: dict[int, str] = {}
     for i, n in enumerate(graph.nodes):
         if n.op is OpKind.BATCH_NORM:
-            k = counts.get(n.module, 0)
-            counts[n.module] = k + 1
+            k = counts.get(site_key(n), 0)
+            counts[site_key(n)] = k + 1
             out[i] = f"{n.module}#bn{k}"
     return out
 

@@ -73,6 +73,7 @@ import enum
 import math
 from dataclasses import dataclass
 
+from edgetrain.cost._chunk import ENTER, LEAVE, chunk_graph, segment_ranges
 from edgetrain.cost._lean import (
     LeanSaves,
     activation_sites,
@@ -233,6 +234,7 @@ class Schedule:
     lean_backward: bool = False  # NOTE [ Lean saved tensors ] (runtime: NOTE [ Lean backward ])
     plain_activations: frozenset[str] = frozenset()  # sites that keep plain PyTorch's save
     in_place_activations: frozenset[str] = frozenset()  # NOTE [ Lean in-place activations ]
+    chunked_segments: tuple[tuple[str, int], ...] = ()  # NOTE [ Sample-chunked frozen segments ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +256,8 @@ def simulate_step(
 ) -> MemorySimulation:
     """Simulate one training step of `graph` (see NOTE [ What counts toward peak memory ])."""
     kernels = kernels if kernels is not None else KernelLibrary()
+    if schedule.chunked_segments:
+        graph, schedule = _chunked(graph, schedule)
     if schedule.lean_backward and schedule.in_place_activations:
         graph = _alias_in_place(graph, schedule.in_place_activations)
     first = _simulate(graph, Optimizer.parse(optimizer), kernels, schedule, grads_at_start=False)
@@ -261,6 +265,31 @@ def simulate_step(
         return first
     later = _simulate(graph, Optimizer.parse(optimizer), kernels, schedule, grads_at_start=True)
     return later if later.peak_bytes > first.peak_bytes else first
+
+
+def _chunked(graph: Graph, schedule: Schedule) -> tuple[Graph, Schedule]:
+    """The graph with its chunked segments unrolled (NOTE [ Sample-chunked frozen segments ])
+    and the schedule's node indices moved with it; recomputation and paging never cover a
+    chunked segment (the planner keeps such stages)."""
+    if not schedule.lean_backward:
+        raise InvalidArgumentError("chunked segments run under lean backward only")
+    inside = {i for r in segment_ranges(graph, schedule.chunked_segments) for i in r}
+    covered = {i for a, b in schedule.recompute_segments for i in range(a, b)}
+    covered |= set(schedule.paged_nodes)
+    if inside & covered:
+        raise InvalidArgumentError(
+            f"nodes {sorted(inside & covered)[:5]} are both in a chunked segment and "
+            "recomputed or paged; a chunked segment's stage must be kept"
+        )
+    new, index = chunk_graph(graph, schedule.chunked_segments)
+    moved = dataclasses.replace(
+        schedule,
+        recompute_segments=tuple(
+            (index[a], index[b - 1] + 1) for a, b in schedule.recompute_segments
+        ),
+        paged_nodes=frozenset(index[i] for i in schedule.paged_nodes),
+    )
+    return new, moved
 
 
 def schedule_traffic(graph: Graph, schedule: Schedule) -> StepTraffic:
@@ -607,6 +636,7 @@ class _Step:
     plan: _SavedPlan
     live: _Live
     grads_at_start: bool
+    chunk_state: dict = dataclasses.field(default_factory=dict)  # chunked segments in backward
 
 
 def _simulate(
@@ -676,13 +706,24 @@ def _module_calls(module: str) -> list[str]:
     return [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
 
 
+def _call_keys(n: Node) -> list[tuple[str, str]]:
+    """(module path, call) of every module call node `n` runs inside; inside a chunked segment
+    each chunk calls the segment's submodules anew (NOTE [ Sample-chunked frozen segments ])."""
+    chunk = n.attr("chunk")
+    calls = _module_calls(n.module)
+    if chunk is None:
+        return [(c, c) for c in calls]
+    seg, k = chunk
+    return [(c, f"{c}@{k}" if c.startswith(seg + ".") else c) for c in calls]
+
+
 def _held_by_calls(graph: Graph, persistent) -> dict[str, int]:
     """Storage -> the last node of the latest module call it was passed into (NOTE [ Module
     arguments live until the call returns ])."""
     nodes = graph.nodes
     call_end: dict[str, int] = {}
     for i, n in enumerate(nodes):
-        for call in _module_calls(n.module):
+        for _, call in _call_keys(n):
             call_end[call] = i
     producer: dict[str, str] = {}
     for n in nodes:
@@ -696,8 +737,8 @@ def _held_by_calls(graph: Graph, persistent) -> dict[str, int]:
             if s in persistent:
                 continue
             made_in = producer.get(s)
-            for call in _module_calls(n.module):
-                if made_in is None or not (made_in == call or made_in.startswith(call + ".")):
+            for path, call in _call_keys(n):
+                if made_in is None or not (made_in == path or made_in.startswith(path + ".")):
                     held[s] = max(held.get(s, -1), call_end[call])
     return held
 
@@ -841,6 +882,9 @@ def _simulate_backward(step: _Step) -> None:
             for s in release_after.get(i, ()):
                 live.free(s)
             continue
+        if n.aten in (ENTER, LEAVE):
+            _chunk_boundary(step, grads, i)
+            continue
         # the node runs when a gradient reached any of its results (an LSTM layer's h_n alone)
         g_all = [grads.grad_of.pop(o, None) for o in (n.output, *n.attr("results", ()))]
         g_outs = [g for g in g_all if g is not None]
@@ -881,6 +925,45 @@ def _simulate_backward(step: _Step) -> None:
         for name, key in outgoing:
             grads.deliver(name, key)
             grads.release(key)
+
+
+def _chunk_boundary(step: _Step, grads: _GradBuffers, i: int) -> None:
+    """The backward of a chunked segment's `leave` and `enter` nodes (NOTE [ Sample-chunked
+    frozen segments ]): the last chunk's `leave` allocates the whole input gradient and hands
+    each chunk a view of the incoming gradient, held until the first chunk is done; each
+    `enter` copies its chunk's input gradient into its slot; the first chunk's hands the
+    whole input gradient on."""
+    graph, live = step.graph, step.live
+    n = graph.nodes[i]
+    seg, k = n.attr("chunk")
+    state = step.chunk_state
+    if n.aten == LEAVE:
+        g = grads.grad_of.pop(n.output, None)
+        if g is None:
+            return  # an earlier chunk's leave: the last one handed the gradient on
+        x = n.inputs[1]
+        grad_in = grads.new(graph.tensor(x).nbytes) if x in step.plan.rg else None
+        if grad_in is not None:
+            grads.refs[grad_in] += 1
+        state[seg] = (g, grad_in)
+        grads.viewed.add(g)
+        for m in graph.nodes[: i + 1]:
+            if m.aten == LEAVE and m.attr("chunk")[0] == seg:
+                grads.refs[g] += 1
+                grads.deliver(m.inputs[0], g)
+                grads.release(g)
+        live.mark(Phase.BACKWARD, n.name)
+        return
+    chunk_grad = grads.grad_of.pop(n.output, None)
+    if chunk_grad is not None:
+        live.mark(Phase.BACKWARD, n.name)  # copied into its slot
+        grads.release(chunk_grad)
+    if k == 0 and seg in state:
+        g, grad_in = state.pop(seg)
+        grads.release(g)
+        if grad_in is not None:
+            grads.deliver(n.inputs[0], grad_in)
+            grads.release(grad_in)
 
 
 # NOTE [ Gradients of a broadcast operand ]

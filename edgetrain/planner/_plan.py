@@ -150,6 +150,9 @@ class Plan:
     # paths; the Trainer adds them to a model that lacks them and merges them on exit
     lora_rank: int = 0
     lora_modules: tuple[str, ...] = ()
+    # (module path, samples per chunk) of the frozen segments that run a few samples at a time
+    # under lean backward (NOTE [ Sample-chunked frozen segments ] in cost/_chunk.py)
+    chunked_modules: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0 or self.micro_batch_size <= 0:
@@ -162,6 +165,13 @@ class Plan:
                 f"micro-batch size {self.micro_batch_size} must divide the batch size "
                 f"{self.batch_size}; pick a divisor"
             )
+        for module, chunk in self.chunked_modules:
+            if not self.lean_backward or chunk < 1 or self.micro_batch_size % chunk:
+                raise InvalidArgumentError(
+                    f"chunked module {module!r} runs {chunk} samples at a time: that needs "
+                    f"lean backward and a chunk dividing the micro-batch of "
+                    f"{self.micro_batch_size}; re-plan"
+                )
         if self.precision is Precision.INT8 and self.executor is not Executor.C:
             raise InvalidArgumentError(
                 "an int8 plan runs on the C executor (edgetrain compile --precision int8), not "
@@ -311,22 +321,24 @@ class _PlanReader:
         "in_place_update params stages predicted deadline_s freeze_batch_norm executor "
         "precision schema_version notes budget_forced model_sha256 loss input_shape input_dtype "
         "predicted_peak_bytes weight_decay schedule lean_backward plain_activations lora_rank "
-        "lora_modules in_place_activations"
+        "lora_modules in_place_activations chunked_modules"
     ).split()
     # fields a version-1 file may leave out (they had defaults then)
     _V1_OPTIONAL = frozenset(
         "deadline_s freeze_batch_norm executor precision notes budget_forced model_sha256 "
         "loss input_shape input_dtype predicted_peak_bytes weight_decay schedule "
-        "lean_backward plain_activations lora_rank lora_modules in_place_activations".split()
+        "lean_backward plain_activations lora_rank lora_modules in_place_activations "
+        "chunked_modules".split()
     )
     _V2_OPTIONAL = frozenset(
         "deadline_s loss input_shape input_dtype predicted_peak_bytes weight_decay schedule "
-        "lean_backward plain_activations lora_rank lora_modules in_place_activations".split()
+        "lean_backward plain_activations lora_rank lora_modules in_place_activations "
+        "chunked_modules".split()
     )
 
     _LATER = frozenset(  # optional in version 3 too: added without a version bump
         "deadline_s predicted_peak_bytes lean_backward plain_activations lora_rank "
-        "lora_modules in_place_activations".split()
+        "lora_modules in_place_activations chunked_modules".split()
     )
 
     def __init__(self, d: Any) -> None:
@@ -463,6 +475,7 @@ class _PlanReader:
             in_place_activations=self.sites(
                 d.get("in_place_activations", []), "in_place_activations"
             ),
+            chunked_modules=self.chunks(d.get("chunked_modules", [])),
             **self.lora(d.get("lora_rank", 0), d.get("lora_modules", [])),
             **self.input_spec(d.get("input_shape"), d.get("input_dtype")),
         )
@@ -481,6 +494,17 @@ class _PlanReader:
                 f"must name the adapted modules iff lora_rank > 0 ({r})",
             )
         return {"lora_rank": r, "lora_modules": names}
+
+    def chunks(self, v: Any) -> tuple[tuple[str, int], ...]:
+        """[[module path, samples per chunk], ...] (the plan checks the chunks divide the
+        micro-batch)."""
+        out = []
+        for i, item in enumerate(self.array(v, "chunked_modules")):
+            where = f"chunked_modules[{i}]"
+            if not isinstance(item, list) or len(item) != 2:
+                raise self.bad(where, item, "must be a [module path, samples per chunk] pair")
+            out.append((self.str_(item[0], where, limit=1024), self.int_(item[1], where, 1)))
+        return tuple(out)
 
     def sites(self, v: Any, where: str) -> tuple[str, ...]:
         items = self.array(v, where)

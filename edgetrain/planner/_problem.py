@@ -21,7 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from edgetrain.cost import KernelLibrary, Optimizer, Schedule, schedule_traffic, simulate_step
+from edgetrain.cost import (
+    KernelLibrary,
+    Optimizer,
+    Schedule,
+    schedule_traffic,
+    segment_ranges,
+    simulate_step,
+)
 from edgetrain.errors import InvalidArgumentError
 from edgetrain.ir import Graph, OpKind
 from edgetrain.planner._plan import ActivationDecision, Objective
@@ -70,6 +77,7 @@ class Problem:
     lean_backward: bool = False  # NOTE [ Lean saved tensors ] in cost/_lean.py
     plain_activations: frozenset[str] = frozenset()
     in_place_activations: frozenset[str] = frozenset()  # NOTE [ Lean in-place activations ]
+    chunked_segments: tuple[tuple[str, int], ...] = ()  # NOTE [ Sample-chunked frozen segments ]
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
@@ -89,11 +97,13 @@ class Problem:
         """Allowed decisions per stage: fixed stages can only keep; a stage that draws random
         numbers is never recomputed (NOTE [ Random ops are not recomputed ])."""
         out = []
+        chunked = {i for r in segment_ranges(self.graph, self.chunked_segments) for i in r}
         for s in self.stages:
             random = any(n.op is OpKind.RANDOM for n in self.graph.nodes[s.start : s.stop])
             opts = (KEEP,) if random else (KEEP, RECOMPUTE)
             opts += (PAGE,) if self.allow_paging else ()
-            out.append(opts if s.wrappable else (KEEP,))
+            fixed = not s.wrappable or chunked.intersection(range(s.start, s.stop))
+            out.append((KEEP,) if fixed else opts)
         return tuple(out)
 
     # NOTE [ Random ops are not recomputed ]
@@ -119,6 +129,7 @@ class Problem:
             lean_backward=self.lean_backward,
             plain_activations=self.plain_activations,
             in_place_activations=self.in_place_activations,
+            chunked_segments=self.chunked_segments,
         )
 
     def evaluate(self, decisions: tuple[ActivationDecision, ...]) -> Evaluation:

@@ -14,7 +14,10 @@ from edgetrain import validate
 from edgetrain.capture import capture
 from edgetrain.cost import (
     Device,
+    KernelLibrary,
     Schedule,
+    chunk_graph,
+    chunkable_segments,
     in_place_activation_sites,
     lean_saves_anything,
     plain_activation_sites,
@@ -277,7 +280,7 @@ def _pytorch_problems(search: Search, chosen, freeze: bool):
     for mb in micro_sizes:
         g = search.graph_at(mb, freeze)
         trainable = search.trainable(g, chosen)
-        lean, plain, overwrite, kernels = _lean_choice(g, trainable, req.optimizer, batch // mb)
+        choice = _lean_choice(g, trainable, req.optimizer, batch // mb)
         # NOTE [ Stage granularity ]
         #     Where a stage boundary falls decides what recomputation and paging can do: one
         #     coarse stage (MobileNetV2's whole `features`) can drop every activation inside it
@@ -303,24 +306,37 @@ def _pytorch_problems(search: Search, chosen, freeze: bool):
                     trainable=trainable,
                     in_place_update=in_place,
                     accumulation_steps=batch // mb,
-                    kernels=kernels,
+                    kernels=choice.kernels,
                     stage_depth=depth,
                     weight_decay=req.weight_decay,
-                    lean_backward=lean,
-                    plain_activations=plain,
-                    in_place_activations=overwrite,
+                    lean_backward=choice.lean,
+                    plain_activations=choice.plain,
+                    in_place_activations=choice.in_place,
+                    chunked_segments=choice.chunked,
                 )
 
 
-def _lean_choice(g: Graph, trainable: frozenset[str], optimizer, accumulation: int):
-    """(lean backward?, its plain activation sites, its in-place activation sites, the kernel
-    library) for one trainable set: lean where `lean_backward_for` says it saves something and,
-    keeping every activation, it predicts a lower peak than plain PyTorch (its mask transients
-    can cost more than it saves where the peak is the forward pass)."""
+@dataclass(frozen=True)
+class LeanChoice:
+    """How a PyTorch plan runs one trainable set's backward (NOTE [ Lean backward ]): lean or
+    plain, its plain and in-place activation sites, its chunked segments (NOTE [ Sample-
+    chunked frozen segments ]) and the kernel library profiled for them."""
+
+    lean: bool
+    plain: frozenset[str]
+    in_place: frozenset[str]
+    chunked: tuple[tuple[str, int], ...]
+    kernels: KernelLibrary
+
+
+def _lean_choice(g: Graph, trainable: frozenset[str], optimizer, accumulation: int) -> LeanChoice:
+    """Lean where `lean_backward_for` says it saves something and, keeping every activation,
+    it predicts a lower peak than plain PyTorch (its mask transients can cost more than it
+    saves where the peak is the forward pass); then the chunked segments that lower it more."""
     rg = g.requires_grad_for(trainable)
     none: frozenset[str] = frozenset()
     if not lean_backward_for(g, trainable):
-        return False, none, none, host_kernels(g, rg, False)
+        return LeanChoice(False, none, none, (), host_kernels(g, rg, False))
     plain_sites = plain_activation_sites(g, trainable)
     in_place = in_place_activation_sites(g, trainable, plain_sites)
     peaks = {}
@@ -333,10 +349,40 @@ def _lean_choice(g: Graph, trainable: frozenset[str], optimizer, accumulation: i
             plain_activations=plain_sites if lean else none,
             in_place_activations=in_place if lean else none,
         )
-        peaks[lean] = (simulate_step(g, optimizer, kernels, sched).peak_bytes, kernels)
-    if peaks[True][0] < peaks[False][0]:
-        return True, plain_sites, in_place, peaks[True][1]
-    return False, none, none, peaks[False][1]
+        peaks[lean] = (simulate_step(g, optimizer, kernels, sched).peak_bytes, kernels, sched)
+    if peaks[True][0] >= peaks[False][0]:
+        return LeanChoice(False, none, none, (), peaks[False][1])
+    peak, kernels, sched = peaks[True]
+    chunked, kernels = _chunk_choice(g, rg, optimizer, sched, peak, kernels)
+    return LeanChoice(True, plain_sites, in_place, chunked, kernels)
+
+
+def _chunk_choice(g: Graph, rg, optimizer, sched: Schedule, peak: int, kernels: KernelLibrary):
+    """The chunkable segments (`cost.chunkable_segments`) worth running in chunks: all of
+    them, less each whose removal does not raise the simulated peak (each chunked segment
+    slows the step), kept only where they lower the peak; and the kernel library with the
+    chunks' kernels profiled."""
+    candidates = chunkable_segments(g, sched.trainable or frozenset())
+    if not candidates:
+        return (), kernels
+    unrolled, _ = chunk_graph(g, candidates)
+    both = host_kernels(unrolled, unrolled.requires_grad_for(sched.trainable), True)
+    kernels = dataclasses.replace(
+        kernels, measured=tuple(dict.fromkeys(kernels.measured + both.measured))
+    )
+
+    def peak_with(chunks) -> int:
+        s = dataclasses.replace(sched, chunked_segments=tuple(chunks))
+        return simulate_step(g, optimizer, kernels, s).peak_bytes
+
+    chosen = list(candidates)
+    best = peak_with(chosen)
+    for c in candidates:
+        rest = [x for x in chosen if x != c]
+        p = peak_with(rest)
+        if p <= best:
+            chosen, best = rest, p
+    return (tuple(chosen), kernels) if best < peak else ((), kernels)
 
 
 def lean_backward_for(graph: Graph, trainable: frozenset[str]) -> bool:
@@ -616,6 +662,7 @@ def to_plan(
         lean_backward=prob.lean_backward,
         plain_activations=tuple(sorted(prob.plain_activations)),
         in_place_activations=tuple(sorted(prob.in_place_activations)),
+        chunked_modules=prob.chunked_segments,
     )
 
 

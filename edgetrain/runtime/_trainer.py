@@ -24,6 +24,7 @@ from edgetrain import validate
 from edgetrain.errors import InvalidArgumentError, NonFiniteLossError
 from edgetrain.models import LoraSpec, add_lora, merge_lora
 from edgetrain.planner import ActivationDecision, Executor, ParamDecision, Plan, Precision
+from edgetrain.runtime._chunked import chunked_forward
 from edgetrain.runtime._lean import LeanBackward
 from edgetrain.runtime._paging import PagingStore
 
@@ -143,6 +144,7 @@ class Trainer:
                         self.store.keep_resident((*self.model.parameters(), *self.model.buffers()))
                     mod.forward = functools.partial(_paged, original, self.store)
                 self._restore.append(functools.partial(_restore_forward, mod, original))
+        self._chunk_segments(modules)
         # 4. the optimizer: one step per batch, or per parameter inside backward
         if self.plan.in_place_update:
             for p in trainable:
@@ -164,6 +166,31 @@ class Trainer:
         return self
 
     _lean: LeanBackward | None = None  # the step's lean mode while a step runs
+
+    def _chunk_segments(self, modules: dict) -> None:
+        """Swap in the chunked forward of the plan's chunked modules (NOTE [ Sample-chunked
+        frozen segments ] in cost/_chunk.py), restored on exit."""
+        wrapped = [
+            p for st in self.plan.stages if st.decision is not ActivationDecision.KEEP
+            for p in st.modules
+        ]
+        token = torch.empty(0, requires_grad=True)  # makes each chunk's entry require grad
+        for path, chunk in self.plan.chunked_modules:
+            clash = [w for w in wrapped if f"{path}.".startswith(f"{w}.") or w.startswith(path)]
+            if path not in modules or clash:
+                raise InvalidArgumentError(
+                    f"the plan runs module {path!r} in chunks, but the model lacks it or a "
+                    f"recomputed or paged stage covers it ({clash}); re-plan"
+                )
+            mod = modules[path]
+            original = mod.forward
+            mod.forward = functools.partial(
+                chunked_forward, original, path, chunk, token, self._stepping
+            )
+            self._restore.append(functools.partial(_restore_forward, mod, original))
+
+    def _stepping(self) -> bool:
+        return self._lean is not None
 
     def _lean_rerun(self, path: str):
         """Checkpoint's re-run of stage `path` inside backward runs lean as its forward did."""
