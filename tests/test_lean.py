@@ -261,7 +261,9 @@ def test_lean_plans_predict_the_allocator(name, policy, batch, device):
     # Prepare
     model, x = _mixed() if name == "mixed" else build_model(name, pretrained=False)
     lean = _plan(model, x, policy, batch, device, name=name)
-    plain = Plan.from_dict({**lean.to_dict(), "lean_backward": False, "plain_activations": []})
+    plain = Plan.from_dict(
+        {**lean.to_dict(), "lean_backward": False, "plain_activations": [], "chunked_modules": []}
+    )
     xb = x.expand(batch, *x.shape[1:]).contiguous()
     yb = torch.zeros(batch, dtype=torch.long)
     # Execute
@@ -495,7 +497,9 @@ def test_in_place_and_chunked_gradients_match_plain_pytorch_and_the_allocator(
     monkeypatch.setattr(lean_mod, "owned", lambda t: calls.append(real_owned(t)) or calls[-1])
     # Execute
     ours, oracle = _trained_and_oracle(model, plan, xb, yb, steps=2)
-    plain = Plan.from_dict({**plan.to_dict(), "lean_backward": False, "plain_activations": []})
+    plain = Plan.from_dict(
+        {**plan.to_dict(), "lean_backward": False, "plain_activations": [], "chunked_modules": []}
+    )
     measured = {
         p.lean_backward: PYTORCH_RUNNER.measured_peak_bytes(
             StepRequest(copy.deepcopy(model), p, xb, yb)

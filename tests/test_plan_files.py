@@ -620,9 +620,10 @@ def _oracle_valid(d) -> bool:
         "budget_forced", "model_sha256", "loss", "input_shape", "input_dtype",
         "predicted_peak_bytes", "weight_decay", "schedule", "lean_backward",
         "plain_activations", "lora_rank", "lora_modules", "in_place_activations",
+        "chunked_modules",
     }  # fmt: skip
     optional = {"deadline_s", "predicted_peak_bytes", "lean_backward", "plain_activations"}
-    optional |= {"lora_rank", "lora_modules", "in_place_activations"}
+    optional |= {"lora_rank", "lora_modules", "in_place_activations", "chunked_modules"}
     if _has_nul(d):  # every string of a plan file is read without NUL characters
         return False
     if not isinstance(d, dict) or not keys - optional <= set(d) <= keys:
@@ -635,6 +636,19 @@ def _oracle_valid(d) -> bool:
             type(v) is str and len(v) <= 1024 and "\0" not in v for v in sites
         ):
             return False
+    chunks = d.get("chunked_modules", [])
+    if not isinstance(chunks, list) or not all(
+        isinstance(c, list)
+        and len(c) == 2
+        and type(c[0]) is str
+        and 0 < len(c[0]) <= 1024
+        and _is_int(c[1], 1)
+        and d.get("lean_backward") is True
+        and _is_int(d.get("micro_batch_size"), 1)
+        and d["micro_batch_size"] % c[1] == 0
+        for c in chunks
+    ):
+        return False
     rank = d.get("lora_rank", 0)
     if not _is_int(rank, 0) or rank > 4096 or (rank > 0) != bool(d.get("lora_modules", [])):
         return False
@@ -777,6 +791,7 @@ def test_mutated_plans_load_only_when_valid(good_plan, data):
     defaults = {"deadline_s": None, "loss": "cross-entropy", "lean_backward": False}
     defaults |= {"plain_activations": [], "lora_rank": 0, "lora_modules": []}
     defaults |= {"input_shape": None, "input_dtype": None, "in_place_activations": []}
+    defaults |= {"chunked_modules": []}
     derived = {"predicted_peak_bytes": mutated["predicted"]["peak_bytes"]}
     assert plan.to_dict() == {**defaults, **mutated, **derived}
 

@@ -1,5 +1,6 @@
 """Devices and the training-cost model. Imports no torch."""
 
+from edgetrain.cost._chunk import chunk_graph, chunkable_segments, segment_ranges
 from edgetrain.cost._device import (
     DEVICE_TABLE_HEADER,
     Accelerator,
@@ -12,7 +13,6 @@ from edgetrain.cost._device import (
     format_device_table,
     load_device,
 )
-from edgetrain.cost._chunk import chunk_graph, chunkable_segments, segment_ranges
 from edgetrain.cost._lean import CHUNK_BYTES, conv_chunk, frozen_conv_chunk
 from edgetrain.cost._memory import (
     MemoryBreakdown,

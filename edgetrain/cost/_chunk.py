@@ -74,8 +74,7 @@ def _segment(graph: Graph, module: str, idx: list[int]) -> Segment | None:
         t
         for i in idx
         for t in graph.nodes[i].inputs
-        if t not in inside
-        and graph.tensor(t).role not in (TensorRole.PARAMETER, TensorRole.BUFFER)
+        if t not in inside and graph.tensor(t).role not in (TensorRole.PARAMETER, TensorRole.BUFFER)
     }
     last = graph.nodes[stop - 1].output
     leaks = [
@@ -180,17 +179,22 @@ def _unroll(graph: Graph, seg: Segment, chunk: int) -> tuple[list[Node], list[Te
     tensors (NOTE above)."""
     x = graph.tensor(seg.input)
     batch = x.shape[0]
-    inside = {
-        t for n in graph.nodes[seg.start : seg.stop] for t in (n.output, *n.aux_outputs)
-    }
+    inside = {t for n in graph.nodes[seg.start : seg.stop] for t in (n.output, *n.aux_outputs)}
     nodes: list[Node] = []
     tensors: list[Tensor] = []
     for k in range(batch // chunk):
         xk, enter = f"{seg.input}@{k}", f"{seg.module}@{k}:enter"
-        tensors.append(dataclasses.replace(_scaled(x, xk, x.storage, batch, chunk, enter),
-                                           storage_bytes=x.storage_bytes, role=TensorRole.ACTIVATION))
+        tensors.append(
+            dataclasses.replace(
+                _scaled(x, xk, x.storage, batch, chunk, enter),
+                storage_bytes=x.storage_bytes,
+                role=TensorRole.ACTIVATION,
+            )
+        )
         attrs = (("chunk", (seg.module, k)),)
-        nodes.append(Node(enter, OpKind.VIEW, ENTER, (seg.input,), xk, module=seg.module, attrs=attrs))
+        nodes.append(
+            Node(enter, OpKind.VIEW, ENTER, (seg.input,), xk, module=seg.module, attrs=attrs)
+        )
 
         def rename(t: str, k: int = k, xk: str = xk) -> str:
             return xk if t == seg.input else (f"{t}@{k}" if t in inside else t)
@@ -239,9 +243,7 @@ def chunk_graph(
             for t in (n.output, *n.aux_outputs):
                 if t != seg.output:
                     tensors.pop(t, None)
-        tensors[seg.output] = dataclasses.replace(
-            tensors[seg.output], producer=new_nodes[-1].name
-        )
+        tensors[seg.output] = dataclasses.replace(tensors[seg.output], producer=new_nodes[-1].name)
         tensors.update((t.name, t) for t in new_tensors)
         nodes.extend(new_nodes)
         at = seg.stop

@@ -171,7 +171,9 @@ class Trainer:
         """Swap in the chunked forward of the plan's chunked modules (NOTE [ Sample-chunked
         frozen segments ] in cost/_chunk.py), restored on exit."""
         wrapped = [
-            p for st in self.plan.stages if st.decision is not ActivationDecision.KEEP
+            p
+            for st in self.plan.stages
+            if st.decision is not ActivationDecision.KEEP
             for p in st.modules
         ]
         token = torch.empty(0, requires_grad=True)  # makes each chunk's entry require grad
