@@ -36,7 +36,10 @@ NOTE [ Lean backward ]
     filtered to the model's modules) while it is active.
     Linear and matmul need no help: their generated backward already saves an operand only
     when the other one needs a gradient. Everything else runs as plain PyTorch. The cost model
-    applies the same rules (`edgetrain.cost.lean_saved`, NOTE [ Lean saved tensors ]).
+    applies the same rules (`lean_saves` in cost/_lean.py, NOTE [ Lean saved tensors ]).
+    A module made only of such per-sample frozen operators may also run a few samples at a
+    time in both passes (runtime/_chunked.py, NOTE [ Sample-chunked frozen segments ] in
+    cost/_chunk.py).
 """
 
 from __future__ import annotations
