@@ -105,6 +105,8 @@ def test_a_chunk_that_does_not_divide_the_micro_batch_is_refused():
             Plan.from_dict({**d, "chunked_modules": bad})
     with pytest.raises(PlanFileError, match="lean backward"):
         Plan.from_dict({**d, "lean_backward": False, "chunked_modules": [["block", 1]]})
+    with pytest.raises(PlanFileError, match="in-place update"):
+        Plan.from_dict({**d, "in_place_update": True, "chunked_modules": [["block", 1]]})
 
 
 def test_a_chunked_module_the_model_lacks_is_a_typed_error():

@@ -644,6 +644,7 @@ def _oracle_valid(d) -> bool:
         and 0 < len(c[0]) <= 1024
         and _is_int(c[1], 1)
         and d.get("lean_backward") is True
+        and d.get("in_place_update") is False
         and _is_int(d.get("micro_batch_size"), 1)
         and d["micro_batch_size"] % c[1] == 0
         for c in chunks

@@ -166,11 +166,13 @@ class Plan:
                 f"{self.batch_size}; pick a divisor"
             )
         for module, chunk in self.chunked_modules:
-            if not self.lean_backward or chunk < 1 or self.micro_batch_size % chunk:
+            bad = chunk < 1 or self.micro_batch_size % chunk or self.in_place_update
+            if bad or not self.lean_backward:
                 raise InvalidArgumentError(
                     f"chunked module {module!r} runs {chunk} samples at a time: that needs "
-                    f"lean backward and a chunk dividing the micro-batch of "
-                    f"{self.micro_batch_size}; re-plan"
+                    f"lean backward, a chunk dividing the micro-batch of "
+                    f"{self.micro_batch_size} and no in-place update (each chunk accumulates "
+                    "its own gradient); re-plan"
                 )
         if self.precision is Precision.INT8 and self.executor is not Executor.C:
             raise InvalidArgumentError(

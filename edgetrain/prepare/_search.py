@@ -312,7 +312,8 @@ def _pytorch_problems(search: Search, chosen, freeze: bool):
                     lean_backward=choice.lean,
                     plain_activations=choice.plain,
                     in_place_activations=choice.in_place,
-                    chunked_segments=choice.chunked,
+                    # each chunk accumulates its own gradient: no update inside backward
+                    chunked_segments=() if in_place else choice.chunked,
                 )
 
 
