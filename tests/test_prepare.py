@@ -80,3 +80,26 @@ def test_a_c_plan_carries_the_executors_own_peak():
     memory = executor_memory(Executor.C, Precision.FP32)
     program = memory.for_model(MemoryRequest(model, x, g, load_device("nrf52840"), 1))
     assert p.predicted_peak_bytes == program.candidate(p).peak_sram_bytes <= 30_000
+
+
+def test_profiling_kernels_leaves_the_callers_random_stream_alone(tmp_path, monkeypatch):
+    # Prepare: an empty kernel cache, so every convolution is run on random operands
+    import torch
+
+    import edgetrain.prepare._profile as profile_mod
+    from edgetrain.capture import capture
+    from edgetrain.prepare import host_kernels
+
+    monkeypatch.setenv("EDGETRAIN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(profile_mod, "_KERNEL_TABLE", {})
+    model, x = build_model("mcu-cnn", pretrained=False)
+    graph = capture(model, x, batch_size=3)
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    # Execute: profile (cold), then draw
+    torch.manual_seed(5)
+    kernels = host_kernels(graph)
+    drawn = torch.rand(4)
+    # Assert: convolutions were profiled, and the draw is what it would have been without
+    assert kernels.measured
+    assert torch.equal(drawn, expected)

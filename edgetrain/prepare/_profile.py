@@ -313,7 +313,10 @@ def host_kernels(
             key = (sig, threads)
             if key not in _KERNEL_TABLE:
                 measure = _measure_conv if conv else _measure_fused
-                _KERNEL_TABLE[key] = (measure if wg else _measure_frozen_conv)(graph, n, ig)
+                # random operands from a forked generator: whether a kernel was cached must
+                # not change the caller's random stream (model inits, data order)
+                with torch.random.fork_rng(devices=[]):
+                    _KERNEL_TABLE[key] = (measure if wg else _measure_frozen_conv)(graph, n, ig)
                 new = True
             measured.append((sig, *_KERNEL_TABLE[key]))
         if new:
