@@ -41,6 +41,12 @@ _PER_SAMPLE = frozenset(
 )
 
 
+_READERS = frozenset(
+    {OpKind.CONV1D, OpKind.CONV2D, OpKind.AVG_POOL2D, OpKind.MAX_POOL2D, OpKind.ADD}
+)
+"""What may read a segment's input: nothing that could overwrite it in place."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Segment:
     """A module call's nodes `[start, stop)`, its one input and its one result."""
@@ -125,6 +131,9 @@ def chunkable_segments(graph: Graph, trainable: frozenset[str]) -> tuple[tuple[s
         x = graph.tensor(seg.input)
         if len(x.shape) < 2 or x.shape[0] < 2 or x.role is not TensorRole.ACTIVATION:
             continue
+        readers = [graph.nodes[i] for i in graph.consumers.get(seg.input, ()) if i in idx]
+        if any(n.op not in _READERS for n in readers):
+            continue  # an activation or batch norm could overwrite the chunk's view of x
         if all(_per_sample(graph, graph.nodes[i], rg, x.shape[0]) for i in idx):
             found.append(seg)
     out = [(s.module, segment_chunk(graph, s)) for s in found]
@@ -157,7 +166,7 @@ def _scaled(t: Tensor, name: str, storage: str, batch: int, chunk: int, producer
     )
 
 
-def _copy_node(graph: Graph, n: Node, k: int, rename, scale: float, seg: str) -> Node:
+def _copy_node(n: Node, k: int, rename, scale: float, seg: str) -> Node:
     return dataclasses.replace(
         n,
         name=f"{n.name}@{k}",
@@ -200,7 +209,7 @@ def _unroll(graph: Graph, seg: Segment, chunk: int) -> tuple[list[Node], list[Te
             return xk if t == seg.input else (f"{t}@{k}" if t in inside else t)
 
         for n in graph.nodes[seg.start : seg.stop]:
-            m = _copy_node(graph, n, k, rename, chunk / batch, seg.module)
+            m = _copy_node(n, k, rename, chunk / batch, seg.module)
             nodes.append(m)
             for t in (n.output, *n.aux_outputs):
                 src = graph.tensor(t)
