@@ -76,6 +76,15 @@ static inline int k_hi(int o, int s, int p, int n, int K) { int v = n + p - o * 
 #define ET_DSP 1
 static inline uint32_t q_ld4(const int8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline uint32_t q_ror8(uint32_t v) { return (v >> 8) | (v << 24); }
+/* NOTE [ SMMLA rounding ]
+   (a * b + (r << 32)) >> 32 = r + ((a * b) >> 32) exactly, so a product rounded by a constant
+   that is a multiple of 2^32 (c = r << 32) and then shifted right by 32 + k is
+   SMMLA(a, b, r) >> k: one instruction for the 64-bit multiply-add, none for its low word */
+static inline int32_t q_smmla(int32_t a, int32_t b, int32_t r) {
+    int32_t t;
+    __asm__("smmla %0, %1, %2, %3" : "=r"(t) : "r"(a), "r"(b), "r"(r));
+    return t;
+}
 /* SXTB16 of v rotated right by 8 (bytes 1 and 3), one instruction (ACLE's __sxtb16 has no
    rotation, and the compiler does not fold a separate ROR into it) */
 static inline int16x2_t q_sxtb16r8(uint32_t v) {
@@ -194,8 +203,12 @@ static inline void q_out(int32_t acc, int32_t m0, int32_t sh, int zy, int lo, in
                          uint8_t *mask, size_t i) {
     const int n = 31 - sh;
     if (n >= 33) {  /* rq's fast case: the requantised value fits 32 bits, so do the clamp */
+#if ET_DSP
+        const int32_t q = q_smmla(acc, m0, (int32_t)(1u << (n - 33))) >> (n - 32);
+#else
         const int64_t t = (int64_t)acc * m0 + (int64_t)((uint64_t)(1u << (n - 33)) << 32);
         const int32_t q = ((int32_t)(t >> 32) >> (n - 32));
+#endif
         const int32_t pre = q + zy;  /* |q| < 2^30: no overflow */
         y[i] = (int8_t)(pre < lo ? lo : (pre > hi ? hi : pre));
         if (mask) mask[i] = (uint8_t)(pre >= lo && pre <= hi);
@@ -936,6 +949,14 @@ Q_AI void q_wstep(int8_t *w, int32_t g, q_step st) {
         /* Cortex-M (float: not bit for bit with the float64 simulation in any case): w plus
            g * k rounded half up, in fixed point (SMLAL, ASR), saturated; the float path
            (round half away) where k does not fit */
+#if ET_DSP
+        if (st.sh > 32) {  /* the same value by SMMLA (NOTE [ SMMLA rounding ]) */
+            const int32_t v =
+                __ssat(*w + (q_smmla(g, st.kq, (int32_t)1 << (st.sh - 33)) >> (st.sh - 32)), 8);
+            *w = (int8_t)(v < -127 ? -127 : v);
+            return;
+        }
+#endif
         if (st.sh) {
             const int64_t t = (int64_t)g * st.kq + ((int64_t)1 << (st.sh - 1));
             const int32_t v = *w + ((int32_t)(t >> 32) >> (st.sh - 32));
