@@ -16,7 +16,8 @@ from edgetrain.codegen._int8_kernels import int8_runtime_source
 # (B, Ci, H, W, Co, K, stride, padding, groups): rows that end on the row's last byte, odd and
 # even widths, 7 output channels at stride 2 (4 + 2 + 1 per input-gradient pass), mcu-cnn's
 # four conv shapes, 1x1s with a pixel remainder (batch 2; batch 1 with odd channel counts), a
-# 5x5 (generic path)
+# 5x5 (generic path), stride-2 3x3s whose input gradient reads dq as 4-channel words (batch 2
+# with 9 channels, odd sizes; no padding with 5 channels)
 CONVS = [
     (1, 3, 9, 11, 5, 3, 1, 1, 1),
     (1, 2, 14, 13, 4, 3, 2, 1, 1),
@@ -32,6 +33,8 @@ CONVS = [
     (1, 16, 7, 7, 16, 3, 1, 1, 16),
     (1, 16, 7, 7, 32, 1, 1, 0, 1),
     (1, 2, 9, 9, 3, 5, 2, 2, 1),
+    (2, 3, 11, 9, 9, 3, 2, 1, 1),
+    (1, 2, 10, 8, 5, 3, 2, 0, 1),
 ]
 LINEARS = [(1, 37, 5), (2, 32, 10), (1, 784, 3)]  # (B, I, O)
 # qacc_quant (B, C, P, dy from a global average pool): P with and without a remainder of 4

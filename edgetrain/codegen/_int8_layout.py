@@ -599,10 +599,16 @@ def weight_grad_scratch_bytes(op, in_shape, out_shape) -> int:
 
 
 def input_grad_scratch_bytes(op, out_shape) -> int:
-    """The input-gradient scratch of a 1x1 conv (one group, stride 1, no padding): its weights
-    as 16-bit output-channel pairs for one input-channel pair, 4 Co bytes (NOTE [ Paired 1x1
-    input gradient ], int8_runtime.c); 0 for other ops."""
-    if type(op).__name__ != "QConv2d" or op.weight.shape[-1] != 1 or op.groups != 1:
+    """The input-gradient scratch of a one-group conv: for a 1x1 (stride 1, no padding) its
+    weights as 16-bit output-channel pairs for one input-channel pair, 4 Co bytes (NOTE [ Paired
+    1x1 input gradient ], int8_runtime.c); for a 3x3 at stride 2 with Co >= 4 one sample's dq
+    as words of 4 channels, 4 (Co // 4) Ho Wo bytes (NOTE [ Paired stride-2 3x3 input
+    gradient ]); 0 for other ops."""
+    if type(op).__name__ != "QConv2d" or op.groups != 1:
+        return 0
+    if op.weight.shape[-1] == 3 and op.stride == 2 and out_shape[0] >= 4:
+        return out_shape[0] // 4 * 4 * out_shape[1] * out_shape[2]
+    if op.weight.shape[-1] != 1:
         return 0
     return 4 * out_shape[0] if op.stride == 1 and op.padding == 0 else 0
 

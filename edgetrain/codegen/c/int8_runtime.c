@@ -1498,13 +1498,55 @@ static void q1_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
    scatter W x dq into a row of int32 sums (on the stack, Q_ROWMAX + 4 wide), then dx = s_g x sum.
    Wider rows take the generic path. */
 #define Q_ROWMAX 64
+#if ET_DSP
+/* one output column of four channels (dq[q][oc..oc+3] at d) into the even / odd input columns
+   rr[0], rr[1] (rr += 2); *c: w2 x the previous column, added here, and this column's (one
+   statement: the compiler's schedule of it spilled the weights) */
+Q_AI void q3_bi_col4(const uint32_t **d, int32_t **rr, int32_t *c, int16x2_t A0, int16x2_t A1,
+                     int16x2_t A2, int16x2_t B0, int16x2_t B1, int16x2_t B2) {
+    uint32_t F, G, x, y;
+    __asm__ volatile(
+        "ldr %[F], [%[d]], #4\n\t"
+        "sxtb16 %[G], %[F], ror #8\n\t"
+        "sxtb16 %[F], %[F]\n\t"
+        "ldrd %[x], %[y], [%[rr]]\n\t"
+        "add %[x], %[x], %[c]\n\t"
+        "smlad %[x], %[A0], %[F], %[x]\n\t"
+        "smlad %[x], %[B0], %[G], %[x]\n\t"
+        "smlad %[y], %[A1], %[F], %[y]\n\t"
+        "smlad %[y], %[B1], %[G], %[y]\n\t"
+        "strd %[x], %[y], [%[rr]], #8\n\t"
+        "smuad %[c], %[A2], %[F]\n\t"
+        "smlad %[c], %[B2], %[G], %[c]\n\t"
+        : [F] "=&r"(F), [G] "=&r"(G), [x] "=&r"(x), [y] "=&r"(y), [rr] "+&r"(*rr), [c] "+&r"(*c),
+          [d] "+&r"(*d)
+        : [A0] "r"(A0), [A1] "r"(A1), [A2] "r"(A2), [B0] "r"(B0), [B1] "r"(B1),
+          [B2] "r"(B2)
+        : "memory");
+}
+#endif
 static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx, int acc,
-                         int B, int Ci, int H, int W, int Co, int Ho, int Wo, int st, int p,
-                         int G) {
+                         int8_t *dT, int B, int Ci, int H, int W, int Co, int Ho, int Wo, int st,
+                         int p, int G) {
     const int cig = Ci / G, cog = Co / G;
     int32_t row[Q_ROWMAX + 4];
+#if ET_DSP
+    if (st != 2 || G != 1 || Co < 4) dT = 0;
+#else
+    dT = 0;
+#endif
     for (int n = 0; n < B; n++)
     for (int ci = 0; ci < Ci; ci++) {
+        if (dT && ci == 0)  /* dq[n] as words dq[4j..4j+3][q] (NOTE [ Paired stride-2 3x3 input
+                               gradient ]; the last Co mod 4 channels are not used) */
+            for (int j = 0; j < Co / 4; j++) {
+                const size_t P = (size_t)Ho * Wo;
+                const uint8_t *s0 = (const uint8_t *)dq + ((size_t)n * Co + 4 * j) * P;
+                uint32_t *o = (uint32_t *)(void *)dT + j * P;
+                for (size_t q = 0; q < P; q++)
+                    o[q] = s0[q] | (uint32_t)s0[P + q] << 8 | (uint32_t)s0[2 * P + q] << 16 |
+                           (uint32_t)s0[3 * P + q] << 24;
+            }
         const int g = ci / cig, ic = ci % cig;
         for (int ih = 0; ih < H; ih++) {
             for (int j = 0; j < W + 4; j++) row[j] = 0;
@@ -1516,6 +1558,26 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
                 if (oh >= Ho) continue;
                 int oc = g * cog;
 #if ET_DSP
+                if (dT)  /* four output channels per pass from dq as [oh][ow][oc] */
+                    for (; oc + 4 <= Co; oc += 4) {
+                        const int8_t *k0 = w + (((size_t)oc * cig + ic) * 3 + kh) * 3;
+                        const int8_t *k1 = k0 + (size_t)cig * 9, *k2 = k1 + (size_t)cig * 9;
+                        const int8_t *k3 = k2 + (size_t)cig * 9;
+                        /* SXTB16 of dq[q][oc..oc+3]: (oc, oc + 2) and, ROR 8, (oc + 1, oc + 3) */
+                        const int16x2_t A0 = (int16x2_t)q_pack2(k0[0], k2[0]);
+                        const int16x2_t A1 = (int16x2_t)q_pack2(k0[1], k2[1]);
+                        const int16x2_t A2 = (int16x2_t)q_pack2(k0[2], k2[2]);
+                        const int16x2_t B0 = (int16x2_t)q_pack2(k1[0], k3[0]);
+                        const int16x2_t B1 = (int16x2_t)q_pack2(k1[1], k3[1]);
+                        const int16x2_t B2 = (int16x2_t)q_pack2(k1[2], k3[2]);
+                        const uint32_t *d0 =
+                            (const uint32_t *)(void *)dT + (size_t)(oc / 4) * Ho * Wo + oh * Wo;
+                        int32_t *rr = r - p;
+                        int32_t c = 0;  /* w2 x the previous column's dq, for this even column */
+                        for (int ow = 0; ow < Wo; ow++)
+                            q3_bi_col4(&d0, &rr, &c, A0, A1, A2, B0, B1, B2);
+                        rr[0] += c;
+                    }
                 if (st == 2)  /* four, then two output channels per pass (NOTE [ Paired
                                  stride-2 3x3 input gradient ]) */
                     for (; oc + 4 <= (g + 1) * cog; oc += 4) {
@@ -1607,7 +1669,7 @@ static void qconv_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REA
         return;
     }
     if (K == 3 && (st == 1 || st == 2) && p <= 2 && W + 2 <= Q_ROWMAX && Wo * st <= W + 2) {
-        q3_bwd_input(dq, s, w, dx, acc, B, Ci, H, W, Co, Ho, Wo, st, p, G);
+        q3_bwd_input(dq, s, w, dx, acc, pad, B, Ci, H, W, Co, Ho, Wo, st, p, G);
         return;
     }
     for (int n = 0; n < B; n++)
