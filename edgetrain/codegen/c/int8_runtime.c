@@ -445,35 +445,36 @@ Q_AI uint32_t q_pack2(int32_t a, int32_t b) {
 Q_AI void q_mm2x2(const int8_t *w0, const int8_t *w1, const uint32_t *c, int Kt, int32_t *a) {
     int32_t a00 = a[0], a01 = a[1], a10 = a[2], a11 = a[3];
     const int K4 = Kt / 4 * 4;
-    if (K4) {
-        const int8_t *end = w0 + K4;
-        uint32_t u, v, e, c0, c1;
-        __asm__ volatile(
-            "1:\n\t"
-            "ldr %[u], [%[w0]], #4\n\t"
-            "ldr %[v], [%[w1]], #4\n\t"
-            "ldrd %[c0], %[c1], [%[c]], #8\n\t"
-            "sxtb16 %[e], %[u]\n\t"
-            "smlad %[a00], %[e], %[c0], %[a00]\n\t"
-            "smlad %[a01], %[e], %[c1], %[a01]\n\t"
-            "sxtb16 %[e], %[v]\n\t"
-            "smlad %[a10], %[e], %[c0], %[a10]\n\t"
-            "smlad %[a11], %[e], %[c1], %[a11]\n\t"
-            "ldrd %[c0], %[c1], [%[c]], #8\n\t"
-            "sxtb16 %[e], %[u], ror #8\n\t"
-            "smlad %[a00], %[e], %[c0], %[a00]\n\t"
-            "smlad %[a01], %[e], %[c1], %[a01]\n\t"
-            "sxtb16 %[e], %[v], ror #8\n\t"
-            "smlad %[a10], %[e], %[c0], %[a10]\n\t"
-            "smlad %[a11], %[e], %[c1], %[a11]\n\t"
-            "cmp %[w0], %[end]\n\t"
-            "bne 1b\n\t"
-            : [a00] "+&r"(a00), [a01] "+&r"(a01), [a10] "+&r"(a10), [a11] "+&r"(a11),
-              [w0] "+&r"(w0), [w1] "+&r"(w1), [c] "+&r"(c), [u] "=&r"(u), [v] "=&r"(v),
-              [e] "=&r"(e), [c0] "=&r"(c0), [c1] "=&r"(c1)
-            : [end] "r"(end)
-            : "cc", "memory");
+    uint32_t u, v, e, c0, c1;
+#define Q_MM2X2_4                                   \
+    "ldr %[u], [%[w0]], #4\n\t"                     \
+    "ldr %[v], [%[w1]], #4\n\t"                     \
+    "ldrd %[c0], %[c1], [%[c]], #8\n\t"             \
+    "sxtb16 %[e], %[u]\n\t"                         \
+    "smlad %[a00], %[e], %[c0], %[a00]\n\t"         \
+    "smlad %[a01], %[e], %[c1], %[a01]\n\t"         \
+    "sxtb16 %[e], %[v]\n\t"                         \
+    "smlad %[a10], %[e], %[c0], %[a10]\n\t"         \
+    "smlad %[a11], %[e], %[c1], %[a11]\n\t"         \
+    "ldrd %[c0], %[c1], [%[c]], #8\n\t"             \
+    "sxtb16 %[e], %[u], ror #8\n\t"                 \
+    "smlad %[a00], %[e], %[c0], %[a00]\n\t"         \
+    "smlad %[a01], %[e], %[c1], %[a01]\n\t"         \
+    "sxtb16 %[e], %[v], ror #8\n\t"                 \
+    "smlad %[a10], %[e], %[c0], %[a10]\n\t"         \
+    "smlad %[a11], %[e], %[c1], %[a11]\n\t"
+#define Q_MM2X2_IO                                                                        \
+    : [a00] "+&r"(a00), [a01] "+&r"(a01), [a10] "+&r"(a10), [a11] "+&r"(a11),              \
+      [w0] "+&r"(w0), [w1] "+&r"(w1), [c] "+&r"(c), [u] "=&r"(u), [v] "=&r"(v), [e] "=&r"(e), \
+      [c0] "=&r"(c0), [c1] "=&r"(c1)
+    if (K4 & 4) __asm__ volatile(Q_MM2X2_4 Q_MM2X2_IO : : "memory");
+    if (K4 & ~7) {  /* 8 taps per iteration */
+        const int8_t *end = w0 + (K4 & ~7);
+        __asm__ volatile("1:\n\t" Q_MM2X2_4 Q_MM2X2_4 "cmp %[w0], %[end]\n\tbne 1b\n\t"
+                         Q_MM2X2_IO : [end] "r"(end) : "cc", "memory");
     }
+#undef Q_MM2X2_4
+#undef Q_MM2X2_IO
     for (int k = K4; k < Kt; k++, c++, w0++, w1++) {
         const int32_t x0 = (int16_t)c[0], x1 = (int32_t)c[0] >> 16, u = *w0, v = *w1;
         a00 += u * x0; a01 += u * x1; a10 += v * x0; a11 += v * x1;
@@ -1125,35 +1126,36 @@ static void q3_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
 Q_AI void q_mmg2x2(const int8_t *d0, const int8_t *d1, const uint32_t *xr, int P, int32_t *a) {
     int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
     const int P4 = P / 4 * 4;
-    if (P4) {
-        const int8_t *end = d0 + P4;
-        uint32_t u, v, uo, vo, x0, x1;
-        __asm__ volatile(
-            "1:\n\t"
-            "ldr %[u], [%[d0]], #4\n\t"
-            "ldr %[v], [%[d1]], #4\n\t"
-            "sxtb16 %[uo], %[u], ror #8\n\t"
-            "sxtb16 %[u], %[u]\n\t"
-            "sxtb16 %[vo], %[v], ror #8\n\t"
-            "sxtb16 %[v], %[v]\n\t"
-            "ldrd %[x0], %[x1], [%[xr]], #8\n\t"
-            "smlad %[a00], %[u], %[x0], %[a00]\n\t"
-            "smlad %[a00], %[uo], %[x1], %[a00]\n\t"
-            "smlad %[a10], %[v], %[x0], %[a10]\n\t"
-            "smlad %[a10], %[vo], %[x1], %[a10]\n\t"
-            "ldrd %[x0], %[x1], [%[xr]], #8\n\t"
-            "smlad %[a01], %[u], %[x0], %[a01]\n\t"
-            "smlad %[a01], %[uo], %[x1], %[a01]\n\t"
-            "smlad %[a11], %[v], %[x0], %[a11]\n\t"
-            "smlad %[a11], %[vo], %[x1], %[a11]\n\t"
-            "cmp %[d0], %[end]\n\t"
-            "bne 1b\n\t"
-            : [a00] "+&r"(a00), [a01] "+&r"(a01), [a10] "+&r"(a10), [a11] "+&r"(a11),
-              [d0] "+&r"(d0), [d1] "+&r"(d1), [xr] "+&r"(xr), [u] "=&r"(u), [v] "=&r"(v),
-              [uo] "=&r"(uo), [vo] "=&r"(vo), [x0] "=&r"(x0), [x1] "=&r"(x1)
-            : [end] "r"(end)
-            : "cc", "memory");
+    uint32_t u, v, uo, vo, x0, x1;
+#define Q_MMG2X2_4                                 \
+    "ldr %[u], [%[d0]], #4\n\t"                    \
+    "ldr %[v], [%[d1]], #4\n\t"                    \
+    "sxtb16 %[uo], %[u], ror #8\n\t"               \
+    "sxtb16 %[u], %[u]\n\t"                        \
+    "sxtb16 %[vo], %[v], ror #8\n\t"               \
+    "sxtb16 %[v], %[v]\n\t"                        \
+    "ldrd %[x0], %[x1], [%[xr]], #8\n\t"           \
+    "smlad %[a00], %[u], %[x0], %[a00]\n\t"        \
+    "smlad %[a00], %[uo], %[x1], %[a00]\n\t"       \
+    "smlad %[a10], %[v], %[x0], %[a10]\n\t"        \
+    "smlad %[a10], %[vo], %[x1], %[a10]\n\t"       \
+    "ldrd %[x0], %[x1], [%[xr]], #8\n\t"           \
+    "smlad %[a01], %[u], %[x0], %[a01]\n\t"        \
+    "smlad %[a01], %[uo], %[x1], %[a01]\n\t"       \
+    "smlad %[a11], %[v], %[x0], %[a11]\n\t"        \
+    "smlad %[a11], %[vo], %[x1], %[a11]\n\t"
+#define Q_MMG2X2_IO                                                                         \
+    : [a00] "+&r"(a00), [a01] "+&r"(a01), [a10] "+&r"(a10), [a11] "+&r"(a11),                \
+      [d0] "+&r"(d0), [d1] "+&r"(d1), [xr] "+&r"(xr), [u] "=&r"(u), [v] "=&r"(v),           \
+      [uo] "=&r"(uo), [vo] "=&r"(vo), [x0] "=&r"(x0), [x1] "=&r"(x1)
+    if (P4 & 4) __asm__ volatile(Q_MMG2X2_4 Q_MMG2X2_IO : : "memory");
+    if (P4 & ~7) {  /* 8 outputs per iteration */
+        const int8_t *end = d0 + (P4 & ~7);
+        __asm__ volatile("1:\n\t" Q_MMG2X2_4 Q_MMG2X2_4 "cmp %[d0], %[end]\n\tbne 1b\n\t"
+                         Q_MMG2X2_IO : [end] "r"(end) : "cc", "memory");
     }
+#undef Q_MMG2X2_4
+#undef Q_MMG2X2_IO
     for (int q = P4; q < P; q++, xr++) {
         const int32_t e0 = *d0++, e1 = *d1++, x0 = (int16_t)xr[0], x1 = (int32_t)xr[0] >> 16;
         a00 += e0 * x0; a01 += e0 * x1; a10 += e1 * x0; a11 += e1 * x1;
