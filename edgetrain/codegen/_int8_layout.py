@@ -37,7 +37,10 @@ NOTE [ int8 SRAM of the C trainer ]
       least 2 input channels) has `p:<op>` too: Ho x Wo words of an input channel pair's rows;
       a one-group 1x1 (stride 1, no padding) whose input gradient runs has a `p:<op>` of at
       least its weights' 16-bit output-channel pairs for a group of input channels
-      (`input_grad_scratch_bytes`, NOTE [ Paired 1x1 input gradient ]): the input gradient
+      (`input_grad_scratch_bytes`, NOTE [ Paired 1x1 input gradient ]), and a one-group 3x3
+      at stride 2 with Co >= 4 whose input gradient runs one of one sample's dq as 4-channel
+      words and one input channel's weights as 16-bit pairs (NOTE [ Paired stride-2 3x3 input
+      gradient ]): the input gradient
       and the weight gradient run one after the other, so they share it (the larger size);
       `f:<op>` the forward scratch of a trainable conv, live at its forward step
       (`forward_scratch_bytes`): for a one-group 3x3 (stride 1 or 2) or 1x1 the mat-mult
@@ -602,12 +605,13 @@ def input_grad_scratch_bytes(op, out_shape) -> int:
     """The input-gradient scratch of a one-group conv: for a 1x1 (stride 1, no padding) its
     weights as 16-bit output-channel pairs for one input-channel pair, 4 Co bytes (NOTE [ Paired
     1x1 input gradient ], int8_runtime.c); for a 3x3 at stride 2 with Co >= 4 one sample's dq
-    as words of 4 channels, 4 (Co // 4) Ho Wo bytes (NOTE [ Paired stride-2 3x3 input
-    gradient ]); 0 for other ops."""
+    as words of 4 channels, 4 (Co // 4) Ho Wo bytes, then one input channel's weights as
+    16-bit pairs, 72 (Co // 4) bytes (NOTE [ Paired stride-2 3x3 input gradient ]); 0 for
+    other ops."""
     if type(op).__name__ != "QConv2d" or op.groups != 1:
         return 0
     if op.weight.shape[-1] == 3 and op.stride == 2 and out_shape[0] >= 4:
-        return out_shape[0] // 4 * 4 * out_shape[1] * out_shape[2]
+        return out_shape[0] // 4 * (4 * out_shape[1] * out_shape[2] + 72)
     if op.weight.shape[-1] != 1:
         return 0
     return 4 * out_shape[0] if op.stride == 1 and op.padding == 0 else 0

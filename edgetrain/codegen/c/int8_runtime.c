@@ -1495,7 +1495,14 @@ static void q1_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
    and w2 e_ow to 2ow + 2 - p: each even column (from 2ow - p) takes w0 e_ow + w2 e_(ow-1) and
    each odd one w1 e_ow. With the DSP four (then two) output channels run in one pass over
    the row of sums, their weights and dq as 16-bit pairs (channels oc, oc + 1): three SMLADs
-   per pair and output column for 6 MACs, and each sum loaded and stored once per pass. */
+   per pair and output column for 6 MACs, and each sum loaded and stored once per pass.
+   A one-group conv with Co >= 4 given the op's backward scratch (`input_grad_scratch_bytes`,
+   NOTE [ int8 SRAM of the C trainer ]) first writes one sample's dq there as words of four
+   channels, dq[4j..4j+3][q], and per input channel its weights as the 16-bit pairs (oc,
+   oc + 2), (oc + 1, oc + 3) that SXTB16 / SXTB16 ROR 8 of such a word meet: then one output
+   column of four channels is one LDR, two SXTB16, one LDRD / STRD of the two sums and 6
+   SMLADs (q3_bi_col4, written out; w2 x the previous column is carried in a register), 12
+   instructions for 24 MACs. The integer sums are the same. */
 /* 3x3 conv input gradient, one input row at a time: the output rows whose taps land on it
    scatter W x dq into a row of int32 sums (on the stack, Q_ROWMAX + 4 wide), then dx = s_g x sum.
    Wider rows take the generic path. */
@@ -1550,6 +1557,20 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
                            (uint32_t)s0[3 * P + q] << 24;
             }
         const int g = ci / cig, ic = ci % cig;
+        uint32_t *wpk = dT ? (uint32_t *)(void *)dT + (size_t)(Co / 4) * Ho * Wo : 0;
+        if (wpk)  /* this input channel's weights as the passes' 16-bit pairs, once */
+            for (int kh = 0; kh < 3; kh++)
+                for (int j = 0; j < Co / 4; j++) {
+                    const int8_t *k0 = w + (((size_t)4 * j * cig + ic) * 3 + kh) * 3;
+                    const int8_t *k1 = k0 + (size_t)cig * 9, *k2 = k1 + (size_t)cig * 9;
+                    const int8_t *k3 = k2 + (size_t)cig * 9;
+                    uint32_t *o = wpk + ((size_t)kh * (Co / 4) + j) * 6;
+                    /* SXTB16 of dq[q][oc..oc+3]: (oc, oc + 2) and, ROR 8, (oc + 1, oc + 3) */
+                    for (int t = 0; t < 3; t++) {
+                        o[t] = q_pack2(k0[t], k2[t]);
+                        o[3 + t] = q_pack2(k1[t], k3[t]);
+                    }
+                }
         for (int ih = 0; ih < H; ih++) {
             for (int j = 0; j < W + 4; j++) row[j] = 0;
             int32_t *r = row + 2;  /* r[-2 .. W+1]: taps outside the row land in the margin */
@@ -1562,16 +1583,10 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
 #if ET_DSP
                 if (dT)  /* four output channels per pass from dq as [oh][ow][oc] */
                     for (; oc + 4 <= Co; oc += 4) {
-                        const int8_t *k0 = w + (((size_t)oc * cig + ic) * 3 + kh) * 3;
-                        const int8_t *k1 = k0 + (size_t)cig * 9, *k2 = k1 + (size_t)cig * 9;
-                        const int8_t *k3 = k2 + (size_t)cig * 9;
-                        /* SXTB16 of dq[q][oc..oc+3]: (oc, oc + 2) and, ROR 8, (oc + 1, oc + 3) */
-                        const int16x2_t A0 = (int16x2_t)q_pack2(k0[0], k2[0]);
-                        const int16x2_t A1 = (int16x2_t)q_pack2(k0[1], k2[1]);
-                        const int16x2_t A2 = (int16x2_t)q_pack2(k0[2], k2[2]);
-                        const int16x2_t B0 = (int16x2_t)q_pack2(k1[0], k3[0]);
-                        const int16x2_t B1 = (int16x2_t)q_pack2(k1[1], k3[1]);
-                        const int16x2_t B2 = (int16x2_t)q_pack2(k1[2], k3[2]);
+                        const uint32_t *wk = wpk + ((size_t)kh * (Co / 4) + oc / 4) * 6;
+                        const int16x2_t A0 = (int16x2_t)wk[0], A1 = (int16x2_t)wk[1];
+                        const int16x2_t A2 = (int16x2_t)wk[2], B0 = (int16x2_t)wk[3];
+                        const int16x2_t B1 = (int16x2_t)wk[4], B2 = (int16x2_t)wk[5];
                         const uint32_t *d0 =
                             (const uint32_t *)(void *)dT + (size_t)(oc / 4) * Ho * Wo + oh * Wo;
                         int32_t *rr = r - p;
