@@ -330,9 +330,8 @@ static void q_pad(int8_t *pad, const int8_t *xc, int zx, int H, int W, int p) {
     memset(pad, zx, (size_t)p * Wp);
     for (int r = 0; r < H; r++) {
         int8_t *o = pad + (size_t)(p + r) * Wp;
-        memset(o, zx, (size_t)p);
+        for (int j = 0; j < p; j++) o[j] = (int8_t)zx, o[p + W + j] = (int8_t)zx;
         memcpy(o + p, xc + (size_t)r * W, (size_t)W);
-        memset(o + p + W, zx, (size_t)p);
     }
     memset(pad + (size_t)(p + H) * Wp, zx, (size_t)p * Wp + Q_PAD_SLACK);
 }
@@ -1538,7 +1537,7 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
                          int8_t *dT, int B, int Ci, int H, int W, int Co, int Ho, int Wo, int st,
                          int p, int G) {
     const int cig = Ci / G, cog = Co / G;
-    int32_t row[Q_ROWMAX + 4];
+    int32_t row[Q_ROWMAX + 4] __attribute__((aligned(8)));
 #if ET_DSP
     if (st != 2 || G != 1 || Co < 4) dT = 0;
 #else
@@ -1572,7 +1571,11 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
                     }
                 }
         for (int ih = 0; ih < H; ih++) {
-            for (int j = 0; j < W + 4; j++) row[j] = 0;
+            for (int j = 0; j < W + 4; j += 2) {  /* two at a time: no call to memset */
+                uint64_t z = 0;
+                __asm__("" : "+r"(z));
+                memcpy(row + j, &z, 8);
+            }
             int32_t *r = row + 2;  /* r[-2 .. W+1]: taps outside the row land in the margin */
             for (int kh = 0; kh < 3; kh++) {
                 const int t = ih + p - kh;  /* = oh * st */
