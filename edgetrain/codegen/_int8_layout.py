@@ -590,15 +590,29 @@ def weight_grad_scratch_bytes(op, in_shape, out_shape) -> int:
     (NOTE [ int8 mat-mult weight gradient ], int8_runtime.c) two padded planes (4-byte
     aligned; one for one input channel), Ho x Wo int32 window offsets, 2 int32 per output
     channel and Ho x Wo words of a tap pair's rows; for a 1x1 of `runs_mat_mult_forward` the
-    Ho x Wo words of an input channel pair's rows; for another 3x3 the padded plane
+    Ho x Wo words of an input channel pair's rows; both then `dq16_bytes` of expanded dq rows;
+    for another 3x3 the padded plane
     (`pad_plane_bytes`); 0 for other ops."""
     if runs_mat_mult_forward(op) and op.weight.shape[-1] == 1:
-        return 4 * out_shape[1] * out_shape[2]
+        hw = out_shape[1] * out_shape[2]
+        return 4 * hw + dq16_bytes(out_shape[0], hw)
     pb = pad_plane_bytes(op, in_shape)
     if not pb or op.groups != 1:
         return pb
+    hw = out_shape[1] * out_shape[2]
     planes = (2 if in_shape[0] > 1 else 1) * ((pb + 3) // 4 * 4)
-    return planes + 8 * out_shape[1] * out_shape[2] + 8 * out_shape[0]
+    return planes + 8 * hw + 8 * out_shape[0] + dq16_bytes(out_shape[0], hw)
+
+
+DQ16_MAX_BYTES = 4096  # Q_DQ16_MAX in int8_runtime.c
+
+
+def dq16_bytes(co: int, hw: int) -> int:
+    """The batch-1 mat-mult weight gradient's dq rows unpacked to 16-bit pairs, 2 Co (HW // 4 * 4)
+    bytes where that is at most DQ16_MAX_BYTES, else 0 (NOTE [ Expanded dq rows ],
+    int8_runtime.c)."""
+    n = 2 * co * (hw // 4 * 4)
+    return n if n <= DQ16_MAX_BYTES else 0
 
 
 def input_grad_scratch_bytes(op, out_shape) -> int:

@@ -1161,6 +1161,69 @@ Q_AI void q_mmg2x2(const int8_t *d0, const int8_t *d1, const uint32_t *xr, int P
     }
     a[0] = a00; a[1] = a01; a[2] = a10; a[3] = a11;
 }
+/* q_mmg2x2 with the dq rows' first P4 outputs already as SXTB16's 16-bit pairs (h0, h1: per
+   4 outputs the words (q0, q2), (q1, q3); NOTE [ Expanded dq rows ]): two LDRDs of dq, two
+   LDRDs of rows and 8 SMLADs per 16 MACs; the last P mod 4 from the int8 rows d0, d1 */
+Q_AI void q_mmg2x2h(const uint32_t *h0, const uint32_t *h1, const int8_t *d0, const int8_t *d1,
+                    const uint32_t *xr, int P, int32_t *a) {
+    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+    const int P4 = P / 4 * 4;
+    uint32_t u, v, uo, vo, x0, x1;
+#define Q_MMGH_4                                   \
+    "ldrd %[u], %[uo], [%[h0]], #8\n\t"            \
+    "ldrd %[v], %[vo], [%[h1]], #8\n\t"            \
+    "ldrd %[x0], %[x1], [%[xr]], #8\n\t"           \
+    "smlad %[a00], %[u], %[x0], %[a00]\n\t"        \
+    "smlad %[a00], %[uo], %[x1], %[a00]\n\t"       \
+    "smlad %[a10], %[v], %[x0], %[a10]\n\t"        \
+    "smlad %[a10], %[vo], %[x1], %[a10]\n\t"       \
+    "ldrd %[x0], %[x1], [%[xr]], #8\n\t"           \
+    "smlad %[a01], %[u], %[x0], %[a01]\n\t"        \
+    "smlad %[a01], %[uo], %[x1], %[a01]\n\t"       \
+    "smlad %[a11], %[v], %[x0], %[a11]\n\t"        \
+    "smlad %[a11], %[vo], %[x1], %[a11]\n\t"
+#define Q_MMGH_IO                                                                           \
+    : [a00] "+&r"(a00), [a01] "+&r"(a01), [a10] "+&r"(a10), [a11] "+&r"(a11),                \
+      [h0] "+&r"(h0), [h1] "+&r"(h1), [xr] "+&r"(xr), [u] "=&r"(u), [v] "=&r"(v),           \
+      [uo] "=&r"(uo), [vo] "=&r"(vo), [x0] "=&r"(x0), [x1] "=&r"(x1)
+    if (P4 & 4) __asm__ volatile(Q_MMGH_4 Q_MMGH_IO : : "memory");
+    if (P4 & ~7) {  /* 8 outputs per iteration */
+        const uint32_t *end = h0 + (P4 & ~7) / 2;
+        __asm__ volatile("1:\n\t" Q_MMGH_4 Q_MMGH_4 "cmp %[h0], %[end]\n\tbne 1b\n\t"
+                         Q_MMGH_IO : [end] "r"(end) : "cc", "memory");
+    }
+#undef Q_MMGH_4
+#undef Q_MMGH_IO
+    d0 += P4; d1 += P4;
+    for (int q = P4; q < P; q++, xr++) {
+        const int32_t e0 = *d0++, e1 = *d1++, x0 = (int16_t)xr[0], x1 = (int32_t)xr[0] >> 16;
+        a00 += e0 * x0; a01 += e0 * x1; a10 += e1 * x0; a11 += e1 * x1;
+    }
+    a[0] = a00; a[1] = a01; a[2] = a10; a[3] = a11;
+}
+/* NOTE [ Expanded dq rows ]
+   The batch-1 mat-mult weight gradients read every dq row once per tap (or input channel)
+   pair. Where it is small, 2 Co (P / 4 * 4) bytes <= Q_DQ16_MAX (`dq16_bytes` in
+   _int8_layout.py, the same rule), the rows' first P / 4 * 4 outputs are unpacked once into
+   SXTB16's 16-bit pairs at the end of the op's backward scratch, so the inner loop loads them
+   instead of unpacking them: 12 instructions per 16 MACs, not 16. */
+#define Q_DQ16_MAX 4096
+Q_AI size_t q_dq16_bytes(int Co, int P) {
+    const size_t n = (size_t)2 * Co * (P / 4 * 4);
+    return n <= Q_DQ16_MAX ? n : 0;
+}
+/* the expanded rows of dq (Co rows of P) at h: P / 2 words per row, 0 when over the cap */
+static uint32_t *q_dq16(uint32_t *h, const int8_t *dq, int Co, int P) {
+    if (!q_dq16_bytes(Co, P)) return 0;
+    const int P4 = P / 4 * 4;
+    uint32_t *o = h;
+    for (int oc = 0; oc < Co; oc++)
+        for (int q = 0; q < P4; q += 4, o += 2) {
+            const uint32_t u = q_ld4(dq + (size_t)oc * P + q);
+            o[0] = (uint32_t)__sxtb16(u); o[1] = (uint32_t)q_sxtb16r8(u);
+        }
+    return h;
+}
 /* rows x_k - zx of taps k0, k1 (from their padded planes, at the window offsets `base`) in
    q_mmg2x2's order */
 static void q_mmg_rows(uint32_t *xr, const int8_t *s0, const int8_t *s1, const int32_t *base,
@@ -1186,6 +1249,8 @@ Q_AI void q_mm_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
     int32_t *base = (int32_t *)(void *)(scratch + (Ci > 1 ? 2 : 1) * pb);
     int32_t *fk = base + P;  /* per channel kq, sh */
     uint32_t *xr = (uint32_t *)(fk + 2 * Co);
+    const uint32_t *h = q_dq16(xr + P, dq, Co, P);  /* NOTE [ Expanded dq rows ] */
+    const int hw = P / 4 * 2;
     for (int q = 0; q < P; q++) base[q] = (q / Wo) * st * Wp + (q % Wo) * st;
     for (int oc = 0; oc < Co; oc++) {
         const q_step t = q_stepper(s, inv_w[oc], lr);
@@ -1202,7 +1267,11 @@ Q_AI void q_mm_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
         for (int oc = 0; oc < Co; oc += 2) {
             const int c1 = oc + 1 < Co ? oc + 1 : oc;
             int32_t a[4];
-            q_mmg2x2(dq + (size_t)oc * P, dq + (size_t)c1 * P, xr, P, a);
+            if (h)
+                q_mmg2x2h(h + (size_t)oc * hw, h + (size_t)c1 * hw, dq + (size_t)oc * P,
+                          dq + (size_t)c1 * P, xr, P, a);
+            else
+                q_mmg2x2(dq + (size_t)oc * P, dq + (size_t)c1 * P, xr, P, a);
             int8_t *w0 = w + (size_t)oc * Kt, *w1 = w + (size_t)c1 * Kt;
             const q_step s0 = {s, inv_w[oc], lr, fk[2 * oc], fk[2 * oc + 1]};
             q_wstep(&w0[k], a[0], s0);
@@ -1272,7 +1341,8 @@ Q_AI int32_t q_sum(const int8_t *a, int n) {
 static void q_mm1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
                          const ET_REAL *inv_w, ET_REAL lr, uint32_t *xr, int Ci, int Co, int P) {
     const int16x2_t zz = (int16x2_t)(((uint32_t)(uint16_t)zx << 16) | (uint16_t)zx);
-    const int P4 = P / 4 * 4;
+    const int P4 = P / 4 * 4, hw = P4 / 2;
+    const uint32_t *h = q_dq16(xr + P, dq, Co, P);  /* NOTE [ Expanded dq rows ] */
     for (int ic = 0; ic < Ci; ic += 2) {
         const int i1 = ic + 1 < Ci ? ic + 1 : ic;  /* an odd last channel: summed twice */
         const int8_t *b0 = x + (size_t)ic * P, *b1 = x + (size_t)i1 * P;
@@ -1288,7 +1358,11 @@ static void q_mm1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, i
         for (int oc = 0; oc < Co; oc += 2) {
             const int c1 = oc + 1 < Co ? oc + 1 : oc;
             int32_t a[4];
-            q_mmg2x2(dq + (size_t)oc * P, dq + (size_t)c1 * P, xr, P, a);
+            if (h)
+                q_mmg2x2h(h + (size_t)oc * hw, h + (size_t)c1 * hw, dq + (size_t)oc * P,
+                          dq + (size_t)c1 * P, xr, P, a);
+            else
+                q_mmg2x2(dq + (size_t)oc * P, dq + (size_t)c1 * P, xr, P, a);
             const q_step s0 = q_stepper(s, inv_w[oc], lr);
             q_wstep(&w[(size_t)oc * Ci + ic], a[0], s0);
             if (i1 != ic) q_wstep(&w[(size_t)oc * Ci + i1], a[1], s0);
