@@ -35,6 +35,8 @@ NOTE [ int8 SRAM of the C trainer ]
       and Ho x Wo words of a tap pair's rows (`weight_grad_scratch_bytes`, NOTE [ int8
       mat-mult weight gradient ] in int8_runtime.c); a trainable one-group 1x1 (stride 1, at
       least 2 input channels) has `p:<op>` too: Ho x Wo words of an input channel pair's rows;
+      both then hold the dq rows unpacked to 16-bit pairs where that is at most 4 KiB
+      (`dq16_bytes`, NOTE [ Expanded dq rows ]);
       a one-group 1x1 (stride 1, no padding) whose input gradient runs has a `p:<op>` of at
       least its weights' 16-bit output-channel pairs for a group of input channels
       (`input_grad_scratch_bytes`, NOTE [ Paired 1x1 input gradient ]), and a one-group 3x3
@@ -45,7 +47,8 @@ NOTE [ int8 SRAM of the C trainer ]
       `f:<op>` the forward scratch of a trainable conv, live at its forward step
       (`forward_scratch_bytes`): for a one-group 3x3 (stride 1 or 2) or 1x1 the mat-mult
       kernel's tap offsets and two columns, 8 Ci K^2 bytes (NOTE [ int8 mat-mult forward ] in
-      int8_runtime.c), for another 3x3 the padded plane and Ho x Wo int32 sums (NOTE [ Padded
+      int8_runtime.c), and its weights unpacked to 16-bit pairs where that is at most 4 KiB
+      (`dq16_bytes`), for another 3x3 the padded plane and Ho x Wo int32 sums (NOTE [ Padded
       3x3 forward ]); `s:<op>` kernel scratch, which is
       * a frozen pointwise -> depthwise pair whose intermediate nothing else reads: fused, one
         expanded channel at a time (H x W bytes), the expanded tensor never exists (batch 1);
@@ -567,10 +570,12 @@ def runs_mat_mult_forward(op) -> bool:
 def forward_scratch_bytes(op, in_shape, out_shape) -> int:
     """The forward scratch of a trainable conv: for the mat-mult forward (NOTE [ int8 mat-mult
     forward ], int8_runtime.c) Ci K^2 int32 tap offsets and two columns of as many int16
-    taps; for another 3x3 (NOTE [ Padded 3x3 forward ]) its padded input plane (4-byte
+    taps, then the weight rows unpacked to 16-bit pairs where small (`dq16_bytes`, NOTE
+    [ Expanded dq rows ]); for another 3x3 (NOTE [ Padded 3x3 forward ]) its padded input plane (4-byte
     aligned) and Ho x Wo int32 sums."""
     if runs_mat_mult_forward(op):
-        return 8 * in_shape[0] * op.weight.shape[-1] ** 2
+        kt = in_shape[0] * op.weight.shape[-1] ** 2
+        return 8 * kt + dq16_bytes(out_shape[0], kt)
     pb = pad_plane_bytes(op, in_shape)
     return (pb + 3) // 4 * 4 + 4 * out_shape[1] * out_shape[2] if pb else 0
 
