@@ -18,7 +18,8 @@ from edgetrain.codegen._int8_kernels import int8_runtime_source
 # four conv shapes, 1x1s with a pixel remainder (batch 2; batch 1 with odd channel counts), a
 # 5x5 (generic path), stride-2 3x3s whose input gradient reads dq as 4-channel words (batch 2
 # with 9 channels, odd sizes; no padding with 5 channels), a 1x1 whose dq rows and a 3x3 whose
-# weight rows are over the cap of NOTE [ Expanded dq rows ] (the others are under it)
+# weight rows are over the cap of NOTE [ Expanded dq rows ] (the others are under it), a
+# batch-1 1x1 with an even pixel count
 CONVS = [
     (1, 3, 9, 11, 5, 3, 1, 1, 1),
     (1, 2, 14, 13, 4, 3, 2, 1, 1),
@@ -38,6 +39,7 @@ CONVS = [
     (1, 2, 10, 8, 5, 3, 2, 0, 1),
     (1, 4, 16, 16, 10, 1, 1, 0, 1),
     (1, 16, 6, 6, 20, 3, 1, 1, 1),
+    (1, 4, 4, 6, 6, 1, 1, 0, 1),
 ]
 LINEARS = [(1, 37, 5), (2, 32, 10), (1, 784, 3)]  # (B, I, O)
 # qacc_quant (B, C, P, dy from a global average pool): P with and without a remainder of 4

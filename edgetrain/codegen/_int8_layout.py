@@ -622,8 +622,9 @@ def dq16_bytes(co: int, hw: int) -> int:
 
 def input_grad_scratch_bytes(op, out_shape) -> int:
     """The input-gradient scratch of a one-group conv: for a 1x1 (stride 1, no padding) its
-    weights as 16-bit output-channel pairs for one input-channel pair, 4 Co bytes (NOTE [ Paired
-    1x1 input gradient ], int8_runtime.c); for a 3x3 at stride 2 with Co >= 4 one sample's dq
+    weights as 16-bit output-channel pairs for one input-channel pair, 4 Co bytes, then dq as
+    16-bit output-channel pairs, 2 Co Ho Wo bytes where that is at most DQ16_MAX_BYTES (NOTE
+    [ Paired 1x1 input gradient ], int8_runtime.c); for a 3x3 at stride 2 with Co >= 4 one sample's dq
     as words of 4 channels, 4 (Co // 4) Ho Wo bytes, then one input channel's weights as
     16-bit pairs, 72 (Co // 4) bytes (NOTE [ Paired stride-2 3x3 input gradient ]); 0 for
     other ops."""
@@ -633,7 +634,10 @@ def input_grad_scratch_bytes(op, out_shape) -> int:
         return out_shape[0] // 4 * (4 * out_shape[1] * out_shape[2] + 72)
     if op.weight.shape[-1] != 1:
         return 0
-    return 4 * out_shape[0] if op.stride == 1 and op.padding == 0 else 0
+    if op.stride != 1 or op.padding != 0:
+        return 0
+    e = 2 * out_shape[0] * out_shape[1] * out_shape[2]
+    return 4 * out_shape[0] + (e if e <= DQ16_MAX_BYTES else 0)
 
 
 def backward_scratch_bytes(op, in_shape, out_shape, trainable: bool, input_grad: bool) -> int:

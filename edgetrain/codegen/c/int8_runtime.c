@@ -827,10 +827,21 @@ static void qadd_fwd(const int8_t *a, int za, const int8_t *b, int zb, int zy,
     }
 }
 
+/* sum of n int8 values */
+Q_AI int32_t q_sum(const int8_t *a, int n) {
+    int32_t acc = 0;
+    int i = 0;
+#if ET_DSP  /* 4 at a time: USADA8 of the bytes + 128 (XOR 0x80), less 128 each */
+    uint32_t u = 0;
+    for (; i + 4 <= n; i += 4) u = __usada8(q_ld4(a + i) ^ 0x80808080u, 0, u);
+    acc = (int32_t)u - 128 * i;
+#endif
+    for (; i < n; i++) acc += a[i];
+    return acc;
+}
 static void qgap_fwd(const int8_t *x, int8_t *y, int BC, int P) {
     for (int i = 0; i < BC; i++) {
-        int32_t s = 0;
-        for (int p = 0; p < P; p++) s += x[(size_t)i * P + p];
+        const int32_t s = q_sum(x + (size_t)i * P, P);
         const int32_t avg = s >= 0 ? (s + P / 2) / P : (s - P / 2) / P;
         y[i] = clamp8(avg, -128, 127);
     }
@@ -1374,12 +1385,6 @@ static void q_dot2x2(const int8_t *a0, const int8_t *a1, const int8_t *b0, const
     }
     s[0] = s00; s[1] = s01; s[2] = s10; s[3] = s11;
 }
-/* sum of n int8 values */
-Q_AI int32_t q_sum(const int8_t *a, int n) {
-    int32_t acc = 0;
-    for (int i = 0; i < n; i++) acc += a[i];
-    return acc;
-}
 
 /* the 1x1 conv's weight gradient at batch 1 with the DSP (NOTE [ int8 mat-mult weight
    gradient ], the input channels as the taps): per input channel pair the rows x - zx in
@@ -1486,10 +1491,53 @@ Q_AI void q1_bi_tile(const int8_t *dn, const int8_t *w, int Ci, int Co, int P, i
    op's backward scratch `p:`, `backward_scratch_bytes` in _int8_layout.py); per pixel pair and
    output-channel pair two halfword loads of dq rows oc and oc + 1 give (dq[oc][q],
    dq[oc+1][q]) and (dq[oc][q+1], dq[oc+1][q+1]) by SXTB16 and SXTB16 ROR 8; 4 SMLAD sum the
-   2 x 2 tile. An odd P ends with the pair (P - 2, P - 1), stored at P - 1 only. Same exact
-   int32 sums as the portable loop. */
+   2 x 2 tile. An odd P ends with the pair (P - 2, P - 1), stored at P - 1 only. At batch 1,
+   where 2 Co P bytes <= Q_DQ16_MAX (NOTE [ Expanded dq rows ]), those dq pairs are unpacked
+   once into the scratch after `wp` (not once per input-channel pair). Same exact int32 sums
+   as the portable loop. */
 static void q1_bwd_input_mm(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx,
                             int acc, int B, int Ci, int Co, int P, uint32_t *wp) {
+    if (B == 1 && (size_t)2 * Co * P <= Q_DQ16_MAX) {  /* dq pairs unpacked once */
+        uint32_t *e = wp + Co;  /* e[(oc / 2) P + q] = (dq[oc][q], dq[oc + 1][q]) */
+        for (int oc = 0; oc < Co; oc += 2) {
+            const int8_t *d = dq + (size_t)oc * P;
+            uint32_t *o = e + (size_t)oc / 2 * P;
+            for (int q = 0; q < P; q += 2) {
+                const int qq = q + 2 <= P ? q : P - 2;
+                uint16_t a, b;
+                memcpy(&a, d + qq, 2);
+                memcpy(&b, d + P + qq, 2);
+                const uint32_t v = a | (uint32_t)b << 16;
+                o[qq] = (uint32_t)__sxtb16(v); o[qq + 1] = (uint32_t)q_sxtb16r8(v);
+            }
+        }
+        for (int ic = 0; ic < Ci; ic += 2) {
+            for (int oc = 0; oc < Co; oc += 2) {
+                uint16_t a, b;
+                memcpy(&a, w + (size_t)oc * Ci + ic, 2);
+                memcpy(&b, w + (size_t)(oc + 1) * Ci + ic, 2);
+                const uint32_t v = a | (uint32_t)b << 16;
+                wp[oc] = (uint32_t)__sxtb16(v);
+                wp[oc + 1] = (uint32_t)q_sxtb16r8(v);
+            }
+            ET_REAL *r0 = dx + (size_t)ic * P, *r1 = r0 + P;
+            for (int q = 0; q < P; q += 2) {
+                const int qq = q + 2 <= P ? q : P - 2;
+                int32_t t00 = 0, t01 = 0, t10 = 0, t11 = 0;
+                const uint32_t *eq = e + qq, *wq = wp, *we = wp + Co;
+                for (; wq < we; wq += 2, eq += P) {
+                    const int16x2_t E0 = (int16x2_t)eq[0], E1 = (int16x2_t)eq[1];
+                    const int16x2_t W0 = (int16x2_t)wq[0], W1 = (int16x2_t)wq[1];
+                    t00 = __smlad(W0, E0, t00); t01 = __smlad(W0, E1, t01);
+                    t10 = __smlad(W1, E0, t10); t11 = __smlad(W1, E1, t11);
+                }
+                if (qq == q) { q_put(r0 + q, t00, s, acc); q_put(r1 + q, t10, s, acc); }
+                q_put(r0 + qq + 1, t01, s, acc);
+                q_put(r1 + qq + 1, t11, s, acc);
+            }
+        }
+        return;
+    }
     for (int ic = 0; ic < Ci; ic += 2) {
         for (int oc = 0; oc < Co; oc += 2) {
             uint16_t a, b;
