@@ -628,8 +628,10 @@ def input_grad_scratch_bytes(op, out_shape) -> int:
     as words of 4 channels, 4 (Co // 4) Ho Wo bytes, then one input channel's weights as
     16-bit pairs, 72 (Co // 4) bytes (NOTE [ Paired stride-2 3x3 input gradient ]); 0 for
     other ops."""
-    if type(op).__name__ != "QConv2d" or op.groups != 1:
+    if type(op).__name__ != "QConv2d":
         return 0
+    if op.groups != 1:
+        return _depthwise_input_grad_bytes(op, out_shape)
     if op.weight.shape[-1] == 3 and op.stride == 2 and out_shape[0] >= 4:
         return out_shape[0] // 4 * (4 * out_shape[1] * out_shape[2] + 72)
     if op.weight.shape[-1] != 1:
@@ -638,6 +640,17 @@ def input_grad_scratch_bytes(op, out_shape) -> int:
         return 0
     e = 2 * out_shape[0] * out_shape[1] * out_shape[2]
     return 4 * out_shape[0] + (e if e <= DQ16_MAX_BYTES else 0)
+
+
+def _depthwise_input_grad_bytes(op, out_shape) -> int:
+    """A 3x3 depthwise conv at stride 1 with padding 1: one dq plane zero-padded by 1 (4-byte
+    aligned, with the loads' slack) and H x W int32 sums, where that is at most
+    DQ16_MAX_BYTES (NOTE [ Depthwise input gradient as a forward ], int8_runtime.c)."""
+    c, h, w = out_shape
+    if op.weight.shape[-1] != 3 or op.stride != 1 or op.padding != 1 or op.groups != c:
+        return 0
+    n = ((h + 2) * (w + 2) + PAD_SLACK_BYTES + 3) // 4 * 4 + 4 * h * w
+    return n if n <= DQ16_MAX_BYTES else 0
 
 
 def backward_scratch_bytes(op, in_shape, out_shape, trainable: bool, input_grad: bool) -> int:

@@ -1659,6 +1659,16 @@ static void q1_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
     }
 }
 
+/* NOTE [ Depthwise input gradient as a forward ]
+   A 3x3 depthwise conv at stride 1 with padding 1 has the input gradient dx = the 3x3
+   correlation of its dq plane, zero-padded by 1, with the kernel turned by 180 degrees: with
+   the op's backward scratch (`input_grad_scratch_bytes`: the padded plane, 4-byte aligned, and
+   H x W int32 sums, when at most Q_DQ16_MAX bytes) it runs the padded forward's kernel
+   (q3_plane_fwd, NOTE [ Padded 3x3 forward ]) on that plane, two outputs per SMLAD row step,
+   for the same integer sums. */
+Q_AI size_t q_dw_bi_bytes(int H, int W) {
+    return ((size_t)(H + 2) * (W + 2) + Q_PAD_SLACK + 3) / 4 * 4 + (size_t)4 * H * W;
+}
 /* NOTE [ Paired stride-2 3x3 input gradient ]
    At stride 2 an output column ow adds w0 e_ow to input column 2ow - p, w1 e_ow to 2ow + 1 - p
    and w2 e_ow to 2ow + 2 - p: each even column (from 2ow - p) takes w0 e_ow + w2 e_(ow-1) and
@@ -1709,6 +1719,22 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
     const int cig = Ci / G, cog = Co / G;
     int32_t row[Q_ROWMAX + 4] __attribute__((aligned(8)));
 #if ET_DSP
+    if (dT && st == 1 && p == 1 && G == Ci && Co == Ci && Ho == H && Wo == W &&
+        q_dw_bi_bytes(H, W) <= Q_DQ16_MAX) {  /* NOTE [ Depthwise input gradient as a forward ] */
+        const size_t pb = ((size_t)(H + 2) * (W + 2) + Q_PAD_SLACK + 3) / 4 * 4;
+        int32_t *sums = (int32_t *)(void *)(dT + pb);
+        for (int n = 0; n < B; n++)
+            for (int c = 0; c < Ci; c++) {
+                const int8_t *wc = w + (size_t)c * 9;
+                const int8_t wr[9] = {wc[8], wc[7], wc[6], wc[5], wc[4],
+                                      wc[3], wc[2], wc[1], wc[0]};  /* turned by 180 */
+                q_pad(dT, dq + ((size_t)n * Co + c) * H * W, 0, H, W, 1);
+                q3_plane_fwd(sums, dT, W + 2, wr, H, W, 1, 0, 0);
+                ET_REAL *dc = dx + ((size_t)n * Ci + c) * H * W;
+                for (int j = 0; j < H * W; j++) q_put(dc + j, sums[j], s, acc);
+            }
+        return;
+    }
     if (st != 2 || G != 1 || Co < 4) dT = 0;
 #else
     dT = 0;
