@@ -42,7 +42,9 @@ NOTE [ int8 SRAM of the C trainer ]
       (`input_grad_scratch_bytes`, NOTE [ Paired 1x1 input gradient ]), and a one-group 3x3
       at stride 2 with Co >= 4 whose input gradient runs one of one sample's dq as 4-channel
       words and one input channel's weights as 16-bit pairs (NOTE [ Paired stride-2 3x3 input
-      gradient ]): the input gradient
+      gradient ]), and a 3x3 depthwise conv at stride 1 with padding 1 whose input gradient
+      runs one of a zero-padded dq plane and H x W int32 sums where that is at most 4 KiB
+      (NOTE [ Depthwise input gradient as a forward ]): the input gradient
       and the weight gradient run one after the other, so they share it (the larger size);
       `f:<op>` the forward scratch of a trainable conv, live at its forward step
       (`forward_scratch_bytes`): for a one-group 3x3 (stride 1 or 2) or 1x1 the mat-mult
