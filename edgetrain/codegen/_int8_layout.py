@@ -35,14 +35,22 @@ NOTE [ int8 SRAM of the C trainer ]
       and Ho x Wo words of a tap pair's rows (`weight_grad_scratch_bytes`, NOTE [ int8
       mat-mult weight gradient ] in int8_runtime.c); a trainable one-group 1x1 (stride 1, at
       least 2 input channels) has `p:<op>` too: Ho x Wo words of an input channel pair's rows;
+      both then hold the dq rows unpacked to 16-bit pairs where that is at most 4 KiB
+      (`dq16_bytes`, NOTE [ Expanded dq rows ]);
       a one-group 1x1 (stride 1, no padding) whose input gradient runs has a `p:<op>` of at
       least its weights' 16-bit output-channel pairs for a group of input channels
-      (`input_grad_scratch_bytes`, NOTE [ Paired 1x1 input gradient ]): the input gradient
+      (`input_grad_scratch_bytes`, NOTE [ Paired 1x1 input gradient ]), and a one-group 3x3
+      at stride 2 with Co >= 4 whose input gradient runs one of one sample's dq as 4-channel
+      words and one input channel's weights as 16-bit pairs (NOTE [ Paired stride-2 3x3 input
+      gradient ]), and a 3x3 depthwise conv at stride 1 with padding 1 whose input gradient
+      runs one of a zero-padded dq plane and H x W int32 sums where that is at most 4 KiB
+      (NOTE [ Depthwise input gradient as a forward ]): the input gradient
       and the weight gradient run one after the other, so they share it (the larger size);
       `f:<op>` the forward scratch of a trainable conv, live at its forward step
       (`forward_scratch_bytes`): for a one-group 3x3 (stride 1 or 2) or 1x1 the mat-mult
       kernel's tap offsets and two columns, 8 Ci K^2 bytes (NOTE [ int8 mat-mult forward ] in
-      int8_runtime.c), for another 3x3 the padded plane and Ho x Wo int32 sums (NOTE [ Padded
+      int8_runtime.c), and its weights unpacked to 16-bit pairs where that is at most 4 KiB
+      (`dq16_bytes`), for another 3x3 the padded plane and Ho x Wo int32 sums (NOTE [ Padded
       3x3 forward ]); `s:<op>` kernel scratch, which is
       * a frozen pointwise -> depthwise pair whose intermediate nothing else reads: fused, one
         expanded channel at a time (H x W bytes), the expanded tensor never exists (batch 1);
@@ -564,10 +572,12 @@ def runs_mat_mult_forward(op) -> bool:
 def forward_scratch_bytes(op, in_shape, out_shape) -> int:
     """The forward scratch of a trainable conv: for the mat-mult forward (NOTE [ int8 mat-mult
     forward ], int8_runtime.c) Ci K^2 int32 tap offsets and two columns of as many int16
-    taps; for another 3x3 (NOTE [ Padded 3x3 forward ]) its padded input plane (4-byte
+    taps, then the weight rows unpacked to 16-bit pairs where small (`dq16_bytes`, NOTE
+    [ Expanded dq rows ]); for another 3x3 (NOTE [ Padded 3x3 forward ]) its padded input plane (4-byte
     aligned) and Ho x Wo int32 sums."""
     if runs_mat_mult_forward(op):
-        return 8 * in_shape[0] * op.weight.shape[-1] ** 2
+        kt = in_shape[0] * op.weight.shape[-1] ** 2
+        return 8 * kt + dq16_bytes(out_shape[0], kt)
     pb = pad_plane_bytes(op, in_shape)
     return (pb + 3) // 4 * 4 + 4 * out_shape[1] * out_shape[2] if pb else 0
 
@@ -587,24 +597,62 @@ def weight_grad_scratch_bytes(op, in_shape, out_shape) -> int:
     (NOTE [ int8 mat-mult weight gradient ], int8_runtime.c) two padded planes (4-byte
     aligned; one for one input channel), Ho x Wo int32 window offsets, 2 int32 per output
     channel and Ho x Wo words of a tap pair's rows; for a 1x1 of `runs_mat_mult_forward` the
-    Ho x Wo words of an input channel pair's rows; for another 3x3 the padded plane
+    Ho x Wo words of an input channel pair's rows; both then `dq16_bytes` of expanded dq rows;
+    for another 3x3 the padded plane
     (`pad_plane_bytes`); 0 for other ops."""
     if runs_mat_mult_forward(op) and op.weight.shape[-1] == 1:
-        return 4 * out_shape[1] * out_shape[2]
+        hw = out_shape[1] * out_shape[2]
+        return 4 * hw + dq16_bytes(out_shape[0], hw)
     pb = pad_plane_bytes(op, in_shape)
     if not pb or op.groups != 1:
         return pb
+    hw = out_shape[1] * out_shape[2]
     planes = (2 if in_shape[0] > 1 else 1) * ((pb + 3) // 4 * 4)
-    return planes + 8 * out_shape[1] * out_shape[2] + 8 * out_shape[0]
+    return planes + 8 * hw + 8 * out_shape[0] + dq16_bytes(out_shape[0], hw)
+
+
+DQ16_MAX_BYTES = 4096  # Q_DQ16_MAX in int8_runtime.c
+
+
+def dq16_bytes(co: int, hw: int) -> int:
+    """The batch-1 mat-mult weight gradient's dq rows unpacked to 16-bit pairs, 2 Co (HW // 4 * 4)
+    bytes where that is at most DQ16_MAX_BYTES, else 0 (NOTE [ Expanded dq rows ],
+    int8_runtime.c)."""
+    n = 2 * co * (hw // 4 * 4)
+    return n if n <= DQ16_MAX_BYTES else 0
 
 
 def input_grad_scratch_bytes(op, out_shape) -> int:
-    """The input-gradient scratch of a 1x1 conv (one group, stride 1, no padding): its weights
-    as 16-bit output-channel pairs for one input-channel pair, 4 Co bytes (NOTE [ Paired 1x1
-    input gradient ], int8_runtime.c); 0 for other ops."""
-    if type(op).__name__ != "QConv2d" or op.weight.shape[-1] != 1 or op.groups != 1:
+    """The input-gradient scratch of a one-group conv: for a 1x1 (stride 1, no padding) its
+    weights as 16-bit output-channel pairs for one input-channel pair, 4 Co bytes, then dq as
+    16-bit output-channel pairs, 2 Co Ho Wo bytes where that is at most DQ16_MAX_BYTES (NOTE
+    [ Paired 1x1 input gradient ], int8_runtime.c); for a 3x3 at stride 2 with Co >= 4 one sample's dq
+    as words of 4 channels, 4 (Co // 4) Ho Wo bytes, then one input channel's weights as
+    16-bit pairs, 72 (Co // 4) bytes (NOTE [ Paired stride-2 3x3 input gradient ]); 0 for
+    other ops."""
+    if type(op).__name__ != "QConv2d":
         return 0
-    return 4 * out_shape[0] if op.stride == 1 and op.padding == 0 else 0
+    if op.groups != 1:
+        return _depthwise_input_grad_bytes(op, out_shape)
+    if op.weight.shape[-1] == 3 and op.stride == 2 and out_shape[0] >= 4:
+        return out_shape[0] // 4 * (4 * out_shape[1] * out_shape[2] + 72)
+    if op.weight.shape[-1] != 1:
+        return 0
+    if op.stride != 1 or op.padding != 0:
+        return 0
+    e = 2 * out_shape[0] * out_shape[1] * out_shape[2]
+    return 4 * out_shape[0] + (e if e <= DQ16_MAX_BYTES else 0)
+
+
+def _depthwise_input_grad_bytes(op, out_shape) -> int:
+    """A 3x3 depthwise conv at stride 1 with padding 1: one dq plane zero-padded by 1 (4-byte
+    aligned, with the loads' slack) and H x W int32 sums, where that is at most
+    DQ16_MAX_BYTES (NOTE [ Depthwise input gradient as a forward ], int8_runtime.c)."""
+    c, h, w = out_shape
+    if op.weight.shape[-1] != 3 or op.stride != 1 or op.padding != 1 or op.groups != c:
+        return 0
+    n = ((h + 2) * (w + 2) + PAD_SLACK_BYTES + 3) // 4 * 4 + 4 * h * w
+    return n if n <= DQ16_MAX_BYTES else 0
 
 
 def backward_scratch_bytes(op, in_shape, out_shape, trainable: bool, input_grad: bool) -> int:
