@@ -311,6 +311,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         or "keep everything"
     )
     console.print(f"  activations: {dec}")
+    if p.lean_backward:  # NOTE [ Lean backward ], NOTE [ Sample-chunked frozen segments ]
+        chunked = ", ".join(f"{m} by {c}" for m, c in p.chunked_modules) or "none"
+        console.print(
+            f"  lean backward: {len(p.in_place_activations)} in-place sites, "
+            f"samples-at-a-time segments: {chunked}"
+        )
     console.print(f"  modelled step: {p.predicted.latency_s:.4g} s, {p.predicted.energy_j:.4g} J")
     if args.output:
         console.print(f"plan written to {args.output}")
