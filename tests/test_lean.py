@@ -373,14 +373,14 @@ def test_tinytl_on_mbv2_measures_its_lean_peak():
     under = tinytl_prepare(model, x, budget_bytes=budget, **kw)
     measured = {"whole": measure(whole), "under": measure(under)}
     # Assert: lean, simulated to within 5 %; the whole batch within TinyTL's saving through
-    # its chunked frozen blocks (NOTE [ Sample-chunked frozen segments ]), and under the
-    # budget by splitting the batch
+    # its chunked frozen blocks (NOTE [ Sample-chunked frozen segments ]), and the plan
+    # made under that budget within it too
     for p, m in ((whole, measured["whole"]), (under, measured["under"])):
         assert p.plan.lean_backward and p.plan.freeze_batch_norm
         assert _simulated_peak(p.plan) == pytest.approx(m, rel=0.05)
     assert whole.plan.accumulation_steps == 1 and whole.plan.chunked_modules
     assert measured["whole"] <= budget
-    assert under.plan.accumulation_steps > 1 and measured["under"] <= budget
+    assert measured["under"] <= budget
 
 
 def test_tinytl_split_into_micro_batches_gives_the_whole_batch_step():
