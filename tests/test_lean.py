@@ -551,3 +551,30 @@ def test_even_kernel_same_padding_runs_lean_as_captured():
     for (n, a), b in zip(ours.named_parameters(), oracle.parameters()):
         assert torch.equal(a, b), n
     assert plan.predicted_peak_bytes == pytest.approx(measured, rel=0.01)
+
+
+def test_a_channels_last_model_runs_lean_as_predicted():
+    # Prepare: a channels_last model and batch, bias-only (its frozen convs run lean; their
+    # results, and so the BN and ReLU after them, are contiguous)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
+    ).to(memory_format=torch.channels_last)  # fmt: skip
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    plan = _plan(model, x, "bias-only", 8, name="channels-last")
+    xb = torch.randn(8, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    yb = torch.zeros(8, dtype=torch.long)
+    plain = Plan.from_dict({**plan.to_dict(), "lean_backward": False, "chunked_modules": []})
+    # Execute
+    measured = {
+        p.lean_backward: PYTORCH_RUNNER.measured_peak_bytes(
+            StepRequest(copy.deepcopy(model), p, xb, yb)
+        )
+        for p in (plan, plain)
+    }
+    # Assert: lean really ran (below plain PyTorch) and the simulation predicted it
+    assert plan.lean_backward
+    assert measured[True] < measured[False]
+    assert plan.predicted_peak_bytes == pytest.approx(measured[True], rel=0.01)
