@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgetrain.errors import InvalidArgumentError, PlanFileError
@@ -15,15 +16,16 @@ from tests.test_lean import _BN, _plan, _trained_and_oracle
 
 
 class _Residual(nn.Module):
+    """x + project(relu(bn(expand(x)))), the relu called in the module's own forward (its
+    site, `res#0`, counts per chunk: NOTE [ Sample-chunked frozen segments ])."""
+
     def __init__(self, c: int, mid: int) -> None:
         super().__init__()
-        self.conv = nn.Sequential(
-            nn.Conv2d(c, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
-            nn.Conv2d(mid, c, 1, bias=False), nn.BatchNorm2d(c),
-        )  # fmt: skip
+        self.expand, self.bn = nn.Conv2d(c, mid, 1, bias=False), nn.BatchNorm2d(mid)
+        self.project = nn.Sequential(nn.Conv2d(mid, c, 1, bias=False), nn.BatchNorm2d(c))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv(x)
+        return x + self.project(F.relu(self.bn(self.expand(x))))
 
 
 class _Wide(nn.Module):
@@ -101,19 +103,32 @@ def test_chunked_segments_train_as_plain_pytorch_in_the_predicted_peak(kind):
     assert measured < measured_whole - 1_000_000
 
 
-def test_a_segment_with_an_add_trains_as_plain_pytorch():
+def test_a_segment_with_an_add_trains_as_plain_pytorch(monkeypatch):
     # Prepare: the residual block alone chunked (its input is read by its first conv and
-    # by the add), two chunks of two samples
+    # by the add), two chunks of two samples; count the in-place activations that run
+    import edgetrain.runtime._lean as lean_mod
+
     model, x = _wide()
-    plan = _plan(model, x, "bias-only", 4, name="wide")
-    plan = Plan.from_dict({**plan.to_dict(), "chunked_modules": [["res", 2]]})
+    planned = _plan(model, x, "bias-only", 4, name="wide")
+    plan = Plan.from_dict({**planned.to_dict(), "chunked_modules": [["res", 2]]})
+    whole = Plan.from_dict({**planned.to_dict(), "chunked_modules": []})
     g = torch.Generator().manual_seed(2)
     xb, yb = torch.randn(4, 3, 64, 64, generator=g), torch.randint(0, 10, (4,), generator=g)
+    cls = lean_mod._MaskedActivationInPlace
+    calls: list[int] = []
+    real = cls.forward
+    monkeypatch.setattr(cls, "forward", staticmethod(lambda *a: calls.append(1) or real(*a)))
     # Execute
     ours, oracle = _trained_and_oracle(model, plan, xb, yb, steps=2)
-    # Assert
+    n_chunked = len(calls)
+    calls.clear()
+    _trained_and_oracle(model, whole, xb, yb, steps=2)
+    # Assert: parameters as plain PyTorch's; the relu inside `res` (site `res#0`) runs in
+    # place in each chunk, as the cost model counts it, not only in the first
     for (n, a), b in zip(ours.named_parameters(), oracle.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
+    assert "res#0" in plan.in_place_activations
+    assert n_chunked == len(calls) + 2  # one more call per step: two chunks instead of one
 
 
 def test_a_chunk_that_does_not_divide_the_micro_batch_is_refused():

@@ -3,6 +3,8 @@ cost/_chunk.py): a module's forward swapped for `chunked_forward` while a plan's
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.autograd.graph import get_gradient_edge
 
@@ -41,12 +43,12 @@ class _Segment(torch.autograd.Function):
     input stays alive."""
 
     @staticmethod
-    def forward(ctx, x, token, run, chunk):
+    def forward(ctx, x, token, run, chunk, frame):
         base, sink = x.detach(), _Sink()
         batch = base.shape[0]
         out, edges = None, []
         for a in range(0, batch, chunk):
-            with torch.enable_grad():
+            with torch.enable_grad(), frame():
                 y = run(_Entry.apply(base[a : a + chunk], token, sink, a))
             if not isinstance(y, torch.Tensor) or y.shape[:1] != (chunk,) or y.grad_fn is None:
                 raise InvalidArgumentError(
@@ -70,14 +72,16 @@ class _Segment(torch.autograd.Function):
             torch.autograd.backward(ctx.edges[k], g[a : a + ctx.chunk])
             ctx.edges[k] = None
         grad, sink.grad = sink.grad, None
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
-def chunked_forward(original, module: str, chunk: int, token, active, *args, **kwargs):
-    """Module `module`'s forward while a plan's step runs (`active()`): its own forward,
-    `chunk` samples at a time (`_Segment`). Without grad, or outside a step, it is the
+def chunked_forward(original, module: str, chunk: int, token, lean, *args, **kwargs):
+    """Module `module`'s forward while a plan's step runs (`lean()` is its lean mode, None
+    outside a step): its own forward, `chunk` samples at a time (`_Segment`), each chunk a
+    call of its own for the lean mode's sites. Without grad, or outside a step, it is the
     module's own forward, whole."""
-    if not (active() and torch.is_grad_enabled()):
+    mode = lean()
+    if mode is None or not torch.is_grad_enabled():
         return original(*args, **kwargs)
     if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
         raise InvalidArgumentError(
@@ -92,4 +96,4 @@ def chunked_forward(original, module: str, chunk: int, token, active, *args, **k
             f"shape {tuple(x.shape)}: the first dimension must be a multiple of {chunk}. "
             "Train with the plan's micro-batch size or re-plan"
         )
-    return _Segment.apply(x, token, original, chunk)
+    return _Segment.apply(x, token, original, chunk, functools.partial(mode.call_frame, module))

@@ -726,6 +726,17 @@ class LeanBackward(TorchFunctionMode):
             self.calls.pop()
             TorchFunctionMode.__exit__(self, None, None, None)
 
+    @contextlib.contextmanager
+    def call_frame(self, path: str):
+        """A fresh call of module `path` for the sites counted inside it: a chunked segment
+        runs its module's forward once per chunk inside one module call (NOTE [ Sample-
+        chunked frozen segments ])."""
+        self.calls.append([path, 0, 0])
+        try:
+            yield
+        finally:
+            self.calls.pop()
+
     def _enter_module(self, module, args) -> None:
         path = self.paths.get(module)
         if path is not None:

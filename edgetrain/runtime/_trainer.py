@@ -187,12 +187,12 @@ class Trainer:
             mod = modules[path]
             original = mod.forward
             mod.forward = functools.partial(
-                chunked_forward, original, path, chunk, token, self._stepping
+                chunked_forward, original, path, chunk, token, self._lean_mode
             )
             self._restore.append(functools.partial(_restore_forward, mod, original))
 
-    def _stepping(self) -> bool:
-        return self._lean is not None
+    def _lean_mode(self) -> LeanBackward | None:
+        return self._lean
 
     def _lean_rerun(self, path: str):
         """Checkpoint's re-run of stage `path` inside backward runs lean as its forward did."""
