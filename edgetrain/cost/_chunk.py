@@ -22,7 +22,10 @@ NOTE [ Sample-chunked frozen segments ]
     rewriting the graph (`chunk_graph`): each chunk is a copy of the segment's nodes at the
     chunk's batch, between an `enter` view of the input and a `leave` copy into the result
     (`ENTER` / `LEAVE`, handled in `_simulate_backward`); a chunk's module calls are calls of
-    their own (`call_key`) and its activation sites count from zero (`site_key`).
+    their own (`_call_keys` in cost/_memory.py) and its activation sites count from zero
+    (`site_key`), as the runtime gives each chunk a call frame of its own
+    (`LeanBackward.call_frame`). Recomputation and paging never cover a chunked segment, and
+    an in-place update (each chunk accumulates its own gradient) never meets one.
 """
 
 from __future__ import annotations
