@@ -255,6 +255,7 @@ def test_max_pool_saves_window_offsets_and_keeps_atens_gradients(pool, shape):
         ("mbv2-block", "bias-only", 8, "rpi4"),
         ("mcu-cnn", "last:2", 4, "rpi4"),
         ("mixed", "bias-only", 8, "rpi4"),
+        ("tcn-1d", "bias-only", 8, "rpi4"),  # relu over a non-contiguous slice runs plain
     ],
 )
 def test_lean_plans_predict_the_allocator(name, policy, batch, device):

@@ -168,9 +168,44 @@ def _bn_weight(graph: Graph, node: Node) -> str | None:
     return params[0] if len(params) == 2 else None
 
 
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    out, acc = [], 1
+    for d in reversed(shape):
+        out.append(acc)
+        acc *= d
+    return tuple(reversed(out))
+
+
+def is_contiguous(graph: Graph, name: str) -> bool:
+    """Whether tensor `name` is contiguous when the step runs, as far as the IR tells: an
+    operator's result is; a view's is where its index map (NOTE [ Views as index maps ]) is
+    the contiguous one (size-1 dimensions aside) over a contiguous source. The lean runtime
+    leaves a non-contiguous input of an activation, a pool or batch norm to plain PyTorch
+    (TCN's causal chomp, `conv(x)[:, :, :-pad]`), and so does this rule."""
+    t = graph.tensor(name)
+    j = graph.node_index.get(t.producer or "")
+    if j is None or graph.nodes[j].op is not OpKind.VIEW:
+        return True
+    n = graph.nodes[j]
+    size, stride = n.attr("view_size"), n.attr("view_stride")
+    if size is None or stride is None:
+        return True
+    want = _contiguous_strides(tuple(size))
+    if any(d != 1 and s != w for d, s, w in zip(size, stride, want)):
+        return False
+    return not n.inputs or is_contiguous(graph, n.inputs[0])
+
+
+_NEEDS_CONTIGUOUS = frozenset({OpKind.BATCH_NORM, OpKind.MAX_POOL2D, OpKind.AVG_POOL2D})
+
+
 def lean_saves(graph: Graph, node: Node, requires_grad: frozenset[str]) -> LeanSaves | None:
     """The lean rule of `node` (NOTE [ Lean saved tensors ]); None where it runs as plain
     PyTorch (then `saved_for_backward` applies)."""
+    strided = node.op in _NEEDS_CONTIGUOUS or is_masked_activation(node)
+    strided = strided or (node.op is OpKind.VIEW and node.attr("composite_op") in _POOL1D_OPS)
+    if strided and node.inputs and not is_contiguous(graph, node.inputs[0]):
+        return None  # the runtime runs it as plain PyTorch
     if node.op in (OpKind.CONV2D, OpKind.CONV1D):
         if node.inputs[1] in requires_grad:
             return None
