@@ -24,7 +24,9 @@ NOTE [ Lean saved tensors ]
       - average pooling (1-d and 2-d) saves nothing: its backward reads only the input's
         sizes;
       - every other node saves what `saved_for_backward` says (products already save an
-        operand only when the other one needs a gradient).
+        operand only when the other one needs a gradient), and so does an activation, pool
+        or batch norm whose input is a non-contiguous view (`is_contiguous`): the runtime
+        leaves those to plain PyTorch.
     A mask is not always less: where another node saves the very tensor the activation would
     save (a trainable convolution's input, an average pool's input), plain PyTorch's save costs
     nothing and the mask adds its bytes. So the plan names such activations
