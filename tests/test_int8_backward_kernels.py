@@ -44,6 +44,9 @@ CONVS = [
 LINEARS = [(1, 37, 5), (2, 32, 10), (1, 784, 3)]  # (B, I, O)
 # qacc_quant (B, C, P, dy from a global average pool): P with and without a remainder of 4
 QACC = [(1, 3, 7, False), (2, 2, 49, False), (1, 2, 8, False), (1, 3, 9, True), (2, 2, 8, True)]
+# qacc_quant on an integer dx (NOTE [ Integer dx ]) (B, C, P, T): dx_int = T k, ds = 1 / (16 T),
+# so dq = dx_int / T: T = 8 and 1024 take the fixed-point path, T = 2 the float one (k >= 1/4)
+QACC_INT = [(1, 3, 7, 8), (2, 2, 49, 1024), (1, 2, 9, 2), (1, 8, 196, 8)]
 
 
 def _ints(a) -> str:
@@ -157,6 +160,7 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         zx = int(rng.integers(-128, 128))
         gw, gb, dx = _conv_oracle(x, zx, w, dq, s, p, gr)
         want[f"gw{i}"], want[f"gb{i}"], want[f"dx{i}"] = gw, gb, dx
+        want[f"dxi{i}"] = dx  # NOTE [ Integer dx ]: the same sums stored as int32
         dims = f"{b}, {ci}, {h}, {wd}, {co}, {ho}, {wo}, {k}, {s}, {p}, {gr}"
         blocks.append(f"""
     {{
@@ -164,8 +168,12 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         static int8_t w[] = {{{_ints(w)}}};
         static int32_t b[{co}];
         static ET_REAL dx[{x.size}];
+        static int32_t dxi[{x.size}];
         qconv_bwd_input(dq, (ET_REAL)1, w, dx, 0, pad, {dims});
         et_i32("dx{i}", 0, dx, {x.size});
+        qconv_bwd_input(dq, (ET_REAL)1, w, dx, Q_DX_INT, pad, {dims});
+        for (int j = 0; j < {x.size}; j++) dxi[j] = q_dxi(dx + j);
+        et_i32("dxi{i}", dxi, 0, {x.size});
         probe_on(w, {w.size}, b, {co});
         qconv_update(dq, (ET_REAL)1, x, {zx}, w, b, one, one, (ET_REAL)1e-3, pad, {dims});
         et_i32("gw{i}", probe_w, 0, {w.size});
@@ -211,7 +219,7 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         zx = int(rng.integers(-128, 128))
         want[f"lgw{i}"] = dq.T @ (x - zx)
         want[f"lgb{i}"] = dq.sum(0)
-        want[f"ldx{i}"] = dq @ w
+        want[f"ldx{i}"] = want[f"ldxi{i}"] = dq @ w
         dims = f"{b}, {n_in}, {n_out}"
         blocks.append(f"""
     {{
@@ -219,8 +227,12 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         static int8_t w[] = {{{_ints(w)}}};
         static int32_t b[{n_out}];
         static ET_REAL dx[{x.size}];
+        static int32_t dxi[{x.size}];
         qlinear_bwd_input(dq, (ET_REAL)1, w, dx, 0, {dims});
         et_i32("ldx{i}", 0, dx, {x.size});
+        qlinear_bwd_input(dq, (ET_REAL)1, w, dx, Q_DX_INT, {dims});
+        for (int j = 0; j < {x.size}; j++) dxi[j] = q_dxi(dx + j);
+        et_i32("ldxi{i}", dxi, 0, {x.size});
         probe_on(w, {w.size}, b, {n_out});
         qlinear_update(dq, (ET_REAL)1, x, {zx}, w, b, one, one, (ET_REAL)1e-3, {dims});
         et_i32("lgw{i}", probe_w, 0, {w.size});
@@ -228,6 +240,8 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
     }}""")
     for i, (b, c, p, pooled) in enumerate(QACC):
         blocks.append(_qacc_block(rng, i, b, c, p, pooled, want))
+    for i, (b, c, p, t) in enumerate(QACC_INT):
+        blocks.append(_qacc_int_block(rng, i, b, c, p, t, want))
     return "".join(blocks), want
 
 
@@ -254,11 +268,38 @@ def _qacc_block(rng, i: int, b: int, c: int, p: int, pooled: bool, want: dict) -
         static uint8_t mask[] = {{{_ints(mask)}}};
         static const ET_REAL M[] = {{{_reals(np.ones(c))}}};
         static int32_t qi[{n}];
-        const ET_REAL s = qacc_quant({dy}, {gd}, mask, M, {b}, {c}, {p});
+        const ET_REAL s = qacc_quant({dy}, 0, {gd}, mask, M, {b}, {c}, {p});
         for (int j = 0; j < {n}; j++) qi[j] = ((const int8_t *)mask)[j];
         et_i32("qd{i}", qi, 0, {n});
         const int32_t sv = (int32_t)(s * 127 * 16 + (ET_REAL)0.5);
         et_i32("qs{i}", &sv, 0, 1);
+    }}"""
+
+
+def _qacc_int_block(rng, i: int, b: int, c: int, p: int, t: int, want: dict) -> str:
+    """qacc_quant on an integer dx of T k where not clamped (|k| <= 127, one 127) and of large
+    values where clamped, with ds = 1 / (16 T): s_g = 1 / 16 and dq = k exactly, no ties."""
+    mask = (rng.random((b, c, p)) < 0.8).astype(np.int64)
+    k = rng.integers(-127, 128, (b, c, p))
+    k.reshape(-1)[0] = -127 if i % 2 else 127
+    mask[0, 0, 0] = 1
+    want[f"qid{i}"] = k * mask
+    want[f"qis{i}"] = [127]
+    big = rng.choice([-1, 1], k.shape) * rng.integers(200, 5000, k.shape)
+    n = b * c * p
+    return f"""
+    {{
+        static const int32_t v[] = {{{_ints(np.where(mask == 1, k, big) * t)}}};
+        static ET_REAL dy[{n}];
+        static uint8_t mask[] = {{{_ints(mask)}}};
+        static const ET_REAL M[] = {{{_reals(np.ones(c))}}};
+        static int32_t qi[{n}];
+        for (int j = 0; j < {n}; j++) q_put(dy + j, v[j], 0, Q_DX_INT);
+        const ET_REAL s = qacc_quant(dy, (ET_REAL)1 / {16 * t}, 0, mask, M, {b}, {c}, {p});
+        for (int j = 0; j < {n}; j++) qi[j] = ((const int8_t *)mask)[j];
+        et_i32("qid{i}", qi, 0, {n});
+        const int32_t sv = (int32_t)(s * 127 * 16 + (ET_REAL)0.5);
+        et_i32("qis{i}", &sv, 0, 1);
     }}"""
 
 

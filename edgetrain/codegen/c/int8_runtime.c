@@ -959,9 +959,92 @@ static __attribute__((noinline)) float qacc_quant_f(const float *dy, const qgap_
     }
     return mx / 127.0f;
 }
-static ET_REAL qacc_quant(const ET_REAL *dy, const qgap_dacc *gd, uint8_t *mask,
+/* NOTE [ Integer dx ]
+   Where a conv / linear's input gradient is read only by the quantisation of the op before it
+   (`qacc_quant` on dy, no pool, nothing added to it), the input gradient kernel stores the
+   exact int32 sum dx_int (acc Q_DX_INT: in the first 4 bytes of each ET_REAL slot, so the
+   buffer and the arena are unchanged) and `qacc_quant` gets its scale ds = s_g of that kernel.
+   Host: dy = ds * dx_int, the very double `q_put` would have stored, so the program stays bit
+   for bit with the simulation. Cortex-M (float): no float dx is written; the largest masked
+   |dx_int| per channel is an integer (ds * it is the largest |dy| float, as before), and dq =
+   round(dx_int * k) with k = ds * M * 127 / max in fixed point (SMMLA, NOTE [ SMMLA rounding ]:
+   rounds half up where the float path rounds ties to even), the float path where k >= 1/4. */
+Q_AI int32_t q_dxi(const ET_REAL *p) { int32_t v; memcpy(&v, p, 4); return v; }
+#if ET_DSP
+static __attribute__((noinline)) float qacc_quant_i(const float *dy, float ds, uint8_t *mask,
+                                                    const float *M, int B, int C, int P) {
+    const int P4 = P / 4 * 4;
+    float mx = 0;
+    for (int n = 0; n < B; n++)
+    for (int c = 0; c < C; c++) {
+        const size_t o = ((size_t)n * C + c) * P;
+        const int32_t *v = (const int32_t *)(const void *)(dy + o);
+        uint32_t mb = 0;
+        int p = 0;
+        for (; p < P4; p += 4) {
+            const uint32_t m4 = q_mk4(mask + o + p);
+            for (int j = 0; j < 4; j++) {
+                const int32_t a = v[p + j];
+                const uint32_t u = (uint32_t)(a < 0 ? -a : a)
+                                   & (uint32_t)((int32_t)(m4 << (31 - 8 * j)) >> 31);
+                mb = u > mb ? u : mb;
+            }
+        }
+        for (; p < P; p++) {
+            const int32_t a = v[p];
+            const uint32_t u = (uint32_t)(a < 0 ? -a : a) & -(uint32_t)mask[o + p];
+            mb = u > mb ? u : mb;
+        }
+        const float a = (float)mb * ds * (float)M[c];
+        if (a > mx) mx = a;
+    }
+    if (!(mx > 0)) return 0;
+    const float r = 127.0f / mx;
+    int8_t *dq = (int8_t *)mask;
+    for (int n = 0; n < B; n++)
+    for (int c = 0; c < C; c++) {
+        const size_t o = ((size_t)n * C + c) * P;
+        const int32_t *v = (const int32_t *)(const void *)(dy + o);
+        const float k = ds * ((float)M[c] * r);
+        uint32_t u;
+        memcpy(&u, &k, 4);
+        const int E = (int)((u >> 23) & 0xFFu), nn = 157 - E;  /* k = m0 2^-nn */
+        const int32_t m0 = (int32_t)(((u & 0x7FFFFFu) | 0x800000u) << 7);
+        int p = 0;
+        if (E != 0 && nn >= 33 && nn <= 62) {
+            const int32_t rr = (int32_t)1 << (nn - 33), sh = nn - 32;
+            for (; p < P4; p += 4) {
+                uint32_t m4 = q_mk4(mask + o + p);
+                uint32_t pk = (uint32_t)(q_smmla(v[p], m0, rr) >> sh);
+                __asm__("bfi %0, %1, #8, #8\n\tbfi %0, %2, #16, #8\n\tbfi %0, %3, #24, #8"
+                        : "+r"(pk)
+                        : "r"(q_smmla(v[p + 1], m0, rr) >> sh),
+                          "r"(q_smmla(v[p + 2], m0, rr) >> sh),
+                          "r"(q_smmla(v[p + 3], m0, rr) >> sh));
+                m4 = pk & (m4 * 0xFFu);
+                memcpy(dq + o + p, &m4, 4);
+            }
+            for (; p < P; p++)
+                dq[o + p] = (int8_t)((q_smmla(v[p], m0, rr) >> sh) & -(int32_t)mask[o + p]);
+            continue;
+        }
+        for (; p < P; p++) {  /* k >= 1/4 or tiny: the float rounding (ties to even) */
+            const float f = (float)v[p] * k + 12582912.0f;
+            memcpy(&u, &f, 4);
+            dq[o + p] = (int8_t)((int32_t)(u - 0x4B400000u) & -(int32_t)mask[o + p]);
+        }
+    }
+    return mx / 127.0f;
+}
+#endif
+static ET_REAL qacc_quant(const ET_REAL *dy, ET_REAL ds, const qgap_dacc *gd, uint8_t *mask,
                           const ET_REAL *M, int B, int C, int P) {
-    if (sizeof(ET_REAL) == sizeof(float))
+#if ET_DSP
+    if (sizeof(ET_REAL) == sizeof(float) && ds != 0)
+        return (ET_REAL)qacc_quant_i((const float *)(const void *)dy, (float)ds, mask,
+                                     (const float *)(const void *)M, B, C, P);
+#endif
+    if (sizeof(ET_REAL) == sizeof(float) && ds == 0)
         return (ET_REAL)qacc_quant_f((const float *)(const void *)dy, gd, mask,
                                      (const float *)(const void *)M, B, C, P);
     ET_REAL mx = 0;
@@ -970,7 +1053,8 @@ static ET_REAL qacc_quant(const ET_REAL *dy, const qgap_dacc *gd, uint8_t *mask,
         const size_t o = ((size_t)n * C + c) * P;
         const ET_REAL d = gd ? gd->gp[(size_t)n * C + c] / (ET_REAL)gd->P : 0;
         for (int p = 0; p < P; p++) {
-            const ET_REAL v = (gd ? d : dy[o + p]) * (mask[o + p] ? M[c] : (ET_REAL)0);
+            const ET_REAL y = gd ? d : (ds != 0 ? ds * (ET_REAL)q_dxi(dy + o + p) : dy[o + p]);
+            const ET_REAL v = y * (mask[o + p] ? M[c] : (ET_REAL)0);
             const ET_REAL a = et_abs(v);
             if (a > mx) mx = a;
         }
@@ -983,7 +1067,8 @@ static ET_REAL qacc_quant(const ET_REAL *dy, const qgap_dacc *gd, uint8_t *mask,
         const size_t o = ((size_t)n * C + c) * P;
         const ET_REAL d = gd ? gd->gp[(size_t)n * C + c] / (ET_REAL)gd->P : 0;
         for (int p = 0; p < P; p++) {
-            const ET_REAL v = (gd ? d : dy[o + p]) * (mask[o + p] ? M[c] : (ET_REAL)0);
+            const ET_REAL y = gd ? d : (ds != 0 ? ds * (ET_REAL)q_dxi(dy + o + p) : dy[o + p]);
+            const ET_REAL v = y * (mask[o + p] ? M[c] : (ET_REAL)0);
             const ET_REAL r = round_half_away(v / s);
             dq[o + p] = (int8_t)(r < -127 ? -127 : (r > 127 ? 127 : r));
         }
@@ -1057,13 +1142,17 @@ static inline void q_bstep(int32_t *b, int32_t g, ET_REAL s, ET_REAL inv, ET_REA
     ET_GRAD_PROBE(b, g);
     *b = clamp_i32(round_half_away((ET_REAL)*b + (-lr) * ((s * (ET_REAL)g) * inv)));
 }
-/* dx = s_g * dx_int (or dx += it) */
+/* dx = s_g * dx_int (acc 0), dx += it (acc 1), or dx_int itself as an int32 in the first 4
+   bytes of dx's slot (acc Q_DX_INT, NOTE [ Integer dx ]) */
+#define Q_DX_INT 2
 Q_AI void q_put(ET_REAL *dx, int32_t v, ET_REAL s, int acc) {
+    if (acc == Q_DX_INT) { memcpy(dx, &v, 4); return; }
     const ET_REAL r = s * (ET_REAL)v;
     if (acc) *dx += r; else *dx = r;
 }
+/* all-zero bits: 0 as an ET_REAL and as an integer dx */
 static void q_zero(ET_REAL *dx, int acc, size_t n) {
-    if (!acc) for (size_t i = 0; i < n; i++) dx[i] = 0;
+    if (acc != 1) for (size_t i = 0; i < n; i++) dx[i] = 0;
 }
 
 /* NOTE [ Register-blocked int8 backward ]
