@@ -284,7 +284,7 @@ def _qacc_int_block(rng, i: int, b: int, c: int, p: int, t: int, want: dict) -> 
     k.reshape(-1)[0] = -127 if i % 2 else 127
     mask[0, 0, 0] = 1
     want[f"qid{i}"] = k * mask
-    want[f"qis{i}"] = [127]
+    want[f"qis{i}"] = [127 * t]  # s_g 127 16 T: the largest |dx_int| itself
     big = rng.choice([-1, 1], k.shape) * rng.integers(200, 5000, k.shape)
     n = b * c * p
     return f"""
@@ -298,7 +298,7 @@ def _qacc_int_block(rng, i: int, b: int, c: int, p: int, t: int, want: dict) -> 
         const ET_REAL s = qacc_quant(dy, (ET_REAL)1 / {16 * t}, 0, mask, M, {b}, {c}, {p});
         for (int j = 0; j < {n}; j++) qi[j] = ((const int8_t *)mask)[j];
         et_i32("qid{i}", qi, 0, {n});
-        const int32_t sv = (int32_t)(s * 127 * 16 + (ET_REAL)0.5);
+        const int32_t sv = (int32_t)(s * {127 * 16 * t} + (ET_REAL)0.5);
         et_i32("qis{i}", &sv, 0, 1);
     }}"""
 

@@ -979,22 +979,26 @@ static __attribute__((noinline)) float qacc_quant_i(const float *dy, float ds, u
     for (int c = 0; c < C; c++) {
         const size_t o = ((size_t)n * C + c) * P;
         const int32_t *v = (const int32_t *)(const void *)(dy + o);
+        /* the largest key 2|a| - (a < 0) = (a << 1) ^ (a >> 31) (two instructions, exact
+           for any int32 a) gives the largest |a| = (key >> 1) + (key & 1) */
         uint32_t mb = 0;
         int p = 0;
         for (; p < P4; p += 4) {
             const uint32_t m4 = q_mk4(mask + o + p);
             for (int j = 0; j < 4; j++) {
                 const int32_t a = v[p + j];
-                const uint32_t u = (uint32_t)(a < 0 ? -a : a)
+                const uint32_t u = (((uint32_t)a << 1) ^ (uint32_t)(a >> 31))
                                    & (uint32_t)((int32_t)(m4 << (31 - 8 * j)) >> 31);
                 mb = u > mb ? u : mb;
             }
         }
         for (; p < P; p++) {
             const int32_t a = v[p];
-            const uint32_t u = (uint32_t)(a < 0 ? -a : a) & -(uint32_t)mask[o + p];
+            const uint32_t u =
+                (((uint32_t)a << 1) ^ (uint32_t)(a >> 31)) & -(uint32_t)mask[o + p];
             mb = u > mb ? u : mb;
         }
+        mb = (mb >> 1) + (mb & 1);
         const float a = (float)mb * ds * (float)M[c];
         if (a > mx) mx = a;
     }
