@@ -212,6 +212,8 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         et_i32("gm{i}", mi, 0, {acc.size});
     }}""")
         want[f"gy{i}"], want[f"gm{i}"] = want[f"fy{i}"], want[f"fm{i}"]
+        for tag, mixed in (("h", False), ("k", True)):
+            blocks.append(_requant_block(want, tag, i, acc, mixed, (x, w, bias, zx), dims))
     for i, (b, n_in, n_out) in enumerate(LINEARS):
         x = rng.integers(-128, 128, (b, n_in))
         w = rng.integers(-127, 128, (n_out, n_in))
@@ -243,6 +245,36 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
     for i, (b, c, p, t) in enumerate(QACC_INT):
         blocks.append(_qacc_int_block(rng, i, b, c, p, t, want))
     return "".join(blocks), want
+
+
+def _requant_block(want, tag: str, i: int, acc, mixed: bool, data: tuple, dims: str) -> str:
+    """Both forwards again with rq's fast case (n = 31 - shift >= 33: NOTE [ Hoisted
+    requantisation ]) in every channel, or in all but every third (`mixed`), and a clamp
+    to [-20, 100] (zy 3)."""
+    x, w, bias, zx = data
+    co, m0 = acc.shape[1], 1518500250
+    sh = np.array([0 if mixed and c % 3 == 2 else -2 - c % 4 for c in range(co)])
+    n = (31 - sh)[None, :, None, None]
+    pre = ((acc * m0 + (np.int64(1) << (n - 1))) >> n) + 3
+    want[f"f{tag}y{i}"] = want[f"g{tag}y{i}"] = np.clip(pre, -20, 100)
+    want[f"f{tag}m{i}"] = want[f"g{tag}m{i}"] = ((pre >= -20) & (pre <= 100)).astype(np.int64)
+    return f"""
+    {{
+        static const int32_t m0[] = {{{_ints(np.full(co, m0))}}}, sh[] = {{{_ints(sh)}}};
+        static int32_t yi[{acc.size}], mi[{acc.size}];
+        static int8_t y[{acc.size}];
+        static uint8_t mask[{acc.size}];
+        static const int8_t x[] = {{{_ints(x)}}}, w[] = {{{_ints(w)}}};
+        static const int32_t bias[] = {{{_ints(bias)}}};
+        qconv3_fwd(x, {zx}, w, bias, m0, sh, 3, -20, 100, y, mask, fscratch, {dims});
+        for (int j = 0; j < {acc.size}; j++) {{ yi[j] = y[j]; mi[j] = mask[j]; }}
+        et_i32("f{tag}y{i}", yi, 0, {acc.size});
+        et_i32("f{tag}m{i}", mi, 0, {acc.size});
+        qconv_mm_fwd(x, {zx}, w, bias, m0, sh, 3, -20, 100, y, mask, fscratch, {dims});
+        for (int j = 0; j < {acc.size}; j++) {{ yi[j] = y[j]; mi[j] = mask[j]; }}
+        et_i32("g{tag}y{i}", yi, 0, {acc.size});
+        et_i32("g{tag}m{i}", mi, 0, {acc.size});
+    }}"""
 
 
 def _qacc_block(rng, i: int, b: int, c: int, p: int, pooled: bool, want: dict) -> str:

@@ -573,11 +573,12 @@ def forward_scratch_bytes(op, in_shape, out_shape) -> int:
     """The forward scratch of a trainable conv: for the mat-mult forward (NOTE [ int8 mat-mult
     forward ], int8_runtime.c) Ci K^2 int32 tap offsets and two columns of as many int16
     taps, then the weight rows unpacked to 16-bit pairs where small (`dq16_bytes`, NOTE
-    [ Expanded dq rows ]); for another 3x3 (NOTE [ Padded 3x3 forward ]) its padded input plane (4-byte
-    aligned) and Ho x Wo int32 sums."""
+    [ Expanded dq rows ]), then the requantisation constants (`rq_table_bytes`); for another
+    3x3 (NOTE [ Padded 3x3 forward ]) its padded input plane (4-byte aligned) and Ho x Wo
+    int32 sums."""
     if runs_mat_mult_forward(op):
         kt = in_shape[0] * op.weight.shape[-1] ** 2
-        return 8 * kt + dq16_bytes(out_shape[0], kt)
+        return 8 * kt + dq16_bytes(out_shape[0], kt) + rq_table_bytes(out_shape[0])
     pb = pad_plane_bytes(op, in_shape)
     return (pb + 3) // 4 * 4 + 4 * out_shape[1] * out_shape[2] if pb else 0
 
@@ -612,6 +613,13 @@ def weight_grad_scratch_bytes(op, in_shape, out_shape) -> int:
 
 
 DQ16_MAX_BYTES = 4096  # Q_DQ16_MAX in int8_runtime.c
+RQ_MAX_CHANNELS = 64  # Q_RQMAX in int8_runtime.c
+
+
+def rq_table_bytes(co: int) -> int:
+    """The mat-mult forward's requantisation constants, 12 bytes per output channel where Co
+    is at most RQ_MAX_CHANNELS, else 0 (NOTE [ Hoisted requantisation ], int8_runtime.c)."""
+    return 12 * co if co <= RQ_MAX_CHANNELS else 0
 
 
 def dq16_bytes(co: int, hw: int) -> int:

@@ -219,6 +219,37 @@ static inline void q_out(int32_t acc, int32_t m0, int32_t sh, int zy, int lo, in
     if (mask) mask[i] = (uint8_t)(pre >= lo && pre <= hi);
 }
 
+#if ET_DSP
+/* NOTE [ Hoisted requantisation ]
+   q_out's per-channel constants (SMMLA's rounding term and the shift, NOTE [ SMMLA rounding ])
+   made once per call, where every channel takes rq's fast case (n = 31 - shift in 33..63):
+   the byte stores of y and the mask may alias anything, so q_out's own loads and tests are
+   redone per output otherwise. The mat-mult forward keeps them as a table of 12 bytes per
+   channel in its scratch, after the expanded weight rows, where Co <= Q_RQMAX
+   (`rq_table_bytes` in _int8_layout.py); the padded 3x3 forward one channel at a time in
+   locals. The same integers as q_out. */
+#define Q_RQMAX 64
+typedef struct { int32_t m0, r, s; } q_rqk;
+static inline size_t q_rq_bytes(int Co) { return Co <= Q_RQMAX ? (size_t)12 * Co : 0; }
+static const q_rqk *q_rq_consts(q_rqk *k, const int32_t *m0, const int32_t *sh, int Co) {
+    if (!q_rq_bytes(Co)) return 0;
+    for (int c = 0; c < Co; c++) {
+        const int n = 31 - sh[c];
+        if (n < 33 || n > 63) return 0;
+        k[c].m0 = m0[c];
+        k[c].r = (int32_t)(1u << (n - 33));
+        k[c].s = n - 32;
+    }
+    return k;
+}
+Q_AI void q_out_k(int32_t acc, q_rqk k, int zy, int lo, int hi, int8_t *y, uint8_t *mask,
+                  size_t i) {
+    const int32_t pre = (q_smmla(acc, k.m0, k.r) >> k.s) + zy;
+    y[i] = (int8_t)(pre < lo ? lo : (pre > hi ? hi : pre));
+    if (mask) mask[i] = (uint8_t)(pre >= lo && pre <= hi);
+}
+#endif
+
 /* 1x1 stride-1 conv: sum (x - zx) w = sum x w - zx sum w (exact in int32), 4 pixels at once
    (each weight loaded once for 4 pixels); the requantisation stays per output */
 static void qpw_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
@@ -411,6 +442,12 @@ static void qconv3_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *
                 q3_plane_fwd(sums, scratch, Wp, wo + ic * 9, Ho, Wo, s, init, ic > 0);
             }
             const size_t yo = ((size_t)n * Co + oc) * Ho * Wo;
+            q_rqk k;
+            if (q_rq_consts(&k, m0 + oc, sh + oc, 1)) {  /* NOTE [ Hoisted requantisation ] */
+                for (int q = 0; q < Ho * Wo; q++)
+                    q_out_k(sums[q], k, zy, lo, hi, y, mask, yo + q);
+                continue;
+            }
             for (int q = 0; q < Ho * Wo; q++)
                 q_out(sums[q], m0[oc], sh[oc], zy, lo, hi, y, mask, yo + q);
         }
@@ -577,6 +614,8 @@ static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
     uint32_t *col = (uint32_t *)(void *)(off + Kt);
     const uint32_t *wh = q_dq16(col + Kt, w, Co, Kt);  /* NOTE [ Expanded dq rows ] */
     const int hw = Kt / 4 * 2;
+    const q_rqk *rk = q_rq_consts(  /* after the weight rows (NOTE [ Hoisted requantisation ]) */
+        (q_rqk *)(void *)((uint8_t *)(col + Kt) + q_dq16_bytes(Co, Kt)), m0, sh, Co);
     for (int ic = 0, k = 0; ic < Ci; ic++)  /* each tap's offset from its window's first byte */
         for (int kh = 0; kh < K; kh++)
             for (int kw = 0; kw < K; kw++, k++) {
@@ -628,6 +667,16 @@ static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
                     q_mm2x2(w + (size_t)oc * Kt, w + (size_t)oc1 * Kt, col, Kt, a);
                 const size_t y0 = ((size_t)n * Co + oc) * P + q;
                 const size_t y1 = ((size_t)n * Co + oc1) * P + q;
+                if (rk && q1 != q) {  /* NOTE [ Hoisted requantisation ] */
+                    const q_rqk k0 = rk[oc], k1 = rk[oc1];  /* loaded before the stores */
+                    q_out_k(a[0], k0, zy, lo, hi, y, mask, y0);
+                    q_out_k(a[1], k0, zy, lo, hi, y, mask, y0 + 1);
+                    if (oc1 != oc) {
+                        q_out_k(a[2], k1, zy, lo, hi, y, mask, y1);
+                        q_out_k(a[3], k1, zy, lo, hi, y, mask, y1 + 1);
+                    }
+                    continue;
+                }
                 q_out(a[0], m0[oc], sh[oc], zy, lo, hi, y, mask, y0);
                 if (q1 != q) q_out(a[1], m0[oc], sh[oc], zy, lo, hi, y, mask, y0 + 1);
                 if (oc1 != oc) {
