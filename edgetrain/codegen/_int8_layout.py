@@ -598,12 +598,12 @@ def weight_grad_scratch_bytes(op, in_shape, out_shape) -> int:
     (NOTE [ int8 mat-mult weight gradient ], int8_runtime.c) two padded planes (4-byte
     aligned; one for one input channel), Ho x Wo int32 window offsets, 2 int32 per output
     channel and Ho x Wo words of a tap pair's rows; for a 1x1 of `runs_mat_mult_forward` the
-    Ho x Wo words of an input channel pair's rows; both then `dq16_bytes` of expanded dq rows;
-    for another 3x3 the padded plane
+    Ho x Wo words of an input channel pair's rows; both then `dq16_bytes` of expanded dq rows
+    (the 1x1 then 2 int32 per output channel); for another 3x3 the padded plane
     (`pad_plane_bytes`); 0 for other ops."""
     if runs_mat_mult_forward(op) and op.weight.shape[-1] == 1:
         hw = out_shape[1] * out_shape[2]
-        return 4 * hw + dq16_bytes(out_shape[0], hw)
+        return 4 * hw + dq16_bytes(out_shape[0], hw) + 8 * out_shape[0]
     pb = pad_plane_bytes(op, in_shape)
     if not pb or op.groups != 1:
         return pb

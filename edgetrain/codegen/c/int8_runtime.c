@@ -1538,6 +1538,12 @@ static void q_mm1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, i
     const int16x2_t zz = (int16x2_t)(((uint32_t)(uint16_t)zx << 16) | (uint16_t)zx);
     const int P4 = P / 4 * 4, hw = P4 / 2;
     const uint32_t *h = q_dq16(xr + P, dq, Co, P);  /* NOTE [ Expanded dq rows ] */
+    /* per channel kq, sh after the dq rows: made once, not once per input-channel pair */
+    int32_t *fk = (int32_t *)(void *)((uint8_t *)(xr + P) + q_dq16_bytes(Co, P));
+    for (int oc = 0; oc < Co; oc++) {
+        const q_step t = q_stepper(s, inv_w[oc], lr);
+        fk[2 * oc] = t.kq; fk[2 * oc + 1] = t.sh;
+    }
     for (int ic = 0; ic < Ci; ic += 2) {
         const int i1 = ic + 1 < Ci ? ic + 1 : ic;  /* an odd last channel: summed twice */
         const int8_t *b0 = x + (size_t)ic * P, *b1 = x + (size_t)i1 * P;
@@ -1558,11 +1564,11 @@ static void q_mm1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, i
                           dq + (size_t)c1 * P, xr, P, a);
             else
                 q_mmg2x2(dq + (size_t)oc * P, dq + (size_t)c1 * P, xr, P, a);
-            const q_step s0 = q_stepper(s, inv_w[oc], lr);
+            const q_step s0 = {s, inv_w[oc], lr, fk[2 * oc], fk[2 * oc + 1]};
+            const q_step s1 = {s, inv_w[c1], lr, fk[2 * c1], fk[2 * c1 + 1]};
             q_wstep(&w[(size_t)oc * Ci + ic], a[0], s0);
             if (i1 != ic) q_wstep(&w[(size_t)oc * Ci + i1], a[1], s0);
             if (c1 != oc) {
-                const q_step s1 = q_stepper(s, inv_w[c1], lr);
                 q_wstep(&w[(size_t)c1 * Ci + ic], a[2], s1);
                 if (i1 != ic) q_wstep(&w[(size_t)c1 * Ci + i1], a[3], s1);
             }
