@@ -2016,6 +2016,16 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
                 }
             }
             ET_REAL *dr = dx + (((size_t)n * Ci + ci) * H + ih) * W;
+            if (sizeof(ET_REAL) == 4 && acc == Q_DX_INT) {  /* NOTE [ Integer dx ] */
+                int j = 0;
+                for (; j + 2 <= W; j += 2) {
+                    int64_t v2;
+                    memcpy(&v2, r + j, 8);
+                    memcpy(dr + j, &v2, 8);
+                }
+                if (j < W) memcpy(dr + j, r + j, 4);
+                continue;
+            }
             for (int j = 0; j < W; j++) q_put(dr + j, r[j], s, acc);
         }
     }
