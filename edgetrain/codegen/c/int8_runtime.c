@@ -1877,8 +1877,12 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
                 const int8_t wr[9] = {wc[8], wc[7], wc[6], wc[5], wc[4],
                                       wc[3], wc[2], wc[1], wc[0]};  /* turned by 180 */
                 q_pad(dT, dq + ((size_t)n * Co + c) * H * W, 0, H, W, 1);
-                q3_plane_fwd(sums, dT, W + 2, wr, H, W, 1, 0, 0);
                 ET_REAL *dc = dx + ((size_t)n * Ci + c) * H * W;
+                if (sizeof(ET_REAL) == 4 && acc == Q_DX_INT) {  /* the sums straight into dx */
+                    q3_plane_fwd((int32_t *)(void *)dc, dT, W + 2, wr, H, W, 1, 0, 0);
+                    continue;
+                }
+                q3_plane_fwd(sums, dT, W + 2, wr, H, W, 1, 0, 0);
                 for (int j = 0; j < H * W; j++) q_put(dc + j, sums[j], s, acc);
             }
         return;
