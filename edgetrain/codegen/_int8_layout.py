@@ -36,7 +36,7 @@ NOTE [ int8 SRAM of the C trainer ]
       mat-mult weight gradient ] in int8_runtime.c); a trainable one-group 1x1 (stride 1, at
       least 2 input channels) has `p:<op>` too: Ho x Wo words of an input channel pair's rows;
       both then hold the dq rows unpacked to 16-bit pairs where that is at most 4 KiB
-      (`dq16_bytes`, NOTE [ Expanded dq rows ]);
+      (`dq16_bytes`, NOTE [ Expanded dq rows ]), the 1x1 then 2 int32 per output channel;
       a one-group 1x1 (stride 1, no padding) whose input gradient runs has a `p:<op>` of at
       least its weights' 16-bit output-channel pairs for a group of input channels
       (`input_grad_scratch_bytes`, NOTE [ Paired 1x1 input gradient ]), and a one-group 3x3
@@ -50,7 +50,8 @@ NOTE [ int8 SRAM of the C trainer ]
       (`forward_scratch_bytes`): for a one-group 3x3 (stride 1 or 2) or 1x1 the mat-mult
       kernel's tap offsets and two columns, 8 Ci K^2 bytes (NOTE [ int8 mat-mult forward ] in
       int8_runtime.c), and its weights unpacked to 16-bit pairs where that is at most 4 KiB
-      (`dq16_bytes`), for another 3x3 the padded plane and Ho x Wo int32 sums (NOTE [ Padded
+      (`dq16_bytes`), then 12 bytes per output channel where Co <= 64 (`rq_table_bytes`, NOTE
+      [ Hoisted requantisation ]), for another 3x3 the padded plane and Ho x Wo int32 sums (NOTE [ Padded
       3x3 forward ]); `s:<op>` kernel scratch, which is
       * a frozen pointwise -> depthwise pair whose intermediate nothing else reads: fused, one
         expanded channel at a time (H x W bytes), the expanded tensor never exists (batch 1);
