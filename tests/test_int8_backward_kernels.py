@@ -44,6 +44,9 @@ CONVS = [
 LINEARS = [(1, 37, 5), (2, 32, 10), (1, 784, 3)]  # (B, I, O)
 # qacc_quant (B, C, P, dy from a global average pool): P with and without a remainder of 4
 QACC = [(1, 3, 7, False), (2, 2, 49, False), (1, 2, 8, False), (1, 3, 9, True), (2, 2, 8, True)]
+# qacc_quant on an integer dx (NOTE [ Integer dx ]) (B, C, P, T): dx_int = T k, ds = 1 / (16 T),
+# so dq = dx_int / T: T = 8 and 1024 take the fixed-point path, T = 2 the float one (k >= 1/4)
+QACC_INT = [(1, 3, 7, 8), (2, 2, 49, 1024), (1, 2, 9, 2), (1, 8, 196, 8)]
 
 
 def _ints(a) -> str:
@@ -157,6 +160,7 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         zx = int(rng.integers(-128, 128))
         gw, gb, dx = _conv_oracle(x, zx, w, dq, s, p, gr)
         want[f"gw{i}"], want[f"gb{i}"], want[f"dx{i}"] = gw, gb, dx
+        want[f"dxi{i}"] = dx  # NOTE [ Integer dx ]: the same sums stored as int32
         dims = f"{b}, {ci}, {h}, {wd}, {co}, {ho}, {wo}, {k}, {s}, {p}, {gr}"
         blocks.append(f"""
     {{
@@ -164,8 +168,12 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         static int8_t w[] = {{{_ints(w)}}};
         static int32_t b[{co}];
         static ET_REAL dx[{x.size}];
+        static int32_t dxi[{x.size}];
         qconv_bwd_input(dq, (ET_REAL)1, w, dx, 0, pad, {dims});
         et_i32("dx{i}", 0, dx, {x.size});
+        qconv_bwd_input(dq, (ET_REAL)1, w, dx, Q_DX_INT, pad, {dims});
+        for (int j = 0; j < {x.size}; j++) dxi[j] = q_dxi(dx + j);
+        et_i32("dxi{i}", dxi, 0, {x.size});
         probe_on(w, {w.size}, b, {co});
         qconv_update(dq, (ET_REAL)1, x, {zx}, w, b, one, one, (ET_REAL)1e-3, pad, {dims});
         et_i32("gw{i}", probe_w, 0, {w.size});
@@ -204,6 +212,8 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         et_i32("gm{i}", mi, 0, {acc.size});
     }}""")
         want[f"gy{i}"], want[f"gm{i}"] = want[f"fy{i}"], want[f"fm{i}"]
+        for tag, mixed in (("h", False), ("k", True)):
+            blocks.append(_requant_block(want, tag, i, acc, mixed, (x, w, bias, zx), dims))
     for i, (b, n_in, n_out) in enumerate(LINEARS):
         x = rng.integers(-128, 128, (b, n_in))
         w = rng.integers(-127, 128, (n_out, n_in))
@@ -211,7 +221,7 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         zx = int(rng.integers(-128, 128))
         want[f"lgw{i}"] = dq.T @ (x - zx)
         want[f"lgb{i}"] = dq.sum(0)
-        want[f"ldx{i}"] = dq @ w
+        want[f"ldx{i}"] = want[f"ldxi{i}"] = dq @ w
         dims = f"{b}, {n_in}, {n_out}"
         blocks.append(f"""
     {{
@@ -219,8 +229,12 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         static int8_t w[] = {{{_ints(w)}}};
         static int32_t b[{n_out}];
         static ET_REAL dx[{x.size}];
+        static int32_t dxi[{x.size}];
         qlinear_bwd_input(dq, (ET_REAL)1, w, dx, 0, {dims});
         et_i32("ldx{i}", 0, dx, {x.size});
+        qlinear_bwd_input(dq, (ET_REAL)1, w, dx, Q_DX_INT, {dims});
+        for (int j = 0; j < {x.size}; j++) dxi[j] = q_dxi(dx + j);
+        et_i32("ldxi{i}", dxi, 0, {x.size});
         probe_on(w, {w.size}, b, {n_out});
         qlinear_update(dq, (ET_REAL)1, x, {zx}, w, b, one, one, (ET_REAL)1e-3, {dims});
         et_i32("lgw{i}", probe_w, 0, {w.size});
@@ -228,7 +242,39 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
     }}""")
     for i, (b, c, p, pooled) in enumerate(QACC):
         blocks.append(_qacc_block(rng, i, b, c, p, pooled, want))
+    for i, (b, c, p, t) in enumerate(QACC_INT):
+        blocks.append(_qacc_int_block(rng, i, b, c, p, t, want))
     return "".join(blocks), want
+
+
+def _requant_block(want, tag: str, i: int, acc, mixed: bool, data: tuple, dims: str) -> str:
+    """Both forwards again with rq's fast case (n = 31 - shift >= 33: NOTE [ Hoisted
+    requantisation ]) in every channel, or in all but every third (`mixed`), and a clamp
+    to [-20, 100] (zy 3)."""
+    x, w, bias, zx = data
+    co, m0 = acc.shape[1], 1518500250
+    sh = np.array([0 if mixed and c % 3 == 2 else -2 - c % 4 for c in range(co)])
+    n = (31 - sh)[None, :, None, None]
+    pre = ((acc * m0 + (np.int64(1) << (n - 1))) >> n) + 3
+    want[f"f{tag}y{i}"] = want[f"g{tag}y{i}"] = np.clip(pre, -20, 100)
+    want[f"f{tag}m{i}"] = want[f"g{tag}m{i}"] = ((pre >= -20) & (pre <= 100)).astype(np.int64)
+    return f"""
+    {{
+        static const int32_t m0[] = {{{_ints(np.full(co, m0))}}}, sh[] = {{{_ints(sh)}}};
+        static int32_t yi[{acc.size}], mi[{acc.size}];
+        static int8_t y[{acc.size}];
+        static uint8_t mask[{acc.size}];
+        static const int8_t x[] = {{{_ints(x)}}}, w[] = {{{_ints(w)}}};
+        static const int32_t bias[] = {{{_ints(bias)}}};
+        qconv3_fwd(x, {zx}, w, bias, m0, sh, 3, -20, 100, y, mask, fscratch, {dims});
+        for (int j = 0; j < {acc.size}; j++) {{ yi[j] = y[j]; mi[j] = mask[j]; }}
+        et_i32("f{tag}y{i}", yi, 0, {acc.size});
+        et_i32("f{tag}m{i}", mi, 0, {acc.size});
+        qconv_mm_fwd(x, {zx}, w, bias, m0, sh, 3, -20, 100, y, mask, fscratch, {dims});
+        for (int j = 0; j < {acc.size}; j++) {{ yi[j] = y[j]; mi[j] = mask[j]; }}
+        et_i32("g{tag}y{i}", yi, 0, {acc.size});
+        et_i32("g{tag}m{i}", mi, 0, {acc.size});
+    }}"""
 
 
 def _qacc_block(rng, i: int, b: int, c: int, p: int, pooled: bool, want: dict) -> str:
@@ -254,11 +300,38 @@ def _qacc_block(rng, i: int, b: int, c: int, p: int, pooled: bool, want: dict) -
         static uint8_t mask[] = {{{_ints(mask)}}};
         static const ET_REAL M[] = {{{_reals(np.ones(c))}}};
         static int32_t qi[{n}];
-        const ET_REAL s = qacc_quant({dy}, {gd}, mask, M, {b}, {c}, {p});
+        const ET_REAL s = qacc_quant({dy}, 0, {gd}, mask, M, {b}, {c}, {p});
         for (int j = 0; j < {n}; j++) qi[j] = ((const int8_t *)mask)[j];
         et_i32("qd{i}", qi, 0, {n});
         const int32_t sv = (int32_t)(s * 127 * 16 + (ET_REAL)0.5);
         et_i32("qs{i}", &sv, 0, 1);
+    }}"""
+
+
+def _qacc_int_block(rng, i: int, b: int, c: int, p: int, t: int, want: dict) -> str:
+    """qacc_quant on an integer dx of T k where not clamped (|k| <= 127, one 127) and of large
+    values where clamped, with ds = 1 / (16 T): s_g = 1 / 16 and dq = k exactly, no ties."""
+    mask = (rng.random((b, c, p)) < 0.8).astype(np.int64)
+    k = rng.integers(-127, 128, (b, c, p))
+    k.reshape(-1)[0] = -127 if i % 2 else 127
+    mask[0, 0, 0] = 1
+    want[f"qid{i}"] = k * mask
+    want[f"qis{i}"] = [127 * t]  # s_g 127 16 T: the largest |dx_int| itself
+    big = rng.choice([-1, 1], k.shape) * rng.integers(200, 5000, k.shape)
+    n = b * c * p
+    return f"""
+    {{
+        static const int32_t v[] = {{{_ints(np.where(mask == 1, k, big) * t)}}};
+        static ET_REAL dy[{n}];
+        static uint8_t mask[] = {{{_ints(mask)}}};
+        static const ET_REAL M[] = {{{_reals(np.ones(c))}}};
+        static int32_t qi[{n}];
+        for (int j = 0; j < {n}; j++) q_put(dy + j, v[j], 0, Q_DX_INT);
+        const ET_REAL s = qacc_quant(dy, (ET_REAL)1 / {16 * t}, 0, mask, M, {b}, {c}, {p});
+        for (int j = 0; j < {n}; j++) qi[j] = ((const int8_t *)mask)[j];
+        et_i32("qid{i}", qi, 0, {n});
+        const int32_t sv = (int32_t)(s * {127 * 16 * t} + (ET_REAL)0.5);
+        et_i32("qis{i}", &sv, 0, 1);
     }}"""
 
 

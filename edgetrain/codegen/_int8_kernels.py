@@ -22,6 +22,7 @@ from edgetrain.codegen._int8_layout import (
     WEIGHTED_OPS,
     Int8Kernel,
     Int8Placement,
+    inputs_of,
     runs_mat_mult_forward,
 )
 from edgetrain.codegen._names import Identifiers, c_string, identifiers_in, wire_name
@@ -113,6 +114,23 @@ class Int8Emitter:
         acc = 1 if t in self.written else 0
         self.written.add(t)
         return self.A("g:" + t, "ET_REAL"), acc
+
+    def int_dx(self, t: str) -> str | None:
+        """The C variable holding the scale of `t`'s integer input gradient (NOTE [ Integer
+        dx ]), or None where `t`'s gradient is stored as ET_REAL: it qualifies where a conv /
+        linear produced `t`, its dy is read (not a pool's dy), and one conv / linear reads it."""
+        src = next((o for o in self.graph.ops if getattr(o, "output", None) == t), None)
+        readers = [o for o in self.graph.ops if t in inputs_of(o)]
+        if (
+            src is None
+            or type(src).__name__ not in WEIGHTED_OPS
+            or src.name in self.lay.gap_of
+            or len(readers) != 1
+            or type(readers[0]).__name__ not in WEIGHTED_OPS
+            or t not in self.lay.rg
+        ):
+            return None
+        return f"{self.weighted[src.name].sym}_ds"
 
     def out(self, op) -> tuple[str, str, int]:
         """An op's output, its "not clamped" mask (0 when off the backward path) and zero
@@ -315,12 +333,18 @@ def _weighted_bwd(em: Int8Emitter, op, *, prefix: str) -> list[str]:
     else:
         out.append("{")
         dy, gd = em.A_or_0("g:" + op.output, "ET_REAL"), "0"
+    ds = em.int_dx(op.output) or "0"
     out.append(
-        f"const ET_REAL s_g = qacc_quant({dy}, {gd}, {m}, {i.sym}_M, {em.batch}, {i.C}, {i.P});"
+        f"const ET_REAL s_g = qacc_quant({dy}, {ds}, {gd}, {m}, {i.sym}_M, {em.batch}, "
+        f"{i.C}, {i.P});"
     )
     if op.input in lay.rg:
         g, acc = em.dx(op.input)
         pad = f"{em.A_or_0('p:' + op.name, 'int8_t')}, " if prefix == "qconv" else ""
+        if (ds_in := em.int_dx(op.input)) is not None:  # NOTE [ Integer dx ]
+            out.insert(0, f"ET_REAL {ds_in} = 0;")
+            out.append(f"{ds_in} = s_g;")
+            acc = "Q_DX_INT"
         out.append(f"{prefix}_bwd_input({dq}, s_g, {i.sym}_w, {g}, {acc}, {pad}{i.dims});")
     if i.trainable:
         pad = f"{em.A_or_0('p:' + op.name, 'int8_t')}, " if prefix == "qconv" else ""

@@ -36,7 +36,7 @@ NOTE [ int8 SRAM of the C trainer ]
       mat-mult weight gradient ] in int8_runtime.c); a trainable one-group 1x1 (stride 1, at
       least 2 input channels) has `p:<op>` too: Ho x Wo words of an input channel pair's rows;
       both then hold the dq rows unpacked to 16-bit pairs where that is at most 4 KiB
-      (`dq16_bytes`, NOTE [ Expanded dq rows ]);
+      (`dq16_bytes`, NOTE [ Expanded dq rows ]), the 1x1 then 2 int32 per output channel;
       a one-group 1x1 (stride 1, no padding) whose input gradient runs has a `p:<op>` of at
       least its weights' 16-bit output-channel pairs for a group of input channels
       (`input_grad_scratch_bytes`, NOTE [ Paired 1x1 input gradient ]), and a one-group 3x3
@@ -50,7 +50,8 @@ NOTE [ int8 SRAM of the C trainer ]
       (`forward_scratch_bytes`): for a one-group 3x3 (stride 1 or 2) or 1x1 the mat-mult
       kernel's tap offsets and two columns, 8 Ci K^2 bytes (NOTE [ int8 mat-mult forward ] in
       int8_runtime.c), and its weights unpacked to 16-bit pairs where that is at most 4 KiB
-      (`dq16_bytes`), for another 3x3 the padded plane and Ho x Wo int32 sums (NOTE [ Padded
+      (`dq16_bytes`), then 12 bytes per output channel where Co <= 64 (`rq_table_bytes`, NOTE
+      [ Hoisted requantisation ]), for another 3x3 the padded plane and Ho x Wo int32 sums (NOTE [ Padded
       3x3 forward ]); `s:<op>` kernel scratch, which is
       * a frozen pointwise -> depthwise pair whose intermediate nothing else reads: fused, one
         expanded channel at a time (H x W bytes), the expanded tensor never exists (batch 1);
@@ -573,11 +574,12 @@ def forward_scratch_bytes(op, in_shape, out_shape) -> int:
     """The forward scratch of a trainable conv: for the mat-mult forward (NOTE [ int8 mat-mult
     forward ], int8_runtime.c) Ci K^2 int32 tap offsets and two columns of as many int16
     taps, then the weight rows unpacked to 16-bit pairs where small (`dq16_bytes`, NOTE
-    [ Expanded dq rows ]); for another 3x3 (NOTE [ Padded 3x3 forward ]) its padded input plane (4-byte
-    aligned) and Ho x Wo int32 sums."""
+    [ Expanded dq rows ]), then the requantisation constants (`rq_table_bytes`); for another
+    3x3 (NOTE [ Padded 3x3 forward ]) its padded input plane (4-byte aligned) and Ho x Wo
+    int32 sums."""
     if runs_mat_mult_forward(op):
         kt = in_shape[0] * op.weight.shape[-1] ** 2
-        return 8 * kt + dq16_bytes(out_shape[0], kt)
+        return 8 * kt + dq16_bytes(out_shape[0], kt) + rq_table_bytes(out_shape[0])
     pb = pad_plane_bytes(op, in_shape)
     return (pb + 3) // 4 * 4 + 4 * out_shape[1] * out_shape[2] if pb else 0
 
@@ -597,12 +599,12 @@ def weight_grad_scratch_bytes(op, in_shape, out_shape) -> int:
     (NOTE [ int8 mat-mult weight gradient ], int8_runtime.c) two padded planes (4-byte
     aligned; one for one input channel), Ho x Wo int32 window offsets, 2 int32 per output
     channel and Ho x Wo words of a tap pair's rows; for a 1x1 of `runs_mat_mult_forward` the
-    Ho x Wo words of an input channel pair's rows; both then `dq16_bytes` of expanded dq rows;
-    for another 3x3 the padded plane
+    Ho x Wo words of an input channel pair's rows; both then `dq16_bytes` of expanded dq rows
+    (the 1x1 then 2 int32 per output channel); for another 3x3 the padded plane
     (`pad_plane_bytes`); 0 for other ops."""
     if runs_mat_mult_forward(op) and op.weight.shape[-1] == 1:
         hw = out_shape[1] * out_shape[2]
-        return 4 * hw + dq16_bytes(out_shape[0], hw)
+        return 4 * hw + dq16_bytes(out_shape[0], hw) + 8 * out_shape[0]
     pb = pad_plane_bytes(op, in_shape)
     if not pb or op.groups != 1:
         return pb
@@ -612,6 +614,13 @@ def weight_grad_scratch_bytes(op, in_shape, out_shape) -> int:
 
 
 DQ16_MAX_BYTES = 4096  # Q_DQ16_MAX in int8_runtime.c
+RQ_MAX_CHANNELS = 64  # Q_RQMAX in int8_runtime.c
+
+
+def rq_table_bytes(co: int) -> int:
+    """The mat-mult forward's requantisation constants, 12 bytes per output channel where Co
+    is at most RQ_MAX_CHANNELS, else 0 (NOTE [ Hoisted requantisation ], int8_runtime.c)."""
+    return 12 * co if co <= RQ_MAX_CHANNELS else 0
 
 
 def dq16_bytes(co: int, hw: int) -> int:

@@ -219,6 +219,37 @@ static inline void q_out(int32_t acc, int32_t m0, int32_t sh, int zy, int lo, in
     if (mask) mask[i] = (uint8_t)(pre >= lo && pre <= hi);
 }
 
+#if ET_DSP
+/* NOTE [ Hoisted requantisation ]
+   q_out's per-channel constants (SMMLA's rounding term and the shift, NOTE [ SMMLA rounding ])
+   made once per call, where every channel takes rq's fast case (n = 31 - shift in 33..63):
+   the byte stores of y and the mask may alias anything, so q_out's own loads and tests are
+   redone per output otherwise. The mat-mult forward keeps them as a table of 12 bytes per
+   channel in its scratch, after the expanded weight rows, where Co <= Q_RQMAX
+   (`rq_table_bytes` in _int8_layout.py); the padded 3x3 forward one channel at a time in
+   locals. The same integers as q_out. */
+#define Q_RQMAX 64
+typedef struct { int32_t m0, r, s; } q_rqk;
+static inline size_t q_rq_bytes(int Co) { return Co <= Q_RQMAX ? (size_t)12 * Co : 0; }
+static const q_rqk *q_rq_consts(q_rqk *k, const int32_t *m0, const int32_t *sh, int Co) {
+    if (!q_rq_bytes(Co)) return 0;
+    for (int c = 0; c < Co; c++) {
+        const int n = 31 - sh[c];
+        if (n < 33 || n > 63) return 0;
+        k[c].m0 = m0[c];
+        k[c].r = (int32_t)(1u << (n - 33));
+        k[c].s = n - 32;
+    }
+    return k;
+}
+Q_AI void q_out_k(int32_t acc, q_rqk k, int zy, int lo, int hi, int8_t *y, uint8_t *mask,
+                  size_t i) {
+    const int32_t pre = (q_smmla(acc, k.m0, k.r) >> k.s) + zy;
+    y[i] = (int8_t)(pre < lo ? lo : (pre > hi ? hi : pre));
+    if (mask) mask[i] = (uint8_t)(pre >= lo && pre <= hi);
+}
+#endif
+
 /* 1x1 stride-1 conv: sum (x - zx) w = sum x w - zx sum w (exact in int32), 4 pixels at once
    (each weight loaded once for 4 pixels); the requantisation stays per output */
 static void qpw_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
@@ -411,6 +442,12 @@ static void qconv3_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *
                 q3_plane_fwd(sums, scratch, Wp, wo + ic * 9, Ho, Wo, s, init, ic > 0);
             }
             const size_t yo = ((size_t)n * Co + oc) * Ho * Wo;
+            q_rqk k;
+            if (q_rq_consts(&k, m0 + oc, sh + oc, 1)) {  /* NOTE [ Hoisted requantisation ] */
+                for (int q = 0; q < Ho * Wo; q++)
+                    q_out_k(sums[q], k, zy, lo, hi, y, mask, yo + q);
+                continue;
+            }
             for (int q = 0; q < Ho * Wo; q++)
                 q_out(sums[q], m0[oc], sh[oc], zy, lo, hi, y, mask, yo + q);
         }
@@ -577,6 +614,8 @@ static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
     uint32_t *col = (uint32_t *)(void *)(off + Kt);
     const uint32_t *wh = q_dq16(col + Kt, w, Co, Kt);  /* NOTE [ Expanded dq rows ] */
     const int hw = Kt / 4 * 2;
+    const q_rqk *rk = q_rq_consts(  /* after the weight rows (NOTE [ Hoisted requantisation ]) */
+        (q_rqk *)(void *)((uint8_t *)(col + Kt) + q_dq16_bytes(Co, Kt)), m0, sh, Co);
     for (int ic = 0, k = 0; ic < Ci; ic++)  /* each tap's offset from its window's first byte */
         for (int kh = 0; kh < K; kh++)
             for (int kw = 0; kw < K; kw++, k++) {
@@ -628,6 +667,16 @@ static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
                     q_mm2x2(w + (size_t)oc * Kt, w + (size_t)oc1 * Kt, col, Kt, a);
                 const size_t y0 = ((size_t)n * Co + oc) * P + q;
                 const size_t y1 = ((size_t)n * Co + oc1) * P + q;
+                if (rk && q1 != q) {  /* NOTE [ Hoisted requantisation ] */
+                    const q_rqk k0 = rk[oc], k1 = rk[oc1];  /* loaded before the stores */
+                    q_out_k(a[0], k0, zy, lo, hi, y, mask, y0);
+                    q_out_k(a[1], k0, zy, lo, hi, y, mask, y0 + 1);
+                    if (oc1 != oc) {
+                        q_out_k(a[2], k1, zy, lo, hi, y, mask, y1);
+                        q_out_k(a[3], k1, zy, lo, hi, y, mask, y1 + 1);
+                    }
+                    continue;
+                }
                 q_out(a[0], m0[oc], sh[oc], zy, lo, hi, y, mask, y0);
                 if (q1 != q) q_out(a[1], m0[oc], sh[oc], zy, lo, hi, y, mask, y0 + 1);
                 if (oc1 != oc) {
@@ -959,9 +1008,96 @@ static __attribute__((noinline)) float qacc_quant_f(const float *dy, const qgap_
     }
     return mx / 127.0f;
 }
-static ET_REAL qacc_quant(const ET_REAL *dy, const qgap_dacc *gd, uint8_t *mask,
+/* NOTE [ Integer dx ]
+   Where a conv / linear's input gradient is read only by the quantisation of the op before it
+   (`qacc_quant` on dy, no pool, nothing added to it), the input gradient kernel stores the
+   exact int32 sum dx_int (acc Q_DX_INT: in the first 4 bytes of each ET_REAL slot, so the
+   buffer and the arena are unchanged) and `qacc_quant` gets its scale ds = s_g of that kernel.
+   Host: dy = ds * dx_int, the very double `q_put` would have stored, so the program stays bit
+   for bit with the simulation. Cortex-M (float): no float dx is written; the largest masked
+   |dx_int| per channel is an integer (ds * it is the largest |dy| float, as before), and dq =
+   round(dx_int * k) with k = ds * M * 127 / max in fixed point (SMMLA, NOTE [ SMMLA rounding ]:
+   rounds half up where the float path rounds ties to even), the float path where k >= 1/4. */
+Q_AI int32_t q_dxi(const ET_REAL *p) { int32_t v; memcpy(&v, p, 4); return v; }
+#if ET_DSP
+static __attribute__((noinline)) float qacc_quant_i(const float *dy, float ds, uint8_t *mask,
+                                                    const float *M, int B, int C, int P) {
+    const int P4 = P / 4 * 4;
+    float mx = 0;
+    for (int n = 0; n < B; n++)
+    for (int c = 0; c < C; c++) {
+        const size_t o = ((size_t)n * C + c) * P;
+        const int32_t *v = (const int32_t *)(const void *)(dy + o);
+        /* the largest key 2|a| - (a < 0) = (a << 1) ^ (a >> 31) (two instructions, exact
+           for any int32 a) gives the largest |a| = (key >> 1) + (key & 1) */
+        uint32_t mb = 0;
+        int p = 0;
+        for (; p < P4; p += 4) {
+            const uint32_t m4 = q_mk4(mask + o + p);
+            for (int j = 0; j < 4; j++) {
+                const int32_t a = v[p + j];
+                const uint32_t u = (((uint32_t)a << 1) ^ (uint32_t)(a >> 31))
+                                   & (uint32_t)((int32_t)(m4 << (31 - 8 * j)) >> 31);
+                mb = u > mb ? u : mb;
+            }
+        }
+        for (; p < P; p++) {
+            const int32_t a = v[p];
+            const uint32_t u =
+                (((uint32_t)a << 1) ^ (uint32_t)(a >> 31)) & -(uint32_t)mask[o + p];
+            mb = u > mb ? u : mb;
+        }
+        mb = (mb >> 1) + (mb & 1);
+        const float a = (float)mb * ds * (float)M[c];
+        if (a > mx) mx = a;
+    }
+    if (!(mx > 0)) return 0;
+    const float r = 127.0f / mx;
+    int8_t *dq = (int8_t *)mask;
+    for (int n = 0; n < B; n++)
+    for (int c = 0; c < C; c++) {
+        const size_t o = ((size_t)n * C + c) * P;
+        const int32_t *v = (const int32_t *)(const void *)(dy + o);
+        const float k = ds * ((float)M[c] * r);
+        uint32_t u;
+        memcpy(&u, &k, 4);
+        const int E = (int)((u >> 23) & 0xFFu), nn = 157 - E;  /* k = m0 2^-nn */
+        const int32_t m0 = (int32_t)(((u & 0x7FFFFFu) | 0x800000u) << 7);
+        int p = 0;
+        if (E != 0 && nn >= 33 && nn <= 62) {
+            const int32_t rr = (int32_t)1 << (nn - 33), sh = nn - 32;
+            for (; p < P4; p += 4) {
+                uint32_t m4 = q_mk4(mask + o + p);
+                uint32_t pk = (uint32_t)(q_smmla(v[p], m0, rr) >> sh);
+                __asm__("bfi %0, %1, #8, #8\n\tbfi %0, %2, #16, #8\n\tbfi %0, %3, #24, #8"
+                        : "+r"(pk)
+                        : "r"(q_smmla(v[p + 1], m0, rr) >> sh),
+                          "r"(q_smmla(v[p + 2], m0, rr) >> sh),
+                          "r"(q_smmla(v[p + 3], m0, rr) >> sh));
+                m4 = pk & (m4 * 0xFFu);
+                memcpy(dq + o + p, &m4, 4);
+            }
+            for (; p < P; p++)
+                dq[o + p] = (int8_t)((q_smmla(v[p], m0, rr) >> sh) & -(int32_t)mask[o + p]);
+            continue;
+        }
+        for (; p < P; p++) {  /* k >= 1/4 or tiny: the float rounding (ties to even) */
+            const float f = (float)v[p] * k + 12582912.0f;
+            memcpy(&u, &f, 4);
+            dq[o + p] = (int8_t)((int32_t)(u - 0x4B400000u) & -(int32_t)mask[o + p]);
+        }
+    }
+    return mx / 127.0f;
+}
+#endif
+static ET_REAL qacc_quant(const ET_REAL *dy, ET_REAL ds, const qgap_dacc *gd, uint8_t *mask,
                           const ET_REAL *M, int B, int C, int P) {
-    if (sizeof(ET_REAL) == sizeof(float))
+#if ET_DSP
+    if (sizeof(ET_REAL) == sizeof(float) && ds != 0)
+        return (ET_REAL)qacc_quant_i((const float *)(const void *)dy, (float)ds, mask,
+                                     (const float *)(const void *)M, B, C, P);
+#endif
+    if (sizeof(ET_REAL) == sizeof(float) && ds == 0)
         return (ET_REAL)qacc_quant_f((const float *)(const void *)dy, gd, mask,
                                      (const float *)(const void *)M, B, C, P);
     ET_REAL mx = 0;
@@ -970,7 +1106,8 @@ static ET_REAL qacc_quant(const ET_REAL *dy, const qgap_dacc *gd, uint8_t *mask,
         const size_t o = ((size_t)n * C + c) * P;
         const ET_REAL d = gd ? gd->gp[(size_t)n * C + c] / (ET_REAL)gd->P : 0;
         for (int p = 0; p < P; p++) {
-            const ET_REAL v = (gd ? d : dy[o + p]) * (mask[o + p] ? M[c] : (ET_REAL)0);
+            const ET_REAL y = gd ? d : (ds != 0 ? ds * (ET_REAL)q_dxi(dy + o + p) : dy[o + p]);
+            const ET_REAL v = y * (mask[o + p] ? M[c] : (ET_REAL)0);
             const ET_REAL a = et_abs(v);
             if (a > mx) mx = a;
         }
@@ -983,7 +1120,8 @@ static ET_REAL qacc_quant(const ET_REAL *dy, const qgap_dacc *gd, uint8_t *mask,
         const size_t o = ((size_t)n * C + c) * P;
         const ET_REAL d = gd ? gd->gp[(size_t)n * C + c] / (ET_REAL)gd->P : 0;
         for (int p = 0; p < P; p++) {
-            const ET_REAL v = (gd ? d : dy[o + p]) * (mask[o + p] ? M[c] : (ET_REAL)0);
+            const ET_REAL y = gd ? d : (ds != 0 ? ds * (ET_REAL)q_dxi(dy + o + p) : dy[o + p]);
+            const ET_REAL v = y * (mask[o + p] ? M[c] : (ET_REAL)0);
             const ET_REAL r = round_half_away(v / s);
             dq[o + p] = (int8_t)(r < -127 ? -127 : (r > 127 ? 127 : r));
         }
@@ -1057,13 +1195,17 @@ static inline void q_bstep(int32_t *b, int32_t g, ET_REAL s, ET_REAL inv, ET_REA
     ET_GRAD_PROBE(b, g);
     *b = clamp_i32(round_half_away((ET_REAL)*b + (-lr) * ((s * (ET_REAL)g) * inv)));
 }
-/* dx = s_g * dx_int (or dx += it) */
+/* dx = s_g * dx_int (acc 0), dx += it (acc 1), or dx_int itself as an int32 in the first 4
+   bytes of dx's slot (acc Q_DX_INT, NOTE [ Integer dx ]) */
+#define Q_DX_INT 2
 Q_AI void q_put(ET_REAL *dx, int32_t v, ET_REAL s, int acc) {
+    if (acc == Q_DX_INT) { memcpy(dx, &v, 4); return; }
     const ET_REAL r = s * (ET_REAL)v;
     if (acc) *dx += r; else *dx = r;
 }
+/* all-zero bits: 0 as an ET_REAL and as an integer dx */
 static void q_zero(ET_REAL *dx, int acc, size_t n) {
-    if (!acc) for (size_t i = 0; i < n; i++) dx[i] = 0;
+    if (acc != 1) for (size_t i = 0; i < n; i++) dx[i] = 0;
 }
 
 /* NOTE [ Register-blocked int8 backward ]
@@ -1396,6 +1538,12 @@ static void q_mm1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, i
     const int16x2_t zz = (int16x2_t)(((uint32_t)(uint16_t)zx << 16) | (uint16_t)zx);
     const int P4 = P / 4 * 4, hw = P4 / 2;
     const uint32_t *h = q_dq16(xr + P, dq, Co, P);  /* NOTE [ Expanded dq rows ] */
+    /* per channel kq, sh after the dq rows: made once, not once per input-channel pair */
+    int32_t *fk = (int32_t *)(void *)((uint8_t *)(xr + P) + q_dq16_bytes(Co, P));
+    for (int oc = 0; oc < Co; oc++) {
+        const q_step t = q_stepper(s, inv_w[oc], lr);
+        fk[2 * oc] = t.kq; fk[2 * oc + 1] = t.sh;
+    }
     for (int ic = 0; ic < Ci; ic += 2) {
         const int i1 = ic + 1 < Ci ? ic + 1 : ic;  /* an odd last channel: summed twice */
         const int8_t *b0 = x + (size_t)ic * P, *b1 = x + (size_t)i1 * P;
@@ -1416,11 +1564,11 @@ static void q_mm1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, i
                           dq + (size_t)c1 * P, xr, P, a);
             else
                 q_mmg2x2(dq + (size_t)oc * P, dq + (size_t)c1 * P, xr, P, a);
-            const q_step s0 = q_stepper(s, inv_w[oc], lr);
+            const q_step s0 = {s, inv_w[oc], lr, fk[2 * oc], fk[2 * oc + 1]};
+            const q_step s1 = {s, inv_w[c1], lr, fk[2 * c1], fk[2 * c1 + 1]};
             q_wstep(&w[(size_t)oc * Ci + ic], a[0], s0);
             if (i1 != ic) q_wstep(&w[(size_t)oc * Ci + i1], a[1], s0);
             if (c1 != oc) {
-                const q_step s1 = q_stepper(s, inv_w[c1], lr);
                 q_wstep(&w[(size_t)c1 * Ci + ic], a[2], s1);
                 if (i1 != ic) q_wstep(&w[(size_t)c1 * Ci + i1], a[3], s1);
             }
@@ -1729,8 +1877,12 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
                 const int8_t wr[9] = {wc[8], wc[7], wc[6], wc[5], wc[4],
                                       wc[3], wc[2], wc[1], wc[0]};  /* turned by 180 */
                 q_pad(dT, dq + ((size_t)n * Co + c) * H * W, 0, H, W, 1);
-                q3_plane_fwd(sums, dT, W + 2, wr, H, W, 1, 0, 0);
                 ET_REAL *dc = dx + ((size_t)n * Ci + c) * H * W;
+                if (sizeof(ET_REAL) == 4 && acc == Q_DX_INT) {  /* the sums straight into dx */
+                    q3_plane_fwd((int32_t *)(void *)dc, dT, W + 2, wr, H, W, 1, 0, 0);
+                    continue;
+                }
+                q3_plane_fwd(sums, dT, W + 2, wr, H, W, 1, 0, 0);
                 for (int j = 0; j < H * W; j++) q_put(dc + j, sums[j], s, acc);
             }
         return;
@@ -1868,6 +2020,16 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
                 }
             }
             ET_REAL *dr = dx + (((size_t)n * Ci + ci) * H + ih) * W;
+            if (sizeof(ET_REAL) == 4 && acc == Q_DX_INT) {  /* NOTE [ Integer dx ] */
+                int j = 0;
+                for (; j + 2 <= W; j += 2) {
+                    int64_t v2;
+                    memcpy(&v2, r + j, 8);
+                    memcpy(dr + j, &v2, 8);
+                }
+                if (j < W) memcpy(dr + j, r + j, 4);
+                continue;
+            }
             for (int j = 0; j < W; j++) q_put(dr + j, r[j], s, acc);
         }
     }
