@@ -624,38 +624,33 @@ def _bn_lean(input, running_mean, running_var, weight, bias, training) -> bool:
     return input.is_contiguous()
 
 
-def _batch_norm(
-    input,
-    running_mean,
-    running_var,
-    weight=None,
-    bias=None,
-    training=False,
-    momentum=0.1,
-    eps=1e-5,
-):
-    if not _bn_lean(input, running_mean, running_var, weight, bias, training):
-        return None
-    return _FrozenBatchNorm.apply(input, running_mean, running_var, weight, bias, eps)
+def _batch_norm_handler(overwrite: bool):
+    """The lean handler of `F.batch_norm` (one signature for both): saving nothing, and with
+    `overwrite` written over `input` where it is a lean frozen convolution's result (NOTE
+    [ Lean in-place activations ]); None where the rule does not apply."""
+
+    def handler(
+        input,
+        running_mean,
+        running_var,
+        weight=None,
+        bias=None,
+        training=False,
+        momentum=0.1,
+        eps=1e-5,
+    ):
+        if overwrite and (type(input.grad_fn) is not _FrozenConv._backward_cls or input.dim() < 2):
+            return None
+        if not _bn_lean(input, running_mean, running_var, weight, bias, training):
+            return None
+        fn = _FrozenBatchNormInPlace if overwrite else _FrozenBatchNorm
+        return fn.apply(input, running_mean, running_var, weight, bias, eps)
+
+    return handler
 
 
-def _batch_norm_over(
-    input,
-    running_mean,
-    running_var,
-    weight=None,
-    bias=None,
-    training=False,
-    momentum=0.1,
-    eps=1e-5,
-):
-    """The in-place batch norm where `input` is a lean frozen convolution's result (NOTE
-    [ Lean in-place activations ]); None otherwise."""
-    if type(input.grad_fn) is not _FrozenConv._backward_cls or input.dim() < 2:
-        return None
-    if not _bn_lean(input, running_mean, running_var, weight, bias, training):
-        return None
-    return _FrozenBatchNormInPlace.apply(input, running_mean, running_var, weight, bias, eps)
+_batch_norm = _batch_norm_handler(False)
+_batch_norm_over = _batch_norm_handler(True)
 
 
 _HANDLERS = {
