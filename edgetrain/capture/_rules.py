@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from edgetrain.errors import UnsupportedOpError
-from edgetrain.ir import Node, OpKind, Tensor, TensorRole, itemsize
+from edgetrain.ir import Node, OpKind, Tensor, TensorRole, contiguous_strides, itemsize
 
 aten = torch.ops.aten
 
@@ -324,7 +324,7 @@ def view_attrs(
             return {}
         r = r[index] if index is not None else r
         if r.untyped_storage()._cdata != probe.untyped_storage()._cdata:
-            offset, stride = 0, _contiguous_strides(tuple(r.shape))  # a reshape that copied
+            offset, stride = 0, contiguous_strides(tuple(r.shape))  # a reshape that copied
         else:
             offset, stride = r.storage_offset(), tuple(r.stride())
     return {
@@ -332,14 +332,6 @@ def view_attrs(
         "view_size": tuple(int(d) for d in out.shape),
         "view_stride": tuple(int(s) for s in stride),
     }
-
-
-def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    out, acc = [], 1
-    for d in reversed(shape):
-        out.append(acc)
-        acc *= int(d)
-    return tuple(reversed(out))
 
 
 def _view(c: _Ctx) -> _Rule:

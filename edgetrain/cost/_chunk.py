@@ -61,12 +61,17 @@ class Segment:
     output: str
 
 
+def module_calls(module: str) -> list[str]:
+    """The module calls a node runs inside: every prefix of its module path."""
+    parts = module.split(".") if module else []
+    return [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
+
+
 def _module_ranges(graph: Graph) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for i, n in enumerate(graph.nodes):
-        parts = n.module.split(".") if n.module else []
-        for k in range(1, len(parts) + 1):
-            out.setdefault(".".join(parts[:k]), []).append(i)
+        for call in module_calls(n.module):
+            out.setdefault(call, []).append(i)
     return out
 
 
@@ -139,9 +144,8 @@ def chunkable_segments(graph: Graph, trainable: frozenset[str]) -> tuple[tuple[s
             continue  # an activation or batch norm could overwrite the chunk's view of x
         if all(_per_sample(graph, graph.nodes[i], rg, x.shape[0]) for i in idx):
             found.append(seg)
-    out = [(s.module, segment_chunk(graph, s)) for s in found]
-    batch_of = {s.module: graph.tensor(s.input).shape[0] for s in found}
-    return tuple((m, c) for m, c in out if c < batch_of[m])
+    chunks = [(s.module, segment_chunk(graph, s), graph.tensor(s.input).shape[0]) for s in found]
+    return tuple((m, c) for m, c, batch in chunks if c < batch)
 
 
 def find_segment(graph: Graph, module: str) -> Segment:
@@ -196,13 +200,9 @@ def _unroll(graph: Graph, seg: Segment, chunk: int) -> tuple[list[Node], list[Te
     tensors: list[Tensor] = []
     for k in range(batch // chunk):
         xk, enter = f"{seg.input}@{k}", f"{seg.module}@{k}:enter"
-        tensors.append(
-            dataclasses.replace(
-                _scaled(x, xk, x.storage, batch, chunk, enter),
-                storage_bytes=x.storage_bytes,
-                role=TensorRole.ACTIVATION,
-            )
-        )
+        # a view of the input: its shape is the chunk's, its storage the whole input's
+        shape = (chunk, *x.shape[1:])
+        tensors.append(dataclasses.replace(x, name=xk, shape=shape, producer=enter))
         attrs = (("chunk", (seg.module, k)),)
         nodes.append(
             Node(enter, OpKind.VIEW, ENTER, (seg.input,), xk, module=seg.module, attrs=attrs)

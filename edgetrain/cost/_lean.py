@@ -64,7 +64,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from edgetrain.ir import Graph, Node, OpKind, TensorRole
+from edgetrain.ir import Graph, Node, OpKind, TensorRole, contiguous_strides
 
 MASK_CHUNK = 1 << 14
 """Elements the runtime packs per pass (`edgetrain.runtime._lean.MASK_CHUNK`)."""
@@ -170,14 +170,6 @@ def _bn_weight(graph: Graph, node: Node) -> str | None:
     return params[0] if len(params) == 2 else None
 
 
-def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    out, acc = [], 1
-    for d in reversed(shape):
-        out.append(acc)
-        acc *= d
-    return tuple(reversed(out))
-
-
 def is_contiguous(graph: Graph, name: str) -> bool:
     """Whether tensor `name` is contiguous when the step runs, as far as the IR tells: an
     operator's result is; a view's is where its index map (NOTE [ Views as index maps ]) is
@@ -192,7 +184,7 @@ def is_contiguous(graph: Graph, name: str) -> bool:
     size, stride = n.attr("view_size"), n.attr("view_stride")
     if size is None or stride is None:
         return True
-    want = _contiguous_strides(tuple(size))
+    want = contiguous_strides(tuple(size))
     if any(d != 1 and s != w for d, s, w in zip(size, stride, want)):
         return False
     return not n.inputs or is_contiguous(graph, n.inputs[0])

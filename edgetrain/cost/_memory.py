@@ -73,7 +73,7 @@ import enum
 import math
 from dataclasses import dataclass
 
-from edgetrain.cost._chunk import ENTER, LEAVE, chunk_graph, segment_ranges
+from edgetrain.cost._chunk import ENTER, LEAVE, chunk_graph, module_calls, segment_ranges
 from edgetrain.cost._lean import (
     LeanSaves,
     activation_sites,
@@ -700,17 +700,11 @@ def _alloc_live_throughout(step: _Step, opt: Optimizer) -> list[Param]:
     return trainable
 
 
-def _module_calls(module: str) -> list[str]:
-    """The module calls a node runs inside: every prefix of its module path."""
-    parts = module.split(".") if module else []
-    return [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
-
-
 def _call_keys(n: Node) -> list[tuple[str, str]]:
     """(module path, call) of every module call node `n` runs inside; inside a chunked segment
     each chunk calls the segment's submodules anew (NOTE [ Sample-chunked frozen segments ])."""
     chunk = n.attr("chunk")
-    calls = _module_calls(n.module)
+    calls = module_calls(n.module)
     if chunk is None:
         return [(c, c) for c in calls]
     seg, k = chunk

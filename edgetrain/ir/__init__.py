@@ -8,6 +8,7 @@ from edgetrain.ir._graph import (
     Param,
     Tensor,
     TensorRole,
+    contiguous_strides,
     itemsize,
     to_plain,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "Param",
     "Tensor",
     "TensorRole",
+    "contiguous_strides",
     "itemsize",
     "to_plain",
 ]

@@ -93,6 +93,16 @@ def itemsize(dtype: str) -> int:
         ) from None
 
 
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Row-major strides (in elements) of `shape`: the index map of a contiguous tensor
+    (NOTE [ Views as index maps ] in capture/_rules.py)."""
+    out, acc = [], 1
+    for d in reversed(shape):
+        out.append(acc)
+        acc *= int(d)
+    return tuple(reversed(out))
+
+
 @dataclass(frozen=True, slots=True)
 class Tensor:
     """One tensor value of the step. `storage` is shared by views of the same base."""

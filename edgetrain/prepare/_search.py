@@ -354,11 +354,11 @@ def _lean_choice(g: Graph, trainable: frozenset[str], optimizer, accumulation: i
     if peaks[True][0] >= peaks[False][0]:
         return LeanChoice(False, none, none, (), peaks[False][1])
     peak, kernels, sched = peaks[True]
-    chunked, kernels = _chunk_choice(g, rg, optimizer, sched, peak, kernels)
+    chunked, kernels = _chunk_choice(g, optimizer, sched, peak, kernels)
     return LeanChoice(True, plain_sites, in_place, chunked, kernels)
 
 
-def _chunk_choice(g: Graph, rg, optimizer, sched: Schedule, peak: int, kernels: KernelLibrary):
+def _chunk_choice(g: Graph, optimizer, sched: Schedule, peak: int, kernels: KernelLibrary):
     """The chunkable segments (`cost.chunkable_segments`) worth running in chunks: all of
     them, less each whose removal does not raise the simulated peak (each chunked segment
     slows the step), kept only where they lower the peak; and the kernel library with the
