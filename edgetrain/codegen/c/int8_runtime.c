@@ -227,26 +227,37 @@ static inline void q_out(int32_t acc, int32_t m0, int32_t sh, int zy, int lo, in
    redone per output otherwise. The mat-mult forward keeps them as a table of 12 bytes per
    channel in its scratch, after the expanded weight rows, where Co <= Q_RQMAX
    (`rq_table_bytes` in _int8_layout.py); the padded 3x3 forward one channel at a time in
-   locals. The same integers as q_out. */
+   locals. The output zero point is folded into the rounding term, r' = r + zy 2^s:
+   SMMLA(a, m0, r') = r' + floor(a m0 / 2^32) is exact while it fits 32 bits, and
+   |floor(a m0 / 2^32)| <= 2^30, so |r'| < 2^30 is enough (a channel where it is not, as
+   a shift of 22 or more, leaves the table unmade and the call takes q_out); then
+   (r' + F) >> s = zy + ((r + F) >> s) exactly. The clamp is branch free (q_out_k): SSAT to
+   int8, then [lo, hi] inside it (no instruction where it is [-128, 127]); the value was
+   not clamped exactly where the clamped value equals it. The same integers as q_out. */
 #define Q_RQMAX 64
 typedef struct { int32_t m0, r, s; } q_rqk;
 static inline size_t q_rq_bytes(int Co) { return Co <= Q_RQMAX ? (size_t)12 * Co : 0; }
-static const q_rqk *q_rq_consts(q_rqk *k, const int32_t *m0, const int32_t *sh, int Co) {
-    if (!q_rq_bytes(Co)) return 0;
+static const q_rqk *q_rq_consts(q_rqk *k, const int32_t *m0, const int32_t *sh, int zy,
+                                int lo, int hi, int Co) {
+    if (!q_rq_bytes(Co) || lo < -128 || hi > 127 || lo > hi) return 0;
     for (int c = 0; c < Co; c++) {
         const int n = 31 - sh[c];
         if (n < 33 || n > 63) return 0;
+        const int64_t r = (int64_t)(1u << (n - 33)) + (int64_t)zy * ((int64_t)1 << (n - 32));
+        if (r >= ((int64_t)1 << 30) || r <= -((int64_t)1 << 30)) return 0;
         k[c].m0 = m0[c];
-        k[c].r = (int32_t)(1u << (n - 33));
+        k[c].r = (int32_t)r;
         k[c].s = n - 32;
     }
     return k;
 }
-Q_AI void q_out_k(int32_t acc, q_rqk k, int zy, int lo, int hi, int8_t *y, uint8_t *mask,
-                  size_t i) {
-    const int32_t pre = (q_smmla(acc, k.m0, k.r) >> k.s) + zy;
-    y[i] = (int8_t)(pre < lo ? lo : (pre > hi ? hi : pre));
-    if (mask) mask[i] = (uint8_t)(pre >= lo && pre <= hi);
+Q_AI void q_out_k(int32_t acc, q_rqk k, int lo, int hi, int8_t *y, uint8_t *mask, size_t i) {
+    const int32_t pre = q_smmla(acc, k.m0, k.r) >> k.s;  /* zy included */
+    int32_t v = __ssat(pre, 8);
+    if (lo > -128) v = v < lo ? lo : v;
+    if (hi < 127) v = v > hi ? hi : v;
+    y[i] = (int8_t)v;
+    if (mask) mask[i] = (uint8_t)(v == pre);
 }
 #endif
 
@@ -443,9 +454,9 @@ static void qconv3_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *
             }
             const size_t yo = ((size_t)n * Co + oc) * Ho * Wo;
             q_rqk k;
-            if (q_rq_consts(&k, m0 + oc, sh + oc, 1)) {  /* NOTE [ Hoisted requantisation ] */
+            if (q_rq_consts(&k, m0 + oc, sh + oc, zy, lo, hi, 1)) {  /* NOTE [ Hoisted requantisation ] */
                 for (int q = 0; q < Ho * Wo; q++)
-                    q_out_k(sums[q], k, zy, lo, hi, y, mask, yo + q);
+                    q_out_k(sums[q], k, lo, hi, y, mask, yo + q);
                 continue;
             }
             for (int q = 0; q < Ho * Wo; q++)
@@ -615,7 +626,7 @@ static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
     const uint32_t *wh = q_dq16(col + Kt, w, Co, Kt);  /* NOTE [ Expanded dq rows ] */
     const int hw = Kt / 4 * 2;
     const q_rqk *rk = q_rq_consts(  /* after the weight rows (NOTE [ Hoisted requantisation ]) */
-        (q_rqk *)(void *)((uint8_t *)(col + Kt) + q_dq16_bytes(Co, Kt)), m0, sh, Co);
+        (q_rqk *)(void *)((uint8_t *)(col + Kt) + q_dq16_bytes(Co, Kt)), m0, sh, zy, lo, hi, Co);
     for (int ic = 0, k = 0; ic < Ci; ic++)  /* each tap's offset from its window's first byte */
         for (int kh = 0; kh < K; kh++)
             for (int kw = 0; kw < K; kw++, k++) {
@@ -669,11 +680,11 @@ static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
                 const size_t y1 = ((size_t)n * Co + oc1) * P + q;
                 if (rk && q1 != q) {  /* NOTE [ Hoisted requantisation ] */
                     const q_rqk k0 = rk[oc], k1 = rk[oc1];  /* loaded before the stores */
-                    q_out_k(a[0], k0, zy, lo, hi, y, mask, y0);
-                    q_out_k(a[1], k0, zy, lo, hi, y, mask, y0 + 1);
+                    q_out_k(a[0], k0, lo, hi, y, mask, y0);
+                    q_out_k(a[1], k0, lo, hi, y, mask, y0 + 1);
                     if (oc1 != oc) {
-                        q_out_k(a[2], k1, zy, lo, hi, y, mask, y1);
-                        q_out_k(a[3], k1, zy, lo, hi, y, mask, y1 + 1);
+                        q_out_k(a[2], k1, lo, hi, y, mask, y1);
+                        q_out_k(a[3], k1, lo, hi, y, mask, y1 + 1);
                     }
                     continue;
                 }
