@@ -427,6 +427,33 @@ Q_AI void q3_plane_fwd(int32_t *sums, const int8_t *xp, int Wp, const int8_t *wk
     }
 }
 #endif
+#if ET_DSP
+/* q3_plane_fwd's pairs of one output channel with one input channel, requantised at once
+   into y and mask at yo (with the table entry k, NOTE [ Hoisted requantisation ], or q_out):
+   no pass over stored sums */
+Q_AI void q3_plane_rq(const int8_t *xp, int Wp, const int8_t *wk, int Ho, int Wo, int S,
+                      int32_t init, const q_rqk *k, int32_t m0, int32_t sh, int zy, int lo,
+                      int hi, int8_t *y, uint8_t *mask, size_t yo) {
+    const int16x2_t A0 = q_w02(wk), A1 = q_w02(wk + 3), A2 = q_w02(wk + 6);
+    const int32_t w10 = wk[1], w11 = wk[4], w12 = wk[7];
+    for (int oh = 0; oh < Ho; oh++) {
+        const int8_t *xr = xp + (size_t)oh * S * Wp;
+        const size_t yr = yo + (size_t)oh * Wo;
+        for (int ow = 0; ow < Wo; ow += 2) {
+            int32_t s0 = init, s1 = init;
+            if (S == 1) q3_pair(xr + ow, Wp, 1, A0, A1, A2, w10, w11, w12, &s0, &s1);
+            else q3_pair(xr + 2 * ow, Wp, 2, A0, A1, A2, w10, w11, w12, &s0, &s1);
+            if (k) {
+                q_out_k(s0, *k, lo, hi, y, mask, yr + ow);
+                if (ow + 1 < Wo) q_out_k(s1, *k, lo, hi, y, mask, yr + ow + 1);
+            } else {
+                q_out(s0, m0, sh, zy, lo, hi, y, mask, yr + ow);
+                if (ow + 1 < Wo) q_out(s1, m0, sh, zy, lo, hi, y, mask, yr + ow + 1);
+            }
+        }
+    }
+}
+#endif
 static void qconv3_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
                        const int32_t *m0, const int32_t *sh, int zy, int lo, int hi, int8_t *y,
                        uint8_t *mask, int8_t *scratch, int B, int Ci, int H, int W, int Co,
@@ -444,6 +471,22 @@ static void qconv3_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *
             int32_t ws = 0;
             for (int i = 0; i < cig * 9; i++) ws += wo[i];
             const int32_t init = b[oc] - zx * ws;
+            const size_t yo = ((size_t)n * Co + oc) * Ho * Wo;
+            if (cig == 1 && cog == 1) {  /* requantised from registers */
+                const long pl = (long)n * Ci + g;
+                if (pl != padded) {
+                    q_pad(scratch, x + (size_t)pl * H * W, zx, H, W, p);
+                    padded = pl;
+                }
+                q_rqk k;
+                if (q_rq_consts(&k, m0 + oc, sh + oc, zy, lo, hi, 1))
+                    q3_plane_rq(scratch, Wp, wo, Ho, Wo, s, init, &k, 0, 0, zy, lo, hi, y, mask,
+                                yo);
+                else
+                    q3_plane_rq(scratch, Wp, wo, Ho, Wo, s, init, 0, m0[oc], sh[oc], zy, lo, hi,
+                                y, mask, yo);
+                continue;
+            }
             for (int ic = 0; ic < cig; ic++) {
                 const long pl = (long)n * Ci + g * cig + ic;
                 if (pl != padded) {
@@ -452,7 +495,6 @@ static void qconv3_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *
                 }
                 q3_plane_fwd(sums, scratch, Wp, wo + ic * 9, Ho, Wo, s, init, ic > 0);
             }
-            const size_t yo = ((size_t)n * Co + oc) * Ho * Wo;
             q_rqk k;
             if (q_rq_consts(&k, m0 + oc, sh + oc, zy, lo, hi, 1)) {  /* NOTE [ Hoisted requantisation ] */
                 for (int q = 0; q < Ho * Wo; q++)
@@ -593,26 +635,35 @@ Q_AI void q_mm2x2h(const uint32_t *h0, const uint32_t *h1, const int8_t *w0, con
     }
     a[0] = a00; a[1] = a01; a[2] = a10; a[3] = a11;
 }
-/* the int16 position of tap k of column j (0, 1) in the column words */
-Q_AI int q_mm_slot(int k, int K4, int j) {
-    if (k >= K4) return 2 * k + j;
-    const int r = k & 3;
-    return (k >> 2) * 8 + (r & 1) * 4 + (r >> 1) + 2 * j;
-}
-/* one window's taps, x - zx inside the input and 0 in the padding, as column j */
-static void q_mm_col(uint32_t *col, int j, const int8_t *src, int zx, int H, int W, int Ci,
-                     int K, int ih0, int iw0, int K4) {
-    int16_t *c = (int16_t *)(void *)col;
-    int k = 0;
+/* NOTE [ Mat-mult border columns ]
+   A window that reaches into the padding is first copied, in the natural tap order (ic, kh,
+   kw), into a byte patch in scratch with zx for the taps outside the input (a row at a time:
+   one test per kernel row and per tap column, not per tap), then turned into column j as the
+   inside windows are: per 4 taps one load, SXTB16 and SXTB16 ROR #8 give (t0, t2), (t1, t3),
+   less zx by SSUB16; the last Kt mod 4 taps one by one. zx - zx = 0, so the column holds
+   the same integers as before. The patch is Kt bytes rounded up to 4 after the
+   requantisation table (`forward_scratch_bytes`, only where the padding is not 0). */
+static void q_mm_patch(uint32_t *col, int j, int8_t *pt, const int8_t *src, int zx, int H,
+                       int W, int Ci, int K, int ih0, int iw0, int K4, int Kt) {
+    const int16x2_t zz = (int16x2_t)(((uint32_t)(uint16_t)zx << 16) | (uint16_t)zx);
+    const int kw0 = iw0 < 0 ? -iw0 : 0, kw1 = W - iw0 < K ? W - iw0 : K;
+    int8_t *o = pt;
     for (int ic = 0; ic < Ci; ic++)
-        for (int kh = 0; kh < K; kh++)
-            for (int kw = 0; kw < K; kw++, k++) {
-                const int ih = ih0 + kh, iw = iw0 + kw;
-                c[q_mm_slot(k, K4, j)] =
-                    (int16_t)(ih >= 0 && ih < H && iw >= 0 && iw < W
-                                  ? src[((size_t)ic * H + ih) * W + iw] - zx
-                                  : 0);
+        for (int kh = 0; kh < K; kh++, o += K) {
+            const int ih = ih0 + kh;
+            if (ih < 0 || ih >= H || kw0 >= kw1) {
+                memset(o, zx, (size_t)K);
+                continue;
             }
+            const int8_t *xr = src + ((size_t)ic * H + ih) * W + iw0;
+            for (int kw = 0; kw < K; kw++) o[kw] = kw >= kw0 && kw < kw1 ? xr[kw] : (int8_t)zx;
+        }
+    for (int k = 0; k < K4; k += 4) {
+        const uint32_t u = q_ld4(pt + k);
+        col[k + j] = (uint32_t)__ssub16(__sxtb16(u), zz);
+        col[k + 2 + j] = (uint32_t)__ssub16(q_sxtb16r8(u), zz);
+    }
+    for (int k = K4; k < Kt; k++) ((int16_t *)(void *)(col + k))[j] = (int16_t)(pt[k] - zx);
 }
 /* the mat-mult forward (DSP) */
 static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
@@ -627,6 +678,7 @@ static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
     const int hw = Kt / 4 * 2;
     const q_rqk *rk = q_rq_consts(  /* after the weight rows (NOTE [ Hoisted requantisation ]) */
         (q_rqk *)(void *)((uint8_t *)(col + Kt) + q_dq16_bytes(Co, Kt)), m0, sh, zy, lo, hi, Co);
+    int8_t *pt = (int8_t *)(col + Kt) + q_dq16_bytes(Co, Kt) + q_rq_bytes(Co);  /* the patch */
     for (int ic = 0, k = 0; ic < Ci; ic++)  /* each tap's offset from its window's first byte */
         for (int kh = 0; kh < K; kh++)
             for (int kw = 0; kw < K; kw++, k++) {
@@ -665,8 +717,8 @@ static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
                         c[in0 ? 0 : 1] = (int16_t)(xi[off[k]] - zx);
                     }
                 }
-                if (!in0) q_mm_col(col, 0, src, zx, H, W, Ci, K, ih0, iw0, K4);
-                if (!in1) q_mm_col(col, 1, src, zx, H, W, Ci, K, ih1, iw1, K4);
+                if (!in0) q_mm_patch(col, 0, pt, src, zx, H, W, Ci, K, ih0, iw0, K4, Kt);
+                if (!in1) q_mm_patch(col, 1, pt, src, zx, H, W, Ci, K, ih1, iw1, K4, Kt);
             }
             for (int oc = 0; oc < Co; oc += 2) {
                 const int oc1 = oc + 1 < Co ? oc + 1 : oc;
