@@ -50,7 +50,7 @@ NOTE [ int8 SRAM of the C trainer ]
       (`forward_scratch_bytes`): for a one-group 3x3 (stride 1 or 2) or 1x1 the mat-mult
       kernel's tap offsets and two columns, 8 Ci K^2 bytes (NOTE [ int8 mat-mult forward ] in
       int8_runtime.c), and its weights unpacked to 16-bit pairs where that is at most 4 KiB
-      (`dq16_bytes`), then 12 bytes per output channel where Co <= 64 (`rq_table_bytes`, NOTE
+      (`dq16_bytes`), then 16 bytes per output channel where Co <= 64 (`rq_table_bytes`, NOTE
       [ Hoisted requantisation ]), for another 3x3 the padded plane and Ho x Wo int32 sums (NOTE [ Padded
       3x3 forward ]); `s:<op>` kernel scratch, which is
       * a frozen pointwise -> depthwise pair whose intermediate nothing else reads: fused, one
@@ -620,9 +620,10 @@ RQ_MAX_CHANNELS = 64  # Q_RQMAX in int8_runtime.c
 
 
 def rq_table_bytes(co: int) -> int:
-    """The mat-mult forward's requantisation constants, 12 bytes per output channel where Co
-    is at most RQ_MAX_CHANNELS, else 0 (NOTE [ Hoisted requantisation ], int8_runtime.c)."""
-    return 12 * co if co <= RQ_MAX_CHANNELS else 0
+    """The mat-mult forward's bias and requantisation constants, 16 bytes per output channel
+    where Co is at most RQ_MAX_CHANNELS, else 0 (NOTE [ Hoisted requantisation ],
+    int8_runtime.c)."""
+    return 16 * co if co <= RQ_MAX_CHANNELS else 0
 
 
 def dq16_bytes(co: int, hw: int) -> int:

@@ -224,8 +224,8 @@ static inline void q_out(int32_t acc, int32_t m0, int32_t sh, int zy, int lo, in
    q_out's per-channel constants (SMMLA's rounding term and the shift, NOTE [ SMMLA rounding ])
    made once per call, where every channel takes rq's fast case (n = 31 - shift in 33..63):
    the byte stores of y and the mask may alias anything, so q_out's own loads and tests are
-   redone per output otherwise. The mat-mult forward keeps them as a table of 12 bytes per
-   channel in its scratch, after the expanded weight rows, where Co <= Q_RQMAX
+   redone per output otherwise. The mat-mult forward keeps them, with the channel's bias, as
+   a table of 16 bytes per channel in its scratch, after the expanded weight rows, where Co <= Q_RQMAX
    (`rq_table_bytes` in _int8_layout.py); the padded 3x3 forward one channel at a time in
    locals. The output zero point is folded into the rounding term, r' = r + zy 2^s:
    SMMLA(a, m0, r') = r' + floor(a m0 / 2^32) is exact while it fits 32 bits, and
@@ -235,10 +235,10 @@ static inline void q_out(int32_t acc, int32_t m0, int32_t sh, int zy, int lo, in
    int8, then [lo, hi] inside it (no instruction where it is [-128, 127]); the value was
    not clamped exactly where the clamped value equals it. The same integers as q_out. */
 #define Q_RQMAX 64
-typedef struct { int32_t m0, r, s; } q_rqk;
-static inline size_t q_rq_bytes(int Co) { return Co <= Q_RQMAX ? (size_t)12 * Co : 0; }
+typedef struct { int32_t m0, r, s, b; } q_rqk;
+static inline size_t q_rq_bytes(int Co) { return Co <= Q_RQMAX ? (size_t)16 * Co : 0; }
 static const q_rqk *q_rq_consts(q_rqk *k, const int32_t *m0, const int32_t *sh, int zy,
-                                int lo, int hi, int Co) {
+                                int lo, int hi, int Co, const int32_t *b) {
     if (!q_rq_bytes(Co) || lo < -128 || hi > 127 || lo > hi) return 0;
     for (int c = 0; c < Co; c++) {
         const int n = 31 - sh[c];
@@ -248,6 +248,7 @@ static const q_rqk *q_rq_consts(q_rqk *k, const int32_t *m0, const int32_t *sh, 
         k[c].m0 = m0[c];
         k[c].r = (int32_t)r;
         k[c].s = n - 32;
+        k[c].b = b ? b[c] : 0;
     }
     return k;
 }
@@ -454,6 +455,25 @@ Q_AI void q3_plane_rq(const int8_t *xp, int Wp, const int8_t *wk, int Ho, int Wo
     }
 }
 #endif
+#if ET_DSP
+/* n stored sums requantised into y and mask from index i (with the table entry k or q_out),
+   two at a time */
+Q_AI void q_out_row(const int32_t *s, int n, const q_rqk *k, int32_t m0, int32_t sh, int zy,
+                    int lo, int hi, int8_t *y, uint8_t *mask, size_t i) {
+    if (k) {
+        const q_rqk kk = *k;
+        const int32_t *e = s + (n & ~1);
+        for (; s != e; s += 2, i += 2) {
+            const int32_t v0 = s[0], v1 = s[1];
+            q_out_k(v0, kk, lo, hi, y, mask, i);
+            q_out_k(v1, kk, lo, hi, y, mask, i + 1);
+        }
+        if (n & 1) q_out_k(s[0], kk, lo, hi, y, mask, i);
+        return;
+    }
+    for (int j = 0; j < n; j++) q_out(s[j], m0, sh, zy, lo, hi, y, mask, i + j);
+}
+#endif
 static void qconv3_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
                        const int32_t *m0, const int32_t *sh, int zy, int lo, int hi, int8_t *y,
                        uint8_t *mask, int8_t *scratch, int B, int Ci, int H, int W, int Co,
@@ -479,7 +499,7 @@ static void qconv3_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *
                     padded = pl;
                 }
                 q_rqk k;
-                if (q_rq_consts(&k, m0 + oc, sh + oc, zy, lo, hi, 1))
+                if (q_rq_consts(&k, m0 + oc, sh + oc, zy, lo, hi, 1, 0))
                     q3_plane_rq(scratch, Wp, wo, Ho, Wo, s, init, &k, 0, 0, zy, lo, hi, y, mask,
                                 yo);
                 else
@@ -496,13 +516,10 @@ static void qconv3_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *
                 q3_plane_fwd(sums, scratch, Wp, wo + ic * 9, Ho, Wo, s, init, ic > 0);
             }
             q_rqk k;
-            if (q_rq_consts(&k, m0 + oc, sh + oc, zy, lo, hi, 1)) {  /* NOTE [ Hoisted requantisation ] */
-                for (int q = 0; q < Ho * Wo; q++)
-                    q_out_k(sums[q], k, lo, hi, y, mask, yo + q);
-                continue;
-            }
-            for (int q = 0; q < Ho * Wo; q++)
-                q_out(sums[q], m0[oc], sh[oc], zy, lo, hi, y, mask, yo + q);
+            if (q_rq_consts(&k, m0 + oc, sh + oc, zy, lo, hi, 1, 0))  /* NOTE [ Hoisted requantisation ] */
+                q_out_row(sums, Ho * Wo, &k, 0, 0, zy, lo, hi, y, mask, yo);
+            else
+                q_out_row(sums, Ho * Wo, 0, m0[oc], sh[oc], zy, lo, hi, y, mask, yo);
         }
         return;
     }
@@ -621,9 +638,11 @@ Q_AI void q_mm2x2h(const uint32_t *h0, const uint32_t *h1, const int8_t *w0, con
       [h0] "+&r"(h0), [h1] "+&r"(h1), [c] "+&r"(c), [u] "=&r"(u), [uo] "=&r"(uo),           \
       [v] "=&r"(v), [vo] "=&r"(vo), [c0] "=&r"(c0), [c1] "=&r"(c1)
     if (K4 & 4) __asm__ volatile(Q_MMH_4 Q_MMH_IO : : "memory");
-    if (K4 & ~7) {  /* 8 taps per iteration */
-        const uint32_t *end = h0 + (K4 & ~7) / 2;
-        __asm__ volatile("1:\n\t" Q_MMH_4 Q_MMH_4 "cmp %[h0], %[end]\n\tbne 1b\n\t"
+    if (K4 & 8) __asm__ volatile(Q_MMH_4 Q_MMH_4 Q_MMH_IO : : "memory");
+    if (K4 & ~15) {  /* 16 taps per iteration (a loop's compare and branch per 64 MACs) */
+        const uint32_t *end = h0 + (K4 & ~15) / 2;
+        __asm__ volatile("1:\n\t" Q_MMH_4 Q_MMH_4 Q_MMH_4 Q_MMH_4
+                         "cmp %[h0], %[end]\n\tbne 1b\n\t"
                          Q_MMH_IO : [end] "r"(end) : "cc", "memory");
     }
 #undef Q_MMH_4
@@ -665,6 +684,30 @@ static void q_mm_patch(uint32_t *col, int j, int8_t *pt, const int8_t *src, int 
     }
     for (int k = K4; k < Kt; k++) ((int16_t *)(void *)(col + k))[j] = (int16_t)(pt[k] - zx);
 }
+/* every output channel pair of one column pair, with the expanded weight rows wh (hw words
+   each) and the table rk (bias and requantisation, NOTE [ Hoisted requantisation ]), into y
+   and mask from index i: walking pointers, as the values live across the tile's 13-register
+   asm are spilled (an odd last channel computed in both rows, stored once) */
+Q_AI void q_mm_ocs(const uint32_t *wh, int hw, const int8_t *w, int Kt, const q_rqk *rk,
+                   int Co, const uint32_t *col, int lo, int hi, int8_t *y, uint8_t *mask,
+                   size_t i, size_t P) {
+    const q_rqk *end = rk + (Co & ~1);
+    for (; rk != end; rk += 2, wh += 2 * hw, w += 2 * Kt, i += 2 * P) {
+        int32_t a[4] = {rk[0].b, rk[0].b, rk[1].b, rk[1].b};
+        q_mm2x2h(wh, wh + hw, w, w + Kt, col, Kt, a);
+        const q_rqk k0 = rk[0], k1 = rk[1];
+        q_out_k(a[0], k0, lo, hi, y, mask, i);
+        q_out_k(a[1], k0, lo, hi, y, mask, i + 1);
+        q_out_k(a[2], k1, lo, hi, y, mask, i + P);
+        q_out_k(a[3], k1, lo, hi, y, mask, i + P + 1);
+    }
+    if (Co & 1) {
+        int32_t a[4] = {rk[0].b, rk[0].b, rk[0].b, rk[0].b};
+        q_mm2x2h(wh, wh, w, w, col, Kt, a);
+        q_out_k(a[0], rk[0], lo, hi, y, mask, i);
+        q_out_k(a[1], rk[0], lo, hi, y, mask, i + 1);
+    }
+}
 /* the mat-mult forward (DSP) */
 static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
                      const int32_t *m0, const int32_t *sh, int zy, int lo, int hi, int8_t *y,
@@ -677,7 +720,7 @@ static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
     const uint32_t *wh = q_dq16(col + Kt, w, Co, Kt);  /* NOTE [ Expanded dq rows ] */
     const int hw = Kt / 4 * 2;
     const q_rqk *rk = q_rq_consts(  /* after the weight rows (NOTE [ Hoisted requantisation ]) */
-        (q_rqk *)(void *)((uint8_t *)(col + Kt) + q_dq16_bytes(Co, Kt)), m0, sh, zy, lo, hi, Co);
+        (q_rqk *)(void *)((uint8_t *)(col + Kt) + q_dq16_bytes(Co, Kt)), m0, sh, zy, lo, hi, Co, b);
     int8_t *pt = (int8_t *)(col + Kt) + q_dq16_bytes(Co, Kt) + q_rq_bytes(Co);  /* the patch */
     for (int ic = 0, k = 0; ic < Ci; ic++)  /* each tap's offset from its window's first byte */
         for (int kh = 0; kh < K; kh++)
@@ -719,6 +762,10 @@ static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
                 }
                 if (!in0) q_mm_patch(col, 0, pt, src, zx, H, W, Ci, K, ih0, iw0, K4, Kt);
                 if (!in1) q_mm_patch(col, 1, pt, src, zx, H, W, Ci, K, ih1, iw1, K4, Kt);
+            }
+            if (rk && wh && q1 != q) {
+                q_mm_ocs(wh, hw, w, Kt, rk, Co, col, lo, hi, y, mask, (size_t)n * Co * P + q, P);
+                continue;
             }
             for (int oc = 0; oc < Co; oc += 2) {
                 const int oc1 = oc + 1 < Co ? oc + 1 : oc;
