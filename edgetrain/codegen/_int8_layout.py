@@ -574,13 +574,13 @@ def forward_scratch_bytes(op, in_shape, out_shape) -> int:
     """The forward scratch of a trainable conv: for the mat-mult forward (NOTE [ int8 mat-mult
     forward ], int8_runtime.c) Ci K^2 int32 tap offsets and two columns of as many int16
     taps, then the weight rows unpacked to 16-bit pairs where small (`dq16_bytes`, NOTE
-    [ Expanded dq rows ]), then the requantisation constants (`rq_table_bytes`), then with
-    padding a byte patch of Kt taps rounded up to 4 (NOTE [ Mat-mult border columns ]); for another
+    [ Expanded dq rows ]), then the requantisation constants (`rq_table_bytes`), then for a
+    3x3 two byte patches of Kt taps rounded up to 4 (NOTE [ Mat-mult 3x3 columns ]); for another
     3x3 (NOTE [ Padded 3x3 forward ]) its padded input plane (4-byte aligned) and Ho x Wo
     int32 sums."""
     if runs_mat_mult_forward(op):
         kt = in_shape[0] * op.weight.shape[-1] ** 2
-        patch = (kt + 3) // 4 * 4 if op.padding else 0  # NOTE [ Mat-mult border columns ]
+        patch = 2 * ((kt + 3) // 4 * 4) if op.weight.shape[-1] == 3 else 0  # 3x3 columns
         return 8 * kt + dq16_bytes(out_shape[0], kt) + rq_table_bytes(out_shape[0]) + patch
     pb = pad_plane_bytes(op, in_shape)
     return (pb + 3) // 4 * 4 + 4 * out_shape[1] * out_shape[2] if pb else 0

@@ -654,35 +654,53 @@ Q_AI void q_mm2x2h(const uint32_t *h0, const uint32_t *h1, const int8_t *w0, con
     }
     a[0] = a00; a[1] = a01; a[2] = a10; a[3] = a11;
 }
-/* NOTE [ Mat-mult border columns ]
-   A window that reaches into the padding is first copied, in the natural tap order (ic, kh,
-   kw), into a byte patch in scratch with zx for the taps outside the input (a row at a time:
-   one test per kernel row and per tap column, not per tap), then turned into column j as the
-   inside windows are: per 4 taps one load, SXTB16 and SXTB16 ROR #8 give (t0, t2), (t1, t3),
-   less zx by SSUB16; the last Kt mod 4 taps one by one. zx - zx = 0, so the column holds
-   the same integers as before. The patch is Kt bytes rounded up to 4 after the
-   requantisation table (`forward_scratch_bytes`, only where the padding is not 0). */
-static void q_mm_patch(uint32_t *col, int j, int8_t *pt, const int8_t *src, int zx, int H,
-                       int W, int Ci, int K, int ih0, int iw0, int K4, int Kt) {
-    const int16x2_t zz = (int16x2_t)(((uint32_t)(uint16_t)zx << 16) | (uint16_t)zx);
-    const int kw0 = iw0 < 0 ? -iw0 : 0, kw1 = W - iw0 < K ? W - iw0 : K;
+/* NOTE [ Mat-mult 3x3 columns ]
+   A 3x3 window (stride 1 or 2) is first copied, in the natural tap order (ic, kh, kw), into
+   a byte patch in scratch: inside the input, a kernel row is one unaligned 4-byte load and
+   store (its 4th byte is overwritten by the next row; the window's last row takes 3 bytes,
+   so nothing past it is read); a window in the padding is copied a kernel row at a time with
+   zx for the taps outside (zx - zx = 0). The two patches of a column pair then become the
+   columns: per 4 taps one load of each, SXTB16 and SXTB16 ROR #8 give (t0, t2), (t1, t3),
+   less zx by SSUB16, the lane order of NOTE [ int8 mat-mult forward ]; the last Kt mod 4
+   taps as (column 0, column 1) pairs. The same integers as the tap-by-tap gather. Scratch:
+   two patches of Kt bytes rounded up to 4 after the requantisation table
+   (`forward_scratch_bytes`). */
+static void q_mm_fill(int8_t *pt, const int8_t *src, int zx, int H, int W, int Ci, int ih0,
+                      int iw0) {
+    const size_t HW = (size_t)H * W;
     int8_t *o = pt;
-    for (int ic = 0; ic < Ci; ic++)
-        for (int kh = 0; kh < K; kh++, o += K) {
-            const int ih = ih0 + kh;
-            if (ih < 0 || ih >= H || kw0 >= kw1) {
-                memset(o, zx, (size_t)K);
-                continue;
-            }
-            const int8_t *xr = src + ((size_t)ic * H + ih) * W + iw0;
-            for (int kw = 0; kw < K; kw++) o[kw] = kw >= kw0 && kw < kw1 ? xr[kw] : (int8_t)zx;
+    if (ih0 >= 0 && iw0 >= 0 && ih0 + 3 <= H && iw0 + 3 <= W) {
+        const int8_t *xi = src + (ih0 * W + iw0);
+        for (int ic = 0; ic + 1 < Ci; ic++, xi += HW, o += 9) {
+            memcpy(o, xi, 4); memcpy(o + 3, xi + W, 4); memcpy(o + 6, xi + 2 * W, 4);
         }
-    for (int k = 0; k < K4; k += 4) {
-        const uint32_t u = q_ld4(pt + k);
-        col[k + j] = (uint32_t)__ssub16(__sxtb16(u), zz);
-        col[k + 2 + j] = (uint32_t)__ssub16(q_sxtb16r8(u), zz);
+        memcpy(o, xi, 4); memcpy(o + 3, xi + W, 4); memcpy(o + 6, xi + 2 * W, 3);
+        return;
     }
-    for (int k = K4; k < Kt; k++) ((int16_t *)(void *)(col + k))[j] = (int16_t)(pt[k] - zx);
+    /* the kernel rows and columns inside the input: [kh0, kh1) x [kw0, kw1) */
+    const int kw0 = iw0 < 0 ? -iw0 : 0, kw1 = W - iw0 < 3 ? W - iw0 : 3;
+    const int kh0 = ih0 < 0 ? -ih0 : 0, kh1 = H - ih0 < 3 ? H - ih0 : 3;
+    memset(pt, zx, (size_t)9 * Ci);
+    if (kw0 >= kw1) return;
+    for (int ic = 0; ic < Ci; ic++, o += 9) {
+        const int8_t *xr = src + ic * HW + (ptrdiff_t)(ih0 + kh0) * W + iw0;
+        for (int kh = kh0; kh < kh1; kh++, xr += W)
+            for (int kw = kw0; kw < kw1; kw++) o[3 * kh + kw] = xr[kw];
+    }
+}
+/* the column pair from the patches p0, p1 */
+static void q_mm_pcols(uint32_t *col, const int8_t *p0, const int8_t *p1, int zx, int K4,
+                       int Kt) {
+    const int16x2_t zz = (int16x2_t)(((uint32_t)(uint16_t)zx << 16) | (uint16_t)zx);
+    for (int k = 0; k < K4; k += 4) {
+        const uint32_t u = q_ld4(p0 + k), v = q_ld4(p1 + k);
+        col[k] = (uint32_t)__ssub16(__sxtb16(u), zz);
+        col[k + 1] = (uint32_t)__ssub16(__sxtb16(v), zz);
+        col[k + 2] = (uint32_t)__ssub16(q_sxtb16r8(u), zz);
+        col[k + 3] = (uint32_t)__ssub16(q_sxtb16r8(v), zz);
+    }
+    for (int k = K4; k < Kt; k++)
+        col[k] = (uint32_t)__ssub16((int16x2_t)q_pack2(p0[k], p1[k]), zz);
 }
 /* every output channel pair of one column pair, with the expanded weight rows wh (hw words
    each) and the table rk (bias and requantisation, NOTE [ Hoisted requantisation ]), into y
@@ -721,7 +739,8 @@ static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
     const int hw = Kt / 4 * 2;
     const q_rqk *rk = q_rq_consts(  /* after the weight rows (NOTE [ Hoisted requantisation ]) */
         (q_rqk *)(void *)((uint8_t *)(col + Kt) + q_dq16_bytes(Co, Kt)), m0, sh, zy, lo, hi, Co, b);
-    int8_t *pt = (int8_t *)(col + Kt) + q_dq16_bytes(Co, Kt) + q_rq_bytes(Co);  /* the patch */
+    int8_t *pt = (int8_t *)(col + Kt) + q_dq16_bytes(Co, Kt) + q_rq_bytes(Co);  /* patches */
+    const int Kp = (Kt + 3) / 4 * 4;
     for (int ic = 0, k = 0; ic < Ci; ic++)  /* each tap's offset from its window's first byte */
         for (int kh = 0; kh < K; kh++)
             for (int kw = 0; kw < K; kw++, k++) {
@@ -734,8 +753,11 @@ static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
             const int q1 = q + 1 < P ? q + 1 : q;
             const int ih0 = (q / Wo) * s - p, iw0 = (q % Wo) * s - p;
             const int ih1 = (q1 / Wo) * s - p, iw1 = (q1 % Wo) * s - p;
-            if (ih0 >= 0 && iw0 >= 0 && ih0 + K <= H && iw0 + K <= W && ih1 >= 0 && iw1 >= 0 &&
-                ih1 + K <= H && iw1 + K <= W) {
+            if (K == 3) {  /* NOTE [ Mat-mult 3x3 columns ] */
+                q_mm_fill(pt, src, zx, H, W, Ci, ih0, iw0);
+                q_mm_fill(pt + Kp, src, zx, H, W, Ci, ih1, iw1);
+                q_mm_pcols(col, pt, pt + Kp, zx, K4, Kt);
+            } else {  /* a 1x1 without padding: every window inside */
                 const int8_t *x0 = src + (ih0 * W + iw0), *x1 = src + (ih1 * W + iw1);
                 int k = 0;
                 for (; k < K4; k += 2) {
@@ -745,23 +767,6 @@ static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
                 }
                 for (; k < Kt; k++)
                     col[k] = (uint32_t)__ssub16((int16x2_t)q_pack2(x0[off[k]], x1[off[k]]), zz);
-            } else {  /* a window in the padding: that column tap by tap, the other fast */
-                const int in0 = ih0 >= 0 && iw0 >= 0 && ih0 + K <= H && iw0 + K <= W;
-                const int in1 = ih1 >= 0 && iw1 >= 0 && ih1 + K <= H && iw1 + K <= W;
-                if (in0 || in1) {
-                    const int8_t *xi = src + (in0 ? ih0 * W + iw0 : ih1 * W + iw1);
-                    uint32_t *ci = col + (in0 ? 0 : 1);
-                    int k = 0;
-                    for (; k < K4; k += 2)
-                        ci[k] = (uint32_t)__ssub16(
-                            (int16x2_t)q_pack2(xi[off[k]], xi[off[k + 1]]), zz);
-                    for (; k < Kt; k++) {
-                        int16_t *c = (int16_t *)(void *)(col + k);
-                        c[in0 ? 0 : 1] = (int16_t)(xi[off[k]] - zx);
-                    }
-                }
-                if (!in0) q_mm_patch(col, 0, pt, src, zx, H, W, Ci, K, ih0, iw0, K4, Kt);
-                if (!in1) q_mm_patch(col, 1, pt, src, zx, H, W, Ci, K, ih1, iw1, K4, Kt);
             }
             if (rk && wh && q1 != q) {
                 q_mm_ocs(wh, hw, w, Kt, rk, Co, col, lo, hi, y, mask, (size_t)n * Co * P + q, P);
