@@ -271,6 +271,104 @@ def test_int8_conv_forward_dsp_path_matches_integer_oracle_on_cortex_m4(tmp_path
     _check_int8(got, want)
 
 
+# The forward entry points the generated trainer calls (qconv3_fwd, qconv_mm_fwd) with their
+# arena scratch: (B, Ci, H, W, Co, K, stride, padding, groups, requantisation, lo, hi).
+# Requantisation: "fast" (every channel's n = 31 - shift in 33..36: the hoisted table, zy
+# folded into SMMLA's rounding), "mixed" (every third channel n = 31: no table, q_out),
+# "wide" (shift -32: zy << s does not fit, no table). Mat-mult: 3x3 at stride 1 and 2,
+# padding 0 and 1, odd widths and pixel counts, Ci * 9 not a multiple of 4 (the scalar tail),
+# odd Co (the last channel paired with itself), Co > 64 (no table; with 2 Co Kt > 4 KiB no
+# paired rows either), 1x1 with a channel remainder; padded 3x3: one input channel (a first
+# layer), depthwise (requantised from registers), a channel multiplier and grouped channels.
+QFWD = [
+    (1, 3, 9, 11, 5, 3, 1, 1, 1, "fast", -128, 127),
+    (2, 2, 14, 13, 4, 3, 2, 1, 1, "fast", -20, 100),
+    (1, 8, 14, 14, 16, 3, 2, 1, 1, "fast", -128, 127),
+    (2, 4, 7, 9, 3, 3, 2, 0, 1, "mixed", -128, 127),
+    (1, 5, 6, 7, 7, 3, 1, 0, 1, "wide", -128, 127),
+    (1, 4, 5, 5, 66, 3, 1, 1, 1, "fast", -128, 127),
+    (1, 2, 5, 6, 66, 3, 2, 1, 1, "fast", -128, 127),
+    (2, 7, 5, 7, 9, 1, 1, 0, 1, "fast", -20, 100),
+    (1, 16, 7, 7, 32, 1, 1, 0, 1, "fast", -128, 127),
+    (1, 1, 28, 28, 8, 3, 2, 1, 1, "fast", -128, 127),
+    (2, 1, 9, 11, 3, 3, 1, 0, 1, "mixed", -20, 100),
+    (1, 16, 7, 7, 16, 3, 1, 1, 16, "fast", -128, 127),
+    (2, 5, 8, 9, 5, 3, 2, 1, 5, "mixed", -20, 100),
+    (1, 3, 7, 8, 6, 3, 1, 1, 3, "fast", -128, 127),
+    (1, 4, 6, 7, 4, 3, 2, 0, 2, "wide", -20, 100),
+]
+
+
+class QConv2d:  # the fields of edgetrain.quant's QConv2d that the scratch sizing reads
+    def __init__(self, co, cig, k, s, p, g):
+        self.weight = np.zeros((co, cig, k, k))
+        self.stride, self.padding, self.groups = s, p, g
+
+
+def _qfwd_program(rng) -> tuple[str, dict[str, np.ndarray]]:
+    from edgetrain.codegen._int8_layout import forward_scratch_bytes, runs_mat_mult_forward
+
+    ints = lambda a: ", ".join(str(int(v)) for v in np.asarray(a).reshape(-1))  # noqa: E731
+    blocks, want = [], {}
+    for i, (b, ci, h, wd, co, k, s, p, gr, rq, lo, hi) in enumerate(QFWD):
+        x = rng.integers(-128, 128, (b, ci, h, wd))
+        w = rng.integers(-127, 128, (co, ci // gr, k, k))
+        bias = rng.integers(-5000, 5000, co)
+        zx = int(rng.integers(-128, 128))
+        acc = np.stack([_qconv_oracle(xn, zx, w, bias, s, p, gr) for xn in x])
+        ho, wo = acc.shape[2:]
+        m0 = 1518500250
+        sh = np.array([{"fast": -2 - c % 4, "mixed": 0 if c % 3 == 2 else -3, "wide": -32}[rq]
+                       for c in range(co)])  # fmt: skip
+        n = (31 - sh)[None, :, None, None]
+        pre = ((acc * m0 + (np.int64(1) << (n - 1))) >> n) + 3
+        want[f"y{i}"] = np.clip(pre, lo, hi)
+        want[f"m{i}"] = ((pre >= lo) & (pre <= hi)).astype(np.int64)
+        want[f"c{i}"] = np.full(16, 0x5A)
+        op = QConv2d(co, ci // gr, k, s, p, gr)
+        fb = forward_scratch_bytes(op, (ci, h, wd), (co, ho, wo))
+        fn = "qconv_mm_fwd" if runs_mat_mult_forward(op) else "qconv3_fwd"
+        dims = f"{b}, {ci}, {h}, {wd}, {co}, {ho}, {wo}, {k}, {s}, {p}, {gr}"
+        blocks.append(f"""
+    {{
+        static const int8_t x[] = {{{ints(x)}}}, w[] = {{{ints(w)}}};
+        static const int32_t bias[] = {{{ints(bias)}}}, sh[] = {{{ints(sh)}}};
+        static int32_t m0[{co}];
+        static int8_t y[{acc.size}];
+        static uint8_t mask[{acc.size}];
+        static int8_t scratch[{fb} + 16] __attribute__((aligned(8)));
+        for (int c = 0; c < {co}; c++) m0[c] = {m0};
+        memset(scratch, 0x5A, sizeof scratch);
+        {fn}(x, {zx}, w, bias, m0, sh, 3, {lo}, {hi}, y, mask, scratch, {dims});
+        et_ints("y{i}", y, 0, {acc.size});
+        et_ints("m{i}", 0, mask, {acc.size});
+        et_ints("c{i}", 0, (const uint8_t *)scratch + {fb}, 16);
+    }}""")
+    return "".join(blocks), want
+
+
+@needs_cc
+def test_int8_forward_entry_points_match_integer_oracle_on_the_host(tmp_path):
+    # Prepare: every forward case with its scratch sized by forward_scratch_bytes
+    calls, want = _qfwd_program(np.random.default_rng(1))
+    # Execute: the portable kernels (no DSP)
+    got = _int8_outputs(tmp_path, "host", calls)
+    # Assert: outputs, masks and the bytes after the scratch (untouched)
+    _check_int8(got, want)
+
+
+@needs_arm
+def test_int8_forward_dsp_paths_match_integer_oracle_on_cortex_m4(tmp_path):
+    # Prepare: the same cases: on the Cortex-M4 they take the mat-mult tile (paired weight
+    # rows, patches for 3x3 columns, the hoisted table or q_out), the padded 3x3 planes
+    # (stored sums or requantised from registers)
+    calls, want = _qfwd_program(np.random.default_rng(1))
+    # Execute
+    got = _int8_outputs(tmp_path, "cortex-m4", calls)
+    # Assert: bit for bit numpy's integers, and no scratch byte written past its size
+    _check_int8(got, want)
+
+
 # --------------------------------------------------------------- instruction-count bounds
 # Regression bounds (instructions per MAC, batch 1, Cortex-M4 under QEMU): measured at the
 # commit that introduced them plus about 15 % headroom; the minimum the hardware allows is in

@@ -581,7 +581,7 @@ def forward_scratch_bytes(op, in_shape, out_shape) -> int:
     if runs_mat_mult_forward(op):
         kt = in_shape[0] * op.weight.shape[-1] ** 2
         patch = 2 * ((kt + 3) // 4 * 4) if op.weight.shape[-1] == 3 else 0  # 3x3 columns
-        return 8 * kt + dq16_bytes(out_shape[0], kt) + rq_table_bytes(out_shape[0]) + patch
+        return 8 * kt + wpair16_bytes(out_shape[0], kt) + rq_table_bytes(out_shape[0]) + patch
     pb = pad_plane_bytes(op, in_shape)
     return (pb + 3) // 4 * 4 + 4 * out_shape[1] * out_shape[2] if pb else 0
 
@@ -624,6 +624,14 @@ def rq_table_bytes(co: int) -> int:
     where Co is at most RQ_MAX_CHANNELS, else 0 (NOTE [ Hoisted requantisation ],
     int8_runtime.c)."""
     return 16 * co if co <= RQ_MAX_CHANNELS else 0
+
+
+def wpair16_bytes(co: int, kt: int) -> int:
+    """The mat-mult forward's weight rows unpacked to 16-bit pairs, interleaved by output
+    channel pair: 2 (Co rounded up to even) (Kt // 4 * 4) bytes where that is at most
+    DQ16_MAX_BYTES, else 0 (NOTE [ Paired weight rows ], int8_runtime.c)."""
+    n = 2 * ((co + 1) // 2 * 2) * (kt // 4 * 4)
+    return n if n <= DQ16_MAX_BYTES else 0
 
 
 def dq16_bytes(co: int, hw: int) -> int:

@@ -612,47 +612,69 @@ static uint32_t *q_dq16(uint32_t *h, const int8_t *dq, int Co, int P) {
         }
     return h;
 }
-/* q_mm2x2 with the weight rows' first K4 taps already as SXTB16's 16-bit pairs (h0, h1: per
-   4 taps the words (t0, t2), (t1, t3); NOTE [ Expanded dq rows ]): 4 LDRDs and 8 SMLADs per
-   16 MACs; the last Kt mod 4 taps from the int8 rows w0, w1 */
-Q_AI void q_mm2x2h(const uint32_t *h0, const uint32_t *h1, const int8_t *w0, const int8_t *w1,
-                   const uint32_t *c, int Kt, int32_t *a) {
+/* NOTE [ Paired weight rows ]
+   The mat-mult forward reads every weight row once per column pair. Where 2 (Co rounded up
+   to even) (Kt / 4 * 4) bytes <= Q_DQ16_MAX (`wpair16_bytes` in _int8_layout.py), the rows
+   are unpacked once per call into SXTB16's 16-bit pairs, interleaved by output channel
+   pair: per 4 taps the words (t0, t2) of oc, of oc + 1, then (t1, t3) of oc, of oc + 1 (an
+   odd last channel paired with itself), the order of the column words (NOTE [ int8 mat-mult
+   forward ]). The tile then needs one weight pointer and 4 temporaries (two LDRDs, 4
+   SMLADs per 2 taps), 10 registers with its accumulators, so the channel loop's pointers
+   stay in registers, and a pair's block ends where the next begins. The integer sums are
+   the same. */
+Q_AI size_t q_wp16_bytes(int Co, int Kt) {
+    const size_t n = (size_t)2 * ((Co + 1) / 2 * 2) * (Kt / 4 * 4);
+    return n <= Q_DQ16_MAX ? n : 0;
+}
+static uint32_t *q_wp16(uint32_t *h, const int8_t *w, int Co, int Kt) {
+    if (!q_wp16_bytes(Co, Kt)) return 0;
+    const int K4 = Kt / 4 * 4;
+    uint32_t *o = h;
+    for (int oc = 0; oc < Co; oc += 2) {
+        const int8_t *w0 = w + (size_t)oc * Kt, *w1 = w + (size_t)(oc + 1 < Co ? oc + 1 : oc) * Kt;
+        for (int k = 0; k < K4; k += 4, o += 4) {
+            const uint32_t u = q_ld4(w0 + k), v = q_ld4(w1 + k);
+            o[0] = (uint32_t)__sxtb16(u); o[1] = (uint32_t)__sxtb16(v);
+            o[2] = (uint32_t)q_sxtb16r8(u); o[3] = (uint32_t)q_sxtb16r8(v);
+        }
+    }
+    return h;
+}
+/* the four sums (oc0, c0), (oc0, c1), (oc1, c0), (oc1, c1) over the first K4 taps from one
+   pair block h (NOTE [ Paired weight rows ]), then the last Kt mod 4 from the int8 rows w0,
+   w1; returns the end of the block (the next pair's) */
+Q_AI const uint32_t *q_mm2x2p(const uint32_t *h, const int8_t *w0, const int8_t *w1,
+                              const uint32_t *c, int Kt, int32_t *a) {
     int32_t a00 = a[0], a01 = a[1], a10 = a[2], a11 = a[3];
     const int K4 = Kt / 4 * 4;
-    uint32_t u, uo, v, vo, c0, c1;
-#define Q_MMH_4                                     \
-    "ldrd %[u], %[uo], [%[h0]], #8\n\t"             \
-    "ldrd %[v], %[vo], [%[h1]], #8\n\t"             \
+    uint32_t u, v, c0, c1;
+#define Q_MMP_2                                     \
+    "ldrd %[u], %[v], [%[h]], #8\n\t"               \
     "ldrd %[c0], %[c1], [%[c]], #8\n\t"             \
     "smlad %[a00], %[u], %[c0], %[a00]\n\t"         \
     "smlad %[a01], %[u], %[c1], %[a01]\n\t"         \
     "smlad %[a10], %[v], %[c0], %[a10]\n\t"         \
-    "smlad %[a11], %[v], %[c1], %[a11]\n\t"         \
-    "ldrd %[c0], %[c1], [%[c]], #8\n\t"             \
-    "smlad %[a00], %[uo], %[c0], %[a00]\n\t"        \
-    "smlad %[a01], %[uo], %[c1], %[a01]\n\t"        \
-    "smlad %[a10], %[vo], %[c0], %[a10]\n\t"        \
-    "smlad %[a11], %[vo], %[c1], %[a11]\n\t"
-#define Q_MMH_IO                                                                          \
+    "smlad %[a11], %[v], %[c1], %[a11]\n\t"
+#define Q_MMP_IO                                                                          \
     : [a00] "+&r"(a00), [a01] "+&r"(a01), [a10] "+&r"(a10), [a11] "+&r"(a11),              \
-      [h0] "+&r"(h0), [h1] "+&r"(h1), [c] "+&r"(c), [u] "=&r"(u), [uo] "=&r"(uo),           \
-      [v] "=&r"(v), [vo] "=&r"(vo), [c0] "=&r"(c0), [c1] "=&r"(c1)
-    if (K4 & 4) __asm__ volatile(Q_MMH_4 Q_MMH_IO : : "memory");
-    if (K4 & 8) __asm__ volatile(Q_MMH_4 Q_MMH_4 Q_MMH_IO : : "memory");
+      [h] "+&r"(h), [c] "+&r"(c), [u] "=&r"(u), [v] "=&r"(v), [c0] "=&r"(c0), [c1] "=&r"(c1)
+    if (K4 & 4) __asm__ volatile(Q_MMP_2 Q_MMP_2 Q_MMP_IO : : "memory");
+    if (K4 & 8) __asm__ volatile(Q_MMP_2 Q_MMP_2 Q_MMP_2 Q_MMP_2 Q_MMP_IO : : "memory");
     if (K4 & ~15) {  /* 16 taps per iteration (a loop's compare and branch per 64 MACs) */
-        const uint32_t *end = h0 + (K4 & ~15) / 2;
-        __asm__ volatile("1:\n\t" Q_MMH_4 Q_MMH_4 Q_MMH_4 Q_MMH_4
-                         "cmp %[h0], %[end]\n\tbne 1b\n\t"
-                         Q_MMH_IO : [end] "r"(end) : "cc", "memory");
+        const uint32_t *end = h + (K4 & ~15);
+        __asm__ volatile("1:\n\t" Q_MMP_2 Q_MMP_2 Q_MMP_2 Q_MMP_2 Q_MMP_2 Q_MMP_2 Q_MMP_2
+                         Q_MMP_2 "cmp %[h], %[end]\n\tbne 1b\n\t"
+                         Q_MMP_IO : [end] "r"(end) : "cc", "memory");
     }
-#undef Q_MMH_4
-#undef Q_MMH_IO
+#undef Q_MMP_2
+#undef Q_MMP_IO
     w0 += K4; w1 += K4;
     for (int k = K4; k < Kt; k++, c++, w0++, w1++) {
         const int32_t x0 = (int16_t)c[0], x1 = (int32_t)c[0] >> 16, p0 = *w0, p1 = *w1;
         a00 += p0 * x0; a01 += p0 * x1; a10 += p1 * x0; a11 += p1 * x1;
     }
     a[0] = a00; a[1] = a01; a[2] = a10; a[3] = a11;
+    return h;
 }
 /* NOTE [ Mat-mult 3x3 columns ]
    A 3x3 window (stride 1 or 2) is first copied, in the natural tap order (ic, kh, kw), into
@@ -702,17 +724,17 @@ static void q_mm_pcols(uint32_t *col, const int8_t *p0, const int8_t *p1, int zx
     for (int k = K4; k < Kt; k++)
         col[k] = (uint32_t)__ssub16((int16x2_t)q_pack2(p0[k], p1[k]), zz);
 }
-/* every output channel pair of one column pair, with the expanded weight rows wh (hw words
-   each) and the table rk (bias and requantisation, NOTE [ Hoisted requantisation ]), into y
-   and mask from index i: walking pointers, as the values live across the tile's 13-register
-   asm are spilled (an odd last channel computed in both rows, stored once) */
-Q_AI void q_mm_ocs(const uint32_t *wh, int hw, const int8_t *w, int Kt, const q_rqk *rk,
-                   int Co, const uint32_t *col, int lo, int hi, int8_t *y, uint8_t *mask,
-                   size_t i, size_t P) {
+/* every output channel pair of one column pair, with the paired weight rows wp (NOTE
+   [ Paired weight rows ]) and the table rk (bias and requantisation, NOTE [ Hoisted
+   requantisation ]), into y and mask from index i (an odd last channel computed in both
+   rows, stored once) */
+Q_AI void q_mm_ocs(const uint32_t *wp, const int8_t *w, int Kt, const q_rqk *rk, int Co,
+                   const uint32_t *col, int lo, int hi, int8_t *y, uint8_t *mask, size_t i,
+                   size_t P) {
     const q_rqk *end = rk + (Co & ~1);
-    for (; rk != end; rk += 2, wh += 2 * hw, w += 2 * Kt, i += 2 * P) {
+    for (; rk != end; rk += 2, w += 2 * Kt, i += 2 * P) {
         int32_t a[4] = {rk[0].b, rk[0].b, rk[1].b, rk[1].b};
-        q_mm2x2h(wh, wh + hw, w, w + Kt, col, Kt, a);
+        wp = q_mm2x2p(wp, w, w + Kt, col, Kt, a);
         const q_rqk k0 = rk[0], k1 = rk[1];
         q_out_k(a[0], k0, lo, hi, y, mask, i);
         q_out_k(a[1], k0, lo, hi, y, mask, i + 1);
@@ -721,7 +743,7 @@ Q_AI void q_mm_ocs(const uint32_t *wh, int hw, const int8_t *w, int Kt, const q_
     }
     if (Co & 1) {
         int32_t a[4] = {rk[0].b, rk[0].b, rk[0].b, rk[0].b};
-        q_mm2x2h(wh, wh, w, w, col, Kt, a);
+        q_mm2x2p(wp, w, w, col, Kt, a);
         q_out_k(a[0], rk[0], lo, hi, y, mask, i);
         q_out_k(a[1], rk[0], lo, hi, y, mask, i + 1);
     }
@@ -735,11 +757,10 @@ static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
     const int16x2_t zz = (int16x2_t)(((uint32_t)(uint16_t)zx << 16) | (uint16_t)zx);
     int32_t *off = (int32_t *)(void *)scratch;
     uint32_t *col = (uint32_t *)(void *)(off + Kt);
-    const uint32_t *wh = q_dq16(col + Kt, w, Co, Kt);  /* NOTE [ Expanded dq rows ] */
-    const int hw = Kt / 4 * 2;
+    const uint32_t *wp = q_wp16(col + Kt, w, Co, Kt);  /* NOTE [ Paired weight rows ] */
     const q_rqk *rk = q_rq_consts(  /* after the weight rows (NOTE [ Hoisted requantisation ]) */
-        (q_rqk *)(void *)((uint8_t *)(col + Kt) + q_dq16_bytes(Co, Kt)), m0, sh, zy, lo, hi, Co, b);
-    int8_t *pt = (int8_t *)(col + Kt) + q_dq16_bytes(Co, Kt) + q_rq_bytes(Co);  /* patches */
+        (q_rqk *)(void *)((uint8_t *)(col + Kt) + q_wp16_bytes(Co, Kt)), m0, sh, zy, lo, hi, Co, b);
+    int8_t *pt = (int8_t *)(col + Kt) + q_wp16_bytes(Co, Kt) + q_rq_bytes(Co);  /* patches */
     const int Kp = (Kt + 3) / 4 * 4;
     for (int ic = 0, k = 0; ic < Ci; ic++)  /* each tap's offset from its window's first byte */
         for (int kh = 0; kh < K; kh++)
@@ -768,15 +789,15 @@ static void q_mm_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *b,
                 for (; k < Kt; k++)
                     col[k] = (uint32_t)__ssub16((int16x2_t)q_pack2(x0[off[k]], x1[off[k]]), zz);
             }
-            if (rk && wh && q1 != q) {
-                q_mm_ocs(wh, hw, w, Kt, rk, Co, col, lo, hi, y, mask, (size_t)n * Co * P + q, P);
+            if (rk && wp && q1 != q) {
+                q_mm_ocs(wp, w, Kt, rk, Co, col, lo, hi, y, mask, (size_t)n * Co * P + q, P);
                 continue;
             }
             for (int oc = 0; oc < Co; oc += 2) {
                 const int oc1 = oc + 1 < Co ? oc + 1 : oc;
                 int32_t a[4] = {b[oc], b[oc], b[oc1], b[oc1]};
-                if (wh)
-                    q_mm2x2h(wh + (size_t)oc * hw, wh + (size_t)oc1 * hw, w + (size_t)oc * Kt,
+                if (wp)
+                    q_mm2x2p(wp + (size_t)(oc / 2) * (Kt / 4 * 4), w + (size_t)oc * Kt,
                              w + (size_t)oc1 * Kt, col, Kt, a);
                 else
                     q_mm2x2(w + (size_t)oc * Kt, w + (size_t)oc1 * Kt, col, Kt, a);
