@@ -50,9 +50,11 @@ NOTE [ int8 SRAM of the C trainer ]
       (`forward_scratch_bytes`): for a one-group 3x3 (stride 1 or 2) or 1x1 the mat-mult
       kernel's tap offsets and two columns, 8 Ci K^2 bytes (NOTE [ int8 mat-mult forward ] in
       int8_runtime.c), and its weights unpacked to 16-bit pairs where that is at most 4 KiB
-      (`dq16_bytes`), then 16 bytes per output channel where Co <= 64 (`rq_table_bytes`, NOTE
-      [ Hoisted requantisation ]), for another 3x3 the padded plane and Ho x Wo int32 sums (NOTE [ Padded
-      3x3 forward ]); `s:<op>` kernel scratch, which is
+      (`wpair16_bytes`, NOTE [ Paired weight rows ]), then 16 bytes per output channel where
+      Co <= 64 (`rq_table_bytes`, NOTE [ Hoisted requantisation ]), then for a 3x3 two byte
+      patches of Ci K^2 taps (NOTE [ Mat-mult 3x3 columns ]); for another 3x3 the padded plane
+      and Ho x Wo int32 sums (none for a depthwise one: NOTE [ Padded 3x3 forward ]); `s:<op>`
+      kernel scratch, which is
       * a frozen pointwise -> depthwise pair whose intermediate nothing else reads: fused, one
         expanded channel at a time (H x W bytes), the expanded tensor never exists (batch 1);
       * in-place frozen depthwise (TinyEngine's in-place depthwise): an op off the backward
@@ -573,17 +575,22 @@ def runs_mat_mult_forward(op) -> bool:
 def forward_scratch_bytes(op, in_shape, out_shape) -> int:
     """The forward scratch of a trainable conv: for the mat-mult forward (NOTE [ int8 mat-mult
     forward ], int8_runtime.c) Ci K^2 int32 tap offsets and two columns of as many int16
-    taps, then the weight rows unpacked to 16-bit pairs where small (`dq16_bytes`, NOTE
-    [ Expanded dq rows ]), then the requantisation constants (`rq_table_bytes`), then for a
-    3x3 two byte patches of Kt taps rounded up to 4 (NOTE [ Mat-mult 3x3 columns ]); for another
-    3x3 (NOTE [ Padded 3x3 forward ]) its padded input plane (4-byte aligned) and Ho x Wo
-    int32 sums."""
+    taps, then the weight rows unpacked to 16-bit pairs where small (`wpair16_bytes`, NOTE
+    [ Paired weight rows ]), then the bias and requantisation constants (`rq_table_bytes`),
+    then for a 3x3 two byte patches of Kt taps rounded up to 4 (NOTE [ Mat-mult 3x3
+    columns ]); for another 3x3 (NOTE [ Padded 3x3 forward ]) its padded input plane (4-byte
+    aligned) and, unless each group is one input and one output channel (a depthwise conv,
+    requantised from registers), Ho x Wo int32 sums."""
     if runs_mat_mult_forward(op):
         kt = in_shape[0] * op.weight.shape[-1] ** 2
         patch = 2 * ((kt + 3) // 4 * 4) if op.weight.shape[-1] == 3 else 0  # 3x3 columns
         return 8 * kt + wpair16_bytes(out_shape[0], kt) + rq_table_bytes(out_shape[0]) + patch
     pb = pad_plane_bytes(op, in_shape)
-    return (pb + 3) // 4 * 4 + 4 * out_shape[1] * out_shape[2] if pb else 0
+    if not pb:
+        return 0
+    if in_shape[0] == op.groups and out_shape[0] == op.groups:  # no stored sums
+        return (pb + 3) // 4 * 4
+    return (pb + 3) // 4 * 4 + 4 * out_shape[1] * out_shape[2]
 
 
 def pad_plane_bytes(op, in_shape) -> int:

@@ -381,7 +381,9 @@ static void q_pad(int8_t *pad, const int8_t *xc, int zx, int H, int W, int p) {
 /* NOTE [ Padded 3x3 forward ]
    A trainable 3x3 conv (stride 1 or 2) runs its forward from zero-point-padded input planes
    in arena scratch (`f:<op>`, NOTE [ int8 SRAM of the C trainer ]): (H + 2p) x (W + 2p) +
-   Q_PAD_SLACK bytes, then, when a group has several input channels, Ho x Wo int32 sums. The
+   Q_PAD_SLACK bytes, then, unless each group is one input and one output channel (a
+   depthwise conv: each pair of sums requantised at once, q3_plane_rq), Ho x Wo int32 sums,
+   requantised two at a time after the last input channel (q_out_row). The
    padded taps hold zx, so every output sums all 9 taps, sum (x - zx) w = sum x w - zx sum w,
    with no border cases. With the DSP, two outputs (ow, ow + 1) per kernel row: the pair
    (w0, w2) against SXTB16 lanes (x0, x2) and w1 by a halfword MAC (stride 1: one word,
@@ -537,10 +539,14 @@ static void qconv3_fwd(const int8_t *x, int zx, const int8_t *w, const int32_t *
    pairs (w0, w2), (w1, w3); the columns are gathered in the same lane order, per 4 taps the
    words (t0, t2) and (t1, t3) of column 0 and of column 1 interleaved (the last Kt mod 4 taps
    as (column 0, column 1) words, summed one by one). Per 4 taps: two weight loads, 4 SXTB16,
-   4 column loads and 8 SMLADs for 16 MACs. Arena scratch `f:<op>` (NOTE [ int8 SRAM of the C
-   trainer ], `forward_scratch_bytes` in _int8_layout.py): Kt int32 tap offsets (in that lane
-   order) and the two columns, Kt words: 8 Kt bytes. The integer sums are qconv_fwd's, so
-   without the DSP it is qconv_fwd. */
+   4 column loads and 8 SMLADs for 16 MACs; with the weights unpacked once per call (NOTE
+   [ Paired weight rows ]) 4 LDRDs and 8 SMLADs. A 3x3's columns come from byte patches (NOTE
+   [ Mat-mult 3x3 columns ]); each tile's 4 sums are requantised from registers with the
+   per-channel table (NOTE [ Hoisted requantisation ]). Arena scratch `f:<op>` (NOTE [ int8
+   SRAM of the C trainer ], `forward_scratch_bytes` in _int8_layout.py): Kt int32 tap offsets
+   (in that lane order) and the two columns, Kt words: 8 Kt bytes, then the paired weight
+   rows, the table and the patches. The integer sums are qconv_fwd's, so without the DSP it
+   is qconv_fwd. */
 #if ET_DSP
 Q_AI uint32_t q_pack2(int32_t a, int32_t b) {
     return (uint32_t)q_pkhbt((int16x2_t)a, (int16x2_t)b);
@@ -589,11 +595,12 @@ Q_AI void q_mm2x2(const int8_t *w0, const int8_t *w1, const uint32_t *c, int Kt,
 }
 /* NOTE [ Expanded dq rows ]
    The batch-1 mat-mult weight gradients read every dq row once per tap (or input channel)
-   pair, the mat-mult forward every weight row once per column pair. Where the rows are
+   pair (the mat-mult forward its weight rows once per column pair: NOTE [ Paired weight
+   rows ], the same idea). Where the rows are
    small, 2 Co (P / 4 * 4) bytes <= Q_DQ16_MAX for Co rows of P (`dq16_bytes` in
    _int8_layout.py, the same rule), their first P / 4 * 4 bytes are unpacked once per call
-   into SXTB16's 16-bit pairs at the end of the op's scratch (`p:<op>` after the rows,
-   `f:<op>` after the columns), so the inner loops load them instead of unpacking them:
+   into SXTB16's 16-bit pairs at the end of the op's scratch (`p:<op>` after the rows),
+   so the inner loops load them instead of unpacking them:
    12 instructions per 16 MACs, not 16. The integer sums are the same. */
 #define Q_DQ16_MAX 4096
 Q_AI size_t q_dq16_bytes(int Co, int P) {
