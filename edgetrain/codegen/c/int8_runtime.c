@@ -434,18 +434,38 @@ Q_AI void q3_plane_fwd(int32_t *sums, const int8_t *xp, int Wp, const int8_t *wk
 /* q3_plane_fwd's pairs of one output channel with one input channel, requantised at once
    into y and mask at yo (with the table entry k, NOTE [ Hoisted requantisation ], or q_out):
    no pass over stored sums */
+/* q3_pair with the first two kernel rows' middle weights in one register (w10 bottom, w11
+   top: SMLAxy picks the half), one register fewer where the requantisation constants are
+   live too */
+Q_AI void q3_pairp(const int8_t *xr, int Wp, int S, int16x2_t A0, int16x2_t A1, int16x2_t A2,
+                   int16x2_t W01, int32_t w12, int32_t *s0, int32_t *s1) {
+    int32_t a0 = *s0, a1 = *s1;
+    for (int kh = 0; kh < 3; kh++, xr += Wp) {
+        const uint32_t u = q_ld4(xr);
+        const int16x2_t E = __sxtb16(u), O = q_sxtb16r8(u);
+        const int16x2_t A = kh == 0 ? A0 : kh == 1 ? A1 : A2;
+        const int16x2_t E1 = S == 1 ? O : __sxtb16(q_ld4(xr + 2)), M1 = S == 1 ? E : O;
+        a0 = __smlad(A, E, a0);
+        a1 = __smlad(A, E1, a1);
+        if (kh == 0) { a0 = __smlabb(W01, O, a0); a1 = __smlabt(W01, M1, a1); }
+        else if (kh == 1) { a0 = __smlatb(W01, O, a0); a1 = __smlatt(W01, M1, a1); }
+        else { a0 = __smlabb((int16x2_t)w12, O, a0); a1 = __smlabt((int16x2_t)w12, M1, a1); }
+    }
+    *s0 = a0; *s1 = a1;
+}
 Q_AI void q3_plane_rq(const int8_t *xp, int Wp, const int8_t *wk, int Ho, int Wo, int S,
                       int32_t init, const q_rqk *k, int32_t m0, int32_t sh, int zy, int lo,
                       int hi, int8_t *y, uint8_t *mask, size_t yo) {
     const int16x2_t A0 = q_w02(wk), A1 = q_w02(wk + 3), A2 = q_w02(wk + 6);
-    const int32_t w10 = wk[1], w11 = wk[4], w12 = wk[7];
+    const int16x2_t W01 = (int16x2_t)(((uint32_t)wk[4] << 16) | (uint16_t)wk[1]);
+    const int32_t w12 = wk[7];
     for (int oh = 0; oh < Ho; oh++) {
         const int8_t *xr = xp + (size_t)oh * S * Wp;
         const size_t yr = yo + (size_t)oh * Wo;
         for (int ow = 0; ow < Wo; ow += 2) {
             int32_t s0 = init, s1 = init;
-            if (S == 1) q3_pair(xr + ow, Wp, 1, A0, A1, A2, w10, w11, w12, &s0, &s1);
-            else q3_pair(xr + 2 * ow, Wp, 2, A0, A1, A2, w10, w11, w12, &s0, &s1);
+            if (S == 1) q3_pairp(xr + ow, Wp, 1, A0, A1, A2, W01, w12, &s0, &s1);
+            else q3_pairp(xr + 2 * ow, Wp, 2, A0, A1, A2, W01, w12, &s0, &s1);
             if (k) {
                 q_out_k(s0, *k, lo, hi, y, mask, yr + ow);
                 if (ow + 1 < Wo) q_out_k(s1, *k, lo, hi, y, mask, yr + ow + 1);
