@@ -229,8 +229,9 @@ static inline void q_out(int32_t acc, int32_t m0, int32_t sh, int zy, int lo, in
    (`rq_table_bytes` in _int8_layout.py); the padded 3x3 forward one channel at a time in
    locals. The output zero point is folded into the rounding term, r' = r + zy 2^s:
    SMMLA(a, m0, r') = r' + floor(a m0 / 2^32) is exact while it fits 32 bits, and
-   |floor(a m0 / 2^32)| <= 2^30, so |r'| < 2^30 is enough (a channel where it is not, as
-   a shift of 22 or more, leaves the table unmade and the call takes q_out); then
+   |floor(a m0 / 2^32)| <= 2^30, so |r'| < 2^30 is enough: the table is made where zy is
+   an int8 and every s is at most 21 (|r'| < 2^29; a larger shift, a scale below 2^-52,
+   leaves it unmade and the call takes q_out); then
    (r' + F) >> s = zy + ((r + F) >> s) exactly. The clamp is branch free (q_out_k): SSAT to
    int8, then [lo, hi] inside it (no instruction where it is [-128, 127]); the value was
    not clamped exactly where the clamped value equals it. The same integers as q_out. */
@@ -239,14 +240,13 @@ typedef struct { int32_t m0, r, s, b; } q_rqk;
 static inline size_t q_rq_bytes(int Co) { return Co <= Q_RQMAX ? (size_t)16 * Co : 0; }
 static const q_rqk *q_rq_consts(q_rqk *k, const int32_t *m0, const int32_t *sh, int zy,
                                 int lo, int hi, int Co, const int32_t *b) {
-    if (!q_rq_bytes(Co) || lo < -128 || hi > 127 || lo > hi) return 0;
+    if (!q_rq_bytes(Co) || lo < -128 || hi > 127 || lo > hi || zy < -128 || zy > 127)
+        return 0;
     for (int c = 0; c < Co; c++) {
         const int n = 31 - sh[c];
-        if (n < 33 || n > 63) return 0;
-        const int64_t r = (int64_t)(1u << (n - 33)) + (int64_t)zy * ((int64_t)1 << (n - 32));
-        if (r >= ((int64_t)1 << 30) || r <= -((int64_t)1 << 30)) return 0;
+        if (n < 33 || n > 53) return 0;  /* s = n - 32 in 1..21: |r'| < 2^29 */
         k[c].m0 = m0[c];
-        k[c].r = (int32_t)r;
+        k[c].r = (int32_t)((1u << (n - 33)) + (uint32_t)zy * (1u << (n - 32)));
         k[c].s = n - 32;
         k[c].b = b ? b[c] : 0;
     }
