@@ -1163,6 +1163,17 @@ static inline q_step q_stepper(ET_REAL s, ET_REAL inv, ET_REAL lr) {
     }
     return st;
 }
+#if ET_DSP
+/* v saturated to [-127, 127]: SSAT to [-128, 127], then SSUB16's low-lane GE flags (v >= -127)
+   pick v or -127 (0xFF81FF81) by SEL; written out, as GCC does not tie the GE flags of its
+   __ssub16 to __sel */
+Q_AI int32_t q_sat127(int32_t v) {
+    int32_t r, t;
+    __asm__("ssat %0, #8, %2\n\tssub16 %1, %0, %3\n\tsel %0, %0, %3"
+            : "=&r"(r), "=&r"(t) : "r"(v), "r"(0xFF81FF81u) : "cc");
+    return r;
+}
+#endif
 Q_AI void q_wstep(int8_t *w, int32_t g, q_step st) {
     ET_GRAD_PROBE(w, g);
     if (sizeof(ET_REAL) == sizeof(float)) {
@@ -1171,9 +1182,8 @@ Q_AI void q_wstep(int8_t *w, int32_t g, q_step st) {
            (round half away) where k does not fit */
 #if ET_DSP
         if (st.sh > 32) {  /* the same value by SMMLA (NOTE [ SMMLA rounding ]) */
-            const int32_t v =
-                __ssat(*w + (q_smmla(g, st.kq, (int32_t)1 << (st.sh - 33)) >> (st.sh - 32)), 8);
-            *w = (int8_t)(v < -127 ? -127 : v);
+            const int32_t t = q_smmla(g, st.kq, (int32_t)1 << (st.sh - 33)) >> (st.sh - 32);
+            *w = (int8_t)q_sat127(*w + t);
             return;
         }
 #endif
@@ -1385,46 +1395,6 @@ Q_AI void q_mmg2x2(const int8_t *d0, const int8_t *d1, const uint32_t *xr, int P
     }
     a[0] = a00; a[1] = a01; a[2] = a10; a[3] = a11;
 }
-/* q_mmg2x2 with the dq rows' first P4 outputs already as SXTB16's 16-bit pairs (h0, h1: per
-   4 outputs the words (q0, q2), (q1, q3); NOTE [ Expanded dq rows ]): two LDRDs of dq, two
-   LDRDs of rows and 8 SMLADs per 16 MACs; the last P mod 4 from the int8 rows d0, d1 */
-Q_AI void q_mmg2x2h(const uint32_t *h0, const uint32_t *h1, const int8_t *d0, const int8_t *d1,
-                    const uint32_t *xr, int P, int32_t *a) {
-    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
-    const int P4 = P / 4 * 4;
-    uint32_t u, v, uo, vo, x0, x1;
-#define Q_MMGH_4                                   \
-    "ldrd %[u], %[uo], [%[h0]], #8\n\t"            \
-    "ldrd %[v], %[vo], [%[h1]], #8\n\t"            \
-    "ldrd %[x0], %[x1], [%[xr]], #8\n\t"           \
-    "smlad %[a00], %[u], %[x0], %[a00]\n\t"        \
-    "smlad %[a00], %[uo], %[x1], %[a00]\n\t"       \
-    "smlad %[a10], %[v], %[x0], %[a10]\n\t"        \
-    "smlad %[a10], %[vo], %[x1], %[a10]\n\t"       \
-    "ldrd %[x0], %[x1], [%[xr]], #8\n\t"           \
-    "smlad %[a01], %[u], %[x0], %[a01]\n\t"        \
-    "smlad %[a01], %[uo], %[x1], %[a01]\n\t"       \
-    "smlad %[a11], %[v], %[x0], %[a11]\n\t"        \
-    "smlad %[a11], %[vo], %[x1], %[a11]\n\t"
-#define Q_MMGH_IO                                                                           \
-    : [a00] "+&r"(a00), [a01] "+&r"(a01), [a10] "+&r"(a10), [a11] "+&r"(a11),                \
-      [h0] "+&r"(h0), [h1] "+&r"(h1), [xr] "+&r"(xr), [u] "=&r"(u), [v] "=&r"(v),           \
-      [uo] "=&r"(uo), [vo] "=&r"(vo), [x0] "=&r"(x0), [x1] "=&r"(x1)
-    if (P4 & 4) __asm__ volatile(Q_MMGH_4 Q_MMGH_IO : : "memory");
-    if (P4 & ~7) {  /* 8 outputs per iteration */
-        const uint32_t *end = h0 + (P4 & ~7) / 2;
-        __asm__ volatile("1:\n\t" Q_MMGH_4 Q_MMGH_4 "cmp %[h0], %[end]\n\tbne 1b\n\t"
-                         Q_MMGH_IO : [end] "r"(end) : "cc", "memory");
-    }
-#undef Q_MMGH_4
-#undef Q_MMGH_IO
-    d0 += P4; d1 += P4;
-    for (int q = P4; q < P; q++, xr++) {
-        const int32_t e0 = *d0++, e1 = *d1++, x0 = (int16_t)xr[0], x1 = (int32_t)xr[0] >> 16;
-        a00 += e0 * x0; a01 += e0 * x1; a10 += e1 * x0; a11 += e1 * x1;
-    }
-    a[0] = a00; a[1] = a01; a[2] = a10; a[3] = a11;
-}
 /* rows x_k - zx of taps k0, k1 (from their padded planes, at the window offsets `base`) in
    q_mmg2x2's order */
 static void q_mmg_rows(uint32_t *xr, const int8_t *s0, const int8_t *s1, const int32_t *base,
@@ -1441,23 +1411,229 @@ static void q_mmg_rows(uint32_t *xr, const int8_t *s0, const int8_t *s1, const i
     for (int q = P4; q < P; q++, xr++)
         xr[0] = (uint32_t)__ssub16((int16x2_t)q_pack2(s0[base[q]], s1[base[q]]), zz);
 }
-Q_AI void q_mm_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
-                      const ET_REAL *inv_w, ET_REAL lr, int8_t *scratch, int Ci, int H, int W,
-                      int Co, int Ho, int Wo, int st, int p) {
+/* NOTE [ Paired-output weight gradient ]
+   The batch-1 mat-mult weight gradients (NOTE [ int8 mat-mult weight gradient ]) where the dq
+   rows fit as 16-bit pairs, 8 Co ceil(P / 4) bytes <= Q_DQ16_MAX (`q_mmg_fits`): the sum over
+   the outputs q is order-free, so q runs in an order in which each word of x comes from one
+   4-byte load of the padded plane. Per output row, at stride 2 the outputs (ow, ow + 1) are
+   the SXTB16 lanes (x[c], x[c + 2]) of the 4 bytes at the first one's tap c; at stride 1 (and
+   for a 1x1, its P outputs as one row) (ow, ow + 2) and (ow + 1, ow + 3) are SXTB16 and SXTB16
+   ROR 8 of the bytes at c. A row's last Wo mod 2 (stride 1: mod 4) outputs are paired across
+   rows by two byte loads, an odd last one with a dq of 0, and the words are padded with 0 to
+   whole quads (two words). The offsets are per word or word pair, a table made once per call
+   (not one per output), and x is not shifted by zx: every channel's sums start at -zx sum dq
+   (sum dq (x - zx) = sum dq x - zx sum dq, exact in int32 as in NOTE [ Register-blocked int8
+   backward ]; the padding holds zx), so a word of x is an LDR, an SXTB16 and a store. dq is
+   unpacked once per call in the same order (`q_mmg_dq`, which also steps the biases with
+   the sums it makes) and the kernel (`q_mmg2x2q`) has no remainder loop. Each weight's step
+   is q_wstep's SMMLA path with its channel's kq, 2^(sh - 33) and sh - 32 from a table made
+   once per call (`q_wstepf`), the others q_wstep itself. Same sums, same steps. Scratch
+   `p:<op>` after the 3x3's planes (`weight_grad_scratch_bytes` in _int8_layout.py): 4
+   ceil(P / 4) words of a tap (or channel) pair's rows, 4 int32 per output channel, one int32
+   offset per stride-2 word or stride-1 word pair, 2 int32 per row-end output (its x offset
+   and its dq index) and 2 Co ceil(P / 4) words of dq. */
+Q_AI int q_mmg_fits(int Co, int P) { return (size_t)8 * Co * ((P + 3) / 4) <= Q_DQ16_MAX; }
+/* q_wstep's SMMLA path with the channel's constants f = {kq, 2^(sh - 33), sh - 32} */
+Q_AI void q_wstepf(int8_t *w, int32_t g, const int32_t *f) {
+    ET_GRAD_PROBE(w, g);
+    *w = (int8_t)q_sat127(*w + (q_smmla(g, f[0], f[1]) >> f[2]));
+}
+/* per output channel {kq, 2^(sh - 33), sh - 32 (-1: q_wstep's other paths), start}; returns
+   whether every channel is on the SMMLA path */
+static int q_mmg_consts(int32_t *kc, ET_REAL s, const ET_REAL *inv_w, ET_REAL lr, int Co) {
+    int fast = 1;
+    for (int oc = 0; oc < Co; oc++, kc += 4) {
+        const q_step t = q_stepper(s, inv_w[oc], lr);
+        kc[0] = t.kq;
+        kc[1] = t.sh > 32 ? (int32_t)1 << (t.sh - 33) : 0;
+        kc[2] = t.sh > 32 ? t.sh - 32 : -1;
+        fast &= t.sh > 32;
+    }
+    return fast;
+}
+/* the output order's tables: one x offset per stride-2 word or stride-1 word pair (moff),
+   and each row-end output's x offset (loff) and dq index (lq) */
+static void q_mmg_plan(int32_t *moff, int32_t *loff, int32_t *lq, int Ho, int Wo, int st,
+                       int Wp) {
+    const int g = st == 1 ? 4 : 2, full = Wo / g * g;
+    for (int oh = 0; oh < Ho; oh++) {
+        const int32_t r = (int32_t)oh * st * Wp;
+        for (int ow = 0; ow < full; ow += g) *moff++ = r + ow * st;
+        for (int ow = full; ow < Wo; ow++) { *loff++ = r + ow * st; *lq++ = oh * Wo + ow; }
+    }
+}
+/* the dq rows in that order, 2 nq words each (one row of P where no output is a row-end one),
+   every channel's start -zx sum dq (kc[3]) and its bias step (sum dq is the bias sum) */
+static void q_mmg_dq(uint32_t *h, int32_t *kc, const int8_t *dq, int zx, int Co, int Ho,
+                     int Wo, int st, const int32_t *lq, int L, int nq, int32_t *b,
+                     const ET_REAL *inv_b, ET_REAL s, ET_REAL lr) {
+    const int P = Ho * Wo, rows = L ? Ho : 1, rw = L ? Wo : P;
+    const int full = st == 1 ? rw / 4 * 4 : rw / 2 * 2;
+    for (int oc = 0; oc < Co; oc++) {
+        const int8_t *d = dq + (size_t)oc * P;
+        uint32_t *o = h + (size_t)oc * 2 * nq;
+        const uint32_t *e = o + 2 * nq;
+        int32_t se = 0;
+        for (int r = 0; r < rows; r++) {
+            const int8_t *rp = d + (size_t)r * rw;
+            int ow = 0;
+            for (; ow + 4 <= full; ow += 4, o += 2) {
+                const uint32_t v = q_ld4(rp + ow);
+                const int16x2_t E = __sxtb16(v), O = q_sxtb16r8(v);
+                se = __smlad(E, 0x00010001, __smlad(O, 0x00010001, se));
+                o[0] = (uint32_t)(st == 1 ? E : q_pkhbt(E, O));
+                o[1] = (uint32_t)(st == 1 ? O : q_pkhtb(O, E));
+            }
+            if (ow < full) {  /* stride 2: the last pair */
+                se += rp[ow] + rp[ow + 1];
+                *o++ = q_pack2(rp[ow], rp[ow + 1]);
+            }
+        }
+        for (int l = 0; l < L; l += 2) {
+            const int32_t u = d[lq[l]], v = l + 1 < L ? d[lq[l + 1]] : 0;
+            se += u + v;
+            *o++ = q_pack2(u, v);
+        }
+        while (o < e) *o++ = 0;
+        kc[4 * oc + 3] = (int32_t)(0u - (uint32_t)zx * (uint32_t)se);
+        q_bstep(&b[oc], se, s, inv_b[oc], lr);
+    }
+}
+/* the rows of two taps (s0, s1: the taps' origins in their padded planes, or two 1x1 input
+   channels) in that order: quad j's words (s0: 2j, 2j + 1), (s1: 2j, 2j + 1) */
+static __attribute__((noinline, noclone)) void q_mmg_gather(uint32_t *xr, const int8_t *s0, const int8_t *s1, const int32_t *moff,
+                         int st, int nm, const int32_t *loff, int L) {
+    int j = 0;  /* the words after the whole quads of the main ones */
+    if (st == 1) {
+        for (int u = 0; u < nm / 2; u++, xr += 4) {
+            const uint32_t v0 = q_ld4(s0 + moff[u]), v1 = q_ld4(s1 + moff[u]);
+            xr[0] = (uint32_t)__sxtb16(v0); xr[1] = (uint32_t)q_sxtb16r8(v0);
+            xr[2] = (uint32_t)__sxtb16(v1); xr[3] = (uint32_t)q_sxtb16r8(v1);
+        }
+    } else {
+        int u = 0;
+        for (; u + 2 <= nm; u += 2, xr += 4) {
+            const int32_t o0 = moff[u], o1 = moff[u + 1];
+            xr[0] = (uint32_t)__sxtb16(q_ld4(s0 + o0)); xr[1] = (uint32_t)__sxtb16(q_ld4(s0 + o1));
+            xr[2] = (uint32_t)__sxtb16(q_ld4(s1 + o0)); xr[3] = (uint32_t)__sxtb16(q_ld4(s1 + o1));
+        }
+        if (u < nm) {
+            xr[0] = (uint32_t)__sxtb16(q_ld4(s0 + moff[u]));
+            xr[2] = (uint32_t)__sxtb16(q_ld4(s1 + moff[u]));
+            j = 1;
+        }
+    }
+    for (int l = 0; l < L; l += 2, j++) {
+        const int32_t a = loff[l], c = loff[l + 1 < L ? l + 1 : l];
+        uint32_t *o = xr + (j >> 1) * 4 + (j & 1);
+        o[0] = q_pack2(s0[a], s0[c]); o[2] = q_pack2(s1[a], s1[c]);
+    }
+    if (j & 1) { uint32_t *o = xr + (j >> 1) * 4 + 1; o[0] = 0; o[2] = 0; }
+}
+/* sums (oc0, k0), (oc0, k1), (oc1, k0), (oc1, k1) from their starts a[] over nq quads of
+   dq words (h0, h1) and row words (xr, q_mmg_gather's): two LDRDs of dq, two LDRDs of rows
+   and 8 SMLADs per 16 MACs, in 14 registers */
+Q_AI void q_mmg2x2q(const uint32_t *h0, const uint32_t *h1, const uint32_t *xr, int nq,
+                    int32_t *a) {
+    int32_t a00 = a[0], a01 = a[1], a10 = a[2], a11 = a[3];
+    uint32_t u, v, uo, vo, x0, x1;
+#define Q_MMGQ_4                                   \
+    "ldrd %[u], %[uo], [%[h0]], #8\n\t"            \
+    "ldrd %[v], %[vo], [%[h1]], #8\n\t"            \
+    "ldrd %[x0], %[x1], [%[xr]], #8\n\t"           \
+    "smlad %[a00], %[u], %[x0], %[a00]\n\t"        \
+    "smlad %[a00], %[uo], %[x1], %[a00]\n\t"       \
+    "smlad %[a10], %[v], %[x0], %[a10]\n\t"        \
+    "smlad %[a10], %[vo], %[x1], %[a10]\n\t"       \
+    "ldrd %[x0], %[x1], [%[xr]], #8\n\t"           \
+    "smlad %[a01], %[u], %[x0], %[a01]\n\t"        \
+    "smlad %[a01], %[uo], %[x1], %[a01]\n\t"       \
+    "smlad %[a11], %[v], %[x0], %[a11]\n\t"        \
+    "smlad %[a11], %[vo], %[x1], %[a11]\n\t"
+#define Q_MMGQ_IO                                                                           \
+    : [a00] "+&r"(a00), [a01] "+&r"(a01), [a10] "+&r"(a10), [a11] "+&r"(a11),                \
+      [h0] "+&r"(h0), [h1] "+&r"(h1), [xr] "+&r"(xr), [u] "=&r"(u), [v] "=&r"(v),           \
+      [uo] "=&r"(uo), [vo] "=&r"(vo), [x0] "=&r"(x0), [x1] "=&r"(x1)
+    if (nq & 1) __asm__ volatile(Q_MMGQ_4 Q_MMGQ_IO : : "memory");
+    if (nq & ~1) {  /* 8 outputs per iteration */
+        const uint32_t *end = h0 + (nq & ~1) * 2;
+        __asm__ volatile("1:\n\t" Q_MMGQ_4 Q_MMGQ_4 "cmp %[h0], %[end]\n\tbne 1b\n\t"
+                         Q_MMGQ_IO : [end] "r"(end) : "cc", "memory");
+    }
+#undef Q_MMGQ_4
+#undef Q_MMGQ_IO
+    a[0] = a00; a[1] = a01; a[2] = a10; a[3] = a11;
+}
+/* every output channel pair's sums of a tap (or input channel) pair k, k1 (k1 = k: an odd last
+   one, summed twice and stored once; a channel's weights Kt apart) and their steps */
+static __attribute__((noinline, noclone)) void q_mmg_ocs(const uint32_t *h, const uint32_t *xr,
+        int nq, const int32_t *kc, int fast, int8_t *w, int Kt, int k, int k1, int Co,
+        ET_REAL s, const ET_REAL *inv_w, ET_REAL lr) {
+    int oc = 0;
+    if (fast && k1 == k + 1) {  /* whole pairs on the SMMLA path: straight-line steps */
+        const uint32_t *hp = h;
+        int8_t *wk = w + k;
+        for (; oc + 2 <= Co; oc += 2, kc += 8, wk += 2 * Kt, hp += 4 * nq) {
+            int32_t a[4] = {kc[3], kc[3], kc[7], kc[7]};
+            q_mmg2x2q(hp, hp + 2 * nq, xr, nq, a);
+            q_wstepf(wk, a[0], kc);
+            q_wstepf(wk + 1, a[1], kc);
+            q_wstepf(wk + Kt, a[2], kc + 4);
+            q_wstepf(wk + Kt + 1, a[3], kc + 4);
+        }
+    }
+    for (; oc < Co; oc += 2, kc += 8) {
+        const int c1 = oc + 1 < Co ? oc + 1 : oc;
+        const int32_t *f0 = kc, *f1 = kc + 4 * (c1 - oc);
+        int32_t a[4] = {f0[3], f0[3], f1[3], f1[3]};
+        q_mmg2x2q(h + (size_t)oc * 2 * nq, h + (size_t)c1 * 2 * nq, xr, nq, a);
+        int8_t *w0 = w + (size_t)oc * Kt, *w1 = w + (size_t)c1 * Kt;
+        const q_step s0 = q_stepper(s, inv_w[oc], lr), s1 = q_stepper(s, inv_w[c1], lr);
+        q_wstep(w0 + k, a[0], s0);
+        if (k1 != k) q_wstep(w0 + k1, a[1], s0);
+        if (c1 != oc) {
+            q_wstep(w1 + k, a[2], s1);
+            if (k1 != k) q_wstep(w1 + k1, a[3], s1);
+        }
+    }
+}
+/* q_mmg_plan, q_mmg_consts and q_mmg_dq into the scratch at r (after the planes); returns
+   the row words' scratch and sets the rest */
+typedef struct { uint32_t *xr, *h; int32_t *kc, *moff, *loff; int nq, nm, L, fast; } q_mmg_ctx;
+static __attribute__((noinline, noclone)) q_mmg_ctx q_mmg_setup(uint32_t *r, const int8_t *dq, int zx, int Co, int Ho, int Wo,
+                             int st, int Wp, int32_t *b, const ET_REAL *inv_w,
+                             const ET_REAL *inv_b, ET_REAL s, ET_REAL lr) {
+    q_mmg_ctx c;
+    const int P = Ho * Wo, g = st == 1 ? 4 : 2;
+    c.nq = (P + 3) / 4;
+    c.L = Ho * (Wo % g);
+    c.nm = (P - c.L) / 2;
+    c.xr = r;
+    c.kc = (int32_t *)(void *)(r + 4 * c.nq);
+    c.moff = c.kc + 4 * Co;
+    c.loff = c.moff + (st == 1 ? c.nm / 2 : c.nm);
+    int32_t *lq = c.loff + c.L;
+    c.h = (uint32_t *)(void *)(lq + c.L);
+    q_mmg_plan(c.moff, c.loff, lq, Ho, Wo, st, Wp);
+    c.fast = q_mmg_consts(c.kc, s, inv_w, lr, Co);
+    q_mmg_dq(c.h, c.kc, dq, zx, Co, Ho, Wo, st, lq, c.L, c.nq, b, inv_b, s, lr);
+    return c;
+}
+/* the mat-mult weight gradient over the flat output order (q_mmg_rows, q_mmg2x2), where
+   NOTE [ Paired-output weight gradient ] does not fit */
+static __attribute__((noinline, noclone)) void q_mm_update_flat(const int8_t *dq, ET_REAL s,
+        const int8_t *x, int zx, int8_t *w, const ET_REAL *inv_w, ET_REAL lr, int8_t **pads,
+        uint32_t *rest, int Ci, int H, int W, int Co, int Ho, int Wo, int st, int p) {
     const int P = Ho * Wo, Wp = W + 2 * p, Kt = 9 * Ci;
-    const size_t pb = ((size_t)(H + 2 * p) * Wp + Q_PAD_SLACK + 3) / 4 * 4;
-    int8_t *pads[2] = {scratch, scratch + (Ci > 1 ? pb : 0)};  /* planes ic even / odd */
-    int32_t *base = (int32_t *)(void *)(scratch + (Ci > 1 ? 2 : 1) * pb);
+    int padded = -1;  /* the last input channel padded */
+    int32_t *base = (int32_t *)(void *)rest;
     int32_t *fk = base + P;  /* per channel kq, sh */
     uint32_t *xr = (uint32_t *)(fk + 2 * Co);
-    const uint32_t *h = q_dq16(xr + P, dq, Co, P);  /* NOTE [ Expanded dq rows ] */
-    const int hw = P / 4 * 2;
     for (int q = 0; q < P; q++) base[q] = (q / Wo) * st * Wp + (q % Wo) * st;
     for (int oc = 0; oc < Co; oc++) {
         const q_step t = q_stepper(s, inv_w[oc], lr);
         fk[2 * oc] = t.kq; fk[2 * oc + 1] = t.sh;
     }
-    int padded = -1;  /* the last input channel padded */
     for (int k = 0; k < Kt; k += 2) {  /* taps k = ic * 9 + kh * 3 + kw, in pairs */
         const int k1 = k + 1 < Kt ? k + 1 : k;  /* an odd last tap: summed twice, stored once */
         for (; padded < k1 / 9; padded++)
@@ -1468,11 +1644,7 @@ Q_AI void q_mm_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
         for (int oc = 0; oc < Co; oc += 2) {
             const int c1 = oc + 1 < Co ? oc + 1 : oc;
             int32_t a[4];
-            if (h)
-                q_mmg2x2h(h + (size_t)oc * hw, h + (size_t)c1 * hw, dq + (size_t)oc * P,
-                          dq + (size_t)c1 * P, xr, P, a);
-            else
-                q_mmg2x2(dq + (size_t)oc * P, dq + (size_t)c1 * P, xr, P, a);
+            q_mmg2x2(dq + (size_t)oc * P, dq + (size_t)c1 * P, xr, P, a);
             int8_t *w0 = w + (size_t)oc * Kt, *w1 = w + (size_t)c1 * Kt;
             const q_step s0 = {s, inv_w[oc], lr, fk[2 * oc], fk[2 * oc + 1]};
             q_wstep(&w0[k], a[0], s0);
@@ -1484,6 +1656,33 @@ Q_AI void q_mm_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
             }
         }
     }
+}
+static __attribute__((noinline, noclone)) int q_mm_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
+                     int32_t *b, const ET_REAL *inv_w, const ET_REAL *inv_b, ET_REAL lr,
+                     int8_t *scratch, int Ci, int H, int W, int Co, int Ho, int Wo, int st,
+                     int p) {
+    const int P = Ho * Wo, Wp = W + 2 * p, Kt = 9 * Ci;
+    const size_t pb = ((size_t)(H + 2 * p) * Wp + Q_PAD_SLACK + 3) / 4 * 4;
+    int8_t *pads[2] = {scratch, scratch + (Ci > 1 ? pb : 0)};  /* planes ic even / odd */
+    uint32_t *rest = (uint32_t *)(void *)(scratch + (Ci > 1 ? 2 : 1) * pb);
+    int padded = -1;  /* the last input channel padded */
+    if (q_mmg_fits(Co, P)) {  /* NOTE [ Paired-output weight gradient ] */
+        const q_mmg_ctx c =
+            q_mmg_setup(rest, dq, zx, Co, Ho, Wo, st, Wp, b, inv_w, inv_b, s, lr);
+        for (int k = 0; k < Kt; k += 2) {  /* taps k = ic * 9 + kh * 3 + kw, in pairs */
+            const int k1 = k + 1 < Kt ? k + 1 : k;
+            for (; padded < k1 / 9; padded++)
+                q_pad(pads[(padded + 1) & 1], x + (size_t)(padded + 1) * H * W, zx, H, W, p);
+            const int t0 = k % 9, t1 = k1 % 9;
+            q_mmg_gather(c.xr, pads[(k / 9) & 1] + (t0 / 3) * Wp + t0 % 3,
+                         pads[(k1 / 9) & 1] + (t1 / 3) * Wp + t1 % 3, c.moff, st, c.nm, c.loff,
+                         c.L);
+            q_mmg_ocs(c.h, c.xr, c.nq, c.kc, c.fast, w, Kt, k, k1, Co, s, inv_w, lr);
+        }
+        return 1;
+    }
+    q_mm_update_flat(dq, s, x, zx, w, inv_w, lr, pads, rest, Ci, H, W, Co, Ho, Wo, st, p);
+    return 0;
 }
 #endif
 
@@ -1529,17 +1728,19 @@ static void q_dot2x2(const int8_t *a0, const int8_t *a1, const int8_t *b0, const
 }
 
 /* the 1x1 conv's weight gradient at batch 1 with the DSP (NOTE [ int8 mat-mult weight
-   gradient ], the input channels as the taps): per input channel pair the rows x - zx in
-   q_mmg2x2's order (`xr`, P words of arena scratch `p:<op>`), against every output channel
-   pair's dq rows */
+   gradient ], the input channels as the taps; NOTE [ Paired-output weight gradient ] where it
+   fits, its P outputs as one row at stride 1; else per input channel pair the rows x - zx in
+   q_mmg2x2's order, P words of arena scratch `p:<op>`, then 2 int32 per output channel),
+   against every output channel pair's dq rows; returns 1 where it stepped the biases too */
 #if ET_DSP
-static void q_mm1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
-                         const ET_REAL *inv_w, ET_REAL lr, uint32_t *xr, int Ci, int Co, int P) {
+/* the 1x1's weight gradient over the flat output order, where NOTE [ Paired-output weight
+   gradient ] does not fit */
+static __attribute__((noinline, noclone)) void q_mm1_update_flat(const int8_t *dq, ET_REAL s,
+        const int8_t *x, int zx, int8_t *w, const ET_REAL *inv_w, ET_REAL lr, uint32_t *xr,
+        int Ci, int Co, int P) {
     const int16x2_t zz = (int16x2_t)(((uint32_t)(uint16_t)zx << 16) | (uint16_t)zx);
-    const int P4 = P / 4 * 4, hw = P4 / 2;
-    const uint32_t *h = q_dq16(xr + P, dq, Co, P);  /* NOTE [ Expanded dq rows ] */
-    /* per channel kq, sh after the dq rows: made once, not once per input-channel pair */
-    int32_t *fk = (int32_t *)(void *)((uint8_t *)(xr + P) + q_dq16_bytes(Co, P));
+    const int P4 = P / 4 * 4;
+    int32_t *fk = (int32_t *)(void *)(xr + P);  /* per channel kq, sh: made once */
     for (int oc = 0; oc < Co; oc++) {
         const q_step t = q_stepper(s, inv_w[oc], lr);
         fk[2 * oc] = t.kq; fk[2 * oc + 1] = t.sh;
@@ -1559,11 +1760,7 @@ static void q_mm1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, i
         for (int oc = 0; oc < Co; oc += 2) {
             const int c1 = oc + 1 < Co ? oc + 1 : oc;
             int32_t a[4];
-            if (h)
-                q_mmg2x2h(h + (size_t)oc * hw, h + (size_t)c1 * hw, dq + (size_t)oc * P,
-                          dq + (size_t)c1 * P, xr, P, a);
-            else
-                q_mmg2x2(dq + (size_t)oc * P, dq + (size_t)c1 * P, xr, P, a);
+            q_mmg2x2(dq + (size_t)oc * P, dq + (size_t)c1 * P, xr, P, a);
             const q_step s0 = {s, inv_w[oc], lr, fk[2 * oc], fk[2 * oc + 1]};
             const q_step s1 = {s, inv_w[c1], lr, fk[2 * c1], fk[2 * c1 + 1]};
             q_wstep(&w[(size_t)oc * Ci + ic], a[0], s0);
@@ -1574,6 +1771,22 @@ static void q_mm1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, i
             }
         }
     }
+}
+static __attribute__((noinline, noclone)) int q_mm1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
+                        int32_t *b, const ET_REAL *inv_w, const ET_REAL *inv_b, ET_REAL lr,
+                        uint32_t *xr, int Ci, int Co, int P) {
+    if (q_mmg_fits(Co, P)) {
+        const q_mmg_ctx c = q_mmg_setup(xr, dq, zx, Co, 1, P, 1, 0, b, inv_w, inv_b, s, lr);
+        for (int ic = 0; ic < Ci; ic += 2) {
+            const int i1 = ic + 1 < Ci ? ic + 1 : ic;  /* an odd last channel: summed twice */
+            q_mmg_gather(c.xr, x + (size_t)ic * P, x + (size_t)i1 * P, c.moff, 1, c.nm, c.loff,
+                         c.L);
+            q_mmg_ocs(c.h, c.xr, c.nq, c.kc, c.fast, w, Ci, ic, i1, Co, s, inv_w, lr);
+        }
+        return 1;
+    }
+    q_mm1_update_flat(dq, s, x, zx, w, inv_w, lr, xr, Ci, Co, P);
+    return 0;
 }
 #endif
 /* 1x1 conv: GW[oc][ic] = sum_(n, q) dq[oc][q] x[ic][q] - zx sum dq[oc] (2 x 2 tiles of
@@ -2084,18 +2297,23 @@ static void qconv_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, i
     if (s == 0) return;  /* every gradient is 0: the step leaves every weight as it is */
     const int k1 = K == 1 && st == 1 && p == 0 && G == 1;
     const int k3 = K == 3 && (st == 1 || st == 2) && pad;
-    int mm = 0;  /* NOTE [ int8 mat-mult weight gradient ] */
+    int mm = 0, done_b = 0;  /* NOTE [ int8 mat-mult weight gradient ] */
 #if ET_DSP
     mm = k3 && G == 1 && B == 1;
-    if (mm) q_mm_update(dq, s, x, zx, w, inv_w, lr, pad, Ci, H, W, Co, Ho, Wo, st, p);
+    if (mm)
+        done_b = q_mm_update(dq, s, x, zx, w, b, inv_w, inv_b, lr, pad, Ci, H, W, Co, Ho, Wo,
+                             st, p);
 #endif
     int mm1 = 0;
 #if ET_DSP
     mm1 = k1 && B == 1 && pad;
-    if (mm1) q_mm1_update(dq, s, x, zx, w, inv_w, lr, (uint32_t *)(void *)pad, Ci, Co, H * W);
+    if (mm1)
+        done_b = q_mm1_update(dq, s, x, zx, w, b, inv_w, inv_b, lr, (uint32_t *)(void *)pad,
+                              Ci, Co, H * W);
 #endif
     if (k1 && !mm1) q1_update(dq, s, x, zx, w, inv_w, lr, B, Ci, Co, H * W);
     if (k3 && !mm) q3_update(dq, s, x, zx, w, inv_w, lr, B, Ci, H, W, Co, Ho, Wo, st, p, G, pad);
+    if (done_b) return;  /* the mat-mult paths' dq pass stepped the biases */
     for (int oc = 0; oc < Co; oc++) {
         const int g = oc / cog;
         if (!k1 && !k3) for (int ic = 0; ic < cig; ic++)
