@@ -1134,6 +1134,7 @@ static ET_REAL qacc_quant(const ET_REAL *dy, ET_REAL ds, const qgap_dacc *gd, ui
 /* ET_GRAD_PROBE(address, g): a hook a kernel test defines to read each integer sum */
 #ifndef ET_GRAD_PROBE
 #define ET_GRAD_PROBE(p, g) ((void)0)
+#define Q_NO_PROBE 1  /* nothing reads the sums: NOTE [ Steps beside the sums ] may run */
 #endif
 /* one channel's step factor: s_g, inv and lr, and on Cortex-M the factor k = -lr * s_g * inv
    as kq * 2^-sh (kq: 24 significant bits in 30; sh in 32..62, else 0: the float path) */
@@ -1564,6 +1565,94 @@ Q_AI void q_mmg2x2q(const uint32_t *h0, const uint32_t *h1, const uint32_t *xr, 
 #undef Q_MMGQ_IO
     a[0] = a00; a[1] = a01; a[2] = a10; a[3] = a11;
 }
+/* NOTE [ Steps beside the sums ]
+   In q_mmg_ocs's loop over whole output-channel pairs on the SMMLA path (a tap pair k, k + 1)
+   the 2 x 2 kernel holds 14 registers, so GCC spills and reloads its loop state around it and
+   the four weight steps (about 90 instructions a pair besides the sums). `q_mmg_pairs` is that
+   loop written out: the state in a small array S (its address pushed on the stack), the
+   kernel's loop, then each channel's {kq, 2^(sh - 33), sh - 32} by one LDM and per weight
+   q_wstepf's SMMLA, ASR, LDRSB, ADD, SSAT, SSUB16, SEL and STRB: the same integers. Only
+   where no ET_GRAD_PROBE hook reads the sums and the build optimises (r7 free of a frame
+   pointer); else the C loop. S: h0 of the pair, the rows, 8 nq, the constants, the first
+   weight (w + oc Kt + k), Kt, the number of pairs, nq & 1. */
+#if ET_DSP && defined(Q_NO_PROBE) && defined(__OPTIMIZE__)
+#define Q_PAIRS_ASM 1
+#define Q_PQ                                      \
+    "ldrd r8, r9, [r5], #8\n\t"                    \
+    "ldrd r10, r11, [r6], #8\n\t"                  \
+    "ldrd r12, lr, [r7], #8\n\t"                   \
+    "smlad r1, r8, r12, r1\n\t"                    \
+    "smlad r1, r9, lr, r1\n\t"                     \
+    "smlad r3, r10, r12, r3\n\t"                   \
+    "smlad r3, r11, lr, r3\n\t"                    \
+    "ldrd r12, lr, [r7], #8\n\t"                   \
+    "smlad r2, r8, r12, r2\n\t"                    \
+    "smlad r2, r9, lr, r2\n\t"                     \
+    "smlad r4, r10, r12, r4\n\t"                   \
+    "smlad r4, r11, lr, r4\n\t"
+#define Q_PSTEP(a, m)                             \
+    "smmla " a ", " a ", r5, r6\n\t"               \
+    "asr " a ", " a ", r7\n\t"                     \
+    "ldrsb r9, " m "\n\t"                          \
+    "add " a ", " a ", r9\n\t"                     \
+    "ssat " a ", #8, " a "\n\t"                    \
+    "ssub16 r9, " a ", r10\n\t"                    \
+    "sel " a ", " a ", r10\n\t"                    \
+    "strb " a ", " m "\n\t"
+static __attribute__((noinline, noclone)) void q_mmg_pairs(uint32_t *S) {
+    register uint32_t *s0 __asm__("r0") = S;
+    __asm__ volatile(
+        "str r0, [sp, #-8]!\n\t"
+        "1:\n\t"
+        "ldr r0, [sp]\n\t"
+        "ldr r8, [r0, #12]\n\t"
+        "ldr r1, [r8, #12]\n\t"   /* the channels' starts */
+        "ldr r3, [r8, #28]\n\t"
+        "mov r2, r1\n\t"
+        "mov r4, r3\n\t"
+        "ldrd r5, r7, [r0]\n\t"    /* h0, rows */
+        "ldr r9, [r0, #8]\n\t"
+        "ldr r10, [r0, #28]\n\t"
+        "add r6, r5, r9\n\t"       /* h1 */
+        "mov r0, r6\n\t"           /* h0's end */
+        "cmp r10, #0\n\t"
+        "beq 2f\n\t"
+        Q_PQ
+        "2:\n\t"
+        "cmp r5, r0\n\t"
+        "beq 4f\n\t"
+        "3:\n\t"
+        Q_PQ Q_PQ
+        "cmp r5, r0\n\t"
+        "bne 3b\n\t"
+        "4:\n\t"
+        "ldr r0, [sp]\n\t"
+        "str r6, [r0]\n\t"         /* the next pair's h0 */
+        "ldr r12, [r0, #12]\n\t"
+        "ldr lr, [r0, #16]\n\t"
+        "ldr r11, [r0, #20]\n\t"
+        "mvn r10, #0x007E007E\n\t" /* 0xFF81FF81 */
+        "ldmia r12!, {r5, r6, r7, r8}\n\t"
+        Q_PSTEP("r1", "[lr]") Q_PSTEP("r2", "[lr, #1]")
+        "add lr, lr, r11\n\t"
+        "ldmia r12!, {r5, r6, r7, r8}\n\t"
+        Q_PSTEP("r3", "[lr]") Q_PSTEP("r4", "[lr, #1]")
+        "add lr, lr, r11\n\t"
+        "str r12, [r0, #12]\n\t"
+        "str lr, [r0, #16]\n\t"
+        "ldr r9, [r0, #24]\n\t"
+        "subs r9, r9, #1\n\t"
+        "str r9, [r0, #24]\n\t"
+        "bne 1b\n\t"
+        "add sp, sp, #8\n\t"
+        : "+r"(s0)
+        :
+        : "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "lr",
+          "cc", "memory");
+}
+#undef Q_PQ
+#undef Q_PSTEP
+#endif
 /* every output channel pair's sums of a tap (or input channel) pair k, k1 (k1 = k: an odd last
    one, summed twice and stored once; a channel's weights Kt apart) and their steps */
 static __attribute__((noinline, noclone)) void q_mmg_ocs(const uint32_t *h, const uint32_t *xr,
@@ -1571,6 +1660,16 @@ static __attribute__((noinline, noclone)) void q_mmg_ocs(const uint32_t *h, cons
         ET_REAL s, const ET_REAL *inv_w, ET_REAL lr) {
     int oc = 0;
     if (fast && k1 == k + 1) {  /* whole pairs on the SMMLA path: straight-line steps */
+#ifdef Q_PAIRS_ASM
+        if (Co >= 2) {
+            uint32_t S[8] = {(uint32_t)(uintptr_t)h, (uint32_t)(uintptr_t)xr, 8u * (uint32_t)nq,
+                             (uint32_t)(uintptr_t)kc, (uint32_t)(uintptr_t)(w + k),
+                             (uint32_t)Kt, (uint32_t)(Co / 2), (uint32_t)(nq & 1)};
+            q_mmg_pairs(S);  /* NOTE [ Steps beside the sums ] */
+            oc = Co / 2 * 2;
+            kc += 4 * oc;
+        }
+#else
         const uint32_t *hp = h;
         int8_t *wk = w + k;
         for (; oc + 2 <= Co; oc += 2, kc += 8, wk += 2 * Kt, hp += 4 * nq) {
@@ -1581,6 +1680,7 @@ static __attribute__((noinline, noclone)) void q_mmg_ocs(const uint32_t *h, cons
             q_wstepf(wk + Kt, a[2], kc + 4);
             q_wstepf(wk + Kt + 1, a[3], kc + 4);
         }
+#endif
     }
     for (; oc < Co; oc += 2, kc += 8) {
         const int c1 = oc + 1 < Co ? oc + 1 : oc;
