@@ -1500,10 +1500,23 @@ static void q_mmg_dq(uint32_t *h, int32_t *kc, const int8_t *dq, int zx, int Co,
         q_bstep(&b[oc], se, s, inv_b[oc], lr);
     }
 }
+/* one call's tables and arguments (q_mmg_setup's) */
+typedef struct {
+    uint32_t *xr, *h;
+    int32_t *kc, *moff, *loff;
+    int nq, nm, L, fast, st, Co, Kt;
+    int8_t *w;
+    const ET_REAL *inv_w;
+    ET_REAL s, lr;
+} q_mmg_ctx;
 /* the rows of two taps (s0, s1: the taps' origins in their padded planes, or two 1x1 input
    channels) in that order: quad j's words (s0: 2j, 2j + 1), (s1: 2j, 2j + 1) */
-static __attribute__((noinline, noclone)) void q_mmg_gather(uint32_t *xr, const int8_t *s0, const int8_t *s1, const int32_t *moff,
-                         int st, int nm, const int32_t *loff, int L) {
+static __attribute__((noinline, noclone)) void q_mmg_gather(const q_mmg_ctx *cx,
+                                                             const int8_t *s0,
+                                                             const int8_t *s1) {
+    uint32_t *xr = cx->xr;
+    const int32_t *moff = cx->moff, *loff = cx->loff;
+    const int st = cx->st, nm = cx->nm, L = cx->L;
     int j = 0;  /* the words after the whole quads of the main ones */
     if (st == 1) {
         for (int u = 0; u < nm / 2; u++, xr += 4) {
@@ -1512,24 +1525,34 @@ static __attribute__((noinline, noclone)) void q_mmg_gather(uint32_t *xr, const 
             xr[2] = (uint32_t)__sxtb16(v1); xr[3] = (uint32_t)q_sxtb16r8(v1);
         }
     } else {
-        int u = 0;
-        for (; u + 2 <= nm; u += 2, xr += 4) {
-            const int32_t o0 = moff[u], o1 = moff[u + 1];
-            xr[0] = (uint32_t)__sxtb16(q_ld4(s0 + o0)); xr[1] = (uint32_t)__sxtb16(q_ld4(s0 + o1));
-            xr[2] = (uint32_t)__sxtb16(q_ld4(s1 + o0)); xr[3] = (uint32_t)__sxtb16(q_ld4(s1 + o1));
+        const int32_t *m = moff, *me = moff + (nm & ~1);
+        for (; m != me; m += 2, xr += 4) {
+            const int32_t o0 = m[0], o1 = m[1];
+            const uint32_t a = q_ld4(s0 + o0), b = q_ld4(s0 + o1);
+            const uint32_t c = q_ld4(s1 + o0), d = q_ld4(s1 + o1);
+            xr[0] = (uint32_t)__sxtb16(a); xr[1] = (uint32_t)__sxtb16(b);
+            xr[2] = (uint32_t)__sxtb16(c); xr[3] = (uint32_t)__sxtb16(d);
         }
-        if (u < nm) {
-            xr[0] = (uint32_t)__sxtb16(q_ld4(s0 + moff[u]));
-            xr[2] = (uint32_t)__sxtb16(q_ld4(s1 + moff[u]));
+        if (nm & 1) {
+            xr[0] = (uint32_t)__sxtb16(q_ld4(s0 + *m));
+            xr[2] = (uint32_t)__sxtb16(q_ld4(s1 + *m));
             j = 1;
         }
     }
-    for (int l = 0; l < L; l += 2, j++) {
-        const int32_t a = loff[l], c = loff[l + 1 < L ? l + 1 : l];
-        uint32_t *o = xr + (j >> 1) * 4 + (j & 1);
+    uint32_t *o = xr + j;  /* word j of the quads from xr: xr + (j / 2) 4 + j % 2 */
+    for (int l = 0; l + 1 < L; l += 2) {
+        const int32_t a = loff[l], c = loff[l + 1];
         o[0] = q_pack2(s0[a], s0[c]); o[2] = q_pack2(s1[a], s1[c]);
+        o += j ? 3 : 1;
+        j ^= 1;
     }
-    if (j & 1) { uint32_t *o = xr + (j >> 1) * 4 + 1; o[0] = 0; o[2] = 0; }
+    if (L & 1) {  /* an odd last one, with a dq of 0 beside it */
+        const int32_t a = loff[L - 1];
+        o[0] = q_pack2(s0[a], s0[a]); o[2] = q_pack2(s1[a], s1[a]);
+        o += j ? 3 : 1;
+        j ^= 1;
+    }
+    if (j) { o[0] = 0; o[2] = 0; }
 }
 /* sums (oc0, k0), (oc0, k1), (oc1, k0), (oc1, k1) from their starts a[] over nq quads of
    dq words (h0, h1) and row words (xr, q_mmg_gather's): two LDRDs of dq, two LDRDs of rows
@@ -1599,80 +1622,84 @@ Q_AI void q_mmg2x2q(const uint32_t *h0, const uint32_t *h1, const uint32_t *xr, 
     "ssub16 r9, " a ", r10\n\t"                    \
     "sel " a ", " a ", r10\n\t"                    \
     "strb " a ", " m "\n\t"
+/* the loop, with the steps of the tap pair (k0: r1, r3; k1: r2, r4) or of one tap (T1 "") */
+#define Q_PAIRS(T1, T3)                                                                     \
+    "str r0, [sp, #-8]!\n\t"                                                              \
+    "1:\n\t"                                                                              \
+    "ldr r0, [sp]\n\t"                                                                    \
+    "ldr r8, [r0, #16]\n\t"                                                               \
+    "ldr r1, [r8, #12]\n\t" /* the channels' starts */                                    \
+    "ldr r3, [r8, #28]\n\t"                                                               \
+    "mov r2, r1\n\t"                                                                      \
+    "mov r4, r3\n\t"                                                                      \
+    "ldrd r5, r7, [r0]\n\t" /* h0, rows */                                                \
+    "ldrd r9, r10, [r0, #8]\n\t" /* 8 nq, nq & 1 */                                       \
+    "add r6, r5, r9\n\t" /* h1 */                                                         \
+    "mov r0, r6\n\t" /* h0's end */                                                       \
+    "cmp r10, #0\n\t"                                                                     \
+    "bne 2f\n\t" /* an odd quad count: one quad first */                                  \
+    "3:\n\t" Q_PQ "2:\n\t" Q_PQ                                                           \
+    "cmp r5, r0\n\t"                                                                      \
+    "bne 3b\n\t"                                                                          \
+    "ldr r0, [sp]\n\t"                                                                    \
+    "str r6, [r0]\n\t" /* the next pair's h0 */                                           \
+    "ldrd r12, lr, [r0, #16]\n\t" /* constants, weights */                                \
+    "ldr r11, [r0, #24]\n\t"                                                              \
+    "mvn r10, #0x007E007E\n\t" /* 0xFF81FF81 */                                           \
+    "ldmia r12!, {r5, r6, r7, r8}\n\t"                                                    \
+    Q_PSTEP("r1", "[lr]") T1                                                                \
+    "add lr, lr, r11\n\t"                                                                 \
+    "ldmia r12!, {r5, r6, r7, r8}\n\t"                                                    \
+    Q_PSTEP("r3", "[lr]") T3                                                                \
+    "add lr, lr, r11\n\t"                                                                 \
+    "strd r12, lr, [r0, #16]\n\t"                                                         \
+    "ldr r9, [r0, #28]\n\t" /* the constants' end */                                      \
+    "cmp r12, r9\n\t"                                                                     \
+    "bne 1b\n\t"                                                                          \
+    "add sp, sp, #8\n\t"
+#define Q_PAIRS_IO                                                                          \
+    : "+r"(s0)                                                                              \
+    :                                                                                       \
+    : "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "lr", "cc", \
+      "memory"
 static __attribute__((noinline, noclone)) void q_mmg_pairs(uint32_t *S) {
     register uint32_t *s0 __asm__("r0") = S;
-    __asm__ volatile(
-        "str r0, [sp, #-8]!\n\t"
-        "1:\n\t"
-        "ldr r0, [sp]\n\t"
-        "ldr r8, [r0, #12]\n\t"
-        "ldr r1, [r8, #12]\n\t"   /* the channels' starts */
-        "ldr r3, [r8, #28]\n\t"
-        "mov r2, r1\n\t"
-        "mov r4, r3\n\t"
-        "ldrd r5, r7, [r0]\n\t"    /* h0, rows */
-        "ldr r9, [r0, #8]\n\t"
-        "ldr r10, [r0, #28]\n\t"
-        "add r6, r5, r9\n\t"       /* h1 */
-        "mov r0, r6\n\t"           /* h0's end */
-        "cmp r10, #0\n\t"
-        "beq 2f\n\t"
-        Q_PQ
-        "2:\n\t"
-        "cmp r5, r0\n\t"
-        "beq 4f\n\t"
-        "3:\n\t"
-        Q_PQ Q_PQ
-        "cmp r5, r0\n\t"
-        "bne 3b\n\t"
-        "4:\n\t"
-        "ldr r0, [sp]\n\t"
-        "str r6, [r0]\n\t"         /* the next pair's h0 */
-        "ldr r12, [r0, #12]\n\t"
-        "ldr lr, [r0, #16]\n\t"
-        "ldr r11, [r0, #20]\n\t"
-        "mvn r10, #0x007E007E\n\t" /* 0xFF81FF81 */
-        "ldmia r12!, {r5, r6, r7, r8}\n\t"
-        Q_PSTEP("r1", "[lr]") Q_PSTEP("r2", "[lr, #1]")
-        "add lr, lr, r11\n\t"
-        "ldmia r12!, {r5, r6, r7, r8}\n\t"
-        Q_PSTEP("r3", "[lr]") Q_PSTEP("r4", "[lr, #1]")
-        "add lr, lr, r11\n\t"
-        "str r12, [r0, #12]\n\t"
-        "str lr, [r0, #16]\n\t"
-        "ldr r9, [r0, #24]\n\t"
-        "subs r9, r9, #1\n\t"
-        "str r9, [r0, #24]\n\t"
-        "bne 1b\n\t"
-        "add sp, sp, #8\n\t"
-        : "+r"(s0)
-        :
-        : "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "lr",
-          "cc", "memory");
+    __asm__ volatile(Q_PAIRS(Q_PSTEP("r2", "[lr, #1]"), Q_PSTEP("r4", "[lr, #1]")) Q_PAIRS_IO);
 }
+/* the same for one tap (an odd last one, in both halves of the rows) */
+static __attribute__((noinline, noclone)) void q_mmg_pairs1(uint32_t *S) {
+    register uint32_t *s0 __asm__("r0") = S;
+    __asm__ volatile(Q_PAIRS("", "") Q_PAIRS_IO);
+}
+#undef Q_PAIRS
+#undef Q_PAIRS_IO
 #undef Q_PQ
 #undef Q_PSTEP
 #endif
 /* every output channel pair's sums of a tap (or input channel) pair k, k1 (k1 = k: an odd last
    one, summed twice and stored once; a channel's weights Kt apart) and their steps */
-static __attribute__((noinline, noclone)) void q_mmg_ocs(const uint32_t *h, const uint32_t *xr,
-        int nq, const int32_t *kc, int fast, int8_t *w, int Kt, int k, int k1, int Co,
-        ET_REAL s, const ET_REAL *inv_w, ET_REAL lr) {
+static __attribute__((noinline, noclone)) void q_mmg_ocs(const q_mmg_ctx *cx, int k, int k1) {
+    const uint32_t *h = cx->h, *xr = cx->xr;
+    const int32_t *kc = cx->kc;
+    const int nq = cx->nq, fast = cx->fast, Kt = cx->Kt, Co = cx->Co;
+    int8_t *w = cx->w;
+    const ET_REAL s = cx->s, *inv_w = cx->inv_w, lr = cx->lr;
     int oc = 0;
-    if (fast && k1 == k + 1) {  /* whole pairs on the SMMLA path: straight-line steps */
+    if (fast && (k1 == k + 1 || k1 == k)) {  /* whole pairs on the SMMLA path */
 #ifdef Q_PAIRS_ASM
         if (Co >= 2) {
             uint32_t S[8] = {(uint32_t)(uintptr_t)h, (uint32_t)(uintptr_t)xr, 8u * (uint32_t)nq,
-                             (uint32_t)(uintptr_t)kc, (uint32_t)(uintptr_t)(w + k),
-                             (uint32_t)Kt, (uint32_t)(Co / 2), (uint32_t)(nq & 1)};
-            q_mmg_pairs(S);  /* NOTE [ Steps beside the sums ] */
+                             (uint32_t)(nq & 1), (uint32_t)(uintptr_t)kc,
+                             (uint32_t)(uintptr_t)(w + k), (uint32_t)Kt,
+                             (uint32_t)(uintptr_t)(kc + 4 * (Co / 2 * 2))};
+            if (k1 == k) q_mmg_pairs1(S); else q_mmg_pairs(S);  /* NOTE [ Steps beside the sums ] */
             oc = Co / 2 * 2;
             kc += 4 * oc;
         }
 #else
         const uint32_t *hp = h;
         int8_t *wk = w + k;
-        for (; oc + 2 <= Co; oc += 2, kc += 8, wk += 2 * Kt, hp += 4 * nq) {
+        for (; k1 == k + 1 && oc + 2 <= Co; oc += 2, kc += 8, wk += 2 * Kt, hp += 4 * nq) {
             int32_t a[4] = {kc[3], kc[3], kc[7], kc[7]};
             q_mmg2x2q(hp, hp + 2 * nq, xr, nq, a);
             q_wstepf(wk, a[0], kc);
@@ -1699,11 +1726,11 @@ static __attribute__((noinline, noclone)) void q_mmg_ocs(const uint32_t *h, cons
 }
 /* q_mmg_plan, q_mmg_consts and q_mmg_dq into the scratch at r (after the planes); returns
    the row words' scratch and sets the rest */
-typedef struct { uint32_t *xr, *h; int32_t *kc, *moff, *loff; int nq, nm, L, fast; } q_mmg_ctx;
-static __attribute__((noinline, noclone)) q_mmg_ctx q_mmg_setup(uint32_t *r, const int8_t *dq, int zx, int Co, int Ho, int Wo,
-                             int st, int Wp, int32_t *b, const ET_REAL *inv_w,
-                             const ET_REAL *inv_b, ET_REAL s, ET_REAL lr) {
+static __attribute__((noinline, noclone)) void q_mmg_setup(q_mmg_ctx *cx, uint32_t *r,
+        const int8_t *dq, int zx, int8_t *w, int Kt, int Co, int Ho, int Wo, int st, int Wp,
+        int32_t *b, const ET_REAL *inv_w, const ET_REAL *inv_b, ET_REAL s, ET_REAL lr) {
     q_mmg_ctx c;
+    c.st = st; c.Co = Co; c.Kt = Kt; c.w = w; c.inv_w = inv_w; c.s = s; c.lr = lr;
     const int P = Ho * Wo, g = st == 1 ? 4 : 2;
     c.nq = (P + 3) / 4;
     c.L = Ho * (Wo % g);
@@ -1717,7 +1744,7 @@ static __attribute__((noinline, noclone)) q_mmg_ctx q_mmg_setup(uint32_t *r, con
     q_mmg_plan(c.moff, c.loff, lq, Ho, Wo, st, Wp);
     c.fast = q_mmg_consts(c.kc, s, inv_w, lr, Co);
     q_mmg_dq(c.h, c.kc, dq, zx, Co, Ho, Wo, st, lq, c.L, c.nq, b, inv_b, s, lr);
-    return c;
+    *cx = c;
 }
 /* the mat-mult weight gradient over the flat output order (q_mmg_rows, q_mmg2x2), where
    NOTE [ Paired-output weight gradient ] does not fit */
@@ -1767,17 +1794,20 @@ static __attribute__((noinline, noclone)) int q_mm_update(const int8_t *dq, ET_R
     uint32_t *rest = (uint32_t *)(void *)(scratch + (Ci > 1 ? 2 : 1) * pb);
     int padded = -1;  /* the last input channel padded */
     if (q_mmg_fits(Co, P)) {  /* NOTE [ Paired-output weight gradient ] */
-        const q_mmg_ctx c =
-            q_mmg_setup(rest, dq, zx, Co, Ho, Wo, st, Wp, b, inv_w, inv_b, s, lr);
-        for (int k = 0; k < Kt; k += 2) {  /* taps k = ic * 9 + kh * 3 + kw, in pairs */
+        q_mmg_ctx c;
+        q_mmg_setup(&c, rest, dq, zx, w, Kt, Co, Ho, Wo, st, Wp, b, inv_w, inv_b, s, lr);
+        const size_t HW = (size_t)H * W;
+        for (int k = 0, ic = 0, t0 = 0; k < Kt; k += 2) {  /* taps ic * 9 + t0, in pairs */
             const int k1 = k + 1 < Kt ? k + 1 : k;
-            for (; padded < k1 / 9; padded++)
-                q_pad(pads[(padded + 1) & 1], x + (size_t)(padded + 1) * H * W, zx, H, W, p);
-            const int t0 = k % 9, t1 = k1 % 9;
-            q_mmg_gather(c.xr, pads[(k / 9) & 1] + (t0 / 3) * Wp + t0 % 3,
-                         pads[(k1 / 9) & 1] + (t1 / 3) * Wp + t1 % 3, c.moff, st, c.nm, c.loff,
-                         c.L);
-            q_mmg_ocs(c.h, c.xr, c.nq, c.kc, c.fast, w, Kt, k, k1, Co, s, inv_w, lr);
+            const int i1 = t0 < 8 || k1 == k ? ic : ic + 1, t1 = k1 == k ? t0 : (t0 + 1) % 9;
+            for (; padded < i1; padded++)
+                q_pad(pads[(padded + 1) & 1], x + (size_t)(padded + 1) * HW, zx, H, W, p);
+            q_mmg_gather(&c, pads[ic & 1] + (t0 / 3) * Wp + t0 % 3,
+                         pads[i1 & 1] + (t1 / 3) * Wp + t1 % 3);
+            q_mmg_ocs(&c, k, k1);
+            t0 = t1 + 1;
+            ic = i1;
+            if (t0 == 9) { t0 = 0; ic++; }
         }
         return 1;
     }
@@ -1876,12 +1906,12 @@ static __attribute__((noinline, noclone)) int q_mm1_update(const int8_t *dq, ET_
                         int32_t *b, const ET_REAL *inv_w, const ET_REAL *inv_b, ET_REAL lr,
                         uint32_t *xr, int Ci, int Co, int P) {
     if (q_mmg_fits(Co, P)) {
-        const q_mmg_ctx c = q_mmg_setup(xr, dq, zx, Co, 1, P, 1, 0, b, inv_w, inv_b, s, lr);
+        q_mmg_ctx c;
+        q_mmg_setup(&c, xr, dq, zx, w, Ci, Co, 1, P, 1, 0, b, inv_w, inv_b, s, lr);
         for (int ic = 0; ic < Ci; ic += 2) {
             const int i1 = ic + 1 < Ci ? ic + 1 : ic;  /* an odd last channel: summed twice */
-            q_mmg_gather(c.xr, x + (size_t)ic * P, x + (size_t)i1 * P, c.moff, 1, c.nm, c.loff,
-                         c.L);
-            q_mmg_ocs(c.h, c.xr, c.nq, c.kc, c.fast, w, Ci, ic, i1, Co, s, inv_w, lr);
+            q_mmg_gather(&c, x + (size_t)ic * P, x + (size_t)i1 * P);
+            q_mmg_ocs(&c, ic, i1);
         }
         return 1;
     }
