@@ -1219,6 +1219,29 @@ static void q_zero(ET_REAL *dx, int acc, size_t n) {
     if (acc != 1) for (size_t i = 0; i < n; i++) dx[i] = 0;
 }
 
+/* q_pad by words: the same bytes (zx borders, the rows, zx bottom rows and Q_PAD_SLACK), the
+   rows copied 4 bytes at a time and each row's right border with the next row's left one
+   filled together (4-byte stores may be unaligned on Cortex-M, as q_ld4's loads); q_pad
+   copies and fills by library calls, tens of instructions a row */
+static void q_padw(int8_t *pad, const int8_t *xc, int zx, int H, int W, int p) {
+    const int Wp = W + 2 * p;
+    const uint32_t z4 = (uint32_t)(uint8_t)zx * 0x01010101u;
+    int8_t *o = pad;
+    int n = p * Wp + p;  /* the top rows and the first row's left border */
+    for (; n >= 4; n -= 4, o += 4) memcpy(o, &z4, 4);
+    for (; n > 0; n--) *o++ = (int8_t)zx;
+    for (int r = 0; r < H; r++, xc += W) {
+        int j = 0;
+        for (; j + 4 <= W; j += 4, o += 4) { uint32_t v; memcpy(&v, xc + j, 4); memcpy(o, &v, 4); }
+        for (; j < W; j++) *o++ = xc[j];
+        if (p == 1) { memcpy(o, &z4, 2); o += 2; continue; }
+        for (int t = 0; t < 2 * p; t++) *o++ = (int8_t)zx;
+    }
+    n = (H + 2 * p) * Wp + Q_PAD_SLACK - (int)(o - pad);  /* the bottom rows and the slack */
+    for (; n >= 4; n -= 4, o += 4) memcpy(o, &z4, 4);
+    for (; n > 0; n--) *o++ = (int8_t)zx;
+}
+
 /* NOTE [ Register-blocked int8 backward ]
    The integer sums are exact, so any order gives the same result: the kernels pick the order
    the Cortex-M4 runs fastest. With the DSP extension (ET_DSP, NOTE [ DSP dual
@@ -1325,11 +1348,11 @@ static void q3_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
     const int cig = Ci / G, cog = Co / G, Wp = W + 2 * p;
     for (int ci = 0; ci < Ci; ci++) {
         const int g = ci / cig, ic = ci % cig;
-        if (B == 1) q_pad(pad, x + (size_t)ci * H * W, zx, H, W, p);
+        if (B == 1) q_padw(pad, x + (size_t)ci * H * W, zx, H, W, p);
         for (int oc = g * cog; oc < (g + 1) * cog; oc++) {
             int32_t a[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0}, se = 0;
             for (int n = 0; n < B; n++) {
-                if (B > 1) q_pad(pad, x + ((size_t)n * Ci + ci) * H * W, zx, H, W, p);
+                if (B > 1) q_padw(pad, x + ((size_t)n * Ci + ci) * H * W, zx, H, W, p);
                 se += q3_wg_plane(a, dq + ((size_t)n * Co + oc) * Ho * Wo, pad, Wp, Ho, Wo, st);
             }
             int8_t *wk = w + ((size_t)oc * cig + ic) * 9;
@@ -1764,7 +1787,7 @@ static __attribute__((noinline, noclone)) void q_mm_update_flat(const int8_t *dq
     for (int k = 0; k < Kt; k += 2) {  /* taps k = ic * 9 + kh * 3 + kw, in pairs */
         const int k1 = k + 1 < Kt ? k + 1 : k;  /* an odd last tap: summed twice, stored once */
         for (; padded < k1 / 9; padded++)
-            q_pad(pads[(padded + 1) & 1], x + (size_t)(padded + 1) * H * W, zx, H, W, p);
+            q_padw(pads[(padded + 1) & 1], x + (size_t)(padded + 1) * H * W, zx, H, W, p);
         const int t0 = k % 9, t1 = k1 % 9;
         q_mmg_rows(xr, pads[(k / 9) & 1] + (t0 / 3) * Wp + t0 % 3,
                    pads[(k1 / 9) & 1] + (t1 / 3) * Wp + t1 % 3, base, P, zx);
@@ -1801,7 +1824,7 @@ static __attribute__((noinline, noclone)) int q_mm_update(const int8_t *dq, ET_R
             const int k1 = k + 1 < Kt ? k + 1 : k;
             const int i1 = t0 < 8 || k1 == k ? ic : ic + 1, t1 = k1 == k ? t0 : (t0 + 1) % 9;
             for (; padded < i1; padded++)
-                q_pad(pads[(padded + 1) & 1], x + (size_t)(padded + 1) * HW, zx, H, W, p);
+                q_padw(pads[(padded + 1) & 1], x + (size_t)(padded + 1) * HW, zx, H, W, p);
             q_mmg_gather(&c, pads[ic & 1] + (t0 / 3) * Wp + t0 % 3,
                          pads[i1 & 1] + (t1 / 3) * Wp + t1 % 3);
             q_mmg_ocs(&c, k, k1);
