@@ -31,12 +31,14 @@ NOTE [ int8 SRAM of the C trainer ]
       conv (stride 1 or 2): one input plane padded with the input's zero point, (H + 2p) x
       (W + 2p) bytes + 8 (`pad_plane_bytes`), live at the op's backward step, so every output
       takes the same DSP loop (no border cases), and for a one-group 3x3 a second plane (with
-      at least 2 input channels), Ho x Wo int32 window offsets, 2 int32 per output channel
-      and Ho x Wo words of a tap pair's rows (`weight_grad_scratch_bytes`, NOTE [ int8
-      mat-mult weight gradient ] in int8_runtime.c); a trainable one-group 1x1 (stride 1, at
-      least 2 input channels) has `p:<op>` too: Ho x Wo words of an input channel pair's rows;
-      both then hold the dq rows unpacked to 16-bit pairs where that is at most 4 KiB
-      (`dq16_bytes`, NOTE [ Expanded dq rows ]), the 1x1 then 2 int32 per output channel;
+      at least 2 input channels), then where its dq rows fit as 16-bit pairs (8 Co ceil(Ho
+      Wo / 4) bytes at most 4 KiB) the paired-output tables and rows
+      (`paired_weight_grad_bytes`, NOTE [ Paired-output weight gradient ] in
+      int8_runtime.c), else Ho x Wo int32 window offsets, 2 int32 per output channel and Ho x
+      Wo words of a tap pair's rows (`weight_grad_scratch_bytes`, NOTE [ int8 mat-mult weight
+      gradient ]); a trainable one-group 1x1 (stride 1, at least 2 input channels) has
+      `p:<op>` too: the paired-output bytes where they fit, else Ho x Wo words of an input
+      channel pair's rows and 2 int32 per output channel;
       a one-group 1x1 (stride 1, no padding) whose input gradient runs has a `p:<op>` of at
       least its weights' 16-bit output-channel pairs for a group of input channels
       (`input_grad_scratch_bytes`, NOTE [ Paired 1x1 input gradient ]), and a one-group 3x3

@@ -1372,11 +1372,12 @@ static void q3_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
    words in dq's SXTB16 lane order: per 4 outputs (k0: q0, q2), (k0: q1, q3), (k1: q0, q2),
    (k1: q1, q3), the last P mod 4 outputs as (k0, k1) words. Every output channel pair reads
    its int8 dq rows 4 at a time against them: two LDRs, 4 SXTB16, two LDRDs and 8 SMLADs per
-   16 MACs. Scratch `p:<op>` (`weight_grad_scratch_bytes` in _int8_layout.py): the two padded
-   planes ((H + 2p) x (W + 2p) + Q_PAD_SLACK bytes each, 4-byte aligned; one for one input
-   channel; the first is what q3_update pads at other batch sizes), P int32 window offsets,
-   2 x Co int32 (each channel's step factor, q_stepper's, computed once) and P words of rows.
-   Inlined into each conv's update, so its loops see that conv's shape. */
+   16 MACs. That is the path (`q_mm_update_flat`) where the dq rows do not fit as 16-bit
+   pairs; where they do, NOTE [ Paired-output weight gradient ] below. Scratch `p:<op>`
+   (`weight_grad_scratch_bytes` in _int8_layout.py): the two padded planes ((H + 2p) x (W +
+   2p) + Q_PAD_SLACK bytes each, 4-byte aligned; one for one input channel; the first is what
+   q3_update pads at other batch sizes), then here P int32 window offsets, 2 x Co int32 (each
+   channel's step factor, q_stepper's, computed once) and P words of rows. */
 #if ET_DSP
 /* sums (oc0, k0), (oc0, k1), (oc1, k0), (oc1, k1) of a tap pair's rows over the P outputs,
    in 14 registers (written out: the compiler's allocation spills inside such loops) */
@@ -1612,16 +1613,17 @@ Q_AI void q_mmg2x2q(const uint32_t *h0, const uint32_t *h1, const uint32_t *xr, 
     a[0] = a00; a[1] = a01; a[2] = a10; a[3] = a11;
 }
 /* NOTE [ Steps beside the sums ]
-   In q_mmg_ocs's loop over whole output-channel pairs on the SMMLA path (a tap pair k, k + 1)
-   the 2 x 2 kernel holds 14 registers, so GCC spills and reloads its loop state around it and
-   the four weight steps (about 90 instructions a pair besides the sums). `q_mmg_pairs` is that
-   loop written out: the state in a small array S (its address pushed on the stack), the
-   kernel's loop, then each channel's {kq, 2^(sh - 33), sh - 32} by one LDM and per weight
-   q_wstepf's SMMLA, ASR, LDRSB, ADD, SSAT, SSUB16, SEL and STRB: the same integers. Only
-   where no ET_GRAD_PROBE hook reads the sums and the build optimises (r7 free of a frame
-   pointer); else the C loop. S: h0 of the pair, the rows, 8 nq, the constants, the first
-   weight (w + oc Kt + k), Kt, the number of pairs, nq & 1. */
-#if ET_DSP && defined(Q_NO_PROBE) && defined(__OPTIMIZE__)
+   In q_mmg_ocs's loop over whole output-channel pairs on the SMMLA path the 2 x 2 kernel holds
+   14 registers, so GCC spills and reloads its loop state around it and the four weight steps
+   (about 90 instructions a pair besides the sums). `q_mmg_pairs` is that loop written out:
+   the state in a small array S (its address pushed on the stack), the kernel's loop (entered
+   at its second quad for an odd quad count), then each channel's {kq, 2^(sh - 33), sh - 32}
+   by one LDM and per weight q_wstepf's SMMLA, ASR, LDRSB, ADD, SSAT, SSUB16, SEL and STRB:
+   the same integers (`q_mmg_pairs1`: an odd last tap, its first sums only). Only where no
+   ET_GRAD_PROBE hook reads the sums and in an optimised Thumb-2 build (r7 free of a frame
+   pointer, LDRD of any two registers); else the C loop. S: h0 of the pair, the rows, 8 nq,
+   nq & 1, the constants, the first weight (w + oc Kt + k), Kt, the constants' end. */
+#if ET_DSP && defined(Q_NO_PROBE) && defined(__OPTIMIZE__) && defined(__thumb2__)
 #define Q_PAIRS_ASM 1
 #define Q_PQ                                      \
     "ldrd r8, r9, [r5], #8\n\t"                    \
