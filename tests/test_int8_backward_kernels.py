@@ -365,3 +365,93 @@ def test_int8_backward_kernels_dsp_paths_are_the_integer_sums_on_cortex_m4(tmp_p
     got = _outputs(tmp_path, "cortex-m4", calls)
     # Assert: bit for bit the integers numpy computes (|dx_int| < 2^24: exact in float)
     _check(got, want)
+
+
+# batch-1 one-group convs of the mat-mult weight gradients (NOTE [ Paired-output weight
+# gradient ]): mcu-cnn's, stride 1 and 2 with odd channel counts and sizes, no padding, 1x1s
+# with and without a pixel remainder, an odd tap count (one input channel)
+STEP_CONVS = [
+    (1, 1, 28, 28, 8, 3, 2, 1, 1),
+    (1, 8, 14, 14, 16, 3, 2, 1, 1),
+    (1, 16, 7, 7, 32, 1, 1, 0, 1),
+    (1, 3, 9, 11, 5, 3, 1, 1, 1),
+    (1, 3, 9, 9, 7, 3, 2, 1, 1),
+    (1, 2, 10, 8, 5, 3, 2, 0, 1),
+    (1, 1, 9, 7, 3, 3, 1, 1, 1),
+    (1, 5, 5, 7, 3, 1, 1, 0, 1),
+    (1, 4, 4, 4, 6, 1, 1, 0, 1),
+]
+
+
+def _step_program(rng) -> str:
+    """Each conv's update without the ET_GRAD_PROBE hook (so the steps may run beside the sums,
+    NOTE [ Steps beside the sums ]), against q_wstep / q_bstep applied to numpy's integer sums;
+    per-channel step factors of several magnitudes (some steps saturate), and once with a
+    channel whose factor is 0 (q_wstep's other path for every channel pair)."""
+    blocks = []
+    for i, (b, ci, h, wd, co, k, s, p, gr) in enumerate(STEP_CONVS):
+        ho, wo = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
+        x = rng.integers(-128, 128, (b, ci, h, wd))
+        w = rng.integers(-127, 128, (co, ci // gr, k, k))
+        bias = rng.integers(-5000, 5000, co)
+        dq = rng.integers(-127, 128, (b, co, ho, wo)) * (rng.random((b, co, ho, wo)) < 0.8)
+        zx = int(rng.integers(-128, 128))
+        gw, gb, _ = _conv_oracle(x, zx, w, dq, s, p, gr)
+        dims = f"{b}, {ci}, {h}, {wd}, {co}, {ho}, {wo}, {k}, {s}, {p}, {gr}"
+        for j, zero in enumerate((False, True)):
+            inv = np.array([2.0 ** -(c % 7) * (1 + c / 9) for c in range(co)])
+            if zero:
+                inv[co // 2] = 0
+            per = w.size // co
+            blocks.append(f"""
+    {{
+        static const int8_t x[] = {{{_ints(x)}}}, dq[] = {{{_ints(dq)}}}, w0[] = {{{_ints(w)}}};
+        static const int32_t g[] = {{{_ints(gw)}}}, gb[] = {{{_ints(gb)}}};
+        static const int32_t b0[] = {{{_ints(bias)}}};
+        static const ET_REAL inv[] = {{{_reals(inv)}}};
+        static int8_t w[{w.size}], wr[{w.size}];
+        static int32_t b[{co}], br[{co}], wi[{w.size}], wri[{w.size}];
+        const ET_REAL lr = (ET_REAL)3e-4;
+        for (int t = 0; t < {w.size}; t++) w[t] = wr[t] = w0[t];
+        for (int t = 0; t < {co}; t++) b[t] = br[t] = b0[t];
+        qconv_update(dq, (ET_REAL)0.75, x, {zx}, w, b, inv, inv, lr, pad, {dims});
+        for (int t = 0; t < {w.size}; t++)
+            q_wstep(&wr[t], g[t], q_stepper((ET_REAL)0.75, inv[t / {per}], lr));
+        for (int t = 0; t < {co}; t++) q_bstep(&br[t], gb[t], (ET_REAL)0.75, inv[t], lr);
+        for (int t = 0; t < {w.size}; t++) {{ wi[t] = w[t]; wri[t] = wr[t]; }}
+        et_i32("sw{i}_{j}", wi, 0, {w.size});
+        et_i32("sr{i}_{j}", wri, 0, {w.size});
+        et_i32("sb{i}_{j}", b, 0, {co});
+        et_i32("sc{i}_{j}", br, 0, {co});
+    }}""")
+    return "".join(blocks)
+
+
+_NO_PROBE = r"""#include <stdint.h>
+#include <stddef.h>
+static int32_t probe_w[1], probe_b[1];
+static const void *pw0, *pb0;
+static int pnw, pnb;
+"""
+
+
+@needs_arm
+def test_int8_weight_steps_beside_the_sums_are_q_wstep_on_cortex_m4(tmp_path):
+    # Prepare: batch-1 one-group convs, numpy's integer weight and bias sums
+    calls = _step_program(np.random.default_rng(1))
+    # Execute: the updates on the Cortex-M4 without the probe hook, and the reference steps
+    got = int8_kernel_outputs(
+        tmp_path,
+        "cortex-m4",
+        _NO_PROBE + int8_runtime_source() + _MAIN.replace("@CALLS@", calls),
+        300,
+    )
+    # Assert: every weight and bias as q_wstep / q_bstep make it from the exact sums; the
+    # weights moved (some to the clamp)
+    moved = 0
+    for i in range(len(STEP_CONVS)):
+        for j in range(2):
+            np.testing.assert_array_equal(got[f"sw{i}_{j}"], got[f"sr{i}_{j}"], err_msg=f"{i} {j}")
+            np.testing.assert_array_equal(got[f"sb{i}_{j}"], got[f"sc{i}_{j}"], err_msg=f"{i} {j}")
+            moved += int((np.abs(got[f"sw{i}_{j}"]) == 127).sum())
+    assert moved > 0

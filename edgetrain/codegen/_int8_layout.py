@@ -31,12 +31,14 @@ NOTE [ int8 SRAM of the C trainer ]
       conv (stride 1 or 2): one input plane padded with the input's zero point, (H + 2p) x
       (W + 2p) bytes + 8 (`pad_plane_bytes`), live at the op's backward step, so every output
       takes the same DSP loop (no border cases), and for a one-group 3x3 a second plane (with
-      at least 2 input channels), Ho x Wo int32 window offsets, 2 int32 per output channel
-      and Ho x Wo words of a tap pair's rows (`weight_grad_scratch_bytes`, NOTE [ int8
-      mat-mult weight gradient ] in int8_runtime.c); a trainable one-group 1x1 (stride 1, at
-      least 2 input channels) has `p:<op>` too: Ho x Wo words of an input channel pair's rows;
-      both then hold the dq rows unpacked to 16-bit pairs where that is at most 4 KiB
-      (`dq16_bytes`, NOTE [ Expanded dq rows ]), the 1x1 then 2 int32 per output channel;
+      at least 2 input channels), then where its dq rows fit as 16-bit pairs (8 Co ceil(Ho
+      Wo / 4) bytes at most 4 KiB) the paired-output tables and rows
+      (`paired_weight_grad_bytes`, NOTE [ Paired-output weight gradient ] in
+      int8_runtime.c), else Ho x Wo int32 window offsets, 2 int32 per output channel and Ho x
+      Wo words of a tap pair's rows (`weight_grad_scratch_bytes`, NOTE [ int8 mat-mult weight
+      gradient ]); a trainable one-group 1x1 (stride 1, at least 2 input channels) has
+      `p:<op>` too: the paired-output bytes where they fit, else Ho x Wo words of an input
+      channel pair's rows and 2 int32 per output channel;
       a one-group 1x1 (stride 1, no padding) whose input gradient runs has a `p:<op>` of at
       least its weights' 16-bit output-channel pairs for a group of input channels
       (`input_grad_scratch_bytes`, NOTE [ Paired 1x1 input gradient ]), and a one-group 3x3
@@ -606,20 +608,38 @@ def pad_plane_bytes(op, in_shape) -> int:
 def weight_grad_scratch_bytes(op, in_shape, out_shape) -> int:
     """The backward scratch `p:<op>` of a trainable conv: for a one-group 3x3 at stride 1 or 2
     (NOTE [ int8 mat-mult weight gradient ], int8_runtime.c) two padded planes (4-byte
-    aligned; one for one input channel), Ho x Wo int32 window offsets, 2 int32 per output
-    channel and Ho x Wo words of a tap pair's rows; for a 1x1 of `runs_mat_mult_forward` the
-    Ho x Wo words of an input channel pair's rows; both then `dq16_bytes` of expanded dq rows
-    (the 1x1 then 2 int32 per output channel); for another 3x3 the padded plane
-    (`pad_plane_bytes`); 0 for other ops."""
+    aligned; one for one input channel), then, where its dq rows fit as 16-bit pairs, the
+    paired-output tables and rows (`paired_weight_grad_bytes`, NOTE [ Paired-output weight
+    gradient ]), else Ho x Wo int32 window offsets, 2 int32 per output channel and Ho x Wo
+    words of a tap pair's rows; for a 1x1 of `runs_mat_mult_forward` the paired-output bytes
+    where they fit, else Ho x Wo words of an input channel pair's rows and 2 int32 per output
+    channel; for another 3x3 the padded plane (`pad_plane_bytes`); 0 for other ops."""
     if runs_mat_mult_forward(op) and op.weight.shape[-1] == 1:
-        hw = out_shape[1] * out_shape[2]
-        return 4 * hw + dq16_bytes(out_shape[0], hw) + 8 * out_shape[0]
+        co, hw = out_shape[0], out_shape[1] * out_shape[2]
+        paired = paired_weight_grad_bytes(co, 1, hw, 1)
+        return paired if paired else 4 * hw + 8 * co
     pb = pad_plane_bytes(op, in_shape)
     if not pb or op.groups != 1:
         return pb
-    hw = out_shape[1] * out_shape[2]
+    co, hw = out_shape[0], out_shape[1] * out_shape[2]
     planes = (2 if in_shape[0] > 1 else 1) * ((pb + 3) // 4 * 4)
-    return planes + 8 * hw + 8 * out_shape[0] + dq16_bytes(out_shape[0], hw)
+    paired = paired_weight_grad_bytes(co, out_shape[1], out_shape[2], op.stride)
+    return planes + (paired if paired else 8 * hw + 8 * co)
+
+
+def paired_weight_grad_bytes(co: int, ho: int, wo: int, stride: int) -> int:
+    """The paired-output weight gradient's scratch (NOTE [ Paired-output weight gradient ],
+    int8_runtime.c) where its dq words, 8 Co ceil(P / 4) bytes, are at most DQ16_MAX_BYTES,
+    else 0: 4 ceil(P / 4) words of rows, 4 int32 per output channel, an int32 per stride-2 word
+    or stride-1 word pair of the rows' whole groups, 2 int32 per row-end output and the dq
+    words."""
+    p = ho * wo
+    nq = (p + 3) // 4
+    if 8 * co * nq > DQ16_MAX_BYTES:
+        return 0
+    g = 4 if stride == 1 else 2
+    tail = ho * (wo % g)
+    return 16 * nq + 16 * co + 4 * ((p - tail) // g) + 8 * tail + 8 * co * nq
 
 
 DQ16_MAX_BYTES = 4096  # Q_DQ16_MAX in int8_runtime.c

@@ -1297,6 +1297,7 @@ static ET_REAL qacc_quant(const ET_REAL *dy, ET_REAL ds, const qgap_dacc *gd, ui
 /* ET_GRAD_PROBE(address, g): a hook a kernel test defines to read each integer sum */
 #ifndef ET_GRAD_PROBE
 #define ET_GRAD_PROBE(p, g) ((void)0)
+#define Q_NO_PROBE 1  /* nothing reads the sums: NOTE [ Steps beside the sums ] may run */
 #endif
 /* one channel's step factor: s_g, inv and lr, and on Cortex-M the factor k = -lr * s_g * inv
    as kq * 2^-sh (kq: 24 significant bits in 30; sh in 32..62, else 0: the float path) */
@@ -1326,6 +1327,17 @@ static inline q_step q_stepper(ET_REAL s, ET_REAL inv, ET_REAL lr) {
     }
     return st;
 }
+#if ET_DSP
+/* v saturated to [-127, 127]: SSAT to [-128, 127], then SSUB16's low-lane GE flags (v >= -127)
+   pick v or -127 (0xFF81FF81) by SEL; written out, as GCC does not tie the GE flags of its
+   __ssub16 to __sel */
+Q_AI int32_t q_sat127(int32_t v) {
+    int32_t r, t;
+    __asm__("ssat %0, #8, %2\n\tssub16 %1, %0, %3\n\tsel %0, %0, %3"
+            : "=&r"(r), "=&r"(t) : "r"(v), "r"(0xFF81FF81u) : "cc");
+    return r;
+}
+#endif
 Q_AI void q_wstep(int8_t *w, int32_t g, q_step st) {
     ET_GRAD_PROBE(w, g);
     if (sizeof(ET_REAL) == sizeof(float)) {
@@ -1334,9 +1346,8 @@ Q_AI void q_wstep(int8_t *w, int32_t g, q_step st) {
            (round half away) where k does not fit */
 #if ET_DSP
         if (st.sh > 32) {  /* the same value by SMMLA (NOTE [ SMMLA rounding ]) */
-            const int32_t v =
-                __ssat(*w + (q_smmla(g, st.kq, (int32_t)1 << (st.sh - 33)) >> (st.sh - 32)), 8);
-            *w = (int8_t)(v < -127 ? -127 : v);
+            const int32_t t = q_smmla(g, st.kq, (int32_t)1 << (st.sh - 33)) >> (st.sh - 32);
+            *w = (int8_t)q_sat127(*w + t);
             return;
         }
 #endif
@@ -1369,6 +1380,29 @@ Q_AI void q_put(ET_REAL *dx, int32_t v, ET_REAL s, int acc) {
 /* all-zero bits: 0 as an ET_REAL and as an integer dx */
 static void q_zero(ET_REAL *dx, int acc, size_t n) {
     if (acc != 1) for (size_t i = 0; i < n; i++) dx[i] = 0;
+}
+
+/* q_pad by words: the same bytes (zx borders, the rows, zx bottom rows and Q_PAD_SLACK), the
+   rows copied 4 bytes at a time and each row's right border with the next row's left one
+   filled together (4-byte stores may be unaligned on Cortex-M, as q_ld4's loads); q_pad
+   copies and fills by library calls, tens of instructions a row */
+static void q_padw(int8_t *pad, const int8_t *xc, int zx, int H, int W, int p) {
+    const int Wp = W + 2 * p;
+    const uint32_t z4 = (uint32_t)(uint8_t)zx * 0x01010101u;
+    int8_t *o = pad;
+    int n = p * Wp + p;  /* the top rows and the first row's left border */
+    for (; n >= 4; n -= 4, o += 4) memcpy(o, &z4, 4);
+    for (; n > 0; n--) *o++ = (int8_t)zx;
+    for (int r = 0; r < H; r++, xc += W) {
+        int j = 0;
+        for (; j + 4 <= W; j += 4, o += 4) { uint32_t v; memcpy(&v, xc + j, 4); memcpy(o, &v, 4); }
+        for (; j < W; j++) *o++ = xc[j];
+        if (p == 1) { memcpy(o, &z4, 2); o += 2; continue; }
+        for (int t = 0; t < 2 * p; t++) *o++ = (int8_t)zx;
+    }
+    n = (H + 2 * p) * Wp + Q_PAD_SLACK - (int)(o - pad);  /* the bottom rows and the slack */
+    for (; n >= 4; n -= 4, o += 4) memcpy(o, &z4, 4);
+    for (; n > 0; n--) *o++ = (int8_t)zx;
 }
 
 /* NOTE [ Register-blocked int8 backward ]
@@ -1477,11 +1511,11 @@ static void q3_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
     const int cig = Ci / G, cog = Co / G, Wp = W + 2 * p;
     for (int ci = 0; ci < Ci; ci++) {
         const int g = ci / cig, ic = ci % cig;
-        if (B == 1) q_pad(pad, x + (size_t)ci * H * W, zx, H, W, p);
+        if (B == 1) q_padw(pad, x + (size_t)ci * H * W, zx, H, W, p);
         for (int oc = g * cog; oc < (g + 1) * cog; oc++) {
             int32_t a[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0}, se = 0;
             for (int n = 0; n < B; n++) {
-                if (B > 1) q_pad(pad, x + ((size_t)n * Ci + ci) * H * W, zx, H, W, p);
+                if (B > 1) q_padw(pad, x + ((size_t)n * Ci + ci) * H * W, zx, H, W, p);
                 se += q3_wg_plane(a, dq + ((size_t)n * Co + oc) * Ho * Wo, pad, Wp, Ho, Wo, st);
             }
             int8_t *wk = w + ((size_t)oc * cig + ic) * 9;
@@ -1501,11 +1535,12 @@ static void q3_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
    words in dq's SXTB16 lane order: per 4 outputs (k0: q0, q2), (k0: q1, q3), (k1: q0, q2),
    (k1: q1, q3), the last P mod 4 outputs as (k0, k1) words. Every output channel pair reads
    its int8 dq rows 4 at a time against them: two LDRs, 4 SXTB16, two LDRDs and 8 SMLADs per
-   16 MACs. Scratch `p:<op>` (`weight_grad_scratch_bytes` in _int8_layout.py): the two padded
-   planes ((H + 2p) x (W + 2p) + Q_PAD_SLACK bytes each, 4-byte aligned; one for one input
-   channel; the first is what q3_update pads at other batch sizes), P int32 window offsets,
-   2 x Co int32 (each channel's step factor, q_stepper's, computed once) and P words of rows.
-   Inlined into each conv's update, so its loops see that conv's shape. */
+   16 MACs. That is the path (`q_mm_update_flat`) where the dq rows do not fit as 16-bit
+   pairs; where they do, NOTE [ Paired-output weight gradient ] below. Scratch `p:<op>`
+   (`weight_grad_scratch_bytes` in _int8_layout.py): the two padded planes ((H + 2p) x (W +
+   2p) + Q_PAD_SLACK bytes each, 4-byte aligned; one for one input channel; the first is what
+   q3_update pads at other batch sizes), then here P int32 window offsets, 2 x Co int32 (each
+   channel's step factor, q_stepper's, computed once) and P words of rows. */
 #if ET_DSP
 /* sums (oc0, k0), (oc0, k1), (oc1, k0), (oc1, k1) of a tap pair's rows over the P outputs,
    in 14 registers (written out: the compiler's allocation spills inside such loops) */
@@ -1548,46 +1583,6 @@ Q_AI void q_mmg2x2(const int8_t *d0, const int8_t *d1, const uint32_t *xr, int P
     }
     a[0] = a00; a[1] = a01; a[2] = a10; a[3] = a11;
 }
-/* q_mmg2x2 with the dq rows' first P4 outputs already as SXTB16's 16-bit pairs (h0, h1: per
-   4 outputs the words (q0, q2), (q1, q3); NOTE [ Expanded dq rows ]): two LDRDs of dq, two
-   LDRDs of rows and 8 SMLADs per 16 MACs; the last P mod 4 from the int8 rows d0, d1 */
-Q_AI void q_mmg2x2h(const uint32_t *h0, const uint32_t *h1, const int8_t *d0, const int8_t *d1,
-                    const uint32_t *xr, int P, int32_t *a) {
-    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
-    const int P4 = P / 4 * 4;
-    uint32_t u, v, uo, vo, x0, x1;
-#define Q_MMGH_4                                   \
-    "ldrd %[u], %[uo], [%[h0]], #8\n\t"            \
-    "ldrd %[v], %[vo], [%[h1]], #8\n\t"            \
-    "ldrd %[x0], %[x1], [%[xr]], #8\n\t"           \
-    "smlad %[a00], %[u], %[x0], %[a00]\n\t"        \
-    "smlad %[a00], %[uo], %[x1], %[a00]\n\t"       \
-    "smlad %[a10], %[v], %[x0], %[a10]\n\t"        \
-    "smlad %[a10], %[vo], %[x1], %[a10]\n\t"       \
-    "ldrd %[x0], %[x1], [%[xr]], #8\n\t"           \
-    "smlad %[a01], %[u], %[x0], %[a01]\n\t"        \
-    "smlad %[a01], %[uo], %[x1], %[a01]\n\t"       \
-    "smlad %[a11], %[v], %[x0], %[a11]\n\t"        \
-    "smlad %[a11], %[vo], %[x1], %[a11]\n\t"
-#define Q_MMGH_IO                                                                           \
-    : [a00] "+&r"(a00), [a01] "+&r"(a01), [a10] "+&r"(a10), [a11] "+&r"(a11),                \
-      [h0] "+&r"(h0), [h1] "+&r"(h1), [xr] "+&r"(xr), [u] "=&r"(u), [v] "=&r"(v),           \
-      [uo] "=&r"(uo), [vo] "=&r"(vo), [x0] "=&r"(x0), [x1] "=&r"(x1)
-    if (P4 & 4) __asm__ volatile(Q_MMGH_4 Q_MMGH_IO : : "memory");
-    if (P4 & ~7) {  /* 8 outputs per iteration */
-        const uint32_t *end = h0 + (P4 & ~7) / 2;
-        __asm__ volatile("1:\n\t" Q_MMGH_4 Q_MMGH_4 "cmp %[h0], %[end]\n\tbne 1b\n\t"
-                         Q_MMGH_IO : [end] "r"(end) : "cc", "memory");
-    }
-#undef Q_MMGH_4
-#undef Q_MMGH_IO
-    d0 += P4; d1 += P4;
-    for (int q = P4; q < P; q++, xr++) {
-        const int32_t e0 = *d0++, e1 = *d1++, x0 = (int16_t)xr[0], x1 = (int32_t)xr[0] >> 16;
-        a00 += e0 * x0; a01 += e0 * x1; a10 += e1 * x0; a11 += e1 * x1;
-    }
-    a[0] = a00; a[1] = a01; a[2] = a10; a[3] = a11;
-}
 /* rows x_k - zx of taps k0, k1 (from their padded planes, at the window offsets `base`) in
    q_mmg2x2's order */
 static void q_mmg_rows(uint32_t *xr, const int8_t *s0, const int8_t *s1, const int32_t *base,
@@ -1604,38 +1599,367 @@ static void q_mmg_rows(uint32_t *xr, const int8_t *s0, const int8_t *s1, const i
     for (int q = P4; q < P; q++, xr++)
         xr[0] = (uint32_t)__ssub16((int16x2_t)q_pack2(s0[base[q]], s1[base[q]]), zz);
 }
-Q_AI void q_mm_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
-                      const ET_REAL *inv_w, ET_REAL lr, int8_t *scratch, int Ci, int H, int W,
-                      int Co, int Ho, int Wo, int st, int p) {
+/* NOTE [ Paired-output weight gradient ]
+   The batch-1 mat-mult weight gradients (NOTE [ int8 mat-mult weight gradient ]) where the dq
+   rows fit as 16-bit pairs, 8 Co ceil(P / 4) bytes <= Q_DQ16_MAX (`q_mmg_fits`): the sum over
+   the outputs q is order-free, so q runs in an order in which each word of x comes from one
+   4-byte load of the padded plane. Per output row, at stride 2 the outputs (ow, ow + 1) are
+   the SXTB16 lanes (x[c], x[c + 2]) of the 4 bytes at the first one's tap c; at stride 1 (and
+   for a 1x1, its P outputs as one row) (ow, ow + 2) and (ow + 1, ow + 3) are SXTB16 and SXTB16
+   ROR 8 of the bytes at c. A row's last Wo mod 2 (stride 1: mod 4) outputs are paired across
+   rows by two byte loads, an odd last one with a dq of 0, and the words are padded with 0 to
+   whole quads (two words). The offsets are per word or word pair, a table made once per call
+   (not one per output), and x is not shifted by zx: every channel's sums start at -zx sum dq
+   (sum dq (x - zx) = sum dq x - zx sum dq, exact in int32 as in NOTE [ Register-blocked int8
+   backward ]; the padding holds zx), so a word of x is an LDR, an SXTB16 and a store. dq is
+   unpacked once per call in the same order (`q_mmg_dq`, which also steps the biases with
+   the sums it makes) and the kernel (`q_mmg2x2q`) has no remainder loop. Each weight's step
+   is q_wstep's SMMLA path with its channel's kq, 2^(sh - 33) and sh - 32 from a table made
+   once per call (`q_wstepf`), the others q_wstep itself. Same sums, same steps. Scratch
+   `p:<op>` after the 3x3's planes (`weight_grad_scratch_bytes` in _int8_layout.py): 4
+   ceil(P / 4) words of a tap (or channel) pair's rows, 4 int32 per output channel, one int32
+   offset per stride-2 word or stride-1 word pair, 2 int32 per row-end output (its x offset
+   and its dq index) and 2 Co ceil(P / 4) words of dq. */
+Q_AI int q_mmg_fits(int Co, int P) { return (size_t)8 * Co * ((P + 3) / 4) <= Q_DQ16_MAX; }
+/* q_wstep's SMMLA path with the channel's constants f = {kq, 2^(sh - 33), sh - 32} */
+Q_AI void q_wstepf(int8_t *w, int32_t g, const int32_t *f) {
+    ET_GRAD_PROBE(w, g);
+    *w = (int8_t)q_sat127(*w + (q_smmla(g, f[0], f[1]) >> f[2]));
+}
+/* per output channel {kq, 2^(sh - 33), sh - 32 (-1: q_wstep's other paths), start}; returns
+   whether every channel is on the SMMLA path */
+static int q_mmg_consts(int32_t *kc, ET_REAL s, const ET_REAL *inv_w, ET_REAL lr, int Co) {
+    int fast = 1;
+    for (int oc = 0; oc < Co; oc++, kc += 4) {
+        const q_step t = q_stepper(s, inv_w[oc], lr);
+        kc[0] = t.kq;
+        kc[1] = t.sh > 32 ? (int32_t)1 << (t.sh - 33) : 0;
+        kc[2] = t.sh > 32 ? t.sh - 32 : -1;
+        fast &= t.sh > 32;
+    }
+    return fast;
+}
+/* the output order's tables: one x offset per stride-2 word or stride-1 word pair (moff),
+   and each row-end output's x offset (loff) and dq index (lq) */
+static void q_mmg_plan(int32_t *moff, int32_t *loff, int32_t *lq, int Ho, int Wo, int st,
+                       int Wp) {
+    const int g = st == 1 ? 4 : 2, full = Wo / g * g;
+    for (int oh = 0; oh < Ho; oh++) {
+        const int32_t r = (int32_t)oh * st * Wp;
+        for (int ow = 0; ow < full; ow += g) *moff++ = r + ow * st;
+        for (int ow = full; ow < Wo; ow++) { *loff++ = r + ow * st; *lq++ = oh * Wo + ow; }
+    }
+}
+/* the dq rows in that order, 2 nq words each (one row of P where no output is a row-end one),
+   every channel's start -zx sum dq (kc[3]) and its bias step (sum dq is the bias sum) */
+static void q_mmg_dq(uint32_t *h, int32_t *kc, const int8_t *dq, int zx, int Co, int Ho,
+                     int Wo, int st, const int32_t *lq, int L, int nq, int32_t *b,
+                     const ET_REAL *inv_b, ET_REAL s, ET_REAL lr) {
+    const int P = Ho * Wo, rows = L ? Ho : 1, rw = L ? Wo : P;
+    const int full = st == 1 ? rw / 4 * 4 : rw / 2 * 2;
+    for (int oc = 0; oc < Co; oc++) {
+        const int8_t *d = dq + (size_t)oc * P;
+        uint32_t *o = h + (size_t)oc * 2 * nq;
+        const uint32_t *e = o + 2 * nq;
+        int32_t se = 0;
+        for (int r = 0; r < rows; r++) {
+            const int8_t *rp = d + (size_t)r * rw;
+            int ow = 0;
+            for (; ow + 4 <= full; ow += 4, o += 2) {
+                const uint32_t v = q_ld4(rp + ow);
+                const int16x2_t E = __sxtb16(v), O = q_sxtb16r8(v);
+                se = __smlad(E, 0x00010001, __smlad(O, 0x00010001, se));
+                o[0] = (uint32_t)(st == 1 ? E : q_pkhbt(E, O));
+                o[1] = (uint32_t)(st == 1 ? O : q_pkhtb(O, E));
+            }
+            if (ow < full) {  /* stride 2: the last pair */
+                se += rp[ow] + rp[ow + 1];
+                *o++ = q_pack2(rp[ow], rp[ow + 1]);
+            }
+        }
+        for (int l = 0; l < L; l += 2) {
+            const int32_t u = d[lq[l]], v = l + 1 < L ? d[lq[l + 1]] : 0;
+            se += u + v;
+            *o++ = q_pack2(u, v);
+        }
+        while (o < e) *o++ = 0;
+        kc[4 * oc + 3] = (int32_t)(0u - (uint32_t)zx * (uint32_t)se);
+        q_bstep(&b[oc], se, s, inv_b[oc], lr);
+    }
+}
+/* one call's tables and arguments (q_mmg_setup's) */
+typedef struct {
+    uint32_t *xr, *h;
+    int32_t *kc, *moff, *loff;
+    int nq, nm, L, fast, st, Co, Kt;
+    int8_t *w;
+    const ET_REAL *inv_w;
+    ET_REAL s, lr;
+} q_mmg_ctx;
+/* the rows of two taps (s0, s1: the taps' origins in their padded planes, or two 1x1 input
+   channels) in that order: quad j's words (s0: 2j, 2j + 1), (s1: 2j, 2j + 1) */
+static __attribute__((noinline, noclone)) void q_mmg_gather(const q_mmg_ctx *cx,
+                                                             const int8_t *s0,
+                                                             const int8_t *s1) {
+    uint32_t *xr = cx->xr;
+    const int32_t *moff = cx->moff, *loff = cx->loff;
+    const int st = cx->st, nm = cx->nm, L = cx->L;
+    int j = 0;  /* the words after the whole quads of the main ones */
+    if (st == 1) {
+        for (int u = 0; u < nm / 2; u++, xr += 4) {
+            const uint32_t v0 = q_ld4(s0 + moff[u]), v1 = q_ld4(s1 + moff[u]);
+            xr[0] = (uint32_t)__sxtb16(v0); xr[1] = (uint32_t)q_sxtb16r8(v0);
+            xr[2] = (uint32_t)__sxtb16(v1); xr[3] = (uint32_t)q_sxtb16r8(v1);
+        }
+    } else {
+        const int32_t *m = moff, *me = moff + (nm & ~1);
+        for (; m != me; m += 2, xr += 4) {
+            const int32_t o0 = m[0], o1 = m[1];
+            const uint32_t a = q_ld4(s0 + o0), b = q_ld4(s0 + o1);
+            const uint32_t c = q_ld4(s1 + o0), d = q_ld4(s1 + o1);
+            xr[0] = (uint32_t)__sxtb16(a); xr[1] = (uint32_t)__sxtb16(b);
+            xr[2] = (uint32_t)__sxtb16(c); xr[3] = (uint32_t)__sxtb16(d);
+        }
+        if (nm & 1) {
+            xr[0] = (uint32_t)__sxtb16(q_ld4(s0 + *m));
+            xr[2] = (uint32_t)__sxtb16(q_ld4(s1 + *m));
+            j = 1;
+        }
+    }
+    uint32_t *o = xr + j;  /* word j of the quads from xr: xr + (j / 2) 4 + j % 2 */
+    for (int l = 0; l + 1 < L; l += 2) {
+        const int32_t a = loff[l], c = loff[l + 1];
+        o[0] = q_pack2(s0[a], s0[c]); o[2] = q_pack2(s1[a], s1[c]);
+        o += j ? 3 : 1;
+        j ^= 1;
+    }
+    if (L & 1) {  /* an odd last one, with a dq of 0 beside it */
+        const int32_t a = loff[L - 1];
+        o[0] = q_pack2(s0[a], s0[a]); o[2] = q_pack2(s1[a], s1[a]);
+        o += j ? 3 : 1;
+        j ^= 1;
+    }
+    if (j) { o[0] = 0; o[2] = 0; }
+}
+/* sums (oc0, k0), (oc0, k1), (oc1, k0), (oc1, k1) from their starts a[] over nq quads of
+   dq words (h0, h1) and row words (xr, q_mmg_gather's): two LDRDs of dq, two LDRDs of rows
+   and 8 SMLADs per 16 MACs, in 14 registers */
+Q_AI void q_mmg2x2q(const uint32_t *h0, const uint32_t *h1, const uint32_t *xr, int nq,
+                    int32_t *a) {
+    int32_t a00 = a[0], a01 = a[1], a10 = a[2], a11 = a[3];
+    uint32_t u, v, uo, vo, x0, x1;
+#define Q_MMGQ_4                                   \
+    "ldrd %[u], %[uo], [%[h0]], #8\n\t"            \
+    "ldrd %[v], %[vo], [%[h1]], #8\n\t"            \
+    "ldrd %[x0], %[x1], [%[xr]], #8\n\t"           \
+    "smlad %[a00], %[u], %[x0], %[a00]\n\t"        \
+    "smlad %[a00], %[uo], %[x1], %[a00]\n\t"       \
+    "smlad %[a10], %[v], %[x0], %[a10]\n\t"        \
+    "smlad %[a10], %[vo], %[x1], %[a10]\n\t"       \
+    "ldrd %[x0], %[x1], [%[xr]], #8\n\t"           \
+    "smlad %[a01], %[u], %[x0], %[a01]\n\t"        \
+    "smlad %[a01], %[uo], %[x1], %[a01]\n\t"       \
+    "smlad %[a11], %[v], %[x0], %[a11]\n\t"        \
+    "smlad %[a11], %[vo], %[x1], %[a11]\n\t"
+#define Q_MMGQ_IO                                                                           \
+    : [a00] "+&r"(a00), [a01] "+&r"(a01), [a10] "+&r"(a10), [a11] "+&r"(a11),                \
+      [h0] "+&r"(h0), [h1] "+&r"(h1), [xr] "+&r"(xr), [u] "=&r"(u), [v] "=&r"(v),           \
+      [uo] "=&r"(uo), [vo] "=&r"(vo), [x0] "=&r"(x0), [x1] "=&r"(x1)
+    if (nq & 1) __asm__ volatile(Q_MMGQ_4 Q_MMGQ_IO : : "memory");
+    if (nq & ~1) {  /* 8 outputs per iteration */
+        const uint32_t *end = h0 + (nq & ~1) * 2;
+        __asm__ volatile("1:\n\t" Q_MMGQ_4 Q_MMGQ_4 "cmp %[h0], %[end]\n\tbne 1b\n\t"
+                         Q_MMGQ_IO : [end] "r"(end) : "cc", "memory");
+    }
+#undef Q_MMGQ_4
+#undef Q_MMGQ_IO
+    a[0] = a00; a[1] = a01; a[2] = a10; a[3] = a11;
+}
+/* NOTE [ Steps beside the sums ]
+   In q_mmg_ocs's loop over whole output-channel pairs on the SMMLA path the 2 x 2 kernel holds
+   14 registers, so GCC spills and reloads its loop state around it and the four weight steps
+   (about 90 instructions a pair besides the sums). `q_mmg_pairs` is that loop written out:
+   the state in a small array S (its address pushed on the stack), the kernel's loop (entered
+   at its second quad for an odd quad count), then each channel's {kq, 2^(sh - 33), sh - 32}
+   by one LDM and per weight q_wstepf's SMMLA, ASR, LDRSB, ADD, SSAT, SSUB16, SEL and STRB:
+   the same integers (`q_mmg_pairs1`: an odd last tap, its first sums only). Only where no
+   ET_GRAD_PROBE hook reads the sums and in an optimised Thumb-2 build (r7 free of a frame
+   pointer, LDRD of any two registers); else the C loop. S: h0 of the pair, the rows, 8 nq,
+   nq & 1, the constants, the first weight (w + oc Kt + k), Kt, the constants' end. */
+#if ET_DSP && defined(Q_NO_PROBE) && defined(__OPTIMIZE__) && defined(__thumb2__)
+#define Q_PAIRS_ASM 1
+#define Q_PQ                                      \
+    "ldrd r8, r9, [r5], #8\n\t"                    \
+    "ldrd r10, r11, [r6], #8\n\t"                  \
+    "ldrd r12, lr, [r7], #8\n\t"                   \
+    "smlad r1, r8, r12, r1\n\t"                    \
+    "smlad r1, r9, lr, r1\n\t"                     \
+    "smlad r3, r10, r12, r3\n\t"                   \
+    "smlad r3, r11, lr, r3\n\t"                    \
+    "ldrd r12, lr, [r7], #8\n\t"                   \
+    "smlad r2, r8, r12, r2\n\t"                    \
+    "smlad r2, r9, lr, r2\n\t"                     \
+    "smlad r4, r10, r12, r4\n\t"                   \
+    "smlad r4, r11, lr, r4\n\t"
+#define Q_PSTEP(a, m)                             \
+    "smmla " a ", " a ", r5, r6\n\t"               \
+    "asr " a ", " a ", r7\n\t"                     \
+    "ldrsb r9, " m "\n\t"                          \
+    "add " a ", " a ", r9\n\t"                     \
+    "ssat " a ", #8, " a "\n\t"                    \
+    "ssub16 r9, " a ", r10\n\t"                    \
+    "sel " a ", " a ", r10\n\t"                    \
+    "strb " a ", " m "\n\t"
+/* the loop, with the steps of the tap pair (k0: r1, r3; k1: r2, r4) or of one tap (T1 "") */
+#define Q_PAIRS(T1, T3)                                                                     \
+    "str r0, [sp, #-8]!\n\t"                                                              \
+    "1:\n\t"                                                                              \
+    "ldr r0, [sp]\n\t"                                                                    \
+    "ldr r8, [r0, #16]\n\t"                                                               \
+    "ldr r1, [r8, #12]\n\t" /* the channels' starts */                                    \
+    "ldr r3, [r8, #28]\n\t"                                                               \
+    "mov r2, r1\n\t"                                                                      \
+    "mov r4, r3\n\t"                                                                      \
+    "ldrd r5, r7, [r0]\n\t" /* h0, rows */                                                \
+    "ldrd r9, r10, [r0, #8]\n\t" /* 8 nq, nq & 1 */                                       \
+    "add r6, r5, r9\n\t" /* h1 */                                                         \
+    "mov r0, r6\n\t" /* h0's end */                                                       \
+    "cmp r10, #0\n\t"                                                                     \
+    "bne 2f\n\t" /* an odd quad count: one quad first */                                  \
+    "3:\n\t" Q_PQ "2:\n\t" Q_PQ                                                           \
+    "cmp r5, r0\n\t"                                                                      \
+    "bne 3b\n\t"                                                                          \
+    "ldr r0, [sp]\n\t"                                                                    \
+    "str r6, [r0]\n\t" /* the next pair's h0 */                                           \
+    "ldrd r12, lr, [r0, #16]\n\t" /* constants, weights */                                \
+    "ldr r11, [r0, #24]\n\t"                                                              \
+    "mvn r10, #0x007E007E\n\t" /* 0xFF81FF81 */                                           \
+    "ldmia r12!, {r5, r6, r7, r8}\n\t"                                                    \
+    Q_PSTEP("r1", "[lr]") T1                                                                \
+    "add lr, lr, r11\n\t"                                                                 \
+    "ldmia r12!, {r5, r6, r7, r8}\n\t"                                                    \
+    Q_PSTEP("r3", "[lr]") T3                                                                \
+    "add lr, lr, r11\n\t"                                                                 \
+    "strd r12, lr, [r0, #16]\n\t"                                                         \
+    "ldr r9, [r0, #28]\n\t" /* the constants' end */                                      \
+    "cmp r12, r9\n\t"                                                                     \
+    "bne 1b\n\t"                                                                          \
+    "add sp, sp, #8\n\t"
+#define Q_PAIRS_IO                                                                          \
+    : "+r"(s0)                                                                              \
+    :                                                                                       \
+    : "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "lr", "cc", \
+      "memory"
+static __attribute__((noinline, noclone)) void q_mmg_pairs(uint32_t *S) {
+    register uint32_t *s0 __asm__("r0") = S;
+    __asm__ volatile(Q_PAIRS(Q_PSTEP("r2", "[lr, #1]"), Q_PSTEP("r4", "[lr, #1]")) Q_PAIRS_IO);
+}
+/* the same for one tap (an odd last one, in both halves of the rows) */
+static __attribute__((noinline, noclone)) void q_mmg_pairs1(uint32_t *S) {
+    register uint32_t *s0 __asm__("r0") = S;
+    __asm__ volatile(Q_PAIRS("", "") Q_PAIRS_IO);
+}
+#undef Q_PAIRS
+#undef Q_PAIRS_IO
+#undef Q_PQ
+#undef Q_PSTEP
+#endif
+/* every output channel pair's sums of a tap (or input channel) pair k, k1 (k1 = k: an odd last
+   one, summed twice and stored once; a channel's weights Kt apart) and their steps */
+static __attribute__((noinline, noclone)) void q_mmg_ocs(const q_mmg_ctx *cx, int k, int k1) {
+    const uint32_t *h = cx->h, *xr = cx->xr;
+    const int32_t *kc = cx->kc;
+    const int nq = cx->nq, fast = cx->fast, Kt = cx->Kt, Co = cx->Co;
+    int8_t *w = cx->w;
+    const ET_REAL s = cx->s, *inv_w = cx->inv_w, lr = cx->lr;
+    int oc = 0;
+    if (fast && (k1 == k + 1 || k1 == k)) {  /* whole pairs on the SMMLA path */
+#ifdef Q_PAIRS_ASM
+        if (Co >= 2) {
+            uint32_t S[8] = {(uint32_t)(uintptr_t)h, (uint32_t)(uintptr_t)xr, 8u * (uint32_t)nq,
+                             (uint32_t)(nq & 1), (uint32_t)(uintptr_t)kc,
+                             (uint32_t)(uintptr_t)(w + k), (uint32_t)Kt,
+                             (uint32_t)(uintptr_t)(kc + 4 * (Co / 2 * 2))};
+            if (k1 == k) q_mmg_pairs1(S); else q_mmg_pairs(S);  /* NOTE [ Steps beside the sums ] */
+            oc = Co / 2 * 2;
+            kc += 4 * oc;
+        }
+#else
+        const uint32_t *hp = h;
+        int8_t *wk = w + k;
+        for (; k1 == k + 1 && oc + 2 <= Co; oc += 2, kc += 8, wk += 2 * Kt, hp += 4 * nq) {
+            int32_t a[4] = {kc[3], kc[3], kc[7], kc[7]};
+            q_mmg2x2q(hp, hp + 2 * nq, xr, nq, a);
+            q_wstepf(wk, a[0], kc);
+            q_wstepf(wk + 1, a[1], kc);
+            q_wstepf(wk + Kt, a[2], kc + 4);
+            q_wstepf(wk + Kt + 1, a[3], kc + 4);
+        }
+#endif
+    }
+    for (; oc < Co; oc += 2, kc += 8) {
+        const int c1 = oc + 1 < Co ? oc + 1 : oc;
+        const int32_t *f0 = kc, *f1 = kc + 4 * (c1 - oc);
+        int32_t a[4] = {f0[3], f0[3], f1[3], f1[3]};
+        q_mmg2x2q(h + (size_t)oc * 2 * nq, h + (size_t)c1 * 2 * nq, xr, nq, a);
+        int8_t *w0 = w + (size_t)oc * Kt, *w1 = w + (size_t)c1 * Kt;
+        const q_step s0 = q_stepper(s, inv_w[oc], lr), s1 = q_stepper(s, inv_w[c1], lr);
+        q_wstep(w0 + k, a[0], s0);
+        if (k1 != k) q_wstep(w0 + k1, a[1], s0);
+        if (c1 != oc) {
+            q_wstep(w1 + k, a[2], s1);
+            if (k1 != k) q_wstep(w1 + k1, a[3], s1);
+        }
+    }
+}
+/* q_mmg_plan, q_mmg_consts and q_mmg_dq into the scratch at r (after the planes); returns
+   the row words' scratch and sets the rest */
+static __attribute__((noinline, noclone)) void q_mmg_setup(q_mmg_ctx *cx, uint32_t *r,
+        const int8_t *dq, int zx, int8_t *w, int Kt, int Co, int Ho, int Wo, int st, int Wp,
+        int32_t *b, const ET_REAL *inv_w, const ET_REAL *inv_b, ET_REAL s, ET_REAL lr) {
+    q_mmg_ctx c;
+    c.st = st; c.Co = Co; c.Kt = Kt; c.w = w; c.inv_w = inv_w; c.s = s; c.lr = lr;
+    const int P = Ho * Wo, g = st == 1 ? 4 : 2;
+    c.nq = (P + 3) / 4;
+    c.L = Ho * (Wo % g);
+    c.nm = (P - c.L) / 2;
+    c.xr = r;
+    c.kc = (int32_t *)(void *)(r + 4 * c.nq);
+    c.moff = c.kc + 4 * Co;
+    c.loff = c.moff + (st == 1 ? c.nm / 2 : c.nm);
+    int32_t *lq = c.loff + c.L;
+    c.h = (uint32_t *)(void *)(lq + c.L);
+    q_mmg_plan(c.moff, c.loff, lq, Ho, Wo, st, Wp);
+    c.fast = q_mmg_consts(c.kc, s, inv_w, lr, Co);
+    q_mmg_dq(c.h, c.kc, dq, zx, Co, Ho, Wo, st, lq, c.L, c.nq, b, inv_b, s, lr);
+    *cx = c;
+}
+/* the mat-mult weight gradient over the flat output order (q_mmg_rows, q_mmg2x2), where
+   NOTE [ Paired-output weight gradient ] does not fit */
+static __attribute__((noinline, noclone)) void q_mm_update_flat(const int8_t *dq, ET_REAL s,
+        const int8_t *x, int zx, int8_t *w, const ET_REAL *inv_w, ET_REAL lr, int8_t **pads,
+        uint32_t *rest, int Ci, int H, int W, int Co, int Ho, int Wo, int st, int p) {
     const int P = Ho * Wo, Wp = W + 2 * p, Kt = 9 * Ci;
-    const size_t pb = ((size_t)(H + 2 * p) * Wp + Q_PAD_SLACK + 3) / 4 * 4;
-    int8_t *pads[2] = {scratch, scratch + (Ci > 1 ? pb : 0)};  /* planes ic even / odd */
-    int32_t *base = (int32_t *)(void *)(scratch + (Ci > 1 ? 2 : 1) * pb);
+    int padded = -1;  /* the last input channel padded */
+    int32_t *base = (int32_t *)(void *)rest;
     int32_t *fk = base + P;  /* per channel kq, sh */
     uint32_t *xr = (uint32_t *)(fk + 2 * Co);
-    const uint32_t *h = q_dq16(xr + P, dq, Co, P);  /* NOTE [ Expanded dq rows ] */
-    const int hw = P / 4 * 2;
     for (int q = 0; q < P; q++) base[q] = (q / Wo) * st * Wp + (q % Wo) * st;
     for (int oc = 0; oc < Co; oc++) {
         const q_step t = q_stepper(s, inv_w[oc], lr);
         fk[2 * oc] = t.kq; fk[2 * oc + 1] = t.sh;
     }
-    int padded = -1;  /* the last input channel padded */
     for (int k = 0; k < Kt; k += 2) {  /* taps k = ic * 9 + kh * 3 + kw, in pairs */
         const int k1 = k + 1 < Kt ? k + 1 : k;  /* an odd last tap: summed twice, stored once */
         for (; padded < k1 / 9; padded++)
-            q_pad(pads[(padded + 1) & 1], x + (size_t)(padded + 1) * H * W, zx, H, W, p);
+            q_padw(pads[(padded + 1) & 1], x + (size_t)(padded + 1) * H * W, zx, H, W, p);
         const int t0 = k % 9, t1 = k1 % 9;
         q_mmg_rows(xr, pads[(k / 9) & 1] + (t0 / 3) * Wp + t0 % 3,
                    pads[(k1 / 9) & 1] + (t1 / 3) * Wp + t1 % 3, base, P, zx);
         for (int oc = 0; oc < Co; oc += 2) {
             const int c1 = oc + 1 < Co ? oc + 1 : oc;
             int32_t a[4];
-            if (h)
-                q_mmg2x2h(h + (size_t)oc * hw, h + (size_t)c1 * hw, dq + (size_t)oc * P,
-                          dq + (size_t)c1 * P, xr, P, a);
-            else
-                q_mmg2x2(dq + (size_t)oc * P, dq + (size_t)c1 * P, xr, P, a);
+            q_mmg2x2(dq + (size_t)oc * P, dq + (size_t)c1 * P, xr, P, a);
             int8_t *w0 = w + (size_t)oc * Kt, *w1 = w + (size_t)c1 * Kt;
             const q_step s0 = {s, inv_w[oc], lr, fk[2 * oc], fk[2 * oc + 1]};
             q_wstep(&w0[k], a[0], s0);
@@ -1647,6 +1971,36 @@ Q_AI void q_mm_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8
             }
         }
     }
+}
+static __attribute__((noinline, noclone)) int q_mm_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
+                     int32_t *b, const ET_REAL *inv_w, const ET_REAL *inv_b, ET_REAL lr,
+                     int8_t *scratch, int Ci, int H, int W, int Co, int Ho, int Wo, int st,
+                     int p) {
+    const int P = Ho * Wo, Wp = W + 2 * p, Kt = 9 * Ci;
+    const size_t pb = ((size_t)(H + 2 * p) * Wp + Q_PAD_SLACK + 3) / 4 * 4;
+    int8_t *pads[2] = {scratch, scratch + (Ci > 1 ? pb : 0)};  /* planes ic even / odd */
+    uint32_t *rest = (uint32_t *)(void *)(scratch + (Ci > 1 ? 2 : 1) * pb);
+    int padded = -1;  /* the last input channel padded */
+    if (q_mmg_fits(Co, P)) {  /* NOTE [ Paired-output weight gradient ] */
+        q_mmg_ctx c;
+        q_mmg_setup(&c, rest, dq, zx, w, Kt, Co, Ho, Wo, st, Wp, b, inv_w, inv_b, s, lr);
+        const size_t HW = (size_t)H * W;
+        for (int k = 0, ic = 0, t0 = 0; k < Kt; k += 2) {  /* taps ic * 9 + t0, in pairs */
+            const int k1 = k + 1 < Kt ? k + 1 : k;
+            const int i1 = t0 < 8 || k1 == k ? ic : ic + 1, t1 = k1 == k ? t0 : (t0 + 1) % 9;
+            for (; padded < i1; padded++)
+                q_padw(pads[(padded + 1) & 1], x + (size_t)(padded + 1) * HW, zx, H, W, p);
+            q_mmg_gather(&c, pads[ic & 1] + (t0 / 3) * Wp + t0 % 3,
+                         pads[i1 & 1] + (t1 / 3) * Wp + t1 % 3);
+            q_mmg_ocs(&c, k, k1);
+            t0 = t1 + 1;
+            ic = i1;
+            if (t0 == 9) { t0 = 0; ic++; }
+        }
+        return 1;
+    }
+    q_mm_update_flat(dq, s, x, zx, w, inv_w, lr, pads, rest, Ci, H, W, Co, Ho, Wo, st, p);
+    return 0;
 }
 #endif
 
@@ -1692,17 +2046,19 @@ static void q_dot2x2(const int8_t *a0, const int8_t *a1, const int8_t *b0, const
 }
 
 /* the 1x1 conv's weight gradient at batch 1 with the DSP (NOTE [ int8 mat-mult weight
-   gradient ], the input channels as the taps): per input channel pair the rows x - zx in
-   q_mmg2x2's order (`xr`, P words of arena scratch `p:<op>`), against every output channel
-   pair's dq rows */
+   gradient ], the input channels as the taps; NOTE [ Paired-output weight gradient ] where it
+   fits, its P outputs as one row at stride 1; else per input channel pair the rows x - zx in
+   q_mmg2x2's order, P words of arena scratch `p:<op>`, then 2 int32 per output channel),
+   against every output channel pair's dq rows; returns 1 where it stepped the biases too */
 #if ET_DSP
-static void q_mm1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
-                         const ET_REAL *inv_w, ET_REAL lr, uint32_t *xr, int Ci, int Co, int P) {
+/* the 1x1's weight gradient over the flat output order, where NOTE [ Paired-output weight
+   gradient ] does not fit */
+static __attribute__((noinline, noclone)) void q_mm1_update_flat(const int8_t *dq, ET_REAL s,
+        const int8_t *x, int zx, int8_t *w, const ET_REAL *inv_w, ET_REAL lr, uint32_t *xr,
+        int Ci, int Co, int P) {
     const int16x2_t zz = (int16x2_t)(((uint32_t)(uint16_t)zx << 16) | (uint16_t)zx);
-    const int P4 = P / 4 * 4, hw = P4 / 2;
-    const uint32_t *h = q_dq16(xr + P, dq, Co, P);  /* NOTE [ Expanded dq rows ] */
-    /* per channel kq, sh after the dq rows: made once, not once per input-channel pair */
-    int32_t *fk = (int32_t *)(void *)((uint8_t *)(xr + P) + q_dq16_bytes(Co, P));
+    const int P4 = P / 4 * 4;
+    int32_t *fk = (int32_t *)(void *)(xr + P);  /* per channel kq, sh: made once */
     for (int oc = 0; oc < Co; oc++) {
         const q_step t = q_stepper(s, inv_w[oc], lr);
         fk[2 * oc] = t.kq; fk[2 * oc + 1] = t.sh;
@@ -1722,11 +2078,7 @@ static void q_mm1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, i
         for (int oc = 0; oc < Co; oc += 2) {
             const int c1 = oc + 1 < Co ? oc + 1 : oc;
             int32_t a[4];
-            if (h)
-                q_mmg2x2h(h + (size_t)oc * hw, h + (size_t)c1 * hw, dq + (size_t)oc * P,
-                          dq + (size_t)c1 * P, xr, P, a);
-            else
-                q_mmg2x2(dq + (size_t)oc * P, dq + (size_t)c1 * P, xr, P, a);
+            q_mmg2x2(dq + (size_t)oc * P, dq + (size_t)c1 * P, xr, P, a);
             const q_step s0 = {s, inv_w[oc], lr, fk[2 * oc], fk[2 * oc + 1]};
             const q_step s1 = {s, inv_w[c1], lr, fk[2 * c1], fk[2 * c1 + 1]};
             q_wstep(&w[(size_t)oc * Ci + ic], a[0], s0);
@@ -1737,6 +2089,22 @@ static void q_mm1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, i
             }
         }
     }
+}
+static __attribute__((noinline, noclone)) int q_mm1_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, int8_t *w,
+                        int32_t *b, const ET_REAL *inv_w, const ET_REAL *inv_b, ET_REAL lr,
+                        uint32_t *xr, int Ci, int Co, int P) {
+    if (q_mmg_fits(Co, P)) {
+        q_mmg_ctx c;
+        q_mmg_setup(&c, xr, dq, zx, w, Ci, Co, 1, P, 1, 0, b, inv_w, inv_b, s, lr);
+        for (int ic = 0; ic < Ci; ic += 2) {
+            const int i1 = ic + 1 < Ci ? ic + 1 : ic;  /* an odd last channel: summed twice */
+            q_mmg_gather(&c, x + (size_t)ic * P, x + (size_t)i1 * P);
+            q_mmg_ocs(&c, ic, i1);
+        }
+        return 1;
+    }
+    q_mm1_update_flat(dq, s, x, zx, w, inv_w, lr, xr, Ci, Co, P);
+    return 0;
 }
 #endif
 /* 1x1 conv: GW[oc][ic] = sum_(n, q) dq[oc][q] x[ic][q] - zx sum dq[oc] (2 x 2 tiles of
@@ -2247,18 +2615,23 @@ static void qconv_update(const int8_t *dq, ET_REAL s, const int8_t *x, int zx, i
     if (s == 0) return;  /* every gradient is 0: the step leaves every weight as it is */
     const int k1 = K == 1 && st == 1 && p == 0 && G == 1;
     const int k3 = K == 3 && (st == 1 || st == 2) && pad;
-    int mm = 0;  /* NOTE [ int8 mat-mult weight gradient ] */
+    int mm = 0, done_b = 0;  /* NOTE [ int8 mat-mult weight gradient ] */
 #if ET_DSP
     mm = k3 && G == 1 && B == 1;
-    if (mm) q_mm_update(dq, s, x, zx, w, inv_w, lr, pad, Ci, H, W, Co, Ho, Wo, st, p);
+    if (mm)
+        done_b = q_mm_update(dq, s, x, zx, w, b, inv_w, inv_b, lr, pad, Ci, H, W, Co, Ho, Wo,
+                             st, p);
 #endif
     int mm1 = 0;
 #if ET_DSP
     mm1 = k1 && B == 1 && pad;
-    if (mm1) q_mm1_update(dq, s, x, zx, w, inv_w, lr, (uint32_t *)(void *)pad, Ci, Co, H * W);
+    if (mm1)
+        done_b = q_mm1_update(dq, s, x, zx, w, b, inv_w, inv_b, lr, (uint32_t *)(void *)pad,
+                              Ci, Co, H * W);
 #endif
     if (k1 && !mm1) q1_update(dq, s, x, zx, w, inv_w, lr, B, Ci, Co, H * W);
     if (k3 && !mm) q3_update(dq, s, x, zx, w, inv_w, lr, B, Ci, H, W, Co, Ho, Wo, st, p, G, pad);
+    if (done_b) return;  /* the mat-mult paths' dq pass stepped the biases */
     for (int oc = 0; oc < Co; oc++) {
         const int g = oc / cog;
         if (!k1 && !k3) for (int ic = 0; ic < cig; ic++)
