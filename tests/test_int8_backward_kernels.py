@@ -45,8 +45,18 @@ LINEARS = [(1, 37, 5), (2, 32, 10), (1, 784, 3)]  # (B, I, O)
 # qacc_quant (B, C, P, dy from a global average pool): P with and without a remainder of 4
 QACC = [(1, 3, 7, False), (2, 2, 49, False), (1, 2, 8, False), (1, 3, 9, True), (2, 2, 8, True)]
 # qacc_quant on an integer dx (NOTE [ Integer dx ]) (B, C, P, T): dx_int = T k, ds = 1 / (16 T),
-# so dq = dx_int / T: T = 8 and 1024 take the fixed-point path, T = 2 the float one (k >= 1/4)
-QACC_INT = [(1, 3, 7, 8), (2, 2, 49, 1024), (1, 2, 9, 2), (1, 8, 196, 8)]
+# so dq = dx_int / T: T = 8 and 1024 take the fixed-point path (SMMULR: NOTE [ Rounded dq by
+# SMMULR ]), T = 2 the float one (k >= 1/4); T = 2^20 with M = 0.3 (k's low bits set) SMMLA and
+# a shift; T = 1024 and 2^20 put unclamped |dx_int| over int16 (NOTE [ Masked largest |dx_int|
+# in 16-bit lanes ]), T = 8 only clamped ones
+QACC_INT = [
+    (1, 3, 7, 8, 1.0),
+    (2, 2, 49, 1024, 1.0),
+    (1, 2, 9, 2, 1.0),
+    (1, 8, 196, 8, 1.0),
+    (1, 3, 13, 1 << 20, 0.3),
+    (1, 2, 11, 16, 1.0),
+]
 
 
 def _ints(a) -> str:
@@ -242,8 +252,8 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
     }}""")
     for i, (b, c, p, pooled) in enumerate(QACC):
         blocks.append(_qacc_block(rng, i, b, c, p, pooled, want))
-    for i, (b, c, p, t) in enumerate(QACC_INT):
-        blocks.append(_qacc_int_block(rng, i, b, c, p, t, want))
+    for i, (b, c, p, t, m) in enumerate(QACC_INT):
+        blocks.append(_qacc_int_block(rng, i, b, c, p, t, m, want))
     return "".join(blocks), want
 
 
@@ -308,29 +318,32 @@ def _qacc_block(rng, i: int, b: int, c: int, p: int, pooled: bool, want: dict) -
     }}"""
 
 
-def _qacc_int_block(rng, i: int, b: int, c: int, p: int, t: int, want: dict) -> str:
-    """qacc_quant on an integer dx of T k where not clamped (|k| <= 127, one 127) and of large
-    values where clamped, with ds = 1 / (16 T): s_g = 1 / 16 and dq = k exactly, no ties."""
+def _qacc_int_block(rng, i: int, b: int, c: int, p: int, t: int, m: float, want: dict) -> str:
+    """qacc_quant on an integer dx of T k where not clamped (|k| <= 127, one of 127) and of large
+    values where clamped, with ds = 1 / (16 T) and M = m in every channel: s_g = m / 16 and dq
+    = k (exactly, or off by a float rounding far from a tie)."""
     mask = (rng.random((b, c, p)) < 0.8).astype(np.int64)
-    k = rng.integers(-127, 128, (b, c, p))
-    k.reshape(-1)[0] = -127 if i % 2 else 127
-    mask[0, 0, 0] = 1
+    k = rng.integers(-126, 127, (b, c, p))
+    j = (1, 0, 3, 2, 5, 4)[i % 6]  # one extreme: either lane, either sign (NOTE [ Masked ... ])
+    k.reshape(-1)[j] = (1, 1, -1, -1, 1, 1)[i % 6] * 127
+    mask.reshape(-1)[j] = 1
     want[f"qid{i}"] = k * mask
-    want[f"qis{i}"] = [127 * t]  # s_g 127 16 T: the largest |dx_int| itself
-    big = rng.choice([-1, 1], k.shape) * rng.integers(200, 5000, k.shape)
+    tt = min(t, 1024)  # s_g 127 16 T / m: the largest |dx_int| itself (to T = 1024: int32)
+    want[f"qis{i}"] = [127 * tt]
+    big = rng.choice([-1, 1], k.shape) * rng.integers(200, 5000 if t < 4096 else 2000, k.shape)
     n = b * c * p
     return f"""
     {{
         static const int32_t v[] = {{{_ints(np.where(mask == 1, k, big) * t)}}};
         static ET_REAL dy[{n}];
         static uint8_t mask[] = {{{_ints(mask)}}};
-        static const ET_REAL M[] = {{{_reals(np.ones(c))}}};
+        static const ET_REAL M[] = {{{_reals(np.full(c, m))}}};
         static int32_t qi[{n}];
         for (int j = 0; j < {n}; j++) q_put(dy + j, v[j], 0, Q_DX_INT);
         const ET_REAL s = qacc_quant(dy, (ET_REAL)1 / {16 * t}, 0, mask, M, {b}, {c}, {p});
         for (int j = 0; j < {n}; j++) qi[j] = ((const int8_t *)mask)[j];
         et_i32("qid{i}", qi, 0, {n});
-        const int32_t sv = (int32_t)(s * {127 * 16 * t} + (ET_REAL)0.5);
+        const int32_t sv = (int32_t)(s / {m!r} * {127 * 16 * tt} + (ET_REAL)0.5);
         et_i32("qis{i}", &sv, 0, 1);
     }}"""
 

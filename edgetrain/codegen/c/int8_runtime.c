@@ -1020,6 +1020,84 @@ static __attribute__((noinline)) float qacc_quant_f(const float *dy, const qgap_
    rounds half up where the float path rounds ties to even), the float path where k >= 1/4. */
 Q_AI int32_t q_dxi(const ET_REAL *p) { int32_t v; memcpy(&v, p, 4); return v; }
 #if ET_DSP
+/* NOTE [ Masked largest |dx_int| in 16-bit lanes ]
+   The largest |a| over the unclamped elements of a channel: each a saturated to int16 (SSAT),
+   two such packed per word by PKHBT (elements 0, 2 and 1, 3 of a group of 4, the lanes the
+   mask bytes' SXTB16 / SXTB16 ROR 8 give), the clamped elements' lanes zeroed by AND, and the
+   lanes' largest and smallest kept by SSUB16 + SEL (2 instructions per 2 elements each).
+   Exact: a saturated lane holds 32767 or -32768, so where neither extreme is reached no
+   unclamped element was saturated and the answer is max(largest, -smallest); otherwise the
+   channel is redone on the int32s by the key 2|a| - (a < 0) = (a << 1) ^ (a >> 31) (two
+   instructions, exact for any int32 a: the largest key gives the largest |a| = (key >> 1) +
+   (key & 1)). Zeroed lanes add 0, which never exceeds the answer. */
+/* the next two int32 at *p by one LDRD, *p advanced by 2 (GCC splits a 64-bit load whose halves
+   are used apart into two LDRs, or adds the offset first) */
+Q_AI void q_ldrd2(const int32_t **p, int32_t *a, int32_t *b) {
+    __asm__("ldrd %0, %1, [%2], #8"
+            : "=r"(*a), "=r"(*b), "+r"(*p)
+            : "m"(*(const int32_t(*)[2]) * p));
+}
+static uint32_t q_amax_i(const int32_t *v, const uint8_t *m, int P) {
+    const int P4 = P / 4 * 4;
+    uint32_t hi = 0, lo = 0;  /* the lanes' largest and smallest (int16 pairs) */
+    int p = 0;
+    const int32_t *q = v;
+#pragma GCC unroll 2
+    for (; p < P4; p += 4) {
+        const uint32_t mb = q_mk4(m + p) * 0xFFu;  /* 0 / 1 bytes -> 0x00 / 0xFF */
+        int32_t a0, a1, a2, a3;
+        q_ldrd2(&q, &a0, &a1);
+        q_ldrd2(&q, &a2, &a3);
+        const uint32_t e = (uint32_t)q_pkhbt(__ssat(a0, 16), __ssat(a2, 16))
+                           & (uint32_t)__sxtb16(mb);
+        const uint32_t o = (uint32_t)q_pkhbt(__ssat(a1, 16), __ssat(a3, 16))
+                           & (uint32_t)q_sxtb16r8(mb);
+        __ssub16((int16x2_t)e, (int16x2_t)hi); hi = __sel(e, hi);
+        __ssub16((int16x2_t)lo, (int16x2_t)e); lo = __sel(e, lo);
+        __ssub16((int16x2_t)o, (int16x2_t)hi); hi = __sel(o, hi);
+        __ssub16((int16x2_t)lo, (int16x2_t)o); lo = __sel(o, lo);
+    }
+    const int32_t h0 = (int16_t)hi, h1 = (int32_t)hi >> 16, l0 = (int16_t)lo, l1 = (int32_t)lo >> 16;
+    int32_t h = h0 > h1 ? h0 : h1, l = l0 < l1 ? l0 : l1;
+    uint32_t mb = (uint32_t)(h > -l ? h : -l) << 1;  /* as a key */
+    if (h == 32767 || l == -32768) { mb = 0; p = 0; }  /* maybe saturated: all on the int32s */
+    for (; p < P; p++) {
+        const int32_t a = v[p];
+        const uint32_t u = (((uint32_t)a << 1) ^ (uint32_t)(a >> 31)) & -(uint32_t)m[p];
+        mb = u > mb ? u : mb;
+    }
+    return (mb >> 1) + (mb & 1);
+}
+/* NOTE [ Rounded dq by SMMULR ]
+   dq = round_half_up(a k) with k = m0 2^-nn (m0: k's 24 significant bits shifted left by 7, nn
+   in 33..62) is (a m0 + 2^(nn - 1)) >> nn = SMMLA(a, m0, 2^(nn - 33)) >> (nn - 32) (NOTE [ SMMLA
+   rounding ]). Where m0's low nn - 32 bits are 0 (always for nn <= 39), m0' = m0 >> (nn - 32)
+   gives (a m0' + 2^31) >> 32, the same integer (a m0 = a m0' 2^(nn - 32) exactly), which
+   SMMULR computes in one instruction (no shift). */
+Q_AI int32_t q_smmulr(int32_t a, int32_t b) {
+    int32_t t;
+    __asm__("smmulr %0, %1, %2" : "=r"(t) : "r"(a), "r"(b));
+    return t;
+}
+/* one channel's dq by SMMULR (NOTE [ Rounded dq by SMMULR ]), 4 at a time packed by BFI */
+static void q_dq_mulr(const int32_t *v, uint8_t *mask, int32_t m, int P) {
+    const int P4 = P / 4 * 4;
+    int p = 0;
+    const int32_t *q = v;
+    for (; p < P4; p += 4) {
+        uint32_t m4 = q_mk4(mask + p);
+        int32_t a0, a1, a2, a3;
+        q_ldrd2(&q, &a0, &a1);
+        q_ldrd2(&q, &a2, &a3);
+        uint32_t pk = (uint32_t)q_smmulr(a0, m);
+        __asm__("bfi %0, %1, #8, #8\n\tbfi %0, %2, #16, #8\n\tbfi %0, %3, #24, #8"
+                : "+r"(pk)
+                : "r"(q_smmulr(a1, m)), "r"(q_smmulr(a2, m)), "r"(q_smmulr(a3, m)));
+        m4 = pk & (m4 * 0xFFu);
+        memcpy(mask + p, &m4, 4);
+    }
+    for (; p < P; p++) mask[p] = (uint8_t)(q_smmulr(v[p], m) & -(int32_t)mask[p]);
+}
 static __attribute__((noinline)) float qacc_quant_i(const float *dy, float ds, uint8_t *mask,
                                                     const float *M, int B, int C, int P) {
     const int P4 = P / 4 * 4;
@@ -1027,27 +1105,7 @@ static __attribute__((noinline)) float qacc_quant_i(const float *dy, float ds, u
     for (int n = 0; n < B; n++)
     for (int c = 0; c < C; c++) {
         const size_t o = ((size_t)n * C + c) * P;
-        const int32_t *v = (const int32_t *)(const void *)(dy + o);
-        /* the largest key 2|a| - (a < 0) = (a << 1) ^ (a >> 31) (two instructions, exact
-           for any int32 a) gives the largest |a| = (key >> 1) + (key & 1) */
-        uint32_t mb = 0;
-        int p = 0;
-        for (; p < P4; p += 4) {
-            const uint32_t m4 = q_mk4(mask + o + p);
-            for (int j = 0; j < 4; j++) {
-                const int32_t a = v[p + j];
-                const uint32_t u = (((uint32_t)a << 1) ^ (uint32_t)(a >> 31))
-                                   & (uint32_t)((int32_t)(m4 << (31 - 8 * j)) >> 31);
-                mb = u > mb ? u : mb;
-            }
-        }
-        for (; p < P; p++) {
-            const int32_t a = v[p];
-            const uint32_t u =
-                (((uint32_t)a << 1) ^ (uint32_t)(a >> 31)) & -(uint32_t)mask[o + p];
-            mb = u > mb ? u : mb;
-        }
-        mb = (mb >> 1) + (mb & 1);
+        const uint32_t mb = q_amax_i((const int32_t *)(const void *)(dy + o), mask + o, P);
         const float a = (float)mb * ds * (float)M[c];
         if (a > mx) mx = a;
     }
@@ -1066,6 +1124,10 @@ static __attribute__((noinline)) float qacc_quant_i(const float *dy, float ds, u
         int p = 0;
         if (E != 0 && nn >= 33 && nn <= 62) {
             const int32_t rr = (int32_t)1 << (nn - 33), sh = nn - 32;
+            if ((m0 & (((int32_t)1 << sh) - 1)) == 0) {
+                q_dq_mulr(v, mask + o, m0 >> sh, P);
+                continue;
+            }
             for (; p < P4; p += 4) {
                 uint32_t m4 = q_mk4(mask + o + p);
                 uint32_t pk = (uint32_t)(q_smmla(v[p], m0, rr) >> sh);
