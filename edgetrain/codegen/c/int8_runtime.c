@@ -1886,41 +1886,95 @@ Q_AI size_t q_dw_bi_bytes(int H, int W) {
    the row of sums, their weights and dq as 16-bit pairs (channels oc, oc + 1): three SMLADs
    per pair and output column for 6 MACs, and each sum loaded and stored once per pass.
    A one-group conv with Co >= 4 given the op's backward scratch (`input_grad_scratch_bytes`,
-   NOTE [ int8 SRAM of the C trainer ]) first writes one sample's dq there as words of four
-   channels, dq[4j..4j+3][q], and per input channel its weights as the 16-bit pairs (oc,
-   oc + 2), (oc + 1, oc + 3) that SXTB16 / SXTB16 ROR 8 of such a word meet: then one output
-   column of four channels is one LDR, two SXTB16, one LDRD / STRD of the two sums and 6
-   SMLADs (q3_bi_col4, written out; w2 x the previous column is carried in a register), 12
-   instructions for 24 MACs. The integer sums are the same. */
+   NOTE [ int8 SRAM of the C trainer ]) first writes one sample's dq there unpacked, per group
+   of four channels and pixel the 16-bit pairs (dq[oc][q], dq[oc+2][q]), (dq[oc+1][q],
+   dq[oc+3][q]) (2 words), and per input channel its weights as the same pairs: then one
+   output column of four channels (12 MACs) is one LDRD of dq, 6 SMLADs, and one LDRD / STRD
+   of the sums (q3_bi_col4, written out): the even column's sum is carried in a register from
+   the column before (which added w2 x its dq to it), so the LDRD reads the odd column and the
+   next even one and the STRD writes this even and odd pair, 9 instructions. The integer sums
+   are the same. */
 /* 3x3 conv input gradient, one input row at a time: the output rows whose taps land on it
    scatter W x dq into a row of int32 sums (on the stack, Q_ROWMAX + 4 wide), then dx = s_g x sum.
    Wider rows take the generic path. */
 #define Q_ROWMAX 64
 #if ET_DSP
-/* one output column of four channels (dq[q][oc..oc+3] at d) into the even / odd input columns
-   rr[0], rr[1] (rr += 2); *c: w2 x the previous column, added here, and this column's (one
-   statement: the compiler's schedule of it spilled the weights) */
+/* one output column of four channels into the even / odd input columns rr[0], rr[1] (rr += 2):
+   dq[oc..oc+3][q] as the unpacked pairs (oc, oc + 2), (oc + 1, oc + 3) at d (d += 2); *c: the
+   even column's sum so far (rr[0] plus w2 x the previous column), carried in a register; on
+   return the next even column's (rr[2] plus w2 x this column). One statement: the compiler's
+   schedule of it spilled the weights. */
 Q_AI void q3_bi_col4(const uint32_t **d, int32_t **rr, int32_t *c, int16x2_t A0, int16x2_t A1,
                      int16x2_t A2, int16x2_t B0, int16x2_t B1, int16x2_t B2) {
-    uint32_t F, G, x, y;
+    uint32_t F, G;
+    int32_t y, n;
     __asm__ volatile(
-        "ldr %[F], [%[d]], #4\n\t"
-        "sxtb16 %[G], %[F], ror #8\n\t"
-        "sxtb16 %[F], %[F]\n\t"
-        "ldrd %[x], %[y], [%[rr]]\n\t"
-        "add %[x], %[x], %[c]\n\t"
-        "smlad %[x], %[A0], %[F], %[x]\n\t"
-        "smlad %[x], %[B0], %[G], %[x]\n\t"
+        "ldrd %[F], %[G], [%[d]], #8\n\t"
+        "ldrd %[y], %[n], [%[rr], #4]\n\t"
+        "smlad %[c], %[A0], %[F], %[c]\n\t"
+        "smlad %[c], %[B0], %[G], %[c]\n\t"
         "smlad %[y], %[A1], %[F], %[y]\n\t"
         "smlad %[y], %[B1], %[G], %[y]\n\t"
-        "strd %[x], %[y], [%[rr]], #8\n\t"
-        "smuad %[c], %[A2], %[F]\n\t"
-        "smlad %[c], %[B2], %[G], %[c]\n\t"
-        : [F] "=&r"(F), [G] "=&r"(G), [x] "=&r"(x), [y] "=&r"(y), [rr] "+&r"(*rr), [c] "+&r"(*c),
-          [d] "+&r"(*d)
+        "strd %[c], %[y], [%[rr]], #8\n\t"
+        "smlad %[n], %[A2], %[F], %[n]\n\t"
+        "smlad %[n], %[B2], %[G], %[n]\n\t"
+        : [F] "=&r"(F), [G] "=&r"(G), [y] "=&r"(y), [n] "=&r"(n), [rr] "+&r"(*rr),
+          [c] "+&r"(*c), [d] "+&r"(*d)
         : [A0] "r"(A0), [A1] "r"(A1), [A2] "r"(A2), [B0] "r"(B0), [B1] "r"(B1),
           [B2] "r"(B2)
         : "memory");
+    *c = n;
+}
+/* two columns, the carried sum alternating between two registers (no moves) */
+Q_AI void q3_bi_col4x2(const uint32_t **d, int32_t **rr, int32_t *c, int16x2_t A0, int16x2_t A1,
+                       int16x2_t A2, int16x2_t B0, int16x2_t B1, int16x2_t B2) {
+    uint32_t F, G;
+    int32_t y, n;
+    __asm__ volatile(
+        "ldrd %[F], %[G], [%[d]], #8\n\t"
+        "ldrd %[y], %[n], [%[rr], #4]\n\t"
+        "smlad %[c], %[A0], %[F], %[c]\n\t"
+        "smlad %[c], %[B0], %[G], %[c]\n\t"
+        "smlad %[y], %[A1], %[F], %[y]\n\t"
+        "smlad %[y], %[B1], %[G], %[y]\n\t"
+        "strd %[c], %[y], [%[rr]], #8\n\t"
+        "smlad %[n], %[A2], %[F], %[n]\n\t"
+        "smlad %[n], %[B2], %[G], %[n]\n\t"
+        "ldrd %[F], %[G], [%[d]], #8\n\t"
+        "ldrd %[y], %[c], [%[rr], #4]\n\t"
+        "smlad %[n], %[A0], %[F], %[n]\n\t"
+        "smlad %[n], %[B0], %[G], %[n]\n\t"
+        "smlad %[y], %[A1], %[F], %[y]\n\t"
+        "smlad %[y], %[B1], %[G], %[y]\n\t"
+        "strd %[n], %[y], [%[rr]], #8\n\t"
+        "smlad %[c], %[A2], %[F], %[c]\n\t"
+        "smlad %[c], %[B2], %[G], %[c]\n\t"
+        : [F] "=&r"(F), [G] "=&r"(G), [y] "=&r"(y), [n] "=&r"(n), [rr] "+&r"(*rr),
+          [c] "+&r"(*c), [d] "+&r"(*d)
+        : [A0] "r"(A0), [A1] "r"(A1), [A2] "r"(A2), [B0] "r"(B0), [B1] "r"(B1),
+          [B2] "r"(B2)
+        : "memory");
+}
+/* one sample's dq as the pairs of NOTE [ Paired stride-2 3x3 input gradient ]: for each group of
+   four channels j and pixel q, (dq[4j][q], dq[4j+2][q]) then (dq[4j+1][q], dq[4j+3][q]); two
+   pixels per halfword load of each row */
+static void q3_bi_unpack(uint32_t *o, const int8_t *dq, int Co, int P) {
+    for (int j = 0; j < Co / 4; j++, o += 2 * (size_t)P) {
+        const int8_t *a = dq + (size_t)4 * j * P, *b = a + P, *c = b + P, *d = c + P;
+        int q = 0;
+        for (; q + 2 <= P; q += 2) {
+            uint16_t ha, hb, hc, hd;
+            memcpy(&ha, a + q, 2); memcpy(&hb, b + q, 2);
+            memcpy(&hc, c + q, 2); memcpy(&hd, d + q, 2);
+            const uint32_t ac = ha | (uint32_t)hc << 16, bd = hb | (uint32_t)hd << 16;
+            o[2 * q] = (uint32_t)__sxtb16(ac); o[2 * q + 1] = (uint32_t)__sxtb16(bd);
+            o[2 * q + 2] = (uint32_t)q_sxtb16r8(ac); o[2 * q + 3] = (uint32_t)q_sxtb16r8(bd);
+        }
+        if (q < P) {
+            o[2 * q] = q_pack2(a[q], c[q]);
+            o[2 * q + 1] = q_pack2(b[q], d[q]);
+        }
+    }
 }
 #endif
 static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx, int acc,
@@ -1955,18 +2009,12 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
 #endif
     for (int n = 0; n < B; n++)
     for (int ci = 0; ci < Ci; ci++) {
-        if (dT && ci == 0)  /* dq[n] as words dq[4j..4j+3][q] (NOTE [ Paired stride-2 3x3 input
-                               gradient ]; the last Co mod 4 channels are not used) */
-            for (int j = 0; j < Co / 4; j++) {
-                const size_t P = (size_t)Ho * Wo;
-                const uint8_t *s0 = (const uint8_t *)dq + ((size_t)n * Co + 4 * j) * P;
-                uint32_t *o = (uint32_t *)(void *)dT + j * P;
-                for (size_t q = 0; q < P; q++)
-                    o[q] = s0[q] | (uint32_t)s0[P + q] << 8 | (uint32_t)s0[2 * P + q] << 16 |
-                           (uint32_t)s0[3 * P + q] << 24;
-            }
+#if ET_DSP
+        if (dT && ci == 0)  /* dq[n] unpacked (the last Co mod 4 channels are not used) */
+            q3_bi_unpack((uint32_t *)(void *)dT, dq + (size_t)n * Co * Ho * Wo, Co, Ho * Wo);
+#endif
         const int g = ci / cig, ic = ci % cig;
-        uint32_t *wpk = dT ? (uint32_t *)(void *)dT + (size_t)(Co / 4) * Ho * Wo : 0;
+        uint32_t *wpk = dT ? (uint32_t *)(void *)dT + (size_t)(Co / 4) * 2 * Ho * Wo : 0;
         if (wpk)  /* this input channel's weights as the passes' 16-bit pairs, once */
             for (int kh = 0; kh < 3; kh++)
                 for (int j = 0; j < Co / 4; j++) {
@@ -1994,20 +2042,23 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
                 if (oh >= Ho) continue;
                 int oc = g * cog;
 #if ET_DSP
-                if (dT)  /* four output channels per pass from dq as [oh][ow][oc] */
-                    for (; oc + 4 <= Co; oc += 4) {
-                        const uint32_t *wk = wpk + ((size_t)kh * (Co / 4) + oc / 4) * 6;
+                if (dT) {  /* four output channels per pass from the unpacked dq */
+                    const uint32_t *wk = wpk + (size_t)kh * (Co / 4) * 6;
+                    const uint32_t *dk = (const uint32_t *)(void *)dT + (size_t)oh * Wo * 2;
+                    for (; oc + 4 <= Co; oc += 4, wk += 6, dk += (size_t)2 * Ho * Wo) {
                         const int16x2_t A0 = (int16x2_t)wk[0], A1 = (int16x2_t)wk[1];
                         const int16x2_t A2 = (int16x2_t)wk[2], B0 = (int16x2_t)wk[3];
                         const int16x2_t B1 = (int16x2_t)wk[4], B2 = (int16x2_t)wk[5];
-                        const uint32_t *d0 =
-                            (const uint32_t *)(void *)dT + (size_t)(oc / 4) * Ho * Wo + oh * Wo;
+                        const uint32_t *d0 = dk;
                         int32_t *rr = r - p;
-                        int32_t c = 0;  /* w2 x the previous column's dq, for this even column */
-                        for (int ow = 0; ow < Wo; ow++)
-                            q3_bi_col4(&d0, &rr, &c, A0, A1, A2, B0, B1, B2);
-                        rr[0] += c;
+                        int32_t c = rr[0];  /* the even column's sum, carried */
+                        int ow = 0;
+                        for (; ow + 2 <= Wo; ow += 2)
+                            q3_bi_col4x2(&d0, &rr, &c, A0, A1, A2, B0, B1, B2);
+                        if (ow < Wo) q3_bi_col4(&d0, &rr, &c, A0, A1, A2, B0, B1, B2);
+                        rr[0] = c;
                     }
+                }
                 if (st == 2)  /* four, then two output channels per pass (NOTE [ Paired
                                  stride-2 3x3 input gradient ]) */
                     for (; oc + 4 <= (g + 1) * cog; oc += 4) {
