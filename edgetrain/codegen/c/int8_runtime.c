@@ -1702,24 +1702,46 @@ Q_AI void q1_bi_tile(const int8_t *dn, const int8_t *w, int Ci, int Co, int P, i
    output-channel pair two halfword loads of dq rows oc and oc + 1 give (dq[oc][q],
    dq[oc+1][q]) and (dq[oc][q+1], dq[oc+1][q+1]) by SXTB16 and SXTB16 ROR 8; 4 SMLAD sum the
    2 x 2 tile. An odd P ends with the pair (P - 2, P - 1), stored at P - 1 only. At batch 1,
-   where 2 Co P bytes <= Q_DQ16_MAX (NOTE [ Expanded dq rows ]), those dq pairs are unpacked
-   once into the scratch after `wp` (not once per input-channel pair). Same exact int32 sums
-   as the portable loop. */
+   where 2 Co P2 bytes <= Q_DQ16_MAX (P2: P rounded up to even; NOTE [ Expanded dq rows ]),
+   those dq pairs are unpacked once into the scratch after `wp` (not once per input-channel
+   pair), pixel pair by pixel pair (an odd P's last pair padded with 0): then a tile reads
+   the weight pairs and its dq pairs in order, one LDRD each per output-channel pair
+   (q1_bi_step), 6 instructions for 8 MACs. Same exact int32 sums as the portable loop. */
+/* one output-channel pair of the 2 x 2 tile: the weight pairs (input channels ic, ic + 1) and
+   the dq pairs (pixels q, q + 1) by one LDRD each, both pointers advanced (GCC loads them one
+   word at a time, some twice, once the loop is unrolled) */
+Q_AI void q1_bi_step(const uint32_t **eq, const uint32_t **wq, int32_t *t) {
+    uint32_t W0, W1, E0, E1;
+    __asm__("ldrd %[W0], %[W1], [%[wq]], #8\n\t"
+            "ldrd %[E0], %[E1], [%[eq]], #8\n\t"
+            "smlad %[t0], %[W0], %[E0], %[t0]\n\t"
+            "smlad %[t1], %[W0], %[E1], %[t1]\n\t"
+            "smlad %[t2], %[W1], %[E0], %[t2]\n\t"
+            "smlad %[t3], %[W1], %[E1], %[t3]"
+            : [W0] "=&r"(W0), [W1] "=&r"(W1), [E0] "=&r"(E0), [E1] "=&r"(E1),
+              [wq] "+r"(*wq), [eq] "+r"(*eq), [t0] "+r"(t[0]), [t1] "+r"(t[1]),
+              [t2] "+r"(t[2]), [t3] "+r"(t[3])
+            : "m"(**wq), "m"(**eq));
+}
 static void q1_bwd_input_mm(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx,
                             int acc, int B, int Ci, int Co, int P, uint32_t *wp) {
-    if (B == 1 && (size_t)2 * Co * P <= Q_DQ16_MAX) {  /* dq pairs unpacked once */
-        uint32_t *e = wp + Co;  /* e[(oc / 2) P + q] = (dq[oc][q], dq[oc + 1][q]) */
+    const int P2 = P + P % 2;
+    if (B == 1 && (size_t)2 * Co * P2 <= Q_DQ16_MAX) {  /* dq pairs unpacked once */
+        /* e[(q / 2) Co + oc + q % 2] = (dq[oc][q], dq[oc + 1][q]); an odd P's last pair ends
+           with 0 */
+        uint32_t *e = wp + Co;
         for (int oc = 0; oc < Co; oc += 2) {
             const int8_t *d = dq + (size_t)oc * P;
-            uint32_t *o = e + (size_t)oc / 2 * P;
-            for (int q = 0; q < P; q += 2) {
-                const int qq = q + 2 <= P ? q : P - 2;
+            uint32_t *o = e + oc;
+            int q = 0;
+            for (; q + 2 <= P; q += 2, o += Co) {
                 uint16_t a, b;
-                memcpy(&a, d + qq, 2);
-                memcpy(&b, d + P + qq, 2);
+                memcpy(&a, d + q, 2);
+                memcpy(&b, d + P + q, 2);
                 const uint32_t v = a | (uint32_t)b << 16;
-                o[qq] = (uint32_t)__sxtb16(v); o[qq + 1] = (uint32_t)q_sxtb16r8(v);
+                o[0] = (uint32_t)__sxtb16(v); o[1] = (uint32_t)q_sxtb16r8(v);
             }
+            if (q < P) { o[0] = q_pack2(d[q], d[P + q]); o[1] = 0; }
         }
         for (int ic = 0; ic < Ci; ic += 2) {
             for (int oc = 0; oc < Co; oc += 2) {
@@ -1731,19 +1753,16 @@ static void q1_bwd_input_mm(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REA
                 wp[oc + 1] = (uint32_t)q_sxtb16r8(v);
             }
             ET_REAL *r0 = dx + (size_t)ic * P, *r1 = r0 + P;
-            for (int q = 0; q < P; q += 2) {
-                const int qq = q + 2 <= P ? q : P - 2;
-                int32_t t00 = 0, t01 = 0, t10 = 0, t11 = 0;
-                const uint32_t *eq = e + qq, *wq = wp, *we = wp + Co;
-                for (; wq < we; wq += 2, eq += P) {
-                    const int16x2_t E0 = (int16x2_t)eq[0], E1 = (int16x2_t)eq[1];
-                    const int16x2_t W0 = (int16x2_t)wq[0], W1 = (int16x2_t)wq[1];
-                    t00 = __smlad(W0, E0, t00); t01 = __smlad(W0, E1, t01);
-                    t10 = __smlad(W1, E0, t10); t11 = __smlad(W1, E1, t11);
-                }
-                if (qq == q) { q_put(r0 + q, t00, s, acc); q_put(r1 + q, t10, s, acc); }
-                q_put(r0 + qq + 1, t01, s, acc);
-                q_put(r1 + qq + 1, t11, s, acc);
+            const uint32_t *eq = e;
+            for (int q = 0; q < P; q += 2) {  /* eq walks the pixel pairs' rows in turn */
+                int32_t t[4] = {0, 0, 0, 0};
+                const uint32_t *wq = wp;
+#pragma GCC unroll 16
+                for (int k = 0; k < Co; k += 2) q1_bi_step(&eq, &wq, t);
+                const int32_t t00 = t[0], t01 = t[1], t10 = t[2], t11 = t[3];
+                q_put(r0 + q, t00, s, acc);
+                q_put(r1 + q, t10, s, acc);
+                if (q + 1 < P) { q_put(r0 + q + 1, t01, s, acc); q_put(r1 + q + 1, t11, s, acc); }
             }
         }
         return;
