@@ -19,7 +19,9 @@ from edgetrain.codegen._int8_kernels import int8_runtime_source
 # 5x5 (generic path), stride-2 3x3s whose input gradient reads dq as 4-channel words (batch 2
 # with 9 channels, odd sizes; no padding with 5 channels), a 1x1 whose dq rows and a 3x3 whose
 # weight rows are over the cap of NOTE [ Expanded dq rows ] (the others are under it), a
-# batch-1 1x1 with an even pixel count
+# batch-1 1x1 with an even pixel count, stride-2 3x3s with Co a multiple of 4 whose integer dx
+# is summed in the dx planes (NOTE [ Stride-2 input gradient in the dx planes ]: no padding at
+# batch 2; padding 1 at batch 2 with an odd width, the last column's w2 column past the row)
 CONVS = [
     (1, 3, 9, 11, 5, 3, 1, 1, 1),
     (1, 2, 14, 13, 4, 3, 2, 1, 1),
@@ -40,6 +42,8 @@ CONVS = [
     (1, 4, 16, 16, 10, 1, 1, 0, 1),
     (1, 16, 6, 6, 20, 3, 1, 1, 1),
     (1, 4, 4, 6, 6, 1, 1, 0, 1),
+    (2, 3, 9, 11, 8, 3, 2, 0, 1),
+    (2, 2, 7, 9, 4, 3, 2, 1, 1),
 ]
 LINEARS = [(1, 37, 5), (2, 32, 10), (1, 784, 3)]  # (B, I, O)
 # qacc_quant (B, C, P, dy from a global average pool): P with and without a remainder of 4

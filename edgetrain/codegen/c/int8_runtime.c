@@ -1057,7 +1057,8 @@ static uint32_t q_amax_i(const int32_t *v, const uint8_t *m, int P) {
         __ssub16((int16x2_t)o, (int16x2_t)hi); hi = __sel(o, hi);
         __ssub16((int16x2_t)lo, (int16x2_t)o); lo = __sel(o, lo);
     }
-    const int32_t h0 = (int16_t)hi, h1 = (int32_t)hi >> 16, l0 = (int16_t)lo, l1 = (int32_t)lo >> 16;
+    const int32_t h0 = (int16_t)hi, h1 = (int32_t)hi >> 16;
+    const int32_t l0 = (int16_t)lo, l1 = (int32_t)lo >> 16;
     int32_t h = h0 > h1 ? h0 : h1, l = l0 < l1 ? l0 : l1;
     uint32_t mb = (uint32_t)(h > -l ? h : -l) << 1;  /* as a key */
     if (h == 32767 || l == -32768) { mb = 0; p = 0; }  /* maybe saturated: all on the int32s */
@@ -1996,6 +1997,109 @@ static void q3_bi_unpack(uint32_t *o, const int8_t *dq, int Co, int P) {
     }
 }
 #endif
+#if ET_DSP
+/* input channel ic's weights as the passes' 16-bit pairs: per kernel row and group of four
+   output channels (oc, oc + 2) and (oc + 1, oc + 3), the lanes SXTB16 / SXTB16 ROR 8 of
+   dq[oc..oc+3] give */
+static void q3_bi_wpack(uint32_t *wpk, const int8_t *w, int cig, int Co, int ic) {
+    for (int kh = 0; kh < 3; kh++)
+        for (int j = 0; j < Co / 4; j++) {
+            const int8_t *k0 = w + (((size_t)4 * j * cig + ic) * 3 + kh) * 3;
+            const int8_t *k1 = k0 + (size_t)cig * 9, *k2 = k1 + (size_t)cig * 9;
+            const int8_t *k3 = k2 + (size_t)cig * 9;
+            uint32_t *o = wpk + ((size_t)kh * (Co / 4) + j) * 6;
+            for (int t = 0; t < 3; t++) {
+                o[t] = q_pack2(k0[t], k2[t]);
+                o[3 + t] = q_pack2(k1[t], k3[t]);
+            }
+        }
+}
+/* padding 1: the first output column has no even input column (it would be column -1): its
+   odd column 0 and the next even column 1 only; *rr moved to column 1, *c its sum */
+Q_AI void q3_bi_col4f(const uint32_t **d, int32_t **rr, int32_t *c, int16x2_t A1, int16x2_t A2,
+                      int16x2_t B1, int16x2_t B2) {
+    uint32_t F, G;
+    int32_t y;
+    __asm__ volatile(
+        "ldrd %[F], %[G], [%[d]], #8\n\t"
+        "ldrd %[y], %[c], [%[rr], #4]\n\t"
+        "smlad %[y], %[A1], %[F], %[y]\n\t"
+        "smlad %[y], %[B1], %[G], %[y]\n\t"
+        "str %[y], [%[rr], #4]\n\t"
+        "add %[rr], %[rr], #8\n\t"
+        "smlad %[c], %[A2], %[F], %[c]\n\t"
+        "smlad %[c], %[B2], %[G], %[c]\n\t"
+        : [F] "=&r"(F), [G] "=&r"(G), [y] "=&r"(y), [c] "=&r"(*c), [rr] "+&r"(*rr),
+          [d] "+&r"(*d)
+        : [A1] "r"(A1), [A2] "r"(A2), [B1] "r"(B1), [B2] "r"(B2)
+        : "memory");
+}
+/* the last output column where its w2 column is past the row: the even and odd columns only */
+Q_AI void q3_bi_col4l(const uint32_t **d, int32_t *rr, int32_t c, int16x2_t A0, int16x2_t A1,
+                      int16x2_t B0, int16x2_t B1) {
+    uint32_t F, G;
+    int32_t y;
+    __asm__ volatile(
+        "ldrd %[F], %[G], [%[d]], #8\n\t"
+        "ldr %[y], [%[rr], #4]\n\t"
+        "smlad %[c], %[A0], %[F], %[c]\n\t"
+        "smlad %[c], %[B0], %[G], %[c]\n\t"
+        "smlad %[y], %[A1], %[F], %[y]\n\t"
+        "smlad %[y], %[B1], %[G], %[y]\n\t"
+        "strd %[c], %[y], [%[rr]]\n\t"
+        : [F] "=&r"(F), [G] "=&r"(G), [y] "=&r"(y), [c] "+&r"(c), [d] "+&r"(*d)
+        : [rr] "r"(rr), [A0] "r"(A0), [A1] "r"(A1), [B0] "r"(B0), [B1] "r"(B1)
+        : "memory");
+}
+/* NOTE [ Stride-2 input gradient in the dx planes ]
+   Where the integer dx is stored as int32 (acc Q_DX_INT, 4-byte ET_REAL), Co is a multiple
+   of 4 and the padding at most 1, the passes of NOTE [ Paired stride-2 3x3 input gradient ]
+   add straight into input channel ci's dx plane (zeroed first) in place of a row of sums:
+   with no margin around a row, a pass with padding 1 starts with its first column's odd and
+   next even input columns (q3_bi_col4f; its even column would be column -1), and ends with
+   q3_bi_col4l where the last column's w2 column (2 Wo - p) is past the row. The loops run
+   per kernel row and group of four output channels, the weights loaded once for all the
+   output rows; no row copy. The same integer sums, added in another order. */
+static void q3_bi_planes(const int8_t *dq, const int8_t *w, int32_t *dxn, uint32_t *D, int Ci,
+                         int H, int W, int Co, int Ho, int Wo, int p) {
+    uint32_t *wpk = D + (size_t)(Co / 4) * 2 * Ho * Wo;
+    q3_bi_unpack(D, dq, Co, Ho * Wo);
+    const int tail = 2 * Wo - p > W - 1;  /* the last column's w2 column is past the row */
+    for (int ci = 0; ci < Ci; ci++) {
+        int32_t *pl = dxn + (size_t)ci * H * W;
+        int j = 0;
+        for (; j + 2 <= H * W; j += 2) {  /* two at a time: no call to memset */
+            uint64_t z = 0;
+            __asm__("" : "+r"(z));
+            memcpy(pl + j, &z, 8);
+        }
+        if (j < H * W) pl[j] = 0;
+        q3_bi_wpack(wpk, w, Ci, Co, ci);
+        const uint32_t *wk = wpk;
+        for (int kh = 0; kh < 3; kh++)
+            for (int g = 0; g < Co / 4; g++, wk += 6) {
+                const int16x2_t A0 = (int16x2_t)wk[0], A1 = (int16x2_t)wk[1];
+                const int16x2_t A2 = (int16x2_t)wk[2], B0 = (int16x2_t)wk[3];
+                const int16x2_t B1 = (int16x2_t)wk[4], B2 = (int16x2_t)wk[5];
+                const uint32_t *d0 = D + (size_t)g * 2 * Ho * Wo;
+                for (int oh = 0; oh < Ho; oh++) {
+                    const int ih = 2 * oh - p + kh;
+                    if (ih < 0 || ih >= H) { d0 += 2 * Wo; continue; }
+                    int32_t *rr = pl + (size_t)ih * W - p, c;
+                    int ow = 0;
+                    if (p) { q3_bi_col4f(&d0, &rr, &c, A1, A2, B1, B2); ow = 1; }
+                    else c = rr[0];
+                    const int end = Wo - tail;
+                    for (; ow + 2 <= end; ow += 2)
+                        q3_bi_col4x2(&d0, &rr, &c, A0, A1, A2, B0, B1, B2);
+                    if (ow < end) { q3_bi_col4(&d0, &rr, &c, A0, A1, A2, B0, B1, B2); ow++; }
+                    if (ow < Wo) q3_bi_col4l(&d0, rr, c, A0, A1, B0, B1);
+                    else rr[0] = c;
+                }
+            }
+    }
+}
+#endif
 static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx, int acc,
                          int8_t *dT, int B, int Ci, int H, int W, int Co, int Ho, int Wo, int st,
                          int p, int G) {
@@ -2020,6 +2124,14 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
                 q3_plane_fwd(sums, dT, W + 2, wr, H, W, 1, 0, 0);
                 for (int j = 0; j < H * W; j++) q_put(dc + j, sums[j], s, acc);
             }
+        return;
+    }
+    if (dT && st == 2 && G == 1 && Co % 4 == 0 && p <= 1 && acc == Q_DX_INT &&
+        sizeof(ET_REAL) == 4) {  /* NOTE [ Stride-2 input gradient in the dx planes ] */
+        for (int n = 0; n < B; n++)
+            q3_bi_planes(dq + (size_t)n * Co * Ho * Wo, w,
+                         (int32_t *)(void *)dx + (size_t)n * Ci * H * W, (uint32_t *)(void *)dT,
+                         Ci, H, W, Co, Ho, Wo, p);
         return;
     }
     if (st != 2 || G != 1 || Co < 4) dT = 0;
