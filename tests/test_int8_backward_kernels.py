@@ -21,7 +21,8 @@ from edgetrain.codegen._int8_kernels import int8_runtime_source
 # weight rows are over the cap of NOTE [ Expanded dq rows ] (the others are under it), a
 # batch-1 1x1 with an even pixel count, stride-2 3x3s with Co a multiple of 4 whose integer dx
 # is summed in the dx planes (NOTE [ Stride-2 input gradient in the dx planes ]: no padding at
-# batch 2; padding 1 at batch 2 with an odd width, the last column's w2 column past the row)
+# batch 2; padding 1 at batch 2 with an odd width, the last column's w2 column past the row),
+# batch-1 1x1s with 3 and 2 pixels past the last 4 (NOTE [ Paired 1x1 input gradient ])
 CONVS = [
     (1, 3, 9, 11, 5, 3, 1, 1, 1),
     (1, 2, 14, 13, 4, 3, 2, 1, 1),
@@ -44,6 +45,8 @@ CONVS = [
     (1, 4, 4, 6, 6, 1, 1, 0, 1),
     (2, 3, 9, 11, 8, 3, 2, 0, 1),
     (2, 2, 7, 9, 4, 3, 2, 1, 1),
+    (1, 4, 3, 5, 6, 1, 1, 0, 1),
+    (1, 2, 2, 7, 4, 1, 1, 0, 1),
 ]
 LINEARS = [(1, 37, 5), (2, 32, 10), (1, 784, 3)]  # (B, I, O)
 # qacc_quant (B, C, P, dy from a global average pool): P with and without a remainder of 4

@@ -634,8 +634,8 @@ def dq16_bytes(co: int, hw: int) -> int:
 def input_grad_scratch_bytes(op, out_shape) -> int:
     """The input-gradient scratch of a one-group conv: for a 1x1 (stride 1, no padding) its
     weights as 16-bit output-channel pairs for one input-channel pair, 4 Co bytes, then dq as
-    16-bit output-channel pairs, 2 Co (Ho Wo rounded up to even) bytes where that is at most
-    DQ16_MAX_BYTES (NOTE [ Paired 1x1 input gradient ], int8_runtime.c); for a 3x3 at stride
+    16-bit output-channel pairs, 2 Co (Ho Wo rounded up to a multiple of 4) bytes where that
+    is at most DQ16_MAX_BYTES (NOTE [ Paired 1x1 input gradient ], int8_runtime.c); for a 3x3 at stride
     2 with Co >= 4 one sample's dq as 16-bit pairs of 4 channels, 8 (Co // 4) Ho Wo bytes,
     then one input channel's weights as 16-bit pairs, 72 (Co // 4) bytes (NOTE [ Paired
     stride-2 3x3 input gradient ]); 0 for other ops."""
@@ -650,7 +650,7 @@ def input_grad_scratch_bytes(op, out_shape) -> int:
     if op.stride != 1 or op.padding != 0:
         return 0
     hw = out_shape[1] * out_shape[2]
-    e = 2 * out_shape[0] * (hw + hw % 2)
+    e = 2 * out_shape[0] * ((hw + 3) // 4 * 4)
     return 4 * out_shape[0] + (e if e <= DQ16_MAX_BYTES else 0)
 
 

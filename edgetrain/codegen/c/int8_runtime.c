@@ -1703,46 +1703,55 @@ Q_AI void q1_bi_tile(const int8_t *dn, const int8_t *w, int Ci, int Co, int P, i
    output-channel pair two halfword loads of dq rows oc and oc + 1 give (dq[oc][q],
    dq[oc+1][q]) and (dq[oc][q+1], dq[oc+1][q+1]) by SXTB16 and SXTB16 ROR 8; 4 SMLAD sum the
    2 x 2 tile. An odd P ends with the pair (P - 2, P - 1), stored at P - 1 only. At batch 1,
-   where 2 Co P2 bytes <= Q_DQ16_MAX (P2: P rounded up to even; NOTE [ Expanded dq rows ]),
-   those dq pairs are unpacked once into the scratch after `wp` (not once per input-channel
-   pair), pixel pair by pixel pair (an odd P's last pair padded with 0): then a tile reads
-   the weight pairs and its dq pairs in order, one LDRD each per output-channel pair
-   (q1_bi_step), 6 instructions for 8 MACs. Same exact int32 sums as the portable loop. */
-/* one output-channel pair of the 2 x 2 tile: the weight pairs (input channels ic, ic + 1) and
-   the dq pairs (pixels q, q + 1) by one LDRD each, both pointers advanced (GCC loads them one
+   where 2 Co P4 bytes <= Q_DQ16_MAX (P4: P rounded up to a multiple of 4; NOTE [ Expanded
+   dq rows ]), those dq pairs are unpacked once into the scratch after `wp` (not once per
+   input-channel pair), four pixels by four (the pixels past P are 0; two word loads, PKHBT /
+   PKHTB and four SXTB16 per four pixels): then a 2 x 4 tile (two input channels, four
+   pixels) reads the weight pairs and its dq pairs in order, one LDRD of weights and two of
+   dq per output-channel pair for 8 SMLADs (q1_bi_step4), 11 instructions for 16 MACs. Same
+   exact int32 sums as the portable loop. */
+/* one output-channel pair of the 2 x 4 tile: the weight pairs (input channels ic, ic + 1) and
+   the dq pairs of four pixels by one LDRD each, both pointers advanced (GCC loads them one
    word at a time, some twice, once the loop is unrolled) */
-Q_AI void q1_bi_step(const uint32_t **eq, const uint32_t **wq, int32_t *t) {
+Q_AI void q1_bi_step4(const uint32_t **eq, const uint32_t **wq, int32_t *t) {
     uint32_t W0, W1, E0, E1;
     __asm__("ldrd %[W0], %[W1], [%[wq]], #8\n\t"
             "ldrd %[E0], %[E1], [%[eq]], #8\n\t"
             "smlad %[t0], %[W0], %[E0], %[t0]\n\t"
             "smlad %[t1], %[W0], %[E1], %[t1]\n\t"
-            "smlad %[t2], %[W1], %[E0], %[t2]\n\t"
-            "smlad %[t3], %[W1], %[E1], %[t3]"
+            "smlad %[u0], %[W1], %[E0], %[u0]\n\t"
+            "smlad %[u1], %[W1], %[E1], %[u1]\n\t"
+            "ldrd %[E0], %[E1], [%[eq]], #8\n\t"
+            "smlad %[t2], %[W0], %[E0], %[t2]\n\t"
+            "smlad %[t3], %[W0], %[E1], %[t3]\n\t"
+            "smlad %[u2], %[W1], %[E0], %[u2]\n\t"
+            "smlad %[u3], %[W1], %[E1], %[u3]"
             : [W0] "=&r"(W0), [W1] "=&r"(W1), [E0] "=&r"(E0), [E1] "=&r"(E1),
               [wq] "+r"(*wq), [eq] "+r"(*eq), [t0] "+r"(t[0]), [t1] "+r"(t[1]),
-              [t2] "+r"(t[2]), [t3] "+r"(t[3])
+              [t2] "+r"(t[2]), [t3] "+r"(t[3]), [u0] "+r"(t[4]), [u1] "+r"(t[5]),
+              [u2] "+r"(t[6]), [u3] "+r"(t[7])
             : "m"(**wq), "m"(**eq));
 }
 static void q1_bwd_input_mm(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx,
                             int acc, int B, int Ci, int Co, int P, uint32_t *wp) {
-    const int P2 = P + P % 2;
-    if (B == 1 && (size_t)2 * Co * P2 <= Q_DQ16_MAX) {  /* dq pairs unpacked once */
-        /* e[(q / 2) Co + oc + q % 2] = (dq[oc][q], dq[oc + 1][q]); an odd P's last pair ends
-           with 0 */
+    const int P4 = (P + 3) / 4 * 4;
+    if (B == 1 && (size_t)2 * Co * P4 <= Q_DQ16_MAX) {  /* dq pairs unpacked once */
+        /* e[((q / 4) Co / 2 + oc / 2) 4 + q % 4] = (dq[oc][q], dq[oc + 1][q]); the pixels
+           past P are 0 */
         uint32_t *e = wp + Co;
         for (int oc = 0; oc < Co; oc += 2) {
             const int8_t *d = dq + (size_t)oc * P;
-            uint32_t *o = e + oc;
+            uint32_t *o = e + (size_t)oc * 2;
             int q = 0;
-            for (; q + 2 <= P; q += 2, o += Co) {
-                uint16_t a, b;
-                memcpy(&a, d + q, 2);
-                memcpy(&b, d + P + q, 2);
-                const uint32_t v = a | (uint32_t)b << 16;
+            for (; q + 4 <= P; q += 4, o += (size_t)Co * 2) {
+                /* rows oc, oc + 1 as (a0 a1 b0 b1), (a2 a3 b2 b3): SXTB16 (ROR 8) pairs them */
+                const uint32_t a = q_ld4(d + q), b = q_ld4(d + P + q);
+                const uint32_t v = (uint32_t)q_pkhbt((int16x2_t)a, (int16x2_t)b);
+                const uint32_t u = (uint32_t)q_pkhtb((int16x2_t)b, (int16x2_t)a);
                 o[0] = (uint32_t)__sxtb16(v); o[1] = (uint32_t)q_sxtb16r8(v);
+                o[2] = (uint32_t)__sxtb16(u); o[3] = (uint32_t)q_sxtb16r8(u);
             }
-            if (q < P) { o[0] = q_pack2(d[q], d[P + q]); o[1] = 0; }
+            for (int j = 0; q + j < P4; j++) o[j] = q + j < P ? q_pack2(d[q + j], d[P + q + j]) : 0;
         }
         for (int ic = 0; ic < Ci; ic += 2) {
             for (int oc = 0; oc < Co; oc += 2) {
@@ -1755,15 +1764,15 @@ static void q1_bwd_input_mm(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REA
             }
             ET_REAL *r0 = dx + (size_t)ic * P, *r1 = r0 + P;
             const uint32_t *eq = e;
-            for (int q = 0; q < P; q += 2) {  /* eq walks the pixel pairs' rows in turn */
-                int32_t t[4] = {0, 0, 0, 0};
+            for (int q = 0; q < P; q += 4) {  /* eq walks the pixel quads' rows in turn */
+                int32_t t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
                 const uint32_t *wq = wp;
 #pragma GCC unroll 16
-                for (int k = 0; k < Co; k += 2) q1_bi_step(&eq, &wq, t);
-                const int32_t t00 = t[0], t01 = t[1], t10 = t[2], t11 = t[3];
-                q_put(r0 + q, t00, s, acc);
-                q_put(r1 + q, t10, s, acc);
-                if (q + 1 < P) { q_put(r0 + q + 1, t01, s, acc); q_put(r1 + q + 1, t11, s, acc); }
+                for (int k = 0; k < Co; k += 2) q1_bi_step4(&eq, &wq, t);
+                for (int j = 0; j < 4 && q + j < P; j++) {
+                    q_put(r0 + q + j, t[j], s, acc);
+                    q_put(r1 + q + j, t[4 + j], s, acc);
+                }
             }
         }
         return;
