@@ -22,7 +22,8 @@ from edgetrain.codegen._int8_kernels import int8_runtime_source
 # batch-1 1x1 with an even pixel count, stride-2 3x3s with Co a multiple of 4 whose integer dx
 # is summed in the dx planes (NOTE [ Stride-2 input gradient in the dx planes ]: no padding at
 # batch 2; padding 1 at batch 2 with an odd width, the last column's w2 column past the row),
-# batch-1 1x1s with 3 and 2 pixels past the last 4 (NOTE [ Paired 1x1 input gradient ])
+# batch-1 1x1s with 3 and 2 pixels past the last 4 (NOTE [ Paired 1x1 input gradient ]), and
+# stride-2 3x3s of one input row (the dx planes) and one input column (the row path)
 CONVS = [
     (1, 3, 9, 11, 5, 3, 1, 1, 1),
     (1, 2, 14, 13, 4, 3, 2, 1, 1),
@@ -47,6 +48,8 @@ CONVS = [
     (2, 2, 7, 9, 4, 3, 2, 1, 1),
     (1, 4, 3, 5, 6, 1, 1, 0, 1),
     (1, 2, 2, 7, 4, 1, 1, 0, 1),
+    (1, 2, 1, 5, 4, 3, 2, 1, 1),
+    (1, 2, 5, 1, 4, 3, 2, 1, 1),
 ]
 LINEARS = [(1, 37, 5), (2, 32, 10), (1, 784, 3)]  # (B, I, O)
 # qacc_quant (B, C, P, dy from a global average pool): P with and without a remainder of 4
@@ -178,19 +181,27 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         gw, gb, dx = _conv_oracle(x, zx, w, dq, s, p, gr)
         want[f"gw{i}"], want[f"gb{i}"], want[f"dx{i}"] = gw, gb, dx
         want[f"dxi{i}"] = dx  # NOTE [ Integer dx ]: the same sums stored as int32
+        want[f"dxg{i}"] = np.full(64, 7)  # nothing written outside dx
         dims = f"{b}, {ci}, {h}, {wd}, {co}, {ho}, {wo}, {k}, {s}, {p}, {gr}"
         blocks.append(f"""
     {{
         static const int8_t x[] = {{{_ints(x)}}}, dq[] = {{{_ints(dq)}}};
         static int8_t w[] = {{{_ints(w)}}};
         static int32_t b[{co}];
-        static ET_REAL dx[{x.size}];
-        static int32_t dxi[{x.size}];
+        static ET_REAL dxb[{x.size} + 64];  /* 32 guard slots either side */
+        ET_REAL *dx = dxb + 32;
+        static int32_t dxi[{x.size}], dxg[64];
         qconv_bwd_input(dq, (ET_REAL)1, w, dx, 0, pad, {dims});
         et_i32("dx{i}", 0, dx, {x.size});
+        for (int j = 0; j < {x.size} + 64; j++) q_put(dxb + j, 7, 0, Q_DX_INT);
         qconv_bwd_input(dq, (ET_REAL)1, w, dx, Q_DX_INT, pad, {dims});
         for (int j = 0; j < {x.size}; j++) dxi[j] = q_dxi(dx + j);
         et_i32("dxi{i}", dxi, 0, {x.size});
+        for (int j = 0; j < 32; j++) {{
+            dxg[j] = q_dxi(dxb + j);
+            dxg[32 + j] = q_dxi(dx + {x.size} + j);
+        }}
+        et_i32("dxg{i}", dxg, 0, 64);
         probe_on(w, {w.size}, b, {co});
         qconv_update(dq, (ET_REAL)1, x, {zx}, w, b, one, one, (ET_REAL)1e-3, pad, {dims});
         et_i32("gw{i}", probe_w, 0, {w.size});

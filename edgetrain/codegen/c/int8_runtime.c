@@ -2024,18 +2024,17 @@ static void q3_bi_wpack(uint32_t *wpk, const int8_t *w, int cig, int Co, int ic)
         }
 }
 /* padding 1: the first output column has no even input column (it would be column -1): its
-   odd column 0 and the next even column 1 only; *rr moved to column 1, *c its sum */
+   odd column 0 (at *rr) and the next even column 1 only; *rr moved to column 1, *c its sum */
 Q_AI void q3_bi_col4f(const uint32_t **d, int32_t **rr, int32_t *c, int16x2_t A1, int16x2_t A2,
                       int16x2_t B1, int16x2_t B2) {
     uint32_t F, G;
     int32_t y;
     __asm__ volatile(
         "ldrd %[F], %[G], [%[d]], #8\n\t"
-        "ldrd %[y], %[c], [%[rr], #4]\n\t"
+        "ldrd %[y], %[c], [%[rr]]\n\t"
         "smlad %[y], %[A1], %[F], %[y]\n\t"
         "smlad %[y], %[B1], %[G], %[y]\n\t"
-        "str %[y], [%[rr], #4]\n\t"
-        "add %[rr], %[rr], #8\n\t"
+        "str %[y], [%[rr]], #4\n\t"
         "smlad %[c], %[A2], %[F], %[c]\n\t"
         "smlad %[c], %[B2], %[G], %[c]\n\t"
         : [F] "=&r"(F), [G] "=&r"(G), [y] "=&r"(y), [c] "=&r"(*c), [rr] "+&r"(*rr),
@@ -2068,7 +2067,9 @@ Q_AI void q3_bi_col4l(const uint32_t **d, int32_t *rr, int32_t c, int16x2_t A0, 
    next even input columns (q3_bi_col4f; its even column would be column -1), and ends with
    q3_bi_col4l where the last column's w2 column (2 Wo - p) is past the row. The loops run
    per kernel row and group of four output channels, the weights loaded once for all the
-   output rows; no row copy. The same integer sums, added in another order. */
+   output rows (those whose input row 2 oh - p + kh is inside, one pass after another down
+   the plane); no row copy. Rows of at least 2 columns. The same integer sums, added in
+   another order. */
 static void q3_bi_planes(const int8_t *dq, const int8_t *w, int32_t *dxn, uint32_t *D, int Ci,
                          int H, int W, int Co, int Ho, int Wo, int p) {
     uint32_t *wpk = D + (size_t)(Co / 4) * 2 * Ho * Wo;
@@ -2085,16 +2086,22 @@ static void q3_bi_planes(const int8_t *dq, const int8_t *w, int32_t *dxn, uint32
         if (j < H * W) pl[j] = 0;
         q3_bi_wpack(wpk, w, Ci, Co, ci);
         const uint32_t *wk = wpk;
-        for (int kh = 0; kh < 3; kh++)
+        /* from a pass's end (its last even column, or the one before with `tail`) to the
+           next pass's start, two rows down */
+        const int step = 2 * W - (2 * Wo - p - 2 * tail);
+        for (int kh = 0; kh < 3; kh++) {
+            /* rows oh0 .. oh1 - 1: 0 <= 2 oh - p + kh <= H - 1 (H + 1 + p - kh >= 0) */
+            const int oh0 = kh < p, oh1 = (H + 1 + p - kh) / 2 < Ho ? (H + 1 + p - kh) / 2 : Ho;
             for (int g = 0; g < Co / 4; g++, wk += 6) {
+                if (oh0 >= oh1) continue;
                 const int16x2_t A0 = (int16x2_t)wk[0], A1 = (int16x2_t)wk[1];
                 const int16x2_t A2 = (int16x2_t)wk[2], B0 = (int16x2_t)wk[3];
                 const int16x2_t B1 = (int16x2_t)wk[4], B2 = (int16x2_t)wk[5];
-                const uint32_t *d0 = D + (size_t)g * 2 * Ho * Wo;
-                for (int oh = 0; oh < Ho; oh++) {
-                    const int ih = 2 * oh - p + kh;
-                    if (ih < 0 || ih >= H) { d0 += 2 * Wo; continue; }
-                    int32_t *rr = pl + (size_t)ih * W - p, c;
+                const uint32_t *d0 = D + ((size_t)g * Ho + oh0) * 2 * Wo;
+                const uint32_t *de = d0 + (size_t)(oh1 - oh0) * 2 * Wo;
+                int32_t *rr = pl + (size_t)(2 * oh0 - p + kh) * W;  /* input row ih, column 0 */
+                do {  /* output rows oh0 .. oh1 - 1: input rows 2 oh - p + kh */
+                    int32_t c;
                     int ow = 0;
                     if (p) { q3_bi_col4f(&d0, &rr, &c, A1, A2, B1, B2); ow = 1; }
                     else c = rr[0];
@@ -2104,8 +2111,10 @@ static void q3_bi_planes(const int8_t *dq, const int8_t *w, int32_t *dxn, uint32
                     if (ow < end) { q3_bi_col4(&d0, &rr, &c, A0, A1, A2, B0, B1, B2); ow++; }
                     if (ow < Wo) q3_bi_col4l(&d0, rr, c, A0, A1, B0, B1);
                     else rr[0] = c;
-                }
+                    rr += step;
+                } while (d0 != de);
             }
+        }
     }
 }
 #endif
@@ -2135,7 +2144,7 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
             }
         return;
     }
-    if (dT && st == 2 && G == 1 && Co % 4 == 0 && p <= 1 && acc == Q_DX_INT &&
+    if (dT && st == 2 && G == 1 && Co % 4 == 0 && p <= 1 && W >= 2 && acc == Q_DX_INT &&
         sizeof(ET_REAL) == 4) {  /* NOTE [ Stride-2 input gradient in the dx planes ] */
         for (int n = 0; n < B; n++)
             q3_bi_planes(dq + (size_t)n * Co * Ho * Wo, w,
