@@ -19,7 +19,11 @@ from edgetrain.codegen._int8_kernels import int8_runtime_source
 # 5x5 (generic path), stride-2 3x3s whose input gradient reads dq as 4-channel words (batch 2
 # with 9 channels, odd sizes; no padding with 5 channels), a 1x1 whose dq rows and a 3x3 whose
 # weight rows are over the cap of NOTE [ Expanded dq rows ] (the others are under it), a
-# batch-1 1x1 with an even pixel count
+# batch-1 1x1 with an even pixel count, stride-2 3x3s with Co a multiple of 4 whose integer dx
+# is summed in the dx planes (NOTE [ Stride-2 input gradient in the dx planes ]: no padding at
+# batch 2; padding 1 at batch 2 with an odd width, the last column's w2 column past the row),
+# batch-1 1x1s with 3 and 2 pixels past the last 4 (NOTE [ Paired 1x1 input gradient ]), and
+# stride-2 3x3s of one input row (the dx planes) and one input column (the row path)
 CONVS = [
     (1, 3, 9, 11, 5, 3, 1, 1, 1),
     (1, 2, 14, 13, 4, 3, 2, 1, 1),
@@ -40,13 +44,29 @@ CONVS = [
     (1, 4, 16, 16, 10, 1, 1, 0, 1),
     (1, 16, 6, 6, 20, 3, 1, 1, 1),
     (1, 4, 4, 6, 6, 1, 1, 0, 1),
+    (2, 3, 9, 11, 8, 3, 2, 0, 1),
+    (2, 2, 7, 9, 4, 3, 2, 1, 1),
+    (1, 4, 3, 5, 6, 1, 1, 0, 1),
+    (1, 2, 2, 7, 4, 1, 1, 0, 1),
+    (1, 2, 1, 5, 4, 3, 2, 1, 1),
+    (1, 2, 5, 1, 4, 3, 2, 1, 1),
 ]
 LINEARS = [(1, 37, 5), (2, 32, 10), (1, 784, 3)]  # (B, I, O)
 # qacc_quant (B, C, P, dy from a global average pool): P with and without a remainder of 4
 QACC = [(1, 3, 7, False), (2, 2, 49, False), (1, 2, 8, False), (1, 3, 9, True), (2, 2, 8, True)]
 # qacc_quant on an integer dx (NOTE [ Integer dx ]) (B, C, P, T): dx_int = T k, ds = 1 / (16 T),
-# so dq = dx_int / T: T = 8 and 1024 take the fixed-point path, T = 2 the float one (k >= 1/4)
-QACC_INT = [(1, 3, 7, 8), (2, 2, 49, 1024), (1, 2, 9, 2), (1, 8, 196, 8)]
+# so dq = dx_int / T: T = 8 and 1024 take the fixed-point path (SMMULR: NOTE [ Rounded dq by
+# SMMULR ]), T = 2 the float one (k >= 1/4); T = 2^20 with M = 0.3 (k's low bits set) SMMLA and
+# a shift; T = 1024 and 2^20 put unclamped |dx_int| over int16 (NOTE [ Masked largest |dx_int|
+# in 16-bit lanes ]), T = 8 only clamped ones
+QACC_INT = [
+    (1, 3, 7, 8, 1.0),
+    (2, 2, 49, 1024, 1.0),
+    (1, 2, 9, 2, 1.0),
+    (1, 8, 196, 8, 1.0),
+    (1, 3, 13, 1 << 20, 0.3),
+    (1, 2, 11, 16, 1.0),
+]
 
 
 def _ints(a) -> str:
@@ -161,19 +181,27 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
         gw, gb, dx = _conv_oracle(x, zx, w, dq, s, p, gr)
         want[f"gw{i}"], want[f"gb{i}"], want[f"dx{i}"] = gw, gb, dx
         want[f"dxi{i}"] = dx  # NOTE [ Integer dx ]: the same sums stored as int32
+        want[f"dxg{i}"] = np.full(64, 7)  # nothing written outside dx
         dims = f"{b}, {ci}, {h}, {wd}, {co}, {ho}, {wo}, {k}, {s}, {p}, {gr}"
         blocks.append(f"""
     {{
         static const int8_t x[] = {{{_ints(x)}}}, dq[] = {{{_ints(dq)}}};
         static int8_t w[] = {{{_ints(w)}}};
         static int32_t b[{co}];
-        static ET_REAL dx[{x.size}];
-        static int32_t dxi[{x.size}];
+        static ET_REAL dxb[{x.size} + 64];  /* 32 guard slots either side */
+        ET_REAL *dx = dxb + 32;
+        static int32_t dxi[{x.size}], dxg[64];
         qconv_bwd_input(dq, (ET_REAL)1, w, dx, 0, pad, {dims});
         et_i32("dx{i}", 0, dx, {x.size});
+        for (int j = 0; j < {x.size} + 64; j++) q_put(dxb + j, 7, 0, Q_DX_INT);
         qconv_bwd_input(dq, (ET_REAL)1, w, dx, Q_DX_INT, pad, {dims});
         for (int j = 0; j < {x.size}; j++) dxi[j] = q_dxi(dx + j);
         et_i32("dxi{i}", dxi, 0, {x.size});
+        for (int j = 0; j < 32; j++) {{
+            dxg[j] = q_dxi(dxb + j);
+            dxg[32 + j] = q_dxi(dx + {x.size} + j);
+        }}
+        et_i32("dxg{i}", dxg, 0, 64);
         probe_on(w, {w.size}, b, {co});
         qconv_update(dq, (ET_REAL)1, x, {zx}, w, b, one, one, (ET_REAL)1e-3, pad, {dims});
         et_i32("gw{i}", probe_w, 0, {w.size});
@@ -242,8 +270,8 @@ def _program(rng) -> tuple[str, dict[str, np.ndarray]]:
     }}""")
     for i, (b, c, p, pooled) in enumerate(QACC):
         blocks.append(_qacc_block(rng, i, b, c, p, pooled, want))
-    for i, (b, c, p, t) in enumerate(QACC_INT):
-        blocks.append(_qacc_int_block(rng, i, b, c, p, t, want))
+    for i, (b, c, p, t, m) in enumerate(QACC_INT):
+        blocks.append(_qacc_int_block(rng, i, b, c, p, t, m, want))
     return "".join(blocks), want
 
 
@@ -308,29 +336,32 @@ def _qacc_block(rng, i: int, b: int, c: int, p: int, pooled: bool, want: dict) -
     }}"""
 
 
-def _qacc_int_block(rng, i: int, b: int, c: int, p: int, t: int, want: dict) -> str:
-    """qacc_quant on an integer dx of T k where not clamped (|k| <= 127, one 127) and of large
-    values where clamped, with ds = 1 / (16 T): s_g = 1 / 16 and dq = k exactly, no ties."""
+def _qacc_int_block(rng, i: int, b: int, c: int, p: int, t: int, m: float, want: dict) -> str:
+    """qacc_quant on an integer dx of T k where not clamped (|k| <= 127, one of 127) and of large
+    values where clamped, with ds = 1 / (16 T) and M = m in every channel: s_g = m / 16 and dq
+    = k (exactly, or off by a float rounding far from a tie)."""
     mask = (rng.random((b, c, p)) < 0.8).astype(np.int64)
-    k = rng.integers(-127, 128, (b, c, p))
-    k.reshape(-1)[0] = -127 if i % 2 else 127
-    mask[0, 0, 0] = 1
+    k = rng.integers(-126, 127, (b, c, p))
+    j = (1, 0, 3, 2, 5, 4)[i % 6]  # one extreme: either lane, either sign (NOTE [ Masked ... ])
+    k.reshape(-1)[j] = (1, 1, -1, -1, 1, 1)[i % 6] * 127
+    mask.reshape(-1)[j] = 1
     want[f"qid{i}"] = k * mask
-    want[f"qis{i}"] = [127 * t]  # s_g 127 16 T: the largest |dx_int| itself
-    big = rng.choice([-1, 1], k.shape) * rng.integers(200, 5000, k.shape)
+    tt = min(t, 1024)  # s_g 127 16 T / m: the largest |dx_int| itself (to T = 1024: int32)
+    want[f"qis{i}"] = [127 * tt]
+    big = rng.choice([-1, 1], k.shape) * rng.integers(200, 5000 if t < 4096 else 2000, k.shape)
     n = b * c * p
     return f"""
     {{
         static const int32_t v[] = {{{_ints(np.where(mask == 1, k, big) * t)}}};
         static ET_REAL dy[{n}];
         static uint8_t mask[] = {{{_ints(mask)}}};
-        static const ET_REAL M[] = {{{_reals(np.ones(c))}}};
+        static const ET_REAL M[] = {{{_reals(np.full(c, m))}}};
         static int32_t qi[{n}];
         for (int j = 0; j < {n}; j++) q_put(dy + j, v[j], 0, Q_DX_INT);
         const ET_REAL s = qacc_quant(dy, (ET_REAL)1 / {16 * t}, 0, mask, M, {b}, {c}, {p});
         for (int j = 0; j < {n}; j++) qi[j] = ((const int8_t *)mask)[j];
         et_i32("qid{i}", qi, 0, {n});
-        const int32_t sv = (int32_t)(s * {127 * 16 * t} + (ET_REAL)0.5);
+        const int32_t sv = (int32_t)(s / {m!r} * {127 * 16 * tt} + (ET_REAL)0.5);
         et_i32("qis{i}", &sv, 0, 1);
     }}"""
 

@@ -43,7 +43,7 @@ NOTE [ int8 SRAM of the C trainer ]
       least its weights' 16-bit output-channel pairs for a group of input channels
       (`input_grad_scratch_bytes`, NOTE [ Paired 1x1 input gradient ]), and a one-group 3x3
       at stride 2 with Co >= 4 whose input gradient runs one of one sample's dq as 4-channel
-      words and one input channel's weights as 16-bit pairs (NOTE [ Paired stride-2 3x3 input
+      16-bit pairs and one input channel's weights as 16-bit pairs (NOTE [ Paired stride-2 3x3 input
       gradient ]), and a 3x3 depthwise conv at stride 1 with padding 1 whose input gradient
       runs one of a zero-padded dq plane and H x W int32 sums where that is at most 4 KiB
       (NOTE [ Depthwise input gradient as a forward ]): the input gradient
@@ -672,22 +672,23 @@ def dq16_bytes(co: int, hw: int) -> int:
 def input_grad_scratch_bytes(op, out_shape) -> int:
     """The input-gradient scratch of a one-group conv: for a 1x1 (stride 1, no padding) its
     weights as 16-bit output-channel pairs for one input-channel pair, 4 Co bytes, then dq as
-    16-bit output-channel pairs, 2 Co Ho Wo bytes where that is at most DQ16_MAX_BYTES (NOTE
-    [ Paired 1x1 input gradient ], int8_runtime.c); for a 3x3 at stride 2 with Co >= 4 one sample's dq
-    as words of 4 channels, 4 (Co // 4) Ho Wo bytes, then one input channel's weights as
-    16-bit pairs, 72 (Co // 4) bytes (NOTE [ Paired stride-2 3x3 input gradient ]); 0 for
-    other ops."""
+    16-bit output-channel pairs, 2 Co (Ho Wo rounded up to a multiple of 4) bytes where that
+    is at most DQ16_MAX_BYTES (NOTE [ Paired 1x1 input gradient ], int8_runtime.c); for a 3x3 at stride
+    2 with Co >= 4 one sample's dq as 16-bit pairs of 4 channels, 8 (Co // 4) Ho Wo bytes,
+    then one input channel's weights as 16-bit pairs, 72 (Co // 4) bytes (NOTE [ Paired
+    stride-2 3x3 input gradient ]); 0 for other ops."""
     if type(op).__name__ != "QConv2d":
         return 0
     if op.groups != 1:
         return _depthwise_input_grad_bytes(op, out_shape)
     if op.weight.shape[-1] == 3 and op.stride == 2 and out_shape[0] >= 4:
-        return out_shape[0] // 4 * (4 * out_shape[1] * out_shape[2] + 72)
+        return out_shape[0] // 4 * (8 * out_shape[1] * out_shape[2] + 72)
     if op.weight.shape[-1] != 1:
         return 0
     if op.stride != 1 or op.padding != 0:
         return 0
-    e = 2 * out_shape[0] * out_shape[1] * out_shape[2]
+    hw = out_shape[1] * out_shape[2]
+    e = 2 * out_shape[0] * ((hw + 3) // 4 * 4)
     return 4 * out_shape[0] + (e if e <= DQ16_MAX_BYTES else 0)
 
 

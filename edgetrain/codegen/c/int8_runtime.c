@@ -1183,6 +1183,85 @@ static __attribute__((noinline)) float qacc_quant_f(const float *dy, const qgap_
    rounds half up where the float path rounds ties to even), the float path where k >= 1/4. */
 Q_AI int32_t q_dxi(const ET_REAL *p) { int32_t v; memcpy(&v, p, 4); return v; }
 #if ET_DSP
+/* NOTE [ Masked largest |dx_int| in 16-bit lanes ]
+   The largest |a| over the unclamped elements of a channel: each a saturated to int16 (SSAT),
+   two such packed per word by PKHBT (elements 0, 2 and 1, 3 of a group of 4, the lanes the
+   mask bytes' SXTB16 / SXTB16 ROR 8 give), the clamped elements' lanes zeroed by AND, and the
+   lanes' largest and smallest kept by SSUB16 + SEL (2 instructions per 2 elements each).
+   Exact: a saturated lane holds 32767 or -32768, so where neither extreme is reached no
+   unclamped element was saturated and the answer is max(largest, -smallest); otherwise the
+   channel is redone on the int32s by the key 2|a| - (a < 0) = (a << 1) ^ (a >> 31) (two
+   instructions, exact for any int32 a: the largest key gives the largest |a| = (key >> 1) +
+   (key & 1)). Zeroed lanes add 0, which never exceeds the answer. */
+/* the next two int32 at *p by one LDRD, *p advanced by 2 (GCC splits a 64-bit load whose halves
+   are used apart into two LDRs, or adds the offset first) */
+Q_AI void q_ldrd2(const int32_t **p, int32_t *a, int32_t *b) {
+    __asm__("ldrd %0, %1, [%2], #8"
+            : "=r"(*a), "=r"(*b), "+r"(*p)
+            : "m"(*(const int32_t(*)[2]) * p));
+}
+static uint32_t q_amax_i(const int32_t *v, const uint8_t *m, int P) {
+    const int P4 = P / 4 * 4;
+    uint32_t hi = 0, lo = 0;  /* the lanes' largest and smallest (int16 pairs) */
+    int p = 0;
+    const int32_t *q = v;
+#pragma GCC unroll 2
+    for (; p < P4; p += 4) {
+        const uint32_t mb = q_mk4(m + p) * 0xFFu;  /* 0 / 1 bytes -> 0x00 / 0xFF */
+        int32_t a0, a1, a2, a3;
+        q_ldrd2(&q, &a0, &a1);
+        q_ldrd2(&q, &a2, &a3);
+        const uint32_t e = (uint32_t)q_pkhbt(__ssat(a0, 16), __ssat(a2, 16))
+                           & (uint32_t)__sxtb16(mb);
+        const uint32_t o = (uint32_t)q_pkhbt(__ssat(a1, 16), __ssat(a3, 16))
+                           & (uint32_t)q_sxtb16r8(mb);
+        __ssub16((int16x2_t)e, (int16x2_t)hi); hi = __sel(e, hi);
+        __ssub16((int16x2_t)lo, (int16x2_t)e); lo = __sel(e, lo);
+        __ssub16((int16x2_t)o, (int16x2_t)hi); hi = __sel(o, hi);
+        __ssub16((int16x2_t)lo, (int16x2_t)o); lo = __sel(o, lo);
+    }
+    const int32_t h0 = (int16_t)hi, h1 = (int32_t)hi >> 16;
+    const int32_t l0 = (int16_t)lo, l1 = (int32_t)lo >> 16;
+    int32_t h = h0 > h1 ? h0 : h1, l = l0 < l1 ? l0 : l1;
+    uint32_t mb = (uint32_t)(h > -l ? h : -l) << 1;  /* as a key */
+    if (h == 32767 || l == -32768) { mb = 0; p = 0; }  /* maybe saturated: all on the int32s */
+    for (; p < P; p++) {
+        const int32_t a = v[p];
+        const uint32_t u = (((uint32_t)a << 1) ^ (uint32_t)(a >> 31)) & -(uint32_t)m[p];
+        mb = u > mb ? u : mb;
+    }
+    return (mb >> 1) + (mb & 1);
+}
+/* NOTE [ Rounded dq by SMMULR ]
+   dq = round_half_up(a k) with k = m0 2^-nn (m0: k's 24 significant bits shifted left by 7, nn
+   in 33..62) is (a m0 + 2^(nn - 1)) >> nn = SMMLA(a, m0, 2^(nn - 33)) >> (nn - 32) (NOTE [ SMMLA
+   rounding ]). Where m0's low nn - 32 bits are 0 (always for nn <= 39), m0' = m0 >> (nn - 32)
+   gives (a m0' + 2^31) >> 32, the same integer (a m0 = a m0' 2^(nn - 32) exactly), which
+   SMMULR computes in one instruction (no shift). */
+Q_AI int32_t q_smmulr(int32_t a, int32_t b) {
+    int32_t t;
+    __asm__("smmulr %0, %1, %2" : "=r"(t) : "r"(a), "r"(b));
+    return t;
+}
+/* one channel's dq by SMMULR (NOTE [ Rounded dq by SMMULR ]), 4 at a time packed by BFI */
+static void q_dq_mulr(const int32_t *v, uint8_t *mask, int32_t m, int P) {
+    const int P4 = P / 4 * 4;
+    int p = 0;
+    const int32_t *q = v;
+    for (; p < P4; p += 4) {
+        uint32_t m4 = q_mk4(mask + p);
+        int32_t a0, a1, a2, a3;
+        q_ldrd2(&q, &a0, &a1);
+        q_ldrd2(&q, &a2, &a3);
+        uint32_t pk = (uint32_t)q_smmulr(a0, m);
+        __asm__("bfi %0, %1, #8, #8\n\tbfi %0, %2, #16, #8\n\tbfi %0, %3, #24, #8"
+                : "+r"(pk)
+                : "r"(q_smmulr(a1, m)), "r"(q_smmulr(a2, m)), "r"(q_smmulr(a3, m)));
+        m4 = pk & (m4 * 0xFFu);
+        memcpy(mask + p, &m4, 4);
+    }
+    for (; p < P; p++) mask[p] = (uint8_t)(q_smmulr(v[p], m) & -(int32_t)mask[p]);
+}
 static __attribute__((noinline)) float qacc_quant_i(const float *dy, float ds, uint8_t *mask,
                                                     const float *M, int B, int C, int P) {
     const int P4 = P / 4 * 4;
@@ -1190,27 +1269,7 @@ static __attribute__((noinline)) float qacc_quant_i(const float *dy, float ds, u
     for (int n = 0; n < B; n++)
     for (int c = 0; c < C; c++) {
         const size_t o = ((size_t)n * C + c) * P;
-        const int32_t *v = (const int32_t *)(const void *)(dy + o);
-        /* the largest key 2|a| - (a < 0) = (a << 1) ^ (a >> 31) (two instructions, exact
-           for any int32 a) gives the largest |a| = (key >> 1) + (key & 1) */
-        uint32_t mb = 0;
-        int p = 0;
-        for (; p < P4; p += 4) {
-            const uint32_t m4 = q_mk4(mask + o + p);
-            for (int j = 0; j < 4; j++) {
-                const int32_t a = v[p + j];
-                const uint32_t u = (((uint32_t)a << 1) ^ (uint32_t)(a >> 31))
-                                   & (uint32_t)((int32_t)(m4 << (31 - 8 * j)) >> 31);
-                mb = u > mb ? u : mb;
-            }
-        }
-        for (; p < P; p++) {
-            const int32_t a = v[p];
-            const uint32_t u =
-                (((uint32_t)a << 1) ^ (uint32_t)(a >> 31)) & -(uint32_t)mask[o + p];
-            mb = u > mb ? u : mb;
-        }
-        mb = (mb >> 1) + (mb & 1);
+        const uint32_t mb = q_amax_i((const int32_t *)(const void *)(dy + o), mask + o, P);
         const float a = (float)mb * ds * (float)M[c];
         if (a > mx) mx = a;
     }
@@ -1229,6 +1288,10 @@ static __attribute__((noinline)) float qacc_quant_i(const float *dy, float ds, u
         int p = 0;
         if (E != 0 && nn >= 33 && nn <= 62) {
             const int32_t rr = (int32_t)1 << (nn - 33), sh = nn - 32;
+            if ((m0 & (((int32_t)1 << sh) - 1)) == 0) {
+                q_dq_mulr(v, mask + o, m0 >> sh, P);
+                continue;
+            }
             for (; p < P4; p += 4) {
                 uint32_t m4 = q_mk4(mask + o + p);
                 uint32_t pk = (uint32_t)(q_smmla(v[p], m0, rr) >> sh);
@@ -2171,24 +2234,55 @@ Q_AI void q1_bi_tile(const int8_t *dn, const int8_t *w, int Ci, int Co, int P, i
    output-channel pair two halfword loads of dq rows oc and oc + 1 give (dq[oc][q],
    dq[oc+1][q]) and (dq[oc][q+1], dq[oc+1][q+1]) by SXTB16 and SXTB16 ROR 8; 4 SMLAD sum the
    2 x 2 tile. An odd P ends with the pair (P - 2, P - 1), stored at P - 1 only. At batch 1,
-   where 2 Co P bytes <= Q_DQ16_MAX (NOTE [ Expanded dq rows ]), those dq pairs are unpacked
-   once into the scratch after `wp` (not once per input-channel pair). Same exact int32 sums
-   as the portable loop. */
+   where 2 Co P4 bytes <= Q_DQ16_MAX (P4: P rounded up to a multiple of 4; NOTE [ Expanded
+   dq rows ]), those dq pairs are unpacked once into the scratch after `wp` (not once per
+   input-channel pair), four pixels by four (the pixels past P are 0; two word loads, PKHBT /
+   PKHTB and four SXTB16 per four pixels): then a 2 x 4 tile (two input channels, four
+   pixels) reads the weight pairs and its dq pairs in order, one LDRD of weights and two of
+   dq per output-channel pair for 8 SMLADs (q1_bi_step4), 11 instructions for 16 MACs. Same
+   exact int32 sums as the portable loop. */
+/* one output-channel pair of the 2 x 4 tile: the weight pairs (input channels ic, ic + 1) and
+   the dq pairs of four pixels by one LDRD each, both pointers advanced (GCC loads them one
+   word at a time, some twice, once the loop is unrolled) */
+Q_AI void q1_bi_step4(const uint32_t **eq, const uint32_t **wq, int32_t *t) {
+    uint32_t W0, W1, E0, E1;
+    __asm__("ldrd %[W0], %[W1], [%[wq]], #8\n\t"
+            "ldrd %[E0], %[E1], [%[eq]], #8\n\t"
+            "smlad %[t0], %[W0], %[E0], %[t0]\n\t"
+            "smlad %[t1], %[W0], %[E1], %[t1]\n\t"
+            "smlad %[u0], %[W1], %[E0], %[u0]\n\t"
+            "smlad %[u1], %[W1], %[E1], %[u1]\n\t"
+            "ldrd %[E0], %[E1], [%[eq]], #8\n\t"
+            "smlad %[t2], %[W0], %[E0], %[t2]\n\t"
+            "smlad %[t3], %[W0], %[E1], %[t3]\n\t"
+            "smlad %[u2], %[W1], %[E0], %[u2]\n\t"
+            "smlad %[u3], %[W1], %[E1], %[u3]"
+            : [W0] "=&r"(W0), [W1] "=&r"(W1), [E0] "=&r"(E0), [E1] "=&r"(E1),
+              [wq] "+r"(*wq), [eq] "+r"(*eq), [t0] "+r"(t[0]), [t1] "+r"(t[1]),
+              [t2] "+r"(t[2]), [t3] "+r"(t[3]), [u0] "+r"(t[4]), [u1] "+r"(t[5]),
+              [u2] "+r"(t[6]), [u3] "+r"(t[7])
+            : "m"(**wq), "m"(**eq));
+}
 static void q1_bwd_input_mm(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx,
                             int acc, int B, int Ci, int Co, int P, uint32_t *wp) {
-    if (B == 1 && (size_t)2 * Co * P <= Q_DQ16_MAX) {  /* dq pairs unpacked once */
-        uint32_t *e = wp + Co;  /* e[(oc / 2) P + q] = (dq[oc][q], dq[oc + 1][q]) */
+    const int P4 = (P + 3) / 4 * 4;
+    if (B == 1 && (size_t)2 * Co * P4 <= Q_DQ16_MAX) {  /* dq pairs unpacked once */
+        /* e[((q / 4) Co / 2 + oc / 2) 4 + q % 4] = (dq[oc][q], dq[oc + 1][q]); the pixels
+           past P are 0 */
+        uint32_t *e = wp + Co;
         for (int oc = 0; oc < Co; oc += 2) {
             const int8_t *d = dq + (size_t)oc * P;
-            uint32_t *o = e + (size_t)oc / 2 * P;
-            for (int q = 0; q < P; q += 2) {
-                const int qq = q + 2 <= P ? q : P - 2;
-                uint16_t a, b;
-                memcpy(&a, d + qq, 2);
-                memcpy(&b, d + P + qq, 2);
-                const uint32_t v = a | (uint32_t)b << 16;
-                o[qq] = (uint32_t)__sxtb16(v); o[qq + 1] = (uint32_t)q_sxtb16r8(v);
+            uint32_t *o = e + (size_t)oc * 2;
+            int q = 0;
+            for (; q + 4 <= P; q += 4, o += (size_t)Co * 2) {
+                /* rows oc, oc + 1 as (a0 a1 b0 b1), (a2 a3 b2 b3): SXTB16 (ROR 8) pairs them */
+                const uint32_t a = q_ld4(d + q), b = q_ld4(d + P + q);
+                const uint32_t v = (uint32_t)q_pkhbt((int16x2_t)a, (int16x2_t)b);
+                const uint32_t u = (uint32_t)q_pkhtb((int16x2_t)b, (int16x2_t)a);
+                o[0] = (uint32_t)__sxtb16(v); o[1] = (uint32_t)q_sxtb16r8(v);
+                o[2] = (uint32_t)__sxtb16(u); o[3] = (uint32_t)q_sxtb16r8(u);
             }
+            for (int j = 0; q + j < P4; j++) o[j] = q + j < P ? q_pack2(d[q + j], d[P + q + j]) : 0;
         }
         for (int ic = 0; ic < Ci; ic += 2) {
             for (int oc = 0; oc < Co; oc += 2) {
@@ -2200,19 +2294,16 @@ static void q1_bwd_input_mm(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REA
                 wp[oc + 1] = (uint32_t)q_sxtb16r8(v);
             }
             ET_REAL *r0 = dx + (size_t)ic * P, *r1 = r0 + P;
-            for (int q = 0; q < P; q += 2) {
-                const int qq = q + 2 <= P ? q : P - 2;
-                int32_t t00 = 0, t01 = 0, t10 = 0, t11 = 0;
-                const uint32_t *eq = e + qq, *wq = wp, *we = wp + Co;
-                for (; wq < we; wq += 2, eq += P) {
-                    const int16x2_t E0 = (int16x2_t)eq[0], E1 = (int16x2_t)eq[1];
-                    const int16x2_t W0 = (int16x2_t)wq[0], W1 = (int16x2_t)wq[1];
-                    t00 = __smlad(W0, E0, t00); t01 = __smlad(W0, E1, t01);
-                    t10 = __smlad(W1, E0, t10); t11 = __smlad(W1, E1, t11);
+            const uint32_t *eq = e;
+            for (int q = 0; q < P; q += 4) {  /* eq walks the pixel quads' rows in turn */
+                int32_t t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                const uint32_t *wq = wp;
+#pragma GCC unroll 16
+                for (int k = 0; k < Co; k += 2) q1_bi_step4(&eq, &wq, t);
+                for (int j = 0; j < 4 && q + j < P; j++) {
+                    q_put(r0 + q + j, t[j], s, acc);
+                    q_put(r1 + q + j, t[4 + j], s, acc);
                 }
-                if (qq == q) { q_put(r0 + q, t00, s, acc); q_put(r1 + q, t10, s, acc); }
-                q_put(r0 + qq + 1, t01, s, acc);
-                q_put(r1 + qq + 1, t11, s, acc);
             }
         }
         return;
@@ -2355,41 +2446,207 @@ Q_AI size_t q_dw_bi_bytes(int H, int W) {
    the row of sums, their weights and dq as 16-bit pairs (channels oc, oc + 1): three SMLADs
    per pair and output column for 6 MACs, and each sum loaded and stored once per pass.
    A one-group conv with Co >= 4 given the op's backward scratch (`input_grad_scratch_bytes`,
-   NOTE [ int8 SRAM of the C trainer ]) first writes one sample's dq there as words of four
-   channels, dq[4j..4j+3][q], and per input channel its weights as the 16-bit pairs (oc,
-   oc + 2), (oc + 1, oc + 3) that SXTB16 / SXTB16 ROR 8 of such a word meet: then one output
-   column of four channels is one LDR, two SXTB16, one LDRD / STRD of the two sums and 6
-   SMLADs (q3_bi_col4, written out; w2 x the previous column is carried in a register), 12
-   instructions for 24 MACs. The integer sums are the same. */
+   NOTE [ int8 SRAM of the C trainer ]) first writes one sample's dq there unpacked, per group
+   of four channels and pixel the 16-bit pairs (dq[oc][q], dq[oc+2][q]), (dq[oc+1][q],
+   dq[oc+3][q]) (2 words), and per input channel its weights as the same pairs: then one
+   output column of four channels (12 MACs) is one LDRD of dq, 6 SMLADs, and one LDRD / STRD
+   of the sums (q3_bi_col4, written out): the even column's sum is carried in a register from
+   the column before (which added w2 x its dq to it), so the LDRD reads the odd column and the
+   next even one and the STRD writes this even and odd pair, 9 instructions. The integer sums
+   are the same. */
 /* 3x3 conv input gradient, one input row at a time: the output rows whose taps land on it
    scatter W x dq into a row of int32 sums (on the stack, Q_ROWMAX + 4 wide), then dx = s_g x sum.
    Wider rows take the generic path. */
 #define Q_ROWMAX 64
 #if ET_DSP
-/* one output column of four channels (dq[q][oc..oc+3] at d) into the even / odd input columns
-   rr[0], rr[1] (rr += 2); *c: w2 x the previous column, added here, and this column's (one
-   statement: the compiler's schedule of it spilled the weights) */
+/* one output column of four channels into the even / odd input columns rr[0], rr[1] (rr += 2):
+   dq[oc..oc+3][q] as the unpacked pairs (oc, oc + 2), (oc + 1, oc + 3) at d (d += 2); *c: the
+   even column's sum so far (rr[0] plus w2 x the previous column), carried in a register; on
+   return the next even column's (rr[2] plus w2 x this column). One statement: the compiler's
+   schedule of it spilled the weights. */
 Q_AI void q3_bi_col4(const uint32_t **d, int32_t **rr, int32_t *c, int16x2_t A0, int16x2_t A1,
                      int16x2_t A2, int16x2_t B0, int16x2_t B1, int16x2_t B2) {
-    uint32_t F, G, x, y;
+    uint32_t F, G;
+    int32_t y, n;
     __asm__ volatile(
-        "ldr %[F], [%[d]], #4\n\t"
-        "sxtb16 %[G], %[F], ror #8\n\t"
-        "sxtb16 %[F], %[F]\n\t"
-        "ldrd %[x], %[y], [%[rr]]\n\t"
-        "add %[x], %[x], %[c]\n\t"
-        "smlad %[x], %[A0], %[F], %[x]\n\t"
-        "smlad %[x], %[B0], %[G], %[x]\n\t"
+        "ldrd %[F], %[G], [%[d]], #8\n\t"
+        "ldrd %[y], %[n], [%[rr], #4]\n\t"
+        "smlad %[c], %[A0], %[F], %[c]\n\t"
+        "smlad %[c], %[B0], %[G], %[c]\n\t"
         "smlad %[y], %[A1], %[F], %[y]\n\t"
         "smlad %[y], %[B1], %[G], %[y]\n\t"
-        "strd %[x], %[y], [%[rr]], #8\n\t"
-        "smuad %[c], %[A2], %[F]\n\t"
-        "smlad %[c], %[B2], %[G], %[c]\n\t"
-        : [F] "=&r"(F), [G] "=&r"(G), [x] "=&r"(x), [y] "=&r"(y), [rr] "+&r"(*rr), [c] "+&r"(*c),
-          [d] "+&r"(*d)
+        "strd %[c], %[y], [%[rr]], #8\n\t"
+        "smlad %[n], %[A2], %[F], %[n]\n\t"
+        "smlad %[n], %[B2], %[G], %[n]\n\t"
+        : [F] "=&r"(F), [G] "=&r"(G), [y] "=&r"(y), [n] "=&r"(n), [rr] "+&r"(*rr),
+          [c] "+&r"(*c), [d] "+&r"(*d)
         : [A0] "r"(A0), [A1] "r"(A1), [A2] "r"(A2), [B0] "r"(B0), [B1] "r"(B1),
           [B2] "r"(B2)
         : "memory");
+    *c = n;
+}
+/* two columns, the carried sum alternating between two registers (no moves) */
+Q_AI void q3_bi_col4x2(const uint32_t **d, int32_t **rr, int32_t *c, int16x2_t A0, int16x2_t A1,
+                       int16x2_t A2, int16x2_t B0, int16x2_t B1, int16x2_t B2) {
+    uint32_t F, G;
+    int32_t y, n;
+    __asm__ volatile(
+        "ldrd %[F], %[G], [%[d]], #8\n\t"
+        "ldrd %[y], %[n], [%[rr], #4]\n\t"
+        "smlad %[c], %[A0], %[F], %[c]\n\t"
+        "smlad %[c], %[B0], %[G], %[c]\n\t"
+        "smlad %[y], %[A1], %[F], %[y]\n\t"
+        "smlad %[y], %[B1], %[G], %[y]\n\t"
+        "strd %[c], %[y], [%[rr]], #8\n\t"
+        "smlad %[n], %[A2], %[F], %[n]\n\t"
+        "smlad %[n], %[B2], %[G], %[n]\n\t"
+        "ldrd %[F], %[G], [%[d]], #8\n\t"
+        "ldrd %[y], %[c], [%[rr], #4]\n\t"
+        "smlad %[n], %[A0], %[F], %[n]\n\t"
+        "smlad %[n], %[B0], %[G], %[n]\n\t"
+        "smlad %[y], %[A1], %[F], %[y]\n\t"
+        "smlad %[y], %[B1], %[G], %[y]\n\t"
+        "strd %[n], %[y], [%[rr]], #8\n\t"
+        "smlad %[c], %[A2], %[F], %[c]\n\t"
+        "smlad %[c], %[B2], %[G], %[c]\n\t"
+        : [F] "=&r"(F), [G] "=&r"(G), [y] "=&r"(y), [n] "=&r"(n), [rr] "+&r"(*rr),
+          [c] "+&r"(*c), [d] "+&r"(*d)
+        : [A0] "r"(A0), [A1] "r"(A1), [A2] "r"(A2), [B0] "r"(B0), [B1] "r"(B1),
+          [B2] "r"(B2)
+        : "memory");
+}
+/* one sample's dq as the pairs of NOTE [ Paired stride-2 3x3 input gradient ]: for each group of
+   four channels j and pixel q, (dq[4j][q], dq[4j+2][q]) then (dq[4j+1][q], dq[4j+3][q]); two
+   pixels per halfword load of each row */
+static void q3_bi_unpack(uint32_t *o, const int8_t *dq, int Co, int P) {
+    for (int j = 0; j < Co / 4; j++, o += 2 * (size_t)P) {
+        const int8_t *a = dq + (size_t)4 * j * P, *b = a + P, *c = b + P, *d = c + P;
+        int q = 0;
+        for (; q + 2 <= P; q += 2) {
+            uint16_t ha, hb, hc, hd;
+            memcpy(&ha, a + q, 2); memcpy(&hb, b + q, 2);
+            memcpy(&hc, c + q, 2); memcpy(&hd, d + q, 2);
+            const uint32_t ac = ha | (uint32_t)hc << 16, bd = hb | (uint32_t)hd << 16;
+            o[2 * q] = (uint32_t)__sxtb16(ac); o[2 * q + 1] = (uint32_t)__sxtb16(bd);
+            o[2 * q + 2] = (uint32_t)q_sxtb16r8(ac); o[2 * q + 3] = (uint32_t)q_sxtb16r8(bd);
+        }
+        if (q < P) {
+            o[2 * q] = q_pack2(a[q], c[q]);
+            o[2 * q + 1] = q_pack2(b[q], d[q]);
+        }
+    }
+}
+#endif
+#if ET_DSP
+/* input channel ic's weights as the passes' 16-bit pairs: per kernel row and group of four
+   output channels (oc, oc + 2) and (oc + 1, oc + 3), the lanes SXTB16 / SXTB16 ROR 8 of
+   dq[oc..oc+3] give */
+static void q3_bi_wpack(uint32_t *wpk, const int8_t *w, int cig, int Co, int ic) {
+    for (int kh = 0; kh < 3; kh++)
+        for (int j = 0; j < Co / 4; j++) {
+            const int8_t *k0 = w + (((size_t)4 * j * cig + ic) * 3 + kh) * 3;
+            const int8_t *k1 = k0 + (size_t)cig * 9, *k2 = k1 + (size_t)cig * 9;
+            const int8_t *k3 = k2 + (size_t)cig * 9;
+            uint32_t *o = wpk + ((size_t)kh * (Co / 4) + j) * 6;
+            for (int t = 0; t < 3; t++) {
+                o[t] = q_pack2(k0[t], k2[t]);
+                o[3 + t] = q_pack2(k1[t], k3[t]);
+            }
+        }
+}
+/* padding 1: the first output column has no even input column (it would be column -1): its
+   odd column 0 (at *rr) and the next even column 1 only; *rr moved to column 1, *c its sum */
+Q_AI void q3_bi_col4f(const uint32_t **d, int32_t **rr, int32_t *c, int16x2_t A1, int16x2_t A2,
+                      int16x2_t B1, int16x2_t B2) {
+    uint32_t F, G;
+    int32_t y;
+    __asm__ volatile(
+        "ldrd %[F], %[G], [%[d]], #8\n\t"
+        "ldrd %[y], %[c], [%[rr]]\n\t"
+        "smlad %[y], %[A1], %[F], %[y]\n\t"
+        "smlad %[y], %[B1], %[G], %[y]\n\t"
+        "str %[y], [%[rr]], #4\n\t"
+        "smlad %[c], %[A2], %[F], %[c]\n\t"
+        "smlad %[c], %[B2], %[G], %[c]\n\t"
+        : [F] "=&r"(F), [G] "=&r"(G), [y] "=&r"(y), [c] "=&r"(*c), [rr] "+&r"(*rr),
+          [d] "+&r"(*d)
+        : [A1] "r"(A1), [A2] "r"(A2), [B1] "r"(B1), [B2] "r"(B2)
+        : "memory");
+}
+/* the last output column where its w2 column is past the row: the even and odd columns only */
+Q_AI void q3_bi_col4l(const uint32_t **d, int32_t *rr, int32_t c, int16x2_t A0, int16x2_t A1,
+                      int16x2_t B0, int16x2_t B1) {
+    uint32_t F, G;
+    int32_t y;
+    __asm__ volatile(
+        "ldrd %[F], %[G], [%[d]], #8\n\t"
+        "ldr %[y], [%[rr], #4]\n\t"
+        "smlad %[c], %[A0], %[F], %[c]\n\t"
+        "smlad %[c], %[B0], %[G], %[c]\n\t"
+        "smlad %[y], %[A1], %[F], %[y]\n\t"
+        "smlad %[y], %[B1], %[G], %[y]\n\t"
+        "strd %[c], %[y], [%[rr]]\n\t"
+        : [F] "=&r"(F), [G] "=&r"(G), [y] "=&r"(y), [c] "+&r"(c), [d] "+&r"(*d)
+        : [rr] "r"(rr), [A0] "r"(A0), [A1] "r"(A1), [B0] "r"(B0), [B1] "r"(B1)
+        : "memory");
+}
+/* NOTE [ Stride-2 input gradient in the dx planes ]
+   Where the integer dx is stored as int32 (acc Q_DX_INT, 4-byte ET_REAL), Co is a multiple
+   of 4 and the padding at most 1, the passes of NOTE [ Paired stride-2 3x3 input gradient ]
+   add straight into input channel ci's dx plane (zeroed first) in place of a row of sums:
+   with no margin around a row, a pass with padding 1 starts with its first column's odd and
+   next even input columns (q3_bi_col4f; its even column would be column -1), and ends with
+   q3_bi_col4l where the last column's w2 column (2 Wo - p) is past the row. The loops run
+   per kernel row and group of four output channels, the weights loaded once for all the
+   output rows (those whose input row 2 oh - p + kh is inside, one pass after another down
+   the plane); no row copy. Rows of at least 2 columns. The same integer sums, added in
+   another order. */
+static void q3_bi_planes(const int8_t *dq, const int8_t *w, int32_t *dxn, uint32_t *D, int Ci,
+                         int H, int W, int Co, int Ho, int Wo, int p) {
+    uint32_t *wpk = D + (size_t)(Co / 4) * 2 * Ho * Wo;
+    q3_bi_unpack(D, dq, Co, Ho * Wo);
+    const int tail = 2 * Wo - p > W - 1;  /* the last column's w2 column is past the row */
+    for (int ci = 0; ci < Ci; ci++) {
+        int32_t *pl = dxn + (size_t)ci * H * W;
+        int j = 0;
+        for (; j + 2 <= H * W; j += 2) {  /* two at a time: no call to memset */
+            uint64_t z = 0;
+            __asm__("" : "+r"(z));
+            memcpy(pl + j, &z, 8);
+        }
+        if (j < H * W) pl[j] = 0;
+        q3_bi_wpack(wpk, w, Ci, Co, ci);
+        const uint32_t *wk = wpk;
+        /* from a pass's end (its last even column, or the one before with `tail`) to the
+           next pass's start, two rows down */
+        const int step = 2 * W - (2 * Wo - p - 2 * tail);
+        for (int kh = 0; kh < 3; kh++) {
+            /* rows oh0 .. oh1 - 1: 0 <= 2 oh - p + kh <= H - 1 (H + 1 + p - kh >= 0) */
+            const int oh0 = kh < p, oh1 = (H + 1 + p - kh) / 2 < Ho ? (H + 1 + p - kh) / 2 : Ho;
+            for (int g = 0; g < Co / 4; g++, wk += 6) {
+                if (oh0 >= oh1) continue;
+                const int16x2_t A0 = (int16x2_t)wk[0], A1 = (int16x2_t)wk[1];
+                const int16x2_t A2 = (int16x2_t)wk[2], B0 = (int16x2_t)wk[3];
+                const int16x2_t B1 = (int16x2_t)wk[4], B2 = (int16x2_t)wk[5];
+                const uint32_t *d0 = D + ((size_t)g * Ho + oh0) * 2 * Wo;
+                const uint32_t *de = d0 + (size_t)(oh1 - oh0) * 2 * Wo;
+                int32_t *rr = pl + (size_t)(2 * oh0 - p + kh) * W;  /* input row ih, column 0 */
+                do {  /* output rows oh0 .. oh1 - 1: input rows 2 oh - p + kh */
+                    int32_t c;
+                    int ow = 0;
+                    if (p) { q3_bi_col4f(&d0, &rr, &c, A1, A2, B1, B2); ow = 1; }
+                    else c = rr[0];
+                    const int end = Wo - tail;
+                    for (; ow + 2 <= end; ow += 2)
+                        q3_bi_col4x2(&d0, &rr, &c, A0, A1, A2, B0, B1, B2);
+                    if (ow < end) { q3_bi_col4(&d0, &rr, &c, A0, A1, A2, B0, B1, B2); ow++; }
+                    if (ow < Wo) q3_bi_col4l(&d0, rr, c, A0, A1, B0, B1);
+                    else rr[0] = c;
+                    rr += step;
+                } while (d0 != de);
+            }
+        }
+    }
 }
 #endif
 static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx, int acc,
@@ -2418,24 +2675,26 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
             }
         return;
     }
+    if (dT && st == 2 && G == 1 && Co % 4 == 0 && p <= 1 && W >= 2 && acc == Q_DX_INT &&
+        sizeof(ET_REAL) == 4) {  /* NOTE [ Stride-2 input gradient in the dx planes ] */
+        for (int n = 0; n < B; n++)
+            q3_bi_planes(dq + (size_t)n * Co * Ho * Wo, w,
+                         (int32_t *)(void *)dx + (size_t)n * Ci * H * W, (uint32_t *)(void *)dT,
+                         Ci, H, W, Co, Ho, Wo, p);
+        return;
+    }
     if (st != 2 || G != 1 || Co < 4) dT = 0;
 #else
     dT = 0;
 #endif
     for (int n = 0; n < B; n++)
     for (int ci = 0; ci < Ci; ci++) {
-        if (dT && ci == 0)  /* dq[n] as words dq[4j..4j+3][q] (NOTE [ Paired stride-2 3x3 input
-                               gradient ]; the last Co mod 4 channels are not used) */
-            for (int j = 0; j < Co / 4; j++) {
-                const size_t P = (size_t)Ho * Wo;
-                const uint8_t *s0 = (const uint8_t *)dq + ((size_t)n * Co + 4 * j) * P;
-                uint32_t *o = (uint32_t *)(void *)dT + j * P;
-                for (size_t q = 0; q < P; q++)
-                    o[q] = s0[q] | (uint32_t)s0[P + q] << 8 | (uint32_t)s0[2 * P + q] << 16 |
-                           (uint32_t)s0[3 * P + q] << 24;
-            }
+#if ET_DSP
+        if (dT && ci == 0)  /* dq[n] unpacked (the last Co mod 4 channels are not used) */
+            q3_bi_unpack((uint32_t *)(void *)dT, dq + (size_t)n * Co * Ho * Wo, Co, Ho * Wo);
+#endif
         const int g = ci / cig, ic = ci % cig;
-        uint32_t *wpk = dT ? (uint32_t *)(void *)dT + (size_t)(Co / 4) * Ho * Wo : 0;
+        uint32_t *wpk = dT ? (uint32_t *)(void *)dT + (size_t)(Co / 4) * 2 * Ho * Wo : 0;
         if (wpk)  /* this input channel's weights as the passes' 16-bit pairs, once */
             for (int kh = 0; kh < 3; kh++)
                 for (int j = 0; j < Co / 4; j++) {
@@ -2463,20 +2722,23 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
                 if (oh >= Ho) continue;
                 int oc = g * cog;
 #if ET_DSP
-                if (dT)  /* four output channels per pass from dq as [oh][ow][oc] */
-                    for (; oc + 4 <= Co; oc += 4) {
-                        const uint32_t *wk = wpk + ((size_t)kh * (Co / 4) + oc / 4) * 6;
+                if (dT) {  /* four output channels per pass from the unpacked dq */
+                    const uint32_t *wk = wpk + (size_t)kh * (Co / 4) * 6;
+                    const uint32_t *dk = (const uint32_t *)(void *)dT + (size_t)oh * Wo * 2;
+                    for (; oc + 4 <= Co; oc += 4, wk += 6, dk += (size_t)2 * Ho * Wo) {
                         const int16x2_t A0 = (int16x2_t)wk[0], A1 = (int16x2_t)wk[1];
                         const int16x2_t A2 = (int16x2_t)wk[2], B0 = (int16x2_t)wk[3];
                         const int16x2_t B1 = (int16x2_t)wk[4], B2 = (int16x2_t)wk[5];
-                        const uint32_t *d0 =
-                            (const uint32_t *)(void *)dT + (size_t)(oc / 4) * Ho * Wo + oh * Wo;
+                        const uint32_t *d0 = dk;
                         int32_t *rr = r - p;
-                        int32_t c = 0;  /* w2 x the previous column's dq, for this even column */
-                        for (int ow = 0; ow < Wo; ow++)
-                            q3_bi_col4(&d0, &rr, &c, A0, A1, A2, B0, B1, B2);
-                        rr[0] += c;
+                        int32_t c = rr[0];  /* the even column's sum, carried */
+                        int ow = 0;
+                        for (; ow + 2 <= Wo; ow += 2)
+                            q3_bi_col4x2(&d0, &rr, &c, A0, A1, A2, B0, B1, B2);
+                        if (ow < Wo) q3_bi_col4(&d0, &rr, &c, A0, A1, A2, B0, B1, B2);
+                        rr[0] = c;
                     }
+                }
                 if (st == 2)  /* four, then two output channels per pass (NOTE [ Paired
                                  stride-2 3x3 input gradient ]) */
                     for (; oc + 4 <= (g + 1) * cog; oc += 4) {
