@@ -70,10 +70,25 @@ static inline int k_hi(int o, int s, int p, int n, int K) { int v = n + p - o * 
    (bytes 0, 2) and SXTB16 ROR #8 (bytes 1, 3) into two registers of 16-bit pairs; the input
    zero point is subtracted from both lanes at once (SSUB16) and SMLAD adds two products per
    instruction. The sums are the same integers as the portable loop's (int32, exact), so the
-   host (no DSP) and the MCU agree bit for bit. */
-#if defined(ET_HAS_DSP) && ET_HAS_DSP && defined(__ARM_FEATURE_DSP)
+   host (no DSP) and the MCU agree bit for bit.
+   NOTE [ Hand-written asm and the user's compiler flags ]
+   Some DSP loops are inline asm that holds up to 14 registers at once: every register but sp
+   and pc. Two things make that impossible: r7 kept as a frame pointer (GCC's
+   -fno-omit-frame-pointer), which the pragma below turns off for this runtime's functions only,
+   and an unoptimised build (-O0), whose register allocator cannot place such blocks; there
+   the DSP paths are left out and the portable kernels run (the same integer sums, slower).
+   The library is built with the user's own flags (CMake, Arduino's -Os), so every flag set is
+   tested (tests/test_codegen_kernels.py). */
+#if defined(ET_HAS_DSP) && ET_HAS_DSP && defined(__ARM_FEATURE_DSP) && defined(__OPTIMIZE__)
 #include <arm_acle.h>
 #define ET_DSP 1
+#if defined(__GNUC__) && !defined(__clang__)
+#if defined(__OPTIMIZE_SIZE__)
+#pragma GCC optimize("O2", "omit-frame-pointer")
+#else
+#pragma GCC optimize("omit-frame-pointer")
+#endif
+#endif
 static inline uint32_t q_ld4(const int8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline uint32_t q_ror8(uint32_t v) { return (v >> 8) | (v << 24); }
 /* NOTE [ SMMLA rounding ]
@@ -2246,6 +2261,10 @@ Q_AI void q1_bi_tile(const int8_t *dn, const int8_t *w, int Ci, int Co, int P, i
    word at a time, some twice, once the loop is unrolled) */
 Q_AI void q1_bi_step4(const uint32_t **eq, const uint32_t **wq, int32_t *t) {
     uint32_t W0, W1, E0, E1;
+#if defined(__OPTIMIZE__) && defined(__thumb2__)
+    /* one block of 14 registers: all of r0-r12 and lr, so only where r7 holds no frame
+       pointer (as NOTE [ Steps beside the sums ]); memory by the clobber, not by operands,
+       which would need address registers beyond the 14 */
     __asm__("ldrd %[W0], %[W1], [%[wq]], #8\n\t"
             "ldrd %[E0], %[E1], [%[eq]], #8\n\t"
             "smlad %[t0], %[W0], %[E0], %[t0]\n\t"
@@ -2261,7 +2280,32 @@ Q_AI void q1_bi_step4(const uint32_t **eq, const uint32_t **wq, int32_t *t) {
               [wq] "+r"(*wq), [eq] "+r"(*eq), [t0] "+r"(t[0]), [t1] "+r"(t[1]),
               [t2] "+r"(t[2]), [t3] "+r"(t[3]), [u0] "+r"(t[4]), [u1] "+r"(t[5]),
               [u2] "+r"(t[6]), [u3] "+r"(t[7])
-            : "m"(**wq), "m"(**eq));
+            :
+            : "memory");
+#else
+    /* the same in two blocks of at most 10 registers (a debug build: r7 is the frame
+       pointer, GCC may spill between them) */
+    __asm__("ldrd %[W0], %[W1], [%[wq]], #8\n\t"
+            "ldrd %[E0], %[E1], [%[eq]], #8\n\t"
+            "smlad %[t0], %[W0], %[E0], %[t0]\n\t"
+            "smlad %[t1], %[W0], %[E1], %[t1]\n\t"
+            "smlad %[u0], %[W1], %[E0], %[u0]\n\t"
+            "smlad %[u1], %[W1], %[E1], %[u1]"
+            : [W0] "=&r"(W0), [W1] "=&r"(W1), [E0] "=&r"(E0), [E1] "=&r"(E1),
+              [wq] "+r"(*wq), [eq] "+r"(*eq), [t0] "+r"(t[0]), [t1] "+r"(t[1]),
+              [u0] "+r"(t[4]), [u1] "+r"(t[5])
+            :
+            : "memory");
+    __asm__("ldrd %[E0], %[E1], [%[eq]], #8\n\t"
+            "smlad %[t2], %[W0], %[E0], %[t2]\n\t"
+            "smlad %[t3], %[W0], %[E1], %[t3]\n\t"
+            "smlad %[u2], %[W1], %[E0], %[u2]\n\t"
+            "smlad %[u3], %[W1], %[E1], %[u3]"
+            : [E0] "=&r"(E0), [E1] "=&r"(E1), [eq] "+r"(*eq), [t2] "+r"(t[2]),
+              [t3] "+r"(t[3]), [u2] "+r"(t[6]), [u3] "+r"(t[7])
+            : [W0] "r"(W0), [W1] "r"(W1)
+            : "memory");
+#endif
 }
 static void q1_bwd_input_mm(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx,
                             int acc, int B, int Ci, int Co, int P, uint32_t *wp) {
@@ -2695,6 +2739,7 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
 #endif
         const int g = ci / cig, ic = ci % cig;
         uint32_t *wpk = dT ? (uint32_t *)(void *)dT + (size_t)(Co / 4) * 2 * Ho * Wo : 0;
+#if ET_DSP
         if (wpk)  /* this input channel's weights as the passes' 16-bit pairs, once */
             for (int kh = 0; kh < 3; kh++)
                 for (int j = 0; j < Co / 4; j++) {
@@ -2708,6 +2753,7 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
                         o[3 + t] = q_pack2(k1[t], k3[t]);
                     }
                 }
+#endif
         for (int ih = 0; ih < H; ih++) {
             for (int j = 0; j < W + 4; j += 2) {  /* two at a time: no call to memset */
                 uint64_t z = 0;
