@@ -2693,6 +2693,122 @@ static void q3_bi_planes(const int8_t *dq, const int8_t *w, int32_t *dxn, uint32
     }
 }
 #endif
+#if ET_DSP
+/* the stride-1 depthwise input gradient (NOTE [ Depthwise input gradient as a forward ]) */
+Q_AI void q3_bi_dw(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx, int acc,
+                   int8_t *dT, int B, int Ci, int H, int W, int Co) {
+    const size_t pb = ((size_t)(H + 2) * (W + 2) + Q_PAD_SLACK + 3) / 4 * 4;
+    int32_t *sums = (int32_t *)(void *)(dT + pb);
+    for (int n = 0; n < B; n++)
+        for (int c = 0; c < Ci; c++) {
+            const int8_t *wc = w + (size_t)c * 9;
+            const int8_t wr[9] = {wc[8], wc[7], wc[6], wc[5], wc[4],
+                                  wc[3], wc[2], wc[1], wc[0]};  /* turned by 180 */
+            q_pad(dT, dq + ((size_t)n * Co + c) * H * W, 0, H, W, 1);
+            ET_REAL *dc = dx + ((size_t)n * Ci + c) * H * W;
+            if (sizeof(ET_REAL) == 4 && acc == Q_DX_INT) {  /* the sums straight into dx */
+                q3_plane_fwd((int32_t *)(void *)dc, dT, W + 2, wr, H, W, 1, 0, 0);
+                continue;
+            }
+            q3_plane_fwd(sums, dT, W + 2, wr, H, W, 1, 0, 0);
+            for (int j = 0; j < H * W; j++) q_put(dc + j, sums[j], s, acc);
+        }
+}
+#endif
+/* output channels oc .. oe - 1 of one kernel row kh into the row sums r, one at a time */
+Q_AI void q3_bi_rest(const int8_t *dq, const int8_t *w, int32_t *r, int n, int ic, int kh,
+                     int oh, int oc, int oe, int Co, int cig, int Ho, int Wo, int st, int p) {
+    for (; oc < oe; oc++) {
+        const int8_t *wk = w + (((size_t)oc * cig + ic) * 3 + kh) * 3;
+        const int32_t w0 = wk[0], w1 = wk[1], w2 = wk[2];
+        const int8_t *d = dq + (((size_t)n * Co + oc) * Ho + oh) * Wo;
+        int32_t *rr = r - p;
+        if (st == 1) {
+            int ow = 0;
+            for (; ow + 2 <= Wo; ow += 2, rr += 2) {
+                const int32_t e0 = d[ow], e1 = d[ow + 1];
+                rr[0] += w0 * e0;
+                rr[1] += w1 * e0 + w0 * e1;
+                rr[2] += w2 * e0 + w1 * e1;
+                rr[3] += w2 * e1;
+            }
+            for (; ow < Wo; ow++, rr++) {
+                const int32_t e = d[ow];
+                rr[0] += w0 * e; rr[1] += w1 * e; rr[2] += w2 * e;
+            }
+        } else {
+            for (int ow = 0; ow < Wo; ow++, rr += st) {
+                const int32_t e = d[ow];
+                rr[0] += w0 * e; rr[1] += w1 * e; rr[2] += w2 * e;
+            }
+        }
+    }
+}
+/* one dx row from its int32 sums: the sums themselves (NOTE [ Integer dx ]) or q_put's */
+Q_AI void q3_bi_store(ET_REAL *dr, const int32_t *r, ET_REAL s, int acc, int W) {
+    if (sizeof(ET_REAL) == 4 && acc == Q_DX_INT) {  /* NOTE [ Integer dx ] */
+        int j = 0;
+        for (; j + 2 <= W; j += 2) {
+            int64_t v2;
+            memcpy(&v2, r + j, 8);
+            memcpy(dr + j, &v2, 8);
+        }
+        if (j < W) memcpy(dr + j, r + j, 4);
+        return;
+    }
+    for (int j = 0; j < W; j++) q_put(dr + j, r[j], s, acc);
+}
+#if ET_DSP
+/* stride 2: output channels from oc of one kernel row kh into the row sums r, four, then
+   two per pass (NOTE [ Paired stride-2 3x3 input gradient ]); returns the first one left */
+Q_AI int q3_bi_pairs(const int8_t *dq, const int8_t *w, int32_t *r, int n, int ic, int kh,
+                     int oh, int oc, int oe, int Co, int cig, int Ho, int Wo, int p) {
+    for (; oc + 4 <= oe; oc += 4) {
+        const int8_t *k0 = w + (((size_t)oc * cig + ic) * 3 + kh) * 3;
+        const int8_t *k1 = k0 + (size_t)cig * 9, *k2 = k1 + (size_t)cig * 9;
+        const int8_t *k3 = k2 + (size_t)cig * 9;
+        const int16x2_t A0 = (int16x2_t)q_pack2(k0[0], k1[0]);
+        const int16x2_t A1 = (int16x2_t)q_pack2(k0[1], k1[1]);
+        const int16x2_t A2 = (int16x2_t)q_pack2(k0[2], k1[2]);
+        const int16x2_t B0 = (int16x2_t)q_pack2(k2[0], k3[0]);
+        const int16x2_t B1 = (int16x2_t)q_pack2(k2[1], k3[1]);
+        const int16x2_t B2 = (int16x2_t)q_pack2(k2[2], k3[2]);
+        const size_t HWo = (size_t)Ho * Wo;
+        const int8_t *d0 = dq + (((size_t)n * Co + oc) * Ho + oh) * Wo;
+        int32_t *rr = r - p;
+        int16x2_t Ea = 0, Eb = 0;  /* the previous column's channel pairs */
+        for (int ow = 0; ow < Wo; ow++, rr += 2) {
+            const int16x2_t Fa = (int16x2_t)q_pack2(d0[ow], d0[HWo + ow]);
+            const int16x2_t Fb =
+                (int16x2_t)q_pack2(d0[2 * HWo + ow], d0[3 * HWo + ow]);
+            rr[0] = __smlad(B2, Eb, __smlad(B0, Fb, __smlad(A2, Ea,
+                                                          __smlad(A0, Fa, rr[0]))));
+            rr[1] = __smlad(B1, Fb, __smlad(A1, Fa, rr[1]));
+            Ea = Fa; Eb = Fb;
+        }
+        rr[0] = __smlad(B2, Eb, __smlad(A2, Ea, rr[0]));
+    }
+    for (; oc + 2 <= oe; oc += 2) {
+        const int8_t *k0 = w + (((size_t)oc * cig + ic) * 3 + kh) * 3;
+        const int8_t *k1 = k0 + (size_t)cig * 9;
+        const int16x2_t W0 = (int16x2_t)q_pack2(k0[0], k1[0]);
+        const int16x2_t W1 = (int16x2_t)q_pack2(k0[1], k1[1]);
+        const int16x2_t W2 = (int16x2_t)q_pack2(k0[2], k1[2]);
+        const int8_t *d0 = dq + (((size_t)n * Co + oc) * Ho + oh) * Wo;
+        const int8_t *d1 = d0 + (size_t)Ho * Wo;
+        int32_t *rr = r - p;
+        int16x2_t Ep = 0;  /* (dq[oc][ow - 1], dq[oc + 1][ow - 1]) */
+        for (int ow = 0; ow < Wo; ow++, rr += 2) {
+            const int16x2_t E = (int16x2_t)q_pack2(d0[ow], d1[ow]);
+            rr[0] = __smlad(W2, Ep, __smlad(W0, E, rr[0]));
+            rr[1] = __smlad(W1, E, rr[1]);
+            Ep = E;
+        }
+        rr[0] = __smlad(W2, Ep, rr[0]);
+    }
+    return oc;
+}
+#endif
 static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *dx, int acc,
                          int8_t *dT, int B, int Ci, int H, int W, int Co, int Ho, int Wo, int st,
                          int p, int G) {
@@ -2701,22 +2817,7 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
 #if ET_DSP
     if (dT && st == 1 && p == 1 && G == Ci && Co == Ci && Ho == H && Wo == W &&
         q_dw_bi_bytes(H, W) <= Q_DQ16_MAX) {  /* NOTE [ Depthwise input gradient as a forward ] */
-        const size_t pb = ((size_t)(H + 2) * (W + 2) + Q_PAD_SLACK + 3) / 4 * 4;
-        int32_t *sums = (int32_t *)(void *)(dT + pb);
-        for (int n = 0; n < B; n++)
-            for (int c = 0; c < Ci; c++) {
-                const int8_t *wc = w + (size_t)c * 9;
-                const int8_t wr[9] = {wc[8], wc[7], wc[6], wc[5], wc[4],
-                                      wc[3], wc[2], wc[1], wc[0]};  /* turned by 180 */
-                q_pad(dT, dq + ((size_t)n * Co + c) * H * W, 0, H, W, 1);
-                ET_REAL *dc = dx + ((size_t)n * Ci + c) * H * W;
-                if (sizeof(ET_REAL) == 4 && acc == Q_DX_INT) {  /* the sums straight into dx */
-                    q3_plane_fwd((int32_t *)(void *)dc, dT, W + 2, wr, H, W, 1, 0, 0);
-                    continue;
-                }
-                q3_plane_fwd(sums, dT, W + 2, wr, H, W, 1, 0, 0);
-                for (int j = 0; j < H * W; j++) q_put(dc + j, sums[j], s, acc);
-            }
+        q3_bi_dw(dq, s, w, dx, acc, dT, B, Ci, H, W, Co);
         return;
     }
     if (dT && st == 2 && G == 1 && Co % 4 == 0 && p <= 1 && W >= 2 && acc == Q_DX_INT &&
@@ -2785,91 +2886,12 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
                         rr[0] = c;
                     }
                 }
-                if (st == 2)  /* four, then two output channels per pass (NOTE [ Paired
-                                 stride-2 3x3 input gradient ]) */
-                    for (; oc + 4 <= (g + 1) * cog; oc += 4) {
-                        const int8_t *k0 = w + (((size_t)oc * cig + ic) * 3 + kh) * 3;
-                        const int8_t *k1 = k0 + (size_t)cig * 9, *k2 = k1 + (size_t)cig * 9;
-                        const int8_t *k3 = k2 + (size_t)cig * 9;
-                        const int16x2_t A0 = (int16x2_t)q_pack2(k0[0], k1[0]);
-                        const int16x2_t A1 = (int16x2_t)q_pack2(k0[1], k1[1]);
-                        const int16x2_t A2 = (int16x2_t)q_pack2(k0[2], k1[2]);
-                        const int16x2_t B0 = (int16x2_t)q_pack2(k2[0], k3[0]);
-                        const int16x2_t B1 = (int16x2_t)q_pack2(k2[1], k3[1]);
-                        const int16x2_t B2 = (int16x2_t)q_pack2(k2[2], k3[2]);
-                        const size_t HWo = (size_t)Ho * Wo;
-                        const int8_t *d0 = dq + (((size_t)n * Co + oc) * Ho + oh) * Wo;
-                        int32_t *rr = r - p;
-                        int16x2_t Ea = 0, Eb = 0;  /* the previous column's channel pairs */
-                        for (int ow = 0; ow < Wo; ow++, rr += 2) {
-                            const int16x2_t Fa = (int16x2_t)q_pack2(d0[ow], d0[HWo + ow]);
-                            const int16x2_t Fb =
-                                (int16x2_t)q_pack2(d0[2 * HWo + ow], d0[3 * HWo + ow]);
-                            rr[0] = __smlad(B2, Eb, __smlad(B0, Fb, __smlad(A2, Ea,
-                                                                          __smlad(A0, Fa, rr[0]))));
-                            rr[1] = __smlad(B1, Fb, __smlad(A1, Fa, rr[1]));
-                            Ea = Fa; Eb = Fb;
-                        }
-                        rr[0] = __smlad(B2, Eb, __smlad(A2, Ea, rr[0]));
-                    }
                 if (st == 2)
-                    for (; oc + 2 <= (g + 1) * cog; oc += 2) {
-                        const int8_t *k0 = w + (((size_t)oc * cig + ic) * 3 + kh) * 3;
-                        const int8_t *k1 = k0 + (size_t)cig * 9;
-                        const int16x2_t W0 = (int16x2_t)q_pack2(k0[0], k1[0]);
-                        const int16x2_t W1 = (int16x2_t)q_pack2(k0[1], k1[1]);
-                        const int16x2_t W2 = (int16x2_t)q_pack2(k0[2], k1[2]);
-                        const int8_t *d0 = dq + (((size_t)n * Co + oc) * Ho + oh) * Wo;
-                        const int8_t *d1 = d0 + (size_t)Ho * Wo;
-                        int32_t *rr = r - p;
-                        int16x2_t Ep = 0;  /* (dq[oc][ow - 1], dq[oc + 1][ow - 1]) */
-                        for (int ow = 0; ow < Wo; ow++, rr += 2) {
-                            const int16x2_t E = (int16x2_t)q_pack2(d0[ow], d1[ow]);
-                            rr[0] = __smlad(W2, Ep, __smlad(W0, E, rr[0]));
-                            rr[1] = __smlad(W1, E, rr[1]);
-                            Ep = E;
-                        }
-                        rr[0] = __smlad(W2, Ep, rr[0]);
-                    }
+                    oc = q3_bi_pairs(dq, w, r, n, ic, kh, oh, oc, (g + 1) * cog, Co, cig, Ho, Wo, p);
 #endif
-                for (; oc < (g + 1) * cog; oc++) {
-                    const int8_t *wk = w + (((size_t)oc * cig + ic) * 3 + kh) * 3;
-                    const int32_t w0 = wk[0], w1 = wk[1], w2 = wk[2];
-                    const int8_t *d = dq + (((size_t)n * Co + oc) * Ho + oh) * Wo;
-                    int32_t *rr = r - p;
-                    if (st == 1) {
-                        int ow = 0;
-                        for (; ow + 2 <= Wo; ow += 2, rr += 2) {
-                            const int32_t e0 = d[ow], e1 = d[ow + 1];
-                            rr[0] += w0 * e0;
-                            rr[1] += w1 * e0 + w0 * e1;
-                            rr[2] += w2 * e0 + w1 * e1;
-                            rr[3] += w2 * e1;
-                        }
-                        for (; ow < Wo; ow++, rr++) {
-                            const int32_t e = d[ow];
-                            rr[0] += w0 * e; rr[1] += w1 * e; rr[2] += w2 * e;
-                        }
-                    } else {
-                        for (int ow = 0; ow < Wo; ow++, rr += st) {
-                            const int32_t e = d[ow];
-                            rr[0] += w0 * e; rr[1] += w1 * e; rr[2] += w2 * e;
-                        }
-                    }
-                }
+                q3_bi_rest(dq, w, r, n, ic, kh, oh, oc, (g + 1) * cog, Co, cig, Ho, Wo, st, p);
             }
-            ET_REAL *dr = dx + (((size_t)n * Ci + ci) * H + ih) * W;
-            if (sizeof(ET_REAL) == 4 && acc == Q_DX_INT) {  /* NOTE [ Integer dx ] */
-                int j = 0;
-                for (; j + 2 <= W; j += 2) {
-                    int64_t v2;
-                    memcpy(&v2, r + j, 8);
-                    memcpy(dr + j, &v2, 8);
-                }
-                if (j < W) memcpy(dr + j, r + j, 4);
-                continue;
-            }
-            for (int j = 0; j < W; j++) q_put(dr + j, r[j], s, acc);
+            q3_bi_store(dx + (((size_t)n * Ci + ci) * H + ih) * W, r, s, acc, W);
         }
     }
 }
