@@ -20,6 +20,7 @@ from edgetrain.codegen import (
     ToolchainMissingError,
     TrainingSpec,
     UnsupportedPlanError,
+    compile_int8_project,
     compile_project,
     lower,
     mcu_run,
@@ -464,3 +465,62 @@ def test_c_executor_plans_refuse_what_the_c_trainer_cannot_run():
         edgetrain.plan(m, x, device="nrf52840", executor="c", strategy="sqrt")
     with pytest.raises(edgetrain.PlanInfeasibleError, match="C executor"):
         edgetrain.plan(m, x, device="nrf52840", executor="c", precision="fp32", budget_bytes=4096)
+
+
+class _OddNet(torch.nn.Module):
+    """Shapes none of the zoo's int8 models has: 3 input channels, 13x11 images, a stride-1 3x3,
+    a stride-2 depthwise, a 20-channel 3x3 at stride 1 and one at stride 2 to 10 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+
+        def block(ci, co, k, s, g=1):
+            conv = nn.Conv2d(ci, co, k, s, k // 2, groups=g, bias=False)
+            return nn.Sequential(conv, nn.BatchNorm2d(co), nn.ReLU())
+
+        self.features = nn.Sequential(
+            block(3, 12, 3, 1), block(12, 12, 3, 2, 12), block(12, 20, 1, 1),
+            block(20, 20, 3, 1), block(20, 10, 3, 2),
+        )  # fmt: skip
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(10, 7)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+@needs_arm
+def test_cortex_m4_int8_full_training_of_unusual_shapes_matches_the_host(tmp_path):
+    # Prepare: full int8 QAS training of a CNN whose layers take the DSP kernels' odd paths
+    # (remainder channels and columns, odd sizes, both strides); the host build is bit for bit
+    # the edgetrain.quant simulation (test above), so it is the oracle
+    torch.manual_seed(1)
+    m, x = _OddNet(), torch.randn(1, 3, 13, 11)
+    plan = edgetrain.plan(
+        m, x, device="nrf52840", strategy="keep-all", policy="all", freeze_batch_norm=True,
+        name="odd-cnn",
+    )  # fmt: skip
+    g = np.random.default_rng(0)
+    s = SampleSet(g.integers(0, 256, (4, 3, 13, 11), dtype=np.uint8), g.integers(0, 7, 4),
+                  0.4, 0.3)  # fmt: skip
+    # Execute: 4 steps on the host and on the Cortex-M4 under QEMU
+    runs = {
+        t: mcu_run(
+            compile_int8_project(
+                plan, m, s, s, t, tmp_path / t, steps=4, lr=0.05, dump_params=True
+            )[0]
+        )  # fmt: skip
+        for t in ("host", "cortex-m4")
+    }
+    # Assert: the same losses to float precision and every trained int8 parameter within one
+    # step of rounding (the M4's backward is float where the host's is double), most equal
+    host, m4 = runs["host"], runs["cortex-m4"]
+    assert host.losses == pytest.approx(m4.losses, rel=1e-5)
+    diffs = [
+        abs(a - b)
+        for name in host.params
+        for u, v in zip(host.params[name], m4.params[name])
+        for a, b in zip(u, v)
+    ]
+    assert len(diffs) > 3000 and max(diffs) <= 1 and sum(d > 0 for d in diffs) < 0.01 * len(diffs)
