@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from _toolchain import int8_kernel_outputs, needs_arm, needs_cc
@@ -347,24 +348,17 @@ def _qfwd_program(rng) -> tuple[str, dict[str, np.ndarray]]:
     return "".join(blocks), want
 
 
-@needs_cc
-def test_int8_forward_entry_points_match_integer_oracle_on_the_host(tmp_path):
-    # Prepare: every forward case with its scratch sized by forward_scratch_bytes
-    calls, want = _qfwd_program(np.random.default_rng(1))
-    # Execute: the portable kernels (no DSP)
-    got = _int8_outputs(tmp_path, "host", calls)
-    # Assert: outputs, masks and the bytes after the scratch (untouched)
-    _check_int8(got, want)
-
-
-@needs_arm
-def test_int8_forward_dsp_paths_match_integer_oracle_on_cortex_m4(tmp_path):
-    # Prepare: the same cases: on the Cortex-M4 they take the mat-mult tile (paired weight
-    # rows, patches for 3x3 columns, the hoisted table or q_out), the padded 3x3 planes
-    # (stored sums or requantised from registers)
+@pytest.mark.parametrize(
+    "target", [pytest.param("host", marks=needs_cc), pytest.param("cortex-m4", marks=needs_arm)]
+)
+def test_int8_forward_entry_points_match_integer_oracle(tmp_path, target):
+    # Prepare: every forward case with its scratch sized by forward_scratch_bytes; the host
+    # runs the portable kernels, the Cortex-M4 the DSP paths: the mat-mult tile (paired weight
+    # rows, patches for 3x3 columns, the hoisted table or q_out), the padded 3x3 planes (stored
+    # sums or requantised from registers)
     calls, want = _qfwd_program(np.random.default_rng(1))
     # Execute
-    got = _int8_outputs(tmp_path, "cortex-m4", calls)
+    got = _int8_outputs(tmp_path, target, calls)
     # Assert: bit for bit numpy's integers, and no scratch byte written past its size
     _check_int8(got, want)
 

@@ -2508,25 +2508,28 @@ Q_AI size_t q_dw_bi_bytes(int H, int W) {
    even column's sum so far (rr[0] plus w2 x the previous column), carried in a register; on
    return the next even column's (rr[2] plus w2 x this column). One statement: the compiler's
    schedule of it spilled the weights. */
+/* one column's asm: the carried sum in %[C], the next in %[N] (two registers alternate, so two
+   columns need no moves); Q3_BI_IO: the operands */
+#define Q3_BI_COL(C, N)                                  \
+    "ldrd %[F], %[G], [%[d]], #8\n\t"                    \
+    "ldrd %[y], %[" N "], [%[rr], #4]\n\t"               \
+    "smlad %[" C "], %[A0], %[F], %[" C "]\n\t"          \
+    "smlad %[" C "], %[B0], %[G], %[" C "]\n\t"          \
+    "smlad %[y], %[A1], %[F], %[y]\n\t"                  \
+    "smlad %[y], %[B1], %[G], %[y]\n\t"                  \
+    "strd %[" C "], %[y], [%[rr]], #8\n\t"               \
+    "smlad %[" N "], %[A2], %[F], %[" N "]\n\t"          \
+    "smlad %[" N "], %[B2], %[G], %[" N "]\n\t"
+#define Q3_BI_IO                                                                           \
+    : [F] "=&r"(F), [G] "=&r"(G), [y] "=&r"(y), [n] "=&r"(n), [rr] "+&r"(*rr),            \
+      [c] "+&r"(*c), [d] "+&r"(*d)                                                         \
+    : [A0] "r"(A0), [A1] "r"(A1), [A2] "r"(A2), [B0] "r"(B0), [B1] "r"(B1), [B2] "r"(B2) \
+    : "memory"
 Q_AI void q3_bi_col4(const uint32_t **d, int32_t **rr, int32_t *c, int16x2_t A0, int16x2_t A1,
                      int16x2_t A2, int16x2_t B0, int16x2_t B1, int16x2_t B2) {
     uint32_t F, G;
     int32_t y, n;
-    __asm__ volatile(
-        "ldrd %[F], %[G], [%[d]], #8\n\t"
-        "ldrd %[y], %[n], [%[rr], #4]\n\t"
-        "smlad %[c], %[A0], %[F], %[c]\n\t"
-        "smlad %[c], %[B0], %[G], %[c]\n\t"
-        "smlad %[y], %[A1], %[F], %[y]\n\t"
-        "smlad %[y], %[B1], %[G], %[y]\n\t"
-        "strd %[c], %[y], [%[rr]], #8\n\t"
-        "smlad %[n], %[A2], %[F], %[n]\n\t"
-        "smlad %[n], %[B2], %[G], %[n]\n\t"
-        : [F] "=&r"(F), [G] "=&r"(G), [y] "=&r"(y), [n] "=&r"(n), [rr] "+&r"(*rr),
-          [c] "+&r"(*c), [d] "+&r"(*d)
-        : [A0] "r"(A0), [A1] "r"(A1), [A2] "r"(A2), [B0] "r"(B0), [B1] "r"(B1),
-          [B2] "r"(B2)
-        : "memory");
+    __asm__ volatile(Q3_BI_COL("c", "n") Q3_BI_IO);
     *c = n;
 }
 /* two columns, the carried sum alternating between two registers (no moves) */
@@ -2534,30 +2537,7 @@ Q_AI void q3_bi_col4x2(const uint32_t **d, int32_t **rr, int32_t *c, int16x2_t A
                        int16x2_t A2, int16x2_t B0, int16x2_t B1, int16x2_t B2) {
     uint32_t F, G;
     int32_t y, n;
-    __asm__ volatile(
-        "ldrd %[F], %[G], [%[d]], #8\n\t"
-        "ldrd %[y], %[n], [%[rr], #4]\n\t"
-        "smlad %[c], %[A0], %[F], %[c]\n\t"
-        "smlad %[c], %[B0], %[G], %[c]\n\t"
-        "smlad %[y], %[A1], %[F], %[y]\n\t"
-        "smlad %[y], %[B1], %[G], %[y]\n\t"
-        "strd %[c], %[y], [%[rr]], #8\n\t"
-        "smlad %[n], %[A2], %[F], %[n]\n\t"
-        "smlad %[n], %[B2], %[G], %[n]\n\t"
-        "ldrd %[F], %[G], [%[d]], #8\n\t"
-        "ldrd %[y], %[c], [%[rr], #4]\n\t"
-        "smlad %[n], %[A0], %[F], %[n]\n\t"
-        "smlad %[n], %[B0], %[G], %[n]\n\t"
-        "smlad %[y], %[A1], %[F], %[y]\n\t"
-        "smlad %[y], %[B1], %[G], %[y]\n\t"
-        "strd %[n], %[y], [%[rr]], #8\n\t"
-        "smlad %[c], %[A2], %[F], %[c]\n\t"
-        "smlad %[c], %[B2], %[G], %[c]\n\t"
-        : [F] "=&r"(F), [G] "=&r"(G), [y] "=&r"(y), [n] "=&r"(n), [rr] "+&r"(*rr),
-          [c] "+&r"(*c), [d] "+&r"(*d)
-        : [A0] "r"(A0), [A1] "r"(A1), [A2] "r"(A2), [B0] "r"(B0), [B1] "r"(B1),
-          [B2] "r"(B2)
-        : "memory");
+    __asm__ volatile(Q3_BI_COL("c", "n") Q3_BI_COL("n", "c") Q3_BI_IO);
 }
 /* one sample's dq as the pairs of NOTE [ Paired stride-2 3x3 input gradient ]: for each group of
    four channels j and pixel q, (dq[4j][q], dq[4j+2][q]) then (dq[4j+1][q], dq[4j+3][q]); two
