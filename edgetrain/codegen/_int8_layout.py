@@ -661,14 +661,6 @@ def wpair16_bytes(co: int, kt: int) -> int:
     return n if n <= DQ16_MAX_BYTES else 0
 
 
-def dq16_bytes(co: int, hw: int) -> int:
-    """The batch-1 mat-mult weight gradient's dq rows unpacked to 16-bit pairs, 2 Co (HW // 4 * 4)
-    bytes where that is at most DQ16_MAX_BYTES, else 0 (NOTE [ Expanded dq rows ],
-    int8_runtime.c)."""
-    n = 2 * co * (hw // 4 * 4)
-    return n if n <= DQ16_MAX_BYTES else 0
-
-
 def input_grad_scratch_bytes(op, out_shape) -> int:
     """The input-gradient scratch of a one-group conv: for a 1x1 (stride 1, no padding) its
     weights as 16-bit output-channel pairs for one input-channel pair, 4 Co bytes, then dq as

@@ -629,31 +629,13 @@ Q_AI void q_mm2x2(const int8_t *w0, const int8_t *w1, const uint32_t *c, int Kt,
     a[0] = a00; a[1] = a01; a[2] = a10; a[3] = a11;
 }
 /* NOTE [ Expanded dq rows ]
-   The batch-1 mat-mult weight gradients read every dq row once per tap (or input channel)
-   pair (the mat-mult forward its weight rows once per column pair: NOTE [ Paired weight
-   rows ], the same idea). Where the rows are
-   small, 2 Co (P / 4 * 4) bytes <= Q_DQ16_MAX for Co rows of P (`dq16_bytes` in
-   _int8_layout.py, the same rule), their first P / 4 * 4 bytes are unpacked once per call
-   into SXTB16's 16-bit pairs at the end of the op's scratch (`p:<op>` after the rows),
-   so the inner loops load them instead of unpacking them:
-   12 instructions per 16 MACs, not 16. The integer sums are the same. */
+   Operands that an inner loop reads many times are unpacked once per call into SXTB16's
+   16-bit pairs in the op's arena scratch, so the loops load pairs instead of unpacking them:
+   dq rows (NOTE [ Paired-output weight gradient ], NOTE [ Paired 1x1 input gradient ], NOTE
+   [ Paired stride-2 3x3 input gradient ]) and weight rows (NOTE [ Paired weight rows ]). Each
+   is capped at Q_DQ16_MAX bytes (DQ16_MAX_BYTES in _int8_layout.py, which counts the same
+   bytes); over the cap the kernel unpacks as it goes. The integer sums are the same. */
 #define Q_DQ16_MAX 4096
-Q_AI size_t q_dq16_bytes(int Co, int P) {
-    const size_t n = (size_t)2 * Co * (P / 4 * 4);
-    return n <= Q_DQ16_MAX ? n : 0;
-}
-/* the expanded rows (Co int8 rows of P) at h: P / 4 * 2 words per row; 0 over the cap */
-static uint32_t *q_dq16(uint32_t *h, const int8_t *dq, int Co, int P) {
-    if (!q_dq16_bytes(Co, P)) return 0;
-    const int P4 = P / 4 * 4;
-    uint32_t *o = h;
-    for (int oc = 0; oc < Co; oc++)
-        for (int q = 0; q < P4; q += 4, o += 2) {
-            const uint32_t u = q_ld4(dq + (size_t)oc * P + q);
-            o[0] = (uint32_t)__sxtb16(u); o[1] = (uint32_t)q_sxtb16r8(u);
-        }
-    return h;
-}
 /* NOTE [ Paired weight rows ]
    The mat-mult forward reads every weight row once per column pair. Where 2 (Co rounded up
    to even) (Kt / 4 * 4) bytes <= Q_DQ16_MAX (`wpair16_bytes` in _int8_layout.py), the rows
