@@ -72,3 +72,21 @@ def assert_trains_within_plan(label: str, plan, res) -> None:
     assert res.peak_sram_bytes <= res.sram_limit_bytes
     assert np.isfinite(losses).all()
     assert losses[-5:].mean() < losses[:5].mean()
+
+
+def full_training_case(model, example, name: str, n: int, classes: int, seed: int = 0):
+    """(plan, samples) for the C trainer's speed and numerics tests: full training (policy
+    `all`, keep-all, frozen BN) on the nRF52840 profile, and `n` random uint8 images shaped like
+    `example` with labels below `classes` (Fashion-MNIST's normalisation)."""
+    import numpy as np
+
+    import edgetrain
+    from edgetrain.codegen import SampleSet
+
+    plan = edgetrain.plan(
+        model, example, device="nrf52840", strategy="keep-all", policy="all",
+        freeze_batch_norm=True, name=name,
+    )  # fmt: skip
+    g = np.random.default_rng(seed)
+    images = g.integers(0, 256, (n, *example.shape[1:]), dtype=np.uint8)
+    return plan, SampleSet(images, g.integers(0, classes, n), 0.2860, 0.3530)

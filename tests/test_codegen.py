@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from _int8_oracle import assert_int8_params_equal_simulation
-from _toolchain import needs_arm, needs_cc
+from _toolchain import full_training_case, needs_arm, needs_cc
 
 import edgetrain
 from edgetrain.codegen import (
@@ -497,13 +497,7 @@ def test_cortex_m4_int8_full_training_of_unusual_shapes_matches_the_host(tmp_pat
     # the edgetrain.quant simulation (test above), so it is the oracle
     torch.manual_seed(1)
     m, x = _OddNet(), torch.randn(1, 3, 13, 11)
-    plan = edgetrain.plan(
-        m, x, device="nrf52840", strategy="keep-all", policy="all", freeze_batch_norm=True,
-        name="odd-cnn",
-    )  # fmt: skip
-    g = np.random.default_rng(0)
-    s = SampleSet(g.integers(0, 256, (4, 3, 13, 11), dtype=np.uint8), g.integers(0, 7, 4),
-                  0.4, 0.3)  # fmt: skip
+    plan, s = full_training_case(m, x, "odd-cnn", 4, 7)
     # Execute: 4 steps on the host and on the Cortex-M4 under QEMU
     runs = {
         t: mcu_run(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _toolchain import int8_kernel_outputs, needs_arm, needs_cc
+from _toolchain import full_training_case, int8_kernel_outputs, needs_arm, needs_cc
 
 from edgetrain.codegen._int8_kernels import int8_runtime_source
 from edgetrain.codegen._kernels import KERNELS, PRELUDE
@@ -406,9 +406,7 @@ def test_kernel_instruction_counts_stay_within_their_bounds():
 
 @needs_arm
 def test_mcu_run_reports_instructions_per_mac_of_full_training(tmp_path):
-    import edgetrain
     from edgetrain.codegen import (
-        SampleSet,
         TrainingSpec,
         compile_int8_project,
         compile_project,
@@ -420,10 +418,7 @@ def test_mcu_run_reports_instructions_per_mac_of_full_training(tmp_path):
     # independently from the module shapes (forward + weight gradient everywhere, input
     # gradient except into the image)
     m, x = build_model("mcu-cnn")
-    plan = edgetrain.plan(
-        m, x, device="nrf52840", strategy="keep-all", policy="all", freeze_batch_norm=True,
-        name="mcu-cnn",
-    )  # fmt: skip
+    plan, s = full_training_case(m, x, "mcu-cnn", 4, 10)
     fwd, first = 0, None
     hooks = []
 
@@ -445,9 +440,6 @@ def test_mcu_run_reports_instructions_per_mac_of_full_training(tmp_path):
         m(x)
     for h in hooks:
         h.remove()
-    g = np.random.default_rng(0)
-    s = SampleSet(g.integers(0, 256, (4, 1, 28, 28), dtype=np.uint8), g.integers(0, 10, 4),
-                  0.2860, 0.3530)  # fmt: skip
     # Execute: the same training in fp32 and in int8 with QAS, each under QEMU -icount
     res = mcu_run(
         compile_project(
@@ -469,20 +461,13 @@ def test_int8_program_builds_and_trains_the_same_under_the_users_compiler_flags(
     # Prepare: mcu-cnn's int8 QAS program for the Cortex-M4, trained 2 steps with its
     # parameters dumped; a library user builds it with their own flags (NOTE [ Hand-written
     # asm and the user's compiler flags ]): Arduino's -Os, a debug -O0, frame pointers kept
-    import edgetrain
-    from edgetrain.codegen import SampleSet, compile_int8_project, mcu_run
+    from edgetrain.codegen import compile_int8_project, mcu_run
     from edgetrain.codegen._run import _meta, _parse, run_command
     from edgetrain.codegen._targets import get_target
     from edgetrain.models import build_model
 
     m, x = build_model("mcu-cnn")
-    plan = edgetrain.plan(
-        m, x, device="nrf52840", strategy="keep-all", policy="all", freeze_batch_norm=True,
-        name="mcu-cnn",
-    )  # fmt: skip
-    g = np.random.default_rng(0)
-    s = SampleSet(g.integers(0, 256, (2, 1, 28, 28), dtype=np.uint8), g.integers(0, 10, 2),
-                  0.2860, 0.3530)  # fmt: skip
+    plan, s = full_training_case(m, x, "mcu-cnn", 2, 10)
     proj, _, _ = compile_int8_project(
         plan, m, s, s, "cortex-m4", tmp_path / "p", steps=2, lr=0.05, dump_params=True
     )

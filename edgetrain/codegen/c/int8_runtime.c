@@ -2804,18 +2804,7 @@ static void q3_bwd_input(const int8_t *dq, ET_REAL s, const int8_t *w, ET_REAL *
         uint32_t *wpk = dT ? (uint32_t *)(void *)dT + (size_t)(Co / 4) * 2 * Ho * Wo : 0;
 #if ET_DSP
         if (wpk)  /* this input channel's weights as the passes' 16-bit pairs, once */
-            for (int kh = 0; kh < 3; kh++)
-                for (int j = 0; j < Co / 4; j++) {
-                    const int8_t *k0 = w + (((size_t)4 * j * cig + ic) * 3 + kh) * 3;
-                    const int8_t *k1 = k0 + (size_t)cig * 9, *k2 = k1 + (size_t)cig * 9;
-                    const int8_t *k3 = k2 + (size_t)cig * 9;
-                    uint32_t *o = wpk + ((size_t)kh * (Co / 4) + j) * 6;
-                    /* SXTB16 of dq[q][oc..oc+3]: (oc, oc + 2) and, ROR 8, (oc + 1, oc + 3) */
-                    for (int t = 0; t < 3; t++) {
-                        o[t] = q_pack2(k0[t], k2[t]);
-                        o[3 + t] = q_pack2(k1[t], k3[t]);
-                    }
-                }
+            q3_bi_wpack(wpk, w, cig, Co, ic);
 #endif
         for (int ih = 0; ih < H; ih++) {
             for (int j = 0; j < W + 4; j += 2) {  /* two at a time: no call to memset */
