@@ -74,11 +74,13 @@ static inline int k_hi(int o, int s, int p, int n, int K) { int v = n + p - o * 
    NOTE [ Hand-written asm and the user's compiler flags ]
    Some DSP loops are inline asm that holds up to 14 registers at once: every register but sp
    and pc. Two things make that impossible: r7 kept as a frame pointer (GCC's
-   -fno-omit-frame-pointer), which the pragma below turns off for this runtime's functions only,
-   and an unoptimised build (-O0), whose register allocator cannot place such blocks; there
-   the DSP paths are left out and the portable kernels run (the same integer sums, slower).
-   The library is built with the user's own flags (CMake, Arduino's -Os), so every flag set is
-   tested (tests/test_codegen_kernels.py). */
+   -fno-omit-frame-pointer), which the pragma below turns off, and an unoptimised build
+   (-O0), whose register allocator cannot place such blocks; there the DSP paths are left out
+   and the portable kernels run (the same integer sums, slower). Under -Os the pragma also
+   compiles at O2: GCC's size-tuned allocation cannot place them either. The pragma holds to
+   the end of the generated et_model.c (this runtime and the model code after it); the
+   user's other files keep their flags. The library is built with the user's own flags
+   (CMake, Arduino's -Os), so flag sets are tested (tests/test_codegen_kernels.py). */
 #if defined(ET_HAS_DSP) && ET_HAS_DSP && defined(__ARM_FEATURE_DSP) && defined(__OPTIMIZE__)
 #include <arm_acle.h>
 #define ET_DSP 1
@@ -90,7 +92,6 @@ static inline int k_hi(int o, int s, int p, int n, int K) { int v = n + p - o * 
 #endif
 #endif
 static inline uint32_t q_ld4(const int8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-static inline uint32_t q_ror8(uint32_t v) { return (v >> 8) | (v << 24); }
 /* NOTE [ SMMLA rounding ]
    (a * b + (r << 32)) >> 32 = r + ((a * b) >> 32) exactly, so a product rounded by a constant
    that is a multiple of 2^32 (c = r << 32) and then shifted right by 32 + k is
@@ -2064,20 +2065,6 @@ static __attribute__((noinline, noclone)) int q_mm_update(const int8_t *dq, ET_R
 }
 #endif
 
-/* sum_i a[i] * b[i] over n int8 values (the DSP's dual MAC where it has one) */
-Q_AI int32_t q_dot(const int8_t *a, const int8_t *b, int n) {
-    int32_t acc = 0;
-    int i = 0;
-#if ET_DSP
-    for (; i + 4 <= n; i += 4) {
-        const uint32_t u = q_ld4(a + i), v = q_ld4(b + i);
-        acc = __smlad(__sxtb16(u), __sxtb16(v), acc);
-        acc = __smlad(q_sxtb16r8(u), q_sxtb16r8(v), acc);
-    }
-#endif
-    for (; i < n; i++) acc += a[i] * b[i];
-    return acc;
-}
 /* two rows a0, a1 against two rows b0, b1 (each loaded and unpacked once for two sums) */
 static void q_dot2x2(const int8_t *a0, const int8_t *a1, const int8_t *b0, const int8_t *b1,
                      int n, int32_t *s) {
